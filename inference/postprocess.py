@@ -1,0 +1,233 @@
+"""From a stone mask on a ``Volume`` to measured stones (``Findings``).
+
+3D connected components (26-connectivity, so a stone crossing slices diagonally
+stays one stone), components below ``min_voxels`` dropped, then per stone:
+the slices it spans (their SOP Instance UIDs), centroid in DICOM patient
+coordinates (LPS, mm), largest axial diameter (mm, from PixelSpacing), volume
+(mm^3, each slice's own extent, so uneven spacing is honoured), mean and max HU,
+and side. Per slice: one box per stone with a margin (the paper's green box).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from inference.volume import Volume
+
+BODY_HU = -500.0
+SIDE_TOLERANCE_MM = 5.0
+"""A stone whose centroid lies within this distance of the body's midline is 'midline'."""
+
+
+@dataclass(frozen=True)
+class SliceBox:
+    """A box around one stone on one slice, pixel indices inclusive, margin included."""
+
+    slice_index: int
+    sop_instance_uid: str
+    frame_number: int
+    stone_index: int
+    """0-based index into ``Findings.stones``."""
+    row_min: int
+    column_min: int
+    row_max: int
+    column_max: int
+
+
+@dataclass(frozen=True)
+class Stone:
+    """One stone as measured on the volume."""
+
+    sop_instance_uids: tuple[str, ...]
+    """SOP Instance UIDs of the slices it spans, in slice order."""
+    slice_indices: tuple[int, ...]
+    centroid_mm: tuple[float, float, float]
+    """LPS patient coordinates (mm)."""
+    max_diameter_mm: float
+    """Largest in-plane (axial) diameter over its slices."""
+    volume_mm3: float
+    mean_hu: float
+    max_hu: float
+    side: str
+    """'left', 'right' (the patient's) or 'midline'."""
+    voxel_count: int
+    mean_probability: float = 1.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sop_instance_uids": list(self.sop_instance_uids),
+            "centroid_mm": [round(v, 2) for v in self.centroid_mm],
+            "max_diameter_mm": round(self.max_diameter_mm, 2),
+            "volume_mm3": round(self.volume_mm3, 2),
+            "mean_hu": round(self.mean_hu, 1),
+            "max_hu": round(self.max_hu, 1),
+            "side": self.side,
+            "slice_indices": list(self.slice_indices),
+            "voxel_count": self.voxel_count,
+            "mean_probability": round(self.mean_probability, 3),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Findings:
+    """What the pipeline found in one series; ``mask`` is aligned with ``Volume.hu``."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    stones: tuple[Stone, ...]
+    boxes: tuple[SliceBox, ...]
+    mask: np.ndarray
+    """uint8 (slices, rows, columns): 1 where a kept stone is."""
+    model_name: str = ""
+    model_version: str = ""
+
+    @property
+    def slices_with_stones(self) -> tuple[int, ...]:
+        return tuple(sorted({b.slice_index for b in self.boxes}))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "stones": [s.to_json() for s in self.stones],
+        }
+
+
+def max_axial_diameter_mm(rows: np.ndarray, columns: np.ndarray, pixel_spacing: tuple[float, float]) -> float:
+    """Largest distance across a set of pixels of one slice (mm).
+
+    The largest centre-to-centre distance plus one pixel, so a disc of diameter D
+    measures about D and a single pixel measures its own width.
+    """
+    if rows.size == 0:
+        return 0.0
+    points = np.stack([rows * pixel_spacing[0], columns * pixel_spacing[1]], axis=1).astype(np.float64)
+    if points.shape[0] > 64:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            hull = ConvexHull(points)
+        except QhullError:  # collinear pixels: keep them all
+            hull = None
+        if hull is not None:
+            points = points[hull.vertices]
+    diff = points[:, None, :] - points[None, :, :]
+    dist = np.sqrt((diff**2).sum(-1))
+    i, j = np.unravel_index(int(dist.argmax()), dist.shape)
+    if i == j:
+        return float(max(pixel_spacing))
+    direction = np.abs(diff[i, j]) / dist[i, j]
+    return float(dist[i, j] + direction @ np.asarray(pixel_spacing, dtype=np.float64))
+
+
+def _midline_x(volume: Volume, slices: np.ndarray) -> float:
+    """The body's left-right centre (LPS x, mm) over the given slices."""
+    body = volume.hu[slices] > BODY_HU
+    idx = np.argwhere(body)
+    if idx.size == 0:
+        return float(volume.index_to_patient(np.array([0, volume.shape[1] / 2, volume.shape[2] / 2]))[0])
+    centre = np.array([idx[:, 0].mean() + slices.min(), idx[:, 1].mean(), idx[:, 2].mean()])
+    return float(volume.index_to_patient(centre)[0])
+
+
+def _side(volume: Volume, centroid_x: float, slices: np.ndarray) -> str:
+    midline = _midline_x(volume, slices)
+    row_x = volume.row_direction[0]
+    if abs(row_x) < 0.5 and abs(volume.column_direction[0]) < 0.5:
+        return "midline"
+    offset = centroid_x - midline
+    if abs(offset) <= SIDE_TOLERANCE_MM:
+        return "midline"
+    return "left" if offset > 0 else "right"  # LPS: +x is the patient's left
+
+
+def measure_stones(
+    volume: Volume,
+    mask: np.ndarray,
+    *,
+    probability: np.ndarray | None = None,
+    min_voxels: int = 1,
+    box_margin_mm: float = 5.0,
+    model_name: str = "",
+    model_version: str = "",
+) -> Findings:
+    """Components of ``mask`` (bool/uint8, shaped like ``volume.hu``) measured as stones."""
+    if mask.shape != volume.hu.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.hu.shape}")
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    objects = ndimage.find_objects(labels)
+    extent = volume.slice_extent_mm
+    area = volume.pixel_spacing[0] * volume.pixel_spacing[1]
+    margin_r = int(np.ceil(box_margin_mm / volume.pixel_spacing[0]))
+    margin_c = int(np.ceil(box_margin_mm / volume.pixel_spacing[1]))
+    rows_n, cols_n = volume.shape[1:]
+    kept = np.zeros(volume.shape, dtype=np.uint8)
+    found: list[tuple[float, Stone, list[tuple[int, int, int, int, int]]]] = []
+    for label, box in enumerate(objects, start=1):
+        if box is None:
+            continue
+        local = labels[box] == label
+        n = int(local.sum())
+        if n < min_voxels:
+            continue
+        kept[box][local] = 1
+        idx = np.argwhere(local) + np.array([s.start for s in box])
+        hu = volume.hu[idx[:, 0], idx[:, 1], idx[:, 2]]
+        centroid = volume.index_to_patient(idx).mean(axis=0)
+        slices = np.unique(idx[:, 0])
+        diameter = 0.0
+        per_slice = []
+        for k in slices:
+            on = idx[idx[:, 0] == k]
+            diameter = max(diameter, max_axial_diameter_mm(on[:, 1], on[:, 2], volume.pixel_spacing))
+            per_slice.append((
+                int(k),
+                max(0, int(on[:, 1].min()) - margin_r),
+                max(0, int(on[:, 2].min()) - margin_c),
+                min(rows_n - 1, int(on[:, 1].max()) + margin_r),
+                min(cols_n - 1, int(on[:, 2].max()) + margin_c),
+            ))
+        prob = float(probability[idx[:, 0], idx[:, 1], idx[:, 2]].mean()) if probability is not None else 1.0
+        stone = Stone(
+            sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in slices),
+            slice_indices=tuple(int(k) for k in slices),
+            centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+            max_diameter_mm=diameter,
+            volume_mm3=float((extent[idx[:, 0]] * area).sum()),
+            mean_hu=float(hu.mean()),
+            max_hu=float(hu.max()),
+            side=_side(volume, float(centroid[0]), slices),
+            voxel_count=n,
+            mean_probability=prob,
+        )
+        found.append((float(centroid[2]), stone, per_slice))
+    # order stones from head to feet, then by x, so the numbering is stable
+    found.sort(key=lambda item: (-item[0], item[1].centroid_mm[0]))
+    stones = tuple(item[1] for item in found)
+    boxes = tuple(
+        SliceBox(
+            slice_index=k,
+            sop_instance_uid=volume.sop_instance_uids[k],
+            frame_number=volume.frame_numbers[k],
+            stone_index=i,
+            row_min=r0, column_min=c0, row_max=r1, column_max=c1,
+        )
+        for i, item in enumerate(found)
+        for (k, r0, c0, r1, c1) in item[2]
+    )
+    boxes = tuple(sorted(boxes, key=lambda b: (b.slice_index, b.stone_index)))
+    return Findings(
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        frame_of_reference_uid=volume.frame_of_reference_uid,
+        stones=stones,
+        boxes=boxes,
+        mask=kept,
+        model_name=model_name,
+        model_version=model_version,
+    )

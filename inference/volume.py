@@ -1,0 +1,439 @@
+"""A CT series as a volume in Hounsfield units with its patient geometry.
+
+``load_volume`` takes the instances of one series (paths or pydicom datasets) and
+returns a frozen ``Volume``; anything the model cannot read is rejected with a
+``VolumeError`` that says why.
+
+Rules worth knowing:
+
+- Slices are sorted along the normal of the image orientation (row x column
+  direction), from the lowest to the highest offset along that normal (for the
+  usual axial orientation: from feet to head).
+- **Duplicates.** The same SOP Instance UID (and frame) seen twice is one slice
+  (the first copy is kept). Two different instances at the same position (within
+  ``POSITION_TOLERANCE_MM`` along the normal) are one slice too: the one with the
+  highest InstanceNumber is kept, ties broken by the larger SOP Instance UID, so
+  the result does not depend on the order the files arrived in. A warning says
+  how many were dropped.
+- **Uneven spacing** is kept as it is: ``positions`` holds every slice's
+  position, ``slice_extent_mm`` each slice's own extent along the normal, and
+  ``uniform_spacing`` says whether the gaps agree within 10 %.
+- **Rejected** (``VolumeError``): not CT, a localizer, missing pixel data, more
+  than one series or frame of reference, mixed image sizes, orientations or pixel
+  spacings, an orientation more than ``AXIAL_TOLERANCE_DEG`` away from axial,
+  and stacks whose slices shift in-plane from one to the next (gantry tilt that
+  the orientation does not state).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from inference.errors import VolumeError
+
+logger = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = frozenset(
+    {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+)
+MULTIFRAME_CT_SOP_CLASSES = frozenset(
+    {ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+)
+
+AXIAL_TOLERANCE_DEG = 10.0
+"""Largest angle between the slice normal and the patient's head-feet axis."""
+POSITION_TOLERANCE_MM = 0.01
+"""Slices closer than this along the normal are at the same position."""
+TILT_TOLERANCE_MM = 0.5
+"""Largest in-plane shift of a slice's origin along the stack before it is called tilted."""
+ORIENTATION_TOLERANCE = 1e-3
+SPACING_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A CT series in HU, slices sorted along the normal, with what locates every voxel.
+
+    ``hu[k, i, j]`` is the voxel of slice ``k``, row ``i``, column ``j``; its centre
+    in DICOM patient coordinates (LPS, mm) is ``positions[k] + j * pixel_spacing[1]
+    * row_direction + i * pixel_spacing[0] * column_direction``.
+    """
+
+    hu: np.ndarray
+    """float32, shape (slices, rows, columns)."""
+    positions: np.ndarray
+    """float64, shape (slices, 3): ImagePositionPatient of every slice (LPS, mm)."""
+    row_direction: tuple[float, float, float]
+    """ImageOrientationPatient[0:3]: direction of increasing column index."""
+    column_direction: tuple[float, float, float]
+    """ImageOrientationPatient[3:6]: direction of increasing row index."""
+    pixel_spacing: tuple[float, float]
+    """PixelSpacing as in DICOM: (between rows, between columns) in mm."""
+    slice_spacing: float
+    """Median gap between slice positions along the normal (SliceThickness for one slice)."""
+    frame_of_reference_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    """SOP Instance UID of the instance each slice came from."""
+    frame_numbers: tuple[int, ...]
+    """1-based frame number of each slice inside its instance (1 for single-frame CT)."""
+    source_paths: tuple[str, ...]
+    """File each slice came from ("" where a dataset was given in memory)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(np.asarray(self.row_direction), np.asarray(self.column_direction))
+
+    @property
+    def offsets_mm(self) -> np.ndarray:
+        """Each slice's position along the normal (mm), increasing."""
+        return self.positions @ self.normal
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """(slice, row, column) spacing in mm; the slice value is the median gap."""
+        return (self.slice_spacing, self.pixel_spacing[0], self.pixel_spacing[1])
+
+    @property
+    def slice_extent_mm(self) -> np.ndarray:
+        """Extent of each slice along the normal: half the gap to each neighbour."""
+        offsets = self.offsets_mm
+        if offsets.size < 2:
+            return np.full(offsets.shape, self.slice_spacing)
+        gaps = np.diff(offsets)
+        extent = np.empty_like(offsets)
+        extent[0] = gaps[0]
+        extent[-1] = gaps[-1]
+        extent[1:-1] = (gaps[:-1] + gaps[1:]) / 2.0
+        return extent
+
+    @property
+    def uniform_spacing(self) -> bool:
+        offsets = self.offsets_mm
+        if offsets.size < 3:
+            return True
+        gaps = np.diff(offsets)
+        return bool(gaps.max() <= 1.1 * gaps.min())
+
+    def index_to_patient(self, index: np.ndarray) -> np.ndarray:
+        """Voxel indices (..., 3) as (slice, row, column), fractional allowed, -> LPS mm."""
+        index = np.asarray(index, dtype=np.float64)
+        k = index[..., 0]
+        n = self.positions.shape[0]
+        if n == 1:
+            origin = np.broadcast_to(self.positions[0], index.shape).copy()
+            origin = origin + k[..., None] * self.slice_spacing * self.normal
+        else:
+            k0 = np.clip(np.floor(k).astype(int), 0, n - 2)
+            frac = (k - k0)[..., None]
+            origin = self.positions[k0] * (1.0 - frac) + self.positions[k0 + 1] * frac
+        row = np.asarray(self.row_direction)
+        col = np.asarray(self.column_direction)
+        return (
+            origin
+            + index[..., 2, None] * self.pixel_spacing[1] * row
+            + index[..., 1, None] * self.pixel_spacing[0] * col
+        )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One slice found in the instances, before its pixels are decoded."""
+
+    dataset_index: int
+    frame_number: int
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    thickness: float | None
+    instance_number: int
+    sop_instance_uid: str
+
+
+def _read(source: str | Path | Dataset) -> tuple[Dataset, str]:
+    if isinstance(source, Dataset):
+        return source, ""
+    path = str(source)
+    try:
+        return pydicom.dcmread(path), path
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise VolumeError(f"{Path(path).name} cannot be read as DICOM: {exc}") from exc
+
+
+def _floats(value: object, count: int, what: str) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise VolumeError(f"{what} is not {count} numbers") from exc
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise VolumeError(f"{what} is not {count} finite numbers")
+    return numbers
+
+
+def _functional(ds: Dataset, frame_index: int, sequence: str, keyword: str) -> object | None:
+    """A value from the per-frame functional groups, else from the shared ones."""
+    for groups_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(groups_name)
+        if not groups:
+            continue
+        group = groups[frame_index] if groups_name.startswith("PerFrame") else groups[0]
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return None
+
+
+def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    if not sop_uid:
+        raise VolumeError(f"{name} has no SOP Instance UID")
+    instance_number = int(ds.get("InstanceNumber") or 0)
+    if ds.get("SOPClassUID") in MULTIFRAME_CT_SOP_CLASSES or "PerFrameFunctionalGroupsSequence" in ds:
+        count = int(ds.get("NumberOfFrames") or 1)
+        frames = []
+        for i in range(count):
+            position = _functional(ds, i, "PlanePositionSequence", "ImagePositionPatient")
+            orientation = _functional(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = _functional(ds, i, "PixelMeasuresSequence", "PixelSpacing")
+            if position is None or orientation is None or spacing is None:
+                raise VolumeError(
+                    f"frame {i + 1} of {name} lacks its position, orientation or pixel spacing"
+                )
+            slope = _functional(ds, i, "PixelValueTransformationSequence", "RescaleSlope")
+            intercept = _functional(ds, i, "PixelValueTransformationSequence", "RescaleIntercept")
+            thickness = _functional(ds, i, "PixelMeasuresSequence", "SliceThickness")
+            frames.append(
+                _Frame(
+                    dataset_index=dataset_index,
+                    frame_number=i + 1,
+                    position=_floats(position, 3, f"ImagePositionPatient of frame {i + 1} of {name}"),  # type: ignore[arg-type]
+                    orientation=_floats(orientation, 6, f"ImageOrientationPatient of {name}"),
+                    pixel_spacing=_floats(spacing, 2, f"PixelSpacing of {name}"),  # type: ignore[arg-type]
+                    slope=float(slope) if slope is not None else 1.0,  # type: ignore[arg-type]
+                    intercept=float(intercept) if intercept is not None else 0.0,  # type: ignore[arg-type]
+                    thickness=float(thickness) if thickness else None,  # type: ignore[arg-type]
+                    instance_number=instance_number,
+                    sop_instance_uid=sop_uid,
+                )
+            )
+        return frames
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if keyword not in ds:
+            raise VolumeError(f"{name} has no {keyword}")
+    thickness = ds.get("SliceThickness")
+    return [
+        _Frame(
+            dataset_index=dataset_index,
+            frame_number=1,
+            position=_floats(ds.ImagePositionPatient, 3, f"ImagePositionPatient of {name}"),  # type: ignore[arg-type]
+            orientation=_floats(ds.ImageOrientationPatient, 6, f"ImageOrientationPatient of {name}"),
+            pixel_spacing=_floats(ds.PixelSpacing, 2, f"PixelSpacing of {name}"),  # type: ignore[arg-type]
+            slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+            intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+            thickness=float(thickness) if thickness else None,
+            instance_number=instance_number,
+            sop_instance_uid=sop_uid,
+        )
+    ]
+
+
+def _check_instance(ds: Dataset, name: str) -> None:
+    modality = str(ds.get("Modality", ""))
+    if modality != "CT":
+        raise VolumeError(f"{name} is not CT (Modality {modality or 'missing'})")
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in CT_SOP_CLASSES:
+        raise VolumeError(f"{name} is not a CT image (SOP Class {sop_class or 'missing'})")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        raise VolumeError(f"{name} is a localizer, not an axial image")
+    if "PixelData" not in ds:
+        raise VolumeError(f"{name} has no pixel data")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise VolumeError(f"{name} is not a greyscale image")
+
+
+def _single(values: Iterable[str], what: str) -> str:
+    found = sorted({v for v in values})
+    if len(found) > 1:
+        raise VolumeError(f"the instances belong to {len(found)} different {what}s")
+    return found[0] if found else ""
+
+
+def _drop_duplicates(frames: list[_Frame], normal: np.ndarray) -> list[_Frame]:
+    seen: dict[tuple[str, int], _Frame] = {}
+    for frame in frames:
+        seen.setdefault((frame.sop_instance_uid, frame.frame_number), frame)
+    unique = list(seen.values())
+    unique.sort(key=lambda f: float(np.dot(f.position, normal)))
+    kept: list[_Frame] = []
+    for frame in unique:
+        if kept and abs(float(np.dot(frame.position, normal) - np.dot(kept[-1].position, normal))) < POSITION_TOLERANCE_MM:
+            winner = max(
+                kept[-1], frame, key=lambda f: (f.instance_number, f.sop_instance_uid, -f.frame_number)
+            )
+            kept[-1] = winner
+        else:
+            kept.append(frame)
+    dropped = len(frames) - len(kept)
+    if dropped:
+        logger.warning("dropped %d duplicate slice(s) of %d (same instance or same position)", dropped, len(frames))
+    return kept
+
+
+def load_volume(sources: Sequence[str | Path | Dataset]) -> Volume:
+    """Assemble the instances of one CT series into a ``Volume`` (see the module's rules).
+
+    Raises ``VolumeError`` with the reason when the series cannot be read as an axial CT.
+    """
+    if not sources:
+        raise VolumeError("no instances were given")
+    datasets: list[Dataset] = []
+    paths: list[str] = []
+    frames: list[_Frame] = []
+    for index, source in enumerate(sources):
+        ds, path = _read(source)
+        name = f"instance {index + 1}" + (f" ({Path(path).name})" if path else "")
+        _check_instance(ds, name)
+        datasets.append(ds)
+        paths.append(path)
+        frames.extend(_frames_of(ds, index, name))
+
+    series_uid = _single((str(d.get("SeriesInstanceUID", "")) for d in datasets), "series")
+    study_uid = _single((str(d.get("StudyInstanceUID", "")) for d in datasets), "studie")
+    for_uid = _single((str(d.get("FrameOfReferenceUID", "")) for d in datasets), "frame of reference")
+    sop_class = _single((str(d.SOPClassUID) for d in datasets), "SOP classe")
+
+    shapes = {(int(d.Rows), int(d.Columns)) for d in datasets}
+    if len(shapes) > 1:
+        raise VolumeError(f"the slices have mixed sizes: {sorted(shapes)}")
+    rows, columns = shapes.pop()
+
+    orientation = np.asarray(frames[0].orientation)
+    for frame in frames[1:]:
+        if np.abs(np.asarray(frame.orientation) - orientation).max() > ORIENTATION_TOLERANCE:
+            raise VolumeError("the slices have mixed image orientations")
+    spacing = np.asarray(frames[0].pixel_spacing)
+    for frame in frames[1:]:
+        if np.abs(np.asarray(frame.pixel_spacing) - spacing).max() > SPACING_TOLERANCE:
+            raise VolumeError("the slices have mixed pixel spacings")
+    if spacing.min() <= 0:
+        raise VolumeError("PixelSpacing is not positive")
+
+    row_dir = orientation[:3] / np.linalg.norm(orientation[:3])
+    col_dir = orientation[3:] / np.linalg.norm(orientation[3:])
+    if abs(float(np.dot(row_dir, col_dir))) > 1e-2:
+        raise VolumeError("ImageOrientationPatient rows and columns are not perpendicular")
+    normal = np.cross(row_dir, col_dir)
+    angle = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+    if angle > AXIAL_TOLERANCE_DEG:
+        raise VolumeError(
+            f"the slices are not axial: their normal is {angle:.0f} degrees from the head-feet axis"
+        )
+
+    frames = _drop_duplicates(frames, normal)
+    positions = np.asarray([f.position for f in frames], dtype=np.float64)
+    offsets = positions @ normal
+    if len(frames) > 1:
+        in_plane = (positions - positions[0]) - np.outer(offsets - offsets[0], normal)
+        shift = float(np.linalg.norm(in_plane, axis=1).max())
+        if shift > TILT_TOLERANCE_MM:
+            raise VolumeError(
+                f"the slices shift {shift:.1f} mm in-plane along the stack (tilted gantry); "
+                "such stacks are not resampled"
+            )
+        gaps = np.diff(offsets)
+        slice_spacing = float(np.median(gaps))
+        if gaps.max() > 1.1 * gaps.min():
+            logger.info(
+                "uneven slice spacing kept as is: gaps %.2f to %.2f mm", gaps.min(), gaps.max()
+            )
+    else:
+        slice_spacing = frames[0].thickness or 1.0
+
+    hu = np.empty((len(frames), rows, columns), dtype=np.float32)
+    decoded: dict[int, np.ndarray] = {}
+    for k, frame in enumerate(frames):
+        pixels = decoded.get(frame.dataset_index)
+        if pixels is None:
+            ds = datasets[frame.dataset_index]
+            try:
+                pixels = ds.pixel_array
+            except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
+                raise VolumeError(
+                    f"the pixel data of instance {frame.dataset_index + 1} cannot be decoded: {exc}"
+                ) from exc
+            if int(ds.get("NumberOfFrames") or 1) == 1:
+                pixels = pixels[None]
+            if pixels.shape[1:] != (rows, columns):
+                raise VolumeError(
+                    f"the pixel data of instance {frame.dataset_index + 1} has shape "
+                    f"{pixels.shape[1:]}, not {(rows, columns)}"
+                )
+            decoded[frame.dataset_index] = pixels
+        hu[k] = pixels[frame.frame_number - 1] * np.float32(frame.slope) + np.float32(frame.intercept)
+    return Volume(
+        hu=hu,
+        positions=positions,
+        row_direction=tuple(float(v) for v in row_dir),  # type: ignore[arg-type]
+        column_direction=tuple(float(v) for v in col_dir),  # type: ignore[arg-type]
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slice_spacing=slice_spacing,
+        frame_of_reference_uid=for_uid,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_class_uid=sop_class,
+        sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
+        frame_numbers=tuple(f.frame_number for f in frames),
+        source_paths=tuple(paths[f.dataset_index] for f in frames),
+    )
+
+
+def find_dicom_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, and every file under the folders named (recursively), sorted."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise VolumeError(f"{path} does not exist")
+    return found
+
+
+def group_series(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
+    """DICOM files grouped by Series Instance UID; files that are not DICOM are skipped."""
+    series: dict[str, list[Path]] = defaultdict(list)
+    for path in find_dicom_files(paths):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except (InvalidDicomError, OSError, EOFError):
+            logger.debug("skipped %s: not DICOM", path.name)
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if uid:
+            series[uid].append(path)
+    return dict(series)

@@ -1,0 +1,20 @@
+"""Shared fixtures: small synthetic CT series with known geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.synth import Phantom, generate_phantom, write_series
+
+
+@pytest.fixture(scope="session")
+def small_phantom() -> Phantom:
+    """A 128 x 128 phantom of 12 slices over the kidneys, with two stones."""
+    return generate_phantom(7, rows=128, slice_spacing=2.0, coverage=(0.74, 0.9), n_stones=2)
+
+
+@pytest.fixture(scope="session")
+def small_series(small_phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_series(small_phantom, tmp_path_factory.mktemp("series"))

@@ -1,0 +1,188 @@
+"""Volume loading: geometry, compressed and multi-frame inputs, duplicates, rejects with reasons."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless
+
+from inference.errors import InferenceError, VolumeError
+from inference.synth import Phantom, write_series
+from inference.volume import group_series, load_volume
+
+
+def test_series_round_trip_whatever_the_file_order(small_phantom: Phantom, small_series: list[Path]) -> None:
+    shuffled = list(small_series)
+    random.Random(3).shuffle(shuffled)
+    volume = load_volume(shuffled)
+    assert volume.hu.dtype == np.float32
+    np.testing.assert_array_equal(volume.hu, small_phantom.hu)
+    assert volume.shape == small_phantom.hu.shape
+    assert volume.spacing == pytest.approx((2.0, small_phantom.pixel_spacing, small_phantom.pixel_spacing))
+    assert np.all(np.diff(volume.offsets_mm) > 0)
+    assert volume.uniform_spacing
+    assert volume.series_instance_uid == small_phantom.series_instance_uid
+    assert volume.frame_of_reference_uid == small_phantom.frame_of_reference_uid
+    assert volume.sop_instance_uids == tuple(small_phantom.sop_instance_uid(k) for k in range(volume.shape[0]))
+    assert volume.source_paths == tuple(str(p) for p in small_series)
+    # voxel (0, 0, 0) sits at the phantom's origin; index_to_patient follows the rows and columns
+    np.testing.assert_allclose(volume.index_to_patient(np.array([0, 0, 0])), small_phantom.origin_mm, atol=1e-3)
+    np.testing.assert_allclose(
+        volume.index_to_patient(np.array([1, 2, 3])) - volume.index_to_patient(np.array([0, 0, 0])),
+        [3 * small_phantom.pixel_spacing, 2 * small_phantom.pixel_spacing, 2.0], atol=1e-3)
+
+
+def test_rle_compressed_series_loads_the_same(small_phantom: Phantom, tmp_path: Path) -> None:
+    paths = write_series(small_phantom, tmp_path, transfer_syntax_uid=RLELossless)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(load_volume(paths).hu, small_phantom.hu)
+
+
+def test_jpeg2000_lossless_equals_uncompressed() -> None:
+    compressed = load_volume([get_testdata_file("693_J2KR.dcm")])
+    plain = load_volume([get_testdata_file("693_UNCR.dcm")])
+    np.testing.assert_array_equal(compressed.hu, plain.hu)
+    assert compressed.shape == (1, 512, 512)
+
+
+def test_single_slice_uses_slice_thickness() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    volume = load_volume([path])
+    ds = pydicom.dcmread(path)
+    assert volume.shape == (1, 128, 128)
+    assert volume.slice_spacing == pytest.approx(float(ds.SliceThickness))
+    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(volume.hu[0], expected.astype(np.float32))
+
+
+def test_enhanced_ct_multiframe() -> None:
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    volume = load_volume([path])
+    ds = pydicom.dcmread(path)
+    assert volume.shape == (2, int(ds.Rows), int(ds.Columns))
+    assert volume.frame_numbers in ((1, 2), (2, 1))
+    assert volume.sop_instance_uids == (ds.SOPInstanceUID,) * 2
+    assert np.all(np.diff(volume.offsets_mm) > 0)
+    slope = float(ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope)
+    intercept = float(ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleIntercept)
+    frame = volume.frame_numbers[0] - 1
+    np.testing.assert_allclose(volume.hu[0], ds.pixel_array[frame] * slope + intercept)
+
+
+def test_the_same_instance_twice_is_one_slice(small_series: list[Path]) -> None:
+    volume = load_volume(small_series + small_series[:3])
+    assert volume.shape[0] == len(small_series)
+
+
+def test_two_instances_at_one_position_keep_the_highest_instance_number(small_series: list[Path], tmp_path: Path) -> None:
+    ds = pydicom.dcmread(small_series[4])
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.InstanceNumber = 999
+    ds.PixelData = (np.full((ds.Rows, ds.Columns), 1024 + 77, np.uint16)).tobytes()
+    extra = tmp_path / "dup.dcm"
+    ds.save_as(extra)
+    for order in ([extra, *small_series], [*small_series, extra]):
+        volume = load_volume(order)
+        assert volume.shape[0] == len(small_series)
+        assert volume.sop_instance_uids[4] == ds.SOPInstanceUID
+        assert np.all(volume.hu[4] == 77)
+
+
+def test_uneven_spacing_is_kept(small_phantom: Phantom, small_series: list[Path]) -> None:
+    volume = load_volume(small_series[:5] + small_series[6:])
+    assert volume.shape[0] == len(small_series) - 1
+    assert not volume.uniform_spacing
+    assert volume.slice_spacing == pytest.approx(2.0)
+    np.testing.assert_allclose(volume.slice_extent_mm[3:6], [2.0, 3.0, 3.0])
+    np.testing.assert_array_equal(volume.hu[5], small_phantom.hu[6])
+
+
+def _modified(paths: list[Path], tmp_path: Path, change) -> list[Path]:
+    out = []
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        change(k, ds)
+        target = tmp_path / path.name
+        ds.save_as(target)
+        out.append(target)
+    return out
+
+
+def _tilt(k: int, ds: pydicom.Dataset) -> None:
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1] + 0.8 * k, ds.ImagePositionPatient[2]]
+
+
+def _sagittal(k: int, ds: pydicom.Dataset) -> None:
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+
+
+def _mixed_size(k: int, ds: pydicom.Dataset) -> None:
+    if k == 2:
+        ds.Rows = 64
+        ds.PixelData = ds.PixelData[: 64 * ds.Columns * 2]
+
+
+def _mixed_orientation(k: int, ds: pydicom.Dataset) -> None:
+    if k == 2:
+        ds.ImageOrientationPatient = [0.9962, 0.0872, 0, -0.0872, 0.9962, 0]
+
+
+def _no_pixels(k: int, ds: pydicom.Dataset) -> None:
+    if k == 1:
+        del ds.PixelData
+
+
+def _mr(k: int, ds: pydicom.Dataset) -> None:
+    ds.Modality = "MR"
+
+
+def _localizer(k: int, ds: pydicom.Dataset) -> None:
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+
+def _two_series(k: int, ds: pydicom.Dataset) -> None:
+    if k == 0:
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".1"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_tilt, "tilted gantry"),
+        (_sagittal, "not axial"),
+        (_mixed_size, "mixed sizes"),
+        (_mixed_orientation, "mixed image orientations"),
+        (_no_pixels, "no pixel data"),
+        (_mr, "not CT"),
+        (_localizer, "localizer"),
+        (_two_series, "2 different series"),
+    ],
+)
+def test_rejects_with_a_reason(small_series: list[Path], tmp_path: Path, change, reason: str) -> None:
+    paths = _modified(small_series[:4], tmp_path, change)
+    with pytest.raises(VolumeError, match=reason) as info:
+        load_volume(paths)
+    assert isinstance(info.value, InferenceError)
+    assert reason in info.value.reason
+
+
+def test_rejects_non_dicom_and_empty(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all" * 20)
+    with pytest.raises(VolumeError, match="cannot be read as DICOM"):
+        load_volume([junk])
+    with pytest.raises(VolumeError, match="no instances"):
+        load_volume([])
+    with pytest.raises(VolumeError, match="not CT"):
+        load_volume([get_testdata_file("MR_small.dcm")])
+
+
+def test_group_series_skips_other_files(small_series: list[Path], tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    groups = group_series([small_series[0].parent, tmp_path])
+    assert list(groups.values()) == [sorted(small_series)]
