@@ -251,6 +251,7 @@ def generate_phantom(
     slices: int | None = None,
     n_stones: int | None = None,
     n_mimics: int | None = None,
+    stone_sites: tuple[str, ...] = STONE_SITES,
 ) -> Phantom:
     """A synthetic abdominal CT, the same for the same arguments.
 
@@ -315,7 +316,8 @@ def generate_phantom(
     stones_spec = []
     count = n_stones if n_stones is not None else int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
     for _ in range(count):
-        site = str(rng.choice(STONE_SITES, p=[0.5, 0.3, 0.2]))
+        weights = np.array([{"kidney": 0.5, "ureter": 0.3, "bladder": 0.2}[x] for x in stone_sites])
+        site = str(rng.choice(stone_sites, p=weights / weights.sum()))
         side = int(rng.choice([-1, 1]))
         u = rng.random()
         if u < 0.4:

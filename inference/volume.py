@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,10 +302,12 @@ def _drop_duplicates(frames: list[_Frame], normal: np.ndarray) -> list[_Frame]:
     return kept
 
 
-def load_volume(sources: Sequence[str | Path | Dataset]) -> Volume:
+def load_volume(sources: Sequence[str | Path | Dataset],
+                progress: Callable[[int], object] | None = None) -> Volume:
     """Assemble the instances of one CT series into a ``Volume`` (see the module's rules).
 
     Raises ``VolumeError`` with the reason when the series cannot be read as an axial CT.
+    ``progress(1)`` is called after each instance is read (a tqdm bar's ``update`` fits).
     """
     if not sources:
         raise VolumeError("no instances were given")
@@ -319,6 +321,8 @@ def load_volume(sources: Sequence[str | Path | Dataset]) -> Volume:
         datasets.append(ds)
         paths.append(path)
         frames.extend(_frames_of(ds, index, name))
+        if progress is not None:
+            progress(1)
 
     series_uid = _single((str(d.get("SeriesInstanceUID", "")) for d in datasets), "series")
     study_uid = _single((str(d.get("StudyInstanceUID", "")) for d in datasets), "studie")

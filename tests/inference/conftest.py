@@ -11,8 +11,9 @@ from inference.synth import Phantom, generate_phantom, write_series
 
 @pytest.fixture(scope="session")
 def small_phantom() -> Phantom:
-    """A 128 x 128 phantom of 12 slices over the kidneys, with two stones."""
-    return generate_phantom(7, rows=128, slice_spacing=2.0, coverage=(0.74, 0.9), n_stones=2)
+    """A 128 x 128 phantom of about 30 slices over the kidneys, with three kidney stones."""
+    return generate_phantom(7, rows=128, slice_spacing=2.0, coverage=(0.66, 0.96), n_stones=3,
+                            stone_sites=("kidney",))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,153 @@
+"""Stage 1 of the cascade: cheap candidate finding at full resolution, and patch cutting.
+
+A stone is dense (>= 200 HU, partial volume lowers small ones), small (1-20 mm)
+and inside the body. So: voxels above ``threshold_hu`` inside the body, 3D
+components, and away with components that cannot be a stone: larger than
+``max_volume_mm3`` or longer than ``max_extent_mm`` in any direction (vertebrae,
+pelvis, ribs). What remains (stones and their mimics) is cut into small patches
+around each component on each of its slices, which the network (stage 2)
+segments. The same rule with a higher threshold is the evaluation's baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from inference.volume import Volume
+
+BODY_HU = -500.0
+BODY_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class CandidateRule:
+    threshold_hu: float = 130.0
+    max_volume_mm3: float = 8000.0
+    max_extent_mm: float = 30.0
+
+
+DEFAULT_RULE = CandidateRule()
+BASELINE_RULE = CandidateRule(threshold_hu=200.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """Components that may be stones, and where to look at them."""
+
+    labels: np.ndarray
+    """int32 (slices, rows, columns): component id per voxel, 0 = none (large ones removed)."""
+    count: int
+    centres: np.ndarray
+    """int (n, 3): (slice, row, column) of every patch centre, sorted by slice."""
+    component_of_centre: np.ndarray
+    """int (n,): the component each patch centre belongs to."""
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The patient's body on a grid ``BODY_STRIDE`` times coarser in-plane (bool)."""
+    coarse = hu[:, ::BODY_STRIDE, ::BODY_STRIDE] > BODY_HU
+    labels, count = ndimage.label(coarse)
+    if count == 0:
+        return coarse
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(sizes.argmax())
+    for k in range(body.shape[0]):
+        body[k] = ndimage.binary_fill_holes(body[k])
+    return body
+
+
+def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candidates:
+    """Candidate components of ``volume`` under ``rule`` (see the module's text)."""
+    hu = volume.hu
+    dense = hu >= rule.threshold_hu
+    labels, count = ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return Candidates(labels, 0, np.zeros((0, 3), int), np.zeros(0, int))
+    body = body_mask(hu)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    voxel_mm3 = volume.pixel_spacing[0] * volume.pixel_spacing[1] * volume.slice_spacing
+    objects = ndimage.find_objects(labels)
+    keep = np.zeros(count + 1, dtype=bool)
+    for i, box in enumerate(objects, start=1):
+        if box is None or sizes[i] * voxel_mm3 > rule.max_volume_mm3:
+            continue
+        extent = (
+            (box[0].stop - box[0].start) * volume.slice_spacing,
+            (box[1].stop - box[1].start) * volume.pixel_spacing[0],
+            (box[2].stop - box[2].start) * volume.pixel_spacing[1],
+        )
+        if max(extent) > rule.max_extent_mm:
+            continue
+        k = (box[0].start + box[0].stop - 1) // 2
+        r = min(body.shape[1] - 1, ((box[1].start + box[1].stop - 1) // 2) // BODY_STRIDE)
+        c = min(body.shape[2] - 1, ((box[2].start + box[2].stop - 1) // 2) // BODY_STRIDE)
+        keep[i] = bool(body[k, r, c])
+    kept_ids = np.nonzero(keep)[0]
+    remap = np.zeros(count + 1, dtype=np.int32)
+    remap[kept_ids] = np.arange(1, kept_ids.size + 1, dtype=np.int32)
+    labels = remap[labels]
+    centres = []
+    owners = []
+    for new_id, old_id in enumerate(kept_ids, start=1):
+        box = objects[old_id - 1]
+        local = labels[box] == new_id
+        for dk in range(local.shape[0]):
+            rr, cc = np.nonzero(local[dk])
+            if rr.size == 0:
+                continue
+            centres.append((
+                box[0].start + dk,
+                box[1].start + (int(rr.min()) + int(rr.max())) // 2,
+                box[2].start + (int(cc.min()) + int(cc.max())) // 2,
+            ))
+            owners.append(new_id)
+    centres_arr = np.asarray(centres, dtype=int).reshape(-1, 3)
+    owners_arr = np.asarray(owners, dtype=int)
+    order = np.argsort(centres_arr[:, 0], kind="stable")
+    return Candidates(labels, int(kept_ids.size), centres_arr[order], owners_arr[order])
+
+
+def baseline_mask(volume: Volume, rule: CandidateRule = BASELINE_RULE) -> np.ndarray:
+    """The plain baseline: every voxel of every candidate component under ``rule``."""
+    return find_candidates(volume, rule).labels > 0
+
+
+def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1) -> np.ndarray:
+    """float32 (n, size, size, 2 * context + 1) windows of ``hu`` around each centre.
+
+    Channel ``context`` is the centre's slice; the others are its neighbours (the
+    edge slice repeats at the ends). Outside the image reads as air.
+    """
+    n = centres.shape[0]
+    half = size // 2
+    depth = 2 * context + 1
+    out = np.full((n, size, size, depth), -1000.0, dtype=np.float32)
+    slices, rows, cols = hu.shape
+    for i, (k, r, c) in enumerate(centres):
+        r0, c0 = r - half, c - half
+        rs0, cs0 = max(0, r0), max(0, c0)
+        rs1, cs1 = min(rows, r0 + size), min(cols, c0 + size)
+        for d in range(depth):
+            kk = min(slices - 1, max(0, k + d - context))
+            out[i, rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0, d] = hu[kk, rs0:rs1, cs0:cs1]
+    return out
+
+
+def paste_patches(shape: tuple[int, int, int], centres: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """Combine per-patch probabilities (n, size, size) into a volume by their maximum."""
+    out = np.zeros(shape, dtype=np.float32)
+    n, size = patches.shape[0], patches.shape[1]
+    half = size // 2
+    _, rows, cols = shape
+    for i in range(n):
+        k, r, c = centres[i]
+        r0, c0 = r - half, c - half
+        rs0, cs0 = max(0, r0), max(0, c0)
+        rs1, cs1 = min(rows, r0 + size), min(cols, c0 + size)
+        view = out[k, rs0:rs1, cs0:cs1]
+        np.maximum(view, patches[i, rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0], out=view)
+    return out

@@ -1,0 +1,225 @@
+"""The inference subcommands of ``uronode``: synth, train, evaluate, predict.
+
+``register(subparsers)`` adds them to an argparse sub-parsers object; each sets
+``func`` to a callable taking the parsed arguments and returning an exit code.
+Output for people goes to stdout here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EVAL_SEED = 50_000
+"""Held-out phantoms start here; training uses seeds below 10,000."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("synth", help="write synthetic CT series with stones (no patient data)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write series into")
+    p.add_argument("--count", type=int, default=1, help="how many series")
+    p.add_argument("--seed", type=int, default=1, help="seed of the first series")
+    p.add_argument("--rows", type=int, default=512, help="image size (rows = columns)")
+    p.add_argument("--slices", type=int, default=None, help="slices per series (default: whole abdomen)")
+    p.add_argument("--real", action="store_true",
+                   help="also write the real example CT with inserted stones (needs /work/shared/data)")
+    p.set_defaults(func=cmd_synth)
+
+    p = subparsers.add_parser("train", help="train the stone model on generated data")
+    p.add_argument("--out", type=Path, default=Path("models/default"), help="model folder to write")
+    p.add_argument("--phantoms", type=int, default=200, help="generated training series")
+    p.add_argument("--first-seed", type=int, default=1000)
+    p.add_argument("--patches", type=Path, nargs="*", default=[],
+                   help="saved patch sets (.npz) to use instead of generating")
+    p.add_argument("--save-patches", type=Path, default=None, help="keep the generated patches here")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--base", type=int, default=16, help="U-Net filters at full resolution")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
+    p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
+    p.add_argument("--series", type=int, default=40, help="generated held-out series")
+    p.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
+    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--slices", type=int, default=None, help="slices per generated series (default: whole abdomen)")
+    p.add_argument("--real", type=int, default=0, help="also this many real-anatomy cases with inserted stones")
+    p.add_argument("--threshold", type=float, default=None, help="override the card's threshold")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
+    p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
+    p.add_argument("--out", type=Path, required=True, help="folder for findings.json and previews")
+    p.add_argument("--model", default=None, help="model folder or name under models/")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--no-previews", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from inference.synth import (
+        REAL_CT_ATTRIBUTION,
+        generate_phantom,
+        real_anatomy_phantom,
+        write_series,
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    phantoms = []
+    for i in range(args.count):
+        seed = args.seed + i
+        kwargs = {"rows": args.rows}
+        if args.slices:
+            kwargs["slices"] = args.slices
+            kwargs["coverage"] = (0.55, 1.0)
+        phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **kwargs)))
+    if args.real:
+        phantoms.append(("real-anatomy", real_anatomy_phantom(args.seed)))
+    for folder, phantom in phantoms:
+        paths = write_series(phantom, args.out / folder, series_number=1)
+        truth = {
+            "series_instance_uid": phantom.series_instance_uid,
+            "stones": [s.__dict__ for s in phantom.stones],
+            "mimics": [m.__dict__ for m in phantom.mimics],
+        }
+        if folder == "real-anatomy":
+            truth["attribution"] = REAL_CT_ATTRIBUTION
+        (args.out / f"{folder}.truth.json").write_text(json.dumps(truth, indent=2))
+        print(f"{folder}: {len(paths)} slices, {len(phantom.stones)} stone(s) -> {args.out / folder}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from inference.dataset import PatchSet
+    from inference.runtime import configure_threads
+    from inference.train import build_training_patches, train_model
+
+    configure_threads()
+    if args.patches:
+        data = PatchSet.concatenate([PatchSet.load(p) for p in args.patches])
+        description = f"saved patch sets {', '.join(p.name for p in args.patches)}"
+    else:
+        seeds = range(args.first_seed, args.first_seed + args.phantoms)
+        data = build_training_patches(seeds)
+        if args.save_patches:
+            data.save(args.save_patches)
+        description = f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
+    description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
+                    "(inference.synth, uronode's generator; no real stones)")
+    card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description)
+    print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
+    print("now run: uronode evaluate --model", args.out, "--write-card")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inference.evaluate import baseline_predictor, evaluate, format_table
+    from inference.pipeline import Pipeline
+    from inference.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
+
+    pipeline = Pipeline(args.model, threshold=args.threshold)
+
+    def model_predict(volume):
+        return pipeline.run(volume).mask
+
+    predictors = {"model": model_predict, "baseline 200 HU": baseline_predictor(200.0),
+                  "baseline 130 HU": baseline_predictor(130.0)}
+    kwargs: dict[str, object] = {"rows": args.rows}
+    if args.slices:
+        kwargs.update(slices=args.slices, coverage=(0.0, 1.0))
+    cases = (generate_phantom(args.seed + i, **kwargs) for i in range(args.series))  # type: ignore[arg-type]
+    results = {"generated": evaluate(cases, predictors, progress=True)}
+    if args.real:
+        real = (real_anatomy_phantom(args.seed + i) for i in range(args.real))
+        results["real_anatomy"] = evaluate(real, predictors, progress=True)
+    for name, table in results.items():
+        print(f"\n{name}:")
+        print(format_table(table))
+        print("model false positives by mimic:", table["model"]["false_positives_by_mimic"])
+    summary = {
+        "model": {"name": pipeline.name, "version": pipeline.version, "threshold": pipeline.threshold},
+        "generated_set": {"seeds": f"{args.seed}-{args.seed + args.series - 1}", "rows": args.rows,
+                          "slices": args.slices or "whole abdomen (112-270)"},
+        "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
+        "results": results,
+        "note": "Generated and stone-inserted data only: not measured on real stones.",
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2, default=float))
+    if args.write_card:
+        from inference.train import write_card
+
+        card = dict(pipeline.model.card.raw)
+        card["metrics"] = summary
+        write_card(pipeline.model.folder, card)
+        print(f"figures recorded in {pipeline.model.folder / 'card.json'}")
+    return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from inference.errors import VolumeError
+    from inference.pipeline import Pipeline
+    from inference.preview import write_previews
+    from inference.volume import group_series, load_volume
+
+    groups = group_series(args.paths)
+    if not groups:
+        print("no DICOM files found", file=sys.stderr)
+        return 2
+    pipeline = Pipeline(args.model, threshold=args.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": [],
+                                 "rejected": []}
+    rows = [["series", "stone", "side", "max diameter mm", "volume mm3", "mean HU", "max HU", "slices"]]
+    total_files = sum(len(v) for v in groups.values())
+    with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
+        for number, (uid, paths) in enumerate(sorted(groups.items()), start=1):
+            try:
+                volume = load_volume(paths, progress=bar.update)
+            except VolumeError as exc:
+                logger.warning("series %d skipped: %s", number, exc.reason)
+                report["rejected"].append({"series_instance_uid": uid, "reason": exc.reason})  # type: ignore[union-attr]
+                rows.append([f"#{number}", "-", "rejected: " + exc.reason, "", "", "", "", ""])
+                continue
+            findings = pipeline.run(volume)
+            entry = findings.to_json()
+            entry["slices"] = volume.shape[0]
+            if not args.no_previews:
+                previews = write_previews(volume, findings, args.out / uid)
+                entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
+            report["series"].append(entry)  # type: ignore[union-attr]
+            if not findings.stones:
+                rows.append([f"#{number}", "none", "", "", "", "", "", ""])
+            for i, s in enumerate(findings.stones, start=1):
+                rows.append([f"#{number}", str(i), s.side, f"{s.max_diameter_mm:.1f}", f"{s.volume_mm3:.1f}",
+                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}",
+                             f"{s.slice_indices[0] + 1}-{s.slice_indices[-1] + 1}"])
+    (args.out / "findings.json").write_text(json.dumps(report, indent=2))
+    print(_table(rows))
+    print(f"findings written to {args.out / 'findings.json'}")
+    return 1 if report["rejected"] and not report["series"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
