@@ -1,0 +1,201 @@
+"""Hot-path tuning of pynetdicom 3.0.4 for the listener.
+
+Profiled here, a stock pynetdicom acceptor spends most of each C-STORE on
+things other than receiving: two reactor threads that poll with 1 ms sleeps
+(adding up to three polling delays to every instance), and building the
+C-STORE response through a pydicom Dataset. This module removes both, for
+associations created by our request handler only:
+
+- **Event-driven reactors.** pynetdicom's reactors call ``time.sleep`` when
+  idle. Both modules get a ``time`` whose ``sleep`` lets a thread that we
+  marked wait for its real wake-up instead: the association thread on an
+  Event set whenever the DUL hands it a message, the DUL thread in
+  ``select()`` on its socket and a wake-up pipe written whenever a primitive
+  is queued for sending. Waits are capped (50 ms) so every periodic check
+  (timers, kill flags) still runs. Unmarked threads sleep as before.
+- **Lean C-STORE-RSP.** A response without extra elements (the usual case)
+  is encoded straight to its bytes (command set, Implicit VR Little Endian)
+  and queued as one P-DATA; anything else takes pynetdicom's own path.
+
+It relies on pynetdicom internals, so the version is pinned in
+pyproject.toml and :func:`install` refuses any other version (the node then
+runs on stock pynetdicom, only slower). ``tests/scp/test_fastpath.py`` checks
+that it is active and that responses match pynetdicom's own encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time as _time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pynetdicom
+from pynetdicom import _config, evt
+from pynetdicom import association as _association_mod
+from pynetdicom import dul as _dul_mod
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSION = "3.0.4"
+MAX_WAIT_S = 0.05
+
+_installed = False
+_original_send_msg = DIMSEServiceProvider.send_msg
+
+
+class _ThreadAwareTime:
+    """Stands in for the ``time`` module inside pynetdicom's reactors."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        waiter: Callable[[float], None] | None = getattr(threading.current_thread(), "_uronode_wait", None)
+        if waiter is None or seconds > 0.01:
+            _time.sleep(seconds)
+        else:
+            waiter(seconds)
+
+
+def _uid_bytes(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def encode_store_response(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int
+) -> bytes:
+    """The command set of a C-STORE-RSP without optional elements, Implicit VR Little Endian."""
+    body = b"".join(
+        (
+            _element(0x00000002, _uid_bytes(sop_class_uid)),
+            _element(0x00000100, struct.pack("<H", 0x8001)),
+            _element(0x00000120, struct.pack("<H", message_id)),
+            _element(0x00000800, struct.pack("<H", 0x0101)),
+            _element(0x00000900, struct.pack("<H", status)),
+            _element(0x00001000, _uid_bytes(sop_instance_uid)),
+        )
+    )
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    if (
+        type(primitive) is C_STORE
+        and primitive.MessageIDBeingRespondedTo is not None
+        and getattr(self.assoc, "_uronode_fast", False)
+        and primitive.ErrorComment is None
+        and primitive.OffendingElement is None
+        and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+    ):
+        command = encode_store_response(
+            int(primitive.MessageIDBeingRespondedTo or 0),
+            str(primitive.AffectedSOPClassUID),
+            str(primitive.AffectedSOPInstanceUID),
+            int(primitive.Status or 0),
+        )
+        pdata = P_DATA()
+        pdata.presentation_data_value_list = [(context_id, b"\x03" + command)]
+        self.dul.send_pdu(pdata)
+        return
+    _original_send_msg(self, primitive, context_id)
+
+
+def attach(assoc: Any) -> None:
+    """Make one acceptor association event-driven (call before it starts)."""
+    if not _installed:
+        return
+    assoc._uronode_fast = True
+    dul = assoc.dul
+    woken = threading.Event()
+
+    def wait_association(_seconds: float) -> None:
+        if assoc.dimse.msg_queue.qsize() or dul.to_user_queue.qsize():
+            return
+        woken.wait(MAX_WAIT_S)
+        woken.clear()
+
+    def on_put(put: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(item: Any, *args: Any, **kwargs: Any) -> None:
+            put(item, *args, **kwargs)
+            woken.set()
+
+        return wrapped
+
+    assoc.dimse.msg_queue.put = on_put(assoc.dimse.msg_queue.put)
+    dul.to_user_queue.put = on_put(dul.to_user_queue.put)
+    assoc._uronode_wait = wait_association
+
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    weakref.finalize(dul, wake_r.close)
+    weakref.finalize(dul, wake_w.close)
+    provider_put = dul.to_provider_queue.put
+
+    def put_and_wake(item: Any, *args: Any, **kwargs: Any) -> None:
+        provider_put(item, *args, **kwargs)
+        try:
+            wake_w.send(b"\x00")
+        except OSError:  # full (already woken) or closed (association over)
+            pass
+
+    dul.to_provider_queue.put = put_and_wake
+
+    def wait_dul(seconds: float) -> None:
+        if dul.to_provider_queue.qsize() or not dul.event_queue.empty():
+            return
+        wrapped = getattr(dul.socket, "socket", None)
+        if wrapped is None or wrapped.fileno() < 0:
+            _time.sleep(seconds)
+            return
+        pending = getattr(wrapped, "pending", None)
+        if pending is not None and pending():
+            return  # TLS bytes already decrypted and buffered
+        try:
+            select.select([wrapped, wake_r], [], [], MAX_WAIT_S)
+            while True:
+                if not wake_r.recv(4096):
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, ValueError):
+            _time.sleep(seconds)
+
+    dul._uronode_wait = wait_dul
+
+
+def install() -> bool:
+    """Apply the tuning once per process; returns whether it is active."""
+    global _installed
+    if _installed:
+        return True
+    _config.LOG_HANDLER_LEVEL = "none"  # public setting: no per-PDU debug handlers
+    if pynetdicom.__version__ != SUPPORTED_VERSION:
+        log.warning(
+            "pynetdicom %s is not %s: receiving without the fast path", pynetdicom.__version__, SUPPORTED_VERSION
+        )
+        return False
+    _association_mod.time = _ThreadAwareTime()  # type: ignore[assignment]
+    _dul_mod.time = _ThreadAwareTime()  # type: ignore[assignment]
+    DIMSEServiceProvider.send_msg = _lean_send_msg  # type: ignore[method-assign]
+    _installed = True
+    return True
+
+
+def is_installed() -> bool:
+    return _installed

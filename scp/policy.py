@@ -1,0 +1,126 @@
+"""Who may associate: the called AE title, the calling-AE allow-list and the association limit.
+
+pynetdicom checks the called AE title itself. The allow-list (with optional
+host) and the node-wide association limit, shared by all receiving
+processes, are checked here, in the acceptor's ACSE negotiation, so that a
+refused caller gets a proper A-ASSOCIATE-RJ with the right reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.acse import ACSE
+from pynetdicom.transport import RequestHandler
+
+from scp import fastpath
+from scp.status import RejectReason, RejectResult, RejectSource
+from uronode.settings import CallerRule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """The calling-AE allow-list. ``restrict`` off lets every caller in."""
+
+    restrict: bool
+    rules: tuple[CallerRule, ...]
+
+    @classmethod
+    def from_rules(cls, restrict: bool, rules: Sequence[CallerRule]) -> CallerPolicy:
+        return cls(restrict=restrict, rules=tuple(rules))
+
+    def allows(self, calling_ae: str, host: str) -> bool:
+        if not self.restrict:
+            return True
+        calling = calling_ae.strip()
+        return any(r.ae_title == calling and (r.host is None or r.host == host) for r in self.rules)
+
+
+class AssociationSlots:
+    """A node-wide count of open associations, shared between receiving processes.
+
+    ``counts`` is a ``multiprocessing.Array('i', processes)`` (one slot per
+    process, so that a restarted process can reset its own) and ``lock`` its lock.
+    """
+
+    def __init__(self, counts: Any, index: int, limit: int) -> None:
+        self.counts = counts
+        self.index = index
+        self.limit = limit
+
+    def reset(self) -> None:
+        with self.counts.get_lock():
+            self.counts[self.index] = 0
+
+    def try_take(self) -> bool:
+        with self.counts.get_lock():
+            if sum(self.counts[:]) >= self.limit:
+                return False
+            self.counts[self.index] += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.counts.get_lock():
+            self.counts[self.index] = max(0, self.counts[self.index] - 1)
+
+
+class PolicyACSE(ACSE):
+    """ACSE that applies the caller policy and the shared association limit before negotiating."""
+
+    policy: CallerPolicy
+    slots: AssociationSlots | None
+
+    def _negotiate_as_acceptor(self) -> None:
+        rq = self.requestor.primitive
+        calling_ae = str(rq.calling_ae_title if rq is not None else "").strip()
+        host = str(self.requestor.address)
+        if not self.policy.allows(calling_ae, host):
+            log.warning("association from %s at %s rejected: calling AE title not allowed", calling_ae, host)
+            self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
+            return
+        if self.slots is not None:
+            if not self.slots.try_take():
+                log.warning("association from %s at %s rejected: %d associations open", calling_ae, host, self.slots.limit)
+                self._reject(
+                    RejectResult.TRANSIENT,
+                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    RejectReason.LOCAL_LIMIT_EXCEEDED,
+                )
+                return
+            self.assoc._uronode_slot = True  # type: ignore[attr-defined]
+        super()._negotiate_as_acceptor()
+
+    def _reject(self, result: int, source: int, reason: int) -> None:
+        self.requestor.ae_title = str(self.requestor.primitive.calling_ae_title)  # type: ignore[union-attr]
+        self.send_reject(result, source, reason)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+
+
+def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -> type[RequestHandler]:
+    """A pynetdicom request handler whose associations use :class:`PolicyACSE`."""
+
+    class _Handler(RequestHandler):
+        def _create_association(self):  # type: ignore[no-untyped-def]
+            assoc = super()._create_association()
+            acse = PolicyACSE(assoc)
+            acse.policy = policy
+            acse.slots = slots
+            assoc.acse = acse
+            fastpath.attach(assoc)
+            return assoc
+
+    return _Handler
+
+
+def release_slot(assoc: Any, slots: AssociationSlots | None) -> None:
+    """Give back the association's slot, once, when its connection closes."""
+    if slots is not None and getattr(assoc, "_uronode_slot", False):
+        assoc._uronode_slot = False
+        slots.give_back()

@@ -1,0 +1,251 @@
+"""The DICOM listener: C-ECHO and C-STORE SCP for every storage SOP class.
+
+The node runs ``scp.processes`` receiving processes. The parent binds one
+listening socket and hands it to each; the kernel gives each new association
+to whichever process accepts first. Each association runs in its own thread.
+
+The C-STORE handler stores the data set exactly as it came off the wire
+(no pixel decoding): it prefixes our File Meta Information, reads the few
+attributes the index needs, and answers success only after
+:meth:`uronode.store.Store.put` has made file and index durable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp import fastpath
+from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
+from scp.status import StoreStatus
+from uronode.dicomfile import encode_file_meta, read_header
+from uronode.errors import InvalidInstance, OutOfResources
+from uronode.settings import Settings
+from uronode.store import Store
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Every storage SOP class pynetdicom knows, each with all our transfer syntaxes."""
+    contexts = []
+    for cx in AllStoragePresentationContexts:
+        new = PresentationContext()
+        new.abstract_syntax = cx.abstract_syntax
+        new.transfer_syntax = list(TRANSFER_SYNTAXES)
+        contexts.append(new)
+    return contexts
+
+
+@dataclass
+class Receiver:
+    """What the handlers of one receiving process share: the store and the open associations."""
+
+    store: Store
+    slots: AssociationSlots | None = None
+    association_ids: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def association_id(self, event: Event) -> int:
+        key = id(event.assoc)
+        with self.lock:
+            found = self.association_ids.get(key)
+        if found is None:
+            requestor = event.assoc.requestor
+            found = self.store.open_association(str(requestor.ae_title).strip(), str(requestor.address))
+            with self.lock:
+                self.association_ids[key] = found
+        return found
+
+    def end_association(self, event: Event, outcome: str) -> None:
+        with self.lock:
+            found = self.association_ids.pop(id(event.assoc), None)
+        if found is not None:
+            self.store.close_association(found, outcome)
+
+
+def handle_store(event: Event, receiver: Receiver) -> int:
+    """EVT_C_STORE: make the instance durable and indexed, then answer."""
+    request = cast(C_STORE, event.request)
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    sop_class_uid = str(request.AffectedSOPClassUID)
+    sop_instance_uid = str(request.AffectedSOPInstanceUID)
+    data = request.DataSet
+    if data is None:
+        log.warning("C-STORE from %s without a data set", calling_ae)
+        return StoreStatus.CANNOT_UNDERSTAND
+    meta = encode_file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, calling_ae)
+    body = data.getbuffer()
+    try:
+        header = read_header([meta, body])
+        if header.sop_instance_uid != sop_instance_uid or header.sop_class_uid != sop_class_uid:
+            log.warning(
+                "C-STORE from %s refused: the data set's SOP Class/Instance UIDs differ from the request's",
+                calling_ae,
+            )
+            return StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        receiver.store.put(
+            header, [meta, body], calling_ae=calling_ae, association_id=receiver.association_id(event)
+        )
+    except InvalidInstance as exc:
+        log.warning("C-STORE from %s refused, cannot understand: %s", calling_ae, exc)
+        return StoreStatus.CANNOT_UNDERSTAND
+    except OutOfResources as exc:
+        log.error("C-STORE from %s refused, out of resources: %s", calling_ae, exc)
+        return StoreStatus.OUT_OF_RESOURCES
+    finally:
+        body.release()
+    return StoreStatus.SUCCESS
+
+
+def handle_released(event: Event, receiver: Receiver) -> None:
+    receiver.end_association(event, "released")
+
+
+def handle_aborted(event: Event, receiver: Receiver) -> None:
+    receiver.end_association(event, "aborted")
+
+
+def handle_conn_close(event: Event, receiver: Receiver) -> None:
+    receiver.end_association(event, "closed")
+    release_slot(event.assoc, receiver.slots)
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom server that accepts on a listening socket it was handed, with Nagle off."""
+
+    listening_socket: socket.socket | None = None
+
+    def server_bind(self) -> None:
+        inherited = type(self).listening_socket
+        if inherited is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = inherited
+        self.server_address = inherited.getsockname()
+
+    def server_activate(self) -> None:
+        if type(self).listening_socket is None:
+            super().server_activate()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def build_ae(settings: Settings) -> AE:
+    scp = settings.scp
+    ae = AE(ae_title=scp.ae_title)
+    ae.require_called_aet = True
+    # The node-wide limit is enforced by scp.policy over all processes; pynetdicom's own count
+    # includes connections that never sent an A-ASSOCIATE-RQ, so it only backstops.
+    ae.maximum_associations = max(scp.max_associations * 4, 64)
+    ae.maximum_pdu_size = scp.max_pdu_size
+    ae.acse_timeout = scp.acse_timeout_s
+    ae.dimse_timeout = scp.dimse_timeout_s
+    ae.network_timeout = scp.network_timeout_s
+    ae.supported_contexts = [*storage_contexts()]
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+    return ae
+
+
+def make_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen; fails clearly if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)  # several processes accept on it; the losers must not block
+    return sock
+
+
+def make_server(
+    settings: Settings, store: Store, listening: socket.socket | None, slots: AssociationSlots | None
+) -> ThreadedAssociationServer:
+    """A ready, not yet serving, association server for this process."""
+    fastpath.install()
+    receiver = Receiver(store=store, slots=slots)
+    policy = CallerPolicy.from_rules(settings.scp.restrict_callers, settings.scp.caller_rules())
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, handle_store, [receiver]),
+        (evt.EVT_RELEASED, handle_released, [receiver]),
+        (evt.EVT_ABORTED, handle_aborted, [receiver]),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [receiver]),
+    ]
+    server_class = type("BoundServer", (SharedSocketServer,), {"listening_socket": listening})
+    ae = build_ae(settings)
+    server = ae.make_server(
+        (settings.host, settings.scp.port),
+        evt_handlers=handlers,
+        server_class=server_class,
+        request_handler=make_request_handler(policy, slots),
+    )
+    ae._servers.append(server)
+    return server
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphaned listeners)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def run_receiver(
+    settings_json: str, listening: socket.socket, counts: Any, index: int, ready: Any
+) -> None:
+    """Entry point of one receiving process."""
+    from uronode.logs import setup_logging
+
+    _die_with_parent()
+    settings = Settings.model_validate_json(settings_json)
+    setup_logging(settings.log_level)
+    slots = AssociationSlots(counts, index, settings.scp.max_associations)
+    slots.reset()
+    store = Store(
+        settings.storage.data_dir,
+        fsync=settings.storage.fsync,
+        max_disk_used_percent=settings.storage.max_disk_used_percent,
+    )
+    server = make_server(settings, store, listening, slots)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    log.info("receiver %d (pid %d) accepting associations", index, os.getpid())
+    ready.set()
+    server.serve_forever(poll_interval=0.5)

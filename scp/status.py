@@ -1,0 +1,31 @@
+"""DIMSE status values the listener answers with (PS3.4 Annex B, PS3.7 Annex C)."""
+
+import enum
+
+
+class StoreStatus(enum.IntEnum):
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    """Refused: out of resources (disk full, over the watermark, a write failed)."""
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    PROCESSING_FAILURE = 0x0110
+
+
+class RejectResult(enum.IntEnum):
+    PERMANENT = 0x01
+    TRANSIENT = 0x02
+
+
+class RejectSource(enum.IntEnum):
+    SERVICE_USER = 0x01
+    SERVICE_PROVIDER_ACSE = 0x02
+    SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class RejectReason(enum.IntEnum):
+    """Reasons, as numbered for each source."""
+
+    CALLING_AE_NOT_RECOGNISED = 0x03  # source: service user
+    CALLED_AE_NOT_RECOGNISED = 0x07  # source: service user
+    LOCAL_LIMIT_EXCEEDED = 0x02  # source: service provider (presentation)

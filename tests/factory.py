@@ -1,0 +1,96 @@
+"""Synthetic DICOM with known geometry, for the tests and the benchmarks (no patient data)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+
+def uid(*parts: object) -> str:
+    """A deterministic 2.25 UID from the parts."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def ct_slice(
+    study: str,
+    series: str,
+    index: int,
+    *,
+    size: int = 64,
+    spacing: float = 0.7,
+    thickness: float = 2.5,
+    modality: str = "CT",
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    manufacturer: str = "TESTSCANNER",
+    sop_class: str = CTImageStorage,
+    seed: int = 0,
+) -> Dataset:
+    """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
+    rng = np.random.default_rng(seed * 100_003 + index)
+    pixels = (rng.normal(40, 20, (size, size)) + 1024).clip(0, 4095).astype(np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = uid(series, index)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid(series, index)
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.FrameOfReferenceUID = uid(study, "for")
+    ds.PatientName = "Synthetic^Patient"
+    ds.PatientID = "SYN0001"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyID = "1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = modality
+    ds.Manufacturer = manufacturer
+    ds.SeriesDescription = "Abdomen non-contrast"
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = index + 1
+    ds.ImageType = list(image_type)
+    ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, -index * thickness]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [spacing, spacing]
+    ds.SliceThickness = thickness
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = size
+    ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_series(
+    folder: Path, count: int, *, study: str | None = None, series: str | None = None, **kwargs: object
+) -> tuple[str, str, list[Path]]:
+    """Write ``count`` slices as files ``folder/NNNN.dcm``; return (study UID, series UID, paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = study or uid("study", folder)
+    series = series or uid("series", folder)
+    paths = []
+    for i in range(count):
+        ds = ct_slice(study, series, i, **kwargs)  # type: ignore[arg-type]
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study, series, paths
+
+
+__all__ = ["CTImageStorage", "SecondaryCaptureImageStorage", "ct_slice", "uid", "write_series"]

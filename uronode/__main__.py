@@ -1,0 +1,5 @@
+import sys
+
+from uronode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""The ``uronode`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from uronode import __version__
+from uronode.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None) is not None:
+        overrides["host"] = args.host
+    if getattr(args, "log_level", None) is not None:
+        overrides["log_level"] = args.log_level
+    scp: dict[str, Any] = {}
+    if getattr(args, "dicom_port", None) is not None:
+        scp["port"] = args.dicom_port
+    if getattr(args, "ae_title", None) is not None:
+        scp["ae_title"] = args.ae_title
+    if scp:
+        overrides["scp"] = scp
+    if getattr(args, "http_port", None) is not None:
+        overrides["dicomweb"] = {"port": args.http_port}
+    if getattr(args, "data_dir", None) is not None:
+        overrides["storage"] = {"data_dir": args.data_dir}
+    return load_settings(args.config, overrides)
+
+
+def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="where instances, index and queue live (default uronode-data)")
+    parser.add_argument("--host", help="address to listen on, DICOM and HTTP (default 0.0.0.0)")
+    parser.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    parser.add_argument("--ae-title", help="our AE title (default URONODE)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from uronode.logs import setup_logging
+    from uronode.node import serve
+
+    settings = _settings_from_args(args)
+    setup_logging(settings.log_level)
+    serve(settings)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from scp.scu import echo
+
+    result = echo(args.host, args.port, args.called_ae, calling_ae=args.calling_ae, timeout_s=args.timeout)
+    print(result.message)
+    return 0 if result.ok else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from uronode.jobs import JobQueue
+    from uronode.store import Store
+    from uronode.types import JobState
+
+    settings = _settings_from_args(args)
+    queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    state = JobState(args.state) if args.state else None
+    jobs = queue.list(state, args.limit)
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'series':<64}  reason")
+    for job in jobs:
+        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.series_instance_uid:<64}  {job.reason or ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uronode", description="DICOM AI node for urinary stones in CT")
+    parser.add_argument("--version", action="version", version=f"uronode {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML config file (also URONODE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node: DICOM listener, HTTP server, workers")
+    _add_node_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="print the effective settings as JSON")
+    _add_node_flags(config)
+    config.set_defaults(func=cmd_config)
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("host")
+    echo.add_argument("port", type=int)
+    echo.add_argument("called_ae", metavar="AE")
+    echo.add_argument("--calling-ae", default="URONODE")
+    echo.add_argument("--timeout", type=float, default=10.0)
+    echo.set_defaults(func=cmd_echo)
+
+    jobs = sub.add_parser("jobs", help="list jobs and their states")
+    jobs.add_argument("--data-dir", type=Path)
+    jobs.add_argument("--state", choices=["queued", "running", "delivered", "failed"])
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(func=cmd_jobs)
+
+    if importlib.util.find_spec("inference.cli") is not None:
+        from inference import cli as inference_cli
+
+        inference_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Series completion: deciding when a series has fully arrived, and what to do with it.
+
+A series is complete when
+- every association that carried it has ended and nothing more arrived for
+  ``grace_s`` seconds after the last of them ended, or
+- nothing arrived for ``quiet_s`` seconds, whatever the associations do (a
+  sender that keeps its association open, or one that sends a series over
+  many associations with pauses).
+
+A late instance, or an instance replaced by different bytes, re-opens the
+series (its generation goes up) and it completes again. A complete series that
+the model can read becomes a job; one that it cannot is recorded as skipped
+with the reason. All of it lives in SQLite, so a restart picks up where the
+previous run stopped: associations left open are closed as lost at start-up
+and their series complete after the grace period, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+
+from uronode.jobs import JobQueue
+from uronode.store import Store
+from uronode.types import CompletedSeries, SeriesDisposition
+
+log = logging.getLogger(__name__)
+
+CT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+}
+OWN_MANUFACTURER = "uronode"
+"""Manufacturer (0008,0070) written into every object this node derives."""
+
+_DUE_QUERY = """
+SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_received_at,
+       (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+         WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL) AS open_count,
+       (SELECT max(a.ended_at) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+         WHERE sa.series_instance_uid = s.series_instance_uid) AS last_ended_at
+  FROM series s WHERE s.state = 'receiving'
+"""
+
+
+def qualify(rows: Sequence[sqlite3.Row]) -> str | None:
+    """Return why the model cannot take this series, or None when it can."""
+    if not rows:
+        return "the series has no instances"
+    if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
+        return "derived by this node"
+    modalities = sorted({r["modality"] or "(none)" for r in rows})
+    if "CT" not in modalities:
+        return f"modality {'/'.join(modalities)}, not CT"
+    ct_rows = [r for r in rows if r["sop_class_uid"] in CT_SOP_CLASSES]
+    if not ct_rows:
+        return f"SOP class {rows[0]['sop_class_uid']} is not a CT image storage class"
+    image_types = [(r["image_type"] or "").upper().split("\\") for r in ct_rows]
+    if all("LOCALIZER" in t for t in image_types):
+        return "localizer (scout) images"
+    if all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
+        return "derived secondary images"
+    return None
+
+
+class CompletionMonitor:
+    """Closes series that are due and queues (or skips) them. One per node."""
+
+    def __init__(self, store: Store, queue: JobQueue, *, grace_s: float, quiet_s: float, model: str) -> None:
+        self.store = store
+        self.queue = queue
+        self.grace_s = grace_s
+        self.quiet_s = quiet_s
+        self.model = model
+
+    def _is_due(self, row: sqlite3.Row, now: float) -> bool:
+        last = row["last_received_at"]
+        if now - last >= self.quiet_s:
+            return True
+        if row["open_count"]:
+            return False
+        quiet_since = max(last, row["last_ended_at"] or 0.0)
+        return now - quiet_since >= self.grace_s
+
+    def complete_due(self, now: float | None = None) -> list[CompletedSeries]:
+        """Complete every series that is due now; return what was decided for each."""
+        now = time.time() if now is None else now
+        rows = self.store.conn().execute(_DUE_QUERY).fetchall()
+        done = []
+        for row in rows:
+            if self._is_due(row, now):
+                result = self._complete(row)
+                if result is not None:
+                    done.append(result)
+        return done
+
+    def _complete(self, due: sqlite3.Row) -> CompletedSeries | None:
+        series_uid = due["series_instance_uid"]
+        with self.store.transaction() as conn:
+            current = conn.execute(
+                "SELECT state, generation, last_received_at FROM series WHERE series_instance_uid = ?",
+                (series_uid,),
+            ).fetchone()
+            if (
+                current is None
+                or current["state"] != "receiving"
+                or current["last_received_at"] != due["last_received_at"]
+            ):
+                return None  # something arrived meanwhile; look again next round
+            instances = conn.execute(
+                "SELECT modality, sop_class_uid, image_type, manufacturer FROM instances"
+                " WHERE series_instance_uid = ?",
+                (series_uid,),
+            ).fetchall()
+            reason = qualify(instances)
+            job_id = None
+            if reason is None:
+                job_id = self.queue.enqueue_in(
+                    conn, due["study_instance_uid"], series_uid, current["generation"], self.model
+                )
+                disposition = SeriesDisposition.QUEUED
+            else:
+                disposition = SeriesDisposition.SKIPPED
+            conn.execute(
+                "UPDATE series SET state = 'complete', completed_at = ?, disposition = ?, reason = ?"
+                " WHERE series_instance_uid = ?",
+                (time.time(), disposition.value, reason, series_uid),
+            )
+        if job_id is not None:
+            log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
+        else:
+            log.info("series %s complete (%d instances): not for the model: %s", series_uid, len(instances), reason)
+        return CompletedSeries(
+            series_instance_uid=series_uid,
+            study_instance_uid=due["study_instance_uid"],
+            generation=current["generation"],
+            disposition=disposition,
+            reason=reason,
+            job_id=job_id,
+        )
+
+    def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+        """Check every ``interval_s`` until ``stop`` is set. Errors are logged; the loop goes on."""
+        while not stop.wait(interval_s):
+            try:
+                self.complete_due()
+            except sqlite3.Error:
+                log.exception("series completion check failed; retrying")

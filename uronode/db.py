@@ -1,0 +1,101 @@
+"""The node's SQLite database: one file, WAL mode, shared by all processes.
+
+It holds the instance index, the series states, the associations that carried
+them and the job queue. Every write is a short transaction; with
+``synchronous=FULL`` a commit is on disk when it returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid   TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    sop_class_uid      TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    modality           TEXT,
+    series_description TEXT,
+    image_type         TEXT,
+    manufacturer       TEXT,
+    instance_number    INTEGER,
+    image_position     TEXT,
+    calling_ae         TEXT,
+    received_at        REAL NOT NULL,
+    path               TEXT NOT NULL,
+    size               INTEGER NOT NULL,
+    sha256             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    state              TEXT NOT NULL,        -- receiving | complete
+    first_received_at  REAL NOT NULL,
+    last_received_at   REAL NOT NULL,
+    generation         INTEGER NOT NULL DEFAULT 1,  -- +1 each time the series re-opens
+    replaced_count     INTEGER NOT NULL DEFAULT 0,  -- instances replaced by different bytes
+    completed_at       REAL,
+    disposition        TEXT,                 -- queued | skipped (when complete)
+    reason             TEXT                  -- why it was skipped
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state);
+
+CREATE TABLE IF NOT EXISTS associations (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    calling_ae   TEXT NOT NULL,
+    peer_host    TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    ended_at     REAL,
+    outcome      TEXT                        -- released | aborted | lost (node restarted)
+);
+CREATE INDEX IF NOT EXISTS associations_open ON associations(ended_at);
+
+CREATE TABLE IF NOT EXISTS series_associations (
+    series_instance_uid TEXT NOT NULL,
+    association_id      INTEGER NOT NULL,
+    PRIMARY KEY (series_instance_uid, association_id)
+);
+CREATE INDEX IF NOT EXISTS series_associations_assoc ON series_associations(association_id);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    series_generation   INTEGER NOT NULL,
+    model               TEXT NOT NULL,
+    state               TEXT NOT NULL,       -- queued | running | delivered | failed
+    reason              TEXT,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
+"""
+
+
+def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
+    """Open the database (creating its tables) in WAL mode.
+
+    ``durable`` chooses ``synchronous=FULL`` (every commit fsynced) over
+    ``NORMAL``. Connections are not shared between threads.
+    """
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    return conn

@@ -1,0 +1,155 @@
+"""Encoding and reading the parts of a DICOM file that the node needs on its hot path.
+
+The listener stores each instance as it came off the wire: a preamble, a File
+Meta Information group that we write here (a few bytes, built without pydicom
+because it runs for every instance) and the data set exactly as received.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+
+from uronode import __version__
+from uronode.errors import InvalidInstance
+from uronode.types import InstanceHeader
+
+IMPLEMENTATION_CLASS_UID = "2.25.163385317616489218133917553546152620637"
+"""Our implementation class UID (a UUID-derived 2.25 UID, fixed for the product)."""
+IMPLEMENTATION_VERSION_NAME = f"URONODE_{__version__}"[:16]
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+
+def is_valid_uid(value: str) -> bool:
+    """A DICOM UID: dot-separated numbers without leading zeros, at most 64 characters."""
+    return 0 < len(value) <= 64 and UID_PATTERN.match(value) is not None
+
+
+def _element(tag_group: int, tag_elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return struct.pack("<HH2sHI", tag_group, tag_elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag_group, tag_elem, vr, len(value)) + value
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_file_meta(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str = "",
+) -> bytes:
+    """Return preamble, ``DICM`` and the File Meta Information group, encoded."""
+    body = b"".join(
+        [
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
+            _element(0x0002, 0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
+            _element(0x0002, 0x0010, b"UI", _pad(transfer_syntax_uid, b"\x00")),
+            _element(0x0002, 0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _element(0x0002, 0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+        ]
+        + ([_element(0x0002, 0x0016, b"AE", _pad(source_ae_title.strip(), b" "))] if source_ae_title.strip() else [])
+    )
+    group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
+    return PREAMBLE + group_length + body
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+_LAST_HEADER_TAG = 0x00200032  # ImagePositionPatient: the last attribute the index keeps
+_PREFIX = 64 * 1024
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _parse(data: bytes | memoryview) -> tuple[Dataset, bool]:
+    """Parse up to the first element after the header tags; also say whether it got there."""
+    reached = False
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        nonlocal reached
+        if tag > _LAST_HEADER_TAG:
+            reached = True
+            return True
+        return False
+
+    ds = read_partial(BytesIO(data), stop_when=stop)
+    return ds, reached
+
+
+def read_header(parts: Sequence[bytes | memoryview]) -> InstanceHeader:
+    """Read the indexed attributes from an encoded file (meta + data set), skipping the rest.
+
+    Only the elements up to (0020,0032) are parsed; usually they sit in the
+    first few kilobytes, so only those are looked at. Raises
+    :class:`InvalidInstance` naming what is missing or unreadable.
+    """
+    try:
+        ds = None
+        total = sum(len(p) for p in parts)
+        if total > _PREFIX and len(parts[0]) < _PREFIX:
+            prefix = bytes(parts[0]) + bytes(memoryview(parts[1])[: _PREFIX - len(parts[0])]) if len(parts) > 1 else bytes(parts[0])
+            try:
+                candidate, reached = _parse(prefix)
+                if reached and candidate.file_meta.get("TransferSyntaxUID") != _DEFLATED:
+                    ds = candidate
+            except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error):
+                ds = None  # parse everything below
+        if ds is None:
+            ds, _ = _parse(b"".join(parts))
+    except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error) as exc:
+        raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+        if not value:
+            raise InvalidInstance(f"{keyword} is missing")
+        if not is_valid_uid(value):
+            raise InvalidInstance(f"{keyword} {value[:80]!r} is not a valid UID")
+        uids[keyword] = value
+    try:
+        number = ds.get("InstanceNumber")
+        instance_number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        instance_number = None
+    position: tuple[float, float, float] | None = None
+    try:
+        ipp = ds.get("ImagePositionPatient")
+        if ipp is not None and len(ipp) == 3:
+            position = (float(ipp[0]), float(ipp[1]), float(ipp[2]))
+    except (TypeError, ValueError):
+        position = None
+    return InstanceHeader(
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        modality=_text(ds.get("Modality")).strip(),
+        series_description=_text(ds.get("SeriesDescription")).strip(),
+        image_type=_text(ds.get("ImageType")).strip(),
+        manufacturer=_text(ds.get("Manufacturer")).strip(),
+        instance_number=instance_number,
+        image_position=position,
+    )

@@ -1,0 +1,204 @@
+"""One settings object for the whole node.
+
+Values come, in order of precedence, from command-line flags, environment
+variables (prefix ``URONODE_``, nested groups joined by ``__``, e.g.
+``URONODE_SCP__AE_TITLE``), a TOML config file (``--config`` or
+``URONODE_CONFIG``) and the defaults below. Everything is validated when the
+node starts, so a bad value stops start-up with a message instead of failing
+the first association.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: no backslash, no control
+
+
+def _check_ae_title(value: str, what: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError(f"{what} must not be empty")
+    if len(stripped) > 16:
+        raise ValueError(f"{what} {stripped!r} is {len(stripped)} characters long; the limit is 16")
+    if not AE_TITLE_CHARS.match(stripped):
+        raise ValueError(f"{what} {stripped!r} holds a backslash or a control character")
+    return stripped
+
+
+class CallerRule(BaseModel):
+    """One entry of the calling-AE allow-list: an AE title and optionally the host it must come from."""
+
+    model_config = {"frozen": True}
+
+    ae_title: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CallerRule:
+        """Parse ``AE`` or ``AE@host``."""
+        ae, _, host = text.partition("@")
+        return cls(ae_title=_check_ae_title(ae, "allowed calling AE title"), host=host.strip() or None)
+
+
+class ScpSettings(BaseModel):
+    """The DICOM listener (C-ECHO / C-STORE SCP)."""
+
+    ae_title: str = "URONODE"
+    port: int = Field(11112, ge=1, le=65535)
+    restrict_callers: bool = False
+    """When true, only callers on ``allowed_callers`` may associate."""
+    allowed_callers: list[str] = Field(default_factory=list)
+    """Entries ``AE`` (from any host) or ``AE@host`` (only from that IP address)."""
+    max_associations: int = Field(16, ge=1, le=1000)
+    """Concurrent associations accepted, over all receiving processes."""
+    max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
+    """Largest PDU we accept (bytes); 0 means no limit."""
+    processes: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=32)
+    """Receiving processes sharing the port (SO_REUSEPORT)."""
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    completion_grace_s: float = Field(2.0, ge=0)
+    """A series is complete this long after the association that carried it was released."""
+    completion_quiet_s: float = Field(30.0, gt=0)
+    """... or after this long without a new instance, whatever the associations do."""
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value, "AE title")
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _callers(cls, value: list[str]) -> list[str]:
+        return [f"{r.ae_title}@{r.host}" if r.host else r.ae_title for r in map(CallerRule.parse, value)]
+
+    @model_validator(mode="after")
+    def _restrict_needs_list(self) -> ScpSettings:
+        if self.restrict_callers and not self.allowed_callers:
+            raise ValueError("scp.restrict_callers is on but scp.allowed_callers is empty: nobody could connect")
+        if self.completion_quiet_s < self.completion_grace_s:
+            raise ValueError("scp.completion_quiet_s must not be shorter than scp.completion_grace_s")
+        return self
+
+    def caller_rules(self) -> list[CallerRule]:
+        return [CallerRule.parse(c) for c in self.allowed_callers]
+
+
+class StorageSettings(BaseModel):
+    """Where instances, the index and the queue live."""
+
+    data_dir: Path = Path("uronode-data")
+    max_disk_used_percent: float = Field(95.0, gt=0, le=100)
+    """Refuse new instances (out of resources) when the disk is fuller than this."""
+    fsync: bool = True
+    """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
+
+
+class DicomwebSettings(BaseModel):
+    """The HTTP side: DICOMweb, REST API, viewer, health."""
+
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class InferenceSettings(BaseModel):
+    """The model the worker runs."""
+
+    model: str = "default"
+    """A folder under ``models/`` (or an absolute path to a model folder)."""
+
+
+class Settings(BaseSettings):
+    """Everything the node can be told. See README.md for the list with defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="URONODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "0.0.0.0"
+    """Address both the DICOM listener and the HTTP server bind to."""
+    log_level: str = "INFO"
+    scp: ScpSettings = Field(default_factory=lambda: ScpSettings())
+    storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
+    dicomweb: DicomwebSettings = Field(default_factory=lambda: DicomwebSettings())
+    inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"log_level {value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("URONODE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """The settings are invalid; the message says which value and why."""
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from flags (``overrides``), environment and config file.
+
+    ``overrides`` is nested like the settings (``{"scp": {"port": 104}}``) and
+    wins over everything else. Raises :class:`ConfigError` with a readable
+    message when a value is invalid or the config file is missing.
+    """
+    from pydantic import ValidationError
+
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        os.environ["URONODE_CONFIG"] = str(config_file)
+    elif os.environ.get("URONODE_CONFIG") and not Path(os.environ["URONODE_CONFIG"]).is_file():
+        raise ConfigError(f"config file {os.environ['URONODE_CONFIG']} (URONODE_CONFIG) does not exist")
+    try:
+        if not overrides:
+            return Settings()
+        # Nested init values replace a whole group; merge with what env/file give first.
+        base = Settings().model_dump()
+        return Settings(**_deep_merge(base, overrides))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,360 @@
+"""The node's store: instance files on disk and their index in SQLite.
+
+An instance is written to a temporary file, fsynced, renamed atomically to
+``instances/<study>/<series>/<sop>-<hash>.dcm`` (its directory fsynced too),
+and only then indexed in a committed SQLite transaction. A caller answers
+success only after :meth:`Store.put` returns, so an instance that was
+acknowledged survives a crash or a power cut.
+
+Same SOP Instance UID again:
+- identical bytes: nothing is written and nothing changes (the series is not re-opened);
+- different bytes: the new file replaces the old one, and the series is
+  marked changed and re-opened so that its results are recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from uronode import db
+from uronode.dicomfile import is_valid_uid
+from uronode.errors import InvalidInstance, OutOfResources
+from uronode.types import InstanceHeader, SeriesState, StoredInstance, StoreOutcome
+
+log = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class Store:
+    """Instance files and their index. Safe to use from several threads and processes."""
+
+    def __init__(self, data_dir: Path, *, fsync: bool = True, max_disk_used_percent: float = 95.0) -> None:
+        self.root = Path(data_dir).resolve()
+        self.instances_dir = self.root / "instances"
+        self.tmp_dir = self.root / "tmp"
+        self.db_path = self.root / "index.sqlite3"
+        self.fsync = fsync
+        self.max_disk_used_percent = max_disk_used_percent
+        self._local = threading.local()
+        self._known_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+        self._counter = itertools.count()
+        for folder in (self.root, self.instances_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.conn()  # creates the schema
+
+    # -- connections -----------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection to the index."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect(self.db_path, durable=self.fsync)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Clean up after a crash; call once at start-up before anything receives.
+
+        Temporary files were never acknowledged and are removed. Associations
+        still open in the index died with the previous process: they are
+        closed as ``lost`` so that their series can complete. Returns how many
+        associations were closed.
+        """
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE associations SET ended_at = ?, outcome = 'lost' WHERE ended_at IS NULL", (now,)
+            )
+        if cur.rowcount:
+            log.warning("closed %d association(s) left open by a previous run", cur.rowcount)
+        return cur.rowcount
+
+    # -- associations -----------------------------------------------------------------
+
+    def open_association(self, calling_ae: str, peer_host: str) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO associations (calling_ae, peer_host, pid, started_at) VALUES (?, ?, ?, ?)",
+                (calling_ae, peer_host, os.getpid(), time.time()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def close_association(self, association_id: int, outcome: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ? AND ended_at IS NULL",
+                (time.time(), outcome, association_id),
+            )
+
+    # -- instances --------------------------------------------------------------------
+
+    def check_space(self, incoming_bytes: int = 0) -> None:
+        """Raise :class:`OutOfResources` when the disk is over its watermark or cannot take ``incoming_bytes``."""
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        if total <= 0:
+            return
+        used_percent = 100.0 * (total - free) / total
+        if used_percent > self.max_disk_used_percent:
+            raise OutOfResources(
+                f"disk {used_percent:.1f} % full, over the {self.max_disk_used_percent:g} % watermark"
+            )
+        if incoming_bytes and free < incoming_bytes * 2 + (1 << 20):
+            raise OutOfResources(f"only {free} bytes free for an instance of {incoming_bytes} bytes")
+
+    def instance_path(self, header: InstanceHeader, sha256: str) -> Path:
+        for uid in (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid):
+            if not is_valid_uid(uid):  # never let an unchecked value become a path
+                raise InvalidInstance(f"{uid[:80]!r} is not a valid UID")
+        return (
+            self.instances_dir
+            / header.study_instance_uid
+            / header.series_instance_uid
+            / f"{header.sop_instance_uid}-{sha256[:16]}.dcm"
+        )
+
+    def put(
+        self,
+        header: InstanceHeader,
+        parts: Sequence[Buffer],
+        *,
+        calling_ae: str = "",
+        association_id: int | None = None,
+    ) -> StoreOutcome:
+        """Store one encoded instance (the parts are written one after the other).
+
+        Returns once the file and its index row are durable. Raises
+        :class:`OutOfResources` when the disk is full or a write fails, and
+        :class:`InvalidInstance` for unusable UIDs; in both cases nothing is
+        indexed and no partial file is left behind.
+        """
+        size = sum(len(p) for p in parts)
+        self.check_space(size)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        sha = digest.hexdigest()
+        final = self.instance_path(header, sha)
+        conn = self.conn()
+        row = conn.execute(
+            "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+        ).fetchone()
+        if row is not None and row["sha256"] == sha and Path(row["path"]).exists():
+            return StoreOutcome.DUPLICATE
+        self._write_file(final, parts)
+        try:
+            outcome, old_path = self._index(header, final, size, sha, calling_ae, association_id)
+        except sqlite3.Error as exc:
+            if row is None or Path(row["path"]) != final:
+                final.unlink(missing_ok=True)
+            raise OutOfResources(f"the index could not be updated: {exc}") from exc
+        if old_path is not None and old_path != final:
+            try:
+                old_path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("replaced instance file %s could not be removed: %s", old_path, exc)
+        return outcome
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder in self._known_dirs:
+            return
+        with self._dirs_lock:
+            created = []
+            probe = folder
+            while not probe.exists():
+                created.append(probe)
+                probe = probe.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.fsync:
+                for new in created:  # make each new directory entry durable
+                    self._fsync_dir(new.parent)
+            self._known_dirs.add(folder)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_file(self, final: Path, parts: Sequence[Buffer]) -> None:
+        tmp = self.tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{next(self._counter)}.part"
+        try:
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # its folder was removed behind our back (retention, an operator)
+                with self._dirs_lock:
+                    self._known_dirs.discard(final.parent)
+                self._ensure_dir(final.parent)
+                os.replace(tmp, final)
+            if self.fsync:
+                self._fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutOfResources(f"the instance could not be written: {exc.strerror or exc}") from exc
+
+    def _index(
+        self,
+        header: InstanceHeader,
+        path: Path,
+        size: int,
+        sha: str,
+        calling_ae: str,
+        association_id: int | None,
+    ) -> tuple[StoreOutcome, Path | None]:
+        now = time.time()
+        position = "\\".join(repr(v) for v in header.image_position) if header.image_position else None
+        with self.transaction() as conn:
+            old = conn.execute(
+                "SELECT sha256, path, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                (header.sop_instance_uid,),
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid,"
+                " sop_class_uid, transfer_syntax_uid, modality, series_description, image_type, manufacturer,"
+                " instance_number, image_position, calling_ae, received_at, path, size, sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    header.sop_instance_uid,
+                    header.series_instance_uid,
+                    header.study_instance_uid,
+                    header.sop_class_uid,
+                    header.transfer_syntax_uid,
+                    header.modality,
+                    header.series_description,
+                    header.image_type,
+                    header.manufacturer,
+                    header.instance_number,
+                    position,
+                    calling_ae,
+                    now,
+                    str(path),
+                    size,
+                    sha,
+                ),
+            )
+            replaced = old is not None and old["sha256"] != sha
+            conn.execute(
+                "INSERT INTO series (series_instance_uid, study_instance_uid, state, first_received_at,"
+                " last_received_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(series_instance_uid) DO UPDATE SET"
+                "  last_received_at = excluded.last_received_at,"
+                "  generation = generation + (state = 'complete'),"
+                "  replaced_count = replaced_count + ?,"
+                "  state = 'receiving', completed_at = NULL, disposition = NULL, reason = NULL",
+                (
+                    header.series_instance_uid,
+                    header.study_instance_uid,
+                    SeriesState.RECEIVING.value,
+                    now,
+                    now,
+                    int(replaced),
+                ),
+            )
+            if old is not None and old["series_instance_uid"] != header.series_instance_uid:
+                # The instance moved to another series: the old one changed as well.
+                conn.execute(
+                    "UPDATE series SET state = 'receiving', last_received_at = ?, replaced_count = replaced_count + 1,"
+                    " generation = generation + (state = 'complete'), completed_at = NULL, disposition = NULL"
+                    " WHERE series_instance_uid = ?",
+                    (now, old["series_instance_uid"]),
+                )
+            if association_id is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO series_associations (series_instance_uid, association_id) VALUES (?, ?)",
+                    (header.series_instance_uid, association_id),
+                )
+        outcome = StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
+        return outcome, Path(old["path"]) if old is not None else None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def series_instances(self, series_instance_uid: str) -> list[StoredInstance]:
+        rows = self.conn().execute(
+            "SELECT * FROM instances WHERE series_instance_uid = ? ORDER BY instance_number, sop_instance_uid",
+            (series_instance_uid,),
+        ).fetchall()
+        return [_stored(r) for r in rows]
+
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        row = self.conn().execute(
+            "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return _stored(row) if row is not None else None
+
+    def series_row(self, series_instance_uid: str) -> sqlite3.Row | None:
+        return self.conn().execute(
+            "SELECT * FROM series WHERE series_instance_uid = ?", (series_instance_uid,)
+        ).fetchone()
+
+    def count_instances(self) -> int:
+        return int(self.conn().execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def _stored(row: sqlite3.Row) -> StoredInstance:
+    position = None
+    if row["image_position"]:
+        x, y, z = (float(v) for v in row["image_position"].split("\\"))
+        position = (x, y, z)
+    header = InstanceHeader(
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        modality=row["modality"] or "",
+        series_description=row["series_description"] or "",
+        image_type=row["image_type"] or "",
+        manufacturer=row["manufacturer"] or "",
+        instance_number=row["instance_number"],
+        image_position=position,
+    )
+    return StoredInstance(
+        header=header,
+        path=Path(row["path"]),
+        size=row["size"],
+        sha256=row["sha256"],
+        calling_ae=row["calling_ae"] or "",
+        received_at=row["received_at"],
+    )

@@ -1,0 +1,95 @@
+"""Small frozen records that the packages hand each other."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """What the index keeps of one received instance (read without its pixel data)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    series_description: str = ""
+    image_type: str = ""
+    """ImageType values joined by a backslash, as in the file."""
+    manufacturer: str = ""
+    instance_number: int | None = None
+    image_position: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """One row of the instance index."""
+
+    header: InstanceHeader
+    path: Path
+    size: int
+    sha256: str
+    calling_ae: str
+    received_at: float
+
+
+class StoreOutcome(enum.Enum):
+    """What putting an instance into the store did."""
+
+    STORED = "stored"
+    """A new SOP Instance UID."""
+    DUPLICATE = "duplicate"
+    """The same SOP Instance UID with identical bytes: nothing changed."""
+    REPLACED = "replaced"
+    """The same SOP Instance UID with different bytes: the file was replaced and its series re-opened."""
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class SeriesDisposition(enum.StrEnum):
+    """What happened to a series when it completed."""
+
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A unit of work for a worker: small and serialisable, never an in-process object."""
+
+    id: int
+    study_instance_uid: str
+    series_instance_uid: str
+    series_generation: int
+    model: str
+    state: JobState
+    reason: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedSeries:
+    """A series that the completion monitor closed, and what it decided."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    generation: int
+    disposition: SeriesDisposition
+    reason: str | None
+    job_id: int | None
