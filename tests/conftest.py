@@ -1,0 +1,46 @@
+"""Shared fixtures: a real node on loopback, its index, synthetic series."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.processes import Node, free_port
+
+FAST_COMPLETION = {
+    "URONODE_SCP__COMPLETION_GRACE_S": "0.5",
+    "URONODE_SCP__COMPLETION_QUIET_S": "20",
+}
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start real ``uronode serve`` processes; every one is stopped at the end of the test."""
+    started: list[Node] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> Node:
+        node = Node(
+            data_dir or tmp_path / f"node{len(started)}",
+            free_port(),
+            free_port(),
+            extra_env={**FAST_COMPLETION, **env},
+        )
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def query(data_dir: Path, sql: str, *params: object) -> list[sqlite3.Row]:
+    """Read the node's index as an outsider would (a separate connection)."""
+    conn = sqlite3.connect(data_dir / "index.sqlite3", timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

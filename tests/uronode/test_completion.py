@@ -1,0 +1,153 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.factory import uid
+from tests.uronode.test_store import encoded, put
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.store import Store
+from uronode.types import JobState, SeriesDisposition
+
+GRACE, QUIET = 2.0, 30.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data")
+
+
+@pytest.fixture
+def monitor(store: Store) -> CompletionMonitor:
+    return CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default")
+
+
+def send(store: Store, series: str, count: int, assoc: int | None, start: int = 0, **kwargs: object) -> None:
+    for i in range(start, start + count):
+        put(store, encoded(i, series=series, **kwargs), association_id=assoc)
+
+
+def test_released_association_completes_after_the_grace_period(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("a")
+    assoc = store.open_association("CT1", "127.0.0.1")
+    send(store, series, 3, assoc)
+    now = time.time()
+    assert monitor.complete_due(now + GRACE + 1) == []  # association still open, not quiet long enough
+    store.close_association(assoc, "released")
+    assert monitor.complete_due(time.time() + GRACE - 0.5) == []
+    done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert [d.series_instance_uid for d in done] == [series]
+    assert done[0].disposition is SeriesDisposition.QUEUED
+    jobs = JobQueue(store).for_series(series)
+    assert [(j.state, j.series_generation) for j in jobs] == [(JobState.QUEUED, 1)]
+    assert monitor.complete_due(time.time() + 100) == []  # completes once
+
+
+def test_an_open_association_completes_after_the_quiet_timeout(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("b")
+    assoc = store.open_association("CT1", "127.0.0.1")
+    send(store, series, 2, assoc)
+    assert monitor.complete_due(time.time() + QUIET - 1) == []
+    assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
+
+
+def test_a_series_over_two_associations_within_the_grace_period_is_one_job(
+    store: Store, monitor: CompletionMonitor
+) -> None:
+    series = uid("c")
+    first = store.open_association("CT1", "127.0.0.1")
+    send(store, series, 2, first)
+    store.close_association(first, "released")
+    assert monitor.complete_due(time.time() + 0.5) == []
+    second = store.open_association("CT1", "127.0.0.1")
+    send(store, series, 2, second, start=2)
+    assert monitor.complete_due(time.time() + GRACE + 1) == []  # the second one is still open
+    store.close_association(second, "released")
+    done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert len(done) == 1
+    assert len(store.series_instances(series)) == 4
+    assert len(JobQueue(store).for_series(series)) == 1
+
+
+def test_a_late_instance_reopens_the_series_and_queues_it_again(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("d")
+    queue = JobQueue(store)
+    send(store, series, 2, None)
+    monitor.complete_due(time.time() + GRACE + 0.1)
+    job = queue.claim()
+    assert job is not None and job.series_generation == 1
+    send(store, series, 1, None, start=2)
+    assert store.series_row(series)["state"] == "receiving"  # type: ignore[index]
+    assert store.series_row(series)["generation"] == 2  # type: ignore[index]
+    done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert done[0].generation == 2
+    jobs = queue.for_series(series)
+    assert [(j.state, j.series_generation) for j in jobs] == [(JobState.RUNNING, 1), (JobState.QUEUED, 2)]
+
+
+def test_a_waiting_job_is_updated_not_duplicated(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("e")
+    send(store, series, 1, None)
+    monitor.complete_due(time.time() + GRACE + 0.1)
+    send(store, series, 1, None, start=1)
+    monitor.complete_due(time.time() + GRACE + 0.1)
+    jobs = JobQueue(store).for_series(series)
+    assert [(j.state, j.series_generation) for j in jobs] == [(JobState.QUEUED, 2)]
+
+
+def test_replaced_bytes_reopen_a_complete_series(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("f")
+    put(store, encoded(0, series=series, seed=1))
+    monitor.complete_due(time.time() + GRACE + 0.1)
+    put(store, encoded(0, series=series, seed=1))  # identical: no-op
+    assert store.series_row(series)["state"] == "complete"  # type: ignore[index]
+    put(store, encoded(0, series=series, seed=2))  # different bytes
+    row = store.series_row(series)
+    assert row is not None and row["state"] == "receiving" and row["replaced_count"] == 1
+    assert len(monitor.complete_due(time.time() + GRACE + 0.1)) == 1
+
+
+def test_a_single_slice_series_is_valid(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("g")
+    send(store, series, 1, None)
+    (done,) = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert done.disposition is SeriesDisposition.QUEUED and done.job_id is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"modality": "MR"}, "modality MR, not CT"),
+        ({"image_type": ("ORIGINAL", "PRIMARY", "LOCALIZER")}, "localizer"),
+        ({"manufacturer": "uronode"}, "derived by this node"),
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.7"}, "not a CT image storage class"),
+        ({"image_type": ("DERIVED", "SECONDARY")}, "derived secondary"),
+    ],
+)
+def test_series_the_model_cannot_read_are_recorded_with_the_reason(
+    store: Store, monitor: CompletionMonitor, kwargs: dict, reason: str
+) -> None:
+    series = uid("h", reason)
+    send(store, series, 2, None, **kwargs)
+    (done,) = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert done.disposition is SeriesDisposition.SKIPPED
+    assert done.reason is not None and reason in done.reason
+    assert JobQueue(store).for_series(series) == []
+    row = store.series_row(series)
+    assert row is not None and row["disposition"] == "skipped" and reason in row["reason"]
+
+
+def test_after_a_crash_lost_associations_let_the_series_complete_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    series = uid("i")
+    assoc = store.open_association("CT1", "127.0.0.1")
+    send(store, series, 2, assoc)
+    # the process dies here; a new one opens the same data directory
+    store2 = Store(tmp_path / "data")
+    monitor = CompletionMonitor(store2, JobQueue(store2), grace_s=GRACE, quiet_s=QUIET, model="default")
+    assert monitor.complete_due(time.time() + GRACE + 1) == []  # still looks open
+    store2.recover()
+    assert len(monitor.complete_due(time.time() + GRACE + 0.1)) == 1
+    assert monitor.complete_due(time.time() + GRACE + 10) == []
+    assert len(JobQueue(store2).for_series(series)) == 1

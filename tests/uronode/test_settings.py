@@ -1,0 +1,103 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uronode.settings import CallerRule, ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("URONODE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.scp.ae_title == "URONODE"
+    assert s.scp.port == 11112
+    assert s.dicomweb.port == 8080
+    assert s.scp.completion_grace_s == 2.0
+    assert s.scp.completion_quiet_s == 30.0
+    assert s.storage.fsync is True
+    assert s.scp.restrict_callers is False
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URONODE_SCP__AE_TITLE", "FROMENV")
+    monkeypatch.setenv("URONODE_DICOMWEB__PORT", "9090")
+    monkeypatch.setenv("URONODE_SCP__ALLOWED_CALLERS", '["CT1", "PACS@10.0.0.5"]')
+    s = load_settings()
+    assert s.scp.ae_title == "FROMENV"
+    assert s.dicomweb.port == 9090
+    assert s.scp.caller_rules() == [CallerRule(ae_title="CT1"), CallerRule(ae_title="PACS", host="10.0.0.5")]
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "uronode.toml"
+    config.write_text('host = "127.0.0.1"\n[scp]\nae_title = "FROMFILE"\nport = 2000\n[storage]\ndata_dir = "/srv/x"\n')
+    s = load_settings(config)
+    assert (s.scp.ae_title, s.scp.port, str(s.storage.data_dir), s.host) == ("FROMFILE", 2000, "/srv/x", "127.0.0.1")
+    monkeypatch.setenv("URONODE_SCP__PORT", "3000")
+    s = load_settings(config)
+    assert (s.scp.ae_title, s.scp.port) == ("FROMFILE", 3000)
+    s = load_settings(config, {"scp": {"port": 4000}})
+    assert (s.scp.ae_title, s.scp.port) == ("FROMFILE", 4000)
+
+
+def test_ae_title_over_16_characters_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"scp.ae_title.*17 characters long; the limit is 16"):
+        load_settings(overrides={"scp": {"ae_title": "A" * 17}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"scp": {"ae_title": "BAD\\AE"}}, "backslash"),
+        ({"scp": {"port": 70000}}, "scp.port"),
+        ({"scp": {"restrict_callers": True}}, "allowed_callers is empty"),
+        ({"scp": {"allowed_callers": ["WAYTOOLONGCALLINGAE"]}}, "limit is 16"),
+        ({"scp": {"completion_grace_s": 10, "completion_quiet_s": 5}}, "completion_quiet_s"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"nonsense": 1}, "nonsense"),
+    ],
+)
+def test_invalid_values_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides=overrides)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_serve_refuses_to_start_with_a_long_ae_title(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "uronode", "serve", "--data-dir", str(tmp_path), "--ae-title", "A_TITLE_OF_17_CHR"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "17 characters long; the limit is 16" in done.stderr
+    assert not (tmp_path / "index.sqlite3").exists()
+
+
+def test_config_command_prints_effective_settings(tmp_path: Path) -> None:
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "uronode", "config", "--dicom-port", "104", "--ae-title", "NODE1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["scp"]["port"] == 104
+    assert printed["scp"]["ae_title"] == "NODE1"

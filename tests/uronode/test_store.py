@@ -1,0 +1,152 @@
+import subprocess
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from tests.factory import ct_slice, uid
+from uronode.dicomfile import encode_file_meta, read_header
+from uronode.errors import InvalidInstance, OutOfResources
+from uronode.store import Store
+from uronode.types import StoreOutcome
+
+
+def encoded(index: int = 0, series: str = "1.2.3.4", study: str = "1.2.3", **kwargs: object) -> list[bytes]:
+    """An instance as the listener holds it: our file meta, then the data set bytes."""
+    ds = ct_slice(study, series, index, **kwargs)  # type: ignore[arg-type]
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "TEST")
+    return [meta, fp.getvalue()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data")
+
+
+def put(store: Store, parts: list[bytes], **kwargs: object) -> StoreOutcome:
+    return store.put(read_header(parts), parts, calling_ae="TEST", **kwargs)  # type: ignore[arg-type]
+
+
+def test_put_writes_the_exact_bytes_and_indexes_them(store: Store) -> None:
+    parts = encoded(0)
+    assert put(store, parts) is StoreOutcome.STORED
+    header = read_header(parts)
+    stored = store.get_instance(header.sop_instance_uid)
+    assert stored is not None
+    assert stored.path.read_bytes() == b"".join(parts)
+    assert stored.path.is_relative_to(store.instances_dir / header.study_instance_uid / header.series_instance_uid)
+    assert stored.size == sum(map(len, parts))
+    assert stored.header == header
+    assert stored.header.modality == "CT"
+    assert stored.header.instance_number == 1
+    assert stored.header.image_position is not None
+    assert stored.calling_ae == "TEST"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_identical_bytes_again_change_nothing(store: Store) -> None:
+    parts = encoded(0)
+    put(store, parts)
+    sop = read_header(parts).sop_instance_uid
+    before = store.get_instance(sop)
+    series_before = store.series_row(read_header(parts).series_instance_uid)
+    assert put(store, parts) is StoreOutcome.DUPLICATE
+    assert store.get_instance(sop) == before
+    assert dict(store.series_row(read_header(parts).series_instance_uid)) == dict(series_before)  # type: ignore[arg-type]
+
+
+def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Store) -> None:
+    first = encoded(0, seed=1)
+    second = encoded(0, seed=2)  # same UIDs, other pixels
+    assert read_header(first).sop_instance_uid == read_header(second).sop_instance_uid
+    put(store, first)
+    old_path = store.get_instance(read_header(first).sop_instance_uid).path  # type: ignore[union-attr]
+    assert put(store, second) is StoreOutcome.REPLACED
+    now = store.get_instance(read_header(second).sop_instance_uid)
+    assert now is not None and now.path.read_bytes() == b"".join(second)
+    assert not old_path.exists()
+    assert store.count_instances() == 1
+    assert store.series_row(read_header(second).series_instance_uid)["replaced_count"] == 1  # type: ignore[index]
+
+
+def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data", max_disk_used_percent=0.001)
+    with pytest.raises(OutOfResources, match="watermark"):
+        put(store, encoded(0))
+    assert store.count_instances() == 0
+    assert list(store.instances_dir.rglob("*.dcm")) == []
+
+
+def test_a_failing_write_is_out_of_resources_and_leaves_nothing(store: Store) -> None:
+    # An immutable folder refuses new files even to root: a real write failure.
+    subprocess.run(["chattr", "+i", str(store.tmp_dir)], check=True)
+    try:
+        with pytest.raises(OutOfResources, match="could not be written"):
+            put(store, encoded(0))
+    finally:
+        subprocess.run(["chattr", "-i", str(store.tmp_dir)], check=True)
+    assert store.count_instances() == 0
+    assert list(store.instances_dir.rglob("*.dcm")) == []
+    assert store.series_row(read_header(encoded(0)).series_instance_uid) is None
+
+
+def test_a_full_disk_is_out_of_resources(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], check=True)
+    try:
+        store = Store(mount / "data", max_disk_used_percent=100)
+        outcomes = []
+        for i in range(6):  # 8 KB each with the index: the 1.2 MB file system fills up
+            try:
+                outcomes.append(put(store, encoded(i, size=256)))
+            except OutOfResources as exc:
+                outcomes.append(exc)  # type: ignore[arg-type]
+        assert any(isinstance(o, OutOfResources) for o in outcomes)
+        indexed = store.count_instances()
+        assert indexed == sum(o is StoreOutcome.STORED for o in outcomes)
+        assert len(list(store.instances_dir.rglob("*.dcm"))) == indexed
+        assert list(store.tmp_dir.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("bad", ["1.2.abc", "../../etc", "1.02.3", "1." + "2" * 70])
+def test_uids_that_are_not_uids_never_become_paths(store: Store, bad: str) -> None:
+    header = read_header(encoded(0))
+    from dataclasses import replace
+
+    with pytest.raises(InvalidInstance, match="not a valid UID"):
+        store.put(replace(header, series_instance_uid=bad), encoded(0))
+    assert store.count_instances() == 0
+
+
+def test_read_header_names_a_missing_uid() -> None:
+    ds = ct_slice(uid("s"), uid("se"), 0)
+    del ds.SeriesInstanceUID
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(InvalidInstance, match="SeriesInstanceUID is missing"):
+        read_header([buf.getvalue()])
+
+
+def test_read_header_refuses_garbage() -> None:
+    with pytest.raises(InvalidInstance, match="cannot be parsed|is missing"):
+        read_header([b"\x00" * 128 + b"DICM" + b"\xff" * 300])
+    with pytest.raises(InvalidInstance, match="cannot be parsed|is missing"):
+        read_header([b"not dicom at all"])
+
+
+def test_recover_clears_temporary_files_and_closes_lost_associations(store: Store) -> None:
+    (store.tmp_dir / "123-1-0.part").write_bytes(b"half")
+    assoc = store.open_association("CT1", "127.0.0.1")
+    assert store.recover() == 1
+    assert list(store.tmp_dir.iterdir()) == []
+    row = store.conn().execute("SELECT outcome, ended_at FROM associations WHERE id = ?", (assoc,)).fetchone()
+    assert row["outcome"] == "lost" and row["ended_at"] is not None
