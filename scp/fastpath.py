@@ -109,7 +109,7 @@ def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) 
             int(primitive.Status or 0),
         )
         pdata = P_DATA()
-        pdata.presentation_data_value_list = [(context_id, b"\x03" + command)]
+        pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
         self.dul.send_pdu(pdata)
         return
     _original_send_msg(self, primitive, context_id)

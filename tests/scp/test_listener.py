@@ -1,0 +1,292 @@
+"""The listener against real peers on loopback: DCMTK storescu/echoscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from tests.conftest import query
+from tests.factory import ct_slice, uid, write_series
+from tests.peers.processes import Node, echoscu, storescu, wait_until
+
+StartNode = Callable[..., Node]
+
+
+def series_state(node: Node, series: str) -> dict | None:
+    rows = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", series)
+    return dict(rows[0]) if rows else None
+
+
+def wait_complete(node: Node, series: str, timeout: float = 20) -> dict:
+    wait_until(lambda: (series_state(node, series) or {}).get("state") == "complete", timeout, f"series {series} to complete")
+    return series_state(node, series)  # type: ignore[return-value]
+
+
+def jobs_for(node: Node, series: str) -> list[dict]:
+    return [dict(r) for r in query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series)]
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a file as it travels on the wire: everything after the file meta group."""
+    raw = path.read_bytes()
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta_length = int(ds.file_meta.FileMetaInformationGroupLength)
+    return raw[132 + 12 + meta_length :]
+
+
+def test_echo_from_dcmtk_and_from_our_cli(start_node: StartNode) -> None:
+    node = start_node()
+    done = echoscu(node.dicom_port)
+    assert done.returncode == 0, done.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "uronode", "echo", "127.0.0.1", str(node.dicom_port), "URONODE"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0 and "success" in cli.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "uronode", "echo", "127.0.0.1", str(node.dicom_port), "NOTUS"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert wrong.returncode == 1 and "rejected" in wrong.stdout
+
+
+def test_a_wrong_called_ae_title_is_rejected(start_node: StartNode) -> None:
+    node = start_node()
+    done = echoscu(node.dicom_port, called="SOMEONEELSE")
+    assert done.returncode != 0
+    assert "Called AE Title Not Recognized" in done.stderr
+
+
+def test_one_series_from_storescu_is_stored_as_received_and_queued(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    study, series, files = write_series(tmp_path / "ct", 12, size=128)
+    done = storescu(node.dicom_port, tmp_path / "ct")
+    assert done.returncode == 0, done.stderr
+    rows = query(node.data_dir, "SELECT * FROM instances WHERE series_instance_uid = ? ORDER BY instance_number", series)
+    assert len(rows) == 12
+    for row, source in zip(rows, files, strict=True):
+        stored = Path(row["path"])
+        assert dataset_bytes(stored) == dataset_bytes(source)  # the data set exactly as sent
+        ds = pydicom.dcmread(stored)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert ds.file_meta.SourceApplicationEntityTitle == "STORESCU"
+        assert row["study_instance_uid"] == study
+        assert row["calling_ae"] == "STORESCU"
+        assert row["modality"] == "CT"
+        assert row["series_description"] == "Abdomen non-contrast"
+        assert row["sop_class_uid"] == CTImageStorage
+        assert row["size"] == stored.stat().st_size
+    state = wait_complete(node, series)
+    assert state["disposition"] == "queued"
+    assert [j["state"] for j in jobs_for(node, series)] == ["queued"]
+    jobs = subprocess.run(
+        [sys.executable, "-m", "uronode", "jobs", "--data-dir", str(node.data_dir)], capture_output=True, text=True, timeout=60
+    )
+    assert series in jobs.stdout and "queued" in jobs.stdout
+
+
+def test_several_series_in_one_association(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    made = [write_series(tmp_path / "send" / f"s{i}", 4, size=64) for i in range(3)]
+    done = storescu(node.dicom_port, tmp_path / "send", extra=["+r"])
+    assert done.returncode == 0, done.stderr
+    assert len(query(node.data_dir, "SELECT id FROM associations")) == 1
+    for _, series, _ in made:
+        wait_complete(node, series)
+        assert len(jobs_for(node, series)) == 1
+
+
+def test_one_series_over_two_associations_is_one_job(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node(URONODE_SCP__COMPLETION_GRACE_S="3")
+    _, series, files = write_series(tmp_path / "ct", 10, size=64)
+    assert storescu(node.dicom_port, files[:5]).returncode == 0
+    assert storescu(node.dicom_port, files[5:]).returncode == 0
+    state = wait_complete(node, series)
+    assert len(query(node.data_dir, "SELECT sop_instance_uid FROM instances WHERE series_instance_uid = ?", series)) == 10
+    assert state["generation"] == 1
+    assert len(jobs_for(node, series)) == 1
+
+
+def test_duplicates_are_a_no_op_and_changed_bytes_replace(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    study, series, files = write_series(tmp_path / "ct", 3, size=64, seed=1)
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
+    wait_complete(node, series)
+    before = {r["sop_instance_uid"]: (r["path"], r["received_at"]) for r in query(node.data_dir, "SELECT * FROM instances")}
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0  # identical again
+    after = {r["sop_instance_uid"]: (r["path"], r["received_at"]) for r in query(node.data_dir, "SELECT * FROM instances")}
+    assert after == before
+    assert series_state(node, series)["state"] == "complete"  # type: ignore[index]
+    assert len(jobs_for(node, series)) == 1
+    # the same UIDs with other pixels: replaced, series re-opened, a new generation queued
+    write_series(tmp_path / "changed", 1, study=study, series=series, size=64, seed=2)
+    assert storescu(node.dicom_port, tmp_path / "changed").returncode == 0
+    state = wait_complete(node, series)
+    assert state["replaced_count"] == 1 and state["generation"] == 2
+    assert len(query(node.data_dir, "SELECT * FROM instances")) == 3
+    assert len(list((node.data_dir / "instances").rglob("*.dcm"))) == 3  # the old file is gone
+    jobs = jobs_for(node, series)
+    assert [j["series_generation"] for j in jobs] == [2]  # the waiting job now names generation 2
+
+
+# (file from pydicom / pydicom-data, its transfer syntax, the storescu option that proposes it)
+COMPRESSED = [
+    ("JPEG-LL.dcm", "1.2.840.10008.1.2.4.70", "-xs"),
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50", "-xy"),
+    ("JPEG2000.dcm", "1.2.840.10008.1.2.4.91", "-xw"),
+    ("693_J2KR.dcm", "1.2.840.10008.1.2.4.90", "-xv"),
+    ("emri_small_RLE.dcm", "1.2.840.10008.1.2.5", "-xr"),
+    ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5", "-xr"),
+    ("emri_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80", "-xt"),
+    ("image_dfl.dcm", "1.2.840.10008.1.2.1.99", "-xd"),
+]
+
+
+@pytest.mark.parametrize(("name", "syntax", "option"), COMPRESSED, ids=[c[0] for c in COMPRESSED])
+def test_real_compressed_files_arrive_in_their_transfer_syntax(
+    start_node: StartNode, tmp_path: Path, name: str, syntax: str, option: str
+) -> None:
+    node = start_node()
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} missing: pydicom-data is part of the test set-up"
+    source = Path(shutil.copy(path, tmp_path / name))
+    done = storescu(node.dicom_port, [source], extra=[option])
+    assert done.returncode == 0, done.stderr
+    original = pydicom.dcmread(source)
+    rows = query(node.data_dir, "SELECT * FROM instances WHERE sop_instance_uid = ?", original.SOPInstanceUID)
+    assert len(rows) == 1
+    assert rows[0]["transfer_syntax_uid"] == syntax
+    stored = Path(rows[0]["path"])
+    kept = pydicom.dcmread(stored)
+    # storescu re-encodes the header, but the compressed pixel data must be untouched, not decoded
+    assert kept.PixelData == original.PixelData
+    assert kept.SOPClassUID == original.SOPClassUID
+    assert kept.pixel_array.shape == original.pixel_array.shape  # and still decodable
+
+
+def test_a_real_file_without_study_uid_is_refused_and_the_node_goes_on(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    path = get_testdata_file("JPEGLSNearLossless_16.dcm")  # JPEG-LS near-lossless, lacks StudyInstanceUID
+    assert path is not None
+    done = storescu(node.dicom_port, [Path(path)], extra=["-xu", "-v"])
+    assert done.returncode != 0
+    assert "Received Store Response (Error: CannotUnderstand)" in done.stderr
+    assert query(node.data_dir, "SELECT * FROM instances") == []
+    assert echoscu(node.dicom_port).returncode == 0
+    assert "StudyInstanceUID is missing" in node.proc.log_text()  # type: ignore[union-attr]
+
+
+def test_an_unknown_calling_ae_is_rejected_with_the_right_reason(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node(
+        URONODE_SCP__RESTRICT_CALLERS="true",
+        URONODE_SCP__ALLOWED_CALLERS='["CTSCANNER", "PACS@127.0.0.1", "ELSEWHERE@10.9.9.9"]',
+    )
+    _, series, _ = write_series(tmp_path / "ct", 2, size=64)
+    assert echoscu(node.dicom_port, calling="CTSCANNER").returncode == 0
+    assert echoscu(node.dicom_port, calling="PACS").returncode == 0
+    for calling in ("STRANGER", "ELSEWHERE"):  # unknown, and known but from the wrong host
+        done = echoscu(node.dicom_port, calling=calling)
+        assert done.returncode != 0
+        assert "Rejected Permanent" in done.stderr and "Calling AE Title Not Recognized" in done.stderr
+    refused = storescu(node.dicom_port, tmp_path / "ct", calling="STRANGER")
+    assert refused.returncode != 0
+    assert query(node.data_dir, "SELECT * FROM instances") == []
+    assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0
+    assert len(query(node.data_dir, "SELECT * FROM instances")) == 2
+
+
+def scu(max_pdu: int = 16382) -> AE:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(Verification)
+    ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def test_association_limit_and_pdu_size(start_node: StartNode) -> None:
+    node = start_node(URONODE_SCP__MAX_ASSOCIATIONS="2", URONODE_SCP__MAX_PDU_SIZE="65536")
+    ae = scu()
+    held = [ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    assert held[0].acceptor.maximum_length == 65536
+    extra = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
+    assert extra.is_rejected
+    rj = extra.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
+    held[0].release()
+    wait_until(lambda: ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE").is_established, 10, "a free slot")
+
+
+def test_a_failed_write_answers_out_of_resources_and_the_node_goes_on(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    ds = ct_slice(uid("st"), uid("se"), 0, size=64)
+    ae = scu()
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
+    assert assoc.is_established
+    subprocess.run(["chattr", "+i", str(node.data_dir / "tmp")], check=True)
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        subprocess.run(["chattr", "-i", str(node.data_dir / "tmp")], check=True)
+    assert status.Status == 0xA700
+    assert query(node.data_dir, "SELECT * FROM instances") == []
+    assert list((node.data_dir / "instances").rglob("*.dcm")) == []
+    status = assoc.send_c_store(ds)  # the same association, the disk writable again
+    assert status.Status == 0x0000
+    assoc.release()
+    assert len(query(node.data_dir, "SELECT * FROM instances")) == 1
+
+
+def test_a_data_set_that_does_not_match_its_request_is_refused(start_node: StartNode) -> None:
+    node = start_node()
+    ds = ct_slice(uid("st"), uid("se"), 0, size=32)
+    del ds.StudyInstanceUID
+    ae = scu()
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
+    status = assoc.send_c_store(ds)
+    assert status.Status == 0xC000  # cannot understand: no Study Instance UID
+    assert assoc.send_c_echo().Status == 0x0000  # still serving
+    assoc.release()
+    assert query(node.data_dir, "SELECT * FROM instances") == []
+
+
+def test_sigkill_right_after_success_loses_nothing_and_queues_once(start_node: StartNode, tmp_path: Path) -> None:
+    data = tmp_path / "crashy"
+    node = start_node(data, URONODE_SCP__COMPLETION_GRACE_S="1")
+    study, series = uid("crash-study"), uid("crash-series")
+    ae = scu()
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
+    acknowledged = []
+    for i in range(3):
+        ds = ct_slice(study, series, i, size=64)
+        assert assoc.send_c_store(ds).Status == 0x0000
+        acknowledged.append(ds.SOPInstanceUID)
+    assert node.proc is not None
+    node.proc.popen.send_signal(signal.SIGKILL)  # no release, no clean-up
+    node.proc.popen.wait(10)
+    assoc.abort()
+    wait_until(lambda: subprocess.run(["pgrep", "-f", f"--data-dir {data}"], capture_output=True).returncode != 0,
+               10, "the receiving processes to die with their parent")
+    for sop in acknowledged:  # on disk and indexed before the node answered
+        rows = query(data, "SELECT path FROM instances WHERE sop_instance_uid = ?", sop)
+        assert len(rows) == 1 and Path(rows[0]["path"]).is_file()
+    restarted = start_node(data, URONODE_SCP__COMPLETION_GRACE_S="1")
+    state = wait_complete(restarted, series)
+    assert state["disposition"] == "queued"
+    time.sleep(2.5)  # two more grace periods: it must not complete or queue again
+    assert len(jobs_for(restarted, series)) == 1
+    assert series_state(restarted, series)["generation"] == 1  # type: ignore[index]
+    lost = query(data, "SELECT outcome FROM associations")
+    assert [r["outcome"] for r in lost] == ["lost"]
