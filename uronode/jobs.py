@@ -9,10 +9,9 @@ the node stopped goes back to ``queued`` at start-up.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
-
-import builtins
 
 from uronode.store import Store
 from uronode.types import Job, JobState
