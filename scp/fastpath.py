@@ -93,6 +93,12 @@ def encode_store_response(
     return _element(0x00000000, struct.pack("<I", len(body))) + body
 
 
+def encode_pdata_tf(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU holding one command PDV, last fragment (PS3.8 9.3.5)."""
+    item = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
+    return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
+
+
 def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
     if (
         type(primitive) is C_STORE
@@ -108,6 +114,11 @@ def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) 
             str(primitive.AffectedSOPInstanceUID),
             int(primitive.Status or 0),
         )
+        if self.dul.state_machine.current_state == "Sta6" and self.dul.socket is not None:
+            # Data transfer state: a P-DATA request leaves the state unchanged (DT-1), so the
+            # PDU can go straight onto the socket from this thread, without a hop through the DUL.
+            self.dul.socket.send(encode_pdata_tf(context_id, command))
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
         self.dul.send_pdu(pdata)

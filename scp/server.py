@@ -106,7 +106,7 @@ def handle_store(event: Event, receiver: Receiver) -> int:
     meta = encode_file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, calling_ae)
     body = data.getbuffer()
     try:
-        header = read_header([meta, body])
+        header = read_header([meta, body], event.context.transfer_syntax)
         if header.sop_instance_uid != sop_instance_uid or header.sop_class_uid != sop_class_uid:
             log.warning(
                 "C-STORE from %s refused: the data set's SOP Class/Instance UIDs differ from the request's",

@@ -28,8 +28,7 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
     path               TEXT NOT NULL,
-    size               INTEGER NOT NULL,
-    sha256             TEXT NOT NULL
+    size               INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);

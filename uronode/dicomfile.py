@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 from pydicom.dataset import Dataset
@@ -21,6 +21,7 @@ from pydicom.tag import BaseTag
 
 from uronode import __version__
 from uronode.errors import InvalidInstance
+from uronode.headerscan import WANTED, ScanError, scan
 from uronode.types import InstanceHeader
 
 IMPLEMENTATION_CLASS_UID = "2.25.163385317616489218133917553546152620637"
@@ -74,7 +75,7 @@ def _text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
+        return "\\".join(str(v).strip() for v in value)
     return str(value)
 
 
@@ -98,58 +99,72 @@ def _parse(data: bytes | memoryview) -> tuple[Dataset, bool]:
     return ds, reached
 
 
-def read_header(parts: Sequence[bytes | memoryview]) -> InstanceHeader:
+def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | None = None) -> InstanceHeader:
     """Read the indexed attributes from an encoded file (meta + data set), skipping the rest.
 
-    Only the elements up to (0020,0032) are parsed; usually they sit in the
-    first few kilobytes, so only those are looked at. Raises
+    With ``parts == [file meta, data set]`` and the transfer syntax given (as
+    the listener has them), the minimal scanner of :mod:`uronode.headerscan`
+    reads them; otherwise, or when it declines, pydicom does (only up to
+    (0020,0032), and usually from the first few kilobytes). Raises
     :class:`InvalidInstance` naming what is missing or unreadable.
     """
+    if transfer_syntax_uid is not None and len(parts) == 2:
+        try:
+            return _header_from(scan(parts[1], transfer_syntax_uid), transfer_syntax_uid)
+        except (ScanError, UnicodeDecodeError):
+            pass  # the full parser below decides
     try:
         ds = None
         total = sum(len(p) for p in parts)
         if total > _PREFIX and len(parts[0]) < _PREFIX:
-            prefix = bytes(parts[0]) + bytes(memoryview(parts[1])[: _PREFIX - len(parts[0])]) if len(parts) > 1 else bytes(parts[0])
+            head = bytes(parts[0])
+            if len(parts) > 1:
+                head += bytes(memoryview(parts[1])[: _PREFIX - len(head)])
             try:
-                candidate, reached = _parse(prefix)
+                candidate, reached = _parse(head)
                 if reached and candidate.file_meta.get("TransferSyntaxUID") != _DEFLATED:
                     ds = candidate
             except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error):
                 ds = None  # parse everything below
         if ds is None:
             ds, _ = _parse(b"".join(parts))
+        values = {name: _text(ds.get(name)) for name in WANTED.values() if name in ds}
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error) as exc:
         raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
+    return _header_from(values, syntax)
+
+
+def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> InstanceHeader:
     uids = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+        value = values.get(keyword, "").strip().rstrip("\x00")
         if not value:
             raise InvalidInstance(f"{keyword} is missing")
         if not is_valid_uid(value):
             raise InvalidInstance(f"{keyword} {value[:80]!r} is not a valid UID")
         uids[keyword] = value
     try:
-        number = ds.get("InstanceNumber")
-        instance_number = int(number) if number not in (None, "") else None
-    except (TypeError, ValueError):
+        instance_number = int(float(values["InstanceNumber"])) if values.get("InstanceNumber") else None
+    except ValueError:
         instance_number = None
     position: tuple[float, float, float] | None = None
     try:
-        ipp = ds.get("ImagePositionPatient")
-        if ipp is not None and len(ipp) == 3:
-            position = (float(ipp[0]), float(ipp[1]), float(ipp[2]))
-    except (TypeError, ValueError):
+        ipp = [float(v) for v in values.get("ImagePositionPatient", "").split("\\") if v.strip()]
+        if len(ipp) == 3:
+            position = (ipp[0], ipp[1], ipp[2])
+    except ValueError:
         position = None
     return InstanceHeader(
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=_text(ds.get("Modality")).strip(),
-        series_description=_text(ds.get("SeriesDescription")).strip(),
-        image_type=_text(ds.get("ImageType")).strip(),
-        manufacturer=_text(ds.get("Manufacturer")).strip(),
+        transfer_syntax_uid=transfer_syntax_uid,
+        modality=values.get("Modality", "").strip(),
+        series_description=values.get("SeriesDescription", "").strip(),
+        image_type=values.get("ImageType", "").strip(),
+        manufacturer=values.get("Manufacturer", "").strip(),
         instance_number=instance_number,
         image_position=position,
     )

@@ -66,7 +66,7 @@ class ScpSettings(BaseModel):
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     """Largest PDU we accept (bytes); 0 means no limit."""
     processes: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=32)
-    """Receiving processes sharing the port (SO_REUSEPORT)."""
+    """Receiving processes accepting on the one listening socket (each association runs in one of them)."""
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)

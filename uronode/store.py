@@ -1,23 +1,24 @@
 """The node's store: instance files on disk and their index in SQLite.
 
 An instance is written to a temporary file, fsynced, renamed atomically to
-``instances/<study>/<series>/<sop>-<hash>.dcm`` (its directory fsynced too),
+``instances/<study>/<series>/<sop>-<suffix>.dcm`` (its directory fsynced too),
 and only then indexed in a committed SQLite transaction. A caller answers
 success only after :meth:`Store.put` returns, so an instance that was
 acknowledged survives a crash or a power cut.
 
 Same SOP Instance UID again:
-- identical bytes: nothing is written and nothing changes (the series is not re-opened);
+- identical bytes (compared with the stored file): nothing is written and nothing changes
+  (the series is not re-opened);
 - different bytes: the new file replaces the old one, and the series is
   marked changed and re-opened so that its results are recomputed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -130,7 +131,8 @@ class Store:
         if incoming_bytes and free < incoming_bytes * 2 + (1 << 20):
             raise OutOfResources(f"only {free} bytes free for an instance of {incoming_bytes} bytes")
 
-    def instance_path(self, header: InstanceHeader, sha256: str) -> Path:
+    def instance_path(self, header: InstanceHeader) -> Path:
+        """A new file name for this instance (a fresh suffix, so a replacement never overwrites in place)."""
         for uid in (header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid):
             if not is_valid_uid(uid):  # never let an unchecked value become a path
                 raise InvalidInstance(f"{uid[:80]!r} is not a valid UID")
@@ -138,7 +140,7 @@ class Store:
             self.instances_dir
             / header.study_instance_uid
             / header.series_instance_uid
-            / f"{header.sop_instance_uid}-{sha256[:16]}.dcm"
+            / f"{header.sop_instance_uid}-{secrets.token_hex(6)}.dcm"
         )
 
     def put(
@@ -158,23 +160,18 @@ class Store:
         """
         size = sum(len(p) for p in parts)
         self.check_space(size)
-        digest = hashlib.sha256()
-        for part in parts:
-            digest.update(part)
-        sha = digest.hexdigest()
-        final = self.instance_path(header, sha)
+        final = self.instance_path(header)
         conn = self.conn()
         row = conn.execute(
-            "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+            "SELECT size, path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
         ).fetchone()
-        if row is not None and row["sha256"] == sha and Path(row["path"]).exists():
+        if row is not None and row["size"] == size and _same_bytes(Path(row["path"]), parts):
             return StoreOutcome.DUPLICATE
         self._write_file(final, parts)
         try:
-            outcome, old_path = self._index(header, final, size, sha, calling_ae, association_id)
+            outcome, old_path = self._index(header, final, size, calling_ae, association_id)
         except sqlite3.Error as exc:
-            if row is None or Path(row["path"]) != final:
-                final.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
             raise OutOfResources(f"the index could not be updated: {exc}") from exc
         if old_path is not None and old_path != final:
             try:
@@ -239,7 +236,6 @@ class Store:
         header: InstanceHeader,
         path: Path,
         size: int,
-        sha: str,
         calling_ae: str,
         association_id: int | None,
     ) -> tuple[StoreOutcome, Path | None]:
@@ -247,14 +243,14 @@ class Store:
         position = "\\".join(repr(v) for v in header.image_position) if header.image_position else None
         with self.transaction() as conn:
             old = conn.execute(
-                "SELECT sha256, path, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                "SELECT path, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             ).fetchone()
             conn.execute(
                 "INSERT OR REPLACE INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid,"
                 " sop_class_uid, transfer_syntax_uid, modality, series_description, image_type, manufacturer,"
-                " instance_number, image_position, calling_ae, received_at, path, size, sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " instance_number, image_position, calling_ae, received_at, path, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     header.sop_instance_uid,
                     header.series_instance_uid,
@@ -271,10 +267,9 @@ class Store:
                     now,
                     str(path),
                     size,
-                    sha,
                 ),
             )
-            replaced = old is not None and old["sha256"] != sha
+            replaced = old is not None  # identical bytes never get this far
             conn.execute(
                 "INSERT INTO series (series_instance_uid, study_instance_uid, state, first_received_at,"
                 " last_received_at) VALUES (?, ?, ?, ?, ?)"
@@ -332,6 +327,19 @@ class Store:
         return int(self.conn().execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
+def _same_bytes(path: Path, parts: Sequence[Buffer]) -> bool:
+    """Whether the file holds exactly these bytes (read only when a SOP Instance UID comes again)."""
+    try:
+        with path.open("rb") as f:
+            for part in parts:
+                view = memoryview(part)
+                if f.read(len(view)) != view:
+                    return False
+            return f.read(1) == b""
+    except OSError:
+        return False
+
+
 def _stored(row: sqlite3.Row) -> StoredInstance:
     position = None
     if row["image_position"]:
@@ -354,7 +362,6 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         header=header,
         path=Path(row["path"]),
         size=row["size"],
-        sha256=row["sha256"],
         calling_ae=row["calling_ae"] or "",
         received_at=row["received_at"],
     )

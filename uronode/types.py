@@ -32,7 +32,6 @@ class StoredInstance:
     header: InstanceHeader
     path: Path
     size: int
-    sha256: str
     calling_ae: str
     received_at: float
 
