@@ -113,12 +113,13 @@ def scan(data: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> dict
         if name is not None:
             raw[name] = bytes(buf[value : value + length])
         pos = value + length
-    charset = raw.pop("SpecificCharacterSet", b"").decode("ascii", "replace").strip().split("\\")[-1].strip()
+    charsets = raw.pop("SpecificCharacterSet", b"").decode("ascii", "replace").strip(" \x00").split("\\")
+    charset = charsets[0].strip() if len(charsets) == 1 else "(code extensions)"
     encoding = _CHARSETS.get(charset)
     if encoding is None:
         raise ScanError(f"character set {charset!r} is not scanned")
     out = {}
-    for name, value in raw.items():
-        text = value.rstrip(b"\x00 ").decode(encoding if name in ("Manufacturer", "SeriesDescription") else "ascii")
+    for name, encoded in raw.items():
+        text = encoded.rstrip(b"\x00 ").decode(encoding if name in ("Manufacturer", "SeriesDescription") else "ascii")
         out[name] = "\\".join(part.strip() for part in text.split("\\"))
     return out
