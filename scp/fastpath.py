@@ -42,6 +42,7 @@ from pynetdicom import dul as _dul_mod
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,27 @@ def attach(assoc: Any) -> None:
     dul._uronode_wait = wait_dul
 
 
+def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv`` reading into one buffer with as few system calls as the kernel allows.
+
+    pynetdicom's own reads 4 KiB at a time and extends a bytearray each time:
+    128 calls for a 512 KiB CT slice.
+    """
+    sock = self.socket
+    if sock is None:
+        return bytearray()
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    got = 0
+    while got < nr_bytes:
+        n = sock.recv_into(view[got:], nr_bytes - got)
+        if not n:  # connection closed: return what arrived, as pynetdicom does
+            del view
+            return buffer[:got]
+        got += n
+    return buffer
+
+
 def install() -> bool:
     """Apply the tuning once per process; returns whether it is active."""
     global _installed
@@ -204,6 +226,7 @@ def install() -> bool:
     _association_mod.time = _ThreadAwareTime()  # type: ignore[assignment]
     _dul_mod.time = _ThreadAwareTime()  # type: ignore[assignment]
     DIMSEServiceProvider.send_msg = _lean_send_msg  # type: ignore[method-assign]
+    AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
     _installed = True
     return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,13 @@ def uid(*parts: object) -> str:
     """A deterministic 2.25 UID from the parts."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+@functools.lru_cache(maxsize=64)
+def _pixels(size: int, seed: int, variant: int) -> np.ndarray:
+    """Soft-tissue noise in raw units (HU + 1024); 16 variants per size and seed, cached."""
+    rng = np.random.default_rng(seed * 100_003 + variant)
+    return (rng.normal(40, 20, (size, size)) + 1024).clip(0, 4095).astype(np.uint16)
 
 
 def ct_slice(
@@ -32,8 +40,7 @@ def ct_slice(
     seed: int = 0,
 ) -> Dataset:
     """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
-    rng = np.random.default_rng(seed * 100_003 + index)
-    pixels = (rng.normal(40, 20, (size, size)) + 1024).clip(0, 4095).astype(np.uint16)
+    pixels = _pixels(size, seed, index % 16)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
