@@ -1,0 +1,34 @@
+"""The README documents every setting with its default."""
+
+from pathlib import Path
+
+from uronode.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def leaves(model: type, prefix: str = "") -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            names += leaves(annotation, f"{prefix}{name}.")
+        else:
+            names.append(prefix + name)
+    return names
+
+
+def test_every_setting_is_in_the_readme_with_its_environment_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in leaves(Settings):
+        assert f"| `{name}` |" in readme, name
+        env = "URONODE_" + name.upper().replace(".", "__")
+        assert f"`{env}`" in readme, env
+
+
+def test_the_readme_quick_start_has_exactly_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert [c.split()[0:2] for c in commands] == [["./run", "serve"], ["./run", "test"]]
+    assert "./run test" in (ROOT / ".ci" / "run").read_text()
