@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
+from pydicom import config as pydicom_config
 from pynetdicom import _config, evt
 from pynetdicom import association as _association_mod
 from pynetdicom import dul as _dul_mod
@@ -218,6 +219,10 @@ def install() -> bool:
     if _installed:
         return True
     _config.LOG_HANDLER_LEVEL = "none"  # public setting: no per-PDU debug handlers
+    # pydicom re-validates every UID it builds with regular expressions (about 40 per C-STORE in
+    # pynetdicom's message handling). The listener checks the UIDs it relies on itself
+    # (uronode.dicomfile.is_valid_uid), so reading validation is off in receiving processes.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     if pynetdicom.__version__ != SUPPORTED_VERSION:
         log.warning(
             "pynetdicom %s is not %s: receiving without the fast path", pynetdicom.__version__, SUPPORTED_VERSION

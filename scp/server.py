@@ -55,11 +55,26 @@ TRANSFER_SYNTAXES = [
 ]
 
 
+class _SharedContext(PresentationContext):
+    """A presentation context whose deep copy shares its (immutable) UIDs.
+
+    pynetdicom deep-copies every supported context for each new association:
+    about 150 contexts with 13 transfer syntaxes each, re-validating every
+    UID, tens of milliseconds per association. Copying the attributes and
+    lists is enough, since UIDs are immutable strings.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContext:
+        new = object.__new__(type(self))
+        new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()})
+        return new
+
+
 def storage_contexts() -> list[PresentationContext]:
     """Every storage SOP class pynetdicom knows, each with all our transfer syntaxes."""
-    contexts = []
+    contexts: list[PresentationContext] = []
     for cx in AllStoragePresentationContexts:
-        new = PresentationContext()
+        new = _SharedContext()
         new.abstract_syntax = cx.abstract_syntax
         new.transfer_syntax = list(TRANSFER_SYNTAXES)
         contexts.append(new)
@@ -176,9 +191,15 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = scp.acse_timeout_s
     ae.dimse_timeout = scp.dimse_timeout_s
     ae.network_timeout = scp.network_timeout_s
-    ae.supported_contexts = [*storage_contexts()]
-    ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
     return ae
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Verification and every storage SOP class, as the listener accepts them."""
+    verification = _SharedContext()
+    verification.abstract_syntax = Verification
+    verification.transfer_syntax = TRANSFER_SYNTAXES[:3]
+    return [*storage_contexts(), verification]
 
 
 def make_listening_socket(host: str, port: int) -> socket.socket:
@@ -213,6 +234,7 @@ def make_server(
     ae = build_ae(settings)
     server = ae.make_server(
         (settings.host, settings.scp.port),
+        contexts=supported_contexts(),
         evt_handlers=handlers,
         server_class=server_class,
         request_handler=make_request_handler(policy, slots),

@@ -92,3 +92,21 @@ def test_accepted_associations_have_nagle_off_and_event_driven_reactors(tmp_path
         assert assoc.is_released
     finally:
         server.shutdown()
+
+
+def test_contexts_copy_cheaply_but_completely() -> None:
+    import copy
+
+    from scp.server import TRANSFER_SYNTAXES, supported_contexts
+
+    contexts = supported_contexts()
+    assert len(contexts) > 100
+    assert contexts[-1].abstract_syntax == Verification
+    original = next(cx for cx in contexts if cx.abstract_syntax == CTImageStorage)
+    copied = copy.deepcopy(original)
+    assert copied is not original
+    assert copied.abstract_syntax == CTImageStorage
+    assert copied.transfer_syntax == TRANSFER_SYNTAXES
+    assert copied.transfer_syntax is not original.transfer_syntax  # negotiation may not touch the original
+    copied.transfer_syntax = TRANSFER_SYNTAXES[:1]
+    assert original.transfer_syntax == TRANSFER_SYNTAXES
