@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -198,7 +199,7 @@ def supported_contexts() -> list[PresentationContext]:
     """Verification and every storage SOP class, as the listener accepts them."""
     verification = _SharedContext()
     verification.abstract_syntax = Verification
-    verification.transfer_syntax = TRANSFER_SYNTAXES[:3]
+    verification.transfer_syntax = list[str | bytes | UID](TRANSFER_SYNTAXES[:3])
     return [*storage_contexts(), verification]
 
 
