@@ -90,6 +90,9 @@ def test_one_series_from_storescu_is_stored_as_received_and_queued(start_node: S
     state = wait_complete(node, series)
     assert state["disposition"] == "queued"
     assert [j["state"] for j in jobs_for(node, series)] == ["queued"]
+    log = node.proc.log_text()  # type: ignore[union-attr]
+    assert series in log  # the node does log what it did ...
+    assert "Synthetic" not in log and "SYN0001" not in log  # ... but never who the patient is
     jobs = subprocess.run(
         [sys.executable, "-m", "uronode", "jobs", "--data-dir", str(node.data_dir)], capture_output=True, text=True, timeout=60
     )
