@@ -84,6 +84,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from uronode.outbox import Outbox
+    from uronode.store import Store
+
+    settings = _settings_from_args(args)
+    outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    count = outbox.retry(destination=args.destination, job_id=args.job)
+    print(f"{count} dead letter(s) queued for delivery again")
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from uronode.outbox import DeliveryState, Outbox
+    from uronode.store import Store
+
+    settings = _settings_from_args(args)
+    outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    state = DeliveryState(args.state) if args.state else None
+    print(f"{'id':>6}  {'state':<9} {'tries':>5}  {'destination':<12} {'instance':<64}  last error")
+    for d in outbox.list(state, args.limit):
+        print(f"{d.id:>6}  {d.state:<9} {d.attempts:>5}  {d.destination:<12} {d.sop_instance_uid:<64}  {d.last_error or ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uronode", description="DICOM AI node for urinary stones in CT")
     parser.add_argument("--version", action="version", version=f"uronode {__version__}")
@@ -111,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=["queued", "running", "delivered", "failed"])
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(func=cmd_jobs)
+
+    retry = sub.add_parser("retry", help="send dead-letter deliveries again")
+    retry.add_argument("--data-dir", type=Path)
+    retry.add_argument("--destination", help="only this destination")
+    retry.add_argument("--job", type=int, help="only this job's results")
+    retry.set_defaults(func=cmd_retry)
+
+    deliveries = sub.add_parser("deliveries", help="list result deliveries and their states")
+    deliveries.add_argument("--data-dir", type=Path)
+    deliveries.add_argument("--state", choices=["pending", "delivered", "dead"])
+    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.set_defaults(func=cmd_deliveries)
 
     if importlib.util.find_spec("inference.cli") is not None:
         from inference import cli as inference_cli

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -79,6 +79,24 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id              INTEGER,
+    destination         TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    calling_ae          TEXT,                -- who sent the source series (for 'sender' destinations)
+    state               TEXT NOT NULL,       -- pending | delivered | dead
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     REAL NOT NULL,
+    last_error          TEXT,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
 

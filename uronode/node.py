@@ -105,6 +105,18 @@ def serve(settings: Settings) -> None:
         threading.Thread(target=monitor.run, args=(stop,), name="completion", daemon=True),
         threading.Thread(target=receivers.supervise, args=(stop,), name="supervisor", daemon=True),
     ]
+    if settings.delivery.destinations:
+        from uronode.delivery import Deliverer
+        from uronode.outbox import Outbox
+
+        outbox = Outbox(
+            store,
+            max_attempts=settings.delivery.max_attempts,
+            backoff_s=settings.delivery.backoff_s,
+            backoff_max_s=settings.delivery.backoff_max_s,
+        )
+        deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
+        threads.append(threading.Thread(target=deliverer.run, args=(stop,), name="delivery", daemon=True))
     for thread in threads:
         thread.start()
     log.info(

@@ -113,6 +113,67 @@ class DicomwebSettings(BaseModel):
     port: int = Field(8080, ge=1, le=65535)
 
 
+class KnownAE(BaseModel):
+    """Where a calling AE title can be reached, for results sent back to the sender."""
+
+    model_config = {"frozen": True}
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class Destination(BaseModel):
+    """Where results go. ``kind``: ``dicom`` (C-STORE to ``ae_title`` at ``host``:``port``),
+    ``sender`` (C-STORE back to the AE that sent the series, looked up in ``delivery.known_aes``)
+    or ``dicomweb`` (STOW-RS to ``url``, with optional basic auth or a bearer token)."""
+
+    model_config = {"frozen": True}
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    kind: str = Field(pattern=r"^(dicom|sender|dicomweb)$")
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "dicom" and not (self.ae_title and self.host and self.port):
+            raise ValueError(f"destination {self.name}: a dicom destination needs ae_title, host and port")
+        if self.kind == "dicomweb" and not self.url:
+            raise ValueError(f"destination {self.name}: a dicomweb destination needs url")
+        if self.ae_title is not None:
+            _check_ae_title(self.ae_title, f"destination {self.name} ae_title")
+        return self
+
+
+class DeliverySettings(BaseModel):
+    """Sending results: destinations, retries."""
+
+    destinations: list[Destination] = Field(default_factory=list)
+    """Empty: results stay in the node (and its DICOMweb)."""
+    known_aes: dict[str, KnownAE] = Field(default_factory=dict)
+    """Calling AE title -> host and port, for ``sender`` destinations."""
+    max_attempts: int = Field(8, ge=1, le=100)
+    """After this many failed tries a delivery is a dead letter (``uronode retry`` sends it again)."""
+    backoff_s: float = Field(5.0, gt=0)
+    """First wait after a failure; it doubles each time ..."""
+    backoff_max_s: float = Field(600.0, gt=0)
+    """... up to this."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeliverySettings:
+        names = [d.name for d in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError("delivery.destinations: names must be unique")
+        for ae in self.known_aes:
+            _check_ae_title(ae, "delivery.known_aes key")
+        return self
+
+
 class InferenceSettings(BaseModel):
     """The model the worker runs."""
 
@@ -136,6 +197,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
     dicomweb: DicomwebSettings = Field(default_factory=lambda: DicomwebSettings())
     inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
+    delivery: DeliverySettings = Field(default_factory=lambda: DeliverySettings())
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,64 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from uronode.outbox import DeliveryState, Outbox
+from uronode.store import Store
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(Store(tmp_path / "data"), max_attempts=3, backoff_s=10, backoff_max_s=15)
+
+
+def owe(outbox: Outbox, sop: str, destination: str = "pacs", path: str = "/x.dcm") -> None:
+    with outbox.store.transaction() as conn:
+        outbox.enqueue_in(conn, destination=destination, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.7", path=Path(path), job_id=1)
+
+
+def test_due_groups_by_destination(outbox: Outbox) -> None:
+    owe(outbox, "1.1")
+    owe(outbox, "1.2")
+    owe(outbox, "1.1", destination="archive")
+    due = outbox.due()
+    assert {k: [d.sop_instance_uid for d in v] for k, v in due.items()} == {"pacs": ["1.1", "1.2"], "archive": ["1.1"]}
+
+
+def test_failures_back_off_then_become_dead_letters(outbox: Outbox) -> None:
+    owe(outbox, "1.1")
+    (item,) = outbox.due()["pacs"]
+    now = time.time()
+    assert outbox.mark_failed(item.id, "refused", now) is DeliveryState.PENDING
+    assert outbox.due(now + 9) == {}  # first wait: 10 s
+    assert len(outbox.due(now + 10.5)["pacs"]) == 1
+    assert outbox.mark_failed(item.id, "refused again", now) is DeliveryState.PENDING
+    assert outbox.due(now + 14) == {}  # second wait: 20 s capped at 15 s
+    assert len(outbox.due(now + 15.5)["pacs"]) == 1
+    assert outbox.mark_failed(item.id, "0xA700 out of resources", now) is DeliveryState.DEAD
+    (dead,) = outbox.list(DeliveryState.DEAD)
+    assert dead.attempts == 3 and dead.last_error == "0xA700 out of resources"
+    assert outbox.due(now + 10_000) == {}
+
+
+def test_retry_makes_dead_letters_pending_again(outbox: Outbox) -> None:
+    owe(outbox, "1.1")
+    owe(outbox, "1.2", destination="archive")
+    for item in [d for v in outbox.due().values() for d in v]:
+        for _ in range(3):
+            outbox.mark_failed(item.id, "down")
+    assert outbox.counts() == {"dead": 2}
+    assert outbox.retry(destination="archive") == 1
+    assert [d.destination for d in outbox.list(DeliveryState.PENDING)] == ["archive"]
+    assert outbox.retry() == 1
+    assert outbox.counts() == {"pending": 2}
+
+
+def test_owing_the_same_instance_again_resets_its_row(outbox: Outbox) -> None:
+    owe(outbox, "1.1", path="/old.dcm")
+    (item,) = outbox.due()["pacs"]
+    outbox.mark_delivered([item.id])
+    owe(outbox, "1.1", path="/new.dcm")  # a re-run made the same (deterministic) UID again
+    rows = outbox.list()
+    assert len(rows) == 1
+    assert rows[0].state is DeliveryState.PENDING and rows[0].path == Path("/new.dcm") and rows[0].attempts == 0
