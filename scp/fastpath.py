@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time as _time
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -190,6 +191,7 @@ def attach(assoc: Any) -> None:
             _time.sleep(seconds)
 
     dul._uronode_wait = wait_dul
+    dul._read_pdu_data = types.MethodType(_read_pdu_lean, dul)
 
 
 def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
@@ -211,6 +213,73 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
             return buffer[:got]
         got += n
     return buffer
+
+
+_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
+
+
+def _read_pdu_lean(self: Any) -> None:
+    """``DULServiceProvider._read_pdu_data`` with a short way for P-DATA-TF in the data transfer state.
+
+    In Sta6 a P-DATA-TF PDU only ever leads to DT-2 (hand the PDVs to DIMSE,
+    stay in Sta6), so its PDVs go straight to DIMSE as views of the one
+    receive buffer, without the PDU objects, the event queue round trip and
+    four copies of the data that pynetdicom's general path makes. Every other
+    PDU, and any PDU in another state, takes pynetdicom's own path.
+    """
+    sock = self.socket
+    try:
+        head = sock.recv(6)
+    except (OSError, TimeoutError):
+        self.event_queue.put("Evt17")  # transport connection closed
+        return
+    if len(head) != 6:
+        self.event_queue.put("Evt17")
+        return
+    pdu_type, _, length = struct.unpack(">BBL", head)
+    if pdu_type not in _PDU_TYPES:
+        log.error("unknown PDU type 0x%02X received", pdu_type)
+        self.event_queue.put("Evt19")  # unrecognised PDU
+        return
+    try:
+        body = sock.recv(length)
+    except (OSError, TimeoutError):
+        self.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        self.event_queue.put("Evt17")
+        return
+    if (
+        pdu_type == 0x04
+        and self.state_machine.current_state == "Sta6"
+        and not self.assoc.get_handlers(evt.EVT_PDU_RECV)
+        and not self.assoc.get_handlers(evt.EVT_DATA_RECV)
+    ):
+        view = memoryview(body)
+        pdvs: list[list[Any]] = []
+        pos = 0
+        while pos < length:
+            if pos + 6 > length:
+                self.event_queue.put("Evt19")  # a PDV item that does not fit its PDU
+                return
+            (item_length,) = struct.unpack_from(">I", body, pos)
+            if item_length < 2 or pos + 4 + item_length > length:
+                self.event_queue.put("Evt19")
+                return
+            pdvs.append([body[pos + 4], view[pos + 5 : pos + 4 + item_length]])
+            pos += 4 + item_length
+        primitive = P_DATA()
+        primitive._presentation_data_value_list = pdvs  # views; DIMSE copies what it keeps
+        self.assoc.dimse.receive_primitive(primitive)
+        return
+    try:
+        pdu, event = self._decode_pdu(head + body)
+    except Exception:  # noqa: BLE001 - pynetdicom's own path treats any decoding error as Evt19
+        log.exception("unable to decode a received PDU")
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
 
 
 def install() -> bool:

@@ -110,3 +110,25 @@ def test_contexts_copy_cheaply_but_completely() -> None:
     assert copied.transfer_syntax is not original.transfer_syntax  # negotiation may not touch the original
     copied.transfer_syntax = TRANSFER_SYNTAXES[:1]
     assert original.transfer_syntax == TRANSFER_SYNTAXES
+
+
+def test_a_malformed_pdata_pdu_aborts_that_association_only(tmp_path: Path) -> None:
+    import struct
+
+    port = free_port()
+    settings = load_settings(overrides={"host": "127.0.0.1", "scp": {"port": port, "processes": 1}})
+    server = make_server(settings, Store(tmp_path / "data"), None, None)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(Verification)
+        bad = ae.associate("127.0.0.1", port, ae_title="URONODE")
+        assert bad.is_established
+        # a P-DATA-TF whose only PDV claims 100 bytes in a 6-byte PDU
+        bad.dul.socket.send(b"\x04\x00" + struct.pack(">I", 6) + struct.pack(">I", 100) + b"\x01\x03")
+        wait_until(lambda: bad.is_aborted or not bad.is_established, 10, "the node to abort the association")
+        good = ae.associate("127.0.0.1", port, ae_title="URONODE")
+        assert good.is_established and good.send_c_echo().Status == 0x0000
+        good.release()
+    finally:
+        server.shutdown()
