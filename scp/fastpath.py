@@ -269,7 +269,7 @@ def _read_pdu_lean(self: Any) -> None:
             pdvs.append([body[pos + 4], view[pos + 5 : pos + 4 + item_length]])
             pos += 4 + item_length
         primitive = P_DATA()
-        primitive._presentation_data_value_list = pdvs  # views; DIMSE copies what it keeps
+        primitive._presentation_data_value_list = pdvs  # type: ignore[assignment]  # views; DIMSE copies what it keeps
         self.assoc.dimse.receive_primitive(primitive)
         return
     try:
