@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -176,7 +177,16 @@ class SharedSocketServer(ThreadedAssociationServer):
             super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        # Every receiving process wakes for a new connection and one wins the accept; a busy
+        # process waits a little first, so that associations spread over the processes.
+        busy = len(self.active_associations)
+        if busy:
+            time.sleep(min(0.002 * busy, 0.02))
         client, address = super().get_request()
+        # Accepted from a non-blocking listening socket, the client socket would be in timeout
+        # mode (every read: EAGAIN, poll, read again); make it plain blocking, as pynetdicom's own
+        # server does. pynetdicom waits for readiness with select before reading.
+        client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 
