@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 
+from dicomweb.stow_client import StowResult, stow
 from scp.sender import Outgoing, SendResult, store_files
 from uronode.outbox import Delivery, DeliveryState, Outbox
 from uronode.settings import DeliverySettings, Destination
@@ -29,6 +31,11 @@ class Deliverer:
                 for item in items:
                     self._failed(item, f"destination {name!r} is not configured any more")
                     tally["failed"] += 1
+                continue
+            if destination.kind == "dicomweb":
+                done = self._stow(destination, items)
+                tally["delivered"] += done
+                tally["failed"] += len(items) - done
                 continue
             for (host, port, called), group in self._targets(destination, items).items():
                 if host is None or port is None:
@@ -62,11 +69,19 @@ class Deliverer:
                     groups[(None, None, f"the sender's AE {item.calling_ae!r} is not in delivery.known_aes")].append(item)
                 else:
                     groups[(known.host, known.port, str(item.calling_ae))].append(item)
-            else:
-                groups[(None, None, f"{destination.kind} delivery is not available yet")].append(item)
         return groups
 
-    def _apply(self, group: list[Delivery], results: list[SendResult]) -> int:
+    def _stow(self, destination: Destination, items: list[Delivery]) -> int:
+        results = stow(
+            str(destination.url),
+            [(d.path, d.sop_instance_uid) for d in items],
+            username=destination.username,
+            password=destination.password,
+            token=destination.token,
+        )
+        return self._apply(items, results)
+
+    def _apply(self, group: list[Delivery], results: Sequence[SendResult | StowResult]) -> int:
         delivered = [d.id for d, r in zip(group, results, strict=True) if r.ok]
         self.outbox.mark_delivered(delivered)
         for item, result in zip(group, results, strict=True):

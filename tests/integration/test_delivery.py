@@ -116,3 +116,42 @@ def test_unknown_sender_and_unconfigured_destination_fail_with_reasons(tmp_path:
     reasons = {d.destination: d.last_error for d in outbox.list(DeliveryState.DEAD)}
     assert "'CT9' is not in delivery.known_aes" in (reasons["back"] or "")
     assert "not configured" in (reasons["gone"] or "")
+
+
+def test_stow_rs_to_orthanc_with_basic_auth(tmp_path: Path) -> None:
+    http, dicom = free_port(), free_port()
+    orthanc = start_orthanc(
+        tmp_path / "orthanc", http_port=http, dicom_port=dicom,
+        AuthenticationEnabled=True, RegisteredUsers={"uronode": "s3cret"},
+    )
+    try:
+        url = f"http://127.0.0.1:{http}/dicom-web"
+        _, _, files = write_series(tmp_path / "results", 3, size=32)
+        pairs = [(o.path, o.sop_instance_uid) for o in outgoing(files)]
+
+        from dicomweb.stow_client import stow
+
+        refused = stow(url, pairs, username="uronode", password="wrong")
+        assert [r.ok for r in refused] == [False] * 3 and "HTTP 401" in (refused[0].reason or "")
+        garbage = tmp_path / "garbage.dcm"
+        garbage.write_bytes(b"not a DICOM file at all")
+        (bad,) = stow(url, [(garbage, "1.2.3.4.5")], username="uronode", password="s3cret")
+        assert not bad.ok and bad.reason
+
+        settings = DeliverySettings.model_validate(
+            {"destinations": [{"name": "web", "kind": "dicomweb", "url": url, "username": "uronode", "password": "s3cret"}]}
+        )
+        outbox = Outbox(Store(tmp_path / "node"))
+        with outbox.store.transaction() as conn:
+            for item in outgoing(files):
+                outbox.enqueue_in(conn, destination="web", sop_instance_uid=item.sop_instance_uid,
+                                  sop_class_uid=item.sop_class_uid, path=item.path, job_id=1)
+        assert Deliverer(outbox, settings, "URONODE").run_once() == {"delivered": 3, "failed": 0}
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/statistics")
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"uronode:s3cret").decode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["CountInstances"] == 3
+    finally:
+        orthanc.stop()

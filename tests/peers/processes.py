@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,6 +192,8 @@ def start_orthanc(folder: Path, *, http_port: int, dicom_port: int, **extra: obj
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=0.5):
                 return port_open(dicom_port)
+        except urllib.error.HTTPError:  # it answers (401 when authentication is on)
+            return port_open(dicom_port)
         except OSError:
             return False
 

@@ -1,0 +1,111 @@
+"""STOW-RS client (PS3.18 10.5): send stored instances to a DICOMweb server and read its verdict on each.
+
+Uses only the standard library. One request carries a batch of instances as
+``multipart/related; type="application/dicom"``; the response's
+ReferencedSOPSequence and FailedSOPSequence (DICOM JSON) say which were
+stored. An HTTP error, or an instance the server does not mention, is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REFERENCED_SOP_SEQUENCE = "00081199"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+
+
+@dataclass(frozen=True, slots=True)
+class StowResult:
+    sop_instance_uid: str
+    ok: bool
+    reason: str | None
+
+
+def _multipart(paths: Sequence[Path], boundary: str) -> bytes:
+    parts = []
+    for path in paths:
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        parts.append(path.read_bytes())
+        parts.append(b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts)
+
+
+def _uids_in(body: dict[str, object], sequence: str) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    element = body.get(sequence)
+    if not isinstance(element, dict):
+        return found
+    for item in element.get("Value", []) or []:
+        if not isinstance(item, dict):
+            continue
+        uid = (item.get(REFERENCED_SOP_INSTANCE_UID) or {}).get("Value", [None])[0]
+        reason = (item.get(FAILURE_REASON) or {}).get("Value", [None])[0]
+        if uid:
+            found[str(uid)] = None if reason is None else f"failure reason {reason}"
+    return found
+
+
+def stow(
+    url: str,
+    files: Sequence[tuple[Path, str]],
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    timeout_s: float = 60.0,
+) -> list[StowResult]:
+    """POST ``(path, SOP Instance UID)`` pairs to ``url`` (the studies endpoint); one result per file, in order."""
+    if not files:
+        return []
+    boundary = secrets.token_hex(16)
+    try:
+        body = _multipart([p for p, _ in files], boundary)
+    except OSError as exc:
+        return [StowResult(uid, False, f"cannot read the files to send: {exc}") for _, uid in files]
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif username is not None:
+        pair = f"{username}:{password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    request = urllib.request.Request(url.rstrip("/") + ("" if url.rstrip("/").endswith("/studies") else "/studies"),
+                                     data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+        if status != 409:  # 409: none stored; the body still says why for each
+            return [StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status}") for _, uid in files]
+    except (urllib.error.URLError, OSError) as exc:
+        return [StowResult(uid, False, f"STOW-RS to {url} failed: {exc}") for _, uid in files]
+    try:
+        verdict = json.loads(payload) if payload else {}
+    except ValueError:
+        verdict = {}
+    if isinstance(verdict, list):  # some servers wrap the response data set in a list
+        verdict = verdict[0] if verdict else {}
+    stored = _uids_in(verdict, REFERENCED_SOP_SEQUENCE)
+    failed = _uids_in(verdict, FAILED_SOP_SEQUENCE)
+    results = []
+    for _, uid in files:
+        if uid in failed:
+            results.append(StowResult(uid, False, f"STOW-RS to {url}: {failed[uid] or 'failed'}"))
+        elif uid in stored:
+            results.append(StowResult(uid, True, None))
+        else:
+            results.append(StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status} without this instance"))
+    return results
