@@ -53,6 +53,7 @@ class Deliverer:
                 done = self._apply(group, results)
                 tally["delivered"] += done
                 tally["failed"] += len(group) - done
+        self.outbox.settle_jobs()
         return tally
 
     def _targets(

@@ -80,9 +80,9 @@ class JobQueue:
         return _job(claimed)
 
     def finish(self, job_id: int, state: JobState, reason: str | None = None) -> None:
-        """Mark a running job delivered or failed (a failure needs its reason)."""
-        if state not in (JobState.DELIVERED, JobState.FAILED):
-            raise ValueError(f"state must be delivered or failed, not {state}")
+        """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason)."""
+        if state not in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
+            raise ValueError(f"state must be delivering, delivered or failed, not {state}")
         if state is JobState.FAILED and not reason:
             raise ValueError("a failed job needs its reason")
         with self.store.transaction() as conn:

@@ -134,7 +134,9 @@ class Outbox:
         return state
 
     def retry(self, *, destination: str | None = None, job_id: int | None = None) -> int:
-        """Make dead letters pending again (all, or one destination's, or one job's); returns how many."""
+        """Make dead letters pending again (all, or one destination's, or one job's); returns how many.
+
+        Their jobs, failed because of them, wait for delivery again."""
         sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? WHERE state = 'dead'"
         params: builtins.list[object] = [time.time(), time.time()]
         if destination is not None:
@@ -144,7 +146,32 @@ class Outbox:
             sql += " AND job_id = ?"
             params.append(job_id)
         with self.store.transaction() as conn:
-            return conn.execute(sql, params).rowcount
+            count = conn.execute(sql + " RETURNING job_id", params).fetchall()
+            jobs = {r["job_id"] for r in count if r["job_id"] is not None}
+            conn.executemany(
+                "UPDATE jobs SET state = 'delivering', reason = NULL WHERE id = ? AND state = 'failed'",
+                [(j,) for j in jobs],
+            )
+        return len(count)
+
+    def settle_jobs(self) -> int:
+        """Jobs waiting on their deliveries become delivered when all are, failed when one is dead."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            done = conn.execute(
+                "UPDATE jobs SET state = 'delivered', reason = NULL, updated_at = ? WHERE state = 'delivering'"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.state != 'delivered')",
+                (now,),
+            ).rowcount
+            failed = conn.execute(
+                "UPDATE jobs SET state = 'failed', updated_at = ?, reason = 'delivery failed: ' || ("
+                "  SELECT d.destination || ': ' || coalesce(d.last_error, '?') FROM deliveries d"
+                "  WHERE d.job_id = jobs.id AND d.state = 'dead' ORDER BY d.id LIMIT 1)"
+                " WHERE state = 'delivering' AND EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id"
+                " AND d.state = 'dead')",
+                (now,),
+            ).rowcount
+        return done + failed
 
     def list(self, state: DeliveryState | None = None, limit: int = 1000) -> builtins.list[Delivery]:
         if state is None:

@@ -62,6 +62,8 @@ class SeriesDisposition(enum.StrEnum):
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    DELIVERING = "delivering"
+    """Results made and stored; waiting for the destinations to confirm them."""
     DELIVERED = "delivered"
     FAILED = "failed"
 

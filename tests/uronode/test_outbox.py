@@ -62,3 +62,31 @@ def test_owing_the_same_instance_again_resets_its_row(outbox: Outbox) -> None:
     rows = outbox.list()
     assert len(rows) == 1
     assert rows[0].state is DeliveryState.PENDING and rows[0].path == Path("/new.dcm") and rows[0].attempts == 0
+
+
+def test_jobs_follow_their_deliveries(outbox: Outbox) -> None:
+    from uronode.jobs import JobQueue
+    from uronode.types import JobState
+
+    queue = JobQueue(outbox.store)
+    with outbox.store.transaction() as conn:
+        job_id = queue.enqueue_in(conn, "1.2", "1.2.3", 1, "default")
+    queue.claim()
+    with outbox.store.transaction() as conn:
+        for sop in ("1.9.1", "1.9.2"):
+            outbox.enqueue_in(conn, destination="pacs", sop_instance_uid=sop, sop_class_uid="1.2", path=Path("/r.dcm"), job_id=job_id)
+    queue.finish(job_id, JobState.DELIVERING)
+    first, second = outbox.due()["pacs"]
+    outbox.mark_delivered([first.id])
+    outbox.settle_jobs()
+    assert queue.get(job_id).state is JobState.DELIVERING  # type: ignore[union-attr]
+    for _ in range(3):
+        outbox.mark_failed(second.id, "0xA700 from PACS")
+    outbox.settle_jobs()
+    job = queue.get(job_id)
+    assert job is not None and job.state is JobState.FAILED and job.reason == "delivery failed: pacs: 0xA700 from PACS"
+    assert outbox.retry(job_id=job_id) == 1
+    assert queue.get(job_id).state is JobState.DELIVERING  # type: ignore[union-attr]
+    outbox.mark_delivered([second.id])
+    outbox.settle_jobs()
+    assert queue.get(job_id).state is JobState.DELIVERED  # type: ignore[union-attr]
