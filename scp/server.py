@@ -12,7 +12,6 @@ attributes the index needs, and answers success only after
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, rel
 from scp.status import StoreStatus
 from uronode.dicomfile import encode_file_meta, read_header
 from uronode.errors import InvalidInstance, OutOfResources
+from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
 
@@ -254,20 +254,13 @@ def make_server(
     return server
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no orphaned listeners)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def run_receiver(
     settings_json: str, listening: socket.socket, counts: Any, index: int, ready: Any
 ) -> None:
     """Entry point of one receiving process."""
     from uronode.logs import setup_logging
 
-    _die_with_parent()
+    die_with_parent()
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
     slots = AssociationSlots(counts, index, settings.scp.max_associations)

@@ -75,6 +75,46 @@ class Receivers:
         self.socket.close()
 
 
+class WorkerProcess:
+    """The process that runs the model; restarted if it dies, not started without a model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("spawn")
+        self.proc: Any = None
+
+    def start(self) -> None:
+        from uronode.worker import run_worker
+
+        self.proc = self.ctx.Process(
+            target=run_worker, args=(self.settings.model_dump_json(),), name="uronode-worker", daemon=True
+        )
+        self.proc.start()
+
+    def supervise(self, stop: threading.Event) -> None:
+        while not stop.wait(5.0):
+            if self.proc is not None and not self.proc.is_alive():
+                log.error("the worker exited with %s; restarting it", self.proc.exitcode)
+                self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(10)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def model_available(settings: Settings) -> bool:
+    from inference.errors import ModelError
+    from inference.runtime import CARD_NAME, resolve_model_dir
+
+    try:
+        return (resolve_model_dir(settings.inference.model) / CARD_NAME).is_file()
+    except ModelError:
+        return False
+
+
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
     import uvicorn
@@ -117,6 +157,12 @@ def serve(settings: Settings) -> None:
         )
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         threads.append(threading.Thread(target=deliverer.run, args=(stop,), name="delivery", daemon=True))
+    worker = WorkerProcess(settings)
+    if model_available(settings):
+        worker.start()
+        threads.append(threading.Thread(target=worker.supervise, args=(stop,), name="worker-supervisor", daemon=True))
+    else:
+        log.error("model %r not found under models/: series are queued but not processed", settings.inference.model)
     for thread in threads:
         thread.start()
     log.info(
@@ -136,6 +182,7 @@ def serve(settings: Settings) -> None:
         server.run()  # handles SIGINT/SIGTERM by returning
     finally:
         stop.set()
+        worker.stop()
         receivers.stop()
         for thread in threads:
             thread.join(5)

@@ -1,0 +1,139 @@
+"""The worker: takes queued jobs, runs the model, stores the results and hands them to the outbox.
+
+It runs in its own process (``uronode serve`` starts one), loads the model
+once, and is the only place TensorFlow runs: never in a DICOM or HTTP
+handler. A job is a small record (series UID, generation, model); the worker
+reads the series from the store, so the same loop can later run on another
+machine that fetches series over WADO-RS.
+
+Outcome of a job: ``delivering`` (results stored, waiting for destinations),
+``delivered`` (no destinations, or all confirmed), or ``failed`` with the
+reason (a series the model cannot read, a model error, an internal error);
+the worker then goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from pydicom import Dataset
+
+from uronode.dicomfile import read_header
+from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
+from uronode.processes import die_with_parent
+from uronode.settings import Settings
+from uronode.store import Store
+from uronode.types import Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+def encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Worker:
+    def __init__(self, store: Store, settings: Settings, pipeline: Any) -> None:
+        self.store = store
+        self.settings = settings
+        self.queue = JobQueue(store)
+        self.outbox = Outbox(
+            store,
+            max_attempts=settings.delivery.max_attempts,
+            backoff_s=settings.delivery.backoff_s,
+            backoff_max_s=settings.delivery.backoff_max_s,
+        )
+        self.pipeline = pipeline
+
+    def run_job(self, job: Job) -> JobState:
+        """Run one claimed job to its outcome; never raises for a bad series."""
+        from inference.errors import InferenceError
+        from inference.writers import write_results
+
+        instances = self.store.series_instances(job.series_instance_uid)
+        if not instances:
+            return self._fail(job, "the series has no instances in the store")
+        started = time.perf_counter()
+        try:
+            volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
+            results = write_results(volume, findings)
+        except InferenceError as exc:
+            return self._fail(job, str(exc))
+        derived: list[Dataset] = [
+            *([results.seg] if results.seg is not None else []),
+            *results.secondary_captures,
+            results.sr,
+        ]
+        stored = []
+        for ds in derived:
+            data = encode(ds)
+            header = read_header([data])
+            self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)
+            found = self.store.get_instance(header.sop_instance_uid)
+            if found is None:
+                raise RuntimeError(f"result {header.sop_instance_uid} vanished from the store")
+            stored.append(found)
+        destinations = self.settings.delivery.destinations
+        with self.store.transaction() as conn:
+            for destination in destinations:
+                for item in stored:
+                    self.outbox.enqueue_in(
+                        conn,
+                        destination=destination.name,
+                        sop_instance_uid=item.header.sop_instance_uid,
+                        sop_class_uid=item.header.sop_class_uid,
+                        path=item.path,
+                        job_id=job.id,
+                        calling_ae=instances[0].calling_ae,
+                    )
+        state = JobState.DELIVERING if destinations else JobState.DELIVERED
+        self.queue.finish(job.id, state)
+        log.info(
+            "job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
+            job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
+        )
+        return state
+
+    def _fail(self, job: Job, reason: str) -> JobState:
+        log.warning("job %d series %s failed: %s", job.id, job.series_instance_uid, reason)
+        self.queue.finish(job.id, JobState.FAILED, reason)
+        return JobState.FAILED
+
+    def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:
+        while not stop.is_set():
+            job = self.queue.claim()
+            if job is None:
+                stop.wait(idle_s)
+                continue
+            try:
+                self.run_job(job)
+            except Exception as exc:  # noqa: BLE001 - the job boundary: fail it with the reason, go on
+                log.exception("job %d failed unexpectedly", job.id)
+                self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def run_worker(settings_json: str) -> None:
+    """Entry point of the worker process: load the model once, then take jobs until SIGTERM."""
+    from uronode.logs import setup_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    setup_logging(settings.log_level)
+    die_with_parent()
+    from inference.pipeline import Pipeline
+
+    started = time.perf_counter()
+    pipeline = Pipeline(settings.inference.model)
+    log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
+    store = Store(settings.storage.data_dir, fsync=settings.storage.fsync,
+                  max_disk_used_percent=settings.storage.max_disk_used_percent)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    Worker(store, settings, pipeline).run(stop)
