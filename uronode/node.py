@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 from typing import Any
@@ -187,7 +186,3 @@ def serve(settings: Settings) -> None:
         for thread in threads:
             thread.join(5)
         log.info("uronode stopped")
-
-
-def install_sigterm_as_interrupt() -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
