@@ -1,0 +1,71 @@
+"""All results of one series at once, and saving them as files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from inference.postprocess import Findings
+from inference.volume import Volume
+from inference.writers.sc import build_secondary_captures
+from inference.writers.seg import build_segmentation
+from inference.writers.sources import check_inputs, read_sources
+from inference.writers.sr import build_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Results:
+    """The DICOM results of one series: a SEG (None when no stone), the overlays and the SR."""
+
+    seg: Dataset | None
+    secondary_captures: tuple[Dataset, ...]
+    sr: Dataset
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        """Every result, the SEG first and the SR last (the SR references the SEG)."""
+        return ((self.seg,) if self.seg is not None else ()) + self.secondary_captures + (self.sr,)
+
+
+def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False) -> Results:
+    """SEG, Secondary Capture overlays and SR of ``findings`` on ``volume``.
+
+    Patient and study attributes come from the source instances named by
+    ``volume.source_paths``. Raises ``WriterError`` with the reason when the
+    findings do not belong to the volume, name no model, or the sources are unreadable.
+    """
+    identity = check_inputs(volume, findings)
+    sources = read_sources(volume, identity)
+    seg = build_segmentation(findings, sources, volume.frame_numbers) if findings.stones else None
+    captures = build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice)
+    sr = build_report(volume, findings, sources, seg)
+    return Results(seg=seg, secondary_captures=captures, sr=sr)
+
+
+def _file_name(ds: Dataset) -> str:
+    return f"{ds.Modality}_{int(ds.SeriesNumber)}_{int(ds.InstanceNumber):04d}.dcm"
+
+
+def save_results(results: Results, folder: str | Path) -> list[Path]:
+    """Write every result as a DICOM file (Part 10) into ``folder``; returns the paths.
+
+    Names are ``<Modality>_<SeriesNumber>_<InstanceNumber>.dcm``, so re-running
+    replaces the same files. Each file is written to a temporary name and renamed.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in results.datasets:
+        path = out / _file_name(ds)
+        partial = path.with_name(path.name + ".partial")
+        ds.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+        paths.append(path)
+    logger.info("saved %d result file(s) into %s", len(paths), out)
+    return paths

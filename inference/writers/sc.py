@@ -1,0 +1,189 @@
+"""The overlay series: RGB Secondary Captures of the slices with stones.
+
+Each image is the CT slice in the preview window (``inference.preview.WINDOW``:
+centre 150, width 900 HU, so -300 to 600 HU). Why this window: the kidney,
+ureter and bladder stay readable against fat (a bone window of W 1500 / L 300
+greys the soft tissue out, and a stone has to be found *in* its organ), while
+stones (200 HU and more) stand out bright; and it is the window of the PNG
+previews, so the CLI's pictures and the PACS images agree. Stones are painted
+red (semi-transparent, the CT shows through), each stone on the slice is framed
+by its green ``SliceBox`` (margin included, so stones under 3 mm are findable)
+and numbered as in the SR ("Stone 2"). Burned-in text: the stone count, the
+largest stone, and "AI result - not for primary diagnosis". Text never covers a
+stone or a box: they are drawn over it.
+
+Every image keeps its source slice's geometry (ImagePositionPatient,
+ImageOrientationPatient, PixelSpacing, FrameOfReferenceUID), is uncompressed,
+``DERIVED\\SECONDARY``, ``BurnedInAnnotation`` YES, and carries
+BodyPartExamined over (without it dciodvfy asks for Laterality).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import cv2
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from inference.postprocess import Findings, SliceBox
+from inference.preview import WINDOW, render_slice
+from inference.volume import Volume
+from inference.writers.sources import (
+    DEVICE_SERIAL_NUMBER,
+    MANUFACTURER,
+    SC_SERIES_DESCRIPTION,
+    SC_SERIES_NUMBER,
+    Sources,
+)
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "AI result - not for primary diagnosis"
+TEXT_COLOUR = (255, 255, 0)
+"""Yellow: neither the stones' red nor the boxes' green."""
+SHADOW_COLOUR = (0, 0, 0)
+
+
+def _orientation_letter(direction: Sequence[float]) -> str:
+    """The patient direction a unit vector points to most (LPS: +x left, +y posterior, +z head)."""
+    axis = int(np.argmax(np.abs(direction)))
+    positive = direction[axis] > 0
+    return ("L", "P", "H")[axis] if positive else ("R", "A", "F")[axis]
+
+
+def patient_orientation(volume: Volume) -> tuple[str, str]:
+    return _orientation_letter(volume.row_direction), _orientation_letter(volume.column_direction)
+
+
+def summary_lines(findings: Findings, k: int) -> list[str]:
+    """The burned-in text of slice k."""
+    count = len(findings.stones)
+    here = sorted({b.stone_index for b in findings.boxes if b.slice_index == k})
+    largest = max((s.max_diameter_mm for s in findings.stones), default=0.0)
+    lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
+    if count:
+        lines.append(f"Largest: {largest:.1f} mm")
+    lines.append(DISCLAIMER)
+    return lines
+
+
+def _text_layer(shape: tuple[int, int], lines: list[str], boxes: Sequence[SliceBox]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (text, shadow) of the burned-in text, scaled to the image width."""
+    rows, columns = shape
+    scale = max(columns / 800.0, 0.2)
+    thickness = 1
+    text = np.zeros(shape, np.uint8)
+    shadow = np.zeros(shape, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (_, height), baseline = cv2.getTextSize("Ag", font, scale, thickness)
+    step = height + baseline + 2
+    placements = [(line, (4, step * (i + 1))) for i, line in enumerate(lines[:-1])]
+    placements.append((lines[-1], (4, rows - baseline - 4)))
+    for box in boxes:
+        label = str(box.stone_index + 1)
+        y = box.row_min - 3 if box.row_min - 3 > height else box.row_max + height + 3
+        placements.append((label, (box.column_min, min(y, rows - 1))))
+    for line, origin in placements:
+        cv2.putText(shadow, line, origin, font, scale, 255, thickness + 2, cv2.LINE_8)
+        cv2.putText(text, line, origin, font, scale, 255, thickness, cv2.LINE_8)
+    return text > 0, shadow > 0
+
+
+def _box_outline(shape: tuple[int, int], boxes: Sequence[SliceBox]) -> np.ndarray:
+    outline = np.zeros(shape, bool)
+    for b in boxes:
+        outline[b.row_min, b.column_min:b.column_max + 1] = True
+        outline[b.row_max, b.column_min:b.column_max + 1] = True
+        outline[b.row_min:b.row_max + 1, b.column_min] = True
+        outline[b.row_min:b.row_max + 1, b.column_max] = True
+    return outline
+
+
+def render_overlay(volume: Volume, findings: Findings, k: int) -> np.ndarray:
+    """uint8 RGB (rows, columns, 3) of slice k: CT, red stones, green boxes, burned-in text."""
+    image = render_slice(volume, findings, k, window=WINDOW)
+    boxes = [b for b in findings.boxes if b.slice_index == k]
+    text, shadow = _text_layer(image.shape[:2], summary_lines(findings, k), boxes)
+    protected = (findings.mask[k] > 0) | _box_outline(image.shape[:2], boxes)
+    image[shadow & ~protected] = SHADOW_COLOUR
+    image[text & ~protected] = TEXT_COLOUR
+    return image
+
+
+def _geometry(ds: Dataset, frame_number: int) -> dict[str, object]:
+    """ImagePositionPatient, ImageOrientationPatient, PixelSpacing as the source states them."""
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return {key: ds[key].value for key in
+                ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if key in ds}
+    found: dict[str, object] = {}
+    per_frame = ds.PerFrameFunctionalGroupsSequence[frame_number - 1]
+    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    for sequence, key in (("PlanePositionSequence", "ImagePositionPatient"),
+                          ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                          ("PixelMeasuresSequence", "PixelSpacing")):
+        for group in (per_frame, shared):
+            items = group.get(sequence)
+            if items and key in items[0]:
+                found[key] = items[0][key].value
+                break
+    return found
+
+
+def sc_uids(sources: Sources, every_slice: bool) -> str:
+    """SeriesInstanceUID of the overlay series (the mode is part of it: a mode change is a new series)."""
+    return sources.identity.uid("sc", "all" if every_slice else "stones", "series")
+
+
+def build_secondary_captures(volume: Volume, findings: Findings, sources: Sources, *,
+                             every_slice: bool = False) -> tuple[Dataset, ...]:
+    """One RGB Secondary Capture per slice with a stone (or per slice with ``every_slice``)."""
+    identity = sources.identity
+    mode = "all" if every_slice else "stones"
+    series_uid = sc_uids(sources, every_slice)
+    slices = range(volume.shape[0]) if every_slice else findings.slices_with_stones
+    orientation = patient_orientation(volume)
+    images = []
+    for k in slices:
+        ref = sources.datasets[k]
+        frame = volume.frame_numbers[k]
+        sop_uid = identity.uid("sc", mode, volume.sop_instance_uids[k], frame)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ref,
+            pixel_array=render_overlay(volume, findings, k),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=sop_uid,
+            instance_number=k + 1,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION,
+            manufacturer_model_name=identity.model_name,
+            software_versions=identity.model_version,
+            device_serial_number=DEVICE_SERIAL_NUMBER,
+        )
+        for key, value in _geometry(ref, frame).items():
+            setattr(sc, key, value)
+        sc.FrameOfReferenceUID = volume.frame_of_reference_uid
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.ConversionType = "WSD"
+        sc.BurnedInAnnotation = "YES"
+        sc.DerivationDescription = f"CT in window C{WINDOW[0]:g} W{WINDOW[1]:g} with AI stone overlay"
+        if "BodyPartExamined" in ref:
+            sc.BodyPartExamined = ref.BodyPartExamined
+        source = Dataset()
+        source.ReferencedSOPClassUID = ref.SOPClassUID
+        source.ReferencedSOPInstanceUID = volume.sop_instance_uids[k]
+        if "NumberOfFrames" in ref:
+            source.ReferencedFrameNumber = frame
+        sc.SourceImageSequence = [source]
+        images.append(sc)
+    logger.info("%d overlay image(s) of series %s", len(images), volume.series_instance_uid)
+    return tuple(images)

@@ -1,0 +1,114 @@
+"""What every writer shares: the source instances, the derived UIDs, the node's identity.
+
+``Sources`` reads the instances the volume came from (headers only: pixels come
+from ``Volume.hu``), checks that the findings belong to the volume, and hands the
+writers one ``Dataset`` per slice together with its frame number.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from inference.postprocess import Findings
+from inference.volume import Volume
+from inference.writers.errors import WriterError
+from uronode.uids import derive_uid
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "uronode"
+"""Manufacturer of every output: the node and Orthanc's routing skip what carries it."""
+DEVICE_SERIAL_NUMBER = "uronode"
+
+SEG_SERIES_NUMBER = 901
+SC_SERIES_NUMBER = 902
+SR_SERIES_NUMBER = 903
+
+SEG_SERIES_DESCRIPTION = "AI urinary stones - segmentation"
+SC_SERIES_DESCRIPTION = "AI urinary stones - overlay, not for diagnosis"
+SR_SERIES_DESCRIPTION = "AI urinary stones - measurements"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The model that made the findings and the source series: what derived UIDs depend on."""
+
+    source_series_instance_uid: str
+    model_name: str
+    model_version: str
+
+    def uid(self, *parts: object) -> str:
+        """A deterministic UID for a derived object part (same inputs, same UID)."""
+        return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
+
+
+@dataclass(frozen=True, eq=False)
+class Sources:
+    """The source instance of every slice of the volume, in slice order (headers only)."""
+
+    datasets: tuple[Dataset, ...]
+    """One per slice (the same object repeats for the frames of one multi-frame instance)."""
+    unique: tuple[Dataset, ...]
+    """Each source instance once, in the order of its first slice."""
+    identity: Identity
+
+    @property
+    def multiframe(self) -> bool:
+        return len(self.unique) < len(self.datasets)
+
+
+def _read_header(path: str) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise WriterError(f"source instance {Path(path).name} cannot be read: {exc}") from exc
+
+
+def check_inputs(volume: Volume, findings: Findings) -> Identity:
+    """The identity the results will carry; ``WriterError`` when findings and volume disagree."""
+    if findings.series_instance_uid != volume.series_instance_uid:
+        raise WriterError("the findings belong to another series than the volume")
+    if findings.mask.shape != volume.hu.shape:
+        raise WriterError(
+            f"the findings' mask has shape {findings.mask.shape}, the volume {volume.hu.shape}"
+        )
+    if not findings.model_name or not findings.model_version:
+        raise WriterError(
+            "the findings name no model or no model version; derived UIDs and the "
+            "algorithm identification need both"
+        )
+    for box in findings.boxes:
+        if not 0 <= box.stone_index < len(findings.stones):
+            raise WriterError(f"a box on slice {box.slice_index} points at no stone")
+    return Identity(volume.series_instance_uid, findings.model_name, findings.model_version)
+
+
+def read_sources(volume: Volume, identity: Identity) -> Sources:
+    """Read the header of every source instance named by ``volume.source_paths``."""
+    if any(not path for path in volume.source_paths):
+        raise WriterError(
+            "the volume was loaded from datasets in memory; the writers need the source files"
+        )
+    by_path: dict[str, Dataset] = {}
+    per_slice = []
+    for k, path in enumerate(volume.source_paths):
+        ds = by_path.get(path)
+        if ds is None:
+            ds = by_path[path] = _read_header(path)
+        if str(ds.get("SOPInstanceUID", "")) != volume.sop_instance_uids[k]:
+            raise WriterError(f"{Path(path).name} is not the instance of slice {k + 1} any more")
+        per_slice.append(ds)
+    unique = tuple(by_path.values())
+    if len(unique) < len(per_slice) and len(unique) > 1:
+        raise WriterError(
+            f"the volume comes from {len(unique)} multi-frame instances; a SEG can reference "
+            "only one multi-frame source"
+        )
+    logger.debug("read %d source header(s) of series %s", len(unique), volume.series_instance_uid)
+    return Sources(datasets=tuple(per_slice), unique=unique, identity=identity)

@@ -1,0 +1,83 @@
+"""The TID 1500 report read back by highdicom: one group per stone, or 'Calculus: Absent'."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import pytest
+
+from inference.writers import MANUFACTURER, SR_SERIES_NUMBER
+from tests.writers.conftest import MODEL_NAME, Case
+
+
+def _sr(case: Case) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.srread(next(p for p in case.paths if p.name.startswith("SR_")))
+
+
+def _measurements(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> dict:
+    found = {}
+    for m in group.get_measurements():
+        derivation = m.derivation.value if m.derivation is not None else None
+        found[(m.name.value, derivation)] = (m.value, m.unit.value)
+    return found
+
+
+def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
+    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(stones.findings.stones) == 3
+    for i, (group, stone) in enumerate(zip(groups, stones.findings.stones, strict=True)):
+        assert group.tracking_identifier == f"Stone {i + 1}"
+        assert group.finding_type.value == "56381008"
+        values = _measurements(group)
+        assert values[("81827009", "56851009")] == (pytest.approx(stone.max_diameter_mm, abs=0.01), "mm")
+        assert values[("118565006", None)] == (pytest.approx(stone.volume_mm3, abs=0.01), "mm3")
+        assert values[("112031", "373098007")] == (pytest.approx(stone.mean_hu, abs=0.1), "[hnsf'U]")
+        assert values[("112031", "56851009")] == (pytest.approx(stone.max_hu, abs=0.1), "[hnsf'U]")
+
+
+def test_sr_groups_state_the_side(stones: Case) -> None:
+    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    for group, stone in zip(groups, stones.findings.stones, strict=True):
+        site = group.finding_sites[0]
+        assert site.value.value == "122489005"
+        if stone.side == "midline":
+            assert site.topographical_modifier.meaning == "Midline"
+        else:
+            assert site.laterality.meaning.lower() == stone.side
+
+
+def test_sr_references_the_seg_segment_and_the_source_slices(stones: Case) -> None:
+    seg = stones.results.seg
+    assert seg is not None
+    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    for group, stone in zip(groups, stones.findings.stones, strict=True):
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert segment.referenced_sop_class_uid == seg.SOPClassUID
+        assert list(segment.referenced_segment_numbers) == [1]
+        sources = [s.referenced_sop_instance_uid for s in segment.source_images_for_segmentation]
+        assert sources == list(stone.sop_instance_uids)
+
+
+def test_sr_evidence_lists_the_seg_and_the_source_series(stones: Case) -> None:
+    sr = _sr(stones)
+    series = {s.SeriesInstanceUID: s for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
+    assert stones.volume.series_instance_uid in series
+    assert stones.results.seg.SeriesInstanceUID in series
+    assert sr.StudyInstanceUID == stones.volume.study_instance_uid
+    assert sr.Manufacturer == MANUFACTURER and sr.ManufacturerModelName == MODEL_NAME
+    assert sr.SeriesNumber == SR_SERIES_NUMBER
+    assert sr.CompletionFlag == "COMPLETE"
+
+
+def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
+    assert no_stones.results.seg is None
+    assert no_stones.results.secondary_captures == ()
+    assert [p.name for p in no_stones.paths] == ["SR_903_0001.dcm"]
+    report = _sr(no_stones).content
+    assert report.get_volumetric_roi_measurement_groups() == []
+    evaluations = [
+        (e.name.value, e.value.value)
+        for g in report.get_image_measurement_groups()
+        for e in g.get_qualitative_evaluations()
+    ]
+    assert evaluations == [("56381008", "272519000")]  # Calculus: Absent
