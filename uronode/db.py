@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -33,9 +33,29 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
 
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    patient_name       TEXT,
+    patient_id         TEXT,
+    patient_birth_date TEXT,
+    patient_sex        TEXT,
+    study_date         TEXT,
+    study_time         TEXT,
+    accession_number   TEXT,
+    referring_physician_name TEXT,
+    study_description  TEXT,
+    study_id           TEXT,
+    updated_at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
+CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
+
 CREATE TABLE IF NOT EXISTS series (
     series_instance_uid TEXT PRIMARY KEY,
     study_instance_uid TEXT NOT NULL,
+    modality           TEXT,
+    series_description TEXT,
+    series_number      INTEGER,
     state              TEXT NOT NULL,        -- receiving | complete
     first_received_at  REAL NOT NULL,
     last_received_at   REAL NOT NULL,
@@ -46,6 +66,7 @@ CREATE TABLE IF NOT EXISTS series (
     reason             TEXT                  -- why it was skipped
 );
 CREATE INDEX IF NOT EXISTS series_state ON series(state);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_instance_uid);
 
 CREATE TABLE IF NOT EXISTS associations (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,5 +135,18 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        upgrades = "".join(sql for v, sql in MIGRATIONS.items() if 0 < version < v)
+        conn.executescript(
+            "BEGIN IMMEDIATE;" + upgrades + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
     return conn
+
+
+MIGRATIONS = {
+    3: """
+ALTER TABLE series ADD COLUMN modality TEXT;
+ALTER TABLE series ADD COLUMN series_description TEXT;
+ALTER TABLE series ADD COLUMN series_number INTEGER;
+""",
+}
+"""SQL that brings a database written by an older version (user_version) up to date."""

@@ -144,10 +144,7 @@ def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> Instanc
         if not is_valid_uid(value):
             raise InvalidInstance(f"{keyword} {value[:80]!r} is not a valid UID")
         uids[keyword] = value
-    try:
-        instance_number = int(float(values["InstanceNumber"])) if values.get("InstanceNumber") else None
-    except ValueError:
-        instance_number = None
+    instance_number = _integer(values.get("InstanceNumber"))
     position: tuple[float, float, float] | None = None
     try:
         ipp = [float(v) for v in values.get("ImagePositionPatient", "").split("\\") if v.strip()]
@@ -167,4 +164,22 @@ def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> Instanc
         manufacturer=values.get("Manufacturer", "").strip(),
         instance_number=instance_number,
         image_position=position,
+        series_number=_integer(values.get("SeriesNumber")),
+        patient_name=values.get("PatientName", "").strip(),
+        patient_id=values.get("PatientID", "").strip(),
+        patient_birth_date=values.get("PatientBirthDate", "").strip(),
+        patient_sex=values.get("PatientSex", "").strip(),
+        study_date=values.get("StudyDate", "").strip(),
+        study_time=values.get("StudyTime", "").strip(),
+        accession_number=values.get("AccessionNumber", "").strip(),
+        referring_physician_name=values.get("ReferringPhysicianName", "").strip(),
+        study_description=values.get("StudyDescription", "").strip(),
+        study_id=values.get("StudyID", "").strip(),
     )
+
+
+def _integer(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value else None
+    except ValueError:
+        return None

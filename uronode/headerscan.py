@@ -1,8 +1,8 @@
 """A minimal reader of the few header attributes the index needs, for the receive hot path.
 
 It walks the top-level elements of a Little Endian data set (explicit or
-implicit VR) up to (0020,0032), skipping sequences, and decodes only the ten
-attributes the index keeps. Anything unusual (big endian, deflate, a
+implicit VR) up to (0020,0032), skipping sequences, and decodes only the
+attributes the index keeps (patient, study, series and instance level). Anything unusual (big endian, deflate, a
 character set other than ASCII, Latin-1 or UTF-8, a malformed length)
 raises :class:`ScanError`, and the caller falls back to pydicom.
 ``tests/uronode/test_headerscan.py`` checks it against pydicom on every test file at hand.
@@ -25,14 +25,36 @@ WANTED = {
     0x00080008: "ImageType",
     0x00080016: "SOPClassUID",
     0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080030: "StudyTime",
+    0x00080050: "AccessionNumber",
     0x00080060: "Modality",
     0x00080070: "Manufacturer",
+    0x00080090: "ReferringPhysicianName",
+    0x00081030: "StudyDescription",
     0x0008103E: "SeriesDescription",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00100030: "PatientBirthDate",
+    0x00100040: "PatientSex",
     0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID",
+    0x00200010: "StudyID",
+    0x00200011: "SeriesNumber",
     0x00200013: "InstanceNumber",
     0x00200032: "ImagePositionPatient",
 }
+TEXT = {
+    "AccessionNumber",
+    "Manufacturer",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "StudyID",
+}
+"""Attributes whose value is text in the data set's character set (the rest are ASCII)."""
 _CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 _u16 = struct.Struct("<H").unpack_from
@@ -120,6 +142,6 @@ def scan(data: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> dict
         raise ScanError(f"character set {charset!r} is not scanned")
     out = {}
     for name, encoded in raw.items():
-        text = encoded.rstrip(b"\x00 ").decode(encoding if name in ("Manufacturer", "SeriesDescription") else "ascii")
+        text = encoded.rstrip(b"\x00 ").decode(encoding if name in TEXT else "ascii")
         out[name] = "\\".join(part.strip() for part in text.split("\\"))
     return out

@@ -303,20 +303,51 @@ class Store:
             )
             replaced = old is not None  # identical bytes never get this far
             conn.execute(
-                "INSERT INTO series (series_instance_uid, study_instance_uid, state, first_received_at,"
-                " last_received_at) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_description,"
+                " series_number, state, first_received_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(series_instance_uid) DO UPDATE SET"
                 "  last_received_at = excluded.last_received_at,"
+                "  modality = excluded.modality, series_description = excluded.series_description,"
+                "  series_number = excluded.series_number,"
                 "  generation = generation + (state = 'complete'),"
                 "  replaced_count = replaced_count + ?,"
                 "  state = 'receiving', completed_at = NULL, disposition = NULL, reason = NULL",
                 (
                     header.series_instance_uid,
                     header.study_instance_uid,
+                    header.modality,
+                    header.series_description,
+                    header.series_number,
                     SeriesState.RECEIVING.value,
                     now,
                     now,
                     int(replaced),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO studies (study_instance_uid, patient_name, patient_id, patient_birth_date, patient_sex,"
+                " study_date, study_time, accession_number, referring_physician_name, study_description, study_id,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(study_instance_uid) DO UPDATE SET patient_name = excluded.patient_name,"
+                " patient_id = excluded.patient_id, patient_birth_date = excluded.patient_birth_date,"
+                " patient_sex = excluded.patient_sex, study_date = excluded.study_date,"
+                " study_time = excluded.study_time, accession_number = excluded.accession_number,"
+                " referring_physician_name = excluded.referring_physician_name,"
+                " study_description = excluded.study_description, study_id = excluded.study_id,"
+                " updated_at = excluded.updated_at",
+                (
+                    header.study_instance_uid,
+                    header.patient_name,
+                    header.patient_id,
+                    header.patient_birth_date,
+                    header.patient_sex,
+                    header.study_date,
+                    header.study_time,
+                    header.accession_number,
+                    header.referring_physician_name,
+                    header.study_description,
+                    header.study_id,
+                    now,
                 ),
             )
             if old is not None and old["series_instance_uid"] != header.series_instance_uid:
@@ -339,15 +370,13 @@ class Store:
 
     def series_instances(self, series_instance_uid: str) -> list[StoredInstance]:
         rows = self.conn().execute(
-            "SELECT * FROM instances WHERE series_instance_uid = ? ORDER BY instance_number, sop_instance_uid",
+            _INSTANCE_QUERY + " WHERE i.series_instance_uid = ? ORDER BY i.instance_number, i.sop_instance_uid",
             (series_instance_uid,),
         ).fetchall()
         return [_stored(r) for r in rows]
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        row = self.conn().execute(
-            "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-        ).fetchone()
+        row = self.conn().execute(_INSTANCE_QUERY + " WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
         return _stored(row) if row is not None else None
 
     def series_row(self, series_instance_uid: str) -> sqlite3.Row | None:
@@ -357,6 +386,15 @@ class Store:
 
     def count_instances(self) -> int:
         return int(self.conn().execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+_INSTANCE_QUERY = (
+    "SELECT i.*, se.series_number, st.patient_name, st.patient_id, st.patient_birth_date, st.patient_sex,"
+    " st.study_date, st.study_time, st.accession_number, st.referring_physician_name, st.study_description,"
+    " st.study_id FROM instances i"
+    " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
+    " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
+)
 
 
 def _remove_quietly(path: Path) -> None:
@@ -397,6 +435,17 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         manufacturer=row["manufacturer"] or "",
         instance_number=row["instance_number"],
         image_position=position,
+        series_number=row["series_number"],
+        patient_name=row["patient_name"] or "",
+        patient_id=row["patient_id"] or "",
+        patient_birth_date=row["patient_birth_date"] or "",
+        patient_sex=row["patient_sex"] or "",
+        study_date=row["study_date"] or "",
+        study_time=row["study_time"] or "",
+        accession_number=row["accession_number"] or "",
+        referring_physician_name=row["referring_physician_name"] or "",
+        study_description=row["study_description"] or "",
+        study_id=row["study_id"] or "",
     )
     return StoredInstance(
         header=header,

@@ -23,6 +23,17 @@ class InstanceHeader:
     manufacturer: str = ""
     instance_number: int | None = None
     image_position: tuple[float, float, float] | None = None
+    series_number: int | None = None
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    study_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

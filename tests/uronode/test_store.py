@@ -150,3 +150,27 @@ def test_recover_clears_temporary_files_and_closes_lost_associations(store: Stor
     assert list(store.tmp_dir.iterdir()) == []
     row = store.conn().execute("SELECT outcome, ended_at FROM associations WHERE id = ?", (assoc,)).fetchone()
     assert row["outcome"] == "lost" and row["ended_at"] is not None
+
+
+def test_an_index_written_by_an_older_version_is_brought_up_to_date(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "data"
+    root.mkdir()
+    old = sqlite3.connect(root / "index.sqlite3")
+    old.executescript(
+        "CREATE TABLE series (series_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
+        " state TEXT NOT NULL, first_received_at REAL NOT NULL, last_received_at REAL NOT NULL,"
+        " generation INTEGER NOT NULL DEFAULT 1, replaced_count INTEGER NOT NULL DEFAULT 0, completed_at REAL,"
+        " disposition TEXT, reason TEXT);"
+        "INSERT INTO series VALUES ('1.2.3.4', '1.2.3', 'complete', 1, 1, 1, 0, 2, 'queued', NULL);"
+        "PRAGMA user_version=2;"
+    )
+    old.commit()
+    old.close()
+    store = Store(root)
+    put(store, encoded(0, series="1.2.3.4"))  # the series row gains the new columns' values
+    row = store.series_row("1.2.3.4")
+    assert row is not None and row["modality"] == "CT" and row["generation"] == 2
+    assert store.conn().execute("PRAGMA user_version").fetchone()[0] >= 3
+    assert store.get_instance(read_header(encoded(0, series="1.2.3.4")).sop_instance_uid).header.patient_id == "SYN0001"  # type: ignore[union-attr]
