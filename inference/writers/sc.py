@@ -15,7 +15,8 @@ stone or a box: they are drawn over it.
 Every image keeps its source slice's geometry (ImagePositionPatient,
 ImageOrientationPatient, PixelSpacing, FrameOfReferenceUID), is uncompressed,
 ``DERIVED\\SECONDARY``, ``BurnedInAnnotation`` YES, and carries
-BodyPartExamined over (without it dciodvfy asks for Laterality).
+BodyPartExamined over (without it dciodvfy asks for Laterality; a source that
+states no body part gets an empty Laterality, which dciodvfy accepts with a warning).
 """
 
 from __future__ import annotations
@@ -176,8 +177,12 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
         sc.ConversionType = "WSD"
         sc.BurnedInAnnotation = "YES"
         sc.DerivationDescription = f"CT in window C{WINDOW[0]:g} W{WINDOW[1]:g} with AI stone overlay"
-        if "BodyPartExamined" in ref:
+        if ref.get("BodyPartExamined"):
             sc.BodyPartExamined = ref.BodyPartExamined
+        elif "Laterality" not in sc:
+            # Laterality is type 2C unless the body part is unpaired; with no body
+            # part stated, an empty value is the honest one (dciodvfy: a warning only)
+            sc.Laterality = ""
         source = Dataset()
         source.ReferencedSOPClassUID = ref.SOPClassUID
         source.ReferencedSOPInstanceUID = volume.sop_instance_uids[k]

@@ -1,0 +1,72 @@
+"""Sources that differ from the plain synthetic series: one multi-frame Enhanced CT
+(pydicom's eCT_Supplemental, frames stored head first, no BodyPartExamined) and a
+patient name outside ASCII (ISO_IR 100)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from inference.postprocess import measure_stones
+from inference.synth import generate_phantom, write_series
+from inference.volume import load_volume
+from inference.writers import save_results, write_results
+from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, dciodvfy
+
+
+def test_multiframe_enhanced_ct_source(tmp_path: Path) -> None:
+    volume = load_volume([get_testdata_file("eCT_Supplemental.dcm")])
+    assert volume.frame_numbers == (2, 1)  # sorted feet to head: the file's frames reversed
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[0, 300:303, 100:103] = 1
+    mask[1, 200:205, 200:205] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    results = write_results(volume, findings)
+    paths = save_results(results, tmp_path)
+    for path in paths:
+        errors, warnings = dciodvfy(path)
+        for line in warnings:
+            print(f"{path.name}: {line}")
+        assert not errors, (path.name, errors)
+
+    seg = hd.seg.segread(paths[0])
+    assert int(seg.NumberOfFrames) == 2
+    source_uid = volume.sop_instance_uids[0]
+    for k, frame in enumerate(volume.frame_numbers):
+        pixels = seg.get_pixels_by_source_frame(source_uid, source_frame_numbers=[frame], segment_numbers=[1])
+        np.testing.assert_array_equal(pixels[0, ..., 0], findings.mask[k])
+
+    source = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
+    for ds in results.secondary_captures:
+        reference = ds.SourceImageSequence[0]
+        frame = int(reference.ReferencedFrameNumber)
+        plane = source.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0]
+        assert ds.ImagePositionPatient == plane.ImagePositionPatient
+        assert "Laterality" in ds and not ds.Laterality  # no body part stated: present, empty
+
+    groups = hd.sr.srread(paths[-1]).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    frames = {tuple(s.referenced_frame_numbers) for g in groups
+              for s in g.referenced_segment.source_images_for_segmentation}
+    assert frames == {(1,), (2,)}
+
+
+@pytest.mark.parametrize("name", ["Müller^Jörg", "Ødegård^Åse"])
+def test_non_ascii_patient_name_survives_in_every_result(name: str, tmp_path: Path) -> None:
+    phantom = generate_phantom(11, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    volume = load_volume(write_series(phantom, tmp_path / "ct", patient_name=name))
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    for path in save_results(write_results(volume, findings), tmp_path / "out"):
+        ds = pydicom.dcmread(path)
+        assert ds.SpecificCharacterSet == "ISO_IR 100"
+        assert str(ds.PatientName) == name
+        errors, _ = dciodvfy(path)
+        assert not errors, (path.name, errors)
