@@ -36,6 +36,8 @@ class Results:
 def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False) -> Results:
     """SEG, Secondary Capture overlays and SR of ``findings`` on ``volume``.
 
+    Overlays are made for the slices with a stone, or for every slice with
+    ``sc_every_slice``; a series without stones gets only the SR (in both modes).
     Patient and study attributes come from the source instances named by
     ``volume.source_paths``. Raises ``WriterError`` with the reason when the
     findings do not belong to the volume, name no model, or the sources are unreadable.
@@ -43,7 +45,10 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
     identity = check_inputs(volume, findings)
     sources = read_sources(volume, identity)
     seg = build_segmentation(findings, sources, volume.frame_numbers) if findings.stones else None
-    captures = build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice)
+    captures = (
+        build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice)
+        if findings.stones else ()
+    )
     sr = build_report(volume, findings, sources, seg)
     return Results(seg=seg, secondary_captures=captures, sr=sr)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 import pytest
 
-from inference.writers import MANUFACTURER, SR_SERIES_NUMBER
+from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
 from tests.writers.conftest import MODEL_NAME, Case
 
 
@@ -67,6 +67,12 @@ def test_sr_evidence_lists_the_seg_and_the_source_series(stones: Case) -> None:
     assert sr.Manufacturer == MANUFACTURER and sr.ManufacturerModelName == MODEL_NAME
     assert sr.SeriesNumber == SR_SERIES_NUMBER
     assert sr.CompletionFlag == "COMPLETE"
+
+
+def test_no_stone_gives_only_the_sr_in_every_slice_mode_too(no_stones: Case) -> None:
+    results = write_results(no_stones.volume, no_stones.findings, sc_every_slice=True)
+    assert results.seg is None and results.secondary_captures == ()
+    assert results.sr.SOPInstanceUID == no_stones.results.sr.SOPInstanceUID
 
 
 def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
