@@ -8,15 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 
+from dicomweb import qido, stow, wado
+from dicomweb.deps import get_store
 from uronode import __version__
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.types import JobState
-
-
-def get_store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
 
 
 def get_queue(request: Request) -> JobQueue:
@@ -34,6 +32,9 @@ def create_app(settings: Settings) -> FastAPI:
         yield
 
     app = FastAPI(title="uronode", version=__version__, lifespan=lifespan)
+    app.include_router(qido.router)
+    app.include_router(wado.router)
+    app.include_router(stow.router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -1,0 +1,158 @@
+"""STOW-RS (PS3.18 10.5): store instances sent over HTTP, through the same store and completion path as C-STORE.
+
+The response names every instance: ReferencedSOPSequence for those stored,
+FailedSOPSequence with a FailureReason (A700 out of resources, A900 data set
+does not match, C000 cannot understand) for the others. Status 200 when all
+were stored, 202 when some were, 409 when none; 415 for a body that is not
+multipart/related DICOM, 413 above the size limit, 400 for a broken body.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from io import BytesIO
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomweb.deps import StoreDep
+from uronode.dicomfile import read_header
+from uronode.errors import InvalidInstance, OutOfResources
+
+router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
+
+MAX_BODY_BYTES = 4 * 1024**3
+OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+
+
+def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart body: (headers with lower-case names, content)."""
+    delimiter = b"--" + boundary.encode()
+    if delimiter not in body:
+        raise HTTPException(400, detail="the body holds no part with the boundary its Content-Type names")
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise HTTPException(400, detail="a part has no blank line after its headers")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip():
+                headers[name.strip().lower()] = value.strip()
+        parts.append((headers, content))
+    return parts
+
+
+def to_file_format(content: bytes) -> bytes:
+    """A part without preamble or File Meta (some clients send bare data sets) made into a DICOM file.
+
+    The data set is re-encoded; its transfer syntax is the one pydicom finds
+    when reading it. Raises InvalidInstance when it is not DICOM at all.
+    """
+    try:
+        ds = dcmread(BytesIO(content), force=True)
+        sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError, struct.error, KeyError) as exc:
+        raise InvalidInstance(f"not a DICOM data set: {exc}") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+        )
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
+    buffer = BytesIO()
+    try:
+        ds.save_as(buffer, enforce_file_format=True)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInstance(f"the data set cannot be written as a DICOM file: {exc}") from exc
+    return buffer.getvalue()
+
+
+def _ref(sop_class: str | None, sop: str | None, reason: int | None = None, url: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop:
+        item["00081155"] = {"vr": "UI", "Value": [sop]}
+    if reason is not None:
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+    if url:
+        item["00081190"] = {"vr": "UR", "Value": [url]}
+    return item
+
+
+async def _store(request: Request, store: StoreDep, study: str | None) -> JSONResponse:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/related") or "application/dicom" not in content_type.lower():
+        raise HTTPException(415, detail='send multipart/related; type="application/dicom"')
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise HTTPException(400, detail="the Content-Type names no boundary")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HTTPException(413, detail=f"the body is larger than {MAX_BODY_BYTES} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(413, detail=f"the body is larger than {MAX_BODY_BYTES} bytes")
+    parts = split_multipart(body, match.group(1))
+    if not parts:
+        raise HTTPException(400, detail="the body holds no parts")
+    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    stored, failed = [], []
+    for headers, content in parts:
+        part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        if part_type != "application/dicom":
+            failed.append(_ref(None, None, CANNOT_UNDERSTAND))
+            continue
+        try:
+            if content[128:132] != b"DICM":
+                content = to_file_format(content)
+            header = read_header([content])
+        except InvalidInstance:
+            failed.append(_ref(None, None, CANNOT_UNDERSTAND))
+            continue
+        if study is not None and header.study_instance_uid != study:
+            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, DOES_NOT_MATCH))
+            continue
+        try:
+            store.put(header, [content], calling_ae="STOW-RS")
+        except OutOfResources:
+            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, OUT_OF_RESOURCES))
+            continue
+        except InvalidInstance:
+            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, CANNOT_UNDERSTAND))
+            continue
+        url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
+              f"/instances/{header.sop_instance_uid}"
+        stored.append(_ref(header.sop_class_uid, header.sop_instance_uid, url=url))
+    response: dict[str, Any] = {}
+    if stored:
+        response["00081199"] = {"vr": "SQ", "Value": stored}
+    if failed:
+        response["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else 202 if stored else 409
+    return JSONResponse(response, status_code=status, media_type="application/dicom+json")
+
+
+
+
+@router.post("/studies", summary="Store instances")
+async def store_instances(request: Request, store: StoreDep) -> JSONResponse:
+    return await _store(request, store, None)
+
+
+@router.post("/studies/{study}", summary="Store instances into a study")
+async def store_study_instances(study: str, request: Request, store: StoreDep) -> JSONResponse:
+    return await _store(request, store, study)

@@ -1,0 +1,177 @@
+"""WADO-RS (PS3.18 10.4): retrieve studies, series and instances, their metadata, and frames.
+
+Instances are returned as stored, in their transfer syntax (named in each
+part's Content-Type), as ``multipart/related; type="application/dicom"``.
+Metadata is DICOM JSON read from the files, with bulk data (pixel data and
+other large values) as BulkDataURIs. Frames come uncompressed
+(``application/octet-stream``), decoded from compressed files when needed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dicomweb.deps import StoreDep
+from uronode.store import Store
+from uronode.types import StoredInstance
+
+router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
+
+BULK_THRESHOLD = 1024
+
+
+def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
+    where, params = ["i.study_instance_uid = ?"], [study]
+    if series is not None:
+        where.append("i.series_instance_uid = ?")
+        params.append(series)
+    if sop is not None:
+        where.append("i.sop_instance_uid = ?")
+        params.append(sop)
+    rows = store.conn().execute(
+        "SELECT i.sop_instance_uid FROM instances i WHERE " + " AND ".join(where)
+        + " ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid",
+        params,
+    ).fetchall()
+    found = [store.get_instance(r["sop_instance_uid"]) for r in rows]
+    instances = [f for f in found if f is not None]
+    if not instances:
+        what = "instance" if sop else "series" if series else "study"
+        raise HTTPException(404, detail=f"no such {what}")
+    return instances
+
+
+def _multipart(instances: list[StoredInstance]) -> StreamingResponse:
+    boundary = secrets.token_hex(16)
+
+    def parts() -> Iterator[bytes]:
+        for item in instances:
+            header = (
+                f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={item.header.transfer_syntax_uid}"
+                f"\r\nContent-Length: {item.size}\r\n\r\n"
+            )
+            yield header.encode()
+            with item.path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(parts(), media_type=media)
+
+
+def _check_accept(request: Request, wanted: str) -> None:
+    accept = request.headers.get("accept", "*/*")
+    if not any(a.strip().split(";")[0].strip() in (wanted, "*/*", "multipart/*") for a in accept.split(",")):
+        raise HTTPException(406, detail=f"this resource is available as {wanted}, not {accept[:100]}")
+
+
+@router.get("/studies/{study}", summary="Retrieve a study")
+def retrieve_study(study: str, request: Request, store: StoreDep) -> StreamingResponse:
+    _check_accept(request, "multipart/related")
+    return _multipart(_instances(store, study))
+
+
+@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+def retrieve_series(study: str, series: str, request: Request, store: StoreDep) -> StreamingResponse:
+    _check_accept(request, "multipart/related")
+    return _multipart(_instances(store, study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
+def retrieve_instance(study: str, series: str, sop: str, request: Request, store: StoreDep) -> StreamingResponse:
+    _check_accept(request, "multipart/related")
+    return _multipart(_instances(store, study, series, sop))
+
+
+def _metadata(item: StoredInstance, base: str) -> dict[str, Any]:
+    ds = pydicom.dcmread(item.path, defer_size=BULK_THRESHOLD)
+    url = f"{base}/studies/{item.header.study_instance_uid}/series/{item.header.series_instance_uid}" \
+          f"/instances/{item.header.sop_instance_uid}"
+
+    def bulk(element: Any) -> str:
+        if element.tag == 0x7FE00010:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            return f"{url}/frames/{','.join(str(n) for n in range(1, frames + 1))}"
+        return f"{url}/bulk/{element.tag:08X}"
+
+    data = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
+    meta = ds.file_meta
+    data["00020010"] = {"vr": "UI", "Value": [str(meta.TransferSyntaxUID)]}
+    return data
+
+
+def _metadata_response(instances: list[StoredInstance], request: Request) -> JSONResponse:
+    _check_accept(request, "application/dicom+json")
+    base = str(request.base_url).rstrip("/") + "/dicom-web"
+    return JSONResponse([_metadata(i, base) for i in instances], media_type="application/dicom+json")
+
+
+@router.get("/studies/{study}/metadata", summary="Retrieve a study's metadata")
+def study_metadata(study: str, request: Request, store: StoreDep) -> JSONResponse:
+    return _metadata_response(_instances(store, study), request)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve a series' metadata")
+def series_metadata(study: str, series: str, request: Request, store: StoreDep) -> JSONResponse:
+    return _metadata_response(_instances(store, study, series), request)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="Retrieve an instance's metadata")
+def instance_metadata(study: str, series: str, sop: str, request: Request, store: StoreDep) -> JSONResponse:
+    return _metadata_response(_instances(store, study, series, sop), request)
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise HTTPException(400, detail=f"frame list {text[:40]!r} is not a list of numbers") from None
+    if not numbers or min(numbers) < 1:
+        raise HTTPException(400, detail="frame numbers start at 1")
+    return numbers
+
+
+def _frames(path: Path, numbers: list[int]) -> list[bytes]:
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise HTTPException(404, detail="this instance has no pixel data")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if max(numbers) > count:
+        raise HTTPException(404, detail=f"the instance has {count} frame(s)")
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed:
+        frame_bytes = ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated // 8)
+        data = ds.PixelData
+        return [data[(n - 1) * frame_bytes : n * frame_bytes] for n in numbers]
+    pixels = ds.pixel_array  # decoded once, all frames
+    if count == 1:
+        pixels = pixels[None, ...]
+    return [pixels[n - 1].tobytes() for n in numbers]
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", summary="Retrieve frames")
+def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request, store: StoreDep) -> StreamingResponse:
+    _check_accept(request, "multipart/related")
+    numbers = _frame_numbers(frames)
+    (item,) = _instances(store, study, series, sop)
+    chunks = _frames(item.path, numbers)
+    boundary = secrets.token_hex(16)
+
+    def parts() -> Iterator[bytes]:
+        for chunk in chunks:
+            yield f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+            yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return StreamingResponse(parts(), media_type=media)

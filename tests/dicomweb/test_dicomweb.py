@@ -1,0 +1,114 @@
+"""The node's DICOMweb read and written by a real client (dicomweb-client), plus the error cases."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from requests.exceptions import HTTPError
+
+from tests.conftest import query
+from tests.factory import ct_slice, uid, write_series
+from tests.peers.processes import Node, storescu, wait_until
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Node, str, str, list[Path]]:
+    from tests.conftest import FAST_COMPLETION
+    from tests.peers.processes import free_port
+
+    folder = tmp_path_factory.mktemp("dicomweb")
+    node = Node(folder / "node", free_port(), free_port(), extra_env=dict(FAST_COMPLETION)).start()
+    study, series, files = write_series(folder / "ct", 5, size=32)
+    assert storescu(node.dicom_port, folder / "ct").returncode == 0
+    yield node, study, series, files
+    node.stop()
+
+
+def client(node: Node) -> DICOMwebClient:
+    return DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web")
+
+
+def test_search_for_studies_with_matching(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, study, _, _ = loaded
+    web = client(node)
+    (found,) = web.search_for_studies()
+    assert found["0020000D"]["Value"] == [study]
+    assert found["00100020"]["Value"] == ["SYN0001"]
+    assert found["00100010"]["Value"] == [{"Alphabetic": "Synthetic^Patient"}]
+    assert found["00080061"]["Value"] == ["CT"]
+    assert found["00201208"]["Value"] == [5] and found["00201206"]["Value"] == [1]
+    for filters, count in [
+        ({"PatientName": "Synth*"}, 1), ({"PatientName": "Nobody*"}, 0), ({"PatientID": "SYN0001"}, 1),
+        ({"StudyDate": "20250101-20261231"}, 1), ({"StudyDate": "20270101-"}, 0), ({"AccessionNumber": "ACC?001"}, 1),
+        ({"ModalitiesInStudy": "CT"}, 1), ({"ModalitiesInStudy": "MR"}, 0), ({"StudyInstanceUID": f"1.2.3,{study}"}, 1),
+    ]:
+        assert len(web.search_for_studies(search_filters=filters)) == count, filters
+    assert web.search_for_studies(offset=1) == []
+
+
+def test_search_for_series_and_instances(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, study, series, _ = loaded
+    web = client(node)
+    (found,) = web.search_for_series(study_instance_uid=study)
+    assert found["0020000E"]["Value"] == [series] and found["00080060"]["Value"] == ["CT"]
+    assert found["00201209"]["Value"] == [5]
+    assert len(web.search_for_series(search_filters={"Modality": "CT"})) == 1
+    instances = web.search_for_instances(study_instance_uid=study, series_instance_uid=series)
+    assert [i["00200013"]["Value"][0] for i in instances] == [1, 2, 3, 4, 5]
+    assert len(web.search_for_instances(study_instance_uid=study, series_instance_uid=series, limit=2)) == 2
+
+
+def test_retrieve_instances_metadata_and_frames(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, study, series, files = loaded
+    web = client(node)
+    original = pydicom.dcmread(files[0])
+    got = web.retrieve_instance(study, series, original.SOPInstanceUID)
+    assert got.SOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(got.pixel_array, original.pixel_array)
+    assert len(web.retrieve_series(study, series)) == 5
+    metadata = web.retrieve_series_metadata(study, series)
+    assert len(metadata) == 5
+    assert "BulkDataURI" in metadata[0]["7FE00010"]
+    (frame,) = web.retrieve_instance_frames(study, series, original.SOPInstanceUID, frame_numbers=[1])
+    assert frame == original.PixelData
+
+
+def test_store_over_stow_goes_the_c_store_way(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, _, _, _ = loaded
+    study, series = uid("stow-study"), uid("stow-series")
+    client(node).store_instances([ct_slice(study, series, i, size=16) for i in range(3)])
+    wait_until(lambda: len(query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series)) == 1,
+               20, "the STOW series to complete and be queued")
+    assert len(client(node).search_for_instances(study_instance_uid=study)) == 3
+
+
+def http(node: Node, path: str, *, method: str = "GET", data: bytes | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}", data=data, method=method,
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_errors_have_the_right_status(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, study, series, _ = loaded
+    with pytest.raises(HTTPError) as missing:
+        client(node).retrieve_study("1.2.3.4.5.6")
+    assert missing.value.response.status_code == 404
+    assert http(node, "/dicom-web/studies?StudyDate=yesterday") == 400
+    assert http(node, "/dicom-web/studies?limit=-1") == 400
+    assert http(node, f"/dicom-web/studies/{study}/series/{series}", headers={"Accept": "image/png"}) == 406
+    assert http(node, "/dicom-web/studies", method="POST", data=b"x", headers={"Content-Type": "text/plain"}) == 415
+    garbage = b"--b\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--b--\r\n"
+    assert http(node, "/dicom-web/studies", method="POST", data=garbage,
+                headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}) == 409
+    assert http(node, "/healthz") == 200
