@@ -1,0 +1,89 @@
+"""End to end with a real Orthanc: a CT series goes in, SEG, SC and SR come back into the same study.
+
+Orthanc auto-routes the stable CT series to the node (orthanc/autoroute.lua);
+the node's worker runs the shipped model and delivers the results to Orthanc
+by C-STORE; they are read back through Orthanc's DICOMweb.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inference.synth import generate_phantom, write_series
+from tests.conftest import query
+from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def qido(http: int, path: str) -> list[dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{http}/dicom-web/{path}", headers={"Accept": "application/dicom+json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return json.loads(body) if body else []
+
+
+def modalities_in_study(http: int, study: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for series in qido(http, f"studies/{study}/series"):
+        modality = series.get("00080060", {}).get("Value", [""])[0]
+        count = series.get("00201209", {}).get("Value", [0])[0]
+        found[modality] = found.get(modality, 0) + int(count)
+    return found
+
+
+@pytest.fixture
+def pacs_and_node(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[tuple[Proc, int, int, Node]]:
+    http, dicom = free_port(), free_port()
+    destination = [{"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom}]
+    node = start_node(
+        URONODE_DELIVERY__DESTINATIONS=json.dumps(destination),
+        URONODE_DELIVERY__BACKOFF_S="0.5",
+        URONODE_DELIVERY__BACKOFF_MAX_S="2",
+    )
+    lua = tmp_path / "autoroute.lua"
+    shutil.copy(ROOT / "orthanc" / "autoroute.lua", lua)
+    orthanc = start_orthanc(
+        tmp_path / "orthanc", http_port=http, dicom_port=dicom, StableAge=1, LuaScripts=[str(lua)],
+        DicomModalities={"URONODE": ["URONODE", "127.0.0.1", node.dicom_port]},
+    )
+    yield orthanc, http, dicom, node
+    orthanc.stop()
+
+
+def job_states(node: Node) -> list[str]:
+    return [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs ORDER BY id")]
+
+
+def test_auto_routed_series_gets_seg_sc_and_sr_back_in_its_study(
+    pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
+) -> None:
+    orthanc, http, dicom, node = pacs_and_node
+    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                               stone_sites=("kidney",))  # two large kidney stones and a small one
+    write_series(phantom, tmp_path / "ct")
+    assert storescu(dicom, tmp_path / "ct", called="ORTHANC", calling="SCANNER").returncode == 0
+    wait_until(lambda: job_states(node) == ["delivered"], 240, "the job to be delivered")
+    found = modalities_in_study(http, phantom.study_instance_uid)
+    assert found.get("SEG") == 1 and found.get("SR") == 1 and found.get("OT", 0) + found.get("CT", 0) > 0, found
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/jobs?expand", timeout=10) as response:
+        routed = [j for j in json.load(response) if j["Type"] == "DicomModalityStore"]
+    assert len(routed) == 1  # the results never went back to the node
+
+
+def test_modality_push_without_stones_yields_only_an_sr(
+    pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
+) -> None:
+    orthanc, http, dicom, node = pacs_and_node
+    phantom = generate_phantom(8, rows=128, slice_spacing=2.0, coverage=(0.66, 0.96), n_stones=0, n_mimics=0)
+    write_series(phantom, tmp_path / "ct")
+    assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0  # straight to the node
+    wait_until(lambda: job_states(node) == ["delivered"], 240, "the job to be delivered")
+    wait_until(lambda: "SR" in modalities_in_study(http, phantom.study_instance_uid), 30, "the SR in Orthanc")
+    assert modalities_in_study(http, phantom.study_instance_uid) == {"SR": 1}
