@@ -87,3 +87,36 @@ def test_modality_push_without_stones_yields_only_an_sr(
     wait_until(lambda: job_states(node) == ["delivered"], 240, "the job to be delivered")
     wait_until(lambda: "SR" in modalities_in_study(http, phantom.study_instance_uid), 30, "the SR in Orthanc")
     assert modalities_in_study(http, phantom.study_instance_uid) == {"SR": 1}
+
+
+def test_node_killed_while_orthanc_is_down_still_delivers_each_result_once(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    http, dicom = free_port(), free_port()
+    destination = [{"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom}]
+    env = {
+        "URONODE_DELIVERY__DESTINATIONS": json.dumps(destination),
+        "URONODE_DELIVERY__BACKOFF_S": "0.5",
+        "URONODE_DELIVERY__BACKOFF_MAX_S": "1",
+    }
+    data = tmp_path / "node"
+    node = start_node(data, **env)
+    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                               stone_sites=("kidney",))
+    write_series(phantom, tmp_path / "ct")
+    assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0
+    # Orthanc is not running: the results are made, then every delivery fails and waits.
+    wait_until(lambda: job_states(node) == ["delivering"], 240, "the results to be waiting for Orthanc")
+    wait_until(lambda: bool(query(data, "SELECT 1 FROM deliveries WHERE attempts > 0")), 30, "a failed try")
+    owed = len(query(data, "SELECT 1 FROM deliveries"))
+    assert node.proc is not None
+    node.kill()  # SIGKILL in the middle of the retries
+    restarted = start_node(data, **env)
+    orthanc = start_orthanc(tmp_path / "orthanc", http_port=http, dicom_port=dicom)
+    try:
+        wait_until(lambda: job_states(restarted) == ["delivered"], 120, "delivery once Orthanc is up")
+        found = modalities_in_study(http, phantom.study_instance_uid)
+        assert found.get("SEG") == 1 and found.get("SR") == 1, found
+        assert sum(found.values()) == owed  # every result, and each exactly once
+    finally:
+        orthanc.stop()
