@@ -147,8 +147,13 @@ def start_storescp(folder: Path, port: int, ae: str = "STORESCP") -> Proc:
         popen = subprocess.Popen(
             [require("storescp"), "-aet", ae, "-od", str(folder), str(port)], stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV
         )
-    wait_until(lambda: port_open(port), 20, "storescp to listen")
-    return Proc(popen, log)
+    proc = Proc(popen, log)
+    try:
+        wait_until(lambda: port_open(port), 20, "storescp to listen")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -197,5 +202,9 @@ def start_orthanc(folder: Path, *, http_port: int, dicom_port: int, **extra: obj
         except OSError:
             return False
 
-    wait_until(ready, 30, "Orthanc to answer")
+    try:
+        wait_until(ready, 30, "Orthanc to answer")
+    except BaseException:
+        proc.kill()  # never leave a half-started Orthanc behind
+        raise
     return proc
