@@ -120,3 +120,27 @@ def test_node_killed_while_orthanc_is_down_still_delivers_each_result_once(
         assert sum(found.values()) == owed  # every result, and each exactly once
     finally:
         orthanc.stop()
+
+
+def test_results_go_back_to_the_scanner_that_sent_the_series(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    from tests.peers.processes import start_storescp
+
+    scanner_port = free_port()
+    scanner = start_storescp(tmp_path / "scanner-inbox", scanner_port, ae="CTSCANNER")
+    try:
+        node = start_node(
+            URONODE_DELIVERY__DESTINATIONS='[{"name": "back", "kind": "sender"}]',
+            URONODE_DELIVERY__KNOWN_AES=json.dumps({"CTSCANNER": {"host": "127.0.0.1", "port": scanner_port}}),
+        )
+        phantom = generate_phantom(8, rows=128, slice_spacing=2.0, coverage=(0.66, 0.96), n_stones=0, n_mimics=0)
+        write_series(phantom, tmp_path / "ct")
+        assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0
+        wait_until(lambda: job_states(node) == ["delivered"], 240, "the results to reach the scanner")
+        (received,) = list((tmp_path / "scanner-inbox").iterdir())  # no stones: the SR alone
+        import pydicom
+
+        sr = pydicom.dcmread(received)
+        assert sr.Modality == "SR" and sr.StudyInstanceUID == phantom.study_instance_uid
+        assert sr.Manufacturer == "uronode"
+    finally:
+        scanner.stop()
