@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 
-from dicomweb import qido, stow, wado
+from dicomweb import qido, stow, viewer, wado
 from dicomweb.deps import get_store
 from uronode import __version__
 from uronode.jobs import JobQueue
@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, detail=f"no job {job_id}")
         return _job_json(job)
 
+    app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
     return app
 
 

@@ -111,6 +111,8 @@ class DicomwebSettings(BaseModel):
     """The HTTP side: DICOMweb, REST API, viewer, health."""
 
     port: int = Field(8080, ge=1, le=65535)
+    viewer_dir: Path | None = None
+    """OHIF's prebuilt ``dist`` folder; by default the one ``./run`` fetches into ``.ohif/``."""
 
 
 class KnownAE(BaseModel):

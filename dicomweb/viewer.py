@@ -1,0 +1,88 @@
+"""OHIF, served by the node at the site root, pointed at the node's own DICOMweb (same origin).
+
+The prebuilt viewer (`@ohif/app` from the npm registry, fetched by ``./run``
+into ``.ohif/``, never committed) is served as static files with a
+single-page fallback: a path that is not a file gets ``index.html``, so
+``/viewer?StudyInstanceUIDs=...`` works. ``/app-config.js`` is made here.
+Paths of the API, DICOMweb and health never fall back to the viewer: an
+unknown one there is a 404.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse, Response
+
+OHIF_VERSION = "3.13.2"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / ".ohif" / OHIF_VERSION / "dist"
+NOT_VIEWER = ("dicom-web", "api", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics", "upload")
+
+mimetypes.add_type("application/wasm", ".wasm")
+mimetypes.add_type("text/javascript", ".js")
+
+APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origin. */
+window.config = {
+  routerBasename: '/',
+  extensions: [],
+  modes: [],
+  customizationService: {},
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: true,
+  showLoadingIndicator: true,
+  strictZSpacingForVolumeViewport: true,
+  disableConfirmationPrompts: true,
+  investigationalUseDialog: { option: 'never' },
+  defaultDataSourceName: 'uronode',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'uronode',
+      configuration: {
+        friendlyName: 'uronode',
+        name: 'uronode',
+        wadoUriRoot: window.location.origin + '/dicom-web',
+        qidoRoot: window.location.origin + '/dicom-web',
+        wadoRoot: window.location.origin + '/dicom-web',
+        qidoSupportsIncludeField: true,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+        omitQuotationForMultipartRequest: true,
+      },
+    },
+  ],
+};
+"""
+
+
+def make_router(viewer_dir: Path | None) -> APIRouter:
+    root = (viewer_dir or DEFAULT_DIR).resolve()
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/app-config.js")
+    def app_config() -> Response:
+        return Response(APP_CONFIG, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/{path:path}")
+    def viewer(path: str) -> Response:
+        if path.split("/", 1)[0] in NOT_VIEWER:
+            raise HTTPException(404, detail=f"no such resource: /{path[:100]}")
+        index = root / "index.html"
+        if not index.is_file():
+            raise HTTPException(
+                404, detail=f"the OHIF viewer is not installed in {root}; ./run serve fetches it at set-up"
+            )
+        candidate = (root / path).resolve()
+        if path and candidate.is_file() and candidate.is_relative_to(root):
+            return FileResponse(candidate)
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    return router
