@@ -143,6 +143,19 @@ class CompletionMonitor:
             job_id=job_id,
         )
 
+    def complete_now(self, series_uids: Sequence[str]) -> list[CompletedSeries]:
+        """Complete these series at once (an upload that has ended: no grace period to wait for)."""
+        done = []
+        for uid in series_uids:
+            row = self.store.conn().execute(
+                "SELECT series_instance_uid, study_instance_uid, last_received_at FROM series"
+                " WHERE series_instance_uid = ? AND state = 'receiving'",
+                (uid,),
+            ).fetchone()
+            if row is not None and (result := self._complete(row)) is not None:
+                done.append(result)
+        return done
+
     def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
         """Check every ``interval_s`` until ``stop`` is set. Errors are logged; the loop goes on."""
         while not stop.wait(interval_s):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason              TEXT,
     attempts            INTEGER NOT NULL DEFAULT 0,
     created_at          REAL NOT NULL,
-    updated_at          REAL NOT NULL
+    updated_at          REAL NOT NULL,
+    findings            TEXT                 -- JSON, once the model has run
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
@@ -135,18 +136,27 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
-        upgrades = "".join(sql for v, sql in MIGRATIONS.items() if 0 < version < v)
-        conn.executescript(
-            "BEGIN IMMEDIATE;" + upgrades + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-        )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, kind in ADDED_COLUMNS:  # bring tables of older versions up to date
+                existing = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if existing and column not in existing:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
     return conn
 
 
-MIGRATIONS = {
-    3: """
-ALTER TABLE series ADD COLUMN modality TEXT;
-ALTER TABLE series ADD COLUMN series_description TEXT;
-ALTER TABLE series ADD COLUMN series_number INTEGER;
-""",
-}
-"""SQL that brings a database written by an older version (user_version) up to date."""
+ADDED_COLUMNS = [
+    ("series", "modality", "TEXT"),
+    ("series", "series_description", "TEXT"),
+    ("series", "series_number", "INTEGER"),
+    ("jobs", "findings", "TEXT"),
+]
+"""Columns added since the first version: added to an existing table when it lacks them."""

@@ -15,6 +15,7 @@ the worker then goes on with the next job.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import signal
 import threading
@@ -95,7 +96,7 @@ class Worker:
                         calling_ae=instances[0].calling_ae,
                     )
         state = JobState.DELIVERING if destinations else JobState.DELIVERED
-        self.queue.finish(job.id, state)
+        self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()))
         log.info(
             "job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
             job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
