@@ -16,7 +16,7 @@ from typing import Any
 
 import pydicom
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dicomweb.deps import StoreDep
 from uronode.store import Store
@@ -175,3 +175,73 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Req
 
     media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
     return StreamingResponse(parts(), media_type=media)
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        center, width = (float(v) for v in text.split(",")[:2])
+    except ValueError:
+        raise HTTPException(400, detail=f"window {text[:40]!r} is not center,width[,function]") from None
+    if width <= 0:
+        raise HTTPException(400, detail="the window width must be positive")
+    return center, width
+
+
+def _first(value: Any) -> float:
+    return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
+
+
+def render_png(path: Path, frame: int, window: tuple[float, float] | None) -> bytes:
+    """One frame as PNG: grey images through their rescale and a window, colour images as they are."""
+    import cv2
+    import numpy as np
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise HTTPException(404, detail="this instance has no pixel data")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame <= count:
+        raise HTTPException(404, detail=f"the instance has {count} frame(s)")
+    pixels = ds.pixel_array
+    if count > 1:
+        pixels = pixels[frame - 1]
+    if ds.get("SamplesPerPixel", 1) == 3:
+        image = cv2.cvtColor(np.asarray(pixels, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    else:
+        values = apply_modality_lut(pixels, ds).astype(np.float32)
+        if window is None:
+            wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
+            if wc is not None and ww is not None:
+                window = (_first(wc), _first(ww))
+            else:
+                window = (float(values.mean()), float(max(values.max() - values.min(), 1.0)))
+        center, width = window
+        low = center - width / 2
+        image = np.clip((values - low) / width * 255.0, 0, 255).astype(np.uint8)
+        if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+            image = 255 - image
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise HTTPException(500, detail="the frame could not be encoded as PNG")
+    return encoded.tobytes()
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", summary="An instance rendered as PNG")
+def rendered_instance(
+    study: str, series: str, sop: str, request: Request, store: StoreDep, window: str | None = None
+) -> Response:
+    _check_accept(request, "image/png")
+    (item,) = _instances(store, study, series, sop)
+    return Response(render_png(item.path, 1, _window(window)), media_type="image/png")
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", summary="A frame as PNG")
+def rendered_frame(
+    study: str, series: str, sop: str, frame: int, request: Request, store: StoreDep, window: str | None = None
+) -> Response:
+    _check_accept(request, "image/png")
+    (item,) = _instances(store, study, series, sop)
+    return Response(render_png(item.path, frame, _window(window)), media_type="image/png")
