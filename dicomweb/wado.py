@@ -9,6 +9,8 @@ other large values) as BulkDataURIs. Frames come uncompressed
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import pydicom
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from dicomweb.deps import StoreDep
 from uronode.store import Store
@@ -92,9 +94,15 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request, store
     return _multipart(_instances(store, study, series, sop))
 
 
-def _metadata(item: StoredInstance, base: str) -> dict[str, Any]:
+BASE_TOKEN = "urn:uronode:dicom-web-base"
+"""Stands for the server's DICOMweb root in cached metadata; replaced per request."""
+CACHE_NAME = ".metadata.json"
+
+
+def instance_metadata_json(item: StoredInstance) -> dict[str, Any]:
+    """DICOM JSON of one instance, bulk data as BulkDataURIs under BASE_TOKEN."""
     ds = pydicom.dcmread(item.path, defer_size=BULK_THRESHOLD)
-    url = f"{base}/studies/{item.header.study_instance_uid}/series/{item.header.series_instance_uid}" \
+    url = f"{BASE_TOKEN}/studies/{item.header.study_instance_uid}/series/{item.header.series_instance_uid}" \
           f"/instances/{item.header.sop_instance_uid}"
 
     def bulk(element: Any) -> str:
@@ -104,30 +112,59 @@ def _metadata(item: StoredInstance, base: str) -> dict[str, Any]:
         return f"{url}/bulk/{element.tag:08X}"
 
     data = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
-    meta = ds.file_meta
-    data["00020010"] = {"vr": "UI", "Value": [str(meta.TransferSyntaxUID)]}
+    data["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
     return data
 
 
-def _metadata_response(instances: list[StoredInstance], request: Request) -> JSONResponse:
+def series_metadata_text(store: Store, study: str, series: str) -> str:
+    """The series' metadata as a JSON array, cached next to its files until the series changes.
+
+    The first request reads every file (about 2 ms each); later ones read one
+    file. The cache is keyed by the instances' count and latest arrival, so a
+    late or replaced instance makes it stale.
+    """
+    instances = _instances(store, study, series)
+    key = f"{len(instances)}:{max(i.received_at for i in instances)!r}:{max(i.path.name for i in instances)}"
+    cache = instances[0].path.parent / CACHE_NAME
+    try:
+        first, _, text = cache.read_text().partition("\n")
+        if first == key:
+            return text
+    except OSError:
+        pass
+    text = json.dumps([instance_metadata_json(i) for i in instances], separators=(",", ":"))
+    tmp = cache.with_name(f"{CACHE_NAME}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(key + "\n" + text)
+        os.replace(tmp, cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cache that cannot be written is only slower
+    return text
+
+
+def _metadata_response(request: Request, texts: list[str]) -> Response:
     _check_accept(request, "application/dicom+json")
     base = str(request.base_url).rstrip("/") + "/dicom-web"
-    return JSONResponse([_metadata(i, base) for i in instances], media_type="application/dicom+json")
+    body = texts[0] if len(texts) == 1 else "[" + ",".join(t[1:-1] for t in texts if t != "[]") + "]"
+    return Response(body.replace(BASE_TOKEN, base), media_type="application/dicom+json")
 
 
 @router.get("/studies/{study}/metadata", summary="Retrieve a study's metadata")
-def study_metadata(study: str, request: Request, store: StoreDep) -> JSONResponse:
-    return _metadata_response(_instances(store, study), request)
+def study_metadata(study: str, request: Request, store: StoreDep) -> Response:
+    series = sorted({i.header.series_instance_uid for i in _instances(store, study)})
+    return _metadata_response(request, [series_metadata_text(store, study, s) for s in series])
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve a series' metadata")
-def series_metadata(study: str, series: str, request: Request, store: StoreDep) -> JSONResponse:
-    return _metadata_response(_instances(store, study, series), request)
+def series_metadata(study: str, series: str, request: Request, store: StoreDep) -> Response:
+    return _metadata_response(request, [series_metadata_text(store, study, series)])
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="Retrieve an instance's metadata")
-def instance_metadata(study: str, series: str, sop: str, request: Request, store: StoreDep) -> JSONResponse:
-    return _metadata_response(_instances(store, study, series, sop), request)
+def instance_metadata(study: str, series: str, sop: str, request: Request, store: StoreDep) -> Response:
+    (item,) = _instances(store, study, series, sop)
+    text = json.dumps([instance_metadata_json(item)], separators=(",", ":"))
+    return _metadata_response(request, [text])
 
 
 def _frame_numbers(text: str) -> list[int]:

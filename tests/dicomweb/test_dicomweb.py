@@ -82,10 +82,20 @@ def test_retrieve_instances_metadata_and_frames(loaded: tuple[Node, str, str, li
 def test_store_over_stow_goes_the_c_store_way(loaded: tuple[Node, str, str, list[Path]]) -> None:
     node, _, _, _ = loaded
     study, series = uid("stow-study"), uid("stow-series")
-    client(node).store_instances([ct_slice(study, series, i, size=16) for i in range(3)])
+    client(node).store_instances([ct_slice(study, series, i, size=32) for i in range(3)])
     wait_until(lambda: len(query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series)) == 1,
                20, "the STOW series to complete and be queued")
     assert len(client(node).search_for_instances(study_instance_uid=study)) == 3
+    assert len(client(node).retrieve_series_metadata(study, series)) == 3  # and now cached
+    client(node).store_instances([ct_slice(study, series, 3, size=32)])  # a late instance: the cache is stale
+    metadata = client(node).retrieve_series_metadata(study, series)
+    assert sorted(m["00200013"]["Value"][0] for m in metadata) == [1, 2, 3, 4]
+    # the URIs as served (dicomweb-client rewrites them when it reads them)
+    import httpx
+
+    raw = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/series/{series}/metadata",
+                    headers={"Accept": "application/dicom+json"}, timeout=30).json()
+    assert all(m["7FE00010"]["BulkDataURI"].startswith(f"http://127.0.0.1:{node.http_port}/dicom-web/") for m in raw)
 
 
 def http(node: Node, path: str, *, method: str = "GET", data: bytes | None = None, headers: dict | None = None) -> int:
