@@ -24,42 +24,113 @@ mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".js")
 
 APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origin. */
-window.config = {
-  routerBasename: '/',
-  extensions: [],
-  modes: [],
-  customizationService: {},
-  showStudyList: true,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: true,
-  showLoadingIndicator: true,
-  strictZSpacingForVolumeViewport: true,
-  disableConfirmationPrompts: true,
-  investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: 'uronode',
-  dataSources: [
-    {
-      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-      sourceName: 'uronode',
-      configuration: {
-        friendlyName: 'uronode',
-        name: 'uronode',
-        wadoUriRoot: window.location.origin + '/dicom-web',
-        qidoRoot: window.location.origin + '/dicom-web',
-        wadoRoot: window.location.origin + '/dicom-web',
-        qidoSupportsIncludeField: true,
-        imageRendering: 'wadors',
-        thumbnailRendering: 'wadors',
-        enableStudyLazyLoad: true,
-        supportsFuzzyMatching: false,
-        supportsWildcard: true,
-        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
-        omitQuotationForMultipartRequest: true,
+(function () {
+  // The radiologist's layout: the CT with the stone mask as a layer (left) beside the AI overlay
+  // series (right), zoom/pan and slice position linked. Not the window: the CT's window would wash
+  // out the RGB overlay images.
+  const linked = [
+    { type: 'zoompan', id: 'uronode-zoompan', source: true, target: true },
+    { type: 'imageslice', id: 'uronode-slice', source: true, target: true },
+  ];
+  const ctWithStones = {
+    id: 'uronode-ct-overlay',
+    name: 'uronode: CT with stones beside the AI overlay',
+    protocolMatchingRules: [
+      { attribute: 'ModalitiesInStudy', constraint: { contains: 'SEG' }, weight: 20 },
+    ],
+    toolGroupIds: ['default'],
+    numberOfPriorsReferenced: 0,
+    displaySetSelectors: {
+      ct: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'CT' }, required: true }] },
+      seg: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'SEG' }, required: true }] },
+      overlay: {
+        seriesMatchingRules: [
+          { attribute: 'Modality', constraint: { equals: 'OT' }, required: true },
+          { attribute: 'SeriesDescription', constraint: { contains: 'AI urinary stones' }, required: true },
+        ],
       },
     },
-  ],
-};
+    defaultViewport: {
+      viewportOptions: { viewportType: 'stack', toolGroupId: 'default', allowUnmatchedView: true },
+      displaySets: [{ id: 'ct', matchedDisplaySetsIndex: -1 }],
+    },
+    stages: [
+      {
+        name: 'CT and AI overlay',
+        viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: 2 } },
+        viewports: [
+          {
+            viewportOptions: { viewportId: 'uronode-ct', toolGroupId: 'default', syncGroups: linked,
+                               allowUnmatchedView: true },
+            displaySets: [{ id: 'ct' }, { id: 'seg' }],
+          },
+          {
+            viewportOptions: { viewportId: 'uronode-overlay', toolGroupId: 'default', syncGroups: linked,
+                               allowUnmatchedView: true },
+            displaySets: [{ id: 'overlay' }],
+          },
+        ],
+      },
+    ],
+  };
+  const uronode = {
+    id: 'uronode',
+    getHangingProtocolModule: () => [{ name: ctWithStones.id, protocol: ctWithStones }],
+    getCommandsModule: () => ({
+      definitions: {
+        // The paper's "Tag on": show or hide the DICOM tags in the viewport corners.
+        uronodeToggleTags: {
+          commandFn: () => {
+            document.querySelectorAll('.viewport-overlay').forEach((e) => e.classList.toggle('hidden'));
+          },
+        },
+      },
+      defaultContext: 'VIEWER',
+    }),
+  };
+  window.config = {
+    routerBasename: '/',
+    extensions: [uronode],
+    modes: [],
+    customizationService: [
+      {
+        'ohif.hotkeyBindings': {
+          $push: [{ commandName: 'uronodeToggleTags', label: 'Tag on/off', keys: ['t'], isEditable: true }],
+        },
+      },
+    ],
+    showStudyList: true,
+    maxNumberOfWebWorkers: 2,
+    showWarningMessageForCrossOrigin: false,
+    showCPUFallbackMessage: true,
+    showLoadingIndicator: true,
+    strictZSpacingForVolumeViewport: true,
+    disableConfirmationPrompts: true,
+    investigationalUseDialog: { option: 'never' },
+    defaultDataSourceName: 'uronode',
+    dataSources: [
+      {
+        namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+        sourceName: 'uronode',
+        configuration: {
+          friendlyName: 'uronode',
+          name: 'uronode',
+          wadoUriRoot: window.location.origin + '/dicom-web',
+          qidoRoot: window.location.origin + '/dicom-web',
+          wadoRoot: window.location.origin + '/dicom-web',
+          qidoSupportsIncludeField: true,
+          imageRendering: 'wadors',
+          thumbnailRendering: 'wadors',
+          enableStudyLazyLoad: true,
+          supportsFuzzyMatching: false,
+          supportsWildcard: true,
+          bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+          omitQuotationForMultipartRequest: true,
+        },
+      },
+    ],
+  };
+})();
 """
 
 

@@ -84,3 +84,34 @@ def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., N
     page.screenshot(path=str(SCREENSHOTS / "ohif-secondary-capture.png"))
     assert green_pixels(sc) > 20 and red_pixels(sc) > 5
     page.close()
+
+
+def test_reading_layout_and_the_tag_toggle(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The paper's controls: CT with the mask layer beside the AI overlay, linked; 't' hides the DICOM tags."""
+    node = start_node()
+    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                               stone_sites=("kidney",))
+    write_series(phantom, tmp_path / "ct")
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
+    wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
+               240, "the results")
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{node.http_port}/viewer?StudyInstanceUIDs={phantom.study_instance_uid}"
+              "&hangingprotocolId=uronode-ct-overlay")
+    page.wait_for_selector("canvas", timeout=60_000)
+    page.wait_for_timeout(5000)
+    dismiss_popups(page)
+    assert page.locator("canvas").count() == 2  # CT (with the SEG layer) beside the overlay series
+    shown = page.locator(".viewport-overlay").count()
+    assert shown >= 2 and page.locator(".viewport-overlay.hidden").count() == 0
+    page.locator("canvas").first.click()
+    page.keyboard.press("t")
+    page.wait_for_timeout(300)
+    assert page.locator(".viewport-overlay.hidden").count() == shown  # tags off
+    page.screenshot(path=str(SCREENSHOTS / "ohif-reading-layout-tags-off.png"))
+    page.keyboard.press("t")
+    page.wait_for_timeout(300)
+    assert page.locator(".viewport-overlay.hidden").count() == 0  # and on again
+    overlay = rgb(page.locator("canvas").nth(1).screenshot())
+    assert overlay.std() > 10
+    page.close()
