@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,8 +231,8 @@ def _first(value: Any) -> float:
     return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
 
 
-def render_png(path: Path, frame: int, window: tuple[float, float] | None) -> bytes:
-    """One frame as PNG: grey images through their rescale and a window, colour images as they are."""
+def render_png(path: Path, frame: int, window: tuple[float, float] | None, media: str = "image/png") -> bytes:
+    """One frame as PNG (or JPEG): grey images through their rescale and a window, colour images as they are."""
     import cv2
     import numpy as np
     from pydicom.pixels import apply_modality_lut
@@ -260,25 +261,55 @@ def render_png(path: Path, frame: int, window: tuple[float, float] | None) -> by
         image = np.clip((values - low) / width * 255.0, 0, 255).astype(np.uint8)
         if ds.get("PhotometricInterpretation") == "MONOCHROME1":
             image = 255 - image
-    ok, encoded = cv2.imencode(".png", image)
+    ok, encoded = cv2.imencode(".jpg" if media == "image/jpeg" else ".png", image)
     if not ok:
-        raise HTTPException(500, detail="the frame could not be encoded as PNG")
+        raise HTTPException(500, detail=f"the frame could not be encoded as {media}")
     return encoded.tobytes()
+
+
+def _rendered_media(request: Request) -> str:
+    accept = request.headers.get("accept", "*/*")
+    for item in accept.split(","):
+        media = item.split(";")[0].strip()
+        if media in ("image/png", "image/jpeg"):
+            return media
+        if media in ("*/*", "image/*"):
+            return "image/png"
+    raise HTTPException(406, detail=f"rendered images are image/png or image/jpeg, not {accept[:100]}")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", summary="An instance rendered as PNG")
 def rendered_instance(
     study: str, series: str, sop: str, request: Request, store: StoreDep, window: str | None = None
 ) -> Response:
-    _check_accept(request, "image/png")
+    media = _rendered_media(request)
     (item,) = _instances(store, study, series, sop)
-    return Response(render_png(item.path, 1, _window(window)), media_type="image/png")
+    return Response(render_png(item.path, 1, _window(window), media), media_type=media)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", summary="A frame as PNG")
 def rendered_frame(
     study: str, series: str, sop: str, frame: int, request: Request, store: StoreDep, window: str | None = None
 ) -> Response:
-    _check_accept(request, "image/png")
+    media = _rendered_media(request)
     (item,) = _instances(store, study, series, sop)
-    return Response(render_png(item.path, frame, _window(window)), media_type="image/png")
+    return Response(render_png(item.path, frame, _window(window), media), media_type=media)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}", summary="A bulk data element")
+def retrieve_bulk(study: str, series: str, sop: str, tag: str, request: Request, store: StoreDep) -> Response:
+    _check_accept(request, "multipart/related")
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise HTTPException(400, detail=f"{tag[:20]!r} is not a tag (8 hexadecimal digits)")
+    (item,) = _instances(store, study, series, sop)
+    ds = pydicom.dcmread(item.path)
+    number = int(tag, 16)
+    if number not in ds:
+        raise HTTPException(404, detail=f"the instance has no element {tag.upper()}")
+    value = ds[number].value
+    if not isinstance(value, bytes):
+        raise HTTPException(404, detail=f"element {tag.upper()} is not bulk data")
+    boundary = secrets.token_hex(16)
+    body = (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode() + value
+            + f"\r\n--{boundary}--\r\n".encode())
+    return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')

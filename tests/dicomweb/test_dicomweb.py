@@ -121,3 +121,25 @@ def test_errors_have_the_right_status(loaded: tuple[Node, str, str, list[Path]])
     assert http(node, "/dicom-web/studies", method="POST", data=garbage,
                 headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}) == 409
     assert http(node, "/healthz") == 200
+
+
+def test_rendered_png_and_jpeg_and_bulk_data(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    import io
+
+    import httpx
+    from PIL import Image
+
+    node, study, series, files = loaded
+    original = pydicom.dcmread(files[0])
+    url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/series/{series}/instances/{original.SOPInstanceUID}"
+    png = httpx.get(f"{url}/rendered?window=40,400", headers={"Accept": "image/png"}, timeout=30)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+    jpeg = httpx.get(f"{url}/frames/1/rendered", headers={"Accept": "image/jpeg"}, timeout=30)
+    assert jpeg.status_code == 200 and jpeg.content[:2] == b"\xff\xd8"
+    assert httpx.get(f"{url}/rendered", headers={"Accept": "image/gif"}, timeout=30).status_code == 406
+    assert httpx.get(f"{url}/rendered?window=40,-1", timeout=30).status_code == 400
+    bulk = httpx.get(f"{url}/bulk/7FE00010", headers={"Accept": "multipart/related"}, timeout=30)
+    assert bulk.status_code == 200 and original.PixelData in bulk.content
+    assert httpx.get(f"{url}/bulk/00100010", timeout=30).status_code == 404  # a name is not bulk data
+    assert httpx.get(f"{url}/bulk/nothex", timeout=30).status_code == 400
