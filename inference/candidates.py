@@ -89,7 +89,7 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     kept_ids = np.nonzero(keep)[0]
     remap = np.zeros(count + 1, dtype=np.int32)
     remap[kept_ids] = np.arange(1, kept_ids.size + 1, dtype=np.int32)
-    labels = remap[labels]
+    np.take(remap, labels, out=labels, mode="clip")  # in place, unbuffered: no second volume-sized array
     centres = []
     owners = []
     for new_id, old_id in enumerate(kept_ids, start=1):

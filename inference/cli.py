@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="saved patch sets (.npz) to use instead of generating")
     p.add_argument("--save-patches", type=Path, default=None, help="keep the generated patches here")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--base", type=int, default=16, help="U-Net filters at full resolution")
+    p.add_argument("--base", type=int, default=8, help="U-Net filters at full resolution")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune from this .keras model")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
@@ -112,7 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         description = f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
     description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
                     "(inference.synth, uronode's generator; no real stones)")
-    card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description)
+    if args.init:
+        description += f"; fine-tuned from {args.init.name}"
+    card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
+                       initial_model=args.init, learning_rate=args.learning_rate)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
     print("now run: uronode evaluate --model", args.out, "--write-card")
     return 0

@@ -140,3 +140,21 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
             f"{f(r['sensitivity_3mm_and_more'])} | {f(r['false_positives_per_series'])} | {f(r['dice'])} |"
         )
     return "\n".join(lines)
+
+
+def sweep_thresholds(cases: Iterable[Phantom], probability: Callable[[Volume], np.ndarray],
+                     thresholds: Iterable[float], progress: bool = False) -> dict[float, dict[str, object]]:
+    """Score one probability map per case at several thresholds (for choosing the card's threshold
+    on validation series, never on the held-out ones)."""
+    thresholds = list(thresholds)
+    tallies = {t: Tally() for t in thresholds}
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="series", unit="series")
+    for phantom in iterator:
+        prob = probability(phantom.to_volume())
+        for t in thresholds:
+            score_case(phantom, prob >= t, tallies[t])
+    return {t: tally.as_dict() for t, tally in tallies.items()}

@@ -72,7 +72,8 @@ class Pipeline:
         return out
 
     def probability(self, volume: Volume) -> tuple[np.ndarray, Candidates]:
-        """Stone probability per voxel (float16, 0 away from candidates) and the candidates."""
+        """Stone probability per voxel (float16, 0 away from candidates) and the candidates
+        (their label volume dropped to save memory)."""
         t0 = time.perf_counter()
         found = find_candidates(volume, self.rule)
         t1 = time.perf_counter()
@@ -88,6 +89,7 @@ class Pipeline:
                 rs1, cs1 = min(rows, r0 + self.patch), min(cols, c0 + self.patch)
                 view = prob[k, rs0:rs1, cs0:cs1]
                 np.maximum(view, p[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0].astype(np.float16), out=view)
+        found = Candidates(np.zeros((0, 0, 0), np.int32), found.count, found.centres, found.component_of_centre)
         t2 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1,
                              "patches": float(found.centres.shape[0])}

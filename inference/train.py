@@ -82,6 +82,9 @@ def train_model(
     batch: int = 32,
     validation_fraction: float = 0.1,
     seed: int = 0,
+    negative_ratio: int = 4,
+    initial_model: Path | None = None,
+    learning_rate: float = 1e-3,
     training_description: str = "",
 ) -> dict[str, Any]:
     """Fit the U-Net on ``data`` and write ``model.keras`` and ``card.json`` into ``out_dir``."""
@@ -95,15 +98,21 @@ def train_model(
     y_all = data.targets.astype(np.float32)[..., None]
     train_idx = np.nonzero(~is_val)[0]
     pos = train_idx[data.has_stone[train_idx]]
-    # positives are rarer than mimics: show each three times per epoch
-    train_idx = np.concatenate([train_idx, pos, pos])
+    neg = train_idx[~data.has_stone[train_idx]]
+
+    def epoch_order() -> np.ndarray:
+        # every positive twice, and a fresh draw of at most negative_ratio x as many negatives
+        take = rng.permutation(neg)[: negative_ratio * len(pos)]
+        return rng.permutation(np.concatenate([pos, pos, take]))
+
     x_val, y_val = x_all[is_val], y_all[is_val]
     logger.info("training patches %d (%d with stone), validation %d", len(train_idx), len(pos), int(is_val.sum()))
+    steps = (2 + negative_ratio) * len(pos) // batch
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
-            self.order = rng.permutation(train_idx)
+            self.order = epoch_order()
 
         def __len__(self) -> int:
             return len(self.order) // batch
@@ -113,11 +122,15 @@ def train_model(
             return _augment(x_all[idx], y_all[idx], rng)
 
         def on_epoch_end(self) -> None:
-            self.order = rng.permutation(train_idx)
+            self.order = epoch_order()
 
     keras.utils.set_random_seed(seed)
-    model = build_unet(base=base)
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=epochs * (len(train_idx) // batch))
+    if initial_model is not None:
+        # fine-tuning: continue from a trained model's weights
+        model = keras.saving.load_model(initial_model, compile=False)
+    else:
+        model = build_unet(base=base)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(),
                   metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")])
     history = model.fit(Batches(), validation_data=(x_val, y_val), epochs=epochs, verbose=2)
