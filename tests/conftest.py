@@ -13,7 +13,9 @@ from tests.peers.processes import Node, free_port
 FAST_COMPLETION = {
     "URONODE_SCP__COMPLETION_GRACE_S": "0.5",
     "URONODE_SCP__COMPLETION_QUIET_S": "20",
+    "URONODE_INFERENCE__WORKERS": "0",  # no model unless a test asks for it (WITH_WORKER)
 }
+WITH_WORKER = {"URONODE_INFERENCE__WORKERS": "1"}
 
 
 @pytest.fixture

@@ -156,12 +156,13 @@ def serve(settings: Settings) -> None:
         )
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         threads.append(threading.Thread(target=deliverer.run, args=(stop,), name="delivery", daemon=True))
-    worker = WorkerProcess(settings)
-    if model_available(settings):
+    workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
+    if workers and not model_available(settings):
+        log.error("model %r not found under models/: series are queued but not processed", settings.inference.model)
+        workers = []
+    for worker in workers:
         worker.start()
         threads.append(threading.Thread(target=worker.supervise, args=(stop,), name="worker-supervisor", daemon=True))
-    else:
-        log.error("model %r not found under models/: series are queued but not processed", settings.inference.model)
     for thread in threads:
         thread.start()
     log.info(
@@ -181,7 +182,8 @@ def serve(settings: Settings) -> None:
         server.run()  # handles SIGINT/SIGTERM by returning
     finally:
         stop.set()
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         receivers.stop()
         for thread in threads:
             thread.join(5)

@@ -181,6 +181,8 @@ class InferenceSettings(BaseModel):
 
     model: str = "default"
     """A folder under ``models/`` (or an absolute path to a model folder)."""
+    workers: int = Field(1, ge=0, le=8)
+    """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
 
 
 class Settings(BaseSettings):

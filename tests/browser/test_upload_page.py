@@ -7,11 +7,12 @@ from pathlib import Path
 
 from inference.synth import generate_phantom, write_series
 from tests.browser.conftest import SCREENSHOTS
+from tests.conftest import WITH_WORKER
 from tests.peers.processes import Node
 
 
 def test_upload_predict_findings_and_viewer(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    node = start_node()
+    node = start_node(**WITH_WORKER)
     phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
                                stone_sites=("kidney",))
     files = write_series(phantom, tmp_path / "ct")

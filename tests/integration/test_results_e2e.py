@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from inference.synth import generate_phantom, write_series
-from tests.conftest import query
+from tests.conftest import WITH_WORKER, query
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,7 @@ def pacs_and_node(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[t
     http, dicom = free_port(), free_port()
     destination = [{"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom}]
     node = start_node(
+        **WITH_WORKER,
         URONODE_DELIVERY__DESTINATIONS=json.dumps(destination),
         URONODE_DELIVERY__BACKOFF_S="0.5",
         URONODE_DELIVERY__BACKOFF_MAX_S="2",
@@ -95,6 +96,7 @@ def test_node_killed_while_orthanc_is_down_still_delivers_each_result_once(
     http, dicom = free_port(), free_port()
     destination = [{"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom}]
     env = {
+        **WITH_WORKER,
         "URONODE_DELIVERY__DESTINATIONS": json.dumps(destination),
         "URONODE_DELIVERY__BACKOFF_S": "0.5",
         "URONODE_DELIVERY__BACKOFF_MAX_S": "1",
@@ -129,6 +131,7 @@ def test_results_go_back_to_the_scanner_that_sent_the_series(start_node: Callabl
     scanner = start_storescp(tmp_path / "scanner-inbox", scanner_port, ae="CTSCANNER")
     try:
         node = start_node(
+            **WITH_WORKER,
             URONODE_DELIVERY__DESTINATIONS='[{"name": "back", "kind": "sender"}]',
             URONODE_DELIVERY__KNOWN_AES=json.dumps({"CTSCANNER": {"host": "127.0.0.1", "port": scanner_port}}),
         )
