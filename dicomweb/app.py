@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import FastAPI
 
-from dicomweb import api, qido, stow, upload, viewer, wado
-from dicomweb.deps import get_store
+from dicomweb import api, ops, qido, stow, upload, viewer, wado
 from uronode import __version__
 from uronode.settings import Settings
 from uronode.store import Store
@@ -32,22 +30,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stow.router)
     app.include_router(api.router)
     app.include_router(upload.router)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        """Alive."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    def readyz(store: Annotated[Store, Depends(get_store)]) -> dict[str, str]:
-        """Ready to receive: the store is writable and under its disk watermark."""
-        from uronode.errors import OutOfResources
-
-        try:
-            store.check_space()
-        except OutOfResources as exc:
-            raise HTTPException(503, detail=str(exc)) from exc
-        return {"status": "ready"}
-
+    app.include_router(ops.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
     return app

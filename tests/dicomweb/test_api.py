@@ -23,3 +23,34 @@ def test_predict_refuses_what_is_not_dicom(start_node: Callable[..., Node]) -> N
     assert httpx.get(f"{base}/api/nothing-here", timeout=30).status_code == 404  # never the viewer's index.html
     assert httpx.get(f"{base}/upload", timeout=30).status_code == 200
     assert "openapi" in httpx.get(f"{base}/openapi.json", timeout=30).json()
+
+
+def test_metrics_and_readiness(start_node: Callable[..., Node], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from tests.factory import write_series
+    from tests.peers.processes import storescu, wait_until
+
+    node = start_node()
+    base = f"http://127.0.0.1:{node.http_port}"
+    write_series(tmp_path / "ct", 4, size=32)
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
+
+    def metric(text: str, line_start: str) -> float:
+        (line,) = [line for line in text.splitlines() if line.startswith(line_start)]
+        return float(line.rsplit(" ", 1)[1])
+
+    wait_until(lambda: metric(httpx.get(f"{base}/metrics").text, "uronode_queue_depth") == 1, 20, "the job")
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    assert metric(text, "uronode_instances_stored") == 4
+    assert metric(text, 'uronode_jobs{state="queued"}') == 1
+    assert metric(text, 'uronode_series{disposition="queued",state="complete"}') == 1
+    assert "# TYPE uronode_jobs gauge" in text
+    assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+    subprocess.run(["chattr", "+i", str(node.data_dir / "tmp")], check=True)
+    try:
+        refused = httpx.get(f"{base}/readyz", timeout=30)
+    finally:
+        subprocess.run(["chattr", "-i", str(node.data_dir / "tmp")], check=True)
+    assert refused.status_code == 503 and "not writable" in refused.json()["detail"]
+    assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200

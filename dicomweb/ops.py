@@ -1,0 +1,80 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics.
+
+The metrics are read from the node's database when scraped, so they are the
+same whichever process did the work (receivers, worker, delivery) and
+survive restarts.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import PlainTextResponse
+
+from dicomweb.deps import StoreDep
+from uronode.errors import OutOfResources
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Alive: the HTTP server answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request, store: StoreDep) -> dict[str, str]:
+    """Ready: the store is writable and under its disk watermark, and the model's folder is there."""
+    try:
+        store.check_space()
+        probe = store.tmp_dir / ".ready"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OutOfResources as exc:
+        raise HTTPException(503, detail=str(exc)) from exc
+    except OSError as exc:
+        raise HTTPException(503, detail=f"the store is not writable: {exc.strerror or exc}") from exc
+    settings = request.app.state.settings
+    if settings.inference.workers:
+        from uronode.node import model_available
+
+        if not model_available(settings):
+            raise HTTPException(503, detail=f"model {settings.inference.model!r} not found")
+    return {"status": "ready"}
+
+
+def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{inner}}} {value:g}"
+    return f"{name} {value:g}"
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(store: StoreDep) -> PlainTextResponse:
+    """Prometheus text format."""
+    conn = store.conn()
+    out = [
+        "# HELP uronode_instances_stored Instances in the store.",
+        "# TYPE uronode_instances_stored gauge",
+        _line("uronode_instances_stored", conn.execute("SELECT count(*) FROM instances").fetchone()[0]),
+        "# HELP uronode_series Series by state and what was decided when they completed.",
+        "# TYPE uronode_series gauge",
+    ]
+    for row in conn.execute("SELECT state, coalesce(disposition, '') AS d, count(*) AS n FROM series GROUP BY 1, 2"):
+        out.append(_line("uronode_series", row["n"], {"state": row["state"], "disposition": row["d"]}))
+    out += ["# HELP uronode_jobs Jobs by state.", "# TYPE uronode_jobs gauge"]
+    states = {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
+    for state in ("queued", "running", "delivering", "delivered", "failed"):
+        out.append(_line("uronode_jobs", states.get(state, 0), {"state": state}))
+    out += ["# HELP uronode_queue_depth Jobs waiting for a worker.", "# TYPE uronode_queue_depth gauge",
+            _line("uronode_queue_depth", states.get("queued", 0))]
+    out += ["# HELP uronode_deliveries Result deliveries by state.", "# TYPE uronode_deliveries gauge"]
+    deliveries = {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM deliveries GROUP BY state")}
+    for state in ("pending", "delivered", "dead"):
+        out.append(_line("uronode_deliveries", deliveries.get(state, 0), {"state": state}))
+    failures = conn.execute("SELECT coalesce(sum(attempts), 0) - count(*) FROM deliveries WHERE state = 'delivered'")
+    failed_tries = conn.execute("SELECT coalesce(sum(attempts), 0) FROM deliveries WHERE state != 'delivered'")
+    out += ["# HELP uronode_delivery_failures_total Failed delivery tries.", "# TYPE uronode_delivery_failures_total counter",
+            _line("uronode_delivery_failures_total", max(0, failures.fetchone()[0]) + failed_tries.fetchone()[0])]
+    return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
