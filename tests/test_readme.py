@@ -32,3 +32,20 @@ def test_the_readme_quick_start_has_exactly_two_commands() -> None:
     commands = [line for line in block.splitlines() if line.strip()]
     assert [c.split()[0:2] for c in commands] == [["./run", "serve"], ["./run", "test"]]
     assert "./run test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_conformance_statement_lists_what_the_listener_accepts() -> None:
+    from inference.writers import SC_SERIES_NUMBER, SEG_SERIES_NUMBER, SR_SERIES_NUMBER
+    from scp.server import TRANSFER_SYNTAXES
+    from scp.status import StoreStatus
+    from uronode.dicomfile import IMPLEMENTATION_CLASS_UID
+
+    text = (ROOT / "docs" / "conformance.md").read_text()
+    for uid in TRANSFER_SYNTAXES:
+        assert f"| {uid} |" in text, uid
+    for status in StoreStatus:
+        if status is not StoreStatus.PROCESSING_FAILURE:
+            assert f"| {status.value:04X} |" in text, status
+    for number in (SEG_SERIES_NUMBER, SC_SERIES_NUMBER, SR_SERIES_NUMBER):
+        assert f"| {number} |" in text
+    assert IMPLEMENTATION_CLASS_UID in text
