@@ -246,6 +246,7 @@ def make_server(
     server = ae.make_server(
         (settings.host, settings.scp.port),
         contexts=supported_contexts(),
+        ssl_context=settings.scp.ssl_context(),
         evt_handlers=handlers,
         server_class=server_class,
         request_handler=make_request_handler(policy, slots),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ class ScpSettings(BaseModel):
     """A series is complete this long after the association that carried it was released."""
     completion_quiet_s: float = Field(30.0, gt=0)
     """... or after this long without a new instance, whatever the associations do."""
+    tls_cert_file: Path | None = None
+    """With ``tls_key_file``: the DICOM port speaks TLS only (PEM certificate chain)."""
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    """CA certificates that sign the callers' certificates."""
+    tls_require_client_cert: bool = True
+    """With a CA file: callers must present a certificate it signed."""
 
     @field_validator("ae_title")
     @classmethod
@@ -84,6 +92,30 @@ class ScpSettings(BaseModel):
     @classmethod
     def _callers(cls, value: list[str]) -> list[str]:
         return [f"{r.ae_title}@{r.host}" if r.host else r.ae_title for r in map(CallerRule.parse, value)]
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ScpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("scp.tls_cert_file and scp.tls_key_file go together")
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"scp.{name} {path} does not exist")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("scp.tls_ca_file needs scp.tls_cert_file and scp.tls_key_file")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain TCP."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        if self.tls_ca_file is not None:
+            context.load_verify_locations(self.tls_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED if self.tls_require_client_cert else ssl.CERT_OPTIONAL
+        return context
 
     @model_validator(mode="after")
     def _restrict_needs_list(self) -> ScpSettings:
