@@ -64,36 +64,43 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     """Candidate components of ``volume`` under ``rule`` (see the module's text)."""
     hu = volume.hu
     dense = hu >= rule.threshold_hu
-    labels, count = ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
+    # a preallocated int32 output: without it scipy labels into a wider temporary first
+    labels = np.empty(dense.shape, dtype=np.int32)
+    count = int(ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool), output=labels))
+    del dense
     if count == 0:
         return Candidates(labels, 0, np.zeros((0, 3), int), np.zeros(0, int))
     body = body_mask(hu)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
     voxel_mm3 = volume.pixel_spacing[0] * volume.pixel_spacing[1] * volume.slice_spacing
     objects = ndimage.find_objects(labels)
-    keep = np.zeros(count + 1, dtype=bool)
+    # relabel in place, box by box: kept components get 1..n, the others 0. A new id never
+    # exceeds the old one, so a later component's voxels are never confused with a renamed one.
+    # (np.take or bincount over the volume would widen it to int64: 8 bytes a voxel.)
+    kept_boxes: list[tuple[int, tuple[slice, ...]]] = []
     for i, box in enumerate(objects, start=1):
-        if box is None or sizes[i] * voxel_mm3 > rule.max_volume_mm3:
+        if box is None:
             continue
+        region = labels[box]
+        selected = region == i
         extent = (
             (box[0].stop - box[0].start) * volume.slice_spacing,
             (box[1].stop - box[1].start) * volume.pixel_spacing[0],
             (box[2].stop - box[2].start) * volume.pixel_spacing[1],
         )
-        if max(extent) > rule.max_extent_mm:
-            continue
-        k = (box[0].start + box[0].stop - 1) // 2
-        r = min(body.shape[1] - 1, ((box[1].start + box[1].stop - 1) // 2) // BODY_STRIDE)
-        c = min(body.shape[2] - 1, ((box[2].start + box[2].stop - 1) // 2) // BODY_STRIDE)
-        keep[i] = bool(body[k, r, c])
-    kept_ids = np.nonzero(keep)[0]
-    remap = np.zeros(count + 1, dtype=np.int32)
-    remap[kept_ids] = np.arange(1, kept_ids.size + 1, dtype=np.int32)
-    np.take(remap, labels, out=labels, mode="clip")  # in place, unbuffered: no second volume-sized array
+        keep = int(selected.sum()) * voxel_mm3 <= rule.max_volume_mm3 and max(extent) <= rule.max_extent_mm
+        if keep:
+            k = (box[0].start + box[0].stop - 1) // 2
+            r = min(body.shape[1] - 1, ((box[1].start + box[1].stop - 1) // 2) // BODY_STRIDE)
+            c = min(body.shape[2] - 1, ((box[2].start + box[2].stop - 1) // 2) // BODY_STRIDE)
+            keep = bool(body[k, r, c])
+        if keep:
+            kept_boxes.append((len(kept_boxes) + 1, box))
+            region[selected] = len(kept_boxes)
+        else:
+            region[selected] = 0
     centres = []
     owners = []
-    for new_id, old_id in enumerate(kept_ids, start=1):
-        box = objects[old_id - 1]
+    for new_id, box in kept_boxes:
         local = labels[box] == new_id
         for dk in range(local.shape[0]):
             rr, cc = np.nonzero(local[dk])
@@ -108,7 +115,7 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     centres_arr = np.asarray(centres, dtype=int).reshape(-1, 3)
     owners_arr = np.asarray(owners, dtype=int)
     order = np.argsort(centres_arr[:, 0], kind="stable")
-    return Candidates(labels, int(kept_ids.size), centres_arr[order], owners_arr[order])
+    return Candidates(labels, len(kept_boxes), centres_arr[order], owners_arr[order])
 
 
 def baseline_mask(volume: Volume, rule: CandidateRule = BASELINE_RULE) -> np.ndarray:

@@ -159,7 +159,14 @@ def measure_stones(
     """Components of ``mask`` (bool/uint8, shaped like ``volume.hu``) measured as stones."""
     if mask.shape != volume.hu.shape:
         raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.hu.shape}")
-    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    # label only the box around the mask: a volume-sized int32 label array is 4 bytes a voxel
+    on = mask > 0
+    spans = [np.flatnonzero(on.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(span.size == 0 for span in spans):
+        spans = [np.array([0, 0])] * 3
+    origin = np.array([int(span[0]) for span in spans])
+    crop = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
+    labels, count = ndimage.label(on[crop], structure=np.ones((3, 3, 3), dtype=bool))
     objects = ndimage.find_objects(labels)
     extent = volume.slice_extent_mm
     area = volume.pixel_spacing[0] * volume.pixel_spacing[1]
@@ -175,8 +182,8 @@ def measure_stones(
         n = int(local.sum())
         if n < min_voxels:
             continue
-        kept[box][local] = 1
-        idx = np.argwhere(local) + np.array([s.start for s in box])
+        kept[crop][box][local] = 1
+        idx = np.argwhere(local) + np.array([s.start for s in box]) + origin
         hu = volume.hu[idx[:, 0], idx[:, 1], idx[:, 2]]
         centroid = volume.index_to_patient(idx).mean(axis=0)
         slices = np.unique(idx[:, 0])

@@ -38,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
 
@@ -383,7 +384,8 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         if pixels is None:
             ds = datasets[frame.dataset_index]
             try:
-                pixels = ds.pixel_array
+                # pixels.pixel_array does not cache the decoded array on the dataset
+                pixels = pixel_array(ds)
             except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
                 raise VolumeError(
                     f"the pixel data of instance {frame.dataset_index + 1} cannot be decoded: {exc}"
@@ -395,7 +397,8 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                     f"the pixel data of instance {frame.dataset_index + 1} has shape "
                     f"{pixels.shape[1:]}, not {(rows, columns)}"
                 )
-            decoded[frame.dataset_index] = pixels
+            if pixels.shape[0] > 1:  # keep a multi-frame instance's frames for its other slices
+                decoded[frame.dataset_index] = pixels
         hu[k] = pixels[frame.frame_number - 1] * np.float32(frame.slope) + np.float32(frame.intercept)
     return Volume(
         hu=hu,
