@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado
 from uronode import __version__
+from uronode.audit import AuditLog
 from uronode.settings import Settings
 from uronode.store import Store
 
@@ -25,6 +26,19 @@ def create_app(settings: Settings) -> FastAPI:
         yield
 
     app = FastAPI(title="uronode", version=__version__, lifespan=lifespan)
+    audit = AuditLog(settings.storage.data_dir)
+
+    @app.middleware("http")
+    async def audit_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        path = request.url.path
+        if path.startswith(("/dicom-web", "/api", "/upload")) or request.method != "GET":
+            audit.record(
+                "http", method=request.method, path=path[:300], status=response.status_code,
+                client=request.client.host if request.client else None,
+                user=request.headers.get("x-forwarded-user"),
+            )
+        return response
     app.include_router(qido.router)
     app.include_router(wado.router)
     app.include_router(stow.router)

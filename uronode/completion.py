@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from uronode.audit import AuditLog
 from uronode.jobs import JobQueue
 from uronode.store import Store
 from uronode.types import CompletedSeries, SeriesDisposition
@@ -130,6 +131,11 @@ class CompletionMonitor:
                 " WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
+        AuditLog(self.store.root).record(
+            "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
+            instances=len(instances), generation=current["generation"], disposition=disposition.value,
+            reason=reason, job_id=job_id,
+        )
         if job_id is not None:
             log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
         else:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from dicomweb.stow_client import StowResult, stow
 from scp.sender import Outgoing, SendResult, store_files
+from uronode.audit import AuditLog
 from uronode.outbox import Delivery, DeliveryState, Outbox
 from uronode.settings import DeliverySettings, Destination
 
@@ -85,6 +86,11 @@ class Deliverer:
     def _apply(self, group: list[Delivery], results: Sequence[SendResult | StowResult]) -> int:
         delivered = [d.id for d, r in zip(group, results, strict=True) if r.ok]
         self.outbox.mark_delivered(delivered)
+        audit = AuditLog(self.outbox.store.root)
+        for item, result in zip(group, results, strict=True):
+            if result.ok:
+                audit.record("delivery", destination=item.destination, job_id=item.job_id,
+                             sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         for item, result in zip(group, results, strict=True):
             if not result.ok:
                 self._failed(item, result.reason or "failed")
@@ -92,6 +98,10 @@ class Deliverer:
 
     def _failed(self, item: Delivery, reason: str) -> None:
         state = self.outbox.mark_failed(item.id, reason)
+        AuditLog(self.outbox.store.root).record(
+            "delivery", destination=item.destination, job_id=item.job_id, sop_instance_uid=item.sop_instance_uid,
+            outcome="dead" if state is DeliveryState.DEAD else "retry", reason=reason,
+        )
         if state is DeliveryState.DEAD:
             log.error("delivery %d of %s to %s is a dead letter: %s", item.id, item.sop_instance_uid, item.destination, reason)
         else:

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from uronode.audit import AuditLog
 from uronode.dicomfile import read_header
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
@@ -97,6 +98,11 @@ class Worker:
                     )
         state = JobState.DELIVERING if destinations else JobState.DELIVERED
         self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()))
+        AuditLog(self.store.root).record(
+            "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
+            stones=len(findings.stones), results=[i.header.sop_instance_uid for i in stored],
+            model=f"{findings.model_name} {findings.model_version}", seconds=round(time.perf_counter() - started, 2),
+        )
         log.info(
             "job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
             job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
@@ -106,6 +112,9 @@ class Worker:
     def _fail(self, job: Job, reason: str) -> JobState:
         log.warning("job %d series %s failed: %s", job.id, job.series_instance_uid, reason)
         self.queue.finish(job.id, JobState.FAILED, reason)
+        AuditLog(self.store.root).record(
+            "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state="failed", reason=reason
+        )
         return JobState.FAILED
 
     def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:

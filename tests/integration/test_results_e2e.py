@@ -76,6 +76,13 @@ def test_auto_routed_series_gets_seg_sc_and_sr_back_in_its_study(
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/jobs?expand", timeout=10) as response:
         routed = [j for j in json.load(response) if j["Type"] == "DicomModalityStore"]
     assert len(routed) == 1  # the results never went back to the node
+    events = [json.loads(line) for line in (node.data_dir / "audit.log").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert "series_complete" in kinds and "job_finished" in kinds and "delivery" in kinds
+    finished = next(e for e in events if e["event"] == "job_finished")
+    assert finished["stones"] >= 1 and len(finished["results"]) == found["SEG"] + found["SR"] + found["OT"]
+    assert all(e["outcome"] == "delivered" for e in events if e["event"] == "delivery")
+    assert "Synthetic" not in (node.data_dir / "audit.log").read_text()  # no patient names in the audit log
 
 
 def test_modality_push_without_stones_yields_only_an_sr(
