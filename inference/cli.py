@@ -76,11 +76,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     phantoms = []
     for i in range(args.count):
         seed = args.seed + i
-        kwargs = {"rows": args.rows}
+        kwargs: dict[str, object] = {"rows": args.rows}
         if args.slices:
-            kwargs["slices"] = args.slices
-            kwargs["coverage"] = (0.55, 1.0)
-        phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **kwargs)))
+            # a short series covers the kidneys: put its stones there, so that it holds some
+            kwargs.update(slices=args.slices, coverage=(0.62, 1.0), stone_sites=("kidney",), n_stones=3)
+        phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **kwargs)))  # type: ignore[arg-type]
     if args.real:
         phantoms.append(("real-anatomy", real_anatomy_phantom(args.seed)))
     for folder, phantom in phantoms:
