@@ -10,18 +10,16 @@ multipart/related DICOM, 413 above the size limit, 400 for a broken body.
 from __future__ import annotations
 
 import re
-import struct
 from io import BytesIO
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomweb.deps import StoreDep
-from uronode.dicomfile import read_header
+from uronode.dicomfile import PARSE_ERRORS, read_header
 from uronode.errors import InvalidInstance, OutOfResources
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
@@ -64,7 +62,7 @@ def to_file_format(content: bytes) -> bytes:
     try:
         ds = dcmread(BytesIO(content), force=True)
         sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError, struct.error, KeyError) as exc:
+    except PARSE_ERRORS as exc:
         raise InvalidInstance(f"not a DICOM data set: {exc}") from exc
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = (

@@ -79,6 +79,11 @@ def _text(value: object) -> str:
     return str(value)
 
 
+PARSE_ERRORS = (
+    InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, IndexError, TypeError,
+    AttributeError, NotImplementedError, OverflowError, zlib.error,
+)
+"""What pydicom raises on damaged data (found by fuzzing: an unknown VR is a NotImplementedError)."""
 _LAST_HEADER_TAG = 0x00200032  # ImagePositionPatient: the last attribute the index keeps
 _PREFIX = 64 * 1024
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -124,13 +129,13 @@ def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | 
                 candidate, reached = _parse(head)
                 if reached and candidate.file_meta.get("TransferSyntaxUID") != _DEFLATED:
                     ds = candidate
-            except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error):
+            except PARSE_ERRORS:
                 ds = None  # parse everything below
         if ds is None:
             ds, _ = _parse(b"".join(parts))
         values = {name: _text(ds.get(name)) for name in WANTED.values() if name in ds}
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, zlib.error) as exc:
+    except PARSE_ERRORS as exc:
         raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
     return _header_from(values, syntax)
 
