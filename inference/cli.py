@@ -187,8 +187,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     pipeline = Pipeline(args.model, threshold=args.threshold)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": [],
-                                 "rejected": []}
+    done: list[dict[str, object]] = []
+    rejected: list[dict[str, str]] = []
+    report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": done,
+                                 "rejected": rejected}
     rows = [["series", "stone", "side", "max diameter mm", "volume mm3", "mean HU", "max HU", "slices"]]
     total_files = sum(len(v) for v in groups.values())
     with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
@@ -197,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 volume = load_volume(paths, progress=bar.update)
             except VolumeError as exc:
                 logger.warning("series %d skipped: %s", number, exc.reason)
-                report["rejected"].append({"series_instance_uid": uid, "reason": exc.reason})  # type: ignore[union-attr]
+                rejected.append({"series_instance_uid": uid, "reason": exc.reason})
                 rows.append([f"#{number}", "-", "rejected: " + exc.reason, "", "", "", "", ""])
                 continue
             findings = pipeline.run(volume)
@@ -206,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not args.no_previews:
                 previews = write_previews(volume, findings, args.out / uid)
                 entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
-            report["series"].append(entry)  # type: ignore[union-attr]
+            done.append(entry)
             if not findings.stones:
                 rows.append([f"#{number}", "none", "", "", "", "", "", ""])
             for i, s in enumerate(findings.stones, start=1):
@@ -216,7 +218,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     (args.out / "findings.json").write_text(json.dumps(report, indent=2))
     print(_table(rows))
     print(f"findings written to {args.out / 'findings.json'}")
-    return 1 if report["rejected"] and not report["series"] else 0
+    return 1 if rejected and not done else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE) -
     patches = cut_patches(volume.hu, centres, PATCH, CONTEXT)
     targets = cut_patches((phantom.stone_labels > 0).astype(np.float32), centres, PATCH, 0)[..., 0] > 0
     # cut_patches fills outside with -1000, which is not > 0: fine for a mask
-    has = targets.reshape(len(centres), PATCH * PATCH).any(axis=1)
+    has = np.asarray(targets.reshape(len(centres), PATCH * PATCH).any(axis=1))
     return PatchSet(patches.astype(np.float16), targets.astype(np.uint8), has, np.full(len(centres), phantom.seed))
 
 

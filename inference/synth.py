@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -297,7 +298,7 @@ def generate_phantom(
     kidney_rz = float(rng.uniform(48, 58)) / length
     kidney_angle = {+1: float(rng.uniform(0.3, 0.6)), -1: -float(rng.uniform(0.3, 0.6))}
     n_loops = int(rng.integers(14, 26))
-    loops = []
+    loops: list[dict[str, Any]] = []
     for _ in range(n_loops):
         kind = rng.choice(["gas", "feces", "fluid", "dense"], p=[0.35, 0.3, 0.2, 0.15])
         loops.append({
@@ -567,8 +568,8 @@ def real_anatomy_phantom(seed: int, data_dir: Path = DEFAULT_REAL_DATA, *, upsam
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
-    ct = np.asarray(nib.load(str(data_dir / "example_ct_sm.nii.gz")).dataobj).astype(np.float32)
-    seg = np.asarray(nib.load(str(data_dir / "example_seg.nii.gz")).dataobj)
+    ct = np.asarray(nib.load(str(data_dir / "example_ct_sm.nii.gz")).dataobj).astype(np.float32)  # type: ignore[attr-defined]
+    seg = np.asarray(nib.load(str(data_dir / "example_seg.nii.gz")).dataobj)  # type: ignore[attr-defined]
     # NIfTI (i: towards patient right, j: anterior, k: superior) -> (slice, row, column) in LPS order
     ct_zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
     seg_zyx = seg[::-1, ::-1, :].transpose(2, 1, 0)
