@@ -85,6 +85,8 @@ def train_model(
     negative_ratio: int = 4,
     initial_model: Path | None = None,
     learning_rate: float = 1e-3,
+    small_pixels: int = 12,
+    small_repeat: int = 0,
     training_description: str = "",
 ) -> dict[str, Any]:
     """Fit the U-Net on ``data`` and write ``model.keras`` and ``card.json`` into ``out_dir``."""
@@ -100,14 +102,17 @@ def train_model(
     pos = train_idx[data.has_stone[train_idx]]
     neg = train_idx[~data.has_stone[train_idx]]
 
+    # tiny stones (few stone pixels in the patch) are the hard ones: optionally show them more
+    small = pos[data.targets[pos].reshape(len(pos), -1).sum(axis=1) < small_pixels] if small_repeat else pos[:0]
+
     def epoch_order() -> np.ndarray:
         # every positive twice, and a fresh draw of at most negative_ratio x as many negatives
         take = rng.permutation(neg)[: negative_ratio * len(pos)]
-        return rng.permutation(np.concatenate([pos, pos, take]))
+        return rng.permutation(np.concatenate([pos, pos, *([small] * small_repeat), take]))
 
     x_val, y_val = x_all[is_val], y_all[is_val]
     logger.info("training patches %d (%d with stone), validation %d", len(train_idx), len(pos), int(is_val.sum()))
-    steps = (2 + negative_ratio) * len(pos) // batch
+    steps = ((2 + negative_ratio) * len(pos) + small_repeat * len(small)) // batch
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
