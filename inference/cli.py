@@ -57,10 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
-    p.add_argument("--out", type=Path, required=True, help="folder for findings.json and previews")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
     p.add_argument("--model", default=None, help="model folder or name under models/")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--no-previews", action="store_true")
+    p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture and SR files")
     p.set_defaults(func=cmd_predict)
 
 
@@ -180,6 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from inference.preview import write_previews
     from inference.volume import group_series, load_volume
+    from inference.writers import WriterError, save_results, write_results
 
     groups = group_series(args.paths)
     if not groups:
@@ -208,6 +211,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not args.no_previews:
                 previews = write_previews(volume, findings, args.out / uid)
                 entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
+            if not args.no_dicom:
+                try:
+                    written = save_results(write_results(volume, findings), args.out / uid / "dicom")
+                    entry["dicom"] = [str(p.relative_to(args.out)) for p in written]
+                except WriterError as exc:
+                    logger.warning("series %d: no DICOM results: %s", number, exc.reason)
             done.append(entry)
             if not findings.stones:
                 rows.append([f"#{number}", "none", "", "", "", "", "", ""])

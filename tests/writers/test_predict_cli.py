@@ -1,0 +1,30 @@
+"""`uronode predict` writes the same DICOM results as the node, next to findings.json and the previews."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+
+from inference.synth import generate_phantom, write_series
+
+
+def test_predict_writes_seg_sc_and_sr(tmp_path: Path) -> None:
+    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                               stone_sites=("kidney",))
+    write_series(phantom, tmp_path / "ct")
+    done = subprocess.run([sys.executable, "-m", "uronode", "predict", str(tmp_path / "ct"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "findings.json").read_text())
+    (series,) = report["series"]
+    files = [tmp_path / "out" / p for p in series["dicom"]]
+    modalities = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files)
+    assert modalities.count("SEG") == 1 and modalities.count("SR") == 1 and "OT" in modalities
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.StudyInstanceUID == phantom.study_instance_uid and ds.Manufacturer == "uronode"
+        assert subprocess.run(["dciodvfy", str(f)], capture_output=True).returncode == 0
