@@ -218,6 +218,18 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 
+UNLIMITED_PDU_CAP = 256 * 1024 * 1024
+CONTROL_PDU_CAP = 1024 * 1024
+
+
+def _pdu_limit(assoc: Any, pdu_type: int) -> int:
+    """The largest PDU we accept: our negotiated maximum (plus its header) for P-DATA, 1 MiB for the rest."""
+    if pdu_type != 0x04:
+        return CONTROL_PDU_CAP
+    maximum = int(getattr(assoc.acceptor, "maximum_length", 0) or 0)
+    return maximum + 64 if maximum else UNLIMITED_PDU_CAP
+
+
 def _read_pdu_lean(self: Any) -> None:
     """``DULServiceProvider._read_pdu_data`` with a short way for P-DATA-TF in the data transfer state.
 
@@ -240,6 +252,12 @@ def _read_pdu_lean(self: Any) -> None:
     if pdu_type not in _PDU_TYPES:
         log.error("unknown PDU type 0x%02X received", pdu_type)
         self.event_queue.put("Evt19")  # unrecognised PDU
+        return
+    limit = _pdu_limit(self.assoc, pdu_type)
+    if length > limit:
+        # Never allocate what a peer claims beyond what we negotiated: abort instead.
+        log.error("PDU of %d bytes announced, over the %d-byte limit: aborting the association", length, limit)
+        self.event_queue.put("Evt19")
         return
     try:
         body = sock.recv(length)
