@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado
+from dicomweb.auth import BasicAuth, http_password
 from uronode import __version__
 from uronode.audit import AuditLog
 from uronode.settings import Settings
@@ -46,4 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(upload.router)
     app.include_router(ops.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
+    if settings.dicomweb.auth == "basic":
+        app.add_middleware(
+            BasicAuth,
+            username=settings.dicomweb.username,
+            password=http_password(settings),
+            tokens=settings.dicomweb.tokens,
+        )
     return app

@@ -14,6 +14,7 @@ FAST_COMPLETION = {
     "URONODE_SCP__COMPLETION_GRACE_S": "0.5",
     "URONODE_SCP__COMPLETION_QUIET_S": "20",
     "URONODE_INFERENCE__WORKERS": "0",  # no model unless a test asks for it (WITH_WORKER)
+    "URONODE_DICOMWEB__AUTH": "none",  # tests/dicomweb/test_auth.py covers authentication
 }
 WITH_WORKER = {"URONODE_INFERENCE__WORKERS": "1"}
 

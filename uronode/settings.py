@@ -145,6 +145,14 @@ class DicomwebSettings(BaseModel):
     port: int = Field(8080, ge=1, le=65535)
     viewer_dir: Path | None = None
     """OHIF's prebuilt ``dist`` folder; by default the one ``./run`` fetches into ``.ohif/``."""
+    auth: str = Field("basic", pattern=r"^(basic|none)$")
+    """``basic``: every HTTP path but /healthz and /readyz needs the user and password (or a bearer
+    token); ``none``: open, for a demo on a private machine."""
+    username: str = "uronode"
+    password: str | None = None
+    """None: a random one is made at first start and kept in ``<data_dir>/http-password`` (mode 600)."""
+    tokens: list[str] = Field(default_factory=list)
+    """Bearer tokens accepted as well (for scripts and remote workers)."""
 
 
 class KnownAE(BaseModel):

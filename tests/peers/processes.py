@@ -85,7 +85,7 @@ class Node:
     def start(self, timeout: float = 60) -> Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir.parent / f"node-{self.data_dir.name}.log"
-        env = {**os.environ, **self.extra_env}
+        env = {**os.environ, "URONODE_DICOMWEB__AUTH": "none", **self.extra_env}  # benchmarks: open HTTP
         cmd = [
             sys.executable,
             "-m",
