@@ -31,20 +31,7 @@ BULK_THRESHOLD = 1024
 
 
 def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
-    where, params = ["i.study_instance_uid = ?"], [study]
-    if series is not None:
-        where.append("i.series_instance_uid = ?")
-        params.append(series)
-    if sop is not None:
-        where.append("i.sop_instance_uid = ?")
-        params.append(sop)
-    rows = store.conn().execute(
-        "SELECT i.sop_instance_uid FROM instances i WHERE " + " AND ".join(where)
-        + " ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid",
-        params,
-    ).fetchall()
-    found = [store.get_instance(r["sop_instance_uid"]) for r in rows]
-    instances = [f for f in found if f is not None]
+    instances = store.find_instances(study, series, sop)
     if not instances:
         what = "instance" if sop else "series" if series else "study"
         raise HTTPException(404, detail=f"no such {what}")

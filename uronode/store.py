@@ -375,6 +375,24 @@ class Store:
         ).fetchall()
         return [_stored(r) for r in rows]
 
+    def find_instances(
+        self, study_instance_uid: str, series_instance_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """A study's instances (or a series' or one), ordered by series and instance number, in one query."""
+        where, params = ["i.study_instance_uid = ?"], [study_instance_uid]
+        if series_instance_uid is not None:
+            where.append("i.series_instance_uid = ?")
+            params.append(series_instance_uid)
+        if sop_instance_uid is not None:
+            where.append("i.sop_instance_uid = ?")
+            params.append(sop_instance_uid)
+        rows = self.conn().execute(
+            _INSTANCE_QUERY + " WHERE " + " AND ".join(where)
+            + " ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid",
+            params,
+        ).fetchall()
+        return [_stored(r) for r in rows]
+
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.conn().execute(_INSTANCE_QUERY + " WHERE i.sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
         return _stored(row) if row is not None else None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from inference.synth import generate_phantom, write_series
+from inference.synth import Phantom, generate_phantom, write_series
 from tests.browser.conftest import SCREENSHOTS
 from tests.conftest import WITH_WORKER, query
 from tests.peers.processes import Node, storescu, wait_until
@@ -42,7 +42,8 @@ def green_pixels(png: bytes) -> int:
     return int(((px[..., 1] > 150) & (px[..., 0] < 90) & (px[..., 2] < 90)).sum())
 
 
-def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def study_through_the_node(start_node: Callable[..., Node], tmp_path: Path) -> tuple[Node, Phantom]:
+    """A node with a worker, and a CT with kidney stones sent to it and processed (SEG, SC, SR made)."""
     node = start_node(**WITH_WORKER)
     phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
                                stone_sites=("kidney",))
@@ -50,6 +51,11 @@ def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., N
     assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
     wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
                240, "the results")
+    return node, phantom
+
+
+def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node, phantom = study_through_the_node(start_node, tmp_path)
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{node.http_port}/viewer?StudyInstanceUIDs={phantom.study_instance_uid}")
     page.wait_for_selector("canvas", timeout=60_000)
@@ -88,13 +94,7 @@ def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., N
 
 def test_reading_layout_and_the_tag_toggle(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The paper's controls: CT with the mask layer beside the AI overlay, linked; 't' hides the DICOM tags."""
-    node = start_node(**WITH_WORKER)
-    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
-                               stone_sites=("kidney",))
-    write_series(phantom, tmp_path / "ct")
-    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
-    wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
-               240, "the results")
+    node, phantom = study_through_the_node(start_node, tmp_path)
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{node.http_port}/viewer?StudyInstanceUIDs={phantom.study_instance_uid}"
               "&hangingprotocolId=uronode-ct-overlay")
