@@ -102,19 +102,27 @@ class Store:
     # -- associations -----------------------------------------------------------------
 
     def open_association(self, calling_ae: str, peer_host: str) -> int:
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO associations (calling_ae, peer_host, pid, started_at) VALUES (?, ?, ?, ?)",
-                (calling_ae, peer_host, os.getpid(), time.time()),
-            )
+        """Record an association that brings instances; :class:`OutOfResources` when the index is full."""
+        try:
+            with self.transaction() as conn:
+                cur = conn.execute(
+                    "INSERT INTO associations (calling_ae, peer_host, pid, started_at) VALUES (?, ?, ?, ?)",
+                    (calling_ae, peer_host, os.getpid(), time.time()),
+                )
+        except sqlite3.Error as exc:  # a full disk: the index cannot grow
+            raise OutOfResources(f"the index could not be updated: {exc}") from exc
         return int(cur.lastrowid or 0)
 
     def close_association(self, association_id: int, outcome: str) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ? AND ended_at IS NULL",
-                (time.time(), outcome, association_id),
-            )
+        """Record its end; if the index cannot be written, its series still complete by the quiet rule."""
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    "UPDATE associations SET ended_at = ?, outcome = ? WHERE id = ? AND ended_at IS NULL",
+                    (time.time(), outcome, association_id),
+                )
+        except sqlite3.Error as exc:
+            log.error("association %d could not be closed in the index: %s", association_id, exc)
 
     # -- instances --------------------------------------------------------------------
 

@@ -17,25 +17,10 @@ import pytest
 
 from inference.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
+from tests.peers.orthanc import modalities_in_study
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def qido(http: int, path: str) -> list[dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{http}/dicom-web/{path}", headers={"Accept": "application/dicom+json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
-    return json.loads(body) if body else []
-
-
-def modalities_in_study(http: int, study: str) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for series in qido(http, f"studies/{study}/series"):
-        modality = series.get("00080060", {}).get("Value", [""])[0]
-        count = series.get("00201209", {}).get("Value", [0])[0]
-        found[modality] = found.get(modality, 0) + int(count)
-    return found
 
 
 @pytest.fixture
