@@ -108,6 +108,39 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from uronode.retention import purge
+    from uronode.store import Store
+
+    settings = _settings_from_args(args)
+    days = args.older_than_days if args.older_than_days is not None else settings.storage.retention_days
+    if days is None:
+        print("uronode: no retention set: give --older-than-days or storage.retention_days", file=sys.stderr)
+        return 2
+    done = purge(Store(settings.storage.data_dir, fsync=settings.storage.fsync), days, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(done.series)} series, {done.instances} instances, {done.bytes / 1e6:.1f} MB"
+          f" received more than {days:g} days ago; results kept")
+    for series in done.series:
+        print(f"  {series}")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from uronode.jobs import JobQueue
+    from uronode.store import Store
+
+    settings = _settings_from_args(args)
+    queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    try:
+        queue.requeue(args.job)
+    except ValueError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {args.job} queued again; a running node's worker takes it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uronode", description="DICOM AI node for urinary stones in CT")
     parser.add_argument("--version", action="version", version=f"uronode {__version__}")
@@ -132,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list jobs and their states")
     jobs.add_argument("--data-dir", type=Path)
-    jobs.add_argument("--state", choices=["queued", "running", "delivered", "failed"])
+    jobs.add_argument("--state", choices=["queued", "running", "delivering", "delivered", "failed"])
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(func=cmd_jobs)
 
@@ -147,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--state", choices=["pending", "delivered", "dead"])
     deliveries.add_argument("--limit", type=int, default=50)
     deliveries.set_defaults(func=cmd_deliveries)
+
+    purge = sub.add_parser("purge", help="delete received series past their retention (results are kept)")
+    purge.add_argument("--data-dir", type=Path)
+    purge.add_argument("--older-than-days", type=float, help="default: storage.retention_days")
+    purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    purge.set_defaults(func=cmd_purge)
+
+    requeue = sub.add_parser("requeue", help="run a failed (or delivered) job again")
+    requeue.add_argument("job", type=int)
+    requeue.add_argument("--data-dir", type=Path)
+    requeue.set_defaults(func=cmd_requeue)
 
     if importlib.util.find_spec("inference.cli") is not None:
         from inference import cli as inference_cli

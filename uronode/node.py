@@ -156,6 +156,15 @@ def serve(settings: Settings) -> None:
         )
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         threads.append(threading.Thread(target=deliverer.run, args=(stop,), name="delivery", daemon=True))
+    if settings.storage.retention_days is not None:
+        from uronode.retention import run_retention
+
+        threads.append(threading.Thread(
+            target=run_retention,
+            args=(store, settings.storage.retention_days, settings.storage.retention_interval_s, stop),
+            name="retention",
+            daemon=True,
+        ))
     workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
     if workers and not model_available(settings):
         log.error("model %r not found under models/: series are queued but not processed", settings.inference.model)

@@ -137,6 +137,11 @@ class StorageSettings(BaseModel):
     """Refuse new instances (out of resources) when the disk is fuller than this."""
     fsync: bool = True
     """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
+    retention_days: float | None = Field(None, gt=0)
+    """Delete a received series this many days after its last instance arrived; the results the node
+    derived (SEG, SC, SR), the jobs and their findings are kept. None (the default): keep everything."""
+    retention_interval_s: float = Field(3600.0, gt=0)
+    """How often the node looks for series past their retention."""
 
 
 class DicomwebSettings(BaseModel):

@@ -1,0 +1,163 @@
+"""Retention deletes old received series and keeps the node's results, jobs and findings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from inference.synth import generate_phantom, write_series
+from tests.conftest import WITH_WORKER, query
+from tests.peers.processes import Node, storescu, wait_until
+from tests.uronode.test_store import encoded, put
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.retention import purge
+from uronode.store import Store
+from uronode.types import JobState
+
+DAY = 86400.0
+STUDY, SOURCE, RESULT = "1.2.3", "1.2.3.4", "1.2.3.5"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data")
+
+
+def receive(store: Store, series: str, count: int = 3, **kwargs: object) -> None:
+    for i in range(count):
+        put(store, encoded(i, series=series, study=STUDY, **kwargs))
+    CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="default").complete_now([series])
+
+
+def age(store: Store, series: str, days: float) -> None:
+    with store.transaction() as conn:
+        conn.execute("UPDATE series SET last_received_at = ? WHERE series_instance_uid = ?",
+                     (time.time() - days * DAY, series))
+
+
+def finish_job(store: Store, series: str, state: JobState = JobState.DELIVERED) -> int:
+    queue = JobQueue(store)
+    job = queue.claim()
+    assert job is not None and job.series_instance_uid == series
+    queue.finish(job.id, state, reason="model error" if state is JobState.FAILED else None, findings='{"stones": []}')
+    return job.id
+
+
+def series_count(store: Store, series: str) -> int:
+    return len(store.series_instances(series))
+
+
+def test_an_old_source_series_goes_and_its_results_job_and_findings_stay(store: Store) -> None:
+    receive(store, SOURCE)
+    job = finish_job(store, SOURCE)
+    receive(store, RESULT, 2, manufacturer="uronode", modality="SR")  # what the worker stored
+    age(store, SOURCE, 40)
+    age(store, RESULT, 40)
+    files = [i.path for i in store.series_instances(SOURCE)]
+    folder = files[0].parent
+    (folder / ".metadata.json").write_text("cached")
+
+    done = purge(store, 30)
+
+    assert done.series == [SOURCE] and done.instances == 3 and done.bytes > 0
+    assert series_count(store, SOURCE) == 0 and store.series_row(SOURCE) is None
+    assert not any(f.exists() for f in files) and not folder.exists()
+    assert series_count(store, RESULT) == 2  # the node's own results are kept, however old
+    assert JobQueue(store).findings(job) == '{"stones": []}'
+    assert query(store.root, "SELECT 1 FROM studies WHERE study_instance_uid = ?", STUDY)  # results still in it
+    events = [json.loads(line) for line in (store.root / "audit.log").read_text().splitlines()]
+    assert {"event": "retention", "series_instance_uid": SOURCE, "instances": 3}.items() <= events[-1].items()
+
+
+def test_what_is_not_due_stays(store: Store) -> None:
+    receive(store, "1.2.3.10")  # recent
+    finish_job(store, "1.2.3.10")
+    receive(store, "1.2.3.11")  # old, but its job is still queued
+    age(store, "1.2.3.11", 40)
+    for i in range(2):  # old, still receiving (never completed)
+        put(store, encoded(i, series="1.2.3.12", study=STUDY))
+    age(store, "1.2.3.12", 40)
+
+    assert purge(store, 30).series == []
+    assert [series_count(store, s) for s in ("1.2.3.10", "1.2.3.11", "1.2.3.12")] == [3, 3, 2]
+
+
+def test_a_failed_job_does_not_hold_its_series_and_the_last_series_takes_the_study(store: Store) -> None:
+    receive(store, SOURCE)
+    finish_job(store, SOURCE, JobState.FAILED)
+    age(store, SOURCE, 40)
+    assert purge(store, 30).series == [SOURCE]
+    assert query(store.root, "SELECT 1 FROM studies") == []
+    assert not (store.instances_dir / STUDY).exists()
+
+
+def test_dry_run_deletes_nothing(store: Store) -> None:
+    receive(store, SOURCE)
+    finish_job(store, SOURCE)
+    age(store, SOURCE, 40)
+    done = purge(store, 30, dry_run=True)
+    assert done.series == [SOURCE] and done.instances == 3
+    assert series_count(store, SOURCE) == 3 and all(i.path.exists() for i in store.series_instances(SOURCE))
+
+
+def test_the_series_sent_again_after_retention_is_new(store: Store) -> None:
+    receive(store, SOURCE)
+    finish_job(store, SOURCE)
+    age(store, SOURCE, 40)
+    purge(store, 30)
+    receive(store, SOURCE)
+    assert series_count(store, SOURCE) == 3 and all(i.path.exists() for i in store.series_instances(SOURCE))
+    assert [j.state for j in JobQueue(store).for_series(SOURCE)] == [JobState.DELIVERED, JobState.QUEUED]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "uronode", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_purge_and_requeue_commands(store: Store) -> None:
+    receive(store, SOURCE)
+    job = finish_job(store, SOURCE, JobState.FAILED)
+    age(store, SOURCE, 40)
+    data = str(store.root)
+
+    assert run_cli("purge", "--data-dir", data).returncode == 2  # no retention configured, none given
+    listed = run_cli("purge", "--data-dir", data, "--older-than-days", "30", "--dry-run")
+    assert listed.returncode == 0 and "would delete 1 series, 3 instances" in listed.stdout and SOURCE in listed.stdout
+    assert series_count(store, SOURCE) == 3
+
+    requeued = run_cli("requeue", str(job), "--data-dir", data)
+    assert requeued.returncode == 0, requeued.stderr
+    assert JobQueue(store).get(job).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert run_cli("requeue", str(job), "--data-dir", data).returncode == 1  # queued already: not failed
+    assert run_cli("purge", "--data-dir", data, "--older-than-days", "30").stdout.startswith("deleted 0 series")
+
+    finish_job(store, SOURCE)
+    deleted = run_cli("purge", "--data-dir", data, "--older-than-days", "30")
+    assert deleted.stdout.startswith("deleted 1 series, 3 instances"), deleted.stdout
+    assert series_count(store, SOURCE) == 0
+
+
+def test_the_node_deletes_the_ct_and_keeps_its_results(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    node = start_node(**WITH_WORKER, URONODE_STORAGE__RETENTION_DAYS=str(3 / DAY),  # three seconds
+                      URONODE_STORAGE__RETENTION_INTERVAL_S="0.5")
+    phantom = generate_phantom(8, rows=128, slice_spacing=2.0, coverage=(0.66, 0.96), n_stones=0, n_mimics=0)
+    write_series(phantom, tmp_path / "ct")
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
+    folder = node.data_dir / "instances" / phantom.study_instance_uid / phantom.series_instance_uid
+    assert folder.is_dir()  # kept while its series is receiving and its job is waiting
+    wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
+               240, "the job to finish")
+    wait_until(lambda: not folder.exists(), 30, "retention to delete the CT's files")
+    assert not query(node.data_dir, "SELECT 1 FROM instances WHERE series_instance_uid = ?", phantom.series_instance_uid)
+    url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{phantom.study_instance_uid}/series"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        modalities = [s["00080060"]["Value"][0] for s in json.load(response)]
+    assert modalities == ["SR"]  # the CT is gone, the result is kept
