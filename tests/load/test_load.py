@@ -12,15 +12,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import WITH_WORKER
 from tests.load.scenario import run_load, write_load_series
 from tests.peers.processes import Node, free_port, start_orthanc
 
 
 def test_eight_series_at_once_while_clients_read(
-    start_node: Callable[..., Node], tmp_path: Path, record_property: pytest.RecordProperty
+    start_node: Callable[..., Node], tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     made = write_load_series(tmp_path / "series", series=8, slices=100, rows=256)
     http, dicom = free_port(), free_port()
