@@ -54,10 +54,20 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
 def metrics(store: StoreDep) -> PlainTextResponse:
     """Prometheus text format."""
     conn = store.conn()
+    stored = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+    deleted = {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
+    completed = conn.execute("SELECT count(*) FROM series WHERE state = 'complete'").fetchone()[0]
     out = [
         "# HELP uronode_instances_stored Instances in the store.",
         "# TYPE uronode_instances_stored gauge",
-        _line("uronode_instances_stored", conn.execute("SELECT count(*) FROM instances").fetchone()[0]),
+        _line("uronode_instances_stored", stored),
+        "# HELP uronode_instances_received_total Instances received (C-STORE, STOW-RS, upload) and results stored,"
+        " retention's deletions included.",
+        "# TYPE uronode_instances_received_total counter",
+        _line("uronode_instances_received_total", stored + deleted.get("instances_deleted", 0)),
+        "# HELP uronode_series_completed_total Series that completed, retention's deletions included.",
+        "# TYPE uronode_series_completed_total counter",
+        _line("uronode_series_completed_total", completed + deleted.get("series_deleted", 0)),
         "# HELP uronode_series Series by state and what was decided when they completed.",
         "# TYPE uronode_series gauge",
     ]
@@ -77,4 +87,15 @@ def metrics(store: StoreDep) -> PlainTextResponse:
     failed_tries = conn.execute("SELECT coalesce(sum(attempts), 0) FROM deliveries WHERE state != 'delivered'")
     out += ["# HELP uronode_delivery_failures_total Failed delivery tries.", "# TYPE uronode_delivery_failures_total counter",
             _line("uronode_delivery_failures_total", max(0, failures.fetchone()[0]) + failed_tries.fetchone()[0])]
+    out += ["# HELP uronode_inference_seconds The model's run on a series (read, candidates, network, measuring).",
+            "# TYPE uronode_inference_seconds histogram"]
+    timed = [r["seconds"] for r in conn.execute("SELECT seconds FROM jobs WHERE seconds IS NOT NULL")]
+    for bound in INFERENCE_BUCKETS_S:
+        out.append(_line("uronode_inference_seconds_bucket", sum(t <= bound for t in timed), {"le": f"{bound:g}"}))
+    out += [_line("uronode_inference_seconds_bucket", len(timed), {"le": "+Inf"}),
+            _line("uronode_inference_seconds_sum", round(sum(timed), 3)),
+            _line("uronode_inference_seconds_count", len(timed))]
     return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
+
+
+INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts            INTEGER NOT NULL DEFAULT 0,
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL,
-    findings            TEXT                 -- JSON, once the model has run
+    findings            TEXT,                -- JSON, once the model has run
+    seconds             REAL                 -- the model's run on the series, once it has run
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
@@ -119,6 +120,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention)
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -158,5 +164,6 @@ ADDED_COLUMNS = [
     ("series", "series_description", "TEXT"),
     ("series", "series_number", "INTEGER"),
     ("jobs", "findings", "TEXT"),
+    ("jobs", "seconds", "REAL"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""

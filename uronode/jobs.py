@@ -79,7 +79,10 @@ class JobQueue:
             claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(claimed)
 
-    def finish(self, job_id: int, state: JobState, reason: str | None = None, findings: str | None = None) -> None:
+    def finish(
+        self, job_id: int, state: JobState, reason: str | None = None, findings: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
         """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason)."""
         if state not in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
             raise ValueError(f"state must be delivering, delivered or failed, not {state}")
@@ -87,9 +90,9 @@ class JobQueue:
             raise ValueError("a failed job needs its reason")
         with self.store.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, findings = coalesce(?, findings)"
-                " WHERE id = ? AND state = 'running'",
-                (state.value, reason, time.time(), findings, job_id),
+                "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, findings = coalesce(?, findings),"
+                " seconds = coalesce(?, seconds) WHERE id = ? AND state = 'running'",
+                (state.value, reason, time.time(), findings, seconds, job_id),
             )
             if cur.rowcount != 1:
                 raise ValueError(f"job {job_id} is not running")

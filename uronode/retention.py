@@ -69,6 +69,11 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                 tx.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+                tx.executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    [("instances_deleted", len(files)), ("series_deleted", 1)],
+                )
                 tx.execute(
                     "DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
                     " (SELECT 1 FROM instances WHERE study_instance_uid = ?)",

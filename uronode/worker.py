@@ -66,6 +66,7 @@ class Worker:
         started = time.perf_counter()
         try:
             volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
+            inference_s = time.perf_counter() - started
             results = write_results(volume, findings)
         except InferenceError as exc:
             return self._fail(job, str(exc))
@@ -97,7 +98,7 @@ class Worker:
                         calling_ae=instances[0].calling_ae,
                     )
         state = JobState.DELIVERING if destinations else JobState.DELIVERED
-        self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()))
+        self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()), seconds=inference_s)
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
             stones=len(findings.stones), results=[i.header.sop_instance_uid for i in stored],
