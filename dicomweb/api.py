@@ -3,7 +3,8 @@
 ``POST /api/predict`` takes DICOM files (multipart/form-data, field
 ``files``, one or many, e.g. a whole folder), stores them like any received
 instance, completes their series at once (the upload has ended) and returns
-the jobs made for them. The model runs in the worker process, never here;
+the jobs made for them, the files refused with the reason for each (400
+when no file could be stored) and the files stored with a warning. The model runs in the worker process, never here;
 ``GET /api/jobs/{id}`` gives the state and, once run, the findings.
 """
 
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 
 from dicomweb.deps import StoreDep
 from uronode.completion import CompletionMonitor
-from uronode.dicomfile import read_header
+from uronode.dicomfile import read_instance
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
@@ -51,21 +52,26 @@ async def predict(
     if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
         raise HTTPException(413, detail=f"uploads are limited to {MAX_UPLOAD_BYTES} bytes")
     series: dict[str, str] = {}
-    rejected = []
+    rejected, warnings = [], []
     for upload in files:
         content = await upload.read()
         name = upload.filename or "(unnamed)"
+        if not content:
+            rejected.append({"file": name, "reason": "an empty file (0 bytes)"})
+            continue
         if len(content) < 132 or content[128:132] != b"DICM":
             rejected.append({"file": name, "reason": "not a DICOM file (no DICM prefix)"})
             continue
         try:
-            header = read_header([content])
+            header, warning = read_instance([content])
             store.put(header, [content], calling_ae="UPLOAD")
         except InvalidInstance as exc:
             rejected.append({"file": name, "reason": str(exc)})
             continue
         except OutOfResources as exc:
             raise HTTPException(507, detail=str(exc)) from exc
+        if warning is not None:
+            warnings.append({"file": name, "warning": warning})
         series[header.series_instance_uid] = header.study_instance_uid
     if not series:
         raise HTTPException(400, detail={"message": "no DICOM file among the upload", "rejected": rejected})
@@ -85,7 +91,7 @@ async def predict(
             "job_id": completed.job_id if completed else (jobs[-1].id if jobs else None),
             "skipped": completed.reason if completed and completed.job_id is None else None,
         })
-    return {"series": result, "rejected": rejected}
+    return {"series": result, "rejected": rejected, "warnings": warnings}
 
 
 @router.get("/jobs", summary="Jobs, newest first")

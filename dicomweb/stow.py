@@ -1,10 +1,15 @@
 """STOW-RS (PS3.18 10.5): store instances sent over HTTP, through the same store and completion path as C-STORE.
 
-The response names every instance: ReferencedSOPSequence for those stored,
-FailedSOPSequence with a FailureReason (A700 out of resources, A900 data set
-does not match, C000 cannot understand) for the others. Status 200 when all
-were stored, 202 when some were, 409 when none; 415 for a body that is not
-multipart/related DICOM, 413 above the size limit, 400 for a broken body.
+The response names every instance: ReferencedSOPSequence for those stored
+(with WarningReason B007 for one stored with a warning, such as excess pixel
+data), FailedSOPSequence with a FailureReason (A700 out of resources, A900
+data set does not match, C000 cannot understand) for the others. Status 200
+when all were stored without warnings, 202 when some were stored and others
+failed or warned, 409 when none; 415 for a body that is not multipart/related
+DICOM, 413 above the size limit, 400 for a broken body (no boundary, no part,
+a part without headers, no closing delimiter: nothing of it is stored). What
+went wrong with each part is also said in words, in one ``Warning`` header
+(``299 uronode "part 2: ..."``, PS3.18 8.4.2).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomweb.deps import StoreDep
-from uronode.dicomfile import PARSE_ERRORS, read_header
+from uronode.dicomfile import PARSE_ERRORS, check_bare_data_set, read_instance
 from uronode.errors import InvalidInstance, OutOfResources
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
@@ -35,8 +40,10 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], by
     if delimiter not in body:
         raise HTTPException(400, detail="the body holds no part with the boundary its Content-Type names")
     parts = []
+    closed = False
     for chunk in body.split(delimiter)[1:]:
         if chunk.startswith(b"--"):
+            closed = True
             break  # the closing delimiter
         chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
         head, sep, content = chunk.partition(b"\r\n\r\n")
@@ -50,6 +57,8 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], by
             if name.strip():
                 headers[name.strip().lower()] = value.strip()
         parts.append((headers, content))
+    if not closed:
+        raise HTTPException(400, detail="the body ends without its closing boundary: it is truncated")
     return parts
 
 
@@ -68,6 +77,8 @@ def to_file_format(content: bytes) -> bytes:
         ds.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
         )
+    # pydicom reads what it can of a damaged data set and would write it out whole: check the bytes as sent
+    check_bare_data_set(content, str(ds.file_meta.TransferSyntaxUID))
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
     buffer = BytesIO()
@@ -78,7 +89,13 @@ def to_file_format(content: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def _ref(sop_class: str | None, sop: str | None, reason: int | None = None, url: str | None = None) -> dict[str, Any]:
+WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
+
+
+def _ref(
+    sop_class: str | None, sop: str | None, reason: int | None = None, url: str | None = None,
+    warning: int | None = None,
+) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if sop_class:
         item["00081150"] = {"vr": "UI", "Value": [sop_class]}
@@ -86,9 +103,22 @@ def _ref(sop_class: str | None, sop: str | None, reason: int | None = None, url:
         item["00081155"] = {"vr": "UI", "Value": [sop]}
     if reason is not None:
         item["00081197"] = {"vr": "US", "Value": [reason]}
+    if warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [warning]}
     if url:
         item["00081190"] = {"vr": "UR", "Value": [url]}
     return item
+
+
+def _warning_header(notes: list[str]) -> dict[str, str]:
+    """One ``Warning`` header (RFC 7234 5.5, as PS3.18 uses it) saying what went wrong with each part."""
+    if not notes:
+        return {}
+    if len(notes) > 20:
+        notes = [*notes[:20], f"and {len(notes) - 20} more"]
+    texts = [note.encode("latin-1", "replace").decode("latin-1").replace("\\", "/").replace('"', "'")
+             for note in notes]
+    return {"Warning": ", ".join(f'299 uronode "{text}"' for text in texts)}
 
 
 async def _store(request: Request, store: StoreDep, study: str | None) -> JSONResponse:
@@ -108,42 +138,51 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     if not parts:
         raise HTTPException(400, detail="the body holds no parts")
     base = str(request.base_url).rstrip("/") + "/dicom-web"
-    stored, failed = [], []
-    for headers, content in parts:
+    stored, failed, notes = [], [], []
+    warned = False
+    for number, (headers, content) in enumerate(parts, start=1):
         part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         if part_type != "application/dicom":
             failed.append(_ref(None, None, CANNOT_UNDERSTAND))
+            notes.append(f"part {number}: {part_type or 'no type'}, not application/dicom")
             continue
         try:
             if content[128:132] != b"DICM":
                 content = to_file_format(content)
-            header = read_header([content])
-        except InvalidInstance:
+            header, warning = read_instance([content])
+        except InvalidInstance as exc:
             failed.append(_ref(None, None, CANNOT_UNDERSTAND))
+            notes.append(f"part {number}: {exc}")
             continue
         if study is not None and header.study_instance_uid != study:
             failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, DOES_NOT_MATCH))
+            notes.append(f"part {number}: its Study Instance UID is not the study of the request")
             continue
         try:
             store.put(header, [content], calling_ae="STOW-RS")
-        except OutOfResources:
+        except OutOfResources as exc:
             failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, OUT_OF_RESOURCES))
+            notes.append(f"part {number}: {exc}")
             continue
-        except InvalidInstance:
+        except InvalidInstance as exc:
             failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, CANNOT_UNDERSTAND))
+            notes.append(f"part {number}: {exc}")
             continue
         url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
               f"/instances/{header.sop_instance_uid}"
-        stored.append(_ref(header.sop_class_uid, header.sop_instance_uid, url=url))
+        if warning is not None:
+            warned = True
+            notes.append(f"part {number}: stored with a warning: {warning}")
+        stored.append(_ref(header.sop_class_uid, header.sop_instance_uid, url=url,
+                           warning=WARNING_DATA_SET_DOES_NOT_MATCH if warning is not None else None))
     response: dict[str, Any] = {}
     if stored:
         response["00081199"] = {"vr": "SQ", "Value": stored}
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
-    status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(response, status_code=status, media_type="application/dicom+json")
-
-
+    status = 200 if not failed and not warned else 202 if stored else 409
+    return JSONResponse(response, status_code=status, media_type="application/dicom+json",
+                        headers=_warning_header(notes))
 
 
 @router.post("/studies", summary="Store instances")

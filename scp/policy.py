@@ -1,9 +1,14 @@
-"""Who may associate: the called AE title, the calling-AE allow-list and the association limit.
+"""Who may associate: the called AE title, the calling-AE allow-list and the association limit; what may be sent.
 
 pynetdicom checks the called AE title itself. The allow-list (with optional
 host) and the node-wide association limit, shared by all receiving
 processes, are checked here, in the acceptor's ACSE negotiation, so that a
 refused caller gets a proper A-ASSOCIATE-RJ with the right reason.
+
+Once associated, a C-STORE must name the SOP class negotiated for the
+presentation context it travels on: pynetdicom would pass any storage class
+on to the handler and abort the association for a class it does not know;
+:func:`guard_store_requests` answers 0122 (SOP class not supported) instead.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler
 
 from scp import fastpath
-from scp.status import RejectReason, RejectResult, RejectSource
+from scp.status import RejectReason, RejectResult, RejectSource, StoreStatus
 from uronode.settings import CallerRule
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,7 @@ def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -
             acse.slots = slots
             assoc.acse = acse
             fastpath.attach(assoc)
+            guard_store_requests(assoc)
             return assoc
 
     return _Handler
@@ -124,3 +131,32 @@ def release_slot(assoc: Any, slots: AssociationSlots | None) -> None:
     if slots is not None and getattr(assoc, "_uronode_slot", False):
         assoc._uronode_slot = False
         slots.give_back()
+
+
+def guard_store_requests(assoc: Any) -> None:
+    """Answer 0122 to a C-STORE whose SOP class is not its presentation context's, before pynetdicom serves it."""
+    serve = assoc._serve_request
+
+    def serve_checked(msg: Any, context_id: int) -> None:
+        context = assoc._accepted_cx.get(context_id)
+        if (
+            isinstance(msg, C_STORE)
+            and msg.is_valid_request
+            and context is not None
+            and str(msg.AffectedSOPClassUID) != str(context.abstract_syntax)
+        ):
+            log.warning(
+                "C-STORE from %s refused: SOP class %s sent on the presentation context for %s",
+                str(assoc.requestor.ae_title).strip(), msg.AffectedSOPClassUID, context.abstract_syntax,
+            )
+            response = C_STORE()
+            response.MessageIDBeingRespondedTo = msg.MessageID
+            response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+            response.Status = StoreStatus.SOP_CLASS_NOT_SUPPORTED
+            response.ErrorComment = "SOP class differs from the presentation context's"  # type: ignore[assignment]
+            assoc.dimse.send_msg(response, context_id)
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_checked

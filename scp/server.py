@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -32,7 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from scp import fastpath
 from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
 from scp.status import StoreStatus
-from uronode.dicomfile import encode_file_meta, read_header
+from uronode.dicomfile import encode_file_meta, read_instance
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
@@ -110,7 +111,17 @@ class Receiver:
             self.store.close_association(found, outcome)
 
 
-def handle_store(event: Event, receiver: Receiver) -> int:
+def store_response(status: StoreStatus, comment: str | None = None) -> Dataset | int:
+    """The handler's answer: the status alone, or with an Error Comment (LO: 64 characters) saying why."""
+    if comment is None:
+        return int(status)
+    response = Dataset()
+    response.Status = int(status)
+    response.ErrorComment = comment.replace("\\", "/")[:64].rstrip()
+    return response
+
+
+def handle_store(event: Event, receiver: Receiver) -> Dataset | int:
     """EVT_C_STORE: make the instance durable and indexed, then answer."""
     request = cast(C_STORE, event.request)
     calling_ae = str(event.assoc.requestor.ae_title).strip()
@@ -119,28 +130,34 @@ def handle_store(event: Event, receiver: Receiver) -> int:
     data = request.DataSet
     if data is None:
         log.warning("C-STORE from %s without a data set", calling_ae)
-        return StoreStatus.CANNOT_UNDERSTAND
+        return store_response(StoreStatus.CANNOT_UNDERSTAND, "no data set")
     meta = encode_file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, calling_ae)
     body = data.getbuffer()
     try:
-        header = read_header([meta, body], event.context.transfer_syntax)
+        header, warning = read_instance([meta, body], event.context.transfer_syntax)
         if header.sop_instance_uid != sop_instance_uid or header.sop_class_uid != sop_class_uid:
             log.warning(
                 "C-STORE from %s refused: the data set's SOP Class/Instance UIDs differ from the request's",
                 calling_ae,
             )
-            return StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            which = "Instance" if header.sop_class_uid == sop_class_uid else "Class"
+            return store_response(
+                StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"the data set's SOP {which} UID differs from the request's"
+            )
         receiver.store.put(
             header, [meta, body], calling_ae=calling_ae, association_id=receiver.association_id(event)
         )
     except InvalidInstance as exc:
         log.warning("C-STORE from %s refused, cannot understand: %s", calling_ae, exc)
-        return StoreStatus.CANNOT_UNDERSTAND
+        return store_response(StoreStatus.CANNOT_UNDERSTAND, str(exc))
     except OutOfResources as exc:
         log.error("C-STORE from %s refused, out of resources: %s", calling_ae, exc)
-        return StoreStatus.OUT_OF_RESOURCES
+        return store_response(StoreStatus.OUT_OF_RESOURCES, str(exc))
     finally:
         body.release()
+    if warning is not None:
+        log.warning("C-STORE from %s stored with a warning: %s", calling_ae, warning)
+        return store_response(StoreStatus.WARNING_DATA_SET_DOES_NOT_MATCH, warning)
     return StoreStatus.SUCCESS
 
 

@@ -5,10 +5,14 @@ import enum
 
 class StoreStatus(enum.IntEnum):
     SUCCESS = 0x0000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    """Refused: the request's SOP Class is not the one negotiated for its presentation context."""
     OUT_OF_RESOURCES = 0xA700
     """Refused: out of resources (disk full, over the watermark, a write failed)."""
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+    WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
+    """Stored, with a warning: readable, but not as the standard encodes it (e.g. excess pixel data)."""
     PROCESSING_FAILURE = 0x0110
 
 

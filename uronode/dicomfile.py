@@ -21,7 +21,16 @@ from pydicom.tag import BaseTag
 
 from uronode import __version__
 from uronode.errors import InvalidInstance
-from uronode.headerscan import WANTED, ScanError, scan
+from uronode.headerscan import (
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    WANTED,
+    MalformedDataSet,
+    ScanError,
+    check_data_set,
+    scan_header,
+)
 from uronode.types import InstanceHeader
 
 IMPLEMENTATION_CLASS_UID = "2.25.163385317616489218133917553546152620637"
@@ -105,19 +114,33 @@ def _parse(data: bytes | memoryview) -> tuple[Dataset, bool]:
 
 
 def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | None = None) -> InstanceHeader:
-    """Read the indexed attributes from an encoded file (meta + data set), skipping the rest.
+    """:func:`read_instance` without its warning."""
+    return read_instance(parts, transfer_syntax_uid)[0]
+
+
+def read_instance(
+    parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | None = None
+) -> tuple[InstanceHeader, str | None]:
+    """Read the indexed attributes from an encoded file (meta + data set) and check the data set is whole.
 
     With ``parts == [file meta, data set]`` and the transfer syntax given (as
     the listener has them), the minimal scanner of :mod:`uronode.headerscan`
     reads them; otherwise, or when it declines, pydicom does (only up to
-    (0020,0032), and usually from the first few kilobytes). Raises
-    :class:`InvalidInstance` naming what is missing or unreadable.
+    (0020,0032), and usually from the first few kilobytes). Either way
+    :func:`uronode.headerscan.check_data_set` then walks the rest. Raises
+    :class:`InvalidInstance` naming what is missing, unreadable or malformed;
+    returns the header and a warning about what is odd but readable (None when nothing is).
     """
+    if len(parts) == 2 and not len(parts[1]):
+        raise InvalidInstance("the data set is empty")
     if transfer_syntax_uid is not None and len(parts) == 2:
         try:
-            return _header_from(scan(parts[1], transfer_syntax_uid), transfer_syntax_uid)
+            values, stop = scan_header(parts[1], transfer_syntax_uid)
+            header = _header_from(values, transfer_syntax_uid)
         except (ScanError, UnicodeDecodeError):
             pass  # the full parser below decides
+        else:
+            return header, _check(parts[1], transfer_syntax_uid, stop)
     try:
         ds = None
         total = sum(len(p) for p in parts)
@@ -135,9 +158,51 @@ def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | 
             ds, _ = _parse(b"".join(parts))
         values = {name: _text(ds.get(name)) for name in WANTED.values() if name in ds}
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        implicit, little = ds.original_encoding
     except PARSE_ERRORS as exc:
         raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
-    return _header_from(values, syntax)
+    data, start = _data_set(parts)
+    # before the UIDs: a truncated data set would otherwise read as "missing"; without a
+    # Transfer Syntax UID, in the encoding pydicom found
+    found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE
+    warning = _check(data, syntax or found, start)
+    return _header_from(values, syntax), warning
+
+
+def _check(data: bytes | memoryview, transfer_syntax_uid: str, start: int) -> str | None:
+    try:
+        return check_data_set(data, transfer_syntax_uid, start)
+    except MalformedDataSet as exc:
+        raise InvalidInstance(str(exc)) from None
+
+
+def file_meta_end(data: bytes | memoryview, pos: int = len(PREAMBLE)) -> int:
+    """Where the File Meta group (explicit VR little endian elements of group 0002) starting at ``pos`` ends."""
+    view = memoryview(data)
+    while pos + 8 <= len(view) and struct.unpack_from("<H", view, pos)[0] == 0x0002:
+        vr = bytes(view[pos + 4 : pos + 6])
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            if pos + 12 > len(view):
+                break
+            pos += 12 + struct.unpack_from("<I", view, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", view, pos + 6)[0]
+    return pos
+
+
+def check_bare_data_set(data: bytes | memoryview, transfer_syntax_uid: str) -> str | None:
+    """:func:`uronode.headerscan.check_data_set` on a data set without preamble (File Meta, if any, skipped)."""
+    return _check(data, transfer_syntax_uid, file_meta_end(data, 0))
+
+
+def _data_set(parts: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, int]:
+    """The part holding the data set and where it starts: after the preamble and the File Meta group."""
+    first = parts[0]
+    pos = file_meta_end(first)
+    if pos >= len(first) and len(parts) > 1:
+        rest = parts[1] if len(parts) == 2 else b"".join(parts[1:])
+        return rest, pos - len(first)
+    return (first if len(parts) == 1 else b"".join(parts)), pos
 
 
 def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> InstanceHeader:

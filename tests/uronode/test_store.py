@@ -137,7 +137,7 @@ def test_read_header_names_a_missing_uid() -> None:
 
 
 def test_read_header_refuses_garbage() -> None:
-    with pytest.raises(InvalidInstance, match="cannot be parsed|is missing"):
+    with pytest.raises(InvalidInstance, match="cannot be parsed|is missing|unknown VR|truncated|where an item should be"):
         read_header([b"\x00" * 128 + b"DICM" + b"\xff" * 300])
     with pytest.raises(InvalidInstance, match="cannot be parsed|is missing"):
         read_header([b"not dicom at all"])
