@@ -179,9 +179,14 @@ def run_load(node: Node, orthanc_http: int, made: list[tuple[str, Path]], *, rea
     outcome.send_s = time.perf_counter() - started
     index = node.data_dir / "index.sqlite3"
 
+    studies = [study for study, _ in made]
+    marks = ",".join("?" * len(studies))
+
     def job_states() -> dict[str, int]:
+        """This round's jobs by state (a soak runs round after round on one node)."""
         with sqlite3.connect(index, timeout=30) as conn:
-            return dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+            return dict(conn.execute(f"SELECT state, count(*) FROM jobs WHERE study_instance_uid IN ({marks})"
+                                     " GROUP BY state", studies).fetchall())
 
     def settled() -> bool:
         states = job_states()
@@ -203,7 +208,9 @@ def run_load(node: Node, orthanc_http: int, made: list[tuple[str, Path]], *, rea
     outcome.pss_samples_mb = sampler.samples
     outcome.peak_pss_mb = max(sampler.samples, default=0.0)
     with sqlite3.connect(index, timeout=30) as conn:
-        owed = {r[0] for r in conn.execute("SELECT sop_instance_uid FROM deliveries WHERE state = 'delivered'")}
+        owed = {r[0] for r in conn.execute(
+            "SELECT d.sop_instance_uid FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+            f" WHERE d.state = 'delivered' AND j.study_instance_uid IN ({marks})", studies)}
     outcome.results_owed = len(owed)
     in_orthanc = [uid for study, _ in made for uid in sop_instance_uids_in_study(orthanc_http, study)]
     outcome.results_in_orthanc = len(in_orthanc)
