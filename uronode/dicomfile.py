@@ -162,6 +162,8 @@ def read_instance(
     except PARSE_ERRORS as exc:
         raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
     data, start = _data_set(parts)
+    if start >= len(data):
+        raise InvalidInstance("the data set is empty")
     # before the UIDs: a truncated data set would otherwise read as "missing"; without a
     # Transfer Syntax UID, in the encoding pydicom found
     found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE

@@ -174,7 +174,7 @@ def test_an_unknown_sop_class_is_refused_at_association(node: Node, tmp_path: Pa
     ae.add_requested_context(UNKNOWN_SOP_CLASS)
     alone = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
     assert [(cx.abstract_syntax, cx.result) for cx in alone.rejected_contexts] == [(UNKNOWN_SOP_CLASS, 0x03)]
-    assert not alone.is_established  # nothing accepted: the requestor gives up
+    assert alone.is_aborted and not alone.is_established  # A-ASSOCIATE-AC, nothing accepted: the requestor gives up
     ae.add_requested_context(CTImageStorage)
     mixed = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
     try:

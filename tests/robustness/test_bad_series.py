@@ -1,0 +1,115 @@
+"""Series the model cannot read: refused at completion (not CT) or a failed job with the reason; the next good one runs.
+
+One node with a worker (the shipped model) takes, over DCMTK storescu, an MR
+series, a tilted-gantry CT, a CT of mixed slice sizes and a CT whose slices
+lack their position, then a good CT: each bad one is answered with its
+reason, and the good one is still processed to the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import MRImageStorage
+
+from inference.synth import generate_phantom, write_series
+from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
+from tests.peers.processes import Node, free_port, storescu, wait_until
+from tests.robustness.senders import still_serves
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    folder = tmp_path_factory.mktemp("bad-series")
+    started = Node(folder / "node", free_port(), free_port(), extra_env={**FAST_COMPLETION, **WITH_WORKER}).start()
+    yield started
+    started.stop()
+
+
+def series(folder: Path, seed: int, change: Callable[[int, pydicom.Dataset], None] | None = None) -> tuple[str, Path]:
+    """A small synthetic abdominal CT (128 x 128, about 20 slices), each slice changed by ``change``."""
+    phantom = generate_phantom(seed, rows=128, slice_spacing=2.5, coverage=(0.7, 0.9), n_stones=1,
+                               stone_sites=("kidney",))
+    paths = write_series(phantom, folder / f"series-{seed}")
+    if change is not None:
+        for k, path in enumerate(paths):
+            ds = pydicom.dcmread(path)
+            change(k, ds)
+            ds.save_as(path)
+    return phantom.series_instance_uid, folder / f"series-{seed}"
+
+
+def mr(k: int, ds: pydicom.Dataset) -> None:
+    ds.Modality = "MR"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+
+
+def tilted(k: int, ds: pydicom.Dataset) -> None:
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y + 1.5 * k, z]  # each slice further along y: a gantry tilt
+
+
+def mixed_size(k: int, ds: pydicom.Dataset) -> None:
+    if k == 3:
+        ds.Rows = 64
+        ds.PixelData = ds.PixelData[: 64 * ds.Columns * 2]
+
+
+def no_position(k: int, ds: pydicom.Dataset) -> None:
+    if k == 5:
+        del ds.ImagePositionPatient
+
+
+def jobs(node: Node, series_uid: str) -> list[dict[str, object]]:
+    return [dict(r) for r in query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series_uid)]
+
+
+def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Node, tmp_path: Path) -> None:
+    cases = {
+        "not CT": series(tmp_path, 21, mr),
+        "tilted": series(tmp_path, 22, tilted),
+        "mixed sizes": series(tmp_path, 23, mixed_size),
+        "no position": series(tmp_path, 24, no_position),
+        "good": series(tmp_path, 25),
+    }
+    for name, (_, folder) in cases.items():
+        sent = storescu(node.dicom_port, folder)
+        assert sent.returncode == 0, f"{name}: {sent.stderr[-1000:]}"
+
+    def finished(uid: str) -> bool:
+        found = jobs(node, uid)
+        return bool(found) and found[-1]["state"] in ("delivered", "failed")
+
+    good_uid = cases["good"][0]
+    wait_until(lambda: all(finished(cases[n][0]) for n in ("tilted", "mixed sizes", "no position", "good")),
+               180, "the four CT series' jobs to finish")
+
+    # not CT: refused at completion, with its reason, and never a job
+    mr_uid = cases["not CT"][0]
+    (row,) = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", mr_uid)
+    assert (row["state"], row["disposition"], row["reason"]) == ("complete", "skipped", "modality MR, not CT")
+    assert jobs(node, mr_uid) == []
+
+    expected = {
+        "tilted": "mm in-plane along the stack (tilted gantry); such stacks are not resampled",
+        "mixed sizes": "the slices have mixed sizes: [(64, 128), (128, 128)]",
+        "no position": "has no ImagePositionPatient",
+    }
+    base = f"http://127.0.0.1:{node.http_port}"
+    for name, reason in expected.items():
+        (job,) = jobs(node, cases[name][0])
+        assert job["state"] == "failed", (name, job)
+        assert reason in str(job["reason"]), (name, job["reason"])
+        over_http = httpx.get(f"{base}/api/jobs/{job['id']}", timeout=30).json()
+        assert over_http["state"] == "failed" and reason in over_http["reason"]
+
+    (good,) = jobs(node, good_uid)
+    assert good["state"] == "delivered" and good["reason"] is None, good
+    assert all(good["id"] > jobs(node, cases[n][0])[0]["id"] for n in expected)  # taken after the failures
+    results = query(node.data_dir, "SELECT count(*) AS n FROM instances WHERE manufacturer = 'uronode'")
+    assert results[0]["n"] >= 1  # its results are in the store
+    still_serves(node, tmp_path)
