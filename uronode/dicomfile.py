@@ -140,7 +140,7 @@ def read_instance(
         except (ScanError, UnicodeDecodeError):
             pass  # the full parser below decides
         else:
-            return header, _check(parts[1], transfer_syntax_uid, stop)
+            return header, _check(parts[1], transfer_syntax_uid, stop, beginning=stop == 0)
     try:
         ds = None
         total = sum(len(p) for p in parts)
@@ -160,6 +160,9 @@ def read_instance(
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         implicit, little = ds.original_encoding
     except PARSE_ERRORS as exc:
+        if transfer_syntax_uid is not None:  # what the structural check finds says more than pydicom's error
+            data, start = _data_set(parts)
+            _check(data, transfer_syntax_uid, start)
         raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
     data, start = _data_set(parts)
     if start >= len(data):
@@ -171,9 +174,9 @@ def read_instance(
     return _header_from(values, syntax), warning
 
 
-def _check(data: bytes | memoryview, transfer_syntax_uid: str, start: int) -> str | None:
+def _check(data: bytes | memoryview, transfer_syntax_uid: str, start: int, *, beginning: bool = True) -> str | None:
     try:
-        return check_data_set(data, transfer_syntax_uid, start)
+        return check_data_set(data, transfer_syntax_uid, start, beginning=beginning)
     except MalformedDataSet as exc:
         raise InvalidInstance(str(exc)) from None
 

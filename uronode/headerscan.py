@@ -252,8 +252,14 @@ def _name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def check_data_set(data: bytes | bytearray | memoryview, transfer_syntax_uid: str, start: int = 0) -> str | None:
+def check_data_set(
+    data: bytes | bytearray | memoryview, transfer_syntax_uid: str, start: int = 0, *, beginning: bool = True
+) -> str | None:
     """Walk the top-level elements from ``start`` to the end; raise :class:`MalformedDataSet` at the first fault.
+
+    ``beginning``: ``start`` is where the data set begins (not a point that a
+    scan has reached), so its first element also shows whether the data set
+    is in the VR encoding its transfer syntax says.
 
     Every element, sequence and pixel data fragment must fit in the data set;
     native pixel data must be at least as long as Rows x Columns x
@@ -271,6 +277,8 @@ def check_data_set(data: bytes | bytearray | memoryview, transfer_syntax_uid: st
     explicit = transfer_syntax_uid != IMPLICIT_LE
     walk = _Walk(memoryview(data), explicit, little=transfer_syntax_uid != EXPLICIT_BE)
     native = transfer_syntax_uid in NATIVE
+    if explicit and beginning and start + 8 <= len(walk.buf) and bytes(walk.buf[start + 4 : start + 6]) not in _VRS:
+        raise MalformedDataSet(f"the data set is not in explicit VR, as its transfer syntax {transfer_syntax_uid} says")
     image: dict[int, bytes] = {}
     pixel_length: int | None = None
     pos, end = start, len(walk.buf)
@@ -318,11 +326,16 @@ def _check_pixel_length(image: dict[int, bytes], length: int, walk: _Walk) -> st
 
     rows, columns, bits = number(0x00280010), number(0x00280011), number(0x00280100)
     samples = number(0x00280002, 1)
+    for tag, value in ((0x00280010, rows), (0x00280011, columns), (0x00280100, bits), (0x00280002, samples)):
+        if value == 0:
+            raise MalformedDataSet(f"the data set has PixelData but {_IMAGE[tag]} is 0")
     text = image.get(0x00280008, b"").decode("ascii", "replace").strip(" \x00")
     try:
         frames = int(text) if text else 1
     except ValueError:
-        raise MalformedDataSet(f"NumberOfFrames {text[:16]!r} is not a whole number") from None
+        frames = 0
+    if frames < 1:
+        raise MalformedDataSet(f"NumberOfFrames {text[:16]!r} is not a positive whole number")
     photometric = image.get(0x00280004, b"").decode("ascii", "replace").strip(" \x00")
     total_bits = rows * columns * samples * frames * bits
     if samples == 3 and photometric in ("YBR_FULL_422", "YBR_PARTIAL_422"):

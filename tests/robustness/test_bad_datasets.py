@@ -7,13 +7,22 @@ the request itself must lie (UIDs that differ from the data set's).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, MRImageStorage
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+)
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, uid
@@ -112,6 +121,42 @@ def test_a_truncated_data_set_is_not_understood(node: Node, tmp_path: Path, cut:
     assert response.ErrorComment == reason[:64].rstrip()
     assert stored(node, ds.SOPInstanceUID) == []
     still_serves(node, tmp_path)
+
+
+def encoded_as(ds: Dataset, syntax: str) -> bytes:
+    if syntax == DeflatedExplicitVRLittleEndian:
+        deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return deflate.compress(encode(ds)) + deflate.flush()
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = syntax != ExplicitVRBigEndian, syntax == ImplicitVRLittleEndian
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("offset", "syntax"),
+    [(40, ImplicitVRLittleEndian), (50, ExplicitVRBigEndian), (60, DeflatedExplicitVRLittleEndian)],
+    ids=["implicit", "big-endian", "deflated"],
+)
+def test_every_native_transfer_syntax_is_checked(node: Node, tmp_path: Path, offset: int, syntax: str) -> None:
+    good, short, cut = a_slice(offset), a_slice(offset + 1), a_slice(offset + 2)
+    short_pixels(short)
+    with raw_scu(node, CTImageStorage, syntax=syntax) as assoc:
+        responses = [
+            assoc.send_c_store(as_file(tmp_path, name, CTImageStorage, ds.SOPInstanceUID, body, syntax))
+            for name, ds, body in [
+                ("good", good, encoded_as(good, syntax)),
+                ("short", short, encoded_as(short, syntax)),
+                ("cut", cut, encoded_as(cut, syntax)[:-700]),
+            ]
+        ]
+    assert [r.Status for r in responses] == [0x0000, CANNOT_UNDERSTAND, CANNOT_UNDERSTAND]
+    assert responses[1].ErrorComment.startswith("PixelData holds 1848 bytes but Rows 32 x Columns 32")
+    assert responses[2].ErrorComment.startswith(
+        "the deflated data set cannot be inflated" if syntax == DeflatedExplicitVRLittleEndian
+        else "the value of (7FE0,0010) needs 2048 bytes but 1348 are left"
+    )
+    assert [len(stored(node, ds.SOPInstanceUID)) for ds in (good, short, cut)] == [1, 0, 0]
 
 
 def test_a_data_set_without_its_sop_instance_uid(node: Node, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dicomweb.stow import split_multipart
 from tests.factory import ct_slice
 from uronode.dicomfile import encode_file_meta, read_header
 from uronode.errors import InvalidInstance
-from uronode.headerscan import ScanError, scan
+from uronode.headerscan import MalformedDataSet, ScanError, check_data_set, scan
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.5"]
@@ -42,6 +42,15 @@ def test_scan_on_random_bytes(data: bytes, syntax: str) -> None:
     try:
         scan(data, syntax)
     except (ScanError, UnicodeDecodeError):
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=2048), st.sampled_from([*SYNTAXES, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"]))
+def test_the_structural_check_on_random_bytes(data: bytes, syntax: str) -> None:
+    try:
+        check_data_set(data, syntax)
+    except MalformedDataSet:
         pass
 
 
