@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from pydicom.uid import (
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, uid
-from tests.peers.processes import Node, free_port
+from tests.peers.processes import Node, free_port, wait_until
 from tests.robustness.senders import as_file, dcmtk_store, encode, raw_scu, still_serves
 
 STUDY = uid("robustness", "study")
@@ -272,4 +273,51 @@ def test_character_sets_are_stored_as_they_came(
     assert indexed in "=".join(name.values())
     metadata = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/metadata", timeout=30)
     assert metadata.status_code == 200, metadata.text
+    still_serves(node, tmp_path)
+
+
+def test_a_c_store_request_without_a_data_set_is_answered(node: Node, tmp_path: Path) -> None:
+    """Command Data Set Type 0101 (no data set) on a C-STORE: answered at once, not left to the sender's timeout."""
+    from pynetdicom.dimse_primitives import C_STORE
+
+    with raw_scu(node, CTImageStorage) as assoc:
+        assoc.dimse_timeout = 10  # without an answer, the test fails in 10 s rather than hangs
+        (context,) = assoc.accepted_contexts
+        request = C_STORE()
+        request.MessageID, request.Priority = 9, 2
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CTImageStorage, uid("no-data-set")
+        assoc._reactor_checkpoint.clear()  # as send_c_store does: the reactor must not take the response
+        try:
+            assoc.dimse.send_msg(request, context.context_id)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert response is not None, "no C-STORE-RSP"
+        assert (response.Status, response.ErrorComment) == (CANNOT_UNDERSTAND, "the data set is empty")
+        assert assoc.is_established
+    still_serves(node, tmp_path)
+
+
+def test_a_data_set_cut_off_by_an_abort_leaves_nothing(node: Node, tmp_path: Path) -> None:
+    """The sender aborts after part of the data set's fragments: nothing is stored, nothing is left open."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ds = a_slice(70)
+    with raw_scu(node, CTImageStorage) as assoc:
+        (context,) = assoc.accepted_contexts
+        request = C_STORE()
+        request.MessageID, request.Priority = 1, 2
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CTImageStorage, ds.SOPInstanceUID
+        request.DataSet = BytesIO(encode(ds))
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        fragments = list(message.encode_msg(context.context_id, 512))
+        assert len(fragments) > 3
+        for fragment in fragments[: len(fragments) // 2]:
+            assoc.dul.send_pdu(fragment)
+        assoc.abort()
+    wait_until(lambda: not query(node.data_dir, "SELECT 1 FROM associations WHERE ended_at IS NULL"),
+               20, "every association to be closed")
+    assert stored(node, ds.SOPInstanceUID) == []
     still_serves(node, tmp_path)
