@@ -7,11 +7,20 @@ components, and away with components that cannot be a stone: larger than
 pelvis, ribs). What remains (stones and their mimics) is cut into small patches
 around each component on each of its slices, which the network (stage 2)
 segments. The same rule with a higher threshold is the evaluation's baseline.
+
+Optionally (``contrast_hu`` > 0) a second rule finds the tiny stones whose
+densest voxel stays below ``threshold_hu`` after partial volume: voxels at
+least ``contrast_hu`` above their local background (a white top-hat: HU minus
+a grey opening over ``contrast_window_mm`` in-plane) and at least
+``contrast_min_hu``, in components of at most ``contrast_max_voxels`` that do
+not touch a dense candidate. Noise makes many of these; the network's second
+look has to reject them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +36,22 @@ class CandidateRule:
     threshold_hu: float = 130.0
     max_volume_mm3: float = 8000.0
     max_extent_mm: float = 30.0
+    contrast_hu: float = 0.0
+    """0 = no local-contrast candidates."""
+    contrast_min_hu: float = 70.0
+    contrast_window_mm: float = 3.5
+    contrast_max_voxels: int = 12
+
+    @classmethod
+    def from_card(cls, block: dict[str, Any]) -> CandidateRule:
+        """The card's ``candidates`` block (keys as the fields; missing ones take the defaults)."""
+        d = cls()
+        values = {k: block.get(k, getattr(d, k)) for k in cls.__dataclass_fields__}
+        return cls(**{k: (int(v) if k == "contrast_max_voxels" else float(v))  # type: ignore[arg-type,misc]
+                      for k, v in values.items()})
+
+    def card(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 DEFAULT_RULE = CandidateRule()
@@ -44,6 +69,8 @@ class Candidates:
     """int (n, 3): (slice, row, column) of every patch centre, sorted by slice."""
     component_of_centre: np.ndarray
     """int (n,): the component each patch centre belongs to."""
+    dense_count: int = -1
+    """Components 1..dense_count are dense ones, the rest local-contrast ones (-1: all dense)."""
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -98,6 +125,9 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
             region[selected] = len(kept_boxes)
         else:
             region[selected] = 0
+    dense_count = len(kept_boxes)
+    if rule.contrast_hu > 0:
+        kept_boxes += _contrast_components(hu, labels, body, volume.pixel_spacing, rule, dense_count)
     centres = []
     owners = []
     for new_id, box in kept_boxes:
@@ -115,7 +145,52 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     centres_arr = np.asarray(centres, dtype=int).reshape(-1, 3)
     owners_arr = np.asarray(owners, dtype=int)
     order = np.argsort(centres_arr[:, 0], kind="stable")
-    return Candidates(labels, len(kept_boxes), centres_arr[order], owners_arr[order])
+    return Candidates(labels, len(kept_boxes), centres_arr[order], owners_arr[order], dense_count)
+
+
+def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
+                         pixel_spacing: tuple[float, float], rule: CandidateRule,
+                         first: int) -> list[tuple[int, tuple[slice, ...]]]:
+    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return their boxes."""
+    size = max(3, int(round(rule.contrast_window_mm / min(pixel_spacing))) | 1)
+    seeds = (hu >= rule.contrast_min_hu) & (hu < rule.threshold_hu)
+    if not seeds.any():
+        return []
+    # the top-hat only where it can matter: the slices and rows/columns holding seeds
+    ks, rs, cs = (np.nonzero(seeds.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
+    pad = size
+    box = (slice(int(ks[0]), int(ks[-1]) + 1),
+           slice(max(0, int(rs[0]) - pad), int(rs[-1]) + 1 + pad),
+           slice(max(0, int(cs[0]) - pad), int(cs[-1]) + 1 + pad))
+    sub = hu[box]
+    background = ndimage.grey_opening(sub, size=(1, size, size))
+    local = seeds[box] & (sub - background >= rule.contrast_hu)
+    del background
+    near_dense = ndimage.binary_dilation(labels[box] > 0, structure=np.ones((3, 3, 3), bool))
+    local &= ~near_dense
+    del near_dense
+    small = np.empty(local.shape, dtype=np.int32)
+    count = int(ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool), output=small))
+    out: list[tuple[int, tuple[slice, ...]]] = []
+    if count == 0:
+        return out
+    region_all = labels[box]
+    for i, sbox in enumerate(ndimage.find_objects(small), start=1):
+        if sbox is None:
+            continue
+        selected = small[sbox] == i
+        if int(selected.sum()) > rule.contrast_max_voxels:
+            continue
+        k = (sbox[0].start + sbox[0].stop - 1) // 2 + box[0].start
+        r = min(body.shape[1] - 1, ((sbox[1].start + sbox[1].stop - 1) // 2 + box[1].start) // BODY_STRIDE)
+        c = min(body.shape[2] - 1, ((sbox[2].start + sbox[2].stop - 1) // 2 + box[2].start) // BODY_STRIDE)
+        if not body[k, r, c]:
+            continue
+        new_id = first + len(out) + 1
+        region_all[sbox][selected] = new_id
+        full = tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sbox, box, strict=True))
+        out.append((new_id, full))
+    return out
 
 
 def baseline_mask(volume: Volume, rule: CandidateRule = BASELINE_RULE) -> np.ndarray:

@@ -30,8 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="also write the real example CT with inserted stones (needs /work/shared/data)")
     p.set_defaults(func=cmd_synth)
 
-    p = subparsers.add_parser("train", help="train the stone model on generated data")
+    p = subparsers.add_parser("train", help="train the stone model on generated data or on your labelled cases")
     p.add_argument("--out", type=Path, default=Path("models/default"), help="model folder to write")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of labelled cases, one sub-folder each: a CT series' DICOM files and a DICOM SEG "
+                        "of its stones (fine-tunes the default model, or --init, unless --from-scratch)")
+    p.add_argument("--from-scratch", action="store_true", help="with --data: a new network instead of fine-tuning")
+    p.add_argument("--name", default=None, help="model name for the card (with --data)")
     p.add_argument("--phantoms", type=int, default=200, help="generated training series")
     p.add_argument("--first-seed", type=int, default=1000)
     p.add_argument("--patches", type=Path, nargs="*", default=[],
@@ -39,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--save-patches", type=Path, default=None, help="keep the generated patches here")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--base", type=int, default=8, help="U-Net filters at full resolution")
-    p.add_argument("--init", type=Path, default=None, help="fine-tune from this .keras model")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune from this model (folder, name or .keras file)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.set_defaults(func=cmd_train)
 
@@ -100,11 +105,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inference.dataset import PatchSet
     from inference.runtime import configure_threads
-    from inference.train import build_training_patches, train_model
 
     configure_threads()
+    if args.data:
+        return _train_on_labelled(args)
+    from inference.dataset import PatchSet
+    from inference.train import build_training_patches, train_model
+
     if args.patches:
         data = PatchSet.concatenate([PatchSet.load(p) for p in args.patches])
         description = f"saved patch sets {', '.join(p.name for p in args.patches)}"
@@ -116,12 +124,90 @@ def cmd_train(args: argparse.Namespace) -> int:
         description = f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
     description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
                     "(inference.synth, uronode's generator; no real stones)")
-    if args.init:
-        description += f"; fine-tuned from {args.init.name}"
-    card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
-                       initial_model=args.init, learning_rate=args.learning_rate)
+    init = _init_model_file(args.init) if args.init else None
+    if init:
+        description += f"; fine-tuned from {init}"
+    _, card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
+                          initial_model=init, learning_rate=args.learning_rate, progress=True)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
     print("now run: uronode evaluate --model", args.out, "--write-card")
+    return 0
+
+
+def _init_model_file(value: Path) -> Path:
+    """A .keras file as given, or the model file of a model folder / name under models/."""
+    if value.suffix == ".keras":
+        return value
+    from inference.runtime import ModelCard, resolve_model_dir
+
+    folder = resolve_model_dir(value)
+    return folder / ModelCard.read(folder).files.get("model", "model.keras")
+
+
+def _train_on_labelled(args: argparse.Namespace) -> int:
+    """``train --data DIR``: fine-tune (default: the shipped model) or train on the user's cases."""
+    from tqdm import tqdm
+
+    from inference.candidates import CandidateRule
+    from inference.dataset import PatchSet, patches_from_labelled
+    from inference.labelled import LabelledDataError, find_case_folders, load_case
+    from inference.network import InputSpec
+    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.train import train_model, write_card
+
+    base_card: ModelCard | None = None
+    init: Path | None = None
+    if not args.from_scratch:
+        init_folder = resolve_model_dir(args.init or "default")
+        base_card = ModelCard.read(init_folder)
+        init = init_folder / base_card.files.get("model", "model.keras")
+    spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch")) if base_card else \
+        InputSpec(context=2, wide=(2, 4))
+    rule = CandidateRule.from_card(base_card.candidates) if base_card else \
+        CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)
+    parts = []
+    cases: list[dict[str, object]] = []
+    for number, folder in enumerate(tqdm(find_case_folders(args.data), desc="cases", unit="case"), start=1):
+        try:
+            case = load_case(folder)
+        except LabelledDataError as exc:
+            print(f"{folder.name}: skipped: {exc.reason}", file=sys.stderr)
+            continue
+        part = patches_from_labelled(case.volume, case.mask, number, rule, spec, max_contrast_negatives=40)
+        parts.append(part)
+        cases.append({"folder": case.name, "series_instance_uid": case.volume.series_instance_uid,
+                      "slices": case.volume.shape[0], "stone_voxels": case.stone_voxels,
+                      "seg_file": case.seg_path.name, "patches": len(part),
+                      "patches_with_stone": int(part.has_stone.sum())})
+    if not parts:
+        print(f"no usable case under {args.data}", file=sys.stderr)
+        return 2
+    data = PatchSet.concatenate(parts)
+    description = (f"{len(cases)} labelled case(s) from {args.data.resolve()} (DICOM CT + DICOM SEG), "
+                   f"{len(data)} candidate patches, {int(data.has_stone.sum())} with stone")
+    if init is not None and base_card is not None:
+        description += f"; fine-tuned from {base_card.name} {base_card.version}"
+    model, card = train_model(
+        data, None, epochs=args.epochs, base=args.base, training_description=description, initial_model=init,
+        learning_rate=args.learning_rate if args.from_scratch else min(args.learning_rate, 3e-4),
+        spec=spec, classifier=True, rule=rule, validation_fraction=0.0, progress=True)
+    if base_card is not None:
+        # a fine-tuned model keeps its base's inputs, candidate rule and thresholds
+        base = dict(base_card.raw)
+        base["version"] = f"{base_card.version}+ft"
+        base["training"] = {**card["training"], "base_model": {"name": base_card.name, "version": base_card.version,
+                                                                "training": base_card.raw.get("training", {}).get("data")}}
+        card = base
+    card["name"] = args.name or card["name"]
+    card["training"]["cases"] = cases
+    card["metrics"] = {"note": "not evaluated since training on the cases above: run uronode evaluate. "
+                               "Figures of the base model do not carry over."}
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / "model.keras")
+    card["files"] = {"model": "model.keras"}
+    write_card(args.out, card)
+    print(f"model written to {args.out} from {len(cases)} case(s) ({len(data)} patches)")
+    print("now run: uronode evaluate --model", args.out)
     return 0
 
 

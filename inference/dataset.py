@@ -1,4 +1,4 @@
-"""Training patches from generated phantoms, cut by the same candidate stage as inference."""
+"""Training patches, cut by the same candidate stage as inference, from phantoms or labelled series."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_candidates
-from inference.network import CONTEXT, PATCH
+from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
 from inference.synth import Phantom, generate_phantom
+from inference.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -18,36 +20,82 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, eq=False)
 class PatchSet:
     patches: np.ndarray
-    """float16 HU (n, PATCH, PATCH, 2 * CONTEXT + 1)."""
+    """float16 HU (n, patch, patch, spec.raw_channels), see ``inference.network.cut_inputs``."""
     targets: np.ndarray
-    """uint8 (n, PATCH, PATCH): stone pixels of the centre slice."""
+    """uint8 (n, patch, patch): stone pixels of the centre slice."""
     has_stone: np.ndarray
-    """bool (n,)."""
+    """bool (n,): any stone pixel in the patch."""
     seeds: np.ndarray
-    """int (n,): the phantom each patch came from."""
+    """int (n,): the series (phantom seed, or case number) each patch came from."""
+    centre_stone: np.ndarray | None = None
+    """bool (n,): the candidate component at the centre holds stone on this slice (the component head's target)."""
+    contrast: np.ndarray | None = None
+    """bool (n,): the centre candidate is a local-contrast one."""
+
+    FIELDS = ("patches", "targets", "has_stone", "seeds", "centre_stone", "contrast")
+
+    def __len__(self) -> int:
+        return int(self.seeds.shape[0])
 
     def save(self, path: Path) -> None:
-        np.savez(path, patches=self.patches, targets=self.targets, has_stone=self.has_stone, seeds=self.seeds)
+        np.savez(path, **{f: getattr(self, f) for f in self.FIELDS if getattr(self, f) is not None})
 
     @classmethod
     def load(cls, path: Path) -> PatchSet:
         data = np.load(path)
-        return cls(data["patches"], data["targets"], data["has_stone"], data["seeds"])
+        return cls(*(data[f] if f in data else None for f in cls.FIELDS))  # type: ignore[arg-type]
 
     @classmethod
     def concatenate(cls, parts: list[PatchSet]) -> PatchSet:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("patches", "targets", "has_stone", "seeds")))
+        def cat(f: str) -> np.ndarray | None:
+            values = [getattr(p, f) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return cls(*(cat(f) for f in cls.FIELDS))  # type: ignore[arg-type]
+
+    def subset(self, index: np.ndarray) -> PatchSet:
+        return PatchSet(*(None if getattr(self, f) is None else getattr(self, f)[index] for f in self.FIELDS))  # type: ignore[arg-type]
 
 
-def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE) -> PatchSet:
-    volume = phantom.to_volume()
+def patches_from_labelled(volume: Volume, stone_mask: np.ndarray, seed: int, rule: CandidateRule = DEFAULT_RULE,
+                          spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = None,
+                          rng: np.random.Generator | None = None) -> PatchSet:
+    """Patches of one series whose stone voxels are ``stone_mask`` (bool, the volume's shape).
+
+    Local-contrast candidates without stone are many (noise); ``max_contrast_negatives``
+    keeps a random sample of them.
+    """
     found = find_candidates(volume, rule)
-    centres = found.centres
-    patches = cut_patches(volume.hu, centres, PATCH, CONTEXT)
-    targets = cut_patches((phantom.stone_labels > 0).astype(np.float32), centres, PATCH, 0)[..., 0] > 0
+    centres, owners = found.centres, found.component_of_centre
+    stone = stone_mask.astype(bool)
+    centre_stone = np.zeros(len(centres), dtype=bool)
+    boxes = ndimage.find_objects(found.labels, max_label=found.count) if found.count else []
+    for i, ((k, _r, _c), owner) in enumerate(zip(centres, owners, strict=True)):
+        box = boxes[owner - 1]
+        assert box is not None
+        big = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box[1:])
+        near = ndimage.binary_dilation(found.labels[k][big] == owner)
+        centre_stone[i] = bool((near & stone[k][big]).any())
+    is_contrast = owners > found.dense_count if found.dense_count >= 0 else np.zeros(len(owners), bool)
+    keep = np.ones(len(centres), dtype=bool)
+    if max_contrast_negatives is not None:
+        rng = rng or np.random.default_rng(seed)
+        spare = np.nonzero(is_contrast & ~centre_stone)[0]
+        if spare.size > max_contrast_negatives:
+            keep[rng.choice(spare, spare.size - max_contrast_negatives, replace=False)] = False
+    centres, centre_stone, is_contrast = centres[keep], centre_stone[keep], is_contrast[keep]
+    patches = cut_inputs(volume.hu, centres, spec)
+    targets = cut_patches(stone.astype(np.float32), centres, spec.patch, 0)[..., 0] > 0
     # cut_patches fills outside with -1000, which is not > 0: fine for a mask
-    has = np.asarray(targets.reshape(len(centres), PATCH * PATCH).any(axis=1))
-    return PatchSet(patches.astype(np.float16), targets.astype(np.uint8), has, np.full(len(centres), phantom.seed))
+    has = np.asarray(targets.reshape(len(centres), -1).any(axis=1))
+    return PatchSet(patches.astype(np.float16), targets.astype(np.uint8), has, np.full(len(centres), seed),
+                    centre_stone, is_contrast)
+
+
+def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, spec: InputSpec = LEGACY_SPEC,
+                         max_contrast_negatives: int | None = None) -> PatchSet:
+    return patches_from_labelled(phantom.to_volume(), phantom.stone_labels > 0, phantom.seed, rule, spec,
+                                 max_contrast_negatives)
 
 
 def build_patch_set(seeds: list[int], **phantom_kwargs: object) -> PatchSet:

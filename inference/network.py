@@ -1,32 +1,82 @@
 """Stage 2 of the cascade: a small 2.5D U-Net that segments stones in candidate patches.
 
 Input: ``PATCH`` x ``PATCH`` pixels at the series' own in-plane spacing (no
-resampling), channels from ``preprocess``: the candidate's slice and its two
-neighbours in a stone window, plus the candidate's slice in a soft-tissue window
-(the context that tells a ureter from a vein). Output: the probability that each
-pixel of the centre slice is stone.
+resampling), channels from ``preprocess``: the candidate's slice and ``context``
+neighbours on each side in a stone window, the candidate's slice in a
+soft-tissue window (the context that tells a ureter from a vein), and, for
+models that have them, wider views of the candidate's slice (``wide`` factors:
+a window ``factor`` times larger, block-averaged down to ``PATCH``) in a window
+from air to soft tissue, where gas and faeces around a bowel pellet show.
+
+Output: the probability that each pixel of the centre slice is stone and, for
+models with a second head, the probability that the candidate component at
+the patch centre is (or holds) a stone: the component-level second look.
+
+``InputSpec`` says which inputs a model takes; it is read from and written to
+the card's ``preprocessing``, so older models (one neighbour each side, no wide
+views, no second head) keep working.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 PATCH = 64
 CONTEXT = 1
-"""Neighbouring slices on each side of the candidate's slice."""
+"""Neighbouring slices on each side of the candidate's slice (the first model's)."""
 STONE_WINDOW = (-200.0, 1800.0)
 SOFT_WINDOW = (-160.0, 240.0)
+WIDE_WINDOW = (-1000.0, 400.0)
 CHANNELS = 2 * CONTEXT + 2
 
-PREPROCESSING = {
-    "patch": PATCH,
-    "context_slices": CONTEXT,
-    "resampling": "none: the series' own pixel spacing (trained on 0.6-0.85 mm)",
-    "channels": [
-        "slices k-1, k, k+1: clip(HU, -200, 1800), scaled linearly to [-1, 1]",
-        "slice k: clip(HU, -160, 240), scaled linearly to [-1, 1]",
-    ],
-}
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network is fed: patch size, slices of context, wide views."""
+
+    patch: int = PATCH
+    context: int = CONTEXT
+    wide: tuple[int, ...] = ()
+
+    @property
+    def raw_channels(self) -> int:
+        """Channels of ``cut_inputs``' HU array: the slices, then one per wide view."""
+        return 2 * self.context + 1 + len(self.wide)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the network's input."""
+        return 2 * self.context + 2 + len(self.wide)
+
+    @classmethod
+    def from_card(cls, preprocessing: dict[str, Any], patch: int | None = None) -> InputSpec:
+        return cls(patch=int(patch or preprocessing.get("patch", PATCH)),
+                   context=int(preprocessing.get("context_slices", CONTEXT)),
+                   wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())))
+
+    def card(self) -> dict[str, Any]:
+        c = self.context
+        channels = [
+            f"slices k-{c}..k+{c}: clip(HU, -200, 1800), scaled linearly to [-1, 1]",
+            "slice k: clip(HU, -160, 240), scaled linearly to [-1, 1]",
+        ]
+        channels += [f"slice k, a {f * self.patch} x {f * self.patch} window averaged over {f} x {f} blocks: "
+                     "clip(HU, -1000, 400), scaled linearly to [-1, 1]" for f in self.wide]
+        return {
+            "patch": self.patch,
+            "context_slices": self.context,
+            "wide_factors": list(self.wide),
+            "resampling": "none: the series' own pixel spacing (trained on 0.6-0.85 mm)",
+            "channels": channels,
+        }
+
+
+LEGACY_SPEC = InputSpec()
+
+PREPROCESSING = LEGACY_SPEC.card()
 
 
 def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -34,15 +84,40 @@ def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (np.clip(hu, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
-def preprocess(patches: np.ndarray) -> np.ndarray:
-    """(n, PATCH, PATCH, 2 * CONTEXT + 1) HU -> (n, PATCH, PATCH, CHANNELS) float32 network input."""
-    stone = _scale(patches, STONE_WINDOW)
-    soft = _scale(patches[..., CONTEXT:CONTEXT + 1], SOFT_WINDOW)
-    return np.concatenate([stone, soft], axis=-1).astype(np.float32)
+def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
+    """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre."""
+    from inference.candidates import cut_patches
+
+    near = cut_patches(hu, centres, spec.patch, spec.context)
+    if not spec.wide:
+        return near
+    parts = [near]
+    n = centres.shape[0]
+    for f in spec.wide:
+        big = cut_patches(hu, centres, spec.patch * f, 0)[..., 0]
+        parts.append(big.reshape(n, spec.patch, f, spec.patch, f).mean(axis=(2, 4))[..., None])
+    return np.concatenate(parts, axis=-1)
 
 
-def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch: int = PATCH):
-    """A U-Net with ``levels`` poolings and ``base`` filters at full resolution (Keras functional)."""
+def preprocess(patches: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
+    """``cut_inputs``' HU (n, patch, patch, raw_channels) -> (n, patch, patch, channels) float32 network input."""
+    depth = 2 * spec.context + 1
+    stone = _scale(patches[..., :depth], STONE_WINDOW)
+    soft = _scale(patches[..., spec.context:spec.context + 1], SOFT_WINDOW)
+    parts = [stone, soft]
+    if spec.wide:
+        parts.append(_scale(patches[..., depth:], WIDE_WINDOW))
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch: int = PATCH,
+               classifier: bool = False):
+    """A U-Net with ``levels`` poolings and ``base`` filters at full resolution (Keras functional).
+
+    With ``classifier``, a second output ``component``: from the bottleneck's
+    centre (the candidate) and its global average and maximum (the surroundings),
+    the probability that the centre candidate is a stone.
+    """
     import keras
     from keras import layers
 
@@ -57,7 +132,8 @@ def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch:
         x = layers.MaxPooling2D()(x)
         filters *= 2
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    bottom = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    x = bottom
     for skip in reversed(skips):
         filters //= 2
         x = layers.UpSampling2D()(x)
@@ -65,16 +141,31 @@ def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch:
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="stone")(x)
-    return keras.Model(inputs, outputs, name="stone_patch_unet")
+    if not classifier:
+        return keras.Model(inputs, outputs, name="stone_patch_unet")
+    side = patch // 2**levels
+    crop = max(0, side // 2 - 1)
+    centre = layers.Flatten()(layers.Cropping2D(crop)(bottom))
+    # the full-resolution decoder features at the centre pixel: where a 1-2 pixel stone shows
+    fine = layers.Flatten()(layers.Cropping2D(patch // 2 - 2)(x))
+    around = layers.Concatenate()([layers.GlobalAveragePooling2D()(bottom), layers.GlobalMaxPooling2D()(bottom),
+                                   centre, fine])
+    h = layers.Dense(64, activation="relu")(around)
+    h = layers.Dropout(0.2)(h)
+    component = layers.Dense(1, activation="sigmoid", name="component")(h)
+    return keras.Model(inputs, [outputs, component], name="stone_patch_unet_cls")
 
 
 def flops_per_patch(model) -> float:
-    """Multiply-adds x 2 of the convolutions of ``model`` for one patch."""
+    """Multiply-adds x 2 of the convolutions and dense layers of ``model`` for one patch."""
     total = 0.0
     for layer in model.layers:
-        if layer.__class__.__name__ == "Conv2D":
+        name = layer.__class__.__name__
+        if name == "Conv2D":
             kh, kw = layer.kernel_size
             cin = layer.input.shape[-1]
             _, h, w, cout = layer.output.shape
             total += 2.0 * kh * kw * cin * cout * h * w
+        elif name == "Dense":
+            total += 2.0 * layer.input.shape[-1] * layer.units
     return total

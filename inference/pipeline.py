@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.candidates import CandidateRule, Candidates, cut_patches, find_candidates
-from inference.network import CONTEXT, preprocess
+from inference.candidates import CandidateRule, find_candidates
+from inference.components import ComponentTable, ComponentThresholds, component_table, select_mask
+from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.runtime import LoadedModel, load_model
 from inference.volume import Volume, load_volume
@@ -35,9 +36,16 @@ class Pipeline:
                  threshold: float | None = None) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, cores=cores)
         card = self.model.card
-        self.rule = CandidateRule(**{k: float(v) for k, v in card.candidates.items()})
+        self.rule = CandidateRule.from_card(card.candidates)
         self.threshold = float(threshold if threshold is not None else card.threshold)
         self.patch = int(card.input["patch"])
+        self.spec = InputSpec.from_card(card.preprocessing, self.patch)
+        self.thresholds = ComponentThresholds.from_card(card.raw, self.threshold)
+        if threshold is not None:
+            # one number overrides every threshold: the pixel one and every group's
+            self.thresholds = ComponentThresholds(threshold, threshold, threshold, threshold,
+                                                  self.thresholds.small_voxels, self.thresholds.score)
+        self.has_component_head = len(self.model.keras_model.outputs) > 1
         self.min_voxels = int(card.postprocessing.get("min_voxels", 1))
         self.box_margin_mm = float(card.postprocessing.get("box_margin_mm", 5.0))
         self._forward = self._compile()
@@ -63,24 +71,33 @@ class Pipeline:
     def version(self) -> str:
         return self.model.card.version
 
-    def predict_patches(self, patches_hu: np.ndarray) -> np.ndarray:
-        """(n, patch, patch, 3) HU -> (n, patch, patch) stone probability."""
+    def predict_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, patch, patch, raw channels) HU -> stone probability (n, patch, patch) and, for
+        models with a component head, the centre component's probability (n,)."""
         out = np.empty(patches_hu.shape[:3], dtype=np.float32)
+        scores = np.empty(patches_hu.shape[0], dtype=np.float32) if self.has_component_head else None
         for start in range(0, patches_hu.shape[0], BATCH):
-            x = preprocess(patches_hu[start:start + BATCH])
-            out[start:start + BATCH] = self._forward(x).numpy()[..., 0]
-        return out
+            x = preprocess(patches_hu[start:start + BATCH], self.spec)
+            y = self._forward(x)
+            if scores is not None:
+                out[start:start + BATCH] = y[0].numpy()[..., 0]
+                scores[start:start + BATCH] = y[1].numpy()[:, 0]
+            else:
+                out[start:start + BATCH] = y.numpy()[..., 0]
+        return out, scores
 
-    def probability(self, volume: Volume) -> tuple[np.ndarray, Candidates]:
-        """Stone probability per voxel (float16, 0 away from candidates) and the candidates
-        (their label volume dropped to save memory)."""
+    def analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
+        """Pixel stone probability (float16, 0 away from candidates), the mask of the kept
+        components (uint8) and the table of candidate components they were chosen from."""
         t0 = time.perf_counter()
         found = find_candidates(volume, self.rule)
         t1 = time.perf_counter()
         prob = np.zeros(volume.shape, dtype=np.float16)
+        scores = None
         if found.centres.shape[0]:
-            patches = cut_patches(volume.hu, found.centres, self.patch, CONTEXT)
-            probs = self.predict_patches(patches)
+            patches = cut_inputs(volume.hu, found.centres, self.spec)
+            probs, scores = self.predict_patches(patches)
+            del patches
             half = self.patch // 2
             _, rows, cols = volume.shape
             for (k, r, c), p in zip(found.centres, probs, strict=True):
@@ -89,22 +106,24 @@ class Pipeline:
                 rs1, cs1 = min(rows, r0 + self.patch), min(cols, c0 + self.patch)
                 view = prob[k, rs0:rs1, cs0:cs1]
                 np.maximum(view, p[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0].astype(np.float16), out=view)
-        found = Candidates(np.zeros((0, 0, 0), np.int32), found.count, found.centres, found.component_of_centre)
         t2 = time.perf_counter()
-        self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1,
+        table = component_table(found.labels, found.count, found.dense_count, volume.hu, prob,
+                                found.component_of_centre, scores, self.thresholds.small_voxels)
+        mask = select_mask(found.labels, prob, table, self.thresholds)
+        t3 = time.perf_counter()
+        self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,
                              "patches": float(found.centres.shape[0])}
-        return prob, found
+        return prob, mask, table
 
     def run(self, volume: Volume) -> Findings:
         """Find and measure the stones of one series."""
-        prob, _ = self.probability(volume)
+        prob, mask, _ = self.analyse(volume)
         t0 = time.perf_counter()
-        mask = prob >= self.threshold
         findings = measure_stones(
-            volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
+            volume, mask > 0, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version,
         )
-        self.last_timings["postprocess_s"] = time.perf_counter() - t0
+        self.last_timings["postprocess_s"] = time.perf_counter() - t0 + self.last_timings.pop("components_s")
         logger.info(
             "series %s: %d stone(s) from %d candidate patch(es)",
             volume.series_instance_uid, len(findings.stones), int(self.last_timings["patches"]),

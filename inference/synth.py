@@ -253,12 +253,16 @@ def generate_phantom(
     n_stones: int | None = None,
     n_mimics: int | None = None,
     stone_sites: tuple[str, ...] = STONE_SITES,
+    small_stone_fraction: float = 0.4,
 ) -> Phantom:
     """A synthetic abdominal CT, the same for the same arguments.
 
     ``coverage`` is the part of the abdomen covered, as fractions of its height
     (0 = below the bladder, 1 = above the kidneys); ``slices`` overrides the slice
     count that coverage and spacing give. Square images of ``rows`` x ``rows``.
+    ``small_stone_fraction`` is the share of stones under 3 mm (training sets raise
+    it to show the network more of the hard ones; the default 0.4 leaves the
+    generator's output, and so the held-out set, unchanged).
     """
     rng = np.random.default_rng(seed)
     pixel_spacing = pixel_spacing or float(rng.uniform(0.62, 0.82)) * 512 / rows
@@ -321,9 +325,9 @@ def generate_phantom(
         site = str(rng.choice(stone_sites, p=weights / weights.sum()))
         side = int(rng.choice([-1, 1]))
         u = rng.random()
-        if u < 0.4:
+        if u < small_stone_fraction:
             d = float(math.exp(rng.uniform(math.log(1.0), math.log(3.0))))
-        elif u < 0.7:
+        elif u < small_stone_fraction + 0.5 * (1.0 - small_stone_fraction):
             d = float(rng.uniform(3.0, 5.0))
         else:
             d = float(math.exp(rng.uniform(math.log(5.0), math.log(20.0))))

@@ -15,16 +15,10 @@ from typing import Any
 import numpy as np
 
 from inference.candidates import DEFAULT_RULE, CandidateRule
+from inference.components import ComponentThresholds
 from inference.dataset import PatchSet, patches_from_phantom
-from inference.network import (
-    CHANNELS,
-    PATCH,
-    PREPROCESSING,
-    build_unet,
-    flops_per_patch,
-    preprocess,
-)
-from inference.synth import generate_phantom
+from inference.network import LEGACY_SPEC, InputSpec, build_unet, flops_per_patch, preprocess
+from inference.synth import Phantom, generate_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +35,20 @@ LABELS = [
 ]
 
 
-def build_training_patches(seeds: range | list[int], rule: CandidateRule = DEFAULT_RULE) -> PatchSet:
+def training_phantom(seed: int, small_stone_fraction: float = 0.4) -> Phantom:
+    """A training phantom: more stones (2-6) and mimics (5-13) than a typical series."""
+    r = np.random.default_rng(seed + 99991)
+    return generate_phantom(seed, n_stones=int(r.integers(2, 7)), n_mimics=int(r.integers(5, 14)),
+                            small_stone_fraction=small_stone_fraction)
+
+
+def build_training_patches(seeds: range | list[int], rule: CandidateRule = DEFAULT_RULE,
+                           spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 40) -> PatchSet:
     from tqdm import tqdm
 
     parts = []
     for seed in tqdm(list(seeds), desc="phantoms", unit="phantom"):
-        r = np.random.default_rng(seed + 99991)
-        phantom = generate_phantom(seed, n_stones=int(r.integers(2, 7)), n_mimics=int(r.integers(5, 14)))
-        parts.append(patches_from_phantom(phantom, rule))
+        parts.append(patches_from_phantom(training_phantom(seed), rule, spec, max_contrast_negatives))
     return PatchSet.concatenate(parts)
 
 
@@ -73,9 +73,19 @@ def _loss():
     return bce_dice
 
 
+def select_channels(patches: np.ndarray, have: InputSpec, want: InputSpec) -> np.ndarray:
+    """The raw channels of ``want`` from patches cut for ``have`` (more context, more wide views)."""
+    if want.context > have.context or any(f not in have.wide for f in want.wide) or want.patch != have.patch:
+        raise ValueError(f"patches cut for {have} do not hold {want}")
+    first = have.context - want.context
+    idx = list(range(first, first + 2 * want.context + 1))
+    idx += [2 * have.context + 1 + have.wide.index(f) for f in want.wide]
+    return patches[..., idx]
+
+
 def train_model(
     data: PatchSet,
-    out_dir: Path,
+    out_dir: Path | None,
     *,
     epochs: int = 12,
     base: int = 16,
@@ -88,43 +98,68 @@ def train_model(
     small_pixels: int = 12,
     small_repeat: int = 0,
     training_description: str = "",
-) -> dict[str, Any]:
-    """Fit the U-Net on ``data`` and write ``model.keras`` and ``card.json`` into ``out_dir``."""
+    spec: InputSpec = LEGACY_SPEC,
+    data_spec: InputSpec | None = None,
+    classifier: bool = False,
+    rule: CandidateRule = DEFAULT_RULE,
+    verbose: int = 2,
+    progress: bool = False,
+    time_budget_s: float | None = None,
+    loader_workers: int = 1,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the U-Net on ``data``; write ``model.keras`` and ``card.json`` into ``out_dir`` (if given).
+
+    ``data_spec``: what ``data``'s patches were cut for, when it holds more than ``spec``
+    needs. ``classifier`` adds the component head (trained on ``data.centre_stone``).
+    Uses ``keras.ops`` only, so that it runs on the TensorFlow and the JAX backends.
+    ``time_budget_s``: train for about this long instead of ``epochs`` (at most that many),
+    the learning rate annealed by the time spent. Returns the model and its card.
+    """
     import keras
 
     rng = np.random.default_rng(seed)
     seeds = np.unique(data.seeds)
-    val_seeds = set(seeds[-max(1, int(len(seeds) * validation_fraction)):].tolist())
-    is_val = np.array([s in val_seeds for s in data.seeds])
-    x_all = preprocess(data.patches.astype(np.float32))
+    n_val = int(len(seeds) * validation_fraction) if len(seeds) > 1 else 0
+    val_seeds = set(seeds[len(seeds) - n_val:].tolist()) if n_val else set()
+    is_val = np.array([s in val_seeds for s in data.seeds], dtype=bool)
+    raw = data.patches if data_spec is None else select_channels(data.patches, data_spec, spec)
+    x_all = np.empty((*raw.shape[:3], spec.channels), dtype=np.float16)
+    for i in range(0, len(raw), 4096):
+        x_all[i:i + 4096] = preprocess(raw[i:i + 4096].astype(np.float32), spec)
     y_all = data.targets.astype(np.float32)[..., None]
+    centre = data.centre_stone if data.centre_stone is not None else data.has_stone
+    c_all = centre.astype(np.float32)[:, None]
     train_idx = np.nonzero(~is_val)[0]
-    pos = train_idx[data.has_stone[train_idx]]
-    neg = train_idx[~data.has_stone[train_idx]]
+    positive = data.has_stone | centre
+    pos = train_idx[positive[train_idx]]
+    neg = train_idx[~positive[train_idx]]
 
     # tiny stones (few stone pixels in the patch) are the hard ones: optionally show them more
     small = pos[data.targets[pos].reshape(len(pos), -1).sum(axis=1) < small_pixels] if small_repeat else pos[:0]
 
     def epoch_order() -> np.ndarray:
         # every positive twice, and a fresh draw of at most negative_ratio x as many negatives
-        take = rng.permutation(neg)[: negative_ratio * len(pos)]
+        take = rng.permutation(neg)[: negative_ratio * max(1, len(pos))]
         return rng.permutation(np.concatenate([pos, pos, *([small] * small_repeat), take]))
 
-    x_val, y_val = x_all[is_val], y_all[is_val]
     logger.info("training patches %d (%d with stone), validation %d", len(train_idx), len(pos), int(is_val.sum()))
-    steps = ((2 + negative_ratio) * len(pos) + small_repeat * len(small)) // batch
+    steps = max(1, ((2 + negative_ratio) * len(pos) + small_repeat * len(small)) // batch)
+
+    def targets(idx: np.ndarray, y: np.ndarray) -> Any:
+        return {"stone": y, "component": c_all[idx]} if classifier else y
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__(workers=loader_workers)
             self.order = epoch_order()
 
         def __len__(self) -> int:
-            return len(self.order) // batch
+            return max(1, len(self.order) // batch)
 
         def __getitem__(self, i: int):
             idx = self.order[i * batch:(i + 1) * batch]
-            return _augment(x_all[idx], y_all[idx], rng)
+            x, y = _augment(x_all[idx], y_all[idx], np.random.default_rng(rng.integers(1 << 31)))
+            return x.astype(np.float32), targets(idx, y)
 
         def on_epoch_end(self) -> None:
             self.order = epoch_order()
@@ -133,32 +168,105 @@ def train_model(
     if initial_model is not None:
         # fine-tuning: continue from a trained model's weights
         model = keras.saving.load_model(initial_model, compile=False)
+        classifier = len(model.outputs) > 1
     else:
-        model = build_unet(base=base)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(),
-                  metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")])
-    history = model.fit(Batches(), validation_data=(x_val, y_val), epochs=epochs, verbose=2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "model.keras")
-    card = make_card(model, base=base, epochs=epochs, training_description=training_description,
-                     history={k: [float(v) for v in vals] for k, vals in history.history.items()})
-    write_card(out_dir, card)
-    return card
+        model = build_unet(base=base, channels=spec.channels, patch=spec.patch, classifier=classifier)
+    schedule: Any = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
+    if time_budget_s is not None:
+        schedule = learning_rate
+    if classifier:
+        loss: Any = {"stone": _loss(), "component": keras.losses.BinaryCrossentropy()}
+        metrics: Any = {"stone": [keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")],
+                        "component": [keras.metrics.AUC(name="auc")]}
+    else:
+        loss, metrics = _loss(), [keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")]
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+    callbacks: list[Any] = [_ProgressBar(epochs, steps)] if progress else []
+    if time_budget_s is not None:
+        callbacks.append(_TimeBudget(time_budget_s, learning_rate))
+    val_x = x_all[is_val].astype(np.float32)
+    val = (val_x, targets(np.nonzero(is_val)[0], y_all[is_val])) if is_val.any() else None
+    history = model.fit(Batches(), validation_data=val, epochs=epochs, verbose=0 if progress else verbose,
+                        callbacks=callbacks)
+    card = make_card(model, base=base, epochs=len(history.history.get("loss", [])), training_description=training_description,
+                     history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+                     spec=spec, rule=rule)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save(out_dir / "model.keras")
+        write_card(out_dir, card)
+    return model, card
+
+
+class _TimeBudget:
+    """Cosine-anneal the learning rate over a time budget, and stop when the next epoch would overrun it."""
+
+    def __new__(cls, budget_s: float, learning_rate: float):  # type: ignore[misc]
+        import math
+        import time
+
+        import keras
+
+        class Budget(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.start = time.monotonic()
+                self.epoch_s = 0.0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.monotonic()
+                done = min(1.0, (self.t0 - self.start) / budget_s)
+                self.model.optimizer.learning_rate = learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
+
+            def on_epoch_end(self, epoch, logs=None):
+                now = time.monotonic()
+                self.epoch_s = now - self.t0
+                if now - self.start + self.epoch_s > budget_s:
+                    self.model.stop_training = True
+
+        return Budget()
+
+
+class _ProgressBar:
+    """A tqdm bar over all epochs' batches, as a Keras callback (made lazily: Keras imports late)."""
+
+    def __new__(cls, epochs: int, steps: int):  # type: ignore[misc]
+        import keras
+        from tqdm import tqdm
+
+        class Bar(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = tqdm(total=epochs * steps, unit="batch", desc="training")
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.bar.set_description(f"training (epoch {epoch + 1}/{epochs})")
+
+            def on_train_end(self, logs=None):
+                self.bar.close()
+
+        return Bar()
 
 
 def make_card(model: Any, *, base: int, epochs: int, training_description: str,
-              history: dict[str, list[float]], threshold: float = 0.5) -> dict[str, Any]:
-    rule = CandidateRule()
-    return {
+              history: dict[str, list[float]], threshold: float = 0.5, spec: InputSpec = LEGACY_SPEC,
+              rule: CandidateRule = DEFAULT_RULE, version: str = "1.0.0") -> dict[str, Any]:
+    classifier = len(model.outputs) > 1
+    family = "cascade: HU candidates + 2.5D patch U-Net (TensorFlow/Keras)"
+    if classifier:
+        family = ("cascade: HU and local-contrast candidates + 2.5D patch U-Net with a component head "
+                  "(TensorFlow/Keras)")
+    card: dict[str, Any] = {
         "name": MODEL_NAME,
-        "version": "1.0.0",
-        "family": "cascade: HU candidates + 2.5D patch U-Net (TensorFlow/Keras)",
+        "version": version,
+        "family": family,
         "files": {"model": "model.keras"},
-        "input": {"patch": PATCH, "channels": CHANNELS, "dtype": "float32"},
-        "preprocessing": PREPROCESSING,
-        "candidates": {"threshold_hu": rule.threshold_hu, "max_volume_mm3": rule.max_volume_mm3,
-                       "max_extent_mm": rule.max_extent_mm},
+        "input": {"patch": spec.patch, "channels": spec.channels, "dtype": "float32"},
+        "preprocessing": spec.card(),
+        "candidates": rule.card(),
         "threshold": threshold,
         "postprocessing": {"min_voxels": 1, "box_margin_mm": 5.0, "connectivity": 26},
         "labels": LABELS,
@@ -168,6 +276,10 @@ def make_card(model: Any, *, base: int, epochs: int, training_description: str,
         "metrics": {},
         "intended_use": "research and demonstration; not a medical device; not for primary diagnosis",
     }
+    if classifier:
+        card["components"] = ComponentThresholds(pixel=threshold, dense_small=threshold, dense_large=threshold,
+                                                 contrast=threshold).card()
+    return card
 
 
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:

@@ -1,0 +1,79 @@
+"""Local-contrast candidates, the network's input channels, and the component-level decision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inference.candidates import CandidateRule, find_candidates
+from inference.components import ComponentThresholds, component_table, kept_components, select_mask
+from inference.network import InputSpec, cut_inputs, preprocess
+from inference.train import select_channels
+from inference.volume import Volume
+
+
+def _volume(hu: np.ndarray) -> Volume:
+    k = hu.shape[0]
+    return Volume(
+        hu=hu, positions=np.array([(0.0, 0.0, 1.5 * i) for i in range(k)]),
+        row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
+        pixel_spacing=(0.7, 0.7), slice_spacing=1.5,
+        frame_of_reference_uid="1.2.3", study_instance_uid="1.2.4", series_instance_uid="1.2.5",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uids=tuple(f"1.2.6.{i}" for i in range(k)),
+        frame_numbers=(1,) * k, source_paths=("",) * k,
+    )
+
+
+def _body_with(points: dict[tuple[int, int, int], float]) -> np.ndarray:
+    hu = np.full((6, 96, 96), -1000.0, dtype=np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    hu[:, (yy - 48) ** 2 + (xx - 48) ** 2 < 44 ** 2] = 40.0
+    for (k, r, c), value in points.items():
+        hu[k, r, c] = value
+    return hu
+
+
+def test_a_faint_dot_is_a_candidate_only_under_the_contrast_rule() -> None:
+    volume = _volume(_body_with({(3, 40, 40): 110.0, (2, 60, 60): 900.0}))
+    dense_only = find_candidates(volume, CandidateRule())
+    assert dense_only.count == 1
+    both = find_candidates(volume, CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0))
+    assert both.count == 2 and both.dense_count == 1
+    assert both.labels[3, 40, 40] == 2 and both.labels[2, 60, 60] == 1
+    # a broad plateau of 110 HU has no local contrast: not a candidate
+    hu = _body_with({})
+    hu[:, 30:60, 30:60] = 110.0
+    assert find_candidates(_volume(hu), CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)).count == 0
+
+
+def test_wide_views_are_block_averages_and_channels_can_be_narrowed() -> None:
+    hu = np.random.default_rng(0).uniform(-1000, 1000, (7, 300, 300)).astype(np.float32)
+    centres = np.array([[3, 150, 150], [0, 10, 290]])
+    wide = InputSpec(context=2, wide=(2, 4))
+    raw = cut_inputs(hu, centres, wide)
+    assert raw.shape == (2, 64, 64, wide.raw_channels)
+    assert np.isclose(raw[0, 0, 0, 5], hu[3, 86:88, 86:88].mean())
+    assert np.isclose(raw[0, 0, 0, 6], hu[3, 22:26, 22:26].mean())
+    assert preprocess(raw, wide).shape == (2, 64, 64, wide.channels)
+    narrow = InputSpec(context=1)
+    assert np.array_equal(select_channels(raw, wide, narrow), cut_inputs(hu, centres, narrow))
+
+
+def test_components_are_kept_by_their_group_threshold_and_keep_their_densest_voxel() -> None:
+    hu = _body_with({(3, 40, 40): 110.0, (2, 60, 60): 900.0})
+    labels = np.zeros(hu.shape, np.int32)
+    labels[3, 40, 40] = 2
+    labels[2, 60, 60] = 1
+    prob = np.zeros(hu.shape, np.float16)
+    prob[2, 60, 60] = 0.2  # the U-Net draws the stone faintly
+    owners = np.array([1, 2])
+    table = component_table(labels, 2, 1, hu, prob, owners, np.array([0.95, 0.6]), small_voxels=15)
+    assert list(table.groups) == ["dense_small", "contrast"]
+    strict = ComponentThresholds(pixel=0.5, dense_small=0.9, dense_large=0.9, contrast=0.9)
+    assert list(kept_components(table, strict)) == [1]
+    mask = select_mask(labels, prob, table, strict)
+    assert mask[2, 60, 60] == 1 and mask.sum() == 1
+    lenient = ComponentThresholds(pixel=0.5, dense_small=0.9, dense_large=0.9, contrast=0.5)
+    assert list(kept_components(table, lenient)) == [1, 2]
+    # a card without a components block: the first model's rule, pixel probability >= threshold
+    legacy = ComponentThresholds.from_card({}, 0.9)
+    assert legacy.score == "pixel" and list(kept_components(table, legacy)) == []
