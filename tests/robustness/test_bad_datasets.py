@@ -173,7 +173,8 @@ def test_a_data_set_without_its_sop_instance_uid(node: Node, tmp_path: Path) -> 
 
 def test_excess_pixel_data_is_stored_as_sent_with_a_warning(node: Node, tmp_path: Path) -> None:
     ds = a_slice(4)
-    ds.PixelData = ds.PixelData + bytes(64)
+    pixels = ds.PixelData
+    ds.PixelData = pixels + bytes(64)
     path = tmp_path / "long.dcm"
     ds.save_as(path, enforce_file_format=True)
     status, comment = dcmtk_store(node, path)
@@ -181,6 +182,12 @@ def test_excess_pixel_data_is_stored_as_sent_with_a_warning(node: Node, tmp_path
     assert comment == "PixelData holds 2112 bytes, 64 more than Rows 32 x Columns 32 x 1 sample(s)"[:64].rstrip()
     (kept,) = stored(node, ds.SOPInstanceUID)
     assert kept.read_bytes().endswith(ds.PixelData)
+    # and it is served as the image it is: its frame without the excess, rendered
+    base = f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{ds.SOPInstanceUID}"
+    frame = httpx.get(f"{base}/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+                      timeout=30)
+    assert frame.status_code == 200 and pixels + b"\r\n--" in frame.content
+    assert httpx.get(f"{base}/rendered", headers={"Accept": "image/png"}, timeout=30).status_code == 200
     still_serves(node, tmp_path)
 
 
