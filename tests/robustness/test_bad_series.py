@@ -1,9 +1,10 @@
 """Series the model cannot read: refused at completion (not CT) or a failed job with the reason; the next good one runs.
 
 One node with a worker (the shipped model) takes, over DCMTK storescu, an MR
-series, a tilted-gantry CT, a CT of mixed slice sizes and a CT whose slices
-lack their position, then a good CT: each bad one is answered with its
-reason, and the good one is still processed to the end.
+series, a tilted-gantry CT, a CT of mixed slice sizes, a CT with a slice
+without its position and an RLE CT with a slice that does not decode, then a
+good CT: each bad one is answered with its reason, and the good one is still
+processed to the end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from pydicom.uid import MRImageStorage
+from pydicom.uid import MRImageStorage, RLELossless
 
 from inference.synth import generate_phantom, write_series
 from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
@@ -30,11 +31,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     started.stop()
 
 
-def series(folder: Path, seed: int, change: Callable[[int, pydicom.Dataset], None] | None = None) -> tuple[str, Path]:
+def series(
+    folder: Path, seed: int, change: Callable[[int, pydicom.Dataset], None] | None = None, syntax: str | None = None
+) -> tuple[str, Path]:
     """A small synthetic abdominal CT (128 x 128, about 20 slices), each slice changed by ``change``."""
     phantom = generate_phantom(seed, rows=128, slice_spacing=2.5, coverage=(0.7, 0.9), n_stones=1,
                                stone_sites=("kidney",))
-    paths = write_series(phantom, folder / f"series-{seed}")
+    paths = write_series(phantom, folder / f"series-{seed}", transfer_syntax_uid=syntax)
     if change is not None:
         for k, path in enumerate(paths):
             ds = pydicom.dcmread(path)
@@ -64,6 +67,16 @@ def no_position(k: int, ds: pydicom.Dataset) -> None:
         del ds.ImagePositionPatient
 
 
+def undecodable(k: int, ds: pydicom.Dataset) -> None:
+    """Slice 4's RLE header puts its first segment a megabyte away: well formed DICOM, but no image."""
+    if k == 4:
+        data = bytearray(ds.PixelData)
+        offset_table = int.from_bytes(data[4:8], "little")
+        header = 8 + offset_table + 8  # after the offset table item and the first fragment's item header
+        data[header + 4 : header + 8] = (2**20).to_bytes(4, "little")
+        ds.PixelData = bytes(data)
+
+
 def jobs(node: Node, series_uid: str) -> list[dict[str, object]]:
     return [dict(r) for r in query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series_uid)]
 
@@ -74,10 +87,11 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
         "tilted": series(tmp_path, 22, tilted),
         "mixed sizes": series(tmp_path, 23, mixed_size),
         "no position": series(tmp_path, 24, no_position),
+        "undecodable": series(tmp_path, 26, undecodable, RLELossless),
         "good": series(tmp_path, 25),
     }
     for name, (_, folder) in cases.items():
-        sent = storescu(node.dicom_port, folder)
+        sent = storescu(node.dicom_port, folder, extra=["-xr"] if name == "undecodable" else [])  # sent as RLE
         assert sent.returncode == 0, f"{name}: {sent.stderr[-1000:]}"
 
     def finished(uid: str) -> bool:
@@ -85,8 +99,8 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
         return bool(found) and found[-1]["state"] in ("delivered", "failed")
 
     good_uid = cases["good"][0]
-    wait_until(lambda: all(finished(cases[n][0]) for n in ("tilted", "mixed sizes", "no position", "good")),
-               180, "the four CT series' jobs to finish")
+    wait_until(lambda: all(finished(uid) for name, (uid, _) in cases.items() if name != "not CT"),
+               180, "the CT series' jobs to finish")
 
     # not CT: refused at completion, with its reason, and never a job
     mr_uid = cases["not CT"][0]
@@ -98,6 +112,7 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
         "tilted": "mm in-plane along the stack (tilted gantry); such stacks are not resampled",
         "mixed sizes": "the slices have mixed sizes: [(64, 128), (128, 128)]",
         "no position": "has no ImagePositionPatient",
+        "undecodable": "the pixel data of instance 5 cannot be decoded",
     }
     base = f"http://127.0.0.1:{node.http_port}"
     for name, reason in expected.items():
