@@ -43,6 +43,7 @@ class LoadOutcome:
     duplicates_in_orthanc: int = 0
     missing_in_orthanc: int = 0
     reads: int = 0
+    reads_gone: int = 0
     read_errors: list[str] = field(default_factory=list)
     peak_pss_mb: float = 0.0
     pss_samples_mb: list[float] = field(default_factory=list)
@@ -102,10 +103,12 @@ class MemorySampler(threading.Thread):
 class Reader(threading.Thread):
     """A DICOMweb client reading whatever the node holds, over and over, until told to stop."""
 
-    def __init__(self, base: str, seed: int) -> None:
+    def __init__(self, base: str, seed: int, *, deletions_expected: bool = False) -> None:
         super().__init__(daemon=True)
         self.base, self.random = base, random.Random(seed)
+        self.deletions_expected = deletions_expected
         self.reads = 0
+        self.gone = 0
         self.errors: list[str] = []
         self.stop = threading.Event()
 
@@ -115,6 +118,12 @@ class Reader(threading.Thread):
             with urllib.request.urlopen(request, timeout=60) as response:
                 self.reads += 1
                 return response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and self.deletions_expected:
+                self.gone += 1  # retention deleted the series between two requests: a right answer
+            else:
+                self.errors.append(f"GET {path}: {exc}")
+            return b""
         except (urllib.error.URLError, OSError) as exc:
             self.errors.append(f"GET {path}: {exc}")
             return b""
@@ -152,15 +161,19 @@ def write_load_series(folder: Path, *, series: int, slices: int, rows: int, seed
 
 
 def run_load(node: Node, orthanc_http: int, made: list[tuple[str, Path]], *, readers: int = 2,
-             timeout_s: float = 900, sampler_interval_s: float = 0.25) -> LoadOutcome:
-    """Send every series at once, read over DICOMweb meanwhile, wait until all is delivered, count."""
+             timeout_s: float = 900, sampler_interval_s: float = 0.25, deletions_expected: bool = False) -> LoadOutcome:
+    """Send every series at once, read over DICOMweb meanwhile, wait until all is delivered, count.
+
+    ``deletions_expected``: retention is on, so a 404 for a series deleted between
+    the metadata and the frame request is counted as gone, not as an error."""
     assert node.proc is not None
     files = sorted(made[0][1].iterdir())
     rows = int(pydicom.dcmread(files[0], stop_before_pixels=True).Rows)
     outcome = LoadOutcome(series=len(made), slices=len(files), rows=rows)
     sampler = MemorySampler(node.proc.popen.pid, sampler_interval_s)
     sampler.start()
-    clients = [Reader(f"http://127.0.0.1:{node.http_port}/dicom-web", seed) for seed in range(readers)]
+    clients = [Reader(f"http://127.0.0.1:{node.http_port}/dicom-web", seed, deletions_expected=deletions_expected)
+               for seed in range(readers)]
     for client in clients:
         client.start()
     started = time.perf_counter()
@@ -204,6 +217,7 @@ def run_load(node: Node, orthanc_http: int, made: list[tuple[str, Path]], *, rea
         sampler.join(5)
     outcome.jobs = job_states()
     outcome.reads = sum(c.reads for c in clients)
+    outcome.reads_gone = sum(c.gone for c in clients)
     outcome.read_errors = [e for c in clients for e in c.errors]
     outcome.pss_samples_mb = sampler.samples
     outcome.peak_pss_mb = max(sampler.samples, default=0.0)
