@@ -4,8 +4,9 @@
 ``files``, one or many, e.g. a whole folder), stores them like any received
 instance, completes their series at once (the upload has ended) and returns
 the jobs made for them, the files refused with the reason for each (400
-when no file could be stored) and the files stored with a warning. The model runs in the worker process, never here;
-``GET /api/jobs/{id}`` gives the state and, once run, the findings.
+when no file could be stored) and the files stored with a warning. The
+model runs in the worker process, never here; ``GET /api/jobs/{id}`` gives
+the state and, once run, the findings.
 """
 
 from __future__ import annotations

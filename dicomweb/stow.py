@@ -32,6 +32,8 @@ router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
 MAX_BODY_BYTES = 4 * 1024**3
 OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e\xa0-\xff]")
+"""What a header value may not hold (control characters, beyond Latin-1): replaced by '?'."""
 
 
 def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
@@ -116,8 +118,7 @@ def _warning_header(notes: list[str]) -> dict[str, str]:
         return {}
     if len(notes) > 20:
         notes = [*notes[:20], f"and {len(notes) - 20} more"]
-    texts = [note.encode("latin-1", "replace").decode("latin-1").replace("\\", "/").replace('"', "'")
-             for note in notes]
+    texts = [_NOT_HEADER_TEXT.sub("?", note).replace("\\", "/").replace('"', "'") for note in notes]
     return {"Warning": ", ".join(f'299 uronode "{text}"' for text in texts)}
 
 

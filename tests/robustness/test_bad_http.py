@@ -164,13 +164,14 @@ def test_stow_bodies_that_are_not_well_formed(
 
 def test_stow_of_parts_that_are_not_dicom_is_409(node: Node, tmp_path: Path) -> None:
     response = stow(node, multipart(("application/dicom", b"not dicom"), ("application/dicom", b""),
-                                    ("text/plain", b"hello")))
+                                    ("text/plain", b"hello"), ("text/\x00\x01\x7f", b"control characters")))
     assert response.status_code == 409
-    assert failures(response) == [CANNOT_UNDERSTAND] * 3
+    assert failures(response) == [CANNOT_UNDERSTAND] * 4
     warning = response.headers["Warning"]
     assert warning.startswith('299 uronode "part 1: not a DICOM data set')
     assert '299 uronode "part 2: not a DICOM data set' in warning
     assert '299 uronode "part 3: text/plain, not application/dicom"' in warning
+    assert '299 uronode "part 4: text/???, not application/dicom"' in warning  # a header value cannot hold them
     still_serves(node, tmp_path)
 
 
