@@ -264,9 +264,10 @@ def check_data_set(
     Every element, sequence and pixel data fragment must fit in the data set;
     native pixel data must be at least as long as Rows x Columns x
     SamplesPerPixel x NumberOfFrames x BitsAllocated / 8 (padded to even),
-    encapsulated pixel data must have undefined length. Native pixel data
-    longer than that is readable (readers take the first frames' bytes, as
-    pydicom does): it is not refused, and the returned warning says so.
+    encapsulated pixel data must have undefined length. What readers cope
+    with (pydicom reads it, taking what it needs) is not refused, and the
+    returned warning says what it was: native pixel data longer than that,
+    or up to 7 zero bytes after the last element (padding some senders add).
     """
     if transfer_syntax_uid == DEFLATED:
         try:
@@ -281,8 +282,12 @@ def check_data_set(
         raise MalformedDataSet(f"the data set is not in explicit VR, as its transfer syntax {transfer_syntax_uid} says")
     image: dict[int, bytes] = {}
     pixel_length: int | None = None
+    warnings = []
     pos, end = start, len(walk.buf)
     while pos < end:
+        if end - pos < 8 and not any(walk.buf[pos:end]):
+            warnings.append(f"{end - pos} zero byte(s) after the last element")
+            break
         tag, vr, length, value = walk.header(pos, explicit)
         if tag in (_ITEM, _ITEM_END, _SEQ_END):
             raise MalformedDataSet(f"a stray item or delimiter {_name(tag)} at the top level")
@@ -293,7 +298,7 @@ def check_data_set(
                         f"PixelData is encapsulated (undefined length) in the native transfer syntax {transfer_syntax_uid}"
                     )
                 pixel_length = _UNDEFINED
-            elif explicit and vr not in (b"SQ", b"UN"):
+            elif explicit and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                 raise MalformedDataSet(f"{_name(tag)} ({vr.decode()}) has undefined length")
             pos = walk.skip_items(tag, value, explicit and vr != b"UN", 0)
             continue
@@ -306,9 +311,9 @@ def check_data_set(
                     f"PixelData has a defined length in the encapsulated transfer syntax {transfer_syntax_uid}"
                 )
             pixel_length = length
-    if pixel_length is not None and native:
-        return _check_pixel_length(image, pixel_length, walk)
-    return None
+    if pixel_length is not None and native and (excess := _check_pixel_length(image, pixel_length, walk)):
+        warnings.insert(0, excess)
+    return "; ".join(warnings) or None
 
 
 def _check_pixel_length(image: dict[int, bytes], length: int, walk: _Walk) -> str | None:

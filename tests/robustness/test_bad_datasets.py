@@ -191,6 +191,23 @@ def test_excess_pixel_data_is_stored_as_sent_with_a_warning(node: Node, tmp_path
     still_serves(node, tmp_path)
 
 
+def test_zero_padding_after_the_last_element_is_stored_with_a_warning(node: Node, tmp_path: Path) -> None:
+    ds = a_slice(9)
+    body = encode(ds) + bytes(4)  # readers stop at the end of the last element; the padding is harmless
+    with raw_scu(node, CTImageStorage) as assoc:
+        response = assoc.send_c_store(as_file(tmp_path, "padded", CTImageStorage, ds.SOPInstanceUID, body))
+    assert (response.Status, response.ErrorComment) == (WARNING_DOES_NOT_MATCH, "4 zero byte(s) after the last element")
+    (kept,) = stored(node, ds.SOPInstanceUID)
+    assert kept.read_bytes().endswith(body)
+    with raw_scu(node, CTImageStorage) as assoc:  # but bytes that are not zero are the start of a cut element
+        other = a_slice(10)
+        body = encode(other)
+        cut = assoc.send_c_store(as_file(tmp_path, "cut", CTImageStorage, other.SOPInstanceUID, body + b"\xe0\x7f"))
+    assert cut.Status == CANNOT_UNDERSTAND
+    assert cut.ErrorComment == f"the data set ends inside an element header (byte {len(body)}): it is truncated"[:64]
+    assert stored(node, other.SOPInstanceUID) == []
+
+
 def test_sop_uids_that_differ_from_the_request(node: Node, tmp_path: Path) -> None:
     mr = a_slice(5, sop_class=MRImageStorage, modality="MR")
     other = a_slice(6)
