@@ -161,10 +161,15 @@ def test_the_node_deletes_the_ct_and_keeps_its_results(start_node: Callable[...,
     with urllib.request.urlopen(url, timeout=10) as response:
         modalities = [s["00080060"]["Value"][0] for s in json.load(response)]
     assert modalities == ["SR"]  # the CT is gone, the result is kept
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as response:
-        metrics = dict(line.rsplit(" ", 1) for line in response.read().decode().splitlines() if line[:1] != "#")
-    assert metrics["uronode_instances_stored"] == "1"  # the SR
-    assert metrics["uronode_instances_received_total"] == str(1 + len(list((tmp_path / "ct").iterdir())))
-    assert metrics["uronode_series_completed_total"] == "2"  # the CT (deleted since) and the SR
-    assert metrics["uronode_inference_seconds_count"] == "1" and float(metrics["uronode_inference_seconds_sum"]) > 0
-    assert metrics['uronode_inference_seconds_bucket{le="+Inf"}'] == "1"
+
+    def metrics() -> dict[str, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as response:
+            return dict(line.rsplit(" ", 1) for line in response.read().decode().splitlines() if line[:1] != "#")
+
+    # the CT (deleted since) and the SR, which completes on its own clock
+    wait_until(lambda: metrics()["uronode_series_completed_total"] == "2", 60, "the SR series to complete")
+    counted = metrics()
+    assert counted["uronode_instances_stored"] == "1"  # the SR
+    assert counted["uronode_instances_received_total"] == str(1 + len(list((tmp_path / "ct").iterdir())))
+    assert counted["uronode_inference_seconds_count"] == "1" and float(counted["uronode_inference_seconds_sum"]) > 0
+    assert counted['uronode_inference_seconds_bucket{le="+Inf"}'] == "1"
