@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="saved patch sets (.npz) to use instead of generating")
     p.add_argument("--save-patches", type=Path, default=None, help="keep the generated patches here")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--base", type=int, default=8, help="U-Net filters at full resolution")
+    p.add_argument("--base", type=int, default=12, help="U-Net filters at full resolution")
     p.add_argument("--init", type=Path, default=None, help="fine-tune from this model (folder, name or .keras file)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.set_defaults(func=cmd_train)
@@ -111,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data:
         return _train_on_labelled(args)
     from inference.dataset import PatchSet
+    from inference.experiment import FULL_SPEC, RULE
     from inference.train import build_training_patches, train_model
 
     if args.patches:
@@ -118,19 +119,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         description = f"saved patch sets {', '.join(p.name for p in args.patches)}"
     else:
         seeds = range(args.first_seed, args.first_seed + args.phantoms)
-        data = build_training_patches(seeds)
+        data = build_training_patches(seeds, RULE, FULL_SPEC, small_stone_fraction=0.6)
         if args.save_patches:
             data.save(args.save_patches)
-        description = f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
+        description = (f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}, "
+                       "60 % of their stones under 3 mm")
     description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
                     "(inference.synth, uronode's generator; no real stones)")
     init = _init_model_file(args.init) if args.init else None
     if init:
         description += f"; fine-tuned from {init}"
     _, card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
-                          initial_model=init, learning_rate=args.learning_rate, progress=True)
+                          initial_model=init, learning_rate=args.learning_rate, progress=True,
+                          spec=FULL_SPEC, data_spec=FULL_SPEC, classifier=True, rule=RULE)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
-    print("now run: uronode evaluate --model", args.out, "--write-card")
+    print("its thresholds are 0.5; choose them on validation series: "
+          f"python -m inference.experiment --validate {args.out} --val 60000:60096 --out DIR --write-thresholds")
+    print("then: uronode evaluate --model", args.out, "--write-card")
     return 0
 
 

@@ -178,19 +178,21 @@ def sweep(records: dict[str, Any], score: str, fp_cap: float) -> dict[str, Any]:
                     fp += 1
             rows.append((fp, found))
         per_group[g] = rows
-    best: tuple[Any, ...] | None = None
+    combos = []
     for a, b, c in itertools.product(range(len(GRID)), repeat=3):
         fp = per_group["dense_small"][a][0] + per_group["dense_large"][b][0] + per_group["contrast"][c][0]
         if fp > fp_cap * records["series"]:
             continue
         found = per_group["dense_small"][a][1] | per_group["dense_large"][b][1] | per_group["contrast"][c][1]
         value = int(found[small].sum()) + 2 * int(found[ge3].sum())
-        # ties: fewer false positives, then higher thresholds (further from the validation set's edge)
-        key = (value, -fp, GRID[a] + GRID[b] + GRID[c])
-        if best is None or key > best[0]:
-            best = (key, a, b, c, fp, found)
-    assert best is not None
-    _, a, b, c, fp, found = best
+        combos.append(((value, -fp), (a, b, c), fp, found))
+    assert combos
+    top = max(key for key, *_ in combos)
+    optimal = [(idx, fp, found) for key, idx, fp, found in combos if key == top]
+    # ties (a plateau of equally good thresholds): the combination nearest the plateau's middle,
+    # not its edge, so that a shift of the data moves it least
+    middle = np.median(np.array([idx for idx, _, _ in optimal]), axis=0)
+    (a, b, c), fp, found = min(optimal, key=lambda o: float(np.abs(np.array(o[0]) - middle).sum()))
     kept_fp_kinds: dict[str, int] = {}
     limits = {"dense_small": GRID[a], "dense_large": GRID[b], "contrast": GRID[c]}
     for i, g in enumerate(groups):
@@ -199,6 +201,8 @@ def sweep(records: dict[str, Any], score: str, fp_cap: float) -> dict[str, Any]:
     return {
         "score": score,
         "thresholds": {k: float(v) for k, v in limits.items()},
+        "plateau": {g: [float(GRID[min(o[0][i] for o in optimal)]), float(GRID[max(o[0][i] for o in optimal)])]
+                    for i, g in enumerate(("dense_small", "dense_large", "contrast"))},
         "false_positives_per_series": fp / records["series"],
         "false_positives_by_kind": kept_fp_kinds,
         "sensitivity_<3mm": float(found[small].mean()) if small.any() else None,
@@ -342,11 +346,15 @@ def validate(args: argparse.Namespace) -> int:
     # the workers are forked before TensorFlow starts its threads
     with mp.get_context("fork").Pool(args.workers) as pool:
         val = pool.map(_val_job, range(val_lo, val_hi))
-    from inference.runtime import load_model
+    import keras
 
-    loaded = load_model(args.validate)
-    spec = InputSpec.from_card(loaded.card.preprocessing, loaded.card.input.get("patch"))
-    thresholds = ComponentThresholds.from_card(loaded.card.raw, loaded.card.threshold)
+    from inference.runtime import ModelCard, resolve_model_dir
+
+    folder = resolve_model_dir(args.validate)
+    card = ModelCard.read(folder)
+    keras_model = keras.saving.load_model(folder / card.files.get("model", "model.keras"), compile=False)
+    spec = InputSpec.from_card(card.preprocessing, card.input.get("patch"))
+    thresholds = ComponentThresholds.from_card(card.raw, card.threshold)
     seg: list[np.ndarray] = []
     cls: list[np.ndarray | None] = []
     for case in val:
@@ -355,10 +363,15 @@ def validate(args: argparse.Namespace) -> int:
             cls.append(np.zeros(0, np.float32))
             continue
         x = preprocess(select_channels(case["patches"], FULL_SPEC, spec).astype(np.float32), spec)
-        y = loaded.keras_model.predict(x, batch_size=256, verbose=0)
-        seg.append(np.asarray(y[0])[..., 0])
-        cls.append(np.asarray(y[1])[:, 0])
+        n = len(x)
+        # padded to whole batches: one compiled shape (JAX compiles once per shape)
+        x = np.concatenate([x, np.zeros((-n % 256, *x.shape[1:]), np.float32)])
+        y = keras_model.predict(x, batch_size=256, verbose=0)
+        seg.append(np.asarray(y[0])[:n, ..., 0])
+        cls.append(np.asarray(y[1])[:n, 0])
     records = component_records(val, seg, cls, thresholds.small_voxels)
+    chosen = sweep(records, thresholds.score, args.fp_cap)
+    print("thresholds chosen on these series:", chosen)
     scores = records[thresholds.score]
     groups = records["groups"]
     small = records["stone_bins"] == "<3 mm"
@@ -381,9 +394,19 @@ def validate(args: argparse.Namespace) -> int:
     report = {"model": str(args.validate), "seeds": f"{val_lo}-{val_hi - 1}", "stones_<3mm": int(small.sum()),
               "stones_>=3mm": int((~small).sum()), "contrast_components": int((groups == "contrast").sum()),
               "contrast_components_on_stones": len(contrast_only),
-              "stones": [s for case in val for s in case["stones"]], "by_contrast_threshold": rows}
+              "stones": [s for case in val for s in case["stones"]], "by_contrast_threshold": rows,
+              "chosen": chosen}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validate.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    if args.write_thresholds:
+        from inference.train import write_card
+
+        raw = dict(card.raw)
+        raw["components"] = {**thresholds.card(), **chosen["thresholds"]}
+        raw["candidates"] = (RULE if chosen["thresholds"]["contrast"] <= 1.0 else CandidateRule()).card()
+        raw.setdefault("training", {})["validation"] = {"seeds": report["seeds"], **chosen}
+        write_card(folder, raw)
+        print(f"thresholds written into {folder / 'card.json'}")
     for r in rows:
         print(r)
     return 0
@@ -409,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", type=float, default=1e9, help="start no variant after this many seconds")
     p.add_argument("--validate", type=Path, default=None,
                    help="instead of training: this model folder on the --val series, contrast candidates included")
+    p.add_argument("--write-thresholds", action="store_true",
+                   help="with --validate: write the chosen thresholds (and candidate rule) into the model's card")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stdout)
     return validate(args) if args.validate else run(args)

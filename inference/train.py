@@ -43,12 +43,14 @@ def training_phantom(seed: int, small_stone_fraction: float = 0.4) -> Phantom:
 
 
 def build_training_patches(seeds: range | list[int], rule: CandidateRule = DEFAULT_RULE,
-                           spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 40) -> PatchSet:
+                           spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 40,
+                           small_stone_fraction: float = 0.4) -> PatchSet:
     from tqdm import tqdm
 
     parts = []
     for seed in tqdm(list(seeds), desc="phantoms", unit="phantom"):
-        parts.append(patches_from_phantom(training_phantom(seed), rule, spec, max_contrast_negatives))
+        parts.append(patches_from_phantom(training_phantom(seed, small_stone_fraction), rule, spec,
+                                          max_contrast_negatives))
     return PatchSet.concatenate(parts)
 
 
