@@ -77,3 +77,26 @@ def test_components_are_kept_by_their_group_threshold_and_keep_their_densest_vox
     # a card without a components block: the first model's rule, pixel probability >= threshold
     legacy = ComponentThresholds.from_card({}, 0.9)
     assert legacy.score == "pixel" and list(kept_components(table, legacy)) == []
+
+
+def test_thresholds_are_chosen_per_group_in_the_middle_of_the_plateau() -> None:
+    from inference.experiment import GRID, sweep
+
+    # two small stones (one only a contrast candidate finds), one large stone, and noise
+    records = {
+        "groups": np.array(["dense_small", "dense_large", "contrast", "contrast", "dense_small"]),
+        "classifier": np.array([0.9, 0.6, 0.995, 0.7, 0.4]),
+        "pixel": np.zeros(5),
+        "touches": [[0], [1], [2], [], []],
+        "kinds": [None, None, None, "anatomy/other", "bowel_pellet"],
+        "stone_bins": np.array(["<3 mm", ">5 mm", "<3 mm"]),
+        "series": 10,
+    }
+    chosen = sweep(records, "classifier", fp_cap=0.0)
+    assert chosen["sensitivity_<3mm"] == 1.0 and chosen["sensitivity_>=3mm"] == 1.0
+    assert chosen["false_positives_per_series"] == 0.0
+    t = chosen["thresholds"]
+    assert 0.4 < t["dense_small"] <= 0.9 and t["dense_large"] <= 0.6 and 0.7 < t["contrast"] <= 0.995
+    low, high = chosen["plateau"]["dense_small"]
+    assert low == GRID[GRID > 0.4][0] and high == 0.9
+    assert low < t["dense_small"] < high
