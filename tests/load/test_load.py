@@ -35,3 +35,7 @@ def test_eight_series_at_once_while_clients_read(
     assert outcome.problems() == []
     assert outcome.results_owed >= 8 and outcome.results_in_orthanc == outcome.results_owed
     assert outcome.reads > 0 and outcome.peak_pss_mb > 0
+    assert node.proc is not None
+    log = node.proc.log_text()
+    assert "job 8 series" in log  # every process logs into it, the worker too ...
+    assert "Synthetic" not in log and "SYNTH0001" not in log  # ... and none names the patient
