@@ -32,6 +32,11 @@ class ComponentThresholds:
     small_voxels: int = 30
     score: str = "classifier"
     """'classifier' (the network's component head) or 'pixel' (the highest pixel probability)."""
+    override_pixel: float | None = None
+    """A large dense component of at least ``override_voxels`` voxels whose highest pixel probability
+    reaches this is kept whatever its score: the U-Net segments it as a stone with confidence, and a
+    missed large stone costs more than a false positive. None: no override."""
+    override_voxels: int = 100
 
     @classmethod
     def from_card(cls, card: dict[str, Any], threshold: float) -> ComponentThresholds:
@@ -45,11 +50,14 @@ class ComponentThresholds:
         return cls(pixel=float(block.get("pixel", d.pixel)), dense_small=float(block.get("dense_small", d.dense_small)),
                    dense_large=float(block.get("dense_large", d.dense_large)),
                    contrast=float(block.get("contrast", d.contrast)),
-                   small_voxels=int(block.get("small_voxels", d.small_voxels)), score=str(block.get("score", d.score)))
+                   small_voxels=int(block.get("small_voxels", d.small_voxels)), score=str(block.get("score", d.score)),
+                   override_pixel=None if block.get("override_pixel") is None else float(block["override_pixel"]),
+                   override_voxels=int(block.get("override_voxels", d.override_voxels)))
 
     def card(self) -> dict[str, Any]:
         return {"pixel": self.pixel, "dense_small": self.dense_small, "dense_large": self.dense_large,
-                "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score}
+                "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score,
+                "override_pixel": self.override_pixel, "override_voxels": self.override_voxels}
 
     def for_group(self, group: str) -> float:
         return float(getattr(self, group))
@@ -105,8 +113,14 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
 def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> np.ndarray:
     """Component ids (1-based) whose score reaches their group's threshold."""
     scores = table.scores(thresholds.score)
+    if not scores.size:
+        return np.zeros(0, dtype=np.int64)
     limits = np.array([thresholds.for_group(g) for g in table.groups], dtype=np.float32)
-    return np.nonzero(scores >= limits)[0] + 1 if scores.size else np.zeros(0, dtype=np.int64)
+    keep = scores >= limits
+    if thresholds.override_pixel is not None:
+        keep |= ((table.groups == "dense_large") & (table.voxels >= thresholds.override_voxels)
+                 & (table.pixel >= thresholds.override_pixel))
+    return np.nonzero(keep)[0] + 1
 
 
 def select_mask(labels: np.ndarray, prob: np.ndarray, table: ComponentTable,

@@ -100,3 +100,24 @@ def test_thresholds_are_chosen_per_group_in_the_middle_of_the_plateau() -> None:
     low, high = chosen["plateau"]["dense_small"]
     assert low == GRID[GRID > 0.4][0] and high == 0.9
     assert low < t["dense_small"] < high
+
+
+def test_a_large_component_the_unet_is_sure_of_is_kept_whatever_the_head_says() -> None:
+    hu = _body_with({})
+    labels = np.zeros(hu.shape, np.int32)
+    labels[1:4, 30:40, 30:40] = 1  # 300 voxels: a large stone the head scores low
+    labels[1:4, 60:64, 60:64] = 2  # 48 voxels: large too, but below the override's size
+    hu[labels > 0] = 800.0
+    prob = np.zeros(hu.shape, np.float16)
+    prob[labels > 0] = 0.97
+    table = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.05, 0.05]), small_voxels=15)
+    assert list(table.groups) == ["dense_large", "dense_large"]
+    head_only = ComponentThresholds(dense_small=0.75, dense_large=0.2, contrast=0.99)
+    assert list(kept_components(table, head_only)) == []
+    with_override = ComponentThresholds(dense_small=0.75, dense_large=0.2, contrast=0.99,
+                                        override_pixel=0.9, override_voxels=100)
+    assert list(kept_components(table, with_override)) == [1]
+    assert list(kept_components(table, ComponentThresholds.from_card(
+        {"components": with_override.card()}, 0.5))) == [1]  # the card carries it
+    unsure = ComponentThresholds(dense_large=0.2, override_pixel=0.99, override_voxels=100)
+    assert list(kept_components(table, unsure)) == []  # 0.97 is not sure enough
