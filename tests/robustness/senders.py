@@ -17,8 +17,15 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from tests.factory import SecondaryCaptureImageStorage, ct_slice, uid
-from tests.peers.processes import Node, echoscu, storescu
+from tests.peers.processes import Node, echoscu, free_port, storescu
 from uronode.dicomfile import encode_file_meta
+
+
+def running_node(folder: Path, env: dict[str, str]) -> Iterator[Node]:
+    """A node for a whole test module (the bad inputs share it, and it must keep serving through them)."""
+    started = Node(folder / "node", free_port(), free_port(), extra_env=env).start()
+    yield started
+    started.stop()
 
 
 def encode(ds: Dataset, *, implicit: bool = False) -> bytes:

@@ -27,8 +27,15 @@ from pydicom.uid import (
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, uid
-from tests.peers.processes import Node, free_port, wait_until
-from tests.robustness.senders import as_file, dcmtk_store, encode, raw_scu, still_serves
+from tests.peers.processes import Node, wait_until
+from tests.robustness.senders import (
+    as_file,
+    dcmtk_store,
+    encode,
+    raw_scu,
+    running_node,
+    still_serves,
+)
 
 STUDY = uid("robustness", "study")
 SERIES = uid("robustness", "series")
@@ -38,10 +45,7 @@ UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.10.1431.99.1"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    folder = tmp_path_factory.mktemp("bad-datasets")
-    started = Node(folder / "node", free_port(), free_port(), extra_env=dict(FAST_COMPLETION)).start()
-    yield started
-    started.stop()
+    yield from running_node(tmp_path_factory.mktemp("bad-datasets"), dict(FAST_COMPLETION))
 
 
 def a_slice(index: int, **kwargs: object) -> Dataset:

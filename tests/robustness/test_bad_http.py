@@ -17,8 +17,8 @@ from pydicom.uid import MRImageStorage
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, uid
-from tests.peers.processes import Node, free_port
-from tests.robustness.senders import encode, still_serves
+from tests.peers.processes import Node
+from tests.robustness.senders import encode, running_node, still_serves
 from uronode.dicomfile import encode_file_meta
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -27,10 +27,7 @@ CANNOT_UNDERSTAND, DOES_NOT_MATCH, WARNING_DOES_NOT_MATCH = 0xC000, 0xA900, 0xB0
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    folder = tmp_path_factory.mktemp("bad-http")
-    started = Node(folder / "node", free_port(), free_port(), extra_env=dict(FAST_COMPLETION)).start()
-    yield started
-    started.stop()
+    yield from running_node(tmp_path_factory.mktemp("bad-http"), dict(FAST_COMPLETION))
 
 
 def url(node: Node, path: str) -> str:

@@ -19,16 +19,13 @@ from pydicom.uid import MRImageStorage, RLELossless
 
 from inference.synth import generate_phantom, write_series
 from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
-from tests.peers.processes import Node, free_port, storescu, wait_until
-from tests.robustness.senders import still_serves
+from tests.peers.processes import Node, storescu, wait_until
+from tests.robustness.senders import running_node, still_serves
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    folder = tmp_path_factory.mktemp("bad-series")
-    started = Node(folder / "node", free_port(), free_port(), extra_env={**FAST_COMPLETION, **WITH_WORKER}).start()
-    yield started
-    started.stop()
+    yield from running_node(tmp_path_factory.mktemp("bad-series"), {**FAST_COMPLETION, **WITH_WORKER})
 
 
 def series(
