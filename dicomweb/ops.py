@@ -89,12 +89,15 @@ def metrics(store: StoreDep) -> PlainTextResponse:
             _line("uronode_delivery_failures_total", max(0, failures.fetchone()[0]) + failed_tries.fetchone()[0])]
     out += ["# HELP uronode_inference_seconds The model's run on a series (read, candidates, network, measuring).",
             "# TYPE uronode_inference_seconds histogram"]
-    timed = [r["seconds"] for r in conn.execute("SELECT seconds FROM jobs WHERE seconds IS NOT NULL")]
-    for bound in INFERENCE_BUCKETS_S:
-        out.append(_line("uronode_inference_seconds_bucket", sum(t <= bound for t in timed), {"le": f"{bound:g}"}))
-    out += [_line("uronode_inference_seconds_bucket", len(timed), {"le": "+Inf"}),
-            _line("uronode_inference_seconds_sum", round(sum(timed), 3)),
-            _line("uronode_inference_seconds_count", len(timed))]
+    buckets = ", ".join(f"coalesce(sum(seconds <= {bound:g}), 0)" for bound in INFERENCE_BUCKETS_S)
+    *counts, total, count = conn.execute(
+        f"SELECT {buckets}, coalesce(sum(seconds), 0), count(seconds) FROM jobs WHERE seconds IS NOT NULL"
+    ).fetchone()
+    for bound, n in zip(INFERENCE_BUCKETS_S, counts, strict=True):
+        out.append(_line("uronode_inference_seconds_bucket", n, {"le": f"{bound:g}"}))
+    out += [_line("uronode_inference_seconds_bucket", count, {"le": "+Inf"}),
+            _line("uronode_inference_seconds_sum", round(total, 3)),
+            _line("uronode_inference_seconds_count", count)]
     return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
 
 

@@ -30,7 +30,8 @@ class StowResult:
     reason: str | None
 
 
-def _multipart(paths: Sequence[Path], boundary: str) -> bytes:
+def multipart_body(paths: Sequence[Path], boundary: str) -> bytes:
+    """A STOW-RS request body: each file as one ``application/dicom`` part."""
     parts = []
     for path in paths:
         parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
@@ -69,7 +70,7 @@ def stow(
         return []
     boundary = secrets.token_hex(16)
     try:
-        body = _multipart([p for p, _ in files], boundary)
+        body = multipart_body([p for p, _ in files], boundary)
     except OSError as exc:
         return [StowResult(uid, False, f"cannot read the files to send: {exc}") for _, uid in files]
     headers = {

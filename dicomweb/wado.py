@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from dicomweb.deps import StoreDep
-from uronode.store import Store
+from uronode.store import METADATA_CACHE, Store
 from uronode.types import StoredInstance
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
@@ -84,7 +84,6 @@ def retrieve_instance(study: str, series: str, sop: str, request: Request, store
 
 BASE_TOKEN = "urn:uronode:dicom-web-base"
 """Stands for the server's DICOMweb root in cached metadata; replaced per request."""
-CACHE_NAME = ".metadata.json"
 
 
 def instance_metadata_json(item: StoredInstance) -> dict[str, Any]:
@@ -113,7 +112,7 @@ def series_metadata_text(store: Store, study: str, series: str) -> str:
     """
     instances = _instances(store, study, series)
     key = f"{len(instances)}:{max(i.received_at for i in instances)!r}:{max(i.path.name for i in instances)}"
-    cache = instances[0].path.parent / CACHE_NAME
+    cache = instances[0].path.parent / METADATA_CACHE
     try:
         first, _, text = cache.read_text().partition("\n")
         if first == key:
@@ -121,7 +120,7 @@ def series_metadata_text(store: Store, study: str, series: str) -> str:
     except OSError:
         pass
     text = json.dumps([instance_metadata_json(i) for i in instances], separators=(",", ":"))
-    tmp = cache.with_name(f"{CACHE_NAME}.{secrets.token_hex(4)}.tmp")
+    tmp = cache.with_name(f"{METADATA_CACHE}.{secrets.token_hex(4)}.tmp")
     try:
         tmp.write_text(key + "\n" + text)
         os.replace(tmp, cache)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
-from uronode.store import Store
+from uronode.store import METADATA_CACHE, Store
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
 def _remove_if_unused(folder: Path) -> None:
     """Remove a series folder left with nothing but the metadata cache (a new arrival keeps it)."""
     try:
-        (folder / ".metadata.json").unlink(missing_ok=True)
+        (folder / METADATA_CACHE).unlink(missing_ok=True)
         folder.rmdir()
         folder.parent.rmdir()  # the study's folder, when this was its last series
     except OSError:

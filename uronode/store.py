@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
 
+METADATA_CACHE = ".metadata.json"
+"""A series folder's cached DICOMweb metadata (written by ``dicomweb.wado``; not an instance)."""
+
 
 class Store:
     """Instance files and their index. Safe to use from several threads and processes."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicomweb.stow_client import multipart_body
 from inference.synth import generate_phantom, write_series
 from tests.conftest import query
 from tests.faults.checks import acknowledged, assert_stored_intact
@@ -40,9 +41,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def stow(node: Node, files: list[Path]) -> tuple[int, dict]:
-    body = b"".join(
-        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes() + b"\r\n" for f in files
-    ) + f"--{BOUNDARY}--\r\n".encode()
+    body = multipart_body(files, BOUNDARY)
     request = urllib.request.Request(
         f"http://127.0.0.1:{node.http_port}/dicom-web/studies",
         data=body,
