@@ -18,11 +18,21 @@ Rules worth knowing:
 - **Uneven spacing** is kept as it is: ``positions`` holds every slice's
   position, ``slice_extent_mm`` each slice's own extent along the normal, and
   ``uniform_spacing`` says whether the gaps agree within 10 %.
+- **Gantry tilt** up to ``AXIAL_TOLERANCE_DEG`` is accepted. The slices of a
+  tilted gantry are oblique axial images (the row direction stays left-right,
+  the column direction leans towards the head or the feet) stacked along the
+  table, the head-feet axis, so the step from one slice's ImagePositionPatient
+  to the next is not along the normal. The slices are kept as they are, in
+  their own planes, and every distance is taken from the true geometry:
+  ``slice_spacing`` and ``slice_extent_mm`` are distances between the planes
+  along the normal (the table step times the cosine of the tilt), positions come
+  from ImagePositionPatient, and in-plane sizes from PixelSpacing.
 - **Rejected** (``VolumeError``): not CT, a localizer, missing pixel data, more
   than one series or frame of reference, mixed image sizes, orientations or pixel
-  spacings, an orientation more than ``AXIAL_TOLERANCE_DEG`` away from axial,
-  and stacks whose slices shift in-plane from one to the next (gantry tilt that
-  the orientation does not state).
+  spacings, an orientation more than ``AXIAL_TOLERANCE_DEG`` away from axial
+  (coronal, sagittal, strongly oblique), and stacks whose slices shift in-plane
+  from one to the next other than along the table (a gantry tilt that the
+  orientation does not state, or slices that are not one stack).
 """
 
 from __future__ import annotations
@@ -54,12 +64,20 @@ MULTIFRAME_CT_SOP_CLASSES = frozenset(
     {ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
 )
 
-AXIAL_TOLERANCE_DEG = 10.0
-"""Largest angle between the slice normal and the patient's head-feet axis."""
+AXIAL_TOLERANCE_DEG = 30.0
+"""Largest angle between the slice normal and the patient's head-feet axis.
+
+30 degrees is the mechanical tilt range of clinical CT gantries, so every
+gantry-tilted series passes; a coronal or sagittal series (90 degrees) or a
+strongly oblique reformat does not. The network was trained on axial slices
+only: beyond this the slices cut the kidneys and ureters at angles it never
+saw, and a tilted stack's neighbour slices shift in-plane by more than half
+the distance between the planes (tan 30 = 0.58)."""
 POSITION_TOLERANCE_MM = 0.01
 """Slices closer than this along the normal are at the same position."""
 TILT_TOLERANCE_MM = 0.5
-"""Largest in-plane shift of a slice's origin along the stack before it is called tilted."""
+"""Largest in-plane shift of a slice's origin off its stack (along the normal, or along
+the table for a gantry tilt) before the stack is refused."""
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 1e-3
 
@@ -70,7 +88,9 @@ class Volume:
 
     ``hu[k, i, j]`` is the voxel of slice ``k``, row ``i``, column ``j``; its centre
     in DICOM patient coordinates (LPS, mm) is ``positions[k] + j * pixel_spacing[1]
-    * row_direction + i * pixel_spacing[0] * column_direction``.
+    * row_direction + i * pixel_spacing[0] * column_direction``. With a tilted
+    gantry the positions step along the table, not along the normal: voxel
+    ``(k, i, j)`` and ``(k + 1, i, j)`` are then not straight above each other.
     """
 
     hu: np.ndarray
@@ -84,7 +104,8 @@ class Volume:
     pixel_spacing: tuple[float, float]
     """PixelSpacing as in DICOM: (between rows, between columns) in mm."""
     slice_spacing: float
-    """Median gap between slice positions along the normal (SliceThickness for one slice)."""
+    """Median distance between the slice planes, along the normal (SliceThickness for one
+    slice); with a tilted gantry less than the table step, by the cosine of the tilt."""
     frame_of_reference_uid: str
     study_instance_uid: str
     series_instance_uid: str
@@ -103,6 +124,11 @@ class Volume:
     @property
     def normal(self) -> np.ndarray:
         return np.cross(np.asarray(self.row_direction), np.asarray(self.column_direction))
+
+    @property
+    def tilt_deg(self) -> float:
+        """Angle between the slice normal and the head-feet axis (degrees); 0 for axial."""
+        return _tilt_deg(self.normal)
 
     @property
     def offsets_mm(self) -> np.ndarray:
@@ -275,6 +301,31 @@ def _check_instance(ds: Dataset, name: str) -> None:
         raise VolumeError(f"{name} is not a greyscale image")
 
 
+def _tilt_deg(normal: np.ndarray) -> float:
+    return math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+
+
+def _stack_shift_mm(positions: np.ndarray, normal: np.ndarray) -> float:
+    """How far the slices' origins leave their stack, in-plane (mm).
+
+    A stack steps along its normal, or (tilted gantry) along the table, the
+    head-feet axis: a step of ``d`` mm between the planes then moves the origin
+    ``d * tan(tilt)`` in-plane, towards the head-feet axis. Whichever of the two
+    fits better is measured; 0 for a perfect stack of either kind.
+    """
+    steps = positions - positions[0]
+    offsets = steps @ normal
+    in_plane = steps - np.outer(offsets, normal)
+    along_normal = float(np.linalg.norm(in_plane, axis=1).max())
+    head_feet = np.array([0.0, 0.0, 1.0])
+    cosine = float(normal[2])
+    if abs(cosine) < 1e-6:
+        return along_normal
+    shear = (head_feet - cosine * normal) / cosine
+    along_table = float(np.linalg.norm(in_plane - np.outer(offsets, shear), axis=1).max())
+    return min(along_normal, along_table)
+
+
 def _single(values: Iterable[str], what: str) -> str:
     found = sorted({v for v in values})
     if len(found) > 1:
@@ -351,8 +402,9 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     if abs(float(np.dot(row_dir, col_dir))) > 1e-2:
         raise VolumeError("ImageOrientationPatient rows and columns are not perpendicular")
     normal = np.cross(row_dir, col_dir)
-    angle = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
-    if angle > AXIAL_TOLERANCE_DEG:
+    normal = normal / np.linalg.norm(normal)
+    angle = _tilt_deg(normal)
+    if round(angle, 1) > AXIAL_TOLERANCE_DEG:  # to a tenth of a degree: IOP is rounded text
         raise VolumeError(
             f"the slices are not axial: their normal is {angle:.0f} degrees from the head-feet axis"
         )
@@ -361,12 +413,12 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     positions = np.asarray([f.position for f in frames], dtype=np.float64)
     offsets = positions @ normal
     if len(frames) > 1:
-        in_plane = (positions - positions[0]) - np.outer(offsets - offsets[0], normal)
-        shift = float(np.linalg.norm(in_plane, axis=1).max())
+        shift = _stack_shift_mm(positions, normal)
         if shift > TILT_TOLERANCE_MM:
             raise VolumeError(
                 f"the slices shift {shift:.1f} mm in-plane along the stack (tilted gantry); "
-                "such stacks are not resampled"
+                "such stacks are not resampled (a tilt is read from ImageOrientationPatient, and "
+                "the positions must step along the normal or along the table)"
             )
         gaps = np.diff(offsets)
         slice_spacing = float(np.median(gaps))
@@ -376,6 +428,12 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             )
     else:
         slice_spacing = frames[0].thickness or 1.0
+    if angle > 1.0:
+        logger.info(
+            "oblique slices kept in their own planes: normal %.1f degrees from the head-feet axis "
+            "(GantryDetectorTilt %s), %.2f mm between the planes",
+            angle, datasets[0].get("GantryDetectorTilt", "not stated"), slice_spacing,
+        )
 
     hu = np.empty((len(frames), rows, columns), dtype=np.float32)
     decoded: dict[int, np.ndarray] = {}

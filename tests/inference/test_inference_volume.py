@@ -113,12 +113,17 @@ def _modified(paths: list[Path], tmp_path: Path, change) -> list[Path]:
     return out
 
 
-def _tilt(k: int, ds: pydicom.Dataset) -> None:
+def _unstated_tilt(k: int, ds: pydicom.Dataset) -> None:
+    """Axial orientation, origins shifting front to back: a gantry tilt the header does not state."""
     ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1] + 0.8 * k, ds.ImagePositionPatient[2]]
 
 
 def _sagittal(k: int, ds: pydicom.Dataset) -> None:
     ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+
+
+def _coronal(k: int, ds: pydicom.Dataset) -> None:
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
 
 
 def _mixed_size(k: int, ds: pydicom.Dataset) -> None:
@@ -153,8 +158,9 @@ def _two_series(k: int, ds: pydicom.Dataset) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (_tilt, "tilted gantry"),
+        (_unstated_tilt, "tilted gantry"),
         (_sagittal, "not axial"),
+        (_coronal, "not axial"),
         (_mixed_size, "mixed sizes"),
         (_mixed_orientation, "mixed image orientations"),
         (_no_pixels, "no pixel data"),
