@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--rows", type=int, default=512, help="image size (rows = columns)")
     p.add_argument("--slices", type=int, default=None, help="slices per series (default: whole abdomen)")
     p.add_argument("--real", action="store_true",
-                   help="also write the real example CT with inserted stones (needs /work/shared/data)")
+                   help="also write the real example CT with inserted stones (needs the shared data: ../shared/data beside the checkout, or $URONODE_SHARED_DATA)")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("train", help="train the stone model on generated data or on your labelled cases")
@@ -35,7 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--data", type=Path, default=None,
                    help="folder of labelled cases, one sub-folder each: a CT series' DICOM files and a DICOM SEG "
                         "of its stones (fine-tunes the default model, or --init, unless --from-scratch)")
-    p.add_argument("--from-scratch", action="store_true", help="with --data: a new network instead of fine-tuning")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder of real images with YOLO box files (images/ + labels/, or several such folders "
+                        "below it): fine-tunes the default model (or --init) on them, with --phantoms generated "
+                        "series beside them")
+    p.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
+                   help="with --images: which side of the grouped split to train on (default: train; the "
+                        "others stay untouched for choosing thresholds and for the figures)")
+    p.add_argument("--minutes", type=float, default=None, help="with --images: train for about this long")
+    p.add_argument("--from-scratch", action="store_true", help="with --data or --images: a new network instead of fine-tuning")
     p.add_argument("--name", default=None, help="model name for the card (with --data)")
     p.add_argument("--phantoms", type=int, default=200, help="generated training series")
     p.add_argument("--first-seed", type=int, default=1000)
@@ -56,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--slices", type=int, default=None, help="slices per generated series (default: whole abdomen)")
     p.add_argument("--real", type=int, default=0, help="also this many real-anatomy cases with inserted stones")
     p.add_argument("--threshold", type=float, default=None, help="override the card's threshold")
+    p.add_argument("--images", type=Path, default=None,
+                   help="also real images with YOLO box files (the train --images format): stone-level "
+                        "sensitivity, false stones per image, image-level sensitivity and specificity")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                   help="with --images: which side of the grouped split (default: test, the held-out one)")
+    p.add_argument("--lone-slices", action="store_true",
+                   help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
@@ -110,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     configure_threads()
     if args.data:
         return _train_on_labelled(args)
+    if args.images:
+        return _train_on_images(args)
     from inference.dataset import PatchSet
     from inference.experiment import FULL_SPEC, RULE
     from inference.train import build_training_patches, train_model
@@ -216,6 +233,69 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_on_images(args: argparse.Namespace) -> int:
+    """``train --images DIR``: real windowed images with boxes (and optionally generated series)."""
+    from inference.candidates import CandidateRule
+    from inference.dataset import PatchSet, patches_from_images, patches_from_phantom
+    from inference.network import InputSpec
+    from inference.realimages import ImageSetError, read_image_set, split_groups
+    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.train import train_mixed, training_phantom
+
+    try:
+        images = read_image_set(args.images)
+    except ImageSetError as exc:
+        print(f"cannot read {args.images}: {exc}", file=sys.stderr)
+        return 2
+    chosen = images if args.split == "all" else split_groups(images)[args.split]
+    if not chosen:
+        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+        return 2
+    init_folder = resolve_model_dir(args.init or "default")
+    base_card = ModelCard.read(init_folder)
+    spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch"))
+    rule = CandidateRule.from_card(base_card.candidates)
+    data = patches_from_images(chosen, rule, spec)
+    description = (f"{len(chosen)} real images ({args.split} side of the split by examination) from "
+                   f"{args.images.name}, {sum(len(i.boxes) for i in chosen)} boxes, {len(data)} candidate patches "
+                   f"({int(data.centre_stone.sum()) if data.centre_stone is not None else 0} on stone)")
+    if args.phantoms:
+        from tqdm import tqdm
+
+        seeds = range(args.first_seed, args.first_seed + args.phantoms)
+        parts = [patches_from_phantom(training_phantom(s, 0.6), rule, spec, 30).with_windowed(False)
+                 for s in tqdm(seeds, desc="phantoms", unit="phantom")]
+        data = PatchSet.concatenate([data, *parts])
+        description += f"; {args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
+    init = None if args.from_scratch else init_folder / base_card.files.get("model", "model.keras")
+    if init is not None:
+        description += f"; fine-tuned from {base_card.name} {base_card.version}"
+    _, card = train_mixed(data, args.out, spec=spec, rule=rule, initial_model=init, base=args.base,
+                          epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
+                          time_budget_s=args.minutes * 60 if args.minutes else None,
+                          training_description=description)
+    print(f"model written to {args.out} ({card['architecture']['parameters']} parameters); its thresholds are 0.5")
+    print("choose them on the validation side, then: uronode evaluate --model", args.out,
+          "--images", args.images, "--split test")
+    return 0
+
+
+def _lone_ct_slices(data_dir: Path, upsample: int = 4):
+    """Every axial slice of the real example CT (no stones), resampled to 3/upsample mm in-plane,
+    each as a one-slice volume."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    from inference.realimages import image_volume
+
+    ct = np.asarray(nib.load(str(data_dir / "example_ct.nii.gz")).dataobj).astype(np.float32)  # type: ignore[attr-defined]
+    zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
+    for k in range(zyx.shape[0]):
+        hu = ndimage.zoom(zyx[k], upsample, order=1)
+        yield image_volume(hu, f"example-ct-slice-{k}", pixel_mm=3.0 / upsample)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.evaluate import baseline_predictor, evaluate, format_table
     from inference.pipeline import Pipeline
@@ -231,11 +311,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     kwargs: dict[str, object] = {"rows": args.rows}
     if args.slices:
         kwargs.update(slices=args.slices, coverage=(0.0, 1.0))
-    cases = (generate_phantom(args.seed + i, **kwargs) for i in range(args.series))  # type: ignore[arg-type]
-    results = {"generated": evaluate(cases, predictors, progress=True)}
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    if args.series:
+        cases = (generate_phantom(args.seed + i, **kwargs) for i in range(args.series))  # type: ignore[arg-type]
+        results["generated"] = evaluate(cases, predictors, progress=True)
     if args.real:
         real = (real_anatomy_phantom(args.seed + i) for i in range(args.real))
         results["real_anatomy"] = evaluate(real, predictors, progress=True)
+    image_results: dict[str, object] = {}
+    if args.images:
+        from inference.imageeval import format_image_table, score_images
+        from inference.realimages import grey_to_hu, image_volume, read_image_set, split_groups
+
+        images = read_image_set(args.images)
+        chosen = images if args.split == "all" else split_groups(images)[args.split]
+
+        def on_image(predict):
+            return lambda im: predict(image_volume(grey_to_hu(im.grey), im.name))[0]
+
+        image_results["real_images"] = {name: score_images(chosen, on_image(predict), progress=name == "model")
+                                        for name, predict in predictors.items()}
+        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination):")
+        print(format_image_table(image_results["real_images"]))  # type: ignore[arg-type]
+    if args.lone_slices:
+        from tqdm import tqdm
+
+        from inference.imageeval import score_slices
+        from inference.synth import shared_data_dir
+
+        masks = (pipeline.run(v).mask[0] for v in tqdm(list(_lone_ct_slices(shared_data_dir())),
+                                                     desc="slices", unit="slice"))
+        image_results["lone_slices"] = score_slices(masks)
+        print("\nthe real example CT (no stones), every axial slice alone:", image_results["lone_slices"])
     for name, table in results.items():
         print(f"\n{name}:")
         print(format_table(table))
@@ -246,7 +353,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "slices": args.slices or "whole abdomen (112-270)"},
         "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
         "results": results,
-        "note": "Generated and stone-inserted data only: not measured on real stones.",
+        "real_images_set": {"folder": args.images.name, "split": args.split} if args.images else None,
+        "image_results": image_results,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_candidates
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
+from inference.realimages import LabelledImage, exam_keys, grey_to_hu, image_volume, stone_mask
 from inference.synth import Phantom, generate_phantom
 from inference.volume import Volume
 
@@ -31,8 +33,10 @@ class PatchSet:
     """bool (n,): the candidate component at the centre holds stone on this slice (the component head's target)."""
     contrast: np.ndarray | None = None
     """bool (n,): the centre candidate is a local-contrast one."""
+    windowed: np.ndarray | None = None
+    """bool (n,): cut from an 8-bit windowed image read back as HU (clipped to the assumed window)."""
 
-    FIELDS = ("patches", "targets", "has_stone", "seeds", "centre_stone", "contrast")
+    FIELDS = ("patches", "targets", "has_stone", "seeds", "centre_stone", "contrast", "windowed")
 
     def __len__(self) -> int:
         return int(self.seeds.shape[0])
@@ -52,6 +56,12 @@ class PatchSet:
             return None if any(v is None for v in values) else np.concatenate(values)
 
         return cls(*(cat(f) for f in cls.FIELDS))  # type: ignore[arg-type]
+
+    def with_windowed(self, value: bool) -> PatchSet:
+        """The same patches, all marked windowed (or not)."""
+        fields = {f: getattr(self, f) for f in self.FIELDS}
+        fields["windowed"] = np.full(len(self), value)
+        return PatchSet(**fields)
 
     def subset(self, index: np.ndarray) -> PatchSet:
         return PatchSet(*(None if getattr(self, f) is None else getattr(self, f)[index] for f in self.FIELDS))  # type: ignore[arg-type]
@@ -96,6 +106,26 @@ def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, s
                          max_contrast_negatives: int | None = None) -> PatchSet:
     return patches_from_labelled(phantom.to_volume(), phantom.stone_labels > 0, phantom.seed, rule, spec,
                                  max_contrast_negatives)
+
+
+def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = DEFAULT_RULE,
+                        spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 15,
+                        first_seed: int = 10_000_000) -> PatchSet:
+    """Patches of real windowed images with boxes (``inference.realimages``): each image a lone
+    slice, its stone pixels from ``box_mask``. ``seeds`` numbers the images' examinations from
+    ``first_seed`` (so a validation split by seed keeps examinations whole)."""
+    from tqdm import tqdm
+
+    keys = exam_keys(im.source for im in images)
+    number = {k: first_seed + i for i, k in enumerate(sorted(set(keys.values())))}
+    parts: list[PatchSet] = []
+    for im in tqdm(images, desc="images", unit="image", disable=len(images) < 50):
+        volume = image_volume(grey_to_hu(im.grey), im.name)
+        seed = number[keys[im.source]]
+        part = patches_from_labelled(volume, stone_mask(im)[None], seed, rule, spec, max_contrast_negatives,
+                                     np.random.default_rng(seed + len(parts)))
+        parts.append(part.with_windowed(True))
+    return PatchSet.concatenate(parts)
 
 
 def build_patch_set(seeds: list[int], **phantom_kwargs: object) -> PatchSet:

@@ -16,7 +16,8 @@ femoral heads, bowel loops with gas, faeces, fluid and dense content. Then:
 
 The same seed gives the same phantom. ``write_series`` writes it as a CT Image
 Storage series with real geometry; ``real_anatomy_phantom`` inserts stones into
-the real kidneys of the TotalSegmentator example CT in ``/work/shared/data``
+the real kidneys of the TotalSegmentator example CT in the shared data folder
+(``shared_data_dir``)
 (see ``REAL_CT_ATTRIBUTION``).
 
 Ground truth: a voxel belongs to a stone when at least half of it is covered;
@@ -29,6 +30,7 @@ import datetime
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,15 @@ REAL_CT_ATTRIBUTION = (
     "tests/reference_files/, Apache-2.0 repository; TotalSegmentator data set CC BY 4.0, "
     "Wasserthal et al., Radiology: AI 2023)."
 )
-DEFAULT_REAL_DATA = Path("/work/shared/data")
+
+
+def shared_data_dir() -> Path:
+    """The project's shared data: ``$URONODE_SHARED_DATA``, else ``../shared/data`` beside the checkout."""
+    env = os.environ.get("URONODE_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+DEFAULT_REAL_DATA = shared_data_dir()
 UID_ROOT = "1.2.826.0.1.3680043.10.1431."
 """Prefix for the generated UIDs (pydicom's registered root plus a project branch)."""
 

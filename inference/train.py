@@ -286,3 +286,101 @@ def make_card(model: Any, *, base: int, epochs: int, training_description: str,
 
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def train_mixed(
+    data: PatchSet,
+    out_dir: Path | None,
+    *,
+    spec: InputSpec,
+    rule: CandidateRule,
+    initial_model: Path | None = None,
+    base: int = 12,
+    epochs: int = 8,
+    batch: int = 64,
+    learning_rate: float = 5e-4,
+    negative_ratio: int = 3,
+    windowed_share: float = 0.7,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    training_description: str = "",
+    version: str = "3.0.0",
+    progress: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the U-Net with its component head on HU patches and windowed-image patches together.
+
+    Every epoch draws the positives (patches whose centre candidate holds stone, or with
+    stone pixels) twice and ``negative_ratio`` times as many negatives, with about
+    ``windowed_share`` of the draw from windowed images; each batch is changed by
+    ``inference.augment`` (other windows, lone slices, noise) and rotated/flipped, then
+    preprocessed. ``initial_model``: continue from its weights (its inputs must be ``spec``'s).
+    """
+    import keras
+
+    from inference.augment import augment_patches
+
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    windowed = data.windowed if data.windowed is not None else np.zeros(n, bool)
+    centre = data.centre_stone if data.centre_stone is not None else data.has_stone
+    positive = data.has_stone | centre
+    groups = {w: np.nonzero(windowed == w)[0] for w in (True, False)}
+
+    def epoch_order() -> np.ndarray:
+        picks = []
+        for w, idx in groups.items():
+            if idx.size == 0:
+                continue
+            pos, neg = idx[positive[idx]], idx[~positive[idx]]
+            take = rng.permutation(neg)[: negative_ratio * max(1, len(pos))]
+            part = np.concatenate([pos, pos, take])
+            share = windowed_share if w else 1.0 - windowed_share
+            size = int(share * (2 + negative_ratio) * max(1, int(positive.sum())))
+            picks.append(rng.choice(part, size=min(size, 4 * len(part)), replace=size > len(part)))
+        return rng.permutation(np.concatenate(picks))
+
+    steps = max(1, len(epoch_order()) // batch)
+    logger.info("patches %d (%d with stone; %d windowed), %d batches an epoch", n, int(positive.sum()),
+                int(windowed.sum()), steps)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.order = epoch_order()
+
+        def __len__(self) -> int:
+            return max(1, len(self.order) // batch)
+
+        def __getitem__(self, i: int):
+            idx = np.sort(self.order[i * batch:(i + 1) * batch])
+            r = np.random.default_rng(rng.integers(1 << 31))
+            raw = augment_patches(data.patches[idx], windowed[idx], spec, r)
+            x, y = _augment(preprocess(raw, spec), data.targets[idx].astype(np.float32)[..., None], r)
+            return x.astype(np.float32), {"stone": y, "component": centre[idx].astype(np.float32)[:, None]}
+
+        def on_epoch_end(self) -> None:
+            self.order = epoch_order()
+
+    keras.utils.set_random_seed(seed)
+    if initial_model is not None:
+        model = keras.saving.load_model(initial_model, compile=False)
+    else:
+        model = build_unet(base=base, channels=spec.channels, patch=spec.patch, classifier=True)
+    schedule: Any = learning_rate if time_budget_s is not None else \
+        keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss={"stone": _loss(), "component": keras.losses.BinaryCrossentropy()},
+                  metrics={"component": [keras.metrics.AUC(name="auc")]})
+    callbacks: list[Any] = [_ProgressBar(epochs, steps)] if progress else []
+    if time_budget_s is not None:
+        callbacks.append(_TimeBudget(time_budget_s, learning_rate))
+    history = model.fit(Batches(), epochs=epochs, verbose=0 if progress else 2, callbacks=callbacks)
+    card = make_card(model, base=base, epochs=len(history.history.get("loss", [])),
+                     training_description=training_description,
+                     history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+                     spec=spec, rule=rule, version=version)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save(out_dir / "model.keras")
+        write_card(out_dir, card)
+    return model, card

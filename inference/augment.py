@@ -1,0 +1,105 @@
+"""Training-time changes to HU patches that the node's inputs make for real.
+
+The node sees two kinds of input: DICOM series in true Hounsfield units, and
+8-bit images in a display window nobody recorded, read back as HU through the
+assumed window (``inference.realimages``: stones and bone clipped alike near
++240 HU). One model takes both, so it is trained on each as the other:
+
+- ``rewindow_patches``: a HU patch as it would look once shown in another
+  plausible window (level 0..80, width 250..600 HU) and read back through the
+  assumed one (clipped, quantised to 256 grey levels);
+- ``regrey_patches``: an already windowed patch as if its unknown window had
+  been another one (grey levels stretched and shifted, clipped again);
+- ``drop_neighbours``: the neighbouring slices replaced by the centre slice, as a
+  lone slice (an uploaded single file) gives them (``cut_patches`` repeats the
+  edge slice);
+- ``add_noise``: white noise of 0-20 HU SD, as low-dose series carry.
+
+All work on ``cut_inputs``' raw channels (the 2 x context + 1 slices, then the
+wide views) before ``preprocess``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference.network import InputSpec
+from inference.realimages import ASSUMED_WINDOW
+
+LEVELS = (0.0, 80.0)
+WIDTHS = (250.0, 600.0)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Probabilities of each change (per patch)."""
+
+    rewindow: float = 0.4
+    """HU patches shown in another window and read back as the assumed one."""
+    regrey: float = 0.7
+    """Windowed patches: another unknown window."""
+    lone: float = 0.3
+    """HU patches: neighbours dropped (a lone slice)."""
+    noise: float = 0.2
+    noise_max_hu: float = 20.0
+
+
+def _grey(hu: np.ndarray) -> np.ndarray:
+    level, width = ASSUMED_WINDOW
+    return (hu - (level - width / 2)) * (255.0 / width)
+
+
+def _hu(grey: np.ndarray) -> np.ndarray:
+    level, width = ASSUMED_WINDOW
+    return grey * (width / 255.0) + (level - width / 2)
+
+
+def rewindow_patches(hu: np.ndarray, levels: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """(n, ...) HU patches shown in window (levels[i], widths[i]) and read back through the assumed one."""
+    shape = (-1,) + (1,) * (hu.ndim - 1)
+    lo = (levels - widths / 2).reshape(shape)
+    grey = np.clip(np.round((hu - lo) * (255.0 / widths.reshape(shape))), 0, 255)
+    return _hu(grey).astype(np.float32)
+
+
+def regrey_patches(hu: np.ndarray, gains: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Windowed patches as if seen in another window: grey' = clip(gain * grey + offset)."""
+    shape = (-1,) + (1,) * (hu.ndim - 1)
+    grey = np.clip(np.round(gains.reshape(shape) * _grey(hu) + offsets.reshape(shape)), 0, 255)
+    return _hu(grey).astype(np.float32)
+
+
+def drop_neighbours(hu: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Every slice channel replaced by the centre one (a lone slice); wide views kept."""
+    out = hu.copy()
+    depth = 2 * spec.context + 1
+    out[..., :depth] = hu[..., spec.context:spec.context + 1]
+    return out
+
+
+def augment_patches(hu: np.ndarray, windowed: np.ndarray, spec: InputSpec, rng: np.random.Generator,
+                    aug: Augmentation = Augmentation()) -> np.ndarray:
+    """float32 raw HU patches (n, patch, patch, raw channels), each changed at random (see the module)."""
+    out = hu.astype(np.float32, copy=True)
+    n = out.shape[0]
+    windowed = np.asarray(windowed, dtype=bool)
+    native = ~windowed
+    noisy = native & (rng.random(n) < aug.noise)
+    if noisy.any():
+        sd = rng.uniform(0, aug.noise_max_hu, int(noisy.sum())).astype(np.float32)
+        out[noisy] += rng.standard_normal(out[noisy].shape).astype(np.float32) * sd[:, None, None, None]
+    lone = native & (rng.random(n) < aug.lone)
+    if lone.any():
+        out[lone] = drop_neighbours(out[lone], spec)
+    rew = native & (rng.random(n) < aug.rewindow)
+    if rew.any():
+        k = int(rew.sum())
+        out[rew] = rewindow_patches(out[rew], rng.uniform(*LEVELS, k), rng.uniform(*WIDTHS, k))
+    reg = windowed & (rng.random(n) < aug.regrey)
+    if reg.any():
+        k = int(reg.sum())
+        out[reg] = regrey_patches(out[reg], np.exp(rng.uniform(np.log(0.75), np.log(1.35), k)),
+                                  rng.uniform(-25, 25, k))
+    return out

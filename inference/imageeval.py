@@ -1,0 +1,149 @@
+"""Scoring stone finding on real images with boxes, and on real slices without stones.
+
+Per image, every reported stone is a connected component of the predicted
+mask (8-connected) and is placed at its centroid. Against the marked boxes:
+
+- a **marked stone is found** when a reported stone's centroid lies inside its
+  box grown by ``MARGIN_MM`` on every side (at the image's pixel spacing);
+- a **false stone** is a reported stone whose centroid lies in no grown box;
+- an **image is called positive** when it has at least one reported stone:
+  image-level sensitivity over the images with a box, specificity over those
+  without (none when the set has no image without a box);
+- sensitivity **by box size**: the box's longer side in mm.
+
+``score_slices`` scores images known to hold no stone (lone slices of a real
+CT): the share of slices with a false stone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from inference.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage
+
+MARGIN_MM = 2.0
+BOX_BINS = (("<3 mm", 0.0, 3.0), ("3-5 mm", 3.0, 5.0), ("5-10 mm", 5.0, 10.0), (">=10 mm", 10.0, 1e9))
+
+
+def reported_stones(mask: np.ndarray) -> list[tuple[float, float, int]]:
+    """(row, column, pixels) of each 8-connected component of a 2D mask."""
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return []
+    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, range(1, count + 1))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return [(float(r), float(c), int(n)) for (r, c), n in zip(centres, sizes, strict=True)]
+
+
+@dataclass
+class ImageTally:
+    pixel_mm: float = ASSUMED_PIXEL_MM
+    images: int = 0
+    positive_images: int = 0
+    negative_images: int = 0
+    true_positive_images: int = 0
+    true_negative_images: int = 0
+    stones: int = 0
+    found: int = 0
+    false_stones: int = 0
+    by_size_total: dict[str, int] = field(default_factory=lambda: {n: 0 for n, _, _ in BOX_BINS})
+    by_size_found: dict[str, int] = field(default_factory=lambda: {n: 0 for n, _, _ in BOX_BINS})
+    missed: list[dict[str, object]] = field(default_factory=list)
+    false: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray) -> None:
+        boxes = list(boxes)
+        reported = reported_stones(mask)
+        margin = MARGIN_MM / self.pixel_mm
+        grown = [b.grown(margin) for b in boxes]
+        self.images += 1
+        if boxes:
+            self.positive_images += 1
+            self.true_positive_images += bool(reported)
+        else:
+            self.negative_images += 1
+            self.true_negative_images += not reported
+        for box, big in zip(boxes, grown, strict=True):
+            size = max(box.width, box.height) * self.pixel_mm
+            name_bin = next(n for n, lo, hi in BOX_BINS if lo <= size < hi)
+            self.stones += 1
+            self.by_size_total[name_bin] += 1
+            if any(big.contains(r, c) for r, c, _ in reported):
+                self.found += 1
+                self.by_size_found[name_bin] += 1
+            else:
+                self.missed.append({"image": name, "box": [round(v, 1) for v in (box.x0, box.y0, box.x1, box.y1)],
+                                    "size_mm": round(size, 1)})
+        for r, c, n in reported:
+            if not any(big.contains(r, c) for big in grown):
+                self.false_stones += 1
+                self.false.append({"image": name, "row": round(r, 1), "column": round(c, 1), "pixels": n})
+
+    def as_dict(self) -> dict[str, object]:
+        def ratio(a: int, b: int) -> float | None:
+            return a / b if b else None
+
+        return {
+            "images": self.images,
+            "images_with_stones": self.positive_images,
+            "images_without_stones": self.negative_images,
+            "stones": self.stones,
+            "stone_sensitivity": ratio(self.found, self.stones),
+            "false_stones": self.false_stones,
+            "false_stones_per_image": ratio(self.false_stones, self.images),
+            "image_sensitivity": ratio(self.true_positive_images, self.positive_images),
+            "image_specificity": ratio(self.true_negative_images, self.negative_images),
+            "stones_by_size": dict(self.by_size_total),
+            "sensitivity_by_size": {n: ratio(self.by_size_found[n], self.by_size_total[n]) for n, _, _ in BOX_BINS},
+            "margin_mm": MARGIN_MM,
+            "pixel_mm": self.pixel_mm,
+            "missed": self.missed[:100],
+            "false": self.false[:100],
+        }
+
+
+def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledImage], np.ndarray],
+                 pixel_mm: float = ASSUMED_PIXEL_MM, progress: bool = False) -> dict[str, object]:
+    """Run ``predict`` (image -> 2D mask) on every image and score it (see the module's text)."""
+    tally = ImageTally(pixel_mm=pixel_mm)
+    iterator: Iterable[LabelledImage] = images
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(list(images), desc="images", unit="image")
+    for im in iterator:
+        tally.add(im.name, im.boxes, predict(im))
+    return tally.as_dict()
+
+
+def score_slices(masks: Iterable[np.ndarray]) -> dict[str, object]:
+    """Slices known to hold no stone: how many have a false stone, and how many false stones."""
+    slices = with_false = false_stones = 0
+    for mask in masks:
+        n = len(reported_stones(mask))
+        slices += 1
+        with_false += n > 0
+        false_stones += n
+    return {"slices": slices, "slices_with_a_false_stone": with_false,
+            "share_with_a_false_stone": with_false / slices if slices else None,
+            "false_stones": false_stones}
+
+
+def format_image_table(results: dict[str, dict[str, object]]) -> str:
+    """A Markdown table of the headline figures of ``score_images`` results."""
+
+    def f(v: object) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    lines = ["| method | images | stones | stone sens | false stones/image | image sens | image spec "
+             "| sens <3 / 3-5 / 5-10 / >=10 mm |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        by = r["sensitivity_by_size"]
+        lines.append(f"| {name} | {r['images']} | {r['stones']} | {f(r['stone_sensitivity'])} | "
+                     f"{f(r['false_stones_per_image'])} | {f(r['image_sensitivity'])} | {f(r['image_specificity'])} | "
+                     + " / ".join(f(by[n]) for n, _, _ in BOX_BINS) + " |")  # type: ignore[index]
+    return "\n".join(lines)

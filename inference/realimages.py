@@ -1,0 +1,291 @@
+"""Real CT images with stones marked by boxes: reading, grouping, box supervision.
+
+A folder in the YOLO layout, as object-detection exports write it:
+``DIR/images/*.jpg|png`` with ``DIR/labels/<same stem>.txt``, or several such
+folders below ``DIR`` (``train/``, ``valid/``, ...). A label file holds one
+line per stone, ``class cx cy w h`` normalised to the image; every class
+counts as stone. An image without a label file, or with an empty one, has no
+stone.
+
+The images are 8-bit in a display window nobody recorded. They become the
+model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
+(level 40, width 400: the usual abdominal soft-tissue window), so grey 0 is
+-160 HU and grey 255 is +240 HU; stones and bone are clipped alike at the
+top. The model is trained over many other windows (``rewindow``) so that the
+assumption need not be right, only plausible.
+
+Box supervision (``box_mask``): a box says where a stone is, not which pixels
+are stone. Inside the box, the stone is the pixels at least half-way from the
+box's own background (the median of the box's border pixels) to its
+brightest pixel (a half-maximum rule, as CT sizes small dense objects); a
+box may hold several such parts (fragments). It assumes that a stone is the brightest thing in its box and that the box's
+border is background; a box whose brightest pixel stands less than
+``MIN_BOX_CONTRAST`` grey levels above its border gives only its brightest
+pixel.
+
+Grouping (``exam_key``): the two copies of an augmented source image must
+stay on the same side of a split (``source_key`` strips the export's
+suffixes), and so must the other images of the same examination: images whose
+names are DICOM UIDs carrying a timestamp (as Philips writes them) and taken
+within ``EXAM_GAP_S`` of each other are one examination. ``split_groups``
+assigns whole examinations to a side by a hash of their key, so the split
+never changes when images are added elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference.volume import CT_IMAGE_STORAGE, Volume
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+ASSUMED_WINDOW = (40.0, 400.0)
+"""(level, width) in HU that grey 0..255 is taken to span."""
+ASSUMED_PIXEL_MM = 0.75
+"""Pixel spacing assumed for images that carry none (coronal abdominal crops: 0.7-0.8 mm)."""
+ASSUMED_SLICE_MM = 1.0
+"""Slice thickness assumed for a lone image (only the candidate stage's volume rule reads it)."""
+MIN_BOX_CONTRAST = 12.0
+"""Grey levels a box's brightest pixel must stand above its border for the half-maximum rule."""
+EXAM_GAP_S = 600.0
+
+_ROBOFLOW = re.compile(r"(_(png|jpg|jpeg|bmp|tif|tiff))*\.rf\.[0-9a-f]+$", re.IGNORECASE)
+_TICKS = re.compile(r"(?:^|-)(6\d{17})\d{5}(?:-|$)")
+"""A .NET tick count (100 ns since year 1; 6xxx... is 2010-2030) inside a UID written with dashes."""
+
+
+class ImageSetError(ValueError):
+    """A folder of images that cannot be read: what and why."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A marked stone, in pixels: columns x0..x1, rows y0..y1 (floats, x1/y1 exclusive)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    def grown(self, pixels: float) -> Box:
+        return Box(self.x0 - pixels, self.y0 - pixels, self.x1 + pixels, self.y1 + pixels)
+
+    def contains(self, row: float, column: float) -> bool:
+        return self.y0 <= row + 0.5 <= self.y1 and self.x0 <= column + 0.5 <= self.x1
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledImage:
+    path: Path
+    grey: np.ndarray
+    """uint8 (rows, columns)."""
+    boxes: tuple[Box, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def source(self) -> str:
+        return source_key(self.path.stem)
+
+
+def source_key(stem: str) -> str:
+    """The source image an exported image was made from (the export's suffixes removed)."""
+    return _ROBOFLOW.sub("", stem)
+
+
+def exam_time_s(source: str) -> float | None:
+    """Seconds (since year 1) of a timestamped UID in the name, or None."""
+    m = _TICKS.search(source)
+    return int(m.group(1)) / 1e7 if m else None
+
+
+def exam_keys(sources: Iterable[str], gap_s: float = EXAM_GAP_S) -> dict[str, str]:
+    """source key -> examination key: timestamped sources within ``gap_s`` of the previous one
+    share the first one's key; others are their own examination."""
+    keys: dict[str, str] = {}
+    timed: list[tuple[float, str]] = []
+    for s in set(sources):
+        t = exam_time_s(s)
+        if t is None:
+            keys[s] = s
+        else:
+            timed.append((t, s))
+    timed.sort()
+    current, last = "", -np.inf
+    for t, s in timed:
+        if t - last > gap_s:
+            current = s
+        keys[s] = current
+        last = t
+    return keys
+
+
+def split_of(key: str, fractions: Sequence[tuple[str, float]]) -> str:
+    """The side of a split a group falls on: a stable hash of its key against cumulative fractions."""
+    u = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / float(1 << 48)
+    acc = 0.0
+    for name, fraction in fractions:
+        acc += fraction
+        if u < acc:
+            return name
+    return fractions[-1][0]
+
+
+DEFAULT_SPLIT = (("train", 0.65), ("validation", 0.15), ("test", 0.20))
+"""The split of the real images used for model 3: 20 % of examinations held out for the figures,
+15 % for choosing thresholds, the rest to train on."""
+
+
+def split_groups(images: Sequence[LabelledImage], fractions: Sequence[tuple[str, float]] = DEFAULT_SPLIT,
+                 gap_s: float = EXAM_GAP_S) -> dict[str, list[LabelledImage]]:
+    """The images by side of the split, whole examinations (and so both copies of a source) together."""
+    keys = exam_keys((im.source for im in images), gap_s)
+    out: dict[str, list[LabelledImage]] = {name: [] for name, _ in fractions}
+    for im in images:
+        out[split_of(keys[im.source], fractions)].append(im)
+    return out
+
+
+def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box, ...]:
+    """YOLO lines ``class cx cy w h`` (normalised) -> boxes in pixels; a bad line raises ImageSetError."""
+    boxes = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h', got {line.strip()!r}")
+        try:
+            cx, cy, w, h = (float(v) for v in parts[1:5])
+        except ValueError as exc:
+            raise ImageSetError(f"{where}:{n}: not numbers: {line.strip()!r}") from exc
+        if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
+            raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
+        boxes.append(Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),
+                         min(float(columns), (cx + w / 2) * columns), min(float(rows), (cy + h / 2) * rows)))
+    return tuple(boxes)
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as uint8 grey (colour images averaged)."""
+    import cv2
+
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ImageSetError(f"{path}: not an image OpenCV can read")
+    if data.ndim == 3:
+        data = cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2GRAY)
+    if data.dtype != np.uint8:
+        raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit images only")
+    return np.ascontiguousarray(data)
+
+
+def image_files(folder: Path) -> list[tuple[Path, Path]]:
+    """(image, label file) pairs of every ``images/`` folder at or below ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageSetError(f"{folder} is not a folder")
+    image_dirs = sorted({p.parent for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                         and p.parent.name == "images"})
+    pairs = []
+    for d in image_dirs:
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                pairs.append((p, d.parent / "labels" / (p.stem + ".txt")))
+    if not pairs:
+        raise ImageSetError(f"{folder} has no images/ folder with images in it")
+    return pairs
+
+
+def read_image_set(folder: Path) -> list[LabelledImage]:
+    """Every labelled image below ``folder`` (see the module's text)."""
+    out = []
+    for image_path, label_path in image_files(folder):
+        grey = read_grey(image_path)
+        text = label_path.read_text() if label_path.exists() else ""
+        rows, columns = grey.shape
+        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path))))
+    return out
+
+
+def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = ASSUMED_WINDOW) -> np.ndarray:
+    """8-bit grey -> HU under ``window`` (level, width)."""
+    level, width = window
+    return (level - width / 2 + grey.astype(np.float32) * (width / 255.0)).astype(np.float32)
+
+
+def hu_to_grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU -> the 8-bit grey a viewer shows in ``window`` (level, width): clipped and rounded."""
+    level, width = window
+    return np.clip(np.round((hu - (level - width / 2)) * (255.0 / width)), 0, 255).astype(np.uint8)
+
+
+def rewindow(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """What the model sees of ``hu`` once shown in ``window`` and read back under the assumed one."""
+    return grey_to_hu(hu_to_grey(hu, window))
+
+
+def box_mask(grey: np.ndarray, box: Box) -> np.ndarray:
+    """bool (rows, columns): the stone pixels of one box (see the module's text)."""
+    rows, columns = grey.shape
+    r0, r1 = int(np.floor(box.y0)), min(rows, int(np.ceil(box.y1)))
+    c0, c1 = int(np.floor(box.x0)), min(columns, int(np.ceil(box.x1)))
+    out = np.zeros(grey.shape, dtype=bool)
+    if r1 <= r0 or c1 <= c0:
+        return out
+    inside = grey[r0:r1, c0:c1].astype(np.float32)
+    border = np.concatenate([inside[0], inside[-1], inside[:, 0], inside[:, -1]])
+    background = float(np.median(border))
+    peak = float(inside.max())
+    at = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    if peak - background < MIN_BOX_CONTRAST:
+        out[r0 + at[0], c0 + at[1]] = True
+        return out
+    # every part at or above the half-maximum counts: a box may hold fragments
+    out[r0:r1, c0:c1] = inside >= (background + peak) / 2
+    return out
+
+
+def stone_mask(image: LabelledImage) -> np.ndarray:
+    """bool (rows, columns): the union of its boxes' stone pixels."""
+    mask = np.zeros(image.grey.shape, dtype=bool)
+    for box in image.boxes:
+        mask |= box_mask(image.grey, box)
+    return mask
+
+
+def image_volume(hu: np.ndarray, name: str, pixel_mm: float = ASSUMED_PIXEL_MM) -> Volume:
+    """A lone image (HU, rows x columns) as a one-slice ``Volume`` with made-up, stable UIDs."""
+    digest = int(hashlib.sha256(name.encode()).hexdigest()[:24], 16)
+    root = f"2.25.{digest}"
+    return Volume(
+        hu=np.ascontiguousarray(hu[None].astype(np.float32)),
+        positions=np.zeros((1, 3)),
+        row_direction=(1.0, 0.0, 0.0),
+        column_direction=(0.0, 0.0, -1.0),
+        pixel_spacing=(pixel_mm, pixel_mm),
+        slice_spacing=ASSUMED_SLICE_MM,
+        frame_of_reference_uid=root + ".1",
+        study_instance_uid=root + ".2",
+        series_instance_uid=root + ".3",
+        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_instance_uids=(root + ".4",),
+        frame_numbers=(1,),
+        source_paths=("",),
+    )
