@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVAL_SEED = 50_000
@@ -71,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="with --images: which side of the grouped split (default: test, the held-out one)")
     p.add_argument("--lone-slices", action="store_true",
                    help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
+    p.add_argument("--pictures", type=Path, default=None,
+                   help="with --images / --lone-slices: write one PNG per failure kind (missed stones, false "
+                        "stones) into this folder")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
@@ -282,7 +287,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
 
 def _lone_ct_slices(data_dir: Path, upsample: int = 4):
     """Every axial slice of the real example CT (no stones), resampled to 3/upsample mm in-plane,
-    each as a one-slice volume."""
+    each as (its index from the feet, a one-slice volume)."""
     import nibabel as nib
     import numpy as np
     from scipy import ndimage
@@ -293,7 +298,32 @@ def _lone_ct_slices(data_dir: Path, upsample: int = 4):
     zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
     for k in range(zyx.shape[0]):
         hu = ndimage.zoom(zyx[k], upsample, order=1)
-        yield image_volume(hu, f"example-ct-slice-{k}", pixel_mm=3.0 / upsample)
+        yield k, image_volume(hu, f"example-ct-slice-{k}", pixel_mm=3.0 / upsample)
+
+
+def _image_failure_pictures(images, predict, result: dict[str, object]) -> dict[str, list[np.ndarray]]:
+    """Pictures of the first misses (under 5 mm, 5 mm and more) and false stones, in image order."""
+    from inference.imageeval import failure_picture
+
+    by_name = {im.name: im for im in images}
+    kinds: dict[str, list[np.ndarray]] = {"missed-stone-under-5mm": [], "missed-stone-5mm-and-more": [],
+                                          "false-stone-real-image": []}
+    for miss in result["missed"]:  # type: ignore[attr-defined]
+        kind = "missed-stone-under-5mm" if miss["size_mm"] < 5 else "missed-stone-5mm-and-more"
+        if len(kinds[kind]) >= 4:
+            continue
+        im = by_name[miss["image"]]
+        x0, y0, x1, y1 = miss["box"]
+        kinds[kind].append(failure_picture(im.grey, predict(im), im.boxes, ((y0 + y1) / 2, (x0 + x1) / 2),
+                                           f"missed {miss['size_mm']} mm"))
+    for false in result["false"]:  # type: ignore[attr-defined]
+        if len(kinds["false-stone-real-image"]) >= 4:
+            break
+        im = by_name[false["image"]]
+        kinds["false-stone-real-image"].append(
+            failure_picture(im.grey, predict(im), im.boxes, (false["row"], false["column"]),
+                            f"false stone ({false['pixels']} px)"))
+    return kinds
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -319,6 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         real = (real_anatomy_phantom(args.seed + i) for i in range(args.real))
         results["real_anatomy"] = evaluate(real, predictors, progress=True)
     image_results: dict[str, object] = {}
+    pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from inference.imageeval import format_image_table, score_images
         from inference.realimages import grey_to_hu, image_volume, read_image_set, split_groups
@@ -331,18 +362,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         image_results["real_images"] = {name: score_images(chosen, on_image(predict), progress=name == "model")
                                         for name, predict in predictors.items()}
+        if args.pictures:
+            pictures.update(_image_failure_pictures(chosen, on_image(model_predict),
+                                                    image_results["real_images"]["model"]))  # type: ignore[index]
         print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination):")
         print(format_image_table(image_results["real_images"]))  # type: ignore[arg-type]
     if args.lone_slices:
         from tqdm import tqdm
 
-        from inference.imageeval import score_slices
+        from inference.imageeval import failure_picture, reported_stones, score_slices
+        from inference.realimages import hu_to_grey
         from inference.synth import shared_data_dir
 
-        masks = (pipeline.run(v).mask[0] for v in tqdm(list(_lone_ct_slices(shared_data_dir())),
-                                                     desc="slices", unit="slice"))
-        image_results["lone_slices"] = score_slices(masks)
+        lone_false: list[np.ndarray] = []
+
+        def lone_masks():
+            for k, v in tqdm(list(_lone_ct_slices(shared_data_dir())), desc="slices", unit="slice"):
+                mask = pipeline.run(v).mask[0]
+                for r, c, _ in reported_stones(mask):
+                    lone_false.append(failure_picture(hu_to_grey(v.hu[0], (40.0, 400.0)), mask, [], (r, c),
+                                                      f"false stone, example CT slice {k + 1} alone"))
+                yield mask
+
+        image_results["lone_slices"] = score_slices(lone_masks())
+        pictures["false-stone-lone-ct-slice"] = lone_false
         print("\nthe real example CT (no stones), every axial slice alone:", image_results["lone_slices"])
+    if args.pictures:
+        from inference.imageeval import write_pictures
+
+        for path in write_pictures(pictures, args.pictures):
+            print(f"wrote {path}")
     for name, table in results.items():
         print(f"\n{name}:")
         print(format_table(table))

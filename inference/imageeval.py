@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -147,3 +148,43 @@ def format_image_table(results: dict[str, dict[str, object]]) -> str:
                      f"{f(r['false_stones_per_image'])} | {f(r['image_sensitivity'])} | {f(r['image_specificity'])} | "
                      + " / ".join(f(by[n]) for n, _, _ in BOX_BINS) + " |")  # type: ignore[index]
     return "\n".join(lines)
+
+
+def failure_picture(grey: np.ndarray, mask: np.ndarray, boxes: Iterable[Box], at: tuple[float, float],
+                    caption: str, half: int = 64, zoom: int = 3) -> np.ndarray:
+    """An RGB crop (2 * half pixels square, ``zoom`` x) around ``at`` (row, column): the image, the
+    model's mask in red, the marked boxes in green, the failure ringed in yellow, and a caption."""
+    import cv2
+
+    rows, columns = grey.shape
+    r, c = int(round(at[0])), int(round(at[1]))
+    r0, c0 = min(max(0, r - half), max(0, rows - 2 * half)), min(max(0, c - half), max(0, columns - 2 * half))
+    crop = grey[r0:r0 + 2 * half, c0:c0 + 2 * half]
+    rgb = np.repeat(crop[..., None], 3, axis=2).astype(np.float32)
+    red = mask[r0:r0 + 2 * half, c0:c0 + 2 * half] > 0
+    rgb[red] = 0.45 * rgb[red] + 0.55 * np.array([255.0, 0.0, 0.0])
+    big = cv2.resize(rgb.astype(np.uint8), None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+    big = np.ascontiguousarray(big)
+    for b in boxes:
+        p0 = (int((b.x0 - c0) * zoom), int((b.y0 - r0) * zoom))
+        p1 = (int((b.x1 - c0) * zoom), int((b.y1 - r0) * zoom))
+        cv2.rectangle(big, p0, p1, (0, 255, 0), 1)
+    cv2.circle(big, (int((at[1] - c0 + 0.5) * zoom), int((at[0] - r0 + 0.5) * zoom)), 9 * zoom, (255, 255, 0), 1)
+    cv2.putText(big, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+    return big
+
+
+def write_pictures(pictures: dict[str, list[np.ndarray]], out_dir: Path) -> list[Path]:
+    """One PNG per failure kind: its pictures side by side (at most four)."""
+    import cv2
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, crops in pictures.items():
+        if not crops:
+            continue
+        row = np.concatenate(crops[:4], axis=1)
+        path = out_dir / f"{kind}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+        written.append(path)
+    return written
