@@ -1,14 +1,45 @@
-"""Shared fixtures: a real node on loopback, its index, synthetic series."""
+"""Shared fixtures: a real node on loopback, its index, synthetic series; Hypothesis's profiles."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.peers.processes import Node, free_port
+
+# Property tests run derandomized under CI (each test's examples come from a hash of the test, the
+# same on every run), so that CI's verdict can be reproduced, and at random locally, so that they
+# keep finding new cases. Loaded here, before any test module builds its own settings on top (a
+# test's own settings may change max_examples, not derandomize, the seed or the database). Both
+# derive from Hypothesis's "default" profile, not from whichever it loaded on seeing CI set.
+settings.register_profile(
+    "ci",
+    settings.get_profile("default"),
+    derandomize=True,  # implies no example database
+    max_examples=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", settings.get_profile("default"), derandomize=False, max_examples=100, deadline=None, print_blob=True
+)
+
+
+def hypothesis_profile(environ: Mapping[str, str]) -> str:
+    """HYPOTHESIS_PROFILE when it names one, else "ci" when CI is set (not empty, "0" or "false"), else "dev"."""
+    named = environ.get("HYPOTHESIS_PROFILE", "").strip()
+    if named:
+        return named
+    return "ci" if environ.get("CI", "").strip().lower() not in ("", "0", "false") else "dev"
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 FAST_COMPLETION = {
     "URONODE_SCP__COMPLETION_GRACE_S": "0.5",

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -25,6 +25,8 @@ from uronode.headerscan import (
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
+    UID_VRS,
+    UIDS,
     WANTED,
     MalformedDataSet,
     ScanError,
@@ -89,10 +91,11 @@ def _text(value: object) -> str:
 
 
 PARSE_ERRORS = (
-    InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError, IndexError, TypeError,
-    AttributeError, NotImplementedError, OverflowError, zlib.error,
+    InvalidDicomError, BytesLengthException, ValueError, EOFError, OSError, struct.error, KeyError, IndexError,
+    TypeError, AttributeError, NotImplementedError, OverflowError, zlib.error,
 )
-"""What pydicom raises on damaged data (found by fuzzing: an unknown VR is a NotImplementedError)."""
+"""What pydicom raises on damaged data: its own two errors (neither is a ValueError) and what fuzzing found
+(an unknown VR is a NotImplementedError). Values are decoded when first read, so reading one raises these too."""
 _LAST_HEADER_TAG = 0x00200032  # ImagePositionPatient: the last attribute the index keeps
 _PREFIX = 64 * 1024
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -128,8 +131,9 @@ def read_instance(
     reads them; otherwise, or when it declines, pydicom does (only up to
     (0020,0032), and usually from the first few kilobytes). Either way
     :func:`uronode.headerscan.check_data_set` then walks the rest. Raises
-    :class:`InvalidInstance` naming what is missing, unreadable or malformed;
-    returns the header and a warning about what is odd but readable (None when nothing is).
+    :class:`MalformedDataSet` naming what is damaged (whatever pydicom raised
+    on it), :class:`InvalidInstance` naming what is missing or not a valid
+    UID; returns the header and a warning about what is odd but readable (None when nothing is).
     """
     if len(parts) == 2 and not len(parts[1]):
         raise InvalidInstance("the data set is empty")
@@ -140,7 +144,7 @@ def read_instance(
         except (ScanError, UnicodeDecodeError):
             pass  # the full parser below decides
         else:
-            return header, _check(parts[1], transfer_syntax_uid, stop, beginning=stop == 0)
+            return header, check_data_set(parts[1], transfer_syntax_uid, stop, beginning=stop == 0)
     try:
         ds = None
         total = sum(len(p) for p in parts)
@@ -156,29 +160,40 @@ def read_instance(
                 ds = None  # parse everything below
         if ds is None:
             ds, _ = _parse(b"".join(parts))
-        values = {name: _text(ds.get(name)) for name in WANTED.values() if name in ds}
+        values = _values(ds)
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         implicit, little = ds.original_encoding
+    except MalformedDataSet:
+        raise  # our own finding, already precise
     except PARSE_ERRORS as exc:
         if transfer_syntax_uid is not None:  # what the structural check finds says more than pydicom's error
             data, start = _data_set(parts)
-            _check(data, transfer_syntax_uid, start)
-        raise InvalidInstance(f"the data set cannot be parsed: {exc}") from exc
+            check_data_set(data, transfer_syntax_uid, start)
+        raise MalformedDataSet(f"the data set cannot be parsed: {exc}") from exc
     data, start = _data_set(parts)
     if start >= len(data):
         raise InvalidInstance("the data set is empty")
     # before the UIDs: a truncated data set would otherwise read as "missing"; without a
     # Transfer Syntax UID, in the encoding pydicom found
     found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE
-    warning = _check(data, syntax or found, start)
+    warning = check_data_set(data, syntax or found, start)
     return _header_from(values, syntax), warning
 
 
-def _check(data: bytes | memoryview, transfer_syntax_uid: str, start: int, *, beginning: bool = True) -> str | None:
-    try:
-        return check_data_set(data, transfer_syntax_uid, start, beginning=beginning)
-    except MalformedDataSet as exc:
-        raise InvalidInstance(str(exc)) from None
+def _values(ds: Dataset) -> dict[str, str]:
+    """The wanted attributes present, as text; a UID in another VR than UI is a :class:`MalformedDataSet`.
+
+    Raises what pydicom raises (:data:`PARSE_ERRORS`) on a value it cannot decode in its VR.
+    """
+    values = {}
+    for tag, name in WANTED.items():
+        element = ds.get_item(tag)  # not yet decoded: the VR as the data set has it (None: implicit VR)
+        if element is None:
+            continue
+        if name in UIDS and element.VR is not None and element.VR.encode("ascii", "replace") not in UID_VRS:
+            raise MalformedDataSet(f"{name} has VR {element.VR}, not UI")
+        values[name] = _text(ds[tag].value)
+    return values
 
 
 def file_meta_end(data: bytes | memoryview, pos: int = len(PREAMBLE)) -> int:
@@ -197,7 +212,7 @@ def file_meta_end(data: bytes | memoryview, pos: int = len(PREAMBLE)) -> int:
 
 def check_bare_data_set(data: bytes | memoryview, transfer_syntax_uid: str) -> str | None:
     """:func:`uronode.headerscan.check_data_set` on a data set without preamble (File Meta, if any, skipped)."""
-    return _check(data, transfer_syntax_uid, file_meta_end(data, 0))
+    return check_data_set(data, transfer_syntax_uid, file_meta_end(data, 0))
 
 
 def _data_set(parts: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, int]:

@@ -4,7 +4,8 @@ It walks the top-level elements of a Little Endian data set (explicit or
 implicit VR) up to (0020,0032), skipping sequences, and decodes only the
 attributes the index keeps (patient, study, series and instance level). Anything unusual (big endian, deflate, a
 character set other than ASCII, Latin-1 or UTF-8, a malformed length)
-raises :class:`ScanError`, and the caller falls back to pydicom.
+raises :class:`ScanError`, and the caller falls back to pydicom. So does a UID
+attribute in another VR than UI (or UN), which pydicom would read as that VR.
 ``tests/uronode/test_headerscan.py`` checks it against pydicom on every test file at hand.
 
 :func:`check_data_set` walks the rest of the top-level elements (every
@@ -20,6 +21,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
+
+from uronode.errors import InvalidInstance
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -68,6 +71,9 @@ TEXT = {
     "StudyID",
 }
 """Attributes whose value is text in the data set's character set (the rest are ASCII)."""
+UIDS = {"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"}
+"""Wanted attributes whose VR is UI: in an explicit VR data set, UI (or UN) is the only encoding they may have."""
+UID_VRS = {b"UI", b"UN"}
 _CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 _u16 = struct.Struct("<H").unpack_from
@@ -78,8 +84,12 @@ class ScanError(ValueError):
     """The fast path cannot read this data set; use the full parser."""
 
 
-class MalformedDataSet(ValueError):
-    """The data set is broken (truncated, a length that does not fit, pixel data of the wrong size); says how."""
+class MalformedDataSet(InvalidInstance, ValueError):
+    """The data set is broken (truncated, a length that does not fit, pixel data of the wrong size); says how.
+
+    An :class:`~uronode.errors.InvalidInstance`: whoever refuses instances that
+    cannot be understood (the C-STORE handler, STOW-RS) refuses these too.
+    """
 
 
 def _tag(buf: memoryview, pos: int) -> int:
@@ -155,6 +165,8 @@ def scan_header(data: bytes | bytearray | memoryview, transfer_syntax_uid: str) 
             raise ScanError("value runs past the end")
         name = WANTED.get(tag)
         if name is not None:
+            if explicit and name in UIDS and bytes(buf[pos + 4 : pos + 6]) not in UID_VRS:
+                raise ScanError(f"{name} is not encoded as a UI")
             raw[name] = bytes(buf[value : value + length])
         pos = value + length
     charsets = raw.pop("SpecificCharacterSet", b"").decode("ascii", "replace").strip(" \x00").split("\\")

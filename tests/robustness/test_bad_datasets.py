@@ -349,3 +349,30 @@ def test_a_data_set_cut_off_by_an_abort_leaves_nothing(node: Node, tmp_path: Pat
                20, "every association to be closed")
     assert stored(node, ds.SOPInstanceUID) == []
     still_serves(node, tmp_path)
+
+
+def series_uid_as_ul(body: bytes, junk: bytes) -> bytes:
+    """The data set with the VR of its SeriesInstanceUID made UL: ``junk`` replaces the VR's I (and what follows)."""
+    at = body.index(b"\x20\x00\x0e\x00UI") + 5
+    return body[:at] + junk + body[at + len(junk) :]
+
+
+@pytest.mark.parametrize(
+    ("junk", "index"),
+    [(b"L\x01", 80), (b"L", 82)],
+    ids=["one-byte", "whole-values"],  # as fuzzing found (pydicom raised); 44 bytes, 11 values (it was stored)
+)
+def test_a_uid_in_a_numeric_vr_is_not_understood_and_the_association_goes_on(
+    node: Node, tmp_path: Path, junk: bytes, index: int
+) -> None:
+    bad, good = a_slice(index), a_slice(index + 1)
+    body = series_uid_as_ul(encode(bad), junk)
+    with raw_scu(node, CTImageStorage) as assoc:
+        refused = assoc.send_c_store(as_file(tmp_path, "uid-as-ul", CTImageStorage, bad.SOPInstanceUID, body))
+        assert assoc.is_established  # answered, not aborted
+        accepted = assoc.send_c_store(as_file(tmp_path, "good", CTImageStorage, good.SOPInstanceUID, encode(good)))
+    assert (refused.Status, refused.ErrorComment) == (CANNOT_UNDERSTAND, "SeriesInstanceUID has VR UL, not UI")
+    assert accepted.Status == 0x0000
+    assert stored(node, bad.SOPInstanceUID) == []
+    assert len(stored(node, good.SOPInstanceUID)) == 1
+    still_serves(node, tmp_path)
