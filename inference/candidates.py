@@ -15,6 +15,27 @@ a grey opening over ``contrast_window_mm`` in-plane) and at least
 ``contrast_min_hu``, in components of at most ``contrast_max_voxels`` that do
 not touch a dense candidate. Noise makes many of these; the network's second
 look has to reject them.
+
+Noise (low-dose series) would make both rules fire on speckle, and the cost
+grow with it, so both are bounded by the series' own noise, measured in its
+soft tissue (``estimate_noise``):
+
+- the dense threshold is at least the soft-tissue level plus ``dense_noise_k``
+  times the voxel noise SD (4.5 SD: a 300 HU stone still stands out of 40 HU
+  noise, speckle voxels rarely do). When that raises it, voxels that reach the
+  same bound on a copy smoothed in-plane (``denoise_mm``, measured again there)
+  are dense too: smoothing over about a stone's width keeps a small stone and
+  flattens fine speckle, so a stone is found at either scale;
+- the local-contrast rule runs only while the fine-grain noise is at most
+  ``contrast_max_noise_hu`` (its ``contrast_hu`` is then at least 5 SD; above,
+  a voxel that stands 60 HU out is as likely noise as a stone, and noise makes
+  thousands of them);
+- a hard budget: at most ``max_patches`` patches per series, spent on the
+  strongest components (dense ones by peak HU, then local-contrast ones by
+  peak contrast).
+
+The defaults leave series within the generator's noise (up to 13 HU) exactly
+as before; 0 turns each bound off.
 """
 
 from __future__ import annotations
@@ -29,6 +50,12 @@ from inference.volume import Volume
 
 BODY_HU = -500.0
 BODY_STRIDE = 4
+TISSUE_HU = (0.0, 100.0)
+"""Soft tissue, where the noise is measured: the local mean in this band."""
+NOISE_SLICES = 16
+"""Slices the noise is measured on (evenly spread over the series)."""
+NOISE_BLOCK = 8
+"""In-plane block (pixels) of the voxel-noise SD."""
 
 
 @dataclass(frozen=True)
@@ -41,21 +68,53 @@ class CandidateRule:
     contrast_min_hu: float = 70.0
     contrast_window_mm: float = 3.5
     contrast_max_voxels: int = 12
+    dense_noise_k: float = 4.5
+    """The dense threshold is at least soft tissue + this x the voxel noise SD (0 = off)."""
+    contrast_max_noise_hu: float = 16.0
+    """No local-contrast candidates when the voxel noise SD exceeds this (0 = no limit)."""
+    contrast_max_fine_noise_hu: float = 10.0
+    """No local-contrast candidates when the fine-grain noise SD exceeds this (0 = no limit)."""
+    denoise_mm: float = 0.4
+    """When noise raises the dense threshold: also look at a copy smoothed in-plane by a Gaussian
+    of this SD (mm), with its own noise-raised threshold (0 = never)."""
+    max_patches: int = 4096
+    """Budget: patches of the strongest components that fit in it (0 = no budget)."""
 
     @classmethod
     def from_card(cls, block: dict[str, Any]) -> CandidateRule:
         """The card's ``candidates`` block (keys as the fields; missing ones take the defaults)."""
         d = cls()
         values = {k: block.get(k, getattr(d, k)) for k in cls.__dataclass_fields__}
-        return cls(**{k: (int(v) if k == "contrast_max_voxels" else float(v))  # type: ignore[arg-type,misc]
+        return cls(**{k: (int(v) if k in INT_FIELDS else float(v))  # type: ignore[arg-type,misc]
                       for k, v in values.items()})
 
     def card(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    @property
+    def noise_aware(self) -> bool:
+        return self.dense_noise_k > 0 or (self.contrast_hu > 0 and (
+            self.contrast_max_noise_hu > 0 or self.contrast_max_fine_noise_hu > 0))
 
+
+INT_FIELDS = ("contrast_max_voxels", "max_patches")
 DEFAULT_RULE = CandidateRule()
 BASELINE_RULE = CandidateRule(threshold_hu=200.0)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """A series' noise, measured in its soft tissue (HU)."""
+
+    sd_hu: float
+    """Voxel noise SD: the mode of the SDs of 8 x 8 pixel blocks (a global noise level)."""
+    fine_sd_hu: float
+    """Fine-grain noise SD: 1.4826 x the median absolute deviation of HU minus the mean of the
+    4 neighbours, scaled to white noise's SD. Kernel-smoothed (correlated) noise reads lower."""
+    tissue_hu: float
+    """Median HU of the soft-tissue blocks."""
+    slices: int
+    """Slices measured; 0 = no soft tissue found (the other fields are then 0)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +130,16 @@ class Candidates:
     """int (n,): the component each patch centre belongs to."""
     dense_count: int = -1
     """Components 1..dense_count are dense ones, the rest local-contrast ones (-1: all dense)."""
+    noise: NoiseEstimate | None = None
+    """The series' noise (None when the rule does not look at it)."""
+    dense_threshold_hu: float = 0.0
+    """The dense threshold applied (``threshold_hu``, or higher in noise)."""
+    smoothed_threshold_hu: float = 0.0
+    """The threshold on the smoothed copy (0: the copy was not looked at)."""
+    contrast_applied: bool = False
+    """Whether the local-contrast rule ran."""
+    over_budget: int = 0
+    """Components dropped by the budget (the weakest)."""
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -87,50 +156,245 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return body
 
 
+def estimate_noise(hu: np.ndarray, slices: int = NOISE_SLICES,
+                   smooth: tuple[float, float] | None = None) -> NoiseEstimate:
+    """The noise of a (slices, rows, columns) HU volume, from up to ``slices`` of its slices
+    (each smoothed in-plane by a Gaussian of ``smooth`` pixels' SD, if given).
+
+    Both SDs are robust to the anatomy: the voxel SD is the mode of the blocks' SDs
+    (edges only lengthen the histogram's tail), the fine SD a median absolute deviation.
+    """
+    n = hu.shape[0]
+    step = max(1, -(-n // slices))
+    lo, hi = TISSUE_HU
+    residuals, block_sds, block_means = [], [], []
+    for k in range(step // 2, n, step):
+        s = hu[k].astype(np.float32, copy=False)
+        if smooth is not None:
+            s = ndimage.gaussian_filter(s, smooth)
+        inner = s[1:-1, 1:-1]
+        around = 0.25 * (s[:-2, 1:-1] + s[2:, 1:-1] + s[1:-1, :-2] + s[1:-1, 2:])
+        residuals.append((inner - around)[(around >= lo) & (around <= hi)])
+        b = NOISE_BLOCK
+        rows, cols = (s.shape[0] // b) * b, (s.shape[1] // b) * b
+        blocks = s[:rows, :cols].reshape(rows // b, b, cols // b, b)
+        means = blocks.mean(axis=(1, 3))
+        sds = blocks.std(axis=(1, 3), ddof=1)
+        tissue = (means >= lo) & (means <= hi)
+        block_sds.append(sds[tissue])
+        block_means.append(means[tissue])
+    residual = np.concatenate(residuals)
+    sd = np.concatenate(block_sds)
+    if residual.size < 100 or sd.size < 10:
+        return NoiseEstimate(0.0, 0.0, 0.0, 0)
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    fine = 1.4826 * mad / np.sqrt(1.25)  # white noise: Var(x - mean of 4) = 1.25 Var(x)
+    hist, edges = np.histogram(sd, bins=np.arange(0.0, max(float(sd.max()), 1.0) + 0.5, 0.5))
+    hist = ndimage.uniform_filter1d(hist.astype(np.float64), 5, mode="constant")
+    mode = float(edges[int(hist.argmax())]) + 0.25
+    return NoiseEstimate(round(mode, 2), round(float(fine), 2),
+                         round(float(np.median(np.concatenate(block_means))), 1), len(residuals))
+
+
+def dense_threshold(rule: CandidateRule, noise: NoiseEstimate | None) -> float:
+    """The dense rule's threshold in a series of this noise."""
+    if noise is None or not noise.slices or rule.dense_noise_k <= 0:
+        return rule.threshold_hu
+    return max(rule.threshold_hu, noise.tissue_hu + rule.dense_noise_k * noise.sd_hu)
+
+
+def _dense_mask(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None,
+                pixel_spacing: tuple[float, float]) -> tuple[np.ndarray, float, float]:
+    """Dense voxels, the threshold, and the smoothed copy's threshold (0: not looked at)."""
+    threshold = dense_threshold(rule, noise)
+    dense = hu >= threshold
+    if threshold <= rule.threshold_hu or rule.denoise_mm <= 0:
+        return dense, threshold, 0.0
+    sigma = (rule.denoise_mm / pixel_spacing[0], rule.denoise_mm / pixel_spacing[1])
+    smoothed = dense_threshold(rule, estimate_noise(hu, smooth=sigma))
+    for k in range(hu.shape[0]):  # slice by slice: no smoothed copy of the volume
+        dense[k] |= ndimage.gaussian_filter(hu[k], sigma) >= smoothed
+    return dense, threshold, smoothed
+
+
+def contrast_applies(rule: CandidateRule, noise: NoiseEstimate | None) -> bool:
+    """Whether the local-contrast rule runs in a series of this noise."""
+    if rule.contrast_hu <= 0:
+        return False
+    if noise is None or not noise.slices:
+        return True
+    return ((rule.contrast_max_noise_hu <= 0 or noise.sd_hu <= rule.contrast_max_noise_hu)
+            and (rule.contrast_max_fine_noise_hu <= 0 or noise.fine_sd_hu <= rule.contrast_max_fine_noise_hu))
+
+
+@dataclass(frozen=True, eq=False)
+class _Components:
+    """Candidate components before the budget: ids 1..n in ``labels``, with their boxes."""
+
+    starts: np.ndarray
+    """int (n, 3)"""
+    stops: np.ndarray
+    strength: np.ndarray
+    """float (n,): peak HU (dense) or peak contrast (local-contrast ones)."""
+
+    @property
+    def count(self) -> int:
+        return int(self.starts.shape[0])
+
+
 def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candidates:
     """Candidate components of ``volume`` under ``rule`` (see the module's text)."""
     hu = volume.hu
-    dense = hu >= rule.threshold_hu
+    noise = estimate_noise(hu) if rule.noise_aware else None
+    dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing)
+    with_contrast = contrast_applies(rule, noise)
     # a preallocated int32 output: without it scipy labels into a wider temporary first
     labels = np.empty(dense.shape, dtype=np.int32)
     count = int(ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool), output=labels))
     del dense
     if count == 0:
-        return Candidates(labels, 0, np.zeros((0, 3), int), np.zeros(0, int))
+        return Candidates(labels, 0, np.zeros((0, 3), int), np.zeros(0, int), noise=noise,
+                          dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed)
     body = body_mask(hu)
+    dense_parts = _keep_dense(labels, count, hu, body, volume, rule)
+    dense_count = dense_parts.count
+    parts = dense_parts
+    if with_contrast:
+        contrast_parts = _contrast_components(hu, labels, body, volume.pixel_spacing, rule, threshold,
+                                              dense_count)
+        parts = _Components(np.concatenate([dense_parts.starts, contrast_parts.starts]),
+                            np.concatenate([dense_parts.stops, contrast_parts.stops]),
+                            np.concatenate([dense_parts.strength, contrast_parts.strength]))
+    kept, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches)
+    centres_arr, owners_arr = _patch_centres(labels, kept)
+    return Candidates(labels, kept.count, centres_arr, owners_arr, dense_count, noise=noise,
+                      dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed,
+                      contrast_applied=with_contrast, over_budget=parts.count - kept.count)
+
+
+def _boxes(objects: list[tuple[slice, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) starts and stops of ``find_objects``'s boxes (every label present)."""
+    flat = np.array([(s.start, s.stop) for box in objects if box is not None for s in box],
+                    dtype=np.int64).reshape(-1, 3, 2)
+    return flat[:, :, 0], flat[:, :, 1]
+
+
+def _in_body(body: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Whether each box's centre voxel lies in the (coarse) body."""
+    centre = (starts + stops - 1) // 2
+    k = centre[:, 0]
+    r = np.minimum(body.shape[1] - 1, centre[:, 1] // BODY_STRIDE)
+    c = np.minimum(body.shape[2] - 1, centre[:, 2] // BODY_STRIDE)
+    return body[k, r, c]
+
+
+def _relabel(flat_labels: np.ndarray, where: np.ndarray, ids: np.ndarray, keep: np.ndarray,
+             first: int = 0) -> int:
+    """Give the kept components (``keep[i]`` for id i + 1) ids first+1, ... in order, the others 0,
+    writing only at the voxels ``where`` (flat indices, their ids ``ids``); the number kept."""
+    mapping = np.zeros(keep.size + 1, dtype=np.int32)
+    kept = int(keep.sum())
+    mapping[1:][keep] = np.arange(first + 1, first + kept + 1, dtype=np.int32)
+    flat_labels[where] = mapping[ids]
+    return kept
+
+
+def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray, volume: Volume,
+                rule: CandidateRule) -> _Components:
+    """Relabel ``labels`` in place: the components that may be stones get 1..n, the others 0.
+
+    Works on the labelled voxels only (a volume-wide bincount would widen the labels to
+    int64, 8 bytes a voxel), so that many components (speckle) cost little.
+    """
     voxel_mm3 = volume.pixel_spacing[0] * volume.pixel_spacing[1] * volume.slice_spacing
-    objects = ndimage.find_objects(labels)
-    # relabel in place, box by box: kept components get 1..n, the others 0. A new id never
-    # exceeds the old one, so a later component's voxels are never confused with a renamed one.
-    # (np.take or bincount over the volume would widen it to int64: 8 bytes a voxel.)
-    kept_boxes: list[tuple[int, tuple[slice, ...]]] = []
-    for i, box in enumerate(objects, start=1):
-        if box is None:
-            continue
-        region = labels[box]
-        selected = region == i
-        extent = (
-            (box[0].stop - box[0].start) * volume.slice_spacing,
-            (box[1].stop - box[1].start) * volume.pixel_spacing[0],
-            (box[2].stop - box[2].start) * volume.pixel_spacing[1],
-        )
-        keep = int(selected.sum()) * voxel_mm3 <= rule.max_volume_mm3 and max(extent) <= rule.max_extent_mm
-        if keep:
-            k = (box[0].start + box[0].stop - 1) // 2
-            r = min(body.shape[1] - 1, ((box[1].start + box[1].stop - 1) // 2) // BODY_STRIDE)
-            c = min(body.shape[2] - 1, ((box[2].start + box[2].stop - 1) // 2) // BODY_STRIDE)
-            keep = bool(body[k, r, c])
-        if keep:
-            kept_boxes.append((len(kept_boxes) + 1, box))
-            region[selected] = len(kept_boxes)
-        else:
-            region[selected] = 0
-    dense_count = len(kept_boxes)
-    if rule.contrast_hu > 0:
-        kept_boxes += _contrast_components(hu, labels, body, volume.pixel_spacing, rule, dense_count)
+    starts, stops = _boxes(ndimage.find_objects(labels))
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    ids = flat[where]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    spacing = np.array([volume.slice_spacing, volume.pixel_spacing[0], volume.pixel_spacing[1]])
+    extent = ((stops - starts) * spacing).max(axis=1)
+    keep = (sizes * voxel_mm3 <= rule.max_volume_mm3) & (extent <= rule.max_extent_mm)
+    keep &= _in_body(body, starts, stops)
+    peak = np.full(count + 1, -np.inf, dtype=np.float32)
+    np.maximum.at(peak, ids, hu.reshape(-1)[where])
+    _relabel(flat, where, ids, keep)
+    return _Components(starts[keep], stops[keep], peak[1:][keep].astype(np.float64))
+
+
+def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
+                         pixel_spacing: tuple[float, float], rule: CandidateRule, threshold: float,
+                         first: int) -> _Components:
+    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them."""
+    none = _Components(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros(0))
+    size = max(3, int(round(rule.contrast_window_mm / min(pixel_spacing))) | 1)
+    seeds = (hu >= rule.contrast_min_hu) & (hu < threshold)
+    if not seeds.any():
+        return none
+    # the top-hat only where it can matter: the slices and rows/columns holding seeds
+    ks, rs, cs = (np.nonzero(seeds.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
+    pad = size
+    box = (slice(int(ks[0]), int(ks[-1]) + 1),
+           slice(max(0, int(rs[0]) - pad), int(rs[-1]) + 1 + pad),
+           slice(max(0, int(cs[0]) - pad), int(cs[-1]) + 1 + pad))
+    sub = hu[box]
+    contrast = ndimage.grey_opening(sub, size=(1, size, size))
+    np.subtract(sub, contrast, out=contrast)  # the top-hat, in the opening's memory
+    local = seeds[box] & (contrast >= rule.contrast_hu)
+    del seeds
+    near_dense = ndimage.binary_dilation(labels[box] > 0, structure=np.ones((3, 3, 3), bool))
+    local &= ~near_dense
+    del near_dense
+    small = np.empty(local.shape, dtype=np.int32)
+    count = int(ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool), output=small))
+    del local
+    if count == 0:
+        return none
+    starts, stops = _boxes(ndimage.find_objects(small))
+    flat = small.reshape(-1)
+    where = np.flatnonzero(flat)
+    ids = flat[where]
+    keep = np.bincount(ids, minlength=count + 1)[1:] <= rule.contrast_max_voxels
+    offset = np.array([b.start for b in box], dtype=np.int64)
+    keep &= _in_body(body, starts + offset, stops + offset)
+    peak = np.full(count + 1, -np.inf, dtype=np.float32)
+    np.maximum.at(peak, ids, contrast.reshape(-1)[where])
+    del contrast
+    _relabel(flat, where, ids, keep, first)
+    new_ids = flat[where]
+    placed = new_ids > 0  # (never on a dense voxel: the contrast voxels keep away from them)
+    labels[box][np.unravel_index(where[placed], small.shape)] = new_ids[placed]
+    return _Components(starts[keep] + offset, stops[keep] + offset, peak[1:][keep].astype(np.float64))
+
+
+def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,
+                  max_patches: int) -> tuple[_Components, int]:
+    """Keep the strongest components whose patches fit in ``max_patches`` (dense ones first, by
+    peak HU, then local-contrast ones by peak contrast), renumbered in their old order."""
+    patches = parts.stops[:, 0] - parts.starts[:, 0]  # one patch per slice it spans
+    if max_patches <= 0 or int(patches.sum()) <= max_patches:
+        return parts, dense_count
+    ids = np.arange(1, parts.count + 1)
+    contrast = ids > dense_count
+    order = np.lexsort((ids, -parts.strength, contrast))
+    fits = int(np.searchsorted(np.cumsum(patches[order]), max_patches, side="right"))
+    keep = np.zeros(parts.count, dtype=bool)
+    keep[order[:fits]] = True
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    _relabel(flat, where, flat[where], keep)
+    kept = _Components(parts.starts[keep], parts.stops[keep], parts.strength[keep])
+    return kept, int(keep[:dense_count].sum())
+
+
+def _patch_centres(labels: np.ndarray, parts: _Components) -> tuple[np.ndarray, np.ndarray]:
+    """One patch centre per slice of every component (the middle of its extent there),
+    sorted by slice; and the component of each."""
     centres = []
     owners = []
-    for new_id, box in kept_boxes:
+    for i in range(parts.count):
+        new_id = i + 1
+        box = tuple(slice(int(a), int(b)) for a, b in zip(parts.starts[i], parts.stops[i], strict=True))
         local = labels[box] == new_id
         for dk in range(local.shape[0]):
             rr, cc = np.nonzero(local[dk])
@@ -145,52 +409,7 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     centres_arr = np.asarray(centres, dtype=int).reshape(-1, 3)
     owners_arr = np.asarray(owners, dtype=int)
     order = np.argsort(centres_arr[:, 0], kind="stable")
-    return Candidates(labels, len(kept_boxes), centres_arr[order], owners_arr[order], dense_count)
-
-
-def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
-                         pixel_spacing: tuple[float, float], rule: CandidateRule,
-                         first: int) -> list[tuple[int, tuple[slice, ...]]]:
-    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return their boxes."""
-    size = max(3, int(round(rule.contrast_window_mm / min(pixel_spacing))) | 1)
-    seeds = (hu >= rule.contrast_min_hu) & (hu < rule.threshold_hu)
-    if not seeds.any():
-        return []
-    # the top-hat only where it can matter: the slices and rows/columns holding seeds
-    ks, rs, cs = (np.nonzero(seeds.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
-    pad = size
-    box = (slice(int(ks[0]), int(ks[-1]) + 1),
-           slice(max(0, int(rs[0]) - pad), int(rs[-1]) + 1 + pad),
-           slice(max(0, int(cs[0]) - pad), int(cs[-1]) + 1 + pad))
-    sub = hu[box]
-    background = ndimage.grey_opening(sub, size=(1, size, size))
-    local = seeds[box] & (sub - background >= rule.contrast_hu)
-    del background
-    near_dense = ndimage.binary_dilation(labels[box] > 0, structure=np.ones((3, 3, 3), bool))
-    local &= ~near_dense
-    del near_dense
-    small = np.empty(local.shape, dtype=np.int32)
-    count = int(ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool), output=small))
-    out: list[tuple[int, tuple[slice, ...]]] = []
-    if count == 0:
-        return out
-    region_all = labels[box]
-    for i, sbox in enumerate(ndimage.find_objects(small), start=1):
-        if sbox is None:
-            continue
-        selected = small[sbox] == i
-        if int(selected.sum()) > rule.contrast_max_voxels:
-            continue
-        k = (sbox[0].start + sbox[0].stop - 1) // 2 + box[0].start
-        r = min(body.shape[1] - 1, ((sbox[1].start + sbox[1].stop - 1) // 2 + box[1].start) // BODY_STRIDE)
-        c = min(body.shape[2] - 1, ((sbox[2].start + sbox[2].stop - 1) // 2 + box[2].start) // BODY_STRIDE)
-        if not body[k, r, c]:
-            continue
-        new_id = first + len(out) + 1
-        region_all[sbox][selected] = new_id
-        full = tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sbox, box, strict=True))
-        out.append((new_id, full))
-    return out
+    return centres_arr[order], owners_arr[order]
 
 
 def baseline_mask(volume: Volume, rule: CandidateRule = BASELINE_RULE) -> np.ndarray:
