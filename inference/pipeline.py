@@ -15,6 +15,7 @@ import numpy as np
 
 from inference.candidates import CandidateRule, find_candidates
 from inference.components import ComponentTable, ComponentThresholds, component_table, select_mask
+from inference.errors import ModelError
 from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.runtime import LoadedModel, load_model
@@ -23,6 +24,14 @@ from inference.volume import Volume, load_volume
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+VIEWS: dict[int, tuple[tuple[int, bool], ...]] = {
+    1: ((0, False),),
+    2: ((0, False), (0, True)),
+    4: ((0, False), (1, False), (2, False), (3, False)),
+    8: tuple((k, flip) for flip in (False, True) for k in range(4)),
+}
+"""Test-time views (quarter turns, mirrored or not) whose outputs are averaged: the card's
+``test_time_views`` (1 = the patch as it is)."""
 
 
 class Pipeline:
@@ -48,6 +57,9 @@ class Pipeline:
         self.has_component_head = len(self.model.keras_model.outputs) > 1
         self.min_voxels = int(card.postprocessing.get("min_voxels", 1))
         self.box_margin_mm = float(card.postprocessing.get("box_margin_mm", 5.0))
+        self.views = int(card.raw.get("test_time_views", 1))
+        if self.views not in VIEWS:
+            raise ModelError(f"model card test_time_views {self.views} is not one of {sorted(VIEWS)}")
         self._forward = self._compile()
         self.last_timings: dict[str, float] = {}
 
@@ -78,12 +90,20 @@ class Pipeline:
         scores = np.empty(patches_hu.shape[0], dtype=np.float32) if self.has_component_head else None
         for start in range(0, patches_hu.shape[0], BATCH):
             x = preprocess(patches_hu[start:start + BATCH], self.spec)
-            y = self._forward(x)
+            pixel_sum = np.zeros(x.shape[:3], dtype=np.float32)
+            score_sum = np.zeros(x.shape[0], dtype=np.float32)
+            for k, flip in VIEWS[self.views]:
+                view = np.rot90(x, k, axes=(1, 2))
+                view = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
+                y = self._forward(view)
+                pixels = (y[0] if scores is not None else y).numpy()[..., 0]
+                pixels = pixels[:, :, ::-1] if flip else pixels
+                pixel_sum += np.rot90(pixels, -k, axes=(1, 2))
+                if scores is not None:
+                    score_sum += y[1].numpy()[:, 0]
+            out[start:start + BATCH] = pixel_sum / len(VIEWS[self.views])
             if scores is not None:
-                out[start:start + BATCH] = y[0].numpy()[..., 0]
-                scores[start:start + BATCH] = y[1].numpy()[:, 0]
-            else:
-                out[start:start + BATCH] = y.numpy()[..., 0]
+                scores[start:start + BATCH] = score_sum / len(VIEWS[self.views])
         return out, scores
 
     def analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
