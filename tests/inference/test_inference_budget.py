@@ -170,7 +170,7 @@ def _soft_tissue_spot(hu: np.ndarray, k: int) -> tuple[int, int]:
 def test_a_2_mm_stone_of_300_hu_is_a_candidate_in_40_hu_noise(phantom: Phantom, rule: CandidateRule,
                                                                filter_px: float, at_least: int) -> None:
     """In 8 noise draws each. White noise: every time. Noise correlated over the stone's own
-    size hides it now and then (measured: 46 of 48 draws found), hence 7 of 8."""
+    size hides it now and then (measured: found in 47 of 48 draws), hence 7 of 8."""
     hu = phantom.hu[10:30]
     k = hu.shape[0] // 2
     centre = (k, *_soft_tissue_spot(hu, k))
