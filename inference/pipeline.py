@@ -24,6 +24,8 @@ from inference.volume import Volume, load_volume
 logger = logging.getLogger(__name__)
 
 BATCH = 64
+CUT_CHUNK = 512
+"""Patches cut from the volume at a time (each about 0.1 MB of HU)."""
 VIEWS: dict[int, tuple[tuple[int, bool], ...]] = {
     1: ((0, False),),
     2: ((0, False), (0, True)),
@@ -115,9 +117,12 @@ class Pipeline:
         prob = np.zeros(volume.shape, dtype=np.float16)
         scores = None
         if found.centres.shape[0]:
-            patches = cut_inputs(volume.hu, found.centres, self.spec)
-            probs, scores = self.predict_patches(patches)
-            del patches
+            # cut and predict a chunk at a time: memory stays flat however many candidates a series has
+            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec))
+                      for i in range(0, found.centres.shape[0], CUT_CHUNK)]
+            probs = np.concatenate([c[0] for c in chunks])
+            scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])  # type: ignore[misc]
+            del chunks
             half = self.patch // 2
             _, rows, cols = volume.shape
             for (k, r, c), p in zip(found.centres, probs, strict=True):
