@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "sensitivity, false stones per image, image-level sensitivity and specificity")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
                    help="with --images: which side of the grouped split (default: test, the held-out one)")
+    p.add_argument("--window", default="auto", choices=["auto", "assumed"],
+                   help="with --images: read each image through the window estimated from its histogram when it "
+                        "is clearly a wide (bone) one, else the assumed 400/40 (auto, the default), or always "
+                        "through the assumed one")
     p.add_argument("--lone-slices", action="store_true",
                    help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
     p.add_argument("--pictures", type=Path, default=None,
@@ -352,13 +356,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from inference.imageeval import format_image_table, score_images
-        from inference.realimages import grey_to_hu, image_volume, read_image_set, split_groups
+        from inference.realimages import image_hu, image_volume, read_image_set, split_groups
 
         images = read_image_set(args.images)
         chosen = images if args.split == "all" else split_groups(images)[args.split]
 
         def on_image(predict):
-            return lambda im: predict(image_volume(grey_to_hu(im.grey), im.name))[0]
+            return lambda im: predict(image_volume(image_hu(im.grey, args.window), im.name))[0]
 
         image_results["real_images"] = {name: score_images(chosen, on_image(predict), progress=name == "model")
                                         for name, predict in predictors.items()}

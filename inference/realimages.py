@@ -12,7 +12,9 @@ model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
 (level 40, width 400: the usual abdominal soft-tissue window), so grey 0 is
 -160 HU and grey 255 is +240 HU; stones and bone are clipped alike at the
 top. The model is trained over many other windows (``rewindow``) so that the
-assumption need not be right, only plausible.
+assumption need not be right, only plausible. An image that is clearly in a
+wide (bone) window, where stones are grey, is read through the window its own
+histogram shows instead (``estimate_window``, ``image_hu``).
 
 Box supervision (``box_mask``): a box says where a stone is, not which pixels
 are stone. Inside the box, the stone is the pixels at least half-way from the
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from inference.volume import CT_IMAGE_STORAGE, Volume
 
@@ -54,6 +57,15 @@ ASSUMED_SLICE_MM = 1.0
 MIN_BOX_CONTRAST = 12.0
 """Grey levels a box's brightest pixel must stand above its border for the half-maximum rule."""
 EXAM_GAP_S = 600.0
+SOFT_TISSUE_HU = 30.0
+"""Where ``estimate_window`` puts an image's soft-tissue peak (the training images' median under the assumed window)."""
+FAT_HU = -100.0
+WIDE_WINDOW_HU = 800.0
+"""Widths from fat and soft tissue under this are not trusted (the peaks of a narrow window mislead)."""
+NARROW_PEAK_GREY = 18
+"""A wide window squeezes soft tissue into few grey levels: its peak's full width at half height, at most."""
+MAX_SATURATED_SHARE = 0.006
+"""Share of pixels at grey 250 or more above which an image is a soft-tissue window (bone white)."""
 
 _ROBOFLOW = re.compile(r"(_(png|jpg|jpeg|bmp|tif|tiff))*\.rf\.[0-9a-f]+$", re.IGNORECASE)
 _TICKS = re.compile(r"(?:^|-)(6\d{17})\d{5}(?:-|$)")
@@ -228,6 +240,84 @@ def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = ASSUMED_WINDOW) -
     """8-bit grey -> HU under ``window`` (level, width)."""
     level, width = window
     return (level - width / 2 + grey.astype(np.float32) * (width / 255.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WindowEstimate:
+    """The window an image is read through, and why (``estimate_window``)."""
+
+    level: float
+    width: float
+    how: str
+    """'assumed' or 'fat and soft tissue' (estimated from those two peaks)."""
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return (self.level, self.width)
+
+
+def _histogram_peaks(smoothed: np.ndarray, low: int, high: int, min_share: float) -> list[int]:
+    top = float(smoothed[low:high + 1].max())
+    return [g for g in range(low, high + 1)
+            if smoothed[g] >= smoothed[g - 1] and smoothed[g] > smoothed[g + 1] and smoothed[g] >= min_share * top]
+
+
+def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WINDOW) -> WindowEstimate:
+    """The display window an 8-bit CT image was most likely shown in, from its own histogram.
+
+    Soft tissue is the brightest major peak of the grey histogram (clipped 0 and 255
+    left out, peaks between grey 8 and 230); fat is a major darker peak with a valley
+    between the two. Soft tissue is taken as ``SOFT_TISSUE_HU`` and fat as ``FAT_HU``.
+
+
+    The estimate replaces the assumed window only when the image is clearly in a wide
+    (bone-like) window: fat and soft tissue both seen, implying a width of at least
+    ``WIDE_WINDOW_HU``, a narrow soft-tissue peak (a wide window squeezes soft tissue
+    into few grey levels) and almost nothing saturated (in a soft-tissue window bone and
+    stones are white; in a wide one they are grey). Read through the assumed window,
+    such an image's stones would be grey, under the candidate threshold. Any other image
+    keeps the assumed window: where its soft-tissue peak lies varies with the anatomy
+    as much as with the window, and fitting a level to it moved images of the training
+    set, all in one soft-tissue window, by up to 160 HU.
+    """
+    level0, width0 = assumed
+    counts = np.bincount(np.asarray(grey, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
+    counts[0] = counts[255] = 0.0
+    if counts.sum() < 1000:
+        return WindowEstimate(level0, width0, "assumed")
+    smoothed = ndimage.gaussian_filter1d(counts, 2.0)
+    peaks = _histogram_peaks(smoothed, 8, 230, 0.15)
+    if not peaks:
+        return WindowEstimate(level0, width0, "assumed")
+    soft = max(peaks)
+    fat = next((g for g in sorted(peaks, key=lambda g: -smoothed[g])
+                if 12 <= g <= soft - 10 and smoothed[g:soft].min() < 0.8 * min(smoothed[g], smoothed[soft])), None)
+    saturated = float((np.asarray(grey) >= 250).mean())
+    if fat is not None and saturated <= MAX_SATURATED_SHARE:
+        width = 255.0 * (SOFT_TISSUE_HU - FAT_HU) / (soft - fat)
+        if width >= WIDE_WINDOW_HU and _peak_fwhm(ndimage.gaussian_filter1d(counts, 1.0), soft) <= NARROW_PEAK_GREY:
+            width = min(width, 4000.0)
+            return WindowEstimate(SOFT_TISSUE_HU + width / 2 - soft * width / 255.0, width, "fat and soft tissue")
+    return WindowEstimate(level0, width0, "assumed")
+
+
+def _peak_fwhm(smoothed: np.ndarray, at: int) -> int:
+    half = smoothed[at] / 2
+    lo, hi = at, at
+    while lo > 0 and smoothed[lo] > half:
+        lo -= 1
+    while hi < 255 and smoothed[hi] > half:
+        hi += 1
+    return hi - lo
+
+
+def image_hu(grey: np.ndarray, window: str = "auto") -> np.ndarray:
+    """An 8-bit image as HU: through ``estimate_window`` ('auto') or the assumed window ('assumed')."""
+    if window == "assumed":
+        return grey_to_hu(grey)
+    if window != "auto":
+        raise ValueError(f"window {window!r}: 'auto' or 'assumed'")
+    return grey_to_hu(grey, estimate_window(grey).window)
 
 
 def hu_to_grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
