@@ -266,9 +266,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("URONODE_CONFIG")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        if settings_cls.model_config.get("toml_file"):  # set by load_settings, never by the environment
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
 
@@ -286,27 +285,40 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _reading(config_file: Path | None) -> type[Settings]:
+    """The settings class that reads ``config_file`` too (below the environment, above the defaults)."""
+    if config_file is None:
+        return Settings
+
+    class SettingsWithFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return SettingsWithFile
+
+
 def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build the settings from flags (``overrides``), environment and config file.
 
-    ``overrides`` is nested like the settings (``{"scp": {"port": 104}}``) and
-    wins over everything else. Raises :class:`ConfigError` with a readable
-    message when a value is invalid or the config file is missing.
+    ``config_file`` defaults to ``URONODE_CONFIG``. ``overrides`` is nested like
+    the settings (``{"scp": {"port": 104}}``) and wins over everything else.
+    Raises :class:`ConfigError` with a readable message when a value is invalid
+    or the config file is missing. Reads the process environment, never writes it.
     """
     from pydantic import ValidationError
 
-    if config_file is not None:
+    if config_file is None and os.environ.get("URONODE_CONFIG"):
+        config_file = Path(os.environ["URONODE_CONFIG"])
         if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        os.environ["URONODE_CONFIG"] = str(config_file)
-    elif os.environ.get("URONODE_CONFIG") and not Path(os.environ["URONODE_CONFIG"]).is_file():
-        raise ConfigError(f"config file {os.environ['URONODE_CONFIG']} (URONODE_CONFIG) does not exist")
+            raise ConfigError(f"config file {config_file} (URONODE_CONFIG) does not exist")
+    elif config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    cls = _reading(config_file)
     try:
         if not overrides:
-            return Settings()
+            return Settings.model_validate(cls().model_dump())
         # Nested init values replace a whole group; merge with what env/file give first.
-        base = Settings().model_dump()
-        return Settings(**_deep_merge(base, overrides))
+        base = cls().model_dump()
+        return Settings.model_validate(_deep_merge(base, overrides))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from uronode.settings import CallerRule, ConfigError, load_settings
+from uronode.settings import CallerRule, ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +74,31 @@ def test_invalid_values_are_named(overrides: dict, message: str) -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_loading_a_config_file_leaves_the_environment_alone(tmp_path: Path) -> None:
+    """load_settings(FILE) used to set URONODE_CONFIG for the whole process: every later
+    load_settings() read that file (or failed once it was deleted), so test order mattered."""
+    import os
+
+    config = tmp_path / "uronode.toml"
+    config.write_text('[scp]\nae_title = "FROMFILE"\n')
+    before = dict(os.environ)
+    loaded = load_settings(config)
+    assert loaded.scp.ae_title == "FROMFILE" and type(loaded) is Settings
+    assert dict(os.environ) == before
+    assert load_settings().scp.ae_title == "URONODE"
+
+
+def test_config_file_named_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "uronode.toml"
+    config.write_text('[scp]\nae_title = "FROMFILE"\n')
+    monkeypatch.setenv("URONODE_CONFIG", str(config))
+    assert load_settings().scp.ae_title == "FROMFILE"
+    assert load_settings(overrides={"scp": {"port": 104}}).scp.ae_title == "FROMFILE"
+    monkeypatch.setenv("URONODE_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"\(URONODE_CONFIG\) does not exist"):
+        load_settings()
 
 
 def test_serve_refuses_to_start_with_a_long_ae_title(tmp_path: Path) -> None:
