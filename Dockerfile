@@ -1,3 +1,14 @@
+# OHIF's prebuilt viewer, from the npm registry: the checksum pins the exact package (as ./run does).
+FROM node:20-bookworm-slim AS viewer
+ARG OHIF_VERSION=3.13.2
+ARG OHIF_SHA256=b189d3963bfc58e9394a9db8c7be75d07beb029ec211dbb126d47b62969dd3f1
+WORKDIR /ohif
+RUN npm pack --silent "@ohif/app@${OHIF_VERSION}" \
+ && echo "${OHIF_SHA256}  ohif-app-${OHIF_VERSION}.tgz" | sha256sum -c - \
+ && mkdir dist \
+ && tar xzf "ohif-app-${OHIF_VERSION}.tgz" -C dist --strip-components=2 package/dist \
+ && rm "ohif-app-${OHIF_VERSION}.tgz"
+
 # The node's image: Debian 12 with Python 3.11, as on the machines the project is tested on.
 FROM debian:12-slim
 RUN apt-get update \
@@ -13,8 +24,12 @@ COPY models models
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir . \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps tf-keras==2.21.0
+COPY --from=viewer /ohif/dist /opt/uronode/viewer
+# The wheel carries the models too; the image names its folders so that a mounted volume can replace them.
 ENV PATH=/opt/venv/bin:$PATH \
-    URONODE_STORAGE__DATA_DIR=/var/lib/uronode
+    URONODE_STORAGE__DATA_DIR=/var/lib/uronode \
+    URONODE_INFERENCE__MODELS_DIR=/opt/uronode/models \
+    URONODE_DICOMWEB__VIEWER_DIR=/opt/uronode/viewer
 VOLUME /var/lib/uronode
 EXPOSE 11112 8080
 CMD ["uronode", "serve"]

@@ -39,7 +39,9 @@ def readyz(request: Request, store: StoreDep) -> dict[str, str]:
         from uronode.node import model_available
 
         if not model_available(settings):
-            raise HTTPException(503, detail=f"model {settings.inference.model!r} not found")
+            raise HTTPException(
+                503, detail=f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
+            )
     return {"status": "ready"}
 
 

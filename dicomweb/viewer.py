@@ -1,7 +1,8 @@
 """OHIF, served by the node at the site root, pointed at the node's own DICOMweb (same origin).
 
-The prebuilt viewer (`@ohif/app` from the npm registry, fetched by ``./run``
-into ``.ohif/``, never committed) is served as static files with a
+The prebuilt viewer (`@ohif/app` from the npm registry, never committed) is
+read from ``dicomweb.viewer_dir`` (in a checkout, where ``./run`` fetches it
+into ``.ohif/``; the Dockerfile puts it in the image) and served as static files with a
 single-page fallback: a path that is not a file gets ``index.html``, so
 ``/viewer?StudyInstanceUIDs=...`` works. ``/app-config.js`` is made here.
 Paths of the API, DICOMweb and health never fall back to the viewer: an
@@ -16,8 +17,6 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response
 
-OHIF_VERSION = "3.13.2"
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / ".ohif" / OHIF_VERSION / "dist"
 NOT_VIEWER = ("dicom-web", "api", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics", "upload")
 
 mimetypes.add_type("application/wasm", ".wasm")
@@ -134,8 +133,9 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
 """
 
 
-def make_router(viewer_dir: Path | None) -> APIRouter:
-    root = (viewer_dir or DEFAULT_DIR).resolve()
+def make_router(viewer_dir: Path) -> APIRouter:
+    """The viewer's routes, serving OHIF's ``dist`` folder ``viewer_dir`` (``dicomweb.viewer_dir``)."""
+    root = viewer_dir.resolve()
     router = APIRouter(include_in_schema=False)
 
     @router.get("/app-config.js")
@@ -149,7 +149,8 @@ def make_router(viewer_dir: Path | None) -> APIRouter:
         index = root / "index.html"
         if not index.is_file():
             raise HTTPException(
-                404, detail=f"the OHIF viewer is not installed in {root}; ./run serve fetches it at set-up"
+                404,
+                detail=f"the OHIF viewer is not installed in {root} (dicomweb.viewer_dir); ./run serve fetches it",
             )
         candidate = (root / path).resolve()
         if path and candidate.is_file() and candidate.is_relative_to(root):

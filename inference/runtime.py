@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import ModelError
+from uronode.settings import default_models_dir
 
 logger = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "default"
 CARD_NAME = "card.json"
 REQUIRED_CARD_KEYS = ("name", "version", "input", "preprocessing", "threshold", "labels")
@@ -88,16 +88,20 @@ class LoadedModel:
     """'keras' or 'legacy-json-h5'."""
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None) -> Path:
-    """A model folder: an existing path as given, else ``models/<name>``."""
+def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> Path:
+    """A model folder: an existing path as given, else ``<models_dir>/<name>``.
+
+    ``models_dir`` is the node's ``inference.models_dir``; None: the models the node ships with.
+    """
     name = str(name_or_path or DEFAULT_MODEL)
     path = Path(name)
     if path.is_dir():
         return path
-    candidate = MODELS_DIR / name
+    root = default_models_dir() if models_dir is None else models_dir
+    candidate = root / name
     if candidate.is_dir():
         return candidate
-    raise ModelError(f"model {name!r} not found (neither a folder nor models/{name})")
+    raise ModelError(f"model {name!r} not found (neither a folder nor {candidate})")
 
 
 def configure_threads(cores: int | None = None) -> int:

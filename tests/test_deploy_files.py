@@ -41,3 +41,19 @@ def test_compose_lets_orthanc_call_the_node() -> None:
     assert orthanc["DicomAet"] in allowed
     settings = load_settings(overrides={"scp": {"restrict_callers": True, "allowed_callers": allowed}})
     assert settings.scp.restrict_callers
+
+
+def test_image_sets_its_paths_and_fetches_the_viewer_the_node_expects() -> None:
+    import re
+
+    from uronode.settings import OHIF_VERSION
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    run = (ROOT / "run").read_text()
+    for name in ("OHIF_VERSION", "OHIF_SHA256"):
+        (in_image,) = re.findall(rf"^ARG {name}=(\S+)$", dockerfile, re.M)
+        (in_run,) = re.findall(rf"^{name}=(\S+)$", run, re.M)
+        assert in_image == in_run, name
+    assert re.search(rf"^ARG OHIF_VERSION={re.escape(OHIF_VERSION)}$", dockerfile, re.M)
+    for variable in ("URONODE_INFERENCE__MODELS_DIR", "URONODE_DICOMWEB__VIEWER_DIR"):
+        assert re.search(rf"^\s+{variable}=/\S+", dockerfile, re.M), variable

@@ -109,7 +109,8 @@ def model_available(settings: Settings) -> bool:
     from inference.runtime import CARD_NAME, resolve_model_dir
 
     try:
-        return (resolve_model_dir(settings.inference.model) / CARD_NAME).is_file()
+        folder = resolve_model_dir(settings.inference.model, settings.inference.models_dir)
+        return (folder / CARD_NAME).is_file()
     except ModelError:
         return False
 
@@ -167,7 +168,8 @@ def serve(settings: Settings) -> None:
         ))
     workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
     if workers and not model_available(settings):
-        log.error("model %r not found under models/: series are queued but not processed", settings.inference.model)
+        log.error("model %r not found under %s: series are queued but not processed",
+                  settings.inference.model, settings.inference.models_dir)
         workers = []
     for worker in workers:
         worker.start()

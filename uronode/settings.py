@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,33 @@ from pydantic_settings import (
 )
 
 AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: no backslash, no control
+OHIF_VERSION = "3.13.2"
+"""The OHIF viewer release the node serves (``./run`` fetches it, the Dockerfile too)."""
+
+
+def default_models_dir() -> Path:
+    """The models the node ships with.
+
+    Installed from a wheel, they are the package data ``uronode/models/`` (pyproject.toml maps
+    the repository's ``models/`` there); in a checkout (editable install or not), the
+    repository's ``models/`` beside this package.
+    """
+    package = Path(__file__).resolve().parent
+    shipped = package / "models"
+    return shipped if shipped.is_dir() else package.parent / "models"
+
+
+def default_viewer_dir() -> Path:
+    """OHIF's prebuilt ``dist`` folder.
+
+    In a checkout, where ``./run`` fetches it (``.ohif/<version>/dist``). A wheel does not
+    carry the viewer (200 MB): installed, the default is ``<prefix>/share/uronode/ohif/<version>``
+    of the environment the node runs in; put OHIF's ``dist`` there or set ``dicomweb.viewer_dir``.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / ".ohif" / OHIF_VERSION / "dist"
+    return Path(sys.prefix) / "share" / "uronode" / "ohif" / OHIF_VERSION
 
 
 def _check_ae_title(value: str, what: str) -> str:
@@ -148,8 +176,8 @@ class DicomwebSettings(BaseModel):
     """The HTTP side: DICOMweb, REST API, viewer, health."""
 
     port: int = Field(8080, ge=1, le=65535)
-    viewer_dir: Path | None = None
-    """OHIF's prebuilt ``dist`` folder; by default the one ``./run`` fetches into ``.ohif/``."""
+    viewer_dir: Path = Field(default_factory=default_viewer_dir)
+    """OHIF's prebuilt ``dist`` folder, served at ``/`` (default: see :func:`default_viewer_dir`)."""
     auth: str = Field("basic", pattern=r"^(basic|none)$")
     """``basic``: every HTTP path but /healthz and /readyz needs the user and password (or a bearer
     token); ``none``: open, for a demo on a private machine."""
@@ -224,8 +252,10 @@ class DeliverySettings(BaseModel):
 class InferenceSettings(BaseModel):
     """The model the worker runs."""
 
+    models_dir: Path = Field(default_factory=default_models_dir)
+    """Where model folders are looked up by name (default: the shipped ones, see :func:`default_models_dir`)."""
     model: str = "default"
-    """A folder under ``models/`` (or an absolute path to a model folder)."""
+    """A folder under ``models_dir`` (or a path to a model folder)."""
     workers: int = Field(1, ge=0, le=8)
     """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
 

@@ -139,9 +139,10 @@ def run_worker(settings_json: str) -> None:
     setup_logging(settings.log_level)
     die_with_parent()
     from inference.pipeline import Pipeline
+    from inference.runtime import resolve_model_dir
 
     started = time.perf_counter()
-    pipeline = Pipeline(settings.inference.model)
+    pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
     store = Store(settings.storage.data_dir, fsync=settings.storage.fsync,
                   max_disk_used_percent=settings.storage.max_disk_used_percent)

@@ -8,10 +8,10 @@ import pytest
 
 from inference.evaluate import baseline_predictor, evaluate
 from inference.pipeline import Pipeline
-from inference.runtime import MODELS_DIR, load_model
+from inference.runtime import load_model, resolve_model_dir
 from inference.synth import generate_phantom
 
-FOLDER = MODELS_DIR / "default"
+FOLDER = resolve_model_dir("default")
 
 
 def test_card_says_what_the_code_and_the_worker_need() -> None:
