@@ -34,6 +34,9 @@ VIEWS: dict[int, tuple[tuple[int, bool], ...]] = {
 }
 """Test-time views (quarter turns, mirrored or not) whose outputs are averaged: the card's
 ``test_time_views`` (1 = the patch as it is)."""
+VIEWS_GATE = 0.1
+"""A patch is seen in the other test-time views only when, seen as it is, its component score or
+highest pixel probability reaches this (the card's ``test_time_views_gate``; 0: every patch)."""
 
 
 class Pipeline:
@@ -60,6 +63,7 @@ class Pipeline:
         self.min_voxels = int(card.postprocessing.get("min_voxels", 1))
         self.box_margin_mm = float(card.postprocessing.get("box_margin_mm", 5.0))
         self.views = int(card.raw.get("test_time_views", 1))
+        self.views_gate = float(card.raw.get("test_time_views_gate", VIEWS_GATE))
         if self.views not in VIEWS:
             raise ModelError(f"model card test_time_views {self.views} is not one of {sorted(VIEWS)}")
         self._forward = self._compile()
@@ -87,26 +91,50 @@ class Pipeline:
 
     def predict_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(n, patch, patch, raw channels) HU -> stone probability (n, patch, patch) and, for
-        models with a component head, the centre component's probability (n,)."""
+        models with a component head, the centre component's probability (n,).
+
+        With several test-time views, every patch is first seen as it is; only the patches
+        whose component score or highest pixel probability then reaches ``self.views_gate``
+        are seen in the other views too, and their outputs averaged. A patch far under every
+        threshold cannot reach one by averaging, and most candidates (bone, vessel walls,
+        noise) are such patches: the views cost what the undecided patches cost.
+        """
         out = np.empty(patches_hu.shape[:3], dtype=np.float32)
         scores = np.empty(patches_hu.shape[0], dtype=np.float32) if self.has_component_head else None
+        views = VIEWS[self.views]
         for start in range(0, patches_hu.shape[0], BATCH):
             x = preprocess(patches_hu[start:start + BATCH], self.spec)
-            pixel_sum = np.zeros(x.shape[:3], dtype=np.float32)
-            score_sum = np.zeros(x.shape[0], dtype=np.float32)
-            for k, flip in VIEWS[self.views]:
-                view = np.rot90(x, k, axes=(1, 2))
-                view = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
-                y = self._forward(view)
-                pixels = (y[0] if scores is not None else y).numpy()[..., 0]
-                pixels = pixels[:, :, ::-1] if flip else pixels
-                pixel_sum += np.rot90(pixels, -k, axes=(1, 2))
-                if scores is not None:
-                    score_sum += y[1].numpy()[:, 0]
-            out[start:start + BATCH] = pixel_sum / len(VIEWS[self.views])
-            if scores is not None:
-                scores[start:start + BATCH] = score_sum / len(VIEWS[self.views])
+            pixels, score = self._view(x, *views[0])
+            if len(views) > 1:
+                decided = pixels.reshape(len(x), -1).max(axis=1)
+                if score is not None:
+                    decided = np.maximum(decided, score)
+                undecided = np.flatnonzero(decided >= self.views_gate)
+                if undecided.size:
+                    xs = np.ascontiguousarray(x[undecided])
+                    pixel_sum, score_sum = pixels[undecided].copy(), None if score is None else score[undecided].copy()
+                    for k, flip in views[1:]:
+                        p, sc = self._view(xs, k, flip)
+                        pixel_sum += p
+                        if score_sum is not None and sc is not None:
+                            score_sum += sc
+                    pixels[undecided] = pixel_sum / len(views)
+                    if score is not None and score_sum is not None:
+                        score[undecided] = score_sum / len(views)
+            out[start:start + BATCH] = pixels
+            if scores is not None and score is not None:
+                scores[start:start + BATCH] = score
         return out, scores
+
+    def _view(self, x: np.ndarray, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's outputs on ``x`` turned ``k`` quarter turns (and mirrored), turned back."""
+        view = np.rot90(x, k, axes=(1, 2))
+        view = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
+        y = self._forward(view)
+        pixels = (y[0] if self.has_component_head else y).numpy()[..., 0]
+        pixels = pixels[:, :, ::-1] if flip else pixels
+        score = y[1].numpy()[:, 0].astype(np.float32) if self.has_component_head else None
+        return np.ascontiguousarray(np.rot90(pixels, -k, axes=(1, 2)), dtype=np.float32), score
 
     def analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
         """Pixel stone probability (float16, 0 away from candidates), the mask of the kept
