@@ -11,14 +11,18 @@ from dicomweb import api, ops, qido, stow, upload, viewer, wado
 from dicomweb.auth import BasicAuth, http_password
 from uronode import __version__
 from uronode.audit import AuditLog
+from uronode.loops import Loops
 from uronode.settings import Settings
 from uronode.store import Store
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, loops: Loops | None = None) -> FastAPI:
+    """The HTTP side of the node; ``loops`` are the node's background loops, watched by ``/readyz``."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.loops = loops
         app.state.store = Store(
             settings.storage.data_dir,
             fsync=settings.storage.fsync,

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse
 
 from dicomweb.deps import StoreDep
 from uronode.errors import OutOfResources
+from uronode.loops import Loops
 
 router = APIRouter(tags=["operations"])
 
@@ -23,8 +24,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(request: Request, store: StoreDep) -> dict[str, str]:
-    """Ready: the store is writable and under its disk watermark, and the model's folder is there."""
+def readyz(request: Request, store: StoreDep) -> dict[str, object]:
+    """Ready: the store is writable and under its disk watermark, the model's folder is there and
+    every background loop beats (503 naming each one that does not)."""
     try:
         store.check_space()
         probe = store.tmp_dir / ".ready"
@@ -42,7 +44,10 @@ def readyz(request: Request, store: StoreDep) -> dict[str, str]:
             raise HTTPException(
                 503, detail=f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
             )
-    return {"status": "ready"}
+    loops: Loops | None = request.app.state.loops
+    if loops is not None and (problems := loops.problems()):
+        raise HTTPException(503, detail="; ".join(problems))
+    return {"status": "ready", "loops": loops.names if loops is not None else []}
 
 
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:

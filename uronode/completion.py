@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 
@@ -161,11 +160,3 @@ class CompletionMonitor:
             if row is not None and (result := self._complete(row)) is not None:
                 done.append(result)
         return done
-
-    def run(self, stop: threading.Event, interval_s: float = 0.2) -> None:
-        """Check every ``interval_s`` until ``stop`` is set. Errors are logged; the loop goes on."""
-        while not stop.wait(interval_s):
-            try:
-                self.complete_due()
-            except sqlite3.Error:
-                log.exception("series completion check failed; retrying")

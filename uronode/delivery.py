@@ -1,9 +1,11 @@
-"""The delivery loop: takes what the outbox owes and sends it, one association per destination and round."""
+"""Delivery: takes what the outbox owes and sends it, one association per destination and round.
+
+The node calls :meth:`Deliverer.run_once` as its ``delivery`` loop (:mod:`uronode.loops`).
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -106,10 +108,3 @@ class Deliverer:
             log.error("delivery %d of %s to %s is a dead letter: %s", item.id, item.sop_instance_uid, item.destination, reason)
         else:
             log.warning("delivery %d to %s failed, will retry: %s", item.id, item.destination, reason)
-
-    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
-        while not stop.wait(interval_s):
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything one round meets; it is logged
-                log.exception("delivery round failed; trying again")

@@ -2,23 +2,35 @@
 
 ``uronode serve`` calls :func:`serve`. The parent process owns the state
 (the store's recovery, the completion monitor, the HTTP server) and
-supervises the receiving processes; those die with it.
+supervises the receiving processes; those die with it. Its background work
+(completion, the supervisors, delivery, retention) runs as :mod:`uronode.loops`,
+whose heartbeats ``/readyz`` watches.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import threading
 import time
 from typing import Any
 
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
+from uronode.loops import Loops
 from uronode.settings import Settings
 from uronode.store import Store
 
 log = logging.getLogger(__name__)
+
+COMPLETION_INTERVAL_S = 0.2
+SUPERVISOR_INTERVAL_S = 1.0
+SUPERVISOR_STALE_S = 300.0
+"""A supervisor's round may restart a receiving process, which waits up to 120 s for it."""
+DELIVERY_INTERVAL_S = 1.0
+DELIVERY_STALE_S = 1800.0
+"""A delivery round sends up to a thousand instances, to peers that may be slow."""
+RETENTION_STALE_S = 3600.0
+"""A retention pass may delete many series."""
 
 
 class Receivers:
@@ -53,12 +65,12 @@ class Receivers:
         for index in range(len(self.procs)):
             self._start(index)
 
-    def supervise(self, stop: threading.Event) -> None:
-        while not stop.wait(1.0):
-            for index, proc in enumerate(self.procs):
-                if proc is not None and not proc.is_alive() and not self._stopping:
-                    log.error("receiving process %d exited with %s; restarting it", index, proc.exitcode)
-                    self._start(index)
+    def check(self) -> None:
+        """Restart every receiving process that has exited (one round of the supervisor loop)."""
+        for index, proc in enumerate(self.procs):
+            if proc is not None and not proc.is_alive() and not self._stopping:
+                log.error("receiving process %d exited with %s; restarting it", index, proc.exitcode)
+                self._start(index)
 
     def stop(self) -> None:
         self._stopping = True
@@ -90,11 +102,11 @@ class WorkerProcess:
         )
         self.proc.start()
 
-    def supervise(self, stop: threading.Event) -> None:
-        while not stop.wait(5.0):
-            if self.proc is not None and not self.proc.is_alive():
-                log.error("the worker exited with %s; restarting it", self.proc.exitcode)
-                self.start()
+    def check(self) -> None:
+        """Restart the worker if it has exited."""
+        if self.proc is not None and not self.proc.is_alive():
+            log.error("the worker exited with %s; restarting it", self.proc.exitcode)
+            self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -133,7 +145,7 @@ def serve(settings: Settings) -> None:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
     receivers = Receivers(settings)
     receivers.start()
-    stop = threading.Event()
+    loops = Loops()
     monitor = CompletionMonitor(
         store,
         queue,
@@ -141,10 +153,8 @@ def serve(settings: Settings) -> None:
         quiet_s=settings.scp.completion_quiet_s,
         model=settings.inference.model,
     )
-    threads = [
-        threading.Thread(target=monitor.run, args=(stop,), name="completion", daemon=True),
-        threading.Thread(target=receivers.supervise, args=(stop,), name="supervisor", daemon=True),
-    ]
+    loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
+    loops.add("receivers", receivers.check, SUPERVISOR_INTERVAL_S, stale_after_s=SUPERVISOR_STALE_S)
     if settings.delivery.destinations:
         from uronode.delivery import Deliverer
         from uronode.outbox import Outbox
@@ -156,16 +166,14 @@ def serve(settings: Settings) -> None:
             backoff_max_s=settings.delivery.backoff_max_s,
         )
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
-        threads.append(threading.Thread(target=deliverer.run, args=(stop,), name="delivery", daemon=True))
-    if settings.storage.retention_days is not None:
-        from uronode.retention import run_retention
+        loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
+    retention_days = settings.storage.retention_days
+    if retention_days is not None:
+        from uronode.retention import purge
 
-        threads.append(threading.Thread(
-            target=run_retention,
-            args=(store, settings.storage.retention_days, settings.storage.retention_interval_s, stop),
-            name="retention",
-            daemon=True,
-        ))
+        interval_s = settings.storage.retention_interval_s
+        loops.add("retention", lambda: purge(store, retention_days), interval_s,
+                  stale_after_s=max(3 * interval_s, RETENTION_STALE_S), first_round_at_once=True)
     workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
     if workers and not model_available(settings):
         log.error("model %r not found under %s: series are queued but not processed",
@@ -173,9 +181,14 @@ def serve(settings: Settings) -> None:
         workers = []
     for worker in workers:
         worker.start()
-        threads.append(threading.Thread(target=worker.supervise, args=(stop,), name="worker-supervisor", daemon=True))
-    for thread in threads:
-        thread.start()
+    if workers:
+
+        def check_workers() -> None:
+            for worker in workers:
+                worker.check()
+
+        loops.add("workers", check_workers, SUPERVISOR_INTERVAL_S, stale_after_s=SUPERVISOR_STALE_S)
+    loops.start()
     log.info(
         "uronode listening: DICOM %s on %s:%d (%d receiving processes), HTTP on %s:%d, data in %s",
         settings.scp.ae_title,
@@ -186,16 +199,14 @@ def serve(settings: Settings) -> None:
         settings.dicomweb.port,
         store.root,
     )
-    app = create_app(settings)
+    app = create_app(settings, loops)
     config = uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     try:
         server.run()  # handles SIGINT/SIGTERM by returning
     finally:
-        stop.set()
+        loops.stop()  # first, so that no supervisor restarts what is being stopped
         for worker in workers:
             worker.stop()
         receivers.stop()
-        for thread in threads:
-            thread.join(5)
         log.info("uronode stopped")

@@ -9,14 +9,14 @@ an index row that points to a deleted file. Only the files that were deleted fro
 removed, so an instance of the same series that arrives meanwhile is kept (and
 re-opens the series as a new one).
 
-The node runs a pass every ``storage.retention_interval_s`` seconds;
+The node runs a pass at start-up and every ``storage.retention_interval_s`` seconds (its
+``retention`` loop, :mod:`uronode.loops`);
 ``uronode purge`` runs one by hand (``--dry-run`` lists what it would delete).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +105,3 @@ def _remove_if_unused(folder: Path) -> None:
     except OSError:
         pass  # not empty: something arrived meanwhile, or the study has other series
 
-
-def run_retention(store: Store, days: float, interval_s: float, stop: threading.Event) -> None:
-    """The node's retention thread: a pass at start-up, then one every ``interval_s``."""
-    while True:
-        try:
-            purge(store, days)
-        except Exception:  # noqa: BLE001 - a failed pass is logged and tried again next time
-            log.exception("retention pass failed")
-        if stop.wait(interval_s):
-            return
