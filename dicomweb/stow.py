@@ -10,6 +10,13 @@ DICOM, 413 above the size limit, 400 for a broken body (no boundary, no part,
 a part without headers, no closing delimiter: nothing of it is stored). What
 went wrong with each part is also said in words, in one ``Warning`` header
 (``299 uronode "part 2: ..."``, PS3.18 8.4.2).
+
+The body goes to a spool file in the data area as it arrives
+(:mod:`dicomweb.multipart`), and the parts are read, checked and stored
+(fsync, index commit) in the thread pool: a large STOW holds no memory and
+never blocks the event loop. A body the disk cannot take twice (the spool,
+then the instances) is still read to the end, and each of its parts fails
+with out of resources.
 """
 
 from __future__ import annotations
@@ -22,49 +29,31 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import StoreDep
+from dicomweb.multipart import (
+    BodyTooLarge,
+    MalformedMultipart,
+    MultipartSpool,
+    SpooledPart,
+    boundary_of,
+    open_spool,
+    spool_request,
+)
 from uronode.dicomfile import PARSE_ERRORS, check_bare_data_set, read_instance
 from uronode.errors import InvalidInstance, OutOfResources
+from uronode.store import Store
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
 
 MAX_BODY_BYTES = 4 * 1024**3
 OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
-_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 """What a header value may not hold (control characters, beyond Latin-1): replaced by '?'."""
 
 
-def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
-    """The parts of a multipart body: (headers with lower-case names, content)."""
-    delimiter = b"--" + boundary.encode()
-    if delimiter not in body:
-        raise HTTPException(400, detail="the body holds no part with the boundary its Content-Type names")
-    parts = []
-    closed = False
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            closed = True
-            break  # the closing delimiter
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
-        head, sep, content = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise HTTPException(400, detail="a part has no blank line after its headers")
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip():
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers, content))
-    if not closed:
-        raise HTTPException(400, detail="the body ends without its closing boundary: it is truncated")
-    return parts
-
-
-def to_file_format(content: bytes) -> bytes:
+def to_file_format(content: bytes | memoryview) -> bytes:
     """A part without preamble or File Meta (some clients send bare data sets) made into a DICOM file.
 
     The data set is re-encoded; its transfer syntax is the one pydicom finds
@@ -126,56 +115,53 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/related") or "application/dicom" not in content_type.lower():
         raise HTTPException(415, detail='send multipart/related; type="application/dicom"')
-    match = _BOUNDARY.search(content_type)
-    if match is None:
+    boundary = boundary_of(content_type)
+    if boundary is None:
         raise HTTPException(400, detail="the Content-Type names no boundary")
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+    size = int(length) if length is not None and length.isdigit() else None
+    if size is not None and size > MAX_BODY_BYTES:
         raise HTTPException(413, detail=f"the body is larger than {MAX_BODY_BYTES} bytes")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise HTTPException(413, detail=f"the body is larger than {MAX_BODY_BYTES} bytes")
-    parts = split_multipart(body, match.group(1))
-    if not parts:
-        raise HTTPException(400, detail="the body holds no parts")
     base = str(request.base_url).rstrip("/") + "/dicom-web"
+    try:
+        spool = await run_in_threadpool(open_spool, store, boundary, size)
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+    try:
+        parts = await spool_request(request, spool, MAX_BODY_BYTES)
+        return await run_in_threadpool(_store_parts, store, spool, parts, study, base)
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+    except BodyTooLarge as exc:
+        raise HTTPException(413, detail=str(exc)) from exc
+    finally:
+        await run_in_threadpool(spool.close)
+
+
+def _store_parts(
+    store: Store, spool: MultipartSpool, parts: list[SpooledPart], study: str | None, base: str
+) -> JSONResponse:
+    """Store each part (in the thread pool: this fsyncs and commits) and answer as PS3.18 says."""
     stored, failed, notes = [], [], []
     warned = False
-    for number, (headers, content) in enumerate(parts, start=1):
-        part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-        if part_type != "application/dicom":
+    for number, part in enumerate(parts, start=1):
+        if part.content_type != "application/dicom":
             failed.append(_ref(None, None, CANNOT_UNDERSTAND))
-            notes.append(f"part {number}: {part_type or 'no type'}, not application/dicom")
+            notes.append(f"part {number}: {part.content_type or 'no type'}, not application/dicom")
             continue
-        try:
-            if content[128:132] != b"DICM":
-                content = to_file_format(content)
-            header, warning = read_instance([content])
-        except InvalidInstance as exc:
-            failed.append(_ref(None, None, CANNOT_UNDERSTAND))
-            notes.append(f"part {number}: {exc}")
+        if spool.lost is not None:
+            failed.append(_ref(None, None, OUT_OF_RESOURCES))
+            notes.append(f"part {number}: {spool.lost}")
             continue
-        if study is not None and header.study_instance_uid != study:
-            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, DOES_NOT_MATCH))
-            notes.append(f"part {number}: its Study Instance UID is not the study of the request")
-            continue
-        try:
-            store.put(header, [content], calling_ae="STOW-RS")
-        except OutOfResources as exc:
-            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, OUT_OF_RESOURCES))
-            notes.append(f"part {number}: {exc}")
-            continue
-        except InvalidInstance as exc:
-            failed.append(_ref(header.sop_class_uid, header.sop_instance_uid, CANNOT_UNDERSTAND))
-            notes.append(f"part {number}: {exc}")
-            continue
-        url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
-              f"/instances/{header.sop_instance_uid}"
-        if warning is not None:
-            warned = True
-            notes.append(f"part {number}: stored with a warning: {warning}")
-        stored.append(_ref(header.sop_class_uid, header.sop_instance_uid, url=url,
-                           warning=WARNING_DATA_SET_DOES_NOT_MATCH if warning is not None else None))
+        with spool.content(part) as content:
+            item, note, warning = _store_part(store, content, study, base)
+        if note is not None:
+            notes.append(f"part {number}: {note}")
+        if "00081197" in item:
+            failed.append(item)
+        else:
+            stored.append(item)
+            warned = warned or warning
     response: dict[str, Any] = {}
     if stored:
         response["00081199"] = {"vr": "SQ", "Value": stored}
@@ -184,6 +170,32 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     status = 200 if not failed and not warned else 202 if stored else 409
     return JSONResponse(response, status_code=status, media_type="application/dicom+json",
                         headers=_warning_header(notes))
+
+
+def _store_part(
+    store: Store, content: bytes | memoryview, study: str | None, base: str
+) -> tuple[dict[str, Any], str | None, bool]:
+    """One application/dicom part: its item of the response, what to say about it, whether it warned."""
+    try:
+        if content[128:132] != b"DICM":
+            content = to_file_format(content)
+        header, warning = read_instance([content])
+    except InvalidInstance as exc:
+        return _ref(None, None, CANNOT_UNDERSTAND), str(exc), False
+    if study is not None and header.study_instance_uid != study:
+        return (_ref(header.sop_class_uid, header.sop_instance_uid, DOES_NOT_MATCH),
+                "its Study Instance UID is not the study of the request", False)
+    try:
+        store.put(header, [content], calling_ae="STOW-RS")
+    except OutOfResources as exc:
+        return _ref(header.sop_class_uid, header.sop_instance_uid, OUT_OF_RESOURCES), str(exc), False
+    except InvalidInstance as exc:
+        return _ref(header.sop_class_uid, header.sop_instance_uid, CANNOT_UNDERSTAND), str(exc), False
+    url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
+          f"/instances/{header.sop_instance_uid}"
+    item = _ref(header.sop_class_uid, header.sop_instance_uid, url=url,
+                warning=WARNING_DATA_SET_DOES_NOT_MATCH if warning is not None else None)
+    return item, (f"stored with a warning: {warning}" if warning is not None else None), warning is not None
 
 
 @router.post("/studies", summary="Store instances")
