@@ -6,7 +6,10 @@ instance, completes their series at once (the upload has ended) and returns
 the jobs made for them, the files refused with the reason for each (400
 when no file could be stored) and the files stored with a warning. The
 model runs in the worker process, never here; ``GET /api/jobs/{id}`` gives
-the state and, once run, the findings.
+the state and, once run, the findings. The form is read as STOW-RS bodies
+are (:mod:`dicomweb.multipart`): spooled to the data area as it arrives, then
+stored in the thread pool, so that an upload of a whole series neither fills
+the memory nor holds up other requests.
 """
 
 from __future__ import annotations
@@ -15,14 +18,27 @@ import json
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import StoreDep
+from dicomweb.multipart import (
+    NO_PARTS,
+    BodyTooLarge,
+    MalformedMultipart,
+    MultipartSpool,
+    SpooledPart,
+    boundary_of,
+    open_spool,
+    spool_request,
+)
 from uronode.completion import CompletionMonitor
 from uronode.dicomfile import read_instance
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
+from uronode.store import Store
 from uronode.types import Job, JobState
 
 router = APIRouter(prefix="/api", tags=["API"])
@@ -42,35 +58,99 @@ def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:
     return data
 
 
-@router.post("/predict", summary="Upload DICOM files and run the model on their series")
+_FILES = "files"
+_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": [_FILES],
+            "properties": {_FILES: {
+                "type": "array", "items": {"type": "string", "format": "binary"},
+                "description": "DICOM files (one, several or a folder)",
+            }},
+        }}},
+    },
+}
+"""The form ``/api/predict`` takes, for the OpenAPI documentation (the handler reads the body itself)."""
+
+
+def _no_files(index: int | None = None) -> RequestValidationError:
+    """422 as FastAPI words it: no ``files`` field, or one of its entries is not a file."""
+    if index is None:
+        return RequestValidationError([{"type": "missing", "loc": ("body", _FILES), "msg": "Field required",
+                                        "input": None}])
+    return RequestValidationError([{"type": "value_error", "loc": ("body", _FILES, index),
+                                    "msg": "Value error, Expected UploadFile, received: <class 'str'>",
+                                    "input": None}])
+
+
+@router.post("/predict", summary="Upload DICOM files and run the model on their series", openapi_extra=_FORM)
 async def predict(
     request: Request,
     store: StoreDep,
     settings: Annotated[Settings, Depends(get_settings)],
-    files: Annotated[list[UploadFile], File(description="DICOM files (one, several or a folder)")],
 ) -> dict[str, Any]:
+    """The form is spooled to the data area as it arrives and stored in the thread pool (see ``dicomweb.multipart``)."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
+    size = int(length) if length is not None and length.isdigit() else None
+    if size is not None and size > MAX_UPLOAD_BYTES:
         raise HTTPException(413, detail=f"uploads are limited to {MAX_UPLOAD_BYTES} bytes")
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise _no_files()
+    boundary = boundary_of(content_type)
+    if boundary is None:
+        raise HTTPException(400, detail="the Content-Type names no boundary")
+    try:
+        spool = await run_in_threadpool(open_spool, store, boundary, size)
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+    try:
+        parts = await spool_request(request, spool, MAX_UPLOAD_BYTES)
+        return await run_in_threadpool(_take_upload, store, settings, spool, parts)
+    except MalformedMultipart as exc:
+        if str(exc) == NO_PARTS:
+            raise _no_files() from exc
+        raise HTTPException(400, detail=str(exc)) from exc
+    except BodyTooLarge as exc:
+        raise HTTPException(413, detail=f"uploads are limited to {MAX_UPLOAD_BYTES} bytes") from exc
+    finally:
+        await run_in_threadpool(spool.close)
+
+
+def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts: list[SpooledPart]) -> dict[str, Any]:
+    """Store the uploaded files, complete their series, say what became of each (in the thread pool)."""
+    files: list[tuple[str, SpooledPart]] = []
+    for part in parts:
+        _, params = part.disposition()
+        if params.get("name") != _FILES:
+            continue  # a field the API does not take
+        if "filename" not in params:
+            raise _no_files(len(files))
+        files.append((params["filename"] or "(unnamed)", part))
+    if not files:
+        raise _no_files()
+    if spool.lost is not None:
+        raise HTTPException(507, detail=spool.lost)
     series: dict[str, str] = {}
     rejected, warnings = [], []
-    for upload in files:
-        content = await upload.read()
-        name = upload.filename or "(unnamed)"
-        if not content:
+    for name, part in files:
+        if part.size == 0:
             rejected.append({"file": name, "reason": "an empty file (0 bytes)"})
             continue
-        if len(content) < 132 or content[128:132] != b"DICM":
-            rejected.append({"file": name, "reason": "not a DICOM file (no DICM prefix)"})
-            continue
-        try:
-            header, warning = read_instance([content])
-            store.put(header, [content], calling_ae="UPLOAD")
-        except InvalidInstance as exc:
-            rejected.append({"file": name, "reason": str(exc)})
-            continue
-        except OutOfResources as exc:
-            raise HTTPException(507, detail=str(exc)) from exc
+        with spool.content(part) as content:
+            if len(content) < 132 or content[128:132] != b"DICM":
+                rejected.append({"file": name, "reason": "not a DICOM file (no DICM prefix)"})
+                continue
+            try:
+                header, warning = read_instance([content])
+                store.put(header, [content], calling_ae="UPLOAD")
+            except InvalidInstance as exc:
+                rejected.append({"file": name, "reason": str(exc)})
+                continue
+            except OutOfResources as exc:
+                raise HTTPException(507, detail=str(exc)) from exc
         if warning is not None:
             warnings.append({"file": name, "warning": warning})
         series[header.series_instance_uid] = header.study_instance_uid

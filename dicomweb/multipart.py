@@ -78,7 +78,15 @@ class SpooledPart:
     def disposition(self) -> tuple[str, dict[str, str]]:
         """The Content-Disposition (form-data parts): its type and parameters (``name``, ``filename``)."""
         kind, params = parse_options_header(self.headers.get("content-disposition", ""))
-        return kind.decode("latin-1"), {k.decode("latin-1"): v.decode("latin-1") for k, v in params.items()}
+        return kind.decode("latin-1"), {k.decode("latin-1"): _text(v) for k, v in params.items()}
+
+
+def _text(raw: bytes) -> str:
+    """A header parameter as browsers send it: UTF-8 (a file name), else Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 class _Where(Enum):

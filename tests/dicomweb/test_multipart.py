@@ -75,11 +75,13 @@ def test_a_part_without_content_type_is_dicom_and_headers_are_kept(tmp_path: Pat
 
 def test_form_data_parts_name_their_field_and_file(tmp_path: Path) -> None:
     body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="a b.dcm"\r\n\r\nx\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="Röntgen.dcm"\r\n\r\ny\r\n'
             f"--{BOUNDARY}--\r\n").encode()
     with MultipartSpool(BOUNDARY, tmp_path) as spool:
         spool.write(body)
-        (part,) = spool.finish()
-    assert part.disposition() == ("form-data", {"name": "files", "filename": "a b.dcm"})
+        first, second = spool.finish()
+    assert first.disposition() == ("form-data", {"name": "files", "filename": "a b.dcm"})
+    assert second.disposition()[1]["filename"] == "Röntgen.dcm"  # browsers send file names in UTF-8
 
 
 @pytest.mark.parametrize(

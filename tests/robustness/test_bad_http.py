@@ -109,6 +109,36 @@ def test_a_broken_upload_request(node: Node, tmp_path: Path) -> None:
     still_serves(node, tmp_path)
 
 
+def form(*fields: tuple[str, str | None, bytes], boundary: str = "f0rm") -> bytes:
+    """A multipart/form-data body written by hand: (field name, file name or None, content) each."""
+    body = b""
+    for name, filename, data in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def post_form(node: Node, body: bytes, boundary: str = "f0rm") -> httpx.Response:
+    return httpx.post(url(node, "/api/predict"), content=body, timeout=60,
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def test_upload_forms_written_by_hand(node: Node, tmp_path: Path) -> None:
+    sop, data = dicom_file(40, series="form-upload")
+    truncated = post_form(node, form(("files", "a.dcm", data))[:-50])
+    assert truncated.status_code == 400
+    assert truncated.json()["detail"] == "the body ends without its closing boundary: it is truncated"
+    not_a_file = post_form(node, form(("files", None, data)))
+    assert not_a_file.status_code == 422 and not_a_file.json()["detail"][0]["loc"] == ["body", "files", 0]
+    no_files_field = post_form(node, form(("other", "a.dcm", data)))
+    assert no_files_field.status_code == 422 and no_files_field.json()["detail"][0]["loc"] == ["body", "files"]
+    assert not is_stored(node, sop)  # nothing of a refused form is kept
+    response = post_form(node, form(("note", None, b"a field the API does not take"), ("files", "Röntgen.dcm", data)))
+    assert response.status_code == 200, response.text
+    assert response.json()["rejected"] == [] and is_stored(node, sop)
+    still_serves(node, tmp_path)
+
+
 # -- STOW-RS --------------------------------------------------------------------------------------
 
 
