@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,9 @@ def create_app(settings: Settings, loops: Loops | None = None) -> FastAPI:
             fsync=settings.storage.fsync,
             max_disk_used_percent=settings.storage.max_disk_used_percent,
         )
+        # What start-up loaded lives as long as the process: out of the collector's full passes, which
+        # otherwise walk it all on the event loop (113 ms measured while a large STOW was being stored).
+        gc.freeze()
         yield
 
     app = FastAPI(title="uronode", version=__version__, lifespan=lifespan)
