@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 1 << 20
 """How much of the body the event loop gathers before handing it to the thread pool."""
 MAX_PART_HEADERS = 32
+MAX_PARTS = 100_000
+"""More parts than this in one body is refused: each one named costs memory (a CT series has a few thousand)."""
 
 NO_PART = "the body holds no part with the boundary its Content-Type names"
 NO_PARTS = "the body holds no parts"
@@ -271,6 +273,8 @@ class MultipartSpool:
         self._size += end - start
 
     def _on_part_end(self) -> None:
+        if len(self._parts) >= MAX_PARTS:
+            raise MalformedMultipart(f"the body holds more than {MAX_PARTS} parts")
         self._parts.append(SpooledPart(self._headers, self._offset, self._size - self._offset))
         self._where = _Where.HEADERS  # the next part's headers, unless the closing delimiter follows
 

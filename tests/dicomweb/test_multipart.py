@@ -10,6 +10,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
+from dicomweb import multipart
 from dicomweb.multipart import (
     NO_BLANK_LINE,
     NO_PART,
@@ -126,6 +127,12 @@ def test_an_empty_or_overlong_boundary_is_refused(tmp_path: Path) -> None:
 )
 def test_broken_bodies_are_named(tmp_path: Path, body: bytes, reason: str) -> None:
     assert refusal(tmp_path, body) == reason
+
+
+def test_a_body_of_too_many_parts_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(multipart, "MAX_PARTS", 3)
+    assert len(spooled(tmp_path, encode(*[("application/dicom", b"x")] * 3))) == 3
+    assert refusal(tmp_path, encode(*[("application/dicom", b"x")] * 4)) == "the body holds more than 3 parts"
 
 
 def test_a_spool_that_lost_its_content_still_names_every_part(tmp_path: Path) -> None:
