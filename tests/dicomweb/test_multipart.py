@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from starlette.requests import Request
@@ -27,6 +29,7 @@ from dicomweb.multipart import (
 from uronode.store import Store
 
 BOUNDARY = "b0undary"
+T = TypeVar("T")
 
 
 def encode(*parts: tuple[str, bytes], boundary: str = BOUNDARY, preamble: bytes = b"", epilogue: bytes = b"") -> bytes:
@@ -164,6 +167,13 @@ def test_the_spool_lives_in_the_given_folder_and_goes_with_close(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
+def run(coroutine: Coroutine[object, object, T]) -> T:
+    """``asyncio.run`` in a thread of its own: the session's browser (Playwright's sync API) keeps an event loop
+    running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def request_with(chunks: Iterable[bytes]) -> Request:
     pending = list(chunks)
 
@@ -178,11 +188,11 @@ def test_a_request_is_spooled_in_batches(tmp_path: Path) -> None:
     body = encode(("application/dicom", bytes(3 << 20)), ("application/dicom", b"small"))
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
     with MultipartSpool(BOUNDARY, tmp_path) as spool:
-        parts = asyncio.run(spool_request(request_with(chunks), spool, limit=len(body)))
+        parts = run(spool_request(request_with(chunks), spool, limit=len(body)))
         assert [p.size for p in parts] == [3 << 20, 5]
 
 
 def test_a_request_over_its_limit_stops_at_the_limit(tmp_path: Path) -> None:
     body = encode(("application/dicom", bytes(1 << 20)))
     with MultipartSpool(BOUNDARY, tmp_path) as spool, pytest.raises(BodyTooLarge, match="larger than 1000 bytes"):
-        asyncio.run(spool_request(request_with([body[:600], body[600:]]), spool, limit=1000))
+        run(spool_request(request_with([body[:600], body[600:]]), spool, limit=1000))
