@@ -35,7 +35,12 @@ def test_the_readme_quick_start_has_exactly_two_commands() -> None:
 
 
 def test_the_conformance_statement_lists_what_the_listener_accepts() -> None:
-    from inference.writers import SC_SERIES_NUMBER, SEG_SERIES_NUMBER, SR_SERIES_NUMBER
+    from inference.writers import (
+        KOS_SERIES_NUMBER,
+        SC_SERIES_NUMBER,
+        SEG_SERIES_NUMBER,
+        SR_SERIES_NUMBER,
+    )
     from scp.server import TRANSFER_SYNTAXES
     from scp.status import StoreStatus
     from uronode.dicomfile import IMPLEMENTATION_CLASS_UID
@@ -46,6 +51,6 @@ def test_the_conformance_statement_lists_what_the_listener_accepts() -> None:
     for status in StoreStatus:
         if status is not StoreStatus.PROCESSING_FAILURE:
             assert f"| {status.value:04X} |" in text, status
-    for number in (SEG_SERIES_NUMBER, SC_SERIES_NUMBER, SR_SERIES_NUMBER):
+    for number in (SEG_SERIES_NUMBER, SC_SERIES_NUMBER, SR_SERIES_NUMBER, KOS_SERIES_NUMBER):
         assert f"| {number} |" in text
     assert IMPLEMENTATION_CLASS_UID in text

@@ -70,13 +70,8 @@ class Worker:
             results = write_results(volume, findings)
         except InferenceError as exc:
             return self._fail(job, str(exc))
-        derived: list[Dataset] = [
-            *([results.seg] if results.seg is not None else []),
-            *results.secondary_captures,
-            results.sr,
-        ]
         stored = []
-        for ds in derived:
+        for ds in results.datasets:  # SEG, overlays, key objects, SR: whatever the writers made
             data = encode(ds)
             header = read_header([data])
             self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)

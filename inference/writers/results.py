@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from inference.postprocess import Findings
 from inference.volume import Volume
+from inference.writers.kos import build_key_objects
 from inference.writers.sc import build_secondary_captures
 from inference.writers.seg import build_segmentation
 from inference.writers.sources import check_inputs, read_sources
@@ -21,23 +22,30 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class Results:
-    """The DICOM results of one series: a SEG (None when no stone), the overlays and the SR."""
+    """The DICOM results of one series: a SEG, the overlays, the key objects and the SR.
+
+    ``seg`` and ``kos`` are None, and ``secondary_captures`` empty, when no stone was found.
+    """
 
     seg: Dataset | None
     secondary_captures: tuple[Dataset, ...]
     sr: Dataset
+    kos: Dataset | None = None
 
     @property
     def datasets(self) -> tuple[Dataset, ...]:
-        """Every result, the SEG first and the SR last (the SR references the SEG)."""
-        return ((self.seg,) if self.seg is not None else ()) + self.secondary_captures + (self.sr,)
+        """Every result: the SEG first, the overlays, the key objects, the SR last (it references the SEG)."""
+        seg = (self.seg,) if self.seg is not None else ()
+        kos = (self.kos,) if self.kos is not None else ()
+        return seg + self.secondary_captures + kos + (self.sr,)
 
 
 def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False) -> Results:
-    """SEG, Secondary Capture overlays and SR of ``findings`` on ``volume``.
+    """SEG, Secondary Capture overlays, key object selection and SR of ``findings`` on ``volume``.
 
     Overlays are made for the slices with a stone, or for every slice with
-    ``sc_every_slice``; a series without stones gets only the SR (in both modes).
+    ``sc_every_slice``; the key objects flag the CT slices with a stone; a series
+    without stones gets only the SR (in both modes).
     Patient and study attributes come from the source instances named by
     ``volume.source_paths``. Raises ``WriterError`` with the reason when the
     findings do not belong to the volume, name no model, or the sources are unreadable.
@@ -49,8 +57,9 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
         build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice)
         if findings.stones else ()
     )
+    kos = build_key_objects(volume, findings, sources) if findings.stones else None
     sr = build_report(volume, findings, sources, seg)
-    return Results(seg=seg, secondary_captures=captures, sr=sr)
+    return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos)
 
 
 def _file_name(ds: Dataset) -> str:

@@ -29,10 +29,12 @@ DEVICE_SERIAL_NUMBER = "uronode"
 SEG_SERIES_NUMBER = 901
 SC_SERIES_NUMBER = 902
 SR_SERIES_NUMBER = 903
+KOS_SERIES_NUMBER = 904
 
 SEG_SERIES_DESCRIPTION = "AI urinary stones - segmentation"
 SC_SERIES_DESCRIPTION = "AI urinary stones - overlay, not for diagnosis"
 SR_SERIES_DESCRIPTION = "AI urinary stones - measurements"
+KOS_SERIES_DESCRIPTION = "AI urinary stones - key images"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from inference.writers.sources import (
     MANUFACTURER,
     SR_SERIES_DESCRIPTION,
     SR_SERIES_NUMBER,
+    Identity,
     Sources,
 )
 
@@ -104,6 +105,19 @@ def _absent_group(sources: Sources) -> hd.sr.MeasurementsAndQualitativeEvaluatio
     )
 
 
+def device_observer(identity: Identity) -> hd.sr.ObserverContext:
+    """The model as the observing device (TID 1004), the same in the SR and the key objects."""
+    return hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.uid("device"),
+            name=identity.model_name,
+            manufacturer_name=MANUFACTURER,
+            model_name=identity.model_name,
+        ),
+    )
+
+
 def sr_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the SR."""
     return sources.identity.uid("sr", "series"), sources.identity.uid("sr", "instance")
@@ -117,17 +131,8 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
     groups: list = [
         _stone_group(i, stone, volume, sources, seg) for i, stone in enumerate(findings.stones)
     ] if seg is not None else [_absent_group(sources)]
-    observer = hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=identity.uid("device"),
-            name=identity.model_name,
-            manufacturer_name=MANUFACTURER,
-            model_name=identity.model_name,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(identity)),
         procedure_reported=coding.IMAGING_PROCEDURE,
         imaging_measurements=groups,
     )

@@ -23,7 +23,8 @@ def test_predict_writes_seg_sc_and_sr(tmp_path: Path) -> None:
     (series,) = report["series"]
     files = [tmp_path / "out" / p for p in series["dicom"]]
     modalities = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files)
-    assert modalities.count("SEG") == 1 and modalities.count("SR") == 1 and "OT" in modalities
+    assert modalities.count("SEG") == 1 and modalities.count("SR") == 1 and modalities.count("KO") == 1
+    assert "OT" in modalities
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.StudyInstanceUID == phantom.study_instance_uid and ds.Manufacturer == "uronode"

@@ -23,6 +23,6 @@ def test_every_result_passes_dciodvfy(case_name: str, request: pytest.FixtureReq
     assert not failures, failures
 
 
-def test_all_three_kinds_are_checked(stones: Case) -> None:
+def test_all_four_kinds_are_checked(stones: Case) -> None:
     modalities = {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in stones.paths}
-    assert modalities == {"SEG", "OT", "SR"}
+    assert modalities == {"SEG", "OT", "KO", "SR"}

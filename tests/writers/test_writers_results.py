@@ -27,7 +27,7 @@ def test_uids_are_new_and_distinct_per_object(stones: Case) -> None:
     sops = [sop for _, sop in uids]
     assert len(set(sops)) == len(sops)
     series = {s for s, _ in uids}
-    assert len(series) == 3
+    assert len(series) == 4  # SEG, overlays, key objects, SR
     assert stones.volume.series_instance_uid not in series
     assert not set(sops) & set(stones.volume.sop_instance_uids)
     assert all(uid.startswith("2.25.") for uid in sops)
@@ -49,7 +49,8 @@ def test_save_results_writes_part10_files_and_replaces_them(stones: Case, tmp_pa
     assert first == second
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
     assert [p.name for p in first] == [
-        "SEG_901_0001.dcm", "OT_902_0005.dcm", "OT_902_0006.dcm", "OT_902_0009.dcm", "SR_903_0001.dcm",
+        "SEG_901_0001.dcm", "OT_902_0005.dcm", "OT_902_0006.dcm", "OT_902_0009.dcm", "KO_904_0001.dcm",
+        "SR_903_0001.dcm",
     ]
     for path, ds in zip(first, stones.results.datasets, strict=True):
         assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID

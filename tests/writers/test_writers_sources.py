@@ -49,6 +49,11 @@ def test_multiframe_enhanced_ct_source(tmp_path: Path) -> None:
         assert ds.ImagePositionPatient == plane.ImagePositionPatient
         assert "Laterality" in ds and not ds.Laterality  # no body part stated: present, empty
 
+    kos = pydicom.dcmread(next(p for p in paths if p.name.startswith("KO_")))
+    (image,) = [item for item in kos.ContentSequence if item.ValueType == "IMAGE"]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source_uid  # the one instance, once
+    assert list(image.ReferencedSOPSequence[0].ReferencedFrameNumber) == [2, 1]  # its frames in slice order
+
     groups = hd.sr.srread(paths[-1]).content.get_volumetric_roi_measurement_groups()
     assert len(groups) == 2
     frames = {tuple(s.referenced_frame_numbers) for g in groups
