@@ -1,4 +1,4 @@
-"""End to end with a real Orthanc: a CT series goes in, SEG, SC and SR come back into the same study.
+"""End to end with a real Orthanc: a CT series goes in, SEG, SC, SR and key objects come back into the same study.
 
 Orthanc auto-routes the stable CT series to the node (orthanc/autoroute.lua);
 the node's worker runs the shipped model and delivers the results to Orthanc
@@ -17,7 +17,7 @@ import pytest
 
 from inference.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
-from tests.peers.orthanc import modalities_in_study
+from tests.peers.orthanc import modalities_in_study, qido
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,15 @@ def job_states(node: Node) -> list[str]:
     return [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs ORDER BY id")]
 
 
-def test_auto_routed_series_gets_seg_sc_and_sr_back_in_its_study(
+def key_images_in_orthanc(http: int, study: str) -> list[str]:
+    """The SOP Instance UIDs the study's one key object selection flags, read from Orthanc."""
+    (series,) = [s for s in qido(http, f"studies/{study}/series") if s["00080060"]["Value"] == ["KO"]]
+    (kos,) = qido(http, f"studies/{study}/series/{series['0020000E']['Value'][0]}/metadata")
+    items = kos["0040A730"]["Value"]  # ContentSequence
+    return [i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in items if i["0040A040"]["Value"] == ["IMAGE"]]
+
+
+def test_auto_routed_series_gets_seg_sc_sr_and_key_objects_back_in_its_study(
     pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
 ) -> None:
     orthanc, http, dicom, node = pacs_and_node
@@ -58,6 +66,13 @@ def test_auto_routed_series_gets_seg_sc_and_sr_back_in_its_study(
     wait_until(lambda: job_states(node) == ["delivered"], 240, "the job to be delivered")
     found = modalities_in_study(http, phantom.study_instance_uid)
     assert found.get("SEG") == 1 and found.get("SR") == 1 and found.get("OT", 0) + found.get("CT", 0) > 0, found
+    assert found.get("KO") == 1, found
+    (findings,) = [json.loads(r["findings"]) for r in query(node.data_dir, "SELECT findings FROM jobs")]
+    with_stones = {uid for stone in findings["stones"] for uid in stone["sop_instance_uids"]}
+    flagged = key_images_in_orthanc(http, phantom.study_instance_uid)
+    assert with_stones and set(flagged) == with_stones and len(flagged) == len(with_stones)
+    ct = qido(http, f"studies/{phantom.study_instance_uid}/series/{phantom.series_instance_uid}/instances")
+    assert set(flagged) <= {i["00080018"]["Value"][0] for i in ct}  # slices of the CT series Orthanc holds
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/jobs?expand", timeout=10) as response:
         routed = [j for j in json.load(response) if j["Type"] == "DicomModalityStore"]
     assert len(routed) == 1  # the results never went back to the node
@@ -65,7 +80,8 @@ def test_auto_routed_series_gets_seg_sc_and_sr_back_in_its_study(
     kinds = [e["event"] for e in events]
     assert "series_complete" in kinds and "job_finished" in kinds and "delivery" in kinds
     finished = next(e for e in events if e["event"] == "job_finished")
-    assert finished["stones"] >= 1 and len(finished["results"]) == found["SEG"] + found["SR"] + found["OT"]
+    assert finished["stones"] >= 1
+    assert len(finished["results"]) == found["SEG"] + found["SR"] + found["OT"] + found["KO"]
     assert all(e["outcome"] == "delivered" for e in events if e["event"] == "delivery")
     assert "Synthetic" not in (node.data_dir / "audit.log").read_text()  # no patient names in the audit log
 
