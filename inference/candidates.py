@@ -30,6 +30,10 @@ soft tissue (``estimate_noise``):
   ``contrast_max_noise_hu`` (its ``contrast_hu`` is then at least 5 SD; above,
   a voxel that stands 60 HU out is as likely noise as a stone, and noise makes
   thousands of them);
+- a budget of the local-contrast rule (``max_contrast_patches``): in noise
+  within its bounds it still makes thousands of components standing just
+  over ``contrast_hu``, while a small stone stands far above; only the
+  strongest that fit in the budget are kept;
 - a hard budget: at most ``max_patches`` patches per series, spent on the
   strongest components (dense ones by peak HU, then local-contrast ones by
   peak contrast).
@@ -79,6 +83,9 @@ class CandidateRule:
     of this SD (mm), with its own noise-raised threshold (0 = never)."""
     max_patches: int = 4096
     """Budget: patches of the strongest components that fit in it (0 = no budget)."""
+    max_contrast_patches: int = 0
+    """Budget of the local-contrast rule alone: its strongest components whose patches fit in
+    it (0 = only ``max_patches``)."""
 
     @classmethod
     def from_card(cls, block: dict[str, Any]) -> CandidateRule:
@@ -97,7 +104,7 @@ class CandidateRule:
             self.contrast_max_noise_hu > 0 or self.contrast_max_fine_noise_hu > 0))
 
 
-INT_FIELDS = ("contrast_max_voxels", "max_patches")
+INT_FIELDS = ("contrast_max_voxels", "max_patches", "max_contrast_patches")
 DEFAULT_RULE = CandidateRule()
 BASELINE_RULE = CandidateRule(threshold_hu=200.0)
 
@@ -265,7 +272,7 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
         parts = _Components(np.concatenate([dense_parts.starts, contrast_parts.starts]),
                             np.concatenate([dense_parts.stops, contrast_parts.stops]),
                             np.concatenate([dense_parts.strength, contrast_parts.strength]))
-    kept, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches)
+    kept, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches, rule.max_contrast_patches)
     centres_arr, owners_arr = _patch_centres(labels, kept)
     return Candidates(labels, kept.count, centres_arr, owners_arr, dense_count, noise=noise,
                       dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed,
@@ -368,18 +375,27 @@ def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
 
 
 def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,
-                  max_patches: int) -> tuple[_Components, int]:
-    """Keep the strongest components whose patches fit in ``max_patches`` (dense ones first, by
-    peak HU, then local-contrast ones by peak contrast), renumbered in their old order."""
+                  max_patches: int, max_contrast_patches: int = 0) -> tuple[_Components, int]:
+    """Keep the strongest local-contrast components whose patches fit in
+    ``max_contrast_patches``, then the strongest components whose patches fit in
+    ``max_patches`` (dense ones first, by peak HU, then local-contrast ones by peak
+    contrast), renumbered in their old order."""
     patches = parts.stops[:, 0] - parts.starts[:, 0]  # one patch per slice it spans
-    if max_patches <= 0 or int(patches.sum()) <= max_patches:
-        return parts, dense_count
     ids = np.arange(1, parts.count + 1)
     contrast = ids > dense_count
-    order = np.lexsort((ids, -parts.strength, contrast))
-    fits = int(np.searchsorted(np.cumsum(patches[order]), max_patches, side="right"))
-    keep = np.zeros(parts.count, dtype=bool)
-    keep[order[:fits]] = True
+    keep = np.ones(parts.count, dtype=bool)
+    if max_contrast_patches > 0 and int(patches[contrast].sum()) > max_contrast_patches:
+        weak_first = np.flatnonzero(contrast)
+        weak_first = weak_first[np.lexsort((weak_first, -parts.strength[weak_first]))]
+        fits = int(np.searchsorted(np.cumsum(patches[weak_first]), max_contrast_patches, side="right"))
+        keep[weak_first[fits:]] = False
+    if max_patches > 0 and int(patches[keep].sum()) > max_patches:
+        order = np.lexsort((ids, -parts.strength, contrast))
+        order = order[keep[order]]
+        fits = int(np.searchsorted(np.cumsum(patches[order]), max_patches, side="right"))
+        keep[order[fits:]] = False
+    if keep.all():
+        return parts, dense_count
     flat = labels.reshape(-1)
     where = np.flatnonzero(flat)
     _relabel(flat, where, flat[where], keep)

@@ -234,3 +234,38 @@ def test_the_budget_keeps_the_strongest_components_dense_first_in_their_order() 
     # a budget for the dense ones and one faint one: the faint one of more contrast
     kept = find_candidates(_volume(hu), replace(rule, max_patches=8))
     assert kept.dense_count == 5 and kept.count == 6 and kept.labels[4, 70, 40] == 6
+
+
+def test_the_local_contrast_budget_keeps_every_dense_one_and_the_strongest_faint_ones() -> None:
+    hu = np.full((6, 96, 96), -1000.0, dtype=np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    hu[:, (yy - 48) ** 2 + (xx - 48) ** 2 < 44 ** 2] = 40.0
+    for (k, r, c), value in {(1, 20, 30): 400.0, (1, 40, 60): 900.0, (4, 50, 50): 110.0,
+                             (4, 70, 40): 125.0, (2, 30, 70): 118.0}.items():
+        hu[k, r, c] = value
+    rule = CandidateRule(contrast_hu=60.0)
+    everything = find_candidates(_volume(hu), rule)
+    assert everything.dense_count == 2 and everything.count == 5
+    kept = find_candidates(_volume(hu), replace(rule, max_contrast_patches=2))
+    assert kept.dense_count == 2 and kept.count == 4 and kept.over_budget == 1
+    assert kept.labels[4, 70, 40] > 0 and kept.labels[2, 30, 70] > 0 and kept.labels[4, 50, 50] == 0
+    # both budgets: the contrast one first, then the whole (dense first)
+    both = find_candidates(_volume(hu), replace(rule, max_contrast_patches=2, max_patches=3))
+    assert both.dense_count == 2 and both.count == 3 and both.labels[4, 70, 40] > 0
+
+
+def test_a_local_contrast_budget_in_correlated_12_hu_keeps_every_stone(phantom: Phantom) -> None:
+    """The generator's noisy end makes thousands of local-contrast components on 300 slices
+    (``bench/inference``: 3,185 patches); the shipped card keeps 512 patches' worth of the
+    strongest. On these 40 slices a budget of a quarter of them keeps every stone."""
+    shipped = CandidateRule.from_card(ModelCard.read(resolve_model_dir(None)).candidates)
+    assert shipped.max_contrast_patches == 512
+    volume = with_hu(phantom.to_volume(), add_noise(phantom.hu, 12.0, 1.0, seed=1))
+    unbudgeted = find_candidates(volume, replace(shipped, max_contrast_patches=0))
+    contrast_patches = int((unbudgeted.component_of_centre > unbudgeted.dense_count).sum())
+    assert unbudgeted.contrast_applied and contrast_patches > 100
+    found = find_candidates(volume, replace(shipped, max_contrast_patches=contrast_patches // 4))
+    assert found.over_budget > 0 and found.dense_count == unbudgeted.dense_count
+    assert int((found.component_of_centre > found.dense_count).sum()) <= contrast_patches // 4
+    for i in range(1, len(phantom.stones) + 1):
+        assert stone_hit(found, phantom.stone_labels == i)
