@@ -10,13 +10,13 @@ must grow by less than 100 MB. Every instance must then be stored.
 
 The 100 ms are a bound on blocking, not a benchmark: on a machine whose CPUs
 are shared with other work, any process waits for a CPU now and then (an idle
-node was measured answering in up to 190 ms on the 2-core development machine
+node was measured answering in up to 210 ms on the 2-core development machine
 while a model trained on it). So a second node, idle, is polled in the same
-rounds, and the bound is 100 ms plus twice the slowest answer of that idle
-node: twice, because an answer of the uploading node can wait for a CPU once
-for itself and once more for its storing thread to let go of the GIL. On a
-quiet machine that is about 100 ms; on a busy one, the machine's noise is not
-taken for blocking. Before uploads were streamed, the node answered nothing
+rounds; its slowest answer to either request is how long the machine keeps a
+process waiting, and the bound is 100 ms plus twice that: twice, because an
+answer of the uploading node can wait for a CPU once for itself and once more
+for its storing thread to let go of the GIL. On a quiet machine the bound is
+about 100 ms; on a busy one, the machine's noise is not taken for blocking. Before uploads were streamed, the node answered nothing
 for 26-32 s during this upload and grew by 1.6 GB; streamed, it grows by about
 12 MB, and the whole test takes about 50 s here.
 """
@@ -24,6 +24,7 @@ for 26-32 s during this upload and grew by 1.6 GB; streamed, it grows by about
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,7 +103,9 @@ def body_length(chosen: list[Template]) -> int:
 
 
 def upload(base: str, total: int, answer: Connection) -> None:
-    """Send the STOW-RS (in a process of its own, so that its work never delays the probe's clock)."""
+    """Send the STOW-RS (in a process of its own, so that its work never delays the probe's clock; at a lower
+    priority, so that the test's own load generator takes no CPU from the nodes it measures)."""
+    os.nice(10)
     chosen = plan([Template.load(name) for name in TEMPLATES], total)
     response = httpx.post(
         f"{base}/dicom-web/studies",
@@ -199,8 +202,9 @@ def test_a_1_gib_stow_leaves_the_node_responsive(start_node: Callable[..., Node]
     assert referenced == len(chosen)
     assert not probe.failures, probe.failures[:10]
     assert probe.rounds >= 10, f"only {probe.rounds} rounds of polling during the upload"
+    noise = max(probe.slowest["idle", path] for path in PATHS)  # how long this machine keeps any process waiting
     for path in PATHS:
-        bound = LATENCY_BOUND_S + 2 * probe.slowest["idle", path]
+        bound = LATENCY_BOUND_S + 2 * noise
         assert probe.slowest["node", path] < bound, f"{path} answered too slowly during the upload: {measured}"
     assert grown < MEMORY_BOUND_BYTES, f"the node grew by {grown / 1024**2:.0f} MB during the upload"
     # every instance is there, counted by QIDO-RS series by series
