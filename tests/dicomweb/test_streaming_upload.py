@@ -16,9 +16,10 @@ rounds; its slowest answer to either request is how long the machine keeps a
 process waiting, and the bound is 100 ms plus twice that: twice, because an
 answer of the uploading node can wait for a CPU once for itself and once more
 for its storing thread to let go of the GIL. On a quiet machine the bound is
-about 100 ms; on a busy one, the machine's noise is not taken for blocking. Before uploads were streamed, the node answered nothing
-for 26-32 s during this upload and grew by 1.6 GB; streamed, it grows by about
-12 MB, and the whole test takes about 50 s here.
+about 100 ms; on a busy one, the machine's noise is not taken for blocking.
+Before uploads were streamed, the node answered nothing for 24-32 s during
+this upload and grew by 1.1-1.6 GB; streamed, it grows by about 13 MB, and
+the whole test takes about 50 s here.
 """
 
 from __future__ import annotations
