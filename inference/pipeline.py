@@ -112,7 +112,7 @@ class Pipeline:
                 undecided = np.flatnonzero(decided >= self.views_gate)
                 if undecided.size:
                     xs = np.ascontiguousarray(x[undecided])
-                    pixel_sum, score_sum = pixels[undecided].copy(), None if score is None else score[undecided].copy()
+                    pixel_sum, score_sum = pixels[undecided], None if score is None else score[undecided]
                     for k, flip in views[1:]:
                         p, sc = self._view(xs, k, flip)
                         pixel_sum += p

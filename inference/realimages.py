@@ -281,7 +281,9 @@ def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WIN
     set, all in one soft-tissue window, by up to 160 HU.
     """
     level0, width0 = assumed
-    counts = np.bincount(np.asarray(grey, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
+    every = np.bincount(np.asarray(grey, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
+    saturated = float(every[250:].sum() / max(every.sum(), 1.0))
+    counts = every.copy()
     counts[0] = counts[255] = 0.0
     if counts.sum() < 1000:
         return WindowEstimate(level0, width0, "assumed")
@@ -292,7 +294,6 @@ def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WIN
     soft = max(peaks)
     fat = next((g for g in sorted(peaks, key=lambda g: -smoothed[g])
                 if 12 <= g <= soft - 10 and smoothed[g:soft].min() < 0.8 * min(smoothed[g], smoothed[soft])), None)
-    saturated = float((np.asarray(grey) >= 250).mean())
     if fat is not None and saturated <= MAX_SATURATED_SHARE:
         width = 255.0 * (SOFT_TISSUE_HU - FAT_HU) / (soft - fat)
         if width >= WIDE_WINDOW_HU and _peak_fwhm(ndimage.gaussian_filter1d(counts, 1.0), soft) <= NARROW_PEAK_GREY:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from inference.candidates import find_candidates
-from inference.network import cut_inputs
+from inference.network import cut_inputs, preprocess
 from inference.pipeline import VIEWS, Pipeline
 from inference.runtime import load_model
 from inference.synth import generate_phantom
@@ -33,8 +33,6 @@ def patches(pipeline: Pipeline) -> np.ndarray:
 
 def _every_view(pipeline: Pipeline, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(first view's pixels, first view's scores, average pixels, average scores), computed directly."""
-    from inference.network import preprocess
-
     x = preprocess(patches, pipeline.spec)
     outputs = [pipeline._view(x, k, flip) for k, flip in VIEWS[pipeline.views]]
     pixels = np.stack([o[0] for o in outputs])
