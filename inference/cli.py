@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--sampling-seed", type=int, default=0,
                    help="with --images: seed of the epochs' draws and augmentation (a further stage: a new one)")
+    p.add_argument("--hard-share", type=float, default=0.0,
+                   help="with --images: share of each epoch's negatives drawn by how much the network of the "
+                        "moment takes them for stones (and of a positives' draw by how much it misses them); "
+                        "0 draws uniformly")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
@@ -284,7 +288,8 @@ def _train_on_images(args: argparse.Namespace) -> int:
     _, card = train_mixed(data, args.out, spec=spec, rule=rule, initial_model=init, base=args.base,
                           epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
                           time_budget_s=args.minutes * 60 if args.minutes else None,
-                          training_description=description, seed=args.sampling_seed)
+                          training_description=description, seed=args.sampling_seed,
+                          hard_share=args.hard_share)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters); its thresholds are 0.5")
     print("choose them on the validation side, then: uronode evaluate --model", args.out,
           "--images", args.images, "--split test")

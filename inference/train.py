@@ -200,6 +200,23 @@ def train_model(
     return model, card
 
 
+def _draw(rng: np.random.Generator, idx: np.ndarray, weight: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``idx`` drawn with replacement, each with a probability proportional to its weight."""
+    if count <= 0 or idx.size == 0:
+        return idx[:0]
+    w = np.clip(weight.astype(np.float64), 1e-6, None)
+    return rng.choice(idx, size=count, replace=True, p=w / w.sum())
+
+
+def component_scores(model: Any, patches: np.ndarray, spec: InputSpec, chunk: int = 1024) -> np.ndarray:
+    """The component head's output for every HU patch, one view, as prediction computes it."""
+    out = []
+    for i in range(0, len(patches), chunk):
+        y = model.predict(preprocess(patches[i:i + chunk].astype(np.float32), spec), verbose=0, batch_size=256)
+        out.append(np.asarray(y["component"] if isinstance(y, dict) else y[1], dtype=np.float64)[:, 0])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 class _TimeBudget:
     """Cosine-anneal the learning rate over a time budget, and stop when the next epoch would overrun it."""
 
@@ -306,6 +323,7 @@ def train_mixed(
     training_description: str = "",
     version: str = "3.0.0",
     progress: bool = True,
+    hard_share: float = 0.0,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit the U-Net with its component head on HU patches and windowed-image patches together.
 
@@ -314,6 +332,12 @@ def train_mixed(
     ``windowed_share`` of the draw from windowed images; each batch is changed by
     ``inference.augment`` (other windows, lone slices, noise) and rotated/flipped, then
     preprocessed. ``initial_model``: continue from its weights (its inputs must be ``spec``'s).
+
+    ``hard_share`` > 0 mines hard examples: before each epoch the component head scores every
+    patch as prediction sees it (one view), and that share of the negatives is drawn with a
+    probability proportional to its score (the false stones of the moment), and of one of the
+    positives' two draws with a probability proportional to one minus its score (the stones
+    it misses); the rest are drawn uniformly as before.
     """
     import keras
 
@@ -325,6 +349,7 @@ def train_mixed(
     centre = data.centre_stone if data.centre_stone is not None else data.has_stone
     positive = data.has_stone | centre
     groups = {w: np.nonzero(windowed == w)[0] for w in (True, False)}
+    scores: np.ndarray | None = None
 
     def epoch_order() -> np.ndarray:
         picks = []
@@ -332,8 +357,16 @@ def train_mixed(
             if idx.size == 0:
                 continue
             pos, neg = idx[positive[idx]], idx[~positive[idx]]
-            take = rng.permutation(neg)[: negative_ratio * max(1, len(pos))]
-            part = np.concatenate([pos, pos, take])
+            count = negative_ratio * max(1, len(pos))
+            if scores is None or hard_share <= 0:
+                take = rng.permutation(neg)[:count]
+                again = pos
+            else:
+                hard = int(round(hard_share * count))
+                take = np.concatenate([_draw(rng, neg, scores[neg], hard), rng.permutation(neg)[: count - hard]])
+                again = np.concatenate([_draw(rng, pos, 1.0 - scores[pos], int(round(hard_share * len(pos)))),
+                                        rng.permutation(pos)[: len(pos) - int(round(hard_share * len(pos)))]])
+            part = np.concatenate([pos, again, take])
             share = windowed_share if w else 1.0 - windowed_share
             size = int(share * (2 + negative_ratio) * max(1, int(positive.sum())))
             picks.append(rng.choice(part, size=min(size, 4 * len(part)), replace=size > len(part)))
@@ -359,6 +392,9 @@ def train_mixed(
             return x.astype(np.float32), {"stone": y, "component": centre[idx].astype(np.float32)[:, None]}
 
         def on_epoch_end(self) -> None:
+            nonlocal scores
+            if hard_share > 0:
+                scores = component_scores(model, data.patches, spec)
             self.order = epoch_order()
 
     keras.utils.set_random_seed(seed)
@@ -366,6 +402,10 @@ def train_mixed(
         model = keras.saving.load_model(initial_model, compile=False)
     else:
         model = build_unet(base=base, channels=spec.channels, patch=spec.patch, classifier=True)
+    if hard_share > 0:
+        scores = component_scores(model, data.patches, spec)
+        logger.info("hard examples: %d negatives score >= 0.5, %d positives < 0.5",
+                    int((scores[~positive] >= 0.5).sum()), int((scores[positive] < 0.5).sum()))
     schedule: Any = learning_rate if time_budget_s is not None else \
         keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
