@@ -335,9 +335,9 @@ def train_mixed(
 
     ``hard_share`` > 0 mines hard examples: before each epoch the component head scores every
     patch as prediction sees it (one view), and that share of the negatives is drawn with a
-    probability proportional to its score (the false stones of the moment), and of one of the
-    positives' two draws with a probability proportional to one minus its score (the stones
-    it misses); the rest are drawn uniformly as before.
+    probability proportional to its score (the false stones of the moment), and that share of
+    one of the positives' two draws by how wrong the head is on them (one minus the score where
+    the centre candidate is the stone: the stones it misses); the rest are drawn uniformly.
     """
     import keras
 
@@ -364,7 +364,9 @@ def train_mixed(
             else:
                 hard = int(round(hard_share * count))
                 take = np.concatenate([_draw(rng, neg, scores[neg], hard), rng.permutation(neg)[: count - hard]])
-                again = np.concatenate([_draw(rng, pos, 1.0 - scores[pos], int(round(hard_share * len(pos)))),
+                # a positive patch whose centre candidate is not the stone is a negative for the head
+                missed = np.where(centre[pos], 1.0 - scores[pos], scores[pos])
+                again = np.concatenate([_draw(rng, pos, missed, int(round(hard_share * len(pos)))),
                                         rng.permutation(pos)[: len(pos) - int(round(hard_share * len(pos)))]])
             part = np.concatenate([pos, again, take])
             share = windowed_share if w else 1.0 - windowed_share
@@ -404,8 +406,8 @@ def train_mixed(
         model = build_unet(base=base, channels=spec.channels, patch=spec.patch, classifier=True)
     if hard_share > 0:
         scores = component_scores(model, data.patches, spec)
-        logger.info("hard examples: %d negatives score >= 0.5, %d positives < 0.5",
-                    int((scores[~positive] >= 0.5).sum()), int((scores[positive] < 0.5).sum()))
+        logger.info("hard examples: %d negatives score >= 0.5, %d stones < 0.5",
+                    int((scores[~positive] >= 0.5).sum()), int((scores[centre] < 0.5).sum()))
     schedule: Any = learning_rate if time_budget_s is not None else \
         keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
