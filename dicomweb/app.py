@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado
 from dicomweb.auth import BasicAuth, http_password
+from dicomweb.ops import ReadyCheck
 from uronode import __version__
 from uronode.audit import AuditLog
 from uronode.loops import Loops
@@ -17,13 +18,19 @@ from uronode.settings import Settings
 from uronode.store import Store
 
 
-def create_app(settings: Settings, loops: Loops | None = None) -> FastAPI:
-    """The HTTP side of the node; ``loops`` are the node's background loops, watched by ``/readyz``."""
+def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Sequence[ReadyCheck] = ()) -> FastAPI:
+    """The HTTP side of the node.
+
+    ``loops`` are the node's background loops and ``ready_checks`` its other conditions (its model's
+    folder is there), both watched by ``/readyz``; the node (:mod:`uronode.app.node`) passes them in,
+    so this package knows nothing of the model or of how the node is put together.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.loops = loops
+        app.state.ready_checks = tuple(ready_checks)
         app.state.store = Store(
             settings.storage.data_dir,
             fsync=settings.storage.fsync,

@@ -7,6 +7,8 @@ survive restarts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
@@ -15,6 +17,10 @@ from uronode.errors import OutOfResources
 from uronode.loops import Loops
 
 router = APIRouter(tags=["operations"])
+
+ReadyCheck = Callable[[], str | None]
+"""A condition the node adds to ``/readyz`` (its model's folder is there): None while it holds,
+else the reason it does not."""
 
 
 @router.get("/healthz")
@@ -25,8 +31,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request, store: StoreDep) -> dict[str, object]:
-    """Ready: the store is writable and under its disk watermark, the model's folder is there and
-    every background loop beats (503 naming each one that does not)."""
+    """Ready: the store is writable and under its disk watermark, the node's own conditions hold (the
+    model's folder is there) and every background loop beats (503 naming each one that does not)."""
     try:
         store.check_space()
         probe = store.tmp_dir / ".ready"
@@ -36,14 +42,10 @@ def readyz(request: Request, store: StoreDep) -> dict[str, object]:
         raise HTTPException(503, detail=str(exc)) from exc
     except OSError as exc:
         raise HTTPException(503, detail=f"the store is not writable: {exc.strerror or exc}") from exc
-    settings = request.app.state.settings
-    if settings.inference.workers:
-        from uronode.node import model_available
-
-        if not model_available(settings):
-            raise HTTPException(
-                503, detail=f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
-            )
+    checks: tuple[ReadyCheck, ...] = request.app.state.ready_checks
+    for check in checks:
+        if (problem := check()) is not None:
+            raise HTTPException(503, detail=problem)
     loops: Loops | None = request.app.state.loops
     if loops is not None and (problems := loops.problems()):
         raise HTTPException(503, detail="; ".join(problems))

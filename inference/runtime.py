@@ -104,6 +104,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None, models
     raise ModelError(f"model {name!r} not found (neither a folder nor {candidate})")
 
 
+def model_available(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> bool:
+    """Whether :func:`resolve_model_dir` finds the model's folder and its card there (nothing is loaded)."""
+    try:
+        return (resolve_model_dir(name_or_path, models_dir) / CARD_NAME).is_file()
+    except ModelError:
+        return False
+
+
 def configure_threads(cores: int | None = None) -> int:
     """Set TensorFlow's thread pools: intra-op = cores, inter-op = 1 (fastest measured here).
 

@@ -1,5 +1,7 @@
+"""``python -m uronode``: the same command line as the ``uronode`` script."""
+
 import sys
 
-from uronode.cli import main
+from uronode.app.cli import main
 
 sys.exit(main())

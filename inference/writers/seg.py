@@ -15,8 +15,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+import inference.writers.coding as coding
 from inference.postprocess import Findings
-from inference.writers import coding
 from inference.writers.errors import WriterError
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,

@@ -20,9 +20,9 @@ import logging
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+import inference.writers.coding as coding
 from inference.postprocess import Findings, Stone
 from inference.volume import Volume
-from inference.writers import coding
 from inference.writers.seg import SEGMENT_NUMBER
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from scp.sender import Outgoing, store_files
 from tests.factory import write_series
 from tests.peers.processes import Node, free_port, start_orthanc, start_storescp, wait_until
-from uronode.delivery import Deliverer
+from uronode.app.delivery import Deliverer
 from uronode.outbox import DeliveryState, Outbox
 from uronode.settings import DeliverySettings
 from uronode.store import Store

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from uronode.app.node import model_missing
 from uronode.settings import OHIF_VERSION, CallerRule, ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,20 +106,19 @@ def test_config_file_named_by_the_environment(tmp_path: Path, monkeypatch: pytes
 
 def test_models_and_viewer_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From a checkout, the checkout's folders; the environment names others (the image does)."""
-    from uronode.node import model_available
-
     s = load_settings()
     assert s.inference.models_dir == ROOT / "models"
     assert s.dicomweb.viewer_dir == ROOT / ".ohif" / OHIF_VERSION / "dist"
-    assert model_available(s)
+    assert model_missing(s) is None
     monkeypatch.setenv("URONODE_INFERENCE__MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("URONODE_DICOMWEB__VIEWER_DIR", str(tmp_path / "ohif"))
     s = load_settings()
     assert (s.inference.models_dir, s.dicomweb.viewer_dir) == (tmp_path / "models", tmp_path / "ohif")
-    assert not model_available(s)  # the node looks for its model there, and only there
+    # the node looks for its model there, and only there
+    assert model_missing(s) == f"model 'default' not found under {tmp_path / 'models'}"
     (tmp_path / "models" / "default").mkdir(parents=True)
     (tmp_path / "models" / "default" / "card.json").write_text("{}")
-    assert model_available(s)
+    assert model_missing(s) is None
 
 
 def test_serve_refuses_to_start_with_a_long_ae_title(tmp_path: Path) -> None:

@@ -20,13 +20,22 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 from pydicom import Dataset
 
+from inference.errors import InferenceError
+from inference.pipeline import Pipeline
+from inference.postprocess import Findings
+from inference.runtime import resolve_model_dir
+from inference.volume import Volume
+from inference.writers.results import write_results
 from uronode.audit import AuditLog
 from uronode.dicomfile import read_header
 from uronode.jobs import JobQueue
+from uronode.logs import setup_logging
 from uronode.outbox import Outbox
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
@@ -36,6 +45,17 @@ from uronode.types import Job, JobState
 log = logging.getLogger(__name__)
 
 
+class SeriesModel(Protocol):
+    """The worker's seam with the model: a series' files in, its volume and the stones found out.
+
+    :class:`inference.pipeline.Pipeline` is one (the model loaded in this process); anything else
+    that keeps this promise (a model served elsewhere, a test's stand-in) can take its place.
+    Raises :class:`inference.errors.InferenceError` for a series it cannot read.
+    """
+
+    def run_files(self, paths: Sequence[str | Path]) -> tuple[Volume, Findings]: ...
+
+
 def encode(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -43,7 +63,7 @@ def encode(ds: Dataset) -> bytes:
 
 
 class Worker:
-    def __init__(self, store: Store, settings: Settings, pipeline: Any) -> None:
+    def __init__(self, store: Store, settings: Settings, pipeline: SeriesModel) -> None:
         self.store = store
         self.settings = settings
         self.queue = JobQueue(store)
@@ -57,9 +77,6 @@ class Worker:
 
     def run_job(self, job: Job) -> JobState:
         """Run one claimed job to its outcome; never raises for a bad series."""
-        from inference.errors import InferenceError
-        from inference.writers import write_results
-
         instances = self.store.series_instances(job.series_instance_uid)
         if not instances:
             return self._fail(job, "the series has no instances in the store")
@@ -128,14 +145,9 @@ class Worker:
 
 def run_worker(settings_json: str) -> None:
     """Entry point of the worker process: load the model once, then take jobs until SIGTERM."""
-    from uronode.logs import setup_logging
-
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
     die_with_parent()
-    from inference.pipeline import Pipeline
-    from inference.runtime import resolve_model_dir
-
     started = time.perf_counter()
     pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)

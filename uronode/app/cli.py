@@ -1,4 +1,8 @@
-"""The ``uronode`` command line."""
+"""The ``uronode`` command line (the console script and ``python -m uronode``).
+
+The commands that need the DICOM or HTTP side (``serve``, ``echo``) and the model's tools import
+them when they run, so that ``uronode jobs`` or ``config`` starts without loading them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from uronode import __version__
+from uronode.jobs import JobQueue
+from uronode.logs import setup_logging
+from uronode.outbox import DeliveryState, Outbox
+from uronode.retention import purge
 from uronode.settings import ConfigError, Settings, load_settings
+from uronode.store import Store
+from uronode.types import JobState
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +56,7 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from uronode.logs import setup_logging
-    from uronode.node import serve
+    from uronode.app.node import serve
 
     settings = _settings_from_args(args)
     setup_logging(settings.log_level)
@@ -70,10 +79,6 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from uronode.jobs import JobQueue
-    from uronode.store import Store
-    from uronode.types import JobState
-
     settings = _settings_from_args(args)
     queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
     state = JobState(args.state) if args.state else None
@@ -85,9 +90,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from uronode.outbox import Outbox
-    from uronode.store import Store
-
     settings = _settings_from_args(args)
     outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
     count = outbox.retry(destination=args.destination, job_id=args.job)
@@ -96,9 +98,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from uronode.outbox import DeliveryState, Outbox
-    from uronode.store import Store
-
     settings = _settings_from_args(args)
     outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
     state = DeliveryState(args.state) if args.state else None
@@ -109,9 +108,6 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from uronode.retention import purge
-    from uronode.store import Store
-
     settings = _settings_from_args(args)
     days = args.older_than_days if args.older_than_days is not None else settings.storage.retention_days
     if days is None:
@@ -127,9 +123,6 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from uronode.jobs import JobQueue
-    from uronode.store import Store
-
     settings = _settings_from_args(args)
     queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
     try:

@@ -1,8 +1,9 @@
-"""The node in one process tree: receivers, series completion and the HTTP server.
+"""The node in one process tree, put together from its parts: receivers, series completion, the
+worker, delivery, retention and the HTTP server (the composition root; ``docs/architecture.md``).
 
 ``uronode serve`` calls :func:`serve`. The parent process owns the state
 (the store's recovery, the completion monitor, the HTTP server) and
-supervises the receiving processes; those die with it. Its background work
+supervises the receiving processes and the worker; those die with it. Its background work
 (completion, the supervisors, delivery, retention) runs as :mod:`uronode.loops`,
 whose heartbeats ``/readyz`` watches.
 """
@@ -12,11 +13,21 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from functools import partial
 from typing import Any
 
+import uvicorn
+
+from dicomweb.app import create_app
+from dicomweb.ops import ReadyCheck
+from inference.runtime import model_available
+from scp.server import make_listening_socket, run_receiver
+from uronode.app.delivery import Deliverer
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
 from uronode.loops import Loops
+from uronode.outbox import Outbox
+from uronode.retention import purge
 from uronode.settings import Settings
 from uronode.store import Store
 
@@ -37,8 +48,6 @@ class Receivers:
     """The receiving processes, sharing one listening socket; restarts any that dies."""
 
     def __init__(self, settings: Settings) -> None:
-        from scp.server import make_listening_socket
-
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.socket = make_listening_socket(settings.host, settings.scp.port)
@@ -47,8 +56,6 @@ class Receivers:
         self._stopping = False
 
     def _start(self, index: int) -> None:
-        from scp.server import run_receiver
-
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=run_receiver,
@@ -95,7 +102,9 @@ class WorkerProcess:
         self.proc: Any = None
 
     def start(self) -> None:
-        from uronode.worker import run_worker
+        # Imported here, not at the top: the worker module brings the model's libraries (highdicom,
+        # SciPy, OpenCV: 51 MB measured), which the node's main process, serving HTTP, never uses.
+        from uronode.app.worker import run_worker
 
         self.proc = self.ctx.Process(
             target=run_worker, args=(self.settings.model_dump_json(),), name="uronode-worker", daemon=True
@@ -116,23 +125,15 @@ class WorkerProcess:
                 self.proc.kill()
 
 
-def model_available(settings: Settings) -> bool:
-    from inference.errors import ModelError
-    from inference.runtime import CARD_NAME, resolve_model_dir
-
-    try:
-        folder = resolve_model_dir(settings.inference.model, settings.inference.models_dir)
-        return (folder / CARD_NAME).is_file()
-    except ModelError:
-        return False
+def model_missing(settings: Settings) -> str | None:
+    """Why the worker cannot run: its model's folder is not there (None: it is)."""
+    if model_available(settings.inference.model, settings.inference.models_dir):
+        return None
+    return f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
 
 
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
-    import uvicorn
-
-    from dicomweb.app import create_app
-
     store = Store(
         settings.storage.data_dir,
         fsync=settings.storage.fsync,
@@ -156,9 +157,6 @@ def serve(settings: Settings) -> None:
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
     loops.add("receivers", receivers.check, SUPERVISOR_INTERVAL_S, stale_after_s=SUPERVISOR_STALE_S)
     if settings.delivery.destinations:
-        from uronode.delivery import Deliverer
-        from uronode.outbox import Outbox
-
         outbox = Outbox(
             store,
             max_attempts=settings.delivery.max_attempts,
@@ -169,16 +167,16 @@ def serve(settings: Settings) -> None:
         loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
     retention_days = settings.storage.retention_days
     if retention_days is not None:
-        from uronode.retention import purge
-
         interval_s = settings.storage.retention_interval_s
         loops.add("retention", lambda: purge(store, retention_days), interval_s,
                   stale_after_s=max(3 * interval_s, RETENTION_STALE_S), first_round_at_once=True)
     workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
-    if workers and not model_available(settings):
-        log.error("model %r not found under %s: series are queued but not processed",
-                  settings.inference.model, settings.inference.models_dir)
-        workers = []
+    ready_checks: list[ReadyCheck] = []
+    if workers:
+        ready_checks.append(partial(model_missing, settings))
+        if (missing := model_missing(settings)) is not None:
+            log.error("%s: series are queued but not processed", missing)
+            workers = []
     for worker in workers:
         worker.start()
     if workers:
@@ -199,7 +197,7 @@ def serve(settings: Settings) -> None:
         settings.dicomweb.port,
         store.root,
     )
-    app = create_app(settings, loops)
+    app = create_app(settings, loops, ready_checks)
     config = uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     try:

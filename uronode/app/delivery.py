@@ -1,6 +1,9 @@
 """Delivery: takes what the outbox owes and sends it, one association per destination and round.
 
-The node calls :meth:`Deliverer.run_once` as its ``delivery`` loop (:mod:`uronode.loops`).
+The outbox (core) records what each destination is owed; the clients (services) send:
+:func:`scp.sender.store_files` for ``dicom`` and ``sender`` destinations, :func:`dicomweb.stow_client.stow`
+for ``dicomweb`` ones. This module, in the app, picks the client by the destination's kind. The
+node calls :meth:`Deliverer.run_once` as its ``delivery`` loop (:mod:`uronode.loops`).
 """
 
 from __future__ import annotations
