@@ -1,1 +1,1 @@
-"""The HTTP side of the node (FastAPI): health, the REST API, and (next) DICOMweb and the viewer."""
+"""The HTTP side of the node (FastAPI): DICOMweb, the REST API, the upload page, OHIF, health and metrics."""

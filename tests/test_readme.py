@@ -1,5 +1,6 @@
 """The README documents every setting with its default."""
 
+import subprocess
 from pathlib import Path
 
 from uronode.settings import Settings
@@ -24,6 +25,16 @@ def test_every_setting_is_in_the_readme_with_its_environment_variable() -> None:
         assert f"| `{name}` |" in readme, name
         env = "URONODE_" + name.upper().replace(".", "__")
         assert f"`{env}`" in readme, env
+
+
+def test_the_readme_layout_names_every_folder_of_the_repository() -> None:
+    """Every top-level folder in git, and the app inside the core's package, has its row."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folders = {path.split("/")[0] for path in tracked.splitlines() if "/" in path and not path.startswith(".")}
+    assert {"uronode", "scp", "inference", "dicomweb", "models", "tests"} <= folders
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    for folder in sorted(folders | {"uronode/app"}):
+        assert f"| `{folder}/` |" in layout, folder
 
 
 def test_the_readme_quick_start_has_exactly_two_commands() -> None:
