@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from inference.candidates import cut_patches
+
 PATCH = 64
 CONTEXT = 1
 """Neighbouring slices on each side of the candidate's slice (the first model's)."""
@@ -86,8 +88,6 @@ def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
     """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre."""
-    from inference.candidates import cut_patches
-
     near = cut_patches(hu, centres, spec.patch, spec.context)
     if not spec.wide:
         return near
