@@ -11,7 +11,7 @@ values are a 400 with the reason.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -19,41 +19,12 @@ from fastapi.responses import JSONResponse, Response
 
 from dicomweb.deps import StoreDep
 from dicomweb.dicomjson import dataset, keyword_of
+from uronode import queries
+from uronode.queries import InvalidQuery, Level
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
 
 MAX_LIMIT = 10_000
-_DATE = re.compile(r"^\d{8}$")
-_UID = re.compile(r"^[0-9.]+$")
-
-STUDY_COLUMNS = {
-    "StudyInstanceUID": "st.study_instance_uid",
-    "PatientName": "st.patient_name",
-    "PatientID": "st.patient_id",
-    "PatientBirthDate": "st.patient_birth_date",
-    "PatientSex": "st.patient_sex",
-    "StudyDate": "st.study_date",
-    "StudyTime": "st.study_time",
-    "AccessionNumber": "st.accession_number",
-    "ReferringPhysicianName": "st.referring_physician_name",
-    "StudyDescription": "st.study_description",
-    "StudyID": "st.study_id",
-}
-SERIES_COLUMNS = {
-    "SeriesInstanceUID": "se.series_instance_uid",
-    "Modality": "se.modality",
-    "SeriesDescription": "se.series_description",
-    "SeriesNumber": "se.series_number",
-}
-INSTANCE_COLUMNS = {
-    "SOPInstanceUID": "i.sop_instance_uid",
-    "SOPClassUID": "i.sop_class_uid",
-    "InstanceNumber": "i.instance_number",
-}
-UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
-DATE_KEYWORDS = {"StudyDate", "PatientBirthDate"}
-NUMBER_KEYWORDS = {"SeriesNumber", "InstanceNumber"}
-LIST_KEYWORDS = UID_KEYWORDS | {"Modality", "ModalitiesInStudy"}
 
 DEFAULT_STUDY = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
                  "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
@@ -66,11 +37,10 @@ DEFAULT_INSTANCE = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "In
 
 
 class Query:
-    """Filters and paging parsed from the query string."""
+    """Matches and paging parsed from the query string; attributes that cannot be matched here are ignored."""
 
-    def __init__(self, request: Request, columns: dict[str, str]) -> None:
-        self.where: list[str] = []
-        self.params: list[Any] = []
+    def __init__(self, request: Request, matchable: set[str]) -> None:
+        self.matches: list[tuple[str, str]] = []
         self.include: set[str] = set()
         self.include_all = False
         self.ignored: list[str] = []
@@ -93,62 +63,17 @@ class Query:
                 continue
             else:
                 keyword = keyword_of(name)
-                if keyword is None or (keyword not in columns and keyword != "ModalitiesInStudy"):
+                if keyword is None or keyword not in matchable:
                     self.ignored.append(name)
                     continue
                 self.include.add(keyword)
-                if raw != "":
-                    self._match(keyword, columns.get(keyword, ""), raw)
+                self.matches.append((keyword, raw))
         self.limit = min(self.limit, MAX_LIMIT)
 
-    def _match(self, keyword: str, column: str, raw: str) -> None:
-        values = [v for v in raw.split(",") if v != ""] if keyword in LIST_KEYWORDS else [raw]
-        if keyword in UID_KEYWORDS and not all(_UID.match(v) for v in values):
-            raise HTTPException(400, detail=f"{keyword}: {raw[:80]!r} is not a UID or a list of UIDs")
-        if keyword == "ModalitiesInStudy":
-            marks = ",".join("?" * len(values))
-            self.where.append(
-                f"EXISTS (SELECT 1 FROM series m WHERE m.study_instance_uid = st.study_instance_uid"
-                f" AND m.modality IN ({marks}))"
-            )
-            self.params += values
-        elif keyword in DATE_KEYWORDS:
-            self._date(keyword, column, raw)
-        elif keyword in NUMBER_KEYWORDS:
-            try:
-                self.params.append(int(raw))
-            except ValueError:
-                raise HTTPException(400, detail=f"{keyword}: {raw[:80]!r} is not a number") from None
-            self.where.append(f"{column} = ?")
-        elif len(values) > 1:
-            self.where.append(f"{column} IN ({','.join('?' * len(values))})")
-            self.params += values
-        elif "*" in raw or "?" in raw:
-            self.where.append(f"{column} GLOB ?")
-            self.params.append(raw.replace("[", "[[]"))
-        else:
-            self.where.append(f"{column} = ?")
-            self.params.append(raw)
-
-    def _date(self, keyword: str, column: str, raw: str) -> None:
-        start, dash, end = raw.partition("-")
-        for part in (start, end):
-            if part and not _DATE.match(part):
-                raise HTTPException(400, detail=f"{keyword}: {raw[:40]!r} is not YYYYMMDD or a range of them")
-        if not dash:
-            self.where.append(f"{column} = ?")
-            self.params.append(start)
-            return
-        if start:
-            self.where.append(f"{column} >= ?")
-            self.params.append(start)
-        if end:
-            self.where.append(f"{column} <= ?")
-            self.params.append(end)
-
-    def sql_where(self, *extra: str) -> str:
-        clauses = [*extra, *self.where]
-        return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    @property
+    def filtered(self) -> bool:
+        """Whether any attribute is matched against a value (an empty value asks for it only)."""
+        return any(raw != "" for _, raw in self.matches)
 
     def wanted(self, defaults: list[str], available: list[str]) -> list[str]:
         if self.include_all:
@@ -173,87 +98,46 @@ def _reply(items: list[dict[str, Any]], query: Query) -> Response:
     return JSONResponse(items, media_type="application/dicom+json", headers=headers)
 
 
-def _study_values(row: Any, base: str) -> dict[str, Any]:
-    return {
-        "SpecificCharacterSet": "ISO_IR 192",
-        "StudyInstanceUID": row["study_instance_uid"],
-        "PatientName": row["patient_name"],
-        "PatientID": row["patient_id"],
-        "PatientBirthDate": row["patient_birth_date"],
-        "PatientSex": row["patient_sex"],
-        "StudyDate": row["study_date"],
-        "StudyTime": row["study_time"],
-        "AccessionNumber": row["accession_number"],
-        "ReferringPhysicianName": row["referring_physician_name"],
-        "StudyDescription": row["study_description"],
-        "StudyID": row["study_id"],
-        "RetrieveURL": f"{base}/studies/{row['study_instance_uid']}",
-    }
-
-
-
-
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/dicom-web"
 
 
+def _search(search: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    try:
+        return search()
+    except InvalidQuery as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+
+
 @router.get("/studies", summary="Search for studies")
 def search_studies(request: Request, store: StoreDep) -> Response:
-    query = Query(request, STUDY_COLUMNS)
-    sql = (
-        "SELECT st.*,"
-        " (SELECT count(*) FROM series se WHERE se.study_instance_uid = st.study_instance_uid) AS n_series,"
-        " (SELECT count(*) FROM instances i WHERE i.study_instance_uid = st.study_instance_uid) AS n_instances,"
-        " (SELECT group_concat(DISTINCT se.modality) FROM series se"
-        "   WHERE se.study_instance_uid = st.study_instance_uid) AS modalities"
-        " FROM studies st" + query.sql_where() +
-        " ORDER BY st.study_date DESC, st.study_time DESC, st.study_instance_uid LIMIT ? OFFSET ?"
-    )
-    rows = store.conn().execute(sql, [*query.params, query.limit, query.offset]).fetchall()
+    query = Query(request, queries.matchable(Level.STUDY))
+    found = _search(lambda: queries.search_studies(store.db, query.matches, limit=query.limit, offset=query.offset))
     keys = query.wanted(DEFAULT_STUDY, DEFAULT_STUDY)
     base = _base(request)
     items = []
-    for row in rows:
-        values = _study_values(row, base)
-        values["ModalitiesInStudy"] = sorted(m for m in (row["modalities"] or "").split(",") if m)
-        values["NumberOfStudyRelatedSeries"] = row["n_series"]
-        values["NumberOfStudyRelatedInstances"] = row["n_instances"]
+    for values in found:
+        values["SpecificCharacterSet"] = "ISO_IR 192"
+        values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}"
         items.append(dataset({k: values.get(k) for k in keys}))
     return _reply(items, query)
 
 
 def _series(request: Request, store: StoreDep, study: str | None) -> Response:
-    columns = {**SERIES_COLUMNS, **(STUDY_COLUMNS if study is None else {})}
-    query = Query(request, columns)
-    extra = ["se.study_instance_uid = ?"] if study is not None else []
-    sql = (
-        "SELECT se.*, st.*, se.study_instance_uid AS study_uid,"
-        " (SELECT count(*) FROM instances i WHERE i.series_instance_uid = se.series_instance_uid) AS n_instances"
-        " FROM series se LEFT JOIN studies st ON st.study_instance_uid = se.study_instance_uid"
-        + query.sql_where(*extra)
-        + " ORDER BY se.series_number, se.series_instance_uid LIMIT ? OFFSET ?"
-    )
-    params = ([study] if study is not None else []) + [*query.params, query.limit, query.offset]
-    rows = store.conn().execute(sql, params).fetchall()
-    if study is not None and not rows and query.offset == 0 and not query.where:
-        if store.conn().execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study,)).fetchone() is None:
+    query = Query(request, queries.matchable(Level.SERIES, in_study=study is not None))
+    found = _search(lambda: queries.search_series(
+        store.db, query.matches, limit=query.limit, offset=query.offset, study=study
+    ))
+    if study is not None and not found and query.offset == 0 and not query.filtered:
+        if not queries.study_exists(store.db, study):
             raise HTTPException(404, detail=f"no study {study[:64]}")
     available = DEFAULT_SERIES + ([] if study is not None else [k for k in DEFAULT_STUDY if k not in DEFAULT_SERIES])
     keys = query.wanted(DEFAULT_SERIES, available)
     base = _base(request)
     items = []
-    for row in rows:
-        values = _study_values(row, base) if row["patient_id"] is not None else {}
-        values.update({
-            "SpecificCharacterSet": "ISO_IR 192",
-            "StudyInstanceUID": row["study_uid"],
-            "SeriesInstanceUID": row["series_instance_uid"],
-            "Modality": row["modality"],
-            "SeriesDescription": row["series_description"],
-            "SeriesNumber": row["series_number"],
-            "NumberOfSeriesRelatedInstances": row["n_instances"],
-            "RetrieveURL": f"{base}/studies/{row['study_uid']}/series/{row['series_instance_uid']}",
-        })
+    for values in found:
+        values["SpecificCharacterSet"] = "ISO_IR 192"
+        values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
         items.append(dataset({k: values.get(k) for k in keys}))
     return _reply(items, query)
 
@@ -269,43 +153,21 @@ def search_series(study: str, request: Request, store: StoreDep) -> Response:
 
 
 def _instances(request: Request, store: StoreDep, study: str | None, series: str | None) -> Response:
-    columns = {**INSTANCE_COLUMNS, **(SERIES_COLUMNS if series is None else {}),
-               **(STUDY_COLUMNS if study is None else {})}
-    query = Query(request, columns)
-    extra = []
-    params: list[Any] = []
-    if study is not None:
-        extra.append("i.study_instance_uid = ?")
-        params.append(study)
-    if series is not None:
-        extra.append("i.series_instance_uid = ?")
-        params.append(series)
-    sql = (
-        "SELECT i.*, se.modality AS series_modality, se.series_number, st.patient_id FROM instances i"
-        " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
-        " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
-        + query.sql_where(*extra)
-        + " ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid LIMIT ? OFFSET ?"
-    )
-    rows = store.conn().execute(sql, [*params, *query.params, query.limit, query.offset]).fetchall()
-    if (study or series) and not rows and query.offset == 0 and not query.where:
+    query = Query(request, queries.matchable(Level.INSTANCE, in_study=study is not None, in_series=series is not None))
+    found = _search(lambda: queries.search_instances(
+        store.db, query.matches, limit=query.limit, offset=query.offset, study=study, series=series
+    ))
+    if (study or series) and not found and query.offset == 0 and not query.filtered:
         raise HTTPException(404, detail="no such study or series")
     keys = query.wanted(DEFAULT_INSTANCE, DEFAULT_INSTANCE + ["Modality", "SeriesNumber"])
     base = _base(request)
     items = []
-    for row in rows:
-        values = {
-            "SpecificCharacterSet": "ISO_IR 192",
-            "StudyInstanceUID": row["study_instance_uid"],
-            "SeriesInstanceUID": row["series_instance_uid"],
-            "SOPInstanceUID": row["sop_instance_uid"],
-            "SOPClassUID": row["sop_class_uid"],
-            "InstanceNumber": row["instance_number"],
-            "Modality": row["series_modality"],
-            "SeriesNumber": row["series_number"],
-            "RetrieveURL": f"{base}/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
-            f"/instances/{row['sop_instance_uid']}",
-        }
+    for values in found:
+        values["SpecificCharacterSet"] = "ISO_IR 192"
+        values["RetrieveURL"] = (
+            f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
+            f"/instances/{values['SOPInstanceUID']}"
+        )
         items.append(dataset({k: values.get(k) for k in keys}))
     return _reply(items, query)
 

@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from dicomweb.deps import StoreDep
+from uronode import queries
 from uronode.store import METADATA_CACHE, Store
 from uronode.types import StoredInstance
 
@@ -31,7 +32,7 @@ BULK_THRESHOLD = 1024
 
 
 def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
-    instances = store.find_instances(study, series, sop)
+    instances = queries.find_instances(store.db, study, series, sop)
     if not instances:
         what = "instance" if sop else "series" if series else "study"
         raise HTTPException(404, detail=f"no such {what}")

@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from scp import fastpath
 from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
 from scp.status import StoreStatus
+from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta, read_instance
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.processes import die_with_parent
@@ -89,6 +90,7 @@ class Receiver:
     """What the handlers of one receiving process share: the store and the open associations."""
 
     store: Store
+    associations: Associations
     slots: AssociationSlots | None = None
     association_ids: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,7 +101,7 @@ class Receiver:
             found = self.association_ids.get(key)
         if found is None:
             requestor = event.assoc.requestor
-            found = self.store.open_association(str(requestor.ae_title).strip(), str(requestor.address))
+            found = self.associations.open(str(requestor.ae_title).strip(), str(requestor.address))
             with self.lock:
                 self.association_ids[key] = found
         return found
@@ -108,7 +110,7 @@ class Receiver:
         with self.lock:
             found = self.association_ids.pop(id(event.assoc), None)
         if found is not None:
-            self.store.close_association(found, outcome)
+            self.associations.close(found, outcome)
 
 
 def store_response(status: StoreStatus, comment: str | None = None) -> Dataset | int:
@@ -250,7 +252,7 @@ def make_server(
 ) -> ThreadedAssociationServer:
     """A ready, not yet serving, association server for this process."""
     fastpath.install()
-    receiver = Receiver(store=store, slots=slots)
+    receiver = Receiver(store=store, associations=Associations(store.db), slots=slots)
     policy = CallerPolicy.from_rules(settings.scp.restrict_callers, settings.scp.caller_rules())
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [receiver]),

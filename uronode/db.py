@@ -1,13 +1,20 @@
-"""The node's SQLite database: one file, WAL mode, shared by all processes.
+"""The node's SQLite database: one file, WAL mode, shared by all processes, and its whole schema.
 
 It holds the instance index, the series states, the associations that carried
-them and the job queue. Every write is a short transaction; with
-``synchronous=FULL`` a commit is on disk when it returns.
+them, the job queue and the outbox. Every write is a short transaction; with
+``synchronous=FULL`` a commit is on disk when it returns. :class:`Database`
+gives each thread its own connection; the modules that read and write the
+tables (:mod:`uronode.store`, :mod:`uronode.associations`,
+:mod:`uronode.queries`, :mod:`uronode.metrics`, the queue, outbox,
+completion and retention) take one.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA_VERSION = 5
@@ -167,3 +174,33 @@ ADDED_COLUMNS = [
     ("jobs", "seconds", "REAL"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
+
+
+class Database:
+    """The database file, with a connection per thread (a SQLite connection is not shared between threads)."""
+
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        self.path = path
+        self.durable = durable
+        self._local = threading.local()
+        self.conn()  # creates or upgrades the schema now, not on the first request
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, durable=self.durable)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error)."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

@@ -5,6 +5,8 @@ import pytest
 
 from tests.factory import uid
 from tests.uronode.test_store import encoded, put
+from uronode import queries
+from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
 from uronode.store import Store
@@ -30,11 +32,11 @@ def send(store: Store, series: str, count: int, assoc: int | None, start: int = 
 
 def test_released_association_completes_after_the_grace_period(store: Store, monitor: CompletionMonitor) -> None:
     series = uid("a")
-    assoc = store.open_association("CT1", "127.0.0.1")
+    assoc = Associations(store.db).open("CT1", "127.0.0.1")
     send(store, series, 3, assoc)
     now = time.time()
     assert monitor.complete_due(now + GRACE + 1) == []  # association still open, not quiet long enough
-    store.close_association(assoc, "released")
+    Associations(store.db).close(assoc, "released")
     assert monitor.complete_due(time.time() + GRACE - 0.5) == []
     done = monitor.complete_due(time.time() + GRACE + 0.1)
     assert [d.series_instance_uid for d in done] == [series]
@@ -46,7 +48,7 @@ def test_released_association_completes_after_the_grace_period(store: Store, mon
 
 def test_an_open_association_completes_after_the_quiet_timeout(store: Store, monitor: CompletionMonitor) -> None:
     series = uid("b")
-    assoc = store.open_association("CT1", "127.0.0.1")
+    assoc = Associations(store.db).open("CT1", "127.0.0.1")
     send(store, series, 2, assoc)
     assert monitor.complete_due(time.time() + QUIET - 1) == []
     assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
@@ -56,14 +58,14 @@ def test_a_series_over_two_associations_within_the_grace_period_is_one_job(
     store: Store, monitor: CompletionMonitor
 ) -> None:
     series = uid("c")
-    first = store.open_association("CT1", "127.0.0.1")
+    first = Associations(store.db).open("CT1", "127.0.0.1")
     send(store, series, 2, first)
-    store.close_association(first, "released")
+    Associations(store.db).close(first, "released")
     assert monitor.complete_due(time.time() + 0.5) == []
-    second = store.open_association("CT1", "127.0.0.1")
+    second = Associations(store.db).open("CT1", "127.0.0.1")
     send(store, series, 2, second, start=2)
     assert monitor.complete_due(time.time() + GRACE + 1) == []  # the second one is still open
-    store.close_association(second, "released")
+    Associations(store.db).close(second, "released")
     done = monitor.complete_due(time.time() + GRACE + 0.1)
     assert len(done) == 1
     assert len(store.series_instances(series)) == 4
@@ -78,8 +80,8 @@ def test_a_late_instance_reopens_the_series_and_queues_it_again(store: Store, mo
     job = queue.claim()
     assert job is not None and job.series_generation == 1
     send(store, series, 1, None, start=2)
-    assert store.series_row(series)["state"] == "receiving"  # type: ignore[index]
-    assert store.series_row(series)["generation"] == 2  # type: ignore[index]
+    assert queries.series_row(store.db, series)["state"] == "receiving"  # type: ignore[index]
+    assert queries.series_row(store.db, series)["generation"] == 2  # type: ignore[index]
     done = monitor.complete_due(time.time() + GRACE + 0.1)
     assert done[0].generation == 2
     jobs = queue.for_series(series)
@@ -101,9 +103,9 @@ def test_replaced_bytes_reopen_a_complete_series(store: Store, monitor: Completi
     put(store, encoded(0, series=series, seed=1))
     monitor.complete_due(time.time() + GRACE + 0.1)
     put(store, encoded(0, series=series, seed=1))  # identical: no-op
-    assert store.series_row(series)["state"] == "complete"  # type: ignore[index]
+    assert queries.series_row(store.db, series)["state"] == "complete"  # type: ignore[index]
     put(store, encoded(0, series=series, seed=2))  # different bytes
-    row = store.series_row(series)
+    row = queries.series_row(store.db, series)
     assert row is not None and row["state"] == "receiving" and row["replaced_count"] == 1
     assert len(monitor.complete_due(time.time() + GRACE + 0.1)) == 1
 
@@ -134,14 +136,14 @@ def test_series_the_model_cannot_read_are_recorded_with_the_reason(
     assert done.disposition is SeriesDisposition.SKIPPED
     assert done.reason is not None and reason in done.reason
     assert JobQueue(store).for_series(series) == []
-    row = store.series_row(series)
+    row = queries.series_row(store.db, series)
     assert row is not None and row["disposition"] == "skipped" and reason in row["reason"]
 
 
 def test_after_a_crash_lost_associations_let_the_series_complete_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     series = uid("i")
-    assoc = store.open_association("CT1", "127.0.0.1")
+    assoc = Associations(store.db).open("CT1", "127.0.0.1")
     send(store, series, 2, assoc)
     # the process dies here; a new one opens the same data directory
     store2 = Store(tmp_path / "data")

@@ -16,6 +16,7 @@ from inference.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
 from tests.peers.processes import Node, storescu, wait_until
 from tests.uronode.test_store import encoded, put
+from uronode import queries
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
 from uronode.retention import purge
@@ -68,7 +69,7 @@ def test_an_old_source_series_goes_and_its_results_job_and_findings_stay(store: 
     done = purge(store, 30)
 
     assert done.series == [SOURCE] and done.instances == 3 and done.bytes > 0
-    assert series_count(store, SOURCE) == 0 and store.series_row(SOURCE) is None
+    assert series_count(store, SOURCE) == 0 and queries.series_row(store.db, SOURCE) is None
     assert not any(f.exists() for f in files) and not folder.exists()
     assert series_count(store, RESULT) == 2  # the node's own results are kept, however old
     assert JobQueue(store).findings(job) == '{"stones": []}'
@@ -162,14 +163,15 @@ def test_the_node_deletes_the_ct_and_keeps_its_results(start_node: Callable[...,
         modalities = [s["00080060"]["Value"][0] for s in json.load(response)]
     assert modalities == ["SR"]  # the CT is gone, the result is kept
 
-    def metrics() -> dict[str, str]:
+    def metrics() -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as response:
-            return dict(line.rsplit(" ", 1) for line in response.read().decode().splitlines() if line[:1] != "#")
+            lines = [line.rsplit(" ", 1) for line in response.read().decode().splitlines() if line[:1] != "#"]
+        return {name: float(value) for name, value in lines}
 
     # the CT (deleted since) and the SR, which completes on its own clock
-    wait_until(lambda: metrics()["uronode_series_completed_total"] == "2", 60, "the SR series to complete")
+    wait_until(lambda: metrics()["uronode_series_completed_total"] == 2, 60, "the SR series to complete")
     counted = metrics()
-    assert counted["uronode_instances_stored"] == "1"  # the SR
-    assert counted["uronode_instances_received_total"] == str(1 + len(list((tmp_path / "ct").iterdir())))
-    assert counted["uronode_inference_seconds_count"] == "1" and float(counted["uronode_inference_seconds_sum"]) > 0
-    assert counted['uronode_inference_seconds_bucket{le="+Inf"}'] == "1"
+    assert counted["uronode_instances_stored"] == 1  # the SR
+    assert counted["uronode_instances_received_total"] == 1 + len(list((tmp_path / "ct").iterdir()))
+    assert counted["uronode_inference_seconds_count"] == 1 and counted["uronode_inference_seconds_sum"] > 0
+    assert counted['uronode_inference_seconds_bucket{le="+Inf"}'] == 1

@@ -8,6 +8,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.factory import ct_slice, uid
+from uronode import queries
+from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta, read_header
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.store import Store
@@ -55,10 +57,10 @@ def test_identical_bytes_again_change_nothing(store: Store) -> None:
     put(store, parts)
     sop = read_header(parts).sop_instance_uid
     before = store.get_instance(sop)
-    series_before = store.series_row(read_header(parts).series_instance_uid)
+    series_before = queries.series_row(store.db, read_header(parts).series_instance_uid)
     assert put(store, parts) is StoreOutcome.DUPLICATE
     assert store.get_instance(sop) == before
-    assert dict(store.series_row(read_header(parts).series_instance_uid)) == dict(series_before)  # type: ignore[arg-type]
+    assert dict(queries.series_row(store.db, read_header(parts).series_instance_uid)) == dict(series_before)  # type: ignore[arg-type]
 
 
 def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Store) -> None:
@@ -71,15 +73,15 @@ def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Sto
     now = store.get_instance(read_header(second).sop_instance_uid)
     assert now is not None and now.path.read_bytes() == b"".join(second)
     assert not old_path.exists()
-    assert store.count_instances() == 1
-    assert store.series_row(read_header(second).series_instance_uid)["replaced_count"] == 1  # type: ignore[index]
+    assert queries.count_instances(store.db) == 1
+    assert queries.series_row(store.db, read_header(second).series_instance_uid)["replaced_count"] == 1  # type: ignore[index]
 
 
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", max_disk_used_percent=0.001)
     with pytest.raises(OutOfResources, match="watermark"):
         put(store, encoded(0))
-    assert store.count_instances() == 0
+    assert queries.count_instances(store.db) == 0
     assert list(store.instances_dir.rglob("*.dcm")) == []
 
 
@@ -91,9 +93,9 @@ def test_a_failing_write_is_out_of_resources_and_leaves_nothing(store: Store) ->
             put(store, encoded(0))
     finally:
         subprocess.run(["chattr", "-i", str(store.tmp_dir)], check=True)
-    assert store.count_instances() == 0
+    assert queries.count_instances(store.db) == 0
     assert list(store.instances_dir.rglob("*.dcm")) == []
-    assert store.series_row(read_header(encoded(0)).series_instance_uid) is None
+    assert queries.series_row(store.db, read_header(encoded(0)).series_instance_uid) is None
 
 
 def test_a_full_disk_is_out_of_resources(tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_a_full_disk_is_out_of_resources(tmp_path: Path) -> None:
             except OutOfResources as exc:
                 outcomes.append(exc)  # type: ignore[arg-type]
         assert any(isinstance(o, OutOfResources) for o in outcomes)
-        indexed = store.count_instances()
+        indexed = queries.count_instances(store.db)
         assert indexed == sum(o is StoreOutcome.STORED for o in outcomes)
         assert len(list(store.instances_dir.rglob("*.dcm"))) == indexed
         assert all(f.stat().st_size == 0 for f in store.tmp_dir.iterdir())  # only empty spares
@@ -124,7 +126,7 @@ def test_uids_that_are_not_uids_never_become_paths(store: Store, bad: str) -> No
 
     with pytest.raises(InvalidInstance, match="not a valid UID"):
         store.put(replace(header, series_instance_uid=bad), encoded(0))
-    assert store.count_instances() == 0
+    assert queries.count_instances(store.db) == 0
 
 
 def test_read_header_names_a_missing_uid() -> None:
@@ -145,7 +147,7 @@ def test_read_header_refuses_garbage() -> None:
 
 def test_recover_clears_temporary_files_and_closes_lost_associations(store: Store) -> None:
     (store.tmp_dir / "123-1-0.part").write_bytes(b"half")
-    assoc = store.open_association("CT1", "127.0.0.1")
+    assoc = Associations(store.db).open("CT1", "127.0.0.1")
     assert store.recover() == 1
     assert list(store.tmp_dir.iterdir()) == []
     row = store.conn().execute("SELECT outcome, ended_at FROM associations WHERE id = ?", (assoc,)).fetchone()
@@ -170,7 +172,7 @@ def test_an_index_written_by_an_older_version_is_brought_up_to_date(tmp_path: Pa
     old.close()
     store = Store(root)
     put(store, encoded(0, series="1.2.3.4"))  # the series row gains the new columns' values
-    row = store.series_row("1.2.3.4")
+    row = queries.series_row(store.db, "1.2.3.4")
     assert row is not None and row["modality"] == "CT" and row["generation"] == 2
     assert store.conn().execute("PRAGMA user_version").fetchone()[0] >= 3
     assert store.get_instance(read_header(encoded(0, series="1.2.3.4")).sop_instance_uid).header.patient_id == "SYN0001"  # type: ignore[union-attr]
