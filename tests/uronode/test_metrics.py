@@ -1,0 +1,78 @@
+"""The metrics read from the database, as Prometheus' own parser reads the exposition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.uronode.test_store import encoded, put
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.metrics import exposition
+from uronode.outbox import Outbox
+from uronode.store import Store
+from uronode.types import JobState
+
+
+def samples(store: Store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = exposition(store.db).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_what_the_database_holds(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    queue = JobQueue(store)
+    for index in range(3):
+        put(store, encoded(index, series="1.2.3.4"))
+    put(store, encoded(0, series="1.2.3.5"))
+    with store.transaction() as conn:  # what retention deleted earlier still counts as received
+        conn.execute("INSERT INTO counters (name, value) VALUES ('instances_deleted', 10), ('series_deleted', 2)")
+    monitor = CompletionMonitor(store, queue, grace_s=0, quiet_s=0, model="m")
+    assert len(monitor.complete_now(["1.2.3.4"])) == 1
+    job = queue.claim()
+    assert job is not None
+    queue.finish(job.id, JobState.DELIVERING, seconds=7.5)
+    outbox = Outbox(store, max_attempts=2)
+    with store.transaction() as conn:
+        for sop in ("9.1", "9.2", "9.3"):
+            outbox.enqueue_in(conn, destination="pacs", sop_instance_uid=sop, sop_class_uid="1.2",
+                              path=Path("/x.dcm"), job_id=job.id)
+    first, second, _ = outbox.due()["pacs"]
+    outbox.mark_failed(first.id, "refused")
+    outbox.mark_delivered([first.id])  # delivered on its second try: one failure
+    outbox.mark_failed(second.id, "refused")
+    outbox.mark_failed(second.id, "refused")  # dead after two: two failures
+
+    found = samples(store)
+    assert found[("uronode_instances_stored", ())] == 4
+    assert found[("uronode_instances_received_total", ())] == 14
+    assert found[("uronode_series_completed_total", ())] == 3
+    assert found[("uronode_series", (("disposition", "queued"), ("state", "complete")))] == 1
+    assert found[("uronode_series", (("disposition", ""), ("state", "receiving")))] == 1
+    assert found[("uronode_jobs", (("state", "delivering"),))] == 1
+    assert found[("uronode_jobs", (("state", "queued"),))] == 0
+    assert found[("uronode_queue_depth", ())] == 0
+    assert found[("uronode_deliveries", (("state", "delivered"),))] == 1
+    assert found[("uronode_deliveries", (("state", "dead"),))] == 1
+    assert found[("uronode_deliveries", (("state", "pending"),))] == 1
+    assert found[("uronode_delivery_failures_total", ())] == 3
+    assert found[("uronode_inference_seconds_bucket", (("le", "5"),))] == 0
+    assert found[("uronode_inference_seconds_bucket", (("le", "10"),))] == 1
+    assert found[("uronode_inference_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert found[("uronode_inference_seconds_sum", ())] == 7.5
+    assert found[("uronode_inference_seconds_count", ())] == 1
+
+
+def test_an_empty_database_gives_every_metric_at_zero(tmp_path: Path) -> None:
+    found = samples(Store(tmp_path / "data"))
+    assert found[("uronode_instances_stored", ())] == 0
+    assert found[("uronode_queue_depth", ())] == 0
+    assert {labels for name, labels in found if name == "uronode_jobs"} == {
+        (("state", s.value),) for s in JobState
+    }
+    assert found[("uronode_inference_seconds_count", ())] == 0

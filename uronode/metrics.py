@@ -1,0 +1,108 @@
+"""The node's Prometheus metrics, read from its database at each scrape.
+
+A custom collector (``prometheus-client``'s way for values that live
+elsewhere): nothing is counted in memory, so the figures are the same
+whichever process did the work (receivers, worker, delivery) and survive
+restarts. :func:`exposition` gives the text format for ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from uronode.db import Database
+from uronode.types import JobState
+
+INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)
+"""Bucket bounds of ``uronode_inference_seconds``: a series takes seconds to a few minutes."""
+DELIVERY_STATES = ("pending", "delivered", "dead")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class IndexCollector(Collector):
+    """Every ``uronode_*`` metric, computed from the index, queue and outbox tables when collected."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[Metric]:
+        conn = self.database.conn()
+        stored = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+        deleted = {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
+        completed = conn.execute("SELECT count(*) FROM series WHERE state = 'complete'").fetchone()[0]
+        yield _gauge("uronode_instances_stored", "Instances in the store.", stored)
+        yield _counter(
+            "uronode_instances_received",
+            "Instances received (C-STORE, STOW-RS, upload) and results stored, retention's deletions included.",
+            stored + deleted.get("instances_deleted", 0),
+        )
+        yield _counter(
+            "uronode_series_completed",
+            "Series that completed, retention's deletions included.",
+            completed + deleted.get("series_deleted", 0),
+        )
+        series = GaugeMetricFamily(
+            "uronode_series", "Series by state and what was decided when they completed.",
+            labels=["disposition", "state"],
+        )
+        for row in conn.execute(
+            "SELECT state, coalesce(disposition, '') AS d, count(*) AS n FROM series GROUP BY 1, 2"
+        ):
+            series.add_metric([row["d"], row["state"]], row["n"])
+        yield series
+
+        jobs = {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
+        by_state = GaugeMetricFamily("uronode_jobs", "Jobs by state.", labels=["state"])
+        for state in JobState:
+            by_state.add_metric([state.value], jobs.get(state.value, 0))
+        yield by_state
+        yield _gauge("uronode_queue_depth", "Jobs waiting for a worker.", jobs.get(JobState.QUEUED.value, 0))
+
+        deliveries = {
+            r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM deliveries GROUP BY state")
+        }
+        outbox = GaugeMetricFamily("uronode_deliveries", "Result deliveries by state.", labels=["state"])
+        for delivery_state in DELIVERY_STATES:
+            outbox.add_metric([delivery_state], deliveries.get(delivery_state, 0))
+        yield outbox
+        # A delivered instance's last try succeeded; every try of one still pending or dead failed.
+        (failures,) = conn.execute(
+            "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
+            " FROM deliveries"
+        ).fetchone()
+        yield _counter("uronode_delivery_failures", "Failed delivery tries.", failures)
+
+        bounds = ", ".join(f"coalesce(sum(seconds <= {bound:g}), 0)" for bound in INFERENCE_BUCKETS_S)
+        *counts, total, count = conn.execute(
+            f"SELECT {bounds}, coalesce(sum(seconds), 0), count(seconds) FROM jobs WHERE seconds IS NOT NULL"
+        ).fetchone()
+        yield HistogramMetricFamily(
+            "uronode_inference_seconds",
+            "The model's run on a series (read, candidates, network, measuring).",
+            buckets=[*((f"{b:g}", n) for b, n in zip(INFERENCE_BUCKETS_S, counts, strict=True)), ("+Inf", count)],
+            sum_value=round(total, 3),
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def exposition(database: Database) -> bytes:
+    """The metrics in Prometheus' text format (:data:`CONTENT_TYPE`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(IndexCollector(database))
+    return generate_latest(registry)
