@@ -1,8 +1,8 @@
 """The REST API: the paper's predict endpoint, done properly, and the jobs.
 
 ``POST /api/predict`` takes DICOM files (multipart/form-data, field
-``files``, one or many, e.g. a whole folder), stores them like any received
-instance, completes their series at once (the upload has ended) and returns
+``files``, one or many, e.g. a whole folder), takes them in as any received
+instance (:func:`uronode.ingest.take_instance`), completes their series at once (the upload has ended) and returns
 the jobs made for them, the files refused with the reason for each (400
 when no file could be stored) and the files stored with a warning. The
 model runs in the worker process, never here; ``GET /api/jobs/{id}`` gives
@@ -34,8 +34,7 @@ from dicomweb.multipart import (
     spool_request,
 )
 from uronode.completion import CompletionMonitor
-from uronode.dicomfile import read_instance
-from uronode.errors import InvalidInstance, OutOfResources
+from uronode.ingest import Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
@@ -136,24 +135,16 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
     series: dict[str, str] = {}
     rejected, warnings = [], []
     for name, part in files:
-        if part.size == 0:
-            rejected.append({"file": name, "reason": "an empty file (0 bytes)"})
-            continue
         with spool.content(part) as content:
-            if len(content) < 132 or content[128:132] != b"DICM":
-                rejected.append({"file": name, "reason": "not a DICOM file (no DICM prefix)"})
-                continue
-            try:
-                header, warning = read_instance([content])
-                store.put(header, [content], calling_ae="UPLOAD")
-            except InvalidInstance as exc:
-                rejected.append({"file": name, "reason": str(exc)})
-                continue
-            except OutOfResources as exc:
-                raise HTTPException(507, detail=str(exc)) from exc
-        if warning is not None:
-            warnings.append({"file": name, "warning": warning})
-        series[header.series_instance_uid] = header.study_instance_uid
+            report = take_instance(store, [content], source="UPLOAD")
+        if report.verdict is Verdict.OUT_OF_RESOURCES:
+            raise HTTPException(507, detail=report.reason)
+        if not report.stored or report.header is None:
+            rejected.append({"file": name, "reason": report.reason})
+            continue
+        if report.verdict is Verdict.STORED_WITH_WARNING:
+            warnings.append({"file": name, "warning": report.reason})
+        series[report.header.series_instance_uid] = report.header.study_instance_uid
     if not series:
         raise HTTPException(400, detail={"message": "no DICOM file among the upload", "rejected": rejected})
     queue = JobQueue(store)

@@ -12,8 +12,9 @@ went wrong with each part is also said in words, in one ``Warning`` header
 (``299 uronode "part 2: ..."``, PS3.18 8.4.2).
 
 The body goes to a spool file in the data area as it arrives
-(:mod:`dicomweb.multipart`), and the parts are read, checked and stored
-(fsync, index commit) in the thread pool: a large STOW holds no memory and
+(:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
+(:func:`uronode.ingest.take_instance`: read, checked, fsynced, indexed) in
+the thread pool: a large STOW holds no memory and
 never blocks the event loop. A body the disk cannot take twice (the spool,
 then the instances) is still read to the end, and each of its parts fails
 with out of resources.
@@ -22,13 +23,10 @@ with out of resources.
 from __future__ import annotations
 
 import re
-from io import BytesIO
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import StoreDep
@@ -41,8 +39,7 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
-from uronode.dicomfile import PARSE_ERRORS, check_bare_data_set, read_instance
-from uronode.errors import InvalidInstance, OutOfResources
+from uronode.ingest import Expected, Verdict, take_instance
 from uronode.store import Store
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
@@ -51,33 +48,6 @@ MAX_BODY_BYTES = 4 * 1024**3
 OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 """What a header value may not hold (control characters, beyond Latin-1): replaced by '?'."""
-
-
-def to_file_format(content: bytes | memoryview) -> bytes:
-    """A part without preamble or File Meta (some clients send bare data sets) made into a DICOM file.
-
-    The data set is re-encoded; its transfer syntax is the one pydicom finds
-    when reading it. Raises InvalidInstance when it is not DICOM at all.
-    """
-    try:
-        ds = dcmread(BytesIO(content), force=True)
-        sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
-    except PARSE_ERRORS as exc:
-        raise InvalidInstance(f"not a DICOM data set: {exc}") from exc
-    if "TransferSyntaxUID" not in ds.file_meta:
-        ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
-        )
-    # pydicom reads what it can of a damaged data set and would write it out whole: check the bytes as sent
-    check_bare_data_set(content, str(ds.file_meta.TransferSyntaxUID))
-    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
-    buffer = BytesIO()
-    try:
-        ds.save_as(buffer, enforce_file_format=True)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidInstance(f"the data set cannot be written as a DICOM file: {exc}") from exc
-    return buffer.getvalue()
 
 
 WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
@@ -172,30 +142,28 @@ def _store_parts(
                         headers=_warning_header(notes))
 
 
+_FAILURE_REASONS = {
+    Verdict.CANNOT_UNDERSTAND: CANNOT_UNDERSTAND,
+    Verdict.DOES_NOT_MATCH: DOES_NOT_MATCH,
+    Verdict.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
+}
+
+
 def _store_part(
     store: Store, content: bytes | memoryview, study: str | None, base: str
 ) -> tuple[dict[str, Any], str | None, bool]:
     """One application/dicom part: its item of the response, what to say about it, whether it warned."""
-    try:
-        if content[128:132] != b"DICM":
-            content = to_file_format(content)
-        header, warning = read_instance([content])
-    except InvalidInstance as exc:
-        return _ref(None, None, CANNOT_UNDERSTAND), str(exc), False
-    if study is not None and header.study_instance_uid != study:
-        return (_ref(header.sop_class_uid, header.sop_instance_uid, DOES_NOT_MATCH),
-                "its Study Instance UID is not the study of the request", False)
-    try:
-        store.put(header, [content], calling_ae="STOW-RS")
-    except OutOfResources as exc:
-        return _ref(header.sop_class_uid, header.sop_instance_uid, OUT_OF_RESOURCES), str(exc), False
-    except InvalidInstance as exc:
-        return _ref(header.sop_class_uid, header.sop_instance_uid, CANNOT_UNDERSTAND), str(exc), False
+    report = take_instance(store, [content], source="STOW-RS", bare_data_sets=True,
+                           expected=Expected(study_instance_uid=study))
+    header = report.header
+    sop_class, sop = (header.sop_class_uid, header.sop_instance_uid) if header is not None else (None, None)
+    if not report.stored or header is None:
+        return _ref(sop_class, sop, _FAILURE_REASONS[report.verdict]), report.reason, False
     url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
           f"/instances/{header.sop_instance_uid}"
-    item = _ref(header.sop_class_uid, header.sop_instance_uid, url=url,
-                warning=WARNING_DATA_SET_DOES_NOT_MATCH if warning is not None else None)
-    return item, (f"stored with a warning: {warning}" if warning is not None else None), warning is not None
+    warned = report.verdict is Verdict.STORED_WITH_WARNING
+    item = _ref(sop_class, sop, url=url, warning=WARNING_DATA_SET_DOES_NOT_MATCH if warned else None)
+    return item, (f"stored with a warning: {report.reason}" if warned else None), warned
 
 
 @router.post("/studies", summary="Store instances")

@@ -5,9 +5,9 @@ listening socket and hands it to each; the kernel gives each new association
 to whichever process accepts first. Each association runs in its own thread.
 
 The C-STORE handler stores the data set exactly as it came off the wire
-(no pixel decoding): it prefixes our File Meta Information, reads the few
-attributes the index needs, and answers success only after
-:meth:`uronode.store.Store.put` has made file and index durable.
+(no pixel decoding): it prefixes our File Meta Information and hands both to
+:func:`uronode.ingest.take_instance`, which reads the few attributes the
+index needs and makes file and index durable; only then is success sent.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from scp import fastpath
 from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
 from scp.status import StoreStatus
 from uronode.associations import Associations
-from uronode.dicomfile import encode_file_meta, read_instance
-from uronode.errors import InvalidInstance, OutOfResources
+from uronode.dicomfile import encode_file_meta
+from uronode.errors import OutOfResources
+from uronode.ingest import Expected, Verdict, take_instance
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
@@ -123,8 +124,17 @@ def store_response(status: StoreStatus, comment: str | None = None) -> Dataset |
     return response
 
 
+_ANSWERS = {
+    Verdict.CANNOT_UNDERSTAND: StoreStatus.CANNOT_UNDERSTAND,
+    Verdict.DOES_NOT_MATCH: StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    Verdict.OUT_OF_RESOURCES: StoreStatus.OUT_OF_RESOURCES,
+    Verdict.STORED_WITH_WARNING: StoreStatus.WARNING_DATA_SET_DOES_NOT_MATCH,
+}
+"""The C-STORE status for each verdict but a plain success, sent with the report's reason."""
+
+
 def handle_store(event: Event, receiver: Receiver) -> Dataset | int:
-    """EVT_C_STORE: make the instance durable and indexed, then answer."""
+    """EVT_C_STORE: take the instance in (durable and indexed), then answer."""
     request = cast(C_STORE, event.request)
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     sop_class_uid = str(request.AffectedSOPClassUID)
@@ -133,34 +143,24 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset | int:
     if data is None:
         log.warning("C-STORE from %s without a data set", calling_ae)
         return store_response(StoreStatus.CANNOT_UNDERSTAND, "no data set")
-    meta = encode_file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, calling_ae)
-    body = data.getbuffer()
     try:
-        header, warning = read_instance([meta, body], event.context.transfer_syntax)
-        if header.sop_instance_uid != sop_instance_uid or header.sop_class_uid != sop_class_uid:
-            log.warning(
-                "C-STORE from %s refused: the data set's SOP Class/Instance UIDs differ from the request's",
-                calling_ae,
-            )
-            which = "Instance" if header.sop_class_uid == sop_class_uid else "Class"
-            return store_response(
-                StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"the data set's SOP {which} UID differs from the request's"
-            )
-        receiver.store.put(
-            header, [meta, body], calling_ae=calling_ae, association_id=receiver.association_id(event)
-        )
-    except InvalidInstance as exc:
-        log.warning("C-STORE from %s refused, cannot understand: %s", calling_ae, exc)
-        return store_response(StoreStatus.CANNOT_UNDERSTAND, str(exc))
+        association_id = receiver.association_id(event)
     except OutOfResources as exc:
         log.error("C-STORE from %s refused, out of resources: %s", calling_ae, exc)
         return store_response(StoreStatus.OUT_OF_RESOURCES, str(exc))
+    meta = encode_file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, calling_ae)
+    body = data.getbuffer()
+    try:
+        report = take_instance(
+            receiver.store, [meta, body], source=calling_ae, transfer_syntax_uid=event.context.transfer_syntax,
+            association_id=association_id,
+            expected=Expected(sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid),
+        )
     finally:
         body.release()
-    if warning is not None:
-        log.warning("C-STORE from %s stored with a warning: %s", calling_ae, warning)
-        return store_response(StoreStatus.WARNING_DATA_SET_DOES_NOT_MATCH, warning)
-    return StoreStatus.SUCCESS
+    if report.verdict is Verdict.STORED:
+        return StoreStatus.SUCCESS
+    return store_response(_ANSWERS[report.verdict], report.reason)
 
 
 def handle_released(event: Event, receiver: Receiver) -> None:

@@ -15,3 +15,11 @@ class OutOfResources(StoreError):
 
 class InvalidInstance(StoreError):
     """The instance cannot be understood or lacks what the node needs (UIDs, ...)."""
+
+
+class MalformedDataSet(InvalidInstance, ValueError):
+    """The data set is broken (truncated, a length that does not fit, pixel data of the wrong size); says how.
+
+    An :class:`InvalidInstance`: whoever refuses instances that cannot be
+    understood (the C-STORE handler, STOW-RS, the upload) refuses these too.
+    """

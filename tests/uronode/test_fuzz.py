@@ -19,9 +19,10 @@ from pydicom.filewriter import write_dataset
 
 from dicomweb.multipart import MalformedMultipart, MultipartSpool
 from tests.factory import ct_slice
-from uronode.dicomfile import encode_file_meta, read_header
-from uronode.errors import InvalidInstance
-from uronode.headerscan import MalformedDataSet, ScanError, check_data_set, scan
+from uronode.dicomfile import encode_file_meta
+from uronode.errors import InvalidInstance, MalformedDataSet
+from uronode.header import ScanError, read_header, scan
+from uronode.structure import check_data_set
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.5"]

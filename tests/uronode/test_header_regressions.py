@@ -11,9 +11,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from tests.factory import ct_slice
-from uronode.dicomfile import encode_file_meta, read_header
-from uronode.errors import InvalidInstance
-from uronode.headerscan import MalformedDataSet
+from uronode.dicomfile import encode_file_meta
+from uronode.errors import InvalidInstance, MalformedDataSet
+from uronode.header import read_header
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 

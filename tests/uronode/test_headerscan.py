@@ -11,8 +11,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from tests.factory import ct_slice, uid
-from uronode.dicomfile import encode_file_meta, read_header
-from uronode.headerscan import ScanError, scan
+from uronode.dicomfile import encode_file_meta
+from uronode.header import ScanError, read_header, scan
 
 FILES = sorted({Path(p) for p in get_testdata_files("*.dcm")})
 

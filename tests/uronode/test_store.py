@@ -10,8 +10,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from tests.factory import ct_slice, uid
 from uronode import queries
 from uronode.associations import Associations
-from uronode.dicomfile import encode_file_meta, read_header
+from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
+from uronode.header import read_header
 from uronode.store import Store
 from uronode.types import StoreOutcome
 

@@ -33,7 +33,7 @@ from inference.runtime import resolve_model_dir
 from inference.volume import Volume
 from inference.writers.results import write_results
 from uronode.audit import AuditLog
-from uronode.dicomfile import read_header
+from uronode.header import read_header
 from uronode.jobs import JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
