@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import highdicom as hd
 import pytest
 
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
+from inference.writers.sr import stone_label
 from tests.writers.conftest import MODEL_NAME, Case
 
 
@@ -87,3 +90,39 @@ def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
         for e in g.get_qualitative_evaluations()
     ]
     assert evaluations == [("56381008", "272519000")]  # Calculus: Absent
+
+
+def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> None:
+    """A planar group per stone: the same tracking UID as its volumetric group, its box on its widest slice."""
+    content = _sr(stones).content
+    volumetric = content.get_volumetric_roi_measurement_groups()
+    planar = content.get_planar_roi_measurement_groups()
+    assert len(planar) == len(stones.findings.stones) == 3
+    for i, (group, stone) in enumerate(zip(planar, stones.findings.stones, strict=True)):
+        assert group.tracking_identifier == f"Stone {i + 1}"
+        assert group.tracking_uid == volumetric[i].tracking_uid  # one finding, measured and located
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = region.value
+        assert points.shape == (5, 2) and (points[0] == points[-1]).all()  # a closed box, (column, row)
+        (source,) = region.ContentSequence
+        box = next(b for b in stones.findings.boxes if b.stone_index == i
+                   and b.sop_instance_uid == source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        assert points[:, 0].min() == box.column_min and points[:, 0].max() == box.column_max + 1
+        assert points[:, 1].min() == box.row_min and points[:, 1].max() == box.row_max + 1
+        (comment,) = [item for item in group[0].ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        assert comment.TextValue == stone_label(i, stone)
+        assert stone.side in comment.TextValue and f"{stone.max_diameter_mm:.1f} mm" in comment.TextValue
+    # One stone spans slices 4 and 5 with as many voxels on each: its region is on the first.
+    (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (4, 5)]
+    first = planar[k].roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert first == stones.volume.sop_instance_uids[4]
+
+
+def test_a_stone_without_a_box_gets_a_region_around_its_voxels(stones: Case) -> None:
+    (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (8,)]  # one voxel at (8, 30, 30)
+    findings = dataclasses.replace(stones.findings, boxes=tuple(b for b in stones.findings.boxes if b.stone_index != k))
+    sr = write_results(stones.volume, findings).sr
+    region = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()[k].roi
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == stones.volume.sop_instance_uids[8]
+    assert region.value.tolist() == [[30, 30], [31, 30], [31, 31], [30, 31], [30, 30]]
