@@ -22,11 +22,137 @@ NOT_VIEWER = ("dicom-web", "api", "docs", "redoc", "openapi.json", "healthz", "r
 mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".js")
 
-APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origin. */
+APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origin. See docs/viewer.md. */
 (function () {
-  // The radiologist's layout: the CT with the stone mask as a layer (left) beside the AI overlay
-  // series (right), zoom/pan and slice position linked. Not the window: the CT's window would wash
-  // out the RGB overlay images.
+  const RESULTS = 'AI urinary stones';  // the SeriesDescription every result series of the node starts with
+  const CT_VIEWPORT = 'uronode-ct';
+  const OVERLAY_VIEWPORT = 'uronode-overlay';
+  const MEASUREMENTS_PANEL = '@ohif/extension-measurement-tracking.panelModule.trackedMeasurements';
+  const MASK_OPACITY = [0.2, 0.4, 0.6, 0.8, 1.0];
+  const state = { maskOpacity: 2, layer: 'both', overlay: true, synced: true };
+
+  const list = (x) => (x == null ? [] : Array.isArray(x) ? x : [x]);
+  const first = (x) => list(x)[0];
+  const code = (item) => first(item.ConceptNameCodeSequence) || {};
+  const isResult = (ds) => (ds.SeriesDescription || '').startsWith(RESULTS);
+
+  // The stones of the node's SR: tracking UID -> { diameter, sop } (TID 1500: a volumetric group with the
+  // measurements and a planar group with the stone's box on its widest slice share a tracking UID).
+  function stonesOf(sr) {
+    const stones = {};
+    const report = list(first(sr.instances || [sr.instance]).ContentSequence);
+    const measurements = report.find((i) => code(i).CodeValue === '126010');
+    for (const group of list(measurements && measurements.ContentSequence)) {
+      const items = list(group.ContentSequence);
+      const uid = (items.find((i) => code(i).CodeValue === '112040') || {}).UID;
+      if (!uid) continue;
+      const stone = (stones[uid] = stones[uid] || {});
+      for (const item of items) {
+        if (item.ValueType === 'NUM' && code(item).CodeValue === '81827009') {
+          stone.diameter = Number(first(item.MeasuredValueSequence).NumericValue);
+        }
+        if (item.ValueType === 'SCOORD') {
+          stone.sop = first(first(item.ContentSequence).ReferencedSOPSequence).ReferencedSOPInstanceUID;
+        }
+      }
+    }
+    return Object.values(stones).filter((s) => s.sop);
+  }
+
+  function viewport(services, id) {
+    return services.cornerstoneViewportService.getCornerstoneViewport(id);
+  }
+
+  function showImage(services, viewportId, sopInstanceUID) {
+    const vp = viewport(services, viewportId);
+    if (!vp || !sopInstanceUID) return false;
+    const index = vp.getImageIds().findIndex((id) => id.includes('/instances/' + sopInstanceUID + '/'));
+    if (index < 0) return false;
+    vp.setImageIdIndex(index);
+    return true;
+  }
+
+  // Both viewports on the slice of the largest stone; the SR's stones into the measurement panel.
+  async function openOnStones({ servicesManager, commandsManager }) {
+    const services = servicesManager.services;
+    const { displaySetService, segmentationService } = services;
+    const displaySets = displaySetService.getActiveDisplaySets().filter(isResult);
+    const sr = displaySets.find((ds) => ds.Modality === 'SR');
+    const overlay = displaySets.find((ds) => ds.Modality === 'OT');
+    segmentationService.setStyle({ type: 'Labelmap' }, { fillAlpha: MASK_OPACITY[state.maskOpacity],
+                                                        renderOutline: true, outlineWidth: 2 });
+    if (!sr) return;
+    const stones = stonesOf(sr).sort((a, b) => (b.diameter || 0) - (a.diameter || 0));
+    if (!stones.length) return;
+    const sop = stones[0].sop;
+    showImage(services, CT_VIEWPORT, sop);
+    const sc = overlay && list(overlay.instances).find(
+      (i) => (first(i.SourceImageSequence) || {}).ReferencedSOPInstanceUID === sop);
+    if (sc) showImage(services, OVERLAY_VIEWPORT, sc.SOPInstanceUID);
+    if (!sr.isLoaded) await sr.load();
+    if (sr.isRehydratable && !sr.isHydrated) {
+      // Track the CT series first, so that OHIF adds the SR's stones without asking.
+      const tracked = [...new Set(sr.measurements.map((m) => m.displaySetInstanceUID).filter(Boolean))]
+        .map((uid) => displaySetService.getDisplaySetByUID(uid).SeriesInstanceUID);
+      commandsManager.runCommand('restoreTrackedSeries', { StudyInstanceUID: sr.StudyInstanceUID,
+                                                          SeriesInstanceUIDs: tracked });
+      commandsManager.runCommand('hydrateStructuredReport', { displaySetInstanceUID: sr.displaySetInstanceUID });
+      sr.isHydrated = true;
+    }
+    services.panelService.activatePanel(MEASUREMENTS_PANEL, true);
+    // The panel narrows the viewports: fit both images again once they have their new size.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    for (const id of [CT_VIEWPORT, OVERLAY_VIEWPORT]) {
+      const vp = viewport(services, id);
+      if (vp) { vp.resetCamera(); vp.render(); }
+    }
+    // Hydration may move the viewport to the last measurement: back to the largest stone.
+    showImage(services, CT_VIEWPORT, sop);
+    if (sc) showImage(services, OVERLAY_VIEWPORT, sc.SOPInstanceUID);
+    window.uronodeOpened = sop;  // for the tests: the viewer has opened on this slice
+  }
+
+  function segmentations(services) {
+    const { segmentationService } = services;
+    return segmentationService.getSegmentationRepresentations(CT_VIEWPORT) || [];
+  }
+
+  function setMask(services, visible) {
+    for (const rep of segmentations(services)) {
+      if (rep.visible !== visible) {
+        services.segmentationService.toggleSegmentationRepresentationVisibility(
+          CT_VIEWPORT, { segmentationId: rep.segmentationId, type: rep.type });
+      }
+    }
+  }
+
+  function setBoxes(visible) {
+    const tools = window.cornerstoneTools;
+    for (const annotation of tools.annotation.state.getAllAnnotations()) {
+      tools.annotation.visibility.setAnnotationVisibility(annotation.annotationUID, visible);
+    }
+  }
+
+  function setCT(services, visible) {
+    const vp = viewport(services, CT_VIEWPORT);
+    const actor = vp && vp.getDefaultActor();
+    if (actor) actor.actor.setVisibility(visible);
+  }
+
+  function render(services) {
+    for (const id of [CT_VIEWPORT, OVERLAY_VIEWPORT]) {
+      const vp = viewport(services, id);
+      if (vp) vp.render();
+    }
+  }
+
+  function applyLayers(services) {
+    setCT(services, state.layer !== 'mask');
+    setMask(services, state.overlay && state.layer !== 'ct');
+    setBoxes(state.overlay);
+    render(services);
+  }
+
   const linked = [
     { type: 'zoompan', id: 'uronode-zoompan', source: true, target: true },
     { type: 'imageslice', id: 'uronode-slice', source: true, target: true },
@@ -35,17 +161,23 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     id: 'uronode-ct-overlay',
     name: 'uronode: CT with stones beside the AI overlay',
     protocolMatchingRules: [
-      { attribute: 'ModalitiesInStudy', constraint: { contains: 'SEG' }, weight: 20 },
+      { attribute: 'uronodeResults', constraint: { equals: 'yes' }, required: true, weight: 100 },
     ],
     toolGroupIds: ['default'],
     numberOfPriorsReferenced: 0,
+    callbacks: { onViewportDataInitialized: [{ commandName: 'uronodeOpenOnStones' }] },
     displaySetSelectors: {
       ct: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'CT' }, required: true }] },
-      seg: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'SEG' }, required: true }] },
+      seg: {
+        seriesMatchingRules: [
+          { attribute: 'Modality', constraint: { equals: 'SEG' }, required: true },
+          { attribute: 'SeriesDescription', constraint: { contains: RESULTS }, required: true },
+        ],
+      },
       overlay: {
         seriesMatchingRules: [
           { attribute: 'Modality', constraint: { equals: 'OT' }, required: true },
-          { attribute: 'SeriesDescription', constraint: { contains: 'AI urinary stones' }, required: true },
+          { attribute: 'SeriesDescription', constraint: { contains: RESULTS }, required: true },
         ],
       },
     },
@@ -59,12 +191,12 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
         viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: 2 } },
         viewports: [
           {
-            viewportOptions: { viewportId: 'uronode-ct', toolGroupId: 'default', syncGroups: linked,
+            viewportOptions: { viewportId: CT_VIEWPORT, toolGroupId: 'default', syncGroups: linked,
                                allowUnmatchedView: true },
             displaySets: [{ id: 'ct' }, { id: 'seg' }],
           },
           {
-            viewportOptions: { viewportId: 'uronode-overlay', toolGroupId: 'default', syncGroups: linked,
+            viewportOptions: { viewportId: OVERLAY_VIEWPORT, toolGroupId: 'default', syncGroups: linked,
                                allowUnmatchedView: true },
             displaySets: [{ id: 'overlay' }],
           },
@@ -72,29 +204,80 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       },
     ],
   };
+  const command = (commandFn) => ({ commandFn });
   const uronode = {
     id: 'uronode',
+    // A study holds the node's results when one of its series is a SEG the node made.
+    preRegistration: ({ servicesManager }) => {
+      servicesManager.services.hangingProtocolService.addCustomAttribute(
+        'uronodeResults', 'Holds uronode results',
+        (study, options) => (list(options && options.displaySets).some(
+          (ds) => ds.Modality === 'SEG' && isResult(ds) &&
+                  (!study || !study.StudyInstanceUID || ds.StudyInstanceUID === study.StudyInstanceUID)) ? 'yes' : 'no'));
+    },
     getHangingProtocolModule: () => [{ name: ctWithStones.id, protocol: ctWithStones }],
-    getCommandsModule: () => ({
-      definitions: {
-        // The paper's "Tag on": show or hide the DICOM tags in the viewport corners.
-        uronodeToggleTags: {
-          commandFn: () => {
+    getCommandsModule: ({ servicesManager, commandsManager }) => {
+      const services = servicesManager.services;
+      return {
+        definitions: {
+          uronodeOpenOnStones: command(() => openOnStones({ servicesManager, commandsManager })),
+          // The paper's "Tag on": show or hide the DICOM tags in the viewport corners.
+          uronodeToggleTags: command(() => {
             document.querySelectorAll('.viewport-overlay').forEach((e) => e.classList.toggle('hidden'));
-          },
+          }),
+          // "Sync Viewports": zoom, pan and slice linked between the CT and the overlay series, or not.
+          uronodeToggleSync: command(() => {
+            state.synced = !state.synced;
+            for (const id of ['uronode-zoompan', 'uronode-slice']) {
+              const sync = services.syncGroupService.getSynchronizer(id);
+              if (sync) sync.setEnabled(state.synced);
+            }
+          }),
+          // "Select active layer": CT and mask, CT only, mask only.
+          uronodeNextLayer: command(() => {
+            state.layer = { both: 'ct', ct: 'mask', mask: 'both' }[state.layer];
+            applyLayers(services);
+          }),
+          // "Overlay": the stone mask and the stone boxes over the CT, on or off.
+          uronodeToggleOverlay: command(() => {
+            state.overlay = !state.overlay;
+            applyLayers(services);
+          }),
+          // "Layer Properties": the mask's opacity, a step down or up.
+          uronodeMaskOpacity: command(({ step }) => {
+            state.maskOpacity = Math.max(0, Math.min(MASK_OPACITY.length - 1, state.maskOpacity + step));
+            services.segmentationService.setStyle({ type: 'Labelmap' }, { fillAlpha: MASK_OPACITY[state.maskOpacity] });
+            render(services);
+          }),
         },
-      },
-      defaultContext: 'VIEWER',
-    }),
+        defaultContext: 'VIEWER',
+      };
+    },
   };
+  const hotkey = (commandName, label, key, commandOptions) =>
+    ({ commandName, commandOptions, label, keys: [key], isEditable: true });
   window.config = {
     routerBasename: '/',
     extensions: [uronode],
     modes: [],
+    // The basic viewer (the study list's double click, /viewer?StudyInstanceUIDs=...) chooses between our
+    // layout and OHIF's default by the study: ours needs the node's results (required rule above).
+    modesConfiguration: {
+      '@ohif/mode-longitudinal': { hangingProtocol: { $set: ['uronode-ct-overlay', 'default'] } },
+    },
     customizationService: [
+      { 'ohif.tours': { $set: [] } },  // no tour over the images
+      { autoCineModalities: { $set: [] } },  // no cine player over the overlay series (modality OT)
       {
         'ohif.hotkeyBindings': {
-          $push: [{ commandName: 'uronodeToggleTags', label: 'Tag on/off', keys: ['t'], isEditable: true }],
+          $push: [
+            hotkey('uronodeToggleTags', 'Tag on/off', 't'),
+            hotkey('uronodeToggleSync', 'Sync viewports on/off', 'y'),
+            hotkey('uronodeNextLayer', 'Active layer: both, CT, mask', 'l'),
+            hotkey('uronodeToggleOverlay', 'Overlay (mask and boxes) on/off', 'o'),
+            hotkey('uronodeMaskOpacity', 'Mask opacity down', '[', { step: -1 }),
+            hotkey('uronodeMaskOpacity', 'Mask opacity up', ']', { step: 1 }),
+          ],
         },
       },
     ],
