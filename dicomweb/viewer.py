@@ -63,6 +63,11 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     return services.cornerstoneViewportService.getCornerstoneViewport(id);
   }
 
+  function isShowing(services, viewportId, sopInstanceUID) {
+    const vp = viewport(services, viewportId);
+    return Boolean(vp && (vp.getCurrentImageId() || '').includes('/instances/' + sopInstanceUID + '/'));
+  }
+
   function showImage(services, viewportId, sopInstanceUID) {
     const vp = viewport(services, viewportId);
     if (!vp || !sopInstanceUID) return false;
@@ -81,14 +86,15 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     const overlay = displaySets.find((ds) => ds.Modality === 'OT');
     segmentationService.setStyle({ type: 'Labelmap' }, { fillAlpha: MASK_OPACITY[state.maskOpacity],
                                                         renderOutline: true, outlineWidth: 2 });
+    // The stone's box on the image says which stone it is, not cornerstone's statistics of the box.
+    const tools = services.toolGroupService.getToolGroup('default');
+    if (tools) tools.setToolConfiguration('RectangleROI', { getTextLines: (data) => (data.label ? [data.label] : []) });
     if (!sr) return;
     const stones = stonesOf(sr).sort((a, b) => (b.diameter || 0) - (a.diameter || 0));
     if (!stones.length) return;
     const sop = stones[0].sop;
-    showImage(services, CT_VIEWPORT, sop);
     const sc = overlay && list(overlay.instances).find(
       (i) => (first(i.SourceImageSequence) || {}).ReferencedSOPInstanceUID === sop);
-    if (sc) showImage(services, OVERLAY_VIEWPORT, sc.SOPInstanceUID);
     if (!sr.isLoaded) await sr.load();
     if (sr.isRehydratable && !sr.isHydrated) {
       // Track the CT series first, so that OHIF adds the SR's stones without asking.
@@ -99,16 +105,21 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       commandsManager.runCommand('hydrateStructuredReport', { displaySetInstanceUID: sr.displaySetInstanceUID });
       sr.isHydrated = true;
     }
-    services.panelService.activatePanel(MEASUREMENTS_PANEL, true);
-    // The panel narrows the viewports: fit both images again once they have their new size.
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    for (const id of [CT_VIEWPORT, OVERLAY_VIEWPORT]) {
-      const vp = viewport(services, id);
-      if (vp) { vp.resetCamera(); vp.render(); }
+    // OHIF may still move a viewport (it hangs the protocol twice; the slice synchronizer follows the
+    // overlay's first image): set both until they stay on the stone for two checks in a row.
+    const wanted = [[CT_VIEWPORT, sop], [OVERLAY_VIEWPORT, sc && sc.SOPInstanceUID]];
+    for (let steady = 0, tries = 0; steady < 2 && tries < 20; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      const off = wanted.filter(([id, uid]) => uid && !isShowing(services, id, uid));
+      off.forEach(([id, uid]) => showImage(services, id, uid));
+      steady = off.length ? 0 : steady + 1;
     }
-    // Hydration may move the viewport to the last measurement: back to the largest stone.
-    showImage(services, CT_VIEWPORT, sop);
-    if (sc) showImage(services, OVERLAY_VIEWPORT, sc.SOPInstanceUID);
+    // Zoom and pan are synchronized relative to each viewport's initial camera: make it the fitted view each
+    // shows now, so that both count from the same view (and Reset comes back to it).
+    for (const [id] of wanted) {
+      const vp = viewport(services, id);
+      if (vp) vp.setCamera(vp.getCamera(), true);
+    }
     window.uronodeOpened = sop;  // for the tests: the viewer has opened on this slice
   }
 
@@ -165,7 +176,11 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     ],
     toolGroupIds: ['default'],
     numberOfPriorsReferenced: 0,
-    callbacks: { onViewportDataInitialized: [{ commandName: 'uronodeOpenOnStones' }] },
+    callbacks: {
+      // The stone list opens with the layout, before the viewports get their size and images.
+      onProtocolEnter: [{ commandName: 'uronodeShowStoneList' }],
+      onViewportDataInitialized: [{ commandName: 'uronodeOpenOnStones' }],
+    },
     displaySetSelectors: {
       ct: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'CT' }, required: true }] },
       seg: {
@@ -221,6 +236,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       return {
         definitions: {
           uronodeOpenOnStones: command(() => openOnStones({ servicesManager, commandsManager })),
+          uronodeShowStoneList: command(() => services.panelService.activatePanel(MEASUREMENTS_PANEL, true)),
           // The paper's "Tag on": show or hide the DICOM tags in the viewport corners.
           uronodeToggleTags: command(() => {
             document.querySelectorAll('.viewport-overlay').forEach((e) => e.classList.toggle('hidden'));

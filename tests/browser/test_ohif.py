@@ -1,117 +1,380 @@
-"""OHIF served by the node, in headless Chromium, reading the node's own DICOMweb.
+"""OHIF served by the node, in headless Chromium, reading the node's own DICOMweb: the reading layout and its controls.
 
-One study goes through the whole node (C-STORE, the model, the result
-writers); the viewer then shows the CT, the SEG over it in red, and the
-Secondary Capture series with its green boxes. Screenshots are kept in
-test-artifacts/screenshots/.
+One study goes through the whole node once for the module (DCMTK storescu,
+the model, the result writers) beside a study without results; every test
+opens the viewer on it in a fresh page of the one browser, uses a control as
+a person would (mouse drags, keys, clicks) and checks the screenshot's pixels.
+Screenshots are kept in test-artifacts/screenshots/ (with UPDATE_VIEWER_DOCS=1
+also, small, in docs/viewer/ for docs/viewer.md).
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from inference.synth import Phantom, generate_phantom, write_series
-from tests.browser.conftest import SCREENSHOTS
-from tests.conftest import WITH_WORKER, query
-from tests.peers.processes import Node, storescu, wait_until
+from inference.synth import generate_phantom, write_series
+from tests.browser.conftest import (
+    dicomweb_json,
+    green_pixels,
+    grey_mask,
+    red_mask,
+    red_pixels,
+    rgb,
+    save_shot,
+)
+from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
+from tests.peers.processes import Node, free_port, storescu, wait_until
 
-
-def dismiss_popups(page) -> None:  # type: ignore[no-untyped-def]
-    for label in ("Skip all", "Confirm and hide"):
-        button = page.get_by_role("button", name=label)
-        if button.count():
-            button.first.click()
-
-
-def rgb(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-
-
-def red_pixels(png: bytes) -> int:
-    px = rgb(png)
-    return int(((px[..., 0] > 150) & (px[..., 1] < 90) & (px[..., 2] < 90)).sum())
+CT = '[data-viewportid="uronode-ct"]'
+OVERLAY = '[data-viewportid="uronode-overlay"]'
 
 
-def green_pixels(png: bytes) -> int:
-    px = rgb(png)
-    return int(((px[..., 1] > 150) & (px[..., 0] < 90) & (px[..., 2] < 90)).sum())
+@dataclass(frozen=True)
+class Stone:
+    label: str
+    """The SR's comment, as the viewer lists it."""
+    diameter_mm: float
+    sop_instance_uid: str
+    """The CT slice of the stone's region (its widest)."""
 
 
-def study_through_the_node(start_node: Callable[..., Node], tmp_path: Path) -> tuple[Node, Phantom]:
-    """A node with a worker, and a CT with kidney stones sent to it and processed (SEG, SC, SR made)."""
-    node = start_node(**WITH_WORKER)
-    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
-                               stone_sites=("kidney",))
-    write_series(phantom, tmp_path / "ct")
-    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
-    wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
-               240, "the results")
-    return node, phantom
+@dataclass(frozen=True)
+class Study:
+    node: Node
+    uid: str
+    other_uid: str
+    """A study without results."""
+    stones: tuple[Stone, ...]
+    overlay_of: dict[str, str]
+    """CT SOP Instance UID -> the overlay (SC) image made from it."""
+
+    def url(self, uid: str | None = None) -> str:
+        return f"http://127.0.0.1:{self.node.http_port}/viewer?StudyInstanceUIDs={uid or self.uid}"
 
 
-def test_ct_seg_and_sc_render_in_the_viewer(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    node, phantom = study_through_the_node(start_node, tmp_path)
+def _series_of(port: int, study: str, modality: str) -> list[str]:
+    return [s["0020000E"]["Value"][0] for s in dicomweb_json(port, f"studies/{study}/series")
+            if s["00080060"]["Value"][0] == modality]
+
+
+def _code(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue) if "ConceptNameCodeSequence" in item else ""
+
+
+def stones_in_sr(sr: Dataset) -> tuple[Stone, ...]:
+    """The stones of a TID 1500 report read on its own: groups joined by tracking UID (112040)."""
+    (measurements,) = [i for i in sr.ContentSequence if _code(i) == "126010"]
+    found: dict[str, dict] = {}
+    for group in measurements.ContentSequence:
+        items = list(group.ContentSequence)
+        uid = next(str(i.UID) for i in items if _code(i) == "112040")
+        stone = found.setdefault(uid, {})
+        for item in items:
+            if item.ValueType == "NUM" and _code(item) == "81827009":
+                stone["diameter_mm"] = float(item.MeasuredValueSequence[0].NumericValue)
+            if item.ValueType == "SCOORD":
+                stone["sop_instance_uid"] = str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            if item.ValueType == "TEXT" and _code(item) == "121106":
+                stone["label"] = str(item.TextValue)
+    return tuple(Stone(**s) for s in found.values())
+
+
+def _other_study(ct: Path, out: Path) -> str:
+    """The same images as an MR study of their own: the node skips it, so it has no results."""
+    study, series = generate_uid(), generate_uid()
+    out.mkdir()
+    for path in sorted(ct.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.Modality, ds.StudyDescription = "MR", "Other study without results"
+        ds.save_as(out / path.name)
+    return study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
+    """A node with a worker; a CT with kidney stones sent by DCMTK and processed; a study without results."""
+    root = tmp_path_factory.mktemp("reading")
+    node = Node(root / "node", free_port(), free_port(), extra_env={**FAST_COMPLETION, **WITH_WORKER}).start()
+    try:
+        phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                                   stone_sites=("kidney",))
+        write_series(phantom, root / "ct")
+        other = _other_study(root / "ct", root / "other")
+        assert storescu(node.dicom_port, root / "ct").returncode == 0
+        assert storescu(node.dicom_port, root / "other").returncode == 0
+        wait_until(lambda: [r["state"] for r in query(node.data_dir, "SELECT state FROM jobs")] == ["delivered"],
+                   300, "the results")
+        port, uid = node.http_port, phantom.study_instance_uid
+        (sr_series,) = _series_of(port, uid, "SR")
+        (sr,) = [Dataset.from_json(d) for d in dicomweb_json(port, f"studies/{uid}/series/{sr_series}/metadata")]
+        (sc_series,) = _series_of(port, uid, "OT")
+        overlay_of = {
+            str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID): str(sc.SOPInstanceUID)
+            for sc in (Dataset.from_json(d, lambda uri: b"")
+                       for d in dicomweb_json(port, f"studies/{uid}/series/{sc_series}/metadata"))
+        }
+        stones = stones_in_sr(sr)
+        assert len(stones) >= 2, "the model should find at least two of the three stones"
+        yield Study(node, uid, other, stones, overlay_of)
+    finally:
+        node.stop()
+
+
+def open_reading(browser, url: str):  # type: ignore[no-untyped-def]
+    """A fresh page on the study, once the viewer has opened on the stones."""
     page = browser.new_page()
-    page.goto(f"http://127.0.0.1:{node.http_port}/viewer?StudyInstanceUIDs={phantom.study_instance_uid}")
-    page.wait_for_selector("canvas", timeout=60_000)
-    page.wait_for_timeout(3000)
-    dismiss_popups(page)
-    viewport = page.locator("canvas").first
+    page.goto(url)
+    page.wait_for_function("window.uronodeOpened", timeout=120_000)
+    page.wait_for_timeout(1500)  # the last renders after the cameras were fitted
+    return page
 
-    # The CT renders.
-    ct = rgb(viewport.screenshot())
-    page.screenshot(path=str(SCREENSHOTS / "ohif-ct.png"))
-    assert ct.std() > 10, "the CT viewport is blank"
 
-    # The SEG, loaded over the CT, shows red where a stone is.
-    page.get_by_text("SEG", exact=True).first.dblclick()
-    page.wait_for_timeout(4000)
-    dismiss_popups(page)
-    found = 0
-    for _ in range(phantom.hu.shape[0] + 1):  # the viewer opens at the first slice; step to a stone
-        found = red_pixels(viewport.screenshot())
-        if found > 20:
-            break
-        viewport.hover()
-        page.mouse.wheel(0, 120)
-        page.wait_for_timeout(400)
-    page.screenshot(path=str(SCREENSHOTS / "ohif-seg-over-ct.png"))
-    assert found > 20, "no red segmentation pixels on any slice"
+def shown_image(page, viewport_id: str) -> str:  # type: ignore[no-untyped-def]
+    return page.evaluate(
+        "(id) => window.cornerstone.getRenderingEngines()[0].getViewport(id).getCurrentImageId()", viewport_id
+    )
 
-    # The Secondary Capture series shows its green boxes.
-    page.get_by_text("OT", exact=True).first.dblclick()
-    page.wait_for_timeout(4000)
-    sc = viewport.screenshot()
-    page.screenshot(path=str(SCREENSHOTS / "ohif-secondary-capture.png"))
-    assert green_pixels(sc) > 20 and red_pixels(sc) > 0  # the green box, and the (maybe small) red stone in it
+
+def grab(page, selector: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return rgb(page.locator(selector).screenshot())
+
+
+def image_band(px: np.ndarray) -> np.ndarray:
+    """The viewport without its corners' text: rows 15 % to 85 %."""
+    h = px.shape[0]
+    return px[int(h * 0.15):int(h * 0.85)]
+
+
+def stone(px: np.ndarray) -> tuple[int, np.ndarray]:
+    """(size in pixels, centre (row, column)) of the red stone in a viewport's screenshot."""
+    on = np.argwhere(red_mask(px))
+    assert len(on) > 20, "no red stone in the viewport"
+    return len(on), on.mean(0)
+
+
+def press(page, key: str) -> None:  # type: ignore[no-untyped-def]
+    page.keyboard.press(key)
+    page.wait_for_timeout(700)
+
+
+def drag(page, selector: str, dx: int, dy: int, button: str = "left") -> None:  # type: ignore[no-untyped-def]
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8  # below the body: no box or label there
+    page.mouse.move(x, y)
+    page.mouse.down(button=button)
+    page.mouse.move(x + dx, y + dy, steps=12)
+    page.mouse.up(button=button)
+    page.wait_for_timeout(700)
+
+
+def focus_ct(page) -> None:  # type: ignore[no-untyped-def]
+    """Hover the CT viewport, as a person does before a key (no click: the left button is window/level)."""
+    page.locator(CT).hover()
+
+
+def test_double_click_in_the_study_list_opens_the_stones(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{study.node.http_port}/")
+    page.get_by_text("Synthetic abdomen CT").first.dblclick()
+    page.wait_for_function("window.uronodeOpened", timeout=120_000)
+    page.wait_for_timeout(1500)
+    assert page.url.endswith(f"/viewer?StudyInstanceUIDs={study.uid}")  # no layout named in the URL
+    # No tour, no dialog over the images.
+    assert page.locator(".shepherd-element").count() == 0 and page.get_by_role("button", name="Skip all").count() == 0
+    assert page.get_by_role("dialog").count() == 0
+    # The reading layout: the CT with the mask layer, the overlay series beside it.
+    assert page.locator("[data-viewportid]").count() == 2
+    largest = max(study.stones, key=lambda s: s.diameter_mm)
+    assert page.evaluate("window.uronodeOpened") == largest.sop_instance_uid
+    assert f"/instances/{largest.sop_instance_uid}/" in shown_image(page, "uronode-ct")
+    assert f"/instances/{study.overlay_of[largest.sop_instance_uid]}/" in shown_image(page, "uronode-overlay")
+    save_shot(page.screenshot(), "layout")
+    ct, overlay = page.locator(CT).screenshot(), page.locator(OVERLAY).screenshot()
+    assert red_pixels(ct) > 40, "no red stone mask over the CT"
+    assert grey_mask(rgb(ct)).sum() > 20_000, "no CT under the mask"
+    assert green_pixels(overlay) > 40 and red_pixels(overlay) > 40, "no green box around a red stone on the overlay"
+    listed = page.locator('[data-cy="trackedMeasurements-panel"]').inner_text().replace("\n", " ")
+    assert all(stone.label in listed for stone in study.stones), "the stone list is not shown"
     page.close()
 
 
-def test_reading_layout_and_the_tag_toggle(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The paper's controls: CT with the mask layer beside the AI overlay, linked; 't' hides the DICOM tags."""
-    node, phantom = study_through_the_node(start_node, tmp_path)
+def test_stones_are_listed_and_a_click_goes_to_one(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    panel = page.locator('[data-cy="trackedMeasurements-panel"]')
+    listed = panel.inner_text()
+    for stone in study.stones:
+        assert stone.label in listed.replace("\n", " ")
+        assert re.search(r"(left|right|midline): [\d.]+ mm, \d+ mm3, mean -?\d+ HU", stone.label)
+    save_shot(page.screenshot(), "stone-list")
+    largest = max(study.stones, key=lambda s: s.diameter_mm)
+    other = next(s for s in study.stones if s.sop_instance_uid != largest.sop_instance_uid)
+    before = grab(page, CT)
+    number = other.label.split(",")[0]  # "Stone 2"
+    panel.get_by_text(number + ",").first.click()
+    page.wait_for_timeout(1500)
+    assert f"/instances/{other.sop_instance_uid}/" in shown_image(page, "uronode-ct")
+    assert f"/instances/{study.overlay_of[other.sop_instance_uid]}/" in shown_image(page, "uronode-overlay")
+    after = grab(page, CT)
+    assert np.abs(after - before).mean() > 2, "the CT viewport did not change slice"
+    save_shot(page.screenshot(), "stone-list-jump")
+    page.close()
+
+
+def test_a_study_without_results_opens_in_ohifs_layout(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page()
-    page.goto(f"http://127.0.0.1:{node.http_port}/viewer?StudyInstanceUIDs={phantom.study_instance_uid}"
-              "&hangingprotocolId=uronode-ct-overlay")
-    page.wait_for_selector("canvas", timeout=60_000)
-    page.wait_for_timeout(5000)
-    dismiss_popups(page)
-    assert page.locator("canvas").count() == 2  # CT (with the SEG layer) beside the overlay series
-    shown = page.locator(".viewport-overlay").count()
-    assert shown >= 2 and page.locator(".viewport-overlay.hidden").count() == 0
-    page.locator("canvas").first.click()
-    page.keyboard.press("t")
-    page.wait_for_timeout(300)
-    assert page.locator(".viewport-overlay.hidden").count() == shown  # tags off
-    page.screenshot(path=str(SCREENSHOTS / "ohif-reading-layout-tags-off.png"))
-    page.keyboard.press("t")
-    page.wait_for_timeout(300)
-    assert page.locator(".viewport-overlay.hidden").count() == 0  # and on again
-    overlay = rgb(page.locator("canvas").nth(1).screenshot())
-    assert overlay.std() > 10
+    page.goto(study.url(study.other_uid))
+    page.wait_for_selector("[data-viewportid] canvas", timeout=120_000)
+    page.wait_for_timeout(3000)
+    assert page.locator("[data-viewportid]").count() == 1
+    assert page.locator(CT).count() == 0 and page.evaluate("window.uronodeOpened") is None
+    assert grey_mask(rgb(page.locator("[data-viewportid]").screenshot())).sum() > 20_000
+    page.close()
+
+
+def test_window_level_by_dragging(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    before = grab(page, CT)
+    corner = page.locator(".viewport-overlay.overlay-bottom.left-viewport").first  # the CT's "W: 400 L: 40"
+    text = corner.inner_text()
+    drag(page, CT, 120, 60)  # left button: the Window Level tool
+    after = grab(page, CT)
+    assert corner.inner_text() != text
+    assert abs(image_band(after).mean() - image_band(before).mean()) > 3, "the CT's brightness did not change"
+    save_shot(page.locator(CT).screenshot(), "window-level")
+    page.close()
+
+
+def test_zoom_by_right_drag_and_pan_by_middle_drag(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    size0, _ = stone(grab(page, CT))
+    drag(page, CT, 0, 80, button="right")  # the Zoom tool
+    size1, centre1 = stone(grab(page, CT))
+    assert size1 > size0 * 1.3, f"no zoom: the stone went from {size0} to {size1} pixels"
+    save_shot(page.locator(CT).screenshot(), "zoom")
+    drag(page, CT, -100, -60, button="middle")  # the Pan tool
+    size2, centre2 = stone(grab(page, CT))
+    moved = centre2 - centre1
+    assert abs(moved[0] + 60) < 15 and abs(moved[1] + 100) < 15, f"no pan by the drag: moved {moved}"
+    assert abs(size2 - size1) < 0.1 * size1
+    save_shot(page.locator(CT).screenshot(), "pan")
+    page.close()
+
+
+def test_sync_viewports_on_and_off(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    overlay0, _ = stone(grab(page, OVERLAY))
+    drag(page, CT, 0, 80, button="right")
+    overlay1, _ = stone(grab(page, OVERLAY))
+    assert overlay1 > overlay0 * 1.3, "sync on: zooming the CT did not zoom the overlay series"
+    save_shot(page.screenshot(), "sync-on")
+    focus_ct(page)
+    press(page, "y")  # sync off
+    ct1, _ = stone(grab(page, CT))
+    drag(page, CT, 0, -60, button="right")
+    ct2, _ = stone(grab(page, CT))
+    overlay2, _ = stone(grab(page, OVERLAY))
+    assert ct2 < ct1 * 0.8, "the CT did not zoom out"
+    assert abs(overlay2 - overlay1) < 0.05 * overlay1, "sync off: the overlay series followed the CT"
+    save_shot(page.screenshot(), "sync-off")
+    focus_ct(page)
+    press(page, "y")  # on again
+    drag(page, CT, 0, -40, button="right")
+    overlay3, _ = stone(grab(page, OVERLAY))
+    assert overlay3 < overlay2 * 0.8, "sync on again: the overlay series did not follow"
+    page.close()
+
+
+def test_active_layer_ct_mask_or_both(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    both = grab(page, CT)
+    red0, grey0 = int(red_mask(both).sum()), int(grey_mask(both).sum())
+    assert red0 > 40 and grey0 > 20_000
+    focus_ct(page)
+    press(page, "l")  # CT only
+    ct_only = grab(page, CT)
+    save_shot(page.locator(CT).screenshot(), "layer-ct")
+    assert red_mask(ct_only).sum() < red0 * 0.05 and grey_mask(ct_only).sum() > grey0 * 0.8
+    press(page, "l")  # mask only
+    mask_only = grab(page, CT)
+    save_shot(page.locator(CT).screenshot(), "layer-mask")
+    assert red_mask(mask_only).sum() > red0 * 0.8 and grey_mask(mask_only).sum() < grey0 * 0.05
+    press(page, "l")  # both again
+    again = grab(page, CT)
+    assert red_mask(again).sum() > red0 * 0.8 and grey_mask(again).sum() > grey0 * 0.8
+    page.close()
+
+
+def test_mask_opacity_down_and_up(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+    outline = np.argwhere(red_mask(grab(page, CT)))  # the mask's outline is drawn fully red; its fill is not
+    assert len(outline) > 40
+    (r0, c0), (r1, c1) = outline.min(0), outline.max(0)
+
+    def redness() -> float:  # over the stone's box: red minus the mean of green and blue
+        now = grab(page, CT)[r0:r1 + 1, c0:c1 + 1]
+        return float((now[..., 0] - (now[..., 1] + now[..., 2]) / 2).mean())
+
+    default = redness()
+    focus_ct(page)
+    press(page, "]")
+    press(page, "]")
+    opaque = redness()
+    save_shot(page.locator(CT).screenshot(), "opacity-high")
+    for _ in range(4):
+        press(page, "[")
+    faint = redness()
+    save_shot(page.locator(CT).screenshot(), "opacity-low")
+    assert opaque > default + 10 and faint < default - 10, (faint, default, opaque)
+    page.close()
+
+
+def test_overlay_mask_and_boxes_off_and_on(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+
+    def annotation_pixels(px: np.ndarray) -> int:  # the stone's box, yellow or green, and its text
+        return int(((px[..., 1] > 150) & (px[..., 2] < 90)).sum())
+
+    on = grab(page, CT)
+    assert red_mask(on).sum() > 40 and annotation_pixels(on) > 40
+    focus_ct(page)
+    press(page, "o")
+    off = grab(page, CT)
+    save_shot(page.locator(CT).screenshot(), "overlay-off")
+    assert red_mask(off).sum() < 5 and annotation_pixels(off) < 5
+    assert grey_mask(off).sum() > grey_mask(on).sum() * 0.8  # the CT stays
+    press(page, "o")
+    again = grab(page, CT)
+    assert red_mask(again).sum() > 40 and annotation_pixels(again) > 40
+    page.close()
+
+
+def test_dicom_tags_off_and_on(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+    page = open_reading(browser, study.url())
+
+    def text_pixels(px: np.ndarray) -> int:  # OHIF's light blue text (173, 202, 240) in the left corners
+        h, w = px.shape[:2]
+        corners = np.concatenate([px[int(h * 0.03):int(h * 0.12), : w // 2], px[int(h * 0.9):, : w // 2]])
+        r, g, b = corners[..., 0], corners[..., 1], corners[..., 2]
+        return int(((r > 100) & (b - r >= 30) & (b - r <= 90) & (g - r >= 15) & (g - r <= 45)).sum())
+
+    on = grab(page, CT)
+    assert text_pixels(on) > 30
+    focus_ct(page)
+    press(page, "t")
+    off = grab(page, CT)
+    save_shot(page.locator(CT).screenshot(), "tags-off")
+    assert text_pixels(off) < 5
+    press(page, "t")
+    assert text_pixels(grab(page, CT)) > 30
     page.close()
