@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY uronode uronode
 COPY scp scp
 COPY inference inference
+COPY lab lab
 COPY dicomweb dicomweb
 COPY models models
 RUN python3 -m venv /opt/venv \

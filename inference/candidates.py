@@ -107,6 +107,9 @@ class CandidateRule:
 INT_FIELDS = ("contrast_max_voxels", "max_patches", "max_contrast_patches")
 DEFAULT_RULE = CandidateRule()
 BASELINE_RULE = CandidateRule(threshold_hu=200.0)
+CONTRAST_RULE = CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)
+"""The cascade's rule (models 2.1.0 and later, before their cards' own changes): dense candidates
+and local-contrast ones. What a new network is trained with when no card says otherwise."""
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ class InputSpec:
 
 
 LEGACY_SPEC = InputSpec()
+"""The first models' input (1.x): one slice of context each side, no wide view."""
+CASCADE_SPEC = InputSpec(context=2, wide=(2, 4))
+"""The cascade's input (models 2.1.0 and later): two slices each side and two wide views. What a
+new network is trained with when no card says otherwise."""
 
 PREPROCESSING = LEGACY_SPEC.card()
 

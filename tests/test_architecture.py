@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("uronode", "scp", "dicomweb", "inference")
+PACKAGES = ("uronode", "scp", "dicomweb", "inference", "lab")
 APP = {"uronode.__main__", "uronode.app"}
 
 
@@ -31,8 +31,8 @@ def test_every_module_of_uronode_outside_the_app_is_in_the_core_layer() -> None:
     """A layers contract checks only the modules it names: a new core module must be named too."""
     layers = contracts()["layers"]["layers"]
     assert isinstance(layers, list)
-    assert layers[:3] == ["uronode.__main__", "uronode.app", "scp | dicomweb | inference"]
-    core = {name.strip() for name in layers[3].split(":")}
+    assert layers[:4] == ["uronode.__main__", "uronode.app", "lab", "scp | dicomweb | inference"]
+    core = {name.strip() for name in layers[4].split(":")}
     on_disk = {f"uronode.{p.stem}" for p in (ROOT / "uronode").glob("*.py") if p.stem != "__init__"}
     on_disk |= {f"uronode.{p.parent.name}" for p in (ROOT / "uronode").glob("*/__init__.py")}
     assert core == on_disk - APP, "name every module of uronode/ outside the app in the core layer"
@@ -80,12 +80,12 @@ def broken_with(root: Path, module: str, lines: str) -> str:
 def test_the_contracts_hold_on_the_packages_as_they_are(copy: Path) -> None:
     done = lint_imports(copy)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 kept, 0 broken" in done.stdout
+    assert "4 kept, 0 broken" in done.stdout
 
 
 def test_an_upward_import_breaks_the_layers(copy: Path) -> None:
     out = broken_with(copy, "uronode.jobs", "def _upward() -> None:\n    from dicomweb import app  # noqa: F401")
-    assert "Layers, one way down: app > services > core BROKEN" in out
+    assert "Layers, one way down: app > lab > services > core BROKEN" in out
     assert "uronode.jobs is not allowed to import dicomweb" in out
     assert "uronode.jobs -> dicomweb.app" in out
 
@@ -105,7 +105,7 @@ def test_one_service_importing_another_breaks_the_layers(copy: Path) -> None:
 def test_a_cycle_dodged_by_a_function_level_import_is_found(copy: Path) -> None:
     """Within one layer the layers contract allows any import; the cycle contract still sees this one."""
     out = broken_with(copy, "uronode.types", "def _dodge() -> None:\n    from uronode.store import Store  # noqa: F401")
-    assert "Layers, one way down: app > services > core KEPT" in out
+    assert "Layers, one way down: app > lab > services > core KEPT" in out
     assert "An import cycle:" in out
     assert "uronode.types -> uronode.store (l." in out
 
@@ -116,3 +116,37 @@ def test_a_cycle_through_a_package_re_export_is_found(copy: Path) -> None:
     out = broken_with(copy, "inference.writers.seg", "from inference.writers import Results  # noqa: E402, F401")
     assert "inference.writers.seg -> inference.writers (l." in out
     assert "inference.writers -> inference.writers.results" in out
+
+
+def test_the_runtime_importing_the_lab_breaks_the_layers(copy: Path) -> None:
+    """The runtime never imports the model lab, not even inside a function."""
+    out = broken_with(copy, "inference.pipeline", "def _lab() -> None:\n    from lab.synth import generate_phantom  # noqa: F401")
+    assert "Layers, one way down: app > lab > services > core BROKEN" in out
+    assert "inference is not allowed to import lab" in out
+
+
+def test_the_serving_path_importing_the_lab_breaks_a_contract(copy: Path) -> None:
+    """The app may import the lab (its CLI registers the lab's commands), but not what ``uronode serve``
+    runs, even through a module of the app that does."""
+    out = broken_with(copy, "uronode.app.worker", "import uronode.app.cli  # noqa: E402, F401")
+    assert "The node serves without the model lab BROKEN" in out
+    assert "uronode.app.worker is not allowed to import lab" in out
+    assert "uronode.app.worker -> uronode.app.cli" in out
+
+
+def test_the_lab_importing_a_service_other_than_the_runtime_breaks_a_contract(copy: Path) -> None:
+    out = broken_with(copy, "lab.train", "from scp.sender import store_files  # noqa: E402, F401")
+    assert "The lab builds on the runtime alone BROKEN" in out
+    assert "lab is not allowed to import scp" in out
+    assert "lab.train -> scp.sender" in out
+
+
+def test_building_the_cli_loads_no_lab_module_but_its_commands() -> None:
+    """``uronode serve`` (and ``jobs``, ``config``, ...) parse their arguments with the parser that
+    holds the lab's commands too: building it loads ``lab.cli`` alone, whose commands import the
+    rest of the lab when they run."""
+    code = ("import sys; from uronode.app import cli, node, worker; cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m == 'lab' or m.startswith('lab.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['lab',", "'lab.cli']"]

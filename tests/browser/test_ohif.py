@@ -21,7 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.browser.conftest import (
     dicomweb_json,
     green_pixels,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.browser.conftest import SCREENSHOTS
 from tests.conftest import WITH_WORKER
 from tests.peers.processes import Node

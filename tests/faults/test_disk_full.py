@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from dicomweb.stow_client import multipart_body
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.conftest import query
 from tests.faults.checks import acknowledged, assert_stored_intact
 from tests.peers.processes import DCMTK_ENV, Node, echoscu, require, storescu, wait_until

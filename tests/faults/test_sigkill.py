@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
 from tests.faults.checks import acknowledged, assert_stored_intact
 from tests.peers.orthanc import modalities_in_study, sop_instance_uids_in_study

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.synth import Phantom, generate_phantom, write_series
+from lab.synth import Phantom, generate_phantom, write_series
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ from inference.candidates import (
     find_candidates,
 )
 from inference.runtime import ModelCard, resolve_model_dir
-from inference.synth import Phantom, generate_phantom
 from inference.volume import Volume
+from lab.synth import Phantom, generate_phantom
 
 NOISE = {  # name: (SD in HU, Gaussian filter SD in pixels; 0 = white)
     "white 12 HU": (12.0, 0.0),

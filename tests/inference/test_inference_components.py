@@ -7,8 +7,8 @@ import numpy as np
 from inference.candidates import CandidateRule, find_candidates
 from inference.components import ComponentThresholds, component_table, kept_components, select_mask
 from inference.network import InputSpec, cut_inputs, preprocess
-from inference.train import select_channels
 from inference.volume import Volume
+from lab.train import select_channels
 
 
 def _volume(hu: np.ndarray) -> Volume:
@@ -80,7 +80,7 @@ def test_components_are_kept_by_their_group_threshold_and_keep_their_densest_vox
 
 
 def test_thresholds_are_chosen_per_group_in_the_middle_of_the_plateau() -> None:
-    from inference.experiment import GRID, sweep
+    from lab.experiment import GRID, sweep
 
     # two small stones (one only a contrast candidate finds), one large stone, and noise
     records = {

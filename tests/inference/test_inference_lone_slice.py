@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.imageeval import ImageTally
 from inference.pipeline import Pipeline
-from inference.realimages import grey_to_hu, image_volume, read_image_set, rewindow, split_groups
 from inference.runtime import load_model
-from inference.synth import Phantom, generate_phantom, shared_data_dir
 from inference.volume import Volume
+from lab.imageeval import ImageTally
+from lab.realimages import grey_to_hu, image_volume, read_image_set, rewindow, split_groups
+from lab.synth import Phantom, generate_phantom, shared_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 from legacy_model import write_legacy_model
 from pydicom.data import get_testdata_file
 
-from inference.cli import register
 from inference.pipeline import Pipeline
-from inference.synth import Phantom
+from lab.synth import Phantom
+from uronode.app.cli import main as uronode_main
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +39,10 @@ def test_pipeline_finds_the_inserted_stones(small_phantom: Phantom, legacy_folde
     assert set(pipeline.last_timings) >= {"candidates_s", "network_s", "postprocess_s"}
 
 
-def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_series: list[Path],
                                                legacy_folder: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert _run_cli(["predict", str(small_series[0].parent), "--out", str(out), "--model", str(legacy_folder)]) == 0
+    assert uronode_main(["predict", str(small_series[0].parent), "--out", str(out), "--model", str(legacy_folder)]) == 0
     report = json.loads((out / "findings.json").read_text())
     assert report["model"]["name"] == "test-threshold-legacy"
     [series] = report["series"]
@@ -67,14 +59,14 @@ def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_ser
     assert "max diameter mm" in capsys.readouterr().out
 
     single = tmp_path / "single"
-    assert _run_cli(["predict", get_testdata_file("CT_small.dcm"), "--out", str(single),
+    assert uronode_main(["predict", get_testdata_file("CT_small.dcm"), "--out", str(single),
                      "--model", str(legacy_folder)]) == 0
     assert len(json.loads((single / "findings.json").read_text())["series"]) == 1
 
 
 def test_predict_reports_rejected_series(legacy_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert _run_cli(["predict", get_testdata_file("MR_small.dcm"), "--out", str(out),
+    assert uronode_main(["predict", get_testdata_file("MR_small.dcm"), "--out", str(out),
                      "--model", str(legacy_folder)]) == 1
     report = json.loads((out / "findings.json").read_text())
     assert report["series"] == []

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from inference.evaluate import baseline_predictor, evaluate
 from inference.pipeline import Pipeline
 from inference.runtime import load_model, resolve_model_dir
-from inference.synth import generate_phantom
+from lab.evaluate import baseline_predictor, evaluate
+from lab.synth import generate_phantom
 
 FOLDER = resolve_model_dir("default")
 

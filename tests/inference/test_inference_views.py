@@ -15,7 +15,7 @@ from inference.candidates import find_candidates
 from inference.network import cut_inputs, preprocess
 from inference.pipeline import VIEWS, Pipeline
 from inference.runtime import load_model
-from inference.synth import generate_phantom
+from lab.synth import generate_phantom
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
 from inference.errors import InferenceError, VolumeError
-from inference.synth import Phantom, write_series
 from inference.volume import group_series, load_volume
+from lab.synth import Phantom, write_series
 
 
 def test_series_round_trip_whatever_the_file_order(small_phantom: Phantom, small_series: list[Path]) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from inference.pipeline import Pipeline
-from inference.realimages import (
+from inference.runtime import load_model
+from lab.realimages import (
     ASSUMED_WINDOW,
     estimate_window,
     hu_to_grey,
@@ -24,8 +25,7 @@ from inference.realimages import (
     read_image_set,
     split_groups,
 )
-from inference.runtime import load_model
-from inference.synth import real_anatomy_phantom, shared_data_dir
+from lab.synth import real_anatomy_phantom, shared_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
 from tests.peers.orthanc import modalities_in_study, qido
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pydicom
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.peers.orthanc import sop_instance_uids_in_study
 from tests.peers.processes import DCMTK_ENV, Node, require, wait_until
 

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage, RLELossless
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
 from tests.peers.processes import Node, storescu, wait_until
 from tests.robustness.senders import running_node, still_serves

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
 from tests.peers.processes import Node, storescu, wait_until
 from tests.uronode.test_store import encoded, put

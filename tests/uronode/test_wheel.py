@@ -30,7 +30,7 @@ import httpx
 import pytest
 from setuptools import find_packages
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 from tests.peers.processes import Proc, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

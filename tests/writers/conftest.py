@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from inference.postprocess import Findings, measure_stones
-from inference.synth import generate_phantom, write_series
 from inference.volume import Volume, load_volume
 from inference.writers import Results, save_results, write_results
+from lab.synth import generate_phantom, write_series
 
 MODEL_NAME = "uronode-unet-test"
 MODEL_VERSION = "1.0.0"

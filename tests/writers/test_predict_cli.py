@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from inference.synth import generate_phantom, write_series
+from lab.synth import generate_phantom, write_series
 
 
 def test_predict_writes_seg_sc_and_sr(tmp_path: Path) -> None:

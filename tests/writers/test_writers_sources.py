@@ -13,9 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from inference.postprocess import measure_stones
-from inference.synth import generate_phantom, write_series
 from inference.volume import load_volume
 from inference.writers import save_results, write_results
+from lab.synth import generate_phantom, write_series
 from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, dciodvfy
 
 

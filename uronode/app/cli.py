@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from uronode import __version__
+from uronode.app import predict
 from uronode.jobs import JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import DeliveryState, Outbox
@@ -185,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--data-dir", type=Path)
     requeue.set_defaults(func=cmd_requeue)
 
-    if importlib.util.find_spec("inference.cli") is not None:
-        from inference import cli as inference_cli
+    predict.register(sub)
+    # the model lab's commands (synth, train, evaluate, experiment); an install may leave the lab out
+    if importlib.util.find_spec("lab") is not None:
+        from lab import cli as lab_cli
 
-        inference_cli.register(sub)
+        lab_cli.register(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
-"""The inference subcommands of ``uronode``: synth, train, evaluate, predict.
+"""The model lab's subcommands of ``uronode``: synth, train, evaluate, experiment.
 
-``register(subparsers)`` adds them to an argparse sub-parsers object; each sets
+``register(subparsers)`` adds them to the sub-parsers of ``uronode.app.cli``; each sets
 ``func`` to a callable taking the parsed arguments and returning an exit code.
 Output for people goes to stdout here and nowhere else.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -90,19 +91,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
-    p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
-    p.add_argument("--model", default=None, help="model folder or name under models/")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--no-previews", action="store_true")
-    p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture and SR files")
-    p.set_defaults(func=cmd_predict)
+    p = subparsers.add_parser("experiment", help="train network variants on generated series in parallel and "
+                              "choose each one's thresholds on validation series (or, with --validate, a model's)",
+                              description="See lab/experiment.py: phantoms in parallel, several model variants, "
+                              "thresholds per component group chosen on validation series, everything in one folder.")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train", default="1000:1480", help="training seeds lo:hi")
+    p.add_argument("--val", default="60000:60048", help="validation seeds lo:hi")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--variants", default="c2w-cls-b12,c2w-cls-b8,c1-cls-b8")
+    p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--small-fraction", type=float, default=None,
+                   help="share of the training phantoms' stones under 3 mm (default: "
+                        "lab.train.TRAINING_SMALL_STONE_FRACTION)")
+    p.add_argument("--small-repeat", type=int, default=2)
+    p.add_argument("--max-contrast-negatives", type=int, default=40)
+    p.add_argument("--fp-cap", type=float, default=0.2)
+    p.add_argument("--generate-budget", type=float, default=180.0, help="seconds")
+    p.add_argument("--train-seconds", default="", help="time budget per variant (comma-separated; last repeats)")
+    p.add_argument("--loader-workers", type=int, default=1, help="threads that prepare batches")
+    p.add_argument("--stop-after", type=float, default=1e9, help="start no variant after this many seconds")
+    p.add_argument("--validate", type=Path, default=None,
+                   help="instead of training: this model folder on the --val series, contrast candidates included")
+    p.add_argument("--write-thresholds", action="store_true",
+                   help="with --validate: write the chosen thresholds (and candidate rule) into the model's card")
+    p.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from lab.experiment import cmd_experiment as run_experiment
+
+    return run_experiment(args)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from inference.synth import (
+    from lab.synth import (
         REAL_CT_ATTRIBUTION,
         generate_phantom,
         real_anatomy_phantom,
@@ -142,31 +167,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_on_labelled(args)
     if args.images:
         return _train_on_images(args)
-    from inference.dataset import PatchSet
-    from inference.experiment import FULL_SPEC, RULE
-    from inference.train import build_training_patches, train_model
+    from inference.candidates import CONTRAST_RULE
+    from inference.network import CASCADE_SPEC
+    from lab.dataset import PatchSet
+    from lab.train import TRAINING_SMALL_STONE_FRACTION, build_training_patches, train_model
 
     if args.patches:
         data = PatchSet.concatenate([PatchSet.load(p) for p in args.patches])
         description = f"saved patch sets {', '.join(p.name for p in args.patches)}"
     else:
         seeds = range(args.first_seed, args.first_seed + args.phantoms)
-        data = build_training_patches(seeds, RULE, FULL_SPEC, small_stone_fraction=0.6)
+        data = build_training_patches(seeds, CONTRAST_RULE, CASCADE_SPEC, small_stone_fraction=TRAINING_SMALL_STONE_FRACTION)
         if args.save_patches:
             data.save(args.save_patches)
         description = (f"{args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}, "
                        "60 % of their stones under 3 mm")
     description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
-                    "(inference.synth, uronode's generator; no real stones)")
+                    "(lab.synth, uronode's generator; no real stones)")
     init = _init_model_file(args.init) if args.init else None
     if init:
         description += f"; fine-tuned from {init}"
     _, card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
                           initial_model=init, learning_rate=args.learning_rate, progress=True,
-                          spec=FULL_SPEC, data_spec=FULL_SPEC, classifier=True, rule=RULE)
+                          spec=CASCADE_SPEC, data_spec=CASCADE_SPEC, classifier=True, rule=CONTRAST_RULE)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
     print("its thresholds are 0.5; choose them on validation series: "
-          f"python -m inference.experiment --validate {args.out} --val 60000:60096 --out DIR --write-thresholds")
+          f"uronode experiment --validate {args.out} --val 60000:60096 --out DIR --write-thresholds")
     print("then: uronode evaluate --model", args.out, "--write-card")
     return 0
 
@@ -185,12 +211,12 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     """``train --data DIR``: fine-tune (default: the shipped model) or train on the user's cases."""
     from tqdm import tqdm
 
-    from inference.candidates import CandidateRule
-    from inference.dataset import PatchSet, patches_from_labelled
-    from inference.labelled import LabelledDataError, find_case_folders, load_case
-    from inference.network import InputSpec
+    from inference.candidates import CONTRAST_RULE, CandidateRule
+    from inference.network import CASCADE_SPEC, InputSpec
     from inference.runtime import ModelCard, resolve_model_dir
-    from inference.train import train_model, write_card
+    from lab.dataset import PatchSet, patches_from_labelled
+    from lab.labelled import LabelledDataError, find_case_folders, load_case
+    from lab.train import train_model, write_card
 
     base_card: ModelCard | None = None
     init: Path | None = None
@@ -198,10 +224,8 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
         init_folder = resolve_model_dir(args.init or "default")
         base_card = ModelCard.read(init_folder)
         init = init_folder / base_card.files.get("model", "model.keras")
-    spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch")) if base_card else \
-        InputSpec(context=2, wide=(2, 4))
-    rule = CandidateRule.from_card(base_card.candidates) if base_card else \
-        CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)
+    spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch")) if base_card else CASCADE_SPEC
+    rule = CandidateRule.from_card(base_card.candidates) if base_card else CONTRAST_RULE
     parts = []
     cases: list[dict[str, object]] = []
     for number, folder in enumerate(tqdm(find_case_folders(args.data), desc="cases", unit="case"), start=1):
@@ -251,11 +275,11 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
 def _train_on_images(args: argparse.Namespace) -> int:
     """``train --images DIR``: real windowed images with boxes (and optionally generated series)."""
     from inference.candidates import CandidateRule
-    from inference.dataset import PatchSet, patches_from_images, patches_from_phantom
     from inference.network import InputSpec
-    from inference.realimages import ImageSetError, read_image_set, split_groups
     from inference.runtime import ModelCard, resolve_model_dir
-    from inference.train import train_mixed, training_phantom
+    from lab.dataset import PatchSet, patches_from_images, patches_from_phantom
+    from lab.realimages import ImageSetError, read_image_set, split_groups
+    from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
     try:
         images = read_image_set(args.images)
@@ -278,7 +302,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         seeds = range(args.first_seed, args.first_seed + args.phantoms)
-        parts = [patches_from_phantom(training_phantom(s, 0.6), rule, spec, 30).with_windowed(False)
+        parts = [patches_from_phantom(training_phantom(s, TRAINING_SMALL_STONE_FRACTION), rule, spec, 30).with_windowed(False)
                  for s in tqdm(seeds, desc="phantoms", unit="phantom")]
         data = PatchSet.concatenate([data, *parts])
         description += f"; {args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
@@ -303,7 +327,7 @@ def _lone_ct_slices(data_dir: Path, upsample: int = 4):
     import numpy as np
     from scipy import ndimage
 
-    from inference.realimages import image_volume
+    from lab.realimages import image_volume
 
     ct = np.asarray(nib.load(str(data_dir / "example_ct.nii.gz")).dataobj).astype(np.float32)  # type: ignore[attr-defined]
     zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
@@ -314,7 +338,7 @@ def _lone_ct_slices(data_dir: Path, upsample: int = 4):
 
 def _image_failure_pictures(images, predict, result: dict[str, object]) -> dict[str, list[np.ndarray]]:
     """Pictures of the first misses (under 5 mm, 5 mm and more) and false stones, in image order."""
-    from inference.imageeval import failure_picture
+    from lab.imageeval import failure_picture
 
     by_name = {im.name: im for im in images}
     kinds: dict[str, list[np.ndarray]] = {"missed-stone-under-5mm": [], "missed-stone-5mm-and-more": [],
@@ -338,9 +362,9 @@ def _image_failure_pictures(images, predict, result: dict[str, object]) -> dict[
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from inference.evaluate import baseline_predictor, evaluate, format_table
     from inference.pipeline import Pipeline
-    from inference.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
+    from lab.evaluate import baseline_predictor, evaluate, format_table
+    from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
     pipeline = Pipeline(args.model, threshold=args.threshold)
 
@@ -362,8 +386,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     image_results: dict[str, object] = {}
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
-        from inference.imageeval import format_image_table, score_images
-        from inference.realimages import image_hu, image_volume, read_image_set, split_groups
+        from lab.imageeval import format_image_table, score_images
+        from lab.realimages import image_hu, image_volume, read_image_set, split_groups
 
         images = read_image_set(args.images)
         chosen = images if args.split == "all" else split_groups(images)[args.split]
@@ -381,9 +405,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.lone_slices:
         from tqdm import tqdm
 
-        from inference.imageeval import failure_picture, reported_stones, score_slices
-        from inference.realimages import hu_to_grey
-        from inference.synth import shared_data_dir
+        from lab.imageeval import failure_picture, reported_stones, score_slices
+        from lab.realimages import hu_to_grey
+        from lab.synth import shared_data_dir
 
         lone_false: list[np.ndarray] = []
 
@@ -399,7 +423,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pictures["false-stone-lone-ct-slice"] = lone_false
         print("\nthe real example CT (no stones), every axial slice alone:", image_results["lone_slices"])
     if args.pictures:
-        from inference.imageeval import write_pictures
+        from lab.imageeval import write_pictures
 
         for path in write_pictures(pictures, args.pictures):
             print(f"wrote {path}")
@@ -420,81 +444,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2, default=float))
     if args.write_card:
-        from inference.train import write_card
+        from lab.train import write_card
 
         card = dict(pipeline.model.card.raw)
         card["metrics"] = summary
         write_card(pipeline.model.folder, card)
         print(f"figures recorded in {pipeline.model.folder / 'card.json'}")
     return 0
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from inference.errors import VolumeError
-    from inference.pipeline import Pipeline
-    from inference.preview import write_previews
-    from inference.volume import group_series, load_volume
-    from inference.writers import WriterError, save_results, write_results
-
-    groups = group_series(args.paths)
-    if not groups:
-        print("no DICOM files found", file=sys.stderr)
-        return 2
-    pipeline = Pipeline(args.model, threshold=args.threshold)
-    args.out.mkdir(parents=True, exist_ok=True)
-    done: list[dict[str, object]] = []
-    rejected: list[dict[str, str]] = []
-    report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": done,
-                                 "rejected": rejected}
-    rows = [["series", "stone", "side", "max diameter mm", "volume mm3", "mean HU", "max HU", "slices"]]
-    total_files = sum(len(v) for v in groups.values())
-    with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
-        for number, (uid, paths) in enumerate(sorted(groups.items()), start=1):
-            try:
-                volume = load_volume(paths, progress=bar.update)
-            except VolumeError as exc:
-                logger.warning("series %d skipped: %s", number, exc.reason)
-                rejected.append({"series_instance_uid": uid, "reason": exc.reason})
-                rows.append([f"#{number}", "-", "rejected: " + exc.reason, "", "", "", "", ""])
-                continue
-            findings = pipeline.run(volume)
-            entry = findings.to_json()
-            entry["slices"] = volume.shape[0]
-            if not args.no_previews:
-                previews = write_previews(volume, findings, args.out / uid)
-                entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
-            if not args.no_dicom:
-                try:
-                    written = save_results(write_results(volume, findings), args.out / uid / "dicom")
-                    entry["dicom"] = [str(p.relative_to(args.out)) for p in written]
-                except WriterError as exc:
-                    logger.warning("series %d: no DICOM results: %s", number, exc.reason)
-            done.append(entry)
-            if not findings.stones:
-                rows.append([f"#{number}", "none", "", "", "", "", "", ""])
-            for i, s in enumerate(findings.stones, start=1):
-                rows.append([f"#{number}", str(i), s.side, f"{s.max_diameter_mm:.1f}", f"{s.volume_mm3:.1f}",
-                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}",
-                             f"{s.slice_indices[0] + 1}-{s.slice_indices[-1] + 1}"])
-    (args.out / "findings.json").write_text(json.dumps(report, indent=2))
-    print(_table(rows))
-    print(f"findings written to {args.out / 'findings.json'}")
-    return 1 if rejected and not done else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args))

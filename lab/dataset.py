@@ -12,9 +12,9 @@ from scipy import ndimage
 
 from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_candidates
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
-from inference.realimages import LabelledImage, exam_keys, grey_to_hu, image_volume, stone_mask
-from inference.synth import Phantom, generate_phantom
 from inference.volume import Volume
+from lab.realimages import LabelledImage, exam_keys, grey_to_hu, image_volume, stone_mask
+from lab.synth import Phantom, generate_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, s
 def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = DEFAULT_RULE,
                         spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 15,
                         first_seed: int = 10_000_000) -> PatchSet:
-    """Patches of real windowed images with boxes (``inference.realimages``): each image a lone
+    """Patches of real windowed images with boxes (``lab.realimages``): each image a lone
     slice, its stone pixels from ``box_mask``. ``seeds`` numbers the images' examinations from
     ``first_seed`` (so a validation split by seed keeps examinations whole)."""
     from tqdm import tqdm

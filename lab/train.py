@@ -16,9 +16,9 @@ import numpy as np
 
 from inference.candidates import DEFAULT_RULE, CandidateRule
 from inference.components import ComponentThresholds
-from inference.dataset import PatchSet, patches_from_phantom
 from inference.network import LEGACY_SPEC, InputSpec, build_unet, flops_per_patch, preprocess
-from inference.synth import Phantom, generate_phantom
+from lab.dataset import PatchSet, patches_from_phantom
+from lab.synth import Phantom, generate_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ LABELS = [
         "recommended_display_rgb": [255, 0, 0],
     }
 ]
+
+
+TRAINING_SMALL_STONE_FRACTION = 0.6
+"""Share of stones under 3 mm in the training phantoms (the generator's 0.4 stays for held-out sets):
+the network sees more of the hard ones."""
 
 
 def training_phantom(seed: int, small_stone_fraction: float = 0.4) -> Phantom:
@@ -330,7 +335,7 @@ def train_mixed(
     Every epoch draws the positives (patches whose centre candidate holds stone, or with
     stone pixels) twice and ``negative_ratio`` times as many negatives, with about
     ``windowed_share`` of the draw from windowed images; each batch is changed by
-    ``inference.augment`` (other windows, lone slices, noise) and rotated/flipped, then
+    ``lab.augment`` (other windows, lone slices, noise) and rotated/flipped, then
     preprocessed. ``initial_model``: continue from its weights (its inputs must be ``spec``'s).
 
     ``hard_share`` > 0 mines hard examples: before each epoch the component head scores every
@@ -341,7 +346,7 @@ def train_mixed(
     """
     import keras
 
-    from inference.augment import augment_patches
+    from lab.augment import augment_patches
 
     rng = np.random.default_rng(seed)
     n = len(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.synth import STONE_SITES, generate_phantom, real_anatomy_phantom
+from lab.synth import STONE_SITES, generate_phantom, real_anatomy_phantom
 
 
 def test_same_seed_same_phantom_other_seed_other_phantom() -> None:
@@ -46,7 +46,7 @@ def test_real_anatomy_stones_sit_in_the_labelled_kidneys() -> None:
     assert phantom.stones
     import nibabel as nib
 
-    from inference.synth import DEFAULT_REAL_DATA
+    from lab.synth import DEFAULT_REAL_DATA
 
     seg = np.asarray(nib.load(str(DEFAULT_REAL_DATA / "example_seg.nii.gz")).dataobj)
     # the right kidney (label 2) lies at lower LPS x (patient right) than the left (label 3)

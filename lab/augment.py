@@ -2,7 +2,7 @@
 
 The node sees two kinds of input: DICOM series in true Hounsfield units, and
 8-bit images in a display window nobody recorded, read back as HU through the
-assumed window (``inference.realimages``: stones and bone clipped alike near
+assumed window (``lab.realimages``: stones and bone clipped alike near
 +240 HU). One model takes both, so it is trained on each as the other:
 
 - ``rewindow_patches``: a HU patch as it would look once shown in another
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference.network import InputSpec
-from inference.realimages import ASSUMED_WINDOW
+from lab.realimages import ASSUMED_WINDOW
 
 LEVELS = (0.0, 80.0)
 WIDTHS = (250.0, 600.0)

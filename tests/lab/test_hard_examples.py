@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.dataset import PatchSet
 from inference.network import InputSpec, build_unet
-from inference.train import _draw, component_scores, train_mixed
+from lab.dataset import PatchSet
+from lab.train import _draw, component_scores, train_mixed
 
 
 def test_draw_follows_the_weights() -> None:

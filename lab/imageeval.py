@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from inference.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage
+from lab.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage
 
 MARGIN_MM = 2.0
 BOX_BINS = (("<3 mm", 0.0, 3.0), ("3-5 mm", 3.0, 5.0), ("5-10 mm", 5.0, 10.0), (">=10 mm", 10.0, 1e9))

@@ -22,8 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from inference.candidates import CandidateRule, find_candidates
-from inference.synth import Phantom
 from inference.volume import Volume
+from lab.synth import Phantom
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference.cli import main
-from inference.labelled import LabelledDataError, find_case_folders, load_case
 from inference.pipeline import Pipeline
 from inference.postprocess import measure_stones
 from inference.runtime import load_model
-from inference.synth import Phantom, generate_phantom, write_series
 from inference.writers import write_results
+from lab.labelled import LabelledDataError, find_case_folders, load_case
+from lab.synth import Phantom, generate_phantom, write_series
+from uronode.app.cli import main
 
 
 def _write_case(folder: Path, phantom: Phantom) -> None:

@@ -1,12 +1,12 @@
 """One prepared training experiment: phantoms in parallel, several model variants, thresholds per
 component group chosen on validation series, everything written into one folder.
 
-    KERAS_BACKEND=jax python -m inference.experiment --out DIR --train 1000:1480 --val 60000:60048
+    KERAS_BACKEND=jax uronode experiment --out DIR --train 1000:1480 --val 60000:60048
 
 Runs on CPUs (TensorFlow backend) or a GPU (JAX backend: the code uses ``keras.ops``
 only, and the ``.keras`` files it writes load under TensorFlow, the node's runtime).
 
-1. Worker processes generate the training phantoms (``inference.train.training_phantom``,
+1. Worker processes generate the training phantoms (``lab.train.training_phantom``,
    a raised share of stones under 3 mm) and the validation phantoms (the generator's
    defaults, like the held-out set, seeds never used for training or held-out), run the
    candidate stage (HU and local-contrast candidates) and cut patches for the widest
@@ -40,16 +40,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from inference.candidates import CandidateRule, find_candidates
+from inference.candidates import CONTRAST_RULE, CandidateRule, find_candidates
 from inference.components import ComponentThresholds
-from inference.dataset import PatchSet, patches_from_phantom
-from inference.evaluate import SIZE_BINS
-from inference.network import InputSpec, cut_inputs
+from inference.network import CASCADE_SPEC, InputSpec, cut_inputs
+from lab.dataset import PatchSet, patches_from_phantom
+from lab.evaluate import SIZE_BINS
+from lab.train import TRAINING_SMALL_STONE_FRACTION
 
 logger = logging.getLogger(__name__)
 
-RULE = CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)
-FULL_SPEC = InputSpec(context=2, wide=(2, 4))
 GRID = np.array([0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
                  0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 1.01])
 """Thresholds tried per group; 1.01 switches a group off."""
@@ -65,18 +64,18 @@ class Variant:
 
 
 VARIANTS = {
-    "c2w-cls-b12": Variant("c2w-cls-b12", InputSpec(context=2, wide=(2, 4)), True, 12, 30),
-    "c2w-cls-b8": Variant("c2w-cls-b8", InputSpec(context=2, wide=(2, 4)), True, 8, 30),
+    "c2w-cls-b12": Variant("c2w-cls-b12", CASCADE_SPEC, True, 12, 30),
+    "c2w-cls-b8": Variant("c2w-cls-b8", CASCADE_SPEC, True, 8, 30),
     "c1-cls-b8": Variant("c1-cls-b8", InputSpec(context=1), True, 8, 30),
     "c1-seg-b8": Variant("c1-seg-b8", InputSpec(context=1), False, 8, 30),
 }
 
 
 def _train_job(args: tuple[int, float, int]) -> PatchSet:
-    from inference.train import training_phantom
+    from lab.train import training_phantom
 
     seed, small_fraction, max_contrast = args
-    return patches_from_phantom(training_phantom(seed, small_fraction), RULE, FULL_SPEC, max_contrast)
+    return patches_from_phantom(training_phantom(seed, small_fraction), CONTRAST_RULE, CASCADE_SPEC, max_contrast)
 
 
 def _window(plane: np.ndarray, r: int, c: int, size: int) -> np.ndarray:
@@ -91,16 +90,16 @@ def _window(plane: np.ndarray, r: int, c: int, size: int) -> np.ndarray:
 
 def _val_job(seed: int) -> dict[str, Any]:
     """A validation series reduced to what the threshold choice needs."""
-    from inference.synth import generate_phantom
+    from lab.synth import generate_phantom
 
     phantom = generate_phantom(seed)
     volume = phantom.to_volume()
-    found = find_candidates(volume, RULE)
+    found = find_candidates(volume, CONTRAST_RULE)
     centres, owners = found.centres, found.component_of_centre
-    patches = cut_inputs(volume.hu, centres, FULL_SPEC).astype(np.float16)
-    own = np.stack([_window(found.labels[k], r, c, FULL_SPEC.patch) == o
+    patches = cut_inputs(volume.hu, centres, CASCADE_SPEC).astype(np.float16)
+    own = np.stack([_window(found.labels[k], r, c, CASCADE_SPEC.patch) == o
                     for (k, r, c), o in zip(centres, owners, strict=True)]) if len(centres) else \
-        np.zeros((0, FULL_SPEC.patch, FULL_SPEC.patch), bool)
+        np.zeros((0, CASCADE_SPEC.patch, CASCADE_SPEC.patch), bool)
     truth = phantom.stone_labels
     grown = ndimage.grey_dilation(truth, size=(1, 3, 3))
     kinds = {i + 1: m.kind for i, m in enumerate(phantom.mimics)}
@@ -215,14 +214,14 @@ def sweep(records: dict[str, Any], score: str, fp_cap: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from inference.network import preprocess
-    from inference.train import make_card, select_channels, train_model, write_card
+    from lab.train import make_card, select_channels, train_model, write_card
 
     t_start = time.monotonic()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     # Keras (and with it JAX or TensorFlow) only after the worker processes are forked
     report: dict[str, Any] = {"backend": os.environ.get("KERAS_BACKEND", "tensorflow"), "args": {k: str(v) for k, v in vars(args).items()},
-                              "rule": RULE.card(), "variants": {}}
+                              "rule": CONTRAST_RULE.card(), "variants": {}}
 
     def save_report() -> None:
         (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -264,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
         epochs = args.epochs or v.epochs
         budget = budgets[min(number, len(budgets) - 1)] if budgets else None
         model, card = train_model(
-            data, None, epochs=epochs, base=v.base, batch=args.batch, spec=v.spec, data_spec=FULL_SPEC,
-            classifier=v.classifier, rule=RULE, learning_rate=args.learning_rate, small_repeat=args.small_repeat,
+            data, None, epochs=epochs, base=v.base, batch=args.batch, spec=v.spec, data_spec=CASCADE_SPEC,
+            classifier=v.classifier, rule=CONTRAST_RULE, learning_rate=args.learning_rate, small_repeat=args.small_repeat,
             verbose=2, seed=0, time_budget_s=budget, loader_workers=args.loader_workers,
             training_description=(
                 f"{report['data']['train_phantoms']} generated training phantoms (seeds from {train_lo}, "
@@ -281,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         cls: list[np.ndarray | None] = []
         if sum(counts):
             raw = np.concatenate([case["patches"] for case in val if len(case["owners"])])
-            x = np.concatenate([preprocess(select_channels(raw[i:i + 4096], FULL_SPEC, v.spec).astype(np.float32),
+            x = np.concatenate([preprocess(select_channels(raw[i:i + 4096], CASCADE_SPEC, v.spec).astype(np.float32),
                                            v.spec) for i in range(0, len(raw), 4096)])
             y = model.predict(x, batch_size=1024, verbose=0)
             all_seg = np.asarray(y[0] if v.classifier else y)[..., 0]
@@ -320,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
             thresholds = ComponentThresholds(pixel=0.5, dense_small=th["dense_small"], dense_large=th["dense_large"],
                                              contrast=th["contrast"], small_voxels=choice["small_voxels"],
                                              score=choice["score"])
-            rule = RULE if th["contrast"] <= 1.0 else CandidateRule()
+            rule = CONTRAST_RULE if th["contrast"] <= 1.0 else CandidateRule()
             card = make_card(model, base=v.base, epochs=epochs, training_description=card["training"]["data"],
                              history=card["training"]["history"], threshold=0.5, spec=v.spec, rule=rule,
                              version="2.0.0")
@@ -340,7 +339,7 @@ def validate(args: argparse.Namespace) -> int:
     """``--validate MODEL``: a trained model on more validation series, local-contrast candidates
     included: with the card's dense thresholds fixed, what each contrast threshold adds."""
     from inference.network import preprocess
-    from inference.train import select_channels
+    from lab.train import select_channels
 
     val_lo, val_hi = (int(v) for v in args.val.split(":"))
     # the workers are forked before TensorFlow starts its threads
@@ -362,7 +361,7 @@ def validate(args: argparse.Namespace) -> int:
             seg.append(np.zeros((0, spec.patch, spec.patch), np.float32))
             cls.append(np.zeros(0, np.float32))
             continue
-        x = preprocess(select_channels(case["patches"], FULL_SPEC, spec).astype(np.float32), spec)
+        x = preprocess(select_channels(case["patches"], CASCADE_SPEC, spec).astype(np.float32), spec)
         n = len(x)
         # padded to whole batches: one compiled shape (JAX compiles once per shape)
         x = np.concatenate([x, np.zeros((-n % 256, *x.shape[1:]), np.float32)])
@@ -399,11 +398,11 @@ def validate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validate.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     if args.write_thresholds:
-        from inference.train import write_card
+        from lab.train import write_card
 
         raw = dict(card.raw)
         raw["components"] = {**thresholds.card(), **chosen["thresholds"]}
-        raw["candidates"] = (RULE if chosen["thresholds"]["contrast"] <= 1.0 else CandidateRule()).card()
+        raw["candidates"] = (CONTRAST_RULE if chosen["thresholds"]["contrast"] <= 1.0 else CandidateRule()).card()
         raw.setdefault("training", {})["validation"] = {"seeds": report["seeds"], **chosen}
         write_card(folder, raw)
         print(f"thresholds written into {folder / 'card.json'}")
@@ -412,32 +411,10 @@ def validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--train", default="1000:1480", help="training seeds lo:hi")
-    p.add_argument("--val", default="60000:60048", help="validation seeds lo:hi")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--variants", default="c2w-cls-b12,c2w-cls-b8,c1-cls-b8")
-    p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=2e-3)
-    p.add_argument("--small-fraction", type=float, default=0.6)
-    p.add_argument("--small-repeat", type=int, default=2)
-    p.add_argument("--max-contrast-negatives", type=int, default=40)
-    p.add_argument("--fp-cap", type=float, default=0.2)
-    p.add_argument("--generate-budget", type=float, default=180.0, help="seconds")
-    p.add_argument("--train-seconds", default="", help="time budget per variant (comma-separated; last repeats)")
-    p.add_argument("--loader-workers", type=int, default=1, help="threads that prepare batches")
-    p.add_argument("--stop-after", type=float, default=1e9, help="start no variant after this many seconds")
-    p.add_argument("--validate", type=Path, default=None,
-                   help="instead of training: this model folder on the --val series, contrast candidates included")
-    p.add_argument("--write-thresholds", action="store_true",
-                   help="with --validate: write the chosen thresholds (and candidate rule) into the model's card")
-    args = p.parse_args(argv)
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """``uronode experiment`` (its arguments: ``lab.cli``): train the variants, or with ``--validate``
+    choose a model's thresholds."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if args.small_fraction is None:
+        args.small_fraction = TRAINING_SMALL_STONE_FRACTION
     return validate(args) if args.validate else run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

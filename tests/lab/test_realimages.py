@@ -9,17 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.augment import (
+from inference.network import InputSpec
+from lab.augment import (
     Augmentation,
     augment_patches,
     drop_neighbours,
     regrey_patches,
     rewindow_patches,
 )
-from inference.dataset import patches_from_images
-from inference.imageeval import ImageTally, reported_stones, score_slices
-from inference.network import InputSpec
-from inference.realimages import (
+from lab.dataset import patches_from_images
+from lab.imageeval import ImageTally, reported_stones, score_slices
+from lab.realimages import (
     Box,
     ImageSetError,
     LabelledImage,

@@ -1,0 +1,88 @@
+"""``uronode predict``: the model on DICOM files or folders, no node needed.
+
+The runtime only (``inference``: volume, pipeline, previews, writers); the model lab's commands
+(``synth``, ``train``, ``evaluate``, ``experiment``) are registered by ``lab.cli``. Output for
+people goes to stdout here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
+    p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
+    p.add_argument("--model", default=None, help="model folder or name under models/")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--no-previews", action="store_true")
+    p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture and SR files")
+    p.set_defaults(func=cmd_predict)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from inference.errors import VolumeError
+    from inference.pipeline import Pipeline
+    from inference.preview import write_previews
+    from inference.volume import group_series, load_volume
+    from inference.writers import WriterError, save_results, write_results
+
+    groups = group_series(args.paths)
+    if not groups:
+        print("no DICOM files found", file=sys.stderr)
+        return 2
+    pipeline = Pipeline(args.model, threshold=args.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    done: list[dict[str, object]] = []
+    rejected: list[dict[str, str]] = []
+    report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": done,
+                                 "rejected": rejected}
+    rows = [["series", "stone", "side", "max diameter mm", "volume mm3", "mean HU", "max HU", "slices"]]
+    total_files = sum(len(v) for v in groups.values())
+    with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
+        for number, (uid, paths) in enumerate(sorted(groups.items()), start=1):
+            try:
+                volume = load_volume(paths, progress=bar.update)
+            except VolumeError as exc:
+                logger.warning("series %d skipped: %s", number, exc.reason)
+                rejected.append({"series_instance_uid": uid, "reason": exc.reason})
+                rows.append([f"#{number}", "-", "rejected: " + exc.reason, "", "", "", "", ""])
+                continue
+            findings = pipeline.run(volume)
+            entry = findings.to_json()
+            entry["slices"] = volume.shape[0]
+            if not args.no_previews:
+                previews = write_previews(volume, findings, args.out / uid)
+                entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
+            if not args.no_dicom:
+                try:
+                    written = save_results(write_results(volume, findings), args.out / uid / "dicom")
+                    entry["dicom"] = [str(p.relative_to(args.out)) for p in written]
+                except WriterError as exc:
+                    logger.warning("series %d: no DICOM results: %s", number, exc.reason)
+            done.append(entry)
+            if not findings.stones:
+                rows.append([f"#{number}", "none", "", "", "", "", "", ""])
+            for i, s in enumerate(findings.stones, start=1):
+                rows.append([f"#{number}", str(i), s.side, f"{s.max_diameter_mm:.1f}", f"{s.volume_mm3:.1f}",
+                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}",
+                             f"{s.slice_indices[0] + 1}-{s.slice_indices[-1] + 1}"])
+    (args.out / "findings.json").write_text(json.dumps(report, indent=2))
+    print(_table(rows))
+    print(f"findings written to {args.out / 'findings.json'}")
+    return 1 if rejected and not done else 0
