@@ -1,7 +1,7 @@
 """The model lab: what makes and measures a model, never run by the node.
 
-Generated series (``synth``), training sets (``dataset``, ``augment``, ``labelled``,
-``realimages``), training (``train``), evaluation (``evaluate``, ``imageeval``), the
+Generated series (``synth``, its steps in ``abdomen``), training sets (``dataset``,
+``augment``, ``labelled``, ``realimages``), training (``train``), evaluation (``evaluate``, ``imageeval``), the
 experiment runner (``experiment``) and their commands under ``uronode`` (``cli``: ``synth``,
 ``train``, ``evaluate``, ``experiment``).
 

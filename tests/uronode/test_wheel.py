@@ -115,8 +115,8 @@ def test_installed_wheel_predicts_and_serves(tmp_path: Path) -> None:
     # The node's packages come from the installed wheel, not from the checkout.
     done = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
-         "import json, dicomweb, inference, scp, uronode;"
-         "print(json.dumps([m.__file__ for m in (dicomweb, inference, scp, uronode)]))"],
+         "import json, dicomweb, inference, lab, scp, uronode;"
+         "print(json.dumps([m.__file__ for m in (dicomweb, inference, lab, scp, uronode)]))"],
         capture_output=True, text=True, timeout=120, cwd=elsewhere, env=env,
     )
     assert done.returncode == 0, done.stderr
@@ -140,6 +140,14 @@ def test_installed_wheel_predicts_and_serves(tmp_path: Path) -> None:
     card = json.loads((models_dir / "default" / "card.json").read_text())
     assert report["model"] == {"name": card["name"], "version": card["version"]}
     assert len(report["series"]) == 1 and report["series"][0]["dicom"]
+
+    # the model lab's commands come with the wheel too
+    done = subprocess.run(
+        [str(venv / "bin" / "uronode"), "synth", "--out", "synth", "--rows", "64", "--slices", "4"],
+        capture_output=True, text=True, timeout=300, cwd=elsewhere, env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list((elsewhere / "synth" / "series-00001").glob("*.dcm"))) == 4
 
     http_port = free_port()
     log = tmp_path / "serve.log"
