@@ -49,6 +49,12 @@ logger = logging.getLogger(__name__)
 COMMENT = codes.DCM.Comment
 
 
+def _tracking(index: int, sources: Sources) -> hd.sr.TrackingIdentifier:
+    """The stone's tracking identifier and UID, one for its volumetric and its planar group (viewers
+    merge groups that share it)."""
+    return hd.sr.TrackingIdentifier(uid=sources.identity.uid("sr", "stone", index), identifier=f"Stone {index + 1}")
+
+
 def _algorithm(sources: Sources) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=sources.identity.model_name, version=sources.identity.model_version
@@ -95,9 +101,7 @@ def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
         source_images=source_images,
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=sources.identity.uid("sr", "stone", index), identifier=f"Stone {index + 1}"
-        ),
+        tracking_identifier=_tracking(index, sources),
         referenced_segment=segment,
         finding_type=coding.CALCULUS,
         algorithm_id=_algorithm(sources),
@@ -162,9 +166,7 @@ def _region_group(index: int, stone: Stone, box: SliceBox, sources: Sources,
         ),
     )
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=sources.identity.uid("sr", "stone", index), identifier=f"Stone {index + 1}"
-        ),
+        tracking_identifier=_tracking(index, sources),
         referenced_region=region,
         finding_type=coding.CALCULUS,
         algorithm_id=_algorithm(sources),
