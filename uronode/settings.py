@@ -260,6 +260,38 @@ class InferenceSettings(BaseModel):
     """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
 
 
+class QueueSettings(BaseModel):
+    """How jobs reach the workers: the node's own (``sqlite``) or, through a broker, workers anywhere
+    (``dramatiq``, ``docs/distributed.md``)."""
+
+    backend: str = Field("sqlite", pattern=r"^(sqlite|dramatiq)$")
+    """``sqlite``: only the node's own workers (``inference.workers``) take jobs, no broker. ``dramatiq``:
+    each job is also published on ``broker_url`` for ``uronode worker`` processes on any machine."""
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis broker: ``redis://[:password@]host:port/db`` or ``unix:///path/to/socket?db=0``
+    (the node and every worker read the same setting)."""
+    worker_tokens_file: Path | None = None
+    """Who may work: one line per worker, ``NAME SHA256`` (hex digest of its bearer token); read again when
+    it changes. None: ``<storage.data_dir>/worker-tokens``."""
+    lease_s: float = Field(60.0, gt=0)
+    """A remote worker's claim lives this long after its last heartbeat (it beats every third of it)."""
+    claim_timeout_s: float = Field(60.0, gt=0)
+    """A published job nobody claimed in this time is published again."""
+    sweep_interval_s: float = Field(5.0, gt=0)
+    """How often the node looks for jobs to publish again (unclaimed, or held past their lease)."""
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"queue.broker_url {value!r} is neither redis://, rediss:// nor unix://")
+        return value
+
+    def tokens_file(self, data_dir: Path) -> Path:
+        """The worker tokens file in force."""
+        return self.worker_tokens_file if self.worker_tokens_file is not None else Path(data_dir) / "worker-tokens"
+
+
 class Settings(BaseSettings):
     """Everything the node can be told. See README.md for the list with defaults."""
 
@@ -277,6 +309,7 @@ class Settings(BaseSettings):
     dicomweb: DicomwebSettings = Field(default_factory=lambda: DicomwebSettings())
     inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
     delivery: DeliverySettings = Field(default_factory=lambda: DeliverySettings())
+    queue: QueueSettings = Field(default_factory=lambda: QueueSettings())
 
     @field_validator("log_level")
     @classmethod

@@ -40,6 +40,22 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.scp.caller_rules() == [CallerRule(ae_title="CT1"), CallerRule(ae_title="PACS", host="10.0.0.5")]
 
 
+def test_the_queue_is_the_node_s_own_unless_told_and_its_broker_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = load_settings(overrides={"storage": {"data_dir": str(tmp_path)}})
+    assert (s.queue.backend, s.inference.workers) == ("sqlite", 1)
+    assert s.queue.tokens_file(s.storage.data_dir) == tmp_path / "worker-tokens"
+    monkeypatch.setenv("URONODE_QUEUE__BACKEND", "dramatiq")
+    monkeypatch.setenv("URONODE_QUEUE__BROKER_URL", "unix:///run/redis/redis.sock?db=2")
+    monkeypatch.setenv("URONODE_QUEUE__WORKER_TOKENS_FILE", str(tmp_path / "tokens"))
+    monkeypatch.setenv("URONODE_INFERENCE__WORKERS", "0")
+    s = load_settings()
+    assert (s.queue.backend, s.queue.broker_url) == ("dramatiq", "unix:///run/redis/redis.sock?db=2")
+    assert s.queue.tokens_file(s.storage.data_dir) == tmp_path / "tokens"
+    assert s.inference.workers == 0
+
+
 def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "uronode.toml"
     config.write_text('host = "127.0.0.1"\n[scp]\nae_title = "FROMFILE"\nport = 2000\n[storage]\ndata_dir = "/srv/x"\n')
@@ -66,6 +82,9 @@ def test_ae_title_over_16_characters_is_refused() -> None:
         ({"scp": {"allowed_callers": ["WAYTOOLONGCALLINGAE"]}}, "limit is 16"),
         ({"scp": {"completion_grace_s": 10, "completion_quiet_s": 5}}, "completion_quiet_s"),
         ({"log_level": "LOUD"}, "log_level"),
+        ({"queue": {"backend": "celery"}}, "queue.backend"),
+        ({"queue": {"broker_url": "amqp://rabbit"}}, "queue.broker_url.*neither"),
+        ({"queue": {"lease_s": 0}}, "queue.lease_s"),
         ({"nonsense": 1}, "nonsense"),
     ],
 )
