@@ -3,7 +3,7 @@
 Issue 10, item 4: a low-dose series must cost about what a clean one does. The
 candidate rule measures the series' noise, raises its bounds only above the
 generator's own noise (up to 13 HU), and spends a hard budget of patches on the
-strongest components. Timings belong to ``bench/inference``; these tests count.
+strongest components. Timings belong to ``bench/inference.py``; these tests count.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def test_the_local_contrast_budget_keeps_every_dense_one_and_the_strongest_faint
 
 def test_a_local_contrast_budget_in_correlated_12_hu_keeps_every_stone(phantom: Phantom) -> None:
     """The generator's noisy end makes thousands of local-contrast components on 300 slices
-    (``bench/inference``: 3,185 patches); the shipped card keeps 512 patches' worth of the
+    (``bench/inference.py``: 3,185 patches); the shipped card keeps 512 patches' worth of the
     strongest. On these 40 slices a budget of a quarter of them keeps every stone."""
     shipped = CandidateRule.from_card(ModelCard.read(resolve_model_dir(None)).candidates)
     assert shipped.max_contrast_patches == 512

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from legacy_model import write_legacy_model
 from pydicom.data import get_testdata_file
 
 from inference.pipeline import Pipeline
 from lab.synth import Phantom
+from tests.inference.legacy_model import write_legacy_model
 from uronode.app.cli import main as uronode_main
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from legacy_model import THRESHOLD_HU, write_legacy_model
 
 from inference.errors import InferenceError, ModelError
 from inference.network import CHANNELS, CONTEXT, PATCH, build_unet, preprocess
 from inference.runtime import ModelCard, load_model
+from tests.inference.legacy_model import THRESHOLD_HU, write_legacy_model
 
 
 def _hu_patches() -> np.ndarray:

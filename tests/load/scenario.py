@@ -1,4 +1,4 @@
-"""The load scenario, shared by the CI test (tests/load/test_load.py) and the benchmark (bench/load).
+"""The load scenario, shared by the CI test (tests/load/test_load.py) and the benchmark (bench/load.py).
 
 Several DCMTK storescu processes send one CT series each, at the same time
 (one association per series), to a real node whose results go to a real

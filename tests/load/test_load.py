@@ -2,7 +2,7 @@
 
 Every series must become a delivered job, every result must be in Orthanc
 exactly once, no send or read may fail. The node's peak memory (PSS of its
-process tree) is printed and kept in the JUnit properties; bench/load runs
+process tree) is printed and kept in the JUnit properties; bench/load.py runs
 the same scenario at 512 x 512 and records the figures in docs/benchmarks.md.
 """
 

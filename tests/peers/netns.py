@@ -28,5 +28,8 @@ def reexec_in_netns() -> None:
     if unshare is None or ip is None:
         raise RuntimeError("unshare and ip (util-linux, iproute2) are needed to isolate the peers")
     env = {**os.environ, MARK: "1"}
-    cmd = [unshare, "--net", "--", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh", sys.executable, *sys.argv]
+    # sys.orig_argv: the command as it was given (``python -m bench.ingest ...`` runs as a module again,
+    # where sys.argv would name the module's file and run it as a script, outside its package)
+    cmd = [unshare, "--net", "--", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh", sys.executable,
+           *sys.orig_argv[1:]]
     sys.exit(subprocess.call(cmd, env=env))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: seconds from the last slice of a CT series to its results in the PACS (Orthanc).
 
 Two chains, in the same run, on a synthetic 512x512 abdominal CT with stones
@@ -14,7 +13,7 @@ Two chains, in the same run, on a synthetic 512x512 abdominal CT with stones
    Timed from storescu's end until Orthanc holds the results.
 
 Everything runs in a private network namespace on loopback.
-Usage: bench/e2e [--slices N] [--stable-age S]
+Usage: python -m bench.e2e [--slices N] [--stable-age S]
 """
 
 from __future__ import annotations
@@ -31,12 +30,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from lab.synth import generate_phantom, write_series
+from tests.peers.netns import reexec_in_netns
+from tests.peers.processes import DCMTK_ENV, Node, require, start_orthanc, wait_until
 
-from lab.synth import generate_phantom, write_series  # noqa: E402
-from tests.peers.netns import reexec_in_netns  # noqa: E402
-from tests.peers.processes import DCMTK_ENV, Node, require, start_orthanc, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def send(port: int, called: str, folder: Path) -> float:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: the node's DICOMweb against Orthanc's DICOMweb plugin, on the same study, in the same run.
 
 One synthetic 300-slice 512x512 CT study goes into both (DCMTK storescu).
@@ -8,7 +7,7 @@ keep-alive HTTP client each:
 - WADO-RS frames: every frame of the series, one request each (frames/s);
 - WADO-RS metadata of the series (seconds).
 Orthanc runs with "StudiesMetadata"/"SeriesMetadata" "Full", as OHIF needs.
-Usage: bench/dicomweb [--slices N] [--rounds N]
+Usage: python -m bench.dicomweb [--slices N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -24,12 +23,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.factory import write_series  # noqa: E402
-from tests.peers.netns import reexec_in_netns  # noqa: E402
-from tests.peers.processes import DCMTK_ENV, Node, require, start_orthanc, wait_until  # noqa: E402
+from tests.factory import write_series
+from tests.peers.netns import reexec_in_netns
+from tests.peers.processes import DCMTK_ENV, Node, require, start_orthanc, wait_until
 
 JSON = {"Accept": "application/dicom+json"}
 FRAMES = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: how fast the node receives CT over DICOM, against DCMTK storescp and Orthanc in the same run.
 
 300 CT instances of 512x512 (about 512 KB each) go from DCMTK storescu in one
@@ -8,7 +7,7 @@ sends 4 series of 75 instances over 4 concurrent associations. Everything runs
 in a private network namespace on loopback, TCP_NODELAY=1 for DCMTK and
 Orthanc. The node runs as ``uronode serve`` with its defaults (fsync on).
 
-Usage: bench/ingest [--rounds N] [--json FILE]
+Usage: python -m bench.ingest [--rounds N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,12 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.factory import write_series  # noqa: E402
-from tests.peers.netns import reexec_in_netns  # noqa: E402
-from tests.peers.processes import (  # noqa: E402
+from tests.factory import write_series
+from tests.peers.netns import reexec_in_netns
+from tests.peers.processes import (
     DCMTK_ENV,
     Node,
     require,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the inference pipeline on a 300-slice 512 x 512 CT series.
 
 Measures, in one run on this machine: model load time; the whole pipeline from
@@ -20,7 +19,7 @@ series' peer: its candidate patches are counted on every variant (untimed), and
 the whole pipeline under it is timed once on the variants ``--unbounded`` names
 (none by default: white 12 HU makes about 16,000 patches, minutes and 8 GB).
 
-Usage: bench/inference [--model default] [--slices 300] [--repeat 3] [--cores N]
+Usage: python -m bench.inference [--model default] [--slices 300] [--repeat 3] [--cores N]
                        [--noise clean,white12,...] [--unbounded white12,...] [--out FILE.json]
 """
 
@@ -38,8 +37,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PEAK_GFLOPS = 232.0
 """Measured peak of this machine's 2 cores (float32 FMA), from the issue."""
@@ -167,9 +167,9 @@ def main() -> int:
     rss_before = max_rss_mb()
     with tempfile.TemporaryDirectory(prefix="uronode-bench-") as tmp:
         # written by a child process, so that the generator's memory is not counted here
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--write-series", tmp,
+        subprocess.run([sys.executable, "-m", "bench.inference", "--write-series", tmp,
                         "--seed", str(args.seed), "--slices", str(args.slices), "--noise", ",".join(variants)],
-                       check=True, cwd=Path(__file__).resolve().parent.parent)
+                       check=True, cwd=ROOT)
         series = {name: sorted((Path(tmp) / name).glob("*.dcm")) for name in variants}
         t = time.perf_counter()
         loaded = load_model(args.model)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Load and soak: many CT series at once into a real node, results into a real Orthanc, DICOMweb reads meanwhile.
 
 Load (default): 8 DCMTK storescu processes each send a 100-slice 512x512 CT
@@ -18,7 +17,7 @@ the end of each round once it is idle, and exits 1 if it grew more than
 
 Everything runs in a private network namespace on loopback. Not in CI: the
 CI test tests/load/test_load.py runs one round at 256 x 256.
-Usage: bench/load [--series 8] [--slices 100] [--rows 512] [--readers 2] [--soak-minutes M] [--json FILE]
+Usage: python -m bench.load [--series 8] [--slices 100] [--rows 512] [--readers 2] [--soak-minutes M] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,12 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.load.scenario import run_load, tree_pss_mb, write_load_series  # noqa: E402
-from tests.peers.netns import reexec_in_netns  # noqa: E402
-from tests.peers.processes import Node, start_orthanc  # noqa: E402
+from tests.load.scenario import run_load, tree_pss_mb, write_load_series
+from tests.peers.netns import reexec_in_netns
+from tests.peers.processes import Node, start_orthanc
 
 
 def main() -> int:
