@@ -22,8 +22,10 @@ COPY inference inference
 COPY lab lab
 COPY dicomweb dicomweb
 COPY models models
+# With the distributed extra (Dramatiq and its Redis client): the same image runs the node with either queue
+# backend and `uronode worker` (docker-compose.distributed.yml, deploy/kubernetes).
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir . \
+ && /opt/venv/bin/pip install --no-cache-dir '.[distributed]' \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps tf-keras==2.21.0
 COPY --from=viewer /ohif/dist /opt/uronode/viewer
 # The wheel carries the models too; the image names its folders so that a mounted volume can replace them.

@@ -1,13 +1,27 @@
-"""The deployment files: the compose file validates offline and agrees with the node's defaults."""
+"""The deployment files: the compose files validate offline and agree with the node's settings.
 
+docker-compose.yml is the plain deployment (the node's own worker, no broker); docker-compose.distributed.yml
+adds Redis and workers that `--scale worker=N` multiplies. Both are checked with `docker-compose config` (no
+engine needed), and the override's commands are run as their containers would run them, with the programs
+they exec replaced by a recorder, so that what the node, Redis and the workers get is checked, not the text.
+"""
+
+import copy
 import json
+import secrets as secrets_module
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from tests.peers.processes import require
-from uronode.settings import load_settings
+from tests.test_readme import leaves
+from uronode.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,3 +71,185 @@ def test_image_sets_its_paths_and_fetches_the_viewer_the_node_expects() -> None:
     assert re.search(rf"^ARG OHIF_VERSION={re.escape(OHIF_VERSION)}$", dockerfile, re.M)
     for variable in ("URONODE_INFERENCE__MODELS_DIR", "URONODE_DICOMWEB__VIEWER_DIR"):
         assert re.search(rf"^\s+{variable}=/\S+", dockerfile, re.M), variable
+    # The one image runs the node with either backend, and the workers: it installs the distributed extra.
+    assert re.search(r"pip install [^\n]*'\.\[distributed\]'", dockerfile)
+    import tomllib
+
+    assert "distributed" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+# The distributed override: Redis, the node handing its jobs to it, workers that --scale multiplies.
+
+DISTRIBUTED = ROOT / "docker-compose.distributed.yml"
+SETTING_NAMES = {"URONODE_" + name.upper().replace(".", "__") for name in leaves(Settings)}
+
+
+def compose_config(*files: Path) -> dict[str, Any]:
+    args = [arg for f in files for arg in ("-f", str(f))]
+    done = subprocess.run(
+        [require("docker-compose"), *args, "config"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def started(service: dict[str, Any], secrets: Path, tmp_path: Path) -> tuple[dict[str, str], list[str]]:
+    """Run the service's command as its container would, with /run/secrets/ from `secrets` and the program it
+    execs replaced by one that records its environment and arguments: (URONODE_ environment, argv)."""
+    command = service.get("command") or []
+    record = tmp_path / "started.json"
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for program in ("uronode", "redis-server"):
+        stub = stubs / program
+        stub.write_text(
+            f"#!{sys.executable} -IS\nimport json, os, sys\n"
+            f"json.dump({{'env': {{k: v for k, v in os.environ.items() if k.startswith('URONODE_')}},"
+            f" 'argv': [os.path.basename(sys.argv[0])] + sys.argv[1:]}}, open({str(record)!r}, 'w'))\n"
+        )
+        stub.chmod(0o755)
+    script = [str(part).replace("$$", "$").replace("/run/secrets/", f"{secrets}/") for part in command]
+    environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+    env = {"PATH": f"{stubs}:/usr/bin:/bin"} | environment
+    record.unlink(missing_ok=True)
+    subprocess.run(script, env=env, check=True, timeout=30)
+    seen = json.loads(record.read_text())
+    argv = [a.replace(f"{secrets}/", "/run/secrets/") for a in seen["argv"]]
+    return seen["env"], argv
+
+
+def distributed_problems(config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    problems: list[str] = []
+    services = config["services"]
+    if not {"uronode", "redis", "worker"} <= set(services):
+        return [f"services {sorted(services)}: want uronode, redis and worker"]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(exist_ok=True)
+    password = secrets_module.token_hex(32)
+    (secrets / "redis-password").write_text(password)
+    (secrets / "worker-token").write_text(secrets_module.token_hex(32) + "\n")
+
+    for name, service in services.items():
+        for variable in service.get("environment") or {}:
+            if variable.startswith("URONODE_") and variable not in SETTING_NAMES | {"URONODE_CONFIG"}:
+                problems.append(f"{name}: {variable} is no setting the node reads")
+        for secret in service.get("secrets") or []:
+            source = secret["source"] if isinstance(secret, dict) else secret
+            file = (config.get("secrets") or {}).get(source, {}).get("file", "")
+            if not str(file).startswith(str(ROOT / "deploy" / "secrets") + "/"):
+                problems.append(f"{name}: secret {source} is not a file under deploy/secrets/")
+    node_env, node_argv = started(services["uronode"], secrets, tmp_path)
+    worker_env, worker_argv = started(services["worker"], secrets, tmp_path)
+    _, redis_argv = started(services["redis"], secrets, tmp_path)
+
+    for variable in SETTING_NAMES | {"URONODE_CONFIG"}:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in node_env.items():
+        monkeypatch.setenv(variable, value)
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        return problems + [f"the node would not start: {error}"]
+    if node_argv != ["uronode", "serve"]:
+        problems.append(f"the node runs {node_argv}")
+    if settings.queue.backend != "dramatiq" or settings.inference.workers != 0:
+        problems.append("the node must hand every job to the workers (queue.backend dramatiq, inference.workers 0)")
+    broker = urlsplit(settings.queue.broker_url)
+    if worker_env.get("URONODE_QUEUE__BROKER_URL") != settings.queue.broker_url:
+        problems.append("the workers' broker URL is not the node's")
+    redis_port = redis_argv[redis_argv.index("--port") + 1] if "--port" in redis_argv else "6379"
+    if broker.hostname != "redis" or str(broker.port) != redis_port:
+        problems.append(f"the broker URL {settings.queue.broker_url} is not the redis service's port {redis_port}")
+    if "--requirepass" not in redis_argv or redis_argv[redis_argv.index("--requirepass") + 1] != password:
+        problems.append("Redis does not require the password from deploy/secrets/redis-password")
+    if broker.password != password:
+        problems.append("the broker URL does not carry the password from deploy/secrets/redis-password")
+    if redis_argv[redis_argv.index("--save") + 1 :][:1] != [""] or "--appendonly" not in redis_argv:
+        problems.append("Redis keeps something on disk; SQLite is the record, Redis needs no persistence")
+    if services["redis"].get("ports") or services["redis"].get("volumes"):
+        problems.append("Redis publishes a port or keeps a volume")
+
+    if worker_argv[:2] != ["uronode", "worker"] or "--node" not in worker_argv or "--token-file" not in worker_argv:
+        return problems + [f"the workers run {worker_argv}, not uronode worker --node URL --token-file FILE"]
+    node_url = urlsplit(worker_argv[worker_argv.index("--node") + 1])
+    if node_url.hostname != "uronode" or node_url.port != settings.dicomweb.port:
+        problems.append(f"the workers' --node {node_url.geturl()} is not the node's HTTP port")
+    token = Path(worker_argv[worker_argv.index("--token-file") + 1])
+    worker_secrets = [s["source"] if isinstance(s, dict) else s for s in services["worker"].get("secrets") or []]
+    if token.parent != Path("/run/secrets") or token.name not in worker_secrets:
+        problems.append(f"the workers' --token-file {token} is not one of their secrets")
+    if "container_name" in services["worker"] or services["worker"].get("ports"):
+        problems.append("a worker with a container name or a published port cannot be scaled")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def distributed() -> dict[str, Any]:
+    return compose_config(ROOT / "docker-compose.yml", DISTRIBUTED)
+
+
+def test_compose_default_needs_no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain compose file keeps the single-machine default: the node's own worker, no Redis."""
+    config = compose_config(ROOT / "docker-compose.yml")
+    assert not any("redis" in str(s.get("image", "")) for s in config["services"].values())
+    for variable in SETTING_NAMES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in config["services"]["uronode"]["environment"].items():
+        monkeypatch.setenv(variable, str(value))
+    settings = load_settings()
+    assert settings.queue.backend == "sqlite" and settings.inference.workers >= 1
+
+
+def test_compose_distributed_override_is_wired_as_the_node_reads_it(
+    distributed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = distributed
+    assert distributed_problems(config, tmp_path, monkeypatch) == []
+    # Everything the plain file has is still there, with its volumes.
+    assert {"uronode", "orthanc", "nginx"} <= set(config["services"])
+    assert config["services"]["uronode"]["volumes"] == compose_config(ROOT / "docker-compose.yml")["services"][
+        "uronode"]["volumes"]
+
+
+def test_no_compose_secret_is_in_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy/secrets"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked == ["deploy/secrets/.gitignore"]
+
+
+def _set_command(service: dict[str, Any], old: str, new: str) -> None:
+    service["command"] = [str(part).replace(old, new) for part in service["command"]]
+
+
+COMPOSE_BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "unknown setting": (
+        lambda c: c["services"]["worker"].setdefault("environment", {}).update({"URONODE_QUEUE__BACKENDS": "x"}),
+        "is no setting the node reads",
+    ),
+    "local model": (
+        lambda c: c["services"]["uronode"]["environment"].update({"URONODE_INFERENCE__WORKERS": "1"}),
+        "hand every job to the workers",
+    ),
+    "broker host": (lambda c: _set_command(c["services"]["worker"], "@redis:", "@broker:"), "not the node's"),
+    "password quoting": (
+        lambda c: _set_command(c["services"]["redis"], '"$$(cat /run/secrets/redis-password)"', "redis-password"),
+        "does not require the password",
+    ),
+    "node url": (lambda c: _set_command(c["services"]["worker"], "uronode:8080", "uronode:11112"), "HTTP port"),
+    "token secret": (lambda c: c["services"]["worker"]["secrets"].pop(), "not one of their secrets"),
+    "scaling": (lambda c: c["services"]["worker"].update({"container_name": "worker"}), "cannot be scaled"),
+    "persistence": (lambda c: _set_command(c["services"]["redis"], "--appendonly no", ""), "keeps something"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPOSE_BREAKS))
+def test_a_miswired_compose_override_is_caught(
+    case: str, distributed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = copy.deepcopy(distributed)
+    where, expected = COMPOSE_BREAKS[case]
+    where(config)
+    problems = distributed_problems(config, tmp_path, monkeypatch)
+    assert any(expected in p for p in problems), problems
