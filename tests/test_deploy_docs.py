@@ -1,7 +1,13 @@
-"""docs/scaling.md quotes every figure it builds on with the line it stands on; the quotes stay true."""
+"""The deployment's documents stay true: docs/scaling.md quotes every figure it builds on with the line it
+stands on, and every metric docs/operations.md and the README tell operators to watch is one the node exports."""
 
 import re
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from uronode.metrics import exposition
+from uronode.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = re.compile(r"`((?:[^`])+)`.*\| `([\w./-]+\.md):(\d+)` \|$")
@@ -37,3 +43,21 @@ def test_a_figure_that_moved_or_changed_is_caught() -> None:
     assert ["'327/s'" in p for p in stale(moved)] == [True]
     assert ["'6.33 s'" in p for p in stale(changed)] == [True]
     assert ["without its source line" in p for p in stale(unsourced)] == [True]
+
+
+def exported(tmp_path: Path) -> set[str]:
+    """Every metric family and sample name the node's /metrics has, on an empty store."""
+    text = exposition(Store(tmp_path / "data").db).decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_every_metric_the_documents_name_is_exported(tmp_path: Path) -> None:
+    names = exported(tmp_path)
+    for document in ("docs/operations.md", "README.md"):
+        named = set(re.findall(r"`(uronode_[a-z_]+)", (ROOT / document).read_text()))
+        assert named, document
+        assert named <= names, f"{document} names {sorted(named - names)}, which /metrics does not have"
