@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.peers.processes import require
+from tests.peers.processes import free_port, require, wait_until
 from tests.test_readme import leaves
 from uronode.settings import ConfigError, Settings, load_settings
 
@@ -253,3 +253,52 @@ def test_a_miswired_compose_override_is_caught(
     where(config)
     problems = distributed_problems(config, tmp_path, monkeypatch)
     assert any(expected in p for p in problems), problems
+
+
+def redis_as_configured(argv: list[str], env: dict[str, str], password: str) -> dict[str, str]:
+    """Start the real redis-server the way `argv` (a deployment's Redis command) starts it, on a free port
+    of loopback; check it refuses a client without the password and answers one with it; return its
+    configuration as it reports it (CONFIG GET)."""
+    import socket
+
+    import redis
+
+    port = free_port()
+    argv = [a.replace("--port 6379", f"--port {port} --bind 127.0.0.1") for a in argv]
+    env = {"PATH": f"{Path(require('redis-server')).parent}:/usr/bin:/bin"} | env
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: process.poll() is not None or _accepts(port), 15, "redis-server to listen")
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as anonymous:
+            anonymous.sendall(b"PING\r\n")
+            assert anonymous.recv(1024).startswith(b"-NOAUTH")
+        client = redis.Redis(port=port, password=password, socket_timeout=5, decode_responses=True)
+        assert client.ping()
+        config: dict[str, str] = {}
+        for name in ("save", "appendonly", "maxmemory-policy", "maxmemory", "port"):
+            config |= client.config_get(name)
+        return config
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_compose_redis_runs_as_configured(distributed: dict[str, Any], tmp_path: Path) -> None:
+    """The override's Redis command, run by the real redis-server: a password, nothing on disk, no eviction."""
+    password = secrets_module.token_hex(32)
+    (tmp_path / "redis-password").write_text(password)
+    command = [
+        str(part).replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
+        for part in distributed["services"]["redis"]["command"]
+    ]
+    config = redis_as_configured(command, {}, password)
+    assert config["save"] == "" and config["appendonly"] == "no"
+    assert config["maxmemory-policy"] == "noeviction" and int(config["maxmemory"]) > 0

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.peers.processes import require
+from tests.test_deploy_files import redis_as_configured
 from tests.test_readme import leaves
 from uronode.settings import ConfigError, Settings, load_settings
 
@@ -374,6 +375,16 @@ def test_redis_keeps_nothing_on_disk(rendered: list[Doc]) -> None:
     command = " ".join(redis["command"] + redis["args"])
     assert "--save ''" in command and "--appendonly no" in command and "noeviction" in command
     assert not redis.get("volumeMounts")
+
+
+def test_redis_runs_as_configured(rendered: list[Doc]) -> None:
+    """The Redis container's command, run by the real redis-server with the Secret's password in its
+    environment: it requires that password, keeps nothing on disk and evicts nothing."""
+    (redis,) = containers(named(rendered, "Deployment")[REDIS])
+    env = container_env(redis, named(rendered, "Secret"))
+    config = redis_as_configured([str(a) for a in redis["command"] + redis["args"]], env, env["REDIS_PASSWORD"])
+    assert config["save"] == "" and config["appendonly"] == "no"
+    assert config["maxmemory-policy"] == "noeviction" and int(config["maxmemory"]) > 0
 
 
 def broken(docs: list[Doc], where: Callable[[list[Doc]], None]) -> list[Doc]:
