@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from dicomweb import api, ops, qido, stow, upload, viewer, wado
+from dicomweb import api, ops, qido, stow, upload, viewer, wado, workers
 from dicomweb.auth import BasicAuth, http_password
 from dicomweb.ops import ReadyCheck
 from uronode import __version__
 from uronode.audit import AuditLog
+from uronode.claims import WorkerTokens
 from uronode.loops import Loops
 from uronode.settings import Settings
 from uronode.store import Store
@@ -26,9 +27,12 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     so this package knows nothing of the model or of how the node is put together.
     """
 
+    worker_tokens = WorkerTokens(settings.queue.tokens_file(settings.storage.data_dir))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.worker_tokens = worker_tokens
         app.state.loops = loops
         app.state.ready_checks = tuple(ready_checks)
         app.state.store = Store(
@@ -61,6 +65,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app.include_router(api.router)
     app.include_router(upload.router)
     app.include_router(ops.router)
+    app.include_router(workers.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
     if settings.dicomweb.auth == "basic":
         app.add_middleware(
@@ -68,5 +73,6 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             username=settings.dicomweb.username,
             password=http_password(settings),
             tokens=settings.dicomweb.tokens,
+            worker_tokens=worker_tokens,
         )
     return app

@@ -28,6 +28,8 @@ class StowResult:
     sop_instance_uid: str
     ok: bool
     reason: str | None
+    unreachable: bool = False
+    """The server did not answer (no connection, or 502, 503, 504): trying again later may succeed."""
 
 
 def multipart_body(paths: Sequence[Path], boundary: str) -> bytes:
@@ -90,9 +92,10 @@ def stow(
     except urllib.error.HTTPError as exc:
         status, payload = exc.code, exc.read()
         if status != 409:  # 409: none stored; the body still says why for each
-            return [StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status}") for _, uid in files]
+            return [StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status}", status in (502, 503, 504))
+                    for _, uid in files]
     except (urllib.error.URLError, OSError) as exc:
-        return [StowResult(uid, False, f"STOW-RS to {url} failed: {exc}") for _, uid in files]
+        return [StowResult(uid, False, f"STOW-RS to {url} failed: {exc}", True) for _, uid in files]
     try:
         verdict = json.loads(payload) if payload else {}
     except ValueError:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -105,7 +105,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL,
     findings            TEXT,                -- JSON, once the model has run
-    seconds             REAL                 -- the model's run on the series, once it has run
+    seconds             REAL,                -- the model's run on the series, once it has run
+    dispatched_at       REAL,                -- published on the broker (queue.backend dramatiq), NULL: to publish
+    claimed_by          TEXT,                -- the worker of the last claim: 'local' or a remote worker's name
+    claim_token         TEXT,                -- a remote claim's secret, while it holds the job
+    lease_until         REAL                 -- a remote claim's end unless renewed (NULL for a local worker)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
@@ -129,7 +133,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 
 CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention)
+    name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention), leases_expired,
+                                             -- jobs_republished, completions_refused (remote workers)
     value INTEGER NOT NULL
 );
 """
@@ -172,6 +177,10 @@ ADDED_COLUMNS = [
     ("series", "series_number", "INTEGER"),
     ("jobs", "findings", "TEXT"),
     ("jobs", "seconds", "REAL"),
+    ("jobs", "dispatched_at", "REAL"),
+    ("jobs", "claimed_by", "TEXT"),
+    ("jobs", "claim_token", "TEXT"),
+    ("jobs", "lease_until", "REAL"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

@@ -3,8 +3,11 @@
 A job names a series (and the generation of it that completed) and the model
 to run; it holds no in-process object, so that a worker in another process, or
 later on another machine, can take it. States: ``queued`` -> ``running`` ->
-``delivered`` or ``failed`` (with its reason). A job that was ``running`` when
-the node stopped goes back to ``queued`` at start-up.
+``delivered`` or ``failed`` (with its reason). A job that a local worker was
+running when the node stopped goes back to ``queued`` at start-up; one a remote
+worker holds keeps its claim until its lease runs out (:mod:`uronode.claims`).
+A queued job whose ``dispatched_at`` is NULL is still to be published on the
+broker (``queue.backend = "dramatiq"``; the local backend ignores it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def _job(row: sqlite3.Row) -> Job:
         attempts=row["attempts"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        claimed_by=row["claimed_by"],
     )
 
 
@@ -53,7 +57,7 @@ class JobQueue:
         ).fetchone()
         if waiting is not None:
             conn.execute(
-                "UPDATE jobs SET series_generation = ?, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET series_generation = ?, updated_at = ?, dispatched_at = NULL WHERE id = ?",
                 (generation, now, waiting["id"]),
             )
             return int(waiting["id"])
@@ -73,7 +77,8 @@ class JobQueue:
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?, claimed_by = 'local',"
+                " claim_token = NULL, lease_until = NULL WHERE id = ?",
                 (time.time(), row["id"]),
             )
             claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
@@ -101,7 +106,7 @@ class JobQueue:
         """Put a failed or delivered job back in the queue (``uronode retry``)."""
         with self.store.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ? WHERE id = ?"
+                "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ?, dispatched_at = NULL WHERE id = ?"
                 " AND state IN ('failed', 'delivered')",
                 (time.time(), job_id),
             )
@@ -109,10 +114,15 @@ class JobQueue:
                 raise ValueError(f"job {job_id} is not failed or delivered")
 
     def recover(self) -> int:
-        """At start-up: jobs left running by a stopped node go back to the queue."""
+        """At start-up: jobs its own workers left running when the node stopped go back to the queue.
+
+        A remote worker's claim (it has a lease) survives the node's restart: the worker may still
+        complete it, and the sweeper takes the job back if its lease runs out."""
         with self.store.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state = 'running'", (time.time(),)
+                "UPDATE jobs SET state = 'queued', updated_at = ?, dispatched_at = NULL"
+                " WHERE state = 'running' AND lease_until IS NULL",
+                (time.time(),),
             )
         return cur.rowcount
 

@@ -81,6 +81,38 @@ class IndexCollector(Collector):
         ).fetchone()
         yield _counter("uronode_delivery_failures", "Failed delivery tries.", failures)
 
+        # Remote workers (queue.backend dramatiq): what waits on the broker, what the leases did, who did what.
+        (unclaimed,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL"
+        ).fetchone()
+        yield _gauge("uronode_jobs_published_unclaimed", "Jobs published on the broker that no worker has claimed yet.",
+                     unclaimed)
+        (held,) = conn.execute("SELECT count(*) FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL").fetchone()
+        yield _gauge("uronode_claims_held", "Jobs a remote worker holds under a lease.", held)
+        yield _counter("uronode_leases_expired", "Remote workers' claims whose lease ran out (the job ran again).",
+                       deleted.get("leases_expired", 0))
+        yield _counter("uronode_jobs_republished", "Jobs published on the broker again (unclaimed in time, or lease expired).",
+                       deleted.get("jobs_republished", 0))
+        yield _counter("uronode_completions_refused", "Completions refused because their claim no longer held the job.",
+                       deleted.get("completions_refused", 0))
+        by_worker = CounterMetricFamily(
+            "uronode_worker_jobs", "Jobs each worker finished ('local': the node's own), by outcome.",
+            labels=["worker", "outcome"],
+        )
+        worker_seconds = CounterMetricFamily(
+            "uronode_worker_inference_seconds", "The model's time on the series each worker finished.", labels=["worker"]
+        )
+        for row in conn.execute(
+            "SELECT claimed_by AS w, sum(state = 'failed') AS failed, sum(state != 'failed') AS done,"
+            " coalesce(sum(seconds), 0) AS s FROM jobs"
+            " WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY claimed_by"
+        ):
+            by_worker.add_metric([row["w"], "done"], row["done"])
+            by_worker.add_metric([row["w"], "failed"], row["failed"])
+            worker_seconds.add_metric([row["w"]], round(row["s"], 3))
+        yield by_worker
+        yield worker_seconds
+
         bounds = ", ".join(f"coalesce(sum(seconds <= {bound:g}), 0)" for bound in INFERENCE_BUCKETS_S)
         *counts, total, count = conn.execute(
             f"SELECT {bounds}, coalesce(sum(seconds), 0), count(seconds) FROM jobs WHERE seconds IS NOT NULL"

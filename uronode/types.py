@@ -93,6 +93,8 @@ class Job:
     attempts: int
     created_at: float
     updated_at: float
+    claimed_by: str | None = None
+    """The worker of the last claim: ``local`` (the node's own) or a remote worker's name."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,12 +140,15 @@ def echoscu(port: int, *, called: str = "URONODE", calling: str = "ECHOSCU") -> 
     return subprocess.run(cmd, capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
 
 
-def start_storescp(folder: Path, port: int, ae: str = "STORESCP") -> Proc:
+def start_storescp(folder: Path, port: int, ae: str = "STORESCP", *, unique: bool = False) -> Proc:
+    """DCMTK storescp writing what it receives into ``folder``; ``unique``: a new file for every instance
+    received, so that an instance received twice shows as two files."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder.parent / f"storescp-{port}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            [require("storescp"), "-aet", ae, "-od", str(folder), str(port)], stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV
+            [require("storescp"), "-aet", ae, *(["+uf"] if unique else []), "-od", str(folder), str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )
     proc = Proc(popen, log)
     try:

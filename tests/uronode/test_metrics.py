@@ -7,6 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.uronode.test_store import encoded, put
+from uronode.claims import Claims
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
 from uronode.metrics import exposition
@@ -76,3 +77,35 @@ def test_an_empty_database_gives_every_metric_at_zero(tmp_path: Path) -> None:
         (("state", s.value),) for s in JobState
     }
     assert found[("uronode_inference_seconds_count", ())] == 0
+
+
+def test_remote_workers_metrics_show_unclaimed_jobs_expired_leases_and_each_worker_s_jobs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    queue = JobQueue(store)
+    claims = Claims(store, lease_s=10, claim_timeout_s=30)
+    for index, series in enumerate(("1.2.3.4", "1.2.3.5", "1.2.3.6")):
+        put(store, encoded(index, series=series))
+    monitor = CompletionMonitor(store, queue, grace_s=0, quiet_s=0, model="m")
+    assert len(monitor.complete_now(["1.2.3.4", "1.2.3.5", "1.2.3.6"])) == 3
+    first, second, third = claims.to_publish()
+    for job in (first, second, third):
+        claims.mark_published(job)
+    assert claims.to_publish() == []
+    assert samples(store)[("uronode_jobs_published_unclaimed", ())] == 3
+    done = claims.claim(first.id, first.series_generation, "w1")
+    claims.complete(first.id, done.token, "w1", results=[], findings="{}", seconds=2.5, destinations=[],
+                    outbox=Outbox(store))
+    lost = claims.claim(second.id, second.series_generation, "w2", now=1000.0)  # its lease ended long ago
+    assert claims.sweep() == (1, 0)
+    found = samples(store)
+    assert found[("uronode_jobs_published_unclaimed", ())] == 1  # the third; the second is to publish again
+    assert [job.id for job in claims.to_publish()] == [second.id]
+    assert found[("uronode_claims_held", ())] == 0
+    assert found[("uronode_leases_expired_total", ())] == 1
+    assert found[("uronode_jobs_republished_total", ())] == 1
+    assert found[("uronode_worker_jobs_total", (("outcome", "done"), ("worker", "w1")))] == 1
+    assert found[("uronode_worker_inference_seconds_total", (("worker", "w1"),))] == 2.5
+    assert ("uronode_worker_jobs_total", (("outcome", "done"), ("worker", "w2"))) not in found
+    claims.refused()
+    assert samples(store)[("uronode_completions_refused_total", ())] == 1
+    assert lost.job.attempts == 1

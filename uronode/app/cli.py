@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
     state = JobState(args.state) if args.state else None
     jobs = queue.list(state, args.limit)
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'series':<64}  reason")
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<12} {'series':<64}  reason")
     for job in jobs:
-        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.series_instance_uid:<64}  {job.reason or ''}")
+        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<12} {job.series_instance_uid:<64}"
+              f"  {job.reason or ''}")
     return 0
 
 
@@ -132,6 +134,39 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         print(f"uronode: {exc}", file=sys.stderr)
         return 1
     print(f"job {args.job} queued again; a running node's worker takes it")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    setup_logging(settings.log_level)
+    lines = args.token_file.read_text().split()
+    if not lines:
+        print(f"uronode: the token file {args.token_file} is empty", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("dramatiq") is None:
+        print("uronode: a remote worker needs Dramatiq: pip install 'uronode[distributed]'", file=sys.stderr)
+        return 2
+    from uronode.app.remote import run_remote_worker
+
+    run_remote_worker(settings, args.node, lines[0])
+    return 0
+
+
+def cmd_worker_token(args: argparse.Namespace) -> int:
+    from uronode.claims import new_worker_token
+
+    settings = _settings_from_args(args)
+    tokens_file = settings.queue.tokens_file(settings.storage.data_dir)
+    try:
+        token = new_worker_token(tokens_file, args.name)
+    except ValueError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 2
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(f"worker {args.name}: token in {args.out} (for `uronode worker --token-file`), its hash added to {tokens_file}")
     return 0
 
 
@@ -185,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("job", type=int)
     requeue.add_argument("--data-dir", type=Path)
     requeue.set_defaults(func=cmd_requeue)
+
+    worker = sub.add_parser("worker", help="a model worker for a node, on any machine (queue.backend dramatiq)")
+    worker.add_argument("--node", required=True, help="the node's HTTP address, e.g. http://node:8080")
+    worker.add_argument("--token-file", type=Path, required=True, help="this worker's bearer token (first line)")
+    worker.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    worker.set_defaults(func=cmd_worker)
+
+    worker_token = sub.add_parser("worker-token", help="make a remote worker's token; the node keeps its hash")
+    worker_token.add_argument("name", help="the worker's name (in the node's logs, jobs and metrics)")
+    worker_token.add_argument("--out", type=Path, required=True, help="file for the token (mode 600)")
+    worker_token.add_argument("--data-dir", type=Path)
+    worker_token.set_defaults(func=cmd_worker_token)
 
     predict.register(sub)
     # the model lab's commands (synth, train, evaluate, experiment); an install may leave the lab out

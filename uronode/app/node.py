@@ -37,6 +37,7 @@ COMPLETION_INTERVAL_S = 0.2
 SUPERVISOR_INTERVAL_S = 1.0
 SUPERVISOR_STALE_S = 300.0
 """A supervisor's round may restart a receiving process, which waits up to 120 s for it."""
+DISPATCH_INTERVAL_S = 0.2
 DELIVERY_INTERVAL_S = 1.0
 DELIVERY_STALE_S = 1800.0
 """A delivery round sends up to a thousand instances, to peers that may be slow."""
@@ -165,6 +166,13 @@ def serve(settings: Settings) -> None:
         )
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
+    if settings.queue.backend == "dramatiq":
+        # Imported here: Dramatiq comes with the distributed extra, which the default node does without.
+        from uronode.app.dispatch import Dispatcher
+
+        dispatcher = Dispatcher(store, settings)
+        loops.add("dispatch", dispatcher.publish_due, DISPATCH_INTERVAL_S)
+        loops.add("sweep", dispatcher.sweep, settings.queue.sweep_interval_s)
     retention_days = settings.storage.retention_days
     if retention_days is not None:
         interval_s = settings.storage.retention_interval_s

@@ -1,0 +1,146 @@
+"""The claim API for remote workers (``uronode worker``): claim a job, renew its lease, complete it.
+
+Every route takes a worker's bearer token (``queue.worker_tokens_file``), whatever
+``dicomweb.auth`` is: a claim records which worker holds it. No token, or one the
+node does not know: 401. A job that is done, whose generation is stale, or that
+another live claim holds: 409 (the worker drops its message). A completion from a
+claim that no longer holds the job: 409, and nothing changes. A completion naming
+results the store lacks: 422 (store them by STOW-RS first). ``docs/distributed.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from uronode.audit import AuditLog
+from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
+from uronode.outbox import Outbox
+from uronode.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/queue", tags=["Remote workers"])
+PREFIX = "/api/queue/"
+
+
+def bearer(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def get_worker(request: Request) -> str:
+    """The remote worker this request comes from (its token's name), else 401."""
+    tokens: WorkerTokens = request.app.state.worker_tokens
+    token = bearer(request.headers.get("authorization", ""))
+    name = tokens.worker(token) if token else None
+    if name is None:
+        raise HTTPException(401, detail="a worker's bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    return name
+
+
+WorkerDep = Annotated[str, Depends(get_worker)]
+
+
+def get_claims(request: Request) -> Claims:
+    settings: Settings = request.app.state.settings
+    return Claims(request.app.state.store, lease_s=settings.queue.lease_s, claim_timeout_s=settings.queue.claim_timeout_s)
+
+
+ClaimsDep = Annotated[Claims, Depends(get_claims)]
+
+
+class ClaimRequest(BaseModel):
+    generation: int = Field(ge=1)
+
+
+class HeartbeatRequest(BaseModel):
+    claim: str = Field(min_length=1, max_length=200)
+
+
+class CompleteRequest(BaseModel):
+    claim: str = Field(min_length=1, max_length=200)
+    results: list[str] = Field(max_length=10000)
+    """SOP Instance UIDs of the results, stored by STOW-RS before."""
+    findings: dict[str, Any]
+    seconds: float | None = Field(None, ge=0)
+
+
+class FailRequest(BaseModel):
+    claim: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+def _conflict(exc: Exception) -> HTTPException:
+    if isinstance(exc, NoSuchJob):
+        return HTTPException(404, detail=str(exc))
+    if isinstance(exc, ResultsMissing):
+        return HTTPException(422, detail=str(exc))
+    return HTTPException(409, detail=str(exc))
+
+
+@router.post("/jobs/{job_id}/claim", summary="Claim a job for one lease")
+async def claim_job(job_id: int, body: ClaimRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
+    try:
+        claim = await run_in_threadpool(claims.claim, job_id, body.generation, worker)
+    except (ClaimConflict, NoSuchJob) as exc:
+        raise _conflict(exc) from exc
+    job = claim.job
+    log.info("job %d series %s claimed by %s (attempt %d)", job.id, job.series_instance_uid, worker, job.attempts)
+    return {
+        "claim": claim.token, "lease_s": claim.lease_s, "lease_until": claim.lease_until,
+        "job": {"id": job.id, "study_instance_uid": job.study_instance_uid,
+                "series_instance_uid": job.series_instance_uid, "generation": job.series_generation,
+                "model": job.model, "attempts": job.attempts},
+    }
+
+
+@router.post("/jobs/{job_id}/heartbeat", summary="Renew a claim's lease")
+async def heartbeat(job_id: int, body: HeartbeatRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
+    try:
+        lease_until = await run_in_threadpool(claims.heartbeat, job_id, body.claim, worker)
+    except (ClaimConflict, NoSuchJob) as exc:
+        raise _conflict(exc) from exc
+    return {"lease_until": lease_until}
+
+
+@router.post("/jobs/{job_id}/complete", summary="Record a claim's results and owe them to the destinations")
+async def complete(
+    job_id: int, body: CompleteRequest, worker: WorkerDep, claims: ClaimsDep, request: Request
+) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    outbox = Outbox(claims.store, max_attempts=settings.delivery.max_attempts, backoff_s=settings.delivery.backoff_s,
+                    backoff_max_s=settings.delivery.backoff_max_s)
+    try:
+        state = await run_in_threadpool(
+            lambda: claims.complete(job_id, body.claim, worker, results=body.results, findings=json.dumps(body.findings),
+                                    seconds=body.seconds, destinations=settings.delivery.destinations, outbox=outbox)
+        )
+    except ClaimConflict as exc:
+        await run_in_threadpool(claims.refused)
+        log.warning("job %d: completion from %s refused: %s", job_id, worker, exc)
+        raise _conflict(exc) from exc
+    except (NoSuchJob, ResultsMissing) as exc:
+        raise _conflict(exc) from exc
+    AuditLog(claims.store.root).record(
+        "job_finished", job_id=job_id, state=state.value, worker=worker, results=body.results,
+        stones=len(body.findings.get("stones", [])), seconds=body.seconds,
+    )
+    log.info("job %d completed by %s: %d result instance(s), %s", job_id, worker, len(body.results), state)
+    return {"state": state.value}
+
+
+@router.post("/jobs/{job_id}/fail", summary="Give a claimed job up as failed, with the reason")
+async def fail(job_id: int, body: FailRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
+    try:
+        await run_in_threadpool(claims.fail, job_id, body.claim, worker, body.reason)
+    except (ClaimConflict, NoSuchJob) as exc:
+        raise _conflict(exc) from exc
+    AuditLog(claims.store.root).record("job_finished", job_id=job_id, state="failed", worker=worker, reason=body.reason)
+    log.warning("job %d failed on %s: %s", job_id, worker, body.reason)
+    return {"state": "failed"}

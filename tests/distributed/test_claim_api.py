@@ -1,0 +1,106 @@
+"""The claim API over HTTP against a real node and Redis, no model: tokens, 409s, the message on the queue."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import query
+from tests.distributed.conftest import Cluster
+from tests.factory import write_series
+from tests.peers.processes import storescu, wait_until
+from uronode.broker import QUEUE_NAME
+
+
+def rows(data: Path) -> list[dict]:
+    return [dict(r) for r in query(data, "SELECT * FROM jobs")]
+
+
+def stow_body(paths: list[Path]) -> tuple[bytes, dict[str, str]]:
+    boundary = secrets.token_hex(8)
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
+                    for p in paths) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+
+
+def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_done(cluster: Cluster) -> None:
+    w1 = cluster.token("w1").read_text().strip()
+    w2 = cluster.token("w2").read_text().strip()
+    node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
+    cluster.node = node
+    base = f"http://127.0.0.1:{node.http_port}"
+    password = (node.data_dir / "http-password").read_text().strip()
+    study, series, files = write_series(cluster.tmp / "ct", 4, size=64)
+    assert storescu(node.dicom_port, files).returncode == 0
+    wait_until(lambda: [r["dispatched_at"] is not None for r in query(node.data_dir, "SELECT dispatched_at FROM jobs")]
+               == [True], 30, "the job to be published")
+    ((job_id, generation),) = [(r["id"], r["series_generation"]) for r in query(node.data_dir, "SELECT * FROM jobs")]
+
+    # The message on the queue: the job's coordinates and the node's address, no patient data.
+    (raw,) = cluster.redis.cli("HVALS", f"uronode:{QUEUE_NAME}.msgs").splitlines()
+    message = json.loads(raw)
+    assert message["kwargs"] == {"job_id": job_id, "generation": generation, "study_instance_uid": study,
+                                 "series_instance_uid": series, "model": "default",
+                                 "node": f"http://127.0.0.1:{node.http_port}"}
+    assert "SYN0001" not in raw and "Synthetic" not in raw
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    claim_url = f"{base}/api/queue/jobs/{job_id}/claim"
+    before = rows(node.data_dir)
+    for headers in ({}, auth("not-a-worker"), auth(w1 + "x")):
+        refused = httpx.post(claim_url, json={"generation": generation}, headers=headers)
+        assert refused.status_code == 401, refused.text
+    assert httpx.post(claim_url, json={"generation": generation}, auth=("uronode", password)).status_code == 401
+    assert rows(node.data_dir) == before  # nothing changed
+    # A worker's token opens reading series and storing results, nothing else.
+    assert httpx.get(f"{base}/dicom-web/studies/{study}/series", headers=auth(w1)).status_code == 200
+    assert httpx.get(f"{base}/api/jobs", headers=auth(w1)).status_code == 401
+    assert httpx.get(f"{base}/metrics", headers=auth(w1)).status_code == 401
+
+    stale = httpx.post(claim_url, json={"generation": generation + 1}, headers=auth(w1))
+    assert stale.status_code == 409 and "generation" in stale.json()["detail"]
+    claimed = httpx.post(claim_url, json={"generation": generation}, headers=auth(w1))
+    assert claimed.status_code == 200, claimed.text
+    claim = claimed.json()["claim"]
+    assert claimed.json()["job"]["series_instance_uid"] == series
+    held = httpx.post(claim_url, json={"generation": generation}, headers=auth(w2))
+    assert held.status_code == 409 and "held by w1" in held.json()["detail"]
+    assert httpx.post(f"{base}/api/queue/jobs/{job_id}/heartbeat", json={"claim": "other"},
+                      headers=auth(w1)).status_code == 409
+    assert httpx.post(f"{base}/api/queue/jobs/{job_id}/heartbeat", json={"claim": claim},
+                      headers=auth(w1)).status_code == 200
+
+    # A result stored by STOW-RS, twice: an identical instance again is a success, not a conflict.
+    _, _, (result,) = write_series(cluster.tmp / "result", 1, study=study, size=16, manufacturer="uronode",
+                                   modality="OT")
+    body, headers = stow_body([result])
+    for _ in range(2):
+        stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)})
+        assert stored.status_code == 200, stored.text
+    result_uid = stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0]
+
+    complete_url = f"{base}/api/queue/jobs/{job_id}/complete"
+    done = {"claim": claim, "results": [result_uid], "findings": {"stones": []}, "seconds": 1.5}
+    missing = httpx.post(complete_url, json={**done, "results": ["1.2.3.4"]}, headers=auth(w1))
+    assert missing.status_code == 422
+    assert httpx.post(complete_url, json={**done, "claim": "forged"}, headers=auth(w1)).status_code == 409
+    assert httpx.post(complete_url, json=done, headers=auth(w2)).status_code == 409  # w2 has no claim
+    completed = httpx.post(complete_url, json=done, headers=auth(w1))
+    assert completed.status_code == 200 and completed.json() == {"state": "delivering"}
+    (row,) = query(node.data_dir, "SELECT * FROM jobs")
+    assert (row["state"], row["attempts"], row["claimed_by"], json.loads(row["findings"])) == (
+        "delivering", 1, "w1", {"stones": []})
+    owed = [(r["destination"], r["sop_instance_uid"]) for r in query(node.data_dir, "SELECT * FROM deliveries")]
+    assert owed == [("pacs", result_uid)]
+    # Done: a second completion, a late claim, changes nothing.
+    after = rows(node.data_dir)
+    assert httpx.post(complete_url, json=done, headers=auth(w1)).status_code == 409
+    again = httpx.post(claim_url, json={"generation": generation}, headers=auth(w2))
+    assert again.status_code == 409 and "done" in again.json()["detail"]
+    assert rows(node.data_dir) == after
+    assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1}, headers=auth(w1)).status_code == 404

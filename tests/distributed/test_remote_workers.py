@@ -1,0 +1,125 @@
+"""Remote workers through Dramatiq on a real Redis: every job done and every result delivered once,
+whatever happens to a worker, the broker or the node (issue: workers past one machine)."""
+
+from __future__ import annotations
+
+import signal
+
+import dramatiq
+
+from tests.conftest import query
+from tests.distributed.conftest import Cluster
+from tests.peers.processes import wait_until
+from uronode.broker import ACTOR_NAME, DEAD_LETTERS_KEY, QUEUE_NAME, make_broker
+
+
+def held_by(cluster: Cluster, name: str) -> list[dict]:
+    return [j for j in cluster.jobs() if j["state"] == "running" and j["claimed_by"] == name]
+
+
+def stop_holding_a_claim(cluster: Cluster, name: str, timeout: float = 120) -> dict:
+    """SIGSTOP worker ``name`` at a moment it holds a claim (it is in the middle of a job); returns that job."""
+    (worker,) = [w for w in cluster.workers if w.name == name]
+    found: list[dict] = []
+
+    def caught() -> bool:
+        if not held_by(cluster, name):
+            return False
+        worker.pause()
+        found[:] = held_by(cluster, name)  # still held once it is stopped: caught in the middle
+        if not found:
+            worker.resume()
+        return bool(found)
+
+    wait_until(caught, timeout, f"worker {name} to hold a claim", 0.01)
+    return found[0]
+
+
+def test_three_workers_share_nine_series_and_a_killed_worker_s_job_runs_again_elsewhere(cluster: Cluster) -> None:
+    cluster.start()
+    for name in ("w1", "w2", "w3"):
+        cluster.add_worker(name)
+    cluster.wait_workers_ready()
+    cluster.send_series(9)
+    victim = stop_holding_a_claim(cluster, "w1")
+    cluster.workers[0].proc.stop(signal.SIGKILL)  # kill -9 in the middle of the job
+    cluster.wait_delivered(9)
+    jobs = {j["id"]: j for j in cluster.jobs()}
+    rerun = jobs[victim["id"]]
+    assert rerun["attempts"] == 2 and rerun["claimed_by"] in ("w2", "w3"), rerun
+    assert all(j["attempts"] == 1 for i, j in jobs.items() if i != victim["id"]), jobs
+    assert {j["claimed_by"] for j in jobs.values()} >= {"w2", "w3"}  # shared, not one worker doing it all
+    cluster.assert_each_result_received_once()
+    assert cluster.counter("leases_expired") >= 1
+
+
+def test_a_worker_stopped_past_its_lease_is_refused_when_it_resumes_and_nothing_is_delivered_twice(
+    cluster: Cluster,
+) -> None:
+    cluster.start()
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    cluster.wait_workers_ready()
+    cluster.send_series(3, seed=200)
+    victim = stop_holding_a_claim(cluster, "w1")
+    cluster.wait_delivered(3)  # w2 took the job over once the lease ran out
+    (job,) = [j for j in cluster.jobs() if j["id"] == victim["id"]]
+    assert job["claimed_by"] == "w2" and job["attempts"] == 2, job
+    before = cluster.jobs()
+    cluster.workers[0].resume()
+    wait_until(lambda: cluster.counter("completions_refused") == 1, 60, "the resumed worker's completion")
+    assert f"job {victim['id']}: the node refused the result" in cluster.workers[0].proc.log_text()
+    assert cluster.jobs() == before  # the late completion changed nothing
+    cluster.assert_each_result_received_once()
+
+
+def test_a_malformed_message_is_a_dead_letter_and_a_redis_restarted_empty_loses_nothing(cluster: Cluster) -> None:
+    cluster.start()
+    (first,) = cluster.send_series(1, seed=300)
+    wait_until(lambda: [r["dispatched_at"] is not None for r in query(cluster.data, "SELECT dispatched_at FROM jobs")]
+               == [True], 30, "the job to be published")
+    # The job's message is lost and a malformed one sits on the queue in its place.
+    assert cluster.redis.cli("FLUSHALL") == "OK"
+    broker = make_broker(cluster.redis.url)
+    try:
+        broker.enqueue(dramatiq.Message(queue_name=QUEUE_NAME, actor_name=ACTOR_NAME, args=(),
+                                        kwargs={"job_id": "one", "series": first}, options={}))
+    finally:
+        broker.close()
+    cluster.add_worker("w1")
+    cluster.wait_workers_ready()
+    cluster.wait_delivered(1)  # by the sweeper's next publish
+    wait_until(lambda: cluster.redis.cli("ZCARD", DEAD_LETTERS_KEY) == "1", 30, "the malformed message's dead letter")
+    assert "job_id is not a positive integer" in cluster.workers[0].proc.log_text() or \
+        "fields" in cluster.workers[0].proc.log_text()
+    assert cluster.counter("jobs_republished") >= 1
+
+    # Redis restarts, empty (no persistence), while four more series are on their way.
+    cluster.send_series(4, seed=310)
+    wait_until(lambda: any(j["state"] == "running" for j in cluster.jobs()), 60, "the next job to be claimed")
+    cluster.redis.restart()
+    cluster.wait_delivered(5)
+    assert all(j["attempts"] == 1 for j in cluster.jobs()), cluster.jobs()
+    cluster.assert_each_result_received_once()
+
+
+def test_a_node_restarted_while_workers_hold_claims_resumes_and_runs_nothing_twice(cluster: Cluster) -> None:
+    cluster.extra_env = {"URONODE_QUEUE__LEASE_S": "30"}  # the claims outlive the node's restart
+    node = cluster.start()
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    cluster.wait_workers_ready()
+    cluster.send_series(4, seed=400)
+    wait_until(lambda: any(j["state"] == "running" for j in cluster.jobs()), 60, "a worker to hold a claim")
+    node.stop()
+    held = {j["id"]: j["claimed_by"] for j in cluster.jobs() if j["state"] == "running"}
+    assert held
+    node.start()
+    for job in cluster.jobs():  # still held by the same worker, or completed by it meanwhile
+        if job["id"] in held:
+            assert job["claimed_by"] == held[job["id"]] and job["state"] in ("running", "delivering", "delivered")
+    cluster.wait_delivered(4)
+    jobs = cluster.jobs()
+    assert all(j["attempts"] == 1 for j in jobs), jobs
+    assert {j["id"]: j["claimed_by"] for j in jobs if j["id"] in held} == held
+    cluster.assert_each_result_received_once()

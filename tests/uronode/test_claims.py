@@ -1,0 +1,93 @@
+"""Remote workers' claims on the job queue, on a real SQLite database; the job message; worker tokens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.uronode.test_store import encoded, put
+from uronode.broker import JobMessage, MalformedMessage
+from uronode.claims import ClaimConflict, Claims, WorkerTokens, hash_token, new_worker_token
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.store import Store
+from uronode.types import Job, JobState
+
+
+def one_job(tmp_path: Path) -> tuple[Store, Claims, Job]:
+    store = Store(tmp_path / "data")
+    put(store, encoded(0, series="1.2.3.4"))
+    CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="m").complete_now(["1.2.3.4"])
+    claims = Claims(store, lease_s=5, claim_timeout_s=20)
+    (job,) = claims.to_publish()
+    return store, claims, job
+
+
+def test_a_node_restart_keeps_remote_claims_and_requeues_its_own_workers_jobs(tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    claims.claim(job.id, job.series_generation, "w1")
+    assert JobQueue(store).recover() == 0
+    assert JobQueue(store).get(job.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    put(store, encoded(1, series="1.2.3.9"))
+    CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="m").complete_now(["1.2.3.9"])
+    local = JobQueue(store).claim()
+    assert local is not None and local.claimed_by == "local"
+    assert JobQueue(store).recover() == 1  # the node's own worker's job, not the remote claim
+    again = JobQueue(store).claim()
+    assert again is not None and again.id == local.id
+    with pytest.raises(ClaimConflict, match="node's own worker"):
+        claims.claim(local.id, local.series_generation, "w2")
+
+
+def test_an_expired_claim_is_taken_over_and_then_neither_renews_nor_completes(tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    old = claims.claim(job.id, job.series_generation, "w1", now=time.time() - 60)
+    new = claims.claim(job.id, job.series_generation, "w2")  # the sweeper had not come round: taken over
+    assert new.job.attempts == 2
+    with pytest.raises(ClaimConflict):
+        claims.heartbeat(job.id, old.token, "w1")
+    with pytest.raises(ClaimConflict):
+        claims.fail(job.id, old.token, "w1", "too late")
+    assert claims.heartbeat(job.id, new.token, "w2") > time.time()
+    with pytest.raises(ClaimConflict, match="lease ran out"):
+        claims.heartbeat(job.id, new.token, "w2", now=time.time() + 60)
+
+
+def test_a_queued_job_brought_to_a_new_generation_is_published_again(tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    claims.mark_published(job)
+    assert claims.to_publish() == []
+    with store.transaction() as conn:
+        JobQueue(store).enqueue_in(conn, job.study_instance_uid, job.series_instance_uid, 2, "m")
+    (again,) = claims.to_publish()
+    assert (again.id, again.series_generation) == (job.id, 2)
+    with pytest.raises(ClaimConflict, match="generation 2 of its series, not 1"):
+        claims.claim(job.id, 1, "w1")
+
+
+def test_a_job_message_holds_its_fields_and_nothing_else() -> None:
+    fields = {"job_id": 3, "generation": 1, "study_instance_uid": "1.2", "series_instance_uid": "1.2.3",
+              "model": "default", "node": "http://node:8080"}
+    assert JobMessage.parse(fields) == JobMessage(3, 1, "1.2", "1.2.3", "default", "http://node:8080")
+    for bad in ({**fields, "job_id": "3"}, {**fields, "generation": 0}, {**fields, "model": ""},
+                {**fields, "patient_name": "X"}, {k: v for k, v in fields.items() if k != "node"},
+                {**fields, "job_id": True}):
+        with pytest.raises(MalformedMessage):
+            JobMessage.parse(bad)
+
+
+def test_worker_tokens_are_kept_as_hashes_and_read_again_when_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "worker-tokens"
+    tokens = WorkerTokens(path)
+    assert tokens.worker("anything") is None  # no file: no worker
+    first = new_worker_token(path, "gpu-1")
+    assert first not in path.read_text() and hash_token(first) in path.read_text()
+    assert tokens.worker(first) == "gpu-1"
+    second = new_worker_token(path, "gpu-2")
+    assert tokens.worker(second) == "gpu-2"
+    path.write_text(f"# rotated\ngpu-2 {hash_token(second)}\n")
+    assert tokens.worker(first) is None and tokens.worker(second) == "gpu-2"
+    with pytest.raises(ValueError, match="no spaces"):
+        new_worker_token(path, "gpu 3")

@@ -1,0 +1,281 @@
+"""Jobs for remote workers: what to publish on the broker, claims with leases, and their completion.
+
+The job's row in SQLite stays the record (:mod:`uronode.jobs`); the broker only
+carries the news that a job may be waiting (``docs/distributed.md``). The
+node's dispatcher takes :meth:`Claims.to_publish` and, once a message is out,
+:meth:`Claims.mark_published`; :meth:`Claims.sweep` makes a job publishable
+again when nobody claimed it within ``claim_timeout_s`` or its claim's lease
+ran out (a worker killed, stopped or cut off). Publishing twice is harmless:
+a claim is the only way to run a job, and one live claim at a time holds it.
+
+A claim is refused (:class:`ClaimConflict`, HTTP 409) when the job is done,
+when the message's generation is not the job's (the series re-opened), or
+when another live claim holds it. A completion is accepted only from the
+job's current claim within its lease, after checking that every result it
+names is in the store; then one transaction owes the results to every
+destination and records the findings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
+from uronode.settings import Destination
+from uronode.store import Store
+from uronode.types import Job, JobState
+
+
+class ClaimConflict(Exception):
+    """The job cannot be claimed, renewed or completed by this caller (HTTP 409); says why."""
+
+
+class ResultsMissing(Exception):
+    """A completion names results the store does not hold (HTTP 422); says which."""
+
+
+class NoSuchJob(LookupError):
+    """No job has this id (HTTP 404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A remote worker's hold on a job until ``lease_until`` (``time.time()``), renewed by heartbeat."""
+
+    job: Job
+    token: str
+    lease_until: float
+    lease_s: float
+
+
+def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
+    if by:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, by, by),
+        )
+
+
+class Claims:
+    """Remote workers' side of the job queue, in the store's database."""
+
+    def __init__(self, store: Store, *, lease_s: float, claim_timeout_s: float) -> None:
+        self.store = store
+        self.queue = JobQueue(store)
+        self.lease_s = lease_s
+        self.claim_timeout_s = claim_timeout_s
+
+    # --- the dispatcher and the sweeper (the node's loops) ---
+
+    def to_publish(self, limit: int = 500) -> list[Job]:
+        """Queued jobs not yet published (new ones, and those the sweeper took back), oldest first."""
+        rows = self.store.conn().execute(
+            "SELECT id FROM jobs WHERE state = 'queued' AND dispatched_at IS NULL ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [job for r in rows if (job := self.queue.get(r["id"])) is not None]
+
+    def mark_published(self, job: Job, now: float | None = None) -> None:
+        """The message for this job (at this generation) is on the broker."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET dispatched_at = ? WHERE id = ? AND state = 'queued' AND series_generation = ?",
+                (time.time() if now is None else now, job.id, job.series_generation),
+            )
+
+    def sweep(self, now: float | None = None) -> tuple[int, int]:
+        """Take back what no live claim holds: returns (jobs whose lease expired, jobs never claimed in time).
+
+        Both become publishable again; an expired claim's token no longer completes anything."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as conn:
+            expired = conn.execute(
+                "UPDATE jobs SET state = 'queued', claim_token = NULL, lease_until = NULL, dispatched_at = NULL,"
+                " updated_at = ? WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?",
+                (now, now),
+            ).rowcount
+            unclaimed = conn.execute(
+                "UPDATE jobs SET dispatched_at = NULL WHERE state = 'queued' AND dispatched_at IS NOT NULL"
+                " AND dispatched_at < ?",
+                (now - self.claim_timeout_s,),
+            ).rowcount
+            _bump(conn, "leases_expired", expired)
+            _bump(conn, "jobs_republished", expired + unclaimed)
+        return expired, unclaimed
+
+    # --- the claim API (a remote worker, over HTTP) ---
+
+    def claim(self, job_id: int, generation: int, worker: str, now: float | None = None) -> Claim:
+        """Hold the job for ``worker`` for one lease, or raise :class:`ClaimConflict` saying why not."""
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(24)
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NoSuchJob(f"no job {job_id}")
+            state = JobState(row["state"])
+            if state in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
+                raise ClaimConflict(f"job {job_id} is done ({state})")
+            if row["series_generation"] != generation:
+                raise ClaimConflict(
+                    f"job {job_id} is for generation {row['series_generation']} of its series, not {generation}"
+                )
+            if state is JobState.RUNNING:
+                if row["lease_until"] is None:
+                    raise ClaimConflict(f"job {job_id} is held by the node's own worker")
+                if row["lease_until"] >= now:
+                    raise ClaimConflict(f"job {job_id} is held by {row['claimed_by']} until its lease ends")
+                _bump(conn, "leases_expired", 1)  # the sweeper had not come round yet: taken over here
+            lease_until = now + self.lease_s
+            conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, claim_token = ?,"
+                " lease_until = ?, updated_at = ? WHERE id = ?",
+                (worker, token, lease_until, now, job_id),
+            )
+            claimed = conn.execute("SELECT id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        job = self.queue.get(claimed["id"])
+        assert job is not None
+        return Claim(job=job, token=token, lease_until=lease_until, lease_s=self.lease_s)
+
+    def _current(self, conn: sqlite3.Connection, job_id: int, token: str, worker: str, now: float) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NoSuchJob(f"no job {job_id}")
+        held = row["claim_token"]
+        if (row["state"] != JobState.RUNNING or held is None or not hmac.compare_digest(held, token)
+                or row["claimed_by"] != worker):
+            raise ClaimConflict(f"job {job_id}: this claim no longer holds it")
+        if row["lease_until"] is None or row["lease_until"] < now:
+            raise ClaimConflict(f"job {job_id}: this claim's lease ran out")
+        return row
+
+    def heartbeat(self, job_id: int, token: str, worker: str, now: float | None = None) -> float:
+        """Renew the claim's lease; returns its new end. :class:`ClaimConflict` when the claim is gone."""
+        now = time.time() if now is None else now
+        with self.store.transaction() as conn:
+            self._current(conn, job_id, token, worker, now)
+            conn.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (now + self.lease_s, job_id))
+        return now + self.lease_s
+
+    def complete(
+        self,
+        job_id: int,
+        token: str,
+        worker: str,
+        *,
+        results: Sequence[str],
+        findings: str,
+        seconds: float | None,
+        destinations: Sequence[Destination],
+        outbox: Outbox,
+        now: float | None = None,
+    ) -> JobState:
+        """Record a claim's results: checked in the store, then owed and recorded in one transaction.
+
+        A claim that no longer holds the job changes nothing (:class:`ClaimConflict`)."""
+        now = time.time() if now is None else now
+        missing = [uid for uid in results if self.store.get_instance(uid) is None]
+        if missing:
+            raise ResultsMissing(f"{len(missing)} result(s) not in the store, first {missing[0]}")
+        with self.store.transaction() as conn:
+            row = self._current(conn, job_id, token, worker, now)
+            source = conn.execute(
+                "SELECT calling_ae FROM instances WHERE series_instance_uid = ? LIMIT 1",
+                (row["series_instance_uid"],),
+            ).fetchone()
+            for uid in results:
+                item = conn.execute(
+                    "SELECT sop_class_uid, path FROM instances WHERE sop_instance_uid = ?", (uid,)
+                ).fetchone()
+                if item is None:  # deleted between the check and this transaction
+                    raise ResultsMissing(f"result {uid} is not in the store")
+                for destination in destinations:
+                    outbox.enqueue_in(
+                        conn, destination=destination.name, sop_instance_uid=uid, sop_class_uid=item["sop_class_uid"],
+                        path=Path(item["path"]), job_id=job_id, calling_ae=source["calling_ae"] if source else None,
+                    )
+            state = JobState.DELIVERING if destinations and results else JobState.DELIVERED
+            conn.execute(
+                "UPDATE jobs SET state = ?, reason = NULL, findings = ?, seconds = coalesce(?, seconds),"
+                " claim_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (state.value, findings, seconds, now, job_id),
+            )
+        return state
+
+    def fail(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:
+        """The claim's worker could not run the job (a series the model cannot read): failed, with why."""
+        now = time.time() if now is None else now
+        if not reason:
+            raise ValueError("a failed job needs its reason")
+        with self.store.transaction() as conn:
+            self._current(conn, job_id, token, worker, now)
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', reason = ?, claim_token = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (reason, now, job_id),
+            )
+
+    def refused(self) -> None:
+        """Count a completion refused because its claim no longer held the job (a metric)."""
+        with self.store.transaction() as conn:
+            _bump(conn, "completions_refused", 1)
+
+
+class WorkerTokens:
+    """The remote workers the node knows: a file of ``NAME SHA256`` lines, read again when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._hashes: dict[str, str] = {}
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._hashes = None, {}
+            return
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp == self._stamp:
+            return
+        hashes: dict[str, str] = {}
+        for line in self.path.read_text().splitlines():
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            name, _, digest = text.partition(" ")
+            digest = digest.strip().lower()
+            if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+                hashes[digest] = name
+        self._stamp, self._hashes = stamp, hashes
+
+    def worker(self, token: str) -> str | None:
+        """The name of the worker this token belongs to, or None."""
+        self._load()
+        digest = hash_token(token)
+        for known, name in self._hashes.items():
+            if hmac.compare_digest(known, digest):
+                return name
+        return None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def new_worker_token(tokens_file: Path, name: str) -> str:
+    """Make a token for worker ``name`` and add its hash to the node's tokens file; returns the token."""
+    if not name or any(c.isspace() or c == "#" for c in name):
+        raise ValueError(f"a worker name has no spaces and no '#': {name!r}")
+    token = secrets.token_urlsafe(32)
+    tokens_file.parent.mkdir(parents=True, exist_ok=True)
+    with tokens_file.open("a") as f:
+        f.write(f"{name} {hash_token(token)}\n")
+    return token
