@@ -93,8 +93,13 @@ class Outbox:
     def due(self, now: float | None = None, limit: int = 1000) -> dict[str, builtins.list[Delivery]]:
         """Pending deliveries whose time has come, by destination."""
         now = time.time() if now is None else now
+        # The instance's file as the store has it now: a result stored again with other bytes (a job run
+        # twice, its late worker's STOW-RS) has a new file, and the old one is gone.
         rows = self.store.conn().execute(
-            "SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            "SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.sop_class_uid, d.calling_ae, d.state,"
+            " d.attempts, d.next_attempt_at, d.last_error, coalesce(i.path, d.path) AS path FROM deliveries d"
+            " LEFT JOIN instances i ON i.sop_instance_uid = d.sop_instance_uid"
+            " WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.id LIMIT ?",
             (now, limit),
         ).fetchall()
         grouped: dict[str, builtins.list[Delivery]] = defaultdict(builtins.list)

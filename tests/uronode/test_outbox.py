@@ -90,3 +90,23 @@ def test_jobs_follow_their_deliveries(outbox: Outbox) -> None:
     outbox.mark_delivered([second.id])
     outbox.settle_jobs()
     assert queue.get(job_id).state is JobState.DELIVERED  # type: ignore[union-attr]
+
+
+def test_a_result_stored_again_with_other_bytes_is_sent_from_its_new_file(outbox: Outbox) -> None:
+    from tests.uronode.test_store import encoded, put
+    from uronode.header import read_header
+    from uronode.types import StoreOutcome
+
+    store = outbox.store
+    first = encoded(0, series="1.2.3.4")
+    assert put(store, first) is StoreOutcome.STORED
+    uid = read_header(first).sop_instance_uid
+    old = store.get_instance(uid)
+    assert old is not None
+    owe(outbox, uid, path=str(old.path))
+    again = encoded(0, series="1.2.3.4", seed=7)  # same UID, other pixels: a late worker's copy
+    assert put(store, again) is StoreOutcome.REPLACED
+    new = store.get_instance(uid)
+    assert new is not None and new.path != old.path and not old.path.exists()
+    (item,) = outbox.due()["pacs"]
+    assert item.path == new.path and item.path.read_bytes() == b"".join(again)

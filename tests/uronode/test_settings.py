@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,26 @@ def test_config_command_prints_effective_settings(tmp_path: Path) -> None:
     printed = json.loads(done.stdout)
     assert printed["scp"]["port"] == 104
     assert printed["scp"]["ae_title"] == "NODE1"
+
+
+def test_worker_token_command_writes_the_token_for_the_worker_and_its_hash_for_the_node(tmp_path: Path) -> None:
+    from uronode.claims import WorkerTokens
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("URONODE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "uronode", "worker-token", "gpu-1", "--out", str(tmp_path / "token"),
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    token = (tmp_path / "token").read_text().strip()
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert token not in (tmp_path / "data" / "worker-tokens").read_text()
+    assert WorkerTokens(tmp_path / "data" / "worker-tokens").worker(token) == "gpu-1"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "uronode", "worker", "--node", "http://127.0.0.1:9", "--token-file", str(empty)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert refused.returncode == 2 and "empty" in refused.stderr

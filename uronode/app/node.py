@@ -10,6 +10,7 @@ whose heartbeats ``/readyz`` watches.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import time
@@ -28,7 +29,7 @@ from uronode.jobs import JobQueue
 from uronode.loops import Loops
 from uronode.outbox import Outbox
 from uronode.retention import purge
-from uronode.settings import Settings
+from uronode.settings import ConfigError, Settings
 from uronode.store import Store
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def model_missing(settings: Settings) -> str | None:
 
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
+    if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
+        raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     store = Store(
         settings.storage.data_dir,
         fsync=settings.storage.fsync,
