@@ -51,6 +51,8 @@ def exported(tmp_path: Path) -> set[str]:
     names = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name)
+        if family.type == "counter":  # a counter's samples are NAME_total, even where none is there yet
+            names.add(family.name + "_total")
         names.update(sample.name for sample in family.samples)
     return names
 
