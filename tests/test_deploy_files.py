@@ -9,6 +9,7 @@ they exec replaced by a recorder, so that what the node, Redis and the workers g
 import copy
 import json
 import secrets as secrets_module
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -119,6 +120,31 @@ def started(service: dict[str, Any], secrets: Path, tmp_path: Path) -> tuple[dic
     return seen["env"], argv
 
 
+def cli_accepts(argv: list[str]) -> bool:
+    """Whether `uronode`'s own argument parser takes this command line (argv[0] is the program)."""
+    import contextlib
+    import io
+
+    from uronode.app.cli import build_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(argv[1:])
+    except SystemExit:
+        return False
+    return argv[0] == "uronode"
+
+
+def test_the_documented_worker_token_commands_are_ones_uronode_takes() -> None:
+    """The compose override and the kustomization tell how to make a worker's token; uronode takes the line."""
+    for document in (DISTRIBUTED, ROOT / "deploy" / "kubernetes" / "kustomization.yaml"):
+        lines = [line for line in document.read_text().splitlines() if "uronode worker-token" in line]
+        assert lines, document
+        for line in lines:
+            argv = shlex.split(line.split("uronode worker-token", 1)[1].split("#", 1)[0])
+            assert cli_accepts(["uronode", "worker-token", *argv]), line
+
+
 def distributed_problems(config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     problems: list[str] = []
     services = config["services"]
@@ -172,6 +198,7 @@ def distributed_problems(config: dict[str, Any], tmp_path: Path, monkeypatch: py
 
     if worker_argv[:2] != ["uronode", "worker"] or "--node" not in worker_argv or "--token-file" not in worker_argv:
         return problems + [f"the workers run {worker_argv}, not uronode worker --node URL --token-file FILE"]
+    problems += [f"uronode refuses {argv}" for argv in (node_argv, worker_argv) if not cli_accepts(argv)]
     node_url = urlsplit(worker_argv[worker_argv.index("--node") + 1])
     if node_url.hostname != "uronode" or node_url.port != settings.dicomweb.port:
         problems.append(f"the workers' --node {node_url.geturl()} is not the node's HTTP port")
@@ -239,6 +266,8 @@ COMPOSE_BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     ),
     "node url": (lambda c: _set_command(c["services"]["worker"], "uronode:8080", "uronode:11112"), "HTTP port"),
     "token secret": (lambda c: c["services"]["worker"]["secrets"].pop(), "not one of their secrets"),
+    "worker flags": (lambda c: _set_command(c["services"]["worker"], "--token-file", "--token-file x --threads"),
+                     "uronode refuses"),
     "scaling": (lambda c: c["services"]["worker"].update({"container_name": "worker"}), "cannot be scaled"),
     "persistence": (lambda c: _set_command(c["services"]["redis"], "--appendonly no", ""), "keeps something"),
 }

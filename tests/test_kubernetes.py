@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.peers.processes import require
-from tests.test_deploy_files import redis_as_configured
+from tests.test_deploy_files import cli_accepts, redis_as_configured
 from tests.test_readme import leaves
 from uronode.settings import ConfigError, Settings, load_settings
 
@@ -250,6 +250,9 @@ def node_problems(docs: list[Doc], environ: pytest.MonkeyPatch, tmp_path: Path) 
                     problems.append(f"{deployment['metadata']['name']}: {var['name']} is no setting the node reads")
 
     (node_container,) = containers(node)
+    node_args = [str(a) for a in node_container.get("command", []) + node_container.get("args", [])]
+    if node_args[:2] != ["uronode", "serve"] or not cli_accepts(node_args):
+        problems.append(f"the node runs {shlex.join(node_args)}, not uronode serve")
     env = container_env(node_container, secrets)
     mounts = {m["mountPath"]: m["name"] for m in node_container.get("volumeMounts") or []}
     volumes = {v["name"]: v for v in node["spec"]["template"]["spec"].get("volumes") or []}
@@ -306,6 +309,8 @@ def node_problems(docs: list[Doc], environ: pytest.MonkeyPatch, tmp_path: Path) 
     args = [str(a) for a in worker_container.get("command", []) + worker_container.get("args", [])]
     if args[:2] != ["uronode", "worker"] or "--node" not in args or "--token-file" not in args:
         return problems + [f"the workers run {shlex.join(args)}, not uronode worker --node URL --token-file FILE"]
+    if not cli_accepts(args):
+        problems.append(f"uronode refuses {shlex.join(args)}")
     node_url = args[args.index("--node") + 1]
     try:
         port, behind = service_for(docs, node_url)
@@ -460,6 +465,8 @@ NODE_BREAKS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
         ),
         "hand every job to the workers",
     ),
+    "node command": (lambda d: first_container(d, NODE).update({"args": ["uronode", "serve", "--workers", "2"]}),
+                     "not uronode serve"),
     "two nodes": (lambda d: deployment(d, NODE)["spec"].update({"replicas": 2}), "one replica"),
     "broker host": (
         lambda d: env_var(d, WORKER, "URONODE_QUEUE__BROKER_URL").update(
@@ -471,6 +478,7 @@ NODE_BREAKS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
         lambda d: first_container(d, WORKER)["args"].__setitem__(3, "http://uronode:11112"),
         "names no Service port",
     ),
+    "worker flags": (lambda d: first_container(d, WORKER)["args"].append("--threads"), "uronode refuses"),
     "token file": (
         lambda d: first_container(d, WORKER)["args"].__setitem__(5, "/run/secrets/token"),
         "is no file of a Secret",
