@@ -26,7 +26,7 @@ def benchmark_names() -> list[str]:
 
 
 def test_every_benchmark_is_a_module_of_the_bench_package() -> None:
-    assert benchmark_names() == ["dicomweb", "e2e", "inference", "ingest", "load"]
+    assert benchmark_names() == ["dicomweb", "e2e", "inference", "ingest", "load", "scale"]
     scripts = [p.name for p in (ROOT / "bench").iterdir() if p.is_file() and p.suffix != ".py"]
     assert scripts == [], "a benchmark is a module, bench/<name>.py"
 

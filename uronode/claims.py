@@ -86,9 +86,18 @@ class Claims:
         """The message for this job (at this generation) is on the broker."""
         with self.store.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET dispatched_at = ? WHERE id = ? AND state = 'queued' AND series_generation = ?",
+                "UPDATE jobs SET dispatched_at = ?, publications = publications + 1"
+                " WHERE id = ? AND state = 'queued' AND series_generation = ?",
                 (time.time() if now is None else now, job.id, job.series_generation),
             )
+
+    def unclaimed_for(self, publications: int) -> float:
+        """How long a job published this many times waits for a claim before it is published again.
+
+        ``claim_timeout_s``, doubling with each publication since its last claim (at most 64 times):
+        a message lost with Redis is replaced soon, while a long backlog that waits for free workers
+        does not fill the queue with copies."""
+        return self.claim_timeout_s * 2 ** min(max(publications - 1, 0), 6)
 
     def sweep(self, now: float | None = None) -> tuple[int, int]:
         """Take back what no live claim holds: returns (jobs whose lease expired, jobs never claimed in time).
@@ -101,11 +110,14 @@ class Claims:
                 " updated_at = ? WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?",
                 (now, now),
             ).rowcount
-            unclaimed = conn.execute(
-                "UPDATE jobs SET dispatched_at = NULL WHERE state = 'queued' AND dispatched_at IS NOT NULL"
+            waiting = conn.execute(
+                "SELECT id, dispatched_at, publications FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL"
                 " AND dispatched_at < ?",
                 (now - self.claim_timeout_s,),
-            ).rowcount
+            ).fetchall()
+            overdue = [(r["id"],) for r in waiting if r["dispatched_at"] < now - self.unclaimed_for(r["publications"])]
+            conn.executemany("UPDATE jobs SET dispatched_at = NULL WHERE id = ?", overdue)
+            unclaimed = len(overdue)
             _bump(conn, "leases_expired", expired)
             _bump(conn, "jobs_republished", expired + unclaimed)
         return expired, unclaimed
@@ -136,7 +148,7 @@ class Claims:
             lease_until = now + self.lease_s
             conn.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, claim_token = ?,"
-                " lease_until = ?, updated_at = ? WHERE id = ?",
+                " lease_until = ?, updated_at = ?, publications = 0 WHERE id = ?",
                 (worker, token, lease_until, now, job_id),
             )
             claimed = conn.execute("SELECT id FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     findings            TEXT,                -- JSON, once the model has run
     seconds             REAL,                -- the model's run on the series, once it has run
     dispatched_at       REAL,                -- published on the broker (queue.backend dramatiq), NULL: to publish
+    publications        INTEGER NOT NULL DEFAULT 0,  -- times published since its last claim
     claimed_by          TEXT,                -- the worker of the last claim: 'local' or a remote worker's name
     claim_token         TEXT,                -- a remote claim's secret, while it holds the job
     lease_until         REAL                 -- a remote claim's end unless renewed (NULL for a local worker)
@@ -178,6 +179,7 @@ ADDED_COLUMNS = [
     ("jobs", "findings", "TEXT"),
     ("jobs", "seconds", "REAL"),
     ("jobs", "dispatched_at", "REAL"),
+    ("jobs", "publications", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "claimed_by", "TEXT"),
     ("jobs", "claim_token", "TEXT"),
     ("jobs", "lease_until", "REAL"),

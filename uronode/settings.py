@@ -276,7 +276,8 @@ class QueueSettings(BaseModel):
     lease_s: float = Field(60.0, gt=0)
     """A remote worker's claim lives this long after its last heartbeat (it beats every third of it)."""
     claim_timeout_s: float = Field(60.0, gt=0)
-    """A published job nobody claimed in this time is published again."""
+    """A published job nobody claimed in this time is published again (then after twice as long each time,
+    at most 64 times this, until a worker claims it)."""
     sweep_interval_s: float = Field(5.0, gt=0)
     """How often the node looks for jobs to publish again (unclaimed, or held past their lease)."""
 

@@ -29,6 +29,7 @@ def stow_body(paths: list[Path]) -> tuple[bytes, dict[str, str]]:
 def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_done(cluster: Cluster) -> None:
     w1 = cluster.token("w1").read_text().strip()
     w2 = cluster.token("w2").read_text().strip()
+    cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}  # one message, however slow the machine
     node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
     cluster.node = node
     base = f"http://127.0.0.1:{node.http_port}"

@@ -91,3 +91,23 @@ def test_worker_tokens_are_kept_as_hashes_and_read_again_when_the_file_changes(t
     assert tokens.worker(first) is None and tokens.worker(second) == "gpu-2"
     with pytest.raises(ValueError, match="no spaces"):
         new_worker_token(path, "gpu 3")
+
+
+def test_a_job_waiting_for_a_worker_is_published_again_less_and_less_often(tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    now = 10_000.0
+    waits = []
+    for _ in range(4):
+        (due,) = claims.to_publish()
+        claims.mark_published(due, now=now)
+        published_at = now
+        while claims.sweep(now=now) == (0, 0):
+            now += 1
+        waits.append(now - published_at)
+    assert waits == [21, 41, 81, 161]  # claim_timeout_s 20, doubling; a claim starts over
+    (due,) = claims.to_publish()
+    claimed = claims.claim(due.id, due.series_generation, "w1", now=now)
+    assert claims.sweep(now=claimed.lease_until + 1) == (1, 0)
+    (due,) = claims.to_publish()
+    claims.mark_published(due, now=now)
+    assert claims.sweep(now=now + 21) == (0, 1)
