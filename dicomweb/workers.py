@@ -139,7 +139,11 @@ async def complete(
 async def fail(job_id: int, body: FailRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
     try:
         await run_in_threadpool(claims.fail, job_id, body.claim, worker, body.reason)
-    except (ClaimConflict, NoSuchJob) as exc:
+    except ClaimConflict as exc:
+        await run_in_threadpool(claims.refused)
+        log.warning("job %d: failure from %s refused: %s", job_id, worker, exc)
+        raise _conflict(exc) from exc
+    except NoSuchJob as exc:
         raise _conflict(exc) from exc
     AuditLog(claims.store.root).record("job_finished", job_id=job_id, state="failed", worker=worker, reason=body.reason)
     log.warning("job %d failed on %s: %s", job_id, worker, body.reason)

@@ -109,7 +109,7 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
-    def wait_workers_ready(self, timeout: float = 180) -> None:
+    def wait_workers_ready(self, timeout: float = 300) -> None:
         def ready() -> bool:
             for worker in self.workers:
                 if worker.proc.popen.poll() is not None:
@@ -174,6 +174,8 @@ def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster
     try:
         yield made
     finally:
+        for log in sorted(tmp_path.glob("*.log")):  # shown by pytest when the test failed
+            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         for worker in made.workers:
             worker.resume()  # a stopped process would not see SIGTERM
             worker.proc.stop()

@@ -4,11 +4,12 @@ whatever happens to a worker, the broker or the node (issue: workers past one ma
 from __future__ import annotations
 
 import signal
+import time
 
 import dramatiq
 
 from tests.conftest import query
-from tests.distributed.conftest import Cluster
+from tests.distributed.conftest import Cluster, Worker
 from tests.peers.processes import wait_until
 from uronode.broker import ACTOR_NAME, DEAD_LETTERS_KEY, QUEUE_NAME, make_broker
 
@@ -17,21 +18,24 @@ def held_by(cluster: Cluster, name: str) -> list[dict]:
     return [j for j in cluster.jobs() if j["state"] == "running" and j["claimed_by"] == name]
 
 
-def stop_holding_a_claim(cluster: Cluster, name: str, timeout: float = 120) -> dict:
-    """SIGSTOP worker ``name`` at a moment it holds a claim (it is in the middle of a job); returns that job."""
-    (worker,) = [w for w in cluster.workers if w.name == name]
-    found: list[dict] = []
+def stop_one_holding_a_claim(cluster: Cluster, timeout: float = 120) -> tuple[Worker, dict]:
+    """SIGSTOP the first worker seen holding a claim (in the middle of a job); returns it and that job."""
+    found: list[tuple[Worker, dict]] = []
 
     def caught() -> bool:
-        if not held_by(cluster, name):
-            return False
-        worker.pause()
-        found[:] = held_by(cluster, name)  # still held once it is stopped: caught in the middle
-        if not found:
+        for worker in cluster.workers:
+            if not held_by(cluster, worker.name):
+                continue
+            worker.pause()
+            time.sleep(0.5)  # a request it had sent (a completion) reaches the node meanwhile
+            jobs = held_by(cluster, worker.name)  # still held once it is stopped: caught in the middle
+            if jobs:
+                found.append((worker, jobs[0]))
+                return True
             worker.resume()
-        return bool(found)
+        return False
 
-    wait_until(caught, timeout, f"worker {name} to hold a claim", 0.01)
+    wait_until(caught, timeout, "a worker to hold a claim", 0.01)
     return found[0]
 
 
@@ -41,14 +45,14 @@ def test_three_workers_share_nine_series_and_a_killed_worker_s_job_runs_again_el
         cluster.add_worker(name)
     cluster.wait_workers_ready()
     cluster.send_series(9)
-    victim = stop_holding_a_claim(cluster, "w1")
-    cluster.workers[0].proc.stop(signal.SIGKILL)  # kill -9 in the middle of the job
+    killed, victim = stop_one_holding_a_claim(cluster)
+    killed.proc.stop(signal.SIGKILL)  # kill -9 in the middle of the job
     cluster.wait_delivered(9)
     jobs = {j["id"]: j for j in cluster.jobs()}
     rerun = jobs[victim["id"]]
-    assert rerun["attempts"] == 2 and rerun["claimed_by"] in ("w2", "w3"), rerun
+    assert rerun["attempts"] == 2 and rerun["claimed_by"] not in (None, killed.name), rerun
     assert all(j["attempts"] == 1 for i, j in jobs.items() if i != victim["id"]), jobs
-    assert {j["claimed_by"] for j in jobs.values()} >= {"w2", "w3"}  # shared, not one worker doing it all
+    assert len({j["claimed_by"] for j in jobs.values()}) >= 2  # shared, not one worker doing it all
     cluster.assert_each_result_received_once()
     assert cluster.counter("leases_expired") >= 1
 
@@ -61,14 +65,14 @@ def test_a_worker_stopped_past_its_lease_is_refused_when_it_resumes_and_nothing_
     cluster.add_worker("w2")
     cluster.wait_workers_ready()
     cluster.send_series(3, seed=200)
-    victim = stop_holding_a_claim(cluster, "w1")
-    cluster.wait_delivered(3)  # w2 took the job over once the lease ran out
+    stopped, victim = stop_one_holding_a_claim(cluster)
+    cluster.wait_delivered(3)  # the other worker took the job over once the lease ran out
     (job,) = [j for j in cluster.jobs() if j["id"] == victim["id"]]
-    assert job["claimed_by"] == "w2" and job["attempts"] == 2, job
+    assert job["claimed_by"] != stopped.name and job["attempts"] == 2, job
     before = cluster.jobs()
-    cluster.workers[0].resume()
+    stopped.resume()
     wait_until(lambda: cluster.counter("completions_refused") == 1, 60, "the resumed worker's completion")
-    assert f"job {victim['id']}: the node refused the result" in cluster.workers[0].proc.log_text()
+    assert f"job {victim['id']}: the node refused the result" in stopped.proc.log_text()
     assert cluster.jobs() == before  # the late completion changed nothing
     cluster.assert_each_result_received_once()
 
@@ -90,8 +94,7 @@ def test_a_malformed_message_is_a_dead_letter_and_a_redis_restarted_empty_loses_
     cluster.wait_workers_ready()
     cluster.wait_delivered(1)  # by the sweeper's next publish
     wait_until(lambda: cluster.redis.cli("ZCARD", DEAD_LETTERS_KEY) == "1", 30, "the malformed message's dead letter")
-    assert "job_id is not a positive integer" in cluster.workers[0].proc.log_text() or \
-        "fields" in cluster.workers[0].proc.log_text()
+    assert "MalformedMessage: a job message has the fields" in cluster.workers[0].proc.log_text()
     assert cluster.counter("jobs_republished") >= 1
 
     # Redis restarts, empty (no persistence), while four more series are on their way.

@@ -13,7 +13,9 @@ a node that does not answer is retried with backoff (``docs/distributed.md``).
 
 from __future__ import annotations
 
+import http.client
 import logging
+import shutil
 import signal
 import tempfile
 import threading
@@ -96,10 +98,17 @@ class RemoteWorker:
                 log.warning("job %d: the node refused the result: %s", claim.job_id, exc.detail)
                 return "refused"
 
+    def _fetch(self, study: str, series: str, folder: Path) -> list[Path]:
+        return _fetch_with_retries(self.client, study, series, folder)
+
     def _run(self, job_id: int, claim: str, study: str, series: str) -> str:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"uronode-job-{job_id}-") as tmp:
-            paths = self.client.retrieve_series(study, series, Path(tmp) / "series")
+            try:
+                paths = self._fetch(study, series, Path(tmp) / "series")
+            except FetchFailed as exc:
+                self.client.fail(job_id, claim, f"the series could not be fetched from the node: {exc}")
+                return "failed"
             if not paths:
                 self.client.fail(job_id, claim, "the series has no instances at the node")
                 return "failed"
@@ -133,6 +142,28 @@ class RemoteWorker:
         log.info("job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
                  job_id, series, len(findings.stones), len(files), time.perf_counter() - started, state)
         return state
+
+
+class FetchFailed(Exception):
+    """The series could not be read from the node, after a few tries."""
+
+
+FETCH_TRIES = 3
+
+
+def _fetch_with_retries(client: NodeClient, study: str, series: str, folder: Path) -> list[Path]:
+    """WADO-RS of the series, tried again when the body breaks off (a connection reset, a truncated part)."""
+    for attempt in range(1, FETCH_TRIES + 1):
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            return client.retrieve_series(study, series, folder)
+        except NodeUnreachable:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            if attempt == FETCH_TRIES:
+                raise FetchFailed(f"{type(exc).__name__}: {exc}") from exc
+            log.warning("series %s: fetching it broke off (%s); trying again", series, exc)
+    raise AssertionError("unreachable")
 
 
 def retry_when(retries: int, exception: BaseException) -> bool:
