@@ -204,10 +204,12 @@ class Claims:
             ).fetchone()
             for uid in results:
                 item = conn.execute(
-                    "SELECT sop_class_uid, path FROM instances WHERE sop_instance_uid = ?", (uid,)
+                    "SELECT sop_class_uid, path, study_instance_uid FROM instances WHERE sop_instance_uid = ?", (uid,)
                 ).fetchone()
                 if item is None:  # deleted between the check and this transaction
                     raise ResultsMissing(f"result {uid} is not in the store")
+                if item["study_instance_uid"] != row["study_instance_uid"]:
+                    raise ResultsMissing(f"result {uid} is not in the job's study")
                 for destination in destinations:
                     outbox.enqueue_in(
                         conn, destination=destination.name, sop_instance_uid=uid, sop_class_uid=item["sop_class_uid"],

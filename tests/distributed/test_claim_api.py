@@ -89,6 +89,13 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     done = {"claim": claim, "results": [result_uid], "findings": {"stones": []}, "seconds": 1.5}
     missing = httpx.post(complete_url, json={**done, "results": ["1.2.3.4"]}, headers=auth(w1))
     assert missing.status_code == 422
+    _, _, (elsewhere,) = write_series(cluster.tmp / "other-study", 1, size=16, manufacturer="uronode", modality="OT")
+    body, headers = stow_body([elsewhere])
+    stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)})
+    assert stored.status_code == 200, stored.text
+    other_uid = stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0]
+    foreign = httpx.post(complete_url, json={**done, "results": [other_uid]}, headers=auth(w1))
+    assert foreign.status_code == 422 and "not in the job's study" in foreign.json()["detail"]
     assert httpx.post(complete_url, json={**done, "claim": "forged"}, headers=auth(w1)).status_code == 409
     assert httpx.post(complete_url, json=done, headers=auth(w2)).status_code == 409  # w2 has no claim
     completed = httpx.post(complete_url, json=done, headers=auth(w1))

@@ -105,6 +105,13 @@ def test_a_malformed_message_is_a_dead_letter_and_a_redis_restarted_empty_loses_
     assert all(j["attempts"] == 1 for j in cluster.jobs()), cluster.jobs()
     cluster.assert_each_result_received_once()
 
+    # Its token revoked, the worker stops taking jobs; the job waits for another worker.
+    (cluster.tmp / "worker-tokens").write_text("# w1 revoked\n")
+    cluster.send_series(1, seed=320)
+    assert cluster.workers[0].proc.popen.wait(60) == 0
+    assert "the node refuses this worker's token" in cluster.workers[0].proc.log_text()
+    assert [(j["state"], j["attempts"]) for j in cluster.jobs()][-1] == ("queued", 0)
+
 
 def test_a_node_restarted_while_workers_hold_claims_resumes_and_runs_nothing_twice(cluster: Cluster) -> None:
     cluster.extra_env = {"URONODE_QUEUE__LEASE_S": "30"}  # the claims outlive the node's restart

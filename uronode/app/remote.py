@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicomweb.node_client import NodeClient, NodeUnreachable, Refused
+from dicomweb.node_client import NodeClient, NodeUnreachable, Refused, Unauthorized
 from inference.errors import InferenceError
 from inference.writers.results import write_results
 from uronode.app.worker import SeriesModel, encode
@@ -70,10 +70,14 @@ class Heartbeat:
 class RemoteWorker:
     """What one message makes the worker do."""
 
-    def __init__(self, client: NodeClient, model: SeriesModel, model_name: str) -> None:
+    def __init__(
+        self, client: NodeClient, model: SeriesModel, model_name: str, stop: threading.Event | None = None
+    ) -> None:
         self.client = client
         self.model = model
         self.model_name = model_name
+        self.stop = stop if stop is not None else threading.Event()
+        """Set when this worker must stop taking jobs (the node no longer knows its token)."""
 
     def handle(self, fields: dict[str, Any]) -> str:
         """Run the message's job if this worker can claim it; returns what became of it.
@@ -90,6 +94,10 @@ class RemoteWorker:
         except Refused as exc:
             log.info("job %d not claimed: %s", message.job_id, exc.detail)
             return "refused"
+        except Unauthorized as exc:  # revoked: leave the work to others (the sweeper publishes it again)
+            log.error("the node refuses this worker's token (%s): stopping", exc)
+            self.stop.set()
+            return "unauthorized"
         log.info("job %d series %s claimed (attempt %d)", claim.job_id, claim.series_instance_uid, claim.attempts)
         with Heartbeat(self.client, claim.job_id, claim.token, claim.lease_s):
             try:
@@ -182,7 +190,8 @@ def run_remote_worker(settings: Settings, node: str, token: str) -> None:
     pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
     client = NodeClient(node, token, patience_s=max(30.0, settings.queue.lease_s))
-    worker = RemoteWorker(client, pipeline, settings.inference.model)
+    stop = threading.Event()
+    worker = RemoteWorker(client, pipeline, settings.inference.model, stop)
     broker = make_broker(settings.queue.broker_url, heartbeat_timeout_s=max(10.0, settings.queue.lease_s))
 
     def uronode_job(*args: Any, **fields: Any) -> None:
@@ -196,7 +205,6 @@ def run_remote_worker(settings: Settings, node: str, token: str) -> None:
     )(uronode_job)
     consumer = dramatiq.Worker(broker, worker_threads=1)
     consumer.queue_prefetch = 1  # one message at a time: the others stay on the queue for other workers
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     consumer.start()
