@@ -46,7 +46,8 @@ MAX_UPLOAD_BYTES = 2 * 1024**3
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from uronode.store import Store
 
 
 def get_store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+    store: Store = request.app.state.store
+    return store
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -44,6 +44,7 @@ as before; 0 turns each bound off.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,9 @@ class CandidateRule:
         """The card's ``candidates`` block (keys as the fields; missing ones take the defaults)."""
         d = cls()
         values = {k: block.get(k, getattr(d, k)) for k in cls.__dataclass_fields__}
-        return cls(**{k: (int(v) if k in INT_FIELDS else float(v))  # type: ignore[arg-type,misc]
-                      for k, v in values.items()})
+        # each field's own type (int or float): a mapping's value type cannot say it key by key
+        fields: dict[str, Any] = {k: (int(v) if k in INT_FIELDS else float(v)) for k, v in values.items()}
+        return cls(**fields)
 
     def card(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -282,7 +284,7 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
                       contrast_applied=with_contrast, over_budget=parts.count - kept.count)
 
 
-def _boxes(objects: list[tuple[slice, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
+def _boxes(objects: Sequence[tuple[slice, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
     """(n, 3) starts and stops of ``find_objects``'s boxes (every label present)."""
     flat = np.array([(s.start, s.stop) for box in objects if box is not None for s in box],
                     dtype=np.int64).reshape(-1, 3, 2)

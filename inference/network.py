@@ -20,11 +20,14 @@ views, no second head) keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from inference.candidates import cut_patches
+
+KerasModel: TypeAlias = Any
+"""A ``keras.Model``. Keras ships no type information, so to mypy it is ``Any``; the alias says what it holds."""
 
 PATCH = 64
 CONTEXT = 1
@@ -115,7 +118,7 @@ def preprocess(patches: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray
 
 
 def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch: int = PATCH,
-               classifier: bool = False):
+               classifier: bool = False) -> KerasModel:
     """A U-Net with ``levels`` poolings and ``base`` filters at full resolution (Keras functional).
 
     With ``classifier``, a second output ``component``: from the bottleneck's
@@ -160,7 +163,7 @@ def build_unet(base: int = 16, levels: int = 3, channels: int = CHANNELS, patch:
     return keras.Model(inputs, [outputs, component], name="stone_patch_unet_cls")
 
 
-def flops_per_patch(model) -> float:
+def flops_per_patch(model: KerasModel) -> float:
     """Multiply-adds x 2 of the convolutions and dense layers of ``model`` for one patch."""
     total = 0.0
     for layer in model.layers:

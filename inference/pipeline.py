@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,14 +70,15 @@ class Pipeline:
         self._forward = self._compile()
         self.last_timings: dict[str, float] = {}
 
-    def _compile(self):
+    def _compile(self) -> Callable[[np.ndarray], Any]:
+        """The model's forward pass as one TensorFlow graph; it returns TensorFlow tensors (untyped)."""
         import tensorflow as tf
 
         keras_model = self.model.keras_model
         channels = int(self.model.card.input["channels"])
 
         @tf.function(input_signature=[tf.TensorSpec([None, self.patch, self.patch, channels], tf.float32)])
-        def forward(x):
+        def forward(x: Any) -> Any:
             return keras_model(x, training=False)
 
         return forward
@@ -149,7 +151,7 @@ class Pipeline:
             chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec))
                       for i in range(0, found.centres.shape[0], CUT_CHUNK)]
             probs = np.concatenate([c[0] for c in chunks])
-            scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])  # type: ignore[misc]
+            scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
             del chunks
             half = self.patch // 2
             _, rows, cols = volume.shape

@@ -15,10 +15,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference.errors import ModelError
 from uronode.settings import default_models_dir
+
+if TYPE_CHECKING:  # the network module (numpy, scipy) only when a model is built or run
+    from inference.network import KerasModel
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class ModelCard:
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
     card: ModelCard
-    keras_model: Any
+    keras_model: KerasModel
     folder: Path
     load_seconds: float
     format: str
@@ -128,13 +131,13 @@ def configure_threads(cores: int | None = None) -> int:
     return cores
 
 
-def _load_legacy(folder: Path, json_name: str, weights_name: str) -> Any:
+def _load_legacy(folder: Path, json_name: str, weights_name: str) -> KerasModel:
     """Keras 2 ``model.json`` + ``weights.h5``: through tf-keras when installed, else Keras 3."""
     if weights_name.endswith(".weights.h5"):
         raise ModelError(f"legacy weights must not be named *.weights.h5 (Keras 3 reads that as its own format): {weights_name}")
     config = (folder / json_name).read_text()
     try:
-        import tf_keras  # type: ignore[import-not-found]
+        import tf_keras
     except ImportError:
         tf_keras = None
     if tf_keras is not None:

@@ -119,7 +119,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        z, y, x = self.hu.shape
+        return z, y, x
 
     @property
     def normal(self) -> np.ndarray:
@@ -209,13 +210,35 @@ def _read(source: str | Path | Dataset) -> tuple[Dataset, str]:
 
 
 def _floats(value: object, count: int, what: str) -> tuple[float, ...]:
+    if not isinstance(value, Iterable):
+        raise VolumeError(f"{what} is not {count} numbers")
     try:
-        numbers = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+        numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise VolumeError(f"{what} is not {count} numbers") from exc
     if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
         raise VolumeError(f"{what} is not {count} finite numbers")
     return numbers
+
+
+def _point(value: object, what: str) -> tuple[float, float, float]:
+    x, y, z = _floats(value, 3, what)
+    return x, y, z
+
+
+def _pair(value: object, what: str) -> tuple[float, float]:
+    first, second = _floats(value, 2, what)
+    return first, second
+
+
+def _number(value: object, what: str) -> float:
+    """A DS or IS value (pydicom's are float and int) as a float."""
+    if isinstance(value, int | float | str):
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise VolumeError(f"{what} is not a number: {value!r}") from exc
+    raise VolumeError(f"{what} is not a number: {value!r}")
 
 
 def _functional(ds: Dataset, frame_index: int, sequence: str, keyword: str) -> object | None:
@@ -254,12 +277,12 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
                 _Frame(
                     dataset_index=dataset_index,
                     frame_number=i + 1,
-                    position=_floats(position, 3, f"ImagePositionPatient of frame {i + 1} of {name}"),  # type: ignore[arg-type]
+                    position=_point(position, f"ImagePositionPatient of frame {i + 1} of {name}"),
                     orientation=_floats(orientation, 6, f"ImageOrientationPatient of {name}"),
-                    pixel_spacing=_floats(spacing, 2, f"PixelSpacing of {name}"),  # type: ignore[arg-type]
-                    slope=float(slope) if slope is not None else 1.0,  # type: ignore[arg-type]
-                    intercept=float(intercept) if intercept is not None else 0.0,  # type: ignore[arg-type]
-                    thickness=float(thickness) if thickness else None,  # type: ignore[arg-type]
+                    pixel_spacing=_pair(spacing, f"PixelSpacing of {name}"),
+                    slope=_number(slope, f"RescaleSlope of {name}") if slope is not None else 1.0,
+                    intercept=_number(intercept, f"RescaleIntercept of {name}") if intercept is not None else 0.0,
+                    thickness=_number(thickness, f"SliceThickness of {name}") if thickness else None,
                     instance_number=instance_number,
                     sop_instance_uid=sop_uid,
                 )
@@ -273,9 +296,9 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
         _Frame(
             dataset_index=dataset_index,
             frame_number=1,
-            position=_floats(ds.ImagePositionPatient, 3, f"ImagePositionPatient of {name}"),  # type: ignore[arg-type]
+            position=_point(ds.ImagePositionPatient, f"ImagePositionPatient of {name}"),
             orientation=_floats(ds.ImageOrientationPatient, 6, f"ImageOrientationPatient of {name}"),
-            pixel_spacing=_floats(ds.PixelSpacing, 2, f"PixelSpacing of {name}"),  # type: ignore[arg-type]
+            pixel_spacing=_pair(ds.PixelSpacing, f"PixelSpacing of {name}"),
             slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
             intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
             thickness=float(thickness) if thickness else None,
@@ -461,8 +484,8 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     return Volume(
         hu=hu,
         positions=positions,
-        row_direction=tuple(float(v) for v in row_dir),  # type: ignore[arg-type]
-        column_direction=tuple(float(v) for v in col_dir),  # type: ignore[arg-type]
+        row_direction=_point(row_dir, "the row direction"),
+        column_direction=_point(col_dir, "the column direction"),
         pixel_spacing=(float(spacing[0]), float(spacing[1])),
         slice_spacing=slice_spacing,
         frame_of_reference_uid=for_uid,

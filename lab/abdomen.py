@@ -15,6 +15,7 @@ kidneys).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -542,12 +543,17 @@ _MIMICS = {"phlebolith": _phlebolith, "vascular_calcification": _vascular_calcif
            "bone_island": _bone_island, "bowel_pellet": _bowel_pellet, "streak": _streak}
 
 
+def _xyz(values: Iterable[float]) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 def insert_mimics(rng: np.random.Generator, c: Canvas, grid: Grid, an: Anatomy, count: int) -> list[Mimic]:
     mimics: list[Mimic] = []
     for _ in range(count):
         kind = str(rng.choice(MIMIC_KINDS, p=[0.3, 0.3, 0.1, 0.2, 0.1]))
         center, size, hu = _MIMICS[kind](rng, c, grid, an, len(mimics) + 1)
-        mimics.append(Mimic(center_mm=tuple(float(v) for v in center), size_mm=size, hu=hu, kind=kind))  # type: ignore[arg-type]
+        mimics.append(Mimic(center_mm=_xyz(center), size_mm=size, hu=hu, kind=kind))
     return mimics
 
 
@@ -559,7 +565,7 @@ def insert_stones(c: Canvas, plans: list[StonePlan]) -> list[Stone]:
             rim = tuple(v + 1.3 for v in plan.semi)
             c.blob(plan.center, (rim[0], rim[1], plan.semi[2]), 38.0)
         c.blob(plan.center, plan.semi, plan.hu, c.stone_labels, len(stones) + 1)
-        stones.append(Stone(center_mm=tuple(float(v) for v in plan.center), diameter_mm=plan.diameter,  # type: ignore[arg-type]
+        stones.append(Stone(center_mm=_xyz(plan.center), diameter_mm=plan.diameter,
                             hu=plan.hu, site=plan.site, side=SIDE_NAMES[plan.side]))
     return stones
 
@@ -589,7 +595,8 @@ def acquire(rng: np.random.Generator, c: Canvas, grid: Grid, an: Anatomy, mimics
     hu = ndimage.gaussian_filter(c.hu, sigma=(0, sigma_psf, sigma_psf))
     _add_streaks(rng, hu, grid, an, mimics)
     noise_sd = float(rng.uniform(5, 13))
-    noise = rng.standard_normal(hu.shape).astype(np.float32)
+    shape: tuple[int, ...] = hu.shape
+    noise = rng.standard_normal(shape).astype(np.float32)
     noise = ndimage.gaussian_filter(noise, sigma=(0, 0.7, 0.7))
     noise *= noise_sd / max(float(noise.std()), 1e-6)
     hu += noise

@@ -12,9 +12,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the rest of the lab is imported when a command runs
+    from inference.volume import Volume
+    from lab.evaluate import Scores
+    from lab.imageeval import ImageScores, SliceScores
+    from lab.realimages import LabelledImage
+    from lab.synth import PhantomOptions
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +31,7 @@ DEFAULT_EVAL_SEED = 50_000
 """Held-out phantoms start here; training uses seeds below 10,000."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("synth", help="write synthetic CT series with stones (no patient data)")
     p.add_argument("--out", type=Path, required=True, help="folder to write series into")
     p.add_argument("--count", type=int, default=1, help="how many series")
@@ -138,11 +147,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     phantoms = []
     for i in range(args.count):
         seed = args.seed + i
-        kwargs: dict[str, object] = {"rows": args.rows}
+        options: PhantomOptions = {"rows": args.rows}
         if args.slices:
             # a short series covers the kidneys: put its stones there, so that it holds some
-            kwargs.update(slices=args.slices, coverage=(0.62, 1.0), stone_sites=("kidney",), n_stones=3)
-        phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **kwargs)))  # type: ignore[arg-type]
+            options.update({"slices": args.slices, "coverage": (0.62, 1.0), "stone_sites": ("kidney",), "n_stones": 3})
+        phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **options)))
     if args.real:
         phantoms.append(("real-anatomy", real_anatomy_phantom(args.seed)))
     for folder, phantom in phantoms:
@@ -320,30 +329,31 @@ def _train_on_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lone_ct_slices(data_dir: Path, upsample: int = 4):
+def _lone_ct_slices(data_dir: Path, upsample: int = 4) -> Iterator[tuple[int, Volume]]:
     """Every axial slice of the real example CT (no stones), resampled to 3/upsample mm in-plane,
     each as (its index from the feet, a one-slice volume)."""
-    import nibabel as nib
     import numpy as np
     from scipy import ndimage
 
     from lab.realimages import image_volume
+    from lab.synth import read_nifti
 
-    ct = np.asarray(nib.load(str(data_dir / "example_ct.nii.gz")).dataobj).astype(np.float32)  # type: ignore[attr-defined]
+    ct = read_nifti(data_dir / "example_ct.nii.gz").astype(np.float32)
     zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
     for k in range(zyx.shape[0]):
         hu = ndimage.zoom(zyx[k], upsample, order=1)
         yield k, image_volume(hu, f"example-ct-slice-{k}", pixel_mm=3.0 / upsample)
 
 
-def _image_failure_pictures(images, predict, result: dict[str, object]) -> dict[str, list[np.ndarray]]:
+def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[LabelledImage], np.ndarray],
+                            result: ImageScores) -> dict[str, list[np.ndarray]]:
     """Pictures of the first misses (under 5 mm, 5 mm and more) and false stones, in image order."""
     from lab.imageeval import failure_picture
 
     by_name = {im.name: im for im in images}
     kinds: dict[str, list[np.ndarray]] = {"missed-stone-under-5mm": [], "missed-stone-5mm-and-more": [],
                                           "false-stone-real-image": []}
-    for miss in result["missed"]:  # type: ignore[attr-defined]
+    for miss in result["missed"]:
         kind = "missed-stone-under-5mm" if miss["size_mm"] < 5 else "missed-stone-5mm-and-more"
         if len(kinds[kind]) >= 4:
             continue
@@ -351,7 +361,7 @@ def _image_failure_pictures(images, predict, result: dict[str, object]) -> dict[
         x0, y0, x1, y1 = miss["box"]
         kinds[kind].append(failure_picture(im.grey, predict(im), im.boxes, ((y0 + y1) / 2, (x0 + x1) / 2),
                                            f"missed {miss['size_mm']} mm"))
-    for false in result["false"]:  # type: ignore[attr-defined]
+    for false in result["false"]:
         if len(kinds["false-stone-real-image"]) >= 4:
             break
         im = by_name[false["image"]]
@@ -368,22 +378,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(args.model, threshold=args.threshold)
 
-    def model_predict(volume):
+    def model_predict(volume: Volume) -> np.ndarray:
         return pipeline.run(volume).mask
 
     predictors = {"model": model_predict, "baseline 200 HU": baseline_predictor(200.0),
                   "baseline 130 HU": baseline_predictor(130.0)}
-    kwargs: dict[str, object] = {"rows": args.rows}
-    if args.slices:
-        kwargs.update(slices=args.slices, coverage=(0.0, 1.0))
-    results: dict[str, dict[str, dict[str, object]]] = {}
+    # a number of slices covers the whole range; without one, the generator's own (the whole abdomen)
+    slices: int | None = args.slices or None
+    coverage = (0.0, 1.0) if slices else None
+    results: dict[str, dict[str, Scores]] = {}
     if args.series:
-        cases = (generate_phantom(args.seed + i, **kwargs) for i in range(args.series))  # type: ignore[arg-type]
+        cases = (generate_phantom(args.seed + i, rows=args.rows, slices=slices, coverage=coverage)
+                 for i in range(args.series))
         results["generated"] = evaluate(cases, predictors, progress=True)
     if args.real:
         real = (real_anatomy_phantom(args.seed + i) for i in range(args.real))
         results["real_anatomy"] = evaluate(real, predictors, progress=True)
-    image_results: dict[str, object] = {}
+    real_images: dict[str, ImageScores] = {}
+    lone_slices: SliceScores | None = None
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from lab.imageeval import format_image_table, score_images
@@ -392,16 +404,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images = read_image_set(args.images)
         chosen = images if args.split == "all" else split_groups(images)[args.split]
 
-        def on_image(predict):
+        def on_image(predict: Callable[[Volume], np.ndarray]) -> Callable[[LabelledImage], np.ndarray]:
             return lambda im: predict(image_volume(image_hu(im.grey, args.window), im.name))[0]
 
-        image_results["real_images"] = {name: score_images(chosen, on_image(predict), progress=name == "model")
-                                        for name, predict in predictors.items()}
+        real_images = {name: score_images(chosen, on_image(predict), progress=name == "model")
+                       for name, predict in predictors.items()}
         if args.pictures:
             pictures.update(_image_failure_pictures(chosen, on_image(model_predict),
-                                                    image_results["real_images"]["model"]))  # type: ignore[index]
+                                                    real_images["model"]))
         print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination):")
-        print(format_image_table(image_results["real_images"]))  # type: ignore[arg-type]
+        print(format_image_table(real_images))
     if args.lone_slices:
         from tqdm import tqdm
 
@@ -411,7 +423,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         lone_false: list[np.ndarray] = []
 
-        def lone_masks():
+        def lone_masks() -> Iterator[np.ndarray]:
             for k, v in tqdm(list(_lone_ct_slices(shared_data_dir())), desc="slices", unit="slice"):
                 mask = pipeline.run(v).mask[0]
                 for r, c, _ in reported_stones(mask):
@@ -419,9 +431,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                       f"false stone, example CT slice {k + 1} alone"))
                 yield mask
 
-        image_results["lone_slices"] = score_slices(lone_masks())
+        lone_slices = score_slices(lone_masks())
         pictures["false-stone-lone-ct-slice"] = lone_false
-        print("\nthe real example CT (no stones), every axial slice alone:", image_results["lone_slices"])
+        print("\nthe real example CT (no stones), every axial slice alone:", lone_slices)
     if args.pictures:
         from lab.imageeval import write_pictures
 
@@ -438,7 +450,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
         "results": results,
         "real_images_set": {"folder": args.images.name, "split": args.split} if args.images else None,
-        "image_results": image_results,
+        "image_results": {**({"real_images": real_images} if args.images else {}),
+                          **({"lone_slices": lone_slices} if lone_slices is not None else {})},
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

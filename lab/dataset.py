@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 from scipy import ndimage
@@ -14,7 +15,7 @@ from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
 from inference.volume import Volume
 from lab.realimages import LabelledImage, exam_keys, grey_to_hu, image_volume, stone_mask
-from lab.synth import Phantom, generate_phantom
+from lab.synth import Phantom, PhantomOptions, generate_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,23 @@ class PatchSet:
     @classmethod
     def load(cls, path: Path) -> PatchSet:
         data = np.load(path)
-        return cls(*(data[f] if f in data else None for f in cls.FIELDS))  # type: ignore[arg-type]
+
+        def optional(name: str) -> np.ndarray | None:
+            return data[name] if name in data else None
+
+        return cls(data["patches"], data["targets"], data["has_stone"], data["seeds"],
+                   optional("centre_stone"), optional("contrast"), optional("windowed"))
 
     @classmethod
     def concatenate(cls, parts: list[PatchSet]) -> PatchSet:
-        def cat(f: str) -> np.ndarray | None:
-            values = [getattr(p, f) for p in parts]
-            return None if any(v is None for v in values) else np.concatenate(values)
+        def cat(values: list[np.ndarray | None]) -> np.ndarray | None:
+            present = [v for v in values if v is not None]
+            return np.concatenate(present) if len(present) == len(values) else None
 
-        return cls(*(cat(f) for f in cls.FIELDS))  # type: ignore[arg-type]
+        return cls(np.concatenate([p.patches for p in parts]), np.concatenate([p.targets for p in parts]),
+                   np.concatenate([p.has_stone for p in parts]), np.concatenate([p.seeds for p in parts]),
+                   cat([p.centre_stone for p in parts]), cat([p.contrast for p in parts]),
+                   cat([p.windowed for p in parts]))
 
     def with_windowed(self, value: bool) -> PatchSet:
         """The same patches, all marked windowed (or not)."""
@@ -64,7 +73,11 @@ class PatchSet:
         return PatchSet(**fields)
 
     def subset(self, index: np.ndarray) -> PatchSet:
-        return PatchSet(*(None if getattr(self, f) is None else getattr(self, f)[index] for f in self.FIELDS))  # type: ignore[arg-type]
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        return PatchSet(self.patches[index], self.targets[index], self.has_stone[index], self.seeds[index],
+                        pick(self.centre_stone), pick(self.contrast), pick(self.windowed))
 
 
 def patches_from_labelled(volume: Volume, stone_mask: np.ndarray, seed: int, rule: CandidateRule = DEFAULT_RULE,
@@ -128,10 +141,10 @@ def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = D
     return PatchSet.concatenate(parts)
 
 
-def build_patch_set(seeds: list[int], **phantom_kwargs: object) -> PatchSet:
+def build_patch_set(seeds: list[int], **phantom_kwargs: Unpack[PhantomOptions]) -> PatchSet:
     from tqdm import tqdm
 
     parts = []
     for seed in tqdm(seeds, desc="phantoms", unit="phantom"):
-        parts.append(patches_from_phantom(generate_phantom(seed, **phantom_kwargs)))  # type: ignore[arg-type]
+        parts.append(patches_from_phantom(generate_phantom(seed, **phantom_kwargs)))
     return PatchSet.concatenate(parts)

@@ -17,6 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +31,30 @@ logger = logging.getLogger(__name__)
 SIZE_BINS = (("<3 mm", 0.0, 3.0), ("3-5 mm", 3.0, 5.0), (">5 mm", 5.0, 1e9))
 
 
+class MissedStone(TypedDict):
+    seed: int
+    site: str
+    diameter_mm: float
+    hu: int
+    peak_hu_in_image: float | None
+
+
+class Scores(TypedDict):
+    """One predictor's figures over a set of series (JSON as it is)."""
+
+    series: int
+    stones: int
+    stones_by_size: dict[str, int]
+    sensitivity_by_size: dict[str, float | None]
+    sensitivity_3mm_and_more: float | None
+    sensitivity_all: float | None
+    false_positives: int
+    false_positives_per_series: float | None
+    false_positives_by_mimic: dict[str, int]
+    dice: float | None
+    missed: list[MissedStone]
+
+
 @dataclass
 class Tally:
     found: Counter = field(default_factory=Counter)
@@ -40,9 +65,9 @@ class Tally:
     intersection: int = 0
     predicted_voxels: int = 0
     true_voxels: int = 0
-    missed: list[dict[str, object]] = field(default_factory=list)
+    missed: list[MissedStone] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> Scores:
         sens = {name: (self.found[name] / self.total[name] if self.total[name] else None) for name, _, _ in SIZE_BINS}
         ge3 = sum(self.found[n] for n in ("3-5 mm", ">5 mm"))
         ge3_total = sum(self.total[n] for n in ("3-5 mm", ">5 mm"))
@@ -108,7 +133,7 @@ def baseline_predictor(threshold_hu: float = 200.0) -> Callable[[Volume], np.nda
 
 
 def evaluate(cases: Iterable[Phantom], predictors: dict[str, Callable[[Volume], np.ndarray]],
-             progress: bool = False) -> dict[str, dict[str, object]]:
+             progress: bool = False) -> dict[str, Scores]:
     """Score every predictor on every case; returns {predictor name: metrics}."""
     tallies = {name: Tally() for name in predictors}
     iterator = cases
@@ -123,7 +148,7 @@ def evaluate(cases: Iterable[Phantom], predictors: dict[str, Callable[[Volume], 
     return {name: tally.as_dict() for name, tally in tallies.items()}
 
 
-def format_table(results: dict[str, dict[str, object]]) -> str:
+def format_table(results: dict[str, Scores]) -> str:
     """A Markdown table of the headline figures."""
 
     def f(v: object) -> str:
@@ -135,15 +160,15 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
         sizes = r["stones_by_size"]
         sens = r["sensitivity_by_size"]
         lines.append(
-            f"| {name} | {r['series']} | {'/'.join(str(sizes[n]) for n, _, _ in SIZE_BINS)} | "  # type: ignore[index]
-            f"{f(sens['<3 mm'])} | {f(sens['3-5 mm'])} | {f(sens['>5 mm'])} | "  # type: ignore[index]
+            f"| {name} | {r['series']} | {'/'.join(str(sizes[n]) for n, _, _ in SIZE_BINS)} | "
+            f"{f(sens['<3 mm'])} | {f(sens['3-5 mm'])} | {f(sens['>5 mm'])} | "
             f"{f(r['sensitivity_3mm_and_more'])} | {f(r['false_positives_per_series'])} | {f(r['dice'])} |"
         )
     return "\n".join(lines)
 
 
 def sweep_thresholds(cases: Iterable[Phantom], probability: Callable[[Volume], np.ndarray],
-                     thresholds: Iterable[float], progress: bool = False) -> dict[float, dict[str, object]]:
+                     thresholds: Iterable[float], progress: bool = False) -> dict[float, Scores]:
     """Score one probability map per case at several thresholds (for choosing the card's threshold
     on validation series, never on the held-out ones)."""
     thresholds = list(thresholds)

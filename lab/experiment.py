@@ -243,10 +243,11 @@ def run(args: argparse.Namespace) -> int:
         pool.terminate()
     data = PatchSet.concatenate(parts)
     del parts
+    assert data.centre_stone is not None and data.contrast is not None  # patches_from_phantom marks both
     report["data"] = {"train_phantoms": len(np.unique(data.seeds)), "patches": len(data),
                       "with_stone": int(data.has_stone.sum()),
-                      "centre_stone": int(np.sum(data.centre_stone)),  # type: ignore[arg-type]
-                      "contrast_patches": int(np.sum(data.contrast)),  # type: ignore[arg-type]
+                      "centre_stone": int(np.sum(data.centre_stone)),
+                      "contrast_patches": int(np.sum(data.contrast)),
                       "validation_series": len(val), "generate_s": round(time.monotonic() - t0, 1)}
     logger.warning("data: %s", report["data"])
     save_report()

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -40,6 +41,47 @@ def reported_stones(mask: np.ndarray) -> list[tuple[float, float, int]]:
     return [(float(r), float(c), int(n)) for (r, c), n in zip(centres, sizes, strict=True)]
 
 
+class MissedBox(TypedDict):
+    image: str
+    box: list[float]
+    """x0, y0, x1, y1 (pixels)."""
+    size_mm: float
+
+
+class FalseStone(TypedDict):
+    image: str
+    row: float
+    column: float
+    pixels: int
+
+
+class ImageScores(TypedDict):
+    """One predictor's figures over a set of labelled images (JSON as it is)."""
+
+    images: int
+    images_with_stones: int
+    images_without_stones: int
+    stones: int
+    stone_sensitivity: float | None
+    false_stones: int
+    false_stones_per_image: float | None
+    image_sensitivity: float | None
+    image_specificity: float | None
+    stones_by_size: dict[str, int]
+    sensitivity_by_size: dict[str, float | None]
+    margin_mm: float
+    pixel_mm: float
+    missed: list[MissedBox]
+    false: list[FalseStone]
+
+
+class SliceScores(TypedDict):
+    slices: int
+    slices_with_a_false_stone: int
+    share_with_a_false_stone: float | None
+    false_stones: int
+
+
 @dataclass
 class ImageTally:
     pixel_mm: float = ASSUMED_PIXEL_MM
@@ -53,8 +95,8 @@ class ImageTally:
     false_stones: int = 0
     by_size_total: dict[str, int] = field(default_factory=lambda: {n: 0 for n, _, _ in BOX_BINS})
     by_size_found: dict[str, int] = field(default_factory=lambda: {n: 0 for n, _, _ in BOX_BINS})
-    missed: list[dict[str, object]] = field(default_factory=list)
-    false: list[dict[str, object]] = field(default_factory=list)
+    missed: list[MissedBox] = field(default_factory=list)
+    false: list[FalseStone] = field(default_factory=list)
 
     def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray) -> None:
         boxes = list(boxes)
@@ -84,7 +126,7 @@ class ImageTally:
                 self.false_stones += 1
                 self.false.append({"image": name, "row": round(r, 1), "column": round(c, 1), "pixels": n})
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> ImageScores:
         def ratio(a: int, b: int) -> float | None:
             return a / b if b else None
 
@@ -108,7 +150,7 @@ class ImageTally:
 
 
 def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledImage], np.ndarray],
-                 pixel_mm: float = ASSUMED_PIXEL_MM, progress: bool = False) -> dict[str, object]:
+                 pixel_mm: float = ASSUMED_PIXEL_MM, progress: bool = False) -> ImageScores:
     """Run ``predict`` (image -> 2D mask) on every image and score it (see the module's text)."""
     tally = ImageTally(pixel_mm=pixel_mm)
     iterator: Iterable[LabelledImage] = images
@@ -121,7 +163,7 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
     return tally.as_dict()
 
 
-def score_slices(masks: Iterable[np.ndarray]) -> dict[str, object]:
+def score_slices(masks: Iterable[np.ndarray]) -> SliceScores:
     """Slices known to hold no stone: how many have a false stone, and how many false stones."""
     slices = with_false = false_stones = 0
     for mask in masks:
@@ -134,7 +176,7 @@ def score_slices(masks: Iterable[np.ndarray]) -> dict[str, object]:
             "false_stones": false_stones}
 
 
-def format_image_table(results: dict[str, dict[str, object]]) -> str:
+def format_image_table(results: dict[str, ImageScores]) -> str:
     """A Markdown table of the headline figures of ``score_images`` results."""
 
     def f(v: object) -> str:
@@ -146,7 +188,7 @@ def format_image_table(results: dict[str, dict[str, object]]) -> str:
         by = r["sensitivity_by_size"]
         lines.append(f"| {name} | {r['images']} | {r['stones']} | {f(r['stone_sensitivity'])} | "
                      f"{f(r['false_stones_per_image'])} | {f(r['image_sensitivity'])} | {f(r['image_specificity'])} | "
-                     + " / ".join(f(by[n]) for n, _, _ in BOX_BINS) + " |")  # type: ignore[index]
+                     + " / ".join(f(by[n]) for n, _, _ in BOX_BINS) + " |")
     return "\n".join(lines)
 
 

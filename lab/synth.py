@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 from scipy import ndimage
@@ -55,8 +56,8 @@ from lab.abdomen import (
     plan_stone,
 )
 
-__all__ = ["MIMIC_KINDS", "REAL_CT_ATTRIBUTION", "STONE_SITES", "Mimic", "Phantom", "Stone", "generate_phantom",
-           "iter_phantoms", "real_anatomy_phantom", "shared_data_dir", "write_series"]
+__all__ = ["MIMIC_KINDS", "REAL_CT_ATTRIBUTION", "STONE_SITES", "Mimic", "Phantom", "PhantomOptions", "Stone", "generate_phantom",
+           "iter_phantoms", "read_nifti", "real_anatomy_phantom", "shared_data_dir", "write_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,20 @@ def _uid(seed: int, *parts: object) -> str:
     return f"{UID_ROOT}{seed}.{digest}"
 
 
+class PhantomOptions(TypedDict, total=False):
+    """The keyword arguments of ``generate_phantom``, for callers that gather or pass them on."""
+
+    rows: int
+    pixel_spacing: float | None
+    slice_spacing: float | None
+    coverage: tuple[float, float] | None
+    slices: int | None
+    n_stones: int | None
+    n_mimics: int | None
+    stone_sites: tuple[str, ...]
+    small_stone_fraction: float
+
+
 def generate_phantom(
     seed: int,
     *,
@@ -183,9 +198,19 @@ def generate_phantom(
     )
 
 
-def iter_phantoms(seeds: range | list[int], **kwargs: object) -> Iterator[Phantom]:
+def iter_phantoms(seeds: range | list[int], **kwargs: Unpack[PhantomOptions]) -> Iterator[Phantom]:
     for seed in seeds:
-        yield generate_phantom(seed, **kwargs)  # type: ignore[arg-type]
+        yield generate_phantom(seed, **kwargs)
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    """The voxels of a NIfTI file, in its own axes and data type."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is one too
+        raise ValueError(f"{path} is not a NIfTI image")
+    return np.asarray(image.dataobj)
 
 
 def real_anatomy_phantom(seed: int, data_dir: Path = DEFAULT_REAL_DATA, *, upsample: int = 4,
@@ -196,11 +221,9 @@ def real_anatomy_phantom(seed: int, data_dir: Path = DEFAULT_REAL_DATA, *, upsam
     between slices; fine noise is added back; stones of 1-12 mm go inside the kidney
     labels (2 = right, 3 = left). See ``REAL_CT_ATTRIBUTION``.
     """
-    import nibabel as nib
-
     rng = np.random.default_rng(seed)
-    ct = np.asarray(nib.load(str(data_dir / "example_ct_sm.nii.gz")).dataobj).astype(np.float32)  # type: ignore[attr-defined]
-    seg = np.asarray(nib.load(str(data_dir / "example_seg.nii.gz")).dataobj)  # type: ignore[attr-defined]
+    ct = read_nifti(data_dir / "example_ct_sm.nii.gz").astype(np.float32)
+    seg = read_nifti(data_dir / "example_seg.nii.gz")
     # NIfTI (i: towards patient right, j: anterior, k: superior) -> (slice, row, column) in LPS order
     ct_zyx = ct[::-1, ::-1, :].transpose(2, 1, 0)
     seg_zyx = seg[::-1, ::-1, :].transpose(2, 1, 0)

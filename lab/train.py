@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from inference.candidates import DEFAULT_RULE, CandidateRule
 from inference.components import ComponentThresholds
-from inference.network import LEGACY_SPEC, InputSpec, build_unet, flops_per_patch, preprocess
+from inference.network import (
+    LEGACY_SPEC,
+    InputSpec,
+    KerasModel,
+    build_unet,
+    flops_per_patch,
+    preprocess,
+)
 from lab.dataset import PatchSet, patches_from_phantom
 from lab.synth import Phantom, generate_phantom
+
+KerasCallback: TypeAlias = Any
+"""A ``keras.callbacks.Callback`` (Keras ships no type information: to mypy it is ``Any``)."""
+KerasTensor: TypeAlias = Any
+"""A tensor of Keras's backend, as a loss function gets and returns them."""
+Logs: TypeAlias = dict[str, float] | None
+"""What Keras passes its callbacks: the metrics so far."""
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +82,11 @@ def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
-def _loss():
+def _loss() -> Callable[[KerasTensor, KerasTensor], KerasTensor]:
     import keras
     from keras import ops
 
-    def bce_dice(y_true, y_pred):
+    def bce_dice(y_true: KerasTensor, y_pred: KerasTensor) -> KerasTensor:
         bce = keras.losses.binary_crossentropy(y_true, y_pred)
         inter = ops.sum(y_true * y_pred)
         dice = 1.0 - (2.0 * inter + 1.0) / (ops.sum(y_true) + ops.sum(y_pred) + 1.0)
@@ -113,7 +128,7 @@ def train_model(
     progress: bool = False,
     time_budget_s: float | None = None,
     loader_workers: int = 1,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[KerasModel, dict[str, Any]]:
     """Fit the U-Net on ``data``; write ``model.keras`` and ``card.json`` into ``out_dir`` (if given).
 
     ``data_spec``: what ``data``'s patches were cut for, when it holds more than ``spec``
@@ -163,7 +178,7 @@ def train_model(
         def __len__(self) -> int:
             return max(1, len(self.order) // batch)
 
-        def __getitem__(self, i: int):
+        def __getitem__(self, i: int) -> tuple[np.ndarray, Any]:
             idx = self.order[i * batch:(i + 1) * batch]
             x, y = _augment(x_all[idx], y_all[idx], np.random.default_rng(rng.integers(1 << 31)))
             return x.astype(np.float32), targets(idx, y)
@@ -188,9 +203,9 @@ def train_model(
     else:
         loss, metrics = _loss(), [keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")]
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
-    callbacks: list[Any] = [_ProgressBar(epochs, steps)] if progress else []
+    callbacks: list[KerasCallback] = [_progress_bar(epochs, steps)] if progress else []
     if time_budget_s is not None:
-        callbacks.append(_TimeBudget(time_budget_s, learning_rate))
+        callbacks.append(_time_budget(time_budget_s, learning_rate))
     val_x = x_all[is_val].astype(np.float32)
     val = (val_x, targets(np.nonzero(is_val)[0], y_all[is_val])) if is_val.any() else None
     history = model.fit(Batches(), validation_data=val, epochs=epochs, verbose=0 if progress else verbose,
@@ -213,7 +228,7 @@ def _draw(rng: np.random.Generator, idx: np.ndarray, weight: np.ndarray, count: 
     return rng.choice(idx, size=count, replace=True, p=w / w.sum())
 
 
-def component_scores(model: Any, patches: np.ndarray, spec: InputSpec, chunk: int = 1024) -> np.ndarray:
+def component_scores(model: KerasModel, patches: np.ndarray, spec: InputSpec, chunk: int = 1024) -> np.ndarray:
     """The component head's output for every HU patch, one view, as prediction computes it."""
     out = []
     for i in range(0, len(patches), chunk):
@@ -222,60 +237,56 @@ def component_scores(model: Any, patches: np.ndarray, spec: InputSpec, chunk: in
     return np.concatenate(out) if out else np.zeros(0)
 
 
-class _TimeBudget:
+def _time_budget(budget_s: float, learning_rate: float) -> KerasCallback:
     """Cosine-anneal the learning rate over a time budget, and stop when the next epoch would overrun it."""
+    import math
+    import time
 
-    def __new__(cls, budget_s: float, learning_rate: float):  # type: ignore[misc]
-        import math
-        import time
+    import keras
 
-        import keras
+    class Budget(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Logs = None) -> None:
+            self.start = time.monotonic()
+            self.epoch_s = 0.0
 
-        class Budget(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.start = time.monotonic()
-                self.epoch_s = 0.0
+        def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
+            self.t0 = time.monotonic()
+            done = min(1.0, (self.t0 - self.start) / budget_s)
+            self.model.optimizer.learning_rate = learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.monotonic()
-                done = min(1.0, (self.t0 - self.start) / budget_s)
-                self.model.optimizer.learning_rate = learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
+        def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
+            now = time.monotonic()
+            self.epoch_s = now - self.t0
+            if now - self.start + self.epoch_s > budget_s:
+                self.model.stop_training = True
 
-            def on_epoch_end(self, epoch, logs=None):
-                now = time.monotonic()
-                self.epoch_s = now - self.t0
-                if now - self.start + self.epoch_s > budget_s:
-                    self.model.stop_training = True
-
-        return Budget()
+    return Budget()
 
 
-class _ProgressBar:
+def _progress_bar(epochs: int, steps: int) -> KerasCallback:
     """A tqdm bar over all epochs' batches, as a Keras callback (made lazily: Keras imports late)."""
+    import keras
+    from tqdm import tqdm
 
-    def __new__(cls, epochs: int, steps: int):  # type: ignore[misc]
-        import keras
-        from tqdm import tqdm
+    class Bar(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Logs = None) -> None:
+            self.bar = tqdm(total=epochs * steps, unit="batch", desc="training")
 
-        class Bar(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.bar = tqdm(total=epochs * steps, unit="batch", desc="training")
+        def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
+            self.bar.update(1)
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.bar.update(1)
-                if logs and "loss" in logs:
-                    self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+        def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
+            self.bar.set_description(f"training (epoch {epoch + 1}/{epochs})")
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.bar.set_description(f"training (epoch {epoch + 1}/{epochs})")
+        def on_train_end(self, logs: Logs = None) -> None:
+            self.bar.close()
 
-            def on_train_end(self, logs=None):
-                self.bar.close()
-
-        return Bar()
+    return Bar()
 
 
-def make_card(model: Any, *, base: int, epochs: int, training_description: str,
+def make_card(model: KerasModel, *, base: int, epochs: int, training_description: str,
               history: dict[str, list[float]], threshold: float = 0.5, spec: InputSpec = LEGACY_SPEC,
               rule: CandidateRule = DEFAULT_RULE, version: str = "1.0.0") -> dict[str, Any]:
     classifier = len(model.outputs) > 1
@@ -329,7 +340,7 @@ def train_mixed(
     version: str = "3.0.0",
     progress: bool = True,
     hard_share: float = 0.0,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[KerasModel, dict[str, Any]]:
     """Fit the U-Net with its component head on HU patches and windowed-image patches together.
 
     Every epoch draws the positives (patches whose centre candidate holds stone, or with
@@ -391,7 +402,7 @@ def train_mixed(
         def __len__(self) -> int:
             return max(1, len(self.order) // batch)
 
-        def __getitem__(self, i: int):
+        def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             idx = np.sort(self.order[i * batch:(i + 1) * batch])
             r = np.random.default_rng(rng.integers(1 << 31))
             raw = augment_patches(data.patches[idx], windowed[idx], spec, r)
@@ -418,9 +429,9 @@ def train_mixed(
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss={"stone": _loss(), "component": keras.losses.BinaryCrossentropy()},
                   metrics={"component": [keras.metrics.AUC(name="auc")]})
-    callbacks: list[Any] = [_ProgressBar(epochs, steps)] if progress else []
+    callbacks: list[KerasCallback] = [_progress_bar(epochs, steps)] if progress else []
     if time_budget_s is not None:
-        callbacks.append(_TimeBudget(time_budget_s, learning_rate))
+        callbacks.append(_time_budget(time_budget_s, learning_rate))
     history = model.fit(Batches(), epochs=epochs, verbose=0 if progress else 2, callbacks=callbacks)
     card = make_card(model, base=base, epochs=len(history.history.get("loss", [])),
                      training_description=training_description,

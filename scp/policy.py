@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.sharedctypes import SynchronizedArray
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
 from pynetdicom.transport import RequestHandler
 
 from scp import fastpath
@@ -55,7 +56,7 @@ class AssociationSlots:
     process, so that a restarted process can reset its own) and ``lock`` its lock.
     """
 
-    def __init__(self, counts: Any, index: int, limit: int) -> None:
+    def __init__(self, counts: SynchronizedArray[int], index: int, limit: int) -> None:
         self.counts = counts
         self.index = index
         self.limit = limit
@@ -99,7 +100,7 @@ class PolicyACSE(ACSE):
                     RejectReason.LOCAL_LIMIT_EXCEEDED,
                 )
                 return
-            self.assoc._uronode_slot = True  # type: ignore[attr-defined]
+            self.assoc._uronode_slot = True  # type: ignore[attr-defined]  # our mark on pynetdicom's object
         super()._negotiate_as_acceptor()
 
     def _reject(self, result: int, source: int, reason: int) -> None:
@@ -113,7 +114,7 @@ def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -
     """A pynetdicom request handler whose associations use :class:`PolicyACSE`."""
 
     class _Handler(RequestHandler):
-        def _create_association(self):  # type: ignore[no-untyped-def]
+        def _create_association(self) -> Association:
             assoc = super()._create_association()
             acse = PolicyACSE(assoc)
             acse.policy = policy
@@ -126,18 +127,18 @@ def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -
     return _Handler
 
 
-def release_slot(assoc: Any, slots: AssociationSlots | None) -> None:
+def release_slot(assoc: Association, slots: AssociationSlots | None) -> None:
     """Give back the association's slot, once, when its connection closes."""
     if slots is not None and getattr(assoc, "_uronode_slot", False):
-        assoc._uronode_slot = False
+        assoc._uronode_slot = False  # type: ignore[attr-defined]  # our mark on pynetdicom's object
         slots.give_back()
 
 
-def guard_store_requests(assoc: Any) -> None:
+def guard_store_requests(assoc: Association) -> None:
     """Answer 0122 to a C-STORE whose SOP class is not its presentation context's, before pynetdicom serves it."""
     serve = assoc._serve_request
 
-    def serve_checked(msg: Any, context_id: int) -> None:
+    def serve_checked(msg: DimseServiceType, context_id: int) -> None:
         context = assoc._accepted_cx.get(context_id)
         if (
             isinstance(msg, C_STORE)
@@ -159,4 +160,4 @@ def guard_store_requests(assoc: Any) -> None:
             return
         serve(msg, context_id)
 
-    assoc._serve_request = serve_checked
+    assoc._serve_request = serve_checked  # type: ignore[method-assign]  # this association's own, wrapped

@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
+from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def store_files(
     return results
 
 
-def _send_one(assoc, item: Outgoing, syntax: str, accepted: dict[str, set[str]], where: str) -> SendResult:  # type: ignore[no-untyped-def]
+def _send_one(assoc: Association, item: Outgoing, syntax: str, accepted: dict[str, set[str]], where: str) -> SendResult:
     if not syntax:
         return SendResult(item.sop_instance_uid, False, None, f"{item.path} is missing or not DICOM")
     offered = accepted.get(item.sop_class_uid, set())

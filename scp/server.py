@@ -19,13 +19,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.synchronize import Event as EventFlag
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -254,7 +256,7 @@ def make_server(
     fastpath.install()
     receiver = Receiver(store=store, associations=Associations(store.db), slots=slots)
     policy = CallerPolicy.from_rules(settings.scp.restrict_callers, settings.scp.caller_rules())
-    handlers: list[Any] = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handle_store, [receiver]),
         (evt.EVT_RELEASED, handle_released, [receiver]),
         (evt.EVT_ABORTED, handle_aborted, [receiver]),
@@ -275,7 +277,7 @@ def make_server(
 
 
 def run_receiver(
-    settings_json: str, listening: socket.socket, counts: Any, index: int, ready: Any
+    settings_json: str, listening: socket.socket, counts: SynchronizedArray[int], index: int, ready: EventFlag
 ) -> None:
     """Entry point of one receiving process."""
     from uronode.logs import setup_logging

@@ -213,11 +213,17 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
     identity = sources.identity
     if findings.stones and seg is None:
         raise ValueError("seg is required when there are stones")
-    groups: list = [
-        _stone_group(i, stone, volume, sources, seg) for i, stone in enumerate(findings.stones)
-    ] + [
-        _region_group(i, stone, _widest_box(i, stone, volume, findings), sources) for i, stone in enumerate(findings.stones)
-    ] if seg is not None else [_absent_group(sources)]
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ]
+    if seg is None:
+        groups = [_absent_group(sources)]
+    else:
+        groups = [_stone_group(i, stone, volume, sources, seg) for i, stone in enumerate(findings.stones)]
+        groups += [_region_group(i, stone, _widest_box(i, stone, volume, findings), sources)
+                   for i, stone in enumerate(findings.stones)]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(identity)),
         procedure_reported=coding.IMAGING_PROCEDURE,

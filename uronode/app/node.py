@@ -15,7 +15,8 @@ import logging
 import multiprocessing
 import time
 from functools import partial
-from typing import Any
+from multiprocessing.context import SpawnProcess
+from multiprocessing.sharedctypes import SynchronizedArray
 
 import uvicorn
 
@@ -53,8 +54,8 @@ class Receivers:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.socket = make_listening_socket(settings.host, settings.scp.port)
-        self.counts: Any = self.ctx.Array("i", settings.scp.processes)
-        self.procs: list[Any] = [None] * settings.scp.processes
+        self.counts: SynchronizedArray[int] = self.ctx.Array("i", settings.scp.processes)
+        self.procs: list[SpawnProcess | None] = [None] * settings.scp.processes
         self._stopping = False
 
     def _start(self, index: int) -> None:
@@ -101,7 +102,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
-        self.proc: Any = None
+        self.proc: SpawnProcess | None = None
 
     def start(self) -> None:
         # Imported here, not at the top: the worker module brings the model's libraries (highdicom,

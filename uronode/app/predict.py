@@ -16,7 +16,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
     p.add_argument("--out", type=Path, required=True,
