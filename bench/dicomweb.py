@@ -80,10 +80,13 @@ def main() -> int:
         clients = {name: httpx.Client(timeout=60) for name in servers}
         sops = {}
         for name, base in servers.items():
-            wait_until(lambda b=base, c=clients[name]: len(c.get(f"{b}/studies/{study}/series/{series}/instances",
-                                                                 headers=JSON).json() or []) == args.slices,
-                       60, f"{name} to index the series")
-            items = clients[name].get(f"{base}/studies/{study}/series/{series}/instances", headers=JSON).json()
+            instances = f"{base}/studies/{study}/series/{series}/instances"
+
+            def indexed(client: httpx.Client = clients[name], url: str = instances) -> bool:
+                return len(client.get(url, headers=JSON).json() or []) == args.slices
+
+            wait_until(indexed, 60, f"{name} to index the series")
+            items = clients[name].get(instances, headers=JSON).json()
             sops[name] = [i["00080018"]["Value"][0] for i in items]
         results: dict[str, dict[str, list[float]]] = {n: {"qido_studies": [], "qido_series": [], "qido_instances": [],
                                                           "frames": [], "metadata": []} for n in servers}

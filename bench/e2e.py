@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypedDict
 
 from lab.synth import generate_phantom, write_series
 from tests.peers.netns import reexec_in_netns
@@ -70,7 +71,13 @@ def results_expected(node_dir: Path) -> int:
     return int(rows[0])
 
 
-def run_chain(work: Path, name: str, *, slices: int, seed: int, stable_age: int, via_orthanc: bool) -> dict:
+class Chain(TypedDict):
+    send_s: float
+    after_last_slice_s: float
+    results: int
+
+
+def run_chain(work: Path, name: str, *, slices: int, seed: int, stable_age: int, via_orthanc: bool) -> Chain:
     phantom = generate_phantom(seed, rows=512, slices=slices, n_stones=3)
     series_dir = work / f"{name}-ct"
     write_series(phantom, series_dir)

@@ -36,6 +36,13 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+import numpy as np
+
+if TYPE_CHECKING:  # TensorFlow and the model are imported when the benchmark runs, not on import
+    from inference.candidates import CandidateRule
+    from inference.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,9 +74,28 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def add_noise(hu, sd: float, filter_px: float, seed: int):
+class Measured(TypedDict):
+    """One series through the whole pipeline: its runs and what the candidate rule saw."""
+
+    runs: list[dict[str, float]]
+    """Each run's seconds by stage (``Pipeline.last_timings``), its patches and stones."""
+    median_total_s: float
+    peak_rss_mb: float | None
+    """None where the peak could not be reset before this series."""
+    patches: int
+    components: int
+    noise_sd_hu: float | None
+    fine_noise_sd_hu: float | None
+    dense_threshold_hu: float
+    smoothed_threshold_hu: float
+    contrast_rule: bool
+    over_budget: int
+    patches_without_bounds: int
+    ratio_to_clean: NotRequired[float]
+
+
+def add_noise(hu: np.ndarray, sd: float, filter_px: float, seed: int) -> np.ndarray:
     """``hu`` plus noise of SD ``sd`` (white, or filtered in-plane), rounded and clipped."""
-    import numpy as np
     from scipy import ndimage
 
     noise = np.random.default_rng(seed).standard_normal(hu.shape, dtype=np.float32)
@@ -90,18 +116,18 @@ def write_series(seed: int, slices: int, variants: list[str], out: Path) -> None
         write_series(replace(phantom, hu=hu), out / name)
 
 
-def without_bounds(rule):
+def without_bounds(rule: CandidateRule) -> CandidateRule:
     """The candidate rule as it was before its noise bounds."""
     return replace(rule, dense_noise_k=0.0, contrast_max_noise_hu=0.0, contrast_max_fine_noise_hu=0.0,
                    denoise_mm=0.0, max_patches=0, max_contrast_patches=0)
 
 
-def measure_variant(pipeline, paths: list[Path], repeat: int) -> dict[str, object]:
+def measure_variant(pipeline: Pipeline, paths: list[Path], repeat: int) -> Measured:
     """The whole pipeline ``repeat`` times on one series; its runs, median and candidates."""
     from inference.candidates import find_candidates
     from inference.volume import load_volume
 
-    runs = []
+    runs: list[dict[str, float]] = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         volume = load_volume(paths)
@@ -180,7 +206,7 @@ def main() -> int:
 
         pipeline = Pipeline(loaded)
         flops_patch = flops_per_patch(loaded.keras_model)
-        noisy: dict[str, dict[str, object]] = {}
+        noisy: dict[str, Measured] = {}
         for name in variants:
             reset = reset_peak_rss()
             measured = measure_variant(pipeline, series[name], args.repeat)
@@ -189,8 +215,8 @@ def main() -> int:
             noisy[name] = measured
         clean = noisy.pop("clean")
         runs = clean["runs"]
-        best = min(runs, key=lambda r: r["total_s"])  # type: ignore[arg-type,index]
-        median_total = float(clean["median_total_s"])  # type: ignore[arg-type]
+        best = min(runs, key=lambda r: r["total_s"])
+        median_total = clean["median_total_s"]
         network_flops = best["patches"] * flops_patch
         result["pipeline"] = {
             "runs": runs,
@@ -203,25 +229,24 @@ def main() -> int:
         result["peak_rss_mb"] = clean["peak_rss_mb"]
         result["rss_before_mb"] = round(rss_before, 1)
         for measured in noisy.values():
-            measured["ratio_to_clean"] = round(float(measured["median_total_s"]) / median_total, 2)  # type: ignore[arg-type]
+            measured["ratio_to_clean"] = round(measured["median_total_s"] / median_total, 2)
         result["noisy_series"] = noisy
 
         # the peer: the same series under the rule without its noise bounds, once
         bounded_rule = pipeline.rule
         pipeline.rule = without_bounds(bounded_rule)
-        peers: dict[str, dict[str, object]] = {}
+        peers: dict[str, Measured] = {}
         for name in unbounded:
             reset = reset_peak_rss()
             measured = measure_variant(pipeline, series[name], 1)
             if not reset:
                 measured["peak_rss_mb"] = None
-            measured["ratio_to_clean"] = round(float(measured["median_total_s"]) / median_total, 2)  # type: ignore[arg-type]
+            measured["ratio_to_clean"] = round(measured["median_total_s"] / median_total, 2)
             peers[name] = measured
         pipeline.rule = bounded_rule
         result["unbounded_peer"] = peers
 
     # the network alone on a full batch: the best FLOP/s it reaches, two runtimes
-    import numpy as np
     import tensorflow as tf
 
     x = np.random.default_rng(0).standard_normal((256, *loaded.keras_model.input_shape[1:])).astype(np.float32)

@@ -77,8 +77,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="uronode-bench-ingest-"))
     receivers = ["uronode", "storescp", "orthanc"]
     print(f"writing test data to {work} ...", flush=True)
-    single = {r: [] for r in receivers}
-    concurrent = {r: [] for r in receivers}
+    single: dict[str, list[Path]] = {r: [] for r in receivers}
+    concurrent: dict[str, list[list[Path]]] = {r: [] for r in receivers}
     for rx in receivers:
         for n in range(args.rounds + 1):
             folder = work / "data" / f"{rx}-single-{n}"

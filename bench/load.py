@@ -30,11 +30,23 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.load.scenario import run_load, tree_pss_mb, write_load_series
+from tests.load.scenario import LoadOutcome, run_load, tree_pss_mb, write_load_series
 from tests.peers.netns import reexec_in_netns
 from tests.peers.processes import Node, start_orthanc
+
+
+@dataclass(frozen=True)
+class Round:
+    number: int
+    outcome: LoadOutcome
+    idle_pss_mb: float
+    """The node's memory once the round is over and it is idle."""
+
+    def to_json(self) -> dict[str, object]:
+        return {"round": self.number, **self.outcome.to_json(), "idle_pss_mb": self.idle_pss_mb}
 
 
 def main() -> int:
@@ -57,7 +69,7 @@ def main() -> int:
         env |= {"URONODE_STORAGE__RETENTION_DAYS": str(60 / 86400), "URONODE_STORAGE__RETENTION_INTERVAL_S": "10"}
     node = Node(work / "node", 11401, 18401, extra_env=env).start()
     assert node.proc is not None
-    rounds: list[dict] = []
+    rounds: list[Round] = []
     failed: list[str] = []
     deadline = time.monotonic() + args.soak_minutes * 60
     try:
@@ -69,9 +81,9 @@ def main() -> int:
             outcome = run_load(node, http, made, readers=args.readers, deletions_expected=bool(args.soak_minutes))
             shutil.rmtree(folder, ignore_errors=True)
             time.sleep(2)  # let the last delivery round and the HTTP server go idle
-            summary = {"round": number, **outcome.to_json(), "idle_pss_mb": round(tree_pss_mb(node.proc.popen.pid), 1)}
-            rounds.append(summary)
-            print(json.dumps(summary), flush=True)
+            done = Round(number, outcome, round(tree_pss_mb(node.proc.popen.pid), 1))
+            rounds.append(done)
+            print(json.dumps(done.to_json()), flush=True)
             failed += [f"round {number}: {p}" for p in outcome.problems()]
             number += 1
             if time.monotonic() >= deadline or failed:
@@ -80,21 +92,23 @@ def main() -> int:
         node.stop()
         orthanc.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report: dict = {"machine": f"{platform.node()}, {platform.platform()}", "date": time.strftime("%Y-%m-%d"),
-                    "rounds": rounds, "problems": failed}
-    first = rounds[0]
+    machine, date = f"{platform.node()}, {platform.platform()}", time.strftime("%Y-%m-%d")
+    report: dict[str, object] = {"machine": machine, "date": date, "rounds": [r.to_json() for r in rounds],
+                                 "problems": failed}
+    rows = rounds[0].outcome.rows
     print()
-    print(f"machine: {report['machine']}, {report['date']}")
-    print(f"| {args.series} series x {args.slices} slices of {first['rows']}x{first['rows']}, {args.readers} readers "
+    print(f"machine: {machine}, {date}")
+    print(f"| {args.series} series x {args.slices} slices of {rows}x{rows}, {args.readers} readers "
           f"| sending | until all results in Orthanc | results (each once) | DICOMweb reads | node peak PSS |")
     print("|---|---|---|---|---|---|")
     for r in rounds[:1] if not args.soak_minutes else rounds:
-        print(f"| round {r['round']} | {r['send_s']:.1f} s | {r['all_delivered_s']:.1f} s | {r['results_in_orthanc']} "
-              f"| {r['reads']} ({len(r['read_errors'])} errors, {r['reads_gone']} deleted meanwhile) "
-              f"| {r['peak_pss_mb']:.0f} MB |")
+        o = r.outcome
+        print(f"| round {r.number} | {o.send_s:.1f} s | {o.all_delivered_s:.1f} s | {o.results_in_orthanc} "
+              f"| {o.reads} ({len(o.read_errors)} errors, {o.reads_gone} deleted meanwhile) "
+              f"| {o.peak_pss_mb:.0f} MB |")
     if args.soak_minutes and len(rounds) >= 4:
-        early = statistics.median(r["idle_pss_mb"] for r in rounds[1:3])  # round 0 still warms caches
-        late = statistics.median(r["idle_pss_mb"] for r in rounds[-2:])
+        early = statistics.median(r.idle_pss_mb for r in rounds[1:3])  # round 0 still warms caches
+        late = statistics.median(r.idle_pss_mb for r in rounds[-2:])
         growth = 100 * (late - early) / early
         report["idle_pss_growth_percent"] = round(growth, 1)
         print(f"soak: {len(rounds)} rounds, idle PSS {early:.0f} MB (rounds 1-2) -> {late:.0f} MB (last 2): "

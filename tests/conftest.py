@@ -6,11 +6,15 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.peers.processes import Node, free_port
+
+if TYPE_CHECKING:  # Playwright is imported when a browser test starts the browser
+    from playwright.sync_api import BrowserContext
 
 # Property tests run derandomized under CI (each test's examples come from a hash of the test, the
 # same on every run), so that CI's verdict can be reproduced, and at random locally, so that they
@@ -81,7 +85,7 @@ def query(data_dir: Path, sql: str, *params: object) -> list[sqlite3.Row]:
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     from playwright.sync_api import sync_playwright
 
     from tests.browser.conftest import CHROMIUM_FLAGS, SCREENSHOTS

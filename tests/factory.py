@@ -6,16 +6,26 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 
-def uid(*parts: object) -> str:
+def uid(*parts: object) -> UID:
     """A deterministic 2.25 UID from the parts."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+    return UID("2.25." + str(int.from_bytes(digest[:16], "big")))
+
+
+def pydicom_test_file(name: str) -> Path:
+    """One of pydicom's test files (pydicom-data, part of the test set-up), by name."""
+    path = get_testdata_file(name)
+    if not isinstance(path, str):
+        raise FileNotFoundError(f"pydicom's test file {name} is missing")
+    return Path(path)
 
 
 @functools.lru_cache(maxsize=64)
@@ -23,6 +33,19 @@ def _pixels(size: int, seed: int, variant: int) -> np.ndarray:
     """Soft-tissue noise in raw units (HU + 1024); 16 variants per size and seed, cached."""
     rng = np.random.default_rng(seed * 100_003 + variant)
     return (rng.normal(40, 20, (size, size)) + 1024).clip(0, 4095).astype(np.uint16)
+
+
+class SliceOptions(TypedDict, total=False):
+    """The keyword arguments of ``ct_slice``, for helpers that pass them on."""
+
+    size: int
+    spacing: float
+    thickness: float
+    modality: str
+    image_type: Sequence[str]
+    manufacturer: str
+    sop_class: str
+    seed: int
 
 
 def ct_slice(
@@ -43,7 +66,7 @@ def ct_slice(
     pixels = _pixels(size, seed, index % 16)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = uid(series, index)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
@@ -85,7 +108,7 @@ def ct_slice(
 
 
 def write_series(
-    folder: Path, count: int, *, study: str | None = None, series: str | None = None, **kwargs: object
+    folder: Path, count: int, *, study: str | None = None, series: str | None = None, **kwargs: Unpack[SliceOptions]
 ) -> tuple[str, str, list[Path]]:
     """Write ``count`` slices as files ``folder/NNNN.dcm``; return (study UID, series UID, paths)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +116,7 @@ def write_series(
     series = series or uid("series", folder)
     paths = []
     for i in range(count):
-        ds = ct_slice(study, series, i, **kwargs)  # type: ignore[arg-type]
+        ds = ct_slice(study, series, i, **kwargs)
         path = folder / f"{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -306,7 +306,9 @@ def redis_as_configured(argv: list[str], env: dict[str, str], password: str) -> 
         assert client.ping()
         config: dict[str, str] = {}
         for name in ("save", "appendonly", "maxmemory-policy", "maxmemory", "port"):
-            config |= client.config_get(name)
+            for key, value in client.config_get(name).items():
+                assert key is not None and value is not None, (name, key, value)
+                config[key] = value
         return config
     finally:
         process.terminate()

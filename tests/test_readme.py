@@ -3,16 +3,18 @@
 import subprocess
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from uronode.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def leaves(model: type, prefix: str = "") -> list[str]:
+def leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
     names = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             names += leaves(annotation, f"{prefix}{name}.")
         else:
             names.append(prefix + name)

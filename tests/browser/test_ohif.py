@@ -14,10 +14,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pydicom
 import pytest
+from playwright.sync_api import BrowserContext, Page
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -73,19 +75,21 @@ def _code(item: Dataset) -> str:
 def stones_in_sr(sr: Dataset) -> tuple[Stone, ...]:
     """The stones of a TID 1500 report read on its own: groups joined by tracking UID (112040)."""
     (measurements,) = [i for i in sr.ContentSequence if _code(i) == "126010"]
-    found: dict[str, dict] = {}
+    diameters: dict[str, float] = {}
+    slices: dict[str, str] = {}
+    labels: dict[str, str] = {}
     for group in measurements.ContentSequence:
         items = list(group.ContentSequence)
         uid = next(str(i.UID) for i in items if _code(i) == "112040")
-        stone = found.setdefault(uid, {})
         for item in items:
             if item.ValueType == "NUM" and _code(item) == "81827009":
-                stone["diameter_mm"] = float(item.MeasuredValueSequence[0].NumericValue)
+                diameters[uid] = float(item.MeasuredValueSequence[0].NumericValue)
             if item.ValueType == "SCOORD":
-                stone["sop_instance_uid"] = str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                slices[uid] = str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             if item.ValueType == "TEXT" and _code(item) == "121106":
-                stone["label"] = str(item.TextValue)
-    return tuple(Stone(**s) for s in found.values())
+                labels[uid] = str(item.TextValue)
+    uids = dict.fromkeys([*diameters, *slices, *labels])  # in the report's order
+    return tuple(Stone(label=labels[u], diameter_mm=diameters[u], sop_instance_uid=slices[u]) for u in uids)
 
 
 def _other_study(ct: Path, out: Path) -> str:
@@ -131,7 +135,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
         node.stop()
 
 
-def open_reading(browser, url: str):  # type: ignore[no-untyped-def]
+def open_reading(browser: BrowserContext, url: str) -> Page:
     """A fresh page on the study, once the viewer has opened on the stones."""
     page = browser.new_page()
     page.goto(url)
@@ -140,13 +144,13 @@ def open_reading(browser, url: str):  # type: ignore[no-untyped-def]
     return page
 
 
-def shown_image(page, viewport_id: str) -> str:  # type: ignore[no-untyped-def]
+def shown_image(page: Page, viewport_id: str) -> str:
     return page.evaluate(
         "(id) => window.cornerstone.getRenderingEngines()[0].getViewport(id).getCurrentImageId()", viewport_id
     )
 
 
-def grab(page, selector: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+def grab(page: Page, selector: str) -> np.ndarray:
     return rgb(page.locator(selector).screenshot())
 
 
@@ -163,13 +167,14 @@ def stone(px: np.ndarray) -> tuple[int, np.ndarray]:
     return len(on), on.mean(0)
 
 
-def press(page, key: str) -> None:  # type: ignore[no-untyped-def]
+def press(page: Page, key: str) -> None:
     page.keyboard.press(key)
     page.wait_for_timeout(700)
 
 
-def drag(page, selector: str, dx: int, dy: int, button: str = "left") -> None:  # type: ignore[no-untyped-def]
+def drag(page: Page, selector: str, dx: int, dy: int, button: Literal["left", "middle", "right"] = "left") -> None:
     box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not shown"
     x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8  # below the body: no box or label there
     page.mouse.move(x, y)
     page.mouse.down(button=button)
@@ -178,12 +183,12 @@ def drag(page, selector: str, dx: int, dy: int, button: str = "left") -> None:  
     page.wait_for_timeout(700)
 
 
-def focus_ct(page) -> None:  # type: ignore[no-untyped-def]
+def focus_ct(page: Page) -> None:
     """Hover the CT viewport, as a person does before a key (no click: the left button is window/level)."""
     page.locator(CT).hover()
 
 
-def test_double_click_in_the_study_list_opens_the_stones(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_double_click_in_the_study_list_opens_the_stones(browser: BrowserContext, study: Study) -> None:
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{study.node.http_port}/")
     page.get_by_text("Synthetic abdomen CT").first.dblclick()
@@ -209,7 +214,7 @@ def test_double_click_in_the_study_list_opens_the_stones(browser, study: Study) 
     page.close()
 
 
-def test_stones_are_listed_and_a_click_goes_to_one(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_stones_are_listed_and_a_click_goes_to_one(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     panel = page.locator('[data-cy="trackedMeasurements-panel"]')
     listed = panel.inner_text()
@@ -231,7 +236,7 @@ def test_stones_are_listed_and_a_click_goes_to_one(browser, study: Study) -> Non
     page.close()
 
 
-def test_a_study_without_results_opens_in_ohifs_layout(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_a_study_without_results_opens_in_ohifs_layout(browser: BrowserContext, study: Study) -> None:
     page = browser.new_page()
     page.goto(study.url(study.other_uid))
     page.wait_for_selector("[data-viewportid] canvas", timeout=120_000)
@@ -242,7 +247,7 @@ def test_a_study_without_results_opens_in_ohifs_layout(browser, study: Study) ->
     page.close()
 
 
-def test_window_level_by_dragging(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_window_level_by_dragging(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     before = grab(page, CT)
     corner = page.locator(".viewport-overlay.overlay-bottom.left-viewport").first  # the CT's "W: 400 L: 40"
@@ -255,7 +260,7 @@ def test_window_level_by_dragging(browser, study: Study) -> None:  # type: ignor
     page.close()
 
 
-def test_zoom_by_right_drag_and_pan_by_middle_drag(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_zoom_by_right_drag_and_pan_by_middle_drag(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     size0, _ = stone(grab(page, CT))
     drag(page, CT, 0, 80, button="right")  # the Zoom tool
@@ -271,7 +276,7 @@ def test_zoom_by_right_drag_and_pan_by_middle_drag(browser, study: Study) -> Non
     page.close()
 
 
-def test_sync_viewports_on_and_off(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_sync_viewports_on_and_off(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     overlay0, _ = stone(grab(page, OVERLAY))
     drag(page, CT, 0, 80, button="right")
@@ -295,7 +300,7 @@ def test_sync_viewports_on_and_off(browser, study: Study) -> None:  # type: igno
     page.close()
 
 
-def test_active_layer_ct_mask_or_both(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_active_layer_ct_mask_or_both(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     both = grab(page, CT)
     red0, grey0 = int(red_mask(both).sum()), int(grey_mask(both).sum())
@@ -315,7 +320,7 @@ def test_active_layer_ct_mask_or_both(browser, study: Study) -> None:  # type: i
     page.close()
 
 
-def test_mask_opacity_down_and_up(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_mask_opacity_down_and_up(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
     outline = np.argwhere(red_mask(grab(page, CT)))  # the mask's outline is drawn fully red; its fill is not
     assert len(outline) > 40
@@ -339,7 +344,7 @@ def test_mask_opacity_down_and_up(browser, study: Study) -> None:  # type: ignor
     page.close()
 
 
-def test_overlay_mask_and_boxes_off_and_on(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_overlay_mask_and_boxes_off_and_on(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
 
     def annotation_pixels(px: np.ndarray) -> int:  # the stone's box, yellow or green, and its text
@@ -359,7 +364,7 @@ def test_overlay_mask_and_boxes_off_and_on(browser, study: Study) -> None:  # ty
     page.close()
 
 
-def test_dicom_tags_off_and_on(browser, study: Study) -> None:  # type: ignore[no-untyped-def]
+def test_dicom_tags_off_and_on(browser: BrowserContext, study: Study) -> None:
     page = open_reading(browser, study.url())
 
     def text_pixels(px: np.ndarray) -> int:  # OHIF's light blue text (173, 202, 240) in the left corners

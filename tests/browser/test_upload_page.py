@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from playwright.sync_api import BrowserContext
+
 from lab.synth import generate_phantom, write_series
 from tests.browser.conftest import SCREENSHOTS
 from tests.conftest import WITH_WORKER
 from tests.peers.processes import Node
 
 
-def test_upload_predict_findings_and_viewer(browser, start_node: Callable[..., Node], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node: Callable[..., Node], tmp_path: Path) -> None:
     node = start_node(**WITH_WORKER)
     phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
                                stone_sites=("kidney",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -25,7 +26,7 @@ def test_predict_refuses_what_is_not_dicom(start_node: Callable[..., Node]) -> N
     assert "openapi" in httpx.get(f"{base}/openapi.json", timeout=30).json()
 
 
-def test_metrics_and_readiness(start_node: Callable[..., Node], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_and_readiness(start_node: Callable[..., Node], tmp_path: Path) -> None:
     import subprocess
 
     from tests.factory import write_series

@@ -6,11 +6,12 @@ import base64
 from collections.abc import Callable
 
 import httpx
+from playwright.sync_api import BrowserContext
 
 from tests.peers.processes import Node
 
 
-def test_basic_and_token_authentication(start_node: Callable[..., Node], browser) -> None:  # type: ignore[no-untyped-def]
+def test_basic_and_token_authentication(start_node: Callable[..., Node], browser: BrowserContext) -> None:
     node = start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__TOKENS='["worker-token-123"]')
     base = f"http://127.0.0.1:{node.http_port}"
     password_file = node.data_dir / "http-password"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tests.peers.processes import Node, storescu, wait_until
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Node, str, str, list[Path]]:
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, str, str, list[Path]]]:
     from tests.conftest import FAST_COMPLETION
     from tests.peers.processes import free_port
 
@@ -98,7 +99,7 @@ def test_store_over_stow_goes_the_c_store_way(loaded: tuple[Node, str, str, list
     assert all(m["7FE00010"]["BulkDataURI"].startswith(f"http://127.0.0.1:{node.http_port}/dicom-web/") for m in raw)
 
 
-def http(node: Node, path: str, *, method: str = "GET", data: bytes | None = None, headers: dict | None = None) -> int:
+def http(node: Node, path: str, *, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}", data=data, method=method,
                                      headers=headers or {})
     try:
@@ -112,7 +113,7 @@ def test_errors_have_the_right_status(loaded: tuple[Node, str, str, list[Path]])
     node, study, series, _ = loaded
     with pytest.raises(HTTPError) as missing:
         client(node).retrieve_study("1.2.3.4.5.6")
-    assert missing.value.response.status_code == 404
+    assert missing.value.response is not None and missing.value.response.status_code == 404
     assert http(node, "/dicom-web/studies?StudyDate=yesterday") == 400
     assert http(node, "/dicom-web/studies?limit=-1") == 400
     assert http(node, f"/dicom-web/studies/{study}/series/{series}", headers={"Accept": "image/png"}) == 406

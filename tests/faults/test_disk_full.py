@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -64,7 +65,8 @@ def http_status(node: Node, path: str) -> int:
         return exc.code
 
 
-def failure_reasons(answer: dict) -> list[int]:
+def failure_reasons(answer: dict[str, Any]) -> list[int]:
+    """The Failure Reason of each instance of a STOW-RS answer (DICOM JSON)."""
     return [item["00081197"]["Value"][0] for item in answer.get("00081198", {}).get("Value", [])]
 
 

@@ -42,7 +42,8 @@ end
 """
 
 
-def jobs(data: Path) -> list[dict]:
+def jobs(data: Path) -> list[dict[str, int | str]]:
+    """Each job's state (text) and attempts (int), in order."""
     return [dict(r) for r in query(data, "SELECT state, attempts FROM jobs ORDER BY id")]
 
 

@@ -30,9 +30,10 @@ NOISE = {  # name: (SD in HU, Gaussian filter SD in pixels; 0 = white)
     "white 40 HU": (40.0, 0.0),
     "correlated 40 HU": (40.0, 1.0),
 }
-OFF = {"dense_noise_k": 0.0, "contrast_max_noise_hu": 0.0, "contrast_max_fine_noise_hu": 0.0,
-       "denoise_mm": 0.0, "max_patches": 0}
-"""Every new bound off: the rule as it was before them."""
+def without_bounds(rule: CandidateRule) -> CandidateRule:
+    """Every new bound off: the rule as it was before them."""
+    return replace(rule, dense_noise_k=0.0, contrast_max_noise_hu=0.0, contrast_max_fine_noise_hu=0.0, denoise_mm=0.0,
+                   max_patches=0)
 
 
 def add_noise(hu: np.ndarray, sd: float, filter_px: float, seed: int) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_the_shipped_card_loads_and_the_new_bounds_round_trip(rule: CandidateRul
 
 def test_a_clean_series_keeps_exactly_its_candidates(phantom: Phantom, rule: CandidateRule,
                                                      clean: Candidates) -> None:
-    before = find_candidates(phantom.to_volume(), replace(rule, **OFF))
+    before = find_candidates(phantom.to_volume(), without_bounds(rule))
     assert clean.count == before.count > 0 and clean.dense_count == before.dense_count
     np.testing.assert_array_equal(clean.labels, before.labels)
     np.testing.assert_array_equal(clean.centres, before.centres)

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from inference.pipeline import Pipeline
 from lab.synth import Phantom
+from tests.factory import pydicom_test_file
 from tests.inference.legacy_model import write_legacy_model
 from uronode.app.cli import main as uronode_main
 
@@ -40,7 +40,8 @@ def test_pipeline_finds_the_inserted_stones(small_phantom: Phantom, legacy_folde
 
 
 def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_series: list[Path],
-                                               legacy_folder: Path, tmp_path: Path, capsys) -> None:
+                                               legacy_folder: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert uronode_main(["predict", str(small_series[0].parent), "--out", str(out), "--model", str(legacy_folder)]) == 0
     report = json.loads((out / "findings.json").read_text())
@@ -53,20 +54,22 @@ def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_ser
                 "side"} <= stone.keys()
     previews = [out / p for p in series["previews"]]
     assert previews and all(p.exists() for p in previews)
-    image = cv2.imread(str(previews[0]))[..., ::-1]
+    read = cv2.imread(str(previews[0]))
+    assert read is not None, "the preview does not read as an image"
+    image = read[..., ::-1]
     assert ((image[..., 1] == 255) & (image[..., 0] == 0)).any(), "no green box"
     assert ((image[..., 0] > 150) & (image[..., 1] < 100)).any(), "no red stone"
     assert "max diameter mm" in capsys.readouterr().out
 
     single = tmp_path / "single"
-    assert uronode_main(["predict", get_testdata_file("CT_small.dcm"), "--out", str(single),
+    assert uronode_main(["predict", str(pydicom_test_file("CT_small.dcm")), "--out", str(single),
                      "--model", str(legacy_folder)]) == 0
     assert len(json.loads((single / "findings.json").read_text())["series"]) == 1
 
 
 def test_predict_reports_rejected_series(legacy_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert uronode_main(["predict", get_testdata_file("MR_small.dcm"), "--out", str(out),
+    assert uronode_main(["predict", str(pydicom_test_file("MR_small.dcm")), "--out", str(out),
                      "--model", str(legacy_folder)]) == 1
     report = json.loads((out / "findings.json").read_text())
     assert report["series"] == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.typing import ArrayLike
 
 from inference.postprocess import max_axial_diameter_mm, measure_stones
 from inference.volume import Volume
 
 
-def _volume(slices: int = 10, rows: int = 64, spacing=(0.5, 0.8), positions=None) -> Volume:
+def _volume(slices: int = 10, rows: int = 64, spacing: tuple[float, float] = (0.5, 0.8),
+            positions: ArrayLike | None = None) -> Volume:
     hu = np.full((slices, rows, rows), -1000.0, dtype=np.float32)
     hu[:, 8:56, 8:56] = 40.0  # the body, centred on column 31.5
     if positions is None:
@@ -66,7 +68,8 @@ def test_several_stones_sides_min_size_and_diagonal_connectivity() -> None:
     assert diagonal.slice_indices == (6, 7)
     assert findings.mask[2, 30, 10] == 0
     assert len([b for b in findings.boxes if b.slice_index == 6]) == 3
-    assert findings.to_json()["stones"][0].keys() >= {
+    stones = findings.to_json()["stones"]
+    assert isinstance(stones, list) and stones[0].keys() >= {
         "sop_instance_uids", "centroid_mm", "max_diameter_mm", "volume_mm3", "mean_hu", "max_hu", "side"}
 
 

@@ -55,8 +55,9 @@ def test_shipped_model_on_held_out_series_beats_the_baseline(pipeline: Pipeline)
     assert model["sensitivity_3mm_and_more"] is None or model["sensitivity_3mm_and_more"] >= 0.9
     # 3.1.0 makes 1.23 false positives per generated series over the documented set (3.0.0: 1.07,
     # docs/model.md); on these three 4.67 (3.0.0: 1.67): three series swing a lot
-    assert model["false_positives_per_series"] <= 6.0
+    fp_per_series, dice = model["false_positives_per_series"], model["dice"]
+    assert fp_per_series is not None and fp_per_series <= 6.0
     assert model["false_positives"] < baseline["false_positives"]
     # 3.0.0 draws stones the half-maximum way real boxes taught it, wider than the generator's
     # truth: Dice 0.74 over the held-out set, 0.22 on these three (the 130 HU baseline: 0.26)
-    assert model["dice"] >= 0.15
+    assert dice is not None and dice >= 0.15

@@ -24,7 +24,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from scipy import ndimage
 
 from inference.errors import VolumeError
@@ -32,7 +31,7 @@ from inference.pipeline import Pipeline
 from inference.postprocess import Stone, measure_stones
 from inference.volume import AXIAL_TOLERANCE_DEG, load_volume
 from inference.writers import save_results, write_results
-from tests.factory import uid
+from tests.factory import pydicom_test_file, uid
 
 REAL_TILTED_CT = "J2K_pixelrep_mismatch.dcm"
 HEAD_FEET = np.array([0.0, 0.0, 1.0])
@@ -73,7 +72,7 @@ def write_tilted_stack(folder: Path, *, tilt_deg: float | None = None, step: np.
                        stone: bool = True) -> TiltedStack:
     """``SLICES`` copies of the real tilted slice, ``TABLE_STEP_MM`` apart along ``step``
     (the table, head-feet, by default), new series and instance UIDs, with the stone."""
-    source = pydicom.dcmread(get_testdata_file(REAL_TILTED_CT))
+    source = pydicom.dcmread(pydicom_test_file(REAL_TILTED_CT))
     base = source.pixel_array.astype(np.float32) * float(source.RescaleSlope) + float(source.RescaleIntercept)
     row, col = _orientation(tilt_deg, source)
     normal = np.cross(row, col)
@@ -147,7 +146,7 @@ def _sphere_volume() -> float:
 
 
 def test_the_real_tilted_file_loads_at_22_degrees_and_is_predicted(pipeline: Pipeline) -> None:
-    path = get_testdata_file(REAL_TILTED_CT)
+    path = pydicom_test_file(REAL_TILTED_CT)
     ds = pydicom.dcmread(path)
     assert float(ds.GantryDetectorTilt) == -22.0
     volume = load_volume([path])
@@ -252,7 +251,7 @@ def test_tilts_beyond_the_limit_are_not_axial(tmp_path: Path, tilt_deg: float, a
 
 def test_an_oblique_stack_along_its_normal_is_accepted(tmp_path: Path) -> None:
     """An oblique reformat: tilted planes stacked along their own normal, no in-plane shift."""
-    source = pydicom.dcmread(get_testdata_file(REAL_TILTED_CT), stop_before_pixels=True)
+    source = pydicom.dcmread(pydicom_test_file(REAL_TILTED_CT), stop_before_pixels=True)
     row, col = _orientation(None, source)
     stack = write_tilted_stack(tmp_path, step=np.cross(row, col), stone=False)
     volume = load_volume(stack.paths)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
 from inference.errors import InferenceError, VolumeError
 from inference.volume import group_series, load_volume
 from lab.synth import Phantom, write_series
+from tests.factory import pydicom_test_file
 
 
 def test_series_round_trip_whatever_the_file_order(small_phantom: Phantom, small_series: list[Path]) -> None:
@@ -44,14 +45,14 @@ def test_rle_compressed_series_loads_the_same(small_phantom: Phantom, tmp_path: 
 
 
 def test_jpeg2000_lossless_equals_uncompressed() -> None:
-    compressed = load_volume([get_testdata_file("693_J2KR.dcm")])
-    plain = load_volume([get_testdata_file("693_UNCR.dcm")])
+    compressed = load_volume([pydicom_test_file("693_J2KR.dcm")])
+    plain = load_volume([pydicom_test_file("693_UNCR.dcm")])
     np.testing.assert_array_equal(compressed.hu, plain.hu)
     assert compressed.shape == (1, 512, 512)
 
 
 def test_single_slice_uses_slice_thickness() -> None:
-    path = get_testdata_file("CT_small.dcm")
+    path = pydicom_test_file("CT_small.dcm")
     volume = load_volume([path])
     ds = pydicom.dcmread(path)
     assert volume.shape == (1, 128, 128)
@@ -61,7 +62,7 @@ def test_single_slice_uses_slice_thickness() -> None:
 
 
 def test_enhanced_ct_multiframe() -> None:
-    path = get_testdata_file("eCT_Supplemental.dcm")
+    path = pydicom_test_file("eCT_Supplemental.dcm")
     volume = load_volume([path])
     ds = pydicom.dcmread(path)
     assert volume.shape == (2, int(ds.Rows), int(ds.Columns))
@@ -102,7 +103,11 @@ def test_uneven_spacing_is_kept(small_phantom: Phantom, small_series: list[Path]
     np.testing.assert_array_equal(volume.hu[5], small_phantom.hu[6])
 
 
-def _modified(paths: list[Path], tmp_path: Path, change) -> list[Path]:
+Change = Callable[[int, pydicom.Dataset], None]
+"""What a test does to the k-th file of a series."""
+
+
+def _modified(paths: list[Path], tmp_path: Path, change: Change) -> list[Path]:
     out = []
     for k, path in enumerate(paths):
         ds = pydicom.dcmread(path)
@@ -169,7 +174,7 @@ def _two_series(k: int, ds: pydicom.Dataset) -> None:
         (_two_series, "2 different series"),
     ],
 )
-def test_rejects_with_a_reason(small_series: list[Path], tmp_path: Path, change, reason: str) -> None:
+def test_rejects_with_a_reason(small_series: list[Path], tmp_path: Path, change: Change, reason: str) -> None:
     paths = _modified(small_series[:4], tmp_path, change)
     with pytest.raises(VolumeError, match=reason) as info:
         load_volume(paths)
@@ -185,7 +190,7 @@ def test_rejects_non_dicom_and_empty(tmp_path: Path) -> None:
     with pytest.raises(VolumeError, match="no instances"):
         load_volume([])
     with pytest.raises(VolumeError, match="not CT"):
-        load_volume([get_testdata_file("MR_small.dcm")])
+        load_volume([pydicom_test_file("MR_small.dcm")])
 
 
 def test_group_series_skips_other_files(small_series: list[Path], tmp_path: Path) -> None:

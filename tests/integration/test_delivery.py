@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.data import get_testdata_file
 
 from scp.sender import Outgoing, store_files
-from tests.factory import write_series
+from tests.factory import pydicom_test_file, write_series
 from tests.peers.processes import Node, free_port, start_orthanc, start_storescp, wait_until
 from uronode.app.delivery import Deliverer
 from uronode.outbox import DeliveryState, Outbox
@@ -35,7 +34,7 @@ def test_storescp_gets_each_file_and_compressed_ones_decompressed_when_it_must(t
     scp = start_storescp(tmp_path / "received", port)  # storescp accepts uncompressed syntaxes only
     try:
         _, _, plain = write_series(tmp_path / "ct", 2, size=32)
-        j2k = Path(shutil.copy(get_testdata_file("693_J2KR.dcm"), tmp_path / "j2k.dcm"))  # type: ignore[arg-type]
+        j2k = Path(shutil.copy(pydicom_test_file("693_J2KR.dcm"), tmp_path / "j2k.dcm"))
         results = store_files(outgoing([*plain, j2k]), host="127.0.0.1", port=port, called_ae="STORESCP")
     finally:
         scp.stop()

@@ -55,7 +55,9 @@ def series_stable(http: int, series_uid: str) -> bool:
         hits = json.load(response)
     if not hits:
         return False
-    return bool(orthanc_get(http, f"/series/{hits[0]['ID']}")["IsStable"])  # type: ignore[index]
+    series = orthanc_get(http, f"/series/{hits[0]['ID']}")
+    assert isinstance(series, dict)
+    return bool(series["IsStable"])
 
 
 def test_a_stable_ct_series_is_routed_to_the_node_and_nothing_else(
@@ -82,7 +84,8 @@ def test_a_stable_ct_series_is_routed_to_the_node_and_nothing_else(
     # The MR series and the node's own kind of output became stable in Orthanc too, and stayed there.
     wait_until(lambda: series_stable(http, mr) and series_stable(http, ours), 30, "the other series to be stable")
     jobs = orthanc_get(http, "/jobs?expand")
-    stores = [j for j in jobs if j["Type"] == "DicomModalityStore"]  # type: ignore[index,union-attr]
+    assert isinstance(jobs, list)
+    stores = [j for j in jobs if j["Type"] == "DicomModalityStore"]
     assert len(stores) == 1 and stores[0]["State"] == "Success"  # one routing job: the CT series
     received = {r["series_instance_uid"] for r in query(node.data_dir, "SELECT series_instance_uid FROM instances")}
     assert received == {ct}

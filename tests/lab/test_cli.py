@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,12 @@ def test_the_experiment_takes_the_training_phantoms_share_of_small_stones_from_l
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Defined once, next to training_phantom (lab.train), not repeated as the argument's default."""
     seen: list[float] = []
-    monkeypatch.setattr(experiment, "run", lambda args: seen.append(args.small_fraction) or 0)
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(args.small_fraction)
+        return 0
+
+    monkeypatch.setattr(experiment, "run", run)
     parser = build_parser()
     for argv in (["experiment", "--out", "x"], ["experiment", "--out", "x", "--small-fraction", "0.5"]):
         args = parser.parse_args(argv)

@@ -1,6 +1,8 @@
 """Hard-example mining in ``train_mixed``: draws follow the scores, and a mined epoch trains."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from inference.network import InputSpec, build_unet
@@ -47,7 +49,7 @@ def test_component_scores_are_the_heads_output_per_patch() -> None:
     np.testing.assert_allclose(scores[:5], np.asarray(head)[:, 0], rtol=1e-4, atol=1e-5)
 
 
-def test_a_mined_epoch_trains_and_writes_a_card(tmp_path) -> None:
+def test_a_mined_epoch_trains_and_writes_a_card(tmp_path: Path) -> None:
     from inference.candidates import DEFAULT_RULE
 
     spec = InputSpec(context=1, wide=(), patch=32)

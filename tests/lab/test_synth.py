@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import numpy as np
 import pytest
 
-from lab.synth import STONE_SITES, Phantom, generate_phantom, real_anatomy_phantom
+from lab.synth import STONE_SITES, Phantom, PhantomOptions, generate_phantom, real_anatomy_phantom
 
 # SHA-256 of each phantom's arrays (dtype, shape, bytes) and its records, computed by the generator
 # as it was before it was split into named steps (commit 013d376, one 312-line function): the
 # held-out set (seeds 50000-), the training phantoms and every series a test generates stay the
 # same to the bit. Every anatomy height, every stone site and every mimic kind is drawn by these.
-GENERATED = [
+GENERATED: list[tuple[int, PhantomOptions, str]] = [
     (1, {"rows": 128}, "5a46f6192ed0b63dad610127c8a6dce40d29aadf266db0b67709b4110adfe514"),
     (7, {"rows": 128, "n_mimics": 12}, "e2be4f93caadc7a1d3d117ee998a42c2690f62a5b7b25ff3b079b7a0a0fe8efc"),
     (1003, {"rows": 96, "small_stone_fraction": 0.6, "n_stones": 5},
@@ -39,7 +38,7 @@ def phantom_digest(p: Phantom) -> str:
 
 
 @pytest.mark.parametrize(("seed", "kwargs", "digest"), GENERATED, ids=[str(seed) for seed, _, _ in GENERATED])
-def test_a_seed_gives_the_phantom_it_gave_before_the_generator_was_split(seed: int, kwargs: dict[str, Any],
+def test_a_seed_gives_the_phantom_it_gave_before_the_generator_was_split(seed: int, kwargs: PhantomOptions,
                                                                          digest: str) -> None:
     assert phantom_digest(generate_phantom(seed, **kwargs)) == digest
 
@@ -92,11 +91,9 @@ def test_stones_are_labelled_dense_and_in_range() -> None:
 def test_real_anatomy_stones_sit_in_the_labelled_kidneys() -> None:
     phantom = real_anatomy_phantom(3, n_stones=3)
     assert phantom.stones
-    import nibabel as nib
+    from lab.synth import DEFAULT_REAL_DATA, read_nifti
 
-    from lab.synth import DEFAULT_REAL_DATA
-
-    seg = np.asarray(nib.load(str(DEFAULT_REAL_DATA / "example_seg.nii.gz")).dataobj)
+    seg = read_nifti(DEFAULT_REAL_DATA / "example_seg.nii.gz")
     # the right kidney (label 2) lies at lower LPS x (patient right) than the left (label 3)
     for stone in phantom.stones:
         others = [s for s in phantom.stones if s.side != stone.side]

@@ -59,7 +59,7 @@ class LoadOutcome:
             found.append("no DICOMweb read was made")
         return found
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data.pop("pss_samples_mb")
         return data

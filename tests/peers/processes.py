@@ -183,8 +183,8 @@ def orthanc_config(folder: Path, *, http_port: int, dicom_port: int, aet: str = 
     return path
 
 
-def start_orthanc(folder: Path, *, http_port: int, dicom_port: int, **extra: object) -> Proc:
-    config = orthanc_config(folder, http_port=http_port, dicom_port=dicom_port, **extra)
+def start_orthanc(folder: Path, *, http_port: int, dicom_port: int, aet: str = "ORTHANC", **extra: object) -> Proc:
+    config = orthanc_config(folder, http_port=http_port, dicom_port=dicom_port, aet=aet, **extra)
     log = folder / "orthanc.log"
     popen = subprocess.Popen(
         [require("Orthanc"), f"--logfile={log}", str(config)],

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,8 +49,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     yield from running_node(tmp_path_factory.mktemp("bad-datasets"), dict(FAST_COMPLETION))
 
 
-def a_slice(index: int, **kwargs: object) -> Dataset:
-    return ct_slice(STUDY, SERIES, index, size=32, **kwargs)  # type: ignore[arg-type]
+def a_slice(index: int, *, sop_class: str = CTImageStorage, modality: str = "CT") -> Dataset:
+    return ct_slice(STUDY, SERIES, index, size=32, sop_class=sop_class, modality=modality)
 
 
 def stored(node: Node, sop_instance_uid: str) -> list[Path]:
@@ -232,7 +233,7 @@ def test_a_request_for_another_sop_class_than_its_context(node: Node, tmp_path: 
     ds = a_slice(7, sop_class=sop_class, modality="MR")
     with raw_scu(node, CTImageStorage) as assoc:
         (ct_context,) = assoc.accepted_contexts
-        assoc._get_valid_context = lambda *args, **kwargs: ct_context  # type: ignore[method-assign]
+        assoc._get_valid_context = lambda *args, **kwargs: ct_context  # type: ignore[method-assign]  # as if it were the CT context's
         response = assoc.send_c_store(as_file(tmp_path, "other-class", sop_class, ds.SOPInstanceUID, encode(ds)))
         assert assoc.is_established  # answered, not aborted
     assert response.Status == NOT_SUPPORTED
@@ -262,12 +263,13 @@ def test_an_unknown_sop_class_is_refused_at_association(node: Node, tmp_path: Pa
     still_serves(node, tmp_path)
 
 
-def qido_study(node: Node, study: str) -> dict:  # type: ignore[type-arg]
+def qido_study(node: Node, study: str) -> dict[str, Any]:
     response = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", params={"StudyInstanceUID": study},
                          timeout=30)
     assert response.status_code == 200, response.text
     (found,) = response.json()
-    return found  # type: ignore[no-any-return]
+    assert isinstance(found, dict)
+    return found
 
 
 @pytest.mark.parametrize(
@@ -316,6 +318,7 @@ def test_a_c_store_request_without_a_data_set_is_answered(node: Node, tmp_path: 
         request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CTImageStorage, uid("no-data-set")
         assoc._reactor_checkpoint.clear()  # as send_c_store does: the reactor must not take the response
         try:
+            assert context.context_id is not None
             assoc.dimse.send_msg(request, context.context_id)
             _, response = assoc.dimse.get_msg(block=True)
         finally:
@@ -340,6 +343,7 @@ def test_a_data_set_cut_off_by_an_abort_leaves_nothing(node: Node, tmp_path: Pat
         request.DataSet = BytesIO(encode(ds))
         message = C_STORE_RQ()
         message.primitive_to_message(request)
+        assert context.context_id is not None
         fragments = list(message.encode_msg(context.context_id, 512))
         assert len(fragments) > 3
         for fragment in fragments[: len(fragments) // 2]:

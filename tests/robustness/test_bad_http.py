@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import MRImageStorage
+from pydicom.uid import CTImageStorage, MRImageStorage
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, uid
@@ -34,9 +34,11 @@ def url(node: Node, path: str) -> str:
     return f"http://127.0.0.1:{node.http_port}{path}"
 
 
-def dicom_file(index: int, *, series: str = "http-series", **kwargs: object) -> tuple[str, bytes]:
+def dicom_file(
+    index: int, *, series: str = "http-series", sop_class: str = CTImageStorage, modality: str = "CT"
+) -> tuple[str, bytes]:
     """(SOP Instance UID, a DICOM file's bytes) of a small CT slice."""
-    ds = ct_slice(uid("http-study"), uid(series), index, size=16, **kwargs)  # type: ignore[arg-type]
+    ds = ct_slice(uid("http-study"), uid(series), index, size=16, sop_class=sop_class, modality=modality)
     return ds.SOPInstanceUID, encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + encode(ds)
 
 

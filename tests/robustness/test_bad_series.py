@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -74,7 +75,8 @@ def undecodable(k: int, ds: pydicom.Dataset) -> None:
         ds.PixelData = bytes(data)
 
 
-def jobs(node: Node, series_uid: str) -> list[dict[str, object]]:
+def jobs(node: Node, series_uid: str) -> list[dict[str, Any]]:
+    """The series' jobs as SQLite gives their columns (int, text or NULL)."""
     return [dict(r) for r in query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series_uid)]
 
 

@@ -31,7 +31,7 @@ def test_random_truncated_and_oversized_pdus(start_node: Callable[..., Node]) ->
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
-    assert assoc.is_established
+    assert assoc.is_established and assoc.dul.socket is not None
     assoc.dul.socket.send(b"\x04\x00" + struct.pack(">I", 0x7FFFFFFF))  # P-DATA beyond our 4 MiB maximum
     assoc.dul.socket.send(b"\x00" * 64)
     for _ in range(50):
@@ -42,4 +42,4 @@ def test_random_truncated_and_oversized_pdus(start_node: Callable[..., Node]) ->
         time.sleep(0.1)
     assert not assoc.is_established  # aborted, not waiting for 2 GB
     assert echoscu(node.dicom_port).returncode == 0  # and the node still serves
-    assert "over the" in node.proc.log_text()  # type: ignore[union-attr]
+    assert "over the" in node.proc.log_text()

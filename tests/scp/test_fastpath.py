@@ -6,6 +6,7 @@ import socket
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import pynetdicom
 from pynetdicom import AE
@@ -13,6 +14,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationSocket
 
 from scp import fastpath
 from scp.server import make_server
@@ -55,11 +57,16 @@ def test_pdata_pdu_decodes_as_pynetdicom_expects() -> None:
 def test_recv_reads_exactly_what_was_asked_across_many_segments() -> None:
     a, b = socket.socketpair()
     payload = bytes(range(256)) * 4096  # 1 MiB
-    sender = threading.Thread(target=lambda: [b.sendall(payload[i : i + 7000]) for i in range(0, len(payload), 7000)])
+
+    def send_in_pieces() -> None:
+        for i in range(0, len(payload), 7000):
+            b.sendall(payload[i : i + 7000])
+
+    sender = threading.Thread(target=send_in_pieces)
     sender.start()
-    fake = SimpleNamespace(socket=a)
-    first = fastpath._recv_exactly(fake, 300_000)  # type: ignore[arg-type]
-    rest = fastpath._recv_exactly(fake, len(payload) - 300_000)  # type: ignore[arg-type]
+    fake = cast(AssociationSocket, SimpleNamespace(socket=a))  # _recv_exactly reads only its .socket
+    first = fastpath._recv_exactly(fake, 300_000)
+    rest = fastpath._recv_exactly(fake, len(payload) - 300_000)
     sender.join()
     assert bytes(first + rest) == payload
     b.close()
@@ -81,6 +88,7 @@ def test_accepted_associations_have_nagle_off_and_event_driven_reactors(tmp_path
         assert assoc.is_established
         wait_until(lambda: len(server.active_associations) == 1, 5, "the acceptor")
         acceptor = server.active_associations[0]
+        assert acceptor.dul.socket is not None and acceptor.dul.socket.socket is not None
         sock = acceptor.dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert callable(getattr(acceptor, "_uronode_wait", None))
@@ -108,7 +116,7 @@ def test_contexts_copy_cheaply_but_completely() -> None:
     assert copied.abstract_syntax == CTImageStorage
     assert copied.transfer_syntax == TRANSFER_SYNTAXES
     assert copied.transfer_syntax is not original.transfer_syntax  # negotiation may not touch the original
-    copied.transfer_syntax = TRANSFER_SYNTAXES[:1]
+    copied.transfer_syntax = [TRANSFER_SYNTAXES[0]]
     assert original.transfer_syntax == TRANSFER_SYNTAXES
 
 
@@ -123,7 +131,7 @@ def test_a_malformed_pdata_pdu_aborts_that_association_only(tmp_path: Path) -> N
         ae = AE(ae_title="PYSCU")
         ae.add_requested_context(Verification)
         bad = ae.associate("127.0.0.1", port, ae_title="URONODE")
-        assert bad.is_established
+        assert bad.is_established and bad.dul.socket is not None
         # a P-DATA-TF whose only PDV claims 100 bytes in a 6-byte PDU
         bad.dul.socket.send(b"\x04\x00" + struct.pack(">I", 6) + struct.pack(">I", 100) + b"\x01\x03")
         wait_until(lambda: bad.is_aborted or not bad.is_established, 10, "the node to abort the association")

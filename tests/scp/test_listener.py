@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -23,17 +24,20 @@ from tests.peers.processes import Node, echoscu, storescu, wait_until
 StartNode = Callable[..., Node]
 
 
-def series_state(node: Node, series: str) -> dict | None:
+def series_state(node: Node, series: str) -> dict[str, Any] | None:
+    """The series' row as SQLite gives its columns (int, text or NULL)."""
     rows = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", series)
     return dict(rows[0]) if rows else None
 
 
-def wait_complete(node: Node, series: str, timeout: float = 20) -> dict:
+def wait_complete(node: Node, series: str, timeout: float = 20) -> dict[str, Any]:
     wait_until(lambda: (series_state(node, series) or {}).get("state") == "complete", timeout, f"series {series} to complete")
-    return series_state(node, series)  # type: ignore[return-value]
+    state = series_state(node, series)
+    assert state is not None
+    return state
 
 
-def jobs_for(node: Node, series: str) -> list[dict]:
+def jobs_for(node: Node, series: str) -> list[dict[str, Any]]:
     return [dict(r) for r in query(node.data_dir, "SELECT * FROM jobs WHERE series_instance_uid = ?", series)]
 
 
@@ -90,7 +94,8 @@ def test_one_series_from_storescu_is_stored_as_received_and_queued(start_node: S
     state = wait_complete(node, series)
     assert state["disposition"] == "queued"
     assert [j["state"] for j in jobs_for(node, series)] == ["queued"]
-    log = node.proc.log_text()  # type: ignore[union-attr]
+    assert node.proc is not None
+    log = node.proc.log_text()
     assert series in log  # the node does log what it did ...
     assert "Synthetic" not in log and "SYN0001" not in log  # ... but never who the patient is
     jobs = subprocess.run(
@@ -130,7 +135,8 @@ def test_duplicates_are_a_no_op_and_changed_bytes_replace(start_node: StartNode,
     assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0  # identical again
     after = {r["sop_instance_uid"]: (r["path"], r["received_at"]) for r in query(node.data_dir, "SELECT * FROM instances")}
     assert after == before
-    assert series_state(node, series)["state"] == "complete"  # type: ignore[index]
+    row = series_state(node, series)
+    assert row is not None and row["state"] == "complete"
     assert len(jobs_for(node, series)) == 1
     # the same UIDs with other pixels: replaced, series re-opened, a new generation queued
     write_series(tmp_path / "changed", 1, study=study, series=series, size=64, seed=2)
@@ -187,7 +193,7 @@ def test_a_real_file_without_study_uid_is_refused_and_the_node_goes_on(start_nod
     assert "Received Store Response (Error: CannotUnderstand)" in done.stderr
     assert query(node.data_dir, "SELECT * FROM instances") == []
     assert echoscu(node.dicom_port).returncode == 0
-    assert "StudyInstanceUID is missing" in node.proc.log_text()  # type: ignore[union-attr]
+    assert node.proc is not None and "StudyInstanceUID is missing" in node.proc.log_text()
 
 
 def test_an_unknown_calling_ae_is_rejected_with_the_right_reason(start_node: StartNode, tmp_path: Path) -> None:
@@ -227,6 +233,7 @@ def test_association_limit_and_pdu_size(start_node: StartNode) -> None:
     extra = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
     assert extra.is_rejected
     rj = extra.acceptor.primitive
+    assert rj is not None
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
     held[0].release()
     wait_until(lambda: ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE").is_established, 10, "a free slot")
@@ -290,6 +297,7 @@ def test_sigkill_right_after_success_loses_nothing_and_queues_once(start_node: S
     assert state["disposition"] == "queued"
     time.sleep(2.5)  # two more grace periods: it must not complete or queue again
     assert len(jobs_for(restarted, series)) == 1
-    assert series_state(restarted, series)["generation"] == 1  # type: ignore[index]
+    row = series_state(restarted, series)
+    assert row is not None and row["generation"] == 1
     lost = query(data, "SELECT outcome FROM associations")
     assert [r["outcome"] for r in lost] == ["lost"]

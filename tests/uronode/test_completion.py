@@ -1,9 +1,10 @@
 import time
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 
-from tests.factory import uid
+from tests.factory import SliceOptions, uid
 from tests.uronode.test_store import encoded, put
 from uronode import queries
 from uronode.associations import Associations
@@ -25,7 +26,9 @@ def monitor(store: Store) -> CompletionMonitor:
     return CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default")
 
 
-def send(store: Store, series: str, count: int, assoc: int | None, start: int = 0, **kwargs: object) -> None:
+def send(
+    store: Store, series: str, count: int, assoc: int | None, start: int = 0, **kwargs: Unpack[SliceOptions]
+) -> None:
     for i in range(start, start + count):
         put(store, encoded(i, series=series, **kwargs), association_id=assoc)
 
@@ -80,8 +83,10 @@ def test_a_late_instance_reopens_the_series_and_queues_it_again(store: Store, mo
     job = queue.claim()
     assert job is not None and job.series_generation == 1
     send(store, series, 1, None, start=2)
-    assert queries.series_row(store.db, series)["state"] == "receiving"  # type: ignore[index]
-    assert queries.series_row(store.db, series)["generation"] == 2  # type: ignore[index]
+    row = queries.series_row(store.db, series)
+    assert row is not None and row["state"] == "receiving"
+    row = queries.series_row(store.db, series)
+    assert row is not None and row["generation"] == 2
     done = monitor.complete_due(time.time() + GRACE + 0.1)
     assert done[0].generation == 2
     jobs = queue.for_series(series)
@@ -103,7 +108,8 @@ def test_replaced_bytes_reopen_a_complete_series(store: Store, monitor: Completi
     put(store, encoded(0, series=series, seed=1))
     monitor.complete_due(time.time() + GRACE + 0.1)
     put(store, encoded(0, series=series, seed=1))  # identical: no-op
-    assert queries.series_row(store.db, series)["state"] == "complete"  # type: ignore[index]
+    row = queries.series_row(store.db, series)
+    assert row is not None and row["state"] == "complete"
     put(store, encoded(0, series=series, seed=2))  # different bytes
     row = queries.series_row(store.db, series)
     assert row is not None and row["state"] == "receiving" and row["replaced_count"] == 1
@@ -128,7 +134,7 @@ def test_a_single_slice_series_is_valid(store: Store, monitor: CompletionMonitor
     ],
 )
 def test_series_the_model_cannot_read_are_recorded_with_the_reason(
-    store: Store, monitor: CompletionMonitor, kwargs: dict, reason: str
+    store: Store, monitor: CompletionMonitor, kwargs: SliceOptions, reason: str
 ) -> None:
     series = uid("h", reason)
     send(store, series, 2, None, **kwargs)

@@ -20,8 +20,9 @@ def enqueue(queue: JobQueue, series: str, generation: int = 1) -> int:
 def test_claim_takes_jobs_in_order_and_marks_them_running(queue: JobQueue) -> None:
     a, b = enqueue(queue, "1.1"), enqueue(queue, "1.2")
     first, second = queue.claim(), queue.claim()
-    assert (first.id, second.id) == (a, b)  # type: ignore[union-attr]
-    assert first.state is JobState.RUNNING and first.attempts == 1  # type: ignore[union-attr]
+    assert first is not None and second is not None
+    assert (first.id, second.id) == (a, b)
+    assert first.state is JobState.RUNNING and first.attempts == 1
     assert queue.claim() is None
 
 

@@ -79,17 +79,20 @@ def test_jobs_follow_their_deliveries(outbox: Outbox) -> None:
     first, second = outbox.due()["pacs"]
     outbox.mark_delivered([first.id])
     outbox.settle_jobs()
-    assert queue.get(job_id).state is JobState.DELIVERING  # type: ignore[union-attr]
+    job = queue.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERING
     for _ in range(3):
         outbox.mark_failed(second.id, "0xA700 from PACS")
     outbox.settle_jobs()
     job = queue.get(job_id)
     assert job is not None and job.state is JobState.FAILED and job.reason == "delivery failed: pacs: 0xA700 from PACS"
     assert outbox.retry(job_id=job_id) == 1
-    assert queue.get(job_id).state is JobState.DELIVERING  # type: ignore[union-attr]
+    job = queue.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERING
     outbox.mark_delivered([second.id])
     outbox.settle_jobs()
-    assert queue.get(job_id).state is JobState.DELIVERED  # type: ignore[union-attr]
+    job = queue.get(job_id)
+    assert job is not None and job.state is JobState.DELIVERED
 
 
 def test_a_result_stored_again_with_other_bytes_is_sent_from_its_new_file(outbox: Outbox) -> None:

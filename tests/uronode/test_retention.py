@@ -9,11 +9,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 
 from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
+from tests.factory import SliceOptions
 from tests.peers.processes import Node, storescu, wait_until
 from tests.uronode.test_store import encoded, put
 from uronode import queries
@@ -32,7 +34,7 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "data")
 
 
-def receive(store: Store, series: str, count: int = 3, **kwargs: object) -> None:
+def receive(store: Store, series: str, count: int = 3, **kwargs: Unpack[SliceOptions]) -> None:
     for i in range(count):
         put(store, encoded(i, series=series, study=STUDY, **kwargs))
     CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="default").complete_now([series])
@@ -136,7 +138,8 @@ def test_purge_and_requeue_commands(store: Store) -> None:
 
     requeued = run_cli("requeue", str(job), "--data-dir", data)
     assert requeued.returncode == 0, requeued.stderr
-    assert JobQueue(store).get(job).state is JobState.QUEUED  # type: ignore[union-attr]
+    found = JobQueue(store).get(job)
+    assert found is not None and found.state is JobState.QUEUED
     assert run_cli("requeue", str(job), "--data-dir", data).returncode == 1  # queued already: not failed
     assert run_cli("purge", "--data-dir", data, "--older-than-days", "30").stdout.startswith("deleted 0 series")
 

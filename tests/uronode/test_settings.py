@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_ae_title_over_16_characters_is_refused() -> None:
         ({"nonsense": 1}, "nonsense"),
     ],
 )
-def test_invalid_values_are_named(overrides: dict, message: str) -> None:
+def test_invalid_values_are_named(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=overrides)
 

@@ -1,13 +1,14 @@
 import subprocess
 from io import BytesIO
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.factory import ct_slice, uid
+from tests.factory import SliceOptions, ct_slice, uid
 from uronode import queries
 from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta
@@ -17,9 +18,11 @@ from uronode.store import Store
 from uronode.types import StoreOutcome
 
 
-def encoded(index: int = 0, series: str = "1.2.3.4", study: str = "1.2.3", **kwargs: object) -> list[bytes]:
+def encoded(
+    index: int = 0, series: str = "1.2.3.4", study: str = "1.2.3", **kwargs: Unpack[SliceOptions]
+) -> list[bytes]:
     """An instance as the listener holds it: our file meta, then the data set bytes."""
-    ds = ct_slice(study, series, index, **kwargs)  # type: ignore[arg-type]
+    ds = ct_slice(study, series, index, **kwargs)
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
     write_dataset(fp, ds)
@@ -32,8 +35,8 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "data")
 
 
-def put(store: Store, parts: list[bytes], **kwargs: object) -> StoreOutcome:
-    return store.put(read_header(parts), parts, calling_ae="TEST", **kwargs)  # type: ignore[arg-type]
+def put(store: Store, parts: list[bytes], association_id: int | None = None) -> StoreOutcome:
+    return store.put(read_header(parts), parts, calling_ae="TEST", association_id=association_id)
 
 
 def test_put_writes_the_exact_bytes_and_indexes_them(store: Store) -> None:
@@ -61,7 +64,9 @@ def test_identical_bytes_again_change_nothing(store: Store) -> None:
     series_before = queries.series_row(store.db, read_header(parts).series_instance_uid)
     assert put(store, parts) is StoreOutcome.DUPLICATE
     assert store.get_instance(sop) == before
-    assert dict(queries.series_row(store.db, read_header(parts).series_instance_uid)) == dict(series_before)  # type: ignore[arg-type]
+    series_after = queries.series_row(store.db, read_header(parts).series_instance_uid)
+    assert series_before is not None and series_after is not None
+    assert dict(series_after) == dict(series_before)
 
 
 def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Store) -> None:
@@ -69,13 +74,16 @@ def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Sto
     second = encoded(0, seed=2)  # same UIDs, other pixels
     assert read_header(first).sop_instance_uid == read_header(second).sop_instance_uid
     put(store, first)
-    old_path = store.get_instance(read_header(first).sop_instance_uid).path  # type: ignore[union-attr]
+    old = store.get_instance(read_header(first).sop_instance_uid)
+    assert old is not None
+    old_path = old.path
     assert put(store, second) is StoreOutcome.REPLACED
     now = store.get_instance(read_header(second).sop_instance_uid)
     assert now is not None and now.path.read_bytes() == b"".join(second)
     assert not old_path.exists()
     assert queries.count_instances(store.db) == 1
-    assert queries.series_row(store.db, read_header(second).series_instance_uid)["replaced_count"] == 1  # type: ignore[index]
+    row = queries.series_row(store.db, read_header(second).series_instance_uid)
+    assert row is not None and row["replaced_count"] == 1
 
 
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
@@ -105,12 +113,12 @@ def test_a_full_disk_is_out_of_resources(tmp_path: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], check=True)
     try:
         store = Store(mount / "data", max_disk_used_percent=100)
-        outcomes = []
+        outcomes: list[StoreOutcome | OutOfResources] = []
         for i in range(6):  # 8 KB each with the index: the 1.2 MB file system fills up
             try:
                 outcomes.append(put(store, encoded(i, size=256)))
             except OutOfResources as exc:
-                outcomes.append(exc)  # type: ignore[arg-type]
+                outcomes.append(exc)
         assert any(isinstance(o, OutOfResources) for o in outcomes)
         indexed = queries.count_instances(store.db)
         assert indexed == sum(o is StoreOutcome.STORED for o in outcomes)
@@ -176,4 +184,5 @@ def test_an_index_written_by_an_older_version_is_brought_up_to_date(tmp_path: Pa
     row = queries.series_row(store.db, "1.2.3.4")
     assert row is not None and row["modality"] == "CT" and row["generation"] == 2
     assert store.conn().execute("PRAGMA user_version").fetchone()[0] >= 3
-    assert store.get_instance(read_header(encoded(0, series="1.2.3.4")).sop_instance_uid).header.patient_id == "SYN0001"  # type: ignore[union-attr]
+    kept = store.get_instance(read_header(encoded(0, series="1.2.3.4")).sop_instance_uid)
+    assert kept is not None and kept.header.patient_id == "SYN0001"

@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 
@@ -25,6 +26,13 @@ class Case:
     findings: Findings
     results: Results
     paths: tuple[Path, ...]
+
+
+def report_of(sr: hd.sr.EnhancedSR | hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+    """A TID 1500 document's content, which highdicom reads as a MeasurementReport (typed as its base)."""
+    content = sr.content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ def test_kos_is_in_the_source_study_in_its_own_series(kos: hd.ko.KeyObjectSelect
     assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == MODEL_VERSION
     others = {ds.SeriesInstanceUID for ds in stones.results.datasets if ds is not stones.results.kos}
     assert kos.SeriesInstanceUID not in others | {stones.volume.series_instance_uid}
+    assert stones.results.kos is not None
     assert kos.SOPInstanceUID == stones.results.kos.SOPInstanceUID
 
 
@@ -120,4 +121,5 @@ def test_another_stone_gives_another_selection(stones: Case) -> None:
     flagged = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                for item in kos.ContentSequence if item.ValueType == "IMAGE"]
     assert flagged == [stones.volume.sop_instance_uids[2]]
+    assert stones.results.kos is not None
     assert kos.SOPInstanceUID == stones.results.kos.SOPInstanceUID  # the same series' KOS, replaced on a re-run

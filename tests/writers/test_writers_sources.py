@@ -10,17 +10,17 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from inference.postprocess import measure_stones
 from inference.volume import load_volume
 from inference.writers import save_results, write_results
 from lab.synth import generate_phantom, write_series
-from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, dciodvfy
+from tests.factory import pydicom_test_file
+from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, dciodvfy, report_of
 
 
 def test_multiframe_enhanced_ct_source(tmp_path: Path) -> None:
-    volume = load_volume([get_testdata_file("eCT_Supplemental.dcm")])
+    volume = load_volume([pydicom_test_file("eCT_Supplemental.dcm")])
     assert volume.frame_numbers == (2, 1)  # sorted feet to head: the file's frames reversed
     mask = np.zeros(volume.shape, np.uint8)
     mask[0, 300:303, 100:103] = 1
@@ -41,7 +41,7 @@ def test_multiframe_enhanced_ct_source(tmp_path: Path) -> None:
         pixels = seg.get_pixels_by_source_frame(source_uid, source_frame_numbers=[frame], segment_numbers=[1])
         np.testing.assert_array_equal(pixels[0, ..., 0], findings.mask[k])
 
-    source = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
+    source = pydicom.dcmread(pydicom_test_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
     for ds in results.secondary_captures:
         reference = ds.SourceImageSequence[0]
         frame = int(reference.ReferencedFrameNumber)
@@ -54,10 +54,11 @@ def test_multiframe_enhanced_ct_source(tmp_path: Path) -> None:
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source_uid  # the one instance, once
     assert list(image.ReferencedSOPSequence[0].ReferencedFrameNumber) == [2, 1]  # its frames in slice order
 
-    groups = hd.sr.srread(paths[-1]).content.get_volumetric_roi_measurement_groups()
+    groups = report_of(hd.sr.srread(paths[-1])).get_volumetric_roi_measurement_groups()
     assert len(groups) == 2
-    frames = {tuple(s.referenced_frame_numbers) for g in groups
-              for s in g.referenced_segment.source_images_for_segmentation}
+    segments = [g.referenced_segment for g in groups]
+    frames = {tuple(s.referenced_frame_numbers or ()) for segment in segments if segment is not None
+              for s in segment.source_images_for_segmentation}
     assert frames == {(1,), (2,)}
 
 

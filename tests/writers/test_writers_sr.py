@@ -9,14 +9,23 @@ import pytest
 
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
 from inference.writers.sr import stone_label
-from tests.writers.conftest import MODEL_NAME, Case
+from tests.writers.conftest import MODEL_NAME, Case, report_of
 
 
 def _sr(case: Case) -> hd.sr.Comprehensive3DSR:
-    return hd.sr.srread(next(p for p in case.paths if p.name.startswith("SR_")))
+    sr = hd.sr.srread(next(p for p in case.paths if p.name.startswith("SR_")))
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    return sr
 
 
-def _measurements(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> dict:
+def _report(case: Case) -> hd.sr.MeasurementReport:
+    return report_of(_sr(case))
+
+
+def _measurements(
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+) -> dict[tuple[str, str | None], tuple[float, str]]:
+    """(concept code, derivation code) -> (value, unit code) of every measurement of the group."""
     found = {}
     for m in group.get_measurements():
         derivation = m.derivation.value if m.derivation is not None else None
@@ -25,11 +34,11 @@ def _measurements(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluation
 
 
 def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
-    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    groups = _report(stones).get_volumetric_roi_measurement_groups()
     assert len(groups) == len(stones.findings.stones) == 3
     for i, (group, stone) in enumerate(zip(groups, stones.findings.stones, strict=True)):
         assert group.tracking_identifier == f"Stone {i + 1}"
-        assert group.finding_type.value == "56381008"
+        assert group.finding_type is not None and group.finding_type.value == "56381008"
         values = _measurements(group)
         assert values[("81827009", "56851009")] == (pytest.approx(stone.max_diameter_mm, abs=0.01), "mm")
         assert values[("118565006", None)] == (pytest.approx(stone.volume_mm3, abs=0.01), "mm3")
@@ -38,25 +47,27 @@ def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
 
 
 def test_sr_groups_state_the_side(stones: Case) -> None:
-    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    groups = _report(stones).get_volumetric_roi_measurement_groups()
     for group, stone in zip(groups, stones.findings.stones, strict=True):
         site = group.finding_sites[0]
         assert site.value.value == "122489005"
         if stone.side == "midline":
-            assert site.topographical_modifier.meaning == "Midline"
+            assert site.topographical_modifier is not None and site.topographical_modifier.meaning == "Midline"
         else:
-            assert site.laterality.meaning.lower() == stone.side
+            assert site.laterality is not None and site.laterality.meaning.lower() == stone.side
 
 
 def test_sr_references_the_seg_segment_and_the_source_slices(stones: Case) -> None:
     seg = stones.results.seg
     assert seg is not None
-    groups = _sr(stones).content.get_volumetric_roi_measurement_groups()
+    groups = _report(stones).get_volumetric_roi_measurement_groups()
     for group, stone in zip(groups, stones.findings.stones, strict=True):
         segment = group.referenced_segment
+        assert segment is not None
         assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert segment.referenced_sop_class_uid == seg.SOPClassUID
-        assert list(segment.referenced_segment_numbers) == [1]
+        numbers = segment.referenced_segment_numbers
+        assert numbers is not None and list(numbers) == [1]
         sources = [s.referenced_sop_instance_uid for s in segment.source_images_for_segmentation]
         assert sources == list(stone.sop_instance_uids)
 
@@ -65,7 +76,7 @@ def test_sr_evidence_lists_the_seg_and_the_source_series(stones: Case) -> None:
     sr = _sr(stones)
     series = {s.SeriesInstanceUID: s for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
     assert stones.volume.series_instance_uid in series
-    assert stones.results.seg.SeriesInstanceUID in series
+    assert stones.results.seg is not None and stones.results.seg.SeriesInstanceUID in series
     assert sr.StudyInstanceUID == stones.volume.study_instance_uid
     assert sr.Manufacturer == MANUFACTURER and sr.ManufacturerModelName == MODEL_NAME
     assert sr.SeriesNumber == SR_SERIES_NUMBER
@@ -82,10 +93,11 @@ def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
     assert no_stones.results.seg is None
     assert no_stones.results.secondary_captures == ()
     assert [p.name for p in no_stones.paths] == ["SR_903_0001.dcm"]
-    report = _sr(no_stones).content
+    report = _report(no_stones)
     assert report.get_volumetric_roi_measurement_groups() == []
     evaluations = [
-        (e.name.value, e.value.value)
+        # highdicom types QualitativeEvaluation.value as a number; it is the coded answer (a CodedConcept)
+        (e.name.value, e.value.value)  # type: ignore[union-attr]
         for g in report.get_image_measurement_groups()
         for e in g.get_qualitative_evaluations()
     ]
@@ -94,7 +106,7 @@ def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
 
 def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> None:
     """A planar group per stone: the same tracking UID as its volumetric group, its box on its widest slice."""
-    content = _sr(stones).content
+    content = _report(stones)
     volumetric = content.get_volumetric_roi_measurement_groups()
     planar = content.get_planar_roi_measurement_groups()
     assert len(planar) == len(stones.findings.stones) == 3
@@ -102,6 +114,7 @@ def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> N
         assert group.tracking_identifier == f"Stone {i + 1}"
         assert group.tracking_uid == volumetric[i].tracking_uid  # one finding, measured and located
         region = group.roi
+        assert region is not None
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         points = region.value
         assert points.shape == (5, 2) and (points[0] == points[-1]).all()  # a closed box, (column, row)
@@ -115,7 +128,9 @@ def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> N
         assert stone.side in comment.TextValue and f"{stone.max_diameter_mm:.1f} mm" in comment.TextValue
     # One stone spans slices 4 and 5 with as many voxels on each: its region is on the first.
     (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (4, 5)]
-    first = planar[k].roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    region = planar[k].roi
+    assert region is not None
+    first = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     assert first == stones.volume.sop_instance_uids[4]
 
 
@@ -123,6 +138,7 @@ def test_a_stone_without_a_box_gets_a_region_around_its_voxels(stones: Case) -> 
     (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (8,)]  # one voxel at (8, 30, 30)
     findings = dataclasses.replace(stones.findings, boxes=tuple(b for b in stones.findings.boxes if b.stone_index != k))
     sr = write_results(stones.volume, findings).sr
-    region = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()[k].roi
+    region = report_of(hd.sr.Comprehensive3DSR.from_dataset(sr)).get_planar_roi_measurement_groups()[k].roi
+    assert region is not None
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == stones.volume.sop_instance_uids[8]
     assert region.value.tolist() == [[30, 30], [31, 30], [31, 31], [30, 31], [30, 30]]
