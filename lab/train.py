@@ -437,8 +437,39 @@ def train_mixed(
                      training_description=training_description,
                      history={k: [float(v) for v in vals] for k, vals in history.history.items()},
                      spec=spec, rule=rule, version=version)
+    if initial_model is not None:
+        inherit_prediction_settings(card, initial_model)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(out_dir / "model.keras")
         write_card(out_dir, card)
     return model, card
+
+
+# What a fine-tuned model keeps from the card of the model it started from: how it is predicted
+# (test-time views and their gate), what its inputs are assumed to be, the data's attribution and
+# the component thresholds (to be chosen again on the validation side, which chosen_on says).
+INHERITED_CARD_KEYS = ("test_time_views", "test_time_views_gate", "input_assumptions")
+
+
+def inherit_prediction_settings(card: dict[str, Any], initial_model: Path) -> None:
+    """Carry the starting model's prediction settings into a fine-tuned model's ``card``.
+
+    Without them the fine-tuned model would be predicted differently from the model it is compared
+    with (one view instead of four, thresholds of 0.5), and any comparison of the two would measure
+    the settings, not the training. ``initial_model``: the ``.keras`` file; its folder's card is read
+    when there is one."""
+    card_file = initial_model.parent / "card.json"
+    if not card_file.is_file():
+        return
+    start: dict[str, Any] = json.loads(card_file.read_text())
+    for key in INHERITED_CARD_KEYS:
+        if key in start:
+            card[key] = start[key]
+    attribution = start.get("training", {}).get("attribution")
+    if attribution:
+        card["training"]["attribution"] = attribution
+    if "components" in start and "components" in card:
+        where = f"{start.get('name', 'the starting model')} {start.get('version', '')}".strip()
+        card["components"] = dict(start["components"],
+                                  chosen_on=f"inherited from {where}; choose them again on the validation side")

@@ -57,3 +57,32 @@ def test_a_mined_epoch_trains_and_writes_a_card(tmp_path: Path) -> None:
                               batch=16, hard_share=0.5, progress=False)
     assert (tmp_path / "m" / "model.keras").is_file()
     assert card["training"]["epochs"] == 2
+
+
+def test_a_fine_tuned_model_is_predicted_as_the_model_it_started_from(tmp_path: Path) -> None:
+    # a fine-tuned card without the starting model's test-time views would be predicted with one
+    # view, and compared with its parent on settings instead of training (it happened: docs/model.md)
+    import json
+
+    from inference.candidates import DEFAULT_RULE
+
+    spec = InputSpec(context=1, wide=(), patch=32)
+    train_mixed(_tiny_set(spec), tmp_path / "start", spec=spec, rule=DEFAULT_RULE, base=4, epochs=1, batch=16,
+                progress=False)
+    start_card = json.loads((tmp_path / "start" / "card.json").read_text())
+    start_card.update(name="uronode-stone-cascade", version="9.1.0", test_time_views=4, test_time_views_gate=0.1,
+                      input_assumptions={"lone_slice": "its own neighbours"})
+    start_card["components"]["dense_small"] = 0.8
+    start_card["training"]["attribution"] = ["CC BY 4.0 data"]
+    (tmp_path / "start" / "card.json").write_text(json.dumps(start_card))
+
+    _, card = train_mixed(_tiny_set(spec), tmp_path / "tuned", spec=spec, rule=DEFAULT_RULE,
+                          initial_model=tmp_path / "start" / "model.keras", base=4, epochs=1, batch=16,
+                          progress=False)
+    written = json.loads((tmp_path / "tuned" / "card.json").read_text())
+    assert written == card
+    assert card["test_time_views"] == 4 and card["test_time_views_gate"] == 0.1
+    assert card["input_assumptions"] == {"lone_slice": "its own neighbours"}
+    assert card["training"]["attribution"] == ["CC BY 4.0 data"]
+    assert card["components"]["dense_small"] == 0.8
+    assert "uronode-stone-cascade 9.1.0" in card["components"]["chosen_on"]
