@@ -41,8 +41,10 @@ from pydicom import config as pydicom_config
 from pynetdicom import _config, evt
 from pynetdicom import association as _association_mod
 from pynetdicom import dul as _dul_mod
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
@@ -102,7 +104,7 @@ def encode_pdata_tf(context_id: int, command: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
 
 
-def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+def _lean_send_msg(self: DIMSEServiceProvider, primitive: DimsePrimitiveType, context_id: int) -> None:
     if (
         type(primitive) is C_STORE
         and primitive.MessageIDBeingRespondedTo is not None
@@ -129,11 +131,11 @@ def _lean_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) 
     _original_send_msg(self, primitive, context_id)
 
 
-def attach(assoc: Any) -> None:
+def attach(assoc: Association) -> None:
     """Make one acceptor association event-driven (call before it starts)."""
     if not _installed:
         return
-    assoc._uronode_fast = True
+    assoc._uronode_fast = True  # type: ignore[attr-defined]  # our mark on pynetdicom's object
     dul = assoc.dul
     woken = threading.Event()
 
@@ -144,31 +146,32 @@ def attach(assoc: Any) -> None:
         woken.clear()
 
     def on_put(put: Callable[..., None]) -> Callable[..., None]:
-        def wrapped(item: Any, *args: Any, **kwargs: Any) -> None:
+        def wrapped(item: object, *args: object, **kwargs: object) -> None:
             put(item, *args, **kwargs)
             woken.set()
 
         return wrapped
 
-    assoc.dimse.msg_queue.put = on_put(assoc.dimse.msg_queue.put)
-    dul.to_user_queue.put = on_put(dul.to_user_queue.put)
-    assoc._uronode_wait = wait_association
+    # the patch itself: the queues wake the waiting reactor as they are filled
+    assoc.dimse.msg_queue.put = on_put(assoc.dimse.msg_queue.put)  # type: ignore[method-assign]
+    dul.to_user_queue.put = on_put(dul.to_user_queue.put)  # type: ignore[method-assign]
+    assoc._uronode_wait = wait_association  # type: ignore[attr-defined]  # read by _ThreadAwareTime.sleep
 
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     weakref.finalize(dul, wake_r.close)
     weakref.finalize(dul, wake_w.close)
-    provider_put = dul.to_provider_queue.put
+    provider_put: Callable[..., None] = dul.to_provider_queue.put
 
-    def put_and_wake(item: Any, *args: Any, **kwargs: Any) -> None:
+    def put_and_wake(item: object, *args: object, **kwargs: object) -> None:
         provider_put(item, *args, **kwargs)
         try:
             wake_w.send(b"\x00")
         except OSError:  # full (already woken) or closed (association over)
             pass
 
-    dul.to_provider_queue.put = put_and_wake
+    dul.to_provider_queue.put = put_and_wake  # type: ignore[method-assign]  # the patch itself
 
     def wait_dul(seconds: float) -> None:
         if dul.to_provider_queue.qsize() or not dul.event_queue.empty():
@@ -190,8 +193,8 @@ def attach(assoc: Any) -> None:
         except (OSError, ValueError):
             _time.sleep(seconds)
 
-    dul._uronode_wait = wait_dul
-    dul._read_pdu_data = types.MethodType(_read_pdu_lean, dul)
+    dul._uronode_wait = wait_dul  # type: ignore[attr-defined]  # read by _ThreadAwareTime.sleep
+    dul._read_pdu_data = types.MethodType(_read_pdu_lean, dul)  # type: ignore[method-assign]  # the patch itself
 
 
 def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
@@ -222,7 +225,7 @@ UNLIMITED_PDU_CAP = 256 * 1024 * 1024
 CONTROL_PDU_CAP = 1024 * 1024
 
 
-def _pdu_limit(assoc: Any, pdu_type: int) -> int:
+def _pdu_limit(assoc: Association, pdu_type: int) -> int:
     """The largest PDU we accept: our negotiated maximum (plus its header) for P-DATA, 1 MiB for the rest."""
     if pdu_type != 0x04:
         return CONTROL_PDU_CAP
@@ -230,7 +233,7 @@ def _pdu_limit(assoc: Any, pdu_type: int) -> int:
     return maximum + 64 if maximum else UNLIMITED_PDU_CAP
 
 
-def _read_pdu_lean(self: Any) -> None:
+def _read_pdu_lean(self: DULServiceProvider) -> None:
     """``DULServiceProvider._read_pdu_data`` with a short way for P-DATA-TF in the data transfer state.
 
     In Sta6 a P-DATA-TF PDU only ever leads to DT-2 (hand the PDVs to DIMSE,
@@ -240,6 +243,9 @@ def _read_pdu_lean(self: Any) -> None:
     PDU, and any PDU in another state, takes pynetdicom's own path.
     """
     sock = self.socket
+    if sock is None:  # the association's transport is already gone
+        self.event_queue.put("Evt17")
+        return
     try:
         head = sock.recv(6)
     except (OSError, TimeoutError):
@@ -274,7 +280,7 @@ def _read_pdu_lean(self: Any) -> None:
         and not self.assoc.get_handlers(evt.EVT_DATA_RECV)
     ):
         view = memoryview(body)
-        pdvs: list[list[Any]] = []
+        pdvs: list[list[int | memoryview]] = []
         pos = 0
         while pos < length:
             if pos + 6 > length:
