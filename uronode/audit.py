@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ class AuditLog:
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / "audit.log"
 
-    def record(self, event: str, **fields: Any) -> None:
+    def record(self, event: str, **fields: object) -> None:
         """Append one event; a failure to write is logged, never raised into the caller's work."""
         line = json.dumps({"time": round(time.time(), 3), "event": event, **fields}, separators=(",", ":")) + "\n"
         try:

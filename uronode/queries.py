@@ -88,7 +88,7 @@ class _Where:
 
     def __init__(self, matches: Matches, columns: dict[str, str]) -> None:
         self.clauses: list[str] = []
-        self.params: list[Any] = []
+        self.params: list[object] = []
         for keyword, raw in matches:
             if raw == "":
                 continue
@@ -99,7 +99,7 @@ class _Where:
             else:
                 raise InvalidQuery(f"{keyword} cannot be matched here")
 
-    def add(self, clause: str, *params: Any) -> None:
+    def add(self, clause: str, *params: object) -> None:
         self.clauses.append(clause)
         self.params += params
 
@@ -191,7 +191,7 @@ def search_series(
 ) -> list[dict[str, Any]]:
     """Series (of one study, or of all), by series number, with their study's attributes and instance count."""
     where = _Where(matches, {**SERIES_COLUMNS, **(STUDY_COLUMNS if study is None else {})})
-    params: list[Any] = []
+    params: list[object] = []
     if study is not None:
         where.clauses.insert(0, "se.study_instance_uid = ?")
         params.append(study)
