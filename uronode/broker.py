@@ -67,6 +67,17 @@ def make_broker(url: str, *, heartbeat_timeout_s: float = 60.0) -> RedisBroker:
     return broker
 
 
+def broker_lost_messages(broker: RedisBroker, node: str) -> bool:
+    """Whether Redis lost what it held since this node last asked (a restart with no persistence, a flush).
+
+    The node keeps a marker key of its own in Redis (no expiry) and sets it only where it is missing:
+    missing means Redis started empty (or was flushed) since, so the messages it carried are gone.
+    More robust than Redis's ``run_id``: it also sees a restart while the node was down and a
+    ``FLUSHALL``, and a restart that kept its data (persistence on) is no loss. The first call on a
+    new Redis answers True too; publishing again then costs at most one 409 per job."""
+    return bool(broker.client.set(f"{NAMESPACE}:node:{node}", "1", nx=True))
+
+
 def publish(broker: RedisBroker, message: JobMessage) -> None:
     """Put the message on the queue (raises the client's error when Redis cannot be reached)."""
     broker.enqueue(

@@ -95,9 +95,21 @@ class Claims:
         """How long a job published this many times waits for a claim before it is published again.
 
         ``claim_timeout_s``, doubling with each publication since its last claim (at most 64 times):
-        a message lost with Redis is replaced soon, while a long backlog that waits for free workers
-        does not fill the queue with copies."""
+        a long backlog that waits for free workers does not fill the queue with copies. Messages lost
+        with Redis do not wait for this: :meth:`broker_emptied` publishes them again at once."""
         return self.claim_timeout_s * 2 ** min(max(publications - 1, 0), 6)
+
+    def broker_emptied(self) -> int:
+        """The broker lost its messages (Redis restarted empty): every published, unclaimed job is to be published again.
+
+        In one transaction, each queued job with a message out is made publishable at once, its count of
+        publications (the backoff of :meth:`unclaimed_for`) back to none; returns how many."""
+        with self.store.transaction() as conn:
+            count = conn.execute(
+                "UPDATE jobs SET dispatched_at = NULL, publications = 0 WHERE state = 'queued' AND dispatched_at IS NOT NULL"
+            ).rowcount
+            _bump(conn, "jobs_republished", count)
+        return count
 
     def sweep(self, now: float | None = None) -> tuple[int, int]:
         """Take back what no live claim holds: returns (jobs whose lease expired, jobs never claimed in time).

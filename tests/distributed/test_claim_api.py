@@ -112,3 +112,31 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     assert again.status_code == 409 and "done" in again.json()["detail"]
     assert rows(node.data_dir) == after
     assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1}, headers=auth(w1)).status_code == 404
+
+
+def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not_after_its_backoff(
+        cluster: Cluster) -> None:
+    """The claim timeout is 600 s: only the node seeing that Redis lost its messages can publish the job again soon."""
+    token = cluster.token("w1").read_text().strip()
+    cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
+    node = cluster.start()
+    _, _, files = write_series(cluster.tmp / "ct", 4, size=64)
+    assert storescu(node.dicom_port, files).returncode == 0
+    msgs = f"uronode:{QUEUE_NAME}.msgs"
+    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1", 30, "the job to be published")
+    ((job_id, generation, published),) = [(r["id"], r["series_generation"], r["dispatched_at"])
+                                          for r in query(node.data_dir, "SELECT * FROM jobs")]
+    # Unclaimed, it would be published again only after 600 s (and up to 64 times that after a backlog).
+    assert cluster.counter("jobs_republished") == 0
+
+    cluster.redis.restart()
+    # Its message is gone with Redis; the node finds it out and publishes it again.
+    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1", 30, "the job to be published again")
+    (row,) = rows(node.data_dir)
+    assert row["dispatched_at"] > published and row["publications"] == 1 and row["state"] == "queued"
+    assert cluster.counter("jobs_republished") == 1
+    (raw,) = cluster.redis.cli("HVALS", msgs).splitlines()
+    assert json.loads(raw)["kwargs"]["job_id"] == job_id
+    claimed = httpx.post(f"http://127.0.0.1:{node.http_port}/api/queue/jobs/{job_id}/claim",
+                         json={"generation": generation}, headers={"Authorization": f"Bearer {token}"})
+    assert claimed.status_code == 200, claimed.text

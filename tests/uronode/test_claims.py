@@ -29,7 +29,8 @@ def test_a_node_restart_keeps_remote_claims_and_requeues_its_own_workers_jobs(tm
     store, claims, job = one_job(tmp_path)
     claims.claim(job.id, job.series_generation, "w1")
     assert JobQueue(store).recover() == 0
-    assert JobQueue(store).get(job.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    held = JobQueue(store).get(job.id)
+    assert held is not None and held.state is JobState.RUNNING
     put(store, encoded(1, series="1.2.3.9"))
     CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="m").complete_now(["1.2.3.9"])
     local = JobQueue(store).claim()
@@ -111,3 +112,23 @@ def test_a_job_waiting_for_a_worker_is_published_again_less_and_less_often(tmp_p
     (due,) = claims.to_publish()
     claims.mark_published(due, now=now)
     assert claims.sweep(now=now + 21) == (0, 1)
+
+
+def test_a_broker_that_lost_its_messages_has_every_unclaimed_job_published_again_its_backoff_over(
+        tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    for now in (10_000.0, 10_100.0, 10_300.0):  # published three times: the next wait is 80 s
+        (due,) = claims.to_publish()
+        claims.mark_published(due, now=now)
+        claims.sweep(now=now + 81)
+    (due,) = claims.to_publish()
+    claims.mark_published(due, now=10_400.0)
+    assert claims.to_publish() == [] and claims.sweep(now=10_401.0) == (0, 0)
+    assert claims.broker_emptied() == 1
+    (due,) = claims.to_publish()
+    claims.mark_published(due, now=10_402.0)
+    assert claims.sweep(now=10_402.0 + 21) == (0, 1)  # one claim timeout again, not 160 s
+    claims.claim(due.id, due.series_generation, "w1", now=10_500.0)
+    assert claims.broker_emptied() == 0  # a claimed job keeps its claim
+    held = JobQueue(store).get(job.id)
+    assert held is not None and held.state is JobState.RUNNING

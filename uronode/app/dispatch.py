@@ -4,8 +4,10 @@ Two of the node's loops with ``queue.backend = "dramatiq"``: the dispatcher
 publishes every queued job that is not yet published, then marks it
 (a crash between the two only publishes twice); the sweeper makes publishable
 again the jobs nobody claimed within ``queue.claim_timeout_s`` and those whose
-claim's lease ran out. Redis down: the round fails, is logged, and the next one
-tries again; the jobs wait in SQLite meanwhile.
+claim's lease ran out. The dispatcher also publishes again at once every job
+whose message Redis lost (a restart: no persistence, on purpose). Redis down:
+the round fails, is logged, and the next one tries again; the jobs wait in
+SQLite meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from uronode.broker import JobMessage, make_broker, publish
+from uronode.broker import JobMessage, broker_lost_messages, make_broker, publish
 from uronode.claims import Claims
 from uronode.settings import Settings
 from uronode.store import Store
@@ -34,7 +36,13 @@ class Dispatcher:
         self.node = node_url(settings)
 
     def publish_due(self) -> int:
-        """One round of the dispatcher: publish what is to be published; returns how many."""
+        """One round of the dispatcher: publish what is to be published; returns how many.
+
+        First, where Redis lost its messages since the last round, every published job nobody claimed
+        is to be published again (checked here, before publishing, so no message of this round is
+        taken for lost; one put on a Redis that then restarts is found lost the next round)."""
+        if broker_lost_messages(self.broker, self.node) and (lost := self.claims.broker_emptied()):
+            log.warning("the broker lost its messages (Redis restarted empty): %d job(s) are published again", lost)
         count = 0
         for job in self.claims.to_publish():
             publish(self.broker, JobMessage.for_job(job, self.node))
