@@ -25,6 +25,7 @@ from inference.network import (
     flops_per_patch,
     preprocess,
 )
+from inference.runtime import CARD_NAME, ModelCard
 from lab.dataset import PatchSet, patches_from_phantom
 from lab.synth import Phantom, generate_phantom
 
@@ -459,10 +460,9 @@ def inherit_prediction_settings(card: dict[str, Any], initial_model: Path) -> No
     with (one view instead of four, thresholds of 0.5), and any comparison of the two would measure
     the settings, not the training. ``initial_model``: the ``.keras`` file; its folder's card is read
     when there is one."""
-    card_file = initial_model.parent / "card.json"
-    if not card_file.is_file():
+    if not (initial_model.parent / CARD_NAME).is_file():
         return
-    start: dict[str, Any] = json.loads(card_file.read_text())
+    start = ModelCard.read(initial_model.parent).raw
     for key in INHERITED_CARD_KEYS:
         if key in start:
             card[key] = start[key]
