@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado, workers
 from dicomweb.auth import BasicAuth, http_password
@@ -17,6 +18,45 @@ from uronode.claims import WorkerTokens
 from uronode.loops import Loops
 from uronode.settings import Settings
 from uronode.store import Store
+
+AUDITED_PREFIXES = ("/dicom-web", "/api", "/upload")
+
+
+class AuditRequests:
+    """ASGI middleware: one audit event per DICOMweb, API or upload request and per request that is not a GET.
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs every request through an extra
+    task and memory stream: a cost a QIDO answer of a millisecond or two shows (docs/benchmarks.md).
+    """
+
+    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if not (path.startswith(AUDITED_PREFIXES) or method != "GET"):
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the server answers when the application raises before it starts a response
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            user = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-user"), None)
+            client = scope.get("client")
+            self.audit.record("http", method=method, path=path[:300], status=status,
+                              client=client[0] if client else None, user=user)
 
 
 def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Sequence[ReadyCheck] = ()) -> FastAPI:
@@ -48,17 +88,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app = FastAPI(title="uronode", version=__version__, lifespan=lifespan)
     audit = AuditLog(settings.storage.data_dir)
 
-    @app.middleware("http")
-    async def audit_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        if path.startswith(("/dicom-web", "/api", "/upload")) or request.method != "GET":
-            audit.record(
-                "http", method=request.method, path=path[:300], status=response.status_code,
-                client=request.client.host if request.client else None,
-                user=request.headers.get("x-forwarded-user"),
-            )
-        return response
+    app.add_middleware(AuditRequests, audit=audit)
     app.include_router(qido.router)
     app.include_router(wado.router)
     app.include_router(stow.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # keyword -> (tag, VR) of every attribute the index can answer with
@@ -41,22 +42,23 @@ def keyword_of(name: str) -> str | None:
     return BY_TAG.get(name.upper())
 
 
-def element(keyword: str, value: Any) -> dict[str, Any]:
-    """One DICOM JSON element; an empty value gives an element without Value."""
-    _, vr = ATTRIBUTES[keyword]
-    out: dict[str, Any] = {"vr": vr}
+def _element(vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == []:
-        return out
+        return {"vr": vr}
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
-        out["Value"] = [{"Alphabetic": str(v)} for v in values]
-    elif vr == "IS":
-        out["Value"] = [int(v) for v in values]
-    else:
-        out["Value"] = [str(v) for v in values]
-    return out
+        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
+    if vr == "IS":
+        return {"vr": vr, "Value": [int(v) for v in values]}
+    return {"vr": vr, "Value": [str(v) for v in values]}
 
 
-def dataset(values: dict[str, Any]) -> dict[str, Any]:
-    """A DICOM JSON data set from keyword -> value, in tag order."""
-    return {ATTRIBUTES[k][0]: element(k, v) for k, v in sorted(values.items(), key=lambda kv: ATTRIBUTES[kv[0]][0])}
+def datasets(keywords: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One DICOM JSON data set per row: the ``keywords`` (in tag order) with the row's values.
+
+    The layout (tags in order, VRs) is worked out once for all rows: a 300-instance QIDO answer is
+    300 data sets of the same attributes.
+    """
+    layout = [(keyword, *ATTRIBUTES[keyword]) for keyword in sorted(set(keywords), key=lambda k: ATTRIBUTES[k][0])]
+    return [{tag: _element(vr, row.get(keyword)) for keyword, tag, vr in layout} for row in rows]
+

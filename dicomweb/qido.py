@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from dicomweb.deps import StoreDep
-from dicomweb.dicomjson import dataset, keyword_of
+from dicomweb.dicomjson import datasets, keyword_of
 from uronode import queries
 from uronode.queries import InvalidQuery, Level
 
@@ -115,12 +115,10 @@ def search_studies(request: Request, store: StoreDep) -> Response:
     found = _search(lambda: queries.search_studies(store.db, query.matches, limit=query.limit, offset=query.offset))
     keys = query.wanted(DEFAULT_STUDY, DEFAULT_STUDY)
     base = _base(request)
-    items = []
     for values in found:
         values["SpecificCharacterSet"] = "ISO_IR 192"
         values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}"
-        items.append(dataset({k: values.get(k) for k in keys}))
-    return _reply(items, query)
+    return _reply(datasets(keys, found), query)
 
 
 def _series(request: Request, store: StoreDep, study: str | None) -> Response:
@@ -134,12 +132,10 @@ def _series(request: Request, store: StoreDep, study: str | None) -> Response:
     available = DEFAULT_SERIES + ([] if study is not None else [k for k in DEFAULT_STUDY if k not in DEFAULT_SERIES])
     keys = query.wanted(DEFAULT_SERIES, available)
     base = _base(request)
-    items = []
     for values in found:
         values["SpecificCharacterSet"] = "ISO_IR 192"
         values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
-        items.append(dataset({k: values.get(k) for k in keys}))
-    return _reply(items, query)
+    return _reply(datasets(keys, found), query)
 
 
 @router.get("/series", summary="Search for series in all studies")
@@ -161,15 +157,13 @@ def _instances(request: Request, store: StoreDep, study: str | None, series: str
         raise HTTPException(404, detail="no such study or series")
     keys = query.wanted(DEFAULT_INSTANCE, DEFAULT_INSTANCE + ["Modality", "SeriesNumber"])
     base = _base(request)
-    items = []
     for values in found:
         values["SpecificCharacterSet"] = "ISO_IR 192"
         values["RetrieveURL"] = (
             f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
             f"/instances/{values['SOPInstanceUID']}"
         )
-        items.append(dataset({k: values.get(k) for k in keys}))
-    return _reply(items, query)
+    return _reply(datasets(keys, found), query)
 
 
 @router.get("/instances", summary="Search for instances in all studies")

@@ -234,7 +234,8 @@ def search_instances(
         params.append(series)
     where.clauses[:0] = scope
     sql = (
-        "SELECT i.*, se.modality AS series_modality, se.series_number, st.patient_id FROM instances i"
+        "SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, i.instance_number,"
+        " se.modality AS series_modality, se.series_number FROM instances i"
         " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
         " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
         + where.sql()

@@ -1,0 +1,50 @@
+"""The node's HTTP server: the compiled parser and loop it names, and one audit event per audited request."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.peers.processes import Node
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _events(node: Node) -> list[dict[str, object]]:
+    lines = (node.data_dir / "audit.log").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == "http"]
+
+
+def test_serves_with_httptools_and_uvloop(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    assert node.proc is not None
+    with httpx.Client(base_url=f"http://127.0.0.1:{node.http_port}") as http:
+        assert http.get("/dicom-web/studies").status_code == 200  # the server has parsed a request
+    maps = _mapped(node.proc.popen.pid)
+    # uvicorn falls back to h11 and asyncio's own loop without a word; the node names both, so neither is missing
+    assert "httptools" in maps and "uvloop" in maps
+
+
+def test_each_audited_request_is_one_event_with_its_status(start_node: Callable[..., Node]) -> None:
+    node = start_node()
+    base = f"http://127.0.0.1:{node.http_port}"
+    with httpx.Client(base_url=base) as http:
+        assert http.get("/healthz").status_code == 200  # a GET outside DICOMweb, the API and uploads: not audited
+        assert http.get("/dicom-web/studies", headers={"X-Forwarded-User": "dr.who"}).status_code == 200
+        assert http.get("/dicom-web/studies/1.2.3/series").status_code == 404
+        assert http.get("/dicom-web/studies", params={"limit": "x"}).status_code == 400
+        assert http.post("/nowhere", content=b"").status_code in (404, 405)  # any method but GET is audited
+    events = _events(node)
+    assert [(e["method"], e["path"], e["status"]) for e in events] == [
+        ("GET", "/dicom-web/studies", 200),
+        ("GET", "/dicom-web/studies/1.2.3/series", 404),
+        ("GET", "/dicom-web/studies", 400),
+        ("POST", "/nowhere", events[-1]["status"]),
+    ]
+    assert events[0]["user"] == "dr.who" and events[1]["user"] is None
+    assert all(e["client"] == "127.0.0.1" for e in events)
