@@ -27,10 +27,14 @@ Rules worth knowing:
   ``slice_spacing`` and ``slice_extent_mm`` are distances between the planes
   along the normal (the table step times the cosine of the tilt), positions come
   from ImagePositionPatient, and in-plane sizes from PixelSpacing.
+- **A lone slice in any plane.** A series of one slice is read in its own
+  plane whatever its orientation (a coronal or sagittal image sent or uploaded
+  alone): the network reads a lone slice as a 2D image, its neighbours being
+  itself, and model 3 learned from coronal images read exactly so.
 - **Rejected** (``VolumeError``): not CT, a localizer, missing pixel data, more
   than one series or frame of reference, mixed image sizes, orientations or pixel
-  spacings, an orientation more than ``AXIAL_TOLERANCE_DEG`` away from axial
-  (coronal, sagittal, strongly oblique), and stacks whose slices shift in-plane
+  spacings, a stack of slices more than ``AXIAL_TOLERANCE_DEG`` away from axial
+  (coronal, sagittal, strongly oblique reformats), and stacks whose slices shift in-plane
   from one to the next other than along the table (a gantry tilt that the
   orientation does not state, or slices that are not one stack).
 """
@@ -68,11 +72,13 @@ AXIAL_TOLERANCE_DEG = 30.0
 """Largest angle between the slice normal and the patient's head-feet axis.
 
 30 degrees is the mechanical tilt range of clinical CT gantries, so every
-gantry-tilted series passes; a coronal or sagittal series (90 degrees) or a
-strongly oblique reformat does not. The network was trained on axial slices
-only: beyond this the slices cut the kidneys and ureters at angles it never
-saw, and a tilted stack's neighbour slices shift in-plane by more than half
-the distance between the planes (tan 30 = 0.58)."""
+gantry-tilted series passes; a stack of coronal or sagittal slices (90 degrees)
+or a strongly oblique reformat does not. The network reads a slice with its
+neighbours, and it learned neighbours only from axial stacks: beyond this a
+stack's neighbours lie along an axis it never saw, and a tilted stack's
+neighbour slices shift in-plane by more than half the distance between the
+planes (tan 30 = 0.58). A lone slice has no neighbours and is read in any
+plane (model 3 learned from lone coronal images)."""
 POSITION_TOLERANCE_MM = 0.01
 """Slices closer than this along the normal are at the same position."""
 TILT_TOLERANCE_MM = 0.5
@@ -427,7 +433,11 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     normal = np.cross(row_dir, col_dir)
     normal = normal / np.linalg.norm(normal)
     angle = _tilt_deg(normal)
-    if round(angle, 1) > AXIAL_TOLERANCE_DEG:  # to a tenth of a degree: IOP is rounded text
+    # one slice given (however many copies of it): a lone slice, read in any plane
+    lone = len({(f.sop_instance_uid, f.frame_number) for f in frames}) == 1
+    if lone and angle > 1.0:
+        logger.info("a lone slice %.0f degrees from axial: read in its own plane, as a 2D image", angle)
+    elif round(angle, 1) > AXIAL_TOLERANCE_DEG:  # to a tenth of a degree: IOP is rounded text
         raise VolumeError(
             f"the slices are not axial: their normal is {angle:.0f} degrees from the head-feet axis"
         )
@@ -451,7 +461,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             )
     else:
         slice_spacing = frames[0].thickness or 1.0
-    if angle > 1.0:
+    if angle > 1.0 and not lone:
         logger.info(
             "oblique slices kept in their own planes: normal %.1f degrees from the head-feet axis "
             "(GantryDetectorTilt %s), %.2f mm between the planes",

@@ -399,13 +399,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from lab.imageeval import format_image_table, score_images
-        from lab.realimages import image_hu, image_volume, read_image_set, split_groups
+        from lab.realimages import image_volume, read_image_set, split_groups
 
         images = read_image_set(args.images)
         chosen = images if args.split == "all" else split_groups(images)[args.split]
 
         def on_image(predict: Callable[[Volume], np.ndarray]) -> Callable[[LabelledImage], np.ndarray]:
-            return lambda im: predict(image_volume(image_hu(im.grey, args.window), im.name))[0]
+            return lambda im: predict(image_volume(im.as_hu(args.window), im.name, im.pixel_mm))[0]
 
         real_images = {name: score_images(chosen, on_image(predict), progress=name == "model")
                        for name, predict in predictors.items()}

@@ -14,7 +14,7 @@ from scipy import ndimage
 from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_candidates
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
 from inference.volume import Volume
-from lab.realimages import LabelledImage, exam_keys, grey_to_hu, image_volume, stone_mask
+from lab.realimages import LabelledImage, exam_keys, image_volume, stone_mask
 from lab.synth import Phantom, PhantomOptions, generate_phantom
 
 logger = logging.getLogger(__name__)
@@ -133,11 +133,11 @@ def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = D
     number = {k: first_seed + i for i, k in enumerate(sorted(set(keys.values())))}
     parts: list[PatchSet] = []
     for im in tqdm(images, desc="images", unit="image", disable=len(images) < 50):
-        volume = image_volume(grey_to_hu(im.grey), im.name)
+        volume = image_volume(im.as_hu("assumed"), im.name, im.pixel_mm)
         seed = number[keys[im.source]]
         part = patches_from_labelled(volume, stone_mask(im)[None], seed, rule, spec, max_contrast_negatives,
                                      np.random.default_rng(seed + len(parts)))
-        parts.append(part.with_windowed(True))
+        parts.append(part.with_windowed(im.hu is None))  # an image in HU is not re-windowed as a display image
     return PatchSet.concatenate(parts)
 
 

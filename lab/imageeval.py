@@ -71,6 +71,7 @@ class ImageScores(TypedDict):
     sensitivity_by_size: dict[str, float | None]
     margin_mm: float
     pixel_mm: float
+    images_at_their_own_pixel_mm: int
     missed: list[MissedBox]
     false: list[FalseStone]
 
@@ -97,11 +98,17 @@ class ImageTally:
     by_size_found: dict[str, int] = field(default_factory=lambda: {n: 0 for n, _, _ in BOX_BINS})
     missed: list[MissedBox] = field(default_factory=list)
     false: list[FalseStone] = field(default_factory=list)
+    own_spacing: int = 0
+    """Images scored at their own pixel spacing (DICOM) instead of ``pixel_mm``."""
 
-    def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray) -> None:
+    def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray, pixel_mm: float | None = None) -> None:
+        """Score one image's mask; ``pixel_mm`` is the image's own spacing (default: the tally's)."""
         boxes = list(boxes)
         reported = reported_stones(mask)
-        margin = MARGIN_MM / self.pixel_mm
+        pixel_mm = pixel_mm or self.pixel_mm
+        if pixel_mm != self.pixel_mm:
+            self.own_spacing += 1
+        margin = MARGIN_MM / pixel_mm
         grown = [b.grown(margin) for b in boxes]
         self.images += 1
         if boxes:
@@ -111,7 +118,7 @@ class ImageTally:
             self.negative_images += 1
             self.true_negative_images += not reported
         for box, big in zip(boxes, grown, strict=True):
-            size = max(box.width, box.height) * self.pixel_mm
+            size = max(box.width, box.height) * pixel_mm
             name_bin = next(n for n, lo, hi in BOX_BINS if lo <= size < hi)
             self.stones += 1
             self.by_size_total[name_bin] += 1
@@ -144,6 +151,7 @@ class ImageTally:
             "sensitivity_by_size": {n: ratio(self.by_size_found[n], self.by_size_total[n]) for n, _, _ in BOX_BINS},
             "margin_mm": MARGIN_MM,
             "pixel_mm": self.pixel_mm,
+            "images_at_their_own_pixel_mm": self.own_spacing,
             "missed": self.missed[:100],
             "false": self.false[:100],
         }
@@ -159,7 +167,7 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
 
         iterator = tqdm(list(images), desc="images", unit="image")
     for im in iterator:
-        tally.add(im.name, im.boxes, predict(im))
+        tally.add(im.name, im.boxes, predict(im), im.pixel_mm)
     return tally.as_dict()
 
 

@@ -7,7 +7,14 @@ line per stone, ``class cx cy w h`` normalised to the image; every class
 counts as stone. An image without a label file, or with an empty one, has no
 stone.
 
-The images are 8-bit in a display window nobody recorded. They become the
+Images that carry Hounsfield units are read as such: a DICOM CT image
+(``.dcm``, one slice in any plane, through ``inference.volume.load_volume``,
+its pixel spacing from its header) and a 16-bit image (``read_hu16``: the
+stored values of CT, HU + 1024, or HU + 32768 as DeepLesion writes them, told
+apart by where the image's values lie; a 16-bit copy of a display image,
+whose values reach the top of the range, is read as the 8-bit image it is).
+
+8-bit images are in a display window nobody recorded. They become the
 model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
 (level 40, width 400: the usual abdominal soft-tissue window), so grey 0 is
 -160 HU and grey 255 is +240 HU; stones and bone are clipped alike at the
@@ -45,9 +52,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from inference.volume import CT_IMAGE_STORAGE, Volume
+from inference.errors import InferenceError
+from inference.volume import CT_IMAGE_STORAGE, Volume, load_volume
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 ASSUMED_WINDOW = (40.0, 400.0)
 """(level, width) in HU that grey 0..255 is taken to span."""
 ASSUMED_PIXEL_MM = 0.75
@@ -104,8 +113,16 @@ class Box:
 class LabelledImage:
     path: Path
     grey: np.ndarray
-    """uint8 (rows, columns)."""
+    """uint8 (rows, columns); for an image that carries HU, those HU shown in the assumed window."""
     boxes: tuple[Box, ...]
+    hu: np.ndarray | None = None
+    """float32 (rows, columns): the HU the file carries (DICOM, 16-bit), None for an 8-bit image."""
+    pixel_mm: float = ASSUMED_PIXEL_MM
+    """The pixel spacing: a DICOM image's own, else ``ASSUMED_PIXEL_MM``."""
+
+    def as_hu(self, window: str = "auto") -> np.ndarray:
+        """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
+        return self.hu if self.hu is not None else image_hu(self.grey, window)
 
     @property
     def name(self) -> str:
@@ -195,17 +212,66 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box
 
 
 def read_grey(path: Path) -> np.ndarray:
-    """An image file as uint8 grey (colour images averaged)."""
+    """An 8-bit image file as uint8 grey (colour images averaged)."""
+    grey, hu, _ = read_image(path)
+    if hu is not None:
+        raise ImageSetError(f"{path}: carries HU, not an 8-bit image")
+    return grey
+
+
+SCALED_16BIT_MIN = 40_000
+"""A 16-bit image whose values reach this is a display image scaled to 16 bits, not stored CT values:
+CT's stored values stop near 4,095 + 1,024 (HU + 1024) or 3,071 + 32,768 (HU + 32768)."""
+OFFSET_32768_MEDIAN = 16_384
+"""Median at or above which a 16-bit CT image is taken as HU + 32768 (air alone is 31,768 there)."""
+
+
+def read_hu16(values: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    """(grey, HU) of a 16-bit image: HU when it holds stored CT values (see the module's text), else
+    (its 8-bit grey, None) for a display image scaled to 16 bits."""
+    if values.dtype == np.int16:  # signed 16-bit: the HU themselves
+        hu = values.astype(np.float32)
+    elif int(values.max()) >= SCALED_16BIT_MIN:
+        return np.round(values.astype(np.float32) / 257.0).astype(np.uint8), None
+    elif float(np.median(values)) >= OFFSET_32768_MEDIAN:
+        hu = values.astype(np.float32) - 32768.0
+    else:
+        hu = values.astype(np.float32) - 1024.0
+    if float(np.median(hu)) > 1500.0 or float(hu.max()) < -200.0:
+        raise ImageSetError(f"{where}: 16-bit values that are not CT numbers under any known offset")
+    return hu_to_grey(hu, ASSUMED_WINDOW), hu
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(grey, HU or None, pixel mm) of an image file: 8-bit (colour averaged), 16-bit, or a DICOM
+    CT image of one slice in any plane (see the module's text)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        try:
+            volume = load_volume([path])
+        except InferenceError as exc:
+            raise ImageSetError(f"{path}: {exc}") from exc
+        if volume.shape[0] != 1:
+            raise ImageSetError(f"{path}: {volume.shape[0]} frames; one slice per image")
+        rows_mm, columns_mm = volume.pixel_spacing
+        if abs(rows_mm - columns_mm) > 0.02 * max(rows_mm, columns_mm):
+            raise ImageSetError(f"{path}: pixels of {rows_mm} x {columns_mm} mm; square pixels only")
+        hu = volume.hu[0]
+        return hu_to_grey(hu, ASSUMED_WINDOW), hu, float(rows_mm)
     import cv2
 
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise ImageSetError(f"{path}: not an image OpenCV can read")
     if data.ndim == 3:
-        data = cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2GRAY)
+        channels = data[..., :3]
+        data = cv2.cvtColor(channels, cv2.COLOR_BGR2GRAY) if data.dtype == np.uint8 else channels.mean(axis=2)
+        data = data.astype(channels.dtype)
+    if data.dtype in (np.uint16, np.int16):
+        grey, hu = read_hu16(data, str(path))
+        return np.ascontiguousarray(grey), hu, ASSUMED_PIXEL_MM
     if data.dtype != np.uint8:
-        raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit images only")
-    return np.ascontiguousarray(data)
+        raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit, 16-bit or DICOM images only")
+    return np.ascontiguousarray(data), None, ASSUMED_PIXEL_MM
 
 
 def image_files(folder: Path) -> list[tuple[Path, Path]]:
@@ -229,10 +295,11 @@ def read_image_set(folder: Path) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text)."""
     out = []
     for image_path, label_path in image_files(folder):
-        grey = read_grey(image_path)
+        grey, hu, pixel_mm = read_image(image_path)
         text = label_path.read_text() if label_path.exists() else ""
         rows, columns = grey.shape
-        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path))))
+        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
+                                 hu=hu, pixel_mm=pixel_mm))
     return out
 
 

@@ -182,6 +182,16 @@ def test_rejects_with_a_reason(small_series: list[Path], tmp_path: Path, change:
     assert reason in info.value.reason
 
 
+@pytest.mark.parametrize("change", [_sagittal, _coronal])
+def test_a_lone_slice_is_read_in_any_plane(small_series: list[Path], tmp_path: Path, change: Change) -> None:
+    """One slice (sent twice, even) in a sagittal or coronal plane: read in its plane; a stack of them is not."""
+    (path,) = _modified(small_series[:1], tmp_path, change)
+    for given in ([path], [path, path]):
+        volume = load_volume(given)
+        assert volume.shape[0] == 1 and volume.tilt_deg == pytest.approx(90.0)
+        np.testing.assert_array_equal(volume.hu[0], load_volume(small_series[:1]).hu[0])
+
+
 def test_rejects_non_dicom_and_empty(tmp_path: Path) -> None:
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all" * 20)
