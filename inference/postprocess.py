@@ -3,7 +3,7 @@
 3D connected components (26-connectivity, so a stone crossing slices diagonally
 stays one stone), components below ``min_voxels`` dropped, then per stone:
 the slices it spans (their SOP Instance UIDs), centroid in DICOM patient
-coordinates (LPS, mm), largest axial diameter (mm, from PixelSpacing), volume
+coordinates (LPS, mm), largest in-plane (axial) diameter (mm, from PixelSpacing), volume
 (mm^3, each slice's own extent, so uneven spacing is honoured), mean and max HU,
 and side. Per slice: one box per stone with a margin (the paper's green box).
 """
@@ -47,7 +47,7 @@ class Stone:
     centroid_mm: tuple[float, float, float]
     """LPS patient coordinates (mm)."""
     max_diameter_mm: float
-    """Largest in-plane (axial) diameter over its slices."""
+    """Largest in-plane diameter over its slices (axial for an axial series; a lone slice's own plane)."""
     volume_mm3: float
     mean_hu: float
     max_hu: float
