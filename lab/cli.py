@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --images: which side of the grouped split to train on (default: train; the "
                         "others stay untouched for choosing thresholds and for the figures)")
     p.add_argument("--minutes", type=float, default=None, help="with --images: train for about this long")
+    p.add_argument("--pixel-mm", type=float, default=None,
+                   help="with --images: pixel spacing (mm) of the images that carry none (default: 0.75, as "
+                        "coronal abdominal crops have; a DICOM image always has its own)")
     p.add_argument("--from-scratch", action="store_true", help="with --data or --images: a new network instead of fine-tuning")
     p.add_argument("--name", default=None, help="model name for the card (with --data)")
     p.add_argument("--phantoms", type=int, default=200, help="generated training series")
@@ -91,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --images: read each image through the window estimated from its histogram when it "
                         "is clearly a wide (bone) one, else the assumed 400/40 (auto, the default), or always "
                         "through the assumed one")
+    p.add_argument("--pixel-mm", type=float, default=None,
+                   help="with --images: pixel spacing (mm) of the images that carry none (default: 0.75, as "
+                        "coronal abdominal crops have; a DICOM image always has its own)")
     p.add_argument("--lone-slices", action="store_true",
                    help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
     p.add_argument("--pictures", type=Path, default=None,
@@ -291,7 +297,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
     try:
-        images = read_image_set(args.images)
+        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
     except ImageSetError as exc:
         print(f"cannot read {args.images}: {exc}", file=sys.stderr)
         return 2
@@ -374,8 +380,16 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.evaluate import baseline_predictor, evaluate, format_table
+    from lab.realimages import ImageSetError, image_volume, read_image_set, split_groups
     from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
+    images: list[LabelledImage] = []
+    if args.images:  # read first: a folder that cannot be read fails before minutes of other figures
+        try:
+            images = read_image_set(args.images, pixel_mm=args.pixel_mm)
+        except ImageSetError as exc:
+            print(f"cannot read {args.images}: {exc}", file=sys.stderr)
+            return 2
     pipeline = Pipeline(args.model, threshold=args.threshold)
 
     def model_predict(volume: Volume) -> np.ndarray:
@@ -399,9 +413,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from lab.imageeval import format_image_table, score_images
-        from lab.realimages import image_volume, read_image_set, split_groups
-
-        images = read_image_set(args.images)
         chosen = images if args.split == "all" else split_groups(images)[args.split]
 
         def on_image(predict: Callable[[Volume], np.ndarray]) -> Callable[[LabelledImage], np.ndarray]:

@@ -291,15 +291,19 @@ def image_files(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_image_set(folder: Path) -> list[LabelledImage]:
-    """Every labelled image below ``folder`` (see the module's text)."""
+def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[LabelledImage]:
+    """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
+    images that carry none (default ``ASSUMED_PIXEL_MM``)."""
+    if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
+        raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
     for image_path, label_path in image_files(folder):
-        grey, hu, pixel_mm = read_image(image_path)
+        grey, hu, own_mm = read_image(image_path)
+        own = image_path.suffix.lower() in DICOM_SUFFIXES
         text = label_path.read_text() if label_path.exists() else ""
         rows, columns = grey.shape
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
-                                 hu=hu, pixel_mm=pixel_mm))
+                                 hu=hu, pixel_mm=own_mm if own or pixel_mm is None else pixel_mm))
     return out
 
 

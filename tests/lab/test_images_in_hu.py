@@ -7,6 +7,8 @@ window they would lose what the file says (the HU, the pixel spacing).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -119,3 +121,25 @@ def test_a_dicom_file_that_is_no_ct_image_is_refused_with_the_reason(tmp_path: P
     with pytest.raises(ImageSetError, match="not CT" if kind == "not-ct" else "cannot be read as DICOM") as info:
         read_image_set(folder)
     assert "a.dcm" in str(info.value)
+
+
+def test_a_pixel_spacing_given_for_the_images_that_carry_none(tmp_path: Path) -> None:
+    hu = _hu_image()
+    path, folder = _folder(tmp_path, "a.png")
+    assert cv2.imwrite(str(path), hu_to_grey(hu.astype(np.float32), ASSUMED_WINDOW))
+    _dicom(folder / "images" / "b.dcm", hu, orientation=CORONAL, spacing=0.6)
+    (folder / "labels" / "b.txt").write_text("")
+    png, dcm = read_image_set(folder, pixel_mm=0.5)
+    assert png.pixel_mm == 0.5 and dcm.pixel_mm == pytest.approx(0.6)  # a DICOM image keeps its own
+    with pytest.raises(ImageSetError, match="not a CT image's"):
+        read_image_set(folder, pixel_mm=50.0)
+
+
+def test_evaluate_refuses_an_unreadable_folder_before_any_other_work(tmp_path: Path) -> None:
+    path, folder = _folder(tmp_path, "a.png")
+    assert cv2.imwrite(str(path), np.full((48, 64), 9000, np.uint16))
+    done = subprocess.run([sys.executable, "-m", "uronode", "evaluate", "--series", "30", "--images", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "cannot read" in done.stderr and "not CT numbers" in done.stderr
+    assert "generated" not in done.stdout  # no generated series was evaluated first
