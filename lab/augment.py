@@ -13,7 +13,11 @@ assumed window (``lab.realimages``: stones and bone clipped alike near
 - ``drop_neighbours``: the neighbouring slices replaced by the centre slice, as a
   lone slice (an uploaded single file) gives them (``cut_patches`` repeats the
   edge slice);
-- ``add_noise``: white noise of 0-20 HU SD, as low-dose series carry.
+- ``add_noise``: white noise of 0-20 HU SD, as low-dose series carry;
+- ``blur_patches`` (off unless ``Augmentation.blur`` > 0): the slices blurred
+  in-plane by a Gaussian of 0.4-1.2 pixels, as a softer reconstruction kernel,
+  thicker slices or an image resized on export give them (other hospitals'
+  images are rarely as sharp as the training ones).
 
 All work on ``cut_inputs``' raw channels (the 2 x context + 1 slices, then the
 wide views) before ``preprocess``.
@@ -44,6 +48,9 @@ class Augmentation:
     """HU patches: neighbours dropped (a lone slice)."""
     noise: float = 0.2
     noise_max_hu: float = 20.0
+    blur: float = 0.0
+    """Any patch: its slices blurred in-plane (0: never, the default)."""
+    blur_sigma_px: tuple[float, float] = (0.4, 1.2)
 
 
 def _grey(hu: np.ndarray) -> np.ndarray:
@@ -79,6 +86,17 @@ def drop_neighbours(hu: np.ndarray, spec: InputSpec) -> np.ndarray:
     return out
 
 
+def blur_patches(hu: np.ndarray, sigmas: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Each patch's slices (not the wide views, already block means) blurred in-plane by its own SD (pixels)."""
+    from scipy import ndimage
+
+    out = hu.copy()
+    depth = 2 * spec.context + 1
+    for i, sigma in enumerate(sigmas):
+        out[i, ..., :depth] = ndimage.gaussian_filter(hu[i, ..., :depth], sigma=(float(sigma), float(sigma), 0.0))
+    return out
+
+
 def augment_patches(hu: np.ndarray, windowed: np.ndarray, spec: InputSpec, rng: np.random.Generator,
                     aug: Augmentation = Augmentation()) -> np.ndarray:
     """float32 raw HU patches (n, patch, patch, raw channels), each changed at random (see the module)."""
@@ -102,4 +120,10 @@ def augment_patches(hu: np.ndarray, windowed: np.ndarray, spec: InputSpec, rng: 
         k = int(reg.sum())
         out[reg] = regrey_patches(out[reg], np.exp(rng.uniform(np.log(0.75), np.log(1.35), k)),
                                   rng.uniform(-25, 25, k))
+    # no draw when off: the rotations drawn after this from the same generator stay as they were
+    blurred = np.zeros(n, bool)
+    if aug.blur > 0:
+        blurred = np.asarray(rng.random(n) < aug.blur)
+    if blurred.any():
+        out[blurred] = blur_patches(out[blurred], rng.uniform(*aug.blur_sigma_px, int(blurred.sum())), spec)
     return out

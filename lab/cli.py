@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--sampling-seed", type=int, default=0,
                    help="with --images: seed of the epochs' draws and augmentation (a further stage: a new one)")
+    p.add_argument("--blur", type=float, default=0.0,
+                   help="with --images: share of patches whose slices are blurred in-plane (0.4-1.2 pixels), as "
+                        "softer kernels and resized exports give other hospitals' images; 0 never")
     p.add_argument("--hard-share", type=float, default=0.0,
                    help="with --images: share of each epoch's negatives drawn by how much the network of the "
                         "moment takes them for stones (and of a positives' draw by how much it misses them); "
@@ -292,6 +295,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.candidates import CandidateRule
     from inference.network import InputSpec
     from inference.runtime import ModelCard, resolve_model_dir
+    from lab.augment import Augmentation
     from lab.dataset import PatchSet, patches_from_images, patches_from_phantom
     from lab.realimages import ImageSetError, read_image_set, split_groups
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
@@ -328,7 +332,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
                           epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
                           time_budget_s=args.minutes * 60 if args.minutes else None,
                           training_description=description, seed=args.sampling_seed,
-                          hard_share=args.hard_share)
+                          hard_share=args.hard_share, augmentation=Augmentation(blur=args.blur))
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters); its thresholds are 0.5")
     print("choose them on the validation side, then: uronode evaluate --model", args.out,
           "--images", args.images, "--split test")

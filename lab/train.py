@@ -7,6 +7,7 @@ phantoms carry more stones (2-6) and mimics (5-13) than a typical series.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from inference.network import (
     preprocess,
 )
 from inference.runtime import CARD_NAME, ModelCard
+from lab.augment import Augmentation
 from lab.dataset import PatchSet, patches_from_phantom
 from lab.synth import Phantom, generate_phantom
 
@@ -341,6 +343,7 @@ def train_mixed(
     version: str = "3.0.0",
     progress: bool = True,
     hard_share: float = 0.0,
+    augmentation: Augmentation | None = None,
 ) -> tuple[KerasModel, dict[str, Any]]:
     """Fit the U-Net with its component head on HU patches and windowed-image patches together.
 
@@ -360,6 +363,7 @@ def train_mixed(
 
     from lab.augment import augment_patches
 
+    aug = augmentation or Augmentation()
     rng = np.random.default_rng(seed)
     n = len(data)
     windowed = data.windowed if data.windowed is not None else np.zeros(n, bool)
@@ -406,7 +410,7 @@ def train_mixed(
         def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             idx = np.sort(self.order[i * batch:(i + 1) * batch])
             r = np.random.default_rng(rng.integers(1 << 31))
-            raw = augment_patches(data.patches[idx], windowed[idx], spec, r)
+            raw = augment_patches(data.patches[idx], windowed[idx], spec, r, aug)
             x, y = _augment(preprocess(raw, spec), data.targets[idx].astype(np.float32)[..., None], r)
             return x.astype(np.float32), {"stone": y, "component": centre[idx].astype(np.float32)[:, None]}
 
@@ -438,6 +442,7 @@ def train_mixed(
                      training_description=training_description,
                      history={k: [float(v) for v in vals] for k, vals in history.history.items()},
                      spec=spec, rule=rule, version=version)
+    card["training"]["augmentation"] = dataclasses.asdict(aug)
     if initial_model is not None:
         inherit_prediction_settings(card, initial_model)
     if out_dir is not None:

@@ -13,6 +13,7 @@ from inference.network import InputSpec
 from lab.augment import (
     Augmentation,
     augment_patches,
+    blur_patches,
     drop_neighbours,
     regrey_patches,
     rewindow_patches,
@@ -143,6 +144,26 @@ def test_augmentation_windows_lone_slices_and_noise() -> None:
     out = augment_patches(hu, windowed_flag, spec, rng, Augmentation(rewindow=0, regrey=1, lone=1, noise=0))
     assert np.array_equal(out[3:, ..., 0], out[3:, ..., 2])  # HU patches: lone
     assert not np.array_equal(out[:3], hu[:3])  # windowed patches: another window
+
+
+def test_blur_softens_the_slices_only_and_is_off_by_default() -> None:
+    spec = InputSpec(context=2, wide=(2, 4))
+    hu = np.full((4, 64, 64, spec.raw_channels), 40.0, np.float32)
+    hu[:, 30:34, 30:34, :] = 800.0  # a 4-pixel stone on every channel
+    blurred = blur_patches(hu, np.array([0.4, 0.8, 1.2, 1.2]), spec)
+    peaks = blurred[:, 31, 31, 2]
+    assert peaks[0] > peaks[1] > peaks[2] and peaks[2] < 800.0  # softer with the SD
+    assert blurred[:, 30:34, 30:34, :5].sum() < hu[:, 30:34, 30:34, :5].sum()  # spread out of the stone
+    assert np.allclose(blurred[..., :5].sum(axis=(1, 2)), hu[..., :5].sum(axis=(1, 2)), rtol=1e-3)  # kept
+    np.testing.assert_array_equal(blurred[..., 5:], hu[..., 5:])  # the wide views are block means already
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    off = augment_patches(hu, np.zeros(4, bool), spec, rng_a, Augmentation(rewindow=0, lone=0, noise=0))
+    np.testing.assert_array_equal(off, hu)
+    for _ in ("noise", "lone", "rewindow", "regrey"):  # the draws of the other changes' choices, and no more:
+        rng_b.random(4)  # off, blur leaves the rotations drawn after it as they were
+    assert rng_a.random() == rng_b.random()
+    on = augment_patches(hu, np.zeros(4, bool), spec, rng_a, Augmentation(rewindow=0, lone=0, noise=0, blur=1))
+    assert (on[:, 31, 31, 2] < 800.0).all()
 
 
 def test_real_image_patches_mark_stone_candidates(tmp_path: Path) -> None:
