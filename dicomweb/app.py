@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado, workers
@@ -20,11 +22,15 @@ from uronode.settings import Settings
 from uronode.store import Store
 
 AUDITED_PREFIXES = ("/dicom-web", "/api", "/upload")
+CLIENT_CLOSED_REQUEST = 499
 
 
 class AuditRequests:
     """ASGI middleware: one audit event per DICOMweb, API or upload request and per request that is not a GET.
 
+    The event is written when the response starts, with its status (a long WADO stream is audited
+    when it begins, not when it ends); a request that ends before any response is 500 when the
+    application raised, 499 when the client went away first (nginx's "client closed request").
     Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs every request through an extra
     task and memory stream: a cost a QIDO answer of a millisecond or two shows (docs/benchmarks.md).
     """
@@ -42,21 +48,31 @@ class AuditRequests:
         if not (path.startswith(AUDITED_PREFIXES) or method != "GET"):
             await self.app(scope, receive, send)
             return
-        status = 500  # what the server answers when the application raises before it starts a response
+        recorded = False
 
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_status)
-        finally:
+        def record(status: int) -> None:
+            nonlocal recorded
+            recorded = True
             user = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-user"), None)
             client = scope.get("client")
             self.audit.record("http", method=method, path=path[:300], status=status,
                               client=client[0] if client else None, user=user)
+
+        async def send_recording(message: Message) -> None:
+            if message["type"] == "http.response.start" and not recorded:
+                record(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        except (ClientDisconnect, asyncio.CancelledError):
+            if not recorded:
+                record(CLIENT_CLOSED_REQUEST)
+            raise
+        except Exception:
+            if not recorded:
+                record(500)  # what the server answers when the application raises before it starts a response
+            raise
 
 
 def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Sequence[ReadyCheck] = ()) -> FastAPI:

@@ -3,7 +3,7 @@
 3D connected components (26-connectivity, so a stone crossing slices diagonally
 stays one stone), components below ``min_voxels`` dropped, then per stone:
 the slices it spans (their SOP Instance UIDs), centroid in DICOM patient
-coordinates (LPS, mm), largest in-plane (axial) diameter (mm, from PixelSpacing), volume
+coordinates (LPS, mm), largest in-plane diameter (axial for an axial series; mm, from PixelSpacing), volume
 (mm^3, each slice's own extent, so uneven spacing is honoured), mean and max HU,
 and side. Per slice: one box per stone with a margin (the paper's green box).
 """

@@ -384,7 +384,13 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.evaluate import baseline_predictor, evaluate, format_table
-    from lab.realimages import ImageSetError, image_volume, read_image_set, split_groups
+    from lab.realimages import (
+        ASSUMED_PIXEL_MM,
+        ImageSetError,
+        image_volume,
+        read_image_set,
+        split_groups,
+    )
     from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
     images: list[LabelledImage] = []
@@ -422,7 +428,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         def on_image(predict: Callable[[Volume], np.ndarray]) -> Callable[[LabelledImage], np.ndarray]:
             return lambda im: predict(image_volume(im.as_hu(args.window), im.name, im.pixel_mm))[0]
 
-        real_images = {name: score_images(chosen, on_image(predict), progress=name == "model")
+        given_mm = args.pixel_mm or ASSUMED_PIXEL_MM
+        real_images = {name: score_images(chosen, on_image(predict), pixel_mm=given_mm, progress=name == "model")
                        for name, predict in predictors.items()}
         if args.pictures:
             pictures.update(_image_failure_pictures(chosen, on_image(model_predict),

@@ -102,12 +102,12 @@ class ImageTally:
     """Images scored at their own pixel spacing (DICOM) instead of ``pixel_mm``."""
 
     def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray, pixel_mm: float | None = None) -> None:
-        """Score one image's mask; ``pixel_mm`` is the image's own spacing (default: the tally's)."""
+        """Score one image's mask; ``pixel_mm``: the spacing its file states (default: the tally's)."""
         boxes = list(boxes)
         reported = reported_stones(mask)
-        pixel_mm = pixel_mm or self.pixel_mm
-        if pixel_mm != self.pixel_mm:
+        if pixel_mm is not None:
             self.own_spacing += 1
+        pixel_mm = pixel_mm or self.pixel_mm
         margin = MARGIN_MM / pixel_mm
         grown = [b.grown(margin) for b in boxes]
         self.images += 1
@@ -167,7 +167,7 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
 
         iterator = tqdm(list(images), desc="images", unit="image")
     for im in iterator:
-        tally.add(im.name, im.boxes, predict(im), im.pixel_mm)
+        tally.add(im.name, im.boxes, predict(im), im.pixel_mm if im.own_spacing else None)
     return tally.as_dict()
 
 

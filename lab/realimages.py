@@ -118,7 +118,9 @@ class LabelledImage:
     hu: np.ndarray | None = None
     """float32 (rows, columns): the HU the file carries (DICOM, 16-bit), None for an 8-bit image."""
     pixel_mm: float = ASSUMED_PIXEL_MM
-    """The pixel spacing: a DICOM image's own, else ``ASSUMED_PIXEL_MM``."""
+    """The pixel spacing: a DICOM image's own, else the one given for the set (``ASSUMED_PIXEL_MM``)."""
+    study_uid: str | None = None
+    """A DICOM image's StudyInstanceUID: its examination, for the split."""
 
     def as_hu(self, window: str = "auto") -> np.ndarray:
         """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
@@ -130,7 +132,13 @@ class LabelledImage:
 
     @property
     def source(self) -> str:
-        return source_key(self.path.stem)
+        """The image's source for the split: a DICOM image's study, else its name without the export's suffixes."""
+        return f"study-{self.study_uid}" if self.study_uid else source_key(self.path.stem)
+
+    @property
+    def own_spacing(self) -> bool:
+        """Whether the file says its pixel spacing (a DICOM image)."""
+        return self.study_uid is not None
 
 
 def source_key(stem: str) -> str:
@@ -213,7 +221,7 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box
 
 def read_grey(path: Path) -> np.ndarray:
     """An 8-bit image file as uint8 grey (colour images averaged)."""
-    grey, hu, _ = read_image(path)
+    grey, hu, _, _ = read_image(path)
     if hu is not None:
         raise ImageSetError(f"{path}: carries HU, not an 8-bit image")
     return grey
@@ -229,7 +237,7 @@ OFFSET_32768_MEDIAN = 16_384
 def read_hu16(values: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """(grey, HU) of a 16-bit image: HU when it holds stored CT values (see the module's text), else
     (its 8-bit grey, None) for a display image scaled to 16 bits."""
-    if values.dtype == np.int16:  # signed 16-bit: the HU themselves
+    if values.dtype == np.int16 and int(values.min()) < 0:  # signed with negatives: the HU themselves
         hu = values.astype(np.float32)
     elif int(values.max()) >= SCALED_16BIT_MIN:
         return np.round(values.astype(np.float32) / 257.0).astype(np.uint8), None
@@ -242,9 +250,9 @@ def read_hu16(values: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarr
     return hu_to_grey(hu, ASSUMED_WINDOW), hu
 
 
-def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """(grey, HU or None, pixel mm) of an image file: 8-bit (colour averaged), 16-bit, or a DICOM
-    CT image of one slice in any plane (see the module's text)."""
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | None]:
+    """(grey, HU or None, pixel mm, StudyInstanceUID or None) of an image file: 8-bit (colour averaged),
+    16-bit, or a DICOM CT image of one slice in any plane (see the module's text)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         try:
             volume = load_volume([path])
@@ -256,7 +264,7 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
         if abs(rows_mm - columns_mm) > 0.02 * max(rows_mm, columns_mm):
             raise ImageSetError(f"{path}: pixels of {rows_mm} x {columns_mm} mm; square pixels only")
         hu = volume.hu[0]
-        return hu_to_grey(hu, ASSUMED_WINDOW), hu, float(rows_mm)
+        return hu_to_grey(hu, ASSUMED_WINDOW), hu, float(rows_mm), volume.study_instance_uid or "unknown"
     import cv2
 
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -268,10 +276,10 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
         data = data.astype(channels.dtype)
     if data.dtype in (np.uint16, np.int16):
         grey, hu = read_hu16(data, str(path))
-        return np.ascontiguousarray(grey), hu, ASSUMED_PIXEL_MM
+        return np.ascontiguousarray(grey), hu, ASSUMED_PIXEL_MM, None
     if data.dtype != np.uint8:
         raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit, 16-bit or DICOM images only")
-    return np.ascontiguousarray(data), None, ASSUMED_PIXEL_MM
+    return np.ascontiguousarray(data), None, ASSUMED_PIXEL_MM, None
 
 
 def image_files(folder: Path) -> list[tuple[Path, Path]]:
@@ -298,12 +306,12 @@ def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[Labelled
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
     for image_path, label_path in image_files(folder):
-        grey, hu, own_mm = read_image(image_path)
-        own = image_path.suffix.lower() in DICOM_SUFFIXES
+        grey, hu, own_mm, study_uid = read_image(image_path)
         text = label_path.read_text() if label_path.exists() else ""
         rows, columns = grey.shape
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
-                                 hu=hu, pixel_mm=own_mm if own or pixel_mm is None else pixel_mm))
+                                 hu=hu, pixel_mm=own_mm if study_uid or pixel_mm is None else pixel_mm,
+                                 study_uid=study_uid))
     return out
 
 

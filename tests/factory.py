@@ -12,6 +12,7 @@ import numpy as np
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.valuerep import DS
 
 
 def uid(*parts: object) -> UID:
@@ -123,4 +124,23 @@ def write_series(
     return study, series, paths
 
 
-__all__ = ["CTImageStorage", "SecondaryCaptureImageStorage", "ct_slice", "uid", "write_series"]
+def image_slice(
+    path: Path, grey: np.ndarray, spacing: float, window: tuple[float, float],
+    orientation: Sequence[float] = (1, 0, 0, 0, 0, -1),
+) -> Dataset:
+    """An 8-bit image as one derived CT slice (coronal by default), as a viewer exports a reformat: its
+    rescale is ``window`` (level, width), so its HU are the grey read back through that window."""
+    level, width = window
+    ds = ct_slice(uid("study", path), uid("series", path), 0, spacing=spacing)
+    ds.Rows, ds.Columns = grey.shape
+    ds.ImageOrientationPatient = list(orientation)
+    ds.ImagePositionPatient = [-150.0, 20.0, 100.0]
+    ds.ImageType = ["DERIVED", "SECONDARY", "REFORMATTED"]
+    ds.RescaleSlope = DS(width / 255.0, auto_format=True)
+    ds.RescaleIntercept = level - width / 2
+    ds.PixelData = grey.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+__all__ = ["CTImageStorage", "SecondaryCaptureImageStorage", "ct_slice", "image_slice", "uid", "write_series"]

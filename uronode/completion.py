@@ -47,8 +47,13 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 """
 
 
-def qualify(rows: Sequence[sqlite3.Row]) -> str | None:
-    """Return why the model cannot take this series, or None when it can."""
+def qualify(rows: Sequence[sqlite3.Row], asked: bool = False) -> str | None:
+    """Return why the model cannot take this series, or None when it can.
+
+    Derived secondary CT images (reformats, slabs, exported key images) are skipped when they
+    arrive unasked (a PACS routing a whole study also sends its axial originals), but taken when
+    someone asks for them (``asked``: an upload to ``/api/predict``, the paper's workflow, where a
+    coronal slice exported from a viewer is DERIVED\\SECONDARY and the one image there is)."""
     if not rows:
         return "the series has no instances"
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
@@ -62,7 +67,7 @@ def qualify(rows: Sequence[sqlite3.Row]) -> str | None:
     image_types = [(r["image_type"] or "").upper().split("\\") for r in ct_rows]
     if all("LOCALIZER" in t for t in image_types):
         return "localizer (scout) images"
-    if all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
+    if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
         return "derived secondary images"
     return None
 
@@ -98,7 +103,7 @@ class CompletionMonitor:
                     done.append(result)
         return done
 
-    def _complete(self, due: sqlite3.Row) -> CompletedSeries | None:
+    def _complete(self, due: sqlite3.Row, asked: bool = False) -> CompletedSeries | None:
         series_uid = due["series_instance_uid"]
         with self.store.transaction() as conn:
             current = conn.execute(
@@ -116,7 +121,7 @@ class CompletionMonitor:
                 " WHERE series_instance_uid = ?",
                 (series_uid,),
             ).fetchall()
-            reason = qualify(instances)
+            reason = qualify(instances, asked)
             job_id = None
             if reason is None:
                 job_id = self.queue.enqueue_in(
@@ -149,7 +154,8 @@ class CompletionMonitor:
         )
 
     def complete_now(self, series_uids: Sequence[str]) -> list[CompletedSeries]:
-        """Complete these series at once (an upload that has ended: no grace period to wait for)."""
+        """Complete these series at once (an upload that has ended: no grace period to wait for); the
+        uploader asked for them, so derived secondary images are taken (``qualify``)."""
         done = []
         for uid in series_uids:
             row = self.store.conn().execute(
@@ -157,6 +163,6 @@ class CompletionMonitor:
                 " WHERE series_instance_uid = ? AND state = 'receiving'",
                 (uid,),
             ).fetchone()
-            if row is not None and (result := self._complete(row)) is not None:
+            if row is not None and (result := self._complete(row, asked=True)) is not None:
                 done.append(result)
         return done

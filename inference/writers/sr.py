@@ -5,7 +5,7 @@ overlay images ("Stone 1" is the first stone of ``Findings.stones``), with:
 finding type *Calculus*, finding site *Urinary system* with the side as its
 laterality (or the topographical modifier *Midline*), the SEG segment and the
 source slices it spans as the referenced segment, and four measurements:
-largest in-plane (axial) diameter (mm, derivation Maximum), volume (mm3), mean and maximum
+largest in-plane diameter (axial for an axial series; mm, derivation Maximum), volume (mm3), mean and maximum
 attenuation (HU).
 
 Each stone also has a planar group (TID 1410) with the same tracking

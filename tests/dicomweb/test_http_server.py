@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive, Scope, Send
 
+from dicomweb.app import AuditRequests, create_app
 from tests.peers.processes import Node
+from uronode.app.node import http_config
+from uronode.audit import AuditLog
+from uronode.settings import Settings
 
 
 def _mapped(pid: int) -> str:
@@ -18,6 +26,15 @@ def _mapped(pid: int) -> str:
 def _events(node: Node) -> list[dict[str, object]]:
     lines = (node.data_dir / "audit.log").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == "http"]
+
+
+def test_the_node_names_httptools_and_uvloop(tmp_path: Path) -> None:
+    """Named, so that uvicorn cannot fall back to h11 and asyncio's loop without a word."""
+    settings = Settings(storage={"data_dir": tmp_path}, dicomweb={"auth": "none"})
+    config = http_config(create_app(settings), settings)
+    assert (config.http, config.loop) == ("httptools", "uvloop")
+    config.load()  # what uvicorn does at start-up: fails when either is missing
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
 
 
 def test_serves_with_httptools_and_uvloop(start_node: Callable[..., Node]) -> None:
@@ -48,3 +65,24 @@ def test_each_audited_request_is_one_event_with_its_status(start_node: Callable[
     ]
     assert events[0]["user"] == "dr.who" and events[1]["user"] is None
     assert all(e["client"] == "127.0.0.1" for e in events)
+
+
+@pytest.mark.parametrize(("raised", "status"), [(ClientDisconnect(), 499), (RuntimeError("bug"), 500)])
+def test_a_request_that_ends_before_any_response_is_audited_with_why(
+        tmp_path: Path, raised: Exception, status: int) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise raised
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        raise AssertionError("nothing is sent")
+
+    middleware = AuditRequests(app, AuditLog(tmp_path))
+    scope: Scope = {"type": "http", "method": "POST", "path": "/dicom-web/studies", "headers": [],
+                    "client": ("127.0.0.1", 5)}
+    with pytest.raises(type(raised)):
+        asyncio.run(middleware(scope, receive, send))
+    (event,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert (event["event"], event["method"], event["status"]) == ("http", "POST", status)

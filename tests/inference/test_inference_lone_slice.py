@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.valuerep import DS
 
 from inference.pipeline import Pipeline
 from inference.runtime import load_model
@@ -30,7 +29,7 @@ from lab.realimages import (
     split_groups,
 )
 from lab.synth import Phantom, generate_phantom, shared_data_dir
-from tests.factory import ct_slice, uid
+from tests.factory import image_slice
 
 
 @pytest.fixture(scope="module")
@@ -111,27 +110,13 @@ def test_real_images_of_the_training_side_keep_their_stones(pipeline: Pipeline) 
     assert false / len(images) <= 0.5
 
 
-def _coronal_dicom(path: Path, grey: np.ndarray, spacing: float) -> None:
-    """``grey`` as one coronal CT slice whose rescale is the assumed window: its HU are ``grey_to_hu``'s."""
-    level, width = ASSUMED_WINDOW
-    ds = ct_slice(uid("study", path), uid("series", path), 0, spacing=spacing)
-    ds.Rows, ds.Columns = grey.shape
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
-    ds.ImagePositionPatient = [-150.0, 20.0, 100.0]
-    ds.ImageType = ["DERIVED", "SECONDARY", "REFORMATTED"]
-    ds.RescaleSlope = DS(width / 255.0, auto_format=True)
-    ds.RescaleIntercept = level - width / 2
-    ds.PixelData = grey.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_a_lone_coronal_dicom_slice_is_predicted_as_its_image_is(pipeline: Pipeline, tmp_path: Path) -> None:
     """A coronal image sent or uploaded alone is read in its plane, as the model learned coronal images."""
     images = [im for im in split_groups(read_image_set(shared_data_dir() / "real-stones"))["train"][:6] if im.boxes]
     found = 0
     for n, im in enumerate(images):
         path = tmp_path / f"coronal-{n}.dcm"
-        _coronal_dicom(path, im.grey, ASSUMED_PIXEL_MM)
+        image_slice(path, im.grey, ASSUMED_PIXEL_MM, ASSUMED_WINDOW)
         volume = load_volume([path])
         assert volume.tilt_deg == pytest.approx(90.0)
         np.testing.assert_array_equal(volume.hu[0], grey_to_hu(im.grey))

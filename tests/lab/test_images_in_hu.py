@@ -68,6 +68,16 @@ def test_a_signed_16_bit_image_holds_the_hu_themselves(tmp_path: Path) -> None:
     np.testing.assert_array_equal(image.hu, hu.astype(np.float32))
 
 
+def test_a_signed_16_bit_image_of_stored_values_is_read_with_their_offset(tmp_path: Path) -> None:
+    """pydicom's pixel_array of a signed CT (intercept -1024) saved as it is: no negative value, air at 0."""
+    hu = _hu_image()
+    path, folder = _folder(tmp_path, "a.tif")
+    assert cv2.imwrite(str(path), (hu + 1024).astype(np.int16))
+    (image,) = read_image_set(folder)
+    assert image.hu is not None
+    np.testing.assert_array_equal(image.hu, hu.astype(np.float32))
+
+
 def test_a_display_image_scaled_to_16_bits_is_read_as_its_8_bit_self(tmp_path: Path) -> None:
     grey = hu_to_grey(_hu_image().astype(np.float32), ASSUMED_WINDOW)
     path, folder = _folder(tmp_path, "a.png")
@@ -129,8 +139,12 @@ def test_a_pixel_spacing_given_for_the_images_that_carry_none(tmp_path: Path) ->
     assert cv2.imwrite(str(path), hu_to_grey(hu.astype(np.float32), ASSUMED_WINDOW))
     _dicom(folder / "images" / "b.dcm", hu, orientation=CORONAL, spacing=0.6)
     (folder / "labels" / "b.txt").write_text("")
-    png, dcm = read_image_set(folder, pixel_mm=0.5)
-    assert png.pixel_mm == 0.5 and dcm.pixel_mm == pytest.approx(0.6)  # a DICOM image keeps its own
+    png, dcm = read_image_set(folder, pixel_mm=0.4)
+    assert png.pixel_mm == 0.4 and dcm.pixel_mm == pytest.approx(0.6)  # a DICOM image keeps its own
+    assert not png.own_spacing and dcm.own_spacing
+    result = score_images([png], lambda im: (im.as_hu() > 500).astype(np.uint8), pixel_mm=0.4)
+    assert result["pixel_mm"] == 0.4 and result["images_at_their_own_pixel_mm"] == 0
+    assert result["stones_by_size"]["<3 mm"] == 1  # the 6-pixel box is 2.4 mm at 0.4 mm (4.5 at 0.75)
     with pytest.raises(ImageSetError, match="not a CT image's"):
         read_image_set(folder, pixel_mm=50.0)
 
@@ -143,3 +157,18 @@ def test_evaluate_refuses_an_unreadable_folder_before_any_other_work(tmp_path: P
     assert done.returncode == 2
     assert "cannot read" in done.stderr and "not CT numbers" in done.stderr
     assert "generated" not in done.stdout  # no generated series was evaluated first
+
+
+def test_dicom_images_of_one_study_are_one_examination_for_the_split(tmp_path: Path) -> None:
+    hu = _hu_image()
+    for name in ("a.dcm", "b.dcm"):
+        path, folder = _folder(tmp_path, name)
+        _dicom(path, hu, orientation=CORONAL, spacing=0.7)
+    a, b = read_image_set(folder)
+    assert a.study_uid is not None and a.study_uid != b.study_uid  # the factory gives each file its own study
+    assert a.source == f"study-{a.study_uid}"
+    ds = pydicom.dcmread(folder / "images" / "b.dcm")
+    ds.StudyInstanceUID = a.study_uid
+    ds.save_as(folder / "images" / "b.dcm")
+    a, b = read_image_set(folder)
+    assert a.source == b.source  # one study: one examination, never on both sides of the split

@@ -146,6 +146,20 @@ def test_series_the_model_cannot_read_are_recorded_with_the_reason(
     assert row is not None and row["disposition"] == "skipped" and reason in row["reason"]
 
 
+def test_derived_secondary_images_are_taken_when_asked_for(store: Store, monitor: CompletionMonitor) -> None:
+    """Routed unasked they are skipped (above); uploaded to /api/predict (complete_now) they are the job."""
+    series = uid("derived-upload")
+    send(store, series, 1, None, image_type=("DERIVED", "SECONDARY", "REFORMATTED"))
+    (done,) = monitor.complete_now([series])
+    assert done.disposition is SeriesDisposition.QUEUED and done.reason is None
+    assert [j.series_instance_uid for j in JobQueue(store).for_series(series)] == [series]
+    # the other reasons stand when asked: a localizer is still no series for the model
+    scout = uid("scout-upload")
+    send(store, scout, 1, None, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    (skipped,) = monitor.complete_now([scout])
+    assert skipped.disposition is SeriesDisposition.SKIPPED and "localizer" in (skipped.reason or "")
+
+
 def test_after_a_crash_lost_associations_let_the_series_complete_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
     series = uid("i")

@@ -19,6 +19,7 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import SynchronizedArray
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from dicomweb.app import create_app
 from dicomweb.ops import ReadyCheck
@@ -128,6 +129,17 @@ class WorkerProcess:
                 self.proc.kill()
 
 
+
+def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for the node's HTTP side.
+
+    httptools and uvloop (uvicorn's "standard" set) are named, so that a missing one fails at start-up
+    instead of uvicorn falling back without a word to its pure-Python parser and asyncio's own loop,
+    slower on every small answer (docs/benchmarks.md, DICOMweb).
+    """
+    return uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False,
+                          http="httptools", loop="uvloop")
+
 def model_missing(settings: Settings) -> str | None:
     """Why the worker cannot run: its model's folder is not there (None: it is)."""
     if model_available(settings.inference.model, settings.inference.models_dir):
@@ -209,13 +221,7 @@ def serve(settings: Settings) -> None:
         settings.dicomweb.port,
         store.root,
     )
-    app = create_app(settings, loops, ready_checks)
-    # httptools and uvloop (uvicorn's "standard" set), named so that a missing one fails here instead of
-    # falling back to the pure-Python parser and loop (h11, asyncio): slower on every small answer
-    # (docs/benchmarks.md, DICOMweb).
-    config = uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False,
-                            http="httptools", loop="uvloop")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(http_config(create_app(settings, loops, ready_checks), settings))
     try:
         server.run()  # handles SIGINT/SIGTERM by returning
     finally:
