@@ -79,7 +79,10 @@ def test_sigkill_at_every_stage_loses_nothing_and_delivers_each_result_once(
         log, _ = sender.communicate(timeout=60)
         assert sender.returncode != 0, "the association outlived the node: the kill came too late"
         sent = acknowledged(log)
-        assert 5 <= len(sent) < len(sources), len(sent)
+        # storescu sends one instance at a time: of the 5 or more stored, all but the last may have been
+        # answered (a kill between storing an instance and answering it leaves it unacknowledged: the
+        # sender's to send again; seen on a loaded machine)
+        assert 4 <= len(sent) < len(sources), len(sent)
 
         # 2. Restarted: everything acknowledged is there. The sender tries again; killed before completion.
         node = start_node(data, **hold)
