@@ -442,7 +442,7 @@ def train_mixed(
                      training_description=training_description,
                      history={k: [float(v) for v in vals] for k, vals in history.history.items()},
                      spec=spec, rule=rule, version=version)
-    card["training"]["augmentation"] = dataclasses.asdict(aug)
+    card["training"]["augmentation"] = json.loads(json.dumps(dataclasses.asdict(aug)))  # as card.json holds it
     if initial_model is not None:
         inherit_prediction_settings(card, initial_model)
     if out_dir is not None:
