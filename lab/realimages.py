@@ -219,14 +219,6 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box
     return tuple(boxes)
 
 
-def read_grey(path: Path) -> np.ndarray:
-    """An 8-bit image file as uint8 grey (colour images averaged)."""
-    grey, hu, _, _ = read_image(path)
-    if hu is not None:
-        raise ImageSetError(f"{path}: carries HU, not an 8-bit image")
-    return grey
-
-
 SCALED_16BIT_MIN = 40_000
 """A 16-bit image whose values reach this is a display image scaled to 16 bits, not stored CT values:
 CT's stored values stop near 4,095 + 1,024 (HU + 1024) or 3,071 + 32,768 (HU + 32768)."""
