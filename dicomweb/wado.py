@@ -107,19 +107,24 @@ def instance_metadata_json(item: StoredInstance) -> dict[str, Any]:
 def series_metadata_text(store: Store, study: str, series: str) -> str:
     """The series' metadata as a JSON array, cached next to its files until the series changes.
 
-    The first request reads every file (about 2 ms each); later ones read one
-    file. The cache is keyed by the instances' count and latest arrival, so a
+    The first request reads every file (about 2 ms each); later ones read the
+    cache alone. The cache is keyed by the instances' count, latest arrival
+    and greatest file name (one aggregate query, not the index rows), so a
     late or replaced instance makes it stale.
     """
-    instances = _instances(store, study, series)
-    key = f"{len(instances)}:{max(i.received_at for i in instances)!r}:{max(i.path.name for i in instances)}"
-    cache = instances[0].path.parent / METADATA_CACHE
+    version = queries.series_version(store.db, study, series)
+    if version is None:
+        raise HTTPException(404, detail="no such series")
+    count, latest, path = version
+    key = f"{count}:{latest!r}:{Path(path).name}"
+    cache = Path(path).parent / METADATA_CACHE
     try:
         first, _, text = cache.read_text().partition("\n")
         if first == key:
             return text
     except OSError:
         pass
+    instances = _instances(store, study, series)
     text = json.dumps([instance_metadata_json(i) for i in instances], separators=(",", ":"))
     tmp = cache.with_name(f"{METADATA_CACHE}.{secrets.token_hex(4)}.tmp")
     try:

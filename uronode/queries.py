@@ -291,6 +291,20 @@ def find_instances(
     return [_stored(r) for r in rows]
 
 
+def series_version(database: Database, study: str, series: str) -> tuple[int, float, str] | None:
+    """What changes whenever a series' instances do: their count, latest arrival and greatest file path.
+
+    One aggregate over the series' index rows, so a cache keyed by it is checked
+    without reading the rows themselves. None when the series has no instance.
+    """
+    count, latest, path = database.conn().execute(
+        "SELECT count(*), max(received_at), max(path) FROM instances"
+        " WHERE study_instance_uid = ? AND series_instance_uid = ?",
+        (study, series),
+    ).fetchone()
+    return (int(count), float(latest), str(path)) if count else None
+
+
 def series_instances(database: Database, series: str) -> list[StoredInstance]:
     """A series' instances by instance number."""
     rows = database.conn().execute(

@@ -86,6 +86,24 @@ def test_different_bytes_replace_the_file_and_mark_the_series_changed(store: Sto
     assert row is not None and row["replaced_count"] == 1
 
 
+def test_series_version_changes_with_every_arrival_and_replacement(store: Store) -> None:
+    """The metadata cache's key: a late instance, a replaced one and nothing else change it."""
+    assert queries.series_version(store.db, "1.2.3", "1.2.3.4") is None
+    put(store, encoded(0, seed=1))
+    first = queries.series_version(store.db, "1.2.3", "1.2.3.4")
+    assert first is not None and first[0] == 1
+    assert Path(first[2]).parent == store.instances_dir / "1.2.3" / "1.2.3.4"
+    assert put(store, encoded(0, seed=1)) is StoreOutcome.DUPLICATE
+    assert queries.series_version(store.db, "1.2.3", "1.2.3.4") == first
+    put(store, encoded(1))
+    late = queries.series_version(store.db, "1.2.3", "1.2.3.4")
+    assert late is not None and late[0] == 2 and late != first
+    assert put(store, encoded(0, seed=2)) is StoreOutcome.REPLACED
+    replaced = queries.series_version(store.db, "1.2.3", "1.2.3.4")
+    assert replaced is not None and replaced[0] == 2 and replaced not in (first, late)
+    assert queries.series_version(store.db, "9.9.9", "1.2.3.4") is None  # the study is part of the key
+
+
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", max_disk_used_percent=0.001)
     with pytest.raises(OutOfResources, match="watermark"):
