@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+from starlette.responses import Response
+
 # keyword -> (tag, VR) of every attribute the index can answer with
 ATTRIBUTES: dict[str, tuple[str, str]] = {
     "SpecificCharacterSet": ("00080005", "CS"),
@@ -53,12 +56,43 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [str(v) for v in values]}
 
 
+def _text_element(vr: str, value: Any) -> dict[str, Any]:
+    """``_element`` of a VR whose values are strings, with the common case (one string) first."""
+    if type(value) is str:
+        return {"vr": vr, "Value": [value]} if value else {"vr": vr}
+    return _element(vr, value)
+
+
+def _number_element(vr: str, value: Any) -> dict[str, Any]:
+    """``_element`` of an IS, with the common case (one int) first."""
+    if type(value) is int:
+        return {"vr": vr, "Value": [value]}
+    return _element(vr, value)
+
+
+_BUILDERS = {"PN": _element, "IS": _number_element}
+
+
 def datasets(keywords: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One DICOM JSON data set per row: the ``keywords`` (in tag order) with the row's values.
 
-    The layout (tags in order, VRs) is worked out once for all rows: a 300-instance QIDO answer is
-    300 data sets of the same attributes.
+    The layout (tags in order, VRs, each one's builder) is worked out once for all rows: a
+    300-instance QIDO answer is 300 data sets of the same attributes.
     """
     layout = [(keyword, *ATTRIBUTES[keyword]) for keyword in sorted(set(keywords), key=lambda k: ATTRIBUTES[k][0])]
-    return [{tag: _element(vr, row.get(keyword)) for keyword, tag, vr in layout} for row in rows]
+    builders = [(keyword, tag, vr, _BUILDERS.get(vr, _text_element)) for keyword, tag, vr in layout]
+    return [{tag: build(vr, row.get(keyword)) for keyword, tag, vr, build in builders} for row in rows]
 
+
+def dumps(value: Any) -> bytes:
+    """DICOM JSON text (UTF-8) of data sets built here or by pydicom; a NaN or infinite float becomes null."""
+    return orjson.dumps(value)
+
+
+class DicomJSONResponse(Response):
+    """An ``application/dicom+json`` answer, encoded by ``dumps``."""
+
+    media_type = "application/dicom+json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from dicomweb.deps import StoreDep
-from dicomweb.dicomjson import datasets, keyword_of
+from dicomweb.dicomjson import DicomJSONResponse, datasets, keyword_of
 from uronode import queries
 from uronode.queries import InvalidQuery, Level
 
@@ -95,7 +95,7 @@ def _reply(items: list[dict[str, Any]], query: Query) -> Response:
     headers = {}
     if query.ignored:
         headers["Warning"] = f'299 uronode "ignored unsupported attributes: {", ".join(sorted(query.ignored))[:200]}"'
-    return JSONResponse(items, media_type="application/dicom+json", headers=headers)
+    return DicomJSONResponse(items, headers=headers)
 
 
 def _base(request: Request) -> str:

@@ -9,7 +9,6 @@ other large values) as BulkDataURIs. Frames come uncompressed
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -22,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from dicomweb.deps import StoreDep
+from dicomweb.dicomjson import dumps
 from uronode import queries
 from uronode.store import METADATA_CACHE, Store
 from uronode.types import StoredInstance
@@ -119,16 +119,16 @@ def series_metadata_text(store: Store, study: str, series: str) -> str:
     key = f"{count}:{latest!r}:{Path(path).name}"
     cache = Path(path).parent / METADATA_CACHE
     try:
-        first, _, text = cache.read_text().partition("\n")
+        first, _, text = cache.read_text(encoding="utf-8").partition("\n")
         if first == key:
             return text
     except OSError:
         pass
     instances = _instances(store, study, series)
-    text = json.dumps([instance_metadata_json(i) for i in instances], separators=(",", ":"))
+    text = dumps([instance_metadata_json(i) for i in instances]).decode()
     tmp = cache.with_name(f"{METADATA_CACHE}.{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_text(key + "\n" + text)
+        tmp.write_text(key + "\n" + text, encoding="utf-8")
         os.replace(tmp, cache)
     except OSError:
         tmp.unlink(missing_ok=True)  # a cache that cannot be written is only slower
@@ -156,7 +156,7 @@ def series_metadata(study: str, series: str, request: Request, store: StoreDep) 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="Retrieve an instance's metadata")
 def instance_metadata(study: str, series: str, sop: str, request: Request, store: StoreDep) -> Response:
     (item,) = _instances(store, study, series, sop)
-    text = json.dumps([instance_metadata_json(item)], separators=(",", ":"))
+    text = dumps([instance_metadata_json(item)]).decode()
     return _metadata_response(request, [text])
 
 
