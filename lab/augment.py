@@ -17,7 +17,13 @@ assumed window (``lab.realimages``: stones and bone clipped alike near
 - ``blur_patches`` (off unless ``Augmentation.blur`` > 0): the slices blurred
   in-plane by a Gaussian of 0.4-1.2 pixels, as a softer reconstruction kernel,
   thicker slices or an image resized on export give them (other hospitals'
-  images are rarely as sharp as the training ones).
+  images are rarely as sharp as the training ones);
+- ``coarsen_patches`` (off unless ``Augmentation.coarse`` > 0): the slices as a
+  coarser acquisition gives them once resampled to the model's pixels: averaged
+  over blocks of 2-4 pixels (1.5-3 mm at 0.75 mm), given noise of 0-15 HU at
+  that coarse grain, and interpolated back (linear). A coarse series' noise
+  grains are then a few millimetres wide, stone-sized; the network sees them
+  with their labels unchanged (a stone stays a stone, fainter when small).
 
 All work on ``cut_inputs``' raw channels (the 2 x context + 1 slices, then the
 wide views) before ``preprocess``.
@@ -51,6 +57,10 @@ class Augmentation:
     blur: float = 0.0
     """Any patch: its slices blurred in-plane (0: never, the default)."""
     blur_sigma_px: tuple[float, float] = (0.4, 1.2)
+    coarse: float = 0.0
+    """Any patch: its slices as a coarser acquisition resampled (0: never, the default)."""
+    coarse_block_px: tuple[int, int] = (2, 4)
+    coarse_noise_hu: float = 15.0
 
 
 def _grey(hu: np.ndarray) -> np.ndarray:
@@ -97,6 +107,26 @@ def blur_patches(hu: np.ndarray, sigmas: np.ndarray, spec: InputSpec) -> np.ndar
     return out
 
 
+def coarsen_patches(hu: np.ndarray, blocks: np.ndarray, noise_sd: np.ndarray, spec: InputSpec,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Each patch's slices averaged over blocks[i] x blocks[i] pixels, given white noise of noise_sd[i] HU at
+    that grain (each slice its own, a lone slice's copies the same), and interpolated back (linear); the wide views are kept."""
+    import cv2
+
+    out = hu.copy()
+    depth = 2 * spec.context + 1
+    rows, cols = hu.shape[1:3]
+    for i, (block, sd) in enumerate(zip(blocks, noise_sd, strict=True)):
+        size = (max(1, round(cols / block)), max(1, round(rows / block)))
+        lone = all(np.array_equal(hu[i, ..., 0], hu[i, ..., c]) for c in range(1, depth))
+        grain = rng.standard_normal((size[1], size[0], 1 if lone else depth)).astype(np.float32) * np.float32(sd)
+        for c in range(depth):  # a lone slice's repeated neighbours get the same grain: they stay one slice
+            small = cv2.resize(np.ascontiguousarray(hu[i, ..., c]), size, interpolation=cv2.INTER_AREA)
+            out[i, ..., c] = cv2.resize(small + grain[..., 0 if lone else c], (cols, rows),
+                                        interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 def augment_patches(hu: np.ndarray, windowed: np.ndarray, spec: InputSpec, rng: np.random.Generator,
                     aug: Augmentation = Augmentation()) -> np.ndarray:
     """float32 raw HU patches (n, patch, patch, raw channels), each changed at random (see the module)."""
@@ -104,6 +134,12 @@ def augment_patches(hu: np.ndarray, windowed: np.ndarray, spec: InputSpec, rng: 
     n = out.shape[0]
     windowed = np.asarray(windowed, dtype=bool)
     native = ~windowed
+    if aug.coarse > 0:  # first, as the acquisition comes before everything else; no draw when off
+        coarse = np.asarray(rng.random(n) < aug.coarse)
+        if coarse.any():
+            k = int(coarse.sum())
+            out[coarse] = coarsen_patches(out[coarse], rng.integers(aug.coarse_block_px[0], aug.coarse_block_px[1] + 1, k),
+                                          rng.uniform(0, aug.coarse_noise_hu, k).astype(np.float32), spec, rng)
     noisy = native & (rng.random(n) < aug.noise)
     if noisy.any():
         sd = rng.uniform(0, aug.noise_max_hu, int(noisy.sum())).astype(np.float32)
