@@ -5,7 +5,10 @@ association to each receiver in turn, for several rounds, each round with
 fresh SOP Instance UIDs (no receiver gets an easy duplicate). A second case
 sends 4 series of 75 instances over 4 concurrent associations. Everything runs
 in a private network namespace on loopback, TCP_NODELAY=1 for DCMTK and
-Orthanc. The node runs as ``uronode serve`` with its defaults (fsync on).
+Orthanc. The node runs as ``uronode serve`` with its defaults (fsync on) but
+for its worker: it runs no model unless ``--worker`` (the peers only receive;
+a model run takes both cores for seconds after each series and would slow
+whichever receiver came next).
 
 Usage: python -m bench.ingest [--rounds N] [--json FILE]
 """
@@ -71,6 +74,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (one more warms up)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker", action="store_true",
+                        help="let the node's worker run the model on every series it receives, as in service (by "
+                             "default it runs none: receiving alone, as the peers do)")
     args = parser.parse_args()
     reexec_in_netns()
 
@@ -97,7 +103,11 @@ def main() -> int:
 
     # All three run side by side; each round sends to each of them in turn, in a rotating order,
     # so that the machine's noise falls on all of them alike. Round 0 warms up and is not counted.
-    node = Node(work / "uronode", port, http).start()
+    # Without --worker the node runs no model: the peers receive and nothing else, the model's seconds
+    # of CPU per series would fall on whichever receiver came next, and the 2026-11-26 record was
+    # measured before the node had a worker (bench.e2e times the model).
+    node = Node(work / "uronode", port, http,
+                extra_env={} if args.worker else {"URONODE_INFERENCE__WORKERS": "0"}).start()
     scp = start_storescp(work / "storescp-out", port + 1)
     orthanc = start_orthanc(work / "orthanc", http_port=http + 2, dicom_port=port + 2)
     try:
