@@ -112,6 +112,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
 
+    p = subparsers.add_parser("choose", help="choose a model's component thresholds on the validation side of "
+                                             "labelled real images (the grid rule of docs/model.md)")
+    p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
+    p.add_argument("--images", type=Path, required=True, help="images with YOLO box files (as train --images)")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test", "all"],
+                   help="side of the split by examination (never the test side for a shipped model)")
+    p.add_argument("--pixel-mm", type=float, default=None, help="pixel size of images that carry none")
+    p.add_argument("--max-false", type=float, default=0.2, help="false stones per image the choice may make")
+    p.add_argument("--write-card", action="store_true",
+                   help="write the chosen thresholds into the model's card.json (components)")
+    p.set_defaults(func=cmd_choose)
+
     p = subparsers.add_parser("experiment", help="train network variants on generated series in parallel and "
                               "choose each one's thresholds on validation series (or, with --validate, a model's)",
                               description="See lab/experiment.py: phantoms in parallel, several model variants, "
@@ -382,6 +394,46 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
             failure_picture(im.grey, predict(im), im.boxes, (false["row"], false["column"]),
                             f"false stone ({false['pixels']} px)"))
     return kinds
+
+
+def cmd_choose(args: argparse.Namespace) -> int:
+    from inference.pipeline import Pipeline
+    from lab.choose import choose, component_rows
+    from lab.realimages import ImageSetError, read_image_set, split_groups
+
+    try:
+        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
+    except ImageSetError as exc:
+        print(f"cannot read {args.images}: {exc}", file=sys.stderr)
+        return 2
+    chosen = images if args.split == "all" else split_groups(images)[args.split]
+    if not chosen:
+        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+        return 2
+    pipeline = Pipeline(args.model)
+    rows = component_rows(chosen, lambda v: pipeline.analyse(v)[2])
+    boxes = sum(len(im.boxes) for im in chosen)
+    print(f"{len(chosen)} images ({args.split} side), {boxes} boxes, {len(rows)} candidate components")
+    for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
+        option = choose(rows, boxes, len(chosen), cap)
+        if option is not None:
+            print(f"  <= {cap} false stones per image: {option.sensitivity:.3f} of the boxes at "
+                  f"{option.false_per_image:.3f}, thresholds {option.thresholds}")
+    best = choose(rows, boxes, len(chosen), args.max_false)
+    if best is None:
+        print(f"no thresholds on the grid keep to {args.max_false} false stones per image", file=sys.stderr)
+        return 1
+    if args.write_card:
+        from lab.train import write_card
+
+        card = dict(pipeline.model.card.raw)
+        card["components"] = {**card.get("components", {}), **best.thresholds,
+                              "chosen_on": f"the {args.split} side of the real-images split ({len(chosen)} images, "
+                                           f"{boxes} boxes): the most boxes found at <= {args.max_false} false "
+                                           "stones per image (uronode choose)"}
+        write_card(pipeline.model.folder, card)
+        print(f"thresholds written to {pipeline.model.folder / 'card.json'}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -277,12 +277,13 @@ def make_server(
 
 
 def run_receiver(
-    settings_json: str, listening: socket.socket, counts: SynchronizedArray[int], index: int, ready: EventFlag
+    settings_json: str, listening: socket.socket, counts: SynchronizedArray[int], index: int, ready: EventFlag,
+    parent_pid: int | None = None,
 ) -> None:
     """Entry point of one receiving process."""
     from uronode.logs import setup_logging
 
-    die_with_parent()
+    die_with_parent(parent_pid)
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
     slots = AssociationSlots(counts, index, settings.scp.max_associations)

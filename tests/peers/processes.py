@@ -105,12 +105,16 @@ class Node:
         with log.open("ab") as out:
             popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.proc = Proc(popen, log)
-        wait_until(
-            # HTTP answers only once every receiving process accepts associations
-            lambda: popen.poll() is not None or port_open(self.http_port),
-            timeout,
-            "the node to listen",
-        )
+        try:
+            wait_until(
+                # HTTP answers only once every receiving process accepts associations
+                lambda: popen.poll() is not None or port_open(self.http_port),
+                timeout,
+                "the node to listen",
+            )
+        except BaseException:
+            self.proc.stop()  # a node that never listened is not left running after its test
+            raise
         if popen.poll() is not None:
             raise RuntimeError(f"the node exited with {popen.returncode}:\n{self.proc.log_text()}")
         return self

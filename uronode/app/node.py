@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import multiprocessing
+import os
 import time
 from functools import partial
 from multiprocessing.context import SpawnProcess
@@ -63,7 +64,7 @@ class Receivers:
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=run_receiver,
-            args=(self.settings.model_dump_json(), self.socket, self.counts, index, ready),
+            args=(self.settings.model_dump_json(), self.socket, self.counts, index, ready, os.getpid()),
             name=f"uronode-receiver-{index}",
             daemon=True,
         )
@@ -111,7 +112,7 @@ class WorkerProcess:
         from uronode.app.worker import run_worker
 
         self.proc = self.ctx.Process(
-            target=run_worker, args=(self.settings.model_dump_json(),), name="uronode-worker", daemon=True
+            target=run_worker, args=(self.settings.model_dump_json(), os.getpid()), name="uronode-worker", daemon=True
         )
         self.proc.start()
 

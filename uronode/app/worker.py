@@ -143,11 +143,11 @@ class Worker:
                 self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def run_worker(settings_json: str) -> None:
+def run_worker(settings_json: str, parent_pid: int | None = None) -> None:
     """Entry point of the worker process: load the model once, then take jobs until SIGTERM."""
+    die_with_parent(parent_pid)
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
-    die_with_parent()
     started = time.perf_counter()
     pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)

@@ -1,0 +1,86 @@
+"""Choosing component thresholds on labelled images (``uronode choose``): the grid rule and the command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from inference.components import ComponentTable
+from inference.volume import Volume
+from lab.choose import ComponentRow, choose, component_rows, count
+from lab.realimages import Box, LabelledImage, image_files, read_image_set, split_groups
+from lab.synth import shared_data_dir
+
+REAL = shared_data_dir() / "real-stones"
+ROWS = [
+    # two images, three boxes: a strong stone, a weaker one, a weak small one in a contrast component
+    ComponentRow("a", "dense_large", 0.95, (0,)),
+    ComponentRow("a", "dense_small", 0.75, (1,)),
+    ComponentRow("a", "dense_small", 0.65, ()),  # a false stone that a 0.6 threshold lets through
+    ComponentRow("b", "contrast", 0.55, (0,)),
+    ComponentRow("b", "contrast", 0.85, ()),  # a confident false stone
+    ComponentRow("b", "dense_large", 0.3, ()),
+]
+
+
+def test_count_finds_a_box_once_and_calls_the_rest_false() -> None:
+    everything = {"dense_small": 0.0, "dense_large": 0.0, "contrast": 0.0}
+    doubled = [*ROWS, ComponentRow("a", "dense_large", 0.9, (0,))]  # a second component on box 0
+    assert count(doubled, everything, boxes=3, images=2) == (1.0, 1.5)
+    assert count(ROWS, {"dense_small": 0.7, "dense_large": 0.9, "contrast": 0.9}, 3, 2) == (2 / 3, 0.0)
+
+
+def test_the_rule_most_boxes_within_the_false_stone_bound() -> None:
+    strict = choose(ROWS, boxes=3, images=2, max_false=0.0)
+    assert strict is not None
+    assert strict.sensitivity == 2 / 3 and strict.false_per_image == 0.0
+    assert strict.thresholds["contrast"] == 0.9  # the confident false stone is kept out
+    loose = choose(ROWS, boxes=3, images=2, max_false=1.0)
+    assert loose is not None and loose.sensitivity == 1.0  # the contrast stone at 0.55 needs 0.5
+    assert loose.thresholds["contrast"] == 0.5 and loose.false_per_image == 0.5
+    assert loose.thresholds["dense_small"] >= 0.7  # ties go to fewer false stones
+    assert choose([ComponentRow("a", "contrast", 0.99, ())], 1, 1, max_false=0.5) is None
+
+
+def test_rows_place_each_component_by_its_densest_pixel() -> None:
+    hu = np.full((40, 40), -50.0, np.float32)
+    image = LabelledImage(Path("x.png"), np.zeros((40, 40), np.uint8), (Box(10, 10, 14, 14),), hu=hu, pixel_mm=1.0)
+
+    def analyse(volume: Volume) -> ComponentTable:
+        assert volume.hu.shape == (1, 40, 40)
+        return ComponentTable(boxes=[(slice(0, 1), slice(10, 13), slice(10, 13)), None,
+                                     (slice(0, 1), slice(30, 33), slice(30, 33))],
+                              voxels=np.array([9, 0, 9]), groups=np.array(["dense_small", "dense_large", "contrast"]),
+                              classifier=np.array([0.9, 0.0, 0.4]), pixel=np.zeros(3, np.float32),
+                              peaks=np.array([[0, 15, 15], [0, 0, 0], [0, 31, 31]]))
+
+    rows = component_rows([image], analyse, margin_mm=2.0)
+    # the first peak is a pixel outside the box but within 2 mm of it; the missing component is skipped
+    assert rows == [ComponentRow("x", "dense_small", 0.9, (0,)), ComponentRow("x", "contrast", 0.4, ())]
+
+
+def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
+    """A few validation images of ``real-stones`` copied into a set of their own; thresholds into a model copy."""
+    validation = split_groups(read_image_set(REAL))["validation"][:6]
+    pairs = dict(image_files(REAL))
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    for im in validation:
+        shutil.copy(im.path, tmp_path / "set" / "images" / im.path.name)
+        shutil.copy(pairs[im.path], tmp_path / "set" / "labels" / f"{im.path.stem}.txt")
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", model)
+    done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
+                           str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    boxes = sum(len(im.boxes) for im in validation)
+    assert f"6 images (all side), {boxes} boxes" in done.stdout
+    components = json.loads((model / "card.json").read_text())["components"]
+    assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
+    assert "uronode choose" in components["chosen_on"] and components["score"] == "classifier"
