@@ -42,13 +42,13 @@ class Choice:
 
 
 def component_rows(images: Iterable[LabelledImage], analyse: Callable[[Volume], ComponentTable],
-                   window: str = "auto", margin_mm: float = 2.0) -> list[ComponentRow]:
-    """Every candidate component of every image, scored once by ``analyse``."""
+                   window: str = "auto", margin_mm: float = 2.0, score: str = "classifier") -> list[ComponentRow]:
+    """Every candidate component of every image, scored once by ``analyse`` (``score``: the card's kind)."""
     rows = []
     for im in images:
         table = analyse(image_volume(im.as_hu(window), im.name, im.pixel_mm))
         grown = [b.grown(margin_mm / im.pixel_mm) for b in im.boxes]
-        scores = table.scores("classifier")
+        scores = table.scores(score)
         for i, box in enumerate(table.boxes):
             if box is None:
                 continue

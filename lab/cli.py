@@ -305,6 +305,23 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _images_on_side(args: argparse.Namespace) -> list[LabelledImage] | None:
+    """``--images`` on its ``--split`` side; None, with the reason on stderr, for a folder that cannot be read
+    or a side with no image."""
+    from lab.realimages import ImageSetError, read_image_set, split_groups
+
+    try:
+        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
+    except ImageSetError as exc:
+        print(f"cannot read {args.images}: {exc}", file=sys.stderr)
+        return None
+    chosen = images if args.split == "all" else split_groups(images)[args.split]
+    if not chosen:
+        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+        return None
+    return chosen
+
+
 def _train_on_images(args: argparse.Namespace) -> int:
     """``train --images DIR``: real windowed images with boxes (and optionally generated series)."""
     from inference.candidates import CandidateRule
@@ -312,17 +329,10 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
     from lab.dataset import PatchSet, patches_from_images, patches_from_phantom
-    from lab.realimages import ImageSetError, read_image_set, split_groups
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
-    try:
-        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
-    except ImageSetError as exc:
-        print(f"cannot read {args.images}: {exc}", file=sys.stderr)
-        return 2
-    chosen = images if args.split == "all" else split_groups(images)[args.split]
-    if not chosen:
-        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+    chosen = _images_on_side(args)
+    if chosen is None:
         return 2
     init_folder = resolve_model_dir(args.init or "default")
     base_card = ModelCard.read(init_folder)
@@ -399,19 +409,12 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
 def cmd_choose(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
-    from lab.realimages import ImageSetError, read_image_set, split_groups
 
-    try:
-        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
-    except ImageSetError as exc:
-        print(f"cannot read {args.images}: {exc}", file=sys.stderr)
-        return 2
-    chosen = images if args.split == "all" else split_groups(images)[args.split]
-    if not chosen:
-        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+    chosen = _images_on_side(args)
+    if chosen is None:
         return 2
     pipeline = Pipeline(args.model)
-    rows = component_rows(chosen, lambda v: pipeline.analyse(v)[2])
+    rows = component_rows(chosen, lambda v: pipeline.analyse(v)[2], score=pipeline.thresholds.score)
     boxes = sum(len(im.boxes) for im in chosen)
     print(f"{len(chosen)} images ({args.split} side), {boxes} boxes, {len(rows)} candidate components")
     for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
