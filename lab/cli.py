@@ -1,4 +1,4 @@
-"""The model lab's subcommands of ``uronode``: synth, train, evaluate, experiment.
+"""The model lab's subcommands of ``uronode``: synth, train, evaluate, choose, soup, experiment.
 
 ``register(subparsers)`` adds them to the sub-parsers of ``uronode.app.cli``; each sets
 ``func`` to a callable taking the parsed arguments and returning an exit code.
@@ -123,6 +123,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--write-card", action="store_true",
                    help="write the chosen thresholds into the model's card.json (components)")
     p.set_defaults(func=cmd_choose)
+
+    p = subparsers.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
+    p.add_argument("--models", nargs="+", required=True, help="model folders or names under models/ (two or more)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--version", required=True, help="the soup's version in its card")
+    p.set_defaults(func=cmd_soup)
 
     p = subparsers.add_parser("experiment", help="train network variants on generated series in parallel and "
                               "choose each one's thresholds on validation series (or, with --validate, a model's)",
@@ -436,6 +442,15 @@ def cmd_choose(args: argparse.Namespace) -> int:
                                            "stones per image (uronode choose)"}
         write_card(pipeline.model.folder, card)
         print(f"thresholds written to {pipeline.model.folder / 'card.json'}")
+    return 0
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    from lab.soup import make_soup
+
+    card = make_soup(args.models, args.out, version=args.version)
+    print(f"{card['name']} {card['version']} written to {args.out}: the average of {', '.join(map(str, args.models))}")
+    print(f"its thresholds are the first model's; choose them: uronode choose --model {args.out} --images DIR --write-card")
     return 0
 
 

@@ -1,0 +1,70 @@
+"""A model soup: the uniform average of the weights of runs fine-tuned from one model (``uronode soup``).
+
+Runs fine-tuned from the same starting model with the same recipe and different sampling seeds land in
+one basin of the loss; the average of their weights is one network that costs what each run costs to
+predict and, in the field's measurements (Wortsman et al., "Model soups", ICML 2022), is as good as
+the best run on its own data and better under a change of distribution. Every variable is averaged,
+the batch-norm statistics included; the runs must share the architecture (checked, variable by
+variable). The new card is the first run's, with a new version, the runs' trainings listed and its
+thresholds to be chosen again (``uronode choose``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.errors import ModelError
+from inference.runtime import ModelCard, load_model, resolve_model_dir
+
+
+def average_weights(weight_sets: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The element-wise mean of several lists of weight arrays of the same shapes (in each array's dtype)."""
+    if not weight_sets:
+        raise ModelError("a soup needs at least one model")
+    first = weight_sets[0]
+    for n, weights in enumerate(weight_sets[1:], start=2):
+        if len(weights) != len(first):
+            raise ModelError(f"model {n} has {len(weights)} weight arrays, model 1 has {len(first)}")
+        for i, (a, b) in enumerate(zip(first, weights, strict=True)):
+            if a.shape != b.shape:
+                raise ModelError(f"weight array {i}: model {n} has shape {b.shape}, model 1 {a.shape}")
+    return [np.mean([np.asarray(w[i], np.float64) for w in weight_sets], axis=0).astype(first[i].dtype)
+            for i in range(len(first))]
+
+
+def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[str, Any]:
+    """Write the soup of ``models`` (folders or names under models/) into ``out``; returns its card."""
+    if len(models) < 2:
+        raise ModelError("a soup needs at least two models")
+    loaded = [load_model(m) for m in models]
+    base = loaded[0]
+    soup = average_weights([m.keras_model.get_weights() for m in loaded])
+    base.keras_model.set_weights(soup)
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = base.card.files.get("model", "model.keras")
+    base.keras_model.save(out / model_file)
+    sources = [resolve_model_dir(m) for m in models]
+    card = dict(base.card.raw)
+    card["version"] = version
+    trainings = [ModelCard.read(folder).raw.get("training") for folder in sources]
+    attribution = next((t["attribution"] for t in trainings if isinstance(t, dict) and "attribution" in t), None)
+    card["training"] = {
+        "soup": (f"uniform average of the weights of {len(models)} runs (every variable, batch-norm statistics "
+                 "included; uronode soup)"),
+        "ingredients": [{"folder": folder.name, "version": ModelCard.read(folder).version, "training": training}
+                        for folder, training in zip(sources, trainings, strict=True)],
+        **({"attribution": attribution} if attribution is not None else {}),
+    }
+    card["metrics"] = {}
+    components = dict(card.get("components", {}))
+    components["chosen_on"] = (f"inherited from {sources[0].name}; choose them again on the validation side "
+                               "(uronode choose --write-card)")
+    card["components"] = components
+    from lab.train import write_card
+
+    write_card(out, card)
+    return card
