@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs
+    from inference.components import ComponentTable
+    from inference.pipeline import Pipeline
     from inference.volume import Volume
     from lab.evaluate import Scores
     from lab.imageeval import ImageScores, SliceScores
@@ -120,6 +122,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="side of the split by examination (never the test side for a shipped model)")
     p.add_argument("--pixel-mm", type=float, default=None, help="pixel size of images that carry none")
     p.add_argument("--max-false", type=float, default=0.2, help="false stones per image the choice may make")
+    p.add_argument("--series", type=int, default=0,
+                   help="also this many generated validation series (seeds from 70000, used for nothing else): "
+                        "false stones per series and stones found, at the chosen thresholds and at the card's")
+    p.add_argument("--coarse-slices", type=int, default=0,
+                   help="also the slices of this many generated validation phantoms made coarse and predicted "
+                        "alone (lab/standins.py): stone-free slices with a false stone, stones found")
     p.add_argument("--write-card", action="store_true",
                    help="write the chosen thresholds into the model's card.json (components)")
     p.set_defaults(func=cmd_choose)
@@ -432,6 +440,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if best is None:
         print(f"no thresholds on the grid keep to {args.max_false} false stones per image", file=sys.stderr)
         return 1
+    _print_stand_ins(args, pipeline, best.thresholds)
     if args.write_card:
         from lab.train import write_card
 
@@ -452,6 +461,27 @@ def cmd_soup(args: argparse.Namespace) -> int:
     print(f"{card['name']} {card['version']} written to {args.out}: the average of {', '.join(map(str, args.models))}")
     print(f"its thresholds are the first model's; choose them: uronode choose --model {args.out} --images DIR --write-card")
     return 0
+
+
+def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float]) -> None:
+    """``choose --series / --coarse-slices``: the whole-CT stand-ins at the chosen and at the card's thresholds."""
+    from lab.standins import VALIDATION_SEED, coarse_slice_rows, figures, series_rows
+
+    card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
+
+    def analyse(v: Volume) -> ComponentTable:
+        return pipeline.analyse(v)[2]
+
+    sets = ((args.series, "series", "series", series_rows),
+            (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows))
+    for count, unit, units, make in sets:
+        if not count:
+            continue
+        seeds = range(VALIDATION_SEED, VALIDATION_SEED + count)
+        cases, rows = make(analyse, seeds, score=pipeline.thresholds.score)
+        print(f"generated validation phantoms {seeds.start}-{seeds.stop - 1}, {units}:")
+        for label, thresholds in (("chosen", chosen), ("card's", card)):
+            print(f"  at the {label} thresholds {thresholds}: {figures(cases, rows, thresholds).summary(unit, units)}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

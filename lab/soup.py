@@ -19,6 +19,7 @@ import numpy as np
 
 from inference.errors import ModelError
 from inference.runtime import ModelCard, load_model, resolve_model_dir
+from lab.train import write_card
 
 
 def average_weights(weight_sets: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
@@ -64,7 +65,5 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
     components["chosen_on"] = (f"inherited from {sources[0].name}; choose them again on the validation side "
                                "(uronode choose --write-card)")
     card["components"] = components
-    from lab.train import write_card
-
     write_card(out, card)
     return card

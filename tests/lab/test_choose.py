@@ -76,11 +76,17 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", model)
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
-                           str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card"],
+                           str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card",
+                           "--series", "1", "--coarse-slices", "1"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     boxes = sum(len(im.boxes) for im in validation)
     assert f"6 images (all side), {boxes} boxes" in done.stdout
+    # the whole-CT stand-ins, at the chosen thresholds and at the card's (lab/standins.py)
+    assert "generated validation phantoms 70000-70000, series:" in done.stdout
+    assert "generated validation phantoms 70000-70000, lone slices:" in done.stdout
+    assert done.stdout.count("false stones per series (") == 2
+    assert done.stdout.count("stone-free lone slices with a false stone:") == 2
     components = json.loads((model / "card.json").read_text())["components"]
     assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
     assert "uronode choose" in components["chosen_on"] and components["score"] == "classifier"

@@ -1,0 +1,70 @@
+"""The whole-CT stand-ins of the validation side (lab/standins.py): counting, coarse slices, stone placement."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inference.components import ComponentTable
+from inference.volume import Volume
+from lab.standins import Case, CaseRow, coarse_slice, coarse_slice_rows, figures
+from lab.synth import generate_phantom
+
+THRESHOLDS = {"dense_small": 0.7, "dense_large": 0.7, "contrast": 0.9}
+
+
+def test_figures_count_false_stones_stone_free_cases_and_stones_by_size() -> None:
+    cases = [Case("a", {1: 5.0, 2: 2.0}), Case("b", {}), Case("c", {})]
+    rows = [
+        CaseRow("a", "dense_large", 0.9, 1),  # the 5 mm stone, found
+        CaseRow("a", "dense_large", 0.95, 1),  # found twice: still one stone
+        CaseRow("a", "contrast", 0.8, 2),  # the 2 mm stone, under the contrast threshold
+        CaseRow("a", "dense_small", 0.75, 0),  # a false stone on a slice with stones
+        CaseRow("b", "dense_small", 0.71, 0),  # a false stone on a stone-free case
+        CaseRow("b", "dense_small", 0.99, 0),  # and another on the same case
+        CaseRow("c", "dense_small", 0.69, 0),  # under its threshold: nothing
+    ]
+    f = figures(cases, rows, THRESHOLDS)
+    assert (f.cases, f.false, f.stone_free_cases, f.stone_free_with_false) == (3, 3, 2, 1)
+    assert (f.large_found, f.large, f.small_found, f.small) == (1, 1, 0, 1)
+    looser = figures(cases, rows, {**THRESHOLDS, "contrast": 0.5, "dense_small": 0.995})
+    assert (looser.false, looser.stone_free_with_false, looser.small_found) == (0, 0, 1)
+    assert "stone-free lone slices with a false stone: 1 of 2" in f.summary("lone slice", "lone slices")
+
+
+def test_a_coarse_slice_keeps_the_mean_and_loses_the_fine_detail() -> None:
+    rng = np.random.default_rng(0)
+    hu = np.zeros((64, 64), np.float32)
+    hu[30:32, 30:32] = 800.0  # a 2-pixel stone: averaged into its 4 x 4 block
+    out = coarse_slice(hu, rng, noise_hu=0.0)
+    assert out.shape == hu.shape
+    assert abs(out.mean() - hu.mean()) < 1.0
+    assert 100 < out.max() < 400  # 800 HU spread over the block: a small stone fades, as it does on coarse CT
+    noisy = coarse_slice(np.zeros((64, 64), np.float32), np.random.default_rng(1), noise_hu=12.0)
+    assert 4 < noisy.std() < 12  # the noise is at the block's grain, then interpolated
+
+
+def test_components_on_a_stone_and_off_it_are_told_apart() -> None:
+    """An ``analyse`` that reports, on every slice, one component on each of its stones and one in the
+    slice's corner: every stone sighting is found, and every corner component is a false stone."""
+    phantom = generate_phantom(70_000)
+    n = phantom.hu.shape[0]
+    with_stone = [int(k) for k in np.nonzero(phantom.stone_labels.reshape(n, -1).max(1))[0]]
+    order = iter(with_stone + [k for k in range(0, n, 6) if phantom.stone_labels[max(0, k - 2):k + 3].max() == 0])
+
+    def analyse(volume: Volume) -> ComponentTable:
+        assert volume.hu.shape[0] == 1  # predicted alone
+        labels = phantom.stone_labels[next(order)]
+        peaks = [[0, int(r), int(c)] for r, c in (np.argwhere(labels == s)[0] for s in np.unique(labels) if s)]
+        peaks.append([0, 0, 0])
+        count = len(peaks)
+        return ComponentTable(boxes=[(slice(0, 1),)] * count, voxels=np.ones(count), groups=np.array(["dense_small"] * count),
+                              classifier=np.full(count, 0.95), pixel=np.zeros(count), peaks=np.array(peaks))
+
+    cases, rows = coarse_slice_rows(analyse, [70_000])
+    assert next(order, None) is None  # every chosen slice was predicted, once
+    free = [c for c in cases if not c.stones]
+    assert len(cases) - len(free) == len(with_stone) and free
+    f = figures(cases, rows, THRESHOLDS)
+    assert f.large_found + f.small_found == f.large + f.small == sum(len(c.stones) for c in cases)
+    assert f.false == len(cases) and f.stone_free_with_false == len(free)
+    assert figures(cases, rows, {g: 0.99 for g in THRESHOLDS}).false == 0
