@@ -455,9 +455,14 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
 
 def cmd_soup(args: argparse.Namespace) -> int:
+    from inference.errors import ModelError
     from lab.soup import make_soup
 
-    card = make_soup(args.models, args.out, version=args.version)
+    try:
+        card = make_soup(args.models, args.out, version=args.version)
+    except ModelError as exc:
+        print(f"uronode soup: {exc}", file=sys.stderr)
+        return 2
     print(f"{card['name']} {card['version']} written to {args.out}: the average of {', '.join(map(str, args.models))}")
     print(f"its thresholds are the first model's; choose them: uronode choose --model {args.out} --images DIR --write-card")
     return 0

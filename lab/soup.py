@@ -5,7 +5,7 @@ one basin of the loss; the average of their weights is one network that costs wh
 predict and, in the field's measurements (Wortsman et al., "Model soups", ICML 2022), is as good as
 the best run on its own data and better under a change of distribution. Every variable is averaged,
 the batch-norm statistics included; the runs must share the architecture (checked, variable by
-variable). The new card is the first run's, with a new version, the runs' trainings listed and its
+variable) and read their patches alike (the cards' input and preprocessing). The new card is the first run's, with a new version, the runs' trainings listed and its
 thresholds to be chosen again (``uronode choose``).
 """
 
@@ -41,8 +41,16 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
     """Write the soup of ``models`` (folders or names under models/) into ``out``; returns its card."""
     if len(models) < 2:
         raise ModelError("a soup needs at least two models")
+    sources = [resolve_model_dir(m) for m in models]
+    if (out / "card.json").exists() or any(out.resolve() == folder.resolve() for folder in sources):
+        raise ModelError(f"{out} already holds a model; a soup is written into a new folder")
     loaded = [load_model(m) for m in models]
     base = loaded[0]
+    for m in loaded[1:]:
+        for part in ("input", "preprocessing"):
+            if getattr(m.card, part) != getattr(base.card, part):
+                raise ModelError(f"{m.folder.name} and {base.folder.name} read their patches differently "
+                                 f"(the cards' {part}); a soup averages one network")
     soup = average_weights([m.keras_model.get_weights() for m in loaded])
     base.keras_model.set_weights(soup)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +59,7 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
     sources = [resolve_model_dir(m) for m in models]
     card = dict(base.card.raw)
     card["version"] = version
+    card["files"] = {"model": model_file}
     trainings = [ModelCard.read(folder).raw.get("training") for folder in sources]
     attribution = next((t["attribution"] for t in trainings if isinstance(t, dict) and "attribution" in t), None)
     card["training"] = {
@@ -60,7 +69,7 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
                         for folder, training in zip(sources, trainings, strict=True)],
         **({"attribution": attribution} if attribution is not None else {}),
     }
-    card["metrics"] = {}
+    card["metrics"] = {"note": "not evaluated: choose its thresholds, then run uronode evaluate"}
     components = dict(card.get("components", {}))
     components["chosen_on"] = (f"inherited from {sources[0].name}; choose them again on the validation side "
                                "(uronode choose --write-card)")

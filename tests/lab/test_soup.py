@@ -51,7 +51,8 @@ def test_the_soup_of_two_shipped_models_is_their_mean_and_predicts(tmp_path: Pat
     assert any(not np.array_equal(s, a) for s, a in zip(soup.keras_model.get_weights(),
                                                         first.keras_model.get_weights(), strict=True))
     card = json.loads((out / "card.json").read_text())
-    assert card["version"] == "9.9.9" and card["metrics"] == {}
+    assert card["version"] == "9.9.9" and card["files"] == {"model": "model.keras"}
+    assert "not evaluated" in card["metrics"]["note"]
     assert [i["folder"] for i in card["training"]["ingredients"]] == ["default", "cascade-2.1.0"]
     assert card["training"]["attribution"] == first.card.raw["training"]["attribution"]
     assert "uronode choose" in card["components"]["chosen_on"]
@@ -66,3 +67,14 @@ def test_a_soup_of_one_model_with_itself_is_that_model(tmp_path: Path) -> None:
     same, default = load_model(tmp_path / "same"), load_model("default")
     for s, d in zip(same.keras_model.get_weights(), default.keras_model.get_weights(), strict=True):
         np.testing.assert_array_equal(s, d)
+
+
+def test_a_soup_of_one_model_or_into_a_model_folder_is_refused(tmp_path: Path) -> None:
+    one = subprocess.run([sys.executable, "-m", "uronode", "soup", "--models", "default", "--out", str(tmp_path / "x"),
+                          "--version", "1.0.0"], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 2 and "at least two models" in one.stderr and not (tmp_path / "x").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "card.json").write_text("{}")
+    with pytest.raises(ModelError, match="already holds a model"):
+        make_soup(["default", "default"], tmp_path / "taken", version="1.0.0")
+    assert (tmp_path / "taken" / "card.json").read_text() == "{}"
