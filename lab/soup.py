@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from inference.errors import ModelError
-from inference.runtime import ModelCard, load_model, resolve_model_dir
+from inference.runtime import load_model, resolve_model_dir
 from lab.train import write_card
 
 
@@ -56,22 +56,21 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     model_file = base.card.files.get("model", "model.keras")
     base.keras_model.save(out / model_file)
-    sources = [resolve_model_dir(m) for m in models]
     card = dict(base.card.raw)
     card["version"] = version
     card["files"] = {"model": model_file}
-    trainings = [ModelCard.read(folder).raw.get("training") for folder in sources]
+    trainings = [m.card.raw.get("training") for m in loaded]
     attribution = next((t["attribution"] for t in trainings if isinstance(t, dict) and "attribution" in t), None)
     card["training"] = {
         "soup": (f"uniform average of the weights of {len(models)} runs (every variable, batch-norm statistics "
                  "included; uronode soup)"),
-        "ingredients": [{"folder": folder.name, "version": ModelCard.read(folder).version, "training": training}
-                        for folder, training in zip(sources, trainings, strict=True)],
+        "ingredients": [{"folder": m.folder.name, "version": m.card.version, "training": training}
+                        for m, training in zip(loaded, trainings, strict=True)],
         **({"attribution": attribution} if attribution is not None else {}),
     }
     card["metrics"] = {"note": "not evaluated: choose its thresholds, then run uronode evaluate"}
     components = dict(card.get("components", {}))
-    components["chosen_on"] = (f"inherited from {sources[0].name}; choose them again on the validation side "
+    components["chosen_on"] = (f"inherited from {base.folder.name}; choose them again on the validation side "
                                "(uronode choose --write-card)")
     card["components"] = components
     write_card(out, card)
