@@ -19,7 +19,12 @@ round's files are written just before its sends and deleted after them, and
 the peers' copies (storescp's files, Orthanc's studies) are counted and
 deleted after each round; the node's stay and are counted from its index.
 
-Usage: python -m bench.ingest [--rounds N] [--json FILE] [--no-fsync] [--worker]
+``--baseline DIR`` adds a fourth receiver: the node as an earlier revision's
+checkout (``git worktree add DIR REV``) runs it, started the same way beside
+the current one, so that "no worse than the record" is measured in one run
+on one machine state instead of against figures taken on another day.
+
+Usage: python -m bench.ingest [--rounds N] [--json FILE] [--no-fsync] [--worker] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -154,15 +159,21 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true",
                         help="let the node's worker run the model on every series it receives, as in service (by "
                              "default it runs none: receiving alone, as the peers do)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the node from this checkout of an earlier revision (git worktree add DIR REV), "
+                             "with the same settings, as a fourth receiver")
     args = parser.parse_args()
+    if args.baseline and not (args.baseline / "uronode" / "__main__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no uronode package there (a checkout of this repository is expected)")
     reexec_in_netns()
 
     work = Path(tempfile.mkdtemp(prefix="uronode-bench-ingest-"))
-    receivers = ["uronode", "storescp", "orthanc"]
+    receivers = ["uronode", "storescp", "orthanc"] + (["baseline"] if args.baseline else [])
     results: dict[str, dict[str, list[float]]] = {r: {"single": [], "concurrent": []} for r in receivers}
     received = {r: 0 for r in receivers}
     port, http = 11200, 18200
-    called = {"uronode": ("URONODE", port), "storescp": ("STORESCP", port + 1), "orthanc": ("ORTHANC", port + 2)}
+    called = {"uronode": ("URONODE", port), "storescp": ("STORESCP", port + 1), "orthanc": ("ORTHANC", port + 2),
+              "baseline": ("URONODE", port + 3)}
     orthanc_url = f"http://127.0.0.1:{http + 2}"
 
     # All three run side by side; each round sends to each of them in turn, in a rotating order,
@@ -177,9 +188,14 @@ def main() -> int:
     node = Node(work / "uronode", port, http, extra_env=node_env).start()
     scp = start_storescp(work / "storescp-out", port + 1)
     orthanc = start_orthanc(work / "orthanc", http_port=http + 2, dicom_port=port + 2)
+    baseline = None
+    if args.baseline:
+        # started from the checkout's folder, so that python -m uronode imports the earlier revision's packages
+        baseline = Node(work / "baseline", port + 3, http + 3, extra_env=node_env, cwd=args.baseline.resolve()).start()
     try:
         for n in range(args.rounds + 1):
-            order = receivers[n % 3 :] + receivers[: n % 3]
+            k = n % len(receivers)
+            order = receivers[k:] + receivers[:k]
             for rx in order:
                 ae, dport = called[rx]
                 # This round's data, written now and deleted after it: the bench's memory stays about the
@@ -208,15 +224,19 @@ def main() -> int:
         import sqlite3
 
         # what storescu sent (calling AE BENCH, BENCH0...), not the results the node's worker made meanwhile
-        received["uronode"] = sqlite3.connect(work / "uronode" / "index.sqlite3").execute(
-            "select count(*) from instances where calling_ae LIKE 'BENCH%'"
-        ).fetchone()[0]
+        for rx in ("uronode", "baseline"):
+            if rx in receivers:
+                received[rx] = sqlite3.connect(work / rx / "index.sqlite3").execute(
+                    "select count(*) from instances where calling_ae LIKE 'BENCH%'"
+                ).fetchone()[0]
         print("  received: " + ", ".join(f"{rx} {received[rx]}" for rx in receivers) + f" (each expected {expected})")
         wrong = {rx: count for rx, count in received.items() if count != expected}
         if wrong:
             raise RuntimeError(f"instances received {wrong}, expected {expected} each")
     finally:
         node.stop()
+        if baseline:
+            baseline.stop()
         scp.stop()
         orthanc.stop()
     fsync_after = fsync_ms(work)
@@ -226,7 +246,7 @@ def main() -> int:
     ratios = {
         case: {
             peer: statistics.median(u / p for u, p in zip(results["uronode"][case], results[peer][case], strict=True))
-            for peer in ("orthanc", "storescp")
+            for peer in receivers[1:]
         }
         for case in ("single", "concurrent")
     }
@@ -239,6 +259,12 @@ def main() -> int:
         r = ratios[case]
         print(f"| {label} | {u:.0f}/s | {s:.0f}/s | {o:.0f}/s | {r['orthanc']:.2f} | {r['storescp']:.2f} |")
     print("(medians over the rounds; the ratios are medians of each round's ratio)")
+    if baseline:
+        rev = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip() or str(args.baseline)
+        for case, label in (("single", "1 association"), ("concurrent", f"{CONCURRENT} associations")):
+            print(f"baseline ({rev}), {label}: {med['baseline'][case]:.0f}/s; uronode / baseline "
+                  f"{ratios[case]['baseline']:.2f}")
     print(f"node's fsync {'off' if args.no_fsync else 'on'}; the disk: 512 KB written + fsync + directory fsync "
           f"{fsync_before:.2f} ms before the rounds, {fsync_after:.2f} ms after (median of 100)")
     if args.json:

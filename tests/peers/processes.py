@@ -80,6 +80,9 @@ class Node:
     http_port: int
     ae_title: str = "URONODE"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # where the process starts; ``python -m uronode`` imports from there first (a benchmark runs an earlier
+    # revision's checkout this way, beside the current code)
+    cwd: Path | None = None
     proc: Proc | None = None
 
     def start(self, timeout: float = 60) -> Node:
@@ -103,7 +106,7 @@ class Node:
             self.ae_title,
         ]
         with log.open("ab") as out:
-            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         self.proc = Proc(popen, log)
         try:
             wait_until(
