@@ -36,7 +36,14 @@ soft tissue (``estimate_noise``):
   strongest that fit in the budget are kept;
 - a hard budget: at most ``max_patches`` patches per series, spent on the
   strongest components (dense ones by peak HU, then local-contrast ones by
-  peak contrast).
+  peak contrast);
+- noise that changes along the series (``noise_slab_mm``): a real CT is
+  noisier where the body is wider or denser (shoulders, pelvis, arms down),
+  and one estimate for the whole series sets the dense threshold too low
+  there. The noise is measured again in slabs of about ``noise_slab_mm``
+  along the series; a slab's threshold (and its smoothed copy's) is its own
+  where that is higher than the series'. Never lower: a slab with less noise
+  keeps the series' threshold. A lone slice is its own slab already.
 
 The defaults leave series within the generator's noise (up to 13 HU) exactly
 as before; 0 turns each bound off.
@@ -61,6 +68,8 @@ NOISE_SLICES = 16
 """Slices the noise is measured on (evenly spread over the series)."""
 NOISE_BLOCK = 8
 """In-plane block (pixels) of the voxel-noise SD."""
+SLAB_NOISE_SLICES = 2
+"""Slices a slab's noise is measured on."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,9 @@ class CandidateRule:
     max_contrast_patches: int = 0
     """Budget of the local-contrast rule alone: its strongest components whose patches fit in
     it (0 = only ``max_patches``)."""
+    noise_slab_mm: float = 0.0
+    """Measure the noise again in slabs of about this length along the series and raise the dense
+    thresholds of the noisier slabs to their own (0 = one estimate for the whole series)."""
 
     @classmethod
     def from_card(cls, block: dict[str, Any]) -> CandidateRule:
@@ -215,17 +227,50 @@ def dense_threshold(rule: CandidateRule, noise: NoiseEstimate | None) -> float:
     return max(rule.threshold_hu, noise.tissue_hu + rule.dense_noise_k * noise.sd_hu)
 
 
+def slabs(count: int, slice_mm: float, slab_mm: float) -> list[tuple[int, int]]:
+    """(start, stop) of the slabs of about ``slab_mm`` that ``count`` slices ``slice_mm`` apart make
+    (at least two slices each; none when the series is one slab)."""
+    size = max(2, int(round(slab_mm / max(slice_mm, 1e-3))))
+    if slab_mm <= 0 or count <= size:
+        return []
+    return [(a, min(count, a + size)) for a in range(0, count, size)]
+
+
+SlabNoise = Sequence[tuple[int, int, NoiseEstimate]]
+"""(start, stop, the slab's own noise) of each slab of a series."""
+
+
+def slab_noise(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None, slice_mm: float) -> SlabNoise:
+    """Each slab's noise (``rule.noise_slab_mm``), when the series' noise was measured at all."""
+    if noise is None or not noise.slices:
+        return []
+    return [(a, b, estimate_noise(hu[a:b], slices=SLAB_NOISE_SLICES))
+            for a, b in slabs(hu.shape[0], slice_mm, rule.noise_slab_mm)]
+
+
 def _dense_mask(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None,
-                pixel_spacing: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-    """Dense voxels, the threshold, and the smoothed copy's threshold (0: not looked at)."""
+                pixel_spacing: tuple[float, float], by_slab: SlabNoise = ()) -> tuple[np.ndarray, float, float]:
+    """Dense voxels, the series' threshold, and its smoothed copy's (0: not looked at)."""
     threshold = dense_threshold(rule, noise)
-    dense = hu >= threshold
-    if threshold <= rule.threshold_hu or rule.denoise_mm <= 0:
+    per_slice = np.full(hu.shape[0], threshold, dtype=np.float32)
+    local: list[tuple[int, int, float]] = []  # slabs noisier than the series: (start, stop, threshold)
+    for a, b, own_noise in by_slab:
+        own = dense_threshold(rule, own_noise) if own_noise.slices else threshold
+        if own > threshold:
+            per_slice[a:b] = own
+            local.append((a, b, own))
+    dense = hu >= (per_slice[:, None, None] if local else threshold)
+    if (threshold <= rule.threshold_hu and not local) or rule.denoise_mm <= 0:
         return dense, threshold, 0.0
     sigma = (rule.denoise_mm / pixel_spacing[0], rule.denoise_mm / pixel_spacing[1])
     smoothed = dense_threshold(rule, estimate_noise(hu, smooth=sigma))
+    smoothed_per_slice = np.full(hu.shape[0], smoothed, dtype=np.float32)
+    for a, b, _ in local:
+        smoothed_per_slice[a:b] = max(smoothed, dense_threshold(
+            rule, estimate_noise(hu[a:b], slices=SLAB_NOISE_SLICES, smooth=sigma)))
     for k in range(hu.shape[0]):  # slice by slice: no smoothed copy of the volume
-        dense[k] |= ndimage.gaussian_filter(hu[k], sigma) >= smoothed
+        if per_slice[k] > rule.threshold_hu:  # where noise raised the threshold
+            dense[k] |= ndimage.gaussian_filter(hu[k], sigma) >= smoothed_per_slice[k]
     return dense, threshold, smoothed
 
 
@@ -258,7 +303,8 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     """Candidate components of ``volume`` under ``rule`` (see the module's text)."""
     hu = volume.hu
     noise = estimate_noise(hu) if rule.noise_aware else None
-    dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing)
+    by_slab = slab_noise(hu, rule, noise, volume.slice_spacing)
+    dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing, by_slab)
     with_contrast = contrast_applies(rule, noise)
     # a preallocated int32 output: without it scipy labels into a wider temporary first
     labels = np.empty(dense.shape, dtype=np.int32)
@@ -272,8 +318,9 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candi
     dense_count = dense_parts.count
     parts = dense_parts
     if with_contrast:
+        quiet = [(a, b) for a, b, own in by_slab if not contrast_applies(rule, own)]
         contrast_parts = _contrast_components(hu, labels, body, volume.pixel_spacing, rule, threshold,
-                                              dense_count)
+                                              dense_count, quiet)
         parts = _Components(np.concatenate([dense_parts.starts, contrast_parts.starts]),
                             np.concatenate([dense_parts.stops, contrast_parts.stops]),
                             np.concatenate([dense_parts.strength, contrast_parts.strength]))
@@ -336,11 +383,14 @@ def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray
 
 def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
                          pixel_spacing: tuple[float, float], rule: CandidateRule, threshold: float,
-                         first: int) -> _Components:
-    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them."""
+                         first: int, too_noisy: Sequence[tuple[int, int]] = ()) -> _Components:
+    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them; none in the
+    slabs ``too_noisy`` (their own noise is beyond the rule's bounds)."""
     none = _Components(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros(0))
     size = max(3, int(round(rule.contrast_window_mm / min(pixel_spacing))) | 1)
     seeds = (hu >= rule.contrast_min_hu) & (hu < threshold)
+    for a, b in too_noisy:
+        seeds[a:b] = False
     if not seeds.any():
         return none
     # the top-hat only where it can matter: the slices and rows/columns holding seeds

@@ -8,6 +8,11 @@ a box is found when a kept component's densest pixel lies in it, grown by
 3.0.0's and 3.1.0's thresholds: the most boxes found with at most
 ``max_false`` false stones per image (ties: fewer false stones, then the
 higher thresholds). Run it on the validation side of the split only.
+
+``allowed`` adds a bound the real images cannot show (they all hold a stone):
+``uronode choose --stone-free DIR`` keeps only thresholds that put a false
+stone on at most a given share of the slices of a real stone-free CT, each
+predicted alone (``lab.standins.stone_free_rows``).
 """
 
 from __future__ import annotations
@@ -73,11 +78,14 @@ def count(rows: Sequence[ComponentRow], thresholds: dict[str, float], boxes: int
 
 
 def choose(rows: Sequence[ComponentRow], boxes: int, images: int, max_false: float,
-           grid: Sequence[float] = GRID) -> Choice | None:
-    """The grid's thresholds that find the most boxes with at most ``max_false`` false stones per image."""
+           grid: Sequence[float] = GRID, allowed: Callable[[dict[str, float]], bool] | None = None) -> Choice | None:
+    """The grid's thresholds that find the most boxes with at most ``max_false`` false stones per image
+    (and, if given, that ``allowed`` accepts)."""
     best: tuple[tuple[float, float, tuple[float, ...]], Choice] | None = None
     for values in itertools.product(grid, repeat=len(GROUPS)):
         thresholds = dict(zip(GROUPS, values, strict=True))
+        if allowed is not None and not allowed(thresholds):
+            continue
         sensitivity, false = count(rows, thresholds, boxes, images)
         if false > max_false:
             continue

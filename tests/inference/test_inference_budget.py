@@ -270,3 +270,41 @@ def test_a_local_contrast_budget_in_correlated_12_hu_keeps_every_stone(phantom: 
     assert int((found.component_of_centre > found.dense_count).sum()) <= contrast_patches // 4
     for i in range(1, len(phantom.stones) + 1):
         assert stone_hit(found, phantom.stone_labels == i)
+
+
+def test_a_noisier_part_of_the_series_gets_its_own_threshold_and_the_rest_keeps_the_series() -> None:
+    """Real CT is noisier where the body is wider (shoulders, pelvis): 16 slices of 12 HU noise, then
+    16 of 60 HU. One estimate for the series (the sharper mode, the quiet part's) leaves the noisy part
+    under the floor of 130 HU, 1.5 SD above its tissue: thousands of noise components. With slabs of
+    12 mm (8 slices) the noisy part's threshold is its own; the quiet part is untouched; a dense stone
+    in the noisy part stays a candidate; and a noisy slice alone gets about the threshold it gets
+    inside the series (a lone slice is its own slab)."""
+    hu = np.full((32, 128, 128), -1000.0, dtype=np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    hu[:, (yy - 64) ** 2 + (xx - 64) ** 2 < 60 ** 2] = 40.0
+    hu[:16] = add_noise(hu[:16], 12.0, 0.0, seed=5)
+    hu[16:] = add_noise(hu[16:], 60.0, 0.0, seed=6)
+    hu[24, 60:63, 60:63] = 900.0  # a 2 mm stone of 900 HU in the noisy part
+    base = CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0, max_patches=0)
+    one = find_candidates(_volume(hu), base)
+    by_slab = find_candidates(_volume(hu), replace(base, noise_slab_mm=12.0))
+    assert one.dense_threshold_hu == by_slab.dense_threshold_hu == base.threshold_hu  # the series' own
+    noisy_one = int((one.labels[16:] > 0).sum())
+    noisy_slab = int((by_slab.labels[16:] > 0).sum())
+    assert noisy_one > 1000 and noisy_slab < noisy_one / 20
+    assert np.array_equal(one.labels[:16] > 0, by_slab.labels[:16] > 0)  # the quiet part as before
+    assert by_slab.labels[24, 61, 61] > 0
+    assert by_slab.count == 1  # the stone, and nothing of the noise (3,979 components with one estimate)
+    for k in (20, 24, 28):  # alone, the same slices find what they find inside the series: the stone only
+        alone = find_candidates(_volume(hu[k:k + 1]), replace(base, noise_slab_mm=12.0))
+        assert alone.dense_threshold_hu > 250
+        assert alone.count == int(by_slab.labels[k].any()) == (1 if k == 24 else 0)
+
+
+def test_slabs_cover_the_series_once() -> None:
+    from inference.candidates import slabs
+
+    assert slabs(10, 5.0, 0.0) == [] and slabs(8, 5.0, 40.0) == []  # off, or the series is one slab
+    assert slabs(20, 5.0, 40.0) == [(0, 8), (8, 16), (16, 20)]
+    assert slabs(300, 1.0, 40.0)[-1] == (280, 300) and len(slabs(300, 1.0, 40.0)) == 8
+    assert slabs(5, 50.0, 40.0) == [(0, 2), (2, 4), (4, 5)]  # at least two slices a slab

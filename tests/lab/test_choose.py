@@ -15,6 +15,7 @@ from inference.volume import Volume
 from lab.choose import ComponentRow, choose, component_rows, count
 from lab.realimages import Box, LabelledImage, image_files, read_image_set, split_groups
 from lab.synth import shared_data_dir
+from tests.factory import write_series
 
 REAL = shared_data_dir() / "real-stones"
 ROWS = [
@@ -47,6 +48,14 @@ def test_the_rule_most_boxes_within_the_false_stone_bound() -> None:
     assert choose([ComponentRow("a", "contrast", 0.99, ())], 1, 1, max_false=0.5) is None
 
 
+def test_a_bound_from_elsewhere_narrows_the_choice() -> None:
+    """``allowed`` (the stone-free CT's bound in the command) removes thresholds the images alone would take."""
+    loose = choose(ROWS, boxes=3, images=2, max_false=1.0, allowed=lambda t: t["contrast"] >= 0.6)
+    assert loose is not None and loose.thresholds["contrast"] >= 0.6
+    assert loose.sensitivity == 2 / 3  # the contrast stone at 0.55 is given up for the bound
+    assert choose(ROWS, boxes=3, images=2, max_false=1.0, allowed=lambda t: False) is None
+
+
 def test_rows_place_each_component_by_its_densest_pixel() -> None:
     hu = np.full((40, 40), -50.0, np.float32)
     image = LabelledImage(Path("x.png"), np.zeros((40, 40), np.uint8), (Box(10, 10, 14, 14),), hu=hu, pixel_mm=1.0)
@@ -73,11 +82,13 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     for im in validation:
         shutil.copy(im.path, tmp_path / "set" / "images" / im.path.name)
         shutil.copy(pairs[im.path], tmp_path / "set" / "labels" / f"{im.path.stem}.txt")
+    write_series(tmp_path / "ct", 3, size=64)  # a stand-in for a real stone-free CT: three noise slices
     model = tmp_path / "model"
     shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", model)
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
                            str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card",
-                           "--series", "1", "--coarse-slices", "1"],
+                           "--series", "1", "--coarse-slices", "1", "--stone-free", str(tmp_path / "ct"),
+                           "--stone-free-max-slices", "1.0"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     boxes = sum(len(im.boxes) for im in validation)
@@ -87,6 +98,11 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     assert "generated validation phantoms 70000-70000, lone slices:" in done.stdout
     assert done.stdout.count("false stones per series (") == 2
     assert done.stdout.count("stone-free lone slices with a false stone:") == 2
+    # the stone-free CT: the series whole and its three slices alone, at both thresholds
+    assert done.stdout.count("real stone-free CT (") == 2
+    assert done.stdout.count("false stones per series (") == 4 and done.stdout.count(" of 3; stones >= 3 mm") == 2
+    assert "and a false stone on at most 100% of the stone-free CT's lone slices:" in done.stdout
     components = json.loads((model / "card.json").read_text())["components"]
     assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
+    assert "stone-free CT's lone slices" in components["chosen_on"]
     assert "uronode choose" in components["chosen_on"] and components["score"] == "classifier"

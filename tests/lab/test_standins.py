@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from inference.components import ComponentTable
@@ -68,3 +70,45 @@ def test_components_on_a_stone_and_off_it_are_told_apart() -> None:
     assert f.large_found + f.small_found == f.large + f.small == sum(len(c.stones) for c in cases)
     assert f.false == len(cases) and f.stone_free_with_false == len(free)
     assert figures(cases, rows, {g: 0.99 for g in THRESHOLDS}).false == 0
+
+
+def test_a_stone_free_series_is_predicted_whole_and_slice_by_slice_in_its_order(tmp_path: Path) -> None:
+    """Every component of a stone-free CT is false; its lone slices come in the series' order, one file each."""
+    from lab.standins import stone_free_rows
+    from tests.factory import write_series
+
+    # file i lies at z = -i * thickness: the volume's first slice (lowest z) is the last file
+    _, series, _ = write_series(tmp_path / "ct", 5, size=32)
+    (tmp_path / "ct" / "notes.txt").write_text("not DICOM: skipped")
+    seen: list[np.ndarray] = []
+
+    def analyse(volume: Volume) -> ComponentTable:
+        seen.append(volume.hu.copy())
+        # one confident component on each slice, at the slice's first pixel
+        n = volume.hu.shape[0]
+        return ComponentTable(boxes=[(slice(k, k + 1),) for k in range(n)], voxels=np.ones(n),
+                              groups=np.array(["dense_small"] * n), classifier=np.full(n, 0.95),
+                              pixel=np.zeros(n), peaks=np.array([[k, 0, 0] for k in range(n)]))
+
+    (series_cases, series_rows), (slice_cases, slice_rows) = stone_free_rows(analyse, [tmp_path / "ct"])
+    assert [c.name for c in series_cases] == [series] and all(not c.stones for c in series_cases + slice_cases)
+    assert [c.name for c in slice_cases] == [f"{series}/{k}" for k in range(5)]
+    whole = seen[0]
+    assert whole.shape[0] == 5 and [s.shape[0] for s in seen[1:]] == [1] * 5
+    for k, alone in enumerate(seen[1:]):  # the k-th lone slice is the k-th slice of the series
+        assert np.array_equal(alone[0], whole[k])
+    assert all(r.stone == 0 for r in series_rows + slice_rows)
+    f = figures(slice_cases, slice_rows, THRESHOLDS)
+    assert (f.stone_free_cases, f.stone_free_with_false, f.false) == (5, 5, 5)
+    assert figures(series_cases, series_rows, THRESHOLDS).false == 5
+    assert figures(slice_cases, slice_rows, {g: 0.99 for g in THRESHOLDS}).stone_free_with_false == 0
+
+
+def test_no_series_is_an_error(tmp_path: Path) -> None:
+    import pytest
+
+    from lab.standins import stone_free_rows
+
+    (tmp_path / "x.txt").write_text("no DICOM here")
+    with pytest.raises(ValueError, match="no DICOM series"):
+        stone_free_rows(lambda v: None, [tmp_path])  # type: ignore[arg-type, return-value]
