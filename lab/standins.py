@@ -80,8 +80,9 @@ class StandInFigures:
     def summary(self, unit: str, units: str) -> str:
         free = (f"; stone-free {units} with a false stone: {self.stone_free_with_false} of {self.stone_free_cases}"
                 if self.stone_free_cases else "")
-        return (f"{self.false / max(1, self.cases):.2f} false stones per {unit} ({self.false} in {self.cases}){free}; "
-                f"stones >= 3 mm found {self.large_found} of {self.large}, < 3 mm {self.small_found} of {self.small}")
+        stones = (f"; stones >= 3 mm found {self.large_found} of {self.large}, < 3 mm {self.small_found} of {self.small}"
+                  if self.large or self.small else "")
+        return f"{self.false / max(1, self.cases):.2f} false stones per {unit} ({self.false} in {self.cases}){free}{stones}"
 
 
 def _rows(case: str, table: ComponentTable, stones_at: np.ndarray, score: str) -> list[CaseRow]:
