@@ -24,6 +24,9 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     # measured on real images, and the data's attribution travels with the model
     assert card["metrics"]["image_results"]["real_images"]["model"]["stones"] > 0
     assert any("CC BY 4.0" in a and "TEZ_ROI_AUG" in a for a in card["training"]["attribution"])
+    # 3.2.0's slab length was chosen on a real stone-free CT: its attribution travels too
+    assert card["candidates"]["noise_slab_mm"] > 0
+    assert any("Lung-PET-CT-Dx" in a and "CC BY 4.0" in a for a in card["training"]["attribution"])
     assert int(card["version"].split(".")[0]) >= 3
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
