@@ -72,7 +72,9 @@ def test_a_worker_stopped_past_its_lease_is_refused_when_it_resumes_and_nothing_
     before = cluster.jobs()
     stopped.resume()
     wait_until(lambda: cluster.counter("completions_refused") == 1, 60, "the resumed worker's completion")
-    assert f"job {victim['id']}: the node refused the result" in stopped.proc.log_text()
+    # the worker logs the refusal after the node has counted it: wait for the line, do not race it
+    wait_until(lambda: f"job {victim['id']}: the node refused the result" in stopped.proc.log_text(), 30,
+               "the resumed worker's log of the refusal")
     assert cluster.jobs() == before  # the late completion changed nothing
     cluster.assert_each_result_received_once()
 
@@ -94,7 +96,8 @@ def test_a_malformed_message_is_a_dead_letter_and_a_redis_restarted_empty_loses_
     cluster.wait_workers_ready()
     cluster.wait_delivered(1)  # by the sweeper's next publish
     wait_until(lambda: cluster.redis.cli("ZCARD", DEAD_LETTERS_KEY) == "1", 30, "the malformed message's dead letter")
-    assert "MalformedMessage: a job message has the fields" in cluster.workers[0].proc.log_text()
+    wait_until(lambda: "MalformedMessage: a job message has the fields" in cluster.workers[0].proc.log_text(), 30,
+               "the worker's log of the dead letter")
     assert cluster.counter("jobs_republished") >= 1
 
     # Redis restarts, empty (no persistence), while four more series are on their way.
