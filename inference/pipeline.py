@@ -19,6 +19,13 @@ from inference.components import ComponentTable, ComponentThresholds, component_
 from inference.errors import ModelError
 from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
+from inference.resample import (
+    mask_to_original,
+    resample_grid,
+    resample_volume,
+    table_to_original,
+    to_original,
+)
 from inference.runtime import LoadedModel, load_model
 from inference.volume import Volume, load_volume
 
@@ -55,6 +62,7 @@ class Pipeline:
         self.threshold = float(threshold if threshold is not None else card.threshold)
         self.patch = int(card.input["patch"])
         self.spec = InputSpec.from_card(card.preprocessing, self.patch)
+        self.resample_to_mm = float(card.preprocessing.get("resample_to_mm") or 0.0)
         self.thresholds = ComponentThresholds.from_card(card.raw, self.threshold)
         if threshold is not None:
             # one number overrides every threshold: the pixel one and every group's
@@ -140,7 +148,20 @@ class Pipeline:
 
     def analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
         """Pixel stone probability (float16, 0 away from candidates), the mask of the kept
-        components (uint8) and the table of candidate components they were chosen from."""
+        components (uint8) and the table of candidate components they were chosen from, all on
+        ``volume``'s grid; analysed at the card's ``resample_to_mm`` where the series' pixels are
+        further from it than ``inference.resample.RESAMPLE_TOLERANCE``."""
+        grid = resample_grid(volume, self.resample_to_mm)
+        if grid is None:
+            return self._analyse(volume)
+        t0 = time.perf_counter()
+        prob, mask, table = self._analyse(resample_volume(volume, grid))
+        back = (to_original(prob, grid).astype(np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
+        self.last_timings["resample_s"] = time.perf_counter() - t0 - sum(
+            v for k, v in self.last_timings.items() if k.endswith("_s"))
+        return back
+
+    def _analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
         t0 = time.perf_counter()
         found = find_candidates(volume, self.rule)
         t1 = time.perf_counter()

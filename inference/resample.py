@@ -1,0 +1,113 @@
+"""In-plane resampling to the pixel size the model learned at, and back.
+
+The network works in pixels: a stone of 4 mm is 5 pixels at 0.8 mm and 7 at
+0.6 mm, and a head trained at one scale scores the other worse (measured on
+the real validation images made 0.8 and 1.25 times their size: 0.78 and 0.73
+of the stones at <= 0.2 false stones per image, against 0.81 as they are).
+CT is reconstructed at 0.5-1.0 mm pixels, so a model card may name the pixel
+size it learned at (``preprocessing.resample_to_mm``); a series further from
+it than ``RESAMPLE_TOLERANCE`` is analysed on a copy resampled in-plane to it
+(linear), and what the analysis gives is mapped back to the series' own grid:
+the stone probability (linear), the mask (a pixel is on where the resampled
+mask covers at least half of it; a component that would lose every pixel
+keeps the one under its centre) and each candidate component's densest
+voxel. Stones are then measured on the series itself, in its own millimetres,
+and the results reference its own frames. Slices are never resampled along
+the normal (the network sees neighbouring slices, not millimetres of them).
+
+Pixel centres follow OpenCV's convention: pixel ``i`` of the copy lies at
+``(i + 0.5) * s - 0.5`` of the original, ``s`` its size over the copy's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from inference.components import ComponentTable
+from inference.volume import Volume
+
+RESAMPLE_TOLERANCE = 0.05
+"""A series within 5 % of the card's pixel size is analysed as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The resampled copy's shape against the series': rows and columns of both."""
+
+    rows: int
+    columns: int
+    new_rows: int
+    new_columns: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Original pixels per resampled pixel (rows, columns)."""
+        return self.rows / self.new_rows, self.columns / self.new_columns
+
+
+def resample_grid(volume: Volume, to_mm: float | None, tolerance: float = RESAMPLE_TOLERANCE) -> Grid | None:
+    """The grid to analyse ``volume`` on, or None where it is analysed as it is (no target, or close to it)."""
+    if not to_mm or to_mm <= 0:
+        return None
+    _, rows, columns = volume.shape
+    dr, dc = volume.pixel_spacing
+    if abs(dr - to_mm) <= tolerance * to_mm and abs(dc - to_mm) <= tolerance * to_mm:
+        return None
+    return Grid(rows, columns, max(1, round(rows * dr / to_mm)), max(1, round(columns * dc / to_mm)))
+
+
+def resample_volume(volume: Volume, grid: Grid) -> Volume:
+    """``volume`` resampled in-plane onto ``grid`` (linear), its geometry kept exact: the pixel spacing is
+    the field of view over the new counts, and every slice's position moves to the new first pixel's centre."""
+    sr, sc = grid.scale
+    # area averaging where the copy is coarser (no aliasing of noise), linear where it is finer
+    interpolation = cv2.INTER_AREA if sr > 1 and sc > 1 else cv2.INTER_LINEAR
+    hu = np.stack([cv2.resize(s, (grid.new_columns, grid.new_rows), interpolation=interpolation)
+                   for s in volume.hu]).astype(np.float32, copy=False)
+    dr, dc = volume.pixel_spacing
+    shift = ((sc - 1) / 2 * dc * np.asarray(volume.row_direction)
+             + (sr - 1) / 2 * dr * np.asarray(volume.column_direction))
+    return dataclasses.replace(volume, hu=hu, positions=volume.positions + shift, pixel_spacing=(dr * sr, dc * sc))
+
+
+def to_original(values: np.ndarray, grid: Grid) -> np.ndarray:
+    """A (slices, new rows, new columns) array of floats back on the series' grid (linear), as float32."""
+    return np.stack([cv2.resize(np.asarray(s, np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR)
+                     for s in values]).astype(np.float32, copy=False)
+
+
+def original_index(points: np.ndarray, grid: Grid) -> np.ndarray:
+    """(n, 3) voxel indices (slice, row, column) of the copy -> the nearest voxels of the series."""
+    sr, sc = grid.scale
+    out = np.asarray(points, dtype=np.int64).copy()
+    if out.size:
+        out[:, 1] = np.clip(np.rint((out[:, 1] + 0.5) * sr - 0.5), 0, grid.rows - 1)
+        out[:, 2] = np.clip(np.rint((out[:, 2] + 0.5) * sc - 0.5), 0, grid.columns - 1)
+    return out
+
+
+def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """A uint8 mask of the copy on the series' grid: on where it covers at least half a pixel; a
+    component (26-connected) that would vanish keeps the series' voxel under its centre."""
+    back = (to_original(mask > 0, grid) >= 0.5).astype(np.uint8)
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
+    if count:
+        centres = np.asarray(ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)))
+        at = original_index(np.rint(centres), grid)
+        sr, sc = grid.scale
+        for box, (k, r, c) in zip(ndimage.find_objects(labels), at, strict=True):
+            rows = slice(int(np.floor(box[1].start * sr)), int(np.ceil(box[1].stop * sr)))
+            cols = slice(int(np.floor(box[2].start * sc)), int(np.ceil(box[2].stop * sc)))
+            if not back[box[0], rows, cols].any():
+                back[k, r, c] = 1
+    return back
+
+
+def table_to_original(table: ComponentTable, grid: Grid) -> ComponentTable:
+    """The candidate components' table with each densest voxel on the series' grid (scores, groups and
+    sizes as measured on the copy; boxes kept only as a sign of which components exist)."""
+    return dataclasses.replace(table, peaks=original_index(table.peaks, grid))

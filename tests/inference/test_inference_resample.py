@@ -1,0 +1,130 @@
+"""In-plane resampling to the card's pixel size (inference/resample.py), and the pipeline that uses it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.components import ComponentTable
+from inference.pipeline import Pipeline
+from inference.resample import (
+    Grid,
+    mask_to_original,
+    original_index,
+    resample_grid,
+    resample_volume,
+    table_to_original,
+    to_original,
+)
+from inference.runtime import resolve_model_dir
+from inference.volume import Volume
+from lab.realimages import image_volume
+from lab.synth import generate_phantom
+
+
+def _volume(pixel_mm: float, rows: int = 100, columns: int = 80) -> Volume:
+    rng = np.random.default_rng(0)
+    one = image_volume(rng.normal(40, 10, (rows, columns)).astype(np.float32), "resample", pixel_mm=pixel_mm)
+    # three slices, oblique in-plane directions, so that a wrong shift of the positions shows
+    row_dir, col_dir = (0.8, 0.6, 0.0), (-0.6, 0.8, 0.0)
+    positions = np.array([[10.0, -20.0, 5.0 * k] for k in range(3)])
+    return dataclasses.replace(one, hu=np.repeat(one.hu, 3, axis=0), positions=positions, row_direction=row_dir,
+                               column_direction=col_dir, slice_spacing=5.0,
+                               sop_instance_uids=("1", "2", "3"), frame_numbers=(1, 1, 1), source_paths=("", "", ""))
+
+
+def test_a_series_near_the_cards_pixel_size_or_a_card_without_one_is_analysed_as_it_is() -> None:
+    assert resample_grid(_volume(0.75), None) is None
+    assert resample_grid(_volume(0.6), 0.0) is None
+    assert resample_grid(_volume(0.77), 0.75) is None  # within 5 %
+    grid = resample_grid(_volume(0.6), 0.75)
+    assert grid == Grid(100, 80, 80, 64)
+    assert resample_grid(_volume(0.9), 0.75) == Grid(100, 80, 120, 96)
+
+
+@pytest.mark.parametrize("pixel_mm", [0.6, 0.9])
+def test_the_copy_covers_the_same_field_of_view_in_the_same_place(pixel_mm: float) -> None:
+    volume = _volume(pixel_mm)
+    grid = resample_grid(volume, 0.75)
+    assert grid is not None
+    copy = resample_volume(volume, grid)
+    assert copy.shape == (3, grid.new_rows, grid.new_columns)
+    assert copy.pixel_spacing == pytest.approx((pixel_mm * 100 / grid.new_rows, pixel_mm * 80 / grid.new_columns))
+    sr, sc = grid.scale
+    # a voxel of the copy lies where its fractional index says it does on the series
+    for i, j in [(0, 0), (grid.new_rows - 1, 5), (7, grid.new_columns - 1)]:
+        here = copy.index_to_patient(np.array([1, i, j]))
+        there = volume.index_to_patient(np.array([1, (i + 0.5) * sr - 0.5, (j + 0.5) * sc - 0.5]))
+        np.testing.assert_allclose(here, there, atol=1e-9)
+    # the HU are kept on average (linear where finer, area where coarser)
+    assert abs(float(copy.hu.mean()) - float(volume.hu.mean())) < 0.5
+
+
+def test_a_mask_goes_back_without_losing_a_component() -> None:
+    coarse_series = Grid(rows=40, columns=40, new_rows=48, new_columns=48)  # 0.9 mm series, a 0.75 mm copy
+    mask = np.zeros((2, 48, 48), np.uint8)
+    mask[0, 10, 10] = 1  # one pixel of the copy: less than an original pixel's area
+    mask[1, 20:30, 20:30] = 1
+    back = mask_to_original(mask, coarse_series)
+    assert back.shape == (2, 40, 40)
+    assert back[0].sum() >= 1
+    (r, c), = np.argwhere(back[0])
+    assert abs(r - ((10 + 0.5) * 40 / 48 - 0.5)) <= 1 and abs(c - ((10 + 0.5) * 40 / 48 - 0.5)) <= 1
+    # a large component keeps about its area, in the series' pixels
+    assert abs(int(back[1].sum()) - 100 * (40 / 48) ** 2) <= 12
+    prob = to_original(mask.astype(np.float32), coarse_series)
+    assert prob.shape == (2, 40, 40) and prob.max() <= 1.0
+
+
+def test_the_densest_voxels_of_the_components_go_back_to_the_series_grid() -> None:
+    grid = Grid(rows=100, columns=80, new_rows=80, new_columns=64)
+    table = ComponentTable([None], np.zeros(1), np.array(["contrast"], object), np.zeros(1), np.zeros(1),
+                           np.array([[2, 79, 0]]))
+    assert table_to_original(table, grid).peaks.tolist() == [[2, 99, 0]]
+    assert original_index(np.array([[0, 40, 32]]), grid).tolist() == [[0, 50, 40]]
+
+
+@pytest.fixture(scope="module")
+def resampling_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "resampling"
+    shutil.copytree(resolve_model_dir("default"), folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["preprocessing"]["resample_to_mm"] = 0.75
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+@pytest.mark.parametrize("pixel_mm", [0.6, 0.9])
+def test_a_series_of_other_pixels_is_found_and_measured_in_its_own_millimetres(resampling_model: Path,
+                                                                                pixel_mm: float) -> None:
+    # a seed far from training (1000-9999) and from the documented evaluation (50000+)
+    phantom = generate_phantom(92_000, pixel_spacing=pixel_mm, n_stones=3, coverage=(0.6, 0.9),
+                               stone_sites=("kidney",), small_stone_fraction=0.0)
+    volume = phantom.to_volume()
+    pipeline = Pipeline(resampling_model, cores=2)
+    assert resample_grid(volume, pipeline.resample_to_mm) is not None
+    findings = pipeline.run(volume)
+    assert findings.mask.shape == volume.shape
+    assert "resample_s" in pipeline.last_timings
+    truth = [s for s in phantom.stones if s.diameter_mm >= 3.0]
+    assert truth
+    found = 0
+    for label, stone in enumerate(phantom.stones, start=1):
+        if stone.diameter_mm < 3.0:
+            continue
+        on = findings.mask[phantom.stone_labels == label]
+        found += bool(on.any())
+    assert found == len(truth)
+    # each reported stone on a true one is measured in the series' millimetres, not the copy's pixels
+    for reported in findings.stones:
+        k = reported.slice_indices[len(reported.slice_indices) // 2]
+        labels_here = np.unique(phantom.stone_labels[k][findings.mask[k] > 0])
+        labels_here = labels_here[labels_here > 0]
+        if labels_here.size:
+            true_mm = phantom.stones[int(labels_here[0]) - 1].diameter_mm
+            assert abs(reported.max_diameter_mm - true_mm) <= max(1.5, 0.35 * true_mm), (reported.max_diameter_mm, true_mm)
