@@ -249,8 +249,10 @@ def slab_noise(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None,
 
 
 def _dense_mask(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None,
-                pixel_spacing: tuple[float, float], by_slab: SlabNoise = ()) -> tuple[np.ndarray, float, float]:
-    """Dense voxels, the series' threshold, and its smoothed copy's (0: not looked at)."""
+                pixel_spacing: tuple[float, float], by_slab: SlabNoise = (),
+                noise_of: Volume | None = None) -> tuple[np.ndarray, float, float]:
+    """Dense voxels, the series' threshold, and its smoothed copy's (0: not looked at); the smoothed
+    copy's noise is measured on ``noise_of`` (default: ``hu`` itself) at its own pixel spacing."""
     threshold = dense_threshold(rule, noise)
     per_slice = np.full(hu.shape[0], threshold, dtype=np.float32)
     local: list[tuple[int, int, float]] = []  # slabs noisier than the series: (start, stop, threshold)
@@ -263,11 +265,15 @@ def _dense_mask(hu: np.ndarray, rule: CandidateRule, noise: NoiseEstimate | None
     if (threshold <= rule.threshold_hu and not local) or rule.denoise_mm <= 0:
         return dense, threshold, 0.0
     sigma = (rule.denoise_mm / pixel_spacing[0], rule.denoise_mm / pixel_spacing[1])
-    smoothed = dense_threshold(rule, estimate_noise(hu, smooth=sigma))
+    source, source_sigma = hu, sigma
+    if noise_of is not None:
+        source = noise_of.hu
+        source_sigma = (rule.denoise_mm / noise_of.pixel_spacing[0], rule.denoise_mm / noise_of.pixel_spacing[1])
+    smoothed = dense_threshold(rule, estimate_noise(source, smooth=source_sigma))
     smoothed_per_slice = np.full(hu.shape[0], smoothed, dtype=np.float32)
     for a, b, _ in local:
         smoothed_per_slice[a:b] = max(smoothed, dense_threshold(
-            rule, estimate_noise(hu[a:b], slices=SLAB_NOISE_SLICES, smooth=sigma)))
+            rule, estimate_noise(source[a:b], slices=SLAB_NOISE_SLICES, smooth=source_sigma)))
     for k in range(hu.shape[0]):  # slice by slice: no smoothed copy of the volume
         if per_slice[k] > rule.threshold_hu:  # where noise raised the threshold
             dense[k] |= ndimage.gaussian_filter(hu[k], sigma) >= smoothed_per_slice[k]
@@ -299,12 +305,17 @@ class _Components:
         return int(self.starts.shape[0])
 
 
-def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE) -> Candidates:
-    """Candidate components of ``volume`` under ``rule`` (see the module's text)."""
+def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE, noise_of: Volume | None = None) -> Candidates:
+    """Candidate components of ``volume`` under ``rule`` (see the module's text). The noise is measured
+    on ``noise_of`` where given: the series that ``volume`` was interpolated from (same slices), whose
+    pixels hold the noise that interpolation smooths but whose peaks it keeps."""
     hu = volume.hu
-    noise = estimate_noise(hu) if rule.noise_aware else None
-    by_slab = slab_noise(hu, rule, noise, volume.slice_spacing)
-    dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing, by_slab)
+    if noise_of is not None and noise_of.shape[0] != hu.shape[0]:
+        raise ValueError(f"noise_of has {noise_of.shape[0]} slices, the volume {hu.shape[0]}")
+    source = hu if noise_of is None else noise_of.hu
+    noise = estimate_noise(source) if rule.noise_aware else None
+    by_slab = slab_noise(source, rule, noise, volume.slice_spacing)
+    dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing, by_slab, noise_of)
     with_contrast = contrast_applies(rule, noise)
     # a preallocated int32 output: without it scipy labels into a wider temporary first
     labels = np.empty(dense.shape, dtype=np.int32)

@@ -155,15 +155,18 @@ class Pipeline:
         if grid is None:
             return self._analyse(volume)
         t0 = time.perf_counter()
-        prob, mask, table = self._analyse(resample_volume(volume, grid))
+        # interpolated finer, the copy keeps the series' noise peaks but not its spread: the candidate
+        # rule measures the noise on the series itself; averaged coarser, on the copy
+        finer = grid.scale[0] < 1 and grid.scale[1] < 1
+        prob, mask, table = self._analyse(resample_volume(volume, grid), noise_of=volume if finer else None)
         back = (to_original(prob, grid).astype(np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
         self.last_timings["resample_s"] = time.perf_counter() - t0 - sum(
             v for k, v in self.last_timings.items() if k.endswith("_s"))
         return back
 
-    def _analyse(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
+    def _analyse(self, volume: Volume, noise_of: Volume | None = None) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
         t0 = time.perf_counter()
-        found = find_candidates(volume, self.rule)
+        found = find_candidates(volume, self.rule, noise_of)
         t1 = time.perf_counter()
         prob = np.zeros(volume.shape, dtype=np.float16)
         scores = None
