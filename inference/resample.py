@@ -15,6 +15,13 @@ voxel. Stones are then measured on the series itself, in its own millimetres,
 and the results reference its own frames. Slices are never resampled along
 the normal (the network sees neighbouring slices, not millimetres of them).
 
+A copy interpolated onto finer pixels keeps the noise's peaks but narrows
+its spread, so the candidate rule measures the noise on the series itself
+(``find_candidates(noise_of=)``); measured on the copy, a real chest CT's
+noise fell from 68 to 46 HU and 26 noise peaks became false stones. A copy
+averaged onto coarser pixels has less noise in its peaks too, and keeps its
+own measurement.
+
 Pixel centres follow OpenCV's convention: pixel ``i`` of the copy lies at
 ``(i + 0.5) * s - 0.5`` of the original, ``s`` its size over the copy's.
 """
