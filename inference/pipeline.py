@@ -159,7 +159,7 @@ class Pipeline:
         # rule measures the noise on the series itself; averaged coarser, on the copy
         finer = grid.scale[0] < 1 and grid.scale[1] < 1
         prob, mask, table = self._analyse(resample_volume(volume, grid), noise_of=volume if finer else None)
-        back = (to_original(prob, grid).astype(np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
+        back = (to_original(prob, grid, np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
         self.last_timings["resample_s"] = time.perf_counter() - t0 - sum(
             v for k, v in self.last_timings.items() if k.endswith("_s"))
         return back

@@ -81,10 +81,14 @@ def resample_volume(volume: Volume, grid: Grid) -> Volume:
     return dataclasses.replace(volume, hu=hu, positions=volume.positions + shift, pixel_spacing=(dr * sr, dc * sc))
 
 
-def to_original(values: np.ndarray, grid: Grid) -> np.ndarray:
-    """A (slices, new rows, new columns) array of floats back on the series' grid (linear), as float32."""
-    return np.stack([cv2.resize(np.asarray(s, np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR)
-                     for s in values]).astype(np.float32, copy=False)
+def to_original(values: np.ndarray, grid: Grid, dtype: type = np.float32) -> np.ndarray:
+    """A (slices, new rows, new columns) array of numbers back on the series' grid (linear), as ``dtype``,
+    a slice at a time (no float32 copy of the whole series for a float16 result)."""
+    out: np.ndarray = np.zeros((values.shape[0], grid.rows, grid.columns), dtype=dtype)
+    for k, s in enumerate(values):
+        if s.any():
+            out[k] = cv2.resize(np.asarray(s, np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def original_index(points: np.ndarray, grid: Grid) -> np.ndarray:
@@ -100,17 +104,25 @@ def original_index(points: np.ndarray, grid: Grid) -> np.ndarray:
 def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
     """A uint8 mask of the copy on the series' grid: on where it covers at least half a pixel; a
     component (26-connected) that would vanish keeps the series' voxel under its centre."""
-    back = (to_original(mask > 0, grid) >= 0.5).astype(np.uint8)
-    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
-    if count:
-        centres = np.asarray(ndimage.center_of_mass(mask > 0, labels, range(1, count + 1)))
-        at = original_index(np.rint(centres), grid)
-        sr, sc = grid.scale
-        for box, (k, r, c) in zip(ndimage.find_objects(labels), at, strict=True):
-            rows = slice(int(np.floor(box[1].start * sr)), int(np.ceil(box[1].stop * sr)))
-            cols = slice(int(np.floor(box[2].start * sc)), int(np.ceil(box[2].stop * sc)))
-            if not back[box[0], rows, cols].any():
-                back[k, r, c] = 1
+    on = mask > 0
+    back = np.zeros((mask.shape[0], grid.rows, grid.columns), dtype=np.uint8)
+    slices = np.nonzero(on.any(axis=(1, 2)))[0]
+    for k in slices:
+        back[k] = cv2.resize(on[k].astype(np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR) >= 0.5
+    if not slices.size:
+        return back
+    # the components are labelled inside the box that holds them all: a mask is small, a series is not
+    first = tuple(np.nonzero(on.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in first)
+    offset = np.array([b.start for b in box])
+    labels, count = ndimage.label(on[box], structure=np.ones((3, 3, 3), bool))
+    centres = np.asarray(ndimage.center_of_mass(on[box], labels, range(1, count + 1))) + offset
+    sr, sc = grid.scale
+    for inner, (k, r, c) in zip(ndimage.find_objects(labels), original_index(np.rint(centres), grid), strict=True):
+        (k0, k1), (r0, r1), (c0, c1) = ((s.start + o, s.stop + o) for s, o in zip(inner, offset, strict=True))
+        covered = back[k0:k1, int(np.floor(r0 * sr)):int(np.ceil(r1 * sr)), int(np.floor(c0 * sc)):int(np.ceil(c1 * sc))]
+        if not covered.any():
+            back[k, r, c] = 1
     return back
 
 
