@@ -79,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--coarse", type=float, default=0.0,
                    help="with --images: share of patches whose slices are made as a coarser acquisition (blocks of "
                         "2-4 pixels, noise of 0-15 HU at that grain, interpolated back); 0 never")
+    p.add_argument("--rescale", type=float, default=0.0,
+                   help="with --images: share of patches zoomed with their masks by 0.8-1.25 about the centre, as "
+                        "series of other pixel sizes show stones; 0 never")
     p.add_argument("--hard-share", type=float, default=0.0,
                    help="with --images: share of each epoch's negatives drawn by how much the network of the "
                         "moment takes them for stones (and of a positives' draw by how much it misses them); "
@@ -384,7 +387,8 @@ def _train_on_images(args: argparse.Namespace) -> int:
                           epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
                           time_budget_s=args.minutes * 60 if args.minutes else None,
                           training_description=description, seed=args.sampling_seed,
-                          hard_share=args.hard_share, augmentation=Augmentation(blur=args.blur, coarse=args.coarse))
+                          hard_share=args.hard_share, augmentation=Augmentation(blur=args.blur, coarse=args.coarse,
+                                                                                rescale=args.rescale))
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters); its thresholds are 0.5")
     print("choose them on the validation side, then: uronode evaluate --model", args.out,
           "--images", args.images, "--split test")

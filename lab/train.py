@@ -361,7 +361,7 @@ def train_mixed(
     """
     import keras
 
-    from lab.augment import augment_patches
+    from lab.augment import augment_patches, rescale_patches
 
     aug = augmentation or Augmentation()
     rng = np.random.default_rng(seed)
@@ -411,7 +411,8 @@ def train_mixed(
             idx = np.sort(self.order[i * batch:(i + 1) * batch])
             r = np.random.default_rng(rng.integers(1 << 31))
             raw = augment_patches(data.patches[idx], windowed[idx], spec, r, aug)
-            x, y = _augment(preprocess(raw, spec), data.targets[idx].astype(np.float32)[..., None], r)
+            x, y = rescale_patches(preprocess(raw, spec), data.targets[idx].astype(np.float32)[..., None], r, aug)
+            x, y = _augment(x, y, r)
             return x.astype(np.float32), {"stone": y, "component": centre[idx].astype(np.float32)[:, None]}
 
         def on_epoch_end(self) -> None:
