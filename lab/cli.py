@@ -82,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--rescale", type=float, default=0.0,
                    help="with --images: share of patches zoomed with their masks by 0.8-1.25 about the centre, as "
                         "series of other pixel sizes show stones; 0 never")
+    p.add_argument("--negative-ratio", type=int, default=3,
+                   help="with --images: negatives drawn an epoch for each positive draw (default 3)")
+    p.add_argument("--windowed-share", type=float, default=0.7,
+                   help="with --images: share of an epoch's draw from the real (windowed) images; the rest from "
+                        "the generated series (default 0.7)")
     p.add_argument("--hard-share", type=float, default=0.0,
                    help="with --images: share of each epoch's negatives drawn by how much the network of the "
                         "moment takes them for stones (and of a positives' draw by how much it misses them); "
@@ -361,6 +366,10 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from lab.dataset import PatchSet, patches_from_images, patches_from_phantom
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
+    if args.negative_ratio < 1 or not 0.0 < args.windowed_share <= 1.0:
+        print(f"uronode train: --negative-ratio must be 1 or more (got {args.negative_ratio}) and --windowed-share "
+              f"in (0, 1] (got {args.windowed_share})", file=sys.stderr)
+        return 2
     chosen = _images_on_side(args)
     if chosen is None:
         return 2
@@ -387,6 +396,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
                           epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
                           time_budget_s=args.minutes * 60 if args.minutes else None,
                           training_description=description, seed=args.sampling_seed,
+                          negative_ratio=args.negative_ratio, windowed_share=args.windowed_share,
                           hard_share=args.hard_share, augmentation=Augmentation(blur=args.blur, coarse=args.coarse,
                                                                                 rescale=args.rescale))
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters); its thresholds are 0.5")

@@ -444,6 +444,8 @@ def train_mixed(
                      history={k: [float(v) for v in vals] for k, vals in history.history.items()},
                      spec=spec, rule=rule, version=version)
     card["training"]["augmentation"] = json.loads(json.dumps(dataclasses.asdict(aug)))  # as card.json holds it
+    card["training"]["draws"] = {"negative_ratio": negative_ratio, "windowed_share": windowed_share,
+                                 "hard_share": hard_share}
     if initial_model is not None:
         inherit_prediction_settings(card, initial_model)
     if out_dir is not None:
