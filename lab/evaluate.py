@@ -5,6 +5,8 @@ voxels grown by one voxel in-plane, so a one-voxel offset on a 1 mm stone is
 not a miss). A predicted component that touches no stone is a false positive;
 the mimic it lies on (phlebolith, vascular calcification, ...) is recorded to
 say where the model fails. Dice is over all voxels of all series together.
+Sensitivities and false positives per series come with 95 % intervals that
+resample whole series (``lab.intervals``).
 
 The baseline is the plain rule of the issue: HU above a threshold inside the
 body, minus components too large or too long to be a stone (the same size rule
@@ -24,6 +26,7 @@ from scipy import ndimage
 
 from inference.candidates import CandidateRule, find_candidates
 from inference.volume import Volume
+from lab.intervals import UnitCounts, with_interval
 from lab.synth import Phantom
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,15 @@ class Scores(TypedDict):
     false_positives_by_mimic: dict[str, int]
     dice: float | None
     missed: list[MissedStone]
+    intervals: dict[str, list[float] | None]
+    interval_units: str
+
+
+SERIES_RATIOS: dict[str, tuple[str, str, bool]] = {
+    **{f"sensitivity {n}": (f"found {n}", f"stones {n}", True) for n, _, _ in SIZE_BINS},
+    "sensitivity_3mm_and_more": ("found >=3 mm", "stones >=3 mm", True),
+    "false_positives_per_series": ("false_positives", "series", False),
+}
 
 
 @dataclass
@@ -66,6 +78,8 @@ class Tally:
     predicted_voxels: int = 0
     true_voxels: int = 0
     missed: list[MissedStone] = field(default_factory=list)
+    units: UnitCounts = field(default_factory=UnitCounts)
+    """The counts per series, for the intervals."""
 
     def as_dict(self) -> Scores:
         sens = {name: (self.found[name] / self.total[name] if self.total[name] else None) for name, _, _ in SIZE_BINS}
@@ -86,13 +100,26 @@ class Tally:
             "dice": 2 * self.intersection / (self.predicted_voxels + self.true_voxels)
             if (self.predicted_voxels + self.true_voxels) else None,
             "missed": self.missed[:50],
+            "intervals": self.units.intervals(SERIES_RATIOS),
+            "interval_units": f"series ({len(self.units)})",
         }
 
 
 def score_case(phantom: Phantom, predicted: np.ndarray, tally: Tally) -> None:
     """Add one series' result to ``tally``."""
-    truth = phantom.stone_labels
     tally.series += 1
+    found_before, total_before, fp_before = Counter(tally.found), Counter(tally.total), tally.false_positives
+    _score_stones(phantom, predicted, tally)
+    found, total = tally.found - found_before, tally.total - total_before
+    ge3 = ("3-5 mm", ">5 mm")
+    tally.units.add(f"series {tally.series}", series=1, false_positives=tally.false_positives - fp_before,
+                    **{f"found {n}": found[n] for n, _, _ in SIZE_BINS},
+                    **{f"stones {n}": total[n] for n, _, _ in SIZE_BINS},
+                    **{"found >=3 mm": sum(found[n] for n in ge3), "stones >=3 mm": sum(total[n] for n in ge3)})
+
+
+def _score_stones(phantom: Phantom, predicted: np.ndarray, tally: Tally) -> None:
+    truth = phantom.stone_labels
     pred = predicted > 0
     tally.intersection += int((pred & (truth > 0)).sum())
     tally.predicted_voxels += int(pred.sum())
@@ -149,7 +176,7 @@ def evaluate(cases: Iterable[Phantom], predictors: dict[str, Callable[[Volume], 
 
 
 def format_table(results: dict[str, Scores]) -> str:
-    """A Markdown table of the headline figures."""
+    """A Markdown table of the headline figures (95 % intervals in brackets)."""
 
     def f(v: object) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
@@ -158,11 +185,12 @@ def format_table(results: dict[str, Scores]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         sizes = r["stones_by_size"]
-        sens = r["sensitivity_by_size"]
+        sens, ci = r["sensitivity_by_size"], r["intervals"]
         lines.append(
             f"| {name} | {r['series']} | {'/'.join(str(sizes[n]) for n, _, _ in SIZE_BINS)} | "
-            f"{f(sens['<3 mm'])} | {f(sens['3-5 mm'])} | {f(sens['>5 mm'])} | "
-            f"{f(r['sensitivity_3mm_and_more'])} | {f(r['false_positives_per_series'])} | {f(r['dice'])} |"
+            + " | ".join(with_interval(sens[n], ci[f"sensitivity {n}"]) for n, _, _ in SIZE_BINS) + " | "
+            f"{with_interval(r['sensitivity_3mm_and_more'], ci['sensitivity_3mm_and_more'])} | "
+            f"{with_interval(r['false_positives_per_series'], ci['false_positives_per_series'])} | {f(r['dice'])} |"
         )
     return "\n".join(lines)
 

@@ -11,6 +11,10 @@ mask (8-connected) and is placed at its centroid. Against the marked boxes:
   without (none when the set has no image without a box);
 - sensitivity **by box size**: the box's longer side in mm.
 
+Each figure comes with a 95 % interval (``lab.intervals``) that resamples whole
+examinations (``realimages.exam_keys``; a source without a timestamp is its
+own examination), as the split does: images of one examination are not independent.
+
 ``score_slices`` scores images known to hold no stone (lone slices of a real
 CT): the share of slices with a false stone.
 """
@@ -25,7 +29,8 @@ from typing import TypedDict
 import numpy as np
 from scipy import ndimage
 
-from lab.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage
+from lab.intervals import UnitCounts, with_interval
+from lab.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage, exam_keys
 
 MARGIN_MM = 2.0
 BOX_BINS = (("<3 mm", 0.0, 3.0), ("3-5 mm", 3.0, 5.0), ("5-10 mm", 5.0, 10.0), (">=10 mm", 10.0, 1e9))
@@ -74,6 +79,9 @@ class ImageScores(TypedDict):
     images_at_their_own_pixel_mm: int
     missed: list[MissedBox]
     false: list[FalseStone]
+    intervals: dict[str, list[float] | None]
+    """95 % intervals of the figures above, resampling ``interval_units``."""
+    interval_units: str
 
 
 class SliceScores(TypedDict):
@@ -81,6 +89,17 @@ class SliceScores(TypedDict):
     slices_with_a_false_stone: int
     share_with_a_false_stone: float | None
     false_stones: int
+    intervals: dict[str, list[float] | None]
+    interval_units: str
+
+
+IMAGE_RATIOS: dict[str, tuple[str, str, bool]] = {
+    "stone_sensitivity": ("found", "stones", True),
+    "false_stones_per_image": ("false_stones", "images", False),
+    "image_sensitivity": ("true_positive_images", "positive_images", True),
+    "image_specificity": ("true_negative_images", "negative_images", True),
+    **{f"sensitivity {n}": (f"found {n}", f"stones {n}", True) for n, _, _ in BOX_BINS},
+}
 
 
 @dataclass
@@ -100,10 +119,16 @@ class ImageTally:
     false: list[FalseStone] = field(default_factory=list)
     own_spacing: int = 0
     """Images scored at their own pixel spacing (DICOM) instead of ``pixel_mm``."""
+    units: UnitCounts = field(default_factory=UnitCounts)
+    """The same counts per examination, for the intervals."""
 
-    def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray, pixel_mm: float | None = None) -> None:
-        """Score one image's mask; ``pixel_mm``: the spacing its file states (default: the tally's)."""
+    def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray, pixel_mm: float | None = None,
+            unit: str | None = None) -> None:
+        """Score one image's mask; ``pixel_mm``: the spacing its file states (default: the tally's);
+        ``unit``: the examination it belongs to (default: the image is its own)."""
         boxes = list(boxes)
+        before = (self.stones, self.found, self.false_stones, self.true_positive_images, self.true_negative_images,
+                  dict(self.by_size_total), dict(self.by_size_found))
         reported = reported_stones(mask)
         if pixel_mm is not None:
             self.own_spacing += 1
@@ -132,6 +157,13 @@ class ImageTally:
             if not any(big.contains(r, c) for big in grown):
                 self.false_stones += 1
                 self.false.append({"image": name, "row": round(r, 1), "column": round(c, 1), "pixels": n})
+        stones, found, false, tp, tn, total_by, found_by = before
+        self.units.add(unit or name, images=1, positive_images=int(bool(boxes)), negative_images=int(not boxes),
+                       stones=self.stones - stones, found=self.found - found, false_stones=self.false_stones - false,
+                       true_positive_images=self.true_positive_images - tp,
+                       true_negative_images=self.true_negative_images - tn,
+                       **{f"stones {n}": self.by_size_total[n] - total_by[n] for n, _, _ in BOX_BINS},
+                       **{f"found {n}": self.by_size_found[n] - found_by[n] for n, _, _ in BOX_BINS})
 
     def as_dict(self) -> ImageScores:
         def ratio(a: int, b: int) -> float | None:
@@ -154,12 +186,16 @@ class ImageTally:
             "images_at_their_own_pixel_mm": self.own_spacing,
             "missed": self.missed[:100],
             "false": self.false[:100],
+            "intervals": self.units.intervals(IMAGE_RATIOS),
+            "interval_units": f"examinations ({len(self.units)})",
         }
 
 
 def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledImage], np.ndarray],
                  pixel_mm: float = ASSUMED_PIXEL_MM, progress: bool = False) -> ImageScores:
     """Run ``predict`` (image -> 2D mask) on every image and score it (see the module's text)."""
+    images = list(images)
+    exams = exam_keys(im.source for im in images)
     tally = ImageTally(pixel_mm=pixel_mm)
     iterator: Iterable[LabelledImage] = images
     if progress:
@@ -167,25 +203,36 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
 
         iterator = tqdm(list(images), desc="images", unit="image")
     for im in iterator:
-        tally.add(im.name, im.boxes, predict(im), im.pixel_mm if im.own_spacing else None)
+        tally.add(im.name, im.boxes, predict(im), im.pixel_mm if im.own_spacing else None, unit=exams[im.source])
     return tally.as_dict()
 
 
-def score_slices(masks: Iterable[np.ndarray]) -> SliceScores:
-    """Slices known to hold no stone: how many have a false stone, and how many false stones."""
+SLICE_BLOCK = 10
+"""Consecutive slices resampled together for the lone slices' interval (30 mm of the 3 mm example CT)."""
+
+
+def score_slices(masks: Iterable[np.ndarray], block: int = SLICE_BLOCK) -> SliceScores:
+    """Slices known to hold no stone, in order along their CT: how many have a false stone, and how many
+    false stones. The interval resamples blocks of ``block`` consecutive slices: neighbouring slices
+    show the same structures, and all of them are one patient's, so it says how much the figure moves
+    along this CT, not across patients."""
     slices = with_false = false_stones = 0
-    for mask in masks:
+    units = UnitCounts()
+    for k, mask in enumerate(masks):
         n = len(reported_stones(mask))
         slices += 1
         with_false += n > 0
         false_stones += n
+        units.add(f"block {k // block}", slices=1, with_false=int(n > 0))
     return {"slices": slices, "slices_with_a_false_stone": with_false,
             "share_with_a_false_stone": with_false / slices if slices else None,
-            "false_stones": false_stones}
+            "false_stones": false_stones,
+            "intervals": {"share_with_a_false_stone": units.interval("with_false", "slices")},
+            "interval_units": f"blocks of {block} consecutive slices ({len(units)}), one CT"}
 
 
 def format_image_table(results: dict[str, ImageScores]) -> str:
-    """A Markdown table of the headline figures of ``score_images`` results."""
+    """A Markdown table of the headline figures of ``score_images`` results (95 % intervals in brackets)."""
 
     def f(v: object) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
@@ -193,9 +240,11 @@ def format_image_table(results: dict[str, ImageScores]) -> str:
     lines = ["| method | images | stones | stone sens | false stones/image | image sens | image spec "
              "| sens <3 / 3-5 / 5-10 / >=10 mm |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        by = r["sensitivity_by_size"]
-        lines.append(f"| {name} | {r['images']} | {r['stones']} | {f(r['stone_sensitivity'])} | "
-                     f"{f(r['false_stones_per_image'])} | {f(r['image_sensitivity'])} | {f(r['image_specificity'])} | "
+        by, ci = r["sensitivity_by_size"], r["intervals"]
+        lines.append(f"| {name} | {r['images']} | {r['stones']} | "
+                     f"{with_interval(r['stone_sensitivity'], ci['stone_sensitivity'])} | "
+                     f"{with_interval(r['false_stones_per_image'], ci['false_stones_per_image'])} | "
+                     f"{f(r['image_sensitivity'])} | {f(r['image_specificity'])} | "
                      + " / ".join(f(by[n]) for n, _, _ in BOX_BINS) + " |")
     return "\n".join(lines)
 
