@@ -122,6 +122,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
 
+    p = subparsers.add_parser("compare", help="two models' figures on the same sets, paired, with the 95 % interval "
+                                              "of each difference")
+    p.add_argument("results", type=Path, nargs=2, metavar="JSON",
+                   help="two `uronode evaluate --out` files, or two model cards (their recorded figures)")
+    p.add_argument("--names", nargs=2, default=None, metavar="NAME", help="what to call them (default: the files)")
+    p.set_defaults(func=cmd_compare)
+
     p = subparsers.add_parser("choose", help="choose a model's component thresholds on the validation side of "
                                              "labelled real images (the grid rule of docs/model.md)")
     p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
@@ -445,6 +452,27 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
             failure_picture(im.grey, predict(im), im.boxes, (false["row"], false["column"]),
                             f"false stone ({false['pixels']} px)"))
     return kinds
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lab.compare import CompareError, compare, format_differences
+
+    summaries = []
+    for path in args.results:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"uronode compare: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        summaries.append(data.get("metrics", data) if isinstance(data, dict) else {})
+    names = args.names or [str(p) for p in args.results]
+    try:
+        rows = compare(summaries[0], summaries[1])
+    except CompareError as exc:
+        print(f"uronode compare: {exc}", file=sys.stderr)
+        return 2
+    print(format_differences(rows, names[0], names[1]))
+    return 0
 
 
 def cmd_choose(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ class Scores(TypedDict):
     missed: list[MissedStone]
     intervals: dict[str, list[float] | None]
     interval_units: str
+    per_unit: dict[str, dict[str, int]]
 
 
 SERIES_RATIOS: dict[str, tuple[str, str, bool]] = {
@@ -102,6 +103,7 @@ class Tally:
             "missed": self.missed[:50],
             "intervals": self.units.intervals(SERIES_RATIOS),
             "interval_units": f"series ({len(self.units)})",
+            "per_unit": self.units.as_dict(),
         }
 
 

@@ -82,6 +82,8 @@ class ImageScores(TypedDict):
     intervals: dict[str, list[float] | None]
     """95 % intervals of the figures above, resampling ``interval_units``."""
     interval_units: str
+    per_unit: dict[str, dict[str, int]]
+    """The counts per examination (``uronode compare`` pairs two results by them)."""
 
 
 class SliceScores(TypedDict):
@@ -91,6 +93,7 @@ class SliceScores(TypedDict):
     false_stones: int
     intervals: dict[str, list[float] | None]
     interval_units: str
+    per_unit: dict[str, dict[str, int]]
 
 
 IMAGE_RATIOS: dict[str, tuple[str, str, bool]] = {
@@ -188,6 +191,7 @@ class ImageTally:
             "false": self.false[:100],
             "intervals": self.units.intervals(IMAGE_RATIOS),
             "interval_units": f"examinations ({len(self.units)})",
+            "per_unit": self.units.as_dict(),
         }
 
 
@@ -228,7 +232,8 @@ def score_slices(masks: Iterable[np.ndarray], block: int = SLICE_BLOCK) -> Slice
             "share_with_a_false_stone": with_false / slices if slices else None,
             "false_stones": false_stones,
             "intervals": {"share_with_a_false_stone": units.interval("with_false", "slices")},
-            "interval_units": f"blocks of {block} consecutive slices ({len(units)}), one CT"}
+            "interval_units": f"blocks of {block} consecutive slices ({len(units)}), one CT",
+            "per_unit": units.as_dict()}
 
 
 def format_image_table(results: dict[str, ImageScores]) -> str:

@@ -91,6 +91,35 @@ class UnitCounts:
     def __len__(self) -> int:
         return len(self.units)
 
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """{unit: {count: n}}, as the figures' JSON keeps them (for ``paired_difference`` later)."""
+        return {unit: dict(counts) for unit, counts in self.units.items()}
+
+
+def paired_difference(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]],
+                      numerator: str, denominator: str, replicates: int = REPLICATES, seed: int = SEED,
+                      level: float = LEVEL) -> tuple[float, list[float]] | None:
+    """A's ratio minus B's on the same units, and its interval: both resampled with the same draw of
+    units, so what the two share (the hard examinations) cancels. None without a denominator.
+
+    Raises ValueError when A and B were not measured on the same units.
+    """
+    if set(a) != set(b):
+        raise ValueError(f"not the same units: {len(set(a) ^ set(b))} of {len(set(a) | set(b))} differ")
+    keys = sorted(a)
+    num_a, den_a, num_b, den_b = (np.array([float(src[k].get(col, 0)) for k in keys], dtype=np.float64)
+                                  for src, col in ((a, numerator), (a, denominator), (b, numerator), (b, denominator)))
+    if not keys or den_a.sum() <= 0 or den_b.sum() <= 0:
+        return None
+    observed = num_a.sum() / den_a.sum() - num_b.sum() / den_b.sum()
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(keys), size=(replicates, len(keys)))
+    da, db = den_a[draws].sum(axis=1), den_b[draws].sum(axis=1)
+    ok = (da > 0) & (db > 0)
+    diffs = num_a[draws].sum(axis=1)[ok] / da[ok] - num_b[draws].sum(axis=1)[ok] / db[ok]
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return round(float(observed), 4), [round(float(low), 4), round(float(high), 4)]
+
 
 def with_interval(value: float | None, interval: list[float] | None) -> str:
     """'0.812 (0.771-0.852)': a figure and its interval for a table ('-' without a figure)."""

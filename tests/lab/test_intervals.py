@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from inference.volume import Volume
 from lab.evaluate import evaluate
 from lab.imageeval import ImageTally, score_images, score_slices
-from lab.intervals import ratio_interval, wilson, with_interval
+from lab.intervals import paired_difference, ratio_interval, wilson, with_interval
 from lab.realimages import Box, LabelledImage
 from lab.synth import Phantom, generate_phantom
 
@@ -132,3 +134,74 @@ def test_generated_series_get_intervals_per_series() -> None:
     assert result["intervals"]["sensitivity_3mm_and_more"] == ratio_interval(found, stones)
     assert result["intervals"]["false_positives_per_series"] == ratio_interval(
         [r["false_positives"] for r in alone], [1, 1, 1], proportion=False)
+
+
+def test_a_paired_difference_cancels_what_both_find_hard() -> None:
+    # 30 examinations of very different difficulty; B misses one more stone than A in 10 of them
+    rng = np.random.default_rng(3)
+    stones = rng.integers(2, 12, size=30)
+    found_b = rng.integers(0, 2, size=30) * stones  # each examination all found or all missed
+    found_b[:10] = 0
+    found_a = np.minimum(stones, found_b + (np.arange(30) < 10))
+    a = {f"e{k}": {"found": int(f), "stones": int(s)} for k, (f, s) in enumerate(zip(found_a, stones, strict=True))}
+    b = {f"e{k}": {"found": int(f), "stones": int(s)} for k, (f, s) in enumerate(zip(found_b, stones, strict=True))}
+    paired = paired_difference(a, b, "found", "stones")
+    assert paired is not None
+    difference, (low, high) = paired
+    assert difference == pytest.approx((found_a.sum() - found_b.sum()) / stones.sum(), abs=1e-4)
+    assert 0 < low <= difference <= high
+    # unpaired, each model's own interval is far wider than the difference
+    alone_a = ratio_interval(found_a, stones)
+    assert alone_a is not None and alone_a[1] - alone_a[0] > 3 * (high - low)
+    assert paired_difference(a, a, "found", "stones") == (0.0, [0.0, 0.0])
+    with pytest.raises(ValueError, match="not the same units"):
+        paired_difference(a, {**b, "e99": {"found": 1, "stones": 1}}, "found", "stones")
+
+
+def _summary(found_by_exam: list[int], false_by_slice_block: list[int]) -> dict[str, object]:
+    tally = ImageTally(pixel_mm=0.75)
+    box = Box(40.0, 40.0, 50.0, 50.0)
+    hit = np.zeros((100, 100), np.uint8)
+    hit[44:46, 44:46] = 1
+    for exam, found in enumerate(found_by_exam):
+        for k in range(3):
+            tally.add(f"e{exam}-{k}", [box], hit if k < found else np.zeros_like(hit), unit=f"exam {exam}")
+    false = np.zeros((32, 32), np.uint8)
+    false[3:5, 3:5] = 1
+    slices = [false if k % 10 < n else np.zeros_like(false) for k, n in
+              ((k, false_by_slice_block[k // 10]) for k in range(10 * len(false_by_slice_block)))]
+    return {"image_results": {"real_images": {"model": tally.as_dict()}, "lone_slices": score_slices(slices)}}
+
+
+def test_uronode_compare_pairs_two_results_and_refuses_different_sets(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from lab.cli import cmd_compare
+    from lab.compare import CompareError, compare
+
+    better = _summary([3] * 20, [1] * 6)
+    worse = _summary([2] * 20, [4] * 6)
+    rows = {(r["set"], r["figure"]): r for r in compare(better, worse)}
+    sens = rows[("real_images", "stone_sensitivity")]
+    assert (sens["a"], sens["b"], sens["difference"]) == (1.0, pytest.approx(0.6667, abs=1e-4), pytest.approx(0.3333, abs=1e-4))
+    assert sens["shown"]
+    lone = rows[("lone_slices", "share_with_a_false_stone")]
+    assert lone["difference"] == pytest.approx(-0.3) and lone["shown"]
+    # the same figures on half the examinations each way: not shown
+    mixed = _summary([3] * 10 + [2] * 10, [1] * 6)
+    swapped = _summary([2] * 10 + [3] * 10, [1] * 6)
+    assert not {(r["set"], r["figure"]): r for r in compare(mixed, swapped)}[("real_images", "stone_sensitivity")]["shown"]
+    with pytest.raises(CompareError, match="different sets"):
+        compare(better, _summary([3] * 21, [1] * 6))
+    with pytest.raises(CompareError, match="no set in common"):
+        compare(better, {"results": {}})
+
+    paths = []
+    for name, summary in (("a.json", better), ("card.json", {"name": "x", "metrics": worse})):
+        (tmp_path / name).write_text(json.dumps(summary))
+        paths.append(tmp_path / name)
+    assert cmd_compare(argparse.Namespace(results=paths, names=["new", "old"])) == 0
+    out = capsys.readouterr().out
+    assert "| real_images | stone_sensitivity | 1.000 | 0.667 | +0.333" in out and "| yes |" in out
+    (tmp_path / "bad.json").write_text("{not json")
+    assert cmd_compare(argparse.Namespace(results=[paths[0], tmp_path / "bad.json"], names=None)) == 2
+    assert "cannot read" in capsys.readouterr().err

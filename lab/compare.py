@@ -1,0 +1,100 @@
+"""Two models' figures on the same sets, paired: is the difference more than the sets' own noise?
+
+``uronode compare A.json B.json`` reads two ``uronode evaluate --out`` files
+(or two cards' ``metrics``) and, for every set both measured with the model
+(real images, lone stone-free slices, generated series, the real CT with
+inserted stones), prints each headline figure of A and B, A - B and the
+difference's 95 % interval: the units (examinations, series, blocks of
+slices) resampled once for both models, so the cases both find hard cancel
+out (``lab.intervals.paired_difference``). A difference whose interval holds
+0 is not shown by these sets.
+
+It reads figures only: two results measured on different sets (another split,
+other seeds) are refused, since their units differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, TypedDict
+
+from lab.evaluate import SERIES_RATIOS
+from lab.imageeval import IMAGE_RATIOS
+from lab.intervals import paired_difference
+
+SLICE_RATIOS: dict[str, tuple[str, str, bool]] = {"share_with_a_false_stone": ("with_false", "slices", True)}
+
+
+class Difference(TypedDict):
+    set: str
+    figure: str
+    a: float
+    b: float
+    difference: float
+    interval: list[float]
+    shown: bool
+    """Whether the interval leaves out 0: these sets show a difference."""
+
+
+def _model_sets(summary: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], dict[str, tuple[str, str, bool]]]]:
+    """(set name, the model's scores on it, the figures it has) of one evaluation's summary."""
+    for name in ("generated", "real_anatomy"):
+        scores = (summary.get("results") or {}).get(name, {}).get("model")
+        if scores:
+            yield name, scores, SERIES_RATIOS
+    images = summary.get("image_results") or {}
+    if images.get("real_images", {}).get("model"):
+        yield "real_images", images["real_images"]["model"], IMAGE_RATIOS
+    if images.get("lone_slices"):
+        yield "lone_slices", images["lone_slices"], SLICE_RATIOS
+
+
+class CompareError(ValueError):
+    """The two results cannot be paired (no common set, no per-unit counts, different units)."""
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
+    """Every figure of every set both summaries measured, A against B (see the module's text)."""
+    b_sets = {name: scores for name, scores, _ in _model_sets(b)}
+    rows: list[Difference] = []
+    common = 0
+    for name, scores_a, ratios in _model_sets(a):
+        scores_b = b_sets.get(name)
+        if scores_b is None:
+            continue
+        common += 1
+        units_a, units_b = scores_a.get("per_unit"), scores_b.get("per_unit")
+        if not units_a or not units_b:
+            raise CompareError(f"{name}: no per-unit counts (measured before uronode evaluate kept them)")
+        for figure, (numerator, denominator, _) in ratios.items():
+            try:
+                paired = paired_difference(units_a, units_b, numerator, denominator)
+            except ValueError as exc:
+                raise CompareError(f"{name}: {exc}: the two were measured on different sets") from exc
+            if paired is None:
+                continue
+            difference, interval = paired
+            value_a = _ratio(units_a, numerator, denominator)
+            value_b = _ratio(units_b, numerator, denominator)
+            rows.append({"set": name, "figure": figure, "a": value_a, "b": value_b, "difference": difference,
+                         "interval": interval, "shown": interval[0] > 0 or interval[1] < 0})
+    if not common:
+        raise CompareError("the two results have no set in common")
+    return rows
+
+
+def _ratio(units: Mapping[str, Mapping[str, float]], numerator: str, denominator: str) -> float:
+    num = sum(float(u.get(numerator, 0)) for u in units.values())
+    den = sum(float(u.get(denominator, 0)) for u in units.values())
+    return round(num / den, 4)
+
+
+def format_differences(rows: list[Difference], a_name: str, b_name: str) -> str:
+    """A Markdown table of ``compare``'s rows."""
+    lines = [f"| set | figure | {a_name} | {b_name} | difference (95 % interval) | shown |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["interval"]
+        lines.append(f"| {r['set']} | {r['figure']} | {r['a']:.3f} | {r['b']:.3f} | "
+                     f"{r['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) | {'yes' if r['shown'] else 'no'} |")
+    return "\n".join(lines)
