@@ -475,6 +475,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slice_line(scores: SliceScores) -> str:
+    interval = scores["intervals"]["share_with_a_false_stone"]
+    return (f"{scores['slices_with_a_false_stone']} of {scores['slices']} slices with a false stone "
+            f"({scores['share_with_a_false_stone'] or 0:.3f}"
+            + (f", 95 % interval {interval[0]:.3f}-{interval[1]:.3f} over {scores['interval_units']}" if interval else "")
+            + f"), {scores['false_stones']} false stones")
+
+
 def cmd_choose(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
@@ -632,6 +640,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results["real_anatomy"] = evaluate(real, predictors, progress=True)
     real_images: dict[str, ImageScores] = {}
     lone_slices: SliceScores | None = None
+    lone_windowed: SliceScores | None = None
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from lab.imageeval import format_image_table, score_images
@@ -652,7 +661,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         from lab.imageeval import failure_picture, reported_stones, score_slices
-        from lab.realimages import hu_to_grey
+        from lab.realimages import hu_to_grey, image_hu
         from lab.synth import shared_data_dir
 
         lone_false: list[np.ndarray] = []
@@ -667,7 +676,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         lone_slices = score_slices(lone_masks())
         pictures["false-stone-lone-ct-slice"] = lone_false
-        print("\nthe real example CT (no stones), every axial slice alone:", lone_slices)
+        print("\nthe real example CT (no stones), every axial slice alone:", _slice_line(lone_slices))
+
+        def windowed_masks() -> Iterator[np.ndarray]:
+            # the same slices as an 8-bit soft-tissue image of them (an export, an upload of a picture):
+            # read back as every image is (args.window), the density above +240 HU lost
+            for k, v in tqdm(list(_lone_ct_slices(shared_data_dir())), desc="slices, 8-bit", unit="slice"):
+                hu = image_hu(hu_to_grey(v.hu[0], (40.0, 400.0)), args.window)
+                yield pipeline.run(image_volume(hu, f"example-ct-slice-{k}-8-bit", v.pixel_spacing[1])).mask[0]
+
+        lone_windowed = score_slices(windowed_masks())
+        print("the same slices as 8-bit images in a 400/40 window:", _slice_line(lone_windowed))
     if args.pictures:
         from lab.imageeval import write_pictures
 
@@ -685,7 +704,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "results": results,
         "real_images_set": {"folder": args.images.name, "split": args.split} if args.images else None,
         "image_results": {**({"real_images": real_images} if args.images else {}),
-                          **({"lone_slices": lone_slices} if lone_slices is not None else {})},
+                          **({"lone_slices": lone_slices} if lone_slices is not None else {}),
+                          **({"lone_slices_8bit": lone_windowed} if lone_windowed is not None else {})},
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

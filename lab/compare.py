@@ -2,8 +2,8 @@
 
 ``uronode compare A.json B.json`` reads two ``uronode evaluate --out`` files
 (or two cards' ``metrics``) and, for every set both measured with the model
-(real images, lone stone-free slices, generated series, the real CT with
-inserted stones), prints each headline figure of A and B, A - B and the
+(real images, lone stone-free slices in HU and as 8-bit images, generated
+series, the real CT with inserted stones), prints each headline figure of A and B, A - B and the
 difference's 95 % interval: the units (examinations, series, blocks of
 slices) resampled once for both models, so the cases both find hard cancel
 out (``lab.intervals.paired_difference``). A difference whose interval holds
@@ -45,8 +45,9 @@ def _model_sets(summary: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, 
     images = summary.get("image_results") or {}
     if images.get("real_images", {}).get("model"):
         yield "real_images", images["real_images"]["model"], IMAGE_RATIOS
-    if images.get("lone_slices"):
-        yield "lone_slices", images["lone_slices"], SLICE_RATIOS
+    for name in ("lone_slices", "lone_slices_8bit"):
+        if images.get(name):
+            yield name, images[name], SLICE_RATIOS
 
 
 class CompareError(ValueError):

@@ -22,7 +22,13 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert label["segmented_property_type"]["scheme"] == "SCT"
     assert label["recommended_display_rgb"] == [255, 0, 0]
     # measured on real images, and the data's attribution travels with the model
-    assert card["metrics"]["image_results"]["real_images"]["model"]["stones"] > 0
+    real = card["metrics"]["image_results"]["real_images"]["model"]
+    assert real["stones"] > 0
+    # every recorded figure with its 95 % interval over examinations, and the counts to pair it by
+    low, high = real["intervals"]["stone_sensitivity"]
+    assert low <= real["stone_sensitivity"] <= high
+    assert real["interval_units"].startswith("examinations") and real["per_unit"]
+    assert sum(u["stones"] for u in real["per_unit"].values()) == real["stones"]
     assert any("CC BY 4.0" in a and "TEZ_ROI_AUG" in a for a in card["training"]["attribution"])
     # 3.2.0's slab length was chosen on a real stone-free CT: its attribution travels too
     assert card["candidates"]["noise_slab_mm"] > 0
