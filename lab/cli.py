@@ -455,7 +455,7 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lab.compare import CompareError, compare, format_differences
+    from lab.compare import CompareError, compare, format_differences, only_in_one
 
     summaries = []
     for path in args.results:
@@ -472,6 +472,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"uronode compare: {exc}", file=sys.stderr)
         return 2
     print(format_differences(rows, names[0], names[1]))
+    skipped = only_in_one(summaries[0], summaries[1])
+    if skipped:
+        print(f"not compared, measured by one of them only: {', '.join(skipped)}")
     return 0
 
 
@@ -638,6 +641,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.real:
         real = (real_anatomy_phantom(args.seed + i) for i in range(args.real))
         results["real_anatomy"] = evaluate(real, predictors, progress=True)
+        for scores in results["real_anatomy"].values():
+            scores["interval_units"] += ", stones inserted into one CT"
     real_images: dict[str, ImageScores] = {}
     lone_slices: SliceScores | None = None
     lone_windowed: SliceScores | None = None
@@ -686,7 +691,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 yield pipeline.run(image_volume(hu, f"example-ct-slice-{k}-8-bit", v.pixel_spacing[1])).mask[0]
 
         lone_windowed = score_slices(windowed_masks())
-        print("the same slices as 8-bit images in a 400/40 window:", _slice_line(lone_windowed))
+        print(f"the same slices as 8-bit images in a 400/40 window, read back through the {args.window} window:",
+              _slice_line(lone_windowed))
     if args.pictures:
         from lab.imageeval import write_pictures
 
@@ -702,7 +708,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "slices": args.slices or "whole abdomen (112-270)"},
         "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
         "results": results,
-        "real_images_set": {"folder": args.images.name, "split": args.split} if args.images else None,
+        "real_images_set": {"folder": args.images.name, "split": args.split, "window": args.window,
+                            "pixel_mm": args.pixel_mm or "assumed " + str(ASSUMED_PIXEL_MM)} if args.images else None,
         "image_results": {**({"real_images": real_images} if args.images else {}),
                           **({"lone_slices": lone_slices} if lone_slices is not None else {}),
                           **({"lone_slices_8bit": lone_windowed} if lone_windowed is not None else {})},

@@ -9,8 +9,11 @@ slices) resampled once for both models, so the cases both find hard cancel
 out (``lab.intervals.paired_difference``). A difference whose interval holds
 0 is not shown by these sets.
 
-It reads figures only: two results measured on different sets (another split,
-other seeds) are refused, since their units differ.
+It reads figures only: two results measured on different sets are refused:
+another split, other seeds, another window or pixel size (the summaries'
+descriptions of their sets differ), or units that hold other numbers of
+stones, images or slices. Sets only one of the two measured are listed, not
+compared.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class Difference(TypedDict):
     interval: list[float]
     shown: bool
     """Whether the interval leaves out 0: these sets show a difference."""
+
+
+SET_DESCRIPTIONS = {"generated": "generated_set", "real_anatomy": "real_anatomy_set", "real_images": "real_images_set"}
+"""Where an evaluation's summary says what each set was (seeds, folder, split, window, pixel size)."""
 
 
 def _model_sets(summary: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], dict[str, tuple[str, str, bool]]]]:
@@ -64,6 +71,9 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
         if scores_b is None:
             continue
         common += 1
+        described = SET_DESCRIPTIONS.get(name)
+        if described and a.get(described) != b.get(described):
+            raise CompareError(f"{name}: measured on different sets: {a.get(described)} against {b.get(described)}")
         units_a, units_b = scores_a.get("per_unit"), scores_b.get("per_unit")
         if not units_a or not units_b:
             raise CompareError(f"{name}: no per-unit counts (measured before uronode evaluate kept them)")
@@ -82,6 +92,14 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
     if not common:
         raise CompareError("the two results have no set in common")
     return rows
+
+
+def only_in_one(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The sets one of the two summaries measured and the other did not ("name (A only)")."""
+    names_a = {name for name, _, _ in _model_sets(a)}
+    names_b = {name for name, _, _ in _model_sets(b)}
+    return ([f"{n} (A only)" for n in sorted(names_a - names_b)]
+            + [f"{n} (B only)" for n in sorted(names_b - names_a)])
 
 
 def _ratio(units: Mapping[str, Mapping[str, float]], numerator: str, denominator: str) -> float:

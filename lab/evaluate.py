@@ -114,7 +114,7 @@ def score_case(phantom: Phantom, predicted: np.ndarray, tally: Tally) -> None:
     _score_stones(phantom, predicted, tally)
     found, total = tally.found - found_before, tally.total - total_before
     ge3 = ("3-5 mm", ">5 mm")
-    tally.units.add(f"series {tally.series}", series=1, false_positives=tally.false_positives - fp_before,
+    tally.units.add(f"seed {phantom.seed}", series=1, false_positives=tally.false_positives - fp_before,
                     **{f"found {n}": found[n] for n, _, _ in SIZE_BINS},
                     **{f"stones {n}": total[n] for n, _, _ in SIZE_BINS},
                     **{"found >=3 mm": sum(found[n] for n in ge3), "stones >=3 mm": sum(total[n] for n in ge3)})

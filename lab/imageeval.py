@@ -227,7 +227,7 @@ def score_slices(masks: Iterable[np.ndarray], block: int = SLICE_BLOCK) -> Slice
         slices += 1
         with_false += n > 0
         false_stones += n
-        units.add(f"block {k // block}", slices=1, with_false=int(n > 0))
+        units.add(f"block {k // block}", slices=1, with_false=int(n > 0), false_stones=n)
     return {"slices": slices, "slices_with_a_false_stone": with_false,
             "share_with_a_false_stone": with_false / slices if slices else None,
             "false_stones": false_stones,

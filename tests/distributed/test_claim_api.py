@@ -11,7 +11,7 @@ import httpx
 from tests.conftest import query
 from tests.distributed.conftest import Cluster
 from tests.factory import write_series
-from tests.peers.processes import storescu, wait_until
+from tests.peers.processes import Node, storescu, wait_until
 from uronode.broker import QUEUE_NAME
 
 
@@ -114,6 +114,11 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1}, headers=auth(w1)).status_code == 404
 
 
+def _dispatched_at(node: Node) -> float | None:
+    (row,) = query(node.data_dir, "SELECT dispatched_at FROM jobs")
+    return row["dispatched_at"]
+
+
 def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not_after_its_backoff(
         cluster: Cluster) -> None:
     """The claim timeout is 600 s: only the node seeing that Redis lost its messages can publish the job again soon."""
@@ -123,7 +128,9 @@ def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not
     _, _, files = write_series(cluster.tmp / "ct", 4, size=64)
     assert storescu(node.dicom_port, files).returncode == 0
     msgs = f"uronode:{QUEUE_NAME}.msgs"
-    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1", 30, "the job to be published")
+    # the node puts the message on Redis, then records it: wait for both (a loaded machine shows the gap)
+    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1" and _dispatched_at(node) is not None, 30,
+               "the job to be published")
     ((job_id, generation, published),) = [(r["id"], r["series_generation"], r["dispatched_at"])
                                           for r in query(node.data_dir, "SELECT * FROM jobs")]
     # Unclaimed, it would be published again only after 600 s (and up to 64 times that after a backlog).
@@ -131,7 +138,8 @@ def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not
 
     cluster.redis.restart()
     # Its message is gone with Redis; the node finds it out and publishes it again.
-    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1", 30, "the job to be published again")
+    wait_until(lambda: cluster.redis.cli("HLEN", msgs) == "1" and (_dispatched_at(node) or 0) > published, 30,
+               "the job to be published again")
     (row,) = rows(node.data_dir)
     assert row["dispatched_at"] > published and row["publications"] == 1 and row["state"] == "queued"
     assert cluster.counter("jobs_republished") == 1

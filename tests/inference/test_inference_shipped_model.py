@@ -28,7 +28,12 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     low, high = real["intervals"]["stone_sensitivity"]
     assert low <= real["stone_sensitivity"] <= high
     assert real["interval_units"].startswith("examinations") and real["per_unit"]
-    assert sum(u["stones"] for u in real["per_unit"].values()) == real["stones"]
+    for count, total in (("stones", real["stones"]), ("false_stones", real["false_stones"]),
+                         ("images", real["images"])):
+        assert sum(u[count] for u in real["per_unit"].values()) == total, count
+    assert sum(u["found"] for u in real["per_unit"].values()) == round(real["stone_sensitivity"] * real["stones"])
+    lone = card["metrics"]["image_results"]["lone_slices"]
+    assert sum(u["false_stones"] for u in lone["per_unit"].values()) == lone["false_stones"]
     assert any("CC BY 4.0" in a and "TEZ_ROI_AUG" in a for a in card["training"]["attribution"])
     # 3.2.0's slab length was chosen on a real stone-free CT: its attribution travels too
     assert card["candidates"]["noise_slab_mm"] > 0

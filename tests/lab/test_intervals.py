@@ -13,7 +13,7 @@ import pytest
 from inference.volume import Volume
 from lab.evaluate import evaluate
 from lab.imageeval import ImageTally, score_images, score_slices
-from lab.intervals import paired_difference, ratio_interval, wilson, with_interval
+from lab.intervals import paired_difference, poisson_rate, ratio_interval, wilson, with_interval
 from lab.realimages import Box, LabelledImage
 from lab.synth import Phantom, generate_phantom
 
@@ -44,8 +44,12 @@ def test_an_observed_all_or_nothing_gets_the_wilson_interval_not_certainty() -> 
     assert wilson(20, 20) == pytest.approx([0.8389, 1.0], abs=1e-4)
     assert ratio_interval([5, 5, 10], [5, 5, 10]) == wilson(20, 20)
     assert ratio_interval([0, 0], [3, 4]) == wilson(0, 7)
-    # a rate that is not a share (false stones per image) may well be 0 on every draw
-    assert ratio_interval([0, 0, 0], [1, 1, 1], proportion=False) == [0.0, 0.0]
+    # a rate (false stones per image) observed at 0 gets the exact Poisson bound, not [0, 0]
+    assert ratio_interval([0, 0, 0], [1, 1, 1], proportion=False) == poisson_rate(0, 3)
+    assert poisson_rate(0, 3) == pytest.approx([0.0, 1.2296], abs=1e-4)
+    # one unit holding the whole denominator: nothing to resample, the pooled counts' interval
+    assert ratio_interval([3, 0, 0], [5, 0, 0]) == wilson(3, 5)
+    assert ratio_interval([3, 0, 0], [5, 0, 0], proportion=False) == poisson_rate(3, 5)
 
 
 def test_nothing_to_count_has_no_interval_and_bad_input_is_refused() -> None:
@@ -102,6 +106,7 @@ def test_lone_slices_are_resampled_in_blocks_of_neighbours() -> None:
     spread = score_slices([false if k % 3 == 0 else clean for k in range(30)], block=10)
     assert together["slices_with_a_false_stone"] == spread["slices_with_a_false_stone"] == 10
     assert together["interval_units"] == "blocks of 10 consecutive slices (3), one CT"
+    assert together["per_unit"]["block 0"] == {"slices": 10, "with_false": 10, "false_stones": 10}
     a, b = together["intervals"]["share_with_a_false_stone"], spread["intervals"]["share_with_a_false_stone"]
     assert a is not None and b is not None
     assert a[0] == 0.0 and a[1] >= 2 / 3  # one block holds them all: it may be drawn never or twice
@@ -127,6 +132,7 @@ def test_generated_series_get_intervals_per_series() -> None:
     result = evaluate(phantoms, {"m": _paints(phantoms, mirrored)})["m"]
     alone = [evaluate([p], {"m": _paints([p], [m])})["m"] for p, m in zip(phantoms, mirrored, strict=True)]
     assert result["interval_units"] == "series (3)"
+    assert set(result["per_unit"]) == {"seed 3", "seed 4", "seed 5"}  # named by what made them, not by order
     assert 0 < (result["sensitivity_3mm_and_more"] or 0) < 1 and result["false_positives"] > 0
     ge3 = ("3-5 mm", ">5 mm")
     stones = [sum(r["stones_by_size"][n] for n in ge3) for r in alone]
@@ -153,9 +159,14 @@ def test_a_paired_difference_cancels_what_both_find_hard() -> None:
     # unpaired, each model's own interval is far wider than the difference
     alone_a = ratio_interval(found_a, stones)
     assert alone_a is not None and alone_a[1] - alone_a[0] > 3 * (high - low)
-    assert paired_difference(a, a, "found", "stones") == (0.0, [0.0, 0.0])
     with pytest.raises(ValueError, match="not the same units"):
         paired_difference(a, {**b, "e99": {"found": 1, "stones": 1}}, "found", "stones")
+    # the same names holding other stones are other sets (another seed, another pixel size)
+    with pytest.raises(ValueError, match="another number of stones"):
+        paired_difference(a, {**b, "e0": {"found": 0, "stones": int(stones[0]) + 1}}, "found", "stones")
+    # one unit with stones: nothing to resample
+    one = {"e0": {"found": 1, "stones": 2}, "e1": {"found": 0, "stones": 0}}
+    assert paired_difference(one, one, "found", "stones") is None
 
 
 def _summary(found_by_exam: list[int], false_by_slice_block: list[int]) -> dict[str, object]:
@@ -192,6 +203,9 @@ def test_uronode_compare_pairs_two_results_and_refuses_different_sets(tmp_path: 
     assert not {(r["set"], r["figure"]): r for r in compare(mixed, swapped)}[("real_images", "stone_sensitivity")]["shown"]
     with pytest.raises(CompareError, match="different sets"):
         compare(better, _summary([3] * 21, [1] * 6))
+    with pytest.raises(CompareError, match="different sets"):
+        compare({**better, "real_images_set": {"split": "test", "window": "auto"}},
+                {**worse, "real_images_set": {"split": "test", "window": "assumed"}})
     with pytest.raises(CompareError, match="no set in common"):
         compare(better, {"results": {}})
 
@@ -201,7 +215,13 @@ def test_uronode_compare_pairs_two_results_and_refuses_different_sets(tmp_path: 
         paths.append(tmp_path / name)
     assert cmd_compare(argparse.Namespace(results=paths, names=["new", "old"])) == 0
     out = capsys.readouterr().out
-    assert "| real_images | stone_sensitivity | 1.000 | 0.667 | +0.333" in out and "| yes |" in out
+    line = next(x for x in out.splitlines() if x.startswith("| real_images | stone_sensitivity |"))
+    assert line.startswith("| real_images | stone_sensitivity | 1.000 | 0.667 | +0.333") and line.endswith("| yes |")
+    assert cmd_compare(argparse.Namespace(results=[paths[0], tmp_path / "lone.json"], names=None)) == 2
+    (tmp_path / "lone.json").write_text(json.dumps({"image_results": {"lone_slices": better["image_results"]
+                                                                       ["lone_slices"]}}))  # type: ignore[index]
+    assert cmd_compare(argparse.Namespace(results=[paths[0], tmp_path / "lone.json"], names=None)) == 0
+    assert "not compared, measured by one of them only: real_images (A only)" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{not json")
     assert cmd_compare(argparse.Namespace(results=[paths[0], tmp_path / "bad.json"], names=None)) == 2
     assert "cannot read" in capsys.readouterr().err
