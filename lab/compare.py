@@ -22,10 +22,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypedDict
 
 from lab.evaluate import SERIES_RATIOS
-from lab.imageeval import IMAGE_RATIOS
+from lab.imageeval import IMAGE_RATIOS, SLICE_RATIOS
 from lab.intervals import paired_difference
-
-SLICE_RATIOS: dict[str, tuple[str, str, bool]] = {"share_with_a_false_stone": ("with_false", "slices", True)}
 
 
 class Difference(TypedDict):

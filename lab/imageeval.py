@@ -21,6 +21,7 @@ CT): the share of slices with a false stone.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,10 @@ class SliceScores(TypedDict):
     per_unit: dict[str, dict[str, int]]
 
 
+IMAGE_COUNTS = ("images", "positive_images", "negative_images", "true_positive_images", "true_negative_images",
+                "stones", "found", "false_stones")
+"""What ``ImageTally`` counts per examination, besides the stones and stones found by size."""
+
 IMAGE_RATIOS: dict[str, tuple[str, str, bool]] = {
     "stone_sensitivity": ("found", "stones", True),
     "false_stones_per_image": ("false_stones", "images", False),
@@ -130,43 +135,41 @@ class ImageTally:
         """Score one image's mask; ``pixel_mm``: the spacing its file states (default: the tally's);
         ``unit``: the examination it belongs to (default: the image is its own)."""
         boxes = list(boxes)
-        before = (self.stones, self.found, self.false_stones, self.true_positive_images, self.true_negative_images,
-                  dict(self.by_size_total), dict(self.by_size_found))
         reported = reported_stones(mask)
         if pixel_mm is not None:
             self.own_spacing += 1
         pixel_mm = pixel_mm or self.pixel_mm
         margin = MARGIN_MM / pixel_mm
         grown = [b.grown(margin) for b in boxes]
-        self.images += 1
-        if boxes:
-            self.positive_images += 1
-            self.true_positive_images += bool(reported)
-        else:
-            self.negative_images += 1
-            self.true_negative_images += not reported
+        # this image's counts, added to the totals and to its examination's
+        counts = Counter(images=1, positive_images=int(bool(boxes)), negative_images=int(not boxes),
+                         true_positive_images=int(bool(boxes) and bool(reported)),
+                         true_negative_images=int(not boxes and not reported))
         for box, big in zip(boxes, grown, strict=True):
             size = max(box.width, box.height) * pixel_mm
             name_bin = next(n for n, lo, hi in BOX_BINS if lo <= size < hi)
-            self.stones += 1
-            self.by_size_total[name_bin] += 1
-            if any(big.contains(r, c) for r, c, _ in reported):
-                self.found += 1
-                self.by_size_found[name_bin] += 1
-            else:
+            hit = any(big.contains(r, c) for r, c, _ in reported)
+            counts.update({"stones": 1, f"stones {name_bin}": 1, "found": int(hit), f"found {name_bin}": int(hit)})
+            if not hit:
                 self.missed.append({"image": name, "box": [round(v, 1) for v in (box.x0, box.y0, box.x1, box.y1)],
                                     "size_mm": round(size, 1)})
         for r, c, n in reported:
             if not any(big.contains(r, c) for big in grown):
-                self.false_stones += 1
+                counts["false_stones"] += 1
                 self.false.append({"image": name, "row": round(r, 1), "column": round(c, 1), "pixels": n})
-        stones, found, false, tp, tn, total_by, found_by = before
-        self.units.add(unit or name, images=1, positive_images=int(bool(boxes)), negative_images=int(not boxes),
-                       stones=self.stones - stones, found=self.found - found, false_stones=self.false_stones - false,
-                       true_positive_images=self.true_positive_images - tp,
-                       true_negative_images=self.true_negative_images - tn,
-                       **{f"stones {n}": self.by_size_total[n] - total_by[n] for n, _, _ in BOX_BINS},
-                       **{f"found {n}": self.by_size_found[n] - found_by[n] for n, _, _ in BOX_BINS})
+        self.images += counts["images"]
+        self.positive_images += counts["positive_images"]
+        self.negative_images += counts["negative_images"]
+        self.true_positive_images += counts["true_positive_images"]
+        self.true_negative_images += counts["true_negative_images"]
+        self.stones += counts["stones"]
+        self.found += counts["found"]
+        self.false_stones += counts["false_stones"]
+        for size_bin, _, _ in BOX_BINS:
+            self.by_size_total[size_bin] += counts[f"stones {size_bin}"]
+            self.by_size_found[size_bin] += counts[f"found {size_bin}"]
+        by_size = (f"{what} {size_bin}" for what in ("stones", "found") for size_bin, _, _ in BOX_BINS)
+        self.units.add(unit or name, **{k: counts[k] for k in (*IMAGE_COUNTS, *by_size)})
 
     def as_dict(self) -> ImageScores:
         def ratio(a: int, b: int) -> float | None:
@@ -211,6 +214,8 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
     return tally.as_dict()
 
 
+SLICE_RATIOS: dict[str, tuple[str, str, bool]] = {"share_with_a_false_stone": ("with_false", "slices", True)}
+
 SLICE_BLOCK = 10
 """Consecutive slices resampled together for the lone slices' interval (30 mm of the 3 mm example CT)."""
 
@@ -231,7 +236,7 @@ def score_slices(masks: Iterable[np.ndarray], block: int = SLICE_BLOCK) -> Slice
     return {"slices": slices, "slices_with_a_false_stone": with_false,
             "share_with_a_false_stone": with_false / slices if slices else None,
             "false_stones": false_stones,
-            "intervals": {"share_with_a_false_stone": units.interval("with_false", "slices")},
+            "intervals": units.intervals(SLICE_RATIOS),
             "interval_units": f"blocks of {block} consecutive slices ({len(units)}), one CT",
             "per_unit": units.as_dict()}
 
