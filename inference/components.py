@@ -10,10 +10,27 @@ kept component: pixels with probability >= ``pixel`` within two pixels (and one
 slice) of it, and always its densest voxel, so that a 1 mm stone the U-Net
 draws faintly is not lost once its component is accepted. Pixel probabilities
 away from every kept component are ignored.
+
+A component can also be required to stand out of the noise of its own
+surroundings (``min_significance``, off unless the card sets it): its densest
+part, smoothed in-plane over ``SIGNIFICANCE_SMOOTH_MM`` (about a small
+stone's width, so a stone keeps its level and single-pixel noise does not),
+must lie at least that many noise SDs above the soft tissue around it. The
+soft tissue is the pixels within ``SIGNIFICANCE_RADIUS_MM`` of the component,
+at least ``SIGNIFICANCE_CLEAR_MM`` away from it and in ``SIGNIFICANCE_BAND_HU``;
+its level is their median and its noise 1.4826 x their median absolute
+deviation (robust to the odd vessel or bone edge among them), both on the
+same smoothed slice. It is a constant-false-alarm rule, as a radar or a
+lesion detector on noisy images uses: a series' one noise figure misses the
+noise of one region (the middle of a wide body, a slice resized by a
+non-integer factor), and a bright grain of that noise looks to the network like
+a small stone. A component without enough soft tissue around it (in fat,
+beside the lung) is not held back by it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +38,17 @@ import numpy as np
 from scipy import ndimage
 
 GROUPS = ("dense_small", "dense_large", "contrast")
+
+SIGNIFICANCE_SMOOTH_MM = 0.5
+"""In-plane Gaussian SD (mm) of the slice the significance is measured on."""
+SIGNIFICANCE_RADIUS_MM = 15.0
+"""How far around the component its surroundings reach (mm, beyond its bounding box)."""
+SIGNIFICANCE_CLEAR_MM = 2.0
+"""The surroundings start this far from the component (mm): its own blur is not background."""
+SIGNIFICANCE_BAND_HU = (-100.0, 200.0)
+"""Soft tissue: the surroundings' pixels whose HU lie in this band."""
+SIGNIFICANCE_MIN_PIXELS = 30
+"""Fewer soft-tissue pixels around it than this: the significance is not measured (infinite)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +65,8 @@ class ComponentThresholds:
     reaches this is kept whatever its score: the U-Net segments it as a stone with confidence, and a
     missed large stone costs more than a false positive. None: no override."""
     override_voxels: int = 100
+    min_significance: float | None = None
+    """A component is kept only when its significance (the module's text) reaches this; None: not required."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any], threshold: float) -> ComponentThresholds:
@@ -52,12 +82,15 @@ class ComponentThresholds:
                    contrast=float(block.get("contrast", d.contrast)),
                    small_voxels=int(block.get("small_voxels", d.small_voxels)), score=str(block.get("score", d.score)),
                    override_pixel=None if block.get("override_pixel") is None else float(block["override_pixel"]),
-                   override_voxels=int(block.get("override_voxels", d.override_voxels)))
+                   override_voxels=int(block.get("override_voxels", d.override_voxels)),
+                   min_significance=None if block.get("min_significance") is None
+                   else float(block["min_significance"]))
 
     def card(self) -> dict[str, Any]:
         return {"pixel": self.pixel, "dense_small": self.dense_small, "dense_large": self.dense_large,
                 "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score,
-                "override_pixel": self.override_pixel, "override_voxels": self.override_voxels}
+                "override_pixel": self.override_pixel, "override_voxels": self.override_voxels,
+                "min_significance": self.min_significance}
 
     def for_group(self, group: str) -> float:
         return float(getattr(self, group))
@@ -77,19 +110,52 @@ class ComponentTable:
     """float (count,): highest pixel probability on the component's voxels."""
     peaks: np.ndarray
     """int (count, 3): the component's densest voxel."""
+    significance: np.ndarray | None = None
+    """float (count,): how many noise SDs of its surroundings the component stands above them (the
+    module's text; inf where not measurable); None: not measured (no component is held back by it)."""
 
     def scores(self, kind: str) -> np.ndarray:
         return self.classifier if kind == "classifier" else self.pixel
 
 
+def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, float]) -> float:
+    """How many noise SDs of its soft-tissue surroundings a component stands above them, on one slice.
+
+    ``hu``: the slice (rows, columns); ``component``: bool mask of the component on it;
+    ``pixel_mm``: (row, column) spacing. inf when too little soft tissue surrounds it."""
+    rows, cols = np.nonzero(component)
+    if rows.size == 0:
+        return float("inf")
+    reach = [int(np.ceil(SIGNIFICANCE_RADIUS_MM / p)) for p in pixel_mm]
+    r0, r1 = max(0, rows.min() - reach[0]), min(hu.shape[0], rows.max() + reach[0] + 1)
+    c0, c1 = max(0, cols.min() - reach[1]), min(hu.shape[1], cols.max() + reach[1] + 1)
+    window = hu[r0:r1, c0:c1].astype(np.float32, copy=False)
+    inside = component[r0:r1, c0:c1]
+    smooth = ndimage.gaussian_filter(window, [SIGNIFICANCE_SMOOTH_MM / p for p in pixel_mm])
+    clear = [max(1, int(round(SIGNIFICANCE_CLEAR_MM / p))) for p in pixel_mm]
+    near = ndimage.binary_dilation(inside, structure=np.ones((2 * clear[0] + 1, 2 * clear[1] + 1), bool))
+    lo, hi = SIGNIFICANCE_BAND_HU
+    ring = smooth[~near & (window >= lo) & (window <= hi)]
+    if ring.size < SIGNIFICANCE_MIN_PIXELS:
+        return float("inf")
+    level = float(np.median(ring))
+    noise = 1.4826 * float(np.median(np.abs(ring - level)))
+    # the component's own pixels and their rim: smoothing moves a 1-pixel stone's peak by a pixel at most
+    peak = float(smooth[ndimage.binary_dilation(inside)].max())
+    return (peak - level) / max(noise, 1.0)
+
+
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
-                    owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30) -> ComponentTable:
-    """Measure every candidate component (``labels`` 1..count) for ``select_mask``."""
+                    owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30,
+                    pixel_mm: tuple[float, float] | None = None) -> ComponentTable:
+    """Measure every candidate component (``labels`` 1..count) for ``select_mask``; with ``pixel_mm``
+    (the slices' spacing, row and column) also each one's ``significance`` on its densest voxel's slice."""
     boxes = ndimage.find_objects(labels, max_label=count) if count else []
     voxels = np.zeros(count, dtype=np.int64)
     pixel = np.zeros(count, dtype=np.float32)
     peaks = np.zeros((count, 3), dtype=np.int64)
     groups = np.empty(count, dtype=object)
+    sig = None if pixel_mm is None else np.full(count, np.inf, dtype=np.float32)
     for i, box in enumerate(boxes):
         if box is None:
             groups[i] = "dense_large"
@@ -100,6 +166,12 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
         local = np.where(sel, hu[box], -np.inf)
         at = np.unravel_index(int(np.argmax(local)), local.shape)
         peaks[i] = [s.start + a for s, a in zip(box, at, strict=True)]
+        if sig is not None and pixel_mm is not None:
+            # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
+            k = int(peaks[i][0])
+            near = tuple(slice(max(0, b.start - int(np.ceil(SIGNIFICANCE_RADIUS_MM / p))), b.stop + int(np.ceil(
+                SIGNIFICANCE_RADIUS_MM / p))) for b, p in zip(box[1:], pixel_mm, strict=True))
+            sig[i] = significance(hu[k][near], labels[k][near] == i + 1, pixel_mm)
         if dense_count >= 0 and i + 1 > dense_count:
             groups[i] = "contrast"
         else:
@@ -107,7 +179,17 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     classifier = np.zeros(count, dtype=np.float32)
     if patch_scores is not None and owners.size:
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
-    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks)
+    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig)
+
+
+def held_back(table: ComponentTable, min_significance: float | None) -> ComponentTable:
+    """``table`` with the scores of the components under ``min_significance`` set to -1, which no threshold
+    keeps: for counting thresholds on a grid (``lab.choose``) as ``kept_components`` decides."""
+    if min_significance is None or table.significance is None:
+        return table
+    low = table.significance < min_significance
+    return dataclasses.replace(table, classifier=np.where(low, -1.0, table.classifier).astype(np.float32),
+                               pixel=np.where(low, -1.0, table.pixel).astype(np.float32))
 
 
 def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> np.ndarray:
@@ -120,6 +202,8 @@ def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> n
     if thresholds.override_pixel is not None:
         keep |= ((table.groups == "dense_large") & (table.voxels >= thresholds.override_voxels)
                  & (table.pixel >= thresholds.override_pixel))
+    if thresholds.min_significance is not None and table.significance is not None:
+        keep &= table.significance >= thresholds.min_significance
     return np.nonzero(keep)[0] + 1
 
 

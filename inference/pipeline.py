@@ -187,7 +187,8 @@ class Pipeline:
                 np.maximum(view, p[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0].astype(np.float16), out=view)
         t2 = time.perf_counter()
         table = component_table(found.labels, found.count, found.dense_count, volume.hu, prob,
-                                found.component_of_centre, scores, self.thresholds.small_voxels)
+                                found.component_of_centre, scores, self.thresholds.small_voxels,
+                                pixel_mm=volume.pixel_spacing if self.thresholds.min_significance is not None else None)
         mask = select_mask(found.labels, prob, table, self.thresholds)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,

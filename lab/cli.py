@@ -487,6 +487,7 @@ def _slice_line(scores: SliceScores) -> str:
 
 
 def cmd_choose(args: argparse.Namespace) -> int:
+    from inference.components import held_back
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
 
@@ -496,7 +497,8 @@ def cmd_choose(args: argparse.Namespace) -> int:
     pipeline = Pipeline(args.model)
 
     def analyse(v: Volume) -> ComponentTable:
-        return pipeline.analyse(v)[2]
+        # the card's significance rule holds components back before any threshold (inference.components)
+        return held_back(pipeline.analyse(v)[2], pipeline.thresholds.min_significance)
 
     allowed: Callable[[dict[str, float]], bool] | None = None
     stone_free = None
@@ -533,13 +535,16 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if allowed is not None:
         print(f"  <= {args.max_false} false stones per image{bound}: {best.sensitivity:.3f} of the boxes at "
               f"{best.false_per_image:.3f}, thresholds {best.thresholds}")
-    _print_stand_ins(args, pipeline, best.thresholds)
+    _print_stand_ins(args, pipeline, best.thresholds, analyse)
     if stone_free is not None:
-        from lab.standins import figures
+        from lab.standins import figures, stone_free_image_rows
 
         card_thresholds = {g: float(getattr(pipeline.thresholds, g)) for g in best.thresholds}
+        resized, grey = stone_free_image_rows(analyse, args.stone_free, score=pipeline.thresholds.score)
         for (cases, case_rows), unit, units in ((stone_free[0], "series", "series"),
-                                                (stone_free[1], "lone slice", "lone slices")):
+                                                (stone_free[1], "lone slice", "lone slices"),
+                                                (resized, "lone slice", "lone slices resized to 0.75 mm"),
+                                                (grey, "lone slice", "the same as 8-bit 400/40 images")):
             print(f"real stone-free CT ({', '.join(map(str, args.stone_free))}), {units}:")
             for label, thresholds in (("chosen", best.thresholds), ("card's", card_thresholds)):
                 print(f"  at the {label} thresholds {thresholds}: "
@@ -583,15 +588,12 @@ def cmd_soup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float]) -> None:
+def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],
+                     analyse: Callable[[Volume], ComponentTable]) -> None:
     """``choose --series / --coarse-slices``: the whole-CT stand-ins at the chosen and at the card's thresholds."""
     from lab.standins import VALIDATION_SEED, coarse_slice_rows, figures, series_rows
 
     card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
-
-    def analyse(v: Volume) -> ComponentTable:
-        return pipeline.analyse(v)[2]
-
     sets = ((args.series, "series", "series", series_rows),
             (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows))
     for count, unit, units, make in sets:

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from inference.components import ComponentTable
 from inference.volume import Volume, find_dicom_files, group_series, load_volume
-from lab.realimages import image_volume
+from lab.realimages import ASSUMED_PIXEL_MM, hu_to_grey, image_hu, image_volume
 from lab.synth import Phantom, generate_phantom
 
 VALIDATION_SEED = 70_000
@@ -163,6 +163,36 @@ def stone_free_rows(analyse: Callable[[Volume], ComponentTable], folders: Sequen
             lone[0].append(Case(name, {}))
             lone[1].extend(_rows(name, analyse(alone), np.zeros(alone.shape, np.int32), score))
     return whole, lone
+
+
+def stone_free_image_rows(analyse: Callable[[Volume], ComponentTable], folders: Sequence[Path],
+                          score: str = "classifier", pixel_mm: float = ASSUMED_PIXEL_MM,
+                          window: tuple[float, float] = (40.0, 400.0)) -> tuple[tuple[list[Case], list[CaseRow]],
+                                                                                tuple[list[Case], list[CaseRow]]]:
+    """Every slice of each stone-free DICOM series below ``folders`` as an image of another site would give
+    it: resized to ``pixel_mm`` (linear) and predicted alone in HU, and the same shown in ``window``
+    (level, width), saved as 8-bit and read back as every uploaded image is (``image_hu``):
+    ((HU cases, rows), (8-bit cases, rows)). Resizing by a factor that is not whole keeps the noise's peaks
+    on the original grid and smooths it between them: a series' one noise figure then reads it lower than
+    its peaks are, which is what an export resized by a viewer does to a noisy CT."""
+    series = group_series(find_dicom_files(folders))
+    if not series:
+        raise ValueError(f"no DICOM series in {', '.join(map(str, folders))}")
+    hu_set: tuple[list[Case], list[CaseRow]] = ([], [])
+    grey_set: tuple[list[Case], list[CaseRow]] = ([], [])
+    for uid, paths in sorted(series.items()):
+        volume = load_volume(paths)
+        zoom = (volume.pixel_spacing[0] / pixel_mm, volume.pixel_spacing[1] / pixel_mm)
+        for k in range(volume.shape[0]):
+            hu = ndimage.zoom(volume.hu[k].astype(np.float32), zoom, order=1)
+            for (cases, rows), kind, image in (
+                    (hu_set, "hu", hu),
+                    (grey_set, "8-bit", image_hu(hu_to_grey(hu, window), "auto"))):
+                name = f"{uid}/{k}/{kind}"
+                alone = image_volume(image, name, pixel_mm)
+                cases.append(Case(name, {}))
+                rows.extend(_rows(name, analyse(alone), np.zeros(alone.shape, np.int32), score))
+    return hu_set, grey_set
 
 
 def figures(cases: Sequence[Case], rows: Sequence[CaseRow], thresholds: dict[str, float]) -> StandInFigures:

@@ -121,3 +121,45 @@ def test_a_large_component_the_unet_is_sure_of_is_kept_whatever_the_head_says() 
         {"components": with_override.card()}, 0.5))) == [1]  # the card carries it
     unsure = ComponentThresholds(dense_large=0.2, override_pixel=0.99, override_voxels=100)
     assert list(kept_components(table, unsure)) == []  # 0.97 is not sure enough
+
+
+def test_a_grain_of_noise_is_held_back_and_a_small_stone_in_the_same_noise_is_not() -> None:
+    """The significance rule: a component must stand out of its own surroundings' noise (inference.components)."""
+    from inference.components import held_back, significance
+
+    rng = np.random.default_rng(7)
+    hu = _body_with({})
+    # noise of 45 HU in the tissue, correlated over about a pixel as a smooth kernel makes it
+    from scipy import ndimage
+    noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, hu.shape), (0, 0.8, 0.8))
+    hu = np.where(hu > 0, hu + noise * (45.0 / noise[hu > 0].std()), hu).astype(np.float32)
+    grain = np.unravel_index(int(np.argmax(np.where(hu[3] > 0, hu[3], -np.inf)[20:76, 20:76])), (56, 56))
+    grain = (grain[0] + 20, grain[1] + 20)
+    assert hu[3][grain] > 40.0 + 3 * 45.0  # the noise's brightest grain stands out by more than 3 SD
+    yy, xx = np.mgrid[:96, :96]
+    stone = (yy - 30) ** 2 + (xx - 66) ** 2 <= 2  # a 3-pixel-wide (2 mm) stone of 400 HU
+    hu[3][stone] = 400.0
+    labels = np.zeros(hu.shape, np.int32)
+    labels[3][grain] = 1
+    labels[3][stone] = 2
+    px = (0.7, 0.7)
+    z_grain = significance(hu[3], labels[3] == 1, px)
+    z_stone = significance(hu[3], labels[3] == 2, px)
+    assert z_grain < 4.5 <= z_stone
+    prob = np.zeros(hu.shape, np.float16)
+    table = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.9, 0.9]), small_voxels=15,
+                            pixel_mm=px)
+    assert table.significance is not None
+    assert np.allclose(table.significance, [z_grain, z_stone], atol=1e-3)  # cropped as on the whole slice
+    rule = ComponentThresholds(dense_small=0.5, min_significance=4.5)
+    assert list(kept_components(table, rule)) == [2]
+    assert list(kept_components(table, ComponentThresholds(dense_small=0.5))) == [1, 2]  # not required: both
+    assert ComponentThresholds.from_card({"components": rule.card()}, 0.5).min_significance == 4.5
+    # held back for counting on a grid: no threshold keeps the grain, the stone's score is untouched
+    counted = held_back(table, 4.5)
+    assert counted.classifier[0] < 0 and counted.classifier[1] == np.float32(0.9)
+    assert held_back(table, None) is table
+    # a component with no soft tissue around it (in air) is not measurable: never held back
+    air = np.zeros((40, 40), bool)
+    air[20, 20] = True
+    assert significance(np.full((40, 40), -1000.0, np.float32), air, px) == float("inf")

@@ -96,11 +96,14 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     # the whole-CT stand-ins, at the chosen thresholds and at the card's (lab/standins.py)
     assert "generated validation phantoms 70000-70000, series:" in done.stdout
     assert "generated validation phantoms 70000-70000, lone slices:" in done.stdout
-    # the stone-free CT: the series whole and its three slices alone, at both thresholds
-    assert done.stdout.count("real stone-free CT (") == 2
+    # the stone-free CT: the series whole, its three slices alone, resized to 0.75 mm and as 8-bit images,
+    # at both thresholds
+    assert done.stdout.count("real stone-free CT (") == 4
     assert done.stdout.count("false stones per series (") == 4  # generated and real, twice each
     assert done.stdout.count("; stone-free lone slices with a false stone: ") == 4  # coarse and real, twice each
-    assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 2  # no stones to count
+    assert done.stdout.count("; stone-free lone slices resized to 0.75 mm with a false stone: ") == 2
+    assert done.stdout.count("; stone-free the same as 8-bit 400/40 images with a false stone: ") == 2
+    assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 6  # no stones to count
     assert "and a false stone on at most 100% of the stone-free CT's lone slices:" in done.stdout
     components = json.loads((model / "card.json").read_text())["components"]
     assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
