@@ -12,20 +12,26 @@ draws faintly is not lost once its component is accepted. Pixel probabilities
 away from every kept component are ignored.
 
 A component can also be required to stand out of the noise of its own
-surroundings (``min_significance``, off unless the card sets it): its densest
-part, smoothed in-plane over ``SIGNIFICANCE_SMOOTH_MM`` (about a small
-stone's width, so a stone keeps its level and single-pixel noise does not),
-must lie at least that many noise SDs above the soft tissue around it. The
-soft tissue is the pixels within ``SIGNIFICANCE_RADIUS_MM`` of the component,
-at least ``SIGNIFICANCE_CLEAR_MM`` away from it and in ``SIGNIFICANCE_BAND_HU``;
-its level is their median and its noise 1.4826 x their median absolute
-deviation (robust to the odd vessel or bone edge among them), both on the
-same smoothed slice. It is a constant-false-alarm rule, as a radar or a
-lesion detector on noisy images uses: a series' one noise figure misses the
-noise of one region (the middle of a wide body, a slice resized by a
-non-integer factor), and a bright grain of that noise looks to the network like
-a small stone. A component without enough soft tissue around it (in fat,
-beside the lung) is not held back by it.
+surroundings (``min_significance``, off unless the card sets it): on its
+densest voxel's slice, smoothed in-plane over ``SIGNIFICANCE_SMOOTH_MM``
+(about a small stone's width: a stone keeps its level, a single pixel of
+noise does not), its brightest point must stand at least that many noise
+SDs above its background. The background is the median of the pixels
+``SIGNIFICANCE_CLEAR_MM`` to ``SIGNIFICANCE_BACKGROUND_MM`` from it (within
+``SIGNIFICANCE_BAND_HU``: not another dense structure, not air): what the
+stone sits in, fat or urine or parenchyma. The noise is the median of the
+local SDs over squares of ``SIGNIFICANCE_BLOCK_MM`` that lie wholly in the
+band, within ``SIGNIFICANCE_RADIUS_MM`` of it and clear of it: where the
+tissue is even, a square's SD is the noise; where a square straddles an edge
+(fat against kidney) it is larger, and the median keeps the even ones as
+long as they are most (a first design took the spread of all the
+surrounding pixels, which mixes fat and parenchyma into "noise" and held
+back small stones in the renal sinus). It is a constant-false-alarm rule,
+as radar and detectors on noisy images use: a series' one noise figure
+misses the noise of one region (the middle of a wide body, a slice resized
+by a factor that is not whole), and a bright grain of that noise looks to
+the network like a small stone. A component with too little measurable
+surroundings (in the lung, at the image's edge) is not held back by it.
 """
 
 from __future__ import annotations
@@ -41,14 +47,18 @@ GROUPS = ("dense_small", "dense_large", "contrast")
 
 SIGNIFICANCE_SMOOTH_MM = 0.5
 """In-plane Gaussian SD (mm) of the slice the significance is measured on."""
-SIGNIFICANCE_RADIUS_MM = 15.0
-"""How far around the component its surroundings reach (mm, beyond its bounding box)."""
 SIGNIFICANCE_CLEAR_MM = 2.0
-"""The surroundings start this far from the component (mm): its own blur is not background."""
-SIGNIFICANCE_BAND_HU = (-100.0, 200.0)
-"""Soft tissue: the surroundings' pixels whose HU lie in this band."""
-SIGNIFICANCE_MIN_PIXELS = 30
-"""Fewer soft-tissue pixels around it than this: the significance is not measured (infinite)."""
+"""The background starts this far from the component (mm): its own blur is not background."""
+SIGNIFICANCE_BACKGROUND_MM = 6.0
+"""... and ends this far from it (mm)."""
+SIGNIFICANCE_BLOCK_MM = 3.75
+"""Side (mm) of the squares whose SDs measure the noise."""
+SIGNIFICANCE_RADIUS_MM = 18.0
+"""How far around the component the noise is measured (mm, beyond its bounding box)."""
+SIGNIFICANCE_BAND_HU = (-200.0, 200.0)
+"""The pixels that are background and noise: not another dense structure, not air or lung."""
+SIGNIFICANCE_MIN_PIXELS = 10
+"""Fewer background pixels, or squares for the noise, than this: the significance is not measured (infinite)."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +129,9 @@ class ComponentTable:
 
 
 def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, float]) -> float:
-    """How many noise SDs of its soft-tissue surroundings a component stands above them, on one slice.
-
-    ``hu``: the slice (rows, columns); ``component``: bool mask of the component on it;
-    ``pixel_mm``: (row, column) spacing. inf when too little soft tissue surrounds it."""
+    """How many noise SDs of its surroundings a component stands above its background, on one slice
+    (the module's text). ``hu``: the slice (rows, columns); ``component``: bool mask of the component
+    on it; ``pixel_mm``: (row, column) spacing. inf when too little of its surroundings can be measured."""
     rows, cols = np.nonzero(component)
     if rows.size == 0:
         return float("inf")
@@ -132,17 +141,26 @@ def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, f
     window = hu[r0:r1, c0:c1].astype(np.float32, copy=False)
     inside = component[r0:r1, c0:c1]
     smooth = ndimage.gaussian_filter(window, [SIGNIFICANCE_SMOOTH_MM / p for p in pixel_mm])
-    clear = [max(1, int(round(SIGNIFICANCE_CLEAR_MM / p))) for p in pixel_mm]
-    near = ndimage.binary_dilation(inside, structure=np.ones((2 * clear[0] + 1, 2 * clear[1] + 1), bool))
+
+    def grown(mm: float) -> np.ndarray:
+        size = [2 * max(1, int(round(mm / p))) + 1 for p in pixel_mm]
+        return ndimage.binary_dilation(inside, structure=np.ones(size, bool))
+
     lo, hi = SIGNIFICANCE_BAND_HU
-    ring = smooth[~near & (window >= lo) & (window <= hi)]
-    if ring.size < SIGNIFICANCE_MIN_PIXELS:
+    in_band = (window >= lo) & (window <= hi)
+    near = grown(SIGNIFICANCE_CLEAR_MM)
+    background = smooth[grown(SIGNIFICANCE_BACKGROUND_MM) & ~near & in_band]
+    block = [max(3, int(round(SIGNIFICANCE_BLOCK_MM / p))) for p in pixel_mm]
+    mean = ndimage.uniform_filter(smooth, block)
+    local_sd = np.sqrt(np.maximum(ndimage.uniform_filter(smooth * smooth, block) - mean * mean, 0.0))
+    # squares wholly in the band whose every pixel is clear of the component
+    whole = ndimage.minimum_filter(in_band & ~near, block)
+    sds = local_sd[whole]
+    if background.size < SIGNIFICANCE_MIN_PIXELS or sds.size < SIGNIFICANCE_MIN_PIXELS:
         return float("inf")
-    level = float(np.median(ring))
-    noise = 1.4826 * float(np.median(np.abs(ring - level)))
     # the component's own pixels and their rim: smoothing moves a 1-pixel stone's peak by a pixel at most
     peak = float(smooth[ndimage.binary_dilation(inside)].max())
-    return (peak - level) / max(noise, 1.0)
+    return (peak - float(np.median(background))) / max(float(np.median(sds)), 1.0)
 
 
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
