@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from inference.pipeline import Pipeline
@@ -39,6 +41,8 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert card["candidates"]["noise_slab_mm"] > 0
     assert any("Lung-PET-CT-Dx" in a and "CC BY 4.0" in a for a in card["training"]["attribution"])
     assert int(card["version"].split(".")[0]) >= 3
+    # 3.5.0 holds back components that do not stand out of their surroundings' noise (inference.components)
+    assert card["components"]["min_significance"] > 0
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
 
@@ -51,6 +55,16 @@ def test_the_earlier_model_stays_loadable() -> None:
     findings = earlier.run(phantom.to_volume())
     assert findings.mask.shape == phantom.hu.shape
     assert findings.model_version == "2.1.0"
+
+
+def test_the_previous_default_stays_loadable_and_differs_only_by_the_significance_rule() -> None:
+    previous, default = Pipeline(load_model("cascade-3.2.0", cores=2)), Pipeline(load_model("default", cores=2))
+    assert previous.version == "3.2.0" and previous.thresholds.min_significance is None
+    assert default.thresholds.min_significance is not None
+    # the same network and thresholds: only the rule that holds back noise grains was added
+    assert previous.thresholds == dataclasses.replace(default.thresholds, min_significance=None)
+    a, b = previous.model.keras_model.get_weights(), default.model.keras_model.get_weights()
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture(scope="module")
