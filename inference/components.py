@@ -57,6 +57,9 @@ SIGNIFICANCE_RADIUS_MM = 18.0
 """How far around the component the noise is measured (mm, beyond its bounding box)."""
 SIGNIFICANCE_BAND_HU = (-200.0, 200.0)
 """The pixels that are background and noise: not another dense structure, not air or lung."""
+SIGNIFICANCE_SCORE_FLOOR = 0.5
+"""Components scored under this (and under every group's threshold) are not measured: no threshold keeps
+them. ``lab.choose`` counts thresholds from 0.5 up."""
 SIGNIFICANCE_MIN_PIXELS = 10
 """Fewer background pixels, or squares for the noise, than this: the significance is not measured (infinite)."""
 
@@ -122,7 +125,8 @@ class ComponentTable:
     """int (count, 3): the component's densest voxel."""
     significance: np.ndarray | None = None
     """float (count,): how many noise SDs of its surroundings the component stands above them (the
-    module's text; inf where not measurable); None: not measured (no component is held back by it)."""
+    module's text; inf where not measurable, NaN where its score is too low to be kept at all); None: not
+    measured (no component is held back by it)."""
 
     def scores(self, kind: str) -> np.ndarray:
         return self.classifier if kind == "classifier" else self.pixel
@@ -165,9 +169,12 @@ def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, f
 
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
                     owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30,
-                    pixel_mm: tuple[float, float] | None = None) -> ComponentTable:
+                    pixel_mm: tuple[float, float] | None = None, significance_score: str = "classifier",
+                    significance_from: float = -np.inf) -> ComponentTable:
     """Measure every candidate component (``labels`` 1..count) for ``select_mask``; with ``pixel_mm``
-    (the slices' spacing, row and column) also each one's ``significance`` on its densest voxel's slice."""
+    (the slices' spacing, row and column) also the ``significance`` on its densest voxel's slice of each
+    one whose ``significance_score`` ('classifier' or 'pixel') reaches ``significance_from`` (NaN for the
+    others: no threshold at or above it keeps them, and most candidates, bone and noise, score near 0)."""
     boxes = ndimage.find_objects(labels, max_label=count) if count else []
     voxels = np.zeros(count, dtype=np.int64)
     pixel = np.zeros(count, dtype=np.float32)
@@ -184,12 +191,6 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
         local = np.where(sel, hu[box], -np.inf)
         at = np.unravel_index(int(np.argmax(local)), local.shape)
         peaks[i] = [s.start + a for s, a in zip(box, at, strict=True)]
-        if sig is not None and pixel_mm is not None:
-            # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
-            k = int(peaks[i][0])
-            near = tuple(slice(max(0, b.start - int(np.ceil(SIGNIFICANCE_RADIUS_MM / p))), b.stop + int(np.ceil(
-                SIGNIFICANCE_RADIUS_MM / p))) for b, p in zip(box[1:], pixel_mm, strict=True))
-            sig[i] = significance(hu[k][near], labels[k][near] == i + 1, pixel_mm)
         if dense_count >= 0 and i + 1 > dense_count:
             groups[i] = "contrast"
         else:
@@ -197,6 +198,19 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     classifier = np.zeros(count, dtype=np.float32)
     if patch_scores is not None and owners.size:
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
+    if sig is not None and pixel_mm is not None:
+        scores = classifier if significance_score == "classifier" else pixel
+        for i, box in enumerate(boxes):
+            if box is None:
+                continue
+            if scores[i] < significance_from:
+                sig[i] = np.nan
+                continue
+            # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
+            k = int(peaks[i][0])
+            near = tuple(slice(max(0, b.start - int(np.ceil(SIGNIFICANCE_RADIUS_MM / p))), b.stop + int(np.ceil(
+                SIGNIFICANCE_RADIUS_MM / p))) for b, p in zip(box[1:], pixel_mm, strict=True))
+            sig[i] = significance(hu[k][near], labels[k][near] == i + 1, pixel_mm)
     return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig)
 
 

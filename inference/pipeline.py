@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from inference.candidates import CandidateRule, find_candidates
-from inference.components import ComponentTable, ComponentThresholds, component_table, select_mask
+from inference.components import (
+    SIGNIFICANCE_SCORE_FLOOR,
+    ComponentTable,
+    ComponentThresholds,
+    component_table,
+    select_mask,
+)
 from inference.errors import ModelError
 from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
@@ -67,7 +73,15 @@ class Pipeline:
         if threshold is not None:
             # one number overrides every threshold: the pixel one and every group's
             self.thresholds = ComponentThresholds(threshold, threshold, threshold, threshold,
-                                                  self.thresholds.small_voxels, self.thresholds.score)
+                                                  self.thresholds.small_voxels, self.thresholds.score,
+                                                  min_significance=self.thresholds.min_significance)
+        # the significance is measured only where a threshold could keep the component: at or above the
+        # lowest group threshold, or SIGNIFICANCE_SCORE_FLOOR if lower (the lowest a choice of thresholds
+        # counts, so that choosing on the card's table sees it too); every component when the override can
+        # keep one whatever its score
+        t = self.thresholds
+        self._significance_from = (-np.inf if t.override_pixel is not None else
+                                   min(SIGNIFICANCE_SCORE_FLOOR, t.dense_small, t.dense_large, t.contrast))
         self.has_component_head = len(self.model.keras_model.outputs) > 1
         self.min_voxels = int(card.postprocessing.get("min_voxels", 1))
         self.box_margin_mm = float(card.postprocessing.get("box_margin_mm", 5.0))
@@ -188,7 +202,9 @@ class Pipeline:
         t2 = time.perf_counter()
         table = component_table(found.labels, found.count, found.dense_count, volume.hu, prob,
                                 found.component_of_centre, scores, self.thresholds.small_voxels,
-                                pixel_mm=volume.pixel_spacing if self.thresholds.min_significance is not None else None)
+                                pixel_mm=volume.pixel_spacing if self.thresholds.min_significance is not None else None,
+                                significance_score=self.thresholds.score,
+                                significance_from=self._significance_from)
         mask = select_mask(found.labels, prob, table, self.thresholds)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,

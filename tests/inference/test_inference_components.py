@@ -187,3 +187,25 @@ def test_the_noise_grains_of_many_slices_are_held_back_and_their_stones_kept() -
         hu[stone] = 400.0
         kept += significance(hu, stone, (0.7, 0.7)) >= 5.5
     assert held >= 9 and kept == 10
+
+
+def test_the_significance_is_measured_only_where_a_threshold_could_keep_the_component() -> None:
+    from inference.components import SIGNIFICANCE_SCORE_FLOOR
+    from inference.pipeline import Pipeline
+    from lab.choose import GRID
+
+    hu = _body_with({(2, 30, 30): 900.0, (2, 60, 60): 900.0})
+    labels = np.zeros(hu.shape, np.int32)
+    labels[2, 30, 30], labels[2, 60, 60] = 1, 2
+    prob = np.zeros(hu.shape, np.float16)
+    table = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.9, 0.1]), small_voxels=15,
+                            pixel_mm=(0.7, 0.7), significance_from=0.5)
+    assert table.significance is not None
+    assert table.significance[0] > 5.5 and np.isnan(table.significance[1])
+    rule = ComponentThresholds(dense_small=0.5, min_significance=5.5)
+    assert list(kept_components(table, rule)) == [1]
+    # every threshold a choice counts is at or above the floor, so the grid sees every measured component
+    assert min(GRID) >= SIGNIFICANCE_SCORE_FLOOR
+    # one threshold given for every group keeps the card's significance rule
+    assert Pipeline("default", threshold=0.6).thresholds.min_significance == \
+        Pipeline("default").thresholds.min_significance is not None
