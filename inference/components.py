@@ -132,6 +132,11 @@ class ComponentTable:
         return self.classifier if kind == "classifier" else self.pixel
 
 
+def _reach(pixel_mm: tuple[float, float]) -> list[int]:
+    """``SIGNIFICANCE_RADIUS_MM`` in pixels along rows and columns."""
+    return [int(np.ceil(SIGNIFICANCE_RADIUS_MM / p)) for p in pixel_mm]
+
+
 def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, float]) -> float:
     """How many noise SDs of its surroundings a component stands above its background, on one slice
     (the module's text). ``hu``: the slice (rows, columns); ``component``: bool mask of the component
@@ -139,7 +144,7 @@ def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, f
     rows, cols = np.nonzero(component)
     if rows.size == 0:
         return float("inf")
-    reach = [int(np.ceil(SIGNIFICANCE_RADIUS_MM / p)) for p in pixel_mm]
+    reach = _reach(pixel_mm)
     r0, r1 = max(0, rows.min() - reach[0]), min(hu.shape[0], rows.max() + reach[0] + 1)
     c0, c1 = max(0, cols.min() - reach[1]), min(hu.shape[1], cols.max() + reach[1] + 1)
     window = hu[r0:r1, c0:c1].astype(np.float32, copy=False)
@@ -200,6 +205,7 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
     if sig is not None and pixel_mm is not None:
         scores = classifier if significance_score == "classifier" else pixel
+        reach = _reach(pixel_mm)
         for i, box in enumerate(boxes):
             if box is None:
                 continue
@@ -208,8 +214,7 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
                 continue
             # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
             k = int(peaks[i][0])
-            near = tuple(slice(max(0, b.start - int(np.ceil(SIGNIFICANCE_RADIUS_MM / p))), b.stop + int(np.ceil(
-                SIGNIFICANCE_RADIUS_MM / p))) for b, p in zip(box[1:], pixel_mm, strict=True))
+            near = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box[1:], reach, strict=True))
             sig[i] = significance(hu[k][near], labels[k][near] == i + 1, pixel_mm)
     return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig)
 
