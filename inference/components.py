@@ -62,6 +62,10 @@ SIGNIFICANCE_SCORE_FLOOR = 0.5
 them. ``lab.choose`` counts thresholds from 0.5 up."""
 SIGNIFICANCE_MIN_PIXELS = 10
 """Fewer background pixels, or squares for the noise, than this: the significance is not measured (infinite)."""
+GAS_HU = -400.0
+"""A pixel at or below this is gas (bowel, lung, outside the body): fat and noise do not reach it."""
+GAS_REACH_MM = 3.0
+"""The surroundings whose gas is counted: pixels within this distance of the component (mm), in-plane."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class ComponentThresholds:
     override_voxels: int = 100
     min_significance: float | None = None
     """A component is kept only when its significance (the module's text) reaches this; None: not required."""
+    max_gas_share: float | None = None
+    """A component is kept only when its gas share (the module's text) is at most this; None: not required."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any], threshold: float) -> ComponentThresholds:
@@ -97,16 +103,22 @@ class ComponentThresholds:
                    override_pixel=None if block.get("override_pixel") is None else float(block["override_pixel"]),
                    override_voxels=int(block.get("override_voxels", d.override_voxels)),
                    min_significance=None if block.get("min_significance") is None
-                   else float(block["min_significance"]))
+                   else float(block["min_significance"]),
+                   max_gas_share=None if block.get("max_gas_share") is None else float(block["max_gas_share"]))
 
     def card(self) -> dict[str, Any]:
         return {"pixel": self.pixel, "dense_small": self.dense_small, "dense_large": self.dense_large,
                 "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score,
                 "override_pixel": self.override_pixel, "override_voxels": self.override_voxels,
-                "min_significance": self.min_significance}
+                "min_significance": self.min_significance, "max_gas_share": self.max_gas_share}
 
     def for_group(self, group: str) -> float:
         return float(getattr(self, group))
+
+    @property
+    def measures_surroundings(self) -> bool:
+        """Whether a rule on the components' surroundings (significance, gas) is required."""
+        return self.min_significance is not None or self.max_gas_share is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,6 +139,9 @@ class ComponentTable:
     """float (count,): how many noise SDs of its surroundings the component stands above them (the
     module's text; inf where not measurable, NaN where its score is too low to be kept at all); None: not
     measured (no component is held back by it)."""
+    gas: np.ndarray | None = None
+    """float (count,): the share of gas around the component (the module's text; NaN where its score is too
+    low to be kept at all); None: not measured."""
 
     def scores(self, kind: str) -> np.ndarray:
         return self.classifier if kind == "classifier" else self.pixel
@@ -172,20 +187,37 @@ def significance(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, f
     return (peak - float(np.median(background))) / max(float(np.median(sds)), 1.0)
 
 
+def gas_share(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, float]) -> float:
+    """The share of the pixels within ``GAS_REACH_MM`` of a component, on one slice and itself left out, that
+    are gas (at or below ``GAS_HU``; the module's text). ``hu``: the slice; ``component``: its bool mask
+    there; ``pixel_mm``: (row, column) spacing. 0 when nothing surrounds it."""
+    if not component.any():
+        return 0.0
+    yy, xx = np.ogrid[[slice(-int(np.floor(GAS_REACH_MM / p)), int(np.floor(GAS_REACH_MM / p)) + 1)
+                       for p in pixel_mm]]
+    disc = (yy * pixel_mm[0]) ** 2 + (xx * pixel_mm[1]) ** 2 <= GAS_REACH_MM ** 2
+    around = ndimage.binary_dilation(component, structure=disc) & ~component
+    if not around.any():
+        return 0.0
+    return float(np.count_nonzero(hu[around] <= GAS_HU) / np.count_nonzero(around))
+
+
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
                     owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30,
                     pixel_mm: tuple[float, float] | None = None, significance_score: str = "classifier",
                     significance_from: float = -np.inf) -> ComponentTable:
     """Measure every candidate component (``labels`` 1..count) for ``select_mask``; with ``pixel_mm``
-    (the slices' spacing, row and column) also the ``significance`` on its densest voxel's slice of each
-    one whose ``significance_score`` ('classifier' or 'pixel') reaches ``significance_from`` (NaN for the
-    others: no threshold at or above it keeps them, and most candidates, bone and noise, score near 0)."""
+    (the slices' spacing, row and column) also the ``significance`` and the ``gas`` share on its densest
+    voxel's slice of each one whose ``significance_score`` ('classifier' or 'pixel') reaches
+    ``significance_from`` (NaN for the others: no threshold at or above it keeps them, and most
+    candidates, bone and noise, score near 0)."""
     boxes = ndimage.find_objects(labels, max_label=count) if count else []
     voxels = np.zeros(count, dtype=np.int64)
     pixel = np.zeros(count, dtype=np.float32)
     peaks = np.zeros((count, 3), dtype=np.int64)
     groups = np.empty(count, dtype=object)
     sig = None if pixel_mm is None else np.full(count, np.inf, dtype=np.float32)
+    gas = None if pixel_mm is None else np.zeros(count, dtype=np.float32)
     for i, box in enumerate(boxes):
         if box is None:
             groups[i] = "dense_large"
@@ -203,28 +235,36 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     classifier = np.zeros(count, dtype=np.float32)
     if patch_scores is not None and owners.size:
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
-    if sig is not None and pixel_mm is not None:
+    if sig is not None and gas is not None and pixel_mm is not None:
         scores = classifier if significance_score == "classifier" else pixel
         reach = _reach(pixel_mm)
         for i, box in enumerate(boxes):
             if box is None:
                 continue
             if scores[i] < significance_from:
-                sig[i] = np.nan
+                sig[i] = gas[i] = np.nan
                 continue
             # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
             k = int(peaks[i][0])
             near = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box[1:], reach, strict=True))
-            sig[i] = significance(hu[k][near], labels[k][near] == i + 1, pixel_mm)
-    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig)
+            on_slice = labels[k][near] == i + 1
+            sig[i] = significance(hu[k][near], on_slice, pixel_mm)
+            gas[i] = gas_share(hu[k][near], on_slice, pixel_mm)
+    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas)
 
 
-def held_back(table: ComponentTable, min_significance: float | None) -> ComponentTable:
-    """``table`` with the scores of the components under ``min_significance`` set to -1, which no threshold
-    keeps: for counting thresholds on a grid (``lab.choose``) as ``kept_components`` decides."""
-    if min_significance is None or table.significance is None:
+def held_back(table: ComponentTable, min_significance: float | None,
+              max_gas_share: float | None = None) -> ComponentTable:
+    """``table`` with the scores of the components under ``min_significance``, or with more gas around them
+    than ``max_gas_share``, set to -1, which no threshold keeps: for counting thresholds on a grid
+    (``lab.choose``) as ``kept_components`` decides."""
+    low = np.zeros(len(table.boxes), dtype=bool)
+    if min_significance is not None and table.significance is not None:
+        low |= table.significance < min_significance
+    if max_gas_share is not None and table.gas is not None:
+        low |= table.gas > max_gas_share
+    if not low.any():
         return table
-    low = table.significance < min_significance
     return dataclasses.replace(table, classifier=np.where(low, -1.0, table.classifier).astype(np.float32),
                                pixel=np.where(low, -1.0, table.pixel).astype(np.float32))
 
@@ -241,6 +281,8 @@ def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> n
                  & (table.pixel >= thresholds.override_pixel))
     if thresholds.min_significance is not None and table.significance is not None:
         keep &= table.significance >= thresholds.min_significance
+    if thresholds.max_gas_share is not None and table.gas is not None:
+        keep &= ~(table.gas > thresholds.max_gas_share)
     return np.nonzero(keep)[0] + 1
 
 

@@ -74,7 +74,8 @@ class Pipeline:
             # one number overrides every threshold: the pixel one and every group's
             self.thresholds = ComponentThresholds(threshold, threshold, threshold, threshold,
                                                   self.thresholds.small_voxels, self.thresholds.score,
-                                                  min_significance=self.thresholds.min_significance)
+                                                  min_significance=self.thresholds.min_significance,
+                                                  max_gas_share=self.thresholds.max_gas_share)
         # the significance is measured only where a threshold could keep the component: at or above the
         # lowest group threshold, or SIGNIFICANCE_SCORE_FLOOR if lower (the lowest a choice of thresholds
         # counts, so that choosing on the card's table sees it too); every component when the override can
@@ -202,7 +203,7 @@ class Pipeline:
         t2 = time.perf_counter()
         table = component_table(found.labels, found.count, found.dense_count, volume.hu, prob,
                                 found.component_of_centre, scores, self.thresholds.small_voxels,
-                                pixel_mm=volume.pixel_spacing if self.thresholds.min_significance is not None else None,
+                                pixel_mm=volume.pixel_spacing if self.thresholds.measures_surroundings else None,
                                 significance_score=self.thresholds.score,
                                 significance_from=self._significance_from)
         mask = select_mask(found.labels, prob, table, self.thresholds)

@@ -209,3 +209,63 @@ def test_the_significance_is_measured_only_where_a_threshold_could_keep_the_comp
     # one threshold given for every group keeps the card's significance rule
     assert Pipeline("default", threshold=0.6).thresholds.min_significance == \
         Pipeline("default").thresholds.min_significance is not None
+
+
+def test_a_pellet_in_a_gas_filled_loop_is_held_back_and_a_stone_beside_the_loop_is_not() -> None:
+    """The gas rule (inference.components): the urinary tract holds no gas; dense content in bowel does."""
+    from inference.components import GAS_REACH_MM, gas_share, held_back
+
+    hu = _body_with({})
+    yy, xx = np.mgrid[:96, :96]
+    loop = (yy - 48) ** 2 + (xx - 30) ** 2 <= 8 ** 2  # a bowel loop of gas, 11 mm across
+    hu[:, loop] = -900.0
+    pellet = (yy - 48) ** 2 + (xx - 30) ** 2 <= 2  # a 2 mm pill of 800 HU in it
+    # a stone of 600 HU in soft tissue, just beyond the rule's reach from the loop
+    stone = (yy - 48) ** 2 + (xx - 45) ** 2 <= 2
+    from scipy import ndimage
+    gap_mm = ndimage.distance_transform_edt(~loop, sampling=(0.7, 0.7))[stone].min()
+    assert GAS_REACH_MM < gap_mm < GAS_REACH_MM + 1.5
+    hu[3][pellet], hu[3][stone] = 800.0, 600.0
+    px = (0.7, 0.7)
+    assert gas_share(hu[3], pellet, px) > 0.9
+    assert gas_share(hu[3], stone, px) == 0.0
+    # the same stone moved to touch the loop: some of its surroundings are gas, most are not
+    touching = (yy - 48) ** 2 + (xx - 40) ** 2 <= 2
+    assert 0.0 < gas_share(np.where(touching, 600.0, hu[3]), touching, px) < 0.5
+    # noisy fat (-100 HU, 80 HU SD) is not gas
+    fat = np.random.default_rng(3).normal(-100.0, 80.0, (40, 40)).astype(np.float32)
+    dot = np.zeros((40, 40), bool)
+    dot[20, 20] = True
+    assert gas_share(fat, dot, px) == 0.0
+    assert GAS_REACH_MM > 2 * px[0]
+
+    labels = np.zeros(hu.shape, np.int32)
+    labels[3][pellet], labels[3][stone] = 1, 2
+    prob = np.zeros(hu.shape, np.float16)
+    table = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.9, 0.9]), small_voxels=15,
+                            pixel_mm=px)
+    assert table.gas is not None and table.gas[0] > 0.9 and table.gas[1] == 0.0
+    rule = ComponentThresholds(dense_small=0.5, max_gas_share=0.1)
+    assert rule.measures_surroundings
+    assert list(kept_components(table, rule)) == [2]
+    assert list(kept_components(table, ComponentThresholds(dense_small=0.5))) == [1, 2]  # not required: both
+    assert ComponentThresholds.from_card({"components": rule.card()}, 0.5).max_gas_share == 0.1
+    counted = held_back(table, None, 0.1)
+    assert counted.classifier[0] < 0 and counted.classifier[1] == np.float32(0.9)
+    assert held_back(table, None, None) is table
+    # not measured where no threshold could keep the component
+    low = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.1, 0.9]), small_voxels=15,
+                          pixel_mm=px, significance_from=0.5)
+    assert low.gas is not None and np.isnan(low.gas[0])
+    assert list(kept_components(low, ComponentThresholds(dense_small=0.05, max_gas_share=0.1))) == [1, 2]
+
+
+def test_an_8bit_image_cannot_show_gas_so_the_gas_rule_never_fires_on_one() -> None:
+    """Read back through the assumed soft-tissue window, gas and fat are both its bottom (-160 HU)."""
+    from inference.components import gas_share
+    from lab.realimages import grey_to_hu
+
+    grey = np.zeros((40, 40), np.uint8)  # black: gas or fat, the image cannot say
+    grey[20, 20] = 255
+    dot = grey == 255
+    assert gas_share(grey_to_hu(grey), dot, (0.75, 0.75)) == 0.0
