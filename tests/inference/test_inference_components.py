@@ -206,9 +206,10 @@ def test_the_significance_is_measured_only_where_a_threshold_could_keep_the_comp
     assert list(kept_components(table, rule)) == [1]
     # every threshold a choice counts is at or above the floor, so the grid sees every measured component
     assert min(GRID) >= SIGNIFICANCE_SCORE_FLOOR
-    # one threshold given for every group keeps the card's significance rule
-    assert Pipeline("default", threshold=0.6).thresholds.min_significance == \
-        Pipeline("default").thresholds.min_significance is not None
+    # one threshold given for every group keeps the card's significance and gas rules
+    overridden, card = Pipeline("default", threshold=0.6).thresholds, Pipeline("default").thresholds
+    assert overridden.min_significance == card.min_significance is not None
+    assert overridden.max_gas_share == card.max_gas_share is not None
 
 
 def test_a_pellet_in_a_gas_filled_loop_is_held_back_and_a_stone_beside_the_loop_is_not() -> None:

@@ -41,8 +41,11 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert card["candidates"]["noise_slab_mm"] > 0
     assert any("Lung-PET-CT-Dx" in a and "CC BY 4.0" in a for a in card["training"]["attribution"])
     assert int(card["version"].split(".")[0]) >= 3
-    # 3.5.0 holds back components that do not stand out of their surroundings' noise (inference.components)
+    # 3.5.0 holds back components that do not stand out of their surroundings' noise, 3.6.0 those touching gas
+    # (inference.components)
     assert card["components"]["min_significance"] > 0
+    assert 0 < card["components"]["max_gas_share"] < 0.5
+    assert "gas" in card["input_assumptions"]
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
 
@@ -57,14 +60,18 @@ def test_the_earlier_model_stays_loadable() -> None:
     assert findings.model_version == "2.1.0"
 
 
-def test_the_previous_default_stays_loadable_and_differs_only_by_the_significance_rule() -> None:
-    previous, default = Pipeline(load_model("cascade-3.2.0", cores=2)), Pipeline(load_model("default", cores=2))
-    assert previous.version == "3.2.0" and previous.thresholds.min_significance is None
-    assert default.thresholds.min_significance is not None
-    # the same network and thresholds: only the rule that holds back noise grains was added
-    assert previous.thresholds == dataclasses.replace(default.thresholds, min_significance=None)
-    a, b = previous.model.keras_model.get_weights(), default.model.keras_model.get_weights()
-    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+def test_the_previous_defaults_stay_loadable_and_differ_only_by_their_rules() -> None:
+    oldest, previous, default = (Pipeline(load_model(name, cores=2))
+                                 for name in ("cascade-3.2.0", "cascade-3.5.0", "default"))
+    assert (oldest.version, previous.version) == ("3.2.0", "3.5.0")
+    assert oldest.thresholds.min_significance is None and previous.thresholds.min_significance is not None
+    assert previous.thresholds.max_gas_share is None and default.thresholds.max_gas_share is not None
+    # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule
+    assert oldest.thresholds == dataclasses.replace(previous.thresholds, min_significance=None)
+    assert previous.thresholds == dataclasses.replace(default.thresholds, max_gas_share=None)
+    weights = [p.model.keras_model.get_weights() for p in (oldest, previous, default)]
+    for a in weights[:2]:
+        assert len(a) == len(weights[2]) and all(np.array_equal(x, y) for x, y in zip(a, weights[2], strict=True))
 
 
 @pytest.fixture(scope="module")
