@@ -143,6 +143,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--coarse-slices", type=int, default=0,
                    help="also the slices of this many generated validation phantoms made coarse and predicted "
                         "alone (lab/standins.py): stone-free slices with a false stone, stones found")
+    p.add_argument("--plane-slices", type=int, default=0,
+                   help="also the coronal and sagittal planes of this many generated validation phantoms, through "
+                        "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
     p.add_argument("--stone-free", type=Path, nargs="+", default=[], metavar="DIR",
                    help="DICOM series of real CT known to hold no stone (e.g. the folder uronode fetch-stone-free "
                         "writes): each predicted whole and slice by slice alone; the thresholds chosen must keep "
@@ -594,12 +597,20 @@ def cmd_soup(args: argparse.Namespace) -> int:
 
 def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],
                      analyse: Callable[[Volume], ComponentTable]) -> None:
-    """``choose --series / --coarse-slices``: the whole-CT stand-ins at the chosen and at the card's thresholds."""
-    from lab.standins import VALIDATION_SEED, coarse_slice_rows, figures, series_rows
+    """``choose --series / --coarse-slices / --plane-slices``: the whole-CT stand-ins at the chosen and at the
+    card's thresholds."""
+    from lab.standins import (
+        VALIDATION_SEED,
+        coarse_slice_rows,
+        figures,
+        plane_slice_rows,
+        series_rows,
+    )
 
     card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
     sets = ((args.series, "series", "series", series_rows),
-            (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows))
+            (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows),
+            (args.plane_slices, "plane", "coronal and sagittal planes", plane_slice_rows))
     for count, unit, units, make in sets:
         if not count:
             continue

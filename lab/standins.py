@@ -20,6 +20,15 @@ component is scored once and any thresholds are counted without running the netw
 they cannot stand in for: real anatomy (3.1.0 puts a false stone on 2 % of the coarse slices and on
 28 % of the real example CT's lone slices).
 
+- **planes**: each phantom cut as a coronal and a sagittal image through every stone's centre, and
+  every ``PLANE_STEP`` th coronal and sagittal plane with no stone within ``PLANE_CLEAR`` planes (and
+  a body across at least a fifth of it), the slices' axis resampled to the pixel spacing (linear),
+  head up, and predicted alone as an uploaded image of that plane is; figures as the coarse slices'.
+  It is the nearest stand-in here for "other views": the real images are all coronal crops and the
+  real stone-free CTs axial. What it cannot say: how real anatomy looks in those planes (the
+  generator paints its anatomy slice by slice, and its slices are 1-2 mm, so a plane is smoother
+  along the head-feet axis than a thin-slice reformat).
+
 A third set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
 chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
 whole and every slice of it alone; every kept component is a false stone.
@@ -44,6 +53,9 @@ COARSE_BLOCK = 4
 COARSE_NOISE_HU = 12.0
 COARSE_NOISE_SEED = 123
 FREE_SLICE_STEP = 6
+PLANE_STEP = 48
+PLANE_CLEAR = 3
+PLANES = {"coronal": 1, "sagittal": 2}
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,44 @@ def coarse_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterab
             cases.append(Case(name, _stones(phantom, labels)))
             table = analyse(image_volume(hu, f"coarse-{name}", pixel_mm=phantom.pixel_spacing))
             rows += _rows(name, table, ndimage.grey_dilation(labels, size=(5, 5))[None], score)
+    return cases, rows
+
+
+def plane_image(phantom: Phantom, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The phantom's ``plane`` ('coronal' or 'sagittal') image at row or column ``index``, head up, its
+    slices' axis resampled to the pixel spacing: (HU, stone labels)."""
+    axis = PLANES[plane]
+    factor = phantom.slice_spacing / phantom.pixel_spacing
+    hu = np.take(phantom.hu, index, axis=axis)[::-1]
+    labels = np.take(phantom.stone_labels, index, axis=axis)[::-1]
+    return (np.asarray(ndimage.zoom(hu, (factor, 1), order=1), np.float32),
+            np.asarray(ndimage.zoom(labels, (factor, 1), order=0)))
+
+
+def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int],
+                     score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
+    """Every candidate component of each phantom's coronal and sagittal planes (the module's text),
+    each predicted alone."""
+    cases, rows = [], []
+    for seed in seeds:
+        phantom = generate_phantom(seed)
+        labels = phantom.stone_labels
+        for plane, axis in PLANES.items():
+            ids = [int(s) for s in np.unique(labels) if s]
+            through = [int(round(float(np.nonzero(labels == s)[axis].mean()))) for s in ids]
+            n = labels.shape[axis]
+            free = []
+            for i in range(PLANE_STEP // 2, n, PLANE_STEP):
+                near = [slice(None)] * 3
+                near[axis] = slice(max(0, i - PLANE_CLEAR), i + PLANE_CLEAR + 1)
+                if not labels[tuple(near)].any() and (np.take(phantom.hu, i, axis=axis) > -500).mean() >= 0.2:
+                    free.append(i)
+            for i in dict.fromkeys(through + free):
+                hu, plane_labels = plane_image(phantom, plane, i)
+                name = f"{seed}/{plane}/{i}"
+                cases.append(Case(name, _stones(phantom, plane_labels)))
+                table = analyse(image_volume(hu, f"plane-{name}", pixel_mm=phantom.pixel_spacing))
+                rows += _rows(name, table, ndimage.grey_dilation(plane_labels, size=(5, 5))[None], score)
     return cases, rows
 
 

@@ -8,7 +8,17 @@ import numpy as np
 
 from inference.components import ComponentTable
 from inference.volume import Volume
-from lab.standins import Case, CaseRow, coarse_slice, coarse_slice_rows, figures
+from lab.realimages import image_volume
+from lab.standins import (
+    PLANES,
+    Case,
+    CaseRow,
+    coarse_slice,
+    coarse_slice_rows,
+    figures,
+    plane_image,
+    plane_slice_rows,
+)
 from lab.synth import generate_phantom
 
 THRESHOLDS = {"dense_small": 0.7, "dense_large": 0.7, "contrast": 0.9}
@@ -112,3 +122,54 @@ def test_no_series_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("no DICOM here")
     with pytest.raises(ValueError, match="no DICOM series"):
         stone_free_rows(lambda v: None, [tmp_path])  # type: ignore[arg-type, return-value]
+
+
+def test_a_plane_through_a_stone_shows_it_head_up_at_the_pixel_spacing() -> None:
+    phantom = generate_phantom(70_000)
+    n, rows, columns = phantom.hu.shape
+    stone = int(np.max(phantom.stone_labels))
+    z, r, c = (int(round(float(v.mean()))) for v in np.nonzero(phantom.stone_labels == stone))
+    hu, labels = plane_image(phantom, "sagittal", c)
+    factor = phantom.slice_spacing / phantom.pixel_spacing
+    assert hu.shape == labels.shape == (round(n * factor), rows)
+    assert labels.max() == stone and set(np.unique(labels)) <= set(np.unique(phantom.stone_labels))
+    # head up: the image's first row is the series' last (highest) slice
+    assert np.array_equal(plane_image(phantom, "coronal", r)[0][0], phantom.hu[-1, r, :])
+    # the stone sits where the series has it, its height scaled by the slice spacing
+    at = np.argwhere(labels == stone).mean(0)
+    assert abs(at[0] - (n - 1 - z) * factor) <= factor + 1 and abs(at[1] - r) <= 2
+
+
+def test_planes_are_cut_through_every_stone_and_stone_free_elsewhere() -> None:
+    """An ``analyse`` that reports one component on each stone of a plane and one in its corner: every
+    stone is found in both planes, and every plane has one false stone."""
+    phantom = generate_phantom(70_000)
+    labels = phantom.stone_labels
+    # which plane a lone image is, by the stable UIDs image_volume makes from its name
+    planes = {image_volume(np.zeros((1, 1), np.float32), f"plane-70000/{p}/{i}").series_instance_uid: (p, i)
+              for p, axis in PLANES.items() for i in range(labels.shape[axis])}
+    seen = []
+
+    def analyse(volume: Volume) -> ComponentTable:
+        assert volume.hu.shape[0] == 1  # predicted alone
+        plane, index = planes[volume.series_instance_uid]
+        seen.append((plane, index))
+        hu, plane_labels = plane_image(phantom, plane, index)
+        assert np.array_equal(volume.hu[0], hu) and volume.pixel_spacing == (phantom.pixel_spacing,) * 2
+        peaks = [[0, int(r), int(c)] for r, c in (np.argwhere(plane_labels == s)[0] for s in np.unique(plane_labels) if s)]
+        peaks.append([0, 0, 0])
+        count = len(peaks)
+        return ComponentTable(boxes=[(slice(0, 1),)] * count, voxels=np.ones(count), groups=np.array(["dense_small"] * count),
+                              classifier=np.full(count, 0.95), pixel=np.zeros(count), peaks=np.array(peaks))
+
+    cases, rows = plane_slice_rows(analyse, [70_000])
+    assert len(seen) == len(set(seen)) == len(cases)
+    stones = {int(s) for s in np.unique(labels) if s}
+    for plane in PLANES:
+        assert {s for c in cases if f"/{plane}/" in c.name for s in c.stones} == stones
+        free = [c for c in cases if f"/{plane}/" in c.name and not c.stones]
+        assert free and all(not labels.take(range(max(0, i - 3), i + 4), axis=PLANES[plane]).any()
+                            for i in (int(c.name.split("/")[-1]) for c in free))
+    f = figures(cases, rows, THRESHOLDS)
+    assert f.large_found + f.small_found == f.large + f.small >= 2 * len(stones)
+    assert f.false == len(cases)
