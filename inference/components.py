@@ -32,6 +32,21 @@ misses the noise of one region (the middle of a wide body, a slice resized
 by a factor that is not whole), and a bright grain of that noise looks to
 the network like a small stone. A component with too little measurable
 surroundings (in the lung, at the image's edge) is not held back by it.
+
+A component can also be required not to touch gas (``max_gas_share``, off unless the card sets it): on
+its densest voxel's slice, the share of the pixels within ``GAS_REACH_MM`` of it (itself left out, and
+only inside the image) at or below ``GAS_HU``. The urinary tract holds no gas; bowel content (a pill,
+contrast, a faecal pellet), a calcified node at the lung's base and a rib's end against the lung do.
+Fat never reaches -400 HU, even in a noisy series (it lies at -150 to -50 HU), so the rule needs no
+noise figure. Its limits: an 8-bit image read through a soft-tissue window (the assumed 400/40: black
+is -160 HU) cannot tell gas from fat, so the rule never fires on one (an image recognised as shown in
+a wide window reads its black below -400 HU, and there it does); air let into the collecting system
+or the bladder by a nephrostomy or a catheter, touching a stone, would hide that stone; and with
+pixels over ``GAS_REACH_MM`` there are no surroundings to count (a share of 0).
+
+Both surroundings rules are measured only for components whose score a threshold could keep
+(``component_table``'s ``significance_from``); an unmeasured component (NaN) is never held back by
+the gas rule.
 """
 
 from __future__ import annotations
@@ -205,19 +220,21 @@ def gas_share(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, floa
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
                     owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30,
                     pixel_mm: tuple[float, float] | None = None, significance_score: str = "classifier",
-                    significance_from: float = -np.inf) -> ComponentTable:
+                    significance_from: float = -np.inf, measure_significance: bool = True,
+                    measure_gas: bool = True) -> ComponentTable:
     """Measure every candidate component (``labels`` 1..count) for ``select_mask``; with ``pixel_mm``
     (the slices' spacing, row and column) also the ``significance`` and the ``gas`` share on its densest
     voxel's slice of each one whose ``significance_score`` ('classifier' or 'pixel') reaches
     ``significance_from`` (NaN for the others: no threshold at or above it keeps them, and most
-    candidates, bone and noise, score near 0)."""
+    candidates, bone and noise, score near 0). ``measure_significance`` / ``measure_gas``: False leaves that
+    one unmeasured (None), for a card that does not use it."""
     boxes = ndimage.find_objects(labels, max_label=count) if count else []
     voxels = np.zeros(count, dtype=np.int64)
     pixel = np.zeros(count, dtype=np.float32)
     peaks = np.zeros((count, 3), dtype=np.int64)
     groups = np.empty(count, dtype=object)
-    sig = None if pixel_mm is None else np.full(count, np.inf, dtype=np.float32)
-    gas = None if pixel_mm is None else np.zeros(count, dtype=np.float32)
+    sig = None if pixel_mm is None or not measure_significance else np.full(count, np.inf, dtype=np.float32)
+    gas = None if pixel_mm is None or not measure_gas else np.zeros(count, dtype=np.float32)
     for i, box in enumerate(boxes):
         if box is None:
             groups[i] = "dense_large"
@@ -235,34 +252,37 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     classifier = np.zeros(count, dtype=np.float32)
     if patch_scores is not None and owners.size:
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
-    if sig is not None and gas is not None and pixel_mm is not None:
+    if (sig is not None or gas is not None) and pixel_mm is not None:
         scores = classifier if significance_score == "classifier" else pixel
         reach = _reach(pixel_mm)
         for i, box in enumerate(boxes):
             if box is None:
                 continue
             if scores[i] < significance_from:
-                sig[i] = gas[i] = np.nan
+                for measure in (sig, gas):
+                    if measure is not None:
+                        measure[i] = np.nan
                 continue
             # on the densest voxel's slice, cropped to the component's box and its surroundings' reach
             k = int(peaks[i][0])
             near = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box[1:], reach, strict=True))
             on_slice = labels[k][near] == i + 1
-            sig[i] = significance(hu[k][near], on_slice, pixel_mm)
-            gas[i] = gas_share(hu[k][near], on_slice, pixel_mm)
+            if sig is not None:
+                sig[i] = significance(hu[k][near], on_slice, pixel_mm)
+            if gas is not None:
+                gas[i] = gas_share(hu[k][near], on_slice, pixel_mm)
     return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas)
 
 
-def held_back(table: ComponentTable, min_significance: float | None,
-              max_gas_share: float | None = None) -> ComponentTable:
-    """``table`` with the scores of the components under ``min_significance``, or with more gas around them
-    than ``max_gas_share``, set to -1, which no threshold keeps: for counting thresholds on a grid
-    (``lab.choose``) as ``kept_components`` decides."""
+def held_back(table: ComponentTable, thresholds: ComponentThresholds) -> ComponentTable:
+    """``table`` with the scores of the components that the card's significance or gas rule holds back
+    (``thresholds.min_significance``, ``thresholds.max_gas_share``) set to -1, which no threshold keeps: for
+    counting thresholds on a grid (``lab.choose``) as ``kept_components`` decides."""
     low = np.zeros(len(table.boxes), dtype=bool)
-    if min_significance is not None and table.significance is not None:
-        low |= table.significance < min_significance
-    if max_gas_share is not None and table.gas is not None:
-        low |= table.gas > max_gas_share
+    if thresholds.min_significance is not None and table.significance is not None:
+        low |= table.significance < thresholds.min_significance
+    if thresholds.max_gas_share is not None and table.gas is not None:
+        low |= table.gas > thresholds.max_gas_share
     if not low.any():
         return table
     return dataclasses.replace(table, classifier=np.where(low, -1.0, table.classifier).astype(np.float32),
@@ -270,7 +290,8 @@ def held_back(table: ComponentTable, min_significance: float | None,
 
 
 def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> np.ndarray:
-    """Component ids (1-based) whose score reaches their group's threshold."""
+    """Component ids (1-based) whose score reaches their group's threshold (or that the override keeps),
+    and that pass the card's significance and gas rules where measured."""
     scores = table.scores(thresholds.score)
     if not scores.size:
         return np.zeros(0, dtype=np.int64)

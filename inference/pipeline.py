@@ -76,10 +76,10 @@ class Pipeline:
                                                   self.thresholds.small_voxels, self.thresholds.score,
                                                   min_significance=self.thresholds.min_significance,
                                                   max_gas_share=self.thresholds.max_gas_share)
-        # the significance is measured only where a threshold could keep the component: at or above the
-        # lowest group threshold, or SIGNIFICANCE_SCORE_FLOOR if lower (the lowest a choice of thresholds
-        # counts, so that choosing on the card's table sees it too); every component when the override can
-        # keep one whatever its score
+        # the significance and the gas share are measured only where a threshold could keep the component:
+        # at or above the lowest group threshold, or SIGNIFICANCE_SCORE_FLOOR if lower (the lowest a choice
+        # of thresholds counts, so that choosing on the card's table sees it too); every component when the
+        # override can keep one whatever its score
         t = self.thresholds
         self._significance_from = (-np.inf if t.override_pixel is not None else
                                    min(SIGNIFICANCE_SCORE_FLOOR, t.dense_small, t.dense_large, t.contrast))
@@ -205,7 +205,9 @@ class Pipeline:
                                 found.component_of_centre, scores, self.thresholds.small_voxels,
                                 pixel_mm=volume.pixel_spacing if self.thresholds.measures_surroundings else None,
                                 significance_score=self.thresholds.score,
-                                significance_from=self._significance_from)
+                                significance_from=self._significance_from,
+                                measure_significance=self.thresholds.min_significance is not None,
+                                measure_gas=self.thresholds.max_gas_share is not None)
         mask = select_mask(found.labels, prob, table, self.thresholds)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,

@@ -127,6 +127,7 @@ def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 def table_to_original(table: ComponentTable, grid: Grid) -> ComponentTable:
-    """The candidate components' table with each densest voxel on the series' grid (scores, groups and
-    sizes as measured on the copy; boxes kept only as a sign of which components exist)."""
+    """The candidate components' table with each densest voxel on the series' grid (scores, groups, sizes,
+    significance and gas share as measured on the copy, in its millimetres; boxes kept only as a sign of
+    which components exist)."""
     return dataclasses.replace(table, peaks=original_index(table.peaks, grid))

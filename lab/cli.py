@@ -504,8 +504,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
     def analyse(v: Volume) -> ComponentTable:
         # the card's significance and gas rules hold components back before any threshold (inference.components)
-        return held_back(pipeline.analyse(v)[2], pipeline.thresholds.min_significance,
-                         pipeline.thresholds.max_gas_share)
+        return held_back(pipeline.analyse(v)[2], pipeline.thresholds)
 
     allowed: Callable[[dict[str, float]], bool] | None = None
     stone_free = None

@@ -1,6 +1,6 @@
 """Whole-CT stand-ins on the validation side: what the real images (crops that all hold a stone) cannot show.
 
-Two sets, both made from generated validation phantoms (seeds from ``VALIDATION_SEED``, used for
+Three sets, all made from generated validation phantoms (seeds from ``VALIDATION_SEED``, used for
 nothing else: training uses seeds below 10,000, the figures 50,000 and up):
 
 - **series**: each phantom as a whole series; figures: false stones per series, stones found.
@@ -9,6 +9,14 @@ nothing else: training uses seeds below 10,000, the figures 50,000 and up):
   ``COARSE_BLOCK`` pixel blocks averaged, white noise of ``COARSE_NOISE_HU`` at that grain,
   interpolated back) and predicted alone; figures: stone-free slices with a false stone, stone
   sightings found.
+- **planes**: each phantom cut as a coronal and a sagittal image through every stone's centre (the
+  stone counted there only), and every ``PLANE_STEP`` th coronal and sagittal plane with no stone
+  within ``PLANE_CLEAR`` planes (and a body across at least a fifth of it), the slices' axis resampled
+  to the pixel spacing (linear), head up, and predicted alone as an uploaded image of that plane is;
+  figures as the coarse slices'. It is the nearest stand-in here for "other views": the real images
+  are all coronal crops and the real stone-free CTs axial. What it cannot say: how real anatomy looks
+  in those planes (the generator paints its anatomy slice by slice, and its slices are 1-2 mm, so a
+  plane is smoother along the head-feet axis than a thin-slice reformat).
 
 A candidate component counts as on a stone when its densest voxel lies in the stone, grown by one
 pixel in-plane (series) or two (slices); otherwise it is a false stone. A known limit of the
@@ -20,16 +28,7 @@ component is scored once and any thresholds are counted without running the netw
 they cannot stand in for: real anatomy (3.1.0 puts a false stone on 2 % of the coarse slices and on
 28 % of the real example CT's lone slices).
 
-- **planes**: each phantom cut as a coronal and a sagittal image through every stone's centre, and
-  every ``PLANE_STEP`` th coronal and sagittal plane with no stone within ``PLANE_CLEAR`` planes (and
-  a body across at least a fifth of it), the slices' axis resampled to the pixel spacing (linear),
-  head up, and predicted alone as an uploaded image of that plane is; figures as the coarse slices'.
-  It is the nearest stand-in here for "other views": the real images are all coronal crops and the
-  real stone-free CTs axial. What it cannot say: how real anatomy looks in those planes (the
-  generator paints its anatomy slice by slice, and its slices are 1-2 mm, so a plane is smoother
-  along the head-feet axis than a thin-slice reformat).
-
-A third set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
+A fourth set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
 chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
 whole and every slice of it alone; every kept component is a false stone.
 """
@@ -173,8 +172,11 @@ def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterabl
         phantom = generate_phantom(seed)
         labels = phantom.stone_labels
         for plane, axis in PLANES.items():
-            ids = [int(s) for s in np.unique(labels) if s]
-            through = [int(round(float(np.nonzero(labels == s)[axis].mean()))) for s in ids]
+            # each stone is counted in the plane through its centre only; another stone that plane cuts
+            # off-centre is neither a stone to find there nor a false stone
+            through: dict[int, list[int]] = {}
+            for stone in (int(v) for v in np.unique(labels) if v):
+                through.setdefault(int(round(float(np.nonzero(labels == stone)[axis].mean()))), []).append(stone)
             n = labels.shape[axis]
             free = []
             for i in range(PLANE_STEP // 2, n, PLANE_STEP):
@@ -182,10 +184,11 @@ def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterabl
                 near[axis] = slice(max(0, i - PLANE_CLEAR), i + PLANE_CLEAR + 1)
                 if not labels[tuple(near)].any() and (np.take(phantom.hu, i, axis=axis) > -500).mean() >= 0.2:
                     free.append(i)
-            for i in dict.fromkeys(through + free):
+            for i in dict.fromkeys([*through, *free]):
                 hu, plane_labels = plane_image(phantom, plane, i)
                 name = f"{seed}/{plane}/{i}"
-                cases.append(Case(name, _stones(phantom, plane_labels)))
+                cases.append(Case(name, {s: d for s, d in _stones(phantom, plane_labels).items()
+                                         if s in through.get(i, [])}))
                 table = analyse(image_volume(hu, f"plane-{name}", pixel_mm=phantom.pixel_spacing))
                 rows += _rows(name, table, ndimage.grey_dilation(plane_labels, size=(5, 5))[None], score)
     return cases, rows

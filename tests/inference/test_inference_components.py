@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from inference.candidates import CandidateRule, find_candidates
@@ -156,9 +158,9 @@ def test_a_grain_of_noise_is_held_back_and_a_small_stone_in_the_same_noise_is_no
     assert list(kept_components(table, ComponentThresholds(dense_small=0.5))) == [1, 2]  # not required: both
     assert ComponentThresholds.from_card({"components": rule.card()}, 0.5).min_significance == 5.5
     # held back for counting on a grid: no threshold keeps the grain, the stone's score is untouched
-    counted = held_back(table, 5.5)
+    counted = held_back(table, rule)
     assert counted.classifier[0] < 0 and counted.classifier[1] == np.float32(0.9)
-    assert held_back(table, None) is table
+    assert held_back(table, ComponentThresholds()) is table
     # a component with no soft tissue around it (in air) is not measurable: never held back
     air = np.zeros((40, 40), bool)
     air[20, 20] = True
@@ -251,18 +253,58 @@ def test_a_pellet_in_a_gas_filled_loop_is_held_back_and_a_stone_beside_the_loop_
     assert list(kept_components(table, rule)) == [2]
     assert list(kept_components(table, ComponentThresholds(dense_small=0.5))) == [1, 2]  # not required: both
     assert ComponentThresholds.from_card({"components": rule.card()}, 0.5).max_gas_share == 0.1
-    counted = held_back(table, None, 0.1)
+    counted = held_back(table, rule)
     assert counted.classifier[0] < 0 and counted.classifier[1] == np.float32(0.9)
-    assert held_back(table, None, None) is table
+    assert held_back(table, ComponentThresholds()) is table
+    # the significance's rule is not the gas rule's: a card with only one measures and applies only it
+    assert held_back(table, ComponentThresholds(min_significance=5.5)) is table
     # not measured where no threshold could keep the component
     low = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.1, 0.9]), small_voxels=15,
                           pixel_mm=px, significance_from=0.5)
     assert low.gas is not None and np.isnan(low.gas[0])
     assert list(kept_components(low, ComponentThresholds(dense_small=0.05, max_gas_share=0.1))) == [1, 2]
+    assert held_back(low, rule).classifier[0] == np.float32(0.1)  # unmeasured: never held back
+    only_gas = component_table(labels, 2, 2, hu, prob, np.array([1, 2]), np.array([0.9, 0.9]), small_voxels=15,
+                               pixel_mm=px, measure_significance=False)
+    assert only_gas.significance is None and only_gas.gas is not None
 
 
-def test_an_8bit_image_cannot_show_gas_so_the_gas_rule_never_fires_on_one() -> None:
-    """Read back through the assumed soft-tissue window, gas and fat are both its bottom (-160 HU)."""
+def test_a_card_with_only_the_gas_rule_measures_the_gas_and_holds_back_a_pellet_in_gas(tmp_path: Path) -> None:
+    """The pipeline measures what its card's rules need, and ``uronode choose`` counts as it decides."""
+    import json
+    import shutil
+
+    from inference.components import held_back
+    from inference.pipeline import Pipeline
+
+    folder = tmp_path / "gas-only"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["components"]["min_significance"] = None
+    card["components"]["max_gas_share"] = 0.1
+    # every component is then measured and kept by its score, whatever the network makes of this drawing
+    card["components"].update(dense_small=0.0, dense_large=0.0, contrast=0.0)
+    (folder / "card.json").write_text(json.dumps(card))
+    pipeline = Pipeline(folder)
+    hu = _body_with({})
+    yy, xx = np.mgrid[:96, :96]
+    hu[:, (yy - 48) ** 2 + (xx - 30) ** 2 <= 8 ** 2] = -900.0  # a gas-filled loop
+    hu[:, (yy - 48) ** 2 + (xx - 30) ** 2 <= 2] = 900.0  # a dense pellet in it, on every slice
+    hu[:, (yy - 48) ** 2 + (xx - 66) ** 2 <= 2] = 900.0  # and the same in soft tissue
+    table = pipeline.analyse(_volume(hu))[2]
+    assert table.significance is None and table.gas is not None
+    assert not np.isnan(table.gas).any()
+    in_gas = table.peaks[:, 2] < 48
+    assert in_gas.sum() == 1 and (~in_gas).sum() == 1
+    assert table.gas[in_gas][0] > 0.5 and table.gas[~in_gas][0] == 0.0
+    assert list(kept_components(table, pipeline.thresholds)) == [int(np.nonzero(~in_gas)[0][0]) + 1]
+    counted = held_back(table, pipeline.thresholds)
+    assert counted.classifier[in_gas][0] < 0 <= counted.classifier[~in_gas][0]
+
+
+def test_an_8bit_image_in_a_soft_tissue_window_cannot_show_gas_and_one_in_a_wide_window_can() -> None:
+    """Read back through the assumed soft-tissue window, gas and fat are both its bottom (-160 HU): the gas
+    rule never fires; read back through a wide (bone) window, black is below -400 HU and it does."""
     from inference.components import gas_share
     from lab.realimages import grey_to_hu
 
@@ -270,3 +312,4 @@ def test_an_8bit_image_cannot_show_gas_so_the_gas_rule_never_fires_on_one() -> N
     grey[20, 20] = 255
     dot = grey == 255
     assert gas_share(grey_to_hu(grey), dot, (0.75, 0.75)) == 0.0
+    assert gas_share(grey_to_hu(grey, (300.0, 1500.0)), dot, (0.75, 0.75)) == 1.0

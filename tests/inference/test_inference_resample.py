@@ -85,8 +85,12 @@ def test_a_mask_goes_back_without_losing_a_component() -> None:
 def test_the_densest_voxels_of_the_components_go_back_to_the_series_grid() -> None:
     grid = Grid(rows=100, columns=80, new_rows=80, new_columns=64)
     table = ComponentTable([None], np.zeros(1), np.array(["contrast"], object), np.zeros(1), np.zeros(1),
-                           np.array([[2, 79, 0]]))
-    assert table_to_original(table, grid).peaks.tolist() == [[2, 99, 0]]
+                           np.array([[2, 79, 0]]), significance=np.array([7.0]), gas=np.array([0.2]))
+    back = table_to_original(table, grid)
+    assert back.peaks.tolist() == [[2, 99, 0]]
+    # the surroundings rules' measures, as measured on the copy, travel with their components
+    assert back.significance is not None and back.gas is not None
+    assert back.significance.tolist() == [7.0] and back.gas.tolist() == [0.2]
     assert original_index(np.array([[0, 40, 32]]), grid).tolist() == [[0, 50, 40]]
 
 

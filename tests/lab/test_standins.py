@@ -10,6 +10,7 @@ from inference.components import ComponentTable
 from inference.volume import Volume
 from lab.realimages import image_volume
 from lab.standins import (
+    PLANE_CLEAR,
     PLANES,
     Case,
     CaseRow,
@@ -168,8 +169,17 @@ def test_planes_are_cut_through_every_stone_and_stone_free_elsewhere() -> None:
     for plane in PLANES:
         assert {s for c in cases if f"/{plane}/" in c.name for s in c.stones} == stones
         free = [c for c in cases if f"/{plane}/" in c.name and not c.stones]
-        assert free and all(not labels.take(range(max(0, i - 3), i + 4), axis=PLANES[plane]).any()
+        assert free and all(not labels.take(range(max(0, i - PLANE_CLEAR), i + PLANE_CLEAR + 1),
+                                             axis=PLANES[plane]).any()
                             for i in (int(c.name.split("/")[-1]) for c in free))
+    # every stone counted once in each plane, in the one through its centre; a stone another plane cuts
+    # off-centre (seed 70000's sagittal plane through its 1.7 mm stone clips its 10 mm one) is not counted
+    # there, found or false
     f = figures(cases, rows, THRESHOLDS)
-    assert f.large_found + f.small_found == f.large + f.small >= 2 * len(stones)
+    assert f.large_found + f.small_found == f.large + f.small == 2 * len(stones)
     assert f.false == len(cases)
+    def shown(case: Case) -> int:
+        _, plane, index = case.name.split("/")
+        return int(np.count_nonzero(np.unique(plane_image(phantom, plane, int(index))[1])))
+
+    assert any(shown(c) > len(c.stones) for c in cases if c.stones)
