@@ -499,17 +499,35 @@ def baseline_mask(volume: Volume, rule: CandidateRule = BASELINE_RULE) -> np.nda
     return find_candidates(volume, rule).labels > 0
 
 
-def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1) -> np.ndarray:
+def _mirrored(index: np.ndarray, n: int) -> np.ndarray:
+    """``index`` (any integers) folded into 0..n-1 by mirroring at the edges (the edge pixel repeated, as
+    ``numpy.pad``'s 'symmetric'), however far beyond them."""
+    period = np.mod(index, 2 * n)
+    return np.where(period < n, period, 2 * n - 1 - period)
+
+
+def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1,
+                outside: str = "air") -> np.ndarray:
     """float32 (n, size, size, 2 * context + 1) windows of ``hu`` around each centre.
 
     Channel ``context`` is the centre's slice; the others are its neighbours (the
-    edge slice repeats at the ends). Outside the image reads as air.
+    edge slice repeats at the ends). Outside the image reads as air (``outside`` 'air'), or as the
+    image mirrored at its edges ('mirror': for a crop, whose surroundings are not air).
     """
     n = centres.shape[0]
     half = size // 2
     depth = 2 * context + 1
     out = np.full((n, size, size, depth), -1000.0, dtype=np.float32)
     slices, rows, cols = hu.shape
+    if outside == "mirror":
+        offsets = np.arange(size) - half
+        for i, (k, r, c) in enumerate(centres):
+            at = np.ix_(_mirrored(r + offsets, rows), _mirrored(c + offsets, cols))
+            for d in range(depth):
+                out[i, ..., d] = hu[min(slices - 1, max(0, k + d - context))][at]
+        return out
+    if outside != "air":
+        raise ValueError(f"outside must be 'air' or 'mirror', not {outside!r}")
     for i, (k, r, c) in enumerate(centres):
         r0, c0 = r - half, c - half
         rs0, cs0 = max(0, r0), max(0, c0)

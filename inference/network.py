@@ -45,6 +45,15 @@ class InputSpec:
     patch: int = PATCH
     context: int = CONTEXT
     wide: tuple[int, ...] = ()
+    mirror_below: int = 0
+    """An image with fewer rows or columns than this (pixels) is a tight crop: beyond its edges it is
+    mirrored, not read as air (0: always air). Read with air around, most of every wide view of such an
+    image is air, which the network never met around a stone (every image it learned from is at least
+    320 pixels a side): a stone 0.98 sure in a real image scores 0-0.05 in an 80 x 80 crop of it."""
+
+    def outside(self, rows: int, columns: int) -> str:
+        """How ``cut_inputs`` reads beyond the edges of an image of ``rows`` x ``columns``."""
+        return "mirror" if min(rows, columns) < self.mirror_below else "air"
 
     @property
     def raw_channels(self) -> int:
@@ -60,7 +69,8 @@ class InputSpec:
     def from_card(cls, preprocessing: dict[str, Any], patch: int | None = None) -> InputSpec:
         return cls(patch=int(patch or preprocessing.get("patch", PATCH)),
                    context=int(preprocessing.get("context_slices", CONTEXT)),
-                   wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())))
+                   wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())),
+                   mirror_below=int(preprocessing.get("mirror_below_px", 0)))
 
     def card(self) -> dict[str, Any]:
         c = self.context
@@ -76,6 +86,7 @@ class InputSpec:
             "wide_factors": list(self.wide),
             "resampling": "none: the series' own pixel spacing (trained on 0.6-0.85 mm)",
             "channels": channels,
+            "mirror_below_px": self.mirror_below,
         }
 
 
@@ -95,13 +106,14 @@ def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
     """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre."""
-    near = cut_patches(hu, centres, spec.patch, spec.context)
+    outside = spec.outside(hu.shape[1], hu.shape[2])
+    near = cut_patches(hu, centres, spec.patch, spec.context, outside)
     if not spec.wide:
         return near
     parts = [near]
     n = centres.shape[0]
     for f in spec.wide:
-        big = cut_patches(hu, centres, spec.patch * f, 0)[..., 0]
+        big = cut_patches(hu, centres, spec.patch * f, 0, outside)[..., 0]
         parts.append(big.reshape(n, spec.patch, f, spec.patch, f).mean(axis=(2, 4))[..., None])
     return np.concatenate(parts, axis=-1)
 

@@ -143,6 +143,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--coarse-slices", type=int, default=0,
                    help="also the slices of this many generated validation phantoms made coarse and predicted "
                         "alone (lab/standins.py): stone-free slices with a false stone, stones found")
+    p.add_argument("--crops", type=float, nargs="+", default=[], metavar="MM",
+                   help="also every image cut to a square of this side (mm) around each of its boxes and predicted "
+                        "alone (lab/standins.py): tight crops, as a user may upload one")
     p.add_argument("--plane-slices", type=int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
@@ -542,6 +545,15 @@ def cmd_choose(args: argparse.Namespace) -> int:
         print(f"  <= {args.max_false} false stones per image{bound}: {best.sensitivity:.3f} of the boxes at "
               f"{best.false_per_image:.3f}, thresholds {best.thresholds}")
     _print_stand_ins(args, pipeline, best.thresholds, analyse)
+    for side in args.crops:
+        from lab.standins import crop_rows, figures
+
+        cases, crop_case_rows = crop_rows(analyse, chosen, side, score=pipeline.thresholds.score)
+        print(f"the same images cut to {side:g} mm squares around each box, alone:")
+        card_thresholds = {g: float(getattr(pipeline.thresholds, g)) for g in best.thresholds}
+        for label, thresholds in (("chosen", best.thresholds), ("card's", card_thresholds)):
+            print(f"  at the {label} thresholds {thresholds}: "
+                  f"{figures(cases, crop_case_rows, thresholds).summary('crop', 'crops')}")
     if stone_free is not None:
         from lab.standins import figures, stone_free_image_rows
 

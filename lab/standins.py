@@ -28,6 +28,12 @@ component is scored once and any thresholds are counted without running the netw
 they cannot stand in for: real anatomy (3.1.0 puts a false stone on 2 % of the coarse slices and on
 28 % of the real example CT's lone slices).
 
+A fifth set is made from the real validation images: **tight crops** (``crop_rows``), each image cut to a
+square of a given side around each of its boxes' centres (clipped at the image's edges) and predicted
+alone, as a user uploading a crop around a stone gives it; the box the crop was cut around is the
+crop's one stone (another box inside it is neither found nor false), and a component is on it when its
+densest pixel lies in the box grown by 2 mm.
+
 A fourth set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
 chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
 whole and every slice of it alone; every kept component is a false stone.
@@ -44,7 +50,7 @@ from scipy import ndimage
 
 from inference.components import ComponentTable
 from inference.volume import Volume, find_dicom_files, group_series, load_volume
-from lab.realimages import ASSUMED_PIXEL_MM, hu_to_grey, image_hu, image_volume
+from lab.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage, hu_to_grey, image_hu, image_volume
 from lab.synth import Phantom, generate_phantom
 
 VALIDATION_SEED = 70_000
@@ -191,6 +197,38 @@ def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterabl
                                          if s in through.get(i, [])}))
                 table = analyse(image_volume(hu, f"plane-{name}", pixel_mm=phantom.pixel_spacing))
                 rows += _rows(name, table, ndimage.grey_dilation(plane_labels, size=(5, 5))[None], score)
+    return cases, rows
+
+
+def _inside(box: Box, shape: tuple[int, ...], r0: int, c0: int) -> np.ndarray:
+    """bool (rows, columns): the pixels of an image cut at row ``r0``, column ``c0`` whose centres lie in
+    ``box`` (given in the whole image's pixels), as ``Box.contains`` decides."""
+    yy, xx = np.mgrid[r0:r0 + shape[0], c0:c0 + shape[1]] + 0.5
+    return np.asarray((box.y0 <= yy) & (yy <= box.y1) & (box.x0 <= xx) & (xx <= box.x1))
+
+
+def crop_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[LabelledImage], side_mm: float,
+              score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
+    """Every candidate component of each image cut to a ``side_mm`` square around each of its boxes (the
+    module's text), predicted alone; a stone's size is its box's larger side in mm."""
+    cases, rows = [], []
+    for image in images:
+        hu = image.as_hu()
+        half = max(1, int(round(side_mm / image.pixel_mm / 2)))
+        for j, box in enumerate(image.boxes):
+            r, c = int((box.y0 + box.y1) / 2), int((box.x0 + box.x1) / 2)
+            r0, c0 = max(0, r - half), max(0, c - half)
+            crop = hu[r0:r + half, c0:c + half]
+            # any other box of the image inside the crop: a component on it is not false (-1: not counted)
+            on = np.zeros(crop.shape, np.int32)
+            for k, other in enumerate(image.boxes):
+                if k != j:
+                    on[_inside(other.grown(2.0 / image.pixel_mm), crop.shape, r0, c0)] = -1
+            on[_inside(box.grown(2.0 / image.pixel_mm), crop.shape, r0, c0)] = 1
+            name = f"{image.name}/{j}"
+            cases.append(Case(name, {1: max(box.width, box.height) * image.pixel_mm}))
+            table = analyse(image_volume(crop, f"crop-{side_mm:g}-{name}", image.pixel_mm))
+            rows += [r for r in _rows(name, table, on[None], score) if r.stone >= 0]
     return cases, rows
 
 
