@@ -46,6 +46,8 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert card["components"]["min_significance"] > 0
     assert 0 < card["components"]["max_gas_share"] < 0.5
     assert "gas" in card["input_assumptions"]
+    # 3.7.0 mirrors a tight crop beyond its edges (inference.network.InputSpec.outside)
+    assert card["preprocessing"]["mirror_below_px"] >= 64 and "crops" in card["input_assumptions"]
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
 
@@ -61,17 +63,20 @@ def test_the_earlier_model_stays_loadable() -> None:
 
 
 def test_the_previous_defaults_stay_loadable_and_differ_only_by_their_rules() -> None:
-    oldest, previous, default = (Pipeline(load_model(name, cores=2))
-                                 for name in ("cascade-3.2.0", "cascade-3.5.0", "default"))
-    assert (oldest.version, previous.version) == ("3.2.0", "3.5.0")
-    assert oldest.thresholds.min_significance is None and previous.thresholds.min_significance is not None
-    assert previous.thresholds.max_gas_share is None and default.thresholds.max_gas_share is not None
-    # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule
-    assert oldest.thresholds == dataclasses.replace(previous.thresholds, min_significance=None)
-    assert previous.thresholds == dataclasses.replace(default.thresholds, max_gas_share=None)
-    weights = [p.model.keras_model.get_weights() for p in (oldest, previous, default)]
-    for a in weights[:2]:
-        assert len(a) == len(weights[2]) and all(np.array_equal(x, y) for x, y in zip(a, weights[2], strict=True))
+    oldest, older, previous, default = (Pipeline(load_model(name, cores=2))
+                                        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "default"))
+    assert (oldest.version, older.version, previous.version) == ("3.2.0", "3.5.0", "3.6.0")
+    assert oldest.thresholds.min_significance is None and older.thresholds.min_significance is not None
+    assert older.thresholds.max_gas_share is None and previous.thresholds.max_gas_share is not None
+    # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule,
+    # 3.7.0 reads a tight crop mirrored beyond its edges
+    assert oldest.thresholds == dataclasses.replace(older.thresholds, min_significance=None)
+    assert older.thresholds == dataclasses.replace(previous.thresholds, max_gas_share=None)
+    assert previous.thresholds == default.thresholds
+    assert previous.spec == dataclasses.replace(default.spec, mirror_below=0) and default.spec.mirror_below > 0
+    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, default)]
+    for a in weights[:3]:
+        assert len(a) == len(weights[3]) and all(np.array_equal(x, y) for x, y in zip(a, weights[3], strict=True))
 
 
 @pytest.fixture(scope="module")

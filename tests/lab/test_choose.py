@@ -87,7 +87,7 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", model)
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
                            str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card",
-                           "--series", "1", "--coarse-slices", "1", "--plane-slices", "1",
+                           "--series", "1", "--coarse-slices", "1", "--plane-slices", "1", "--crops", "60",
                            "--stone-free", str(tmp_path / "ct"),
                            "--stone-free-max-slices", "1.0"],
                           capture_output=True, text=True, timeout=600)
@@ -99,6 +99,8 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     assert "generated validation phantoms 70000-70000, lone slices:" in done.stdout
     assert "generated validation phantoms 70000-70000, coronal and sagittal planes:" in done.stdout
     assert done.stdout.count("; stone-free coronal and sagittal planes with a false stone: ") == 2
+    assert "the same images cut to 60 mm squares around each box, alone:" in done.stdout
+    assert done.stdout.count("false stones per crop (") == 2
     # the stone-free CT: the series whole, its three slices alone, resized to 0.75 mm and as 8-bit images,
     # at both thresholds
     assert done.stdout.count("real stone-free CT (") == 4

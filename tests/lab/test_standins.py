@@ -183,3 +183,33 @@ def test_planes_are_cut_through_every_stone_and_stone_free_elsewhere() -> None:
         return int(np.count_nonzero(np.unique(plane_image(phantom, plane, int(index))[1])))
 
     assert any(shown(c) > len(c.stones) for c in cases if c.stones)
+
+
+def test_tight_crops_are_cut_around_each_box_and_count_that_box_alone() -> None:
+    """An ``analyse`` that reports a component at each crop's centre and one in its corner: the centre is
+    the crop's stone (found), the corner a false stone unless another box of the image covers it."""
+    from lab.realimages import read_image_set, split_groups
+    from lab.standins import crop_rows
+    from lab.synth import shared_data_dir
+
+    images = [im for im in split_groups(read_image_set(shared_data_dir() / "real-stones"))["validation"]
+              if len(im.boxes) > 1][:3]
+    shapes = []
+
+    def analyse(volume: Volume) -> ComponentTable:
+        assert volume.hu.shape[0] == 1 and volume.pixel_spacing == (images[0].pixel_mm,) * 2
+        rows, columns = volume.hu.shape[1:]
+        shapes.append((rows, columns))
+        peaks = np.array([[0, rows // 2, columns // 2], [0, 0, 0]])
+        return ComponentTable(boxes=[(slice(0, 1),)] * 2, voxels=np.ones(2), groups=np.array(["dense_small"] * 2),
+                              classifier=np.full(2, 0.95), pixel=np.zeros(2), peaks=peaks)
+
+    cases, rows = crop_rows(analyse, images, 40.0)
+    boxes = sum(len(im.boxes) for im in images)
+    assert len(cases) == len(shapes) == boxes and all(len(c.stones) == 1 for c in cases)
+    side = 2 * round(40.0 / images[0].pixel_mm / 2)  # an even square, the box centre at its middle
+    assert all(r <= side and c <= side for r, c in shapes) and max(shapes) == (side, side)
+    f = figures(cases, rows, THRESHOLDS)
+    # a crop clipped at the image's edge is off-centre; every other one has its box at its centre
+    assert f.large_found + f.small_found >= boxes - sum(min(s) < side for s in shapes)
+    assert 0 < f.false <= len(cases)
