@@ -37,14 +37,15 @@ def test_models_of_different_shapes_are_refused() -> None:
 
 
 def test_the_soup_of_two_shipped_models_is_their_mean_and_predicts(tmp_path: Path) -> None:
-    """2.1.0 and 3.1.0 share the network's shape (3.x was fine-tuned from 2.1.0): their soup's every
-    weight is the two models' mean, its card names both and keeps the data's attribution, and the node's
-    pipeline loads and runs it."""
+    """2.1.0 and 3.6.0 share the network's shape (3.x was fine-tuned from 2.1.0) and read their patches alike
+    (3.7.0, the default, mirrors tight crops, so a soup with it is refused): their soup's every weight is the
+    two models' mean, its card names both and keeps the data's attribution, and the node's pipeline loads
+    and runs it."""
     out = tmp_path / "soup"
-    done = subprocess.run([sys.executable, "-m", "uronode", "soup", "--models", "default", "cascade-2.1.0",
+    done = subprocess.run([sys.executable, "-m", "uronode", "soup", "--models", "cascade-3.6.0", "cascade-2.1.0",
                            "--out", str(out), "--version", "9.9.9"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    soup, first, second = load_model(out), load_model("default"), load_model("cascade-2.1.0")
+    soup, first, second = load_model(out), load_model("cascade-3.6.0"), load_model("cascade-2.1.0")
     for s, a, b in zip(soup.keras_model.get_weights(), first.keras_model.get_weights(),
                        second.keras_model.get_weights(), strict=True):
         np.testing.assert_allclose(s, (a.astype(np.float64) + b) / 2, rtol=1e-6, atol=1e-7)
@@ -53,7 +54,7 @@ def test_the_soup_of_two_shipped_models_is_their_mean_and_predicts(tmp_path: Pat
     card = json.loads((out / "card.json").read_text())
     assert card["version"] == "9.9.9" and card["files"] == {"model": "model.keras"}
     assert "not evaluated" in card["metrics"]["note"]
-    assert [i["folder"] for i in card["training"]["ingredients"]] == ["default", "cascade-2.1.0"]
+    assert [i["folder"] for i in card["training"]["ingredients"]] == ["cascade-3.6.0", "cascade-2.1.0"]
     assert card["training"]["attribution"] == first.card.raw["training"]["attribution"]
     assert "uronode choose" in card["components"]["chosen_on"]
     volume = generate_phantom(90_101, rows=128, slice_spacing=2.0, coverage=(0.66, 0.96), n_stones=2,
@@ -78,3 +79,6 @@ def test_a_soup_of_one_model_or_into_a_model_folder_is_refused(tmp_path: Path) -
     with pytest.raises(ModelError, match="already holds a model"):
         make_soup(["default", "default"], tmp_path / "taken", version="1.0.0")
     assert (tmp_path / "taken" / "card.json").read_text() == "{}"
+    # 3.7.0 reads a tight crop mirrored, 3.6.0 with air: the same network, read two ways, is not one soup
+    with pytest.raises(ModelError, match="read their patches differently"):
+        make_soup(["default", "cascade-3.6.0"], tmp_path / "two-ways", version="1.0.0")
