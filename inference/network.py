@@ -51,8 +51,12 @@ class InputSpec:
     image is air, which the network never met around a stone (every image it learned from is at least
     320 pixels a side): a stone 0.98 sure in a real image scores 0-0.05 in an 80 x 80 crop of it."""
 
+    mirror_near: bool = True
+    """With ``mirror_below``: the near patch (the slices) is mirrored too; False: only the wide views are,
+    and the near patch reads air beyond the edges as a whole image's does."""
+
     def outside(self, rows: int, columns: int) -> str:
-        """How ``cut_inputs`` reads beyond the edges of an image of ``rows`` x ``columns``."""
+        """How ``cut_inputs`` reads beyond the edges of an image of ``rows`` x ``columns`` (its wide views)."""
         return "mirror" if min(rows, columns) < self.mirror_below else "air"
 
     @property
@@ -70,7 +74,8 @@ class InputSpec:
         return cls(patch=int(patch or preprocessing.get("patch", PATCH)),
                    context=int(preprocessing.get("context_slices", CONTEXT)),
                    wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())),
-                   mirror_below=int(preprocessing.get("mirror_below_px", 0)))
+                   mirror_below=int(preprocessing.get("mirror_below_px", 0)),
+                   mirror_near=bool(preprocessing.get("mirror_near", True)))
 
     def card(self) -> dict[str, Any]:
         c = self.context
@@ -87,6 +92,7 @@ class InputSpec:
             "resampling": "none: the series' own pixel spacing (trained on 0.6-0.85 mm)",
             "channels": channels,
             "mirror_below_px": self.mirror_below,
+            "mirror_near": self.mirror_near,
         }
 
 
@@ -107,7 +113,7 @@ def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
     """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre."""
     outside = spec.outside(hu.shape[1], hu.shape[2])
-    near = cut_patches(hu, centres, spec.patch, spec.context, outside)
+    near = cut_patches(hu, centres, spec.patch, spec.context, outside if spec.mirror_near else "air")
     if not spec.wide:
         return near
     parts = [near]
