@@ -45,6 +45,14 @@ def test_only_an_image_under_the_bound_is_mirrored_and_one_at_it_is_cut_as_befor
     assert (cut_inputs(small, centres, spec) > -1000.0).all()  # no air read in: the crop folds back
     assert InputSpec.from_card({"mirror_below_px": 128, "wide_factors": [2, 4]}, 64).mirror_below == 128
     assert InputSpec.from_card({}).mirror_below == 0  # earlier cards: air, as they were measured
+    # only the wide views mirrored: the near patch (the slices) reads air beyond the edges, as a whole image's
+    wide_only = InputSpec(patch=64, context=2, wide=(2, 4), mirror_below=128, mirror_near=False)
+    raw = cut_inputs(small, centres, wide_only)
+    assert np.array_equal(raw[..., :5], cut_inputs(small, centres, CASCADE_SPEC)[..., :5])
+    assert np.array_equal(raw[..., 5:], cut_inputs(small, centres, spec)[..., 5:])
+    assert (raw[0, 0, 0, :5] == -1000.0).all() and (raw[..., 5:] > -1000.0).all()
+    assert not InputSpec.from_card({"mirror_below_px": 128, "mirror_near": False}).mirror_near
+    assert InputSpec.from_card({"mirror_below_px": 128}).mirror_near  # 3.7.0's card: all of it mirrored
 
 
 def test_a_real_stone_in_a_tight_crop_is_found_only_when_the_crop_is_mirrored() -> None:
