@@ -57,7 +57,7 @@ def test_only_an_image_under_the_bound_is_mirrored_and_one_at_it_is_cut_as_befor
 
 def test_a_real_stone_in_a_tight_crop_is_found_only_when_the_crop_is_mirrored() -> None:
     """Real validation images cut to 60 mm (80 pixels) around a stone the model finds in the whole image:
-    the default (3.7.0) mirrors them, the previous default (3.6.0, the same network) read them with air."""
+    the default (3.7.1) mirrors their wide views, 3.6.0 (the same network) read them with air."""
     air, mirror = Pipeline("cascade-3.6.0"), Pipeline("default")
     assert air.spec.mirror_below == 0 and mirror.spec.mirror_below == 128
     images = split_groups(read_image_set(REAL))["validation"][:4]

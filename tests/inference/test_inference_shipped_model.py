@@ -63,20 +63,23 @@ def test_the_earlier_model_stays_loadable() -> None:
 
 
 def test_the_previous_defaults_stay_loadable_and_differ_only_by_their_rules() -> None:
-    oldest, older, previous, default = (Pipeline(load_model(name, cores=2))
-                                        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "default"))
-    assert (oldest.version, older.version, previous.version) == ("3.2.0", "3.5.0", "3.6.0")
+    oldest, older, previous, mirrored, default = (
+        Pipeline(load_model(name, cores=2))
+        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0", "default"))
+    assert (oldest.version, older.version, previous.version, mirrored.version) == ("3.2.0", "3.5.0", "3.6.0", "3.7.0")
     assert oldest.thresholds.min_significance is None and older.thresholds.min_significance is not None
     assert older.thresholds.max_gas_share is None and previous.thresholds.max_gas_share is not None
     # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule,
-    # 3.7.0 reads a tight crop mirrored beyond its edges
+    # 3.7.0 reads a tight crop mirrored beyond its edges, 3.7.1 only its wide views
     assert oldest.thresholds == dataclasses.replace(older.thresholds, min_significance=None)
     assert older.thresholds == dataclasses.replace(previous.thresholds, max_gas_share=None)
-    assert previous.thresholds == default.thresholds
-    assert previous.spec == dataclasses.replace(default.spec, mirror_below=0) and default.spec.mirror_below > 0
-    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, default)]
-    for a in weights[:3]:
-        assert len(a) == len(weights[3]) and all(np.array_equal(x, y) for x, y in zip(a, weights[3], strict=True))
+    assert previous.thresholds == mirrored.thresholds == default.thresholds
+    assert previous.spec == dataclasses.replace(mirrored.spec, mirror_below=0) and mirrored.spec.mirror_below > 0
+    assert mirrored.spec.mirror_near and mirrored.spec == dataclasses.replace(default.spec, mirror_near=True)
+    assert not default.spec.mirror_near
+    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, mirrored, default)]
+    for a in weights[:4]:
+        assert len(a) == len(weights[4]) and all(np.array_equal(x, y) for x, y in zip(a, weights[4], strict=True))
 
 
 @pytest.fixture(scope="module")
