@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the rest of the lab is imported when a command runs
     from lab.evaluate import Scores
     from lab.imageeval import ImageScores, SliceScores
     from lab.realimages import LabelledImage
+    from lab.standins import Case, CaseRow
     from lab.synth import PhantomOptions
 
 logger = logging.getLogger(__name__)
@@ -545,28 +546,23 @@ def cmd_choose(args: argparse.Namespace) -> int:
         print(f"  <= {args.max_false} false stones per image{bound}: {best.sensitivity:.3f} of the boxes at "
               f"{best.false_per_image:.3f}, thresholds {best.thresholds}")
     _print_stand_ins(args, pipeline, best.thresholds, analyse)
-    for side in args.crops:
-        from lab.standins import crop_rows, figures
+    if args.crops:
+        from lab.standins import crop_rows
 
-        cases, crop_case_rows = crop_rows(analyse, chosen, side, score=pipeline.thresholds.score)
-        print(f"the same images cut to {side:g} mm squares around each box, alone:")
-        card_thresholds = {g: float(getattr(pipeline.thresholds, g)) for g in best.thresholds}
-        for label, thresholds in (("chosen", best.thresholds), ("card's", card_thresholds)):
-            print(f"  at the {label} thresholds {thresholds}: "
-                  f"{figures(cases, crop_case_rows, thresholds).summary('crop', 'crops')}")
+        for side in args.crops:
+            print(f"the same images cut to {side:g} mm squares around each box, alone:")
+            _print_at_both(crop_rows(analyse, chosen, side, score=pipeline.thresholds.score), pipeline,
+                           best.thresholds, "crop", "crops")
     if stone_free is not None:
-        from lab.standins import figures, stone_free_image_rows
+        from lab.standins import stone_free_image_rows
 
-        card_thresholds = {g: float(getattr(pipeline.thresholds, g)) for g in best.thresholds}
         resized, grey = stone_free_image_rows(analyse, args.stone_free, score=pipeline.thresholds.score)
-        for (cases, case_rows), unit, units in ((stone_free[0], "series", "series"),
-                                                (stone_free[1], "lone slice", "lone slices"),
-                                                (resized, "lone slice", "lone slices resized to 0.75 mm"),
-                                                (grey, "lone slice", "the same as 8-bit 400/40 images")):
+        for rows_of, unit, units in ((stone_free[0], "series", "series"),
+                                     (stone_free[1], "lone slice", "lone slices"),
+                                     (resized, "lone slice", "lone slices resized to 0.75 mm"),
+                                     (grey, "lone slice", "the same as 8-bit 400/40 images")):
             print(f"real stone-free CT ({', '.join(map(str, args.stone_free))}), {units}:")
-            for label, thresholds in (("chosen", best.thresholds), ("card's", card_thresholds)):
-                print(f"  at the {label} thresholds {thresholds}: "
-                      f"{figures(cases, case_rows, thresholds).summary(unit, units)}")
+            _print_at_both(rows_of, pipeline, best.thresholds, unit, units)
     if args.write_card:
         from lab.train import write_card
 
@@ -606,19 +602,23 @@ def cmd_soup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_at_both(rows_of: tuple[list[Case], list[CaseRow]], pipeline: Pipeline, chosen: dict[str, float],
+                   unit: str, units: str) -> None:
+    """A stand-in's figures at the chosen thresholds and at the card's."""
+    from lab.standins import figures
+
+    cases, rows = rows_of
+    card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
+    for label, thresholds in (("chosen", chosen), ("card's", card)):
+        print(f"  at the {label} thresholds {thresholds}: {figures(cases, rows, thresholds).summary(unit, units)}")
+
+
 def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],
                      analyse: Callable[[Volume], ComponentTable]) -> None:
     """``choose --series / --coarse-slices / --plane-slices``: the whole-CT stand-ins at the chosen and at the
     card's thresholds."""
-    from lab.standins import (
-        VALIDATION_SEED,
-        coarse_slice_rows,
-        figures,
-        plane_slice_rows,
-        series_rows,
-    )
+    from lab.standins import VALIDATION_SEED, coarse_slice_rows, plane_slice_rows, series_rows
 
-    card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
     sets = ((args.series, "series", "series", series_rows),
             (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows),
             (args.plane_slices, "plane", "coronal and sagittal planes", plane_slice_rows))
@@ -626,10 +626,8 @@ def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[
         if not count:
             continue
         seeds = range(VALIDATION_SEED, VALIDATION_SEED + count)
-        cases, rows = make(analyse, seeds, score=pipeline.thresholds.score)
         print(f"generated validation phantoms {seeds.start}-{seeds.stop - 1}, {units}:")
-        for label, thresholds in (("chosen", chosen), ("card's", card)):
-            print(f"  at the {label} thresholds {thresholds}: {figures(cases, rows, thresholds).summary(unit, units)}")
+        _print_at_both(make(analyse, seeds, score=pipeline.thresholds.score), pipeline, chosen, unit, units)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
