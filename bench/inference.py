@@ -105,11 +105,13 @@ def add_noise(hu: np.ndarray, sd: float, filter_px: float, seed: int) -> np.ndar
     return np.clip(np.round(hu + noise), -1024, 3071).astype(np.float32)
 
 
-def write_series(seed: int, slices: int, variants: list[str], out: Path) -> None:
-    """The benchmark phantom as one DICOM series per noise variant, ``out/<variant>/``."""
+def write_series(seed: int, slices: int, variants: list[str], out: Path, pixel_mm: float | None = None) -> None:
+    """The benchmark phantom as one DICOM series per noise variant, ``out/<variant>/`` (``pixel_mm``: its
+    pixel spacing, drawn by the generator when None)."""
     from lab.synth import generate_phantom, write_series
 
-    phantom = generate_phantom(seed, slices=slices, slice_spacing=0.8, coverage=(0.0, 1.0), n_stones=4)
+    phantom = generate_phantom(seed, slices=slices, slice_spacing=0.8, coverage=(0.0, 1.0), n_stones=4,
+                               pixel_spacing=pixel_mm)
     for name in variants:
         sd, filter_px = NOISE[name]
         hu = add_noise(phantom.hu, sd, filter_px, seed) if sd else phantom.hu
@@ -172,6 +174,9 @@ def main() -> int:
                         help=f"noise variants, comma-separated, from {', '.join(NOISE)} (clean always runs)")
     parser.add_argument("--unbounded", default="",
                         help="variants to time once more with the candidate rule's noise bounds off ('' for none)")
+    parser.add_argument("--pixel-mm", type=float, default=None,
+                        help="the series' pixel spacing (default: the generator's draw for the seed); a "
+                             "model that resamples to another analyses a resampled copy")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--write-series", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -182,19 +187,21 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown noise variant(s): {', '.join(unknown)}")
     if args.write_series:
-        write_series(args.seed, args.slices, variants, args.write_series)
+        write_series(args.seed, args.slices, variants, args.write_series, args.pixel_mm)
         return 0
 
     from inference.network import build_unet, flops_per_patch
     from inference.runtime import configure_threads, load_model
 
     cores = configure_threads(args.cores)
-    result: dict[str, object] = {"cores": cores, "slices": args.slices, "peak_gflops": PEAK_GFLOPS}
+    result: dict[str, object] = {"cores": cores, "slices": args.slices, "peak_gflops": PEAK_GFLOPS,
+                                 "pixel_mm": args.pixel_mm}
     rss_before = max_rss_mb()
     with tempfile.TemporaryDirectory(prefix="uronode-bench-") as tmp:
         # written by a child process, so that the generator's memory is not counted here
         subprocess.run([sys.executable, "-m", "bench.inference", "--write-series", tmp,
-                        "--seed", str(args.seed), "--slices", str(args.slices), "--noise", ",".join(variants)],
+                        "--seed", str(args.seed), "--slices", str(args.slices), "--noise", ",".join(variants)]
+                       + (["--pixel-mm", str(args.pixel_mm)] if args.pixel_mm else []),
                        check=True, cwd=ROOT)
         series = {name: sorted((Path(tmp) / name).glob("*.dcm")) for name in variants}
         t = time.perf_counter()

@@ -26,6 +26,7 @@ from inference.errors import ModelError
 from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.resample import (
+    RESAMPLE_TOLERANCE,
     mask_to_original,
     resample_grid,
     resample_volume,
@@ -69,6 +70,9 @@ class Pipeline:
         self.patch = int(card.input["patch"])
         self.spec = InputSpec.from_card(card.preprocessing, self.patch)
         self.resample_to_mm = float(card.preprocessing.get("resample_to_mm") or 0.0)
+        self.resample_tolerance = float(card.preprocessing.get("resample_tolerance", RESAMPLE_TOLERANCE))
+        if not 0.0 <= self.resample_tolerance < 1.0:
+            raise ModelError(f"model card preprocessing.resample_tolerance {self.resample_tolerance} is not in [0, 1)")
         self.thresholds = ComponentThresholds.from_card(card.raw, self.threshold)
         if threshold is not None:
             # one number overrides every threshold: the pixel one and every group's
@@ -165,8 +169,9 @@ class Pipeline:
         """Pixel stone probability (float16, 0 away from candidates), the mask of the kept
         components (uint8) and the table of candidate components they were chosen from, all on
         ``volume``'s grid; analysed at the card's ``resample_to_mm`` where the series' pixels are
-        further from it than ``inference.resample.RESAMPLE_TOLERANCE``."""
-        grid = resample_grid(volume, self.resample_to_mm)
+        further from it than the card's ``resample_tolerance`` (a share of it; default
+        ``inference.resample.RESAMPLE_TOLERANCE``)."""
+        grid = resample_grid(volume, self.resample_to_mm, self.resample_tolerance)
         if grid is None:
             return self._analyse(volume)
         t0 = time.perf_counter()

@@ -6,7 +6,8 @@ the real validation images made 0.8 and 1.25 times their size: 0.78 and 0.73
 of the stones at <= 0.2 false stones per image, against 0.81 as they are).
 CT is reconstructed at 0.5-1.0 mm pixels, so a model card may name the pixel
 size it learned at (``preprocessing.resample_to_mm``); a series further from
-it than ``RESAMPLE_TOLERANCE`` is analysed on a copy resampled in-plane to it
+it than a share of it (the card's ``preprocessing.resample_tolerance``,
+default ``RESAMPLE_TOLERANCE``) is analysed on a copy resampled in-plane to it
 (linear), and what the analysis gives is mapped back to the series' own grid:
 the stone probability (linear), the mask (a pixel is on where the resampled
 mask covers at least half of it; a component that would lose every pixel
@@ -38,7 +39,7 @@ from inference.components import ComponentTable
 from inference.volume import Volume
 
 RESAMPLE_TOLERANCE = 0.05
-"""A series within 5 % of the card's pixel size is analysed as it is."""
+"""A series within 5 % of the card's pixel size is analysed as it is, unless the card names another share."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -147,6 +147,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--crops", type=float, nargs="+", default=[], metavar="MM",
                    help="also every image cut to a square of this side (mm) around each of its boxes and predicted "
                         "alone (lab/standins.py): tight crops, as a user may upload one")
+    p.add_argument("--scales", type=float, nargs="+", default=[], metavar="F",
+                   help="also every image resized by this factor as an 8-bit export, its pixel size told and not "
+                        "told (lab/standins.py): other fields of view and matrices")
     p.add_argument("--plane-slices", type=int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
@@ -553,6 +556,14 @@ def cmd_choose(args: argparse.Namespace) -> int:
             print(f"the same images cut to {side:g} mm squares around each box, alone:")
             _print_at_both(crop_rows(analyse, chosen, side, score=pipeline.thresholds.score), pipeline,
                            best.thresholds, "crop", "crops")
+    if args.scales:
+        from lab.standins import scale_rows
+
+        for factor in args.scales:
+            for told in (True, False):
+                print(f"the same images resized by {factor:g}, their pixel size {'told' if told else 'not told'}:")
+                _print_at_both(scale_rows(analyse, chosen, factor, told, score=pipeline.thresholds.score), pipeline,
+                               best.thresholds, "image", "images")
     if stone_free is not None:
         from lab.standins import stone_free_image_rows
 

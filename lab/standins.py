@@ -34,6 +34,13 @@ alone, as a user uploading a crop around a stone gives it; the box the crop was 
 crop's one stone (another box inside it is neither found nor false), and a component is on it when its
 densest pixel lies in the box grown by 2 mm.
 
+A sixth set is made from them too: **other pixel sizes** (``scale_rows``), each image resized by a factor
+(area-averaged smaller, linear larger) and saved as 8-bit, as another site's export of another field of
+view or matrix gives it, then read back as every uploaded image is; its pixel size either **told**
+(``ASSUMED_PIXEL_MM`` over the factor, as a DICOM image's own spacing tells it) or **not told** (read as
+``ASSUMED_PIXEL_MM``, as an image file is). A component is on a box when its densest pixel lies in the box,
+scaled, grown by 2 true mm; a stone's size is its box's larger side in true mm.
+
 A fourth set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
 chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
 whole and every slice of it alone; every kept component is a false stone.
@@ -229,6 +236,33 @@ def crop_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[Labe
             cases.append(Case(name, {1: max(box.width, box.height) * image.pixel_mm}))
             table = analyse(image_volume(crop, f"crop-{side_mm:g}-{name}", image.pixel_mm))
             rows += [r for r in _rows(name, table, on[None], score) if r.stone >= 0]
+    return cases, rows
+
+
+def scale_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[LabelledImage], factor: float,
+               told: bool, score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
+    """Every candidate component of each image resized by ``factor`` (the module's text), its pixel size
+    ``told`` or read as ``ASSUMED_PIXEL_MM``."""
+    import cv2
+
+    if not 0.1 <= factor <= 10:
+        raise ValueError(f"a resize factor of {factor} is not one an export makes (0.1-10)")
+    cases, rows = [], []
+    for image in images:
+        grey = image.grey
+        size = (max(1, round(grey.shape[1] * factor)), max(1, round(grey.shape[0] * factor)))
+        resized = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        true_mm = image.pixel_mm / factor
+        on = np.zeros(resized.shape, np.int32)
+        stones = {}
+        for k, box in enumerate(image.boxes):
+            scaled = Box(box.x0 * factor, box.y0 * factor, box.x1 * factor, box.y1 * factor)
+            on[_inside(scaled.grown(2.0 / true_mm), resized.shape, 0, 0)] = k + 1
+            stones[k + 1] = max(box.width, box.height) * image.pixel_mm
+        name = f"{image.name}/x{factor:g}/{'told' if told else 'assumed'}"
+        cases.append(Case(name, stones))
+        volume = image_volume(image_hu(resized, "auto"), f"scale-{name}", true_mm if told else ASSUMED_PIXEL_MM)
+        rows += _rows(name, analyse(volume), on[None], score)
     return cases, rows
 
 
