@@ -27,11 +27,16 @@ from inference.network import InputSpec, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.resample import (
     RESAMPLE_TOLERANCE,
+    Grid,
+    body_window,
+    crop_volume,
     mask_to_original,
     resample_grid,
     resample_volume,
     table_to_original,
+    table_uncropped,
     to_original,
+    uncrop,
 )
 from inference.runtime import LoadedModel, load_model
 from inference.volume import Volume, load_volume
@@ -175,11 +180,23 @@ class Pipeline:
         if grid is None:
             return self._analyse(volume)
         t0 = time.perf_counter()
+        # a copy that would hold more pixels than the series (coarser pixels than the card's) is cut to the
+        # body's part (inference.resample.body_window): the air around it is not resampled
+        window = body_window(volume) if grid.new_rows * grid.new_columns > grid.rows * grid.columns else None
+        part = volume if window is None else crop_volume(volume, window)
+        if window is not None:
+            grid = Grid(window.r1 - window.r0, window.c1 - window.c0,
+                        max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
+                        max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
         # interpolated finer, the copy keeps the series' noise peaks but not its spread: the candidate
         # rule measures the noise on the series itself; averaged coarser, on the copy
         finer = grid.scale[0] < 1 and grid.scale[1] < 1
-        prob, mask, table = self._analyse(resample_volume(volume, grid), noise_of=volume if finer else None)
+        prob, mask, table = self._analyse(resample_volume(part, grid), noise_of=part if finer else None)
         back = (to_original(prob, grid, np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
+        if window is not None:
+            _, rows, columns = volume.shape
+            back = (uncrop(back[0], window, rows, columns), uncrop(back[1], window, rows, columns),
+                    table_uncropped(back[2], window))
         self.last_timings["resample_s"] = time.perf_counter() - t0 - sum(
             v for k, v in self.last_timings.items() if k.endswith("_s"))
         return back

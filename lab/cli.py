@@ -150,6 +150,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--scales", type=float, nargs="+", default=[], metavar="F",
                    help="also every image resized by this factor as an 8-bit export, its pixel size told and not "
                         "told (lab/standins.py): other fields of view and matrices")
+    p.add_argument("--exports", type=float, nargs="+", default=[], metavar="F",
+                   help="also whole axial slices (of 12 generated validation phantoms, and of --stone-free) as 8-bit "
+                        "images resized by this factor, read at the assumed pixel size and at the one estimated from "
+                        "the body's width (lab/standins.py)")
     p.add_argument("--plane-slices", type=int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
@@ -564,6 +568,21 @@ def cmd_choose(args: argparse.Namespace) -> int:
                 print(f"the same images resized by {factor:g}, their pixel size {'told' if told else 'not told'}:")
                 _print_at_both(scale_rows(analyse, chosen, factor, told, score=pipeline.thresholds.score), pipeline,
                                best.thresholds, "image", "images")
+    if args.exports:
+        from lab.standins import VALIDATION_SEED, export_rows
+
+        seeds = range(VALIDATION_SEED, VALIDATION_SEED + 12)
+        sets = [(f"generated phantoms {seeds.start}-{seeds.stop - 1}", seeds, ())]
+        if args.stone_free:
+            sets.append((", ".join(map(str, args.stone_free)), range(0), args.stone_free))
+        for factor in args.exports:
+            for label, chosen_seeds, folders in sets:
+                for estimate in (False, True):
+                    print(f"whole slices ({label}) as 8-bit images resized by {factor:g}, read at the "
+                          + ("pixel size estimated from the body's width:" if estimate else "assumed pixel size:"))
+                    _print_at_both(export_rows(analyse, chosen_seeds, factor, estimate, folders,
+                                               score=pipeline.thresholds.score),
+                                   pipeline, best.thresholds, "slice", "slices")
     if stone_free is not None:
         from lab.standins import stone_free_image_rows
 

@@ -78,6 +78,7 @@ class ImageScores(TypedDict):
     margin_mm: float
     pixel_mm: float
     images_at_their_own_pixel_mm: int
+    images_at_an_estimated_pixel_mm: int
     missed: list[MissedBox]
     false: list[FalseStone]
     intervals: dict[str, list[float] | None]
@@ -127,16 +128,21 @@ class ImageTally:
     false: list[FalseStone] = field(default_factory=list)
     own_spacing: int = 0
     """Images scored at their own pixel spacing (DICOM) instead of ``pixel_mm``."""
+    estimated_spacing: int = 0
+    """Images scored at the pixel spacing estimated from their body's width (``estimate_pixel_mm``)."""
     units: UnitCounts = field(default_factory=UnitCounts)
     """The same counts per examination, for the intervals."""
 
     def add(self, name: str, boxes: Iterable[Box], mask: np.ndarray, pixel_mm: float | None = None,
-            unit: str | None = None) -> None:
-        """Score one image's mask; ``pixel_mm``: the spacing its file states (default: the tally's);
-        ``unit``: the examination it belongs to (default: the image is its own)."""
+            unit: str | None = None, estimated: bool = False) -> None:
+        """Score one image's mask; ``pixel_mm``: the spacing its file states, or estimated from it when
+        ``estimated`` (default: the tally's); ``unit``: the examination it belongs to (default: the image is
+        its own)."""
         boxes = list(boxes)
         reported = reported_stones(mask)
-        if pixel_mm is not None:
+        if pixel_mm is not None and estimated:
+            self.estimated_spacing += 1
+        elif pixel_mm is not None:
             self.own_spacing += 1
         pixel_mm = pixel_mm or self.pixel_mm
         margin = MARGIN_MM / pixel_mm
@@ -190,6 +196,7 @@ class ImageTally:
             "margin_mm": MARGIN_MM,
             "pixel_mm": self.pixel_mm,
             "images_at_their_own_pixel_mm": self.own_spacing,
+            "images_at_an_estimated_pixel_mm": self.estimated_spacing,
             "missed": self.missed[:100],
             "false": self.false[:100],
             "intervals": self.units.intervals(IMAGE_RATIOS),
@@ -210,7 +217,9 @@ def score_images(images: Iterable[LabelledImage], predict: Callable[[LabelledIma
 
         iterator = tqdm(list(images), desc="images", unit="image")
     for im in iterator:
-        tally.add(im.name, im.boxes, predict(im), im.pixel_mm if im.own_spacing else None, unit=exams[im.source])
+        own = im.pixel_from in ("file", "body width")
+        tally.add(im.name, im.boxes, predict(im), im.pixel_mm if own else None, unit=exams[im.source],
+                  estimated=im.pixel_from == "body width")
     return tally.as_dict()
 
 

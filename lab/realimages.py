@@ -66,6 +66,12 @@ ASSUMED_SLICE_MM = 1.0
 MIN_BOX_CONTRAST = 12.0
 """Grey levels a box's brightest pixel must stand above its border for the half-maximum rule."""
 EXAM_GAP_S = 600.0
+BODY_WIDTH_MM = 320.0
+"""An adult abdomen's left-right width that ``estimate_pixel_mm`` takes (adults: about 260-400 mm)."""
+BODY_HU = -130.0
+"""Body where an image is above this (fat -100, air -1000 or, read through the assumed window, -160)."""
+PIXEL_ESTIMATE_FACTOR = 1.5
+"""``estimate_pixel_mm`` replaces the assumed pixel size only when this many times it, or its inverse."""
 SOFT_TISSUE_HU = 30.0
 """Where ``estimate_window`` puts an image's soft-tissue peak (the training images' median under the assumed window)."""
 FAT_HU = -100.0
@@ -118,9 +124,11 @@ class LabelledImage:
     hu: np.ndarray | None = None
     """float32 (rows, columns): the HU the file carries (DICOM, 16-bit), None for an 8-bit image."""
     pixel_mm: float = ASSUMED_PIXEL_MM
-    """The pixel spacing: a DICOM image's own, else the one given for the set (``ASSUMED_PIXEL_MM``)."""
+    """The pixel spacing: a DICOM image's own, else the one given for the set, else ``estimate_pixel_mm``'s."""
     study_uid: str | None = None
     """A DICOM image's StudyInstanceUID: its examination, for the split."""
+    pixel_from: str = "assumed"
+    """Where ``pixel_mm`` comes from: 'file' (DICOM), 'given' (for the set), 'body width' or 'assumed'."""
 
     def as_hu(self, window: str = "auto") -> np.ndarray:
         """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
@@ -293,7 +301,8 @@ def image_files(folder: Path) -> list[tuple[Path, Path]]:
 
 def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
-    images that carry none (default ``ASSUMED_PIXEL_MM``)."""
+    images that carry none (default: ``estimate_pixel_mm``'s, ``ASSUMED_PIXEL_MM`` unless the image shows a
+    whole cross-section far from it)."""
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
@@ -301,9 +310,15 @@ def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[Labelled
         grey, hu, own_mm, study_uid = read_image(image_path)
         text = label_path.read_text() if label_path.exists() else ""
         rows, columns = grey.shape
+        if study_uid:
+            mm, how = own_mm, "file"
+        elif pixel_mm is not None:
+            mm, how = pixel_mm, "given"
+        else:
+            estimate = estimate_pixel_mm(hu if hu is not None else image_hu(grey))
+            mm, how = estimate.pixel_mm, estimate.how
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
-                                 hu=hu, pixel_mm=own_mm if study_uid or pixel_mm is None else pixel_mm,
-                                 study_uid=study_uid))
+                                 hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how))
     return out
 
 
@@ -390,6 +405,56 @@ def image_hu(grey: np.ndarray, window: str = "auto") -> np.ndarray:
     if window != "auto":
         raise ValueError(f"window {window!r}: 'auto' or 'assumed'")
     return grey_to_hu(grey, estimate_window(grey).window)
+
+
+@dataclass(frozen=True)
+class PixelEstimate:
+    """The pixel size an image without one is read at, and why (``estimate_pixel_mm``)."""
+
+    pixel_mm: float
+    how: str
+    """'assumed' or 'body width'."""
+    body_width_px: int | None = None
+
+
+def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM) -> PixelEstimate:
+    """The pixel size of an image that states none, from its body's width when it shows a whole cross-section.
+
+    An image file says nothing of its pixels, and the model reads it as ``assumed`` (0.75 mm: a 512-pixel
+    axial slice of a 350-400 mm field of view, or the coronal crops it learned from). An export resized to
+    half or double that loses most stones or doubles the false ones (docs/model.md). Where the image holds
+    the body's whole cross-section (its largest region above ``BODY_HU`` once smoothed, holes filled, clear
+    of every edge, at least a tenth of the image, nearly elliptical, less deep than wide, as an axial slice
+    is), its width is taken as ``BODY_WIDTH_MM``; that estimate is used only when it is ``PIXEL_ESTIMATE_FACTOR`` times
+    ``assumed`` or more, or that much less, so that the spread of adults' widths (about 260-400 mm) never
+    moves an image exported at its own pixels. Crops (the body cut by an edge) and other views keep
+    ``assumed``. A child's slice (a body under about 210 mm) or a very large adult's (over about 480 mm)
+    exported at its own pixels is read at the wrong size."""
+    keep = PixelEstimate(assumed, "assumed")
+    rows, columns = hu.shape
+    if min(rows, columns) < 64:
+        return keep
+    # smoothed first: in a noisy slice fat's pixels fall below BODY_HU and would break the body apart
+    body = ndimage.binary_opening(ndimage.gaussian_filter(np.asarray(hu, np.float32), 2.0) > BODY_HU,
+                                  structure=np.ones((5, 5), bool))
+    labels, n = ndimage.label(body)
+    if n == 0:
+        return keep
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = labels == 1 + int(np.argmax(sizes))
+    largest = ndimage.binary_fill_holes(largest)
+    found = ndimage.find_objects(largest.astype(np.int32))[0]
+    r0, r1, c0, c1 = found[0].start, found[0].stop, found[1].start, found[1].stop
+    if r0 < 2 or c0 < 2 or r1 > rows - 2 or c1 > columns - 2:
+        return keep  # cut by an edge: a crop, or a view taller than its field
+    height, width = r1 - r0, c1 - c0
+    area = float(largest.sum())
+    if area < 0.1 * rows * columns or area < 0.75 * np.pi / 4 * height * width or not 0.45 <= height / width <= 1.05:
+        return keep
+    pixel_mm = BODY_WIDTH_MM / width
+    if 1 / PIXEL_ESTIMATE_FACTOR < pixel_mm / assumed < PIXEL_ESTIMATE_FACTOR:
+        return PixelEstimate(assumed, "assumed", width)
+    return PixelEstimate(pixel_mm, "body width", width)
 
 
 def hu_to_grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -41,6 +41,12 @@ view or matrix gives it, then read back as every uploaded image is; its pixel si
 ``ASSUMED_PIXEL_MM``, as an image file is). A component is on a box when its densest pixel lies in the box,
 scaled, grown by 2 true mm; a stone's size is its box's larger side in true mm.
 
+A seventh set: **whole slices exported** (``export_rows``), the generated validation phantoms' axial slices
+(those holding a stone and every ``FREE_SLICE_STEP`` th stone-free one, as the coarse set picks them) or a
+stone-free CT's slices, each shown in a 400/40 window as an 8-bit image, resized by a factor and read back
+without its pixel size: at ``ASSUMED_PIXEL_MM``, or at the size ``estimate_pixel_mm`` gives from the body's
+width. It is what another site's picture of a whole slice gives the node, at another matrix.
+
 A fourth set is real: **stone-free CT** given as DICOM series (``stone_free_rows``; for the lab, the
 chest CT that ``uronode fetch-stone-free`` unpacks, see ``lab.stonefree``), every series predicted
 whole and every slice of it alone; every kept component is a false stone.
@@ -57,7 +63,15 @@ from scipy import ndimage
 
 from inference.components import ComponentTable
 from inference.volume import Volume, find_dicom_files, group_series, load_volume
-from lab.realimages import ASSUMED_PIXEL_MM, Box, LabelledImage, hu_to_grey, image_hu, image_volume
+from lab.realimages import (
+    ASSUMED_PIXEL_MM,
+    Box,
+    LabelledImage,
+    estimate_pixel_mm,
+    hu_to_grey,
+    image_hu,
+    image_volume,
+)
 from lab.synth import Phantom, generate_phantom
 
 VALIDATION_SEED = 70_000
@@ -263,6 +277,50 @@ def scale_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[Lab
         cases.append(Case(name, stones))
         volume = image_volume(image_hu(resized, "auto"), f"scale-{name}", true_mm if told else ASSUMED_PIXEL_MM)
         rows += _rows(name, analyse(volume), on[None], score)
+    return cases, rows
+
+
+def _whole_slices(seeds: Iterable[int], folders: Sequence[Path]) -> Iterable[tuple[str, np.ndarray, np.ndarray,
+                                                                                  dict[int, float]]]:
+    """(name, HU, stone labels, stones) of each generated phantom's chosen axial slices, then of every slice of
+    the stone-free CT series below ``folders``."""
+    for seed in seeds:
+        phantom = generate_phantom(seed)
+        n = phantom.hu.shape[0]
+        with_stone = [int(k) for k in np.nonzero(phantom.stone_labels.reshape(n, -1).max(1))[0]]
+        free = [k for k in range(0, n, FREE_SLICE_STEP) if phantom.stone_labels[max(0, k - 2):k + 3].max() == 0]
+        for k in with_stone + free:
+            labels = phantom.stone_labels[k]
+            yield f"{seed}/{k}", phantom.hu[k], labels, _stones(phantom, labels)
+    if folders:
+        for uid, paths in sorted(group_series(find_dicom_files(folders)).items()):
+            volume = load_volume(paths)
+            for k in range(volume.shape[0]):
+                yield f"{uid}/{k}", volume.hu[k], np.zeros(volume.shape[1:], np.int16), {}
+
+
+def export_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int], factor: float, estimate: bool,
+                folders: Sequence[Path] = (), score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
+    """Every candidate component of each whole slice exported as an 8-bit image resized by ``factor`` and read
+    back without its pixel size (the module's text): at the one ``estimate_pixel_mm`` gives when ``estimate``,
+    else at ``ASSUMED_PIXEL_MM``. A component is on a stone when its densest pixel lies in it grown by 2
+    pixels of the slice (then resized)."""
+    import cv2
+
+    if not 0.1 <= factor <= 10:
+        raise ValueError(f"a resize factor of {factor} is not one an export makes (0.1-10)")
+    cases, rows = [], []
+    for name, hu, labels, stones in _whole_slices(seeds, folders):
+        grey = hu_to_grey(hu, (40.0, 400.0))
+        size = (max(1, round(grey.shape[1] * factor)), max(1, round(grey.shape[0] * factor)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        on = cv2.resize(ndimage.grey_dilation(labels, size=(5, 5)).astype(np.int32).astype(np.float32), size,
+                        interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        read = image_hu(grey, "auto")
+        pixel_mm = estimate_pixel_mm(read).pixel_mm if estimate else ASSUMED_PIXEL_MM
+        case = f"{name}/x{factor:g}/{'estimated' if estimate else 'assumed'}"
+        cases.append(Case(case, stones))
+        rows += _rows(case, analyse(image_volume(read, f"export-{case}", pixel_mm)), on[None], score)
     return cases, rows
 
 

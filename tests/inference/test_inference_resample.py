@@ -12,15 +12,22 @@ import pytest
 
 from inference.candidates import CandidateRule, find_candidates
 from inference.components import ComponentTable
+from inference.errors import ModelError
 from inference.pipeline import Pipeline
 from inference.resample import (
+    BODY_MARGIN_MM,
     Grid,
+    Window,
+    body_window,
+    crop_volume,
     mask_to_original,
     original_index,
     resample_grid,
     resample_volume,
     table_to_original,
+    table_uncropped,
     to_original,
+    uncrop,
 )
 from inference.runtime import resolve_model_dir
 from inference.volume import Volume
@@ -46,6 +53,28 @@ def test_a_series_near_the_cards_pixel_size_or_a_card_without_one_is_analysed_as
     grid = resample_grid(_volume(0.6), 0.75)
     assert grid == Grid(100, 80, 80, 64)
     assert resample_grid(_volume(0.9), 0.75) == Grid(100, 80, 120, 96)
+
+
+def test_the_card_names_how_far_from_its_pixel_size_a_series_is_analysed_as_it_is(tmp_path: Path) -> None:
+    # 3.8.0's tolerance, 0.15: 0.64-0.86 mm as it is (the chest CT's 0.84 mm too), beyond that resampled
+    assert resample_grid(_volume(0.84), 0.75, 0.15) is None
+    assert resample_grid(_volume(0.64), 0.75, 0.15) is None
+    assert resample_grid(_volume(0.63), 0.75, 0.15) is not None
+    assert resample_grid(_volume(0.87), 0.75, 0.15) is not None
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_dir("default"), folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["preprocessing"].update(resample_to_mm=0.75, resample_tolerance=0.15)
+    (folder / "card.json").write_text(json.dumps(card))
+    pipeline = Pipeline(folder, cores=1)
+    assert pipeline.resample_tolerance == 0.15
+    for pixel_mm, resampled in ((0.84, False), (1.0, True)):
+        pipeline.analyse(_volume(pixel_mm))
+        assert ("resample_s" in pipeline.last_timings) is resampled
+    card["preprocessing"]["resample_tolerance"] = 1.5
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="resample_tolerance"):
+        Pipeline(folder, cores=1)
 
 
 @pytest.mark.parametrize("pixel_mm", [0.6, 0.9])
@@ -154,3 +183,69 @@ def test_a_finer_copy_has_its_candidates_found_at_the_series_noise() -> None:
     assert from_series.count < on_copy.count
     with pytest.raises(ValueError, match="slices"):
         find_candidates(copy, rule, noise_of=dataclasses.replace(noisy, hu=noisy.hu[:3]))
+
+
+def test_only_the_bodys_part_is_resampled_and_it_goes_back_where_it_was() -> None:
+    volume = _volume(1.0, rows=100, columns=80)
+    hu = np.full(volume.shape, -1000.0, np.float32)
+    hu[1, 30:50, 20:45] = 40.0  # the body, on one slice only: the part covers every slice's
+    volume = dataclasses.replace(volume, hu=hu)
+    window = body_window(volume)
+    margin = int(np.ceil(BODY_MARGIN_MM / 1.0))
+    assert window == Window(30 - margin, 50 + margin, 20 - margin, 45 + margin)
+    part = crop_volume(volume, window)
+    assert part.shape == (3, window.r1 - window.r0, window.c1 - window.c0)
+    assert np.shares_memory(part.hu, volume.hu)  # a view, not a copy
+    # a voxel of the part lies where the same voxel of the series does
+    for k, i, j in ((0, 0, 0), (2, 5, 7)):
+        def at(v: Volume, k: int, i: int, j: int) -> np.ndarray:
+            return (v.positions[k] + j * v.pixel_spacing[1] * np.asarray(v.row_direction)
+                    + i * v.pixel_spacing[0] * np.asarray(v.column_direction))
+        assert at(part, k, i, j) == pytest.approx(at(volume, k, i + window.r0, j + window.c0))
+    back = uncrop(part.hu, window, 100, 80)
+    assert back.shape == volume.shape and np.array_equal(back[:, 30:50, 20:45], hu[:, 30:50, 20:45])
+    assert not back[:, :window.r0].any() and not back[:, :, window.c1:].any()
+    table = ComponentTable([None], np.zeros(1), np.array(["contrast"], object), np.zeros(1), np.zeros(1),
+                           np.array([[1, 3, 4]]))
+    assert table_uncropped(table, window).peaks.tolist() == [[1, 3 + window.r0, 4 + window.c0]]
+    # a body across (nearly) the whole image, or none: the whole image
+    assert body_window(dataclasses.replace(volume, hu=np.full(volume.shape, 40.0, np.float32))) is None
+    assert body_window(dataclasses.replace(volume, hu=np.full(volume.shape, -1000.0, np.float32))) is None
+
+
+def test_a_wide_field_of_view_finds_the_same_stones_from_the_bodys_part_as_from_the_whole_copy(
+        resampling_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1.0 mm pixels, 512 of them: a 512 mm field of view, the body in its middle
+    phantom = generate_phantom(92_020, pixel_spacing=1.0, n_stones=3, coverage=(0.6, 0.9),
+                               stone_sites=("kidney",), small_stone_fraction=0.0)
+    volume = phantom.to_volume()
+    assert body_window(volume) is not None
+    pipeline = Pipeline(resampling_model, cores=2)
+    part = pipeline.run(volume)
+    import inference.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "body_window", lambda v: None)
+    whole = pipeline.run(volume)
+    assert part.mask.shape == whole.mask.shape == volume.shape
+    assert len(part.stones) == len(whole.stones) >= 1
+    for a, b in zip(sorted(part.stones, key=lambda s: s.max_diameter_mm),
+                    sorted(whole.stones, key=lambda s: s.max_diameter_mm), strict=True):
+        assert a.max_diameter_mm == pytest.approx(b.max_diameter_mm, abs=0.5)
+    # the part samples the series at another phase than the whole copy: edge voxels may differ, not where
+    # the stones are
+    for a, b in zip(sorted(part.stones, key=lambda s: s.centroid_mm), sorted(whole.stones, key=lambda s: s.centroid_mm),
+                    strict=True):
+        assert np.linalg.norm(np.subtract(a.centroid_mm, b.centroid_mm)) <= 1.0
+    assert np.count_nonzero(part.mask & whole.mask) >= 0.5 * np.count_nonzero(whole.mask)
+
+
+def test_a_finer_series_is_resampled_whole(resampling_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # its copy is smaller than the series: nothing to save by cutting it
+    import inference.pipeline as pipeline_module
+
+    def never(volume: Volume) -> None:
+        raise AssertionError("a finer series' copy was cut to its body")
+
+    monkeypatch.setattr(pipeline_module, "body_window", never)
+    phantom = generate_phantom(92_030, pixel_spacing=0.55, slices=8, n_stones=1)
+    Pipeline(resampling_model, cores=2).analyse(phantom.to_volume())

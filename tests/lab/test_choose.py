@@ -88,6 +88,7 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
                            str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card",
                            "--series", "1", "--coarse-slices", "1", "--plane-slices", "1", "--crops", "60",
+                           "--scales", "0.5",
                            "--stone-free", str(tmp_path / "ct"),
                            "--stone-free-max-slices", "1.0"],
                           capture_output=True, text=True, timeout=600)
@@ -101,6 +102,9 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     assert done.stdout.count("; stone-free coronal and sagittal planes with a false stone: ") == 2
     assert "the same images cut to 60 mm squares around each box, alone:" in done.stdout
     assert done.stdout.count("false stones per crop (") == 2
+    assert "the same images resized by 0.5, their pixel size told:" in done.stdout
+    assert "the same images resized by 0.5, their pixel size not told:" in done.stdout
+    assert done.stdout.count("false stones per image (") == 4  # told and not, at both thresholds
     # the stone-free CT: the series whole, its three slices alone, resized to 0.75 mm and as 8-bit images,
     # at both thresholds
     assert done.stdout.count("real stone-free CT (") == 4

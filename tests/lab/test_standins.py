@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from inference.components import ComponentTable
 from inference.volume import Volume
@@ -213,3 +214,43 @@ def test_tight_crops_are_cut_around_each_box_and_count_that_box_alone() -> None:
     # a crop clipped at the image's edge is off-centre; every other one has its box at its centre
     assert f.large_found + f.small_found >= boxes - sum(min(s) < side for s in shapes)
     assert 0 < f.false <= len(cases)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_resized_images_keep_their_boxes_in_true_millimetres_told_or_not(factor: float) -> None:
+    """An ``analyse`` that reports a component at each box's scaled centre and one in a corner: every box is
+    found and the corner is a false stone, whatever the factor; the pixel size given to ``analyse`` is the
+    true one when told, the assumed one when not."""
+    from lab.realimages import ASSUMED_PIXEL_MM, read_image_set, split_groups
+    from lab.standins import scale_rows
+    from lab.synth import shared_data_dir
+
+    images = [im for im in split_groups(read_image_set(shared_data_dir() / "real-stones"))["validation"]
+              if len(im.boxes) > 1][:2]
+    seen: list[tuple[tuple[int, ...], float]] = []
+
+    def analyse(volume: Volume) -> ComponentTable:
+        seen.append((volume.hu.shape[1:], volume.pixel_spacing[0]))
+        image = images[len(seen) - 1]
+        peaks = [[0, int((b.y0 + b.y1) / 2 * factor), int((b.x0 + b.x1) / 2 * factor)] for b in image.boxes]
+        n = len(peaks) + 1
+        return ComponentTable(boxes=[(slice(0, 1),)] * n, voxels=np.ones(n),
+                              groups=np.array(["dense_small"] * n), classifier=np.full(n, 0.95),
+                              pixel=np.zeros(n), peaks=np.array(peaks + [[0, 0, 0]]))
+
+    for told in (True, False):
+        seen.clear()
+        cases, rows = scale_rows(analyse, images, factor, told)
+        for image, (shape, pixel_mm) in zip(images, seen, strict=True):
+            assert shape == (round(image.grey.shape[0] * factor), round(image.grey.shape[1] * factor))
+            assert pixel_mm == pytest.approx(image.pixel_mm / factor if told else ASSUMED_PIXEL_MM)
+        f = figures(cases, rows, THRESHOLDS)
+        boxes = sum(len(im.boxes) for im in images)
+        # overlapping grown boxes: the later box holds the pixel, so a stone may be counted through another
+        assert f.large_found + f.small_found >= boxes - 1 and f.large + f.small == boxes
+        assert f.false == len(images)
+        # sizes are the boxes' in true millimetres, the same at every factor
+        assert sorted(d for c in cases for d in c.stones.values()) == sorted(
+            max(b.width, b.height) * im.pixel_mm for im in images for b in im.boxes)
+    with pytest.raises(ValueError, match="resize factor"):
+        scale_rows(analyse, images, 0.0, True)
