@@ -189,9 +189,11 @@ class Pipeline:
                         max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
                         max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
         # interpolated finer, the copy keeps the series' noise peaks but not its spread: the candidate
-        # rule measures the noise on the series itself; averaged coarser, on the copy
+        # rule measures the noise on the whole series itself (not on the body's part: its noise blocks
+        # would sit elsewhere, and white noise's candidates change steeply with the threshold); averaged
+        # coarser, on the copy
         finer = grid.scale[0] < 1 and grid.scale[1] < 1
-        prob, mask, table = self._analyse(resample_volume(part, grid), noise_of=part if finer else None)
+        prob, mask, table = self._analyse(resample_volume(part, grid), noise_of=volume if finer else None)
         back = (to_original(prob, grid, np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
         if window is not None:
             _, rows, columns = volume.shape

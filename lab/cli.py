@@ -151,9 +151,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="also every image resized by this factor as an 8-bit export, its pixel size told and not "
                         "told (lab/standins.py): other fields of view and matrices")
     p.add_argument("--exports", type=float, nargs="+", default=[], metavar="F",
-                   help="also whole axial slices (of 12 generated validation phantoms, and of --stone-free) as 8-bit "
-                        "images resized by this factor, read at the assumed pixel size and at the one estimated from "
-                        "the body's width (lab/standins.py)")
+                   help="also whole axial slices (of --export-phantoms generated validation phantoms, and of "
+                        "--stone-free) as 8-bit images resized by this factor, read at the assumed pixel size and at "
+                        "the one estimated from the body's width (lab/standins.py)")
+    p.add_argument("--export-phantoms", type=int, default=12, metavar="N",
+                   help="with --exports: this many generated validation phantoms (default 12)")
     p.add_argument("--plane-slices", type=int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
@@ -571,7 +573,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if args.exports:
         from lab.standins import VALIDATION_SEED, export_rows
 
-        seeds = range(VALIDATION_SEED, VALIDATION_SEED + 12)
+        seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.export_phantoms)
         sets = [(f"generated phantoms {seeds.start}-{seeds.stop - 1}", seeds, ())]
         if args.stone_free:
             sets.append((", ".join(map(str, args.stone_free)), range(0), args.stone_free))

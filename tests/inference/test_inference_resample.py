@@ -221,9 +221,20 @@ def test_a_wide_field_of_view_finds_the_same_stones_from_the_bodys_part_as_from_
     volume = phantom.to_volume()
     assert body_window(volume) is not None
     pipeline = Pipeline(resampling_model, cores=2)
-    part = pipeline.run(volume)
     import inference.pipeline as pipeline_module
 
+    noise_of: list[tuple[int, int, int]] = []
+    find = pipeline_module.find_candidates
+
+    def recording(copy: Volume, rule: CandidateRule, noise: Volume | None = None) -> object:
+        noise_of.append(noise.shape if noise is not None else copy.shape)
+        return find(copy, rule, noise)
+
+    monkeypatch.setattr(pipeline_module, "find_candidates", recording)
+    part = pipeline.run(volume)
+    # the noise is measured on the whole series, as for the whole copy: not on the part, whose noise blocks
+    # would sit elsewhere (white noise's candidates change steeply with the threshold)
+    assert noise_of == [volume.shape]
     monkeypatch.setattr(pipeline_module, "body_window", lambda v: None)
     whole = pipeline.run(volume)
     assert part.mask.shape == whole.mask.shape == volume.shape

@@ -88,7 +88,7 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
                            str(tmp_path / "set"), "--split", "all", "--max-false", "0.5", "--write-card",
                            "--series", "1", "--coarse-slices", "1", "--plane-slices", "1", "--crops", "60",
-                           "--scales", "0.5",
+                           "--scales", "0.5", "--exports", "2", "--export-phantoms", "1",
                            "--stone-free", str(tmp_path / "ct"),
                            "--stone-free-max-slices", "1.0"],
                           capture_output=True, text=True, timeout=600)
@@ -105,6 +105,11 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     assert "the same images resized by 0.5, their pixel size told:" in done.stdout
     assert "the same images resized by 0.5, their pixel size not told:" in done.stdout
     assert done.stdout.count("false stones per image (") == 4  # told and not, at both thresholds
+    # whole slices exported at twice the matrix: the generated phantom's and the stone-free CT's, each read at
+    # the assumed pixel size and at the estimate, at both thresholds
+    assert "whole slices (generated phantoms 70000-70000) as 8-bit images resized by 2, read at the assumed" in done.stdout
+    assert done.stdout.count("as 8-bit images resized by 2, read at the pixel size estimated from the body's width:") == 2
+    assert done.stdout.count("false stones per slice (") == 8
     # the stone-free CT: the series whole, its three slices alone, resized to 0.75 mm and as 8-bit images,
     # at both thresholds
     assert done.stdout.count("real stone-free CT (") == 4
