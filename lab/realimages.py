@@ -299,10 +299,10 @@ def image_files(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[LabelledImage]:
+def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: bool = False) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
-    images that carry none (default: ``estimate_pixel_mm``'s, ``ASSUMED_PIXEL_MM`` unless the image shows a
-    whole cross-section far from it)."""
+    images that carry none (default ``ASSUMED_PIXEL_MM``, or with ``estimate_pixel`` ``estimate_pixel_mm``'s:
+    off, as the thirteenth candidate failed its bars, docs/model.md)."""
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
@@ -314,9 +314,11 @@ def read_image_set(folder: Path, pixel_mm: float | None = None) -> list[Labelled
             mm, how = own_mm, "file"
         elif pixel_mm is not None:
             mm, how = pixel_mm, "given"
-        else:
+        elif estimate_pixel:
             estimate = estimate_pixel_mm(hu if hu is not None else image_hu(grey))
             mm, how = estimate.pixel_mm, estimate.how
+        else:
+            mm, how = ASSUMED_PIXEL_MM, "assumed"
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
                                  hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how))
     return out

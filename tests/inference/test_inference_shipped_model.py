@@ -48,6 +48,8 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert "gas" in card["input_assumptions"]
     # 3.7.0 mirrors a tight crop beyond its edges (inference.network.InputSpec.outside)
     assert card["preprocessing"]["mirror_below_px"] >= 64 and "crops" in card["input_assumptions"]
+    # 3.8.0 resamples a series whose pixels are far from those it learned at (inference.resample)
+    assert card["preprocessing"]["resample_to_mm"] == 0.75 and 0 < card["preprocessing"]["resample_tolerance"] < 0.3
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
 
@@ -63,23 +65,27 @@ def test_the_earlier_model_stays_loadable() -> None:
 
 
 def test_the_previous_defaults_stay_loadable_and_differ_only_by_their_rules() -> None:
-    oldest, older, previous, mirrored, default = (
+    oldest, older, previous, mirrored, near_air, default = (
         Pipeline(load_model(name, cores=2))
-        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0", "default"))
-    assert (oldest.version, older.version, previous.version, mirrored.version) == ("3.2.0", "3.5.0", "3.6.0", "3.7.0")
+        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0", "cascade-3.7.1", "default"))
+    assert (oldest.version, older.version, previous.version, mirrored.version, near_air.version) == (
+        "3.2.0", "3.5.0", "3.6.0", "3.7.0", "3.7.1")
     assert oldest.thresholds.min_significance is None and older.thresholds.min_significance is not None
     assert older.thresholds.max_gas_share is None and previous.thresholds.max_gas_share is not None
     # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule,
-    # 3.7.0 reads a tight crop mirrored beyond its edges, 3.7.1 only its wide views
+    # 3.7.0 reads a tight crop mirrored beyond its edges, 3.7.1 only its wide views, 3.8.0 resamples a series
+    # of pixels outside 0.64-0.86 mm to 0.75 mm
     assert oldest.thresholds == dataclasses.replace(older.thresholds, min_significance=None)
     assert older.thresholds == dataclasses.replace(previous.thresholds, max_gas_share=None)
-    assert previous.thresholds == mirrored.thresholds == default.thresholds
+    assert previous.thresholds == mirrored.thresholds == near_air.thresholds == default.thresholds
     assert previous.spec == dataclasses.replace(mirrored.spec, mirror_below=0) and mirrored.spec.mirror_below > 0
-    assert mirrored.spec.mirror_near and mirrored.spec == dataclasses.replace(default.spec, mirror_near=True)
-    assert not default.spec.mirror_near
-    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, mirrored, default)]
-    for a in weights[:4]:
-        assert len(a) == len(weights[4]) and all(np.array_equal(x, y) for x, y in zip(a, weights[4], strict=True))
+    assert mirrored.spec.mirror_near and mirrored.spec == dataclasses.replace(near_air.spec, mirror_near=True)
+    assert not near_air.spec.mirror_near and near_air.spec == default.spec
+    assert all(not p.resample_to_mm for p in (oldest, older, previous, mirrored, near_air))
+    assert (default.resample_to_mm, default.resample_tolerance) == (0.75, 0.15)
+    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, mirrored, near_air, default)]
+    for a in weights[:5]:
+        assert len(a) == len(weights[5]) and all(np.array_equal(x, y) for x, y in zip(a, weights[5], strict=True))
 
 
 @pytest.fixture(scope="module")

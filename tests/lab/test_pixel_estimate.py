@@ -63,8 +63,8 @@ def test_a_crop_or_an_empty_image_keeps_the_assumed_size(whole_slice: tuple[np.n
 
 
 def test_no_real_stone_image_is_given_an_estimate() -> None:
-    """The real images are crops around the kidneys: every recorded figure on them is read at 0.75 mm."""
-    images = read_image_set(shared_data_dir() / "real-stones")
+    """The real images are crops around the kidneys: were the estimate on, every figure on them would stand."""
+    images = read_image_set(shared_data_dir() / "real-stones", estimate_pixel=True)
     assert len(images) == 1177
     assert {(im.pixel_from, im.pixel_mm) for im in images} == {("assumed", ASSUMED_PIXEL_MM)}
     assert {im.pixel_from for im in read_image_set(shared_data_dir() / "real-stones", pixel_mm=0.8)[:5]} == {"given"}
@@ -81,7 +81,8 @@ def test_a_set_of_exported_whole_slices_is_read_and_scored_at_the_estimate(
     real = split_groups(read_image_set(shared_data_dir() / "real-stones"))["validation"][0]
     cv2.imwrite(str(tmp_path / "images" / "crop.png"), real.grey)
     (tmp_path / "labels" / "crop.txt").write_text("")
-    images = {im.name: im for im in read_image_set(tmp_path)}
+    assert {im.pixel_from for im in read_image_set(tmp_path)} == {"assumed"}  # off unless asked for
+    images = {im.name: im for im in read_image_set(tmp_path, estimate_pixel=True)}
     assert images["half"].pixel_from == "body width"
     assert images["half"].pixel_mm == pytest.approx(2 * pixel_mm, rel=0.33)
     assert images["crop"].pixel_from == "assumed" and images["crop"].pixel_mm == ASSUMED_PIXEL_MM
