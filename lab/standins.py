@@ -159,6 +159,13 @@ def coarse_slice(hu: np.ndarray, rng: np.random.Generator, block: int = COARSE_B
     return np.asarray(ndimage.zoom(coarse, block, order=1), np.float32)
 
 
+def _chosen_slices(phantom: Phantom) -> list[int]:
+    """A phantom's slices that hold a stone, then every ``FREE_SLICE_STEP`` th with no stone within two slices."""
+    n = phantom.hu.shape[0]
+    with_stone = [int(k) for k in np.nonzero(phantom.stone_labels.reshape(n, -1).max(1))[0]]
+    return with_stone + [k for k in range(0, n, FREE_SLICE_STEP) if phantom.stone_labels[max(0, k - 2):k + 3].max() == 0]
+
+
 def coarse_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int],
                       score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
     """Every candidate component of each phantom's chosen slices, made coarse and predicted alone."""
@@ -166,10 +173,7 @@ def coarse_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterab
     cases, rows = [], []
     for seed in seeds:
         phantom = generate_phantom(seed)
-        n = phantom.hu.shape[0]
-        with_stone = [int(k) for k in np.nonzero(phantom.stone_labels.reshape(n, -1).max(1))[0]]
-        free = [k for k in range(0, n, FREE_SLICE_STEP) if phantom.stone_labels[max(0, k - 2):k + 3].max() == 0]
-        for k in with_stone + free:
+        for k in _chosen_slices(phantom):
             hu = coarse_slice(phantom.hu[k], rng)
             labels = phantom.stone_labels[k][: hu.shape[0], : hu.shape[1]]
             name = f"{seed}/{k}"
@@ -286,10 +290,7 @@ def _whole_slices(seeds: Iterable[int], folders: Sequence[Path]) -> Iterable[tup
     the stone-free CT series below ``folders``."""
     for seed in seeds:
         phantom = generate_phantom(seed)
-        n = phantom.hu.shape[0]
-        with_stone = [int(k) for k in np.nonzero(phantom.stone_labels.reshape(n, -1).max(1))[0]]
-        free = [k for k in range(0, n, FREE_SLICE_STEP) if phantom.stone_labels[max(0, k - 2):k + 3].max() == 0]
-        for k in with_stone + free:
+        for k in _chosen_slices(phantom):
             labels = phantom.stone_labels[k]
             yield f"{seed}/{k}", phantom.hu[k], labels, _stones(phantom, labels)
     if folders:
