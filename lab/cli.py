@@ -156,6 +156,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "the one estimated from the body's width (lab/standins.py)")
     p.add_argument("--export-phantoms", type=int, default=12, metavar="N",
                    help="with --exports: this many generated validation phantoms (default 12)")
+    p.add_argument("--export-seed", type=int, default=None, metavar="S",
+                   help="with --exports: the first phantom's seed (default 70000, the validation phantoms' first)")
+    p.add_argument("--export-estimate", choices=("both", "finer"), default="both",
+                   help="with --exports: the estimate read beside the assumed size: wherever it fires (both), or "
+                        "only where it says the pixels are smaller (finer)")
     p.add_argument("--plane-slices", type=int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
@@ -573,15 +578,18 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if args.exports:
         from lab.standins import VALIDATION_SEED, export_rows
 
-        seeds = range(VALIDATION_SEED, VALIDATION_SEED + args.export_phantoms)
+        first = VALIDATION_SEED if args.export_seed is None else args.export_seed
+        seeds = range(first, first + args.export_phantoms)
         sets = [(f"generated phantoms {seeds.start}-{seeds.stop - 1}", seeds, ())]
         if args.stone_free:
             sets.append((", ".join(map(str, args.stone_free)), range(0), args.stone_free))
         for factor in args.exports:
             for label, chosen_seeds, folders in sets:
-                for estimate in (False, True):
+                for estimate in ("off", args.export_estimate):
                     print(f"whole slices ({label}) as 8-bit images resized by {factor:g}, read at the "
-                          + ("pixel size estimated from the body's width:" if estimate else "assumed pixel size:"))
+                          + {"off": "assumed pixel size:",
+                             "both": "pixel size estimated from the body's width:",
+                             "finer": "pixel size estimated from the body's width where it is smaller:"}[estimate])
                     _print_at_both(export_rows(analyse, chosen_seeds, factor, estimate, folders,
                                                score=pipeline.thresholds.score),
                                    pipeline, best.thresholds, "slice", "slices")

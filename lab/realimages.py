@@ -299,10 +299,13 @@ def image_files(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: bool = False) -> list[LabelledImage]:
+def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off") -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
-    images that carry none (default ``ASSUMED_PIXEL_MM``, or with ``estimate_pixel`` ``estimate_pixel_mm``'s:
-    off, as the thirteenth candidate failed its bars, docs/model.md)."""
+    images that carry none (default ``ASSUMED_PIXEL_MM``; with ``estimate_pixel`` 'both' or 'finer',
+    ``estimate_pixel_mm``'s, 'finer' only where it says the pixels are smaller: docs/model.md, the
+    thirteenth and fourteenth candidates)."""
+    if estimate_pixel not in ("off", "both", "finer"):
+        raise ValueError(f"estimate_pixel {estimate_pixel!r}: 'off', 'both' or 'finer'")
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
@@ -314,8 +317,8 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
             mm, how = own_mm, "file"
         elif pixel_mm is not None:
             mm, how = pixel_mm, "given"
-        elif estimate_pixel:
-            estimate = estimate_pixel_mm(hu if hu is not None else image_hu(grey))
+        elif estimate_pixel != "off":
+            estimate = estimate_pixel_mm(hu if hu is not None else image_hu(grey), finer_only=estimate_pixel == "finer")
             mm, how = estimate.pixel_mm, estimate.how
         else:
             mm, how = ASSUMED_PIXEL_MM, "assumed"
@@ -419,7 +422,7 @@ class PixelEstimate:
     body_width_px: int | None = None
 
 
-def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM) -> PixelEstimate:
+def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM, finer_only: bool = False) -> PixelEstimate:
     """The pixel size of an image that states none, from its body's width when it shows a whole cross-section.
 
     An image file says nothing of its pixels, and the model reads it as ``assumed`` (0.75 mm: a 512-pixel
@@ -431,7 +434,9 @@ def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM) -> Pixe
     ``assumed`` or more, or that much less, so that the spread of adults' widths (about 260-400 mm) never
     moves an image exported at its own pixels. Crops (the body cut by an edge) and other views keep
     ``assumed``. A child's slice (a body under about 210 mm) or a very large adult's (over about 480 mm)
-    exported at its own pixels is read at the wrong size."""
+    exported at its own pixels is read at the wrong size. ``finer_only``: an estimate of larger pixels than
+    ``assumed`` is not used (an export at a smaller matrix keeps ``assumed``; docs/model.md, fourteenth
+    candidate)."""
     keep = PixelEstimate(assumed, "assumed")
     rows, columns = hu.shape
     if min(rows, columns) < 64:
@@ -454,7 +459,7 @@ def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM) -> Pixe
     if area < 0.1 * rows * columns or area < 0.75 * np.pi / 4 * height * width or not 0.45 <= height / width <= 1.05:
         return keep
     pixel_mm = BODY_WIDTH_MM / width
-    if 1 / PIXEL_ESTIMATE_FACTOR < pixel_mm / assumed < PIXEL_ESTIMATE_FACTOR:
+    if 1 / PIXEL_ESTIMATE_FACTOR < pixel_mm / assumed < PIXEL_ESTIMATE_FACTOR or (finer_only and pixel_mm > assumed):
         return PixelEstimate(assumed, "assumed", width)
     return PixelEstimate(pixel_mm, "body width", width)
 

@@ -300,12 +300,12 @@ def _whole_slices(seeds: Iterable[int], folders: Sequence[Path]) -> Iterable[tup
                 yield f"{uid}/{k}", volume.hu[k], np.zeros(volume.shape[1:], np.int16), {}
 
 
-def export_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int], factor: float, estimate: bool,
+def export_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int], factor: float, estimate: str,
                 folders: Sequence[Path] = (), score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
     """Every candidate component of each whole slice exported as an 8-bit image resized by ``factor`` and read
-    back without its pixel size (the module's text): at the one ``estimate_pixel_mm`` gives when ``estimate``,
-    else at ``ASSUMED_PIXEL_MM``. A component is on a stone when its densest pixel lies in it grown by 2
-    pixels of the slice (then resized)."""
+    back without its pixel size (the module's text): at ``ASSUMED_PIXEL_MM`` (``estimate`` 'off'), or at the
+    one ``estimate_pixel_mm`` gives ('both'; 'finer': only where it says the pixels are smaller). A component
+    is on a stone when its densest pixel lies in it grown by 2 pixels of the slice (then resized)."""
     import cv2
 
     if not 0.1 <= factor <= 10:
@@ -318,8 +318,9 @@ def export_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int
         on = cv2.resize(ndimage.grey_dilation(labels, size=(5, 5)).astype(np.int32).astype(np.float32), size,
                         interpolation=cv2.INTER_NEAREST).astype(np.int32)
         read = image_hu(grey, "auto")
-        pixel_mm = estimate_pixel_mm(read).pixel_mm if estimate else ASSUMED_PIXEL_MM
-        case = f"{name}/x{factor:g}/{'estimated' if estimate else 'assumed'}"
+        pixel_mm = (ASSUMED_PIXEL_MM if estimate == "off" else
+                    estimate_pixel_mm(read, finer_only=estimate == "finer").pixel_mm)
+        case = f"{name}/x{factor:g}/{estimate}"
         cases.append(Case(case, stones))
         rows += _rows(case, analyse(image_volume(read, f"export-{case}", pixel_mm)), on[None], score)
     return cases, rows

@@ -42,6 +42,16 @@ def test_a_whole_slice_at_its_own_pixels_keeps_the_assumed_size(whole_slice: tup
         assert estimate.body_width_px is not None  # measured, and near enough to the assumption to keep it
 
 
+def test_finer_only_keeps_the_assumed_size_for_an_export_at_a_smaller_matrix(
+        whole_slice: tuple[np.ndarray, float]) -> None:
+    hu, pixel_mm = whole_slice
+    assert estimate_pixel_mm(_export(hu, 0.5), finer_only=True).how == "assumed"
+    larger = estimate_pixel_mm(_export(hu, 2.0), finer_only=True)
+    assert larger.how == "body width" and larger.pixel_mm == pytest.approx(pixel_mm / 2, rel=0.33)
+    with pytest.raises(ValueError, match="estimate_pixel"):
+        read_image_set(shared_data_dir() / "real-stones", estimate_pixel="yes")
+
+
 @pytest.mark.parametrize("factor", [0.5, 2.0])
 def test_a_whole_slice_exported_at_another_matrix_is_read_near_its_true_pixel_size(
         whole_slice: tuple[np.ndarray, float], factor: float) -> None:
@@ -64,7 +74,7 @@ def test_a_crop_or_an_empty_image_keeps_the_assumed_size(whole_slice: tuple[np.n
 
 def test_no_real_stone_image_is_given_an_estimate() -> None:
     """The real images are crops around the kidneys: were the estimate on, every figure on them would stand."""
-    images = read_image_set(shared_data_dir() / "real-stones", estimate_pixel=True)
+    images = read_image_set(shared_data_dir() / "real-stones", estimate_pixel="both")
     assert len(images) == 1177
     assert {(im.pixel_from, im.pixel_mm) for im in images} == {("assumed", ASSUMED_PIXEL_MM)}
     assert {im.pixel_from for im in read_image_set(shared_data_dir() / "real-stones", pixel_mm=0.8)[:5]} == {"given"}
@@ -82,7 +92,7 @@ def test_a_set_of_exported_whole_slices_is_read_and_scored_at_the_estimate(
     cv2.imwrite(str(tmp_path / "images" / "crop.png"), real.grey)
     (tmp_path / "labels" / "crop.txt").write_text("")
     assert {im.pixel_from for im in read_image_set(tmp_path)} == {"assumed"}  # off unless asked for
-    images = {im.name: im for im in read_image_set(tmp_path, estimate_pixel=True)}
+    images = {im.name: im for im in read_image_set(tmp_path, estimate_pixel="both")}
     assert images["half"].pixel_from == "body width"
     assert images["half"].pixel_mm == pytest.approx(2 * pixel_mm, rel=0.33)
     assert images["crop"].pixel_from == "assumed" and images["crop"].pixel_mm == ASSUMED_PIXEL_MM
