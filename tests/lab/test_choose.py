@@ -117,7 +117,9 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     assert done.stdout.count("; stone-free lone slices with a false stone: ") == 4  # coarse and real, twice each
     assert done.stdout.count("; stone-free lone slices resized to 0.75 mm with a false stone: ") == 2
     assert done.stdout.count("; stone-free the same as 8-bit 400/40 images with a false stone: ") == 2
-    assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 6  # no stones to count
+    # no stones to count: the stone-free CT's slices (alone, resized, 8-bit) and its exports (assumed and
+    # estimated), at both thresholds
+    assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 10
     assert "and a false stone on at most 100% of the stone-free CT's lone slices:" in done.stdout
     components = json.loads((model / "card.json").read_text())["components"]
     assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
