@@ -75,7 +75,11 @@ class Pipeline:
         self.patch = int(card.input["patch"])
         self.spec = InputSpec.from_card(card.preprocessing, self.patch)
         self.resample_to_mm = float(card.preprocessing.get("resample_to_mm") or 0.0)
-        self.resample_tolerance = float(card.preprocessing.get("resample_tolerance", RESAMPLE_TOLERANCE))
+        tolerance = card.preprocessing.get("resample_tolerance")
+        try:
+            self.resample_tolerance = RESAMPLE_TOLERANCE if tolerance is None else float(tolerance)
+        except (TypeError, ValueError):
+            raise ModelError(f"model card preprocessing.resample_tolerance {tolerance!r} is not a number") from None
         if not 0.0 <= self.resample_tolerance < 1.0:
             raise ModelError(f"model card preprocessing.resample_tolerance {self.resample_tolerance} is not in [0, 1)")
         self.thresholds = ComponentThresholds.from_card(card.raw, self.threshold)
@@ -180,19 +184,27 @@ class Pipeline:
         if grid is None:
             return self._analyse(volume)
         t0 = time.perf_counter()
-        # a copy that would hold more pixels than the series (coarser pixels than the card's) is cut to the
-        # body's part (inference.resample.body_window): the air around it is not resampled
-        window = body_window(volume) if grid.new_rows * grid.new_columns > grid.rows * grid.columns else None
-        part = volume if window is None else crop_volume(volume, window)
-        if window is not None:
-            grid = Grid(window.r1 - window.r0, window.c1 - window.c0,
-                        max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
-                        max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
         # interpolated finer, the copy keeps the series' noise peaks but not its spread: the candidate
-        # rule measures the noise on the whole series itself (not on the body's part: its noise blocks
-        # would sit elsewhere, and white noise's candidates change steeply with the threshold); averaged
-        # coarser, on the copy
+        # rule measures the noise on the whole series itself (not on the body's part below: its noise
+        # blocks would sit elsewhere, and white noise's candidates change steeply with the threshold);
+        # averaged coarser, on the copy
         finer = grid.scale[0] < 1 and grid.scale[1] < 1
+        # a copy finer on both axes (a series of coarser pixels than the card's: more pixels) is cut to the
+        # body's part (inference.resample.body_window): the air around it is not resampled
+        window = body_window(volume) if finer else None
+        if window is not None:
+            cut = Grid(window.r1 - window.r0, window.c1 - window.c0,
+                       max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
+                       max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
+            # not where the part would be read as a tight crop (mirrored beyond its edges) and the whole
+            # copy would not: the network reads them differently
+            small = self.spec.mirror_below > 0 and min(cut.new_rows, cut.new_columns) < self.spec.mirror_below
+            whole_small = self.spec.mirror_below > 0 and min(grid.new_rows, grid.new_columns) < self.spec.mirror_below
+            if small and not whole_small:
+                window = None
+            else:
+                grid = cut
+        part = volume if window is None else crop_volume(volume, window)
         prob, mask, table = self._analyse(resample_volume(part, grid), noise_of=volume if finer else None)
         back = (to_original(prob, grid, np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
         if window is not None:

@@ -16,15 +16,17 @@ voxel. Stones are then measured on the series itself, in its own millimetres,
 and the results reference its own frames. Slices are never resampled along
 the normal (the network sees neighbouring slices, not millimetres of them).
 
-A copy that would hold more pixels than the series (a series of coarser pixels than the card's) is
-made of the body's part only (``body_window``: the rows and columns where any slice is denser than air,
+A copy finer on both axes than its series (a series of coarser pixels than the card's: more pixels)
+is made of the body's part only (``body_window``: the rows and columns where any slice is denser than air,
 ``AIR_HU``, grown by ``BODY_MARGIN_MM``); beyond it the copy would be air, which the network reads
 beyond an image's edges anyway. A 1.0 mm series of a 512 mm field of view, resampled whole to 0.75 mm,
 is 683 x 683 pixels a slice and took 2.6 GB on the benchmark's 300 slices; its body's part takes a
 fraction of that. What lies outside the part gets no probability and no mask (it is air on every
 slice). The part's copy samples the series at another phase than the whole copy would, so a stone's
-edge voxels can differ between the two; the stones and their sizes do not (tested). A copy of finer
-pixels is smaller than its series and is made whole.
+edge voxels can differ between the two; the stones and their sizes do not (tested). A copy of coarser
+pixels is smaller than its series and is made whole, and so is a part that the network would read as
+a tight crop (under the card's ``mirror_below_px`` a side, mirrored beyond its edges) where the whole
+copy would not be.
 
 A copy interpolated onto finer pixels keeps the noise's peaks but narrows
 its spread, so the candidate rule measures the noise on the series itself

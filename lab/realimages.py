@@ -429,8 +429,8 @@ def estimate_pixel_mm(hu: np.ndarray, assumed: float = ASSUMED_PIXEL_MM, finer_o
     axial slice of a 350-400 mm field of view, or the coronal crops it learned from). An export resized to
     half or double that loses most stones or doubles the false ones (docs/model.md). Where the image holds
     the body's whole cross-section (its largest region above ``BODY_HU`` once smoothed, holes filled, clear
-    of every edge, at least a tenth of the image, nearly elliptical, less deep than wide, as an axial slice
-    is), its width is taken as ``BODY_WIDTH_MM``; that estimate is used only when it is ``PIXEL_ESTIMATE_FACTOR`` times
+    of every edge, at least a tenth of the image, nearly elliptical, no deeper than about wide (at most 1.05
+    times), as an axial slice is), its width is taken as ``BODY_WIDTH_MM``; that estimate is used only when it is ``PIXEL_ESTIMATE_FACTOR`` times
     ``assumed`` or more, or that much less, so that the spread of adults' widths (about 260-400 mm) never
     moves an image exported at its own pixels. Crops (the body cut by an edge) and other views keep
     ``assumed``. A child's slice (a body under about 210 mm) or a very large adult's (over about 480 mm)
