@@ -196,11 +196,9 @@ class Pipeline:
             cut = Grid(window.r1 - window.r0, window.c1 - window.c0,
                        max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
                        max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
-            # not where the part would be read as a tight crop (mirrored beyond its edges) and the whole
-            # copy would not: the network reads them differently
-            small = self.spec.mirror_below > 0 and min(cut.new_rows, cut.new_columns) < self.spec.mirror_below
-            whole_small = self.spec.mirror_below > 0 and min(grid.new_rows, grid.new_columns) < self.spec.mirror_below
-            if small and not whole_small:
+            # not where the part would be read beyond its edges otherwise than the whole copy (a tight crop,
+            # mirrored, against air): the network reads them differently
+            if self.spec.outside(cut.new_rows, cut.new_columns) != self.spec.outside(grid.new_rows, grid.new_columns):
                 window = None
             else:
                 grid = cut

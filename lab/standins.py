@@ -257,19 +257,27 @@ def crop_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[Labe
     return cases, rows
 
 
+def _check_factor(factor: float) -> None:
+    if not 0.1 <= factor <= 10:
+        raise ValueError(f"a resize factor of {factor} is not one an export makes (0.1-10)")
+
+
+def _exported(grey: np.ndarray, factor: float) -> np.ndarray:
+    """An 8-bit image resized by ``factor`` as an export makes it: area-averaged smaller, linear larger."""
+    import cv2
+
+    size = (max(1, round(grey.shape[1] * factor)), max(1, round(grey.shape[0] * factor)))
+    return np.asarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR))
+
+
 def scale_rows(analyse: Callable[[Volume], ComponentTable], images: Iterable[LabelledImage], factor: float,
                told: bool, score: str = "classifier") -> tuple[list[Case], list[CaseRow]]:
     """Every candidate component of each image resized by ``factor`` (the module's text), its pixel size
     ``told`` or read as ``ASSUMED_PIXEL_MM``."""
-    import cv2
-
-    if not 0.1 <= factor <= 10:
-        raise ValueError(f"a resize factor of {factor} is not one an export makes (0.1-10)")
+    _check_factor(factor)
     cases, rows = [], []
     for image in images:
-        grey = image.grey
-        size = (max(1, round(grey.shape[1] * factor)), max(1, round(grey.shape[0] * factor)))
-        resized = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        resized = _exported(image.grey, factor)
         true_mm = image.pixel_mm / factor
         on = np.zeros(resized.shape, np.int32)
         stones = {}
@@ -308,13 +316,11 @@ def export_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int
     is on a stone when its densest pixel lies in it grown by 2 pixels of the slice (then resized)."""
     import cv2
 
-    if not 0.1 <= factor <= 10:
-        raise ValueError(f"a resize factor of {factor} is not one an export makes (0.1-10)")
+    _check_factor(factor)
     cases, rows = [], []
     for name, hu, labels, stones in _whole_slices(seeds, folders):
-        grey = hu_to_grey(hu, (40.0, 400.0))
-        size = (max(1, round(grey.shape[1] * factor)), max(1, round(grey.shape[0] * factor)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        grey = _exported(hu_to_grey(hu, (40.0, 400.0)), factor)
+        size = (grey.shape[1], grey.shape[0])
         on = cv2.resize(ndimage.grey_dilation(labels, size=(5, 5)).astype(np.int32).astype(np.float32), size,
                         interpolation=cv2.INTER_NEAREST).astype(np.int32)
         read = image_hu(grey, "auto")
