@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--sampling-seed", type=int, default=0,
                    help="with --images: seed of the epochs' draws and augmentation (a further stage: a new one)")
+    p.add_argument("--planes", action="store_true",
+                   help="with --images and --phantoms: also each generated phantom's coronal and sagittal planes "
+                        "through every stone's centre and two stone-free ones of each, each a lone image (other "
+                        "views than the real coronal crops and the axial series)")
     p.add_argument("--blur", type=float, default=0.0,
                    help="with --images: share of patches whose slices are blurred in-plane (0.4-1.2 pixels), as "
                         "softer kernels and resized exports give other hospitals' images; 0 never")
@@ -394,12 +398,15 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.network import InputSpec
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
-    from lab.dataset import PatchSet, patches_from_images, patches_from_phantom
+    from lab.dataset import PatchSet, patches_from_images, patches_from_phantom, patches_from_planes
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
     if args.negative_ratio < 1 or not 0.0 < args.windowed_share <= 1.0:
         print(f"uronode train: --negative-ratio must be 1 or more (got {args.negative_ratio}) and --windowed-share "
               f"in (0, 1] (got {args.windowed_share})", file=sys.stderr)
+        return 2
+    if args.planes and not args.phantoms:
+        print("uronode train: --planes cuts the generated phantoms' planes; give --phantoms too", file=sys.stderr)
         return 2
     chosen = _images_on_side(args)
     if chosen is None:
@@ -416,10 +423,18 @@ def _train_on_images(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         seeds = range(args.first_seed, args.first_seed + args.phantoms)
-        parts = [patches_from_phantom(training_phantom(s, TRAINING_SMALL_STONE_FRACTION), rule, spec, 30).with_windowed(False)
-                 for s in tqdm(seeds, desc="phantoms", unit="phantom")]
-        data = PatchSet.concatenate([data, *parts])
+        parts, planes = [], []
+        for s in tqdm(seeds, desc="phantoms", unit="phantom"):
+            phantom = training_phantom(s, TRAINING_SMALL_STONE_FRACTION)
+            parts.append(patches_from_phantom(phantom, rule, spec, 30).with_windowed(False))
+            if args.planes:
+                planes.append(patches_from_planes(phantom, rule, spec, 30).with_windowed(False))
         description += f"; {args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
+        if planes:
+            parts += planes
+            description += (f", and their coronal and sagittal planes as lone images ({sum(len(q) for q in planes)} "
+                            "patches)")
+        data = PatchSet.concatenate([data, *parts])
     init = None if args.from_scratch else init_folder / base_card.files.get("model", "model.keras")
     if init is not None:
         description += f"; fine-tuned from {base_card.name} {base_card.version}"

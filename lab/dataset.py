@@ -15,7 +15,7 @@ from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
 from inference.volume import Volume
 from lab.realimages import LabelledImage, exam_keys, image_volume, stone_mask
-from lab.synth import Phantom, PhantomOptions, generate_phantom
+from lab.synth import PLANES, Phantom, PhantomOptions, generate_phantom, plane_image
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def patches_from_labelled(volume: Volume, stone_mask: np.ndarray, seed: int, rul
     patches = cut_inputs(volume.hu, centres, spec)
     targets = cut_patches(stone.astype(np.float32), centres, spec.patch, 0)[..., 0] > 0
     # cut_patches fills outside with -1000, which is not > 0: fine for a mask
-    has = np.asarray(targets.reshape(len(centres), -1).any(axis=1))
+    has = np.asarray(targets.any(axis=(1, 2)))
     return PatchSet(patches.astype(np.float16), targets.astype(np.uint8), has, np.full(len(centres), seed),
                     centre_stone, is_contrast)
 
@@ -119,6 +119,37 @@ def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, s
                          max_contrast_negatives: int | None = None) -> PatchSet:
     return patches_from_labelled(phantom.to_volume(), phantom.stone_labels > 0, phantom.seed, rule, spec,
                                  max_contrast_negatives)
+
+
+def stone_planes(phantom: Phantom, free: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(plane, index) of the coronal and sagittal planes through each stone's centre, and ``free`` of each
+    plane drawn at random among those with no stone within 3 planes and a body across a fifth of them."""
+    labels = phantom.stone_labels
+    chosen: list[tuple[str, int]] = []
+    for plane, axis in PLANES.items():
+        for stone in (int(v) for v in np.unique(labels) if v):
+            chosen.append((plane, int(round(float(np.nonzero(labels == stone)[axis].mean())))))
+        stone_at = np.nonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        clear = [i for i in range(labels.shape[axis])
+                 if (stone_at.size == 0 or np.abs(stone_at - i).min() > 3)
+                 and (np.take(phantom.hu, i, axis=axis) > -500).mean() >= 0.2]
+        chosen += [(plane, int(i)) for i in rng.permutation(clear)[:free]]
+    return list(dict.fromkeys(chosen))
+
+
+def patches_from_planes(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, spec: InputSpec = LEGACY_SPEC,
+                        max_contrast_negatives: int | None = None, free: int = 2) -> PatchSet:
+    """Patches of a phantom's coronal and sagittal planes (``stone_planes``), each a lone image as an
+    uploaded image of that plane is predicted (``lab.synth.plane_image``: head up, the slices' axis
+    resampled to the pixel spacing). Every stone a plane cuts is stone there, through its centre or not."""
+    rng = np.random.default_rng(phantom.seed + 7_919)
+    parts = []
+    for plane, index in stone_planes(phantom, free, rng):
+        hu, labels = plane_image(phantom, plane, index)
+        volume = image_volume(hu, f"{phantom.seed}-{plane}-{index}", phantom.pixel_spacing)
+        parts.append(patches_from_labelled(volume, (labels > 0)[None], phantom.seed, rule, spec,
+                                           max_contrast_negatives, rng))
+    return PatchSet.concatenate(parts)
 
 
 def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = DEFAULT_RULE,

@@ -72,7 +72,7 @@ from lab.realimages import (
     image_hu,
     image_volume,
 )
-from lab.synth import Phantom, generate_phantom
+from lab.synth import PLANES, Phantom, generate_phantom, plane_image
 
 VALIDATION_SEED = 70_000
 COARSE_BLOCK = 4
@@ -81,7 +81,6 @@ COARSE_NOISE_SEED = 123
 FREE_SLICE_STEP = 6
 PLANE_STEP = 48
 PLANE_CLEAR = 3
-PLANES = {"coronal": 1, "sagittal": 2}
 
 
 @dataclass(frozen=True)
@@ -181,17 +180,6 @@ def coarse_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterab
             table = analyse(image_volume(hu, f"coarse-{name}", pixel_mm=phantom.pixel_spacing))
             rows += _rows(name, table, ndimage.grey_dilation(labels, size=(5, 5))[None], score)
     return cases, rows
-
-
-def plane_image(phantom: Phantom, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """The phantom's ``plane`` ('coronal' or 'sagittal') image at row or column ``index``, head up, its
-    slices' axis resampled to the pixel spacing: (HU, stone labels)."""
-    axis = PLANES[plane]
-    factor = phantom.slice_spacing / phantom.pixel_spacing
-    hu = np.take(phantom.hu, index, axis=axis)[::-1]
-    labels = np.take(phantom.stone_labels, index, axis=axis)[::-1]
-    return (np.asarray(ndimage.zoom(hu, (factor, 1), order=1), np.float32),
-            np.asarray(ndimage.zoom(labels, (factor, 1), order=0)))
 
 
 def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int],

@@ -76,6 +76,8 @@ def shared_data_dir() -> Path:
 
 DEFAULT_REAL_DATA = shared_data_dir()
 UID_ROOT = "1.2.826.0.1.3680043.10.1431."
+PLANES = {"coronal": 1, "sagittal": 2}
+"""The axis of a phantom's (slices, rows, columns) arrays that a plane of that name is cut across."""
 """Prefix for the generated UIDs (pydicom's registered root plus a project branch)."""
 
 @dataclass(frozen=True, eq=False)
@@ -145,6 +147,17 @@ class PhantomOptions(TypedDict, total=False):
     n_mimics: int | None
     stone_sites: tuple[str, ...]
     small_stone_fraction: float
+
+
+def plane_image(phantom: Phantom, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The phantom's ``plane`` ('coronal' or 'sagittal') image at row or column ``index``, head up, its
+    slices' axis resampled to the pixel spacing: (HU, stone labels)."""
+    axis = PLANES[plane]
+    factor = phantom.slice_spacing / phantom.pixel_spacing
+    hu = np.take(phantom.hu, index, axis=axis)[::-1]
+    labels = np.take(phantom.stone_labels, index, axis=axis)[::-1]
+    return (np.asarray(ndimage.zoom(hu, (factor, 1), order=1), np.float32),
+            np.asarray(ndimage.zoom(labels, (factor, 1), order=0)))
 
 
 def generate_phantom(
