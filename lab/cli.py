@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--pixel-mm", type=float, default=None,
                    help="with --images: pixel spacing (mm) of the images that carry none (default: 0.75, as "
                         "coronal abdominal crops have; a DICOM image always has its own)")
+    p.add_argument("--stone-classes", type=int, nargs="+", default=None, metavar="N",
+                   help="with --images: the box classes that are stones (default: those a data.yaml beside the "
+                        "images names as stones, else every class)")
     p.add_argument("--from-scratch", action="store_true", help="with --data or --images: a new network instead of fine-tuning")
     p.add_argument("--name", default=None, help="model name for the card (with --data)")
     p.add_argument("--phantoms", type=int, default=200, help="generated training series")
@@ -118,6 +121,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--pixel-mm", type=float, default=None,
                    help="with --images: pixel spacing (mm) of the images that carry none (default: 0.75, as "
                         "coronal abdominal crops have; a DICOM image always has its own)")
+    p.add_argument("--stone-classes", type=int, nargs="+", default=None, metavar="N",
+                   help="with --images: the box classes that are stones (default: those a data.yaml beside the "
+                        "images names as stones, else every class)")
     p.add_argument("--lone-slices", action="store_true",
                    help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
     p.add_argument("--pictures", type=Path, default=None,
@@ -141,6 +147,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--split", default="validation", choices=["train", "validation", "test", "all"],
                    help="side of the split by examination (never the test side for a shipped model)")
     p.add_argument("--pixel-mm", type=float, default=None, help="pixel size of images that carry none")
+    p.add_argument("--stone-classes", type=int, nargs="+", default=None, metavar="N",
+                   help="with --images: the box classes that are stones (default: those a data.yaml beside the "
+                        "images names as stones, else every class)")
     p.add_argument("--max-false", type=float, default=0.2, help="false stones per image the choice may make")
     p.add_argument("--series", type=int, default=0,
                    help="also this many generated validation series (seeds from 70000, used for nothing else): "
@@ -381,7 +390,7 @@ def _images_on_side(args: argparse.Namespace) -> list[LabelledImage] | None:
     from lab.realimages import ImageSetError, read_image_set, split_groups
 
     try:
-        images = read_image_set(args.images, pixel_mm=args.pixel_mm)
+        images = read_image_set(args.images, pixel_mm=args.pixel_mm, classes=args.stone_classes)
     except ImageSetError as exc:
         print(f"cannot read {args.images}: {exc}", file=sys.stderr)
         return None
@@ -694,13 +703,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         image_volume,
         read_image_set,
         split_groups,
+        stone_classes,
     )
     from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
     images: list[LabelledImage] = []
     if args.images:  # read first: a folder that cannot be read fails before minutes of other figures
         try:
-            images = read_image_set(args.images, pixel_mm=args.pixel_mm)
+            images = read_image_set(args.images, pixel_mm=args.pixel_mm, classes=args.stone_classes)
         except ImageSetError as exc:
             print(f"cannot read {args.images}: {exc}", file=sys.stderr)
             return 2
@@ -741,7 +751,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.pictures:
             pictures.update(_image_failure_pictures(chosen, on_image(model_predict),
                                                     real_images["model"]))
-        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination):")
+        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination; boxes counted as "
+              f"stones: {stone_classes(args.images, args.stone_classes).how}):")
         print(format_image_table(real_images))
     if args.lone_slices:
         from tqdm import tqdm
@@ -790,7 +801,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
         "results": results,
         "real_images_set": {"folder": args.images.name, "split": args.split, "window": args.window,
-                            "pixel_mm": args.pixel_mm or "assumed " + str(ASSUMED_PIXEL_MM)} if args.images else None,
+                            "pixel_mm": args.pixel_mm or "assumed " + str(ASSUMED_PIXEL_MM),
+                            "stone_classes": stone_classes(args.images, args.stone_classes).how} if args.images else None,
         "image_results": {**({"real_images": real_images} if args.images else {}),
                           **({"lone_slices": lone_slices} if lone_slices is not None else {}),
                           **({"lone_slices_8bit": lone_windowed} if lone_windowed is not None else {})},

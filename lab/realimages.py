@@ -3,9 +3,15 @@
 A folder in the YOLO layout, as object-detection exports write it:
 ``DIR/images/*.jpg|png`` with ``DIR/labels/<same stem>.txt``, or several such
 folders below ``DIR`` (``train/``, ``valid/``, ...). A label file holds one
-line per stone, ``class cx cy w h`` normalised to the image; every class
-counts as stone. An image without a label file, or with an empty one, has no
-stone.
+line per box, ``class cx cy w h`` normalised to the image. Which classes are
+stones (``stone_classes``): those given (``--stone-classes``); else, where the
+folder (or its parent) has a ``data.yaml`` naming its classes, the classes whose
+names say stone (``is_stone_class``: stone, calculus, -lith-, and not
+negated: "no stone", "stone-free", "normal", Turkish "Tas_Yok"); else every
+class. Boxes of other classes (a kidney, a cyst) are not stones: a reported
+stone inside one is a false stone. A ``data.yaml`` that names several classes
+and none of them a stone is an error, not a guess. An image without a label
+file, or with an empty one, has no stone.
 
 Images that carry Hounsfield units are read as such: a DICOM CT image
 (``.dcm``, one slice in any plane, through ``inference.volume.load_volume``,
@@ -207,8 +213,75 @@ def split_groups(images: Sequence[LabelledImage], fractions: Sequence[tuple[str,
     return out
 
 
-def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box, ...]:
-    """YOLO lines ``class cx cy w h`` (normalised) -> boxes in pixels; a bad line raises ImageSetError."""
+CLASS_FILES = ("data.yaml", "dataset.yaml")
+"""Where a YOLO export names its classes (Roboflow and Ultralytics write data.yaml)."""
+STONE_STEMS = ("stone", "calcul", "lith")
+NEGATIONS = frozenset({"no", "non", "not", "without", "normal", "free", "absent", "negative", "none", "yok"})
+
+
+def is_stone_class(name: str) -> bool:
+    """Whether a class name says stone: 'kidney-stones', 'Calculus', 'urolithiasis', 'Tas_Var' (Turkish,
+    "stone present") do; 'kidney', 'cyst', 'no_stone', 'NonStone', 'stone-free', 'normal', 'Tas_Yok' do not."""
+    tokens = re.findall(r"[a-z]+", name.lower())
+    negated = any(t in NEGATIONS or (t.startswith("no") and any(s in t[2:] for s in STONE_STEMS)) for t in tokens)
+    stone = any(s in t for t in tokens for s in STONE_STEMS) or "tas var" in " ".join(tokens)
+    return stone and not negated
+
+
+@dataclass(frozen=True)
+class StoneClasses:
+    """The box classes that are stones (None: every class) and why (``stone_classes``)."""
+
+    classes: frozenset[int] | None
+    how: str
+
+
+def _class_names(path: Path) -> dict[int, str] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ImageSetError(f"{path}: not YAML: {exc}") from exc
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, list):
+        return {i: str(v) for i, v in enumerate(names)}
+    if isinstance(names, dict):
+        try:
+            return {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError) as exc:
+            raise ImageSetError(f"{path}: class numbers that are not integers: {list(names)}") from exc
+    return None
+
+
+def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClasses:
+    """Which box classes of the image set at ``folder`` are stones (the module's text)."""
+    if given:
+        return StoneClasses(frozenset(int(c) for c in given), f"classes {', '.join(map(str, sorted(set(given))))} (given)")
+    folder = Path(folder)
+    for path in (d / f for d in (folder, folder.parent) for f in CLASS_FILES):
+        if not path.is_file():
+            continue
+        names = _class_names(path)
+        where = f"{path.parent.name}/{path.name}"  # no absolute path: this text goes into cards and reports
+        if not names:
+            return StoneClasses(None, f"every class ({where} names none)")
+        stones = sorted(k for k, v in names.items() if is_stone_class(v))
+        listed = ", ".join(f"{k} {v!r}" for k, v in sorted(names.items()))
+        if stones:
+            return StoneClasses(frozenset(stones), f"classes {', '.join(f'{k} {names[k]!r}' for k in stones)} "
+                                                   f"(named so in {where})")
+        if len(names) == 1:
+            return StoneClasses(None, f"every class ({where} names one class, {listed})")
+        raise ImageSetError(f"{path} names the classes {listed} and none of them as a stone; "
+                            "say which are with --stone-classes")
+    return StoneClasses(None, "every class (no data.yaml names them)")
+
+
+def read_boxes(text: str, rows: int, columns: int, where: str = "",
+               classes: frozenset[int] | None = None) -> tuple[Box, ...]:
+    """YOLO lines ``class cx cy w h`` (normalised) -> boxes in pixels of the ``classes`` (None: every one);
+    a bad line raises ImageSetError."""
     boxes = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
@@ -217,9 +290,14 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "") -> tuple[Box
         if len(parts) < 5:
             raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h', got {line.strip()!r}")
         try:
+            kind = float(parts[0])
             cx, cy, w, h = (float(v) for v in parts[1:5])
         except ValueError as exc:
             raise ImageSetError(f"{where}:{n}: not numbers: {line.strip()!r}") from exc
+        if kind != int(kind) or kind < 0:
+            raise ImageSetError(f"{where}:{n}: the class is not a whole number: {line.strip()!r}")
+        if classes is not None and int(kind) not in classes:
+            continue
         if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
             raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
         boxes.append(Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),
@@ -299,11 +377,14 @@ def image_files(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off") -> list[LabelledImage]:
+def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off",
+                   classes: Sequence[int] | None = None) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
     images that carry none (default ``ASSUMED_PIXEL_MM``; with ``estimate_pixel`` 'both' or 'finer',
     ``estimate_pixel_mm``'s, 'finer' only where it says the pixels are smaller: docs/model.md, the
-    thirteenth and fourteenth candidates)."""
+    thirteenth and fourteenth candidates); ``classes``: the box classes that are stones (default:
+    ``stone_classes``' reading of the set's data.yaml)."""
+    stones = stone_classes(folder, classes).classes
     if estimate_pixel not in ("off", "both", "finer"):
         raise ValueError(f"estimate_pixel {estimate_pixel!r}: 'off', 'both' or 'finer'")
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
@@ -322,7 +403,7 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
             mm, how = estimate.pixel_mm, estimate.how
         else:
             mm, how = ASSUMED_PIXEL_MM, "assumed"
-        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, where=str(label_path)),
+        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, str(label_path), stones),
                                  hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how))
     return out
 

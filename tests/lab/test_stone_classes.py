@@ -1,0 +1,86 @@
+"""Which box classes of a YOLO image set are stones (lab.realimages.stone_classes, read_boxes' classes)."""
+
+from __future__ import annotations
+
+from dataclasses import astuple
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lab.realimages import ImageSetError, is_stone_class, read_boxes, read_image_set, stone_classes
+from lab.synth import shared_data_dir
+from uronode.app.cli import build_parser
+
+TWO_KINDS = "0 0.5 0.5 0.8 0.8\n1 0.25 0.25 0.1 0.1\n"  # a large box (a kidney, say) and a small one
+
+
+@pytest.mark.parametrize("name", ["kidney-stones", "Tas_Var", "Calculus", "urolithiasis", "KidneyStone",
+                                  "Ureteral calculi", "stone"])
+def test_names_that_say_stone(name: str) -> None:
+    assert is_stone_class(name)
+
+
+@pytest.mark.parametrize("name", ["Kidney", "cyst", "tumor", "no_stone", "NonStone", "nostone", "stone-free",
+                                  "Normal", "Tas_Yok", "0", "object"])
+def test_names_that_do_not(name: str) -> None:
+    assert not is_stone_class(name)
+
+
+def test_only_the_stone_classes_boxes_are_read() -> None:
+    assert len(read_boxes(TWO_KINDS, 100, 100)) == 2  # every class
+    (box,) = read_boxes(TWO_KINDS, 100, 100, classes=frozenset({1}))
+    assert astuple(box) == pytest.approx((20.0, 20.0, 30.0, 30.0))
+    assert read_boxes(TWO_KINDS, 100, 100, classes=frozenset({2})) == ()
+    with pytest.raises(ImageSetError, match="lab.txt:1: the class is not a whole number"):
+        read_boxes("0.5 0.5 0.5 0.1 0.1", 10, 10, where="lab.txt")
+
+
+def _image_set(root: Path, yaml_text: str | None) -> Path:
+    (root / "valid" / "images").mkdir(parents=True)
+    (root / "valid" / "labels").mkdir()
+    cv2.imwrite(str(root / "valid" / "images" / "a.png"), np.full((100, 100), 90, np.uint8))
+    (root / "valid" / "labels" / "a.txt").write_text(TWO_KINDS)
+    if yaml_text is not None:
+        (root / "data.yaml").write_text(yaml_text)
+    return root
+
+
+@pytest.mark.parametrize("yaml_text", ["names:\n  0: kidney\n  1: kidney_stone\n",
+                                       "nc: 2\nnames: ['Kidney', 'Stone']\n",
+                                       "names:\n- normal\n- calculus\n"])
+def test_a_data_yaml_that_names_a_stone_class_keeps_its_boxes_only(tmp_path: Path, yaml_text: str) -> None:
+    root = _image_set(tmp_path, yaml_text)
+    classes = stone_classes(root)
+    assert classes.classes == frozenset({1}) and "data.yaml" in classes.how and str(tmp_path) not in classes.how
+    (image,) = read_image_set(root)
+    assert [astuple(b) for b in image.boxes] == [pytest.approx((20.0, 20.0, 30.0, 30.0))]
+    # the folder below the data.yaml reads it too; classes given override it
+    assert [len(im.boxes) for im in read_image_set(root / "valid")] == [1]
+    assert [len(im.boxes) for im in read_image_set(root, classes=[0, 1])] == [2]
+
+
+def test_without_a_data_yaml_or_with_one_class_every_box_is_a_stone(tmp_path: Path) -> None:
+    assert [len(im.boxes) for im in read_image_set(_image_set(tmp_path / "a", None))] == [2]
+    assert stone_classes(tmp_path / "a").classes is None
+    assert [len(im.boxes) for im in read_image_set(_image_set(tmp_path / "b", "names: ['object']\n"))] == [2]
+
+
+def test_several_classes_none_a_stone_is_an_error_that_says_what_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _image_set(tmp_path, "names: ['kidney', 'cyst', 'tumor']\n")
+    with pytest.raises(ImageSetError, match="none of them as a stone; say which are with --stone-classes"):
+        read_image_set(root)
+    args = build_parser().parse_args(["evaluate", "--images", str(root), "--split", "all", "--series", "0"])
+    assert args.func(args) == 2
+    assert "--stone-classes" in capsys.readouterr().err
+    assert [len(im.boxes) for im in read_image_set(root, classes=[1])] == [1]
+    (tmp_path / "data.yaml").write_text("names: [kidney\n")
+    with pytest.raises(ImageSetError, match="not YAML"):
+        stone_classes(root)
+
+
+def test_the_real_stones_set_counts_both_its_named_classes() -> None:
+    classes = stone_classes(shared_data_dir() / "real-stones")
+    assert classes.classes == frozenset({0, 1})  # 'kidney-stones' and 'Tas_Var' ("stone present")
