@@ -408,6 +408,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
     from lab.dataset import PatchSet, patches_from_images, patches_from_phantom, patches_from_planes
+    from lab.realimages import stone_classes
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
     if args.negative_ratio < 1 or not 0.0 < args.windowed_share <= 1.0:
@@ -426,7 +427,8 @@ def _train_on_images(args: argparse.Namespace) -> int:
     rule = CandidateRule.from_card(base_card.candidates)
     data = patches_from_images(chosen, rule, spec)
     description = (f"{len(chosen)} real images ({args.split} side of the split by examination) from "
-                   f"{args.images.name}, {sum(len(i.boxes) for i in chosen)} boxes, {len(data)} candidate patches "
+                   f"{args.images.name}, {sum(len(i.boxes) for i in chosen)} boxes "
+                   f"({stone_classes(args.images, args.stone_classes).how}), {len(data)} candidate patches "
                    f"({int(data.centre_stone.sum()) if data.centre_stone is not None else 0} on stone)")
     if args.phantoms:
         from tqdm import tqdm
@@ -538,6 +540,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     from inference.components import held_back
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
+    from lab.realimages import stone_classes
 
     chosen = _images_on_side(args)
     if chosen is None:
@@ -568,7 +571,8 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
     rows = component_rows(chosen, analyse, score=pipeline.thresholds.score)
     boxes = sum(len(im.boxes) for im in chosen)
-    print(f"{len(chosen)} images ({args.split} side), {boxes} boxes, {len(rows)} candidate components")
+    print(f"{len(chosen)} images ({args.split} side), {boxes} boxes ({stone_classes(args.images, args.stone_classes).how}), "
+          f"{len(rows)} candidate components")
     for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
         option = choose(rows, boxes, len(chosen), cap)
         if option is not None:
