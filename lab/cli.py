@@ -77,10 +77,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--sampling-seed", type=int, default=0,
                    help="with --images: seed of the epochs' draws and augmentation (a further stage: a new one)")
-    p.add_argument("--planes", action="store_true",
+    p.add_argument("--planes", type=int, nargs="?", const=2, default=None, metavar="FREE",
                    help="with --images and --phantoms: also each generated phantom's coronal and sagittal planes "
-                        "through every stone's centre and two stone-free ones of each, each a lone image (other "
-                        "views than the real coronal crops and the axial series)")
+                        "through every stone's centre and FREE (default 2) stone-free ones of each, each a lone "
+                        "image (other views than the real coronal crops and the axial series)")
     p.add_argument("--blur", type=float, default=0.0,
                    help="with --images: share of patches whose slices are blurred in-plane (0.4-1.2 pixels), as "
                         "softer kernels and resized exports give other hospitals' images; 0 never")
@@ -415,7 +415,11 @@ def _train_on_images(args: argparse.Namespace) -> int:
         print(f"uronode train: --negative-ratio must be 1 or more (got {args.negative_ratio}) and --windowed-share "
               f"in (0, 1] (got {args.windowed_share})", file=sys.stderr)
         return 2
-    if args.planes and not args.phantoms:
+    if args.planes is not None and args.planes < 0:
+        print(f"uronode train: --planes takes the stone-free planes of each kind, 0 or more (got {args.planes})",
+              file=sys.stderr)
+        return 2
+    if args.planes is not None and not args.phantoms:
         print("uronode train: --planes cuts the generated phantoms' planes; give --phantoms too", file=sys.stderr)
         return 2
     chosen = _images_on_side(args)
@@ -438,13 +442,13 @@ def _train_on_images(args: argparse.Namespace) -> int:
         for s in tqdm(seeds, desc="phantoms", unit="phantom"):
             phantom = training_phantom(s, TRAINING_SMALL_STONE_FRACTION)
             parts.append(patches_from_phantom(phantom, rule, spec, 30).with_windowed(False))
-            if args.planes:
-                planes.append(patches_from_planes(phantom, rule, spec, 30).with_windowed(False))
+            if args.planes is not None:
+                planes.append(patches_from_planes(phantom, rule, spec, 30, free=args.planes).with_windowed(False))
         description += f"; {args.phantoms} generated phantoms, seeds {seeds.start}-{seeds.stop - 1}"
         if planes:
             parts += planes
-            description += (f", and their coronal and sagittal planes as lone images ({sum(len(q) for q in planes)} "
-                            "patches)")
+            description += (f", and their coronal and sagittal planes as lone images (through every stone and "
+                            f"{args.planes} stone-free of each kind: {sum(len(q) for q in planes)} patches)")
         data = PatchSet.concatenate([data, *parts])
     init = None if args.from_scratch else init_folder / base_card.files.get("model", "model.keras")
     if init is not None:

@@ -53,10 +53,12 @@ def test_plane_patches_are_lone_images_with_each_stone_at_a_centre(phantom) -> N
     assert (slices == slices[..., spec.context: spec.context + 1]).all()
 
 
-def test_planes_without_phantoms_are_refused_before_anything_is_read(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("argv", "says"), [(["--planes", "--phantoms", "0"], "give --phantoms too"),
+                                           (["--planes", "-1", "--phantoms", "2"], "0 or more (got -1)")])
+def test_planes_that_cannot_be_cut_are_refused_before_anything_is_read(
+        argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["train", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"),
-                                      "--planes", "--phantoms", "0"])
+                                      *argv])
     assert args.func(args) == 2
-    assert "give --phantoms too" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
