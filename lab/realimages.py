@@ -2,7 +2,10 @@
 
 A folder in the YOLO layout, as object-detection exports write it:
 ``DIR/images/*.jpg|png`` with ``DIR/labels/<same stem>.txt``, or several such
-folders below ``DIR`` (``train/``, ``valid/``, ...). A label file holds one
+folders below ``DIR`` (``train/``, ``valid/``, ...: Roboflow), or
+``DIR/images/<split>/`` with ``DIR/labels/<split>/`` (Ultralytics), or, where no
+image lies in an ``images`` folder, images with their label files beside them
+(``label_file``). A label file holds one
 line per box, ``class cx cy w h`` normalised to the image. Which classes are
 stones (``stone_classes``): those given (``--stone-classes``); else, where the
 folder (or its parent) has a ``data.yaml`` naming its classes, the classes whose
@@ -360,21 +363,32 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | 
     return np.ascontiguousarray(data), None, ASSUMED_PIXEL_MM, None
 
 
+def label_file(image: Path) -> Path:
+    """Where an image's YOLO label file is: the path with its last ``images`` folder read as ``labels`` and
+    the suffix ``.txt`` (``DIR/images/a.jpg`` -> ``DIR/labels/a.txt``, as Roboflow writes it;
+    ``DIR/images/train/a.jpg`` -> ``DIR/labels/train/a.txt``, as Ultralytics does), else beside the image
+    (``a.jpg`` -> ``a.txt``) when only that one exists."""
+    parts = image.parts
+    beside = image.with_suffix(".txt")
+    at = [i for i, part in enumerate(parts[:-1]) if part == "images"]
+    if at:
+        mapped = Path(*parts[: at[-1]], "labels", *parts[at[-1] + 1: -1], image.stem + ".txt")
+        if mapped.exists() or not beside.exists():
+            return mapped
+    return beside
+
+
 def image_files(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, label file) pairs of every ``images/`` folder at or below ``folder``, sorted."""
+    """(image, ``label_file``) pairs of every image at or below ``folder`` in an ``images`` folder (at any
+    depth, or ``folder`` in one), sorted; where none is, of every image below ``folder`` (labels beside)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
-    image_dirs = sorted({p.parent for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                         and p.parent.name == "images"})
-    pairs = []
-    for d in image_dirs:
-        for p in sorted(d.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                pairs.append((p, d.parent / "labels" / (p.stem + ".txt")))
-    if not pairs:
-        raise ImageSetError(f"{folder} has no images/ folder with images in it")
-    return pairs
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    chosen = [p for p in found if "images" in p.parts[:-1]] or found
+    if not chosen:
+        raise ImageSetError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)}) at or below it")
+    return [(p, label_file(p)) for p in chosen]
 
 
 def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off",

@@ -71,8 +71,29 @@ def test_an_image_folder_is_read_with_its_labels(tmp_path: Path) -> None:
     assert images[0].grey.shape == (40, 50) and images[0].grey.dtype == np.uint8
     assert [astuple(b) for b in images[0].boxes] == [pytest.approx((20.0, 15.0, 30.0, 25.0))]
     assert images[1].boxes == ()
-    with pytest.raises(ImageSetError, match="no images/ folder"):
+    with pytest.raises(ImageSetError, match="has no images"):
         read_image_set(tmp_path / "train" / "labels")
+
+
+def test_the_ultralytics_and_the_flat_layouts_are_read_with_their_labels(tmp_path: Path) -> None:
+    grey = np.full((40, 50), 90, np.uint8)
+    # Ultralytics: DIR/images/<split>/ with DIR/labels/<split>/
+    for split, line in (("train", "0 0.5 0.5 0.2 0.25\n"), ("val", "")):
+        (tmp_path / "u" / "images" / split).mkdir(parents=True)
+        (tmp_path / "u" / "labels" / split).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "u" / "images" / split / f"{split}.png"), grey)
+        (tmp_path / "u" / "labels" / split / f"{split}.txt").write_text(line)
+    cv2.imwrite(str(tmp_path / "u" / "preview.png"), grey)  # not in an images folder: not part of the set
+    images = read_image_set(tmp_path / "u")
+    assert [(im.name, len(im.boxes)) for im in images] == [("train", 1), ("val", 0)]
+    # the split's own folder given: its labels are still found
+    assert [len(im.boxes) for im in read_image_set(tmp_path / "u" / "images" / "train")] == [1]
+    # flat: images with their label files beside them, no images folder at all
+    (tmp_path / "flat" / "case1").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "flat" / "case1" / "a.jpg"), grey)
+    (tmp_path / "flat" / "case1" / "a.txt").write_text("0 0.5 0.5 0.2 0.25\n1 0.2 0.2 0.1 0.1\n")
+    cv2.imwrite(str(tmp_path / "flat" / "b.png"), grey)  # no label file: no stone
+    assert [(im.name, len(im.boxes)) for im in read_image_set(tmp_path / "flat")] == [("b", 0), ("a", 2)]
 
 
 def test_the_two_copies_of_a_source_and_its_examination_stay_together() -> None:
