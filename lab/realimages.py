@@ -283,24 +283,34 @@ def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClas
 
 def read_boxes(text: str, rows: int, columns: int, where: str = "",
                classes: frozenset[int] | None = None) -> tuple[Box, ...]:
-    """YOLO lines ``class cx cy w h`` (normalised) -> boxes in pixels of the ``classes`` (None: every one);
-    a bad line raises ImageSetError."""
+    """YOLO lines -> boxes in pixels of the ``classes`` (None: every one); a bad line raises ImageSetError.
+
+    A line is a box, ``class cx cy w h`` (normalised; a sixth value, a detector's confidence, is ignored),
+    or a polygon, ``class x1 y1 x2 y2 x3 y3 ...`` (three points or more, as segmentation exports write
+    it), whose box is the points' bounds."""
     boxes = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) < 5:
-            raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h', got {line.strip()!r}")
+            raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h' or a polygon, got {line.strip()!r}")
         try:
             kind = float(parts[0])
-            cx, cy, w, h = (float(v) for v in parts[1:5])
+            values = [float(v) for v in parts[1:]]
         except ValueError as exc:
             raise ImageSetError(f"{where}:{n}: not numbers: {line.strip()!r}") from exc
         if kind != int(kind) or kind < 0:
             raise ImageSetError(f"{where}:{n}: the class is not a whole number: {line.strip()!r}")
         if classes is not None and int(kind) not in classes:
             continue
+        if len(values) >= 6 and len(values) % 2 == 0:  # a polygon
+            xs, ys = values[0::2], values[1::2]
+            if not all(0.0 <= v <= 1.0 for v in values) or max(xs) <= min(xs) or max(ys) <= min(ys):
+                raise ImageSetError(f"{where}:{n}: polygon outside the image or without area: {line.strip()!r}")
+            boxes.append(Box(min(xs) * columns, min(ys) * rows, max(xs) * columns, max(ys) * rows))
+            continue
+        cx, cy, w, h = values[:4]
         if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
             raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
         boxes.append(Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),

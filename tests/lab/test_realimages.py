@@ -52,7 +52,15 @@ def test_yolo_lines_become_pixel_boxes() -> None:
     assert read_boxes("", 10, 10) == ()
 
 
-@pytest.mark.parametrize("line", ["0 0.5 0.5 0.1", "0 a 0.5 0.1 0.1", "0 1.5 0.5 0.1 0.1", "0 0.5 0.5 0 0.1"])
+def test_a_polygon_line_is_its_bounding_box_and_a_confidence_is_ignored() -> None:
+    (poly,) = read_boxes("0 0.1 0.2 0.3 0.2 0.2 0.6\n", rows=100, columns=200)
+    assert astuple(poly) == pytest.approx((20.0, 20.0, 60.0, 60.0))
+    (box,) = read_boxes("0 0.5 0.25 0.1 0.2 0.93\n", rows=200, columns=400)
+    assert astuple(box) == pytest.approx((180.0, 30.0, 220.0, 70.0))
+
+
+@pytest.mark.parametrize("line", ["0 0.5 0.5 0.1", "0 a 0.5 0.1 0.1", "0 1.5 0.5 0.1 0.1", "0 0.5 0.5 0 0.1",
+                                  "0 0.1 0.2 0.3 0.2 0.2 1.6", "0 0.1 0.2 0.3 0.2 0.5 0.2"])
 def test_a_bad_label_line_is_refused_with_where_it_is(line: str) -> None:
     with pytest.raises(ImageSetError, match="lab.txt:1"):
         read_boxes(line, 10, 10, where="lab.txt")
