@@ -275,6 +275,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inference.runtime import configure_threads
 
     configure_threads()
+    if args.planes is not None and not args.images:
+        print("uronode train: --planes goes with --images (and --phantoms)", file=sys.stderr)
+        return 2
     if args.data:
         return _train_on_labelled(args)
     if args.images:
@@ -408,7 +411,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
     from lab.dataset import PatchSet, patches_from_images, patches_from_phantom, patches_from_planes
-    from lab.realimages import stone_classes
+    from lab.realimages import describe_set
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
     if args.negative_ratio < 1 or not 0.0 < args.windowed_share <= 1.0:
@@ -432,7 +435,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     data = patches_from_images(chosen, rule, spec)
     description = (f"{len(chosen)} real images ({args.split} side of the split by examination) from "
                    f"{args.images.name}, {sum(len(i.boxes) for i in chosen)} boxes "
-                   f"({stone_classes(args.images, args.stone_classes).how}), {len(data)} candidate patches "
+                   f"({describe_set(args.images, chosen, args.stone_classes)}), {len(data)} candidate patches "
                    f"({int(data.centre_stone.sum()) if data.centre_stone is not None else 0} on stone)")
     if args.phantoms:
         from tqdm import tqdm
@@ -544,7 +547,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     from inference.components import held_back
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
-    from lab.realimages import stone_classes
+    from lab.realimages import describe_set
 
     chosen = _images_on_side(args)
     if chosen is None:
@@ -575,7 +578,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
     rows = component_rows(chosen, analyse, score=pipeline.thresholds.score)
     boxes = sum(len(im.boxes) for im in chosen)
-    print(f"{len(chosen)} images ({args.split} side), {boxes} boxes ({stone_classes(args.images, args.stone_classes).how}), "
+    print(f"{len(chosen)} images ({args.split} side), {boxes} boxes ({describe_set(args.images, chosen, args.stone_classes)}), "
           f"{len(rows)} candidate components")
     for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
         option = choose(rows, boxes, len(chosen), cap)
@@ -708,6 +711,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lab.realimages import (
         ASSUMED_PIXEL_MM,
         ImageSetError,
+        describe_set,
         image_volume,
         read_image_set,
         split_groups,
@@ -759,8 +763,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.pictures:
             pictures.update(_image_failure_pictures(chosen, on_image(model_predict),
                                                     real_images["model"]))
-        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination; boxes counted as "
-              f"stones: {stone_classes(args.images, args.stone_classes).how}):")
+        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination; "
+              f"{describe_set(args.images, chosen, args.stone_classes)}):")
         print(format_image_table(real_images))
     if args.lone_slices:
         from tqdm import tqdm

@@ -143,8 +143,11 @@ def patches_from_planes(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, sp
     uploaded image of that plane is predicted (``lab.synth.plane_image``: head up, the slices' axis
     resampled to the pixel spacing). Every stone a plane cuts is stone there, through its centre or not."""
     rng = np.random.default_rng(phantom.seed + 7_919)
+    planes = stone_planes(phantom, free, rng)
+    if not planes:
+        raise ValueError(f"phantom {phantom.seed} has no stone and no stone-free plane was asked for: no plane to cut")
     parts = []
-    for plane, index in stone_planes(phantom, free, rng):
+    for plane, index in planes:
         hu, labels = plane_image(phantom, plane, index)
         volume = image_volume(hu, f"{phantom.seed}-{plane}-{index}", phantom.pixel_spacing)
         parts.append(patches_from_labelled(volume, (labels > 0)[None], phantom.seed, rule, spec,

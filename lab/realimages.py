@@ -53,6 +53,7 @@ never changes when images are added elsewhere.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,8 @@ class LabelledImage:
     """A DICOM image's StudyInstanceUID: its examination, for the split."""
     pixel_from: str = "assumed"
     """Where ``pixel_mm`` comes from: 'file' (DICOM), 'given' (for the set), 'body width' or 'assumed'."""
+    has_label_file: bool = True
+    """Whether a label file was found for it (without one it has no stone)."""
 
     def as_hu(self, window: str = "auto") -> np.ndarray:
         """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
@@ -218,17 +221,50 @@ def split_groups(images: Sequence[LabelledImage], fractions: Sequence[tuple[str,
 
 CLASS_FILES = ("data.yaml", "dataset.yaml")
 """Where a YOLO export names its classes (Roboflow and Ultralytics write data.yaml)."""
-STONE_STEMS = ("stone", "calcul", "lith")
-NEGATIONS = frozenset({"no", "non", "not", "without", "normal", "free", "absent", "negative", "none", "yok"})
+CLASS_FILE_LEVELS = 3
+"""How many folders above the one given are searched for it (DIR/valid/images given: DIR's is found)."""
+STONE_STEMS = ("stone", "calcul", "lithiasis", "urolith", "nephrolith", "ureterolith", "cystolith", "tasvar")
+"""Words (or parts of words) that name a urinary stone; "tas var" (Turkish: stone present) is one too."""
+MIMIC_STEMS = ("phlebo", "append", "fecal", "faecal", "copro", "gall", "chole", "sialo", "broncho", "pulp")
+"""A stone word with one of these names a stone's mimic or another organ's stone: not a urinary stone."""
+NEGATING_BEFORE = frozenset({"no", "non", "not", "without"})
+NEGATING_AFTER = frozenset({"free", "negative", "absent", "yok"})
+NEGATING_ELSEWHERE = NEGATING_BEFORE | NEGATING_AFTER | {"normal", "none"}
 
 
-def is_stone_class(name: str) -> bool:
-    """Whether a class name says stone: 'kidney-stones', 'Calculus', 'urolithiasis', 'Tas_Var' (Turkish,
-    "stone present") do; 'kidney', 'cyst', 'no_stone', 'NonStone', 'stone-free', 'normal', 'Tas_Yok' do not."""
-    tokens = re.findall(r"[a-z]+", name.lower())
-    negated = any(t in NEGATIONS or (t.startswith("no") and any(s in t[2:] for s in STONE_STEMS)) for t in tokens)
-    stone = any(s in t for t in tokens for s in STONE_STEMS) or "tas var" in " ".join(tokens)
-    return stone and not negated
+def is_stone_class(name: str) -> bool | None:
+    """Whether a class name says urinary stone: True for 'kidney-stones', 'Calculus', 'Ureteral calculi',
+    'nephrolithiasis', 'Tas_Var' / 'Taş Var' (Turkish, "stone present"); False for 'kidney', 'cyst',
+    'phlebolith', 'gallstone', 'no_stone', 'NonStone', 'stone-free', 'Tas_Yok'; None where a negating word
+    stands apart from the stone word ('non-obstructing stone', 'stone without hydronephrosis'): the name
+    alone cannot say, so the set's classes must be given."""
+    tokens: list[str] = []
+    for t in re.findall(r"[a-z]+", _plain(name)):
+        if t == "var" and tokens and tokens[-1] == "tas":
+            tokens[-1] = "tasvar"
+        else:
+            tokens.append(t)
+    if any(m in t for t in tokens for m in MIMIC_STEMS):
+        return False
+    stone_at = [i for i, t in enumerate(tokens) if any(s in t for s in STONE_STEMS)]
+    if not stone_at:
+        return False
+    for i in stone_at:
+        if tokens[i].startswith(("no", "non")):  # "nostone", "nonstone"
+            return False
+        if (i > 0 and tokens[i - 1] in NEGATING_BEFORE) or (i + 1 < len(tokens) and tokens[i + 1] in NEGATING_AFTER):
+            return False
+    if any(t in NEGATING_ELSEWHERE for t in tokens):
+        return None
+    return True
+
+
+def _plain(name: str) -> str:
+    """A class name in lower-case ASCII letters: accents dropped ('Taş' -> 'tas'), the dotless i read as i."""
+    import unicodedata
+
+    lower = name.lower().replace("ı", "i")
+    return "".join(c for c in unicodedata.normalize("NFKD", lower) if not unicodedata.combining(c))
 
 
 @dataclass(frozen=True)
@@ -257,28 +293,47 @@ def _class_names(path: Path) -> dict[int, str] | None:
     return None
 
 
+def class_file(folder: Path) -> Path | None:
+    """The ``data.yaml`` (or ``dataset.yaml``) of the image set at ``folder``: in it or up to
+    ``CLASS_FILE_LEVELS`` folders above, the nearest."""
+    here = Path(folder).resolve()
+    for d in [here, *here.parents][: CLASS_FILE_LEVELS + 1]:
+        for name in CLASS_FILES:
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
 def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClasses:
     """Which box classes of the image set at ``folder`` are stones (the module's text)."""
-    if given:
-        return StoneClasses(frozenset(int(c) for c in given), f"classes {', '.join(map(str, sorted(set(given))))} (given)")
-    folder = Path(folder)
-    for path in (d / f for d in (folder, folder.parent) for f in CLASS_FILES):
-        if not path.is_file():
-            continue
-        names = _class_names(path)
-        where = f"{path.parent.name}/{path.name}"  # no absolute path: this text goes into cards and reports
-        if not names:
-            return StoneClasses(None, f"every class ({where} names none)")
-        stones = sorted(k for k, v in names.items() if is_stone_class(v))
-        listed = ", ".join(f"{k} {v!r}" for k, v in sorted(names.items()))
-        if stones:
-            return StoneClasses(frozenset(stones), f"classes {', '.join(f'{k} {names[k]!r}' for k in stones)} "
-                                                   f"(named so in {where})")
-        if len(names) == 1:
-            return StoneClasses(None, f"every class ({where} names one class, {listed})")
-        raise ImageSetError(f"{path} names the classes {listed} and none of them as a stone; "
-                            "say which are with --stone-classes")
-    return StoneClasses(None, "every class (no data.yaml names them)")
+    path = class_file(folder)
+    names = _class_names(path) if path is not None else None
+    where = f"{path.parent.name}/{path.name}" if path is not None else ""  # never an absolute path: cards hold it
+    if given is not None:
+        if not given or min(given) < 0:
+            raise ImageSetError(f"--stone-classes {' '.join(map(str, given))}: class numbers, 0 or more")
+        unknown = sorted(set(given) - set(names)) if names else []
+        if unknown:
+            raise ImageSetError(f"classes {unknown} given as stones, but {where} names only {sorted(names or {})}")
+        return StoneClasses(frozenset(given), f"classes {', '.join(map(str, sorted(set(given))))} (given)")
+    if path is None:
+        return StoneClasses(None, "every class (no data.yaml names them)")
+    if not names:
+        return StoneClasses(None, f"every class ({where} names none)")
+    listed = ", ".join(f"{k} {v!r}" for k, v in sorted(names.items()))
+    verdicts = {k: is_stone_class(v) for k, v in names.items()}
+    unclear = sorted(k for k, v in verdicts.items() if v is None)
+    if unclear:
+        raise ImageSetError(f"{where} names the classes {listed}; whether {', '.join(repr(names[k]) for k in unclear)} "
+                            "is a stone its name does not say; say which classes are with --stone-classes")
+    stones = sorted(k for k, v in verdicts.items() if v)
+    if stones:
+        return StoneClasses(frozenset(stones), f"classes {', '.join(f'{k} {names[k]!r}' for k in stones)} "
+                                               f"(named so in {where})")
+    if len(names) == 1:
+        return StoneClasses(None, f"every class ({where} names one class, {listed})")
+    raise ImageSetError(f"{where} names the classes {listed} and none of them as a stone; "
+                        "say which are with --stone-classes")
 
 
 def read_boxes(text: str, rows: int, columns: int, where: str = "",
@@ -293,28 +348,29 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "",
         parts = line.split()
         if not parts:
             continue
-        if len(parts) < 5:
-            raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h' or a polygon, got {line.strip()!r}")
         try:
             kind = float(parts[0])
             values = [float(v) for v in parts[1:]]
         except ValueError as exc:
             raise ImageSetError(f"{where}:{n}: not numbers: {line.strip()!r}") from exc
-        if kind != int(kind) or kind < 0:
+        if not math.isfinite(kind) or kind != int(kind) or kind < 0:
             raise ImageSetError(f"{where}:{n}: the class is not a whole number: {line.strip()!r}")
-        if classes is not None and int(kind) not in classes:
-            continue
-        if len(values) >= 6 and len(values) % 2 == 0:  # a polygon
+        if len(values) in (4, 5):
+            cx, cy, w, h = values[:4]
+            if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
+                raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
+            box = Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),
+                      min(float(columns), (cx + w / 2) * columns), min(float(rows), (cy + h / 2) * rows))
+        elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon
             xs, ys = values[0::2], values[1::2]
             if not all(0.0 <= v <= 1.0 for v in values) or max(xs) <= min(xs) or max(ys) <= min(ys):
                 raise ImageSetError(f"{where}:{n}: polygon outside the image or without area: {line.strip()!r}")
-            boxes.append(Box(min(xs) * columns, min(ys) * rows, max(xs) * columns, max(ys) * rows))
-            continue
-        cx, cy, w, h = values[:4]
-        if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
-            raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
-        boxes.append(Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),
-                         min(float(columns), (cx + w / 2) * columns), min(float(rows), (cy + h / 2) * rows)))
+            box = Box(min(xs) * columns, min(ys) * rows, max(xs) * columns, max(ys) * rows)
+        else:
+            raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h' (and a confidence) or a polygon "
+                                f"('class x1 y1 x2 y2 x3 y3 ...'), got {line.strip()!r}")
+        if classes is None or int(kind) in classes:
+            boxes.append(box)
     return tuple(boxes)
 
 
@@ -389,13 +445,13 @@ def label_file(image: Path) -> Path:
 
 
 def image_files(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, ``label_file``) pairs of every image at or below ``folder`` in an ``images`` folder (at any
-    depth, or ``folder`` in one), sorted; where none is, of every image below ``folder`` (labels beside)."""
+    """(image, ``label_file``) pairs of every image below ``folder`` in an ``images`` folder (at any depth),
+    sorted; where none is (``folder`` is one, or a flat set), of every image below ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    chosen = [p for p in found if "images" in p.parts[:-1]] or found
+    chosen = [p for p in found if "images" in p.relative_to(folder).parts[:-1]] or found
     if not chosen:
         raise ImageSetError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)}) at or below it")
     return [(p, label_file(p)) for p in chosen]
@@ -414,9 +470,12 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
+    boxes_of_any_class = 0
     for image_path, label_path in image_files(folder):
         grey, hu, own_mm, study_uid = read_image(image_path)
         text = label_path.read_text() if label_path.exists() else ""
+        if stones is not None:
+            boxes_of_any_class += len(read_boxes(text, grey.shape[0], grey.shape[1], str(label_path)))
         rows, columns = grey.shape
         if study_uid:
             mm, how = own_mm, "file"
@@ -428,8 +487,20 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
         else:
             mm, how = ASSUMED_PIXEL_MM, "assumed"
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, str(label_path), stones),
-                                 hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how))
+                                 hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how,
+                                 has_label_file=label_path.exists()))
+    if boxes_of_any_class and not any(im.boxes for im in out):
+        raise ImageSetError(f"the label files hold {boxes_of_any_class} boxes and none of the classes counted as "
+                            f"stones ({stone_classes(folder, classes).how}); say which are with --stone-classes")
     return out
+
+
+def describe_set(folder: Path, images: Sequence[LabelledImage], classes: Sequence[int] | None = None) -> str:
+    """What the figures of an image set counted: its stone classes, and how many images had a label file
+    (one without is stone-free, so a layout whose labels were not found shows here)."""
+    labelled = sum(im.has_label_file for im in images)
+    return (f"boxes counted as stones: {stone_classes(folder, classes).how}; "
+            f"{labelled} of {len(images)} images with a label file")
 
 
 def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = ASSUMED_WINDOW) -> np.ndarray:

@@ -76,9 +76,9 @@ def shared_data_dir() -> Path:
 
 DEFAULT_REAL_DATA = shared_data_dir()
 UID_ROOT = "1.2.826.0.1.3680043.10.1431."
+"""Prefix for the generated UIDs (pydicom's registered root plus a project branch)."""
 PLANES = {"coronal": 1, "sagittal": 2}
 """The axis of a phantom's (slices, rows, columns) arrays that a plane of that name is cut across."""
-"""Prefix for the generated UIDs (pydicom's registered root plus a project branch)."""
 
 @dataclass(frozen=True, eq=False)
 class Phantom:

@@ -94,7 +94,8 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     boxes = sum(len(im.boxes) for im in validation)
-    assert f"6 images (all side), {boxes} boxes (every class (no data.yaml names them))" in done.stdout
+    assert (f"6 images (all side), {boxes} boxes (boxes counted as stones: every class (no data.yaml names them); "
+            "6 of 6 images with a label file)") in done.stdout
     # the whole-CT stand-ins, at the chosen thresholds and at the card's (lab/standins.py)
     assert "generated validation phantoms 70000-70000, series:" in done.stdout
     assert "generated validation phantoms 70000-70000, lone slices:" in done.stdout

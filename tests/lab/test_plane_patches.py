@@ -62,3 +62,9 @@ def test_planes_that_cannot_be_cut_are_refused_before_anything_is_read(
     assert args.func(args) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_planes_without_images_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["train", "--planes", "--phantoms", "2", "--out", str(tmp_path / "m")])
+    assert args.func(args) == 2
+    assert "--planes goes with --images" in capsys.readouterr().err

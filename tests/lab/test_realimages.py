@@ -60,7 +60,8 @@ def test_a_polygon_line_is_its_bounding_box_and_a_confidence_is_ignored() -> Non
 
 
 @pytest.mark.parametrize("line", ["0 0.5 0.5 0.1", "0 a 0.5 0.1 0.1", "0 1.5 0.5 0.1 0.1", "0 0.5 0.5 0 0.1",
-                                  "0 0.1 0.2 0.3 0.2 0.2 1.6", "0 0.1 0.2 0.3 0.2 0.5 0.2"])
+                                  "0 0.1 0.2 0.3 0.2 0.2 1.6", "0 0.1 0.2 0.3 0.2 0.5 0.2",
+                                  "0 0.1 0.2 0.3 0.2 0.2 0.6 0.9", "0"])
 def test_a_bad_label_line_is_refused_with_where_it_is(line: str) -> None:
     with pytest.raises(ImageSetError, match="lab.txt:1"):
         read_boxes(line, 10, 10, where="lab.txt")
@@ -86,14 +87,14 @@ def test_an_image_folder_is_read_with_its_labels(tmp_path: Path) -> None:
 def test_the_ultralytics_and_the_flat_layouts_are_read_with_their_labels(tmp_path: Path) -> None:
     grey = np.full((40, 50), 90, np.uint8)
     # Ultralytics: DIR/images/<split>/ with DIR/labels/<split>/
-    for split, line in (("train", "0 0.5 0.5 0.2 0.25\n"), ("val", "")):
+    for split, line in (("train", "0 0.5 0.5 0.2 0.25\n"), ("val", "0 0.5 0.5 0.2 0.25\n0 0.2 0.2 0.1 0.1\n")):
         (tmp_path / "u" / "images" / split).mkdir(parents=True)
         (tmp_path / "u" / "labels" / split).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "u" / "images" / split / f"{split}.png"), grey)
         (tmp_path / "u" / "labels" / split / f"{split}.txt").write_text(line)
     cv2.imwrite(str(tmp_path / "u" / "preview.png"), grey)  # not in an images folder: not part of the set
     images = read_image_set(tmp_path / "u")
-    assert [(im.name, len(im.boxes)) for im in images] == [("train", 1), ("val", 0)]
+    assert [(im.name, len(im.boxes)) for im in images] == [("train", 1), ("val", 2)]
     # the split's own folder given: its labels are still found
     assert [len(im.boxes) for im in read_image_set(tmp_path / "u" / "images" / "train")] == [1]
     # flat: images with their label files beside them, no images folder at all
@@ -101,7 +102,19 @@ def test_the_ultralytics_and_the_flat_layouts_are_read_with_their_labels(tmp_pat
     cv2.imwrite(str(tmp_path / "flat" / "case1" / "a.jpg"), grey)
     (tmp_path / "flat" / "case1" / "a.txt").write_text("0 0.5 0.5 0.2 0.25\n1 0.2 0.2 0.1 0.1\n")
     cv2.imwrite(str(tmp_path / "flat" / "b.png"), grey)  # no label file: no stone
-    assert [(im.name, len(im.boxes)) for im in read_image_set(tmp_path / "flat")] == [("b", 0), ("a", 2)]
+    flat = read_image_set(tmp_path / "flat")
+    assert [(im.name, len(im.boxes), im.has_label_file) for im in flat] == [("b", 0, False), ("a", 2, True)]
+
+
+def test_a_folder_named_images_above_the_set_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "images" / "set"
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "labels").mkdir()
+    grey = np.full((40, 50), 90, np.uint8)
+    cv2.imwrite(str(root / "train" / "images" / "a.png"), grey)
+    (root / "train" / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.25\n")
+    cv2.imwrite(str(root / "preview.png"), grey)  # beside the set, not in its images folder
+    assert [(im.name, len(im.boxes)) for im in read_image_set(root)] == [("a", 1)]
 
 
 def test_the_two_copies_of_a_source_and_its_examination_stay_together() -> None:

@@ -9,23 +9,36 @@ import cv2
 import numpy as np
 import pytest
 
-from lab.realimages import ImageSetError, is_stone_class, read_boxes, read_image_set, stone_classes
+from lab.realimages import (
+    ImageSetError,
+    describe_set,
+    is_stone_class,
+    read_boxes,
+    read_image_set,
+    stone_classes,
+)
 from lab.synth import shared_data_dir
 from uronode.app.cli import build_parser
 
 TWO_KINDS = "0 0.5 0.5 0.8 0.8\n1 0.25 0.25 0.1 0.1\n"  # a large box (a kidney, say) and a small one
 
 
-@pytest.mark.parametrize("name", ["kidney-stones", "Tas_Var", "Calculus", "urolithiasis", "KidneyStone",
-                                  "Ureteral calculi", "stone"])
+@pytest.mark.parametrize("name", ["kidney-stones", "Tas_Var", "Taş Var", "TasVar", "Calculus", "urolithiasis",
+                                  "nephrolithiasis", "KidneyStone", "Ureteral calculi", "stone", "obstructing stone"])
 def test_names_that_say_stone(name: str) -> None:
     assert is_stone_class(name)
 
 
 @pytest.mark.parametrize("name", ["Kidney", "cyst", "tumor", "no_stone", "NonStone", "nostone", "stone-free",
-                                  "Normal", "Tas_Yok", "0", "object"])
+                                  "Normal", "Tas_Yok", "0", "object", "phlebolith", "Phleboliths",
+                                  "appendicolith", "gallstone", "cholelithiasis"])
 def test_names_that_do_not(name: str) -> None:
-    assert not is_stone_class(name)
+    assert is_stone_class(name) is False
+
+
+@pytest.mark.parametrize("name", ["non-obstructing stone", "stone without hydronephrosis", "normal or stone"])
+def test_names_that_cannot_say(name: str) -> None:
+    assert is_stone_class(name) is None
 
 
 def test_only_the_stone_classes_boxes_are_read() -> None:
@@ -33,8 +46,9 @@ def test_only_the_stone_classes_boxes_are_read() -> None:
     (box,) = read_boxes(TWO_KINDS, 100, 100, classes=frozenset({1}))
     assert astuple(box) == pytest.approx((20.0, 20.0, 30.0, 30.0))
     assert read_boxes(TWO_KINDS, 100, 100, classes=frozenset({2})) == ()
-    with pytest.raises(ImageSetError, match="lab.txt:1: the class is not a whole number"):
-        read_boxes("0.5 0.5 0.5 0.1 0.1", 10, 10, where="lab.txt")
+    for kind in ("0.5", "nan", "inf", "-1"):
+        with pytest.raises(ImageSetError, match="lab.txt:1: the class is not a whole number"):
+            read_boxes(f"{kind} 0.5 0.5 0.1 0.1", 10, 10, where="lab.txt")
 
 
 def _image_set(root: Path, yaml_text: str | None) -> Path:
@@ -56,9 +70,32 @@ def test_a_data_yaml_that_names_a_stone_class_keeps_its_boxes_only(tmp_path: Pat
     assert classes.classes == frozenset({1}) and "data.yaml" in classes.how and str(tmp_path) not in classes.how
     (image,) = read_image_set(root)
     assert [astuple(b) for b in image.boxes] == [pytest.approx((20.0, 20.0, 30.0, 30.0))]
-    # the folder below the data.yaml reads it too; classes given override it
+    # the folders below the data.yaml read it too, down to a split's images folder; classes given override it
     assert [len(im.boxes) for im in read_image_set(root / "valid")] == [1]
+    assert [len(im.boxes) for im in read_image_set(root / "valid" / "images")] == [1]
     assert [len(im.boxes) for im in read_image_set(root, classes=[0, 1])] == [2]
+    assert describe_set(root, read_image_set(root)).endswith("; 1 of 1 images with a label file")
+
+
+def test_classes_given_must_be_the_sets_own(tmp_path: Path) -> None:
+    root = _image_set(tmp_path, "names: ['kidney', 'stone']\n")
+    with pytest.raises(ImageSetError, match=r"classes \[2\] given as stones, but \S*data.yaml names only \[0, 1\]"):
+        read_image_set(root, classes=[2])
+    with pytest.raises(ImageSetError, match="0 or more"):
+        stone_classes(root, [-1])
+
+
+def test_a_class_filter_that_keeps_no_box_is_an_error(tmp_path: Path) -> None:
+    root = _image_set(tmp_path, None)  # no data.yaml: any class may be given
+    with pytest.raises(ImageSetError, match="hold 2 boxes and none of the classes counted as stones"):
+        read_image_set(root, classes=[5])
+
+
+def test_a_name_that_cannot_say_is_an_error_not_a_guess(tmp_path: Path) -> None:
+    root = _image_set(tmp_path, "names: ['kidney', 'non-obstructing stone']\n")
+    with pytest.raises(ImageSetError, match="'non-obstructing stone' is a stone its name does not say"):
+        read_image_set(root)
+    assert [len(im.boxes) for im in read_image_set(root, classes=[1])] == [1]
 
 
 def test_without_a_data_yaml_or_with_one_class_every_box_is_a_stone(tmp_path: Path) -> None:
