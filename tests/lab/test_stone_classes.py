@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,9 +17,11 @@ import pytest
 from lab.realimages import (
     ImageSetError,
     describe_set,
+    image_files,
     is_stone_class,
     read_boxes,
     read_image_set,
+    split_groups,
     stone_classes,
 )
 from lab.synth import shared_data_dir
@@ -121,3 +128,35 @@ def test_several_classes_none_a_stone_is_an_error_that_says_what_to_do(
 def test_the_real_stones_set_counts_both_its_named_classes() -> None:
     classes = stone_classes(shared_data_dir() / "real-stones")
     assert classes.classes == frozenset({0, 1})  # 'kidney-stones' and 'Tas_Var' ("stone present")
+
+
+def test_evaluate_counts_only_the_stone_class_of_another_sites_export(tmp_path: Path) -> None:
+    """Three real validation images laid out as Ultralytics writes a set, each stone's box as class 1 of
+    ['kidney', 'kidney stone'] and a large kidney box as class 0: the figures count the stones only."""
+    real = shared_data_dir() / "real-stones"
+    images = [im for im in split_groups(read_image_set(real))["validation"] if im.boxes][:3]
+    pairs = dict(image_files(real))
+    root = tmp_path / "site"
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for im in images:
+        shutil.copy(im.path, root / "images" / "val" / im.path.name)
+        stones = [line.split(maxsplit=1)[1] for line in pairs[im.path].read_text().splitlines() if line.strip()]
+        (root / "labels" / "val" / f"{im.path.stem}.txt").write_text(
+            "0 0.5 0.5 0.6 0.6\n" + "".join(f"1 {s}\n" for s in stones))
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: kidney\n  1: kidney stone\n")
+    stones = sum(len(im.boxes) for im in images)
+
+    def evaluate(*extra: str) -> tuple[dict[str, Any], str]:
+        out = tmp_path / f"figures{len(extra)}.json"
+        done = subprocess.run([sys.executable, "-m", "uronode", "evaluate", "--images", str(root), "--split", "all",
+                               "--series", "0", "--out", str(out), *extra], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(out.read_text()), done.stdout
+
+    figures, stdout = evaluate()
+    assert figures["image_results"]["real_images"]["model"]["stones"] == stones
+    assert "classes 1 'kidney stone' (named so in site/data.yaml); 3 of 3 images with a label file" in stdout
+    assert figures["real_images_set"]["stone_classes"] == "classes 1 'kidney stone' (named so in site/data.yaml)"
+    every, _ = evaluate("--stone-classes", "0", "1")
+    assert every["image_results"]["real_images"]["model"]["stones"] == stones + 3  # the kidneys counted too
