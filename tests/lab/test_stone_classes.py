@@ -141,9 +141,9 @@ def test_evaluate_counts_only_the_stone_class_of_another_sites_export(tmp_path: 
     (root / "labels" / "val").mkdir(parents=True)
     for im in images:
         shutil.copy(im.path, root / "images" / "val" / im.path.name)
-        stones = [line.split(maxsplit=1)[1] for line in pairs[im.path].read_text().splitlines() if line.strip()]
+        boxes = [line.split(maxsplit=1)[1] for line in pairs[im.path].read_text().splitlines() if line.strip()]
         (root / "labels" / "val" / f"{im.path.stem}.txt").write_text(
-            "0 0.5 0.5 0.6 0.6\n" + "".join(f"1 {s}\n" for s in stones))
+            "0 0.5 0.5 0.6 0.6\n" + "".join(f"1 {b}\n" for b in boxes))
     (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: kidney\n  1: kidney stone\n")
     stones = sum(len(im.boxes) for im in images)
 
