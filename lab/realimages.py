@@ -7,14 +7,18 @@ folders below ``DIR`` (``train/``, ``valid/``, ...: Roboflow), or
 image lies in an ``images`` folder, images with their label files beside them
 (``label_file``). A label file holds one
 line per box, ``class cx cy w h`` normalised to the image. Which classes are
-stones (``stone_classes``): those given (``--stone-classes``); else, where the
-folder (or its parent) has a ``data.yaml`` naming its classes, the classes whose
-names say stone (``is_stone_class``: stone, calculus, -lith-, and not
-negated: "no stone", "stone-free", "normal", Turkish "Tas_Yok"); else every
-class. Boxes of other classes (a kidney, a cyst) are not stones: a reported
-stone inside one is a false stone. A ``data.yaml`` that names several classes
-and none of them a stone is an error, not a guess. An image without a label
-file, or with an empty one, has no stone.
+stones (``stone_classes``): those given (``--stone-classes``, which a
+``data.yaml`` must name); else, where the folder or one up to three above it
+has a ``data.yaml`` naming its classes, the classes whose names say urinary
+stone (``is_stone_class``: stone, calculus, -lithiasis, urolith, nephrolith,
+Turkish "Tas_Var"; not negated, "no stone", "stone-free", "Tas_Yok", and not a
+mimic, "phlebolith", "gallstone"); else (no ``data.yaml``, or one that names
+no class, or one class) every class. Boxes of other classes (a kidney, a cyst)
+are not stones: a reported stone inside one is a false stone. A
+``data.yaml`` that names several classes and none of them a stone, a name
+that cannot say ("non-obstructing stone") and classes that keep none of the
+set's boxes are errors, not guesses. An image without a label file, or with
+an empty one, has no stone.
 
 Images that carry Hounsfield units are read as such: a DICOM CT image
 (``.dcm``, one slice in any plane, through ``inference.volume.load_volume``,
