@@ -15,7 +15,15 @@ from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
 from inference.volume import Volume
 from lab.realimages import LabelledImage, exam_keys, image_volume, stone_mask
-from lab.synth import PLANES, Phantom, PhantomOptions, generate_phantom, plane_image
+from lab.synth import (
+    PLANES,
+    Phantom,
+    PhantomOptions,
+    centre_planes,
+    clear_plane,
+    generate_phantom,
+    plane_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +131,11 @@ def patches_from_phantom(phantom: Phantom, rule: CandidateRule = DEFAULT_RULE, s
 
 def stone_planes(phantom: Phantom, free: int, rng: np.random.Generator) -> list[tuple[str, int]]:
     """(plane, index) of the coronal and sagittal planes through each stone's centre, and ``free`` of each
-    plane drawn at random among those with no stone within 3 planes and a body across a fifth of them."""
-    labels = phantom.stone_labels
+    plane drawn at random among the stone-free ones (``lab.synth.clear_plane``)."""
     chosen: list[tuple[str, int]] = []
     for plane, axis in PLANES.items():
-        for stone in (int(v) for v in np.unique(labels) if v):
-            chosen.append((plane, int(round(float(np.nonzero(labels == stone)[axis].mean())))))
-        stone_at = np.nonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        clear = [i for i in range(labels.shape[axis])
-                 if (stone_at.size == 0 or np.abs(stone_at - i).min() > 3)
-                 and (np.take(phantom.hu, i, axis=axis) > -500).mean() >= 0.2]
+        chosen += [(plane, i) for i in centre_planes(phantom, axis)]
+        clear = [i for i in range(phantom.stone_labels.shape[axis]) if clear_plane(phantom, axis, i)]
         chosen += [(plane, int(i)) for i in rng.permutation(clear)[:free]]
     return list(dict.fromkeys(chosen))
 

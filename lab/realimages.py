@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,7 +255,7 @@ def is_stone_class(name: str) -> bool | None:
     if not stone_at:
         return False
     for i in stone_at:
-        if tokens[i].startswith(("no", "non")):  # "nostone", "nonstone"
+        if tokens[i].startswith("no"):  # "nostone", "nonstone"
             return False
         if (i > 0 and tokens[i - 1] in NEGATING_BEFORE) or (i + 1 < len(tokens) and tokens[i + 1] in NEGATING_AFTER):
             return False
@@ -265,8 +266,6 @@ def is_stone_class(name: str) -> bool | None:
 
 def _plain(name: str) -> str:
     """A class name in lower-case ASCII letters: accents dropped ('Taş' -> 'tas'), the dotless i read as i."""
-    import unicodedata
-
     lower = name.lower().replace("ı", "i")
     return "".join(c for c in unicodedata.normalize("NFKD", lower) if not unicodedata.combining(c))
 

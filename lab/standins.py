@@ -72,7 +72,14 @@ from lab.realimages import (
     image_hu,
     image_volume,
 )
-from lab.synth import PLANES, Phantom, generate_phantom, plane_image
+from lab.synth import (
+    PLANES,
+    Phantom,
+    centre_planes,
+    clear_plane,
+    generate_phantom,
+    plane_image,
+)
 
 VALIDATION_SEED = 70_000
 COARSE_BLOCK = 4
@@ -80,7 +87,6 @@ COARSE_NOISE_HU = 12.0
 COARSE_NOISE_SEED = 123
 FREE_SLICE_STEP = 6
 PLANE_STEP = 48
-PLANE_CLEAR = 3
 
 
 @dataclass(frozen=True)
@@ -193,16 +199,8 @@ def plane_slice_rows(analyse: Callable[[Volume], ComponentTable], seeds: Iterabl
         for plane, axis in PLANES.items():
             # each stone is counted in the plane through its centre only; another stone that plane cuts
             # off-centre is neither a stone to find there nor a false stone
-            through: dict[int, list[int]] = {}
-            for stone in (int(v) for v in np.unique(labels) if v):
-                through.setdefault(int(round(float(np.nonzero(labels == stone)[axis].mean()))), []).append(stone)
-            n = labels.shape[axis]
-            free = []
-            for i in range(PLANE_STEP // 2, n, PLANE_STEP):
-                near = [slice(None)] * 3
-                near[axis] = slice(max(0, i - PLANE_CLEAR), i + PLANE_CLEAR + 1)
-                if not labels[tuple(near)].any() and (np.take(phantom.hu, i, axis=axis) > -500).mean() >= 0.2:
-                    free.append(i)
+            through = centre_planes(phantom, axis)
+            free = [i for i in range(PLANE_STEP // 2, labels.shape[axis], PLANE_STEP) if clear_plane(phantom, axis, i)]
             for i in dict.fromkeys([*through, *free]):
                 hu, plane_labels = plane_image(phantom, plane, i)
                 name = f"{seed}/{plane}/{i}"

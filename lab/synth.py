@@ -79,6 +79,8 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1431."
 """Prefix for the generated UIDs (pydicom's registered root plus a project branch)."""
 PLANES = {"coronal": 1, "sagittal": 2}
 """The axis of a phantom's (slices, rows, columns) arrays that a plane of that name is cut across."""
+PLANE_CLEAR = 3
+"""A stone-free plane has no stone within this many planes (``clear_plane``)."""
 
 @dataclass(frozen=True, eq=False)
 class Phantom:
@@ -158,6 +160,24 @@ def plane_image(phantom: Phantom, plane: str, index: int) -> tuple[np.ndarray, n
     labels = np.take(phantom.stone_labels, index, axis=axis)[::-1]
     return (np.asarray(ndimage.zoom(hu, (factor, 1), order=1), np.float32),
             np.asarray(ndimage.zoom(labels, (factor, 1), order=0)))
+
+
+def centre_planes(phantom: Phantom, axis: int) -> dict[int, list[int]]:
+    """{index: stones} of the planes across ``axis`` through each stone's centre (its voxels' mean)."""
+    labels = phantom.stone_labels
+    through: dict[int, list[int]] = {}
+    for stone in (int(v) for v in np.unique(labels) if v):
+        through.setdefault(int(round(float(np.nonzero(labels == stone)[axis].mean()))), []).append(stone)
+    return through
+
+
+def clear_plane(phantom: Phantom, axis: int, index: int) -> bool:
+    """Whether the plane across ``axis`` at ``index`` is a stone-free one worth showing: no stone within
+    ``PLANE_CLEAR`` planes, and a body (above -500 HU) across at least a fifth of it."""
+    near = [slice(None)] * 3
+    near[axis] = slice(max(0, index - PLANE_CLEAR), index + PLANE_CLEAR + 1)
+    return (not phantom.stone_labels[tuple(near)].any()
+            and bool((np.take(phantom.hu, index, axis=axis) > -500).mean() >= 0.2))
 
 
 def generate_phantom(

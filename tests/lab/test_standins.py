@@ -11,7 +11,6 @@ from inference.components import ComponentTable
 from inference.volume import Volume
 from lab.realimages import image_volume
 from lab.standins import (
-    PLANE_CLEAR,
     PLANES,
     Case,
     CaseRow,
@@ -21,7 +20,7 @@ from lab.standins import (
     plane_image,
     plane_slice_rows,
 )
-from lab.synth import generate_phantom
+from lab.synth import PLANE_CLEAR, generate_phantom
 
 THRESHOLDS = {"dense_small": 0.7, "dense_large": 0.7, "contrast": 0.9}
 
