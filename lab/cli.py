@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +154,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--series", type=int, default=0,
                    help="also this many generated validation series (seeds from 70000, used for nothing else): "
                         "false stones per series and stones found, at the chosen thresholds and at the card's")
+    p.add_argument("--series-max-false", type=float, default=None, metavar="F",
+                   help="with --series: the thresholds chosen must keep the generated validation series to at most "
+                        "F false stones per series (issue 10's target for generated series: 0.3)")
     p.add_argument("--coarse-slices", type=int, default=0,
                    help="also the slices of this many generated validation phantoms made coarse and predicted "
                         "alone (lab/standins.py): stone-free slices with a false stone, stones found")
@@ -549,6 +552,9 @@ def cmd_choose(args: argparse.Namespace) -> int:
     from lab.choose import choose, component_rows
     from lab.realimages import describe_set
 
+    if args.series_max_false is not None and not args.series:
+        print("uronode choose: --series-max-false needs --series N (the generated series it bounds)", file=sys.stderr)
+        return 2
     chosen = _images_on_side(args)
     if chosen is None:
         return 2
@@ -558,7 +564,22 @@ def cmd_choose(args: argparse.Namespace) -> int:
         # the card's significance and gas rules hold components back before any threshold (inference.components)
         return held_back(pipeline.analyse(v)[2], pipeline.thresholds)
 
-    allowed: Callable[[dict[str, float]], bool] | None = None
+    bounds: list[tuple[str, Callable[[dict[str, float]], bool]]] = []
+    series = None
+    if args.series:
+        from lab.standins import VALIDATION_SEED, figures, series_rows
+
+        series = series_rows(analyse, range(VALIDATION_SEED, VALIDATION_SEED + args.series),
+                             score=pipeline.thresholds.score)
+    if series is not None and args.series_max_false is not None:
+        series_cases, series_found = series
+        series_most = args.series_max_false * len(series_cases) + 1e-9
+
+        def few_false_series(thresholds: dict[str, float]) -> bool:
+            return figures(series_cases, series_found, thresholds).false <= series_most
+
+        bounds.append((f"at most {args.series_max_false:g} false stones per generated validation series",
+                       few_false_series))
     stone_free = None
     if args.stone_free:
         from lab.standins import figures, stone_free_rows
@@ -574,7 +595,13 @@ def cmd_choose(args: argparse.Namespace) -> int:
         def few_false(thresholds: dict[str, float]) -> bool:
             return figures(lone_cases, lone_rows, thresholds).stone_free_with_false <= most
 
-        allowed = few_false
+        bounds.insert(0, (f"a false stone on at most {args.stone_free_max_slices:.0%} of the stone-free CT's lone "
+                          "slices", few_false))
+
+    def within_bounds(thresholds: dict[str, float]) -> bool:
+        return all(check(thresholds) for _, check in bounds)
+
+    allowed = within_bounds if bounds else None
 
     rows = component_rows(chosen, analyse, score=pipeline.thresholds.score)
     boxes = sum(len(im.boxes) for im in chosen)
@@ -586,15 +613,14 @@ def cmd_choose(args: argparse.Namespace) -> int:
             print(f"  <= {cap} false stones per image: {option.sensitivity:.3f} of the boxes at "
                   f"{option.false_per_image:.3f}, thresholds {option.thresholds}")
     best = choose(rows, boxes, len(chosen), args.max_false, allowed=allowed)
-    bound = (f" and a false stone on at most {args.stone_free_max_slices:.0%} of the stone-free CT's lone slices"
-             if allowed is not None else "")
+    bound = "".join(f" and {text}" for text, _ in bounds)
     if best is None:
         print(f"no thresholds on the grid keep to {args.max_false} false stones per image{bound}", file=sys.stderr)
         return 1
     if allowed is not None:
         print(f"  <= {args.max_false} false stones per image{bound}: {best.sensitivity:.3f} of the boxes at "
               f"{best.false_per_image:.3f}, thresholds {best.thresholds}")
-    _print_stand_ins(args, pipeline, best.thresholds, analyse)
+    _print_stand_ins(args, pipeline, best.thresholds, analyse, series)
     if args.crops:
         from lab.standins import crop_rows
 
@@ -689,12 +715,17 @@ def _print_at_both(rows_of: tuple[list[Case], list[CaseRow]], pipeline: Pipeline
 
 
 def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],
-                     analyse: Callable[[Volume], ComponentTable]) -> None:
+                     analyse: Callable[[Volume], ComponentTable],
+                     series: tuple[list[Case], list[CaseRow]] | None = None) -> None:
     """``choose --series / --coarse-slices / --plane-slices``: the whole-CT stand-ins at the chosen and at the
-    card's thresholds."""
+    card's thresholds (``series``: the generated series' rows, when the choice has already scored them)."""
     from lab.standins import VALIDATION_SEED, coarse_slice_rows, plane_slice_rows, series_rows
 
-    sets = ((args.series, "series", "series", series_rows),
+    def scored_series(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int],
+                      score: str) -> tuple[list[Case], list[CaseRow]]:
+        return series if series is not None else series_rows(analyse, seeds, score=score)
+
+    sets = ((args.series, "series", "series", scored_series),
             (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows),
             (args.plane_slices, "plane", "coronal and sagittal planes", plane_slice_rows))
     for count, unit, units, make in sets:
