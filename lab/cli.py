@@ -567,19 +567,13 @@ def cmd_choose(args: argparse.Namespace) -> int:
     bounds: list[tuple[str, Callable[[dict[str, float]], bool]]] = []
     series = None
     if args.series:
-        from lab.standins import VALIDATION_SEED, figures, series_rows
+        from lab.standins import VALIDATION_SEED, false_per_case_at_most, series_rows
 
         series = series_rows(analyse, range(VALIDATION_SEED, VALIDATION_SEED + args.series),
                              score=pipeline.thresholds.score)
-    if series is not None and args.series_max_false is not None:
-        series_cases, series_found = series
-        series_most = args.series_max_false * len(series_cases) + 1e-9
-
-        def few_false_series(thresholds: dict[str, float]) -> bool:
-            return figures(series_cases, series_found, thresholds).false <= series_most
-
-        bounds.append((f"at most {args.series_max_false:g} false stones per generated validation series",
-                       few_false_series))
+        if args.series_max_false is not None:
+            bounds.append((f"at most {args.series_max_false:g} false stones per generated validation series",
+                           false_per_case_at_most(*series, args.series_max_false)))
     stone_free = None
     if args.stone_free:
         from lab.standins import figures, stone_free_rows

@@ -372,6 +372,18 @@ def stone_free_image_rows(analyse: Callable[[Volume], ComponentTable], folders: 
     return hu_set, grey_set
 
 
+def false_per_case_at_most(cases: Sequence[Case], rows: Sequence[CaseRow],
+                           per_case: float) -> Callable[[dict[str, float]], bool]:
+    """A bound for ``lab.choose.choose`` (``allowed``): thresholds whose kept components lie on no stone at most
+    ``per_case`` times per case, over all ``cases`` (``uronode choose --series-max-false``)."""
+    most = per_case * len(cases) + 1e-9  # 0.3 x 30 series is 9 false stones, not 8.999...
+
+    def within(thresholds: dict[str, float]) -> bool:
+        return figures(cases, rows, thresholds).false <= most
+
+    return within
+
+
 def figures(cases: Sequence[Case], rows: Sequence[CaseRow], thresholds: dict[str, float]) -> StandInFigures:
     """The stand-in's figures at ``thresholds`` (group -> lowest score kept)."""
     found: set[tuple[str, int]] = set()

@@ -14,6 +14,7 @@ from inference.components import ComponentTable
 from inference.volume import Volume
 from lab.choose import ComponentRow, choose, component_rows, count
 from lab.realimages import Box, LabelledImage, image_files, read_image_set, split_groups
+from lab.standins import Case, CaseRow, false_per_case_at_most
 from lab.synth import shared_data_dir
 from tests.factory import write_series
 
@@ -56,6 +57,32 @@ def test_a_bound_from_elsewhere_narrows_the_choice() -> None:
     assert choose(ROWS, boxes=3, images=2, max_false=1.0, allowed=lambda t: False) is None
 
 
+def test_the_generated_series_bound_narrows_the_choice() -> None:
+    """``choose --series-max-false``: a confident false stone in a generated series (contrast, 0.85) rules out the
+    thresholds the images alone would take; a bound it fits within leaves the choice alone."""
+    cases = [Case("70000", {1: 4.0}), Case("70001", {})]
+    series = [CaseRow("70000", "dense_small", 0.95, 1), CaseRow("70001", "contrast", 0.85, 0),
+              CaseRow("70000", "dense_large", 0.65, 0), CaseRow("70001", "dense_large", 0.62, 0)]
+    none_allowed = false_per_case_at_most(cases, series, 0.0)
+    assert none_allowed({"dense_small": 0.9, "dense_large": 0.7, "contrast": 0.9})
+    assert not none_allowed({"dense_small": 0.9, "dense_large": 0.7, "contrast": 0.8})
+    assert not none_allowed({"dense_small": 0.9, "dense_large": 0.6, "contrast": 0.9})
+    one_allowed = false_per_case_at_most(cases, series, 0.5)  # one false stone in two series
+    assert one_allowed({"dense_small": 0.9, "dense_large": 0.7, "contrast": 0.8})
+    assert not one_allowed({"dense_small": 0.9, "dense_large": 0.6, "contrast": 0.8})
+    free = choose(ROWS, boxes=3, images=2, max_false=1.0)
+    bound = choose(ROWS, boxes=3, images=2, max_false=1.0, allowed=none_allowed)
+    assert free is not None and bound is not None
+    assert free.thresholds["contrast"] == 0.5 and free.sensitivity == 1.0
+    assert bound.thresholds["contrast"] == 0.9 and bound.thresholds["dense_large"] >= 0.7
+    assert bound.sensitivity == 2 / 3  # the images' contrast stone at 0.55 is given up for the series
+    assert choose(ROWS, boxes=3, images=2, max_false=1.0,
+                  allowed=false_per_case_at_most(cases, series, 10.0)) == free
+    assert false_per_case_at_most([Case(str(i), {}) for i in range(30)],
+                                  [CaseRow(str(i), "contrast", 0.99, 0) for i in range(9)],
+                                  0.3)({"dense_small": 0.5, "dense_large": 0.5, "contrast": 0.5})  # 9 in 30
+
+
 def test_rows_place_each_component_by_its_densest_pixel() -> None:
     hu = np.full((40, 40), -50.0, np.float32)
     image = LabelledImage(Path("x.png"), np.zeros((40, 40), np.uint8), (Box(10, 10, 14, 14),), hu=hu, pixel_mm=1.0)
@@ -90,7 +117,7 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
                            "--series", "1", "--coarse-slices", "1", "--plane-slices", "1", "--crops", "60",
                            "--scales", "0.5", "--exports", "2", "--export-phantoms", "1",
                            "--stone-free", str(tmp_path / "ct"),
-                           "--stone-free-max-slices", "1.0"],
+                           "--stone-free-max-slices", "1.0", "--series-max-false", "0"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     boxes = sum(len(im.boxes) for im in validation)
@@ -121,8 +148,19 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     # no stones to count: the stone-free CT's slices (alone, resized, 8-bit) and its exports (assumed and
     # estimated), at both thresholds
     assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 10
-    assert "and a false stone on at most 100% of the stone-free CT's lone slices:" in done.stdout
+    assert ("and a false stone on at most 100% of the stone-free CT's lone slices and at most 0 false stones per "
+            "generated validation series:") in done.stdout
+    # the series bound held: no false stone on the generated series at the chosen thresholds
+    chosen_series = done.stdout.split("generated validation phantoms 70000-70000, series:\n")[1].splitlines()[0]
+    assert chosen_series.startswith("  at the chosen thresholds") and "false stones per series (0 in 1)" in chosen_series
     components = json.loads((model / "card.json").read_text())["components"]
     assert {components[g] for g in ("dense_small", "dense_large", "contrast")} <= {0.5, 0.6, 0.7, 0.8, 0.9}
     assert "stone-free CT's lone slices" in components["chosen_on"]
     assert "uronode choose" in components["chosen_on"] and components["score"] == "classifier"
+
+
+def test_the_series_bound_needs_the_series(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--images", str(tmp_path),
+                           "--series-max-false", "0.3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--series-max-false needs --series N" in done.stderr
