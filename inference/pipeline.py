@@ -23,7 +23,7 @@ from inference.components import (
     select_mask,
 )
 from inference.errors import ModelError
-from inference.network import InputSpec, cut_inputs, preprocess
+from inference.network import InputSpec, KerasModel, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.resample import (
     RESAMPLE_TOLERANCE,
@@ -103,14 +103,17 @@ class Pipeline:
         self.views_gate = float(card.raw.get("test_time_views_gate", VIEWS_GATE))
         if self.views not in VIEWS:
             raise ModelError(f"model card test_time_views {self.views} is not one of {sorted(VIEWS)}")
-        self._forward = self._compile()
+        self._forward = self._compile(self.model.keras_model)
+        # a volume of one slice (an uploaded image, a single DICOM file) goes to the card's lone-image network
+        # where it names one (files.lone_model); every other volume, a series, to the model
+        lone = self.model.lone_keras_model
+        self._lone_forward = None if lone is None else self._compile(lone)
         self.last_timings: dict[str, float] = {}
 
-    def _compile(self) -> Callable[[np.ndarray], Any]:
-        """The model's forward pass as one TensorFlow graph; it returns TensorFlow tensors (untyped)."""
+    def _compile(self, keras_model: KerasModel) -> Callable[[np.ndarray], Any]:
+        """A network's forward pass as one TensorFlow graph; it returns TensorFlow tensors (untyped)."""
         import tensorflow as tf
 
-        keras_model = self.model.keras_model
         channels = int(self.model.card.input["channels"])
 
         @tf.function(input_signature=[tf.TensorSpec([None, self.patch, self.patch, channels], tf.float32)])
@@ -127,9 +130,15 @@ class Pipeline:
     def version(self) -> str:
         return self.model.card.version
 
-    def predict_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def has_lone_network(self) -> bool:
+        """Whether a volume of one slice is predicted by a network of its own (the card's files.lone_model)."""
+        return self._lone_forward is not None
+
+    def predict_patches(self, patches_hu: np.ndarray, lone: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(n, patch, patch, raw channels) HU -> stone probability (n, patch, patch) and, for
-        models with a component head, the centre component's probability (n,).
+        models with a component head, the centre component's probability (n,). ``lone``: the patches
+        are of a volume of one slice, for the lone-image network where the card names one.
 
         With several test-time views, every patch is first seen as it is; only the patches
         whose component score or highest pixel probability then reaches ``self.views_gate``
@@ -140,9 +149,10 @@ class Pipeline:
         out = np.empty(patches_hu.shape[:3], dtype=np.float32)
         scores = np.empty(patches_hu.shape[0], dtype=np.float32) if self.has_component_head else None
         views = VIEWS[self.views]
+        forward = self._lone_forward if lone and self._lone_forward is not None else self._forward
         for start in range(0, patches_hu.shape[0], BATCH):
             x = preprocess(patches_hu[start:start + BATCH], self.spec)
-            pixels, score = self._view(x, *views[0])
+            pixels, score = self._view(x, *views[0], forward=forward)
             if len(views) > 1:
                 decided = pixels.reshape(len(x), -1).max(axis=1)
                 if score is not None:
@@ -152,7 +162,7 @@ class Pipeline:
                     xs = np.ascontiguousarray(x[undecided])
                     pixel_sum, score_sum = pixels[undecided], None if score is None else score[undecided]
                     for k, flip in views[1:]:
-                        p, sc = self._view(xs, k, flip)
+                        p, sc = self._view(xs, k, flip, forward=forward)
                         pixel_sum += p
                         if score_sum is not None and sc is not None:
                             score_sum += sc
@@ -164,11 +174,13 @@ class Pipeline:
                 scores[start:start + BATCH] = score
         return out, scores
 
-    def _view(self, x: np.ndarray, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """The network's outputs on ``x`` turned ``k`` quarter turns (and mirrored), turned back."""
+    def _view(self, x: np.ndarray, k: int, flip: bool,
+              forward: Callable[[np.ndarray], Any] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's outputs on ``x`` turned ``k`` quarter turns (and mirrored), turned back
+        (``forward``: the network's pass, the model's by default)."""
         view = np.rot90(x, k, axes=(1, 2))
         view = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
-        y = self._forward(view)
+        y = (forward or self._forward)(view)
         pixels = (y[0] if self.has_component_head else y).numpy()[..., 0]
         pixels = pixels[:, :, ::-1] if flip else pixels
         score = y[1].numpy()[:, 0].astype(np.float32) if self.has_component_head else None
@@ -221,7 +233,8 @@ class Pipeline:
         scores = None
         if found.centres.shape[0]:
             # cut and predict a chunk at a time: memory stays flat however many candidates a series has
-            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec))
+            lone = volume.shape[0] == 1
+            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec), lone)
                       for i in range(0, found.centres.shape[0], CUT_CHUNK)]
             probs = np.concatenate([c[0] for c in chunks])
             scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])

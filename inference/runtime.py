@@ -89,6 +89,9 @@ class LoadedModel:
     load_seconds: float
     format: str
     """'keras' or 'legacy-json-h5'."""
+    lone_keras_model: KerasModel | None = None
+    """The network for a volume of one slice (an uploaded image, a single DICOM file), where the card's
+    ``files.lone_model`` names one; else ``keras_model`` serves every volume."""
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> Path:
@@ -175,12 +178,28 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, cores: int
                     raise ModelError(f"{folder.name}: neither model.keras nor {needed} is there")
             model = _load_legacy(folder, json_name, weights_name)
             fmt = "legacy-json-h5"
+        lone_file = files.get("lone_model")
+        lone = None
+        if lone_file:
+            import keras
+
+            if not (folder / lone_file).exists():
+                raise ModelError(f"{folder.name}: {lone_file} (the card's files.lone_model) is missing")
+            lone = keras.saving.load_model(str(folder / lone_file), compile=False)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ModelError(f"{folder.name}: the model cannot be loaded: {exc}") from exc
     seconds = time.perf_counter() - start
-    shape = tuple(model.input_shape[1:])
     expected = (card.input.get("patch"), card.input.get("patch"), card.input.get("channels"))
-    if None not in expected and shape != expected:
-        raise ModelError(f"{folder.name}: the model takes {shape}, the card says {expected}")
-    logger.info("loaded model %s %s (%s) in %.2f s", card.name, card.version, fmt, seconds)
-    return LoadedModel(card=card, keras_model=model, folder=folder, load_seconds=seconds, format=fmt)
+    for label, network in (("model", model), ("lone-image model", lone)):
+        if network is None:
+            continue
+        shape = tuple(network.input_shape[1:])
+        if None not in expected and shape != expected:
+            raise ModelError(f"{folder.name}: the {label} takes {shape}, the card says {expected}")
+    if lone is not None and len(lone.outputs) != len(model.outputs):
+        raise ModelError(f"{folder.name}: the lone-image model has {len(lone.outputs)} outputs, the model "
+                         f"{len(model.outputs)}")
+    logger.info("loaded model %s %s (%s%s) in %.2f s", card.name, card.version, fmt,
+                ", a second network for lone images" if lone is not None else "", seconds)
+    return LoadedModel(card=card, keras_model=model, folder=folder, load_seconds=seconds, format=fmt,
+                       lone_keras_model=lone)
