@@ -234,7 +234,7 @@ class Pipeline:
         if found.centres.shape[0]:
             # cut and predict a chunk at a time: memory stays flat however many candidates a series has
             lone = volume.shape[0] == 1
-            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec), lone)
+            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec), lone=lone)
                       for i in range(0, found.centres.shape[0], CUT_CHUNK)]
             probs = np.concatenate([c[0] for c in chunks])
             scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
