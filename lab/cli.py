@@ -559,6 +559,14 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if args.series_max_false is not None and not args.series:
         print("uronode choose: --series-max-false needs --series N (the generated series it bounds)", file=sys.stderr)
         return 2
+    from inference.volume import find_dicom_files, group_series
+
+    named: list[tuple[str, list[Path]]] = [("--stone-free", args.stone_free)] if args.stone_free else []
+    named += [("--screen", [folder]) for folder in args.screen]
+    for flag, ct in named:
+        if not group_series(find_dicom_files(ct)):  # before any image or series is scored
+            print(f"uronode choose: {flag}: no DICOM series in {', '.join(map(str, ct))}", file=sys.stderr)
+            return 2
     chosen = _images_on_side(args)
     if chosen is None:
         return 2
