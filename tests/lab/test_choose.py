@@ -174,16 +174,13 @@ def test_the_series_bound_needs_the_series(tmp_path: Path) -> None:
 
 
 def test_a_screen_that_is_not_a_ct_is_refused(tmp_path: Path) -> None:
-    """``choose --screen`` names real stone-free CT; a folder without a DICOM series is a clear error."""
-    validation = split_groups(read_image_set(REAL))["validation"][:1]
-    pairs = dict(image_files(REAL))
-    (tmp_path / "set" / "images").mkdir(parents=True)
-    (tmp_path / "set" / "labels").mkdir()
-    for im in validation:
-        shutil.copy(im.path, tmp_path / "set" / "images" / im.path.name)
-        shutil.copy(pairs[im.path], tmp_path / "set" / "labels" / f"{im.path.stem}.txt")
+    """``choose --screen`` and ``--stone-free`` name real stone-free CT; a folder without a DICOM series is a
+    clear error, given before any image or series is scored."""
     (tmp_path / "empty").mkdir()
-    done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--images", str(tmp_path / "set"), "--split",
-                           "all", "--screen", str(tmp_path / "empty")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2
-    assert f"uronode choose: --screen: no DICOM series in {tmp_path / 'empty'}" in done.stderr
+    write_series(tmp_path / "ct", 2, size=64)
+    for flags in (["--screen", str(tmp_path / "ct"), str(tmp_path / "empty")],
+                  ["--stone-free", str(tmp_path / "empty")]):
+        done = subprocess.run([sys.executable, "-m", "uronode", "choose", "--images", str(tmp_path), *flags],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2
+        assert f"uronode choose: {flags[0]}: no DICOM series in {tmp_path / 'empty'}" in done.stderr
