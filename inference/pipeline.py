@@ -104,7 +104,7 @@ class Pipeline:
         if self.views not in VIEWS:
             raise ModelError(f"model card test_time_views {self.views} is not one of {sorted(VIEWS)}")
         self._forward = self._compile(self.model.keras_model)
-        # a volume of one slice (an uploaded image, a single DICOM file) goes to the card's lone-image network
+        # a volume of one slice (an uploaded image, a single-frame DICOM file) goes to the card's lone-image network
         # where it names one (files.lone_model); every other volume, a series, to the model
         lone = self.model.lone_keras_model
         self._lone_forward = None if lone is None else self._compile(lone)
@@ -180,7 +180,7 @@ class Pipeline:
         (``forward``: the network's pass, the model's by default)."""
         view = np.rot90(x, k, axes=(1, 2))
         view = np.ascontiguousarray(view[:, :, ::-1] if flip else view)
-        y = (forward or self._forward)(view)
+        y = (forward if forward is not None else self._forward)(view)
         pixels = (y[0] if self.has_component_head else y).numpy()[..., 0]
         pixels = pixels[:, :, ::-1] if flip else pixels
         score = y[1].numpy()[:, 0].astype(np.float32) if self.has_component_head else None

@@ -90,7 +90,7 @@ class LoadedModel:
     format: str
     """'keras' or 'legacy-json-h5'."""
     lone_keras_model: KerasModel | None = None
-    """The network for a volume of one slice (an uploaded image, a single DICOM file), where the card's
+    """The network for a volume of one slice (an uploaded image, a single-frame DICOM file), where the card's
     ``files.lone_model`` names one; else ``keras_model`` serves every volume."""
 
 

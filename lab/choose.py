@@ -9,10 +9,12 @@ a box is found when a kept component's densest pixel lies in it, grown by
 ``max_false`` false stones per image (ties: fewer false stones, then the
 higher thresholds). Run it on the validation side of the split only.
 
-``allowed`` adds a bound the real images cannot show (they all hold a stone):
+``allowed`` adds bounds the real images cannot show (they all hold a stone):
 ``uronode choose --stone-free DIR`` keeps only thresholds that put a false
 stone on at most a given share of the slices of a real stone-free CT, each
-predicted alone (``lab.standins.stone_free_rows``).
+predicted alone (``lab.standins.stone_free_share_at_most``), and
+``--series-max-false F`` only those with at most F false stones per generated
+validation series on average (``lab.standins.false_per_case_at_most``).
 """
 
 from __future__ import annotations

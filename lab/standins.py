@@ -376,10 +376,22 @@ def false_per_case_at_most(cases: Sequence[Case], rows: Sequence[CaseRow],
                            per_case: float) -> Callable[[dict[str, float]], bool]:
     """A bound for ``lab.choose.choose`` (``allowed``): thresholds whose kept components lie on no stone at most
     ``per_case`` times per case, over all ``cases`` (``uronode choose --series-max-false``)."""
-    most = per_case * len(cases) + 1e-9  # 0.3 x 30 series is 9 false stones, not 8.999...
+    most = per_case * len(cases) + 1e-9  # 0.29 x 100 is 28.999999999999996 in floating point, and 29 may
 
     def within(thresholds: dict[str, float]) -> bool:
         return figures(cases, rows, thresholds).false <= most
+
+    return within
+
+
+def stone_free_share_at_most(cases: Sequence[Case], rows: Sequence[CaseRow],
+                             share: float) -> Callable[[dict[str, float]], bool]:
+    """A bound for ``lab.choose.choose`` (``allowed``): thresholds that put a false stone on at most ``share``
+    of the stone-free ``cases`` (``uronode choose --stone-free``, ``--stone-free-max-slices``)."""
+    most = share * sum(1 for c in cases if not c.stones) + 1e-9
+
+    def within(thresholds: dict[str, float]) -> bool:
+        return figures(cases, rows, thresholds).stone_free_with_false <= most
 
     return within
 

@@ -27,7 +27,8 @@ from lab.synth import Phantom
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"
 
 
-def _with_network(folder: Path, network_file: str, lone: bool, patch: int | None = None) -> Path:
+def _with_network(folder: Path, network_file: str, lone: bool, patch: int | None = None,
+                  classifier: bool = True) -> Path:
     """The default model copied to ``folder``, with a freshly built network (seeded) either as its lone-image
     network (``lone``) or in place of its model."""
     import keras
@@ -36,7 +37,7 @@ def _with_network(folder: Path, network_file: str, lone: bool, patch: int | None
     card = json.loads((folder / "card.json").read_text())
     keras.utils.set_random_seed(5)
     other = build_unet(channels=int(card["input"]["channels"]), patch=patch or int(card["input"]["patch"]),
-                       classifier=True)
+                       classifier=classifier)
     other.save(folder / network_file)
     if lone:
         card["files"] = {**card["files"], "lone_model": network_file}
@@ -102,3 +103,6 @@ def test_a_missing_or_misshapen_lone_network_is_refused(tmp_path: Path) -> None:
     small = _with_network(tmp_path / "small", "lone.keras", lone=True, patch=32)
     with pytest.raises(ModelError, match=r"the lone-image model takes \(32, 32, \d+\), the card says \(64, 64, \d+\)"):
         load_model(small)
+    headless = _with_network(tmp_path / "headless", "lone.keras", lone=True, classifier=False)
+    with pytest.raises(ModelError, match="the lone-image model has 1 outputs, the model 2"):
+        load_model(headless)
