@@ -154,6 +154,15 @@ def _load_legacy(folder: Path, json_name: str, weights_name: str) -> KerasModel:
     return model
 
 
+def _load_keras(folder: Path, file: str, what: str) -> KerasModel:
+    """A ``.keras`` file of the model folder (``what`` names it in the error when it is missing)."""
+    import keras
+
+    if not (folder / file).exists():
+        raise ModelError(f"{folder.name}: {what} is missing")
+    return keras.saving.load_model(str(folder / file), compile=False)
+
+
 def load_model(name_or_path: str | os.PathLike[str] | None = None, *, cores: int | None = None) -> LoadedModel:
     """Read a model folder's card and its Keras model (``.keras`` or legacy JSON + H5)."""
     folder = resolve_model_dir(name_or_path)
@@ -164,11 +173,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, cores: int
     keras_file = files.get("model") or ("model.keras" if (folder / "model.keras").exists() else None)
     try:
         if keras_file:
-            import keras
-
-            if not (folder / keras_file).exists():
-                raise ModelError(f"{folder.name}: {keras_file} is missing")
-            model = keras.saving.load_model(str(folder / keras_file), compile=False)
+            model = _load_keras(folder, keras_file, keras_file)
             fmt = "keras"
         else:
             json_name = files.get("model_json", "model.json")
@@ -179,13 +184,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, cores: int
             model = _load_legacy(folder, json_name, weights_name)
             fmt = "legacy-json-h5"
         lone_file = files.get("lone_model")
-        lone = None
-        if lone_file:
-            import keras
-
-            if not (folder / lone_file).exists():
-                raise ModelError(f"{folder.name}: {lone_file} (the card's files.lone_model) is missing")
-            lone = keras.saving.load_model(str(folder / lone_file), compile=False)
+        lone = _load_keras(folder, lone_file, f"{lone_file} (the card's files.lone_model)") if lone_file else None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ModelError(f"{folder.name}: the model cannot be loaded: {exc}") from exc
     seconds = time.perf_counter() - start

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -741,17 +741,15 @@ def _print_stone_free(label: str, rows_of: tuple[tuple[list[Case], list[CaseRow]
 
 def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[str, float],
                      analyse: Callable[[Volume], ComponentTable],
-                     series: tuple[list[Case], list[CaseRow]] | None = None) -> None:
+                     series: tuple[list[Case], list[CaseRow]] | None) -> None:
     """``choose --series / --coarse-slices / --plane-slices``: the whole-CT stand-ins at the chosen and at the
-    card's thresholds (``series``: the generated series' rows, when the choice has already scored them)."""
-    from lab.standins import VALIDATION_SEED, coarse_slice_rows, plane_slice_rows, series_rows
+    card's thresholds (``series``: the generated series' rows, scored before the choice)."""
+    from lab.standins import VALIDATION_SEED, coarse_slice_rows, plane_slice_rows
 
-    def scored_series(analyse: Callable[[Volume], ComponentTable], seeds: Iterable[int],
-                      score: str) -> tuple[list[Case], list[CaseRow]]:
-        return series if series is not None else series_rows(analyse, seeds, score=score)
-
-    sets = ((args.series, "series", "series", scored_series),
-            (args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows),
+    if series is not None:
+        print(f"generated validation phantoms {VALIDATION_SEED}-{VALIDATION_SEED + args.series - 1}, series:")
+        _print_at_both(series, pipeline, chosen, "series", "series")
+    sets = ((args.coarse_slices, "lone slice", "lone slices", coarse_slice_rows),
             (args.plane_slices, "plane", "coronal and sagittal planes", plane_slice_rows))
     for count, unit, units, make in sets:
         if not count:
