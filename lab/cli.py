@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("compare", help="two models' figures on the same sets, paired, with the 95 % interval "
+    p = subparsers.add_parser("compare", help="two models' figures on the same sets, paired, with the 95 %% interval "
                                               "of each difference")
     p.add_argument("results", type=Path, nargs=2, metavar="JSON",
                    help="two `uronode evaluate --out` files, or two model cards (their recorded figures)")

@@ -45,3 +45,23 @@ def test_there_is_no_second_command_line() -> None:
                           cwd=ROOT)
     assert done.returncode != 0
     assert "No module named inference.__main__" in done.stderr
+
+
+def test_every_command_prints_its_help() -> None:
+    """argparse reads a help text as a %-format: one bare percent sign ("the 95 % interval") made
+    `uronode --help` end in a TypeError instead of the list of commands."""
+    parser = build_parser()
+    assert "compare" in parser.format_help() and "95 % interval" in parser.format_help()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(actions) == 1
+    commands = actions[0].choices
+    assert {"serve", "predict", "train", "evaluate", "choose", "compare"} <= set(commands)
+    for name, command in commands.items():
+        assert command.format_help().startswith(f"usage: uronode {name}"), name
+
+
+def test_the_help_runs_as_a_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "uronode", "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: uronode" in done.stdout and "Traceback" not in done.stderr
