@@ -172,7 +172,7 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
         )
         for key, value in _geometry(ref, frame).items():
             setattr(sc, key, value)
-        sc.FrameOfReferenceUID = volume.frame_of_reference_uid
+        sc.FrameOfReferenceUID = ref.FrameOfReferenceUID  # the source's, or the one derived where it had none
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.ConversionType = "WSD"
         sc.BurnedInAnnotation = "YES"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
 from inference.volume import Volume
@@ -65,6 +66,48 @@ class Sources:
         return len(self.unique) < len(self.datasets)
 
 
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                       "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
+"""Type 2 attributes of the patient and study modules that every result copies (highdicom reads them as
+attributes): an anonymiser often deletes them, where the standard would have them present and empty."""
+
+_DATES_AND_TIMES = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+
+
+def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> list[str]:
+    """Make a source header that the standard's rules were bent in writable; what was mended, for the log.
+
+    Missing patient and study attributes become empty, as an anonymiser should have left them; a date or
+    time that does not parse becomes empty (the results cannot carry "19700000"); a missing
+    FrameOfReferenceUID (Type 1 in CT, but lost by some exports) becomes one derived from the series, the
+    same for every slice, so that the SEG has the frame of reference it must name; a missing
+    SliceThickness (Type 2 in CT, Type 1 in the SEG's pixel measures) is taken as the distance between the
+    slice planes, as most series are reconstructed. Only the header read for the writers changes, never the
+    stored file.
+    """
+    mended = []
+    for keyword in PATIENT_STUDY_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+            mended.append(f"{keyword} missing")
+    for keyword, parse in _DATES_AND_TIMES.items():
+        value = str(ds.get(keyword) or "")
+        if not value:
+            continue
+        try:
+            parse(value)
+        except ValueError:
+            setattr(ds, keyword, "")
+            mended.append(f"{keyword} {value!r} is not a DICOM {parse.__name__}")
+    if not ds.get("FrameOfReferenceUID"):
+        ds.FrameOfReferenceUID = identity.uid("frame-of-reference")
+        mended.append("FrameOfReferenceUID missing")
+    if not ds.get("SliceThickness"):
+        ds.SliceThickness = f"{slice_spacing:.6g}"
+        mended.append(f"SliceThickness missing: taken as {slice_spacing:.6g} mm, the distance between the slices")
+    return mended
+
+
 def _read_header(path: str) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
@@ -103,6 +146,10 @@ def read_sources(volume: Volume, identity: Identity) -> Sources:
         ds = by_path.get(path)
         if ds is None:
             ds = by_path[path] = _read_header(path)
+            mended = complete_header(ds, identity, volume.slice_spacing)
+            if mended and len(by_path) == 1:
+                logger.warning("series %s: its header is mended for the results (the stored files stay as they are): %s",
+                               volume.series_instance_uid, "; ".join(mended))
         if str(ds.get("SOPInstanceUID", "")) != volume.sop_instance_uids[k]:
             raise WriterError(f"{Path(path).name} is not the instance of slice {k + 1} any more")
         per_slice.append(ds)

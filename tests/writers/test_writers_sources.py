@@ -76,3 +76,49 @@ def test_non_ascii_patient_name_survives_in_every_result(name: str, tmp_path: Pa
         assert str(ds.PatientName) == name
         errors, _ = dciodvfy(path)
         assert not errors, (path.name, errors)
+
+
+ANONYMISED_AWAY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                   "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime", "FrameOfReferenceUID",
+                   "SliceThickness")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "bad dates"])
+def test_sources_an_anonymiser_stripped_still_get_their_results(damage: str, tmp_path: Path) -> None:
+    """Found by probing: a series whose anonymiser deleted the patient and study attributes (Type 2: they
+    should be present and empty), or wrote a date as 19700000 or 2026-01-01, made highdicom raise
+    AttributeError or ValueError, so the job failed with an internal error and nothing was delivered."""
+    phantom = generate_phantom(12, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    paths = write_series(phantom, tmp_path / "ct")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if damage == "deleted":
+            for keyword in ANONYMISED_AWAY:
+                delattr(ds, keyword)
+        else:
+            ds.PatientBirthDate, ds.StudyDate, ds.StudyTime = "19700000", "2026-01-01", "12:00"
+        ds.save_as(path, enforce_file_format=True)
+    stored = [path.read_bytes() for path in paths]
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1:3, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    written = save_results(write_results(volume, findings), tmp_path / "out")
+    frames_of_reference, kinds = set(), set()
+    for path in written:
+        ds = pydicom.dcmread(path)
+        kinds.add(ds.Modality)
+        emptied = ("PatientID", "PatientBirthDate", "StudyDate") if damage == "deleted" else (
+            "PatientBirthDate", "StudyDate", "StudyTime")
+        for keyword in emptied:
+            assert str(ds.get(keyword, "missing")) in ("", "None"), (path.name, keyword, ds.get(keyword))
+        assert ds.StudyInstanceUID == volume.study_instance_uid
+        if "FrameOfReferenceUID" in ds:
+            frames_of_reference.add(ds.FrameOfReferenceUID)
+        errors, _ = dciodvfy(path)
+        assert not errors, (path.name, errors)
+    assert kinds == {"SEG", "OT", "SR", "KO"}, kinds  # the SEG, the overlays, the report, the key images
+    if damage == "deleted":
+        assert len(frames_of_reference) == 1  # one derived for the series, the same in every result
+    assert [path.read_bytes() for path in paths] == stored  # only the header read for the writers changes
