@@ -297,6 +297,13 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if keyword not in ds:
             raise VolumeError(f"{name} has no {keyword}")
+    frame_count = int(ds.get("NumberOfFrames") or 1)
+    if frame_count > 1:
+        raise VolumeError(f"{name} holds {frame_count} frames but one position: a CT Image Storage instance is "
+                          "one slice (send the series as one file per slice, or as Enhanced CT)")
+    if ds.get("RescaleIntercept") in (None, "") and int(ds.get("PixelRepresentation", 1) or 0) == 0:
+        raise VolumeError(f"{name} has no RescaleIntercept and unsigned pixel values: they cannot be read as "
+                          "Hounsfield units (CT stores them with an intercept, usually -1024)")
     thickness = ds.get("SliceThickness")
     return [
         _Frame(

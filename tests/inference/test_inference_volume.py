@@ -160,6 +160,19 @@ def _two_series(k: int, ds: pydicom.Dataset) -> None:
         ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".1"
 
 
+def _frames_in_one_ct_image(k: int, ds: pydicom.Dataset) -> None:
+    """Found by probing other sites' exports: read as its first frame only, and "no stone" reported."""
+    if k == 1:
+        ds.NumberOfFrames = 3
+        ds.PixelData = ds.PixelData * 3
+
+
+def _unsigned_without_intercept(k: int, ds: pydicom.Dataset) -> None:
+    """Found by probing: stored values read as HU, every tissue 1,024 HU too dense, and "no stone"."""
+    assert ds.PixelRepresentation == 0
+    del ds.RescaleIntercept
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -172,6 +185,8 @@ def _two_series(k: int, ds: pydicom.Dataset) -> None:
         (_mr, "not CT"),
         (_localizer, "localizer"),
         (_two_series, "2 different series"),
+        (_frames_in_one_ct_image, "3 frames but one position"),
+        (_unsigned_without_intercept, "no RescaleIntercept and unsigned pixel values"),
     ],
 )
 def test_rejects_with_a_reason(small_series: list[Path], tmp_path: Path, change: Change, reason: str) -> None:
@@ -190,6 +205,17 @@ def test_a_lone_slice_is_read_in_any_plane(small_series: list[Path], tmp_path: P
         volume = load_volume(given)
         assert volume.shape[0] == 1 and volume.tilt_deg == pytest.approx(90.0)
         np.testing.assert_array_equal(volume.hu[0], load_volume(small_series[:1]).hu[0])
+
+
+def test_signed_values_without_a_rescale_are_the_hu_themselves(small_phantom: Phantom, small_series: list[Path],
+                                                               tmp_path: Path) -> None:
+    def signed(k: int, ds: pydicom.Dataset) -> None:
+        values = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+        ds.PixelRepresentation = 1
+        ds.PixelData = values.astype(np.int16).tobytes()
+        del ds.RescaleIntercept, ds.RescaleSlope
+
+    np.testing.assert_array_equal(load_volume(_modified(small_series, tmp_path, signed)).hu, small_phantom.hu)
 
 
 def test_rejects_non_dicom_and_empty(tmp_path: Path) -> None:
