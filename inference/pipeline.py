@@ -68,6 +68,8 @@ class Pipeline:
 
     def __init__(self, model: LoadedModel | str | Path | None = None, *, cores: int | None = None,
                  threshold: float | None = None) -> None:
+        if threshold is not None and not 0.0 < float(threshold) < 1.0:
+            raise ModelError(f"a threshold of {threshold} is not between 0 and 1 (a score threshold, e.g. 0.5)")
         self.model = model if isinstance(model, LoadedModel) else load_model(model, cores=cores)
         card = self.model.card
         self.rule = CandidateRule.from_card(card.candidates)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if not isinstance(data, dict):
+            raise ModelError(f"model card is a JSON {type(data).__name__}, not an object")
         missing = [k for k in REQUIRED_CARD_KEYS if k not in data]
         if missing:
             raise ModelError(f"model card lacks {', '.join(missing)}")
@@ -56,6 +59,11 @@ class ModelCard:
             raise ModelError("model card threshold is not a number") from exc
         if not 0.0 < threshold < 1.0:
             raise ModelError(f"model card threshold {threshold} is not between 0 and 1")
+        for key, kind in (("input", dict), ("preprocessing", dict), ("labels", list), ("candidates", dict),
+                          ("postprocessing", dict), ("files", dict)):
+            if key in data and not isinstance(data[key], kind):
+                raise ModelError(f"model card {key} is a JSON {type(data[key]).__name__}, not "
+                                 f"{'an object' if kind is dict else 'a list'}")
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
@@ -158,9 +166,12 @@ def _load_keras(folder: Path, file: str, what: str) -> KerasModel:
     """A ``.keras`` file of the model folder (``what`` names it in the error when it is missing)."""
     import keras
 
-    if not (folder / file).exists():
+    path = folder / file
+    if not path.exists():
         raise ModelError(f"{folder.name}: {what} is missing")
-    return keras.saving.load_model(str(folder / file), compile=False)
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there, cut short
+        raise ModelError(f"{folder.name}: {file} is not a Keras file (truncated or damaged); copy the model again")
+    return keras.saving.load_model(str(path), compile=False)
 
 
 def load_model(name_or_path: str | os.PathLike[str] | None = None, *, cores: int | None = None) -> LoadedModel:

@@ -66,3 +66,30 @@ def test_card_and_folder_errors(tmp_path: Path) -> None:
     (folder / "weights.h5").unlink()
     with pytest.raises(ModelError, match="weights.h5"):
         load_model(folder)
+
+
+def test_a_hand_edited_card_of_the_wrong_shape_is_refused_with_the_key() -> None:
+    """Found by probing: `"input": 64` or a card that is a JSON list gave a TypeError traceback."""
+    good = {"name": "x", "version": "1", "input": {}, "preprocessing": {}, "threshold": 0.5, "labels": []}
+    with pytest.raises(ModelError, match="JSON list, not an object"):
+        ModelCard.from_dict([good])  # type: ignore[arg-type]
+    for key, value, said in (("input", 64, "input is a JSON int, not an object"),
+                             ("labels", "stone", "labels is a JSON str, not a list"),
+                             ("files", ["model.keras"], "files is a JSON list, not an object")):
+        with pytest.raises(ModelError, match=said):
+            ModelCard.from_dict({**good, key: value})
+    assert ModelCard.from_dict(good).input == {}
+
+
+def test_a_truncated_keras_file_is_named_as_damaged(tmp_path: Path) -> None:
+    """Keras says "File not found" of a .keras file cut short (a copy that stopped); the node says what it is."""
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    build_unet(base=4, levels=1).save(folder / "model.keras")
+    whole = (folder / "model.keras").read_bytes()
+    (folder / "model.keras").write_bytes(whole[: len(whole) // 2])
+    card = {"name": "tiny", "version": "1", "input": {"patch": PATCH, "channels": CHANNELS},
+            "preprocessing": {}, "threshold": 0.5, "labels": [], "files": {"model": "model.keras"}}
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="model.keras is not a Keras file \\(truncated or damaged\\)"):
+        load_model(folder)

@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
+from inference.errors import ModelError
+from inference.pipeline import Pipeline
 from lab.synth import generate_phantom, write_series
+from uronode.app.cli import build_parser
 
 
 def test_predict_writes_seg_sc_and_sr(tmp_path: Path) -> None:
@@ -29,3 +33,17 @@ def test_predict_writes_seg_sc_and_sr(tmp_path: Path) -> None:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.StudyInstanceUID == phantom.study_instance_uid and ds.Manufacturer == "uronode"
         assert subprocess.run(["dciodvfy", str(f)], capture_output=True).returncode == 0
+
+
+def test_a_threshold_outside_0_to_1_is_refused_before_anything_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by probing: --threshold 5 (a percentage, or HU) reported "none" for every series, -1 every
+    candidate as a stone. The command refuses it; the pipeline too, for any other caller."""
+    parser = build_parser()
+    for given in ("50", "130", "-1", "0", "1", "half"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["predict", "ct", "--out", "out", "--threshold", given])
+        assert info.value.code == 2
+        assert "--threshold" in capsys.readouterr().err
+    assert parser.parse_args(["predict", "ct", "--out", "out", "--threshold", "0.6"]).threshold == 0.6
+    with pytest.raises(ModelError, match="not between 0 and 1"):
+        Pipeline("a model folder that is never read", threshold=5.0)

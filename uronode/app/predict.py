@@ -22,10 +22,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", type=Path, required=True,
                    help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
     p.add_argument("--model", default=None, help="model folder or name under models/")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=probability, default=None,
+                   help="one score threshold between 0 and 1 for every component instead of the card's")
     p.add_argument("--no-previews", action="store_true")
     p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture and SR files")
     p.set_defaults(func=cmd_predict)
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a threshold of 50 or 130 would find nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (a score threshold, e.g. 0.5)")
+    return value
 
 
 def _table(rows: list[list[str]]) -> str:
