@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from uronode.settings import check_ae_title
 
 
 @dataclass(frozen=True)
@@ -15,11 +18,22 @@ class EchoResult:
 
 
 def echo(host: str, port: int, called_ae: str, calling_ae: str = "URONODE", timeout_s: float = 10.0) -> EchoResult:
-    """C-ECHO a peer; never raises for network trouble, says what happened instead."""
+    """C-ECHO a peer; never raises for network trouble (an unknown host included), says what happened instead.
+
+    Raises ValueError naming the argument for a port outside 1-65535 or an AE title the DICOM AE
+    rule refuses (empty, over 16 characters, a backslash or a control character).
+    """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not in 1-65535")
+    called_ae = check_ae_title(called_ae, "called AE title")
+    calling_ae = check_ae_title(calling_ae, "calling AE title")
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    try:
+        assoc = ae.associate(host, port, ae_title=called_ae)
+    except socket.gaierror as exc:
+        return EchoResult(False, f"cannot resolve host {host!r} ({exc.strerror})")
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         detail = f"result 0x{rj.result:02X}, source 0x{rj.result_source:02X}, reason 0x{rj.diagnostic:02X}" if rj else ""

@@ -103,7 +103,9 @@ class JobQueue:
                 raise ValueError(f"job {job_id} is not running")
 
     def requeue(self, job_id: int) -> None:
-        """Put a failed or delivered job back in the queue (``uronode retry``)."""
+        """Put a failed or delivered job back in the queue (``uronode requeue``).
+
+        ValueError when there is no such job (``no job 7``) or it is in another state (which one)."""
         with self.store.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ?, dispatched_at = NULL WHERE id = ?"
@@ -111,7 +113,10 @@ class JobQueue:
                 (time.time(), job_id),
             )
             if cur.rowcount != 1:
-                raise ValueError(f"job {job_id} is not failed or delivered")
+                row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise ValueError(f"no job {job_id}")
+                raise ValueError(f"job {job_id} is {row['state']}; only a failed or delivered job can be queued again")
 
     def recover(self) -> int:
         """At start-up: jobs its own workers left running when the node stopped go back to the queue.

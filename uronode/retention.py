@@ -17,6 +17,7 @@ The node runs a pass at start-up and every ``storage.retention_interval_s`` seco
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,13 @@ class Purged:
 
 
 def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: float | None = None) -> Purged:
-    """Delete every received series past its retention; returns what was (or would be) deleted."""
+    """Delete every received series past its retention; returns what was (or would be) deleted.
+
+    ``older_than_days`` must be a finite number greater than 0: 0 or less would take series received
+    a moment ago, so it is a ValueError, never a purge of everything.
+    """
+    if not (math.isfinite(older_than_days) and older_than_days > 0):
+        raise ValueError(f"older_than_days must be a finite number of days greater than 0, not {older_than_days!r}")
     cutoff = (time.time() if now is None else now) - older_than_days * 86400.0
     conn = store.conn()
     due = conn.execute(_DUE, (cutoff, OWN_MANUFACTURER)).fetchall()

@@ -14,6 +14,7 @@ import os
 import re
 import ssl
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: no backslash, no control
 OHIF_VERSION = "3.13.2"
@@ -55,7 +57,8 @@ def default_viewer_dir() -> Path:
     return Path(sys.prefix) / "share" / "uronode" / "ohif" / OHIF_VERSION
 
 
-def _check_ae_title(value: str, what: str) -> str:
+def check_ae_title(value: str, what: str) -> str:
+    """``value`` stripped, or ValueError naming ``what``: 1-16 characters, no backslash, no control character."""
     stripped = value.strip()
     if not stripped:
         raise ValueError(f"{what} must not be empty")
@@ -78,7 +81,7 @@ class CallerRule(BaseModel):
     def parse(cls, text: str) -> CallerRule:
         """Parse ``AE`` or ``AE@host``."""
         ae, _, host = text.partition("@")
-        return cls(ae_title=_check_ae_title(ae, "allowed calling AE title"), host=host.strip() or None)
+        return cls(ae_title=check_ae_title(ae, "allowed calling AE title"), host=host.strip() or None)
 
 
 class ScpSettings(BaseModel):
@@ -114,7 +117,7 @@ class ScpSettings(BaseModel):
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
-        return _check_ae_title(value, "AE title")
+        return check_ae_title(value, "AE title")
 
     @field_validator("allowed_callers")
     @classmethod
@@ -165,7 +168,7 @@ class StorageSettings(BaseModel):
     """Refuse new instances (out of resources) when the disk is fuller than this."""
     fsync: bool = True
     """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
-    retention_days: float | None = Field(None, gt=0)
+    retention_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Delete a received series this many days after its last instance arrived; the results the node
     derived (SEG, SC, SR), the jobs and their findings are kept. None (the default): keep everything."""
     retention_interval_s: float = Field(3600.0, gt=0)
@@ -221,7 +224,7 @@ class Destination(BaseModel):
         if self.kind == "dicomweb" and not self.url:
             raise ValueError(f"destination {self.name}: a dicomweb destination needs url")
         if self.ae_title is not None:
-            _check_ae_title(self.ae_title, f"destination {self.name} ae_title")
+            check_ae_title(self.ae_title, f"destination {self.name} ae_title")
         return self
 
 
@@ -245,7 +248,7 @@ class DeliverySettings(BaseModel):
         if len(names) != len(set(names)):
             raise ValueError("delivery.destinations: names must be unique")
         for ae in self.known_aes:
-            _check_ae_title(ae, "delivery.known_aes key")
+            check_ae_title(ae, "delivery.known_aes key")
         return self
 
 
@@ -360,22 +363,50 @@ def _reading(config_file: Path | None) -> type[Settings]:
     return SettingsWithFile
 
 
+def _config_file_problem(config_file: Path) -> str | None:
+    """Why ``config_file`` cannot be the config file, or None."""
+    if config_file.is_dir():
+        return "is a folder, not a file"
+    if not config_file.is_file():
+        return "does not exist"
+    return None
+
+
+def _environment_problem(exc: SettingsError) -> str:
+    """A readable sentence for a group (or list) in the environment that is not valid JSON.
+
+    pydantic-settings names only the top-level group (``field "scp"``), also for ``URONODE_SCP__...``:
+    the variables that can hold it are looked up here."""
+    group = re.search(r'field "([^"]+)"', str(exc))
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    if group is None:
+        return f"{exc}{cause}"
+    prefix = f"URONODE_{group.group(1)}".upper()
+    names = sorted(k for k in os.environ if k.upper() == prefix or k.upper().startswith(prefix + "__"))
+    which = (f"one of the environment variables {', '.join(names)}" if len(names) > 1
+             else f"the environment variable {names[0] if names else prefix}")
+    return (f"{which} is not valid JSON{cause}"
+            f" (a group or a list is given as JSON, e.g. URONODE_SCP='{{\"port\": 104}}';"
+            " one value as URONODE_SCP__PORT=104)")
+
+
 def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build the settings from flags (``overrides``), environment and config file.
 
     ``config_file`` defaults to ``URONODE_CONFIG``. ``overrides`` is nested like
     the settings (``{"scp": {"port": 104}}``) and wins over everything else.
-    Raises :class:`ConfigError` with a readable message when a value is invalid
-    or the config file is missing. Reads the process environment, never writes it.
+    Raises :class:`ConfigError` with a readable message when a value is invalid, the config
+    file is missing, is a folder or is not UTF-8 TOML, or a group in the environment is not JSON.
+    Reads the process environment, never writes it.
     """
     from pydantic import ValidationError
 
+    named = ""
     if config_file is None and os.environ.get("URONODE_CONFIG"):
         config_file = Path(os.environ["URONODE_CONFIG"])
-        if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} (URONODE_CONFIG) does not exist")
-    elif config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
+        named = " (URONODE_CONFIG)"
+    if config_file is not None and (problem := _config_file_problem(config_file)):
+        raise ConfigError(f"config file {config_file}{named} {problem}")
     cls = _reading(config_file)
     try:
         if not overrides:
@@ -389,3 +420,9 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             lines.append(f"{where}: {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except tomllib.TOMLDecodeError as exc:  # read by cls(): only a config file is TOML
+        raise ConfigError(f"config file {config_file}{named} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {config_file}{named} is not UTF-8 text (TOML is): {exc}") from None
+    except SettingsError as exc:
+        raise ConfigError(_environment_problem(exc)) from None

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Buffer = files.Buffer
 
+INDEX_FILE = "index.sqlite3"
+"""The store's index, in the data folder: its presence says the folder holds a node's data."""
 METADATA_CACHE = ".metadata.json"
 """A series folder's cached DICOMweb metadata (written by ``dicomweb.wado``; not an instance)."""
 
@@ -48,7 +50,7 @@ class Store:
         self.root = Path(data_dir).resolve()
         self.instances_dir = self.root / "instances"
         self.tmp_dir = self.root / "tmp"
-        self.db_path = self.root / "index.sqlite3"
+        self.db_path = self.root / INDEX_FILE
         self.fsync = fsync
         self.max_disk_used_percent = max_disk_used_percent
         for folder in (self.root, self.instances_dir, self.tmp_dir):

@@ -62,8 +62,19 @@ def test_requeue_sends_a_failed_job_again(queue: JobQueue) -> None:
     queue.requeue(job_id)
     job = queue.get(job_id)
     assert job is not None and job.state is JobState.QUEUED and job.reason is None
-    with pytest.raises(ValueError, match="not failed or delivered"):
+    with pytest.raises(ValueError, match=f"^job {job_id} is queued; only a failed or delivered job can be queued again$"):
         queue.requeue(job_id)
+
+
+def test_requeue_names_a_job_that_does_not_exist_and_the_state_of_one_that_is_not_done(queue: JobQueue) -> None:
+    with pytest.raises(ValueError, match="^no job 999$"):
+        queue.requeue(999)
+    job_id = enqueue(queue, "1.1")
+    queue.claim()
+    with pytest.raises(ValueError, match=f"^job {job_id} is running;"):
+        queue.requeue(job_id)
+    job = queue.get(job_id)
+    assert job is not None and job.state is JobState.RUNNING
 
 
 def test_list_filters_by_state(queue: JobQueue) -> None:

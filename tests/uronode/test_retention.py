@@ -111,6 +111,16 @@ def test_dry_run_deletes_nothing(store: Store) -> None:
     assert series_count(store, SOURCE) == 3 and all(i.path.exists() for i in store.series_instances(SOURCE))
 
 
+@pytest.mark.parametrize("days", [0, -30, float("nan"), float("inf"), float("-inf")])
+def test_a_retention_of_0_days_or_less_is_refused_not_a_purge_of_everything(store: Store, days: float) -> None:
+    receive(store, SOURCE)  # received a moment ago
+    finish_job(store, SOURCE)
+    for dry_run in (True, False):
+        with pytest.raises(ValueError, match="a finite number of days greater than 0"):
+            purge(store, days, dry_run=dry_run)
+    assert series_count(store, SOURCE) == 3 and all(i.path.exists() for i in store.series_instances(SOURCE))
+
+
 def test_the_series_sent_again_after_retention_is_new(store: Store) -> None:
     receive(store, SOURCE)
     finish_job(store, SOURCE)

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,8 @@ def test_ae_title_over_16_characters_is_refused() -> None:
         ({"queue": {"broker_url": "amqp://rabbit"}}, "queue.broker_url.*neither"),
         ({"queue": {"lease_s": 0}}, "queue.lease_s"),
         ({"nonsense": 1}, "nonsense"),
+        ({"storage": {"retention_days": 0}}, "storage.retention_days"),
+        ({"storage": {"retention_days": float("inf")}}, "storage.retention_days: Input should be a finite number"),
     ],
 )
 def test_invalid_values_are_named(overrides: dict[str, Any], message: str) -> None:
@@ -98,6 +101,47 @@ def test_invalid_values_are_named(overrides: dict[str, Any], message: str) -> No
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[scp]\nport = [\n", r"is not valid TOML: Invalid value \(at end of document\)"),
+        (b"[scp]\nport = 104\n[scp]\nae_title = 'X'\n", r"is not valid TOML: Cannot declare \('scp',\) twice"),
+        ('[scp]\nport = 104\n'.encode("utf-16"), r"is not UTF-8 text \(TOML is\): 'utf-8' codec can't decode"),
+    ],
+    ids=["syntax", "table twice", "utf-16"],
+)
+def test_a_config_file_that_is_not_utf8_toml_is_named_with_the_parser_s_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, message: str
+) -> None:
+    config = tmp_path / "uronode.toml"
+    config.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(config))} {message}"):
+        load_settings(config)
+    monkeypatch.setenv("URONODE_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(config))} \(URONODE_CONFIG\) {message}"):
+        load_settings(overrides={"scp": {"port": 104}})
+
+
+def test_a_folder_as_config_file_is_called_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(tmp_path))} is a folder, not a file$"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("URONODE_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"\(URONODE_CONFIG\) is a folder, not a file$"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("URONODE_SCP", "{bad"), ("URONODE_DICOMWEB__TOKENS", "[bad"), ("URONODE_DELIVERY", "x")],
+)
+def test_a_group_or_list_in_the_environment_that_is_not_json_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"^the environment variable {variable} is not valid JSON: Expecting"):
+        load_settings()
 
 
 def test_loading_a_config_file_leaves_the_environment_alone(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,15 +18,19 @@ from typing import Any
 
 from uronode import __version__
 from uronode.app import predict
+from uronode.errors import UronodeError
 from uronode.jobs import JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge
-from uronode.settings import ConfigError, Settings, load_settings
-from uronode.store import Store
+from uronode.settings import ConfigError, Settings, check_ae_title, load_settings
+from uronode.store import INDEX_FILE, Store
 from uronode.types import JobState
 
 log = logging.getLogger(__name__)
+
+class NoNodeData(UronodeError):
+    """An admin command was pointed at a folder that holds no node's data."""
 
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:
@@ -46,6 +51,47 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     if getattr(args, "data_dir", None) is not None:
         overrides["storage"] = {"data_dir": args.data_dir}
     return load_settings(args.config, overrides)
+
+
+def _existing_store(settings: Settings) -> Store:
+    """The node's store, for the commands that read or change what a node holds (``jobs``, ``purge`` ...).
+
+    Opening a :class:`Store` creates it: a mistyped ``--data-dir``, or a command run from the wrong
+    folder without ``--config``, would get an empty store of its own and report nothing."""
+    data_dir = settings.storage.data_dir
+    if not (data_dir / INDEX_FILE).is_file():
+        raise NoNodeData(f"no node data in {data_dir.resolve()} (no {INDEX_FILE}); give --data-dir or --config")
+    return Store(data_dir, fsync=settings.storage.fsync)
+
+
+def _positive_days(text: str) -> float:
+    """argparse type: a finite number of days greater than 0 (0 or less would purge what just arrived)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of days greater than 0, not {text!r}")
+    return days
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1-65535, not {text!r}")
+    return port
+
+
+def _ae_title(text: str) -> str:
+    """argparse type: a DICOM AE title, by the rule the settings apply to ``scp.ae_title``."""
+    try:
+        return check_ae_title(text, "AE title")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +128,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    queue = JobQueue(_existing_store(settings))
     state = JobState(args.state) if args.state else None
     jobs = queue.list(state, args.limit)
     print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<12} {'series':<64}  reason")
@@ -94,7 +140,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    outbox = Outbox(_existing_store(settings))
     count = outbox.retry(destination=args.destination, job_id=args.job)
     print(f"{count} dead letter(s) queued for delivery again")
     return 0
@@ -102,7 +148,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    outbox = Outbox(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    outbox = Outbox(_existing_store(settings))
     state = DeliveryState(args.state) if args.state else None
     print(f"{'id':>6}  {'state':<9} {'tries':>5}  {'destination':<12} {'instance':<64}  last error")
     for d in outbox.list(state, args.limit):
@@ -112,11 +158,12 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
+    store = _existing_store(settings)  # first: without --config, the retention is missing too
     days = args.older_than_days if args.older_than_days is not None else settings.storage.retention_days
     if days is None:
         print("uronode: no retention set: give --older-than-days or storage.retention_days", file=sys.stderr)
         return 2
-    done = purge(Store(settings.storage.data_dir, fsync=settings.storage.fsync), days, dry_run=args.dry_run)
+    done = purge(store, days, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(done.series)} series, {done.instances} instances, {done.bytes / 1e6:.1f} MB"
           f" received more than {days:g} days ago; results kept")
@@ -127,7 +174,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    queue = JobQueue(Store(settings.storage.data_dir, fsync=settings.storage.fsync))
+    queue = JobQueue(_existing_store(settings))
     try:
         queue.requeue(args.job)
     except ValueError as exc:
@@ -186,9 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     echo.add_argument("host")
-    echo.add_argument("port", type=int)
-    echo.add_argument("called_ae", metavar="AE")
-    echo.add_argument("--calling-ae", default="URONODE")
+    echo.add_argument("port", type=_port)
+    echo.add_argument("called_ae", metavar="AE", type=_ae_title)
+    echo.add_argument("--calling-ae", default="URONODE", type=_ae_title)
     echo.add_argument("--timeout", type=float, default=10.0)
     echo.set_defaults(func=cmd_echo)
 
@@ -212,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = sub.add_parser("purge", help="delete received series past their retention (results are kept)")
     purge.add_argument("--data-dir", type=Path)
-    purge.add_argument("--older-than-days", type=float, help="default: storage.retention_days")
+    purge.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
+                       help="a number greater than 0 (default: storage.retention_days)")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     purge.set_defaults(func=cmd_purge)
 
@@ -247,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, UronodeError) as exc:  # each carries a sentence for a person, no traceback needed
         print(f"uronode: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
