@@ -109,6 +109,20 @@ def test_worker_token_needs_no_node_yet(tmp_path: Path, capsys: pytest.CaptureFi
     assert "token in" in capsys.readouterr().out
 
 
+def test_a_worker_token_that_cannot_be_written_leaves_no_hash_behind(tmp_path: Path) -> None:
+    """Found by probing: the hash was added to the tokens file before --out was written, so a folder or a
+    missing parent as --out left a hash of a token nobody has."""
+    data = tmp_path / "data"
+    (tmp_path / "a-folder").mkdir()
+    for out in (tmp_path / "a-folder", tmp_path / "no-such-parent" / "token"):
+        assert main(["worker-token", "gpu-1", "--out", str(out), "--data-dir", str(data)]) == 1
+    assert not (data / "worker-tokens").exists() or not (data / "worker-tokens").read_text().strip()
+    assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "token"), "--data-dir", str(data)]) == 0
+    assert len((data / "worker-tokens").read_text().split("\n")[:-1]) == 1
+    assert main(["worker-token", "gpu 2", "--out", str(tmp_path / "token2"), "--data-dir", str(data)]) == 2
+    assert not (tmp_path / "token2").exists()  # a name refused leaves no token file either
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -205,13 +205,16 @@ def cmd_worker_token(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     tokens_file = settings.queue.tokens_file(settings.storage.data_dir)
-    try:
-        token = new_worker_token(tokens_file, args.name)
-    except ValueError as exc:
-        print(f"uronode: {exc}", file=sys.stderr)
-        return 2
+    # the token's file first: a hash recorded for a token that could not be written would be one nobody has
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
+        try:
+            token = new_worker_token(tokens_file, args.name)
+        except ValueError as exc:
+            print(f"uronode: {exc}", file=sys.stderr)
+            f.close()
+            Path(args.out).unlink(missing_ok=True)
+            return 2
         f.write(token + "\n")
     print(f"worker {args.name}: token in {args.out} (for `uronode worker --token-file`), its hash added to {tokens_file}")
     return 0
