@@ -34,7 +34,8 @@ GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 class ComponentRow:
     """One candidate component of one image: its group, its score, the boxes its densest pixel lies in."""
 
-    image: str
+    image: int
+    """The image's place in the images given to ``component_rows``: unique, where names need not be."""
     group: str
     score: float
     boxes: tuple[int, ...]
@@ -52,7 +53,7 @@ def component_rows(images: Iterable[LabelledImage], analyse: Callable[[Volume], 
                    window: str = "auto", margin_mm: float = 2.0, score: str = "classifier") -> list[ComponentRow]:
     """Every candidate component of every image, scored once by ``analyse`` (``score``: the card's kind)."""
     rows = []
-    for im in images:
+    for index, im in enumerate(images):
         table = analyse(image_volume(im.as_hu(window), im.name, im.pixel_mm))
         grown = [b.grown(margin_mm / im.pixel_mm) for b in im.boxes]
         scores = table.scores(score)
@@ -60,14 +61,14 @@ def component_rows(images: Iterable[LabelledImage], analyse: Callable[[Volume], 
             if box is None:
                 continue
             _, row, column = (int(v) for v in table.peaks[i])
-            rows.append(ComponentRow(im.name, str(table.groups[i]), float(scores[i]),
+            rows.append(ComponentRow(index, str(table.groups[i]), float(scores[i]),
                                      tuple(j for j, b in enumerate(grown) if b.contains(row, column))))
     return rows
 
 
 def count(rows: Sequence[ComponentRow], thresholds: dict[str, float], boxes: int, images: int) -> tuple[float, float]:
     """(boxes found / ``boxes``, false stones per image) at ``thresholds``."""
-    found: set[tuple[str, int]] = set()
+    found: set[tuple[int, int]] = set()
     false = 0
     for r in rows:
         if r.score < thresholds[r.group]:

@@ -5,8 +5,12 @@ A folder in the YOLO layout, as object-detection exports write it:
 folders below ``DIR`` (``train/``, ``valid/``, ...: Roboflow), or
 ``DIR/images/<split>/`` with ``DIR/labels/<split>/`` (Ultralytics), or, where no
 image lies in an ``images`` folder, images with their label files beside them
-(``label_file``). A label file holds one
-line per box, ``class cx cy w h`` normalised to the image. Which classes are
+(``label_file``); ``images`` and ``labels`` in any case (``Images/``, ``Labels/``). Hidden files and
+folders and ``__MACOSX`` are left out. A label file (UTF-8, with or without a byte-order mark, or UTF-16
+with one) holds one line per box, ``class cx cy w h`` normalised to the image (values up to
+``LABEL_TOLERANCE`` outside [0, 1] are clipped). A JPEG's EXIF orientation is applied, as the labelling
+tools show the image. Images of one set may share a file name in different folders: their ``name`` is then
+their path in the set (``p1/images/slice1``). Which classes are
 stones (``stone_classes``): those given (``--stone-classes``, which a
 ``data.yaml`` must name); else, where the folder or one up to three above it
 has a ``data.yaml`` naming its classes, the classes whose names say urinary
@@ -25,7 +29,8 @@ Images that carry Hounsfield units are read as such: a DICOM CT image
 its pixel spacing from its header) and a 16-bit image (``read_hu16``: the
 stored values of CT, HU + 1024, or HU + 32768 as DeepLesion writes them, told
 apart by where the image's values lie; a 16-bit copy of a display image,
-whose values reach the top of the range, is read as the 8-bit image it is).
+whose values reach the top of the range, or an 8-bit image saved in a 16-bit file, whose values are all
+255 or less, is read as the 8-bit image it is).
 
 8-bit images are in a display window nobody recorded. They become the
 model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
@@ -47,7 +52,8 @@ pixel.
 
 Grouping (``exam_key``): the two copies of an augmented source image must
 stay on the same side of a split (``source_key`` strips the export's
-suffixes), and so must the other images of the same examination: images whose
+suffixes; qualified by its folder where images in different folders share a name, so that each
+patient folder's ``slice1`` is its own), and so must the other images of the same examination: images whose
 names are DICOM UIDs carrying a timestamp (as Philips writes them) and taken
 within ``EXAM_GAP_S`` of each other are one examination. ``split_groups``
 assigns whole examinations to a side by a hash of their key, so the split
@@ -56,10 +62,13 @@ never changes when images are added elsewhere.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
+import posixpath
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +107,9 @@ MAX_SATURATED_SHARE = 0.006
 """Share of pixels at grey 250 or more above which an image is a soft-tissue window (bone white)."""
 
 _ROBOFLOW = re.compile(r"(_(png|jpg|jpeg|bmp|tif|tiff))*\.rf\.[0-9a-f]+$", re.IGNORECASE)
-_TICKS = re.compile(r"(?:^|-)(6\d{17})\d{5}(?:-|$)")
-"""A .NET tick count (100 ns since year 1; 6xxx... is 2010-2030) inside a UID written with dashes."""
+_TICKS = re.compile(r"(?:^|[-/])(6\d{17})\d{5}(?:-|$)")
+"""A .NET tick count (100 ns since year 1; 6xxx... is 2010-2030) inside a UID written with dashes (after
+a folder where ``LabelledImage.source`` is qualified by one)."""
 
 
 class ImageSetError(ValueError):
@@ -146,6 +156,10 @@ class LabelledImage:
     """Where ``pixel_mm`` comes from: 'file' (DICOM), 'given' (for the set), 'body width' or 'assumed'."""
     has_label_file: bool = True
     """Whether a label file was found for it (without one it has no stone)."""
+    unique_as: str = ""
+    """Where another image of its set has the same file stem (``p1/images/slice1.jpg`` and
+    ``p2/images/slice1.jpg``): its path relative to the set, without the suffix (``p1/images/slice1``; with
+    it where only the suffix differs), which is then its ``name``; else ''."""
 
     def as_hu(self, window: str = "auto") -> np.ndarray:
         """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
@@ -153,12 +167,17 @@ class LabelledImage:
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        """Its file's stem, or where that is not unique in its set, ``unique_as``."""
+        return self.unique_as or self.path.stem
 
     @property
     def source(self) -> str:
-        """The image's source for the split: a DICOM image's study, else its name without the export's suffixes."""
-        return f"study-{self.study_uid}" if self.study_uid else source_key(self.path.stem)
+        """The image's source for the split: a DICOM image's study, else its stem without the export's
+        suffixes, qualified by its folder where its stem is not unique in its set (``p1/images/slice1``)."""
+        if self.study_uid:
+            return f"study-{self.study_uid}"
+        folder = posixpath.dirname(self.unique_as)
+        return f"{folder}/{source_key(self.path.stem)}" if folder else source_key(self.path.stem)
 
     @property
     def own_spacing(self) -> bool:
@@ -339,13 +358,18 @@ def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClas
                         "say which are with --stone-classes")
 
 
+LABEL_TOLERANCE = 1e-3
+"""How far outside [0, 1] a label's normalised value may lie and be clipped to it, not refused."""
+
+
 def read_boxes(text: str, rows: int, columns: int, where: str = "",
                classes: frozenset[int] | None = None) -> tuple[Box, ...]:
     """YOLO lines -> boxes in pixels of the ``classes`` (None: every one); a bad line raises ImageSetError.
 
     A line is a box, ``class cx cy w h`` (normalised; a sixth value, a detector's confidence, is ignored),
     or a polygon, ``class x1 y1 x2 y2 x3 y3 ...`` (three points or more, as segmentation exports write
-    it), whose box is the points' bounds."""
+    it), whose box is the points' bounds. Values within ``LABEL_TOLERANCE`` outside [0, 1] (a tool's
+    rounding) are clipped to it."""
     boxes = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
@@ -358,15 +382,19 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "",
             raise ImageSetError(f"{where}:{n}: not numbers: {line.strip()!r}") from exc
         if not math.isfinite(kind) or kind != int(kind) or kind < 0:
             raise ImageSetError(f"{where}:{n}: the class is not a whole number: {line.strip()!r}")
+        low, high = -LABEL_TOLERANCE, 1.0 + LABEL_TOLERANCE
         if len(values) in (4, 5):
             cx, cy, w, h = values[:4]
-            if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
+            if not (low <= cx <= high and low <= cy <= high and 0.0 < w <= high and 0.0 < h <= high):
                 raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
+            cx, cy, w, h = (min(max(v, 0.0), 1.0) for v in (cx, cy, w, h))
             box = Box(max(0.0, (cx - w / 2) * columns), max(0.0, (cy - h / 2) * rows),
                       min(float(columns), (cx + w / 2) * columns), min(float(rows), (cy + h / 2) * rows))
         elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon
+            inside = all(low <= v <= high for v in values)
+            values = [min(max(v, 0.0), 1.0) for v in values]
             xs, ys = values[0::2], values[1::2]
-            if not all(0.0 <= v <= 1.0 for v in values) or max(xs) <= min(xs) or max(ys) <= min(ys):
+            if not inside or max(xs) <= min(xs) or max(ys) <= min(ys):
                 raise ImageSetError(f"{where}:{n}: polygon outside the image or without area: {line.strip()!r}")
             box = Box(min(xs) * columns, min(ys) * rows, max(xs) * columns, max(ys) * rows)
         else:
@@ -386,7 +414,10 @@ OFFSET_32768_MEDIAN = 16_384
 
 def read_hu16(values: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """(grey, HU) of a 16-bit image: HU when it holds stored CT values (see the module's text), else
-    (its 8-bit grey, None) for a display image scaled to 16 bits."""
+    (its 8-bit grey, None) for a display image scaled to 16 bits or an 8-bit image saved as 16 bits
+    (every value 0-255: the grey levels themselves)."""
+    if int(values.min()) >= 0 and int(values.max()) <= 255:
+        return values.astype(np.uint8), None
     if values.dtype == np.int16 and int(values.min()) < 0:  # signed with negatives: the HU themselves
         hu = values.astype(np.float32)
     elif int(values.max()) >= SCALED_16BIT_MIN:
@@ -417,7 +448,9 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | 
         return hu_to_grey(hu, ASSUMED_WINDOW), hu, float(rows_mm), volume.study_instance_uid or "unknown"
     import cv2
 
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # not IMREAD_UNCHANGED, which ignores a JPEG's EXIF orientation (labels are in the displayed frame);
+    # these flags apply it and keep 16 bits (and an alpha channel's loss changes nothing: it is dropped)
+    data = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if data is None:
         raise ImageSetError(f"{path}: not an image OpenCV can read")
     if data.ndim == 3:
@@ -439,25 +472,60 @@ def label_file(image: Path) -> Path:
     (``a.jpg`` -> ``a.txt``) when only that one exists."""
     parts = image.parts
     beside = image.with_suffix(".txt")
-    at = [i for i, part in enumerate(parts[:-1]) if part == "images"]
+    at = [i for i, part in enumerate(parts[:-1]) if part.lower() == "images"]
     if at:
-        mapped = Path(*parts[: at[-1]], "labels", *parts[at[-1] + 1: -1], image.stem + ".txt")
+        mapped = Path(*parts[: at[-1]], _labels_folder(Path(*parts[: at[-1]])), *parts[at[-1] + 1: -1],
+                      image.stem + ".txt")
         if mapped.exists() or not beside.exists():
             return mapped
     return beside
 
 
+def _labels_folder(parent: Path) -> str:
+    """The name of ``parent``'s labels folder: ``labels``, else one so named in another case (``Labels``)."""
+    if (parent / "labels").is_dir() or not parent.is_dir():
+        return "labels"
+    others = sorted(d.name for d in parent.iterdir() if d.name.lower() == "labels" and d.is_dir())
+    return others[0] if others else "labels"
+
+
+def read_label_text(path: Path) -> str:
+    """A label file's text: UTF-16 where it starts with a UTF-16 byte-order mark (Windows PowerShell's ``>``),
+    else UTF-8 with or without one (Notepad); ImageSetError where it is neither."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ImageSetError(f"{path}: not text in UTF-8 or UTF-16: {exc}") from exc
+
+
 def image_files(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, ``label_file``) pairs of every image below ``folder`` in an ``images`` folder (at any depth),
-    sorted; where none is (``folder`` is one, or a flat set), of every image below ``folder``."""
+    """(image, ``label_file``) pairs of every image below ``folder`` in an ``images`` folder (any case, at
+    any depth), sorted; where none is (``folder`` is one, or a flat set), of every image below ``folder``.
+    Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._`` files) and ``__MACOSX`` (what unzipping
+    a Finder zip leaves) are not part of the set."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    chosen = [p for p in found if "images" in p.relative_to(folder).parts[:-1]] or found
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts)
+                   and p.is_file())
+    chosen = [p for p in found if any(part.lower() == "images" for part in p.relative_to(folder).parts[:-1])] or found
     if not chosen:
         raise ImageSetError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)}) at or below it")
     return [(p, label_file(p)) for p in chosen]
+
+
+def unique_names(images: Sequence[Path], folder: Path) -> list[str]:
+    """``LabelledImage.unique_as`` of each image below ``folder``: '' where its stem is unique among
+    ``images``, else its path relative to ``folder`` without its suffix, or with it where that is not
+    unique either (``a.jpg`` and ``a.png`` in one folder)."""
+    stems = Counter(p.stem for p in images)
+    relative = [Path(p).relative_to(Path(folder)) for p in images]
+    qualified = [r.with_suffix("").as_posix() if stems[p.stem] > 1 else "" for p, r in zip(images, relative, strict=True)]
+    again = Counter(qualified)
+    return [r.as_posix() if q and again[q] > 1 else q for q, r in zip(qualified, relative, strict=True)]
 
 
 def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off",
@@ -474,9 +542,11 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
     out = []
     boxes_of_any_class = 0
-    for image_path, label_path in image_files(folder):
+    pairs = image_files(folder)
+    unique = unique_names([image for image, _ in pairs], folder)
+    for (image_path, label_path), unique_as in zip(pairs, unique, strict=True):
         grey, hu, own_mm, study_uid = read_image(image_path)
-        text = label_path.read_text() if label_path.exists() else ""
+        text = read_label_text(label_path) if label_path.exists() else ""
         if stones is not None:
             boxes_of_any_class += len(read_boxes(text, grey.shape[0], grey.shape[1], str(label_path)))
         rows, columns = grey.shape
@@ -491,7 +561,7 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
             mm, how = ASSUMED_PIXEL_MM, "assumed"
         out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, str(label_path), stones),
                                  hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how,
-                                 has_label_file=label_path.exists()))
+                                 has_label_file=label_path.exists(), unique_as=unique_as))
     if boxes_of_any_class and not any(im.boxes for im in out):
         raise ImageSetError(f"the label files hold {boxes_of_any_class} boxes and none of the classes counted as "
                             f"stones ({stone_classes(folder, classes).how}); say which are with --stone-classes")

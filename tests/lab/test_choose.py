@@ -21,18 +21,18 @@ from tests.factory import write_series
 REAL = shared_data_dir() / "real-stones"
 ROWS = [
     # two images, three boxes: a strong stone, a weaker one, a weak small one in a contrast component
-    ComponentRow("a", "dense_large", 0.95, (0,)),
-    ComponentRow("a", "dense_small", 0.75, (1,)),
-    ComponentRow("a", "dense_small", 0.65, ()),  # a false stone that a 0.6 threshold lets through
-    ComponentRow("b", "contrast", 0.55, (0,)),
-    ComponentRow("b", "contrast", 0.85, ()),  # a confident false stone
-    ComponentRow("b", "dense_large", 0.3, ()),
+    ComponentRow(0, "dense_large", 0.95, (0,)),
+    ComponentRow(0, "dense_small", 0.75, (1,)),
+    ComponentRow(0, "dense_small", 0.65, ()),  # a false stone that a 0.6 threshold lets through
+    ComponentRow(1, "contrast", 0.55, (0,)),
+    ComponentRow(1, "contrast", 0.85, ()),  # a confident false stone
+    ComponentRow(1, "dense_large", 0.3, ()),
 ]
 
 
 def test_count_finds_a_box_once_and_calls_the_rest_false() -> None:
     everything = {"dense_small": 0.0, "dense_large": 0.0, "contrast": 0.0}
-    doubled = [*ROWS, ComponentRow("a", "dense_large", 0.9, (0,))]  # a second component on box 0
+    doubled = [*ROWS, ComponentRow(0, "dense_large", 0.9, (0,))]  # a second component on box 0
     assert count(doubled, everything, boxes=3, images=2) == (1.0, 1.5)
     assert count(ROWS, {"dense_small": 0.7, "dense_large": 0.9, "contrast": 0.9}, 3, 2) == (2 / 3, 0.0)
 
@@ -46,7 +46,7 @@ def test_the_rule_most_boxes_within_the_false_stone_bound() -> None:
     assert loose is not None and loose.sensitivity == 1.0  # the contrast stone at 0.55 needs 0.5
     assert loose.thresholds["contrast"] == 0.5 and loose.false_per_image == 0.5
     assert loose.thresholds["dense_small"] >= 0.7  # ties go to fewer false stones
-    assert choose([ComponentRow("a", "contrast", 0.99, ())], 1, 1, max_false=0.5) is None
+    assert choose([ComponentRow(0, "contrast", 0.99, ())], 1, 1, max_false=0.5) is None
 
 
 def test_a_bound_from_elsewhere_narrows_the_choice() -> None:
@@ -109,7 +109,23 @@ def test_rows_place_each_component_by_its_densest_pixel() -> None:
 
     rows = component_rows([image], analyse, margin_mm=2.0)
     # the first peak is a pixel outside the box but within 2 mm of it; the missing component is skipped
-    assert rows == [ComponentRow("x", "dense_small", 0.9, (0,)), ComponentRow("x", "contrast", 0.4, ())]
+    assert rows == [ComponentRow(0, "dense_small", 0.9, (0,)), ComponentRow(0, "contrast", 0.4, ())]
+
+
+def test_two_images_with_one_name_have_their_boxes_counted_apart() -> None:
+    """``p1/images/slice1.jpg`` and ``p2/images/slice1.jpg``: each image's box 0 is a box of its own."""
+    hu = np.full((40, 40), -50.0, np.float32)
+    images = [LabelledImage(Path(folder, "images", "slice1.jpg"), np.zeros((40, 40), np.uint8), (Box(10, 10, 14, 14),),
+                            hu=hu, pixel_mm=1.0) for folder in ("p1", "p2")]
+
+    def analyse(volume: Volume) -> ComponentTable:
+        return ComponentTable(boxes=[(slice(0, 1), slice(10, 13), slice(10, 13))], voxels=np.array([9]),
+                              groups=np.array(["dense_small"]), classifier=np.array([0.9]),
+                              pixel=np.zeros(1, np.float32), peaks=np.array([[0, 12, 12]]))
+
+    rows = component_rows(images, analyse, margin_mm=0.0)
+    assert count(rows, {"dense_small": 0.5, "dense_large": 0.5, "contrast": 0.5}, boxes=2, images=2) == (1.0, 0.0)
+    assert [r.image for r in rows] == [0, 1]
 
 
 def test_the_command_on_real_validation_images(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Callable
 from dataclasses import astuple
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from inference.network import InputSpec
 from lab.augment import (
@@ -26,15 +29,20 @@ from lab.realimages import (
     LabelledImage,
     box_mask,
     exam_keys,
+    exam_time_s,
     grey_to_hu,
     hu_to_grey,
     image_volume,
     read_boxes,
+    read_hu16,
+    read_image,
     read_image_set,
     rewindow,
     source_key,
     split_groups,
     split_of,
+    stone_mask,
+    unique_names,
 )
 
 UID = "1-3-46-670589-33-1-{ticks}00001-{n}"
@@ -245,3 +253,196 @@ def test_a_lone_image_is_a_one_slice_volume() -> None:
     assert v.shape == (1, 30, 40)
     assert v.series_instance_uid == image_volume(np.zeros((30, 40), np.float32), "name").series_instance_uid
     assert v.series_instance_uid != image_volume(np.zeros((30, 40), np.float32), "other").series_instance_uid
+
+
+def _labelled_set(root: Path, images: str = "images", labels: str = "labels") -> None:
+    """``root/<images>/a.png`` (a bright square at rows 10-19, columns 20-29) with its box in ``root/<labels>/a.txt``."""
+    (root / images).mkdir(parents=True)
+    (root / labels).mkdir()
+    grey = np.full((40, 50), 90, np.uint8)
+    grey[10:20, 20:30] = 220
+    cv2.imwrite(str(root / images / "a.png"), grey)
+    (root / labels / "a.txt").write_text("0 0.5 0.375 0.2 0.25\n")
+
+
+def test_label_values_a_hair_outside_the_image_are_clipped_not_refused() -> None:
+    """A tool's rounding (cx -1e-6, w 1.0000001) is clipped to the image; further out is still refused."""
+    low, wide = read_boxes("0 -0.000001 0.5 0.02 0.02\n0 0.5 0.5 1.0000001 0.1\n", rows=100, columns=100)
+    assert astuple(low) == pytest.approx((0.0, 49.0, 1.0, 51.0))
+    assert astuple(wide) == pytest.approx((0.0, 45.0, 100.0, 55.0))
+    (poly,) = read_boxes("0 -0.0009 0.2 0.3 0.2 0.2 1.0009\n", rows=100, columns=100)
+    assert astuple(poly) == pytest.approx((0.0, 20.0, 30.0, 100.0))
+    for line in ("0 -0.002 0.5 0.1 0.1", "0 0.5 0.5 1.002 0.1", "0 -0.002 0.2 0.3 0.2 0.2 0.6"):
+        with pytest.raises(ImageSetError, match="lab.txt:1"):
+            read_boxes(line, 10, 10, where="lab.txt")
+
+
+@pytest.mark.parametrize("encode", [
+    lambda text: text.encode("utf-16"),  # Windows PowerShell 5's '>' and Out-File: a BOM, then UTF-16 LE
+    lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+    lambda text: codecs.BOM_UTF8 + text.encode(),  # Notepad, .NET's StreamWriter
+], ids=["utf-16", "utf-16-be", "utf-8-bom"])
+def test_label_files_in_utf16_or_with_a_byte_order_mark_are_read(tmp_path: Path,
+                                                                   encode: Callable[[str], bytes]) -> None:
+    _labelled_set(tmp_path)
+    (tmp_path / "labels" / "a.txt").write_bytes(encode("0 0.5 0.375 0.2 0.25\r\n0 0.2 0.2 0.1 0.1\r\n"))
+    (image,) = read_image_set(tmp_path)
+    assert [astuple(b) for b in image.boxes] == [pytest.approx((20.0, 10.0, 30.0, 20.0)),
+                                                 pytest.approx((7.5, 6.0, 12.5, 10.0))]
+
+
+def test_a_label_file_that_is_not_text_is_refused_with_its_name(tmp_path: Path) -> None:
+    _labelled_set(tmp_path)
+    (tmp_path / "labels" / "a.txt").write_bytes("0 0.5 0.375 0.2 0.25 # Taş\n".encode("cp1254"))
+    with pytest.raises(ImageSetError, match="a.txt: not text in UTF-8 or UTF-16"):
+        read_image_set(tmp_path)
+
+
+def test_hidden_folders_and_macos_leftovers_are_not_part_of_the_set(tmp_path: Path) -> None:
+    root = tmp_path / ".cache" / "set"  # a set inside a hidden folder is still read
+    _labelled_set(root)
+    (root / "__MACOSX" / "images").mkdir(parents=True)
+    (root / "__MACOSX" / "images" / "._a.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (root / "images" / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(root / "images" / ".ipynb_checkpoints" / "a-checkpoint.png"), np.zeros((40, 50), np.uint8))
+    cv2.imwrite(str(root / "images" / ".b.png"), np.zeros((40, 50), np.uint8))
+    assert [(im.name, len(im.boxes)) for im in read_image_set(root)] == [("a", 1)]
+
+
+@pytest.mark.parametrize(("images", "labels"), [("Images", "Labels"), ("IMAGES", "labels"), ("images", "Labels")])
+def test_images_and_labels_folders_are_found_in_any_case(tmp_path: Path, images: str, labels: str) -> None:
+    _labelled_set(tmp_path / "set", images, labels)
+    cv2.imwrite(str(tmp_path / "set" / "preview.png"), np.zeros((40, 50), np.uint8))  # not in the images folder
+    (image,) = read_image_set(tmp_path / "set")
+    assert image.has_label_file and [astuple(b) for b in image.boxes] == [pytest.approx((20.0, 10.0, 30.0, 20.0))]
+
+
+def test_a_jpegs_exif_orientation_is_applied(tmp_path: Path) -> None:
+    """Stored on its side with EXIF Orientation 6 (turn 90 degrees clockwise to show): labelled as shown."""
+    shown = np.full((40, 60), 30, np.uint8)
+    shown[5:15, 40:55] = 230
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.rot90(shown, 1)).save(tmp_path / "images" / "a.jpg", exif=exif.tobytes(), quality=95)
+    (tmp_path / "labels" / "a.txt").write_text(f"0 {47.5 / 60} {10 / 40} {15 / 60} {10 / 40}\n")
+    (image,) = read_image_set(tmp_path)
+    assert image.grey.shape == (40, 60)
+    assert np.abs(image.grey.astype(int) - shown).mean() < 3
+    mask = stone_mask(image)  # the box lies on the bright square
+    assert mask.any() and image.grey[mask].min() > 180
+
+
+def _palette_png(path: Path, grey: np.ndarray) -> None:
+    picture = Image.fromarray(grey, mode="L").convert("P")
+    picture.putpalette([v for i in range(256) for v in (i, i, i)])
+    picture.save(path)
+
+
+GREY = (np.arange(48 * 64).reshape(48, 64) % 251).astype(np.uint8)
+HU = (np.arange(48 * 64).reshape(48, 64) % 1500 - 1000).astype(np.int16)
+
+
+@pytest.mark.parametrize(("name", "write", "grey", "hu"), [
+    ("ct.png", lambda p: cv2.imwrite(str(p), (HU + 1024).astype(np.uint16)), hu_to_grey(HU.astype(np.float32),
+                                                                                          (40.0, 400.0)), HU),
+    ("ct.tif", lambda p: cv2.imwrite(str(p), HU), hu_to_grey(HU.astype(np.float32), (40.0, 400.0)), HU),
+    ("rgba.png", lambda p: cv2.imwrite(str(p), np.dstack([GREY, GREY, GREY, np.full_like(GREY, 128)])), GREY, None),
+    ("palette.png", lambda p: _palette_png(p, GREY), GREY, None),
+    ("display16.png", lambda p: cv2.imwrite(str(p), GREY.astype(np.uint16) * 257), GREY, None),
+], ids=["16-bit-png", "signed-16-bit-tiff", "rgba-png", "palette-png", "16-bit-display-png"])
+def test_image_kinds_read_as_they_were(tmp_path: Path, name: str, write: Callable[[Path], object],
+                                       grey: np.ndarray, hu: np.ndarray | None) -> None:
+    """The EXIF-applying flags keep 16 bits, the sign, and the grey of colour, alpha and palette images."""
+    write(tmp_path / name)
+    got_grey, got_hu, _, _ = read_image(tmp_path / name)
+    np.testing.assert_array_equal(got_grey, grey)
+    if hu is None:
+        assert got_hu is None
+    else:
+        assert got_hu is not None
+        np.testing.assert_array_equal(got_hu, hu.astype(np.float32))
+
+
+def test_a_grayscale_jpeg_reads_as_its_own_grey(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "g.jpg"), GREY)
+    got_grey, got_hu, _, _ = read_image(tmp_path / "g.jpg")
+    assert got_hu is None and got_grey.ndim == 2
+    np.testing.assert_array_equal(got_grey, cv2.imread(str(tmp_path / "g.jpg"), cv2.IMREAD_GRAYSCALE))
+
+
+def test_an_8bit_image_saved_in_a_16bit_file_is_read_as_8bit(tmp_path: Path) -> None:
+    """ImageJ's or MATLAB's ``uint16(img)``: every value 0-255, the grey levels themselves; not refused."""
+    grey, hu = read_hu16(GREY.astype(np.uint16))
+    assert hu is None and grey.dtype == np.uint8
+    np.testing.assert_array_equal(grey, GREY)
+    cv2.imwrite(str(tmp_path / "raw.png"), GREY.astype(np.uint16))
+    got_grey, got_hu, _, _ = read_image(tmp_path / "raw.png")
+    assert got_hu is None
+    np.testing.assert_array_equal(got_grey, GREY)
+    # stored CT values (HU + 1024) above 255 are still HU
+    assert read_hu16((HU + 1024).astype(np.uint16))[1] is not None
+
+
+def _two_patients(root: Path) -> None:
+    """``p1`` and ``p2`` each with ``images/slice1.png`` and ``slice2.png``; only p1's slice1 has a stone."""
+    for folder in ("p1", "p2"):
+        (root / folder / "images").mkdir(parents=True)
+        (root / folder / "labels").mkdir()
+        for stem in ("slice1", "slice2"):
+            grey = np.full((60, 60), 200 if folder == "p1" else 20, np.uint8)
+            cv2.imwrite(str(root / folder / "images" / f"{stem}.png"), grey)
+    (root / "p1" / "labels" / "slice1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    cv2.imwrite(str(root / "p2" / "images" / "only.png"), np.zeros((60, 60), np.uint8))
+
+
+def test_images_with_one_name_in_two_folders_keep_apart(tmp_path: Path) -> None:
+    """Each patient's ``slice1`` is its own image and its own source; a unique name stays as it was."""
+    _two_patients(tmp_path)
+    images = read_image_set(tmp_path)
+    assert [im.name for im in images] == ["p1/images/slice1", "p1/images/slice2", "only", "p2/images/slice1",
+                                          "p2/images/slice2"]
+    assert [im.source for im in images] == [im.name for im in images]
+    assert [len(im.boxes) for im in images] == [1, 0, 0, 0, 0]
+    assert len(set(exam_keys(im.source for im in images).values())) == 5
+    sides = split_groups(images)
+    assert sorted(im.name for ims in sides.values() for im in ims) == sorted(im.name for im in images)
+
+
+def test_unique_names_qualify_only_what_collides() -> None:
+    root = Path("set")
+    paths = [root / "p1/images/a.jpg", root / "p1/images/a.png", root / "p2/images/a.jpg",
+             root / "p2/images/x_png.rf.1f2e.jpg", root / "p3/images/x_png.rf.1f2e.jpg", root / "b.jpg"]
+    unique = unique_names(paths, root)
+    assert unique == ["p1/images/a.jpg", "p1/images/a.png", "p2/images/a", "p2/images/x_png.rf.1f2e",
+                      "p3/images/x_png.rf.1f2e", ""]
+    grey = np.zeros((4, 4), np.uint8)
+    images = [LabelledImage(p, grey, (), unique_as=u) for p, u in zip(paths, unique, strict=True)]
+    assert [im.source for im in images] == ["p1/images/a", "p1/images/a", "p2/images/a", "p2/images/x",
+                                            "p3/images/x", "b"]
+    # a timestamped UID after the folder is still an examination's time
+    ticks = UID.format(ticks=637007007498655107, n=11)
+    assert exam_time_s(f"p1/images/{ticks}") == exam_time_s(ticks) == exam_time_s("p1/images/63700700749865510700001-11")
+
+
+def test_the_pictures_of_a_miss_show_its_own_image(tmp_path: Path) -> None:
+    """``evaluate --pictures`` draws a miss in the image it was missed in, not another of the same file name."""
+    from lab.cli import _image_failure_pictures
+    from lab.imageeval import failure_picture, score_images
+
+    _two_patients(tmp_path)
+    images = read_image_set(tmp_path)
+
+    def nothing(im: LabelledImage) -> np.ndarray:
+        return np.zeros(im.grey.shape, np.uint8)
+
+    result = score_images(images, nothing)
+    (miss,) = result["missed"]
+    pictures = _image_failure_pictures(images, nothing, result)
+    (drawn,) = pictures["missed-stone-5mm-and-more"] + pictures["missed-stone-under-5mm"]
+    x0, y0, x1, y1 = miss["box"]
+    mine = images[0]
+    expected = failure_picture(mine.grey, nothing(mine), mine.boxes, ((y0 + y1) / 2, (x0 + x1) / 2),
+                               f"missed {miss['size_mm']} mm")
+    np.testing.assert_array_equal(drawn, expected)
