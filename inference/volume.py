@@ -205,12 +205,41 @@ class _Frame:
     sop_instance_uid: str
 
 
+def read_dicom(path: str | Path, *, stop_before_pixels: bool = False,
+               specific_tags: list[str] | None = None) -> Dataset:
+    """A DICOM file, or a bare data set without the preamble and File Meta group (older software and some
+    exports write those; the node's STOW-RS takes them too): read as the data set it is, with the transfer
+    syntax pydicom finds. InvalidDicomError for anything else."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+    except InvalidDicomError as first:
+        try:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+            wanted = specific_tags or ["SOPClassUID", "SeriesInstanceUID"]
+            identified = all(_is_uid(ds.get(keyword)) for keyword in wanted if keyword.endswith("UID"))
+        except Exception:  # noqa: BLE001 - whatever a forced read of a non-DICOM file raises, it is not DICOM
+            raise first from None
+        if not identified or ds.original_encoding[0] is None:
+            raise first from None
+        if "TransferSyntaxUID" not in ds.file_meta:
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                              else pydicom.uid.ExplicitVRLittleEndian if little
+                                              else pydicom.uid.ExplicitVRBigEndian)
+        return ds
+
+
+def _is_uid(value: object) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and all(part.isdigit() for part in text.split("."))
+
+
 def _read(source: str | Path | Dataset) -> tuple[Dataset, str]:
     if isinstance(source, Dataset):
         return source, ""
     path = str(source)
     try:
-        return pydicom.dcmread(path), path
+        return read_dicom(path), path
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise VolumeError(f"{Path(path).name} cannot be read as DICOM: {exc}") from exc
 
@@ -534,7 +563,7 @@ def group_series(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
     series: dict[str, list[Path]] = defaultdict(list)
     for path in find_dicom_files(paths):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            ds = read_dicom(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         except (InvalidDicomError, OSError, EOFError):
             logger.debug("skipped %s: not DICOM", path.name)
             continue

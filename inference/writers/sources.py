@@ -11,13 +11,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
-from inference.volume import Volume
+from inference.volume import Volume, read_dicom
 from inference.writers.errors import WriterError
 from uronode.uids import derive_uid
 
@@ -110,7 +109,7 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
 
 def _read_header(path: str) -> Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return read_dicom(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise WriterError(f"source instance {Path(path).name} cannot be read: {exc}") from exc
 

@@ -233,3 +233,25 @@ def test_group_series_skips_other_files(small_series: list[Path], tmp_path: Path
     (tmp_path / "notes.txt").write_text("hello")
     groups = group_series([small_series[0].parent, tmp_path])
     assert list(groups.values()) == [sorted(small_series)]
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_bare_data_sets_without_preamble_are_read_as_what_they_are(small_phantom: Phantom, small_series: list[Path],
+                                                                    tmp_path: Path, implicit: bool) -> None:
+    """Found by probing: files without the preamble and File Meta group (older software writes them; the
+    node's STOW-RS takes them) were skipped as "not DICOM", and `uronode predict` said no DICOM files found."""
+    bare = []
+    for path in small_series:
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        target = tmp_path / path.name
+        pydicom.dcmwrite(target, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        assert target.read_bytes()[128:132] != b"DICM"
+        bare.append(target)
+    for name in ("photo.jpg", "notes.txt", "empty.dcm"):
+        (tmp_path / name).write_bytes(b"\xff\xd8\xff\xe0 not a data set" * (name != "empty.dcm"))
+    assert list(group_series([tmp_path]).values()) == [sorted(bare)]
+    np.testing.assert_array_equal(load_volume(bare).hu, small_phantom.hu)
+    with pytest.raises(VolumeError, match="cannot be read as DICOM"):
+        load_volume([tmp_path / "photo.jpg"])

@@ -122,3 +122,27 @@ def test_sources_an_anonymiser_stripped_still_get_their_results(damage: str, tmp
     if damage == "deleted":
         assert len(frames_of_reference) == 1  # one derived for the series, the same in every result
     assert [path.read_bytes() for path in paths] == stored  # only the header read for the writers changes
+
+
+def test_sources_written_as_bare_data_sets_get_their_results(tmp_path: Path) -> None:
+    """Files without the preamble and File Meta group: the writers read their headers as the volume does."""
+    phantom = generate_phantom(13, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    paths = write_series(phantom, tmp_path / "ct")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1:3, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    written = save_results(write_results(volume, findings), tmp_path / "out")
+    seg = hd.seg.segread(next(p for p in written if p.name.startswith("SEG")))
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert referenced == set(volume.sop_instance_uids)
+    for path in written:
+        errors, _ = dciodvfy(path)
+        assert not errors, (path.name, errors)
