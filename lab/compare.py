@@ -41,18 +41,32 @@ SET_DESCRIPTIONS = {"generated": "generated_set", "real_anatomy": "real_anatomy_
 """Where an evaluation's summary says what each set was (seeds, folder, split, window, pixel size)."""
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a hand-edited or foreign file)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _model_sets(summary: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], dict[str, tuple[str, str, bool]]]]:
-    """(set name, the model's scores on it, the figures it has) of one evaluation's summary."""
+    """(set name, the model's scores on it, the figures it has) of one evaluation's summary; an entry that
+    is not a JSON object where one belongs is no set."""
+    results = _mapping(summary.get("results"))
     for name in ("generated", "real_anatomy"):
-        scores = (summary.get("results") or {}).get(name, {}).get("model")
+        scores = _mapping(_mapping(results.get(name)).get("model"))
         if scores:
             yield name, scores, SERIES_RATIOS
-    images = summary.get("image_results") or {}
-    if images.get("real_images", {}).get("model"):
-        yield "real_images", images["real_images"]["model"], IMAGE_RATIOS
+    images = _mapping(summary.get("image_results"))
+    scores = _mapping(_mapping(images.get("real_images")).get("model"))
+    if scores:
+        yield "real_images", scores, IMAGE_RATIOS
     for name in ("lone_slices", "lone_slices_8bit"):
-        if images.get(name):
-            yield name, images[name], SLICE_RATIOS
+        scores = _mapping(images.get(name))
+        if scores:
+            yield name, scores, SLICE_RATIOS
+
+
+def holds_figures(summary: object) -> bool:
+    """Whether ``summary`` (an evaluation's, or a card's ``metrics``) holds a set's figures to compare."""
+    return isinstance(summary, Mapping) and next(_model_sets(summary), None) is not None
 
 
 class CompareError(ValueError):
@@ -72,7 +86,7 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
         described = SET_DESCRIPTIONS.get(name)
         if described and a.get(described) != b.get(described):
             raise CompareError(f"{name}: measured on different sets: {a.get(described)} against {b.get(described)}")
-        units_a, units_b = scores_a.get("per_unit"), scores_b.get("per_unit")
+        units_a, units_b = _mapping(scores_a.get("per_unit")), _mapping(scores_b.get("per_unit"))
         if not units_a or not units_b:
             raise CompareError(f"{name}: no per-unit counts (measured before uronode evaluate kept them)")
         for figure, (numerator, denominator, _) in ratios.items():

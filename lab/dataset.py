@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,13 @@ from lab.synth import (
     generate_phantom,
     plane_image,
 )
+from uronode.errors import UronodeError
 
 logger = logging.getLogger(__name__)
+
+
+class PatchSetError(UronodeError, ValueError):
+    """A file is not a patch set :meth:`PatchSet.save` wrote (another file, a truncated one); names it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,13 +62,29 @@ class PatchSet:
 
     @classmethod
     def load(cls, path: Path) -> PatchSet:
-        data = np.load(path)
+        """The patch set :meth:`save` wrote to ``path``; a :class:`PatchSetError` naming the file for any
+        other file (an OSError for one that cannot be opened)."""
+        unreadable = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+        what = "a saved patch set (the .npz file train --save-patches writes)"
+        try:
+            data = np.load(path)  # numpy's own words (pickled data, allow_pickle) would mislead here
+        except unreadable:
+            raise PatchSetError(f"{path} is not {what}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise PatchSetError(f"{path} is not {what}: it holds one array, not a set of them")
+        with data:
+            missing = [f for f in ("patches", "targets", "has_stone", "seeds") if f not in data.files]
+            if missing:
+                raise PatchSetError(f"{path} is not {what}: it lacks {', '.join(missing)}")
 
-        def optional(name: str) -> np.ndarray | None:
-            return data[name] if name in data else None
+            def optional(name: str) -> np.ndarray | None:
+                return data[name] if name in data.files else None
 
-        return cls(data["patches"], data["targets"], data["has_stone"], data["seeds"],
-                   optional("centre_stone"), optional("contrast"), optional("windowed"))
+            try:
+                return cls(data["patches"], data["targets"], data["has_stone"], data["seeds"],
+                           optional("centre_stone"), optional("contrast"), optional("windowed"))
+            except unreadable as exc:
+                raise PatchSetError(f"{path} is a damaged patch set: {exc}") from None
 
     @classmethod
     def concatenate(cls, parts: list[PatchSet]) -> PatchSet:

@@ -212,22 +212,50 @@ def sweep(records: dict[str, Any], score: str, fp_cap: float) -> dict[str, Any]:
     }
 
 
+def _arg_text(value: object) -> str:
+    """An argument as the report records it (a seed range as it was given, LO:HI)."""
+    return f"{value.start}:{value.stop}" if isinstance(value, range) else str(value)
+
+
+def _variants_and_budgets(args: argparse.Namespace) -> tuple[list[Variant], list[float]] | None:
+    """``--variants`` and ``--train-seconds`` read; None, with the reason on stderr, for a name that is no
+    variant or a budget that is no number (found before a phantom is generated, not after)."""
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        print(f"uronode experiment: unknown variant {', '.join(map(repr, unknown))} "
+              f"(known: {', '.join(VARIANTS)})", file=sys.stderr)
+        return None
+    try:
+        budgets = [float(b) for b in args.train_seconds.split(",")] if args.train_seconds else []
+    except ValueError:
+        print(f"uronode experiment: --train-seconds takes seconds separated by commas, not {args.train_seconds!r}",
+              file=sys.stderr)
+        return None
+    return [VARIANTS[name] for name in names], budgets
+
+
 def run(args: argparse.Namespace) -> int:
     from inference.network import preprocess
     from lab.train import make_card, select_channels, train_model, write_card
 
     t_start = time.monotonic()
+    planned = _variants_and_budgets(args)
+    if planned is None:
+        return 2
+    variants, budgets = planned
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     # Keras (and with it JAX or TensorFlow) only after the worker processes are forked
-    report: dict[str, Any] = {"backend": os.environ.get("KERAS_BACKEND", "tensorflow"), "args": {k: str(v) for k, v in vars(args).items()},
+    report: dict[str, Any] = {"backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+                              "args": {k: _arg_text(v) for k, v in vars(args).items()},
                               "rule": CONTRAST_RULE.card(), "variants": {}}
 
     def save_report() -> None:
         (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 
-    train_lo, train_hi = (int(v) for v in args.train.split(":"))
-    val_lo, val_hi = (int(v) for v in args.val.split(":"))
+    train_lo, train_hi = args.train.start, args.train.stop
+    val_lo, val_hi = args.val.start, args.val.stop
     ctx = mp.get_context("fork")
     t0 = time.monotonic()
     with ctx.Pool(args.workers) as pool:
@@ -254,9 +282,8 @@ def run(args: argparse.Namespace) -> int:
     import keras
 
     best_value = None
-    budgets = [float(b) for b in args.train_seconds.split(",")] if args.train_seconds else []
-    for number, name in enumerate(args.variants.split(",")):
-        v = VARIANTS[name]
+    for number, v in enumerate(variants):
+        name = v.name
         if time.monotonic() - t_start > args.stop_after:
             logger.warning("time budget: skipping %s", name)
             continue
@@ -339,20 +366,24 @@ def run(args: argparse.Namespace) -> int:
 def validate(args: argparse.Namespace) -> int:
     """``--validate MODEL``: a trained model on more validation series, local-contrast candidates
     included: with the card's dense thresholds fixed, what each contrast threshold adds."""
+    from inference.errors import ModelError
     from inference.network import preprocess
+    from inference.runtime import ModelCard, resolve_model_dir
     from lab.train import select_channels
 
-    val_lo, val_hi = (int(v) for v in args.val.split(":"))
+    # the model found (a ModelError for a wrong name) before a validation series is generated
+    folder = resolve_model_dir(args.validate)
+    card = ModelCard.read(folder)
+    model_file = folder / card.files.get("model", "model.keras")
+    if not model_file.is_file():
+        raise ModelError(f"{folder.name}: {model_file.name} is missing")
+    val_lo, val_hi = args.val.start, args.val.stop
     # the workers are forked before TensorFlow starts its threads
     with mp.get_context("fork").Pool(args.workers) as pool:
         val = pool.map(_val_job, range(val_lo, val_hi))
     import keras
 
-    from inference.runtime import ModelCard, resolve_model_dir
-
-    folder = resolve_model_dir(args.validate)
-    card = ModelCard.read(folder)
-    keras_model = keras.saving.load_model(folder / card.files.get("model", "model.keras"), compile=False)
+    keras_model = keras.saving.load_model(model_file, compile=False)
     spec = InputSpec.from_card(card.preprocessing, card.input.get("patch"))
     thresholds = ComponentThresholds.from_card(card.raw, card.threshold)
     seg: list[np.ndarray] = []

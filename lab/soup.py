@@ -41,6 +41,8 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
     """Write the soup of ``models`` (folders or names under models/) into ``out``; returns its card."""
     if len(models) < 2:
         raise ModelError("a soup needs at least two models")
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out} is a file, not a folder")
     sources = [resolve_model_dir(m) for m in models]
     if (out / "card.json").exists() or any(out.resolve() == folder.resolve() for folder in sources):
         raise ModelError(f"{out} already holds a model; a soup is written into a new folder")

@@ -9,6 +9,7 @@ checks first.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import os
@@ -25,6 +26,16 @@ log = logging.getLogger(__name__)
 Buffer = bytes | bytearray | memoryview
 SPARES = 4
 """Empty temporary files kept ready."""
+
+
+def out_folder(text: str) -> Path:
+    """An argparse type: a folder to write into, there already or not; a file of that name is refused while
+    the command line is read (making the folder would fail with no more than "File exists", after the work).
+    For every command that writes a folder: ``predict`` and the lab's."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
 
 
 def check_space(folder: Path, max_used_percent: float, incoming_bytes: int = 0) -> None:

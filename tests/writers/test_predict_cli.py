@@ -47,3 +47,14 @@ def test_a_threshold_outside_0_to_1_is_refused_before_anything_loads(capsys: pyt
     assert parser.parse_args(["predict", "ct", "--out", "out", "--threshold", "0.6"]).threshold == 0.6
     with pytest.raises(ModelError, match="not between 0 and 1"):
         Pipeline("a model folder that is never read", threshold=5.0)
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by probing: --out naming a file said only "File exists", after TensorFlow and the model had loaded."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["predict", "ct", "--out", str(tmp_path / "afile")])
+    assert info.value.code == 2
+    assert f"argument --out: {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert build_parser().parse_args(["predict", "ct", "--out", str(tmp_path / "new")]).out == tmp_path / "new"

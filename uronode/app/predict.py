@@ -13,13 +13,15 @@ import logging
 import sys
 from pathlib import Path
 
+from uronode.files import out_folder
+
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=out_folder, required=True,
                    help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
     p.add_argument("--model", default=None, help="model folder or name under models/")
     p.add_argument("--threshold", type=probability, default=None,
