@@ -11,8 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
@@ -101,10 +103,83 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
     if not ds.get("FrameOfReferenceUID"):
         ds.FrameOfReferenceUID = identity.uid("frame-of-reference")
         mended.append("FrameOfReferenceUID missing")
-    if not ds.get("SliceThickness"):
+    if not ds.get("SliceThickness") and "PerFrameFunctionalGroupsSequence" not in ds:
         ds.SliceThickness = f"{slice_spacing:.6g}"
         mended.append(f"SliceThickness missing: taken as {slice_spacing:.6g} mm, the distance between the slices")
+    declared = ds.get("SpecificCharacterSet")
+    terms = [str(t) for t in (declared if isinstance(declared, (list, tuple, MultiValue)) else [declared])
+             if declared is not None]
+    if terms and not all(t in WRITABLE_CHARACTER_SETS for t in terms):
+        ds.decode()  # every text value as the source declared it, then written as UTF-8
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        declared_text = "\\".join(terms)
+        mended.append(f"SpecificCharacterSet {declared_text!r} written as ISO_IR 192 (UTF-8)")
+    mended += _shared_frame_geometry(ds)
     return mended
+
+
+WRITABLE_CHARACTER_SETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
+"""The character sets highdicom writes. Others that sources carry (the Japanese form with an empty first
+value, ``\\ISO 2022 IR 87``; Korean ``ISO 2022 IR 149``; ``ISO_IR 6``, which is no defined term; an
+unknown one) made every writer raise: such a header is decoded and its results are written in UTF-8."""
+
+_GEOMETRY_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+
+
+def _shared_frame_geometry(ds: Dataset) -> list[str]:
+    """An Enhanced CT whose frames each carry the same orientation or pixel measures (legal, but a SEG
+    needs them shared): the first frame's item moved to the shared group. WriterError where they differ."""
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not frames:
+        return []
+    if "SharedFunctionalGroupsSequence" not in ds or not ds.SharedFunctionalGroupsSequence:
+        ds.SharedFunctionalGroupsSequence = [Dataset()]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    moved = []
+    for group in _GEOMETRY_GROUPS:
+        if group in shared or not all(group in frame for frame in frames):
+            continue
+        first = frames[0][group][0]
+        if any(not _same_items(frame[group][0], first) for frame in frames[1:]):
+            raise WriterError(f"the frames of the Enhanced CT have different {group} items; a SEG needs one "
+                              "orientation and one pixel spacing for all frames")
+        setattr(shared, group, [first])
+        for frame in frames:
+            del frame[group]
+        moved.append(f"{group} of every frame shared")
+    return moved
+
+
+def _same_items(a: Dataset, b: Dataset) -> bool:
+    """Two functional group items with the same keywords and numbers within 1e-4 (the loader's tolerance is
+    coarser: what it read as one geometry is one)."""
+    if {e.keyword for e in a} != {e.keyword for e in b}:
+        return False
+    for element in a:
+        x, y = element.value, b[element.keyword].value
+        xs = list(x) if isinstance(x, (list, tuple, MultiValue)) else [x]
+        ys = list(y) if isinstance(y, (list, tuple, MultiValue)) else [y]
+        try:
+            if len(xs) != len(ys) or any(abs(float(u) - float(v)) > 1e-4 for u, v in zip(xs, ys, strict=True)):
+                return False
+        except (TypeError, ValueError):
+            if xs != ys:
+                return False
+    return True
+
+
+def _one_orientation(datasets: tuple[Dataset, ...]) -> bool:
+    """Single-frame sources whose ImageOrientationPatient differ by float noise (the loader accepted them as
+    one orientation; highdicom's SEG wants them equal): all given the first one's. Whether any changed."""
+    first = datasets[0].get("ImageOrientationPatient")
+    if first is None:
+        return False
+    changed = False
+    for ds in datasets[1:]:
+        if ds.get("ImageOrientationPatient") is not None and list(ds.ImageOrientationPatient) != list(first):
+            ds.ImageOrientationPatient = list(first)
+            changed = True
+    return changed
 
 
 def _read_header(path: str) -> Dataset:
@@ -153,6 +228,9 @@ def read_sources(volume: Volume, identity: Identity) -> Sources:
             raise WriterError(f"{Path(path).name} is not the instance of slice {k + 1} any more")
         per_slice.append(ds)
     unique = tuple(by_path.values())
+    if len(unique) == len(per_slice) and _one_orientation(unique):
+        logger.warning("series %s: its slices' ImageOrientationPatient differ by float noise; the results take "
+                       "the first slice's", volume.series_instance_uid)
     if len(unique) < len(per_slice) and len(unique) > 1:
         raise WriterError(
             f"the volume comes from {len(unique)} multi-frame instances; a SEG can reference "

@@ -146,3 +146,80 @@ def test_sources_written_as_bare_data_sets_get_their_results(tmp_path: Path) -> 
     for path in written:
         errors, _ = dciodvfy(path)
         assert not errors, (path.name, errors)
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # PS3.5's Japanese example
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),  # and its Korean one
+    ("ISO_IR 6", "Smith^John"),  # no defined term, but senders write it
+])
+def test_a_character_set_highdicom_does_not_write_gives_results_in_utf8(charset: str | list[str], name: str,
+                                                                          tmp_path: Path) -> None:
+    """Found by probing: every writer raised ValueError ('' is not a valid SpecificCharacterSetValues), so
+    every Japanese or Korean site's job failed after its stones were found."""
+    phantom = generate_phantom(14, rows=64, slice_spacing=2.5, slices=3, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    paths = write_series(phantom, tmp_path / "ct")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.save_as(path, enforce_file_format=True)
+    assert str(pydicom.dcmread(paths[0]).PatientName) == name
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    written = save_results(write_results(volume, findings), tmp_path / "out")
+    assert {pydicom.dcmread(p).Modality for p in written} == {"SEG", "OT", "SR", "KO"}
+    for path in written:
+        ds = pydicom.dcmread(path)
+        assert ds.SpecificCharacterSet == "ISO_IR 192"
+        assert str(ds.PatientName) == name
+        errors, _ = dciodvfy(path)
+        assert not errors, (path.name, errors)
+
+
+def test_orientations_that_differ_by_float_noise_give_one_seg(tmp_path: Path) -> None:
+    """Found by probing: ImageOrientationPatient 0.999999 on some slices and 1 on others (workstation
+    reformats, some scanners) is one orientation to the loader, and made highdicom refuse the SEG."""
+    phantom = generate_phantom(15, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    paths = write_series(phantom, tmp_path / "ct")
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        if k % 2:
+            ds.ImageOrientationPatient = [0.999999, 0.0, -1e-9, 0.0, 1.0, 0.0]
+        ds.save_as(path, enforce_file_format=True)
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1:3, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    written = save_results(write_results(volume, findings), tmp_path / "out")
+    seg = hd.seg.segread(next(p for p in written if p.name.startswith("SEG")))
+    assert int(seg.NumberOfFrames) == 4
+    errors, _ = dciodvfy(next(p for p in written if p.name.startswith("SEG")))
+    assert not errors
+
+
+@pytest.mark.parametrize("group", ["PlaneOrientationSequence", "PixelMeasuresSequence"])
+def test_enhanced_ct_with_its_geometry_per_frame_gets_its_seg(group: str, tmp_path: Path) -> None:
+    """Found by probing: the same orientation or pixel measures in every frame's group (legal) made
+    highdicom refuse the SEG or raise AttributeError."""
+    ds = pydicom.dcmread(pydicom_test_file("eCT_Supplemental.dcm"))
+    item = ds.SharedFunctionalGroupsSequence[0][group][0]
+    del ds.SharedFunctionalGroupsSequence[0][group]
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        setattr(frame, group, [item])
+    path = tmp_path / "ect.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    volume = load_volume([path])
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[0, 300:303, 100:103] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    written = save_results(write_results(volume, findings), tmp_path / "out")
+    seg = hd.seg.segread(written[0])
+    assert int(seg.NumberOfFrames) == 2
+    errors, _ = dciodvfy(written[0])
+    assert not errors, errors
+    assert group in pydicom.dcmread(path).PerFrameFunctionalGroupsSequence[0]  # the stored file is unchanged
