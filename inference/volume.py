@@ -31,7 +31,11 @@ Rules worth knowing:
   plane whatever its orientation (a coronal or sagittal image sent or uploaded
   alone): the network reads a lone slice as a 2D image, its neighbours being
   itself, and model 3 learned from coronal images read exactly so.
-- **Rejected** (``VolumeError``): not CT, a localizer, missing pixel data, more
+- **Left out, with a warning:** instances of the series that are no slice of
+  it: another modality or SOP class (a dose report, a dose screen, raw data), a
+  localizer, no pixel data. Scanners and PACS put them beside the slices.
+- **Rejected** (``VolumeError``): nothing but such instances (not CT, a
+  localizer, missing pixel data), more
   than one series or frame of reference, mixed image sizes, orientations or pixel
   spacings, a stack of slices more than ``AXIAL_TOLERANCE_DEG`` away from axial
   (coronal, sagittal, strongly oblique reformats), and stacks whose slices shift in-plane
@@ -350,18 +354,25 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
     ]
 
 
-def _check_instance(ds: Dataset, name: str) -> None:
+def _not_a_slice(ds: Dataset, name: str) -> str | None:
+    """Why an instance is no slice of the CT volume (another modality or SOP class, a localizer, no pixel
+    data), or None. Scanners and PACS put such objects into a series beside its slices (a scout, a dose
+    report, a dose screen, raw data): they are left out, and only a series of nothing else fails."""
     modality = str(ds.get("Modality", ""))
     if modality != "CT":
-        raise VolumeError(f"{name} is not CT (Modality {modality or 'missing'})")
+        return f"{name} is not CT (Modality {modality or 'missing'})"
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in CT_SOP_CLASSES:
-        raise VolumeError(f"{name} is not a CT image (SOP Class {sop_class or 'missing'})")
+        return f"{name} is not a CT image (SOP Class {sop_class or 'missing'})"
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type:
-        raise VolumeError(f"{name} is a localizer, not an axial image")
+        return f"{name} is a localizer, not an axial image"
     if "PixelData" not in ds:
-        raise VolumeError(f"{name} has no pixel data")
+        return f"{name} has no pixel data"
+    return None
+
+
+def _check_instance(ds: Dataset, name: str) -> None:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise VolumeError(f"{name} is not a greyscale image")
 
@@ -431,15 +442,26 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     datasets: list[Dataset] = []
     paths: list[str] = []
     frames: list[_Frame] = []
+    left_out: list[str] = []
     for index, source in enumerate(sources):
         ds, path = _read(source)
         name = f"instance {index + 1}" + (f" ({Path(path).name})" if path else "")
-        _check_instance(ds, name)
-        datasets.append(ds)
-        paths.append(path)
-        frames.extend(_frames_of(ds, index, name))
         if progress is not None:
             progress(1)
+        reason = _not_a_slice(ds, name)
+        if reason is not None:
+            left_out.append(reason)
+            continue
+        _check_instance(ds, name)
+        frames.extend(_frames_of(ds, len(datasets), name))
+        datasets.append(ds)
+        paths.append(path)
+    if not datasets:
+        more = f" (and {len(left_out) - 1} more like it)" if len(left_out) > 1 else ""
+        raise VolumeError(left_out[0] + more)
+    if left_out:
+        logger.warning("left out %d instance(s) that are no slice of the CT: %s%s", len(left_out),
+                       "; ".join(left_out[:3]), "; ..." if len(left_out) > 3 else "")
 
     series_uid = _single((str(d.get("SeriesInstanceUID", "")) for d in datasets), "series")
     study_uid = _single((str(d.get("StudyInstanceUID", "")) for d in datasets), "studie")

@@ -181,9 +181,7 @@ def _unsigned_without_intercept(k: int, ds: pydicom.Dataset) -> None:
         (_coronal, "not axial"),
         (_mixed_size, "mixed sizes"),
         (_mixed_orientation, "mixed image orientations"),
-        (_no_pixels, "no pixel data"),
         (_mr, "not CT"),
-        (_localizer, "localizer"),
         (_two_series, "2 different series"),
         (_frames_in_one_ct_image, "3 frames but one position"),
         (_unsigned_without_intercept, "no RescaleIntercept and unsigned pixel values"),
@@ -205,6 +203,29 @@ def test_a_lone_slice_is_read_in_any_plane(small_series: list[Path], tmp_path: P
         volume = load_volume(given)
         assert volume.shape[0] == 1 and volume.tilt_deg == pytest.approx(90.0)
         np.testing.assert_array_equal(volume.hu[0], load_volume(small_series[:1]).hu[0])
+
+
+@pytest.mark.parametrize(("change", "said"), [(_localizer, "is a localizer"), (_no_pixels, "has no pixel data"),
+                                             (_mr, "is not CT")])
+def test_an_instance_that_is_no_slice_is_left_out_and_the_rest_read(
+        small_phantom: Phantom, small_series: list[Path], tmp_path: Path, change: Change, said: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found by probing: a scout, a dose report or a raw-data object in the series failed the whole job
+    (completion makes a job for a series that is not all localizers)."""
+    def one(k: int, ds: pydicom.Dataset) -> None:
+        if k == 1:
+            change(k, ds)
+
+    paths = _modified(small_series[:4], tmp_path, one)
+    with caplog.at_level("WARNING", logger="inference.volume"):
+        volume = load_volume(paths)
+    assert volume.shape[0] == 3
+    assert volume.sop_instance_uids == tuple(small_phantom.sop_instance_uid(k) for k in (0, 2, 3))
+    np.testing.assert_array_equal(volume.hu, small_phantom.hu[[0, 2, 3]])
+    assert "left out 1 instance(s)" in caplog.text and said in caplog.text
+    (tmp_path / "all").mkdir()
+    with pytest.raises(VolumeError, match=f"{said}.*and 1 more like it"):
+        load_volume(_modified(small_series[:2], tmp_path / "all", lambda k, ds: change(1, ds)))
 
 
 def test_signed_values_without_a_rescale_are_the_hu_themselves(small_phantom: Phantom, small_series: list[Path],
