@@ -31,6 +31,9 @@ Rules worth knowing:
   plane whatever its orientation (a coronal or sagittal image sent or uploaded
   alone): the network reads a lone slice as a 2D image, its neighbours being
   itself, and model 3 learned from coronal images read exactly so.
+- **Pixel padding** (PixelPaddingValue, up to PixelPaddingRangeLimit: outside
+  a scanner's round field of view) reads as air, -1024 HU, whatever it is
+  stored as (GE's 63536 unsigned would otherwise read as +62,512 HU).
 - **Left out, with a warning:** instances of the series that are no slice of
   it: another modality or SOP class (a dose report, a dose screen, raw data), a
   localizer, no pixel data. Scanners and PACS put them beside the slices.
@@ -354,6 +357,25 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
     ]
 
 
+PADDING_HU = -1024.0
+"""What pixel padding (outside a scanner's round field of view) is read as: air."""
+
+
+def _padding_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int] | None:
+    """The stored values that are padding (PixelPaddingValue, up to PixelPaddingRangeLimit), in the pixels'
+    own type, or None. Unsigned padding such as 63536 (-2000 as unsigned) would otherwise read as 62,512 HU:
+    a body as wide as the image, and the midline that sides a stone moved by centimetres."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or isinstance(value, bytes):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    values = [int(value)] + ([int(limit)] if limit is not None and not isinstance(limit, bytes) else [])
+    if np.issubdtype(dtype, np.signedinteger):  # a value read as unsigned where the pixels are signed
+        bits = np.iinfo(dtype).bits
+        values = [v - (1 << bits) if v >= 1 << (bits - 1) else v for v in values]
+    return min(values), max(values)
+
+
 def _not_a_slice(ds: Dataset, name: str) -> str | None:
     """Why an instance is no slice of the CT volume (another modality or SOP class, a localizer, no pixel
     data), or None. Scanners and PACS put such objects into a series beside its slices (a scout, a dose
@@ -548,7 +570,11 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                 )
             if pixels.shape[0] > 1:  # keep a multi-frame instance's frames for its other slices
                 decoded[frame.dataset_index] = pixels
-        hu[k] = pixels[frame.frame_number - 1] * np.float32(frame.slope) + np.float32(frame.intercept)
+        raw = pixels[frame.frame_number - 1]
+        hu[k] = raw * np.float32(frame.slope) + np.float32(frame.intercept)
+        padding = _padding_range(datasets[frame.dataset_index], raw.dtype)
+        if padding is not None:
+            hu[k][(raw >= padding[0]) & (raw <= padding[1])] = PADDING_HU
     return Volume(
         hu=hu,
         positions=positions,

@@ -276,3 +276,33 @@ def test_bare_data_sets_without_preamble_are_read_as_what_they_are(small_phantom
     np.testing.assert_array_equal(load_volume(bare).hu, small_phantom.hu)
     with pytest.raises(VolumeError, match="cannot be read as DICOM"):
         load_volume([tmp_path / "photo.jpg"])
+
+
+@pytest.mark.parametrize(("signed", "stored"), [(False, 63536), (True, -2000), (False, None)])
+def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Phantom, small_series: list[Path],
+                                                               tmp_path: Path, signed: bool, stored: int | None) -> None:
+    """Found by probing: GE-style padding stored unsigned (63536, -2000 as unsigned) read as 62,512 HU, a body
+    as wide as the image, and the midline that sides a stone moved by 19 mm. With PixelPaddingRangeLimit
+    (stored None here) a range of values is padding."""
+    rows = small_phantom.hu.shape[1]
+    yy, xx = np.mgrid[:rows, :rows]
+    outside = (yy - rows / 2) ** 2 + (xx - rows / 2) ** 2 > (rows / 2) ** 2
+
+    def pad(k: int, ds: pydicom.Dataset) -> None:
+        values = ds.pixel_array.astype(np.int32)
+        if signed:
+            values = values + int(ds.RescaleIntercept)
+            ds.RescaleIntercept, ds.PixelRepresentation = 0, 1
+        vr = "SS" if signed else "US"
+        if stored is None:
+            values[outside] = 63000
+            ds.add_new(0x00280120, vr, 65535)  # PixelPaddingValue
+            ds.add_new(0x00280121, vr, 60000)  # PixelPaddingRangeLimit: 60000-65535 are padding
+        else:
+            values[outside] = stored
+            ds.add_new(0x00280120, vr, stored)
+        ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+
+    volume = load_volume(_modified(small_series, tmp_path, pad))
+    assert np.all(volume.hu[:, outside] == -1024.0)
+    np.testing.assert_array_equal(volume.hu[:, ~outside], small_phantom.hu[:, ~outside])
