@@ -535,7 +535,13 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             )
         gaps = np.diff(offsets)
         slice_spacing = float(np.median(gaps))
-        if gaps.max() > 1.1 * gaps.min():
+        missing = np.flatnonzero(gaps > 1.5 * slice_spacing)
+        if missing.size:
+            logger.warning(
+                "%d gap(s) in the slices (the widest %.2f mm where the others are %.2f mm): slices missing "
+                "after slice %s; a stone across a gap is measured from the slices there are",
+                missing.size, gaps.max(), slice_spacing, ", ".join(str(int(i) + 1) for i in missing[:5]))
+        elif gaps.max() > 1.1 * gaps.min():
             logger.info(
                 "uneven slice spacing kept as is: gaps %.2f to %.2f mm", gaps.min(), gaps.max()
             )
