@@ -107,7 +107,9 @@ def _send_one(assoc: Association, item: Outgoing, syntax: str, accepted: dict[st
         return SendResult(item.sop_instance_uid, False, None, f"{item.path} is missing or not DICOM")
     offered = accepted.get(item.sop_class_uid, set())
     if not offered:
-        return SendResult(item.sop_instance_uid, False, None, f"{where} accepts no context for SOP class {item.sop_class_uid}")
+        return SendResult(item.sop_instance_uid, False, None,
+                          f"{where} accepts no context for SOP class {item.sop_class_uid} (to send a destination only "
+                          'what it stores, set its results, e.g. ["sc", "sr"])')
     try:
         ds = dcmread(item.path)
         if syntax not in offered:

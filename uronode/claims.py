@@ -214,6 +214,7 @@ class Claims:
                 "SELECT calling_ae FROM instances WHERE series_instance_uid = ? LIMIT 1",
                 (row["series_instance_uid"],),
             ).fetchone()
+            owed = False
             for uid in results:
                 item = conn.execute(
                     "SELECT sop_class_uid, path, study_instance_uid FROM instances WHERE sop_instance_uid = ?", (uid,)
@@ -223,11 +224,14 @@ class Claims:
                 if item["study_instance_uid"] != row["study_instance_uid"]:
                     raise ResultsMissing(f"result {uid} is not in the job's study")
                 for destination in destinations:
+                    if not destination.takes(item["sop_class_uid"]):
+                        continue
+                    owed = True
                     outbox.enqueue_in(
                         conn, destination=destination.name, sop_instance_uid=uid, sop_class_uid=item["sop_class_uid"],
                         path=Path(item["path"]), job_id=job_id, calling_ae=source["calling_ae"] if source else None,
                     )
-            state = JobState.DELIVERING if destinations and results else JobState.DELIVERED
+            state = JobState.DELIVERING if owed else JobState.DELIVERED
             conn.execute(
                 "UPDATE jobs SET state = ?, reason = NULL, findings = ?, seconds = coalesce(?, seconds),"
                 " claim_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",

@@ -200,6 +200,21 @@ class KnownAE(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
+RESULT_KINDS = ("seg", "sc", "sr", "ko")
+"""The kinds of results the node makes: the SEG, the Secondary Capture overlays, the SR, the key object."""
+
+
+def result_kind(sop_class_uid: str) -> str:
+    """Which of ``RESULT_KINDS`` a result of this SOP class is (an SR class of any kind is ``sr``)."""
+    if sop_class_uid == "1.2.840.10008.5.1.4.1.1.66.4":
+        return "seg"
+    if sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.59":
+        return "ko"
+    if sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        return "sr"
+    return "sc"
+
+
 class Destination(BaseModel):
     """Where results go. ``kind``: ``dicom`` (C-STORE to ``ae_title`` at ``host``:``port``),
     ``sender`` (C-STORE back to the AE that sent the series, looked up in ``delivery.known_aes``)
@@ -216,6 +231,23 @@ class Destination(BaseModel):
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    results: tuple[str, ...] = RESULT_KINDS
+    """Which results it is sent, of ``seg``, ``sc`` (the overlays), ``sr`` and ``ko`` (the key images): a
+    PACS that stores no SEG or SR refuses them (no presentation context), and their deliveries would be
+    retried until dead and fail the job although the rest arrived."""
+
+    @field_validator("results")
+    @classmethod
+    def _results(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(RESULT_KINDS))
+        if unknown or not value:
+            raise ValueError(f"results: one or more of {', '.join(RESULT_KINDS)}"
+                             + (f", not {', '.join(unknown)}" if unknown else ""))
+        return tuple(dict.fromkeys(value))
+
+    def takes(self, sop_class_uid: str) -> bool:
+        """Whether results of this SOP class go to this destination (``results``)."""
+        return result_kind(sop_class_uid) in self.results
 
     @model_validator(mode="after")
     def _complete(self) -> Destination:

@@ -100,6 +100,8 @@ class Worker:
         with self.store.transaction() as conn:
             for destination in destinations:
                 for item in stored:
+                    if not destination.takes(item.header.sop_class_uid):
+                        continue
                     self.outbox.enqueue_in(
                         conn,
                         destination=destination.name,
@@ -109,7 +111,8 @@ class Worker:
                         job_id=job.id,
                         calling_ae=instances[0].calling_ae,
                     )
-        state = JobState.DELIVERING if destinations else JobState.DELIVERED
+        owed = any(d.takes(i.header.sop_class_uid) for d in destinations for i in stored)
+        state = JobState.DELIVERING if owed else JobState.DELIVERED
         self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()), seconds=inference_s)
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
