@@ -76,15 +76,17 @@ _DATES_AND_TIMES = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
 
 
 def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> list[str]:
-    """Make a source header that the standard's rules were bent in writable; what was mended, for the log.
+    """Mend a source header that bends the standard's rules so that its results can be written; returns
+    what was mended, for the log.
 
     Missing patient and study attributes become empty, as an anonymiser should have left them; a date or
     time that does not parse becomes empty (the results cannot carry "19700000"); a missing
     FrameOfReferenceUID (Type 1 in CT, but lost by some exports) becomes one derived from the series, the
     same for every slice, so that the SEG has the frame of reference it must name; a missing
     SliceThickness (Type 2 in CT, Type 1 in the SEG's pixel measures) is taken as the distance between the
-    slice planes, as most series are reconstructed. Only the header read for the writers changes, never the
-    stored file.
+    slice planes, as most series are reconstructed; a character set the writers cannot encode becomes UTF-8
+    (``WRITABLE_CHARACTER_SETS``); an Enhanced CT's per-frame geometry that is one for all frames is shared
+    (``_shared_frame_geometry``). Only the header read for the writers changes, never the stored file.
     """
     mended = []
     for keyword in PATIENT_STUDY_TYPE2:
