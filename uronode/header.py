@@ -275,6 +275,7 @@ def read_instance(
         values = _values(ds)
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         implicit, little = ds.original_encoding
+        media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
     except MalformedDataSet:
         raise  # our own finding, already precise
     except PARSE_ERRORS as exc:
@@ -282,6 +283,9 @@ def read_instance(
             data, start = _data_set(parts)
             check_data_set(data, transfer_syntax_uid, start)
         raise MalformedDataSet(f"the data set cannot be parsed: {exc}") from exc
+    if media_class == MEDIA_STORAGE_DIRECTORY:  # a CD's or a folder's index, uploaded with its images
+        raise InvalidInstance("a DICOMDIR, the index of a CD or folder of DICOM files: not an image (the "
+                              "images are the files it lists)")
     data, start = _data_set(parts)
     if start >= len(data):
         raise InvalidInstance("the data set is empty")
@@ -290,6 +294,10 @@ def read_instance(
     found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE
     warning = check_data_set(data, syntax or found, start)
     return _header_from(values, syntax), warning
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+"""The SOP class of a DICOMDIR (Media Storage Directory Storage)."""
 
 
 def _values(ds: Dataset) -> dict[str, str]:

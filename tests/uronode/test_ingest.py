@@ -9,7 +9,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from tests.factory import ct_slice
+from tests.factory import ct_slice, pydicom_test_file
 from tests.uronode.test_store import encoded
 from uronode import queries
 from uronode.ingest import Expected, Verdict, take_instance
@@ -59,6 +59,16 @@ def test_damaged_or_foreign_content_cannot_be_understood(store: Store) -> None:
     bare = take_instance(store, [b"hello"], source="STOW-RS", bare_data_sets=True)
     assert bare.verdict is Verdict.CANNOT_UNDERSTAND and bare.reason is not None
     assert bare.reason.startswith("not a DICOM data set")
+    assert queries.count_instances(store.db) == 0
+
+
+def test_a_dicomdir_uploaded_with_a_cd_s_images_is_named_as_what_it_is(store: Store) -> None:
+    """A CD or a PACS export folder holds a DICOMDIR beside its images; uploaded with them it was refused as
+    "SOPClassUID is missing", which sends the user looking for a broken file."""
+    dicomdir = pydicom_test_file("DICOMDIR").read_bytes()
+    report = take_instance(store, [dicomdir], source="UPLOAD")
+    assert report.verdict is Verdict.CANNOT_UNDERSTAND
+    assert report.reason is not None and report.reason.startswith("a DICOMDIR, the index of a CD or folder")
     assert queries.count_instances(store.db) == 0
 
 
