@@ -14,6 +14,7 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "StudyDate": ("00080020", "DA"),
     "StudyTime": ("00080030", "TM"),
     "AccessionNumber": ("00080050", "SH"),
+    "InstanceAvailability": ("00080056", "CS"),
     "ModalitiesInStudy": ("00080061", "CS"),
     "ReferringPhysicianName": ("00080090", "PN"),
     "RetrieveURL": ("00081190", "UR"),
@@ -45,12 +46,23 @@ def keyword_of(name: str) -> str | None:
     return BY_TAG.get(name.upper())
 
 
+PERSON_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def person_name(value: str) -> dict[str, str]:
+    """A PN value as DICOM JSON has it (PS3.18 F.2.2): its ``=``-separated component groups by name.
+
+    Empty groups are left out (``Yamada^Tarou==やまだ^たろう`` has no Ideographic member).
+    """
+    return {name: group for name, group in zip(PERSON_NAME_GROUPS, value.split("="), strict=False) if group}
+
+
 def _element(vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == []:
         return {"vr": vr}
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
+        return {"vr": vr, "Value": [person_name(str(v)) for v in values]}
     if vr == "IS":
         return {"vr": vr, "Value": [int(v) for v in values]}
     return {"vr": vr, "Value": [str(v) for v in values]}

@@ -1,16 +1,25 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series and instances in the node's index.
 
-Matching: single values exactly; ``*`` and ``?`` wildcards (case-sensitive,
-as DICOM's default) in text attributes; lists of UIDs (comma-separated or
-repeated); date ranges ``YYYYMMDD-YYYYMMDD`` with either end open; an empty
-value matches everything and asks for the attribute. ``limit``/``offset``
-page; ``includefield`` (keywords, tags or ``all``) adds attributes the index
-holds. Unknown attributes are ignored with a ``Warning`` header, malformed
-values are a 400 with the reason.
+Matching: single values exactly; ``*`` and ``?`` wildcards in text
+attributes (case-sensitive, as DICOM's default, except person names, which
+match whatever the case: ``*smith*`` finds ``SMITH^JOHN``); lists of UIDs
+(separated by commas or backslashes, or repeated); date and time ranges
+(``YYYYMMDD-YYYYMMDD``, ``HHMMSS-HHMMSS``) with either end open; an empty
+value matches everything and asks for the attribute. ``fuzzymatching=true``
+is answered with a ``Warning`` that it is not done. ``limit``/``offset``
+page; a result cut at the node's own limit says so in a ``Warning``.
+``includefield`` (keywords, tags or ``all``) adds attributes the index holds.
+A search without the study in its path returns the study's attributes too,
+one without the series the series' (PS3.18 10.6.3.3). Unknown attributes are
+ignored with a ``Warning`` header; malformed values, and a path UID that is
+not a UID, are a 400 with the reason; a search of a study or series that is
+not there is an empty result. Results are DICOM JSON only: an ``Accept`` (or
+``accept`` parameter) that takes neither it nor JSON is a 406.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,20 +29,30 @@ from fastapi.responses import Response
 from dicomweb.deps import StoreDep
 from dicomweb.dicomjson import DicomJSONResponse, datasets, keyword_of
 from uronode import queries
+from uronode.dicomfile import is_valid_uid
 from uronode.queries import InvalidQuery, Level
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
 
 MAX_LIMIT = 10_000
+"""The most results one search returns; more are there to page through with ``offset``."""
+JSON_MEDIA_TYPES = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
-DEFAULT_STUDY = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
-                 "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                 "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
-                 "StudyDescription", "RetrieveURL"]
+DEFAULT_STUDY = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
+                 "ModalitiesInStudy", "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate",
+                 "PatientSex", "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries",
+                 "NumberOfStudyRelatedInstances", "StudyDescription", "RetrieveURL"]
 DEFAULT_SERIES = ["SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
-                  "NumberOfSeriesRelatedInstances", "StudyInstanceUID", "RetrieveURL"]
+                  "NumberOfSeriesRelatedInstances", "StudyInstanceUID", "InstanceAvailability", "RetrieveURL"]
 DEFAULT_INSTANCE = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
-                    "StudyInstanceUID", "SeriesInstanceUID", "RetrieveURL"]
+                    "StudyInstanceUID", "SeriesInstanceUID", "InstanceAvailability", "RetrieveURL"]
+STUDY_COUNTS = {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
+"""Study attributes counted over the study's series and instances (not columns of the index)."""
+
+FUZZY_NOT_DONE = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+MORE_RESULTS = "There are additional results that can be requested"
+_NOT_HEADER_TEXT = re.compile(r'[^\x20-\x7e]|["\\]')
+"""What a quoted warning text may not hold: replaced by '?'."""
 
 
 class Query:
@@ -44,6 +63,7 @@ class Query:
         self.include: set[str] = set()
         self.include_all = False
         self.ignored: list[str] = []
+        self.fuzzy = False
         self.limit = MAX_LIMIT
         self.offset = 0
         for name, raw in request.query_params.multi_items():
@@ -59,8 +79,12 @@ class Query:
                         self.include.add(kw)
                     else:
                         self.ignored.append(field.strip())
-            elif name in ("fuzzymatching", "accept", "charset"):
-                continue
+            elif name == "fuzzymatching":
+                if raw.lower() not in ("true", "false"):
+                    raise HTTPException(400, detail=f"fuzzymatching must be true or false, not {raw[:20]!r}")
+                self.fuzzy = self.fuzzy or raw.lower() == "true"
+            elif name in ("accept", "charset"):
+                continue  # accept: see _check_accept; the answer is UTF-8, whatever charset asks
             else:
                 keyword = keyword_of(name)
                 if keyword is None or keyword not in matchable:
@@ -68,12 +92,9 @@ class Query:
                     continue
                 self.include.add(keyword)
                 self.matches.append((keyword, raw))
+        self.cut_by_node = self.limit > MAX_LIMIT or "limit" not in request.query_params
+        """Whether the node's limit, not the client's, is the one that may cut the result."""
         self.limit = min(self.limit, MAX_LIMIT)
-
-    @property
-    def filtered(self) -> bool:
-        """Whether any attribute is matched against a value (an empty value asks for it only)."""
-        return any(raw != "" for _, raw in self.matches)
 
     def wanted(self, defaults: list[str], available: list[str]) -> list[str]:
         if self.include_all:
@@ -91,10 +112,57 @@ def _count(raw: str, name: str, minimum: int) -> int:
     return value
 
 
-def _reply(items: list[dict[str, Any]], query: Query) -> Response:
-    headers = {}
+def _check_accept(request: Request) -> None:
+    """406 unless the client takes DICOM JSON or JSON (the ``accept`` parameter first, PS3.18 8.3.3.1, then Accept)."""
+    asked = ",".join(request.query_params.getlist("accept")) or ",".join(request.headers.getlist("accept"))
+    if not asked.strip():
+        return
+    for item in asked.split(","):
+        media, *params = item.split(";")
+        # an unencoded "+" in a query string arrives as a space: application/dicom json
+        if media.strip().lower().replace(" ", "+") in JSON_MEDIA_TYPES and not _refused(params):
+            return
+    raise HTTPException(406, detail="search results are given as application/dicom+json (or application/json) "
+                                    f"only, DICOM XML is not produced; the request accepts {asked[:100]}")
+
+
+def _refused(params: list[str]) -> bool:
+    """Whether a media range's parameters say ``q=0`` (not acceptable, RFC 9110 12.4.2)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False
+    return False
+
+
+def _check_uid(value: str, what: str) -> None:
+    if not is_valid_uid(value):
+        raise HTTPException(400, detail=f"the {what} in the path, {value[:80]!r}, is not a UID")
+
+
+def _search(query: Query, search: Callable[[int], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], bool]:
+    """The page of results (one more row asked for, to know) and whether more matched than it holds."""
+    try:
+        found = search(query.limit + 1)
+    except InvalidQuery as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+    return found[:query.limit], len(found) > query.limit
+
+
+def _reply(items: list[dict[str, Any]], query: Query, more: bool) -> Response:
+    notes = []
     if query.ignored:
-        headers["Warning"] = f'299 uronode "ignored unsupported attributes: {", ".join(sorted(query.ignored))[:200]}"'
+        notes.append(f"ignored unsupported attributes: {', '.join(sorted(query.ignored))[:200]}")
+    if query.fuzzy:
+        notes.append(FUZZY_NOT_DONE)
+    if more and query.cut_by_node:
+        notes.append(MORE_RESULTS)
+    headers = {}
+    if notes:
+        headers["Warning"] = ", ".join(f'299 uronode "{_NOT_HEADER_TEXT.sub("?", note)}"' for note in notes)
     return DicomJSONResponse(items, headers=headers)
 
 
@@ -102,40 +170,41 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/dicom-web"
 
 
-def _search(search: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    try:
-        return search()
-    except InvalidQuery as exc:
-        raise HTTPException(400, detail=str(exc)) from exc
+def _common(values: dict[str, Any], url: str) -> None:
+    """What every result says the same way: UTF-8, online, and where to retrieve it."""
+    values["SpecificCharacterSet"] = "ISO_IR 192"
+    values["InstanceAvailability"] = "ONLINE"
+    values["RetrieveURL"] = url
 
 
 @router.get("/studies", summary="Search for studies")
 def search_studies(request: Request, store: StoreDep) -> Response:
+    _check_accept(request)
     query = Query(request, queries.matchable(Level.STUDY))
-    found = _search(lambda: queries.search_studies(store.db, query.matches, limit=query.limit, offset=query.offset))
+    found, more = _search(query, lambda limit: queries.search_studies(
+        store.db, query.matches, limit=limit, offset=query.offset
+    ))
     keys = query.wanted(DEFAULT_STUDY, DEFAULT_STUDY)
     base = _base(request)
     for values in found:
-        values["SpecificCharacterSet"] = "ISO_IR 192"
-        values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}"
-    return _reply(datasets(keys, found), query)
+        _common(values, f"{base}/studies/{values['StudyInstanceUID']}")
+    return _reply(datasets(keys, found), query, more)
 
 
 def _series(request: Request, store: StoreDep, study: str | None) -> Response:
+    _check_accept(request)
+    if study is not None:
+        _check_uid(study, "study")
     query = Query(request, queries.matchable(Level.SERIES, in_study=study is not None))
-    found = _search(lambda: queries.search_series(
-        store.db, query.matches, limit=query.limit, offset=query.offset, study=study
+    keys = query.wanted(DEFAULT_SERIES + ([] if study is not None else DEFAULT_STUDY), DEFAULT_SERIES + DEFAULT_STUDY)
+    found, more = _search(query, lambda limit: queries.search_series(
+        store.db, query.matches, limit=limit, offset=query.offset, study=study,
+        study_counts=not STUDY_COUNTS.isdisjoint(keys),
     ))
-    if study is not None and not found and query.offset == 0 and not query.filtered:
-        if not queries.study_exists(store.db, study):
-            raise HTTPException(404, detail=f"no study {study[:64]}")
-    available = DEFAULT_SERIES + ([] if study is not None else [k for k in DEFAULT_STUDY if k not in DEFAULT_SERIES])
-    keys = query.wanted(DEFAULT_SERIES, available)
     base = _base(request)
     for values in found:
-        values["SpecificCharacterSet"] = "ISO_IR 192"
-        values["RetrieveURL"] = f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
-    return _reply(datasets(keys, found), query)
+        _common(values, f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}")
+    return _reply(datasets(keys, found), query, more)
 
 
 @router.get("/series", summary="Search for series in all studies")
@@ -149,21 +218,23 @@ def search_series(study: str, request: Request, store: StoreDep) -> Response:
 
 
 def _instances(request: Request, store: StoreDep, study: str | None, series: str | None) -> Response:
+    _check_accept(request)
+    if study is not None:
+        _check_uid(study, "study")
+    if series is not None:
+        _check_uid(series, "series")
     query = Query(request, queries.matchable(Level.INSTANCE, in_study=study is not None, in_series=series is not None))
-    found = _search(lambda: queries.search_instances(
-        store.db, query.matches, limit=query.limit, offset=query.offset, study=study, series=series
+    defaults = [*DEFAULT_INSTANCE, *(DEFAULT_SERIES if series is None else []), *(DEFAULT_STUDY if study is None else [])]
+    keys = query.wanted(defaults, DEFAULT_INSTANCE + DEFAULT_SERIES + DEFAULT_STUDY)
+    found, more = _search(query, lambda limit: queries.search_instances(
+        store.db, query.matches, limit=limit, offset=query.offset, study=study, series=series,
+        study_counts=not STUDY_COUNTS.isdisjoint(keys), series_counts="NumberOfSeriesRelatedInstances" in keys,
     ))
-    if (study or series) and not found and query.offset == 0 and not query.filtered:
-        raise HTTPException(404, detail="no such study or series")
-    keys = query.wanted(DEFAULT_INSTANCE, DEFAULT_INSTANCE + ["Modality", "SeriesNumber"])
     base = _base(request)
     for values in found:
-        values["SpecificCharacterSet"] = "ISO_IR 192"
-        values["RetrieveURL"] = (
-            f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
-            f"/instances/{values['SOPInstanceUID']}"
-        )
-    return _reply(datasets(keys, found), query)
+        _common(values, f"{base}/studies/{values['StudyInstanceUID']}/series/{values['SeriesInstanceUID']}"
+                        f"/instances/{values['SOPInstanceUID']}")
+    return _reply(datasets(keys, found), query, more)
 
 
 @router.get("/instances", summary="Search for instances in all studies")

@@ -6,10 +6,14 @@ data), FailedSOPSequence with a FailureReason (A700 out of resources, A900
 data set does not match, C000 cannot understand) for the others. Status 200
 when all were stored without warnings, 202 when some were stored and others
 failed or warned, 409 when none; 415 for a body that is not multipart/related
-DICOM, 413 above the size limit, 400 for a broken body (no boundary, no part,
-a part without headers, no closing delimiter: nothing of it is stored). What
-went wrong with each part is also said in words, in one ``Warning`` header
-(``299 uronode "part 2: ..."``, PS3.18 8.4.2).
+with parts of type exactly ``application/dicom`` (metadata and bulk data,
+``application/dicom+xml`` or ``+json``, is not taken), 413 above the size
+limit, 400 for a study in the path that is not a UID and for a broken body
+(no boundary, no part, a part without headers, no closing delimiter): nothing
+of those is stored. The response's RetrieveURL (0008,1190, Type 2) is the
+study's: the one the path names, or the one study of all instances stored;
+empty otherwise. What went wrong with each part is also said in words, in
+one ``Warning`` header (``299 uronode "part 2: ..."``, PS3.18 8.4.2).
 
 The body goes to a spool file in the data area as it arrives
 (:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
@@ -23,10 +27,12 @@ with out of resources.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import StoreDep
@@ -39,6 +45,7 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
+from uronode.dicomfile import is_valid_uid
 from uronode.ingest import Expected, Verdict, take_instance
 from uronode.store import Store
 
@@ -48,6 +55,9 @@ MAX_BODY_BYTES = 4 * 1024**3
 OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 """What a header value may not hold (control characters, beyond Latin-1): replaced by '?'."""
+_NO_ATTRIBUTE = re.compile(r"'\w+' object has no attribute '(\w+)'")
+"""Python's words for an attribute a data set read by force lacks (bytes that are no DICOM at all)."""
+SEND_DICOM = 'send multipart/related; type="application/dicom"'
 
 
 WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
@@ -81,10 +91,22 @@ def _warning_header(notes: list[str]) -> dict[str, str]:
     return {"Warning": ", ".join(f'299 uronode "{text}"' for text in texts)}
 
 
+def _check_content_type(content_type: str) -> None:
+    """415 unless the body is multipart/related of parts of type exactly application/dicom (PS3.18 10.5.1)."""
+    media, params = parse_options_header(content_type)
+    part_type = params.get(b"type", b"").decode("latin-1").strip().lower()
+    if media != b"multipart/related" or not part_type:
+        raise HTTPException(415, detail=SEND_DICOM)
+    if part_type != "application/dicom":
+        raise HTTPException(415, detail=f"{SEND_DICOM}: the node takes DICOM files only, not metadata and bulk "
+                                        f"data or other parts ({part_type[:60]})")
+
+
 async def _store(request: Request, store: StoreDep, study: str | None) -> JSONResponse:
+    if study is not None and not is_valid_uid(study):
+        raise HTTPException(400, detail=f"the study in the path, {study[:80]!r}, is not a UID")
     content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/related") or "application/dicom" not in content_type.lower():
-        raise HTTPException(415, detail='send multipart/related; type="application/dicom"')
+    _check_content_type(content_type)
     boundary = boundary_of(content_type)
     if boundary is None:
         raise HTTPException(400, detail="the Content-Type names no boundary")
@@ -113,6 +135,7 @@ def _store_parts(
 ) -> JSONResponse:
     """Store each part (in the thread pool: this fsyncs and commits) and answer as PS3.18 says."""
     stored, failed, notes = [], [], []
+    studies: set[str] = set()
     warned = False
     for number, part in enumerate(parts, start=1):
         if part.content_type != "application/dicom":
@@ -124,22 +147,37 @@ def _store_parts(
             notes.append(f"part {number}: {spool.lost}")
             continue
         with spool.content(part) as content:
-            item, note, warning = _store_part(store, content, study, base)
-        if note is not None:
-            notes.append(f"part {number}: {note}")
-        if "00081197" in item:
-            failed.append(item)
+            outcome = _store_part(store, content, study, base)
+        if outcome.note is not None:
+            notes.append(f"part {number}: {outcome.note}")
+        if outcome.study is None:
+            failed.append(outcome.item)
         else:
-            stored.append(item)
-            warned = warned or warning
-    response: dict[str, Any] = {}
-    if stored:
-        response["00081199"] = {"vr": "SQ", "Value": stored}
+            stored.append(outcome.item)
+            studies.add(outcome.study)
+            warned = warned or outcome.warned
+    retrieve_study = study if study is not None else next(iter(studies)) if len(studies) == 1 else None
+    response: dict[str, Any] = {  # in tag order, as DICOM JSON lists them
+        "00081190": {"vr": "UR", "Value": [f"{base}/studies/{retrieve_study}"]} if retrieve_study else {"vr": "UR"},
+    }
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        response["00081199"] = {"vr": "SQ", "Value": stored}
     status = 200 if not failed and not warned else 202 if stored else 409
     return JSONResponse(response, status_code=status, media_type="application/dicom+json",
                         headers=_warning_header(notes))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One part taken in or not: its item of the response, what to say about it, and where it went."""
+
+    item: dict[str, Any]
+    note: str | None
+    warned: bool
+    study: str | None
+    """The study it was stored in; None when it was not stored."""
 
 
 _FAILURE_REASONS = {
@@ -149,21 +187,28 @@ _FAILURE_REASONS = {
 }
 
 
-def _store_part(
-    store: Store, content: bytes | memoryview, study: str | None, base: str
-) -> tuple[dict[str, Any], str | None, bool]:
-    """One application/dicom part: its item of the response, what to say about it, whether it warned."""
+def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str) -> _Outcome:
+    """One application/dicom part taken in as a C-STORE is."""
     report = take_instance(store, [content], source="STOW-RS", bare_data_sets=True,
                            expected=Expected(study_instance_uid=study))
     header = report.header
     sop_class, sop = (header.sop_class_uid, header.sop_instance_uid) if header is not None else (None, None)
     if not report.stored or header is None:
-        return _ref(sop_class, sop, _FAILURE_REASONS[report.verdict]), report.reason, False
+        reason = _in_words(report.reason or report.verdict.value, len(content))
+        return _Outcome(_ref(sop_class, sop, _FAILURE_REASONS[report.verdict]), reason, False, None)
     url = f"{base}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}" \
           f"/instances/{header.sop_instance_uid}"
     warned = report.verdict is Verdict.STORED_WITH_WARNING
     item = _ref(sop_class, sop, url=url, warning=WARNING_DATA_SET_DOES_NOT_MATCH if warned else None)
-    return item, (f"stored with a warning: {report.reason}" if warned else None), warned
+    return _Outcome(item, f"stored with a warning: {report.reason}" if warned else None, warned,
+                    header.study_instance_uid)
+
+
+def _in_words(reason: str, size: int) -> str:
+    """Why a part was refused, without Python's words for it (a part of bytes that are no DICOM lacks attributes)."""
+    if size == 0:
+        return "not a DICOM data set: the part is empty (0 bytes)"
+    return _NO_ATTRIBUTE.sub(lambda found: f"no {found.group(1)} could be read from it", reason)
 
 
 @router.post("/studies", summary="Store instances")

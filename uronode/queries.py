@@ -4,9 +4,12 @@ Searches take the attributes to match as DICOM keywords with their raw
 values (as a query string has them) and return one dictionary per match,
 keyed by DICOM keyword: the router picks and encodes what it returns and
 holds no SQL. Matching: single values exactly; ``*`` and ``?`` wildcards
-(case-sensitive, as DICOM's default) in text attributes; lists of UIDs
-(comma-separated); date ranges ``YYYYMMDD-YYYYMMDD`` with either end open. A
-malformed value is an :class:`InvalidQuery` naming it.
+in text attributes, case-sensitive (DICOM's default) except in person names,
+which match whatever their letters' case (PS3.4 C.2.2.2.1 allows it: a user
+types ``smith`` for ``SMITH^JOHN``); lists of UIDs (separated by commas or, as
+in C-FIND, by backslashes); date and time ranges (``YYYYMMDD-YYYYMMDD``,
+``HHMMSS-HHMMSS``) with either end open, PS3.4 C.2.2.2.5. A malformed value,
+an impossible date or time included, is an :class:`InvalidQuery` naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import enum
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +63,16 @@ INSTANCE_COLUMNS = {
 }
 UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
 DATE_KEYWORDS = {"StudyDate", "PatientBirthDate"}
+TIME_KEYWORDS = {"StudyTime"}
 NUMBER_KEYWORDS = {"SeriesNumber", "InstanceNumber"}
+PERSON_NAME_KEYWORDS = {"PatientName", "ReferringPhysicianName"}
 LIST_KEYWORDS = UID_KEYWORDS | {"Modality", "ModalitiesInStudy"}
 _DATE = re.compile(r"^\d{8}$")
+_TIME = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(\.\d{1,6})?)?)?$")
 _UID = re.compile(r"^[0-9.]+$")
+_LIST_SEPARATOR = re.compile(r"[,\\]")
+_CHUNK = 500
+"""UIDs per ``IN (...)`` when counting for a page of results (SQLite limits a statement's parameters)."""
 
 Matches = Sequence[tuple[str, str]]
 """(DICOM keyword, raw value) pairs; an empty value matches everything."""
@@ -107,7 +117,7 @@ class _Where:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
     def _modalities(self, raw: str) -> None:
-        values = [v for v in raw.split(",") if v != ""]
+        values = _list(raw)
         marks = ",".join("?" * len(values))
         self.add(
             "EXISTS (SELECT 1 FROM series m WHERE m.study_instance_uid = st.study_instance_uid"
@@ -116,11 +126,15 @@ class _Where:
         )
 
     def _match(self, keyword: str, column: str, raw: str) -> None:
-        values = [v for v in raw.split(",") if v != ""] if keyword in LIST_KEYWORDS else [raw]
+        values = _list(raw) if keyword in LIST_KEYWORDS else [raw]
         if keyword in UID_KEYWORDS and not all(_UID.match(v) for v in values):
             raise InvalidQuery(f"{keyword}: {raw[:80]!r} is not a UID or a list of UIDs")
         if keyword in DATE_KEYWORDS:
             self._date(keyword, column, raw)
+        elif keyword in TIME_KEYWORDS:
+            self._time(keyword, column, raw)
+        elif keyword in PERSON_NAME_KEYWORDS:
+            self.add(f"{column} GLOB ?", _case_blind_glob(raw))
         elif keyword in NUMBER_KEYWORDS:
             try:
                 number = int(raw)
@@ -139,13 +153,77 @@ class _Where:
         for part in (start, end):
             if part and not _DATE.match(part):
                 raise InvalidQuery(f"{keyword}: {raw[:40]!r} is not YYYYMMDD or a range of them")
+            if part:
+                try:
+                    date(int(part[:4]), int(part[4:6]), int(part[6:]))
+                except ValueError as exc:  # says which: "month must be in 1..12", "day is out of range for month"
+                    raise InvalidQuery(f"{keyword}: {part!r} is not a date: {exc}") from None
         if not dash:
             self.add(f"{column} = ?", start)
             return
+        self._range(column, start, end)
+
+    def _time(self, keyword: str, column: str, raw: str) -> None:
+        """A time or a range of them; a bound given to the hour or minute spans that hour or minute."""
+        start, dash, end = raw.partition("-")
+        if not dash:
+            _check_time(keyword, start, raw)
+            self.add(f"{column} = ?", start)
+            return
+        for part in (start, end):
+            if part:
+                _check_time(keyword, part, raw)
+        if not start and not end:
+            raise InvalidQuery(f"{keyword}: {raw[:40]!r} is a range without either end")
+        # stored times of less precision (HH, HHMM) compare as HHMMSS; legacy HH:MM:SS without colons
+        bare = f"replace({column}, ':', '')"
+        value = f"(CASE WHEN instr({bare}, '.') > 0 THEN {bare} ELSE substr({bare} || '0000', 1, 6) END)"
+        self._range(column, start.ljust(6, "0"), end + "5959"[: max(0, 6 - len(end))] if end else "", value=value)
+
+    def _range(self, column: str, start: str, end: str, *, value: str | None = None) -> None:
+        """``start <= value <= end`` (``value``: the column, or an expression of it), either end open.
+
+        An empty value is in no range: it is no date or time.
+        """
+        value = value or column
+        self.add(f"{column} != ''")
         if start:
-            self.add(f"{column} >= ?", start)
+            self.add(f"{value} >= ?", start)
         if end:
-            self.add(f"{column} <= ?", end)
+            self.add(f"{value} <= ?", end)
+
+
+def _list(raw: str) -> list[str]:
+    """The values of a list: separated by commas (PS3.18) or backslashes (PS3.4, as a C-FIND has them)."""
+    return [v for v in _LIST_SEPARATOR.split(raw) if v != ""]
+
+
+def _check_time(keyword: str, part: str, raw: str) -> None:
+    found = _TIME.match(part)
+    if found is None:
+        raise InvalidQuery(f"{keyword}: {raw[:40]!r} is not HHMMSS (HH, HHMM, HHMMSS.FFFFFF) or a range of them")
+    hours, minutes, seconds = (int(g) if g else 0 for g in found.groups()[:3])
+    if hours > 23 or minutes > 59 or seconds > 60:  # 60: a leap second, as PS3.5 allows
+        raise InvalidQuery(f"{keyword}: {part!r} is not a time of day")
+
+
+def _case_blind_glob(raw: str) -> str:
+    """A GLOB pattern matching ``raw`` (with its ``*`` and ``?``) whatever the case of its letters.
+
+    Each cased letter becomes a class of both cases (``s`` -> ``[sS]``), so
+    non-ASCII names match too (SQLite's own ``lower()`` folds ASCII only) and
+    the wildcards keep their meaning; a ``[`` is taken literally.
+    """
+    out = []
+    for char in raw:
+        lower, upper = char.lower(), char.upper()
+        if char == "[":
+            out.append("[[]")
+        elif lower != upper and len(lower) == 1 and len(upper) == 1:
+            out.append(f"[{lower}{upper}]")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _study_values(row: sqlite3.Row) -> dict[str, Any]:
@@ -187,9 +265,13 @@ def search_studies(database: Database, matches: Matches, *, limit: int, offset: 
 
 
 def search_series(
-    database: Database, matches: Matches, *, limit: int, offset: int, study: str | None = None
+    database: Database, matches: Matches, *, limit: int, offset: int, study: str | None = None,
+    study_counts: bool = False,
 ) -> list[dict[str, Any]]:
-    """Series (of one study, or of all), by series number, with their study's attributes and instance count."""
+    """Series (of one study, or of all), by series number, with their study's attributes and instance count.
+
+    ``study_counts``: also each one's study's modalities and counts of series and instances.
+    """
     where = _Where(matches, {**SERIES_COLUMNS, **(STUDY_COLUMNS if study is None else {})})
     params: list[object] = []
     if study is not None:
@@ -214,14 +296,24 @@ def search_series(
             "NumberOfSeriesRelatedInstances": row["n_instances"],
         })
         found.append(values)
+    if study_counts:
+        _add_study_counts(database, found)
     return found
+
+
+_STUDY_OF_INSTANCE = ", ".join(f"{column} AS study_{column[3:]}" for column in STUDY_COLUMNS.values()
+                               if column != "st.study_instance_uid")
 
 
 def search_instances(
     database: Database, matches: Matches, *, limit: int, offset: int,
-    study: str | None = None, series: str | None = None,
+    study: str | None = None, series: str | None = None, study_counts: bool = False, series_counts: bool = False,
 ) -> list[dict[str, Any]]:
-    """Instances (of a study, a series, or all), by series and instance number."""
+    """Instances (of a study, a series, or all), by series and instance number, with their series' and study's attributes.
+
+    ``study_counts``: also each one's study's modalities and counts of series and
+    instances; ``series_counts``: its series' count of instances.
+    """
     columns = {**INSTANCE_COLUMNS, **(SERIES_COLUMNS if series is None else {}),
                **(STUDY_COLUMNS if study is None else {})}
     where = _Where(matches, columns)
@@ -235,14 +327,18 @@ def search_instances(
     where.clauses[:0] = scope
     sql = (
         "SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, i.instance_number,"
-        " se.modality AS series_modality, se.series_number FROM instances i"
+        " se.modality AS series_modality, se.series_number, se.series_description, "
+        + _STUDY_OF_INSTANCE + " FROM instances i"
         " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
         " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
         + where.sql()
         + " ORDER BY i.series_instance_uid, i.instance_number, i.sop_instance_uid LIMIT ? OFFSET ?"
     )
-    return [
-        {
+    found = []
+    for row in database.conn().execute(sql, [*params, *where.params, limit, offset]):
+        values = {keyword: row[f"study_{column[3:]}"] for keyword, column in STUDY_COLUMNS.items()
+                  if column != "st.study_instance_uid"}
+        values.update({
             "StudyInstanceUID": row["study_instance_uid"],
             "SeriesInstanceUID": row["series_instance_uid"],
             "SOPInstanceUID": row["sop_instance_uid"],
@@ -250,15 +346,45 @@ def search_instances(
             "InstanceNumber": row["instance_number"],
             "Modality": row["series_modality"],
             "SeriesNumber": row["series_number"],
-        }
-        for row in database.conn().execute(sql, [*params, *where.params, limit, offset])
-    ]
+            "SeriesDescription": row["series_description"],
+        })
+        found.append(values)
+    if study_counts:
+        _add_study_counts(database, found)
+    if series_counts:
+        counts = _counts(database, "SELECT series_instance_uid, count(*) FROM instances"
+                         " WHERE series_instance_uid IN ({}) GROUP BY series_instance_uid",
+                         {v["SeriesInstanceUID"] for v in found})
+        for values in found:
+            values["NumberOfSeriesRelatedInstances"] = counts.get(values["SeriesInstanceUID"], 0)
+    return found
 
 
-def study_exists(database: Database, study: str) -> bool:
-    return database.conn().execute(
-        "SELECT 1 FROM studies WHERE study_instance_uid = ?", (study,)
-    ).fetchone() is not None
+def _add_study_counts(database: Database, found: list[dict[str, Any]]) -> None:
+    """ModalitiesInStudy and the study's counts of series and instances, in three queries for the whole page."""
+    studies = {values["StudyInstanceUID"] for values in found}
+    n_series = _counts(database, "SELECT study_instance_uid, count(*) FROM series"
+                       " WHERE study_instance_uid IN ({}) GROUP BY study_instance_uid", studies)
+    n_instances = _counts(database, "SELECT study_instance_uid, count(*) FROM instances"
+                          " WHERE study_instance_uid IN ({}) GROUP BY study_instance_uid", studies)
+    modalities = _counts(database, "SELECT study_instance_uid, group_concat(DISTINCT modality) FROM series"
+                         " WHERE study_instance_uid IN ({}) GROUP BY study_instance_uid", studies)
+    for values in found:
+        study = values["StudyInstanceUID"]
+        values["ModalitiesInStudy"] = sorted(m for m in (modalities.get(study) or "").split(",") if m)
+        values["NumberOfStudyRelatedSeries"] = n_series.get(study, 0)
+        values["NumberOfStudyRelatedInstances"] = n_instances.get(study, 0)
+
+
+def _counts(database: Database, sql: str, keys: Iterable[str]) -> dict[str, Any]:
+    """``key -> value`` from ``sql`` (two columns; ``{}`` stands for the keys' marks), asked in chunks."""
+    keys = sorted(keys)
+    found: dict[str, Any] = {}
+    for at in range(0, len(keys), _CHUNK):
+        chunk = keys[at:at + _CHUNK]
+        rows = database.conn().execute(sql.format(",".join("?" * len(chunk))), chunk)
+        found.update((row[0], row[1]) for row in rows)
+    return found
 
 
 # -- instances with their files ---------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dicomweb.dicomjson import ATTRIBUTES, _element, datasets, dumps
+from dicomweb.dicomjson import ATTRIBUTES, _element, datasets, dumps, person_name
 from tests.factory import ct_slice, uid
 from tests.peers.processes import Node, storescu
 
@@ -28,6 +28,28 @@ def test_every_builder_gives_what_the_plain_element_gives(value: object) -> None
             continue
         (built,) = datasets([keyword], [{keyword: value}])
         assert built == {tag: _element(vr, value)}, (keyword, value)
+
+
+@pytest.mark.parametrize("name", ["Doe^John", "Wang^XiaoDong=王^小東", "Yamada^Tarou=山田^太郎=やまだ^たろう", "Müller^Jörg="])
+def test_person_names_are_split_as_pydicom_splits_them_for_metadata(name: str) -> None:
+    """QIDO's names and /metadata's (pydicom's to_json_dict) agree."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.PatientName = name
+    (built,) = datasets(["PatientName"], [{"PatientName": name}])
+    assert built["00100010"] == ds.to_json_dict()["00100010"]
+
+
+@pytest.mark.parametrize(("name", "groups"), [
+    ("Yamada^Tarou==やまだ^たろう", {"Alphabetic": "Yamada^Tarou", "Phonetic": "やまだ^たろう"}),
+    ("=山田^太郎", {"Ideographic": "山田^太郎"}),
+    ("==やまだ", {"Phonetic": "やまだ"}),
+    ("=", {}),
+])
+def test_empty_person_name_groups_are_left_out(name: str, groups: dict[str, str]) -> None:
+    assert person_name(name) == groups
+    assert "=" not in "".join(person_name(name).values())
 
 
 def test_dumps_is_strict_json_in_utf8() -> None:

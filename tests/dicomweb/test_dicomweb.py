@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -144,3 +146,59 @@ def test_rendered_png_and_jpeg_and_bulk_data(loaded: tuple[Node, str, str, list[
     assert bulk.status_code == 200 and original.PixelData in bulk.content
     assert httpx.get(f"{url}/bulk/00100010", timeout=30).status_code == 404  # a name is not bulk data
     assert httpx.get(f"{url}/bulk/nothex", timeout=30).status_code == 400
+
+
+def encoded(study: str, series: str, index: int) -> tuple[str, bytes]:
+    ds = ct_slice(study, series, index, size=16)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return str(ds.SOPInstanceUID), buffer.getvalue()
+
+
+def stow(node: Node, *parts: bytes, path: str = "/dicom-web/studies",
+         content_type: str = 'multipart/related; type="application/dicom"; boundary=b0undary') -> httpx.Response:
+    body = b"".join(b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in parts)
+    return httpx.post(f"http://127.0.0.1:{node.http_port}{path}", content=body + b"--b0undary--\r\n",
+                      headers={"Content-Type": content_type, "Accept": "application/dicom+json"}, timeout=30)
+
+
+def is_indexed(node: Node, sop: str) -> bool:
+    return bool(query(node.data_dir, "SELECT 1 FROM instances WHERE sop_instance_uid = ?", sop))
+
+
+def test_stow_refuses_metadata_bodies_and_a_study_path_that_is_not_a_uid(
+        loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, _, _, _ = loaded
+    sop, data = encoded(uid("stow-refused"), uid("stow-refused-series"), 0)
+    for part_type in ("application/dicom+xml", "application/dicom+json", "application/octet-stream"):
+        response = stow(node, data, content_type=f'multipart/related; type="{part_type}"; boundary=b0undary')
+        assert response.status_code == 415, part_type
+        assert response.json()["detail"] == ('send multipart/related; type="application/dicom": the node takes DICOM '
+                                             f"files only, not metadata and bulk data or other parts ({part_type})")
+    response = stow(node, data, path="/dicom-web/studies/not-a-uid")
+    assert (response.status_code, response.json()["detail"]) == (400, "the study in the path, 'not-a-uid', is not a UID")
+    assert not is_indexed(node, sop)  # nothing of a refused body is kept
+    mixed_case = stow(node, data, content_type="Multipart/Related; Type=Application/DICOM; boundary=b0undary")
+    assert mixed_case.status_code == 200 and is_indexed(node, sop)
+
+
+def test_stow_names_the_study_to_retrieve_and_says_in_words_what_is_wrong(
+        loaded: tuple[Node, str, str, list[Path]]) -> None:
+    node, _, _, _ = loaded
+    base = f"http://127.0.0.1:{node.http_port}/dicom-web"
+    one, other = uid("stow-url-1"), uid("stow-url-2")
+    both = stow(node, encoded(one, uid("stow-url-1s"), 0)[1], encoded(one, uid("stow-url-1s"), 1)[1])
+    assert both.status_code == 200, both.text
+    assert both.json()["00081190"] == {"vr": "UR", "Value": [f"{base}/studies/{one}"]}
+    two_studies = stow(node, encoded(one, uid("stow-url-1s"), 2)[1], encoded(other, uid("stow-url-2s"), 0)[1])
+    assert two_studies.status_code == 200 and two_studies.json()["00081190"] == {"vr": "UR"}  # Type 2: there, empty
+    elsewhere = stow(node, encoded(other, uid("stow-url-2s"), 1)[1], path=f"/dicom-web/studies/{one}")
+    assert elsewhere.status_code == 409  # of another study: refused, the study the path names still named
+    assert elsewhere.json()["00081190"] == {"vr": "UR", "Value": [f"{base}/studies/{one}"]}
+
+    refused = stow(node, b"not dicom", b"")
+    assert refused.status_code == 409
+    warning = refused.headers["Warning"]
+    assert warning == ('299 uronode "part 1: not a DICOM data set: no SOPClassUID could be read from it", '
+                       '299 uronode "part 2: not a DICOM data set: the part is empty (0 bytes)"')
+    assert "00081199" not in refused.json() and len(refused.json()["00081198"]["Value"]) == 2

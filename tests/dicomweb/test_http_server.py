@@ -54,13 +54,13 @@ def test_each_audited_request_is_one_event_with_its_status(start_node: Callable[
     with httpx.Client(base_url=base) as http:
         assert http.get("/healthz").status_code == 200  # a GET outside DICOMweb, the API and uploads: not audited
         assert http.get("/dicom-web/studies", headers={"X-Forwarded-User": "dr.who"}).status_code == 200
-        assert http.get("/dicom-web/studies/1.2.3/series").status_code == 404
+        assert http.get("/dicom-web/studies/1.2.3").status_code == 404  # no such study to retrieve
         assert http.get("/dicom-web/studies", params={"limit": "x"}).status_code == 400
         assert http.post("/nowhere", content=b"").status_code in (404, 405)  # any method but GET is audited
     events = _events(node)
     assert [(e["method"], e["path"], e["status"]) for e in events] == [
         ("GET", "/dicom-web/studies", 200),
-        ("GET", "/dicom-web/studies/1.2.3/series", 404),
+        ("GET", "/dicom-web/studies/1.2.3", 404),
         ("GET", "/dicom-web/studies", 400),
         ("POST", "/nowhere", events[-1]["status"]),
     ]
