@@ -1,14 +1,20 @@
 """WADO-RS (PS3.18 10.4): retrieve studies, series and instances, their metadata, and frames.
 
-Instances are returned as stored, in their transfer syntax (named in each
-part's Content-Type), as ``multipart/related; type="application/dicom"``.
-Metadata is DICOM JSON read from the files, with bulk data (pixel data and
-other large values) as BulkDataURIs. Frames come uncompressed
-(``application/octet-stream``), decoded from compressed files when needed.
+Instances are returned as ``multipart/related; type="application/dicom"``, each
+part in the transfer syntax its Content-Type names, negotiated from the Accept
+header (PS3.18 8.7.3): as stored for ``transfer-syntax=*`` or the stored syntax
+(streamed from the file), otherwise Explicit VR Little Endian (the default when
+none is named) or Implicit VR Little Endian, decoded and re-encoded when the
+file is in another syntax; anything else is 406. Metadata is DICOM JSON read
+from the files, with bulk data (pixel data and other large values) as
+BulkDataURIs. Frames come uncompressed (``application/octet-stream``, Explicit
+VR Little Endian), decoded from compressed files when needed, in the colour
+space the metadata names.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -19,16 +25,33 @@ from typing import Any
 import pydicom
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicomweb.accept import parse_accept
 from dicomweb.deps import StoreDep
 from dicomweb.dicomjson import dumps
+from dicomweb.transcoding import (
+    NATIVE_SYNTAXES,
+    can_decode,
+    can_reencode,
+    frames_of,
+    reencode,
+    served_as_rgb,
+)
 from uronode import queries
 from uronode.store import METADATA_CACHE, Store
 from uronode.types import StoredInstance
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"])
 
 BULK_THRESHOLD = 1024
+ANY_SYNTAX = "*"
+"""``transfer-syntax=*``: the server chooses; instances go as stored."""
+DEFAULT_SYNTAX = str(ExplicitVRLittleEndian)
+"""What a part type's range without ``transfer-syntax`` asks for (PS3.18 8.7.3.5)."""
+FRAME_TYPE = "application/octet-stream"
 
 
 def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
@@ -39,24 +62,92 @@ def _instances(store: Store, study: str, series: str | None = None, sop: str | N
     return instances
 
 
-def _multipart(instances: list[StoredInstance]) -> StreamingResponse:
+def _acceptable_syntaxes(request: Request, part_type: str) -> list[str]:
+    """The transfer syntaxes the Accept header takes for ``multipart/related`` parts of ``part_type``.
+
+    Most preferred first; ``*`` is any. A range that names no ``transfer-syntax`` (or no part type,
+    or ``*/*``) asks for the part type's default, Explicit VR Little Endian. Ranges for other part
+    types (``image/jls``, ``application/octet-stream`` for instances) are left out.
+    """
+    syntaxes: list[str] = []
+    for item in parse_accept(request.headers.get("accept")):
+        if item.media_type == "multipart/related":
+            part = item.params.get("type", part_type).strip().lower()
+        elif item.media_type in ("multipart/*", "*/*"):
+            part = part_type
+        else:
+            continue
+        if part in (part_type, "application/*", "*/*"):
+            syntaxes.append(item.params.get("transfer-syntax", DEFAULT_SYNTAX).strip() or DEFAULT_SYNTAX)
+    return syntaxes
+
+
+def _named(syntax: str) -> str:
+    name = UID(syntax).name
+    return f"{name} ({syntax})" if name != syntax else syntax
+
+
+def _syntax_for(item: StoredInstance, accepted: list[str]) -> str:
+    """The transfer syntax to send ``item`` in: the first acceptable one it is stored in or can be re-encoded as."""
+    stored = item.header.transfer_syntax_uid
+    for wanted in accepted:
+        if wanted in (ANY_SYNTAX, stored):
+            return stored
+        if wanted in NATIVE_SYNTAXES and can_reencode(stored):
+            return wanted
+    offered = [stored, *(s for s in NATIVE_SYNTAXES if s != stored and can_reencode(stored))]
+    raise HTTPException(406, detail=(
+        f"instance {item.header.sop_instance_uid} is stored in {_named(stored)}; it can be given in "
+        f"{' or '.join(_named(s) for s in offered)} (or transfer-syntax=*), not in {', '.join(accepted)[:200]}"
+    ))
+
+
+def _reencoded(item: StoredInstance, syntax: str) -> bytes:
+    try:
+        return reencode(item.path, syntax)
+    except Exception as exc:  # a decoder's or pydicom's error on a stored file: the boundary is here
+        log.exception("instance %s (%s) could not be re-encoded in %s", item.header.sop_instance_uid,
+                      item.header.transfer_syntax_uid, syntax)
+        raise HTTPException(500, detail=(
+            f"instance {item.header.sop_instance_uid} could not be decoded from {_named(item.header.transfer_syntax_uid)}: "
+            f"{exc}; ask for transfer-syntax=* to get it as stored")) from exc
+
+
+def _multipart(plan: list[tuple[StoredInstance, str]], ready: dict[str, bytes] | None = None) -> StreamingResponse:
+    """Each instance in its planned syntax: streamed from its file when that is how it is stored,
+    else re-encoded when its turn comes (or taken from ``ready``, by SOP Instance UID)."""
     boundary = secrets.token_hex(16)
+    ready = ready or {}
+
+    def header(syntax: str, length: int) -> bytes:
+        return (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}"
+                f"\r\nContent-Length: {length}\r\n\r\n").encode()
 
     def parts() -> Iterator[bytes]:
-        for item in instances:
-            header = (
-                f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={item.header.transfer_syntax_uid}"
-                f"\r\nContent-Length: {item.size}\r\n\r\n"
-            )
-            yield header.encode()
-            with item.path.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    yield chunk
+        for item, syntax in plan:
+            if syntax == item.header.transfer_syntax_uid:
+                yield header(syntax, item.size)
+                with item.path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        yield chunk
+            else:
+                data = ready.get(item.header.sop_instance_uid) or _reencoded(item, syntax)
+                yield header(syntax, len(data))
+                yield data
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode()
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(parts(), media_type=media)
+
+
+def _plan(request: Request, instances: list[StoredInstance]) -> list[tuple[StoredInstance, str]]:
+    """Each instance with the transfer syntax it goes in, all decided before the response starts."""
+    accepted = _acceptable_syntaxes(request, "application/dicom")
+    if not accepted:
+        accept = request.headers.get("accept", "")
+        raise HTTPException(406, detail=f'instances are given as multipart/related; type="application/dicom", not {accept[:100]}')
+    return [(item, _syntax_for(item, accepted)) for item in instances]
 
 
 def _check_accept(request: Request, wanted: str) -> None:
@@ -67,28 +158,36 @@ def _check_accept(request: Request, wanted: str) -> None:
 
 @router.get("/studies/{study}", summary="Retrieve a study")
 def retrieve_study(study: str, request: Request, store: StoreDep) -> StreamingResponse:
-    _check_accept(request, "multipart/related")
-    return _multipart(_instances(store, study))
+    return _multipart(_plan(request, _instances(store, study)))
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
 def retrieve_series(study: str, series: str, request: Request, store: StoreDep) -> StreamingResponse:
-    _check_accept(request, "multipart/related")
-    return _multipart(_instances(store, study, series))
+    return _multipart(_plan(request, _instances(store, study, series)))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
 def retrieve_instance(study: str, series: str, sop: str, request: Request, store: StoreDep) -> StreamingResponse:
-    _check_accept(request, "multipart/related")
-    return _multipart(_instances(store, study, series, sop))
+    ((item, syntax),) = plan = _plan(request, _instances(store, study, series, sop))
+    if syntax == item.header.transfer_syntax_uid:
+        return _multipart(plan)
+    return _multipart(plan, {item.header.sop_instance_uid: _reencoded(item, syntax)})  # a failure is still a status
 
 
 BASE_TOKEN = "urn:uronode:dicom-web-base"
 """Stands for the server's DICOMweb root in cached metadata; replaced per request."""
+METADATA_FORMAT = "2"
+"""Part of the series metadata cache's key: a cache written by a node that made metadata otherwise is stale.
+2: the colour space frames are served in (RGB for compressed YBR forms other than YBR_FULL)."""
+JSON_TYPES = ("application/dicom+json", "application/json", "application/*", "*/*")
 
 
 def instance_metadata_json(item: StoredInstance) -> dict[str, Any]:
-    """DICOM JSON of one instance, bulk data as BulkDataURIs under BASE_TOKEN."""
+    """DICOM JSON of one instance, bulk data as BulkDataURIs under BASE_TOKEN.
+
+    It describes the pixel data as the frames resource gives it: a compressed instance whose
+    colour space the decoders turn into RGB says RGB, by pixel (:func:`served_as_rgb`).
+    """
     ds = pydicom.dcmread(item.path, defer_size=BULK_THRESHOLD)
     url = f"{BASE_TOKEN}/studies/{item.header.study_instance_uid}/series/{item.header.series_instance_uid}" \
           f"/instances/{item.header.sop_instance_uid}"
@@ -101,6 +200,9 @@ def instance_metadata_json(item: StoredInstance) -> dict[str, Any]:
 
     data = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
     data["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+    if served_as_rgb(ds.file_meta.TransferSyntaxUID, str(ds.get("PhotometricInterpretation", ""))):
+        data["00280004"] = {"vr": "CS", "Value": ["RGB"]}
+        data["00280006"] = {"vr": "US", "Value": [0]}
     return data
 
 
@@ -110,13 +212,13 @@ def series_metadata_text(store: Store, study: str, series: str) -> str:
     The first request reads every file (about 2 ms each); later ones read the
     cache alone. The cache is keyed by the instances' count, latest arrival
     and greatest file name (one aggregate query, not the index rows), so a
-    late or replaced instance makes it stale.
+    late or replaced instance makes it stale, and by METADATA_FORMAT.
     """
     version = queries.series_version(store.db, study, series)
     if version is None:
         raise HTTPException(404, detail="no such series")
     count, latest, path = version
-    key = f"{count}:{latest!r}:{Path(path).name}"
+    key = f"{METADATA_FORMAT}:{count}:{latest!r}:{Path(path).name}"
     cache = Path(path).parent / METADATA_CACHE
     try:
         first, _, text = cache.read_text(encoding="utf-8").partition("\n")
@@ -135,8 +237,15 @@ def series_metadata_text(store: Store, study: str, series: str) -> str:
     return text
 
 
+def _check_json_accept(request: Request) -> None:
+    """Metadata is application/dicom+json; application/json (what generic clients ask for) gets it too."""
+    if not any(r.media_type in JSON_TYPES for r in parse_accept(request.headers.get("accept"))):
+        accept = request.headers.get("accept", "")
+        raise HTTPException(406, detail=f"this resource is available as application/dicom+json, not {accept[:100]}")
+
+
 def _metadata_response(request: Request, texts: list[str]) -> Response:
-    _check_accept(request, "application/dicom+json")
+    _check_json_accept(request)
     base = str(request.base_url).rstrip("/") + "/dicom-web"
     body = texts[0] if len(texts) == 1 else "[" + ",".join(t[1:-1] for t in texts if t != "[]") + "]"
     return Response(body.replace(BASE_TOKEN, base), media_type="application/dicom+json")
@@ -177,33 +286,34 @@ def _frames(path: Path, numbers: list[int]) -> list[bytes]:
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if max(numbers) > count:
         raise HTTPException(404, detail=f"the instance has {count} frame(s)")
-    syntax = ds.file_meta.TransferSyntaxUID
-    if not syntax.is_compressed:
-        frame_bytes = ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated // 8)
-        data = ds.PixelData
-        return [data[(n - 1) * frame_bytes : n * frame_bytes] for n in numbers]
-    pixels = ds.pixel_array  # decoded once, all frames
-    if count == 1:
-        pixels = pixels[None, ...]
-    return [pixels[n - 1].tobytes() for n in numbers]
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if not can_decode(syntax):
+        raise HTTPException(406, detail=(f"frames of an instance stored in {_named(syntax)} cannot be decoded here; "
+                                         "retrieve the instance with transfer-syntax=*"))
+    return frames_of(ds, numbers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", summary="Retrieve frames")
 def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Request, store: StoreDep) -> StreamingResponse:
-    _check_accept(request, "multipart/related")
+    if not set(_acceptable_syntaxes(request, FRAME_TYPE)) & {ANY_SYNTAX, DEFAULT_SYNTAX}:
+        accept = request.headers.get("accept", "")
+        raise HTTPException(406, detail=(
+            f'frames are given uncompressed, as multipart/related; type="{FRAME_TYPE}"; '
+            f"transfer-syntax={DEFAULT_SYNTAX}, not {accept[:100]}"))
     numbers = _frame_numbers(frames)
     (item,) = _instances(store, study, series, sop)
     chunks = _frames(item.path, numbers)
     boundary = secrets.token_hex(16)
+    part_header = f"Content-Type: {FRAME_TYPE}; transfer-syntax={DEFAULT_SYNTAX}"
 
     def parts() -> Iterator[bytes]:
         for chunk in chunks:
-            yield f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+            yield f"--{boundary}\r\n{part_header}\r\n\r\n".encode()
             yield chunk
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode()
 
-    media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    media = f'multipart/related; type="{FRAME_TYPE}"; boundary={boundary}'
     return StreamingResponse(parts(), media_type=media)
 
 
