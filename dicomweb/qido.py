@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from dicomweb.accept import parse_accept
 from dicomweb.deps import StoreDep
 from dicomweb.dicomjson import DicomJSONResponse, datasets, keyword_of
 from uronode import queries
@@ -115,27 +116,11 @@ def _count(raw: str, name: str, minimum: int) -> int:
 def _check_accept(request: Request) -> None:
     """406 unless the client takes DICOM JSON or JSON (the ``accept`` parameter first, PS3.18 8.3.3.1, then Accept)."""
     asked = ",".join(request.query_params.getlist("accept")) or ",".join(request.headers.getlist("accept"))
-    if not asked.strip():
+    # an unencoded "+" in a query string arrives as a space: application/dicom json
+    if any(r.media_type.replace(" ", "+") in JSON_MEDIA_TYPES for r in parse_accept(asked)):
         return
-    for item in asked.split(","):
-        media, *params = item.split(";")
-        # an unencoded "+" in a query string arrives as a space: application/dicom json
-        if media.strip().lower().replace(" ", "+") in JSON_MEDIA_TYPES and not _refused(params):
-            return
     raise HTTPException(406, detail="search results are given as application/dicom+json (or application/json) "
                                     f"only, DICOM XML is not produced; the request accepts {asked[:100]}")
-
-
-def _refused(params: list[str]) -> bool:
-    """Whether a media range's parameters say ``q=0`` (not acceptable, RFC 9110 12.4.2)."""
-    for param in params:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value.strip()) == 0
-            except ValueError:
-                return False
-    return False
 
 
 def _check_uid(value: str, what: str) -> None:
