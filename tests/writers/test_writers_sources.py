@@ -4,6 +4,7 @@ patient name outside ASCII (ISO_IR 100)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 
 from inference.postprocess import measure_stones
-from inference.volume import load_volume
+from inference.volume import Volume, load_volume
 from inference.writers import save_results, write_results
 from lab.synth import generate_phantom, write_series
 from tests.factory import pydicom_test_file
@@ -78,6 +79,31 @@ def test_non_ascii_patient_name_survives_in_every_result(name: str, tmp_path: Pa
         assert not errors, (path.name, errors)
 
 
+def _series(seed: int, folder: Path, change: Callable[[int, pydicom.Dataset], None], slices: int = 4) -> list[Path]:
+    """A small generated CT series, each file changed by ``change(k, ds)`` and saved again as written."""
+    phantom = generate_phantom(seed, rows=64, slice_spacing=2.5, slices=slices, coverage=(0.7, 0.8),
+                               n_stones=0, n_mimics=0)
+    paths = write_series(phantom, folder)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        change(k, ds)
+        if ds.preamble is None:  # a bare data set, as some software writes it
+            pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        else:
+            ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def _results(paths: Sequence[Path], out: Path) -> tuple[Volume, list[Path]]:
+    """The series loaded and its results written, with a stone on slices 2 and 3 (one slice of a short
+    series)."""
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1:3, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    return volume, save_results(write_results(volume, findings), out)
+
+
 ANONYMISED_AWAY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                    "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime", "FrameOfReferenceUID",
                    "SliceThickness")
@@ -88,23 +114,16 @@ def test_sources_an_anonymiser_stripped_still_get_their_results(damage: str, tmp
     """Found by probing: a series whose anonymiser deleted the patient and study attributes (Type 2: they
     should be present and empty), or wrote a date as 19700000 or 2026-01-01, made highdicom raise
     AttributeError or ValueError, so the job failed with an internal error and nothing was delivered."""
-    phantom = generate_phantom(12, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
-                               n_stones=0, n_mimics=0)
-    paths = write_series(phantom, tmp_path / "ct")
-    for path in paths:
-        ds = pydicom.dcmread(path)
+    def anonymise(k: int, ds: pydicom.Dataset) -> None:
         if damage == "deleted":
             for keyword in ANONYMISED_AWAY:
                 delattr(ds, keyword)
         else:
             ds.PatientBirthDate, ds.StudyDate, ds.StudyTime = "19700000", "2026-01-01", "12:00"
-        ds.save_as(path, enforce_file_format=True)
+
+    paths = _series(12, tmp_path / "ct", anonymise)
     stored = [path.read_bytes() for path in paths]
-    volume = load_volume(paths)
-    mask = np.zeros(volume.shape, np.uint8)
-    mask[1:3, 30:33, 30:33] = 1
-    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
-    written = save_results(write_results(volume, findings), tmp_path / "out")
+    volume, written = _results(paths, tmp_path / "out")
     frames_of_reference, kinds = set(), set()
     for path in written:
         ds = pydicom.dcmread(path)
@@ -126,19 +145,11 @@ def test_sources_an_anonymiser_stripped_still_get_their_results(damage: str, tmp
 
 def test_sources_written_as_bare_data_sets_get_their_results(tmp_path: Path) -> None:
     """Files without the preamble and File Meta group: the writers read their headers as the volume does."""
-    phantom = generate_phantom(13, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
-                               n_stones=0, n_mimics=0)
-    paths = write_series(phantom, tmp_path / "ct")
-    for path in paths:
-        ds = pydicom.dcmread(path)
+    def bare(k: int, ds: pydicom.Dataset) -> None:
         ds.preamble = None
         ds.file_meta = pydicom.dataset.FileMetaDataset()
-        pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
-    volume = load_volume(paths)
-    mask = np.zeros(volume.shape, np.uint8)
-    mask[1:3, 30:33, 30:33] = 1
-    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
-    written = save_results(write_results(volume, findings), tmp_path / "out")
+
+    volume, written = _results(_series(13, tmp_path / "ct", bare), tmp_path / "out")
     seg = hd.seg.segread(next(p for p in written if p.name.startswith("SEG")))
     referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
                   for item in series.ReferencedInstanceSequence}
@@ -157,20 +168,13 @@ def test_a_character_set_highdicom_does_not_write_gives_results_in_utf8(charset:
                                                                           tmp_path: Path) -> None:
     """Found by probing: every writer raised ValueError ('' is not a valid SpecificCharacterSetValues), so
     every Japanese or Korean site's job failed after its stones were found."""
-    phantom = generate_phantom(14, rows=64, slice_spacing=2.5, slices=3, coverage=(0.7, 0.8),
-                               n_stones=0, n_mimics=0)
-    paths = write_series(phantom, tmp_path / "ct")
-    for path in paths:
-        ds = pydicom.dcmread(path)
+    def declare(k: int, ds: pydicom.Dataset) -> None:
         ds.SpecificCharacterSet = charset
         ds.PatientName = name
-        ds.save_as(path, enforce_file_format=True)
+
+    paths = _series(14, tmp_path / "ct", declare, slices=3)
     assert str(pydicom.dcmread(paths[0]).PatientName) == name
-    volume = load_volume(paths)
-    mask = np.zeros(volume.shape, np.uint8)
-    mask[1, 30:33, 30:33] = 1
-    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
-    written = save_results(write_results(volume, findings), tmp_path / "out")
+    _, written = _results(paths, tmp_path / "out")
     assert {pydicom.dcmread(p).Modality for p in written} == {"SEG", "OT", "SR", "KO"}
     for path in written:
         ds = pydicom.dcmread(path)
@@ -183,19 +187,11 @@ def test_a_character_set_highdicom_does_not_write_gives_results_in_utf8(charset:
 def test_orientations_that_differ_by_float_noise_give_one_seg(tmp_path: Path) -> None:
     """Found by probing: ImageOrientationPatient 0.999999 on some slices and 1 on others (workstation
     reformats, some scanners) is one orientation to the loader, and made highdicom refuse the SEG."""
-    phantom = generate_phantom(15, rows=64, slice_spacing=2.5, slices=4, coverage=(0.7, 0.8),
-                               n_stones=0, n_mimics=0)
-    paths = write_series(phantom, tmp_path / "ct")
-    for k, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
+    def tilt_by_noise(k: int, ds: pydicom.Dataset) -> None:
         if k % 2:
             ds.ImageOrientationPatient = [0.999999, 0.0, -1e-9, 0.0, 1.0, 0.0]
-        ds.save_as(path, enforce_file_format=True)
-    volume = load_volume(paths)
-    mask = np.zeros(volume.shape, np.uint8)
-    mask[1:3, 30:33, 30:33] = 1
-    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
-    written = save_results(write_results(volume, findings), tmp_path / "out")
+
+    _, written = _results(_series(15, tmp_path / "ct", tilt_by_noise), tmp_path / "out")
     seg = hd.seg.segread(next(p for p in written if p.name.startswith("SEG")))
     assert int(seg.NumberOfFrames) == 4
     errors, _ = dciodvfy(next(p for p in written if p.name.startswith("SEG")))
