@@ -33,16 +33,20 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
+from uronode import queries
 from uronode.completion import CompletionMonitor
 from uronode.ingest import Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
-from uronode.types import Job, JobState
+from uronode.types import CompletedSeries, Job, JobState, SeriesDisposition
 
 router = APIRouter(prefix="/api", tags=["API"])
 
 MAX_UPLOAD_BYTES = 2 * 1024**3
+"""The largest upload ``/api/predict`` takes; the upload page is served with it (``dicomweb.upload``)."""
+TOO_LARGE = f"uploads are limited to {MAX_UPLOAD_BYTES / 1024**3:g} GB"
+STILL_RECEIVING = "still receiving: instances of this series arrived during the upload"
 
 
 def get_settings(request: Request) -> Settings:
@@ -95,7 +99,7 @@ async def predict(
     length = request.headers.get("content-length")
     size = int(length) if length is not None and length.isdigit() else None
     if size is not None and size > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, detail=f"uploads are limited to {MAX_UPLOAD_BYTES} bytes")
+        raise HTTPException(413, detail=TOO_LARGE)
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise _no_files()
@@ -114,7 +118,7 @@ async def predict(
             raise _no_files() from exc
         raise HTTPException(400, detail=str(exc)) from exc
     except BodyTooLarge as exc:
-        raise HTTPException(413, detail=f"uploads are limited to {MAX_UPLOAD_BYTES} bytes") from exc
+        raise HTTPException(413, detail=TOO_LARGE) from exc
     finally:
         await run_in_threadpool(spool.close)
 
@@ -154,17 +158,45 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
         model=settings.inference.model,
     )
     done = {c.series_instance_uid: c for c in monitor.complete_now(list(series))}
-    result = []
-    for uid, study in series.items():
-        completed = done.get(uid)
-        jobs = queue.for_series(uid)
-        result.append({
-            "series_instance_uid": uid,
-            "study_instance_uid": study,
-            "job_id": completed.job_id if completed else (jobs[-1].id if jobs else None),
-            "skipped": completed.reason if completed and completed.job_id is None else None,
-        })
+    result = [
+        {"series_instance_uid": uid, "study_instance_uid": study,
+         **_series_labels(store, study, uid), **_outcome(store, queue, uid, done.get(uid))}
+        for uid, study in series.items()
+    ]
     return {"series": result, "rejected": rejected, "warnings": warnings}
+
+
+def _series_labels(store: Store, study: str, uid: str) -> dict[str, Any]:
+    """What a person knows the series by: modality, description, number and its count of images."""
+    row = queries.series_row(store.db, uid)
+    version = queries.series_version(store.db, study, uid)
+    return {
+        "modality": row["modality"] if row is not None else None,
+        "series_description": row["series_description"] if row is not None else None,
+        "series_number": row["series_number"] if row is not None else None,
+        "instances": version[0] if version is not None else 0,
+    }
+
+
+def _outcome(store: Store, queue: JobQueue, uid: str, completed: CompletedSeries | None) -> dict[str, Any]:
+    """The series' job, or why it has none: completed by this upload, or as it was left before it.
+
+    A series this upload did not complete is one whose instances were all there already (the same
+    bytes uploaded again: its earlier job is ``reused``, or its earlier reason for being skipped is
+    given again) or one that is still receiving (an instance arrived meanwhile).
+    """
+    if completed is not None:
+        return {"job_id": completed.job_id, "skipped": completed.reason if completed.job_id is None else None,
+                "reused": False, "created_at": None}
+    row = queries.series_row(store.db, uid)
+    if row is None or row["state"] != "complete":
+        return {"job_id": None, "skipped": STILL_RECEIVING, "reused": False, "created_at": None}
+    if row["disposition"] == SeriesDisposition.SKIPPED:
+        return {"job_id": None, "skipped": row["reason"], "reused": False, "created_at": None}
+    jobs = queue.for_series(uid)
+    if not jobs:
+        return {"job_id": None, "skipped": "its job is no longer kept", "reused": False, "created_at": None}
+    return {"job_id": jobs[-1].id, "skipped": None, "reused": True, "created_at": jobs[-1].created_at}
 
 
 @router.get("/jobs", summary="Jobs, newest first")

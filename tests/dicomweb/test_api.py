@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,3 +62,60 @@ def test_metrics_and_readiness(start_node: Callable[..., Node], tmp_path: Path) 
         subprocess.run(["chattr", "-i", str(node.data_dir / "tmp")], check=True)
     assert refused.status_code == 503 and "not writable" in refused.json()["detail"]
     assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+
+
+def _post(base: str, paths: list[Path]) -> httpx.Response:
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+    return httpx.post(f"{base}/api/predict", files=files, timeout=60)
+
+
+def test_predict_labels_series_and_says_again_why_one_is_skipped(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    from tests.factory import write_series
+
+    node = start_node()
+    base = f"http://127.0.0.1:{node.http_port}"
+    study, series, paths = write_series(tmp_path / "mr", 2, size=32, modality="MR")
+    first = _post(base, paths)
+    assert first.status_code == 200, first.text
+    (entry,) = first.json()["series"]
+    assert entry["series_instance_uid"] == series and entry["study_instance_uid"] == study
+    assert entry["job_id"] is None and entry["skipped"] == "modality MR, not CT"
+    assert entry["modality"] == "MR" and entry["instances"] == 2 and entry["reused"] is False
+    assert "series_description" in entry and "series_number" in entry
+    (again,) = _post(base, paths).json()["series"]  # the same bytes: the series is not re-opened
+    assert again["job_id"] is None and again["skipped"] == "modality MR, not CT"
+    assert again["instances"] == 2
+
+
+def test_predict_says_when_it_gives_an_earlier_job(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    from tests.factory import write_series
+
+    node = start_node()
+    base = f"http://127.0.0.1:{node.http_port}"
+    _, series, paths = write_series(tmp_path / "ct", 4, size=32)
+    (first,) = _post(base, paths).json()["series"]
+    assert first["job_id"] is not None and first["reused"] is False and first["created_at"] is None
+    assert first["modality"] == "CT" and first["instances"] == 4
+    (again,) = _post(base, paths[:1]).json()["series"]  # one slice of a series analysed already
+    assert again["job_id"] == first["job_id"] and again["reused"] is True and again["skipped"] is None
+    job = httpx.get(f"{base}/api/jobs/{first['job_id']}", timeout=30).json()
+    assert again["created_at"] == job["created_at"] and again["instances"] == 4
+
+
+def test_predict_limit_in_gigabytes_and_served_to_the_page(start_node: Callable[..., Node]) -> None:
+    import http.client
+
+    from dicomweb.api import MAX_UPLOAD_BYTES
+
+    node = start_node()
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(MAX_UPLOAD_BYTES + 1))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["detail"] == "uploads are limited to 2 GB"
+    conn.close()
+    page = httpx.get(f"http://127.0.0.1:{node.http_port}/upload", timeout=30)
+    assert f'<meta name="max-upload-bytes" content="{MAX_UPLOAD_BYTES}">' in page.text
