@@ -4,7 +4,9 @@ The prebuilt viewer (`@ohif/app` from the npm registry, never committed) is
 read from ``dicomweb.viewer_dir`` (in a checkout, where ``./run`` fetches it
 into ``.ohif/``; the Dockerfile puts it in the image) and served as static files with a
 single-page fallback: a path that is not a file gets ``index.html``, so
-``/viewer?StudyInstanceUIDs=...`` works. ``/app-config.js`` is made here.
+``/viewer?StudyInstanceUIDs=...`` works (``&SeriesInstanceUID=<CT series>`` or
+``&uronodeSeriesInstanceUID=...`` picks one CT series of the study, shown with its own
+results). ``/app-config.js`` is made here.
 Paths of the API, DICOMweb and health never fall back to the viewer: an
 unknown one there is a 404.
 """
@@ -35,6 +37,81 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
   const first = (x) => list(x)[0];
   const code = (item) => first(item.ConceptNameCodeSequence) || {};
   const isResult = (ds) => (ds.SeriesDescription || '').startsWith(RESULTS);
+
+  // The CT series to open may be named in the URL: SeriesInstanceUID or uronodeSeriesInstanceUID (the upload
+  // page's link), OHIF's own initialSeriesInstanceUID, or among OHIF's SeriesInstanceUIDs (a filter: only the
+  // series listed load). OHIF 3.13 reads SeriesInstanceUID as that filter too and would load the CT alone, without
+  // its results: before OHIF starts, it becomes initialSeriesInstanceUID (the whole study loads, opened on it).
+  const URL_SERIES = ['uronodeseriesinstanceuid', 'initialseriesinstanceuid', 'seriesinstanceuids'];
+  (function seriesFromUrl() {
+    const url = new URL(window.location.href);
+    const keys = [...url.searchParams.keys()];
+    const named = keys.filter((k) => k.toLowerCase() === 'seriesinstanceuid');
+    if (!named.length) return;
+    const initial = keys.filter((k) => k.toLowerCase() === 'initialseriesinstanceuid');
+    const uids = [...named, ...initial].flatMap((k) => url.searchParams.getAll(k));
+    [...named, ...initial].forEach((k) => url.searchParams.delete(k));
+    url.searchParams.set('initialSeriesInstanceUID', uids.join(','));
+    window.history.replaceState(window.history.state, '', url.pathname + url.search + url.hash);
+  })();
+
+  function seriesInUrl() {
+    const uids = [];
+    for (const [key, value] of new URLSearchParams(window.location.search)) {
+      if (URL_SERIES.includes(key.toLowerCase())) uids.push(...value.split(',').map((u) => u.trim()).filter(Boolean));
+    }
+    return uids;
+  }
+
+  // Whether a result display set of the node was made from the CT display set `ct`: a SEG by its
+  // ReferencedSeriesSequence, an SR by the series of its evidence (CurrentRequestedProcedureEvidenceSequence),
+  // an overlay (Secondary Capture) by the CT image of its SourceImageSequence.
+  const sopsOf = new WeakMap();
+  function madeFrom(ds, ct) {
+    const instance = first(ds.instances) || ds.instance || {};
+    if (ds.Modality === 'SEG') {
+      const uid = ds.referencedSeriesInstanceUID || (first(instance.ReferencedSeriesSequence) || {}).SeriesInstanceUID;
+      return uid === ct.SeriesInstanceUID;
+    }
+    if (ds.Modality === 'SR') {
+      return list(instance.CurrentRequestedProcedureEvidenceSequence).some((study) => list(study.ReferencedSeriesSequence)
+        .some((series) => series.SeriesInstanceUID === ct.SeriesInstanceUID));
+    }
+    if (ds.Modality === 'OT') {
+      if (!sopsOf.has(ct)) sopsOf.set(ct, new Set(list(ct.instances).map((i) => i.SOPInstanceUID)));
+      const sops = sopsOf.get(ct);
+      return list(ds.instances).some((i) => sops.has((first(i.SourceImageSequence) || {}).ReferencedSOPInstanceUID));
+    }
+    return false;
+  }
+
+  // What the reading layout shows, from the display sets of one study: ONE CT series and the SEG, overlay series
+  // and SR made from it. The CT is `ct` when given (the one the CT viewport shows), else the one the URL names,
+  // else the first (by series number) with results (a SEG or SR made from it), else the first.
+  function readingSet(displaySets, ct) {
+    const all = list(displaySets).filter((ds) => ds && !ds.unsupported);
+    const number = (ds) => (Number.isFinite(Number.parseInt(ds.SeriesNumber, 10))
+      ? Number.parseInt(ds.SeriesNumber, 10) : Infinity);
+    const cts = all.filter((ds) => ds.Modality === 'CT').sort((a, b) => number(a) - number(b));
+    const results = all.filter(isResult);
+    const of = (c, modality) => results.find((ds) => ds.Modality === modality && madeFrom(ds, c));
+    const chosen = ct
+      || seriesInUrl().map((uid) => cts.find((ds) => ds.SeriesInstanceUID === uid)).find(Boolean)
+      || cts.find((c) => of(c, 'SEG') || of(c, 'SR'))
+      || cts[0];
+    if (!chosen) return null;
+    return { ct: chosen, seg: of(chosen, 'SEG'), overlay: of(chosen, 'OT'), sr: of(chosen, 'SR') };
+  }
+
+  function studyDisplaySets(services, studyInstanceUID) {
+    return services.displaySetService.getActiveDisplaySets().filter((ds) => ds.StudyInstanceUID === studyInstanceUID);
+  }
+
+  // The CT display set the CT viewport shows, if any.
+  function shownCT(services) {
+    const uids = services.viewportGridService.getDisplaySetsUIDsForViewport(CT_VIEWPORT) || [];
+    return uids.map((uid) => services.displaySetService.getDisplaySetByUID(uid)).find((ds) => ds && ds.Modality === 'CT');
+  }
 
   // The stones of the node's SR: tracking UID -> { diameter, sop } (TID 1500: a volumetric group with the
   // measurements and a planar group with the stone's box on its widest slice share a tracking UID).
@@ -81,9 +158,11 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
   async function openOnStones({ servicesManager, commandsManager }) {
     const services = servicesManager.services;
     const { displaySetService, segmentationService } = services;
-    const displaySets = displaySetService.getActiveDisplaySets().filter(isResult);
-    const sr = displaySets.find((ds) => ds.Modality === 'SR');
-    const overlay = displaySets.find((ds) => ds.Modality === 'OT');
+    // The SR and overlay series made from the CT series the CT viewport shows, not any of the study's.
+    const ct = shownCT(services);
+    const chosen = ct && readingSet(studyDisplaySets(services, ct.StudyInstanceUID), ct);
+    const sr = chosen && chosen.sr;
+    const overlay = chosen && chosen.overlay;
     segmentationService.setStyle({ type: 'Labelmap' }, { fillAlpha: MASK_OPACITY[state.maskOpacity],
                                                         renderOutline: true, outlineWidth: 2 });
     // The stone's box on the image says which stone it is, not cornerstone's statistics of the box.
@@ -122,7 +201,8 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       const vp = viewport(services, id);
       if (vp) vp.setCamera(vp.getCamera(), true);
     }
-    window.uronodeOpened = sop;  // for the tests: the viewer has opened on this slice
+    // For the tests: the viewer has opened on this slice, only when both viewports really show it.
+    if (wanted.every(([id, uid]) => !uid || isShowing(services, id, uid))) window.uronodeOpened = sop;
   }
 
   function segmentations(services) {
@@ -183,18 +263,26 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       onProtocolEnter: [{ commandName: 'uronodeShowStoneList' }],
       onViewportDataInitialized: [{ commandName: 'uronodeOpenOnStones' }],
     },
+    // One CT series and the SEG and overlay series made from it (uronodeSeries, see readingSet), not any of the study.
     displaySetSelectors: {
-      ct: { seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'CT' }, required: true }] },
+      ct: {
+        seriesMatchingRules: [
+          { attribute: 'Modality', constraint: { equals: 'CT' }, required: true },
+          { attribute: 'uronodeSeries', constraint: { equals: 'yes' }, required: true },
+        ],
+      },
       seg: {
         seriesMatchingRules: [
           { attribute: 'Modality', constraint: { equals: 'SEG' }, required: true },
           { attribute: 'SeriesDescription', constraint: { contains: RESULTS }, required: true },
+          { attribute: 'uronodeSeries', constraint: { equals: 'yes' }, required: true },
         ],
       },
       overlay: {
         seriesMatchingRules: [
           { attribute: 'Modality', constraint: { equals: 'OT' }, required: true },
           { attribute: 'SeriesDescription', constraint: { contains: RESULTS }, required: true },
+          { attribute: 'uronodeSeries', constraint: { equals: 'yes' }, required: true },
         ],
       },
     },
@@ -226,11 +314,23 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     id: 'uronode',
     // A study holds the node's results when one of its series is a SEG the node made.
     preRegistration: ({ servicesManager }) => {
-      servicesManager.services.hangingProtocolService.addCustomAttribute(
+      const services = servicesManager.services;
+      services.hangingProtocolService.addCustomAttribute(
         'uronodeResults', 'Holds uronode results',
         (study, options) => (list(options && options.displaySets).some(
           (ds) => ds.Modality === 'SEG' && isResult(ds) &&
                   (!study || !study.StudyInstanceUID || ds.StudyInstanceUID === study.StudyInstanceUID)) ? 'yes' : 'no'));
+      // A display set is one of the reading layout's: the chosen CT series or a result made from it.
+      services.hangingProtocolService.addCustomAttribute(
+        'uronodeSeries', 'The CT series shown and its uronode results',
+        (ds, options) => {
+          const displaySets = options && options.displaySets
+            ? list(options.displaySets).filter((d) => d.StudyInstanceUID === ds.StudyInstanceUID)
+            : studyDisplaySets(services, ds.StudyInstanceUID);
+          const chosen = readingSet(displaySets);
+          return chosen && [chosen.ct, chosen.seg, chosen.overlay, chosen.sr].some(
+            (d) => d && d.displaySetInstanceUID === ds.displaySetInstanceUID) ? 'yes' : 'no';
+        });
     },
     getHangingProtocolModule: () => [{ name: ctWithStones.id, protocol: ctWithStones }],
     getCommandsModule: ({ servicesManager, commandsManager }) => {

@@ -4,12 +4,15 @@ One study goes through the whole node once for the module (DCMTK storescu,
 the model, the result writers) beside a study without results; every test
 opens the viewer on it in a fresh page of the one browser, uses a control as
 a person would (mouse drags, keys, clicks) and checks the screenshot's pixels.
+A second study with two CT series, each with results of its own, checks that
+the viewer shows one CT series with its own SEG, overlay series and stones.
 Screenshots are kept in test-artifacts/screenshots/ (with UPDATE_VIEWER_DOCS=1
 also, small, in docs/viewer/ for docs/viewer.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from playwright.sync_api import BrowserContext, Page
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from lab.synth import generate_phantom, write_series
+from lab.synth import PhantomOptions, generate_phantom, write_series
 from tests.browser.conftest import (
     dicomweb_json,
     green_pixels,
@@ -133,6 +136,79 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
         yield Study(node, uid, other, stones, overlay_of)
     finally:
         node.stop()
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One CT series of a study with two, and the node's results made from it."""
+
+    ct: str
+    """The CT's SeriesInstanceUID."""
+    seg: str
+    overlay: str
+    """The overlay (SC) series."""
+    stones: tuple[Stone, ...]
+    overlay_of: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TwoSeries:
+    node: Node
+    uid: str
+    readings: tuple[Reading, Reading]
+    """In the order sent: the first has the higher SeriesNumber, so the second is the first of the study."""
+
+    def url(self, param: str | None = None, reading: Reading | None = None) -> str:
+        series = f"&{param}={reading.ct}" if param and reading else ""
+        return f"http://127.0.0.1:{self.node.http_port}/viewer?StudyInstanceUIDs={self.uid}{series}"
+
+
+def _metadata(port: int, study: str, series: str) -> list[Dataset]:
+    return [Dataset.from_json(d, lambda uri: b"") for d in dicomweb_json(port, f"studies/{study}/series/{series}/metadata")]
+
+
+def _made_from(port: int, study: str, ct: str, sops: set[str]) -> tuple[str, str, Dataset]:
+    """The SEG, the overlay series and the SR the node made from the CT series ``ct``, found by their references."""
+    segs = [s for s in _series_of(port, study, "SEG")
+            if _metadata(port, study, s)[0].ReferencedSeriesSequence[0].SeriesInstanceUID == ct]
+    overlays = [s for s in _series_of(port, study, "OT")
+                if str(_metadata(port, study, s)[0].SourceImageSequence[0].ReferencedSOPInstanceUID) in sops]
+    srs = [sr for s in _series_of(port, study, "SR") for sr in _metadata(port, study, s)
+           if any(series.SeriesInstanceUID == ct for item in sr.CurrentRequestedProcedureEvidenceSequence
+                  for series in item.ReferencedSeriesSequence)]
+    assert len(segs) == len(overlays) == len(srs) == 1, (segs, overlays, len(srs))
+    return segs[0], overlays[0], srs[0]
+
+
+@pytest.fixture(scope="module")
+def two_series(study: Study, tmp_path_factory: pytest.TempPathFactory) -> TwoSeries:
+    """Two CT series in one study (two phases, exported together), each with stones of its own, on the same node."""
+    root = tmp_path_factory.mktemp("two-series")
+    options: PhantomOptions = {"rows": 256, "slices": 24, "coverage": (0.62, 1.0), "stone_sites": ("kidney",), "n_stones": 3}
+    first = generate_phantom(12, **options)
+    second = dataclasses.replace(generate_phantom(13, **options),
+                                 study_instance_uid=first.study_instance_uid)
+    for name, phantom, number in (("a", first, 3), ("b", second, 2)):
+        for path in write_series(phantom, root / name, series_number=number):
+            ds = pydicom.dcmread(path)
+            ds.StudyDescription = "Two phases of one abdomen"  # not the other study's, which the study list opens
+            ds.save_as(path)
+        assert storescu(study.node.dicom_port, root / name).returncode == 0
+    wait_until(lambda: [r["state"] for r in query(study.node.data_dir, "SELECT state FROM jobs")] == ["delivered"] * 3,
+               300, "the results of both series")
+    port, uid = study.node.http_port, first.study_instance_uid
+    readings = []
+    for phantom in (first, second):
+        ct = phantom.series_instance_uid
+        sops = {phantom.sop_instance_uid(k) for k in range(phantom.hu.shape[0])}
+        seg, overlay, sr = _made_from(port, uid, ct, sops)
+        overlay_of = {str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID): str(sc.SOPInstanceUID)
+                      for sc in _metadata(port, uid, overlay)}
+        readings.append(Reading(ct, seg, overlay, stones_in_sr(sr), overlay_of))
+    a, b = readings
+    assert a.stones and b.stones, "the model should find stones in both series"
+    assert not {s.label for s in a.stones} & {s.label for s in b.stones}, "the two series' stones should differ"
+    return TwoSeries(study.node, uid, (a, b))
 
 
 def open_reading(browser: BrowserContext, url: str) -> Page:
@@ -382,4 +458,34 @@ def test_dicom_tags_off_and_on(browser: BrowserContext, study: Study) -> None:
     assert text_pixels(off) < 5
     press(page, "t")
     assert text_pixels(grab(page, CT)) > 30
+    page.close()
+
+
+@pytest.mark.parametrize(("param", "index"), [
+    ("SeriesInstanceUID", 0),  # the upload page's link, for each series
+    ("SeriesInstanceUID", 1),
+    ("uronodeSeriesInstanceUID", 0),
+    (None, 1),  # no series named: the first of the study (series number 2) with results
+])
+def test_two_ct_series_in_one_study_each_opens_with_its_own_results(
+    browser: BrowserContext, two_series: TwoSeries, param: str | None, index: int
+) -> None:
+    reading, other = two_series.readings[index], two_series.readings[1 - index]
+    page = open_reading(browser, two_series.url(param, reading))
+    if param == "SeriesInstanceUID":  # OHIF would load that series alone: it is handed to OHIF as the initial one
+        assert f"initialSeriesInstanceUID={reading.ct}" in page.url and "&SeriesInstanceUID=" not in page.url
+    shown = page.evaluate("""() => Object.fromEntries(['uronode-ct', 'uronode-overlay'].map((id) => [id,
+        (window.services.viewportGridService.getDisplaySetsUIDsForViewport(id) || [])
+          .map((uid) => window.services.displaySetService.getDisplaySetByUID(uid).SeriesInstanceUID)]))""")
+    assert sorted(shown["uronode-ct"]) == sorted([reading.ct, reading.seg]), "not this series' CT and SEG"
+    assert shown["uronode-overlay"] == [reading.overlay], "not this series' overlay"
+    largest = max(reading.stones, key=lambda s: s.diameter_mm)
+    assert page.evaluate("window.uronodeOpened") == largest.sop_instance_uid
+    ct, overlay = shown_image(page, "uronode-ct"), shown_image(page, "uronode-overlay")
+    assert f"/series/{reading.ct}/instances/{largest.sop_instance_uid}/" in ct
+    assert f"/series/{reading.overlay}/instances/{reading.overlay_of[largest.sop_instance_uid]}/" in overlay
+    listed = page.locator('[data-cy="trackedMeasurements-panel"]').inner_text().replace("\n", " ")
+    assert all(stone.label in listed for stone in reading.stones), "this series' stones are not listed"
+    assert not any(stone.label in listed for stone in other.stones), "the other series' stones are listed"
+    save_shot(page.screenshot(), f"two-series-{param or 'none'}-{index}")
     page.close()
