@@ -52,6 +52,12 @@ class ClaimReply:
     attempts: int
 
 
+SERIES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+"""What a remote worker asks for a series in: as stored. The worker decodes any syntax; without ``*`` the
+node would re-encode every compressed instance as Explicit VR Little Endian (PS3.18's default), the very
+work remote workers take off it, and refuse a series it cannot re-encode (Big Endian) with 406."""
+
+
 class NodeClient:
     def __init__(self, base_url: str, token: str, *, timeout_s: float = 120.0, patience_s: float = 120.0) -> None:
         self.base = base_url.rstrip("/")
@@ -120,8 +126,7 @@ class NodeClient:
     def retrieve_series(self, study: str, series: str, folder: Path) -> list[Path]:
         """WADO-RS: every instance of the series, each written to a file in ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        accept = 'multipart/related; type="application/dicom"'
-        with self._open("GET", f"/dicom-web/studies/{study}/series/{series}", accept=accept) as response:
+        with self._open("GET", f"/dicom-web/studies/{study}/series/{series}", accept=SERIES_ACCEPT) as response:
             boundary = _boundary(response.headers.get("Content-Type", ""))
             return _write_parts(response, boundary, folder)
 

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, JPEG2000Lossless
 
+from dicomweb.node_client import SERIES_ACCEPT
 from tests.factory import pydicom_test_file, uid, write_series
 from tests.peers.processes import Node
 
@@ -275,6 +276,15 @@ def test_a_series_is_negotiated_instance_by_instance(loaded: Loaded) -> None:
     assert loaded["mixed_ct"].sop in refused.json()["detail"]
 
 
+def test_a_remote_worker_gets_the_series_as_stored(loaded: Loaded) -> None:
+    """Found in review: the remote worker's client sent no transfer syntax, so once the default became
+    Explicit VR LE the node re-encoded every compressed series it handed out (and refused Big Endian)."""
+    study, series = loaded.mixed
+    response = get(f"{loaded.base}/studies/{study}/series/{series}", SERIES_ACCEPT)
+    assert response.status_code == 200, response.text
+    assert {ct.split("=", 1)[1] for ct, _ in parts(response)} == {J2K, EXPLICIT}
+
+
 @pytest.mark.parametrize(("name", "accept", "offered"), [
     ("j2k", dicom(JPEG_BASELINE), (J2K, EXPLICIT, IMPLICIT)),
     ("ct", dicom(JPEG_BASELINE), (EXPLICIT, IMPLICIT)),
@@ -465,3 +475,26 @@ def test_metadata_is_dicom_json_also_for_application_json(loaded: Loaded, accept
         if status == 200:
             assert response.headers["content-type"] == "application/dicom+json"
             assert response.json()[0]["00080018"]["Value"] == [loaded["ct"].sop]
+
+
+def test_an_instance_that_cannot_be_decoded_mid_series_goes_as_stored(loaded: Loaded) -> None:
+    """Found in review: once a series' answer had begun, an instance whose re-encoding failed raised inside
+    the stream, cutting the body short and every part after it. It now goes as stored, its part saying so;
+    alone, it is still a 500 with the reason."""
+    study, series = uid("broken", "study"), uid("broken", "series")
+    broken = _with_uids(pydicom.dcmread(pydicom_test_file("JPEG2000.dcm")), study, series, uid("broken", "sop"))
+    (frame,) = pydicom.encaps.generate_frames(broken.PixelData, number_of_frames=1)
+    broken.PixelData = pydicom.encaps.encapsulate([frame[:16] + b"\x00" * (len(frame) - 16)])
+    fine = _with_uids(pydicom.dcmread(pydicom_test_file("CT_small.dcm")), study, series, uid("broken", "ct"))
+    boundary = "broken-part"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + _as_file(ds) + b"\r\n"
+                    for ds in (broken, fine)) + f"--{boundary}--\r\n".encode()
+    stored = httpx.post(f"{loaded.base}/studies", content=body, timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert stored.status_code == 200, stored.text
+    response = get(f"{loaded.base}/studies/{study}/series/{series}", dicom())
+    assert response.status_code == 200
+    got = sorted(ct.split("=", 1)[1] for ct, _ in parts(response))  # parts() checks the closing boundary
+    assert got == sorted([J2K, EXPLICIT])
+    alone = get(f"{loaded.base}/studies/{study}/series/{series}/instances/{broken.SOPInstanceUID}", dicom())
+    assert alone.status_code == 500 and "could not be decoded" in alone.json()["detail"]
