@@ -115,7 +115,9 @@ def _reencoded(item: StoredInstance, syntax: str) -> bytes:
 
 def _multipart(plan: list[tuple[StoredInstance, str]], ready: dict[str, bytes] | None = None) -> StreamingResponse:
     """Each instance in its planned syntax: streamed from its file when that is how it is stored,
-    else re-encoded when its turn comes (or taken from ``ready``, by SOP Instance UID)."""
+    else re-encoded when its turn comes (or taken from ``ready``, by SOP Instance UID). An instance that
+    cannot be re-encoded once the response has begun goes as stored, its part's Content-Type saying so
+    (a single instance is re-encoded before the response, so that a failure is a 500 with its reason)."""
     boundary = secrets.token_hex(16)
     ready = ready or {}
 
@@ -125,13 +127,21 @@ def _multipart(plan: list[tuple[StoredInstance, str]], ready: dict[str, bytes] |
 
     def parts() -> Iterator[bytes]:
         for item, syntax in plan:
-            if syntax == item.header.transfer_syntax_uid:
-                yield header(syntax, item.size)
+            data = None
+            if syntax != item.header.transfer_syntax_uid:
+                try:
+                    data = ready.get(item.header.sop_instance_uid) or _reencoded(item, syntax)
+                except HTTPException:
+                    # the response has begun (a series or study): no error status can be sent any more, and a
+                    # body cut short breaks every part after it; this part goes as stored, its Content-Type
+                    # naming its own syntax (logged by _reencoded)
+                    data = None
+            if data is None:
+                yield header(item.header.transfer_syntax_uid, item.size)
                 with item.path.open("rb") as f:
                     while chunk := f.read(1 << 20):
                         yield chunk
             else:
-                data = ready.get(item.header.sop_instance_uid) or _reencoded(item, syntax)
                 yield header(syntax, len(data))
                 yield data
             yield b"\r\n"
