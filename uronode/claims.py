@@ -300,11 +300,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def new_worker_token(tokens_file: Path, name: str) -> str:
-    """Make a token for worker ``name`` and add its hash to the node's tokens file; returns the token."""
+def check_worker_name(name: str) -> str:
+    """``name`` if it can name a worker in the tokens file, else ValueError saying why."""
     if not name or any(c.isspace() or c == "#" for c in name):
         raise ValueError(f"a worker name has no spaces and no '#': {name!r}")
-    token = secrets.token_urlsafe(32)
+    return name
+
+
+def new_worker_token(tokens_file: Path, name: str, token: str | None = None) -> str:
+    """Make a token for worker ``name`` (or take ``token``, made and kept by the caller first) and add its
+    hash to the node's tokens file; returns the token."""
+    check_worker_name(name)
+    token = token or secrets.token_urlsafe(32)
     tokens_file.parent.mkdir(parents=True, exist_ok=True)
     with tokens_file.open("a") as f:
         f.write(f"{name} {hash_token(token)}\n")

@@ -114,13 +114,28 @@ def test_a_worker_token_that_cannot_be_written_leaves_no_hash_behind(tmp_path: P
     missing parent as --out left a hash of a token nobody has."""
     data = tmp_path / "data"
     (tmp_path / "a-folder").mkdir()
-    for out in (tmp_path / "a-folder", tmp_path / "no-such-parent" / "token"):
-        assert main(["worker-token", "gpu-1", "--out", str(out), "--data-dir", str(data)]) == 1
+    assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "a-folder"), "--data-dir", str(data)]) == 2
+    assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "no-parent" / "token"), "--data-dir", str(data)]) == 1
     assert not (data / "worker-tokens").exists() or not (data / "worker-tokens").read_text().strip()
     assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "token"), "--data-dir", str(data)]) == 0
     assert len((data / "worker-tokens").read_text().split("\n")[:-1]) == 1
     assert main(["worker-token", "gpu 2", "--out", str(tmp_path / "token2"), "--data-dir", str(data)]) == 2
     assert not (tmp_path / "token2").exists()  # a name refused leaves no token file either
+
+
+def test_a_worker_token_that_fails_leaves_the_token_already_at_out_as_it_was(tmp_path: Path) -> None:
+    """Found in review: --out was opened (truncated) before the name was checked and the hash recorded, so a
+    refused name or a tokens file that could not be written emptied a working worker's token file."""
+    data = tmp_path / "data"
+    out = tmp_path / "gpu1.token"
+    assert main(["worker-token", "gpu-1", "--out", str(out), "--data-dir", str(data)]) == 0
+    working = out.read_text()
+    assert main(["worker-token", "gpu 1", "--out", str(out), "--data-dir", str(data)]) == 2
+    (data / "worker-tokens").rename(data / "kept")
+    (data / "worker-tokens").mkdir()  # the tokens file cannot be opened for appending
+    assert main(["worker-token", "gpu-1", "--out", str(out), "--data-dir", str(data)]) == 1
+    assert out.read_text() == working
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "gpu1.token"]  # no staged file left behind
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -201,21 +202,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker_token(args: argparse.Namespace) -> int:
-    from uronode.claims import new_worker_token
+    from uronode.claims import check_worker_name, new_worker_token
 
     settings = _settings_from_args(args)
     tokens_file = settings.queue.tokens_file(settings.storage.data_dir)
-    # the token's file first: a hash recorded for a token that could not be written would be one nobody has
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        try:
-            token = new_worker_token(tokens_file, args.name)
-        except ValueError as exc:
-            print(f"uronode: {exc}", file=sys.stderr)
-            f.close()
-            Path(args.out).unlink(missing_ok=True)
-            return 2
-        f.write(token + "\n")
+    try:
+        check_worker_name(args.name)
+    except ValueError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 2
+    # the token is written to a file of its own first, its hash recorded next, and only then does that file
+    # replace --out: a failure never touches a file already at --out nor leaves a hash of a token nobody has
+    out = Path(args.out)
+    if out.is_dir():
+        print(f"uronode: --out {out} is a folder, not a file", file=sys.stderr)
+        return 2
+    staged = out.with_name(f".{out.name}.new")
+    token = secrets.token_urlsafe(32)
+    try:
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(token + "\n")
+        new_worker_token(tokens_file, args.name, token)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     print(f"worker {args.name}: token in {args.out} (for `uronode worker --token-file`), its hash added to {tokens_file}")
     return 0
 
