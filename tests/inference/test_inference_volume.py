@@ -282,9 +282,11 @@ def test_bare_data_sets_without_preamble_are_read_as_what_they_are(small_phantom
         load_volume([tmp_path / "photo.jpg"])
 
 
-@pytest.mark.parametrize(("signed", "stored"), [(False, 63536), (True, -2000), (False, None)])
+@pytest.mark.parametrize(("signed", "stored", "vr"), [(False, 63536, "US"), (True, -2000, "SS"),
+                                                    (True, 63536, "US"), (False, None, "US")])
 def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Phantom, small_series: list[Path],
-                                                               tmp_path: Path, signed: bool, stored: int | None) -> None:
+                                                               tmp_path: Path, signed: bool, stored: int | None,
+                                                               vr: str) -> None:
     """Found by probing: GE-style padding stored unsigned (63536, -2000 as unsigned) read as 62,512 HU, a body
     as wide as the image, and the midline that sides a stone moved by 19 mm. With PixelPaddingRangeLimit
     (stored None here) a range of values is padding."""
@@ -297,13 +299,13 @@ def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Pha
         if signed:
             values = values + int(ds.RescaleIntercept)
             ds.RescaleIntercept, ds.PixelRepresentation = 0, 1
-        vr = "SS" if signed else "US"
         if stored is None:
             values[outside] = 63000
             ds.add_new(0x00280120, vr, 65535)  # PixelPaddingValue
             ds.add_new(0x00280121, vr, 60000)  # PixelPaddingRangeLimit: 60000-65535 are padding
         else:
-            values[outside] = stored
+            # signed pixels with the value written as unsigned (63536 for -2000), as GE writes it
+            values[outside] = stored - 65536 if signed and stored > 32767 else stored
             ds.add_new(0x00280120, vr, stored)
         ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
 
