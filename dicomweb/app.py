@@ -25,6 +25,29 @@ AUDITED_PREFIXES = ("/dicom-web", "/api", "/upload")
 CLIENT_CLOSED_REQUEST = 499
 
 
+class HeadAsGet:
+    """HEAD on a DICOMweb resource answered as its GET would be, without the body (RFC 9110 9.3.2: a server
+    supports GET and HEAD); FastAPI's GET routes answer HEAD with 405. The answer is made as for GET and its
+    body dropped, so a HEAD of a retrieve costs what its GET does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or not scope["path"].startswith("/dicom-web/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 class AuditRequests:
     """ASGI middleware: one audit event per DICOMweb, API or upload request and per request that is not a GET.
 
@@ -104,6 +127,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app = FastAPI(title="uronode", version=__version__, lifespan=lifespan)
     audit = AuditLog(settings.storage.data_dir)
 
+    app.add_middleware(HeadAsGet)
     app.add_middleware(AuditRequests, audit=audit)
     app.include_router(qido.router)
     app.include_router(wado.router)

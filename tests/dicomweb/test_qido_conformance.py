@@ -253,3 +253,19 @@ def test_dicomweb_client_reads_the_new_attributes(loaded: Loaded, tmp_path: Path
     (found,) = web.search_for_series(search_filters={"PatientName": "yamada*"})
     assert found["00100010"]["Value"][0]["Ideographic"] == "山田^太郎"
     assert web.search_for_instances(study_instance_uid="1.2.3.4") == []
+
+
+def test_head_is_answered_as_get_without_the_body(loaded: Loaded) -> None:
+    """Found by probing: HEAD answered 405 on every DICOMweb resource (RFC 9110: a server supports GET and
+    HEAD). Searches, metadata and retrieves answer HEAD with GET's status and headers, and no body."""
+    for path in ("/studies", f"/studies/{loaded.smith}/series",
+                 f"/studies/{loaded.smith}/series/{loaded.ct}/metadata",
+                 f"/studies/{loaded.smith}/series/{loaded.ct}"):
+        accept = "multipart/related; type=\"application/dicom\"; transfer-syntax=*" if path.count("/") == 4 else \
+            "application/dicom+json"
+        got = httpx.get(f"{loaded.base}{path}", headers={"Accept": accept}, timeout=30)
+        head = httpx.head(f"{loaded.base}{path}", headers={"Accept": accept}, timeout=30)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert got.status_code == 200 and got.content
+        assert head.headers["content-type"].split(";")[0] == got.headers["content-type"].split(";")[0]
+    assert httpx.head(f"{loaded.base}/studies/1.2.3/series/4.5.6/metadata", timeout=30).status_code == 404
