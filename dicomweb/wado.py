@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -330,21 +331,60 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Req
 def _window(text: str | None) -> tuple[float, float] | None:
     if not text:
         return None
+    parts = text.split(",")
     try:
-        center, width = (float(v) for v in text.split(",")[:2])
+        center, width = (float(v) for v in parts[:2])
     except ValueError:
         raise HTTPException(400, detail=f"window {text[:40]!r} is not center,width[,function]") from None
+    if len(parts) > 3 or (len(parts) == 3 and parts[2].strip().upper() not in ("LINEAR", "")):
+        raise HTTPException(400, detail=f"window {text[:40]!r}: only the LINEAR function is rendered")
     if width <= 0:
         raise HTTPException(400, detail="the window width must be positive")
     return center, width
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How a rendered resource is asked for (PS3.18 8.3.5.1): window, viewport, quality, media type."""
+
+    window: tuple[float, float] | None = None
+    viewport: tuple[int, int] | None = None
+    """The largest (columns, rows) the image may have; it is scaled down to fit, keeping its aspect."""
+    quality: int | None = None
+    """JPEG quality 1-100."""
+    media: str = "image/png"
+
+
+def _rendering(request: Request, window: str | None, viewport: str | None, quality: str | None,
+               default_viewport: tuple[int, int] | None = None) -> Rendering:
+    size = default_viewport
+    if viewport:
+        try:
+            numbers = [int(v) for v in viewport.split(",")]
+        except ValueError:
+            raise HTTPException(400, detail=f"viewport {viewport[:40]!r} is not vw,vh") from None
+        if len(numbers) != 2 or min(numbers) < 1:
+            raise HTTPException(400, detail=f"viewport {viewport[:40]!r}: two positive numbers, vw,vh")
+        size = (numbers[0], numbers[1])
+    level = None
+    if quality:
+        try:
+            level = int(quality)
+        except ValueError:
+            level = 0
+        if not 1 <= level <= 100:
+            raise HTTPException(400, detail=f"quality {quality[:20]!r} is not 1-100")
+    return Rendering(_window(window), size, level, _rendered_media(request))
 
 
 def _first(value: Any) -> float:
     return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
 
 
-def render_png(path: Path, frame: int, window: tuple[float, float] | None, media: str = "image/png") -> bytes:
-    """One frame as PNG (or JPEG): grey images through their rescale and a window, colour images as they are."""
+def render_png(path: Path, frame: int, window: tuple[float, float] | None, media: str = "image/png",
+               viewport: tuple[int, int] | None = None, quality: int | None = None) -> bytes:
+    """One frame as PNG (or JPEG): grey images through their rescale and a window, colour images as they are;
+    scaled down to fit ``viewport`` (columns, rows) keeping its aspect, JPEG at ``quality``."""
     import cv2
     import numpy as np
     from pydicom.pixels import apply_modality_lut
@@ -373,7 +413,14 @@ def render_png(path: Path, frame: int, window: tuple[float, float] | None, media
         image = np.clip((values - low) / width * 255.0, 0, 255).astype(np.uint8)
         if ds.get("PhotometricInterpretation") == "MONOCHROME1":
             image = 255 - image
-    ok, encoded = cv2.imencode(".jpg" if media == "image/jpeg" else ".png", image)
+    if viewport is not None:
+        rows, columns = image.shape[:2]
+        scale = min(viewport[0] / columns, viewport[1] / rows)
+        if scale < 1:
+            size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if media == "image/jpeg" and quality is not None else []
+    ok, encoded = cv2.imencode(".jpg" if media == "image/jpeg" else ".png", image, params)
     if not ok:
         raise HTTPException(500, detail=f"the frame could not be encoded as {media}")
     return encoded.tobytes()
@@ -390,22 +437,78 @@ def _rendered_media(request: Request) -> str:
     raise HTTPException(406, detail=f"rendered images are image/png or image/jpeg, not {accept[:100]}")
 
 
+THUMBNAIL = (128, 128)
+"""A thumbnail's largest size unless a viewport says otherwise (PS3.18 leaves it to the server)."""
+
+
+def _render(item: StoredInstance, frame: int, how: Rendering) -> Response:
+    body = render_png(item.path, frame, how.window, how.media, how.viewport, how.quality)
+    return Response(body, media_type=how.media)
+
+
+def _one_frame(text: str) -> int:
+    try:
+        frame = int(text)
+    except ValueError:
+        raise HTTPException(400, detail=f"{text[:40]!r}: a rendered frame is one frame number") from None
+    if frame < 1:
+        raise HTTPException(400, detail="frame numbers start at 1")
+    return frame
+
+
+def _representative(store: Store, study: str, series: str | None = None) -> StoredInstance:
+    """The middle image of the series (or of the study's first series) that has pixel data."""
+    instances = [i for i in _instances(store, study, series)
+                 if i.header.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.")
+                 and not i.header.sop_class_uid.startswith(("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66"))]
+    if not instances:
+        raise HTTPException(404, detail="no image to show")
+    first_series = instances[0].header.series_instance_uid
+    images = sorted((i for i in instances if i.header.series_instance_uid == first_series),
+                    key=lambda i: (i.header.instance_number or 0, i.header.sop_instance_uid))
+    return images[len(images) // 2]
+
+
 @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", summary="An instance rendered as PNG")
-def rendered_instance(
-    study: str, series: str, sop: str, request: Request, store: StoreDep, window: str | None = None
-) -> Response:
-    media = _rendered_media(request)
+def rendered_instance(study: str, series: str, sop: str, request: Request, store: StoreDep,
+                      window: str | None = None, viewport: str | None = None, quality: str | None = None) -> Response:
+    how = _rendering(request, window, viewport, quality)
     (item,) = _instances(store, study, series, sop)
-    return Response(render_png(item.path, 1, _window(window), media), media_type=media)
+    return _render(item, 1, how)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", summary="A frame as PNG")
-def rendered_frame(
-    study: str, series: str, sop: str, frame: int, request: Request, store: StoreDep, window: str | None = None
-) -> Response:
-    media = _rendered_media(request)
+def rendered_frame(study: str, series: str, sop: str, frame: str, request: Request, store: StoreDep,
+                   window: str | None = None, viewport: str | None = None, quality: str | None = None) -> Response:
+    how = _rendering(request, window, viewport, quality)
     (item,) = _instances(store, study, series, sop)
-    return Response(render_png(item.path, frame, _window(window), media), media_type=media)
+    return _render(item, _one_frame(frame), how)
+
+
+@router.get("/studies/{study}/thumbnail", summary="A study's thumbnail")
+def study_thumbnail(study: str, request: Request, store: StoreDep, viewport: str | None = None,
+                    quality: str | None = None) -> Response:
+    return _render(_representative(store, study), 1, _rendering(request, None, viewport, quality, THUMBNAIL))
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", summary="A series' thumbnail")
+def series_thumbnail(study: str, series: str, request: Request, store: StoreDep, viewport: str | None = None,
+                     quality: str | None = None) -> Response:
+    return _render(_representative(store, study, series), 1, _rendering(request, None, viewport, quality, THUMBNAIL))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail", summary="An instance's thumbnail")
+def instance_thumbnail(study: str, series: str, sop: str, request: Request, store: StoreDep,
+                       viewport: str | None = None, quality: str | None = None) -> Response:
+    (item,) = _instances(store, study, series, sop)
+    return _render(item, 1, _rendering(request, None, viewport, quality, THUMBNAIL))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/thumbnail", summary="A frame's thumbnail")
+def frame_thumbnail(study: str, series: str, sop: str, frame: str, request: Request, store: StoreDep,
+                    viewport: str | None = None, quality: str | None = None) -> Response:
+    (item,) = _instances(store, study, series, sop)
+    return _render(item, _one_frame(frame), _rendering(request, None, viewport, quality, THUMBNAIL))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}", summary="A bulk data element")

@@ -148,6 +148,39 @@ def test_rendered_png_and_jpeg_and_bulk_data(loaded: tuple[Node, str, str, list[
     assert httpx.get(f"{url}/bulk/nothex", timeout=30).status_code == 400
 
 
+def test_rendered_viewport_quality_window_function_and_thumbnails(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    """Found by probing against PS3.18 8.3.5.1 and 10.4.1: viewport and quality were ignored, a window
+    function other than LINEAR was rendered as LINEAR, a frame list gave FastAPI's 422, /thumbnail was 404."""
+    import httpx
+    from PIL import Image
+
+    node, study, series, files = loaded
+    sop = pydicom.dcmread(files[0]).SOPInstanceUID
+    base = f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}"
+    url = f"{base}/series/{series}/instances/{sop}"
+
+    def size(path: str, accept: str = "image/png") -> tuple[int, int]:
+        answer = httpx.get(f"{url}{path}" if path.startswith(("/", "?")) else path, headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 200, (path, answer.text)
+        return Image.open(io.BytesIO(answer.content)).size
+
+    assert size("/rendered?viewport=16,8") == (8, 8)  # 32 x 32 fitted into 16 x 8, its aspect kept
+    assert size("/rendered?viewport=64,64") == (32, 32)  # never scaled up
+    low, high = (httpx.get(f"{url}/rendered?quality={q}", headers={"Accept": "image/jpeg"}, timeout=30).content
+                 for q in (5, 95))
+    assert len(low) < len(high)
+    for path in ("/rendered?window=40,400,SIGMOID", "/rendered?viewport=0,8", "/rendered?quality=0",
+                 "/frames/1,2/rendered"):
+        answer = httpx.get(f"{url}{path}", timeout=30)
+        assert answer.status_code == 400 and answer.json()["detail"], path
+    assert size("/rendered?window=40,400,LINEAR") == (32, 32)
+    for thumbnail in (f"{base}/thumbnail", f"{base}/series/{series}/thumbnail", f"{url}/thumbnail",
+                      f"{url}/frames/1/thumbnail"):
+        assert size(thumbnail) == (32, 32)  # no larger than its image, nor than 128 x 128
+        assert size(f"{thumbnail}?viewport=10,10", "image/jpeg") == (10, 10)
+    assert httpx.get(f"{base}.9/thumbnail", timeout=30).status_code == 404
+
+
 def encoded(study: str, series: str, index: int) -> tuple[str, bytes]:
     ds = ct_slice(study, series, index, size=16)
     buffer = io.BytesIO()
