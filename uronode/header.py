@@ -324,9 +324,12 @@ def to_file_format(content: bytes | memoryview) -> bytes:
     """
     try:
         ds = dcmread(BytesIO(content), force=True)
-        sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+        missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
+        sop_class, sop = ("", "") if missing else (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
     except PARSE_ERRORS as exc:
         raise InvalidInstance(f"not a DICOM data set: {exc}") from exc
+    if missing:  # bytes that are no DICOM read, forced, as a data set of nothing useful
+        raise InvalidInstance(f"not a DICOM data set: no {missing[0]} could be read from it")
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
