@@ -162,8 +162,8 @@ def _plan(request: Request, instances: list[StoredInstance]) -> list[tuple[Store
 
 
 def _check_accept(request: Request, wanted: str) -> None:
-    accept = request.headers.get("accept", "*/*")
-    if not any(a.strip().split(";")[0].strip() in (wanted, "*/*", "multipart/*") for a in accept.split(",")):
+    if not any(r.media_type in (wanted, "*/*", "multipart/*") for r in parse_accept(request.headers.get("accept"))):
+        accept = request.headers.get("accept", "")
         raise HTTPException(406, detail=f"this resource is available as {wanted}, not {accept[:100]}")
 
 
@@ -427,13 +427,12 @@ def render_png(path: Path, frame: int, window: tuple[float, float] | None, media
 
 
 def _rendered_media(request: Request) -> str:
-    accept = request.headers.get("accept", "*/*")
-    for item in accept.split(","):
-        media = item.split(";")[0].strip()
-        if media in ("image/png", "image/jpeg"):
-            return media
-        if media in ("*/*", "image/*"):
+    for item in parse_accept(request.headers.get("accept")):
+        if item.media_type in ("image/png", "image/jpeg"):
+            return item.media_type
+        if item.media_type in ("*/*", "image/*"):
             return "image/png"
+    accept = request.headers.get("accept", "")
     raise HTTPException(406, detail=f"rendered images are image/png or image/jpeg, not {accept[:100]}")
 
 
