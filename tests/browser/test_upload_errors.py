@@ -29,6 +29,11 @@ def _predict(page: Page, files: list[Path]) -> None:
     page.click("#predict")
 
 
+def _until_queued(page: Page) -> None:
+    """Until the status line says the job is queued (the node here runs no worker)."""
+    page.wait_for_function("document.querySelector('#status').textContent.includes('queued')", timeout=30_000)
+
+
 def test_header_values_show_as_text_and_a_refusal_is_the_same_twice(
     browser: BrowserContext, start_node: Callable[..., Node], tmp_path: Path
 ) -> None:
@@ -67,7 +72,7 @@ def test_refused_files_and_errors_in_sentences(
     assert page.locator("details.rejected summary").inner_text() == "1 of 4 files were not used"
     title = page.locator(".series-title").inner_text()
     assert title.startswith("CT series ") and title.endswith("(3 images)")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('queued')", timeout=30_000)
+    _until_queued(page)
     assert re.fullmatch(r"#jobs=\d+", page.evaluate("location.hash"))
     page.click("#reset")  # during the job: nothing of it comes back
     page.wait_for_timeout(2500)
@@ -94,7 +99,7 @@ def test_polls_retry_a_bad_gateway_and_stop_on_a_missing_job(
 
     page.route("**/api/jobs/*", once_bad_gateway)
     _predict(page, files)
-    page.wait_for_function("document.querySelector('#status').textContent.includes('queued')", timeout=30_000)
+    _until_queued(page)
     assert answers[0] == 502 and 200 in answers
     assert page.locator("#result [role=alert]").count() == 0
     page.unroute("**/api/jobs/*")
@@ -117,10 +122,10 @@ def test_reload_follows_the_jobs_in_the_hash(
     _, series, files = write_series(tmp_path / "ct", 3, size=32)
     page = _open(browser, node)
     _predict(page, files)
-    page.wait_for_function("document.querySelector('#status').textContent.includes('queued')", timeout=30_000)
+    _until_queued(page)
     hash_ = page.evaluate("location.hash")
     page.reload()
-    page.wait_for_function("document.querySelector('#status').textContent.includes('queued')", timeout=30_000)
+    _until_queued(page)
     assert page.evaluate("location.hash") == hash_
     assert page.locator(".series").get_attribute("data-series-instance-uid") == series
     assert "(3 images)" in page.locator(".series-title").inner_text()
