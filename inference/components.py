@@ -44,9 +44,27 @@ a wide window reads its black below -400 HU, and there it does); air let into th
 or the bladder by a nephrostomy or a catheter, touching a stone, would hide that stone; and with
 pixels over ``GAS_REACH_MM`` there are no surroundings to count (a share of 0).
 
-Both surroundings rules are measured only for components whose score a threshold could keep
+A component can also be required to lie deep in the body (``min_depth_mm``, off unless the card sets
+it): on its densest voxel's slice, the distance (mm, in-plane) from that voxel to the nearest pixel outside
+the body must reach it. The urinary tract lies inside the abdominal and pelvic walls: skin, fat and
+muscle, then the kidney's cortex or the bladder's wall; ECG electrodes, buttons, skin folds, a rib's or a
+spinous process's cut end and calcified nodules in the subcutaneous fat lie within a few millimetres of
+the skin. Outside the body is what is at or below ``OUTSIDE_HU`` (air) on the slice smoothed over
+``OUTSIDE_SMOOTH_MM`` and connected to the image's edge; the lungs and gas in the bowel are enclosed,
+so inside. The rule is measured only where the body is whole in the slice: the part of the body the
+component lies in touches at most ``BODY_MAX_EDGE_SHARE`` of the image's edge. A crop of the kidneys
+(the body fills it, and gas or lung cut by its edge is no skin), a coronal or sagittal slice cut at its
+top and bottom, and a part of the body that the field of view cuts widely are not measured (infinite
+depth): there the outside the rule needs is not in the image. Where the field of view cuts the body a
+little, its edge counts as body, so a depth is never made smaller by it. As with the gas rule, an 8-bit
+image read through a soft-tissue window (black is -160 HU read back: air, gas and, in a narrow window,
+fat alike) shows no outside, and the rule never fires on one. Its limits: a stone in the penile
+urethra, and one in a small child's or a very thin adult's kidney pressed against the back, could lie
+within the required depth; the card says which depth it asks.
+
+The surroundings rules are measured only for components whose score a threshold could keep
 (``component_table``'s ``significance_from``); an unmeasured component (NaN) is never held back by
-the gas rule.
+the gas or the depth rule.
 """
 
 from __future__ import annotations
@@ -81,6 +99,16 @@ GAS_HU = -400.0
 """A pixel at or below this is gas (bowel, lung, outside the body): fat and noise do not reach it."""
 GAS_REACH_MM = 3.0
 """The surroundings whose gas is counted: pixels within this distance of the component (mm), in-plane."""
+OUTSIDE_HU = -500.0
+"""``body_depth``: at or below this on the smoothed slice, and connected to the image's edge, is outside the
+body: air is about -1000 HU, fat lies at -150 to -50 (a soft-tissue window's black reads back as -160)."""
+OUTSIDE_SMOOTH_MM = 1.0
+"""``body_depth``: in-plane Gaussian SD (mm) of the slice the outside is found on: a pixel of noise does not
+make or close a path from the outside into the body."""
+BODY_MAX_EDGE_SHARE = 0.1
+"""``body_depth``: the part of the body a component lies in may touch at most this share of the image's
+edge pixels (a table, an arm or a large patient cut by the field of view); more, and the slice does not
+show the body whole (a crop, a coronal or sagittal slice): the depth is not measured."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +129,9 @@ class ComponentThresholds:
     """A component is kept only when its significance (the module's text) reaches this; None: not required."""
     max_gas_share: float | None = None
     """A component is kept only when its gas share (the module's text) is at most this; None: not required."""
+    min_depth_mm: float | None = None
+    """A component is kept only when its depth in the body (the module's text, mm) reaches this; None: not
+    required."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any], threshold: float) -> ComponentThresholds:
@@ -119,21 +150,24 @@ class ComponentThresholds:
                    override_voxels=int(block.get("override_voxels", d.override_voxels)),
                    min_significance=None if block.get("min_significance") is None
                    else float(block["min_significance"]),
-                   max_gas_share=None if block.get("max_gas_share") is None else float(block["max_gas_share"]))
+                   max_gas_share=None if block.get("max_gas_share") is None else float(block["max_gas_share"]),
+                   min_depth_mm=None if block.get("min_depth_mm") is None else float(block["min_depth_mm"]))
 
     def card(self) -> dict[str, Any]:
         return {"pixel": self.pixel, "dense_small": self.dense_small, "dense_large": self.dense_large,
                 "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score,
                 "override_pixel": self.override_pixel, "override_voxels": self.override_voxels,
-                "min_significance": self.min_significance, "max_gas_share": self.max_gas_share}
+                "min_significance": self.min_significance, "max_gas_share": self.max_gas_share,
+                "min_depth_mm": self.min_depth_mm}
 
     def for_group(self, group: str) -> float:
         return float(getattr(self, group))
 
     @property
     def measures_surroundings(self) -> bool:
-        """Whether a rule on the components' surroundings (significance, gas) is required."""
-        return self.min_significance is not None or self.max_gas_share is not None
+        """Whether a rule on the components' surroundings (significance, gas, depth) is required."""
+        return (self.min_significance is not None or self.max_gas_share is not None
+                or self.min_depth_mm is not None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +191,10 @@ class ComponentTable:
     gas: np.ndarray | None = None
     """float (count,): the share of gas around the component (the module's text; NaN where its score is too
     low to be kept at all); None: not measured."""
+    depth: np.ndarray | None = None
+    """float (count,): the depth of the component's densest voxel in the body, mm (the module's text; inf
+    where the slice does not show the body whole, NaN where its score is too low to be kept at all); None:
+    not measured."""
 
     def scores(self, kind: str) -> np.ndarray:
         return self.classifier if kind == "classifier" else self.pixel
@@ -217,17 +255,42 @@ def gas_share(hu: np.ndarray, component: np.ndarray, pixel_mm: tuple[float, floa
     return float(np.count_nonzero(hu[around] <= GAS_HU) / np.count_nonzero(around))
 
 
+def body_depth(hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The depth in the body (mm) of every pixel of one slice, and the labels of the body's parts (0:
+    outside), by the module's text: ``depth`` is 0 outside, and inf in a part that touches more than
+    ``BODY_MAX_EDGE_SHARE`` of the image's edge. ``hu``: the slice; ``pixel_mm``: (row, column) spacing."""
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32, copy=False), [OUTSIDE_SMOOTH_MM / p for p in pixel_mm])
+    low = smooth <= OUTSIDE_HU
+    regions, _ = ndimage.label(low)
+    edge = np.concatenate([regions[0], regions[-1], regions[1:-1, 0], regions[1:-1, -1]])
+    outside = np.isin(regions, np.unique(edge[edge > 0]))
+    parts, count = ndimage.label(~outside)
+    depth = np.full(hu.shape, np.inf)
+    if not outside.any():
+        return depth, parts
+    # the image's edge counts as body: where the field of view cuts the body, the depth is to the skin seen
+    depth = ndimage.distance_transform_edt(np.pad(~outside, 1, constant_values=True), sampling=pixel_mm)[1:-1, 1:-1]
+    on_edge = np.concatenate([parts[0], parts[-1], parts[1:-1, 0], parts[1:-1, -1]])
+    touching = np.bincount(on_edge, minlength=count + 1)
+    cut = np.nonzero(touching > BODY_MAX_EDGE_SHARE * on_edge.size)[0]
+    cut = cut[cut > 0]
+    if cut.size:
+        depth[np.isin(parts, cut)] = np.inf
+    return depth, parts
+
+
 def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.ndarray, prob: np.ndarray,
                     owners: np.ndarray, patch_scores: np.ndarray | None, small_voxels: int = 30,
                     pixel_mm: tuple[float, float] | None = None, significance_score: str = "classifier",
                     significance_from: float = -np.inf, measure_significance: bool = True,
-                    measure_gas: bool = True) -> ComponentTable:
+                    measure_gas: bool = True, measure_depth: bool = False) -> ComponentTable:
     """Measure every candidate component (``labels`` 1..count) for ``select_mask``; with ``pixel_mm``
     (the slices' spacing, row and column) also the ``significance`` and the ``gas`` share on its densest
     voxel's slice of each one whose ``significance_score`` ('classifier' or 'pixel') reaches
     ``significance_from`` (NaN for the others: no threshold at or above it keeps them, and most
     candidates, bone and noise, score near 0). ``measure_significance`` / ``measure_gas``: False leaves that
-    one unmeasured (None), for a card that does not use it."""
+    one unmeasured (None), for a card that does not use it; ``measure_depth``: True measures the ``depth`` in
+    the body too (``body_depth``, once a slice)."""
     boxes = ndimage.find_objects(labels, max_label=count) if count else []
     voxels = np.zeros(count, dtype=np.int64)
     pixel = np.zeros(count, dtype=np.float32)
@@ -235,6 +298,7 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     groups = np.empty(count, dtype=object)
     sig = None if pixel_mm is None or not measure_significance else np.full(count, np.inf, dtype=np.float32)
     gas = None if pixel_mm is None or not measure_gas else np.zeros(count, dtype=np.float32)
+    depth = None if pixel_mm is None or not measure_depth else np.full(count, np.inf, dtype=np.float32)
     for i, box in enumerate(boxes):
         if box is None:
             groups[i] = "dense_large"
@@ -252,14 +316,15 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
     classifier = np.zeros(count, dtype=np.float32)
     if patch_scores is not None and owners.size:
         np.maximum.at(classifier, owners - 1, patch_scores.astype(np.float32))
-    if (sig is not None or gas is not None) and pixel_mm is not None:
+    if (sig is not None or gas is not None or depth is not None) and pixel_mm is not None:
         scores = classifier if significance_score == "classifier" else pixel
         reach = _reach(pixel_mm)
+        depths: dict[int, np.ndarray] = {}
         for i, box in enumerate(boxes):
             if box is None:
                 continue
             if scores[i] < significance_from:
-                for measure in (sig, gas):
+                for measure in (sig, gas, depth):
                     if measure is not None:
                         measure[i] = np.nan
                 continue
@@ -271,18 +336,24 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
                 sig[i] = significance(hu[k][near], on_slice, pixel_mm)
             if gas is not None:
                 gas[i] = gas_share(hu[k][near], on_slice, pixel_mm)
-    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas)
+            if depth is not None:
+                if k not in depths:
+                    depths[k] = body_depth(hu[k], pixel_mm)[0]
+                depth[i] = depths[k][int(peaks[i][1]), int(peaks[i][2])]
+    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas, depth)
 
 
 def held_back(table: ComponentTable, thresholds: ComponentThresholds) -> ComponentTable:
-    """``table`` with the scores of the components that the card's significance or gas rule holds back
-    (``thresholds.min_significance``, ``thresholds.max_gas_share``) set to -1, which no threshold keeps: for
+    """``table`` with the scores of the components that the card's significance, gas or depth rule holds back
+    (``thresholds.min_significance``, ``max_gas_share``, ``min_depth_mm``) set to -1, which no threshold keeps: for
     counting thresholds on a grid (``lab.choose``) as ``kept_components`` decides."""
     low = np.zeros(len(table.boxes), dtype=bool)
     if thresholds.min_significance is not None and table.significance is not None:
         low |= table.significance < thresholds.min_significance
     if thresholds.max_gas_share is not None and table.gas is not None:
         low |= table.gas > thresholds.max_gas_share
+    if thresholds.min_depth_mm is not None and table.depth is not None:
+        low |= table.depth < thresholds.min_depth_mm
     if not low.any():
         return table
     return dataclasses.replace(table, classifier=np.where(low, -1.0, table.classifier).astype(np.float32),
@@ -291,7 +362,7 @@ def held_back(table: ComponentTable, thresholds: ComponentThresholds) -> Compone
 
 def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> np.ndarray:
     """Component ids (1-based) whose score reaches their group's threshold (or that the override keeps),
-    and that pass the card's significance and gas rules where measured."""
+    and that pass the card's significance, gas and depth rules where measured."""
     scores = table.scores(thresholds.score)
     if not scores.size:
         return np.zeros(0, dtype=np.int64)
@@ -304,6 +375,8 @@ def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> n
         keep &= table.significance >= thresholds.min_significance
     if thresholds.max_gas_share is not None and table.gas is not None:
         keep &= ~(table.gas > thresholds.max_gas_share)
+    if thresholds.min_depth_mm is not None and table.depth is not None:
+        keep &= ~(table.depth < thresholds.min_depth_mm)
     return np.nonzero(keep)[0] + 1
 
 

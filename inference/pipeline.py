@@ -90,7 +90,8 @@ class Pipeline:
             self.thresholds = ComponentThresholds(threshold, threshold, threshold, threshold,
                                                   self.thresholds.small_voxels, self.thresholds.score,
                                                   min_significance=self.thresholds.min_significance,
-                                                  max_gas_share=self.thresholds.max_gas_share)
+                                                  max_gas_share=self.thresholds.max_gas_share,
+                                                  min_depth_mm=self.thresholds.min_depth_mm)
         # the significance and the gas share are measured only where a threshold could keep the component:
         # at or above the lowest group threshold, or SIGNIFICANCE_SCORE_FLOOR if lower (the lowest a choice
         # of thresholds counts, so that choosing on the card's table sees it too); every component when the
@@ -256,7 +257,8 @@ class Pipeline:
                                 significance_score=self.thresholds.score,
                                 significance_from=self._significance_from,
                                 measure_significance=self.thresholds.min_significance is not None,
-                                measure_gas=self.thresholds.max_gas_share is not None)
+                                measure_gas=self.thresholds.max_gas_share is not None,
+                                measure_depth=self.thresholds.min_depth_mm is not None)
         mask = select_mask(found.labels, prob, table, self.thresholds)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,

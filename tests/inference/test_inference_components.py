@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,103 @@ def test_an_8bit_image_in_a_soft_tissue_window_cannot_show_gas_and_one_in_a_wide
     dot = grey == 255
     assert gas_share(grey_to_hu(grey), dot, (0.75, 0.75)) == 0.0
     assert gas_share(grey_to_hu(grey, (300.0, 1500.0)), dot, (0.75, 0.75)) == 1.0
+
+
+def _axial_body(size: int = 400, px: float = 0.75) -> np.ndarray:
+    """An axial slice of a 240 x 180 mm body of soft tissue in air, a gas-filled loop and a lung-like
+    region inside it, and noise of 20 HU."""
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    c = size / 2
+    hu[((yy - c) * px / 90.0) ** 2 + ((xx - c) * px / 120.0) ** 2 <= 1.0] = 40.0
+    hu[(yy - c) ** 2 + (xx - c + 60) ** 2 <= 15 ** 2] = -950.0  # bowel gas, 11 mm from the centre's left
+    hu[(yy - c + 70) ** 2 + (xx - c - 60) ** 2 <= 25 ** 2] = -850.0  # a lung base
+    return hu + np.random.default_rng(5).normal(0.0, 20.0, hu.shape).astype(np.float32)
+
+
+def test_the_depth_in_the_body_is_measured_from_the_skin_and_gas_inside_is_body() -> None:
+    """``body_depth``: the distance to the outside seen on the slice, in mm; enclosed gas and lung are body."""
+    from inference.components import body_depth
+
+    px = (0.75, 0.75)
+    hu = _axial_body()
+    depth, parts = body_depth(hu, px)
+    c = 200
+    # the body's centre lies 90 mm under its front and back skin, within a pixel and the smoothing
+    assert 88.0 < depth[c, c] < 92.0
+    # beside the gas-filled loop and in the lung base: as deep as the body there, not 0
+    assert depth[c, c - 60] > 60.0 and depth[c - 70, c + 60] > 20.0
+    # 8 mm under the front skin, and outside
+    assert 6.5 < depth[c - 120 + 11, c] < 9.5
+    assert depth[5, 5] == 0.0
+    assert parts[c, c] > 0 and parts[5, 5] == 0
+    # the same slice read back from an 8-bit soft-tissue window: its black (-160 HU) may be fat, no outside
+    assert np.isinf(body_depth(np.clip(hu, -160.0, 240.0), px)[0]).all()
+
+
+def test_the_depth_is_not_measured_where_the_slice_does_not_show_the_body_whole() -> None:
+    """A crop whose body fills it, and a slice cut at its top and bottom (coronal, sagittal), have no
+    outside to measure from: infinite depth. A body the field of view cuts a little keeps its depth."""
+    from inference.components import BODY_MAX_EDGE_SHARE, body_depth
+
+    px = (0.75, 0.75)
+    hu = _axial_body()
+    crop, parts = body_depth(hu[120:280, 120:280], px)  # a 120 mm crop inside the body, the lung cut by its edge
+    assert (crop[parts == 0] == 0.0).all() and (parts == 0).any()  # the lung is what it takes for outside
+    assert np.isinf(crop[parts > 0]).all()  # but the body touches the edge all round: not measured
+    band = hu.copy()
+    band[:, :] = -1000.0
+    band[:, 100:300] = 40.0  # cut at the top and the bottom: 400 of the 1,596 edge pixels
+    cut, _ = body_depth(band, px)
+    assert np.isinf(cut[200, 200]) and cut[200, 50] == 0.0
+    assert 400 / 1596 > BODY_MAX_EDGE_SHARE
+    # the field of view cuts the body's flanks a little: still measured, and the edge counts as body
+    flanks = np.full((400, 400), -1000.0, np.float32)
+    yy, xx = np.mgrid[:400, :400]
+    flanks[((yy - 200) / 120.0) ** 2 + ((xx - 200) / 205.0) ** 2 <= 1.0] = 40.0  # cut over ~70 rows a side
+    touching = int(np.count_nonzero(flanks[:, 0] > 0) + np.count_nonzero(flanks[:, -1] > 0))
+    assert 0 < touching <= BODY_MAX_EDGE_SHARE * 1596
+    measured, _ = body_depth(flanks, px)
+    assert np.isfinite(measured[200, 200]) and 85.0 < measured[200, 200] < 92.0  # to the front and back skin
+    # at the cut edge the body is 2 x 20 mm high: its depth is to the skin above and below, not 1.5 mm to the edge
+    assert 18.0 < measured[200, 2] < 23.0
+
+
+def test_a_card_with_the_depth_rule_holds_back_a_dense_dot_under_the_skin_and_keeps_one_deep_in_the_body(
+        tmp_path: Path) -> None:
+    """The pipeline measures the depth its card asks for, ``kept_components`` and ``held_back`` apply it, and
+    a card without it measures nothing of it."""
+    import json
+    import shutil
+
+    from inference.components import held_back
+    from inference.pipeline import Pipeline
+
+    folder = tmp_path / "depth"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "default", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["components"].update(min_significance=None, max_gas_share=None, min_depth_mm=15.0,
+                              dense_small=0.0, dense_large=0.0, contrast=0.0)
+    (folder / "card.json").write_text(json.dumps(card))
+    pipeline = Pipeline(folder)
+    assert pipeline.thresholds.min_depth_mm == 15.0
+    assert ComponentThresholds.from_card({"components": pipeline.thresholds.card()}, 0.5).min_depth_mm == 15.0
+    hu = _body_with({})  # a disc of 30.8 mm radius (0.7 mm pixels)
+    yy, xx = np.mgrid[:96, :96]
+    hu[:, (yy - 48) ** 2 + (xx - 9) ** 2 <= 2] = 900.0  # 3 mm under the skin
+    hu[:, (yy - 48) ** 2 + (xx - 52) ** 2 <= 2] = 900.0  # 28 mm under it
+    table = pipeline.analyse(_volume(hu))[2]
+    assert table.significance is None and table.gas is None and table.depth is not None
+    shallow = table.peaks[:, 2] < 30
+    assert shallow.sum() == 1 and (~shallow).sum() == 1
+    assert table.depth[shallow][0] < 5.0 and table.depth[~shallow][0] > 25.0
+    deep_id = int(np.nonzero(~shallow)[0][0]) + 1
+    assert list(kept_components(table, pipeline.thresholds)) == [deep_id]
+    counted = held_back(table, pipeline.thresholds)
+    assert counted.classifier[shallow][0] < 0 and counted.classifier[~shallow][0] >= 0
+    # the same components without the rule: both kept
+    assert len(kept_components(table, dataclasses.replace(pipeline.thresholds, min_depth_mm=None))) == 2
+    # a card without the rule measures no depth
+    card["components"]["min_depth_mm"] = None
+    (folder / "card.json").write_text(json.dumps(card))
+    assert Pipeline(folder).analyse(_volume(hu))[2].depth is None
