@@ -17,6 +17,10 @@ class InvalidInstance(StoreError):
     """The instance cannot be understood or lacks what the node needs (UIDs, ...)."""
 
 
+class NotADataSet(InvalidInstance):
+    """Bytes without a preamble and ``DICM`` that cannot be read as a bare data set either: no DICOM at all."""
+
+
 class MalformedDataSet(InvalidInstance, ValueError):
     """The data set is broken (truncated, a length that does not fit, pixel data of the wrong size); says how.
 

@@ -38,7 +38,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from uronode.dicomfile import file_meta_end, is_valid_uid
-from uronode.errors import InvalidInstance, MalformedDataSet
+from uronode.errors import InvalidInstance, MalformedDataSet, NotADataSet
 from uronode.structure import (
     DEFLATED,
     EXPLICIT_BE,
@@ -320,16 +320,16 @@ def to_file_format(content: bytes | memoryview) -> bytes:
     """A part without preamble or File Meta (some clients send bare data sets) made into a DICOM file.
 
     The data set is re-encoded; its transfer syntax is the one pydicom finds
-    when reading it. Raises InvalidInstance when it is not DICOM at all.
+    when reading it. Raises NotADataSet when it is not DICOM at all, InvalidInstance when it is a damaged one.
     """
     try:
         ds = dcmread(BytesIO(content), force=True)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
         sop_class, sop = ("", "") if missing else (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
     except PARSE_ERRORS as exc:
-        raise InvalidInstance(f"not a DICOM data set: {exc}") from exc
+        raise NotADataSet(f"not a DICOM data set: {exc}") from exc
     if missing:  # bytes that are no DICOM read, forced, as a data set of nothing useful
-        raise InvalidInstance(f"not a DICOM data set: no {missing[0]} could be read from it")
+        raise NotADataSet(f"not a DICOM data set: no {missing[0]} could be read from it")
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from uronode.errors import InvalidInstance, OutOfResources
+from uronode.errors import InvalidInstance, NotADataSet, OutOfResources
 from uronode.header import read_instance, to_file_format
 from uronode.store import Store
 from uronode.types import InstanceHeader, StoreOutcome
@@ -83,9 +83,12 @@ def take_instance(
     (with ``transfer_syntax_uid``, the negotiated one), or one whole file.
     ``source``: the calling AE title, or what brought the instance
     (``STOW-RS``, ``UPLOAD``); kept in the index and named in the log.
-    ``bare_data_sets``: a single part without preamble and ``DICM`` is read as
-    a data set and given a File Meta group (some STOW-RS clients send those);
-    otherwise it is refused as not a DICOM file.
+    A single part without preamble and ``DICM`` is read as a bare data set and
+    given a File Meta group: some STOW-RS clients send those, and old CD
+    exports and scanners wrote files so. ``bare_data_sets``: the part is
+    declared a data set (a STOW-RS part), and bytes that are no DICOM at all
+    are refused as not a data set; otherwise (an uploaded file) as not a
+    DICOM file.
     """
     try:
         if len(parts) == 1:
@@ -111,11 +114,14 @@ def take_instance(
 def _whole_file(content: Buffer, bare_data_sets: bool) -> Buffer:
     if len(content) >= 132 and content[_DICM] == b"DICM":
         return content
-    if bare_data_sets:
-        return to_file_format(content)
-    if not len(content):
+    if not len(content) and not bare_data_sets:
         raise InvalidInstance("an empty file (0 bytes)")
-    raise InvalidInstance("not a DICOM file (no DICM prefix)")
+    try:
+        return to_file_format(content)
+    except NotADataSet:
+        if bare_data_sets:
+            raise
+        raise InvalidInstance("not a DICOM file (no DICM prefix)") from None
 
 
 def _mismatch(header: InstanceHeader, expected: Expected) -> str | None:

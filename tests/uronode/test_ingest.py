@@ -72,7 +72,9 @@ def test_a_dicomdir_uploaded_with_a_cd_s_images_is_named_as_what_it_is(store: St
     assert queries.count_instances(store.db) == 0
 
 
-def test_a_bare_data_set_gets_its_file_meta_when_allowed(store: Store) -> None:
+def test_a_bare_data_set_gets_its_file_meta_sent_or_uploaded(store: Store) -> None:
+    """Files without preamble and File Meta (old CD exports, some scanners) are read as what they are, from
+    STOW-RS and from the upload alike; the upload refused them as no DICOM."""
     ds = ct_slice("1.2.3", "1.2.3.4", 0)
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
@@ -81,8 +83,13 @@ def test_a_bare_data_set_gets_its_file_meta_when_allowed(store: Store) -> None:
     assert report.verdict is Verdict.STORED and report.header is not None
     stored = store.get_instance(report.header.sop_instance_uid)
     assert stored is not None and stored.path.read_bytes()[128:132] == b"DICM"
-    refused = take_instance(store, [fp.getvalue()], source="UPLOAD")
-    assert refused.reason == "not a DICOM file (no DICM prefix)"
+    uploaded = take_instance(store, [fp.getvalue()], source="UPLOAD")
+    assert uploaded.stored and uploaded.header is not None
+    assert uploaded.header.sop_instance_uid == report.header.sop_instance_uid  # the same instance again
+    # a damaged bare data set is refused with what is wrong with it, not as no DICOM
+    cut = take_instance(store, [fp.getvalue()[:-7]], source="UPLOAD")
+    assert cut.verdict is Verdict.CANNOT_UNDERSTAND and cut.reason is not None
+    assert cut.reason != "not a DICOM file (no DICM prefix)"
 
 
 def test_padding_after_the_last_element_is_stored_with_the_warning(store: Store) -> None:
