@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -46,6 +47,38 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class CanonicalPaths:
+    """A request path with doubled slashes (a base URL configured with a trailing slash, ``.../dicom-web/`` +
+    ``/studies``) or a DICOMweb or API path with a trailing slash is answered as the plain path: both were a
+    404 (the viewer's catch-all took them). The path is mended in place, not redirected, because a STOW-RS
+    client does not repeat its body after a redirect; it is the outermost middleware, so authentication and
+    the audit see the path the routes answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or ("//" not in path and not (path.endswith("/") and _ROUTED.match(path))):
+            await self.app(scope, receive, send)
+            return
+        mended = _SLASHES.sub("/", path)
+        if len(mended) > 1 and mended.endswith("/") and _ROUTED.match(mended):
+            mended = mended[:-1]
+        raw = scope.get("raw_path")
+        if raw is not None:
+            raw = _RAW_SLASHES.sub(b"/", raw)
+            if len(raw) > 1 and raw.endswith(b"/") and not mended.endswith("/"):
+                raw = raw[:-1]
+        await self.app({**scope, "path": mended, "raw_path": raw}, receive, send)
+
+
+_SLASHES = re.compile(r"/{2,}")
+_RAW_SLASHES = re.compile(rb"/{2,}")
+_ROUTED = re.compile(r"^/(dicom-web|api)/")
+"""The paths whose trailing slash is dropped: the DICOMweb and API routes (the viewer's own paths keep it)."""
 
 
 class AuditRequests:
@@ -145,4 +178,5 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             tokens=settings.dicomweb.tokens,
             worker_tokens=worker_tokens,
         )
+    app.add_middleware(CanonicalPaths)  # outermost: every other part sees the mended path
     return app

@@ -255,6 +255,19 @@ def test_dicomweb_client_reads_the_new_attributes(loaded: Loaded, tmp_path: Path
     assert web.search_for_instances(study_instance_uid="1.2.3.4") == []
 
 
+def test_a_doubled_or_trailing_slash_is_the_plain_path(loaded: Loaded) -> None:
+    """Found by probing: a base URL configured with a trailing slash (``.../dicom-web/`` + ``/studies``), or a
+    trailing slash, was a 404 (the viewer's catch-all took it)."""
+    root = f"http://127.0.0.1:{loaded.node.http_port}"
+    plain = httpx.get(f"{loaded.base}/studies/{loaded.smith}/series", headers=JSON, timeout=30)
+    assert plain.status_code == 200 and plain.json()
+    for path in (f"/dicom-web//studies/{loaded.smith}/series", f"/dicom-web/studies/{loaded.smith}/series/",
+                 f"//dicom-web/studies/{loaded.smith}//series//"):
+        got = httpx.get(f"{root}{path}", headers=JSON, timeout=30)
+        assert (got.status_code, got.json()) == (200, plain.json()), path
+    assert httpx.get(f"{root}/dicom-web/studies/1.2.3/series/", headers=JSON, timeout=30).json() == []
+
+
 def test_head_is_answered_as_get_without_the_body(loaded: Loaded) -> None:
     """Found by probing: HEAD answered 405 on every DICOMweb resource (RFC 9110: a server supports GET and
     HEAD). Searches, metadata and retrieves answer HEAD with GET's status and headers, and no body."""
