@@ -11,9 +11,11 @@ page; a result cut at the node's own limit says so in a ``Warning``.
 ``includefield`` (keywords, tags or ``all``) adds attributes the index holds.
 A search without the study in its path returns the study's attributes too,
 one without the series the series' (PS3.18 10.6.3.3). Unknown attributes are
-ignored with a ``Warning`` header; malformed values, and a path UID that is
-not a UID, are a 400 with the reason; a search of a study or series that is
-not there is an empty result. Results are DICOM JSON only: an ``Accept`` (or
+ignored with a ``Warning`` header; malformed values (an ``offset`` beyond
+SQLite's integers, a number that is no IS value, a wildcard pattern over 1,024
+characters, more than 100 values to match: see :mod:`uronode.queries`), and
+a path UID that is not a UID, are a 400 with the reason; a search of a study
+or series that is not there is an empty result. Results are DICOM JSON only: an ``Accept`` (or
 ``accept`` parameter) that takes neither it nor JSON is a 406.
 """
 
@@ -37,6 +39,8 @@ router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"])
 
 MAX_LIMIT = 10_000
 """The most results one search returns; more are there to page through with ``offset``."""
+MAX_OFFSET = 2**63 - 1
+"""The largest ``offset``: SQLite's largest integer (a larger one skips everything there can be anyway)."""
 JSON_MEDIA_TYPES = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
 DEFAULT_STUDY = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
@@ -71,7 +75,7 @@ class Query:
             if name == "limit":
                 self.limit = _count(raw, "limit", 1)
             elif name == "offset":
-                self.offset = _count(raw, "offset", 0)
+                self.offset = _count(raw, "offset", 0, MAX_OFFSET)
             elif name == "includefield":
                 for field in raw.split(","):
                     if field.strip() == "all":
@@ -103,13 +107,16 @@ class Query:
         return list(dict.fromkeys([*defaults, *[k for k in self.include if k in available]]))
 
 
-def _count(raw: str, name: str, minimum: int) -> int:
+def _count(raw: str, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``raw`` as an integer from ``minimum`` to ``maximum`` (none: any larger one; ``limit`` is cut to MAX_LIMIT)."""
     try:
         value = int(raw)
     except ValueError:
         raise HTTPException(400, detail=f"{name} must be an integer, not {raw[:20]!r}") from None
     if value < minimum:
         raise HTTPException(400, detail=f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise HTTPException(400, detail=f"{name} must be at most {maximum}")
     return value
 
 

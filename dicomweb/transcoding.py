@@ -8,12 +8,21 @@ encoding lost). Frames are the native bytes of each frame in Explicit VR Little
 Endian (:func:`frames_of`), in the colour space and planar configuration that
 the instance's metadata names: as stored, except that compressed YBR forms
 other than YBR_FULL, which the decoders give as RGB, are served as RGB
-(:func:`served_as_rgb`; the metadata says so).
+(:func:`served_as_rgb`; the metadata says so), one frame at a time as the
+response asks for them.
+
+Nothing is decoded whose header claims more than the node decodes
+(:func:`check_decoded_size`): a frame over :data:`MAX_FRAME_PIXELS`, or a decode
+over :data:`MAX_DECODED_BYTES`, is :class:`NotDecoded` before any memory is
+taken. The decoders allocate what Rows x Columns x frames claims before they
+find that a few hundred bytes of compressed data do not fill it; an instance
+stored before the ingest refused such headers must not take the node's memory.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +36,46 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from uronode.errors import UronodeError
+
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 """What an instance can be re-encoded as, whatever it is stored as (when it can be decoded)."""
 _LITTLE_ENDIAN_NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+MAX_FRAME_SIDE = 8192
+MAX_FRAME_PIXELS = MAX_FRAME_SIDE * MAX_FRAME_SIDE
+"""The most pixels (Rows x Columns) a frame the node decodes may have: four times a 4096 x 4096 radiograph's;
+a header may claim up to 65535 x 65535."""
+MAX_DECODED_BYTES = 2 << 30
+"""The most bytes one decode may make (a frame, or every frame of an instance re-encoded whole): 2 GiB."""
+
+
+class NotDecoded(UronodeError, ValueError):
+    """The instance's header claims more pixels than the node decodes (or none it can count); says what it claims."""
+
+
+def check_decoded_size(ds: Dataset, *, whole: bool = False) -> None:
+    """Raise :class:`NotDecoded` unless a frame of ``ds`` (``whole``: all its frames at once) may be decoded.
+
+    What the header claims, not what the pixel data holds: Rows x Columns against
+    :data:`MAX_FRAME_PIXELS`, and Rows x Columns x SamplesPerPixel x BitsAllocated / 8 (a whole
+    byte a pixel for 1-bit data, as the decoders give it), times NumberOfFrames when ``whole``,
+    against :data:`MAX_DECODED_BYTES`.
+    """
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1) if whole else 1
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise NotDecoded(f"the instance's Rows, Columns, SamplesPerPixel, BitsAllocated or NumberOfFrames cannot be "
+                         f"read ({exc}); not decoded") from None
+    if rows * columns > MAX_FRAME_PIXELS:
+        raise NotDecoded(f"the instance claims {rows} x {columns} pixels; not decoded "
+                         f"(the node decodes at most {MAX_FRAME_SIDE} x {MAX_FRAME_SIDE} pixels a frame)")
+    size = rows * columns * samples * -(-bits // 8) * frames
+    if size > MAX_DECODED_BYTES:
+        raise NotDecoded(
+            f"the instance claims {frames} frame(s) of {rows} x {columns} pixels x {samples} sample(s) x {bits} bits, "
+            f"{size} bytes decoded; not decoded (the node decodes at most {MAX_DECODED_BYTES >> 30} GiB at once)")
 
 
 def can_decode(syntax: str) -> bool:
@@ -60,10 +106,12 @@ def reencode(path: Path, syntax: str) -> bytes:
     """The instance at ``path`` as a Part 10 file in ``syntax`` (one of :data:`NATIVE_SYNTAXES`).
 
     Compressed pixel data is decoded as it is (a YBR colour space stays YBR: YBR_FULL_422, which
-    the decoders give unsubsampled, becomes YBR_FULL), 1-bit pixel data is packed again.
+    the decoders give unsubsampled, becomes YBR_FULL), 1-bit pixel data is packed again; all its
+    frames at once, so :class:`NotDecoded` when they are more than :func:`check_decoded_size` allows.
     """
     ds = pydicom.dcmread(path)
     if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
+        check_decoded_size(ds, whole=True)
         decompress(ds, as_rgb=False, generate_instance_uid=False)
         if ds.BitsAllocated == 1:  # decoders give one byte a pixel; native 1-bit data is packed
             count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -93,27 +141,33 @@ def _native_frame_length(ds: Dataset) -> int:
     return int(ds.Rows) * int(ds.Columns) * samples * (int(ds.BitsAllocated) // 8)
 
 
-def frames_of(ds: Dataset, numbers: list[int]) -> list[bytes]:
+def frames_of(ds: Dataset, numbers: list[int]) -> Iterator[bytes]:
     """Frames ``numbers`` (from 1, checked by the caller) of ``ds``, as Explicit VR Little Endian bytes.
 
-    Native little-endian data is cut from the stored bytes; 1-bit frames are each frame's bits
+    Made one by one as they are taken, so a response holds one frame at a time. Native
+    little-endian data is cut from the stored bytes; 1-bit frames are each frame's bits
     packed (PS3.5 8.1.1), Rows x Columns bits in whole bytes (no padding to an even length, which
-    is for an element's value, not a frame's); compressed (and big-endian) frames are decoded one by one.
+    is for an element's value, not a frame's); compressed (and big-endian) frames are decoded one
+    by one. :class:`NotDecoded` here, before any frame, when a frame is more than
+    :func:`check_decoded_size` allows; a decoder's error comes when its frame is taken.
     """
     syntax = ds.file_meta.TransferSyntaxUID
     if int(ds.BitsAllocated) == 1:  # a frame need not start on a byte boundary in the stored bits
-        return [pack_bits(pixel_array(ds, index=n - 1).ravel(), pad=False) for n in numbers]
-    if syntax in _LITTLE_ENDIAN_NATIVE:  # deflated data was inflated when the file was read
+        check_decoded_size(ds)
+        return (pack_bits(pixel_array(ds, index=n - 1).ravel(), pad=False) for n in numbers)
+    if syntax in _LITTLE_ENDIAN_NATIVE:  # deflated data was inflated when the file was read: nothing decoded
         length = _native_frame_length(ds)
         data = ds.PixelData
-        return [data[(n - 1) * length : n * length] for n in numbers]
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    rgb = served_as_rgb(syntax, photometric)
+        return (data[(n - 1) * length : n * length] for n in numbers)
+    check_decoded_size(ds)
+    return _decoded_frames(ds, numbers)
+
+
+def _decoded_frames(ds: Dataset, numbers: list[int]) -> Iterator[bytes]:
+    rgb = served_as_rgb(ds.file_meta.TransferSyntaxUID, str(ds.get("PhotometricInterpretation", "")))
     by_plane = int(ds.get("SamplesPerPixel", 1)) > 1 and ds.get("PlanarConfiguration") == 1 and not rgb
-    chunks = []
     for n in numbers:
         frame = pixel_array(ds, index=n - 1, raw=not rgb)  # raw: no YBR_FULL to RGB conversion
         if by_plane:  # decoders give colour by pixel; the metadata says by plane
             frame = np.moveaxis(frame, -1, 0)
-        chunks.append(np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes())
-    return chunks
+        yield np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()

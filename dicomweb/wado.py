@@ -9,7 +9,16 @@ file is in another syntax; anything else is 406. Metadata is DICOM JSON read
 from the files, with bulk data (pixel data and other large values) as
 BulkDataURIs. Frames come uncompressed (``application/octet-stream``, Explicit
 VR Little Endian), decoded from compressed files when needed, in the colour
-space the metadata names.
+space the metadata names, one at a time as the response goes out; a frame list
+names each frame once, each one the instance holds (else 400).
+
+Nothing is decoded whose header claims more than the node decodes (a frame
+over 8192 x 8192 pixels, a decode over 2 GiB: see
+:func:`dicomweb.transcoding.check_decoded_size`), nor is a decoder's error a
+bare 500: an instance asked for alone, its frames, rendered or thumbnail are a
+500 with the reason (the request is sound; the stored instance is what cannot
+be served); inside a series or study it goes as stored, as one that cannot be
+decoded does.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from dicomweb.deps import StoreDep
 from dicomweb.dicomjson import dumps
 from dicomweb.transcoding import (
     NATIVE_SYNTAXES,
+    NotDecoded,
     can_decode,
     can_reencode,
+    check_decoded_size,
     frames_of,
     reencode,
     served_as_rgb,
@@ -106,6 +117,12 @@ def _syntax_for(item: StoredInstance, accepted: list[str]) -> str:
 def _reencoded(item: StoredInstance, syntax: str) -> bytes:
     try:
         return reencode(item.path, syntax)
+    except NotDecoded as exc:  # refused before decoding: the reason is all there is to log
+        log.warning("instance %s (%s) not re-encoded in %s: %s", item.header.sop_instance_uid,
+                    item.header.transfer_syntax_uid, syntax, exc)
+        raise HTTPException(500, detail=(
+            f"instance {item.header.sop_instance_uid}, stored in {_named(item.header.transfer_syntax_uid)}: "
+            f"{exc}; ask for transfer-syntax=* to get it as stored")) from exc
     except Exception as exc:  # a decoder's or pydicom's error on a stored file: the boundary is here
         log.exception("instance %s (%s) could not be re-encoded in %s", item.header.sop_instance_uid,
                       item.header.transfer_syntax_uid, syntax)
@@ -281,27 +298,64 @@ def instance_metadata(study: str, series: str, sop: str, request: Request, store
 
 
 def _frame_numbers(text: str) -> list[int]:
+    """The frame list of a frames resource: numbers from 1, each once, in any order (PS3.18: non-duplicate
+    frame numbers). A repeat would make the same frame again for each time it is named."""
     try:
         numbers = [int(n) for n in text.split(",")]
     except ValueError:
         raise HTTPException(400, detail=f"frame list {text[:40]!r} is not a list of numbers") from None
     if not numbers or min(numbers) < 1:
         raise HTTPException(400, detail="frame numbers start at 1")
+    seen: set[int] = set()
+    for number in numbers:
+        if number in seen:
+            raise HTTPException(400, detail=f"the frame list names frame {number} more than once; "
+                                            "a frame list names each frame once")
+        seen.add(number)
     return numbers
 
 
-def _frames(path: Path, numbers: list[int]) -> list[bytes]:
-    ds = pydicom.dcmread(path)
+def _frames(item: StoredInstance, numbers: list[int]) -> Iterator[bytes]:
+    """The frames, made one by one as the response takes them; the first is made here, so that
+    what cannot be served at all is a status with its reason."""
+    ds = pydicom.dcmread(item.path)
     if "PixelData" not in ds:
         raise HTTPException(404, detail="this instance has no pixel data")
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if max(numbers) > count:
-        raise HTTPException(404, detail=f"the instance has {count} frame(s)")
+        missing = sorted(n for n in numbers if n > count)
+        raise HTTPException(400, detail=(f"the instance has {count} frame(s); the frame list names "
+                                         f"{', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}"))
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if not can_decode(syntax):
         raise HTTPException(406, detail=(f"frames of an instance stored in {_named(syntax)} cannot be decoded here; "
                                          "retrieve the instance with transfer-syntax=*"))
-    return frames_of(ds, numbers)
+    sop = item.header.sop_instance_uid
+    try:
+        frames = frames_of(ds, numbers)
+        first = next(frames)
+    except NotDecoded as exc:
+        log.warning("frames of instance %s (%s) not decoded: %s", sop, syntax, exc)
+        raise HTTPException(500, detail=f"instance {sop}, stored in {_named(syntax)}: {exc}; "
+                                        "retrieve the instance with transfer-syntax=* to get it as stored") from exc
+    except Exception as exc:  # a decoder's or pydicom's error on a stored file: the boundary is here
+        log.exception("frame %d of instance %s (%s) could not be decoded", numbers[0], sop, syntax)
+        raise HTTPException(500, detail=f"frame {numbers[0]} of instance {sop} could not be decoded from "
+                                        f"{_named(syntax)}: {exc}; retrieve the instance with transfer-syntax=* "
+                                        "to get it as stored") from exc
+
+    def rest() -> Iterator[bytes]:
+        yield first
+        try:
+            yield from frames
+        except Exception:
+            # the response has begun: no status can be sent any more; the body is cut short (no closing
+            # boundary, the connection dropped) so that the client sees a failure, not fewer frames
+            log.error("instance %s (%s): a frame after the first could not be decoded; the frames' answer is "
+                      "cut short", sop, syntax)
+            raise
+
+    return rest()
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", summary="Retrieve frames")
@@ -313,7 +367,7 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str, request: Req
             f"transfer-syntax={DEFAULT_SYNTAX}, not {accept[:100]}"))
     numbers = _frame_numbers(frames)
     (item,) = _instances(store, study, series, sop)
-    chunks = _frames(item.path, numbers)
+    chunks = _frames(item, numbers)
     boundary = secrets.token_hex(16)
     part_header = f"Content-Type: {FRAME_TYPE}; transfer-syntax={DEFAULT_SYNTAX}"
 
@@ -384,20 +438,23 @@ def _first(value: Any) -> float:
 def render_png(path: Path, frame: int, window: tuple[float, float] | None, media: str = "image/png",
                viewport: tuple[int, int] | None = None, quality: int | None = None) -> bytes:
     """One frame as PNG (or JPEG): grey images through their rescale and a window, colour images as they are;
-    scaled down to fit ``viewport`` (columns, rows) keeping its aspect, JPEG at ``quality``."""
+    scaled down to fit ``viewport`` (columns, rows) keeping its aspect, JPEG at ``quality``.
+
+    Only that frame is decoded, and not when the header claims more than the node decodes (:class:`NotDecoded`).
+    A frame the instance does not hold is a 400 (PS3.18 9.5.2).
+    """
     import cv2
     import numpy as np
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut, pixel_array
 
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds:
         raise HTTPException(404, detail="this instance has no pixel data")
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame <= count:
-        raise HTTPException(404, detail=f"the instance has {count} frame(s)")
-    pixels = ds.pixel_array
-    if count > 1:
-        pixels = pixels[frame - 1]
+        raise HTTPException(400, detail=f"the instance has {count} frame(s), not frame {frame}")
+    check_decoded_size(ds)
+    pixels = pixel_array(ds, index=frame - 1)
     if ds.get("SamplesPerPixel", 1) == 3:
         image = cv2.cvtColor(np.asarray(pixels, dtype=np.uint8), cv2.COLOR_RGB2BGR)
     else:
@@ -441,7 +498,18 @@ THUMBNAIL = (128, 128)
 
 
 def _render(item: StoredInstance, frame: int, how: Rendering) -> Response:
-    body = render_png(item.path, frame, how.window, how.media, how.viewport, how.quality)
+    sop, syntax = item.header.sop_instance_uid, item.header.transfer_syntax_uid
+    try:
+        body = render_png(item.path, frame, how.window, how.media, how.viewport, how.quality)
+    except HTTPException:
+        raise
+    except NotDecoded as exc:
+        log.warning("instance %s (%s) not rendered: %s", sop, syntax, exc)
+        raise HTTPException(500, detail=f"instance {sop}, stored in {_named(syntax)}: {exc}") from exc
+    except Exception as exc:  # a decoder's or pydicom's error on a stored file: the boundary is here
+        log.exception("frame %d of instance %s (%s) could not be rendered", frame, sop, syntax)
+        raise HTTPException(500, detail=f"frame {frame} of instance {sop} could not be decoded from "
+                                        f"{_named(syntax)}: {exc}") from exc
     return Response(body, media_type=how.media)
 
 

@@ -9,7 +9,13 @@ which match whatever their letters' case (PS3.4 C.2.2.2.1 allows it: a user
 types ``smith`` for ``SMITH^JOHN``); lists of UIDs (separated by commas or, as
 in C-FIND, by backslashes); date and time ranges (``YYYYMMDD-YYYYMMDD``,
 ``HHMMSS-HHMMSS``) with either end open, PS3.4 C.2.2.2.5. A malformed value,
-an impossible date or time included, is an :class:`InvalidQuery` naming it.
+an impossible date or time included, is an :class:`InvalidQuery` naming it;
+so are values SQLite cannot take, refused before they reach it: a number
+outside IS's range (PS3.5), a wildcard or person-name pattern over
+:data:`MAX_PATTERN` characters (SQLite refuses GLOB patterns over 50,000
+bytes, and a person name's pattern is several times its length), more than
+:data:`MAX_MATCHES` values to match (SQLite nests a query's conditions at
+most 1,000 deep).
 """
 
 from __future__ import annotations
@@ -73,6 +79,13 @@ _UID = re.compile(r"^[0-9.]+$")
 _LIST_SEPARATOR = re.compile(r"[,\\]")
 _CHUNK = 500
 """UIDs per ``IN (...)`` when counting for a page of results (SQLite limits a statement's parameters)."""
+MAX_PATTERN = 1024
+"""The longest value matched with wildcards or as a person name, in characters: many times the 64 of an
+LO or a person name's group."""
+MAX_MATCHES = 100
+"""The most values one search matches (a list of UIDs is one); there are about 20 attributes to match."""
+IS_RANGE = (-(2**31), 2**31 - 1)
+"""What an Integer String may hold (PS3.5 6.2)."""
 
 Matches = Sequence[tuple[str, str]]
 """(DICOM keyword, raw value) pairs; an empty value matches everything."""
@@ -99,6 +112,9 @@ class _Where:
     def __init__(self, matches: Matches, columns: dict[str, str]) -> None:
         self.clauses: list[str] = []
         self.params: list[object] = []
+        if len(matches) > MAX_MATCHES:
+            raise InvalidQuery(f"the search has {len(matches)} values to match; at most {MAX_MATCHES} "
+                               "(a list of UIDs goes in one value, separated by commas)")
         for keyword, raw in matches:
             if raw == "":
                 continue
@@ -134,16 +150,20 @@ class _Where:
         elif keyword in TIME_KEYWORDS:
             self._time(keyword, column, raw)
         elif keyword in PERSON_NAME_KEYWORDS:
+            _check_pattern(keyword, raw)
             self.add(f"{column} GLOB ?", _case_blind_glob(raw))
         elif keyword in NUMBER_KEYWORDS:
             try:
                 number = int(raw)
             except ValueError:
                 raise InvalidQuery(f"{keyword}: {raw[:80]!r} is not a number") from None
+            if not IS_RANGE[0] <= number <= IS_RANGE[1]:
+                raise InvalidQuery(f"{keyword}: {raw[:80]!r} is not an IS number ({IS_RANGE[0]} to {IS_RANGE[1]})")
             self.add(f"{column} = ?", number)
         elif len(values) > 1:
             self.add(f"{column} IN ({','.join('?' * len(values))})", *values)
         elif "*" in raw or "?" in raw:
+            _check_pattern(keyword, raw)
             self.add(f"{column} GLOB ?", raw.replace("[", "[[]"))
         else:
             self.add(f"{column} = ?", raw)
@@ -196,6 +216,11 @@ class _Where:
 def _list(raw: str) -> list[str]:
     """The values of a list: separated by commas (PS3.18) or backslashes (PS3.4, as a C-FIND has them)."""
     return [v for v in _LIST_SEPARATOR.split(raw) if v != ""]
+
+
+def _check_pattern(keyword: str, raw: str) -> None:
+    if len(raw) > MAX_PATTERN:
+        raise InvalidQuery(f"{keyword}: a pattern of {len(raw)} characters; at most {MAX_PATTERN}")
 
 
 def _check_time(keyword: str, part: str, raw: str) -> None:
