@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -13,7 +13,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb import api, ops, qido, stow, upload, viewer, wado, workers
-from dicomweb.auth import BasicAuth, http_password
+from dicomweb.auth import (
+    AUTHENTICATION,
+    Authentication,
+    BasicAuth,
+    http_password,
+    requester,
+    trusted_addresses,
+)
 from dicomweb.ops import ReadyCheck
 from uronode import __version__
 from uronode.audit import AuditLog
@@ -81,19 +88,46 @@ _ROUTED = re.compile(r"^/(dicom-web|api)/")
 """The paths whose trailing slash is dropped: the DICOMweb and API routes (the viewer's own paths keep it)."""
 
 
+class ForwardedScheme:
+    """A request that a trusted proxy (``dicomweb.trusted_proxies``) forwarded keeps the scheme the client used
+    (``X-Forwarded-Proto``), so that the URLs the node writes into its answers (STOW-RS RetrieveURL, QIDO-RS
+    RetrieveURL, bulk data) are the ``https://`` ones the client reached it by. From any other client the header
+    is ignored. The client's address is the audit's business (:func:`dicomweb.auth.requester`)."""
+
+    def __init__(self, app: ASGIApp, trusted_proxies: Iterable[str] = ()) -> None:
+        self.app = app
+        self.trusted = trusted_addresses(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.trusted and requester(scope, self.trusted).believed:
+            proto = next((v for k, v in scope["headers"] if k == b"x-forwarded-proto"), b"")
+            scheme = proto.decode("latin-1").split(",")[0].strip().lower()
+            if scheme in ("http", "https"):
+                scope = {**scope, "scheme": scheme}
+        await self.app(scope, receive, send)
+
+
 class AuditRequests:
-    """ASGI middleware: one audit event per DICOMweb, API or upload request and per request that is not a GET.
+    """ASGI middleware: one audit event per DICOMweb, API or upload request, per request that is not a GET, and
+    per request that authentication refused (any path: password guessing leaves a trace).
 
     The event is written when the response starts, with its status (a long WADO stream is audited
     when it begins, not when it ends); a request that ends before any response is 500 when the
     application raised, 499 when the client went away first (nginx's "client closed request").
+    It wraps :class:`~dicomweb.auth.BasicAuth`, so its refusals (401) are audited, with ``auth`` ``failed``
+    and the ``reason``; a request that got through has ``auth`` (``basic``, ``token``, ``worker``) and
+    ``user`` (who authenticated: never a password or token). ``client`` is the socket's address and
+    ``X-Forwarded-User`` is ``claimed_user``, not ``user``, unless the socket's address is one of
+    ``dicomweb.trusted_proxies``: then ``client`` is the address the proxy forwarded, ``proxy`` the proxy's,
+    and ``user`` the user it names (:func:`~dicomweb.auth.requester`).
     Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs every request through an extra
     task and memory stream: a cost a QIDO answer of a millisecond or two shows (docs/benchmarks.md).
     """
 
-    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+    def __init__(self, app: ASGIApp, audit: AuditLog, trusted_proxies: Iterable[str] = ()) -> None:
         self.app = app
         self.audit = audit
+        self.trusted = trusted_addresses(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,18 +135,36 @@ class AuditRequests:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if not (path.startswith(AUDITED_PREFIXES) or method != "GET"):
-            await self.app(scope, receive, send)
-            return
         recorded = False
 
         def record(status: int) -> None:
             nonlocal recorded
             recorded = True
-            user = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-user"), None)
-            client = scope.get("client")
-            self.audit.record("http", method=method, path=path[:300], status=status,
-                              client=client[0] if client else None, user=user)
+            party = requester(scope, self.trusted)
+            authentication: Authentication | None = scope.get(AUTHENTICATION)
+            user = party.forwarded_user if party.believed and party.forwarded_user else None
+            if user is None and authentication is not None and authentication.accepted:
+                user = authentication.user
+            fields: dict[str, object] = {"method": method, "path": path[:300], "status": status,
+                                         "client": party.client, "user": user}
+            if authentication is not None:
+                fields["auth"] = authentication.kind
+                if authentication.failure:
+                    fields["reason"] = f"authentication failed: {authentication.failure}"
+            if party.proxy is not None:
+                fields["proxy"] = party.proxy
+            if party.forwarded_user is not None and not party.believed:
+                fields["claimed_user"] = party.forwarded_user
+            self.audit.record("http", **fields)
+
+        if not (path.startswith(AUDITED_PREFIXES) or method != "GET"):
+            try:
+                await self.app(scope, receive, send)
+            finally:  # a plain GET is audited only when authentication refused it
+                refused: Authentication | None = scope.get(AUTHENTICATION)
+                if refused is not None and not refused.accepted:
+                    record(401)
+            return
 
         async def send_recording(message: Message) -> None:
             if message["type"] == "http.response.start" and not recorded:
@@ -161,7 +213,6 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     audit = AuditLog(settings.storage.data_dir)
 
     app.add_middleware(HeadAsGet)
-    app.add_middleware(AuditRequests, audit=audit)
     app.include_router(qido.router)
     app.include_router(wado.router)
     app.include_router(stow.router)
@@ -170,6 +221,8 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app.include_router(ops.router)
     app.include_router(workers.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
+    # Starlette runs the middleware added last first: CanonicalPaths, ForwardedScheme, AuditRequests, BasicAuth,
+    # HeadAsGet.
     if settings.dicomweb.auth == "basic":
         app.add_middleware(
             BasicAuth,
@@ -177,6 +230,10 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             password=http_password(settings),
             tokens=settings.dicomweb.tokens,
             worker_tokens=worker_tokens,
+            trusted_proxies=settings.dicomweb.trusted_proxies,
         )
+    # around authentication, so that what it refuses is audited
+    app.add_middleware(AuditRequests, audit=audit, trusted_proxies=settings.dicomweb.trusted_proxies)
+    app.add_middleware(ForwardedScheme, trusted_proxies=settings.dicomweb.trusted_proxies)
     app.add_middleware(CanonicalPaths)  # outermost: every other part sees the mended path
     return app

@@ -8,6 +8,13 @@ credentials in its configuration. A failure is a 401 with
 A remote worker's token (``queue.worker_tokens_file``) opens only what a worker
 needs: reading series (``GET /dicom-web/...``), storing results (STOW-RS,
 ``POST /dicom-web/studies``) and the claim API (``/api/queue/...``).
+
+Who asked is kept in the request's scope (:class:`Authentication`, under
+``AUTHENTICATION``) for the audit log, which also records each refusal; a
+refusal is a warning in the log too, at most one a minute per client address.
+The client's address and the user a reverse proxy names (``X-Forwarded-For``,
+``X-Forwarded-User``) are believed only from ``dicomweb.trusted_proxies``
+(:func:`requester`).
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +44,82 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz")
 PASSWORD_FILE = "http-password"
 STOW_PATH = re.compile(r"^/dicom-web/studies(/[^/]+)?$")
+AUTHENTICATION = "uronode.authentication"
+"""The scope key under which :class:`BasicAuth` leaves its :class:`Authentication` of the request."""
+CLAIM_MAX = 200
+"""Characters kept of a forwarded user name or address (what a client sends is not trusted to be short)."""
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """How a request authenticated: ``kind`` is ``basic``, ``token`` (one of ``dicomweb.tokens``), ``worker``
+    (a remote worker's token) or ``failed``; ``user`` names who (the basic user name, ``token #N`` for the
+    N-th configured token, the worker's name), never a password or token; ``failure`` says why it failed."""
+
+    kind: Literal["basic", "token", "worker", "failed"]
+    user: str | None = None
+    failure: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.kind != "failed"
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Where a request came from. ``client`` is the socket's address, or, when that is a trusted proxy, the
+    address it forwarded (``X-Forwarded-For``), with the proxy's own in ``proxy``; ``forwarded_user`` is what
+    ``X-Forwarded-User`` says, believed (``believed``) only from a trusted proxy."""
+
+    client: str | None
+    proxy: str | None = None
+    forwarded_user: str | None = None
+    believed: bool = False
+
+
+def trusted_addresses(addresses: Iterable[str]) -> frozenset[IPAddress]:
+    """The trusted proxies' addresses (``dicomweb.trusted_proxies``, checked when the settings are read)."""
+    return frozenset(a for a in map(_address, addresses) if a is not None)
+
+
+def requester(scope: Scope, trusted: frozenset[IPAddress]) -> Requester:
+    """Who sent the request, believing forwarded headers only from a trusted proxy.
+
+    Behind a trusted proxy the client is the last address in ``X-Forwarded-For`` that is not itself a
+    trusted proxy (proxies append the address they received from, so only the right end is theirs)."""
+    peer = scope.get("client")
+    address = peer[0] if peer else None
+    forwarded_user: str | None = None
+    forwarded_for: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-user" and forwarded_user is None:
+            forwarded_user = value.decode("latin-1")[:CLAIM_MAX] or None
+        elif name == b"x-forwarded-for":
+            forwarded_for.append(value.decode("latin-1"))
+    if not trusted or _address(address) not in trusted:
+        return Requester(address, forwarded_user=forwarded_user)
+    hops = [hop.strip() for hop in ",".join(forwarded_for).split(",") if hop.strip()]
+    client = next((hop for hop in reversed(hops) if _address(hop) not in trusted), hops[0] if hops else None)
+    if client is None:
+        return Requester(address, forwarded_user=forwarded_user, believed=True)
+    known = _address(client)
+    return Requester(str(known) if known else client[:CLAIM_MAX], address, forwarded_user, believed=True)
+
+
+def _address(text: str | None) -> IPAddress | None:
+    """The IP address in ``text`` (``1.2.3.4``, ``1.2.3.4:5678``, ``::1``, ``[::1]:5678``), or None."""
+    if not text:
+        return None
+    for candidate in (text, text.strip("[]"), text.rpartition(":")[0].strip("[]")):
+        try:
+            address = ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return mapped or address  # ::ffff:127.0.0.1 from a dual-stack socket is 127.0.0.1
+    return None
 
 
 def worker_may(method: str, path: str) -> bool:
@@ -59,44 +147,98 @@ def http_password(settings: Settings) -> str:
     return password
 
 
+class RefusalWarnings:
+    """Warnings about refused authentication that cannot flood the log: one per client address a period
+    (``interval_s``), saying how many more were refused since; the audit log has each one.
+
+    At most ``max_clients`` addresses are remembered, each for one period; past them, refusals from further
+    addresses share one warning a period, so a guesser with many addresses still writes a bounded number.
+    """
+
+    OTHERS = "other addresses"
+
+    def __init__(self, interval_s: float = 60.0, max_clients: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be above 0, not {interval_s!r}")
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, not {max_clients!r}")
+        self.interval_s = interval_s
+        self.max_clients = max_clients
+        self.clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # client -> (when warned, refusals not warned since)
+
+    def refused(self, client: str | None, method: str, path: str, failure: str) -> None:
+        now = self.clock()
+        key = client or "an unknown address"
+        if key not in self._last and len(self._last) >= self.max_clients:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval_s}
+            if len(self._last) >= self.max_clients:
+                key = self.OTHERS
+        warned, unsaid = self._last.get(key, (None, 0))
+        if warned is not None and now - warned < self.interval_s:
+            self._last[key] = (warned, unsaid + 1)
+            return
+        self._last[key] = (now, 0)
+        since = f"; {unsaid} more refused since the last warning (each is in the audit log)" if unsaid else ""
+        log.warning("HTTP authentication failed from %s: %s %s: %s%s", key, method, path[:200], failure, since)
+
+
 class BasicAuth:
-    """ASGI middleware: lets a request through with the right user and password or token, else 401."""
+    """ASGI middleware: lets a request through with the right user and password or token, else 401.
+
+    Its :class:`Authentication` of each request it checks is left in the scope (``AUTHENTICATION``) for the
+    audit, which wraps it; each refusal is also a rate-limited warning (:class:`RefusalWarnings`)."""
 
     def __init__(
-        self, app: ASGIApp, username: str, password: str, tokens: list[str], worker_tokens: WorkerTokens | None = None
+        self, app: ASGIApp, username: str, password: str, tokens: list[str], worker_tokens: WorkerTokens | None = None,
+        trusted_proxies: Iterable[str] = (), warnings: RefusalWarnings | None = None,
     ) -> None:
         self.app = app
+        self.username = username
         self.expected = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.tokens = list(tokens)
         self.worker_tokens = worker_tokens
+        self.trusted = trusted_addresses(trusted_proxies)
+        self.warnings = warnings or RefusalWarnings()
 
-    def allowed(self, header: str, method: str = "GET", path: str = "/") -> bool:
+    def authenticate(self, header: str, method: str = "GET", path: str = "/") -> Authentication:
+        """Who the ``Authorization`` header names, or why it names no one this request is open to."""
+        if not header:
+            return Authentication("failed", failure="no credentials")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             try:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                return False
-            return hmac.compare_digest(value.strip(), self.expected)
+                return Authentication("failed", failure="malformed basic credentials")
+            if hmac.compare_digest(value.strip(), self.expected):
+                return Authentication("basic", self.username)
+            return Authentication("failed", failure="wrong user or password")
         if scheme.lower() == "bearer":
-            if any(hmac.compare_digest(value.strip(), t) for t in self.tokens):
-                return True
-            return (
-                self.worker_tokens is not None and worker_may(method, path)
-                and self.worker_tokens.worker(value) is not None
-            )
-        return False
+            matched = [n for n, t in enumerate(self.tokens, 1) if hmac.compare_digest(value.strip(), t)]
+            if matched:
+                return Authentication("token", f"token #{matched[0]}")
+            worker = self.worker_tokens.worker(value) if self.worker_tokens is not None else None
+            if worker is not None and worker_may(method, path):
+                return Authentication("worker", worker)
+            if worker is not None:
+                return Authentication("failed", failure=f"worker {worker}'s token does not open this request")
+            return Authentication("failed", failure="unknown bearer token")
+        return Authentication("failed", failure="unsupported authentication scheme")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/api/queue/"):
+            await self.app(scope, receive, send)  # the claim API checks its workers' tokens itself
+            return
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        authentication = self.authenticate(header, scope["method"], scope["path"])
+        scope[AUTHENTICATION] = authentication  # in place: the audit around this middleware reads it
+        if authentication.accepted:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope["path"].startswith("/api/queue/") or self.allowed(
-            headers.get("authorization", ""), scope["method"], scope["path"]
-        ):  # the claim API checks its workers' tokens itself
-            await self.app(scope, receive, send)
-            return
+        self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"],
+                              authentication.failure or "refused")
         response = JSONResponse(
             {"detail": "authentication required"},
             status_code=401,

@@ -4,6 +4,15 @@ Every process of the node appends to the same file with O_APPEND and one
 ``write`` per event, so lines never interleave. Events name UIDs, AE titles,
 addresses and outcomes, never patient names or IDs:
 ``series_complete``, ``job_finished``, ``delivery``, ``http``.
+
+An ``http`` event has ``method``, ``path``, ``status``, ``client`` and ``user``
+(who authenticated, or the user a trusted reverse proxy names; None when
+neither), and where they apply ``auth`` (``basic``, ``token``, ``worker`` or
+``failed``), ``reason`` (why authentication failed), ``proxy`` (the trusted
+proxy that forwarded the request) and ``claimed_user`` (an ``X-Forwarded-User``
+from a client that is not a trusted proxy: a claim, not who asked). Passwords
+and tokens are never in it. A value is a JSON string, its control characters
+escaped, so each event stays one line whatever a client sent.
 """
 
 from __future__ import annotations

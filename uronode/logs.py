@@ -1,17 +1,53 @@
-"""Logging set-up, done once by each entry point. Modules only call ``logging.getLogger(__name__)``."""
+"""Logging set-up, done once by each entry point. Modules only call ``logging.getLogger(__name__)``.
+
+Every record is one line of text on stderr: control characters (CR, LF, the other C0 controls, DEL, the
+C1 controls and the Unicode line and paragraph separators) in its message, its arguments, its exception's
+traceback and its stack are written escaped (``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u2028``), so text
+from the network (a calling AE title, a remote worker's failure reason, a request path) cannot start a
+line that reads as a record of its own. A traceback is on its record's line with its line breaks as
+``\\n``: ``sed 's/\\\\n/\\n/g'`` shows it as Python wrote it. Other text, UTF-8 names included, is
+written as it is. The node's other log, the audit log (:mod:`uronode.audit`), is JSON, whose strings
+escape control characters themselves.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as its escape; ordinary text is returned as it is."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose every record is one line: control characters are escaped in all it writes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # pynetdicom logs every PDU and the peer's identity at INFO/DEBUG; keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)

@@ -137,9 +137,12 @@ def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     httptools and uvloop (uvicorn's "standard" set) are named, so that a missing one fails at start-up
     instead of uvicorn falling back without a word to its pure-Python parser and asyncio's own loop,
     slower on every small answer (docs/benchmarks.md, DICOMweb).
+    uvicorn's own reading of ``X-Forwarded-*`` (from 127.0.0.1 by default) is off: the node believes them
+    only from ``dicomweb.trusted_proxies`` (:mod:`dicomweb.auth`, ``ForwardedScheme`` in :mod:`dicomweb.app`),
+    so that a local process cannot put another address in the audit log.
     """
     return uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False,
-                          http="httptools", loop="uvloop")
+                          http="httptools", loop="uvloop", proxy_headers=False)
 
 def model_missing(settings: Settings) -> str | None:
     """Why the worker cannot run: its model's folder is not there (None: it is)."""
