@@ -10,6 +10,7 @@ the first association.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -97,6 +98,9 @@ class ScpSettings(BaseModel):
     """Concurrent associations accepted, over all receiving processes."""
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     """Largest PDU we accept (bytes); 0 means no limit."""
+    max_instance_bytes: int = Field(2 * 1024 ** 3, ge=1024 * 1024)
+    """Largest data set one C-STORE may carry (bytes, as sent); past it the association is aborted and the
+    log says why. A receiving process holds a data set in memory until it is complete."""
     processes: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=32)
     """Receiving processes accepting on the one listening socket (each association runs in one of them)."""
     acse_timeout_s: float = Field(30.0, gt=0)
@@ -189,6 +193,19 @@ class DicomwebSettings(BaseModel):
     """None: a random one is made at first start and kept in ``<data_dir>/http-password`` (mode 600)."""
     tokens: list[str] = Field(default_factory=list)
     """Bearer tokens accepted as well (for scripts and remote workers)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """IP addresses of reverse proxies whose ``X-Forwarded-User`` and ``X-Forwarded-For`` the audit log
+    believes; from any other client those headers are not taken as the user or the address."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"dicomweb.trusted_proxies: {address!r} is not an IP address") from None
+        return value
 
 
 class KnownAE(BaseModel):
