@@ -38,7 +38,9 @@ Rules worth knowing:
   it: another modality or SOP class (a dose report, a dose screen, raw data), a
   localizer, no pixel data. Scanners and PACS put them beside the slices.
 - **Rejected** (``VolumeError``): nothing but such instances (not CT, a
-  localizer, missing pixel data), more
+  localizer, missing pixel data), a slice claiming more than
+  ``MAX_CT_MATRIX`` rows or columns (refused before decoding: a decoder
+  allocates what the header claims), more
   than one series or frame of reference, mixed image sizes, orientations or pixel
   spacings, a stack of slices more than ``AXIAL_TOLERANCE_DEG`` away from axial
   (coronal, sagittal, strongly oblique reformats), and stacks whose slices shift in-plane
@@ -93,6 +95,14 @@ TILT_TOLERANCE_MM = 0.5
 the table for a gantry tilt) before the stack is refused."""
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 1e-3
+MAX_CT_MATRIX = 4096
+"""Most Rows or Columns a CT slice may claim before its pixels are decoded.
+
+Clinical CT reconstructs 512 x 512, ultra-high-resolution and photon-counting
+scanners 1024 x 1024 or 2048 x 2048; 4096 leaves that a factor of two. A
+decoder allocates what Rows x Columns claim before it finds the compressed
+data short (a few hundred bytes claiming 30000 x 30000 made the worker
+allocate 1.8 GB), so a larger claim is refused before any pixel is decoded."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,6 +407,12 @@ def _not_a_slice(ds: Dataset, name: str) -> str | None:
 def _check_instance(ds: Dataset, name: str) -> None:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise VolumeError(f"{name} is not a greyscale image")
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows > MAX_CT_MATRIX or columns > MAX_CT_MATRIX:
+        raise VolumeError(
+            f"{name} claims {rows} x {columns} pixels, more than any CT makes (at most {MAX_CT_MATRIX} x "
+            f"{MAX_CT_MATRIX} are read): its pixel data was not decoded"
+        )
 
 
 def _tilt_deg(normal: np.ndarray) -> float:

@@ -17,6 +17,13 @@ malformed length, a UID attribute in another VR than UI) makes it decline
 ``tests/uronode/test_headerscan.py`` checks that both agree on every test
 file at hand.
 
+A deflated data set (Deflated Explicit VR Little Endian) is never given to
+pydicom whole: pydicom inflates all of it, without a bound, before it reads
+the first element, and a megabyte of deflate can claim a gigabyte. It is
+inflated once, with the bound of :func:`uronode.structure.inflate` (past it
+the instance is refused before anything parses it), and both readers and the
+check read the inflated bytes.
+
 Damage is a :class:`~uronode.errors.MalformedDataSet` naming it (whatever
 pydicom raised on it); what is missing or not a valid UID an
 :class:`~uronode.errors.InvalidInstance`.
@@ -26,13 +33,13 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_partial, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -47,9 +54,11 @@ from uronode.structure import (
     ITEM,
     ITEM_END,
     LONG_VRS,
+    MAX_INSTANCE_BYTES,
     SEQ_END,
     UNDEFINED,
     check_data_set,
+    inflate,
 )
 from uronode.types import InstanceHeader
 
@@ -215,17 +224,22 @@ _PREFIX = 64 * 1024
 
 def _parse(data: bytes | memoryview) -> tuple[Dataset, bool]:
     """Parse up to the first element after the header tags; also say whether it got there."""
-    reached = False
+    stop, reached = _stop_after_header()
+    ds = read_partial(BytesIO(data), stop_when=stop)
+    return ds, reached[0]
+
+
+def _stop_after_header() -> tuple[Callable[[BaseTag, str | None, int], bool], list[bool]]:
+    """A ``stop_when`` for pydicom that stops at the first element after the header tags, and a flag it sets."""
+    reached = [False]
 
     def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
-        nonlocal reached
         if tag > _LAST:
-            reached = True
+            reached[0] = True
             return True
         return False
 
-    ds = read_partial(BytesIO(data), stop_when=stop)
-    return ds, reached
+    return stop, reached
 
 
 def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | None = None) -> InstanceHeader:
@@ -234,7 +248,10 @@ def read_header(parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | 
 
 
 def read_instance(
-    parts: Sequence[bytes | memoryview], transfer_syntax_uid: str | None = None
+    parts: Sequence[bytes | memoryview],
+    transfer_syntax_uid: str | None = None,
+    *,
+    max_instance_bytes: int = MAX_INSTANCE_BYTES,
 ) -> tuple[InstanceHeader, str | None]:
     """Read the indexed attributes from an encoded file (meta + data set) and check the data set is whole.
 
@@ -246,9 +263,16 @@ def read_instance(
     :class:`MalformedDataSet` naming what is damaged (whatever pydicom raised
     on it), :class:`InvalidInstance` naming what is missing or not a valid
     UID; returns the header and a warning about what is odd but readable (None when nothing is).
+    ``max_instance_bytes``: the most a data set may inflate or decode to
+    (:mod:`uronode.structure` says why).
     """
     if len(parts) == 2 and not len(parts[1]):
         raise InvalidInstance("the data set is empty")
+    meta = None
+    if transfer_syntax_uid is None or transfer_syntax_uid == DEFLATED:
+        meta = _file_meta(parts[0])
+    if (transfer_syntax_uid or (meta and meta[0].get("TransferSyntaxUID"))) == DEFLATED:
+        return _read_deflated(parts, meta, max_instance_bytes)
     if transfer_syntax_uid is not None and len(parts) == 2:
         try:
             values, stop = scan_header(parts[1], transfer_syntax_uid)
@@ -256,7 +280,9 @@ def read_instance(
         except (ScanError, UnicodeDecodeError):
             pass  # the full parser below decides
         else:
-            return header, check_data_set(parts[1], transfer_syntax_uid, stop, beginning=stop == 0)
+            return header, check_data_set(
+                parts[1], transfer_syntax_uid, stop, beginning=stop == 0, max_instance_bytes=max_instance_bytes
+            )
     try:
         ds = None
         total = sum(len(p) for p in parts)
@@ -281,7 +307,7 @@ def read_instance(
     except PARSE_ERRORS as exc:
         if transfer_syntax_uid is not None:  # what the structural check finds says more than pydicom's error
             data, start = _data_set(parts)
-            check_data_set(data, transfer_syntax_uid, start)
+            check_data_set(data, transfer_syntax_uid, start, max_instance_bytes=max_instance_bytes)
         raise MalformedDataSet(f"the data set cannot be parsed: {exc}") from exc
     if media_class == MEDIA_STORAGE_DIRECTORY:  # a CD's or a folder's index, uploaded with its images
         raise InvalidInstance("a DICOMDIR, the index of a CD or folder of DICOM files: not an image (the "
@@ -292,8 +318,78 @@ def read_instance(
     # before the UIDs: a truncated data set would otherwise read as "missing"; without a
     # Transfer Syntax UID, in the encoding pydicom found
     found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE
-    warning = check_data_set(data, syntax or found, start)
+    warning = check_data_set(data, syntax or found, start, max_instance_bytes=max_instance_bytes)
     return _header_from(values, syntax), warning
+
+
+def _file_meta(first: bytes | memoryview) -> tuple[FileMetaDataset, int] | None:
+    """The File Meta group as pydicom reads it (with or without a preamble) and where it ends; None: unreadable.
+
+    Read from the first 64 KB alone, so that a deflated data set after it is
+    not inflated (pydicom inflates what follows the group when reading a
+    file): which transfer syntax pydicom would act on is then known before
+    pydicom sees the data set. pydicom's public ``read_file_meta_info`` wants
+    a path; ``_read_file_meta_info`` is what its ``dcmread`` calls.
+    """
+    head = bytes(memoryview(first)[:_PREFIX])
+    fp = BytesIO(head)
+    try:
+        read_preamble(fp, True)  # with force, a missing preamble leaves fp at the start
+        meta = _read_file_meta_info(fp)
+        str(meta.get("TransferSyntaxUID", ""))  # values are decoded when first read
+    except PARSE_ERRORS:
+        return None
+    if fp.tell() >= len(head) and len(first) > len(head) and len(meta):
+        raise MalformedDataSet(f"the File Meta Information group is longer than {_PREFIX} bytes")
+    return meta, fp.tell()
+
+
+def _read_deflated(
+    parts: Sequence[bytes | memoryview], meta: tuple[FileMetaDataset, int] | None, max_instance_bytes: int
+) -> tuple[InstanceHeader, str | None]:
+    """:func:`read_instance` for a Deflated Explicit VR Little Endian data set: inflated once, with a bound."""
+    if meta is None:
+        raise MalformedDataSet("the File Meta Information group cannot be read")
+    file_meta, end = meta
+    if len(parts) == 2 and end >= len(parts[0]):
+        data, start = parts[1], end - len(parts[0])
+    else:
+        data, start = (parts[0] if len(parts) == 1 else b"".join(parts)), end
+    if start >= len(data):
+        raise InvalidInstance("the data set is empty")
+    plain = inflate(data, start, max_instance_bytes=max_instance_bytes)  # refused past the bound, unparsed
+    try:
+        values, stop = scan_header(plain, EXPLICIT_LE)
+    except (ScanError, UnicodeDecodeError):
+        try:
+            values = _values(_read_plain(plain))
+        except MalformedDataSet:
+            raise
+        except PARSE_ERRORS as exc:  # what the structural check finds says more than pydicom's error
+            check_data_set(plain, DEFLATED, inflated=True, max_instance_bytes=max_instance_bytes)
+            raise MalformedDataSet(f"the data set cannot be parsed: {exc}") from exc
+        stop = 0
+    if str(file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        raise InvalidInstance("a DICOMDIR, the index of a CD or folder of DICOM files: not an image (the "
+                              "images are the files it lists)")
+    warning = check_data_set(
+        plain, DEFLATED, stop, beginning=stop == 0, inflated=True, max_instance_bytes=max_instance_bytes
+    )
+    return _header_from(values, DEFLATED), warning
+
+
+def _read_plain(plain: bytearray) -> Dataset:
+    """pydicom's reading of an inflated data set (explicit VR little endian) up to the header tags: from its
+    first 64 KB when they hold them, else from all of it."""
+    stop, reached = _stop_after_header()
+    if len(plain) > _PREFIX:
+        try:
+            ds = read_dataset(BytesIO(plain[:_PREFIX]), False, True, stop_when=stop)
+            if reached[0]:
+                return ds
+        except PARSE_ERRORS:
+            pass  # an element cut by the prefix's end, perhaps: all of it below
+    return read_dataset(BytesIO(plain), False, True, stop_when=stop)
 
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -316,12 +412,17 @@ def _values(ds: Dataset) -> dict[str, str]:
     return values
 
 
-def to_file_format(content: bytes | memoryview) -> bytes:
+def to_file_format(content: bytes | memoryview, *, max_instance_bytes: int = MAX_INSTANCE_BYTES) -> bytes:
     """A part without preamble or File Meta (some clients send bare data sets) made into a DICOM file.
 
     The data set is re-encoded; its transfer syntax is the one pydicom finds
     when reading it. Raises NotADataSet when it is not DICOM at all, InvalidInstance when it is a damaged one.
+    A File Meta group without a preamble that says the data set is deflated
+    has it checked, inflated with a bound, before pydicom inflates it whole.
     """
+    meta = _file_meta(content)
+    if meta is not None and meta[0].get("TransferSyntaxUID") == DEFLATED:
+        check_data_set(content, DEFLATED, meta[1], max_instance_bytes=max_instance_bytes)
     try:
         ds = dcmread(BytesIO(content), force=True)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
@@ -335,7 +436,9 @@ def to_file_format(content: bytes | memoryview) -> bytes:
             ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
         )
     # pydicom reads what it can of a damaged data set and would write it out whole: check the bytes as sent
-    check_data_set(content, str(ds.file_meta.TransferSyntaxUID), file_meta_end(content, 0))
+    check_data_set(
+        content, str(ds.file_meta.TransferSyntaxUID), file_meta_end(content, 0), max_instance_bytes=max_instance_bytes
+    )
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
     buffer = BytesIO()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from uronode.errors import InvalidInstance, NotADataSet, OutOfResources
 from uronode.header import read_instance, to_file_format
 from uronode.store import Store
+from uronode.structure import MAX_INSTANCE_BYTES
 from uronode.types import InstanceHeader, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def take_instance(
     association_id: int | None = None,
     expected: Expected = Expected(),
     bare_data_sets: bool = False,
+    max_instance_bytes: int = MAX_INSTANCE_BYTES,
 ) -> IngestReport:
     """Check, read and store one encoded instance; never raises for what is wrong with the instance or the disk.
 
@@ -88,12 +90,14 @@ def take_instance(
     exports and scanners wrote files so. ``bare_data_sets``: the part is
     declared a data set (a STOW-RS part), and bytes that are no DICOM at all
     are refused as not a data set; otherwise (an uploaded file) as not a
-    DICOM file.
+    DICOM file. ``max_instance_bytes``: the most its data set may inflate
+    (deflated) or its pixel data decode to; a caller with the settings passes
+    ``scp.max_instance_bytes`` (see :mod:`uronode.structure`).
     """
     try:
         if len(parts) == 1:
-            parts = [_whole_file(parts[0], bare_data_sets)]
-        header, warning = read_instance(parts, transfer_syntax_uid)
+            parts = [_whole_file(parts[0], bare_data_sets, max_instance_bytes)]
+        header, warning = read_instance(parts, transfer_syntax_uid, max_instance_bytes=max_instance_bytes)
     except InvalidInstance as exc:
         return _refused(Verdict.CANNOT_UNDERSTAND, None, str(exc), source)
     mismatch = _mismatch(header, expected)
@@ -111,13 +115,13 @@ def take_instance(
     return IngestReport(Verdict.STORED, header, None, outcome)
 
 
-def _whole_file(content: Buffer, bare_data_sets: bool) -> Buffer:
+def _whole_file(content: Buffer, bare_data_sets: bool, max_instance_bytes: int) -> Buffer:
     if len(content) >= 132 and content[_DICM] == b"DICM":
         return content
     if not len(content) and not bare_data_sets:
         raise InvalidInstance("an empty file (0 bytes)")
     try:
-        return to_file_format(content)
+        return to_file_format(content, max_instance_bytes=max_instance_bytes)
     except NotADataSet:
         if bare_data_sets:
             raise
