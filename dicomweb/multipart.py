@@ -11,9 +11,16 @@ too.
 
 A body that is not well-formed multipart is a :class:`MalformedMultipart`
 naming what is wrong (the handlers answer 400 with it); one longer than its
-limit is :class:`BodyTooLarge` (413). A spool that the disk cannot hold keeps
-parsing, so that every part is still named, but keeps no content:
-:attr:`MultipartSpool.lost` says why (out of resources for each part).
+limit is :class:`BodyTooLarge` (413). Headers are the one thing of a part kept
+in memory, so they are bounded per body: all parts' header lines together
+may hold :data:`MAX_HEADER_BYTES` (more is a :class:`MalformedMultipart`), and
+of each part only the headers the node reads (:data:`KEPT_HEADERS`) are kept.
+
+A spool that the disk cannot hold keeps parsing, so that every part is still
+named, but keeps no content: :attr:`MultipartSpool.lost` says why (out of
+resources for each part; 507 for an upload). The disk is checked when the
+spool is opened (for a body that declares its length) and again each time the
+spool has grown by :data:`SPACE_CHECK_BYTES` (a chunked body declares none).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import logging
 import mmap
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -45,6 +52,14 @@ BATCH_BYTES = 1 << 20
 MAX_PART_HEADERS = 32
 MAX_PARTS = 100_000
 """More parts than this in one body is refused: each one named costs memory (a CT series has a few thousand)."""
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+"""The header lines (names and values) of all parts of one body together; more is refused. A part as clients
+send it carries one to three short headers (STOW-RS: about 30 bytes; a browser's form: under 300 with a long
+file name), so a CT series of a few thousand files needs well under 1 MB."""
+KEPT_HEADERS = frozenset({"content-type", "content-disposition", "content-location"})
+"""The part headers the node reads (names in lower case); the others are parsed and dropped."""
+SPACE_CHECK_BYTES = 64 * 1024 * 1024
+"""The spool checks the disk (its watermark, and room for this much more, twice) each time it grew by this much."""
 
 NO_PART = "the body holds no part with the boundary its Content-Type names"
 NO_PARTS = "the body holds no parts"
@@ -91,6 +106,11 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _on_disk(exc: OSError) -> str:
+    """Why the spool lost its content, when the disk refused a write."""
+    return f"the upload could not be kept on disk: {exc.strerror or exc}"
+
+
 class _Where(Enum):
     PREAMBLE = "preamble"  # before the first delimiter
     HEADERS = "headers"
@@ -105,14 +125,24 @@ def boundary_of(content_type: str) -> str | None:
     return boundary or None
 
 
+def headers_too_large() -> str:
+    """The refusal of a body whose parts' headers exceed :data:`MAX_HEADER_BYTES`."""
+    return f"the parts' headers exceed {MAX_HEADER_BYTES} bytes"
+
+
 class MultipartSpool:
     """A multipart body fed in pieces (:meth:`write`), its parts' contents kept in a temporary file in ``folder``.
 
     Anything before the first delimiter (a preamble) is skipped; anything after
     the closing one (an epilogue) is ignored. Not thread-safe: one writer at a time.
+    ``check_space`` (called with the bytes still to come, raising
+    :class:`OutOfResources`) is asked every :data:`SPACE_CHECK_BYTES` of content;
+    when it refuses, the spool keeps no more content and :attr:`lost` says why.
     """
 
-    def __init__(self, boundary: str, folder: Path, *, lost: str | None = None) -> None:
+    def __init__(
+        self, boundary: str, folder: Path, *, lost: str | None = None, check_space: Callable[[int], None] | None = None
+    ) -> None:
         if not boundary:
             raise MalformedMultipart("the Content-Type names no boundary")
         self._delimiter = b"--" + boundary.encode("latin-1")
@@ -140,7 +170,10 @@ class MultipartSpool:
             try:
                 self._file = tempfile.TemporaryFile(dir=folder, prefix="upload-")
             except OSError as exc:
-                self._lose(exc)
+                self._lose(_on_disk(exc))
+        self._check_space = check_space
+        self._next_check = SPACE_CHECK_BYTES
+        self._header_bytes = 0
         self._where = _Where.PREAMBLE
         self._carry = b""  # the preamble's last bytes: the start of a delimiter split between two pieces
         self._parts: list[SpooledPart] = []
@@ -189,7 +222,7 @@ class MultipartSpool:
             try:
                 self._file.flush()
             except OSError as exc:
-                self._lose(exc)
+                self._lose(_on_disk(exc))
         return list(self._parts)
 
     # -- reading back -----------------------------------------------------------------
@@ -236,8 +269,8 @@ class MultipartSpool:
 
     # -- the parser's callbacks -------------------------------------------------------
 
-    def _lose(self, exc: OSError) -> None:
-        self.lost = f"the upload could not be kept on disk: {exc.strerror or exc}"
+    def _lose(self, reason: str) -> None:
+        self.lost = reason
         log.warning("%s", self.lost)
         if self._file is not None:
             self._file.close()
@@ -248,15 +281,23 @@ class MultipartSpool:
         self._where = _Where.HEADERS
         self._headers = {}
 
+    def _count_header_bytes(self, count: int) -> None:
+        self._header_bytes += count
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise MalformedMultipart(headers_too_large())
+
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._field += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._value += data[start:end]
 
     def _on_header_end(self) -> None:
         name = self._field.decode("latin-1").strip().lower()
-        self._headers[name] = self._value.decode("latin-1").strip()
+        if name in KEPT_HEADERS:
+            self._headers[name] = self._value.decode("latin-1").strip()
         self._field.clear()
         self._value.clear()
 
@@ -269,8 +310,15 @@ class MultipartSpool:
             try:
                 self._file.write(memoryview(data)[start:end])
             except OSError as exc:
-                self._lose(exc)
+                self._lose(_on_disk(exc))
         self._size += end - start
+        if self._size >= self._next_check:
+            self._next_check = self._size + SPACE_CHECK_BYTES
+            if self._file is not None and self._check_space is not None:
+                try:
+                    self._check_space(SPACE_CHECK_BYTES)
+                except OutOfResources as exc:
+                    self._lose(str(exc))
 
     def _on_part_end(self) -> None:
         if len(self._parts) >= MAX_PARTS:
@@ -287,7 +335,9 @@ def open_spool(store: Store, boundary: str, size: int | None) -> MultipartSpool:
 
     When the disk cannot take the body twice (the spool, then the instances
     made from it) or is over its watermark, the spool keeps no content and
-    :attr:`MultipartSpool.lost` says why. Touches the disk: call it in the thread pool.
+    :attr:`MultipartSpool.lost` says why; the same check runs again as the
+    spool grows, whether the size was known or not. Touches the disk: call it
+    in the thread pool.
     """
     lost = None
     if size is not None:
@@ -295,7 +345,7 @@ def open_spool(store: Store, boundary: str, size: int | None) -> MultipartSpool:
             store.check_space(size)
         except OutOfResources as exc:
             lost = str(exc)
-    return MultipartSpool(boundary, store.tmp_dir, lost=lost)
+    return MultipartSpool(boundary, store.tmp_dir, lost=lost, check_space=store.check_space)
 
 
 async def spool_request(request: Request, spool: MultipartSpool, limit: int) -> list[SpooledPart]:

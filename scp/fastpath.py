@@ -240,7 +240,9 @@ def _read_pdu_lean(self: DULServiceProvider) -> None:
     stay in Sta6), so its PDVs go straight to DIMSE as views of the one
     receive buffer, without the PDU objects, the event queue round trip and
     four copies of the data that pynetdicom's general path makes. Every other
-    PDU, and any PDU in another state, takes pynetdicom's own path.
+    PDU, and any PDU in another state, takes pynetdicom's own path. Both end
+    in ``assoc.dimse.receive_primitive``, where :func:`scp.policy.cap_message_size`
+    bounds the message being gathered, with or without this module.
     """
     sock = self.socket
     if sock is None:  # the association's transport is already gone

@@ -9,6 +9,12 @@ Once associated, a C-STORE must name the SOP class negotiated for the
 presentation context it travels on: pynetdicom would pass any storage class
 on to the handler and abort the association for a class it does not know;
 :func:`guard_store_requests` answers 0122 (SOP class not supported) instead.
+
+A DIMSE message is gathered in memory until its last fragment has come, and
+no status can be answered before that, so :func:`cap_message_size` bounds it
+while it arrives: past ``scp.max_instance_bytes`` of data set (or
+:data:`MAX_COMMAND_SET_BYTES` of command set) the message is dropped and the
+association aborted (A-ABORT), with one log line naming the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
 from scp import fastpath
@@ -29,6 +36,9 @@ from scp.status import RejectReason, RejectResult, RejectSource, StoreStatus
 from uronode.settings import CallerRule
 
 log = logging.getLogger(__name__)
+
+MAX_COMMAND_SET_BYTES = 64 * 1024
+"""Largest command set taken (bytes): a C-STORE-RQ's is about 200, a C-FIND-RQ's no more."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +120,11 @@ class PolicyACSE(ACSE):
         self.assoc.kill()
 
 
-def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -> type[RequestHandler]:
-    """A pynetdicom request handler whose associations use :class:`PolicyACSE`."""
+def make_request_handler(
+    policy: CallerPolicy, slots: AssociationSlots | None, max_instance_bytes: int
+) -> type[RequestHandler]:
+    """A pynetdicom request handler whose associations use :class:`PolicyACSE` and take data sets of at
+    most ``max_instance_bytes``."""
 
     class _Handler(RequestHandler):
         def _create_association(self) -> Association:
@@ -122,6 +135,7 @@ def make_request_handler(policy: CallerPolicy, slots: AssociationSlots | None) -
             assoc.acse = acse
             fastpath.attach(assoc)
             guard_store_requests(assoc)
+            cap_message_size(assoc, max_instance_bytes)
             return assoc
 
     return _Handler
@@ -161,3 +175,46 @@ def guard_store_requests(assoc: Association) -> None:
         serve(msg, context_id)
 
     assoc._serve_request = serve_checked  # type: ignore[method-assign]  # this association's own, wrapped
+
+
+def cap_message_size(assoc: Association, max_data_set_bytes: int) -> None:
+    """Abort the association when the DIMSE message it is receiving grows past its limit.
+
+    Both ways of reading PDUs (:mod:`scp.fastpath`'s and pynetdicom's own
+    DT-2 action) hand every P-DATA to ``assoc.dimse.receive_primitive``, wrapped
+    here: the command-set and data-set bytes of the message in progress are
+    counted before pynetdicom keeps them, so what it holds never exceeds the
+    limit (the PDU being read adds at most one more). Past the limit the message is dropped, the
+    association aborted (Evt19: A-ABORT to the peer, A-P-ABORT to the
+    association) and whatever else arrives ignored.
+    """
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+    counted = [0, 0]  # command-set and data-set bytes of the message in progress (PDV header bit 0: command)
+    refused = False
+
+    def receive_capped(primitive: P_DATA) -> None:
+        nonlocal refused
+        if refused:
+            return  # aborting: what is still on its way is dropped
+        for _, pdv in primitive.presentation_data_value_list:
+            if len(pdv):
+                counted[0 if pdv[0] & 1 else 1] += len(pdv) - 1
+        if counted[1] > max_data_set_bytes:
+            what = f"data set of more than {max_data_set_bytes} bytes"
+        elif counted[0] > MAX_COMMAND_SET_BYTES:
+            what = f"command set of more than {MAX_COMMAND_SET_BYTES} bytes"
+        else:
+            receive(primitive)
+            if dimse.message is None:  # the message was complete: the next one starts from nothing
+                counted[:] = [0, 0]
+            return
+        refused = True
+        dimse.message = None  # free what was gathered now, not when the association is gone
+        log.error(
+            "%s from %s@%s: association aborted",
+            what, str(assoc.requestor.ae_title).strip(), assoc.requestor.address,
+        )
+        assoc.dul.event_queue.put("Evt19")
+
+    dimse.receive_primitive = receive_capped  # type: ignore[method-assign]  # this association's own, wrapped

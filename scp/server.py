@@ -42,6 +42,7 @@ from uronode.ingest import Expected, Verdict, take_instance
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
+from uronode.structure import MAX_INSTANCE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class Receiver:
     store: Store
     associations: Associations
     slots: AssociationSlots | None = None
+    max_instance_bytes: int = MAX_INSTANCE_BYTES
+    """``scp.max_instance_bytes``: the most a data set may inflate or decode to (:mod:`uronode.structure`)."""
     association_ids: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -157,6 +160,7 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset | int:
             receiver.store, [meta, body], source=calling_ae, transfer_syntax_uid=event.context.transfer_syntax,
             association_id=association_id,
             expected=Expected(sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid),
+            max_instance_bytes=receiver.max_instance_bytes,
         )
     finally:
         body.release()
@@ -254,7 +258,8 @@ def make_server(
 ) -> ThreadedAssociationServer:
     """A ready, not yet serving, association server for this process."""
     fastpath.install()
-    receiver = Receiver(store=store, associations=Associations(store.db), slots=slots)
+    receiver = Receiver(store=store, associations=Associations(store.db), slots=slots,
+                        max_instance_bytes=settings.scp.max_instance_bytes)
     policy = CallerPolicy.from_rules(settings.scp.restrict_callers, settings.scp.caller_rules())
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handle_store, [receiver]),
@@ -270,7 +275,7 @@ def make_server(
         ssl_context=settings.scp.ssl_context(),
         evt_handlers=handlers,
         server_class=server_class,
-        request_handler=make_request_handler(policy, slots),
+        request_handler=make_request_handler(policy, slots, settings.scp.max_instance_bytes),
     )
     ae._servers.append(server)
     return server

@@ -286,3 +286,25 @@ def test_a_c_store_deflate_bomb_answers_c000_and_the_node_goes_on(
         assert query(node.data_dir, "SELECT * FROM instances WHERE sop_instance_uid = ?", sop) == []
         assert not list((node.data_dir / "instances").rglob(f"{sop}-*.dcm"))
     still_serves(node, tmp_path)
+
+
+def test_the_listener_bounds_inflating_by_its_own_setting(tmp_path_factory: pytest.TempPathFactory,
+                                                          tmp_path: Path) -> None:
+    """``scp.max_instance_bytes`` bounds what a C-STORE's deflated data set may inflate to, not only what is
+    sent: 6 MiB of zeros (a few KB sent) is taken under the default and refused under a 4 MiB setting."""
+    env = {**FAST_COMPLETION, "URONODE_SCP__MAX_INSTANCE_BYTES": str(4 * 1024**2)}
+    ds = a_slice(901)
+    deflated = deflate(encode(ds) + struct.pack("<HH2sHI", 0x0011, 0x1010, b"OB", 0, 6 * 1024**2)
+                       + bytes(6 * 1024**2))
+    assert len(deflated) < 64 * 1024
+    path = as_file(tmp_path, "six", CTImageStorage, str(ds.SOPInstanceUID), deflated, DEFLATED)
+    for limited in (False, True):
+        folder = tmp_path_factory.mktemp("limited" if limited else "default")
+        for node in running_node(folder, env if limited else dict(FAST_COMPLETION)):
+            with raw_scu(node, CTImageStorage, syntax=DEFLATED) as assoc:
+                response = assoc.send_c_store(path)
+            if limited:
+                assert response.Status == CANNOT_UNDERSTAND
+                assert response.ErrorComment.startswith("the deflated data set inflates to more than")
+            else:
+                assert response.Status == 0
