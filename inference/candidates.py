@@ -47,6 +47,13 @@ soft tissue (``estimate_noise``):
 
 The defaults leave series within the generator's noise (up to 13 HU) exactly
 as before; 0 turns each bound off.
+
+Memory: a series is held once as float32 HU (4 bytes a voxel); what this stage adds is kept to about
+3 bytes a voxel. The component labels are the narrowest unsigned type that holds their count
+(``narrowest_labels``: uint8 or uint16 for most series, int32 only where more components are kept),
+labelled straight into uint16 where the count fits; the local-contrast rule works on slabs of
+``CONTRAST_SLAB`` slices (its top-hat is in-plane, its reach across slices one slice) and labels its few
+voxels as a graph (``label_sparse``), not as a volume. Every result is the same as on the whole volume.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 from inference.volume import Volume
 
@@ -70,6 +78,10 @@ NOISE_BLOCK = 8
 """In-plane block (pixels) of the voxel-noise SD."""
 SLAB_NOISE_SLICES = 2
 """Slices a slab's noise is measured on."""
+CONTRAST_SLAB = 16
+"""Slices the local-contrast rule works on at a time (its temporaries: about 20 bytes a voxel of a slab)."""
+NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)
+"""26-connectivity of the candidate components."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,8 @@ class Candidates:
     """Components that may be stones, and where to look at them."""
 
     labels: np.ndarray
-    """int32 (slices, rows, columns): component id per voxel, 0 = none (large ones removed)."""
+    """(slices, rows, columns): component id per voxel, 0 = none (large ones removed); of the narrowest
+    unsigned integer type that holds ``count`` (uint8, uint16), int32 beyond (``narrowest_labels``)."""
     count: int
     centres: np.ndarray
     """int (n, 3): (slice, row, column) of every patch centre, sorted by slice."""
@@ -317,12 +330,10 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE, noise_of
     by_slab = slab_noise(source, rule, noise, volume.slice_spacing)
     dense, threshold, smoothed = _dense_mask(hu, rule, noise, volume.pixel_spacing, by_slab, noise_of)
     with_contrast = contrast_applies(rule, noise)
-    # a preallocated int32 output: without it scipy labels into a wider temporary first
-    labels = np.empty(dense.shape, dtype=np.int32)
-    count = int(ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool), output=labels))
+    labels, count = label_narrow(dense)
     del dense
     if count == 0:
-        return Candidates(labels, 0, np.zeros((0, 3), int), np.zeros(0, int), noise=noise,
+        return Candidates(narrowest_labels(labels, 0), 0, np.zeros((0, 3), int), np.zeros(0, int), noise=noise,
                           dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed)
     body = body_mask(hu)
     dense_parts = _keep_dense(labels, count, hu, body, volume, rule)
@@ -330,16 +341,66 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE, noise_of
     parts = dense_parts
     if with_contrast:
         quiet = [(a, b) for a, b, own in by_slab if not contrast_applies(rule, own)]
-        contrast_parts = _contrast_components(hu, labels, body, volume.pixel_spacing, rule, threshold,
-                                              dense_count, quiet)
+        contrast_parts, labels = _contrast_components(hu, labels, body, volume.pixel_spacing, rule, threshold,
+                                                      dense_count, quiet)
         parts = _Components(np.concatenate([dense_parts.starts, contrast_parts.starts]),
                             np.concatenate([dense_parts.stops, contrast_parts.stops]),
                             np.concatenate([dense_parts.strength, contrast_parts.strength]))
     kept, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches, rule.max_contrast_patches)
+    labels = narrowest_labels(labels, kept.count)
     centres_arr, owners_arr = _patch_centres(labels, kept)
     return Candidates(labels, kept.count, centres_arr, owners_arr, dense_count, noise=noise,
                       dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed,
                       contrast_applied=with_contrast, over_budget=parts.count - kept.count)
+
+
+def label_narrow(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` of ``mask`` (26-connected) into uint16 where its components fit (2 bytes a voxel), else
+    into int32: the same ids either way."""
+    narrow: np.ndarray = np.empty(mask.shape, dtype=np.uint16)  # (scipy's stubs name only int32 and intp)
+    try:
+        return narrow, int(ndimage.label(mask, structure=NEIGHBOURS, output=narrow))
+    except RuntimeError:  # more components than uint16 holds (scipy checks that none was cut)
+        del narrow
+    labels = np.empty(mask.shape, dtype=np.int32)
+    return labels, int(ndimage.label(mask, structure=NEIGHBOURS, output=labels))
+
+
+def narrowest_labels(labels: np.ndarray, count: int) -> np.ndarray:
+    """``labels`` (ids 0..count) as the narrowest of uint8, uint16 and int32 that holds ``count``; ``labels``
+    itself where it is of that type already."""
+    dtype = np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16 if count <= np.iinfo(np.uint16).max else np.int32
+    return labels if labels.dtype == dtype else labels.astype(dtype)
+
+
+def label_sparse(where: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """The 26-connected components of a few voxels of a (slices, rows, columns) grid, given by their flat
+    indices ``where`` (ascending): each voxel's id (1..count, int64) and the count; the ids are those that
+    ``ndimage.label`` gives the volume holding them (numbered in the order of each component's first voxel),
+    without a volume-sized label array."""
+    n = where.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    k, r, c = np.unravel_index(where, shape)
+    heads, tails = [], []
+    # each pair of neighbours once: the 13 offsets that follow the voxel in raster order
+    for dk, dr, dc in ((dk, dr, dc) for dk in (0, 1) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                       if (dk, dr, dc) > (0, 0, 0)):
+        kk, rr, cc = k + dk, r + dr, c + dc
+        inside = np.flatnonzero((kk < shape[0]) & (rr >= 0) & (rr < shape[1]) & (cc >= 0) & (cc < shape[2]))
+        target = np.ravel_multi_index((kk[inside], rr[inside], cc[inside]), shape)
+        at = np.minimum(np.searchsorted(where, target), n - 1)
+        hit = where[at] == target
+        heads.append(inside[hit])
+        tails.append(at[hit])
+    head, tail = np.concatenate(heads), np.concatenate(tails)
+    graph = sparse.coo_matrix((np.ones(head.size, dtype=np.int8), (head, tail)), shape=(n, n)).tocsr()
+    count, component = csgraph.connected_components(graph, directed=False)
+    # renumber in the order of each component's first voxel (raster order), as ndimage.label does
+    _, first = np.unique(component, return_index=True)
+    order = np.empty(count, dtype=np.int64)
+    order[np.argsort(first, kind="stable")] = np.arange(1, count + 1)
+    return order[component], int(count)
 
 
 def _boxes(objects: Sequence[tuple[slice, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -394,50 +455,88 @@ def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray
 
 def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
                          pixel_spacing: tuple[float, float], rule: CandidateRule, threshold: float,
-                         first: int, too_noisy: Sequence[tuple[int, int]] = ()) -> _Components:
-    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them; none in the
-    slabs ``too_noisy`` (their own noise is beyond the rule's bounds)."""
+                         first: int, too_noisy: Sequence[tuple[int, int]] = (),
+                         slab: int = CONTRAST_SLAB) -> tuple[_Components, np.ndarray]:
+    """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them with the labels (a
+    wider copy where their ids outgrow its type); none in the slabs ``too_noisy`` (their own noise is beyond the
+    rule's bounds).
+
+    Works ``slab`` slices at a time: the top-hat is in-plane and the keeping away from dense voxels reaches one
+    slice, so each slab (with one slice of ``labels`` either side) gives what the whole volume gives there;
+    the few voxels that stand out are labelled as a graph (``label_sparse``)."""
     none = _Components(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), np.zeros(0))
     size = max(3, int(round(rule.contrast_window_mm / min(pixel_spacing))) | 1)
-    seeds = (hu >= rule.contrast_min_hu) & (hu < threshold)
+    slices = hu.shape[0]
+    noisy = np.zeros(slices, dtype=bool)
     for a, b in too_noisy:
-        seeds[a:b] = False
-    if not seeds.any():
-        return none
+        noisy[a:b] = True
+
+    def seeds_of(a: int, b: int, rows: slice = slice(None), columns: slice = slice(None)) -> np.ndarray:
+        part = hu[a:b, rows, columns]
+        seeds = (part >= rule.contrast_min_hu) & (part < threshold)
+        seeds[noisy[a:b]] = False
+        return seeds
+
     # the top-hat only where it can matter: the slices and rows/columns holding seeds
-    ks, rs, cs = (np.nonzero(seeds.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
+    any_k = np.zeros(slices, dtype=bool)
+    any_r = np.zeros(hu.shape[1], dtype=bool)
+    any_c = np.zeros(hu.shape[2], dtype=bool)
+    for a in range(0, slices, slab):
+        seeds = seeds_of(a, a + slab)
+        any_k[a:a + slab] = seeds.any(axis=(1, 2))
+        any_r |= seeds.any(axis=(0, 2))
+        any_c |= seeds.any(axis=(0, 1))
+    del seeds
+    if not any_k.any():
+        return none, labels
+    ks, rs, cs = np.flatnonzero(any_k), np.flatnonzero(any_r), np.flatnonzero(any_c)
     pad = size
     box = (slice(int(ks[0]), int(ks[-1]) + 1),
-           slice(max(0, int(rs[0]) - pad), int(rs[-1]) + 1 + pad),
-           slice(max(0, int(cs[0]) - pad), int(cs[-1]) + 1 + pad))
-    sub = hu[box]
-    contrast = ndimage.grey_opening(sub, size=(1, size, size))
-    np.subtract(sub, contrast, out=contrast)  # the top-hat, in the opening's memory
-    local = seeds[box] & (contrast >= rule.contrast_hu)
-    del seeds
-    near_dense = ndimage.binary_dilation(labels[box] > 0, structure=np.ones((3, 3, 3), bool))
-    local &= ~near_dense
-    del near_dense
-    small = np.empty(local.shape, dtype=np.int32)
-    count = int(ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool), output=small))
-    del local
+           slice(max(0, int(rs[0]) - pad), min(hu.shape[1], int(rs[-1]) + 1 + pad)),
+           slice(max(0, int(cs[0]) - pad), min(hu.shape[2], int(cs[-1]) + 1 + pad)))
+    shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    plane = shape[1] * shape[2]
+    found, values = [], []
+    for a in range(box[0].start, box[0].stop, slab):
+        b = min(box[0].stop, a + slab)
+        sub = hu[a:b, box[1], box[2]]
+        contrast = ndimage.grey_opening(sub, size=(1, size, size))
+        np.subtract(sub, contrast, out=contrast)  # the top-hat, in the opening's memory
+        local = seeds_of(a, b, box[1], box[2])
+        local &= contrast >= rule.contrast_hu
+        # dense voxels within one voxel (26-connected) keep it off, the box's bounds as the whole box's
+        lo, hi = max(box[0].start, a - 1), min(box[0].stop, b + 1)
+        near_dense = ndimage.binary_dilation(labels[lo:hi, box[1], box[2]] > 0, structure=NEIGHBOURS)
+        local &= ~near_dense[a - lo:a - lo + (b - a)]
+        del near_dense
+        at = np.flatnonzero(local)
+        found.append(at + (a - box[0].start) * plane)
+        values.append(contrast.reshape(-1)[at])
+        del contrast, local
+    where = np.concatenate(found)
+    ids, count = label_sparse(where, shape)
     if count == 0:
-        return none
-    starts, stops = _boxes(ndimage.find_objects(small))
-    flat = small.reshape(-1)
-    where = np.flatnonzero(flat)
-    ids = flat[where]
+        return none, labels
+    coords = np.stack(np.unravel_index(where, shape), axis=1)
+    starts = np.full((count, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    stops = np.full((count, 3), -1, dtype=np.int64)
+    np.minimum.at(starts, ids - 1, coords)
+    np.maximum.at(stops, ids - 1, coords + 1)
     keep = np.bincount(ids, minlength=count + 1)[1:] <= rule.contrast_max_voxels
-    offset = np.array([b.start for b in box], dtype=np.int64)
+    offset = np.array([s.start for s in box], dtype=np.int64)
     keep &= _in_body(body, starts + offset, stops + offset)
     peak = np.full(count + 1, -np.inf, dtype=np.float32)
-    np.maximum.at(peak, ids, contrast.reshape(-1)[where])
-    del contrast
-    _relabel(flat, where, ids, keep, first)
-    new_ids = flat[where]
+    np.maximum.at(peak, ids, np.concatenate(values))
+    mapping = np.zeros(count + 1, dtype=np.int64)
+    kept = int(keep.sum())
+    mapping[1:][keep] = np.arange(first + 1, first + kept + 1)
+    new_ids = mapping[ids]
     placed = new_ids > 0  # (never on a dense voxel: the contrast voxels keep away from them)
-    labels[box][np.unravel_index(where[placed], small.shape)] = new_ids[placed]
-    return _Components(starts[keep] + offset, stops[keep] + offset, peak[1:][keep].astype(np.float64))
+    if first + kept > np.iinfo(labels.dtype).max:
+        labels = labels.astype(np.int32)
+    at = coords[placed] + offset
+    labels[at[:, 0], at[:, 1], at[:, 2]] = new_ids[placed]
+    return _Components(starts[keep] + offset, stops[keep] + offset, peak[1:][keep].astype(np.float64)), labels
 
 
 def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,

@@ -235,21 +235,24 @@ class Pipeline:
         prob = np.zeros(volume.shape, dtype=np.float16)
         scores = None
         if found.centres.shape[0]:
-            # cut and predict a chunk at a time: memory stays flat however many candidates a series has
+            # cut, predict and paste a chunk at a time: memory stays flat however many candidates a series has
             lone = volume.shape[0] == 1
-            chunks = [self.predict_patches(cut_inputs(volume.hu, found.centres[i:i + CUT_CHUNK], self.spec), lone=lone)
-                      for i in range(0, found.centres.shape[0], CUT_CHUNK)]
-            probs = np.concatenate([c[0] for c in chunks])
-            scores = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
-            del chunks
             half = self.patch // 2
             _, rows, cols = volume.shape
-            for (k, r, c), p in zip(found.centres, probs, strict=True):
-                r0, c0 = r - half, c - half
-                rs0, cs0 = max(0, r0), max(0, c0)
-                rs1, cs1 = min(rows, r0 + self.patch), min(cols, c0 + self.patch)
-                view = prob[k, rs0:rs1, cs0:cs1]
-                np.maximum(view, p[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0].astype(np.float16), out=view)
+            chunk_scores = []
+            for i in range(0, found.centres.shape[0], CUT_CHUNK):
+                centres = found.centres[i:i + CUT_CHUNK]
+                probs, chunk_score = self.predict_patches(cut_inputs(volume.hu, centres, self.spec), lone=lone)
+                if chunk_score is not None:
+                    chunk_scores.append(chunk_score)
+                for (k, r, c), p in zip(centres, probs, strict=True):
+                    r0, c0 = r - half, c - half
+                    rs0, cs0 = max(0, r0), max(0, c0)
+                    rs1, cs1 = min(rows, r0 + self.patch), min(cols, c0 + self.patch)
+                    view = prob[k, rs0:rs1, cs0:cs1]
+                    np.maximum(view, p[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0].astype(np.float16), out=view)
+                del probs
+            scores = np.concatenate(chunk_scores) if chunk_scores else None
         t2 = time.perf_counter()
         table = component_table(found.labels, found.count, found.dense_count, volume.hu, prob,
                                 found.component_of_centre, scores, self.thresholds.small_voxels,
@@ -269,8 +272,8 @@ class Pipeline:
         """Find and measure the stones of one series."""
         prob, mask, _ = self.analyse(volume)
         t0 = time.perf_counter()
-        findings = measure_stones(
-            volume, mask > 0, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
+        findings = measure_stones(  # the uint8 mask as it is: a bool copy would be another byte a voxel
+            volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version,
         )
         self.last_timings["postprocess_s"] = time.perf_counter() - t0 + self.last_timings.pop("components_s")

@@ -127,11 +127,21 @@ def max_axial_diameter_mm(rows: np.ndarray, columns: np.ndarray, pixel_spacing: 
 
 def _midline_x(volume: Volume, slices: np.ndarray) -> float:
     """The body's left-right centre (LPS x, mm) over the given slices."""
-    body = volume.hu[slices] > BODY_HU
-    idx = np.argwhere(body)
-    if idx.size == 0:
+    # the body voxels' mean index (slice's place in ``slices``, row, column) from their counts, a slice at a
+    # time: integer sums, exact as their mean's are, and no list of their indices (24 bytes a voxel) nor a
+    # copy of the slices
+    _, rows, columns = volume.shape
+    sums = np.zeros(3, dtype=np.int64)
+    n = 0
+    for i, k in enumerate(slices):
+        body = volume.hu[k] > BODY_HU
+        on = int(np.count_nonzero(body))
+        n += on
+        sums += (i * on, int(body.sum(axis=1) @ np.arange(rows)), int(body.sum(axis=0) @ np.arange(columns)))
+    if n == 0:
         return float(volume.index_to_patient(np.array([0, volume.shape[1] / 2, volume.shape[2] / 2]))[0])
-    centre = np.array([idx[:, 0].mean() + slices.min(), idx[:, 1].mean(), idx[:, 2].mean()])
+    mean = [float(v) / n for v in sums]
+    centre = np.array([mean[0] + slices.min(), mean[1], mean[2]])
     return float(volume.index_to_patient(centre)[0])
 
 
@@ -159,14 +169,14 @@ def measure_stones(
     """Components of ``mask`` (bool/uint8, shaped like ``volume.hu``) measured as stones."""
     if mask.shape != volume.hu.shape:
         raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.hu.shape}")
-    # label only the box around the mask: a volume-sized int32 label array is 4 bytes a voxel
-    on = mask > 0
-    spans = [np.flatnonzero(on.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    # label only the box around the mask: a volume-sized int32 label array is 4 bytes a voxel (and the
+    # box is found on the mask as it is: a volume-sized bool copy would be one more)
+    spans = [np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
     if any(span.size == 0 for span in spans):
         spans = [np.array([0, 0])] * 3
     origin = np.array([int(span[0]) for span in spans])
     crop = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
-    labels, count = ndimage.label(on[crop], structure=np.ones((3, 3, 3), dtype=bool))
+    labels, count = ndimage.label(mask[crop] > 0, structure=np.ones((3, 3, 3), dtype=bool))
     objects = ndimage.find_objects(labels)
     extent = volume.slice_extent_mm
     area = volume.pixel_spacing[0] * volume.pixel_spacing[1]

@@ -175,19 +175,21 @@ def original_index(points: np.ndarray, grid: Grid) -> np.ndarray:
 def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
     """A uint8 mask of the copy on the series' grid: on where it covers at least half a pixel; a
     component (26-connected) that would vanish keeps the series' voxel under its centre."""
-    on = mask > 0
+    # read on the mask as it is, a slice or its box at a time: no bool copy of the whole copy
     back = np.zeros((mask.shape[0], grid.rows, grid.columns), dtype=np.uint8)
-    slices = np.nonzero(on.any(axis=(1, 2)))[0]
+    slices = np.nonzero(mask.any(axis=(1, 2)))[0]
     for k in slices:
-        back[k] = cv2.resize(on[k].astype(np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR) >= 0.5
+        back[k] = cv2.resize((mask[k] > 0).astype(np.float32), (grid.columns, grid.rows),
+                             interpolation=cv2.INTER_LINEAR) >= 0.5
     if not slices.size:
         return back
     # the components are labelled inside the box that holds them all: a mask is small, a series is not
-    first = tuple(np.nonzero(on.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+    first = tuple(np.nonzero(mask.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in first)
     offset = np.array([b.start for b in box])
-    labels, count = ndimage.label(on[box], structure=np.ones((3, 3, 3), bool))
-    centres = np.asarray(ndimage.center_of_mass(on[box], labels, range(1, count + 1))) + offset
+    on = mask[box] > 0
+    labels, count = ndimage.label(on, structure=np.ones((3, 3, 3), bool))
+    centres = np.asarray(ndimage.center_of_mass(on, labels, range(1, count + 1))) + offset
     sr, sc = grid.scale
     for inner, (k, r, c) in zip(ndimage.find_objects(labels), original_index(np.rint(centres), grid), strict=True):
         (k0, k1), (r0, r1), (c0, c1) = ((s.start + o, s.stop + o) for s, o in zip(inner, offset, strict=True))
