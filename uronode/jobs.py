@@ -3,21 +3,48 @@
 A job names a series (and the generation of it that completed) and the model
 to run; it holds no in-process object, so that a worker in another process, or
 later on another machine, can take it. States: ``queued`` -> ``running`` ->
-``delivered`` or ``failed`` (with its reason). A job that a local worker was
-running when the node stopped goes back to ``queued`` at start-up; one a remote
-worker holds keeps its claim until its lease runs out (:mod:`uronode.claims`).
-A queued job whose ``dispatched_at`` is NULL is still to be published on the
-broker (``queue.backend = "dramatiq"``; the local backend ignores it).
+``delivered`` or ``failed`` (with its reason). A job that a remote worker holds
+keeps its claim until its lease runs out (:mod:`uronode.claims`). A queued job
+whose ``dispatched_at`` is NULL is still to be published on the broker
+(``queue.backend = "dramatiq"``; the local backend ignores it).
+
+The node's own worker processes claim as ``local:<pid>`` (``claimed_by``; ``local`` alone in rows
+written before, or by a claim made outside a worker process). When one dies while running a job
+(the kernel's OOM killer, a crash in a decoder, ``kill -9``), the supervisor takes the job back at
+once (:meth:`JobQueue.take_back`); the node's start-up does the same for every job its workers left
+running (:meth:`JobQueue.recover`). Either way the job is queued again while it has had fewer than
+:data:`MAX_LOCAL_ATTEMPTS` tries, else it fails with the reason, so that a series that kills every
+worker taking it does not loop. A job its worker was running when the node stopped its workers
+itself goes back to the queue without that try counted (:meth:`JobQueue.release`).
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import sqlite3
 import time
 
+from uronode.audit import AuditLog
 from uronode.store import Store
 from uronode.types import Job, JobState
+
+log = logging.getLogger(__name__)
+
+LOCAL_WORKER = "local"
+"""``claimed_by`` of a job the node's own workers took; ``local:<pid>`` (:func:`local_worker`) names the process."""
+MAX_LOCAL_ATTEMPTS = 2
+"""Tries a job gets when the node's worker process dies while running it: the first death may be a
+coincidence (another process took the memory, the node went down), a second one on the same job is
+the job's own doing (a series too large for the memory, a file that crashes a decoder), and the job
+fails with the reason instead of killing each worker that takes it."""
+NODE_WENT_DOWN = "the whole node went down"
+"""The cause :meth:`JobQueue.recover` gives: at start-up, nothing tells a worker's death from the node's."""
+
+
+def local_worker(pid: int) -> str:
+    """``claimed_by`` of a job that the node's worker process ``pid`` holds."""
+    return f"{LOCAL_WORKER}:{pid}"
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -68,8 +95,11 @@ class JobQueue:
         )
         return int(cur.lastrowid or 0)
 
-    def claim(self) -> Job | None:
-        """Take the oldest queued job and mark it running (atomically), or return None."""
+    def claim(self, worker: str = LOCAL_WORKER) -> Job | None:
+        """Take the oldest queued job and mark it running for ``worker`` (atomically), or return None.
+
+        A worker process claims as :func:`local_worker` of its pid, so that its death takes back its
+        jobs and no other's."""
         with self.store.transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
@@ -77,9 +107,9 @@ class JobQueue:
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?, claimed_by = 'local',"
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?, claimed_by = ?,"
                 " claim_token = NULL, lease_until = NULL WHERE id = ?",
-                (time.time(), row["id"]),
+                (time.time(), worker, row["id"]),
             )
             claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(claimed)
@@ -119,17 +149,78 @@ class JobQueue:
                 raise ValueError(f"job {job_id} is {row['state']}; only a failed or delivered job can be queued again")
 
     def recover(self) -> int:
-        """At start-up: jobs its own workers left running when the node stopped go back to the queue.
+        """At start-up: jobs the node's own workers left running when it stopped are taken back; returns
+        how many were queued again.
 
+        Each is queued again, or failed with the reason once it has had :data:`MAX_LOCAL_ATTEMPTS`
+        tries (as :meth:`take_back`), so that a job that brings the node down each time does not loop.
         A remote worker's claim (it has a lease) survives the node's restart: the worker may still
         complete it, and the sweeper takes the job back if its lease runs out."""
+        taken = self._take_back(None, NODE_WENT_DOWN)
+        return sum(job.state is JobState.QUEUED for job in taken)
+
+    def take_back(self, worker: str, cause: str) -> builtins.list[Job]:
+        """The node's worker process ``worker`` (:func:`local_worker`) died of ``cause`` (``exit code -9,
+        killed: out of memory?``): each job it was running is queued again, or, once it has had
+        :data:`MAX_LOCAL_ATTEMPTS` tries, failed with the reason. Returns those jobs as they now are.
+
+        Jobs of the node's other workers and of remote workers are not touched. One ERROR line per job."""
+        return self._take_back(worker, cause)
+
+    def release(self, worker: str) -> builtins.list[Job]:
+        """The node stopped its worker process ``worker`` while it ran a job: the job goes back to the
+        queue and that try does not count against it (it was the node's doing, not the job's)."""
+        now = time.time()
         with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', updated_at = ?, dispatched_at = NULL"
-                " WHERE state = 'running' AND lease_until IS NULL",
-                (time.time(),),
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_until IS NULL AND claimed_by = ?", (worker,)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            conn.executemany(
+                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), updated_at = ?,"
+                " dispatched_at = NULL WHERE id = ?",
+                [(now, i) for i in ids],
             )
-        return cur.rowcount
+            released = [_job(conn.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone()) for i in ids]
+        for job in released:
+            log.warning("job %d series %s: its worker was stopped with the node; queued again, that try not counted",
+                        job.id, job.series_instance_uid)
+        return released
+
+    def _take_back(self, worker: str | None, cause: str) -> builtins.list[Job]:
+        """Take back the running jobs of the node's worker ``worker`` (None: of all its workers)."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, series_instance_uid, attempts FROM jobs"
+                " WHERE state = 'running' AND lease_until IS NULL AND (? IS NULL OR claimed_by = ?) ORDER BY id",
+                (worker, worker),
+            ).fetchall()
+            for row in rows:
+                if row["attempts"] < MAX_LOCAL_ATTEMPTS:
+                    conn.execute(
+                        "UPDATE jobs SET state = 'queued', updated_at = ?, dispatched_at = NULL WHERE id = ?",
+                        (now, row["id"]),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
+                        (_died_reason(conn, row, cause), now, row["id"]),
+                    )
+            taken = [_job(conn.execute("SELECT * FROM jobs WHERE id = ?", (r["id"],)).fetchone()) for r in rows]
+        for job in taken:
+            if job.state is JobState.QUEUED:
+                log.error(
+                    "job %d series %s: the worker process died while running it (%s) on attempt %d of %d;"
+                    " queued again", job.id, job.series_instance_uid, cause, job.attempts, MAX_LOCAL_ATTEMPTS,
+                )
+            else:
+                log.error("job %d series %s failed: %s", job.id, job.series_instance_uid, job.reason)
+                AuditLog(self.store.root).record(
+                    "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state="failed",
+                    reason=job.reason,
+                )
+        return taken
 
     def findings(self, job_id: int) -> str | None:
         """The findings JSON the model produced for this job, if it has run."""
@@ -156,3 +247,13 @@ class JobQueue:
             "SELECT * FROM jobs WHERE series_instance_uid = ? ORDER BY id", (series_uid,)
         ).fetchall()
         return [_job(r) for r in rows]
+
+
+def _died_reason(conn: sqlite3.Connection, row: sqlite3.Row, cause: str) -> str:
+    """A failed job's reason when its worker died on it once too often, with the series' size when the
+    index has it (a series too large for the memory is the usual poison)."""
+    reason = f"the worker process died while running it ({cause}) on {row['attempts']} attempts"
+    (instances,) = conn.execute(
+        "SELECT count(*) FROM instances WHERE series_instance_uid = ?", (row["series_instance_uid"],)
+    ).fetchone()
+    return f"{reason}; the series has {instances} instances" if instances else reason

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from uronode.db import Database
+from uronode.jobs import LOCAL_WORKER
 from uronode.types import JobState
 
 INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -102,10 +103,13 @@ class IndexCollector(Collector):
         worker_seconds = CounterMetricFamily(
             "uronode_worker_inference_seconds", "The model's time on the series each worker finished.", labels=["worker"]
         )
+        # The node's worker processes claim as 'local:<pid>': counted together as 'local' (a label per pid
+        # would grow with every restart of a worker).
         for row in conn.execute(
-            "SELECT claimed_by AS w, sum(state = 'failed') AS failed, sum(state != 'failed') AS done,"
-            " coalesce(sum(seconds), 0) AS s FROM jobs"
-            " WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY claimed_by"
+            "SELECT CASE WHEN claimed_by GLOB ? || ':*' THEN ? ELSE claimed_by END AS w,"
+            " sum(state = 'failed') AS failed, sum(state != 'failed') AS done, coalesce(sum(seconds), 0) AS s"
+            " FROM jobs WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY w",
+            (LOCAL_WORKER, LOCAL_WORKER),
         ):
             by_worker.add_metric([row["w"], "done"], row["done"])
             by_worker.add_metric([row["w"], "failed"], row["failed"])

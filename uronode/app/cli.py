@@ -132,9 +132,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     queue = JobQueue(_existing_store(settings))
     state = JobState(args.state) if args.state else None
     jobs = queue.list(state, args.limit)
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<12} {'series':<64}  reason")
+    # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'series':<64}  reason")
     for job in jobs:
-        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<12} {job.series_instance_uid:<64}"
+        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.series_instance_uid:<64}"
               f"  {job.reason or ''}")
     return 0
 

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from functools import partial
 from multiprocessing.context import SpawnProcess
@@ -28,7 +29,7 @@ from inference.runtime import model_available
 from scp.server import make_listening_socket, run_receiver
 from uronode.app.delivery import Deliverer
 from uronode.completion import CompletionMonitor
-from uronode.jobs import JobQueue
+from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
 from uronode.outbox import Outbox
 from uronode.retention import purge
@@ -98,13 +99,46 @@ class Receivers:
         self.socket.close()
 
 
-class WorkerProcess:
-    """The process that runs the model; restarted if it dies, not started without a model."""
+SIGNAL_CAUSES = {
+    signal.SIGKILL: "killed: out of memory?",  # the kernel's OOM killer sends it; so does kill -9
+    signal.SIGSEGV: "segmentation fault: a crash in native code",
+    signal.SIGBUS: "bus error: a crash in native code",
+    signal.SIGABRT: "aborted",
+}
 
-    def __init__(self, settings: Settings) -> None:
+
+def exit_cause(exitcode: int | None) -> str:
+    """How a process ended, for a job's reason: ``exit code -9, killed: out of memory?``, ``exit code 1``."""
+    if exitcode is None:
+        return "exit code unknown"
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        number = signal.Signals(-exitcode)
+    except ValueError:
+        return f"exit code {exitcode}, signal {-exitcode}"
+    return f"exit code {exitcode}, {SIGNAL_CAUSES.get(number, number.name)}"
+
+
+class WorkerProcess:
+    """The process that runs the model; restarted if it dies, not started without a model.
+
+    A job the process was running when it died is taken back before it restarts
+    (:meth:`uronode.jobs.JobQueue.take_back`): queued again, or failed with the reason once it
+    has had :data:`uronode.jobs.MAX_LOCAL_ATTEMPTS` tries; the node's other workers' jobs are not
+    touched. A job it was running when :meth:`stop` had to kill it goes back to the queue, that
+    try not counted. ``queue`` defaults to the one on the node's store (``settings.storage``).
+    """
+
+    def __init__(self, settings: Settings, queue: JobQueue | None = None) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.proc: SpawnProcess | None = None
+        if queue is None:
+            storage = settings.storage
+            queue = JobQueue(Store(storage.data_dir, fsync=storage.fsync,
+                                   max_disk_used_percent=storage.max_disk_used_percent))
+        self.queue = queue
 
     def start(self) -> None:
         # Imported here, not at the top: the worker module brings the model's libraries (highdicom,
@@ -117,18 +151,29 @@ class WorkerProcess:
         self.proc.start()
 
     def check(self) -> None:
-        """Restart the worker if it has exited."""
+        """Restart the worker if it has exited, once the job it was running is taken back."""
         if self.proc is not None and not self.proc.is_alive():
-            log.error("the worker exited with %s; restarting it", self.proc.exitcode)
+            log.error("the worker (pid %s) exited with %s; restarting it", self.proc.pid, self.proc.exitcode)
+            self._take_back()
             self.start()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(10)
-            if self.proc.is_alive():
-                self.proc.kill()
+    def _take_back(self) -> None:
+        if self.proc is not None and self.proc.pid is not None:
+            self.queue.take_back(local_worker(self.proc.pid), exit_cause(self.proc.exitcode))
 
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if not self.proc.is_alive():  # it died after the supervisor's last round
+            self._take_back()
+            return
+        self.proc.terminate()  # the worker finishes its job, then exits
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+        if self.proc.pid is not None:
+            self.queue.release(local_worker(self.proc.pid))
 
 
 def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:

@@ -9,7 +9,10 @@ machine that fetches series over WADO-RS.
 Outcome of a job: ``delivering`` (results stored, waiting for destinations),
 ``delivered`` (no destinations, or all confirmed), or ``failed`` with the
 reason (a series the model cannot read, a model error, an internal error);
-the worker then goes on with the next job.
+the worker then goes on with the next job. It claims as ``local:<pid>``
+(:func:`uronode.jobs.local_worker`), so that if the process dies on a job (out of
+memory, a crash in a decoder) the node's supervisor takes back that job and no
+other worker's (:class:`uronode.app.node.WorkerProcess`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,7 +38,7 @@ from inference.volume import Volume
 from inference.writers.results import write_results
 from uronode.audit import AuditLog
 from uronode.header import read_header
-from uronode.jobs import JobQueue
+from uronode.jobs import JobQueue, local_worker
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
 from uronode.processes import die_with_parent
@@ -134,8 +138,9 @@ class Worker:
         return JobState.FAILED
 
     def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:
+        worker = local_worker(os.getpid())
         while not stop.is_set():
-            job = self.queue.claim()
+            job = self.queue.claim(worker)
             if job is None:
                 stop.wait(idle_s)
                 continue
