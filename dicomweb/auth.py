@@ -50,6 +50,7 @@ CLAIM_MAX = 200
 """Characters kept of a forwarded user name or address (what a client sends is not trusted to be short)."""
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,28 @@ class Requester:
     believed: bool = False
 
 
-def trusted_addresses(addresses: Iterable[str]) -> frozenset[IPAddress]:
-    """The trusted proxies' addresses (``dicomweb.trusted_proxies``, checked when the settings are read)."""
-    return frozenset(a for a in map(_address, addresses) if a is not None)
+def trusted_addresses(entries: Iterable[str]) -> frozenset[IPNetwork]:
+    """The trusted proxies (``dicomweb.trusted_proxies``, checked when the settings are read), each an address
+    (a network of one) or a network; an IPv4-mapped IPv6 address is its IPv4 address, as :func:`_address` reads."""
+    networks = set()
+    for entry in entries:
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            continue
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        networks.add(network)
+    return frozenset(networks)
 
 
-def requester(scope: Scope, trusted: frozenset[IPAddress]) -> Requester:
+def _trusted(address: IPAddress | None, trusted: frozenset[IPNetwork]) -> bool:
+    """Whether ``address`` is one of the ``trusted`` proxies (in one of their networks)."""
+    return address is not None and any(address in network for network in trusted)
+
+
+def requester(scope: Scope, trusted: frozenset[IPNetwork]) -> Requester:
     """Who sent the request, believing forwarded headers only from a trusted proxy.
 
     Behind a trusted proxy the client is the last address in ``X-Forwarded-For`` that is not itself a
@@ -98,10 +115,10 @@ def requester(scope: Scope, trusted: frozenset[IPAddress]) -> Requester:
             forwarded_user = value.decode("latin-1")[:CLAIM_MAX] or None
         elif name == b"x-forwarded-for":
             forwarded_for.append(value.decode("latin-1"))
-    if not trusted or _address(address) not in trusted:
+    if not _trusted(_address(address), trusted):
         return Requester(address, forwarded_user=forwarded_user)
     hops = [hop.strip() for hop in ",".join(forwarded_for).split(",") if hop.strip()]
-    client = next((hop for hop in reversed(hops) if _address(hop) not in trusted), hops[0] if hops else None)
+    client = next((hop for hop in reversed(hops) if not _trusted(_address(hop), trusted)), hops[0] if hops else None)
     if client is None:
         return Requester(address, forwarded_user=forwarded_user, believed=True)
     known = _address(client)

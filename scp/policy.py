@@ -19,9 +19,13 @@ association aborted (A-ABORT), with one log line naming the caller.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import SynchronizedArray
 
 from pynetdicom import evt
@@ -41,22 +45,96 @@ MAX_COMMAND_SET_BYTES = 64 * 1024
 """Largest command set taken (bytes): a C-STORE-RQ's is about 200, a C-FIND-RQ's no more."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def ip_address(text: str) -> IPAddress | None:
+    """The IP address ``text`` holds, an IPv4-mapped IPv6 address (``::ffff:10.1.2.3``, how a dual-stack
+    listener sees an IPv4 caller) as its IPv4 address; None if ``text`` is not an address."""
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
+
+
+def resolve_host(name: str) -> frozenset[IPAddress]:
+    """Every address ``name`` resolves to (empty if it does not)."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        log.warning("allowed caller host %s does not resolve (%s): no caller is let in under it", name, exc)
+        return frozenset()
+    return frozenset(a for a in (ip_address(str(info[4][0]).partition("%")[0]) for info in infos) if a is not None)
+
+
+class HostNames:
+    """The addresses of the host names in ``scp.allowed_callers``, looked up when asked and kept a while.
+
+    An answer is kept ``ttl_s``; a caller from an address the kept answer does not hold asks again, but
+    not sooner than ``retry_s`` after the last lookup, so that a stranger calling under a known AE title
+    makes at most one lookup per name every ``retry_s``. One lock: lookups of one process are one at a time.
+    """
+
+    def __init__(self, resolve: Callable[[str], frozenset[IPAddress]] = resolve_host, ttl_s: float = 30.0,
+                 retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.resolve = resolve
+        self.ttl_s = ttl_s
+        self.retry_s = retry_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, frozenset[IPAddress]]] = {}  # name -> (when looked up, addresses)
+
+    def holds(self, name: str, address: IPAddress) -> bool:
+        """Whether ``name`` resolves to ``address`` (looking it up again if the answer is old, or lacks it)."""
+        with self._lock:
+            now = self.clock()
+            looked, addresses = self._known.get(name, (None, frozenset()))
+            if looked is None or now - looked >= self.ttl_s or (address not in addresses and now - looked >= self.retry_s):
+                addresses = self.resolve(name)
+                self._known[name] = (now, addresses)
+            return address in addresses
+
+    def warm(self, names: Sequence[str]) -> None:
+        """Look each name up now (at start-up: a name that does not resolve is a warning in the log at once)."""
+        with self._lock:
+            for name in dict.fromkeys(names):
+                self._known[name] = (self.clock(), self.resolve(name))
+
+
 @dataclass(frozen=True)
 class CallerPolicy:
-    """The calling-AE allow-list. ``restrict`` off lets every caller in."""
+    """The calling-AE allow-list. ``restrict`` off lets every caller in.
+
+    A rule's host is compared as an IP address (an IPv4 caller on a dual-stack listener, ``::ffff:10.1.2.3``,
+    is ``10.1.2.3``); a host name is resolved by ``names`` (:class:`HostNames`)."""
 
     restrict: bool
     rules: tuple[CallerRule, ...]
+    names: HostNames = field(default_factory=HostNames, compare=False, repr=False)
 
     @classmethod
-    def from_rules(cls, restrict: bool, rules: Sequence[CallerRule]) -> CallerPolicy:
-        return cls(restrict=restrict, rules=tuple(rules))
+    def from_rules(cls, restrict: bool, rules: Sequence[CallerRule], names: HostNames | None = None) -> CallerPolicy:
+        """The policy; with ``restrict`` on, the host names of ``rules`` are looked up at once."""
+        policy = cls(restrict=restrict, rules=tuple(rules), names=names or HostNames())
+        if restrict:
+            policy.names.warm([r.host for r in policy.rules if r.host is not None and ip_address(r.host) is None])
+        return policy
 
     def allows(self, calling_ae: str, host: str) -> bool:
         if not self.restrict:
             return True
         calling = calling_ae.strip()
-        return any(r.ae_title == calling and (r.host is None or r.host == host) for r in self.rules)
+        rules = [r for r in self.rules if r.ae_title == calling]
+        if any(r.host is None for r in rules):
+            return True
+        address = ip_address(host)
+        if address is None:
+            return False
+        named = [r.host for r in rules if r.host is not None and ip_address(r.host) is None]
+        return (any(r.host is not None and ip_address(r.host) == address for r in rules)
+                or any(self.names.holds(name, address) for name in named))
 
 
 class AssociationSlots:

@@ -178,12 +178,17 @@ class Outbox:
             ).rowcount
         return done + failed
 
-    def list(self, state: DeliveryState | None = None, limit: int = 1000) -> builtins.list[Delivery]:
+    def list(self, state: DeliveryState | None = None, limit: int = 1000, *,
+             newest_first: bool = False) -> builtins.list[Delivery]:
+        """Up to ``limit`` deliveries (of ``state``), oldest first, or the newest first (``uronode deliveries``)."""
+        order = "DESC" if newest_first else "ASC"
         if state is None:
-            rows = self.store.conn().execute("SELECT * FROM deliveries ORDER BY id LIMIT ?", (limit,)).fetchall()
+            rows = self.store.conn().execute(
+                f"SELECT * FROM deliveries ORDER BY id {order} LIMIT ?", (limit,)
+            ).fetchall()
         else:
             rows = self.store.conn().execute(
-                "SELECT * FROM deliveries WHERE state = ? ORDER BY id LIMIT ?", (state.value, limit)
+                f"SELECT * FROM deliveries WHERE state = ? ORDER BY id {order} LIMIT ?", (state.value, limit)
             ).fetchall()
         return [_delivery(r) for r in rows]
 

@@ -10,16 +10,19 @@ the first association.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import ssl
 import sys
 import tomllib
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +32,13 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: no backslash, no control
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+"""A DNS host name (RFC 1123 labels; ``_`` too, which Docker's service names may hold)."""
+ENV_PREFIX = "URONODE_"
+OTHER_VARIABLES = frozenset({"URONODE_CONFIG", "URONODE_SHARED_DATA", "URONODE_IN_NETNS"})
+"""``URONODE_*`` environment variables that are not settings: the config file, the lab's shared data
+(lab/synth.py) and the test harness's network-namespace mark (tests/peers/netns.py)."""
 OHIF_VERSION = "3.13.2"
 """The OHIF viewer release the node serves (``./run`` fetches it, the Dockerfile too)."""
 
@@ -70,22 +80,48 @@ def check_ae_title(value: str, what: str) -> str:
     return stripped
 
 
-class CallerRule(BaseModel):
-    """One entry of the calling-AE allow-list: an AE title and optionally the host it must come from."""
+def check_host(value: str, what: str) -> str:
+    """``value`` as an IP address (IPv4-mapped IPv6 as its IPv4 address, brackets dropped) or a lower-case
+    host name, or ValueError naming ``what``."""
+    text = value.strip()
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        # a name whose last label is all digits is a mistyped address (10.1.2), not a name
+        if HOST_NAME.match(text) and not text.rstrip(".").rpartition(".")[2].isdigit():
+            return text.lower()
+        raise ValueError(f"{what} {text!r} is neither an IP address nor a host name") from None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
 
-    model_config = {"frozen": True}
+
+class StrictModel(BaseModel):
+    """A settings model that refuses names it does not have: a misspelled setting stops start-up instead
+    of being ignored (``[scp] restrict_caller = true`` would leave the node open)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CallerRule(StrictModel):
+    """One entry of the calling-AE allow-list: an AE title and optionally the host it must come from
+    (an IP address, or a host name :mod:`scp.policy` resolves)."""
+
+    model_config = ConfigDict(frozen=True)
 
     ae_title: str
     host: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> CallerRule:
-        """Parse ``AE`` or ``AE@host``."""
-        ae, _, host = text.partition("@")
-        return cls(ae_title=check_ae_title(ae, "allowed calling AE title"), host=host.strip() or None)
+        """Parse ``AE`` or ``AE@host``; ValueError if the AE title or the host is not one."""
+        ae, at, host = text.partition("@")
+        title = check_ae_title(ae, "allowed calling AE title")
+        if at and not host.strip():
+            raise ValueError(f"allowed caller {text.strip()!r}: no host after @")
+        return cls(ae_title=title, host=check_host(host, f"allowed caller {title}: host") if at else None)
 
 
-class ScpSettings(BaseModel):
+class ScpSettings(StrictModel):
     """The DICOM listener (C-ECHO / C-STORE SCP)."""
 
     ae_title: str = "URONODE"
@@ -93,7 +129,12 @@ class ScpSettings(BaseModel):
     restrict_callers: bool = False
     """When true, only callers on ``allowed_callers`` may associate."""
     allowed_callers: list[str] = Field(default_factory=list)
-    """Entries ``AE`` (from any host) or ``AE@host`` (only from that IP address)."""
+    """Entries ``AE`` (from any host) or ``AE@host`` (only from that host): ``host`` is an IP address (an
+    IPv4 caller reaching a listener on ``::`` as ``::ffff:10.1.2.3`` is ``10.1.2.3``) or a host name,
+    e.g. a compose service (``ORTHANC@orthanc``). A name is resolved (all its addresses) when the
+    receivers start, and again when the AE calls from an address the name did not give, at most every
+    5 s; an answer is kept 30 s, so a peer whose address changes (a container made anew) is let in
+    without a restart. A name that does not resolve lets no one in under it (logged as a warning)."""
     max_associations: int = Field(16, ge=1, le=1000)
     """Concurrent associations accepted, over all receiving processes."""
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
@@ -164,7 +205,7 @@ class ScpSettings(BaseModel):
         return [CallerRule.parse(c) for c in self.allowed_callers]
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(StrictModel):
     """Where instances, the index and the queue live."""
 
     data_dir: Path = Path("uronode-data")
@@ -179,7 +220,7 @@ class StorageSettings(BaseModel):
     """How often the node looks for series past their retention."""
 
 
-class DicomwebSettings(BaseModel):
+class DicomwebSettings(StrictModel):
     """The HTTP side: DICOMweb, REST API, viewer, health."""
 
     port: int = Field(8080, ge=1, le=65535)
@@ -194,24 +235,32 @@ class DicomwebSettings(BaseModel):
     tokens: list[str] = Field(default_factory=list)
     """Bearer tokens accepted as well (for scripts and remote workers)."""
     trusted_proxies: list[str] = Field(default_factory=list)
-    """IP addresses of reverse proxies whose ``X-Forwarded-User`` and ``X-Forwarded-For`` the audit log
-    believes; from any other client those headers are not taken as the user or the address."""
+    """Reverse proxies, each an IP address or a network (``172.18.0.0/16``, e.g. a container network),
+    whose ``X-Forwarded-User``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the node believes (the audit
+    log's user and client, the scheme of the URLs it writes); from any other client those headers are not
+    taken as the user, the address or the scheme."""
 
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: list[str]) -> list[str]:
-        for address in value:
+        for entry in value:
             try:
-                ipaddress.ip_address(address)
+                ipaddress.ip_network(entry.strip())
             except ValueError:
-                raise ValueError(f"dicomweb.trusted_proxies: {address!r} is not an IP address") from None
+                try:
+                    network = ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"dicomweb.trusted_proxies: {entry!r} is neither an IP address"
+                                     " nor a network (such as 172.18.0.0/16)") from None
+                raise ValueError(f"dicomweb.trusted_proxies: {entry!r} has host bits set;"
+                                 f" the network is {network}") from None
         return value
 
 
-class KnownAE(BaseModel):
+class KnownAE(StrictModel):
     """Where a calling AE title can be reached, for results sent back to the sender."""
 
-    model_config = {"frozen": True}
+    model_config = ConfigDict(frozen=True)
 
     host: str
     port: int = Field(ge=1, le=65535)
@@ -232,12 +281,12 @@ def result_kind(sop_class_uid: str) -> str:
     return "sc"
 
 
-class Destination(BaseModel):
+class Destination(StrictModel):
     """Where results go. ``kind``: ``dicom`` (C-STORE to ``ae_title`` at ``host``:``port``),
     ``sender`` (C-STORE back to the AE that sent the series, looked up in ``delivery.known_aes``)
     or ``dicomweb`` (STOW-RS to ``url``, with optional basic auth or a bearer token)."""
 
-    model_config = {"frozen": True}
+    model_config = ConfigDict(frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     kind: str = Field(pattern=r"^(dicom|sender|dicomweb)$")
@@ -277,7 +326,7 @@ class Destination(BaseModel):
         return self
 
 
-class DeliverySettings(BaseModel):
+class DeliverySettings(StrictModel):
     """Sending results: destinations, retries."""
 
     destinations: list[Destination] = Field(default_factory=list)
@@ -301,7 +350,7 @@ class DeliverySettings(BaseModel):
         return self
 
 
-class InferenceSettings(BaseModel):
+class InferenceSettings(StrictModel):
     """The model the worker runs."""
 
     models_dir: Path = Field(default_factory=default_models_dir)
@@ -312,7 +361,7 @@ class InferenceSettings(BaseModel):
     """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(StrictModel):
     """How jobs reach the workers: the node's own (``sqlite``) or, through a broker, workers anywhere
     (``dramatiq``, ``docs/distributed.md``)."""
 
@@ -439,14 +488,110 @@ def _environment_problem(exc: SettingsError) -> str:
             " one value as URONODE_SCP__PORT=104)")
 
 
+def _inner(annotation: Any) -> Any:
+    """``annotation`` without ``| None``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in get_args(annotation) if a is not type(None)]
+        return kept[0] if len(kept) == 1 else annotation
+    return annotation
+
+
+def _model(annotation: Any) -> type[BaseModel] | None:
+    annotation = _inner(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """The names the settings model at ``loc`` (a path as pydantic reports it: list indexes and dict keys
+    included) has, or none if ``loc`` leads to no model."""
+    annotation: Any = Settings
+    for part in loc:
+        if (model := _model(annotation)) is not None:
+            if not isinstance(part, str) or part not in model.model_fields:
+                return []
+            annotation = model.model_fields[part].annotation
+        elif get_origin(_inner(annotation)) in (list, tuple, dict):
+            annotation = get_args(_inner(annotation))[-1 if get_origin(_inner(annotation)) is dict else 0]
+        else:
+            return []
+    model = _model(annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _meant(unknown: str, known: list[str]) -> str | None:
+    """The name in ``known`` closest to the misspelled ``unknown``, if one is close."""
+    close = difflib.get_close_matches(unknown.lower(), known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _setting_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every group and value of ``model``, as paths of field names."""
+    paths = []
+    for name, field in model.model_fields.items():
+        paths.append((*prefix, name))
+        if (inner := _model(field.annotation)) is not None:
+            paths += _setting_paths(inner, (*prefix, name))
+    return paths
+
+
+def _unknown_setting(loc: tuple[str | int, ...]) -> str:
+    """Why pydantic refused ``loc`` (an input no settings model has), with the name meant if one is close."""
+    meant = _meant(str(loc[-1]), _fields_at(loc[:-1]))
+    where = ".".join(str(p) for p in loc)
+    return f"{where}: unknown setting" + (f"; did you mean {'.'.join(str(p) for p in (*loc[:-1], meant))}?"
+                                          if meant else "")
+
+
+def _environment_variable_problem(variable: str) -> str | None:
+    """Why ``variable`` (a ``URONODE_*`` environment variable) names no setting, or None if it names one.
+
+    pydantic-settings reads only the variables that name a field and ignores the rest, so a misspelled
+    one (``URONODE_SCP__RESTRICT_CALLER``, ``URONODE_DATA_DIR``) would leave its setting at the default."""
+    parts = variable[len(ENV_PREFIX):].lower().split("__")
+    annotation: Any = Settings
+    for depth, part in enumerate(parts):
+        if (model := _model(annotation)) is not None:
+            if part in model.model_fields:
+                annotation = model.model_fields[part].annotation
+                continue
+            # the name meant: the misspelled part among its siblings, else the whole name among all
+            meant_part = _meant(part, list(model.model_fields))
+            meant: str | None
+            if meant_part is not None:
+                meant = ENV_PREFIX + "__".join((*parts[:depth], meant_part, *parts[depth + 1:])).upper()
+            else:
+                names = ["__".join(p) for p in _setting_paths(Settings)]
+                close = _meant("__".join(parts), names)
+                meant = ENV_PREFIX + close.upper() if close else None
+            group = ".".join(parts[:depth]) or "the top level"
+            return (f"environment variable {variable} names no setting ({group} has no {part!r})"
+                    + (f"; did you mean {meant}?" if meant else ""))
+        if get_origin(_inner(annotation)) is dict:  # URONODE_DELIVERY__KNOWN_AES__<key>...: a key, then its value
+            annotation = get_args(_inner(annotation))[1]
+            continue
+        return f"environment variable {variable} names no setting ({'.'.join(parts[:depth])} holds no {part!r})"
+    return None
+
+
+def _environment_problems(environ: Mapping[str, str]) -> list[str]:
+    """One line for each ``URONODE_*`` variable in ``environ`` that names no setting (case as pydantic-settings
+    reads them: any), leaving out :data:`OTHER_VARIABLES`."""
+    problems = []
+    for variable in sorted(environ):
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in OTHER_VARIABLES:
+            if (problem := _environment_variable_problem(variable)) is not None:
+                problems.append(problem)
+    return problems
+
+
 def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build the settings from flags (``overrides``), environment and config file.
 
     ``config_file`` defaults to ``URONODE_CONFIG``. ``overrides`` is nested like
     the settings (``{"scp": {"port": 104}}``) and wins over everything else.
-    Raises :class:`ConfigError` with a readable message when a value is invalid, the config
-    file is missing, is a folder or is not UTF-8 TOML, or a group in the environment is not JSON.
-    Reads the process environment, never writes it.
+    Raises :class:`ConfigError` with a readable message when a value is invalid, a name (in the file, in
+    the environment, in a JSON group) is no setting, the config file is missing, is a folder or is not
+    UTF-8 TOML, or a group in the environment is not JSON. Reads the process environment, never writes it.
     """
     from pydantic import ValidationError
 
@@ -456,6 +601,8 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         named = " (URONODE_CONFIG)"
     if config_file is not None and (problem := _config_file_problem(config_file)):
         raise ConfigError(f"config file {config_file}{named} {problem}")
+    if unknown := _environment_problems(os.environ):
+        raise ConfigError(unknown[0] if len(unknown) == 1 else "invalid settings:\n  " + "\n  ".join(unknown))
     cls = _reading(config_file)
     try:
         if not overrides:
@@ -466,6 +613,9 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            if err["type"] == "extra_forbidden" and err["loc"]:
+                lines.append(_unknown_setting(err["loc"]))
+                continue
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             lines.append(f"{where}: {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -146,3 +146,26 @@ def test_a_trusted_proxy_keeps_the_https_scheme_in_the_urls_the_node_writes(star
         urls.append(found["00081190"]["Value"][0])
     assert urls[0].startswith("http://127.0.0.1:") and urls[1].startswith("https://127.0.0.1:")
     assert urls[1].endswith(f"/dicom-web/studies/{study}")
+
+
+def test_a_trusted_proxy_network_forwards_the_client_address(start_node: Callable[..., Node]) -> None:
+    """probe7 finding 9: a container network's proxy has no fixed address; its subnet is trusted."""
+    forwarded = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7", "X-Forwarded-User": "dr.house@radiology"}
+    node = start_node(URONODE_DICOMWEB__AUTH="none", URONODE_DICOMWEB__TRUSTED_PROXIES='["127.0.0.0/8"]')
+    assert httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", headers=forwarded).status_code == 200
+    (proxied,) = _events(node)
+    assert (proxied["client"], proxied["proxy"], proxied["user"]) == ("203.0.113.7", "127.0.0.1", "dr.house@radiology")
+
+
+@pytest.mark.parametrize(("peer", "believed"), [
+    ("172.18.0.3", True), ("::ffff:172.18.0.3", True), ("172.19.0.3", False), ("fd00::7", True), ("fe80::1", False),
+])
+def test_a_request_from_a_trusted_network_is_believed_and_one_from_outside_it_is_not(peer: str, believed: bool) -> None:
+    from dicomweb.auth import requester, trusted_addresses
+
+    trusted = trusted_addresses(["172.18.0.0/16", "fd00::/8"])
+    scope = {"client": (peer, 4711), "headers": [(b"x-forwarded-for", b"198.51.100.9, 172.18.0.2")]}
+    found = requester(scope, trusted)
+    assert found.believed is believed
+    # the hop the proxy network itself added is skipped: the client is the last address outside it
+    assert found.client == ("198.51.100.9" if believed else peer)

@@ -305,3 +305,64 @@ def test_sigkill_right_after_success_loses_nothing_and_queues_once(start_node: S
     assert row is not None and row["generation"] == 1
     lost = query(data, "SELECT outcome FROM associations")
     assert [r["outcome"] for r in lost] == ["lost"]
+
+
+def test_allowed_caller_hosts_are_addresses_on_a_dual_stack_listener_and_names_resolve(tmp_path: Path) -> None:
+    """probe7 finding 4: on ``::`` an IPv4 caller is ``::ffff:127.0.0.1``, which ``PACS@127.0.0.1`` must
+    match; ``ORTHANC@localhost`` (a compose service name, say) is resolved, not compared as text."""
+    import socket
+    import threading
+
+    from scp.scu import echo
+    from scp.server import make_listening_socket, make_server
+    from tests.peers.processes import free_port
+    from uronode.settings import load_settings
+    from uronode.store import Store
+
+    port = free_port()
+    settings = load_settings(overrides={
+        "host": "::", "storage": {"data_dir": tmp_path / "data"},
+        "scp": {"port": port, "restrict_callers": True,
+                "allowed_callers": ["PACS@127.0.0.1", "ORTHANC@localhost", "ELSEWHERE@10.9.9.9", "NOWHERE@no-such-host.invalid"]},
+    })
+    server = make_server(settings, Store(settings.storage.data_dir), make_listening_socket("::", port), None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        assert socket.getaddrinfo("localhost", port)  # the name the rule gives resolves here
+        for calling, allowed in (("PACS", True), ("ORTHANC", True), ("ELSEWHERE", False), ("NOWHERE", False)):
+            result = echo("127.0.0.1", port, "URONODE", calling_ae=calling, timeout_s=10)
+            assert result.ok is allowed, (calling, result.message)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_caller_host_name_is_looked_up_again_when_a_caller_comes_from_elsewhere_at_most_every_retry() -> None:
+    """A peer made anew (a container) has a new address: the name is asked again, not at every association."""
+    import ipaddress
+
+    from scp.policy import CallerPolicy, HostNames
+    from uronode.settings import CallerRule
+
+    now = [0.0]
+    answers = {"orthanc": frozenset({ipaddress.ip_address("172.18.0.3")})}
+    asked: list[str] = []
+
+    def resolve(name: str) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        asked.append(name)
+        return answers.get(name, frozenset())
+
+    names = HostNames(resolve, ttl_s=30, retry_s=5, clock=lambda: now[0])
+    policy = CallerPolicy.from_rules(True, [CallerRule.parse("ORTHANC@orthanc")], names)
+    assert asked == ["orthanc"]  # at start-up
+    assert policy.allows("ORTHANC", "172.18.0.3") and policy.allows("ORTHANC", "::ffff:172.18.0.3")
+    assert not policy.allows("PACS", "172.18.0.3")
+    answers["orthanc"] = frozenset({ipaddress.ip_address("172.18.0.9")})  # made anew
+    assert not policy.allows("ORTHANC", "172.18.0.9") and asked == ["orthanc"]  # asked 0 s ago: not again
+    now[0] = 5.0
+    assert policy.allows("ORTHANC", "172.18.0.9") and asked == ["orthanc"] * 2
+    assert not policy.allows("ORTHANC", "10.0.0.1") and asked == ["orthanc"] * 2  # a stranger: within retry_s
+    now[0] = 36.0
+    assert policy.allows("ORTHANC", "172.18.0.9") and asked == ["orthanc"] * 3  # past ttl_s: asked again

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from uronode import __version__
 from uronode.app import predict
@@ -95,7 +95,37 @@ def _ae_title(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_count(text: str) -> int:
+    """argparse type: a whole number greater than 0."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number greater than 0, not {text!r}")
+    return count
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config`` after the subcommand too (``uronode serve --config F``; ``./run serve`` passes its flags
+    there). Without a default, so that it leaves one given before the subcommand as it is."""
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help="TOML config file (also URONODE_CONFIG)")
+
+
+def _add_limit_flag(parser: argparse.ArgumentParser, rows: str) -> None:
+    parser.add_argument("--limit", type=_positive_count, default=50, metavar="N",
+                        help=f"show the newest N {rows} (default 50); the output says when there are more")
+
+
+def _say_cut(shown: int, rows: str, total: int | None, limit: int) -> None:
+    """Tell the admin (on stderr: the table stays the rows) that the listing stopped at ``--limit``."""
+    of = f" of {total}" if total is not None else ""
+    print(f"showing the newest {shown}{of} {rows}; more with --limit (e.g. --limit {limit * 10})", file=sys.stderr)
+
+
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    _add_config_flag(parser)
     parser.add_argument("--data-dir", type=Path, help="where instances, index and queue live (default uronode-data)")
     parser.add_argument("--host", help="address to listen on, DICOM and HTTP (default 0.0.0.0)")
     parser.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
@@ -122,21 +152,42 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     from scp.scu import echo
 
-    result = echo(args.host, args.port, args.called_ae, calling_ae=args.calling_ae, timeout_s=args.timeout)
+    # the node's own AE title unless told (a PACS that checks its callers knows the node by it); not through
+    # _settings_from_args: echo's host and port are the peer's, not the node's
+    calling_ae = args.calling_ae if args.calling_ae is not None else load_settings(args.config).scp.ae_title
+    result = echo(args.host, args.port, args.called_ae, calling_ae=calling_ae, timeout_s=args.timeout)
     print(result.message)
     return 0 if result.ok else 1
+
+
+class _Row(Protocol):
+    """A listed row: a job or a delivery."""
+
+    @property
+    def id(self) -> int: ...
+
+
+RowT = TypeVar("RowT", bound=_Row)
+
+
+def _newest(rows: list[RowT], limit: int) -> tuple[list[RowT], bool]:
+    """The ``limit`` newest of ``rows`` (highest id first) and whether any were left out."""
+    newest = sorted(rows, key=lambda row: row.id, reverse=True)
+    return newest[:limit], len(newest) > limit
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     queue = JobQueue(_existing_store(settings))
     state = JobState(args.state) if args.state else None
-    jobs = queue.list(state, args.limit)
+    jobs, cut = _newest(queue.list(state, args.limit + 1), args.limit)
     # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
     print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'series':<64}  reason")
     for job in jobs:
         print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.series_instance_uid:<64}"
               f"  {job.reason or ''}")
+    if cut:
+        _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0
 
 
@@ -152,9 +203,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     outbox = Outbox(_existing_store(settings))
     state = DeliveryState(args.state) if args.state else None
+    counts = outbox.counts()
+    total = counts.get(state.value, 0) if state is not None else sum(counts.values())
+    # newest first, as `jobs`: today's dead letters before last year's deliveries
+    deliveries, cut = _newest(outbox.list(state, args.limit + 1, newest_first=True), args.limit)
     print(f"{'id':>6}  {'state':<9} {'tries':>5}  {'destination':<12} {'instance':<64}  last error")
-    for d in outbox.list(state, args.limit):
+    for d in deliveries:
         print(f"{d.id:>6}  {d.state:<9} {d.attempts:>5}  {d.destination:<12} {d.sop_instance_uid:<64}  {d.last_error or ''}")
+    if cut:
+        _say_cut(len(deliveries), f"{args.state or ''} deliveries".strip(), total, args.limit)
     return 0
 
 
@@ -234,7 +291,8 @@ def cmd_worker_token(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uronode", description="DICOM AI node for urinary stones in CT")
     parser.add_argument("--version", action="version", version=f"uronode {__version__}")
-    parser.add_argument("--config", type=Path, help="TOML config file (also URONODE_CONFIG)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML config file (also URONODE_CONFIG); after the subcommand too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node: DICOM listener, HTTP server, workers")
@@ -249,29 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("host")
     echo.add_argument("port", type=_port)
     echo.add_argument("called_ae", metavar="AE", type=_ae_title)
-    echo.add_argument("--calling-ae", default="URONODE", type=_ae_title)
+    echo.add_argument("--calling-ae", type=_ae_title, help="our AE title in the request (default: scp.ae_title)")
     echo.add_argument("--timeout", type=float, default=10.0)
+    _add_config_flag(echo)
     echo.set_defaults(func=cmd_echo)
 
     jobs = sub.add_parser("jobs", help="list jobs and their states")
+    _add_config_flag(jobs)
     jobs.add_argument("--data-dir", type=Path)
     jobs.add_argument("--state", choices=["queued", "running", "delivering", "delivered", "failed"])
-    jobs.add_argument("--limit", type=int, default=50)
+    _add_limit_flag(jobs, "jobs")
     jobs.set_defaults(func=cmd_jobs)
 
     retry = sub.add_parser("retry", help="send dead-letter deliveries again")
+    _add_config_flag(retry)
     retry.add_argument("--data-dir", type=Path)
     retry.add_argument("--destination", help="only this destination")
     retry.add_argument("--job", type=int, help="only this job's results")
     retry.set_defaults(func=cmd_retry)
 
     deliveries = sub.add_parser("deliveries", help="list result deliveries and their states")
+    _add_config_flag(deliveries)
     deliveries.add_argument("--data-dir", type=Path)
     deliveries.add_argument("--state", choices=["pending", "delivered", "dead"])
-    deliveries.add_argument("--limit", type=int, default=50)
+    _add_limit_flag(deliveries, "deliveries")
     deliveries.set_defaults(func=cmd_deliveries)
 
     purge = sub.add_parser("purge", help="delete received series past their retention (results are kept)")
+    _add_config_flag(purge)
     purge.add_argument("--data-dir", type=Path)
     purge.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
                        help="a number greater than 0 (default: storage.retention_days)")
@@ -280,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     requeue = sub.add_parser("requeue", help="run a failed (or delivered) job again")
     requeue.add_argument("job", type=int)
+    _add_config_flag(requeue)
     requeue.add_argument("--data-dir", type=Path)
     requeue.set_defaults(func=cmd_requeue)
 
@@ -287,12 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--node", required=True, help="the node's HTTP address, e.g. http://node:8080")
     worker.add_argument("--token-file", type=Path, required=True, help="this worker's bearer token (first line)")
     worker.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    _add_config_flag(worker)
     worker.set_defaults(func=cmd_worker)
 
     worker_token = sub.add_parser("worker-token", help="make a remote worker's token; the node keeps its hash")
     worker_token.add_argument("name", help="the worker's name (in the node's logs, jobs and metrics)")
     worker_token.add_argument("--out", type=Path, required=True, help="file for the token (mode 600)")
     worker_token.add_argument("--data-dir", type=Path)
+    _add_config_flag(worker_token)
     worker_token.set_defaults(func=cmd_worker_token)
 
     predict.register(sub)

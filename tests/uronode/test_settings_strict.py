@@ -1,0 +1,180 @@
+"""A setting the node does not have is refused, wherever it is written, with the name meant when one is
+close; caller hosts and trusted proxies are checked for what they are (probe7, findings 3, 4 and 9).
+
+Before: only a misspelled top-level TOML table was refused; ``[scp] restrict_caller = true``,
+``URONODE_SCP__RESTRICT_CALLER=true`` or a destination's ``"result"`` left the node running on the
+default (open to every caller, sending every result)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+from pydantic import BaseModel
+
+from uronode.settings import OTHER_VARIABLES, CallerRule, ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+PACS = {"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "pacs", "port": 104}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.upper().startswith("URONODE_"):
+            monkeypatch.delenv(key)
+
+
+def refusal(**kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**kwargs)
+    return str(refused.value)
+
+
+def nested_models(model: type[BaseModel]) -> set[type[BaseModel]]:
+    """Every model the settings hold, in groups, lists (destinations) and dicts (known AEs)."""
+    found: set[type[BaseModel]] = set()
+    for field in model.model_fields.values():
+        stack: list[Any] = [field.annotation]
+        while stack:
+            annotation = stack.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                if annotation not in found:
+                    found.add(annotation)
+                    found |= nested_models(annotation)
+            else:
+                stack.extend(get_args(annotation))
+    return found
+
+
+def test_every_settings_model_refuses_names_it_does_not_have() -> None:
+    models = nested_models(Settings)
+    assert {m.__name__ for m in models} >= {"ScpSettings", "StorageSettings", "DicomwebSettings", "InferenceSettings",
+                                            "DeliverySettings", "QueueSettings", "Destination", "KnownAE"}
+    checked: set[type[BaseModel]] = {*models, Settings, CallerRule}
+    for model in checked:
+        assert model.model_config.get("extra") == "forbid", model.__name__
+
+
+def test_a_misspelled_name_in_a_config_table_is_refused_with_the_name_meant(tmp_path: Path) -> None:
+    config = tmp_path / "uronode.toml"
+    config.write_text('[scp]\nrestrict_caller = true\nallowed_callers = ["PACS"]\n')
+    assert refusal(config_file=config) == (
+        "invalid settings:\n  scp.restrict_caller: unknown setting; did you mean scp.restrict_callers?")
+
+
+@pytest.mark.parametrize(("variable", "message"), [
+    ("URONODE_SCP__RESTRICT_CALLER",
+     "environment variable URONODE_SCP__RESTRICT_CALLER names no setting (scp has no 'restrict_caller');"
+     " did you mean URONODE_SCP__RESTRICT_CALLERS?"),
+    ("URONODE_STROAGE__DATA_DIR",
+     "environment variable URONODE_STROAGE__DATA_DIR names no setting (the top level has no 'stroage');"
+     " did you mean URONODE_STORAGE__DATA_DIR?"),
+    ("URONODE_DATA_DIR",
+     "environment variable URONODE_DATA_DIR names no setting (the top level has no 'data_dir');"
+     " did you mean URONODE_STORAGE__DATA_DIR?"),
+    ("URONODE_SCP__PORT__NUMBER", "environment variable URONODE_SCP__PORT__NUMBER names no setting"
+                                  " (scp.port holds no 'number')"),
+    ("URONODE_XYZZY", "environment variable URONODE_XYZZY names no setting (the top level has no 'xyzzy')"),
+])
+def test_an_environment_variable_that_names_no_setting_is_refused(
+    variable: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "true")
+    assert refusal() == message
+
+
+def test_every_unknown_variable_is_named_and_the_project_s_other_variables_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "uronode.toml"
+    config.write_text("")
+    monkeypatch.setenv("URONODE_CONFIG", str(config))
+    for variable in OTHER_VARIABLES - {"URONODE_CONFIG"}:
+        monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("uronode_scp__port", "104")  # pydantic-settings reads names in any case
+    assert load_settings().scp.port == 104
+    monkeypatch.setenv("URONODE_HOTS", "::")
+    monkeypatch.setenv("URONODE_SCP__AETITLE", "X")
+    assert refusal().splitlines() == [
+        "invalid settings:",
+        "  environment variable URONODE_HOTS names no setting (the top level has no 'hots'); did you mean URONODE_HOST?",
+        "  environment variable URONODE_SCP__AETITLE names no setting (scp has no 'aetitle');"
+        " did you mean URONODE_SCP__AE_TITLE?",
+    ]
+
+
+def test_a_known_ae_given_as_its_own_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"host": "ct1", "port": 104}')
+    assert load_settings().delivery.known_aes["ct1"].port == 104
+    monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"hostname": "ct1", "port": 104}')
+    assert "delivery.known_aes.ct1.hostname: unknown setting; did you mean delivery.known_aes.ct1.host?" in refusal()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"result": ["sc"]}, "delivery.destinations.0.result: unknown setting; did you mean delivery.destinations.0.results?"),
+    ({"user": "a"}, "delivery.destinations.0.user: unknown setting; did you mean delivery.destinations.0.username?"),
+    ({"colour": "red"}, "delivery.destinations.0.colour: unknown setting\n"),
+])
+def test_a_destination_with_a_name_it_does_not_have_is_refused(
+    extra: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("URONODE_DELIVERY__DESTINATIONS", json.dumps([{**PACS, **extra}]))
+    assert message in refusal() + "\n"
+
+
+def test_a_group_given_as_json_refuses_a_misspelled_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URONODE_SCP", '{"restrict_caller": true}')
+    assert "scp.restrict_caller: unknown setting; did you mean scp.restrict_callers?" in refusal()
+
+
+def test_the_deployments_name_only_settings() -> None:
+    """The compose files, the Kubernetes manifests and the run script set no variable the node now refuses."""
+    from uronode.settings import _environment_variable_problem
+
+    texts = [p.read_text() for p in [*ROOT.glob("docker-compose*.yml"), *(ROOT / "deploy").rglob("*"), ROOT / "run"]
+             if p.is_file()]
+    names = {n for text in texts for n in re.findall(r"\bURONODE_[A-Z0-9_]*[A-Z0-9]\b", text)}
+    assert names
+    assert [p for n in sorted(names - OTHER_VARIABLES) if (p := _environment_variable_problem(n))] == []
+
+
+@pytest.mark.parametrize(("entry", "rule"), [
+    ("ORTHANC@orthanc", CallerRule(ae_title="ORTHANC", host="orthanc")),
+    ("PACS@PACS.Example.org", CallerRule(ae_title="PACS", host="pacs.example.org")),
+    ("PACS@::ffff:10.1.2.3", CallerRule(ae_title="PACS", host="10.1.2.3")),
+    ("PACS@[fd00::1]", CallerRule(ae_title="PACS", host="fd00::1")),
+    ("PACS@ 10.1.2.3 ", CallerRule(ae_title="PACS", host="10.1.2.3")),
+])
+def test_an_allowed_caller_s_host_is_an_address_or_a_host_name(entry: str, rule: CallerRule) -> None:
+    settings = load_settings(overrides={"scp": {"allowed_callers": [entry]}})
+    assert settings.scp.caller_rules() == [rule]
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("PACS@10.1.2", "allowed caller PACS: host '10.1.2' is neither an IP address nor a host name"),
+    ("PACS@pacs host", "allowed caller PACS: host 'pacs host' is neither an IP address nor a host name"),
+    ("PACS@10.1.2.0/24", "allowed caller PACS: host '10.1.2.0/24' is neither an IP address nor a host name"),
+    ("PACS@", "allowed caller 'PACS@': no host after @"),
+])
+def test_an_allowed_caller_s_host_that_is_neither_is_refused_at_start_up(entry: str, message: str) -> None:
+    assert message in refusal(overrides={"scp": {"allowed_callers": [entry]}})
+
+
+def test_trusted_proxies_take_networks_as_well_as_addresses() -> None:
+    entries = ["172.18.0.0/16", "10.1.2.3", "fd00::/8", "::1"]
+    assert load_settings(overrides={"dicomweb": {"trusted_proxies": entries}}).dicomweb.trusted_proxies == entries
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("172.18.0.5/16", "'172.18.0.5/16' has host bits set; the network is 172.18.0.0/16"),
+    ("nginx", "'nginx' is neither an IP address nor a network (such as 172.18.0.0/16)"),
+    ("10.0.0.0/33", "'10.0.0.0/33' is neither an IP address nor a network"),
+])
+def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(entry: str, message: str) -> None:
+    assert message in refusal(overrides={"dicomweb": {"trusted_proxies": [entry]}})
