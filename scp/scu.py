@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from scp.identity import node_ae
 from uronode.settings import check_ae_title
 
 
@@ -27,7 +27,7 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "URONODE", time
         raise ValueError(f"port {port} is not in 1-65535")
     called_ae = check_ae_title(called_ae, "called AE title")
     calling_ae = check_ae_title(calling_ae, "calling AE title")
-    ae = AE(ae_title=calling_ae)
+    ae = node_ae(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
     try:

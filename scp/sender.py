@@ -17,8 +17,10 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.association import Association
+
+from scp.identity import node_ae
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def store_files(
         for syntax in (file_syntax[item.path], *UNCOMPRESSED):
             if syntax not in proposed:
                 proposed.append(syntax)
-    ae = AE(ae_title=calling_ae)
+    ae = node_ae(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     contexts = [build_context(sop_class, ts) for sop_class, ts in syntaxes.items()]
     where = f"{called_ae} at {host}:{port}"

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import fastpath
+from scp.identity import node_ae
 from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
 from scp.status import StoreStatus
 from uronode.associations import Associations
@@ -218,7 +219,7 @@ class SharedSocketServer(ThreadedAssociationServer):
 
 def build_ae(settings: Settings) -> AE:
     scp = settings.scp
-    ae = AE(ae_title=scp.ae_title)
+    ae = node_ae(scp.ae_title)
     ae.require_called_aet = True
     # The node-wide limit is enforced by scp.policy over all processes; pynetdicom's own count
     # includes connections that never sent an A-ASSOCIATE-RQ, so it only backstops.
