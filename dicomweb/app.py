@@ -149,8 +149,9 @@ class AuditRequests:
                                          "client": party.client, "user": user}
             if authentication is not None:
                 fields["auth"] = authentication.kind
-                if authentication.failure:
-                    fields["reason"] = f"authentication failed: {authentication.failure}"
+                if authentication.failure:  # who it was is known when a worker asks outside its jobs: refused
+                    what = "authentication failed" if not authentication.accepted else "refused"
+                    fields["reason"] = f"{what}: {authentication.failure}"
             if party.proxy is not None:
                 fields["proxy"] = party.proxy
             if party.forwarded_user is not None and not party.believed:

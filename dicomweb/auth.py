@@ -7,7 +7,16 @@ credentials in its configuration. A failure is a 401 with
 
 A remote worker's token (``queue.worker_tokens_file``) opens only what a worker
 needs: reading series (``GET /dicom-web/...``), storing results (STOW-RS,
-``POST /dicom-web/studies``) and the claim API (``/api/queue/...``).
+``POST /dicom-web/studies``) and the claim API (``/api/queue/...``), and of
+DICOMweb only what its jobs hold (:func:`worker_refusal`): it reads the series
+of a job it holds (``/dicom-web/studies/{study}/series/{series}`` and what is
+under it) and stores into that job's study, while its claim is live (running,
+held by that worker, the lease not over: :func:`uronode.claims.holds`). Any
+other study, series or search is a 403 saying why (``worker W holds no job in
+study S``); a STOW-RS without a study in the path is held to the study its
+parts name (:mod:`dicomweb.stow`). The check is here, after the path is mended
+(:class:`dicomweb.app.CanonicalPaths`) and before any route, so that no
+DICOMweb route, present or future, answers a worker without it.
 
 Who asked is kept in the request's scope (:class:`Authentication`, under
 ``AUTHENTICATION``) for the audit log, which also records each refusal; a
@@ -34,16 +43,22 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from uronode.claims import WorkerTokens
+from dicomweb.deps import store_in
+from uronode.claims import WorkerTokens, holds
 from uronode.settings import Settings
+from uronode.store import Store
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz")
 PASSWORD_FILE = "http-password"
 STOW_PATH = re.compile(r"^/dicom-web/studies(/[^/]+)?$")
+SERIES_PATH = re.compile(r"^/dicom-web/studies/([^/]+)/series/([^/]+)(?:/.*)?$")
+"""A series and what is under it (instances, frames, metadata, renderings, bulk data): what a worker may read."""
+STUDY_PATH = re.compile(r"^/dicom-web/studies/([^/]+)(?:/.*)?$")
 AUTHENTICATION = "uronode.authentication"
 """The scope key under which :class:`BasicAuth` leaves its :class:`Authentication` of the request."""
 CLAIM_MAX = 200
@@ -57,7 +72,8 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Authentication:
     """How a request authenticated: ``kind`` is ``basic``, ``token`` (one of ``dicomweb.tokens``), ``worker``
     (a remote worker's token) or ``failed``; ``user`` names who (the basic user name, ``token #N`` for the
-    N-th configured token, the worker's name), never a password or token; ``failure`` says why it failed."""
+    N-th configured token, the worker's name), never a password or token; ``failure`` says why it failed, or,
+    for a worker, why the request is outside the jobs it holds (answered 403, :func:`worker_refusal`)."""
 
     kind: Literal["basic", "token", "worker", "failed"]
     user: str | None = None
@@ -146,6 +162,34 @@ def worker_may(method: str, path: str) -> bool:
     if method in ("GET", "HEAD") and path.startswith("/dicom-web/"):
         return True
     return method == "POST" and STOW_PATH.match(path) is not None
+
+
+def worker_refusal(store: Store | None, worker: str, method: str, path: str) -> str | None:
+    """Why remote ``worker`` may not make this DICOMweb request (a 403), or None: it may read only the series
+    of a job it holds and store only into such a job's study (:func:`uronode.claims.holds`). Everything else
+    under ``/dicom-web/`` (searches, whole studies, other series) is refused: deny unless allowed."""
+    if store is None:
+        return f"worker {worker}: the node's store is not open"
+    if method == "POST":
+        stow = STOW_PATH.match(path)
+        if stow is None:
+            return f"worker {worker}'s token does not open {method} {path[:200]}"
+        if stow.group(1) is None:  # the parts' study is held to the worker's jobs by dicomweb.stow
+            return None if holds(store, worker) else f"worker {worker} holds no job"
+        study = stow.group(1)[1:]
+        return None if holds(store, worker, study) else f"worker {worker} holds no job in study {study[:80]}"
+    series = SERIES_PATH.match(path)
+    if series is not None:
+        study, uid = series.group(1), series.group(2)
+        if holds(store, worker, study, uid):
+            return None
+        if holds(store, worker, study):
+            return f"worker {worker} holds no job on series {uid[:80]} of study {study[:80]}"
+        return f"worker {worker} holds no job in study {study[:80]}"
+    study_path = STUDY_PATH.match(path)
+    if study_path is not None and not holds(store, worker, study_path.group(1)):
+        return f"worker {worker} holds no job in study {study_path.group(1)[:80]}"
+    return f"worker {worker} may read only the series of the jobs it holds, not {path[:200]}"
 
 
 def http_password(settings: Settings) -> str:
@@ -251,6 +295,14 @@ class BasicAuth:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         authentication = self.authenticate(header, scope["method"], scope["path"])
         scope[AUTHENTICATION] = authentication  # in place: the audit around this middleware reads it
+        worker = authentication.user if authentication.kind == "worker" else None
+        if worker is not None and scope["path"].startswith("/dicom-web/"):  # a worker reads only what it holds
+            reason = await run_in_threadpool(worker_refusal, store_in(scope), worker, scope["method"], scope["path"])
+            if reason is not None:
+                scope[AUTHENTICATION] = Authentication("worker", worker, failure=reason)
+                self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"], reason)
+                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                return
         if authentication.accepted:
             await self.app(scope, receive, send)
             return

@@ -15,6 +15,13 @@ study's: the one the path names, or the one study of all instances stored;
 empty otherwise. What went wrong with each part is also said in words, in
 one ``Warning`` header (``299 uronode "part 2: ..."``, PS3.18 8.4.2).
 
+A remote worker stores only into the study of a job it holds
+(:func:`dicomweb.auth.worker_refusal` checks a study in the path before the
+body is read). Without a study in the path, its parts must all name one
+study, and one it holds; that study is then the request's, so each part is
+held to it as a STOW-RS into that study is (A900 otherwise). Anything else
+is a 403 saying why, and nothing is stored.
+
 The body goes to a spool file in the data area as it arrives
 (:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
 (:func:`uronode.ingest.take_instance`: read, checked, fsynced, indexed) in
@@ -35,6 +42,7 @@ from fastapi.responses import JSONResponse
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from dicomweb.auth import AUTHENTICATION, Authentication
 from dicomweb.deps import StoreDep
 from dicomweb.multipart import (
     BodyTooLarge,
@@ -45,7 +53,10 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
+from uronode.claims import holds
 from uronode.dicomfile import is_valid_uid
+from uronode.errors import InvalidInstance
+from uronode.header import read_instance, to_file_format
 from uronode.ingest import Expected, Verdict, take_instance
 from uronode.store import Store
 
@@ -118,8 +129,16 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
         spool = await run_in_threadpool(open_spool, store, boundary, size)
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc)) from exc
+    authentication: Authentication | None = request.scope.get(AUTHENTICATION)
+    worker = authentication.user if authentication is not None and authentication.kind == "worker" else None
     try:
         parts = await spool_request(request, spool, MAX_BODY_BYTES)
+        if worker is not None and study is None:
+            try:
+                study = await run_in_threadpool(_worker_study, store, spool, parts, worker)
+            except WorkerRefused as exc:  # audited with its reason, as the middleware's refusals are
+                request.scope[AUTHENTICATION] = Authentication("worker", worker, failure=str(exc))
+                raise HTTPException(403, detail=str(exc)) from exc
         return await run_in_threadpool(_store_parts, store, spool, parts, study, base)
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc)) from exc
@@ -127,6 +146,44 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
         raise HTTPException(413, detail=str(exc)) from exc
     finally:
         await run_in_threadpool(spool.close)
+
+
+class WorkerRefused(Exception):
+    """A remote worker's STOW-RS goes outside the studies of the jobs it holds (HTTP 403); says why."""
+
+
+def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart], worker: str) -> str | None:
+    """The one study ``worker``'s parts name, if it holds a job in it; else :class:`WorkerRefused`. None
+    when the spool lost the body (every part then fails with out of resources and nothing is stored)."""
+    if spool.lost is not None:
+        return None
+    studies: set[str] = set()
+    for part in parts:
+        if part.content_type == "application/dicom":
+            with spool.content(part) as content:
+                uid = _study_of(content)
+            if uid is not None:
+                studies.add(uid)
+    if not studies:
+        raise WorkerRefused(f"worker {worker}: no part names a study it could store into")
+    if len(studies) > 1:
+        raise WorkerRefused(f"worker {worker}: its parts name {len(studies)} studies; "
+                            "a worker stores into one study at a time")
+    (study,) = studies
+    if not holds(store, worker, study):
+        raise WorkerRefused(f"worker {worker} holds no job in study {study[:80]}")
+    return study
+
+
+def _study_of(content: bytes | memoryview) -> str | None:
+    """The Study Instance UID of a part, read as it will be taken in; None when it cannot be read (the part
+    then fails as it would have: held to the request's study, it cannot be stored elsewhere)."""
+    try:
+        whole = content if len(content) >= 132 and content[128:132] == b"DICM" else to_file_format(content)
+        header, _ = read_instance([whole])
+    except InvalidInstance:
+        return None
+    return header.study_instance_uid
 
 
 def _store_parts(

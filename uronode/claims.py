@@ -14,6 +14,9 @@ when another live claim holds it. A completion is accepted only from the
 job's current claim within its lease, after checking that every result it
 names is in the store; then one transaction owes the results to every
 destination and records the findings.
+
+What a worker's token may read and store into is what :func:`holds` says: the
+series and studies of the jobs its live claims hold.
 """
 
 from __future__ import annotations
@@ -256,6 +259,24 @@ class Claims:
         """Count a completion refused because its claim no longer held the job (a metric)."""
         with self.store.transaction() as conn:
             _bump(conn, "completions_refused", 1)
+
+
+def holds(store: Store, worker: str, study: str | None = None, series: str | None = None,
+          now: float | None = None) -> bool:
+    """Whether remote ``worker`` holds a live claim (running, its lease not over) on a job in ``study``
+    (and on ``series`` of it, when named; with neither, on any job): what its token may read and store
+    into (:mod:`dicomweb.auth`). One query on the running jobs (index ``jobs_state``)."""
+    now = time.time() if now is None else now
+    sql = ("SELECT 1 FROM jobs WHERE state = 'running' AND claimed_by = ? AND lease_until IS NOT NULL"
+           " AND lease_until >= ?")
+    args: list[object] = [worker, now]
+    if study is not None:
+        sql += " AND study_instance_uid = ?"
+        args.append(study)
+    if series is not None:
+        sql += " AND series_instance_uid = ?"
+        args.append(series)
+    return store.conn().execute(sql + " LIMIT 1", args).fetchone() is not None
 
 
 class WorkerTokens:

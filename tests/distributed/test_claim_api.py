@@ -58,8 +58,9 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
         assert refused.status_code == 401, refused.text
     assert httpx.post(claim_url, json={"generation": generation}, auth=("uronode", password)).status_code == 401
     assert rows(node.data_dir) == before  # nothing changed
-    # A worker's token opens reading series and storing results, nothing else.
-    assert httpx.get(f"{base}/dicom-web/studies/{study}/series", headers=auth(w1)).status_code == 200
+    # A worker's token opens reading the series of a job it holds and storing results, nothing else: before
+    # its claim, not even that series (tests/dicomweb/test_worker_scope.py covers the scope).
+    assert httpx.get(f"{base}/dicom-web/studies/{study}/series/{series}", headers=auth(w1)).status_code == 403
     assert httpx.get(f"{base}/api/jobs", headers=auth(w1)).status_code == 401
     assert httpx.get(f"{base}/metrics", headers=auth(w1)).status_code == 401
 
@@ -91,7 +92,9 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     assert missing.status_code == 422
     _, _, (elsewhere,) = write_series(cluster.tmp / "other-study", 1, size=16, manufacturer="uronode", modality="OT")
     body, headers = stow_body([elsewhere])
-    stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)})
+    # the worker's own token cannot store into another study (403): stored by the node's user to test completion
+    assert httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)}).status_code == 403
+    stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers=headers, auth=("uronode", password))
     assert stored.status_code == 200, stored.text
     other_uid = stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0]
     foreign = httpx.post(complete_url, json={**done, "results": [other_uid]}, headers=auth(w1))
