@@ -37,7 +37,7 @@ from pydicom.uid import (
 
 from tests.conftest import FAST_COMPLETION, query
 from tests.factory import ct_slice, pydicom_test_file, uid
-from tests.peers.processes import Node
+from tests.peers.processes import Node, free_port
 from tests.robustness.senders import as_file, raw_scu, running_node, still_serves
 from uronode import queries
 from uronode.dicomfile import encode_file_meta
@@ -300,11 +300,15 @@ def test_the_listener_bounds_inflating_by_its_own_setting(tmp_path_factory: pyte
     path = as_file(tmp_path, "six", CTImageStorage, str(ds.SOPInstanceUID), deflated, DEFLATED)
     for limited in (False, True):
         folder = tmp_path_factory.mktemp("limited" if limited else "default")
-        for node in running_node(folder, env if limited else dict(FAST_COMPLETION)):
+        node = Node(folder / "node", free_port(), free_port(),
+                    extra_env=env if limited else dict(FAST_COMPLETION)).start()
+        try:  # stopped whatever the asserts say
             with raw_scu(node, CTImageStorage, syntax=DEFLATED) as assoc:
                 response = assoc.send_c_store(path)
-            if limited:
-                assert response.Status == CANNOT_UNDERSTAND
-                assert response.ErrorComment.startswith("the deflated data set inflates to more than")
-            else:
-                assert response.Status == 0
+        finally:
+            node.stop()
+        if limited:
+            assert response.Status == CANNOT_UNDERSTAND
+            assert response.ErrorComment.startswith("the deflated data set inflates to more than")
+        else:
+            assert response.Status == 0
