@@ -22,6 +22,7 @@ stored before the ingest refused such headers must not take the node's memory.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,16 +38,17 @@ from pydicom.uid import (
 )
 
 from uronode.errors import UronodeError
+from uronode.structure import MAX_FRAME_PIXELS, MAX_INSTANCE_BYTES
 
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 """What an instance can be re-encoded as, whatever it is stored as (when it can be decoded)."""
 _LITTLE_ENDIAN_NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
-MAX_FRAME_SIDE = 8192
-MAX_FRAME_PIXELS = MAX_FRAME_SIDE * MAX_FRAME_SIDE
-"""The most pixels (Rows x Columns) a frame the node decodes may have: four times a 4096 x 4096 radiograph's;
-a header may claim up to 65535 x 65535."""
-MAX_DECODED_BYTES = 2 << 30
-"""The most bytes one decode may make (a frame, or every frame of an instance re-encoded whole): 2 GiB."""
+MAX_FRAME_SIDE = math.isqrt(MAX_FRAME_PIXELS)
+"""The side of the largest square frame decoded: the ingest's bound (:data:`uronode.structure.MAX_FRAME_PIXELS`),
+which stored instances that came before it may exceed."""
+MAX_DECODED_BYTES = MAX_INSTANCE_BYTES
+"""The most bytes one decode may make (a frame, or every frame of an instance re-encoded whole): the ingest's
+:data:`uronode.structure.MAX_INSTANCE_BYTES`."""
 
 
 class NotDecoded(UronodeError, ValueError):

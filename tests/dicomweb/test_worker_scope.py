@@ -21,9 +21,9 @@ import pytest
 
 from dicomweb.node_client import SERIES_ACCEPT, NodeClient
 from tests.conftest import query
-from tests.distributed.conftest import Cluster
+from tests.distributed.conftest import Cluster, open_cluster
 from tests.factory import write_series
-from tests.peers.processes import Node, free_port, start_storescp, storescu, wait_until
+from tests.peers.processes import Node, storescu, wait_until
 from tests.peers.redis import Redis
 from uronode.claims import holds, new_worker_token
 from uronode.store import Store
@@ -39,20 +39,10 @@ def redis(tmp_path: Path) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def cluster(start_node: Callable[..., Node], redis: Redis, tmp_path: Path) -> Iterator[Cluster]:
-    """Redis, storescp as the PACS, and the node with authentication on (the distributed tests run without)."""
-    pacs_port = free_port()
-    pacs = start_storescp(tmp_path / "pacs", pacs_port, unique=True)
-    made = Cluster(tmp_path, redis, tmp_path / "pacs", pacs_port, start_node,
-                   extra_env={"URONODE_DICOMWEB__AUTH": "basic"})
-    try:
+def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster]:
+    """The distributed tests' cluster with the node's authentication on (those tests run without)."""
+    with open_cluster(start_node, tmp_path, {"URONODE_DICOMWEB__AUTH": "basic"}) as made:
         yield made
-    finally:
-        for log in sorted(tmp_path.glob("*.log")):  # shown by pytest when the test failed
-            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
-        for worker in made.workers:
-            worker.proc.stop()
-        pacs.stop()
 
 
 def stow_body(paths: list[Path]) -> tuple[bytes, dict[str, str]]:

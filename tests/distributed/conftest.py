@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +166,15 @@ class Cluster:
         return int(rows[0]["value"]) if rows else 0
 
 
-@pytest.fixture
-def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster]:
+@contextmanager
+def open_cluster(start_node: Callable[..., Node], tmp_path: Path,
+                 extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """Redis, storescp as the PACS, and a cluster to start the node and workers in (``extra_env``: settings of
+    the test for both); everything stopped at the end, the logs printed for a failed test."""
     redis = Redis(tmp_path / "redis").start()
     pacs_port = free_port()
     pacs = start_storescp(tmp_path / "pacs", pacs_port, unique=True)
-    made = Cluster(tmp_path, redis, tmp_path / "pacs", pacs_port, start_node)
+    made = Cluster(tmp_path, redis, tmp_path / "pacs", pacs_port, start_node, extra_env=dict(extra_env or {}))
     try:
         yield made
     finally:
@@ -181,3 +185,9 @@ def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster
             worker.proc.stop()
         pacs.stop()
         redis.stop()
+
+
+@pytest.fixture
+def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster]:
+    with open_cluster(start_node, tmp_path) as made:
+        yield made

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from uronode import __version__
 from uronode.app import predict
@@ -160,20 +160,13 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-class _Row(Protocol):
-    """A listed row: a job or a delivery."""
-
-    @property
-    def id(self) -> int: ...
+T = TypeVar("T")
 
 
-RowT = TypeVar("RowT", bound=_Row)
-
-
-def _newest(rows: list[RowT], limit: int) -> tuple[list[RowT], bool]:
-    """The ``limit`` newest of ``rows`` (highest id first) and whether any were left out."""
-    newest = sorted(rows, key=lambda row: row.id, reverse=True)
-    return newest[:limit], len(newest) > limit
+def _newest(rows: list[T], limit: int) -> tuple[list[T], bool]:
+    """``rows`` as listed, newest first and one more than ``limit`` asked for: the ``limit`` shown and
+    whether any were left out."""
+    return rows[:limit], len(rows) > limit
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
