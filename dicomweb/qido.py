@@ -71,7 +71,10 @@ class Query:
         self.fuzzy = False
         self.limit = MAX_LIMIT
         self.offset = 0
+        seen: set[str] = set()
         for name, raw in request.query_params.multi_items():
+            if name in ("limit", "offset", "fuzzymatching"):
+                _once(name, name, seen)
             if name == "limit":
                 self.limit = _count(raw, "limit", 1)
             elif name == "offset":
@@ -95,6 +98,7 @@ class Query:
                 if keyword is None or keyword not in matchable:
                     self.ignored.append(name)
                     continue
+                _once(keyword, name, seen)
                 self.include.add(keyword)
                 self.matches.append((keyword, raw))
         self.cut_by_node = self.limit > MAX_LIMIT or "limit" not in request.query_params
@@ -105,6 +109,14 @@ class Query:
         if self.include_all:
             return list(dict.fromkeys([*defaults, *available]))
         return list(dict.fromkeys([*defaults, *[k for k in self.include if k in available]]))
+
+
+def _once(key: str, name: str, seen: set[str]) -> None:
+    """400 when ``key`` was given before: whether both must match or either is unclear (several UIDs: one list)."""
+    if key in seen:
+        hint = "; give several UIDs as one comma-separated value" if key.endswith("UID") else ""
+        raise HTTPException(400, detail=f"{name} is given more than once{hint}")
+    seen.add(key)
 
 
 def _count(raw: str, name: str, minimum: int, maximum: int | None = None) -> int:

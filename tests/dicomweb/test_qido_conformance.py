@@ -180,6 +180,21 @@ def test_uid_lists_separated_by_backslashes(loaded: Loaded) -> None:
     assert uids(loaded.search("/studies", ModalitiesInStudy="MR\\SEG")) == [loaded.smith]
 
 
+def test_a_key_given_twice_is_refused_with_the_list_it_takes(loaded: Loaded) -> None:
+    base = f"{loaded.base}/studies"
+    for query, reason in [
+        (f"StudyInstanceUID={loaded.smith}&StudyInstanceUID={loaded.yamada}",
+         "StudyInstanceUID is given more than once; give several UIDs as one comma-separated value"),
+        ("PatientName=SMITH*&00100010=Yamada*", "00100010 is given more than once"),
+        ("limit=1&limit=5", "limit is given more than once"),
+        ("offset=0&offset=1", "offset is given more than once"),
+    ]:
+        response = httpx.get(f"{base}?{query}", headers=JSON, timeout=30)
+        assert (response.status_code, response.json()["detail"]) == (400, reason), query
+    found = httpx.get(f"{base}?includefield=StudyID&includefield=StudyDate&PatientName=SMITH*", headers=JSON)
+    assert found.status_code == 200 and uids(found.json()) == [loaded.smith]  # includefield with a key: fine
+
+
 @pytest.mark.parametrize("accept", [
     "application/dicom+json", "application/json", "*/*", "application/*", "",
     "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",  # a browser's
