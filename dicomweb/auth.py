@@ -229,7 +229,9 @@ class RefusalWarnings:
         self.clock = clock
         self._last: dict[str, tuple[float, int]] = {}  # client -> (when warned, refusals not warned since)
 
-    def refused(self, client: str | None, method: str, path: str, failure: str) -> None:
+    def refused(self, client: str | None, method: str, path: str, failure: str,
+                what: str = "authentication failed") -> None:
+        """Warn of a refusal (``what``: a 401's "authentication failed", a 403's "request refused")."""
         now = self.clock()
         key = client or "an unknown address"
         if key not in self._last and len(self._last) >= self.max_clients:
@@ -242,7 +244,7 @@ class RefusalWarnings:
             return
         self._last[key] = (now, 0)
         since = f"; {unsaid} more refused since the last warning (each is in the audit log)" if unsaid else ""
-        log.warning("HTTP authentication failed from %s: %s %s: %s%s", key, method, path[:200], failure, since)
+        log.warning("HTTP %s from %s: %s %s: %s%s", what, key, method, path[:200], failure, since)
 
 
 class BasicAuth:
@@ -300,7 +302,8 @@ class BasicAuth:
             reason = await run_in_threadpool(worker_refusal, store_in(scope), worker, scope["method"], scope["path"])
             if reason is not None:
                 scope[AUTHENTICATION] = Authentication("worker", worker, failure=reason)
-                self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"], reason)
+                self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"], reason,
+                                      "request refused")
                 await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
                 return
         if authentication.accepted:

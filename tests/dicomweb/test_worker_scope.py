@@ -157,6 +157,10 @@ def test_a_worker_token_reads_and_stores_only_what_its_jobs_hold(
                for e in events)
     assert any(e["method"] == "POST" and e["path"] == "/dicom-web/studies" and other_study in e["reason"]
                for e in events)
+    # and warned of as a refusal, not as a failed authentication (the worker was who it said)
+    said = (node.data_dir.parent / f"node-{node.data_dir.name}.log").read_text()
+    assert "HTTP request refused from 127.0.0.1: GET /dicom-web/studies/" in said
+    assert "HTTP authentication failed" not in said
 
     # Done: the series is closed to the worker again.
     completed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/complete", headers=worker,
