@@ -159,6 +159,28 @@ class JobQueue:
         taken = self._take_back(None, NODE_WENT_DOWN)
         return sum(job.state is JobState.QUEUED for job in taken)
 
+    def restamp(self, model: str) -> dict[str, int]:
+        """Queued jobs stamped with another model than the node's ``model`` (queued before the model was
+        changed, or a job run then and queued again with ``uronode requeue``) are stamped with it and
+        published again; returns how many there were of each old model, each count logged. Remote workers
+        take only jobs of exactly their own model, so such jobs would wait for a worker of a model no longer
+        deployed (local workers run whatever model they loaded). A job already running keeps its model.
+        The node does it at start-up and the dispatcher before each round."""
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT model, count(*) AS n FROM jobs WHERE state = 'queued' AND model != ? GROUP BY model", (model,)
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE jobs SET model = ?, updated_at = ?, dispatched_at = NULL, publications = 0"
+                    " WHERE state = 'queued' AND model != ?",
+                    (model, time.time(), model),
+                )
+        restamped = {row["model"]: int(row["n"]) for row in rows}
+        for old, count in restamped.items():
+            log.warning("%d queued job(s) for model %r will run with this node's model %r", count, old, model)
+        return restamped
+
     def take_back(self, worker: str, cause: str) -> builtins.list[Job]:
         """The node's worker process ``worker`` (:func:`local_worker`) died of ``cause`` (``exit code -9,
         killed: out of memory?``): each job it was running is queued again, or, once it has had

@@ -71,7 +71,9 @@ def test_admin_commands_read_an_existing_node(tmp_path: Path, capsys: pytest.Cap
     with store.transaction() as conn:
         job = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
     assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
-    assert "1.2.3.4" in capsys.readouterr().out
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "state", "tries", "worker", "model", "series", "reason"]
+    assert row.split() == [str(job), "queued", "0", "default", "1.2.3.4"]
     assert main(["requeue", "999", "--data-dir", str(tmp_path / "data")]) == 1
     assert capsys.readouterr().err == "uronode: no job 999\n"
     assert main(["requeue", str(job), "--data-dir", str(tmp_path / "data")]) == 1

@@ -1,7 +1,10 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import query
+from tests.peers.processes import Node
 from uronode.jobs import JobQueue
 from uronode.store import Store
 from uronode.types import JobState
@@ -83,3 +86,36 @@ def test_list_filters_by_state(queue: JobQueue) -> None:
     queue.claim()
     assert [j.series_instance_uid for j in queue.list(JobState.QUEUED)] == ["1.2"]
     assert [j.series_instance_uid for j in queue.list()] == ["1.2", "1.1"]
+
+
+def test_queued_jobs_of_another_model_are_stamped_with_the_node_s_and_published_again(queue: JobQueue) -> None:
+    """A model change leaves queued jobs stamped with the old one, which no remote worker runs any more."""
+    with queue.store.transaction() as conn:
+        old = [queue.enqueue_in(conn, "1.2.3", f"1.{n}", 1, "cascade-2.1.0") for n in range(2)]
+        other = queue.enqueue_in(conn, "1.2.3", "1.9", 1, "experimental")
+        current = queue.enqueue_in(conn, "1.2.3", "1.8", 1, "default")
+        running = queue.enqueue_in(conn, "1.2.3", "1.7", 1, "cascade-2.1.0")
+        conn.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (running,))
+        conn.execute("UPDATE jobs SET dispatched_at = 1.0, publications = 3")
+    assert queue.restamp("default") == {"cascade-2.1.0": 2, "experimental": 1}
+    with queue.store.transaction() as conn:
+        rows = {r["id"]: r for r in conn.execute("SELECT id, model, dispatched_at, publications FROM jobs")}
+    for job_id in (*old, other):
+        assert (rows[job_id]["model"], rows[job_id]["dispatched_at"], rows[job_id]["publications"]) == (
+            "default", None, 0)
+    assert (rows[current]["model"], rows[current]["dispatched_at"]) == ("default", 1.0)  # left as it was
+    assert rows[running]["model"] == "cascade-2.1.0"  # running: keeps the model it runs with
+    assert queue.restamp("default") == {}
+
+
+def test_a_node_started_with_another_model_restamps_what_was_queued_and_says_so(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "node")
+    with store.transaction() as conn:
+        job_id = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "cascade-2.1.0")
+    node = start_node(tmp_path / "node", URONODE_INFERENCE__WORKERS="0")
+    (row,) = query(node.data_dir, "SELECT model, state FROM jobs WHERE id = ?", job_id)
+    assert (row["model"], row["state"]) == ("default", "queued")
+    assert node.proc is not None
+    assert "1 queued job(s) for model 'cascade-2.1.0' will run with this node's model 'default'" in node.proc.log_text()

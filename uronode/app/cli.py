@@ -175,10 +175,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     state = JobState(args.state) if args.state else None
     jobs, cut = _newest(queue.list(state, args.limit + 1), args.limit)
     # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'series':<64}  reason")
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'series':<64}  reason")
     for job in jobs:
-        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.series_instance_uid:<64}"
-              f"  {job.reason or ''}")
+        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.model:<14}"
+              f" {job.series_instance_uid:<64}  {job.reason or ''}")
     if cut:
         _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0

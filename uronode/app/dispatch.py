@@ -34,6 +34,7 @@ class Dispatcher:
         self.claims = Claims(store, lease_s=settings.queue.lease_s, claim_timeout_s=settings.queue.claim_timeout_s)
         self.broker = make_broker(settings.queue.broker_url)
         self.node = node_url(settings)
+        self.model = settings.inference.model
 
     def publish_due(self) -> int:
         """One round of the dispatcher: publish what is to be published; returns how many.
@@ -43,6 +44,7 @@ class Dispatcher:
         taken for lost; one put on a Redis that then restarts is found lost the next round)."""
         if broker_lost_messages(self.broker, self.node) and (lost := self.claims.broker_emptied()):
             log.warning("the broker lost its messages (Redis restarted empty): %d job(s) are published again", lost)
+        self.claims.queue.restamp(self.model)  # a job queued again under an earlier model runs with this one
         count = 0
         for job in self.claims.to_publish():
             publish(self.broker, JobMessage.for_job(job, self.node))

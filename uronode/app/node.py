@@ -210,6 +210,7 @@ def serve(settings: Settings) -> None:
     requeued = queue.recover()
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
+    queue.restamp(settings.inference.model)
     receivers = Receivers(settings)
     receivers.start()
     loops = Loops()
