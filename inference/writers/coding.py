@@ -19,6 +19,7 @@ laterality without inventing a code per site.
 
 from __future__ import annotations
 
+import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
@@ -38,12 +39,12 @@ MILLIMETER = codes.UCUM.Millimeter
 CUBIC_MILLIMETER = codes.UCUM.CubicMillimeter
 HOUNSFIELD_UNIT = codes.UCUM.HounsfieldUnit
 
-ABSENT = codes.SCT.Absent
 PRESENT = codes.SCT.Present
+NOT_DETECTED = hd.sr.CodedConcept("260415000", "SCT", "Not detected")
+"""A negative result: the algorithm did not find one (not "Absent": it may still be there)."""
 
 LATERALITY = {
     "left": codes.SCT.Left,
     "right": codes.SCT.Right,
 }
-"""Finding-site laterality by ``Stone.side``; 'midline' has a topographical modifier instead."""
-MIDLINE = codes.SCT.Midline
+"""Finding-site laterality by ``Stone.side``; a stone near the midline ('midline') has none."""

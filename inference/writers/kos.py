@@ -23,11 +23,13 @@ referenced instance (highdicom refuses an empty selection); the SR says
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
 from inference.volume import Volume
@@ -49,7 +51,7 @@ DOCUMENT_TITLE = codes.DCM.OfInterest
 
 def kos_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the key object selection."""
-    return sources.identity.uid("kos", "series"), sources.identity.uid("kos", "instance")
+    return sources.identity.lasting_uid("kos", "series"), sources.identity.uid("kos", "instance")
 
 
 def key_slices(findings: Findings) -> tuple[int, ...]:
@@ -84,8 +86,11 @@ def _selection(volume: Volume, sources: Sources, findings: Findings,
     return content, list(evidence.values())
 
 
-def build_key_objects(volume: Volume, findings: Findings, sources: Sources) -> Dataset:
-    """The Key Object Selection document of the slices with stones; ``WriterError`` when there is none."""
+def build_key_objects(volume: Volume, findings: Findings, sources: Sources, *,
+                      created: datetime.datetime | None = None) -> Dataset:
+    """The Key Object Selection document of the slices with stones; ``WriterError`` when there is none.
+
+    ``created`` (default: now) is its SeriesDate/SeriesTime and ContentDate/ContentTime."""
     slices = key_slices(findings)
     if not slices:
         raise WriterError("no stone was found: no key object selection is written without a slice to flag")
@@ -100,11 +105,14 @@ def build_key_objects(volume: Volume, findings: Findings, sources: Sources) -> D
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
-        series_description=KOS_SERIES_DESCRIPTION,
+        series_description=identity.description(KOS_SERIES_DESCRIPTION),
         manufacturer_model_name=identity.model_name,
-        software_versions=identity.model_version,
+        software_versions=identity.software_versions,
         device_serial_number=DEVICE_SERIAL_NUMBER,
     )
     kos.copy_patient_and_study_information(sources.unique[0])
+    created = created or datetime.datetime.now()
+    kos.SeriesDate = kos.ContentDate = DA(created.date())
+    kos.SeriesTime = kos.ContentTime = TM(created.time())
     logger.info("key objects of series %s: %d slice(s)", volume.series_instance_uid, len(slices))
     return kos

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -52,13 +53,14 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
     """
     identity = check_inputs(volume, findings)
     sources = read_sources(volume, identity)
-    seg = build_segmentation(findings, sources, volume.frame_numbers) if findings.stones else None
+    created = datetime.datetime.now()  # one time for every result series of this run
+    seg = build_segmentation(findings, sources, volume.frame_numbers, created=created) if findings.stones else None
     captures = (
-        build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice)
+        build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice, created=created)
         if findings.stones else ()
     )
-    kos = build_key_objects(volume, findings, sources) if findings.stones else None
-    sr = build_report(volume, findings, sources, seg)
+    kos = build_key_objects(volume, findings, sources, created=created) if findings.stones else None
+    sr = build_report(volume, findings, sources, seg, created=created)
     return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos)
 
 

@@ -17,10 +17,35 @@ ImageOrientationPatient, PixelSpacing, FrameOfReferenceUID), is uncompressed,
 ``DERIVED\\SECONDARY``, ``BurnedInAnnotation`` YES, and carries
 BodyPartExamined over (without it dciodvfy asks for Laterality; a source that
 states no body part gets an empty Laterality, which dciodvfy accepts with a warning).
+
+**A Standard Extended SOP Class.** The SC Image IOD has no Frame of Reference
+or Image Plane module; the overlays carry FrameOfReferenceUID (Frame of
+Reference module), ImagePositionPatient and ImageOrientationPatient (Image
+Plane module) as Type 3 extensions (``STANDARD_EXTENSION``), each the source
+slice's value. With them a viewer draws the overlay's position as a reference
+line on the CT and other planes, and scrolls overlay and CT together; without
+them an overlay is a picture a reader has to match to the CT by eye. They are
+declared in docs/conformance.md; dciodvfy warns of them ("not present in
+standard DICOM IOD") and of nothing else but an empty Laterality.
+
+**Patient and study** are the source's whole Patient, General Study and Patient
+Study modules (and the clinical trial ones), as in the SEG, SR and KO
+(``copy_patient_and_study_information``): IssuerOfPatientID and its qualifiers,
+StudyDescription, PatientAge and the rest, so that a PACS files the overlays
+with the patient and study of the CT.
+
+**Numbers and dates.** An overlay's InstanceNumber is its CT image's
+(``image_numbers``: the CT's InstanceNumber, or the frame number where the
+source is one multi-frame instance), so "overlay 31" shows CT image 31 and a
+viewer that sorts by InstanceNumber scrolls the overlays in the CT's order; the
+overlays are returned in that order. SeriesDate/SeriesTime, ContentDate/Time
+and the date and time of secondary capture are the time the overlays were made,
+one for the whole series.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Sequence
 
@@ -29,6 +54,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings, SliceBox
 from inference.preview import WINDOW, render_slice
@@ -48,6 +74,11 @@ TEXT_COLOUR = (255, 255, 0)
 """Yellow: neither the stones' red nor the boxes' green."""
 SHADOW_COLOUR = (0, 0, 0)
 
+STANDARD_EXTENSION = ("FrameOfReferenceUID", "ImageOrientationPatient", "ImagePositionPatient")
+"""The attributes the overlays carry beyond the SC Image IOD (Type 3 extensions, declared in
+docs/conformance.md): the source slice's Frame of Reference and plane, for reference lines and linked
+scrolling."""
+
 
 def _orientation_letter(direction: Sequence[float]) -> str:
     """The patient direction a unit vector points to most (LPS: +x left, +y posterior, +z head)."""
@@ -64,7 +95,7 @@ def summary_lines(findings: Findings, k: int) -> list[str]:
     """The burned-in text of slice k."""
     count = len(findings.stones)
     here = sorted({b.stone_index for b in findings.boxes if b.slice_index == k})
-    largest = max((s.max_diameter_mm for s in findings.stones), default=0.0)
+    largest = max((s.length_mm for s in findings.stones), default=0.0)  # as the SR's "Diameter, Maximum"
     lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
     if count:
         lines.append(f"Largest: {largest:.1f} mm")
@@ -134,19 +165,46 @@ def _geometry(ds: Dataset, frame_number: int) -> dict[str, object]:
     return found
 
 
+def _number(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int]) -> tuple[tuple[int, ...], str]:
+    """Each slice's number as a reader finds its CT image, and what the numbers are.
+
+    ``datasets`` and ``frame_numbers`` are per slice (``Sources.datasets``, ``Volume.frame_numbers``).
+    A slice of a single-frame instance has its InstanceNumber ("instance"), a frame of a multi-frame instance
+    its frame number ("frame"). Where they do not tell the slices apart (one missing, under 1, or repeated),
+    every slice has its 1-based index in the volume, feet to head ("index"), so that the numbers stay unique.
+    """
+    multiframe = any((_number(ds.get("NumberOfFrames")) or 1) > 1 for ds in datasets)
+    found = (list(frame_numbers) if multiframe else [_number(ds.get("InstanceNumber")) for ds in datasets])
+    numbers = [n for n in found if n is not None and n >= 1]
+    if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
+        return tuple(numbers), "frame" if multiframe else "instance"
+    return tuple(range(1, len(found) + 1)), "index"
+
+
 def sc_uids(sources: Sources, every_slice: bool) -> str:
     """SeriesInstanceUID of the overlay series (the mode is part of it: a mode change is a new series)."""
-    return sources.identity.uid("sc", "all" if every_slice else "stones", "series")
+    return sources.identity.lasting_uid("sc", "all" if every_slice else "stones", "series")
 
 
 def build_secondary_captures(volume: Volume, findings: Findings, sources: Sources, *,
-                             every_slice: bool = False) -> tuple[Dataset, ...]:
-    """One RGB Secondary Capture per slice with a stone (or per slice with ``every_slice``)."""
+                             every_slice: bool = False,
+                             created: datetime.datetime | None = None) -> tuple[Dataset, ...]:
+    """One RGB Secondary Capture per slice with a stone (or per slice with ``every_slice``), in the order of
+    their InstanceNumbers (the CT's image numbers); ``created`` (default: now) is their series' date and time."""
     identity = sources.identity
     mode = "all" if every_slice else "stones"
     series_uid = sc_uids(sources, every_slice)
     slices = range(volume.shape[0]) if every_slice else findings.slices_with_stones
     orientation = patient_orientation(volume)
+    numbers, _ = image_numbers(sources.datasets, volume.frame_numbers)
+    created = created or datetime.datetime.now()
     images = []
     for k in slices:
         ref = sources.datasets[k]
@@ -161,15 +219,24 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
             series_instance_uid=series_uid,
             series_number=SC_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
-            instance_number=k + 1,
+            instance_number=numbers[k],
             manufacturer=MANUFACTURER,
             patient_orientation=orientation,
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description=SC_SERIES_DESCRIPTION,
+            series_description=identity.description(SC_SERIES_DESCRIPTION),
             manufacturer_model_name=identity.model_name,
-            software_versions=identity.model_version,
+            software_versions=identity.software_versions,
             device_serial_number=DEVICE_SERIAL_NUMBER,
+            series_date=created.date(),
+            series_time=created.time(),
+            content_date=created.date(),
+            content_time=created.time(),
         )
+        # the whole Patient, General Study and Patient Study modules, as the SEG, SR and KO have them
+        # (from_ref_dataset copies only the Type 2 subset its constructor takes)
+        sc.copy_patient_and_study_information(sources.unique[0])
+        sc.DateOfSecondaryCapture = DA(created.date())
+        sc.TimeOfSecondaryCapture = TM(created.time())
         for key, value in _geometry(ref, frame).items():
             setattr(sc, key, value)
         sc.FrameOfReferenceUID = ref.FrameOfReferenceUID  # the source's, or the one derived where it had none
@@ -190,5 +257,6 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
             source.ReferencedFrameNumber = frame
         sc.SourceImageSequence = [source]
         images.append(sc)
+    images.sort(key=lambda image: int(image.InstanceNumber))
     logger.info("%d overlay image(s) of series %s", len(images), volume.series_instance_uid)
     return tuple(images)

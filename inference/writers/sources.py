@@ -7,11 +7,16 @@ writers one ``Dataset`` per slice together with its frame number.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -20,6 +25,7 @@ from pydicom.valuerep import DA, TM
 from inference.postprocess import Findings
 from inference.volume import Volume, read_dicom
 from inference.writers.errors import WriterError
+from uronode import __version__
 from uronode.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -41,15 +47,55 @@ KOS_SERIES_DESCRIPTION = "AI urinary stones - key images"
 
 @dataclass(frozen=True)
 class Identity:
-    """The model that made the findings and the source series: what derived UIDs depend on."""
+    """The model that made the findings, the source series and what was read of it: what derived UIDs depend on."""
 
     source_series_instance_uid: str
     model_name: str
     model_version: str
+    inputs: str = ""
+    """A digest of the source instances the results were computed from (:func:`inputs_digest`)."""
 
     def uid(self, *parts: object) -> str:
-        """A deterministic UID for a derived object part (same inputs, same UID)."""
+        """The UID of a derived instance or item: the same for the same model on the same source instances (a job
+        run again, a delivery repeated: nothing duplicated), another when they differ (a series re-opened by late
+        instances, an instance replaced by different bytes), so that a receiver never gets changed content under
+        a UID it already holds (PS3.5 9: a UID names one thing); the earlier results are superseded."""
+        return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, self.inputs, *parts)
+
+    def description(self, base: str) -> str:
+        """A result series' description: what it is and which model version made it (results of two versions in
+        one study are told apart in any series list); at most 64 characters (LO)."""
+        return f"{base}, model {self.model_version}"[:64]
+
+    @property
+    def software_versions(self) -> tuple[str]:
+        """SoftwareVersions of every result: the model's version (the results' algorithm), then the node's."""
+        # highdicom annotates the parameter as tuple[str] and means any number of strings; pydicom wants a list
+        return cast("tuple[str]", [self.model_version, f"uronode {__version__}"])
+
+    def lasting_uid(self, *parts: object) -> str:
+        """The UID of what one model's runs on one series share whatever they read: the result series (a re-run's
+        results join its own), the algorithm as a device, a frame of reference made for a series without one."""
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
+
+
+def inputs_digest(paths: Sequence[str], findings: Findings) -> str:
+    """SHA-256 of what the results are made of: this node's version (the writers), the source files' bytes, each
+    once, in slice order (headers and pixels: the files the worker has just read, from the page cache), and the
+    findings (their mask and measurements: the same model on the same files finds the same, but nothing written
+    may change under a UID); ``WriterError`` when a file cannot be read."""
+    digest = hashlib.sha256(f"uronode {__version__}".encode())  # and what wrote them
+    digest.update(json.dumps(findings.to_json(), sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(findings.mask).view(np.uint8).data)
+    for path in dict.fromkeys(paths):
+        digest.update(b"\x00file\x00")
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise WriterError(f"source instance {Path(path).name} cannot be read: {exc}") from exc
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +149,7 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
             setattr(ds, keyword, "")
             mended.append(f"{keyword} {value!r} is not a DICOM {parse.__name__}")
     if not ds.get("FrameOfReferenceUID"):
-        ds.FrameOfReferenceUID = identity.uid("frame-of-reference")
+        ds.FrameOfReferenceUID = identity.lasting_uid("frame-of-reference")
         mended.append("FrameOfReferenceUID missing")
     if not ds.get("SliceThickness") and "PerFrameFunctionalGroupsSequence" not in ds:
         ds.SliceThickness = f"{slice_spacing:.6g}"
@@ -207,18 +253,23 @@ def check_inputs(volume: Volume, findings: Findings) -> Identity:
     for box in findings.boxes:
         if not 0 <= box.stone_index < len(findings.stones):
             raise WriterError(f"a box on slice {box.slice_index} points at no stone")
-    return Identity(volume.series_instance_uid, findings.model_name, findings.model_version)
+    return Identity(volume.series_instance_uid, findings.model_name, findings.model_version,
+                    inputs_digest(_source_paths(volume), findings))
 
 
-def read_sources(volume: Volume, identity: Identity) -> Sources:
-    """Read the header of every source instance named by ``volume.source_paths``."""
+def _source_paths(volume: Volume) -> tuple[str, ...]:
     if any(not path for path in volume.source_paths):
         raise WriterError(
             "the volume was loaded from datasets in memory; the writers need the source files"
         )
+    return volume.source_paths
+
+
+def read_sources(volume: Volume, identity: Identity) -> Sources:
+    """Read the header of every source instance named by ``volume.source_paths``."""
     by_path: dict[str, Dataset] = {}
     per_slice = []
-    for k, path in enumerate(volume.source_paths):
+    for k, path in enumerate(_source_paths(volume)):
         ds = by_path.get(path)
         if ds is None:
             ds = by_path[path] = _read_header(path)

@@ -3,38 +3,53 @@
 One volumetric measurement group (TID 1411) per stone, numbered as on the
 overlay images ("Stone 1" is the first stone of ``Findings.stones``), with:
 finding type *Calculus*, finding site *Urinary system* with the side as its
-laterality (or the topographical modifier *Midline*), the SEG segment and the
-source slices it spans as the referenced segment, and four measurements:
-largest in-plane diameter (axial for an axial series; mm, derivation Maximum), volume (mm3), mean and maximum
-attenuation (HU).
+laterality where the stone lies clearly to one side (``Stone.side``; a stone
+near the midline, which may lie in the bladder, gets no laterality), the stone's
+own SEG segment ("Stone N", segment N, the same tracking UID) and the source
+slices it spans as the referenced segment, and four measurements: the stone's
+length (its largest extent in any direction, mm, Diameter with derivation
+Maximum: ``Stone.length_mm``), volume (mm3), mean and maximum attenuation (HU).
 
 Each stone also has a planar group (TID 1410) with the same tracking
 identifier and tracking UID, so that image viewers can draw, list and jump to
-it: its image region is a closed POLYLINE, the stone's box on the CT slice
-where the stone is widest (the green box of the overlay images), with the
-finding, the site and a comment that states the stone's side and measurements
-in words. OHIF's SR extension merges groups that share a tracking UID, draws the
-region as a rectangle and uses the comment as its label; the measurements
-themselves stay in the volumetric group.
+it: its image region is a closed POLYLINE, the stone's own box (no margin) on
+the CT slice where its in-plane diameter is largest (the most voxels, then the
+first slice, break ties), with the finding, the site and a comment that states
+the stone's side and measurements in words, the in-plane diameter last and
+qualified ('axial 4.4 mm'; 'in-plane' for a lone non-axial image). OHIF's SR
+extension merges groups that share a tracking UID, draws the region as a
+rectangle and uses the comment as its label; it loads nothing from a report
+whose planar groups hold a NUM, so the measurements stay in the volumetric
+group.
 
-When nothing is found there is no SEG, and the report holds one group (TID 1501)
-whose qualitative evaluation says "Calculus: Absent" (highdicom's
-``MeasurementReport`` refuses an empty list of groups).
+Every report ends with TID 1500's Qualitative Evaluations container holding a
+TEXT comment that says what the algorithm did and that it is not for primary
+diagnosis (a PACS that renders an SR as text shows it). When nothing is found
+there is no SEG, and the report holds one group (TID 1501) whose qualitative
+evaluation says "Calculus: Not detected" (SCT 260415000), with neither a finding
+nor a finding site, and the comment says that no stone was detected by the AI
+model in the series' N images, that this does not exclude stones and that it is
+not for primary diagnosis (highdicom's ``MeasurementReport`` refuses an empty
+list of groups).
+
+SeriesDate/SeriesTime are the time the report was made (its ContentDate/Time).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 import inference.writers.coding as coding
-from inference.postprocess import Findings, SliceBox, Stone
-from inference.volume import Volume
-from inference.writers.seg import SEGMENT_NUMBER
+from inference.postprocess import Findings, SliceBox, Stone, max_axial_diameter_mm
+from inference.volume import AXIAL_TOLERANCE_DEG, Volume
+from inference.writers.seg import segment_number, stone_tracking_uid
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
@@ -47,12 +62,18 @@ from inference.writers.sources import (
 logger = logging.getLogger(__name__)
 
 COMMENT = codes.DCM.Comment
+"""The algorithm did not find one, which is not "Absent" (SCT 272519000): the model misses stones."""
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+"""TID 1500's container for the document's qualitative evaluations (CODE and TEXT items)."""
+DISCLAIMER = "not for primary diagnosis"
+SIDE_WORDS = {"left": "left", "right": "right", "midline": "near midline"}
+"""``Stone.side`` in words: 'midline' is a stone within 25 mm of the body's midline, given no laterality."""
 
 
 def _tracking(index: int, sources: Sources) -> hd.sr.TrackingIdentifier:
     """The stone's tracking identifier and UID, one for its volumetric and its planar group (viewers
     merge groups that share it)."""
-    return hd.sr.TrackingIdentifier(uid=sources.identity.uid("sr", "stone", index), identifier=f"Stone {index + 1}")
+    return hd.sr.TrackingIdentifier(uid=stone_tracking_uid(sources, index), identifier=f"Stone {index + 1}")
 
 
 def _algorithm(sources: Sources) -> hd.sr.AlgorithmIdentification:
@@ -62,17 +83,17 @@ def _algorithm(sources: Sources) -> hd.sr.AlgorithmIdentification:
 
 
 def _finding_site(side: str) -> hd.sr.FindingSite:
+    """The urinary system, with the side as its laterality where the stone lies clearly to one side; a stone
+    near the midline (which may be in the bladder) gets none, rather than a wrong one or 'Midline'."""
     if side in coding.LATERALITY:
         return hd.sr.FindingSite(coding.URINARY_SYSTEM, laterality=coding.LATERALITY[side])
-    if side == "midline":
-        return hd.sr.FindingSite(coding.URINARY_SYSTEM, topographical_modifier=coding.MIDLINE)
     return hd.sr.FindingSite(coding.URINARY_SYSTEM)
 
 
 def _measurements(stone: Stone, sources: Sources) -> list[hd.sr.Measurement]:
     algorithm = _algorithm(sources)
     return [
-        hd.sr.Measurement(name=coding.DIAMETER, value=round(stone.max_diameter_mm, 2),
+        hd.sr.Measurement(name=coding.DIAMETER, value=round(stone.length_mm, 2),
                           unit=coding.MILLIMETER, derivation=coding.MAXIMUM, algorithm_id=algorithm),
         hd.sr.Measurement(name=coding.VOLUME, value=round(stone.volume_mm3, 2),
                           unit=coding.CUBIC_MILLIMETER, algorithm_id=algorithm),
@@ -97,7 +118,7 @@ def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
     segment = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
-        segment_number=SEGMENT_NUMBER,
+        segment_number=segment_number(index),
         source_images=source_images,
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -110,8 +131,26 @@ def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
     )
 
 
+def _stone_pixels(stone: Stone, findings: Findings, box: SliceBox) -> np.ndarray:
+    """(row, column) of the mask's pixels in the stone's own box on the box's slice."""
+    r0, c0, r1, c1 = box.tight
+    on = np.argwhere(findings.mask[box.slice_index, r0:r1 + 1, c0:c1 + 1])
+    return on + np.array([r0, c0]) if on.size else on
+
+
+def _in_plane_diameter(box: SliceBox, stone: Stone, volume: Volume, findings: Findings) -> float:
+    """The stone's largest in-plane diameter on the box's slice (mm): the box's own, or measured on the mask."""
+    if box.diameter_mm > 0:
+        return box.diameter_mm
+    on = _stone_pixels(stone, findings, box)
+    if not on.size:
+        return 0.0
+    return max_axial_diameter_mm(on[:, 0], on[:, 1], volume.pixel_spacing)
+
+
 def _widest_box(index: int, stone: Stone, volume: Volume, findings: Findings) -> SliceBox:
-    """The stone's box on the slice where the stone has the most voxels (the first such slice).
+    """The stone's box on the slice where its in-plane diameter is largest (then the most voxels, then the
+    first slice): the slice its ``max_diameter_mm`` was measured on.
 
     A stone that has no box (findings made by hand) gets one from the mask around its centroid.
     """
@@ -119,43 +158,60 @@ def _widest_box(index: int, stone: Stone, volume: Volume, findings: Findings) ->
     if not boxes:
         boxes = [_box_around_centroid(index, stone, volume, findings, k) for k in stone.slice_indices]
 
-    def voxels(b: SliceBox) -> int:
-        return int(np.count_nonzero(
-            findings.mask[b.slice_index, b.row_min:b.row_max + 1, b.column_min:b.column_max + 1]
-        ))
+    def key(b: SliceBox) -> tuple[float, int, int]:
+        diameter = round(_in_plane_diameter(b, stone, volume, findings), 6)
+        return diameter, len(_stone_pixels(stone, findings, b)), -b.slice_index
 
-    return max(boxes, key=lambda b: (voxels(b), -b.slice_index))
+    return max(boxes, key=key)
 
 
 def _box_around_centroid(index: int, stone: Stone, volume: Volume, findings: Findings, k: int) -> SliceBox:
-    """The mask's pixels on slice ``k`` within the stone's diameter of its centroid, boxed."""
+    """The mask's pixels on slice ``k`` within the stone's diameter of its centroid, boxed (no margin)."""
     offset = np.asarray(stone.centroid_mm) - volume.positions[k]
     column = float(offset @ np.asarray(volume.row_direction)) / volume.pixel_spacing[1]
     row = float(offset @ np.asarray(volume.column_direction)) / volume.pixel_spacing[0]
-    reach = stone.max_diameter_mm / min(volume.pixel_spacing) + 1.0
+    reach = max(stone.max_diameter_mm, stone.length_mm) / min(volume.pixel_spacing) + 1.0
     rows, columns = volume.shape[1], volume.shape[2]
     r0, r1 = max(0, int(row - reach)), min(rows - 1, int(np.ceil(row + reach)))
     c0, c1 = max(0, int(column - reach)), min(columns - 1, int(np.ceil(column + reach)))
     on = np.argwhere(findings.mask[k, r0:r1 + 1, c0:c1 + 1])
+    diameter = 0.0
     if on.size:
+        diameter = max_axial_diameter_mm(on[:, 0], on[:, 1], volume.pixel_spacing)
         r0, r1 = r0 + int(on[:, 0].min()), r0 + int(on[:, 0].max())
         c0, c1 = c0 + int(on[:, 1].min()), c0 + int(on[:, 1].max())
     return SliceBox(slice_index=k, sop_instance_uid=volume.sop_instance_uids[k], frame_number=volume.frame_numbers[k],
-                    stone_index=index, row_min=r0, column_min=c0, row_max=r1, column_max=c1)
+                    stone_index=index, row_min=r0, column_min=c0, row_max=r1, column_max=c1,
+                    diameter_mm=diameter, stone_box=(r0, c0, r1, c1))
 
 
-def stone_label(index: int, stone: Stone) -> str:
-    """The stone in words, as viewers show it: 'Stone 1, left: 6.2 mm, 85 mm3, mean 850 HU'."""
-    return (f"Stone {index + 1}, {stone.side}: {stone.max_diameter_mm:.1f} mm, {stone.volume_mm3:.0f} mm3, "
-            f"mean {stone.mean_hu:.0f} HU")
+def plane_word(volume: Volume) -> str:
+    """What the in-plane diameter is: 'axial' for an axial stack (a tilted gantry's too), else 'in-plane'
+    (a lone coronal or sagittal image)."""
+    return "axial" if volume.tilt_deg <= AXIAL_TOLERANCE_DEG else "in-plane"
 
 
-def _region_group(index: int, stone: Stone, box: SliceBox, sources: Sources,
+def stone_label(index: int, stone: Stone, plane: str = "axial") -> str:
+    """The stone in words, as viewers show it: 'Stone 1, left: 12.0 mm, 105 mm3, mean 850 HU, axial 4.4 mm'.
+
+    The first size is its length (largest extent in any direction), the last its largest axial diameter;
+    the side is 'left', 'right' or 'near midline' (no laterality)."""
+    side = SIDE_WORDS.get(stone.side, stone.side)
+    return (f"Stone {index + 1}, {side}: {stone.length_mm:.1f} mm, {stone.volume_mm3:.0f} mm3, "
+            f"mean {stone.mean_hu:.0f} HU, {plane} {stone.max_diameter_mm:.1f} mm")
+
+
+def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findings: Findings, sources: Sources,
                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """Where a viewer finds the stone: its box on its widest slice, as a closed POLYLINE (column, row)."""
+    """Where a viewer finds the stone: its own box (no margin) on its widest slice, as a closed POLYLINE
+    (column, row), with the stone in words (its axial diameter, measured on that slice, qualified as such).
+
+    No NUM here: OHIF 3.13 loads no stone at all from a report whose planar groups hold one (its SR
+    hydration fails; tests/browser/test_ohif.py), so the in-plane diameter is in the comment only."""
     ds = sources.datasets[box.slice_index]
-    c0, r0 = float(box.column_min), float(box.row_min)
-    c1, r1 = float(box.column_max + 1), float(box.row_max + 1)  # the outer edge of the last pixel
+    row_min, column_min, row_max, column_max = box.tight
+    c0, r0 = float(column_min), float(row_min)
+    c1, r1 = float(column_max + 1), float(row_max + 1)  # the outer edge of the last pixel
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]]),
@@ -173,21 +229,57 @@ def _region_group(index: int, stone: Stone, box: SliceBox, sources: Sources,
         finding_sites=[_finding_site(stone.side)],
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=COMMENT, value=stone_label(index, stone), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=COMMENT, value=stone_label(index, stone, plane_word(volume)),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
     return group
 
 
-def _absent_group(sources: Sources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _not_detected_group(sources: Sources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """'Calculus: Not detected', without a finding or a finding site: what the algorithm did, not a claim
+    about the patient's urinary system (the report's comment gives the scope)."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=sources.identity.uid("sr", "absent"), identifier="Urinary calculus"
+            uid=sources.identity.uid("sr", "absent"), identifier="Urinary calculus detection"
         ),
-        finding_type=coding.CALCULUS,
         algorithm_id=_algorithm(sources),
-        finding_sites=[hd.sr.FindingSite(coding.URINARY_SYSTEM)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(coding.CALCULUS, coding.ABSENT)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(coding.CALCULUS, coding.NOT_DETECTED)],
     )
+
+
+def _scope(volume: Volume) -> str:
+    """What the model read, in words: '181 images of this series, 226 mm along its axis'."""
+    n = volume.shape[0]
+    if n == 1:
+        return "the one image of this series"
+    offsets = np.asarray(volume.offsets_mm, dtype=np.float64)
+    extent = np.asarray(volume.slice_extent_mm, dtype=np.float64)
+    covered = float(offsets.max() - offsets.min() + (extent[0] + extent[-1]) / 2.0)
+    return f"{n} images of this series, {covered:.0f} mm along its axis"
+
+
+def report_statement(volume: Volume, findings: Findings, identity: Identity) -> str:
+    """The report's comment: what the algorithm did, its scope, and that it is not for primary diagnosis."""
+    model = f"the AI model ({identity.model_name} {identity.model_version})"
+    count = len(findings.stones)
+    if not count:
+        return (f"No urinary stone detected by {model} in {_scope(volume)}; this does not exclude urinary "
+                f"stones. AI result, {DISCLAIMER}.")
+    stones = f"{count} urinary stone{'s' if count != 1 else ''}"
+    return (f"{stones} detected by {model} in {_scope(volume)}; the model can miss stones and mark other "
+            "dense structures as stones. Sizes: the first is the largest extent in any direction, the last the "
+            f"largest {plane_word(volume)} diameter. AI result, {DISCLAIMER}.")
+
+
+def _qualitative_evaluations(statement: str) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations container (after the Imaging Measurements) with the comment."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+        name=COMMENT, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )])
+    return container
 
 
 def device_observer(identity: Identity) -> hd.sr.ObserverContext:
@@ -195,7 +287,7 @@ def device_observer(identity: Identity) -> hd.sr.ObserverContext:
     return hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=identity.uid("device"),
+            uid=identity.lasting_uid("device"),
             name=identity.model_name,
             manufacturer_name=MANUFACTURER,
             model_name=identity.model_name,
@@ -205,30 +297,35 @@ def device_observer(identity: Identity) -> hd.sr.ObserverContext:
 
 def sr_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the SR."""
-    return sources.identity.uid("sr", "series"), sources.identity.uid("sr", "instance")
+    return sources.identity.lasting_uid("sr", "series"), sources.identity.uid("sr", "instance")
 
 
-def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Dataset | None) -> Dataset:
-    """The TID 1500 report of the findings; ``seg`` is None exactly when there is no stone."""
+def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Dataset | None, *,
+                 created: datetime.datetime | None = None) -> Dataset:
+    """The TID 1500 report of the findings; ``seg`` is None exactly when there is no stone.
+
+    ``created`` (default: now) is its SeriesDate/SeriesTime and ContentDate/ContentTime."""
     identity = sources.identity
     if findings.stones and seg is None:
         raise ValueError("seg is required when there are stones")
+    created = created or datetime.datetime.now()
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
         | hd.sr.MeasurementsAndQualitativeEvaluations
     ]
     if seg is None:
-        groups = [_absent_group(sources)]
+        groups = [_not_detected_group(sources)]
     else:
         groups = [_stone_group(i, stone, volume, sources, seg) for i, stone in enumerate(findings.stones)]
-        groups += [_region_group(i, stone, _widest_box(i, stone, volume, findings), sources)
+        groups += [_region_group(i, stone, _widest_box(i, stone, volume, findings), volume, findings, sources)
                    for i, stone in enumerate(findings.stones)]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(identity)),
         procedure_reported=coding.IMAGING_PROCEDURE,
         imaging_measurements=groups,
     )
+    report[0].ContentSequence.append(_qualitative_evaluations(report_statement(volume, findings, identity)))
     evidence = list(sources.unique) + ([seg] if seg is not None else [])
     series_uid, sop_uid = sr_uids(sources)
     first = sources.unique[0]
@@ -240,12 +337,17 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         sop_instance_uid=sop_uid,
         instance_number=1,
         is_complete=True,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=identity.description(SR_SERIES_DESCRIPTION),
         specific_character_set=first.get("SpecificCharacterSet"),
         manufacturer=MANUFACTURER,
         manufacturer_model_name=identity.model_name,
-        software_versions=identity.model_version,
+        software_versions=identity.software_versions,
         device_serial_number=DEVICE_SERIAL_NUMBER,
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
     )
+    sr.SeriesDate, sr.SeriesTime = DA(created.date()), TM(created.time())
     logger.info("SR of series %s: %d group(s)", volume.series_instance_uid, len(groups))
     return sr

@@ -59,7 +59,7 @@ def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_ser
     image = read[..., ::-1]
     assert ((image[..., 1] == 255) & (image[..., 0] == 0)).any(), "no green box"
     assert ((image[..., 0] > 150) & (image[..., 1] < 100)).any(), "no red stone"
-    assert "max diameter mm" in capsys.readouterr().out
+    assert "length mm" in capsys.readouterr().out
 
     single = tmp_path / "single"
     assert uronode_main(["predict", str(pydicom_test_file("CT_small.dcm")), "--out", str(single),

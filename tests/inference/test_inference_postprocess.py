@@ -13,7 +13,7 @@ from inference.volume import Volume
 def _volume(slices: int = 10, rows: int = 64, spacing: tuple[float, float] = (0.5, 0.8),
             positions: ArrayLike | None = None) -> Volume:
     hu = np.full((slices, rows, rows), -1000.0, dtype=np.float32)
-    hu[:, 8:56, 8:56] = 40.0  # the body, centred on column 31.5
+    hu[:, 8:rows - 8, 8:rows - 8] = 40.0  # the body, centred on column (rows - 1) / 2
     if positions is None:
         positions = np.array([[-25.2, -10.0, 100.0 + 2.0 * k] for k in range(slices)])
     return Volume(
@@ -45,21 +45,27 @@ def test_one_cuboid_stone_is_measured_in_mm() -> None:
     assert stone.max_diameter_mm == pytest.approx(d + (2.5 / d) * 0.5 + (2.4 / d) * 0.8)
     assert stone.max_hu == 900.0
     assert stone.mean_hu == pytest.approx((71 * 500 + 900) / 72)
-    assert stone.side == "left"
+    assert stone.side == "midline"  # 8 mm left of the midline: too near it for a laterality (SIDE_TOLERANCE_MM)
     assert stone.voxel_count == 72
     assert [b.slice_index for b in findings.boxes] == [3, 4, 5]
     box = findings.boxes[0]
     assert (box.row_min, box.column_min, box.row_max, box.column_max) == (16, 37, 29, 46)
+    assert box.tight == (20, 40, 25, 43)  # the stone's own pixels on the slice, no margin
+    assert box.diameter_mm == pytest.approx(stone.max_diameter_mm)
+    # length: farthest voxel centres 2 slices x 2 mm, 5 rows x 0.5, 3 columns x 0.8 apart, plus one voxel along it
+    e = np.array([2.5, 2.4, 4.0])  # (row, column, slice) mm
+    n = float(np.linalg.norm(e))
+    assert stone.length_mm == pytest.approx(n + (e / n) @ np.array([0.5, 0.8, 2.0]))
     assert findings.mask.sum() == 72
 
 
 def test_several_stones_sides_min_size_and_diagonal_connectivity() -> None:
-    volume = _volume()
+    volume = _volume(rows=128)  # 102 mm wide, the body's midline at column 63.5
     mask = np.zeros(volume.shape, np.uint8)
     mask[2, 30, 10] = 1  # right (low column = patient right), one voxel: dropped with min_voxels=2
-    mask[6, 30, 12] = mask[7, 31, 13] = 1  # right, diagonal across two slices: one stone
-    mask[6, 30, 50] = mask[6, 30, 51] = 1  # left, same slice as the other
-    mask[6, 30:32, 31:33] = 1  # on the midline
+    mask[6, 30, 12] = mask[7, 31, 13] = 1  # right (41 mm), diagonal across two slices: one stone
+    mask[6, 30, 110] = mask[6, 30, 111] = 1  # left (37 mm), same slice as the other
+    mask[6, 30:32, 79:81] = 1  # 13 mm left of the midline: near it, no side
     findings = measure_stones(volume, mask, min_voxels=2)
     assert len(findings.stones) == 3
     sides = sorted(s.side for s in findings.stones)
@@ -70,7 +76,7 @@ def test_several_stones_sides_min_size_and_diagonal_connectivity() -> None:
     assert len([b for b in findings.boxes if b.slice_index == 6]) == 3
     stones = findings.to_json()["stones"]
     assert isinstance(stones, list) and stones[0].keys() >= {
-        "sop_instance_uids", "centroid_mm", "max_diameter_mm", "volume_mm3", "mean_hu", "max_hu", "side"}
+        "sop_instance_uids", "centroid_mm", "max_diameter_mm", "length_mm", "volume_mm3", "mean_hu", "max_hu", "side"}
 
 
 def test_uneven_spacing_gives_each_slice_its_own_extent() -> None:

@@ -63,9 +63,9 @@ def test_kos_is_in_the_source_study_in_its_own_series(kos: hd.ko.KeyObjectSelect
                     "StudyID", "StudyDate", "StudyTime", "StudyDescription", "SpecificCharacterSet"):
         assert kos.get(keyword) == source.get(keyword), keyword
     assert kos.SeriesNumber == KOS_SERIES_NUMBER
-    assert kos.SeriesDescription == "AI urinary stones - key images"
+    assert kos.SeriesDescription == f"AI urinary stones - key images, model {MODEL_VERSION}"
     assert kos.Manufacturer == MANUFACTURER
-    assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == MODEL_VERSION
+    assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
     others = {ds.SeriesInstanceUID for ds in stones.results.datasets if ds is not stones.results.kos}
     assert kos.SeriesInstanceUID not in others | {stones.volume.series_instance_uid}
     assert stones.results.kos is not None
@@ -122,4 +122,6 @@ def test_another_stone_gives_another_selection(stones: Case) -> None:
                for item in kos.ContentSequence if item.ValueType == "IMAGE"]
     assert flagged == [stones.volume.sop_instance_uids[2]]
     assert stones.results.kos is not None
-    assert kos.SOPInstanceUID == stones.results.kos.SOPInstanceUID  # the same series' KOS, replaced on a re-run
+    # other content, another instance; in the same series as the first one's
+    assert kos.SOPInstanceUID != stones.results.kos.SOPInstanceUID
+    assert kos.SeriesInstanceUID == stones.results.kos.SeriesInstanceUID

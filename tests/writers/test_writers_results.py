@@ -33,6 +33,35 @@ def test_uids_are_new_and_distinct_per_object(stones: Case) -> None:
     assert all(uid.startswith("2.25.") for uid in sops)
 
 
+def _series_of(results: Results) -> dict[str, str]:
+    return {ds.Modality: ds.SeriesInstanceUID for ds in results.datasets}
+
+
+def test_other_source_bytes_give_other_instance_uids_in_the_same_series(stones: Case, tmp_path: Path) -> None:
+    """A series re-opened or an instance replaced: the results are new instances (a receiver that holds the first
+    ones keeps them, Orthanc's default among them, and would drop changed content under their UIDs)."""
+    copies = []
+    for k, path in enumerate(stones.volume.source_paths):
+        ds = pydicom.dcmread(path)
+        if k == 0:
+            ds.PatientName = "Corrected^Name"
+        copies.append(str(tmp_path / f"{k}.dcm"))
+        ds.save_as(copies[-1])
+    volume = dataclasses.replace(stones.volume, source_paths=tuple(copies))
+    again = write_results(volume, stones.findings)
+    assert not {sop for _, sop in _uids(again)} & {sop for _, sop in _uids(stones.results)}
+    assert _series_of(again) == _series_of(stones.results)  # they join the earlier results' series
+    assert {str(ds.PatientName) for ds in again.datasets} == {"Corrected^Name"}
+
+
+def test_other_findings_give_other_instance_uids_in_the_same_series(stones: Case) -> None:
+    mask = stone_mask(stones.volume.shape)
+    mask[8, 30, 30] = 0
+    again = write_results(stones.volume, make_findings(stones.volume, mask))
+    assert not {sop for _, sop in _uids(again)} & {sop for _, sop in _uids(stones.results)}
+    assert _series_of(again) == _series_of(stones.results)
+
+
 def test_another_model_version_gives_other_uids(stones: Case) -> None:
     other = write_results(stones.volume, make_findings(stones.volume, stone_mask(stones.volume.shape), "2.0.0"))
     assert not {sop for _, sop in _uids(other)} & {sop for _, sop in _uids(stones.results)}

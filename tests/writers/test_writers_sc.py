@@ -57,7 +57,8 @@ def test_capture_has_burned_in_text_outside_the_findings(stones: Case) -> None:
 
 def test_burned_in_text_says_count_largest_and_disclaimer(stones: Case) -> None:
     lines = summary_lines(stones.findings, 4)
-    largest = max(s.max_diameter_mm for s in stones.findings.stones)
+    largest = max(s.length_mm for s in stones.findings.stones)  # the longest extent, as the SR's maximum
+    assert largest > max(s.max_diameter_mm for s in stones.findings.stones)  # one spans two slices
     assert lines[0] == "AI: 3 urinary stones, 2 on this slice"
     assert lines[1] == f"Largest: {largest:.1f} mm"
     assert lines[-1] == DISCLAIMER == "AI result - not for primary diagnosis"

@@ -1,4 +1,4 @@
-"""The SEG read back by highdicom: the mask, the references, the coding, the geometry."""
+"""The SEG read back by highdicom: one segment per stone, the references, the coding, the geometry."""
 
 from __future__ import annotations
 
@@ -17,13 +17,24 @@ def seg(stones: Case) -> hd.seg.Segmentation:
     return hd.seg.segread(path)
 
 
-def test_seg_mask_equals_findings_mask_frame_by_frame(seg: hd.seg.Segmentation, stones: Case) -> None:
+def test_seg_has_one_segment_per_stone_equal_to_its_voxels(seg: hd.seg.Segmentation, stones: Case) -> None:
+    """Segment N holds stone N's voxels and nothing else; together they are the findings' mask."""
     volume = stones.volume
-    assert int(seg.NumberOfFrames) == volume.shape[0]
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=list(volume.sop_instance_uids), segment_numbers=[1]
-    )
-    np.testing.assert_array_equal(pixels[..., 0], stones.findings.mask)
+    uids = list(volume.sop_instance_uids)
+    assert seg.get_segment_numbers() == [1, 2, 3] and len(stones.findings.stones) == 3
+    labels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(labels > 0, stones.findings.mask > 0)
+    for i, stone in enumerate(stones.findings.stones):
+        own = labels == i + 1
+        assert int(own.sum()) == stone.voxel_count
+        assert tuple(np.flatnonzero(own.any(axis=(1, 2)))) == stone.slice_indices
+
+
+def test_seg_keeps_frames_only_where_a_segment_has_pixels(seg: hd.seg.Segmentation, stones: Case) -> None:
+    """One frame per slice a stone spans, per stone (ten stones on 300 slices: tens of frames, not 3000)."""
+    expected = sum(len(stone.slice_indices) for stone in stones.findings.stones)
+    assert int(seg.NumberOfFrames) == expected == 4
 
 
 def test_seg_frames_sit_exactly_on_the_source_slices(seg: hd.seg.Segmentation, stones: Case) -> None:
@@ -37,7 +48,10 @@ def test_seg_frames_sit_exactly_on_the_source_slices(seg: hd.seg.Segmentation, s
         position = frame.PlanePositionSequence[0].ImagePositionPatient
         assert list(position) == list(sources[uid].ImagePositionPatient)
         seen.add(uid)
-    assert seen == set(sources)
+    with_stones = {stones.volume.sop_instance_uids[k] for s in stones.findings.stones for k in s.slice_indices}
+    assert seen == with_stones
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(stones.volume.slice_spacing)  # the source's
 
 
 def test_seg_references_the_source_series_and_frame_of_reference(
@@ -51,27 +65,31 @@ def test_seg_references_the_source_series_and_frame_of_reference(
     assert referenced == set(volume.sop_instance_uids)
 
 
-def test_seg_segment_is_a_coded_red_calculus_from_the_model(seg: hd.seg.Segmentation) -> None:
+def test_seg_segments_are_coded_red_calculi_from_the_model(seg: hd.seg.Segmentation, stones: Case) -> None:
     assert seg.SegmentationType == "BINARY"
-    assert seg.get_segment_numbers() == [1]
-    segment = seg.get_segment_description(1)
-    assert segment.segmented_property_category.value == "49755003"
-    assert segment.segmented_property_type.value == "56381008"
-    assert segment.segmented_property_type.scheme_designator == "SCT"
-    assert segment.anatomic_regions[0].value == "122489005"
-    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmName == MODEL_NAME
-    assert algorithm.AlgorithmVersion == MODEL_VERSION
-    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
-    red = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue).to_rgb()
-    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    for number in seg.get_segment_numbers():
+        segment = seg.get_segment_description(number)
+        assert segment.segment_label == f"Stone {number}"
+        assert segment.tracking_id == f"Stone {number}"
+        assert segment.segmented_property_category.value == "49755003"
+        assert segment.segmented_property_type.value == "56381008"
+        assert segment.segmented_property_type.scheme_designator == "SCT"
+        assert segment.anatomic_regions[0].value == "122489005"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == MODEL_NAME
+        assert algorithm.AlgorithmVersion == MODEL_VERSION
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        red = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue).to_rgb()
+        assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert len({seg.get_segment_description(n).tracking_uid for n in seg.get_segment_numbers()}) == 3
 
 
 def test_seg_carries_the_node_identity_and_source_attributes(seg: hd.seg.Segmentation, stones: Case) -> None:
     source = pydicom.dcmread(stones.volume.source_paths[0], stop_before_pixels=True)
     assert seg.Manufacturer == MANUFACTURER
     assert seg.ManufacturerModelName == MODEL_NAME
-    assert seg.SoftwareVersions == MODEL_VERSION
+    assert seg.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
+    assert seg.SeriesDescription == f"AI urinary stones - segmentation, model {MODEL_VERSION}"
     assert seg.SeriesNumber == SEG_SERIES_NUMBER
     assert seg.SeriesDescription
     assert seg.SpecificCharacterSet == source.SpecificCharacterSet

@@ -1,10 +1,11 @@
-"""The TID 1500 report read back by highdicom: one group per stone, or 'Calculus: Absent'."""
+"""The TID 1500 report read back by highdicom: one group per stone, or 'Calculus: Not detected'."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import highdicom as hd
+import numpy as np
 import pytest
 
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
@@ -40,7 +41,8 @@ def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
         assert group.tracking_identifier == f"Stone {i + 1}"
         assert group.finding_type is not None and group.finding_type.value == "56381008"
         values = _measurements(group)
-        assert values[("81827009", "56851009")] == (pytest.approx(stone.max_diameter_mm, abs=0.01), "mm")
+        # the stone's length (largest extent in any direction); its axial diameter is in the planar group's words
+        assert values[("81827009", "56851009")] == (pytest.approx(stone.length_mm, abs=0.01), "mm")
         assert values[("118565006", None)] == (pytest.approx(stone.volume_mm3, abs=0.01), "mm3")
         assert values[("112031", "373098007")] == (pytest.approx(stone.mean_hu, abs=0.1), "[hnsf'U]")
         assert values[("112031", "56851009")] == (pytest.approx(stone.max_hu, abs=0.1), "[hnsf'U]")
@@ -51,23 +53,27 @@ def test_sr_groups_state_the_side(stones: Case) -> None:
     for group, stone in zip(groups, stones.findings.stones, strict=True):
         site = group.finding_sites[0]
         assert site.value.value == "122489005"
-        if stone.side == "midline":
-            assert site.topographical_modifier is not None and site.topographical_modifier.meaning == "Midline"
+        if stone.side == "midline":  # near the midline (maybe in the bladder): no side, and no 'Midline' claim
+            assert site.laterality is None and site.topographical_modifier is None
         else:
             assert site.laterality is not None and site.laterality.meaning.lower() == stone.side
 
 
 def test_sr_references_the_seg_segment_and_the_source_slices(stones: Case) -> None:
+    """Each stone's group references its own segment ('Stone N', segment N), which shares its tracking UID."""
     seg = stones.results.seg
     assert seg is not None
+    segments = {int(d.SegmentNumber): d for d in seg.SegmentSequence}
     groups = _report(stones).get_volumetric_roi_measurement_groups()
-    for group, stone in zip(groups, stones.findings.stones, strict=True):
+    for i, (group, stone) in enumerate(zip(groups, stones.findings.stones, strict=True)):
         segment = group.referenced_segment
         assert segment is not None
         assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert segment.referenced_sop_class_uid == seg.SOPClassUID
         numbers = segment.referenced_segment_numbers
-        assert numbers is not None and list(numbers) == [1]
+        assert numbers is not None and list(numbers) == [i + 1]
+        assert segments[i + 1].SegmentLabel == group.tracking_identifier == f"Stone {i + 1}"
+        assert segments[i + 1].TrackingUID == group.tracking_uid
         sources = [s.referenced_sop_instance_uid for s in segment.source_images_for_segmentation]
         assert sources == list(stone.sop_instance_uids)
 
@@ -89,7 +95,7 @@ def test_no_stone_gives_only_the_sr_in_every_slice_mode_too(no_stones: Case) -> 
     assert results.sr.SOPInstanceUID == no_stones.results.sr.SOPInstanceUID
 
 
-def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
+def test_no_stone_gives_only_an_sr_that_says_not_detected(no_stones: Case) -> None:
     assert no_stones.results.seg is None
     assert no_stones.results.secondary_captures == ()
     assert [p.name for p in no_stones.paths] == ["SR_903_0001.dcm"]
@@ -101,7 +107,9 @@ def test_no_stone_gives_only_an_sr_that_says_absent(no_stones: Case) -> None:
         for g in report.get_image_measurement_groups()
         for e in g.get_qualitative_evaluations()
     ]
-    assert evaluations == [("56381008", "272519000")]  # Calculus: Absent
+    assert evaluations == [("56381008", "260415000")]  # Calculus: Not detected (by the algorithm), not Absent
+    (group,) = report.get_image_measurement_groups()
+    assert group.finding_type is None and group.finding_sites == []  # no "Finding: Calculus" for a negative
 
 
 def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> None:
@@ -121,11 +129,16 @@ def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> N
         (source,) = region.ContentSequence
         box = next(b for b in stones.findings.boxes if b.stone_index == i
                    and b.sop_instance_uid == source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        assert points[:, 0].min() == box.column_min and points[:, 0].max() == box.column_max + 1
-        assert points[:, 1].min() == box.row_min and points[:, 1].max() == box.row_max + 1
+        # the stone's own box (its pixels on that slice), not the overlay's margin box
+        on = np.argwhere(stones.findings.mask[box.slice_index])
+        on = on[(on[:, 0] >= box.row_min) & (on[:, 0] <= box.row_max)
+                & (on[:, 1] >= box.column_min) & (on[:, 1] <= box.column_max)]
+        assert points[:, 0].min() == on[:, 1].min() and points[:, 0].max() == on[:, 1].max() + 1
+        assert points[:, 1].min() == on[:, 0].min() and points[:, 1].max() == on[:, 0].max() + 1
+        assert group.get_measurements() == []  # OHIF 3.13 loads no stone from a report whose planar groups have one
         (comment,) = [item for item in group[0].ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
         assert comment.TextValue == stone_label(i, stone)
-        assert stone.side in comment.TextValue and f"{stone.max_diameter_mm:.1f} mm" in comment.TextValue
+        assert f"{stone.length_mm:.1f} mm" in comment.TextValue and f"axial {stone.max_diameter_mm:.1f} mm" in comment.TextValue
     # One stone spans slices 4 and 5 with as many voxels on each: its region is on the first.
     (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (4, 5)]
     region = planar[k].roi

@@ -12,8 +12,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uronode.files import out_folder
+
+if TYPE_CHECKING:
+    from inference.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +46,56 @@ def probability(text: str) -> float:
     return value
 
 
+NUMBERS_HEADER = "CT images (InstanceNumber)"
+"""The table's column of the images a stone is on: the numbers a viewer shows for the CT images (the frame
+numbers of a multi-frame CT, "frames 5-7"), not the volume's slice indices, which run from the feet and
+differ from the image numbers of a series numbered head first."""
+
+
+def _runs(numbers: list[int]) -> str:
+    """Sorted numbers as ranges: [31, 32, 33, 40] -> "31-33, 40"."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for n in ordered:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
+    """Each slice's CT image number and what the numbers are (``inference.writers.sc.image_numbers``, which
+    numbers the overlays alike): InstanceNumber, frame numbers of a multi-frame CT, or, where neither tells
+    the slices apart or a header cannot be read again, the volume's slice indices from 1 ("index")."""
+    from pydicom.dataset import Dataset
+    from pydicom.errors import InvalidDicomError
+
+    from inference.volume import read_dicom
+    from inference.writers.sc import image_numbers as numbers_of
+
+    headers: dict[str, Dataset] = {}
+    try:
+        for path in dict.fromkeys(volume.source_paths):
+            headers[path] = read_dicom(path, stop_before_pixels=True,
+                                       specific_tags=["SOPClassUID", "SeriesInstanceUID", "InstanceNumber",
+                                                      "NumberOfFrames"])
+    except (InvalidDicomError, OSError, EOFError):
+        return tuple(range(1, volume.shape[0] + 1)), "index"
+    return numbers_of([headers[path] for path in volume.source_paths], volume.frame_numbers)
+
+
+def _images_cell(numbers: tuple[int, ...], kind: str, slices: tuple[int, ...]) -> str:
+    text = _runs([numbers[k] for k in slices])
+    return {"instance": text, "frame": f"frames {text}"}.get(kind, f"slices {text}")
+
+
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+    """The rows as columns, each as wide as its widest cell (a short row is filled with empty cells)."""
+    columns = len(rows[0])
+    rows = [r + [""] * (columns - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -66,7 +117,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rejected: list[dict[str, str]] = []
     report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": done,
                                  "rejected": rejected}
-    rows = [["series", "stone", "side", "max diameter mm", "volume mm3", "mean HU", "max HU", "slices"]]
+    rows = [["series", "stone", "side", "length mm", "axial mm", "volume mm3", "mean HU", "max HU", NUMBERS_HEADER]]
+    unnumbered: list[int] = []
     total_files = sum(len(v) for v in groups.values())
     with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
         for number, (uid, paths) in enumerate(sorted(groups.items()), start=1):
@@ -75,11 +127,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
             except VolumeError as exc:
                 logger.warning("series %d skipped: %s", number, exc.reason)
                 rejected.append({"series_instance_uid": uid, "reason": exc.reason})
-                rows.append([f"#{number}", "-", "rejected: " + exc.reason, "", "", "", "", ""])
+                rows.append([f"#{number}", "-", "rejected: " + exc.reason])
                 continue
             findings = pipeline.run(volume)
             entry = findings.to_json()
             entry["slices"] = volume.shape[0]
+            numbers, kind = image_numbers(volume)
+            entry["image_numbering"] = kind  # "instance", "frame" or "index" (image_numbers)
+            entry["stones"] = [s.to_json() | {"image_numbers": [numbers[k] for k in s.slice_indices]}
+                               for s in findings.stones]
+            if findings.stones and kind == "index":
+                unnumbered.append(number)
             if not args.no_previews:
                 previews = write_previews(volume, findings, args.out / uid)
                 entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
@@ -91,12 +149,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     logger.warning("series %d: no DICOM results: %s", number, exc.reason)
             done.append(entry)
             if not findings.stones:
-                rows.append([f"#{number}", "none", "", "", "", "", "", ""])
+                rows.append([f"#{number}", "none"])
             for i, s in enumerate(findings.stones, start=1):
-                rows.append([f"#{number}", str(i), s.side, f"{s.max_diameter_mm:.1f}", f"{s.volume_mm3:.1f}",
-                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}",
-                             f"{s.slice_indices[0] + 1}-{s.slice_indices[-1] + 1}"])
+                side = "near midline" if s.side == "midline" else s.side
+                rows.append([f"#{number}", str(i), side, f"{s.length_mm:.1f}", f"{s.max_diameter_mm:.1f}",
+                             f"{s.volume_mm3:.1f}",
+                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}", _images_cell(numbers, kind, s.slice_indices)])
     (args.out / "findings.json").write_text(json.dumps(report, indent=2))
     print(_table(rows))
+    for number in unnumbered:
+        print(f"#{number}: its images have no InstanceNumbers that tell them apart; 'slices' counts the series' "
+              "slices from the feet, from 1")
     print(f"findings written to {args.out / 'findings.json'}")
     return 1 if rejected and not done else 0
