@@ -19,6 +19,9 @@ from uronode.metrics import CONTENT_TYPE, exposition
 
 router = APIRouter(tags=["operations"])
 
+DATABASE_TIMEOUT_S = 5.0
+"""``/readyz`` says the index is locked when its write lock cannot be had within this long."""
+
 ReadyCheck = Callable[[], str | None]
 """A condition the node adds to ``/readyz`` (its model's folder is there): None while it holds,
 else the reason it does not."""
@@ -32,23 +35,30 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request, store: StoreDep) -> dict[str, object]:
-    """Ready: the store is writable and under its disk watermark, the node's own conditions hold (the
-    model's folder is there) and every background loop beats (503 naming each one that does not)."""
+    """Ready: the store is writable (its temporary and its instances folders) and under its disk watermark,
+    the index takes a write within :data:`DATABASE_TIMEOUT_S`, the node's own conditions hold (the model's
+    folder is there, the worker is neither crash-looping nor frozen) and every background loop beats and
+    does not fail round after round. Else 503, its ``detail`` naming every check that failed (``; ``
+    between them)."""
+    problems: list[str] = []
     try:
         store.check_space()
-        probe = store.tmp_dir / ".ready"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        for folder in (store.tmp_dir, store.instances_dir):
+            probe = folder / ".ready"
+            probe.write_bytes(b"ok")
+            probe.unlink()
     except OutOfResources as exc:
-        raise HTTPException(503, detail=str(exc)) from exc
+        problems.append(str(exc))
     except OSError as exc:
-        raise HTTPException(503, detail=f"the store is not writable: {exc.strerror or exc}") from exc
+        problems.append(f"the store is not writable: {exc.strerror or exc} ({getattr(exc, 'filename', '')})")
+    if (locked := store.db.probe(DATABASE_TIMEOUT_S)) is not None:
+        problems.append(locked)
     checks: tuple[ReadyCheck, ...] = request.app.state.ready_checks
-    for check in checks:
-        if (problem := check()) is not None:
-            raise HTTPException(503, detail=problem)
+    problems.extend(problem for check in checks if (problem := check()) is not None)
     loops: Loops | None = request.app.state.loops
-    if loops is not None and (problems := loops.problems()):
+    if loops is not None:
+        problems.extend(loops.problems())
+    if problems:
         raise HTTPException(503, detail="; ".join(problems))
     return {"status": "ready", "loops": loops.names if loops is not None else []}
 

@@ -248,6 +248,13 @@ def _read_pdu_lean(self: DULServiceProvider) -> None:
     if sock is None:  # the association's transport is already gone
         self.event_queue.put("Evt17")
         return
+    if getattr(self, "_uronode_refused", False):
+        # A PDU was refused and the association is being aborted: what still arrives is the rest of that
+        # PDU (or more), which would read as PDU headers of garbage. Nothing more is read; once our
+        # A-ABORT is out (Sta13), the connection is closed (Evt17, the end of the association).
+        if self.state_machine.current_state == "Sta13":
+            sock.close()
+        return
     try:
         head = sock.recv(6)
     except (OSError, TimeoutError):
@@ -258,14 +265,12 @@ def _read_pdu_lean(self: DULServiceProvider) -> None:
         return
     pdu_type, _, length = struct.unpack(">BBL", head)
     if pdu_type not in _PDU_TYPES:
-        log.error("unknown PDU type 0x%02X received", pdu_type)
-        self.event_queue.put("Evt19")  # unrecognised PDU
+        _refuse(self, f"unknown PDU type 0x{pdu_type:02X}")
         return
     limit = _pdu_limit(self.assoc, pdu_type)
     if length > limit:
         # Never allocate what a peer claims beyond what we negotiated: abort instead.
-        log.error("PDU of %d bytes announced, over the %d-byte limit: aborting the association", length, limit)
-        self.event_queue.put("Evt19")
+        _refuse(self, f"PDU of {length} bytes announced, over the {limit}-byte limit")
         return
     try:
         body = sock.recv(length)
@@ -285,12 +290,9 @@ def _read_pdu_lean(self: DULServiceProvider) -> None:
         pdvs: list[list[int | memoryview]] = []
         pos = 0
         while pos < length:
-            if pos + 6 > length:
-                self.event_queue.put("Evt19")  # a PDV item that does not fit its PDU
-                return
-            (item_length,) = struct.unpack_from(">I", body, pos)
+            (item_length,) = struct.unpack_from(">I", body, pos) if pos + 6 <= length else (0,)
             if item_length < 2 or pos + 4 + item_length > length:
-                self.event_queue.put("Evt19")
+                _refuse(self, "a P-DATA-TF whose PDV items do not fit it")
                 return
             pdvs.append([body[pos + 4], view[pos + 5 : pos + 4 + item_length]])
             pos += 4 + item_length
@@ -306,6 +308,21 @@ def _read_pdu_lean(self: DULServiceProvider) -> None:
         return
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+
+
+def peer_name(assoc: Association) -> str:
+    """``AE@address`` of an acceptor association's peer (the AE as its A-ASSOCIATE-RQ gave it, if one came)."""
+    rq = assoc.requestor.primitive
+    ae = str(rq.calling_ae_title).strip() if rq is not None else "?"
+    return f"{ae}@{assoc.requestor.address}"
+
+
+def _refuse(dul: DULServiceProvider, what: str) -> None:
+    """Abort the association over a PDU we do not take (Evt19: A-ABORT to the peer), with one log line
+    naming the peer, and read nothing more from it."""
+    dul._uronode_refused = True  # type: ignore[attr-defined]  # our mark on pynetdicom's object
+    log.error("%s from %s: association aborted", what, peer_name(dul.assoc))
+    dul.event_queue.put("Evt19")
 
 
 def install() -> bool:

@@ -1,9 +1,13 @@
 """Who may associate: the called AE title, the calling-AE allow-list and the association limit; what may be sent.
 
-pynetdicom checks the called AE title itself. The allow-list (with optional
-host) and the node-wide association limit, shared by all receiving
-processes, are checked here, in the acceptor's ACSE negotiation, so that a
-refused caller gets a proper A-ASSOCIATE-RJ with the right reason.
+The called AE title, the allow-list (with optional host) and the node-wide
+association limit, shared by all receiving processes, are checked here, in
+the acceptor's ACSE negotiation, so that a refused caller gets a proper
+A-ASSOCIATE-RJ with the right reason, and the log one line naming it.
+
+Each accepted presentation context takes the first transfer syntax *the sender*
+proposed of those the node accepts (:func:`prefer_requestor_order`), so a
+sender that offers JPEG and uncompressed in one context keeps its JPEG.
 
 Once associated, a C-STORE must name the SOP class negotiated for the
 presentation context it travels on: pynetdicom would pass any storage class
@@ -175,6 +179,13 @@ class PolicyACSE(ACSE):
         rq = self.requestor.primitive
         calling_ae = str(rq.calling_ae_title if rq is not None else "").strip()
         host = str(self.requestor.address)
+        called_ae = str(rq.called_ae_title if rq is not None else "").strip()
+        ours = str(self.acceptor.ae_title).strip()
+        if self.assoc.ae.require_called_aet and called_ae != ours:
+            log.warning("association from %s at %s rejected: called AE title %r is not ours (%s)",
+                        calling_ae, host, called_ae, ours)
+            self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLED_AE_NOT_RECOGNISED)
+            return
         if not self.policy.allows(calling_ae, host):
             log.warning("association from %s at %s rejected: calling AE title not allowed", calling_ae, host)
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
@@ -191,11 +202,49 @@ class PolicyACSE(ACSE):
             self.assoc._uronode_slot = True  # type: ignore[attr-defined]  # our mark on pynetdicom's object
         super()._negotiate_as_acceptor()
 
+    def send_accept(self) -> None:
+        prefer_requestor_order(self.assoc)
+        super().send_accept()
+
+    def is_release_requested(self) -> bool:
+        """pynetdicom's check, marking the association once the peer asked for a release: the mark is set
+        before our A-RELEASE-RP goes out, so the connection's close (which can be handled before pynetdicom's
+        EVT_RELEASED) still knows the association ended normally (:func:`released_normally`)."""
+        requested = super().is_release_requested()
+        if requested:
+            self.assoc._uronode_release_requested = True  # type: ignore[attr-defined]  # our mark
+        return requested
+
     def _reject(self, result: int, source: int, reason: int) -> None:
         self.requestor.ae_title = str(self.requestor.primitive.calling_ae_title)  # type: ignore[union-attr]
         self.send_reject(result, source, reason)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
+
+
+def prefer_requestor_order(assoc: Association) -> None:
+    """Give each accepted presentation context the first transfer syntax the requestor proposed for it among
+    those the node accepts for its SOP class (PS3.8 7.1.1.14 leaves the choice to the acceptor).
+
+    pynetdicom takes the first of the acceptor's own list that the requestor offers, so Explicit VR Little
+    Endian, first in the node's list, would win over JPEG proposed before it in the same context, and the
+    sender would decompress. Called just before the A-ASSOCIATE-AC is sent: which contexts are accepted
+    does not change, only the syntax of each.
+    """
+    rq = assoc.requestor.primitive
+    if rq is None:
+        return
+    proposed = {cx.context_id: cx for cx in rq.presentation_context_definition_list}
+    supported = {str(cx.abstract_syntax): {str(ts) for ts in cx.transfer_syntax}
+                 for cx in assoc.acceptor.supported_contexts}
+    for context in assoc.accepted_contexts:
+        offered = proposed.get(context.context_id)
+        ours = supported.get(str(context.abstract_syntax))
+        if offered is None or ours is None:
+            continue
+        first = next((ts for ts in offered.transfer_syntax if str(ts) in ours), None)
+        if first is not None and str(first) != str(context.transfer_syntax[0]):
+            context.transfer_syntax = [first]
 
 
 def make_request_handler(
@@ -217,6 +266,12 @@ def make_request_handler(
             return assoc
 
     return _Handler
+
+
+def released_normally(assoc: Association) -> bool:
+    """Whether the peer asked for the association's release (A-RELEASE-RQ), as opposed to an abort or a
+    lost connection."""
+    return bool(getattr(assoc, "_uronode_release_requested", False))
 
 
 def release_slot(assoc: Association, slots: AssociationSlots | None) -> None:

@@ -5,20 +5,31 @@ own transfer syntax first, then Explicit and Implicit VR Little Endian. A
 file goes in its own syntax when the peer accepts it, else decompressed to
 an uncompressed one. A success or warning status (PS3.4 B.2.3) counts as
 delivered; anything else, including no answer, is a failure with its reason.
+
+Each failure says what happened, as far as the association shows it: no
+connection (and in what time), an A-ASSOCIATE-RJ (decoded), an A-ABORT from
+the peer, no answer within the ACSE timeout, a SOP class whose presentation
+context the peer refused (naming the ``results`` setting), or no C-STORE
+response within the DIMSE timeout. Each C-STORE-RQ of an association has its
+own Message ID, 1, 2, 3, ... (PS3.7 9.1.1.1).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.presentation import PresentationContext
 
 from scp.identity import node_ae
 
@@ -26,6 +37,25 @@ log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+RESULTS_HINT = '(to send a destination only what it stores, set its results, e.g. ["sc", "sr"])'
+CONTEXT_RESULTS = {
+    1: "user rejection",
+    2: "no reason given",
+    3: "abstract syntax not supported",
+    4: "transfer syntaxes not supported",
+}
+"""Presentation context results of an A-ASSOCIATE-AC (PS3.8 9.3.3.2), as the reasons say them."""
+ABORT_SOURCES = {0: "service user", 1: "reserved", 2: "service provider"}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the SCU waits (seconds): for the TCP connection, for the answer to the A-ASSOCIATE-RQ
+    (and A-RELEASE-RQ), and for each C-STORE response (``delivery.*_timeout_s``)."""
+
+    connect_s: float = 10.0
+    acse_s: float = 30.0
+    dimse_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +73,54 @@ class SendResult:
     reason: str | None
 
 
+@dataclass
+class _Watch:
+    """What the association showed while it ran, read by the reasons (the DUL thread writes, this one reads)."""
+
+    connected: bool = False
+    peer_abort: str | None = None
+    """The peer's A-ABORT, as a reason says it."""
+    requested_at: float = field(default_factory=time.monotonic)
+
+    def handlers(self) -> list[EventHandlerType]:
+        return [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_PDU_RECV, self._pdu)]
+
+    def _opened(self, _event: Event) -> None:
+        self.connected = True
+
+    def _pdu(self, event: Event) -> None:
+        pdu = event.pdu  # an EVT_PDU_RECV event carries its PDU
+        if isinstance(pdu, A_ABORT_RQ):
+            source = ABORT_SOURCES.get(int(pdu.source or 0), str(pdu.source))
+            self.peer_abort = f"A-ABORT, source {source}, reason {pdu.reason_diagnostic}"
+
+
 def _syntax_of(path: Path) -> str:
     meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     return str(meta.file_meta.TransferSyntaxUID)
+
+
+def refused_context_reason(where: str, sop_class_uid: str, result: int | None) -> str:
+    """Why a file of this SOP class was not sent: the peer refused its presentation context."""
+    why = f": {CONTEXT_RESULTS[result]}" if result in CONTEXT_RESULTS else ""
+    return f"{where} accepts no context for SOP class {sop_class_uid}{why} {RESULTS_HINT}"
+
+
+def _no_association_reason(assoc: Association | None, watch: _Watch, where: str, timeouts: Timeouts) -> str:
+    """Why no association came about (every case but refused contexts, which are per SOP class)."""
+    if assoc is None or not watch.connected:
+        return (f"cannot connect to {where} (connection refused, host unreachable, or no TCP connection "
+                f"within {timeouts.connect_s:g} s: delivery.connect_timeout_s)")
+    rj = assoc.acceptor.primitive if assoc.is_rejected else None
+    if rj is not None:
+        return (f"association rejected by {where}: {rj.result_str}, {rj.source_str}, {rj.reason_str} "
+                f"(result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})")
+    if watch.peer_abort is not None:
+        return f"{where} aborted the association request ({watch.peer_abort})"
+    if time.monotonic() - watch.requested_at >= timeouts.acse_s:
+        return (f"no answer from {where} to the association request within {timeouts.acse_s:g} s "
+                "(delivery.acse_timeout_s)")
+    return f"{where} closed the connection without answering the association request"
 
 
 def store_files(
@@ -55,7 +130,7 @@ def store_files(
     port: int,
     called_ae: str,
     calling_ae: str = "URONODE",
-    timeout_s: float = 30.0,
+    timeouts: Timeouts = Timeouts(),
 ) -> list[SendResult]:
     """Send the files in one association; one result per file, in order. Never raises for peer trouble."""
     if not files:
@@ -74,44 +149,64 @@ def store_files(
             if syntax not in proposed:
                 proposed.append(syntax)
     ae = node_ae(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeouts.connect_s
+    ae.acse_timeout = timeouts.acse_s
+    # The idle timer must not cut a C-STORE whose response is slow but within the DIMSE timeout.
+    ae.dimse_timeout = ae.network_timeout = timeouts.dimse_s
     contexts = [build_context(sop_class, ts) for sop_class, ts in syntaxes.items()]
     where = f"{called_ae} at {host}:{port}"
     if len(contexts) > 128:
         return [SendResult(f.sop_instance_uid, False, None, "more than 128 SOP classes in one send") for f in files]
-    assoc = ae.associate(host, port, contexts=contexts, ae_title=called_ae) if contexts else None
+    watch = _Watch()
+    assoc = (ae.associate(host, port, contexts=contexts, ae_title=called_ae,
+                          evt_handlers=watch.handlers())
+             if contexts else None)
     if assoc is None or not assoc.is_established:
-        if assoc is not None and assoc.is_rejected and assoc.acceptor.primitive is not None:
-            rj = assoc.acceptor.primitive
-            reason = f"association rejected by {where} (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})"
-        else:
-            reason = f"no association with {where} (refused, aborted or timed out)"
+        refused = _refused_contexts(assoc)
+        if refused:  # A-ASSOCIATE-AC with no context accepted: pynetdicom aborts, but the AC says why
+            return [SendResult(f.sop_instance_uid, False, None,
+                               refused_context_reason(where, f.sop_class_uid, refused.get(f.sop_class_uid)))
+                    for f in files]
+        reason = _no_association_reason(assoc, watch, where, timeouts)
         return [SendResult(f.sop_instance_uid, False, None, reason) for f in files]
     accepted: dict[str, set[str]] = {}
     for cx in assoc.accepted_contexts:
         accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
-    results = []
+    refused = _refused_contexts(assoc)
+    results: list[SendResult] = []
     try:
-        for item in files:
-            results.append(_send_one(assoc, item, file_syntax.get(item.path, ""), accepted, where))
+        for number, item in enumerate(files):
+            results.append(_send_one(assoc, item, file_syntax.get(item.path, ""), accepted, refused, where,
+                                     message_id=number % 0xFFFF + 1, timeouts=timeouts, watch=watch))
             if not assoc.is_established:
                 break
     finally:
         if assoc.is_established:
             assoc.release()
     for item in files[len(results) :]:
-        results.append(SendResult(item.sop_instance_uid, False, None, f"association with {where} ended early"))
+        results.append(SendResult(item.sop_instance_uid, False, None,
+                                  f"not sent: the association with {where} ended before it (see the instance before)"))
     return results
 
 
-def _send_one(assoc: Association, item: Outgoing, syntax: str, accepted: dict[str, set[str]], where: str) -> SendResult:
+def _refused_contexts(assoc: Association | None) -> dict[str, int | None]:
+    """SOP class -> the result of its refused presentation context, from the peer's A-ASSOCIATE-AC (if one came)."""
+    if assoc is None or assoc.acceptor.primitive is None or assoc.acceptor.primitive.result != 0x00:
+        return {}
+    rejected: list[PresentationContext] = assoc.rejected_contexts
+    return {str(cx.abstract_syntax): cx.result for cx in rejected}
+
+
+def _send_one(
+    assoc: Association, item: Outgoing, syntax: str, accepted: dict[str, set[str]], refused: dict[str, int | None],
+    where: str, *, message_id: int, timeouts: Timeouts, watch: _Watch,
+) -> SendResult:
     if not syntax:
         return SendResult(item.sop_instance_uid, False, None, f"{item.path} is missing or not DICOM")
     offered = accepted.get(item.sop_class_uid, set())
     if not offered:
         return SendResult(item.sop_instance_uid, False, None,
-                          f"{where} accepts no context for SOP class {item.sop_class_uid} (to send a destination only "
-                          'what it stores, set its results, e.g. ["sc", "sr"])')
+                          refused_context_reason(where, item.sop_class_uid, refused.get(item.sop_class_uid)))
     try:
         ds = dcmread(item.path)
         if syntax not in offered:
@@ -119,11 +214,26 @@ def _send_one(assoc: Association, item: Outgoing, syntax: str, accepted: dict[st
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
             ds.file_meta.TransferSyntaxUID = target
-        status = assoc.send_c_store(ds)
+            # encoded as the target says (pynetdicom refuses a data set read as explicit VR under an implicit
+            # syntax: a PACS that accepts Implicit VR Little Endian alone stopped every delivery)
+            ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian, ds.original_character_set)
+        started = time.monotonic()
+        status = assoc.send_c_store(ds, msg_id=message_id)
     except (OSError, InvalidDicomError, ValueError, RuntimeError, StopIteration) as exc:
         return SendResult(item.sop_instance_uid, False, None, f"cannot send {item.path.name}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one instance's failure, whatever it is, is that delivery's, not the round's
+        log.exception("sending %s to %s failed", item.path.name, where)
+        return SendResult(item.sop_instance_uid, False, None,
+                          f"cannot send {item.path.name}: {type(exc).__name__}: {exc}")
     if status is None or "Status" not in status:
-        return SendResult(item.sop_instance_uid, False, None, f"no C-STORE response from {where}")
+        if watch.peer_abort is not None:
+            why = f"{where} aborted the association ({watch.peer_abort}) before its C-STORE response"
+        elif time.monotonic() - started >= timeouts.dimse_s:
+            why = (f"timed out after {timeouts.dimse_s:g} s waiting for the C-STORE response from {where} "
+                   "(delivery.dimse_timeout_s; the peer may have stored it)")
+        else:
+            why = f"{where} closed the connection before its C-STORE response"
+        return SendResult(item.sop_instance_uid, False, None, why)
     code = int(status.Status)
     if code == 0x0000 or code in WARNING_STATUSES:
         return SendResult(item.sop_instance_uid, True, code, None)

@@ -26,6 +26,7 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
@@ -34,7 +35,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp import fastpath
 from scp.identity import node_ae
-from scp.policy import AssociationSlots, CallerPolicy, make_request_handler, release_slot
+from scp.policy import (
+    AssociationSlots,
+    CallerPolicy,
+    make_request_handler,
+    release_slot,
+    released_normally,
+)
 from scp.status import StoreStatus
 from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta
@@ -44,6 +51,7 @@ from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.structure import MAX_INSTANCE_BYTES
+from uronode.types import StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +173,29 @@ def handle_store(event: Event, receiver: Receiver) -> Dataset | int:
         )
     finally:
         body.release()
+    if report.outcome is StoreOutcome.REPLACED and report.header is not None:
+        log.info("instance %s from %s: other bytes under a SOP Instance UID already stored; replaced, series %s"
+                 " re-opened", sop_instance_uid, fastpath.peer_name(event.assoc), report.header.series_instance_uid)
     if report.verdict is Verdict.STORED:
         return StoreStatus.SUCCESS
     return store_response(_ANSWERS[report.verdict], report.reason)
+
+
+CONTEXT_RESULTS = {1: "user rejection", 2: "no reason", 3: "abstract syntax not supported",
+                   4: "transfer syntaxes not supported"}
+
+
+def log_refused_contexts(assoc: Association) -> None:
+    """One line at the end of an association that had presentation contexts refused: which SOP classes,
+    and why (a Query/Retrieve class, C-FIND, C-MOVE, C-GET, names itself: the node is no Q/R SCP)."""
+    refused: dict[str, list[str]] = {}
+    for context in assoc.rejected_contexts:
+        uid = UID(str(context.abstract_syntax))
+        name = f"{uid} ({uid.name})" if uid.name != str(uid) else str(uid)
+        refused.setdefault(CONTEXT_RESULTS.get(int(context.result or 0), f"result {context.result}"), []).append(name)
+    if refused:
+        log.warning("association from %s: presentation contexts refused: %s", fastpath.peer_name(assoc),
+                    "; ".join(f"{why}: {', '.join(dict.fromkeys(names))}" for why, names in refused.items()))
 
 
 def handle_released(event: Event, receiver: Receiver) -> None:
@@ -175,12 +203,22 @@ def handle_released(event: Event, receiver: Receiver) -> None:
 
 
 def handle_aborted(event: Event, receiver: Receiver) -> None:
+    assoc = event.assoc
+    if assoc.is_acceptor and assoc.dul.idle_timer_expired():
+        log.warning("association from %s aborted: nothing received for %g s (scp.network_timeout_s)",
+                    fastpath.peer_name(assoc), assoc.network_timeout)
     receiver.end_association(event, "aborted")
 
 
 def handle_conn_close(event: Event, receiver: Receiver) -> None:
-    receiver.end_association(event, "closed")
-    release_slot(event.assoc, receiver.slots)
+    assoc = event.assoc
+    if assoc.requestor.primitive is None and assoc.dul.artim_timer.expired:
+        log.warning("connection from %s closed: no A-ASSOCIATE-RQ within %g s (scp.acse_timeout_s)",
+                    assoc.requestor.address, assoc.acse_timeout)
+    log_refused_contexts(assoc)
+    # after our A-RELEASE-RP the peer may close before pynetdicom's EVT_RELEASED is handled: still released
+    receiver.end_association(event, "released" if released_normally(assoc) else "closed")
+    release_slot(assoc, receiver.slots)
 
 
 class SharedSocketServer(ThreadedAssociationServer):

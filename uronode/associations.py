@@ -50,6 +50,30 @@ class Associations:
         except sqlite3.Error as exc:
             log.error("association %d could not be closed in the index: %s", association_id, exc)
 
+    def close_of_process(self, pid: int) -> int:
+        """Close as ``lost`` the associations the receiving process ``pid`` left open when it died (the node
+        goes on), so that their series complete as those of a crash do; how many."""
+        with self.database.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE associations SET ended_at = ?, outcome = 'lost' WHERE ended_at IS NULL AND pid = ?",
+                (time.time(), pid),
+            )
+        if cur.rowcount:
+            log.warning("closed %d association(s) left open by receiving process %d", cur.rowcount, pid)
+        return cur.rowcount
+
+    @staticmethod
+    def prune_in(conn: sqlite3.Connection, cutoff: float) -> int:
+        """Inside the caller's transaction: delete the associations that ended before ``cutoff`` and their
+        links to series (retention of the history); how many."""
+        conn.execute(
+            "DELETE FROM series_associations WHERE association_id IN"
+            " (SELECT id FROM associations WHERE ended_at IS NOT NULL AND ended_at < ?)",
+            (cutoff,),
+        )
+        cur = conn.execute("DELETE FROM associations WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,))
+        return cur.rowcount
+
     def close_left_open(self) -> int:
         """Close as ``lost`` the associations a previous run left open (at start-up); how many."""
         with self.database.transaction() as conn:

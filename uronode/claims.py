@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import sqlite3
 import time
@@ -34,6 +35,7 @@ from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
+from uronode.supersede import record_results, settle
 from uronode.types import Job, JobState
 
 
@@ -234,12 +236,17 @@ class Claims:
                         conn, destination=destination.name, sop_instance_uid=uid, sop_class_uid=item["sop_class_uid"],
                         path=Path(item["path"]), job_id=job_id, calling_ae=source["calling_ae"] if source else None,
                     )
-            state = JobState.DELIVERING if owed else JobState.DELIVERED
+            model = _model_of(findings)
+            superseded = record_results(conn, job_id=job_id, source_series_uid=row["series_instance_uid"],
+                                        model=model, sop_instance_uids=results) if model else []
+            state = JobState.DELIVERING if owed or any(s.delivered_to for s in superseded) else JobState.DELIVERED
             conn.execute(
                 "UPDATE jobs SET state = ?, reason = NULL, findings = ?, seconds = coalesce(?, seconds),"
                 " claim_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
                 (state.value, findings, seconds, now, job_id),
             )
+        settle(self.store, outbox, superseded, destinations=destinations, source_series_uid=row["series_instance_uid"],
+               model=model, job_id=job_id, calling_ae=source["calling_ae"] if source else None)
         return state
 
     def fail(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:
@@ -337,3 +344,12 @@ def new_worker_token(tokens_file: Path, name: str, token: str | None = None) -> 
     with tokens_file.open("a") as f:
         f.write(f"{name} {hash_token(token)}\n")
     return token
+
+
+def _model_of(findings: str) -> str:
+    """The model's name and version as the findings name them ("" when they do not: nothing is superseded)."""
+    try:
+        model = json.loads(findings).get("model") or {}
+        return f"{model['name']} {model['version']}" if model.get("name") and model.get("version") else ""
+    except (ValueError, AttributeError, TypeError):
+        return ""

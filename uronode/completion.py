@@ -1,18 +1,24 @@
 """Series completion: deciding when a series has fully arrived, and what to do with it.
 
 A series is complete when
-- every association that carried it has ended and nothing more arrived for
-  ``grace_s`` seconds after the last of them ended, or
+- every association that carried it has ended, the last of them to end was
+  released (A-RELEASE: the sender says it is done), and nothing more arrived
+  for ``grace_s`` seconds after it ended, or
 - nothing arrived for ``quiet_s`` seconds, whatever the associations do (a
   sender that keeps its association open, or one that sends a series over
   many associations with pauses).
+
+An association that ended otherwise (aborted by either side, its connection
+lost, or left open by a crash and closed as ``lost`` at start-up) is no sign
+that the series is whole: the sender will likely send the rest again, so such
+a series waits for ``quiet_s``, as if the association were still open.
 
 A late instance, or an instance replaced by different bytes, re-opens the
 series (its generation goes up) and it completes again. A complete series that
 the model can read becomes a job; one that it cannot is recorded as skipped
 with the reason. All of it lives in SQLite, so a restart picks up where the
 previous run stopped: associations left open are closed as lost at start-up
-and their series complete after the grace period, exactly once.
+and their series complete after the quiet period, exactly once.
 """
 
 from __future__ import annotations
@@ -37,12 +43,18 @@ CT_SOP_CLASSES = {
 OWN_MANUFACTURER = "uronode"
 """Manufacturer (0008,0070) written into every object this node derives."""
 
+NORMAL_END = "released"
+"""The association outcome (:mod:`uronode.associations`) that lets a series complete after the grace period."""
+
 _DUE_QUERY = """
 SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_received_at,
        (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL) AS open_count,
        (SELECT max(a.ended_at) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
-         WHERE sa.series_instance_uid = s.series_instance_uid) AS last_ended_at
+         WHERE sa.series_instance_uid = s.series_instance_uid) AS last_ended_at,
+       (SELECT a.outcome FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+         WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL
+         ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome
   FROM series s WHERE s.state = 'receiving'
 """
 
@@ -88,6 +100,8 @@ class CompletionMonitor:
             return True
         if row["open_count"]:
             return False
+        if row["last_outcome"] is not None and row["last_outcome"] != NORMAL_END:
+            return False  # aborted or lost: the sender will likely send again; the quiet rule decides
         quiet_since = max(last, row["last_ended_at"] or 0.0)
         return now - quiet_since >= self.grace_s
 

@@ -14,10 +14,29 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-SCHEMA_VERSION = 7
+from uronode.errors import UronodeError
+from uronode.files import disk_problem
+
+SCHEMA_VERSION = 8
+BUSY_TIMEOUT_S = 30.0
+"""How long a statement waits for another process's write lock before ``database is locked``."""
+SIDE_FILES = ("-wal", "-shm", "-journal")
+"""SQLite's files beside the index."""
+_RESOURCE_WORDS = ("locked", "busy", "disk", "full", "i/o", "readonly", "unable to open")
+
+
+class DataDirUnusable(UronodeError):
+    """The data folder or its index cannot be used (the disk is full, the file system read-only, the index
+    locked); the message names the file or folder and the cause."""
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    """Whether a database error is the node's resources (a full disk, a lock held too long, a read-only
+    file system), not a bug or a bad row: the work may succeed later, unchanged."""
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in _RESOURCE_WORDS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -123,7 +142,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sop_class_uid       TEXT NOT NULL,
     path                TEXT NOT NULL,
     calling_ae          TEXT,                -- who sent the source series (for 'sender' destinations)
-    state               TEXT NOT NULL,       -- pending | delivered | dead
+    state               TEXT NOT NULL,       -- pending | delivered | dead | superseded
     attempts            INTEGER NOT NULL DEFAULT 0,
     next_attempt_at     REAL NOT NULL,
     last_error          TEXT,
@@ -132,6 +151,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS results (
+    sop_instance_uid   TEXT PRIMARY KEY,     -- a result instance the node made (uronode.supersede)
+    source_series_uid  TEXT NOT NULL,        -- the series it was made of
+    model              TEXT NOT NULL,        -- the model's name and version, as the results name them
+    job_id             INTEGER NOT NULL,
+    recorded_at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_source ON results(source_series_uid, model);
 
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention), leases_expired,
@@ -147,12 +175,21 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     ``durable`` chooses ``synchronous=FULL`` (every commit fsynced) over
     ``NORMAL``. Connections are not shared between threads.
     """
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
+    try:
+        _set_up(conn, durable)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _set_up(conn: sqlite3.Connection, durable: bool) -> None:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
@@ -169,7 +206,6 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    return conn
 
 
 ADDED_COLUMNS = [
@@ -194,7 +230,34 @@ class Database:
         self.path = path
         self.durable = durable
         self._local = threading.local()
-        self.conn()  # creates or upgrades the schema now, not on the first request
+        existed = path.exists()
+        try:
+            self.conn()  # creates or upgrades the schema now, not on the first request
+        except sqlite3.Error as exc:
+            if not existed:  # a first start that failed leaves no empty index to be taken for a node's data
+                for name in ("", *SIDE_FILES):
+                    with suppress(OSError):
+                        Path(f"{path}{name}").unlink(missing_ok=True)
+            raise DataDirUnusable(f"the index {path} cannot be opened: {disk_problem(path.parent, exc)}") from exc
+
+    def probe(self, timeout_s: float) -> str | None:
+        """None when the index can be written (its write lock taken and given back within ``timeout_s``),
+        else why not. A connection of its own, so that it waits no longer than that."""
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s,
+                                   isolation_level=None)
+        except sqlite3.Error as exc:
+            return f"the index cannot be opened: {disk_problem(self.path.parent, exc)}"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return f"the index is locked: no write possible for {timeout_s:g} s (another process holds it)"
+            return f"the index cannot be written: {disk_problem(self.path.parent, exc)}"
+        finally:
+            conn.close()
+        return None
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""

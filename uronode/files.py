@@ -10,6 +10,7 @@ checks first.
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import logging
 import os
@@ -54,6 +55,37 @@ def check_space(folder: Path, max_used_percent: float, incoming_bytes: int = 0) 
         raise OutOfResources(f"disk {used_percent:.1f} % full, over the {max_used_percent:g} % watermark")
     if incoming_bytes and free < incoming_bytes * 2 + (1 << 20):
         raise OutOfResources(f"only {free} bytes free for an instance of {incoming_bytes} bytes")
+
+
+FULL_BELOW_BYTES = 1 << 20
+"""A disk with less than this free is called full when a write fails (the file system's own blocks, SQLite's
+shared memory, a journal: a write needs more than the bytes it writes)."""
+
+
+def disk_problem(folder: Path, exc: BaseException | None = None) -> str:
+    """Why writing under ``folder`` failed, in words: ``the disk is full (0 bytes free)``, ``the file system
+    is read-only``, ``permission denied``; else the error's own words (``exc``)."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc) if exc is not None else ""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:  # a folder not made yet: its nearest existing parent
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        st = None
+    if code == errno.EROFS or (st is not None and st.f_flag & os.ST_RDONLY):
+        return "the file system is read-only"
+    free = st.f_bavail * st.f_frsize if st is not None else None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_BELOW_BYTES):
+        return f"the disk is full ({free} bytes free)" if free is not None else "the disk is full"
+    if code in (errno.EACCES, errno.EPERM) or "readonly" in text or not os.access(probe, os.W_OK):
+        return f"permission denied (the node runs as uid {os.getuid()})"
+    if "locked" in text or "busy" in text:
+        return f"another process holds the index locked ({text})"
+    if "disk is full" in text:
+        return "the disk is full"
+    return text or "unknown cause"
 
 
 def fsync_dir(folder: Path) -> None:

@@ -209,6 +209,25 @@ class JobQueue:
                         job.id, job.series_instance_uid)
         return released
 
+    def give_back(self, job_id: int, reason: str) -> Job | None:
+        """A running job that could not finish for want of the node's resources (the disk full while its
+        results were stored, the index locked for longer than the busy timeout), not because of its series:
+        queued again, that try not counted, with ``reason`` for the admin until it runs again. Returns the job
+        as it now is (None when it was not running: taken back meanwhile). Raises ``sqlite3.Error`` when the
+        index cannot be written either (the caller tries again later)."""
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), reason = ?, updated_at = ?,"
+                " dispatched_at = NULL WHERE id = ? AND state = 'running'",
+                (reason, time.time(), job_id),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone() if cur.rowcount else None
+        if row is None:
+            return None
+        job = _job(row)
+        log.warning("job %d series %s: queued again, that try not counted: %s", job.id, job.series_instance_uid, reason)
+        return job
+
     def _take_back(self, worker: str | None, cause: str) -> builtins.list[Job]:
         """Take back the running jobs of the node's worker ``worker`` (None: of all its workers)."""
         now = time.time()

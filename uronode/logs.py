@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import datetime
 
 FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
@@ -39,7 +40,13 @@ def _escape(match: re.Match[str]) -> str:
 
 
 class OneLineFormatter(logging.Formatter):
-    """A formatter whose every record is one line: control characters are escaped in all it writes."""
+    """A formatter whose every record is one line: control characters are escaped in all it writes. Its time is
+    ISO 8601, local, to the millisecond, with its offset from UTC (``2026-12-05T16:07:32.414+01:00``): a line
+    says when it was written whatever the reader's zone, and across a change of summer time."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        when = datetime.fromtimestamp(record.created).astimezone()
+        return when.strftime(datefmt) if datefmt else when.isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
         return escape_controls(super().format(record))
@@ -51,3 +58,5 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # pynetdicom logs every PDU and the peer's identity at INFO/DEBUG; keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+    # highdicom logs each module it copies at INFO (several lines a result instance): keep it to warnings too.
+    logging.getLogger("highdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)

@@ -25,7 +25,12 @@ from uronode.types import JobState
 
 INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)
 """Bucket bounds of ``uronode_inference_seconds``: a series takes seconds to a few minutes."""
-DELIVERY_STATES = ("pending", "delivered", "dead")
+DELIVERY_STATES = ("pending", "delivered", "dead", "superseded")
+PRUNED = "pruned:"
+"""Prefix of the ``counters`` rows in which retention (:mod:`uronode.retention`) keeps what the jobs and
+deliveries it pruned counted, so that the counters here never go down: ``pruned:delivery_failures``,
+``pruned:jobs:<worker>:<outcome>``, ``pruned:inference_ms:<worker>``, ``pruned:inference_le:<bound>``,
+``pruned:inference_count``, ``pruned:inference_ms_sum``."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -80,7 +85,8 @@ class IndexCollector(Collector):
             "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
             " FROM deliveries"
         ).fetchone()
-        yield _counter("uronode_delivery_failures", "Failed delivery tries.", failures)
+        yield _counter("uronode_delivery_failures", "Failed delivery tries.",
+                       failures + deleted.get(f"{PRUNED}delivery_failures", 0))
 
         # Remote workers (queue.backend dramatiq): what waits on the broker, what the leases did, who did what.
         (unclaimed,) = conn.execute(
@@ -105,15 +111,27 @@ class IndexCollector(Collector):
         )
         # The node's worker processes claim as 'local:<pid>': counted together as 'local' (a label per pid
         # would grow with every restart of a worker).
+        # with what retention pruned (uronode.retention keeps their counts as 'pruned:*' counters)
+        jobs_by: dict[str, dict[str, float]] = {}
         for row in conn.execute(
             "SELECT CASE WHEN claimed_by GLOB ? || ':*' THEN ? ELSE claimed_by END AS w,"
             " sum(state = 'failed') AS failed, sum(state != 'failed') AS done, coalesce(sum(seconds), 0) AS s"
             " FROM jobs WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY w",
             (LOCAL_WORKER, LOCAL_WORKER),
         ):
-            by_worker.add_metric([row["w"], "done"], row["done"])
-            by_worker.add_metric([row["w"], "failed"], row["failed"])
-            worker_seconds.add_metric([row["w"]], round(row["s"], 3))
+            jobs_by[row["w"]] = {"done": row["done"], "failed": row["failed"], "s": row["s"]}
+        for name, value in deleted.items():
+            parts = name.split(":")
+            if name.startswith(f"{PRUNED}jobs:") and len(parts) >= 4:
+                worker = ":".join(parts[2:-1])
+                jobs_by.setdefault(worker, {"done": 0, "failed": 0, "s": 0.0})[parts[-1]] += value
+            elif name.startswith(f"{PRUNED}inference_ms:"):
+                jobs_by.setdefault(name[len(f"{PRUNED}inference_ms:"):], {"done": 0, "failed": 0, "s": 0.0})["s"] += \
+                    value / 1000
+        for worker, tally in sorted(jobs_by.items()):
+            by_worker.add_metric([worker, "done"], tally["done"])
+            by_worker.add_metric([worker, "failed"], tally["failed"])
+            worker_seconds.add_metric([worker], round(tally["s"], 3))
         yield by_worker
         yield worker_seconds
 
@@ -121,6 +139,10 @@ class IndexCollector(Collector):
         *counts, total, count = conn.execute(
             f"SELECT {bounds}, coalesce(sum(seconds), 0), count(seconds) FROM jobs WHERE seconds IS NOT NULL"
         ).fetchone()
+        counts = [n + deleted.get(f"{PRUNED}inference_le:{b:g}", 0) for b, n in zip(INFERENCE_BUCKETS_S, counts,
+                                                                                       strict=True)]
+        count += deleted.get(f"{PRUNED}inference_count", 0)
+        total += deleted.get(f"{PRUNED}inference_ms_sum", 0) / 1000
         yield HistogramMetricFamily(
             "uronode_inference_seconds",
             "The model's run on a series (read, candidates, network, measuring).",

@@ -3,10 +3,15 @@
 A delivery is ``pending`` until its destination confirms it with a success
 (or warning) status, then ``delivered``. A failure waits
 ``backoff_s * 2**(attempts-1)`` seconds (at most ``backoff_max_s``) before the
-next try; after ``max_attempts`` it is ``dead`` with the last reason, until
-``uronode retry`` makes it pending again. Derived UIDs are deterministic, so
-enqueuing the same instance for the same destination again only resets its
-row: the destination never gets two copies under different UIDs.
+next try. Giving up is by time: a delivery still failing ``retry_for_s`` after it
+was owed (enqueued, enqueued again, or made pending again by ``uronode retry``)
+is ``dead`` with the last reason, as is one that failed ``max_attempts`` times
+when that optional bound is set; ``uronode retry`` makes it pending again.
+Derived UIDs are deterministic, so enqueuing the same instance for the same
+destination again only resets its row: the destination never gets two copies
+under different UIDs.
+
+A row's ``created_at`` is when it was last owed afresh (the start of its retry period).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD = "dead"
+    SUPERSEDED = "superseded"
+    """A later run of the same model on the series made other results: not sent (:mod:`uronode.supersede`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +67,13 @@ def _delivery(row: sqlite3.Row) -> Delivery:
 
 
 class Outbox:
-    def __init__(self, store: Store, *, max_attempts: int = 8, backoff_s: float = 5.0, backoff_max_s: float = 600.0) -> None:
+    def __init__(self, store: Store, *, max_attempts: int | None = None, backoff_s: float = 5.0,
+                 backoff_max_s: float = 600.0, retry_for_s: float | None = 86400.0) -> None:
         self.store = store
         self.max_attempts = max_attempts
+        """Give up after this many failed tries (None: no bound by count)."""
+        self.retry_for_s = retry_for_s
+        """Give up on a delivery still failing this long after it was owed (None: no bound by time)."""
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
 
@@ -86,7 +97,7 @@ class Outbox:
             " ON CONFLICT(destination, sop_instance_uid) DO UPDATE SET job_id = excluded.job_id,"
             " path = excluded.path, sop_class_uid = excluded.sop_class_uid, calling_ae = excluded.calling_ae,"
             " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
-            " updated_at = excluded.updated_at",
+            " created_at = excluded.created_at, updated_at = excluded.updated_at",
             (job_id, destination, sop_instance_uid, sop_class_uid, str(path), calling_ae, now, now, now),
         )
 
@@ -114,23 +125,32 @@ class Outbox:
         with self.store.transaction() as conn:
             conn.executemany(
                 "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_error = NULL,"
-                " updated_at = ? WHERE id = ?",
+                " updated_at = ? WHERE id = ? AND state = 'pending'",
                 [(now, i) for i in ids],
             )
 
     def mark_failed(self, delivery_id: int, reason: str, now: float | None = None) -> DeliveryState:
-        """Record a failed try: back off, or give up after ``max_attempts`` (dead letter)."""
+        """Record a failed try: back off, or give up (dead letter) once the delivery has been owed
+        ``retry_for_s`` or has failed ``max_attempts`` times; the dead letter's reason says which."""
         now = time.time() if now is None else now
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            row = conn.execute("SELECT attempts, state, created_at FROM deliveries WHERE id = ?",
+                               (delivery_id,)).fetchone()
             if row is None:
                 raise ValueError(f"no delivery {delivery_id}")
+            if row["state"] != DeliveryState.PENDING:  # superseded while it was being sent, or already settled
+                return DeliveryState(row["state"])
             attempts = row["attempts"] + 1
-            if attempts >= self.max_attempts:
+            owed_for = now - row["created_at"]
+            if self.max_attempts is not None and attempts >= self.max_attempts:
                 state, next_at = DeliveryState.DEAD, now
+                reason = f"{reason} (given up after {attempts} tries: delivery.max_attempts)"
+            elif self.retry_for_s is not None and owed_for >= self.retry_for_s:
+                state, next_at = DeliveryState.DEAD, now
+                reason = f"{reason} (given up after {attempts} tries in {_duration(owed_for)}: delivery.retry_for_s)"
             else:
                 state = DeliveryState.PENDING
-                next_at = now + min(self.backoff_s * 2 ** (attempts - 1), self.backoff_max_s)
+                next_at = now + min(self.backoff_s * 2 ** min(attempts - 1, 60), self.backoff_max_s)
             conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?"
                 " WHERE id = ?",
@@ -139,11 +159,14 @@ class Outbox:
         return state
 
     def retry(self, *, destination: str | None = None, job_id: int | None = None) -> int:
-        """Make dead letters pending again (all, or one destination's, or one job's); returns how many.
+        """Make dead letters pending again (all, or one destination's, or one job's), each with a new
+        retry period; returns how many.
 
         Their jobs, failed because of them, wait for delivery again."""
-        sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? WHERE state = 'dead'"
-        params: builtins.list[object] = [time.time(), time.time()]
+        now = time.time()
+        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, created_at = ?,"
+               " updated_at = ? WHERE state = 'dead'")
+        params: builtins.list[object] = [now, now, now]
         if destination is not None:
             sql += " AND destination = ?"
             params.append(destination)
@@ -165,7 +188,8 @@ class Outbox:
         with self.store.transaction() as conn:
             done = conn.execute(
                 "UPDATE jobs SET state = 'delivered', reason = NULL, updated_at = ? WHERE state = 'delivering'"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.state != 'delivered')",
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id"
+                " AND d.state NOT IN ('delivered', 'superseded'))",
                 (now,),
             ).rowcount
             failed = conn.execute(
@@ -195,3 +219,12 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         rows = self.store.conn().execute("SELECT state, count(*) AS n FROM deliveries GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``: how long a delivery was tried, as its reason says it."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

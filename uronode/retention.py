@@ -1,13 +1,21 @@
-"""Retention: delete received series once they are old, keep what the node derived from them.
+"""Retention: delete received series once they are old, with what the node derived from them, and the history.
 
 A series is due when it is complete, its last instance arrived more than
 ``storage.retention_days`` ago, no job for it is still queued, running or
 delivering, and it is not one of the node's own results (Manufacturer
-``uronode``). Its index rows go first, in one transaction, then its files:
-a crash in between leaves files that nothing indexes (disk space only), never
+``uronode``). It goes with the results the node made of it (the SEG, SC, SR and
+KOS the ``results`` table records for it, :mod:`uronode.supersede`). Their index
+rows go first, in one transaction, then their files:
+a crash in between leaves files that nothing indexes (removed at the next start,
+:meth:`uronode.store.Store.remove_orphans`), never
 an index row that points to a deleted file. Only the files that were deleted from the index are
 removed, so an instance of the same series that arrives meanwhile is kept (and
 re-opens the series as a new one).
+
+The history goes after the same time: jobs that ended (``delivered``, ``failed``) and were last
+changed before then, with their findings; deliveries that ended (``delivered``, ``superseded``, and
+dead letters whose instance is gone), and the rejection notes no delivery still names; associations
+that ended before then. Nothing queued, running, delivering or still owed is touched.
 
 The node runs a pass at start-up and every ``storage.retention_interval_s`` seconds (its
 ``retention`` loop, :mod:`uronode.loops`);
@@ -18,13 +26,17 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uronode.associations import Associations
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
+from uronode.metrics import INFERENCE_BUCKETS_S, PRUNED
 from uronode.store import METADATA_CACHE, Store
+from uronode.supersede import NOTES_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +52,32 @@ SELECT s.series_instance_uid, s.study_instance_uid
 """
 
 
+_RESULTS = """
+SELECT r.sop_instance_uid, i.path, i.size, i.series_instance_uid, i.study_instance_uid
+  FROM results r JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid
+ WHERE r.source_series_uid = ?
+"""
+_OLD_JOBS = "FROM jobs WHERE state IN ('delivered', 'failed') AND updated_at < ?"
+_OLD_DELIVERIES = (
+    "FROM deliveries WHERE updated_at < ? AND (state IN ('delivered', 'superseded') OR (state = 'dead' AND"
+    " NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = deliveries.sop_instance_uid)))"
+)
+_OLD_ASSOCIATIONS = "FROM associations WHERE ended_at IS NOT NULL AND ended_at < ?"
+
+
 @dataclass
 class Purged:
     series: list[str] = field(default_factory=list)
     instances: int = 0
     bytes: int = 0
+    """The received instances of ``series``, and their size."""
+    results: int = 0
+    results_bytes: int = 0
+    """The node's own results made of them (SEG, SC, SR, KOS), and their size."""
+    jobs: int = 0
+    deliveries: int = 0
+    associations: int = 0
+    """History rows that ended before the cutoff."""
 
 
 def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: float | None = None) -> Purged:
@@ -64,6 +97,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
         series, study = row["series_instance_uid"], row["study_instance_uid"]
         if dry_run:
             files = conn.execute("SELECT path, size FROM instances WHERE series_instance_uid = ?", (series,)).fetchall()
+            results = conn.execute(_RESULTS, (series,)).fetchall()
         else:
             with store.transaction() as tx:
                 # checked again inside the transaction: the series may have re-opened since the query
@@ -73,34 +107,110 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                 ).fetchone() is None:
                     continue
                 files = tx.execute("SELECT path, size FROM instances WHERE series_instance_uid = ?", (series,)).fetchall()
+                results = tx.execute(_RESULTS, (series,)).fetchall()
                 tx.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+                results_series = _delete_results_in(tx, results)
                 tx.executemany(
                     "INSERT INTO counters (name, value) VALUES (?, ?)"
                     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    [("instances_deleted", len(files)), ("series_deleted", 1)],
+                    [("instances_deleted", len(files) + len(results)), ("series_deleted", 1 + results_series)],
                 )
-                tx.execute(
-                    "DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
-                    " (SELECT 1 FROM instances WHERE study_instance_uid = ?)",
-                    (study, study),
-                )
+                for touched in {study, *(r["study_instance_uid"] for r in results)}:
+                    tx.execute(
+                        "DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
+                        " (SELECT 1 FROM instances WHERE study_instance_uid = ?)",
+                        (touched, touched),
+                    )
         done.series.append(series)
         done.instances += len(files)
         done.bytes += sum(f["size"] for f in files)
+        done.results += len(results)
+        done.results_bytes += sum(r["size"] for r in results)
         if dry_run:
             continue
-        folders = {Path(f["path"]).parent for f in files}
-        for f in files:
-            Path(f["path"]).unlink(missing_ok=True)
-        for folder in folders:
+        paths = [Path(f["path"]) for f in (*files, *results)]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for folder in {path.parent for path in paths}:
             _remove_if_unused(folder)
-        audit.record("retention", series_instance_uid=series, instances=len(files))
-    if done.series and not dry_run:
-        log.info("retention: deleted %d series (%d instances, %.1f MB) received before %s",
-                 len(done.series), done.instances, done.bytes / 1e6, time.strftime("%Y-%m-%d %H:%M", time.localtime(cutoff)))
+        audit.record("retention", series_instance_uid=series, instances=len(files), results=len(results))
+    _prune_history(store, cutoff, done, dry_run=dry_run)
+    if (done.series or done.jobs or done.deliveries or done.associations) and not dry_run:
+        log.info("retention: deleted %d series (%d instances, %.1f MB) received before %s, %d result instance(s)"
+                 " (%.1f MB) made of them, and %d job(s), %d deliveries and %d association(s) that ended before then",
+                 len(done.series), done.instances, done.bytes / 1e6,
+                 time.strftime("%Y-%m-%dT%H:%M%z", time.localtime(cutoff)), done.results, done.results_bytes / 1e6,
+                 done.jobs, done.deliveries, done.associations)
     return done
+
+
+def _delete_results_in(tx: sqlite3.Connection, results: list[sqlite3.Row]) -> int:
+    """Inside the transaction: the index rows of these results and their series when emptied; returns how many
+    of those series had completed (``uronode_series_completed_total`` keeps counting them). Their deliveries
+    are history, pruned once they are older than the cutoff (a dead letter's instance is gone now)."""
+    uids = [(r["sop_instance_uid"],) for r in results]
+    tx.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", uids)
+    tx.executemany("DELETE FROM results WHERE sop_instance_uid = ?", uids)
+    completed = 0
+    for series in {r["series_instance_uid"] for r in results}:
+        if tx.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone() is None:
+            tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
+            completed += tx.execute("DELETE FROM series WHERE series_instance_uid = ? AND state = 'complete'",
+                                    (series,)).rowcount
+            tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+    return completed
+
+
+def _keep_counts_in(tx: sqlite3.Connection, cutoff: float) -> None:
+    """Inside the pruning transaction, before the rows go: add what they count to the ``counters`` table."""
+    counts: list[tuple[str, int]] = []
+    (failures,) = tx.execute(
+        "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
+        f" {_OLD_DELIVERIES}", (cutoff,)).fetchone()
+    counts.append((f"{PRUNED}delivery_failures", int(failures)))
+    for row in tx.execute(
+        "SELECT CASE WHEN claimed_by GLOB 'local:*' THEN 'local' ELSE claimed_by END AS w, sum(state = 'failed') AS f,"
+        f" sum(state != 'failed') AS d, coalesce(sum(seconds), 0) AS s {_OLD_JOBS} AND claimed_by IS NOT NULL"
+        " GROUP BY w", (cutoff,)):
+        counts += [(f"{PRUNED}jobs:{row['w']}:done", int(row["d"])), (f"{PRUNED}jobs:{row['w']}:failed", int(row["f"])),
+                   (f"{PRUNED}inference_ms:{row['w']}", round(row["s"] * 1000))]
+    bounds = ", ".join(f"coalesce(sum(seconds <= {bound:g}), 0)" for bound in INFERENCE_BUCKETS_S)
+    *buckets, total, count = tx.execute(
+        f"SELECT {bounds}, coalesce(sum(seconds), 0), count(seconds) {_OLD_JOBS} AND seconds IS NOT NULL", (cutoff,)
+    ).fetchone()
+    counts += [(f"{PRUNED}inference_le:{b:g}", int(n)) for b, n in zip(INFERENCE_BUCKETS_S, buckets, strict=True)]
+    counts += [(f"{PRUNED}inference_count", int(count)), (f"{PRUNED}inference_ms_sum", round(total * 1000))]
+    tx.executemany(
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        [c for c in counts if c[1]],
+    )
+
+
+def _prune_history(store: Store, cutoff: float, done: Purged, *, dry_run: bool) -> None:
+    """Jobs, deliveries and associations that ended before ``cutoff`` (counted in ``done``), and the rejection
+    notes no delivery names any more."""
+    if dry_run:
+        conn = store.conn()
+        done.jobs = conn.execute(f"SELECT count(*) {_OLD_JOBS}", (cutoff,)).fetchone()[0]
+        done.deliveries = conn.execute(f"SELECT count(*) {_OLD_DELIVERIES}", (cutoff,)).fetchone()[0]
+        done.associations = conn.execute(f"SELECT count(*) {_OLD_ASSOCIATIONS}", (cutoff,)).fetchone()[0]
+        return
+    with store.transaction() as tx:
+        _keep_counts_in(tx, cutoff)
+        done.jobs = tx.execute(f"DELETE {_OLD_JOBS}", (cutoff,)).rowcount
+        done.deliveries = tx.execute(f"DELETE {_OLD_DELIVERIES}", (cutoff,)).rowcount
+        done.associations = Associations.prune_in(tx, cutoff)
+        named = {row["path"] for row in tx.execute("SELECT DISTINCT path FROM deliveries")}
+    notes = store.root / NOTES_FOLDER
+    if notes.is_dir():
+        for note in notes.glob("*.dcm"):
+            try:
+                if str(note) not in named and note.stat().st_mtime < cutoff:
+                    note.unlink()
+            except OSError as exc:
+                log.warning("retention: rejection note %s could not be removed: %s", note, exc.strerror or exc)
 
 
 def _remove_if_unused(folder: Path) -> None:

@@ -214,8 +214,9 @@ class StorageSettings(StrictModel):
     fsync: bool = True
     """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
     retention_days: float | None = Field(None, gt=0, allow_inf_nan=False)
-    """Delete a received series this many days after its last instance arrived; the results the node
-    derived (SEG, SC, SR), the jobs and their findings are kept. None (the default): keep everything."""
+    """Delete a received series this many days after its last instance arrived, with the results the node
+    derived from it (SEG, SC, SR, KOS), and the jobs (with their findings), deliveries and associations that
+    ended that long ago (:mod:`uronode.retention`). None (the default): keep everything."""
     retention_interval_s: float = Field(3600.0, gt=0)
     """How often the node looks for series past their retention."""
 
@@ -327,18 +328,29 @@ class Destination(StrictModel):
 
 
 class DeliverySettings(StrictModel):
-    """Sending results: destinations, retries."""
+    """Sending results: destinations, retries, the SCU's timeouts."""
 
     destinations: list[Destination] = Field(default_factory=list)
     """Empty: results stay in the node (and its DICOMweb)."""
     known_aes: dict[str, KnownAE] = Field(default_factory=dict)
     """Calling AE title -> host and port, for ``sender`` destinations."""
-    max_attempts: int = Field(8, ge=1, le=100)
-    """After this many failed tries a delivery is a dead letter (``uronode retry`` sends it again)."""
+    retry_for_s: float = Field(86400.0, gt=0)
+    """A delivery that keeps failing is retried this long (from when it was owed, or made pending again by
+    ``uronode retry``), then it is a dead letter with the last reason. A day by default: a PACS
+    maintenance window of hours is waited out."""
+    max_attempts: int | None = Field(None, ge=1, le=100000)
+    """Optionally, also give up after this many failed tries (None: only ``retry_for_s`` counts)."""
     backoff_s: float = Field(5.0, gt=0)
     """First wait after a failure; it doubles each time ..."""
     backoff_max_s: float = Field(600.0, gt=0)
     """... up to this."""
+    connect_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """C-STORE SCU: the most a TCP connection to a destination may take."""
+    acse_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """C-STORE SCU: the most the answer to the A-ASSOCIATE-RQ (and A-RELEASE-RQ) may take."""
+    dimse_timeout_s: float = Field(120.0, gt=0, le=3600)
+    """C-STORE SCU: the most each C-STORE response may take (an archive that commits a large SEG
+    synchronously can take more than 30 s)."""
 
     @model_validator(mode="after")
     def _unique(self) -> DeliverySettings:
@@ -347,6 +359,9 @@ class DeliverySettings(StrictModel):
             raise ValueError("delivery.destinations: names must be unique")
         for ae in self.known_aes:
             check_ae_title(ae, "delivery.known_aes key")
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError(f"delivery.backoff_max_s ({self.backoff_max_s:g}) must not be shorter than "
+                             f"delivery.backoff_s ({self.backoff_s:g})")
         return self
 
 

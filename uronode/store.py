@@ -28,7 +28,7 @@ from pathlib import Path
 
 from uronode import files, queries
 from uronode.associations import Associations
-from uronode.db import Database
+from uronode.db import Database, DataDirUnusable
 from uronode.dicomfile import is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.types import InstanceHeader, SeriesState, StoredInstance, StoreOutcome
@@ -41,6 +41,9 @@ INDEX_FILE = "index.sqlite3"
 """The store's index, in the data folder: its presence says the folder holds a node's data."""
 METADATA_CACHE = ".metadata.json"
 """A series folder's cached DICOMweb metadata (written by ``dicomweb.wado``; not an instance)."""
+ORPHAN_AGE_S = 60.0
+"""At start-up, an instance file that nothing indexes is removed once it is older than this (a stop between
+its rename and its index row's commit, a retention pass cut off between its transaction and its files)."""
 
 
 class Store:
@@ -53,9 +56,21 @@ class Store:
         self.db_path = self.root / INDEX_FILE
         self.fsync = fsync
         self.max_disk_used_percent = max_disk_used_percent
-        for folder in (self.root, self.instances_dir, self.tmp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.db_path, durable=fsync)
+        missing = [p for p in (self.instances_dir, self.tmp_dir, self.root, *self.root.parents) if not p.exists()]
+        try:
+            for folder in (self.root, self.instances_dir, self.tmp_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            self.db = Database(self.db_path, durable=fsync)
+        except (OSError, DataDirUnusable) as exc:
+            for made in missing:  # nothing half-made is left: the folders this made go again (empty ones only)
+                try:
+                    made.rmdir()
+                except OSError:
+                    break
+            if isinstance(exc, DataDirUnusable):
+                raise
+            raise DataDirUnusable(f"the data folder {self.root} cannot be used: {files.disk_problem(self.root, exc)}"
+                                  ) from exc
         self.files = files.DurableFiles(self.tmp_dir, fsync=fsync)
 
     def conn(self) -> sqlite3.Connection:
@@ -71,14 +86,47 @@ class Store:
     def recover(self) -> int:
         """Clean up after a crash; call once at start-up before anything receives.
 
-        Temporary files were never acknowledged and are removed. Associations
+        Temporary files were never acknowledged and are removed, and so are instance files that nothing
+        indexes once they are older than :data:`ORPHAN_AGE_S` (:meth:`remove_orphans`). Associations
         still open in the index died with the previous process: they are
         closed as ``lost`` so that their series can complete. Returns how many
         associations were closed.
         """
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
+        self.remove_orphans()
         return Associations(self.db).close_left_open()
+
+    def remove_orphans(self, older_than_s: float = ORPHAN_AGE_S, now: float | None = None) -> int:
+        """Remove the instance files under ``instances/`` that no index row names and that are older than
+        ``older_than_s`` (a stop between an instance's rename and its commit leaves one, never
+        acknowledged; so does a retention pass cut off after its transaction), and the folders they leave
+        empty; returns how many files, logged. A file is indexed when the row of the SOP Instance UID its
+        name carries names that very file."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        conn = self.conn()
+        removed = 0
+        for study in _folders(self.instances_dir):
+            for series in _folders(study):
+                for path in series.glob("*.dcm"):
+                    sop = path.name.rsplit("-", 1)[0]
+                    row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop,)).fetchone()
+                    if row is not None and row["path"] == str(path):
+                        continue
+                    try:
+                        if path.stat().st_mtime >= cutoff:
+                            continue
+                        path.unlink()
+                    except OSError:
+                        continue
+                    removed += 1
+                if not any(p.suffix == ".dcm" for p in series.iterdir()):
+                    (series / METADATA_CACHE).unlink(missing_ok=True)
+                    _remove_empty(series)
+            _remove_empty(study)
+        if removed:
+            log.warning("removed %d instance file(s) that nothing indexes (left by a stop or a crash)", removed)
+        return removed
 
     def check_space(self, incoming_bytes: int = 0) -> None:
         """Raise :class:`OutOfResources` when the disk is over its watermark or cannot take ``incoming_bytes``."""
@@ -219,6 +267,20 @@ _REOPEN_SERIES = (
     " generation = generation + (state = 'complete'), completed_at = NULL, disposition = NULL"
     " WHERE series_instance_uid = ?"
 )
+
+
+def _folders(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        return  # not empty
 
 
 def _same_bytes(path: Path, parts: Sequence[Buffer]) -> bool:

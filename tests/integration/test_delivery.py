@@ -11,10 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
-from scp.sender import Outgoing, store_files
+from scp.sender import Outgoing, Timeouts, store_files
 from tests.factory import pydicom_test_file, write_series
-from tests.peers.processes import Node, free_port, start_orthanc, start_storescp, wait_until
+from tests.peers.processes import (
+    DCMTK_ENV,
+    Node,
+    Proc,
+    free_port,
+    port_open,
+    require,
+    start_orthanc,
+    start_storescp,
+    wait_until,
+)
 from uronode.app.delivery import Deliverer
 from uronode.outbox import DeliveryState, Outbox
 from uronode.settings import DeliverySettings
@@ -61,9 +72,10 @@ def test_a_failure_status_is_a_failure_with_its_reason(start_node: Callable[...,
 
 def test_no_peer_means_every_file_failed_with_the_reason(tmp_path: Path) -> None:
     _, _, files = write_series(tmp_path / "ct", 2, size=32)
-    results = store_files(outgoing(files), host="127.0.0.1", port=free_port(), called_ae="NOBODY", timeout_s=5)
+    results = store_files(outgoing(files), host="127.0.0.1", port=free_port(), called_ae="NOBODY",
+                          timeouts=Timeouts(connect_s=5))
     assert [r.ok for r in results] == [False, False]
-    assert "no association" in (results[0].reason or "")
+    assert (results[0].reason or "").startswith("cannot connect to NOBODY at 127.0.0.1:")
 
 
 def orthanc_instances(http: int) -> int:
@@ -86,7 +98,7 @@ def test_orthanc_down_for_a_while_gets_everything_exactly_once(tmp_path: Path) -
                               sop_class_uid=item.sop_class_uid, path=item.path, job_id=7)
     assert deliverer.run_once() == {"delivered": 0, "failed": 5}  # Orthanc is not there yet
     assert outbox.counts() == {"pending": 5}
-    assert "no association" in (outbox.list()[0].last_error or "")
+    assert "cannot connect to ORTHANC" in (outbox.list()[0].last_error or "")
     orthanc = start_orthanc(tmp_path / "orthanc", http_port=http, dicom_port=dicom)
     try:
         wait_until(lambda: deliverer.run_once()["delivered"] > 0 or outbox.counts() == {"delivered": 5}, 20, "delivery")
@@ -154,3 +166,241 @@ def test_stow_rs_to_orthanc_with_basic_auth(tmp_path: Path) -> None:
             assert json.load(response)["CountInstances"] == 3
     finally:
         orthanc.stop()
+
+
+# probe9 findings 2, 3 and 10: what the SCU says when a destination refuses, hangs or is slow, and its message IDs
+
+CT_AND_SC_ONLY = """\
+# storescp profile: accepts only CT Image Storage and Secondary Capture (no SEG, SR, KO), as some archives
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = OppositeEndianExplicit
+TransferSyntax3 = LittleEndianImplicit
+[[PresentationContexts]]
+[CTSC]
+PresentationContext1 = CTImageStorage\\Uncompressed
+PresentationContext2 = SecondaryCaptureImageStorage\\Uncompressed
+PresentationContext3 = VerificationSOPClass\\Uncompressed
+[[Profiles]]
+[CTSC]
+PresentationContexts = CTSC
+"""
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def start_dest(folder: Path, port: int, *options: str, ae: str = "DEST") -> Proc:
+    """DCMTK storescp with options of the test's own (a presentation context profile, a sleep, verbose)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder.parent / f"storescp-{port}.log"
+    with log.open("ab") as out:
+        popen = subprocess.Popen([require("storescp"), "-aet", ae, *options, "-od", str(folder), str(port)],
+                                 stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV)
+    proc = Proc(popen, log)
+    try:
+        wait_until(lambda: port_open(port), 20, "storescp to listen")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def as_class(source: Path, target: Path, sop_class: str) -> Path:
+    """A copy of ``source`` under another SOP class and a new SOP Instance UID (storescp does not look inside)."""
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(target)
+    return target
+
+
+def test_a_refused_sop_class_is_named_with_the_setting_on_every_try(tmp_path: Path) -> None:
+    """Finding 2: once only refused classes were left (or an SR alone, a job without stones), pynetdicom aborted
+    the association and the reason said the destination was unreachable."""
+    profile = tmp_path / "ctsc.cfg"
+    profile.write_text(CT_AND_SC_ONLY)
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "-xf", str(profile), "CTSC")
+    try:
+        _, _, (ct,) = write_series(tmp_path / "ct", 1, size=32)
+        seg, sc, sr = (as_class(ct, tmp_path / f"{name}.dcm", uid)
+                       for name, uid in (("seg", SEG_CLASS), ("sc", SC_CLASS), ("sr", SR_CLASS)))
+        first = store_files(outgoing([seg, sc]), host="127.0.0.1", port=port, called_ae="DEST")
+        again = store_files(outgoing([seg]), host="127.0.0.1", port=port, called_ae="DEST")  # the retry
+        alone = store_files(outgoing([sr]), host="127.0.0.1", port=port, called_ae="DEST")  # no stone: SR only
+    finally:
+        scp.stop()
+    assert [r.ok for r in first] == [False, True]
+    for result, sop_class in ((first[0], SEG_CLASS), (again[0], SEG_CLASS), (alone[0], SR_CLASS)):
+        assert not result.ok and result.reason is not None
+        assert result.reason.startswith(f"DEST at 127.0.0.1:{port} accepts no context for SOP class {sop_class}: ")
+        assert 'set its results, e.g. ["sc", "sr"]' in result.reason
+
+
+def test_a_peer_that_never_answers_the_association_request_is_named_as_such(tmp_path: Path) -> None:
+    """Finding 3 (and 8): an ACSE timeout read "no association ... (refused, aborted or timed out)"."""
+    import socket
+
+    _, _, files = write_series(tmp_path / "ct", 1, size=32)
+    with socket.socket() as tarpit:  # the kernel accepts the connection; nobody ever answers on it
+        tarpit.bind(("127.0.0.1", 0))
+        tarpit.listen(4)
+        port = tarpit.getsockname()[1]
+        (result,) = store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="TARPIT",
+                                timeouts=Timeouts(acse_s=1))
+    assert result.reason == (f"no answer from TARPIT at 127.0.0.1:{port} to the association request within 1 s"
+                             " (delivery.acse_timeout_s)")
+
+
+def owe_files(outbox: Outbox, destination: str, files: list[Path], job_id: int = 1) -> None:
+    with outbox.store.transaction() as conn:
+        for item in outgoing(files):
+            outbox.enqueue_in(conn, destination=destination, sop_instance_uid=item.sop_instance_uid,
+                              sop_class_uid=item.sop_class_uid, path=item.path, job_id=job_id)
+
+
+def test_the_dimse_timeout_is_a_setting_and_its_expiry_says_so(tmp_path: Path) -> None:
+    """Finding 3: the SCU's timeouts were a fixed 30 s; a slow archive's response was "no C-STORE response"."""
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "--sleep-during", "3")  # answers each C-STORE after 3 s
+    settings = DeliverySettings.model_validate(
+        {"destinations": [{"name": "slow", "kind": "dicom", "ae_title": "DEST", "host": "127.0.0.1", "port": port}],
+         "dimse_timeout_s": 1}
+    )
+    outbox = Outbox(Store(tmp_path / "node"))
+    _, _, files = write_series(tmp_path / "results", 1, size=32)
+    owe_files(outbox, "slow", files)
+    try:
+        assert Deliverer(outbox, settings, "URONODE").run_once() == {"delivered": 0, "failed": 1}
+    finally:
+        scp.stop()
+    (row,) = outbox.list()
+    assert row.state is DeliveryState.PENDING
+    assert (row.last_error or "").startswith(
+        f"timed out after 1 s waiting for the C-STORE response from DEST at 127.0.0.1:{port}")
+
+
+def test_a_hung_destination_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """Finding 3: destinations were served one after another, so one that hangs held back every other."""
+    import socket
+    import threading
+
+    port = free_port()
+    scp = start_storescp(tmp_path / "received", port)
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(4)
+    hung: list[socket.socket] = []
+    release = threading.Event()
+
+    def hold() -> None:  # takes the connection and says nothing until the test lets go
+        connection, _ = tarpit.accept()
+        hung.append(connection)
+        release.wait(60)
+        connection.close()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    settings = DeliverySettings.model_validate(
+        {"destinations": [
+            {"name": "hung", "kind": "dicom", "ae_title": "TARPIT", "host": "127.0.0.1", "port": tarpit.getsockname()[1]},
+            {"name": "pacs", "kind": "dicom", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}],
+         "acse_timeout_s": 600}
+    )
+    outbox = Outbox(Store(tmp_path / "node"))
+    _, _, files = write_series(tmp_path / "results", 1, size=32)
+    owe_files(outbox, "hung", files)  # owed first: served first, one after another
+    owe_files(outbox, "pacs", files)
+    deliverer = Deliverer(outbox, settings, "URONODE")
+    tallies: list[dict[str, int]] = []
+    round_ = threading.Thread(target=lambda: tallies.append(deliverer.run_once()), daemon=True)
+    round_.start()
+    try:
+        wait_until(lambda: outbox.counts().get("delivered") == 1, 30, "the other destination's delivery")
+        assert round_.is_alive() and hung  # ... while the hung one still waits for its A-ASSOCIATE-AC
+    finally:
+        release.set()  # the tar-pit closes its connection: that try fails at once
+        round_.join(60)
+        tarpit.close()
+        scp.stop()
+    assert tallies == [{"delivered": 1, "failed": 1}]
+
+
+def test_each_c_store_of_an_association_has_its_own_message_id(tmp_path: Path) -> None:
+    """Finding 10: every C-STORE-RQ carried Message ID 1."""
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "-v")
+    try:
+        _, _, files = write_series(tmp_path / "ct", 3, size=32)
+        assert [r.ok for r in store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="DEST")] == [True] * 3
+    finally:
+        scp.stop()
+    log = scp.log_text()
+    assert [f"MsgID {n}," in log for n in (1, 2, 3)] == [True] * 3, log
+
+
+def test_a_pacs_that_accepts_implicit_vr_alone_gets_each_result_re_encoded(tmp_path: Path) -> None:
+    """Found by probing: the file's syntax was renamed Implicit VR without re-encoding, pynetdicom raised, and
+    the raise ended every delivery round before any destination settled (no try counted, a traceback a second)."""
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "+xi")  # DCMTK: accept Implicit VR Little Endian only
+    try:
+        _, _, files = write_series(tmp_path / "ct", 2, size=32)
+        results = store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="DEST")
+    finally:
+        scp.stop()
+    assert [r.ok for r in results] == [True, True], [r.reason for r in results]
+    received = sorted((tmp_path / "received").iterdir())
+    assert len(received) == 2
+    for path in received:
+        got = pydicom.dcmread(path)
+        sent = pydicom.dcmread(next(f for f in files if pydicom.dcmread(f).SOPInstanceUID == got.SOPInstanceUID))
+        assert got.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+        np.testing.assert_array_equal(got.pixel_array, sent.pixel_array)
+
+
+def test_a_fault_of_ours_with_one_destination_fails_its_deliveries_not_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination's boundary: whatever raises while one is served (here the C-STORE SCU, made to raise as
+    pynetdicom did) is a failed try of its deliveries with the reason; the others are served and jobs settle."""
+    import uronode.app.delivery as delivery
+
+    port = free_port()
+    scp = start_storescp(tmp_path / "received", port)
+    real = delivery.store_files
+
+    def broken_for_one(items: list[Outgoing], **kwargs: object) -> object:
+        if kwargs["called_ae"] == "BROKEN":
+            raise AttributeError("'dataset' is encoded as explicit VR little endian but the file meta says otherwise")
+        return real(items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delivery, "store_files", broken_for_one)
+    settings = DeliverySettings.model_validate(
+        {"destinations": [
+            {"name": "broken", "kind": "dicom", "ae_title": "BROKEN", "host": "127.0.0.1", "port": port},
+            {"name": "pacs", "kind": "dicom", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}]})
+    outbox = Outbox(Store(tmp_path / "node"))
+    _, _, files = write_series(tmp_path / "results", 1, size=32)
+    owe_files(outbox, "broken", files)
+    owe_files(outbox, "pacs", files, job_id=2)
+    with outbox.store.transaction() as conn:
+        conn.execute("INSERT INTO jobs (id, study_instance_uid, series_instance_uid, series_generation, model, state,"
+                     " created_at, updated_at) VALUES (2, '1', '2', 1, 'm', 'delivering', 0, 0)")
+    try:
+        for single in (False, True):  # destinations side by side, and one alone
+            if single:
+                with outbox.store.transaction() as conn:  # its backoff over
+                    conn.execute("UPDATE deliveries SET next_attempt_at = 0")
+                settings = settings.model_copy(update={"destinations": settings.destinations[:1]})
+            assert Deliverer(outbox, settings, "URONODE").run_once()["failed"] == 1
+    finally:
+        scp.stop()
+    broken = [d for d in outbox.list() if d.destination == "broken"]
+    assert [(d.state, d.attempts) for d in broken] == [(DeliveryState.PENDING, 2)]
+    assert (broken[0].last_error or "").startswith("internal error sending to broken: AttributeError: ")
+    (pacs,) = [d for d in outbox.list() if d.destination == "pacs"]
+    assert pacs.state is DeliveryState.DELIVERED
+    assert outbox.store.conn().execute("SELECT state FROM jobs WHERE id = 2").fetchone()["state"] == "delivered"

@@ -17,7 +17,7 @@ import pytest
 
 from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
-from tests.peers.orthanc import modalities_in_study, qido
+from tests.peers.orthanc import modalities_in_study, qido, sop_instance_uids_in_study
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +155,41 @@ def test_results_go_back_to_the_scanner_that_sent_the_series(start_node: Callabl
         assert sr.Manufacturer == "uronode"
     finally:
         scanner.stop()
+
+
+def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they_are_shown(
+    pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
+) -> None:
+    """The first results are superseded, not overwritten under their UIDs (Orthanc, like many archives, keeps the
+    first copy of a UID and drops what comes after): the new ones are new instances in the same result series, the
+    node's store keeps only them, and the PACS gets a rejection note (IHE IOCM) for the ones it holds."""
+    orthanc, http, dicom, node = pacs_and_node
+    phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
+                               stone_sites=("kidney",))
+    files = sorted(write_series(phantom, tmp_path / "ct"))
+    assert storescu(node.dicom_port, files[:20], calling="CTSCANNER").returncode == 0
+    wait_until(lambda: job_states(node) == ["delivered"], 240, "the first job to be delivered")
+    first = set(sop_instance_uids_in_study(http, phantom.study_instance_uid))
+    own = "SELECT sop_instance_uid, series_instance_uid FROM instances WHERE manufacturer = 'uronode'"
+    first_series = {r["series_instance_uid"] for r in query(node.data_dir, own)}
+    assert storescu(node.dicom_port, files[20:], calling="CTSCANNER").returncode == 0  # late slices re-open it
+    wait_until(lambda: job_states(node) == ["delivered", "delivered"], 240, "the second job to be delivered")
+
+    events = [json.loads(line) for line in (node.data_dir / "audit.log").read_text().splitlines()]
+    runs = [set(e["results"]) for e in events if e["event"] == "job_finished"]
+    assert len(runs) == 2 and runs[0] == first and not runs[0] & runs[1]  # other input: other instances
+    (superseded,) = [e for e in events if e["event"] == "results_superseded"]
+    assert set(superseded["instances"]) == runs[0]
+    # The node shows the current analysis only; its result series are the first run's.
+    mine = {r["sop_instance_uid"]: r["series_instance_uid"] for r in query(node.data_dir, own)}
+    assert set(mine) == runs[1] and set(mine.values()) <= first_series
+    # Orthanc holds both runs' results, and the note that rejects the first.
+    held = sop_instance_uids_in_study(http, phantom.study_instance_uid)
+    assert len(held) == len(set(held)) and runs[0] | runs[1] <= set(held)
+    (note_series,) = [s for s in qido(http, f"studies/{phantom.study_instance_uid}/series")
+                      if s["0008103E"]["Value"] == ["AI urinary stones - superseded results (rejection note)"]]
+    (note,) = qido(http, f"studies/{phantom.study_instance_uid}/series/{note_series['0020000E']['Value'][0]}/metadata")
+    assert note["0040A043"]["Value"][0]["00080100"]["Value"] == ["113001"]  # Rejected for Quality Reasons
+    rejected = {i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in note["0040A730"]["Value"]
+                if "00081199" in i}
+    assert rejected == runs[0]

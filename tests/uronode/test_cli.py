@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.factory import write_series
-from uronode.app.cli import main
+from uronode.app.cli import local_time, main
 from uronode.jobs import JobQueue
 from uronode.store import Store
 from uronode.types import JobState
@@ -72,8 +72,10 @@ def test_admin_commands_read_an_existing_node(tmp_path: Path, capsys: pytest.Cap
         job = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
     assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["id", "state", "tries", "worker", "model", "series", "reason"]
-    assert row.split() == [str(job), "queued", "0", "default", "1.2.3.4"]
+    assert header.split() == ["id", "state", "tries", "worker", "model", "series", "changed", "reason"]
+    changed = JobQueue(store).get(job)
+    assert changed is not None
+    assert row.split() == [str(job), "queued", "0", "default", "1.2.3.4", local_time(changed.updated_at)]
     assert main(["requeue", "999", "--data-dir", str(tmp_path / "data")]) == 1
     assert capsys.readouterr().err == "uronode: no job 999\n"
     assert main(["requeue", str(job), "--data-dir", str(tmp_path / "data")]) == 1

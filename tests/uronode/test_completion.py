@@ -170,6 +170,36 @@ def test_after_a_crash_lost_associations_let_the_series_complete_once(tmp_path: 
     monitor = CompletionMonitor(store2, JobQueue(store2), grace_s=GRACE, quiet_s=QUIET, model="default")
     assert monitor.complete_due(time.time() + GRACE + 1) == []  # still looks open
     store2.recover()
-    assert len(monitor.complete_due(time.time() + GRACE + 0.1)) == 1
-    assert monitor.complete_due(time.time() + GRACE + 10) == []
+    # lost is no normal end: the sender will likely send again, so the quiet rule decides (probe9 finding 7)
+    assert monitor.complete_due(time.time() + GRACE + 1) == []
+    assert len(monitor.complete_due(time.time() + QUIET + 0.1)) == 1
+    assert monitor.complete_due(time.time() + QUIET + 10) == []
     assert len(JobQueue(store2).for_series(series)) == 1
+
+
+@pytest.mark.parametrize("outcome", ["aborted", "closed"])
+def test_an_association_that_ends_without_release_leaves_its_series_to_the_quiet_rule(
+    store: Store, monitor: CompletionMonitor, outcome: str
+) -> None:
+    """probe9 finding 7: a sender killed mid-series made its fragment a job 2 s later."""
+    series = uid("killed-" + outcome)
+    first = Associations(store.db).open("CT1", "127.0.0.1")
+    send(store, series, 5, first)
+    Associations(store.db).close(first, outcome)
+    assert monitor.complete_due(time.time() + GRACE + 1) == []  # not after the grace period
+    # the sender sends the whole series again, and releases: complete after the grace period, once
+    again = Associations(store.db).open("CT1", "127.0.0.1")
+    send(store, series, 12, again)
+    Associations(store.db).close(again, "released")
+    (done,) = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert done.series_instance_uid == series and done.disposition is SeriesDisposition.QUEUED
+    assert len(queries.series_instances(store.db, series)) == 12
+
+
+def test_an_aborted_series_still_completes_by_the_quiet_rule(store: Store, monitor: CompletionMonitor) -> None:
+    series = uid("aborted-alone")
+    assoc = Associations(store.db).open("CT1", "127.0.0.1")
+    send(store, series, 3, assoc)
+    Associations(store.db).close(assoc, "aborted")
+    assert monitor.complete_due(time.time() + QUIET - 1) == []
+    assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]

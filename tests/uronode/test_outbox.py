@@ -37,7 +37,8 @@ def test_failures_back_off_then_become_dead_letters(outbox: Outbox) -> None:
     assert len(outbox.due(now + 15.5)["pacs"]) == 1
     assert outbox.mark_failed(item.id, "0xA700 out of resources", now) is DeliveryState.DEAD
     (dead,) = outbox.list(DeliveryState.DEAD)
-    assert dead.attempts == 3 and dead.last_error == "0xA700 out of resources"
+    assert dead.attempts == 3
+    assert dead.last_error == "0xA700 out of resources (given up after 3 tries: delivery.max_attempts)"
     assert outbox.due(now + 10_000) == {}
 
 
@@ -85,7 +86,8 @@ def test_jobs_follow_their_deliveries(outbox: Outbox) -> None:
         outbox.mark_failed(second.id, "0xA700 from PACS")
     outbox.settle_jobs()
     job = queue.get(job_id)
-    assert job is not None and job.state is JobState.FAILED and job.reason == "delivery failed: pacs: 0xA700 from PACS"
+    assert job is not None and job.state is JobState.FAILED
+    assert job.reason == "delivery failed: pacs: 0xA700 from PACS (given up after 3 tries: delivery.max_attempts)"
     assert outbox.retry(job_id=job_id) == 1
     job = queue.get(job_id)
     assert job is not None and job.state is JobState.DELIVERING
@@ -113,3 +115,49 @@ def test_a_result_stored_again_with_other_bytes_is_sent_from_its_new_file(outbox
     assert new is not None and new.path != old.path and not old.path.exists()
     (item,) = outbox.due()["pacs"]
     assert item.path == new.path and item.path.read_bytes() == b"".join(again)
+
+
+DAY = 86400.0
+
+
+def test_by_default_a_delivery_is_retried_for_a_day_not_a_count_of_tries(tmp_path: Path) -> None:
+    """probe9 finding 4: 8 tries (5 s doubling to 600 s) gave up after about 10.5 minutes of PACS outage."""
+    outbox = Outbox(Store(tmp_path / "data"))  # the defaults: no bound by count, a day by time
+    owe(outbox, "1.1")
+    (item,) = outbox.due()["pacs"]
+    start = outbox.list()[0]
+    now = time.time()
+    window_end, tries = now + 4 * 3600, 0
+    while now < window_end:  # a four-hour maintenance window: tried all along, never dead
+        assert outbox.mark_failed(item.id, "cannot connect to PACS", now) is DeliveryState.PENDING
+        tries += 1
+        (row,) = outbox.list()
+        assert row.next_attempt_at - now <= 600  # the backoff stays capped at backoff_max_s
+        now = row.next_attempt_at
+    assert tries > 20 and outbox.counts() == {"pending": 1}
+    # a day after it was owed, the next failure makes it a dead letter that says why
+    assert outbox.mark_failed(item.id, "cannot connect to PACS", start.next_attempt_at + DAY) is DeliveryState.DEAD
+    (dead,) = outbox.list(DeliveryState.DEAD)
+    assert dead.last_error is not None and dead.last_error.startswith("cannot connect to PACS (given up after")
+    assert "in 24.0 h: delivery.retry_for_s)" in dead.last_error
+
+
+def test_retry_and_owing_again_start_a_new_retry_period(tmp_path: Path) -> None:
+    outbox = Outbox(Store(tmp_path / "data"), retry_for_s=60)
+    owe(outbox, "1.1")
+    (item,) = outbox.due()["pacs"]
+    assert outbox.mark_failed(item.id, "down", time.time() + 61) is DeliveryState.DEAD
+    assert outbox.retry() == 1
+    assert outbox.mark_failed(item.id, "down", time.time() + 30) is DeliveryState.PENDING  # a new minute
+    assert outbox.mark_failed(item.id, "down", time.time() + 61) is DeliveryState.DEAD
+    owe(outbox, "1.1")  # owed again (a re-run): a new period too
+    assert outbox.mark_failed(item.id, "down", time.time() + 30) is DeliveryState.PENDING
+
+
+def test_the_deliverer_gives_up_when_the_delivery_settings_say(tmp_path: Path) -> None:
+    from uronode.app.delivery import Deliverer
+    from uronode.settings import DeliverySettings
+
+    outbox = Outbox(Store(tmp_path / "data"))
+    Deliverer(outbox, DeliverySettings(retry_for_s=3600), calling_ae="URONODE")
+    assert outbox.retry_for_s == 3600 and outbox.max_attempts is None

@@ -234,3 +234,23 @@ def test_worker_token_command_writes_the_token_for_the_worker_and_its_hash_for_t
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert refused.returncode == 2 and "empty" in refused.stderr
+
+
+def test_delivery_gives_up_by_time_and_its_scu_timeouts_are_settings() -> None:
+    """probe9 findings 3 and 4: fixed 30 s SCU timeouts; 8 tries (about 10.5 minutes) before a dead letter."""
+    import pydantic
+
+    from uronode.settings import DeliverySettings
+
+    defaults = DeliverySettings()
+    assert (defaults.retry_for_s, defaults.max_attempts) == (86400.0, None)
+    assert (defaults.connect_timeout_s, defaults.acse_timeout_s, defaults.dimse_timeout_s) == (10.0, 30.0, 120.0)
+    assert DeliverySettings(max_attempts=8).max_attempts == 8  # an existing configuration still reads
+    for bad in ({"retry_for_s": 0}, {"dimse_timeout_s": 0}, {"backoff_s": 60, "backoff_max_s": 10},
+                {"max_attempts": 0}):
+        try:
+            DeliverySettings.model_validate(bad)
+        except pydantic.ValidationError as exc:
+            assert "delivery" in str(exc) or next(iter(bad)) in str(exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -13,7 +13,9 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +65,13 @@ def _existing_store(settings: Settings) -> Store:
     if not (data_dir / INDEX_FILE).is_file():
         raise NoNodeData(f"no node data in {data_dir.resolve()} (no {INDEX_FILE}); give --data-dir or --config")
     return Store(data_dir, fsync=settings.storage.fsync)
+
+
+def local_time(timestamp: float | None) -> str:
+    """A time for an admin: local, to the second, with its offset from UTC (``2026-12-05T16:07:32+01:00``)."""
+    if timestamp is None:
+        return ""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 def _positive_days(text: str) -> float:
@@ -175,10 +184,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     state = JobState(args.state) if args.state else None
     jobs, cut = _newest(queue.list(state, args.limit + 1), args.limit)
     # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'series':<64}  reason")
+    # changed: when the job last changed state (local time, with its offset from UTC)
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'series':<64}  {'changed':<25}"
+          "  reason")
     for job in jobs:
         print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.model:<14}"
-              f" {job.series_instance_uid:<64}  {job.reason or ''}")
+              f" {job.series_instance_uid:<64}  {local_time(job.updated_at):<25}  {job.reason or ''}")
     if cut:
         _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0
@@ -194,18 +205,35 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    outbox = Outbox(_existing_store(settings))
+    store = _existing_store(settings)
+    outbox = Outbox(store)
     state = DeliveryState(args.state) if args.state else None
     counts = outbox.counts()
     total = counts.get(state.value, 0) if state is not None else sum(counts.values())
     # newest first, as `jobs`: today's dead letters before last year's deliveries
     deliveries, cut = _newest(outbox.list(state, args.limit + 1, newest_first=True), args.limit)
-    print(f"{'id':>6}  {'state':<9} {'tries':>5}  {'destination':<12} {'instance':<64}  last error")
+    changed = _deliveries_changed(store, [d.id for d in deliveries])
+    # changed: when the delivery last changed (local time, with its offset); next try: a pending one's
+    print(f"{'id':>6}  {'state':<9} {'tries':>5}  {'destination':<12} {'instance':<64}  {'changed':<25}"
+          f"  {'next try':<25}  last error")
     for d in deliveries:
-        print(f"{d.id:>6}  {d.state:<9} {d.attempts:>5}  {d.destination:<12} {d.sop_instance_uid:<64}  {d.last_error or ''}")
+        upcoming = local_time(d.next_attempt_at) if d.state == DeliveryState.PENDING else ""
+        print(f"{d.id:>6}  {d.state:<9} {d.attempts:>5}  {d.destination:<12} {d.sop_instance_uid:<64}"
+              f"  {local_time(changed.get(d.id)):<25}  {upcoming:<25}  {d.last_error or ''}")
     if cut:
         _say_cut(len(deliveries), f"{args.state or ''} deliveries".strip(), total, args.limit)
     return 0
+
+
+def _deliveries_changed(store: Store, ids: list[int]) -> dict[int, float]:
+    """When each of these deliveries last changed (``updated_at``, which :class:`uronode.outbox.Delivery` does not
+    carry)."""
+    if not ids:
+        return {}
+    rows = store.conn().execute(
+        f"SELECT id, updated_at FROM deliveries WHERE id IN ({', '.join('?' * len(ids))})", ids
+    ).fetchall()
+    return {int(row["id"]): float(row["updated_at"]) for row in rows}
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -218,7 +246,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     done = purge(store, days, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(done.series)} series, {done.instances} instances, {done.bytes / 1e6:.1f} MB"
-          f" received more than {days:g} days ago; results kept")
+          f" received more than {days:g} days ago, with the {done.results} result instance(s)"
+          f" ({done.results_bytes / 1e6:.1f} MB) the node made of them")
+    print(f"{verb} the history that ended before then: {done.jobs} job(s), {done.deliveries} deliveries,"
+          f" {done.associations} association(s)")
     for series in done.series:
         print(f"  {series}")
     return 0
@@ -322,11 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries = sub.add_parser("deliveries", help="list result deliveries and their states")
     _add_config_flag(deliveries)
     deliveries.add_argument("--data-dir", type=Path)
-    deliveries.add_argument("--state", choices=["pending", "delivered", "dead"])
+    deliveries.add_argument("--state", choices=[s.value for s in DeliveryState])
     _add_limit_flag(deliveries, "deliveries")
     deliveries.set_defaults(func=cmd_deliveries)
 
-    purge = sub.add_parser("purge", help="delete received series past their retention (results are kept)")
+    purge = sub.add_parser("purge", help="delete received series past their retention, with the results made of them,"
+                                       " and the history (jobs, deliveries, associations) that ended before then")
     _add_config_flag(purge)
     purge.add_argument("--data-dir", type=Path)
     purge.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
@@ -374,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"uronode: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.Error as exc:  # the index failed after it was opened (locked for longer than its busy timeout)
+        print(f"uronode: the node's index could not be read or written: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,5 +1,9 @@
 """Delivery: takes what the outbox owes and sends it, one association per destination and round.
 
+The destinations of a round are served side by side, each in its own thread, so one that hangs (a
+tar-pit, an archive slow to answer) delays only its own results; the round ends when every one is
+done.
+
 The outbox (core) records what each destination is owed; the clients (services) send:
 :func:`scp.sender.store_files` for ``dicom`` and ``sender`` destinations, :func:`dicomweb.stow_client.stow`
 for ``dicomweb`` ones. This module, in the app, picks the client by the destination's kind. The
@@ -9,11 +13,12 @@ node calls :meth:`Deliverer.run_once` as its ``delivery`` loop (:mod:`uronode.lo
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
 from dicomweb.stow_client import StowResult, stow
-from scp.sender import Outgoing, SendResult, store_files
+from scp.sender import Outgoing, SendResult, Timeouts, store_files
 from uronode.audit import AuditLog
 from uronode.outbox import Delivery, DeliveryState, Outbox
 from uronode.settings import DeliverySettings, Destination
@@ -24,43 +29,86 @@ log = logging.getLogger(__name__)
 class Deliverer:
     def __init__(self, outbox: Outbox, settings: DeliverySettings, calling_ae: str) -> None:
         self.outbox = outbox
+        # When to give up is the delivery settings' (an outbox made without them would keep its default)
+        self.outbox.retry_for_s = settings.retry_for_s
         self.settings = settings
         self.calling_ae = calling_ae
         self.destinations = {d.name: d for d in settings.destinations}
+        self.timeouts = Timeouts(connect_s=settings.connect_timeout_s, acse_s=settings.acse_timeout_s,
+                                 dimse_s=settings.dimse_timeout_s)
 
     def run_once(self) -> dict[str, int]:
-        """One round over every destination with something due; returns delivered and failed counts."""
-        tally = {"delivered": 0, "failed": 0}
-        for name, items in self.outbox.due().items():
-            destination = self.destinations.get(name)
-            if destination is None:
-                for item in items:
-                    self._failed(item, f"destination {name!r} is not configured any more")
-                    tally["failed"] += 1
-                continue
-            if destination.kind == "dicomweb":
-                done = self._stow(destination, items)
-                tally["delivered"] += done
-                tally["failed"] += len(items) - done
-                continue
-            for (host, port, called), group in self._targets(destination, items).items():
-                if host is None or port is None:
-                    for item in group:
-                        self._failed(item, called)
-                        tally["failed"] += 1
-                    continue
-                results = store_files(
-                    [Outgoing(d.path, d.sop_class_uid, d.sop_instance_uid) for d in group],
-                    host=host,
-                    port=port,
-                    called_ae=called,
-                    calling_ae=self.calling_ae,
-                )
-                done = self._apply(group, results)
-                tally["delivered"] += done
-                tally["failed"] += len(group) - done
+        """One round over every destination with something due, side by side; returns delivered and failed counts."""
+        due = self.outbox.due()
+        if len(due) > 1:
+            tallies = self._side_by_side(due)
+        else:
+            tallies = [self._deliver_or_fail(name, items) for name, items in due.items()]
         self.outbox.settle_jobs()
-        return tally
+        return {"delivered": sum(t[0] for t in tallies), "failed": sum(t[1] for t in tallies)}
+
+    def _side_by_side(self, due: dict[str, list[Delivery]]) -> list[tuple[int, int]]:
+        """Each destination in a thread of its own (daemons: a peer that hangs never holds up the node's exit)."""
+        tallies: list[tuple[int, int]] = []
+        errors: list[BaseException] = []
+
+        def deliver(name: str, items: list[Delivery]) -> None:
+            try:
+                tallies.append(self._deliver_or_fail(name, items))
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in the loop's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=deliver, args=pair, name=f"delivery-{pair[0]}", daemon=True)
+                   for pair in due.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return tallies
+
+    def _deliver_or_fail(self, name: str, items: list[Delivery]) -> tuple[int, int]:
+        """:meth:`_deliver`, and where it raises, each of the destination's deliveries still pending a failed try
+        with the reason: a fault of ours with one destination counts towards its dead letters, never stops the
+        round (the other destinations, the jobs' settling) nor repeats without end."""
+        try:
+            return self._deliver(name, items)
+        except Exception as exc:  # noqa: BLE001 - the destination's boundary: its deliveries fail with the reason
+            log.exception("delivery to %s failed", name)
+            reason = f"internal error sending to {name}: {type(exc).__name__}: {exc}"
+            failed = [item for item in items if self.outbox.mark_failed(item.id, reason) is not DeliveryState.DELIVERED]
+            return 0, len(failed)
+
+    def _deliver(self, name: str, items: list[Delivery]) -> tuple[int, int]:
+        """Send one destination's due deliveries; returns how many were delivered and how many failed."""
+        destination = self.destinations.get(name)
+        if destination is None:
+            for item in items:
+                self._failed(item, f"destination {name!r} is not configured any more")
+            return 0, len(items)
+        if destination.kind == "dicomweb":
+            done = self._stow(destination, items)
+            return done, len(items) - done
+        delivered = failed = 0
+        for (host, port, called), group in self._targets(destination, items).items():
+            if host is None or port is None:
+                for item in group:
+                    self._failed(item, called)
+                failed += len(group)
+                continue
+            results = store_files(
+                [Outgoing(d.path, d.sop_class_uid, d.sop_instance_uid) for d in group],
+                host=host,
+                port=port,
+                called_ae=called,
+                calling_ae=self.calling_ae,
+                timeouts=self.timeouts,
+            )
+            done = self._apply(group, results)
+            delivered += done
+            failed += len(group) - done
+        return delivered, failed
 
     def _targets(
         self, destination: Destination, items: list[Delivery]

@@ -15,10 +15,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import sqlite3
 import time
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 from multiprocessing.context import SpawnProcess
-from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -28,7 +32,10 @@ from dicomweb.ops import ReadyCheck
 from inference.runtime import model_available
 from scp.server import make_listening_socket, run_receiver
 from uronode.app.delivery import Deliverer
+from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
+from uronode.db import DataDirUnusable
+from uronode.files import disk_problem
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
 from uronode.outbox import Outbox
@@ -48,13 +55,37 @@ DELIVERY_STALE_S = 1800.0
 """A delivery round sends up to a thousand instances, to peers that may be slow."""
 RETENTION_STALE_S = 3600.0
 """A retention pass may delete many series."""
+WORKER_STALE_S = 60.0
+"""A worker process whose heartbeat (every second, from a thread of its own) is older than this is frozen
+(stopped, or stuck outside Python's reach): ``/readyz`` names it."""
+RESTARTS_TOO_MANY = 3
+RESTART_WINDOW_S = 600.0
+"""A worker that died this many times within this window is crash-looping (a damaged model, a library that
+does not load): ``/readyz`` names it, with how it ended the last time."""
+QUICK_DEATH_S = 60.0
+"""A worker that dies sooner than this after its start is restarted after a pause, doubling each time in a
+row (1 s, 2 s, 4 s ...) up to :data:`RESTART_PAUSE_MAX_S`, not at once forever."""
+RESTART_PAUSE_MAX_S = 60.0
+
+
+def _remove_spares(tmp_dir: Path, pid: int | None) -> None:
+    """Remove the temporary files (spares made ahead, a file half-written) of a process that died; the node
+    goes on, so its start-up does not clean them (:class:`uronode.files.DurableFiles` names them by pid)."""
+    if pid is None:
+        return
+    for spare in tmp_dir.glob(f"{pid}-*.part"):
+        try:
+            spare.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("temporary file %s could not be removed: %s", spare, exc.strerror or exc)
 
 
 class Receivers:
     """The receiving processes, sharing one listening socket; restarts any that dies."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.ctx = multiprocessing.get_context("spawn")
         self.socket = make_listening_socket(settings.host, settings.scp.port)
         self.counts: SynchronizedArray[int] = self.ctx.Array("i", settings.scp.processes)
@@ -83,6 +114,10 @@ class Receivers:
         for index, proc in enumerate(self.procs):
             if proc is not None and not proc.is_alive() and not self._stopping:
                 log.error("receiving process %d exited with %s; restarting it", index, proc.exitcode)
+                if self.store is not None:  # what the dead process left: its associations, its temporary files
+                    if proc.pid is not None:
+                        Associations(self.store.db).close_of_process(proc.pid)
+                    _remove_spares(self.store.tmp_dir, proc.pid)
                 self._start(index)
 
     def stop(self) -> None:
@@ -130,7 +165,15 @@ class WorkerProcess:
     try not counted. ``queue`` defaults to the one on the node's store (``settings.storage``).
     """
 
-    def __init__(self, settings: Settings, queue: JobQueue | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: JobQueue | None = None,
+        *,
+        target: Callable[..., None] | None = None,
+        stale_after_s: float = WORKER_STALE_S,
+        restart_pause_s: float = 1.0,
+    ) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.proc: SpawnProcess | None = None
@@ -139,23 +182,72 @@ class WorkerProcess:
             queue = JobQueue(Store(storage.data_dir, fsync=storage.fsync,
                                    max_disk_used_percent=storage.max_disk_used_percent))
         self.queue = queue
+        self.target = target
+        """The process's entry point, called as ``run_worker(settings_json, parent_pid, heartbeat)``."""
+        self.stale_after_s = stale_after_s
+        self.restart_pause_s = restart_pause_s
+        self.heartbeat: Synchronized[float] = self.ctx.Value("d", 0.0)
+        """``time.monotonic()`` of the process's last heartbeat (0: none yet)."""
+        self.started_at = 0.0
+        self.deaths: deque[float] = deque(maxlen=RESTARTS_TOO_MANY)
+        self.last_exit: str | None = None
+        self._quick_deaths = 0
+        self._restart_at: float | None = None
 
     def start(self) -> None:
-        # Imported here, not at the top: the worker module brings the model's libraries (highdicom,
-        # SciPy, OpenCV: 51 MB measured), which the node's main process, serving HTTP, never uses.
-        from uronode.app.worker import run_worker
+        target = self.target
+        if target is None:
+            # Imported here, not at the top: the worker module brings the model's libraries (highdicom,
+            # SciPy, OpenCV: 51 MB measured), which the node's main process, serving HTTP, never uses.
+            from uronode.app.worker import run_worker
 
+            target = run_worker
+        self.heartbeat.value = time.monotonic()  # its start counts as a beat: it has a minute to make its own
+        self.started_at = time.monotonic()
         self.proc = self.ctx.Process(
-            target=run_worker, args=(self.settings.model_dump_json(), os.getpid()), name="uronode-worker", daemon=True
+            target=target, args=(self.settings.model_dump_json(), os.getpid(), self.heartbeat),
+            name="uronode-worker", daemon=True,
         )
         self.proc.start()
 
     def check(self) -> None:
-        """Restart the worker if it has exited, once the job it was running is taken back."""
-        if self.proc is not None and not self.proc.is_alive():
-            log.error("the worker (pid %s) exited with %s; restarting it", self.proc.pid, self.proc.exitcode)
+        """Restart the worker if it has exited, once the job it was running is taken back and its temporary
+        files removed; after a pause when it died soon after its start (:data:`QUICK_DEATH_S`)."""
+        if self.proc is None or self.proc.is_alive():
+            return
+        now = time.monotonic()
+        if self._restart_at is None:  # found dead this round
             self._take_back()
+            _remove_spares(self.queue.store.tmp_dir, self.proc.pid)
+            self.last_exit = exit_cause(self.proc.exitcode)
+            self.deaths.append(now)
+            self._quick_deaths = self._quick_deaths + 1 if now - self.started_at < QUICK_DEATH_S else 0
+            pause = 0.0 if self._quick_deaths < 2 else min(self.restart_pause_s * 2 ** (self._quick_deaths - 2),
+                                                            RESTART_PAUSE_MAX_S)
+            self._restart_at = now + pause
+            log.error("the worker (pid %s) exited with %s; restarting it%s", self.proc.pid, self.proc.exitcode,
+                      f" in {pause:g} s (it died {self._quick_deaths} times in a row soon after starting)"
+                      if pause else "")
+        if now >= self._restart_at:
+            self._restart_at = None
             self.start()
+
+    def problem(self, now: float | None = None) -> str | None:
+        """Why this worker cannot be trusted to run jobs (for ``/readyz``), or None: it died
+        :data:`RESTARTS_TOO_MANY` times within :data:`RESTART_WINDOW_S`, or it is alive and its heartbeat is
+        older than ``stale_after_s``."""
+        if self.proc is None:
+            return None
+        at = time.monotonic() if now is None else now
+        recent = [t for t in self.deaths if at - t <= RESTART_WINDOW_S]
+        if len(recent) >= RESTARTS_TOO_MANY:
+            return (f"the worker died {len(recent)} times in {at - recent[0]:.0f} s (last: {self.last_exit});"
+                    " see the log for why")
+        if self.proc.is_alive():
+            age = at - self.heartbeat.value
+            if age > self.stale_after_s:
+                return f"the worker (pid {self.proc.pid}) has not beaten for {age:.0f} s: frozen or stopped?"
+        return None
 
     def _take_back(self) -> None:
         if self.proc is not None and self.proc.pid is not None:
@@ -196,22 +288,34 @@ def model_missing(settings: Settings) -> str | None:
     return f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
 
 
+def workers_problem(workers: list[WorkerProcess]) -> str | None:
+    """The first of the worker processes that cannot run jobs (crash-looping, frozen), or None."""
+    for number, worker in enumerate(workers):
+        if (problem := worker.problem()) is not None:
+            return problem if len(workers) == 1 else f"worker {number}: {problem}"
+    return None
+
+
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
-    store = Store(
+    store = Store(  # DataDirUnusable, naming the folder and the cause, when it cannot be used
         settings.storage.data_dir,
         fsync=settings.storage.fsync,
         max_disk_used_percent=settings.storage.max_disk_used_percent,
     )
     queue = JobQueue(store)
-    store.recover()
-    requeued = queue.recover()
+    try:
+        store.recover()
+        requeued = queue.recover()
+        queue.restamp(settings.inference.model)
+    except (sqlite3.Error, OSError) as exc:
+        raise DataDirUnusable(f"the data folder {store.root} cannot be used: the start-up recovery could not write"
+                              f" the index: {disk_problem(store.root, exc)}") from exc
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
-    queue.restamp(settings.inference.model)
-    receivers = Receivers(settings)
+    receivers = Receivers(settings, store)
     receivers.start()
     loops = Loops()
     monitor = CompletionMonitor(
@@ -251,6 +355,7 @@ def serve(settings: Settings) -> None:
         if (missing := model_missing(settings)) is not None:
             log.error("%s: series are queued but not processed", missing)
             workers = []
+        ready_checks.append(partial(workers_problem, workers))
     for worker in workers:
         worker.start()
     if workers:

@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +39,8 @@ from inference.runtime import resolve_model_dir
 from inference.volume import Volume
 from inference.writers.results import write_results
 from uronode.audit import AuditLog
+from uronode.db import is_resource_error
+from uronode.errors import OutOfResources
 from uronode.header import read_header
 from uronode.jobs import JobQueue, local_worker
 from uronode.logs import setup_logging
@@ -44,9 +48,17 @@ from uronode.outbox import Outbox
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
+from uronode.supersede import record_results, settle
 from uronode.types import Job, JobState
 
 log = logging.getLogger(__name__)
+
+RESOURCE_PAUSE_S = 5.0
+"""After a job was given back for want of resources (or the queue could not be read), the worker waits this
+long before it claims again, doubling each time in a row up to :data:`RESOURCE_PAUSE_MAX_S`."""
+RESOURCE_PAUSE_MAX_S = 60.0
+HEARTBEAT_S = 1.0
+"""How often the worker process tells the node it is alive (:class:`uronode.app.node.WorkerProcess`)."""
 
 
 class SeriesModel(Protocol):
@@ -101,7 +113,10 @@ class Worker:
                 raise RuntimeError(f"result {header.sop_instance_uid} vanished from the store")
             stored.append(found)
         destinations = self.settings.delivery.destinations
+        model = f"{findings.model_name} {findings.model_version}"
         with self.store.transaction() as conn:
+            superseded = record_results(conn, job_id=job.id, source_series_uid=job.series_instance_uid, model=model,
+                                        sop_instance_uids=[i.header.sop_instance_uid for i in stored])
             for destination in destinations:
                 for item in stored:
                     if not destination.takes(item.header.sop_class_uid):
@@ -115,13 +130,15 @@ class Worker:
                         job_id=job.id,
                         calling_ae=instances[0].calling_ae,
                     )
+        settle(self.store, self.outbox, superseded, destinations=destinations, source_series_uid=job.series_instance_uid,
+               model=model, job_id=job.id, calling_ae=instances[0].calling_ae)
         owed = any(d.takes(i.header.sop_class_uid) for d in destinations for i in stored)
         state = JobState.DELIVERING if owed else JobState.DELIVERED
         self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()), seconds=inference_s)
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
             stones=len(findings.stones), results=[i.header.sop_instance_uid for i in stored],
-            model=f"{findings.model_name} {findings.model_version}", seconds=round(time.perf_counter() - started, 2),
+            model=model, seconds=round(time.perf_counter() - started, 2),
         )
         log.info(
             "job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
@@ -138,22 +155,87 @@ class Worker:
         return JobState.FAILED
 
     def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:
+        """Claim and run jobs until ``stop`` is set. The node's resources failing (a full disk, the index
+        locked past its busy timeout or not writable) never end the process: a job they interrupt is given
+        back, that try not counted (:meth:`uronode.jobs.JobQueue.give_back`), and the worker waits before it
+        claims again, longer each time in a row."""
         worker = local_worker(os.getpid())
+        pause = RESOURCE_PAUSE_S
         while not stop.is_set():
-            job = self.queue.claim(worker)
+            try:
+                job = self.queue.claim(worker)
+            except sqlite3.Error as exc:
+                if not is_resource_error(exc):
+                    raise
+                log.warning("worker: the job queue cannot be read or written (%s); trying again in %g s", exc, pause)
+                stop.wait(pause)
+                pause = min(pause * 2, RESOURCE_PAUSE_MAX_S)
+                continue
             if job is None:
+                pause = RESOURCE_PAUSE_S
                 stop.wait(idle_s)
                 continue
+            if self._run_guarded(job, stop):
+                pause = RESOURCE_PAUSE_S
+            else:
+                stop.wait(pause)
+                pause = min(pause * 2, RESOURCE_PAUSE_MAX_S)
+
+    def _run_guarded(self, job: Job, stop: threading.Event) -> bool:
+        """Run one claimed job at its boundary; False when the node's resources stopped it (given back)."""
+        try:
+            self.run_job(job)
+            return True
+        except OutOfResources as exc:
+            self._give_back(job, f"the node is out of resources: {exc}", stop)
+        except sqlite3.Error as exc:
+            if not is_resource_error(exc):
+                self._fail_internal(job, exc, stop)
+                return True
+            self._give_back(job, f"the node's index cannot be written: {exc}", stop)
+        except Exception as exc:  # noqa: BLE001 - the job boundary: fail it with the reason, go on
+            self._fail_internal(job, exc, stop)
+            return True
+        return False
+
+    def _fail_internal(self, job: Job, exc: Exception, stop: threading.Event) -> None:
+        log.exception("job %d failed unexpectedly", job.id)
+        try:
+            self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        except sqlite3.Error as again:  # the index cannot take the failure either: the job waits, not counted
+            self._give_back(job, f"the node's index cannot be written: {again}", stop)
+
+    def _give_back(self, job: Job, reason: str, stop: threading.Event) -> None:
+        """Queue the job again, that try not counted; while the index cannot take even that, try again (until
+        the node stops the worker, which gives its job back itself: ``JobQueue.release``)."""
+        pause = RESOURCE_PAUSE_S
+        while True:
             try:
-                self.run_job(job)
-            except Exception as exc:  # noqa: BLE001 - the job boundary: fail it with the reason, go on
-                log.exception("job %d failed unexpectedly", job.id)
-                self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                self.queue.give_back(job.id, f"{reason}; queued again, the try not counted")
+                return
+            except sqlite3.Error as exc:
+                log.warning("job %d: cannot be queued again yet (%s); trying again in %g s", job.id, exc, pause)
+            if stop.wait(pause):
+                return
+            pause = min(pause * 2, RESOURCE_PAUSE_MAX_S)
 
 
-def run_worker(settings_json: str, parent_pid: int | None = None) -> None:
-    """Entry point of the worker process: load the model once, then take jobs until SIGTERM."""
+def beat(heartbeat: Synchronized[float], stop: threading.Event) -> None:
+    """Tell the node this process is alive, every :data:`HEARTBEAT_S` (a thread of its own: a long job does not
+    stop it, a frozen process does)."""
+    while True:
+        heartbeat.value = time.monotonic()
+        if stop.wait(HEARTBEAT_S):
+            return
+
+
+def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Synchronized[float] | None = None) -> None:
+    """Entry point of the worker process: load the model once, then take jobs until SIGTERM. ``heartbeat``
+    (shared with the node) gets ``time.monotonic()`` every second from the start, model loading included."""
     die_with_parent(parent_pid)
+    stop = threading.Event()
+    if heartbeat is not None:
+        threading.Thread(target=beat, args=(heartbeat, stop), name="heartbeat", daemon=True).start()
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
     started = time.perf_counter()
@@ -161,6 +243,5 @@ def run_worker(settings_json: str, parent_pid: int | None = None) -> None:
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
     store = Store(settings.storage.data_dir, fsync=settings.storage.fsync,
                   max_disk_used_percent=settings.storage.max_disk_used_percent)
-    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     Worker(store, settings, pipeline).run(stop)

@@ -1,0 +1,131 @@
+"""``/readyz`` says 503 when no job can run: the worker crash-loops (a damaged model), the worker is frozen,
+the index is locked (probe10, section 2: ``ready`` in each case). ``/healthz`` stays liveness.
+
+The worker supervisor (:class:`uronode.app.node.WorkerProcess`) runs real processes: one that exits at once,
+one stopped with SIGSTOP; the node test runs ``uronode serve`` with a truncated model file. The locked index
+is held by another SQLite connection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicomweb import ops
+from tests.conftest import WITH_WORKER
+from tests.peers.processes import Node, wait_until
+from tests.uronode.test_loops import node_settings, readyz, serving
+from uronode.app.node import WorkerProcess
+from uronode.jobs import JobQueue
+from uronode.loops import Loops
+from uronode.settings import Settings
+from uronode.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exits_at_once(settings_json: str, parent_pid: int, heartbeat: Synchronized[float]) -> None:
+    """A worker process that dies as one does on a damaged model: at once, exit code 3."""
+    os._exit(3)
+
+
+def beats(settings_json: str, parent_pid: int, heartbeat: Synchronized[float]) -> None:
+    """A worker process that beats (as ``uronode.app.worker.beat`` does) until it is stopped."""
+    while True:
+        heartbeat.value = time.monotonic()
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return node_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def supervised(settings: Settings) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        if worker.proc is not None and worker.proc.is_alive():
+            os.kill(worker.proc.pid or 0, signal.SIGCONT)
+            worker.proc.kill()
+            worker.proc.join(10)
+
+
+def test_a_worker_that_keeps_dying_is_named_with_how_it_died(settings: Settings,
+                                                             supervised: list[WorkerProcess]) -> None:
+    worker = WorkerProcess(settings, JobQueue(Store(settings.storage.data_dir)), target=exits_at_once,
+                           restart_pause_s=0.01)
+    supervised.append(worker)
+    worker.start()
+
+    def named() -> bool:
+        worker.check()  # one round of the supervisor loop: takes back, restarts (after a pause)
+        return worker.problem() is not None
+
+    wait_until(named, 60, "the crash loop to be named")
+    problem = worker.problem()
+    assert problem is not None and problem.startswith("the worker died 3 times in ") and "(last: exit code 3)" in problem
+
+
+def test_a_frozen_worker_is_named_and_no_longer_once_it_goes_on(settings: Settings,
+                                                                supervised: list[WorkerProcess]) -> None:
+    worker = WorkerProcess(settings, JobQueue(Store(settings.storage.data_dir)), target=beats, stale_after_s=1.0)
+    supervised.append(worker)
+    worker.start()
+    assert worker.proc is not None and worker.proc.pid is not None
+    started = time.monotonic()
+    wait_until(lambda: worker.heartbeat.value > started, 60, "the worker's first beat")
+    assert worker.problem() is None
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    wait_until(lambda: worker.problem() is not None, 30, "the frozen worker to be named")
+    assert f"the worker (pid {worker.proc.pid}) has not beaten for " in (worker.problem() or "")
+    os.kill(worker.proc.pid, signal.SIGCONT)
+    wait_until(lambda: worker.problem() is None, 30, "the worker to beat again")
+
+
+def test_readyz_names_an_index_locked_by_another_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "DATABASE_TIMEOUT_S", 0.5)
+    Store(settings.storage.data_dir)
+    with serving(settings, Loops()) as base:
+        assert readyz(base)[0] == 200
+        holder = sqlite3.connect(settings.storage.data_dir / "index.sqlite3", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            status, answer = readyz(base)
+            assert (status, answer) == (503, {"detail": "the index is locked: no write possible for 0.5 s"
+                                                        " (another process holds it)"})
+            assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert readyz(base)[0] == 200
+
+
+def test_the_node_is_not_ready_while_its_worker_crash_loops_on_a_damaged_model(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "default", models / "default")
+    weights = models / "default" / "model.keras"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    node = start_node(**WITH_WORKER, URONODE_INFERENCE__MODELS_DIR=str(models))
+    base = f"http://127.0.0.1:{node.http_port}"
+
+    def crash_looping() -> bool:
+        response = httpx.get(f"{base}/readyz", timeout=30)
+        return response.status_code == 503 and "the worker died 3 times" in response.json()["detail"]
+
+    wait_until(crash_looping, 300, "/readyz to name the worker's crash loop", 1.0)
+    assert "(last: exit code 1)" in httpx.get(f"{base}/readyz", timeout=30).json()["detail"]
+    assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+    assert node.proc is not None and "ModelError" in node.proc.log_text()

@@ -1,0 +1,265 @@
+"""Results superseded by a later run of the same model on the same series, and the rejection note that says so.
+
+A series can be analysed more than once: it re-opens when late instances
+arrive or an instance is replaced by other bytes, and an administrator can
+queue a job again. The results' UIDs depend on what they are made of
+(``inference.writers.sources.Identity``), so a run on other input makes new
+instances, in the same result series as the earlier run's. Each run's
+results are recorded here (table ``results``: which source series, which
+model); when a run records its own, the earlier runs' results of the same
+model on the same series that it did not make again are **superseded**:
+
+- taken out of the node's store (index and files), so DICOMweb and the
+  viewer show the current analysis only;
+- deliveries of them still owed become ``superseded`` and are not sent;
+- every destination that already holds some of them gets a **rejection
+  note** (IHE IOCM): a Key Object Selection titled (113001, DCM, "Rejected
+  for Quality Reasons") that lists them. An archive that supports IOCM hides
+  or removes them; any other stores it as one more key object, whose title
+  and description say what was superseded and why.
+
+Results of another model version are never superseded: they add (a model
+upgrade is compared, not overwritten).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from uronode.audit import AuditLog
+from uronode.outbox import Outbox
+from uronode.settings import Destination
+from uronode.store import METADATA_CACHE, Store
+from uronode.uids import derive_uid
+
+log = logging.getLogger(__name__)
+
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
+NOTE_SERIES_NUMBER = 905
+NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
+NOTES_FOLDER = "notes"
+"""Under the data folder: the rejection notes, owed to destinations (not in the index: not the study's content)."""
+PIXEL_CLASSES_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7")
+"""SEG and Secondary Capture: referenced as IMAGE items; anything else (SR, KO) as COMPOSITE."""
+
+_PATIENT_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
+                  "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate", "PatientSex", "PatientAge",
+                  "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                  "AccessionNumber", "StudyDescription")
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    path: Path
+    delivered_to: tuple[str, ...]
+    """The destinations that hold it already."""
+
+
+def record_results(
+    conn: sqlite3.Connection, *, job_id: int, source_series_uid: str, model: str, sop_instance_uids: Sequence[str],
+) -> list[Superseded]:
+    """Inside the caller's transaction (the one that owes the new results to the destinations): record them as
+    ``model``'s results of the source series, and take the earlier ones it did not make again out of the index,
+    their owed deliveries marked ``superseded``. Returns those; their files are still on disk for the rejection
+    note (:func:`retire`, after the commit)."""
+    now = time.time()
+    current = set(sop_instance_uids)
+    earlier = conn.execute(
+        "SELECT r.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path"
+        " FROM results r LEFT JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
+        " WHERE r.source_series_uid = ? AND r.model = ?",
+        (source_series_uid, model),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO results (sop_instance_uid, source_series_uid, model, job_id, recorded_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(sop_instance_uid) DO UPDATE SET source_series_uid = excluded.source_series_uid,"
+        " model = excluded.model, job_id = excluded.job_id, recorded_at = excluded.recorded_at",
+        [(uid, source_series_uid, model, job_id, now) for uid in sop_instance_uids],
+    )
+    superseded = []
+    for row in earlier:
+        uid = row["sop_instance_uid"]
+        if uid in current:
+            continue
+        conn.execute("DELETE FROM results WHERE sop_instance_uid = ?", (uid,))
+        if row["path"] is None:  # gone already (retention took its series)
+            continue
+        delivered = [r["destination"] for r in conn.execute(
+            "SELECT destination FROM deliveries WHERE sop_instance_uid = ? AND state = 'delivered' ORDER BY id",
+            (uid,))]
+        conn.execute(
+            "UPDATE deliveries SET state = 'superseded', last_error = ?, updated_at = ?"
+            " WHERE sop_instance_uid = ? AND state IN ('pending', 'dead')",
+            (f"superseded by job {job_id}", now, uid),
+        )
+        conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
+        series = row["series_instance_uid"]
+        if conn.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone() is None:
+            conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
+            conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+        superseded.append(Superseded(uid, row["sop_class_uid"], series, row["study_instance_uid"], Path(row["path"]),
+                                     tuple(delivered)))
+    return superseded
+
+
+def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,
+                   job_id: int) -> Dataset:
+    """The IOCM rejection note (a Key Object Selection Document) listing ``superseded``, in their study.
+
+    ``first``: the header of one of them, whose patient and study attributes the note copies."""
+    uids = sorted(s.sop_instance_uid for s in superseded)
+    now = time.localtime()
+    ds = Dataset()
+    for keyword in _PATIENT_STUDY:
+        if keyword in first:
+            ds[keyword] = first[keyword]
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        ds.setdefault(keyword, "")  # Type 2: present, if empty
+    ds.SOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = derive_uid("rejection-note", source_series_uid, model, *uids)
+    ds.Modality = "KO"
+    ds.SeriesInstanceUID = derive_uid("rejection-note", source_series_uid, model, "series")
+    ds.SeriesNumber = NOTE_SERIES_NUMBER
+    ds.SeriesDescription = NOTE_SERIES_DESCRIPTION
+    ds.SeriesDate = ds.ContentDate = time.strftime("%Y%m%d", now)
+    ds.SeriesTime = ds.ContentTime = time.strftime("%H%M%S", now)
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
+    ds.Manufacturer = "uronode"
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ConceptNameCodeSequence = DicomSequence([_code(*REJECTED_FOR_QUALITY)])
+    template = Dataset()
+    template.MappingResource = "DCMR"
+    template.TemplateIdentifier = "2010"
+    ds.ContentTemplateSequence = DicomSequence([template])
+    description = Dataset()
+    description.RelationshipType = "CONTAINS"
+    description.ValueType = "TEXT"
+    description.ConceptNameCodeSequence = DicomSequence([_code("113012", "DCM", "Key Object Description")])
+    description.TextValue = (f"{len(uids)} AI result instance(s) of the analysis of series {source_series_uid} by"
+                             f" {model} are superseded by a later analysis of the same series (job {job_id});"
+                             " read the results of the later one")[:1024]
+    items = [description]
+    for item in sorted(superseded, key=lambda s: s.sop_instance_uid):
+        ref = Dataset()
+        ref.RelationshipType = "CONTAINS"
+        ref.ValueType = "IMAGE" if item.sop_class_uid.startswith(PIXEL_CLASSES_PREFIXES) else "COMPOSITE"
+        sop = Dataset()
+        sop.ReferencedSOPClassUID = item.sop_class_uid
+        sop.ReferencedSOPInstanceUID = item.sop_instance_uid
+        ref.ReferencedSOPSequence = DicomSequence([sop])
+        items.append(ref)
+    ds.ContentSequence = DicomSequence(items)
+    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence(_evidence(superseded))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: str, model: str,
+           job_id: int) -> tuple[Path, Dataset] | None:
+    """After the commit of :func:`record_results`: write the rejection note of what destinations hold (None when
+    none holds any), then remove the superseded files and the stale metadata of their series. Returns the note's
+    file and dataset, for the caller to owe to those destinations."""
+    if not superseded:
+        return None
+    note = None
+    held = [s for s in superseded if s.delivered_to]
+    if held:
+        first = _header(held)
+        if first is not None:
+            ds = rejection_note(held, first, source_series_uid=source_series_uid, model=model, job_id=job_id)
+            folder = root / NOTES_FOLDER
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            note = (path, ds)
+    for item in superseded:
+        item.path.unlink(missing_ok=True)
+        (item.path.parent / METADATA_CACHE).unlink(missing_ok=True)
+    AuditLog(root).record("results_superseded", job_id=job_id, series_instance_uid=source_series_uid, model=model,
+                          instances=[s.sop_instance_uid for s in superseded],
+                          rejection_note=str(note[1].SOPInstanceUID) if note else None)
+    log.info("series %s: %d earlier result instance(s) of %s superseded by job %d%s", source_series_uid,
+             len(superseded), model, job_id, "; a rejection note is owed to " + ", ".join(
+                 sorted({d for s in held for d in s.delivered_to})) if note else "")
+    return note
+
+
+def _header(superseded: Sequence[Superseded]) -> Dataset | None:
+    for item in superseded:
+        try:
+            return dcmread(item.path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            log.warning("superseded result %s cannot be read for its rejection note: %s", item.path, exc)
+    return None
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue = value
+    code.CodingSchemeDesignator = scheme
+    code.CodeMeaning = meaning
+    return code
+
+
+def _evidence(superseded: Sequence[Superseded]) -> list[Dataset]:
+    by_study: dict[str, dict[str, list[Superseded]]] = {}
+    for item in superseded:
+        by_study.setdefault(item.study_instance_uid, {}).setdefault(item.series_instance_uid, []).append(item)
+    studies = []
+    for study_uid, series in sorted(by_study.items()):
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = DicomSequence()
+        for series_uid, items in sorted(series.items()):
+            one = Dataset()
+            one.SeriesInstanceUID = series_uid
+            refs = []
+            for item in sorted(items, key=lambda s: s.sop_instance_uid):
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = item.sop_class_uid
+                ref.ReferencedSOPInstanceUID = item.sop_instance_uid
+                refs.append(ref)
+            one.ReferencedSOPSequence = DicomSequence(refs)
+            study.ReferencedSeriesSequence.append(one)
+        studies.append(study)
+    return studies
+
+
+def settle(store: Store, outbox: Outbox, superseded: Sequence[Superseded], *, destinations: Sequence[Destination],
+           source_series_uid: str, model: str, job_id: int, calling_ae: str | None) -> None:
+    """After the commit of :func:`record_results`: :func:`retire` what it superseded, and owe the rejection note,
+    as a result of ``job_id``, to each destination that holds some of it and takes key objects."""
+    note = retire(store.root, superseded, source_series_uid=source_series_uid, model=model, job_id=job_id)
+    if note is None:
+        return
+    path, ds = note
+    holders = {d for s in superseded for d in s.delivered_to}
+    with store.transaction() as conn:
+        for destination in destinations:
+            if destination.name in holders and destination.takes(KEY_OBJECT_SELECTION):
+                outbox.enqueue_in(conn, destination=destination.name, sop_instance_uid=str(ds.SOPInstanceUID),
+                                  sop_class_uid=KEY_OBJECT_SELECTION, path=path, job_id=job_id,
+                                  calling_ae=calling_ae)
