@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.peers.processes import Node, free_port
+from tests.peers.redis import Redis
 
 if TYPE_CHECKING:  # Playwright is imported when a browser test starts the browser
     from playwright.sync_api import BrowserContext
@@ -72,6 +73,16 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    """A real redis-server of the test's own (the broker of remote workers), stopped at the end."""
+    started = Redis(tmp_path / "redis").start()
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 def query(data_dir: Path, sql: str, *params: object) -> list[sqlite3.Row]:

@@ -30,15 +30,6 @@ from uronode.store import Store
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    started = Redis(tmp_path / "redis").start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
 def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster]:
     """The distributed tests' cluster with the node's authentication on (those tests run without)."""
     with open_cluster(start_node, tmp_path, {"URONODE_DICOMWEB__AUTH": "basic"}) as made:

@@ -7,10 +7,7 @@ for ever; the dispatcher stamps it with the node's model before it publishes it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.peers.redis import Redis
 from uronode.app.dispatch import Dispatcher
@@ -19,15 +16,6 @@ from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.types import JobState
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    started = Redis(tmp_path / "redis").start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def published(redis: Redis) -> dict[int, str]:

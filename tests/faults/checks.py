@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -30,3 +33,14 @@ def assert_stored_intact(data: Path, sources: list[Path]) -> None:
         assert len(rows) == 1, f"{source.name} acknowledged but not indexed"
         stored = pydicom.dcmread(rows[0]["path"])
         assert stored.PixelData == original.PixelData and stored.SeriesInstanceUID == original.SeriesInstanceUID
+
+
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``mount``'s ``-o size=``) mounted at ``mount`` for the block: a disk that fills."""
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -24,7 +24,7 @@ import pytest
 from dicomweb.stow_client import multipart_body
 from lab.synth import generate_phantom, write_series
 from tests.conftest import query
-from tests.faults.checks import acknowledged, assert_stored_intact
+from tests.faults.checks import acknowledged, assert_stored_intact, tmpfs
 from tests.peers.processes import DCMTK_ENV, Node, echoscu, require, storescu, wait_until
 
 BOUNDARY = "uronode-test-boundary"
@@ -32,13 +32,8 @@ BOUNDARY = "uronode-test-boundary"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "16m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def stow(node: Node, files: list[Path]) -> tuple[int, dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.checks import tmpfs
 from tests.peers.processes import free_port
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("URONODE_")}
@@ -24,13 +25,8 @@ CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("URONODE_")
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(disk: Path) -> None:

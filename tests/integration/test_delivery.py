@@ -16,12 +16,9 @@ import pytest
 from scp.sender import Outgoing, Timeouts, store_files
 from tests.factory import pydicom_test_file, write_series
 from tests.peers.processes import (
-    DCMTK_ENV,
     Node,
     Proc,
     free_port,
-    port_open,
-    require,
     start_orthanc,
     start_storescp,
     wait_until,
@@ -193,18 +190,7 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 def start_dest(folder: Path, port: int, *options: str, ae: str = "DEST") -> Proc:
     """DCMTK storescp with options of the test's own (a presentation context profile, a sleep, verbose)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder.parent / f"storescp-{port}.log"
-    with log.open("ab") as out:
-        popen = subprocess.Popen([require("storescp"), "-aet", ae, *options, "-od", str(folder), str(port)],
-                                 stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV)
-    proc = Proc(popen, log)
-    try:
-        wait_until(lambda: port_open(port), 20, "storescp to listen")
-    except BaseException:
-        proc.kill()
-        raise
-    return proc
+    return start_storescp(folder, port, ae, options=options)
 
 
 def as_class(source: Path, target: Path, sop_class: str) -> Path:

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,14 +147,16 @@ def echoscu(port: int, *, called: str = "URONODE", calling: str = "ECHOSCU") -> 
     return subprocess.run(cmd, capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
 
 
-def start_storescp(folder: Path, port: int, ae: str = "STORESCP", *, unique: bool = False) -> Proc:
+def start_storescp(folder: Path, port: int, ae: str = "STORESCP", *, unique: bool = False,
+                   options: Sequence[str] = ()) -> Proc:
     """DCMTK storescp writing what it receives into ``folder``; ``unique``: a new file for every instance
-    received, so that an instance received twice shows as two files."""
+    received, so that an instance received twice shows as two files; ``options``: more of storescp's (a
+    presentation context profile, a sleep, verbose)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder.parent / f"storescp-{port}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            [require("storescp"), "-aet", ae, *(["+uf"] if unique else []), "-od", str(folder), str(port)],
+            [require("storescp"), "-aet", ae, *(["+uf"] if unique else []), *options, "-od", str(folder), str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )
     proc = Proc(popen, log)
