@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from inference.postprocess import Findings
 from inference.volume import Volume
@@ -17,6 +18,7 @@ from inference.writers.sc import build_secondary_captures
 from inference.writers.seg import build_segmentation
 from inference.writers.sources import check_inputs, read_sources
 from inference.writers.sr import build_report
+from uronode.dicomfile import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ def save_results(results: Results, folder: str | Path) -> list[Path]:
     for ds in results.datasets:
         path = out / _file_name(ds)
         partial = path.with_name(path.name + ".partial")
+        # the node's identity in the File Meta Information, as in the files it stores (not highdicom's)
+        ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.save_as(partial, enforce_file_format=True)
         os.replace(partial, path)
         paths.append(path)

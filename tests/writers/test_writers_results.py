@@ -82,7 +82,11 @@ def test_save_results_writes_part10_files_and_replaces_them(stones: Case, tmp_pa
         "SR_903_0001.dcm",
     ]
     for path, ds in zip(first, stones.results.datasets, strict=True):
-        assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+        saved = pydicom.dcmread(path)
+        assert saved.SOPInstanceUID == ds.SOPInstanceUID
+        # the node's implementation identity, as in the files it stores (docs/conformance.md), not highdicom's
+        assert (saved.file_meta.ImplementationClassUID, saved.file_meta.ImplementationVersionName) == (
+            "2.25.163385317616489218133917553546152620637", "URONODE_0.1.0")
 
 
 def test_findings_of_another_series_are_refused(stones: Case) -> None:
