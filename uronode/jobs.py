@@ -166,11 +166,13 @@ class JobQueue:
         take only jobs of exactly their own model, so such jobs would wait for a worker of a model no longer
         deployed (local workers run whatever model they loaded). A job already running keeps its model.
         The node does it at start-up and the dispatcher before each round."""
-        with self.store.transaction() as conn:
-            rows = conn.execute(
-                "SELECT model, count(*) AS n FROM jobs WHERE state = 'queued' AND model != ? GROUP BY model", (model,)
-            ).fetchall()
-            if rows:
+        others = "SELECT model, count(*) AS n FROM jobs WHERE state = 'queued' AND model != ? GROUP BY model"
+        # read first: the dispatcher asks every round, and there is nearly never anything to stamp, so the
+        # write lock (which receivers and workers wait for) is taken only when there is
+        rows = self.store.conn().execute(others, (model,)).fetchall()
+        if rows:
+            with self.store.transaction() as conn:
+                rows = conn.execute(others, (model,)).fetchall()
                 conn.execute(
                     "UPDATE jobs SET model = ?, updated_at = ?, dispatched_at = NULL, publications = 0"
                     " WHERE state = 'queued' AND model != ?",
