@@ -154,6 +154,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--windowed-share", type=float, default=0.7,
                    help="with --images: share of an epoch's draw from the real (windowed) images; the rest from "
                         "the generated series (default 0.7)")
+    p.add_argument("--stone-free", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="with --images: real CT known to hold no stone (DICOM series below each DIR, as uronode "
+                        "fetch-stone-free writes them), every candidate of each series and of each slice alone "
+                        "a negative beside the generated series' (a set trained on is no longer one to choose on)")
     p.add_argument("--hard-share", type=float, default=0.0,
                    help="with --images: share of each epoch's negatives drawn by how much the network of the "
                         "moment takes them for stones (and of a positives' draw by how much it misses them); "
@@ -345,6 +349,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.planes is not None and not args.images:
         print("uronode train: --planes goes with --images (and --phantoms)", file=sys.stderr)
         return 2
+    if args.stone_free and not args.images:
+        print("uronode train: --stone-free goes with --images", file=sys.stderr)
+        return 2
     init: Path | None = None
     if not (args.data or args.images):  # what the generated-phantom training needs, found before any phantom
         if not args.patches and not args.phantoms:
@@ -489,7 +496,14 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.network import InputSpec
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
-    from lab.dataset import PatchSet, patches_from_images, patches_from_phantom, patches_from_planes
+    from inference.errors import VolumeError
+    from lab.dataset import (
+        PatchSet,
+        patches_from_images,
+        patches_from_phantom,
+        patches_from_planes,
+        patches_from_stone_free,
+    )
     from lab.realimages import describe_set
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
 
@@ -511,6 +525,13 @@ def _train_on_images(args: argparse.Namespace) -> int:
     base_card = ModelCard.read(init_folder)
     spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch"))
     rule = CandidateRule.from_card(base_card.candidates)
+    free = None
+    if args.stone_free:  # first: a folder without a series is refused before the images' minutes of work
+        try:
+            free = patches_from_stone_free(args.stone_free, rule, spec)
+        except (ValueError, VolumeError) as exc:
+            print(f"uronode train: --stone-free: {exc}", file=sys.stderr)
+            return 2
     data = patches_from_images(chosen, rule, spec)
     description = (f"{len(chosen)} real images ({args.split} side of the split by examination) from "
                    f"{args.images.name}, {sum(len(i.boxes) for i in chosen)} boxes "
@@ -532,6 +553,10 @@ def _train_on_images(args: argparse.Namespace) -> int:
             description += (f", and their coronal and sagittal planes as lone images (through every stone and "
                             f"{args.planes} stone-free of each kind: {sum(len(q) for q in planes)} patches)")
         data = PatchSet.concatenate([data, *parts])
+    if free is not None:
+        description += (f"; real stone-free CT from {', '.join(d.name for d in args.stone_free)} as negatives "
+                        f"(each series whole and each slice alone: {len(free)} patches)")
+        data = PatchSet.concatenate([data, free])
     init = None if args.from_scratch else init_folder / base_card.files.get("model", "model.keras")
     if init is not None:
         description += f"; fine-tuned from {base_card.name} {base_card.version}"

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from inference.candidates import DEFAULT_RULE, CandidateRule, cut_patches, find_candidates
 from inference.network import LEGACY_SPEC, InputSpec, cut_inputs
-from inference.volume import Volume
+from inference.volume import Volume, find_dicom_files, group_series, load_volume
 from lab.realimages import LabelledImage, exam_keys, image_volume, stone_mask
 from lab.synth import (
     PLANES,
@@ -199,6 +199,35 @@ def patches_from_images(images: Sequence[LabelledImage], rule: CandidateRule = D
                                      np.random.default_rng(seed + len(parts)))
         parts.append(part.with_windowed(im.hu is None))  # an image in HU is not re-windowed as a display image
     return PatchSet.concatenate(parts)
+
+
+STONE_FREE_FIRST_SEED = 30_000_000
+"""``seeds`` of the stone-free series' patches start here (apart from phantoms' and images' numbers)."""
+
+
+def patches_from_stone_free(folders: Sequence[Path], rule: CandidateRule = DEFAULT_RULE,
+                            spec: InputSpec = LEGACY_SPEC, max_contrast_negatives: int | None = 15,
+                            first_seed: int = STONE_FREE_FIRST_SEED) -> PatchSet:
+    """Negatives of real CT known to hold no stone: every DICOM series below ``folders``, cut as a series
+    (each slice with its neighbours) and each of its slices as a lone image (the candidates a slice alone
+    gives are not the series'), in HU (``windowed`` false: training re-windows and thins them as it does
+    the generated series). Every patch is a negative for the stone mask and the component head.
+    ``seeds`` numbers the series from ``first_seed``. Raises ValueError when no series is found."""
+    series = group_series(find_dicom_files(list(folders)))
+    if not series:
+        raise ValueError(f"no DICOM series in {', '.join(map(str, folders))}")
+    parts: list[PatchSet] = []
+    for n, (_uid, paths) in enumerate(sorted(series.items())):
+        seed = first_seed + n
+        rng = np.random.default_rng(seed)
+        volume = load_volume(paths)
+        parts.append(patches_from_labelled(volume, np.zeros(volume.shape, bool), seed, rule, spec,
+                                           max_contrast_negatives, rng))
+        for path in dict.fromkeys(volume.source_paths):
+            alone = load_volume([path])
+            parts.append(patches_from_labelled(alone, np.zeros(alone.shape, bool), seed, rule, spec,
+                                               max_contrast_negatives, rng))
+    return PatchSet.concatenate(parts).with_windowed(False)
 
 
 def build_patch_set(seeds: list[int], **phantom_kwargs: Unpack[PhantomOptions]) -> PatchSet:
