@@ -493,10 +493,10 @@ def _images_on_side(args: argparse.Namespace) -> list[LabelledImage] | None:
 def _train_on_images(args: argparse.Namespace) -> int:
     """``train --images DIR``: real windowed images with boxes (and optionally generated series)."""
     from inference.candidates import CandidateRule
+    from inference.errors import VolumeError
     from inference.network import InputSpec
     from inference.runtime import ModelCard, resolve_model_dir
     from lab.augment import Augmentation
-    from inference.errors import VolumeError
     from lab.dataset import (
         PatchSet,
         patches_from_images,
