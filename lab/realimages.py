@@ -5,7 +5,9 @@ A folder in the YOLO layout, as object-detection exports write it:
 folders below ``DIR`` (``train/``, ``valid/``, ...: Roboflow), or
 ``DIR/images/<split>/`` with ``DIR/labels/<split>/`` (Ultralytics), or, where no
 image lies in an ``images`` folder, images with their label files beside them
-(``label_file``); ``images`` and ``labels`` in any case (``Images/``, ``Labels/``). Hidden files and
+(``label_file``); ``images`` and ``labels`` in any case (``Images/``, ``Labels/``), an ``annotations``
+folder of YOLO files where there is no ``labels`` one, and a label file's ``.txt`` in any case (``.TXT``).
+Hidden files and
 folders and ``__MACOSX`` are left out. A label file (UTF-8, with or without a byte-order mark, or UTF-16
 with one) holds one line per box, ``class cx cy w h`` normalised to the image (values up to
 ``LABEL_TOLERANCE`` outside [0, 1] are clipped). A JPEG's EXIF orientation is applied, as the labelling
@@ -13,24 +15,38 @@ tools show the image. Images of one set may share a file name in different folde
 their path in the set (``p1/images/slice1``). Which classes are
 stones (``stone_classes``): those given (``--stone-classes``, which a
 ``data.yaml`` must name); else, where the folder or one up to three above it
-has a ``data.yaml`` naming its classes, the classes whose names say urinary
+has a ``data.yaml`` naming its classes (or, without one, a ``classes.txt`` as LabelImg writes it or an
+``obj.names`` as darknet and CVAT do, one name a line, there or beside the images), the classes whose
+names say urinary
 stone (``is_stone_class``: stone, calculus, -lithiasis, urolith, nephrolith,
-Turkish "Tas_Var"; not negated, "no stone", "stone-free", "Tas_Yok", and not a
-mimic, "phlebolith", "gallstone"); else (no ``data.yaml``, or one that names
+Turkish "taş", "Tas_Var", German "Stein", Spanish "litiasis", "cálculo"; not negated, "no stone",
+"stone-free", "StoneFree", "Tas_Yok", and not a
+mimic, "phlebolith", "gallstone"); else (no class file, or one that names
 no class, or one class) every class. Boxes of other classes (a kidney, a cyst)
 are not stones: a reported stone inside one is a false stone. A
-``data.yaml`` that names several classes and none of them a stone, a name
+class file that names several classes and none of them a stone, a name
 that cannot say ("non-obstructing stone") and classes that keep none of the
 set's boxes are errors, not guesses. An image without a label file, or with
-an empty one, has no stone.
+an empty one, has no stone; a set in which no image has a label file is refused, as its labels were
+surely not found.
+
+What one odd file or line would otherwise cost the whole set is left out and said instead
+(``read_image_set``'s ``notes``): an image that cannot be read (an empty or broken file, a DICOM object
+that is not a CT image, such as a screenshot) and a box of no width or height. So is what the reader
+passed over or assumed: label files that match no image, images outside the ``images`` folders of a set
+that has them, boxes of a class the class file does not name, and images read at a pixel size nobody
+stated.
 
 Images that carry Hounsfield units are read as such: a DICOM CT image
-(``.dcm``, one slice in any plane, through ``inference.volume.load_volume``,
-its pixel spacing from its header) and a 16-bit image (``read_hu16``: the
-stored values of CT, HU + 1024, or HU + 32768 as DeepLesion writes them, told
+(``.dcm``, or any file that starts as DICOM does, ``DICM`` at byte 128: ``.IMA`` and the suffix-less
+names of PACS exports; one slice in any plane, through ``inference.volume.load_volume``,
+its pixel spacing from its header), a 16-bit image (``read_hu16``: the
+stored values of CT, HU + 1024, or HU + 32768 as DeepLesion writes them, or signed HU written into an
+unsigned file, told
 apart by where the image's values lie; a 16-bit copy of a display image,
 whose values reach the top of the range, or an 8-bit image saved in a 16-bit file, whose values are all
-255 or less, is read as the 8-bit image it is).
+255 or less, is read as the 8-bit image it is), and a floating-point image whose values are HU (a
+research export's TIFF: its minimum below ``FLOAT_HU_MIN``).
 
 8-bit images are in a display window nobody recorded. They become the
 model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
@@ -38,8 +54,9 @@ model's Hounsfield units through one assumed window, ``ASSUMED_WINDOW``
 -160 HU and grey 255 is +240 HU; stones and bone are clipped alike at the
 top. The model is trained over many other windows (``rewindow``) so that the
 assumption need not be right, only plausible. An image that is clearly in a
-wide (bone) window, where stones are grey, is read through the window its own
-histogram shows instead (``estimate_window``, ``image_hu``).
+wide (bone) window, where stones are grey, or that maps the whole range of CT numbers to 8 bits, is
+read through the window its own histogram shows instead (``estimate_window``, ``image_hu``); a window
+known for a set can be stated (``parse_window``).
 
 Box supervision (``box_mask``): a box says where a stone is, not which pixels
 are stone. Inside the box, the stone is the pixels at least half-way from the
@@ -64,13 +81,14 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import logging
 import math
 import posixpath
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +97,16 @@ from scipy import ndimage
 from inference.errors import InferenceError
 from inference.volume import CT_IMAGE_STORAGE, Volume, load_volume
 
+logger = logging.getLogger(__name__)
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES)
+NOT_SNIFFED_SUFFIXES = (".txt", ".yaml", ".yml", ".json", ".xml", ".csv", ".md", ".names", ".data")
+"""Files of these kinds are never opened to see whether they are DICOM (``is_dicom_file``)."""
 ASSUMED_WINDOW = (40.0, 400.0)
 """(level, width) in HU that grey 0..255 is taken to span."""
+Window = str | tuple[float, float]
+"""How an 8-bit image becomes HU (``image_hu``): 'auto', 'assumed', or a (level, width) in HU."""
 ASSUMED_PIXEL_MM = 0.75
 """Pixel spacing assumed for images that carry none (coronal abdominal crops: 0.7-0.8 mm)."""
 ASSUMED_SLICE_MM = 1.0
@@ -105,6 +129,15 @@ NARROW_PEAK_GREY = 18
 """A wide window squeezes soft tissue into few grey levels: its peak's full width at half height, at most."""
 MAX_SATURATED_SHARE = 0.006
 """Share of pixels at grey 250 or more above which an image is a soft-tissue window (bone white)."""
+AIR_HU = -1000.0
+AIR_MAX_GREY = 40
+"""The darkest greys where ``estimate_window`` looks for air that its window did not clip to black."""
+MIN_AIR_SHARE = 0.02
+"""Share of an image's pixels its air must hold to be taken as air (an axial slice holds far more)."""
+AIR_WIDTHS = (1500.0, 8000.0)
+"""Widths from air and soft tissue outside these are not trusted (a full-range map is 4,096 wide)."""
+MIN_BODY_SHARE = 0.85
+"""Share of the body's pixels (those above the air) a wide map squeezes between fat and soft tissue."""
 
 _ROBOFLOW = re.compile(r"(_(png|jpg|jpeg|bmp|tif|tiff))*\.rf\.[0-9a-f]+$", re.IGNORECASE)
 _TICKS = re.compile(r"(?:^|[-/])(6\d{17})\d{5}(?:-|$)")
@@ -114,6 +147,11 @@ a folder where ``LabelledImage.source`` is qualified by one)."""
 
 class ImageSetError(ValueError):
     """A folder of images that cannot be read: what and why."""
+
+
+class UnreadableImage(ImageSetError):
+    """One file of a set that is no image the reader can take (empty, broken, a DICOM object that is not a
+    CT image): ``read_image_set`` leaves it out and says so, where the rest of the set can be read."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +199,9 @@ class LabelledImage:
     ``p2/images/slice1.jpg``): its path relative to the set, without the suffix (``p1/images/slice1``; with
     it where only the suffix differs), which is then its ``name``; else ''."""
 
-    def as_hu(self, window: str = "auto") -> np.ndarray:
-        """The image in HU: the ones it carries, else its grey read through ``image_hu``."""
+    def as_hu(self, window: Window = "auto") -> np.ndarray:
+        """The image in HU: the ones it carries, else its grey read through ``image_hu`` (a window names
+        what an 8-bit image's grey means; the HU a file carries need none)."""
         return self.hu if self.hu is not None else image_hu(self.grey, window)
 
     @property
@@ -245,23 +284,37 @@ def split_groups(images: Sequence[LabelledImage], fractions: Sequence[tuple[str,
 
 CLASS_FILES = ("data.yaml", "dataset.yaml")
 """Where a YOLO export names its classes (Roboflow and Ultralytics write data.yaml)."""
+NAME_FILES = ("classes.txt", "obj.names")
+"""Where other YOLO tools name them, one name a line (LabelImg: classes.txt; darknet and CVAT: obj.names):
+read only where no data.yaml is found."""
 CLASS_FILE_LEVELS = 3
 """How many folders above the one given are searched for it (DIR/valid/images given: DIR's is found)."""
-STONE_STEMS = ("stone", "calcul", "lithiasis", "urolith", "nephrolith", "ureterolith", "cystolith", "tasvar")
-"""Words (or parts of words) that name a urinary stone; "tas var" (Turkish: stone present) is one too."""
-MIMIC_STEMS = ("phlebo", "append", "fecal", "faecal", "copro", "gall", "chole", "sialo", "broncho", "pulp")
-"""A stone word with one of these names a stone's mimic or another organ's stone: not a urinary stone."""
-NEGATING_BEFORE = frozenset({"no", "non", "not", "without"})
-NEGATING_AFTER = frozenset({"free", "negative", "absent", "yok"})
+STONE_STEMS = ("stone", "calcul", "calcol", "lithiasis", "litiasi", "litiase", "urolith", "nephrolith",
+               "ureterolith", "cystolith", "stein", "tasvar")
+"""Words (or parts of words) that name a urinary stone, in English, German ("Nierenstein"), Spanish,
+Portuguese, Italian and French ("litiasis", "cálculo", "calcolo", "calcul"); "tas var" (Turkish: stone
+present) is one too."""
+STONE_WORDS = frozenset({"tas", "tasi", "taslar", "taslari"})
+"""Turkish "taş" (stone), "böbrek taşı" (kidney stone), "taşları" (its stones): whole words only, as other
+words hold the letters ("metastasis")."""
+MIMIC_STEMS = ("phlebo", "append", "fecal", "faecal", "copro", "gall", "chole", "sialo", "broncho", "pulp",
+               "bilia", "colelit", "safra", "speichel")
+"""A stone word with one of these names a stone's mimic or another organ's stone: not a urinary stone
+(Spanish "colelitiasis", "cálculo biliar", Turkish "safra taşı" and German "Gallenstein" are gallstones)."""
+NEGATING_BEFORE = frozenset({"no", "non", "not", "without", "kein", "keine", "keinen", "ohne", "sin", "sans",
+                             "senza", "sem"})
+NEGATING_AFTER = frozenset({"free", "negative", "absent", "yok", "frei"})
+"""Words that negate a stone word after it, also glued to it ("StoneFree", "Stonefree", "steinfrei")."""
 NEGATING_ELSEWHERE = NEGATING_BEFORE | NEGATING_AFTER | {"normal", "none"}
 
 
 def is_stone_class(name: str) -> bool | None:
     """Whether a class name says urinary stone: True for 'kidney-stones', 'Calculus', 'Ureteral calculi',
-    'nephrolithiasis', 'Tas_Var' / 'Taş Var' (Turkish, "stone present"); False for 'kidney', 'cyst',
-    'phlebolith', 'gallstone', 'no_stone', 'NonStone', 'stone-free', 'Tas_Yok'; None where a negating word
-    stands apart from the stone word ('non-obstructing stone', 'stone without hydronephrosis'): the name
-    alone cannot say, so the set's classes must be given."""
+    'nephrolithiasis', 'Tas_Var' / 'Taş Var' / 'taş' / 'böbrek taşı' (Turkish), 'Nierenstein' (German),
+    'litiasis', 'cálculo'; False for 'kidney', 'cyst', 'phlebolith', 'gallstone', 'no_stone', 'NonStone',
+    'stone-free', 'StoneFree', 'stonenegative', 'Tas_Yok'; None where a negating word stands apart from the
+    stone word ('non-obstructing stone', 'stone without hydronephrosis'): the name alone cannot say, so
+    the set's classes must be given."""
     tokens: list[str] = []
     for t in re.findall(r"[a-z]+", _plain(name)):
         if t == "var" and tokens and tokens[-1] == "tas":
@@ -270,11 +323,13 @@ def is_stone_class(name: str) -> bool | None:
             tokens.append(t)
     if any(m in t for t in tokens for m in MIMIC_STEMS):
         return False
-    stone_at = [i for i, t in enumerate(tokens) if any(s in t for s in STONE_STEMS)]
+    stone_at = [i for i, t in enumerate(tokens) if t in STONE_WORDS or any(s in t for s in STONE_STEMS)]
     if not stone_at:
         return False
     for i in stone_at:
         if tokens[i].startswith("no"):  # "nostone", "nonstone"
+            return False
+        if any(tokens[i].endswith(w) and tokens[i] != w for w in NEGATING_AFTER):  # "stonefree", "steinfrei"
             return False
         if (i > 0 and tokens[i - 1] in NEGATING_BEFORE) or (i + 1 < len(tokens) and tokens[i + 1] in NEGATING_AFTER):
             return False
@@ -295,14 +350,41 @@ class StoneClasses:
 
     classes: frozenset[int] | None
     how: str
+    names: dict[int, str] | None = field(default=None, hash=False)
+    """The classes the set's class file names (None where it has none, or it names none)."""
+    where: str = ""
+    """The class file, as its folder and name (``set/data.yaml``), or ''."""
+
+
+def read_text_file(path: Path) -> str:
+    """A small text file written by any tool: UTF-16 where it starts with a UTF-16 byte-order mark, else UTF-8
+    with or without one, else Windows' Turkish code page (cp1254) or, failing that, Latin-1, which never
+    fails: a class file saved by a Turkish Windows program is read, not refused."""
+    data = path.read_bytes()
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    for encoding in ("utf-8-sig", "cp1254"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
 
 
 def _class_names(path: Path) -> dict[int, str] | None:
+    if path.name.lower() in NAME_FILES:
+        lines = read_text_file(path).splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return {i: line.strip() for i, line in enumerate(lines)} or None
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = yaml.safe_load(read_text_file(path))
+    except yaml.YAMLError as exc:
         raise ImageSetError(f"{path}: not YAML: {exc}") from exc
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
@@ -315,15 +397,34 @@ def _class_names(path: Path) -> dict[int, str] | None:
     return None
 
 
+def _visible(path: Path, folder: Path) -> bool:
+    """Whether a path below ``folder`` is part of the set: not hidden, not in a hidden folder or ``__MACOSX``."""
+    return not any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts)
+
+
 def class_file(folder: Path) -> Path | None:
     """The ``data.yaml`` (or ``dataset.yaml``) of the image set at ``folder``: in it or up to
-    ``CLASS_FILE_LEVELS`` folders above, the nearest."""
+    ``CLASS_FILE_LEVELS`` folders above, the nearest; without one, a ``classes.txt`` or ``obj.names``
+    (``NAME_FILES``) there, else below ``folder`` beside the images or their labels (the shallowest).
+    ImageSetError where several of those below say different names."""
     here = Path(folder).resolve()
-    for d in [here, *here.parents][: CLASS_FILE_LEVELS + 1]:
-        for name in CLASS_FILES:
-            if (d / name).is_file():
-                return d / name
-    return None
+    above = [here, *here.parents][: CLASS_FILE_LEVELS + 1]
+    for names in (CLASS_FILES, NAME_FILES):
+        for d in above:
+            for name in names:
+                if (d / name).is_file():
+                    return d / name
+    if not here.is_dir():
+        return None
+    below = sorted((p for p in here.rglob("*") if p.name.lower() in NAME_FILES and p.is_file() and _visible(p, here)),
+                   key=lambda p: (len(p.parts), str(p)))
+    if not below:
+        return None
+    differ = [p for p in below[1:] if _class_names(p) != _class_names(below[0])]
+    if differ:
+        raise ImageSetError(f"{below[0].relative_to(here)} and {differ[0].relative_to(here)} name different "
+                            "classes; say which are stones with --stone-classes, or keep one class file")
+    return below[0]
 
 
 def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClasses:
@@ -337,7 +438,7 @@ def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClas
         unknown = sorted(set(given) - set(names)) if names else []
         if unknown:
             raise ImageSetError(f"classes {unknown} given as stones, but {where} names only {sorted(names or {})}")
-        return StoneClasses(frozenset(given), f"classes {', '.join(map(str, sorted(set(given))))} (given)")
+        return StoneClasses(frozenset(given), f"classes {', '.join(map(str, sorted(set(given))))} (given)", names, where)
     if path is None:
         return StoneClasses(None, "every class (no data.yaml names them)")
     if not names:
@@ -351,9 +452,9 @@ def stone_classes(folder: Path, given: Sequence[int] | None = None) -> StoneClas
     stones = sorted(k for k, v in verdicts.items() if v)
     if stones:
         return StoneClasses(frozenset(stones), f"classes {', '.join(f'{k} {names[k]!r}' for k in stones)} "
-                                               f"(named so in {where})")
+                                               f"(named so in {where})", names, where)
     if len(names) == 1:
-        return StoneClasses(None, f"every class ({where} names one class, {listed})")
+        return StoneClasses(None, f"every class ({where} names one class, {listed})", names, where)
     raise ImageSetError(f"{where} names the classes {listed} and none of them as a stone; "
                         "say which are with --stone-classes")
 
@@ -363,13 +464,21 @@ LABEL_TOLERANCE = 1e-3
 
 
 def read_boxes(text: str, rows: int, columns: int, where: str = "",
-               classes: frozenset[int] | None = None) -> tuple[Box, ...]:
+               classes: frozenset[int] | None = None, skipped: list[str] | None = None) -> tuple[Box, ...]:
     """YOLO lines -> boxes in pixels of the ``classes`` (None: every one); a bad line raises ImageSetError.
 
     A line is a box, ``class cx cy w h`` (normalised; a sixth value, a detector's confidence, is ignored),
     or a polygon, ``class x1 y1 x2 y2 x3 y3 ...`` (three points or more, as segmentation exports write
     it), whose box is the points' bounds. Values within ``LABEL_TOLERANCE`` outside [0, 1] (a tool's
-    rounding) are clipped to it."""
+    rounding) are clipped to it. A box of no width or height (a stray click) marks nothing: given a
+    ``skipped`` list, its line's place is added to it and the line left out, else it is refused too."""
+    return tuple(box for kind, box, _ in box_lines(text, rows, columns, where, skipped)
+                 if classes is None or kind in classes)
+
+
+def box_lines(text: str, rows: int, columns: int, where: str = "",
+              skipped: list[str] | None = None) -> list[tuple[int, Box, int]]:
+    """(class, box in pixels, line number) of every box line of a label file (``read_boxes``)."""
     boxes = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
@@ -385,6 +494,11 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "",
         low, high = -LABEL_TOLERANCE, 1.0 + LABEL_TOLERANCE
         if len(values) in (4, 5):
             cx, cy, w, h = values[:4]
+            if (w == 0.0 or h == 0.0) and low <= cx <= high and low <= cy <= high and w <= high and h <= high:
+                if skipped is None:
+                    raise ImageSetError(f"{where}:{n}: box of no width or height: {line.strip()!r}")
+                skipped.append(f"{where}:{n}")
+                continue
             if not (low <= cx <= high and low <= cy <= high and 0.0 < w <= high and 0.0 < h <= high):
                 raise ImageSetError(f"{where}:{n}: box outside the image: {line.strip()!r}")
             cx, cy, w, h = (min(max(v, 0.0), 1.0) for v in (cx, cy, w, h))
@@ -394,15 +508,17 @@ def read_boxes(text: str, rows: int, columns: int, where: str = "",
             inside = all(low <= v <= high for v in values)
             values = [min(max(v, 0.0), 1.0) for v in values]
             xs, ys = values[0::2], values[1::2]
+            if inside and (max(xs) <= min(xs) or max(ys) <= min(ys)) and skipped is not None:
+                skipped.append(f"{where}:{n}")
+                continue
             if not inside or max(xs) <= min(xs) or max(ys) <= min(ys):
                 raise ImageSetError(f"{where}:{n}: polygon outside the image or without area: {line.strip()!r}")
             box = Box(min(xs) * columns, min(ys) * rows, max(xs) * columns, max(ys) * rows)
         else:
             raise ImageSetError(f"{where}:{n}: expected 'class cx cy w h' (and a confidence) or a polygon "
                                 f"('class x1 y1 x2 y2 x3 y3 ...'), got {line.strip()!r}")
-        if classes is None or int(kind) in classes:
-            boxes.append(box)
-    return tuple(boxes)
+        boxes.append((int(kind), box, n))
+    return boxes
 
 
 SCALED_16BIT_MIN = 40_000
@@ -410,35 +526,60 @@ SCALED_16BIT_MIN = 40_000
 CT's stored values stop near 4,095 + 1,024 (HU + 1024) or 3,071 + 32,768 (HU + 32768)."""
 OFFSET_32768_MEDIAN = 16_384
 """Median at or above which a 16-bit CT image is taken as HU + 32768 (air alone is 31,768 there)."""
+WRAPPED_GAP = (8_192, 57_344)
+"""An unsigned 16-bit image with values at both ends and none between these holds signed HU
+(``hu.astype(np.uint16)``: -1000 becomes 64,536, +40 stays 40); a display image has greys between."""
+FLOAT_HU_MIN = -500.0
+"""A floating-point image whose minimum lies below this holds HU (air); other floats (0-1) say nothing."""
 
 
 def read_hu16(values: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray | None]:
-    """(grey, HU) of a 16-bit image: HU when it holds stored CT values (see the module's text), else
-    (its 8-bit grey, None) for a display image scaled to 16 bits or an 8-bit image saved as 16 bits
-    (every value 0-255: the grey levels themselves)."""
+    """(grey, HU) of a 16-bit image: HU when it holds stored CT values or signed HU written unsigned (see
+    the module's text), else (its 8-bit grey, None) for a display image scaled to 16 bits or an 8-bit image
+    saved as 16 bits (every value 0-255: the grey levels themselves)."""
     if int(values.min()) >= 0 and int(values.max()) <= 255:
         return values.astype(np.uint8), None
     if values.dtype == np.int16 and int(values.min()) < 0:  # signed with negatives: the HU themselves
         hu = values.astype(np.float32)
+    elif values.dtype == np.uint16 and int(values.max()) >= WRAPPED_GAP[1] and int(values.min()) < WRAPPED_GAP[0] \
+            and not ((values >= WRAPPED_GAP[0]) & (values < WRAPPED_GAP[1])).any():
+        hu = values.view(np.int16).astype(np.float32)  # negatives wrapped round: the HU themselves
     elif int(values.max()) >= SCALED_16BIT_MIN:
         return np.round(values.astype(np.float32) / 257.0).astype(np.uint8), None
     elif float(np.median(values)) >= OFFSET_32768_MEDIAN:
         hu = values.astype(np.float32) - 32768.0
     else:
         hu = values.astype(np.float32) - 1024.0
-    if float(np.median(hu)) > 1500.0 or float(hu.max()) < -200.0:
-        raise ImageSetError(f"{where}: 16-bit values that are not CT numbers under any known offset")
+    _check_hu(hu, f"{where}: 16-bit values")
     return hu_to_grey(hu, ASSUMED_WINDOW), hu
+
+
+def _check_hu(hu: np.ndarray, what: str) -> None:
+    if float(np.median(hu)) > 1500.0 or float(hu.max()) < -200.0:
+        raise ImageSetError(f"{what} that are not CT numbers under any known offset")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether a file starts as a DICOM file does (``DICM`` at byte 128), whatever its name: PACS and CD
+    exports name their files ``IM000001``, ``1.2.840...`` or ``*.IMA``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | None]:
     """(grey, HU or None, pixel mm, StudyInstanceUID or None) of an image file: 8-bit (colour averaged),
-    16-bit, or a DICOM CT image of one slice in any plane (see the module's text)."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    16-bit, floating-point HU, or a DICOM CT image of one slice in any plane (see the module's text).
+    UnreadableImage for a file that is no image it can read (empty, broken, not DICOM, or a DICOM object
+    that is not a CT image); ImageSetError for an image it could only misread."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path)):
         try:
             volume = load_volume([path])
         except InferenceError as exc:
-            raise ImageSetError(f"{path}: {exc}") from exc
+            raise UnreadableImage(f"{path}: {exc}") from exc
         if volume.shape[0] != 1:
             raise ImageSetError(f"{path}: {volume.shape[0]} frames; one slice per image")
         rows_mm, columns_mm = volume.pixel_spacing
@@ -452,7 +593,8 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | 
     # these flags apply it and keep 16 bits (and an alpha channel's loss changes nothing: it is dropped)
     data = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if data is None:
-        raise ImageSetError(f"{path}: not an image OpenCV can read")
+        size = path.stat().st_size if path.exists() else 0
+        raise UnreadableImage(f"{path}: " + ("an empty file" if size == 0 else "not an image OpenCV can read"))
     if data.ndim == 3:
         channels = data[..., :3]
         data = cv2.cvtColor(channels, cv2.COLOR_BGR2GRAY) if data.dtype == np.uint8 else channels.mean(axis=2)
@@ -460,33 +602,71 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, float, str | 
     if data.dtype in (np.uint16, np.int16):
         grey, hu = read_hu16(data, str(path))
         return np.ascontiguousarray(grey), hu, ASSUMED_PIXEL_MM, None
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all() or float(data.min()) >= FLOAT_HU_MIN:
+            raise ImageSetError(f"{path}: {data.dtype} pixels that are not HU (no air below {FLOAT_HU_MIN:g}, or "
+                                "values that are not numbers); 8-bit, 16-bit, HU or DICOM images only")
+        hu = data.astype(np.float32)
+        _check_hu(hu, f"{path}: {data.dtype} values")
+        return hu_to_grey(hu, ASSUMED_WINDOW), np.ascontiguousarray(hu), ASSUMED_PIXEL_MM, None
     if data.dtype != np.uint8:
-        raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit, 16-bit or DICOM images only")
+        raise ImageSetError(f"{path}: {data.dtype} pixels; 8-bit, 16-bit, HU or DICOM images only")
     return np.ascontiguousarray(data), None, ASSUMED_PIXEL_MM, None
 
 
-def label_file(image: Path) -> Path:
+LABEL_FOLDERS = ("labels", "annotations")
+"""What an ``images`` folder's sibling holding its label files is called, by preference (any case)."""
+
+
+def label_file(image: Path, listings: dict[Path, list[str]] | None = None) -> Path:
     """Where an image's YOLO label file is: the path with its last ``images`` folder read as ``labels`` and
     the suffix ``.txt`` (``DIR/images/a.jpg`` -> ``DIR/labels/a.txt``, as Roboflow writes it;
-    ``DIR/images/train/a.jpg`` -> ``DIR/labels/train/a.txt``, as Ultralytics does), else beside the image
-    (``a.jpg`` -> ``a.txt``) when only that one exists."""
+    ``DIR/images/train/a.jpg`` -> ``DIR/labels/train/a.txt``, as Ultralytics does; ``annotations`` where
+    there is no ``labels`` folder), else beside the image (``a.jpg`` -> ``a.txt``) when only that one
+    exists. The ``.txt`` may be in any case (``a.TXT``); a file taken as DICOM by its content, whose name
+    may hold dots (``1.2.840.1``), has its label at ``1.2.840.1.txt`` or ``1.2.840.txt``. Where none
+    exists, the path where it was looked for first. ``listings`` caches the folders' contents over many
+    images."""
     parts = image.parts
-    beside = image.with_suffix(".txt")
+    stems = [image.stem] if image.suffix.lower() in IMAGE_SUFFIXES else [image.name, image.stem]
+    beside = _existing_txt(image.parent, stems, listings)
     at = [i for i, part in enumerate(parts[:-1]) if part.lower() == "images"]
     if at:
-        mapped = Path(*parts[: at[-1]], _labels_folder(Path(*parts[: at[-1]])), *parts[at[-1] + 1: -1],
-                      image.stem + ".txt")
-        if mapped.exists() or not beside.exists():
-            return mapped
-    return beside
+        folder = Path(*parts[: at[-1]], _labels_folder(Path(*parts[: at[-1]])), *parts[at[-1] + 1: -1])
+        mapped = _existing_txt(folder, stems, listings)
+        if mapped is not None or beside is None:
+            return mapped if mapped is not None else folder / (stems[-1] + ".txt")
+    return beside if beside is not None else image.parent / (stems[-1] + ".txt")
+
+
+def _existing_txt(folder: Path, stems: Sequence[str], listings: dict[Path, list[str]] | None) -> Path | None:
+    """``folder/STEM.txt`` for the first of ``stems`` that has one, the exact name first, then in any case."""
+    for stem in stems:
+        if (folder / (stem + ".txt")).exists():
+            return folder / (stem + ".txt")
+    if listings is None:
+        listings = {}
+    if folder not in listings:
+        listings[folder] = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    for stem in stems:
+        wanted = (stem + ".txt").lower()
+        match = [name for name in listings[folder] if name.lower() == wanted]
+        if match:
+            return folder / match[0]
+    return None
 
 
 def _labels_folder(parent: Path) -> str:
-    """The name of ``parent``'s labels folder: ``labels``, else one so named in another case (``Labels``)."""
+    """The name of ``parent``'s labels folder: ``labels``, else one so named in another case (``Labels``), else
+    an ``annotations`` folder (in any case), else ``labels``."""
     if (parent / "labels").is_dir() or not parent.is_dir():
         return "labels"
-    others = sorted(d.name for d in parent.iterdir() if d.name.lower() == "labels" and d.is_dir())
-    return others[0] if others else "labels"
+    folders = sorted(d.name for d in parent.iterdir() if d.is_dir())
+    for wanted in LABEL_FOLDERS:
+        match = [name for name in folders if name.lower() == wanted]
+        if match:
+            return match[0]
+    return "labels"
 
 
 def read_label_text(path: Path) -> str:
@@ -500,21 +680,42 @@ def read_label_text(path: Path) -> str:
         raise ImageSetError(f"{path}: not text in UTF-8 or UTF-16: {exc}") from exc
 
 
-def image_files(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, ``label_file``) pairs of every image below ``folder`` in an ``images`` folder (any case, at
-    any depth), sorted; where none is (``folder`` is one, or a flat set), of every image below ``folder``.
-    Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._`` files) and ``__MACOSX`` (what unzipping
-    a Finder zip leaves) are not part of the set."""
+@dataclass(frozen=True)
+class _Scan:
+    """What ``_scan`` finds below a set's folder."""
+
+    pairs: list[tuple[Path, Path]]
+    """(image, ``label_file``) of every image of the set."""
+    passed_over: list[Path]
+    """Images outside the ``images`` folders of a set that has them: not part of it."""
+    files: list[Path]
+    """Every file below the folder that is part of it (hidden ones and ``__MACOSX`` left out), sorted."""
+
+
+def _scan(folder: Path) -> _Scan:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageSetError(f"{folder} is not a folder")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts)
-                   and p.is_file())
-    chosen = [p for p in found if any(part.lower() == "images" for part in p.relative_to(folder).parts[:-1])] or found
+    files = sorted(p for p in folder.rglob("*") if _visible(p, folder) and p.is_file())
+    found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES
+             or (p.suffix.lower() not in NOT_SNIFFED_SUFFIXES and is_dicom_file(p))]
+    in_images = [p for p in found if any(part.lower() == "images" for part in p.relative_to(folder).parts[:-1])]
+    chosen = in_images or found
     if not chosen:
-        raise ImageSetError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)}) at or below it")
-    return [(p, label_file(p)) for p in chosen]
+        raise ImageSetError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)}, or DICOM files by their "
+                            "content) at or below it")
+    listings: dict[Path, list[str]] = {}
+    kept = set(chosen)
+    return _Scan([(p, label_file(p, listings)) for p in chosen], [p for p in found if p not in kept], files)
+
+
+def image_files(folder: Path) -> list[tuple[Path, Path]]:
+    """(image, ``label_file``) pairs of every image below ``folder`` in an ``images`` folder (any case, at
+    any depth), sorted; where none is (``folder`` is one, or a flat set), of every image below ``folder``.
+    An image is a file with an image suffix (``IMAGE_SUFFIXES``) or one that starts as DICOM does
+    (``is_dicom_file``). Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._`` files) and
+    ``__MACOSX`` (what unzipping a Finder zip leaves) are not part of the set."""
+    return _scan(folder).pairs
 
 
 def unique_names(images: Sequence[Path], folder: Path) -> list[str]:
@@ -528,28 +729,94 @@ def unique_names(images: Sequence[Path], folder: Path) -> list[str]:
     return [r.as_posix() if q and again[q] > 1 else q for q, r in zip(qualified, relative, strict=True)]
 
 
+NOTE_EXAMPLES = 3
+"""How many files or lines a note names before it says how many more."""
+
+
+def _many(count: int, thing: str, things: str) -> str:
+    return f"{count} {thing if count == 1 else things}"
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:NOTE_EXAMPLES])
+    return shown + (f" and {len(items) - NOTE_EXAMPLES} more" if len(items) > NOTE_EXAMPLES else "")
+
+
+def _shown(path: Path, folder: Path) -> str:
+    """A path as a note shows it: relative to the set's folder where it lies below it."""
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _no_labels(folder: Path, scan: _Scan) -> ImageSetError:
+    image, label = scan.pairs[0]
+    beside = image.parent / (label.stem + ".txt")
+    where = f"{label}" + (f" or {beside}" if beside != label else "")
+    other = [p.suffix.lower() for p in scan.files if p.suffix.lower() in (".xml", ".json")]
+    return ImageSetError(
+        f"none of the {len(scan.pairs)} images of {folder} has a label file, so its labels were not found: for "
+        f"{_shown(image, folder)} it was looked for at {where}. A YOLO label file, NAME.txt, lies in a labels "
+        "(or annotations) folder beside the images folder (DIR/labels/NAME.txt for DIR/images/NAME.jpg) or beside "
+        "its image; a stone-free image takes an empty NAME.txt"
+        + ("; Pascal VOC (.xml) and COCO (.json) annotations are not read" if other else ""))
+
+
+def _unmatched_labels(folder: Path, scan: _Scan) -> list[Path]:
+    """The .txt files in the set's label folders or beside its images that are no image's label file."""
+    used = {label for _, label in scan.pairs if label.exists()}
+    folders = {label.parent for label in used} | {image.parent for image, _ in scan.pairs}
+    candidates = {p for p in scan.files if p.suffix.lower() == ".txt"
+                  and (p.parent in folders or any(part.lower() in LABEL_FOLDERS for part in p.relative_to(folder).parts[:-1]))}
+    for d in {label.parent for label in used}:  # label folders outside the one given (DIR/test/images given)
+        if not d.is_relative_to(folder):
+            candidates |= {p for p in d.iterdir() if p.suffix.lower() == ".txt" and p.is_file()}
+    return sorted(p for p in candidates - used if p.name.lower() not in NAME_FILES)
+
+
 def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off",
-                   classes: Sequence[int] | None = None) -> list[LabelledImage]:
+                   classes: Sequence[int] | None = None, notes: list[str] | None = None) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
     images that carry none (default ``ASSUMED_PIXEL_MM``; with ``estimate_pixel`` 'both' or 'finer',
     ``estimate_pixel_mm``'s, 'finer' only where it says the pixels are smaller: docs/model.md, the
     thirteenth and fourteenth candidates); ``classes``: the box classes that are stones (default:
-    ``stone_classes``' reading of the set's data.yaml)."""
-    stones = stone_classes(folder, classes).classes
+    ``stone_classes``' reading of the set's class file).
+
+    ``notes``, where given, gets one line for each kind of thing the reader left out or assumed: files it
+    could not read, box lines of no width or height, label files that match no image, images outside the
+    ``images`` folders, boxes of classes the class file does not name, and the images read at a pixel
+    size they do not carry. Without it, what was left out goes to the log as warnings. A set none of whose
+    images has a label file, or none of whose images can be read, is refused."""
+    chosen = stone_classes(folder, classes)
+    stones = chosen.classes
     if estimate_pixel not in ("off", "both", "finer"):
         raise ValueError(f"estimate_pixel {estimate_pixel!r}: 'off', 'both' or 'finer'")
     if pixel_mm is not None and not 0.05 <= pixel_mm <= 5.0:
         raise ImageSetError(f"a pixel spacing of {pixel_mm} mm is not a CT image's (0.05-5 mm)")
+    folder = Path(folder)
+    scan = _scan(folder)
+    if not any(label.exists() for _, label in scan.pairs):
+        raise _no_labels(folder, scan)
     out = []
     boxes_of_any_class = 0
-    pairs = image_files(folder)
-    unique = unique_names([image for image, _ in pairs], folder)
-    for (image_path, label_path), unique_as in zip(pairs, unique, strict=True):
-        grey, hu, own_mm, study_uid = read_image(image_path)
+    unreadable: list[tuple[Path, str]] = []
+    degenerate: list[str] = []
+    unnamed: list[tuple[int, str]] = []
+    unique = unique_names([image for image, _ in scan.pairs], folder)
+    for (image_path, label_path), unique_as in zip(scan.pairs, unique, strict=True):
+        try:
+            grey, hu, own_mm, study_uid = read_image(image_path)
+        except UnreadableImage as exc:
+            unreadable.append((image_path, str(exc).removeprefix(f"{image_path}: ")))
+            continue
         text = read_label_text(label_path) if label_path.exists() else ""
-        if stones is not None:
-            boxes_of_any_class += len(read_boxes(text, grey.shape[0], grey.shape[1], str(label_path)))
         rows, columns = grey.shape
+        lines = box_lines(text, rows, columns, str(label_path), degenerate)
+        if stones is not None:
+            boxes_of_any_class += len(lines)
+        if chosen.names:
+            unnamed.extend((kind, f"{_shown(label_path, folder)}:{n}") for kind, _, n in lines if kind not in chosen.names)
         if study_uid:
             mm, how = own_mm, "file"
         elif pixel_mm is not None:
@@ -559,12 +826,53 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
             mm, how = estimate.pixel_mm, estimate.how
         else:
             mm, how = ASSUMED_PIXEL_MM, "assumed"
-        out.append(LabelledImage(image_path, grey, read_boxes(text, rows, columns, str(label_path), stones),
-                                 hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how,
+        boxes = tuple(box for kind, box, _ in lines if stones is None or kind in stones)
+        out.append(LabelledImage(image_path, grey, boxes, hu=hu, pixel_mm=mm, study_uid=study_uid, pixel_from=how,
                                  has_label_file=label_path.exists(), unique_as=unique_as))
+    if not out:
+        reasons = [f"{path}: {why}" for path, why in unreadable]
+        raise ImageSetError(f"no image of {folder} can be read: {_listed(reasons)}")
     if boxes_of_any_class and not any(im.boxes for im in out):
         raise ImageSetError(f"the label files hold {boxes_of_any_class} boxes and none of the classes counted as "
-                            f"stones ({stone_classes(folder, classes).how}); say which are with --stone-classes")
+                            f"stones ({chosen.how}); say which are with --stone-classes")
+    left_out = []
+    if unreadable:
+        left_out.append(f"left out {len(unreadable)} of {_many(len(scan.pairs), 'image file', 'image files')} "
+                        "that cannot be read: "
+                        + _listed([f"{_shown(path, folder)} ({why})" for path, why in unreadable]))
+    if degenerate:
+        left_out.append(f"left out {_many(len(degenerate), 'box line', 'box lines')} of no width or height: "
+                        + _listed([_shown(Path(place), folder) for place in degenerate]))
+    said = []
+    unmatched = _unmatched_labels(folder, scan)
+    if unmatched:
+        said.append(f"{_many(len(unmatched), '.txt file', '.txt files')} in the label folders or beside the images "
+                    f"{'matches' if len(unmatched) == 1 else 'match'} no image (not read): "
+                    + _listed([_shown(p, folder) for p in unmatched]))
+    if scan.passed_over:
+        said.append(f"ignored {_many(len(scan.passed_over), 'image', 'images')} outside the images folders, as "
+                    "the set has images folders: " + _listed([_shown(p, folder) for p in scan.passed_over]))
+    if unnamed:
+        kinds = sorted({kind for kind, _ in unnamed})
+        said.append(f"not counted as stones: {_many(len(unnamed), 'box', 'boxes')} of "
+                    f"{'class' if len(kinds) == 1 else 'classes'} {', '.join(map(str, kinds))}, which {chosen.where} "
+                    f"does not name (it names {', '.join(map(str, sorted(chosen.names or {})))}): "
+                    + _listed([place for _, place in unnamed]))
+    carried = Counter(im.pixel_from for im in out)
+    if carried["assumed"]:
+        said.append(f"{carried['assumed']} of {len(out)} images carry no pixel size and were read at the assumed "
+                    f"{ASSUMED_PIXEL_MM} mm (say it with --pixel-mm where it is known)")
+    if carried["given"]:
+        said.append(f"{carried['given']} of {len(out)} images carry no pixel size and were read at the "
+                    f"{pixel_mm} mm given")
+    if carried["body width"]:
+        said.append(f"{carried['body width']} of {len(out)} images carry no pixel size and were read at the size "
+                    "their body's width gives")
+    if notes is not None:
+        notes.extend(left_out + said)
+    else:
+        for line in left_out:
+            logger.warning("%s: %s", folder, line)
     return out
 
 
@@ -589,7 +897,7 @@ class WindowEstimate:
     level: float
     width: float
     how: str
-    """'assumed' or 'fat and soft tissue' (estimated from those two peaks)."""
+    """'assumed', 'fat and soft tissue' or 'air and soft tissue' (estimated from those two peaks)."""
 
     @property
     def window(self) -> tuple[float, float]:
@@ -609,8 +917,18 @@ def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WIN
     left out, peaks between grey 8 and 230); fat is a major darker peak with a valley
     between the two. Soft tissue is taken as ``SOFT_TISSUE_HU`` and fat as ``FAT_HU``.
 
+    An image that maps the whole range of CT numbers to 8 bits (-1024..3071 to 0..255, or
+    its own minimum to its maximum, as many DICOM-to-PNG conversions do) shows its air:
+    a peak among the darkest greys that stands above grey 0, where a window that clips air
+    to black piles it. There, fat and soft tissue lie a few grey levels apart and seldom
+    part, so the window is taken from air (``AIR_HU``) and soft tissue instead ('air and
+    soft tissue'), when the air holds ``MIN_AIR_SHARE`` of the image with a valley between
+    it and the body, almost nothing is saturated, the width lies within ``AIR_WIDTHS`` and
+    the body is squeezed as such a window squeezes it (``MIN_BODY_SHARE`` of it between
+    fat and soft tissue). No image in a soft-tissue or bone window, where air is black, is
+    read so.
 
-    The estimate replaces the assumed window only when the image is clearly in a wide
+    Otherwise the estimate replaces the assumed window only when the image is clearly in a wide
     (bone-like) window: fat and soft tissue both seen, implying a width of at least
     ``WIDE_WINDOW_HU``, a narrow soft-tissue peak (a wide window squeezes soft tissue
     into few grey levels) and almost nothing saturated (in a soft-tissue window bone and
@@ -632,6 +950,10 @@ def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WIN
     if not peaks:
         return WindowEstimate(level0, width0, "assumed")
     soft = max(peaks)
+    if saturated <= MAX_SATURATED_SHARE:
+        from_air = _air_and_soft_tissue(every, ndimage.gaussian_filter1d(counts, 1.0), soft)
+        if from_air is not None:
+            return from_air
     fat = next((g for g in sorted(peaks, key=lambda g: -smoothed[g])
                 if 12 <= g <= soft - 10 and smoothed[g:soft].min() < 0.8 * min(smoothed[g], smoothed[soft])), None)
     if fat is not None and saturated <= MAX_SATURATED_SHARE:
@@ -640,6 +962,27 @@ def estimate_window(grey: np.ndarray, assumed: tuple[float, float] = ASSUMED_WIN
             width = min(width, 4000.0)
             return WindowEstimate(SOFT_TISSUE_HU + width / 2 - soft * width / 255.0, width, "fat and soft tissue")
     return WindowEstimate(level0, width0, "assumed")
+
+
+def _air_and_soft_tissue(every: np.ndarray, fine: np.ndarray, soft: int) -> WindowEstimate | None:
+    """The window of an image whose air stands clear of black, from its air and soft-tissue peaks, or None
+    (``estimate_window``); ``every``: the grey histogram, ``fine``: it smoothed, 0 and 255 left out."""
+    air = 1 + int(np.argmax(fine[1: AIR_MAX_GREY + 1]))
+    if air >= soft - 10 or every[air] <= every[0]:  # air piled at black: clipped, so its grey says nothing
+        return None
+    if every[max(air - 3, 1): air + 4].sum() < MIN_AIR_SHARE * every.sum():
+        return None
+    if fine[air: soft + 1].min() >= 0.1 * min(fine[air], fine[soft]):
+        return None
+    width = 255.0 * (SOFT_TISSUE_HU - AIR_HU) / (soft - air)
+    if not AIR_WIDTHS[0] <= width <= AIR_WIDTHS[1]:
+        return None
+    valley = air + int(np.argmin(fine[air: soft + 1]))
+    low = max(valley + 1, int(np.floor(soft + (FAT_HU - 120.0 - SOFT_TISSUE_HU) * 255.0 / width)))
+    high = int(np.ceil(soft + 140.0 * 255.0 / width))
+    if every[low: high + 1].sum() < MIN_BODY_SHARE * every[valley + 1:].sum():
+        return None
+    return WindowEstimate(SOFT_TISSUE_HU + width / 2 - soft * width / 255.0, width, "air and soft tissue")
 
 
 def _peak_fwhm(smoothed: np.ndarray, at: int) -> int:
@@ -652,13 +995,41 @@ def _peak_fwhm(smoothed: np.ndarray, at: int) -> int:
     return hi - lo
 
 
-def image_hu(grey: np.ndarray, window: str = "auto") -> np.ndarray:
-    """An 8-bit image as HU: through ``estimate_window`` ('auto') or the assumed window ('assumed')."""
+def image_hu(grey: np.ndarray, window: Window = "auto") -> np.ndarray:
+    """An 8-bit image as HU: through ``estimate_window`` ('auto'), the assumed window ('assumed'), or a
+    window stated as (level, width) in HU, exactly."""
+    if isinstance(window, tuple | list):
+        return grey_to_hu(grey, _stated_window(window))
     if window == "assumed":
         return grey_to_hu(grey)
     if window != "auto":
-        raise ValueError(f"window {window!r}: 'auto' or 'assumed'")
+        raise ValueError(f"window {window!r}: 'auto', 'assumed' or (level, width) in HU")
     return grey_to_hu(grey, estimate_window(grey).window)
+
+
+def _stated_window(window: Sequence[float]) -> tuple[float, float]:
+    if len(window) != 2:
+        raise ValueError(f"window {window!r}: (level, width) in HU")
+    level, width = float(window[0]), float(window[1])
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise ValueError(f"window {window!r}: a finite level and a width above 0 HU")
+    return level, width
+
+
+def parse_window(text: str) -> str | tuple[float, float]:
+    """A window as a command line states it: 'auto' (``estimate_window``), 'assumed' (``ASSUMED_WINDOW``), or
+    LEVEL/WIDTH in HU ('40/400' a soft-tissue window, '1024/4096' the whole -1024..3071 range of an 8-bit
+    conversion), for a set whose 8-bit images are known to be in one window. ValueError for anything else."""
+    plain = text.strip().lower()
+    if plain in ("auto", "assumed"):
+        return plain
+    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*/\s*([-+]?[0-9]*\.?[0-9]+)\s*", text)
+    if match is None:
+        raise ValueError(f"window {text!r}: 'auto', 'assumed' or LEVEL/WIDTH in HU, such as 40/400 or 1024/4096")
+    level, width = float(match.group(1)), float(match.group(2))
+    if width <= 0:
+        raise ValueError(f"window {text!r}: the width (after the /) must be above 0 HU")
+    return level, width
 
 
 @dataclass(frozen=True)
