@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # the rest of the lab is imported when a command runs
     from lab.realimages import LabelledImage
     from lab.standins import Case, CaseRow
     from lab.synth import PhantomOptions
+    from lab.trainingset import TrainedOn
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,38 @@ def out_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
     return path
+
+
+Window: TypeAlias = str | tuple[float, float]
+"""How 8-bit images are read: 'auto', 'assumed' or (level, width) in HU (``lab.realimages.parse_window``)."""
+
+
+def display_window(text: str) -> Window:
+    """An argparse type: ``auto``, ``assumed`` or ``LEVEL/WIDTH`` in HU (``40/400``, ``1024/4096``), read by
+    ``lab.realimages.parse_window``; its ValueError becomes argparse's error (exit 2)."""
+    if text in ("auto", "assumed"):  # the default's two names: no need of the reader for them
+        return text
+    from lab.realimages import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def window_text(window: Window) -> str:
+    """A window as the command line gives it: 'auto', 'assumed' or 'LEVEL/WIDTH'."""
+    return window if isinstance(window, str) else f"{window[0]:g}/{window[1]:g}"
+
+
+class _StoreGiven(argparse.Action):
+    """Stores the value as ``store`` does, and ``<dest>_given = True`` (the default's is False): whether the
+    option was on the line, for a default that depends on the other options."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -166,7 +200,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
     p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
-    p.add_argument("--series", type=non_negative_int, default=40, help="generated held-out series")
+    p.add_argument("--series", type=non_negative_int, default=40, action=_StoreGiven,
+                   help="generated held-out series (default: 40, or none with --images, --real or --lone-slices)")
+    p.set_defaults(series_given=False)
     p.add_argument("--seed", type=non_negative_int, default=DEFAULT_EVAL_SEED)
     p.add_argument("--rows", type=image_rows, default=512)
     p.add_argument("--slices", type=positive_int, default=None,
@@ -177,12 +213,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--images", type=Path, default=None,
                    help="also real images with YOLO box files (the train --images format): stone-level "
                         "sensitivity, false stones per image, image-level sensitivity and specificity")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
-                   help="with --images: which side of the grouped split (default: test, the held-out one)")
-    p.add_argument("--window", default="auto", choices=["auto", "assumed"],
-                   help="with --images: read each image through the window estimated from its histogram when it "
-                        "is clearly a wide (bone) one, else the assumed 400/40 (auto, the default), or always "
-                        "through the assumed one")
+    p.add_argument("--split", default="auto", choices=["auto", "train", "validation", "test", "all"],
+                   help="with --images: which images to score: auto (the default) scores the test side of the "
+                        "split by examination where the folder holds any of the model's training images (its "
+                        "card records them), else the whole folder; or that side of the split (all: the whole "
+                        "folder)")
+    p.add_argument("--window", default="auto", type=display_window, metavar="auto|assumed|LEVEL/WIDTH",
+                   help="with --images: read each 8-bit image through the window estimated from its histogram "
+                        "when it is clearly a wide (bone) one, else the assumed 400/40 (auto, the default), "
+                        "always through the assumed one (assumed), or through the window it was saved in, "
+                        "level/width in HU (40/400; 1024/4096 for -1024..3071 HU over 0..255)")
     p.add_argument("--pixel-mm", type=float, default=None,
                    help="with --images: pixel spacing (mm) of the images that carry none (default: 0.75, as "
                         "coronal abdominal crops have; a DICOM image always has its own)")
@@ -385,6 +425,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     _, card = train_model(data, args.out, epochs=args.epochs, base=args.base, training_description=description,
                           initial_model=init, learning_rate=args.learning_rate, progress=True,
                           spec=CASCADE_SPEC, data_spec=CASCADE_SPEC, classifier=True, rule=CONTRAST_RULE)
+    if init and (init.parent / "card.json").is_file():  # the real images its start was trained on are its own
+        from inference.runtime import ModelCard
+        from lab.train import write_card
+        from lab.trainingset import inherited_record
+
+        images = inherited_record(ModelCard.read(init.parent).raw)
+        if images is not None:
+            card["training"]["images"] = images
+            write_card(args.out, card)
     print(f"model written to {args.out} ({card['architecture']['parameters']} parameters)")
     print("its thresholds are 0.5; choose them on validation series: "
           f"uronode experiment --validate {args.out} --val 60000:60096 --out DIR --write-thresholds")
@@ -418,6 +467,7 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     from lab.dataset import PatchSet, patches_from_labelled
     from lab.labelled import LabelledDataError, find_case_folders, load_case
     from lab.train import train_model, write_card
+    from lab.trainingset import inherited_record
 
     base_card: ModelCard | None = None
     init: Path | None = None
@@ -459,6 +509,9 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
         base["version"] = f"{base_card.version}+ft"
         base["training"] = {**card["training"], "base_model": {"name": base_card.name, "version": base_card.version,
                                                                 "training": base_card.raw.get("training", {}).get("data")}}
+        images = inherited_record(base_card.raw)  # the real images the base was trained on (lab/trainingset.py)
+        if images is not None:
+            base["training"]["images"] = images
         card = base
     card["name"] = args.name or card["name"]
     card["training"]["cases"] = cases
@@ -473,21 +526,51 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images_on_side(args: argparse.Namespace) -> list[LabelledImage] | None:
-    """``--images`` on its ``--split`` side; None, with the reason on stderr, for a folder that cannot be read
-    or a side with no image."""
-    from lab.realimages import ImageSetError, read_image_set, split_groups
+@dataclass(frozen=True)
+class ImageSide:
+    """The images of ``--images`` that a command uses (``_images_on_side``), and how they were chosen."""
 
+    images: list[LabelledImage]
+    read: int
+    """How many images were read from the folder."""
+    split: str
+    """The side used: 'train', 'validation', 'test' or 'all' (``--split auto`` resolved)."""
+    why: str
+    notes: list[str] = field(default_factory=list)
+    """What the reader said of the folder (files skipped and why, ...: ``read_image_set``'s ``notes``)."""
+    training_images: int | None = None
+    """How many of ``images`` are the model's training images by their pixels (None: not looked for)."""
+
+    @property
+    def where(self) -> str:
+        return "the whole folder" if self.split == "all" else f"the {self.split} side of the split by examination"
+
+
+def _images_on_side(args: argparse.Namespace, trained: Sequence[TrainedOn] | None = None) -> ImageSide | None:
+    """``--images`` on its ``--split`` side (``auto``: ``lab.trainingset.auto_side`` with the training images
+    ``trained`` of the model's card); None, with the reason on stderr, for a folder that cannot be read or a
+    side with no image. ``trained`` (evaluate): the scored images that are training images are counted."""
+    from lab.realimages import ImageSetError, read_image_set, split_groups
+    from lab.trainingset import auto_side, training_images_in
+
+    notes: list[str] = []
     try:
-        images = read_image_set(args.images, pixel_mm=args.pixel_mm, classes=args.stone_classes)
+        images = read_image_set(args.images, pixel_mm=args.pixel_mm, classes=args.stone_classes, notes=notes)
     except ImageSetError as exc:
         print(f"cannot read {args.images}: {exc}", file=sys.stderr)
         return None
-    chosen = images if args.split == "all" else split_groups(images)[args.split]
+    if args.split == "auto":
+        side = auto_side(images, trained or [])
+        split, why = side.side, f"--split auto: {side.why}"
+    else:
+        split, why = args.split, f"--split {args.split}"
+    chosen = images if split == "all" else split_groups(images)[split]
     if not chosen:
-        print(f"no image of {args.images} falls on the {args.split} side of the split", file=sys.stderr)
+        print(f"no image of {args.images} falls on the {split} side of the split by examination ({why}; "
+              f"{len(images)} images read); score the whole folder with --split all", file=sys.stderr)
         return None
-    return chosen
+    return ImageSide(chosen, len(images), split, why, notes,
+                     training_images_in(chosen, trained) if trained is not None else None)
 
 
 def _train_on_images(args: argparse.Namespace) -> int:
@@ -506,6 +589,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     )
     from lab.realimages import describe_set
     from lab.train import TRAINING_SMALL_STONE_FRACTION, train_mixed, training_phantom
+    from lab.trainingset import images_record
 
     if args.negative_ratio < 1 or not 0.0 < args.windowed_share <= 1.0:
         print(f"uronode train: --negative-ratio must be 1 or more (got {args.negative_ratio}) and --windowed-share "
@@ -518,9 +602,12 @@ def _train_on_images(args: argparse.Namespace) -> int:
     if args.planes is not None and not args.phantoms:
         print("uronode train: --planes cuts the generated phantoms' planes; give --phantoms too", file=sys.stderr)
         return 2
-    chosen = _images_on_side(args)
-    if chosen is None:
+    on_side = _images_on_side(args)
+    if on_side is None:
         return 2
+    chosen = on_side.images
+    for note in on_side.notes:
+        print(f"{args.images}: {note}")
     init_folder = resolve_model_dir(args.init or "default")
     base_card = ModelCard.read(init_folder)
     spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch"))
@@ -560,10 +647,13 @@ def _train_on_images(args: argparse.Namespace) -> int:
     init = None if args.from_scratch else init_folder / base_card.files.get("model", "model.keras")
     if init is not None:
         description += f"; fine-tuned from {base_card.name} {base_card.version}"
+    # the images trained on, by their pixels: evaluate --split auto holds a folder with any of them out
+    # of the figures but for its test side (lab/trainingset.py)
+    trained_images = images_record(chosen, args.images.resolve().name, on_side.split)
     _, card = train_mixed(data, args.out, spec=spec, rule=rule, initial_model=init, base=args.base,
                           epochs=args.epochs, learning_rate=min(args.learning_rate, 5e-4),
                           time_budget_s=args.minutes * 60 if args.minutes else None,
-                          training_description=description, seed=args.sampling_seed,
+                          training_description=description, seed=args.sampling_seed, training_images=trained_images,
                           negative_ratio=args.negative_ratio, windowed_share=args.windowed_share,
                           hard_share=args.hard_share, augmentation=Augmentation(blur=args.blur, coarse=args.coarse,
                                                                                 rescale=args.rescale))
@@ -682,9 +772,10 @@ def cmd_choose(args: argparse.Namespace) -> int:
         if not found:
             print(f"uronode choose: {flag}: no DICOM series in {folder}", file=sys.stderr)
             return 2
-    chosen = _images_on_side(args)
-    if chosen is None:
+    on_side = _images_on_side(args)
+    if on_side is None:
         return 2
+    chosen = on_side.images
     pipeline = Pipeline(args.model)
 
     def analyse(v: Volume) -> ComponentTable:
@@ -728,6 +819,8 @@ def cmd_choose(args: argparse.Namespace) -> int:
     boxes = sum(len(im.boxes) for im in chosen)
     print(f"{len(chosen)} images ({args.split} side), {boxes} boxes ({describe_set(args.images, chosen, args.stone_classes)}), "
           f"{len(rows)} candidate components")
+    for note in on_side.notes:
+        print(f"  {note}")
     for cap in sorted({0.1, 0.15, 0.2, 0.3, args.max_false}):
         option = choose(rows, boxes, len(chosen), cap)
         if option is not None:
@@ -875,16 +968,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lab.realimages import ASSUMED_PIXEL_MM, describe_set, image_volume, stone_classes
     from lab.synth import REAL_CT_ATTRIBUTION, generate_phantom, real_anatomy_phantom
 
+    if not args.series_given and (args.real or args.images or args.lone_slices):
+        args.series = 0  # the sets asked for, without 40 generated series' minutes beside them
     if not (args.series or args.real or args.images or args.lone_slices):
         print("uronode evaluate: nothing to measure (--series 0 and no --real/--images/--lone-slices)",
               file=sys.stderr)
         return 2
     chosen: list[LabelledImage] = []
+    on_side: ImageSide | None = None
     if args.images:  # read first: a folder that cannot be read fails before minutes of other figures
-        on_side = _images_on_side(args)
+        from inference.runtime import ModelCard, resolve_model_dir
+        from lab.trainingset import RecordError, trained_on
+
+        try:
+            trained = trained_on(ModelCard.read(resolve_model_dir(args.model)).raw)
+        except RecordError as exc:
+            print(f"uronode evaluate: the model's card: {exc}", file=sys.stderr)
+            return 2
+        on_side = _images_on_side(args, trained)
         if on_side is None:
             return 2
-        chosen = on_side
+        chosen = on_side.images
     pipeline = Pipeline(args.model, threshold=args.threshold)
 
     def model_predict(volume: Volume) -> np.ndarray:
@@ -921,8 +1025,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.pictures:
             pictures.update(_image_failure_pictures(chosen, on_image(model_predict),
                                                     real_images["model"]))
-        print(f"\nreal images ({args.images.name}, {args.split} side of the split by examination; "
+        assert on_side is not None
+        print(f"\nreal images ({args.images.name}, {on_side.where}; "
               f"{describe_set(args.images, chosen, args.stone_classes)}):")
+        print(f"scored {len(chosen)} of {on_side.read} images read ({on_side.why})")
+        if on_side.training_images:
+            print(f"{on_side.training_images} of the scored images are the model's training images (their pixels "
+                  "are in its card): their figures are not held out")
+        for note in on_side.notes:
+            print(f"note: {note}")
         print(format_image_table(real_images))
     if args.lone_slices:
         from tqdm import tqdm
@@ -953,7 +1064,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 yield pipeline.run(image_volume(hu, f"example-ct-slice-{k}-8-bit", v.pixel_spacing[1])).mask[0]
 
         lone_windowed = score_slices(windowed_masks())
-        print(f"the same slices as 8-bit images in a 400/40 window, read back through the {args.window} window:",
+        print(f"the same slices as 8-bit images in a 400/40 window, read back through the {window_text(args.window)} window:",
               _slice_line(lone_windowed))
     if args.pictures:
         from lab.imageeval import write_pictures
@@ -964,15 +1075,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\n{name}:")
         print(format_table(table))
         print("model false positives by mimic:", table["model"]["false_positives_by_mimic"])
+    # how the images were read: the folder as given, why that side, how many images were read and scored,
+    # and what the reader said of the folder (files skipped, labels without an image, ...)
+    images_read: dict[str, Any] | None = None
+    if on_side is not None:
+        images_read = {"path": str(args.images), "split_asked": args.split, "split": on_side.split,
+                       "why": on_side.why, "images_read": on_side.read, "images_scored": len(chosen),
+                       "training_images_scored": on_side.training_images, "notes": on_side.notes}
     summary = {
         "model": {"name": pipeline.name, "version": pipeline.version, "threshold": pipeline.threshold},
         "generated_set": {"seeds": f"{args.seed}-{args.seed + args.series - 1}", "rows": args.rows,
-                          "slices": args.slices or "whole abdomen (112-270)"},
+                          "slices": args.slices or "whole abdomen (112-270)"} if args.series else None,
         "real_anatomy_set": {"cases": args.real, "attribution": REAL_CT_ATTRIBUTION} if args.real else None,
         "results": results,
-        "real_images_set": {"folder": args.images.name, "split": args.split, "window": args.window,
+        # what the set was (compare refuses two results whose descriptions differ): the side actually scored
+        "real_images_set": {"folder": args.images.name, "split": on_side.split, "window": window_text(args.window),
                             "pixel_mm": args.pixel_mm or "assumed " + str(ASSUMED_PIXEL_MM),
-                            "stone_classes": stone_classes(args.images, args.stone_classes).how} if args.images else None,
+                            "stone_classes": stone_classes(args.images, args.stone_classes).how} if on_side else None,
+        "real_images_read": images_read,
         "image_results": {**({"real_images": real_images} if args.images else {}),
                           **({"lone_slices": lone_slices} if lone_slices is not None else {}),
                           **({"lone_slices_8bit": lone_windowed} if lone_windowed is not None else {})},
@@ -985,6 +1105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         card = dict(pipeline.model.card.raw)
         card["metrics"] = summary
+        if images_read is not None:  # a card is shipped: the set's folder name, never a path of this machine
+            card["metrics"] = {**summary, "real_images_read": {**images_read, "path": args.images.name}}
         write_card(pipeline.model.folder, card)
         print(f"figures recorded in {pipeline.model.folder / 'card.json'}")
     return 0

@@ -30,6 +30,7 @@ from inference.runtime import CARD_NAME, ModelCard
 from lab.augment import Augmentation
 from lab.dataset import PatchSet, patches_from_phantom
 from lab.synth import Phantom, generate_phantom
+from lab.trainingset import inherited_record
 
 KerasCallback: TypeAlias = Any
 """A ``keras.callbacks.Callback`` (Keras ships no type information: to mypy it is ``Any``)."""
@@ -344,6 +345,7 @@ def train_mixed(
     progress: bool = True,
     hard_share: float = 0.0,
     augmentation: Augmentation | None = None,
+    training_images: dict[str, Any] | None = None,
 ) -> tuple[KerasModel, dict[str, Any]]:
     """Fit the U-Net with its component head on HU patches and windowed-image patches together.
 
@@ -358,6 +360,9 @@ def train_mixed(
     probability proportional to its score (the false stones of the moment), and that share of
     one of the positives' two draws by how wrong the head is on them (one minus the score where
     the centre candidate is the stone: the stones it misses); the rest are drawn uniformly.
+
+    ``training_images``: the card's ``training.images``, the real images trained on by their pixels
+    (``lab.trainingset.images_record``); the starting model's are kept beside them.
     """
     import keras
 
@@ -446,6 +451,8 @@ def train_mixed(
     card["training"]["augmentation"] = json.loads(json.dumps(dataclasses.asdict(aug)))  # as card.json holds it
     card["training"]["draws"] = {"negative_ratio": negative_ratio, "windowed_share": windowed_share,
                                  "hard_share": hard_share}
+    if training_images is not None:
+        card["training"]["images"] = training_images
     if initial_model is not None:
         inherit_prediction_settings(card, initial_model)
     if out_dir is not None:
@@ -456,9 +463,12 @@ def train_mixed(
 
 
 # What a fine-tuned model keeps from the card of the model it started from: how it is predicted
-# (test-time views and their gate), what its inputs are assumed to be, the data's attribution and
-# the component thresholds (to be chosen again on the validation side, which chosen_on says).
-INHERITED_CARD_KEYS = ("test_time_views", "test_time_views_gate", "input_assumptions")
+# (test-time views and their gate; the preprocessing, with the resampling and mirroring its network
+# inputs are read through, and why each was chosen), what its inputs are assumed to be, the family,
+# the data's attribution and the component thresholds (to be chosen again on the validation side,
+# which chosen_on says).
+INHERITED_CARD_KEYS = ("test_time_views", "test_time_views_gate", "input_assumptions", "preprocessing_chosen_on",
+                       "family")
 
 
 def inherit_prediction_settings(card: dict[str, Any], initial_model: Path) -> None:
@@ -467,13 +477,25 @@ def inherit_prediction_settings(card: dict[str, Any], initial_model: Path) -> No
     Without them the fine-tuned model would be predicted differently from the model it is compared
     with (one view instead of four, thresholds of 0.5), and any comparison of the two would measure
     the settings, not the training. ``initial_model``: the ``.keras`` file; its folder's card is read
-    when there is one."""
+    when there is one. The real images the starting model was trained on stay the fine-tuned model's
+    (``lab.trainingset.inherited_record``)."""
     if not (initial_model.parent / CARD_NAME).is_file():
         return
     start = ModelCard.read(initial_model.parent).raw
     for key in INHERITED_CARD_KEYS:
         if key in start:
             card[key] = start[key]
+    # The network's inputs are the starting model's (fine-tuning keeps them), so its preprocessing is too:
+    # without it a fine-tuned 3.8.0 lost the resampling to 0.75 mm and the mirrored wide views of a crop.
+    def inputs(c: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+        spec = InputSpec.from_card(c.get("preprocessing", {}), c.get("input", {}).get("patch"))
+        return spec.patch, spec.context, spec.wide
+
+    if "preprocessing" in start and inputs(start) == inputs(card):
+        card["preprocessing"] = start["preprocessing"]
+    images = inherited_record(start, card["training"].get("images"))
+    if images is not None:
+        card["training"]["images"] = images
     attribution = start.get("training", {}).get("attribution")
     if attribution:
         card["training"]["attribution"] = attribution

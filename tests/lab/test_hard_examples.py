@@ -71,7 +71,9 @@ def test_a_fine_tuned_model_is_predicted_as_the_model_it_started_from(tmp_path: 
                 progress=False)
     start_card = json.loads((tmp_path / "start" / "card.json").read_text())
     start_card.update(name="uronode-stone-cascade", version="9.1.0", test_time_views=4, test_time_views_gate=0.1,
-                      input_assumptions={"lone_slice": "its own neighbours"})
+                      input_assumptions={"lone_slice": "its own neighbours"}, family="the start's family",
+                      preprocessing_chosen_on={"resample_to_mm": "chosen on the validation side"})
+    start_card["preprocessing"].update(resample_to_mm=0.75, resample_tolerance=0.15, mirror_below_px=128)
     start_card["components"]["dense_small"] = 0.8
     start_card["training"]["attribution"] = ["CC BY 4.0 data"]
     (tmp_path / "start" / "card.json").write_text(json.dumps(start_card))
@@ -85,4 +87,8 @@ def test_a_fine_tuned_model_is_predicted_as_the_model_it_started_from(tmp_path: 
     assert card["input_assumptions"] == {"lone_slice": "its own neighbours"}
     assert card["training"]["attribution"] == ["CC BY 4.0 data"]
     assert card["components"]["dense_small"] == 0.8
+    # read through the same resampling and mirroring as the start (a fine-tuned 3.8.0 had lost them)
+    assert card["preprocessing"] == start_card["preprocessing"]
+    assert card["preprocessing_chosen_on"] == {"resample_to_mm": "chosen on the validation side"}
+    assert card["family"] == "the start's family"
     assert "uronode-stone-cascade 9.1.0" in card["components"]["chosen_on"]

@@ -90,6 +90,29 @@ def _images_cell(numbers: tuple[int, ...], kind: str, slices: tuple[int, ...]) -
     return {"instance": text, "frame": f"frames {text}"}.get(kind, f"slices {text}")
 
 
+IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+"""Picture files: not DICOM, so not read by predict; ``uronode evaluate --images`` reads them."""
+
+
+def skipped_files(paths: list[Path], groups: dict[str, list[Path]]) -> tuple[list[Path], list[Path]]:
+    """(the files under ``paths`` in none of the DICOM series ``groups``, the picture files among them)."""
+    from inference.volume import find_dicom_files
+
+    grouped = {p for series in groups.values() for p in series}
+    skipped = [p for p in find_dicom_files(paths) if p not in grouped]
+    return skipped, [p for p in skipped if p.suffix.lower() in IMAGE_FILE_SUFFIXES]
+
+
+def skipped_line(skipped: list[Path], pictures: list[Path]) -> str:
+    """What predict says of the files it skipped: how many, and where picture files go instead."""
+    text = f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped, not DICOM"
+    if pictures:
+        kinds = ", ".join(sorted({p.suffix.lower() for p in pictures}))
+        text += (f" ({len(pictures)} of them image files: {kinds}). uronode predict takes DICOM; image files "
+                 "are evaluated with `uronode evaluate --images DIR` (with their YOLO box files, if any)")
+    return text
+
+
 def _table(rows: list[list[str]]) -> str:
     """The rows as columns, each as wide as its widest cell (a short row is filled with empty cells)."""
     columns = len(rows[0])
@@ -108,8 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from inference.writers import WriterError, save_results, write_results
 
     groups = group_series(args.paths)
+    skipped, pictures = skipped_files(args.paths, groups)
     if not groups:
-        print("no DICOM files found", file=sys.stderr)
+        print("no DICOM files found" + (f": {skipped_line(skipped, pictures)}" if skipped else ""), file=sys.stderr)
         return 2
     pipeline = Pipeline(args.model, threshold=args.threshold)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +141,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rejected: list[dict[str, str]] = []
     report: dict[str, object] = {"model": {"name": pipeline.name, "version": pipeline.version}, "series": done,
                                  "rejected": rejected}
+    if skipped:
+        report["skipped_not_dicom"] = {"files": len(skipped), "image_files": len(pictures),
+                                       "image_files_go_to": "uronode evaluate --images DIR"}
     rows = [["series", "stone", "side", "length mm", "axial mm", "volume mm3", "mean HU", "max HU", NUMBERS_HEADER]]
     unnumbered: list[int] = []
     total_files = sum(len(v) for v in groups.values())
@@ -160,5 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for number in unnumbered:
         print(f"#{number}: its images have no InstanceNumbers that tell them apart; 'slices' counts the series' "
               "slices from the feet, from 1")
+    if skipped:
+        print(skipped_line(skipped, pictures))
     print(f"findings written to {args.out / 'findings.json'}")
     return 1 if rejected and not done else 0
