@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,25 @@ VIEWS: dict[int, tuple[tuple[int, bool], ...]] = {
 VIEWS_GATE = 0.1
 """A patch is seen in the other test-time views only when, seen as it is, its component score or
 highest pixel probability reaches this (the card's ``test_time_views_gate``; 0: every patch)."""
+
+MEASURED_PIXEL_MM = (0.375, 1.5)
+"""The pixel sizes the shipped model's figures reach (docs/model.md: real images resized by 0.5-2 from about
+0.75 mm, generated series at 0.48-0.96 mm). Outside them the series is still analysed (resampled to the card's
+pixel size), with a caution: at 3 mm the real example CT, stone-free, got 16 false stones as a series."""
+
+
+def input_cautions(volume: Volume) -> tuple[str, ...]:
+    """What about ``volume`` makes its findings less sure than the model's figures say, a sentence each (empty
+    for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``."""
+    low, high = MEASURED_PIXEL_MM
+    size = max(volume.pixel_spacing)
+    if size > high:
+        return (f"Pixels of {size:.2f} mm are coarser than any the model was measured on (up to {high:g} mm): "
+                "small stones may be missed and other dense structures reported as stones.",)
+    if min(volume.pixel_spacing) < low:
+        return (f"Pixels of {min(volume.pixel_spacing):.2f} mm are finer than any the model was measured on "
+                f"(from {low:g} mm): its findings there are less sure than its figures say.",)
+    return ()
 
 
 class Pipeline:
@@ -276,6 +296,10 @@ class Pipeline:
             volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version,
         )
+        cautions = input_cautions(volume)
+        if cautions:
+            findings = dataclasses.replace(findings, cautions=cautions)
+            logger.warning("series %s: %s", volume.series_instance_uid, " ".join(cautions))
         self.last_timings["postprocess_s"] = time.perf_counter() - t0 + self.last_timings.pop("components_s")
         logger.info(
             "series %s: %d stone(s) from %d candidate patch(es)",

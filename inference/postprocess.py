@@ -117,6 +117,9 @@ class Findings:
     """uint8 (slices, rows, columns): 1 where a kept stone is."""
     model_name: str = ""
     model_version: str = ""
+    cautions: tuple[str, ...] = ()
+    """What about the input makes these findings less sure than the model's figures say (a sentence each,
+    ``inference.pipeline.input_cautions``): shown wherever the findings are, so a reader weighs them."""
 
     @property
     def slices_with_stones(self) -> tuple[int, ...]:
@@ -128,6 +131,9 @@ class Findings:
             "series_instance_uid": self.series_instance_uid,
             "model": {"name": self.model_name, "version": self.model_version},
             "stones": [s.to_json() for s in self.stones],
+            # only where there is one: the findings of an ordinary series (and the instance UIDs derived from
+            # them, inference.writers.sources) stay as they were
+            **({"cautions": list(self.cautions)} if self.cautions else {}),
         }
 
 

@@ -259,16 +259,18 @@ def _scope(volume: Volume) -> str:
 
 
 def report_statement(volume: Volume, findings: Findings, identity: Identity) -> str:
-    """The report's comment: what the algorithm did, its scope, and that it is not for primary diagnosis."""
+    """The report's comment: what the algorithm did, its scope, the input's cautions (``Findings.cautions``)
+    and that it is not for primary diagnosis."""
     model = f"the AI model ({identity.model_name} {identity.model_version})"
     count = len(findings.stones)
+    caution = "".join(f" Caution: {c}" for c in findings.cautions)
     if not count:
         return (f"No urinary stone detected by {model} in {_scope(volume)}; this does not exclude urinary "
-                f"stones. AI result, {DISCLAIMER}.")
+                f"stones.{caution} AI result, {DISCLAIMER}.")
     stones = f"{count} urinary stone{'s' if count != 1 else ''}"
     return (f"{stones} detected by {model} in {_scope(volume)}; the model can miss stones and mark other "
             "dense structures as stones. Sizes: the first is the largest extent in any direction, the last the "
-            f"largest {plane_word(volume)} diameter. AI result, {DISCLAIMER}.")
+            f"largest {plane_word(volume)} diameter.{caution} AI result, {DISCLAIMER}.")
 
 
 def _qualitative_evaluations(statement: str) -> hd.sr.ContainerContentItem:

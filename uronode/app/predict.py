@@ -146,6 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                        "image_files_go_to": "uronode evaluate --images DIR"}
     rows = [["series", "stone", "side", "length mm", "axial mm", "volume mm3", "mean HU", "max HU", NUMBERS_HEADER]]
     unnumbered: list[int] = []
+    cautioned: list[tuple[int, str]] = []
     total_files = sum(len(v) for v in groups.values())
     with tqdm(total=total_files, unit="file", desc="reading", disable=total_files <= 5) as bar:
         for number, (uid, paths) in enumerate(sorted(groups.items()), start=1):
@@ -165,6 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                for s in findings.stones]
             if findings.stones and kind == "index":
                 unnumbered.append(number)
+            cautioned.extend((number, c) for c in findings.cautions)
             if not args.no_previews:
                 previews = write_previews(volume, findings, args.out / uid)
                 entry["previews"] = [str(p.relative_to(args.out)) for p in previews]
@@ -187,6 +189,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for number in unnumbered:
         print(f"#{number}: its images have no InstanceNumbers that tell them apart; 'slices' counts the series' "
               "slices from the feet, from 1")
+    for number, caution in cautioned:
+        print(f"#{number}: caution: {caution}")
     if skipped:
         print(skipped_line(skipped, pictures))
     print(f"findings written to {args.out / 'findings.json'}")

@@ -1,0 +1,60 @@
+"""Cautions: what about a series makes its findings less sure than the model's figures say travels with the
+findings (findings.json, predict's output, the SR's comment, the web page's job JSON); an ordinary series has none
+and its findings are as before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from inference.pipeline import MEASURED_PIXEL_MM, input_cautions
+from inference.postprocess import Findings
+from lab.realimages import image_volume
+from lab.synth import generate_phantom, write_series
+
+
+def _findings(cautions: tuple[str, ...] = ()) -> Findings:
+    return Findings("1.2.3", "1.2.3.4", "1.2.3.5", (), (), np.zeros((1, 4, 4), np.uint8), "m", "1.0.0", cautions)
+
+
+def test_pixels_outside_the_measured_sizes_give_a_caution_naming_the_size() -> None:
+    assert input_cautions(image_volume(np.zeros((8, 8)), "ordinary", pixel_mm=0.75)) == ()
+    low, high = MEASURED_PIXEL_MM
+    assert input_cautions(image_volume(np.zeros((8, 8)), "edge", pixel_mm=high)) == ()
+    assert input_cautions(image_volume(np.zeros((8, 8)), "edge", pixel_mm=low)) == ()
+    (coarse,) = input_cautions(image_volume(np.zeros((8, 8)), "coarse", pixel_mm=3.0))
+    assert "3.00 mm" in coarse and "coarser" in coarse and "missed" in coarse
+    (fine,) = input_cautions(image_volume(np.zeros((8, 8)), "fine", pixel_mm=0.2))
+    assert "0.20 mm" in fine and "finer" in fine
+
+
+def test_findings_json_holds_cautions_only_where_there_are_some() -> None:
+    assert "cautions" not in _findings().to_json()  # an ordinary series' findings (and UIDs) as before
+    assert _findings(("Pixels of 3.00 mm ...",)).to_json()["cautions"] == ["Pixels of 3.00 mm ..."]
+
+
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    return [str(e.value) for e in ds.iterall() if e.keyword == "TextValue"]
+
+
+def test_a_coarse_series_is_predicted_with_its_caution_in_the_output_the_json_and_the_report(tmp_path: Path) -> None:
+    # 128 rows over an abdomen: 2.9 mm pixels, as a low-resolution reconstruction or a downsampled export has
+    phantom = generate_phantom(11, rows=128, slice_spacing=2.5, slices=8, coverage=(0.72, 0.88), n_stones=2,
+                               stone_sites=("kidney",))
+    write_series(phantom, tmp_path / "ct")
+    done = subprocess.run([sys.executable, "-m", "uronode", "predict", str(tmp_path / "ct"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    size = max(float(v) for v in pydicom.dcmread(next((tmp_path / "ct").iterdir())).PixelSpacing)
+    assert size > MEASURED_PIXEL_MM[1]
+    assert f"#1: caution: Pixels of {size:.2f} mm are coarser" in done.stdout, done.stdout
+    (series,) = json.loads((tmp_path / "out" / "findings.json").read_text())["series"]
+    assert len(series["cautions"]) == 1 and "coarser than any the model was measured on" in series["cautions"][0]
+    (sr,) = [pydicom.dcmread(tmp_path / "out" / p) for p in series["dicom"]
+             if pydicom.dcmread(tmp_path / "out" / p, stop_before_pixels=True).Modality == "SR"]
+    assert any("Caution: Pixels of" in t for t in _texts(sr))
