@@ -34,6 +34,17 @@ Rules worth knowing:
 - **Pixel padding** (PixelPaddingValue, up to PixelPaddingRangeLimit: outside
   a scanner's round field of view) reads as air, -1024 HU, whatever it is
   stored as (GE's 63536 unsigned would otherwise read as +62,512 HU).
+- **Rescale.** RescaleSlope and RescaleIntercept come from a frame's CT Pixel
+  Value Transformation functional group (Enhanced CT), else from the top level
+  of the data set, where converters that flatten an Enhanced CT put them.
+  Unsigned pixels with no intercept anywhere are refused: their stored values
+  are not Hounsfield units.
+- **Malformed numbers.** A RescaleSlope, RescaleIntercept or SliceThickness
+  written with a decimal comma ("-1024,0", as exports made under a European
+  locale write them) is read as the number it means; a value that is no number
+  is refused with the attribute and the file named. An InstanceNumber that is
+  no whole number counts as absent: it only breaks ties between slices at one
+  position.
 - **Left out, with a warning:** instances of the series that are no slice of
   it: another modality or SOP class (a dose report, a dose screen, raw data), a
   localizer, no pixel data. Scanners and PACS put them beside the slices.
@@ -52,9 +63,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +241,7 @@ def read_dicom(path: str | Path, *, stop_before_pixels: bool = False,
     exports write those; the node's STOW-RS takes them too): read as the data set it is, with the transfer
     syntax pydicom finds. InvalidDicomError for anything else."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
     except InvalidDicomError as first:
         try:
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
@@ -238,12 +251,19 @@ def read_dicom(path: str | Path, *, stop_before_pixels: bool = False,
             raise first from None
         if not identified or ds.original_encoding[0] is None:
             raise first from None
-        if "TransferSyntaxUID" not in ds.file_meta:
-            implicit, little = ds.original_encoding
-            ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
-                                              else pydicom.uid.ExplicitVRLittleEndian if little
-                                              else pydicom.uid.ExplicitVRBigEndian)
-        return ds
+    _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """A data set whose File Meta group lacks TransferSyntaxUID (none at all in a bare data set, or a Part 10
+    file whose writer left it out) gets the one pydicom read it with: its pixels cannot be decoded without."""
+    if "TransferSyntaxUID" in ds.file_meta or ds.original_encoding[0] is None:
+        return
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                      else pydicom.uid.ExplicitVRLittleEndian if little
+                                      else pydicom.uid.ExplicitVRBigEndian)
 
 
 def _is_uid(value: object) -> bool:
@@ -283,14 +303,84 @@ def _pair(value: object, what: str) -> tuple[float, float]:
     return first, second
 
 
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d*),(\d+)|[+-]?(\d+),")
+"""One number written with a decimal comma ("-1024,0", "2,5"), as exports made under a European locale write
+DS values: a single value with one comma and digits only is no list (DS separates values with a backslash),
+so it is read as the number it means, unless it could as well group thousands (``_THOUSANDS``)."""
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
+"""A value such as "-1,024" or "2,500", whose comma may be a decimal comma or a thousands separator (-1.024 or
+-1024): no number can be read from it."""
+
+
+def decimal_number(value: object) -> float | None:
+    """A DS or IS value (pydicom's are float and int; one it could not parse stays a str) as a finite float,
+    a decimal comma read as a point; None where it is no number (text, several values, NaN, a comma that may
+    group thousands). The writers mend source headers with it as the loader reads them."""
+    if isinstance(value, str):
+        text = value.strip()
+        if _DECIMAL_COMMA.fullmatch(text) and not _THOUSANDS.fullmatch(text):
+            text = text.replace(",", ".")
+        value = text
+    if not isinstance(value, int | float | str | Decimal):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(value: object, what: str) -> float:
-    """A DS or IS value (pydicom's are float and int) as a float."""
-    if isinstance(value, int | float | str):
-        try:
-            return float(value)
-        except ValueError as exc:
-            raise VolumeError(f"{what} is not a number: {value!r}") from exc
-    raise VolumeError(f"{what} is not a number: {value!r}")
+    """``decimal_number``, or a ``VolumeError`` naming the attribute and the file where it is no number (a
+    ValueError would end a whole run, every other series of it too)."""
+    number = decimal_number(value)
+    if number is None:
+        raise VolumeError(f"{what} is not a number: {value!r}")
+    return number
+
+
+def _given(value: object) -> bool:
+    """Whether an optional value is there: an empty DS or IS (pydicom reads it as "" or None) is absent."""
+    return value is not None and value != ""
+
+
+def _instance_number(value: object) -> int:
+    """InstanceNumber as a whole number, or 0 where it is absent or none ("12A", 1.5): it only breaks ties
+    between slices at one position, which an instance without one loses, so a bad one is no reason to refuse
+    the series."""
+    if isinstance(value, int):
+        return int(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return 0
+    return int(number) if number.is_integer() else 0
+
+
+def _frame_count(ds: Dataset, name: str) -> int:
+    """NumberOfFrames (1 where absent or empty); ``VolumeError`` where it is not a whole number."""
+    value = ds.get("NumberOfFrames")
+    if not _given(value):
+        return 1
+    number = _number(value, f"NumberOfFrames of {name}")
+    if not number.is_integer() or number < 0:
+        raise VolumeError(f"NumberOfFrames of {name} is not a whole number: {value!r}")
+    return int(number) or 1
+
+
+def _rescale(ds: Dataset, frame_index: int, keyword: str) -> object | None:
+    """RescaleSlope or RescaleIntercept of a frame: from its CT Pixel Value Transformation functional group,
+    else from the top level of the data set, where converters that flatten an Enhanced CT put it; None where
+    neither states it."""
+    value = _functional(ds, frame_index, "PixelValueTransformationSequence", keyword)
+    if not _given(value):
+        value = ds.get(keyword)
+    return value if _given(value) else None
+
+
+def _unsigned_without_intercept(name: str) -> VolumeError:
+    return VolumeError(f"{name} has no RescaleIntercept and unsigned pixel values: they cannot be read as "
+                       "Hounsfield units (CT stores them with an intercept, usually -1024)")
 
 
 def _functional(ds: Dataset, frame_index: int, sequence: str, keyword: str) -> object | None:
@@ -310,9 +400,14 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     if not sop_uid:
         raise VolumeError(f"{name} has no SOP Instance UID")
-    instance_number = int(ds.get("InstanceNumber") or 0)
+    instance_number = _instance_number(ds.get("InstanceNumber"))
+    unsigned = int(ds.get("PixelRepresentation", 1) or 0) == 0
     if ds.get("SOPClassUID") in MULTIFRAME_CT_SOP_CLASSES or "PerFrameFunctionalGroupsSequence" in ds:
-        count = int(ds.get("NumberOfFrames") or 1)
+        count = _frame_count(ds, name)
+        items = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
+        if count > 1 and items < count:
+            raise VolumeError(f"{name} holds {count} frames (NumberOfFrames) but {items} items of per-frame "
+                              "functional groups: the frames without one have no position")
         frames = []
         for i in range(count):
             position = _functional(ds, i, "PlanePositionSequence", "ImagePositionPatient")
@@ -322,8 +417,10 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
                 raise VolumeError(
                     f"frame {i + 1} of {name} lacks its position, orientation or pixel spacing"
                 )
-            slope = _functional(ds, i, "PixelValueTransformationSequence", "RescaleSlope")
-            intercept = _functional(ds, i, "PixelValueTransformationSequence", "RescaleIntercept")
+            slope = _rescale(ds, i, "RescaleSlope")
+            intercept = _rescale(ds, i, "RescaleIntercept")
+            if intercept is None and unsigned:
+                raise _unsigned_without_intercept(f"frame {i + 1} of {name}")
             thickness = _functional(ds, i, "PixelMeasuresSequence", "SliceThickness")
             frames.append(
                 _Frame(
@@ -343,14 +440,13 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if keyword not in ds:
             raise VolumeError(f"{name} has no {keyword}")
-    frame_count = int(ds.get("NumberOfFrames") or 1)
+    frame_count = _frame_count(ds, name)
     if frame_count > 1:
         raise VolumeError(f"{name} holds {frame_count} frames but one position: a CT Image Storage instance is "
                           "one slice (send the series as one file per slice, or as Enhanced CT)")
-    if ds.get("RescaleIntercept") in (None, "") and int(ds.get("PixelRepresentation", 1) or 0) == 0:
-        raise VolumeError(f"{name} has no RescaleIntercept and unsigned pixel values: they cannot be read as "
-                          "Hounsfield units (CT stores them with an intercept, usually -1024)")
-    thickness = ds.get("SliceThickness")
+    slope, intercept, thickness = (ds.get(k) for k in ("RescaleSlope", "RescaleIntercept", "SliceThickness"))
+    if ds.get("RescaleIntercept") in (None, "") and unsigned:
+        raise _unsigned_without_intercept(name)
     return [
         _Frame(
             dataset_index=dataset_index,
@@ -358,9 +454,10 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
             position=_point(ds.ImagePositionPatient, f"ImagePositionPatient of {name}"),
             orientation=_floats(ds.ImageOrientationPatient, 6, f"ImageOrientationPatient of {name}"),
             pixel_spacing=_pair(ds.PixelSpacing, f"PixelSpacing of {name}"),
-            slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-            intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-            thickness=float(thickness) if thickness else None,
+            # an empty value is absent; a slope of 0 (no valid CT has one) has always been read as 1
+            slope=(_number(slope, f"RescaleSlope of {name}") if _given(slope) else 1.0) or 1.0,
+            intercept=_number(intercept, f"RescaleIntercept of {name}") if _given(intercept) else 0.0,
+            thickness=(_number(thickness, f"SliceThickness of {name}") or None) if thickness else None,
             instance_number=instance_number,
             sop_instance_uid=sop_uid,
         )
@@ -413,6 +510,10 @@ def _check_instance(ds: Dataset, name: str) -> None:
             f"{name} claims {rows} x {columns} pixels, more than any CT makes (at most {MAX_CT_MATRIX} x "
             f"{MAX_CT_MATRIX} are read): its pixel data was not decoded"
         )
+
+
+def _listed(values: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _tilt_deg(normal: np.ndarray) -> float:
@@ -479,6 +580,8 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         raise VolumeError("no instances were given")
     datasets: list[Dataset] = []
     paths: list[str] = []
+    names: list[str] = []
+    numbers: list[int] = []
     frames: list[_Frame] = []
     left_out: list[str] = []
     for index, source in enumerate(sources):
@@ -494,6 +597,8 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         frames.extend(_frames_of(ds, len(datasets), name))
         datasets.append(ds)
         paths.append(path)
+        names.append(name)
+        numbers.append(index + 1)
     if not datasets:
         more = f" (and {len(left_out) - 1} more like it)" if len(left_out) > 1 else ""
         raise VolumeError(left_out[0] + more)
@@ -506,19 +611,29 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     for_uid = _single((str(d.get("FrameOfReferenceUID", "")) for d in datasets), "frame of reference")
     sop_class = _single((str(d.SOPClassUID) for d in datasets), "SOP classe")
 
-    shapes = {(int(d.Rows), int(d.Columns)) for d in datasets}
+    shapes: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for ds, name in zip(datasets, names, strict=True):
+        shapes[(int(ds.Rows), int(ds.Columns))].append(name)
     if len(shapes) > 1:
-        raise VolumeError(f"the slices have mixed sizes: {sorted(shapes)}")
-    rows, columns = shapes.pop()
+        raise VolumeError(f"the slices have mixed sizes: {sorted(shapes)}: " + "; ".join(
+            f"{size} in {len(found)} instance(s), such as {found[0]}" for size, found in sorted(shapes.items())))
+    ((rows, columns),) = shapes
+
+    def where(frame: _Frame) -> str:
+        """The file of a slice, and its frame where the file holds more than one: for the messages."""
+        many = sum(f.dataset_index == frame.dataset_index for f in frames) > 1
+        return (f"frame {frame.frame_number} of " if many else "") + names[frame.dataset_index]
 
     orientation = np.asarray(frames[0].orientation)
     for frame in frames[1:]:
         if np.abs(np.asarray(frame.orientation) - orientation).max() > ORIENTATION_TOLERANCE:
-            raise VolumeError("the slices have mixed image orientations")
+            raise VolumeError(f"the slices have mixed image orientations: {where(frames[0])} has "
+                              f"{_listed(frames[0].orientation)}, {where(frame)} {_listed(frame.orientation)}")
     spacing = np.asarray(frames[0].pixel_spacing)
     for frame in frames[1:]:
         if np.abs(np.asarray(frame.pixel_spacing) - spacing).max() > SPACING_TOLERANCE:
-            raise VolumeError("the slices have mixed pixel spacings")
+            raise VolumeError(f"the slices have mixed pixel spacings: {where(frames[0])} has "
+                              f"{_listed(frames[0].pixel_spacing)} mm, {where(frame)} {_listed(frame.pixel_spacing)} mm")
     if spacing.min() <= 0:
         raise VolumeError("PixelSpacing is not positive")
 
@@ -580,14 +695,16 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                 # pixels.pixel_array does not cache the decoded array on the dataset
                 pixels = pixel_array(ds)
             except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
+                path = paths[frame.dataset_index]
                 raise VolumeError(
-                    f"the pixel data of instance {frame.dataset_index + 1} cannot be decoded: {exc}"
+                    f"the pixel data of instance {numbers[frame.dataset_index]} cannot be decoded"
+                    + (f" ({Path(path).name})" if path else "") + f": {exc}"
                 ) from exc
-            if int(ds.get("NumberOfFrames") or 1) == 1:
+            if _frame_count(ds, names[frame.dataset_index]) == 1:
                 pixels = pixels[None]
             if pixels.shape[1:] != (rows, columns):
                 raise VolumeError(
-                    f"the pixel data of instance {frame.dataset_index + 1} has shape "
+                    f"the pixel data of {names[frame.dataset_index]} has shape "
                     f"{pixels.shape[1:]}, not {(rows, columns)}"
                 )
             if pixels.shape[0] > 1:  # keep a multi-frame instance's frames for its other slices

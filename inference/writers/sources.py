@@ -23,7 +23,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
-from inference.volume import Volume, read_dicom
+from inference.volume import Volume, decimal_number, read_dicom
 from inference.writers.errors import WriterError
 from uronode import __version__
 from uronode.uids import derive_uid
@@ -120,13 +120,85 @@ attributes): an anonymiser often deletes them, where the standard would have the
 
 _DATES_AND_TIMES = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
 
+_PATIENT_SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
+"""PatientSex values whose meaning is plain, as the enumerated M, F or O (PS3.3 C.7.1.1) that highdicom
+insists on. Any other (U for unknown, X, W, a word in another language) is written empty: Type 2, unknown."""
+
+
+def _patient_sex(ds: Dataset) -> str | None:
+    """Make PatientSex one of M, F, O or empty, and say what was changed, or None where nothing was.
+
+    highdicom refuses any other value (``ValueError: 'U' is not a valid PatientSexValues``), and every
+    writer takes the source's, so a header with "U" (common, and written by anonymisers), "Male" or "f"
+    lost all its results after the model had run. An unambiguous spelling of male, female or other becomes
+    its letter; anything else becomes empty, which is what an unknown sex is in DICOM."""
+    value = ds.get("PatientSex")
+    if value is None or value == "" or value in ("M", "F", "O"):
+        return None
+    mapped = _PATIENT_SEX.get(value.strip().upper(), "") if isinstance(value, str) else ""
+    if mapped == value:
+        return None
+    ds.PatientSex = mapped
+    return f"PatientSex {value!r} " + (f"written as {mapped!r}" if mapped else "is not M, F or O: written empty")
+
+
+def _one_person_name(ds: Dataset) -> list[str]:
+    """PatientName or ReferringPhysicianName with more than one value (a backslash in the name; VM 1 in the
+    patient and study modules): the first value kept, as highdicom raises TypeError on a list of names and
+    every writer takes them from the source. What was changed, for the log."""
+    mended = []
+    for keyword in ("PatientName", "ReferringPhysicianName"):
+        value = ds.get(keyword)
+        if isinstance(value, (list, tuple, MultiValue)):
+            setattr(ds, keyword, value[0] if len(value) else "")
+            mended.append(f"{keyword} has {len(value)} values: the first kept")
+    return mended
+
+
+_SPACINGS = ("SliceThickness", "SpacingBetweenSlices")
+
+
+def _unparsed_spacings(ds: Dataset, slice_spacing: float) -> list[str]:
+    """SliceThickness and SpacingBetweenSlices that pydicom could not read as numbers (it leaves them text), at
+    the top level and in the pixel measures of the functional groups: the SEG copies them into its own pixel
+    measures, and highdicom raised ValueError on "2,5" after the model had run. A decimal comma is read as the
+    loader reads it (``decimal_number``); any other SliceThickness is taken as the distance between the slice
+    planes, as a missing one is, and any other SpacingBetweenSlices (Type 3) is left out. What was changed."""
+    items = [ds]
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups) or []:
+            items += list(group.get("PixelMeasuresSequence") or [])[:1]
+    mended: dict[str, str] = {}
+    for item in items:
+        for keyword in _SPACINGS:
+            value = item.get(keyword)
+            if not isinstance(value, str) or not value.strip():
+                continue  # a number pydicom read, or absent
+            number = decimal_number(value)
+            if number is not None:
+                setattr(item, keyword, value.strip().replace(",", "."))
+                mended.setdefault(keyword, f"{keyword} {value!r} read with a decimal point")
+            elif keyword == "SliceThickness":
+                item.SliceThickness = f"{slice_spacing:.6g}"
+                mended.setdefault(keyword, f"{keyword} {value!r} is no number: taken as {slice_spacing:.6g} mm, "
+                                           "the distance between the slices")
+            else:
+                del item[keyword]
+                mended.setdefault(keyword, f"{keyword} {value!r} is no number: left out")
+    return list(mended.values())
+
 
 def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> list[str]:
     """Mend a source header that bends the standard's rules so that its results can be written; returns
     what was mended, for the log.
 
     Missing patient and study attributes become empty, as an anonymiser should have left them; a date or
-    time that does not parse becomes empty (the results cannot carry "19700000"); a missing
+    time that does not parse becomes empty (the results cannot carry "19700000"); a PatientSex other than
+    M, F or O becomes its letter where its meaning is plain ("male", "f") and empty where not ("U"), as
+    highdicom takes nothing else (``_patient_sex``); a PatientName or ReferringPhysicianName of several
+    values keeps its first (``_one_person_name``); a SliceThickness or SpacingBetweenSlices that is not a
+    number is read with a decimal point where it has a comma, else taken as the distance between the slice
+    planes or left out (``_unparsed_spacings``); a missing
     FrameOfReferenceUID (Type 1 in CT, but lost by some exports) becomes one derived from the series, the
     same for every slice, so that the SEG has the frame of reference it must name; a missing
     SliceThickness (Type 2 in CT, Type 1 in the SEG's pixel measures) is taken as the distance between the
@@ -148,6 +220,11 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
         except ValueError:
             setattr(ds, keyword, "")
             mended.append(f"{keyword} {value!r} is not a DICOM {parse.__name__}")
+    sex = _patient_sex(ds)
+    if sex is not None:
+        mended.append(sex)
+    mended += _one_person_name(ds)
+    mended += _unparsed_spacings(ds, slice_spacing)
     if not ds.get("FrameOfReferenceUID"):
         ds.FrameOfReferenceUID = identity.lasting_uid("frame-of-reference")
         mended.append("FrameOfReferenceUID missing")
