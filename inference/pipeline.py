@@ -67,16 +67,18 @@ pixel size), with a caution: at 3 mm the real example CT, stone-free, got 16 fal
 
 def input_cautions(volume: Volume) -> tuple[str, ...]:
     """What about ``volume`` makes its findings less sure than the model's figures say, a sentence each (empty
-    for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``."""
+    for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``, and what loading found (``Volume.notes``:
+    duplicate positions left out, missing slices, lossy compression)."""
     low, high = MEASURED_PIXEL_MM
     size = max(volume.pixel_spacing)
+    pixels: tuple[str, ...] = ()
     if size > high:
-        return (f"Pixels of {size:.2f} mm are coarser than any the model was measured on (up to {high:g} mm): "
-                "small stones may be missed and other dense structures reported as stones.",)
-    if min(volume.pixel_spacing) < low:
-        return (f"Pixels of {min(volume.pixel_spacing):.2f} mm are finer than any the model was measured on "
-                f"(from {low:g} mm): its findings there are less sure than its figures say.",)
-    return ()
+        pixels = (f"Pixels of {size:.2f} mm are coarser than any the model was measured on (up to {high:g} mm): "
+                  "small stones may be missed and other dense structures reported as stones.",)
+    elif min(volume.pixel_spacing) < low:
+        pixels = (f"Pixels of {min(volume.pixel_spacing):.2f} mm are finer than any the model was measured on "
+                  f"(from {low:g} mm): its findings there are less sure than its figures say.",)
+    return (*pixels, *volume.notes)
 
 
 class Pipeline:

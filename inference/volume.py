@@ -152,6 +152,10 @@ class Volume:
     """1-based frame number of each slice inside its instance (1 for single-frame CT)."""
     source_paths: tuple[str, ...]
     """File each slice came from ("" where a dataset was given in memory)."""
+    notes: tuple[str, ...] = ()
+    """What loading had to decide or found that makes the series less than the model's figures assume, a
+    sentence each: slices left out as duplicates of a position, slices missing, lossy-compressed images.
+    The pipeline passes them on as the findings' cautions (``inference.pipeline.input_cautions``)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -548,6 +552,21 @@ def _single(values: Iterable[str], what: str) -> str:
     return found[0] if found else ""
 
 
+LOSSY_TRANSFER_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
+    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",  # JPEG-LS near-lossless, JPEG 2000 (lossy allowed)
+    "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
+})
+"""Transfer syntaxes whose pixels may have lost detail (their lossless variants are not here)."""
+
+
+def _lossy(ds: Dataset) -> bool:
+    """Whether an instance's pixels have been through lossy compression (now, or ever: LossyImageCompression
+    01 stays with an image decompressed since)."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    return str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in LOSSY_TRANSFER_SYNTAXES
+
+
 def _drop_duplicates(frames: list[_Frame], normal: np.ndarray) -> list[_Frame]:
     seen: dict[tuple[str, int], _Frame] = {}
     for frame in frames:
@@ -653,7 +672,13 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             f"the slices are not axial: their normal is {angle:.0f} degrees from the head-feet axis"
         )
 
+    given = len({(f.sop_instance_uid, f.frame_number) for f in frames})
     frames = _drop_duplicates(frames, normal)
+    notes: list[str] = []
+    if len(frames) < given:
+        notes.append(f"{given - len(frames)} of the series' {given} images lay at the position of another and "
+                     "were left out (the higher InstanceNumber kept): a second reconstruction or a resent image "
+                     "in the same series would be mixed into this one.")
     positions = np.asarray([f.position for f in frames], dtype=np.float64)
     offsets = positions @ normal
     if len(frames) > 1:
@@ -672,6 +697,9 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                 "%d gap(s) in the slices (the widest %.2f mm where the others are %.2f mm): slices missing "
                 "after slice %s; a stone across a gap is measured from the slices there are",
                 missing.size, gaps.max(), slice_spacing, ", ".join(str(int(i) + 1) for i in missing[:5]))
+            notes.append(f"Slices are missing after slice {', '.join(str(int(i) + 1) for i in missing[:5])} "
+                         f"(a gap of up to {gaps.max():.1f} mm where the others are {slice_spacing:.1f} mm): a stone "
+                         "there is missed or measured from the slices there are.")
         elif gaps.max() > 1.1 * gaps.min():
             logger.info(
                 "uneven slice spacing kept as is: gaps %.2f to %.2f mm", gaps.min(), gaps.max()
@@ -728,6 +756,9 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
         frame_numbers=tuple(f.frame_number for f in frames),
         source_paths=tuple(paths[f.dataset_index] for f in frames),
+        notes=(*notes, *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
+                          "01): faint and small stones may be lost."]
+                         if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),
     )
 
 

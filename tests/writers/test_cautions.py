@@ -58,3 +58,31 @@ def test_a_coarse_series_is_predicted_with_its_caution_in_the_output_the_json_an
     (sr,) = [pydicom.dcmread(tmp_path / "out" / p) for p in series["dicom"]
              if pydicom.dcmread(tmp_path / "out" / p, stop_before_pixels=True).Modality == "SR"]
     assert any("Caution: Pixels of" in t for t in _texts(sr))
+
+
+def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_none(tmp_path: Path) -> None:
+    from inference.volume import load_volume
+    from tests.factory import write_series as write_slices
+
+    _, _, paths = write_slices(tmp_path / "plain", 6, size=32)
+    assert load_volume(paths).notes == ()
+    assert input_cautions(load_volume(paths)) == ()
+
+    # a second image at slice 3's position (another reconstruction, or one sent again under a new UID)
+    extra = pydicom.dcmread(paths[2])
+    extra.SOPInstanceUID = extra.SOPInstanceUID + ".9"
+    extra.InstanceNumber = 1000
+    extra.save_as(tmp_path / "plain" / "extra.dcm", enforce_file_format=True)
+    (note,) = load_volume([*paths, tmp_path / "plain" / "extra.dcm"]).notes
+    assert note.startswith("1 of the series' 7 images lay at the position of another")
+
+    (gap,) = load_volume([p for i, p in enumerate(paths) if i != 3]).notes
+    assert gap.startswith("Slices are missing after slice") and "mm" in gap
+
+    lossy = pydicom.dcmread(paths[0])
+    lossy.LossyImageCompression = "01"
+    lossy.save_as(paths[0], enforce_file_format=True)
+    volume = load_volume(paths)
+    assert volume.notes == ("The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
+                            "01): faint and small stones may be lost.",)
+    assert input_cautions(volume) == volume.notes  # passed on to the findings' cautions
