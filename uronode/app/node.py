@@ -5,7 +5,7 @@ worker, delivery, retention and the HTTP server (the composition root; ``docs/ar
 (the store's recovery, the completion monitor, the HTTP server) and
 supervises the receiving processes and the worker; those die with it. Its background work
 (completion, the supervisors, delivery, retention) runs as :mod:`uronode.loops`,
-whose heartbeats ``/readyz`` watches.
+whose heartbeats ``/readyz`` watches. SIGINT and SIGTERM stop it alike (:class:`StopSignals`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sqlite3
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from functools import partial
 from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -66,6 +70,23 @@ QUICK_DEATH_S = 60.0
 """A worker that dies sooner than this after its start is restarted after a pause, doubling each time in a
 row (1 s, 2 s, 4 s ...) up to :data:`RESTART_PAUSE_MAX_S`, not at once forever."""
 RESTART_PAUSE_MAX_S = 60.0
+WORKER_STOP_WAIT_S = 10.0
+"""How long a stop waits for a worker process to finish the job it is running before it kills it (the job then
+goes back to the queue, that try not counted)."""
+RECEIVERS_STOP_WAIT_S = 10.0
+"""How long a stop waits for the receiving processes to end before it kills those still running."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _wait_for_exit(proc: SpawnProcess, timeout_s: float, hurry: threading.Event | None) -> None:
+    """Wait up to ``timeout_s`` for ``proc`` to exit, in short steps, so that ``hurry`` (set by a second stop
+    signal) ends the wait at once instead of at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while proc.is_alive() and not (hurry is not None and hurry.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        proc.join(min(left, 0.1))
 
 
 def _remove_spares(tmp_dir: Path, pid: int | None) -> None:
@@ -120,15 +141,17 @@ class Receivers:
                     _remove_spares(self.store.tmp_dir, proc.pid)
                 self._start(index)
 
-    def stop(self) -> None:
+    def stop(self, hurry: threading.Event | None = None) -> None:
+        """Ask every receiving process to end (SIGTERM) and kill those still running after
+        :data:`RECEIVERS_STOP_WAIT_S`, or at once when ``hurry`` is set."""
         self._stopping = True
         for proc in self.procs:
             if proc is not None and proc.is_alive():
                 proc.terminate()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + RECEIVERS_STOP_WAIT_S
         for proc in self.procs:
             if proc is not None:
-                proc.join(max(0.1, deadline - time.monotonic()))
+                _wait_for_exit(proc, max(0.1, deadline - time.monotonic()), hurry)
                 if proc.is_alive():
                     proc.kill()
         self.socket.close()
@@ -253,19 +276,97 @@ class WorkerProcess:
         if self.proc is not None and self.proc.pid is not None:
             self.queue.take_back(local_worker(self.proc.pid), exit_cause(self.proc.exitcode))
 
-    def stop(self) -> None:
+    def stop(self, hurry: threading.Event | None = None) -> None:
+        """Stop the process: it finishes the job it is running, for up to :data:`WORKER_STOP_WAIT_S` (no wait
+        when ``hurry`` is set), then it is killed and that job goes back to the queue, the try not counted."""
         if self.proc is None:
             return
         if not self.proc.is_alive():  # it died after the supervisor's last round
             self._take_back()
             return
         self.proc.terminate()  # the worker finishes its job, then exits
-        self.proc.join(10)
+        _wait_for_exit(self.proc, WORKER_STOP_WAIT_S, hurry)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(10)
         if self.proc.pid is not None:
             self.queue.release(local_worker(self.proc.pid))
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while the node runs, handled alike: the first asks for a clean stop, a second for a
+    stop at once, and a third ends the process outright.
+
+    The node handles them itself, not uvicorn, because uvicorn raises the signal again once its server has
+    shut down: for SIGTERM (what Docker, Kubernetes and systemd send) that ended the process before the node's
+    clean-up, so the worker was killed outright and its job, left running, had that try counted at the next
+    start. The first signal sets :attr:`requested` and tells the HTTP server to shut down; the clean-up that
+    follows waits for the worker's job and the receiving processes. A second sets :attr:`hurry`, which ends
+    those waits (the processes are killed, the job still goes back to the queue, the try not counted) and
+    makes the HTTP server stop without waiting for its open connections.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.hurry = threading.Event()
+        self.server: uvicorn.Server | None = None
+        """The HTTP server to stop; a signal that came before it was set reaches it through :attr:`requested`."""
+
+    @contextmanager
+    def installed(self) -> Generator[StopSignals, None, None]:
+        """Handle SIGINT and SIGTERM within the block; the handlers there before are put back after it."""
+        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def unless_stopping(self, check: Callable[[], None]) -> Callable[[], None]:
+        """``check`` (a supervisor's round) made to do nothing once a stop is asked for: a child process that
+        ends then (SIGINT from a terminal, or SIGTERM from systemd, reaches every process of the node) is not
+        restarted only to be stopped."""
+
+        def round_() -> None:
+            if not self.requested.is_set():
+                check()
+
+        return round_
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if not self.requested.is_set():
+            self.requested.set()
+            log.info("%s: stopping (a second SIGINT or SIGTERM stops at once)", name)
+            if self.server is not None:
+                self.server.should_exit = True
+            return
+        # first, so that a third signal, even one that comes while this one is handled, takes its default
+        # action: the process ends there and then
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        self.hurry.set()
+        log.warning("%s while stopping: stopping at once; the worker and the receiving processes are not waited"
+                    " for", name)
+        if self.server is not None:
+            self.server.force_exit = True
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn's server without its signal handling: :class:`StopSignals` stops it, and the signal is not
+    raised again once it has shut down (that ended the node before its clean-up)."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown; when forced (a second stop signal) it leaves the application's own shutdown out,
+        and the cancelled application then logs an ERROR with a traceback. The node's takes no time, so it is
+        run even then: the log of a forced stop shows nothing that went wrong."""
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -297,7 +398,9 @@ def workers_problem(workers: list[WorkerProcess]) -> str | None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the node until SIGINT or SIGTERM."""
+    """Run the node until SIGINT or SIGTERM, then stop it cleanly (:class:`StopSignals`): the HTTP server, the
+    background loops, the workers (a job they are running goes back to the queue, the try not counted) and the
+    receiving processes, in that order."""
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     store = Store(  # DataDirUnusable, naming the folder and the cause, when it cannot be used
@@ -315,6 +418,12 @@ def serve(settings: Settings) -> None:
                               f" the index: {disk_problem(store.root, exc)}") from exc
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
+    with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
+        _run(settings, store, queue, signals)
+
+
+def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals) -> None:
+    """Start the node's parts, serve HTTP until a stop signal, then stop the parts (:func:`serve`)."""
     receivers = Receivers(settings, store)
     receivers.start()
     loops = Loops()
@@ -326,7 +435,8 @@ def serve(settings: Settings) -> None:
         model=settings.inference.model,
     )
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
-    loops.add("receivers", receivers.check, SUPERVISOR_INTERVAL_S, stale_after_s=SUPERVISOR_STALE_S)
+    loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
+              stale_after_s=SUPERVISOR_STALE_S)
     if settings.delivery.destinations:
         outbox = Outbox(
             store,
@@ -364,7 +474,8 @@ def serve(settings: Settings) -> None:
             for worker in workers:
                 worker.check()
 
-        loops.add("workers", check_workers, SUPERVISOR_INTERVAL_S, stale_after_s=SUPERVISOR_STALE_S)
+        loops.add("workers", signals.unless_stopping(check_workers), SUPERVISOR_INTERVAL_S,
+                  stale_after_s=SUPERVISOR_STALE_S)
     loops.start()
     log.info(
         "uronode listening: DICOM %s on %s:%d (%d receiving processes), HTTP on %s:%d, data in %s",
@@ -376,12 +487,17 @@ def serve(settings: Settings) -> None:
         settings.dicomweb.port,
         store.root,
     )
-    server = uvicorn.Server(http_config(create_app(settings, loops, ready_checks), settings))
+    server = HttpServer(http_config(create_app(settings, loops, ready_checks), settings))
+    signals.server = server
+    if signals.requested.is_set():  # a signal during the start: the server stops as soon as it has started
+        server.should_exit = True
+    if signals.hurry.is_set():
+        server.force_exit = True
     try:
-        server.run()  # handles SIGINT/SIGTERM by returning
+        server.run()  # returns once a stop signal has shut it down
     finally:
         loops.stop()  # first, so that no supervisor restarts what is being stopped
         for worker in workers:
-            worker.stop()
-        receivers.stop()
+            worker.stop(signals.hurry)
+        receivers.stop(signals.hurry)
         log.info("uronode stopped")

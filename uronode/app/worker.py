@@ -231,7 +231,11 @@ def beat(heartbeat: Synchronized[float], stop: threading.Event) -> None:
 
 def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Synchronized[float] | None = None) -> None:
     """Entry point of the worker process: load the model once, then take jobs until SIGTERM. ``heartbeat``
-    (shared with the node) gets ``time.monotonic()`` every second from the start, model loading included."""
+    (shared with the node) gets ``time.monotonic()`` every second from the start, model loading included.
+
+    SIGINT is ignored: Ctrl+C in a terminal reaches every process of the node, and the worker would die in the
+    middle of its job (a try counted against it); the node stops it with SIGTERM instead, as for any stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     stop = threading.Event()
     if heartbeat is not None:
