@@ -102,6 +102,32 @@ class LoadedModel:
     ``files.lone_model`` names one; else ``keras_model`` serves every volume."""
 
 
+def find_model(name: str | None, config: Path | None = None) -> Path:
+    """The folder of the model ``name`` (None: the default model), found as the node finds its own: a folder
+    path as given, else ``<inference.models_dir>/<name>`` of the node's settings (environment and ``config``
+    or ``URONODE_CONFIG``, as every command reads them), else the models uronode ships with.
+
+    The shipped models come last so that a name works here whether or not ``inference.models_dir`` holds it
+    (the Docker image sets it to a folder of its own). :class:`inference.errors.ModelError` names every place
+    looked in; :class:`uronode.settings.ConfigError` says what is wrong with the settings. ``uronode predict``,
+    ``evaluate`` and ``choose`` find their ``--model`` with it."""
+    from uronode.settings import load_settings
+
+    name = str(name or DEFAULT_MODEL)
+    if Path(name).is_dir():
+        return Path(name)
+    if Path(name).is_absolute():
+        raise ModelError(f"model folder {name} not found")
+    places: dict[Path, list[str]] = {}
+    places.setdefault(load_settings(config).inference.models_dir / name, []).append("inference.models_dir")
+    places.setdefault(default_models_dir() / name, []).append("the models uronode ships with")
+    for folder in places:
+        if folder.is_dir():
+            return folder
+    looked = ", nor ".join(f"{folder} ({', '.join(what)})" for folder, what in places.items())
+    raise ModelError(f"model {name!r} not found: neither a folder {name} here, nor {looked}")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> Path:
     """A model folder: an existing path as given, else ``<models_dir>/<name>``.
 

@@ -116,6 +116,15 @@ def window_text(window: Window) -> str:
     return window if isinstance(window, str) else f"{window[0]:g}/{window[1]:g}"
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """``--model`` as the node names a model, and ``--config`` for the node's settings that say where to look."""
+    p.add_argument("--model", default=None,
+                   help="model folder, or name under inference.models_dir or the models uronode ships with "
+                        "(default: default)")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="the node's TOML config file, for inference.models_dir (also URONODE_CONFIG)")
+
+
 class _StoreGiven(argparse.Action):
     """Stores the value as ``store`` does, and ``<dest>_given = True`` (the default's is False): whether the
     option was on the line, for a default that depends on the other options."""
@@ -199,7 +208,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="sensitivity, false positives and Dice on held-out data")
-    p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
+    _add_model_flags(p)
     p.add_argument("--series", type=non_negative_int, default=40, action=_StoreGiven,
                    help="generated held-out series (default: 40, or none with --images, --real or --lone-slices)")
     p.set_defaults(series_given=False)
@@ -247,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser("choose", help="choose a model's component thresholds on the validation side of "
                                              "labelled real images (the grid rule of docs/model.md)")
-    p.add_argument("--model", default=None, help="model folder or name under models/ (default: default)")
+    _add_model_flags(p)
     p.add_argument("--images", type=Path, required=True, help="images with YOLO box files (as train --images)")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test", "all"],
                    help="side of the split by examination (never the test side for a shipped model)")
@@ -745,6 +754,7 @@ def _slice_line(scores: SliceScores) -> str:
 def cmd_choose(args: argparse.Namespace) -> int:
     from inference.components import held_back
     from inference.pipeline import Pipeline
+    from inference.runtime import find_model
     from lab.choose import choose, component_rows
     from lab.realimages import describe_set
     from lab.standins import _check_factor
@@ -752,6 +762,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if args.series_max_false is not None and not args.series:
         print("uronode choose: --series-max-false needs --series N (the generated series it bounds)", file=sys.stderr)
         return 2
+    model = find_model(args.model, getattr(args, "config", None))  # before any image is read
     for flag, factors in (("--scales", args.scales), ("--exports", args.exports)):
         for factor in factors:  # the rule scale_rows and export_rows keep, before any image is scored
             try:
@@ -776,7 +787,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     if on_side is None:
         return 2
     chosen = on_side.images
-    pipeline = Pipeline(args.model)
+    pipeline = Pipeline(model)
 
     def analyse(v: Volume) -> ComponentTable:
         # the card's significance and gas rules hold components back before any threshold (inference.components)
@@ -974,14 +985,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("uronode evaluate: nothing to measure (--series 0 and no --real/--images/--lone-slices)",
               file=sys.stderr)
         return 2
+    from inference.runtime import find_model
+
+    model = find_model(args.model, getattr(args, "config", None))  # before any image is read
     chosen: list[LabelledImage] = []
     on_side: ImageSide | None = None
     if args.images:  # read first: a folder that cannot be read fails before minutes of other figures
-        from inference.runtime import ModelCard, resolve_model_dir
+        from inference.runtime import ModelCard
         from lab.trainingset import RecordError, trained_on
 
         try:
-            trained = trained_on(ModelCard.read(resolve_model_dir(args.model)).raw)
+            trained = trained_on(ModelCard.read(model).raw)
         except RecordError as exc:
             print(f"uronode evaluate: the model's card: {exc}", file=sys.stderr)
             return 2
@@ -989,7 +1003,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if on_side is None:
             return 2
         chosen = on_side.images
-    pipeline = Pipeline(args.model, threshold=args.threshold)
+    pipeline = Pipeline(model, threshold=args.threshold)
 
     def model_predict(volume: Volume) -> np.ndarray:
         return pipeline.run(volume).mask

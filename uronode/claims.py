@@ -7,6 +7,11 @@ node's dispatcher takes :meth:`Claims.to_publish` and, once a message is out,
 again when nobody claimed it within ``claim_timeout_s`` or its claim's lease
 ran out (a worker killed, stopped or cut off). Publishing twice is harmless:
 a claim is the only way to run a job, and one live claim at a time holds it.
+A lease that runs out is how the node learns that a remote worker died, so it
+counts as one of the job's tries, as a local worker's death does
+(:data:`uronode.jobs.MAX_ATTEMPTS`): a job whose lease runs out on its last try
+fails with the reason instead of being published again, so that a series that
+kills every worker taking it (out of memory) does not go round for ever.
 
 A claim is refused (:class:`ClaimConflict`, HTTP 409) when the job is done,
 when the message's generation is not the job's (the series re-opened), or
@@ -24,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -31,12 +38,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from uronode.jobs import JobQueue
+from uronode.audit import AuditLog
+from uronode.jobs import MAX_ATTEMPTS, JobQueue, lease_expired_reason
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
 from uronode.supersede import record_results, settle
 from uronode.types import Job, JobState
+
+log = logging.getLogger(__name__)
 
 
 class ClaimConflict(Exception):
@@ -117,16 +127,20 @@ class Claims:
         return count
 
     def sweep(self, now: float | None = None) -> tuple[int, int]:
-        """Take back what no live claim holds: returns (jobs whose lease expired, jobs never claimed in time).
+        """Take back what no live claim holds: returns (jobs whose lease expired that are to be published
+        again, jobs never claimed in time, published again).
 
-        Both become publishable again; an expired claim's token no longer completes anything."""
+        An expired claim's token no longer completes anything. A job whose lease expired on its last try
+        (:meth:`_expire`) is failed instead, logged and audited here, and not in the first count."""
         now = time.time() if now is None else now
         with self.store.transaction() as conn:
-            expired = conn.execute(
-                "UPDATE jobs SET state = 'queued', claim_token = NULL, lease_until = NULL, dispatched_at = NULL,"
-                " updated_at = ? WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?",
-                (now, now),
-            ).rowcount
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?"
+                " ORDER BY id",
+                (now,),
+            ).fetchall()
+            failed = [row["id"] for row in rows if self._expire(conn, row, now)]
+            expired = len(rows) - len(failed)
             waiting = conn.execute(
                 "SELECT id, dispatched_at, publications FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL"
                 " AND dispatched_at < ?",
@@ -135,43 +149,93 @@ class Claims:
             overdue = [(r["id"],) for r in waiting if r["dispatched_at"] < now - self.unclaimed_for(r["publications"])]
             conn.executemany("UPDATE jobs SET dispatched_at = NULL WHERE id = ?", overdue)
             unclaimed = len(overdue)
-            _bump(conn, "leases_expired", expired)
+            _bump(conn, "leases_expired", len(rows))
             _bump(conn, "jobs_republished", expired + unclaimed)
+        self._report_failed(failed)
         return expired, unclaimed
+
+    def _expire(self, conn: sqlite3.Connection, row: sqlite3.Row, now: float) -> bool:
+        """The lease of the claim on the running job ``row`` ran out (inside the caller's transaction):
+        its worker stopped answering, killed (out of memory, most often), stopped or cut off. The claim is
+        ended either way. The job is made publishable again while it has had fewer than
+        :data:`~uronode.jobs.MAX_ATTEMPTS` tries, else failed with the reason; returns whether it failed.
+
+        A worker that answers after this changes nothing: its claim's token no longer holds the job
+        (:meth:`_current`), whether the job runs again or failed."""
+        if row["attempts"] < MAX_ATTEMPTS:
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', claim_token = NULL, lease_until = NULL, dispatched_at = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (now, row["id"]),
+            )
+            return False
+        conn.execute(
+            "UPDATE jobs SET state = 'failed', reason = ?, claim_token = NULL, lease_until = NULL, updated_at = ?"
+            " WHERE id = ?",
+            (lease_expired_reason(conn, row), now, row["id"]),
+        )
+        return True
+
+    def _report_failed(self, job_ids: list[int]) -> None:
+        """One ERROR line and one audit entry for each job :meth:`_expire` failed (once its transaction is
+        committed: a rolled-back failure is not reported)."""
+        for job_id in job_ids:
+            job = self.queue.get(job_id)
+            if job is None or job.state is not JobState.FAILED:
+                continue
+            log.error("job %d series %s failed: %s", job.id, job.series_instance_uid, job.reason)
+            AuditLog(self.store.root).record(
+                "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state="failed",
+                worker=job.claimed_by, reason=job.reason,
+            )
 
     # --- the claim API (a remote worker, over HTTP) ---
 
     def claim(self, job_id: int, generation: int, worker: str, now: float | None = None) -> Claim:
-        """Hold the job for ``worker`` for one lease, or raise :class:`ClaimConflict` saying why not."""
+        """Hold the job for ``worker`` for one lease, or raise :class:`ClaimConflict` saying why not.
+
+        A job whose last claim's lease ran out before the sweeper came round is taken over here, that
+        expiry counted as a try as the sweeper counts it (:meth:`_expire`); where it was the job's last
+        try, the job fails and the claim is refused as for any failed job."""
         now = time.time() if now is None else now
         token = secrets.token_urlsafe(24)
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NoSuchJob(f"no job {job_id}")
-            state = JobState(row["state"])
-            if state in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
-                raise ClaimConflict(f"job {job_id} is done ({state})")
-            if row["series_generation"] != generation:
-                raise ClaimConflict(
-                    f"job {job_id} is for generation {row['series_generation']} of its series, not {generation}"
-                )
-            if state is JobState.RUNNING:
-                if row["lease_until"] is None:
-                    raise ClaimConflict(f"job {job_id} is held by the node's own worker")
-                if row["lease_until"] >= now:
-                    raise ClaimConflict(f"job {job_id} is held by {row['claimed_by']} until its lease ends")
-                _bump(conn, "leases_expired", 1)  # the sweeper had not come round yet: taken over here
-            lease_until = now + self.lease_s
-            conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, claim_token = ?,"
-                " lease_until = ?, updated_at = ?, publications = 0 WHERE id = ?",
-                (worker, token, lease_until, now, job_id),
-            )
-            claimed = conn.execute("SELECT id FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        job = self.queue.get(claimed["id"])
+            failed = self._claim_in(conn, job_id, generation, worker, token, now)
+        if failed:
+            self._report_failed([job_id])
+            raise ClaimConflict(f"job {job_id} is done ({JobState.FAILED})")
+        job = self.queue.get(job_id)
         assert job is not None
-        return Claim(job=job, token=token, lease_until=lease_until, lease_s=self.lease_s)
+        return Claim(job=job, token=token, lease_until=now + self.lease_s, lease_s=self.lease_s)
+
+    def _claim_in(self, conn: sqlite3.Connection, job_id: int, generation: int, worker: str, token: str,
+                  now: float) -> bool:
+        """:meth:`claim` inside its transaction; returns True (nothing claimed) where the job failed instead,
+        its last try's lease run out, so that the failure is committed before the claim is refused."""
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NoSuchJob(f"no job {job_id}")
+        state = JobState(row["state"])
+        if state in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
+            raise ClaimConflict(f"job {job_id} is done ({state})")
+        if row["series_generation"] != generation:
+            raise ClaimConflict(
+                f"job {job_id} is for generation {row['series_generation']} of its series, not {generation}"
+            )
+        if state is JobState.RUNNING:
+            if row["lease_until"] is None:
+                raise ClaimConflict(f"job {job_id} is held by the node's own worker")
+            if row["lease_until"] >= now:
+                raise ClaimConflict(f"job {job_id} is held by {row['claimed_by']} until its lease ends")
+            _bump(conn, "leases_expired", 1)  # the sweeper had not come round yet: taken over here
+            if self._expire(conn, row, now):
+                return True
+        conn.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, claimed_by = ?, claim_token = ?,"
+            " lease_until = ?, updated_at = ?, publications = 0 WHERE id = ?",
+            (worker, token, now + self.lease_s, now, job_id),
+        )
+        return False
 
     def _current(self, conn: sqlite3.Connection, job_id: int, token: str, worker: str, now: float) -> sqlite3.Row:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -341,9 +405,24 @@ def new_worker_token(tokens_file: Path, name: str, token: str | None = None) -> 
     check_worker_name(name)
     token = token or secrets.token_urlsafe(32)
     tokens_file.parent.mkdir(parents=True, exist_ok=True)
-    with tokens_file.open("a") as f:
+    fd = _private_append(tokens_file)
+    with os.fdopen(fd, "a") as f:
         f.write(f"{name} {hash_token(token)}\n")
     return token
+
+
+def _private_append(path: Path) -> int:
+    """``path`` (the worker tokens file) opened to append, mode 600: created so when missing, and an existing one
+    that others could read tightened. Its hashes let nobody in, but they tell who works for the node, and the
+    operations guide promises 600 for it, as for ``http-password``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    mode = os.fstat(fd).st_mode & 0o777
+    if mode & 0o077:
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError as exc:  # another user's file this one may write to: the line is added all the same
+            log.warning("%s stays mode %o (%s); make it 600", path, mode, exc.strerror or exc)
+    return fd
 
 
 def _model_of(findings: str) -> str:

@@ -13,9 +13,11 @@ written before, or by a claim made outside a worker process). When one dies whil
 (the kernel's OOM killer, a crash in a decoder, ``kill -9``), the supervisor takes the job back at
 once (:meth:`JobQueue.take_back`); the node's start-up does the same for every job its workers left
 running (:meth:`JobQueue.recover`). Either way the job is queued again while it has had fewer than
-:data:`MAX_LOCAL_ATTEMPTS` tries, else it fails with the reason, so that a series that kills every
+:data:`MAX_ATTEMPTS` tries, else it fails with the reason, so that a series that kills every
 worker taking it does not loop. A job its worker was running when the node stopped its workers
-itself goes back to the queue without that try counted (:meth:`JobQueue.release`).
+itself goes back to the queue without that try counted (:meth:`JobQueue.release`). A remote worker
+that dies on a job is seen only when its claim's lease runs out; :mod:`uronode.claims` counts that
+try the same way (:func:`lease_expired_reason`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ log = logging.getLogger(__name__)
 
 LOCAL_WORKER = "local"
 """``claimed_by`` of a job the node's own workers took; ``local:<pid>`` (:func:`local_worker`) names the process."""
-MAX_LOCAL_ATTEMPTS = 2
-"""Tries a job gets when the node's worker process dies while running it: the first death may be a
-coincidence (another process took the memory, the node went down), a second one on the same job is
-the job's own doing (a series too large for the memory, a file that crashes a decoder), and the job
-fails with the reason instead of killing each worker that takes it."""
+MAX_ATTEMPTS = 2
+"""Tries a job gets when the worker running it dies (the node's own worker process, or a remote worker
+whose claim's lease ran out): the first death may be a coincidence (another process took the memory,
+the node went down), a second one on the same job is the job's own doing (a series too large for the
+memory, a file that crashes a decoder), and the job fails with the reason instead of killing each
+worker that takes it. Every claim of the job counts, local or remote."""
+MAX_LOCAL_ATTEMPTS = MAX_ATTEMPTS
+"""The name :data:`MAX_ATTEMPTS` had while only the node's own workers were held to it."""
 NODE_WENT_DOWN = "the whole node went down"
 """The cause :meth:`JobQueue.recover` gives: at start-up, nothing tells a worker's death from the node's."""
 
@@ -152,7 +157,7 @@ class JobQueue:
         """At start-up: jobs the node's own workers left running when it stopped are taken back; returns
         how many were queued again.
 
-        Each is queued again, or failed with the reason once it has had :data:`MAX_LOCAL_ATTEMPTS`
+        Each is queued again, or failed with the reason once it has had :data:`MAX_ATTEMPTS`
         tries (as :meth:`take_back`), so that a job that brings the node down each time does not loop.
         A remote worker's claim (it has a lease) survives the node's restart: the worker may still
         complete it, and the sweeper takes the job back if its lease runs out."""
@@ -186,7 +191,7 @@ class JobQueue:
     def take_back(self, worker: str, cause: str) -> builtins.list[Job]:
         """The node's worker process ``worker`` (:func:`local_worker`) died of ``cause`` (``exit code -9,
         killed: out of memory?``): each job it was running is queued again, or, once it has had
-        :data:`MAX_LOCAL_ATTEMPTS` tries, failed with the reason. Returns those jobs as they now are.
+        :data:`MAX_ATTEMPTS` tries, failed with the reason. Returns those jobs as they now are.
 
         Jobs of the node's other workers and of remote workers are not touched. One ERROR line per job."""
         return self._take_back(worker, cause)
@@ -240,7 +245,7 @@ class JobQueue:
                 (worker, worker),
             ).fetchall()
             for row in rows:
-                if row["attempts"] < MAX_LOCAL_ATTEMPTS:
+                if row["attempts"] < MAX_ATTEMPTS:
                     conn.execute(
                         "UPDATE jobs SET state = 'queued', updated_at = ?, dispatched_at = NULL WHERE id = ?",
                         (now, row["id"]),
@@ -255,7 +260,7 @@ class JobQueue:
             if job.state is JobState.QUEUED:
                 log.error(
                     "job %d series %s: the worker process died while running it (%s) on attempt %d of %d;"
-                    " queued again", job.id, job.series_instance_uid, cause, job.attempts, MAX_LOCAL_ATTEMPTS,
+                    " queued again", job.id, job.series_instance_uid, cause, job.attempts, MAX_ATTEMPTS,
                 )
             else:
                 log.error("job %d series %s failed: %s", job.id, job.series_instance_uid, job.reason)
@@ -293,9 +298,25 @@ class JobQueue:
 
 
 def _died_reason(conn: sqlite3.Connection, row: sqlite3.Row, cause: str) -> str:
-    """A failed job's reason when its worker died on it once too often, with the series' size when the
-    index has it (a series too large for the memory is the usual poison)."""
-    reason = f"the worker process died while running it ({cause}) on {row['attempts']} attempts"
+    """A failed job's reason when its worker died on it once too often."""
+    return _with_series_size(conn, row, f"the worker process died while running it ({cause}) on {row['attempts']} attempts")
+
+
+def lease_expired_reason(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+    """A failed job's reason when the lease of a remote worker's claim ran out on its last try (``row``: the
+    job's, with ``attempts``, ``claimed_by`` and ``series_instance_uid``).
+
+    The node cannot see a remote worker die; a lease that runs out is all it learns, and a worker killed
+    for want of memory is the usual cause. ``attempts`` counts every try, as :func:`_died_reason` does."""
+    return _with_series_size(
+        conn, row, f"its lease expired on {row['attempts']} attempts: the worker holding it ({row['claimed_by']})"
+        " stopped answering (out of memory?)",
+    )
+
+
+def _with_series_size(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> str:
+    """``reason`` with the series' size when the index has it (a series too large for the memory is the usual
+    poison)."""
     (instances,) = conn.execute(
         "SELECT count(*) FROM instances WHERE series_instance_uid = ?", (row["series_instance_uid"],)
     ).fetchone()

@@ -2,7 +2,8 @@
 
 The runtime only (``inference``: volume, pipeline, previews, writers); the model lab's commands
 (``synth``, ``train``, ``evaluate``, ``experiment``) are registered by ``lab.cli``. Output for
-people goes to stdout here.
+people goes to stdout here. A model named on the line is looked up as the node looks up its own
+(:func:`inference.runtime.find_model`), so that one added to ``inference.models_dir`` can be tried before the node runs it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
     p.add_argument("--out", type=out_folder, required=True,
                    help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
-    p.add_argument("--model", default=None, help="model folder or name under models/")
+    p.add_argument("--model", default=None,
+                   help="model folder, or name under inference.models_dir or the models uronode ships with "
+                        "(default: default)")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="the node's TOML config file, for inference.models_dir (also URONODE_CONFIG)")
     p.add_argument("--threshold", type=probability, default=None,
                    help="one score threshold between 0 and 1 for every component instead of the card's")
     p.add_argument("--no-previews", action="store_true")
@@ -127,15 +132,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from inference.errors import VolumeError
     from inference.pipeline import Pipeline
     from inference.preview import write_previews
+    from inference.runtime import find_model
     from inference.volume import group_series, load_volume
     from inference.writers import WriterError, save_results, write_results
 
+    model = find_model(args.model, getattr(args, "config", None))  # before any file is read
     groups = group_series(args.paths)
     skipped, pictures = skipped_files(args.paths, groups)
     if not groups:
         print("no DICOM files found" + (f": {skipped_line(skipped, pictures)}" if skipped else ""), file=sys.stderr)
         return 2
-    pipeline = Pipeline(args.model, threshold=args.threshold)
+    pipeline = Pipeline(model, threshold=args.threshold)
     args.out.mkdir(parents=True, exist_ok=True)
     done: list[dict[str, object]] = []
     rejected: list[dict[str, str]] = []
