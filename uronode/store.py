@@ -12,6 +12,12 @@ Same SOP Instance UID again:
 - different bytes: the new file replaces the old one, and the series is
   marked changed and re-opened so that its results are recomputed.
 
+The index records each file by its absolute path. A data folder that was moved, renamed or restored
+somewhere else has rows that still name the old place: the node's start-up (:meth:`Store.recover`) points
+them at this folder (:meth:`Store.relocate`) before anything reads them, and orphan removal never removes
+a file on account of a row that names a place outside the data folder, so that a moved folder never loses
+an instance.
+
 Reading the index is :mod:`uronode.queries`; associations are
 :mod:`uronode.associations`; the schema and connections :mod:`uronode.db`.
 """
@@ -19,12 +25,13 @@ Reading the index is :mod:`uronode.queries`; associations are
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from uronode import files, queries
 from uronode.associations import Associations
@@ -44,6 +51,11 @@ METADATA_CACHE = ".metadata.json"
 ORPHAN_AGE_S = 60.0
 """At start-up, an instance file that nothing indexes is removed once it is older than this (a stop between
 its rename and its index row's commit, a retention pass cut off between its transaction and its files)."""
+NOTES_FOLDER = "notes"
+"""Where :mod:`uronode.supersede` writes its rejection notes in the data folder (its ``NOTES_FOLDER``; named
+here again because that module imports this one), which deliveries name by path."""
+PATH_TABLES = (("instances", "sop_instance_uid"), ("deliveries", "id"))
+"""The tables that name files in the data folder by their absolute path, with each one's key."""
 
 
 class Store:
@@ -86,23 +98,84 @@ class Store:
     def recover(self) -> int:
         """Clean up after a crash; call once at start-up before anything receives.
 
-        Temporary files were never acknowledged and are removed, and so are instance files that nothing
-        indexes once they are older than :data:`ORPHAN_AGE_S` (:meth:`remove_orphans`). Associations
+        Temporary files were never acknowledged and are removed. Index rows that still name the files of a
+        data folder moved or restored from elsewhere are pointed at this one (:meth:`relocate`), first.
+        Then instance files that nothing indexes are removed once they are older than :data:`ORPHAN_AGE_S`
+        (:meth:`remove_orphans`). Associations
         still open in the index died with the previous process: they are
         closed as ``lost`` so that their series can complete. Returns how many
         associations were closed.
         """
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
+        self.relocate()
         self.remove_orphans()
         return Associations(self.db).close_left_open()
+
+    def relocate(self) -> int:
+        """Point the index's rows that name a file in another data folder at the same file in this one;
+        returns how many rows changed, logged.
+
+        The index keeps absolute paths, so a data folder moved or renamed (the default ``uronode-data`` is
+        relative to where the node starts) or a backup restored elsewhere still names the old place: the
+        node would serve nothing, and a retention pass on a copy would delete the original's files. A row
+        is moved when its path has the shape the store gives its files (``instances/<study>/<series>/<file>``,
+        or a rejection note in ``notes/``), whatever lies above; one in no such shape is left as it is
+        (:meth:`remove_orphans` never deletes a file on its account). One transaction, so a stop in
+        the middle changes nothing. Only the node's start-up calls it: a command run while a node is
+        running must not rewrite the paths that node reads (the same folder may be seen under other paths,
+        a container's volume from its host)."""
+        prefix = f"{self.root}{os.sep}"
+        if not any(self.conn().execute(f"SELECT 1 FROM {table} WHERE substr(path, 1, ?) != ? LIMIT 1",
+                                       (len(prefix), prefix)).fetchone() for table, _ in PATH_TABLES):
+            return 0  # the usual start: one pass over the index, no write
+        with self.transaction() as tx:
+            outside = self._outside(tx)
+            for table, key in PATH_TABLES:
+                tx.executemany(f"UPDATE {table} SET path = ? WHERE {key} = ?",
+                               [(here, row_key) for named, row_key, here in outside if named == table and here])
+        moved = sum(1 for _, _, here in outside if here)
+        if moved:
+            log.warning("the data folder was moved or restored here: %d index row(s) now name their files in %s",
+                        moved, self.root)
+        return moved
+
+    def rows_elsewhere(self) -> int:
+        """How many index rows (instances, deliveries) name a file of another data folder (this one moved or
+        restored from there) that :meth:`relocate` would point here. A row that names a file outside this
+        folder in no shape the store gives its files is not counted, and never moved."""
+        return sum(1 for _, _, here in self._outside(self.conn()) if here)
+
+    def _outside(self, conn: sqlite3.Connection) -> list[tuple[str, object, str | None]]:
+        """The rows whose path lies outside this data folder: each one's table, key, and the path of the same
+        file in this folder (None when it is in no shape the store gives its files)."""
+        prefix = f"{self.root}{os.sep}"
+        return [(table, row["key"], self._here(row["path"]))
+                for table, key in PATH_TABLES
+                for row in conn.execute(f"SELECT {key} AS key, path FROM {table} WHERE substr(path, 1, ?) != ?",
+                                        (len(prefix), prefix))]
+
+    def _here(self, stored: str) -> str | None:
+        """The path in this data folder of the file that ``stored`` named in another, or None when it is in
+        no shape the store gives its files."""
+        parts = PurePath(stored).parts
+        if len(parts) >= 5 and parts[-4] == "instances" and is_valid_uid(parts[-3]) and is_valid_uid(parts[-2]) \
+                and _file_name(parts[-1]):
+            return str(self.instances_dir.joinpath(*parts[-3:]))
+        if len(parts) >= 3 and parts[-2] == NOTES_FOLDER and _file_name(parts[-1]):
+            return str(self.root / NOTES_FOLDER / parts[-1])
+        return None
 
     def remove_orphans(self, older_than_s: float = ORPHAN_AGE_S, now: float | None = None) -> int:
         """Remove the instance files under ``instances/`` that no index row names and that are older than
         ``older_than_s`` (a stop between an instance's rename and its commit leaves one, never
         acknowledged; so does a retention pass cut off after its transaction), and the folders they leave
-        empty; returns how many files, logged. A file is indexed when the row of the SOP Instance UID its
-        name carries names that very file."""
+        empty; returns how many files, logged.
+
+        A file is indexed when the row of the SOP Instance UID its name carries names that very file. A row
+        that names a file outside this folder's ``instances/`` (a folder moved or restored from elsewhere
+        before :meth:`relocate` ran, or a row it could not move) keeps the file of its SOP Instance UID:
+        which file it meant cannot be told here, and a file is never removed on its account."""
         cutoff = (time.time() if now is None else now) - older_than_s
         conn = self.conn()
         removed = 0
@@ -111,7 +184,7 @@ class Store:
                 for path in series.glob("*.dcm"):
                     sop = path.name.rsplit("-", 1)[0]
                     row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop,)).fetchone()
-                    if row is not None and row["path"] == str(path):
+                    if row is not None and self._names(row["path"], path):
                         continue
                     try:
                         if path.stat().st_mtime >= cutoff:
@@ -127,6 +200,12 @@ class Store:
         if removed:
             log.warning("removed %d instance file(s) that nothing indexes (left by a stop or a crash)", removed)
         return removed
+
+    def _names(self, stored: str, path: Path) -> bool:
+        """Whether an index row's ``stored`` path stands for ``path`` (a file in this folder's ``instances/``):
+        it is that file, or it lies outside this folder's ``instances/`` (never judged, so never removed)."""
+        named = PurePath(stored)
+        return named == path or not named.is_relative_to(self.instances_dir)
 
     def check_space(self, incoming_bytes: int = 0) -> None:
         """Raise :class:`OutOfResources` when the disk is over its watermark or cannot take ``incoming_bytes``."""
@@ -281,6 +360,11 @@ def _remove_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         return  # not empty
+
+
+def _file_name(name: str) -> bool:
+    """Whether ``name`` can be a file the store wrote (a DICOM file's name, never a way out of its folder)."""
+    return name.endswith(".dcm") and not name.startswith(".")
 
 
 def _same_bytes(path: Path, parts: Sequence[Buffer]) -> bool:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import sqlite3
 import sys
@@ -26,7 +27,7 @@ from uronode.jobs import JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge
-from uronode.settings import ConfigError, Settings, check_ae_title, load_settings
+from uronode.settings import ConfigError, Settings, StorageSettings, check_ae_title, load_settings
 from uronode.store import INDEX_FILE, Store
 from uronode.types import JobState
 
@@ -62,9 +63,47 @@ def _existing_store(settings: Settings) -> Store:
     Opening a :class:`Store` creates it: a mistyped ``--data-dir``, or a command run from the wrong
     folder without ``--config``, would get an empty store of its own and report nothing."""
     data_dir = settings.storage.data_dir
-    if not (data_dir / INDEX_FILE).is_file():
-        raise NoNodeData(f"no node data in {data_dir.resolve()} (no {INDEX_FILE}); give --data-dir or --config")
+    if not _holds_node_data(data_dir):
+        raise NoNodeData(_no_node_data(data_dir))
     return Store(data_dir, fsync=settings.storage.fsync)
+
+
+def _holds_node_data(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a node's data: its index is there (a node made it at its first start)."""
+    return (data_dir / INDEX_FILE).is_file()
+
+
+def _no_node_data(data_dir: Path) -> str:
+    return f"no node data in {data_dir.resolve()} (no {INDEX_FILE}); give --data-dir or --config"
+
+
+SECRET_KEYS = frozenset({"password", "token", "tokens"})
+"""The settings whose values are secrets, wherever they are (``dicomweb``, each destination)."""
+MASK = "********"
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")
+"""A URL's ``user:password@`` (up to the authority's last ``@``), as in ``redis://:password@host``."""
+
+
+def without_secrets(value: Any, key: str = "") -> Any:
+    """The settings as JSON (``model_dump(mode="json")``) with every secret masked: passwords, tokens and the
+    password in a URL (the Redis broker's, a destination's). A secret that is set reads :data:`MASK` (one
+    per token), so the output still says whether it is set; one that is not keeps its ``null`` or ``[]``.
+    ``uronode config`` is pasted into tickets and chats, where a password must not go."""
+    if isinstance(value, dict):
+        return {name: without_secrets(item, name) for name, item in value.items()}
+    if key in SECRET_KEYS and value:
+        return [MASK for _ in value] if isinstance(value, list) else MASK
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(_masked_userinfo, value, count=1)
+    return value
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    """``scheme://user:********@``; a user alone may be a token (``https://TOKEN@host``): masked whole."""
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
 
 
 def local_time(timestamp: float | None) -> str:
@@ -154,7 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    shown = settings.model_dump(mode="json")
+    print(json.dumps(shown if args.show_secrets else without_secrets(shown), indent=2))
     return 0
 
 
@@ -239,6 +279,13 @@ def _deliveries_changed(store: Store, ids: list[int]) -> dict[int, float]:
 def cmd_purge(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     store = _existing_store(settings)  # first: without --config, the retention is missing too
+    if elsewhere := store.rows_elsewhere():
+        # a folder moved or restored from elsewhere, its index not yet pointed here by the node's start-up:
+        # a purge would delete the files of the old place (the original of a copy) and leave these
+        print(f"uronode: the index names {elsewhere} file(s) outside {store.root}: the data folder was moved or"
+              " restored from elsewhere; start the node on it once (its start-up points the index here),"
+              " then purge", file=sys.stderr)
+        return 2
     days = args.older_than_days if args.older_than_days is not None else settings.storage.retention_days
     if days is None:
         print("uronode: no retention set: give --older-than-days or storage.retention_days", file=sys.stderr)
@@ -287,12 +334,22 @@ def cmd_worker_token(args: argparse.Namespace) -> int:
     from uronode.claims import check_worker_name, new_worker_token
 
     settings = _settings_from_args(args)
-    tokens_file = settings.queue.tokens_file(settings.storage.data_dir)
+    data_dir = settings.storage.data_dir
+    tokens_file = settings.queue.tokens_file(data_dir)
     try:
         check_worker_name(args.name)
     except ValueError as exc:
         print(f"uronode: {exc}", file=sys.stderr)
         return 2
+    if not _holds_node_data(data_dir) and settings.queue.worker_tokens_file is None:
+        if args.data_dir is None and data_dir == StorageSettings.model_fields["data_dir"].default:
+            # the default folder, relative to where the command runs: from anywhere but the node's folder the
+            # hash would go to a tokens file no node reads, and the worker be refused (401)
+            raise NoNodeData(f"no node data in {data_dir.resolve()} (no {INDEX_FILE}), and the token's hash must go"
+                             " to the tokens file of the node that is to accept it: give the node's --data-dir"
+                             " (or --config)")
+        print(f"uronode: note: {data_dir.resolve()} holds no node's data yet; the node accepts this worker once it"
+              " runs with that data folder", file=sys.stderr)
     # the token is written to a file of its own first, its hash recorded next, and only then does that file
     # replace --out: a failure never touches a file already at --out nor leaves a hash of a token nobody has
     out = Path(args.out)
@@ -323,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    config = sub.add_parser("config", help="print the effective settings as JSON")
+    config = sub.add_parser("config", help="print the effective settings as JSON (secrets masked)")
     _add_node_flags(config)
+    config.add_argument("--show-secrets", action="store_true",
+                        help="print passwords, tokens and the password in a URL as they are (masked by default)")
     config.set_defaults(func=cmd_config)
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
@@ -382,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker_token = sub.add_parser("worker-token", help="make a remote worker's token; the node keeps its hash")
     worker_token.add_argument("name", help="the worker's name (in the node's logs, jobs and metrics)")
     worker_token.add_argument("--out", type=Path, required=True, help="file for the token (mode 600)")
-    worker_token.add_argument("--data-dir", type=Path)
+    worker_token.add_argument("--data-dir", type=Path,
+                              help="the node's data folder, whose worker-tokens gets the hash (default uronode-data,"
+                                   " which must then hold the node's index)")
     _add_config_flag(worker_token)
     worker_token.set_defaults(func=cmd_worker_token)
 
