@@ -339,6 +339,9 @@ def run_receiver(
     )
     server = make_server(settings, store, listening, slots)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    # Ctrl+C in a terminal reaches every process of the group: the node stops its receivers with SIGTERM
+    # (uronode.app.node), so a receiver ignores SIGINT rather than die mid-association with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("receiver %d (pid %d) accepting associations", index, os.getpid())
     ready.set()
     server.serve_forever(poll_interval=0.5)
