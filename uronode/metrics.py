@@ -96,7 +96,7 @@ class IndexCollector(Collector):
                      unclaimed)
         (held,) = conn.execute("SELECT count(*) FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL").fetchone()
         yield _gauge("uronode_claims_held", "Jobs a remote worker holds under a lease.", held)
-        yield _counter("uronode_leases_expired", "Remote workers' claims whose lease ran out (the job ran again).",
+        yield _counter("uronode_leases_expired", "Remote workers' claims whose lease ran out (the job ran again, or failed on its last try).",
                        deleted.get("leases_expired", 0))
         yield _counter("uronode_jobs_republished", "Jobs published on the broker again (unclaimed in time, or lease expired).",
                        deleted.get("jobs_republished", 0))
