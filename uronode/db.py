@@ -191,6 +191,13 @@ def _set_up(conn: sqlite3.Connection, durable: bool) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        # a newer uronode wrote it (its columns and states this one does not know): going on would read it
+        # wrong and write rows the newer version misreads; going back takes the backup made before upgrading
+        raise DataDirUnusable(
+            f"the index was written by a newer uronode (schema {version}; this one knows up to {SCHEMA_VERSION}): "
+            "run that version, or restore the backup taken before the upgrade (docs/operations.md, "
+            "\"Upgrading uronode\")")
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
