@@ -67,11 +67,21 @@ FRAME_TYPE = "application/octet-stream"
 
 
 def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
+    """The indexed instances asked for whose files are there: one the index names but the disk lacks (lost, or
+    removed by retention since the query) is left out and logged, before any response begins, so that a
+    series' multipart body is whole rather than cut off where the file is missing; none left is a 404."""
     instances = queries.find_instances(store.db, study, series, sop)
+    what = "instance" if sop else "series" if series else "study"
     if not instances:
-        what = "instance" if sop else "series" if series else "study"
         raise HTTPException(404, detail=f"no such {what}")
-    return instances
+    present = [item for item in instances if item.path.is_file()]
+    if len(present) < len(instances):
+        missing = [item.header.sop_instance_uid for item in instances if not item.path.is_file()]
+        log.error("%d of the %d indexed instances of %s %s have no file in the store (first: %s): left out",
+                  len(missing), len(instances), what, sop or series or study, missing[0])
+        if not present:
+            raise HTTPException(404, detail=f"the {what}'s files are no longer in the node's store")
+    return present
 
 
 def _acceptable_syntaxes(request: Request, part_type: str) -> list[str]:
@@ -155,8 +165,13 @@ def _multipart(plan: list[tuple[StoredInstance, str]], ready: dict[str, bytes] |
                     # naming its own syntax (logged by _reencoded)
                     data = None
             if data is None:
-                yield header(item.header.transfer_syntax_uid, item.size)
-                with item.path.open("rb") as f:
+                try:
+                    f = item.path.open("rb")
+                except OSError as exc:  # gone since the plan (retention): leave the part out, keep the body whole
+                    log.error("instance %s left out of a retrieve: %s", item.header.sop_instance_uid, exc)
+                    continue
+                with f:
+                    yield header(item.header.transfer_syntax_uid, item.size)
                     while chunk := f.read(1 << 20):
                         yield chunk
             else:
