@@ -102,7 +102,7 @@ class LoadedModel:
     ``files.lone_model`` names one; else ``keras_model`` serves every volume."""
 
 
-def find_model(name: str | None, config: Path | None = None) -> Path:
+def find_model(name: str | os.PathLike[str] | None, config: Path | None = None) -> Path:
     """The folder of the model ``name`` (None: the default model), found as the node finds its own: a folder
     path as given, else ``<inference.models_dir>/<name>`` of the node's settings (environment and ``config``
     or ``URONODE_CONFIG``, as every command reads them), else the models uronode ships with.

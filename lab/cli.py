@@ -454,12 +454,12 @@ def _init_model_file(value: Path) -> Path:
     """A .keras file as given, or the model file of a model folder / name under models/; a
     :class:`~inference.errors.ModelError` when there is none."""
     from inference.errors import ModelError
-    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.runtime import ModelCard, find_model
 
     if value.suffix == ".keras":
         path = value
     else:
-        folder = resolve_model_dir(value)
+        folder = find_model(value)
         path = folder / ModelCard.read(folder).files.get("model", "model.keras")
     if not path.is_file():
         raise ModelError(f"--init {value}: no model file {path}")
@@ -472,7 +472,7 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
 
     from inference.candidates import CONTRAST_RULE, CandidateRule
     from inference.network import CASCADE_SPEC, InputSpec
-    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.runtime import ModelCard, find_model
     from lab.dataset import PatchSet, patches_from_labelled
     from lab.labelled import LabelledDataError, find_case_folders, load_case
     from lab.train import train_model, write_card
@@ -481,7 +481,7 @@ def _train_on_labelled(args: argparse.Namespace) -> int:
     base_card: ModelCard | None = None
     init: Path | None = None
     if not args.from_scratch:
-        init_folder = resolve_model_dir(args.init or "default")
+        init_folder = find_model(args.init or "default")
         base_card = ModelCard.read(init_folder)
         init = init_folder / base_card.files.get("model", "model.keras")
     spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch")) if base_card else CASCADE_SPEC
@@ -587,7 +587,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     from inference.candidates import CandidateRule
     from inference.errors import VolumeError
     from inference.network import InputSpec
-    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.runtime import ModelCard, find_model
     from lab.augment import Augmentation
     from lab.dataset import (
         PatchSet,
@@ -617,7 +617,7 @@ def _train_on_images(args: argparse.Namespace) -> int:
     chosen = on_side.images
     for note in on_side.notes:
         print(f"{args.images}: {note}")
-    init_folder = resolve_model_dir(args.init or "default")
+    init_folder = find_model(args.init or "default")
     base_card = ModelCard.read(init_folder)
     spec = InputSpec.from_card(base_card.preprocessing, base_card.input.get("patch"))
     rule = CandidateRule.from_card(base_card.candidates)

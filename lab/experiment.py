@@ -368,11 +368,11 @@ def validate(args: argparse.Namespace) -> int:
     included: with the card's dense thresholds fixed, what each contrast threshold adds."""
     from inference.errors import ModelError
     from inference.network import preprocess
-    from inference.runtime import ModelCard, resolve_model_dir
+    from inference.runtime import ModelCard, find_model
     from lab.train import select_channels
 
     # the model found (a ModelError for a wrong name) before a validation series is generated
-    folder = resolve_model_dir(args.validate)
+    folder = find_model(args.validate)
     card = ModelCard.read(folder)
     model_file = folder / card.files.get("model", "model.keras")
     if not model_file.is_file():

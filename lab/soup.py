@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from inference.errors import ModelError
-from inference.runtime import load_model, resolve_model_dir
+from inference.runtime import find_model, load_model
 from lab.train import write_card
 
 
@@ -43,7 +43,7 @@ def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[
         raise ModelError("a soup needs at least two models")
     if out.exists() and not out.is_dir():
         raise ModelError(f"{out} is a file, not a folder")
-    sources = [resolve_model_dir(m) for m in models]
+    sources = [find_model(m) for m in models]
     if (out / "card.json").exists() or any(out.resolve() == folder.resolve() for folder in sources):
         raise ModelError(f"{out} already holds a model; a soup is written into a new folder")
     loaded = [load_model(m) for m in models]

@@ -139,3 +139,18 @@ def _one_labelled_image(folder: Path) -> Path:
     Image.fromarray(pixels).save(folder / "images" / "a.png")
     (folder / "labels" / "a.txt").write_text("0 0.5 0.5 0.125 0.125\n")
     return folder
+
+
+def test_train_init_finds_a_model_of_the_nodes_models_dir_by_its_name(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --init`, `soup --models` and `experiment --validate` look a name up as predict does (they looked in
+    the shipped models alone)."""
+    from inference.errors import ModelError
+    from lab.cli import _init_model_file
+
+    models = tmp_path / "models"
+    shutil.copytree(default_models_dir() / "default", models / "site-model")
+    with pytest.raises(ModelError):
+        _init_model_file(Path("site-model"))
+    monkeypatch.setenv("URONODE_INFERENCE__MODELS_DIR", str(models))
+    assert _init_model_file(Path("site-model")) == models / "site-model" / "model.keras"

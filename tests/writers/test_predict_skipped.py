@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.factory import pydicom_test_file
+from inference.volume import group_series
+from tests.factory import pydicom_test_file, write_series
 from uronode.app.cli import main
+from uronode.app.predict import skipped_files
 
 
 class _Model:
@@ -69,3 +71,21 @@ def test_image_files_beside_dicom_are_counted_and_pointed_to_evaluate(
     assert report["skipped_not_dicom"] == {"files": 4, "image_files": 3,
                                            "image_files_go_to": "uronode evaluate --images DIR"}
     assert len(report["rejected"]) == 1  # the MR series, read as DICOM and refused as not CT
+
+
+def test_a_cds_dicomdir_is_not_counted_as_a_skipped_file(tmp_path: Path) -> None:
+    # a CD as a PACS or a scanner burns it: the images, and a DICOMDIR indexing them (an index, not an image)
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    _, _, paths = write_series(tmp_path / "ct", 2, size=16)
+    fs = FileSet()
+    for path in paths:
+        fs.add(pydicom.dcmread(path))
+    fs.write(tmp_path / "cd")
+    assert (tmp_path / "cd" / "DICOMDIR").is_file()
+    found = group_series([tmp_path / "cd"])
+    assert sum(len(v) for v in found.values()) == 2
+    assert skipped_files([tmp_path / "cd"], found) == ([], [])
+    (tmp_path / "cd" / "notes.txt").write_text("not DICOM")
+    assert skipped_files([tmp_path / "cd"], found) == ([tmp_path / "cd" / "notes.txt"], [])

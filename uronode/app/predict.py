@@ -99,12 +99,29 @@ IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"
 """Picture files: not DICOM, so not read by predict; ``uronode evaluate --images`` reads them."""
 
 
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+"""A DICOMDIR's SOP Class: a CD's index of its files, not an image; its images are read from their own files."""
+
+
+def _is_dicomdir(path: Path) -> bool:
+    if path.name.upper() == "DICOMDIR":
+        return True
+    try:
+        import pydicom
+
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["MediaStorageSOPClassUID"]).file_meta
+    except Exception:  # noqa: BLE001 (any file that cannot be read as DICOM is simply not a DICOMDIR)
+        return False
+    return str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
+
+
 def skipped_files(paths: list[Path], groups: dict[str, list[Path]]) -> tuple[list[Path], list[Path]]:
-    """(the files under ``paths`` in none of the DICOM series ``groups``, the picture files among them)."""
+    """(the files under ``paths`` in none of the DICOM series ``groups``, the picture files among them). A CD's
+    DICOMDIR is not counted: it indexes the images, which are read from their own files."""
     from inference.volume import find_dicom_files
 
     grouped = {p for series in groups.values() for p in series}
-    skipped = [p for p in find_dicom_files(paths) if p not in grouped]
+    skipped = [p for p in find_dicom_files(paths) if p not in grouped and not _is_dicomdir(p)]
     return skipped, [p for p in skipped if p.suffix.lower() in IMAGE_FILE_SUFFIXES]
 
 
