@@ -52,8 +52,8 @@ ORPHAN_AGE_S = 60.0
 """At start-up, an instance file that nothing indexes is removed once it is older than this (a stop between
 its rename and its index row's commit, a retention pass cut off between its transaction and its files)."""
 NOTES_FOLDER = "notes"
-"""Where :mod:`uronode.supersede` writes its rejection notes in the data folder (its ``NOTES_FOLDER``; named
-here again because that module imports this one), which deliveries name by path."""
+"""Under the data folder: the rejection notes :mod:`uronode.supersede` writes, owed to destinations (not in the
+index: not the study's content); deliveries name them by path. Defined here, the lower module, for both."""
 PATH_TABLES = (("instances", "sop_instance_uid"), ("deliveries", "id"))
 """The tables that name files in the data folder by their absolute path, with each one's key."""
 

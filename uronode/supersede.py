@@ -40,7 +40,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from uronode.audit import AuditLog
 from uronode.outbox import Outbox
 from uronode.settings import Destination
-from uronode.store import METADATA_CACHE, Store
+from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store
 from uronode.uids import derive_uid
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,6 @@ KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
 NOTE_SERIES_NUMBER = 905
 NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
-NOTES_FOLDER = "notes"
-"""Under the data folder: the rejection notes, owed to destinations (not in the index: not the study's content)."""
 PIXEL_CLASSES_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7")
 """SEG and Secondary Capture: referenced as IMAGE items; anything else (SR, KO) as COMPOSITE."""
 
