@@ -244,7 +244,8 @@ class Claims:
         held = row["claim_token"]
         if (row["state"] != JobState.RUNNING or held is None or not hmac.compare_digest(held, token)
                 or row["claimed_by"] != worker):
-            raise ClaimConflict(f"job {job_id}: this claim no longer holds it")
+            now_is = row["state"] + (f": {row['reason']}" if row["reason"] else "")
+            raise ClaimConflict(f"job {job_id}: this claim no longer holds it ({now_is})")
         if row["lease_until"] is None or row["lease_until"] < now:
             raise ClaimConflict(f"job {job_id}: this claim's lease ran out")
         return row

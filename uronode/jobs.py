@@ -3,7 +3,8 @@
 A job names a series (and the generation of it that completed) and the model
 to run; it holds no in-process object, so that a worker in another process, or
 later on another machine, can take it. States: ``queued`` -> ``running`` ->
-``delivered`` or ``failed`` (with its reason). A job that a remote worker holds
+``delivered`` or ``failed`` (with its reason); a queued or running job can be cancelled (failed, its
+reason :data:`CANCELLED`). A job that a remote worker holds
 keeps its claim until its lease runs out (:mod:`uronode.claims`). A queued job
 whose ``dispatched_at`` is NULL is still to be published on the broker
 (``queue.backend = "dramatiq"``; the local backend ignores it).
@@ -43,8 +44,14 @@ memory, a file that crashes a decoder), and the job fails with the reason instea
 worker that takes it. Every claim of the job counts, local or remote."""
 MAX_LOCAL_ATTEMPTS = MAX_ATTEMPTS
 """The name :data:`MAX_ATTEMPTS` had while only the node's own workers were held to it."""
+CANCELLED = "cancelled by the operator"
+"""The reason a cancelled job fails with (:meth:`JobQueue.cancel`), before the operator's own words."""
 NODE_WENT_DOWN = "the whole node went down"
 """The cause :meth:`JobQueue.recover` gives: at start-up, nothing tells a worker's death from the node's."""
+
+
+class JobNotRunning(ValueError):
+    """A job's end was to be recorded, and it is no longer running: cancelled, or taken back meanwhile."""
 
 
 def local_worker(pid: int) -> str:
@@ -123,19 +130,60 @@ class JobQueue:
         self, job_id: int, state: JobState, reason: str | None = None, findings: str | None = None,
         seconds: float | None = None,
     ) -> None:
-        """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason)."""
+        """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason).
+
+        :class:`JobNotRunning` (a ValueError) when it is not running: cancelled meanwhile (:meth:`cancel`)."""
+        with self.store.transaction() as conn:
+            self.finish_in(conn, job_id, state, reason, findings, seconds)
+
+    def finish_in(
+        self, conn: sqlite3.Connection, job_id: int, state: JobState, reason: str | None = None,
+        findings: str | None = None, seconds: float | None = None, worker: str | None = None,
+    ) -> None:
+        """:meth:`finish` inside the caller's transaction (the one that records the job's results, so that a
+        cancel lands either before the results, which are then not recorded, or after the job has finished).
+        With ``worker``, only while that worker's claim holds it."""
         if state not in (JobState.DELIVERING, JobState.DELIVERED, JobState.FAILED):
             raise ValueError(f"state must be delivering, delivered or failed, not {state}")
         if state is JobState.FAILED and not reason:
             raise ValueError("a failed job needs its reason")
+        cur = conn.execute(
+            "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, findings = coalesce(?, findings),"
+            " seconds = coalesce(?, seconds) WHERE id = ? AND state = 'running' AND (? IS NULL OR claimed_by = ?)",
+            (state.value, reason, time.time(), findings, seconds, job_id, worker, worker),
+        )
+        if cur.rowcount != 1:
+            row = conn.execute("SELECT state, reason FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            now = "gone" if row is None else row["state"] + (f" ({row['reason']})" if row["reason"] else "")
+            raise JobNotRunning(f"job {job_id} is not running: {now}")
+
+    def cancel(self, job_id: int, why: str = "") -> Job:
+        """Cancel a queued or running job (``uronode cancel``): it fails with the reason
+        :data:`CANCELLED` (and ``why``), so ``uronode requeue`` runs it again. A running job's worker finishes
+        its computation and drops it: nothing is stored or sent (:meth:`finish_in` refuses it), a remote
+        worker's claim no longer holds. ValueError for no such job (``no job 7``) or one in another state:
+        a delivering job has stored its results already."""
+        reason = CANCELLED + (f": {why.strip()}" if why.strip() else "")
         with self.store.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated_at = ?, findings = coalesce(?, findings),"
-                " seconds = coalesce(?, seconds) WHERE id = ? AND state = 'running'",
-                (state.value, reason, time.time(), findings, seconds, job_id),
+                "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ?, claim_token = NULL, lease_until = NULL"
+                " WHERE id = ? AND state IN ('queued', 'running')",
+                (reason, time.time(), job_id),
             )
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if cur.rowcount != 1:
-                raise ValueError(f"job {job_id} is not running")
+                if row is None:
+                    raise ValueError(f"no job {job_id}")
+                raise ValueError(f"job {job_id} is {row['state']}; only a queued or running job can be cancelled"
+                                 + (" (its results are stored and being sent: `uronode deliveries`)"
+                                    if row["state"] == JobState.DELIVERING.value else ""))
+        job = _job(row)
+        log.warning("job %d series %s cancelled by the operator", job.id, job.series_instance_uid)
+        AuditLog(self.store.root).record(
+            "job_cancelled", job_id=job.id, series_instance_uid=job.series_instance_uid, reason=reason,
+            worker=job.claimed_by,
+        )
+        return job
 
     def requeue(self, job_id: int) -> None:
         """Put a failed or delivered job back in the queue (``uronode requeue``).

@@ -292,6 +292,32 @@ class Store:
         outcome = StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
         return outcome, Path(old["path"]) if old is not None else None
 
+    def discard(self, sop_instance_uids: Sequence[str]) -> int:
+        """Take instances this node has just stored out again, index rows and files (a cancelled job's results,
+        made before its cancel was seen); their series and study rows go when emptied. Returns how many were
+        found. Not for received instances: retention (:mod:`uronode.retention`) deletes those."""
+        if not sop_instance_uids:
+            return 0
+        with self.db.transaction() as conn:
+            rows = [row for uid in sop_instance_uids if (row := conn.execute(
+                "SELECT sop_instance_uid, series_instance_uid, study_instance_uid, path FROM instances"
+                " WHERE sop_instance_uid = ?", (uid,)).fetchone()) is not None]
+            conn.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", [(r["sop_instance_uid"],) for r in rows])
+            for series in {r["series_instance_uid"] for r in rows}:
+                if conn.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone():
+                    continue
+                conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
+                conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+            for study in {r["study_instance_uid"] for r in rows}:
+                conn.execute("DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
+                             " (SELECT 1 FROM instances WHERE study_instance_uid = ?)", (study, study))
+        for row in rows:
+            try:
+                Path(row["path"]).unlink(missing_ok=True)
+            except OSError as exc:  # an orphan now: start-up's orphan removal takes it
+                log.warning("discarded instance file %s could not be removed: %s", row["path"], exc)
+        return len(rows)
+
     # -- what the worker reads back -------------------------------------------------------
 
     def series_instances(self, series_instance_uid: str) -> list[StoredInstance]:

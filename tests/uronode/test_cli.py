@@ -37,7 +37,7 @@ def test_the_package_s_own_errors_are_one_line_and_status_2(
     assert err.startswith("uronode: model 'no-such-model' not found") and err.count("\n") == 1
 
 
-ADMIN = [["jobs"], ["deliveries"], ["retry"], ["purge", "--older-than-days", "30"], ["requeue", "1"]]
+ADMIN = [["jobs"], ["deliveries"], ["retry"], ["purge", "--older-than-days", "30"], ["requeue", "1"], ["cancel", "1"]]
 
 
 @pytest.mark.parametrize("command", ADMIN, ids=lambda c: c[0])

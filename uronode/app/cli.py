@@ -314,6 +314,22 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    queue = JobQueue(_existing_store(settings))
+    before = queue.get(args.job)
+    try:
+        job = queue.cancel(args.job, args.reason or "")
+    except ValueError as exc:
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 1
+    running = before is not None and before.state is JobState.RUNNING
+    print(f"job {args.job} cancelled ({job.reason})"
+          + (f"; its worker ({before.claimed_by}) drops what it makes of it" if running and before else "")
+          + f"; `uronode requeue {args.job}` runs it again")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     setup_logging(settings.log_level)
@@ -431,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--data-dir", type=Path)
     requeue.set_defaults(func=cmd_requeue)
 
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job: it fails, nothing of it is stored or"
+                                           " sent (a running one's worker drops its outcome)")
+    cancel.add_argument("job", type=int)
+    cancel.add_argument("--reason", help="the operator's words, kept with the job's reason")
+    _add_config_flag(cancel)
+    cancel.add_argument("--data-dir", type=Path)
+    cancel.set_defaults(func=cmd_cancel)
     worker = sub.add_parser("worker", help="a model worker for a node, on any machine (queue.backend dramatiq)")
     worker.add_argument("--node", required=True, help="the node's HTTP address, e.g. http://node:8080")
     worker.add_argument("--token-file", type=Path, required=True, help="this worker's bearer token (first line)")

@@ -42,14 +42,14 @@ from uronode.audit import AuditLog
 from uronode.db import is_resource_error
 from uronode.errors import OutOfResources
 from uronode.header import read_header
-from uronode.jobs import JobQueue, local_worker
+from uronode.jobs import JobNotRunning, JobQueue, local_worker
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import record_results, settle
-from uronode.types import Job, JobState
+from uronode.types import Job, JobState, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -103,38 +103,49 @@ class Worker:
             results = write_results(volume, findings)
         except InferenceError as exc:
             return self._fail(job, str(exc))
-        stored = []
+        current = self.queue.get(job.id)
+        if current is None or current.state is not JobState.RUNNING or current.claimed_by != job.claimed_by:
+            return self._dropped(job, current)  # cancelled while the model ran: nothing stored
+        stored, new = [], []
         for ds in results.datasets:  # SEG, overlays, key objects, SR: whatever the writers made
             data = encode(ds)
             header = read_header([data])
-            self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)
+            outcome = self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)
             found = self.store.get_instance(header.sop_instance_uid)
             if found is None:
                 raise RuntimeError(f"result {header.sop_instance_uid} vanished from the store")
             stored.append(found)
+            if outcome is StoreOutcome.STORED:
+                new.append(header.sop_instance_uid)
         destinations = self.settings.delivery.destinations
         model = f"{findings.model_name} {findings.model_version}"
-        with self.store.transaction() as conn:
-            superseded = record_results(conn, job_id=job.id, source_series_uid=job.series_instance_uid, model=model,
-                                        sop_instance_uids=[i.header.sop_instance_uid for i in stored])
-            for destination in destinations:
-                for item in stored:
-                    if not destination.takes(item.header.sop_class_uid):
-                        continue
-                    self.outbox.enqueue_in(
-                        conn,
-                        destination=destination.name,
-                        sop_instance_uid=item.header.sop_instance_uid,
-                        sop_class_uid=item.header.sop_class_uid,
-                        path=item.path,
-                        job_id=job.id,
-                        calling_ae=instances[0].calling_ae,
-                    )
-        settle(self.store, self.outbox, superseded, destinations=destinations, source_series_uid=job.series_instance_uid,
-               model=model, job_id=job.id, calling_ae=instances[0].calling_ae)
         owed = any(d.takes(i.header.sop_class_uid) for d in destinations for i in stored)
         state = JobState.DELIVERING if owed else JobState.DELIVERED
-        self.queue.finish(job.id, state, findings=json.dumps(findings.to_json()), seconds=inference_s)
+        try:
+            with self.store.transaction() as conn:
+                superseded = record_results(conn, job_id=job.id, source_series_uid=job.series_instance_uid,
+                                            model=model, sop_instance_uids=[i.header.sop_instance_uid for i in stored])
+                for destination in destinations:
+                    for item in stored:
+                        if not destination.takes(item.header.sop_class_uid):
+                            continue
+                        self.outbox.enqueue_in(
+                            conn,
+                            destination=destination.name,
+                            sop_instance_uid=item.header.sop_instance_uid,
+                            sop_class_uid=item.header.sop_class_uid,
+                            path=item.path,
+                            job_id=job.id,
+                            calling_ae=instances[0].calling_ae,
+                        )
+                # in the same transaction: a cancel lands before the results are recorded, or after the job ended
+                self.queue.finish_in(conn, job.id, state, findings=json.dumps(findings.to_json()),
+                                     seconds=inference_s, worker=job.claimed_by)
+        except JobNotRunning:
+            self.store.discard(new)  # cancelled while they were stored: none recorded, none sent
+            return self._dropped(job, self.queue.get(job.id))
+        settle(self.store, self.outbox, superseded, destinations=destinations, source_series_uid=job.series_instance_uid,
+               model=model, job_id=job.id, calling_ae=instances[0].calling_ae)
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
             stones=len(findings.stones), results=[i.header.sop_instance_uid for i in stored],
@@ -146,9 +157,19 @@ class Worker:
         )
         return state
 
+    def _dropped(self, job: Job, current: Job | None) -> JobState:
+        """The job stopped being this worker's while it ran (``uronode cancel``): its outcome is dropped."""
+        now = "gone" if current is None else current.state.value + (f" ({current.reason})" if current.reason else "")
+        log.warning("job %d series %s is no longer this worker's (%s): its outcome is dropped, nothing stored or sent",
+                    job.id, job.series_instance_uid, now)
+        return current.state if current is not None else JobState.FAILED
+
     def _fail(self, job: Job, reason: str) -> JobState:
         log.warning("job %d series %s failed: %s", job.id, job.series_instance_uid, reason)
-        self.queue.finish(job.id, JobState.FAILED, reason)
+        try:
+            self.queue.finish(job.id, JobState.FAILED, reason)
+        except JobNotRunning:
+            return self._dropped(job, self.queue.get(job.id))
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state="failed", reason=reason
         )
@@ -202,6 +223,8 @@ class Worker:
         log.exception("job %d failed unexpectedly", job.id)
         try:
             self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        except JobNotRunning:
+            self._dropped(job, self.queue.get(job.id))
         except sqlite3.Error as again:  # the index cannot take the failure either: the job waits, not counted
             self._give_back(job, f"the node's index cannot be written: {again}", stop)
 
