@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -184,6 +185,21 @@ class AuditRequests:
             raise
 
 
+CORS_HEADERS = ("Authorization", "Accept", "Content-Type")
+"""What a viewer's page on another origin may send: its credentials, the media types it asks for, STOW-RS bodies."""
+CORS_EXPOSED = ("Warning", "Content-Location", "Content-Disposition")
+"""What its script may read besides the simple headers: STOW-RS's and the upload's notes, a WADO-RS file's name."""
+
+
+def add_cors(app: FastAPI, origins: Sequence[str]) -> None:
+    """Starlette's CORS middleware for ``dicomweb.cors_origins``: reads (GET, HEAD) and STOW-RS or uploads
+    (POST) from those origins' pages, the credentials in an Authorization header, never the browser's own
+    (no cookies, no cached basic credentials); preflights remembered for 10 minutes."""
+    app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["GET", "HEAD", "POST"],
+                       allow_headers=list(CORS_HEADERS), expose_headers=list(CORS_EXPOSED), allow_credentials=False,
+                       max_age=600)
+
+
 def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Sequence[ReadyCheck] = ()) -> FastAPI:
     """The HTTP side of the node.
 
@@ -235,6 +251,10 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
         )
     # around authentication, so that what it refuses is audited
     app.add_middleware(AuditRequests, audit=audit, trusted_proxies=settings.dicomweb.trusted_proxies)
+    if settings.dicomweb.cors_origins:
+        # around authentication: a browser's preflight carries no credentials, and a refusal (401) needs the
+        # headers for the calling page to read it
+        add_cors(app, settings.dicomweb.cors_origins)
     app.add_middleware(ForwardedScheme, trusted_proxies=settings.dicomweb.trusted_proxies)
     app.add_middleware(CanonicalPaths)  # outermost: every other part sees the mended path
     return app

@@ -21,6 +21,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -240,6 +241,33 @@ class DicomwebSettings(StrictModel):
     whose ``X-Forwarded-User``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the node believes (the audit
     log's user and client, the scheme of the URLs it writes); from any other client those headers are not
     taken as the user, the address or the scheme."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Web origins (``https://viewer.hospital.example``, scheme, host and port) whose pages may call the node's
+    DICOMweb and API from a browser (CORS): another OHIF or web viewer that adds the node as a data source.
+    Empty (the default): none, the node's own viewer and upload page are on its own origin. ``*`` only with
+    ``auth`` ``none``: with authentication, any page could otherwise use a user's credentials."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            parts = urlsplit(entry)
+            if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
+                    or parts.fragment or parts.username is not None or entry != entry.strip()):
+                raise ValueError(f"dicomweb.cors_origins: {entry!r} is not a web origin: the scheme, host and port"
+                                 " a page is served from, such as https://viewer.hospital.example or"
+                                 " http://10.0.0.5:3000, without a path or a trailing slash")
+        return [entry.lower() for entry in value]
+
+    @model_validator(mode="after")
+    def _any_origin_only_when_open(self) -> DicomwebSettings:
+        if "*" in self.cors_origins and self.auth != "none":
+            raise ValueError("dicomweb.cors_origins: '*' (any web page) is refused while dicomweb.auth is"
+                             f" {self.auth!r}: any page could use a user's credentials; name the viewer's origin")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
