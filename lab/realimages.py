@@ -775,6 +775,22 @@ def _unmatched_labels(folder: Path, scan: _Scan) -> list[Path]:
     return sorted(p for p in candidates - used if p.name.lower() not in NAME_FILES)
 
 
+INVERTED_BORDER_SHARE = 0.5
+"""An 8-bit image whose outermost pixels are at least this share white (and almost none black) shows what
+lies around the body white: ``looks_inverted``."""
+
+
+def looks_inverted(grey: np.ndarray) -> bool:
+    """Whether an 8-bit image looks shown inverted (white air and black bone, as a MONOCHROME1 display or an
+    inverting export shows CT): its border mostly white (>= 250) and almost never black (<= 5), where a CT
+    image in any window shows air black and a crop inside the body shows tissue grey. Read as it is, such an
+    image's stones are black and never found: the set's notes say so (probe 11 #17)."""
+    if grey.dtype != np.uint8 or min(grey.shape) < 16:
+        return False
+    border = np.concatenate([grey[:2].ravel(), grey[-2:].ravel(), grey[:, :2].ravel(), grey[:, -2:].ravel()])
+    return bool((border >= 250).mean() >= INVERTED_BORDER_SHARE and (border <= 5).mean() <= 0.02)
+
+
 def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: str = "off",
                    classes: Sequence[int] | None = None, notes: list[str] | None = None) -> list[LabelledImage]:
     """Every labelled image below ``folder`` (see the module's text); ``pixel_mm`` is the spacing of the
@@ -858,6 +874,11 @@ def read_image_set(folder: Path, pixel_mm: float | None = None, estimate_pixel: 
                     f"{'class' if len(kinds) == 1 else 'classes'} {', '.join(map(str, kinds))}, which {chosen.where} "
                     f"does not name (it names {', '.join(map(str, sorted(chosen.names or {})))}): "
                     + _listed([place for _, place in unnamed]))
+    inverted = [im for im in out if im.hu is None and looks_inverted(im.grey)]
+    if inverted:
+        said.append(f"{len(inverted)} of {len(out)} images look inverted (white around the body, black bone, as a "
+                    "MONOCHROME1 display shows CT): read as they are, their stones show black and are not found; "
+                    "invert them (255 - grey) to measure them: " + _listed([_shown(im.path, folder) for im in inverted]))
     carried = Counter(im.pixel_from for im in out)
     if carried["assumed"]:
         said.append(f"{carried['assumed']} of {len(out)} images carry no pixel size and were read at the assumed "

@@ -27,6 +27,7 @@ from lab.realimages import (
     hu_to_grey,
     image_hu,
     is_stone_class,
+    looks_inverted,
     parse_window,
     read_image_set,
     stone_classes,
@@ -397,3 +398,30 @@ def test_a_data_yaml_in_a_turkish_windows_code_page_is_read(tmp_path: Path) -> N
     assert classes.classes == frozenset({1}) and "'Taş Var'" in classes.how
     (image,) = read_image_set(tmp_path)
     assert [astuple(b) for b in image.boxes] and len(image.boxes) == 1
+
+
+# 17: inverted grey (white air, black bone)
+
+@pytest.mark.parametrize("window", [(40, 400), (300, 1500), "full-range"])
+def test_an_inverted_image_is_said_and_an_upright_one_in_any_window_is_not(tmp_path: Path, window: object) -> None:
+    """White air and black bone (a MONOCHROME1 display, an inverting export): read as they are, the stones
+    are black; the notes say so and name the images. The same slice upright, and real crops inside the body,
+    are not taken for inverted."""
+    hu, stone = _axial_slice()
+    upright = (np.round((np.clip(hu, -1024, 3071) + 1024) / 4095 * 255).astype(np.uint8) if window == "full-range"
+               else hu_to_grey(hu, (float(window[0]), float(window[1]))) if isinstance(window, tuple) else None)
+    assert upright is not None
+    _write(tmp_path / "set", "upright.png", upright, _yolo(stone))
+    _write(tmp_path / "set", "inverted.png", (255 - upright).astype(np.uint8), _yolo(stone))
+    for image, text in _real_images(3):
+        shutil.copy(image, tmp_path / "set" / "images" / image.name)
+        (tmp_path / "set" / "labels" / f"{image.stem}.txt").write_text(text)
+    notes: list[str] = []
+    read = read_image_set(tmp_path / "set", notes=notes)
+    assert len(read) == 5
+    said = [note for note in notes if "look inverted" in note]
+    assert said == ["1 of 5 images look inverted (white around the body, black bone, as a MONOCHROME1 display "
+                    "shows CT): read as they are, their stones show black and are not found; invert them "
+                    "(255 - grey) to measure them: images/inverted.png"]
+    assert {im.path.stem: looks_inverted(im.grey) for im in read if im.hu is None} == {
+        "inverted": True, "upright": False, **{image.stem: False for image, _ in _real_images(3)}}
