@@ -10,7 +10,13 @@ spacing is honoured), mean and max HU, and side. Per slice: one box per stone wi
 green box), the stone's own box on it and its in-plane diameter there.
 
 **Side.** A stone is 'left' or 'right' only when its centroid lies at least ``SIDE_TOLERANCE_MM`` (25 mm)
-from the body's midline, otherwise 'midline' (no laterality: "near midline" in words). The bladder is a
+from the body's midline, otherwise 'midline' (no laterality: "near midline" in words). The midline is the
+body's left-right centre on the stone's slices, which is the patient's only when the image shows the body's
+whole width: where the body runs off the image's left or right edge (a kidney's targeted reconstruction, a
+tight crop, a large patient), the centre is the image's, and a right kidney's stone was once reported left
+(probe 14, C1). There the side is 'unknown' (no laterality: "side not determined"), unless the centre lies
+within ``ISOCENTRE_AGREEMENT_MM`` of x = 0 (the scanner's isocentre, on which patients are centred) and
+x = 0 lies in the image. A sagittal image shows no left and right at all: 'unknown' too. The bladder is a
 midline organ and its stones lie anywhere in it, often 10-20 mm off the midline; a laterality there reads as
 a distal ureteric stone on that side, which is managed differently, so a wrong side is worse than none.
 Kidney stones (40-80 mm from the midline) and ureteric stones above the pelvic brim keep their side; a stone
@@ -31,6 +37,16 @@ BODY_HU = -500.0
 SIDE_TOLERANCE_MM = 25.0
 """A stone whose centroid lies within this distance of the body's midline (LPS x) is 'midline': no
 laterality is stated (see the module's docstring). 5 mm gave 13 of 20 generated bladder stones a side."""
+SIDE_WORDS = {"left": "left", "right": "right", "midline": "near midline", "unknown": "side not determined"}
+"""``Stone.side`` in words, wherever a person reads it (the SR, the overlays' labels, ``uronode predict``)."""
+CUT_EDGE_SHARE = 0.25
+"""The body runs off an image's left or right edge when more than this share of that edge's pixels are body
+(a CT table's ends or an arm's tip cut by the field of view are less; a kidney's targeted reconstruction,
+all body, is far more)."""
+ISOCENTRE_AGREEMENT_MM = 30.0
+"""Where the body runs off the image's left or right edge, its centre is still taken for the midline when it
+lies within this distance of x = 0 (the scanner's isocentre, where a patient is centred) and x = 0 lies in
+the image; otherwise no side is stated."""
 LENGTH_HULL_POINTS = 64
 """Above this many surface voxels the length is measured between the vertices of their convex hull."""
 
@@ -81,7 +97,8 @@ class Stone:
     mean_hu: float
     max_hu: float
     side: str
-    """'left', 'right' (the patient's) or 'midline'."""
+    """'left', 'right' (the patient's), 'midline' (within 25 mm of it: no laterality) or 'unknown' (the
+    image does not show where the midline is: the module's text)."""
     voxel_count: int
     mean_probability: float = 1.0
     first_voxel: tuple[int, int, int] | None = None
@@ -138,30 +155,55 @@ class Findings:
 
 
 def max_axial_diameter_mm(rows: np.ndarray, columns: np.ndarray, pixel_spacing: tuple[float, float]) -> float:
-    """Largest distance across a set of pixels of one slice (mm).
-
-    The largest centre-to-centre distance plus one pixel, so a disc of diameter D
-    measures about D and a single pixel measures its own width.
-    """
+    """Largest distance across a set of pixels of one slice (mm): the larger of two estimates (``_length``),
+    the farthest pixel centres plus half a pixel along that line (an irregular stone's extent), and the long
+    axis of the ellipse with the pixels' second moments (a round or oval stone's diameter, which the pixel
+    steps do not bias). A single pixel measures its own width."""
     if rows.size == 0:
         return 0.0
     points = np.stack([rows * pixel_spacing[0], columns * pixel_spacing[1]], axis=1).astype(np.float64)
+    if points.shape[0] == 1:
+        return float(max(pixel_spacing))
+    outline = points
     if points.shape[0] > 64:
         from scipy.spatial import ConvexHull, QhullError
 
         try:
-            hull = ConvexHull(points)
+            outline = points[ConvexHull(points).vertices]
         except QhullError:  # collinear pixels: keep them all
-            hull = None
-        if hull is not None:
-            points = points[hull.vertices]
-    diff = points[:, None, :] - points[None, :, :]
+            outline = points
+    diff = outline[:, None, :] - outline[None, :, :]
     dist = np.sqrt((diff**2).sum(-1))
     i, j = np.unravel_index(int(dist.argmax()), dist.shape)
-    if i == j:
-        return float(max(pixel_spacing))
-    direction = np.abs(diff[i, j]) / dist[i, j]
-    return float(dist[i, j] + direction @ np.asarray(pixel_spacing, dtype=np.float64))
+    direction = diff[i, j] / dist[i, j]
+    half = 0.5 * _voxel_chord(direction, np.asarray(pixel_spacing, dtype=np.float64))
+    return _length(float(dist[i, j]) + half, points, ELLIPSE_VARIANCE)
+
+
+ELLIPSE_VARIANCE = 4.0
+"""A solid ellipse's variance along an axis is its semi-axis squared over 4."""
+
+
+def _length(extent: float, points: np.ndarray, shape_factor: float) -> float:
+    """The larger of ``extent`` (farthest centres plus half a voxel) and the long axis of the ellipse or
+    ellipsoid with the ``points``' second moments, ``2 * sqrt(shape_factor * largest variance)``.
+
+    Why both (probe 14, C2): the farthest centres lie inside a digitised stone's edge by up to a pixel, and
+    adding a whole pixel's width corner to corner (as it once was) made round stones of 3-6 mm 13-21 % too
+    wide, while adding half a pixel measures an oval stone's pointed ends 5-15 % short. The moments' long
+    axis is within a few per cent for discs and ovals from 4 mm up, wherever they lie on the grid; the extent keeps an irregular stone's (a staghorn's) farthest reach
+    (tests/inference/test_stone_side_and_size.py)."""
+    centred = points - points.mean(axis=0)
+    largest = float(np.linalg.eigvalsh(centred.T @ centred / points.shape[0])[-1])
+    return max(extent, 2.0 * float(np.sqrt(shape_factor * max(largest, 0.0))))
+
+
+def _voxel_chord(direction: np.ndarray, spacing: np.ndarray) -> float:
+    """The chord through a voxel's centre along ``direction`` (a unit vector in the voxel's own axes,
+    ``spacing`` its widths), the voxel taken as the ellipsoid its box holds: its width along an axis, and for
+    a cube the same in every direction (its corners, which no digitised round stone fills, are not
+    counted)."""
+    return 1.0 / float(np.sqrt(((direction / spacing) ** 2).sum()))
 
 
 def _farthest_pair(points: np.ndarray) -> tuple[int, int, float]:
@@ -216,9 +258,16 @@ def stone_length_mm(volume: Volume, voxels: np.ndarray, steps: np.ndarray | None
     """Largest extent (mm) of a set of voxels (``(n, 3)`` indices: slice, row, column) in any direction.
 
     The largest distance between voxel centres in patient coordinates (a tilted gantry's true geometry)
-    plus the width of a voxel along that line (half a voxel at either end), as ``max_axial_diameter_mm``
-    measures in the plane. Give only the surface voxels of a large stone: its hull is all that counts.
-    ``steps``: ``_stacking_step(volume)``, when measuring many stones.
+    plus half a voxel along that line, the voxel taken as the ellipsoid its box holds (``_voxel_chord``; a
+    tilted gantry's voxel is a slanted box, its third edge the step along the table),
+    as ``max_axial_diameter_mm`` takes its extent in the plane. The stone's length is never less than its
+    largest in-plane diameter (``measure_stones``), whose moments measure a round stone without the voxels'
+    excess; across the slices their moments would not (two slices of 5 mm make a 3 mm stone 11 mm long), so
+    a stone long along the slices' normal is measured by its extent alone: on digitised ovoids and spindles
+    long head to feet at 1.25 mm slices, 4-14 % and 7-30 % short (the slices' step, not the stone, decides
+    where its ends are seen), where a voxel's corner-to-corner width made round stones 14-34 % too long.
+    Give only the surface voxels of a large stone: its hull is all that counts. ``steps``:
+    ``_stacking_step(volume)``, when measuring many stones.
     """
     if voxels.shape[0] == 0:
         return 0.0
@@ -231,10 +280,15 @@ def stone_length_mm(volume: Volume, voxels: np.ndarray, steps: np.ndarray | None
         return 0.0
     i, j = int(hull[a]), int(hull[b])
     u = (points[j] - points[i]) / dist
-    in_plane = (abs(float(u @ np.asarray(volume.row_direction))) * volume.pixel_spacing[1]
-                + abs(float(u @ np.asarray(volume.column_direction))) * volume.pixel_spacing[0])
-    across = sum(abs(float(u @ steps[int(voxels[k, 0])])) for k in (i, j)) / 2.0
-    return float(dist + in_plane + across)
+    step = (steps[int(voxels[i, 0])] + steps[int(voxels[j, 0])]) / 2.0
+    edges = np.stack([np.asarray(volume.row_direction, dtype=np.float64) * volume.pixel_spacing[1],
+                      np.asarray(volume.column_direction, dtype=np.float64) * volume.pixel_spacing[0], step], axis=1)
+    try:
+        across = np.linalg.solve(edges, u)  # u in the voxel's own edges: its widths along them are 1
+        half = 0.5 * _voxel_chord(across, np.ones(3))
+    except np.linalg.LinAlgError:
+        half = 0.0
+    return float(dist) + half
 
 
 def _midline_x(volume: Volume, slices: np.ndarray) -> float:
@@ -257,11 +311,35 @@ def _midline_x(volume: Volume, slices: np.ndarray) -> float:
     return float(volume.index_to_patient(centre)[0])
 
 
+def _lateral_edges_cut(volume: Volume, slices: np.ndarray) -> bool:
+    """Whether the body runs off the image's left or right edge on these slices: more than
+    ``CUT_EDGE_SHARE`` of an edge's pixels are body (the table's ends or an arm's tip are less)."""
+    columns_lateral = abs(volume.row_direction[0]) >= abs(volume.column_direction[0])
+    for k in slices:
+        body = volume.hu[k] > BODY_HU
+        edges = (body[:, 0], body[:, -1]) if columns_lateral else (body[0, :], body[-1, :])
+        if any(float(edge.mean()) > CUT_EDGE_SHARE for edge in edges):
+            return True
+    return False
+
+
+def _x_range(volume: Volume, k: int) -> tuple[float, float]:
+    """The patient x (LPS, mm) the image of slice ``k`` spans, from its corners."""
+    rows, columns = volume.shape[1:]
+    corners = np.array([[k, r, c] for r in (0, rows - 1) for c in (0, columns - 1)], dtype=np.float64)
+    xs = volume.index_to_patient(corners)[:, 0]
+    return float(xs.min()), float(xs.max())
+
+
 def _side(volume: Volume, centroid_x: float, slices: np.ndarray) -> str:
+    """'left', 'right', 'midline' or 'unknown' (the module's text, "Side")."""
+    if abs(volume.row_direction[0]) < 0.5 and abs(volume.column_direction[0]) < 0.5:
+        return "unknown"  # a sagittal image: its plane shows no left and right, nor where the midline is
     midline = _midline_x(volume, slices)
-    row_x = volume.row_direction[0]
-    if abs(row_x) < 0.5 and abs(volume.column_direction[0]) < 0.5:
-        return "midline"
+    if _lateral_edges_cut(volume, slices):
+        low, high = _x_range(volume, int(slices[0]))
+        if not (low <= 0.0 <= high and abs(midline) <= ISOCENTRE_AGREEMENT_MM):
+            return "unknown"  # the body's centre is the image's, not the patient's midline
     offset = centroid_x - midline
     if abs(offset) <= SIDE_TOLERANCE_MM:
         return "midline"
@@ -291,12 +369,12 @@ def measure_stones(
     labels, count = ndimage.label(mask[crop] > 0, structure=np.ones((3, 3, 3), dtype=bool))
     objects = ndimage.find_objects(labels)
     extent = volume.slice_extent_mm
+    steps = _stacking_step(volume)
     area = volume.pixel_spacing[0] * volume.pixel_spacing[1]
     margin_r = int(np.ceil(box_margin_mm / volume.pixel_spacing[0]))
     margin_c = int(np.ceil(box_margin_mm / volume.pixel_spacing[1]))
     rows_n, cols_n = volume.shape[1:]
     kept = np.zeros(volume.shape, dtype=np.uint8)
-    steps = _stacking_step(volume)
     found: list[tuple[float, Stone, list[tuple[int, int, int, int, int, float, tuple[int, int, int, int]]]]] = []
     for label, box in enumerate(objects, start=1):
         if box is None:

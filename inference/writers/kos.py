@@ -13,12 +13,18 @@ uses and viewers show as key images. The other titles of CID 7010 say something
 else: "For Referring Provider", "For Surgery", "For Teaching" name an audience
 the node cannot know, "Best In Set" a choice among similar images, and the
 "Rejected for ..." titles make a PACS hide the images. The Key Object
-Description says what the selection is and how many stones it covers, and the
-observer is the model as a device, as in the SR.
+Description says what the selection is and how many stones it covers, that it is
+not for primary diagnosis, and the input's cautions (``Findings.cautions``, as in
+the SR's comment and on the overlays: "Caution: Pixels of 3.00 mm are coarser
+..."), and the observer is the model as a device, as in the SR.
 
 No stone: no document. There is nothing to flag, and the IOD needs at least one
 referenced instance (highdicom refuses an empty selection); the SR says
-"Calculus: Absent" instead.
+"Calculus: Not detected" (SCT 260415000) instead.
+
+Its SeriesNumber is 1000 x the source's SeriesNumber + 904 (904 where the source
+has none), its SeriesDescription names the source series and the model version
+(``inference.writers.sources``).
 """
 
 from __future__ import annotations
@@ -61,9 +67,13 @@ def key_slices(findings: Findings) -> tuple[int, ...]:
 
 
 def _description(findings: Findings, slices: tuple[int, ...]) -> str:
+    """The Key Object Description: the count, the disclaimer and each of the input's cautions."""
     count = len(findings.stones)
-    return (f"AI: {count} urinary stone{'s' if count != 1 else ''} on "
+    text = (f"AI: {count} urinary stone{'s' if count != 1 else ''} on "
             f"{len(slices)} slice{'s' if len(slices) != 1 else ''}; not for primary diagnosis")
+    if findings.cautions:
+        text += "." + "".join(f" Caution: {c}" for c in findings.cautions)
+    return text
 
 
 def _selection(volume: Volume, sources: Sources, findings: Findings,
@@ -101,7 +111,7 @@ def build_key_objects(volume: Volume, findings: Findings, sources: Sources, *,
         evidence=evidence,
         content=content,
         series_instance_uid=series_uid,
-        series_number=KOS_SERIES_NUMBER,
+        series_number=identity.series_number(KOS_SERIES_NUMBER),
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,

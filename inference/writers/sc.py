@@ -9,8 +9,13 @@ previews, so the CLI's pictures and the PACS images agree. Stones are painted
 red (semi-transparent, the CT shows through), each stone on the slice is framed
 by its green ``SliceBox`` (margin included, so stones under 3 mm are findable)
 and numbered as in the SR ("Stone 2"). Burned-in text: the stone count, the
-largest stone, and "AI result - not for primary diagnosis". Text never covers a
-stone or a box: they are drawn over it.
+largest stone and the input's cautions ("Caution: Pixels of 3.00 mm are coarser
+...", ``Findings.cautions``, as in the SR's comment: many readers see the
+overlays and no SR) at the top left, and "AI result - not for primary diagnosis"
+at the bottom. Every line is wrapped at word breaks to the image's width; where
+the cautions do not fit between the top lines and the bottom line, the last line
+that fits says "Caution: see the SR". Text never covers a stone or a
+box: they are drawn over it.
 
 Every image keeps its source slice's geometry (ImagePositionPatient,
 ImageOrientationPatient, PixelSpacing, FrameOfReferenceUID), is uncompressed,
@@ -34,7 +39,9 @@ Study modules (and the clinical trial ones), as in the SEG, SR and KO
 StudyDescription, PatientAge and the rest, so that a PACS files the overlays
 with the patient and study of the CT.
 
-**Numbers and dates.** An overlay's InstanceNumber is its CT image's
+**Numbers and dates.** The overlay series' SeriesNumber is 1000 x the CT's
+SeriesNumber + 902 (902 where the CT has none), its SeriesDescription names the CT
+series and the model version (``inference.writers.sources``). An overlay's InstanceNumber is its CT image's
 (``image_numbers``: the CT's InstanceNumber, or the frame number where the
 source is one multi-frame instance), so "overlay 31" shows CT image 31 and a
 viewer that sorts by InstanceNumber scrolls the overlays in the CT's order; the
@@ -46,6 +53,7 @@ one for the whole series.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -91,37 +99,108 @@ def patient_orientation(volume: Volume) -> tuple[str, str]:
     return _orientation_letter(volume.row_direction), _orientation_letter(volume.column_direction)
 
 
+CAUTION_CONTINUES = "Caution: see the SR"
+"""The last top line where the image has no room for all of the cautions (the SR has them whole)."""
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MARGIN = 4
+"""Pixels between the text and the image's edges."""
+
+
 def summary_lines(findings: Findings, k: int) -> list[str]:
-    """The burned-in text of slice k."""
+    """The burned-in text of slice k, a line each before wrapping: the count, the largest stone, each of the
+    input's cautions ("Caution: ..."), and the disclaimer last."""
     count = len(findings.stones)
     here = sorted({b.stone_index for b in findings.boxes if b.slice_index == k})
     largest = max((s.length_mm for s in findings.stones), default=0.0)  # as the SR's "Diameter, Maximum"
     lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
     if count:
         lines.append(f"Largest: {largest:.1f} mm")
+    lines.extend(f"Caution: {c}" for c in findings.cautions)
     lines.append(DISCLAIMER)
     return lines
 
 
-def _text_layer(shape: tuple[int, int], lines: list[str], boxes: Sequence[SliceBox]) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (text, shadow) of the burned-in text, scaled to the image width."""
+@functools.lru_cache(maxsize=4096)
+def _text_width(line: str, scale: float, thickness: int) -> int:
+    """How far ``line`` reaches right of its origin, drawn with its shadow (``thickness`` + 2), in pixels, as
+    drawn: ``cv2.getTextSize`` says less than HERSHEY_SIMPLEX draws (485 pixels for a line that reaches 521)."""
+    (width, height), baseline = cv2.getTextSize(line, FONT, scale, thickness + 2)
+    canvas = np.zeros((2 * (height + baseline) + 4, 2 * width + 16), np.uint8)
+    cv2.putText(canvas, line, (0, height + 2), FONT, scale, 255, thickness + 2, cv2.LINE_8)
+    columns = np.flatnonzero(canvas.any(axis=0))
+    return int(columns[-1]) + 1 if columns.size else 0
+
+
+def wrap_line(line: str, width: int, scale: float, thickness: int = 1) -> list[str]:
+    """``line`` broken at spaces into lines at most ``width`` pixels wide in the burned-in font; a word wider
+    than that is broken where it has to be."""
+    wrapped: list[str] = []
+    current = ""
+    for word in line.split():
+        candidate = f"{current} {word}" if current else word
+        if _text_width(candidate, scale, thickness) <= width:
+            current = candidate
+            continue
+        if current:
+            wrapped.append(current)
+        current = word
+        while len(current) > 1 and _text_width(current, scale, thickness) > width:
+            cut = len(current) - 1
+            while cut > 1 and _text_width(current[:cut], scale, thickness) > width:
+                cut -= 1
+            wrapped.append(current[:cut])
+            current = current[cut:]
+    if current:
+        wrapped.append(current)
+    return wrapped
+
+
+def _scale(columns: int) -> float:
+    """The burned-in font's scale: the text grows with the image's width."""
+    return max(columns / 800.0, 0.2)
+
+
+def text_placements(shape: tuple[int, int], lines: list[str],
+                    boxes: Sequence[SliceBox]) -> list[tuple[str, tuple[int, int]]]:
+    """Each burned-in line with its origin (x, y of its baseline's left end): ``lines`` but the last at the top
+    left, the last at the bottom, each wrapped to the image's width; top lines that would reach the bottom one are
+    left out, the last shown saying "Caution: see the SR" (the count and largest stone are always shown); then each box's stone number above the box (below where the image's edge is too near)."""
     rows, columns = shape
-    scale = max(columns / 800.0, 0.2)
+    scale = _scale(columns)
     thickness = 1
-    text = np.zeros(shape, np.uint8)
-    shadow = np.zeros(shape, np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (_, height), baseline = cv2.getTextSize("Ag", font, scale, thickness)
+    (_, height), baseline = cv2.getTextSize("Ag", FONT, scale, thickness)
     step = height + baseline + 2
-    placements = [(line, (4, step * (i + 1))) for i, line in enumerate(lines[:-1])]
-    placements.append((lines[-1], (4, rows - baseline - 4)))
+    width = max(columns - 2 * MARGIN, 1)
+    bottom = wrap_line(lines[-1], width, scale, thickness)
+    top = [(part, line.startswith("Caution: ")) for line in lines[:-1]
+           for part in wrap_line(line, width, scale, thickness)]
+    bottom_y = rows - baseline - MARGIN - step * (len(bottom) - 1)  # the baseline of the first bottom line
+    fits = max((bottom_y - height - baseline - 2) // step, 0)  # top lines (and shadows) clear of the bottom text
+    shown = [part for part, _ in top]
+    if len(top) > fits:
+        plain = sum(1 for _, caution in top if not caution)  # the count and largest stone, first: always shown
+        continues = wrap_line(CAUTION_CONTINUES, width, scale, thickness)
+        shown = shown[:max(fits - len(continues), plain)]
+        if len(shown) + len(continues) <= fits:
+            shown += continues
+    placements = [(line, (MARGIN, step * (i + 1))) for i, line in enumerate(shown)]
+    placements += [(line, (MARGIN, bottom_y + step * i)) for i, line in enumerate(bottom)]
     for box in boxes:
         label = str(box.stone_index + 1)
         y = box.row_min - 3 if box.row_min - 3 > height else box.row_max + height + 3
         placements.append((label, (box.column_min, min(y, rows - 1))))
-    for line, origin in placements:
-        cv2.putText(shadow, line, origin, font, scale, 255, thickness + 2, cv2.LINE_8)
-        cv2.putText(text, line, origin, font, scale, 255, thickness, cv2.LINE_8)
+    return placements
+
+
+def _text_layer(shape: tuple[int, int], lines: list[str], boxes: Sequence[SliceBox]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (text, shadow) of the burned-in text (``text_placements``), scaled to the image width."""
+    scale = _scale(shape[1])
+    thickness = 1
+    text = np.zeros(shape, np.uint8)
+    shadow = np.zeros(shape, np.uint8)
+    for line, origin in text_placements(shape, lines, boxes):
+        cv2.putText(shadow, line, origin, FONT, scale, 255, thickness + 2, cv2.LINE_8)
+        cv2.putText(text, line, origin, FONT, scale, 255, thickness, cv2.LINE_8)
     return text > 0, shadow > 0
 
 
@@ -217,7 +296,7 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=series_uid,
-            series_number=SC_SERIES_NUMBER,
+            series_number=identity.series_number(SC_SERIES_NUMBER),
             sop_instance_uid=sop_uid,
             instance_number=numbers[k],
             manufacturer=MANUFACTURER,

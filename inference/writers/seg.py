@@ -14,9 +14,13 @@ are contiguous, one 26-connected component), so that ten stones on a
 is its source slice's own (highdicom copies it from the source headers); the
 shared pixel measures state SpacingBetweenSlices only where it is known: from
 the source slices' positions, or a lone slice's own SpacingBetweenSlices
-(highdicom would write 1.0 for one slice). SeriesDate/SeriesTime are the time
+(highdicom would write 1.0 for one slice), written as a tidy decimal string
+(``tidy_ds``: "1.5", not highdicom's "1.50000000000000" from the float noise of
+the positions' differences). SeriesDate/SeriesTime are the time
 the SEG was made (its ContentDate/ContentTime). No SEG is made when there is no
-stone (the SR says so instead).
+stone (the SR says so instead). Its SeriesNumber is 1000 x the source's
+SeriesNumber + 901 (901 where the source has none), its SeriesDescription names
+the source series and the model version (``inference.writers.sources``).
 """
 
 from __future__ import annotations
@@ -142,6 +146,25 @@ def _frames_in_source_order(labels: np.ndarray, sources: Sources, frame_numbers:
     return frames
 
 
+def tidy_ds(value: object) -> str:
+    """A DS value with at most 6 decimals and no trailing zeros: 1.5000000000000002 -> "1.5", 2.0 -> "2"."""
+    text = f"{float(str(value)):.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _tidy_spacing(seg: Dataset) -> None:
+    """The shared SpacingBetweenSlices as ``tidy_ds`` writes it (highdicom formats the float it computes from the
+    frames' positions with 16 characters)."""
+    measures = seg.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+    if measures and measures[0].get("SpacingBetweenSlices") not in (None, ""):
+        try:
+            tidy = tidy_ds(measures[0].SpacingBetweenSlices)
+        except ValueError:
+            return  # not a number: the source's own, as it was
+        if float(tidy) != 0:  # not rounded away
+            measures[0].SpacingBetweenSlices = tidy
+
+
 def _lone_slice_spacing(seg: Dataset, first: Dataset, slices: int) -> None:
     """One slice has no spacing between slices: highdicom's 1.0 goes, the source's own value (if it states
     one) takes its place."""
@@ -178,7 +201,7 @@ def build_segmentation(findings: Findings, sources: Sources, frame_numbers: tupl
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description(sources, i) for i in range(len(findings.stones))],
         series_instance_uid=series_uid,
-        series_number=SEG_SERIES_NUMBER,
+        series_number=sources.identity.series_number(SEG_SERIES_NUMBER),
         sop_instance_uid=sop_uid,
         instance_number=1,
         omit_empty_frames=True,
@@ -196,6 +219,7 @@ def build_segmentation(findings: Findings, sources: Sources, frame_numbers: tupl
         content_time=created.time(),
     )
     _lone_slice_spacing(seg, first, findings.mask.shape[0])
+    _tidy_spacing(seg)
     seg.SeriesDate, seg.SeriesTime = DA(created.date()), TM(created.time())
     if "BodyPartExamined" in first:
         seg.BodyPartExamined = first.BodyPartExamined

@@ -3,6 +3,35 @@
 ``Sources`` reads the instances the volume came from (headers only: pixels come
 from ``Volume.hu``), checks that the findings belong to the volume, and hands the
 writers one ``Dataset`` per slice together with its frame number.
+
+**Result series numbers.** Each result series is numbered after its source CT
+series, so that the results of two series of one study never share a number and
+a series list sorted by number shows each source's four results together: a
+source with SeriesNumber N (N >= 1) gets SEG 1000 x N + 901, overlays
+(SC) 1000 x N + 902, SR 1000 x N + 903 and key objects (KO) 1000 x N + 904 (series
+3 -> 3901, 3902, 3903, 3904; series 12 -> 12901 ... 12904). The last three digits
+say what a result is and the digits before them its source, and a scanner's own
+9xx series (dose reports, secondary captures) are never taken. A source without a
+SeriesNumber (Type 2: it may be empty), with 0 or a negative number, or with a
+number too large for the result's to stay an IS value (1000 x N + 904 >
+2147483647, N > 2147482) gets the fixed numbers 901, 902, 903 and 904
+(``Identity.series_number``). No UID depends on them.
+
+**Result series descriptions** (LO: at most 64 characters, counted as the bytes
+they take in the source's character set, escape sequences included, as dciodvfy
+counts them: a Japanese description takes two or three a character) say what a result is,
+which source series it was made from and which model version made it:
+"AI urinary stones - report of series 3 (Abdomen...), model 3.8.0" for series 3,
+"Abdomen kidneys thin". Where the whole is too long, the source's description is
+shortened and ends in "..." (ASCII, which every character set has), or left out
+where fewer than three of its characters would be left; the series number and the
+model version are not cut (only a model version of some 30 characters, which leaves
+no room for the kind of result, shortens that to "AI urinary stones", and is cut
+itself beyond).
+A source without a SeriesNumber is named by its description alone ("of series
+(Abdomen)"), one with neither is not named ("AI urinary stones - report, model
+3.8.0"). Every description starts with "AI urinary stones", which the viewer
+(``dicomweb.viewer``) looks for (``Identity.description``).
 """
 
 from __future__ import annotations
@@ -11,12 +40,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
 import highdicom as hd
 import numpy as np
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -38,11 +68,25 @@ SEG_SERIES_NUMBER = 901
 SC_SERIES_NUMBER = 902
 SR_SERIES_NUMBER = 903
 KOS_SERIES_NUMBER = 904
+"""The result series' own numbers: a result's SeriesNumber is 1000 x the source's SeriesNumber + its own, or its
+own alone where the source has no usable number (``Identity.series_number``)."""
+SERIES_NUMBER_STEP = 1000
+IS_MAX = 2**31 - 1
+"""The largest IS value (PS3.5 6.2: a signed 32-bit integer)."""
 
-SEG_SERIES_DESCRIPTION = "AI urinary stones - segmentation"
-SC_SERIES_DESCRIPTION = "AI urinary stones - overlay, not for diagnosis"
-SR_SERIES_DESCRIPTION = "AI urinary stones - measurements"
+RESULTS_PREFIX = "AI urinary stones"
+"""How every result's SeriesDescription starts: the viewer finds the node's results by it (``dicomweb.viewer``)."""
+SEG_SERIES_DESCRIPTION = "AI urinary stones - mask"
+SC_SERIES_DESCRIPTION = "AI urinary stones - overlay"
+SR_SERIES_DESCRIPTION = "AI urinary stones - report"
 KOS_SERIES_DESCRIPTION = "AI urinary stones - key images"
+"""What each result is; ``Identity.description`` adds its source series and model version. Short words, as the
+64 characters of a SeriesDescription are shared with the source's description (the list shows the modality)."""
+LO_MAX = 64
+ELLIPSIS = "..."
+"""Ends a shortened source description: ASCII, so that it is written in any character set of the source."""
+_MIN_KEPT = 3
+"""The fewest characters of a shortened source description worth showing ("Abd..."); fewer: left out."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +98,14 @@ class Identity:
     model_version: str
     inputs: str = ""
     """A digest of the source instances the results were computed from (:func:`inputs_digest`)."""
+    source_series_number: int | None = None
+    """The source's SeriesNumber, None where it has none (:func:`read_sources` fills it in): the results' series
+    numbers and descriptions name it. No UID depends on it."""
+    source_series_description: str = ""
+    """The source's SeriesDescription, "" where it has none: the results' descriptions name it."""
+    source_character_set: tuple[str, ...] = ()
+    """The source's SpecificCharacterSet (as the writers' header has it), which the results keep: the bytes of a
+    description are counted in it."""
 
     def uid(self, *parts: object) -> str:
         """The UID of a derived instance or item: the same for the same model on the same source instances (a job
@@ -62,10 +114,49 @@ class Identity:
         a UID it already holds (PS3.5 9: a UID names one thing); the earlier results are superseded."""
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, self.inputs, *parts)
 
+    def series_number(self, own: int) -> int:
+        """A result series' SeriesNumber: 1000 x the source's SeriesNumber + ``own`` (the result's own number,
+        e.g. ``SEG_SERIES_NUMBER``, 901) where the source has a number from 1 and the result stays an IS value,
+        else ``own`` (see the module's documentation)."""
+        number = self.source_series_number
+        if number is not None and number >= 1 and SERIES_NUMBER_STEP * number + own <= IS_MAX:
+            return SERIES_NUMBER_STEP * number + own
+        return own
+
     def description(self, base: str) -> str:
-        """A result series' description: what it is and which model version made it (results of two versions in
-        one study are told apart in any series list); at most 64 characters (LO)."""
-        return f"{base}, model {self.model_version}"[:64]
+        """A result series' description: what it is (``base``), the source series it was made from (its number
+        and, as far as it fits, its description: two series' results in one study are told apart) and which
+        model version made it (so are two versions' results); at most 64 characters (LO), counted as the bytes
+        the value takes in the source's character set, as validators count them. See the module's
+        documentation."""
+        model = f", model {self.model_version}"
+        number = self.source_series_number
+        series = " of series" if number is None else f" of series {number}"
+        text = self.source_series_description
+        shortened = [f" ({text[:n].rstrip()}{ELLIPSIS})" for n in range(len(text) - 1, _MIN_KEPT - 1, -1)
+                     if len(text[:n].rstrip()) >= _MIN_KEPT]
+        for source in ([f" ({text})", *shortened] if text else []):
+            if self._fits(f"{base}{series}{source}{model}"):
+                return f"{base}{series}{source}{model}"
+        if number is None:
+            series = ""  # no number, and no room for the description: the source is not named
+        while len(base) > len(RESULTS_PREFIX) and not self._fits(f"{base}{series}{model}"):
+            base = base[:-1].rstrip(" -")  # a model version of some 30 characters: the kind of result goes
+        description = f"{base}{series}{model}"
+        while not self._fits(description):
+            description = description[:-1]  # and beyond, the version itself
+        return description
+
+    def _fits(self, value: str) -> bool:
+        """Whether ``value`` is an LO value: at most 64 characters, and 64 bytes in the source's character set
+        (ISO 2022 escape sequences included)."""
+        if len(value) > LO_MAX:
+            return False
+        try:
+            encoded = encode_string(value, convert_encodings(list(self.source_character_set) or None))
+        except (LookupError, UnicodeError, ValueError):
+            encoded = value.encode("utf-8")  # as many bytes as any encoding takes, or more
+        return len(encoded) <= LO_MAX
 
     @property
     def software_versions(self) -> tuple[str]:
@@ -342,8 +433,42 @@ def _source_paths(volume: Volume) -> tuple[str, ...]:
     return volume.source_paths
 
 
+def _series_number(ds: Dataset) -> int | None:
+    """The source's SeriesNumber as an integer, None where it is missing, empty or no integer."""
+    value = ds.get("SeriesNumber")
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else None
+
+
+def _series_description(ds: Dataset) -> str:
+    """The source's SeriesDescription on one line: "" where it has none; the values of one that holds several
+    (a backslash in it) joined by a space; runs of white space made one space."""
+    value = ds.get("SeriesDescription")
+    if value is None:
+        return ""
+    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return " ".join(" ".join(str(v) for v in values).split())
+
+
+def _character_set(ds: Dataset) -> tuple[str, ...]:
+    """The terms of the source's SpecificCharacterSet, () where it states none (the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return ()
+    return tuple(str(term) for term in (value if isinstance(value, (list, tuple, MultiValue)) else [value]))
+
+
 def read_sources(volume: Volume, identity: Identity) -> Sources:
-    """Read the header of every source instance named by ``volume.source_paths``."""
+    """Read the header of every source instance named by ``volume.source_paths``; the identity the results carry
+    is ``identity`` with the source's SeriesNumber and SeriesDescription (the first instance's)."""
     by_path: dict[str, Dataset] = {}
     per_slice = []
     for k, path in enumerate(_source_paths(volume)):
@@ -358,6 +483,9 @@ def read_sources(volume: Volume, identity: Identity) -> Sources:
             raise WriterError(f"{Path(path).name} is not the instance of slice {k + 1} any more")
         per_slice.append(ds)
     unique = tuple(by_path.values())
+    identity = replace(identity, source_series_number=_series_number(unique[0]),
+                       source_series_description=_series_description(unique[0]),
+                       source_character_set=_character_set(unique[0]))
     if len(unique) == len(per_slice) and _one_orientation(unique):
         logger.warning("series %s: its slices' ImageOrientationPatient differ by float noise; the results take "
                        "the first slice's", volume.series_instance_uid)

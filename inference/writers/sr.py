@@ -4,11 +4,14 @@ One volumetric measurement group (TID 1411) per stone, numbered as on the
 overlay images ("Stone 1" is the first stone of ``Findings.stones``), with:
 finding type *Calculus*, finding site *Urinary system* with the side as its
 laterality where the stone lies clearly to one side (``Stone.side``; a stone
-near the midline, which may lie in the bladder, gets no laterality), the stone's
+near the midline, which may lie in the bladder, and one whose side the image cannot tell, get no
+laterality), the stone's
 own SEG segment ("Stone N", segment N, the same tracking UID) and the source
 slices it spans as the referenced segment, and four measurements: the stone's
 length (its largest extent in any direction, mm, Diameter with derivation
-Maximum: ``Stone.length_mm``), volume (mm3), mean and maximum attenuation (HU).
+Maximum: ``Stone.length_mm``), volume (mm3), mean and maximum attenuation (HU); on a lone image, which
+shows one plane of a stone, no volume, and the length is the in-plane one (the comments say so).
+Lengths are given to 0.1 mm, volumes to 0.1 mm3 and HU to 1, rounded as a person rounds (``half_up``).
 
 Each stone also has a planar group (TID 1410) with the same tracking
 identifier and tracking UID, so that image viewers can draw, list and jump to
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 
 import highdicom as hd
 import numpy as np
@@ -47,7 +51,7 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, TM
 
 import inference.writers.coding as coding
-from inference.postprocess import Findings, SliceBox, Stone, max_axial_diameter_mm
+from inference.postprocess import SIDE_WORDS, Findings, SliceBox, Stone, max_axial_diameter_mm
 from inference.volume import AXIAL_TOLERANCE_DEG, Volume
 from inference.writers.seg import segment_number, stone_tracking_uid
 from inference.writers.sources import (
@@ -66,8 +70,6 @@ COMMENT = codes.DCM.Comment
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 """TID 1500's container for the document's qualitative evaluations (CODE and TEXT items)."""
 DISCLAIMER = "not for primary diagnosis"
-SIDE_WORDS = {"left": "left", "right": "right", "midline": "near midline"}
-"""``Stone.side`` in words: 'midline' is a stone within 25 mm of the body's midline, given no laterality."""
 
 
 def _tracking(index: int, sources: Sources) -> hd.sr.TrackingIdentifier:
@@ -90,18 +92,34 @@ def _finding_site(side: str) -> hd.sr.FindingSite:
     return hd.sr.FindingSite(coding.URINARY_SYSTEM)
 
 
-def _measurements(stone: Stone, sources: Sources) -> list[hd.sr.Measurement]:
+def _measurements(stone: Stone, sources: Sources, lone: bool = False) -> list[hd.sr.Measurement]:
+    """Length, volume, mean and maximum HU, each as precise as its voxels make it (lengths to 0.1 mm, volumes
+    to 0.1 mm3, HU to 1: ``half_up``). A lone image (``lone``) shows one plane of a stone: no volume (its
+    area times the image's thickness is no stone's volume), and its length is the in-plane one."""
     algorithm = _algorithm(sources)
+    volume = [] if lone else [hd.sr.Measurement(name=coding.VOLUME, value=half_up(stone.volume_mm3, 1),
+                                                unit=coding.CUBIC_MILLIMETER, algorithm_id=algorithm)]
     return [
-        hd.sr.Measurement(name=coding.DIAMETER, value=round(stone.length_mm, 2),
+        hd.sr.Measurement(name=coding.DIAMETER, value=half_up(stone.length_mm, 1),
                           unit=coding.MILLIMETER, derivation=coding.MAXIMUM, algorithm_id=algorithm),
-        hd.sr.Measurement(name=coding.VOLUME, value=round(stone.volume_mm3, 2),
-                          unit=coding.CUBIC_MILLIMETER, algorithm_id=algorithm),
-        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=round(stone.mean_hu, 1),
+        *volume,
+        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=half_up(stone.mean_hu, 0),
                           unit=coding.HOUNSFIELD_UNIT, derivation=coding.MEAN, algorithm_id=algorithm),
-        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=round(stone.max_hu, 1),
+        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=half_up(stone.max_hu, 0),
                           unit=coding.HOUNSFIELD_UNIT, derivation=coding.MAXIMUM, algorithm_id=algorithm),
     ]
+
+
+def half_up(value: float, digits: int) -> float:
+    """``value`` rounded to ``digits`` decimals, halves away from zero (202.5 -> 203), as a person rounds and
+    as the comments show it: Python's round() and format() take halves to the even neighbour (202)."""
+    scaled = abs(value) * 10**digits
+    return math.copysign(math.floor(scaled + 0.5 + 1e-9) / 10**digits, value)
+
+
+def _shown(value: float, digits: int) -> str:
+    """``value`` in a comment: ``half_up`` to ``digits`` decimals."""
+    return f"{half_up(value, digits):.{digits}f}"
 
 
 def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
@@ -127,7 +145,7 @@ def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
         finding_type=coding.CALCULUS,
         algorithm_id=_algorithm(sources),
         finding_sites=[_finding_site(stone.side)],
-        measurements=_measurements(stone, sources),
+        measurements=_measurements(stone, sources, lone=volume.shape[0] == 1),
     )
 
 
@@ -191,14 +209,19 @@ def plane_word(volume: Volume) -> str:
     return "axial" if volume.tilt_deg <= AXIAL_TOLERANCE_DEG else "in-plane"
 
 
-def stone_label(index: int, stone: Stone, plane: str = "axial") -> str:
+def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = False) -> str:
     """The stone in words, as viewers show it: 'Stone 1, left: 12.0 mm, 105 mm3, mean 850 HU, axial 4.4 mm'.
 
     The first size is its length (largest extent in any direction), the last its largest axial diameter;
-    the side is 'left', 'right' or 'near midline' (no laterality)."""
+    the side is 'left', 'right', 'near midline' or 'side not determined' (no laterality: ``SIDE_WORDS``).
+    On a lone image (``lone``), one plane of the stone: 'Stone 1, right: in-plane 7.1 mm, mean 850 HU'
+    (no volume, no length beyond the plane's). Numbers rounded as ``half_up``."""
     side = SIDE_WORDS.get(stone.side, stone.side)
-    return (f"Stone {index + 1}, {side}: {stone.length_mm:.1f} mm, {stone.volume_mm3:.0f} mm3, "
-            f"mean {stone.mean_hu:.0f} HU, {plane} {stone.max_diameter_mm:.1f} mm")
+    if lone:
+        return (f"Stone {index + 1}, {side}: {plane} {_shown(stone.max_diameter_mm, 1)} mm, "
+                f"mean {_shown(stone.mean_hu, 0)} HU")
+    return (f"Stone {index + 1}, {side}: {_shown(stone.length_mm, 1)} mm, {_shown(stone.volume_mm3, 0)} mm3, "
+            f"mean {_shown(stone.mean_hu, 0)} HU, {plane} {_shown(stone.max_diameter_mm, 1)} mm")
 
 
 def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findings: Findings, sources: Sources,
@@ -229,7 +252,7 @@ def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findi
         finding_sites=[_finding_site(stone.side)],
     )
     group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=COMMENT, value=stone_label(index, stone, plane_word(volume)),
+        name=COMMENT, value=stone_label(index, stone, plane_word(volume), lone=volume.shape[0] == 1),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
     return group
@@ -268,9 +291,12 @@ def report_statement(volume: Volume, findings: Findings, identity: Identity) -> 
         return (f"No urinary stone detected by {model} in {_scope(volume)}; this does not exclude urinary "
                 f"stones.{caution} AI result, {DISCLAIMER}.")
     stones = f"{count} urinary stone{'s' if count != 1 else ''}"
+    sizes = ("Sizes: the largest diameter in this image's plane; one image shows one plane of a stone, so no "
+             "volume is given." if volume.shape[0] == 1 else
+             "Sizes: the first is the largest extent in any direction, the last the largest "
+             f"{plane_word(volume)} diameter.")
     return (f"{stones} detected by {model} in {_scope(volume)}; the model can miss stones and mark other "
-            "dense structures as stones. Sizes: the first is the largest extent in any direction, the last the "
-            f"largest {plane_word(volume)} diameter.{caution} AI result, {DISCLAIMER}.")
+            f"dense structures as stones. {sizes}{caution} AI result, {DISCLAIMER}.")
 
 
 def _qualitative_evaluations(statement: str) -> hd.sr.ContainerContentItem:
@@ -335,7 +361,7 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         evidence=evidence,
         content=report,
         series_instance_uid=series_uid,
-        series_number=SR_SERIES_NUMBER,
+        series_number=identity.series_number(SR_SERIES_NUMBER),
         sop_instance_uid=sop_uid,
         instance_number=1,
         is_complete=True,

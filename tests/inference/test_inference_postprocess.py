@@ -40,9 +40,13 @@ def test_one_cuboid_stone_is_measured_in_mm() -> None:
     assert stone.volume_mm3 == pytest.approx(3 * 6 * 4 * 0.5 * 0.8 * 2.0)
     # centre: column 41.5, row 22.5, slice 4
     assert stone.centroid_mm == pytest.approx((-25.2 + 41.5 * 0.8, -10.0 + 22.5 * 0.5, 108.0))
-    # farthest pixel centres: 5 rows x 0.5 and 3 columns x 0.8 apart, plus one pixel along that line
+    # farthest pixel centres: 5 rows x 0.5 and 3 columns x 0.8 apart, plus half a pixel along that line (the
+    # chord of the ellipse the 0.5 x 0.8 pixel holds), not its corner-to-corner width (probe 14: round stones
+    # measured 13-21 % too wide); a cuboid, all corners, measures less than its box's diagonal
     d = np.hypot(2.5, 2.4)
-    assert stone.max_diameter_mm == pytest.approx(d + (2.5 / d) * 0.5 + (2.4 / d) * 0.8)
+    chord = 1.0 / np.hypot((2.5 / d) / 0.5, (2.4 / d) / 0.8)
+    assert stone.max_diameter_mm == pytest.approx(d + chord / 2)
+    assert stone.max_diameter_mm < d + (2.5 / d) * 0.5 + (2.4 / d) * 0.8 - 0.3  # the corner-to-corner width
     assert stone.max_hu == 900.0
     assert stone.mean_hu == pytest.approx((71 * 500 + 900) / 72)
     assert stone.side == "midline"  # 8 mm left of the midline: too near it for a laterality (SIDE_TOLERANCE_MM)
@@ -52,10 +56,11 @@ def test_one_cuboid_stone_is_measured_in_mm() -> None:
     assert (box.row_min, box.column_min, box.row_max, box.column_max) == (16, 37, 29, 46)
     assert box.tight == (20, 40, 25, 43)  # the stone's own pixels on the slice, no margin
     assert box.diameter_mm == pytest.approx(stone.max_diameter_mm)
-    # length: farthest voxel centres 2 slices x 2 mm, 5 rows x 0.5, 3 columns x 0.8 apart, plus one voxel along it
+    # length: farthest voxel centres 2 slices x 2 mm, 5 rows x 0.5, 3 columns x 0.8 apart, plus half a voxel along
+    # it (the chord of the ellipsoid the voxel's box holds)
     e = np.array([2.5, 2.4, 4.0])  # (row, column, slice) mm
     n = float(np.linalg.norm(e))
-    assert stone.length_mm == pytest.approx(n + (e / n) @ np.array([0.5, 0.8, 2.0]))
+    assert stone.length_mm == pytest.approx(n + 0.5 / float(np.linalg.norm((e / n) / np.array([0.5, 0.8, 2.0]))))
     assert findings.mask.sum() == 72
 
 

@@ -242,7 +242,9 @@ def test_a_wide_field_of_view_finds_the_same_stones_from_the_bodys_part_as_from_
     assert len(part.stones) == len(whole.stones) >= 1
     for a, b in zip(sorted(part.stones, key=lambda s: s.max_diameter_mm),
                     sorted(whole.stones, key=lambda s: s.max_diameter_mm), strict=True):
-        assert a.max_diameter_mm == pytest.approx(b.max_diameter_mm, abs=0.5)
+        # stones of 5-15 pixels at 1 mm, sampled at another phase: which pixels a mask holds moves a diameter
+        # by up to about half a pixel either way
+        assert a.max_diameter_mm == pytest.approx(b.max_diameter_mm, abs=0.6)
     # the part samples the series at another phase than the whole copy: edge voxels may differ, not where
     # the stones are
     for a, b in zip(sorted(part.stones, key=lambda s: s.centroid_mm), sorted(whole.stones, key=lambda s: s.centroid_mm),

@@ -1,5 +1,6 @@
 """Cautions: what about a series makes its findings less sure than the model's figures say travels with the
-findings (findings.json, predict's output, the SR's comment, the web page's job JSON); an ordinary series has none
+findings (findings.json, predict's output, the SR's comment, the overlays' burned-in text and the key objects'
+description: tests/writers/test_result_series_identity.py, the web page's job JSON); an ordinary series has none
 and its findings are as before."""
 
 from __future__ import annotations

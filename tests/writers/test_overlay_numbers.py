@@ -61,7 +61,7 @@ def test_an_overlay_has_its_ct_images_number_in_a_series_numbered_head_first(tmp
     assert [int(ds.InstanceNumber) for ds in overlays] == [2, 5, 6]  # slices 8, 5, 4: the CT's order, head first
     paths = save_results(results, tmp_path / "out")
     assert sorted(p.name for p in paths if p.name.startswith("OT_")) == [
-        "OT_902_0002.dcm", "OT_902_0005.dcm", "OT_902_0006.dcm"]
+        "OT_1902_0002.dcm", "OT_1902_0005.dcm", "OT_1902_0006.dcm"]  # the CT is series 1: 1000 x 1 + 902
 
 
 def test_every_slice_mode_numbers_the_overlays_as_the_ct(tmp_path: Path) -> None:

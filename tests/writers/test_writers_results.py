@@ -78,8 +78,8 @@ def test_save_results_writes_part10_files_and_replaces_them(stones: Case, tmp_pa
     assert first == second
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
     assert [p.name for p in first] == [
-        "SEG_901_0001.dcm", "OT_902_0005.dcm", "OT_902_0006.dcm", "OT_902_0009.dcm", "KO_904_0001.dcm",
-        "SR_903_0001.dcm",
+        "SEG_1901_0001.dcm", "OT_1902_0005.dcm", "OT_1902_0006.dcm", "OT_1902_0009.dcm", "KO_1904_0001.dcm",
+        "SR_1903_0001.dcm",
     ]
     for path, ds in zip(first, stones.results.datasets, strict=True):
         saved = pydicom.dcmread(path)

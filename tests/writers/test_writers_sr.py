@@ -6,10 +6,9 @@ import dataclasses
 
 import highdicom as hd
 import numpy as np
-import pytest
 
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
-from inference.writers.sr import stone_label
+from inference.writers.sr import half_up, stone_label
 from tests.writers.conftest import MODEL_NAME, Case, report_of
 
 
@@ -42,10 +41,11 @@ def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
         assert group.finding_type is not None and group.finding_type.value == "56381008"
         values = _measurements(group)
         # the stone's length (largest extent in any direction); its axial diameter is in the planar group's words
-        assert values[("81827009", "56851009")] == (pytest.approx(stone.length_mm, abs=0.01), "mm")
-        assert values[("118565006", None)] == (pytest.approx(stone.volume_mm3, abs=0.01), "mm3")
-        assert values[("112031", "373098007")] == (pytest.approx(stone.mean_hu, abs=0.1), "[hnsf'U]")
-        assert values[("112031", "56851009")] == (pytest.approx(stone.max_hu, abs=0.1), "[hnsf'U]")
+        # as precise as the voxels make them: 0.1 mm, 0.1 mm3, 1 HU, halves rounded up (half_up)
+        assert values[("81827009", "56851009")] == (half_up(stone.length_mm, 1), "mm")
+        assert values[("118565006", None)] == (half_up(stone.volume_mm3, 1), "mm3")
+        assert values[("112031", "373098007")] == (half_up(stone.mean_hu, 0), "[hnsf'U]")
+        assert values[("112031", "56851009")] == (half_up(stone.max_hu, 0), "[hnsf'U]")
 
 
 def test_sr_groups_state_the_side(stones: Case) -> None:
@@ -85,7 +85,7 @@ def test_sr_evidence_lists_the_seg_and_the_source_series(stones: Case) -> None:
     assert stones.results.seg is not None and stones.results.seg.SeriesInstanceUID in series
     assert sr.StudyInstanceUID == stones.volume.study_instance_uid
     assert sr.Manufacturer == MANUFACTURER and sr.ManufacturerModelName == MODEL_NAME
-    assert sr.SeriesNumber == SR_SERIES_NUMBER
+    assert sr.SeriesNumber == 1000 + SR_SERIES_NUMBER  # the fixture CT is series 1: 1000 x 1 + 903
     assert sr.CompletionFlag == "COMPLETE"
 
 
@@ -98,7 +98,7 @@ def test_no_stone_gives_only_the_sr_in_every_slice_mode_too(no_stones: Case) -> 
 def test_no_stone_gives_only_an_sr_that_says_not_detected(no_stones: Case) -> None:
     assert no_stones.results.seg is None
     assert no_stones.results.secondary_captures == ()
-    assert [p.name for p in no_stones.paths] == ["SR_903_0001.dcm"]
+    assert [p.name for p in no_stones.paths] == ["SR_1903_0001.dcm"]
     report = _report(no_stones)
     assert report.get_volumetric_roi_measurement_groups() == []
     evaluations = [

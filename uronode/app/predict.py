@@ -148,6 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from inference.errors import VolumeError
     from inference.pipeline import Pipeline
+    from inference.postprocess import SIDE_WORDS
     from inference.preview import write_previews
     from inference.runtime import find_model
     from inference.volume import group_series, load_volume
@@ -168,7 +169,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped:
         report["skipped_not_dicom"] = {"files": len(skipped), "image_files": len(pictures),
                                        "image_files_go_to": "uronode evaluate --images DIR"}
-    rows = [["series", "stone", "side", "length mm", "axial mm", "volume mm3", "mean HU", "max HU", NUMBERS_HEADER]]
+    rows = [["series", "stone", "side", "length mm", "in-plane mm", "volume mm3", "mean HU", "max HU",
+             NUMBERS_HEADER]]
     unnumbered: list[int] = []
     cautioned: list[tuple[int, str]] = []
     total_files = sum(len(v) for v in groups.values())
@@ -204,9 +206,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not findings.stones:
                 rows.append([f"#{number}", "none"])
             for i, s in enumerate(findings.stones, start=1):
-                side = "near midline" if s.side == "midline" else s.side
+                side = SIDE_WORDS.get(s.side, s.side)
+                lone = volume.shape[0] == 1  # one plane of a stone: no volume (the SR gives none either)
                 rows.append([f"#{number}", str(i), side, f"{s.length_mm:.1f}", f"{s.max_diameter_mm:.1f}",
-                             f"{s.volume_mm3:.1f}",
+                             "-" if lone else f"{s.volume_mm3:.1f}",
                              f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}", _images_cell(numbers, kind, s.slice_indices)])
     (args.out / "findings.json").write_text(json.dumps(report, indent=2))
     print(_table(rows))

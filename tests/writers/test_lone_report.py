@@ -1,0 +1,73 @@
+"""What the report says of a lone image, and how its numbers are rounded (probe 14: M2, m3, m4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import Dataset
+
+from inference.volume import load_volume
+from inference.writers import write_results
+from inference.writers.sr import half_up, stone_label
+from tests.writers.conftest import make_findings, report_of
+
+from .conftest import Case
+
+
+@pytest.mark.parametrize("value, digits, shown", [(202.5, 0, 203.0), (40.5, 0, 41.0), (148.5, 0, 149.0),
+                                                   (126.56, 1, 126.6), (8.15, 1, 8.2), (-0.5, 0, -1.0),
+                                                   (1431.49, 0, 1431.0)])
+def test_halves_are_rounded_up_as_a_person_rounds(value: float, digits: int, shown: float) -> None:
+    assert half_up(value, digits) == shown
+
+
+def test_a_lone_image_s_report_gives_no_volume_and_says_why(stones: Case, tmp_path: Path) -> None:
+    """One image shows one plane of a stone: its area times the image's thickness is no stone's volume, so
+    neither the measurement group nor the words give one, and the sizes are said to be in the plane."""
+    k = stones.findings.stones[0].slice_indices[0]
+    lone = load_volume([stones.volume.source_paths[k]])
+    mask = stones.findings.mask[k:k + 1].copy()
+    findings = make_findings(lone, mask)
+    results = write_results(lone, findings)
+    report = report_of(hd.sr.Comprehensive3DSR.from_dataset(results.sr))
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(findings.stones) >= 1
+    for group in groups:
+        names = [m.name.value for m in group.get_measurements()]
+        assert "118565006" not in names  # Volume
+        assert names.count("81827009") == 1  # the diameter
+    label = stone_label(0, findings.stones[0], "axial", lone=True)
+    assert "mm3" not in label and label.startswith("Stone 1, ") and " axial " in label
+    statement = " ".join(_texts(results.sr))
+    assert "no volume is given" in statement and "in any direction" not in statement and "mm3" not in statement
+    series = " ".join(_texts(stones.results.sr))
+    assert "largest extent in any direction" in series and "mm3" in series  # a series keeps lengths and volumes
+
+
+def _texts(ds: Dataset) -> list[str]:
+    """Every TEXT content item's value in an SR, depth first."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT":
+            out.append(str(item.TextValue))
+        out.extend(_texts(item))
+    return out
+
+
+def test_predict_says_in_plane_and_gives_no_volume_for_a_lone_image(stones: Case, tmp_path: Path) -> None:
+    k = stones.findings.stones[0].slice_indices[0]
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "uronode", "predict", str(stones.volume.source_paths[k]),
+                           "--out", str(out), "--no-dicom", "--no-previews"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    header = done.stdout.splitlines()[0].split()
+    assert "in-plane" in header and "axial" not in header
+    for line in done.stdout.splitlines()[1:]:
+        cells = line.split()
+        if len(cells) > 5 and cells[0] == "#1" and cells[1].isdigit():
+            assert "-" in cells[4:7], line  # no volume
