@@ -191,8 +191,9 @@ def _length(extent: float, points: np.ndarray, shape_factor: float) -> float:
     Why both (probe 14, C2): the farthest centres lie inside a digitised stone's edge by up to a pixel, and
     adding a whole pixel's width corner to corner (as it once was) made round stones of 3-6 mm 13-21 % too
     wide, while adding half a pixel measures an oval stone's pointed ends 5-15 % short. The moments' long
-    axis is within a few per cent for discs and ovals from 4 mm up, wherever they lie on the grid; the extent keeps an irregular stone's (a staghorn's) farthest reach
-    (tests/inference/test_stone_side_and_size.py)."""
+    axis is within a few per cent for discs and ovals from 4 mm up, wherever they lie on the grid; the
+    extent keeps an irregular stone's (a staghorn's) farthest reach (tests/inference/
+    test_stone_side_and_size.py)."""
     centred = points - points.mean(axis=0)
     largest = float(np.linalg.eigvalsh(centred.T @ centred / points.shape[0])[-1])
     return max(extent, 2.0 * float(np.sqrt(shape_factor * max(largest, 0.0))))
@@ -259,8 +260,8 @@ def stone_length_mm(volume: Volume, voxels: np.ndarray, steps: np.ndarray | None
 
     The largest distance between voxel centres in patient coordinates (a tilted gantry's true geometry)
     plus half a voxel along that line, the voxel taken as the ellipsoid its box holds (``_voxel_chord``; a
-    tilted gantry's voxel is a slanted box, its third edge the step along the table),
-    as ``max_axial_diameter_mm`` takes its extent in the plane. The stone's length is never less than its
+    tilted gantry's voxel is a slanted box, its third edge the step along the table), as
+    ``max_axial_diameter_mm`` takes its extent in the plane. The stone's length is never less than its
     largest in-plane diameter (``measure_stones``), whose moments measure a round stone without the voxels'
     excess; across the slices their moments would not (two slices of 5 mm make a 3 mm stone 11 mm long), so
     a stone long along the slices' normal is measured by its extent alone: on digitised ovoids and spindles
