@@ -116,6 +116,21 @@ def record_results(
     return superseded
 
 
+def note_series_number(first: Dataset) -> int:
+    """The rejection note's SeriesNumber: 1000 x N + 905 where the results it rejects were numbered after
+    their CT series N (1000 x N + 901..904, ``inference.writers.sources``), so that the note sorts with them
+    and two CT series' notes differ; :data:`NOTE_SERIES_NUMBER` (905) where they were not (results made
+    before that scheme, 901-904)."""
+    try:
+        number = int(str(first.get("SeriesNumber", "") or "0").strip())
+    except ValueError:
+        number = 0
+    source = number // 1000
+    if source >= 1 and 1000 * source + NOTE_SERIES_NUMBER <= 2**31 - 1:
+        return 1000 * source + NOTE_SERIES_NUMBER
+    return NOTE_SERIES_NUMBER
+
+
 def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,
                    job_id: int) -> Dataset:
     """The IOCM rejection note (a Key Object Selection Document) listing ``superseded``, in their study.
@@ -134,7 +149,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     ds.SOPInstanceUID = derive_uid("rejection-note", source_series_uid, model, *uids)
     ds.Modality = "KO"
     ds.SeriesInstanceUID = derive_uid("rejection-note", source_series_uid, model, "series")
-    ds.SeriesNumber = NOTE_SERIES_NUMBER
+    ds.SeriesNumber = note_series_number(first)
     ds.SeriesDescription = NOTE_SERIES_DESCRIPTION
     ds.SeriesDate = ds.ContentDate = time.strftime("%Y%m%d", now)
     ds.SeriesTime = ds.ContentTime = time.strftime("%H%M%S", now)

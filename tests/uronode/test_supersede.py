@@ -21,6 +21,7 @@ from uronode.supersede import (
     KEY_OBJECT_SELECTION,
     NOTES_FOLDER,
     Superseded,
+    note_series_number,
     record_results,
     rejection_note,
     settle,
@@ -163,6 +164,19 @@ def test_a_rejection_note_lists_every_series_of_its_study(tmp_path: Path) -> Non
     assert note.SOPInstanceUID == rejection_note(list(reversed(items)), first, source_series_uid=SOURCE,
                                                  model="m 1.0", job_id=7).SOPInstanceUID  # the same note again
     assert "job 7" in note.ContentSequence[0].TextValue
+
+
+@pytest.mark.parametrize("rejected, number", [(3902, 3905), (1903, 1905), (12901, 12905), (902, 905), (None, 905),
+                                              ("", 905)])
+def test_a_rejection_note_is_numbered_with_the_results_it_rejects(rejected: object, number: int) -> None:
+    """Results are numbered 1000 x N + 901..904 after their CT series N: the note that rejects them is
+    1000 x N + 905, so two CT series' notes differ and each sorts with its results; older results, 905."""
+    first = result("first", SecondaryCaptureImageStorage, "sc")
+    if rejected is None:
+        del first.SeriesNumber
+    else:
+        first.SeriesNumber = rejected
+    assert note_series_number(first) == number
 
 
 @pytest.mark.parametrize("findings, model", [
