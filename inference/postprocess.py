@@ -177,16 +177,13 @@ def max_axial_diameter_mm(rows: np.ndarray, columns: np.ndarray, pixel_spacing: 
     i, j = np.unravel_index(int(dist.argmax()), dist.shape)
     direction = diff[i, j] / dist[i, j]
     half = 0.5 * _voxel_chord(direction, np.asarray(pixel_spacing, dtype=np.float64))
-    return _length(float(dist[i, j]) + half, points, ELLIPSE_VARIANCE)
+    return _length(float(dist[i, j]) + half, points)
 
 
-ELLIPSE_VARIANCE = 4.0
-"""A solid ellipse's variance along an axis is its semi-axis squared over 4."""
-
-
-def _length(extent: float, points: np.ndarray, shape_factor: float) -> float:
-    """The larger of ``extent`` (farthest centres plus half a voxel) and the long axis of the ellipse or
-    ellipsoid with the ``points``' second moments, ``2 * sqrt(shape_factor * largest variance)``.
+def _length(extent: float, points: np.ndarray) -> float:
+    """The larger of ``extent`` (farthest centres plus half a pixel) and the long axis of the ellipse with the
+    ``points``' second moments, ``2 * sqrt(4 * largest variance)`` (a solid ellipse's variance along an axis is
+    its semi-axis squared over 4).
 
     Why both (probe 14, C2): the farthest centres lie inside a digitised stone's edge by up to a pixel, and
     adding a whole pixel's width corner to corner (as it once was) made round stones of 3-6 mm 13-21 % too
@@ -196,7 +193,7 @@ def _length(extent: float, points: np.ndarray, shape_factor: float) -> float:
     test_stone_side_and_size.py)."""
     centred = points - points.mean(axis=0)
     largest = float(np.linalg.eigvalsh(centred.T @ centred / points.shape[0])[-1])
-    return max(extent, 2.0 * float(np.sqrt(shape_factor * max(largest, 0.0))))
+    return max(extent, 2.0 * float(np.sqrt(4.0 * max(largest, 0.0))))
 
 
 def _voxel_chord(direction: np.ndarray, spacing: np.ndarray) -> float:
