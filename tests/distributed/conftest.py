@@ -153,13 +153,31 @@ class Cluster:
     def owed(self) -> set[str]:
         return {r["sop_instance_uid"] for r in query(self.data, "SELECT sop_instance_uid FROM deliveries")}
 
+    def lost_responses(self) -> Counter[str]:
+        """SOP Instance UID -> the node's sends of it whose C-STORE response never came (the audit log's retries
+        for a connection that ended, or a response that timed out, after the instance went out): the PACS may
+        hold those, and the node, not knowing, sends them again (deterministic UIDs: a PACS keeps one)."""
+        lost: Counter[str] = Counter()
+        for line in (self.data / "audit.log").read_text().splitlines():
+            record = json.loads(line)
+            reason = str(record.get("reason", ""))
+            if (record.get("event") == "delivery" and record.get("outcome") == "retry"
+                    and ("before its C-STORE response" in reason or "the peer may have stored it" in reason)):
+                lost[str(record["sop_instance_uid"])] += 1
+        return lost
+
     def assert_each_result_received_once(self) -> None:
+        """Every result the node owes is at the PACS, each sent once: a second copy only where the node's audit
+        log shows the first one's response lost (on a loaded machine storescp has closed a connection before
+        answering; the node cannot know the instance arrived, and must send it again)."""
         owed = self.owed()
         assert owed
         wait_until(lambda: set(self.received()) >= owed, 30, "the PACS to hold every result")
         received = self.received()
         assert set(received) == owed
-        assert set(received.values()) == {1}, {uid: n for uid, n in received.items() if n != 1}
+        lost = self.lost_responses()
+        unexplained = {uid: n for uid, n in received.items() if n > 1 + lost[uid]}
+        assert not unexplained, (unexplained, lost)
 
     def counter(self, name: str) -> int:
         rows = query(self.data, "SELECT value FROM counters WHERE name = ?", name)
