@@ -155,7 +155,7 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
     queue = JobQueue(store)
     monitor = CompletionMonitor(
         store, queue, grace_s=settings.scp.completion_grace_s, quiet_s=settings.scp.completion_quiet_s,
-        model=settings.inference.model,
+        model=settings.inference.model, contrast_series=settings.inference.contrast_series,
     )
     done = {c.series_instance_uid: c for c in monitor.complete_now(list(series))}
     result = [

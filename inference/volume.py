@@ -77,6 +77,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
+from uronode.contrast import contrast_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -567,6 +568,18 @@ def _lossy(ds: Dataset) -> bool:
     return str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in LOSSY_TRANSFER_SYNTAXES
 
 
+def contrast_note(datasets: Iterable[Dataset]) -> list[str]:
+    """A caution where the header of any of ``datasets`` says the series was acquired with contrast
+    (``uronode.contrast``): the model reads non-contrast CT."""
+    for ds in datasets:
+        evidence = contrast_evidence(str(ds.get("ContrastBolusAgent", "") or ""),
+                                     str(ds.get("SeriesDescription", "") or ""))
+        if evidence is not None:
+            return [f"Contrast-enhanced ({evidence}): the model was made for non-contrast CT; contrast in the "
+                    "kidneys, ureters and bladder can be reported as stones and can hide them."]
+    return []
+
+
 def _drop_duplicates(frames: list[_Frame], normal: np.ndarray) -> list[_Frame]:
     seen: dict[tuple[str, int], _Frame] = {}
     for frame in frames:
@@ -756,9 +769,10 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
         frame_numbers=tuple(f.frame_number for f in frames),
         source_paths=tuple(paths[f.dataset_index] for f in frames),
-        notes=(*notes, *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
-                          "01): faint and small stones may be lost."]
-                         if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),
+        notes=(*notes, *contrast_note(datasets[i] for i in sorted({f.dataset_index for f in frames})),
+               *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
+                  "01): faint and small stones may be lost."]
+                 if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),
     )
 
 

@@ -47,6 +47,8 @@ class SliceOptions(TypedDict, total=False):
     manufacturer: str
     sop_class: str
     seed: int
+    series_description: str
+    contrast_agent: str | None
 
 
 def ct_slice(
@@ -62,6 +64,8 @@ def ct_slice(
     manufacturer: str = "TESTSCANNER",
     sop_class: str = CTImageStorage,
     seed: int = 0,
+    series_description: str = "Abdomen non-contrast",
+    contrast_agent: str | None = None,
 ) -> Dataset:
     """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
     pixels = _pixels(size, seed, index % 16)
@@ -86,7 +90,9 @@ def ct_slice(
     ds.ReferringPhysicianName = ""
     ds.Modality = modality
     ds.Manufacturer = manufacturer
-    ds.SeriesDescription = "Abdomen non-contrast"
+    ds.SeriesDescription = series_description
+    if contrast_agent is not None:
+        ds.ContrastBolusAgent = contrast_agent
     ds.SeriesNumber = 2
     ds.InstanceNumber = index + 1
     ds.ImageType = list(image_type)

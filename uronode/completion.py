@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 
 from uronode.audit import AuditLog
+from uronode.contrast import contrast_evidence
 from uronode.jobs import JobQueue
 from uronode.store import Store
 from uronode.types import CompletedSeries, SeriesDisposition
@@ -59,13 +60,15 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 """
 
 
-def qualify(rows: Sequence[sqlite3.Row], asked: bool = False) -> str | None:
+def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: str = "skip") -> str | None:
     """Return why the model cannot take this series, or None when it can.
 
     Derived secondary CT images (reformats, slabs, exported key images) are skipped when they
     arrive unasked (a PACS routing a whole study also sends its axial originals), but taken when
     someone asks for them (``asked``: an upload to ``/api/predict``, the paper's workflow, where a
-    coronal slice exported from a viewer is DERIVED\\SECONDARY and the one image there is)."""
+    coronal slice exported from a viewer is DERIVED\\SECONDARY and the one image there is). So are
+    contrast-enhanced series (``uronode.contrast``: the model reads non-contrast CT; a PACS routing a whole
+    study sends its contrast phases too) unless ``contrast_series`` is ``read``."""
     if not rows:
         return "the series has no instances"
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
@@ -81,14 +84,22 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False) -> str | None:
         return "localizer (scout) images"
     if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
         return "derived secondary images"
+    if not asked and contrast_series == "skip":
+        evidence = next((e for r in ct_rows
+                         if (e := contrast_evidence(r["contrast_agent"] or "", r["series_description"] or ""))), None)
+        if evidence is not None:
+            return (f"contrast-enhanced ({evidence}): the model reads non-contrast CT only "
+                    "(inference.contrast_series = \"read\" reads such series, with a caution)")
     return None
 
 
 class CompletionMonitor:
     """Closes series that are due and queues (or skips) them. One per node."""
 
-    def __init__(self, store: Store, queue: JobQueue, *, grace_s: float, quiet_s: float, model: str) -> None:
+    def __init__(self, store: Store, queue: JobQueue, *, grace_s: float, quiet_s: float, model: str,
+                 contrast_series: str = "skip") -> None:
         self.store = store
+        self.contrast_series = contrast_series
         self.queue = queue
         self.grace_s = grace_s
         self.quiet_s = quiet_s
@@ -131,11 +142,12 @@ class CompletionMonitor:
             ):
                 return None  # something arrived meanwhile; look again next round
             instances = conn.execute(
-                "SELECT modality, sop_class_uid, image_type, manufacturer FROM instances"
+                "SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description"
+                " FROM instances"
                 " WHERE series_instance_uid = ?",
                 (series_uid,),
             ).fetchall()
-            reason = qualify(instances, asked)
+            reason = qualify(instances, asked, self.contrast_series)
             job_id = None
             if reason is None:
                 job_id = self.queue.enqueue_in(

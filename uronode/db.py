@@ -20,7 +20,7 @@ from pathlib import Path
 from uronode.errors import UronodeError
 from uronode.files import disk_problem
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS instances (
     image_type         TEXT,
     manufacturer       TEXT,
     instance_number    INTEGER,
+    contrast_agent     TEXT,
     image_position     TEXT,
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
@@ -226,6 +227,7 @@ ADDED_COLUMNS = [
     ("jobs", "claimed_by", "TEXT"),
     ("jobs", "claim_token", "TEXT"),
     ("jobs", "lease_until", "REAL"),
+    ("instances", "contrast_agent", "TEXT"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

@@ -82,6 +82,7 @@ WANTED = {
     0x00100020: "PatientID",
     0x00100030: "PatientBirthDate",
     0x00100040: "PatientSex",
+    0x00180010: "ContrastBolusAgent",
     0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID",
     0x00200010: "StudyID",
@@ -91,6 +92,7 @@ WANTED = {
 }
 TEXT = {
     "AccessionNumber",
+    "ContrastBolusAgent",
     "Manufacturer",
     "ReferringPhysicianName",
     "StudyDescription",
@@ -485,6 +487,7 @@ def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> Instanc
         modality=values.get("Modality", "").strip(),
         series_description=values.get("SeriesDescription", "").strip(),
         image_type=values.get("ImageType", "").strip(),
+        contrast_agent=values.get("ContrastBolusAgent", "").strip(),
         manufacturer=values.get("Manufacturer", "").strip(),
         instance_number=instance_number,
         image_position=position,

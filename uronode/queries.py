@@ -494,6 +494,7 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         series_description=row["series_description"] or "",
         image_type=row["image_type"] or "",
         manufacturer=row["manufacturer"] or "",
+        contrast_agent=row["contrast_agent"] or "",
         instance_number=row["instance_number"],
         image_position=position,
         series_number=row["series_number"],

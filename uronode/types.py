@@ -21,6 +21,8 @@ class InstanceHeader:
     image_type: str = ""
     """ImageType values joined by a backslash, as in the file."""
     manufacturer: str = ""
+    contrast_agent: str = ""
+    """Contrast/Bolus Agent (0018,0010): what says a series was acquired with contrast (``uronode.contrast``)."""
     instance_number: int | None = None
     image_position: tuple[float, float, float] | None = None
     series_number: int | None = None

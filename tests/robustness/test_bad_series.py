@@ -1,7 +1,7 @@
 """Series the model cannot read: refused at completion (not CT) or a failed job with the reason; the next good one runs.
 
 One node with a worker (the shipped model) takes, over DCMTK storescu, an MR
-series, a tilted-gantry CT, a CT of mixed slice sizes, a CT with a slice
+series, a portal-venous (contrast) CT, a tilted-gantry CT, a CT of mixed slice sizes, a CT with a slice
 without its position and an RLE CT with a slice that does not decode, then a
 good CT: each bad one is answered with its reason, and the good one is still
 processed to the end.
@@ -49,6 +49,11 @@ def mr(k: int, ds: pydicom.Dataset) -> None:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
 
 
+def portal_venous(k: int, ds: pydicom.Dataset) -> None:
+    ds.ContrastBolusAgent = "OMNIPAQUE 350"
+    ds.SeriesDescription = "ABD/PEL PORTAL VENOUS 1.0"
+
+
 def tilted(k: int, ds: pydicom.Dataset) -> None:
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     ds.ImagePositionPatient = [x, y + 1.5 * k, z]  # each slice further along y: a gantry tilt
@@ -83,6 +88,7 @@ def jobs(node: Node, series_uid: str) -> list[dict[str, Any]]:
 def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Node, tmp_path: Path) -> None:
     cases = {
         "not CT": series(tmp_path, 21, mr),
+        "contrast": series(tmp_path, 27, portal_venous),
         "tilted": series(tmp_path, 22, tilted),
         "mixed sizes": series(tmp_path, 23, mixed_size),
         "no position": series(tmp_path, 24, no_position),
@@ -98,7 +104,7 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
         return bool(found) and found[-1]["state"] in ("delivered", "failed")
 
     good_uid = cases["good"][0]
-    wait_until(lambda: all(finished(uid) for name, (uid, _) in cases.items() if name != "not CT"),
+    wait_until(lambda: all(finished(uid) for name, (uid, _) in cases.items() if name not in ("not CT", "contrast")),
                180, "the CT series' jobs to finish")
 
     # not CT: refused at completion, with its reason, and never a job
@@ -106,6 +112,13 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
     (row,) = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", mr_uid)
     assert (row["state"], row["disposition"], row["reason"]) == ("complete", "skipped", "modality MR, not CT")
     assert jobs(node, mr_uid) == []
+    # a contrast phase routed with the study: skipped at completion, the reason naming what said so
+    contrast_uid = cases["contrast"][0]
+    (row,) = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", contrast_uid)
+    assert (row["state"], row["disposition"]) == ("complete", "skipped")
+    assert row["reason"].startswith("contrast-enhanced (Contrast/Bolus Agent 'OMNIPAQUE 350'): the model reads "
+                                    "non-contrast CT only"), row["reason"]
+    assert jobs(node, contrast_uid) == []
 
     expected = {
         "tilted": "mm in-plane along the stack (tilted gantry); such stacks are not resampled",

@@ -433,6 +433,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         grace_s=settings.scp.completion_grace_s,
         quiet_s=settings.scp.completion_quiet_s,
         model=settings.inference.model,
+        contrast_series=settings.inference.contrast_series,
     )
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
     loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
