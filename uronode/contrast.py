@@ -11,8 +11,8 @@ reads one all the same (``inference.volume``).
 Two places in the header say it:
 
 - **Contrast/Bolus Agent** (0018,0010), which scanners fill from the
-  protocol or the injector: any value that does not deny contrast ("NONE",
-  "NO", "N/A", "NATIVE" ...) names one;
+  protocol or the injector: any value without a word that denies contrast
+  ("NONE", "NO", "NOT", "N/A", "NATIVE" ...) names one ("APPLIED" too);
 - **Series Description** (0008,103E), which most sites fill from the
   protocol: the name of a contrast phase ("ARTERIAL", "PORTAL VENOUS",
   "NEPHROGRAPHIC", "EXCRETORY", "UROGRAPHY", "C+", German "KM") as a word of
@@ -34,9 +34,10 @@ import re
 NO_AGENT = frozenset({
     "NONE", "NO", "NON", "N", "NA", "N/A", "NIL", "NULL", "0", "-", "--", "NATIVE", "NATIV", "NATIVO", "PLAIN",
     "UNENHANCED", "NONCONTRAST", "NON-CONTRAST", "WITHOUT", "W/O", "WO", "SIN", "SANS", "OHNE", "SENZA", "SEM",
-    "CONTRAST", "AGENT", "APPLIED", "NOT", "KM", "KEIN", "KEINE",
+    "NOT", "KEIN", "KEINE",
 })
-"""An agent whose words are all among these names none ("NONE", "N/A", "NO CONTRAST", "KEIN KM", "NOT APPLIED")."""
+"""An agent with one of these words names none ("NONE", "N/A", "NO CONTRAST", "KEIN KM", "NOT APPLIED"); any
+other agent names one ("OMNIPAQUE 350", "APPLIED", "ORAL", "KM")."""
 DENYING = frozenset({
     "NONE", "NO", "NON", "NIL", "NATIVE", "NATIV", "NATIVO", "NATIVA", "PLAIN", "UNENHANCED", "NONCONTRAST",
     "NON-CONTRAST", "WITHOUT", "W/O", "WO", "SIN", "SANS", "OHNE", "SENZA", "SEM", "KEIN", "KEINE", "PRE",
@@ -75,7 +76,7 @@ def contrast_evidence(agent: str, description: str) -> str | None:
     reason or a caution, e.g. "Contrast/Bolus Agent 'OMNIPAQUE 350'"; None where nothing says so."""
     agent = agent.strip()
     agent_words = _words(agent)
-    if agent_words and not all(w in NO_AGENT for w in agent_words):
+    if agent_words and not any(w in NO_AGENT for w in agent_words):
         return f"Contrast/Bolus Agent {agent[:64]!r}"
     words = _words(description)
     if any(w in DENYING for w in words):

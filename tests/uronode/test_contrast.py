@@ -25,7 +25,8 @@ from uronode.types import SeriesDisposition
     ("agent", "description", "says"),
     [
         ("OMNIPAQUE 350", "Abdomen 1.0 B30f", "Contrast/Bolus Agent 'OMNIPAQUE 350'"),
-        ("ORAL", "", "Contrast/Bolus Agent 'ORAL'"),  # bowel full of it: what the model takes for stones most
+        ("ORAL", "", "Contrast/Bolus Agent 'ORAL'"),
+        ("APPLIED", "Abdomen", "Contrast/Bolus Agent 'APPLIED'"),  # bowel full of it: what the model takes for stones most
         ("", "ABD PORTAL VENOUS", "Series Description 'ABD PORTAL VENOUS'"),
         ("", "Arterial 1.0 B30f", "Series Description"),
         ("", "CT ABD/PEL C+", "Series Description"),
@@ -49,6 +50,7 @@ def test_a_contrast_agent_or_phase_in_the_header_is_found(agent: str, descriptio
         ("N/A", ""),
         ("No contrast", ""),
         ("KEIN KM", ""),
+        ("NOT APPLIED", ""),
         ("", "ABDOMEN W/O CONTRAST"),
         ("", "Abdomen non-contrast"),
         ("", "ABD C-"),
