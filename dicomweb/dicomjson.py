@@ -35,6 +35,10 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "SOPClassUID": ("00080016", "UI"),
     "SOPInstanceUID": ("00080018", "UI"),
     "InstanceNumber": ("00200013", "IS"),
+    "NumberOfFrames": ("00280008", "IS"),
+    "Rows": ("00280010", "US"),
+    "Columns": ("00280011", "US"),
+    "BitsAllocated": ("00280100", "US"),
 }
 BY_TAG = {tag: keyword for keyword, (tag, _) in ATTRIBUTES.items()}
 
@@ -63,7 +67,7 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
         return {"vr": vr, "Value": [person_name(str(v)) for v in values]}
-    if vr == "IS":
+    if vr in ("IS", "US"):
         return {"vr": vr, "Value": [int(v) for v in values]}
     return {"vr": vr, "Value": [str(v) for v in values]}
 
@@ -76,13 +80,13 @@ def _text_element(vr: str, value: Any) -> dict[str, Any]:
 
 
 def _number_element(vr: str, value: Any) -> dict[str, Any]:
-    """``_element`` of an IS, with the common case (one int) first."""
+    """``_element`` of an IS or a US, with the common case (one int) first."""
     if type(value) is int:
         return {"vr": vr, "Value": [value]}
     return _element(vr, value)
 
 
-_BUILDERS = {"PN": _element, "IS": _number_element}
+_BUILDERS = {"PN": _element, "IS": _number_element, "US": _number_element}
 
 
 def datasets(keywords: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -50,7 +50,8 @@ DEFAULT_STUDY = ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNum
 DEFAULT_SERIES = ["SpecificCharacterSet", "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
                   "NumberOfSeriesRelatedInstances", "StudyInstanceUID", "InstanceAvailability", "RetrieveURL"]
 DEFAULT_INSTANCE = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
-                    "StudyInstanceUID", "SeriesInstanceUID", "InstanceAvailability", "RetrieveURL"]
+                    "StudyInstanceUID", "SeriesInstanceUID", "InstanceAvailability", "RetrieveURL",
+                    "Rows", "Columns", "BitsAllocated", "NumberOfFrames"]
 STUDY_COUNTS = {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
 """Study attributes counted over the study's series and instances (not columns of the index)."""
 

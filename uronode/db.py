@@ -20,7 +20,7 @@ from pathlib import Path
 from uronode.errors import UronodeError
 from uronode.files import disk_problem
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS instances (
     manufacturer       TEXT,
     instance_number    INTEGER,
     contrast_agent     TEXT,
+    rows               INTEGER,
+    columns            INTEGER,
+    bits_allocated     INTEGER,
+    number_of_frames   INTEGER,
     image_position     TEXT,
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
@@ -228,6 +232,10 @@ ADDED_COLUMNS = [
     ("jobs", "claim_token", "TEXT"),
     ("jobs", "lease_until", "REAL"),
     ("instances", "contrast_agent", "TEXT"),
+    ("instances", "rows", "INTEGER"),
+    ("instances", "columns", "INTEGER"),
+    ("instances", "bits_allocated", "INTEGER"),
+    ("instances", "number_of_frames", "INTEGER"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

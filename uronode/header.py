@@ -31,6 +31,7 @@ pydicom raised on it); what is missing or not a valid UID an
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -57,8 +58,10 @@ from uronode.structure import (
     MAX_INSTANCE_BYTES,
     SEQ_END,
     UNDEFINED,
+    ImageSize,
     check_data_set,
     inflate,
+    walk_data_set,
 )
 from uronode.types import InstanceHeader
 
@@ -282,9 +285,10 @@ def read_instance(
         except (ScanError, UnicodeDecodeError):
             pass  # the full parser below decides
         else:
-            return header, check_data_set(
+            warning, size = walk_data_set(
                 parts[1], transfer_syntax_uid, stop, beginning=stop == 0, max_instance_bytes=max_instance_bytes
             )
+            return _sized(header, size), warning
     try:
         ds = None
         total = sum(len(p) for p in parts)
@@ -320,8 +324,8 @@ def read_instance(
     # before the UIDs: a truncated data set would otherwise read as "missing"; without a
     # Transfer Syntax UID, in the encoding pydicom found
     found = IMPLICIT_LE if implicit else EXPLICIT_LE if little is not False else EXPLICIT_BE
-    warning = check_data_set(data, syntax or found, start, max_instance_bytes=max_instance_bytes)
-    return _header_from(values, syntax), warning
+    warning, size = walk_data_set(data, syntax or found, start, max_instance_bytes=max_instance_bytes)
+    return _sized(_header_from(values, syntax), size), warning
 
 
 def _file_meta(first: bytes | memoryview) -> tuple[FileMetaDataset, int] | None:
@@ -374,10 +378,10 @@ def _read_deflated(
     if str(file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         raise InvalidInstance("a DICOMDIR, the index of a CD or folder of DICOM files: not an image (the "
                               "images are the files it lists)")
-    warning = check_data_set(
+    warning, size = walk_data_set(
         plain, DEFLATED, stop, beginning=stop == 0, inflated=True, max_instance_bytes=max_instance_bytes
     )
-    return _header_from(values, DEFLATED), warning
+    return _sized(_header_from(values, DEFLATED), size), warning
 
 
 def _read_plain(plain: bytearray) -> Dataset:
@@ -459,6 +463,12 @@ def _data_set(parts: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, 
         rest = parts[1] if len(parts) == 2 else b"".join(parts[1:])
         return rest, pos - len(first)
     return (first if len(parts) == 1 else b"".join(parts)), pos
+
+
+def _sized(header: InstanceHeader, size: ImageSize) -> InstanceHeader:
+    """``header`` with what the data set says of its pixels (the index keeps it for QIDO-RS)."""
+    return dataclasses.replace(header, rows=size.rows, columns=size.columns, bits_allocated=size.bits_allocated,
+                               number_of_frames=size.number_of_frames)
 
 
 def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> InstanceHeader:

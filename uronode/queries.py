@@ -352,7 +352,7 @@ def search_instances(
     where.clauses[:0] = scope
     sql = (
         "SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, i.instance_number,"
-        " se.modality AS series_modality, se.series_number, se.series_description, "
+        " i.rows, i.columns, i.bits_allocated, i.number_of_frames, se.modality AS series_modality, se.series_number, se.series_description, "
         + _STUDY_OF_INSTANCE + " FROM instances i"
         " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
         " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
@@ -369,6 +369,10 @@ def search_instances(
             "SOPInstanceUID": row["sop_instance_uid"],
             "SOPClassUID": row["sop_class_uid"],
             "InstanceNumber": row["instance_number"],
+            "Rows": row["rows"],
+            "Columns": row["columns"],
+            "BitsAllocated": row["bits_allocated"],
+            "NumberOfFrames": row["number_of_frames"],
             "Modality": row["series_modality"],
             "SeriesNumber": row["series_number"],
             "SeriesDescription": row["series_description"],
@@ -495,6 +499,10 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         image_type=row["image_type"] or "",
         manufacturer=row["manufacturer"] or "",
         contrast_agent=row["contrast_agent"] or "",
+        rows=row["rows"],
+        columns=row["columns"],
+        bits_allocated=row["bits_allocated"],
+        number_of_frames=row["number_of_frames"],
         instance_number=row["instance_number"],
         image_position=position,
         series_number=row["series_number"],

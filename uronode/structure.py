@@ -27,6 +27,7 @@ import functools
 import struct
 import zlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 from uronode.errors import MalformedDataSet
 
@@ -201,6 +202,16 @@ def inflate_limit(deflated_length: int, max_instance_bytes: int = MAX_INSTANCE_B
     return min(max_instance_bytes, max(INFLATE_FLOOR, MAX_DEFLATE_RATIO * deflated_length))
 
 
+class ImageSize(NamedTuple):
+    """What a data set says of its pixels, as the index keeps it (QIDO-RS returns it): each None where the
+    data set does not say it, or says it in a form no reader takes."""
+
+    rows: int | None = None
+    columns: int | None = None
+    bits_allocated: int | None = None
+    number_of_frames: int | None = None
+
+
 def check_data_set(
     data: bytes | bytearray | memoryview,
     transfer_syntax_uid: str,
@@ -210,6 +221,20 @@ def check_data_set(
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
     inflated: bool = False,
 ) -> str | None:
+    """:func:`walk_data_set`'s warning."""
+    return walk_data_set(data, transfer_syntax_uid, start, beginning=beginning, max_instance_bytes=max_instance_bytes,
+                         inflated=inflated)[0]
+
+
+def walk_data_set(
+    data: bytes | bytearray | memoryview,
+    transfer_syntax_uid: str,
+    start: int = 0,
+    *,
+    beginning: bool = True,
+    max_instance_bytes: int = MAX_INSTANCE_BYTES,
+    inflated: bool = False,
+) -> tuple[str | None, ImageSize]:
     """Walk the top-level elements from ``start`` to the end; raise :class:`MalformedDataSet` at the first fault.
 
     ``beginning``: ``start`` is where the data set begins (not a point that a
@@ -230,6 +255,9 @@ def check_data_set(
     :data:`RLE_MAX_RATIO` times its length. A deflated data set is inflated
     with the bound of :func:`inflate`; ``inflated``: ``data`` is one already
     inflated so (its reader needed it too), walked from ``start``.
+
+    Returns the warning (None when nothing is odd) and the :class:`ImageSize` the walk found (from ``start``
+    on: a walk that starts after the image attributes finds none of them).
     """
     if transfer_syntax_uid == DEFLATED and not inflated:
         data = inflate(data, start, max_instance_bytes=max_instance_bytes)
@@ -279,7 +307,18 @@ def check_data_set(
     elif pixel_length is not None and 0x00280010 in image and 0x00280011 in image:
         # what a decoder would allocate; without Rows and Columns nothing decodes it, and nothing is claimed
         _check_encapsulated(image, encapsulated_length, walk, transfer_syntax_uid, max_instance_bytes)
-    return "; ".join(warnings) or None
+    return "; ".join(warnings) or None, _image_size(image, walk)
+
+
+def _image_size(image: dict[int, bytes], walk: _Walk) -> ImageSize:
+    """The image attributes found, where each is one value of the form its VR says (US; IS for the frames)."""
+    def us(tag: int) -> int | None:
+        raw = image.get(tag, b"")
+        return int(walk.u16(memoryview(raw), 0)[0]) if len(raw) == 2 else None
+
+    text = image.get(0x00280008, b"").decode("ascii", "replace").strip(" \x00")
+    frames = int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
+    return ImageSize(us(0x00280010), us(0x00280011), us(0x00280100), frames)
 
 
 class _Geometry:

@@ -36,6 +36,12 @@ class InstanceHeader:
     referring_physician_name: str = ""
     study_description: str = ""
     study_id: str = ""
+    rows: int | None = None
+    """Rows (0028,0010), Columns, BitsAllocated and NumberOfFrames: what the data set says of its pixels
+    (``uronode.structure.ImageSize``); None where it does not say it."""
+    columns: int | None = None
+    bits_allocated: int | None = None
+    number_of_frames: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

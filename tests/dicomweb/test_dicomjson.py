@@ -22,9 +22,9 @@ JSON = {"Accept": "application/dicom+json"}
 def test_every_builder_gives_what_the_plain_element_gives(value: object) -> None:
     """The per-VR fast paths (one string, one int) change nothing in what is written."""
     for keyword, (tag, vr) in ATTRIBUTES.items():
-        if vr == "IS" and isinstance(value, str) and value and not value.isdigit():
-            continue  # an IS holds numbers only
-        if vr == "IS" and isinstance(value, list) and any(isinstance(v, str) for v in value):
+        if vr in ("IS", "US") and isinstance(value, str) and value and not value.isdigit():
+            continue  # an IS or a US holds numbers only
+        if vr in ("IS", "US") and isinstance(value, list) and any(isinstance(v, str) for v in value):
             continue
         (built,) = datasets([keyword], [{keyword: value}])
         assert built == {tag: _element(vr, value)}, (keyword, value)

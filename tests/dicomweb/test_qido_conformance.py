@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from pydicom import Dataset
 
 from tests.conftest import FAST_COMPLETION
 from tests.factory import ct_slice, uid
@@ -297,3 +298,16 @@ def test_head_is_answered_as_get_without_the_body(loaded: Loaded) -> None:
         assert got.status_code == 200 and got.content
         assert head.headers["content-type"].split(";")[0] == got.headers["content-type"].split(";")[0]
     assert httpx.head(f"{loaded.base}/studies/1.2.3/series/4.5.6/metadata", timeout=30).status_code == 404
+
+
+def test_an_instance_search_returns_rows_columns_bits_and_frames(loaded: Loaded) -> None:
+    """PS3.18 table 10.6.3-5: an instance's Rows, Columns, BitsAllocated and NumberOfFrames (this one if present)
+    are returned by default; dicomweb-client reads them as pydicom would."""
+    in_series = loaded.search(f"/studies/{loaded.smith}/series/{loaded.ct}/instances")
+    assert [(f["00280010"], f["00280011"], f["00280100"]) for f in in_series] == [
+        ({"vr": "US", "Value": [16]}, {"vr": "US", "Value": [16]}, {"vr": "US", "Value": [16]})] * 3
+    assert all(f["00280008"] == {"vr": "IS"} for f in in_series)  # single-frame slices: none said
+    web = DICOMwebClient(url=loaded.base)
+    (first, *_) = web.search_for_instances(study_instance_uid=loaded.smith, series_instance_uid=loaded.ct)
+    ds = Dataset.from_json(first)
+    assert (ds.Rows, ds.Columns, ds.BitsAllocated) == (16, 16, 16)
