@@ -158,6 +158,9 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
         model=settings.inference.model, contrast_series=settings.inference.contrast_series,
     )
     done = {c.series_instance_uid: c for c in monitor.complete_now(list(series))}
+    for uid in series.keys() - done.keys():  # unchanged files of a series skipped when it came unasked
+        if (taken := monitor.take_asked(uid)) is not None:
+            done[uid] = taken
     result = [
         {"series_instance_uid": uid, "study_instance_uid": study,
          **_series_labels(store, study, uid), **_outcome(store, queue, uid, done.get(uid))}

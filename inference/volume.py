@@ -575,8 +575,9 @@ def contrast_note(datasets: Iterable[Dataset]) -> list[str]:
         evidence = contrast_evidence(str(ds.get("ContrastBolusAgent", "") or ""),
                                      str(ds.get("SeriesDescription", "") or ""))
         if evidence is not None:
-            return [f"Contrast-enhanced ({evidence}): the model was made for non-contrast CT; contrast in the "
-                    "kidneys, ureters and bladder can be reported as stones and can hide them."]
+            return [f"{'Contrast-enhanced' if evidence.clear else 'Perhaps contrast-enhanced'} ({evidence.text}): "
+                    "the model was made for non-contrast CT; contrast in the kidneys, ureters and bladder can be "
+                    "reported as stones and can hide them."]
     return []
 
 

@@ -67,8 +67,9 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     arrive unasked (a PACS routing a whole study also sends its axial originals), but taken when
     someone asks for them (``asked``: an upload to ``/api/predict``, the paper's workflow, where a
     coronal slice exported from a viewer is DERIVED\\SECONDARY and the one image there is). So are
-    contrast-enhanced series (``uronode.contrast``: the model reads non-contrast CT; a PACS routing a whole
-    study sends its contrast phases too) unless ``contrast_series`` is ``read``."""
+    series whose description clearly names a contrast phase (``uronode.contrast``: the model reads
+    non-contrast CT; a PACS routing a whole study sends its contrast phases too) unless ``contrast_series``
+    is ``read``; an agent alone skips nothing (the worker's caution says it)."""
     if not rows:
         return "the series has no instances"
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
@@ -86,10 +87,11 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
         return "derived secondary images"
     if not asked and contrast_series == "skip":
         evidence = next((e for r in ct_rows
-                         if (e := contrast_evidence(r["contrast_agent"] or "", r["series_description"] or ""))), None)
+                         if (e := contrast_evidence(r["contrast_agent"] or "", r["series_description"] or ""))
+                         and e.clear), None)
         if evidence is not None:
-            return (f"contrast-enhanced ({evidence}): the model reads non-contrast CT only "
-                    "(inference.contrast_series = \"read\" reads such series, with a caution)")
+            return (f"contrast-enhanced ({evidence.text}): the model reads non-contrast CT only (upload the series "
+                    "to /api/predict, or set inference.contrast_series = \"read\", to read it with a caution)")
     return None
 
 
@@ -178,6 +180,38 @@ class CompletionMonitor:
             reason=reason,
             job_id=job_id,
         )
+
+    def take_asked(self, series_uid: str) -> CompletedSeries | None:
+        """A complete series skipped for a reason that asking overrides (derived secondary images, a contrast
+        phase: ``qualify``), now asked for (its files uploaded again, unchanged, so it did not re-open): queued
+        after all. None where it is not complete and skipped, or still does not qualify (a localizer)."""
+        with self.store.transaction() as conn:
+            current = conn.execute(
+                "SELECT study_instance_uid, generation, state, disposition FROM series WHERE series_instance_uid = ?",
+                (series_uid,),
+            ).fetchone()
+            if current is None or current["state"] != "complete" or current["disposition"] != SeriesDisposition.SKIPPED:
+                return None
+            instances = conn.execute(
+                "SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description"
+                " FROM instances WHERE series_instance_uid = ?",
+                (series_uid,),
+            ).fetchall()
+            if qualify(instances, asked=True, contrast_series=self.contrast_series) is not None:
+                return None
+            job_id = self.queue.enqueue_in(conn, current["study_instance_uid"], series_uid, current["generation"],
+                                           self.model)
+            conn.execute("UPDATE series SET disposition = ?, reason = NULL WHERE series_instance_uid = ?",
+                         (SeriesDisposition.QUEUED.value, series_uid))
+        AuditLog(self.store.root).record(
+            "series_complete", series_instance_uid=series_uid, study_instance_uid=current["study_instance_uid"],
+            instances=len(instances), generation=current["generation"], disposition=SeriesDisposition.QUEUED.value,
+            reason="asked for after it was skipped", job_id=job_id,
+        )
+        log.info("series %s, skipped before, asked for: job %d queued", series_uid, job_id)
+        return CompletedSeries(series_instance_uid=series_uid, study_instance_uid=current["study_instance_uid"],
+                               generation=current["generation"], disposition=SeriesDisposition.QUEUED, reason=None,
+                               job_id=job_id)
 
     def complete_now(self, series_uids: Sequence[str]) -> list[CompletedSeries]:
         """Complete these series at once (an upload that has ended: no grace period to wait for); the

@@ -119,3 +119,28 @@ def test_predict_limit_in_gigabytes_and_served_to_the_page(start_node: Callable[
     conn.close()
     page = httpx.get(f"http://127.0.0.1:{node.http_port}/upload", timeout=30)
     assert f'<meta name="max-upload-bytes" content="{MAX_UPLOAD_BYTES}">' in page.text
+
+
+def test_a_contrast_phase_skipped_when_routed_is_read_when_uploaded(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    """Sent by storescu with its study it is skipped with the reason; its unchanged files uploaded to /api/predict
+    (someone asks about it) get it a job, whose results will carry the caution."""
+    from tests.conftest import query
+    from tests.factory import write_series
+    from tests.peers.processes import storescu, wait_until
+
+    node = start_node()
+    base = f"http://127.0.0.1:{node.http_port}"
+    _, series, paths = write_series(tmp_path / "pv", 3, size=32, series_description="ABD PORTAL VENOUS 1.0")
+    assert storescu(node.dicom_port, tmp_path / "pv").returncode == 0
+
+    def skipped() -> bool:
+        rows = query(node.data_dir, "SELECT disposition FROM series WHERE series_instance_uid = ?", series)
+        return bool(rows) and rows[0]["disposition"] == "skipped"
+
+    wait_until(skipped, 60, "the routed contrast series to complete")
+    (row,) = query(node.data_dir, "SELECT reason FROM series WHERE series_instance_uid = ?", series)
+    assert row["reason"].startswith("contrast-enhanced (Series Description 'ABD PORTAL VENOUS 1.0')")
+    (entry,) = _post(base, paths).json()["series"]
+    assert entry["job_id"] is not None and entry["skipped"] is None and entry["reused"] is False, entry
+    (again,) = _post(base, paths).json()["series"]  # asked once more: the same job
+    assert again["job_id"] == entry["job_id"] and again["reused"] is True

@@ -116,8 +116,8 @@ def test_bad_series_are_answered_with_the_reason_and_the_good_one_runs(node: Nod
     contrast_uid = cases["contrast"][0]
     (row,) = query(node.data_dir, "SELECT * FROM series WHERE series_instance_uid = ?", contrast_uid)
     assert (row["state"], row["disposition"]) == ("complete", "skipped")
-    assert row["reason"].startswith("contrast-enhanced (Contrast/Bolus Agent 'OMNIPAQUE 350'): the model reads "
-                                    "non-contrast CT only"), row["reason"]
+    assert row["reason"].startswith("contrast-enhanced (Series Description 'ABD/PEL PORTAL VENOUS 1.0'): the model "
+                                    "reads non-contrast CT only"), row["reason"]
     assert jobs(node, contrast_uid) == []
 
     expected = {
