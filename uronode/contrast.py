@@ -9,35 +9,46 @@ them (``uronode.completion``), and says so on what it reports where it reads
 one all the same (``inference.volume``).
 
 A series skipped wrongly gets no result at all, which costs more than a
-contrast series read with a caution; so only the clearest evidence skips:
+contrast series read with a caution; so only the clearest evidence skips.
+The Series Description (0008,103E), which most sites fill from the
+protocol, is read word by word (capitals, accents taken off, "W/O" as
+"WITHOUT", a sign kept on "C+", "KM-", "(-)KM"):
 
-- **Series Description** (0008,103E), which most sites fill from the
-  protocol, naming a contrast phase as a word of its own ("ARTERIAL",
-  "PORTAL VENOUS", "PV", "NEPHROGRAPHIC", "EXCRETORY", "C+", "KM+", "CECT",
-  and the forms of other languages) with no word that denies contrast
-  ("NON", "NONCON", "UNENH", "W/O", "NATIVE", "PLAIN", "C-", "KM-", "O. KM",
-  "LOW DOSE", "KUB", "STONE" ...; "NO ORAL", "NON GATED" and "NON IONIC"
-  deny nothing of the kind): **clear** (:attr:`Evidence.clear`), the series
-  is skipped unless someone asked for it;
-- **Contrast/Bolus Agent** (0018,0010), which scanners fill from the
-  protocol or the injector, naming an agent (not "NONE", "N/A", "NO
-  CONTRAST", "NOT APPLIED", "0 ML", "UNKNOWN", a neutral oral agent such as
-  water, or "none" in another language), where the description neither
-  names a phase nor denies contrast: **not clear**, because some sites
-  fill the agent once for the whole examination, its unenhanced phase
-  included; the series is read, with the caution.
+- it names a contrast **phase** ("ARTERIAL", "PORTAL VENOUS", "PV",
+  "NEPHROGRAPHIC", "CORTICOMEDULLARY", "EXCRETORY", "CTA", "C+", "KM+",
+  and their German, French, Italian, Spanish, Portuguese, Dutch and Turkish
+  forms) and denies contrast nowhere: **clear** (:attr:`Evidence.clear`),
+  the series is skipped unless someone asked for it;
+- it only **mentions** contrast ("CONTRAST", "KM", "MDC", "INJECTION",
+  "ENHANCED", "IODINE" ...) and denies it nowhere, or it **both** denies
+  contrast and names it or "with" elsewhere (an examination's name copied
+  into each of its series: "W/WO", "PRE/POST", "blanco en met contrast"):
+  read, with a caution;
+- it **denies** contrast and names nothing else: read, no caution, whatever
+  the agent says (some sites write the agent once for the whole
+  examination). A word denies contrast standing alone ("NATIVE", "PLAIN",
+  "NONCON", "UNENHANCED", "BASALE", "VNC", "C-", "KM-", "KUB", "STONE",
+  "LOW DOSE" ...), before a contrast word ("NO", "NON", "WITHOUT", "SIN",
+  "OHNE", "ZONDER", "VOR", "AVANT", "BEFORE", "PRE" ..., through "ORAL",
+  "IV" and articles: "W/O ORAL/IV CONTRAST"), or after one ("CONTRAST:
+  NONE", "KONTRAST YOK", "KM'SIZ", "CONTRAST ALLERGY"); not where it plainly
+  denies something else ("NO ORAL" at the end, "NON GATED", "PRE-OP",
+  "W/O BONE", "NO. 2").
 
-A description that denies contrast wins over an agent. Words are compared
-in capitals with their accents taken off ("venöse" is "VENOSE"); the words
-of English, German, French, Italian, Spanish and Turkish protocol names
-below are what is known. What neither says is not found: a contrast series
-whose agent is empty and whose description names no phase ("ABDOMEN 1.0
-B30f") reads as non-contrast, and so does an Enhanced CT image's agent,
-which lies in a sequence (0018,0012) the index does not read (its
-description still counts). Words that may or may not name a phase are not
-taken for one: "DELAYED" and "LATE" alone (a delayed scan without contrast
-exists), an examination's name ("CT UROGRAM", "CTU"), "ART", "NEPHRO" and
-"IV" (a Roman four as often as intravenous).
+Where the description says nothing either way, the **Contrast/Bolus Agent**
+(0018,0010), which scanners fill from the protocol or the injector, naming
+an agent (not "NONE", "N/A", "NO CONTRAST", "NOT APPLIED", "0 ML",
+"UNKNOWN", water or "none" in another language) gives the caution.
+
+What neither says is not found: a contrast series whose agent is empty and
+whose description names nothing ("ABDOMEN 1.0 B30f") reads as non-contrast,
+and so does an Enhanced CT image's agent, which lies in a sequence
+(0018,0012) the index does not read (its description still counts);
+descriptions in other scripts than the Latin one are read as saying
+nothing. Words that may or may not name a phase are not taken for one:
+"DELAYED" or "LATE" alone, an examination's name ("CT UROGRAM", "CTU",
+"TRIPLE PHASE"), "ART", "NEPHRO", "IV" alone (a Roman four as often as
+intravenous).
 """
 
 from __future__ import annotations
@@ -46,84 +57,150 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-DENYING = frozenset({
-    "NON", "NONCON", "NONCONTRAST", "NONENH", "NONENHANCED", "UNENH", "UNENHANCED", "NOCONTRAST", "NOCON",
-    "WITHOUT", "WO", "NC", "NECT", "NCCT", "VNC", "PLAIN", "NATIVE", "NATIV", "NATIVO", "NATIVA", "NATIF",
-    "NATIVE-PHASE", "BASALE", "BASAL", "SIN", "SANS", "OHNE", "SENZA", "SEM", "KEIN", "KEINE", "KONTRASTSIZ",
-    "ILACSIZ", "PRE", "PRECONTRAST", "KUB", "STONE", "STONES", "LOWDOSE", "UNINJECTED",
-})
-"""Words of a series description that deny contrast or name the non-contrast (stone) protocol; "NO" too, and
-"LOW" before "DOSE", "O" before "KM" (German "o. KM": ohne), "C-" and "KM-" (see ``_words``)."""
-NOT_ABOUT_CONTRAST = frozenset({"ORAL", "GATED", "IONIC", "ALLERGY", "ALLERGIC", "OP", "OPERATIVE"})
-"""A denying word right before one of these denies that, not contrast ("NO ORAL", "NON GATED", "NON IONIC",
-"PRE OP")."""
 PHASES = frozenset({
     "ARTERIAL", "ARTERIELL", "ARTERIELLE", "ARTERIEL", "ARTERIOSA", "ARTERIOSO", "ARTERIALE", "ARTERIYEL",
-    "PORTAL", "PORTALVENOUS", "PORTALVENOS", "PORTALVENOSE", "PORTALE", "PORTOVENOSA", "PORTOVENOSO",
-    "VENOUS", "VENOS", "VENOSE", "VENOES", "VENOSA", "VENOSO", "VEINEUX", "VEINEUSE", "VENOZ", "PV", "PVP",
-    "NEPHROGRAPHIC", "NEPHROGRAPHISCH", "NEPHROGRAPHISCHE", "NEFROGRAFICA", "NEPHROGRAPHIQUE",
-    "EXCRETORY", "EXCRETION", "EXCRETORA", "ESCRETORIA", "EXCRETOIRE", "AUSSCHEIDUNGSPHASE", "BOSALTIM",
-    "UROGRAPHISCHE", "PYELOGRAPHIC", "SPATPHASE", "ANGIO", "ANGIOGRAPHY", "CTA", "CECT", "CE", "ENHANCED",
-    "CONTRAST", "KONTRAST", "CONTRASTE", "CONTRASTO", "KONTRASTLI", "ILACLI", "MDC", "KM", "INJECTE",
-    "INJECTION", "POSTCONTRAST", "BOLUS", "IODINE", "JOD", "IODE", "C+", "KM+", "MDC+",
+    "ARTERIEEL", "FRUHARTERIELL", "SPATARTERIELL", "PORTAL", "PORTALVENOUS", "PORTALVENOS", "PORTALVENOSE",
+    "PORTALE", "PORTOVENOSA", "PORTOVENOSO", "PORTAAL", "PORTOVENEUS", "VENOUS", "VENOS", "VENOSE", "VENOES",
+    "VENOSA", "VENOSO", "VEINEUX", "VEINEUSE", "VENOZ", "VENEUS", "PV", "PVP", "NEPHROGRAPHIC", "NEPHROGRAPHISCH",
+    "NEPHROGRAPHISCHE", "NEFROGRAFICA", "NEFROGRAFICO", "NEPHROGRAPHIQUE", "NEFROGRAFIK", "NEFROGRAFISCH",
+    "CORTICOMEDULLARY", "CORTICOMEDULLAIRE", "KORTIKOMEDULLAR", "PARENCHYMPHASE", "EXCRETORY", "EXCRETION",
+    "EXCRETORA", "ESCRETORIA", "EXCRETOIRE", "EXCRETEUR", "EXCRETOIR", "EKSKRETUAR", "AUSSCHEIDUNGSPHASE",
+    "AUSSCHEIDUNG", "BOSALTIM", "UROGRAPHIC", "UROGRAPHISCHE", "UROGRAFICA", "UROGRAFICO", "UROGRAPHIQUE",
+    "PYELOGRAPHIC", "EQUILIBRIUM", "PANCREATIC", "SPATPHASE", "ANGIO", "ANGIOGRAPHY", "ANGIOGRAPHIC", "CTA",
+    "CECT", "SPLIT", "CMP", "PARENCHYMAL", "PARENCHYMATEUX", "ESCRETIVA", "CORTICOMIDOLLARE", "CORTICOMEDULAR",
+    "EXCRECION", "ELIMINACAO", "ARTERIELE", "VENEUZE", "EXCRETIEFASE", "NEFROGRAFISCHE", "KORTIKOMEDULLER",
+    "ARTERYEL",
+    "C+", "KM+", "MDC+", "CE+", "CONTRAST+",
 })
-"""Words of a series description that name a contrast phase, where no word of ``DENYING`` denies it ("CONTRAST"
-alone is enhanced; "NON CONTRAST" and "W/O CONTRAST" are not)."""
+"""Words that name a contrast phase: where nothing denies contrast, the series is skipped when routed."""
+MENTIONS = frozenset({
+    "CONTRAST", "KONTRAST", "CONTRASTE", "CONTRASTO", "CONTRASTADO", "CONTRASTADA", "KONTRASTLI", "ILACLI",
+    "KONTRASTMITTEL", "KM", "MDC", "PDC", "CIV", "CM", "CE", "INJECTION", "INJECTE", "INJECTEE", "ENHANCED",
+    "ENHANCEMENT", "ENHANCE", "ENH", "POSTCONTRAST", "IODINE", "JOD", "IODE", "BOLUS", "CON", "MKM",
+    "CONTRASTMIDDEL",
+})
+"""Words that mention contrast without naming a phase: a caution where nothing denies it."""
+WITH = frozenset({"W", "WITH", "MIT", "AVEC", "CON", "COM", "MET", "POST", "+"})
+"""Words for "with": beside a denial elsewhere, a description of both phases (an examination's name)."""
+DENY_ALONE = frozenset({
+    "NATIVE", "NATIV", "NATIVO", "NATIVA", "NATIF", "NATIVPHASE", "NATIVE-PHASE", "PLAIN", "BASALE", "BASAL",
+    "BASALES", "DIRETTA", "DIRECTA", "BLANCO", "BLANK", "LEERAUFNAHME", "UNENH", "UNENHANCED", "NONENH",
+    "NONENHANCED", "NONCON", "NONCONTRAST", "NOCONTRAST", "NOCON", "UNINJECTED", "NC", "NECT", "NCCT", "VNC",
+    "VUE", "VIRTUAL", "KONTRASTSIZ", "ILACSIZ", "KMFREI", "PRECONTRAST", "SPC", "KUB", "STONE", "STONES",
+    "LOWDOSE", "C-", "KM-", "MDC-", "CE-", "CONTRAST-",
+})
+"""Words that deny contrast, or name the non-contrast (stone) protocol, wherever they stand."""
+DENY_BEFORE = frozenset({
+    "NO", "NON", "NOT", "WITHOUT", "WO", "SIN", "SANS", "OHNE", "SENZA", "SEM", "ZONDER", "GEEN", "PAS", "KEIN",
+    "KEINE", "VOR", "PRA", "AVANT", "PRIMA", "ANTES", "VOOR", "BEFORE", "PRE", "SUPPRESSED", "S",
+})
+"""Words that deny the contrast word after them (past route words and articles: ``ROUTE``, ``FILLER``)."""
+DENY_AFTER = frozenset({"NONE", "NEIN", "YOK", "NOT", "FREI", "SIZ", "ALLERGY", "ALLERGIE", "ONCESI",
+                        "NEGATIVE", "NEG", "REMOVED", "SUPPRESSED", "SUBTRACTED"})
+"""Words that deny the contrast word before them ("CONTRAST: NONE", "KONTRAST YOK", "KM'SIZ")."""
+ROUTE = frozenset({"ORAL", "IV", "OR", "AND", "UND", "ET", "E", "Y", "EN", "RECTAL"})
+FILLER = frozenset({"DE", "DEL", "DI", "DU", "D", "DES", "DER", "DEN", "DAS", "THE", "OF", "LA", "EL", "IL", "LE",
+                    "VAN", "HET", "DO", "DA"})
+CONTRAST_WORDS = MENTIONS | {"C", "PRODUIT", "MEZZO", "MIDDEL", "CONTRASTMIDDEL", "INJ"}
+"""What "NO", "WITHOUT", "VOR" ... deny when it follows them (the bare "C" of "W/O C" too)."""
 NO_AGENT = frozenset({
     "NONE", "NO", "NON", "NOT", "N", "NA", "NIL", "NULL", "UNKNOWN", "UNK", "NOCONTRAST", "NONCONTRAST",
     "UNENHANCED", "NATIVE", "NATIV", "PLAIN", "WITHOUT", "OHNE", "SIN", "SANS", "SENZA", "SEM", "KEIN", "KEINE",
-    "NICHT", "NEIN", "AUCUN", "AUCUNE", "NESSUNO", "NINGUNO", "NINGUNA", "YOK", "WATER", "H2O", "NEGATIVE",
+    "NICHT", "NEIN", "AUCUN", "AUCUNE", "RIEN", "NESSUNO", "NINGUNO", "NINGUNA", "NENHUM", "NENHUMA", "GEEN",
+    "YOK", "WATER", "WASSER", "AGUA", "ACQUA", "EAU", "H2O", "NEGATIVE", "MANNITOL",
 })
 """Words of an agent that say there was none, or only a neutral oral agent that neither hides nor mimics a
-stone ("WATER", "NEGATIVE"); a zero ("0", "0 ML") says so too."""
-SIGNED = frozenset({"C", "KM", "MDC", "CM"})
-"""Words whose sign says with (+) or without (-) contrast: "C+", "KM-", "-KM"."""
-_TOKEN = re.compile(r"[+\-]?[A-Z0-9]+(?:-[A-Z0-9]+)*[+\-]?")
+stone (water, "NEGATIVE", mannitol); a zero ("0", "0 ML") says so too."""
+SIGNED = frozenset({"C", "KM", "MDC", "CM", "CE", "CONTRAST"})
+"""Words whose sign says with (+) or without (-) contrast: "C+", "KM-", "-KM", "KM (-)"."""
+_DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"), "-")
+_DASHES.update(dict.fromkeys(map(ord, "\u2044\u2215"), "/"))
+_SIGN_AFTER = re.compile(r"\b(C|KM|MDC|CM|CE|CONTRAST)\s*\(?\s*([+-])\s*\)?(?![A-Z0-9])")
+_SIGN_BEFORE = re.compile(r"(?<![A-Z0-9])\(?\s*([+-])\s*\)?\s*(C|KM|MDC|CM|CE|CONTRAST)\b")
+_TOKEN = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*[+-]?")
 _ZERO = re.compile(r"^0+(?:[.,]0+)?(?:ML|CC)?$")
 
 
 @dataclass(frozen=True)
 class Evidence:
     """What in the header says contrast, in words for a reason or a caution (``text``), and whether it is clear
-    enough to skip the series (``clear``: a named phase) or only to caution (an agent alone)."""
+    enough to skip the series (``clear``: a named phase, nothing denied) or only to caution."""
 
     text: str
     clear: bool
 
 
 def _plain(text: str) -> str:
-    """Capitals without accents ("venöse" -> "VENOSE", "ß" -> "SS"); "W/O" and "W-O" become "WITHOUT"."""
-    folded = unicodedata.normalize("NFKD", text.upper().replace("ß", "SS"))
-    plain = "".join(c for c in folded if not unicodedata.combining(c)).replace("İ", "I").replace("I\u0307", "I")
-    return re.sub(r"\bW\s*[/-]\s*O\b", " WITHOUT ", plain).replace("_", " ").replace("/", " ")
+    """Capitals in ASCII, accents taken off ("venöse" -> "VENOSE", "ß" -> "SS", "İ" -> "I"), dashes and slashes
+    of other code points made ASCII; "W/O", "W-O" and "W/OUT" are "WITHOUT"; a sign is put right after a
+    word it may sign ("KM (-)", "(-)KM", "- KM" -> "KM-")."""
+    text = text.translate(_DASHES).replace("ı", "i").upper().replace("ß", "SS")
+    folded = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in folded if not unicodedata.combining(c))
+    plain = re.sub(r"\bW\s*[/-]\s*(?:OUT|O)\b", " WITHOUT ", plain)
+    plain = _SIGN_AFTER.sub(r" \1\2 ", plain)
+    plain = _SIGN_BEFORE.sub(r" \2\1 ", plain)
+    return plain.replace("_", " ").replace("/", " ").replace("'", " ").replace("+", "+ ")
 
 
 def _words(text: str) -> list[str]:
-    """The words of ``text`` as ``_plain`` has it. A word's sign stays only on ``SIGNED`` words ("C+", "KM-";
-    "-KM" is "KM-"); elsewhere "NON-CON" is "NON" and "CON", and a sign is dropped."""
+    """The words of ``text`` as ``_plain`` has it. A hyphenated word is one where it is a word of the lists
+    ("NON-CONTRAST", "UN-ENHANCED", "KM-FREI"), else its parts ("PRE-OP", "ABD-PEL"); a sign stays only on
+    ``SIGNED`` words, and a "+" alone is the word "+" (with)."""
     out: list[str] = []
-    for token in _TOKEN.findall(_plain(text)):
-        core = token.strip("+-")
-        if core in SIGNED and token != core:
-            out.append(core + ("+" if "+" in token else "-"))
-        elif "-" in core and core not in PHASES and core not in DENYING:
-            out.extend(core.split("-"))
+    plain = _plain(text)
+    for token in re.findall(r"[A-Z0-9]+(?:-[A-Z0-9]+)*[+-]?|(?<![A-Z0-9])\+", plain):
+        if token == "+":
+            out.append("+")
+            continue
+        sign = token[-1] if token[-1] in "+-" else ""
+        core = token.rstrip("+-")
+        joined = core.replace("-", "")
+        if sign and core in SIGNED:
+            out.append(core + sign)
+        elif "-" in core and (joined in DENY_ALONE or joined in PHASES or joined in MENTIONS):
+            out.append(joined)
         else:
-            out.append(core)
+            out.extend(part for part in core.split("-") if part)
     return out
 
 
-def _denies(words: list[str]) -> bool:
-    """Whether a word denies contrast (``DENYING``, a signed word's "-", "NO", "LOW DOSE", "O KM"), unless the
-    word after it shows that it denies something else ("NO ORAL")."""
+def _reading(words: list[str]) -> tuple[bool, set[int]]:
+    """Whether the words deny contrast anywhere, and which words a denial covers (the contrast word it
+    denies, and the route words and articles on the way to it)."""
+    denied = False
+    covered: set[int] = set()
     for i, word in enumerate(words):
-        after = words[i + 1] if i + 1 < len(words) else ""
-        if after in NOT_ABOUT_CONTRAST:
-            continue
-        if (word in DENYING or word == "NO" or (word.endswith("-") and word[:-1] in SIGNED)
-                or (word == "LOW" and after == "DOSE") or (word == "O" and after in ("KM", "KM+", "MDC"))):
-            return True
-    return False
+        if word in DENY_ALONE or (word == "LOW" and i + 1 < len(words) and words[i + 1] == "DOSE"):
+            denied = True
+            covered.add(i)
+        elif word in DENY_AFTER and i and (words[i - 1] in CONTRAST_WORDS or words[i - 1] in PHASES):
+            if word in ("ALLERGY", "ALLERGIE") and i > 1 and words[i - 2] in ("NO", "NON", "KEINE", "KEIN"):
+                continue  # "no contrast allergy": given, no allergy
+            denied = True
+            covered.update((i - 1, i))
+        elif word in DENY_BEFORE:
+            j, routes = i + 1, []
+            while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
+                routes.append(words[j])
+                j += 1
+            target = words[j] if j < len(words) else ""
+            if target in CONTRAST_WORDS or target in PHASES:
+                denied = True
+                covered.update(range(i, j + 1))
+            elif "IV" in routes or (word in ("WITHOUT", "WO", "NON", "PRE") and not target and not routes):
+                denied = True  # "WO IV", "ABD PEL WO", "HEMATURIA PRE": without contrast, said short
+                covered.update(range(i, j))
+            elif word == "PRE" and target == "POST":
+                denied = True  # "PRE/POST": both phases
+                covered.add(i)
+        elif word == "O" and i + 1 < len(words) and words[i + 1] in ("KM", "MDC"):
+            denied = True  # German "o. KM": ohne KM
+            covered.update((i, i + 1))
+        elif word == "WATER" and i + 1 < len(words) and words[i + 1] == "IODINE":
+            denied = True  # a material decomposition's water (iodine suppressed) image: virtual unenhanced
+            covered.update((i, i + 1))
+    return denied, covered
 
 
 def _names_agent(agent: str) -> bool:
@@ -134,7 +211,7 @@ def _names_agent(agent: str) -> bool:
         words = _words(value.upper().replace("N/A", "NA").replace(".", ""))  # "N.A." is "NA"
         if not words or _ZERO.match(value.strip().upper().replace(" ", "")) or _all_about_none(words):
             continue
-        if any(not w.isdigit() and w not in NO_AGENT and w not in ("ML", "CC", "MG", "KG")
+        if any(not w.isdigit() and w not in NO_AGENT and w not in ("ML", "CC", "MG", "KG", "+")
                and not (i and words[i - 1] in NO_AGENT and w != "IONIC") for i, w in enumerate(words)):
             return True
     return False
@@ -144,7 +221,7 @@ def _all_about_none(words: list[str]) -> bool:
     """Whether an agent's words, numbers and units aside, say only that there was none ("NO CONTRAST", "NOT
     APPLIED", "KEIN KM", "NONE/NONE"), not an agent with a remark ("IV ISOVUE, ORAL NONE")."""
     neutral = {"CONTRAST", "AGENT", "APPLIED", "APPLIZIERT", "GIVEN", "KM", "MDC", "ORAL", "IV", "MEDIUM",
-               "CONTRASTE", "CONTRASTO", "KONTRAST", "KONTRASTMITTEL", "USED"}
+               "CONTRASTE", "CONTRASTO", "KONTRAST", "KONTRASTMITTEL", "USED", "ADMINISTERED", "GEGEBEN"}
     return (any(w in NO_AGENT for w in words)
             and all(w in NO_AGENT or w in neutral or w.isdigit() or w in ("ML", "CC") for w in words))
 
@@ -152,18 +229,25 @@ def _all_about_none(words: list[str]) -> bool:
 def _shown(value: str) -> str:
     """A header value as a reason or a caution quotes it: at most 64 characters, in ASCII (accents taken off,
     any other letter '?'), as the overlays' burned-in text can draw it."""
-    folded = unicodedata.normalize("NFKD", value.strip()[:64])
+    folded = unicodedata.normalize("NFKD", value.strip()[:64].replace("ı", "i").replace("ß", "ss"))
     return "".join(c for c in folded if not unicodedata.combining(c)).encode("ascii", "replace").decode()
 
 
 def contrast_evidence(agent: str, description: str) -> Evidence | None:
     """What in the header says the series was acquired with contrast (the module's text); None where nothing
-    does, or the description denies it."""
+    does, or the description denies it and names nothing else."""
     words = _words(description)
-    if _denies(words):
+    denied, covered = _reading(words)
+    loose = [w for i, w in enumerate(words) if i not in covered]
+    shown = f"Series Description {_shown(description)!r}"
+    if denied:
+        if any(w in PHASES or w in MENTIONS or w in WITH for w in loose):
+            return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
-    if any(w in PHASES for w in words):
-        return Evidence(f"Series Description {_shown(description)!r}", clear=True)
+    if any(w in PHASES for w in loose):
+        return Evidence(shown, clear=True)
+    if any(w in MENTIONS for w in loose):
+        return Evidence(shown, clear=False)
     if _names_agent(agent):
         return Evidence(f"Contrast/Bolus Agent {_shown(agent)!r}", clear=False)
     return None

@@ -33,16 +33,40 @@ from uronode.types import SeriesDisposition
         ("Abdomen KM venöse Phase", ""),  # German: Kontrastmittel, venous (accents taken off)
         ("Temps artériel", ""),  # French
         ("Fase arteriosa", ""),  # Italian
-        ("Abdomen con contraste", ""),  # Spanish
-        ("Batın kontrastlı", ""),  # Turkish: with contrast
+        ("Fase corticomedular", ""),  # Spanish
+        ("Arteriyel faz", ""),  # Turkish
+        ("Arteriële fase", ""),  # Dutch
         ("PORTAL VENOUS NO ORAL", ""),  # "no oral" denies oral contrast, not the phase
         ("Pre-op CTA", ""),
         ("Nephrographic phase", "NONE"),  # a default agent; the phase is named
+        ("CTA w/o bone", ""),  # "without" what is not contrast
+        ("Arterial Recon No. 2", ""),
     ],
 )
 def test_a_named_contrast_phase_is_clear(description: str, agent: str) -> None:
     found = contrast_evidence(agent, description)
     assert found is not None and found.clear and found.text.startswith("Series Description"), found
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "Abdomen con contraste",  # Spanish: contrast mentioned, no phase named
+        "Batın kontrastlı",  # Turkish: with contrast
+        "Abdomen mit Kontrastmittel",
+        "TDM avec PDC",
+        "AIDR 3D Enhanced",  # a reconstruction's word: never a skip
+        "CT ABD PEL W/WO CONTRAST",  # an examination's name copied into each of its series: both phases
+        "ABD/PEL W+WO",
+        "CT UROGRAM PRE/POST",
+        "Abdomen nativ + KM venös",
+        "CT abdomen blanco en met contrast",
+        "PV Iodine removed",  # a virtual unenhanced image of the portal phase
+    ],
+)
+def test_a_mention_of_contrast_or_both_phases_cautions_but_is_not_clear(description: str) -> None:
+    found = contrast_evidence("OMNIPAQUE 350", description)
+    assert found is not None and not found.clear and found.text.startswith("Series Description"), found
 
 
 @pytest.mark.parametrize(
@@ -99,6 +123,36 @@ def test_an_agent_alone_is_evidence_but_not_clear(agent: str) -> None:
         ("", "Arteriosclerosis follow-up"),  # a word that starts like a phase is not one
         ("ULTRAVIST 370", "Abdomen nativ"),  # the description denies it: an agent filled for the whole examination
         ("OMNIPAQUE 350", "CTU NON CON"),
+        ("", "Abdomen vor KM"),  # before contrast, in German, French, Italian, Spanish, Dutch, Turkish, English
+        ("", "Uroscanner avant injection"),
+        ("", "Uro-TC prima del mdc"),
+        ("", "Urotac antes del contraste"),
+        ("", "CT nieren voor contrast"),
+        ("", "BT üriner sistem kontrast öncesi"),
+        ("", "Abdomen before contrast"),
+        ("", "CT abdomen zonder contrast"),  # other ways of without
+        ("", "CT abdomen geen contrast"),
+        ("", "TC abdome s/ contraste"),
+        ("", "Pas d'injection"),
+        ("", "ABD W/OUT CONTRAST"),
+        ("", "Un-enhanced"),
+        ("", "Abdomen KM-frei"),
+        ("", "Batın kontrast yok"),  # a denial after the word
+        ("", "Batın KM'siz"),
+        ("", "Abdomen KM: nein"),
+        ("", "CONTRAST: NONE"),
+        ("", "IV CONTRAST NOT GIVEN"),
+        ("", "Contrast allergy"),
+        ("", "Abdomen KM (-)"),  # signs written apart
+        ("", "Abdomen (-)KM"),
+        ("", "ABD CE-"),
+        ("", "Abdomen KM\u2013"),  # an en dash
+        ("", "CT ABD/PELVIS W/O ORAL/IV CONTRAST"),  # the common US stone CT names
+        ("", "NO ORAL OR IV CONTRAST"),
+        ("", "ABD PEL NO ORAL CONTRAST"),
+        ("", "Water(Iodine)"),  # a virtual unenhanced image
+        ("", "ABD W\u2044O CONTRAST"),  # a fraction slash
+        ("", "ABD 1.0 Br40 ASIR-V 40% iDose 4 STANDARD"),  # kernels and reconstructions
     ],
 )
 def test_a_header_that_denies_or_says_nothing_of_contrast_is_not_contrast(agent: str, description: str) -> None:
