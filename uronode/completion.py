@@ -60,6 +60,11 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 """
 
 
+_QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description"
+                  " FROM instances WHERE series_instance_uid = ?")
+"""What ``qualify`` reads of a series' instances."""
+
+
 def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: str = "skip") -> str | None:
     """Return why the model cannot take this series, or None when it can.
 
@@ -143,12 +148,7 @@ class CompletionMonitor:
                 or current["last_received_at"] != due["last_received_at"]
             ):
                 return None  # something arrived meanwhile; look again next round
-            instances = conn.execute(
-                "SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description"
-                " FROM instances"
-                " WHERE series_instance_uid = ?",
-                (series_uid,),
-            ).fetchall()
+            instances = conn.execute(_QUALIFY_QUERY, (series_uid,)).fetchall()
             reason = qualify(instances, asked, self.contrast_series)
             job_id = None
             if reason is None:
@@ -192,11 +192,7 @@ class CompletionMonitor:
             ).fetchone()
             if current is None or current["state"] != "complete" or current["disposition"] != SeriesDisposition.SKIPPED:
                 return None
-            instances = conn.execute(
-                "SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description"
-                " FROM instances WHERE series_instance_uid = ?",
-                (series_uid,),
-            ).fetchall()
+            instances = conn.execute(_QUALIFY_QUERY, (series_uid,)).fetchall()
             if qualify(instances, asked=True, contrast_series=self.contrast_series) is not None:
                 return None
             job_id = self.queue.enqueue_in(conn, current["study_instance_uid"], series_uid, current["generation"],
