@@ -571,9 +571,10 @@ def _lossy(ds: Dataset) -> bool:
 def contrast_note(datasets: Iterable[Dataset]) -> list[str]:
     """A caution where the header of any of ``datasets`` says the series was acquired with contrast
     (``uronode.contrast``): the model reads non-contrast CT."""
-    for ds in datasets:
-        evidence = contrast_evidence(str(ds.get("ContrastBolusAgent", "") or ""),
-                                     str(ds.get("SeriesDescription", "") or ""))
+    headers = {(str(ds.get("ContrastBolusAgent", "") or ""), str(ds.get("SeriesDescription", "") or ""))
+               for ds in datasets}  # a series' slices mostly say the same: each saying read once
+    for agent, description in sorted(headers):
+        evidence = contrast_evidence(agent, description)
         if evidence is not None:
             return [f"{'Contrast-enhanced' if evidence.clear else 'Perhaps contrast-enhanced'} ({evidence.text}): "
                     "the model was made for non-contrast CT; contrast in the kidneys, ureters and bladder can be "

@@ -91,9 +91,9 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
         return "derived secondary images"
     if not asked and contrast_series == "skip":
-        evidence = next((e for r in ct_rows
-                         if (e := contrast_evidence(r["contrast_agent"] or "", r["series_description"] or ""))
-                         and e.clear), None)
+        headers = {(r["contrast_agent"] or "", r["series_description"] or "") for r in ct_rows}
+        evidence = next((e for agent, description in sorted(headers)
+                         if (e := contrast_evidence(agent, description)) and e.clear), None)
         if evidence is not None:
             return (f"contrast-enhanced ({evidence.text}): the model reads non-contrast CT only (upload the series "
                     "to /api/predict, or set inference.contrast_series = \"read\", to read it with a caution)")

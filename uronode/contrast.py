@@ -117,7 +117,7 @@ _DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"), 
 _DASHES.update(dict.fromkeys(map(ord, "\u2044\u2215"), "/"))
 _SIGN_AFTER = re.compile(r"\b(C|KM|MDC|CM|CE|CONTRAST)\s*\(?\s*([+-])\s*\)?(?![A-Z0-9])")
 _SIGN_BEFORE = re.compile(r"(?<![A-Z0-9])\(?\s*([+-])\s*\)?\s*(C|KM|MDC|CM|CE|CONTRAST)\b")
-_TOKEN = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*[+-]?")
+_TOKEN = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*[+-]?|(?<![A-Z0-9])\+")
 _ZERO = re.compile(r"^0+(?:[.,]0+)?(?:ML|CC)?$")
 
 
@@ -149,7 +149,7 @@ def _words(text: str) -> list[str]:
     ``SIGNED`` words, and a "+" alone is the word "+" (with)."""
     out: list[str] = []
     plain = _plain(text)
-    for token in re.findall(r"[A-Z0-9]+(?:-[A-Z0-9]+)*[+-]?|(?<![A-Z0-9])\+", plain):
+    for token in _TOKEN.findall(plain):
         if token == "+":
             out.append("+")
             continue
