@@ -159,9 +159,9 @@ class JobQueue:
 
     def cancel(self, job_id: int, why: str = "") -> Job:
         """Cancel a queued or running job (``uronode cancel``): it fails with the reason
-        :data:`CANCELLED` (and ``why``), so ``uronode requeue`` runs it again. A running job's worker finishes
-        its computation and drops it: nothing is stored or sent (:meth:`finish_in` refuses it), a remote
-        worker's claim no longer holds. ValueError for no such job (``no job 7``) or one in another state:
+        :data:`CANCELLED` (and ``why``), so ``uronode requeue`` runs it again. A running job's worker drops it:
+        nothing is stored or sent (:meth:`finish_in` refuses it); the node's own worker process stops its
+        computation and is replaced (``uronode.app.worker.Worker``), a remote worker's claim no longer holds. ValueError for no such job (``no job 7``) or one in another state:
         a delivering job has stored its results already."""
         reason = CANCELLED + (f": {why.strip()}" if why.strip() else "")
         with self.store.transaction() as conn:

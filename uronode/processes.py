@@ -20,3 +20,9 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
+
+
+DROPPED_JOB_EXIT = 86
+"""The exit code of a worker process that ended itself because the job it was computing stopped being its own
+(``uronode cancel``): its computation would be thrown away, so it is stopped, not finished. The node's supervisor
+starts a new worker at once and does not count it as a death (``uronode.app.node.WorkerProcess``)."""

@@ -1,10 +1,15 @@
 """``uronode cancel JOB``: a queued job is not run, a running one's outcome is dropped, nothing of it is stored
-or sent, and ``uronode requeue`` runs it again. The worker and the writers are the real ones; the model is the
-seam (``SeriesModel``) that cancels the job at the moment under test."""
+or sent, and ``uronode requeue`` runs it again; a worker process whose job is cancelled while the model runs
+stops its computation and is replaced. The worker and the writers are the real ones; the model is the seam
+(``SeriesModel``) that cancels the job at the moment under test, or takes long enough to be cancelled; the
+worker process and its supervisor are real processes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +18,16 @@ import pytest
 from inference.postprocess import Findings, measure_stones
 from inference.volume import Volume, load_volume
 from lab.synth import generate_phantom, write_series
+from tests.peers.processes import wait_until
 from uronode.app.cli import main
-from uronode.app.worker import Worker
+from uronode.app.node import WorkerProcess
+from uronode.app.worker import Worker, run_worker
 from uronode.claims import ClaimConflict, Claims
 from uronode.header import InstanceHeader
 from uronode.ingest import take_instance
 from uronode.jobs import CANCELLED, JobNotRunning, JobQueue
 from uronode.outbox import Outbox
+from uronode.processes import DROPPED_JOB_EXIT
 from uronode.settings import Settings
 from uronode.store import Buffer, Store
 from uronode.types import JobState, StoreOutcome
@@ -51,6 +59,27 @@ class Stones:
         mask = np.zeros(volume.shape, np.uint8)
         mask[1:3, 30:33, 30:33] = 1
         return volume, measure_stones(volume, mask, model_name="test-stones", model_version="1.0.0")
+
+
+class Slow(Stones):
+    """Takes up to ``seconds`` before it finds its stone, unless ``release`` is set sooner; records when it
+    starts (``started``)."""
+
+    def __init__(self, seconds: float, on_run: object = None) -> None:
+        super().__init__(on_run)
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run_files(self, paths: Sequence[str | Path]) -> tuple[Volume, Findings]:
+        self.started.set()
+        self.release.wait(self.seconds)
+        return super().run_files(paths)
+
+
+def slow_worker(settings_json: str, parent_pid: int, heartbeat: Synchronized[float]) -> None:
+    """The node's worker process with a model that takes two minutes a job."""
+    run_worker(settings_json, parent_pid, heartbeat, model=Slow(120.0))
 
 
 def _instances(store: Store) -> list[tuple[str, str]]:
@@ -165,4 +194,95 @@ def test_the_cancel_command_says_what_it_did(tmp_path: Path, capsys: pytest.Capt
     JobQueue(store).requeue(job_id)
     assert JobQueue(store).claim("local:4242") is not None
     assert main(["cancel", str(job_id), *data]) == 0
-    assert "its worker (local:4242) drops what it makes of it" in capsys.readouterr().out
+    assert "its worker (local:4242) stops its computation within about a second" in capsys.readouterr().out
+    JobQueue(store).requeue(job_id)
+    assert JobQueue(store).claim("gpu-1") is not None
+    assert main(["cancel", str(job_id), *data]) == 0
+    assert "its worker (gpu-1) drops what it makes of it" in capsys.readouterr().out
+
+
+def test_a_cancel_while_the_model_runs_stops_the_computation(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue = JobQueue(store)
+    job_id = _queued(store, tmp_path)
+    received = _instances(store)
+    job = queue.claim()
+    assert job is not None
+    dropped: list[float] = []
+    model = Slow(60.0)
+
+    def stop(which: object) -> None:  # the worker process ends itself here (stop_process); this test goes on
+        assert which == job
+        dropped.append(time.monotonic())
+        model.release.set()
+
+    worker = Worker(store, settings, model, on_dropped=stop, watch_s=0.05)
+    threading.Thread(target=lambda: (model.started.wait(30), queue.cancel(job_id)), daemon=True).start()
+    started = time.monotonic()
+    assert worker.run_job(job) is JobState.FAILED
+    assert len(dropped) == 1 and dropped[0] - started < 30  # seen while the model ran, not after its 60 s
+    assert _instances(store) == received
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+
+
+def test_the_watch_is_quiet_for_a_job_still_its_own_and_once_the_model_has_run(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    store = CancelAtLastPut(settings.storage.data_dir, fsync=False)
+    store.queue = queue = JobQueue(store)
+    dropped: list[object] = []
+    # a second of model time watched every 0.05 s, then a cancel while the results are stored: never called
+    store.job_id = _queued(store, tmp_path)
+    job = queue.claim()
+    assert job is not None
+    model = Slow(1.0)
+    assert Worker(store, settings, model, on_dropped=dropped.append, watch_s=0.05).run_job(job) is JobState.FAILED
+    assert store.puts >= 4 and dropped == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("watch-job-")] == []
+
+
+@pytest.fixture
+def supervised() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        if worker.proc is not None and worker.proc.is_alive():
+            worker.proc.kill()
+            worker.proc.join(10)
+
+
+def test_a_worker_process_whose_job_is_cancelled_ends_and_is_replaced(tmp_path: Path,
+                                                                       supervised: list[WorkerProcess]) -> None:
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue = JobQueue(store)
+    job_id = _queued(store, tmp_path)
+    received = _instances(store)
+    worker = WorkerProcess(settings, queue, target=slow_worker)
+    supervised.append(worker)
+    worker.start()
+    assert worker.proc is not None
+    first = worker.proc
+    running = f"local:{first.pid}"
+    wait_until(lambda: (j := queue.get(job_id)) is not None and j.claimed_by == running, 120,
+               "the worker process to take the job")
+    assert main(["cancel", str(job_id), "--data-dir", str(settings.storage.data_dir)]) == 0
+    first.join(30)  # its model would take two minutes
+    assert first.exitcode == DROPPED_JOB_EXIT
+    worker.check()  # the supervisor's round: a new process at once, no death counted
+    assert worker.proc is not first and worker.proc.is_alive() and worker.proc.pid != first.pid
+    assert list(worker.deaths) == [] and worker.problem() is None
+    after = queue.get(job_id)
+    assert after is not None and after.state is JobState.FAILED and after.reason == CANCELLED
+    assert after.claimed_by == running
+    assert _instances(store) == received
+    queue.requeue(job_id)  # the new one takes jobs: it runs the job again
+    second = worker.proc
+    wait_until(lambda: (j := queue.get(job_id)) is not None and j.claimed_by == f"local:{second.pid}", 120,
+               "the new worker process to take the job again")
+    hurry = threading.Event()
+    hurry.set()
+    worker.stop(hurry)  # a node's stop asked twice: killed at once, the job queued again
+    assert not second.is_alive()
+    again = queue.get(job_id)
+    assert again is not None and again.state is JobState.QUEUED

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from uronode import __version__
 from uronode.app import predict
 from uronode.errors import UronodeError
-from uronode.jobs import JobQueue
+from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge
@@ -324,8 +324,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"uronode: {exc}", file=sys.stderr)
         return 1
     running = before is not None and before.state is JobState.RUNNING
+    worker = before.claimed_by if before is not None and before.claimed_by else ""
+    what = ("stops its computation within about a second (a new worker process takes its place)"
+            if worker.startswith(f"{LOCAL_WORKER}:") else "drops what it makes of it")
     print(f"job {args.job} cancelled ({job.reason})"
-          + (f"; its worker ({before.claimed_by}) drops what it makes of it" if running and before else "")
+          + (f"; its worker ({worker}) {what}" if running else "")
           + f"; `uronode requeue {args.job}` runs it again")
     return 0
 

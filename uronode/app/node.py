@@ -43,6 +43,7 @@ from uronode.files import disk_problem
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
 from uronode.outbox import Outbox
+from uronode.processes import DROPPED_JOB_EXIT
 from uronode.retention import purge
 from uronode.settings import ConfigError, Settings
 from uronode.store import Store
@@ -185,7 +186,9 @@ class WorkerProcess:
     (:meth:`uronode.jobs.JobQueue.take_back`): queued again, or failed with the reason once it
     has had :data:`uronode.jobs.MAX_LOCAL_ATTEMPTS` tries; the node's other workers' jobs are not
     touched. A job it was running when :meth:`stop` had to kill it goes back to the queue, that
-    try not counted. ``queue`` defaults to the one on the node's store (``settings.storage``).
+    try not counted. ``queue`` defaults to the one on the node's store (``settings.storage``). A process that
+    ended itself because its job was cancelled while the model ran (:data:`uronode.processes.DROPPED_JOB_EXIT`)
+    is replaced at once and not counted as a death.
     """
 
     def __init__(
@@ -239,6 +242,14 @@ class WorkerProcess:
         if self.proc is None or self.proc.is_alive():
             return
         now = time.monotonic()
+        if self._restart_at is None and self.proc.exitcode == DROPPED_JOB_EXIT:
+            # it stopped the computation of a job that is no longer its own (cancelled): no death, a new one now
+            self._take_back()  # nothing left running in its name, unless it was taken in the last moment
+            _remove_spares(self.queue.store.tmp_dir, self.proc.pid)
+            log.info("the worker (pid %s) stopped the computation of a job cancelled while it ran; starting a new"
+                     " one", self.proc.pid)
+            self.start()
+            return
         if self._restart_at is None:  # found dead this round
             self._take_back()
             _remove_spares(self.queue.store.tmp_dir, self.proc.pid)

@@ -25,7 +25,8 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Protocol
@@ -45,7 +46,7 @@ from uronode.header import read_header
 from uronode.jobs import JobNotRunning, JobQueue, local_worker
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
-from uronode.processes import die_with_parent
+from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import record_results, settle
@@ -59,6 +60,8 @@ long before it claims again, doubling each time in a row up to :data:`RESOURCE_P
 RESOURCE_PAUSE_MAX_S = 60.0
 HEARTBEAT_S = 1.0
 """How often the worker process tells the node it is alive (:class:`uronode.app.node.WorkerProcess`)."""
+WATCH_S = 1.0
+"""How often a worker process looks whether the job it is computing is still its own (``uronode cancel``)."""
 
 
 class SeriesModel(Protocol):
@@ -79,7 +82,18 @@ def encode(ds: Dataset) -> bytes:
 
 
 class Worker:
-    def __init__(self, store: Store, settings: Settings, pipeline: SeriesModel) -> None:
+    """Runs claimed jobs (:meth:`run`, :meth:`run_job`). With ``on_dropped``, a thread looks every ``watch_s``
+    whether the job being computed is still this worker's, and calls ``on_dropped(job)`` once it is not
+    (cancelled, or taken back): the worker process passes :func:`stop_process`, which ends the process, so that
+    a cancel stops the computation instead of letting it run to the end only to be dropped. It watches only while
+    the model runs and the results are made in memory, never while they are stored: what is stored is recorded
+    or taken out again (:meth:`run_job`). Without it (the default), a cancelled job's computation runs to its
+    end and is then dropped."""
+
+    def __init__(self, store: Store, settings: Settings, pipeline: SeriesModel, *,
+                 on_dropped: Callable[[Job], None] | None = None, watch_s: float = WATCH_S) -> None:
+        self.on_dropped = on_dropped
+        self.watch_s = watch_s
         self.store = store
         self.settings = settings
         self.queue = JobQueue(store)
@@ -98,9 +112,10 @@ class Worker:
             return self._fail(job, "the series has no instances in the store")
         started = time.perf_counter()
         try:
-            volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
-            inference_s = time.perf_counter() - started
-            results = write_results(volume, findings)
+            with self._watching(job):
+                volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
+                inference_s = time.perf_counter() - started
+                results = write_results(volume, findings)
         except InferenceError as exc:
             return self._fail(job, str(exc))
         current = self.queue.get(job.id)
@@ -156,6 +171,45 @@ class Worker:
             job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
         )
         return state
+
+    @contextmanager
+    def _watching(self, job: Job) -> Iterator[None]:
+        """Within the block, call ``on_dropped(job)`` (at most once) if the job stops being this worker's; not
+        after the block has ended (the lock makes "ended" and "dropped" one or the other)."""
+        on_dropped = self.on_dropped
+        if on_dropped is None:
+            yield
+            return
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def watch() -> None:
+            while not done.wait(self.watch_s):
+                try:
+                    current = self.queue.get(job.id)
+                except sqlite3.Error as exc:  # the index busy or unreadable a moment: look again next time
+                    log.debug("job %d: its state could not be read (%s)", job.id, exc)
+                    continue
+                if current is not None and current.state is JobState.RUNNING and current.claimed_by == job.claimed_by:
+                    continue
+                with lock:
+                    if done.is_set():
+                        return
+                    now = "gone" if current is None else current.state.value + (
+                        f" ({current.reason})" if current.reason else "")
+                    log.warning("job %d series %s is no longer this worker's (%s): its computation is stopped,"
+                                " nothing stored or sent", job.id, job.series_instance_uid, now)
+                    on_dropped(job)
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"watch-job-{job.id}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            with lock:
+                done.set()
+            watcher.join()
 
     def _dropped(self, job: Job, current: Job | None) -> JobState:
         """The job stopped being this worker's while it ran (``uronode cancel``): its outcome is dropped."""
@@ -252,9 +306,21 @@ def beat(heartbeat: Synchronized[float], stop: threading.Event) -> None:
             return
 
 
-def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Synchronized[float] | None = None) -> None:
+def stop_process(job: Job) -> None:
+    """End this worker process at once with :data:`uronode.processes.DROPPED_JOB_EXIT` (the job it was computing
+    is no longer its own); the node starts a new one. Its log is flushed first; nothing else is left half-done:
+    it is called only while the model runs (:class:`Worker`)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(DROPPED_JOB_EXIT)
+
+
+def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Synchronized[float] | None = None,
+               model: SeriesModel | None = None) -> None:
     """Entry point of the worker process: load the model once, then take jobs until SIGTERM. ``heartbeat``
     (shared with the node) gets ``time.monotonic()`` every second from the start, model loading included.
+    ``model``: what runs the jobs instead of the settings' model (a test's stand-in). A job cancelled while
+    its model runs ends the process (:func:`stop_process`), which the node replaces.
 
     SIGINT is ignored: Ctrl+C in a terminal reaches every process of the node, and the worker would die in the
     middle of its job (a try counted against it); the node stops it with SIGTERM instead, as for any stop."""
@@ -265,10 +331,13 @@ def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Syn
         threading.Thread(target=beat, args=(heartbeat, stop), name="heartbeat", daemon=True).start()
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
-    started = time.perf_counter()
-    pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
-    log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
+    if model is None:
+        started = time.perf_counter()
+        pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
+        log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version,
+                 time.perf_counter() - started)
+        model = pipeline
     store = Store(settings.storage.data_dir, fsync=settings.storage.fsync,
                   max_disk_used_percent=settings.storage.max_disk_used_percent)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Worker(store, settings, pipeline).run(stop)
+    Worker(store, settings, model, on_dropped=stop_process).run(stop)
