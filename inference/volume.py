@@ -78,6 +78,7 @@ from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
 from uronode.contrast import contrast_evidence
+from uronode.header import PARSE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -568,10 +569,26 @@ def _lossy(ds: Dataset) -> bool:
     return str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in LOSSY_TRANSFER_SYNTAXES
 
 
+def contrast_agent(ds: Dataset) -> str:
+    """The contrast agent ``ds`` names: its Contrast/Bolus Agent (0018,0010), else the agents coded in its
+    Contrast/Bolus Agent Sequence (0018,0012), each by its Code Meaning (its Code Value where it has none),
+    joined by ", ". An Enhanced CT image names its agent only there: its Enhanced Contrast/Bolus module is
+    present where contrast was used, and it has no (0018,0010). '' where neither names one."""
+    text = str(ds.get("ContrastBolusAgent", "") or "").strip()
+    if text:
+        return text
+    try:
+        items = ds.get("ContrastBolusAgentSequence") or []
+        named = [str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip() for item in items]
+    except PARSE_ERRORS:  # a damaged sequence names nothing; the volume itself has been read
+        return ""
+    return ", ".join(n for n in named if n)
+
+
 def contrast_note(datasets: Iterable[Dataset]) -> list[str]:
     """A caution where the header of any of ``datasets`` says the series was acquired with contrast
-    (``uronode.contrast``): the model reads non-contrast CT."""
-    headers = {(str(ds.get("ContrastBolusAgent", "") or ""), str(ds.get("SeriesDescription", "") or ""))
+    (``uronode.contrast``; the agent as :func:`contrast_agent` reads it): the model reads non-contrast CT."""
+    headers = {(contrast_agent(ds), str(ds.get("SeriesDescription", "") or ""))
                for ds in datasets}  # a series' slices mostly say the same: each saying read once
     for agent, description in sorted(headers):
         evidence = contrast_evidence(agent, description)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -247,3 +249,42 @@ def test_a_contrast_series_read_all_the_same_carries_the_caution(tmp_path: Path)
     assert any(n.startswith("Perhaps contrast-enhanced (Contrast/Bolus Agent 'IOMERON 400')") for n in notes), notes
     _, _, plain = write_series(tmp_path / "nect", 3, contrast_agent="IOMERON 400")  # "Abdomen non-contrast"
     assert not any("ontrast-enhanced" in n for n in load_volume(plain).notes)
+
+
+def _coded(meaning: str, value: str = "C-B0322") -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = value, "SRT"
+    if meaning:
+        item.CodeMeaning = meaning
+    return item
+
+
+def test_an_agent_coded_in_its_sequence_carries_the_caution(tmp_path: Path) -> None:
+    """An Enhanced CT image names its agent only in the Contrast/Bolus Agent Sequence (0018,0012), which its
+    Enhanced Contrast/Bolus module holds where contrast was used; a CT image may carry it too."""
+    from inference.volume import load_volume
+    from tests.inference.test_volume_realworld import _enhanced, _saved
+
+    _, _, paths = write_series(tmp_path / "ct", 3, series_description="Abdomen 1.0 B30f")
+    assert not any("ontrast-enhanced" in n for n in load_volume(paths).notes)
+    for path in paths:  # what _enhanced moves into the functional groups or drops
+        ds = pydicom.dcmread(path)
+        ds.RescaleType, ds.SliceLocation = "HU", ds.ImagePositionPatient[2]
+        ds.save_as(path)
+    enhanced = _enhanced(paths)
+    enhanced.ContrastBolusAgentSequence = [_coded("Iohexol")]
+    notes = load_volume([_saved(enhanced, tmp_path / "enhanced")]).notes
+    assert any(n.startswith("Perhaps contrast-enhanced (Contrast/Bolus Agent 'Iohexol')") for n in notes), notes
+    for path in paths:  # a CT image: two agents, one known by its code alone
+        ds = pydicom.dcmread(path)
+        ds.ContrastBolusAgent = ""  # Type 2: present and empty, the agent coded below
+        ds.ContrastBolusAgentSequence = [_coded("Iopromide"), _coded("", "C-B0324")]
+        ds.save_as(path)
+    notes = load_volume(paths).notes
+    assert any(n.startswith("Perhaps contrast-enhanced (Contrast/Bolus Agent 'Iopromide, C-B0324')")
+               for n in notes), notes
+    for path in paths:  # a description that denies contrast wins over a coded agent, as over a written one
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = "Abdomen nativ"
+        ds.save_as(path)
+    assert not any("ontrast-enhanced" in n for n in load_volume(paths).notes)
