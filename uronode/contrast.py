@@ -203,6 +203,24 @@ def _reading(words: list[str]) -> tuple[bool, set[int]]:
     return denied, covered
 
 
+def _with_contrast(words: list[str], i: int) -> bool:
+    """Whether ``words[i]`` is a "with" that says with contrast beside a denial: nothing but route words and
+    articles after it ("ABD W", "STONE WITH IV"), a denial or a contrast word next to it past those ("W/WO",
+    "WITH AND WITHOUT", "WITHOUT AND WITH", "PRE/POST"); not a "with" of something else ("KUB WITH CORONAL
+    REFORMATS", "STONE POST VOID", "KUB LOW DOSE + CORONAL")."""
+    if words[i] not in WITH:
+        return False
+    j = i + 1
+    while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
+        j += 1
+    if j == len(words) or words[j] in DENY_BEFORE or words[j] in CONTRAST_WORDS or words[j] in PHASES:
+        return True
+    k = i - 1
+    while k >= 0 and (words[k] in ROUTE or words[k] in FILLER):
+        k -= 1
+    return k >= 0 and words[k] in DENY_BEFORE
+
+
 def _names_agent(agent: str) -> bool:
     """Whether an agent value names one: a word left once numbers, units and what a denying word before it
     denies are set aside ("IV OMNIPAQUE, NO ORAL" names one; "NO ORAL" none), where the value does not say
@@ -241,7 +259,8 @@ def contrast_evidence(agent: str, description: str) -> Evidence | None:
     loose = [w for i, w in enumerate(words) if i not in covered]
     shown = f"Series Description {_shown(description)!r}"
     if denied:
-        if any(w in PHASES or w in MENTIONS or w in WITH for w in loose):
+        if any(w in PHASES or w in MENTIONS for w in loose) or any(
+                i not in covered and _with_contrast(words, i) for i in range(len(words))):
             return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
     if any(w in PHASES for w in loose):

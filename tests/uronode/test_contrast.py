@@ -61,6 +61,10 @@ def test_a_named_contrast_phase_is_clear(description: str, agent: str) -> None:
         "CT ABD PEL W/WO CONTRAST",  # an examination's name copied into each of its series: both phases
         "ABD/PEL W+WO",
         "CT UROGRAM PRE/POST",
+        "CT ABD PEL WITH AND WITHOUT",
+        "Nativ mit und ohne KM",
+        "NONCON ABD W",  # a "with" that says with what: nothing, so contrast
+        "STONE WITH IV",
         "Abdomen nativ + KM venös",
         "CT abdomen blanco en met contrast",
         "PV Iodine removed",  # a virtual unenhanced image of the portal phase
@@ -155,6 +159,14 @@ def test_an_agent_alone_is_evidence_but_not_clear(agent: str) -> None:
         ("", "Water(Iodine)"),  # a virtual unenhanced image
         ("", "ABD W\u2044O CONTRAST"),  # a fraction slash
         ("", "ABD 1.0 Br40 ASIR-V 40% iDose 4 STANDARD"),  # kernels and reconstructions
+        ("", "CT KUB WITH CORONAL REFORMATS"),  # a stone protocol "with" something else (probe 17)
+        ("", "STONE PROTOCOL W/ CORONALS"),
+        ("", "Renal stone protocol with 3D"),
+        ("", "KUB LOW DOSE + CORONAL"),
+        ("", "NC CT ABD PELVIS W CORONAL"),
+        ("", "STONE POST VOID"),
+        ("", "KUB 2.0 with bone window"),
+        ("", "Abdomen nativ mit Rekonstruktion"),
     ],
 )
 def test_a_header_that_denies_or_says_nothing_of_contrast_is_not_contrast(agent: str, description: str) -> None:
