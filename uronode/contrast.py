@@ -22,8 +22,10 @@ protocol, is read word by word (capitals, accents taken off, "W/O" as
 - it only **mentions** contrast ("CONTRAST", "KM", "MDC", "INJECTION",
   "ENHANCED", "IODINE" ...) and denies it nowhere, or it **both** denies
   contrast and names it or "with" elsewhere (an examination's name copied
-  into each of its series: "W/WO", "PRE/POST", "blanco en met contrast"):
-  read, with a caution;
+  into each of its series: "W/WO", "PRE/POST", "blanco en met contrast";
+  a "with" counts where nothing follows it but route words, or a denial or
+  a contrast word stands next to it, not in "KUB WITH CORONAL REFORMATS" or
+  "STONE POST VOID"): read, with a caution;
 - it **denies** contrast and names nothing else: read, no caution, whatever
   the agent says (some sites write the agent once for the whole
   examination). A word denies contrast standing alone ("NATIVE", "PLAIN",
@@ -41,9 +43,10 @@ an agent (not "NONE", "N/A", "NO CONTRAST", "NOT APPLIED", "0 ML",
 "UNKNOWN", water or "none" in another language) gives the caution.
 
 What neither says is not found: a contrast series whose agent is empty and
-whose description names nothing ("ABDOMEN 1.0 B30f") reads as non-contrast,
-and so does an Enhanced CT image's agent, which lies in a sequence
-(0018,0012) the index does not read (its description still counts);
+whose description names nothing ("ABDOMEN 1.0 B30f") reads as non-contrast.
+An agent coded in the Contrast/Bolus Agent Sequence (0018,0012), as an
+Enhanced CT image has it, is not in the index: it cautions the results
+(``inference.volume.contrast_agent``), as any agent, and never skips;
 descriptions in other scripts than the Latin one are read as saying
 nothing. Words that may or may not name a phase are not taken for one:
 "DELAYED" or "LATE" alone, an examination's name ("CT UROGRAM", "CTU",
