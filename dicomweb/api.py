@@ -35,7 +35,7 @@ from dicomweb.multipart import (
 )
 from uronode import queries
 from uronode.completion import CompletionMonitor
-from uronode.ingest import Verdict, take_instance
+from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
@@ -151,7 +151,11 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
             warnings.append({"file": name, "warning": report.reason})
         series[report.header.series_instance_uid] = report.header.study_instance_uid
     if not series:
-        raise HTTPException(400, detail={"message": "no DICOM file among the upload", "rejected": rejected})
+        pictures = rejected and all(r["reason"].startswith(PICTURE_REFUSAL_PREFIX) for r in rejected)
+        message = "no DICOM file among the upload" + (
+            ", only pictures: the node reads DICOM images; export them as DICOM from the PACS or the viewer"
+            if pictures else "")
+        raise HTTPException(400, detail={"message": message, "rejected": rejected})
     queue = JobQueue(store)
     monitor = CompletionMonitor(
         store, queue, grace_s=settings.scp.completion_grace_s, quiet_s=settings.scp.completion_quiet_s,

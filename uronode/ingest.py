@@ -125,7 +125,26 @@ def _whole_file(content: Buffer, bare_data_sets: bool, max_instance_bytes: int) 
     except NotADataSet:
         if bare_data_sets:
             raise
+        picture = picture_kind(content)
+        if picture is not None:
+            raise InvalidInstance(f"{PICTURE_REFUSAL_PREFIX} ({picture}), not a DICOM file: the node reads DICOM "
+                                  "images; export the image as DICOM from the PACS or the viewer") from None
         raise InvalidInstance("not a DICOM file (no DICM prefix)") from None
+
+
+PICTURE_REFUSAL_PREFIX = "a picture"
+"""How the reason for a picture file sent instead of a DICOM file begins (``picture_kind``)."""
+_PICTURE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                  (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def picture_kind(content: Buffer) -> str | None:
+    """The kind of picture file ``content`` starts as ("PNG", "JPEG", "GIF", "TIFF", "BMP", "WebP"), None for
+    anything else: the paper's users export pictures, and a picture's refusal says what to send instead."""
+    head = bytes(content[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _PICTURE_MAGIC if head.startswith(magic)), None)
 
 
 def _mismatch(header: InstanceHeader, expected: Expected) -> str | None:

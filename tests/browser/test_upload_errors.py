@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+import numpy as np
 from playwright.sync_api import BrowserContext, Page, Route
 
 from tests.factory import write_series
@@ -45,6 +47,7 @@ def test_header_values_show_as_text_and_a_refusal_is_the_same_twice(
         alert = page.locator("#result [role=alert]")
         alert.wait_for(timeout=30_000)
         assert alert.inner_text() == f"Not for the model: modality {HOSTILE}, not CT."
+        assert page.locator("#status").inner_text() == "Stored; the series is not for the model (see below)."
         assert page.locator("#result img").count() == 0
         assert page.evaluate("window.pwned") is None
         assert not page.locator("#predict").is_disabled()
@@ -157,4 +160,34 @@ def test_over_the_limit_is_refused_before_sending_and_the_page_fits_a_phone(
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     assert page.locator("#progress").get_attribute("aria-labelledby") == "status"
     assert page.locator("#status").get_attribute("role") == "status"
+    page.close()
+
+
+def test_a_picture_is_refused_with_what_to_send_and_a_new_choice_replaces_the_other(
+    browser: BrowserContext, start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The paper's users export pictures (probe 17): the refusal says what to send instead. "Or a folder": a
+    folder chosen after files replaces them, and files after a folder replace it."""
+    node = start_node()
+    picture = tmp_path / "slice.png"
+    cv2.imwrite(str(picture), np.full((64, 64), 90, np.uint8))
+    page = _open(browser, node)
+    _predict(page, [picture])
+    page.wait_for_selector("#upload-report [role=alert]", timeout=30_000)
+    assert page.locator("#upload-report [role=alert]").inner_text() == (
+        "Upload refused: no DICOM file among the upload, only pictures: the node reads DICOM images; export them as"
+        " DICOM from the PACS or the viewer.")
+    assert page.locator("details.rejected li").text_content() == (
+        "slice.png: a picture (PNG), not a DICOM file: the node reads DICOM images; export the image as DICOM from"
+        " the PACS or the viewer")
+    page.click("#reset")
+    _, _, files = write_series(tmp_path / "series", 3, size=32)
+    page.set_input_files("#files", [str(picture)])
+    assert page.locator("#chosen").inner_text() == "1 file(s) chosen."
+    page.set_input_files("#folder", str(tmp_path / "series"))
+    assert page.locator("#chosen").inner_text() == f"{len(files)} file(s) chosen."
+    assert page.evaluate("document.querySelector('#files').files.length") == 0
+    page.set_input_files("#files", [str(picture)])
+    assert page.locator("#chosen").inner_text() == "1 file(s) chosen."
+    assert page.evaluate("document.querySelector('#folder').files.length") == 0
     page.close()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pydicom
 from playwright.sync_api import BrowserContext
 
 from lab.synth import generate_phantom, write_series
@@ -17,14 +18,32 @@ from tests.peers.processes import Node
 IMAGES = re.compile(r"\d+(-\d+)?(, \d+(-\d+)?)*")
 
 
+def _ranges(numbers: Iterable[int]) -> str:
+    """Image numbers as the page writes them: [3, 4, 5, 9] -> "3-5, 9"."""
+    out: list[str] = []
+    for n in sorted(set(numbers)):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
 def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node: Callable[..., Node], tmp_path: Path) -> None:
     """Two CT series of one study (thin and thick, two phases: what a whole-study export gives): each block
     is labelled with its series and shows its own findings, its own key slices and a link to its series."""
     node = start_node(**WITH_WORKER)
     phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
                                stone_sites=("kidney",))
-    other = dataclasses.replace(generate_phantom(12, rows=256, slices=24), study_instance_uid=phantom.study_instance_uid)
+    other = dataclasses.replace(generate_phantom(12, rows=256, slices=24, n_stones=0, n_mimics=0),
+                                study_instance_uid=phantom.study_instance_uid)
     files = write_series(phantom, tmp_path / "ct") + write_series(other, tmp_path / "ct2", series_number=2)
+    numbers = {}  # numbered head first, as scanners number an axial series (probe 17: the page counted feet first)
+    for path in files[:24]:
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = 25 - int(ds.InstanceNumber)
+        ds.save_as(path)
+        numbers[ds.SOPInstanceUID] = int(ds.InstanceNumber)
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{node.http_port}/upload")
     assert page.locator("#predict").is_disabled()
@@ -44,8 +63,25 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     assert rows.count() >= 2  # a header and at least one stone
     text = block.locator(".stones").inner_text()
     assert "left" in text or "right" in text
-    assert block.locator(".stones th").last.inner_text() == "Images"
-    assert IMAGES.fullmatch(block.locator(".stones td.images").first.inner_text())
+    assert block.locator(".stones th").all_inner_texts() == ["Stone", "Side", "Largest (mm)", "In-plane (mm)",
+                                                              "Volume (mm³)", "Mean HU", "Max HU", "Images"]
+    assert "as the viewer and the PACS show them" in block.locator(".stones caption").inner_text()
+    jobs = [page.evaluate(f"fetch('/api/jobs/{i}').then(r => r.json())")
+            for i in page.evaluate("location.hash").removeprefix("#jobs=").split(",")]
+    (job,) = [j for j in jobs if j["series_instance_uid"] == phantom.series_instance_uid]
+    stones = job["findings"]["stones"]
+    assert len(stones) == block.locator(".stones tr").count() - 1
+    for row, stone in zip(block.locator(".stones tr").all()[1:], stones, strict=True):
+        images = row.locator("td.images").inner_text()
+        assert IMAGES.fullmatch(images)
+        assert images == _ranges(numbers[sop] for sop in stone["sop_instance_uids"])  # the CT's own numbers
+        assert row.locator("td.largest").inner_text() == f"{stone['length_mm']:.1f}"  # as the overlays say it
+        assert row.locator("td.in-plane").inner_text() == f"{stone['max_diameter_mm']:.1f}"
+    assert any(s["length_mm"] > s["max_diameter_mm"] for s in stones)  # the two columns differ somewhere
+    negative = page.locator(f"section.series[data-series-instance-uid='{other.series_instance_uid}']")
+    assert negative.locator(".findings").inner_text() == "0 stone(s) found"
+    assert negative.locator(".negative").inner_text().startswith("No stone found. This does not rule one out")
+    assert block.locator(".negative").count() == 0
     page.wait_for_function("document.querySelectorAll('.slices img').length > 0", timeout=30_000)
     page.wait_for_function("[...document.querySelectorAll('.slices img')].every(i => i.complete && i.naturalWidth > 0)",
                            timeout=30_000)
@@ -54,6 +90,9 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     assert not set(shown[0]) & set(shown[1])  # a block shows the overlays of its own series only
     assert all(alt.startswith("AI overlay of image ")
                for alt in page.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.alt)"))
+    stone_images = {numbers[sop] for s in stones for sop in s["sop_instance_uids"]}
+    alts = block.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.alt)")
+    assert {int(re.match(r"AI overlay of image (\d+)", alt)[1]) for alt in alts} == stone_images  # type: ignore[index]
     page.screenshot(path=str(SCREENSHOTS / "upload-findings.png"), full_page=True)
     link = block.locator(".open-viewer")
     assert link.inner_text() == "Open in viewer (opens in a new tab)"

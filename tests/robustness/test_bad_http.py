@@ -65,7 +65,8 @@ def test_uploads_that_hold_no_dicom_are_400_with_a_reason_per_file(node: Node, t
         {"file": "empty.dcm", "reason": "an empty file (0 bytes)"},
         {"file": "notes.txt", "reason": "not a DICOM file (no DICM prefix)"},
         {"file": "cut.dcm", "reason": "the value of (7FE0,0010) needs 512 bytes but 412 are left: the data set is truncated"},
-        {"file": "png.dcm", "reason": "not a DICOM file (no DICM prefix)"},
+        {"file": "png.dcm", "reason": "a picture (PNG), not a DICOM file: the node reads DICOM images; export the"
+                                      " image as DICOM from the PACS or the viewer"},
     ]
     assert not is_stored(node, sop)
     still_serves(node, tmp_path)
