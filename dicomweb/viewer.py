@@ -14,6 +14,7 @@ unknown one there is a 404.
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -434,6 +435,17 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
 """
 
 
+MANIFEST_LINK = re.compile(r"""<link\b(?=[^>]*\brel=["']?manifest["'\s>])(?![^>]*\bcrossorigin\b)""", re.IGNORECASE)
+
+
+def index_html(html: str) -> str:
+    """OHIF's ``index.html`` as the node serves it: its web-app manifest link asks for credentials
+    (``crossorigin="use-credentials"``). A browser fetches a manifest without credentials otherwise, so behind
+    ``dicomweb.auth = basic`` every opening of the viewer was refused twice (HTTP 401) and written to the audit
+    log as a failed authentication, a false alarm for whoever watches it (probe 17)."""
+    return MANIFEST_LINK.sub('<link crossorigin="use-credentials"', html)
+
+
 def make_router(viewer_dir: Path) -> APIRouter:
     """The viewer's routes, serving OHIF's ``dist`` folder ``viewer_dir`` (``dicomweb.viewer_dir``)."""
     root = viewer_dir.resolve()
@@ -454,8 +466,9 @@ def make_router(viewer_dir: Path) -> APIRouter:
                 detail=f"the OHIF viewer is not installed in {root} (dicomweb.viewer_dir); ./run serve fetches it",
             )
         candidate = (root / path).resolve()
-        if path and candidate.is_file() and candidate.is_relative_to(root):
+        if path and candidate.is_file() and candidate.is_relative_to(root) and candidate != index:
             return FileResponse(candidate)
-        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return Response(index_html(index.read_text(encoding="utf-8")), media_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
 
     return router
