@@ -13,8 +13,9 @@ largest stone and the input's cautions ("Caution: Pixels of 3.00 mm are coarser
 ...", ``Findings.cautions``, as in the SR's comment: many readers see the
 overlays and no SR) at the top left, and "AI result - not for primary diagnosis"
 at the bottom. Every line is wrapped at word breaks to the image's width; where
-the cautions do not fit between the top lines and the bottom line, the last line
-that fits says "Caution: see the SR". Text never covers a stone or a
+the cautions do not fit between the top lines and the bottom line, or would reach
+below the top third of the image (a small matrix: ``TOP_TEXT_SHARE``), the last
+line that fits says "Caution: see the SR". Text never covers a stone or a
 box: they are drawn over it.
 
 Every image keeps its source slice's geometry (ImagePositionPatient,
@@ -104,6 +105,10 @@ CAUTION_CONTINUES = "Caution: see the SR"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MARGIN = 4
 """Pixels between the text and the image's edges."""
+TOP_TEXT_SHARE = 1 / 3
+"""The top lines cover at most this share of the image's rows (the count and largest stone always shown): on a
+small matrix (a 3 mm series of 122 x 101 pixels) the wrapped cautions covered the whole image and hid the
+kidneys (probe 17); what does not fit says "Caution: see the SR"."""
 
 
 def summary_lines(findings: Findings, k: int) -> list[str]:
@@ -164,7 +169,9 @@ def text_placements(shape: tuple[int, int], lines: list[str],
                     boxes: Sequence[SliceBox]) -> list[tuple[str, tuple[int, int]]]:
     """Each burned-in line with its origin (x, y of its baseline's left end): ``lines`` but the last at the top
     left, the last at the bottom, each wrapped to the image's width; top lines that would reach the bottom one are
-    left out, the last shown saying "Caution: see the SR" (the count and largest stone are always shown); then each box's stone number above the box (below where the image's edge is too near)."""
+    left out, and so are those below the top third of the image (``TOP_TEXT_SHARE``), the last shown saying
+    "Caution: see the SR" (the count and largest stone are always shown); then each box's stone number above the
+    box (below where the image's edge is too near)."""
     rows, columns = shape
     scale = _scale(columns)
     thickness = 1
@@ -175,13 +182,14 @@ def text_placements(shape: tuple[int, int], lines: list[str],
     top = [(part, line.startswith("Caution: ")) for line in lines[:-1]
            for part in wrap_line(line, width, scale, thickness)]
     bottom_y = rows - baseline - MARGIN - step * (len(bottom) - 1)  # the baseline of the first bottom line
-    fits = max((bottom_y - height - baseline - 2) // step, 0)  # top lines (and shadows) clear of the bottom text
+    room = max((bottom_y - height - baseline - 2) // step, 0)  # top lines (and shadows) clear of the bottom text
+    fits = min(room, max(int(rows * TOP_TEXT_SHARE) // step, 1))  # and over a third of the image at most
     shown = [part for part, _ in top]
     if len(top) > fits:
         plain = sum(1 for _, caution in top if not caution)  # the count and largest stone, first: always shown
         continues = wrap_line(CAUTION_CONTINUES, width, scale, thickness)
         shown = shown[:max(fits - len(continues), plain)]
-        if len(shown) + len(continues) <= fits:
+        if len(shown) < len(top) and len(shown) + len(continues) <= room:  # a caution left out: the pointer
             shown += continues
     placements = [(line, (MARGIN, step * (i + 1))) for i, line in enumerate(shown)]
     placements += [(line, (MARGIN, bottom_y + step * i)) for i, line in enumerate(bottom)]

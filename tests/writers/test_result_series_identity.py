@@ -210,9 +210,25 @@ def test_a_caution_too_long_for_a_small_image_ends_in_a_pointer_to_the_sr(stones
     small = [line for line, _ in text_placements((96, 96), summary_lines(findings, 4), [])]
     assert small[:2] == ["AI: 3 urinary stones, 2 on this slice", summary_lines(findings, 4)[1]]
     assert CAUTION_CONTINUES in small
-    large = [line for line, _ in text_placements((512, 512), summary_lines(findings, 4), [])]
+    one = dataclasses.replace(stones.findings, cautions=(CAUTION,))
+    large = [line for line, _ in text_placements((512, 512), summary_lines(one, 4), [])]
     assert CAUTION_CONTINUES not in large
-    assert " ".join(large).count(" ".join(CAUTION.split()[1:])) == 2  # all of both, wrapped
+    assert " ".join(large).count(" ".join(CAUTION.split()[1:])) == 1  # all of it, wrapped
+
+
+@pytest.mark.parametrize("shape", [(101, 122), (122, 101), (256, 256), (512, 512)])
+def test_the_top_text_covers_at_most_a_third_of_the_image(shape: tuple[int, int], stones: Case) -> None:
+    """Probe 17: on a 3 mm series of 122 x 101 pixels the wrapped cautions covered the whole overlay and hid the
+    kidneys. The count and the largest stone stay; cautions beyond the top third point to the SR."""
+    findings = dataclasses.replace(stones.findings, cautions=(CAUTION, CAUTION.replace("3.00", "4.00")))
+    lines = summary_lines(findings, 4)
+    placed = text_placements(shape, lines, [])
+    top = [line for line, (_, y) in placed if y < shape[0] / 2]  # the disclaimer is at the bottom
+    _, shadow = _text_layer(shape, lines, [])
+    rows = np.flatnonzero(shadow[: shape[0] // 2].any(axis=1))  # the top text's rows, shadow included
+    assert rows.size and rows[-1] < shape[0] / 3 + 2
+    assert top[0].startswith("AI: 3 urinary stones") and any(line.startswith("Largest: ") for line in top)
+    assert top[-1] == CAUTION_CONTINUES  # two cautions never fit a third of these
 
 
 def test_the_seg_states_its_spacing_between_slices_as_a_tidy_decimal(volume: Volume, tmp_path: Path) -> None:
