@@ -47,8 +47,9 @@ whose description names nothing ("ABDOMEN 1.0 B30f") reads as non-contrast.
 An agent coded in the Contrast/Bolus Agent Sequence (0018,0012), as an
 Enhanced CT image has it, is not in the index: it cautions the results
 (``inference.volume.contrast_agent``), as any agent, and never skips;
-descriptions in other scripts than the Latin one are read as saying
-nothing. Words that may or may not name a phase are not taken for one:
+in other scripts, the words of ``OTHER_SCRIPTS`` (Japanese, Chinese,
+Korean, Russian: contrast, plain, the phases) are read as their Latin
+words, and the rest as saying nothing. Words that may or may not name a phase are not taken for one:
 "DELAYED" or "LATE" alone, an examination's name ("CT UROGRAM", "CTU",
 "TRIPLE PHASE"), "ART", "NEPHRO", "IV" alone (a Roman four as often as
 intravenous).
@@ -133,11 +134,57 @@ class Evidence:
     clear: bool
 
 
+OTHER_SCRIPTS = {
+    # Japanese
+    "非造影": "NONCONTRAST", "造影なし": "NONCONTRAST", "造影無し": "NONCONTRAST", "単純": "PLAIN", "なし": "NONE",
+    "造影": "CONTRAST", "動脈相": "ARTERIAL", "動脈優位相": "ARTERIAL", "門脈相": "PORTAL", "静脈相": "VENOUS",
+    "平衡相": "EQUILIBRIUM", "排泄相": "EXCRETORY", "腎実質相": "NEPHROGRAPHIC", "皮髄相": "CORTICOMEDULLARY",
+    # Chinese, simplified and traditional
+    "平扫": "PLAIN", "平掃": "PLAIN", "非增强": "NONENHANCED", "非增強": "NONENHANCED", "增强": "ENHANCED",
+    "增強": "ENHANCED", "动脉期": "ARTERIAL", "動脈期": "ARTERIAL", "门脉期": "PORTAL", "门静脉期": "PORTAL",
+    "門脈期": "PORTAL", "門靜脈期": "PORTAL", "静脉期": "VENOUS", "靜脈期": "VENOUS", "排泄期": "EXCRETORY",
+    "实质期": "PARENCHYMAL", "實質期": "PARENCHYMAL", "皮髓质期": "CORTICOMEDULLARY", "皮髓期": "CORTICOMEDULLARY",
+    # Korean
+    "비조영": "NONCONTRAST", "조영": "CONTRAST", "증강": "ENHANCED", "동맥기": "ARTERIAL", "문맥기": "PORTAL",
+    "정맥기": "VENOUS", "배설기": "EXCRETORY", "신실질기": "NEPHROGRAPHIC",
+    # Russian (capitals: the description is upper-cased first)
+    "БЕЗ": "WITHOUT", "КОНТРАСТ": "CONTRAST", "НАТИВН": "NATIVE", "АРТЕРИАЛЬН": "ARTERIAL", "ВЕНОЗН": "VENOUS",
+    "ПОРТАЛЬН": "PORTAL", "ЭКСКРЕТОРН": "EXCRETORY", "ВЫДЕЛИТЕЛЬН": "EXCRETORY", "НЕФРОГРАФИЧЕСК": "NEPHROGRAPHIC",
+    "УСИЛЕН": "ENHANCED",
+}
+"""Words of other scripts, read as the Latin word of the lists they mean (the longest first: "非造影" before
+"造影"). Japanese, Chinese and Korean write them without spaces ("腹部造影動脈相"), Russian words end as their
+case and gender make them ("АРТЕРИАЛЬНАЯ"): a key is found anywhere, and a Russian one takes the letters after it."""
+_OTHER = re.compile("|".join(
+    re.escape(k) + (r"[А-ЯЁ]*" if "А" <= k[0] <= "Я" else "") for k in sorted(OTHER_SCRIPTS, key=len, reverse=True)))
+"""A word of ``OTHER_SCRIPTS`` in an upper-cased text (a Russian one with its ending)."""
+
+
+def _meaning(found: re.Match[str]) -> str:
+    return next(OTHER_SCRIPTS[k] for k in _LONGEST_FIRST if found.group().startswith(k))
+
+
+_LONGEST_FIRST = sorted(OTHER_SCRIPTS, key=len, reverse=True)
+
+
+def _latin(text: str) -> str:
+    """``text`` (upper-cased) with the words of ``OTHER_SCRIPTS`` replaced by their Latin words, spaced."""
+    return _OTHER.sub(lambda found: f" {_meaning(found)} ", text)
+
+
+def _quoted(what: str, value: str) -> str:
+    """A header value as a reason or a caution names it (``_shown``), followed, where it holds words of another
+    script (shown as '?'), by what they were read as: "Series Description '???? ???' (read as CONTRAST
+    ARTERIAL)"."""
+    read = [_meaning(found) for found in _OTHER.finditer(value.upper())]
+    return f"{what} {_shown(value)!r}" + (f" (read as {' '.join(read)})" if read else "")
+
+
 def _plain(text: str) -> str:
     """Capitals in ASCII, accents taken off ("venöse" -> "VENOSE", "ß" -> "SS", "İ" -> "I"), dashes and slashes
     of other code points made ASCII; "W/O", "W-O" and "W/OUT" are "WITHOUT"; a sign is put right after a
     word it may sign ("KM (-)", "(-)KM", "- KM" -> "KM-")."""
-    text = text.translate(_DASHES).replace("ı", "i").upper().replace("ß", "SS")
+    text = _latin(text.translate(_DASHES).replace("ı", "i").upper().replace("ß", "SS"))
     folded = unicodedata.normalize("NFKD", text)
     plain = "".join(c for c in folded if not unicodedata.combining(c))
     plain = re.sub(r"\bW\s*[/-]\s*(?:OUT|O)\b", " WITHOUT ", plain)
@@ -251,7 +298,8 @@ def _shown(value: str) -> str:
     """A header value as a reason or a caution quotes it: at most 64 characters, in ASCII (accents taken off,
     any other letter '?'), as the overlays' burned-in text can draw it."""
     folded = unicodedata.normalize("NFKD", value.strip()[:64].replace("ı", "i").replace("ß", "ss"))
-    return "".join(c for c in folded if not unicodedata.combining(c)).encode("ascii", "replace").decode()
+    kept = unicodedata.normalize("NFC", "".join(c for c in folded if not unicodedata.combining(c)))  # Hangul whole
+    return kept.encode("ascii", "replace").decode()
 
 
 def contrast_evidence(agent: str, description: str) -> Evidence | None:
@@ -260,7 +308,7 @@ def contrast_evidence(agent: str, description: str) -> Evidence | None:
     words = _words(description)
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
-    shown = f"Series Description {_shown(description)!r}"
+    shown = _quoted("Series Description", description)
     if denied:
         if any(w in PHASES or w in MENTIONS for w in loose) or any(
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
@@ -271,5 +319,5 @@ def contrast_evidence(agent: str, description: str) -> Evidence | None:
     if any(w in MENTIONS for w in loose):
         return Evidence(shown, clear=False)
     if _names_agent(agent):
-        return Evidence(f"Contrast/Bolus Agent {_shown(agent)!r}", clear=False)
+        return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
     return None

@@ -300,3 +300,70 @@ def test_an_agent_coded_in_its_sequence_carries_the_caution(tmp_path: Path) -> N
         ds.SeriesDescription = "Abdomen nativ"
         ds.save_as(path)
     assert not any("ontrast-enhanced" in n for n in load_volume(paths).notes)
+
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("腹部造影 動脈相", "clear"),  # Japanese: contrast, arterial phase
+        ("腹部ダイナミック造影 門脈相 5mm", "clear"),
+        ("腹部增强 动脉期", "clear"),  # Chinese, simplified: enhanced, arterial phase
+        ("上腹部增強 門靜脈期", "clear"),  # traditional: portal venous phase
+        ("조영증강 문맥기", "clear"),  # Korean: contrast enhanced, portal phase
+        ("КТ брюшной полости, артериальная фаза", "clear"),  # Russian: arterial phase
+        ("腹部造影CT", "caution"),  # contrast, no phase
+        ("복부 조영 CT", "caution"),
+        ("КТ с контрастированием", "caution"),
+        ("単純+造影", "caution"),  # plain and contrast: an examination's name
+        ("腹部単純CT", None),  # Japanese plain CT: the stone protocol
+        ("非造影 腎臓", None),
+        ("腹部 平扫", None),  # Chinese plain scan
+        ("泌尿系平扫 1.25mm", None),
+        ("비조영 CT", None),  # Korean non-contrast
+        ("КТ без контраста", None),  # Russian: without contrast
+        ("нативная фаза", None),
+        ("腹部 5.0 B30f", None),  # says nothing
+    ],
+)
+def test_words_of_other_scripts_are_read(description: str, expected: str | None) -> None:
+    """Japanese, Chinese, Korean and Russian sites describe series in their own scripts: the contrast words,
+    the phases and the plain scan are read; the reason says what was read, as its quote shows them as '?'."""
+    found = contrast_evidence("", description)
+    assert (None if found is None else "clear" if found.clear else "caution") == expected, found
+    if found is not None:
+        assert found.text.isascii() and "(read as " in found.text
+
+
+def test_what_another_script_says_is_named_in_the_reason() -> None:
+    found = contrast_evidence("", "腹部造影 動脈相")
+    assert found is not None and found.text == "Series Description '???? ???' (read as CONTRAST ARTERIAL)"
+    agent = contrast_evidence("イオパミドール 造影剤", "Abdomen")  # iopamidol, contrast agent
+    assert agent is not None and agent.text == "Contrast/Bolus Agent '??????? ???' (read as CONTRAST)"
+    assert contrast_evidence("造影剤なし", "Abdomen") is None  # contrast agent: none
+
+
+
+@pytest.mark.parametrize("charset", [["ISO_IR 192"], ["", "ISO 2022 IR 87"], ["GB18030"]])
+def test_a_phase_in_another_script_is_read_from_the_header_in_its_character_set(charset: list[str],
+                                                                               tmp_path: Path) -> None:
+    """As a Japanese or Chinese scanner writes it (UTF-8, JIS through ISO 2022, GB18030): the description the
+    header gives is the one the rule reads, and the routed series is skipped with what was read."""
+    description = "腹部造影 門脈相" if "GB18030" not in charset else "腹部增强 门脉期"
+    store = Store(tmp_path / "data")
+    series, study = uid("jp"), uid("st")
+    for i in range(3):
+        ds = ct_slice(study, series, i, size=8)
+        ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
+        ds.SeriesDescription = description
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, ds)
+        parts = [encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "T"),
+                 fp.getvalue()]
+        header = read_header(parts, ExplicitVRLittleEndian)
+        assert header == read_header(parts) and header.series_description == description
+        put(store, parts)
+    (done,) = monitor(store).complete_due(time.time() + GRACE + 0.1)
+    assert done.disposition is SeriesDisposition.SKIPPED
+    assert done.reason is not None and "(read as " in done.reason and "PORTAL)" in done.reason
