@@ -4,7 +4,9 @@ A series can be analysed more than once: it re-opens when late instances
 arrive or an instance is replaced by other bytes, and an administrator can
 queue a job again. The results' UIDs depend on what they are made of
 (``inference.writers.sources.Identity``), so a run on other input makes new
-instances, in the same result series as the earlier run's. Each run's
+instances, in result series of its own (with their own date and time: an
+archive that does not act on the rejection note shows two coherent runs, not
+one series of both). Each run's
 results are recorded here (table ``results``: which source series, which
 model); when a run records its own, the earlier runs' results of the same
 model on the same series that it did not make again are **superseded**:
@@ -49,6 +51,7 @@ KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
 NOTE_SERIES_NUMBER = 905
 NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
+"""The rejection note's SeriesDescription where the CT series' number is not known (``note_description``)."""
 PIXEL_CLASSES_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7")
 """SEG and Secondary Capture: referenced as IMAGE items; anything else (SR, KO) as COMPOSITE."""
 
@@ -131,6 +134,22 @@ def note_series_number(first: Dataset) -> int:
     return NOTE_SERIES_NUMBER
 
 
+def source_series_number(first: Dataset) -> int | None:
+    """The CT series' number the results were named after (1000 x N + 901..904), None where they were not."""
+    number = note_series_number(first)
+    return number // 1000 if number != NOTE_SERIES_NUMBER else None
+
+
+def note_description(first: Dataset) -> str:
+    """The rejection note's SeriesDescription: it names the CT series by its number, as the results do
+    ("AI urinary stones - superseded results of series 3 (rejection note)"; probe 18: a note beside them that
+    named no series was read as about the whole study)."""
+    number = source_series_number(first)
+    if number is None:
+        return NOTE_SERIES_DESCRIPTION
+    return NOTE_SERIES_DESCRIPTION.replace(" (rejection note)", f" of series {number} (rejection note)")
+
+
 def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,
                    job_id: int) -> Dataset:
     """The IOCM rejection note (a Key Object Selection Document) listing ``superseded``, in their study.
@@ -150,7 +169,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     ds.Modality = "KO"
     ds.SeriesInstanceUID = derive_uid("rejection-note", source_series_uid, model, "series")
     ds.SeriesNumber = note_series_number(first)
-    ds.SeriesDescription = NOTE_SERIES_DESCRIPTION
+    ds.SeriesDescription = note_description(first)
     ds.SeriesDate = ds.ContentDate = time.strftime("%Y%m%d", now)
     ds.SeriesTime = ds.ContentTime = time.strftime("%H%M%S", now)
     ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
@@ -167,9 +186,12 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     description.RelationshipType = "CONTAINS"
     description.ValueType = "TEXT"
     description.ConceptNameCodeSequence = DicomSequence([_code("113012", "DCM", "Key Object Description")])
-    description.TextValue = (f"{len(uids)} AI result instance(s) of the analysis of series {source_series_uid} by"
-                             f" {model} are superseded by a later analysis of the same series (job {job_id});"
-                             " read the results of the later one")[:1024]
+    number = source_series_number(first)
+    named = f"CT series {number} ({source_series_uid})" if number is not None else f"CT series {source_series_uid}"
+    description.TextValue = (f"{len(uids)} AI result instance(s) of the analysis of {named} by {model} are"
+                             f" superseded by a later analysis of the same series (job {job_id}), in result series"
+                             " of its own with a later series date and time; read the results of the later"
+                             " one")[:1024]
     items = [description]
     for item in sorted(superseded, key=lambda s: s.sop_instance_uid):
         ref = Dataset()

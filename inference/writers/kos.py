@@ -57,7 +57,7 @@ DOCUMENT_TITLE = codes.DCM.OfInterest
 
 def kos_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the key object selection."""
-    return sources.identity.lasting_uid("kos", "series"), sources.identity.uid("kos", "instance")
+    return sources.identity.series_uid("kos", "series"), sources.identity.uid("kos", "instance")
 
 
 def key_slices(findings: Findings) -> tuple[int, ...]:

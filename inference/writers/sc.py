@@ -277,7 +277,7 @@ def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int]) -> 
 
 def sc_uids(sources: Sources, every_slice: bool) -> str:
     """SeriesInstanceUID of the overlay series (the mode is part of it: a mode change is a new series)."""
-    return sources.identity.lasting_uid("sc", "all" if every_slice else "stones", "series")
+    return sources.identity.series_uid("sc", "all" if every_slice else "stones", "series")
 
 
 def build_secondary_captures(volume: Volume, findings: Findings, sources: Sources, *,

@@ -66,7 +66,7 @@ def stone_tracking_uid(sources: Sources, index: int) -> str:
 
 def seg_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the SEG."""
-    return sources.identity.lasting_uid("seg", "series"), sources.identity.uid("seg", "instance")
+    return sources.identity.series_uid("seg", "series"), sources.identity.uid("seg", "instance")
 
 
 def segment_description(sources: Sources, index: int) -> hd.seg.SegmentDescription:

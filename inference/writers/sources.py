@@ -164,9 +164,18 @@ class Identity:
         # highdicom annotates the parameter as tuple[str] and means any number of strings; pydicom wants a list
         return cast("tuple[str]", [self.model_version, f"uronode {__version__}"])
 
+    def series_uid(self, *parts: object) -> str:
+        """The SeriesInstanceUID of a result series: one per run on the same source instances (:meth:`uid`), so
+        that a job run again, or its results delivered again, fill the same series, and a run on other input (a
+        series re-opened by late instances) makes a series of its own, with its own date and time. Before, every
+        run of a model on a series wrote into one result series: in an archive that does not act on rejection
+        notes (IOCM), a re-analysis left the old and the new report in one series, both instance 1, and every
+        overlay twice under one image number (probe 18)."""
+        return self.uid(*parts)
+
     def lasting_uid(self, *parts: object) -> str:
-        """The UID of what one model's runs on one series share whatever they read: the result series (a re-run's
-        results join its own), the algorithm as a device, a frame of reference made for a series without one."""
+        """The UID of what one model's runs on one series share whatever they read: the algorithm as a device, a
+        frame of reference made for a series without one."""
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
 
 

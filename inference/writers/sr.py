@@ -325,7 +325,7 @@ def device_observer(identity: Identity) -> hd.sr.ObserverContext:
 
 def sr_uids(sources: Sources) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the SR."""
-    return sources.identity.lasting_uid("sr", "series"), sources.identity.uid("sr", "instance")
+    return sources.identity.series_uid("sr", "series"), sources.identity.uid("sr", "instance")
 
 
 def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Dataset | None, *,

@@ -161,8 +161,9 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
 ) -> None:
     """The first results are superseded, not overwritten under their UIDs (Orthanc, like many archives, keeps the
-    first copy of a UID and drops what comes after): the new ones are new instances in the same result series, the
-    node's store keeps only them, and the PACS gets a rejection note (IHE IOCM) for the ones it holds."""
+    first copy of a UID and drops what comes after): the new ones are new instances in result series of their own
+    (so an archive without IOCM shows two coherent runs, not one series of both: probe 18), the node's store
+    keeps only them, and the PACS gets a rejection note (IHE IOCM) for the ones it holds, naming the CT series."""
     orthanc, http, dicom, node = pacs_and_node
     phantom = generate_phantom(11, rows=512, slice_spacing=2.5, slices=24, coverage=(0.72, 0.88), n_stones=3,
                                stone_sites=("kidney",))
@@ -180,14 +181,15 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     assert len(runs) == 2 and runs[0] == first and not runs[0] & runs[1]  # other input: other instances
     (superseded,) = [e for e in events if e["event"] == "results_superseded"]
     assert set(superseded["instances"]) == runs[0]
-    # The node shows the current analysis only; its result series are the first run's.
+    # The node shows the current analysis only, in result series of its own.
     mine = {r["sop_instance_uid"]: r["series_instance_uid"] for r in query(node.data_dir, own)}
-    assert set(mine) == runs[1] and set(mine.values()) <= first_series
+    assert set(mine) == runs[1] and not set(mine.values()) & first_series
+    assert len(set(mine.values())) == len(first_series)  # SEG, overlays, SR, key objects: one series each
     # Orthanc holds both runs' results, and the note that rejects the first.
     held = sop_instance_uids_in_study(http, phantom.study_instance_uid)
     assert len(held) == len(set(held)) and runs[0] | runs[1] <= set(held)
     (note_series,) = [s for s in qido(http, f"studies/{phantom.study_instance_uid}/series")
-                      if s["0008103E"]["Value"] == ["AI urinary stones - superseded results (rejection note)"]]
+                      if s["0008103E"]["Value"] == ["AI urinary stones - superseded results of series 1 (rejection note)"]]
     (note,) = qido(http, f"studies/{phantom.study_instance_uid}/series/{note_series['0020000E']['Value'][0]}/metadata")
     assert note["0040A043"]["Value"][0]["00080100"]["Value"] == ["113001"]  # Rejected for Quality Reasons
     rejected = {i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in note["0040A730"]["Value"]

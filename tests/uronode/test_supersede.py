@@ -177,6 +177,16 @@ def test_a_rejection_note_is_numbered_with_the_results_it_rejects(rejected: obje
     else:
         first.SeriesNumber = rejected
     assert note_series_number(first) == number
+    note = rejection_note([Superseded(uid("r"), SecondaryCaptureImageStorage, uid("rs"), STUDY, Path("x.dcm"),
+                                      ("pacs",))], first, source_series_uid=SOURCE, model="m 1.0", job_id=7)
+    text = note.ContentSequence[0].TextValue
+    if number == 905:  # results numbered before the scheme: the CT series by its UID alone
+        assert note.SeriesDescription == "AI urinary stones - superseded results (rejection note)"
+        assert f"analysis of CT series {SOURCE} by m 1.0" in text
+    else:  # named by its number, as the results are (probe 18)
+        source = number // 1000
+        assert note.SeriesDescription == f"AI urinary stones - superseded results of series {source} (rejection note)"
+        assert f"analysis of CT series {source} ({SOURCE}) by m 1.0" in text
 
 
 @pytest.mark.parametrize("findings, model", [

@@ -95,16 +95,41 @@ def test_two_series_of_one_study_get_results_numbered_and_named_after_their_own_
             text = str(ds.SeriesDescription)
             assert len(text) <= 64 and text.startswith("AI urinary stones - ")
             assert f" of series {number} (Abd" in text and text.endswith(f", model {MODEL_VERSION}")
-        # the UIDs are derived as before: the source series and the model, not the series number
+        # the UIDs are derived from the source series, the model and what the run read, not the series number
         for result, kind in ((results.seg, "seg"), (results.sr, "sr"), (results.kos, "kos")):
             assert result is not None
-            assert result.SeriesInstanceUID == derive_uid(source.series_instance_uid, MODEL_NAME, MODEL_VERSION,
-                                                      kind, "series")
-        assert results.secondary_captures[0].SeriesInstanceUID == derive_uid(
-            source.series_instance_uid, MODEL_NAME, MODEL_VERSION, "sc", "stones", "series")
-        again = write_results(source, findings)
-        assert [ds.SOPInstanceUID for ds in again.datasets] == [ds.SOPInstanceUID for ds in datasets]
+            assert result.SeriesInstanceUID != derive_uid(source.series_instance_uid, MODEL_NAME, MODEL_VERSION,
+                                                          kind, "series")  # one series per run, not per model
+        again = write_results(source, findings)  # the same run again: the same instances in the same series
+        assert [(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in again.datasets] == [
+            (ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in datasets]
     assert numbers == {2: {2901, 2902, 2903, 2904}, 3: {3901, 3902, 3903, 3904}}
+
+
+def test_a_run_on_other_input_writes_series_of_its_own(volume: Volume, tmp_path: Path) -> None:
+    """Probe 18: every run of a model on a series wrote into one result series, so an archive without IOCM
+    showed a re-analysis's report beside the old one in one series (both instance 1) and each overlay twice.
+    A run on other input (another finding here, as late slices give) makes series of its own; the same run
+    again fills the same ones (a retry duplicates nothing)."""
+    source = _copy(volume, tmp_path / "ct", 3, "Abdomen")
+    mask = stone_mask(source.shape)
+    first = write_results(source, make_findings(source, mask))
+    same = write_results(source, make_findings(source, mask))
+    fewer = mask.copy()
+    fewer[fewer.nonzero()[0].max()] = 0  # the stones of one slice gone
+    other = write_results(source, make_findings(source, fewer))
+
+    def series(results: object) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for ds in results.datasets:  # type: ignore[attr-defined]
+            out.setdefault(str(ds.Modality), set()).add(str(ds.SeriesInstanceUID))
+        return out
+
+    assert series(first) == series(same)
+    assert set(series(first)) == set(series(other)) == set(OWN_NUMBERS)
+    for modality, uids in series(first).items():
+        assert len(uids) == 1 and not uids & series(other)[modality], modality
+    assert {int(ds.SeriesNumber) for ds in other.datasets} == {int(ds.SeriesNumber) for ds in first.datasets}
 
 
 def test_a_series_without_a_number_gets_the_fixed_numbers_and_is_named_by_its_description(
