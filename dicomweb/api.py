@@ -151,7 +151,7 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
             warnings.append({"file": name, "warning": report.reason})
         series[report.header.series_instance_uid] = report.header.study_instance_uid
     if not series:
-        pictures = rejected and all(r["reason"].startswith(PICTURE_REFUSAL_PREFIX) for r in rejected)
+        pictures = rejected and all((r["reason"] or "").startswith(PICTURE_REFUSAL_PREFIX) for r in rejected)
         message = "no DICOM file among the upload" + (
             ", only pictures: the node reads DICOM images; export them as DICOM from the PACS or the viewer"
             if pictures else "")

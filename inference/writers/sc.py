@@ -56,6 +56,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import re
 from collections.abc import Sequence
 
 import cv2
@@ -65,7 +66,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
-from inference.postprocess import Findings, SliceBox
+from inference.postprocess import SIDE_WORDS, Findings, SliceBox
 from inference.preview import WINDOW, render_slice
 from inference.volume import Volume
 from inference.writers.sources import (
@@ -105,6 +106,10 @@ CAUTION_CONTINUES = "Caution: see the SR"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MARGIN = 4
 """Pixels between the text and the image's edges."""
+LARGEST_NAMED = re.compile(r"(?<=^Largest: )([\d.]+ mm) \(stone \d+, [^)]*\)$")
+"""Which stone is the largest, in its line ("Largest: 18.8 mm (stone 1, right)"): left out where the top lines do
+not fit, before a caution is."""
+LARGEST_NAMED_SHORT = r"\1"
 TOP_TEXT_SHARE = 1 / 3
 """The top lines cover at most this share of the image's rows (the count and largest stone always shown): on a
 small matrix (a 3 mm series of 122 x 101 pixels) the wrapped cautions covered the whole image and hid the
@@ -116,10 +121,11 @@ def summary_lines(findings: Findings, k: int) -> list[str]:
     input's cautions ("Caution: ..."), and the disclaimer last."""
     count = len(findings.stones)
     here = sorted({b.stone_index for b in findings.boxes if b.slice_index == k})
-    largest = max((s.length_mm for s in findings.stones), default=0.0)  # as the SR's "Diameter, Maximum"
     lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
-    if count:
-        lines.append(f"Largest: {largest:.1f} mm")
+    if count:  # the longest, as the SR's "Diameter, Maximum", named: it may be on another slice (probe 18)
+        index, largest = max(enumerate(findings.stones), key=lambda item: item[1].length_mm)
+        side = SIDE_WORDS.get(largest.side, largest.side)
+        lines.append(f"Largest: {largest.length_mm:.1f} mm (stone {index + 1}, {side})")
     lines.extend(f"Caution: {c}" for c in findings.cautions)
     lines.append(DISCLAIMER)
     return lines
@@ -170,7 +176,8 @@ def text_placements(shape: tuple[int, int], lines: list[str],
     """Each burned-in line with its origin (x, y of its baseline's left end): ``lines`` but the last at the top
     left, the last at the bottom, each wrapped to the image's width; top lines that would reach the bottom one are
     left out, and so are those below the top third of the image (``TOP_TEXT_SHARE``), the last shown saying
-    "Caution: see the SR" (the count and largest stone are always shown); then each box's stone number above the
+    "Caution: see the SR" (the count and largest stone are always shown, the largest without which stone it is
+    where the lines do not fit: ``LARGEST_NAMED``); then each box's stone number above the
     box (below where the image's edge is too near)."""
     rows, columns = shape
     scale = _scale(columns)
@@ -179,11 +186,17 @@ def text_placements(shape: tuple[int, int], lines: list[str],
     step = height + baseline + 2
     width = max(columns - 2 * MARGIN, 1)
     bottom = wrap_line(lines[-1], width, scale, thickness)
-    top = [(part, line.startswith("Caution: ")) for line in lines[:-1]
-           for part in wrap_line(line, width, scale, thickness)]
     bottom_y = rows - baseline - MARGIN - step * (len(bottom) - 1)  # the baseline of the first bottom line
     room = max((bottom_y - height - baseline - 2) // step, 0)  # top lines (and shadows) clear of the bottom text
     fits = min(room, max(int(rows * TOP_TEXT_SHARE) // step, 1))  # and over a third of the image at most
+
+    def wrapped(top_lines: list[str]) -> list[tuple[str, bool]]:
+        return [(part, line.startswith("Caution: ")) for line in top_lines
+                for part in wrap_line(line, width, scale, thickness)]
+
+    top = wrapped(lines[:-1])
+    if len(top) > fits:  # no room: which stone is the largest goes first, before any caution
+        top = wrapped([LARGEST_NAMED.sub(LARGEST_NAMED_SHORT, line) for line in lines[:-1]])
     shown = [part for part, _ in top]
     if len(top) > fits:
         plain = sum(1 for _, caution in top if not caution)  # the count and largest stone, first: always shown
@@ -273,6 +286,31 @@ def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int]) -> 
     if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
         return tuple(numbers), "frame" if multiframe else "instance"
     return tuple(range(1, len(found) + 1)), "index"
+
+
+def number_ranges(numbers: Sequence[int]) -> str:
+    """Sorted numbers as ranges: [31, 32, 33, 40] -> "31-33, 40"."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def images_words(numbers: Sequence[int], kind: str, slices: Sequence[int]) -> str:
+    """Where slices ``slices`` are, in words a reader finds them by (``image_numbers``' numbers and kind): "images
+    102-103", "image 108", "frames 3-5", or "slices 3-5 (counted from the feet end)" where the series' own numbers
+    do not tell its images apart."""
+    chosen = [numbers[k] for k in slices]
+    plural = "" if len(set(chosen)) == 1 else "s"
+    text = number_ranges(chosen)
+    if kind == "instance":
+        return f"image{plural} {text}"
+    if kind == "frame":
+        return f"frame{plural} {text}"
+    return f"slice{plural} {text} (counted from the feet end)"
 
 
 def sc_uids(sources: Sources, every_slice: bool) -> str:

@@ -48,11 +48,12 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, TM, DSfloat
 
 import inference.writers.coding as coding
 from inference.postprocess import SIDE_WORDS, Findings, SliceBox, Stone, max_axial_diameter_mm
 from inference.volume import AXIAL_TOLERANCE_DEG, Volume
+from inference.writers.sc import image_numbers, images_words
 from inference.writers.seg import segment_number, stone_tracking_uid
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,
@@ -103,9 +104,10 @@ def _measurements(stone: Stone, sources: Sources, lone: bool = False) -> list[hd
         hd.sr.Measurement(name=coding.DIAMETER, value=half_up(stone.length_mm, 1),
                           unit=coding.MILLIMETER, derivation=coding.MAXIMUM, algorithm_id=algorithm),
         *volume,
-        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=half_up(stone.mean_hu, 0),
+        # whole HU as integers: "1111", not "1111.0" (a decimal that suggests a precision HU do not have)
+        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=int(half_up(stone.mean_hu, 0)),
                           unit=coding.HOUNSFIELD_UNIT, derivation=coding.MEAN, algorithm_id=algorithm),
-        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=half_up(stone.max_hu, 0),
+        hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=int(half_up(stone.max_hu, 0)),
                           unit=coding.HOUNSFIELD_UNIT, derivation=coding.MAXIMUM, algorithm_id=algorithm),
     ]
 
@@ -209,19 +211,31 @@ def plane_word(volume: Volume) -> str:
     return "axial" if volume.tilt_deg <= AXIAL_TOLERANCE_DEG else "in-plane"
 
 
-def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = False) -> str:
-    """The stone in words, as viewers show it: 'Stone 1, left: 12.0 mm, 105 mm3, mean 850 HU, axial 4.4 mm'.
+TINY_VOXELS = 2
+"""A stone of this many voxels or fewer is at the limit of what the CT resolves: its label says that its size and
+HU are understated (probe 18: a 1.9 mm, 270 HU stone read as one voxel, 0.8 mm and 97 HU, reported as exactly as
+a 17 mm one)."""
+
+
+def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = False, where: str = "") -> str:
+    """The stone in words, as viewers show it: 'Stone 1, left: 12.0 mm, 105 mm3, mean 850 HU, axial 4.4 mm,
+    images 31-33'.
 
     The first size is its length (largest extent in any direction), the last its largest axial diameter;
-    the side is 'left', 'right', 'near midline' or 'side not determined' (no laterality: ``SIDE_WORDS``).
-    On a lone image (``lone``), one plane of the stone: 'Stone 1, right: in-plane 7.1 mm, mean 850 HU'
-    (no volume, no length beyond the plane's). Numbers rounded as ``half_up``."""
+    the side is 'left', 'right', 'near midline' or 'side not determined' (no laterality: ``SIDE_WORDS``);
+    ``where`` says which CT images it is on (``inference.writers.sc.images_words``), as a reader reading the
+    report in a PACS's text view goes to it (probe 18). A stone of ``TINY_VOXELS`` voxels or fewer says that
+    the CT hardly resolves it. On a lone image (``lone``), one plane of the stone: 'Stone 1, right: in-plane
+    7.1 mm, mean 850 HU' (no volume, no length beyond the plane's). Numbers rounded as ``half_up``."""
     side = SIDE_WORDS.get(stone.side, stone.side)
+    tail = (f", {where}" if where else "") + (
+        f"; {stone.voxel_count} voxel{'s' if stone.voxel_count != 1 else ''}, at the limit of what the CT resolves:"
+        " its size and HU are understated" if 0 < stone.voxel_count <= TINY_VOXELS else "")
     if lone:
         return (f"Stone {index + 1}, {side}: {plane} {_shown(stone.max_diameter_mm, 1)} mm, "
-                f"mean {_shown(stone.mean_hu, 0)} HU")
+                f"mean {_shown(stone.mean_hu, 0)} HU{tail}")
     return (f"Stone {index + 1}, {side}: {_shown(stone.length_mm, 1)} mm, {_shown(stone.volume_mm3, 0)} mm3, "
-            f"mean {_shown(stone.mean_hu, 0)} HU, {plane} {_shown(stone.max_diameter_mm, 1)} mm")
+            f"mean {_shown(stone.mean_hu, 0)} HU, {plane} {_shown(stone.max_diameter_mm, 1)} mm{tail}")
 
 
 def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findings: Findings, sources: Sources,
@@ -251,8 +265,10 @@ def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findi
         algorithm_id=_algorithm(sources),
         finding_sites=[_finding_site(stone.side)],
     )
+    numbers, kind = image_numbers(sources.datasets, volume.frame_numbers)
     group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=COMMENT, value=stone_label(index, stone, plane_word(volume), lone=volume.shape[0] == 1),
+        name=COMMENT, value=stone_label(index, stone, plane_word(volume), lone=volume.shape[0] == 1,
+                                        where=images_words(numbers, kind, stone.slice_indices)),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     ))
     return group
@@ -377,5 +393,25 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         content_time=created.time(),
     )
     sr.SeriesDate, sr.SeriesTime = DA(created.date()), TM(created.time())
+    separate_containers(sr)
     logger.info("SR of series %s: %d group(s)", volume.series_instance_uid, len(groups))
     return sr
+
+
+def _in_hu(num: Dataset) -> bool:
+    units = num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+    return str(units.CodeValue) == coding.HOUNSFIELD_UNIT.value
+
+
+def separate_containers(item: Dataset) -> None:
+    """Every CONTAINER of the report (the document's root too) marked SEPARATE: its items are distinct
+    measurements, not one narrative text (PS3.3 C.17.3, Continuity of Content). Marked CONTINUOUS (highdicom's
+    default), a PACS's SR text view (DCMTK's dsr2html) ran each stone's numbers together without their names:
+    "0.8 mm 1.1 mm3 97.0 97.0" (probe 18). HU values are written whole ("97", as the comments give them)."""
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        separate_containers(child)
+        if child.get("ValueType") == "NUM" and _in_hu(child):
+            value = child.MeasuredValueSequence[0]
+            value.NumericValue = DSfloat(str(int(float(value.NumericValue))))  # "1111", not "1111.0"

@@ -156,7 +156,9 @@ def test_an_elongated_stone_is_reported_by_its_length(fine: Volume, tmp_path: Pa
     assert box.diameter_mm == pytest.approx(stone.max_diameter_mm)  # the region is where the axial one was measured
     (comment,) = [i for i in planar[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
     assert comment.TextValue.startswith(f"Stone 1, left: {stone.length_mm:.1f} mm, ")
-    assert comment.TextValue.endswith(f", axial {stone.max_diameter_mm:.1f} mm")
+    numbers = sorted(int(pydicom.dcmread(fine.source_paths[k], stop_before_pixels=True).InstanceNumber)
+                     for k in stone.slice_indices)
+    assert comment.TextValue.endswith(f", axial {stone.max_diameter_mm:.1f} mm, images {numbers[0]}-{numbers[-1]}")
     _no_dciodvfy_errors(paths)
 
 

@@ -233,7 +233,9 @@ def test_burned_in_text_is_wrapped_to_the_image(shape: tuple[int, int], stones: 
 def test_a_caution_too_long_for_a_small_image_ends_in_a_pointer_to_the_sr(stones: Case) -> None:
     findings = dataclasses.replace(stones.findings, cautions=(CAUTION, CAUTION))
     small = [line for line, _ in text_placements((96, 96), summary_lines(findings, 4), [])]
-    assert small[:2] == ["AI: 3 urinary stones, 2 on this slice", summary_lines(findings, 4)[1]]
+    named = summary_lines(findings, 4)[1]
+    assert named.endswith(")") and " (stone " in named
+    assert small[:2] == ["AI: 3 urinary stones, 2 on this slice", named.split(" (stone ")[0]]  # the name first
     assert CAUTION_CONTINUES in small
     one = dataclasses.replace(stones.findings, cautions=(CAUTION,))
     large = [line for line, _ in text_placements((512, 512), summary_lines(one, 4), [])]

@@ -60,7 +60,10 @@ def test_burned_in_text_says_count_largest_and_disclaimer(stones: Case) -> None:
     largest = max(s.length_mm for s in stones.findings.stones)  # the longest extent, as the SR's maximum
     assert largest > max(s.max_diameter_mm for s in stones.findings.stones)  # one spans two slices
     assert lines[0] == "AI: 3 urinary stones, 2 on this slice"
-    assert lines[1] == f"Largest: {largest:.1f} mm"
+    (index,) = [i for i, s in enumerate(stones.findings.stones) if s.length_mm == largest]
+    side = {"left": "left", "right": "right", "midline": "near midline", "unknown": "side not determined"}[
+        stones.findings.stones[index].side]
+    assert lines[1] == f"Largest: {largest:.1f} mm (stone {index + 1}, {side})"  # which one, and where (probe 18)
     assert lines[-1] == DISCLAIMER == "AI result - not for primary diagnosis"
 
 

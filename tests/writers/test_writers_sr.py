@@ -6,6 +6,7 @@ import dataclasses
 
 import highdicom as hd
 import numpy as np
+import pydicom
 
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
 from inference.writers.sr import half_up, stone_label
@@ -137,7 +138,14 @@ def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> N
         assert points[:, 1].min() == on[:, 0].min() and points[:, 1].max() == on[:, 0].max() + 1
         assert group.get_measurements() == []  # OHIF 3.13 loads no stone from a report whose planar groups have one
         (comment,) = [item for item in group[0].ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
-        assert comment.TextValue == stone_label(i, stone)
+        numbers = [int(pydicom.dcmread(path, stop_before_pixels=True).InstanceNumber)
+                   for path in stones.volume.source_paths]  # the CT's own image numbers
+        on_images = sorted({numbers[k] for k in stone.slice_indices})
+        words = (f"image {on_images[0]}" if len(on_images) == 1 else
+                 f"images {on_images[0]}-{on_images[-1]}")  # each stone's slices follow one another
+        assert on_images == list(range(on_images[0], on_images[-1] + 1))
+        assert comment.TextValue == stone_label(i, stone, where=words)
+        assert f", {words}" in comment.TextValue  # where a PACS's text view sends the reader (probe 18)
         assert f"{stone.length_mm:.1f} mm" in comment.TextValue and f"axial {stone.max_diameter_mm:.1f} mm" in comment.TextValue
     # One stone spans slices 4 and 5 with as many voxels on each: its region is on the first.
     (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (4, 5)]
@@ -155,3 +163,33 @@ def test_a_stone_without_a_box_gets_a_region_around_its_voxels(stones: Case) -> 
     assert region is not None
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == stones.volume.sop_instance_uids[8]
     assert region.value.tolist() == [[30, 30], [31, 30], [31, 31], [30, 31], [30, 30]]
+
+
+
+def test_the_report_lists_its_measurements_as_separate_items_and_whole_hu(stones: Case) -> None:
+    """Probe 18: marked CONTINUOUS, a PACS's SR text view (dsr2html) ran each stone's numbers together without
+    their names; HU were "1111.0", a decimal that suggests a precision HU do not have."""
+    sr = stones.results.sr
+    assert sr is not None and sr.ContinuityOfContent == "SEPARATE"
+    containers, hu = [], []
+
+    def walk(item: pydicom.Dataset) -> None:
+        for child in item.get("ContentSequence", []):
+            if child.ValueType == "CONTAINER":
+                containers.append(child.ContinuityOfContent)
+            if child.ValueType == "NUM" and child.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "[hnsf'U]":
+                hu.append(str(child.MeasuredValueSequence[0].NumericValue))
+            walk(child)
+
+    walk(sr)
+    assert containers and set(containers) == {"SEPARATE"}
+    assert hu and all(v.lstrip("-").isdigit() for v in hu), hu
+
+
+def test_a_stone_of_a_voxel_or_two_says_the_ct_hardly_resolves_it(stones: Case) -> None:
+    stone = stones.findings.stones[0]
+    tiny = dataclasses.replace(stone, voxel_count=1)
+    assert stone_label(0, tiny, where="image 108").endswith(
+        ", image 108; 1 voxel, at the limit of what the CT resolves: its size and HU are understated")
+    assert "2 voxels, at the limit" in stone_label(0, dataclasses.replace(stone, voxel_count=2))
+    assert "voxel" not in stone_label(0, dataclasses.replace(stone, voxel_count=3))

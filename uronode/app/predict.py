@@ -57,18 +57,6 @@ numbers of a multi-frame CT, "frames 5-7"), not the volume's slice indices, whic
 differ from the image numbers of a series numbered head first."""
 
 
-def _runs(numbers: list[int]) -> str:
-    """Sorted numbers as ranges: [31, 32, 33, 40] -> "31-33, 40"."""
-    ordered = sorted(set(numbers))
-    runs: list[list[int]] = []
-    for n in ordered:
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
-
-
 def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
     """Each slice's CT image number and what the numbers are (``inference.writers.sc.image_numbers``, which
     numbers the overlays alike): InstanceNumber, frame numbers of a multi-frame CT, or, where neither tells
@@ -91,7 +79,9 @@ def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
 
 
 def _images_cell(numbers: tuple[int, ...], kind: str, slices: tuple[int, ...]) -> str:
-    text = _runs([numbers[k] for k in slices])
+    from inference.writers.sc import number_ranges
+
+    text = number_ranges([numbers[k] for k in slices])
     return {"instance": text, "frame": f"frames {text}"}.get(kind, f"slices {text}")
 
 
