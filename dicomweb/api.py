@@ -39,6 +39,7 @@ from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
+from uronode.supersede import superseding_job
 from uronode.types import CompletedSeries, Job, JobState, SeriesDisposition
 
 router = APIRouter(prefix="/api", tags=["API"])
@@ -55,10 +56,18 @@ def get_settings(request: Request) -> Settings:
 
 
 def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:
+    """The job as ``GET /api/jobs/{id}`` gives it: its fields, its findings once it has run, and
+    ``superseded_by``: the later job whose results replaced its own (the series re-opened by late instances and
+    analysed again), or null."""
     data = asdict(job)
     data["state"] = str(job.state)
     findings = queue.findings(job.id)
     data["findings"] = json.loads(findings) if findings else None
+    data["superseded_by"] = None
+    model = (data["findings"] or {}).get("model") if isinstance(data["findings"], dict) else None
+    if isinstance(model, dict) and job.state in (JobState.DELIVERED, JobState.DELIVERING):
+        data["superseded_by"] = superseding_job(queue.store.conn(), job.id, job.series_instance_uid,
+                                                f"{model.get('name', '')} {model.get('version', '')}")
     return data
 
 

@@ -72,6 +72,20 @@ class Superseded:
     """The destinations that hold it already."""
 
 
+def superseding_job(conn: sqlite3.Connection, job_id: int, source_series_uid: str, model: str) -> int | None:
+    """The later job whose results replaced job ``job_id``'s (``model``'s results of the series), or None: the
+    job's results are current, were never recorded, or were removed by retention with nothing after them. A
+    client following a job it was given (the upload page) learns that its results are withdrawn (probe 18)."""
+    if conn.execute("SELECT 1 FROM results WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None:
+        return None  # some of its results are current
+    row = conn.execute(
+        "SELECT job_id FROM results WHERE source_series_uid = ? AND model = ? AND job_id > ?"
+        " ORDER BY recorded_at DESC, job_id DESC LIMIT 1",
+        (source_series_uid, model, job_id),
+    ).fetchone()
+    return None if row is None else int(row["job_id"])
+
+
 def record_results(
     conn: sqlite3.Connection, *, job_id: int, source_series_uid: str, model: str, sop_instance_uids: Sequence[str],
 ) -> list[Superseded]:

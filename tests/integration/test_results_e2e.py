@@ -181,6 +181,11 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     assert len(runs) == 2 and runs[0] == first and not runs[0] & runs[1]  # other input: other instances
     (superseded,) = [e for e in events if e["event"] == "results_superseded"]
     assert set(superseded["instances"]) == runs[0]
+    # The first job says which one replaced its results (the upload page follows it).
+    jobs = sorted(r["id"] for r in query(node.data_dir, "SELECT id FROM jobs"))
+    api = f"http://127.0.0.1:{node.http_port}/api/jobs"
+    assert [json.loads(urllib.request.urlopen(f"{api}/{j}", timeout=30).read())["superseded_by"] for j in jobs] == [
+        jobs[1], None]
     # The node shows the current analysis only, in result series of its own.
     mine = {r["sop_instance_uid"]: r["series_instance_uid"] for r in query(node.data_dir, own)}
     assert set(mine) == runs[1] and not set(mine.values()) & first_series

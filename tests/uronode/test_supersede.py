@@ -25,6 +25,7 @@ from uronode.supersede import (
     record_results,
     rejection_note,
     settle,
+    superseding_job,
 )
 
 STUDY, SOURCE = uid("supersede", "study"), uid("supersede", "ct")
@@ -197,3 +198,18 @@ def test_the_model_a_remote_worker_s_findings_name(findings: str, model: str) ->
     from uronode.claims import _model_of
 
     assert _model_of(findings) == model
+
+
+def test_a_job_says_which_later_job_replaced_its_results(tmp_path: Path) -> None:
+    """Probe 18: a job whose results were superseded still read as delivered with its old stones; a client
+    following it (the upload page) now learns which later job holds the current results."""
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store)
+    conn = store.conn()
+    run(store, outbox, 1, [result("a1", ComprehensiveSRStorage, "sr-1")])
+    assert superseding_job(conn, 1, SOURCE, "m 1.0") is None  # current
+    run(store, outbox, 2, [result("a2", ComprehensiveSRStorage, "sr-2")])
+    assert superseding_job(conn, 1, SOURCE, "m 1.0") == 2 and superseding_job(conn, 2, SOURCE, "m 1.0") is None
+    run(store, outbox, 3, [result("b3", ComprehensiveSRStorage, "sr-3")], model="m 2.0")  # another model adds
+    assert superseding_job(conn, 2, SOURCE, "m 1.0") is None
+    assert superseding_job(conn, 9, SOURCE, "m 1.0") is None  # a job that recorded nothing, none after it
