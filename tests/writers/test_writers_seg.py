@@ -84,6 +84,19 @@ def test_seg_segments_are_coded_red_calculi_from_the_model(seg: hd.seg.Segmentat
     assert len({seg.get_segment_description(n).tracking_uid for n in seg.get_segment_numbers()}) == 3
 
 
+def test_each_segment_says_its_stone_s_side_and_size(seg: hd.seg.Segmentation, stones: Case) -> None:
+    """Probe 18: fifteen red "Stone N" segments with nothing to tell them apart in a segment list; the side is
+    the region's laterality where the SR's finding site has one."""
+    words = {"left": "left", "right": "right", "midline": "near midline", "unknown": "side not determined"}
+    laterality = {"left": "7771000", "right": "24028007"}
+    for number, stone in zip(seg.get_segment_numbers(), stones.findings.stones, strict=True):
+        segment = seg.get_segment_description(number)
+        assert segment.SegmentDescription == (f"{words[stone.side]}, {stone.length_mm:.1f} mm, "
+                                              f"mean {stone.mean_hu:.0f} HU")
+        modifiers = segment.AnatomicRegionSequence[0].get("AnatomicRegionModifierSequence", [])
+        assert [m.CodeValue for m in modifiers] == ([laterality[stone.side]] if stone.side in laterality else [])
+
+
 def test_seg_carries_the_node_identity_and_source_attributes(seg: hd.seg.Segmentation, stones: Case) -> None:
     source = pydicom.dcmread(stones.volume.source_paths[0], stop_before_pixels=True)
     assert seg.Manufacturer == MANUFACTURER
