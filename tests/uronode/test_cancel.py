@@ -30,7 +30,7 @@ from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT
 from uronode.settings import Settings
 from uronode.store import Buffer, Store
-from uronode.types import JobState, StoreOutcome
+from uronode.types import Job, JobState, StoreOutcome
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -115,14 +115,21 @@ def test_a_job_whose_results_are_stored_cannot_be_cancelled(tmp_path: Path) -> N
         queue.cancel(job_id)
 
 
-def test_a_job_cancelled_while_the_model_runs_stores_and_sends_nothing(tmp_path: Path) -> None:
+def _claimed(tmp_path: Path) -> tuple[Settings, Store, JobQueue, Job, list[tuple[str, str]]]:
+    """A node's settings and store with one job claimed by a worker, and the instances received before it ran."""
     settings = _settings(tmp_path)
     store = Store(settings.storage.data_dir, fsync=False)
     queue = JobQueue(store)
-    job_id = _queued(store, tmp_path)
+    _queued(store, tmp_path)
     received = _instances(store)
     job = queue.claim()
     assert job is not None
+    return settings, store, queue, job, received
+
+
+def test_a_job_cancelled_while_the_model_runs_stores_and_sends_nothing(tmp_path: Path) -> None:
+    settings, store, queue, job, received = _claimed(tmp_path)
+    job_id = job.id
     state = Worker(store, settings, Stones(on_run=lambda: queue.cancel(job_id))).run_job(job)
     assert state is JobState.FAILED
     after = queue.get(job_id)
@@ -202,13 +209,8 @@ def test_the_cancel_command_says_what_it_did(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_a_cancel_while_the_model_runs_stops_the_computation(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    store = Store(settings.storage.data_dir, fsync=False)
-    queue = JobQueue(store)
-    job_id = _queued(store, tmp_path)
-    received = _instances(store)
-    job = queue.claim()
-    assert job is not None
+    settings, store, queue, job, received = _claimed(tmp_path)
+    job_id = job.id
     dropped: list[float] = []
     model = Slow(60.0)
 
