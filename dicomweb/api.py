@@ -65,7 +65,7 @@ def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:
     data["findings"] = json.loads(findings) if findings else None
     data["superseded_by"] = None
     model = (data["findings"] or {}).get("model") if isinstance(data["findings"], dict) else None
-    if isinstance(model, dict) and job.state in (JobState.DELIVERED, JobState.DELIVERING):
+    if isinstance(model, dict) and job.state in (JobState.DELIVERED, JobState.DELIVERING, JobState.FAILED):
         data["superseded_by"] = superseding_job(queue.store.conn(), job.id, job.series_instance_uid,
                                                 f"{model.get('name', '')} {model.get('version', '')}")
     return data

@@ -23,9 +23,9 @@ protocol, is read word by word (capitals, accents taken off, "W/O" as
   "ENHANCED", "IODINE" ...) and denies it nowhere, or it **both** denies
   contrast and names it or "with" elsewhere (an examination's name copied
   into each of its series: "W/WO", "PRE/POST", "blanco en met contrast";
-  a "with" counts where nothing follows it but route words, or a denial or
-  a contrast word stands next to it, not in "KUB WITH CORONAL REFORMATS" or
-  "STONE POST VOID"): read, with a caution;
+  a "with" counts unless it names a plane, a reconstruction, a window or a
+  void: not in "KUB WITH CORONAL REFORMATS" or "STONE POST VOID"): read,
+  with a caution;
 - it **denies** contrast and names nothing else: read, no caution, whatever
   the agent says (some sites write the agent once for the whole
   examination). A word denies contrast standing alone ("NATIVE", "PLAIN",
@@ -134,37 +134,48 @@ class Evidence:
     clear: bool
 
 
-OTHER_SCRIPTS = {
+_RU = r"(?<![А-ЯЁ])"
+"""Where a Russian word starts: its keys are found there only ("КОНТРАСТ" not inside "РЕНТГЕНКОНТРАСТНЫЕ")."""
+_RU_END = r"[А-ЯЁ]*"
+"""The rest of a Russian word: its case and gender ("АРТЕРИАЛЬНАЯ", "АРТЕРИАЛЬНОЙ")."""
+OTHER_SCRIPTS: tuple[tuple[str, str], ...] = (
     # Japanese
-    "非造影": "NONCONTRAST", "造影なし": "NONCONTRAST", "造影無し": "NONCONTRAST", "単純": "PLAIN", "なし": "NONE",
-    "造影": "CONTRAST", "動脈相": "ARTERIAL", "動脈優位相": "ARTERIAL", "門脈相": "PORTAL", "静脈相": "VENOUS",
-    "平衡相": "EQUILIBRIUM", "排泄相": "EXCRETORY", "腎実質相": "NEPHROGRAPHIC", "皮髄相": "CORTICOMEDULLARY",
+    ("非造影", "NONCONTRAST"), ("造影前", "PRECONTRAST"), ("造影なし", "NONCONTRAST"), ("造影無し", "NONCONTRAST"),
+    ("単純", "PLAIN"), ("なし", "NONE"), ("造影", "CONTRAST"), ("動脈優位相", "ARTERIAL"), ("動脈相", "ARTERIAL"),
+    ("門脈相", "PORTAL"), ("静脈相", "VENOUS"), ("平衡相", "EQUILIBRIUM"), ("排泄相", "EXCRETORY"),
+    ("腎実質相", "NEPHROGRAPHIC"), ("皮髄相", "CORTICOMEDULLARY"),
     # Chinese, simplified and traditional
-    "平扫": "PLAIN", "平掃": "PLAIN", "非增强": "NONENHANCED", "非增強": "NONENHANCED", "增强": "ENHANCED",
-    "增強": "ENHANCED", "动脉期": "ARTERIAL", "動脈期": "ARTERIAL", "门脉期": "PORTAL", "门静脉期": "PORTAL",
-    "門脈期": "PORTAL", "門靜脈期": "PORTAL", "静脉期": "VENOUS", "靜脈期": "VENOUS", "排泄期": "EXCRETORY",
-    "实质期": "PARENCHYMAL", "實質期": "PARENCHYMAL", "皮髓质期": "CORTICOMEDULLARY", "皮髓期": "CORTICOMEDULLARY",
-    # Korean
-    "비조영": "NONCONTRAST", "조영": "CONTRAST", "증강": "ENHANCED", "동맥기": "ARTERIAL", "문맥기": "PORTAL",
-    "정맥기": "VENOUS", "배설기": "EXCRETORY", "신실질기": "NEPHROGRAPHIC",
-    # Russian (capitals: the description is upper-cased first)
-    "БЕЗ": "WITHOUT", "КОНТРАСТ": "CONTRAST", "НАТИВН": "NATIVE", "АРТЕРИАЛЬН": "ARTERIAL", "ВЕНОЗН": "VENOUS",
-    "ПОРТАЛЬН": "PORTAL", "ЭКСКРЕТОРН": "EXCRETORY", "ВЫДЕЛИТЕЛЬН": "EXCRETORY", "НЕФРОГРАФИЧЕСК": "NEPHROGRAPHIC",
-    "УСИЛЕН": "ENHANCED",
-}
-"""Words of other scripts, read as the Latin word of the lists they mean (the longest first: "非造影" before
-"造影"). Japanese, Chinese and Korean write them without spaces ("腹部造影動脈相"), Russian words end as their
-case and gender make them ("АРТЕРИАЛЬНАЯ"): a key is found anywhere, and a Russian one takes the letters after it."""
-_OTHER = re.compile("|".join(
-    re.escape(k) + (r"[А-ЯЁ]*" if "А" <= k[0] <= "Я" else "") for k in sorted(OTHER_SCRIPTS, key=len, reverse=True)))
-"""A word of ``OTHER_SCRIPTS`` in an upper-cased text (a Russian one with its ending)."""
+    ("非增强", "NONENHANCED"), ("非增強", "NONENHANCED"), ("增强前", "PRECONTRAST"), ("增強前", "PRECONTRAST"),
+    ("平扫", "PLAIN"), ("平掃", "PLAIN"), ("增强", "ENHANCED"), ("增強", "ENHANCED"), ("门静脉期", "PORTAL"),
+    ("門靜脈期", "PORTAL"), ("门脉期", "PORTAL"), ("門脈期", "PORTAL"), ("动脉期", "ARTERIAL"), ("動脈期", "ARTERIAL"),
+    ("静脉期", "VENOUS"), ("靜脈期", "VENOUS"), ("排泄期", "EXCRETORY"), ("实质期", "PARENCHYMAL"),
+    ("實質期", "PARENCHYMAL"), ("皮髓质期", "CORTICOMEDULLARY"), ("皮髓期", "CORTICOMEDULLARY"),
+    # Korean ("배설기관", excretory organs, is no phase)
+    ("비조영", "NONCONTRAST"), ("조영전", "PRECONTRAST"), ("조영", "CONTRAST"), ("증강", "ENHANCED"),
+    ("동맥기", "ARTERIAL"), ("문맥기", "PORTAL"), ("정맥기", "VENOUS"), ("배설기(?!관)", "EXCRETORY"),
+    ("신실질기", "NEPHROGRAPHIC"),
+    # Russian (capitals: the description is upper-cased first); a phase only with "фаза": "артериальное давление"
+    # (blood pressure), "венозная система" and "мочевыделительная система" (the urinary tract) are none
+    (_RU + "БЕСКОНТРАСТ" + _RU_END, "NONCONTRAST"),
+    (_RU + r"БЕЗ\s+(?:В/В\s+|ВНУТРИВЕННОГО\s+)?КОНТРАСТ" + _RU_END, "NONCONTRAST"),
+    (_RU + "КОНТРАСТ" + _RU_END, "CONTRAST"), (_RU + "НАТИВН" + _RU_END, "NATIVE"),
+    (_RU + "УСИЛЕН" + _RU_END, "ENHANCED"),
+    (_RU + r"(?:АРТЕРИАЛЬН|РАННЕАРТЕРИАЛЬН)" + _RU_END + r"\s+ФАЗ" + _RU_END, "ARTERIAL"),
+    (_RU + r"(?:ПОРТАЛЬН|ПОРТОВЕНОЗН)" + _RU_END + r"\s+ФАЗ" + _RU_END, "PORTAL"),
+    (_RU + "ВЕНОЗН" + _RU_END + r"\s+ФАЗ" + _RU_END, "VENOUS"),
+    (_RU + r"(?:ЭКСКРЕТОРН|ВЫДЕЛИТЕЛЬН)" + _RU_END + r"\s+ФАЗ" + _RU_END, "EXCRETORY"),
+    (_RU + "НЕФРОГРАФИЧЕСК" + _RU_END + r"\s+ФАЗ" + _RU_END, "NEPHROGRAPHIC"),
+)
+"""Words of other scripts (regular expressions, on the upper-cased text), read as the Latin word of the lists they
+mean; at one place, the first that matches (the more specific first: "非造影" before "造影"). Japanese, Chinese
+and Korean write them without spaces ("腹部造影動脈相"), so their keys are found anywhere; a Russian key only where
+a word starts, with the rest of the word, and a phase only where "фаза" follows."""
+_OTHER = re.compile("|".join(f"({pattern})" for pattern, _ in OTHER_SCRIPTS))
+"""A word of ``OTHER_SCRIPTS`` in an upper-cased text; its group number says which."""
 
 
 def _meaning(found: re.Match[str]) -> str:
-    return next(OTHER_SCRIPTS[k] for k in _LONGEST_FIRST if found.group().startswith(k))
-
-
-_LONGEST_FIRST = sorted(OTHER_SCRIPTS, key=len, reverse=True)
+    return OTHER_SCRIPTS[(found.lastindex or 1) - 1][1]
 
 
 def _latin(text: str) -> str:
@@ -253,22 +264,30 @@ def _reading(words: list[str]) -> tuple[bool, set[int]]:
     return denied, covered
 
 
+WITH_OTHER = frozenset({
+    "CORONAL", "CORONALS", "COR", "CORO", "SAGITTAL", "SAGITTALS", "SAG", "AXIAL", "AXIALS", "AX", "OBLIQUE",
+    "REFORMAT", "REFORMATS", "REFORMATTED", "RECON", "RECONS", "RECONSTRUCTION", "RECONSTRUCTIONS", "REKONSTRUKTION",
+    "REKONSTRUKTIONEN", "RECONSTRUCTIE", "RECONSTRUCCION", "RICOSTRUZIONE", "MPR", "MPRS", "MIP", "MIPS", "3D", "VR",
+    "VRT", "MINIP", "BONE", "BONES", "KNOCHEN", "WINDOW", "WINDOWS", "FENSTER", "LUNG", "LUNGS", "SOFT", "TISSUE",
+    "VOID", "VOIDING", "MICTION", "PRONE", "SUPINE", "BAUCHLAGE", "THIN", "THICK", "SLICES", "DUAL", "ENERGY",
+    "ITERATIVE", "KERNEL", "FILTER", "SCOUT", "TOPOGRAM", "LOCALIZER",
+})
+"""What a "with" beside a denial names where it is no second phase: planes, reconstructions, windows, a void,
+positions ("KUB WITH CORONAL REFORMATS", "STONE POST VOID", "nativ mit Rekonstruktion": probe 17 found them
+cautioned as perhaps contrast-enhanced)."""
+
+
 def _with_contrast(words: list[str], i: int) -> bool:
-    """Whether ``words[i]`` is a "with" that says with contrast beside a denial: nothing but route words and
-    articles after it ("ABD W", "STONE WITH IV"), a denial or a contrast word next to it past those ("W/WO",
-    "WITH AND WITHOUT", "WITHOUT AND WITH", "PRE/POST"); not a "with" of something else ("KUB WITH CORONAL
-    REFORMATS", "STONE POST VOID", "KUB LOW DOSE + CORONAL")."""
+    """Whether ``words[i]`` is a "with" that, beside a denial, says a second phase: any "with" but one of
+    something else (``WITH_OTHER`` next to it past route words and articles). So "W/WO", "WITH AND WITHOUT",
+    "NC + DELAYED", "NONCON W UROGRAM" and "NATIV MIT SPAETAUFNAHME" caution, as an examination of both phases;
+    "KUB WITH CORONAL REFORMATS" and "STONE POST VOID" do not."""
     if words[i] not in WITH:
         return False
     j = i + 1
     while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
         j += 1
-    if j == len(words) or words[j] in DENY_BEFORE or words[j] in CONTRAST_WORDS or words[j] in PHASES:
-        return True
-    k = i - 1
-    while k >= 0 and (words[k] in ROUTE or words[k] in FILLER):
-        k -= 1
-    return k >= 0 and words[k] in DENY_BEFORE
+    return j == len(words) or words[j] not in WITH_OTHER
 
 
 def _names_agent(agent: str) -> bool:

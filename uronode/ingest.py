@@ -135,15 +135,18 @@ def _whole_file(content: Buffer, bare_data_sets: bool, max_instance_bytes: int) 
 PICTURE_REFUSAL_PREFIX = "a picture"
 """How the reason for a picture file sent instead of a DICOM file begins (``picture_kind``)."""
 _PICTURE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-                  (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+                  (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
 def picture_kind(content: Buffer) -> str | None:
     """The kind of picture file ``content`` starts as ("PNG", "JPEG", "GIF", "TIFF", "BMP", "WebP"), None for
     anything else: the paper's users export pictures, and a picture's refusal says what to send instead."""
-    head = bytes(content[:12])
+    head = bytes(content[:14])
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if head[:2] == b"BM":  # a BMP's header: its file size, two reserved zeros, where its pixels start
+        size, reserved, offset = int.from_bytes(head[2:6], "little"), head[6:10], int.from_bytes(head[10:14], "little")
+        return "BMP" if size == len(content) and reserved == bytes(4) and 14 <= offset < size else None
     return next((kind for magic, kind in _PICTURE_MAGIC if head.startswith(magic)), None)
 
 

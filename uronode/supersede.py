@@ -76,7 +76,8 @@ def superseding_job(conn: sqlite3.Connection, job_id: int, source_series_uid: st
     """The later job whose results replaced job ``job_id``'s (``model``'s results of the series), or None: the
     job's results are current, were never recorded, or were removed by retention with nothing after them. A
     client following a job it was given (the upload page) learns that its results are withdrawn (probe 18)."""
-    if conn.execute("SELECT 1 FROM results WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None:
+    if conn.execute("SELECT 1 FROM results WHERE source_series_uid = ? AND model = ? AND job_id = ? LIMIT 1",
+                    (source_series_uid, model, job_id)).fetchone() is not None:  # the index results_source
         return None  # some of its results are current
     row = conn.execute(
         "SELECT job_id FROM results WHERE source_series_uid = ? AND model = ? AND job_id > ?"
@@ -156,12 +157,13 @@ def source_series_number(first: Dataset) -> int | None:
 
 def note_description(first: Dataset) -> str:
     """The rejection note's SeriesDescription: it names the CT series by its number, as the results do
-    ("AI urinary stones - superseded results of series 3 (rejection note)"; probe 18: a note beside them that
-    named no series was read as about the whole study)."""
+    ("AI urinary stones - superseded, series 3 (rejection note)", within LO's 64 characters for any series
+    number the scheme gives; probe 18: a note beside them that named no series was read as about the whole
+    study)."""
     number = source_series_number(first)
     if number is None:
         return NOTE_SERIES_DESCRIPTION
-    return NOTE_SERIES_DESCRIPTION.replace(" (rejection note)", f" of series {number} (rejection note)")
+    return f"AI urinary stones - superseded, series {number} (rejection note)"  # LO: 63 characters at most
 
 
 def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,

@@ -194,7 +194,7 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     held = sop_instance_uids_in_study(http, phantom.study_instance_uid)
     assert len(held) == len(set(held)) and runs[0] | runs[1] <= set(held)
     (note_series,) = [s for s in qido(http, f"studies/{phantom.study_instance_uid}/series")
-                      if s["0008103E"]["Value"] == ["AI urinary stones - superseded results of series 1 (rejection note)"]]
+                      if s["0008103E"]["Value"] == ["AI urinary stones - superseded, series 1 (rejection note)"]]
     (note,) = qido(http, f"studies/{phantom.study_instance_uid}/series/{note_series['0020000E']['Value'][0]}/metadata")
     assert note["0040A043"]["Value"][0]["00080100"]["Value"] == ["113001"]  # Rejected for Quality Reasons
     rejected = {i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in note["0040A730"]["Value"]

@@ -65,6 +65,9 @@ def test_a_named_contrast_phase_is_clear(description: str, agent: str) -> None:
         "Nativ mit und ohne KM",
         "NONCON ABD W",  # a "with" that says with what: nothing, so contrast
         "STONE WITH IV",
+        "NC + DELAYED",  # a later phase named beside the denial (review 19: lost for a while)
+        "NONCON W UROGRAM",
+        "NATIV MIT SPAETAUFNAHME",
         "Abdomen nativ + KM venös",
         "CT abdomen blanco en met contrast",
         "PV Iodine removed",  # a virtual unenhanced image of the portal phase
@@ -167,6 +170,7 @@ def test_an_agent_alone_is_evidence_but_not_clear(agent: str) -> None:
         ("", "STONE POST VOID"),
         ("", "KUB 2.0 with bone window"),
         ("", "Abdomen nativ mit Rekonstruktion"),
+        ("", "KUB WITH SAGITTAL MPR"),
     ],
 )
 def test_a_header_that_denies_or_says_nothing_of_contrast_is_not_contrast(agent: str, description: str) -> None:
@@ -324,6 +328,17 @@ def test_an_agent_coded_in_its_sequence_carries_the_caution(tmp_path: Path) -> N
         ("КТ без контраста", None),  # Russian: without contrast
         ("нативная фаза", None),
         ("腹部 5.0 B30f", None),  # says nothing
+        ("КТ органов мочевыделительной системы", None),  # the urinary tract (review 19: read as excretory, skipped)
+        ("МСКТ ОРГАНОВ ВЫДЕЛИТЕЛЬНОЙ СИСТЕМЫ", None),
+        ("КТ ВЕНОЗНОЙ СИСТЕМЫ", None),  # a phase only with "фаза"
+        ("АРТЕРИАЛЬНОЕ ДАВЛЕНИЕ", None),  # blood pressure
+        ("выделительная фаза", "clear"),
+        ("배설기관 CT", None),  # excretory organs
+        ("бесконтрастная КТ", None),  # non-contrast: not "контраст" inside it
+        ("рентгенконтрастные камни", None),  # radiopaque stones
+        ("造影前 腹部", None),  # pre-contrast
+        ("조영전 CT", None),
+        ("腹部增强前", None),
     ],
 )
 def test_words_of_other_scripts_are_read(description: str, expected: str | None) -> None:
@@ -367,3 +382,12 @@ def test_a_phase_in_another_script_is_read_from_the_header_in_its_character_set(
     (done,) = monitor(store).complete_due(time.time() + GRACE + 0.1)
     assert done.disposition is SeriesDisposition.SKIPPED
     assert done.reason is not None and "(read as " in done.reason and "PORTAL)" in done.reason
+
+
+
+def test_a_word_of_another_script_inside_another_word_is_not_read() -> None:
+    """Review 19: "ВЫДЕЛИТЕЛЬН" matched inside "мочевыделительной" (the urinary system) and skipped a plain stone
+    CT; "БЕЗ" before any word denied contrast, so an agent's caution was lost."""
+    found = contrast_evidence("OMNIPAQUE 350", "КТ ПОЧЕК БЕЗ ПОДГОТОВКИ")  # without preparation: the agent speaks
+    assert found is not None and found.text == "Contrast/Bolus Agent 'OMNIPAQUE 350'"
+    assert contrast_evidence("OMNIPAQUE 350", "КТ без в/в контрастирования") is None  # without IV contrast

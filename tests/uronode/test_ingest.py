@@ -56,10 +56,14 @@ def test_damaged_or_foreign_content_cannot_be_understood(store: Store) -> None:
     assert cut.verdict is Verdict.CANNOT_UNDERSTAND and cut.reason is not None and "truncated" in cut.reason
     assert take_instance(store, [b""], source="UPLOAD").reason == "an empty file (0 bytes)"
     assert take_instance(store, [b"hello"], source="UPLOAD").reason == "not a DICOM file (no DICM prefix)"
+    # "BM" alone is no BMP (review 19): a file that only starts so is not DICOM, and no picture either
+    assert take_instance(store, [b"BMW service notes"], source="UPLOAD").reason == "not a DICOM file (no DICM prefix)"
     pictures = {b"\xff\xd8\xff\xe0": "JPEG", b"GIF89a": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-                b"BM": "BMP", b"RIFF\x00\x00\x00\x00WEBP": "WebP", b"\x89PNG\r\n\x1a\n": "PNG"}
+                b"RIFF\x00\x00\x00\x00WEBP": "WebP", b"\x89PNG\r\n\x1a\n": "PNG",
+                b"BM" + (314).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little"): "BMP"}
     for magic, kind in pictures.items():  # the paper's users export pictures: the refusal says what to send
-        reason = take_instance(store, [magic + bytes(300)], source="UPLOAD").reason
+        content = (magic + bytes(314))[:314] if kind == "BMP" else magic + bytes(300)
+        reason = take_instance(store, [content], source="UPLOAD").reason
         assert reason == (f"a picture ({kind}), not a DICOM file: the node reads DICOM images; export the image as"
                           " DICOM from the PACS or the viewer"), reason
     bare = take_instance(store, [b"hello"], source="STOW-RS", bare_data_sets=True)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.sharedctypes import Synchronized
@@ -27,6 +28,7 @@ from tests.uronode.test_loops import node_settings, readyz, serving
 from uronode.app.node import WorkerProcess
 from uronode.jobs import JobQueue
 from uronode.loops import Loops
+from uronode.processes import DROPPED_JOB_EXIT
 from uronode.settings import Settings
 from uronode.store import Store
 
@@ -43,6 +45,18 @@ def beats(settings_json: str, parent_pid: int, heartbeat: Synchronized[float]) -
     while True:
         heartbeat.value = time.monotonic()
         time.sleep(0.05)
+
+
+def ends_holding_its_beat_then_beats(settings_json: str, parent_pid: int, heartbeat: Synchronized[float]) -> None:
+    """The first time: a worker process that ends itself on a cancelled job (``DROPPED_JOB_EXIT``) at the moment
+    its heartbeat thread holds the shared value's lock; every later time, one that beats."""
+    marker = Settings.model_validate_json(settings_json).storage.data_dir / "ended-once"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        heartbeat.get_lock().acquire()
+        os._exit(DROPPED_JOB_EXIT)
+    beats(settings_json, parent_pid, heartbeat)
 
 
 @pytest.fixture
@@ -129,3 +143,25 @@ def test_the_node_is_not_ready_while_its_worker_crash_loops_on_a_damaged_model(
     assert "(last: exit code 1)" in httpx.get(f"{base}/readyz", timeout=30).json()["detail"]
     assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
     assert node.proc is not None and "ModelError" in node.proc.log_text()
+
+
+
+def test_a_worker_that_ended_holding_its_beat_is_replaced_and_read_again(settings: Settings,
+                                                                       supervised: list[WorkerProcess]) -> None:
+    """Review 19: a process that ends (``os._exit`` on a cancelled job, a kill) while its beat holds the shared
+    value's lock leaves the lock taken; the next process and /readyz waited on it forever. Each process now gets
+    a value of its own."""
+    worker = WorkerProcess(settings, JobQueue(Store(settings.storage.data_dir)), target=ends_holding_its_beat_then_beats)
+    supervised.append(worker)
+    worker.start()
+    assert worker.proc is not None
+    worker.proc.join(60)
+    assert worker.proc.exitcode == DROPPED_JOB_EXIT
+    worker.check()  # replaced at once, no death counted
+    started = time.monotonic()
+    wait_until(lambda: worker.heartbeat.value > started, 60, "the new process's first beat")
+    answer: list[str | None] = []
+    reader = threading.Thread(target=lambda: answer.append(worker.problem()), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert answer == [None]  # read at once, not waiting on a lock nobody will give back

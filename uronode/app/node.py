@@ -228,6 +228,10 @@ class WorkerProcess:
             from uronode.app.worker import run_worker
 
             target = run_worker
+        # A new shared value for each process: one that ended while its beat held the value's lock (killed, or
+        # ended itself on a cancelled job: os._exit) leaves that lock taken for good, and the next process's first
+        # beat, and /readyz reading it, would wait forever (review 19).
+        self.heartbeat = self.ctx.Value("d", 0.0)
         self.heartbeat.value = time.monotonic()  # its start counts as a beat: it has a minute to make its own
         self.started_at = time.monotonic()
         self.proc = self.ctx.Process(
