@@ -143,11 +143,17 @@ class Findings:
         return tuple(sorted({b.slice_index for b in self.boxes}))
 
     def to_json(self) -> dict[str, object]:
+        stones = [s.to_json() for s in self.stones]
+        if self.mask.ndim == 3 and self.mask.shape[0] == 1:
+            # one image shows one plane of a stone: its area times the image's thickness is no stone's volume (the
+            # SR, the CLI and the upload page give none; a program reading this JSON could not tell: probe 18)
+            for stone in stones:
+                stone["volume_mm3"] = None
         return {
             "study_instance_uid": self.study_instance_uid,
             "series_instance_uid": self.series_instance_uid,
             "model": {"name": self.model_name, "version": self.model_version},
-            "stones": [s.to_json() for s in self.stones],
+            "stones": stones,
             # only where there is one: the findings of an ordinary series (and the instance UIDs derived from
             # them, inference.writers.sources) stay as they were
             **({"cautions": list(self.cautions)} if self.cautions else {}),

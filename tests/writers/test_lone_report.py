@@ -46,6 +46,11 @@ def test_a_lone_image_s_report_gives_no_volume_and_says_why(stones: Case, tmp_pa
     assert "no volume is given" in statement and "in any direction" not in statement and "mm3" not in statement
     series = " ".join(_texts(stones.results.sr))
     assert "largest extent in any direction" in series and "mm3" in series  # a series keeps lengths and volumes
+    # and the findings' JSON, which programs read (probe 18: it gave the lone image a volume)
+    lone_json, series_json = findings.to_json()["stones"], stones.findings.to_json()["stones"]
+    assert isinstance(lone_json, list) and isinstance(series_json, list)
+    assert [s["volume_mm3"] for s in lone_json] == [None] * len(findings.stones)
+    assert all(isinstance(s["volume_mm3"], float) for s in series_json)
 
 
 def _texts(ds: Dataset) -> list[str]:
