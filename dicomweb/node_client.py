@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dicomweb.stow_client import StowResult, stow
+from uronode.types import DocumentReference
 
 RETRY_STATUSES = (502, 503, 504)
 
@@ -50,6 +51,8 @@ class ClaimReply:
     generation: int
     model: str
     attempts: int
+    reports: tuple[tuple[str, DocumentReference], ...] = ()
+    """The series' current reports, each with the model ("name version") that made it."""
 
 
 SERIES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -109,6 +112,9 @@ class NodeClient:
             token=reply["claim"], lease_s=float(reply["lease_s"]), job_id=int(job["id"]),
             study_instance_uid=job["study_instance_uid"], series_instance_uid=job["series_instance_uid"],
             generation=int(job["generation"]), model=job["model"], attempts=int(job["attempts"]),
+            reports=tuple((str(r["model"]), DocumentReference(r["study_instance_uid"], r["series_instance_uid"],
+                                                             r["sop_class_uid"], r["sop_instance_uid"]))
+                          for r in reply.get("reports", ())),  # a node of before 2026-12-06 sends none
         )
 
     def heartbeat(self, job_id: int, claim: str) -> float:

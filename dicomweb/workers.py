@@ -22,6 +22,7 @@ from uronode.audit import AuditLog
 from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
 from uronode.outbox import Outbox
 from uronode.settings import Settings
+from uronode.supersede import current_reports
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,17 @@ async def claim_job(job_id: int, body: ClaimRequest, worker: WorkerDep, claims: 
         raise _conflict(exc) from exc
     job = claim.job
     log.info("job %d series %s claimed by %s (attempt %d)", job.id, job.series_instance_uid, worker, job.attempts)
+    # the series' current reports, by model: the worker's report names those of its own model as the ones it
+    # replaces (its Predecessor Documents Sequence), as a local worker's does
+    reports = await run_in_threadpool(lambda: current_reports(claims.store.conn(), job.series_instance_uid))
     return {
         "claim": claim.token, "lease_s": claim.lease_s, "lease_until": claim.lease_until,
         "job": {"id": job.id, "study_instance_uid": job.study_instance_uid,
                 "series_instance_uid": job.series_instance_uid, "generation": job.series_generation,
                 "model": job.model, "attempts": job.attempts},
+        "reports": [{"model": model, "study_instance_uid": ref.study_instance_uid,
+                     "series_instance_uid": ref.series_instance_uid, "sop_class_uid": ref.sop_class_uid,
+                     "sop_instance_uid": ref.sop_instance_uid} for model, ref in reports],
     }
 
 

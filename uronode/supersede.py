@@ -43,11 +43,14 @@ from uronode.audit import AuditLog
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store
+from uronode.types import DocumentReference
 from uronode.uids import derive_uid
 
 log = logging.getLogger(__name__)
 
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+"""The SR storage classes (the key object selection among them, left out by :func:`current_reports`)."""
 REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
 NOTE_SERIES_NUMBER = 905
 NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
@@ -85,6 +88,21 @@ def superseding_job(conn: sqlite3.Connection, job_id: int, source_series_uid: st
         (source_series_uid, model, job_id),
     ).fetchone()
     return None if row is None else int(row["job_id"])
+
+
+def current_reports(conn: sqlite3.Connection, source_series_uid: str) -> list[tuple[str, DocumentReference]]:
+    """The reports (SR, not key objects) among the current results of the series, each with the model that made
+    it ("name version"): a new run of that model replaces them, and its report names them as its predecessors."""
+    rows = conn.execute(
+        "SELECT r.model, i.study_instance_uid, i.series_instance_uid, i.sop_class_uid, i.sop_instance_uid"
+        " FROM results r JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
+        " WHERE r.source_series_uid = ? ORDER BY r.recorded_at, i.sop_instance_uid",
+        (source_series_uid,),
+    ).fetchall()
+    return [(str(row["model"]), DocumentReference(row["study_instance_uid"], row["series_instance_uid"],
+                                                  row["sop_class_uid"], row["sop_instance_uid"]))
+            for row in rows
+            if row["sop_class_uid"].startswith(STRUCTURED_REPORT_PREFIX) and row["sop_class_uid"] != KEY_OBJECT_SELECTION]
 
 
 def record_results(

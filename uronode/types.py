@@ -45,6 +45,17 @@ class InstanceHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentReference:
+    """A stored report that a new one replaces: an item of the new report's Predecessor Documents Sequence
+    (0040,A360; PS3.3 C.17.2), which names each predecessor by study, series, SOP class and instance."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredInstance:
     """One row of the instance index."""
 

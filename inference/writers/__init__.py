@@ -19,7 +19,7 @@ overlays, no key object selection, and the SR says "Calculus: Not detected" (SCT
 """
 
 from inference.writers.errors import WriterError
-from inference.writers.results import Results, save_results, write_results
+from inference.writers.results import Results, findings_record, save_results, write_results
 from inference.writers.sources import (
     KOS_SERIES_NUMBER,
     MANUFACTURER,
@@ -36,6 +36,7 @@ __all__ = [
     "SR_SERIES_NUMBER",
     "Results",
     "WriterError",
+    "findings_record",
     "save_results",
     "write_results",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -14,11 +16,12 @@ from pydicom.uid import UID
 from inference.postprocess import Findings
 from inference.volume import Volume
 from inference.writers.kos import build_key_objects
-from inference.writers.sc import build_secondary_captures
+from inference.writers.sc import build_secondary_captures, image_numbers
 from inference.writers.seg import build_segmentation
 from inference.writers.sources import check_inputs, read_sources
 from inference.writers.sr import build_report
 from uronode.dicomfile import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from uronode.types import DocumentReference
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +31,16 @@ class Results:
     """The DICOM results of one series: a SEG, the overlays, the key objects and the SR.
 
     ``seg`` and ``kos`` are None, and ``secondary_captures`` empty, when no stone was found.
+    ``image_numbers`` and ``image_numbering``: each slice's CT image number as the overlays and the report give
+    it, and what the numbers are (``inference.writers.sc.image_numbers``).
     """
 
     seg: Dataset | None
     secondary_captures: tuple[Dataset, ...]
     sr: Dataset
     kos: Dataset | None = None
+    image_numbers: tuple[int, ...] = ()
+    image_numbering: str = "index"
 
     @property
     def datasets(self) -> tuple[Dataset, ...]:
@@ -43,14 +50,16 @@ class Results:
         return seg + self.secondary_captures + kos + (self.sr,)
 
 
-def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False) -> Results:
+def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False,
+                  predecessors: Sequence[DocumentReference] = ()) -> Results:
     """SEG, Secondary Capture overlays, key object selection and SR of ``findings`` on ``volume``.
 
     Overlays are made for the slices with a stone, or for every slice with
     ``sc_every_slice``; the key objects flag the CT slices with a stone; a series
     without stones gets only the SR (in both modes).
     Patient and study attributes come from the source instances named by
-    ``volume.source_paths``. Raises ``WriterError`` with the reason when the
+    ``volume.source_paths``. ``predecessors``: the reports of an earlier run of the same model on the series,
+    which the SR replaces (its Predecessor Documents Sequence). Raises ``WriterError`` with the reason when the
     findings do not belong to the volume, name no model, or the sources are unreadable.
     """
     identity = check_inputs(volume, findings)
@@ -62,8 +71,25 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
         if findings.stones else ()
     )
     kos = build_key_objects(volume, findings, sources, created=created) if findings.stones else None
-    sr = build_report(volume, findings, sources, seg, created=created)
-    return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos)
+    sr = build_report(volume, findings, sources, seg, created=created, predecessors=predecessors)
+    numbers, numbering = image_numbers(sources.datasets, volume.frame_numbers)
+    return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos, image_numbers=numbers,
+                   image_numbering=numbering)
+
+
+def findings_record(findings: Findings, results: Results) -> dict[str, Any]:
+    """The findings as a job records them (``GET /api/jobs/{id}``): :meth:`Findings.to_json` with the CT image
+    numbers the results give: ``image_numbering`` ("instance", "frame" or "index": counted from 1 at the feet
+    end) and each stone's ``image_numbers`` (one per slice index). A client (the upload page) shows these rather
+    than work them out again from the stored series, whose instances may differ from the slices the model read
+    (a localizer in the series, a duplicate dropped, a multi-frame image): review 19 #8."""
+    record = findings.to_json()
+    numbers = results.image_numbers
+    stones = cast("list[dict[str, object]]", record["stones"])
+    record["stones"] = [entry | {"image_numbers": [numbers[k] for k in stone.slice_indices] if numbers else []}
+                        for entry, stone in zip(stones, findings.stones, strict=True)]
+    record["image_numbering"] = results.image_numbering
+    return record
 
 
 def _file_name(ds: Dataset) -> str:

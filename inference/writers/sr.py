@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -63,6 +64,7 @@ from inference.writers.sources import (
     Identity,
     Sources,
 )
+from uronode.types import DocumentReference
 
 logger = logging.getLogger(__name__)
 
@@ -345,10 +347,12 @@ def sr_uids(sources: Sources) -> tuple[str, str]:
 
 
 def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Dataset | None, *,
-                 created: datetime.datetime | None = None) -> Dataset:
+                 created: datetime.datetime | None = None,
+                 predecessors: Sequence[DocumentReference] = ()) -> Dataset:
     """The TID 1500 report of the findings; ``seg`` is None exactly when there is no stone.
 
-    ``created`` (default: now) is its SeriesDate/SeriesTime and ContentDate/ContentTime."""
+    ``created`` (default: now) is its SeriesDate/SeriesTime and ContentDate/ContentTime. ``predecessors``: the
+    earlier reports of the same model on the same series that this one replaces (:func:`predecessor_documents`)."""
     identity = sources.identity
     if findings.stones and seg is None:
         raise ValueError("seg is required when there are stones")
@@ -393,9 +397,39 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         content_time=created.time(),
     )
     sr.SeriesDate, sr.SeriesTime = DA(created.date()), TM(created.time())
+    earlier = [p for p in predecessors if p.sop_instance_uid != sop_uid]  # the same run again is no predecessor
+    if earlier:
+        sr.PredecessorDocumentsSequence = predecessor_documents(earlier)
     separate_containers(sr)
     logger.info("SR of series %s: %d group(s)", volume.series_instance_uid, len(groups))
     return sr
+
+
+def predecessor_documents(reports: Sequence[DocumentReference]) -> list[Dataset]:
+    """Predecessor Documents Sequence (0040,A360) items naming ``reports``: one item per study, its series in
+    Referenced Series Sequence, each with its instances (the Hierarchical SOP Instance Reference Macro, PS3.3
+    C.17.2.3). A report system or PACS that follows it shows the new report as the one replacing the old; the
+    rejection note (``uronode.supersede``) withdraws the old one where the archive acts on it."""
+    studies: dict[str, dict[str, list[DocumentReference]]] = {}
+    for report in reports:
+        studies.setdefault(report.study_instance_uid, {}).setdefault(report.series_instance_uid, []).append(report)
+    items = []
+    for study, series in studies.items():
+        item = Dataset()
+        item.StudyInstanceUID = study
+        item.ReferencedSeriesSequence = []
+        for series_uid, members in series.items():
+            series_item = Dataset()
+            series_item.SeriesInstanceUID = series_uid
+            series_item.ReferencedSOPSequence = []
+            for member in members:
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = member.sop_class_uid
+                ref.ReferencedSOPInstanceUID = member.sop_instance_uid
+                series_item.ReferencedSOPSequence.append(ref)
+            item.ReferencedSeriesSequence.append(series_item)
+        items.append(item)
+    return items
 
 
 def _in_hu(num: Dataset) -> bool:

@@ -44,6 +44,14 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
         ds.InstanceNumber = 25 - int(ds.InstanceNumber)
         ds.save_as(path)
         numbers[ds.SOPInstanceUID] = int(ds.InstanceNumber)
+    # A localizer in the series, numbered as one of its slices: the stored series' numbers no longer tell its
+    # images apart, the slices the model reads still do; the page gives the report's numbers (review 19 #8).
+    scout = pydicom.dcmread(files[0])
+    scout.SOPInstanceUID = pydicom.uid.generate_uid()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.InstanceNumber = 1
+    scout.save_as(tmp_path / "scout.dcm")
+    files.append(tmp_path / "scout.dcm")
     page = browser.new_page()
     page.goto(f"http://127.0.0.1:{node.http_port}/upload")
     assert page.locator("#predict").is_disabled()
@@ -58,7 +66,7 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     ids = page.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)")
     assert len(ids) == len(set(ids))
     block = page.locator(f"section.series[data-series-instance-uid='{phantom.series_instance_uid}']")
-    assert block.locator(".series-title").inner_text().endswith("(24 images)")
+    assert block.locator(".series-title").inner_text().endswith("(25 images)")
     rows = block.locator(".stones tr")
     assert rows.count() >= 2  # a header and at least one stone
     text = block.locator(".stones").inner_text()
@@ -70,6 +78,7 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
             for i in page.evaluate("location.hash").removeprefix("#jobs=").split(",")]
     (job,) = [j for j in jobs if j["series_instance_uid"] == phantom.series_instance_uid]
     stones = job["findings"]["stones"]
+    assert job["findings"]["image_numbering"] == "instance"
     assert len(stones) == block.locator(".stones tr").count() - 1
     for row, stone in zip(block.locator(".stones tr").all()[1:], stones, strict=True):
         images = row.locator("td.images").inner_text()
@@ -109,5 +118,5 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     page.set_input_files("#files", [str(files[3])])
     page.click("#predict")
     page.wait_for_selector(".findings", timeout=60_000)
-    assert "results of an earlier analysis of this series (24 images)" in page.locator(".reused").inner_text()
+    assert "results of an earlier analysis of this series (25 images)" in page.locator(".reused").inner_text()
     page.close()

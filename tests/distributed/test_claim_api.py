@@ -7,12 +7,16 @@ import secrets
 from pathlib import Path
 
 import httpx
+import pydicom
+from pydicom.uid import ComprehensiveSRStorage
 
+from dicomweb.node_client import NodeClient
 from tests.conftest import query
 from tests.distributed.conftest import Cluster
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
 from uronode.broker import QUEUE_NAME
+from uronode.types import DocumentReference
 
 
 def rows(data: Path) -> list[dict]:
@@ -115,6 +119,49 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     assert again.status_code == 409 and "done" in again.json()["detail"]
     assert rows(node.data_dir) == after
     assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1}, headers=auth(w1)).status_code == 404
+
+
+def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(cluster: Cluster) -> None:
+    """A remote worker's report names the report it replaces (Predecessor Documents Sequence) as a local worker's
+    does: the claim gives the series' current reports with the model of each; a first analysis gets none."""
+    w1 = cluster.token("w1").read_text().strip()
+    cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
+    node = cluster.start_node(cluster.tmp / "node", **cluster.env())
+    cluster.node = node
+    base = f"http://127.0.0.1:{node.http_port}"
+    headers = {"Authorization": f"Bearer {w1}"}
+    study, series, files = write_series(cluster.tmp / "ct", 4, size=64)
+
+    assert storescu(node.dicom_port, files).returncode == 0
+    wait_until(lambda: [r["dispatched_at"] is not None for r in rows(node.data_dir)] == [True], 30,
+               "the job to be published")
+    (job,) = rows(node.data_dir)
+    claimed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/claim", json={"generation": job["series_generation"]},
+                         headers=headers)
+    assert claimed.status_code == 200, claimed.text
+    first = {"id": job["id"], **claimed.json()}
+    assert first["reports"] == []
+    _, _, (report,) = write_series(cluster.tmp / "sr", 1, study=study, size=16, manufacturer="uronode",
+                                   modality="SR", sop_class=ComprehensiveSRStorage)
+    body, stow_headers = stow_body([report])
+    stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**stow_headers, **headers})
+    assert stored.status_code == 200, stored.text
+    report_uid = stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0]
+    findings = {"model": {"name": "uronode-stone-cascade", "version": "9.9.9"}, "stones": []}
+    done = httpx.post(f"{base}/api/queue/jobs/{first['id']}/complete", headers=headers,
+                      json={"claim": first["claim"], "results": [report_uid], "findings": findings, "seconds": 1.0})
+    assert done.status_code == 200, done.text
+
+    changed = pydicom.dcmread(files[0])
+    changed.SeriesDescription = "Abdomen non-contrast, corrected"  # other bytes: the series is analysed again
+    changed.save_as(files[0])
+    assert storescu(node.dicom_port, files[:1]).returncode == 0
+    wait_until(lambda: any(r["state"] == "queued" and r["dispatched_at"] is not None for r in rows(node.data_dir)),
+               30, "the second job to be published")
+    (second,) = [r for r in rows(node.data_dir) if r["state"] == "queued"]
+    reply = NodeClient(base, w1).claim(second["id"], second["series_generation"])  # as the worker reads it
+    assert reply.reports == (("uronode-stone-cascade 9.9.9", DocumentReference(
+        study, pydicom.dcmread(report).SeriesInstanceUID, ComprehensiveSRStorage, report_uid)),)
 
 
 def _dispatched_at(node: Node) -> float | None:

@@ -3,6 +3,7 @@ whatever happens to a worker, the broker or the node (issue: workers past one ma
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -55,6 +56,11 @@ def test_three_workers_share_nine_series_and_a_killed_worker_s_job_runs_again_el
     assert len({j["claimed_by"] for j in jobs.values()}) >= 2  # shared, not one worker doing it all
     cluster.assert_each_result_received_once()
     assert cluster.counter("leases_expired") >= 1
+    # a remote worker's findings carry the report's image numbers, as a local worker's do (the upload page shows them)
+    for row in query(cluster.data, "SELECT findings FROM jobs"):
+        findings = json.loads(row["findings"])
+        assert findings["image_numbering"] == "instance", findings
+        assert all(len(s["image_numbers"]) == len(s["slice_indices"]) > 0 for s in findings["stones"]), findings
 
 
 def test_a_worker_stopped_past_its_lease_is_refused_when_it_resumes_and_nothing_is_delivered_twice(

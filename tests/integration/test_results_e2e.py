@@ -73,6 +73,11 @@ def test_auto_routed_series_gets_seg_sc_sr_and_key_objects_back_in_its_study(
     assert with_stones and set(flagged) == with_stones and len(flagged) == len(with_stones)
     ct = qido(http, f"studies/{phantom.study_instance_uid}/series/{phantom.series_instance_uid}/instances")
     assert set(flagged) <= {i["00080018"]["Value"][0] for i in ct}  # slices of the CT series Orthanc holds
+    # each stone's images as the report numbers them: the CT images' own numbers, as the PACS holds them
+    number = {i["00080018"]["Value"][0]: int(i["00200013"]["Value"][0]) for i in ct}
+    assert findings["image_numbering"] == "instance"
+    assert all(stone["image_numbers"] == [number[uid] for uid in stone["sop_instance_uids"]]
+               for stone in findings["stones"])
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/jobs?expand", timeout=10) as response:
         routed = [j for j in json.load(response) if j["Type"] == "DicomModalityStore"]
     assert len(routed) == 1  # the results never went back to the node
@@ -200,3 +205,17 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     rejected = {i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in note["0040A730"]["Value"]
                 if "00081199" in i}
     assert rejected == runs[0]
+    # The new report names the one it replaces (Predecessor Documents Sequence), as the PACS holds it.
+    reports = {}
+    for series in qido(http, f"studies/{phantom.study_instance_uid}/series?Modality=SR"):
+        for report in qido(http, f"studies/{phantom.study_instance_uid}/series/{series['0020000E']['Value'][0]}"
+                                 "/metadata"):
+            reports[report["00080018"]["Value"][0]] = report
+    (old_report,) = set(reports) & runs[0]
+    (new_report,) = set(reports) & runs[1]
+    assert "0040A360" not in reports[old_report]
+    (predecessor,) = reports[new_report]["0040A360"]["Value"]
+    assert predecessor["0020000D"]["Value"] == [phantom.study_instance_uid]
+    named = [ref["00081155"]["Value"][0] for series in predecessor["00081115"]["Value"]
+             for ref in series["00081199"]["Value"]]
+    assert named == [old_report]

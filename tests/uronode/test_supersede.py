@@ -21,12 +21,14 @@ from uronode.supersede import (
     KEY_OBJECT_SELECTION,
     NOTES_FOLDER,
     Superseded,
+    current_reports,
     note_series_number,
     record_results,
     rejection_note,
     settle,
     superseding_job,
 )
+from uronode.types import DocumentReference
 
 STUDY, SOURCE = uid("supersede", "study"), uid("supersede", "ct")
 PACS = Destination(name="pacs", kind="dicom", ae_title="PACS", host="127.0.0.1", port=104)
@@ -214,3 +216,22 @@ def test_a_job_says_which_later_job_replaced_its_results(tmp_path: Path) -> None
     run(store, outbox, 3, [result("b3", ComprehensiveSRStorage, "sr-3")], model="m 2.0")  # another model adds
     assert superseding_job(conn, 2, SOURCE, "m 1.0") is None
     assert superseding_job(conn, 9, SOURCE, "m 1.0") is None  # a job that recorded nothing, none after it
+
+
+def test_the_current_reports_of_a_series_by_model(tmp_path: Path) -> None:
+    """What a new run's report names as its predecessors: the series' current SRs, with their models; not the
+    overlays, not the key objects, not the reports a later run has superseded."""
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store)
+    conn = store.conn()
+    assert current_reports(conn, SOURCE) == []
+    key = result("k1", KEY_OBJECT_SELECTION, "ko-1")
+    run(store, outbox, 1, [result("s1", SecondaryCaptureImageStorage, "sc-1"), key,
+                           result("r1", ComprehensiveSRStorage, "sr-1")])
+    assert current_reports(conn, SOURCE) == [
+        ("m 1.0", DocumentReference(STUDY, uid("supersede", "sr-1"), ComprehensiveSRStorage, uid("supersede", "r1")))]
+    run(store, outbox, 2, [result("r2", ComprehensiveSRStorage, "sr-2")])  # supersedes r1
+    run(store, outbox, 3, [result("r3", ComprehensiveSRStorage, "sr-3")], model="m 2.0")  # another model adds
+    assert [(model, ref.sop_instance_uid) for model, ref in current_reports(conn, SOURCE)] == [
+        ("m 1.0", uid("supersede", "r2")), ("m 2.0", uid("supersede", "r3"))]
+    assert current_reports(conn, uid("supersede", "other-ct")) == []

@@ -15,8 +15,8 @@ from pydicom.tag import Tag
 
 from inference.postprocess import measure_stones
 from inference.volume import Volume, load_volume
-from inference.writers import save_results, write_results
-from inference.writers.sc import STANDARD_EXTENSION, image_numbers
+from inference.writers import findings_record, save_results, write_results
+from inference.writers.sc import STANDARD_EXTENSION, image_numbers, images_words
 from lab.synth import generate_phantom, write_series
 from tests.factory import pydicom_test_file
 from tests.writers.conftest import (
@@ -99,6 +99,52 @@ def test_the_overlays_of_a_multiframe_ct_have_its_frame_numbers(tmp_path: Path) 
     assert [int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in overlays] == [1, 2]
     source = pydicom.dcmread(pydicom_test_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
     assert image_numbers([source, source], volume.frame_numbers) == ((2, 1), "frame")
+
+
+def test_the_findings_record_numbers_each_stones_images_as_its_report_does(tmp_path: Path) -> None:
+    """The job's findings carry the numbers the overlays and the report give, so that the upload page shows
+    those and does not work them out again from the stored series (review 19 #8)."""
+    volume = _renumbered(tmp_path / "ct", lambda k: 10 - k)
+    findings = make_findings(volume, stone_mask(volume.shape))
+    results = write_results(volume, findings)
+    record = findings_record(findings, results)
+    assert record["image_numbering"] == "instance"
+    stones = record["stones"]
+    assert isinstance(stones, list) and len(stones) == len(findings.stones) > 0
+    comments = " ".join(str(item.TextValue) for item in _text_items(results.sr))
+    for entry, stone in zip(stones, findings.stones, strict=True):
+        expected = [int(pydicom.dcmread(volume.source_paths[k], stop_before_pixels=True).InstanceNumber)
+                    for k in stone.slice_indices]
+        assert entry["image_numbers"] == expected
+        assert entry["slice_indices"] == list(stone.slice_indices)  # the record keeps what it had
+        assert images_words(expected, "instance", range(len(expected))) in comments
+    overlay_numbers = {int(ds.InstanceNumber) for ds in results.secondary_captures}
+    assert overlay_numbers == {n for entry in stones for n in entry["image_numbers"]}
+    unnumbered = _renumbered(tmp_path / "ct2", lambda k: 1)
+    findings = make_findings(unnumbered, stone_mask(unnumbered.shape))
+    record = findings_record(findings, write_results(unnumbered, findings))
+    assert record["image_numbering"] == "index"
+    assert [entry["image_numbers"] for entry in record["stones"]] == [
+        [k + 1 for k in stone.slice_indices] for stone in findings.stones]
+
+
+def test_the_findings_record_of_a_multiframe_ct_gives_frame_numbers() -> None:
+    volume = load_volume([pydicom_test_file("eCT_Supplemental.dcm")])
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[0, 300:303, 100:103] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    record = findings_record(findings, write_results(volume, findings))
+    assert record["image_numbering"] == "frame"
+    assert [entry["image_numbers"] for entry in record["stones"]] == [[2]]  # slice 0 is frame 2
+
+
+def _text_items(item: pydicom.Dataset) -> list[pydicom.Dataset]:
+    found = []
+    for child in item.get("ContentSequence", []):
+        if child.get("ValueType") == "TEXT":
+            found.append(child)
+        found.extend(_text_items(child))
+    return found
 
 
 def test_image_numbers_of_single_frame_sources() -> None:

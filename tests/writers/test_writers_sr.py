@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.uid import ComprehensiveSRStorage
 
-from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, write_results
+from inference.volume import Volume
+from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, save_results, write_results
 from inference.writers.sr import half_up, stone_label
-from tests.writers.conftest import MODEL_NAME, Case, report_of
+from tests.factory import uid
+from tests.writers.conftest import MODEL_NAME, Case, dciodvfy, make_findings, report_of, stone_mask
+from uronode.types import DocumentReference
 
 
 def _sr(case: Case) -> hd.sr.Comprehensive3DSR:
@@ -193,3 +198,29 @@ def test_a_stone_of_a_voxel_or_two_says_the_ct_hardly_resolves_it(stones: Case) 
         ", image 108; 1 voxel, at the limit of what the CT resolves: its size and HU are understated")
     assert "2 voxels, at the limit" in stone_label(0, dataclasses.replace(stone, voxel_count=2))
     assert "voxel" not in stone_label(0, dataclasses.replace(stone, voxel_count=3))
+
+
+def test_a_report_replacing_earlier_ones_names_them_as_its_predecessors(volume: Volume, tmp_path: Path) -> None:
+    """A re-analysis's report names the report it replaces (Predecessor Documents Sequence, PS3.3 C.17.2): a
+    report system shows it as the new version, not as a second report; the same run again names none."""
+    findings = make_findings(volume, stone_mask(volume.shape))
+    first = write_results(volume, findings).sr
+    earlier = [DocumentReference(volume.study_instance_uid, uid("pred", "series-a"), ComprehensiveSRStorage,
+                                 uid("pred", "a")),
+               DocumentReference(volume.study_instance_uid, uid("pred", "series-b"), ComprehensiveSRStorage,
+                                 uid("pred", "b")),
+               DocumentReference(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPClassUID,
+                                 first.SOPInstanceUID)]
+    (path,) = [p for p in save_results(write_results(volume, findings, predecessors=earlier), tmp_path)
+               if p.name.startswith("SR_")]
+    sr = pydicom.dcmread(path)
+    (study,) = sr.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == volume.study_instance_uid
+    named = {(s.SeriesInstanceUID, ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)
+             for s in study.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence}
+    assert named == {(uid("pred", "series-a"), ComprehensiveSRStorage, uid("pred", "a")),
+                     (uid("pred", "series-b"), ComprehensiveSRStorage, uid("pred", "b"))}  # not itself
+    errors, _ = dciodvfy(path)
+    assert errors == []
+    assert "PredecessorDocumentsSequence" not in write_results(volume, findings, predecessors=earlier[2:]).sr
+    assert "PredecessorDocumentsSequence" not in first

@@ -20,15 +20,17 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dicomweb.node_client import NodeClient, NodeUnreachable, Refused, Unauthorized
 from inference.errors import InferenceError
-from inference.writers.results import write_results
+from inference.writers.results import findings_record, write_results
 from uronode.app.worker import SeriesModel, encode
 from uronode.broker import ACTOR_NAME, QUEUE_NAME, JobMessage, MalformedMessage, make_broker
 from uronode.settings import Settings
+from uronode.types import DocumentReference
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,8 @@ class RemoteWorker:
         log.info("job %d series %s claimed (attempt %d)", claim.job_id, claim.series_instance_uid, claim.attempts)
         with Heartbeat(self.client, claim.job_id, claim.token, claim.lease_s):
             try:
-                return self._run(claim.job_id, claim.token, claim.study_instance_uid, claim.series_instance_uid)
+                return self._run(claim.job_id, claim.token, claim.study_instance_uid, claim.series_instance_uid,
+                                 claim.reports)
             except Refused as exc:
                 log.warning("job %d: the node refused the result: %s", claim.job_id, exc.detail)
                 return "refused"
@@ -109,7 +112,8 @@ class RemoteWorker:
     def _fetch(self, study: str, series: str, folder: Path) -> list[Path]:
         return _fetch_with_retries(self.client, study, series, folder)
 
-    def _run(self, job_id: int, claim: str, study: str, series: str) -> str:
+    def _run(self, job_id: int, claim: str, study: str, series: str,
+             reports: Sequence[tuple[str, DocumentReference]] = ()) -> str:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"uronode-job-{job_id}-") as tmp:
             try:
@@ -123,7 +127,9 @@ class RemoteWorker:
             try:
                 volume, findings = self.model.run_files(paths)
                 inference_s = time.perf_counter() - started
-                results = write_results(volume, findings)
+                model = f"{findings.model_name} {findings.model_version}"
+                results = write_results(volume, findings,
+                                        predecessors=[ref for made_by, ref in reports if made_by == model])
             except InferenceError as exc:
                 log.warning("job %d series %s failed: %s", job_id, series, exc)
                 self.client.fail(job_id, claim, str(exc))
@@ -145,7 +151,7 @@ class RemoteWorker:
                 self.client.fail(job_id, claim, f"results not stored at the node: {problems[0]}")
                 return "failed"
             state = self.client.complete(
-                job_id, claim, [uid for _, uid in files], findings.to_json(), round(inference_s, 3)
+                job_id, claim, [uid for _, uid in files], findings_record(findings, results), round(inference_s, 3)
             )
         log.info("job %d series %s: %d stone(s), %d result instance(s) in %.1f s, %s",
                  job_id, series, len(findings.stones), len(files), time.perf_counter() - started, state)

@@ -38,7 +38,7 @@ from inference.pipeline import Pipeline
 from inference.postprocess import Findings
 from inference.runtime import resolve_model_dir
 from inference.volume import Volume
-from inference.writers.results import write_results
+from inference.writers.results import findings_record, write_results
 from uronode.audit import AuditLog
 from uronode.db import is_resource_error
 from uronode.errors import OutOfResources
@@ -49,8 +49,8 @@ from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
-from uronode.supersede import record_results, settle
-from uronode.types import Job, JobState, StoreOutcome
+from uronode.supersede import current_reports, record_results, settle
+from uronode.types import DocumentReference, Job, JobState, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Worker:
             with self._watching(job):
                 volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
                 inference_s = time.perf_counter() - started
-                results = write_results(volume, findings)
+                results = write_results(volume, findings, predecessors=self._reports_replaced(job, findings))
         except InferenceError as exc:
             return self._fail(job, str(exc))
         current = self.queue.get(job.id)
@@ -154,7 +154,7 @@ class Worker:
                             calling_ae=instances[0].calling_ae,
                         )
                 # in the same transaction: a cancel lands before the results are recorded, or after the job ended
-                self.queue.finish_in(conn, job.id, state, findings=json.dumps(findings.to_json()),
+                self.queue.finish_in(conn, job.id, state, findings=json.dumps(findings_record(findings, results)),
                                      seconds=inference_s, worker=job.claimed_by)
         except JobNotRunning:
             self.store.discard(new)  # cancelled while they were stored: none recorded, none sent
@@ -171,6 +171,11 @@ class Worker:
             job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
         )
         return state
+
+    def _reports_replaced(self, job: Job, findings: Findings) -> list[DocumentReference]:
+        """The current reports of this model on the job's series: the new report replaces them and says so."""
+        model = f"{findings.model_name} {findings.model_version}"
+        return [ref for made_by, ref in current_reports(self.store.conn(), job.series_instance_uid) if made_by == model]
 
     @contextmanager
     def _watching(self, job: Job) -> Iterator[None]:
