@@ -319,7 +319,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_fetch_stone_free)
 
     p = subparsers.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
-    p.add_argument("--models", nargs="+", required=True, help="model folders or names under models/ (two or more)")
+    p.add_argument("--models", nargs="+", required=True, help="model folders, or names looked for in inference.models_dir, then among the shipped models (two or more)")
     p.add_argument("--out", type=out_folder, required=True, help="model folder to write")
     p.add_argument("--version", required=True, help="the soup's version in its card")
     p.set_defaults(func=cmd_soup)

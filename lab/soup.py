@@ -38,7 +38,7 @@ def average_weights(weight_sets: Sequence[Sequence[np.ndarray]]) -> list[np.ndar
 
 
 def make_soup(models: Sequence[str | Path], out: Path, *, version: str) -> dict[str, Any]:
-    """Write the soup of ``models`` (folders or names under models/) into ``out``; returns its card."""
+    """Write the soup of ``models`` (folders, or names ``inference.runtime.find_model`` finds) into ``out``; returns its card."""
     if len(models) < 2:
         raise ModelError("a soup needs at least two models")
     if out.exists() and not out.is_dir():

@@ -28,7 +28,7 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "URONODE", time
     called_ae = check_ae_title(called_ae, "called AE title")
     calling_ae = check_ae_title(calling_ae, "calling AE title")
     ae = node_ae(calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.add_requested_context(Verification)
     try:
         assoc = ae.associate(host, port, ae_title=called_ae)

@@ -73,6 +73,10 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
     kos = build_key_objects(volume, findings, sources, created=created) if findings.stones else None
     sr = build_report(volume, findings, sources, seg, created=created, predecessors=predecessors)
     numbers, numbering = image_numbers(sources.datasets, volume.frame_numbers)
+    for ds in (seg, *captures, kos, sr):
+        if ds is not None:  # the node's identity in the File Meta Information, as in the files it stores
+            ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # (not highdicom's: review 21)
+            ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos, image_numbers=numbers,
                    image_numbering=numbering)
 
@@ -108,9 +112,6 @@ def save_results(results: Results, folder: str | Path) -> list[Path]:
     for ds in results.datasets:
         path = out / _file_name(ds)
         partial = path.with_name(path.name + ".partial")
-        # the node's identity in the File Meta Information, as in the files it stores (not highdicom's)
-        ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.save_as(partial, enforce_file_format=True)
         os.replace(partial, path)
         paths.append(path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +165,46 @@ def test_stow_rs_to_orthanc_with_basic_auth(tmp_path: Path) -> None:
             assert json.load(response)["CountInstances"] == 3
     finally:
         orthanc.stop()
+
+
+def test_a_stow_rs_destination_that_never_answers_times_out_after_the_setting(tmp_path: Path) -> None:
+    """Review 21: a STOW-RS destination had a fixed 60 s that no setting changed; it waits
+    ``delivery.dimse_timeout_s`` for the answer to its body, as a C-STORE waits for its response."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept_and_hold() -> None:  # reads the request, never answers
+        try:
+            while True:
+                connection, _ = server.accept()
+                held.append(connection)
+        except OSError:
+            return
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    settings = DeliverySettings.model_validate(
+        {"destinations": [{"name": "web", "kind": "dicomweb", "url": f"http://127.0.0.1:{port}/dicom-web"}],
+         "dimse_timeout_s": 1})
+    outbox = Outbox(Store(tmp_path / "node"))
+    _, _, files = write_series(tmp_path / "results", 1, size=32)
+    owe_files(outbox, "web", files)
+    done: list[dict[str, int]] = []
+    try:
+        runner = threading.Thread(target=lambda: done.append(Deliverer(outbox, settings, "URONODE").run_once()),
+                                  daemon=True)
+        runner.start()
+        runner.join(30)  # far beyond the setting, far below the fixed 60 s it replaced
+        assert done == [{"delivered": 0, "failed": 1}]
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+    (row,) = outbox.list()
+    assert row.state is DeliveryState.PENDING  # tried again later
+    assert "timed out" in (row.last_error or ""), row.last_error
 
 
 # probe9 findings 2, 3 and 10: what the SCU says when a destination refuses, hangs or is slow, and its message IDs

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from lab.synth import generate_phantom, write_series
@@ -73,6 +74,11 @@ def test_auto_routed_series_gets_seg_sc_sr_and_key_objects_back_in_its_study(
     assert with_stones and set(flagged) == with_stones and len(flagged) == len(with_stones)
     ct = qido(http, f"studies/{phantom.study_instance_uid}/series/{phantom.series_instance_uid}/instances")
     assert set(flagged) <= {i["00080018"]["Value"][0] for i in ct}  # slices of the CT series Orthanc holds
+    # the results as the worker stored them carry the node's implementation identity, not highdicom's (review 21)
+    stored = query(node.data_dir, "SELECT path FROM instances WHERE manufacturer = 'uronode'")
+    assert stored and {(meta.ImplementationClassUID, meta.ImplementationVersionName)
+                       for meta in (pydicom.filereader.read_file_meta_info(r["path"]) for r in stored)} == {
+        ("2.25.163385317616489218133917553546152620637", "URONODE_0.1.0")}
     # each stone's images as the report numbers them: the CT images' own numbers, as the PACS holds them
     number = {i["00080018"]["Value"][0]: int(i["00200013"]["Value"][0]) for i in ct}
     assert findings["image_numbering"] == "instance"

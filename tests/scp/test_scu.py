@@ -1,5 +1,8 @@
 """The C-ECHO SCU: its arguments are checked before any network, and network trouble is a sentence."""
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -54,3 +57,41 @@ def test_a_host_that_cannot_be_resolved_is_named() -> None:
     done = echo("nosuch.invalid", 104, "PEER", timeout_s=3)  # .invalid never resolves (RFC 2606)
     assert not done.ok
     assert done.message.startswith("cannot resolve host 'nosuch.invalid' (")
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose SYNs go unanswered, as behind a firewall that drops packets: a listener that never accepts,
+    its accept queue filled (review 21: echo then hung for minutes with --timeout 2)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            client.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(client)
+    time.sleep(0.5)
+    try:
+        yield port
+    finally:
+        for client in fillers:
+            client.close()
+        server.close()
+
+
+def test_the_timeout_bounds_the_tcp_connection_too(silent_port: int) -> None:
+    """Without a connection timeout the kernel's SYN retries (about 2 minutes) held the command."""
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(echo("127.0.0.1", silent_port, "PEER", timeout_s=1)),
+                              daemon=True)
+    thread.start()
+    thread.join(30)  # a bound the fix meets 30 times over, far below the kernel's retries
+    assert done, "echo did not give up on a peer that never answers the TCP handshake"
+    assert not done[0].ok
+    assert f"at 127.0.0.1:{silent_port}" in done[0].message

@@ -133,6 +133,7 @@ class Deliverer:
             username=destination.username,
             password=destination.password,
             token=destination.token,
+            timeout_s=self.settings.dimse_timeout_s,  # the answer to a body of results, as for a C-STORE
         )
         return self._apply(items, results)
 

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("predict", help="find stones in DICOM files or folders, no server needed")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files and/or folders")
     p.add_argument("--out", type=out_folder, required=True,
-                   help="folder for findings.json, previews and the SEG, SC and SR files (<series>/dicom/)")
+                   help="folder for findings.json, previews and the SEG, SC, SR and key-object files (<series>/dicom/)")
     p.add_argument("--model", default=None,
                    help="model folder, or name under inference.models_dir or the models uronode ships with "
                         "(default: default)")
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--threshold", type=probability, default=None,
                    help="one score threshold between 0 and 1 for every component instead of the card's")
     p.add_argument("--no-previews", action="store_true")
-    p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture and SR files")
+    p.add_argument("--no-dicom", action="store_true", help="do not write the SEG, Secondary Capture, SR and key-object files")
     p.set_defaults(func=cmd_predict)
 
 
