@@ -18,6 +18,7 @@ from dicomweb.auth import (
     AUTHENTICATION,
     Authentication,
     BasicAuth,
+    RefusalWarnings,
     http_password,
     requester,
     trusted_addresses,
@@ -240,6 +241,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
     # Starlette runs the middleware added last first: CanonicalPaths, ForwardedScheme, AuditRequests, BasicAuth,
     # HeadAsGet.
+    app.state.refusal_warnings = warnings = RefusalWarnings()  # one per node: the claim API's refusals too
     if settings.dicomweb.auth == "basic":
         app.add_middleware(
             BasicAuth,
@@ -248,6 +250,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             tokens=settings.dicomweb.tokens,
             worker_tokens=worker_tokens,
             trusted_proxies=settings.dicomweb.trusted_proxies,
+            warnings=warnings,
         )
     # around authentication, so that what it refuses is audited
     app.add_middleware(AuditRequests, audit=audit, trusted_proxies=settings.dicomweb.trusted_proxies)

@@ -105,8 +105,8 @@ class NodeClient:
         with self._open(method, path, body) as response:
             return json.loads(response.read() or b"null")
 
-    def claim(self, job_id: int, generation: int) -> ClaimReply:
-        reply = self._json("POST", f"/api/queue/jobs/{job_id}/claim", {"generation": generation})
+    def claim(self, job_id: int, generation: int, key: str) -> ClaimReply:
+        reply = self._json("POST", f"/api/queue/jobs/{job_id}/claim", {"generation": generation, "key": key})
         job = reply["job"]
         return ClaimReply(
             token=reply["claim"], lease_s=float(reply["lease_s"]), job_id=int(job["id"]),

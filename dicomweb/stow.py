@@ -19,8 +19,12 @@ A remote worker stores only into the study of a job it holds
 (:func:`dicomweb.auth.worker_refusal` checks a study in the path before the
 body is read). Without a study in the path, its parts must all name one
 study, and one it holds; that study is then the request's, so each part is
-held to it as a STOW-RS into that study is (A900 otherwise). Anything else
-is a 403 saying why, and nothing is stored.
+held to it as a STOW-RS into that study is (A900 otherwise). And every part
+must be one of the node's results: made by uronode, of a result class (SEG,
+Secondary Capture, SR, key objects), replacing no received instance and in
+no series of received images (probe 20: a worker's token replaced a source
+CT's pixels and added a series of its own). Anything else is a 403 saying
+why, and nothing is stored.
 
 The body goes to a spool file in the data area as it arrives
 (:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
@@ -54,11 +58,13 @@ from dicomweb.multipart import (
     spool_request,
 )
 from uronode.claims import holds
+from uronode.completion import OWN_MANUFACTURER
 from uronode.dicomfile import is_valid_uid
 from uronode.errors import InvalidInstance
 from uronode.header import read_instance, to_file_format
 from uronode.ingest import Expected, Verdict, take_instance
 from uronode.store import Store
+from uronode.types import InstanceHeader
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
 
@@ -71,6 +77,10 @@ SEND_DICOM = 'send multipart/related; type="application/dicom"'
 
 
 WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
+RESULT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7"})
+"""SEG and Secondary Capture: with the SR classes (``SR_CLASS_PREFIX``, key objects among them), what the
+node's writers make, and so all that a remote worker's token may store."""
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 def _ref(
@@ -133,9 +143,9 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     worker = authentication.user if authentication is not None and authentication.kind == "worker" else None
     try:
         parts = await spool_request(request, spool, MAX_BODY_BYTES)
-        if worker is not None and study is None:
+        if worker is not None:
             try:
-                study = await run_in_threadpool(_worker_study, store, spool, parts, worker)
+                study = await run_in_threadpool(_worker_study, store, spool, parts, worker, study)
             except WorkerRefused as exc:  # audited with its reason, as the middleware's refusals are
                 request.scope[AUTHENTICATION] = Authentication("worker", worker, failure=str(exc))
                 raise HTTPException(403, detail=str(exc)) from exc
@@ -152,18 +162,26 @@ class WorkerRefused(Exception):
     """A remote worker's STOW-RS goes outside the studies of the jobs it holds (HTTP 403); says why."""
 
 
-def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart], worker: str) -> str | None:
-    """The one study ``worker``'s parts name, if it holds a job in it; else :class:`WorkerRefused`. None
-    when the spool lost the body (every part then fails with out of resources and nothing is stored)."""
+def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart], worker: str,
+                  study: str | None) -> str | None:
+    """The one study ``worker``'s parts name (``study``, where the path names it), if it holds a job in it; else
+    :class:`WorkerRefused`. None when the spool lost the body (every part then fails with out of resources and
+    nothing is stored). Every part must be one of the node's results (:func:`_not_a_result`): a worker's token
+    stores what the node's writers make, never received images (probe 20)."""
     if spool.lost is not None:
-        return None
+        return study
     studies: set[str] = set()
-    for part in parts:
+    for number, part in enumerate(parts, start=1):
         if part.content_type == "application/dicom":
             with spool.content(part) as content:
-                uid = _study_of(content)
-            if uid is not None:
-                studies.add(uid)
+                header = _header_of(content)
+            if header is not None:
+                studies.add(header.study_instance_uid)
+                refusal = _not_a_result(store, header)
+                if refusal is not None:
+                    raise WorkerRefused(f"worker {worker}: part {number} ({header.sop_instance_uid[:80]}) {refusal}")
+    if study is not None:
+        return study  # the path's study: the authentication layer checked the claim, each part is held to it
     if not studies:
         raise WorkerRefused(f"worker {worker}: no part names a study it could store into")
     if len(studies) > 1:
@@ -175,15 +193,34 @@ def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart],
     return study
 
 
-def _study_of(content: bytes | memoryview) -> str | None:
-    """The Study Instance UID of a part, read as it will be taken in; None when it cannot be read (the part
-    then fails as it would have: held to the request's study, it cannot be stored elsewhere)."""
+def _not_a_result(store: Store, header: InstanceHeader) -> str | None:
+    """Why an instance a worker sends is none of the node's results, or None: results are made by the node
+    (Manufacturer ``uronode``), of a result class (SEG, Secondary Capture, SR, key objects), and neither
+    replace a received instance nor join a series of received images."""
+    if header.manufacturer != OWN_MANUFACTURER:
+        return f"is not made by uronode (Manufacturer {header.manufacturer[:64]!r}): a worker stores only results"
+    if header.sop_class_uid not in RESULT_SOP_CLASSES and not header.sop_class_uid.startswith(SR_CLASS_PREFIX):
+        return f"is of SOP class {header.sop_class_uid[:64]}, which is no result's: a worker stores only results"
+    existing = store.get_instance(header.sop_instance_uid)
+    if existing is not None and existing.header.manufacturer != OWN_MANUFACTURER:
+        return "would replace a received instance: a worker stores only results"
+    received = store.conn().execute(
+        "SELECT 1 FROM instances WHERE series_instance_uid = ? AND manufacturer != ? LIMIT 1",
+        (header.series_instance_uid, OWN_MANUFACTURER)).fetchone()
+    if received is not None:
+        return "is in a series of received images: a worker stores only results, in series of their own"
+    return None
+
+
+def _header_of(content: bytes | memoryview) -> InstanceHeader | None:
+    """A part's header, read as it will be taken in; None when it cannot be read (the part then fails as it
+    would have: held to the request's study, it cannot be stored elsewhere)."""
     try:
         whole = content if len(content) >= 132 and content[128:132] == b"DICM" else to_file_format(content)
         header, _ = read_instance([whole])
     except InvalidInstance:
         return None
-    return header.study_instance_uid
+    return header
 
 
 def _store_parts(

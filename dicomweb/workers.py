@@ -18,6 +18,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from dicomweb.auth import (
+    AUTHENTICATION,
+    Authentication,
+    RefusalWarnings,
+    requester,
+    trusted_addresses,
+)
 from uronode.audit import AuditLog
 from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
 from uronode.outbox import Outbox
@@ -36,13 +43,36 @@ def bearer(header: str) -> str | None:
 
 
 def get_worker(request: Request) -> str:
-    """The remote worker this request comes from (its token's name), else 401."""
+    """The remote worker this request comes from (its token's name), else 401. Either way the request's
+    :class:`Authentication` is left for the audit, as the authentication layer leaves it on other paths, and a
+    refusal is a rate-limited warning (probe 20: the claim API's requests were audited without who or why)."""
     tokens: WorkerTokens = request.app.state.worker_tokens
-    token = bearer(request.headers.get("authorization", ""))
+    header = request.headers.get("authorization", "")
+    token = bearer(header)
     name = tokens.worker(token) if token else None
     if name is None:
-        raise HTTPException(401, detail="a worker's bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        failure = ("no credentials" if not header else "not a bearer token" if token is None
+                   else "unknown or revoked worker token")
+        request.scope[AUTHENTICATION] = Authentication("failed", failure=failure)
+        _warn(request, failure, "authentication failed")
+        raise HTTPException(401, detail=f"a worker's bearer token is required ({failure})",
+                            headers={"WWW-Authenticate": "Bearer"})
+    request.scope[AUTHENTICATION] = Authentication("worker", name)
     return name
+
+
+def _warn(request: Request, failure: str, what: str) -> None:
+    settings: Settings = request.app.state.settings
+    client = requester(request.scope, trusted_addresses(settings.dicomweb.trusted_proxies)).client
+    warnings: RefusalWarnings = request.app.state.refusal_warnings
+    warnings.refused(client, request.method, request.url.path, failure, what)
+
+
+def refuse(request: Request, worker: str, reason: str) -> HTTPException:
+    """A 403 for ``worker``, audited and warned of as a refusal with its reason."""
+    request.scope[AUTHENTICATION] = Authentication("worker", worker, failure=reason)
+    _warn(request, reason, "request refused")
+    return HTTPException(403, detail=reason)
 
 
 WorkerDep = Annotated[str, Depends(get_worker)]
@@ -58,6 +88,8 @@ ClaimsDep = Annotated[Claims, Depends(get_claims)]
 
 class ClaimRequest(BaseModel):
     generation: int = Field(ge=1)
+    key: str = Field(min_length=1, max_length=200)
+    """The job message's claim key (``uronode.claims.claim_key``)."""
 
 
 class HeartbeatRequest(BaseModel):
@@ -86,7 +118,11 @@ def _conflict(exc: Exception) -> HTTPException:
 
 
 @router.post("/jobs/{job_id}/claim", summary="Claim a job for one lease")
-async def claim_job(job_id: int, body: ClaimRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
+async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: WorkerDep,
+                    claims: ClaimsDep) -> dict[str, Any]:
+    if not await run_in_threadpool(claims.key_matches, job_id, body.generation, body.key):
+        raise refuse(request, worker, f"worker {worker}: the claim's key is not the one of job {job_id}'s message "
+                                      "(a job is claimed with the message the broker gave)")
     try:
         claim = await run_in_threadpool(claims.claim, job_id, body.generation, worker)
     except (ClaimConflict, NoSuchJob) as exc:

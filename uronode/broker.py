@@ -37,10 +37,13 @@ class JobMessage:
     series_instance_uid: str
     model: str
     node: str
+    key: str
+    """The claim key (``uronode.claims.claim_key``): the claim gives it back, so only the message's holder claims."""
 
     @classmethod
-    def for_job(cls, job: Job, node: str) -> JobMessage:
-        return cls(job.id, job.series_generation, job.study_instance_uid, job.series_instance_uid, job.model, node)
+    def for_job(cls, job: Job, node: str, key: str) -> JobMessage:
+        return cls(job.id, job.series_generation, job.study_instance_uid, job.series_instance_uid, job.model, node,
+                   key)
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> JobMessage:

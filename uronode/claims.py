@@ -26,6 +26,7 @@ series and studies of the jobs its live claims hold.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uronode.audit import AuditLog
+from uronode.completion import OWN_MANUFACTURER
 from uronode.jobs import MAX_ATTEMPTS, JobQueue, lease_expired_reason
 from uronode.outbox import Outbox
 from uronode.settings import Destination
@@ -79,6 +81,40 @@ def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
         )
 
 
+CLAIM_SECRET_FILE = "claim-secret"
+"""In the node's data folder (mode 600): the key of the HMACs that bind a claim to the message that published its
+job (:func:`claim_key`). Made at the first use; never leaves the node."""
+
+
+@functools.lru_cache(maxsize=8)
+def claim_secret(data_dir: Path) -> bytes:
+    """The node's claim secret (``CLAIM_SECRET_FILE``), made at the first call (several processes: the first one
+    to create the file wins, the others read it)."""
+    path = data_dir / CLAIM_SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    for _ in range(50):  # another process made it a moment ago and may still be writing it
+        text = path.read_text().strip()
+        if text:
+            return bytes.fromhex(text)
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty: remove it, and the node makes a new one")
+
+
+def claim_key(secret: bytes, job_id: int, generation: int) -> str:
+    """The key a job's message carries and its claim must give back: an HMAC of the job and its generation under
+    the node's secret. A worker's token alone cannot claim a job by guessing its number (probe 20: a stolen token
+    could claim every waiting job and read its series); it needs the message the broker gave it."""
+    return hmac.new(secret, f"{job_id}:{generation}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 class Claims:
     """Remote workers' side of the job queue, in the store's database."""
 
@@ -87,6 +123,13 @@ class Claims:
         self.queue = JobQueue(store)
         self.lease_s = lease_s
         self.claim_timeout_s = claim_timeout_s
+
+    def key_for(self, job_id: int, generation: int) -> str:
+        """The claim key of a job's message (:func:`claim_key`)."""
+        return claim_key(claim_secret(self.store.root), job_id, generation)
+
+    def key_matches(self, job_id: int, generation: int, key: str) -> bool:
+        return hmac.compare_digest(self.key_for(job_id, generation), key)
 
     # --- the dispatcher and the sweeper (the node's loops) ---
 
@@ -287,12 +330,21 @@ class Claims:
             owed = False
             for uid in results:
                 item = conn.execute(
-                    "SELECT sop_class_uid, path, study_instance_uid FROM instances WHERE sop_instance_uid = ?", (uid,)
+                    "SELECT sop_class_uid, path, study_instance_uid, series_instance_uid, manufacturer FROM instances"
+                    " WHERE sop_instance_uid = ?", (uid,)
                 ).fetchone()
                 if item is None:  # deleted between the check and this transaction
                     raise ResultsMissing(f"result {uid} is not in the store")
                 if item["study_instance_uid"] != row["study_instance_uid"]:
                     raise ResultsMissing(f"result {uid} is not in the job's study")
+                # only the node's results: a completion naming received images would have them delivered as
+                # results, and superseded (deleted, rejected at the PACS) by the next run (probe 20)
+                if item["manufacturer"] != OWN_MANUFACTURER or item["series_instance_uid"] == row["series_instance_uid"]:
+                    raise ResultsMissing(f"result {uid} is a received instance, not one of the node's results")
+                elsewhere = conn.execute("SELECT source_series_uid FROM results WHERE sop_instance_uid = ?",
+                                         (uid,)).fetchone()
+                if elsewhere is not None and elsewhere["source_series_uid"] != row["series_instance_uid"]:
+                    raise ResultsMissing(f"result {uid} is a result of another series")
                 for destination in destinations:
                     if not destination.takes(item["sop_class_uid"]):
                         continue

@@ -40,6 +40,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from uronode.audit import AuditLog
+from uronode.completion import OWN_MANUFACTURER
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store
@@ -115,7 +116,8 @@ def record_results(
     now = time.time()
     current = set(sop_instance_uids)
     earlier = conn.execute(
-        "SELECT r.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path"
+        "SELECT r.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path,"
+        " i.manufacturer"
         " FROM results r LEFT JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
         " WHERE r.source_series_uid = ? AND r.model = ?",
         (source_series_uid, model),
@@ -133,6 +135,10 @@ def record_results(
             continue
         conn.execute("DELETE FROM results WHERE sop_instance_uid = ?", (uid,))
         if row["path"] is None:  # gone already (retention took its series)
+            continue
+        if row["manufacturer"] != OWN_MANUFACTURER:  # never a received image, whatever was recorded (probe 20)
+            log.warning("series %s: instance %s was recorded as a result but is a received one; it stays",
+                        source_series_uid, uid)
             continue
         delivered = [r["destination"] for r in conn.execute(
             "SELECT destination FROM deliveries WHERE sop_instance_uid = ? AND state = 'delivered' ORDER BY id",

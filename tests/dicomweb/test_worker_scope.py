@@ -18,10 +18,11 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicomweb.node_client import SERIES_ACCEPT, NodeClient
 from tests.conftest import query
-from tests.distributed.conftest import Cluster, open_cluster
+from tests.distributed.conftest import Cluster, claim_key_of, open_cluster
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
 from tests.peers.redis import Redis
@@ -72,8 +73,9 @@ def test_a_worker_token_reads_and_stores_only_what_its_jobs_hold(
     # Before it claims the job, the worker reads nothing of it.
     refused(httpx.get(series_url, headers=worker), f"worker w1 holds no job in study {study_a}")
 
-    claimed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/claim", json={"generation": job["series_generation"]},
-                         headers=worker)
+    claimed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/claim", headers=worker,
+                         json={"generation": job["series_generation"],
+                               "key": claim_key_of(node.data_dir, job["id"], job["series_generation"])})
     assert claimed.status_code == 200, claimed.text
     claim = claimed.json()["claim"]
 
@@ -109,7 +111,7 @@ def test_a_worker_token_reads_and_stores_only_what_its_jobs_hold(
 
     # Storing: into the job's study, with or without the study in the path; elsewhere, nothing is stored.
     _, _, (result,) = write_series(tmp_path / "result", 1, study=study_a, size=16, manufacturer="uronode",
-                                   modality="OT")
+                                   modality="OT", sop_class=SecondaryCaptureImageStorage)
     result_uid = str(pydicom.dcmread(result, stop_before_pixels=True).SOPInstanceUID)
     (stored,) = client.store([(result, result_uid)])
     assert stored.ok, stored.reason
@@ -117,8 +119,9 @@ def test_a_worker_token_reads_and_stores_only_what_its_jobs_hold(
     assert httpx.post(f"{base}/dicom-web/studies/{study_a}", content=body, headers={**headers, **worker}).status_code \
         == 200
     _, _, (forged,) = write_series(tmp_path / "forged", 1, study=study_b, size=16, manufacturer="uronode",
-                                   modality="OT")
-    _, _, (stray,) = write_series(tmp_path / "stray", 1, size=16, manufacturer="uronode", modality="OT")
+                                   modality="OT", sop_class=SecondaryCaptureImageStorage)
+    _, _, (stray,) = write_series(tmp_path / "stray", 1, size=16, manufacturer="uronode", modality="OT",
+                                  sop_class=SecondaryCaptureImageStorage)
     instances_before = query(node.data_dir, "SELECT sop_instance_uid FROM instances ORDER BY sop_instance_uid")
     body, headers = stow_body([forged])
     refused(httpx.post(f"{base}/dicom-web/studies/{study_b}", content=body, headers={**headers, **worker}),
@@ -138,6 +141,41 @@ def test_a_worker_token_reads_and_stores_only_what_its_jobs_hold(
     assert kept_out.status_code == 409, kept_out.text
     assert query(node.data_dir, "SELECT sop_instance_uid FROM instances ORDER BY sop_instance_uid") \
         == instances_before
+    # Only the node's results, into the held study too (probe 20: a worker's token replaced a source CT's pixels
+    # and added a series that the node then analysed and reported to the PACS).
+    source = pydicom.dcmread(a1_files[0])
+    source_uid = str(source.SOPInstanceUID)
+    (kept,) = query(node.data_dir, "SELECT path FROM instances WHERE sop_instance_uid = ?", source_uid)
+    source_bytes = Path(kept["path"]).read_bytes()
+    tampered = tmp_path / "tampered.dcm"
+    source.Manufacturer = "uronode"
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    source.save_as(tampered)
+    joined = tmp_path / "joined.dcm"
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    source.save_as(joined)
+    _, _, (ct_class,) = write_series(tmp_path / "ct-class", 1, study=study_a, size=16, manufacturer="uronode")
+    _, _, (injected,) = write_series(tmp_path / "injected", 1, study=study_a, size=16)
+    for sent, why in ((a1_files[0], "is not made by uronode (Manufacturer 'TESTSCANNER')"),
+                      (injected, "is not made by uronode (Manufacturer 'TESTSCANNER')"),
+                      (ct_class, "is of SOP class 1.2.840.10008.5.1.4.1.1.2, which is no result's"),
+                      (tampered, "would replace a received instance"),
+                      (joined, "is in a series of received images")):
+        sent_uid = str(pydicom.dcmread(sent, stop_before_pixels=True).SOPInstanceUID)
+        body, headers = stow_body([result, sent])
+        for url in (f"{base}/dicom-web/studies", f"{base}/dicom-web/studies/{study_a}"):
+            response = httpx.post(url, content=body, headers={**headers, **worker})
+            assert response.status_code == 403, (sent.name, response.text[:300])
+            assert response.json()["detail"].startswith(f"worker w1: part 2 ({sent_uid}) {why}"), response.text[:300]
+    assert query(node.data_dir, "SELECT sop_instance_uid FROM instances ORDER BY sop_instance_uid") \
+        == instances_before
+    assert Path(kept["path"]).read_bytes() == source_bytes  # the received CT, untouched
+    # A completion naming received images as its results is refused: they would be delivered as results, and
+    # superseded (deleted here, rejected at the PACS) by the series' next analysis.
+    model = {"model": {"name": "uronode-stone-cascade", "version": "3.8.0"}, "stones": []}
+    wrong = httpx.post(f"{base}/api/queue/jobs/{job['id']}/complete", headers=worker,
+                       json={"claim": claim, "results": [source_uid], "findings": model, "seconds": 1})
+    assert wrong.status_code == 422 and "is a received instance" in wrong.json()["detail"], wrong.text
 
     # Each refusal is audited with who asked and why.
     events = [e for e in map(json.loads, (node.data_dir / "audit.log").read_text().splitlines())
@@ -204,7 +242,11 @@ def test_a_remote_worker_runs_its_jobs_on_a_node_with_authentication_and_then_re
               if e["event"] == "http" and e.get("user") == "w1"]
     fetched = {e["path"].rsplit("/", 1)[-1] for e in events if e["method"] == "GET" and e["status"] == 200}
     assert fetched == set(series)  # each job's series, through the worker's token
-    assert [e["status"] for e in events if e["method"] == "POST"] == [200, 200]  # its results, one STOW each
+    assert [e["status"] for e in events if e["method"] == "POST" and e["path"].startswith("/dicom-web/")] == [
+        200, 200]  # its results, one STOW each
+    # its claims and completions, audited with its name
+    assert [e["path"].rsplit("/", 1)[-1] for e in events if e["path"].startswith("/api/queue/")
+            and not e["path"].endswith("/heartbeat")] == ["claim", "complete"] * 2
     token = (cluster.tmp / "w1.token").read_text().strip()
     for job in query(node.data_dir, "SELECT * FROM jobs"):
         done = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{job['study_instance_uid']}/series/"

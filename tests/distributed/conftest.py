@@ -27,7 +27,7 @@ from lab.synth import generate_phantom, write_series
 from tests.conftest import query
 from tests.peers.processes import Node, Proc, free_port, start_storescp, storescu, wait_until
 from tests.peers.redis import Redis
-from uronode.claims import new_worker_token
+from uronode.claims import claim_key, claim_secret, new_worker_token
 
 LEASE_S = "4"
 QUEUE_ENV = {
@@ -209,3 +209,8 @@ def open_cluster(start_node: Callable[..., Node], tmp_path: Path,
 def cluster(start_node: Callable[..., Node], tmp_path: Path) -> Iterator[Cluster]:
     with open_cluster(start_node, tmp_path) as made:
         yield made
+
+
+def claim_key_of(data_dir: Path, job_id: int, generation: int) -> str:
+    """The claim key the node's message for this job carries (what the broker gives a worker)."""
+    return claim_key(claim_secret(Path(data_dir).resolve()), job_id, generation)

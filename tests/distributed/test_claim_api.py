@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pydicom
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from dicomweb.node_client import NodeClient
 from tests.conftest import query
-from tests.distributed.conftest import Cluster
+from tests.distributed.conftest import Cluster, claim_key_of
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
 from uronode.broker import QUEUE_NAME
@@ -49,7 +49,9 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     message = json.loads(raw)
     assert message["kwargs"] == {"job_id": job_id, "generation": generation, "study_instance_uid": study,
                                  "series_instance_uid": series, "model": "default",
-                                 "node": f"http://127.0.0.1:{node.http_port}"}
+                                 "node": f"http://127.0.0.1:{node.http_port}",
+                                 "key": claim_key_of(node.data_dir, job_id, generation)}
+    key = message["kwargs"]["key"]  # what the broker gives a worker: the claim gives it back
     assert "SYN0001" not in raw and "Synthetic" not in raw
 
     def auth(token: str) -> dict[str, str]:
@@ -58,9 +60,10 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     claim_url = f"{base}/api/queue/jobs/{job_id}/claim"
     before = rows(node.data_dir)
     for headers in ({}, auth("not-a-worker"), auth(w1 + "x")):
-        refused = httpx.post(claim_url, json={"generation": generation}, headers=headers)
+        refused = httpx.post(claim_url, json={"generation": generation, "key": key}, headers=headers)
         assert refused.status_code == 401, refused.text
-    assert httpx.post(claim_url, json={"generation": generation}, auth=("uronode", password)).status_code == 401
+    assert httpx.post(claim_url, json={"generation": generation, "key": key}, auth=("uronode", password)).status_code \
+        == 401
     assert rows(node.data_dir) == before  # nothing changed
     # A worker's token opens reading the series of a job it holds and storing results, nothing else: before
     # its claim, not even that series (tests/dicomweb/test_worker_scope.py covers the scope).
@@ -68,13 +71,32 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     assert httpx.get(f"{base}/api/jobs", headers=auth(w1)).status_code == 401
     assert httpx.get(f"{base}/metrics", headers=auth(w1)).status_code == 401
 
-    stale = httpx.post(claim_url, json={"generation": generation + 1}, headers=auth(w1))
+    # A token alone claims nothing: without the message's key (job numbers are easy to guess: probe 20).
+    for forged in ("0" * 32, claim_key_of(node.data_dir, job_id + 1, generation), key.upper()):
+        guessed = httpx.post(claim_url, json={"generation": generation, "key": forged}, headers=auth(w1))
+        assert guessed.status_code == 403 and "key" in guessed.json()["detail"], guessed.text
+    assert rows(node.data_dir) == before
+    stale = httpx.post(claim_url, headers=auth(w1),  # an old message: its own generation's key
+                       json={"generation": generation + 1, "key": claim_key_of(node.data_dir, job_id, generation + 1)})
     assert stale.status_code == 409 and "generation" in stale.json()["detail"]
-    claimed = httpx.post(claim_url, json={"generation": generation}, headers=auth(w1))
+    claimed = httpx.post(claim_url, json={"generation": generation, "key": key}, headers=auth(w1))
     assert claimed.status_code == 200, claimed.text
     claim = claimed.json()["claim"]
     assert claimed.json()["job"]["series_instance_uid"] == series
-    held = httpx.post(claim_url, json={"generation": generation}, headers=auth(w2))
+    # The claim API's requests are audited as every other path's: who asked, and why a refusal (probe 20).
+    events = [e for e in map(json.loads, (node.data_dir / "audit.log").read_text().splitlines())
+              if e["event"] == "http" and e["path"] == f"/api/queue/jobs/{job_id}/claim"]
+    refusals = [e for e in events if e["status"] == 401]
+    assert len(refusals) == 4 and all(e["auth"] == "failed" and e["reason"].startswith("authentication failed: ")
+                                      for e in refusals), refusals
+    assert {e["reason"] for e in refusals} >= {"authentication failed: no credentials",
+                                               "authentication failed: unknown or revoked worker token"}
+    assert [e["reason"].startswith("refused: worker w1: the claim's key") for e in events if e["status"] == 403] \
+        == [True] * 3
+    assert [(e["auth"], e["user"]) for e in events if e["status"] == 200] == [("worker", "w1")]
+    said = (node.data_dir.parent / f"node-{node.data_dir.name}.log").read_text()
+    assert "HTTP authentication failed from 127.0.0.1: POST /api/queue/jobs/" in said
+    held = httpx.post(claim_url, json={"generation": generation, "key": key}, headers=auth(w2))
     assert held.status_code == 409 and "held by w1" in held.json()["detail"]
     assert httpx.post(f"{base}/api/queue/jobs/{job_id}/heartbeat", json={"claim": "other"},
                       headers=auth(w1)).status_code == 409
@@ -83,7 +105,7 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
 
     # A result stored by STOW-RS, twice: an identical instance again is a success, not a conflict.
     _, _, (result,) = write_series(cluster.tmp / "result", 1, study=study, size=16, manufacturer="uronode",
-                                   modality="OT")
+                                   modality="OT", sop_class=SecondaryCaptureImageStorage)
     body, headers = stow_body([result])
     for _ in range(2):
         stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)})
@@ -94,7 +116,8 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     done = {"claim": claim, "results": [result_uid], "findings": {"stones": []}, "seconds": 1.5}
     missing = httpx.post(complete_url, json={**done, "results": ["1.2.3.4"]}, headers=auth(w1))
     assert missing.status_code == 422
-    _, _, (elsewhere,) = write_series(cluster.tmp / "other-study", 1, size=16, manufacturer="uronode", modality="OT")
+    _, _, (elsewhere,) = write_series(cluster.tmp / "other-study", 1, size=16, manufacturer="uronode", modality="OT",
+                                   sop_class=SecondaryCaptureImageStorage)
     body, headers = stow_body([elsewhere])
     # the worker's own token cannot store into another study (403): stored by the node's user to test completion
     assert httpx.post(f"{base}/dicom-web/studies", content=body, headers={**headers, **auth(w1)}).status_code == 403
@@ -115,10 +138,11 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
     # Done: a second completion, a late claim, changes nothing.
     after = rows(node.data_dir)
     assert httpx.post(complete_url, json=done, headers=auth(w1)).status_code == 409
-    again = httpx.post(claim_url, json={"generation": generation}, headers=auth(w2))
+    again = httpx.post(claim_url, json={"generation": generation, "key": key}, headers=auth(w2))
     assert again.status_code == 409 and "done" in again.json()["detail"]
     assert rows(node.data_dir) == after
-    assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1}, headers=auth(w1)).status_code == 404
+    assert httpx.post(f"{base}/api/queue/jobs/999/claim", json={"generation": 1, "key": claim_key_of(node.data_dir, 999, 1)},
+                      headers=auth(w1)).status_code == 404
 
 
 def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(cluster: Cluster) -> None:
@@ -136,8 +160,9 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
     wait_until(lambda: [r["dispatched_at"] is not None for r in rows(node.data_dir)] == [True], 30,
                "the job to be published")
     (job,) = rows(node.data_dir)
-    claimed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/claim", json={"generation": job["series_generation"]},
-                         headers=headers)
+    claimed = httpx.post(f"{base}/api/queue/jobs/{job['id']}/claim", headers=headers,
+                         json={"generation": job["series_generation"],
+                               "key": claim_key_of(node.data_dir, job["id"], job["series_generation"])})
     assert claimed.status_code == 200, claimed.text
     first = {"id": job["id"], **claimed.json()}
     assert first["reports"] == []
@@ -159,7 +184,8 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
     wait_until(lambda: any(r["state"] == "queued" and r["dispatched_at"] is not None for r in rows(node.data_dir)),
                30, "the second job to be published")
     (second,) = [r for r in rows(node.data_dir) if r["state"] == "queued"]
-    reply = NodeClient(base, w1).claim(second["id"], second["series_generation"])  # as the worker reads it
+    reply = NodeClient(base, w1).claim(second["id"], second["series_generation"],  # as the worker reads it
+                                       claim_key_of(node.data_dir, second["id"], second["series_generation"]))
     assert reply.reports == (("uronode-stone-cascade 9.9.9", DocumentReference(
         study, pydicom.dcmread(report).SeriesInstanceUID, ComprehensiveSRStorage, report_uid)),)
 
@@ -196,5 +222,6 @@ def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not
     (raw,) = cluster.redis.cli("HVALS", msgs).splitlines()
     assert json.loads(raw)["kwargs"]["job_id"] == job_id
     claimed = httpx.post(f"http://127.0.0.1:{node.http_port}/api/queue/jobs/{job_id}/claim",
-                         json={"generation": generation}, headers={"Authorization": f"Bearer {token}"})
+                         json={"generation": generation, "key": json.loads(raw)["kwargs"]["key"]},
+                         headers={"Authorization": f"Bearer {token}"})
     assert claimed.status_code == 200, claimed.text

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import query
-from tests.distributed.conftest import LEASE_S, Cluster
+from tests.distributed.conftest import LEASE_S, Cluster, claim_key_of
 from tests.factory import write_series
 from tests.peers.processes import storescu, wait_until
 from tests.uronode.test_claims import one_job
@@ -52,7 +52,8 @@ def test_a_job_whose_claims_never_answer_fails_once_its_tries_are_used_up(cluste
     ((job_id, generation),) = [(r["id"], r["series_generation"]) for r in query(node.data_dir, "SELECT * FROM jobs")]
 
     def claim(worker: str) -> httpx.Response:
-        return httpx.post(f"{base}/{job_id}/claim", json={"generation": generation},
+        return httpx.post(f"{base}/{job_id}/claim",
+                          json={"generation": generation, "key": claim_key_of(node.data_dir, job_id, generation)},
                           headers={"Authorization": f"Bearer {tokens[worker]}"})
 
     def job() -> dict:

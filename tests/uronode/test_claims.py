@@ -70,10 +70,11 @@ def test_a_queued_job_brought_to_a_new_generation_is_published_again(tmp_path: P
 
 def test_a_job_message_holds_its_fields_and_nothing_else() -> None:
     fields = {"job_id": 3, "generation": 1, "study_instance_uid": "1.2", "series_instance_uid": "1.2.3",
-              "model": "default", "node": "http://node:8080"}
-    assert JobMessage.parse(fields) == JobMessage(3, 1, "1.2", "1.2.3", "default", "http://node:8080")
+              "model": "default", "node": "http://node:8080", "key": "0f" * 16}
+    assert JobMessage.parse(fields) == JobMessage(3, 1, "1.2", "1.2.3", "default", "http://node:8080", "0f" * 16)
     for bad in ({**fields, "job_id": "3"}, {**fields, "generation": 0}, {**fields, "model": ""},
                 {**fields, "patient_name": "X"}, {k: v for k, v in fields.items() if k != "node"},
+                {k: v for k, v in fields.items() if k != "key"}, {**fields, "key": ""},
                 {**fields, "job_id": True}):
         with pytest.raises(MalformedMessage):
             JobMessage.parse(bad)

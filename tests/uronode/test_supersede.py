@@ -235,3 +235,15 @@ def test_the_current_reports_of_a_series_by_model(tmp_path: Path) -> None:
     assert [(model, ref.sop_instance_uid) for model, ref in current_reports(conn, SOURCE)] == [
         ("m 1.0", uid("supersede", "r2")), ("m 2.0", uid("supersede", "r3"))]
     assert current_reports(conn, uid("supersede", "other-ct")) == []
+
+
+def test_a_received_instance_recorded_as_a_result_is_never_superseded(tmp_path: Path) -> None:
+    """Defence in depth beside the completion's check (probe 20): whatever was recorded, a later run never deletes
+    a received image or lists it in a rejection note."""
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store)
+    received = ct_slice(STUDY, SOURCE, 0, size=16)  # the source series' own slice, Manufacturer TESTSCANNER
+    run(store, outbox, 1, [received])
+    superseded = run(store, outbox, 2, [result("r2", ComprehensiveSRStorage, "sr-2")])
+    assert superseded == []
+    assert store.get_instance(received.SOPInstanceUID) is not None

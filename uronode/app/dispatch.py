@@ -47,7 +47,7 @@ class Dispatcher:
         self.claims.queue.restamp(self.model)  # a job queued again under an earlier model runs with this one
         count = 0
         for job in self.claims.to_publish():
-            publish(self.broker, JobMessage.for_job(job, self.node))
+            publish(self.broker, JobMessage.for_job(job, self.node, self.claims.key_for(job.id, job.series_generation)))
             self.claims.mark_published(job)
             count += 1
         if count:

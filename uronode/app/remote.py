@@ -92,7 +92,7 @@ class RemoteWorker:
                       message.job_id, message.model, self.model_name)
             return "other model"
         try:
-            claim = self.client.claim(message.job_id, message.generation)
+            claim = self.client.claim(message.job_id, message.generation, message.key)
         except Refused as exc:
             log.info("job %d not claimed: %s", message.job_id, exc.detail)
             return "refused"
