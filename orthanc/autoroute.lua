@@ -15,6 +15,10 @@ function OnStableSeries(seriesId, tags, metadata)
   if manufacturer == 'uronode' then
     return
   end
+  -- Every soft-tissue axial reconstruction sent is analysed, each with results of its own. A site that
+  -- wants one analysis per scan routes only the series it wants read (the thinnest soft-tissue axial
+  -- series is the model's best input), for example by its description:
+  --   if not string.find(string.upper(tags['SeriesDescription'] or ''), '1.25MM', 1, true) then return end
   PrintRecursive('uronode auto-routing: sending series ' .. seriesId .. ' to ' .. NODE)
   RestApiPost('/modalities/' .. NODE .. '/store',
               '{"Resources": ["' .. seriesId .. '"], "Asynchronous": true}')

@@ -49,6 +49,9 @@ class SliceOptions(TypedDict, total=False):
     seed: int
     series_description: str
     contrast_agent: str | None
+    convolution_kernel: str | None
+    orientation: Sequence[float]
+    position: bool
 
 
 def ct_slice(
@@ -66,6 +69,9 @@ def ct_slice(
     seed: int = 0,
     series_description: str = "Abdomen non-contrast",
     contrast_agent: str | None = None,
+    convolution_kernel: str | None = None,
+    orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
+    position: bool = True,
 ) -> Dataset:
     """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
     pixels = _pixels(size, seed, index % 16)
@@ -96,8 +102,11 @@ def ct_slice(
     ds.SeriesNumber = 2
     ds.InstanceNumber = index + 1
     ds.ImageType = list(image_type)
-    ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, -index * thickness]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    if position:
+        ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, -index * thickness]
+    ds.ImageOrientationPatient = list(orientation)
+    if convolution_kernel is not None:
+        ds.ConvolutionKernel = convolution_kernel
     ds.PixelSpacing = [spacing, spacing]
     ds.SliceThickness = thickness
     ds.SamplesPerPixel = 1

@@ -20,7 +20,7 @@ from pathlib import Path
 from uronode.errors import UronodeError
 from uronode.files import disk_problem
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS instances (
     columns            INTEGER,
     bits_allocated     INTEGER,
     number_of_frames   INTEGER,
+    convolution_kernel TEXT,
+    image_orientation  TEXT,
     image_position     TEXT,
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
@@ -236,6 +238,8 @@ ADDED_COLUMNS = [
     ("instances", "columns", "INTEGER"),
     ("instances", "bits_allocated", "INTEGER"),
     ("instances", "number_of_frames", "INTEGER"),
+    ("instances", "convolution_kernel", "TEXT"),
+    ("instances", "image_orientation", "TEXT"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

@@ -65,8 +65,8 @@ from uronode.structure import (
 )
 from uronode.types import InstanceHeader
 
-_LAST = 0x00200032
-"""ImagePositionPatient: the last attribute the index keeps."""
+_LAST = 0x00200037
+"""ImageOrientationPatient: the last attribute the index keeps."""
 
 WANTED = {
     0x00080005: "SpecificCharacterSet",
@@ -86,16 +86,19 @@ WANTED = {
     0x00100030: "PatientBirthDate",
     0x00100040: "PatientSex",
     0x00180010: "ContrastBolusAgent",
+    0x00181210: "ConvolutionKernel",
     0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID",
     0x00200010: "StudyID",
     0x00200011: "SeriesNumber",
     0x00200013: "InstanceNumber",
     0x00200032: "ImagePositionPatient",
+    0x00200037: "ImageOrientationPatient",
 }
 TEXT = {
     "AccessionNumber",
     "ContrastBolusAgent",
+    "ConvolutionKernel",
     "Manufacturer",
     "ReferringPhysicianName",
     "StudyDescription",
@@ -498,6 +501,8 @@ def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> Instanc
         series_description=values.get("SeriesDescription", "").strip(),
         image_type=values.get("ImageType", "").strip(),
         contrast_agent=values.get("ContrastBolusAgent", "").strip(),
+        convolution_kernel=values.get("ConvolutionKernel", "").strip(),
+        image_orientation=values.get("ImageOrientationPatient", "").strip(),
         manufacturer=values.get("Manufacturer", "").strip(),
         instance_number=instance_number,
         image_position=position,

@@ -499,6 +499,8 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         image_type=row["image_type"] or "",
         manufacturer=row["manufacturer"] or "",
         contrast_agent=row["contrast_agent"] or "",
+        convolution_kernel=row["convolution_kernel"] or "",
+        image_orientation=row["image_orientation"] or "",
         rows=row["rows"],
         columns=row["columns"],
         bits_allocated=row["bits_allocated"],

@@ -23,6 +23,12 @@ class InstanceHeader:
     manufacturer: str = ""
     contrast_agent: str = ""
     """Contrast/Bolus Agent (0018,0010): what says a series was acquired with contrast (``uronode.contrast``)."""
+    convolution_kernel: str = ""
+    """Convolution Kernel (0018,1210), values joined by a backslash: a sharp (bone, lung) reconstruction is skipped
+    when routed (``uronode.completion.sharp_kernel``)."""
+    image_orientation: str = ""
+    """ImageOrientationPatient (0020,0037) as in the file (six numbers joined by backslashes), or empty: a stack
+    that is not axial is skipped when routed (``uronode.completion.not_axial``)."""
     instance_number: int | None = None
     image_position: tuple[float, float, float] | None = None
     series_number: int | None = None

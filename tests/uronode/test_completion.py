@@ -1,3 +1,4 @@
+import math
 import time
 from pathlib import Path
 from typing import Unpack
@@ -8,7 +9,7 @@ from tests.factory import SliceOptions, uid
 from tests.uronode.test_store import encoded, put
 from uronode import queries
 from uronode.associations import Associations
-from uronode.completion import CompletionMonitor
+from uronode.completion import AXIAL_TOLERANCE_DEG, CompletionMonitor, not_axial, sharp_kernel
 from uronode.jobs import JobQueue
 from uronode.store import Store
 from uronode.types import JobState, SeriesDisposition
@@ -131,6 +132,13 @@ def test_a_single_slice_series_is_valid(store: Store, monitor: CompletionMonitor
         ({"manufacturer": "uronode"}, "derived by this node"),
         ({"sop_class": "1.2.840.10008.5.1.4.1.1.7"}, "not a CT image storage class"),
         ({"image_type": ("DERIVED", "SECONDARY")}, "derived secondary"),
+        # probe 22: a console MPR (DERIVED\PRIMARY), a screen stored as CT, a bone reconstruction of the scan
+        ({"image_type": ("DERIVED", "PRIMARY", "MPR"), "orientation": (0, 1, 0, 0, 0, -1)},
+         "not an axial stack (its slices' normal is 90 degrees"),
+        ({"position": False}, "images without a position (ImagePositionPatient)"),
+        ({"convolution_kernel": "BONE"}, "a sharp-kernel reconstruction (ConvolutionKernel 'BONE')"),
+        ({"convolution_kernel": "Br64\\3"}, "a sharp-kernel reconstruction (ConvolutionKernel 'BR64')"),
+        ({"series_description": "KUB 5.0mm BONE"}, "(Series Description 'KUB 5.0mm BONE')"),
     ],
 )
 def test_series_the_model_cannot_read_are_recorded_with_the_reason(
@@ -203,3 +211,50 @@ def test_an_aborted_series_still_completes_by_the_quiet_rule(store: Store, monit
     Associations(store.db).close(assoc, "aborted")
     assert monitor.complete_due(time.time() + QUIET - 1) == []
     assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
+
+
+def test_soft_tissue_and_tilted_series_are_read_and_asked_for_any_series_is(store: Store, tmp_path: Path) -> None:
+    """What the new skips leave alone: a tilted gantry (22 degrees), a soft kernel whose description says bone
+    window, a medium Siemens kernel; and an upload, where someone asks about the images, is read whatever they are;
+    ``inference.sharp_kernel_series = "read"`` reads a bone reconstruction."""
+    monitor = CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default")
+    tilt = math.radians(22)
+    for name, kwargs in (("tilted", {"orientation": (1, 0, 0, 0, math.cos(tilt), -math.sin(tilt))}),
+                         ("soft", {"convolution_kernel": "B30f", "series_description": "ABDOMEN BONE WINDOW"}),
+                         ("medium", {"convolution_kernel": "Br40d\\3"}), ("standard", {"convolution_kernel": "STANDARD"})):
+        send(store, uid("read", name), 2, None, **kwargs)
+    done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert [d.disposition for d in done] == [SeriesDisposition.QUEUED] * 4, [d.reason for d in done]
+    for name, kwargs in (("sagittal", {"orientation": (0, 1, 0, 0, 0, -1)}), ("bone", {"convolution_kernel": "FC30"}),
+                         ("screen", {"position": False})):
+        series = uid("asked", name)
+        send(store, series, 2 if name != "screen" else 1, None, **kwargs)
+        (asked,) = monitor.complete_now([series])
+        assert asked.disposition is SeriesDisposition.QUEUED, (name, asked.reason)
+    reading = CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default",
+                                sharp_kernel_series="read")
+    send(store, uid("read-bone"), 2, None, convolution_kernel="I70f")
+    (bone,) = reading.complete_due(time.time() + GRACE + 0.1)
+    assert bone.disposition is SeriesDisposition.QUEUED
+
+
+@pytest.mark.parametrize(("kernel", "description", "sharp"), [
+    ("BONEPLUS", "", True), ("LUNG", "", True), ("EDGE", "", True), ("B70f", "", True), ("Qr60", "", True),
+    ("FC30", "", True), ("FC81", "", True), ("", "THORAX LUNGE", True), ("", "Abdomen Knochen 1.0", True),
+    ("SOFT", "", False), ("STANDARD", "", False), ("B30f", "", False), ("I26f", "", False), ("FC03", "", False),
+    ("FC18", "", False), ("B30f", "BONE", False), ("", "KUB 1.25mm", False), ("", "CT KUB LOW DOSE", False),
+    ("", "STONE PROTOCOL", False), ("", "CT ABD/PELVIS W/O", False),
+])
+def test_sharp_kernels_by_name(kernel: str, description: str, sharp: bool) -> None:
+    assert (sharp_kernel(kernel, description) is not None) is sharp
+
+
+def test_the_axial_tolerance_is_the_model_loader_s() -> None:
+    """Completion skips what the loader would fail: the two tolerances are one number."""
+    from inference.volume import AXIAL_TOLERANCE_DEG as LOADER
+
+    assert AXIAL_TOLERANCE_DEG == LOADER
+    assert not_axial(["1\\0\\0\\0\\0\\-1"] * 3) == pytest.approx(90.0)  # coronal
+    assert not_axial(["1\\0\\0\\0\\1\\0"]) is None  # axial
+    assert not_axial(["1\\0\\0\\0\\1\\0", "1\\0\\0\\0\\0\\-1"]) is None  # mixed: the loader says why
+    assert not_axial(["", "1\\0\\0\\0\\0\\-1"]) is None  # unknown: the loader says why

@@ -449,6 +449,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         quiet_s=settings.scp.completion_quiet_s,
         model=settings.inference.model,
         contrast_series=settings.inference.contrast_series,
+        sharp_kernel_series=settings.inference.sharp_kernel_series,
     )
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
     loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
