@@ -41,7 +41,7 @@ from pathlib import Path
 
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
-from uronode.jobs import MAX_ATTEMPTS, JobQueue, lease_expired_reason
+from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_reason
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
@@ -184,6 +184,10 @@ class Claims:
             ).fetchall()
             failed = [row["id"] for row in rows if self._expire(conn, row, now)]
             expired = len(rows) - len(failed)
+            for row in rows:  # which job, held by whom (probe 20: the log named neither)
+                if row["id"] not in failed:
+                    log.warning("job %d: the lease of worker %s ran out (attempt %d); it is published again",
+                                row["id"], row["claimed_by"], row["attempts"])
             waiting = conn.execute(
                 "SELECT id, dispatched_at, publications FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL"
                 " AND dispatched_at < ?",
@@ -421,14 +425,17 @@ class WorkerTokens:
         if stamp == self._stamp:
             return
         hashes: dict[str, str] = {}
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
             text = line.split("#", 1)[0].strip()
             if not text:
                 continue
-            name, _, digest = text.partition(" ")
+            name, digest = (text.split(None, 1) + [""])[:2]  # spaces or tabs between them
             digest = digest.strip().lower()
             if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
                 hashes[digest] = name
+            else:  # a hand-edited line the node cannot use: said, not silently ignored (probe 20)
+                log.warning("%s line %d is not 'NAME SHA256' (the SHA-256 of the token, 64 hex digits): ignored",
+                            self.path, number)
         self._stamp, self._hashes = stamp, hashes
 
     def worker(self, token: str) -> str | None:
@@ -449,19 +456,34 @@ def check_worker_name(name: str) -> str:
     """``name`` if it can name a worker in the tokens file, else ValueError saying why."""
     if not name or any(c.isspace() or c == "#" for c in name):
         raise ValueError(f"a worker name has no spaces and no '#': {name!r}")
+    if name == LOCAL_WORKER or name.startswith(LOCAL_WORKER + ":"):
+        raise ValueError(f"{name!r} names the node's own workers (their jobs and metrics): give a remote worker "
+                         "another name")
     return name
 
 
 def new_worker_token(tokens_file: Path, name: str, token: str | None = None) -> str:
     """Make a token for worker ``name`` (or take ``token``, made and kept by the caller first) and add its
-    hash to the node's tokens file; returns the token."""
+    hash to the node's tokens file; returns the token. A name the file holds already is a ValueError: a second
+    token under it would leave the first one valid, unseen (probe 20); rotate under a new name (docs/operations.md)."""
     check_worker_name(name)
+    if name in _names_in(tokens_file):
+        raise ValueError(f"worker {name!r} has a token already ({tokens_file}); to rotate it, make one under a new "
+                         "name and delete the old line (docs/operations.md, \"Worker tokens\")")
     token = token or secrets.token_urlsafe(32)
     tokens_file.parent.mkdir(parents=True, exist_ok=True)
     fd = _private_append(tokens_file)
     with os.fdopen(fd, "a") as f:
         f.write(f"{name} {hash_token(token)}\n")
     return token
+
+
+def _names_in(tokens_file: Path) -> set[str]:
+    try:
+        lines = tokens_file.read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    return {words[0] for line in lines if (words := line.split("#", 1)[0].split())}
 
 
 def _private_append(path: Path) -> int:

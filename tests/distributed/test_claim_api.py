@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from tests.conftest import query
 from tests.distributed.conftest import Cluster, claim_key_of
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
+from uronode.app.remote import Heartbeat
 from uronode.broker import QUEUE_NAME
 from uronode.types import DocumentReference
 
@@ -188,6 +190,18 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
                                        claim_key_of(node.data_dir, second["id"], second["series_generation"]))
     assert reply.reports == (("uronode-stone-cascade 9.9.9", DocumentReference(
         study, pydicom.dcmread(report).SeriesInstanceUID, ComprehensiveSRStorage, report_uid)),)
+
+    # The token revoked while the job runs: the heartbeat gives the claim up, no thread dies with a traceback.
+    tokens = cluster.tmp / "worker-tokens"
+    tokens.write_text("".join(line + "\n" for line in tokens.read_text().splitlines() if not line.startswith("w1 ")))
+    crashed: list[threading.ExceptHookArgs] = []
+    hook, threading.excepthook = threading.excepthook, crashed.append
+    try:
+        with Heartbeat(NodeClient(base, w1), second["id"], reply.token, lease_s=0.6) as beat:
+            assert beat.lost.wait(10)
+    finally:
+        threading.excepthook = hook
+    assert crashed == []
 
 
 def _dispatched_at(node: Node) -> float | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from uronode.app.cli import MASK, main, without_secrets
-from uronode.claims import WorkerTokens
+from uronode.claims import WorkerTokens, hash_token
 from uronode.store import Store
 
 
@@ -147,3 +147,29 @@ def test_config_without_secrets_shows_them_unset(capsys: pytest.CaptureFixture[s
 ])
 def test_a_url_keeps_all_but_its_password(url: str, masked: str) -> None:
     assert without_secrets({"queue": {"broker_url": url}}) == {"queue": {"broker_url": masked}}
+
+
+def test_a_name_twice_or_the_node_s_own_is_refused_and_a_tab_separated_line_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Probe 20: a second token under one name left the first valid, unseen; 'local' merged a remote worker's
+    figures with the node's own; a line written with a tab was ignored without a word."""
+    data = tmp_path / "data"
+    Store(data)
+    tokens = data / "worker-tokens"
+    assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "a.token"), "--data-dir", str(data)]) == 0
+    before = tokens.read_text()
+    assert main(["worker-token", "gpu-1", "--out", str(tmp_path / "b.token"), "--data-dir", str(data)]) == 2
+    assert "has a token already" in capsys.readouterr().err
+    assert tokens.read_text() == before and not (tmp_path / "b.token").exists()
+    for reserved in ("local", "local:12"):
+        assert main(["worker-token", reserved, "--out", str(tmp_path / "c.token"), "--data-dir", str(data)]) == 2
+        assert "names the node's own workers" in capsys.readouterr().err
+    with tokens.open("a") as f:
+        f.write("tabbed\t" + hash_token("tab-token") + "\n" + "broken not-a-hash\n")
+    with caplog.at_level("WARNING"):
+        known = WorkerTokens(tokens)
+        assert known.worker("tab-token") == "tabbed"
+        assert known.worker((tmp_path / "a.token").read_text().strip()) == "gpu-1"
+    assert [r.getMessage() for r in caplog.records if "is not 'NAME SHA256'" in r.getMessage()] == [
+        f"{tokens} line 3 is not 'NAME SHA256' (the SHA-256 of the token, 64 hex digits): ignored"]

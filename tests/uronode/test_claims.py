@@ -95,7 +95,8 @@ def test_worker_tokens_are_kept_as_hashes_and_read_again_when_the_file_changes(t
         new_worker_token(path, "gpu 3")
 
 
-def test_a_job_waiting_for_a_worker_is_published_again_less_and_less_often(tmp_path: Path) -> None:
+def test_a_job_waiting_for_a_worker_is_published_again_less_and_less_often(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, claims, job = one_job(tmp_path)
     now = 10_000.0
     waits = []
@@ -109,7 +110,9 @@ def test_a_job_waiting_for_a_worker_is_published_again_less_and_less_often(tmp_p
     assert waits == [21, 41, 81, 161]  # claim_timeout_s 20, doubling; a claim starts over
     (due,) = claims.to_publish()
     claimed = claims.claim(due.id, due.series_generation, "w1", now=now)
-    assert claims.sweep(now=claimed.lease_until + 1) == (1, 0)
+    with caplog.at_level("WARNING"):
+        assert claims.sweep(now=claimed.lease_until + 1) == (1, 0)
+    assert f"job {due.id}: the lease of worker w1 ran out (attempt 1); it is published again" in caplog.text
     (due,) = claims.to_publish()
     claims.mark_published(due, now=now)
     assert claims.sweep(now=now + 21) == (0, 1)

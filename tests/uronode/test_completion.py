@@ -219,14 +219,18 @@ def test_soft_tissue_and_tilted_series_are_read_and_asked_for_any_series_is(stor
     ``inference.sharp_kernel_series = "read"`` reads a bone reconstruction."""
     monitor = CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default")
     tilt = math.radians(22)
-    for name, kwargs in (("tilted", {"orientation": (1, 0, 0, 0, math.cos(tilt), -math.sin(tilt))}),
-                         ("soft", {"convolution_kernel": "B30f", "series_description": "ABDOMEN BONE WINDOW"}),
-                         ("medium", {"convolution_kernel": "Br40d\\3"}), ("standard", {"convolution_kernel": "STANDARD"})):
+    read: list[tuple[str, SliceOptions]] = [
+        ("tilted", {"orientation": (1, 0, 0, 0, math.cos(tilt), -math.sin(tilt))}),
+        ("soft", {"convolution_kernel": "B30f", "series_description": "ABDOMEN BONE WINDOW"}),
+        ("medium", {"convolution_kernel": "Br40d\\3"}), ("standard", {"convolution_kernel": "STANDARD"})]
+    for name, kwargs in read:
         send(store, uid("read", name), 2, None, **kwargs)
     done = monitor.complete_due(time.time() + GRACE + 0.1)
     assert [d.disposition for d in done] == [SeriesDisposition.QUEUED] * 4, [d.reason for d in done]
-    for name, kwargs in (("sagittal", {"orientation": (0, 1, 0, 0, 0, -1)}), ("bone", {"convolution_kernel": "FC30"}),
-                         ("screen", {"position": False})):
+    asked_for: list[tuple[str, SliceOptions]] = [
+        ("sagittal", {"orientation": (0, 1, 0, 0, 0, -1)}), ("bone", {"convolution_kernel": "FC30"}),
+        ("screen", {"position": False})]
+    for name, kwargs in asked_for:
         series = uid("asked", name)
         send(store, series, 2 if name != "screen" else 1, None, **kwargs)
         (asked,) = monitor.complete_now([series])

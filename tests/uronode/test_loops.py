@@ -160,6 +160,9 @@ def test_the_node_runs_its_background_work_as_watched_loops(start_node: Callable
     response = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=30)
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ready", "loops": ["completion", "receivers", "delivery", "retention"]}
+    # no model worker here and no remote ones: said at start (probe 20: jobs waited for ever, nothing said why)
+    assert "inference.workers is 0 and queue.backend is 'sqlite': series are queued and no job will run here" \
+        in node.proc.log_text()
 
 
 def test_the_node_completes_series_again_once_a_failing_round_stops_failing(

@@ -382,6 +382,9 @@ def cmd_worker_token(args: argparse.Namespace) -> int:
             f.write(token + "\n")
         new_worker_token(tokens_file, args.name, token)
         os.replace(staged, out)
+    except ValueError as exc:  # a name the tokens file holds already
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 2
     finally:
         staged.unlink(missing_ok=True)
     print(f"worker {args.name}: token in {args.out} (for `uronode worker --token-file`), its hash added to {tokens_file}")

@@ -476,6 +476,12 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         loops.add("retention", lambda: purge(store, retention_days), interval_s,
                   stale_after_s=max(3 * interval_s, RETENTION_STALE_S), first_round_at_once=True)
     workers = [WorkerProcess(settings) for _ in range(settings.inference.workers)]
+    if not workers and settings.queue.backend != "dramatiq":
+        # a node that only receives is allowed (maintenance, tests), but said at once (probe 20: jobs waited
+        # for ever while nothing said why)
+        log.warning("inference.workers is 0 and queue.backend is %r: series are queued and no job will run here "
+                    "(set inference.workers, or queue.backend = \"dramatiq\" with remote workers)",
+                    settings.queue.backend)
     ready_checks: list[ReadyCheck] = []
     if workers:
         ready_checks.append(partial(model_missing, settings))

@@ -57,6 +57,10 @@ class Heartbeat:
                 log.warning("job %d: the claim is gone (%s)", self.job_id, exc.detail)
                 self.lost.set()
                 return
+            except Unauthorized:  # the token was revoked while the job ran: the claim is as good as gone
+                log.error("job %d: the node refuses this worker's token (revoked?): its claim is given up", self.job_id)
+                self.lost.set()
+                return
             except (NodeUnreachable, RuntimeError) as exc:
                 log.warning("job %d: heartbeat failed, trying again: %s", self.job_id, exc)
 
