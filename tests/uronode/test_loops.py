@@ -161,6 +161,7 @@ def test_the_node_runs_its_background_work_as_watched_loops(start_node: Callable
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ready", "loops": ["completion", "receivers", "delivery", "retention"]}
     # no model worker here and no remote ones: said at start (probe 20: jobs waited for ever, nothing said why)
+    assert node.proc is not None
     assert "inference.workers is 0 and queue.backend is 'sqlite': series are queued and no job will run here" \
         in node.proc.log_text()
 
