@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -228,10 +229,15 @@ class RefusalWarnings:
         self.max_clients = max_clients
         self.clock = clock
         self._last: dict[str, tuple[float, int]] = {}  # client -> (when warned, refusals not warned since)
+        self._lock = threading.Lock()  # the middleware (event loop) and the claim API (thread pool) share it
 
     def refused(self, client: str | None, method: str, path: str, failure: str,
                 what: str = "authentication failed") -> None:
         """Warn of a refusal (``what``: a 401's "authentication failed", a 403's "request refused")."""
+        with self._lock:
+            self._refused(client, method, path, failure, what)
+
+    def _refused(self, client: str | None, method: str, path: str, failure: str, what: str) -> None:
         now = self.clock()
         key = client or "an unknown address"
         if key not in self._last and len(self._last) >= self.max_clients:

@@ -85,7 +85,7 @@ class NodeClient:
                 detail = exc.read().decode(errors="replace")[:500]
                 if exc.code == 401:
                     raise Unauthorized(f"{method} {path}: {detail}") from None
-                if exc.code in (404, 409, 422):
+                if exc.code in (403, 404, 409, 422):  # 403: a claim without its message's key, a study not held
                     try:
                         detail = str(json.loads(detail).get("detail", detail))
                     except (ValueError, AttributeError):

@@ -37,12 +37,16 @@ with out of resources.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -177,7 +181,8 @@ def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart],
                 header = _header_of(content)
             if header is not None:
                 studies.add(header.study_instance_uid)
-                refusal = _not_a_result(store, header)
+                with spool.content(part) as content:
+                    refusal = _not_a_result(store, header, worker, content)
                 if refusal is not None:
                     raise WorkerRefused(f"worker {worker}: part {number} ({header.sop_instance_uid[:80]}) {refusal}")
     if study is not None:
@@ -193,10 +198,11 @@ def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart],
     return study
 
 
-def _not_a_result(store: Store, header: InstanceHeader) -> str | None:
+def _not_a_result(store: Store, header: InstanceHeader, worker: str, content: bytes | memoryview) -> str | None:
     """Why an instance a worker sends is none of the node's results, or None: results are made by the node
     (Manufacturer ``uronode``), of a result class (SEG, Secondary Capture, SR, key objects), and neither
-    replace a received instance nor join a series of received images."""
+    replace a received instance nor join a series of received images; nor replace another analysis's
+    result (one recorded for a series the worker holds no job on, or made by another model: review 23)."""
     if header.manufacturer != OWN_MANUFACTURER:
         return f"is not made by uronode (Manufacturer {header.manufacturer[:64]!r}): a worker stores only results"
     if header.sop_class_uid not in RESULT_SOP_CLASSES and not header.sop_class_uid.startswith(SR_CLASS_PREFIX):
@@ -204,12 +210,32 @@ def _not_a_result(store: Store, header: InstanceHeader) -> str | None:
     existing = store.get_instance(header.sop_instance_uid)
     if existing is not None and existing.header.manufacturer != OWN_MANUFACTURER:
         return "would replace a received instance: a worker stores only results"
+    recorded = store.conn().execute("SELECT source_series_uid, model FROM results WHERE sop_instance_uid = ?",
+                                    (header.sop_instance_uid,)).fetchone() if existing is not None else None
+    if recorded is not None and not (holds(store, worker, series=recorded["source_series_uid"])
+                                     and recorded["model"] == _model_of_part(content)):
+        return "would replace a result of another analysis: a worker stores only its own job's results"
     received = store.conn().execute(
         "SELECT 1 FROM instances WHERE series_instance_uid = ? AND manufacturer != ? LIMIT 1",
         (header.series_instance_uid, OWN_MANUFACTURER)).fetchone()
     if received is not None:
         return "is in a series of received images: a worker stores only results, in series of their own"
     return None
+
+
+def _model_of_part(content: bytes | memoryview) -> str:
+    """The model that made a result ("name version", as the results table names it: ManufacturerModelName and the
+    first of SoftwareVersions), or "" when the part does not say."""
+    try:
+        whole = content if len(content) >= 132 and content[128:132] == b"DICM" else to_file_format(content)
+        ds = dcmread(io.BytesIO(bytes(whole)), stop_before_pixels=True,
+                     specific_tags=["ManufacturerModelName", "SoftwareVersions"])
+    except (InvalidInstance, InvalidDicomError, ValueError, OSError, EOFError):
+        return ""
+    versions = ds.get("SoftwareVersions")
+    version = (versions[0] if isinstance(versions, MultiValue) else versions) if versions else ""
+    name = str(ds.get("ManufacturerModelName", "") or "")
+    return f"{name} {version}" if name and version else ""
 
 
 def _header_of(content: bytes | memoryview) -> InstanceHeader | None:

@@ -43,6 +43,7 @@ CT_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 OWN_MANUFACTURER = "uronode"
 """Manufacturer (0008,0070) written into every object this node derives."""
 
@@ -63,35 +64,42 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 
 
 _QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description,"
-                  " convolution_kernel, image_orientation, image_position FROM instances WHERE series_instance_uid = ?")
+                  " convolution_kernel, image_orientation, image_position, number_of_frames FROM instances"
+                  " WHERE series_instance_uid = ?")
 """What ``qualify`` reads of a series' instances."""
 
 
 AXIAL_TOLERANCE_DEG = 30.0
 """The most a stack's slice normal may lie from the head-feet axis (``inference.volume.AXIAL_TOLERANCE_DEG``, which
 the model's loader holds to: a test keeps the two equal; the core cannot import the inference package)."""
-SHARP_WORDS = re.compile(r"\b(BONE|BONEPLUS|LUNG|LUNGS|EDGE|SHARP|KNOCHEN|LUNGE|OSSO|HUESO|POUMON)\b")
-"""Words that name a sharp (bone, lung) reconstruction kernel in a kernel's or a series' name: GE's BONE, BONEPLUS,
-LUNG, EDGE; "sharp"; bone or lung in German, Italian, Spanish and French (words that mean something else in
-English, such as Dutch "long" or French "os", are left out: a series skipped wrongly gets no result)."""
-NUMBERED_KERNEL = re.compile(r"^(B|BR|BF|BL|BV|I|IR|Q|QR)(\d{2})[A-Z]?$|^FC(\d{2})$")
-"""Siemens' body kernels (B30f, Br40, I70f, Qr60...: sharp from 50) and Canon's (FC03, FC30...: bone from 30)."""
+SHARP_KERNEL_WORDS = re.compile(r"\b(BONE|BONEPLUS|LUNG|EDGE)\b")
+"""Words that name a sharp (bone, lung) kernel in a ConvolutionKernel: GE's BONE, BONEPLUS, LUNG, EDGE."""
+SHARP_DESCRIPTION_WORDS = re.compile(r"\b(BONE|BONEPLUS|LUNG|LUNGS|KNOCHEN|LUNGE|OSSO|HUESO|POUMON)\b(?!\s*BASE)")
+"""Words that name a bone or lung reconstruction in a Series Description (English, German, Italian, Spanish,
+French; not "lung bases", the lungs' lower part an abdominal CT covers; words that mean something else in
+English, such as Dutch "long" or French "os", are left out: a series skipped wrongly gets no result). Read only
+where the series names no ConvolutionKernel: a kernel that says nothing sharp decides (review 23: GE STANDARD
+with "LUNG BASES", Canon FC18-H with "Abd Bone", were skipped)."""
+NUMBERED_KERNEL = re.compile(r"^(B|BR|BF|BL|BV|I|IR|Q|QR)(\d{2})[A-Z]?$|^FC(\d{2})(-[A-Z0-9]+)?$")
+"""Siemens' body kernels (B30f, Br40, I70f, Qr60...: sharp from 50) and Canon's (FC03, FC18-H, FC30...: bone from
+30)."""
 
 
 def sharp_kernel(kernel: str, description: str) -> str | None:
-    """Why a reconstruction is a sharp (bone or lung) one, in words, or None: its ConvolutionKernel or Series
-    Description names a sharp kernel. The model learned soft-tissue reconstructions: on a bone kernel's noise and
-    edge enhancement it split a 17 mm stone into two and missed a 4 mm one (probe 22)."""
-    for value in (v.strip().upper() for v in kernel.split("\\") if v.strip()):
+    """Why a reconstruction is a sharp (bone or lung) one, in words, or None: its ConvolutionKernel names a sharp
+    kernel, or, where it names none, its Series Description names one. The model learned soft-tissue
+    reconstructions: on a bone kernel's noise and edge enhancement it split a 17 mm stone into two and missed a
+    4 mm one (probe 22)."""
+    values = [v.strip().upper() for v in kernel.split("\\") if v.strip()]
+    if values:
+        value = values[0]  # Siemens add a second value ("Br40d\\3": the strength of iterative reconstruction)
         match = NUMBERED_KERNEL.match(value)
         if match is not None:
-            if (match.group(2) is not None and int(match.group(2)) >= 50) or (
-                    match.group(3) is not None and int(match.group(3)) >= 30):
-                return f"ConvolutionKernel '{value}'"
-            return None  # a soft or medium kernel the scanner names: the description does not override it
-        if SHARP_WORDS.search(value):
-            return f"ConvolutionKernel '{value}'"
-    if SHARP_WORDS.search(description.upper()):
+            sharp = (match.group(2) is not None and int(match.group(2)) >= 50) or (
+                match.group(3) is not None and int(match.group(3)) >= 30)
+            return f"ConvolutionKernel '{value}'" if sharp else None
+        return f"ConvolutionKernel '{value}'" if SHARP_KERNEL_WORDS.search(value) else None
+    if SHARP_DESCRIPTION_WORDS.search(description.upper()):
         return f"Series Description '{description}'"
     return None
 
@@ -113,7 +121,7 @@ def not_axial(orientations: Sequence[str]) -> float | None:
         if length < 1e-6:
             return None
         angles.append(math.degrees(math.acos(min(1.0, abs(normal[2]) / length))))
-    if not angles or min(angles) <= AXIAL_TOLERANCE_DEG:
+    if not angles or round(min(angles), 1) <= AXIAL_TOLERANCE_DEG:  # to a tenth, as the loader: IOP is rounded text
         return None
     return min(angles)
 
@@ -145,7 +153,9 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
         return "derived secondary images"
     slices = [r for r, t in zip(ct_rows, image_types, strict=True) if "LOCALIZER" not in t]
-    if not asked and all(not r["image_position"] for r in slices):
+    # an Enhanced CT gives its frames' positions in its functional groups, never at the top level (review 23)
+    if not asked and all(not r["image_position"] and r["sop_class_uid"] == CT_IMAGE_STORAGE
+                         and (r["number_of_frames"] or 1) <= 1 for r in slices):
         return ("images without a position (ImagePositionPatient): a screen capture or a document stored as CT, "
                 "not CT slices")
     angle = not_axial([r["image_orientation"] or "" for r in slices]) if len(slices) > 1 else None

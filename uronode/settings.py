@@ -403,11 +403,13 @@ class InferenceSettings(StrictModel):
     workers: int = Field(1, ge=0, le=8)
     """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
     contrast_series: str = Field("skip", pattern=r"^(skip|read)$")
-    sharp_kernel_series: str = Field("skip", pattern=r"^(skip|read)$")
     """A series whose description clearly names a contrast phase (``uronode.contrast``) and that arrives unasked
     (C-STORE, STOW-RS): ``skip`` records it as skipped, with the reason; ``read`` reads it, with a caution on
     every result. An upload to ``/api/predict`` is read either way (someone asked), with the caution; an agent
     alone never skips a series, it cautions."""
+    sharp_kernel_series: str = Field("skip", pattern=r"^(skip|read)$")
+    """A sharp-kernel (bone, lung) reconstruction arriving unasked (``uronode.completion.sharp_kernel``): ``skip``
+    records it as skipped, with the reason; ``read`` reads it. An upload is read either way."""
 
 
 class QueueSettings(StrictModel):

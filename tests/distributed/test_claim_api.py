@@ -152,7 +152,7 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
     does: the claim gives the series' current reports with the model of each; a first analysis gets none."""
     w1 = cluster.token("w1").read_text().strip()
     cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
-    node = cluster.start_node(cluster.tmp / "node", **cluster.env())
+    node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
     cluster.node = node
     base = f"http://127.0.0.1:{node.http_port}"
     headers = {"Authorization": f"Bearer {w1}"}
@@ -190,6 +190,22 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
                                        claim_key_of(node.data_dir, second["id"], second["series_generation"]))
     assert reply.reports == (("uronode-stone-cascade 9.9.9", DocumentReference(
         study, pydicom.dcmread(report).SeriesInstanceUID, ComprehensiveSRStorage, report_uid)),)
+
+    # Holding the series' job, the worker may store its model's report again (a retry makes the same UIDs), but
+    # not replace another analysis's: another model's report under that UID is refused (review 23).
+    def variant(name: str, model: str, version: str) -> Path:
+        ds = pydicom.dcmread(report)
+        ds.ManufacturerModelName, ds.SoftwareVersions = model, [version, "uronode 0.1.0"]
+        ds.SeriesDescription = f"{name} report"
+        ds.save_as(cluster.tmp / f"{name}.dcm")
+        return cluster.tmp / f"{name}.dcm"
+
+    body, stow_headers = stow_body([variant("forged", "another-model", "1.0")])
+    forged = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**stow_headers, **headers})
+    assert forged.status_code == 403 and "a result of another analysis" in forged.json()["detail"], forged.text
+    body, stow_headers = stow_body([variant("again", "uronode-stone-cascade", "9.9.9")])
+    again = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**stow_headers, **headers})
+    assert again.status_code == 200, again.text
 
     # The token revoked while the job runs: the heartbeat gives the claim up, no thread dies with a traceback.
     tokens = cluster.tmp / "worker-tokens"

@@ -222,11 +222,14 @@ def test_soft_tissue_and_tilted_series_are_read_and_asked_for_any_series_is(stor
     read: list[tuple[str, SliceOptions]] = [
         ("tilted", {"orientation": (1, 0, 0, 0, math.cos(tilt), -math.sin(tilt))}),
         ("soft", {"convolution_kernel": "B30f", "series_description": "ABDOMEN BONE WINDOW"}),
-        ("medium", {"convolution_kernel": "Br40d\\3"}), ("standard", {"convolution_kernel": "STANDARD"})]
+        ("medium", {"convolution_kernel": "Br40d\\3"}), ("standard", {"convolution_kernel": "STANDARD"}),
+        ("ge-soft", {"convolution_kernel": "SOFT", "series_description": "Bone window"}),
+        # an Enhanced CT keeps its frames' positions in functional groups, none at the top level (review 23)
+        ("enhanced", {"sop_class": "1.2.840.10008.5.1.4.1.1.2.1", "position": False})]
     for name, kwargs in read:
         send(store, uid("read", name), 2, None, **kwargs)
     done = monitor.complete_due(time.time() + GRACE + 0.1)
-    assert [d.disposition for d in done] == [SeriesDisposition.QUEUED] * 4, [d.reason for d in done]
+    assert [d.disposition for d in done] == [SeriesDisposition.QUEUED] * 6, [d.reason for d in done]
     asked_for: list[tuple[str, SliceOptions]] = [
         ("sagittal", {"orientation": (0, 1, 0, 0, 0, -1)}), ("bone", {"convolution_kernel": "FC30"}),
         ("screen", {"position": False})]
@@ -247,7 +250,11 @@ def test_soft_tissue_and_tilted_series_are_read_and_asked_for_any_series_is(stor
     ("FC30", "", True), ("FC81", "", True), ("", "THORAX LUNGE", True), ("", "Abdomen Knochen 1.0", True),
     ("SOFT", "", False), ("STANDARD", "", False), ("B30f", "", False), ("I26f", "", False), ("FC03", "", False),
     ("FC18", "", False), ("B30f", "BONE", False), ("", "KUB 1.25mm", False), ("", "CT KUB LOW DOSE", False),
-    ("", "STONE PROTOCOL", False), ("", "CT ABD/PELVIS W/O", False),
+    ("", "STONE PROTOCOL", False), ("", "CT ABD/PELVIS W/O", False), ("FC30-H", "", True),
+    # review 23: a kernel that names nothing sharp decides, whatever the description says
+    ("STANDARD", "CT ABD PEL LUNG BASES", False), ("SOFT", "Bone window", False), ("FC18-H", "Abd Bone", False),
+    ("DETAIL", "", False), ("B", "", False), ("UB", "", False), ("BODY SHARP", "", False), ("Br40d\\3", "BONE", False),
+    ("", "CT ABD LUNG BASES", False), ("", "ABD PELVIS WO", False), ("", "Nieren Steinprotokoll", False),
 ])
 def test_sharp_kernels_by_name(kernel: str, description: str, sharp: bool) -> None:
     assert (sharp_kernel(kernel, description) is not None) is sharp
@@ -262,3 +269,6 @@ def test_the_axial_tolerance_is_the_model_loader_s() -> None:
     assert not_axial(["1\\0\\0\\0\\1\\0"]) is None  # axial
     assert not_axial(["1\\0\\0\\0\\1\\0", "1\\0\\0\\0\\0\\-1"]) is None  # mixed: the loader says why
     assert not_axial(["", "1\\0\\0\\0\\0\\-1"]) is None  # unknown: the loader says why
+    # the tilt limit itself, written with six decimals (30.0000116 degrees): read, as the loader reads it
+    assert not_axial(["1\\0\\0\\0\\0.866025\\-0.5"] * 3) is None
+    assert not_axial(["1\\0\\0\\0\\0.857167\\-0.515038"] * 3) == pytest.approx(31.0, abs=0.01)
