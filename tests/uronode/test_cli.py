@@ -1,14 +1,19 @@
 """The command line meets an administrator's mistakes with one sentence and an exit status, never a
 traceback and never a silent wrong action. In process: ``main([...])`` as the console script runs it."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.factory import write_series
+from tests.uronode.test_store import encoded, put
 from uronode.app.cli import local_time, main
 from uronode.jobs import JobQueue
 from uronode.store import Store
+from uronode.supersede import record_results
 from uronode.types import JobState
 
 NO_NODE = "give --data-dir or --config"
@@ -72,7 +77,7 @@ def test_admin_commands_read_an_existing_node(tmp_path: Path, capsys: pytest.Cap
         job = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
     assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["id", "state", "tries", "worker", "model", "series", "changed", "reason"]
+    assert header.split() == ["id", "state", "tries", "worker", "model", "ct", "series", "changed", "reason"]
     changed = JobQueue(store).get(job)
     assert changed is not None
     assert row.split() == [str(job), "queued", "0", "default", "1.2.3.4", local_time(changed.updated_at)]
@@ -171,3 +176,39 @@ def test_a_config_file_that_is_not_toml_is_one_line(tmp_path: Path, capsys: pyte
     assert main(["--config", str(bad), "jobs", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"uronode: config file {bad} is not valid TOML: ") and err.count("\n") == 1
+
+
+def test_jobs_name_the_ct_series_and_a_job_whose_results_were_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 22: a job was named by its series UID alone, and one whose results a later run replaced read as
+    plainly delivered."""
+    store = Store(tmp_path / "data")
+    put(store, encoded(0, series="1.2.3.4", study="1.2.3", series_description="KUB 5.0mm BONE"))
+    queue = JobQueue(store)
+    findings = json.dumps({"model": {"name": "cascade", "version": "3.8.0"}, "stones": []})
+    for run, result in ((1, "1.2.3.4.901"), (2, "1.2.3.4.902")):
+        with store.transaction() as conn:
+            queue.enqueue_in(conn, "1.2.3", "1.2.3.4", run, "default")
+        job = queue.claim()
+        assert job is not None
+        with store.transaction() as conn:
+            record_results(conn, job_id=job.id, source_series_uid="1.2.3.4", model="cascade 3.8.0",
+                           sop_instance_uids=[result])
+            queue.finish_in(conn, job.id, JobState.DELIVERED, findings=findings, seconds=1.0, worker="local")
+    assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
+    header, second, first = capsys.readouterr().out.splitlines()
+    assert "#2 KUB 5.0mm BONE" in first and "#2 KUB 5.0mm BONE" in second  # the factory's SeriesNumber 2
+    assert first.endswith("results superseded by job 2") and not second.rstrip().endswith("job 2")
+
+
+def test_jobs_into_a_pipe_closed_early_say_nothing_of_it(tmp_path: Path) -> None:
+    """`uronode jobs | head` ended with 'uronode: [Errno 32] Broken pipe' (probe 22)."""
+    store = Store(tmp_path / "data")
+    with store.transaction() as conn:
+        for n in range(1500):  # far more than a pipe holds
+            JobQueue(store).enqueue_in(conn, "1.2.3", f"1.2.3.{n}", 1, "default")
+    command = (f"{sys.executable} -m uronode jobs --data-dir {tmp_path / 'data'} --limit 1500 | head -n 1; "
+               "exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[:3] == ["id", "state", "tries"]
+    assert done.stderr == "" and done.returncode == 0, (done.returncode, done.stderr)

@@ -220,19 +220,47 @@ def _newest(rows: list[T], limit: int) -> tuple[list[T], bool]:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
-    queue = JobQueue(_existing_store(settings))
+    store = _existing_store(settings)
+    queue = JobQueue(store)
     state = JobState(args.state) if args.state else None
     jobs, cut = _newest(queue.list(state, args.limit + 1), args.limit)
     # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
+    # ct: the CT series' number and description, as a PACS lists it (probe 22: a UID alone named no series)
     # changed: when the job last changed state (local time, with its offset from UTC)
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'series':<64}  {'changed':<25}"
-          "  reason")
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'ct':<24} {'series':<64}"
+          f"  {'changed':<25}  reason")
     for job in jobs:
         print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.model:<14}"
-              f" {job.series_instance_uid:<64}  {local_time(job.updated_at):<25}  {job.reason or ''}")
+              f" {_ct_label(store, job.series_instance_uid):<24} {job.series_instance_uid:<64}"
+              f"  {local_time(job.updated_at):<25}  {job.reason or _superseded(store, job.id, job.series_instance_uid)}")
     if cut:
         _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0
+
+
+def _ct_label(store: Store, series_uid: str) -> str:
+    """"#3 KUB 5.0mm": the series' number and description, cut to the column; "" for a series the index lacks."""
+    row = store.conn().execute("SELECT series_number, series_description FROM series WHERE series_instance_uid = ?",
+                               (series_uid,)).fetchone()
+    if row is None:
+        return ""
+    number = f"#{row['series_number']}" if row["series_number"] is not None else "#-"
+    label = f"{number} {row['series_description'] or ''}".strip()
+    return label if len(label) <= 24 else label[:23] + "…"
+
+
+def _superseded(store: Store, job_id: int, series_uid: str) -> str:
+    """"results superseded by job N" for a job whose results a later run replaced (probe 22), else ""."""
+    from uronode.supersede import superseding_job
+
+    try:
+        named = json.loads(JobQueue(store).findings(job_id) or "{}").get("model") or {}
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(named, dict) or not named.get("name") or not named.get("version"):
+        return ""
+    later = superseding_job(store.conn(), job_id, series_uid, f"{named['name']} {named['version']}")
+    return f"results superseded by job {later}" if later is not None else ""
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -493,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UronodeError) as exc:  # each carries a sentence for a person, no traceback needed
         print(f"uronode: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `uronode jobs | head`: the reader has what it wanted; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"uronode: {exc}", file=sys.stderr)
         return 1
