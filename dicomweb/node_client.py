@@ -105,6 +105,10 @@ class NodeClient:
         with self._open(method, path, body) as response:
             return json.loads(response.read() or b"null")
 
+    def whoami(self) -> str:
+        """The worker name the node knows this token by (:class:`Unauthorized` for a token it does not know)."""
+        return str(self._json("GET", "/api/queue/worker")["worker"])
+
     def claim(self, job_id: int, generation: int, key: str) -> ClaimReply:
         reply = self._json("POST", f"/api/queue/jobs/{job_id}/claim", {"generation": generation, "key": key})
         job = reply["job"]

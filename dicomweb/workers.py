@@ -143,6 +143,11 @@ async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: W
     }
 
 
+@router.get("/worker", summary="Which worker this token names (a worker checks its token at start)")
+async def whoami(worker: WorkerDep) -> dict[str, str]:
+    return {"worker": worker}
+
+
 @router.post("/jobs/{job_id}/heartbeat", summary="Renew a claim's lease")
 async def heartbeat(job_id: int, body: HeartbeatRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
     try:

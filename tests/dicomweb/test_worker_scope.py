@@ -240,13 +240,15 @@ def test_a_remote_worker_runs_its_jobs_on_a_node_with_authentication_and_then_re
     cluster.assert_each_result_received_once()
     events = [e for e in map(json.loads, (node.data_dir / "audit.log").read_text().splitlines())
               if e["event"] == "http" and e.get("user") == "w1"]
-    fetched = {e["path"].rsplit("/", 1)[-1] for e in events if e["method"] == "GET" and e["status"] == 200}
+    fetched = {e["path"].rsplit("/", 1)[-1] for e in events if e["method"] == "GET" and e["status"] == 200
+               and e["path"].startswith("/dicom-web/")}
+    assert [e["path"] for e in events if e["path"] == "/api/queue/worker"] == ["/api/queue/worker"]  # its start
     assert fetched == set(series)  # each job's series, through the worker's token
     assert [e["status"] for e in events if e["method"] == "POST" and e["path"].startswith("/dicom-web/")] == [
         200, 200]  # its results, one STOW each
     # its claims and completions, audited with its name
     assert [e["path"].rsplit("/", 1)[-1] for e in events if e["path"].startswith("/api/queue/")
-            and not e["path"].endswith("/heartbeat")] == ["claim", "complete"] * 2
+            and not e["path"].endswith(("/heartbeat", "/worker"))] == ["claim", "complete"] * 2
     token = (cluster.tmp / "w1.token").read_text().strip()
     for job in query(node.data_dir, "SELECT * FROM jobs"):
         done = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{job['study_instance_uid']}/series/"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -255,3 +258,27 @@ def test_a_redis_restarted_empty_has_the_waiting_job_published_again_at_once_not
                          json={"generation": generation, "key": json.loads(raw)["kwargs"]["key"]},
                          headers={"Authorization": f"Bearer {token}"})
     assert claimed.status_code == 200, claimed.text
+
+
+def test_a_worker_that_cannot_work_says_why_at_start_and_exits(cluster: Cluster) -> None:
+    """Probe 20: a worker with a token the node does not know, or a broker it cannot reach, said "taking jobs"
+    and then held messages, logged errors for ever or stopped only at its first job."""
+    node = cluster.start()
+    base = f"http://127.0.0.1:{node.http_port}"
+    assert httpx.get(f"{base}/api/queue/worker",
+                     headers={"Authorization": f"Bearer {cluster.token('w1').read_text().strip()}"}).json() == {
+        "worker": "w1"}
+    bad = cluster.tmp / "bad.token"
+    bad.write_text("not-a-token-the-node-knows\n")
+    env = {**os.environ, **cluster.env()}
+
+    def worker(token: Path, **changes: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "uronode", "worker", "--node", base, "--token-file", str(token)],
+                              env={**env, **changes}, capture_output=True, text=True, timeout=120)
+
+    refused = worker(bad)
+    assert refused.returncode == 2 and "does not know this worker's token" in refused.stderr, refused.stderr[-2000:]
+    unreachable = worker(cluster.token("w2"), URONODE_QUEUE__BROKER_URL="redis://127.0.0.1:9/0")
+    assert unreachable.returncode == 2 and "the broker (queue.broker_url) cannot be reached" in unreachable.stderr, \
+        unreachable.stderr[-2000:]
+    assert "taking jobs" not in refused.stderr + unreachable.stderr

@@ -29,6 +29,7 @@ from inference.errors import InferenceError
 from inference.writers.results import findings_record, write_results
 from uronode.app.worker import SeriesModel, encode
 from uronode.broker import ACTOR_NAME, QUEUE_NAME, JobMessage, MalformedMessage, make_broker
+from uronode.errors import UronodeError
 from uronode.settings import Settings
 from uronode.types import DocumentReference
 
@@ -189,6 +190,28 @@ def retry_when(retries: int, exception: BaseException) -> bool:
     return retries < MESSAGE_RETRIES and isinstance(exception, NodeUnreachable)
 
 
+class WorkerCannotStart(UronodeError):
+    """The node refuses the worker's token, does not answer, or the broker cannot be reached: said, exit 2."""
+
+
+def check_start(client: NodeClient, broker: Any, node: str) -> None:
+    """Before taking any message: the node knows the token and answers, and the broker answers. A worker started
+    with a bad token, a wrong --node or a wrong Redis password said "taking jobs" and then held messages, logged
+    errors for ever or stopped only at its first job (probe 20)."""
+    try:
+        name = client.whoami()
+    except Unauthorized as exc:
+        raise WorkerCannotStart(f"the node at {node} does not know this worker's token ({exc}): make one with "
+                                "`uronode worker-token NAME --out FILE` on the node") from None
+    except (NodeUnreachable, Refused, RuntimeError, ValueError) as exc:
+        raise WorkerCannotStart(f"the node at {node} does not answer as a uronode node: {exc}") from None
+    try:
+        broker.client.ping()
+    except Exception as exc:  # noqa: BLE001 - redis' errors (connection, authentication) are said as they are
+        raise WorkerCannotStart(f"the broker (queue.broker_url) cannot be reached: {type(exc).__name__}: {exc}") from None
+    log.info("worker: the node at %s knows this token as worker %s; the broker answers", node, name)
+
+
 def run_remote_worker(settings: Settings, node: str, token: str) -> None:
     """Load the model, then take job messages until SIGTERM or SIGINT."""
     import dramatiq
@@ -196,13 +219,14 @@ def run_remote_worker(settings: Settings, node: str, token: str) -> None:
     from inference.pipeline import Pipeline
     from inference.runtime import resolve_model_dir
 
+    client = NodeClient(node, token, patience_s=max(30.0, settings.queue.lease_s))
+    broker = make_broker(settings.queue.broker_url, heartbeat_timeout_s=max(10.0, settings.queue.lease_s))
+    check_start(client, broker, node)
     started = time.perf_counter()
     pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
     log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version, time.perf_counter() - started)
-    client = NodeClient(node, token, patience_s=max(30.0, settings.queue.lease_s))
     stop = threading.Event()
     worker = RemoteWorker(client, pipeline, settings.inference.model, stop)
-    broker = make_broker(settings.queue.broker_url, heartbeat_timeout_s=max(10.0, settings.queue.lease_s))
 
     def uronode_job(*args: Any, **fields: Any) -> None:
         if args:
