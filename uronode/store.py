@@ -38,7 +38,13 @@ from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable
 from uronode.dicomfile import is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
-from uronode.types import InstanceHeader, SeriesState, StoredInstance, StoreOutcome
+from uronode.types import (
+    OWN_MANUFACTURER,
+    InstanceHeader,
+    SeriesState,
+    StoredInstance,
+    StoreOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +236,13 @@ class Store:
         *,
         calling_ae: str = "",
         association_id: int | None = None,
+        keep_own: bool = False,
     ) -> StoreOutcome:
         """Store one encoded instance (the parts are written one after the other).
 
-        Returns once the file and its index row are durable. Raises
+        ``keep_own``: an instance the node made (Manufacturer ``uronode``) that comes back with other bytes (a PACS
+        sending the study back, re-encoded) leaves the node's own copy in place, as a duplicate (probe 22: the
+        node's results were replaced by the PACS's copies). Returns once the file and its index row are durable. Raises
         :class:`OutOfResources` when the disk is full or a write fails, and
         :class:`InvalidInstance` for unusable UIDs; in both cases nothing is
         indexed and no partial file is left behind.
@@ -243,9 +252,13 @@ class Store:
         final = self.instance_path(header)
         conn = self.conn()
         row = conn.execute(
-            "SELECT size, path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+            "SELECT size, path, manufacturer FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
         ).fetchone()
         if row is not None and row["size"] == size and _same_bytes(Path(row["path"]), parts):
+            return StoreOutcome.DUPLICATE
+        if row is not None and keep_own and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
+            log.info("instance %s: one of the node's own results came back from %s with other bytes; the node's "
+                     "copy is kept", header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
         self.files.write(final, parts)
         try:

@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+OWN_MANUFACTURER = "uronode"
+"""Manufacturer (0008,0070) written into every object this node derives."""
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceHeader:
