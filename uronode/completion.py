@@ -45,6 +45,9 @@ CT_SOP_CLASSES = {
 }
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
+OWN_RESULTS = "derived by this node"
+"""The reason a series of the node's own results is not for the model: logged at DEBUG (every job makes four)."""
+
 NORMAL_END = "released"
 """The association outcome (:mod:`uronode.associations`) that lets a series complete after the grace period."""
 
@@ -138,7 +141,7 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not rows:
         return "the series has no instances"
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
-        return "derived by this node"
+        return OWN_RESULTS
     modalities = sorted({r["modality"] or "(none)" for r in rows})
     if "CT" not in modalities:
         return f"modality {'/'.join(modalities)}, not CT"
@@ -247,8 +250,9 @@ class CompletionMonitor:
         )
         if job_id is not None:
             log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
-        else:
-            log.info("series %s complete (%d instances): not for the model: %s", series_uid, len(instances), reason)
+        else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
+            log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
+                    "series %s complete (%d instances): not for the model: %s", series_uid, len(instances), reason)
         return CompletedSeries(
             series_instance_uid=series_uid,
             study_instance_uid=due["study_instance_uid"],

@@ -272,3 +272,15 @@ def test_the_axial_tolerance_is_the_model_loader_s() -> None:
     # the tilt limit itself, written with six decimals (30.0000116 degrees): read, as the loader reads it
     assert not_axial(["1\\0\\0\\0\\0.866025\\-0.5"] * 3) is None
     assert not_axial(["1\\0\\0\\0\\0.857167\\-0.515038"] * 3) == pytest.approx(31.0, abs=0.01)
+
+
+def test_the_node_s_own_results_complete_without_an_info_line(
+        store: Store, monitor: CompletionMonitor, caplog: pytest.LogCaptureFixture) -> None:
+    """Every job's four result series complete too: logged at DEBUG, where a skipped MR stays a line to read."""
+    send(store, uid("own-results"), 1, None, manufacturer="uronode")
+    send(store, uid("an-mr"), 1, None, modality="MR")
+    with caplog.at_level("INFO", logger="uronode.completion"):
+        done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert sorted(d.reason or "" for d in done) == ["derived by this node", "modality MR, not CT"]
+    said = [r.getMessage() for r in caplog.records if "not for the model" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("not for the model: modality MR, not CT")
