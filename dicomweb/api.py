@@ -39,7 +39,7 @@ from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
 from uronode.store import Store
-from uronode.supersede import superseding_job
+from uronode.supersede import superseded_by
 from uronode.types import CompletedSeries, Job, JobState, SeriesDisposition
 
 router = APIRouter(prefix="/api", tags=["API"])
@@ -64,10 +64,8 @@ def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:
     findings = queue.findings(job.id)
     data["findings"] = json.loads(findings) if findings else None
     data["superseded_by"] = None
-    model = (data["findings"] or {}).get("model") if isinstance(data["findings"], dict) else None
-    if isinstance(model, dict) and job.state in (JobState.DELIVERED, JobState.DELIVERING, JobState.FAILED):
-        data["superseded_by"] = superseding_job(queue.store.conn(), job.id, job.series_instance_uid,
-                                                f"{model.get('name', '')} {model.get('version', '')}")
+    if job.state in (JobState.DELIVERED, JobState.DELIVERING, JobState.FAILED):
+        data["superseded_by"] = superseded_by(queue.store.conn(), job.id, job.series_instance_uid, findings)
     return data
 
 

@@ -68,6 +68,7 @@ from uronode.errors import InvalidInstance
 from uronode.header import read_instance, to_file_format
 from uronode.ingest import Expected, Verdict, take_instance
 from uronode.store import Store
+from uronode.supersede import STRUCTURED_REPORT_PREFIX
 from uronode.types import InstanceHeader
 
 router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"])
@@ -82,9 +83,8 @@ SEND_DICOM = 'send multipart/related; type="application/dicom"'
 
 WARNING_DATA_SET_DOES_NOT_MATCH = 0xB007
 RESULT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7"})
-"""SEG and Secondary Capture: with the SR classes (``SR_CLASS_PREFIX``, key objects among them), what the
-node's writers make, and so all that a remote worker's token may store."""
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+"""SEG and Secondary Capture: with the SR classes (``STRUCTURED_REPORT_PREFIX``, key objects among them), what
+the node's writers make, and so all that a remote worker's token may store."""
 
 
 def _ref(
@@ -179,10 +179,9 @@ def _worker_study(store: Store, spool: MultipartSpool, parts: list[SpooledPart],
         if part.content_type == "application/dicom":
             with spool.content(part) as content:
                 header = _header_of(content)
+                refusal = _not_a_result(store, header, worker, content) if header is not None else None
             if header is not None:
                 studies.add(header.study_instance_uid)
-                with spool.content(part) as content:
-                    refusal = _not_a_result(store, header, worker, content)
                 if refusal is not None:
                     raise WorkerRefused(f"worker {worker}: part {number} ({header.sop_instance_uid[:80]}) {refusal}")
     if study is not None:
@@ -205,7 +204,7 @@ def _not_a_result(store: Store, header: InstanceHeader, worker: str, content: by
     result (one recorded for a series the worker holds no job on, or made by another model: review 23)."""
     if header.manufacturer != OWN_MANUFACTURER:
         return f"is not made by uronode (Manufacturer {header.manufacturer[:64]!r}): a worker stores only results"
-    if header.sop_class_uid not in RESULT_SOP_CLASSES and not header.sop_class_uid.startswith(SR_CLASS_PREFIX):
+    if header.sop_class_uid not in RESULT_SOP_CLASSES and not header.sop_class_uid.startswith(STRUCTURED_REPORT_PREFIX):
         return f"is of SOP class {header.sop_class_uid[:64]}, which is no result's: a worker stores only results"
     existing = store.get_instance(header.sop_instance_uid)
     if existing is not None and existing.header.manufacturer != OWN_MANUFACTURER:

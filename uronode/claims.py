@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -45,7 +44,7 @@ from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_rea
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
-from uronode.supersede import record_results, settle
+from uronode.supersede import findings_model, record_results, settle
 from uronode.types import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -357,7 +356,7 @@ class Claims:
                         conn, destination=destination.name, sop_instance_uid=uid, sop_class_uid=item["sop_class_uid"],
                         path=Path(item["path"]), job_id=job_id, calling_ae=source["calling_ae"] if source else None,
                     )
-            model = _model_of(findings)
+            model = findings_model(findings)
             superseded = record_results(conn, job_id=job_id, source_series_uid=row["series_instance_uid"],
                                         model=model, sop_instance_uids=results) if model else []
             state = JobState.DELIVERING if owed or any(s.delivered_to for s in superseded) else JobState.DELIVERED
@@ -499,11 +498,3 @@ def _private_append(path: Path) -> int:
             log.warning("%s stays mode %o (%s); make it 600", path, mode, exc.strerror or exc)
     return fd
 
-
-def _model_of(findings: str) -> str:
-    """The model's name and version as the findings name them ("" when they do not: nothing is superseded)."""
-    try:
-        model = json.loads(findings).get("model") or {}
-        return f"{model['name']} {model['version']}" if model.get("name") and model.get("version") else ""
-    except (ValueError, AttributeError, TypeError):
-        return ""

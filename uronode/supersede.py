@@ -26,6 +26,7 @@ upgrade is compared, not overwritten).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -74,6 +75,22 @@ class Superseded:
     path: Path
     delivered_to: tuple[str, ...]
     """The destinations that hold it already."""
+
+
+def findings_model(findings: str | None) -> str:
+    """The model's name and version as a job's findings (JSON) name them, as the results table records them;
+    "" when they do not (nothing is then superseded)."""
+    try:
+        model = json.loads(findings or "").get("model") or {}
+        return f"{model['name']} {model['version']}" if model.get("name") and model.get("version") else ""
+    except (ValueError, AttributeError, TypeError):
+        return ""
+
+
+def superseded_by(conn: sqlite3.Connection, job_id: int, source_series_uid: str, findings: str | None) -> int | None:
+    """:func:`superseding_job` of a job as recorded (its findings name its model), or None."""
+    model = findings_model(findings)
+    return superseding_job(conn, job_id, source_series_uid, model) if model else None
 
 
 def superseding_job(conn: sqlite3.Connection, job_id: int, source_series_uid: str, model: str) -> int | None:

@@ -198,9 +198,9 @@ def test_a_rejection_note_is_numbered_with_the_results_it_rejects(rejected: obje
     ('{"stones": []}', ""), ("not json", ""), ('{"model": {"name": "x"}}', ""), ('["list"]', ""),
 ])
 def test_the_model_a_remote_worker_s_findings_name(findings: str, model: str) -> None:
-    from uronode.claims import _model_of
+    from uronode.supersede import findings_model
 
-    assert _model_of(findings) == model
+    assert findings_model(findings) == model
 
 
 def test_a_job_says_which_later_job_replaced_its_results(tmp_path: Path) -> None:

@@ -251,15 +251,9 @@ def _ct_label(store: Store, series_uid: str) -> str:
 
 def _superseded(store: Store, job_id: int, series_uid: str) -> str:
     """"results superseded by job N" for a job whose results a later run replaced (probe 22), else ""."""
-    from uronode.supersede import superseding_job
+    from uronode.supersede import superseded_by
 
-    try:
-        named = json.loads(JobQueue(store).findings(job_id) or "{}").get("model") or {}
-    except (ValueError, AttributeError):
-        return ""
-    if not isinstance(named, dict) or not named.get("name") or not named.get("version"):
-        return ""
-    later = superseding_job(store.conn(), job_id, series_uid, f"{named['name']} {named['version']}")
+    later = superseded_by(store.conn(), job_id, series_uid, JobQueue(store).findings(job_id))
     return f"results superseded by job {later}" if later is not None else ""
 
 
