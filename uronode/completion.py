@@ -34,7 +34,7 @@ from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence
 from uronode.jobs import JobQueue
 from uronode.store import Store
-from uronode.types import OWN_MANUFACTURER, CompletedSeries, SeriesDisposition
+from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,6 @@ CT_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-OWN_RESULTS = "derived by this node"
-"""The reason a series of the node's own results is not for the model: logged at DEBUG (every job makes four)."""
 
 NORMAL_END = "released"
 """The association outcome (:mod:`uronode.associations`) that lets a series complete after the grace period."""

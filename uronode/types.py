@@ -9,6 +9,10 @@ from pathlib import Path
 OWN_MANUFACTURER = "uronode"
 """Manufacturer (0008,0070) written into every object this node derives."""
 
+OWN_RESULTS = "derived by this node"
+"""The reason a series of the node's own results is not for the model (``uronode.completion``): logged at DEBUG
+(every job makes four) and counted apart in the ``uronode_series`` metric."""
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceHeader:

@@ -49,11 +49,19 @@ def test_metrics_count_what_the_database_holds(tmp_path: Path) -> None:
     outbox.mark_failed(second.id, "refused")
     outbox.mark_failed(second.id, "refused")  # dead after two: two failures
 
+    put(store, encoded(0, series="1.2.3.6", manufacturer="uronode"))  # the node's own results, sent back
+    put(store, encoded(0, series="1.2.3.7", image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    assert [done.reason for done in monitor.complete_now(["1.2.3.6", "1.2.3.7"])] == [
+        "derived by this node", "localizer (scout) images"]
+
     found = samples(store)
-    assert found[("uronode_instances_stored", ())] == 4
-    assert found[("uronode_instances_received_total", ())] == 14
-    assert found[("uronode_series_completed_total", ())] == 3
+    assert found[("uronode_instances_stored", ())] == 6
+    assert found[("uronode_instances_received_total", ())] == 16
+    assert found[("uronode_series_completed_total", ())] == 5
     assert found[("uronode_series", (("disposition", "queued"), ("state", "complete")))] == 1
+    # the node's own result series are counted apart, not among the series the model skipped (probe 22)
+    assert found[("uronode_series", (("disposition", "results"), ("state", "complete")))] == 1
+    assert found[("uronode_series", (("disposition", "skipped"), ("state", "complete")))] == 1
     assert found[("uronode_series", (("disposition", ""), ("state", "receiving")))] == 1
     assert found[("uronode_jobs", (("state", "delivering"),))] == 1
     assert found[("uronode_jobs", (("state", "queued"),))] == 0
