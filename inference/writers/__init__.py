@@ -11,8 +11,8 @@ as SoftwareVersions, the source StudyInstanceUID, a SeriesNumber after the sourc
 series' number N (SEG 1000 x N + 901, SC 1000 x N + 902, SR 1000 x N + 903, key
 object selection 1000 x N + 904; the fixed 901-904 where the source has no number
 from 1, or one too large: ``Identity.series_number``), a SeriesDescription naming
-the source series and the model version ("AI urinary stones - report of series 3
-(Abdomen), model 3.8.0": ``Identity.description``) and UIDs derived from the source
+the source series and the model version ("AI urinary stones report: series 3
+(Abdomen) v3.8.0": ``Identity.description``) and UIDs derived from the source
 series UID and the model, so a re-run gives the same UIDs. No stone: no SEG, no
 overlays, no key object selection, and the SR says "Calculus: Not detected" (SCT
 260415000).

@@ -21,16 +21,19 @@ number too large for the result's to stay an IS value (1000 x N + 904 >
 they take in the source's character set, escape sequences included, as dciodvfy
 counts them: a Japanese description takes two or three a character) say what a result is,
 which source series it was made from and which model version made it:
-"AI urinary stones - report of series 3 (Abdomen...), model 3.8.0" for series 3,
-"Abdomen kidneys thin". Where the whole is too long, the source's description is
+"AI urinary stones report: series 3 (Abdomen kidneys thin) v3.8.0" for series 3,
+"Abdomen kidneys thin". The fixed words are few (at most 47 characters are left
+for the source's description of a mask, 41 of the key images, for a one-digit
+series), since the source's description is what tells two reconstructions of one
+scan apart ("KUB 5.0mm", "KUB 1.25mm BONE"). Where the whole is too long, the source's description is
 shortened and ends in "..." (ASCII, which every character set has), or left out
 where fewer than three of its characters would be left; the series number and the
 model version are not cut (only a model version of some 30 characters, which leaves
 no room for the kind of result, shortens that to "AI urinary stones", and is cut
 itself beyond).
-A source without a SeriesNumber is named by its description alone ("of series
-(Abdomen)"), one with neither is not named ("AI urinary stones - report, model
-3.8.0"). Every description starts with "AI urinary stones", which the viewer
+A source without a SeriesNumber is named by its description alone ("report:
+(Abdomen)"), one with neither is not named ("AI urinary stones report v3.8.0").
+Every description starts with "AI urinary stones", which the viewer
 (``dicomweb.viewer``) looks for (``Identity.description``).
 """
 
@@ -76,12 +79,14 @@ IS_MAX = 2**31 - 1
 
 RESULTS_PREFIX = "AI urinary stones"
 """How every result's SeriesDescription starts: the viewer finds the node's results by it (``dicomweb.viewer``)."""
-SEG_SERIES_DESCRIPTION = "AI urinary stones - mask"
-SC_SERIES_DESCRIPTION = "AI urinary stones - overlay"
-SR_SERIES_DESCRIPTION = "AI urinary stones - report"
-KOS_SERIES_DESCRIPTION = "AI urinary stones - key images"
+SEG_SERIES_DESCRIPTION = "AI urinary stones mask"
+SC_SERIES_DESCRIPTION = "AI urinary stones overlay"
+SR_SERIES_DESCRIPTION = "AI urinary stones report"
+KOS_SERIES_DESCRIPTION = "AI urinary stones key images"
 """What each result is; ``Identity.description`` adds its source series and model version. Short words, as the
-64 characters of a SeriesDescription are shared with the source's description (the list shows the modality)."""
+64 characters of a SeriesDescription are shared with the source's description (the list shows the modality):
+probe 22 found "AI urinary stones - key images of series 2 (KUB...), model 3.8.0", the source's description
+cut where it told its reconstructions apart (``KUB 1.25mm BONE``)."""
 LO_MAX = 64
 ELLIPSIS = "..."
 """Ends a shortened source description: ASCII, so that it is written in any character set of the source."""
@@ -129,20 +134,18 @@ class Identity:
         model version made it (so are two versions' results); at most 64 characters (LO), counted as the bytes
         the value takes in the source's character set, as validators count them. See the module's
         documentation."""
-        model = f", model {self.model_version}"
+        model = f" v{self.model_version}"
         number = self.source_series_number
-        series = " of series" if number is None else f" of series {number}"
+        series = "" if number is None else f" series {number}"
         text = self.source_series_description
         shortened = [f" ({text[:n].rstrip()}{ELLIPSIS})" for n in range(len(text) - 1, _MIN_KEPT - 1, -1)
                      if len(text[:n].rstrip()) >= _MIN_KEPT]
         for source in ([f" ({text})", *shortened] if text else []):
-            if self._fits(f"{base}{series}{source}{model}"):
-                return f"{base}{series}{source}{model}"
-        if number is None:
-            series = ""  # no number, and no room for the description: the source is not named
-        while len(base) > len(RESULTS_PREFIX) and not self._fits(f"{base}{series}{model}"):
-            base = base[:-1].rstrip(" -")  # a model version of some 30 characters: the kind of result goes
-        description = f"{base}{series}{model}"
+            if self._fits(f"{base}:{series}{source}{model}"):
+                return f"{base}:{series}{source}{model}"
+        while len(base) > len(RESULTS_PREFIX) and not self._fits(f"{base}{':' if series else ''}{series}{model}"):
+            base = base[:-1].rstrip()  # a model version of some 30 characters: the kind of result goes
+        description = f"{base}{':' if series else ''}{series}{model}"
         while not self._fits(description):
             description = description[:-1]  # and beyond, the version itself
         return description

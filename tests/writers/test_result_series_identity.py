@@ -93,8 +93,8 @@ def test_two_series_of_one_study_get_results_numbered_and_named_after_their_own_
         for ds in datasets:
             assert int(ds.SeriesNumber) == 1000 * number + OWN_NUMBERS[ds.Modality]
             text = str(ds.SeriesDescription)
-            assert len(text) <= 64 and text.startswith("AI urinary stones - ")
-            assert f" of series {number} (Abd" in text and text.endswith(f", model {MODEL_VERSION}")
+            assert len(text) <= 64 and text.startswith("AI urinary stones ")
+            assert f": series {number} (Abd" in text and text.endswith(f" v{MODEL_VERSION}")
         # the UIDs are derived from the source series, the model and what the run read, not the series number
         for result, kind in ((results.seg, "seg"), (results.sr, "sr"), (results.kos, "kos")):
             assert result is not None
@@ -139,7 +139,7 @@ def test_a_series_without_a_number_gets_the_fixed_numbers_and_is_named_by_its_de
     results = write_results(source, make_findings(source, stone_mask(source.shape)))
     for ds in results.datasets:
         assert int(ds.SeriesNumber) == OWN_NUMBERS[ds.Modality]
-        assert ds.SeriesDescription.endswith(f" of series (Kidneys), model {MODEL_VERSION}")
+        assert ds.SeriesDescription.endswith(f": (Kidneys) v{MODEL_VERSION}")
 
 
 def test_the_series_number_scheme() -> None:
@@ -172,17 +172,27 @@ def test_a_description_fits_an_lo_and_never_cuts_the_series_number_or_the_model_
     for base in BASES:
         text = identity.description(base)
         assert len(text) <= 64 and text.startswith("AI urinary stones")
-        assert text.endswith(f", model {version}")
+        assert text.endswith(f" v{version}")
         if number is not None:
-            assert f" of series {number}" in text
+            assert f": series {number}" in text
         if f"({description})" not in text and description:
-            shortened = text.split(" (", 1)[1].split("), model")[0] if " (" in text else ""
+            shortened = text.split(" (", 1)[1].split(f") v{version}")[0] if " (" in text else ""
             # shortened with an ASCII ellipsis from its start, or left out where too little of it would fit
             assert shortened == "" or (shortened.endswith("...") and description.startswith(shortened[:-3]))
     assert Identity("1.2.3", MODEL_NAME, "3.8.0", source_series_number=3, source_series_description="Abd").description(
-        SR_SERIES_DESCRIPTION) == "AI urinary stones - report of series 3 (Abd), model 3.8.0"
+        SR_SERIES_DESCRIPTION) == "AI urinary stones report: series 3 (Abd) v3.8.0"
     assert Identity("1.2.3", MODEL_NAME, "3.8.0").description(KOS_SERIES_DESCRIPTION) == (
-        "AI urinary stones - key images, model 3.8.0")
+        "AI urinary stones key images v3.8.0")
+
+
+def test_two_reconstructions_of_one_scan_are_told_apart_by_every_result_description() -> None:
+    """Probe 22: "AI urinary stones - key images of series 2 (KUB...), model 3.8.0" for both the 5 mm and the
+    1.25 mm bone reconstruction: the fixed words took 55-58 of the 64 characters, and the part of the source's
+    description that told the reconstructions apart was what got cut."""
+    for base in BASES:
+        texts = {Identity("1.2.3", MODEL_NAME, "3.8.0", source_series_number=2, source_series_description=d)
+                 .description(base) for d in ("KUB 5.0mm", "KUB 1.25mm BONE")}
+        assert texts == {f"{base}: series 2 (KUB 5.0mm) v3.8.0", f"{base}: series 2 (KUB 1.25mm BONE) v3.8.0"}
 
 
 @pytest.mark.parametrize(("character_set", "description"), [
@@ -201,7 +211,7 @@ def test_a_description_fits_an_lo_in_bytes_of_the_sources_character_set(
     for base in BASES:
         text = identity.description(base)
         assert len(encode_string(text, encodings)) <= 64, text
-        assert text.startswith(base + " of series 1") and text.endswith(", model 3.8.0")
+        assert text.startswith(base + ": series 1") and text.endswith(" v3.8.0")
 
 
 def test_cautions_are_burned_into_the_overlays_and_in_the_key_objects_description(stones: Case) -> None:

@@ -63,7 +63,7 @@ def test_kos_is_in_the_source_study_in_its_own_series(kos: hd.ko.KeyObjectSelect
                     "StudyID", "StudyDate", "StudyTime", "StudyDescription", "SpecificCharacterSet"):
         assert kos.get(keyword) == source.get(keyword), keyword
     assert source.SeriesNumber == 1 and kos.SeriesNumber == 1000 + KOS_SERIES_NUMBER
-    assert kos.SeriesDescription == f"AI urinary stones - key images of series 1 (uro...), model {MODEL_VERSION}"
+    assert kos.SeriesDescription == f"AI urinary stones key images: series 1 (uronode synth...) v{MODEL_VERSION}"
     assert kos.Manufacturer == MANUFACTURER
     assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
     others = {ds.SeriesInstanceUID for ds in stones.results.datasets if ds is not stones.results.kos}

@@ -78,7 +78,7 @@ def test_capture_attributes_and_geometry_come_from_the_source_slice(stones: Case
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert ds.SeriesNumber == 1000 * source.SeriesNumber + SC_SERIES_NUMBER
-        assert ds.SeriesDescription.startswith(f"AI urinary stones - overlay of series {source.SeriesNumber} (")
+        assert ds.SeriesDescription.startswith(f"AI urinary stones overlay: series {source.SeriesNumber} (")
         assert ds.Manufacturer == MANUFACTURER and ds.ManufacturerModelName == MODEL_NAME
         assert ds.BodyPartExamined == source.BodyPartExamined
         assert ds.ImagePositionPatient == source.ImagePositionPatient

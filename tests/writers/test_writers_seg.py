@@ -102,7 +102,7 @@ def test_seg_carries_the_node_identity_and_source_attributes(seg: hd.seg.Segment
     assert seg.Manufacturer == MANUFACTURER
     assert seg.ManufacturerModelName == MODEL_NAME
     assert seg.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
-    assert seg.SeriesDescription == f"AI urinary stones - mask of series 1 (uronode s...), model {MODEL_VERSION}"
+    assert seg.SeriesDescription == f"AI urinary stones mask: series 1 (uronode synthetic a...) v{MODEL_VERSION}"
     assert source.SeriesNumber == 1 and seg.SeriesNumber == 1000 + SEG_SERIES_NUMBER
     assert seg.SeriesDescription
     assert seg.SpecificCharacterSet == source.SpecificCharacterSet
