@@ -318,6 +318,19 @@ class JobQueue:
                 )
         return taken
 
+    def unattended(self, waited_s: float, now: float | None = None) -> int:
+        """How many jobs have waited, queued, longer than ``waited_s`` while no job runs anywhere: none is being
+        taken, by the node's workers or remote ones (probe 20: with no worker, or only remote workers of
+        another model, jobs waited for ever and ``/readyz`` said ready). 0 while any job runs: a backlog behind
+        a busy worker is not a fault."""
+        now = time.time() if now is None else now
+        row = self.store.conn().execute(
+            "SELECT (SELECT count(*) FROM jobs WHERE state = 'running') AS running,"
+            " (SELECT count(*) FROM jobs WHERE state = 'queued' AND updated_at < ?) AS waiting",
+            (now - waited_s,),
+        ).fetchone()
+        return 0 if row["running"] else int(row["waiting"])
+
     def findings(self, job_id: int) -> str | None:
         """The findings JSON the model produced for this job, if it has run."""
         row = self.store.conn().execute("SELECT findings FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -1,6 +1,7 @@
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import query
@@ -119,3 +120,42 @@ def test_a_node_started_with_another_model_restamps_what_was_queued_and_says_so(
     assert (row["model"], row["state"]) == ("default", "queued")
     assert node.proc is not None
     assert "1 queued job(s) for model 'cascade-2.1.0' will run with this node's model 'default'" in node.proc.log_text()
+
+
+def test_jobs_left_waiting_with_none_running_are_unattended(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    queue = JobQueue(store)
+    with store.transaction() as conn:
+        first = queue.enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
+        queue.enqueue_in(conn, "1.2.3", "1.2.3.5", 1, "default")
+    (row,) = query(store.root, "SELECT updated_at FROM jobs WHERE id = ?", first)
+    queued_at = row["updated_at"]
+    assert queue.unattended(60, now=queued_at + 30) == 0  # not yet long
+    assert queue.unattended(60, now=queued_at + 61) == 2
+    claimed = queue.claim()
+    assert claimed is not None and claimed.id == first
+    assert queue.unattended(60, now=queued_at + 61) == 0  # one runs: a backlog, not a fault
+    queue.finish(first, JobState.DELIVERED)
+    assert queue.unattended(60, now=queued_at + 61) == 1
+
+
+def test_ready_says_when_queued_jobs_wait_and_no_worker_takes_them(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Probe 20 #5: a node with no worker (or with only remote workers of another model) left its jobs queued
+    for ever while /readyz said ready."""
+    store = Store(tmp_path / "node")
+    with store.transaction() as conn:
+        JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
+        conn.execute("UPDATE jobs SET updated_at = updated_at - 5")  # queued 5 s before the node starts
+    node = start_node(tmp_path / "node", URONODE_INFERENCE__WORKERS="0", URONODE_QUEUE__CLAIM_TIMEOUT_S="2",
+                      URONODE_DICOMWEB__AUTH="none")
+    response = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=30)
+    assert response.status_code == 503
+    assert response.json()["detail"] == (
+        "1 job(s) queued for more than 2 s and none running: no worker takes them (the node's workers "
+        "(inference.workers))")
+    with Store(tmp_path / "node").transaction() as conn:
+        conn.execute("UPDATE jobs SET state = 'running'")  # a worker took it
+    response = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=30)
+    assert response.status_code == 200, response.text

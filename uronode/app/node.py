@@ -404,6 +404,18 @@ def model_missing(settings: Settings) -> str | None:
     return f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
 
 
+def jobs_unattended(queue: JobQueue, settings: Settings) -> str | None:
+    """Jobs wait and none runs: no worker takes them (none configured, none started, only remote workers of
+    another model). Waiting means longer than ``queue.claim_timeout_s``, the time a published job is given to
+    be claimed."""
+    waited_s = settings.queue.claim_timeout_s
+    if not (count := queue.unattended(waited_s)):
+        return None
+    takers = ("the node's workers (inference.workers)" if settings.queue.backend != "dramatiq"
+              else f"a remote worker running model {settings.inference.model!r}, or the node's own workers")
+    return f"{count} job(s) queued for more than {waited_s:.0f} s and none running: no worker takes them ({takers})"
+
+
 def workers_problem(workers: list[WorkerProcess]) -> str | None:
     """The first of the worker processes that cannot run jobs (crash-looping, frozen), or None."""
     for number, worker in enumerate(workers):
@@ -482,7 +494,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         log.warning("inference.workers is 0 and queue.backend is %r: series are queued and no job will run here "
                     "(set inference.workers, or queue.backend = \"dramatiq\" with remote workers)",
                     settings.queue.backend)
-    ready_checks: list[ReadyCheck] = []
+    ready_checks: list[ReadyCheck] = [partial(jobs_unattended, queue, settings)]
     if workers:
         ready_checks.append(partial(model_missing, settings))
         if (missing := model_missing(settings)) is not None:
