@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
@@ -36,7 +38,15 @@ from scp.identity import node_ae
 log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+
+
+def is_warning(code: int) -> bool:
+    """A warning status (PS3.7 C.3: 0001 or Bxxx; C-STORE's own B000, B006 and B007 among them): the peer
+    stored the instance and says something about it. Probe 25: a peer's 0001 counted as a failure, and every
+    result was sent again on each retry until the job failed."""
+    return code == 0x0001 or 0xB000 <= code <= 0xBFFF
+
+
 RESULTS_HINT = '(to send a destination only what it stores, set its results, e.g. ["sc", "sr"])'
 CONTEXT_RESULTS = {
     1: "user rejection",
@@ -189,6 +199,15 @@ def store_files(
     return results
 
 
+def _decode_all(ds: Dataset) -> None:
+    """Decode every element of ``ds`` and of the items of its sequences, at any depth, from the bytes it was
+    read from, so that the writer encodes each afresh in the syntax sent (a raw element is written as read)."""
+    for elem in ds:  # iterating a data set decodes each element in place
+        if elem.VR == VR.SQ:
+            for item in elem.value:
+                _decode_all(item)
+
+
 def _refused_contexts(assoc: Association | None) -> dict[str, int | None]:
     """SOP class -> the result of its refused presentation context, from the peer's A-ASSOCIATE-AC (if one came)."""
     if assoc is None or assoc.acceptor.primitive is None or assoc.acceptor.primitive.result != 0x00:
@@ -215,7 +234,10 @@ def _send_one(
                 ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
             ds.file_meta.TransferSyntaxUID = target
             # encoded as the target says (pynetdicom refuses a data set read as explicit VR under an implicit
-            # syntax: a PACS that accepts Implicit VR Little Endian alone stopped every delivery)
+            # syntax: a PACS that accepts Implicit VR Little Endian alone stopped every delivery), every item of
+            # every sequence too (probe 25: items kept their explicit VR bytes in an implicit VR stream, and
+            # the PACS aborted on the SEG)
+            _decode_all(ds)
             ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian, ds.original_character_set)
         started = time.monotonic()
         status = assoc.send_c_store(ds, msg_id=message_id)
@@ -235,7 +257,10 @@ def _send_one(
             why = f"{where} closed the connection before its C-STORE response"
         return SendResult(item.sop_instance_uid, False, None, why)
     code = int(status.Status)
-    if code == 0x0000 or code in WARNING_STATUSES:
+    if code == 0x0000 or is_warning(code):
+        if code:
+            comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
+            log.info("%s stored %s with warning 0x%04X%s", where, item.sop_instance_uid, code, comment)
         return SendResult(item.sop_instance_uid, True, code, None)
     comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
     return SendResult(item.sop_instance_uid, False, code, f"{where} answered 0x{code:04X}{comment}")

@@ -432,3 +432,26 @@ def test_a_fault_of_ours_with_one_destination_fails_its_deliveries_not_the_round
     (pacs,) = [d for d in outbox.list() if d.destination == "pacs"]
     assert pacs.state is DeliveryState.DELIVERED
     assert outbox.store.conn().execute("SELECT state FROM jobs WHERE id = 2").fetchone()["state"] == "delivered"
+
+
+def test_every_warning_status_is_a_delivery_and_a_failure_status_is_not(tmp_path: Path) -> None:
+    """Probe 25: a peer answering 0001 (a warning, PS3.7 C.3: stored) got every result again on each retry and
+    the job ended failed; only B000, B006 and B007 counted. No DCMTK peer answers a chosen status: this one is
+    pynetdicom's storage SCP, on a real association."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    answers = iter([0x0001, 0xB123, 0xB000, 0xA700, 0x0000])
+    ae = AE(ae_title="DEST")
+    ae.add_supported_context(CTImageStorage, [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: next(answers))])
+    try:
+        _, _, files = write_series(tmp_path / "ct", 5, size=32)
+        results = store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="DEST")
+    finally:
+        server.shutdown()
+    assert [(r.ok, r.status) for r in results] == [
+        (True, 0x0001), (True, 0xB123), (True, 0xB000), (False, 0xA700), (True, 0x0000)]
+    assert "0xA700" in (results[3].reason or "")
