@@ -63,6 +63,24 @@ def test_config_after_the_subcommand_is_read(
     assert f'"data_dir": "{tmp_path / "data"}"' in capsys.readouterr().out
 
 
+def test_data_dir_before_or_after_the_subcommand_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Probe 25: the README says the flag goes before or after the subcommand; before it was refused."""
+    Store(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    for command in (["jobs"], ["deliveries"], ["retry"], ["purge", "--older-than-days", "1", "--dry-run"]):
+        assert main([*command, "--data-dir", "data"]) == 0, capsys.readouterr().err
+        assert main(["--data-dir", "data", *command]) == 0, capsys.readouterr().err
+        assert main([f"--data-dir={tmp_path / 'elsewhere'}", *command, "--data-dir", "data"]) == 0  # the later wins
+    assert main(["--data-dir", "data", "config"]) == 0
+    assert '"data_dir": "data"' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # a command without a data folder does not ignore it silently
+        main(["--data-dir", "data", "echo", "127.0.0.1", "104", "PACS"])
+    assert refused.value.code == 2
+    assert "--data-dir does not apply to echo" in capsys.readouterr().err
+
+
 def test_serve_with_config_after_the_subcommand_reads_it(tmp_path: Path) -> None:
     """As ``./run serve --config F`` runs it: the file's bad AE title stops start-up, so it was read."""
     config = tmp_path / "uronode.toml"

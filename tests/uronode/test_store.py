@@ -1,3 +1,5 @@
+import math
+import re
 import subprocess
 from io import BytesIO
 from pathlib import Path
@@ -13,6 +15,7 @@ from uronode import queries
 from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
+from uronode.files import check_space
 from uronode.header import read_header
 from uronode.ingest import take_instance
 from uronode.store import Store
@@ -111,6 +114,18 @@ def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path:
         put(store, encoded(0))
     assert queries.count_instances(store.db) == 0
     assert list(store.instances_dir.rglob("*.dcm")) == []
+
+
+def test_the_disk_figure_is_the_one_df_shows(tmp_path: Path) -> None:
+    """Probe 25: blocks reserved for root were counted as used, and the node said 75.4 % full where df said 39 %.
+    df rounds its Use% up; the disk is shared, so a point either way is allowed."""
+    with pytest.raises(OutOfResources) as full:
+        check_space(tmp_path, 0.0001)
+    match = re.search(r"disk ([0-9.]+) % full", str(full.value))
+    assert match is not None, full.value
+    shown = subprocess.run(["df", "--output=pcent", str(tmp_path)], capture_output=True, text=True, check=True)
+    df_percent = int(shown.stdout.splitlines()[1].strip().rstrip("%"))
+    assert abs(math.ceil(float(match[1])) - df_percent) <= 1, (match[1], df_percent)
 
 
 def test_a_failing_write_is_out_of_resources_and_leaves_nothing(store: Store) -> None:

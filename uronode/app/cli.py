@@ -174,7 +174,8 @@ def _say_cut(shown: int, rows: str, total: int | None, limit: int) -> None:
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
-    parser.add_argument("--data-dir", type=Path, help="where instances, index and queue live (default uronode-data)")
+    parser.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                        help="where instances, index and queue live (default uronode-data)")
     parser.add_argument("--host", help="address to listen on, DICOM and HTTP (default 0.0.0.0)")
     parser.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     parser.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
@@ -418,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"uronode {__version__}")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML config file (also URONODE_CONFIG); after the subcommand too")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="the node's data folder, for the commands that take one; after the subcommand too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node: DICOM listener, HTTP server, workers")
@@ -441,21 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list jobs and their states")
     _add_config_flag(jobs)
-    jobs.add_argument("--data-dir", type=Path)
+    jobs.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     jobs.add_argument("--state", choices=["queued", "running", "delivering", "delivered", "failed"])
     _add_limit_flag(jobs, "jobs")
     jobs.set_defaults(func=cmd_jobs)
 
     retry = sub.add_parser("retry", help="send dead-letter deliveries again")
     _add_config_flag(retry)
-    retry.add_argument("--data-dir", type=Path)
+    retry.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     retry.add_argument("--destination", help="only this destination")
     retry.add_argument("--job", type=int, help="only this job's results")
     retry.set_defaults(func=cmd_retry)
 
     deliveries = sub.add_parser("deliveries", help="list result deliveries and their states")
     _add_config_flag(deliveries)
-    deliveries.add_argument("--data-dir", type=Path)
+    deliveries.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     deliveries.add_argument("--state", choices=[s.value for s in DeliveryState])
     _add_limit_flag(deliveries, "deliveries")
     deliveries.set_defaults(func=cmd_deliveries)
@@ -463,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete received series past their retention, with the results made of them,"
                                        " and the history (jobs, deliveries, associations) that ended before then")
     _add_config_flag(purge)
-    purge.add_argument("--data-dir", type=Path)
+    purge.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     purge.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
                        help="a number greater than 0 (default: storage.retention_days)")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
@@ -472,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     requeue = sub.add_parser("requeue", help="run a failed (or delivered) job again")
     requeue.add_argument("job", type=int)
     _add_config_flag(requeue)
-    requeue.add_argument("--data-dir", type=Path)
+    requeue.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     requeue.set_defaults(func=cmd_requeue)
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running job: it fails, nothing of it is stored or"
@@ -480,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job", type=int)
     cancel.add_argument("--reason", help="the operator's words, kept with the job's reason")
     _add_config_flag(cancel)
-    cancel.add_argument("--data-dir", type=Path)
+    cancel.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     cancel.set_defaults(func=cmd_cancel)
     worker = sub.add_parser("worker", help="a model worker for a node, on any machine (queue.backend dramatiq)")
     worker.add_argument("--node", required=True, help="the node's HTTP address, e.g. http://node:8080")
@@ -492,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_token = sub.add_parser("worker-token", help="make a remote worker's token; the node keeps its hash")
     worker_token.add_argument("name", help="the worker's name (in the node's logs, jobs and metrics)")
     worker_token.add_argument("--out", type=Path, required=True, help="file for the token (mode 600)")
-    worker_token.add_argument("--data-dir", type=Path,
+    worker_token.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
                               help="the node's data folder, whose worker-tokens gets the hash (default uronode-data,"
                                    " which must then hold the node's index)")
     _add_config_flag(worker_token)
@@ -507,9 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _takes_data_dir(parser: argparse.ArgumentParser, command: str) -> bool:
+    """Whether the subcommand has a ``--data-dir`` of its own (the top-level one is passed on to it)."""
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return "--data-dir" in subcommands.choices[command]._option_string_actions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None) is not None and not _takes_data_dir(parser, args.command):
+        parser.error(f"--data-dir does not apply to {args.command}")  # not silently ignored
     try:
         return int(args.func(args))
     except (ConfigError, UronodeError) as exc:  # each carries a sentence for a person, no traceback needed
