@@ -36,7 +36,7 @@ from pathlib import Path, PurePath
 from uronode import files, queries
 from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable
-from uronode.dicomfile import is_valid_uid
+from uronode.dicomfile import PREAMBLE, file_meta_end, is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.types import (
     OWN_MANUFACTURER,
@@ -252,9 +252,17 @@ class Store:
         final = self.instance_path(header)
         conn = self.conn()
         row = conn.execute(
-            "SELECT size, path, manufacturer FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+            "SELECT size, path, manufacturer, transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?",
+            (header.sop_instance_uid,),
         ).fetchone()
         if row is not None and row["size"] == size and _same_bytes(Path(row["path"]), parts):
+            return StoreOutcome.DUPLICATE
+        if (row is not None and row["transfer_syntax_uid"] == header.transfer_syntax_uid
+                and _same_data_set(Path(row["path"]), parts)):
+            # the same data set in another file's wrapping: received by C-STORE (the node's File Meta, naming the
+            # caller) and then uploaded as the sender's file (probe 26: the upload re-ran a delivered job)
+            log.info("instance %s: the same data set came again from %s in another file; kept as it was",
+                     header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
         if row is not None and keep_own and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
             log.info("instance %s: one of the node's own results came back from %s with other bytes; the node's "
@@ -405,6 +413,32 @@ def _remove_empty(folder: Path) -> None:
 def _file_name(name: str) -> bool:
     """Whether ``name`` can be a file the store wrote (a DICOM file's name, never a way out of its folder)."""
     return name.endswith(".dcm") and not name.startswith(".")
+
+
+_COMPARED_AT_ONCE = 1 << 20
+
+
+def _same_data_set(path: Path, parts: Sequence[Buffer]) -> bool:
+    """Whether the file holds the data set these parts hold, byte for byte, whatever either's File Meta
+    Information (its source AE title, implementation, group length) says. Both must be Part 10 files, the
+    incoming one's File Meta within its first part (as the listener and an upload give it)."""
+    first = memoryview(parts[0])
+    if bytes(first[: len(PREAMBLE)]) != PREAMBLE or (start := file_meta_end(first)) > len(first):
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+            if head[: len(PREAMBLE)] != PREAMBLE or (stored_start := file_meta_end(head)) >= len(head):
+                return False
+            f.seek(stored_start)
+            for view in (first[start:], *(memoryview(part) for part in parts[1:])):
+                for at in range(0, len(view), _COMPARED_AT_ONCE):
+                    chunk = view[at : at + _COMPARED_AT_ONCE]
+                    if f.read(len(chunk)) != chunk:
+                        return False
+            return f.read(1) == b""
+    except OSError:
+        return False
 
 
 def _same_bytes(path: Path, parts: Sequence[Buffer]) -> bool:

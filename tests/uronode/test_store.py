@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Unpack
 
 import pytest
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -106,6 +107,30 @@ def test_series_version_changes_with_every_arrival_and_replacement(store: Store)
     replaced = queries.series_version(store.db, "1.2.3", "1.2.3.4")
     assert replaced is not None and replaced[0] == 2 and replaced not in (first, late)
     assert queries.series_version(store.db, "9.9.9", "1.2.3.4") is None  # the study is part of the key
+
+
+def test_the_same_data_set_in_another_file_meta_is_a_duplicate(store: Store) -> None:
+    """Probe 26: a series received by C-STORE (the node's File Meta, naming the caller) and then uploaded as the
+    sender's own files (pydicom's File Meta) re-opened the series and re-ran its delivered job."""
+    received = encoded(0)  # as the listener stores it: our File Meta (source AE TEST), the data set as sent
+    assert put(store, received) is StoreOutcome.STORED
+    ds = ct_slice("1.2.3", "1.2.3.4", 0)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationVersionName = "SOME_VIEWER_2"
+    as_file = BytesIO()
+    ds.save_as(as_file, enforce_file_format=True)
+    uploaded = as_file.getvalue()
+    assert uploaded[:132] != received[0][:132] or uploaded[132:len(received[0])] != received[0][132:]
+    assert uploaded.endswith(received[1])  # the same data set, in another wrapping
+    assert store.put(read_header([uploaded]), [uploaded], calling_ae="UPLOAD") is StoreOutcome.DUPLICATE
+    stored = store.get_instance(read_header(received).sop_instance_uid)
+    assert stored is not None and stored.path.read_bytes() == b"".join(received)  # the first copy kept
+    ds.PatientName = "Corrected^Name"  # a changed data set is not the same, whatever its wrapping
+    changed = BytesIO()
+    ds.save_as(changed, enforce_file_format=True)
+    assert store.put(read_header([changed.getvalue()]), [changed.getvalue()],
+                     calling_ae="UPLOAD") is StoreOutcome.REPLACED
 
 
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
