@@ -104,6 +104,41 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     return { ct: chosen, seg: of(chosen, 'SEG'), overlay: of(chosen, 'OT'), sr: of(chosen, 'SR') };
   }
 
+  // A report of the node without stones gives its verdict in the comment of its Qualitative Evaluations (no
+  // Imaging Measurements container): that comment, or null for a report with stones.
+  function noStoneVerdict(ds) {
+    const instance = first(ds.instances) || ds.instance || {};
+    const root = list(instance.ContentSequence);
+    if (root.some((item) => code(item).CodeValue === '126010')) return null;  // Imaging Measurements: stones
+    const evaluations = root.find((item) => code(item).CodeValue === 'C0034375');
+    const comment = evaluations && list(evaluations.ContentSequence).find((item) => item.ValueType === 'TEXT');
+    return comment ? comment.TextValue : null;
+  }
+
+  // OHIF 3.13's SR viewport needs a measurement to show, and opening a report without one blanked the whole
+  // viewer (probe 26). The node's no-stone reports are shown as a message that stays until it is closed, and
+  // are not offered as a series to open (a PACS shows them as any SR).
+  const verdictsShown = new Set();
+  const verdictsPending = [];
+  function takeVerdicts(services, added) {
+    for (const ds of list(added)) {
+      if (!ds || ds.Modality !== 'SR' || !isResult(ds)) continue;
+      const verdict = noStoneVerdict(ds);
+      if (verdict === null) continue;
+      setTimeout(() => services.displaySetService.deleteDisplaySet(ds.displaySetInstanceUID), 0);
+      verdictsPending.push({ sop: (first(ds.instances) || ds.instance || {}).SOPInstanceUID,
+                             title: ds.SeriesDescription, message: verdict });
+    }
+  }
+  // Shown once the viewports are there (a message shown before the viewer is drawn is lost).
+  function showVerdicts(services) {
+    for (const { sop, title, message } of verdictsPending.splice(0)) {
+      if (verdictsShown.has(sop)) continue;
+      verdictsShown.add(sop);
+      services.uiNotificationService.show({ title, message, type: 'info', autoClose: false, duration: 86400000 });
+    }
+  }
+
   function studyDisplaySets(services, studyInstanceUID) {
     return services.displaySetService.getActiveDisplaySets().filter((ds) => ds.StudyInstanceUID === studyInstanceUID);
   }
@@ -316,6 +351,10 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     // A study holds the node's results when one of its series is a SEG the node made.
     preRegistration: ({ servicesManager }) => {
       const services = servicesManager.services;
+      services.displaySetService.subscribe(services.displaySetService.EVENTS.DISPLAY_SETS_ADDED,
+        ({ displaySetsAdded }) => takeVerdicts(services, displaySetsAdded));
+      services.viewportGridService.subscribe(services.viewportGridService.EVENTS.VIEWPORTS_READY,
+        () => showVerdicts(services));
       services.hangingProtocolService.addCustomAttribute(
         'uronodeResults', 'Holds uronode results',
         (study, options) => (list(options && options.displaySets).some(

@@ -71,6 +71,7 @@ logger = logging.getLogger(__name__)
 COMMENT = codes.DCM.Comment
 """The algorithm did not find one, which is not "Absent" (SCT 272519000): the model misses stones."""
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+IMAGING_MEASUREMENTS = hd.sr.CodedConcept("126010", "DCM", "Imaging Measurements")
 """TID 1500's container for the document's qualitative evaluations (CODE and TEXT items)."""
 DISCLAIMER = "not for primary diagnosis"
 
@@ -277,15 +278,23 @@ def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findi
 
 
 def _not_detected_group(sources: Sources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """'Calculus: Not detected', without a finding or a finding site: what the algorithm did, not a claim
-    about the patient's urinary system (the report's comment gives the scope)."""
+    """A group for highdicom, which builds a report only with one; taken out again (:func:`_without_groups`)."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=sources.identity.uid("sr", "absent"), identifier="Urinary calculus detection"
         ),
-        algorithm_id=_algorithm(sources),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(coding.CALCULUS, coding.NOT_DETECTED)],
     )
+
+
+def _without_groups(report: hd.sr.MeasurementReport) -> None:
+    """The report without its Imaging Measurements container: a report with no stone gives its verdict in the
+    Qualitative Evaluations alone (TID 1500 asks for one of the two). OHIF 3.13 reads the image region of every
+    measurement group, and a group without one (the verdict's, as it was) blanked the whole viewer when the
+    report was opened (probe 26)."""
+    root = report[0]
+    root.ContentSequence = hd.sr.ContentSequence(
+        [item for item in root.ContentSequence
+         if item.ConceptNameCodeSequence[0].CodeValue != IMAGING_MEASUREMENTS.value], is_root=False)
 
 
 def _scope(volume: Volume) -> str:
@@ -317,12 +326,16 @@ def report_statement(volume: Volume, findings: Findings, identity: Identity) -> 
             f"dense structures as stones. {sizes}{caution} AI result, {DISCLAIMER}.")
 
 
-def _qualitative_evaluations(statement: str) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations container (after the Imaging Measurements) with the comment."""
+def _qualitative_evaluations(statement: str, not_detected: bool) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations container (after the Imaging Measurements) with the comment, and with
+    no stone first 'Calculus: Not detected': what the algorithm did, without a finding or a finding site, not a
+    claim about the patient's urinary system (the comment gives the scope)."""
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    container.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+    verdict = [hd.sr.CodeContentItem(name=coding.CALCULUS, value=coding.NOT_DETECTED,
+                                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)] if not_detected else []
+    container.ContentSequence = hd.sr.ContentSequence([*verdict, hd.sr.TextContentItem(
         name=COMMENT, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )])
     return container
@@ -373,7 +386,10 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         procedure_reported=coding.IMAGING_PROCEDURE,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(report_statement(volume, findings, identity)))
+    report[0].ContentSequence.append(_qualitative_evaluations(report_statement(volume, findings, identity),
+                                                              not_detected=seg is None))
+    if seg is None:
+        _without_groups(report)
     evidence = list(sources.unique) + ([seg] if seg is not None else [])
     series_uid, sop_uid = sr_uids(sources)
     first = sources.unique[0]

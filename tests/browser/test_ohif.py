@@ -37,6 +37,7 @@ from tests.browser.conftest import (
     save_shot,
 )
 from tests.conftest import FAST_COMPLETION, WITH_WORKER, query
+from tests.factory import write_series as factory_series
 from tests.peers.processes import Node, free_port, storescu, wait_until
 
 CT = '[data-viewportid="uronode-ct"]'
@@ -488,4 +489,47 @@ def test_two_ct_series_in_one_study_each_opens_with_its_own_results(
     assert all(stone.label in listed for stone in reading.stones), "this series' stones are not listed"
     assert not any(stone.label in listed for stone in other.stones), "the other series' stones are listed"
     save_shot(page.screenshot(), f"two-series-{param or 'none'}-{index}")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def no_stone_study(study: Study, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A CT of soft tissue alone (nothing dense: the model finds no stone by construction), through the node:
+    its results are the SR that says "Calculus: Not detected" and nothing else."""
+    root = tmp_path_factory.mktemp("no-stone")
+    uid, series, _ = factory_series(root / "ct", 12, size=128, spacing=0.75, series_description="Soft tissue only")
+    assert storescu(study.node.dicom_port, root / "ct").returncode == 0
+    wait_until(lambda: [r["state"] for r in query(
+        study.node.data_dir, "SELECT state FROM jobs WHERE series_instance_uid = ?", series)] == ["delivered"],
+        300, "the no-stone report")
+    port = study.node.http_port
+    assert len(_series_of(port, uid, "SR")) == 1 and _series_of(port, uid, "SEG") == _series_of(port, uid, "OT") == []
+    return uid
+
+
+def test_a_report_without_stones_is_shown_as_a_message_and_the_viewer_keeps_working(
+    browser: BrowserContext, study: Study, no_stone_study: str
+) -> None:
+    """Probe 26: the report's "Not detected" was a measurement group without an image region; OHIF 3.13 reads
+    every group's region, and opening the report blanked the whole viewer (TypeError reading
+    'ReferencedSOPSequence'); a report without any group blanks it too. Nothing on screen said that the AI
+    had run and found nothing. The verdict is now a message that stays, and the report is not offered to open."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda message: problems.append(message.text) if "Error" in message.text else None)
+    everything: list[str] = []
+    page.on("console", lambda message: everything.append(message.text))
+    page.goto(study.url(no_stone_study))
+    page.wait_for_selector("[data-viewportid] canvas", timeout=120_000)
+    page.wait_for_timeout(3000)
+    save_shot(page.screenshot(), "no-stone-report")
+    shown = page.get_by_text("No urinary stone detected by the AI model")
+    assert shown.count() == 1, "the verdict is not on the screen: " + " | ".join(everything)
+    assert "this does not exclude urinary stones" in shown.first.inner_text()
+    assert page.get_by_text("AI urinary stones report").count() == 1  # the message's title; no SR to open
+    assert grey_mask(rgb(page.locator("[data-viewportid]").first.screenshot())).sum() > 2_000, "no CT shown"
+    page.wait_for_timeout(10_000)
+    assert shown.count() == 1, "the verdict went away by itself"
+    assert not problems, problems
     page.close()
