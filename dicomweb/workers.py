@@ -27,6 +27,7 @@ from dicomweb.auth import (
 )
 from uronode.audit import AuditLog
 from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
+from uronode.errors import OutOfResources
 from uronode.outbox import Outbox
 from uronode.settings import Settings
 from uronode.supersede import current_reports
@@ -123,6 +124,11 @@ async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: W
     if not await run_in_threadpool(claims.key_matches, job_id, body.generation, body.key):
         raise refuse(request, worker, f"worker {worker}: the claim's key is not the one of job {job_id}'s message "
                                       "(a job is claimed with the message the broker gave)")
+    try:  # no job is handed out while its results could not be stored (probe 24; the node's own worker waits too)
+        await run_in_threadpool(claims.store.check_space)
+    except OutOfResources as exc:
+        raise HTTPException(409, detail=f"job {job_id} is not handed out while the node's {exc} (its results could "
+                                        "not be stored); it is published again later") from exc
     try:
         claim = await run_in_threadpool(claims.claim, job_id, body.generation, worker)
     except (ClaimConflict, NoSuchJob) as exc:

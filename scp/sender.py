@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,8 +141,11 @@ def store_files(
     called_ae: str,
     calling_ae: str = "URONODE",
     timeouts: Timeouts = Timeouts(),
+    on_stored: Callable[[int, SendResult], None] | None = None,
 ) -> list[SendResult]:
-    """Send the files in one association; one result per file, in order. Never raises for peer trouble."""
+    """Send the files in one association; one result per file, in order. Never raises for peer trouble.
+    ``on_stored`` is told of each file the peer stored (its index in ``files``) as soon as it answers, so that
+    a stop or a crash later in the association does not send it again (probe 24)."""
     if not files:
         return []
     syntaxes: dict[str, list[str]] = {}
@@ -188,6 +191,8 @@ def store_files(
         for number, item in enumerate(files):
             results.append(_send_one(assoc, item, file_syntax.get(item.path, ""), accepted, refused, where,
                                      message_id=number % 0xFFFF + 1, timeouts=timeouts, watch=watch))
+            if on_stored is not None and results[-1].ok:
+                on_stored(number, results[-1])
             if not assoc.is_established:
                 break
     finally:

@@ -455,3 +455,27 @@ def test_every_warning_status_is_a_delivery_and_a_failure_status_is_not(tmp_path
     assert [(r.ok, r.status) for r in results] == [
         (True, 0x0001), (True, 0xB123), (True, 0xB000), (False, 0xA700), (True, 0x0000)]
     assert "0xA700" in (results[3].reason or "")
+
+
+def test_each_instance_the_destination_stored_is_recorded_as_it_answers(tmp_path: Path) -> None:
+    """Probe 24: a round's results were recorded when its association ended, so a stop or a crash during a slow
+    round left every instance the PACS had already stored pending, and the next start sent them all again."""
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "--sleep-during", "1")  # answers each C-STORE after 1 s
+    settings = DeliverySettings.model_validate(
+        {"destinations": [{"name": "slow", "kind": "dicom", "ae_title": "DEST", "host": "127.0.0.1", "port": port}]})
+    outbox = Outbox(Store(tmp_path / "node"))
+    _, _, files = write_series(tmp_path / "results", 4, size=32)
+    owe_files(outbox, "slow", files)
+    tallies: list[dict[str, int]] = []
+    round_ = threading.Thread(target=lambda: tallies.append(Deliverer(outbox, settings, "URONODE").run_once()))
+    round_.start()
+    try:
+        wait_until(lambda: outbox.counts().get("delivered", 0) >= 1, 30, "the first stored instance's record")
+        assert round_.is_alive() and outbox.counts().get("pending", 0) >= 1  # ... while the round goes on
+    finally:
+        round_.join(60)
+        scp.stop()
+    assert tallies == [{"delivered": 4, "failed": 0}]
+    assert [row.state for row in outbox.list()] == [DeliveryState.DELIVERED] * 4
+    assert [row.attempts for row in outbox.list()] == [1] * 4  # recorded once each

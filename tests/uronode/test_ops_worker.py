@@ -55,6 +55,10 @@ def test_a_full_disk_while_storing_results_gives_the_job_back_that_try_not_count
     store = Store(settings.storage.data_dir, fsync=False)
     job_id = _queued_job(store, tmp_path)
     full = Store(settings.storage.data_dir, fsync=False, max_disk_used_percent=0.001)  # any disk is over it
+    filling = full.check_space
+    checks = iter(range(1_000_000))
+    # the disk fills while the job runs: room at the claim (the worker's first look), none after
+    monkeypatch.setattr(full, "check_space", lambda incoming=0: None if next(checks) == 0 else filling(incoming))
     with running(Worker(full, settings, NoStones())) as thread:
         wait_until(lambda: job(store, job_id).reason is not None, 60, "the job to be given back")
         given_back = job(store, job_id)
@@ -69,6 +73,34 @@ def test_a_full_disk_while_storing_results_gives_the_job_back_that_try_not_count
         wait_until(lambda: job(store, job_id).state is JobState.DELIVERED, 120, "the job to be delivered")
     done = job(store, job_id)
     assert done.attempts == 1 and done.reason is None
+
+
+def test_no_job_is_taken_while_the_disk_is_over_its_watermark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 24: on a full disk the worker took the job, ran the whole model, could not store the results, gave
+    the job back, and took it again a minute later, for as long as the disk stayed full."""
+    monkeypatch.setattr(worker_module, "RESOURCE_PAUSE_S", 0.05)
+    monkeypatch.setattr(worker_module, "RESOURCE_PAUSE_MAX_S", 0.1)
+    settings = _settings(tmp_path, [])
+    store = Store(settings.storage.data_dir, fsync=False)
+    job_id = _queued_job(store, tmp_path)
+    full = Store(settings.storage.data_dir, fsync=False, max_disk_used_percent=0.001)  # any disk is over it
+    ran: list[str] = []
+    model = NoStones()
+    real_run = model.run_files
+    monkeypatch.setattr(model, "run_files", lambda paths: (ran.append("model"), real_run(paths))[1])
+    with caplog.at_level(logging.INFO, logger="uronode.app.worker"), running(Worker(full, settings, model)) as thread:
+        wait_until(lambda: "no job is taken while disk" in caplog.text, 30, "the worker to say why it waits")
+        threading.Event().wait(1.0)  # ten looks at the disk, at least
+        waiting = job(store, job_id)
+        assert (waiting.state, waiting.attempts, waiting.reason, ran) == (JobState.QUEUED, 0, None, [])
+        assert caplog.text.count("no job is taken while") == 1  # said once, not at every look
+        full.max_disk_used_percent = 100.0  # space again
+        wait_until(lambda: job(store, job_id).state is JobState.DELIVERED, 120, "the job to be delivered")
+        assert thread.is_alive()
+    assert "the disk is under its watermark again; jobs are taken" in caplog.text
+    assert job(store, job_id).attempts == 1 and ran == ["model"]
 
 
 def test_an_index_locked_past_its_busy_timeout_does_not_end_the_worker(

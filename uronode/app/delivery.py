@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 
 from dicomweb.stow_client import StowResult, stow
 from scp.sender import Outgoing, SendResult, Timeouts, store_files
@@ -97,6 +98,7 @@ class Deliverer:
                     self._failed(item, called)
                 failed += len(group)
                 continue
+            recorded: set[int] = set()
             results = store_files(
                 [Outgoing(d.path, d.sop_class_uid, d.sop_instance_uid) for d in group],
                 host=host,
@@ -104,8 +106,9 @@ class Deliverer:
                 called_ae=called,
                 calling_ae=self.calling_ae,
                 timeouts=self.timeouts,
+                on_stored=partial(self._stored, group, recorded),
             )
-            done = self._apply(group, results)
+            done = self._apply(group, results, recorded)
             delivered += done
             failed += len(group) - done
         return delivered, failed
@@ -137,18 +140,32 @@ class Deliverer:
         )
         return self._apply(items, results)
 
-    def _apply(self, group: list[Delivery], results: Sequence[SendResult | StowResult]) -> int:
-        delivered = [d.id for d, r in zip(group, results, strict=True) if r.ok]
+    def _stored(self, group: list[Delivery], recorded: set[int], index: int, result: SendResult) -> None:
+        """One delivery the peer stored, recorded at once: a round stopped or crashed later in its association
+        (a slow destination, SIGTERM, kill -9) did not send it again at the next start (probe 24: the whole
+        association was recorded at its end, so all of it was sent again)."""
+        item = group[index]
+        self.outbox.mark_delivered([item.id])
+        AuditLog(self.outbox.store.root).record("delivery", destination=item.destination, job_id=item.job_id,
+                                                sop_instance_uid=item.sop_instance_uid, outcome="delivered")
+        recorded.add(item.id)
+
+    def _apply(self, group: list[Delivery], results: Sequence[SendResult | StowResult],
+               recorded: set[int] | None = None) -> int:
+        """Record a group's results (those in ``recorded`` were as they came: :meth:`_stored`); how many were
+        delivered."""
+        recorded = recorded or set()
+        delivered = [d.id for d, r in zip(group, results, strict=True) if r.ok and d.id not in recorded]
         self.outbox.mark_delivered(delivered)
         audit = AuditLog(self.outbox.store.root)
         for item, result in zip(group, results, strict=True):
-            if result.ok:
+            if result.ok and item.id not in recorded:
                 audit.record("delivery", destination=item.destination, job_id=item.job_id,
                              sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         for item, result in zip(group, results, strict=True):
             if not result.ok:
                 self._failed(item, result.reason or "failed")
-        return len(delivered)
+        return sum(1 for result in results if result.ok)
 
     def _failed(self, item: Delivery, reason: str) -> None:
         state = self.outbox.mark_failed(item.id, reason)

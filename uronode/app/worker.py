@@ -238,10 +238,24 @@ class Worker:
         """Claim and run jobs until ``stop`` is set. The node's resources failing (a full disk, the index
         locked past its busy timeout or not writable) never end the process: a job they interrupt is given
         back, that try not counted (:meth:`uronode.jobs.JobQueue.give_back`), and the worker waits before it
-        claims again, longer each time in a row."""
+        claims again, longer each time in a row. While the disk is over its watermark no job is claimed."""
         worker = local_worker(os.getpid())
         pause = RESOURCE_PAUSE_S
+        held_back = False
         while not stop.is_set():
+            try:  # no job is taken while its results could not be stored (probe 24: the model ran every minute)
+                self.store.check_space()
+            except OutOfResources as exc:
+                if not held_back:
+                    log.warning("worker: no job is taken while %s (results could not be stored); looking again "
+                                "every %g s or less", exc, RESOURCE_PAUSE_MAX_S)
+                held_back = True
+                stop.wait(pause)
+                pause = min(pause * 2, RESOURCE_PAUSE_MAX_S)
+                continue
+            if held_back:
+                log.info("worker: the disk is under its watermark again; jobs are taken")
+                held_back, pause = False, RESOURCE_PAUSE_S
             try:
                 job = self.queue.claim(worker)
             except sqlite3.Error as exc:
