@@ -237,8 +237,43 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       const vp = viewport(services, id);
       if (vp) vp.setCamera(vp.getCamera(), true);
     }
+    if (overlay) followOverlay(services, overlay);
     // For the tests: the viewer has opened on this slice, only when both viewports really show it.
     if (wanted.every(([id, uid]) => !uid || isShowing(services, id, uid))) window.uronodeOpened = sop;
+  }
+
+  // The overlay series holds only the CT images with a stone, and the slice synchronizer leaves it on the nearest
+  // one: beside a CT image without a stone it showed another image's stone and "1 on this slice" (probe 26). It
+  // is dimmed there, with a note, and shown as it is again on an image it was made from.
+  const OVERLAY_NOTE = 'No stone on this CT image: the overlay series holds only the images with stones.';
+  function followOverlay(services, overlay) {
+    const ct = viewport(services, CT_VIEWPORT);
+    const side = viewport(services, OVERLAY_VIEWPORT);
+    if (!ct || !side || !ct.element || !side.element) return;
+    const made = new Set(list(overlay.instances).map((i) => (first(i.SourceImageSequence) || {}).ReferencedSOPInstanceUID));
+    let note = side.element.querySelector('.uronode-overlay-note');
+    if (!note) {
+      note = document.createElement('div');
+      note.className = 'uronode-overlay-note';
+      note.textContent = OVERLAY_NOTE;
+      note.style.cssText = 'position:absolute;left:0;right:0;top:45%;text-align:center;color:#fff;'
+        + 'background:rgba(0,0,0,0.75);padding:8px;z-index:10;pointer-events:none;display:none;';
+      side.element.appendChild(note);
+    }
+    const follow = () => {
+      const shown = ((viewport(services, CT_VIEWPORT).getCurrentImageId() || '').split('/instances/')[1] || '')
+        .split('/')[0];
+      const matches = !shown || made.has(shown);
+      const canvas = side.element.querySelector('.viewport-element') || side.element.querySelector('canvas');
+      if (canvas) canvas.style.opacity = matches ? '1' : '0.25';
+      note.style.display = matches ? 'none' : 'block';
+      side.element.dataset.uronodeMatches = matches ? 'yes' : 'no';
+    };
+    // one listener, for the overlay series shown now (another CT series of the study has its own)
+    if (ct.element.uronodeFollow) ct.element.removeEventListener('CORNERSTONE_STACK_NEW_IMAGE', ct.element.uronodeFollow);
+    ct.element.uronodeFollow = follow;
+    ct.element.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', follow);
+    follow();
   }
 
   function segmentations(services) {

@@ -533,3 +533,32 @@ def test_a_report_without_stones_is_shown_as_a_message_and_the_viewer_keeps_work
     assert shown.count() == 1, "the verdict went away by itself"
     assert not problems, problems
     page.close()
+
+
+def test_the_overlay_is_dimmed_beside_a_ct_image_without_a_stone(browser: BrowserContext, study: Study) -> None:
+    """Probe 26: the overlay series holds only the images with stones; scrolled off a stone, the CT showed an image
+    without one while the overlay beside it stayed on the nearest stone's image ("1 on this slice")."""
+    page = open_reading(browser, study.url())
+    matches = "(id) => window.cornerstone.getRenderingEngines()[0].getViewport(id).element.dataset.uronodeMatches"
+    assert page.evaluate(matches, "uronode-overlay") == "yes"  # opened on the largest stone: its own overlay
+    note = page.get_by_text("No stone on this CT image")
+    assert not note.is_visible()
+    # the CT on an image without a stone, as scrolling there leaves it
+    index = page.evaluate("""(made) => {
+        const vp = window.cornerstone.getRenderingEngines()[0].getViewport('uronode-ct');
+        const index = vp.getImageIds().findIndex((id) => !made.some((sop) => id.includes('/instances/' + sop + '/')));
+        vp.setImageIdIndex(index);
+        return index; }""", list(study.overlay_of))
+    assert index >= 0
+    page.wait_for_timeout(1500)
+    assert page.evaluate(matches, "uronode-overlay") == "no"
+    assert note.is_visible()
+    save_shot(page.screenshot(), "overlay-dimmed")
+    largest = max(study.stones, key=lambda s: s.diameter_mm)  # back on a stone: shown as it is
+    page.evaluate("""(sop) => {
+        const vp = window.cornerstone.getRenderingEngines()[0].getViewport('uronode-ct');
+        vp.setImageIdIndex(vp.getImageIds().findIndex((id) => id.includes('/instances/' + sop + '/'))); }""",
+                  largest.sop_instance_uid)
+    page.wait_for_timeout(1500)
+    assert page.evaluate(matches, "uronode-overlay") == "yes" and not note.is_visible()
+    page.close()
