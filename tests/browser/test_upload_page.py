@@ -102,6 +102,9 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     stone_images = {numbers[sop] for s in stones for sop in s["sop_instance_uids"]}
     alts = block.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.alt)")
     assert {int(re.match(r"AI overlay of image (\d+)", alt)[1]) for alt in alts} == stone_images  # type: ignore[index]
+    # ... and shown under each picture, as the table gives them (probe 26: in alt alone)
+    captions = block.locator(".slices figcaption").all_inner_texts()
+    assert [c.removeprefix("Image ") for c in captions] == [a.removeprefix("AI overlay of image ") for a in alts]
     page.screenshot(path=str(SCREENSHOTS / "upload-findings.png"), full_page=True)
     link = block.locator(".open-viewer")
     assert link.inner_text() == "Open in viewer (opens in a new tab)"
