@@ -104,38 +104,71 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     return { ct: chosen, seg: of(chosen, 'SEG'), overlay: of(chosen, 'OT'), sr: of(chosen, 'SR') };
   }
 
-  // A report of the node without stones gives its verdict in the comment of its Qualitative Evaluations (no
-  // Imaging Measurements container): that comment, or null for a report with stones.
+  // The report of an SR display set: its last instance (the one OHIF opens; the node's report series hold one).
+  function reportOf(ds) {
+    const instances = list(ds.instances);
+    return instances.length ? instances[instances.length - 1] : ds.instance || {};
+  }
+
+  // A report of the node without stones: its verdict (the comment of its Qualitative Evaluations), or null for a
+  // report with a stone (a stone has an image region). Reports made before 2026-12-06 kept "Not detected" in a
+  // measurement group without a region: they are reports without stones too (review 27).
   function noStoneVerdict(ds) {
-    const instance = first(ds.instances) || ds.instance || {};
-    const root = list(instance.ContentSequence);
-    if (root.some((item) => code(item).CodeValue === '126010')) return null;  // Imaging Measurements: stones
+    if (stonesOf(ds).length) return null;
+    const root = list(reportOf(ds).ContentSequence);
     const evaluations = root.find((item) => code(item).CodeValue === 'C0034375');
     const comment = evaluations && list(evaluations.ContentSequence).find((item) => item.ValueType === 'TEXT');
     return comment ? comment.TextValue : null;
   }
 
-  // OHIF 3.13's SR viewport needs a measurement to show, and opening a report without one blanked the whole
-  // viewer (probe 26). The node's no-stone reports are shown as a message that stays until it is closed, and
-  // are not offered as a series to open (a PACS shows them as any SR).
-  const verdictsShown = new Set();
-  const verdictsPending = [];
+  // OHIF 3.13's SR viewport cannot show a report without a measurement, and opening one blanked the whole viewer
+  // (probe 26). The node's no-stone reports are not offered as series to open (a PACS shows them as any SR);
+  // their verdict is written over each viewport that shows the CT series it is about, for as long as it shows
+  // it: it goes with the viewport when the study is left, and comes back when it is opened again (review 27).
+  const verdicts = new Map();  // CT SeriesInstanceUID -> the report's { title, message }
   function takeVerdicts(services, added) {
     for (const ds of list(added)) {
       if (!ds || ds.Modality !== 'SR' || !isResult(ds)) continue;
-      const verdict = noStoneVerdict(ds);
-      if (verdict === null) continue;
-      setTimeout(() => services.displaySetService.deleteDisplaySet(ds.displaySetInstanceUID), 0);
-      verdictsPending.push({ sop: (first(ds.instances) || ds.instance || {}).SOPInstanceUID,
-                             title: ds.SeriesDescription, message: verdict });
+      const message = noStoneVerdict(ds);
+      if (message === null) continue;
+      for (const study of list(reportOf(ds).CurrentRequestedProcedureEvidenceSequence)) {
+        for (const series of list(study.ReferencedSeriesSequence)) {
+          verdicts.set(series.SeriesInstanceUID, { title: ds.SeriesDescription, message });
+        }
+      }
+      const uid = ds.displaySetInstanceUID;
+      setTimeout(() => {  // deleting one OHIF no longer holds would remove its last display set instead
+        if (services.displaySetService.getDisplaySetByUID(uid)) services.displaySetService.deleteDisplaySet(uid);
+      }, 0);
     }
   }
-  // Shown once the viewports are there (a message shown before the viewer is drawn is lost).
-  function showVerdicts(services) {
-    for (const { sop, title, message } of verdictsPending.splice(0)) {
-      if (verdictsShown.has(sop)) continue;
-      verdictsShown.add(sop);
-      services.uiNotificationService.show({ title, message, type: 'info', autoClose: false, duration: 86400000 });
+  function showVerdicts() {
+    const engine = window.cornerstone && window.cornerstone.getRenderingEngines()[0];
+    for (const vp of (engine ? engine.getViewports() : [])) {
+      const element = vp.element;
+      if (!element || !vp.getCurrentImageId) continue;
+      const update = () => {
+        const series = (((vp.getCurrentImageId() || '').split('/series/')[1]) || '').split('/')[0];
+        const verdict = verdicts.get(series);
+        let note = element.querySelector('.uronode-verdict');
+        if (!verdict) {
+          if (note) note.remove();
+          return;
+        }
+        if (!note) {
+          note = document.createElement('div');
+          note.className = 'uronode-verdict';
+          note.style.cssText = 'position:absolute;left:8px;right:8px;bottom:64px;color:#fff;'
+            + 'background:rgba(0,40,80,0.85);border:1px solid #5acce6;border-radius:4px;padding:8px;z-index:10;'
+            + 'pointer-events:none;white-space:pre-line;';
+          element.appendChild(note);
+        }
+        note.textContent = verdict.title + '\\n' + verdict.message;
+      };
+      if (element.uronodeVerdict) element.removeEventListener('CORNERSTONE_STACK_NEW_IMAGE', element.uronodeVerdict);
+      element.uronodeVerdict = update;
+      element.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', update);
+      update();
     }
   }
 
@@ -153,7 +186,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
   // measurements and a planar group with the stone's box on its widest slice share a tracking UID).
   function stonesOf(sr) {
     const stones = {};
-    const report = list(first(sr.instances || [sr.instance]).ContentSequence);
+    const report = list(reportOf(sr).ContentSequence);
     const measurements = report.find((i) => code(i).CodeValue === '126010');
     for (const group of list(measurements && measurements.ContentSequence)) {
       const items = list(group.ContentSequence);
@@ -388,8 +421,10 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       const services = servicesManager.services;
       services.displaySetService.subscribe(services.displaySetService.EVENTS.DISPLAY_SETS_ADDED,
         ({ displaySetsAdded }) => takeVerdicts(services, displaySetsAdded));
-      services.viewportGridService.subscribe(services.viewportGridService.EVENTS.VIEWPORTS_READY,
-        () => showVerdicts(services));
+      for (const event of ['VIEWPORTS_READY', 'GRID_STATE_CHANGED']) {
+        services.viewportGridService.subscribe(services.viewportGridService.EVENTS[event],
+          () => setTimeout(showVerdicts, 0));
+      }
       services.hangingProtocolService.addCustomAttribute(
         'uronodeResults', 'Holds uronode results',
         (study, options) => (list(options && options.displaySets).some(
