@@ -439,14 +439,14 @@ def test_every_warning_status_is_a_delivery_and_a_failure_status_is_not(tmp_path
     the job ended failed; only B000, B006 and B007 counted. No DCMTK peer answers a chosen status: this one is
     pynetdicom's storage SCP, on a real association."""
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import CTImageStorage
 
     answers = iter([0x0001, 0xB123, 0xB000, 0xA700, 0x0000])
     ae = AE(ae_title="DEST")
-    ae.add_supported_context(CTImageStorage, [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+    ae.add_supported_context(pydicom.uid.CTImageStorage, [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, lambda event: next(answers))])
+    assert server is not None
     try:
         _, _, files = write_series(tmp_path / "ct", 5, size=32)
         results = store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="DEST")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,7 +89,12 @@ def test_no_job_is_taken_while_the_disk_is_over_its_watermark(
     ran: list[str] = []
     model = NoStones()
     real_run = model.run_files
-    monkeypatch.setattr(model, "run_files", lambda paths: (ran.append("model"), real_run(paths))[1])
+
+    def counted(paths: Sequence[str | Path]) -> object:
+        ran.append("model")
+        return real_run(paths)
+
+    monkeypatch.setattr(model, "run_files", counted)
     with caplog.at_level(logging.INFO, logger="uronode.app.worker"), running(Worker(full, settings, model)) as thread:
         wait_until(lambda: "no job is taken while disk" in caplog.text, 30, "the worker to say why it waits")
         threading.Event().wait(1.0)  # ten looks at the disk, at least
