@@ -24,6 +24,7 @@ Reading the index is :mod:`uronode.queries`; associations are
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import secrets
@@ -32,6 +33,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from uronode import files, queries
 from uronode.associations import Associations
@@ -257,8 +262,8 @@ class Store:
         ).fetchone()
         if row is not None and row["size"] == size and _same_bytes(Path(row["path"]), parts):
             return StoreOutcome.DUPLICATE
-        if (row is not None and row["transfer_syntax_uid"] == header.transfer_syntax_uid
-                and _same_data_set(Path(row["path"]), parts)):
+        if row is not None and _same_data_set(Path(row["path"]), parts, row["transfer_syntax_uid"],
+                                              header.transfer_syntax_uid):
             # the same data set in another file's wrapping: received by C-STORE (the node's File Meta, naming the
             # caller) and then uploaded as the sender's file (probe 26: the upload re-ran a delivered job)
             log.info("instance %s: the same data set came again from %s in another file; kept as it was",
@@ -416,19 +421,31 @@ def _file_name(name: str) -> bool:
 
 
 _COMPARED_AT_ONCE = 1 << 20
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+"""Implicit and Explicit VR Little Endian: a sender may convert one to the other on the wire (storescu proposes
+Explicit VR for an Implicit VR file), so the same data set may come in either."""
+_DECODED_AT_MOST = 256 << 20
+"""Data sets compared element by element (two encodings) only up to this size: beyond it, other bytes replace."""
 
 
-def _same_data_set(path: Path, parts: Sequence[Buffer]) -> bool:
-    """Whether the file holds the data set these parts hold, byte for byte, whatever either's File Meta
-    Information (its source AE title, implementation, group length) says. Both must be Part 10 files, the
+def _same_data_set(path: Path, parts: Sequence[Buffer], stored_syntax: str, syntax: str) -> bool:
+    """Whether the file holds the data set these parts hold, whatever either's File Meta Information (its
+    preamble, source AE title, implementation, group length) says: byte for byte in one transfer syntax, element
+    for element where one is Implicit and the other Explicit VR Little Endian. Both must be Part 10 files, the
     incoming one's File Meta within its first part (as the listener and an upload give it)."""
     first = memoryview(parts[0])
-    if bytes(first[: len(PREAMBLE)]) != PREAMBLE or (start := file_meta_end(first)) > len(first):
+    if bytes(first[len(PREAMBLE) - 4 : len(PREAMBLE)]) != b"DICM" or (start := file_meta_end(first)) > len(first):
         return False
+    incoming = sum(len(memoryview(part)) for part in parts) - start
     try:
         with path.open("rb") as f:
             head = f.read(1 << 16)
-            if head[: len(PREAMBLE)] != PREAMBLE or (stored_start := file_meta_end(head)) >= len(head):
+            if head[len(PREAMBLE) - 4 : len(PREAMBLE)] != b"DICM" or (stored_start := file_meta_end(head)) >= len(head):
+                return False
+            if stored_syntax != syntax:
+                return ({stored_syntax, syntax} <= _UNCOMPRESSED and incoming <= _DECODED_AT_MOST
+                        and _same_elements(path, parts))
+            if os.fstat(f.fileno()).st_size - stored_start != incoming:
                 return False
             f.seek(stored_start)
             for view in (first[start:], *(memoryview(part) for part in parts[1:])):
@@ -439,6 +456,35 @@ def _same_data_set(path: Path, parts: Sequence[Buffer]) -> bool:
             return f.read(1) == b""
     except OSError:
         return False
+
+
+def _same_elements(path: Path, parts: Sequence[Buffer]) -> bool:
+    """Whether the two Part 10 files' data sets hold the same elements with the same values (pixel data as
+    bytes), read by pydicom; an element one encoding cannot say as the other does (a private one read as UN)
+    makes them differ, and the incoming one replaces."""
+    try:
+        stored = pydicom.dcmread(path)
+        incoming = pydicom.dcmread(io.BytesIO(b"".join(bytes(memoryview(p)) for p in parts)))
+        return _same_values(stored, incoming)
+    except (OSError, ValueError, TypeError, KeyError, InvalidDicomError):
+        return False
+
+
+def _same_values(a: Dataset, b: Dataset) -> bool:
+    """The same tags with the same values, items of sequences alike at any depth; the VR is not compared (an
+    implicit VR stream names none: Pixel Data is read as OW where the explicit one said OB)."""
+    if set(a.keys()) != set(b.keys()):
+        return False
+    for tag in a.keys():
+        x, y = a[tag], b[tag]
+        if x.VR == "SQ" or y.VR == "SQ":
+            if x.VR != y.VR or len(x.value) != len(y.value):
+                return False
+            if not all(_same_values(i, j) for i, j in zip(x.value, y.value, strict=True)):
+                return False
+        elif x.value != y.value:
+            return False
+    return True
 
 
 def _same_bytes(path: Path, parts: Sequence[Buffer]) -> bool:

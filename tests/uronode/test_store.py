@@ -9,7 +9,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.factory import SliceOptions, ct_slice, uid
 from uronode import queries
@@ -131,6 +131,36 @@ def test_the_same_data_set_in_another_file_meta_is_a_duplicate(store: Store) -> 
     ds.save_as(changed, enforce_file_format=True)
     assert store.put(read_header([changed.getvalue()]), [changed.getvalue()],
                      calling_ae="UPLOAD") is StoreOutcome.REPLACED
+
+
+def test_the_same_data_set_with_another_preamble_or_in_the_other_uncompressed_syntax_is_a_duplicate(
+    store: Store
+) -> None:
+    """Review 27: a sender's file with a non-zero preamble, or the same data set in Implicit VR (storescu sends an
+    Implicit VR file in Explicit VR where the node takes it), still replaced the instance and re-ran its job."""
+    received = encoded(0)  # Explicit VR Little Endian, as the listener stores it
+    assert put(store, received) is StoreOutcome.STORED
+    ds = ct_slice("1.2.3", "1.2.3.4", 0)
+
+    def as_file(implicit: bool, preamble: bytes = b"\0" * 128) -> bytes:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        out = BytesIO()
+        ds.preamble = preamble
+        ds.save_as(out, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+        return out.getvalue()
+
+    def again(data: bytes) -> StoreOutcome:
+        return store.put(read_header([data]), [data], calling_ae="UPLOAD")
+
+    assert again(as_file(False, preamble=b"\x7f" * 128)) is StoreOutcome.DUPLICATE
+    implicit = as_file(True)
+    assert read_header([implicit]).transfer_syntax_uid == ImplicitVRLittleEndian and received[1] not in implicit
+    assert again(implicit) is StoreOutcome.DUPLICATE
+    stored = store.get_instance(read_header(received).sop_instance_uid)
+    assert stored is not None and stored.path.read_bytes() == b"".join(received)  # the first copy kept
+    ds.PixelData = bytes(len(ds.PixelData))  # other pixels in the other syntax: not the same
+    assert again(as_file(True)) is StoreOutcome.REPLACED
 
 
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
