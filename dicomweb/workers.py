@@ -127,6 +127,7 @@ async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: W
     try:  # no job is handed out while its results could not be stored (probe 24; the node's own worker waits too)
         await run_in_threadpool(claims.store.check_space)
     except OutOfResources as exc:
+        await run_in_threadpool(claims.held_back, job_id)
         raise HTTPException(409, detail=f"job {job_id} is not handed out while the node's {exc} (its results could "
                                         "not be stored); it is published again later") from exc
     try:

@@ -41,10 +41,11 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def is_warning(code: int) -> bool:
-    """A warning status (PS3.7 C.3: 0001 or Bxxx; C-STORE's own B000, B006 and B007 among them): the peer
+    """A warning status (PS3.7 C.3: 0001 or Bxxx, C-STORE's own B000, B006 and B007 among them; and the
+    attribute warnings 0107 and 0116 of PS3.7 C.4, as pynetdicom classes them): the peer
     stored the instance and says something about it. Probe 25: a peer's 0001 counted as a failure, and every
     result was sent again on each retry until the job failed."""
-    return code == 0x0001 or 0xB000 <= code <= 0xBFFF
+    return code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
 
 
 RESULTS_HINT = '(to send a destination only what it stores, set its results, e.g. ["sc", "sr"])'

@@ -156,6 +156,14 @@ class Claims:
         with Redis do not wait for this: :meth:`broker_emptied` publishes them again at once."""
         return self.claim_timeout_s * 2 ** min(max(publications - 1, 0), 6)
 
+    def held_back(self, job_id: int) -> None:
+        """A claim of this job was refused for want of the node's disk: its next publication comes after
+        ``claim_timeout_s``, not after a back-off that doubled with each refusal (review 27: up to an hour per job
+        once the disk had room again)."""
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE jobs SET publications = min(publications, 1) WHERE id = ? AND state = 'queued'",
+                         (job_id,))
+
     def broker_emptied(self) -> int:
         """The broker lost its messages (Redis restarted empty): every published, unclaimed job is to be published again.
 

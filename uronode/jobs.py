@@ -321,15 +321,17 @@ class JobQueue:
     def unattended(self, waited_s: float, now: float | None = None) -> int:
         """How many jobs have waited, queued, longer than ``waited_s`` while no job runs anywhere: none is being
         taken, by the node's workers or remote ones (probe 20: with no worker, or only remote workers of
-        another model, jobs waited for ever and ``/readyz`` said ready). 0 while any job runs: a backlog behind
-        a busy worker is not a fault."""
+        another model, jobs waited for ever and ``/readyz`` said ready). 0 while any job runs or one was
+        taken or ended within ``waited_s``: a backlog behind a busy worker, or the moment between two of its
+        jobs, is not a fault (review 27)."""
         now = time.time() if now is None else now
         row = self.store.conn().execute(
-            "SELECT (SELECT count(*) FROM jobs WHERE state = 'running') AS running,"
+            "SELECT (SELECT count(*) FROM jobs WHERE state = 'running'"
+            "         OR (state != 'queued' AND updated_at >= ?)) AS active,"
             " (SELECT count(*) FROM jobs WHERE state = 'queued' AND updated_at < ?) AS waiting",
-            (now - waited_s,),
+            (now - waited_s, now - waited_s),
         ).fetchone()
-        return 0 if row["running"] else int(row["waiting"])
+        return 0 if row["active"] else int(row["waiting"])
 
     def findings(self, job_id: int) -> str | None:
         """The findings JSON the model produced for this job, if it has run."""

@@ -71,8 +71,9 @@ logger = logging.getLogger(__name__)
 COMMENT = codes.DCM.Comment
 """The algorithm did not find one, which is not "Absent" (SCT 272519000): the model misses stones."""
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-IMAGING_MEASUREMENTS = hd.sr.CodedConcept("126010", "DCM", "Imaging Measurements")
 """TID 1500's container for the document's qualitative evaluations (CODE and TEXT items)."""
+IMAGING_MEASUREMENTS = hd.sr.CodedConcept("126010", "DCM", "Imaging Measurements")
+"""TID 1500's container of the measurement groups: left out of a report without stones."""
 DISCLAIMER = "not for primary diagnosis"
 
 

@@ -294,6 +294,7 @@ def test_no_job_is_handed_out_while_the_nodes_disk_is_over_its_watermark(cluster
     store = Store(cluster.tmp / "node")
     with store.transaction() as conn:
         job_id = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
+        conn.execute("UPDATE jobs SET publications = 5")  # refused often before: a long back-off
     node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic",
                               URONODE_STORAGE__MAX_DISK_USED_PERCENT="0.001")  # any disk is over it
     wait_until(lambda: rows(node.data_dir)[0]["dispatched_at"] is not None, 30, "the job to be published")
@@ -305,3 +306,4 @@ def test_no_job_is_handed_out_while_the_nodes_disk_is_over_its_watermark(cluster
     assert detail.startswith(f"job {job_id} is not handed out while the node's disk ") and "watermark" in detail
     (row,) = rows(node.data_dir)
     assert (row["state"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+    assert row["publications"] == 1  # published again after claim_timeout_s, not after a growing back-off

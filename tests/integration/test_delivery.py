@@ -440,7 +440,7 @@ def test_every_warning_status_is_a_delivery_and_a_failure_status_is_not(tmp_path
     pynetdicom's storage SCP, on a real association."""
     from pynetdicom import AE, evt
 
-    answers = iter([0x0001, 0xB123, 0xB000, 0xA700, 0x0000])
+    answers = iter([0x0001, 0xB123, 0xB000, 0xA700, 0x0107])
     ae = AE(ae_title="DEST")
     ae.add_supported_context(pydicom.uid.CTImageStorage, [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
     port = free_port()
@@ -453,7 +453,7 @@ def test_every_warning_status_is_a_delivery_and_a_failure_status_is_not(tmp_path
     finally:
         server.shutdown()
     assert [(r.ok, r.status) for r in results] == [
-        (True, 0x0001), (True, 0xB123), (True, 0xB000), (False, 0xA700), (True, 0x0000)]
+        (True, 0x0001), (True, 0xB123), (True, 0xB000), (False, 0xA700), (True, 0x0107)]
     assert "0xA700" in (results[3].reason or "")
 
 

@@ -13,6 +13,7 @@ node calls :meth:`Deliverer.run_once` as its ``delivery`` loop (:mod:`uronode.lo
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -145,7 +146,11 @@ class Deliverer:
         (a slow destination, SIGTERM, kill -9) did not send it again at the next start (probe 24: the whole
         association was recorded at its end, so all of it was sent again)."""
         item = group[index]
-        self.outbox.mark_delivered([item.id])
+        try:
+            self.outbox.mark_delivered([item.id])
+        except sqlite3.Error as exc:  # the index locked: recorded with the rest when the association ends
+            log.warning("delivery %d: stored by %s, not recorded yet: %s", item.id, item.destination, exc)
+            return
         AuditLog(self.outbox.store.root).record("delivery", destination=item.destination, job_id=item.job_id,
                                                 sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         recorded.add(item.id)

@@ -39,6 +39,7 @@ from uronode.app.delivery import Deliverer
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
 from uronode.db import DataDirUnusable
+from uronode.errors import OutOfResources
 from uronode.files import disk_problem
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
@@ -409,6 +410,10 @@ def jobs_unattended(queue: JobQueue, settings: Settings) -> str | None:
     another model). Waiting means longer than ``queue.claim_timeout_s``, the time a published job is given to
     be claimed."""
     waited_s = settings.queue.claim_timeout_s
+    try:
+        queue.store.check_space()
+    except (OutOfResources, OSError):
+        return None  # no job is taken on purpose: /readyz names the disk, and that is the reason
     if not (count := queue.unattended(waited_s)):
         return None
     takers = ("the node's workers (inference.workers)" if settings.queue.backend != "dramatiq"

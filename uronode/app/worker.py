@@ -245,7 +245,7 @@ class Worker:
         while not stop.is_set():
             try:  # no job is taken while its results could not be stored (probe 24: the model ran every minute)
                 self.store.check_space()
-            except OutOfResources as exc:
+            except (OutOfResources, OSError) as exc:  # OSError: the folder gone (a lost mount), as a full disk
                 if not held_back:
                     log.warning("worker: no job is taken while %s (results could not be stored); looking again "
                                 "every %g s or less", exc, RESOURCE_PAUSE_MAX_S)
