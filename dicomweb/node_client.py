@@ -133,6 +133,10 @@ class NodeClient:
     def fail(self, job_id: int, claim: str, reason: str) -> None:
         self._json("POST", f"/api/queue/jobs/{job_id}/fail", {"claim": claim, "reason": reason[:2000]})
 
+    def give_back(self, job_id: int, claim: str, reason: str) -> None:
+        """The job back to the node's queue, the try not counted (its results refused for the node's disk)."""
+        self._json("POST", f"/api/queue/jobs/{job_id}/give-back", {"claim": claim, "reason": reason[:2000]})
+
     def retrieve_series(self, study: str, series: str, folder: Path) -> list[Path]:
         """WADO-RS: every instance of the series, each written to a file in ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
+OUT_OF_RESOURCES = 0xA700
+"""The FailureReason of an instance refused for want of the server's resources (PS3.18 I.2.2: A7xx)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class StowResult:
     reason: str | None
     unreachable: bool = False
     """The server did not answer (no connection, or 502, 503, 504): trying again later may succeed."""
+    out_of_resources: bool = False
+    """The server refused it for want of resources (FailureReason A700): trying again later may succeed."""
 
 
 def multipart_body(paths: Sequence[Path], boundary: str) -> bytes:
@@ -43,8 +47,10 @@ def multipart_body(paths: Sequence[Path], boundary: str) -> bytes:
     return b"".join(parts)
 
 
-def _uids_in(body: dict[str, object], sequence: str) -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
+def _uids_in(body: dict[str, object], sequence: str) -> dict[str, object]:
+    """SOP Instance UID -> its FailureReason (None where the item gives none) of each item of ``sequence``; an
+    item that names no instance is keyed ``#n``."""
+    found: dict[str, object] = {}
     element = body.get(sequence)
     if not isinstance(element, dict):
         return found
@@ -53,8 +59,7 @@ def _uids_in(body: dict[str, object], sequence: str) -> dict[str, str | None]:
             continue
         uid = (item.get(REFERENCED_SOP_INSTANCE_UID) or {}).get("Value", [None])[0]
         reason = (item.get(FAILURE_REASON) or {}).get("Value", [None])[0]
-        if uid:
-            found[str(uid)] = None if reason is None else f"failure reason {reason}"
+        found[str(uid) if uid else f"#{len(found)}"] = reason  # "#n": an item that names no instance
     return found
 
 
@@ -104,12 +109,19 @@ def stow(
         verdict = verdict[0] if verdict else {}
     stored = _uids_in(verdict, REFERENCED_SOP_SEQUENCE)
     failed = _uids_in(verdict, FAILED_SOP_SEQUENCE)
+    # a body refused whole for want of space before its parts were read (the node's spool) names no instance
+    unnamed = {code for key, code in failed.items() if key.startswith("#")}
     results = []
     for _, uid in files:
         if uid in failed:
-            results.append(StowResult(uid, False, f"STOW-RS to {url}: {failed[uid] or 'failed'}"))
+            code = failed[uid]
+            results.append(StowResult(uid, False, f"STOW-RS to {url}: " + (
+                "failed" if code is None else f"failure reason {code}"), out_of_resources=code == OUT_OF_RESOURCES))
         elif uid in stored:
             results.append(StowResult(uid, True, None))
+        elif unnamed == {OUT_OF_RESOURCES} and not stored:
+            results.append(StowResult(uid, False, f"STOW-RS to {url}: failure reason {OUT_OF_RESOURCES} (the "
+                                                  "server's resources) for the whole request", out_of_resources=True))
         else:
             results.append(StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status} without this instance"))
     return results

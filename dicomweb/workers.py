@@ -203,3 +203,18 @@ async def fail(job_id: int, body: FailRequest, worker: WorkerDep, claims: Claims
     AuditLog(claims.store.root).record("job_finished", job_id=job_id, state="failed", worker=worker, reason=body.reason)
     log.warning("job %d failed on %s: %s", job_id, worker, body.reason)
     return {"state": "failed"}
+
+
+@router.post("/jobs/{job_id}/give-back", summary="Give a claimed job back, the try not counted (the node's disk)")
+async def give_back(job_id: int, body: FailRequest, worker: WorkerDep, claims: ClaimsDep) -> dict[str, Any]:
+    """Review 27: a remote job whose results the node refused for a full disk failed for good, where the node's
+    own worker gives such a job back."""
+    try:
+        await run_in_threadpool(claims.give_back, job_id, body.claim, worker, body.reason)
+    except ClaimConflict as exc:
+        await run_in_threadpool(claims.refused)
+        raise _conflict(exc) from exc
+    except NoSuchJob as exc:
+        raise _conflict(exc) from exc
+    AuditLog(claims.store.root).record("job_given_back", job_id=job_id, worker=worker, reason=body.reason)
+    return {"state": "queued"}

@@ -307,3 +307,37 @@ def test_no_job_is_handed_out_while_the_nodes_disk_is_over_its_watermark(cluster
     (row,) = rows(node.data_dir)
     assert (row["state"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
     assert row["publications"] == 1  # published again after claim_timeout_s, not after a growing back-off
+
+
+def test_results_refused_for_the_nodes_disk_give_the_job_back_not_fail_it(cluster: Cluster) -> None:
+    """Review 27: the disk filling while a remote worker ran a job made the node refuse its results (A700), and the
+    worker failed the job for good; the node's own worker gives such a job back. The node's data folder is a
+    tmpfs of the test's own, filled past the watermark once the job is claimed."""
+    from tests.faults.checks import tmpfs
+
+    w1 = cluster.token("w1").read_text().strip()
+    with tmpfs(cluster.tmp / "disk", "64m") as disk:
+        node = cluster.start_node(disk / "node", **cluster.env(), URONODE_STORAGE__MAX_DISK_USED_PERCENT="50")
+        _, _, files = write_series(cluster.tmp / "ct", 4, size=64)
+        assert storescu(node.dicom_port, files).returncode == 0
+        wait_until(lambda: [r["dispatched_at"] is not None for r in rows(node.data_dir)] == [True], 30,
+                   "the job to be published")
+        (job,) = rows(node.data_dir)
+        client = NodeClient(f"http://127.0.0.1:{node.http_port}", w1, patience_s=5)
+        claim = client.claim(job["id"], job["series_generation"],
+                             claim_key_of(node.data_dir, job["id"], job["series_generation"]))
+        (disk / "filler").write_bytes(bytes(40 << 20))  # the disk fills while the job runs
+        result = cluster.tmp / "result.dcm"
+        ds = pydicom.dcmread(files[0])
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesInstanceUID, ds.Manufacturer = pydicom.uid.generate_uid(), "uronode"
+        ds.save_as(result)
+        (stored,) = client.store([(result, str(ds.SOPInstanceUID))])
+        assert not stored.ok and stored.out_of_resources, stored
+        client.give_back(claim.job_id, claim.token, f"results refused: {stored.reason}")
+        (back,) = rows(node.data_dir)
+        assert (back["state"], back["attempts"], back["claim_token"]) == ("queued", 0, None)
+        assert back["reason"].startswith("results refused: ") and back["reason"].endswith("the try not counted")
+        (disk / "filler").unlink()
+        node.stop()

@@ -152,6 +152,10 @@ class RemoteWorker:
                 files.append((path, str(ds.SOPInstanceUID)))
             stored = self.client.store(files)
             problems = [f"{r.sop_instance_uid}: {r.reason}" for r in stored if not r.ok]
+            if problems and all(r.out_of_resources for r in stored if not r.ok):
+                # the node's disk, not the series (review 27: the job failed for good): back to the queue
+                self.client.give_back(job_id, claim, f"results refused for want of the node's resources: {problems[0]}")
+                return "given back"
             if problems:
                 self.client.fail(job_id, claim, f"results not stored at the node: {problems[0]}")
                 return "failed"
