@@ -56,6 +56,7 @@ CONTEXT_RESULTS = {
     4: "transfer syntaxes not supported",
 }
 """Presentation context results of an A-ASSOCIATE-AC (PS3.8 9.3.3.2), as the reasons say them."""
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 ABORT_SOURCES = {0: "service user", 1: "reserved", 2: "service provider"}
 
 
@@ -82,6 +83,9 @@ class SendResult:
     ok: bool
     status: int | None
     reason: str | None
+    permanent: bool = False
+    """Trying again cannot help until the destination is changed: it supports no presentation context of the
+    SOP class (result 3, abstract syntax not supported)."""
 
 
 @dataclass
@@ -179,7 +183,8 @@ def store_files(
         refused = _refused_contexts(assoc)
         if refused:  # A-ASSOCIATE-AC with no context accepted: pynetdicom aborts, but the AC says why
             return [SendResult(f.sop_instance_uid, False, None,
-                               refused_context_reason(where, f.sop_class_uid, refused.get(f.sop_class_uid)))
+                               refused_context_reason(where, f.sop_class_uid, refused.get(f.sop_class_uid)),
+                               permanent=refused.get(f.sop_class_uid) == ABSTRACT_SYNTAX_NOT_SUPPORTED)
                     for f in files]
         reason = _no_association_reason(assoc, watch, where, timeouts)
         return [SendResult(f.sop_instance_uid, False, None, reason) for f in files]
@@ -231,7 +236,8 @@ def _send_one(
     offered = accepted.get(item.sop_class_uid, set())
     if not offered:
         return SendResult(item.sop_instance_uid, False, None,
-                          refused_context_reason(where, item.sop_class_uid, refused.get(item.sop_class_uid)))
+                          refused_context_reason(where, item.sop_class_uid, refused.get(item.sop_class_uid)),
+                          permanent=refused.get(item.sop_class_uid) == ABSTRACT_SYNTAX_NOT_SUPPORTED)
     try:
         ds = dcmread(item.path)
         if syntax not in offered:

@@ -129,9 +129,12 @@ class Outbox:
                 [(now, i) for i in ids],
             )
 
-    def mark_failed(self, delivery_id: int, reason: str, now: float | None = None) -> DeliveryState:
+    def mark_failed(self, delivery_id: int, reason: str, now: float | None = None,
+                    permanent: bool = False) -> DeliveryState:
         """Record a failed try: back off, or give up (dead letter) once the delivery has been owed
-        ``retry_for_s`` or has failed ``max_attempts`` times; the dead letter's reason says which."""
+        ``retry_for_s`` or has failed ``max_attempts`` times, or at once where trying again cannot help
+        (``permanent``: the destination supports no context of its SOP class); the dead letter's reason says
+        which."""
         now = time.time() if now is None else now
         with self.store.transaction() as conn:
             row = conn.execute("SELECT attempts, state, created_at FROM deliveries WHERE id = ?",
@@ -142,7 +145,10 @@ class Outbox:
                 return DeliveryState(row["state"])
             attempts = row["attempts"] + 1
             owed_for = now - row["created_at"]
-            if self.max_attempts is not None and attempts >= self.max_attempts:
+            if permanent:  # probe 24: a SOP class the destination never accepts was tried for a day
+                state, next_at = DeliveryState.DEAD, now
+                reason = f"{reason} (not tried again: `uronode retry` once the destination or its results change)"
+            elif self.max_attempts is not None and attempts >= self.max_attempts:
                 state, next_at = DeliveryState.DEAD, now
                 reason = f"{reason} (given up after {attempts} tries: delivery.max_attempts)"
             elif self.retry_for_s is not None and owed_for >= self.retry_for_s:

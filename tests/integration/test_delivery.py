@@ -265,6 +265,33 @@ def test_a_refused_sop_class_is_named_with_the_setting_on_every_try(tmp_path: Pa
         assert not result.ok and result.reason is not None
         assert result.reason.startswith(f"DEST at 127.0.0.1:{port} accepts no context for SOP class {sop_class}: ")
         assert 'set its results, e.g. ["sc", "sr"]' in result.reason
+        assert result.permanent  # abstract syntax not supported: trying again cannot help
+    assert not first[1].permanent
+
+
+def test_a_sop_class_the_destination_does_not_support_is_a_dead_letter_at_once(tmp_path: Path) -> None:
+    """Probe 24: a SOP class the destination never accepts was tried again for a day (delivery.retry_for_s);
+    it is a dead letter at its first refusal, with the reason, for `uronode retry` once that changes."""
+    profile = tmp_path / "ctsc.cfg"
+    profile.write_text(CT_AND_SC_ONLY)
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port, "-xf", str(profile), "CTSC")
+    settings = DeliverySettings.model_validate(
+        {"destinations": [{"name": "pacs", "kind": "dicom", "ae_title": "DEST", "host": "127.0.0.1", "port": port}]})
+    outbox = Outbox(Store(tmp_path / "node"))
+    try:
+        _, _, (ct,) = write_series(tmp_path / "ct", 1, size=32)
+        seg, sc = (as_class(ct, tmp_path / f"{name}.dcm", uid) for name, uid in (("seg", SEG_CLASS), ("sc", SC_CLASS)))
+        owe_files(outbox, "pacs", [seg, sc])
+        assert Deliverer(outbox, settings, "URONODE").run_once() == {"delivered": 1, "failed": 1}
+    finally:
+        scp.stop()
+    states = {row.sop_class_uid: (row.state, row.attempts, row.last_error or "") for row in outbox.list()}
+    assert states[SC_CLASS][:2] == (DeliveryState.DELIVERED, 1)
+    state, attempts, reason = states[SEG_CLASS]
+    assert (state, attempts) == (DeliveryState.DEAD, 1)
+    assert "abstract syntax not supported" in reason and reason.endswith(
+        "(not tried again: `uronode retry` once the destination or its results change)")
 
 
 def test_a_peer_that_never_answers_the_association_request_is_named_as_such(tmp_path: Path) -> None:

@@ -169,11 +169,11 @@ class Deliverer:
                              sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         for item, result in zip(group, results, strict=True):
             if not result.ok:
-                self._failed(item, result.reason or "failed")
+                self._failed(item, result.reason or "failed", permanent=getattr(result, "permanent", False))
         return sum(1 for result in results if result.ok)
 
-    def _failed(self, item: Delivery, reason: str) -> None:
-        state = self.outbox.mark_failed(item.id, reason)
+    def _failed(self, item: Delivery, reason: str, permanent: bool = False) -> None:
+        state = self.outbox.mark_failed(item.id, reason, permanent=permanent)
         AuditLog(self.outbox.store.root).record(
             "delivery", destination=item.destination, job_id=item.job_id, sop_instance_uid=item.sop_instance_uid,
             outcome="dead" if state is DeliveryState.DEAD else "retry", reason=reason,
