@@ -421,6 +421,19 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       const services = servicesManager.services;
       services.displaySetService.subscribe(services.displaySetService.EVENTS.DISPLAY_SETS_ADDED,
         ({ displaySetsAdded }) => takeVerdicts(services, displaySetsAdded));
+      // A stone's row in the measurement panel: the SR's comment, site and finding, not cornerstone's figures of
+      // the box ("0" before its slice was shown, then "4.17 mm2", "Max: 198 HU"), which read like the stone's
+      // (probe 26); the image's series and number stay.
+      const { measurementService } = services;
+      for (const event of ['MEASUREMENT_ADDED', 'MEASUREMENT_UPDATED', 'RAW_MEASUREMENT_ADDED']) {
+        if (!measurementService.EVENTS[event]) continue;
+        measurementService.subscribe(measurementService.EVENTS[event], ({ measurement }) => {
+          if (measurement && /^Stone [0-9]+/.test(measurement.label || '') && measurement.displayText
+              && list(measurement.displayText.primary).length) {
+            measurement.displayText = { ...measurement.displayText, primary: [] };
+          }
+        });
+      }
       for (const event of ['VIEWPORTS_READY', 'GRID_STATE_CHANGED']) {
         services.viewportGridService.subscribe(services.viewportGridService.EVENTS[event],
           () => setTimeout(showVerdicts, 0));

@@ -309,6 +309,10 @@ def test_stones_are_listed_and_a_click_goes_to_one(browser: BrowserContext, stud
     assert f"/instances/{study.overlay_of[other.sop_instance_uid]}/" in shown_image(page, "uronode-overlay")
     after = grab(page, CT)
     assert np.abs(after - before).mean() > 2, "the CT viewport did not change slice"
+    # each row: the SR's comment, site and finding, not cornerstone's figures of the box (probe 26: "0", then
+    # "4.17 mm2" and "Max: 198 HU" under the stone's own figures, as if they were the stone's)
+    lines = panel.inner_text().splitlines()
+    assert not [line for line in lines if line.strip() == "0" or "mm²" in line or line.startswith("Max:")], lines
     save_shot(page.screenshot(), "stone-list-jump")
     page.close()
 
