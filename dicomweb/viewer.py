@@ -126,16 +126,19 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
   // their verdict is written over each viewport that shows the CT series it is about, for as long as it shows
   // it: it goes with the viewport when the study is left, and comes back when it is opened again (review 27).
   const verdicts = new Map();  // CT SeriesInstanceUID -> the report's { title, message }
+  const withStones = new Set();  // CT series with a report that has stones: no "no stone" note over them
   function takeVerdicts(services, added) {
     for (const ds of list(added)) {
       if (!ds || ds.Modality !== 'SR' || !isResult(ds)) continue;
       const message = noStoneVerdict(ds);
-      if (message === null) continue;
-      for (const study of list(reportOf(ds).CurrentRequestedProcedureEvidenceSequence)) {
-        for (const series of list(study.ReferencedSeriesSequence)) {
-          verdicts.set(series.SeriesInstanceUID, { title: ds.SeriesDescription, message });
-        }
+      const about = list(reportOf(ds).CurrentRequestedProcedureEvidenceSequence)
+        .flatMap((study) => list(study.ReferencedSeriesSequence).map((series) => series.SeriesInstanceUID));
+      if (message === null) {  // a report with stones (a re-run, another model) outranks any note (review 28)
+        about.forEach((uid) => { withStones.add(uid); verdicts.delete(uid); });
+        continue;
       }
+      about.filter((uid) => !withStones.has(uid))
+        .forEach((uid) => verdicts.set(uid, { title: ds.SeriesDescription, message }));
       const uid = ds.displaySetInstanceUID;
       setTimeout(() => {  // deleting one OHIF no longer holds would remove its last display set instead
         if (services.displaySetService.getDisplaySetByUID(uid)) services.displaySetService.deleteDisplaySet(uid);
@@ -428,7 +431,10 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       for (const event of ['MEASUREMENT_ADDED', 'MEASUREMENT_UPDATED', 'RAW_MEASUREMENT_ADDED']) {
         if (!measurementService.EVENTS[event]) continue;
         measurementService.subscribe(measurementService.EVENTS[event], ({ measurement }) => {
-          if (measurement && /^Stone [0-9]+/.test(measurement.label || '') && measurement.displayText
+          // the node's boxes only, by their tool and their label's form ('Stone 2, right: ..., mean 585 HU'): a
+          // reader's own measurement named "Stone 1" keeps its figures (review 28)
+          if (measurement && measurement.toolName === 'RectangleROI'
+              && /^Stone [0-9]+, [a-z ]+: .*, mean -?[0-9]+ HU/.test(measurement.label || '') && measurement.displayText
               && list(measurement.displayText.primary).length) {
             measurement.displayText = { ...measurement.displayText, primary: [] };
           }

@@ -393,14 +393,15 @@ class Claims:
     def give_back(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:
         """The claim's worker could not finish for want of the node's resources (its results refused for a full
         disk), not because of the series: queued again, that try not counted, ``reason`` kept for the admin, and
-        published again after ``claim_timeout_s`` (a claim meanwhile is refused while the disk stays full)."""
+        published again by the sweeper after ``claim_timeout_s``, as a message nobody claimed is (not at once:
+        review 28), its claim refused while the disk stays full."""
         now = time.time() if now is None else now
         with self.store.transaction() as conn:
             self._current(conn, job_id, token, worker, now)
             conn.execute(
                 "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), reason = ?, claim_token = NULL,"
-                " lease_until = NULL, updated_at = ?, dispatched_at = NULL, publications = 0 WHERE id = ?",
-                (f"{reason}; queued again, the try not counted", now, job_id),
+                " lease_until = NULL, updated_at = ?, dispatched_at = ?, publications = 1 WHERE id = ?",
+                (f"{reason}; queued again, the try not counted", now, now, job_id),
             )
         log.warning("job %d: given back by %s, the try not counted: %s", job_id, worker, reason)
 

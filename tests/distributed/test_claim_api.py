@@ -338,6 +338,8 @@ def test_results_refused_for_the_nodes_disk_give_the_job_back_not_fail_it(cluste
         client.give_back(claim.job_id, claim.token, f"results refused: {stored.reason}")
         (back,) = rows(node.data_dir)
         assert (back["state"], back["attempts"], back["claim_token"]) == ("queued", 0, None)
+        # published again by the sweeper after claim_timeout_s, as an unclaimed message is, not at once (review 28)
+        assert back["dispatched_at"] is not None and back["publications"] == 1
         assert back["reason"].startswith("results refused: ") and back["reason"].endswith("the try not counted")
         (disk / "filler").unlink()
         node.stop()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Unpack
 
 import pytest
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -138,9 +138,21 @@ def test_the_same_data_set_with_another_preamble_or_in_the_other_uncompressed_sy
 ) -> None:
     """Review 27: a sender's file with a non-zero preamble, or the same data set in Implicit VR (storescu sends an
     Implicit VR file in Explicit VR where the node takes it), still replaced the instance and re-ran its job."""
-    received = encoded(0)  # Explicit VR Little Endian, as the listener stores it
-    assert put(store, received) is StoreOutcome.STORED
     ds = ct_slice("1.2.3", "1.2.3.4", 0)
+    # as a scanner writes them: a private block (read as UN bytes in Implicit VR, as text in Explicit VR; review
+    # 28: those still replaced) and a sequence
+    block = ds.private_block(0x0029, "SOME SCANNER", create=True)
+    block.add_new(0x10, "LO", "kernel B30f")
+    block.add_new(0x11, "OB", b"\x01\x02\x03\x04")
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "T-71000", "SRT", "Kidney"
+    ds.AnatomicRegionSequence = [item]
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    received = [encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "TEST"),
+                fp.getvalue()]  # Explicit VR Little Endian, as the listener stores it
+    assert put(store, received) is StoreOutcome.STORED
 
     def as_file(implicit: bool, preamble: bytes = b"\0" * 128) -> bytes:
         ds.file_meta = FileMetaDataset()
@@ -159,8 +171,34 @@ def test_the_same_data_set_with_another_preamble_or_in_the_other_uncompressed_sy
     assert again(implicit) is StoreOutcome.DUPLICATE
     stored = store.get_instance(read_header(received).sop_instance_uid)
     assert stored is not None and stored.path.read_bytes() == b"".join(received)  # the first copy kept
-    ds.PixelData = bytes(len(ds.PixelData))  # other pixels in the other syntax: not the same
+    item.CodeMeaning = "Left kidney"  # a corrected value inside a sequence, in the other syntax: not the same
     assert again(as_file(True)) is StoreOutcome.REPLACED
+    ds.PixelData = bytes(len(ds.PixelData))  # other pixels: not the same either
+    assert again(as_file(False)) is StoreOutcome.REPLACED
+
+
+def test_a_data_set_pydicom_cannot_take_apart_is_replaced_not_refused(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 28: an FD value of the wrong length made pydicom raise while the two encodings were compared, and
+    the C-STORE failed (C211) every time it came again."""
+    import pydicom.errors
+
+    from uronode import store as store_module
+
+    received = encoded(0)
+    assert put(store, received) is StoreOutcome.STORED
+    ds = ct_slice("1.2.3", "1.2.3.4", 0)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=True, little_endian=True)
+
+    def cannot(*args: object, **kwargs: object) -> None:
+        raise pydicom.errors.BytesLengthException("Expected total bytes to be an even multiple of bytes per value")
+
+    monkeypatch.setattr(store_module.pydicom, "dcmread", cannot)
+    assert store.put(read_header([out.getvalue()]), [out.getvalue()], calling_ae="UPLOAD") is StoreOutcome.REPLACED
 
 
 def test_over_the_watermark_is_out_of_resources_and_nothing_is_indexed(tmp_path: Path) -> None:
