@@ -163,7 +163,7 @@ def test_an_aborted_association_does_not_complete_its_partial_series(start_node:
     assert later.send_c_store(ct_slice(other_study, other, 0, size=32)).Status == 0x0000
     later.release()
     wait_until(lambda: query(node.data_dir, "SELECT state FROM series WHERE series_instance_uid = ?", other)[0]["state"]
-               == "complete", 20, "the released series to complete")
+               == "complete", 60, "the released series to complete")  # 20 s was once too short on a loaded CI
     (row,) = query(node.data_dir, "SELECT state FROM series WHERE series_instance_uid = ?", series)
     assert row["state"] == "receiving"
     assert query(node.data_dir, "SELECT id FROM jobs WHERE series_instance_uid = ?", series) == []
@@ -173,7 +173,7 @@ def test_an_aborted_association_does_not_complete_its_partial_series(start_node:
         assert again.send_c_store(ds).Status == 0x0000
     again.release()
     wait_until(lambda: query(node.data_dir, "SELECT state FROM series WHERE series_instance_uid = ?", series)[0]["state"]
-               == "complete", 20, "the whole series to complete")
+               == "complete", 60, "the whole series to complete")
     jobs = query(node.data_dir, "SELECT id FROM jobs WHERE series_instance_uid = ?", series)
     assert len(jobs) == 1
     assert len(query(node.data_dir, "SELECT 1 FROM instances WHERE series_instance_uid = ?", series)) == 8
