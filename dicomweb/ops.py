@@ -22,9 +22,11 @@ router = APIRouter(tags=["operations"])
 DATABASE_TIMEOUT_S = 5.0
 """``/readyz`` says the index is locked when its write lock cannot be had within this long."""
 
-ReadyCheck = Callable[[], str | None]
+ReadyCheck = Callable[[bool], str | None]
 """A condition the node adds to ``/readyz`` (its model's folder is there): None while it holds,
-else the reason it does not."""
+else the reason it does not. It is called with whether the store takes work now (writable, under its
+watermark, its index not locked): a check that follows from the store's state (no job is taken) says
+nothing while the store's own line says why."""
 
 
 @router.get("/healthz")
@@ -54,7 +56,8 @@ def readyz(request: Request, store: StoreDep) -> dict[str, object]:
     if (locked := store.db.probe(DATABASE_TIMEOUT_S)) is not None:
         problems.append(locked)
     checks: tuple[ReadyCheck, ...] = request.app.state.ready_checks
-    problems.extend(problem for check in checks if (problem := check()) is not None)
+    store_takes_work = not problems
+    problems.extend(problem for check in checks if (problem := check(store_takes_work)) is not None)
     loops: Loops | None = request.app.state.loops
     if loops is not None:
         problems.extend(loops.problems())

@@ -145,6 +145,14 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       }, 0);
     }
   }
+  // Calls fn now and on each new image of the viewport's element, in place of the listener kept under key before
+  // (OHIF reuses the element when another series is shown in it).
+  function onNewImage(element, key, fn) {
+    if (element[key]) element.removeEventListener('CORNERSTONE_STACK_NEW_IMAGE', element[key]);
+    element[key] = fn;
+    element.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', fn);
+    fn();
+  }
   function showVerdicts() {
     const engine = window.cornerstone && window.cornerstone.getRenderingEngines()[0];
     for (const vp of (engine ? engine.getViewports() : [])) {
@@ -168,10 +176,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
         }
         note.textContent = verdict.title + '\\n' + verdict.message;
       };
-      if (element.uronodeVerdict) element.removeEventListener('CORNERSTONE_STACK_NEW_IMAGE', element.uronodeVerdict);
-      element.uronodeVerdict = update;
-      element.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', update);
-      update();
+      onNewImage(element, 'uronodeVerdict', update);
     }
   }
 
@@ -306,10 +311,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       side.element.dataset.uronodeMatches = matches ? 'yes' : 'no';
     };
     // one listener, for the overlay series shown now (another CT series of the study has its own)
-    if (ct.element.uronodeFollow) ct.element.removeEventListener('CORNERSTONE_STACK_NEW_IMAGE', ct.element.uronodeFollow);
-    ct.element.uronodeFollow = follow;
-    ct.element.addEventListener('CORNERSTONE_STACK_NEW_IMAGE', follow);
-    follow();
+    onNewImage(ct.element, 'uronodeFollow', follow);
   }
 
   function segmentations(services) {

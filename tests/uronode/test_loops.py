@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from dicomweb.app import create_app
+from dicomweb.ops import ReadyCheck
 from tests.conftest import query
 from tests.factory import uid, write_series
 from tests.peers.processes import Node, free_port, storescu, wait_until
@@ -55,10 +56,10 @@ def execute(index: Path, sql: str) -> None:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, loops: Loops) -> Iterator[str]:
+def serving(settings: Settings, loops: Loops, ready_checks: Sequence[ReadyCheck] = ()) -> Iterator[str]:
     """The node's HTTP application on uvicorn, as ``uronode serve`` runs it, on a free loopback port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, loops), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, loops, ready_checks), host="127.0.0.1", port=port,
                                            log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()

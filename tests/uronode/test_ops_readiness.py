@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from dicomweb import ops
 from tests.conftest import WITH_WORKER
 from tests.peers.processes import Node, wait_until
 from tests.uronode.test_loops import node_settings, readyz, serving
-from uronode.app.node import WorkerProcess
+from uronode.app.node import WorkerProcess, jobs_unattended
 from uronode.jobs import JobQueue
 from uronode.loops import Loops
 from uronode.processes import DROPPED_JOB_EXIT
@@ -108,10 +109,24 @@ def test_a_frozen_worker_is_named_and_no_longer_once_it_goes_on(settings: Settin
 
 
 def test_readyz_names_an_index_locked_by_another_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the index is locked no worker takes a job; the waiting jobs are not named as unattended besides the
+    lock (review 28 #7: two reasons, the second wrong)."""
     monkeypatch.setattr(ops, "DATABASE_TIMEOUT_S", 0.5)
-    Store(settings.storage.data_dir)
-    with serving(settings, Loops()) as base:
+    store = Store(settings.storage.data_dir)
+    with store.transaction() as conn:
+        JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
+    settings.queue.claim_timeout_s = 0.0
+    unattended = partial(jobs_unattended, JobQueue(store), settings)
+    with serving(settings, Loops(), [unattended]) as base:
+        time.sleep(0.05)
+        status, answer = readyz(base)
+        assert (status, answer) == (503, {"detail": "1 job(s) queued for more than 0 s and none running: no worker"
+                                                    " takes them (the node's workers (inference.workers))"})
+        with store.transaction() as conn:
+            conn.execute("UPDATE jobs SET state = 'running'")
         assert readyz(base)[0] == 200
+        with store.transaction() as conn:
+            conn.execute("UPDATE jobs SET state = 'queued', updated_at = updated_at - 1")
         holder = sqlite3.connect(settings.storage.data_dir / "index.sqlite3", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
         try:
@@ -122,7 +137,7 @@ def test_readyz_names_an_index_locked_by_another_process(settings: Settings, mon
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        assert readyz(base)[0] == 200
+        assert readyz(base)[0] == 503  # the job still waits, and now it is the reason
 
 
 def test_the_node_is_not_ready_while_its_worker_crash_loops_on_a_damaged_model(

@@ -39,7 +39,6 @@ from uronode.app.delivery import Deliverer
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
 from uronode.db import DataDirUnusable
-from uronode.errors import OutOfResources
 from uronode.files import disk_problem
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
@@ -405,16 +404,18 @@ def model_missing(settings: Settings) -> str | None:
     return f"model {settings.inference.model!r} not found under {settings.inference.models_dir}"
 
 
-def jobs_unattended(queue: JobQueue, settings: Settings) -> str | None:
+def whatever_the_store(check: Callable[[], str | None]) -> ReadyCheck:
+    """A ``/readyz`` condition that holds or not whether the store takes work."""
+    return lambda _store_takes_work: check()
+
+
+def jobs_unattended(queue: JobQueue, settings: Settings, store_takes_work: bool) -> str | None:
     """Jobs wait and none runs: no worker takes them (none configured, none started, only remote workers of
     another model). Waiting means longer than ``queue.claim_timeout_s``, the time a published job is given to
-    be claimed."""
+    be claimed. Silent while the store takes no work (over its disk watermark, its index locked): no job is
+    taken on purpose then, and ``/readyz`` names that reason (review 28)."""
     waited_s = settings.queue.claim_timeout_s
-    try:
-        queue.store.check_space()
-    except (OutOfResources, OSError):
-        return None  # no job is taken on purpose: /readyz names the disk, and that is the reason
-    if not (count := queue.unattended(waited_s)):
+    if not store_takes_work or not (count := queue.unattended(waited_s)):
         return None
     takers = ("the node's workers (inference.workers)" if settings.queue.backend != "dramatiq"
               else f"a remote worker running model {settings.inference.model!r}, or the node's own workers")
@@ -501,11 +502,11 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
                     settings.queue.backend)
     ready_checks: list[ReadyCheck] = [partial(jobs_unattended, queue, settings)]
     if workers:
-        ready_checks.append(partial(model_missing, settings))
+        ready_checks.append(whatever_the_store(partial(model_missing, settings)))
         if (missing := model_missing(settings)) is not None:
             log.error("%s: series are queued but not processed", missing)
             workers = []
-        ready_checks.append(partial(workers_problem, workers))
+        ready_checks.append(whatever_the_store(partial(workers_problem, workers)))
     for worker in workers:
         worker.start()
     if workers:
