@@ -12,7 +12,7 @@ RUN npm pack --silent "@ohif/app@${OHIF_VERSION}" \
 # The node's image: Debian 12 with Python 3.11, as on the machines the project is tested on.
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc ca-certificates tini \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/uronode
 COPY pyproject.toml README.md ./
@@ -35,4 +35,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     URONODE_DICOMWEB__VIEWER_DIR=/opt/uronode/viewer
 VOLUME /var/lib/uronode
 EXPOSE 11112 8080
+# tini as PID 1 reaps what the node's processes leave (probe 24 #5: after a node killed by the kernel's OOM killer
+# its receivers and worker stayed zombies under an init that does not reap) and passes SIGTERM on to the node;
+# compose's and Kubernetes' commands replace CMD, not this.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["uronode", "serve"]

@@ -72,6 +72,9 @@ def test_image_sets_its_paths_and_fetches_the_viewer_the_node_expects() -> None:
     assert re.search(rf"^ARG OHIF_VERSION={re.escape(OHIF_VERSION)}$", dockerfile, re.M)
     for variable in ("URONODE_INFERENCE__MODELS_DIR", "URONODE_DICOMWEB__VIEWER_DIR"):
         assert re.search(rf"^\s+{variable}=/\S+", dockerfile, re.M), variable
+    # An init that reaps is PID 1, whatever command compose or Kubernetes gives (probe 24 #5).
+    assert re.search(r"apt-get install [^\n]*\btini\b", dockerfile)
+    assert re.findall(r"^ENTRYPOINT (.*)$", dockerfile, re.M) == ['["/usr/bin/tini", "--"]']
     # The one image runs the node with either backend, and the workers: it installs the distributed extra.
     assert re.search(r"pip install [^\n]*'\.\[distributed\]'", dockerfile)
     import tomllib
@@ -333,3 +336,19 @@ def test_compose_redis_runs_as_configured(distributed: dict[str, Any], tmp_path:
     config = redis_as_configured(command, {}, password)
     assert config["save"] == "" and config["appendonly"] == "no"
     assert config["maxmemory-policy"] == "noeviction" and int(config["maxmemory"]) > 0
+
+
+def test_no_deployment_replaces_the_image_s_init() -> None:
+    """Compose's ``command`` and Kubernetes' ``args`` replace CMD and keep tini; an ``entrypoint`` (compose) or a
+    ``command`` (Kubernetes) would drop it."""
+    services = compose_config(ROOT / "docker-compose.yml", DISTRIBUTED)["services"]
+    ours = [name for name, service in services.items() if service.get("image") == "uronode:latest"]
+    assert sorted(ours) == ["uronode", "worker"]
+    assert not [name for name in ours if "entrypoint" in services[name]]
+    containers = [container for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+                  for document in yaml.safe_load_all(path.read_text()) if document
+                  for container in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+                  if container.get("image", "").startswith("uronode")]
+    assert len(containers) >= 2
+    assert not [container["name"] for container in containers if "command" in container]
+
