@@ -21,7 +21,7 @@ def echo(host: str, port: int, called_ae: str, calling_ae: str = "URONODE", time
     """C-ECHO a peer; never raises for network trouble (an unknown host included), says what happened instead.
 
     Raises ValueError naming the argument for a port outside 1-65535 or an AE title the DICOM AE
-    rule refuses (empty, over 16 characters, a backslash or a control character).
+    rule refuses (empty, over 16 characters, a backslash, anything but printable ASCII).
     """
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is not in 1-65535")

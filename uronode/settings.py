@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: no backslash, no control
+AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM AE VR: printable ASCII, no backslash
 HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
 """A DNS host name (RFC 1123 labels; ``_`` too, which Docker's service names may hold)."""
@@ -70,14 +70,17 @@ def default_viewer_dir() -> Path:
 
 
 def check_ae_title(value: str, what: str) -> str:
-    """``value`` stripped, or ValueError naming ``what``: 1-16 characters, no backslash, no control character."""
+    """``value`` stripped, or ValueError naming ``what``: 1-16 characters of printable ASCII, no backslash."""
     stripped = value.strip()
     if not stripped:
         raise ValueError(f"{what} must not be empty")
     if len(stripped) > 16:
         raise ValueError(f"{what} {stripped!r} is {len(stripped)} characters long; the limit is 16")
     if not AE_TITLE_CHARS.match(stripped):
-        raise ValueError(f"{what} {stripped!r} holds a backslash or a control character")
+        odd = next(c for c in stripped if not AE_TITLE_CHARS.match(c))
+        kind = "a backslash" if odd == "\\" else "a control character" if odd < " " or odd == "\x7f" else \
+            f"{odd!r}, not printable ASCII"
+        raise ValueError(f"{what} {stripped!r} holds {kind}: an AE title is printable ASCII without a backslash")
     return stripped
 
 

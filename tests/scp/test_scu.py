@@ -46,6 +46,9 @@ def test_a_port_outside_1_65535_is_refused_before_connecting(port: int) -> None:
         ("PEER", "", "calling AE title must not be empty"),
         ("   ", "URONODE", "called AE title must not be empty"),
         ("PE\\ER", "URONODE", "called AE title .* holds a backslash"),
+        ("PE\tER", "URONODE", "called AE title .* holds a control character"),
+        # probe 28: an accented letter was said to be a backslash or a control character
+        ("PEER", "CT\u00c41", "calling AE title 'CT\u00c41' holds 'Ä', not printable ASCII"),
     ],
 )
 def test_an_ae_title_the_dicom_rule_refuses_is_named(called: str, calling: str, message: str) -> None:
