@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +58,138 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+SMALL_BODY_MAX = 8 * 1024 * 1024
+"""The most a request body may hold on every route but STOW-RS and the upload, which spool theirs to disk as it
+arrives: the claim API's bodies (a completion naming 10,000 results with its findings) are far under it."""
+SPOOLED = re.compile(r"^/dicom-web/studies(/[^/]+)?$|^/api/predict$")
+"""The POST routes that spool their bodies (:mod:`dicomweb.multipart`): bounded by ``MAX_BODY_BYTES`` there."""
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over :data:`SMALL_BODY_MAX` on a route that reads its body whole (JSON) is a 413,
+    by its Content-Length before any of it is read, or, sent in chunks, once that much has come (held here, then
+    handed on). Probe 27: FastAPI parses a JSON body before any dependency runs, and nothing bounded it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "POST" and SPOOLED.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        too_big = f"a request body on {scope['path'][:200]} may hold at most {SMALL_BODY_MAX // 2**20} MiB"
+        if b"content-length" in headers or b"transfer-encoding" not in headers:
+            length = headers.get(b"content-length", b"0")
+            if length.isdigit() and int(length) > SMALL_BODY_MAX:
+                await _refuse(scope, receive, send, 413, too_big)
+                return
+            await self.app(scope, receive, send)  # the server reads no more than the length says
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > SMALL_BODY_MAX:
+                await _refuse(scope, receive, send, 413, too_big)
+                return
+            if not message.get("more_body", False):
+                break
+        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+SECURITY_HEADERS = [(b"x-frame-options", b"SAMEORIGIN"), (b"x-content-type-options", b"nosniff")]
+"""On every answer: no page of another site frames the viewer or the upload page (clickjacking), and no browser
+takes a JSON or DICOM answer for a script or a page (probe 27)."""
+
+
+class SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class SameOrigin:
+    """ASGI middleware: a request that changes something (any method but GET, HEAD and OPTIONS) sent by a
+    browser from a page of another site is a 403, unless that site is one of ``dicomweb.cors_origins``.
+
+    Probe 27: a browser sends the basic credentials it has cached with every request to the node, a form's
+    too, and an HTML form may POST ``multipart/form-data`` to another site without asking it first; a page
+    of any site a logged-in user opened uploaded a made-up study through ``/api/predict``, whose results went
+    to the PACS in that user's name. The browser says where a request comes from: ``Sec-Fetch-Site``
+    (``same-origin``, ``none`` for one the user typed: let through), else ``Origin`` compared with the
+    ``Host`` it was sent to. Clients that are not browsers (storescu-like STOW-RS tools, dicomweb-client,
+    the remote workers) send neither and are let through."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self.allowed = frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
+
+    def refusal(self, scope: Scope) -> str | None:
+        """Why this request is refused as cross-site, or None."""
+        headers = {name: value.decode("latin-1") for name, value in scope["headers"]}
+        site = headers.get(b"sec-fetch-site", "").strip().lower()
+        origin = headers.get(b"origin", "").strip().rstrip("/").lower()
+        if site in ("same-origin", "none"):
+            return None
+        if origin and origin in self.allowed:
+            return None
+        if not site:
+            if not origin:
+                return None  # not a browser
+            host = headers.get(b"host", "").strip().lower()
+            scheme = str(scope.get("scheme", "http"))
+            if origin in (f"{scheme}://{host}", f"{scheme}://{_without_default_port(host, scheme)}"):
+                return None
+        return (f"a {scope['method']} from a page of another site ({origin or site}) is refused: the node takes "
+                f"changes from its own pages and from dicomweb.cors_origins")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.SAFE or (reason := self.refusal(scope)) is None:
+            await self.app(scope, receive, send)
+            return
+        await _refuse(scope, receive, send, 403, reason)
+
+
+def _without_default_port(host: str, scheme: str) -> str:
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return host[: -len(default)] if default and host.endswith(default) else host
 
 
 class CanonicalPaths:
@@ -109,6 +243,43 @@ class ForwardedScheme:
         await self.app(scope, receive, send)
 
 
+class RefusalQuota:
+    """How many of a client address's refused requests the audit log records: the first ``per_period`` of each
+    period, then none until the period ends; the next one recorded says how many were not (probe 27: one client
+    without credentials grew the audit log, on the instances' disk, by 6 MB a second).
+
+    At most ``max_clients`` addresses are remembered, each for one period; past them, further addresses share
+    one quota, so a guesser with many addresses still writes a bounded number."""
+
+    OTHERS = "other addresses"
+
+    def __init__(self, per_period: int = 60, period_s: float = 60.0, max_clients: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_period = per_period
+        self.period_s = period_s
+        self.max_clients = max_clients
+        self.clock = clock
+        self._seen: dict[str, tuple[float, int, int]] = {}  # client -> (period began, recorded, not recorded)
+
+    def admit(self, client: str | None) -> int | None:
+        """None: do not record this refusal (it is counted); else record it, with how many of this client's
+        refusals were not recorded before it."""
+        now = self.clock()
+        key = client or "an unknown address"
+        if key not in self._seen and len(self._seen) >= self.max_clients:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.period_s}
+            if len(self._seen) >= self.max_clients:
+                key = self.OTHERS
+        began, recorded, skipped = self._seen.get(key, (now, 0, 0))
+        if now - began >= self.period_s:
+            began, recorded = now, 0
+        if recorded >= self.per_period:
+            self._seen[key] = (began, recorded, skipped + 1)
+            return None
+        self._seen[key] = (began, recorded + 1, 0)
+        return skipped
+
+
 class AuditRequests:
     """ASGI middleware: one audit event per DICOMweb, API or upload request, per request that is not a GET, and
     per request that authentication refused (any path: password guessing leaves a trace).
@@ -126,10 +297,12 @@ class AuditRequests:
     task and memory stream: a cost a QIDO answer of a millisecond or two shows (docs/benchmarks.md).
     """
 
-    def __init__(self, app: ASGIApp, audit: AuditLog, trusted_proxies: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, audit: AuditLog, trusted_proxies: Iterable[str] = (),
+                 refusals: RefusalQuota | None = None) -> None:
         self.app = app
         self.audit = audit
         self.trusted = trusted_addresses(trusted_proxies)
+        self.refusals = refusals or RefusalQuota()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,6 +327,11 @@ class AuditRequests:
                 if authentication.failure:  # who it was is known when a worker asks outside its jobs: refused
                     what = "authentication failed" if not authentication.accepted else "refused"
                     fields["reason"] = f"{what}: {authentication.failure}"
+                if not authentication.accepted:
+                    if (unrecorded := self.refusals.admit(party.client)) is None:
+                        return
+                    if unrecorded:
+                        fields["unrecorded_before"] = unrecorded
             if party.proxy is not None:
                 fields["proxy"] = party.proxy
             if party.forwarded_user is not None and not party.believed:
@@ -239,9 +417,12 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app.include_router(ops.router)
     app.include_router(workers.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
-    # Starlette runs the middleware added last first: CanonicalPaths, ForwardedScheme, AuditRequests, BasicAuth,
-    # HeadAsGet.
+    # Starlette runs the middleware added last first: CanonicalPaths, SecurityHeaders, ForwardedScheme, (CORS),
+    # AuditRequests, SameOrigin, BasicAuth, ClaimGate, BodyLimit, HeadAsGet.
     app.state.refusal_warnings = warnings = RefusalWarnings()  # one per node: the claim API's refusals too
+    app.add_middleware(BodyLimit)
+    app.add_middleware(workers.ClaimGate, tokens=worker_tokens, warnings=warnings,
+                       trusted_proxies=settings.dicomweb.trusted_proxies)
     if settings.dicomweb.auth == "basic":
         app.add_middleware(
             BasicAuth,
@@ -252,6 +433,8 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             trusted_proxies=settings.dicomweb.trusted_proxies,
             warnings=warnings,
         )
+    # outside authentication: a page of another site is refused whatever credentials its browser sends
+    app.add_middleware(SameOrigin, allowed_origins=settings.dicomweb.cors_origins)
     # around authentication, so that what it refuses is audited
     app.add_middleware(AuditRequests, audit=audit, trusted_proxies=settings.dicomweb.trusted_proxies)
     if settings.dicomweb.cors_origins:
@@ -259,5 +442,6 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
         # headers for the calling page to read it
         add_cors(app, settings.dicomweb.cors_origins)
     app.add_middleware(ForwardedScheme, trusted_proxies=settings.dicomweb.trusted_proxies)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(CanonicalPaths)  # outermost: every other part sees the mended path
     return app

@@ -281,11 +281,14 @@ class BasicAuth:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 return Authentication("failed", failure="malformed basic credentials")
-            if hmac.compare_digest(value.strip(), self.expected):
+            if hmac.compare_digest(value.strip().encode("latin-1"), self.expected.encode("latin-1")):
                 return Authentication("basic", self.username)
             return Authentication("failed", failure="wrong user or password")
         if scheme.lower() == "bearer":
-            matched = [n for n, t in enumerate(self.tokens, 1) if hmac.compare_digest(value.strip(), t)]
+            # as bytes: compare_digest refuses str with a character beyond ASCII (probe 27: a 500 and a traceback
+            # for each such header, not a refusal); the header is Latin-1, a token UTF-8
+            given = value.strip().encode("latin-1")
+            matched = [n for n, t in enumerate(self.tokens, 1) if hmac.compare_digest(given, t.encode())]
             if matched:
                 return Authentication("token", f"token #{matched[0]}")
             worker = self.worker_tokens.worker(value) if self.worker_tokens is not None else None
@@ -298,7 +301,7 @@ class BasicAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/api/queue/"):
-            await self.app(scope, receive, send)  # the claim API checks its workers' tokens itself
+            await self.app(scope, receive, send)  # the claim API: ClaimGate checks its workers' tokens first
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         authentication = self.authenticate(header, scope["method"], scope["path"])

@@ -328,6 +328,33 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     }
   }
 
+  // A stone's region in the report is its own extent (docs/conformance.md); drawn so, the box's outline covered
+  // a stone of a few pixels at the default zoom and no red was seen (probe 26). It is drawn with the overlay's
+  // 5 mm around the stone, as the green box beside it: the stone shows inside its frame.
+  const BOX_MARGIN_MM = 5;
+  function frameStone(uid) {
+    const tools = window.cornerstoneTools;
+    const annotation = tools && tools.annotation.state.getAnnotation(uid);
+    const points = annotation && annotation.data && annotation.data.handles && annotation.data.handles.points;
+    if (!points || points.length !== 4 || annotation.data.uronodeFramed) return;
+    const minus = (a, b) => a.map((v, i) => v - b[i]);
+    const dot = (a, b) => a.reduce((sum, v, i) => sum + v * b[i], 0);
+    const unit = (a) => { const n = Math.sqrt(dot(a, a)) || 1; return a.map((v) => v / n); };
+    // cornerstone's rectangle: top left, top right, bottom left, bottom right, in world millimetres
+    const across = unit(minus(points[1], points[0]));
+    const down = unit(minus(points[2], points[0]));
+    const centre = [0, 1, 2].map((i) => points.reduce((sum, p) => sum + p[i], 0) / 4);
+    annotation.data.handles.points = points.map((p) => {
+      const a = Math.sign(dot(minus(p, centre), across)) * BOX_MARGIN_MM;
+      const d = Math.sign(dot(minus(p, centre), down)) * BOX_MARGIN_MM;
+      return p.map((v, i) => v + a * across[i] + d * down[i]);
+    });
+    annotation.data.uronodeFramed = true;
+    annotation.invalidated = true;
+    const engine = window.cornerstone && window.cornerstone.getRenderingEngines()[0];
+    if (engine) engine.render();
+  }
+
   function setBoxes(visible) {
     const tools = window.cornerstoneTools;
     for (const annotation of tools.annotation.state.getAllAnnotations()) {
@@ -435,11 +462,12 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
         measurementService.subscribe(measurementService.EVENTS[event], ({ measurement }) => {
           // the node's boxes only, by their tool and their label's form ('Stone 2, right: ..., mean 585 HU'): a
           // reader's own measurement named "Stone 1" keeps its figures (review 28)
-          if (measurement && measurement.toolName === 'RectangleROI'
-              && /^Stone [0-9]+, [a-z ]+: .*, mean -?[0-9]+ HU/.test(measurement.label || '') && measurement.displayText
-              && list(measurement.displayText.primary).length) {
+          if (!measurement || measurement.toolName !== 'RectangleROI'
+              || !/^Stone [0-9]+, [a-z ]+: .*, mean -?[0-9]+ HU/.test(measurement.label || '')) return;
+          if (measurement.displayText && list(measurement.displayText.primary).length) {
             measurement.displayText = { ...measurement.displayText, primary: [] };
           }
+          setTimeout(() => frameStone(measurement.uid), 0);  // once cornerstone holds its annotation
         });
       }
       for (const event of ['VIEWPORTS_READY', 'GRID_STATE_CHANGED']) {

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb.auth import (
     AUTHENTICATION,
@@ -43,23 +46,63 @@ def bearer(header: str) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
+def identify(tokens: WorkerTokens, header: str) -> Authentication:
+    """Which remote worker the ``Authorization`` header names, or why it names none."""
+    token = bearer(header)
+    name = tokens.worker(token) if token else None
+    if name is not None:
+        return Authentication("worker", name)
+    return Authentication("failed", failure="no credentials" if not header else "not a bearer token"
+                          if token is None else "unknown or revoked worker token")
+
+
+def _unauthorized(failure: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """A refused claim API request's 401: its body and headers."""
+    return {"detail": f"a worker's bearer token is required ({failure})"}, {"WWW-Authenticate": "Bearer"}
+
+
 def get_worker(request: Request) -> str:
     """The remote worker this request comes from (its token's name), else 401. Either way the request's
     :class:`Authentication` is left for the audit, as the authentication layer leaves it on other paths, and a
-    refusal is a rate-limited warning (probe 20: the claim API's requests were audited without who or why)."""
-    tokens: WorkerTokens = request.app.state.worker_tokens
-    header = request.headers.get("authorization", "")
-    token = bearer(header)
-    name = tokens.worker(token) if token else None
-    if name is None:
-        failure = ("no credentials" if not header else "not a bearer token" if token is None
-                   else "unknown or revoked worker token")
-        request.scope[AUTHENTICATION] = Authentication("failed", failure=failure)
-        _warn(request, failure, "authentication failed")
-        raise HTTPException(401, detail=f"a worker's bearer token is required ({failure})",
-                            headers={"WWW-Authenticate": "Bearer"})
-    request.scope[AUTHENTICATION] = Authentication("worker", name)
-    return name
+    refusal is a rate-limited warning (probe 20: the claim API's requests were audited without who or why).
+    :class:`ClaimGate` has refused a request without a worker's token before its body was read; this holds
+    the route to it wherever it is mounted."""
+    authentication = identify(request.app.state.worker_tokens, request.headers.get("authorization", ""))
+    request.scope[AUTHENTICATION] = authentication
+    if authentication.user is None:
+        _warn(request, authentication.failure or "refused", "authentication failed")
+        body, headers = _unauthorized(authentication.failure)
+        raise HTTPException(401, detail=body["detail"], headers=headers)
+    return authentication.user
+
+
+class ClaimGate:
+    """ASGI middleware: a claim API request (``/api/queue/...``) without a known worker's token is a 401 before
+    its body is read. Probe 27: the routes' token check is a dependency, which FastAPI runs after it has read and
+    parsed the whole JSON body; one unauthenticated 1 GB body took the node's HTTP process to 3.2 GB. Audited
+    and warned of as :func:`get_worker` does (the audit middleware wraps this one)."""
+
+    def __init__(self, app: ASGIApp, tokens: WorkerTokens, warnings: RefusalWarnings,
+                 trusted_proxies: Iterable[str] = ()) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.warnings = warnings
+        self.trusted = trusted_addresses(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        authentication = await run_in_threadpool(identify, self.tokens, header)  # it may read the tokens file
+        if authentication.user is not None:
+            await self.app(scope, receive, send)
+            return
+        scope[AUTHENTICATION] = authentication
+        self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"],
+                              authentication.failure or "refused")
+        body, headers = _unauthorized(authentication.failure)
+        await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
 
 
 def _warn(request: Request, failure: str, what: str) -> None:

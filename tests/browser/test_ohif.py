@@ -314,6 +314,19 @@ def test_stones_are_listed_and_a_click_goes_to_one(browser: BrowserContext, stud
     lines = panel.inner_text().splitlines()
     assert not [line for line in lines if line.strip() == "0" or "mm²" in line or line.startswith("Max:")], lines
     save_shot(page.screenshot(), "stone-list-jump")
+    # Probe 26: the box drawn on the stone's own extent hid a small stone's red mask at the default zoom; it is
+    # drawn with the overlay's 5 mm around the stone (the report's region stays the stone's own box).
+    smallest = min(study.stones, key=lambda s: s.diameter_mm)
+    panel.get_by_text(smallest.label.split(",")[0] + ",").first.click()
+    page.wait_for_timeout(1500)
+    assert f"/instances/{smallest.sop_instance_uid}/" in shown_image(page, "uronode-ct")
+    widths = page.evaluate("""() => window.cornerstoneTools.annotation.state.getAllAnnotations()
+      .filter((a) => /^Stone [0-9]+,/.test(a.data.label || ''))
+      .map((a) => [a.data.uronodeFramed === true, Math.hypot(...a.data.handles.points[1].map((v, i) => v
+        - a.data.handles.points[0][i]))])""")
+    assert len(widths) == len(study.stones) and all(framed for framed, _ in widths), widths
+    assert min(width for _, width in widths) > 10, widths  # 5 mm each side of at least a pixel
+    assert red_pixels(page.locator(CT).screenshot()) > 0, "the smallest stone's mask is not seen in its box"
     page.close()
 
 

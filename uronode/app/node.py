@@ -430,17 +430,36 @@ def workers_problem(workers: list[WorkerProcess]) -> str | None:
     return None
 
 
+PRIVATE_UMASK = 0o027
+"""What the node makes is its user's and its group's alone. Probe 27: the instances were 0640, but the index (patient
+names and IDs) and the DICOMweb metadata cache (every header) were made 0644 under the usual umask, in folders any
+local account could enter."""
+
+
+def keep_private(root: Path) -> None:
+    """Close the data folder to other accounts (files made by an earlier version keep their modes inside it)."""
+    try:
+        mode = root.stat().st_mode & 0o777
+        if mode & 0o007:
+            root.chmod(mode & 0o770)
+            log.info("the data folder %s was open to every local account (mode %o); now %o", root, mode, mode & 0o770)
+    except OSError as exc:  # not its owner: said, not fatal
+        log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
+
+
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM, then stop it cleanly (:class:`StopSignals`): the HTTP server, the
     background loops, the workers (a job they are running goes back to the queue, the try not counted) and the
     receiving processes, in that order."""
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
+    os.umask(PRIVATE_UMASK)  # before anything is made: the index, its journal, the metadata cache, every folder
     store = Store(  # DataDirUnusable, naming the folder and the cause, when it cannot be used
         settings.storage.data_dir,
         fsync=settings.storage.fsync,
         max_disk_used_percent=settings.storage.max_disk_used_percent,
     )
+    keep_private(store.root)
     queue = JobQueue(store)
     try:
         store.recover()
@@ -451,6 +470,11 @@ def serve(settings: Settings) -> None:
                               f" the index: {disk_problem(store.root, exc)}") from exc
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
+    if not settings.scp.restrict_callers:  # probe 27: one host held every association slot; nothing said so
+        log.warning("scp.restrict_callers is off: any host may store series here and hold its %d association slots;"
+                    " list the scanners and the PACS in scp.allowed_callers (AE@host) before the node goes on a"
+                    " hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
+                    settings.scp.max_associations)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
         _run(settings, store, queue, signals)
 

@@ -1,0 +1,199 @@
+"""Probe 27, a security review of the running node: what it found open, each against a real ``uronode serve``.
+
+- the claim API read and parsed a whole JSON body before it checked the worker's token (1 GB of body took the
+  HTTP process to 3.2 GB, unauthenticated): now a 401 before the body is read, and any body but STOW-RS's and
+  the upload's is at most 8 MiB (413, by its length or once that much has come in chunks);
+- a page of another site could POST an upload with the browser's cached password (the browser half is
+  ``tests/browser/test_cross_site.py``): refused by where the browser says the request comes from;
+- a bearer token with a character beyond ASCII was a 500 and a traceback, not a refusal;
+- the index and the metadata cache were readable by every local account; no anti-framing header;
+- each refused request was written to the audit log, 6 MB a second from one client: 60 a minute an address.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicomweb.app import SMALL_BODY_MAX, RefusalQuota, SameOrigin
+from tests.factory import write_series
+from tests.peers.processes import Node, storescu, wait_until
+from uronode.claims import new_worker_token
+
+PASSWORD = "probe27-password"
+TOKEN = "probe27-script-token-\u00e9t\u00e9"
+
+
+def raw_request(port: int, head: str, body: bytes = b"", wait_s: float = 30) -> tuple[str, float]:
+    """Send ``head`` and ``body`` on a socket of its own; the status line of the answer and when it came (s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        began = time.monotonic()
+        sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0].decode("latin-1"), time.monotonic() - began
+
+
+def audit(node: Node) -> list[dict[str, object]]:
+    path = node.data_dir / "audit.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def node(start_node: Callable[..., Node]) -> Node:
+    return start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD,
+                      URONODE_DICOMWEB__TOKENS=json.dumps([TOKEN]),
+                      URONODE_DICOMWEB__CORS_ORIGINS='["http://viewer.example:9000"]')
+
+
+def test_the_claim_api_refuses_a_request_without_a_worker_token_before_reading_its_body(node: Node) -> None:
+    """1 GB announced, 16 bytes sent: the 401 comes without the rest (before, the node waited for it all)."""
+    head = (f"POST /api/queue/jobs/1/complete HTTP/1.1\r\nHost: 127.0.0.1:{node.http_port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {10**9}\r\n")
+    status, _ = raw_request(node.http_port, head, b'{"claim": "xxxx"')
+    assert status == "HTTP/1.1 401 Unauthorized"
+    refused = [r for r in audit(node) if r.get("path") == "/api/queue/jobs/1/complete"]
+    assert [(r["status"], r["auth"], r["reason"]) for r in refused] == [
+        (401, "failed", "authentication failed: no credentials")]
+    assert httpx.get(f"http://127.0.0.1:{node.http_port}/healthz", timeout=30).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_by_its_length_or_as_it_comes(node: Node) -> None:
+    token = new_worker_token(node.data_dir / "worker-tokens", "gpu-1")
+    base = f"http://127.0.0.1:{node.http_port}"
+    head = (f"POST /api/queue/jobs/1/complete HTTP/1.1\r\nHost: 127.0.0.1:{node.http_port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n")
+    status, _ = raw_request(node.http_port, head + f"Content-Length: {SMALL_BODY_MAX + 1}\r\n", b"{")
+    assert status == "HTTP/1.1 413 Request Entity Too Large"
+
+    def chunks(total: int) -> Iterator[bytes]:  # a generator body: httpx sends it chunked, without a length
+        piece = b" " * 65536
+        for _ in range(total // len(piece) + 1):
+            yield piece
+
+    answer = httpx.post(f"{base}/api/queue/jobs/1/complete", content=chunks(SMALL_BODY_MAX + 65536),
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 413
+    assert answer.json()["detail"] == "a request body on /api/queue/jobs/1/complete may hold at most 8 MiB"
+    # a small chunked body is handed on whole: the route answers it (no such job), as it would with a length
+    small = httpx.post(f"{base}/api/queue/jobs/1/complete", content=iter([b'{"claim": "c", ', b'"results": []}']),
+                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=60)
+    assert small.status_code in (409, 422), small.text
+    assert "may hold at most" not in small.text
+
+
+def test_a_bearer_token_beyond_ascii_is_refused_not_a_server_error(node: Node) -> None:
+    base = f"http://127.0.0.1:{node.http_port}"
+    for path in ("/api/jobs", "/dicom-web/studies", "/metrics"):
+        answer = httpx.get(f"{base}{path}", headers={b"Authorization": "Bearer \u00e9".encode("latin-1")}, timeout=30)
+        assert answer.status_code == 401, (path, answer.text)
+    assert "Traceback" not in (node.proc.log_text() if node.proc else "")
+    assert [r["reason"] for r in audit(node) if r.get("path") == "/api/jobs"] == [
+        "authentication failed: unknown bearer token"]
+    # a configured token beyond ASCII still opens, sent as UTF-8 bytes
+    good = httpx.get(f"{base}/api/jobs", headers={b"Authorization": f"Bearer {TOKEN}".encode()}, timeout=30)
+    assert good.status_code == 200, good.text
+
+
+def test_an_upload_from_a_page_of_another_site_is_refused_and_stores_nothing(node: Node, tmp_path: Path) -> None:
+    _, _, (path,) = write_series(tmp_path / "ct", 1, size=64)
+    url = f"http://127.0.0.1:{node.http_port}/api/predict"
+
+    def upload(**headers: str) -> httpx.Response:
+        with path.open("rb") as f:
+            return httpx.post(url, files={"files": (path.name, f, "application/dicom")}, auth=("uronode", PASSWORD),
+                              headers=headers, timeout=120)
+
+    refused = upload(**{"Origin": "http://127.0.0.1:8081", "Sec-Fetch-Site": "same-site"})
+    assert refused.status_code == 403
+    assert "from a page of another site (http://127.0.0.1:8081) is refused" in refused.json()["detail"]
+    assert upload(Origin="http://evil.example").status_code == 403  # a browser without Sec-Fetch-Site
+    assert not (node.data_dir / "instances").exists() or not any((node.data_dir / "instances").rglob("*.dcm"))
+    assert [r["status"] for r in audit(node) if r.get("path") == "/api/predict"] == [403, 403]
+    # the node's own page, a site it lets in, a browser that says nothing of the site, a program: taken
+    assert upload(**{"Sec-Fetch-Site": "same-origin", "Origin": f"http://127.0.0.1:{node.http_port}"}).status_code \
+        == 200
+    assert upload(Origin="http://viewer.example:9000").status_code == 200
+    assert upload(Origin=f"http://127.0.0.1:{node.http_port}").status_code == 200
+    assert upload().status_code == 200
+    # reading is never refused for its origin (CORS decides what the page may read)
+    qido = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", auth=("uronode", PASSWORD),
+                     headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}, timeout=30)
+    assert qido.status_code == 200
+
+
+def test_same_origin_compares_the_origin_with_the_host_it_was_sent_to() -> None:
+    gate = SameOrigin(app=None, allowed_origins=["https://viewer.example/"])  # type: ignore[arg-type]
+
+    def refused(scheme: str = "http", **headers: str) -> bool:
+        scope = {"type": "http", "method": "POST", "scheme": scheme,
+                 "headers": [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+        return gate.refusal(scope) is not None
+
+    assert not refused()  # not a browser
+    assert not refused(sec_fetch_site="none")  # typed by the user
+    assert not refused(origin="https://viewer.example", sec_fetch_site="cross-site")
+    assert not refused("https", origin="https://node.example", host="node.example:443")
+    assert not refused("https", origin="https://node.example:8443", host="node.example:8443")
+    assert refused("https", origin="https://node.example:8443", host="node.example")
+    assert refused(origin="https://node.example", host="node.example")  # another scheme is another origin
+    assert refused(sec_fetch_site="cross-site")
+    assert refused(origin="null")  # a sandboxed page, a file
+
+
+def test_answers_forbid_framing_and_sniffing(node: Node) -> None:
+    base = f"http://127.0.0.1:{node.http_port}"
+    for path in ("/upload", "/", "/healthz", "/dicom-web/studies"):
+        answer = httpx.get(f"{base}{path}", auth=("uronode", PASSWORD), timeout=30)
+        assert answer.headers.get("x-frame-options") == "SAMEORIGIN", path
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+    refused = httpx.get(f"{base}/upload", timeout=30)
+    assert refused.status_code == 401 and refused.headers.get("x-frame-options") == "SAMEORIGIN"
+
+
+def test_the_node_keeps_patient_data_from_other_local_accounts(node: Node, tmp_path: Path) -> None:
+    study, series, _ = write_series(tmp_path / "ct", 3, size=64)
+    assert storescu(node.dicom_port, tmp_path / "ct").returncode == 0
+    metadata = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/series/{series}/metadata",
+                         auth=("uronode", PASSWORD), timeout=30)
+    assert metadata.status_code == 200
+    # the test made the folder 0755 before the node started: the node closed it
+    assert stat.S_IMODE(node.data_dir.stat().st_mode) & 0o007 == 0
+    made = [p for p in node.data_dir.rglob("*") if p.name.startswith(("index.sqlite3", ".metadata"))]
+    assert any(p.name == ".metadata.json" for p in made) and any(p.name == "index.sqlite3" for p in made), made
+    opened = {str(p.relative_to(node.data_dir)): oct(p.stat().st_mode) for p in node.data_dir.rglob("*")
+              if stat.S_IMODE(p.stat().st_mode) & 0o007}
+    assert opened == {}
+    log = node.proc.log_text() if node.proc else ""
+    assert "scp.restrict_callers is off: any host may store series here and hold its 16 association slots" in log
+
+
+def test_refused_requests_fill_the_audit_log_at_most_60_a_minute_from_an_address(node: Node) -> None:
+    with httpx.Client(timeout=30) as client:
+        for _ in range(75):
+            assert client.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies").status_code == 401
+    wait_until(lambda: len([r for r in audit(node) if r.get("status") == 401]) >= 60, 30, "the audit records")
+    time.sleep(0.5)
+    assert len([r for r in audit(node) if r.get("status") == 401]) == 60
+
+
+def test_the_refusal_quota_counts_what_it_does_not_record() -> None:
+    now = [0.0]
+    quota = RefusalQuota(per_period=2, period_s=60, max_clients=2, clock=lambda: now[0])
+    assert [quota.admit("a") for _ in range(5)] == [0, 0, None, None, None]
+    assert quota.admit("b") == 0
+    assert quota.admit("c") == 0 and quota.admit("d") == 0 and quota.admit("e") is None  # others share one
+    now[0] = 61
+    assert quota.admit("a") == 3  # a new minute: recorded, saying how many were not
+    assert quota.admit("a") == 0
