@@ -168,8 +168,8 @@ class SameOrigin:
         origin = headers.get(b"origin", "").strip().rstrip("/").lower()
         if site in ("same-origin", "none"):
             return None
-        if origin and origin in self.allowed:
-            return None
+        if "*" in self.allowed or (origin and origin in self.allowed):
+            return None  # "*": any page, as dicomweb.cors_origins allows it (without authentication only)
         if not site:
             if not origin:
                 return None  # not a browser

@@ -150,6 +150,8 @@ def test_same_origin_compares_the_origin_with_the_host_it_was_sent_to() -> None:
     assert refused(origin="https://node.example", host="node.example")  # another scheme is another origin
     assert refused(sec_fetch_site="cross-site")
     assert refused(origin="null")  # a sandboxed page, a file
+    anyone = SameOrigin(app=None, allowed_origins=["*"])  # type: ignore[arg-type]
+    assert anyone.refusal({"type": "http", "method": "POST", "headers": [(b"sec-fetch-site", b"cross-site")]}) is None
 
 
 def test_answers_forbid_framing_and_sniffing(node: Node) -> None:
