@@ -34,6 +34,9 @@ from uronode.settings import Settings
 from uronode.store import Store
 
 AUDITED_PREFIXES = ("/dicom-web", "/api", "/upload")
+REFUSAL = "uronode.refusal"
+"""The scope key under which a middleware that refuses a request before authentication (:class:`SameOrigin`) leaves
+why, for the audit."""
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -60,61 +63,8 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-SMALL_BODY_MAX = 8 * 1024 * 1024
-"""The most a request body may hold on every route but STOW-RS and the upload, which spool theirs to disk as it
-arrives: the claim API's bodies (a completion naming 10,000 results with its findings) are far under it."""
-SPOOLED = re.compile(r"^/dicom-web/studies(/[^/]+)?$|^/api/predict$")
-"""The POST routes that spool their bodies (:mod:`dicomweb.multipart`): bounded by ``MAX_BODY_BYTES`` there."""
-
-
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
     await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: a body over :data:`SMALL_BODY_MAX` on a route that reads its body whole (JSON) is a 413,
-    by its Content-Length before any of it is read, or, sent in chunks, once that much has come (held here, then
-    handed on). Probe 27: FastAPI parses a JSON body before any dependency runs, and nothing bounded it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "POST" and SPOOLED.match(scope["path"])):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        too_big = f"a request body on {scope['path'][:200]} may hold at most {SMALL_BODY_MAX // 2**20} MiB"
-        if b"content-length" in headers or b"transfer-encoding" not in headers:
-            length = headers.get(b"content-length", b"0")
-            if length.isdigit() and int(length) > SMALL_BODY_MAX:
-                await _refuse(scope, receive, send, 413, too_big)
-                return
-            await self.app(scope, receive, send)  # the server reads no more than the length says
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > SMALL_BODY_MAX:
-                await _refuse(scope, receive, send, 413, too_big)
-                return
-            if not message.get("more_body", False):
-                break
-        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> Message:
-            nonlocal whole
-            if whole is not None:
-                message, whole = whole, None
-                return message
-            return await receive()
-
-        await self.app(scope, replay, send)
 
 
 SECURITY_HEADERS = [(b"x-frame-options", b"SAMEORIGIN"), (b"x-content-type-options", b"nosniff")]
@@ -153,13 +103,20 @@ class SameOrigin:
     to the PACS in that user's name. The browser says where a request comes from: ``Sec-Fetch-Site``
     (``same-origin``, ``none`` for one the user typed: let through), else ``Origin`` compared with the
     ``Host`` it was sent to. Clients that are not browsers (storescu-like STOW-RS tools, dicomweb-client,
-    the remote workers) send neither and are let through."""
+    the remote workers) send neither and are let through. Browsers send ``Sec-Fetch-Site`` only to HTTPS and
+    localhost, so on plain HTTP the ``Host`` decides: a reverse proxy must pass the browser's on (nginx
+    ``proxy_set_header Host $http_host``, as ``deploy/nginx.conf``), or name it in ``X-Forwarded-Host``,
+    believed from ``dicomweb.trusted_proxies`` only. A refusal is audited with its reason (under the audit's
+    quota of refusals) and warned of, at most once a minute per address, so that an administrator sees why."""
 
     SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
-    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = (), trusted_proxies: Iterable[str] = (),
+                 warnings: RefusalWarnings | None = None) -> None:
         self.app = app
         self.allowed = frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
+        self.trusted = trusted_addresses(trusted_proxies)
+        self.warnings = warnings or RefusalWarnings()
 
     def refusal(self, scope: Scope) -> str | None:
         """Why this request is refused as cross-site, or None."""
@@ -173,10 +130,13 @@ class SameOrigin:
         if not site:
             if not origin:
                 return None  # not a browser
-            host = headers.get(b"host", "").strip().lower()
-            scheme = str(scope.get("scheme", "http"))
-            if origin in (f"{scheme}://{host}", f"{scheme}://{_without_default_port(host, scheme)}"):
-                return None
+            hosts = [headers.get(b"host", "")]
+            if self.trusted and requester(scope, self.trusted).believed:  # a proxy that rewrote Host names it
+                hosts.append(headers.get(b"x-forwarded-host", "").split(",")[0])
+            scheme = str(scope.get("scheme", "http"))  # the proxy's X-Forwarded-Proto, believed (ForwardedScheme)
+            for host in (h.strip().lower() for h in hosts if h.strip()):
+                if origin in (f"{scheme}://{host}", f"{scheme}://{_without_default_port(host, scheme)}"):
+                    return None
         return (f"a {scope['method']} from a page of another site ({origin or site}) is refused: the node takes "
                 f"changes from its own pages and from dicomweb.cors_origins")
 
@@ -184,6 +144,9 @@ class SameOrigin:
         if scope["type"] != "http" or scope["method"] in self.SAFE or (reason := self.refusal(scope)) is None:
             await self.app(scope, receive, send)
             return
+        scope[REFUSAL] = reason  # in place: the audit around this middleware reads it
+        self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"], reason,
+                              "request refused")
         await _refuse(scope, receive, send, 403, reason)
 
 
@@ -327,11 +290,13 @@ class AuditRequests:
                 if authentication.failure:  # who it was is known when a worker asks outside its jobs: refused
                     what = "authentication failed" if not authentication.accepted else "refused"
                     fields["reason"] = f"{what}: {authentication.failure}"
-                if not authentication.accepted:
-                    if (unrecorded := self.refusals.admit(party.client)) is None:
-                        return
-                    if unrecorded:
-                        fields["unrecorded_before"] = unrecorded
+            if (refusal := scope.get(REFUSAL)) is not None:
+                fields["reason"] = f"refused: {refusal}"
+            if refusal is not None or (authentication is not None and not authentication.accepted):
+                if (unrecorded := self.refusals.admit(party.client)) is None:
+                    return
+                if unrecorded:
+                    fields["unrecorded_before"] = unrecorded
             if party.proxy is not None:
                 fields["proxy"] = party.proxy
             if party.forwarded_user is not None and not party.believed:
@@ -418,9 +383,8 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     app.include_router(workers.router)
     app.include_router(viewer.make_router(settings.dicomweb.viewer_dir))  # last: it catches every other path
     # Starlette runs the middleware added last first: CanonicalPaths, SecurityHeaders, ForwardedScheme, (CORS),
-    # AuditRequests, SameOrigin, BasicAuth, ClaimGate, BodyLimit, HeadAsGet.
+    # AuditRequests, SameOrigin, BasicAuth, ClaimGate, HeadAsGet.
     app.state.refusal_warnings = warnings = RefusalWarnings()  # one per node: the claim API's refusals too
-    app.add_middleware(BodyLimit)
     app.add_middleware(workers.ClaimGate, tokens=worker_tokens, warnings=warnings,
                        trusted_proxies=settings.dicomweb.trusted_proxies)
     if settings.dicomweb.auth == "basic":
@@ -434,7 +398,8 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             warnings=warnings,
         )
     # outside authentication: a page of another site is refused whatever credentials its browser sends
-    app.add_middleware(SameOrigin, allowed_origins=settings.dicomweb.cors_origins)
+    app.add_middleware(SameOrigin, allowed_origins=settings.dicomweb.cors_origins,
+                       trusted_proxies=settings.dicomweb.trusted_proxies, warnings=warnings)
     # around authentication, so that what it refuses is audited
     app.add_middleware(AuditRequests, audit=audit, trusted_proxies=settings.dicomweb.trusted_proxies)
     if settings.dicomweb.cors_origins:

@@ -208,6 +208,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
         if (item.ValueType === 'SCOORD') {
           stone.sop = first(first(item.ContentSequence).ReferencedSOPSequence).ReferencedSOPInstanceUID;
         }
+        if (item.ValueType === 'TEXT' && code(item).CodeValue === '121106') stone.label = item.TextValue;
       }
     }
     return Object.values(stones).filter((s) => s.sop);
@@ -254,6 +255,8 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
     const sc = overlay && list(overlay.instances).find(
       (i) => (first(i.SourceImageSequence) || {}).ReferencedSOPInstanceUID === sop);
     if (!sr.isLoaded) await sr.load();
+    const annotations = () => (window.cornerstoneTools ? window.cornerstoneTools.annotation.state.getAllAnnotations() : []);
+    const before = new Set(annotations().map((annotation) => annotation.annotationUID));
     if (sr.isRehydratable && !sr.isHydrated) {
       // Track the CT series first, so that OHIF adds the SR's stones without asking.
       const tracked = [...new Set(sr.measurements.map((m) => m.displaySetInstanceUID).filter(Boolean))]
@@ -263,11 +266,20 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
       commandsManager.runCommand('hydrateStructuredReport', { displaySetInstanceUID: sr.displaySetInstanceUID });
       sr.isHydrated = true;
     }
+    // the boxes this report's stones got as it was hydrated now (not a reader's own, nor those of a report a
+    // reader saved from OHIF: they keep their boxes as drawn)
+    const ours = new Set(stones.map((stone) => stone.label).filter(Boolean));
+    const frameOurs = () => annotations()
+      .filter((annotation) => !before.has(annotation.annotationUID) && annotation.metadata
+              && annotation.metadata.toolName === 'RectangleROI' && ours.has((annotation.data || {}).label))
+      .forEach(frameStone);
+    frameOurs();
     // OHIF may still move a viewport (it hangs the protocol twice; the slice synchronizer follows the
     // overlay's first image): set both until they stay on the stone for two checks in a row.
     const wanted = [[CT_VIEWPORT, sop], [OVERLAY_VIEWPORT, sc && sc.SOPInstanceUID]];
     for (let steady = 0, tries = 0; steady < 2 && tries < 20; tries++) {
       await new Promise((resolve) => setTimeout(resolve, 250));
+      frameOurs();  // OHIF adds the report's boxes as it hydrates it
       const off = wanted.filter(([id, uid]) => uid && !isShowing(services, id, uid));
       off.forEach(([id, uid]) => showImage(services, id, uid));
       steady = off.length ? 0 : steady + 1;
@@ -332,9 +344,7 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
   // a stone of a few pixels at the default zoom and no red was seen (probe 26). It is drawn with the overlay's
   // 5 mm around the stone, as the green box beside it: the stone shows inside its frame.
   const BOX_MARGIN_MM = 5;
-  function frameStone(uid) {
-    const tools = window.cornerstoneTools;
-    const annotation = tools && tools.annotation.state.getAnnotation(uid);
+  function frameStone(annotation) {
     const points = annotation && annotation.data && annotation.data.handles && annotation.data.handles.points;
     if (!points || points.length !== 4 || annotation.data.uronodeFramed) return;
     const minus = (a, b) => a.map((v, i) => v - b[i]);
@@ -467,7 +477,6 @@ APP_CONFIG = """/* uronode: OHIF reads the node's own DICOMweb on the same origi
           if (measurement.displayText && list(measurement.displayText.primary).length) {
             measurement.displayText = { ...measurement.displayText, primary: [] };
           }
-          setTimeout(() => frameStone(measurement.uid), 0);  // once cornerstone holds its annotation
         });
       }
       for (const event of ['VIEWPORTS_READY', 'GRID_STATE_CHANGED']) {

@@ -37,7 +37,11 @@ from uronode.supersede import current_reports
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/queue", tags=["Remote workers"])
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""The most a claim API request's body may hold (413 past it, by its Content-Length before any of it is read, or
+once that much has come): a completion naming 10,000 results with its findings is far under it. FastAPI parses a
+JSON body whole, before any dependency runs (probe 27: nothing bounded it)."""
+router = APIRouter(prefix="/api/queue", tags=["Remote workers"], max_body_size=MAX_BODY_BYTES)
 PREFIX = "/api/queue/"
 
 

@@ -6,6 +6,7 @@
 - a page of another site could POST an upload with the browser's cached password (the browser half is
   ``tests/browser/test_cross_site.py``): refused by where the browser says the request comes from;
 - a bearer token with a character beyond ASCII was a 500 and a traceback, not a refusal;
+- (review 29) a refusal of a page of another site escaped the audit's quota and said no reason;
 - the index and the metadata cache were readable by every local account; no anti-framing header;
 - each refused request was written to the audit log, 6 MB a second from one client: 60 a minute an address.
 """
@@ -22,9 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dicomweb.app import SMALL_BODY_MAX, RefusalQuota, SameOrigin
+from dicomweb.app import RefusalQuota, SameOrigin
+from dicomweb.workers import MAX_BODY_BYTES
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
+from uronode.app.node import keep_private
 from uronode.claims import new_worker_token
 
 PASSWORD = "probe27-password"
@@ -74,7 +77,7 @@ def test_a_body_over_the_limit_is_refused_by_its_length_or_as_it_comes(node: Nod
     base = f"http://127.0.0.1:{node.http_port}"
     head = (f"POST /api/queue/jobs/1/complete HTTP/1.1\r\nHost: 127.0.0.1:{node.http_port}\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n")
-    status, _ = raw_request(node.http_port, head + f"Content-Length: {SMALL_BODY_MAX + 1}\r\n", b"{")
+    status, _ = raw_request(node.http_port, head + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n", b"{")
     assert status == "HTTP/1.1 413 Request Entity Too Large"
 
     def chunks(total: int) -> Iterator[bytes]:  # a generator body: httpx sends it chunked, without a length
@@ -82,15 +85,15 @@ def test_a_body_over_the_limit_is_refused_by_its_length_or_as_it_comes(node: Nod
         for _ in range(total // len(piece) + 1):
             yield piece
 
-    answer = httpx.post(f"{base}/api/queue/jobs/1/complete", content=chunks(SMALL_BODY_MAX + 65536),
+    answer = httpx.post(f"{base}/api/queue/jobs/1/complete", content=chunks(MAX_BODY_BYTES + 65536),
                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 413
-    assert answer.json()["detail"] == "a request body on /api/queue/jobs/1/complete may hold at most 8 MiB"
+    assert answer.json()["detail"] == "Content Too Large"
     # a small chunked body is handed on whole: the route answers it (no such job), as it would with a length
     small = httpx.post(f"{base}/api/queue/jobs/1/complete", content=iter([b'{"claim": "c", ', b'"results": []}']),
                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=60)
     assert small.status_code in (409, 422), small.text
-    assert "may hold at most" not in small.text
+    assert "Too Large" not in small.text
 
 
 def test_a_bearer_token_beyond_ascii_is_refused_not_a_server_error(node: Node) -> None:
@@ -134,10 +137,11 @@ def test_an_upload_from_a_page_of_another_site_is_refused_and_stores_nothing(nod
 
 
 def test_same_origin_compares_the_origin_with_the_host_it_was_sent_to() -> None:
-    gate = SameOrigin(app=None, allowed_origins=["https://viewer.example/"])  # type: ignore[arg-type]
+    gate = SameOrigin(app=None, allowed_origins=["https://viewer.example/"],  # type: ignore[arg-type]
+                      trusted_proxies=["10.0.0.1"])
 
-    def refused(scheme: str = "http", **headers: str) -> bool:
-        scope = {"type": "http", "method": "POST", "scheme": scheme,
+    def refused(scheme: str = "http", client: str = "10.9.9.9", **headers: str) -> bool:
+        scope = {"type": "http", "method": "POST", "scheme": scheme, "client": (client, 40000),
                  "headers": [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
         return gate.refusal(scope) is not None
 
@@ -150,8 +154,29 @@ def test_same_origin_compares_the_origin_with_the_host_it_was_sent_to() -> None:
     assert refused(origin="https://node.example", host="node.example")  # another scheme is another origin
     assert refused(sec_fetch_site="cross-site")
     assert refused(origin="null")  # a sandboxed page, a file
+    # a proxy that rewrote Host names the browser's in X-Forwarded-Host: believed from a trusted proxy only
+    assert not refused(client="10.0.0.1", origin="http://node.example", host="uronode:8080",
+                       x_forwarded_host="node.example")
+    assert refused(origin="http://node.example", host="uronode:8080", x_forwarded_host="node.example")
     anyone = SameOrigin(app=None, allowed_origins=["*"])  # type: ignore[arg-type]
     assert anyone.refusal({"type": "http", "method": "POST", "headers": [(b"sec-fetch-site", b"cross-site")]}) is None
+
+
+def test_refusals_of_pages_of_other_sites_are_audited_with_their_reason_under_the_quota(node: Node) -> None:
+    """Review 29: a refusal before authentication left no authentication in the scope, so each was written."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(70):
+            answer = client.post(f"http://127.0.0.1:{node.http_port}/api/predict", content=b"x",
+                                 headers={"Origin": "http://evil.example"})
+            assert answer.status_code == 403
+    wait_until(lambda: len([r for r in audit(node) if r.get("status") == 403]) >= 60, 30, "the audit records")
+    time.sleep(0.5)
+    refused = [r for r in audit(node) if r.get("status") == 403]
+    assert len(refused) == 60
+    assert refused[0]["reason"] == ("refused: a POST from a page of another site (http://evil.example) is refused:"
+                                    " the node takes changes from its own pages and from dicomweb.cors_origins")
+    log = node.proc.log_text() if node.proc else ""
+    assert "HTTP request refused from 127.0.0.1: POST /api/predict: a POST from a page of another site" in log
 
 
 def test_answers_forbid_framing_and_sniffing(node: Node) -> None:
@@ -171,7 +196,7 @@ def test_the_node_keeps_patient_data_from_other_local_accounts(node: Node, tmp_p
                          auth=("uronode", PASSWORD), timeout=30)
     assert metadata.status_code == 200
     # the test made the folder 0755 before the node started: the node closed it
-    assert stat.S_IMODE(node.data_dir.stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE(node.data_dir.stat().st_mode) == 0o750
     made = [p for p in node.data_dir.rglob("*") if p.name.startswith(("index.sqlite3", ".metadata"))]
     assert any(p.name == ".metadata.json" for p in made) and any(p.name == "index.sqlite3" for p in made), made
     opened = {str(p.relative_to(node.data_dir)): oct(p.stat().st_mode) for p in node.data_dir.rglob("*")
@@ -199,3 +224,13 @@ def test_the_refusal_quota_counts_what_it_does_not_record() -> None:
     now[0] = 61
     assert quota.admit("a") == 3  # a new minute: recorded, saying how many were not
     assert quota.admit("a") == 0
+
+
+def test_closing_the_data_folder_keeps_its_group_and_setgid(tmp_path: Path) -> None:
+    """Review 29: the folder's setgid bit (a backup group owning what is made in it) was cleared."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o2775)
+    keep_private(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o2770
+

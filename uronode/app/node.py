@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections import deque
@@ -439,10 +440,10 @@ local account could enter."""
 def keep_private(root: Path) -> None:
     """Close the data folder to other accounts (files made by an earlier version keep their modes inside it)."""
     try:
-        mode = root.stat().st_mode & 0o777
+        mode = stat.S_IMODE(root.stat().st_mode)  # setgid kept: a backup group may own the folder (review 29)
         if mode & 0o007:
-            root.chmod(mode & 0o770)
-            log.info("the data folder %s was open to every local account (mode %o); now %o", root, mode, mode & 0o770)
+            root.chmod(mode & ~0o007)
+            log.info("the data folder %s was open to every local account (mode %o); now %o", root, mode, mode & ~0o007)
     except OSError as exc:  # not its owner: said, not fatal
         log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
 
