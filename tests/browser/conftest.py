@@ -20,6 +20,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
     "--ignore-gpu-blocklist",
+    # two names on the loopback, for pages reached as on a hospital network: plain HTTP, not localhost
+    # (test_cross_site.py)
+    "--host-resolver-rules=MAP node.test 127.0.0.1, MAP evil.test 127.0.0.1",
 ]
 
 

@@ -85,3 +85,46 @@ def test_a_form_of_another_site_cannot_upload_with_the_users_password(
     finally:
         page.close()
     assert query(node.data_dir, "SELECT 1 FROM instances WHERE series_instance_uid = ?", series) == []
+
+
+def test_on_plain_http_by_a_host_name_the_origin_and_host_decide(
+    browser: BrowserContext, start_node: Callable[..., Node], other_site: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Review 29: browsers send Sec-Fetch-Site only to HTTPS and localhost; a node reached over plain HTTP by a
+    name on the hospital network is judged by the page's Origin against the Host. Its own upload page still
+    uploads, and another site's form is still refused (the names are mapped to the loopback by the browser's
+    flags, tests/browser/conftest.py)."""
+    node = start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD)
+    _, series, paths = write_series(tmp_path / "ct", 3, size=64, series_description="Sent by the upload page")
+    _, forged, forged_paths = write_series(tmp_path / "forged", 2, size=64)
+    files = ",".join(f"'{base64.b64encode(p.read_bytes()).decode()}'" for p in forged_paths)
+    form = other_site(f"""<!doctype html><html><body>
+<form id="f" method="post" enctype="multipart/form-data" action="http://node.test:{node.http_port}/api/predict">
+<input id="files" type="file" name="files" multiple></form>
+<script>
+  const transfer = new DataTransfer();
+  [{files}].forEach((b64, i) => transfer.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))],
+    'slice' + i + '.dcm', {{ type: 'application/dicom' }})));
+  document.getElementById('files').files = transfer.files;
+  document.getElementById('f').submit();
+</script></body></html>""").replace("127.0.0.1", "evil.test")
+    page = browser.new_page()
+    try:
+        page.goto(f"http://uronode:{PASSWORD}@node.test:{node.http_port}/upload")
+        page.set_input_files("#files", [str(path) for path in paths])
+        with page.expect_response(lambda r: r.url.endswith("/api/predict"), timeout=120_000) as answered:
+            page.click("#predict")
+        own = answered.value
+        assert own.request.header_value("sec-fetch-site") is None  # plain HTTP, not localhost
+        assert own.request.header_value("origin") == f"http://node.test:{node.http_port}"
+        assert own.status == 200, own.text()
+        with page.expect_response(lambda r: r.url.endswith("/api/predict"), timeout=60_000) as answered:
+            page.goto(form)
+        other = answered.value
+        assert (other.request.header_value("origin") or "").startswith("http://evil.test:")
+        assert other.request.header_value("authorization"), "the browser did not send the cached password"
+        assert other.status == 403, other.text()
+    finally:
+        page.close()
+    assert query(node.data_dir, "SELECT 1 FROM instances WHERE series_instance_uid = ?", series)
+    assert query(node.data_dir, "SELECT 1 FROM instances WHERE series_instance_uid = ?", forged) == []
