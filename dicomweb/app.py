@@ -21,6 +21,7 @@ from dicomweb.auth import (
     Authentication,
     BasicAuth,
     RefusalWarnings,
+    address_key,
     http_password,
     requester,
     trusted_addresses,
@@ -214,8 +215,6 @@ class RefusalQuota:
     At most ``max_clients`` addresses are remembered, each for one period; past them, further addresses share
     one quota, so a guesser with many addresses still writes a bounded number."""
 
-    OTHERS = "other addresses"
-
     def __init__(self, per_period: int = 60, period_s: float = 60.0, max_clients: int = 256,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.per_period = per_period
@@ -228,11 +227,7 @@ class RefusalQuota:
         """None: do not record this refusal (it is counted); else record it, with how many of this client's
         refusals were not recorded before it."""
         now = self.clock()
-        key = client or "an unknown address"
-        if key not in self._seen and len(self._seen) >= self.max_clients:
-            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.period_s}
-            if len(self._seen) >= self.max_clients:
-                key = self.OTHERS
+        key = address_key(self._seen, client, now, self.period_s, self.max_clients)
         began, recorded, skipped = self._seen.get(key, (now, 0, 0))
         if now - began >= self.period_s:
             began, recorded = now, 0

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -209,6 +209,24 @@ def http_password(settings: Settings) -> str:
     return password
 
 
+OTHER_ADDRESSES = "other addresses"
+
+
+def address_key(remembered: dict[str, Any], client: str | None, now: float, period_s: float,
+                max_clients: int) -> str:
+    """The key a client's refusals are counted under in ``remembered`` (each value a tuple that begins with when
+    its period began): the client's address, or, once ``max_clients`` addresses are remembered within their
+    periods, one key the further ones share, so that a guesser with many addresses is bounded too. Addresses
+    whose period is over are forgotten, in place."""
+    key = client or "an unknown address"
+    if key not in remembered and len(remembered) >= max_clients:
+        for stale in [k for k, v in remembered.items() if now - v[0] >= period_s]:
+            del remembered[stale]
+        if len(remembered) >= max_clients:
+            key = OTHER_ADDRESSES
+    return key
+
+
 class RefusalWarnings:
     """Warnings about refused authentication that cannot flood the log: one per client address a period
     (``interval_s``), saying how many more were refused since; the audit log has each one.
@@ -217,7 +235,7 @@ class RefusalWarnings:
     addresses share one warning a period, so a guesser with many addresses still writes a bounded number.
     """
 
-    OTHERS = "other addresses"
+    OTHERS = OTHER_ADDRESSES
 
     def __init__(self, interval_s: float = 60.0, max_clients: int = 256,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -239,11 +257,7 @@ class RefusalWarnings:
 
     def _refused(self, client: str | None, method: str, path: str, failure: str, what: str) -> None:
         now = self.clock()
-        key = client or "an unknown address"
-        if key not in self._last and len(self._last) >= self.max_clients:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval_s}
-            if len(self._last) >= self.max_clients:
-                key = self.OTHERS
+        key = address_key(self._last, client, now, self.interval_s, self.max_clients)
         warned, unsaid = self._last.get(key, (None, 0))
         if warned is not None and now - warned < self.interval_s:
             self._last[key] = (warned, unsaid + 1)

@@ -56,14 +56,12 @@ def other_site(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         server.server_close()
 
 
-def test_a_form_of_another_site_cannot_upload_with_the_users_password(
-    browser: BrowserContext, start_node: Callable[..., Node], other_site: Callable[[str], str], tmp_path: Path
-) -> None:
-    node = start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD)
-    _, series, paths = write_series(tmp_path / "ct", 4, size=64, series_description="Made up by another site")
+def forging_page(action: str, paths: list[Path]) -> str:
+    """A page that builds these DICOM files in script, puts them in a form's file field and submits the form to
+    ``action``, as a page of any site may."""
     files = ",".join(f"'{base64.b64encode(p.read_bytes()).decode()}'" for p in paths)
-    page_url = other_site(f"""<!doctype html><html><body>
-<form id="f" method="post" enctype="multipart/form-data" action="http://127.0.0.1:{node.http_port}/api/predict">
+    return f"""<!doctype html><html><body>
+<form id="f" method="post" enctype="multipart/form-data" action="{action}">
 <input id="files" type="file" name="files" multiple></form>
 <script>
   const transfer = new DataTransfer();
@@ -71,7 +69,15 @@ def test_a_form_of_another_site_cannot_upload_with_the_users_password(
     'slice' + i + '.dcm', {{ type: 'application/dicom' }})));
   document.getElementById('files').files = transfer.files;
   document.getElementById('f').submit();
-</script></body></html>""")
+</script></body></html>"""
+
+
+def test_a_form_of_another_site_cannot_upload_with_the_users_password(
+    browser: BrowserContext, start_node: Callable[..., Node], other_site: Callable[[str], str], tmp_path: Path
+) -> None:
+    node = start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD)
+    _, series, paths = write_series(tmp_path / "ct", 4, size=64, series_description="Made up by another site")
+    page_url = other_site(forging_page(f"http://127.0.0.1:{node.http_port}/api/predict", paths))
     page = browser.new_page()
     try:
         logged_in = page.goto(f"http://uronode:{PASSWORD}@127.0.0.1:{node.http_port}/upload")
@@ -97,17 +103,8 @@ def test_on_plain_http_by_a_host_name_the_origin_and_host_decide(
     node = start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD)
     _, series, paths = write_series(tmp_path / "ct", 3, size=64, series_description="Sent by the upload page")
     _, forged, forged_paths = write_series(tmp_path / "forged", 2, size=64)
-    files = ",".join(f"'{base64.b64encode(p.read_bytes()).decode()}'" for p in forged_paths)
-    form = other_site(f"""<!doctype html><html><body>
-<form id="f" method="post" enctype="multipart/form-data" action="http://node.test:{node.http_port}/api/predict">
-<input id="files" type="file" name="files" multiple></form>
-<script>
-  const transfer = new DataTransfer();
-  [{files}].forEach((b64, i) => transfer.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))],
-    'slice' + i + '.dcm', {{ type: 'application/dicom' }})));
-  document.getElementById('files').files = transfer.files;
-  document.getElementById('f').submit();
-</script></body></html>""").replace("127.0.0.1", "evil.test")
+    form = other_site(forging_page(f"http://node.test:{node.http_port}/api/predict", forged_paths))
+    form = form.replace("127.0.0.1", "evil.test")
     page = browser.new_page()
     try:
         page.goto(f"http://uronode:{PASSWORD}@node.test:{node.http_port}/upload")
