@@ -107,6 +107,11 @@ def remove_quietly(path: Path) -> None:
         log.warning("temporary file %s could not be removed: %s", path, exc.strerror or exc)
 
 
+KNOWN_DIRS_MAX = 4096
+"""The most folders a :class:`DurableFiles` remembers as made (each remembered one saves an ``exists`` per write);
+past it they are forgotten, so a node that runs for a year does not hold every series folder it ever wrote."""
+
+
 class DurableFiles:
     """Writes files durably through temporary files in ``tmp_dir`` (same file system). Thread-safe."""
 
@@ -165,6 +170,8 @@ class DurableFiles:
             if self.fsync:
                 for new in created:  # make each new directory entry durable
                     fsync_dir(new.parent)
+            if len(self._known_dirs) >= KNOWN_DIRS_MAX:
+                self._known_dirs.clear()  # folders retention removed stayed here (probe 29): forget, look again
             self._known_dirs.add(folder)
 
     def _spare_file(self) -> tuple[Path, int]:

@@ -1,5 +1,6 @@
 import math
 import re
+import shutil
 import subprocess
 from io import BytesIO
 from pathlib import Path
@@ -12,7 +13,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.factory import SliceOptions, ct_slice, uid
-from uronode import queries
+from uronode import files, queries
 from uronode.associations import Associations
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
@@ -331,3 +332,17 @@ def test_the_node_s_own_result_sent_back_with_other_bytes_keeps_the_node_s_copy(
     ct, corrected = encoded(0, seed=1, series=uid("ct-again")), encoded(0, seed=2, series=uid("ct-again"))
     take_instance(store, ct, source="CT")
     assert take_instance(store, corrected, source="PACS").outcome is StoreOutcome.REPLACED
+
+
+def test_the_folders_written_into_are_remembered_within_a_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 29: every series folder ever written into stayed remembered in every process, after retention had
+    deleted it (about 900 bytes each: 400 MB a year at 300 series a day)."""
+    monkeypatch.setattr(files, "KNOWN_DIRS_MAX", 8)
+    durable = files.DurableFiles(tmp_path / "tmp", fsync=False)
+    (tmp_path / "tmp").mkdir()
+    for n in range(20):
+        durable.write(tmp_path / "series" / str(n) / "a.dcm", [b"x"])
+        assert len(durable._known_dirs) <= 8
+    shutil.rmtree(tmp_path / "series" / "19")  # retention; a later write there makes the folder again
+    durable.write(tmp_path / "series" / "19" / "b.dcm", [b"y"])
+    assert (tmp_path / "series" / "19" / "b.dcm").read_bytes() == b"y"
