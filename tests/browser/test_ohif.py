@@ -13,12 +13,14 @@ also, small, in docs/viewer/ for docs/viewer.md).
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -26,6 +28,9 @@ from playwright.sync_api import BrowserContext, Page
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from inference.postprocess import measure_stones
+from inference.volume import load_volume
+from inference.writers import write_results
 from lab.synth import PhantomOptions, generate_phantom, write_series
 from tests.browser.conftest import (
     dicomweb_json,
@@ -587,4 +592,33 @@ def test_the_overlay_is_dimmed_beside_a_ct_image_without_a_stone(browser: Browse
                   largest.sop_instance_uid)
     page.wait_for_timeout(1500)
     assert page.evaluate(matches, "uronode-overlay") == "yes" and not note.is_visible()
+    page.close()
+
+
+def test_a_report_with_stones_outranks_a_no_stone_report_of_the_same_ct(browser: BrowserContext, study: Study) -> None:
+    """Review 28: a CT with a report that has stones and one without (another model version's, which is never
+    superseded) shows its stones and no "no stone" note over it. Last in this module: the study keeps the extra
+    report."""
+    (ct,) = query(study.node.data_dir, "SELECT series_instance_uid FROM series WHERE study_instance_uid = ?"
+                  " AND modality = 'CT'", study.uid)
+    paths = [Path(r["path"]) for r in query(study.node.data_dir, "SELECT path FROM instances"
+                                            " WHERE series_instance_uid = ?", ct["series_instance_uid"])]
+    volume = load_volume(paths)
+    findings = measure_stones(volume, np.zeros(volume.shape, np.uint8), model_name="uronode-stone-cascade",
+                              model_version="3.7.1")
+    report = write_results(volume, findings).sr
+    assert report is not None and "SeriesDescription" in report
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    stored = httpx.post(f"http://127.0.0.1:{study.node.http_port}/dicom-web/studies",
+                        content=b"--b\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n--b--\r\n",
+                        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}, timeout=60)
+    assert stored.status_code == 200, stored.text
+    assert len(_series_of(study.node.http_port, study.uid, "SR")) == 2
+    page = open_reading(browser, study.url())
+    page.wait_for_timeout(2000)  # the no-stone report's display set is read as it is added
+    assert page.locator(".uronode-verdict").count() == 0, "a 'no stone' note over a CT with stones"
+    assert page.get_by_text("No urinary stone detected").count() == 0
+    listed = page.locator('[data-cy="trackedMeasurements-panel"]').inner_text().replace("\n", " ")
+    assert all(stone.label in listed for stone in study.stones)
     page.close()
