@@ -69,10 +69,12 @@ def get_worker(request: Request) -> str:
     """The remote worker this request comes from (its token's name), else 401. Either way the request's
     :class:`Authentication` is left for the audit, as the authentication layer leaves it on other paths, and a
     refusal is a rate-limited warning (probe 20: the claim API's requests were audited without who or why).
-    :class:`ClaimGate` has refused a request without a worker's token before its body was read; this holds
-    the route to it wherever it is mounted."""
-    authentication = identify(request.app.state.worker_tokens, request.headers.get("authorization", ""))
-    request.scope[AUTHENTICATION] = authentication
+    :class:`ClaimGate` has refused a request without a worker's token before its body was read, and left who
+    sent it in the scope; without the gate (the router mounted elsewhere) the token is checked here."""
+    authentication: Authentication | None = request.scope.get(AUTHENTICATION)
+    if authentication is None:
+        authentication = identify(request.app.state.worker_tokens, request.headers.get("authorization", ""))
+        request.scope[AUTHENTICATION] = authentication
     if authentication.user is None:
         _warn(request, authentication.failure or "refused", "authentication failed")
         body, headers = _unauthorized(authentication.failure)
@@ -99,10 +101,10 @@ class ClaimGate:
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         authentication = await run_in_threadpool(identify, self.tokens, header)  # it may read the tokens file
+        scope[AUTHENTICATION] = authentication  # in place: the route's get_worker and the audit read it
         if authentication.user is not None:
             await self.app(scope, receive, send)
             return
-        scope[AUTHENTICATION] = authentication
         self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"],
                               authentication.failure or "refused")
         body, headers = _unauthorized(authentication.failure)
