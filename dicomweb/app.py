@@ -304,7 +304,7 @@ class AuditRequests:
             finally:  # a plain GET is audited only when authentication refused it
                 refused: Authentication | None = scope.get(AUTHENTICATION)
                 if refused is not None and not refused.accepted:
-                    record(401)
+                    record(refused.status)
             return
 
         async def send_recording(message: Message) -> None:

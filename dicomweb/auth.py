@@ -33,6 +33,7 @@ import binascii
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import re
 import secrets
@@ -74,11 +75,13 @@ class Authentication:
     """How a request authenticated: ``kind`` is ``basic``, ``token`` (one of ``dicomweb.tokens``), ``worker``
     (a remote worker's token) or ``failed``; ``user`` names who (the basic user name, ``token #N`` for the
     N-th configured token, the worker's name), never a password or token; ``failure`` says why it failed, or,
-    for a worker, why the request is outside the jobs it holds (answered 403, :func:`worker_refusal`)."""
+    for a worker, why the request is outside the jobs it holds (answered 403, :func:`worker_refusal`); ``status``
+    is what a failed one is answered (401; 429 past :class:`GuessLimit`)."""
 
     kind: Literal["basic", "token", "worker", "failed"]
     user: str | None = None
     failure: str | None = None
+    status: int = 401
 
     @property
     def accepted(self) -> bool:
@@ -267,6 +270,51 @@ class RefusalWarnings:
         log.warning("HTTP %s from %s: %s %s: %s%s", what, key, method, path[:200], failure, since)
 
 
+class GuessLimit:
+    """At most ``limit`` wrong passwords or tokens from one client address a period (``period_s``): past them,
+    every request of that address that carries credentials is refused (429, ``Retry-After``) until the period
+    is over, without its credentials being checked, so that a password cannot be guessed faster than ``limit``
+    a period from one address (probe 27: failed logins were not slowed).
+
+    A request without credentials (a browser's first, before it asks its user) is no guess and not counted.
+    Periods are fixed, beginning with an address's first wrong guess. Addresses are counted as
+    :class:`RefusalWarnings` counts them (at most ``max_clients``, then one count the further ones share).
+    """
+
+    GUESSES = frozenset({"wrong user or password", "unknown bearer token", "malformed basic credentials"})
+
+    def __init__(self, limit: int = 10, period_s: float = 60.0, max_clients: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.period_s = period_s
+        self.max_clients = max_clients
+        self.clock = clock
+        self._guesses: dict[str, tuple[float, int]] = {}  # client -> (when its period began, wrong guesses in it)
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str | None) -> float:
+        """How long ``client`` must wait before its credentials are checked again; 0 when they are checked now."""
+        with self._lock:
+            now = self.clock()
+            key = address_key(self._guesses, client, now, self.period_s, self.max_clients)
+            began, count = self._guesses.get(key, (now, 0))
+            if count < self.limit or now - began >= self.period_s:
+                return 0.0
+            return self.period_s - (now - began)
+
+    def failed(self, client: str | None, failure: str | None) -> None:
+        """Count a refused request's failure if it is a wrong guess."""
+        if failure not in self.GUESSES:
+            return
+        with self._lock:
+            now = self.clock()
+            key = address_key(self._guesses, client, now, self.period_s, self.max_clients)
+            began, count = self._guesses.get(key, (now, 0))
+            if now - began >= self.period_s:
+                began, count = now, 0
+            self._guesses[key] = (began, count + 1)
+
+
 class BasicAuth:
     """ASGI middleware: lets a request through with the right user and password or token, else 401.
 
@@ -276,6 +324,7 @@ class BasicAuth:
     def __init__(
         self, app: ASGIApp, username: str, password: str, tokens: list[str], worker_tokens: WorkerTokens | None = None,
         trusted_proxies: Iterable[str] = (), warnings: RefusalWarnings | None = None,
+        guesses: GuessLimit | None = None,
     ) -> None:
         self.app = app
         self.username = username
@@ -284,6 +333,7 @@ class BasicAuth:
         self.worker_tokens = worker_tokens
         self.trusted = trusted_addresses(trusted_proxies)
         self.warnings = warnings or RefusalWarnings()
+        self.guesses = guesses or GuessLimit()
 
     def authenticate(self, header: str, method: str = "GET", path: str = "/") -> Authentication:
         """Who the ``Authorization`` header names, or why it names no one this request is open to."""
@@ -318,6 +368,15 @@ class BasicAuth:
             await self.app(scope, receive, send)  # the claim API: ClaimGate checks its workers' tokens first
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        client = requester(scope, self.trusted).client
+        wait_s = self.guesses.wait_s(client) if header else 0.0
+        if wait_s > 0:
+            failure = f"{self.guesses.limit} wrong passwords or tokens from this address within {self.guesses.period_s:g} s"
+            scope[AUTHENTICATION] = Authentication("failed", failure=failure, status=429)
+            self.warnings.refused(client, scope["method"], scope["path"], failure)
+            await JSONResponse({"detail": f"too many failed logins: {failure}; try again in {math.ceil(wait_s)} s"},
+                               status_code=429, headers={"Retry-After": str(math.ceil(wait_s))})(scope, receive, send)
+            return
         authentication = self.authenticate(header, scope["method"], scope["path"])
         scope[AUTHENTICATION] = authentication  # in place: the audit around this middleware reads it
         worker = authentication.user if authentication.kind == "worker" else None
@@ -325,15 +384,14 @@ class BasicAuth:
             reason = await run_in_threadpool(worker_refusal, store_in(scope), worker, scope["method"], scope["path"])
             if reason is not None:
                 scope[AUTHENTICATION] = Authentication("worker", worker, failure=reason)
-                self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"], reason,
-                                      "request refused")
+                self.warnings.refused(client, scope["method"], scope["path"], reason, "request refused")
                 await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
                 return
         if authentication.accepted:
             await self.app(scope, receive, send)
             return
-        self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"],
-                              authentication.failure or "refused")
+        self.guesses.failed(client, authentication.failure)
+        self.warnings.refused(client, scope["method"], scope["path"], authentication.failure or "refused")
         response = JSONResponse(
             {"detail": "authentication required"},
             status_code=401,

@@ -1,7 +1,8 @@
 """Who may associate: the called AE title, the calling-AE allow-list and the association limit; what may be sent.
 
-The called AE title, the allow-list (with optional host) and the node-wide
-association limit, shared by all receiving processes, are checked here, in
+The called AE title, the allow-list (with optional host), the node-wide
+association limit and each host's share of it, shared by all receiving
+processes, are checked here, in
 the acceptor's ACSE negotiation, so that a refused caller gets a proper
 A-ASSOCIATE-RJ with the right reason, and the log one line naming it.
 
@@ -23,6 +24,7 @@ association aborted (A-ABORT), with one log line naming the caller.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -142,31 +144,52 @@ class CallerPolicy:
 
 
 class AssociationSlots:
-    """A node-wide count of open associations, shared between receiving processes.
+    """The node-wide association limit and each host's share of it, shared between receiving processes.
 
-    ``counts`` is a ``multiprocessing.Array('i', processes)`` (one slot per
-    process, so that a restarted process can reset its own) and ``lock`` its lock.
+    ``held`` is a ``multiprocessing.Array('q', processes * limit)``: process ``index`` owns the
+    ``limit`` entries from ``index * limit``, one per association it holds, each the key of the calling
+    host (0: free), so that a restarted process can reset its own. An association is taken while fewer
+    than ``limit`` are held over the node and fewer than ``per_host`` by its caller's host (probe 27: with
+    ``scp.restrict_callers`` off, one host could hold every slot and keep the scanners out).
     """
 
-    def __init__(self, counts: SynchronizedArray[int], index: int, limit: int) -> None:
-        self.counts = counts
+    def __init__(self, held: SynchronizedArray[int], index: int, limit: int, per_host: int | None = None) -> None:
+        self.held = held
         self.index = index
         self.limit = limit
+        self.per_host = limit if per_host is None else min(per_host, limit)
+        self._own = slice(index * limit, (index + 1) * limit)
+
+    @staticmethod
+    def key(host: str) -> int:
+        """A host's key: its address (an IPv4-mapped one as IPv4), hashed to a positive 63-bit number."""
+        address = ip_address(host)
+        digest = hashlib.blake2b(str(address if address is not None else host).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1 or 1
 
     def reset(self) -> None:
-        with self.counts.get_lock():
-            self.counts[self.index] = 0
+        with self.held.get_lock():
+            self.held[self._own] = [0] * self.limit
 
-    def try_take(self) -> bool:
-        with self.counts.get_lock():
-            if sum(self.counts[:]) >= self.limit:
-                return False
-            self.counts[self.index] += 1
-            return True
+    def try_take(self, host: str) -> str | None:
+        """Take a slot for an association from ``host``; None when taken, else why not."""
+        key = self.key(host)
+        with self.held.get_lock():
+            held = self.held[:]
+            if sum(1 for k in held if k) >= self.limit:
+                return f"{self.limit} associations open"
+            if held.count(key) >= self.per_host:
+                return f"its host holds {self.per_host} associations, its share (scp.max_associations_per_host)"
+            own = self._own.start
+            self.held[own + held[self._own].index(0)] = key
+            return None
 
-    def give_back(self) -> None:
-        with self.counts.get_lock():
-            self.counts[self.index] = max(0, self.counts[self.index] - 1)
+    def give_back(self, host: str) -> None:
+        key = self.key(host)
+        with self.held.get_lock():
+            own = self.held[self._own]
+            if key in own:
+                self.held[self._own.start + own.index(key)] = 0
 
 
 class PolicyACSE(ACSE):
@@ -191,15 +214,16 @@ class PolicyACSE(ACSE):
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
             return
         if self.slots is not None:
-            if not self.slots.try_take():
-                log.warning("association from %s at %s rejected: %d associations open", calling_ae, host, self.slots.limit)
+            refusal = self.slots.try_take(host)
+            if refusal is not None:
+                log.warning("association from %s at %s rejected: %s", calling_ae, host, refusal)
                 self._reject(
                     RejectResult.TRANSIENT,
                     RejectSource.SERVICE_PROVIDER_PRESENTATION,
                     RejectReason.LOCAL_LIMIT_EXCEEDED,
                 )
                 return
-            self.assoc._uronode_slot = True  # type: ignore[attr-defined]  # our mark on pynetdicom's object
+            self.assoc._uronode_slot = host  # type: ignore[attr-defined]  # our mark on pynetdicom's object
         super()._negotiate_as_acceptor()
 
     def send_accept(self) -> None:
@@ -276,9 +300,10 @@ def released_normally(assoc: Association) -> bool:
 
 def release_slot(assoc: Association, slots: AssociationSlots | None) -> None:
     """Give back the association's slot, once, when its connection closes."""
-    if slots is not None and getattr(assoc, "_uronode_slot", False):
-        assoc._uronode_slot = False  # type: ignore[attr-defined]  # our mark on pynetdicom's object
-        slots.give_back()
+    host = getattr(assoc, "_uronode_slot", None)
+    if slots is not None and host is not None:
+        assoc._uronode_slot = None  # type: ignore[attr-defined]  # our mark on pynetdicom's object
+        slots.give_back(host)
 
 
 def guard_store_requests(assoc: Association) -> None:

@@ -321,7 +321,7 @@ def make_server(
 
 
 def run_receiver(
-    settings_json: str, listening: socket.socket, counts: SynchronizedArray[int], index: int, ready: EventFlag,
+    settings_json: str, listening: socket.socket, held: SynchronizedArray[int], index: int, ready: EventFlag,
     parent_pid: int | None = None,
 ) -> None:
     """Entry point of one receiving process."""
@@ -330,7 +330,7 @@ def run_receiver(
     die_with_parent(parent_pid)
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.log_level)
-    slots = AssociationSlots(counts, index, settings.scp.max_associations)
+    slots = AssociationSlots(held, index, settings.scp.max_associations, settings.scp.host_share())
     slots.reset()
     store = Store(
         settings.storage.data_dir,

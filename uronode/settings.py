@@ -141,6 +141,10 @@ class ScpSettings(StrictModel):
     without a restart. A name that does not resolve lets no one in under it (logged as a warning)."""
     max_associations: int = Field(16, ge=1, le=1000)
     """Concurrent associations accepted, over all receiving processes."""
+    max_associations_per_host: int | None = Field(None, ge=1, le=1000)
+    """Concurrent associations accepted from one host (its address), over all receiving processes; None:
+    half of ``max_associations``, rounded up, so that one host (a misbehaving sender, or any host while
+    ``restrict_callers`` is off) cannot keep the others out. At most ``max_associations``."""
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     """Largest PDU we accept (bytes); 0 means no limit."""
     max_instance_bytes: int = Field(2 * 1024 ** 3, ge=1024 * 1024)
@@ -207,6 +211,11 @@ class ScpSettings(StrictModel):
 
     def caller_rules(self) -> list[CallerRule]:
         return [CallerRule.parse(c) for c in self.allowed_callers]
+
+    def host_share(self) -> int:
+        """Associations one host may hold (``max_associations_per_host``, or half the node's, at most all)."""
+        share = self.max_associations_per_host or (self.max_associations + 1) // 2
+        return min(share, self.max_associations)
 
 
 class StorageSettings(StrictModel):

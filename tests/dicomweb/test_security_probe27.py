@@ -8,7 +8,9 @@
 - a bearer token with a character beyond ASCII was a 500 and a traceback, not a refusal;
 - (review 29) a refusal of a page of another site escaped the audit's quota and said no reason;
 - the index and the metadata cache were readable by every local account; no anti-framing header;
-- each refused request was written to the audit log, 6 MB a second from one client: 60 a minute an address.
+- each refused request was written to the audit log, 6 MB a second from one client: 60 a minute an address;
+- (#6, next session) failed logins were not slowed: past 10 wrong passwords or tokens a minute from an address,
+  its requests with credentials are answered 429 without being checked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import httpx
 import pytest
 
 from dicomweb.app import RefusalQuota, SameOrigin
+from dicomweb.auth import GuessLimit
 from dicomweb.workers import MAX_BODY_BYTES
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
@@ -203,7 +206,7 @@ def test_the_node_keeps_patient_data_from_other_local_accounts(node: Node, tmp_p
               if stat.S_IMODE(p.stat().st_mode) & 0o007}
     assert opened == {}
     log = node.proc.log_text() if node.proc else ""
-    assert "scp.restrict_callers is off: any host may store series here and hold its 16 association slots" in log
+    assert "scp.restrict_callers is off: any host may store series here and hold 8 of its 16 association slots" in log
 
 
 def test_refused_requests_fill_the_audit_log_at_most_60_a_minute_from_an_address(node: Node) -> None:
@@ -234,3 +237,50 @@ def test_closing_the_data_folder_keeps_its_group_and_setgid(tmp_path: Path) -> N
     keep_private(folder)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o2770
 
+
+
+def test_wrong_passwords_from_one_address_are_slowed_and_other_addresses_are_not(node: Node) -> None:
+    url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies"
+    with httpx.Client(timeout=30) as client:
+        for n in range(10):
+            assert client.get(url, auth=("uronode", f"guess-{n}")).status_code == 401
+        # the eleventh try is not checked: the right password is refused as well, and says until when
+        locked = client.get(url, auth=("uronode", PASSWORD))
+        assert locked.status_code == 429, locked.text
+        assert 50 <= int(locked.headers["retry-after"]) <= 60
+        assert "too many failed logins" in locked.json()["detail"]
+        assert client.get(url, headers={"Authorization": "Bearer any-token"}).status_code == 429
+        # a request without credentials is no guess: still the 401 that makes a browser ask its user
+        assert client.get(url).status_code == 401
+    with httpx.Client(timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+        assert other.get(url, auth=("uronode", PASSWORD)).status_code == 200
+    wait_until(lambda: any(r.get("status") == 429 for r in audit(node)), 30, "the 429 in the audit log")
+    slowed = [r for r in audit(node) if r.get("status") == 429]
+    assert slowed[0]["auth"] == "failed" and slowed[0]["client"] == "127.0.0.1"
+    assert "10 wrong passwords or tokens from this address within 60 s" in str(slowed[0]["reason"])
+    log = node.proc.log_text() if node.proc else ""
+    assert "wrong user or password" in log
+
+
+def test_the_guess_limit_counts_wrong_guesses_only_and_ends_with_its_period() -> None:
+    now = [0.0]
+    guesses = GuessLimit(limit=3, period_s=60, max_clients=2, clock=lambda: now[0])
+    for _ in range(5):
+        guesses.failed("a", "no credentials")  # a browser's first request, before it asks its user
+        guesses.failed("a", "worker w's token does not open this request")  # known, not a guess
+    assert guesses.wait_s("a") == 0
+    for failure in ("wrong user or password", "unknown bearer token", "malformed basic credentials"):
+        assert guesses.wait_s("a") == 0
+        now[0] += 10
+        guesses.failed("a", failure)
+    assert guesses.wait_s("a") == 40  # the period began at the first guess, 10 s in
+    assert guesses.wait_s("b") == 0
+    guesses.failed("b", "wrong user or password")
+    guesses.failed("c", "wrong user or password")  # a third address: counted with the further ones
+    guesses.failed("d", "wrong user or password")
+    guesses.failed("e", "wrong user or password")
+    assert guesses.wait_s("c") == guesses.wait_s("f") == 60  # further addresses share one count: three guesses
+    now[0] = 70
+    assert guesses.wait_s("a") == 0  # its period is over
+    guesses.failed("a", "wrong user or password")
+    assert guesses.wait_s("a") == 0  # a new period, one guess in it

@@ -225,7 +225,8 @@ def scu(max_pdu: int = 16382) -> AE:
 
 
 def test_association_limit_and_pdu_size(start_node: StartNode) -> None:
-    node = start_node(URONODE_SCP__MAX_ASSOCIATIONS="2", URONODE_SCP__MAX_PDU_SIZE="65536")
+    node = start_node(URONODE_SCP__MAX_ASSOCIATIONS="2", URONODE_SCP__MAX_ASSOCIATIONS_PER_HOST="2",
+                      URONODE_SCP__MAX_PDU_SIZE="65536")
     ae = scu()
     held = [ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE") for _ in range(2)]
     assert all(a.is_established for a in held)
@@ -237,6 +238,59 @@ def test_association_limit_and_pdu_size(start_node: StartNode) -> None:
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
     held[0].release()
     wait_until(lambda: ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE").is_established, 10, "a free slot")
+
+
+def test_one_host_holds_at_most_its_share_and_another_host_still_gets_in(start_node: StartNode) -> None:
+    """Probe 27 #6: with ``restrict_callers`` off any host could hold every association slot and keep the scanners
+    out. Two receiving processes share the count: the share is node-wide, not per process."""
+    node = start_node(URONODE_SCP__MAX_ASSOCIATIONS="4", URONODE_SCP__PROCESSES="2")  # a host's share: 2
+    ae = scu()
+    held = [ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    extra = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE")
+    assert extra.is_rejected
+    rj = extra.acceptor.primitive
+    assert rj is not None and (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
+    refused = echoscu(node.dicom_port)  # DCMTK sees the same transient rejection
+    assert refused.returncode != 0 and "Rejected Transient" in refused.stderr, refused.stderr
+    # another host (a second loopback address) is let in while the first holds its share ...
+    other = [ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE", bind_address=("127.0.0.2", 0))
+             for _ in range(2)]
+    assert all(a.is_established for a in other)
+    # ... up to the node's limit, which now refuses every host
+    full = ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE", bind_address=("127.0.0.3", 0))
+    assert full.is_rejected
+    log = node.proc.log_text() if node.proc else ""
+    assert "rejected: its host holds 2 associations, its share (scp.max_associations_per_host)" in log
+    assert "rejected: 4 associations open" in log
+    # a released association gives its host's slot back
+    held[0].release()
+    wait_until(lambda: ae.associate("127.0.0.1", node.dicom_port, ae_title="URONODE").is_established, 10,
+               "the first host's freed slot")
+    for assoc in [held[1], *other]:
+        assoc.release()
+
+
+def test_association_slots_count_hosts_over_processes_and_a_restarted_process_frees_only_its_own() -> None:
+    import multiprocessing
+
+    from scp.policy import AssociationSlots
+
+    held = multiprocessing.get_context("spawn").Array("q", 3 * 4)
+    first, second = AssociationSlots(held, 0, 4, 2), AssociationSlots(held, 1, 4, 2)
+    assert first.try_take("10.1.2.3") is None
+    assert second.try_take("::ffff:10.1.2.3") is None  # the same caller on a dual-stack listener
+    assert first.try_take("10.1.2.3") == "its host holds 2 associations, its share (scp.max_associations_per_host)"
+    assert second.try_take("10.9.9.9") is None and second.try_take("10.9.9.9") is None
+    assert first.try_take("10.7.7.7") == "4 associations open"
+    first.give_back("10.9.9.9")  # not one of its own: nothing is freed
+    assert first.try_take("10.7.7.7") == "4 associations open"
+    AssociationSlots(held, 1, 4, 2).reset()  # process 1 died and was started again
+    assert first.try_take("10.1.2.3") is None  # its slot of 10.1.2.3 and both of 10.9.9.9 are free
+    assert first.try_take("10.9.9.9") is None and first.try_take("10.9.9.9") is None
+    first.give_back("10.1.2.3")
+    assert first.try_take("10.7.7.7") is None
+    assert AssociationSlots(held, 2, 4).per_host == 4  # no share given: the node's limit
 
 
 def test_a_failed_write_answers_out_of_resources_and_the_node_goes_on(start_node: StartNode, tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ class Receivers:
         self.store = store
         self.ctx = multiprocessing.get_context("spawn")
         self.socket = make_listening_socket(settings.host, settings.scp.port)
-        self.counts: SynchronizedArray[int] = self.ctx.Array("i", settings.scp.processes)
+        # the associations each receiving process holds, by host (scp.policy.AssociationSlots)
+        self.held: SynchronizedArray[int] = self.ctx.Array("q", settings.scp.processes * settings.scp.max_associations)
         self.procs: list[SpawnProcess | None] = [None] * settings.scp.processes
         self._stopping = False
 
@@ -119,7 +120,7 @@ class Receivers:
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=run_receiver,
-            args=(self.settings.model_dump_json(), self.socket, self.counts, index, ready, os.getpid()),
+            args=(self.settings.model_dump_json(), self.socket, self.held, index, ready, os.getpid()),
             name=f"uronode-receiver-{index}",
             daemon=True,
         )
@@ -472,10 +473,10 @@ def serve(settings: Settings) -> None:
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
     if not settings.scp.restrict_callers:  # probe 27: one host held every association slot; nothing said so
-        log.warning("scp.restrict_callers is off: any host may store series here and hold its %d association slots;"
-                    " list the scanners and the PACS in scp.allowed_callers (AE@host) before the node goes on a"
-                    " hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
-                    settings.scp.max_associations)
+        log.warning("scp.restrict_callers is off: any host may store series here and hold %d of its %d association"
+                    " slots; list the scanners and the PACS in scp.allowed_callers (AE@host) before the node goes"
+                    " on a hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
+                    settings.scp.host_share(), settings.scp.max_associations)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
         _run(settings, store, queue, signals)
 
