@@ -1,7 +1,11 @@
 """The audit log: append-only, one JSON object per line, in ``<data_dir>/audit.log``.
 
 Every process of the node appends to the same file with O_APPEND and one
-``write`` per event, so lines never interleave. Events name UIDs, AE titles,
+``write`` per event, so lines never interleave. At :data:`ROTATE_BYTES` the
+file is renamed ``audit-<UTC time>.log`` and a new one begins; a renamed
+file is compressed (``.log.gz``) at a later rotation, once no process can be
+writing into it. Nothing is deleted: how long an audit trail is kept is the
+hospital's decision (``docs/operations.md``). Events name UIDs, AE titles,
 addresses and outcomes, never patient names or IDs:
 ``series_complete``, ``job_finished``, ``delivery``, ``http``.
 
@@ -17,18 +21,30 @@ escaped, so each event stays one line whatever a client sent.
 
 from __future__ import annotations
 
+import fcntl
+import gzip
 import json
 import logging
 import os
+import shutil
+import threading
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+ROTATE_BYTES = 64 * 1024 * 1024
+"""The size at which ``audit.log`` is renamed and a new one begun: about 30,000 series' events (2 KB each) or
+250,000 audited requests (260 B each)."""
+SETTLED_S = 60.0
+"""A renamed file is compressed once this long has passed since it was last written: a process that opened the
+file just before the rename has written its line into it by then (each event is one open, write, close)."""
+
 
 class AuditLog:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, rotate_bytes: int = ROTATE_BYTES) -> None:
         self.path = Path(data_dir) / "audit.log"
+        self.rotate_bytes = rotate_bytes
 
     def record(self, event: str, **fields: object) -> None:
         """Append one event; a failure to write is logged, never raised into the caller's work."""
@@ -37,7 +53,64 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, line.encode())
+                full = os.fstat(fd).st_size >= self.rotate_bytes
             finally:
                 os.close(fd)
         except OSError as exc:
             log.error("audit log %s not written: %s", self.path, exc.strerror or exc)
+            return
+        if full:
+            self.rotate()
+
+    def rotate(self) -> Path | None:
+        """Rename a full ``audit.log`` (one process does, under a lock; the others find it renamed) and compress
+        the earlier renamed files that have settled; the renamed file, or None when another process rotated."""
+        try:
+            with open(self.path.with_name("audit.lock"), "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None  # another process is rotating it
+                if self.path.stat().st_size < self.rotate_bytes:
+                    return None  # it did, just now
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                renamed = self.path.with_name(f"audit-{stamp}.log")
+                n = 1
+                while renamed.exists() or renamed.with_name(renamed.name + ".gz").exists():
+                    renamed, n = self.path.with_name(f"audit-{stamp}-{n}.log"), n + 1
+                os.rename(self.path, renamed)
+                log.info("audit log rotated: %s", renamed.name)
+            # the earlier ones, beside the caller's work (it may be the HTTP server's event loop)
+            threading.Thread(target=self.compress_settled, name="audit-compress", daemon=True).start()
+            return renamed
+        except OSError as exc:
+            log.error("audit log %s not rotated: %s", self.path, exc.strerror or exc)
+            return None
+
+    def compress_settled(self, settled_s: float = SETTLED_S) -> list[Path]:
+        """Compress each renamed file last written more than ``settled_s`` ago; the compressed files."""
+        done: list[Path] = []
+        try:
+            with open(self.path.with_name("audit.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one compression at a time; a rotation meanwhile waits a write
+                for renamed in sorted(self.path.parent.glob("audit-*.log")):
+                    self._compress(renamed, settled_s, done)
+        except OSError as exc:
+            log.error("audit logs in %s not compressed: %s", self.path.parent, exc.strerror or exc)
+        return done
+
+    @staticmethod
+    def _compress(renamed: Path, settled_s: float, done: list[Path]) -> None:
+        try:
+            if time.time() - renamed.stat().st_mtime < settled_s:
+                return
+            packed = renamed.with_name(renamed.name + ".gz")
+            partial = packed.with_name(packed.name + ".part")  # a compression cut short is done again
+            with open(renamed, "rb") as source, gzip.open(partial, "wb") as target:
+                shutil.copyfileobj(source, target, 1024 * 1024)
+            os.chmod(partial, 0o640)
+            os.replace(partial, packed)
+            renamed.unlink()
+            done.append(packed)
+        except OSError as exc:
+            log.error("audit log %s not compressed: %s", renamed.name, exc.strerror or exc)
