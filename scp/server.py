@@ -277,8 +277,8 @@ def supported_contexts() -> list[PresentationContext]:
     return [*storage_contexts(), verification]
 
 
-def make_listening_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen; fails clearly if the port is taken."""
+def make_listening_socket(host: str, port: int, what: str = "DICOM", backlog: int = 128) -> socket.socket:
+    """Bind and listen; fails clearly if the port is taken (``what`` names the port's use in the message)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -286,8 +286,8 @@ def make_listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
+        raise OSError(exc.errno, f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
     sock.setblocking(False)  # several processes accept on it; the losers must not block
     return sock
 

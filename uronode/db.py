@@ -11,6 +11,7 @@ completion and retention) take one.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from uronode.errors import UronodeError
 from uronode.files import disk_problem
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 11
 BUSY_TIMEOUT_S = 30.0
@@ -184,14 +187,14 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     """
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
     try:
-        _set_up(conn, durable)
+        _set_up(conn, durable, path)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _set_up(conn: sqlite3.Connection, durable: bool) -> None:
+def _set_up(conn: sqlite3.Connection, durable: bool, path: Path) -> None:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -207,6 +210,7 @@ def _set_up(conn: sqlite3.Connection, durable: bool) -> None:
             "\"Upgrading uronode\")")
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it meanwhile
         try:
             for table, column, kind in ADDED_COLUMNS:  # bring tables of older versions up to date
                 existing = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
@@ -220,6 +224,10 @@ def _set_up(conn: sqlite3.Connection, durable: bool) -> None:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if 0 < version < SCHEMA_VERSION:  # an earlier version's index, not a new one (probe 31: nothing said so)
+            log.warning("the index %s was brought from schema %d to %d: an earlier uronode wrote it, and must not"
+                        " be run on it again (docs/operations.md, \"Upgrading uronode\")", path, version,
+                        SCHEMA_VERSION)
 
 
 ADDED_COLUMNS = [

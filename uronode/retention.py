@@ -2,9 +2,12 @@
 
 A series is due when it is complete, its last instance arrived more than
 ``storage.retention_days`` ago, no job for it is still queued, running or
-delivering, and it is not one of the node's own results (Manufacturer
-``uronode``). It goes with the results the node made of it (the SEG, SC, SR and
-KOS the ``results`` table records for it, :mod:`uronode.supersede`). Their index
+delivering, and it is not one of the node's recorded results. It goes with the
+results the node made of it (the SEG, SC, SR and KOS the ``results`` table
+records for it, :mod:`uronode.supersede`). A result series the table does not
+record (made before schema 8, which began the table: nothing tells which CT
+it was made of) is due by its own age, as a received series (probe 31: such
+results, each with the patient's name, outlived their CT for ever). Their index
 rows go first, in one transaction, then their files:
 a crash in between leaves files that nothing indexes (removed at the next start,
 :meth:`uronode.store.Store.remove_orphans`), never
@@ -33,7 +36,6 @@ from pathlib import Path
 
 from uronode.associations import Associations
 from uronode.audit import AuditLog
-from uronode.completion import OWN_MANUFACTURER
 from uronode.metrics import INFERENCE_BUCKETS_S, PRUNED
 from uronode.store import METADATA_CACHE, Store
 from uronode.supersede import NOTES_FOLDER
@@ -46,8 +48,8 @@ SELECT s.series_instance_uid, s.study_instance_uid
  WHERE s.state = 'complete' AND s.last_received_at < ?
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_instance_uid = s.series_instance_uid
                     AND j.state IN ('queued', 'running', 'delivering'))
-   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = s.series_instance_uid
-                    AND i.manufacturer = ?)
+   AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid
+                    WHERE i.series_instance_uid = s.series_instance_uid)
  ORDER BY s.last_received_at
 """
 
@@ -90,7 +92,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
         raise ValueError(f"older_than_days must be a finite number of days greater than 0, not {older_than_days!r}")
     cutoff = (time.time() if now is None else now) - older_than_days * 86400.0
     conn = store.conn()
-    due = conn.execute(_DUE, (cutoff, OWN_MANUFACTURER)).fetchall()
+    due = conn.execute(_DUE, (cutoff,)).fetchall()
     done = Purged()
     audit = AuditLog(store.root)
     for row in due:

@@ -64,7 +64,7 @@ def test_an_old_source_series_goes_and_its_results_job_and_findings_stay(store: 
     job = finish_job(store, SOURCE)
     receive(store, RESULT, 2, manufacturer="uronode", modality="SR")  # what the worker stored
     age(store, SOURCE, 40)
-    age(store, RESULT, 40)
+    age(store, RESULT, 20)
     files = [i.path for i in store.series_instances(SOURCE)]
     folder = files[0].parent
     (folder / ".metadata.json").write_text("cached")
@@ -74,11 +74,32 @@ def test_an_old_source_series_goes_and_its_results_job_and_findings_stay(store: 
     assert done.series == [SOURCE] and done.instances == 3 and done.bytes > 0
     assert series_count(store, SOURCE) == 0 and queries.series_row(store.db, SOURCE) is None
     assert not any(f.exists() for f in files) and not folder.exists()
-    assert series_count(store, RESULT) == 2  # results not recorded as made of it (before schema 8) are kept
+    assert series_count(store, RESULT) == 2  # results not recorded as made of it (before schema 8): their own age
     assert JobQueue(store).findings(job) == '{"stones": []}'
     assert query(store.root, "SELECT 1 FROM studies WHERE study_instance_uid = ?", STUDY)  # results still in it
     events = [json.loads(line) for line in (store.root / "audit.log").read_text().splitlines()]
     assert {"event": "retention", "series_instance_uid": SOURCE, "instances": 3}.items() <= events[-1].items()
+
+
+def test_results_nothing_records_as_made_of_a_ct_go_by_their_own_age(store: Store) -> None:
+    """Probe 31: results a node made before schema 8 (which began the ``results`` table) were never due: their CT
+    went, they stayed for ever, each with the patient's name. Recorded results still go with their CT only."""
+    receive(store, SOURCE)
+    finish_job(store, SOURCE)
+    receive(store, RESULT, 2, manufacturer="uronode", modality="SR")  # unrecorded, as an earlier version left it
+    receive(store, "1.2.3.6", 2, manufacturer="uronode", modality="SEG")  # recorded as made of the recent CT
+    uids = [i.header.sop_instance_uid for i in store.series_instances("1.2.3.6")]
+    with store.transaction() as conn:
+        conn.executemany("INSERT INTO results (sop_instance_uid, source_series_uid, model, job_id, recorded_at)"
+                         " VALUES (?, ?, 'uronode-stone-cascade 3.8.0', 1, 0)", [(u, SOURCE) for u in uids])
+    for series in (RESULT, "1.2.3.6"):
+        age(store, series, 40)
+
+    done = purge(store, 30)
+
+    assert done.series == [RESULT] and done.instances == 2
+    assert series_count(store, RESULT) == 0 and queries.series_row(store.db, RESULT) is None
+    assert series_count(store, "1.2.3.6") == 2 and series_count(store, SOURCE) == 3  # the CT is recent
 
 
 def test_what_is_not_due_stays(store: Store) -> None:

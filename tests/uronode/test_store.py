@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tests.factory import SliceOptions, ct_slice, uid
 from uronode import files, queries
 from uronode.associations import Associations
+from uronode.db import SCHEMA_VERSION
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.files import check_space
@@ -291,7 +292,9 @@ def test_recover_clears_temporary_files_and_closes_lost_associations(store: Stor
     assert row["outcome"] == "lost" and row["ended_at"] is not None
 
 
-def test_an_index_written_by_an_older_version_is_brought_up_to_date(tmp_path: Path) -> None:
+def test_an_index_written_by_an_older_version_is_brought_up_to_date(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import sqlite3
 
     root = tmp_path / "data"
@@ -312,6 +315,12 @@ def test_an_index_written_by_an_older_version_is_brought_up_to_date(tmp_path: Pa
     row = queries.series_row(store.db, "1.2.3.4")
     assert row is not None and row["modality"] == "CT" and row["generation"] == 2
     assert store.conn().execute("PRAGMA user_version").fetchone()[0] >= 3
+    upgraded = [r.getMessage() for r in caplog.records if "was brought from schema" in r.getMessage()]
+    assert upgraded == [f"the index {root / 'index.sqlite3'} was brought from schema 2 to {SCHEMA_VERSION}: an"
+                        " earlier uronode wrote it, and must not be run on it again (docs/operations.md,"
+                        " \"Upgrading uronode\")"]  # once: the other connections find it done
+    Store(root)
+    assert len([r for r in caplog.records if "was brought from schema" in r.getMessage()]) == 1
     kept = store.get_instance(read_header(encoded(0, series="1.2.3.4")).sop_instance_uid)
     assert kept is not None and kept.header.patient_id == "SYN0001"
 

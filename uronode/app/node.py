@@ -10,6 +10,7 @@ whose heartbeats ``/readyz`` watches. SIGINT and SIGTERM stop it alike (:class:`
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import multiprocessing
@@ -106,11 +107,11 @@ def _remove_spares(tmp_dir: Path, pid: int | None) -> None:
 class Receivers:
     """The receiving processes, sharing one listening socket; restarts any that dies."""
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, listening: socket.socket | None = None) -> None:
         self.settings = settings
         self.store = store
         self.ctx = multiprocessing.get_context("spawn")
-        self.socket = make_listening_socket(settings.host, settings.scp.port)
+        self.socket = listening or make_listening_socket(settings.host, settings.scp.port)
         # the associations each receiving process holds, by host (scp.policy.AssociationSlots)
         self.held: SynchronizedArray[int] = self.ctx.Array("q", settings.scp.processes * settings.scp.max_associations)
         self.procs: list[SpawnProcess | None] = [None] * settings.scp.processes
@@ -449,6 +450,36 @@ def keep_private(root: Path) -> None:
         log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
 
 
+def hold_data_dir(root: Path) -> int | None:
+    """Lock the data folder for this ``uronode serve`` (an exclusive ``flock`` on the folder itself, held while
+    the process lives; nothing is written into it); the descriptor that holds it, None where the folder does
+    not exist yet (nothing to guard) or cannot be locked (a file system without locks: said, not fatal).
+
+    Probe 31: a second node started on the folder of a running one (an upgrade started before the old node
+    was stopped) brought its index up to its own schema, which the running node then refused, C-STORE by
+    C-STORE, and took back the running node's jobs as "left running by a previous run". Now it stops first."""
+    if not root.is_dir():
+        return None
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.warning("the data folder %s could not be opened to lock it: %s", root, exc.strerror or exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirUnusable(f"the data folder {root} is in use by another uronode serve: stop that one first"
+                              " (docs/operations.md, \"Upgrading uronode\"), or give this one a data folder of"
+                              " its own (storage.data_dir)") from None
+    except OSError as exc:
+        os.close(fd)
+        log.warning("the data folder %s could not be locked (%s): a second node started on it would not be"
+                    " stopped", root, exc.strerror or exc)
+        return None
+    return fd
+
+
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM, then stop it cleanly (:class:`StopSignals`): the HTTP server, the
     background loops, the workers (a job they are running goes back to the queue, the try not counted) and the
@@ -456,11 +487,19 @@ def serve(settings: Settings) -> None:
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     os.umask(PRIVATE_UMASK)  # before anything is made: the index, its journal, the metadata cache, every folder
+    # The ports first, then the folder's lock, then the index (probe 31): a node of an earlier version, which
+    # takes no lock, still holds them while it runs, and nothing is touched before they are free
+    listening = make_listening_socket(settings.host, settings.scp.port)
+    http_socket = make_listening_socket(settings.host, settings.dicomweb.port, "HTTP", backlog=2048)  # uvicorn's
+    root = Path(settings.storage.data_dir).resolve()
+    held = hold_data_dir(root)
     store = Store(  # DataDirUnusable, naming the folder and the cause, when it cannot be used
-        settings.storage.data_dir,
+        root,
         fsync=settings.storage.fsync,
         max_disk_used_percent=settings.storage.max_disk_used_percent,
     )
+    if held is None:
+        held = hold_data_dir(store.root)  # made just now: locked from here on
     keep_private(store.root)
     queue = JobQueue(store)
     try:
@@ -478,12 +517,14 @@ def serve(settings: Settings) -> None:
                     " on a hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
                     settings.scp.host_share(), settings.scp.max_associations)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
-        _run(settings, store, queue, signals)
+        _run(settings, store, queue, signals, listening, http_socket)
 
 
-def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals) -> None:
-    """Start the node's parts, serve HTTP until a stop signal, then stop the parts (:func:`serve`)."""
-    receivers = Receivers(settings, store)
+def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals, listening: socket.socket,
+         http_socket: socket.socket) -> None:
+    """Start the node's parts on their bound ports, serve HTTP until a stop signal, then stop the parts
+    (:func:`serve`)."""
+    receivers = Receivers(settings, store, listening)
     receivers.start()
     loops = Loops()
     monitor = CompletionMonitor(
@@ -561,7 +602,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
     if signals.hurry.is_set():
         server.force_exit = True
     try:
-        server.run()  # returns once a stop signal has shut it down
+        server.run(sockets=[http_socket])  # returns once a stop signal has shut it down
     finally:
         loops.stop()  # first, so that no supervisor restarts what is being stopped
         for worker in workers:
