@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from inference.pipeline import MEASURED_PIXEL_MM, input_cautions
+from inference.pipeline import MEASURED_PIXEL_MM, MEASURED_SLICE_MM, input_cautions
 from inference.postprocess import Findings
 from lab.realimages import image_volume
 from lab.synth import generate_phantom, write_series
@@ -32,6 +32,28 @@ def test_pixels_outside_the_measured_sizes_give_a_caution_naming_the_size() -> N
     assert "3.00 mm" in coarse and "coarser" in coarse and "missed" in coarse
     (fine,) = input_cautions(image_volume(np.zeros((8, 8)), "fine", pixel_mm=0.2))
     assert "0.20 mm" in fine and "finer" in fine
+
+
+def test_a_series_slice_spacing_outside_the_measured_ones_gives_a_caution_and_a_lone_slice_none(
+    tmp_path: Path
+) -> None:
+    """Probe 30: a 0.625 mm series reported a phlebolith its 1.25 mm reconstruction did not, with no caution."""
+    from inference.volume import load_volume
+    from tests.factory import write_series as write_slices
+
+    thin_mm, thick_mm = MEASURED_SLICE_MM
+    said = {}
+    for name, thickness in (("thin", 0.625), ("edge-thin", thin_mm), ("mid", 2.0), ("edge-thick", thick_mm),
+                            ("thick", 5.0)):
+        _, _, paths = write_slices(tmp_path / name, 4, size=32, thickness=thickness)
+        said[name] = input_cautions(load_volume(paths))
+        assert input_cautions(load_volume(paths[:1])) == ()  # a lone slice has no neighbours to space
+    assert said["edge-thin"] == said["mid"] == said["edge-thick"] == ()
+    (thin,) = said["thin"]
+    assert thin.startswith("Slices 0.62 mm apart are closer than any the model was measured on (from 1 mm)")
+    (thick,) = said["thick"]
+    assert thick.startswith("Slices 5.00 mm apart are farther than any the model was measured on (up to 3 mm)")
+    assert "small stones may be missed" in thick
 
 
 def test_findings_json_holds_cautions_only_where_there_are_some() -> None:
