@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
+import threading
+import time
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no orphans holding ports or jobs).
+def die_with_parent(parent_pid: int | None = None, interval_s: float = 0.5) -> None:
+    """End this process (SIGKILL) once its parent has died: no orphans holding ports or jobs.
 
-    The request only covers a death after it is made: a spawned child gets here after importing
-    its modules (TensorFlow's take seconds), and a parent killed meanwhile would leave it running
-    for good (seen: a worker outlived its node by an hour). Given the parent's pid, a child whose
-    parent is already gone exits at once.
+    A daemon thread watches the parent's pid (a dead parent's children are given to another process) every
+    ``interval_s``. Not Linux's ``PR_SET_PDEATHSIG``: that signal comes when the *thread* that started the
+    child ends, and the node restarts a dead receiver or worker from its supervisor loop's thread, which ends
+    when the node stops, so a restarted process was killed outright before its clean stop (review 30).
+
+    A spawned child gets here after importing its modules (TensorFlow's take seconds), and a parent killed
+    meanwhile would leave it running for good (seen: a worker outlived its node by an hour): given the
+    parent's pid, a child whose parent is already gone exits at once.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if parent_pid is not None and os.getppid() != parent_pid:
+    parent = os.getppid() if parent_pid is None else parent_pid
+    if os.getppid() != parent:
         os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 DROPPED_JOB_EXIT = 86

@@ -62,7 +62,41 @@ def test_a_child_whose_parent_lives_goes_on_and_dies_with_it(tmp_path: Path) -> 
         deadline = time.monotonic() + 10
         while _alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child)  # PR_SET_PDEATHSIG: gone with its parent
+        assert not _alive(child)  # gone with its parent
+    finally:
+        middle.kill()
+        middle.wait(10)
+
+
+def test_a_child_started_by_a_thread_outlives_that_thread_and_dies_with_its_parent(tmp_path: Path) -> None:
+    """Review 30: with PR_SET_PDEATHSIG a child died when the thread that started it ended (the node's supervisor
+    loop restarts receivers and workers, and that thread ends when the node stops, before their clean stop)."""
+    marker = tmp_path / "alive"
+    middle = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, subprocess, sys, threading, time
+        def start():  # as the node's supervisor loop does: it goes on a while, then ends (the node stops)
+            subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
+            while not os.path.exists(sys.argv[2]):
+                time.sleep(0.05)
+        starter = threading.Thread(target=start)
+        starter.start()
+        starter.join()  # the thread that started the child has ended, after the child was set up
+        time.sleep(60)
+    """), GRANDCHILD, str(marker)])
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        child = int(marker.read_text())
+        time.sleep(1.5)
+        assert _alive(child)  # its starter thread is long gone, its parent is not
+        middle.kill()
+        middle.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
     finally:
         middle.kill()
         middle.wait(10)
