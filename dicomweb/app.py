@@ -20,6 +20,7 @@ from dicomweb.auth import (
     AUTHENTICATION,
     Authentication,
     BasicAuth,
+    GuessLimit,
     RefusalWarnings,
     address_key,
     http_password,
@@ -383,8 +384,9 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
     # Starlette runs the middleware added last first: CanonicalPaths, SecurityHeaders, ForwardedScheme, (CORS),
     # AuditRequests, SameOrigin, BasicAuth, ClaimGate, HeadAsGet.
     app.state.refusal_warnings = warnings = RefusalWarnings()  # one per node: the claim API's refusals too
+    guesses = GuessLimit()  # one per node: a token guessed on the claim API counts as one guessed elsewhere
     app.add_middleware(workers.ClaimGate, tokens=worker_tokens, warnings=warnings,
-                       trusted_proxies=settings.dicomweb.trusted_proxies)
+                       trusted_proxies=settings.dicomweb.trusted_proxies, guesses=guesses)
     if settings.dicomweb.auth == "basic":
         app.add_middleware(
             BasicAuth,
@@ -394,6 +396,7 @@ def create_app(settings: Settings, loops: Loops | None = None, ready_checks: Seq
             worker_tokens=worker_tokens,
             trusted_proxies=settings.dicomweb.trusted_proxies,
             warnings=warnings,
+            guesses=guesses,
         )
     # outside authentication: a page of another site is refused whatever credentials its browser sends
     app.add_middleware(SameOrigin, allowed_origins=settings.dicomweb.cors_origins,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -271,48 +272,72 @@ class RefusalWarnings:
 
 
 class GuessLimit:
-    """At most ``limit`` wrong passwords or tokens from one client address a period (``period_s``): past them,
-    every request of that address that carries credentials is refused (429, ``Retry-After``) until the period
-    is over, without its credentials being checked, so that a password cannot be guessed faster than ``limit``
-    a period from one address (probe 27: failed logins were not slowed).
+    """At most ``limit`` different wrong passwords or tokens from one client address a period (``period_s``):
+    past them, every request of that address that carries credentials is refused (429, ``Retry-After``) until
+    the period is over, without its credentials being checked, so that a password cannot be guessed faster
+    than ``limit`` a period from one address (probe 27: failed logins were not slowed).
 
-    A request without credentials (a browser's first, before it asks its user) is no guess and not counted.
-    Periods are fixed, beginning with an address's first wrong guess. Addresses are counted as
-    :class:`RefusalWarnings` counts them (at most ``max_clients``, then one count the further ones share).
+    Different guesses are counted, not refused requests (review 30): a viewer whose cached password went stale
+    sends it with many requests at once, and is one wrong guess, not a lockout of its user. A request without
+    credentials (a browser's first, before it asks its user) is no guess. Periods are fixed, beginning with an
+    address's first wrong guess; what is kept of a guess is a salted 8-byte hash. At most ``max_clients``
+    addresses are counted at a time: past them, further addresses are not counted (never one shared count,
+    which would let one guesser with many addresses lock everyone out: review 30).
     """
 
-    GUESSES = frozenset({"wrong user or password", "unknown bearer token", "malformed basic credentials"})
+    GUESSES = frozenset({"wrong user or password", "unknown bearer token", "malformed basic credentials",
+                         "unknown or revoked worker token"})
 
-    def __init__(self, limit: int = 10, period_s: float = 60.0, max_clients: int = 1024,
+    def __init__(self, limit: int = 10, period_s: float = 60.0, max_clients: int = 8192,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.period_s = period_s
         self.max_clients = max_clients
         self.clock = clock
-        self._guesses: dict[str, tuple[float, int]] = {}  # client -> (when its period began, wrong guesses in it)
-        self._lock = threading.Lock()
+        self._salt = secrets.token_bytes(16)
+        self._guesses: dict[str, tuple[float, set[bytes]]] = {}  # client -> (when its period began, its guesses)
+        self._lock = threading.Lock()  # the middleware (event loop) and the claim API (thread pool) share it
 
     def wait_s(self, client: str | None) -> float:
         """How long ``client`` must wait before its credentials are checked again; 0 when they are checked now."""
         with self._lock:
-            now = self.clock()
-            key = address_key(self._guesses, client, now, self.period_s, self.max_clients)
-            began, count = self._guesses.get(key, (now, 0))
-            if count < self.limit or now - began >= self.period_s:
-                return 0.0
-            return self.period_s - (now - began)
+            began, seen = self._guesses.get(client or "", (0.0, set()))
+            waited = self.clock() - began
+            return self.period_s - waited if len(seen) >= self.limit and waited < self.period_s else 0.0
 
-    def failed(self, client: str | None, failure: str | None) -> None:
-        """Count a refused request's failure if it is a wrong guess."""
+    def failed(self, client: str | None, failure: str | None, credentials: str) -> None:
+        """Count a refused request's ``credentials`` (its ``Authorization`` header) if ``failure`` says they were
+        a wrong guess."""
         if failure not in self.GUESSES:
             return
+        guess = hashlib.blake2b(credentials.encode("utf-8", "surrogateescape"), key=self._salt,
+                                digest_size=8).digest()
+        key = client or ""
         with self._lock:
             now = self.clock()
-            key = address_key(self._guesses, client, now, self.period_s, self.max_clients)
-            began, count = self._guesses.get(key, (now, 0))
-            if now - began >= self.period_s:
-                began, count = now, 0
-            self._guesses[key] = (began, count + 1)
+            known = self._guesses.get(key)
+            began, seen = known if known is not None else (now, set())
+            if known is None or now - began >= self.period_s:
+                if known is None and len(self._guesses) >= self.max_clients:
+                    for stale in [k for k, (b, _) in self._guesses.items() if now - b >= self.period_s]:
+                        del self._guesses[stale]
+                    if len(self._guesses) >= self.max_clients:
+                        return  # not counted: see the class's documentation
+                began, seen = now, set()
+            if len(seen) < self.limit:
+                seen.add(guess)
+            self._guesses[key] = (began, seen)
+
+
+def guess_limit_reached(guesses: GuessLimit) -> str:
+    """Why a request of an address past the limit is refused (the audit's reason and the log's)."""
+    return f"{guesses.limit} different wrong passwords or tokens from this address within {guesses.period_s:g} s"
+
+
+def too_many_guesses(failure: str, wait_s: float) -> JSONResponse:
+    """The 429 of a request from an address past :class:`GuessLimit`."""
+    return JSONResponse({"detail": f"too many failed logins: {failure}; try again in {math.ceil(wait_s)} s"},
+                        status_code=429, headers={"Retry-After": str(math.ceil(wait_s))})
 
 
 class BasicAuth:
@@ -371,11 +396,10 @@ class BasicAuth:
         client = requester(scope, self.trusted).client
         wait_s = self.guesses.wait_s(client) if header else 0.0
         if wait_s > 0:
-            failure = f"{self.guesses.limit} wrong passwords or tokens from this address within {self.guesses.period_s:g} s"
+            failure = guess_limit_reached(self.guesses)
             scope[AUTHENTICATION] = Authentication("failed", failure=failure, status=429)
             self.warnings.refused(client, scope["method"], scope["path"], failure)
-            await JSONResponse({"detail": f"too many failed logins: {failure}; try again in {math.ceil(wait_s)} s"},
-                               status_code=429, headers={"Retry-After": str(math.ceil(wait_s))})(scope, receive, send)
+            await too_many_guesses(failure, wait_s)(scope, receive, send)
             return
         authentication = self.authenticate(header, scope["method"], scope["path"])
         scope[AUTHENTICATION] = authentication  # in place: the audit around this middleware reads it
@@ -390,7 +414,7 @@ class BasicAuth:
         if authentication.accepted:
             await self.app(scope, receive, send)
             return
-        self.guesses.failed(client, authentication.failure)
+        self.guesses.failed(client, authentication.failure, header)
         self.warnings.refused(client, scope["method"], scope["path"], authentication.failure or "refused")
         response = JSONResponse(
             {"detail": "authentication required"},

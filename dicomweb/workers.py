@@ -24,8 +24,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicomweb.auth import (
     AUTHENTICATION,
     Authentication,
+    GuessLimit,
     RefusalWarnings,
+    guess_limit_reached,
     requester,
+    too_many_guesses,
     trusted_addresses,
 )
 from uronode.audit import AuditLog
@@ -89,24 +92,32 @@ class ClaimGate:
     and warned of as :func:`get_worker` does (the audit middleware wraps this one)."""
 
     def __init__(self, app: ASGIApp, tokens: WorkerTokens, warnings: RefusalWarnings,
-                 trusted_proxies: Iterable[str] = ()) -> None:
+                 trusted_proxies: Iterable[str] = (), guesses: GuessLimit | None = None) -> None:
         self.app = app
         self.tokens = tokens
         self.warnings = warnings
         self.trusted = trusted_addresses(trusted_proxies)
+        self.guesses = guesses or GuessLimit()  # the node's one, shared with BasicAuth (create_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        client = requester(scope, self.trusted).client
+        if header and (wait_s := self.guesses.wait_s(client)) > 0:
+            failure = guess_limit_reached(self.guesses)
+            scope[AUTHENTICATION] = Authentication("failed", failure=failure, status=429)
+            self.warnings.refused(client, scope["method"], scope["path"], failure)
+            await too_many_guesses(failure, wait_s)(scope, receive, send)
+            return
         authentication = await run_in_threadpool(identify, self.tokens, header)  # it may read the tokens file
         scope[AUTHENTICATION] = authentication  # in place: the route's get_worker and the audit read it
         if authentication.user is not None:
             await self.app(scope, receive, send)
             return
-        self.warnings.refused(requester(scope, self.trusted).client, scope["method"], scope["path"],
-                              authentication.failure or "refused")
+        self.guesses.failed(client, authentication.failure, header)
+        self.warnings.refused(client, scope["method"], scope["path"], authentication.failure or "refused")
         body, headers = _unauthorized(authentication.failure)
         await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
 

@@ -277,8 +277,15 @@ def supported_contexts() -> list[PresentationContext]:
     return [*storage_contexts(), verification]
 
 
-def make_listening_socket(host: str, port: int, what: str = "DICOM", backlog: int = 128) -> socket.socket:
-    """Bind and listen; fails clearly if the port is taken (``what`` names the port's use in the message)."""
+LISTEN_BACKLOG = 128
+"""Connections the DICOM port holds before a receiving process accepts them."""
+
+
+def make_listening_socket(host: str, port: int, what: str = "DICOM",
+                          backlog: int | None = LISTEN_BACKLOG) -> socket.socket:
+    """Bind and listen; fails clearly if the port is taken (``what`` names the port's use in the message).
+    ``backlog`` None: bound, not yet listening (a connection is refused, not left waiting, until the node
+    serves on it: ``uronode.app.node.serve``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -287,7 +294,8 @@ def make_listening_socket(host: str, port: int, what: str = "DICOM", backlog: in
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
-    sock.listen(backlog)
+    if backlog is not None:
+        sock.listen(backlog)
     sock.setblocking(False)  # several processes accept on it; the losers must not block
     return sock
 

@@ -71,8 +71,11 @@ class AuditLog:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return None  # another process is rotating it
-                if self.path.stat().st_size < self.rotate_bytes:
-                    return None  # it did, just now
+                try:
+                    if self.path.stat().st_size < self.rotate_bytes:
+                        return None  # it did, just now
+                except FileNotFoundError:
+                    return None  # it did, and no process has written since (review 30: an ERROR each time)
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 renamed = self.path.with_name(f"audit-{stamp}.log")
                 n = 1
@@ -106,7 +109,7 @@ class AuditLog:
                 return
             packed = renamed.with_name(renamed.name + ".gz")
             partial = packed.with_name(packed.name + ".part")  # a compression cut short is done again
-            with open(renamed, "rb") as source, gzip.open(partial, "wb") as target:
+            with open(renamed, "rb") as source, gzip.open(partial, "wb", compresslevel=6) as target:
                 shutil.copyfileobj(source, target, 1024 * 1024)
             os.chmod(partial, 0o640)
             os.replace(partial, packed)

@@ -179,7 +179,7 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
+def connect(path: Path, *, durable: bool = True, upgrade: bool = True) -> sqlite3.Connection:
     """Open the database (creating its tables) in WAL mode.
 
     ``durable`` chooses ``synchronous=FULL`` (every commit fsynced) over
@@ -187,14 +187,21 @@ def connect(path: Path, *, durable: bool = True) -> sqlite3.Connection:
     """
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
     try:
-        _set_up(conn, durable, path)
+        _set_up(conn, durable, path, upgrade)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _set_up(conn: sqlite3.Connection, durable: bool, path: Path) -> None:
+def _written_by_newer(version: int) -> DataDirUnusable:
+    return DataDirUnusable(
+        f"the index was written by a newer uronode (schema {version}; this one knows up to {SCHEMA_VERSION}): "
+        "run that version, or restore the backup taken before the upgrade (docs/operations.md, "
+        "\"Upgrading uronode\")")
+
+
+def _set_up(conn: sqlite3.Connection, durable: bool, path: Path, upgrade: bool = True) -> None:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -204,13 +211,19 @@ def _set_up(conn: sqlite3.Connection, durable: bool, path: Path) -> None:
     if version > SCHEMA_VERSION:
         # a newer uronode wrote it (its columns and states this one does not know): going on would read it
         # wrong and write rows the newer version misreads; going back takes the backup made before upgrading
+        raise _written_by_newer(version)
+    if 0 < version < SCHEMA_VERSION and not upgrade:
+        # review 30: an admin command of a newer version upgraded the index under a running older node
         raise DataDirUnusable(
-            f"the index was written by a newer uronode (schema {version}; this one knows up to {SCHEMA_VERSION}): "
-            "run that version, or restore the backup taken before the upgrade (docs/operations.md, "
-            "\"Upgrading uronode\")")
+            f"the index was written by an earlier uronode (schema {version}; this one is {SCHEMA_VERSION}): stop"
+            " the earlier node, then start this version's uronode serve, which brings it up to date"
+            " (docs/operations.md, \"Upgrading uronode\")")
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it meanwhile
+        if version > SCHEMA_VERSION:  # a newer node did (review 30): left to it
+            conn.execute("ROLLBACK")
+            raise _written_by_newer(version)
         try:
             for table, column, kind in ADDED_COLUMNS:  # bring tables of older versions up to date
                 existing = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
@@ -255,9 +268,12 @@ ADDED_COLUMNS = [
 class Database:
     """The database file, with a connection per thread (a SQLite connection is not shared between threads)."""
 
-    def __init__(self, path: Path, *, durable: bool = True) -> None:
+    def __init__(self, path: Path, *, durable: bool = True, upgrade: bool = True) -> None:
         self.path = path
         self.durable = durable
+        self.upgrade = upgrade
+        """Whether an earlier version's index is brought up to date (``uronode serve``), or refused (the admin
+        commands: an earlier node may still run on it)."""
         self._local = threading.local()
         existed = path.exists()
         try:
@@ -292,7 +308,7 @@ class Database:
         """This thread's connection."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, durable=self.durable)
+            conn = connect(self.path, durable=self.durable, upgrade=self.upgrade)
             self._local.conn = conn
         return conn
 

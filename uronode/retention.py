@@ -7,7 +7,8 @@ results the node made of it (the SEG, SC, SR and KOS the ``results`` table
 records for it, :mod:`uronode.supersede`). A result series the table does not
 record (made before schema 8, which began the table: nothing tells which CT
 it was made of) is due by its own age, as a received series (probe 31: such
-results, each with the patient's name, outlived their CT for ever). Their index
+results, each with the patient's name, outlived their CT for ever), once
+none of its instances is still owed to a destination (review 30). Their index
 rows go first, in one transaction, then their files:
 a crash in between leaves files that nothing indexes (removed at the next start,
 :meth:`uronode.store.Store.remove_orphans`), never
@@ -50,6 +51,8 @@ SELECT s.series_instance_uid, s.study_instance_uid
                     AND j.state IN ('queued', 'running', 'delivering'))
    AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid
                     WHERE i.series_instance_uid = s.series_instance_uid)
+   AND NOT EXISTS (SELECT 1 FROM instances i JOIN deliveries d ON d.sop_instance_uid = i.sop_instance_uid
+                    WHERE i.series_instance_uid = s.series_instance_uid AND d.state = 'pending')
  ORDER BY s.last_received_at
 """
 

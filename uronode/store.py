@@ -75,7 +75,8 @@ PATH_TABLES = (("instances", "sop_instance_uid"), ("deliveries", "id"))
 class Store:
     """Instance files and their index. Safe to use from several threads and processes."""
 
-    def __init__(self, data_dir: Path, *, fsync: bool = True, max_disk_used_percent: float = 95.0) -> None:
+    def __init__(self, data_dir: Path, *, fsync: bool = True, max_disk_used_percent: float = 95.0,
+                 upgrade: bool = True) -> None:
         self.root = Path(data_dir).resolve()
         self.instances_dir = self.root / "instances"
         self.tmp_dir = self.root / "tmp"
@@ -86,7 +87,7 @@ class Store:
         try:
             for folder in (self.root, self.instances_dir, self.tmp_dir):
                 folder.mkdir(parents=True, exist_ok=True)
-            self.db = Database(self.db_path, durable=fsync)
+            self.db = Database(self.db_path, durable=fsync, upgrade=upgrade)
         except (OSError, DataDirUnusable) as exc:
             for made in missing:  # nothing half-made is left: the folders this made go again (empty ones only)
                 try:

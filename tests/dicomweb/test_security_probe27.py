@@ -242,14 +242,19 @@ def test_closing_the_data_folder_keeps_its_group_and_setgid(tmp_path: Path) -> N
 def test_wrong_passwords_from_one_address_are_slowed_and_other_addresses_are_not(node: Node) -> None:
     url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies"
     with httpx.Client(timeout=30) as client:
-        for n in range(10):
+        for _ in range(30):  # a viewer's stale cached password, sent with many requests: one guess (review 30)
+            assert client.get(url, auth=("uronode", "stale-password")).status_code == 401
+        for n in range(9):
             assert client.get(url, auth=("uronode", f"guess-{n}")).status_code == 401
-        # the eleventh try is not checked: the right password is refused as well, and says until when
+        # the eleventh different try is not checked: the right password is refused as well, and says until when
         locked = client.get(url, auth=("uronode", PASSWORD))
         assert locked.status_code == 429, locked.text
         assert 50 <= int(locked.headers["retry-after"]) <= 60
         assert "too many failed logins" in locked.json()["detail"]
         assert client.get(url, headers={"Authorization": "Bearer any-token"}).status_code == 429
+        claim = client.post(f"http://127.0.0.1:{node.http_port}/api/queue/claim", json={},
+                            headers={"Authorization": "Bearer any-worker-token"})
+        assert claim.status_code == 429  # the claim API's worker tokens are guessed under the same limit
         # a request without credentials is no guess: still the 401 that makes a browser ask its user
         assert client.get(url).status_code == 401
     with httpx.Client(timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
@@ -257,30 +262,31 @@ def test_wrong_passwords_from_one_address_are_slowed_and_other_addresses_are_not
     wait_until(lambda: any(r.get("status") == 429 for r in audit(node)), 30, "the 429 in the audit log")
     slowed = [r for r in audit(node) if r.get("status") == 429]
     assert slowed[0]["auth"] == "failed" and slowed[0]["client"] == "127.0.0.1"
-    assert "10 wrong passwords or tokens from this address within 60 s" in str(slowed[0]["reason"])
+    assert "10 different wrong passwords or tokens from this address within 60 s" in str(slowed[0]["reason"])
     log = node.proc.log_text() if node.proc else ""
     assert "wrong user or password" in log
 
 
-def test_the_guess_limit_counts_wrong_guesses_only_and_ends_with_its_period() -> None:
+def test_the_guess_limit_counts_different_wrong_guesses_and_ends_with_its_period() -> None:
     now = [0.0]
     guesses = GuessLimit(limit=3, period_s=60, max_clients=2, clock=lambda: now[0])
     for _ in range(5):
-        guesses.failed("a", "no credentials")  # a browser's first request, before it asks its user
-        guesses.failed("a", "worker w's token does not open this request")  # known, not a guess
+        guesses.failed("a", "no credentials", "")  # a browser's first request, before it asks its user
+        guesses.failed("a", "worker w's token does not open this request", "Bearer w")  # known, not a guess
+        guesses.failed("a", "wrong user or password", "Basic c3RhbGU=")  # the same stale password again
     assert guesses.wait_s("a") == 0
-    for failure in ("wrong user or password", "unknown bearer token", "malformed basic credentials"):
-        assert guesses.wait_s("a") == 0
+    for n, failure in enumerate(("unknown bearer token", "unknown or revoked worker token")):
         now[0] += 10
-        guesses.failed("a", failure)
-    assert guesses.wait_s("a") == 40  # the period began at the first guess, 10 s in
+        guesses.failed("a", failure, f"Bearer guess-{n}")
+    assert guesses.wait_s("a") == 40  # three different guesses: locked until the end of the period begun at 0
     assert guesses.wait_s("b") == 0
-    guesses.failed("b", "wrong user or password")
-    guesses.failed("c", "wrong user or password")  # a third address: counted with the further ones
-    guesses.failed("d", "wrong user or password")
-    guesses.failed("e", "wrong user or password")
-    assert guesses.wait_s("c") == guesses.wait_s("f") == 60  # further addresses share one count: three guesses
-    now[0] = 70
+    guesses.failed("b", "wrong user or password", "Basic Yjo=")
+    for client in ("c", "d", "e", "f"):  # past max_clients: further addresses are not counted, never shared
+        for n in range(3):
+            guesses.failed(client, "wrong user or password", f"Basic {n}")
+        assert guesses.wait_s(client) == 0
+    now[0] = 61
     assert guesses.wait_s("a") == 0  # its period is over
-    guesses.failed("a", "wrong user or password")
-    assert guesses.wait_s("a") == 0  # a new period, one guess in it
+    for n in range(3):
+        guesses.failed("c", "wrong user or password", f"Basic {n}")  # a's period is over: room for c
+    assert guesses.wait_s("c") == 60

@@ -84,3 +84,44 @@ def test_a_node_whose_ports_are_taken_leaves_an_earlier_version_s_folder_as_it_w
         assert f"cannot listen for {taken} on 127.0.0.1:{port}: Address already in use" in done.stderr
         assert schema(data) == 2  # not brought up to this version's schema under the running node
         assert stat.S_IMODE(data.stat().st_mode) == 0o755  # not closed either
+
+
+def test_the_http_port_is_bound_where_uvicorn_bound_it_and_refuses_until_the_node_serves() -> None:
+    """Review 30: bound by the node before the index, as one socket, "" had lost its IPv6 side and "localhost"
+    its ::1; asyncio's own binding (every address of the host, IPv6 sockets IPv6 only) is kept."""
+    from uronode.app.node import bind_http
+
+    port = free_port()
+    sockets = bind_http("", port)
+    try:
+        assert {s.family for s in sockets} == {socket.AF_INET, socket.AF_INET6}
+        assert all(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in sockets
+                   if s.family == socket.AF_INET6)
+        with socket.socket() as caller:  # bound, not listening: refused, not left waiting
+            assert caller.connect_ex(("127.0.0.1", port)) != 0
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", free_port()))
+            other.listen()
+            taken = other.getsockname()[1]
+            try:
+                bind_http("127.0.0.1", taken)
+            except OSError as exc:
+                assert str(exc) == f"[Errno 98] cannot listen for HTTP on 127.0.0.1:{taken}: Address already in use"
+            else:
+                raise AssertionError("a taken port was bound")
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_an_admin_command_leaves_an_earlier_version_s_index_to_serve(tmp_path: Path) -> None:
+    """Review 30: ``uronode jobs`` of a newer version upgraded the index under a running older node."""
+    data = tmp_path / "data"
+    old_index(data)
+    env = {**CLEAN_ENV, "URONODE_DICOMWEB__AUTH": "none"}
+    done = subprocess.run([sys.executable, "-m", "uronode", "jobs", "--data-dir", str(data)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("uronode: the index was written by an earlier uronode (schema 2; this one is ")
+    assert "start this version's uronode serve, which brings it up to date" in done.stderr
+    assert schema(data) == 2

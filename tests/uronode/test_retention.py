@@ -22,6 +22,7 @@ from tests.uronode.test_store import encoded, put
 from uronode import queries
 from uronode.completion import CompletionMonitor
 from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
 from uronode.retention import purge
 from uronode.store import Store
 from uronode.types import JobState
@@ -100,6 +101,22 @@ def test_results_nothing_records_as_made_of_a_ct_go_by_their_own_age(store: Stor
     assert done.series == [RESULT] and done.instances == 2
     assert series_count(store, RESULT) == 0 and queries.series_row(store.db, RESULT) is None
     assert series_count(store, "1.2.3.6") == 2 and series_count(store, SOURCE) == 3  # the CT is recent
+
+
+def test_unrecorded_results_still_owed_to_a_destination_stay(store: Store) -> None:
+    """Review 30: an unrecorded result series was deleted by its age while its deliveries were still pending
+    (a long PACS outage): nothing still owed is touched."""
+    receive(store, RESULT, 2, manufacturer="uronode", modality="SEG")
+    owed = store.series_instances(RESULT)[0]
+    with store.transaction() as conn:
+        Outbox(store).enqueue_in(conn, destination="PACS", sop_instance_uid=owed.header.sop_instance_uid,
+                                 sop_class_uid=owed.header.sop_class_uid, path=owed.path)
+    age(store, RESULT, 40)
+    assert purge(store, 30).series == []
+    assert series_count(store, RESULT) == 2
+    with store.transaction() as conn:
+        conn.execute("UPDATE deliveries SET state = 'delivered'")
+    assert purge(store, 30).series == [RESULT]
 
 
 def test_what_is_not_due_stays(store: Store) -> None:

@@ -65,7 +65,7 @@ def _existing_store(settings: Settings) -> Store:
     data_dir = settings.storage.data_dir
     if not _holds_node_data(data_dir):
         raise NoNodeData(_no_node_data(data_dir))
-    return Store(data_dir, fsync=settings.storage.fsync)
+    return Store(data_dir, fsync=settings.storage.fsync, upgrade=False)  # serve upgrades an index, never these
 
 
 def _holds_node_data(data_dir: Path) -> bool:
