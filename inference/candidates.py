@@ -606,12 +606,13 @@ def _mirrored(index: np.ndarray, n: int) -> np.ndarray:
 
 
 def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1,
-                outside: str = "air") -> np.ndarray:
+                outside: str = "air", stride: int = 1) -> np.ndarray:
     """float32 (n, size, size, 2 * context + 1) windows of ``hu`` around each centre.
 
-    Channel ``context`` is the centre's slice; the others are its neighbours (the
-    edge slice repeats at the ends). Outside the image reads as air (``outside`` 'air'), or as the
-    image mirrored at its edges ('mirror': for a crop, whose surroundings are not air).
+    Channel ``context`` is the centre's slice; the others are the slices ``stride``, ``2 * stride`` ...
+    away (its neighbours when 1; the edge slice repeats at the ends). Outside the image reads as air
+    (``outside`` 'air'), or as the image mirrored at its edges ('mirror': for a crop, whose surroundings
+    are not air).
     """
     n = centres.shape[0]
     half = size // 2
@@ -623,7 +624,7 @@ def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1
         for i, (k, r, c) in enumerate(centres):
             at = np.ix_(_mirrored(r + offsets, rows), _mirrored(c + offsets, cols))
             for d in range(depth):
-                out[i, ..., d] = hu[min(slices - 1, max(0, k + d - context))][at]
+                out[i, ..., d] = hu[min(slices - 1, max(0, k + (d - context) * stride))][at]
         return out
     if outside != "air":
         raise ValueError(f"outside must be 'air' or 'mirror', not {outside!r}")
@@ -632,7 +633,7 @@ def cut_patches(hu: np.ndarray, centres: np.ndarray, size: int, context: int = 1
         rs0, cs0 = max(0, r0), max(0, c0)
         rs1, cs1 = min(rows, r0 + size), min(cols, c0 + size)
         for d in range(depth):
-            kk = min(slices - 1, max(0, k + d - context))
+            kk = min(slices - 1, max(0, k + (d - context) * stride))
             out[i, rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0, d] = hu[kk, rs0:rs1, cs0:cs1]
     return out
 

@@ -55,6 +55,17 @@ class InputSpec:
     """With ``mirror_below``: the near patch (the slices) is mirrored too; False: only the wide views are,
     and the near patch reads air beyond the edges as a whole image's does."""
 
+    context_step_mm: float = 0.0
+    """The context slices' distance the network learned (0: every neighbouring slice, whatever the spacing).
+    A series whose slices lie closer is read with every ``stride``-th slice as context (``context_stride``),
+    so that a 0.625 mm series' context spans what a 1.25 mm series' does."""
+
+    def context_stride(self, slice_spacing_mm: float) -> int:
+        """Slices between the context slices ``cut_inputs`` reads for a series of this spacing (1: neighbours)."""
+        if self.context_step_mm <= 0 or slice_spacing_mm <= 0:
+            return 1
+        return max(1, int(self.context_step_mm / slice_spacing_mm + 0.5))
+
     def outside(self, rows: int, columns: int) -> str:
         """How ``cut_inputs`` reads beyond the edges of an image of ``rows`` x ``columns`` (its wide views)."""
         return "mirror" if min(rows, columns) < self.mirror_below else "air"
@@ -75,7 +86,8 @@ class InputSpec:
                    context=int(preprocessing.get("context_slices", CONTEXT)),
                    wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())),
                    mirror_below=int(preprocessing.get("mirror_below_px", 0)),
-                   mirror_near=bool(preprocessing.get("mirror_near", True)))
+                   mirror_near=bool(preprocessing.get("mirror_near", True)),
+                   context_step_mm=float(preprocessing.get("context_step_mm", 0.0)))
 
     def card(self) -> dict[str, Any]:
         c = self.context
@@ -110,10 +122,11 @@ def _scale(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (np.clip(hu, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
 
 
-def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC) -> np.ndarray:
-    """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre."""
+def cut_inputs(hu: np.ndarray, centres: np.ndarray, spec: InputSpec = LEGACY_SPEC, stride: int = 1) -> np.ndarray:
+    """float32 (n, patch, patch, spec.raw_channels) HU around each (slice, row, column) centre; the context
+    slices ``stride`` slices apart (``InputSpec.context_stride``)."""
     outside = spec.outside(hu.shape[1], hu.shape[2])
-    near = cut_patches(hu, centres, spec.patch, spec.context, outside if spec.mirror_near else "air")
+    near = cut_patches(hu, centres, spec.patch, spec.context, outside if spec.mirror_near else "air", stride)
     if not spec.wide:
         return near
     parts = [near]

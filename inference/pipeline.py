@@ -280,9 +280,11 @@ class Pipeline:
             half = self.patch // 2
             _, rows, cols = volume.shape
             chunk_scores = []
+            stride = 1 if lone else self.spec.context_stride(volume.slice_spacing)
             for i in range(0, found.centres.shape[0], CUT_CHUNK):
                 centres = found.centres[i:i + CUT_CHUNK]
-                probs, chunk_score = self.predict_patches(cut_inputs(volume.hu, centres, self.spec), lone=lone)
+                probs, chunk_score = self.predict_patches(cut_inputs(volume.hu, centres, self.spec, stride),
+                                                          lone=lone)
                 if chunk_score is not None:
                     chunk_scores.append(chunk_score)
                 for (k, r, c), p in zip(centres, probs, strict=True):

@@ -74,6 +74,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def slice_mm(text: str) -> float:
+    """An argparse type: a generated series' slice spacing, 0.3-10 mm (thinner or thicker is no CT series)."""
+    value = positive_float(text)
+    if not 0.3 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be 0.3-10 (mm), not {text}")
+    return value
+
+
 def seed_range(text: str) -> range:
     """An argparse type: ``LO:HI``, the seeds LO to HI - 1 (0 <= LO < HI)."""
     lo, colon, hi = text.partition(":")
@@ -216,6 +224,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--rows", type=image_rows, default=512)
     p.add_argument("--slices", type=positive_int, default=None,
                    help="slices per generated series (default: whole abdomen)")
+    p.add_argument("--slice-mm", type=slice_mm, default=None,
+                   help="the generated series' slice spacing in mm, 0.3-10 (default: drawn per series, 1-2 mm)")
     p.add_argument("--real", type=non_negative_int, default=0,
                    help="also this many real-anatomy cases with inserted stones")
     p.add_argument("--threshold", type=float, default=None, help="override the card's threshold")
@@ -1015,7 +1025,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     coverage = (0.0, 1.0) if slices else None
     results: dict[str, dict[str, Scores]] = {}
     if args.series:
-        cases = (generate_phantom(args.seed + i, rows=args.rows, slices=slices, coverage=coverage)
+        cases = (generate_phantom(args.seed + i, rows=args.rows, slices=slices, coverage=coverage,
+                                  slice_spacing=args.slice_mm)
                  for i in range(args.series))
         results["generated"] = evaluate(cases, predictors, progress=True)
     if args.real:

@@ -49,7 +49,8 @@ def _refused(argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> 
     ["train", "--epochs", "0"], ["train", "--epochs", "-1"], ["train", "--base", "0"],
     ["train", "--phantoms", "-1"], ["train", "--first-seed", "-1"], ["train", "--sampling-seed", "-1"],
     ["evaluate", "--series", "-1"], ["evaluate", "--real", "-2"], ["evaluate", "--slices", "0"],
-    ["evaluate", "--rows", "0"], ["evaluate", "--seed", "-1"],
+    ["evaluate", "--rows", "0"], ["evaluate", "--seed", "-1"], ["evaluate", "--slice-mm", "0.1"],
+    ["evaluate", "--slice-mm", "12"], ["evaluate", "--slice-mm", "nan"],
     ["choose", "--images", "x", "--series", "-1"], ["choose", "--images", "x", "--coarse-slices", "-1"],
     ["choose", "--images", "x", "--plane-slices", "-1"], ["choose", "--images", "x", "--export-phantoms", "-1"],
     ["choose", "--images", "x", "--export-seed", "-1"],
@@ -76,6 +77,7 @@ def test_the_defaults_and_valid_values_read_as_before() -> None:
     assert parser.parse_args(["train", "--images", "x", "--phantoms", "0"]).phantoms == 0
     evaluate = parser.parse_args(["evaluate"])
     assert (evaluate.series, evaluate.real, evaluate.rows, evaluate.slices, evaluate.out) == (40, 0, 512, None, None)
+    assert evaluate.slice_mm is None and parser.parse_args(["evaluate", "--slice-mm", "0.625"]).slice_mm == 0.625
     choose = parser.parse_args(["choose", "--images", "x", "--crops", "60", "12.5", "--series", "0"])
     assert (choose.crops, choose.series, choose.export_phantoms, choose.export_seed) == ([60.0, 12.5], 0, 12, None)
     run = parser.parse_args(["experiment", "--out", "x"])
