@@ -8,7 +8,7 @@ import threading
 import time
 
 
-def die_with_parent(parent_pid: int | None = None, interval_s: float = 0.5) -> None:
+def die_with_parent(parent_pid: int | None = None, interval_s: float = 0.2) -> None:
     """End this process (SIGKILL) once its parent has died: no orphans holding ports or jobs.
 
     A daemon thread watches the parent's pid (a dead parent's children are given to another process) every

@@ -361,7 +361,9 @@ def test_sigkill_right_after_success_loses_nothing_and_queues_once(start_node: S
     row = series_state(restarted, series)
     assert row is not None and row["generation"] == 1
     lost = query(data, "SELECT outcome FROM associations")
-    assert [r["outcome"] for r in lost] == ["lost"]
+    # no normal end: left open and closed as lost at the restart, or, when the receiving process (which dies
+    # within a fraction of a second of its parent) saw the sender's abort first, aborted or closed
+    assert [r["outcome"] for r in lost] in (["lost"], ["aborted"], ["closed"])
 
 
 def test_allowed_caller_hosts_are_addresses_on_a_dual_stack_listener_and_names_resolve(tmp_path: Path) -> None:

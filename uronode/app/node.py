@@ -461,7 +461,7 @@ def bind_http(host: str, port: int) -> list[socket.socket]:
     except socket.gaierror as exc:
         raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
     sockets: list[socket.socket] = []
-    for family, kind, proto, _, address in dict.fromkeys((i[0], i[1], i[2], i[3], i[4]) for i in infos):
+    for family, kind, proto, _, address in dict.fromkeys(infos):  # one socket an address, as asyncio binds
         sock = socket.socket(family, kind, proto)
         sockets.append(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -528,7 +528,7 @@ def serve(settings: Settings) -> None:
         max_disk_used_percent=settings.storage.max_disk_used_percent,
     )
     if held is None:
-        held = hold_data_dir(store.root)  # made just now: locked from here on
+        hold_data_dir(store.root)  # made just now: locked from here on (the descriptor lives with the process)
     keep_private(store.root)
     queue = JobQueue(store)
     try:
