@@ -2,6 +2,7 @@ import gzip
 import json
 import multiprocessing
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from uronode.audit import AuditLog
@@ -13,13 +14,17 @@ def _append(folder: str, worker: int) -> None:
         log.record("delivery", worker=worker, n=i, sop_instance_uid="1.2.3." + "4" * 50)
 
 
-def test_processes_append_whole_lines(tmp_path: Path) -> None:
+def _in_three_processes(append: Callable[[str, int], None], folder: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append, args=(str(tmp_path), w)) for w in range(3)]
+    procs = [ctx.Process(target=append, args=(str(folder), w)) for w in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
+
+
+def test_processes_append_whole_lines(tmp_path: Path) -> None:
+    _in_three_processes(_append, tmp_path)
     lines = (tmp_path / "audit.log").read_text().splitlines()
     events = [json.loads(line) for line in lines]  # every line is a whole JSON object
     assert len(events) == 600
@@ -48,12 +53,7 @@ def _events(folder: Path) -> list[dict[str, object]]:
 
 def test_the_log_is_renamed_when_full_by_one_process_and_no_event_is_lost(tmp_path: Path) -> None:
     """Probe 29: the audit log grew without bound and no deployment rotated it."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_rotating, args=(str(tmp_path), w)) for w in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
+    _in_three_processes(_append_rotating, tmp_path)
     renamed = sorted(tmp_path.glob("audit-*.log"))
     assert len(renamed) >= 5, renamed  # 1,200 events of about 120 bytes, 20 kB a file
     assert all(r.stat().st_size < 40_000 for r in renamed)  # renamed once full, not appended to for long after

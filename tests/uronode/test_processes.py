@@ -43,18 +43,15 @@ def test_a_child_whose_parent_died_while_it_started_exits(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
-def test_a_child_whose_parent_lives_goes_on_and_dies_with_it(tmp_path: Path) -> None:
-    marker = tmp_path / "alive"
-    middle = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, subprocess, sys, time
-        subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
-        time.sleep(60)
-    """), GRANDCHILD, str(marker)])
+def _child_dies_with_its_parent(middle_script: str, marker: Path, lived_s: float = 0.2) -> None:
+    """Start ``middle_script`` (the node), which starts the child; the child lives ``lived_s`` on, then dies
+    with the middle process."""
+    middle = subprocess.Popen([sys.executable, "-c", textwrap.dedent(middle_script), GRANDCHILD, str(marker)])
     try:
         deadline = time.monotonic() + 30
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.2)
+        time.sleep(lived_s)
         child = int(marker.read_text())
         assert _alive(child)
         middle.kill()
@@ -68,11 +65,18 @@ def test_a_child_whose_parent_lives_goes_on_and_dies_with_it(tmp_path: Path) -> 
         middle.wait(10)
 
 
+def test_a_child_whose_parent_lives_goes_on_and_dies_with_it(tmp_path: Path) -> None:
+    _child_dies_with_its_parent("""
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
+        time.sleep(60)
+    """, tmp_path / "alive")
+
+
 def test_a_child_started_by_a_thread_outlives_that_thread_and_dies_with_its_parent(tmp_path: Path) -> None:
     """Review 30: with PR_SET_PDEATHSIG a child died when the thread that started it ended (the node's supervisor
     loop restarts receivers and workers, and that thread ends when the node stops, before their clean stop)."""
-    marker = tmp_path / "alive"
-    middle = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    _child_dies_with_its_parent("""
         import os, subprocess, sys, threading, time
         def start():  # as the node's supervisor loop does: it goes on a while, then ends (the node stops)
             subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
@@ -82,21 +86,4 @@ def test_a_child_started_by_a_thread_outlives_that_thread_and_dies_with_its_pare
         starter.start()
         starter.join()  # the thread that started the child has ended, after the child was set up
         time.sleep(60)
-    """), GRANDCHILD, str(marker)])
-    try:
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.2)
-        child = int(marker.read_text())
-        time.sleep(1.5)
-        assert _alive(child)  # its starter thread is long gone, its parent is not
-        middle.kill()
-        middle.wait(10)
-        deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child)
-    finally:
-        middle.kill()
-        middle.wait(10)
+    """, tmp_path / "alive", lived_s=1.5)  # its starter thread long gone, its parent not
