@@ -21,7 +21,9 @@ from typing import Any, BinaryIO
 from dicomweb.stow_client import StowResult, stow
 from uronode.types import DocumentReference
 
-RETRY_STATUSES = (502, 503, 504)
+RETRY_STATUSES = (429, 502, 503, 504)
+"""Answers asked again within the client's patience: the node busy or restarting, or (429) its address locked
+for a while after wrong guesses from it (``dicomweb.auth.GuessLimit``; asked again after ``Retry-After``)."""
 
 
 class NodeUnreachable(ConnectionError):
@@ -93,7 +95,10 @@ class NodeClient:
                     raise Refused(exc.code, detail) from None
                 if exc.code not in RETRY_STATUSES:
                     raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
-                problem = f"HTTP {exc.code}"
+                problem = f"HTTP {exc.code}: {detail}"
+                after = exc.headers.get("Retry-After", "") if exc.headers else ""
+                if after.isdigit():  # the node says when: not sooner (review 31: a 429 failed the worker's job)
+                    wait = max(wait, min(float(after), 60.0))
             except (urllib.error.URLError, OSError) as exc:
                 problem = str(exc)
             if time.monotonic() + wait > deadline:

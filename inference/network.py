@@ -19,12 +19,14 @@ views, no second head) keep working.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
 
 from inference.candidates import cut_patches
+from inference.errors import ModelError
 
 KerasModel: TypeAlias = Any
 """A ``keras.Model``. Keras ships no type information, so to mypy it is ``Any``; the alias says what it holds."""
@@ -58,7 +60,8 @@ class InputSpec:
     context_step_mm: float = 0.0
     """The context slices' distance the network learned (0: every neighbouring slice, whatever the spacing).
     A series whose slices lie closer is read with every ``stride``-th slice as context (``context_stride``),
-    so that a 0.625 mm series' context spans what a 1.25 mm series' does."""
+    so that a 0.625 mm series' context spans what a 1.25 mm series' does. Prediction only: training cuts
+    neighbours (``lab.dataset``), and no shipped card names it (docs/model.md, "Thin series")."""
 
     def context_stride(self, slice_spacing_mm: float) -> int:
         """Slices between the context slices ``cut_inputs`` reads for a series of this spacing (1: neighbours)."""
@@ -82,12 +85,20 @@ class InputSpec:
 
     @classmethod
     def from_card(cls, preprocessing: dict[str, Any], patch: int | None = None) -> InputSpec:
+        step = preprocessing.get("context_step_mm", 0.0)
+        try:
+            step = float(step)
+        except (TypeError, ValueError):
+            step = float("nan")
+        if not (math.isfinite(step) and step >= 0):
+            raise ModelError(f"model card preprocessing.context_step_mm {preprocessing.get('context_step_mm')!r}"
+                             " is not a distance in mm (0 or more)")
         return cls(patch=int(patch or preprocessing.get("patch", PATCH)),
                    context=int(preprocessing.get("context_slices", CONTEXT)),
                    wide=tuple(int(f) for f in preprocessing.get("wide_factors", ())),
                    mirror_below=int(preprocessing.get("mirror_below_px", 0)),
                    mirror_near=bool(preprocessing.get("mirror_near", True)),
-                   context_step_mm=float(preprocessing.get("context_step_mm", 0.0)))
+                   context_step_mm=step)
 
     def card(self) -> dict[str, Any]:
         c = self.context

@@ -277,15 +277,8 @@ def supported_contexts() -> list[PresentationContext]:
     return [*storage_contexts(), verification]
 
 
-LISTEN_BACKLOG = 128
-"""Connections the DICOM port holds before a receiving process accepts them."""
-
-
-def make_listening_socket(host: str, port: int, what: str = "DICOM",
-                          backlog: int | None = LISTEN_BACKLOG) -> socket.socket:
-    """Bind and listen; fails clearly if the port is taken (``what`` names the port's use in the message).
-    ``backlog`` None: bound, not yet listening (a connection is refused, not left waiting, until the node
-    serves on it: ``uronode.app.node.serve``)."""
+def make_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen; fails clearly if the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -293,9 +286,8 @@ def make_listening_socket(host: str, port: int, what: str = "DICOM",
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
-    if backlog is not None:
-        sock.listen(backlog)
+        raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
     sock.setblocking(False)  # several processes accept on it; the losers must not block
     return sock
 

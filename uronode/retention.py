@@ -2,7 +2,8 @@
 
 A series is due when it is complete, its last instance arrived more than
 ``storage.retention_days`` ago, no job for it is still queued, running or
-delivering, and it is not one of the node's recorded results. It goes with the
+delivering, nothing of it or of its results is still owed to a destination,
+and it is not one of the node's recorded results. It goes with the
 results the node made of it (the SEG, SC, SR and KOS the ``results`` table
 records for it, :mod:`uronode.supersede`). A result series the table does not
 record (made before schema 8, which began the table: nothing tells which CT
@@ -43,18 +44,22 @@ from uronode.supersede import NOTES_FOLDER
 
 log = logging.getLogger(__name__)
 
-_DUE = """
-SELECT s.series_instance_uid, s.study_instance_uid
-  FROM series s
- WHERE s.state = 'complete' AND s.last_received_at < ?
+_DUE_WHERE = """
+s.state = 'complete' AND s.last_received_at < ?
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_instance_uid = s.series_instance_uid
                     AND j.state IN ('queued', 'running', 'delivering'))
    AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid
                     WHERE i.series_instance_uid = s.series_instance_uid)
    AND NOT EXISTS (SELECT 1 FROM instances i JOIN deliveries d ON d.sop_instance_uid = i.sop_instance_uid
                     WHERE i.series_instance_uid = s.series_instance_uid AND d.state = 'pending')
- ORDER BY s.last_received_at
+   AND NOT EXISTS (SELECT 1 FROM results r JOIN deliveries d ON d.sop_instance_uid = r.sop_instance_uid
+                    WHERE r.source_series_uid = s.series_instance_uid AND d.state = 'pending')
 """
+"""A series past its retention: complete and old, no job of it queued, running or delivering, not a recorded
+result (those go with their CT), and nothing of it or of its results still owed to a destination (review 31:
+a job is 'failed' once one of its deliveries is dead, while others may still be pending)."""
+_DUE = f"SELECT s.series_instance_uid, s.study_instance_uid FROM series s WHERE {_DUE_WHERE} ORDER BY s.last_received_at"
+_STILL_DUE = f"SELECT 1 FROM series s WHERE s.series_instance_uid = ? AND {_DUE_WHERE}"
 
 
 _RESULTS = """
@@ -105,11 +110,9 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
             results = conn.execute(_RESULTS, (series,)).fetchall()
         else:
             with store.transaction() as tx:
-                # checked again inside the transaction: the series may have re-opened since the query
-                if tx.execute(
-                    "SELECT 1 FROM series WHERE series_instance_uid = ? AND state = 'complete' AND last_received_at < ?",
-                    (series, cutoff),
-                ).fetchone() is None:
+                # checked again inside the transaction: the series may have re-opened, or a job or a delivery of it
+                # been queued again, since the query
+                if tx.execute(_STILL_DUE, (series, cutoff)).fetchone() is None:
                     continue
                 files = tx.execute("SELECT path, size FROM instances WHERE series_instance_uid = ?", (series,)).fetchall()
                 results = tx.execute(_RESULTS, (series,)).fetchall()

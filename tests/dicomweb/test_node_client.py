@@ -30,3 +30,43 @@ def test_a_body_that_breaks_off_is_an_error_not_a_short_series(tmp_path: Path, c
         _write_parts(io.BytesIO(whole[:cut]), b"b0undary", tmp_path)
     with pytest.raises(ValueError, match="names no boundary"):
         _boundary("multipart/related")
+
+
+def test_a_429_is_asked_again_after_its_retry_after_not_a_failed_job() -> None:
+    """Review 31: a worker behind an address the node had locked after wrong guesses (a NAT, a proxy not
+    trusted) failed its heartbeats and completions at once. The node's 429 itself: test_security_probe27."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dicomweb.node_client import NodeClient
+
+    asked: list[float] = []
+
+    class Locked(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(time.monotonic())
+            if len(asked) < 3:
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                body = b'{"detail": "too many failed logins"}'
+            else:
+                self.send_response(200)
+                body = json.dumps({"worker": "gpu-1"}).encode()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = NodeClient(f"http://127.0.0.1:{server.server_address[1]}", "token", patience_s=30)
+        assert client.whoami() == "gpu-1"
+        assert len(asked) == 3 and asked[1] - asked[0] >= 0.95 and asked[2] - asked[1] >= 0.95
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -86,32 +86,33 @@ def test_a_node_whose_ports_are_taken_leaves_an_earlier_version_s_folder_as_it_w
         assert stat.S_IMODE(data.stat().st_mode) == 0o755  # not closed either
 
 
-def test_the_http_port_is_bound_where_uvicorn_bound_it_and_refuses_until_the_node_serves() -> None:
-    """Review 30: bound by the node before the index, as one socket, "" had lost its IPv6 side and "localhost"
-    its ::1; asyncio's own binding (every address of the host, IPv6 sockets IPv6 only) is kept."""
-    from uronode.app.node import bind_http
+def test_the_ports_are_checked_on_every_address_of_the_host_and_a_connection_in_time_wait_is_no_user() -> None:
+    """Review 31: bound and not listening, a port was no reservation (SO_REUSEADDR lets another bind it), and a
+    port listening before the node served held callers; the node checks the ports first and binds them later,
+    as it always did."""
+    from uronode.app.node import port_free
 
     port = free_port()
-    sockets = bind_http("", port)
-    try:
-        assert {s.family for s in sockets} == {socket.AF_INET, socket.AF_INET6}
-        assert all(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in sockets
-                   if s.family == socket.AF_INET6)
-        with socket.socket() as caller:  # bound, not listening: refused, not left waiting
-            assert caller.connect_ex(("127.0.0.1", port)) != 0
-        with socket.socket() as other:
-            other.bind(("127.0.0.1", free_port()))
-            other.listen()
-            taken = other.getsockname()[1]
-            try:
-                bind_http("127.0.0.1", taken)
-            except OSError as exc:
-                assert str(exc) == f"[Errno 98] cannot listen for HTTP on 127.0.0.1:{taken}: Address already in use"
-            else:
-                raise AssertionError("a taken port was bound")
-    finally:
-        for s in sockets:
-            s.close()
+    port_free("", port, "HTTP")  # every interface, both families: free
+    with socket.socket() as server, socket.socket() as client:  # a connection closed by the server: TIME_WAIT
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client.connect(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+    port_free("127.0.0.1", port, "DICOM")  # a node restarted at once is not refused
+    with socket.socket(socket.AF_INET6) as holder:  # an earlier node listening on the IPv6 side only
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(("::", port))
+        holder.listen()
+        port_free("127.0.0.1", port, "HTTP")  # the IPv4 side is free
+        try:
+            port_free("", port, "HTTP")  # every interface: the IPv6 side is not
+        except OSError as exc:
+            assert str(exc) == f"[Errno 98] cannot listen for HTTP on *:{port}: Address already in use"
+        else:
+            raise AssertionError("a port in use on one of the host's addresses was taken for free")
 
 
 def test_an_admin_command_leaves_an_earlier_version_s_index_to_serve(tmp_path: Path) -> None:

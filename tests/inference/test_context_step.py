@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from inference.candidates import cut_patches
+from inference.errors import ModelError
 from inference.network import CASCADE_SPEC, InputSpec, cut_inputs
 
 
@@ -16,6 +17,9 @@ def test_the_stride_follows_the_spacing_and_is_1_without_a_step() -> None:
         [3, 3, 2, 2, 1, 1, 1, 1, 1]
     assert InputSpec.from_card(CASCADE_SPEC.card()).context_step_mm == 0.0
     assert all(CASCADE_SPEC.context_stride(mm) == 1 for mm in (0.3, 0.625, 1.0))
+    for bad in ("nan", float("inf"), -1, "1 mm", None):
+        with pytest.raises(ModelError, match="context_step_mm"):
+            InputSpec.from_card({**CASCADE_SPEC.card(), "context_step_mm": bad})
 
 
 def test_context_slices_are_stride_slices_apart_and_the_edge_slice_repeats() -> None:

@@ -119,6 +119,29 @@ def test_unrecorded_results_still_owed_to_a_destination_stay(store: Store) -> No
     assert purge(store, 30).series == [RESULT]
 
 
+def test_a_ct_whose_recorded_results_are_still_owed_stays_though_its_job_failed(store: Store) -> None:
+    """Review 31: a job is failed once one delivery is dead (a PACS refused the SEG) while the others are still
+    pending (an outage); retention took the CT with those results, which never arrived."""
+    receive(store, SOURCE)
+    job = finish_job(store, SOURCE, JobState.FAILED)
+    receive(store, RESULT, 2, manufacturer="uronode", modality="SR")
+    results = store.series_instances(RESULT)
+    with store.transaction() as conn:
+        conn.executemany("INSERT INTO results (sop_instance_uid, source_series_uid, model, job_id, recorded_at)"
+                         " VALUES (?, ?, 'uronode-stone-cascade 3.8.0', ?, 0)",
+                         [(r.header.sop_instance_uid, SOURCE, job) for r in results])
+        Outbox(store).enqueue_in(conn, destination="PACS", sop_instance_uid=results[0].header.sop_instance_uid,
+                                 sop_class_uid=results[0].header.sop_class_uid, path=results[0].path, job_id=job)
+    age(store, SOURCE, 40)
+    age(store, RESULT, 40)
+    assert purge(store, 30).series == []
+    assert series_count(store, SOURCE) == 3 and series_count(store, RESULT) == 2
+    with store.transaction() as conn:
+        conn.execute("UPDATE deliveries SET state = 'dead'")  # given up: nothing is owed any more
+    done = purge(store, 30)
+    assert done.series == [SOURCE] and done.results == 2
+
+
 def test_what_is_not_due_stays(store: Store) -> None:
     receive(store, "1.2.3.10")  # recent
     finish_job(store, "1.2.3.10")

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp
 from dicomweb.app import create_app
 from dicomweb.ops import ReadyCheck
 from inference.runtime import model_available
-from scp.server import LISTEN_BACKLOG, make_listening_socket, run_receiver
+from scp.server import make_listening_socket, run_receiver
 from uronode.app.delivery import Deliverer
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
@@ -107,12 +107,11 @@ def _remove_spares(tmp_dir: Path, pid: int | None) -> None:
 class Receivers:
     """The receiving processes, sharing one listening socket; restarts any that dies."""
 
-    def __init__(self, settings: Settings, store: Store | None = None, listening: socket.socket | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store
         self.ctx = multiprocessing.get_context("spawn")
-        self.socket = listening or make_listening_socket(settings.host, settings.scp.port)
-        self.socket.listen(LISTEN_BACKLOG)  # a socket serve() bound listens from here on
+        self.socket = make_listening_socket(settings.host, settings.scp.port)
         # the associations each receiving process holds, by host (scp.policy.AssociationSlots)
         self.held: SynchronizedArray[int] = self.ctx.Array("q", settings.scp.processes * settings.scp.max_associations)
         self.procs: list[SpawnProcess | None] = [None] * settings.scp.processes
@@ -451,30 +450,29 @@ def keep_private(root: Path) -> None:
         log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
 
 
-def bind_http(host: str, port: int) -> list[socket.socket]:
-    """The HTTP port's sockets, bound, not listening (uvicorn listens when it serves on them), on the addresses
-    asyncio's ``create_server`` would bind for ``host`` (as uvicorn did when it bound them itself: every
-    address a name such as ``localhost`` resolves to, IPv6 sockets IPv6 only, every interface for "");
-    an OSError naming the port when one is taken."""
+def port_free(host: str, port: int, what: str) -> None:
+    """Nothing listens on ``port`` at any address ``host`` names (the node binds it later, as before); an
+    OSError naming the port when something does. A check, not a reservation: a port bound and not listening
+    is no reservation under SO_REUSEADDR (review 31), and a port that listens before the node serves would
+    hold callers until it does, where a port that answers has meant a node that serves."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
-    sockets: list[socket.socket] = []
-    for family, kind, proto, _, address in dict.fromkeys(infos):  # one socket an address, as asyncio binds
-        sock = socket.socket(family, kind, proto)
-        sockets.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        raise OSError(exc.errno, f"cannot listen for {what} on {host or '*'}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
-            sock.bind(address)
-        except OSError as exc:
-            for made in sockets:
-                made.close()
-            raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
-        sock.setblocking(False)
-    return sockets
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family the kernel lacks (IPv6 turned off): the node would not bind it either
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection in TIME_WAIT is no user
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                sock.listen(1)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen for {what} on {host or '*'}:{port}: {exc.strerror}") from None
 
 
 def hold_data_dir(root: Path) -> int | None:
@@ -515,11 +513,9 @@ def serve(settings: Settings) -> None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     os.umask(PRIVATE_UMASK)  # before anything is made: the index, its journal, the metadata cache, every folder
     # The ports first, then the folder's lock, then the index (probe 31): a node of an earlier version, which
-    # takes no lock, still holds them while it runs, and nothing is touched before they are free. Bound, not
-    # listening: a caller is refused until the node serves, not left waiting (and a port that answers means
-    # a node that does)
-    listening = make_listening_socket(settings.host, settings.scp.port, backlog=None)
-    http_sockets = bind_http(settings.host, settings.dicomweb.port)
+    # takes no lock, still listens on them while it runs, and nothing is touched while it does
+    port_free(settings.host, settings.scp.port, "DICOM")
+    port_free(settings.host, settings.dicomweb.port, "HTTP")
     root = Path(settings.storage.data_dir).resolve()
     held = hold_data_dir(root)
     store = Store(  # DataDirUnusable, naming the folder and the cause, when it cannot be used
@@ -546,14 +542,12 @@ def serve(settings: Settings) -> None:
                     " on a hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
                     settings.scp.host_share(), settings.scp.max_associations)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
-        _run(settings, store, queue, signals, listening, http_sockets)
+        _run(settings, store, queue, signals)
 
 
-def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals, listening: socket.socket,
-         http_sockets: list[socket.socket]) -> None:
-    """Start the node's parts on their bound ports, serve HTTP until a stop signal, then stop the parts
-    (:func:`serve`)."""
-    receivers = Receivers(settings, store, listening)
+def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals) -> None:
+    """Start the node's parts, serve HTTP until a stop signal, then stop the parts (:func:`serve`)."""
+    receivers = Receivers(settings, store)
     receivers.start()
     loops = Loops()
     monitor = CompletionMonitor(
@@ -631,7 +625,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
     if signals.hurry.is_set():
         server.force_exit = True
     try:
-        server.run(sockets=http_sockets)  # returns once a stop signal has shut it down
+        server.run()  # returns once a stop signal has shut it down
     finally:
         loops.stop()  # first, so that no supervisor restarts what is being stopped
         for worker in workers:
