@@ -724,7 +724,18 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         gaps = np.diff(offsets)
         slice_spacing = float(np.median(gaps))
         missing = np.flatnonzero(gaps > 1.5 * slice_spacing)
-        if missing.size:
+        wide = gaps[missing]
+        if missing.size >= 3 and missing[-1] - missing[0] + 1 == missing.size and wide.max() <= 1.1 * wide.min():
+            # one run of even wider gaps: two reconstructions' spacings in one series, no slice missing
+            # (probe 30: 128 slices at 1.25 mm and 444 at 0.625 mm were said to miss slices after slice 1 ...)
+            logger.warning("the slice spacing changes within the series: %d gaps of %.2f mm after slice %d beside "
+                           "%d of %.2f mm", missing.size, float(wide.mean()), int(missing[0]) + 1,
+                           gaps.size - missing.size, slice_spacing)
+            notes.append(f"The slice spacing changes within the series: {missing.size} gaps of {wide.mean():.2f} mm"
+                         f" from slice {int(missing[0]) + 1} beside {gaps.size - missing.size} of {slice_spacing:.2f}"
+                         " mm (two reconstructions in one series?): each stone is measured at its own slices'"
+                         " spacing, and the model's findings are less sure where the spacing is not the usual.")
+        elif missing.size:
             logger.warning(
                 "%d gap(s) in the slices (the widest %.2f mm where the others are %.2f mm): slices missing "
                 "after slice %s; a stone across a gap is measured from the slices there are",

@@ -102,6 +102,17 @@ def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_n
     (gap,) = load_volume([p for i, p in enumerate(paths) if i != 3]).notes
     assert gap.startswith("Slices are missing after slice") and "mm" in gap
 
+    # probe 30: two spacings in one series (5 slices 5 mm apart, then 7 more 2.5 mm apart) is no missing slice
+    _, _, mixed = write_slices(tmp_path / "mixed", 12, size=32)
+    for i, path in enumerate(mixed):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                                   5.0 * i if i <= 4 else 20.0 + 2.5 * (i - 4)]
+        ds.save_as(path, enforce_file_format=True)
+    (changes,) = load_volume(mixed).notes
+    assert changes.startswith("The slice spacing changes within the series: 4 gaps of 5.00 mm from slice ")
+    assert "beside 7 of 2.50 mm" in changes
+
     lossy = pydicom.dcmread(paths[0])
     lossy.LossyImageCompression = "01"
     lossy.save_as(paths[0], enforce_file_format=True)
