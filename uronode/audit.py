@@ -93,6 +93,8 @@ class AuditLog:
     def compress_settled(self, settled_s: float = SETTLED_S) -> list[Path]:
         """Compress each renamed file last written more than ``settled_s`` ago; the compressed files."""
         done: list[Path] = []
+        if not any(self._settled(renamed, settled_s) for renamed in self.path.parent.glob("audit-*.log")):
+            return done  # nothing to do: the lock is not taken (a rotation meanwhile would wait for it)
         try:
             with open(self.path.with_name("audit.lock"), "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one compression at a time; a rotation meanwhile waits a write
@@ -103,9 +105,16 @@ class AuditLog:
         return done
 
     @staticmethod
-    def _compress(renamed: Path, settled_s: float, done: list[Path]) -> None:
+    def _settled(renamed: Path, settled_s: float) -> bool:
         try:
-            if time.time() - renamed.stat().st_mtime < settled_s:
+            return time.time() - renamed.stat().st_mtime >= settled_s
+        except OSError:
+            return False  # compressed and removed meanwhile
+
+    @classmethod
+    def _compress(cls, renamed: Path, settled_s: float, done: list[Path]) -> None:
+        try:
+            if not cls._settled(renamed, settled_s):
                 return
             packed = renamed.with_name(renamed.name + ".gz")
             partial = packed.with_name(packed.name + ".part")  # a compression cut short is done again
