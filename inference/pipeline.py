@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from inference.components import (
     component_table,
     select_mask,
 )
+from inference.enhancement import enhanced_blood
 from inference.errors import ModelError
 from inference.network import InputSpec, KerasModel, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
@@ -69,6 +71,9 @@ MEASURED_SLICE_MM = (1.0, 3.0)
 """The slice spacings of series the shipped model's figures reach (docs/model.md: generated series of 1-2 mm, the
 real example CT at 3 mm). Outside them a series is still analysed, with a caution (probe 30: at 0.625 mm a
 phlebolith the 1.25 mm series of the same phantom left out was reported, as two stones)."""
+CONTRAST_CAUTION = re.compile(r"(Perhaps c|C)ontrast-enhanced \(")
+"""How a caution about contrast begins (``inference.volume.contrast_note``, ``inference.enhancement``): one is
+enough."""
 SPACING_TOLERANCE = 0.05
 """How far outside ``MEASURED_SLICE_MM`` a spacing may lie without a caution (a spacing of 0.999 mm is 1 mm)."""
 
@@ -76,8 +81,9 @@ SPACING_TOLERANCE = 0.05
 def input_cautions(volume: Volume) -> tuple[str, ...]:
     """What about ``volume`` makes its findings less sure than the model's figures say, a sentence each (empty
     for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``, a series' slice spacing outside
-    ``MEASURED_SLICE_MM``, and what loading found (``Volume.notes``: duplicate positions left out, missing
-    slices, lossy compression)."""
+    ``MEASURED_SLICE_MM``, what loading found (``Volume.notes``: duplicate positions left out, missing
+    slices, lossy compression, contrast the header names) and, where the header names no contrast, enhanced
+    blood in the pixels (``inference.enhancement``)."""
     low, high = MEASURED_PIXEL_MM
     size = max(volume.pixel_spacing)
     pixels: tuple[str, ...] = ()
@@ -96,7 +102,11 @@ def input_cautions(volume: Volume) -> tuple[str, ...]:
     elif volume.hu.shape[0] > 1 and step > thick * (1 + SPACING_TOLERANCE):
         slices = (f"Slices {step:.2f} mm apart are farther than any the model was measured on (up to {thick:g} mm):"
                   " small stones may be missed, and sizes along the body are coarse.",)
-    return (*pixels, *slices, *volume.notes)
+    enhanced: tuple[str, ...] = ()
+    if not any(CONTRAST_CAUTION.match(note) for note in volume.notes):
+        blood = enhanced_blood(volume.hu, volume.pixel_spacing, volume.offsets_mm)
+        enhanced = (blood.caution(),) if blood is not None else ()
+    return (*pixels, *slices, *volume.notes, *enhanced)
 
 
 class Pipeline:

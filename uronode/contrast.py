@@ -42,8 +42,10 @@ Where the description says nothing either way, the **Contrast/Bolus Agent**
 an agent (not "NONE", "N/A", "NO CONTRAST", "NOT APPLIED", "0 ML",
 "UNKNOWN", water or "none" in another language) gives the caution.
 
-What neither says is not found: a contrast series whose agent is empty and
-whose description names nothing ("ABDOMEN 1.0 B30f") reads as non-contrast.
+What neither says is looked for in the pixels when the job reads the series
+(``inference.enhancement``: an aorta of enhanced blood gives a caution, never
+a skip): a contrast series whose agent is empty and whose description names
+nothing ("ABDOMEN 1.0 B30f") is routed as non-contrast.
 An agent coded in the Contrast/Bolus Agent Sequence (0018,0012), as an
 Enhanced CT image has it, is not in the index: it cautions the results
 (``inference.volume.contrast_agent``), as any agent, and never skips;
