@@ -30,7 +30,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 
@@ -303,14 +303,18 @@ class Store:
         position = "\\".join(repr(v) for v in header.image_position) if header.image_position else None
         with self.db.transaction() as conn:
             old = conn.execute(
-                "SELECT path, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                "SELECT path, series_instance_uid, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             ).fetchone()
+            series_was_in = conn.execute("SELECT study_instance_uid FROM series WHERE series_instance_uid = ?",
+                                         (header.series_instance_uid,)).fetchone()
             replaced = old is not None  # identical bytes never get this far
             conn.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), position, calling_ae, now, str(path), size))
             conn.execute(_PUT_SERIES, (*_fields(header, _SERIES_FIELDS), SeriesState.RECEIVING.value, now, now,
                                        int(replaced)))
             conn.execute(_PUT_STUDY, (*_fields(header, _STUDY_FIELDS), now))
+            left = {row["study_instance_uid"] for row in (old, series_was_in) if row is not None}
+            forget_empty_studies(conn, left - {header.study_instance_uid})
             if old is not None and old["series_instance_uid"] != header.series_instance_uid:
                 # The instance moved to another series: the old one changed as well.
                 conn.execute(_REOPEN_SERIES, (now, old["series_instance_uid"]))
@@ -338,9 +342,7 @@ class Store:
                     continue
                 conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
-            for study in {r["study_instance_uid"] for r in rows}:
-                conn.execute("DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
-                             " (SELECT 1 FROM instances WHERE study_instance_uid = ?)", (study, study))
+            forget_empty_studies(conn, {r["study_instance_uid"] for r in rows})
         for row in rows:
             try:
                 Path(row["path"]).unlink(missing_ok=True)
@@ -355,6 +357,16 @@ class Store:
 
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         return queries.get_instance(self.db, sop_instance_uid)
+
+
+def forget_empty_studies(conn: sqlite3.Connection, studies: Iterable[str]) -> None:
+    """Take the rows of ``studies`` that hold no instance and no series any more out of the index (in the caller's
+    transaction): a study whose every instance was moved to another study, superseded or discarded is not listed
+    as an empty one."""
+    for study in studies:
+        conn.execute("DELETE FROM studies WHERE study_instance_uid = ?"
+                     " AND NOT EXISTS (SELECT 1 FROM instances WHERE study_instance_uid = ?)"
+                     " AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?)", (study, study, study))
 
 
 _INSTANCE_FIELDS = (
@@ -386,12 +398,15 @@ _PUT_SERIES = (
     f"INSERT INTO series ({', '.join(_SERIES_FIELDS)}, state, first_received_at, last_received_at)"
     f" VALUES ({_marks(len(_SERIES_FIELDS) + 3)})"
     " ON CONFLICT(series_instance_uid) DO UPDATE SET last_received_at = excluded.last_received_at,"
+    " study_instance_uid = excluded.study_instance_uid,"
     " modality = excluded.modality, series_description = excluded.series_description,"
     " series_number = excluded.series_number, generation = generation + (state = 'complete'),"
     " replaced_count = replaced_count + ?,"
     " state = 'receiving', completed_at = NULL, disposition = NULL, reason = NULL"
 )
-"""A new series, or one that gets another instance: receiving again (a new generation if it was complete)."""
+"""A new series, or one that gets another instance: receiving again (a new generation if it was complete), in
+the study its latest instance names (probe 32: a study UID corrected at the PACS and sent again had left the series
+in its old study, the new study's results without their CT)."""
 _PUT_STUDY = (
     f"INSERT INTO studies ({', '.join(_STUDY_FIELDS)}, updated_at) VALUES ({_marks(len(_STUDY_FIELDS) + 1)})"
     " ON CONFLICT(study_instance_uid) DO UPDATE SET "

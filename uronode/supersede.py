@@ -44,7 +44,7 @@ from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
 from uronode.outbox import Outbox
 from uronode.settings import Destination
-from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store
+from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store, forget_empty_studies
 from uronode.types import DocumentReference
 from uronode.uids import derive_uid
 
@@ -172,6 +172,7 @@ def record_results(
             conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
         superseded.append(Superseded(uid, row["sop_class_uid"], series, row["study_instance_uid"], Path(row["path"]),
                                      tuple(delivered)))
+    forget_empty_studies(conn, {s.study_instance_uid for s in superseded})  # the CT moved to a corrected study
     return superseded
 
 
@@ -224,7 +225,11 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     ds.SOPClassUID = KEY_OBJECT_SELECTION
     ds.SOPInstanceUID = derive_uid("rejection-note", source_series_uid, model, *uids)
     ds.Modality = "KO"
-    ds.SeriesInstanceUID = derive_uid("rejection-note", source_series_uid, model, "series")
+    # one series per patient and study the notes name (probe 32: one series UID had held notes of three patients
+    # in two studies, the source series' identity corrected between them)
+    ds.SeriesInstanceUID = derive_uid("rejection-note", source_series_uid, model, "series",
+                                      str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", "")),
+                                      str(ds.get("PatientName", "")))
     ds.SeriesNumber = note_series_number(first)
     ds.SeriesDescription = note_description(first)
     ds.SeriesDate = ds.ContentDate = time.strftime("%Y%m%d", now)
