@@ -45,7 +45,7 @@ def _result(study: str, name: str) -> pydicom.Dataset:
 
 def _studies(store: Store) -> dict[str, tuple[list[str], int]]:
     return {s["StudyInstanceUID"]: (s["ModalitiesInStudy"], s["NumberOfStudyRelatedInstances"])
-            for s in search_studies(store.db, {}, limit=100, offset=0)}
+            for s in search_studies(store.db, [], limit=100, offset=0)}
 
 
 def test_a_corrected_study_uid_moves_the_series_and_the_study_it_left_goes(tmp_path: Path) -> None:
@@ -101,6 +101,7 @@ def test_a_job_whose_series_is_corrected_while_it_is_read_says_so(tmp_path: Path
             assert take_instance(store, [_ct(STUDY_A, index, patient_id="MRN2")], source="CT").stored
 
     assert Worker(store, settings, Stones(on_run=corrected)).run_job(job) is JobState.FAILED
-    reason = queue.get(job.id).reason  # type: ignore[union-attr]
-    assert reason.startswith("the series changed while it was read (images replaced or added after it had "
-                             "completed): the changed series is analysed by a job of its own"), reason
+    failed = queue.get(job.id)
+    assert failed is not None and failed.reason is not None
+    assert failed.reason.startswith("the series changed while it was read (images replaced or added after it had "
+                             "completed): the changed series is analysed by a job of its own"), failed.reason
