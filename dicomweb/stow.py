@@ -153,7 +153,7 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
             except WorkerRefused as exc:  # audited with its reason, as the middleware's refusals are
                 request.scope[AUTHENTICATION] = Authentication("worker", worker, failure=str(exc))
                 raise HTTPException(403, detail=str(exc)) from exc
-        return await run_in_threadpool(_store_parts, store, spool, parts, study, base, worker is None)
+        return await run_in_threadpool(_store_parts, store, spool, parts, study, base)
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     except BodyTooLarge as exc:
@@ -250,7 +250,6 @@ def _header_of(content: bytes | memoryview) -> InstanceHeader | None:
 
 def _store_parts(
     store: Store, spool: MultipartSpool, parts: list[SpooledPart], study: str | None, base: str,
-    keep_own_results: bool = True,
 ) -> JSONResponse:
     """Store each part (in the thread pool: this fsyncs and commits) and answer as PS3.18 says."""
     stored, failed, notes = [], [], []
@@ -266,7 +265,7 @@ def _store_parts(
             notes.append(f"part {number}: {spool.lost}")
             continue
         with spool.content(part) as content:
-            outcome = _store_part(store, content, study, base, keep_own_results)
+            outcome = _store_part(store, content, study, base)
         if outcome.note is not None:
             notes.append(f"part {number}: {outcome.note}")
         if outcome.study is None:
@@ -306,12 +305,11 @@ _FAILURE_REASONS = {
 }
 
 
-def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str,
-                keep_own_results: bool = True) -> _Outcome:
-    """One application/dicom part taken in as a C-STORE is (a remote worker's results replace the node's earlier
-    copies of them: ``keep_own_results`` False)."""
+def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str) -> _Outcome:
+    """One application/dicom part taken in as a C-STORE is (one of the node's results the node holds already, a
+    remote worker's job run again among them, keeps the node's copy: ``Store.put``'s ``keep_own``)."""
     report = take_instance(store, [content], source="STOW-RS", bare_data_sets=True,
-                           expected=Expected(study_instance_uid=study), keep_own_results=keep_own_results)
+                           expected=Expected(study_instance_uid=study))
     header = report.header
     sop_class, sop = (header.sop_class_uid, header.sop_instance_uid) if header is not None else (None, None)
     if not report.stored or header is None:

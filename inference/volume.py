@@ -64,7 +64,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -547,6 +547,19 @@ def _stack_shift_mm(positions: np.ndarray, normal: np.ndarray) -> float:
     return min(along_normal, along_table)
 
 
+def _one_patient(datasets: Sequence[Dataset]) -> None:
+    """``VolumeError`` where the instances name more than one patient (Patient ID, with its issuer): a correction
+    sent again for part of a series (probe 32) left images of two identities in it, and the results would carry
+    one of them. The reason counts the images of each, never names an ID (it is shown and logged)."""
+    found = Counter((str(d.get("PatientID", "") or "").strip(), str(d.get("IssuerOfPatientID", "") or "").strip())
+                    for d in datasets)
+    if len(found) > 1:
+        counts = " and ".join(str(n) for _, n in found.most_common())
+        raise VolumeError(f"the series' images name {len(found)} different patients (Patient IDs on {counts} "
+                          "images): part of it was sent again after a correction? Send the whole series again with "
+                          "one patient's identity")
+
+
 def _single(values: Iterable[str], what: str) -> str:
     found = sorted({v for v in values})
     if len(found) > 1:
@@ -661,6 +674,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     study_uid = _single((str(d.get("StudyInstanceUID", "")) for d in datasets), "studie")
     for_uid = _single((str(d.get("FrameOfReferenceUID", "")) for d in datasets), "frame of reference")
     sop_class = _single((str(d.SOPClassUID) for d in datasets), "SOP classe")
+    _one_patient(datasets)
 
     shapes: dict[tuple[int, int], list[str]] = defaultdict(list)
     for ds, name in zip(datasets, names, strict=True):

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence
 from uronode.jobs import JobQueue
-from uronode.store import Store
+from uronode.store import Store, forget_empty_studies
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,10 @@ class CompletionMonitor:
                 " WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
+            if not instances:  # every instance moved to another series (probe 32: listed as an empty CT series)
+                conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series_uid,))
+                conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series_uid,))
+                forget_empty_studies(conn, {due["study_instance_uid"]})
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
@@ -247,6 +251,9 @@ class CompletionMonitor:
         )
         if job_id is not None:
             log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
+        elif not instances:
+            log.info("series %s holds no instance any more (they moved to another series): it is no longer listed; "
+                     "results made of it earlier stay until retention", series_uid)
         else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
             log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
                     "series %s complete (%d instances): not for the model: %s", series_uid, len(instances), reason)

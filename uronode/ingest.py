@@ -78,7 +78,6 @@ def take_instance(
     expected: Expected = Expected(),
     bare_data_sets: bool = False,
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
-    keep_own_results: bool = True,
 ) -> IngestReport:
     """Check, read and store one encoded instance; never raises for what is wrong with the instance or the disk.
 
@@ -93,9 +92,8 @@ def take_instance(
     are refused as not a data set; otherwise (an uploaded file) as not a
     DICOM file. ``max_instance_bytes``: the most its data set may inflate
     (deflated) or its pixel data decode to; a caller with the settings passes
-    ``scp.max_instance_bytes`` (see :mod:`uronode.structure`). ``keep_own_results``: one of the node's own
-    results sent back with other bytes keeps the node's copy (:meth:`Store.put`'s ``keep_own``); a remote worker
-    storing its job's results again passes False.
+    ``scp.max_instance_bytes`` (see :mod:`uronode.structure`). One of the node's own results sent back,
+    or made again by a remote worker, with other bytes keeps the node's copy (:meth:`Store.put`'s ``keep_own``).
     """
     try:
         if len(parts) == 1:
@@ -108,7 +106,7 @@ def take_instance(
         return _refused(Verdict.DOES_NOT_MATCH, header, mismatch, source)
     try:
         outcome = store.put(header, parts, calling_ae=source, association_id=association_id,
-                            keep_own=keep_own_results)
+                            keep_own=True)
     except InvalidInstance as exc:
         return _refused(Verdict.CANNOT_UNDERSTAND, header, str(exc), source)
     except OutOfResources as exc:

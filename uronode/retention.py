@@ -24,7 +24,8 @@ that ended before then. Nothing queued, running, delivering or still owed is tou
 
 The node runs a pass at start-up and every ``storage.retention_interval_s`` seconds (its
 ``retention`` loop, :mod:`uronode.loops`);
-``uronode purge`` runs one by hand (``--dry-run`` lists what it would delete).
+``uronode purge`` runs one by hand (``--dry-run`` lists what it would delete); ``uronode purge --study UID``
+deletes one study whatever its age (:func:`purge_study`).
 """
 
 from __future__ import annotations
@@ -151,6 +152,80 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                  len(done.series), done.instances, done.bytes / 1e6,
                  time.strftime("%Y-%m-%dT%H:%M%z", time.localtime(cutoff)), done.results, done.results_bytes / 1e6,
                  done.jobs, done.deliveries, done.associations)
+    return done
+
+
+class StudyBusy(ValueError):
+    """A study :func:`purge_study` leaves alone for now, with why."""
+
+
+def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purged:
+    """Delete one study from the node at once, whatever its age (``uronode purge --study``: a study the PACS
+    deleted or merged into another patient's, a request to erase): every instance in it, received or made by the
+    node, and the results the node made of its series wherever they lie (the history stays until retention).
+    ``StudyBusy`` while it is still being received, analysed or delivered (the reason names what); ValueError for
+    a study the node does not hold."""
+    with store.transaction() as tx:
+        held = tx.execute("SELECT 1 FROM instances WHERE study_instance_uid = ? LIMIT 1", (study_uid,)).fetchone()
+        if held is None and tx.execute("SELECT 1 FROM series WHERE study_instance_uid = ?", (study_uid,)).fetchone() is None:
+            raise ValueError(f"the node holds no study {study_uid}")
+        busy = [f"{n} series still being received" for (n,) in tx.execute(
+            "SELECT count(*) FROM series WHERE study_instance_uid = ? AND state = 'receiving'", (study_uid,)) if n]
+        busy += [f"job {row['id']} {row['state']}" for row in tx.execute(
+            "SELECT id, state FROM jobs WHERE state IN ('queued', 'running', 'delivering') AND (study_instance_uid = ?"
+            " OR series_instance_uid IN (SELECT series_instance_uid FROM series WHERE study_instance_uid = ?))"
+            " ORDER BY id", (study_uid, study_uid))]
+        busy += [f"{n} deliveries still owed" for (n,) in tx.execute(
+            "SELECT count(*) FROM deliveries WHERE state = 'pending' AND (sop_instance_uid IN (SELECT sop_instance_uid"
+            " FROM instances WHERE study_instance_uid = ?) OR job_id IN (SELECT id FROM jobs WHERE study_instance_uid = ?"
+            " OR series_instance_uid IN (SELECT series_instance_uid FROM series WHERE study_instance_uid = ?)))",
+            (study_uid, study_uid, study_uid)) if n]
+        if busy:
+            raise StudyBusy(f"study {study_uid} is still in use: {', '.join(busy)}; wait, or cancel its queued and"
+                            " running jobs (uronode cancel JOB), and purge it once its results are delivered")
+        series = [r["series_instance_uid"] for r in tx.execute(  # received (the results' own series go with them)
+            "SELECT s.series_instance_uid FROM series s WHERE s.study_instance_uid = ? AND NOT EXISTS (SELECT 1"
+            " FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid"
+            " WHERE i.series_instance_uid = s.series_instance_uid)", (study_uid,))]
+        files = tx.execute("SELECT sop_instance_uid, path, size FROM instances WHERE study_instance_uid = ?"
+                           " AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM results)", (study_uid,)).fetchall()
+        results = [row for name in series for row in tx.execute(_RESULTS, (name,))]
+        results += tx.execute(
+            "SELECT r.sop_instance_uid, i.path, i.size, i.series_instance_uid, i.study_instance_uid"
+            "  FROM results r JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
+            " WHERE i.study_instance_uid = ?", (study_uid,)).fetchall()
+        results = list({row["sop_instance_uid"]: row for row in results}.values())
+        done = Purged(series=series, instances=len(files), bytes=sum(f["size"] for f in files),
+                      results=len(results), results_bytes=sum(r["size"] for r in results))
+        if dry_run:
+            return done
+        gone = [(f["sop_instance_uid"],) for f in files]
+        tx.execute("UPDATE deliveries SET state = 'superseded', last_error = 'the study was purged', updated_at = ?"
+                   " WHERE state = 'dead' AND sop_instance_uid IN (SELECT sop_instance_uid FROM instances"
+                   " WHERE study_instance_uid = ?)", (time.time(), study_uid))
+        tx.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", gone)
+        results_series = _delete_results_in(tx, results)
+        for name in series:
+            tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (name,))
+            tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (name,))
+        tx.execute("DELETE FROM series WHERE study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i"
+                   " WHERE i.series_instance_uid = series.series_instance_uid)", (study_uid,))
+        tx.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [("instances_deleted", len(files) + len(results)), ("series_deleted", len(series) + results_series)],
+        )
+        for touched in {study_uid, *(r["study_instance_uid"] for r in results)}:
+            tx.execute("DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
+                       " (SELECT 1 FROM instances WHERE study_instance_uid = ?)", (touched, touched))
+    paths = [Path(row["path"]) for row in (*files, *results)]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in paths}:
+        _remove_if_unused(folder)
+    AuditLog(store.root).record("study_purged", study_instance_uid=study_uid, series=series, instances=len(files),
+                                results=len(results))
+    log.info("deleted study %s by hand: %d series, %d instance(s) (%.1f MB), %d result instance(s) made of it",
+             study_uid, len(series), len(files), done.bytes / 1e6, len(results))
     return done
 
 

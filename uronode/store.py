@@ -251,7 +251,9 @@ class Store:
 
         ``keep_own``: an instance the node made (Manufacturer ``uronode``) that comes back with other bytes (a PACS
         sending the study back, re-encoded) leaves the node's own copy in place, as a duplicate (probe 22: the
-        node's results were replaced by the PACS's copies). Returns once the file and its index row are durable. Raises
+        node's results were replaced by the PACS's copies); so does one a worker makes again (a job requeued: the
+        same UID for the same source and findings, other times: probe 32, a receiver got changed content under a
+        UID it held). Returns once the file and its index row are durable. Raises
         :class:`OutOfResources` when the disk is full or a write fails, and
         :class:`InvalidInstance` for unusable UIDs; in both cases nothing is
         indexed and no partial file is left behind.
@@ -274,7 +276,7 @@ class Store:
                      header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
         if row is not None and keep_own and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
-            log.info("instance %s: one of the node's own results came back from %s with other bytes; the node's "
+            log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
                      "copy is kept", header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
         self.files.write(final, parts)

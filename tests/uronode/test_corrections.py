@@ -1,24 +1,31 @@
 """Corrections sent again (probe 32): a series whose study UID was corrected at the PACS moves to that study, and
-the study it left is not listed empty; rejection notes of other patients or studies are other series; a job whose
-series is corrected while it is read says so, not that its files are damaged."""
+the study it left is not listed empty; a series whose images all moved to another goes; rejection notes of other
+patients or studies are other series; a job whose series is corrected while it is read says so, not that its files
+are damaged; a job run again keeps the results a destination may hold."""
 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import SegmentationStorage
 
+from inference.errors import VolumeError
+from inference.volume import load_volume
 from tests.factory import ct_slice, uid
 from tests.uronode.test_cancel import Stones, _settings
 from tests.uronode.test_supersede import PACS, run
+from uronode.app.cli import main
 from uronode.app.worker import Worker
+from uronode.completion import CompletionMonitor
 from uronode.header import read_header
 from uronode.ingest import take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
-from uronode.queries import search_studies
+from uronode.queries import search_series, search_studies
 from uronode.store import Store
 from uronode.supersede import Superseded, rejection_note
 from uronode.types import JobState
@@ -27,8 +34,8 @@ STUDY_A, STUDY_B = uid("corrections", "study-a"), uid("corrections", "study-b")
 SOURCE = uid("supersede", "ct")  # the source series test_supersede.run records results of
 
 
-def _ct(study: str, index: int, patient_id: str = "MRN1") -> bytes:
-    ds = ct_slice(study, SOURCE, index, size=16)
+def _ct(study: str, index: int, patient_id: str = "MRN1", series: str = SOURCE) -> bytes:
+    ds = ct_slice(study, series, index, size=16)
     ds.PatientID = patient_id
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -105,3 +112,108 @@ def test_a_job_whose_series_is_corrected_while_it_is_read_says_so(tmp_path: Path
     assert failed is not None and failed.reason is not None
     assert failed.reason.startswith("the series changed while it was read (images replaced or added after it had "
                              "completed): the changed series is analysed by a job of its own"), failed.reason
+
+
+def test_a_job_run_again_keeps_the_results_a_destination_may_hold(tmp_path: Path) -> None:
+    """``uronode requeue`` of a delivered job: the same source and findings make the same UIDs with other times;
+    the node keeps and sends the copy it had (probe 32: the PACS and the node held other bytes under one UID)."""
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue = JobQueue(store)
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    with store.transaction() as conn:
+        job_id = queue.enqueue_in(conn, STUDY_A, SOURCE, 1, "default")
+    job = queue.claim()
+    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+
+    def results() -> dict[str, bytes]:
+        rows = store.conn().execute("SELECT sop_instance_uid, path FROM instances WHERE manufacturer = 'uronode'")
+        return {r["sop_instance_uid"]: Path(r["path"]).read_bytes() for r in rows}
+
+    first = results()
+    assert first
+    store.conn().execute("UPDATE jobs SET state = 'delivered' WHERE id = ?", (job_id,))
+    time.sleep(1.1)  # the writers' times are to the second
+    queue.requeue(job_id)
+    again = queue.claim()
+    assert again is not None and Worker(store, settings, Stones()).run_job(again) is JobState.DELIVERING
+    assert results() == first
+    owed = store.conn().execute("SELECT DISTINCT path FROM deliveries WHERE job_id = ?", (job_id,)).fetchall()
+    assert {Path(r["path"]).read_bytes() for r in owed} == set(first.values())
+
+
+def test_a_series_whose_images_all_moved_to_another_is_no_longer_listed(tmp_path: Path) -> None:
+    """The PACS moved a series' images to a new Series Instance UID (the same SOP UIDs): the emptied series
+    completes with nothing in it and goes, not listed as an empty CT series whose metadata is 404 (probe 32)."""
+    store = Store(tmp_path / "data", fsync=False)
+    monitor = CompletionMonitor(store, JobQueue(store), grace_s=0.0, quiet_s=0.0, model="default")
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    (done,) = monitor.complete_due(now=time.time() + 1)
+    assert done.job_id is not None
+    moved = uid("corrections", "moved")
+    for index in range(3):
+        ds = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, index)))
+        ds.SeriesInstanceUID = moved
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+    decided = {c.series_instance_uid: c for c in monitor.complete_due(now=time.time() + 1)}
+    assert decided[moved].job_id is not None
+    assert decided[SOURCE].job_id is None
+    listed = {s["SeriesInstanceUID"]: s["NumberOfSeriesRelatedInstances"]
+              for s in search_series(store.db, [], limit=100, offset=0, study=STUDY_A)}
+    assert listed == {moved: 3}
+    assert _studies(store) == {STUDY_A: (["CT"], 3)}
+
+
+def test_a_series_holding_two_patients_is_not_analysed(tmp_path: Path) -> None:
+    """Part of a series sent again with another Patient ID (probe 32: analysed without a word, its results
+    carrying one of the two identities): the job fails with the reason, which names no ID."""
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"{index}.dcm"
+        path.write_bytes(_ct(STUDY_A, index, patient_id="MRN444" if index == 3 else "MRN555"))
+        paths.append(path)
+    with pytest.raises(VolumeError) as raised:
+        load_volume(paths)
+    message = str(raised.value)
+    assert message.startswith("the series' images name 2 different patients (Patient IDs on 3 and 1 images)")
+    assert "MRN" not in message
+    assert load_volume(paths[:3]).hu.shape[0] == 3
+
+
+def test_purge_study_deletes_one_study_at_once_and_waits_for_what_is_owed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``uronode purge --study UID``: a study the PACS deleted or merged into another patient's goes from the
+    node with the results made of it, whatever its age; not while something of it is still owed."""
+    store = Store(tmp_path / "data", fsync=False)
+    for study in (STUDY_A, STUDY_B):
+        for index in range(3):
+            ct = _ct(study, index, series=SOURCE if study == STUDY_A else uid("corrections", "b-series"))
+            store.put(read_header([ct]), [ct], calling_ae="CT")
+    run(store, Outbox(store), 1, [_result(STUDY_A, "first")], destinations=(PACS,))
+    store.conn().execute("UPDATE series SET state = 'complete'")  # as completion leaves them
+    files = [Path(r["path"]) for r in store.conn().execute(
+        "SELECT path FROM instances WHERE study_instance_uid = ?", (STUDY_A,))]
+    assert len(files) == 4 and all(f.exists() for f in files)
+    data = str(tmp_path / "data")
+
+    assert main(["purge", "--data-dir", data, "--study", STUDY_A]) == 1
+    assert "is still in use: 1 deliveries still owed" in capsys.readouterr().err
+    store.conn().execute("UPDATE deliveries SET state = 'delivered'")
+    assert main(["purge", "--data-dir", data, "--study", STUDY_A, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith(f"would delete study {STUDY_A}: 1 series, 3 instances")
+    assert all(f.exists() for f in files)
+
+    assert main(["purge", "--data-dir", data, "--study", STUDY_A]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"deleted study {STUDY_A}: 1 series, 3 instances, 0.0 MB, with the 1 result instance(s)")
+    assert not any(f.exists() for f in files)
+    assert _studies(store) == {STUDY_B: (["CT"], 3)}
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    audit = (tmp_path / "data" / "audit.log").read_text()
+    assert '"study_purged"' in audit and STUDY_A in audit
+    assert main(["purge", "--data-dir", data, "--study", STUDY_A]) == 1
+    assert f"the node holds no study {STUDY_A}" in capsys.readouterr().err

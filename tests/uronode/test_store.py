@@ -327,16 +327,18 @@ def test_an_index_written_by_an_older_version_is_brought_up_to_date(
 
 def test_the_node_s_own_result_sent_back_with_other_bytes_keeps_the_node_s_copy(store: Store) -> None:
     """Probe 22: a PACS sending the study back replaced the node's results with its re-encoded copies (and
-    re-opened their series). Taken in from outside, the node's copy stays; its own writers replace it."""
+    re-opened their series). Taken in from outside, the node's copy stays; made again by a worker (the same UID,
+    other times) too (probe 32: a requeued job sent changed content under a UID the PACS held)."""
     mine = encoded(0, seed=1, manufacturer="uronode", series=uid("own-result"))
     echoed = encoded(0, seed=2, manufacturer="uronode", series=uid("own-result"))
-    assert take_instance(store, mine, source="URONODE", keep_own_results=False).outcome is StoreOutcome.STORED
+    assert take_instance(store, mine, source="URONODE").outcome is StoreOutcome.STORED
     kept = take_instance(store, echoed, source="ORTHANC")
     assert kept.stored and kept.outcome is StoreOutcome.DUPLICATE
     found = store.get_instance(read_header(mine).sop_instance_uid)
     assert found is not None and found.path.read_bytes() == b"".join(mine) and found.calling_ae == "URONODE"
-    again = take_instance(store, echoed, source="STOW-RS", keep_own_results=False)  # a worker's run again
-    assert again.outcome is StoreOutcome.REPLACED
+    again = take_instance(store, echoed, source="STOW-RS")  # a remote worker's run again
+    assert again.outcome is StoreOutcome.DUPLICATE
+    assert store.get_instance(read_header(mine).sop_instance_uid).path.read_bytes() == b"".join(mine)  # type: ignore[union-attr]
     # a received image with other bytes is still replaced, as before
     ct, corrected = encoded(0, seed=1, series=uid("ct-again")), encoded(0, seed=2, series=uid("ct-again"))
     take_instance(store, ct, source="CT")

@@ -26,7 +26,7 @@ from uronode.errors import UronodeError
 from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import setup_logging
 from uronode.outbox import DeliveryState, Outbox
-from uronode.retention import purge
+from uronode.retention import purge, purge_study
 from uronode.settings import ConfigError, Settings, StorageSettings, check_ae_title, load_settings
 from uronode.store import INDEX_FILE, Store
 from uronode.types import JobState
@@ -309,6 +309,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
               " restored from elsewhere; start the node on it once (its start-up points the index here),"
               " then purge", file=sys.stderr)
         return 2
+    if args.study is not None:
+        return _purge_study(store, args.study, dry_run=args.dry_run)
     days = args.older_than_days if args.older_than_days is not None else settings.storage.retention_days
     if days is None:
         print("uronode: no retention set: give --older-than-days or storage.retention_days", file=sys.stderr)
@@ -320,6 +322,20 @@ def cmd_purge(args: argparse.Namespace) -> int:
           f" ({done.results_bytes / 1e6:.1f} MB) the node made of them")
     print(f"{verb} the history that ended before then: {done.jobs} job(s), {done.deliveries} deliveries,"
           f" {done.associations} association(s)")
+    for series in done.series:
+        print(f"  {series}")
+    return 0
+
+
+def _purge_study(store: Store, study: str, *, dry_run: bool) -> int:
+    try:
+        done = purge_study(store, study, dry_run=dry_run)
+    except ValueError as exc:  # StudyBusy too: what is still going on
+        print(f"uronode: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'would delete' if dry_run else 'deleted'} study {study}: {len(done.series)} series, {done.instances}"
+          f" instances, {done.bytes / 1e6:.1f} MB, with the {done.results} result instance(s)"
+          f" ({done.results_bytes / 1e6:.1f} MB) the node made of it")
     for series in done.series:
         print(f"  {series}")
     return 0
@@ -467,8 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        " and the history (jobs, deliveries, associations) that ended before then")
     _add_config_flag(purge)
     purge.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
-    purge.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
+    which = purge.add_mutually_exclusive_group()
+    which.add_argument("--older-than-days", type=_positive_days, metavar="DAYS",
                        help="a number greater than 0 (default: storage.retention_days)")
+    which.add_argument("--study", metavar="UID",
+                       help="delete this one study now, whatever its age, with the results made of it (a study the"
+                            " PACS deleted or merged, an erasure request); refused while it is received, analysed or"
+                            " delivered")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     purge.set_defaults(func=cmd_purge)
 

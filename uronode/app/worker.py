@@ -126,7 +126,8 @@ class Worker:
         for ds in results.datasets:  # SEG, overlays, key objects, SR: whatever the writers made
             data = encode(ds)
             header = read_header([data])
-            outcome = self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)
+            # a job run again makes the same UIDs (other times): the copy the destinations may hold stays
+            outcome = self.store.put(header, [data], calling_ae=self.settings.scp.ae_title, keep_own=True)
             found = self.store.get_instance(header.sop_instance_uid)
             if found is None:
                 raise RuntimeError(f"result {header.sop_instance_uid} vanished from the store")
