@@ -19,12 +19,15 @@ smoothed by ``SMOOTH_MM``):
   an aneurysm, not a bowel loop's wall or a bone's edge),
 - round (its longer axis at most ``ROUND`` times its shorter: the aorta cut
   across, not a kidney, a spleen or a rib),
-- even inside (its smoothed HU varying by at most ``EVEN_HU``, 2 mm inside its
-  edge: blood, where cancellous bone, which the same range holds, is
-  grainy);
+- even inside (its smoothed HU varying by at most ``EVEN_HU`` from
+  ``CORE_MM`` inside its edge: blood, 5-16 HU on a real contrast CT, where
+  cancellous bone, which the same range holds, is grainy: 30 HU and more
+  on a real chest CT's vertebrae; a spine as even as blood, which no CT here
+  shows, would be taken for a vessel);
 
 and such regions must line up as a **vessel**: on analysed slices next to
-each other, each within ``DRIFT_MM`` of the last, for ``LENGTH_MM`` or more
+each other (one analysed slice may miss it: a plaque, a slice of streaks),
+each within ``DRIFT_MM`` of the last, for ``LENGTH_MM`` or more
 along the body, as the abdominal aorta runs from the diaphragm to its
 bifurcation. A round dense structure on a few slices (a vertebral body cut
 thin, a large stone, a loop of bowel holding oral contrast) does not make
@@ -43,6 +46,7 @@ name").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,12 +66,15 @@ DIAMETER_MM = (14.0, 50.0)
 """Across, by area: the iliac arteries to an aortic aneurysm."""
 ROUND = 1.5
 """Longest to shortest axis (second moments) of a vessel cut across."""
-EVEN_HU = 30.0
+CORE_MM = 3.0
+"""How far inside its edge a region's evenness is measured (its edge is blurred into what surrounds it)."""
+EVEN_HU = 20.0
 """Largest spread (standard deviation) of smoothed HU inside a region, 2 mm from its edge."""
 STEP_MM = 8.0
 """Analysed slices are at least this far apart."""
 DRIFT_MM = 12.0
-"""A vessel moves at most this much in-plane from one analysed slice to the next."""
+"""A vessel moves at most this much in-plane from one analysed slice to the next (or the one after: one
+analysed slice may miss it)."""
 LENGTH_MM = 80.0
 """How far along the body a vessel must run (the abdominal aorta runs about 120-150 mm; generated bowel loops
 holding oral contrast run up to 67 mm straight along the body); a shorter series is not checked."""
@@ -97,8 +104,8 @@ class _Region:
 
 def _averaged(image: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
     """``image`` averaged over whole blocks of pixels to about ``WORK_PIXEL_MM``, and its new pixel size."""
-    fy = max(1, int(WORK_PIXEL_MM // pixel_mm[0]))
-    fx = max(1, int(WORK_PIXEL_MM // pixel_mm[1]))
+    fy = max(1, round(WORK_PIXEL_MM / pixel_mm[0]))
+    fx = max(1, round(WORK_PIXEL_MM / pixel_mm[1]))
     if fy == fx == 1:
         return image.astype(np.float32, copy=False), pixel_mm
     rows, columns = (image.shape[0] // fy) * fy, (image.shape[1] // fx) * fx
@@ -130,7 +137,7 @@ def vessel_regions(image: np.ndarray, pixel_mm: tuple[float, float]) -> list[_Re
         ratio = float(np.sqrt(axes[1] / max(float(axes[0]), 1e-6)))
         if ratio > ROUND:
             continue
-        core = ndimage.binary_erosion(region, iterations=max(1, round(2.0 / pixel)))
+        core = ndimage.binary_erosion(region, iterations=max(1, math.ceil(CORE_MM / pixel)))
         values = smooth[box][core if core.sum() >= 4 else region]
         if float(values.std()) > EVEN_HU:
             continue
@@ -156,15 +163,18 @@ def enhanced_blood(hu: np.ndarray, pixel_mm: tuple[float, float], offsets_mm: np
     if hu.shape[0] < 2 or float(offsets.max() - offsets.min()) < LENGTH_MM:
         return None
     picked = _analysed(offsets)
-    # each region of the previous analysed slice, with where its vessel began and the HUs along it
+    # each region of the last two analysed slices, with where its vessel began and the HUs along it: a vessel
+    # may miss one slice (a calcified plaque there, a slice of streaks) and go on
     best: EnhancedBlood | None = None
-    previous: list[tuple[_Region, float, list[float]]] = []
+    recent: list[list[tuple[_Region, float, list[float]]]] = [[], []]
     for k in picked:
         current: list[tuple[_Region, float, list[float]]] = []
         for region in vessel_regions(hu[k], pixel_mm):
             start, values = float(offsets[k]), [region.hu]
-            joined = [(s, v) for r, s, v in previous
-                      if np.hypot(r.y_mm - region.y_mm, r.x_mm - region.x_mm) <= DRIFT_MM]
+            joined: list[tuple[float, list[float]]] = []
+            for previous in recent:  # the slice before first; the one before it where that has nothing here
+                joined = joined or [(s, v) for r, s, v in previous
+                                    if np.hypot(r.y_mm - region.y_mm, r.x_mm - region.x_mm) <= DRIFT_MM]
             if joined:
                 start, earlier = min(joined, key=lambda sv: sv[0])
                 values = [*earlier, region.hu]
@@ -172,5 +182,5 @@ def enhanced_blood(hu: np.ndarray, pixel_mm: tuple[float, float], offsets_mm: np
             length = float(offsets[k]) - start
             if len(values) > 1 and length >= LENGTH_MM - 1e-6 and (best is None or length > best.length_mm):
                 best = EnhancedBlood(hu=float(np.median(values)), length_mm=length, slices=len(values))
-        previous = current
+        recent = [current, recent[0]]
     return best

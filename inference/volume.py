@@ -548,11 +548,13 @@ def _stack_shift_mm(positions: np.ndarray, normal: np.ndarray) -> float:
 
 
 def _one_patient(datasets: Sequence[Dataset]) -> None:
-    """``VolumeError`` where the instances name more than one patient (Patient ID, with its issuer): a correction
-    sent again for part of a series (probe 32) left images of two identities in it, and the results would carry
-    one of them. The reason counts the images of each, never names an ID (it is shown and logged)."""
-    found = Counter((str(d.get("PatientID", "") or "").strip(), str(d.get("IssuerOfPatientID", "") or "").strip())
-                    for d in datasets)
+    """``VolumeError`` where the instances name more than one patient (Patient ID; with the same ID, two issuers
+    where both are given): a correction sent again for part of a series (probe 32) left images of two identities
+    in it, and the results would carry one of them. The reason counts the images of each, never names an ID (it
+    is shown and logged)."""
+    found = Counter(str(d.get("PatientID", "") or "").strip() for d in datasets)
+    if len(found) == 1:  # one ID: other patients only where two images name other issuers (a PACS may add one)
+        found = Counter(issuer for d in datasets if (issuer := str(d.get("IssuerOfPatientID", "") or "").strip()))
     if len(found) > 1:
         counts = " and ".join(str(n) for _, n in found.most_common())
         raise VolumeError(f"the series' images name {len(found)} different patients (Patient IDs on {counts} "

@@ -191,8 +191,11 @@ class JobQueue:
         ValueError when there is no such job (``no job 7``) or it is in another state (which one)."""
         with self.store.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ?, dispatched_at = NULL WHERE id = ?"
-                " AND state IN ('failed', 'delivered')",
+                "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ?, dispatched_at = NULL,"
+                # the series as it is now (review 32: an older generation made its worker say the series changed)
+                " series_generation = coalesce((SELECT generation FROM series s"
+                " WHERE s.series_instance_uid = jobs.series_instance_uid), series_generation)"
+                " WHERE id = ? AND state IN ('failed', 'delivered')",
                 (time.time(), job_id),
             )
             if cur.rowcount != 1:

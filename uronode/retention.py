@@ -8,7 +8,9 @@ results the node made of it (the SEG, SC, SR and KOS the ``results`` table
 records for it, :mod:`uronode.supersede`). A result series the table does not
 record (made before schema 8, which began the table: nothing tells which CT
 it was made of) is due by its own age, as a received series (probe 31: such
-results, each with the patient's name, outlived their CT for ever), once
+results, each with the patient's name, outlived their CT for ever), and so is
+one whose CT is no longer in the index (its images moved to another series:
+review 32), once
 none of its instances is still owed to a destination (review 30). Their index
 rows go first, in one transaction, then their files:
 a crash in between leaves files that nothing indexes (removed at the next start,
@@ -50,6 +52,7 @@ s.state = 'complete' AND s.last_received_at < ?
    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_instance_uid = s.series_instance_uid
                     AND j.state IN ('queued', 'running', 'delivering'))
    AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid
+                    JOIN series src ON src.series_instance_uid = r.source_series_uid
                     WHERE i.series_instance_uid = s.series_instance_uid)
    AND NOT EXISTS (SELECT 1 FROM instances i JOIN deliveries d ON d.sop_instance_uid = i.sop_instance_uid
                     WHERE i.series_instance_uid = s.series_instance_uid AND d.state = 'pending')
@@ -57,7 +60,7 @@ s.state = 'complete' AND s.last_received_at < ?
                     WHERE r.source_series_uid = s.series_instance_uid AND d.state = 'pending')
 """
 """A series past its retention: complete and old, no job of it queued, running or delivering, not a recorded
-result (those go with their CT), and nothing of it or of its results still owed to a destination (review 31:
+result of a CT the index still holds (those go with their CT), and nothing of it or of its results still owed to a destination (review 31:
 a job is 'failed' once one of its deliveries is dead, while others may still be pending)."""
 _DUE = f"SELECT s.series_instance_uid, s.study_instance_uid FROM series s WHERE {_DUE_WHERE} ORDER BY s.last_received_at"
 _STILL_DUE = f"SELECT 1 FROM series s WHERE s.series_instance_uid = ? AND {_DUE_WHERE}"
@@ -117,6 +120,9 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                     continue
                 files = tx.execute("SELECT path, size FROM instances WHERE series_instance_uid = ?", (series,)).fetchall()
                 results = tx.execute(_RESULTS, (series,)).fetchall()
+                # results of a CT no longer in the index (its images moved to another series) go by their own age
+                tx.execute("DELETE FROM results WHERE sop_instance_uid IN"
+                           " (SELECT sop_instance_uid FROM instances WHERE series_instance_uid = ?)", (series,))
                 tx.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
@@ -205,14 +211,20 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
                    " WHERE study_instance_uid = ?)", (time.time(), study_uid))
         tx.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", gone)
         results_series = _delete_results_in(tx, results)
-        for name in series:
-            tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (name,))
-            tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (name,))
-        tx.execute("DELETE FROM series WHERE study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i"
-                   " WHERE i.series_instance_uid = series.series_instance_uid)", (study_uid,))
+        # a series row goes once no instance of it is left: part of a series moved to another study by a
+        # correction keeps its row there (review 32: its instances were left without one)
+        emptied = "NOT EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = {0})"
+        tx.execute("DELETE FROM series_associations WHERE series_instance_uid IN (SELECT series_instance_uid FROM"
+                   f" series s WHERE s.study_instance_uid = ? AND {emptied.format('s.series_instance_uid')})",
+                   (study_uid,))
+        series_gone = tx.execute(f"DELETE FROM series WHERE study_instance_uid = ? AND"
+                                 f" {emptied.format('series.series_instance_uid')}", (study_uid,)).rowcount
+        tx.execute("UPDATE series SET study_instance_uid = (SELECT i.study_instance_uid FROM instances i"
+                   " WHERE i.series_instance_uid = series.series_instance_uid ORDER BY i.received_at DESC LIMIT 1)"
+                   " WHERE study_instance_uid = ?", (study_uid,))  # what is left of it lies in another study
         tx.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            [("instances_deleted", len(files) + len(results)), ("series_deleted", len(series) + results_series)],
+            [("instances_deleted", len(files) + len(results)), ("series_deleted", series_gone + results_series)],
         )
         for touched in {study_uid, *(r["study_instance_uid"] for r in results)}:
             tx.execute("DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"

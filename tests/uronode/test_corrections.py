@@ -26,6 +26,7 @@ from uronode.ingest import take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.queries import search_series, search_studies
+from uronode.retention import purge, purge_study
 from uronode.store import Store
 from uronode.supersede import Superseded, rejection_note
 from uronode.types import JobState
@@ -182,6 +183,17 @@ def test_a_series_holding_two_patients_is_not_analysed(tmp_path: Path) -> None:
     assert message.startswith("the series' images name 2 different patients (Patient IDs on 3 and 1 images)")
     assert "MRN" not in message
     assert load_volume(paths[:3]).hu.shape[0] == 3
+    # the same ID with an issuer on some images and none on the others (a PACS that adds it): one patient
+    for index, issuer in ((0, "HOSP_A"), (1, "")):
+        ds = pydicom.dcmread(paths[index])
+        ds.IssuerOfPatientID = issuer
+        ds.save_as(paths[index], enforce_file_format=True)
+    assert load_volume(paths[:3]).hu.shape[0] == 3
+    ds = pydicom.dcmread(paths[1])
+    ds.IssuerOfPatientID = "HOSP_B"
+    ds.save_as(paths[1], enforce_file_format=True)
+    with pytest.raises(VolumeError, match="^the series' images name 2 different patients"):
+        load_volume(paths[:3])
 
 
 def test_purge_study_deletes_one_study_at_once_and_waits_for_what_is_owed(
@@ -217,3 +229,69 @@ def test_purge_study_deletes_one_study_at_once_and_waits_for_what_is_owed(
     assert '"study_purged"' in audit and STUDY_A in audit
     assert main(["purge", "--data-dir", data, "--study", STUDY_A]) == 1
     assert f"the node holds no study {STUDY_A}" in capsys.readouterr().err
+
+
+def test_results_of_a_series_whose_images_moved_go_by_their_own_age(tmp_path: Path) -> None:
+    """Review 32: once the emptied series' row went, nothing let retention reach the results made of it; they
+    now age out as results whose CT the index no longer holds."""
+    store = Store(tmp_path / "data", fsync=False)
+    monitor = CompletionMonitor(store, JobQueue(store), grace_s=0.0, quiet_s=0.0, model="default")
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)
+    run(store, Outbox(store), 1, [_result(STUDY_A, "first")], destinations=(PACS,))
+    store.conn().execute("UPDATE deliveries SET state = 'delivered'")
+    for index in range(3):
+        ct = _ct(STUDY_A, index, series=uid("corrections", "moved"))
+        ds = pydicom.dcmread(io.BytesIO(ct))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(
+            io.BytesIO(_ct(STUDY_A, index))).SOPInstanceUID  # the same images, in another series
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)  # the emptied series goes; the result series completes
+    seg = store.get_instance(uid("corrections", "first"))
+    assert seg is not None and seg.path.exists()
+    assert purge(store, 1, now=time.time() + 10 * 86400).results == 0  # counted as a series of its own
+    assert store.get_instance(uid("corrections", "first")) is None and not seg.path.exists()
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+
+
+def test_purge_study_leaves_the_part_of_a_series_that_lies_in_another_study(tmp_path: Path) -> None:
+    """Part of a series sent again under a corrected study UID: purging the corrected study takes its images
+    only; the rest keeps a series row, in the study it lies in (review 32: its instances were left with none)."""
+    store = Store(tmp_path / "data", fsync=False)
+    for index in range(4):
+        ct = _ct(STUDY_A, index)
+        store.put(read_header([ct]), [ct], calling_ae="CT")
+    for index in (2, 3):
+        ct = _ct(STUDY_B, index)
+        store.put(read_header([ct]), [ct], calling_ae="CT")
+    store.conn().execute("UPDATE series SET state = 'complete'")
+    done = purge_study(store, STUDY_B)
+    assert done.instances == 2
+    row = store.conn().execute("SELECT study_instance_uid FROM series WHERE series_instance_uid = ?",
+                               (SOURCE,)).fetchone()
+    assert row is not None and row["study_instance_uid"] == STUDY_A
+    assert _studies(store) == {STUDY_A: (["CT"], 2)}
+    listed = search_series(store.db, [], limit=10, offset=0, study=STUDY_A)
+    assert [(s["SeriesInstanceUID"], s["NumberOfSeriesRelatedInstances"]) for s in listed] == [(SOURCE, 2)]
+
+
+def test_requeue_runs_a_job_on_its_series_as_it_is_now(tmp_path: Path) -> None:
+    """Review 32: a requeued job kept the generation it was queued for, so its worker took a later correction
+    for one made while it read the series."""
+    store = Store(tmp_path / "data", fsync=False)
+    queue = JobQueue(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0.0, quiet_s=0.0, model="default")
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    (first,) = monitor.complete_due(now=time.time() + 1)
+    assert first.job_id is not None
+    store.conn().execute("UPDATE jobs SET state = 'failed' WHERE id = ?", (first.job_id,))
+    assert take_instance(store, [_ct(STUDY_A, 0, patient_id="MRN9")], source="CT").stored  # a correction
+    (second,) = monitor.complete_due(now=time.time() + 1)
+    assert second.generation == first.generation + 1
+    queue.requeue(first.job_id)
+    job = queue.get(first.job_id)
+    assert job is not None and job.series_generation == second.generation

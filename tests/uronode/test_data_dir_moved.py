@@ -174,7 +174,11 @@ def test_the_worker_delivery_and_retention_of_a_restored_copy_use_its_files_neve
     again = JobQueue(copy).claim()
     assert again is not None and again.id == job_id
     assert Worker(copy, copy_settings, KnownStones()).run_job(again) is JobState.DELIVERED
-    assert not (copy.root / Path(result["path"]).relative_to(store.root)).exists()  # superseded in the copy
+    # made again under the same UID, the copy's own file is kept and owed (probe 32), never the original's
+    kept = copy.root / Path(result["path"]).relative_to(store.root)
+    assert kept.exists()
+    assert Path(query(copied, "SELECT path FROM instances WHERE sop_instance_uid = ?",
+                      result["sop_instance_uid"])[0]["path"]) == kept
     later = time.time() + 100 * 86400
     assert purge(copy, 1, now=later).series == []  # its result is still owed to the PACS (review 31)
     with copy.transaction() as conn:
