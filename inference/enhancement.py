@@ -54,8 +54,9 @@ from scipy import ndimage
 
 LOW_HU = 110.0
 """Lowest smoothed HU taken for enhanced blood: above unenhanced blood (30-60, about 70 at most)."""
-HIGH_HU = 600.0
-"""Highest: above an arterial phase's aorta, below cortical bone and most stones."""
+HIGH_HU = 800.0
+"""Highest smoothed HU taken: above an arterial or low-kV phase's aorta (up to about 600: probe 33 lost a 570 HU
+aorta under 600, its brightest pixels cut out), below most cortical bone and stones."""
 WORK_PIXEL_MM = 1.4
 """Pixels are averaged to about this size first (cost; a vessel of 14 mm is still 10 pixels across)."""
 SMOOTH_MM = 1.0

@@ -72,8 +72,10 @@ MEASURED_SLICE_MM = (1.0, 3.0)
 real example CT at 3 mm). Outside them a series is still analysed, with a caution (probe 30: at 0.625 mm a
 phlebolith the 1.25 mm series of the same phantom left out was reported, as two stones)."""
 CONTRAST_CAUTION = re.compile(r"(Perhaps c|C)ontrast-enhanced \(")
-"""How a caution about contrast begins (``inference.volume.contrast_note``, ``inference.enhancement``): one is
-enough."""
+"""How a caution about contrast begins (``inference.volume.contrast_note``, ``inference.enhancement``)."""
+CLEAR_CONTRAST = "Contrast-enhanced ("
+"""A header's clear sign (a phase named): the pixels add nothing to it. After a weaker one (an agent alone, a
+mention of contrast) the pixels' finding is added (probe 33: an agent's "perhaps" hid an aorta of 394 HU)."""
 SPACING_TOLERANCE = 0.05
 """How far outside ``MEASURED_SLICE_MM`` a spacing may lie without a caution (a spacing of 0.999 mm is 1 mm)."""
 
@@ -102,11 +104,12 @@ def input_cautions(volume: Volume) -> tuple[str, ...]:
     elif volume.hu.shape[0] > 1 and step > thick * (1 + SPACING_TOLERANCE):
         slices = (f"Slices {step:.2f} mm apart are farther than any the model was measured on (up to {thick:g} mm):"
                   " small stones may be missed, and sizes along the body are coarse.",)
-    enhanced: tuple[str, ...] = ()
-    if not any(CONTRAST_CAUTION.match(note) for note in volume.notes):
+    contrast = tuple(note for note in volume.notes if CONTRAST_CAUTION.match(note))
+    if not any(note.startswith(CLEAR_CONTRAST) for note in contrast):  # a weaker sign leaves the pixels to say more
         blood = enhanced_blood(volume.hu, volume.pixel_spacing, volume.offsets_mm)
-        enhanced = (blood.caution(),) if blood is not None else ()
-    return (*pixels, *slices, *volume.notes, *enhanced)
+        contrast += (blood.caution(),) if blood is not None else ()
+    # contrast first: it questions every finding, and an overlay shows as many cautions as it has room for
+    return (*contrast, *pixels, *slices, *(note for note in volume.notes if not CONTRAST_CAUTION.match(note)))
 
 
 class Pipeline:

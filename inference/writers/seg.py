@@ -238,6 +238,8 @@ def build_segmentation(findings: Findings, sources: Sources, frame_numbers: tupl
     seg.SeriesDate, seg.SeriesTime = DA(created.date()), TM(created.time())
     if "BodyPartExamined" in first:
         seg.BodyPartExamined = first.BodyPartExamined
+    if findings.cautions:  # probe 33: the SEG said nothing of a contrast phase the SR and overlays warned of
+        seg.ImageComments = "\n".join(f"Caution: {c}" for c in findings.cautions)[:10240]
     logger.info("SEG of series %s: %d frame(s), %d stone(s)", findings.series_instance_uid,
                 int(seg.NumberOfFrames), len(findings.stones))
     return seg

@@ -57,7 +57,7 @@ def test_unenhanced_blood_and_grainy_bone_are_not_contrast() -> None:
         assert enhanced_blood(hu, (PIXEL_MM, PIXEL_MM), offsets(hu)) is None
 
 
-@pytest.mark.parametrize("blood", [130.0, 180.0, 400.0])
+@pytest.mark.parametrize("blood", [130.0, 180.0, 400.0, 580.0])
 @pytest.mark.parametrize("noise", [0.0, 20.0, 40.0])
 def test_an_enhanced_aorta_is_found_and_measured(blood: float, noise: float) -> None:
     hu = abdomen(blood, noise_hu=noise, seed=int(blood + noise))
@@ -159,6 +159,14 @@ def test_the_caution_reaches_the_findings_once() -> None:
     said = ("Contrast-enhanced (Series Description 'ABD PORTAL VENOUS'): the model was made for non-contrast CT; "
             "contrast in the kidneys, ureters and bladder can be reported as stones and can hide them.",)
     assert input_cautions(dataclasses.replace(enhanced, notes=said)) == said
+    # a weaker sign (an agent alone) leaves the pixels to say more (probe 33); contrast comes first, before the
+    # other cautions, since an overlay shows as many as it has room for
+    lossy = "The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression 01): ..."
+    agent = ("Perhaps contrast-enhanced (Contrast/Bolus Agent 'OMNIPAQUE 350'): the model was made for non-contrast "
+             "CT; contrast in the kidneys, ureters and bladder can be reported as stones and can hide them.")
+    both = input_cautions(dataclasses.replace(enhanced, notes=(lossy, agent)))
+    assert both[0] == agent and both[1].startswith("Perhaps contrast-enhanced (a vessel ") and both[2] == lossy
+    assert input_cautions(dataclasses.replace(enhanced, notes=(lossy, *said))) == (*said, lossy)
 
 
 def test_a_pipeline_run_carries_the_caution() -> None:

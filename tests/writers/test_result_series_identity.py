@@ -45,7 +45,14 @@ from inference.writers.sources import (
     SR_SERIES_DESCRIPTION,
     Identity,
 )
-from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, Case, make_findings, stone_mask
+from tests.writers.conftest import (
+    MODEL_NAME,
+    MODEL_VERSION,
+    Case,
+    dciodvfy,
+    make_findings,
+    stone_mask,
+)
 from uronode.uids import derive_uid
 
 BASES = (SEG_SERIES_DESCRIPTION, SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION, KOS_SERIES_DESCRIPTION)
@@ -214,7 +221,8 @@ def test_a_description_fits_an_lo_in_bytes_of_the_sources_character_set(
         assert text.startswith(base + ": series 1") and text.endswith(" v3.8.0")
 
 
-def test_cautions_are_burned_into_the_overlays_and_in_the_key_objects_description(stones: Case) -> None:
+def test_cautions_are_burned_into_the_overlays_and_in_the_key_objects_description(stones: Case,
+                                                                                   tmp_path: Path) -> None:
     findings = dataclasses.replace(stones.findings, cautions=(CAUTION,))
     lines = summary_lines(findings, 4)
     assert lines[-1] == "AI result - not for primary diagnosis"
@@ -229,6 +237,13 @@ def test_cautions_are_burned_into_the_overlays_and_in_the_key_objects_descriptio
     texts = [item.TextValue for item in results.kos.ContentSequence
              if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "113012"]
     assert texts == [f"AI: 3 urinary stones on 3 slices; not for primary diagnosis. Caution: {CAUTION}"]
+    # the SEG, which a viewer may show alone, carries them in its Image Comments (probe 33), a valid SEG still
+    assert results.seg is not None and results.seg.ImageComments == f"Caution: {CAUTION}"
+    assert "ImageComments" not in stones.results.seg  # type: ignore[operator]
+    path = tmp_path / "seg.dcm"
+    results.seg.save_as(path, enforce_file_format=True)
+    errors, _ = dciodvfy(path)
+    assert errors == [], errors
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (64, 64), (256, 96)])
