@@ -42,7 +42,7 @@ from pathlib import Path
 from uronode.associations import Associations
 from uronode.audit import AuditLog
 from uronode.metrics import INFERENCE_BUCKETS_S, PRUNED
-from uronode.store import METADATA_CACHE, Store
+from uronode.store import METADATA_CACHE, Store, forget_empty_studies
 from uronode.supersede import NOTES_FOLDER
 
 log = logging.getLogger(__name__)
@@ -226,9 +226,7 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [("instances_deleted", len(files) + len(results)), ("series_deleted", series_gone + results_series)],
         )
-        for touched in {study_uid, *(r["study_instance_uid"] for r in results)}:
-            tx.execute("DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
-                       " (SELECT 1 FROM instances WHERE study_instance_uid = ?)", (touched, touched))
+        forget_empty_studies(tx, {study_uid, *(r["study_instance_uid"] for r in results)})
     paths = [Path(row["path"]) for row in (*files, *results)]
     for path in paths:
         path.unlink(missing_ok=True)
