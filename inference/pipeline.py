@@ -43,6 +43,7 @@ from inference.resample import (
 )
 from inference.runtime import LoadedModel, load_model
 from inference.volume import Volume, load_volume
+from uronode.contrast import without_free_text
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class Pipeline:
         cautions = input_cautions(volume)
         if cautions:
             findings = dataclasses.replace(findings, cautions=cautions)
-            logger.warning("series %s: %s", volume.series_instance_uid, " ".join(cautions))
+            logger.warning("series %s: %s", volume.series_instance_uid, without_free_text(" ".join(cautions)))
         self.last_timings["postprocess_s"] = time.perf_counter() - t0 + self.last_timings.pop("components_s")
         over = int(self.last_timings.get("over_budget", 0))  # probe 30: the budget dropped some and nothing said so
         logger.info(

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 
 from uronode.audit import AuditLog
-from uronode.contrast import contrast_evidence
+from uronode.contrast import contrast_evidence, without_free_text
 from uronode.jobs import JobQueue
 from uronode.store import Store, forget_empty_studies
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
@@ -247,7 +247,7 @@ class CompletionMonitor:
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
-            reason=reason, job_id=job_id,
+            reason=without_free_text(reason) if reason else reason, job_id=job_id,
         )
         if job_id is not None:
             log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
@@ -256,7 +256,8 @@ class CompletionMonitor:
                      "results made of it earlier stay until retention", series_uid)
         else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
             log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
-                    "series %s complete (%d instances): not for the model: %s", series_uid, len(instances), reason)
+                    "series %s complete (%d instances): not for the model: %s", series_uid, len(instances),
+                    without_free_text(reason or ""))
         return CompletedSeries(
             series_instance_uid=series_uid,
             study_instance_uid=due["study_instance_uid"],

@@ -185,6 +185,16 @@ def _latin(text: str) -> str:
     return _OTHER.sub(lambda found: f" {_meaning(found)} ", text)
 
 
+_FREE_TEXT = re.compile(r"(Series Description )(['\"])(.*?)\2(?=\)| \(read as|:|;|,|$)")
+
+
+def without_free_text(text: str) -> str:
+    """``text`` (a reason or a caution) with each quoted Series Description shown as '...': for the logs, the
+    audit log and text burned into pixels (probe 34: a site's description may hold a patient's name; the job's
+    reason and the results' headers keep it whole)."""
+    return _FREE_TEXT.sub(r"\1'...'", text)
+
+
 def _quoted(what: str, value: str) -> str:
     """A header value as a reason or a caution names it (``_shown``), followed, where it holds words of another
     script (shown as '?'), by what they were read as: "Series Description '???? ???' (read as CONTRAST

@@ -39,6 +39,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from uronode.associations import Associations
 from uronode.audit import AuditLog
 from uronode.metrics import INFERENCE_BUCKETS_S, PRUNED
@@ -201,10 +204,13 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
             "  FROM results r JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
             " WHERE i.study_instance_uid = ?", (study_uid,)).fetchall()
         results = list({row["sop_instance_uid"]: row for row in results}.values())
+        notes = _notes_of(store, study_uid)
         done = Purged(series=series, instances=len(files), bytes=sum(f["size"] for f in files),
-                      results=len(results), results_bytes=sum(r["size"] for r in results))
+                      results=len(results) + len(notes), results_bytes=sum(r["size"] for r in results))
         if dry_run:
             return done
+        tx.executemany("UPDATE deliveries SET state = 'superseded', last_error = 'the study was purged', updated_at = ?"
+                       " WHERE state = 'dead' AND path = ?", [(time.time(), str(note)) for note in notes])
         gone = [(f["sop_instance_uid"],) for f in files]
         tx.execute("UPDATE deliveries SET state = 'superseded', last_error = 'the study was purged', updated_at = ?"
                    " WHERE state = 'dead' AND sop_instance_uid IN (SELECT sop_instance_uid FROM instances"
@@ -228,15 +234,48 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
         )
         forget_empty_studies(tx, {study_uid, *(r["study_instance_uid"] for r in results)})
     paths = [Path(row["path"]) for row in (*files, *results)]
-    for path in paths:
+    for path in (*paths, *notes):
         path.unlink(missing_ok=True)
     for folder in {path.parent for path in paths}:
         _remove_if_unused(folder)
+    _remove_empty_folders(store.instances_dir / study_uid)  # probe 34: folders named by the study stayed
     AuditLog(store.root).record("study_purged", study_instance_uid=study_uid, series=series, instances=len(files),
                                 results=len(results))
     log.info("deleted study %s by hand: %d series, %d instance(s) (%.1f MB), %d result instance(s) made of it",
              study_uid, len(series), len(files), done.bytes / 1e6, len(results))
     return done
+
+
+def _notes_of(store: Store, study_uid: str) -> list[Path]:
+    """The rejection notes in the node's ``notes/`` folder that name ``study_uid`` (each holds the patient's
+    name, ID and accession number: probe 34 found them outliving ``purge --study``)."""
+    folder = store.root / NOTES_FOLDER
+    found = []
+    for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except (OSError, InvalidDicomError, ValueError, TypeError) as exc:  # not ours to judge here
+            log.warning("rejection note %s could not be read: %s", path.name, exc)
+            continue
+        if str(ds.get("StudyInstanceUID", "")) == study_uid:
+            found.append(path)
+    return found
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """``top`` and the folders under it that hold nothing, deepest first (a study's folder once purged)."""
+    if not top.is_dir():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        (folder / METADATA_CACHE).unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: something arrived meanwhile
+    try:
+        top.rmdir()
+    except OSError:
+        pass
 
 
 def _delete_results_in(tx: sqlite3.Connection, results: list[sqlite3.Row]) -> int:

@@ -76,6 +76,7 @@ from inference.writers.sources import (
     SC_SERIES_NUMBER,
     Sources,
 )
+from uronode.contrast import without_free_text
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def summary_lines(findings: Findings, k: int) -> list[str]:
         index, largest = max(enumerate(findings.stones), key=lambda item: item[1].length_mm)
         side = SIDE_WORDS.get(largest.side, largest.side)
         lines.append(f"Largest: {largest.length_mm:.1f} mm (stone {index + 1}, {side})")
-    lines.extend(f"Caution: {c}" for c in findings.cautions)
+    lines.extend(f"Caution: {without_free_text(c)}" for c in findings.cautions)  # no header free text in pixels
     lines.append(DISCLAIMER)
     return lines
 

@@ -322,7 +322,7 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
             parse(value)
         except ValueError:
             setattr(ds, keyword, "")
-            mended.append(f"{keyword} {value!r} is not a DICOM {parse.__name__}")
+            mended.append(f"{keyword} is not a DICOM {parse.__name__}: written empty")  # the value is logged: not it
     sex = _patient_sex(ds)
     if sex is not None:
         mended.append(sex)
