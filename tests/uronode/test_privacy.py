@@ -95,3 +95,21 @@ def test_purge_study_takes_its_rejection_notes_and_folders(tmp_path: Path) -> No
     assert left == [STUDY_B]
     assert not (store.instances_dir / STUDY_A).exists()
     assert (store.instances_dir / STUDY_B).is_dir()
+
+
+def test_the_index_overwrites_what_it_deletes(tmp_path: Path) -> None:
+    """``secure_delete``: a purged study's text does not wait in free pages of the index for reuse (probe 34)."""
+    store = Store(tmp_path / "data", fsync=False)
+    assert store.conn().execute("PRAGMA secure_delete").fetchone()[0] == 1
+    for index in range(2):
+        ds = ct_slice(STUDY_A, uid("privacy", "secure"), index, size=16)
+        ds.SeriesDescription = f"ABDOMEN {NAME}"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+    store.conn().execute("UPDATE series SET state = 'complete'")
+    store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert NAME.encode() in (tmp_path / "data" / "index.sqlite3").read_bytes()
+    purge_study(store, STUDY_A)
+    store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert NAME.encode() not in (tmp_path / "data" / "index.sqlite3").read_bytes()
