@@ -98,7 +98,7 @@ def sharp_kernel(kernel: str, description: str) -> str | None:
             return f"ConvolutionKernel '{value}'" if sharp else None
         return f"ConvolutionKernel '{value}'" if SHARP_KERNEL_WORDS.search(value) else None
     if SHARP_DESCRIPTION_WORDS.search(description.upper()):
-        return f"Series Description '{description}'"
+        return f"Series Description {description!r}"  # a literal: the logs show it as '...' (probe 34)
     return None
 
 

@@ -185,7 +185,9 @@ def _latin(text: str) -> str:
     return _OTHER.sub(lambda found: f" {_meaning(found)} ", text)
 
 
-_FREE_TEXT = re.compile(r"(Series Description )(['\"])(.*?)\2(?=\)| \(read as|:|;|,|$)")
+_FREE_TEXT = re.compile(r"(Series Description )(['\"])(?:\\.|(?!\2).)*\2", re.DOTALL)
+"""A Series Description as every reason and caution quotes it: a Python string literal (``!r``: a quote inside
+escaped, no raw line break)."""
 
 
 def without_free_text(text: str) -> str:

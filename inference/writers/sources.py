@@ -182,12 +182,19 @@ class Identity:
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
 
 
+WRITERS_REVISION = 2
+"""Raised whenever the writers put something else into a result for the same findings (2: the SEG's Image
+Comments, 2026-12-06): the package's version is not raised for each change, and a result made again under a UID a
+destination holds is not sent again with other content (the node keeps its first copy), so without it a re-run
+after an upgrade would keep the old content (review 33)."""
+
+
 def inputs_digest(paths: Sequence[str], findings: Findings) -> str:
     """SHA-256 of what the results are made of: this node's version (the writers), the source files' bytes, each
     once, in slice order (headers and pixels: the files the worker has just read, from the page cache), and the
     findings (their mask and measurements: the same model on the same files finds the same, but nothing written
     may change under a UID); ``WriterError`` when a file cannot be read."""
-    digest = hashlib.sha256(f"uronode {__version__}".encode())  # and what wrote them
+    digest = hashlib.sha256(f"uronode {__version__} writers {WRITERS_REVISION}".encode())  # and what wrote them
     digest.update(json.dumps(findings.to_json(), sort_keys=True).encode())
     digest.update(np.ascontiguousarray(findings.mask).view(np.uint8).data)
     for path in dict.fromkeys(paths):

@@ -20,8 +20,8 @@ from inference.writers.sources import Identity, complete_header
 from tests.factory import ct_slice, uid
 from tests.uronode.test_corrections import STUDY_A, STUDY_B, _ct, _result
 from tests.uronode.test_supersede import PACS, run
-from uronode.completion import CompletionMonitor
-from uronode.contrast import without_free_text
+from uronode.completion import CompletionMonitor, sharp_kernel
+from uronode.contrast import _quoted, without_free_text
 from uronode.ingest import take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
@@ -48,6 +48,19 @@ def test_a_description_is_left_out_of_the_log_and_the_audit_not_out_of_the_reaso
     assert "Series Description '...'" in caplog.text and NAME not in caplog.text
     audit = (tmp_path / "data" / "audit.log").read_text()
     assert "Series Description '...'" in audit and NAME not in audit
+
+
+@pytest.mark.parametrize("description", ["BONE 'SMITH', JOHN", "BONE (SMITH', J)", "BONE SMITH\nJOHN",
+                                         "SMITH', JOHN \"PV\"", "造影 動脈相 SMITH"])
+def test_every_quoted_description_is_masked_whole(description: str) -> None:
+    """Review 33: apostrophes, commas after a quote, parentheses and line breaks had let part of a name through;
+    the sharp-kernel reason had quoted the description raw."""
+    reasons = [f"contrast-enhanced ({_quoted('Series Description', description)}): the model reads",
+               f"a sharp-kernel reconstruction ({sharp_kernel('', description + ' BONE')}): the model"]
+    for reason in reasons:
+        masked = without_free_text(reason)
+        assert "SMITH" not in masked and "JOHN" not in masked, masked
+        assert "Series Description '...'" in masked, masked
 
 
 def test_text_burned_into_an_overlay_quotes_no_description() -> None:
@@ -90,7 +103,7 @@ def test_purge_study_takes_its_rejection_notes_and_folders(tmp_path: Path) -> No
     assert (store.instances_dir / STUDY_A).is_dir()
 
     done = purge_study(store, STUDY_A)
-    assert done.results == 2  # the SEG and the note
+    assert (done.results, done.notes) == (1, 1)  # the SEG and the note
     left = [pydicom.dcmread(p).StudyInstanceUID for p in notes.glob("*.dcm")]
     assert left == [STUDY_B]
     assert not (store.instances_dir / STUDY_A).exists()
@@ -110,6 +123,7 @@ def test_the_index_overwrites_what_it_deletes(tmp_path: Path) -> None:
     store.conn().execute("UPDATE series SET state = 'complete'")
     store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert NAME.encode() in (tmp_path / "data" / "index.sqlite3").read_bytes()
-    purge_study(store, STUDY_A)
-    store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert NAME.encode() not in (tmp_path / "data" / "index.sqlite3").read_bytes()
+    purge_study(store, STUDY_A)  # it truncates the write-ahead log itself (review 33: old page copies stayed)
+    for name in ("index.sqlite3", "index.sqlite3-wal"):
+        path = tmp_path / "data" / name
+        assert not path.exists() or NAME.encode() not in path.read_bytes(), name

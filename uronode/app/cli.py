@@ -335,7 +335,7 @@ def _purge_study(store: Store, study: str, *, dry_run: bool) -> int:
         return 1
     print(f"{'would delete' if dry_run else 'deleted'} study {study}: {len(done.series)} series, {done.instances}"
           f" instances, {done.bytes / 1e6:.1f} MB, with the {done.results} result instance(s)"
-          f" ({done.results_bytes / 1e6:.1f} MB) the node made of it")
+          f" ({done.results_bytes / 1e6:.1f} MB) the node made of it and {done.notes} rejection note(s)")
     for series in done.series:
         print(f"  {series}")
     return 0
