@@ -307,7 +307,7 @@ _FAILURE_REASONS = {
 
 def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str) -> _Outcome:
     """One application/dicom part taken in as a C-STORE is (one of the node's results the node holds already, a
-    remote worker's job run again among them, keeps the node's copy: ``Store.put``'s ``keep_own``)."""
+    remote worker's job run again among them, keeps the node's copy: ``Store.put``)."""
     report = take_instance(store, [content], source="STOW-RS", bare_data_sets=True,
                            expected=Expected(study_instance_uid=study))
     header = report.header

@@ -93,7 +93,7 @@ def take_instance(
     DICOM file. ``max_instance_bytes``: the most its data set may inflate
     (deflated) or its pixel data decode to; a caller with the settings passes
     ``scp.max_instance_bytes`` (see :mod:`uronode.structure`). One of the node's own results sent back,
-    or made again by a remote worker, with other bytes keeps the node's copy (:meth:`Store.put`'s ``keep_own``).
+    or made again by a remote worker, with other bytes keeps the node's copy (:meth:`Store.put`).
     """
     try:
         if len(parts) == 1:
@@ -105,8 +105,7 @@ def take_instance(
     if mismatch is not None:
         return _refused(Verdict.DOES_NOT_MATCH, header, mismatch, source)
     try:
-        outcome = store.put(header, parts, calling_ae=source, association_id=association_id,
-                            keep_own=True)
+        outcome = store.put(header, parts, calling_ae=source, association_id=association_id)
     except InvalidInstance as exc:
         return _refused(Verdict.CANNOT_UNDERSTAND, header, str(exc), source)
     except OutOfResources as exc:

@@ -136,12 +136,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                     [("instances_deleted", len(files) + len(results)), ("series_deleted", 1 + results_series)],
                 )
-                for touched in {study, *(r["study_instance_uid"] for r in results)}:
-                    tx.execute(
-                        "DELETE FROM studies WHERE study_instance_uid = ? AND NOT EXISTS"
-                        " (SELECT 1 FROM instances WHERE study_instance_uid = ?)",
-                        (touched, touched),
-                    )
+                forget_empty_studies(tx, {study, *(r["study_instance_uid"] for r in results)})
         done.series.append(series)
         done.instances += len(files)
         done.bytes += sum(f["size"] for f in files)

@@ -245,11 +245,10 @@ class Store:
         *,
         calling_ae: str = "",
         association_id: int | None = None,
-        keep_own: bool = False,
     ) -> StoreOutcome:
         """Store one encoded instance (the parts are written one after the other).
 
-        ``keep_own``: an instance the node made (Manufacturer ``uronode``) that comes back with other bytes (a PACS
+        An instance the node made (Manufacturer ``uronode``) that comes back with other bytes (a PACS
         sending the study back, re-encoded) leaves the node's own copy in place, as a duplicate (probe 22: the
         node's results were replaced by the PACS's copies); so does one a worker makes again (a job requeued: the
         same UID for the same source and findings, other times: probe 32, a receiver got changed content under a
@@ -275,7 +274,7 @@ class Store:
             log.info("instance %s: the same data set came again from %s in another file; kept as it was",
                      header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
-        if row is not None and keep_own and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
+        if row is not None and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
             log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
                      "copy is kept", header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE

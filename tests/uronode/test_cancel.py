@@ -148,8 +148,8 @@ class CancelAtLastPut(Store):
     puts = 0
 
     def put(self, header: InstanceHeader, parts: Sequence[Buffer], *, calling_ae: str = "",
-            association_id: int | None = None, keep_own: bool = False) -> StoreOutcome:
-        outcome = super().put(header, parts, calling_ae=calling_ae, association_id=association_id, keep_own=keep_own)
+            association_id: int | None = None) -> StoreOutcome:
+        outcome = super().put(header, parts, calling_ae=calling_ae, association_id=association_id)
         if header.modality != "CT":
             self.puts += 1
             if self.puts == 1:

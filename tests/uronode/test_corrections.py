@@ -35,9 +35,16 @@ STUDY_A, STUDY_B = uid("corrections", "study-a"), uid("corrections", "study-b")
 SOURCE = uid("supersede", "ct")  # the source series test_supersede.run records results of
 
 
-def _ct(study: str, index: int, patient_id: str = "MRN1", series: str = SOURCE) -> bytes:
+def _ct(study: str, index: int, patient_id: str = "MRN1", series: str = SOURCE, *, moved_to: str | None = None,
+        description: str | None = None) -> bytes:
+    """Slice ``index`` of ``series``, encoded; ``moved_to``: the same image (its SOP Instance UID) in another
+    series; ``description``: its Series Description."""
     ds = ct_slice(study, series, index, size=16)
     ds.PatientID = patient_id
+    if moved_to is not None:
+        ds.SeriesInstanceUID = moved_to
+    if description is not None:
+        ds.SeriesDescription = description
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -155,11 +162,7 @@ def test_a_series_whose_images_all_moved_to_another_is_no_longer_listed(tmp_path
     assert done.job_id is not None
     moved = uid("corrections", "moved")
     for index in range(3):
-        ds = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, index)))
-        ds.SeriesInstanceUID = moved
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+        assert take_instance(store, [_ct(STUDY_A, index, moved_to=moved)], source="CT").stored
     decided = {c.series_instance_uid: c for c in monitor.complete_due(now=time.time() + 1)}
     assert decided[moved].job_id is not None
     assert decided[SOURCE].job_id is None
@@ -241,14 +244,8 @@ def test_results_of_a_series_whose_images_moved_go_by_their_own_age(tmp_path: Pa
     monitor.complete_due(now=time.time() + 1)
     run(store, Outbox(store), 1, [_result(STUDY_A, "first")], destinations=(PACS,))
     store.conn().execute("UPDATE deliveries SET state = 'delivered'")
-    for index in range(3):
-        ct = _ct(STUDY_A, index, series=uid("corrections", "moved"))
-        ds = pydicom.dcmread(io.BytesIO(ct))
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(
-            io.BytesIO(_ct(STUDY_A, index))).SOPInstanceUID  # the same images, in another series
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+    for index in range(3):  # the same images, in another series
+        assert take_instance(store, [_ct(STUDY_A, index, moved_to=uid("corrections", "moved"))], source="CT").stored
     monitor.complete_due(now=time.time() + 1)  # the emptied series goes; the result series completes
     seg = store.get_instance(uid("corrections", "first"))
     assert seg is not None and seg.path.exists()

@@ -5,7 +5,6 @@ and folders too."""
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
@@ -37,11 +36,8 @@ def test_a_description_is_left_out_of_the_log_and_the_audit_not_out_of_the_reaso
     store = Store(tmp_path / "data", fsync=False)
     monitor = CompletionMonitor(store, JobQueue(store), grace_s=0.0, quiet_s=0.0, model="default")
     for index in range(3):
-        ds = ct_slice(STUDY_A, uid("privacy", "pv"), index, size=16)
-        ds.SeriesDescription = f"PORTAL VENOUS {NAME}"
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+        ct = _ct(STUDY_A, index, series=uid("privacy", "pv"), description=f"PORTAL VENOUS {NAME}")
+        assert take_instance(store, [ct], source="CT").stored
     with caplog.at_level(logging.DEBUG):
         (done,) = monitor.complete_due(now=time.time() + 1)
     assert done.job_id is None and done.reason is not None and NAME in done.reason  # the reason, as it was
@@ -115,11 +111,8 @@ def test_the_index_overwrites_what_it_deletes(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", fsync=False)
     assert store.conn().execute("PRAGMA secure_delete").fetchone()[0] == 1
     for index in range(2):
-        ds = ct_slice(STUDY_A, uid("privacy", "secure"), index, size=16)
-        ds.SeriesDescription = f"ABDOMEN {NAME}"
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+        ct = _ct(STUDY_A, index, series=uid("privacy", "secure"), description=f"ABDOMEN {NAME}")
+        assert take_instance(store, [ct], source="CT").stored
     store.conn().execute("UPDATE series SET state = 'complete'")
     store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert NAME.encode() in (tmp_path / "data" / "index.sqlite3").read_bytes()

@@ -127,7 +127,7 @@ class Worker:
             data = encode(ds)
             header = read_header([data])
             # a job run again makes the same UIDs (other times): the copy the destinations may hold stays
-            outcome = self.store.put(header, [data], calling_ae=self.settings.scp.ae_title, keep_own=True)
+            outcome = self.store.put(header, [data], calling_ae=self.settings.scp.ae_title)
             found = self.store.get_instance(header.sop_instance_uid)
             if found is None:
                 raise RuntimeError(f"result {header.sop_instance_uid} vanished from the store")
