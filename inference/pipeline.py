@@ -42,7 +42,7 @@ from inference.resample import (
     uncrop,
 )
 from inference.runtime import LoadedModel, load_model
-from inference.volume import Volume, load_volume
+from inference.volume import ENERGY_CAUTION, Volume, load_volume
 from uronode.contrast import without_free_text
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def input_cautions(volume: Volume) -> tuple[str, ...]:
     for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``, a series' slice spacing outside
     ``MEASURED_SLICE_MM``, what loading found (``Volume.notes``: duplicate positions left out, missing
     slices, lossy compression, contrast the header names) and, where the header names no contrast, enhanced
-    blood in the pixels (``inference.enhancement``)."""
+    blood in the pixels (``inference.enhancement``) and a multi-energy image read all the same
+    (``inference.volume.energy_note``)."""
     low, high = MEASURED_PIXEL_MM
     size = max(volume.pixel_spacing)
     pixels: tuple[str, ...] = ()
@@ -109,8 +110,11 @@ def input_cautions(volume: Volume) -> tuple[str, ...]:
     if not any(note.startswith(CLEAR_CONTRAST) for note in contrast):  # a weaker sign leaves the pixels to say more
         blood = enhanced_blood(volume.hu, volume.pixel_spacing, volume.offsets_mm)
         contrast += (blood.caution(),) if blood is not None else ()
-    # contrast first: it questions every finding, and an overlay shows as many cautions as it has room for
-    return (*contrast, *pixels, *slices, *(note for note in volume.notes if not CONTRAST_CAUTION.match(note)))
+    energy = tuple(note for note in volume.notes if ENERGY_CAUTION in note)
+    rest = (note for note in volume.notes if not CONTRAST_CAUTION.match(note) and ENERGY_CAUTION not in note)
+    # contrast and a multi-energy image first: they question every finding, and an overlay shows as many cautions
+    # as it has room for
+    return (*contrast, *energy, *pixels, *slices, *rest)
 
 
 class Pipeline:

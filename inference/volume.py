@@ -47,9 +47,13 @@ Rules worth knowing:
   position.
 - **Left out, with a warning:** instances of the series that are no slice of
   it: another modality or SOP class (a dose report, a dose screen, raw data), a
-  localizer, no pixel data. Scanners and PACS put them beside the slices.
+  localizer, no pixel data, values that are no Hounsfield units (a multi-energy
+  CT's map: ``uronode.energy``). Scanners and PACS put them beside the slices.
+- **Multi-energy CT** read all the same (a virtual monoenergetic image; a
+  material-removed or -modified one, uploaded) or a Rescale Type of US gives
+  a caution in ``Volume.notes`` (:func:`energy_note`).
 - **Rejected** (``VolumeError``): nothing but such instances (not CT, a
-  localizer, missing pixel data), a slice claiming more than
+  localizer, missing pixel data, no HU), a slice claiming more than
   ``MAX_CT_MATRIX`` rows or columns (refused before decoding: a decoder
   allocates what the header claims), more
   than one series or frame of reference, mixed image sizes, orientations or pixel
@@ -78,6 +82,7 @@ from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
 from uronode.contrast import contrast_evidence
+from uronode.energy import EnergyImage, energy_image
 from uronode.header import PARSE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -504,7 +509,55 @@ def _not_a_slice(ds: Dataset, name: str) -> str | None:
         return f"{name} is a localizer, not an axial image"
     if "PixelData" not in ds:
         return f"{name} has no pixel data"
+    energy = _energy(ds)
+    if energy is not None and not energy.hounsfield:
+        return f"{name} is {energy.reason(asked=True)}"
     return None
+
+
+def _energy(ds: Dataset) -> EnergyImage | None:
+    """What a multi-energy image is (``uronode.energy``), from its Image Type and its Rescale Type (an Enhanced
+    CT's from its Pixel Value Transformation functional group, as its rescale)."""
+    values = ds.get("ImageType") or []
+    image_type = values if isinstance(values, str) else "\\".join(str(v) for v in values)
+    return energy_image(image_type, str(_rescale(ds, 0, "RescaleType") or ""))
+
+
+def _kev(ds: Dataset) -> float | None:
+    """A virtual monoenergetic image's energy (Monoenergetic Energy Equivalent, keV): in the Multi-energy CT
+    Characteristics Sequence (at the top level, or an Enhanced CT's functional groups), or at the top level."""
+    value = _functional(ds, 0, "MultienergyCTCharacteristicsSequence", "MonoenergeticEnergyEquivalent")
+    if not _given(value):
+        items = ds.get("MultienergyCTCharacteristicsSequence") or []
+        value = items[0].get("MonoenergeticEnergyEquivalent") if items else ds.get("MonoenergeticEnergyEquivalent")
+    number = decimal_number(value) if _given(value) else None
+    return number if number is not None and 0 < number < 1000 else None
+
+
+ENERGY_CAUTION = " of a multi-energy CT: "
+"""What a caution about a multi-energy image holds (:func:`energy_note`): it comes after contrast's, before the rest."""
+
+
+def energy_note(datasets: Sequence[Dataset]) -> list[str]:
+    """A caution where the series' images are multi-energy CT the model reads all the same (``uronode.energy``:
+    a virtual monoenergetic image, or, uploaded, a material-removed or -modified one), or where the header calls
+    the values' unit unspecified (Rescale Type US, read as HU)."""
+    for ds in datasets:
+        energy = _energy(ds)
+        if energy is not None and energy.monoenergetic:
+            kev = _kev(ds)
+            at = f" at {kev:g} keV" if kev is not None else ""
+            return [f"A virtual monoenergetic image{at}{ENERGY_CAUTION}calcium stones and bone read brighter "
+                    "below about 70 keV, and fainter above it, than on the conventional CT the model learned, and "
+                    "their HU are this energy's."]
+        if energy is not None and energy.hounsfield:
+            return [f"{energy.kind[0].upper()}{energy.kind[1:]}{ENERGY_CAUTION}the processing can take "
+                    "calcium, and with it small stones, out of the pixels; a result without stones rules out less "
+                    "than on a conventional CT, and sizes and HU may be understated."]
+    if any(str(_rescale(ds, 0, "RescaleType") or "").strip().upper() == "US" for ds in datasets):
+        return ["The header calls the unit of the pixel values unspecified (Rescale Type US): they were read as "
+                "Hounsfield units."]
+    return []
 
 
 def _check_instance(ds: Dataset, name: str) -> None:
@@ -816,6 +869,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         frame_numbers=tuple(f.frame_number for f in frames),
         source_paths=tuple(paths[f.dataset_index] for f in frames),
         notes=(*notes, *contrast_note(datasets[i] for i in sorted({f.dataset_index for f in frames})),
+               *energy_note([datasets[i] for i in sorted({f.dataset_index for f in frames})]),
                *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
                   "01): faint and small stones may be lost."]
                  if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),

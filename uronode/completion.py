@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
+from uronode.energy import energy_image
 from uronode.jobs import JobQueue
 from uronode.store import Store, forget_empty_studies
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
@@ -151,6 +152,14 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
         return "derived secondary images"
     slices = [r for r, t in zip(ct_rows, image_types, strict=True) if "LOCALIZER" not in t]
+    # multi-energy images (uronode.energy): a series of values that are no HU, or of HU with a material taken out
+    energies = [image for r in slices if (image := energy_image(r["image_type"] or "")) is not None]
+    unread = [image for image in energies if not image.hounsfield]
+    if unread and len(unread) == len(slices):  # a few such images among HU slices: the loader leaves them out
+        return unread[0].reason(asked)
+    modified = next((why for image in energies if image.hounsfield and (why := image.reason(asked))), None)
+    if modified is not None:
+        return modified
     # an Enhanced CT gives its frames' positions in its functional groups, never at the top level (review 23)
     if not asked and all(not r["image_position"] and r["sop_class_uid"] == CT_IMAGE_STORAGE
                          and (r["number_of_frames"] or 1) <= 1 for r in slices):
