@@ -59,6 +59,7 @@ from inference.postprocess import Findings
 from inference.volume import Volume, decimal_number, read_dicom
 from inference.writers.errors import WriterError
 from uronode import __version__
+from uronode.dicomfile import is_valid_uid
 from uronode.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -182,9 +183,9 @@ class Identity:
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
 
 
-WRITERS_REVISION = 2
+WRITERS_REVISION = 3
 """Raised whenever the writers put something else into a result for the same findings (2: the SEG's Image
-Comments, 2026-12-06): the package's version is not raised for each change, and a result made again under a UID a
+Comments, 2026-12-06; 3: a source's study and patient references without their UIDs left out, 2026-12-06): the package's version is not raised for each change, and a result made again under a UID a
 destination holds is not sent again with other content (the node keeps its first copy), so without it a re-run
 after an upgrade would keep the old content (review 33)."""
 
@@ -265,6 +266,33 @@ def _one_person_name(ds: Dataset) -> list[str]:
     return mended
 
 
+_REFERENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
+"""The references of the General Study and Patient modules (Type 3), which every result copies whole."""
+
+
+def _broken_references(ds: Dataset) -> list[str]:
+    """Items of ReferencedStudySequence or ReferencedPatientSequence without a Referenced SOP Class UID and a
+    Referenced SOP Instance UID that are UIDs (both Type 1 in an item): every result copies those modules as the
+    source has them, so a source's fault was each result's (dciodvfy, probe 33 #8). Such items are left out, and
+    a sequence left empty goes. What was changed."""
+    mended = []
+    for keyword in _REFERENCES:
+        items = ds.get(keyword)
+        if items is None:
+            continue
+        kept = [item for item in items if all(is_valid_uid(str(item.get(uid, "") or ""))
+                                              for uid in ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID"))]
+        if len(kept) == len(items):
+            continue
+        if kept:
+            setattr(ds, keyword, kept)
+        else:
+            del ds[keyword]
+        mended.append(f"{keyword}: {len(items) - len(kept)} of its {len(items)} items without both referenced "
+                      "UIDs left out")
+    return mended
+
+
 _SPACINGS = ("SliceThickness", "SpacingBetweenSlices")
 
 
@@ -306,7 +334,8 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
     time that does not parse becomes empty (the results cannot carry "19700000"); a PatientSex other than
     M, F or O becomes its letter where its meaning is plain ("male", "f") and empty where not ("U"), as
     highdicom takes nothing else (``_patient_sex``); a PatientName or ReferringPhysicianName of several
-    values keeps its first (``_one_person_name``); a SliceThickness or SpacingBetweenSlices that is not a
+    values keeps its first (``_one_person_name``); a study or patient reference without its UIDs is left out
+    (``_broken_references``); a SliceThickness or SpacingBetweenSlices that is not a
     number is read with a decimal point where it has a comma, else taken as the distance between the slice
     planes or left out (``_unparsed_spacings``); a missing
     FrameOfReferenceUID (Type 1 in CT, but lost by some exports) becomes one derived from the series, the
@@ -334,6 +363,7 @@ def complete_header(ds: Dataset, identity: Identity, slice_spacing: float) -> li
     if sex is not None:
         mended.append(sex)
     mended += _one_person_name(ds)
+    mended += _broken_references(ds)
     mended += _unparsed_spacings(ds, slice_spacing)
     if not ds.get("FrameOfReferenceUID"):
         ds.FrameOfReferenceUID = identity.lasting_uid("frame-of-reference")

@@ -133,3 +133,31 @@ def test_an_enhanced_ct_with_a_decimal_comma_in_its_pixel_measures_gets_its_seg(
     seg = pydicom.dcmread(written[0])
     assert seg.Modality == "SEG"
     assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == 10.0
+
+
+def test_a_study_reference_without_its_uids_is_left_out_of_valid_results(tmp_path: Path) -> None:
+    """Probe 33 #8: a source whose General Study module holds a ReferencedStudySequence item without its SOP
+    Class UID had the fault copied into every result (dciodvfy: an error in each). Good items stay."""
+    phantom = generate_phantom(21, rows=64, slice_spacing=2.5, slices=3, coverage=(0.7, 0.8), n_stones=0, n_mimics=0)
+    paths = write_series(phantom, tmp_path / "ct")
+    good, broken = Dataset(), Dataset()
+    good.ReferencedSOPClassUID, good.ReferencedSOPInstanceUID = "1.2.840.10008.3.1.2.3.1", "1.2.3.4.5"
+    broken.ReferencedSOPInstanceUID = "1.2.3.4.6"
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.ReferencedStudySequence = [broken, good]
+        ds.ReferencedPatientSequence = [broken]
+        ds.save_as(path, enforce_file_format=True)
+    volume = load_volume(paths)
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[1:3, 30:33, 30:33] = 1
+    findings = measure_stones(volume, mask, model_name=MODEL_NAME, model_version=MODEL_VERSION)
+    results = save_results(write_results(volume, findings), tmp_path / "out")
+    assert {pydicom.dcmread(path).Modality for path in results} == {"SEG", "OT", "SR", "KO"}
+    for path in results:
+        ds = pydicom.dcmread(path)
+        assert [item.ReferencedSOPInstanceUID for item in ds.ReferencedStudySequence] == ["1.2.3.4.5"], path.name
+        assert "ReferencedPatientSequence" not in ds, path.name
+        errors, _ = dciodvfy(path)
+        assert not errors, (path.name, errors)
+    assert len(pydicom.dcmread(paths[0]).ReferencedStudySequence) == 2  # the stored file is as it was sent
