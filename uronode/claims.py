@@ -40,7 +40,7 @@ from pathlib import Path
 
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
-from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_reason
+from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_reason, series_changed
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
@@ -378,16 +378,19 @@ class Claims:
         return state
 
     def fail(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:
-        """The claim's worker could not run the job (a series the model cannot read): failed, with why."""
+        """The claim's worker could not run the job (a series the model cannot read): failed, with why, and first
+        that the series changed while it was read where it did (``uronode.jobs.series_changed``, as the node's own
+        worker says it)."""
         now = time.time() if now is None else now
         if not reason:
             raise ValueError("a failed job needs its reason")
         with self.store.transaction() as conn:
-            self._current(conn, job_id, token, worker, now)
+            row = self._current(conn, job_id, token, worker, now)
+            changed = series_changed(conn, row["series_instance_uid"], row["series_generation"])
             conn.execute(
                 "UPDATE jobs SET state = 'failed', reason = ?, claim_token = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ?",
-                (reason, now, job_id),
+                (f"{changed} ({reason})" if changed else reason, now, job_id),
             )
 
     def give_back(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:

@@ -363,6 +363,20 @@ class JobQueue:
         return [_job(r) for r in rows]
 
 
+def series_changed(conn: sqlite3.Connection, series_uid: str, generation: int) -> str | None:
+    """Why a job's series is not the one it was queued for any more (``generation``: the job's), or None: an
+    instance replaced or added after the series completed (a correction sent again) removes or changes files the
+    job is reading (probe 32: such a job failed as if its files were damaged). The node's own worker and a remote
+    one's failure (``uronode.claims``) say it the same way."""
+    row = conn.execute("SELECT generation FROM series WHERE series_instance_uid = ?", (series_uid,)).fetchone()
+    if row is None:
+        return "the series left the store while it was read"
+    if int(row["generation"]) != generation:
+        return ("the series changed while it was read (images replaced or added after it had completed): the "
+                "changed series is analysed by a job of its own once it completes again")
+    return None
+
+
 def _died_reason(conn: sqlite3.Connection, row: sqlite3.Row, cause: str) -> str:
     """A failed job's reason when its worker died on it once too often."""
     return _with_series_size(conn, row, f"the worker process died while running it ({cause}) on {row['attempts']} attempts")

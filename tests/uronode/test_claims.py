@@ -136,3 +136,25 @@ def test_a_broker_that_lost_its_messages_has_every_unclaimed_job_published_again
     assert claims.broker_emptied() == 0  # a claimed job keeps its claim
     held = JobQueue(store).get(job.id)
     assert held is not None and held.state is JobState.RUNNING
+
+
+def test_a_remote_workers_failure_says_first_that_the_series_changed_under_it(tmp_path: Path) -> None:
+    """As the node's own worker says it (probe 32): a correction sent while a remote worker read the series made
+    its failure read as a damaged file alone."""
+    store, claims, job = one_job(tmp_path)
+    claim = claims.claim(job.id, job.series_generation, "w1")
+    put(store, encoded(1, series="1.2.3.4"))  # a late instance: the series re-opens, one generation on
+    claims.fail(job.id, claim.token, "w1", "instance 1 cannot be read as DICOM")
+    failed = JobQueue(store).get(job.id)
+    assert failed is not None and failed.state is JobState.FAILED
+    assert failed.reason == ("the series changed while it was read (images replaced or added after it had "
+                             "completed): the changed series is analysed by a job of its own once it completes "
+                             "again (instance 1 cannot be read as DICOM)")
+
+
+def test_a_remote_workers_failure_of_an_unchanged_series_is_its_reason(tmp_path: Path) -> None:
+    store, claims, job = one_job(tmp_path)
+    claim = claims.claim(job.id, job.series_generation, "w1")
+    claims.fail(job.id, claim.token, "w1", "the slices are not axial")
+    failed = JobQueue(store).get(job.id)
+    assert failed is not None and failed.reason == "the slices are not axial"

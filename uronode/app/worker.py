@@ -43,7 +43,7 @@ from uronode.audit import AuditLog
 from uronode.db import is_resource_error
 from uronode.errors import OutOfResources
 from uronode.header import read_header
-from uronode.jobs import JobNotRunning, JobQueue, local_worker
+from uronode.jobs import JobNotRunning, JobQueue, local_worker, series_changed
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
@@ -117,7 +117,7 @@ class Worker:
                 inference_s = time.perf_counter() - started
                 results = write_results(volume, findings, predecessors=self._reports_replaced(job, findings))
         except InferenceError as exc:
-            changed = self._series_changed(job)
+            changed = series_changed(self.store.conn(), job.series_instance_uid, job.series_generation)
             return self._fail(job, f"{changed} ({exc})" if changed else str(exc))
         current = self.queue.get(job.id)
         if current is None or current.state is not JobState.RUNNING or current.claimed_by != job.claimed_by:
@@ -173,19 +173,6 @@ class Worker:
             job.id, job.series_instance_uid, len(findings.stones), len(stored), time.perf_counter() - started, state,
         )
         return state
-
-    def _series_changed(self, job: Job) -> str | None:
-        """Why a job's series is not the one it was queued for any more, or None: an instance replaced or added
-        after the series completed (a correction sent again) removes or changes files the job is reading (probe 32:
-        such a job failed as if its files were damaged)."""
-        row = self.store.conn().execute("SELECT generation FROM series WHERE series_instance_uid = ?",
-                                        (job.series_instance_uid,)).fetchone()
-        if row is None:
-            return "the series left the store while it was read"
-        if int(row["generation"]) != job.series_generation:
-            return ("the series changed while it was read (images replaced or added after it had completed): the "
-                    "changed series is analysed by a job of its own once it completes again")
-        return None
 
     def _reports_replaced(self, job: Job, findings: Findings) -> list[DocumentReference]:
         """The current reports of this model on the job's series: the new report replaces them and says so."""
