@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -81,8 +82,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
-from uronode.contrast import contrast_evidence
-from uronode.energy import EnergyImage, energy_image
+from uronode.contrast import Evidence, contrast_evidence
+from uronode.energy import EnergyImage, energy_image, unspecified
 from uronode.header import PARSE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,12 @@ class _Frame:
     thickness: float | None
     instance_number: int
     sop_instance_uid: str
+    energy: EnergyImage | None = None
+    """What a multi-energy image is (``uronode.energy``; None for conventional CT), frame by frame."""
+    kev: float | None = None
+    """A virtual monoenergetic image's energy, where its header gives it."""
+    unspecified: bool = False
+    """Whether its Rescale Type calls the unit unspecified (US): read as HU, with a caution."""
 
 
 def read_dicom(path: str | Path, *, stop_before_pixels: bool = False,
@@ -435,6 +442,7 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
             thickness = _functional(ds, i, "PixelMeasuresSequence", "SliceThickness")
             frames.append(
                 _Frame(
+                    **_energy_of(ds, i),
                     dataset_index=dataset_index,
                     frame_number=i + 1,
                     position=_point(position, f"ImagePositionPatient of frame {i + 1} of {name}"),
@@ -460,6 +468,7 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
         raise _unsigned_without_intercept(name)
     return [
         _Frame(
+            **_energy_of(ds, None),
             dataset_index=dataset_index,
             frame_number=1,
             position=_point(ds.ImagePositionPatient, f"ImagePositionPatient of {name}"),
@@ -509,55 +518,76 @@ def _not_a_slice(ds: Dataset, name: str) -> str | None:
         return f"{name} is a localizer, not an axial image"
     if "PixelData" not in ds:
         return f"{name} has no pixel data"
-    energy = _energy(ds)
-    if energy is not None and not energy.hounsfield:
-        return f"{name} is {energy.reason(asked=True)}"
     return None
 
 
-def _energy(ds: Dataset) -> EnergyImage | None:
-    """What a multi-energy image is (``uronode.energy``), from its Image Type and its Rescale Type (an Enhanced
-    CT's from its Pixel Value Transformation functional group, as its rescale)."""
-    values = ds.get("ImageType") or []
-    image_type = values if isinstance(values, str) else "\\".join(str(v) for v in values)
-    return energy_image(image_type, str(_rescale(ds, 0, "RescaleType") or ""))
+def _values(value: object) -> str:
+    """A multi-valued text attribute (Image Type, Frame Type) joined by backslashes, as the index keeps it."""
+    if not value:
+        return ""
+    return value if isinstance(value, str) else "\\".join(str(v) for v in cast(Iterable[object], value))
 
 
-def _kev(ds: Dataset) -> float | None:
-    """A virtual monoenergetic image's energy (Monoenergetic Energy Equivalent, keV): in the Multi-energy CT
-    Characteristics Sequence (at the top level, or an Enhanced CT's functional groups), or at the top level."""
-    value = _functional(ds, 0, "MultienergyCTCharacteristicsSequence", "MonoenergeticEnergyEquivalent")
-    if not _given(value):
+def _energy_of(ds: Dataset, frame_index: int | None) -> dict[str, Any]:
+    """What a multi-energy image is (``uronode.energy``), its keV and whether its unit is unspecified, as
+    ``_Frame`` fields: from a frame's own functional groups where an Enhanced CT has them (Frame Type, Rescale
+    Type, Monoenergetic Energy Equivalent: the frames of one instance may differ), else from the top level."""
+    image_type, kev = "", None
+    if frame_index is not None:
+        image_type = _values(_functional(ds, frame_index, "CTImageFrameTypeSequence", "FrameType"))
+        kev = _functional(ds, frame_index, "MultienergyCTCharacteristicsSequence", "MonoenergeticEnergyEquivalent")
+    if not image_type:
+        image_type = _values(ds.get("ImageType"))
+    if not _given(kev):
         items = ds.get("MultienergyCTCharacteristicsSequence") or []
-        value = items[0].get("MonoenergeticEnergyEquivalent") if items else ds.get("MonoenergeticEnergyEquivalent")
-    number = decimal_number(value) if _given(value) else None
-    return number if number is not None and 0 < number < 1000 else None
+        kev = items[0].get("MonoenergeticEnergyEquivalent") if items else ds.get("MonoenergeticEnergyEquivalent")
+    unit = str(_rescale(ds, frame_index or 0, "RescaleType") or "")
+    number = decimal_number(kev) if _given(kev) else None
+    return {"energy": energy_image(image_type, unit), "unspecified": unspecified(unit),
+            "kev": number if number is not None and 0 < number < 1000 else None}
 
 
-ENERGY_CAUTION = " of a multi-energy CT: "
+ENERGY_CAUTION = " of a multi-energy CT"
 """What a caution about a multi-energy image holds (:func:`energy_note`): it comes after contrast's, before the rest."""
+NEAR_CONVENTIONAL_KEV = (65.0, 75.0)
+"""Energies whose monoenergetic image reads about as conventional 120 kV CT does (70 keV is the usual match)."""
 
 
-def energy_note(datasets: Sequence[Dataset]) -> list[str]:
-    """A caution where the series' images are multi-energy CT the model reads all the same (``uronode.energy``:
-    a virtual monoenergetic image, or, uploaded, a material-removed or -modified one), or where the header calls
-    the values' unit unspecified (Rescale Type US, read as HU)."""
-    for ds in datasets:
-        energy = _energy(ds)
-        if energy is not None and energy.monoenergetic:
-            kev = _kev(ds)
-            at = f" at {kev:g} keV" if kev is not None else ""
-            return [f"A virtual monoenergetic image{at}{ENERGY_CAUTION}calcium stones and bone read brighter "
-                    "below about 70 keV, and fainter above it, than on the conventional CT the model learned, and "
-                    "their HU are this energy's."]
-        if energy is not None and energy.hounsfield:
-            return [f"{energy.kind[0].upper()}{energy.kind[1:]}{ENERGY_CAUTION}the processing can take "
-                    "calcium, and with it small stones, out of the pixels; a result without stones rules out less "
-                    "than on a conventional CT, and sizes and HU may be understated."]
-    if any(str(_rescale(ds, 0, "RescaleType") or "").strip().upper() == "US" for ds in datasets):
-        return ["The header calls the unit of the pixel values unspecified (Rescale Type US): they were read as "
-                "Hounsfield units."]
-    return []
+def energy_note(frames: Sequence[_Frame], contrast: Evidence | None) -> list[str]:
+    """Cautions where the series' frames are multi-energy images the model reads all the same
+    (``uronode.energy``): a virtual monoenergetic image (naming its energies and which way they move a stone's
+    HU), a material-removed or -modified one (uploaded; where the header says the acquisition had contrast, what
+    the processing leaves of it is said here, not as a contrast-enhanced image: its iodine was taken out), or a
+    unit the header calls unspecified (Rescale Type US, read as HU)."""
+    notes = []
+    energies = {f.energy.term: f.energy for f in frames if f.energy is not None}
+    if "VMI" in energies:
+        kevs = sorted({f.kev for f in frames if f.kev is not None and f.energy is not None and f.energy.monoenergetic})
+        at = f" at {' and '.join(f'{k:g}' for k in kevs)} keV" if kevs else ""
+        low, high = NEAR_CONVENTIONAL_KEV
+        if kevs and kevs[-1] < low:
+            how = ("below the about 70 keV that reads like conventional CT: calcium stones and bone read brighter, "
+                   "and the noise is higher, than on the CT the model learned")
+        elif kevs and kevs[0] > high:
+            how = ("above the about 70 keV that reads like conventional CT: calcium stones read fainter than on the "
+                   "CT the model learned, and small ones may be missed")
+        elif kevs and kevs[0] >= low and kevs[-1] <= high:
+            how = "an energy that reads about like conventional CT"
+        else:
+            how = ("calcium stones and bone read brighter below about 70 keV, and fainter above it, than on the "
+                   "conventional CT the model learned")
+        notes.append(f"A virtual monoenergetic image{at}{ENERGY_CAUTION}: {how}; the HU reported are this energy's.")
+    changed = next((e for e in energies.values() if e.hounsfield and not e.monoenergetic), None)
+    if changed is not None:
+        made_from = (f" It was made from a contrast-enhanced acquisition ({contrast.text}): contrast the processing "
+                     "left, dense in the collecting system, can be reported as a stone." if contrast else "")
+        notes.append(f"{changed.kind[0].upper()}{changed.kind[1:]}: the processing can take calcium, and with it "
+                     "small stones, out of the pixels; a result without stones rules out less than on a conventional "
+                     f"CT, and sizes and HU may be understated.{made_from}")
+    if any(f.unspecified for f in frames):
+        notes.append("The header calls the unit of the pixel values unspecified (Rescale Type US): they were read "
+                     "as Hounsfield units.")
+    return notes
 
 
 def _check_instance(ds: Dataset, name: str) -> None:
@@ -653,18 +683,22 @@ def contrast_agent(ds: Dataset) -> str:
     return ", ".join(n for n in named if n)
 
 
-def contrast_note(datasets: Iterable[Dataset]) -> list[str]:
-    """A caution where the header of any of ``datasets`` says the series was acquired with contrast
-    (``uronode.contrast``; the agent as :func:`contrast_agent` reads it): the model reads non-contrast CT."""
+def header_contrast(datasets: Iterable[Dataset]) -> Evidence | None:
+    """What in the header of any of ``datasets`` says the series was acquired with contrast (``uronode.contrast``;
+    the agent as :func:`contrast_agent` reads it), or None."""
     headers = {(contrast_agent(ds), str(ds.get("SeriesDescription", "") or ""))
                for ds in datasets}  # a series' slices mostly say the same: each saying read once
-    for agent, description in sorted(headers):
-        evidence = contrast_evidence(agent, description)
-        if evidence is not None:
-            return [f"{'Contrast-enhanced' if evidence.clear else 'Perhaps contrast-enhanced'} ({evidence.text}): "
-                    "the model was made for non-contrast CT; contrast in the kidneys, ureters and bladder can be "
-                    "reported as stones and can hide them."]
-    return []
+    return next((e for agent, description in sorted(headers) if (e := contrast_evidence(agent, description))), None)
+
+
+def contrast_note(evidence: Evidence | None) -> list[str]:
+    """A caution where the header says the series was acquired with contrast (:func:`header_contrast`): the model
+    reads non-contrast CT."""
+    if evidence is None:
+        return []
+    return [f"{'Contrast-enhanced' if evidence.clear else 'Perhaps contrast-enhanced'} ({evidence.text}): "
+            "the model was made for non-contrast CT; contrast in the kidneys, ureters and bladder can be "
+            "reported as stones and can hide them."]
 
 
 def _drop_duplicates(frames: list[_Frame], normal: np.ndarray) -> list[_Frame]:
@@ -713,7 +747,15 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             left_out.append(reason)
             continue
         _check_instance(ds, name)
-        frames.extend(_frames_of(ds, len(datasets), name))
+        found = _frames_of(ds, len(datasets), name)
+        unread = [f for f in found if f.energy is not None and not f.energy.hounsfield]
+        if unread:  # values that are no HU (a multi-energy map): left out as the other non-slices are
+            which = f"{name} is" if len(unread) == len(found) else f"{len(unread)} of the {len(found)} frames of {name} are"
+            left_out.append(f"{which} {cast(EnergyImage, unread[0].energy).reason(asked=True)}")
+            found = [f for f in found if f.energy is None or f.energy.hounsfield]
+            if not found:
+                continue
+        frames.extend(found)
         datasets.append(ds)
         paths.append(path)
         names.append(name)
@@ -854,6 +896,12 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         padding = _padding_range(datasets[frame.dataset_index], raw.dtype)
         if padding is not None:
             hu[k][(raw >= padding[0]) & (raw <= padding[1])] = PADDING_HU
+    read = [datasets[i] for i in sorted({f.dataset_index for f in frames})]
+    contrast = header_contrast(read)
+    said_of_energy = energy_note(frames, contrast)
+    if any(f.energy is not None and f.energy.hounsfield and not f.energy.monoenergetic for f in frames):
+        contrast = None  # a material-removed image's iodine was taken out: its caution says what is left
+    said_of_energy = [*contrast_note(contrast), *said_of_energy]
     return Volume(
         hu=hu,
         positions=positions,
@@ -868,8 +916,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
         frame_numbers=tuple(f.frame_number for f in frames),
         source_paths=tuple(paths[f.dataset_index] for f in frames),
-        notes=(*notes, *contrast_note(datasets[i] for i in sorted({f.dataset_index for f in frames})),
-               *energy_note([datasets[i] for i in sorted({f.dataset_index for f in frames})]),
+        notes=(*notes, *said_of_energy,
                *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
                   "01): faint and small stones may be lost."]
                  if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),

@@ -29,10 +29,11 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import cast
 
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
-from uronode.energy import energy_image
+from uronode.energy import EnergyImage, energy_image
 from uronode.jobs import JobQueue
 from uronode.store import Store, forget_empty_studies
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
@@ -63,7 +64,7 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 
 
 _QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description,"
-                  " convolution_kernel, image_orientation, image_position, number_of_frames FROM instances"
+                  " convolution_kernel, image_orientation, image_position, number_of_frames, rescale_type FROM instances"
                   " WHERE series_instance_uid = ?")
 """What ``qualify`` reads of a series' instances."""
 
@@ -149,17 +150,18 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     image_types = [(r["image_type"] or "").upper().split("\\") for r in ct_rows]
     if all("LOCALIZER" in t for t in image_types):
         return "localizer (scout) images"
-    if not asked and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
-        return "derived secondary images"
     slices = [r for r, t in zip(ct_rows, image_types, strict=True) if "LOCALIZER" not in t]
-    # multi-energy images (uronode.energy): a series of values that are no HU, or of HU with a material taken out
-    energies = [image for r in slices if (image := energy_image(r["image_type"] or "")) is not None]
-    unread = [image for image in energies if not image.hounsfield]
-    if unread and len(unread) == len(slices):  # a few such images among HU slices: the loader leaves them out
-        return unread[0].reason(asked)
-    modified = next((why for image in energies if image.hounsfield and (why := image.reason(asked))), None)
-    if modified is not None:
-        return modified
+    # multi-energy images (uronode.energy), each a series of its own: values that are no HU, or HU with a material
+    # taken out; a few such images among conventional slices are left out by the loader, or read with its caution
+    energies = [energy_image(r["image_type"] or "", r["rescale_type"] or "") for r in slices]
+    if all(image is not None and not image.hounsfield for image in energies):
+        return cast(EnergyImage, energies[0]).reason(asked)
+    changed = [image for image in energies if image is not None and image.hounsfield and not image.monoenergetic]
+    if changed and len(changed) == len(slices) and (why := changed[0].reason(asked)) is not None:
+        return why
+    monoenergetic = all(image is not None and image.monoenergetic for image in energies)
+    if not asked and not monoenergetic and all(t and t[0] == "DERIVED" and "SECONDARY" in t for t in image_types):
+        return "derived secondary images"
     # an Enhanced CT gives its frames' positions in its functional groups, never at the top level (review 23)
     if not asked and all(not r["image_position"] and r["sop_class_uid"] == CT_IMAGE_STORAGE
                          and (r["number_of_frames"] or 1) <= 1 for r in slices):

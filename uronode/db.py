@@ -23,7 +23,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS instances (
     number_of_frames   INTEGER,
     convolution_kernel TEXT,
     image_orientation  TEXT,
+    rescale_type       TEXT,
     image_position     TEXT,
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
@@ -262,6 +263,7 @@ ADDED_COLUMNS = [
     ("instances", "number_of_frames", "INTEGER"),
     ("instances", "convolution_kernel", "TEXT"),
     ("instances", "image_orientation", "TEXT"),
+    ("instances", "rescale_type", "TEXT"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

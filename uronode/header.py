@@ -471,7 +471,7 @@ def _data_set(parts: Sequence[bytes | memoryview]) -> tuple[bytes | memoryview, 
 def _sized(header: InstanceHeader, size: ImageSize) -> InstanceHeader:
     """``header`` with what the data set says of its pixels (the index keeps it for QIDO-RS)."""
     return dataclasses.replace(header, rows=size.rows, columns=size.columns, bits_allocated=size.bits_allocated,
-                               number_of_frames=size.number_of_frames)
+                               number_of_frames=size.number_of_frames, rescale_type=size.rescale_type)
 
 
 def _header_from(values: Mapping[str, str], transfer_syntax_uid: str) -> InstanceHeader:

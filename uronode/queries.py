@@ -501,6 +501,7 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         contrast_agent=row["contrast_agent"] or "",
         convolution_kernel=row["convolution_kernel"] or "",
         image_orientation=row["image_orientation"] or "",
+        rescale_type=row["rescale_type"] or "",
         rows=row["rows"],
         columns=row["columns"],
         bits_allocated=row["bits_allocated"],

@@ -374,6 +374,7 @@ _INSTANCE_FIELDS = (
     "sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid", "transfer_syntax_uid",
     "modality", "series_description", "image_type", "manufacturer", "instance_number", "contrast_agent",
     "rows", "columns", "bits_allocated", "number_of_frames", "convolution_kernel", "image_orientation",
+    "rescale_type",
 )
 _SERIES_FIELDS = ("series_instance_uid", "study_instance_uid", "modality", "series_description", "series_number")
 _STUDY_FIELDS = (

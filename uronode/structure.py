@@ -56,6 +56,7 @@ _IMAGE = {
     0x00280010: "Rows",
     0x00280011: "Columns",
     0x00280100: "BitsAllocated",
+    0x00281054: "RescaleType",
 }
 _MAX_DEPTH = 32
 RLE = "1.2.840.10008.1.2.5"
@@ -210,6 +211,9 @@ class ImageSize(NamedTuple):
     columns: int | None = None
     bits_allocated: int | None = None
     number_of_frames: int | None = None
+    rescale_type: str = ""
+    """Rescale Type (0028,1054) at the top level, as text ('' where absent): the unit of a CT's values where they
+    are not HU (``uronode.energy``)."""
 
 
 def check_data_set(
@@ -318,7 +322,8 @@ def _image_size(image: dict[int, bytes], walk: _Walk) -> ImageSize:
 
     text = image.get(0x00280008, b"").decode("ascii", "replace").strip(" \x00")
     frames = int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
-    return ImageSize(us(0x00280010), us(0x00280011), us(0x00280100), frames)
+    unit = image.get(0x00281054, b"").decode("ascii", "replace").strip(" \x00")
+    return ImageSize(us(0x00280010), us(0x00280011), us(0x00280100), frames, unit[:64])
 
 
 class _Geometry:

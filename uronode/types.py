@@ -55,6 +55,9 @@ class InstanceHeader:
     columns: int | None = None
     bits_allocated: int | None = None
     number_of_frames: int | None = None
+    rescale_type: str = ""
+    """Rescale Type (0028,1054): a multi-energy CT's map says in it that its values are not HU; skipped when routed
+    (``uronode.energy``)."""
 
 
 @dataclass(frozen=True, slots=True)

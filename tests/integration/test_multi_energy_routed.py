@@ -23,16 +23,21 @@ from tests.factory import uid, write_series
 from tests.peers.processes import Node, storescu, wait_until
 
 AXIAL = ("DERIVED", "PRIMARY", "AXIAL")
-NOT_HU = "of a multi-energy CT: its values are not the conventional Hounsfield units by which the model finds stones"
+NOT_HU = "its values are not the conventional Hounsfield units by which the model finds stones"
 
 
-def _series(folder: Path, study: str, image_type: tuple[str, ...], rescale_type: str | None = None) -> str:
-    _, series, paths = write_series(folder, 6, study=study, image_type=image_type, series_description="KUB DE")
-    for path in paths:
+def _series(folder: Path, study: str, image_type: tuple[str, ...], rescale_type: str | None = None,
+            only: int | None = None) -> str:
+    """Six slices; ``only``: the Image Type and Rescale Type on that slice alone, the others conventional."""
+    _, series, paths = write_series(folder, 6, study=study, series_description="KUB DE")
+    for k, path in enumerate(paths):
+        if only is not None and k != only:
+            continue
+        ds = pydicom.dcmread(path)
+        ds.ImageType = list(image_type)
         if rescale_type is not None:
-            ds = pydicom.dcmread(path)
             ds.RescaleType = rescale_type
-            ds.save_as(path)
+        ds.save_as(path)
     return series
 
 
@@ -56,6 +61,12 @@ def test_a_dual_energy_study_is_read_where_its_values_are_hu_and_says_what_it_sk
         "vnc": _series(tmp_path / "vnc", study, (*AXIAL, "MAT_REMOVED"), "HU"),
         "iodine": _series(tmp_path / "iodine", study, (*AXIAL, "MAT_SPECIFIC"), "MGML"),
         "zeff": _series(tmp_path / "zeff", study, (*AXIAL, "EFF_ATOMIC_NUM"), "Z_EFF"),
+        # probe 35: a unit alone in the index (a map and modified HU skipped, no failed job), one image of another
+        # kind among conventional slices (read, not skipped), a monoenergetic image marked DERIVED\SECONDARY
+        "map_unit_only": _series(tmp_path / "map_unit_only", study, AXIAL, "mg/ml"),
+        "hu_mod_only": _series(tmp_path / "hu_mod_only", study, AXIAL, "HU_MOD"),
+        "one_removed": _series(tmp_path / "one_removed", study, (*AXIAL, "MAT_REMOVED"), "HU", only=2),
+        "vmi_secondary": _series(tmp_path / "vmi_secondary", study, ("DERIVED", "SECONDARY", "AXIAL", "VMI")),
     }
     files = sorted(p for name in made for p in (tmp_path / name).iterdir())
     assert storescu(node.dicom_port, files, calling="PACS").returncode == 0
@@ -65,16 +76,18 @@ def test_a_dual_energy_study_is_read_where_its_values_are_hu_and_says_what_it_sk
                 for r in query(node.data_dir, "SELECT series_instance_uid, disposition, reason FROM series")}
         return {name: rows[series] for name, series in made.items() if rows.get(series, (None,))[0] is not None}
 
-    wait_until(lambda: len(decided()) == len(made), 60, "the five series to be decided")
+    wait_until(lambda: len(decided()) == len(made), 60, "every series to be decided")
     found = decided()
-    assert found["mixed"] == found["vmi"] == ("queued", "")
+    assert found["mixed"] == found["vmi"] == found["one_removed"] == found["vmi_secondary"] == ("queued", "")
+    assert found["map_unit_only"] == ("skipped", f"an image of mg/ml (Rescale Type 'mg/ml'): {NOT_HU}")
+    assert found["hu_mod_only"][0] == "skipped" and found["hu_mod_only"][1].startswith(
+        "a material-modified image (a material's HU highlighted or suppressed) of a multi-energy CT: calcium")
     assert found["vnc"] == ("skipped", "a material-removed image (virtual non-contrast or calcium-suppressed) of a "
                             "multi-energy CT: calcium, and with it stones, may have been taken out of its pixels "
                             "(upload the series to /api/predict to read it with a caution)")
-    # the iodine map's Image Type and Rescale Type both say it; the index has the Image Type
-    assert found["iodine"] == ("skipped", f"a material-specific image (a material's concentration or density, such "
-                               f"as an iodine map) {NOT_HU}")
-    assert found["zeff"] == ("skipped", f"an effective atomic number image {NOT_HU}")
+    # the maps' Rescale Type says it first (the index keeps it)
+    assert found["iodine"] == ("skipped", "an image of mg/ml (Rescale Type 'MGML'): " + NOT_HU)
+    assert found["zeff"] == ("skipped", "an image of effective atomic number (Rescale Type 'Z_EFF'): " + NOT_HU)
 
     base = f"http://127.0.0.1:{node.http_port}"
     for name in ("vnc", "iodine"):
@@ -92,4 +105,4 @@ def test_a_dual_energy_study_is_read_where_its_values_are_hu_and_says_what_it_sk
             "A material-removed image (virtual non-contrast or calcium-suppressed) of a multi-energy CT: the "
             "processing can take calcium, and with it small stones, out of the pixels")
     jobs = {r["series_instance_uid"] for r in query(node.data_dir, "SELECT series_instance_uid FROM jobs")}
-    assert jobs == {made["mixed"], made["vmi"], made["vnc"]}  # never a job for a map
+    assert jobs == {made[name] for name in ("mixed", "vmi", "vnc", "one_removed", "vmi_secondary")}  # never a map
