@@ -48,6 +48,17 @@ soft tissue (``estimate_noise``):
 The defaults leave series within the generator's noise (up to 13 HU) exactly
 as before; 0 turns each bound off.
 
+What is removed as too large or too long (``clear_of_removed``, model 3.9.0;
+probe 36): bone, and a ureteral stent or a catheter running 200 mm down the
+ureter. Such a structure keeps the local-contrast voxels off as a kept dense
+component does (its blurred edge made dozens of candidates), and its voxels
+are listed (``Candidates.removed``) so that no reported stone grows into
+them. Its tubes (``_tubes_in``: thin parts along the body with a small
+cross-section of their own) are listed for a caution whatever the rule says
+(``Candidates.tubes``), and, with the rule, the thick parts touching a tube
+that pass the size rule on their own (a stone on a stent) are dense
+candidates of their own.
+
 Memory: a series is held once as float32 HU (4 bytes a voxel); what this stage adds is kept to about
 3 bytes a voxel. The component labels are the narrowest unsigned type that holds their count
 (``narrowest_labels``: uint8 or uint16 for most series, int32 only where more components are kept),
@@ -58,6 +69,7 @@ voxels as a graph (``label_sparse``), not as a volume. Every result is the same 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +123,11 @@ class CandidateRule:
     noise_slab_mm: float = 0.0
     """Measure the noise again in slabs of about this length along the series and raise the dense
     thresholds of the noisier slabs to their own (0 = one estimate for the whole series)."""
+    clear_of_removed: int = 0
+    """1: the dense structures removed as too large or too long (bone, a ureteral stent) keep the local-contrast
+    voxels off as the kept ones do, and no reported stone takes their voxels (``Candidates.removed``; probe 36: a
+    stent's edge gave dozens of local-contrast candidates, each reported with the stent's HU). 0: only the kept
+    dense components keep them off (models before 3.9.0)."""
 
     @classmethod
     def from_card(cls, block: dict[str, Any]) -> CandidateRule:
@@ -130,7 +147,7 @@ class CandidateRule:
             self.contrast_max_noise_hu > 0 or self.contrast_max_fine_noise_hu > 0))
 
 
-INT_FIELDS = ("contrast_max_voxels", "max_patches", "max_contrast_patches")
+INT_FIELDS = ("contrast_max_voxels", "max_patches", "max_contrast_patches", "clear_of_removed")
 DEFAULT_RULE = CandidateRule()
 BASELINE_RULE = CandidateRule(threshold_hu=200.0)
 CONTRAST_RULE = CandidateRule(contrast_hu=60.0, contrast_min_hu=70.0)
@@ -177,6 +194,42 @@ class Candidates:
     """Whether the local-contrast rule ran."""
     over_budget: int = 0
     """Components dropped by the budget (the weakest)."""
+    removed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    """Sorted flat indices of the voxels of the dense structures removed as too large or too long, where the rule
+    keeps clear of them (``CandidateRule.clear_of_removed``; empty otherwise)."""
+    tubes: tuple[Tube, ...] = ()
+    """The long thin dense structures among those removed (a stent, a catheter, a wire, a calcified vessel)."""
+    budget: BudgetCut | None = None
+    """What the budget left out, where it left out any."""
+
+
+TUBE_MAX_AREA_MM2 = 20.0
+"""A tube's cross-section (``_tube_like``) is at most this (mm^2: a tube up to about 5 mm across, a 6-10 Fr ureteral
+stent or nephrostomy catheter with its partial volume)."""
+
+
+@dataclass(frozen=True)
+class Tube:
+    """A long thin dense structure the candidate rule removed: a ureteral stent, a catheter, a wire, or a calcified
+    vessel. Stones touching it are removed with it (they are one dense structure)."""
+
+    length_mm: float
+    """The longest side of its box."""
+    slices: tuple[int, int]
+    """Its first and last slice (0-based)."""
+
+
+@dataclass(frozen=True)
+class BudgetCut:
+    """Candidates the budget left out (``CandidateRule.max_patches``, ``max_contrast_patches``)."""
+
+    components: int
+    dense: int
+    """Dense components among them (only the overall budget drops those)."""
+    strongest_contrast_hu: float
+    """The most a left-out local-contrast component stood above its surroundings (HU; 0 where none was left out)."""
+    slices: tuple[int, int]
+    """The first and last slice they lie on (0-based)."""
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -336,22 +389,24 @@ def find_candidates(volume: Volume, rule: CandidateRule = DEFAULT_RULE, noise_of
         return Candidates(narrowest_labels(labels, 0), 0, np.zeros((0, 3), int), np.zeros(0, int), noise=noise,
                           dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed)
     body = body_mask(hu)
-    dense_parts = _keep_dense(labels, count, hu, body, volume, rule)
+    dense_parts, removed, tubes = _keep_dense(labels, count, hu, body, volume, rule)
     dense_count = dense_parts.count
     parts = dense_parts
     if with_contrast:
         quiet = [(a, b) for a, b, own in by_slab if not contrast_applies(rule, own)]
         contrast_parts, labels = _contrast_components(hu, labels, body, volume.pixel_spacing, rule, threshold,
-                                                      dense_count, quiet)
+                                                      dense_count, quiet, removed=removed)
         parts = _Components(np.concatenate([dense_parts.starts, contrast_parts.starts]),
                             np.concatenate([dense_parts.stops, contrast_parts.stops]),
                             np.concatenate([dense_parts.strength, contrast_parts.strength]))
-    kept, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches, rule.max_contrast_patches)
+    kept, budget, dense_count = _spend_budget(labels, parts, dense_count, rule.max_patches,
+                                              rule.max_contrast_patches)
     labels = narrowest_labels(labels, kept.count)
     centres_arr, owners_arr = _patch_centres(labels, kept)
     return Candidates(labels, kept.count, centres_arr, owners_arr, dense_count, noise=noise,
                       dense_threshold_hu=threshold, smoothed_threshold_hu=smoothed,
-                      contrast_applied=with_contrast, over_budget=parts.count - kept.count)
+                      contrast_applied=with_contrast, over_budget=parts.count - kept.count,
+                      removed=removed, tubes=tubes, budget=budget)
 
 
 def label_narrow(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -403,6 +458,18 @@ def label_sparse(where: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.nda
     return order[component], int(count)
 
 
+def voxels_in(flat: np.ndarray, shape: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
+    """The voxels of ``flat`` (sorted flat indices into a volume of ``shape``) that lie in ``box`` (three slices
+    with their bounds), as a bool array of the box's shape."""
+    plane = shape[1] * shape[2]
+    a, b = (int(i) for i in np.searchsorted(flat, [box[0].start * plane, box[0].stop * plane]))
+    k, r, c = np.unravel_index(flat[a:b], shape)
+    inside = (r >= box[1].start) & (r < box[1].stop) & (c >= box[2].start) & (c < box[2].stop)
+    out = np.zeros((box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start), bool)
+    out[k[inside] - box[0].start, r[inside] - box[1].start, c[inside] - box[2].start] = True
+    return out
+
+
 def _boxes(objects: Sequence[tuple[slice, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
     """(n, 3) starts and stops of ``find_objects``'s boxes (every label present)."""
     flat = np.array([(s.start, s.stop) for box in objects if box is not None for s in box],
@@ -431,8 +498,10 @@ def _relabel(flat_labels: np.ndarray, where: np.ndarray, ids: np.ndarray, keep: 
 
 
 def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray, volume: Volume,
-                rule: CandidateRule) -> _Components:
-    """Relabel ``labels`` in place: the components that may be stones get 1..n, the others 0.
+                rule: CandidateRule) -> tuple[_Components, np.ndarray, tuple[Tube, ...]]:
+    """Relabel ``labels`` in place: the components that may be stones get 1..n, the others 0. Also returns the
+    flat indices of the voxels of those removed as too large or too long (where ``rule.clear_of_removed``; else
+    none) and the tubes among them (``Tube``, ``TUBE_MAX_AREA_MM2``).
 
     Works on the labelled voxels only (a volume-wide bincount would widen the labels to
     int64, 8 bytes a voxel), so that many components (speckle) cost little.
@@ -445,21 +514,133 @@ def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray
     sizes = np.bincount(ids, minlength=count + 1)[1:]
     spacing = np.array([volume.slice_spacing, volume.pixel_spacing[0], volume.pixel_spacing[1]])
     extent = ((stops - starts) * spacing).max(axis=1)
-    keep = (sizes * voxel_mm3 <= rule.max_volume_mm3) & (extent <= rule.max_extent_mm)
-    keep &= _in_body(body, starts, stops)
+    fits = (sizes * voxel_mm3 <= rule.max_volume_mm3) & (extent <= rule.max_extent_mm)
+    keep = fits & _in_body(body, starts, stops)
     peak = np.full(count + 1, -np.inf, dtype=np.float32)
     np.maximum.at(peak, ids, hu.reshape(-1)[where])
-    _relabel(flat, where, ids, keep)
-    return _Components(starts[keep], stops[keep], peak[1:][keep].astype(np.float64))
+    tubes: list[Tube] = []
+    pieces: list[np.ndarray] = []  # flat indices of the pieces on tubes that become candidates of their own
+    for i in np.flatnonzero(~fits):
+        box = tuple(slice(int(a), int(b)) for a, b in zip(starts[i], stops[i], strict=True))
+        found, on_tube = _tubes_in(labels[box] == i + 1, spacing, rule)
+        tubes += [dataclasses.replace(t, slices=(t.slices[0] + box[0].start, t.slices[1] + box[0].start))
+                  for t in found]
+        if rule.clear_of_removed:
+            for part in on_tube:
+                k, r, c = (a + s.start for a, s in zip(np.nonzero(part), box, strict=True))
+                pieces.append(np.ravel_multi_index((k, r, c), labels.shape))
+    removed = where[~fits[ids - 1]] if rule.clear_of_removed else np.zeros(0, np.int64)
+    kept = _relabel(flat, where, ids, keep)
+    parts = _Components(starts[keep], stops[keep], peak[1:][keep].astype(np.float64))
+    pieces = [p for p in pieces if _in_body(body, *_flat_box(p, labels.shape))[0]]
+    if pieces:  # after the kept ones, as dense components; their voxels stay out of the removed ones
+        boxes = [_flat_box(p, labels.shape) for p in pieces]
+        for n, piece in enumerate(pieces):
+            flat[piece] = kept + n + 1
+        removed = np.setdiff1d(removed, np.concatenate(pieces), assume_unique=True)
+        strength = np.array([float(hu.reshape(-1)[p].max()) for p in pieces])
+        parts = _Components(np.concatenate([parts.starts, np.concatenate([b[0] for b in boxes])]),
+                            np.concatenate([parts.stops, np.concatenate([b[1] for b in boxes])]),
+                            np.concatenate([parts.strength, strength]))
+    return parts, removed, tuple(tubes)
+
+
+TUBE_STRIP_MM = 2.0
+"""What is thinner than twice this, in-plane, is a tube's (a 6-10 Fr stent or catheter is 2-3.3 mm across): the
+rest of a structure removed as too long or too large is its thick part."""
+
+
+def _tubes_in(mask: np.ndarray, spacing: np.ndarray, rule: CandidateRule) -> tuple[list[Tube], list[np.ndarray]]:
+    """The tubes in one removed dense structure (``mask``, its box) and the pieces on them that may be stones.
+
+    A tube is a part of it thinner than ``2 * TUBE_STRIP_MM`` in-plane (what an in-plane opening by a disc of that
+    radius takes away), longer than ``rule.max_extent_mm`` and of at most ``TUBE_MAX_AREA_MM2`` of volume per mm:
+    a ureteral stent, a catheter, a wire. A stone on it is one dense structure with it and was removed with it
+    (probe 36: a stone touching a stent was lost, or measured with it); the thick parts of the structure that
+    touch a tube and would pass the size rule on their own are returned (bool masks of the box) as candidates."""
+    radius = (max(1, round(TUBE_STRIP_MM / spacing[1])), max(1, round(TUBE_STRIP_MM / spacing[2])))
+    rr, cc = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+    disc = ((rr / radius[0]) ** 2 + (cc / radius[1]) ** 2 <= 1.0)[None]
+    thick = ndimage.binary_opening(mask, structure=disc)
+    thin, count = ndimage.label(mask & ~thick, structure=NEIGHBOURS)
+    tubes, tube_mask = [], np.zeros(mask.shape, bool)
+    voxel_mm3 = float(np.prod(spacing))
+    for j, box in enumerate(ndimage.find_objects(thin), start=1):
+        if box is None or (box[0].stop - box[0].start) * float(spacing[0]) <= rule.max_extent_mm:
+            continue  # a tube in the urinary tract runs along the body, over more slices than a stone spans
+        local = np.zeros(mask.shape, bool)  # on the whole structure's box: a slice's cross-section runs on in it
+        local[box] = thin[box] == j
+        if _tube_like(local, mask, thick, spacing):
+            extent = max((s.stop - s.start) * float(d) for s, d in zip(box, spacing, strict=True))
+            tubes.append(Tube(extent, (box[0].start, box[0].stop - 1)))
+            tube_mask |= local
+    if not tubes or not thick.any():
+        return tubes, []
+    near = ndimage.binary_dilation(tube_mask, structure=NEIGHBOURS, iterations=2)
+    parts, count = ndimage.label(thick, structure=NEIGHBOURS)
+    pieces = []
+    for j, box in enumerate(ndimage.find_objects(parts), start=1):
+        if box is None:
+            continue
+        local = parts[box] == j
+        if not (local & near[box]).any():
+            continue
+        extent = max((s.stop - s.start) * float(d) for s, d in zip(box, spacing, strict=True))
+        if extent <= rule.max_extent_mm and np.count_nonzero(local) * voxel_mm3 <= rule.max_volume_mm3:
+            part = np.zeros(mask.shape, bool)
+            part[box] = local
+            pieces.append(part)
+    return tubes, pieces
+
+
+TUBE_MAX_WIDTH_MM = 10.0
+"""A tube's cross-section on a slice is at most this wide (a stent or catheter crossing the slice obliquely): a
+bone's thin cortex or a vessel wall's ring of calcium is wider."""
+TUBE_MIN_SECTION_MM2 = 1.5
+"""A tube's cross-section on a slice is at least this (a 2 mm stent's is 3 mm^2): a line a pixel wide along a
+bone's edge is none."""
+TUBE_SLICE_SHARE = 0.75
+"""The share of its slices on which a thin structure's cross-section must be a tube's (the rest: where it curls or
+runs in-plane, as a stent's ends do)."""
+
+
+def _tube_like(part: np.ndarray, mask: np.ndarray, thick: np.ndarray, spacing: np.ndarray) -> bool:
+    """Whether a thin part of a removed structure (``part``; ``mask`` the whole structure, ``thick`` its thick part,
+    all bool arrays of the structure's box) is a tube: on at least ``TUBE_SLICE_SHARE`` of its slices, a cross-section of its
+    own, at most ``TUBE_MAX_WIDTH_MM`` wide, of at least ``TUBE_MIN_SECTION_MM2`` and at most ``TUBE_MAX_AREA_MM2``
+    (mm^2 a slice's mm along the body:
+    a 2-4 mm tube and its partial volume), that does not run into the thick part on that slice (a bone's thin
+    lamina or cortex does, on every slice; a stent does only where a stone sits on it)."""
+    pixel_mm2 = float(spacing[1] * spacing[2])
+    slices = np.flatnonzero(part.any(axis=(1, 2)))
+    tube = 0
+    for k in slices:
+        rows, columns = np.nonzero(part[k])
+        width = max((rows.max() - rows.min() + 1) * float(spacing[1]), (columns.max() - columns.min() + 1) * float(spacing[2]))
+        area = rows.size * pixel_mm2
+        if width > TUBE_MAX_WIDTH_MM or area < TUBE_MIN_SECTION_MM2 or area / float(spacing[0]) > TUBE_MAX_AREA_MM2:
+            continue
+        blobs, _ = ndimage.label(mask[k], structure=np.ones((3, 3), bool))
+        own = np.isin(blobs, np.unique(blobs[part[k]]))
+        tube += not (own & thick[k]).any()
+    return slices.size > 0 and tube >= TUBE_SLICE_SHARE * slices.size
+
+
+def _flat_box(flat: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The (1, 3) start and stop of the box of voxels ``flat`` (flat indices)."""
+    at = np.stack(np.unravel_index(flat, shape), axis=1)
+    return at.min(axis=0)[None].astype(np.int64), (at.max(axis=0) + 1)[None].astype(np.int64)
 
 
 def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
                          pixel_spacing: tuple[float, float], rule: CandidateRule, threshold: float,
                          first: int, too_noisy: Sequence[tuple[int, int]] = (),
-                         slab: int = CONTRAST_SLAB) -> tuple[_Components, np.ndarray]:
+                         slab: int = CONTRAST_SLAB,
+                         removed: np.ndarray | None = None) -> tuple[_Components, np.ndarray]:
     """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them with the labels (a
     wider copy where their ids outgrow its type); none in the slabs ``too_noisy`` (their own noise is beyond the
-    rule's bounds).
+    rule's bounds). ``removed``: flat indices (sorted) of dense voxels removed as too large or too long, which keep
+    the local-contrast voxels off as the kept dense components do (``CandidateRule.clear_of_removed``).
 
     Works ``slab`` slices at a time: the top-hat is in-plane and the keeping away from dense voxels reaches one
     slice, so each slab (with one slice of ``labels`` either side) gives what the whole volume gives there;
@@ -506,7 +687,11 @@ def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
         local &= contrast >= rule.contrast_hu
         # dense voxels within one voxel (26-connected) keep it off, the box's bounds as the whole box's
         lo, hi = max(box[0].start, a - 1), min(box[0].stop, b + 1)
-        near_dense = ndimage.binary_dilation(labels[lo:hi, box[1], box[2]] > 0, structure=NEIGHBOURS)
+        dense = labels[lo:hi, box[1], box[2]] > 0
+        if removed is not None and removed.size:
+            dense |= voxels_in(removed, hu.shape, (slice(lo, hi), box[1], box[2]))
+        near_dense = ndimage.binary_dilation(dense, structure=NEIGHBOURS)
+        del dense
         local &= ~near_dense[a - lo:a - lo + (b - a)]
         del near_dense
         at = np.flatnonzero(local)
@@ -540,11 +725,11 @@ def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
 
 
 def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,
-                  max_patches: int, max_contrast_patches: int = 0) -> tuple[_Components, int]:
+                  max_patches: int, max_contrast_patches: int = 0) -> tuple[_Components, BudgetCut | None, int]:
     """Keep the strongest local-contrast components whose patches fit in
     ``max_contrast_patches``, then the strongest components whose patches fit in
     ``max_patches`` (dense ones first, by peak HU, then local-contrast ones by peak
-    contrast), renumbered in their old order."""
+    contrast), renumbered in their old order; also what was left out (None: nothing)."""
     patches = parts.stops[:, 0] - parts.starts[:, 0]  # one patch per slice it spans
     ids = np.arange(1, parts.count + 1)
     contrast = ids > dense_count
@@ -560,12 +745,16 @@ def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,
         fits = int(np.searchsorted(np.cumsum(patches[order]), max_patches, side="right"))
         keep[order[fits:]] = False
     if keep.all():
-        return parts, dense_count
+        return parts, None, dense_count
     flat = labels.reshape(-1)
     where = np.flatnonzero(flat)
     _relabel(flat, where, flat[where], keep)
     kept = _Components(parts.starts[keep], parts.stops[keep], parts.strength[keep])
-    return kept, int(keep[:dense_count].sum())
+    left = ~keep
+    cut = BudgetCut(components=int(left.sum()), dense=int(left[:dense_count].sum()),
+                    strongest_contrast_hu=float(parts.strength[left & contrast].max(initial=0.0)),
+                    slices=(int(parts.starts[left, 0].min()), int(parts.stops[left, 0].max()) - 1))
+    return kept, cut, int(keep[:dense_count].sum())
 
 
 def _patch_centres(labels: np.ndarray, parts: _Components) -> tuple[np.ndarray, np.ndarray]:

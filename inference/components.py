@@ -76,6 +76,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from inference.candidates import voxels_in
+
 GROUPS = ("dense_small", "dense_large", "contrast")
 
 SIGNIFICANCE_SMOOTH_MM = 0.5
@@ -132,6 +134,10 @@ class ComponentThresholds:
     min_depth_mm: float | None = None
     """A component is kept only when its depth in the body (the module's text, mm) reaches this; None: not
     required."""
+    max_peak_hu: float | None = None
+    """A component whose densest voxel reaches this (HU) is metal, not a stone: not kept (probe 36: clips and
+    beads of 2,400-3,071 HU, the scanner's ceiling, were reported as stones; no urinary stone reaches 3,000 HU on
+    conventional CT). None: not required."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any], threshold: float) -> ComponentThresholds:
@@ -151,14 +157,15 @@ class ComponentThresholds:
                    min_significance=None if block.get("min_significance") is None
                    else float(block["min_significance"]),
                    max_gas_share=None if block.get("max_gas_share") is None else float(block["max_gas_share"]),
-                   min_depth_mm=None if block.get("min_depth_mm") is None else float(block["min_depth_mm"]))
+                   min_depth_mm=None if block.get("min_depth_mm") is None else float(block["min_depth_mm"]),
+                   max_peak_hu=None if block.get("max_peak_hu") is None else float(block["max_peak_hu"]))
 
     def card(self) -> dict[str, Any]:
         return {"pixel": self.pixel, "dense_small": self.dense_small, "dense_large": self.dense_large,
                 "contrast": self.contrast, "small_voxels": self.small_voxels, "score": self.score,
                 "override_pixel": self.override_pixel, "override_voxels": self.override_voxels,
                 "min_significance": self.min_significance, "max_gas_share": self.max_gas_share,
-                "min_depth_mm": self.min_depth_mm}
+                "min_depth_mm": self.min_depth_mm, "max_peak_hu": self.max_peak_hu}
 
     def for_group(self, group: str) -> float:
         return float(getattr(self, group))
@@ -195,6 +202,8 @@ class ComponentTable:
     """float (count,): the depth of the component's densest voxel in the body, mm (the module's text; inf
     where the slice does not show the body whole, NaN where its score is too low to be kept at all); None:
     not measured."""
+    peak_hu: np.ndarray | None = None
+    """float (count,): the HU of the component's densest voxel (metal: ``ComponentThresholds.max_peak_hu``)."""
 
     def scores(self, kind: str) -> np.ndarray:
         return self.classifier if kind == "classifier" else self.pixel
@@ -340,7 +349,8 @@ def component_table(labels: np.ndarray, count: int, dense_count: int, hu: np.nda
                 if k not in depths:
                     depths[k] = body_depth(hu[k], pixel_mm)[0]
                 depth[i] = depths[k][int(peaks[i][1]), int(peaks[i][2])]
-    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas, depth)
+    peak_hu = hu[peaks[:, 0], peaks[:, 1], peaks[:, 2]].astype(np.float32) if count else np.zeros(0, np.float32)
+    return ComponentTable(list(boxes), voxels, groups, classifier, pixel, peaks, sig, gas, depth, peak_hu)
 
 
 def held_back(table: ComponentTable, thresholds: ComponentThresholds) -> ComponentTable:
@@ -354,6 +364,8 @@ def held_back(table: ComponentTable, thresholds: ComponentThresholds) -> Compone
         low |= table.gas > thresholds.max_gas_share
     if thresholds.min_depth_mm is not None and table.depth is not None:
         low |= table.depth < thresholds.min_depth_mm
+    if thresholds.max_peak_hu is not None and table.peak_hu is not None:
+        low |= table.peak_hu >= thresholds.max_peak_hu
     if not low.any():
         return table
     return dataclasses.replace(table, classifier=np.where(low, -1.0, table.classifier).astype(np.float32),
@@ -377,12 +389,16 @@ def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> n
         keep &= ~(table.gas > thresholds.max_gas_share)
     if thresholds.min_depth_mm is not None and table.depth is not None:
         keep &= ~(table.depth < thresholds.min_depth_mm)
+    if thresholds.max_peak_hu is not None and table.peak_hu is not None:
+        keep &= ~(table.peak_hu >= thresholds.max_peak_hu)
     return np.nonzero(keep)[0] + 1
 
 
 def select_mask(labels: np.ndarray, prob: np.ndarray, table: ComponentTable,
-                thresholds: ComponentThresholds) -> np.ndarray:
-    """uint8 mask of the kept components (see the module's text)."""
+                thresholds: ComponentThresholds, removed: np.ndarray | None = None) -> np.ndarray:
+    """uint8 mask of the kept components (see the module's text); never on the voxels ``removed`` (sorted flat
+    indices of the dense structures the candidate rule removed as too large or too long, where it keeps clear of
+    them: a kept component next to a stent grew into it and was measured with its HU, probe 36)."""
     mask = np.zeros(labels.shape, dtype=np.uint8)
     grow = np.ones((3, 5, 5), dtype=bool)
     for cid in kept_components(table, thresholds):
@@ -392,6 +408,9 @@ def select_mask(labels: np.ndarray, prob: np.ndarray, table: ComponentTable,
         big = tuple(slice(max(0, s.start - m), min(n, s.stop + m))
                     for s, m, n in zip(box, (1, 2, 2), labels.shape, strict=True))
         near = ndimage.binary_dilation(labels[big] == cid, structure=grow)
-        mask[big] |= (near & (prob[big] >= thresholds.pixel)).astype(np.uint8)
+        near &= prob[big] >= thresholds.pixel
+        if removed is not None and removed.size:
+            near &= ~voxels_in(removed, labels.shape, big)
+        mask[big] |= near.astype(np.uint8)
         mask[tuple(table.peaks[cid - 1])] = 1
     return mask

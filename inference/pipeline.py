@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.candidates import CandidateRule, find_candidates
+from inference.candidates import CandidateRule, Candidates, find_candidates
 from inference.components import (
     SIGNIFICANCE_SCORE_FLOOR,
     ComponentTable,
@@ -79,15 +79,58 @@ CLEAR_CONTRAST = "Contrast-enhanced ("
 mention of contrast) the pixels' finding is added (probe 33: an agent's "perhaps" hid an aorta of 394 HU)."""
 SPACING_TOLERANCE = 0.05
 """How far outside ``MEASURED_SLICE_MM`` a spacing may lie without a caution (a spacing of 0.999 mm is 1 mm)."""
+METAL_HU = 3000.0
+"""A voxel at or above this is metal: no tissue and no urinary stone reaches it on conventional CT (a 12-bit CT
+scale tops out at 3,071 HU, where metal saturates)."""
+METAL_MIN_MM3 = 5.0
+"""Metal of at least this volume gives a caution (a surgical clip is about 7 mm^3)."""
+BUDGET_CAUTION_HU = 120.0
+"""A local-contrast candidate left out by the budget that stood this far above its surroundings (HU; twice the
+rule's 60) may have been a small stone: the budget's cut is then said. In noise the cut falls just above 60 HU and
+nothing is said (docs/model.md, "Candidates")."""
 
 
-def input_cautions(volume: Volume) -> tuple[str, ...]:
+def metal_caution(volume: Volume) -> str | None:
+    """A caution where the series holds metal (``METAL_HU``, at least ``METAL_MIN_MM3``): an implant, clips or
+    wires, whose streaks hide stones and make false ones (probe 36)."""
+    voxel_mm3 = volume.pixel_spacing[0] * volume.pixel_spacing[1] * (volume.slice_spacing or 1.0)
+    per_slice = np.array([np.count_nonzero(plane >= METAL_HU) for plane in volume.hu])  # a slice at a time
+    if per_slice.sum() * voxel_mm3 < METAL_MIN_MM3:
+        return None
+    on = np.flatnonzero(per_slice)
+    where = f"slice {on[0] + 1}" if on[0] == on[-1] else f"slices {on[0] + 1}-{on[-1] + 1}"
+    return (f"Metal on {where} ({per_slice.sum() * voxel_mm3:.0f} mm3 at {METAL_HU:,.0f} HU or more: an implant, "
+            "clips or wires?): its streaks can hide stones near it and make false ones.")
+
+
+def analysis_cautions(found: Candidates, rule: CandidateRule) -> tuple[str, ...]:
+    """What the candidate stage met that makes the findings less sure (probe 36): a long thin dense structure it
+    removed whole (a ureteral stent, a catheter: a stone touching it goes with it), and candidates the budget left
+    out that may have been stones (streaks of metal, strong noise)."""
+    said = []
+    for tube in found.tubes:
+        a, b = tube.slices
+        parts = "" if rule.clear_of_removed else ", and parts of it may be reported as stones"
+        said.append(f"A long thin dense structure, {tube.length_mm:.0f} mm on slices {a + 1}-{b + 1} (a ureteral "
+                    f"stent, a catheter, a wire or a calcified vessel?), is not analysed: a stone touching it is "
+                    f"missed{parts}.")
+    cut = found.budget
+    if cut is not None and (cut.dense or cut.strongest_contrast_hu >= BUDGET_CAUTION_HU):
+        a, b = cut.slices
+        said.append(f"{cut.components} candidate regions on slices {a + 1}-{b + 1} were not looked at, over the "
+                    f"candidate budget ({cut.dense} dense, the others standing up to {cut.strongest_contrast_hu:.0f} "
+                    "HU above their surroundings: metal streaks or strong noise?): stones there may be missed.")
+    return tuple(said)
+
+
+def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ...]:
     """What about ``volume`` makes its findings less sure than the model's figures say, a sentence each (empty
     for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``, a series' slice spacing outside
     ``MEASURED_SLICE_MM``, what loading found (``Volume.notes``: duplicate positions left out, missing
     slices, lossy compression, contrast the header names) and, where the header names no contrast, enhanced
     blood in the pixels (``inference.enhancement``) and a multi-energy image read all the same
-    (``inference.volume.energy_note``)."""
+    (``inference.volume.energy_note``); metal (``metal_caution``) and ``found``, what the analysis met
+    (``analysis_cautions``), come after contrast and a multi-energy image, before the rest."""
     low, high = MEASURED_PIXEL_MM
     size = max(volume.pixel_spacing)
     pixels: tuple[str, ...] = ()
@@ -112,9 +155,10 @@ def input_cautions(volume: Volume) -> tuple[str, ...]:
         contrast += (blood.caution(),) if blood is not None else ()
     energy = tuple(note for note in volume.notes if ENERGY_CAUTION in note)
     rest = (note for note in volume.notes if not CONTRAST_CAUTION.match(note) and ENERGY_CAUTION not in note)
+    metal = metal_caution(volume)
     # contrast and a multi-energy image first: they question every finding, and an overlay shows as many cautions
-    # as it has room for
-    return (*contrast, *energy, *pixels, *slices, *rest)
+    # as it has room for; then what hides stones in parts of the series
+    return (*contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
 
 
 class Pipeline:
@@ -170,6 +214,8 @@ class Pipeline:
         lone = self.model.lone_keras_model
         self._lone_forward = None if lone is None else self._compile(lone)
         self.last_timings: dict[str, float] = {}
+        self.last_said: tuple[str, ...] = ()
+        """What the last analysis met (``analysis_cautions``): said with the findings."""
 
     def _compile(self, keras_model: KerasModel) -> Callable[[np.ndarray], Any]:
         """A network's forward pass as one TensorFlow graph; it returns TensorFlow tensors (untyped)."""
@@ -322,7 +368,8 @@ class Pipeline:
                                 measure_significance=self.thresholds.min_significance is not None,
                                 measure_gas=self.thresholds.max_gas_share is not None,
                                 measure_depth=self.thresholds.min_depth_mm is not None)
-        mask = select_mask(found.labels, prob, table, self.thresholds)
+        mask = select_mask(found.labels, prob, table, self.thresholds, removed=found.removed)
+        self.last_said = analysis_cautions(found, self.rule)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,
                              "patches": float(found.centres.shape[0]), "over_budget": float(found.over_budget)}
@@ -336,7 +383,7 @@ class Pipeline:
             volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version,
         )
-        cautions = input_cautions(volume)
+        cautions = input_cautions(volume, self.last_said)
         if cautions:
             findings = dataclasses.replace(findings, cautions=cautions)
             logger.warning("series %s: %s", volume.series_instance_uid, without_free_text(" ".join(cautions)))

@@ -117,26 +117,29 @@ def test_narrowest_labels_hold_their_count(count: int, dtype: type) -> None:
     np.testing.assert_array_equal(narrow, labels)
 
 
+@pytest.mark.parametrize("clear", [0, 1])
 @pytest.mark.parametrize("cut", [False, True])
-def test_contrast_rule_by_slab_is_the_whole_volume_rule(noisy_volume: Volume, cut: bool) -> None:
+def test_contrast_rule_by_slab_is_the_whole_volume_rule(noisy_volume: Volume, cut: bool, clear: int) -> None:
     """Slabs of 1, 2, 5 and 7 slices give the components and labels of one slab holding the whole series,
-    with a slab held back as too noisy too; ``cut``: on a crop whose edges cut the body (seeds at the edges)."""
-    rule = replace(card_rule(), contrast_max_voxels=30)
+    with a slab held back as too noisy too; ``cut``: on a crop whose edges cut the body (seeds at the edges);
+    ``clear``: the removed dense structures keep the contrast voxels off too (3.9.0)."""
+    rule = replace(card_rule(), contrast_max_voxels=30, clear_of_removed=clear)
     if cut:
         noisy_volume = replace(noisy_volume, hu=np.ascontiguousarray(noisy_volume.hu[:, 30:100, 25:95]))
     hu = noisy_volume.hu
     threshold = dense_threshold(rule, estimate_noise(hu))
     body = body_mask(hu)
     dense, count = label_narrow(hu >= threshold)
-    kept = _keep_dense(dense, count, hu, body, noisy_volume, rule)
+    kept, removed, _ = _keep_dense(dense, count, hu, body, noisy_volume, rule)
+    assert (removed.size > 0) == bool(clear)  # the phantom's bone
     slices = hu.shape[0]
     for too_noisy in ((), ((4, 9),)):
         whole, whole_labels = _contrast_components(hu, dense.copy(), body, noisy_volume.pixel_spacing, rule,
-                                                   threshold, kept.count, too_noisy, slab=slices)
+                                                   threshold, kept.count, too_noisy, slab=slices, removed=removed)
         assert whole.count > 3  # the noise makes some
         for slab in (1, 2, 5, 7):
             parts, labels = _contrast_components(hu, dense.copy(), body, noisy_volume.pixel_spacing, rule,
-                                                 threshold, kept.count, too_noisy, slab=slab)
+                                                 threshold, kept.count, too_noisy, slab=slab, removed=removed)
             np.testing.assert_array_equal(parts.starts, whole.starts)
             np.testing.assert_array_equal(parts.stops, whole.stops)
             np.testing.assert_array_equal(parts.strength, whole.strength)

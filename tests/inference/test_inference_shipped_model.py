@@ -50,6 +50,9 @@ def test_card_says_what_the_code_and_the_worker_need() -> None:
     assert card["preprocessing"]["mirror_below_px"] >= 64 and "crops" in card["input_assumptions"]
     # 3.8.0 resamples a series whose pixels are far from those it learned at (inference.resample)
     assert card["preprocessing"]["resample_to_mm"] == 0.75 and 0 < card["preprocessing"]["resample_tolerance"] < 0.3
+    # 3.9.0 keeps clear of what the candidate rule removes (a stent) and never reports metal (probe 36)
+    assert card["candidates"]["clear_of_removed"] == 1 and card["components"]["max_peak_hu"] == 3000
+    assert "hardware" in card["input_assumptions"]
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert size <= 20 * 1024 * 1024
 
@@ -65,27 +68,34 @@ def test_the_earlier_model_stays_loadable() -> None:
 
 
 def test_the_previous_defaults_stay_loadable_and_differ_only_by_their_rules() -> None:
-    oldest, older, previous, mirrored, near_air, default = (
+    oldest, older, previous, mirrored, near_air, resampled, default = (
         Pipeline(load_model(name, cores=2))
-        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0", "cascade-3.7.1", "default"))
-    assert (oldest.version, older.version, previous.version, mirrored.version, near_air.version) == (
-        "3.2.0", "3.5.0", "3.6.0", "3.7.0", "3.7.1")
+        for name in ("cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0", "cascade-3.7.1",
+                     "cascade-3.8.0", "default"))
+    assert (oldest.version, older.version, previous.version, mirrored.version, near_air.version,
+            resampled.version) == ("3.2.0", "3.5.0", "3.6.0", "3.7.0", "3.7.1", "3.8.0")
     assert oldest.thresholds.min_significance is None and older.thresholds.min_significance is not None
     assert older.thresholds.max_gas_share is None and previous.thresholds.max_gas_share is not None
     # the same network and thresholds: 3.5.0 added the rule that holds back noise grains, 3.6.0 the gas rule,
     # 3.7.0 reads a tight crop mirrored beyond its edges, 3.7.1 only its wide views, 3.8.0 resamples a series
-    # of pixels outside 0.64-0.86 mm to 0.75 mm
+    # of pixels outside 0.64-0.86 mm to 0.75 mm, 3.9.0 keeps clear of what the candidate rule removes (a stent)
+    # and never reports metal
     assert oldest.thresholds == dataclasses.replace(older.thresholds, min_significance=None)
     assert older.thresholds == dataclasses.replace(previous.thresholds, max_gas_share=None)
-    assert previous.thresholds == mirrored.thresholds == near_air.thresholds == default.thresholds
+    assert previous.thresholds == mirrored.thresholds == near_air.thresholds == resampled.thresholds
+    assert resampled.thresholds == dataclasses.replace(default.thresholds, max_peak_hu=None)
     assert previous.spec == dataclasses.replace(mirrored.spec, mirror_below=0) and mirrored.spec.mirror_below > 0
     assert mirrored.spec.mirror_near and mirrored.spec == dataclasses.replace(near_air.spec, mirror_near=True)
-    assert not near_air.spec.mirror_near and near_air.spec == default.spec
+    assert not near_air.spec.mirror_near and near_air.spec == resampled.spec == default.spec
     assert all(not p.resample_to_mm for p in (oldest, older, previous, mirrored, near_air))
+    assert (resampled.resample_to_mm, resampled.resample_tolerance) == (0.75, 0.15)
     assert (default.resample_to_mm, default.resample_tolerance) == (0.75, 0.15)
-    weights = [p.model.keras_model.get_weights() for p in (oldest, older, previous, mirrored, near_air, default)]
-    for a in weights[:5]:
-        assert len(a) == len(weights[5]) and all(np.array_equal(x, y) for x, y in zip(a, weights[5], strict=True))
+    assert all(p.rule.clear_of_removed == 0 for p in (oldest, older, previous, mirrored, near_air, resampled))
+    assert default.rule == dataclasses.replace(resampled.rule, clear_of_removed=1)
+    weights = [p.model.keras_model.get_weights()
+               for p in (oldest, older, previous, mirrored, near_air, resampled, default)]
+    for a in weights[:6]:
+        assert len(a) == len(weights[6]) and all(np.array_equal(x, y) for x, y in zip(a, weights[6], strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ from uronode.app.cli import build_parser, main
 
 REAL = shared_data_dir() / "real-stones"
 SHIPPED_WITH_RECORD = ("default", "cascade-3.2.0", "cascade-3.5.0", "cascade-3.6.0", "cascade-3.7.0",
-                       "cascade-3.7.1")
+                       "cascade-3.7.1", "cascade-3.8.0")
 
 
 @pytest.fixture(scope="module")
@@ -467,12 +467,12 @@ def test_a_fine_tuned_model_keeps_its_bases_training_images() -> None:
     assert tuned is not None
     sets = trained_on({"training": {"images": tuned}})
     assert [(t.set, t.side, t.count) for t in sets] == [("mine", "train", 2), ("real-stones", "train", 751)]
-    assert sets[1].via == "the base model uronode-stone-cascade 3.8.0"
+    assert sets[1].via == f"the base model uronode-stone-cascade {base['version']}"
     assert sets[1].digests == frozenset(base["training"]["images"]["digests"])
     alone = inherited_record(base)  # fine-tuned on no image of its own (train --data, or --init)
     assert alone is not None
     assert [(t.set, t.count, t.via) for t in trained_on({"training": {"images": alone}})] == [
-        ("real-stones", 751, "the base model uronode-stone-cascade 3.8.0")]
+        ("real-stones", 751, f"the base model uronode-stone-cascade {base['version']}")]
     assert inherited_record(_card("cascade-2.1.0")) is None
     assert inherited_record(_card("cascade-2.1.0"), own) == own
     # a soup's card lists its runs' trainings: their images are its own
