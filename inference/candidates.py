@@ -48,16 +48,18 @@ soft tissue (``estimate_noise``):
 The defaults leave series within the generator's noise (up to 13 HU) exactly
 as before; 0 turns each bound off.
 
-What is removed as too large or too long (``clear_of_removed``, model 3.9.0;
-probe 36): bone, and a ureteral stent or a catheter running 200 mm down the
-ureter. Such a structure keeps the local-contrast voxels off as a kept dense
+What is removed as too long (``clear_of_removed``, model 3.9.0;
+probe 36): the skeleton, and a ureteral stent or a catheter running 200 mm
+down the ureter. Such a structure keeps the local-contrast voxels off as a kept dense
 component does (its blurred edge made dozens of candidates), and its voxels
 are listed (``Candidates.removed``) so that no reported stone grows into
 them. Its tubes (``_tubes_in``: thin parts along the body with a small
 cross-section of their own) are listed for a caution whatever the rule says
 (``Candidates.tubes``), and, with the rule, the thick parts touching a tube
 that pass the size rule on their own (a stone on a stent) are dense
-candidates of their own.
+candidates of their own. A structure removed for its volume alone (a
+vertebra, a staghorn stone) keeps nothing off, as before 3.9.0; the skeleton
+(over ``TUBE_MAX_STRUCTURE_MM3``) is not looked into for tubes.
 
 Memory: a series is held once as float32 HU (4 bytes a voxel); what this stage adds is kept to about
 3 bytes a voxel. The component labels are the narrowest unsigned type that holds their count
@@ -124,7 +126,7 @@ class CandidateRule:
     """Measure the noise again in slabs of about this length along the series and raise the dense
     thresholds of the noisier slabs to their own (0 = one estimate for the whole series)."""
     clear_of_removed: int = 0
-    """1: the dense structures removed as too large or too long (bone, a ureteral stent) keep the local-contrast
+    """1: the dense structures removed as too long (bone, a ureteral stent) keep the local-contrast
     voxels off as the kept ones do, and no reported stone takes their voxels (``Candidates.removed``; probe 36: a
     stent's edge gave dozens of local-contrast candidates, each reported with the stent's HU). 0: only the kept
     dense components keep them off (models before 3.9.0)."""
@@ -195,7 +197,7 @@ class Candidates:
     over_budget: int = 0
     """Components dropped by the budget (the weakest)."""
     removed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
-    """Sorted flat indices of the voxels of the dense structures removed as too large or too long, where the rule
+    """Sorted flat indices of the voxels of the dense structures removed as too long, where the rule
     keeps clear of them (``CandidateRule.clear_of_removed``; empty otherwise)."""
     tubes: tuple[Tube, ...] = ()
     """The long thin dense structures among those removed (a stent, a catheter, a wire, a calcified vessel)."""
@@ -203,9 +205,10 @@ class Candidates:
     """What the budget left out, where it left out any."""
 
 
-TUBE_MAX_AREA_MM2 = 20.0
-"""A tube's cross-section (``_tube_like``) is at most this (mm^2: a tube up to about 5 mm across, a 6-10 Fr ureteral
-stent or nephrostomy catheter with its partial volume)."""
+TUBE_MAX_SECTION_MM2 = 30.0
+"""A tube's cross-section on a slice (``_tube_like``) is at most this (mm^2: a tube up to about 5 mm across, a 6-10 Fr
+ureteral stent or nephrostomy catheter with its partial volume, whatever the slice spacing: review 34, an area per
+mm of slice spacing made no tube of a 10 Fr stent at 0.625 mm)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,8 @@ class BudgetCut:
     components: int
     dense: int
     """Dense components among them (only the overall budget drops those)."""
+    strongest_dense_hu: float
+    """The densest voxel of the densest left-out dense component (HU; 0 where none was left out)."""
     strongest_contrast_hu: float
     """The most a left-out local-contrast component stood above its surroundings (HU; 0 where none was left out)."""
     slices: tuple[int, int]
@@ -500,8 +505,8 @@ def _relabel(flat_labels: np.ndarray, where: np.ndarray, ids: np.ndarray, keep: 
 def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray, volume: Volume,
                 rule: CandidateRule) -> tuple[_Components, np.ndarray, tuple[Tube, ...]]:
     """Relabel ``labels`` in place: the components that may be stones get 1..n, the others 0. Also returns the
-    flat indices of the voxels of those removed as too large or too long (where ``rule.clear_of_removed``; else
-    none) and the tubes among them (``Tube``, ``TUBE_MAX_AREA_MM2``).
+    flat indices of the voxels of those removed as too long (where ``rule.clear_of_removed``; else
+    none) and the tubes among them (``Tube``, ``_tubes_in``).
 
     Works on the labelled voxels only (a volume-wide bincount would widen the labels to
     int64, 8 bytes a voxel), so that many components (speckle) cost little.
@@ -520,16 +525,22 @@ def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray
     np.maximum.at(peak, ids, hu.reshape(-1)[where])
     tubes: list[Tube] = []
     pieces: list[np.ndarray] = []  # flat indices of the pieces on tubes that become candidates of their own
-    for i in np.flatnonzero(~fits):
+    # a structure too long for a stone may hold a tube (a stent down the ureter); the skeleton, far larger than any
+    # stent with what touches it, is not looked into (on real CT it is most of the series: review 34)
+    long = (extent > rule.max_extent_mm) & ~fits
+    for i in np.flatnonzero(long & (sizes * voxel_mm3 <= TUBE_MAX_STRUCTURE_MM3)):
         box = tuple(slice(int(a), int(b)) for a, b in zip(starts[i], stops[i], strict=True))
         found, on_tube = _tubes_in(labels[box] == i + 1, spacing, rule)
+        offset = np.array([s.start for s in box])
         tubes += [dataclasses.replace(t, slices=(t.slices[0] + box[0].start, t.slices[1] + box[0].start))
-                  for t in found]
+                  for t, a, b in found if _in_body(body, (a + offset)[None], (b + offset)[None])[0]]
         if rule.clear_of_removed:
             for part in on_tube:
                 k, r, c = (a + s.start for a, s in zip(np.nonzero(part), box, strict=True))
                 pieces.append(np.ravel_multi_index((k, r, c), labels.shape))
-    removed = where[~fits[ids - 1]] if rule.clear_of_removed else np.zeros(0, np.int64)
+    # only what is too long keeps candidates off: a structure removed for its volume alone may be a large stone
+    # (a staghorn), which its edge's candidates still reach, as before 3.9.0 (review 34)
+    removed = where[long[ids - 1]] if rule.clear_of_removed else np.zeros(0, np.int64)
     kept = _relabel(flat, where, ids, keep)
     parts = _Components(starts[keep], stops[keep], peak[1:][keep].astype(np.float64))
     pieces = [p for p in pieces if _in_body(body, *_flat_box(p, labels.shape))[0]]
@@ -545,19 +556,24 @@ def _keep_dense(labels: np.ndarray, count: int, hu: np.ndarray, body: np.ndarray
     return parts, removed, tuple(tubes)
 
 
+TUBE_MAX_STRUCTURE_MM3 = 50_000.0
+"""A removed structure larger than this (the skeleton) is not looked into for tubes: a stent with the stones and
+calcifications that touch it is a few cm^3."""
 TUBE_STRIP_MM = 2.0
 """What is thinner than twice this, in-plane, is a tube's (a 6-10 Fr stent or catheter is 2-3.3 mm across): the
 rest of a structure removed as too long or too large is its thick part."""
 
 
-def _tubes_in(mask: np.ndarray, spacing: np.ndarray, rule: CandidateRule) -> tuple[list[Tube], list[np.ndarray]]:
+def _tubes_in(mask: np.ndarray, spacing: np.ndarray,
+              rule: CandidateRule) -> tuple[list[tuple[Tube, np.ndarray, np.ndarray]], list[np.ndarray]]:
     """The tubes in one removed dense structure (``mask``, its box) and the pieces on them that may be stones.
 
     A tube is a part of it thinner than ``2 * TUBE_STRIP_MM`` in-plane (what an in-plane opening by a disc of that
-    radius takes away), longer than ``rule.max_extent_mm`` and of at most ``TUBE_MAX_AREA_MM2`` of volume per mm:
+    radius takes away), longer than ``rule.max_extent_mm`` with a tube's cross-section (``_tube_like``):
     a ureteral stent, a catheter, a wire. A stone on it is one dense structure with it and was removed with it
     (probe 36: a stone touching a stent was lost, or measured with it); the thick parts of the structure that
-    touch a tube and would pass the size rule on their own are returned (bool masks of the box) as candidates."""
+    touch a tube and would pass the size rule on their own are returned (bool masks of the box) as candidates;
+    each tube with the start and stop of its own box in the structure's."""
     radius = (max(1, round(TUBE_STRIP_MM / spacing[1])), max(1, round(TUBE_STRIP_MM / spacing[2])))
     rr, cc = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
     disc = ((rr / radius[0]) ** 2 + (cc / radius[1]) ** 2 <= 1.0)[None]
@@ -572,7 +588,8 @@ def _tubes_in(mask: np.ndarray, spacing: np.ndarray, rule: CandidateRule) -> tup
         local[box] = thin[box] == j
         if _tube_like(local, mask, thick, spacing):
             extent = max((s.stop - s.start) * float(d) for s, d in zip(box, spacing, strict=True))
-            tubes.append(Tube(extent, (box[0].start, box[0].stop - 1)))
+            tubes.append((Tube(extent, (box[0].start, box[0].stop - 1)),
+                          np.array([s.start for s in box]), np.array([s.stop for s in box])))
             tube_mask |= local
     if not tubes or not thick.any():
         return tubes, []
@@ -606,11 +623,10 @@ runs in-plane, as a stent's ends do)."""
 
 def _tube_like(part: np.ndarray, mask: np.ndarray, thick: np.ndarray, spacing: np.ndarray) -> bool:
     """Whether a thin part of a removed structure (``part``; ``mask`` the whole structure, ``thick`` its thick part,
-    all bool arrays of the structure's box) is a tube: on at least ``TUBE_SLICE_SHARE`` of its slices, a cross-section of its
-    own, at most ``TUBE_MAX_WIDTH_MM`` wide, of at least ``TUBE_MIN_SECTION_MM2`` and at most ``TUBE_MAX_AREA_MM2``
-    (mm^2 a slice's mm along the body:
-    a 2-4 mm tube and its partial volume), that does not run into the thick part on that slice (a bone's thin
-    lamina or cortex does, on every slice; a stent does only where a stone sits on it)."""
+    all bool arrays of the structure's box) is a tube: on at least ``TUBE_SLICE_SHARE`` of its slices, a
+    cross-section of its own, at most ``TUBE_MAX_WIDTH_MM`` wide, of ``TUBE_MIN_SECTION_MM2`` to
+    ``TUBE_MAX_SECTION_MM2`` (a 2-4 mm tube and its partial volume), that does not run into the thick part on that
+    slice (a bone's thin lamina or cortex does, on every slice; a stent does only where a stone sits on it)."""
     pixel_mm2 = float(spacing[1] * spacing[2])
     slices = np.flatnonzero(part.any(axis=(1, 2)))
     tube = 0
@@ -618,7 +634,7 @@ def _tube_like(part: np.ndarray, mask: np.ndarray, thick: np.ndarray, spacing: n
         rows, columns = np.nonzero(part[k])
         width = max((rows.max() - rows.min() + 1) * float(spacing[1]), (columns.max() - columns.min() + 1) * float(spacing[2]))
         area = rows.size * pixel_mm2
-        if width > TUBE_MAX_WIDTH_MM or area < TUBE_MIN_SECTION_MM2 or area / float(spacing[0]) > TUBE_MAX_AREA_MM2:
+        if width > TUBE_MAX_WIDTH_MM or not TUBE_MIN_SECTION_MM2 <= area <= TUBE_MAX_SECTION_MM2:
             continue
         blobs, _ = ndimage.label(mask[k], structure=np.ones((3, 3), bool))
         own = np.isin(blobs, np.unique(blobs[part[k]]))
@@ -639,7 +655,7 @@ def _contrast_components(hu: np.ndarray, labels: np.ndarray, body: np.ndarray,
                          removed: np.ndarray | None = None) -> tuple[_Components, np.ndarray]:
     """Add the local-contrast components to ``labels`` (ids first+1, ...) and return them with the labels (a
     wider copy where their ids outgrow its type); none in the slabs ``too_noisy`` (their own noise is beyond the
-    rule's bounds). ``removed``: flat indices (sorted) of dense voxels removed as too large or too long, which keep
+    rule's bounds). ``removed``: flat indices (sorted) of dense voxels removed as too long, which keep
     the local-contrast voxels off as the kept dense components do (``CandidateRule.clear_of_removed``).
 
     Works ``slab`` slices at a time: the top-hat is in-plane and the keeping away from dense voxels reaches one
@@ -752,6 +768,7 @@ def _spend_budget(labels: np.ndarray, parts: _Components, dense_count: int,
     kept = _Components(parts.starts[keep], parts.stops[keep], parts.strength[keep])
     left = ~keep
     cut = BudgetCut(components=int(left.sum()), dense=int(left[:dense_count].sum()),
+                    strongest_dense_hu=float(parts.strength[left & ~contrast].max(initial=0.0)),
                     strongest_contrast_hu=float(parts.strength[left & contrast].max(initial=0.0)),
                     slices=(int(parts.starts[left, 0].min()), int(parts.stops[left, 0].max()) - 1))
     return kept, cut, int(keep[:dense_count].sum())

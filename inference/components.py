@@ -397,7 +397,7 @@ def kept_components(table: ComponentTable, thresholds: ComponentThresholds) -> n
 def select_mask(labels: np.ndarray, prob: np.ndarray, table: ComponentTable,
                 thresholds: ComponentThresholds, removed: np.ndarray | None = None) -> np.ndarray:
     """uint8 mask of the kept components (see the module's text); never on the voxels ``removed`` (sorted flat
-    indices of the dense structures the candidate rule removed as too large or too long, where it keeps clear of
+    indices of the dense structures the candidate rule removed as too long, where it keeps clear of
     them: a kept component next to a stent grew into it and was measured with its HU, probe 36)."""
     mask = np.zeros(labels.shape, dtype=np.uint8)
     grow = np.ones((3, 5, 5), dtype=bool)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.candidates import CandidateRule, Candidates, find_candidates
+from inference.candidates import BudgetCut, CandidateRule, Tube, find_candidates
 from inference.components import (
     SIGNIFICANCE_SCORE_FLOOR,
     ComponentTable,
@@ -84,6 +84,10 @@ METAL_HU = 3000.0
 scale tops out at 3,071 HU, where metal saturates)."""
 METAL_MIN_MM3 = 5.0
 """Metal of at least this volume gives a caution (a surgical clip is about 7 mm^3)."""
+BUDGET_CAUTION_DENSE_HU = 300.0
+"""A dense candidate left out by the budget whose densest voxel reaches this (HU) may have been a stone: the budget's
+cut is then said. In noise (a noisy chest CT's shoulders, an enhanced CT's vessels) the dense ones left out are the
+faintest, just over the dense threshold, and nothing is said."""
 BUDGET_CAUTION_HU = 120.0
 """A local-contrast candidate left out by the budget that stood this far above its surroundings (HU; twice the
 rule's 60) may have been a small stone: the budget's cut is then said. In noise the cut falls just above 60 HU and
@@ -92,34 +96,38 @@ nothing is said (docs/model.md, "Candidates")."""
 
 def metal_caution(volume: Volume) -> str | None:
     """A caution where the series holds metal (``METAL_HU``, at least ``METAL_MIN_MM3``): an implant, clips or
-    wires, whose streaks hide stones and make false ones (probe 36)."""
+    wires, whose streaks hide stones and make false ones (probe 36); contrast as dense is said too."""
     voxel_mm3 = volume.pixel_spacing[0] * volume.pixel_spacing[1] * (volume.slice_spacing or 1.0)
     per_slice = np.array([np.count_nonzero(plane >= METAL_HU) for plane in volume.hu])  # a slice at a time
     if per_slice.sum() * voxel_mm3 < METAL_MIN_MM3:
         return None
-    on = np.flatnonzero(per_slice)
-    where = f"slice {on[0] + 1}" if on[0] == on[-1] else f"slices {on[0] + 1}-{on[-1] + 1}"
-    return (f"Metal on {where} ({per_slice.sum() * voxel_mm3:.0f} mm3 at {METAL_HU:,.0f} HU or more: an implant, "
-            "clips or wires?): its streaks can hide stones near it and make false ones.")
+    return (f"Metal, or contrast as dense ({METAL_HU:,.0f} HU or more: an implant, clips or wires?), on "
+            f"{volume.where(np.flatnonzero(per_slice))}: its streaks can hide stones near it and make false ones.")
 
 
-def analysis_cautions(found: Candidates, rule: CandidateRule) -> tuple[str, ...]:
+def analysis_cautions(tubes: Sequence[Tube], budget: BudgetCut | None, rule: CandidateRule,
+                      volume: Volume) -> tuple[str, ...]:
     """What the candidate stage met that makes the findings less sure (probe 36): a long thin dense structure it
-    removed whole (a ureteral stent, a catheter: a stone touching it goes with it), and candidates the budget left
-    out that may have been stones (streaks of metal, strong noise)."""
+    removed whole (a ureteral stent, a catheter: a stone touching it goes with it, or only its part beside it is
+    measured), and candidates the budget left out that may have been stones (streaks of metal, strong noise);
+    where on ``volume`` (its images' own numbers, as the report names a stone's)."""
     said = []
-    for tube in found.tubes:
+    for tube in tubes:
         a, b = tube.slices
         parts = "" if rule.clear_of_removed else ", and parts of it may be reported as stones"
-        said.append(f"A long thin dense structure, {tube.length_mm:.0f} mm on slices {a + 1}-{b + 1} (a ureteral "
-                    f"stent, a catheter, a wire or a calcified vessel?), is not analysed: a stone touching it is "
-                    f"missed{parts}.")
-    cut = found.budget
-    if cut is not None and (cut.dense or cut.strongest_contrast_hu >= BUDGET_CAUTION_HU):
-        a, b = cut.slices
-        said.append(f"{cut.components} candidate regions on slices {a + 1}-{b + 1} were not looked at, over the "
-                    f"candidate budget ({cut.dense} dense, the others standing up to {cut.strongest_contrast_hu:.0f} "
-                    "HU above their surroundings: metal streaks or strong noise?): stones there may be missed.")
+        said.append(f"A long thin dense structure, {tube.length_mm:.0f} mm on {volume.where(range(a, b + 1))} (a "
+                    f"ureteral stent, a catheter, a wire or a vessel?), is not analysed: stones touching it may be "
+                    f"missed or measured short{parts}.")
+    if budget is not None and (budget.strongest_dense_hu >= BUDGET_CAUTION_DENSE_HU
+                               or budget.strongest_contrast_hu >= BUDGET_CAUTION_HU):
+        a, b = budget.slices
+        what = [f"{budget.dense} dense, up to {budget.strongest_dense_hu:.0f} HU"] if budget.dense else []
+        if budget.components > budget.dense:
+            what.append(f"{budget.components - budget.dense} standing up to {budget.strongest_contrast_hu:.0f} HU "
+                        "above their surroundings")
+        said.append(f"{budget.components} candidate regions on {volume.where(range(a, b + 1))} were not looked at, "
+                    f"over the candidate budget ({', '.join(what)}: metal streaks or strong noise?): stones there "
+                    "may be missed.")
     return tuple(said)
 
 
@@ -214,8 +222,9 @@ class Pipeline:
         lone = self.model.lone_keras_model
         self._lone_forward = None if lone is None else self._compile(lone)
         self.last_timings: dict[str, float] = {}
-        self.last_said: tuple[str, ...] = ()
-        """What the last analysis met (``analysis_cautions``): said with the findings."""
+        self.last_met: tuple[tuple[Tube, ...], BudgetCut | None] = ((), None)
+        """What the last analysis met (the candidate stage's tubes and budget cut): said with the findings
+        (``analysis_cautions``)."""
 
     def _compile(self, keras_model: KerasModel) -> Callable[[np.ndarray], Any]:
         """A network's forward pass as one TensorFlow graph; it returns TensorFlow tensors (untyped)."""
@@ -369,7 +378,7 @@ class Pipeline:
                                 measure_gas=self.thresholds.max_gas_share is not None,
                                 measure_depth=self.thresholds.min_depth_mm is not None)
         mask = select_mask(found.labels, prob, table, self.thresholds, removed=found.removed)
-        self.last_said = analysis_cautions(found, self.rule)
+        self.last_met = (found.tubes, found.budget)
         t3 = time.perf_counter()
         self.last_timings = {"candidates_s": t1 - t0, "network_s": t2 - t1, "components_s": t3 - t2,
                              "patches": float(found.centres.shape[0]), "over_budget": float(found.over_budget)}
@@ -381,9 +390,9 @@ class Pipeline:
         t0 = time.perf_counter()
         findings = measure_stones(  # the uint8 mask as it is: a bool copy would be another byte a voxel
             volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
-            model_name=self.name, model_version=self.version,
+            model_name=self.name, model_version=self.version, max_hu=self.thresholds.max_peak_hu,
         )
-        cautions = input_cautions(volume, self.last_said)
+        cautions = input_cautions(volume, analysis_cautions(*self.last_met, self.rule, volume))
         if cautions:
             findings = dataclasses.replace(findings, cautions=cautions)
             logger.warning("series %s: %s", volume.series_instance_uid, without_free_text(" ".join(cautions)))

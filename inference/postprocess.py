@@ -359,8 +359,11 @@ def measure_stones(
     box_margin_mm: float = 5.0,
     model_name: str = "",
     model_version: str = "",
+    max_hu: float | None = None,
 ) -> Findings:
-    """Components of ``mask`` (bool/uint8, shaped like ``volume.hu``) measured as stones."""
+    """Components of ``mask`` (bool/uint8, shaped like ``volume.hu``) measured as stones; none whose densest voxel
+    reaches ``max_hu`` (metal: ``ComponentThresholds.max_peak_hu``, judged on the series' own voxels, as a series
+    analysed on a resampled copy has its metal's peak averaged down there: review 34)."""
     if mask.shape != volume.hu.shape:
         raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.hu.shape}")
     # label only the box around the mask: a volume-sized int32 label array is 4 bytes a voxel (and the
@@ -390,6 +393,9 @@ def measure_stones(
         kept[crop][box][local] = 1
         idx = np.argwhere(local) + np.array([s.start for s in box]) + origin
         hu = volume.hu[idx[:, 0], idx[:, 1], idx[:, 2]]
+        if max_hu is not None and float(hu.max()) >= max_hu:
+            kept[crop][box][local] = 0
+            continue
         centroid = volume.index_to_patient(idx).mean(axis=0)
         slices = np.unique(idx[:, 0])
         diameter = 0.0

@@ -164,6 +164,16 @@ class Volume:
     """What loading had to decide or found that makes the series less than the model's figures assume, a
     sentence each: slices left out as duplicates of a position, slices missing, lossy-compressed images.
     The pipeline passes them on as the findings' cautions (``inference.pipeline.input_cautions``)."""
+    instance_numbers: tuple[int, ...] = ()
+    """Each slice's InstanceNumber (0 where it has none); empty where the volume was not loaded from DICOM."""
+
+    def where(self, slices: Iterable[int]) -> str:
+        """Where ``slices`` (indices) are, in words a reader finds them by: the series' image numbers, or frame
+        numbers, as the report names a stone's (``slice_numbers``, ``images_words``)."""
+        multiframe = any(f > 1 for f in self.frame_numbers)
+        numbers, kind = slice_numbers(self.instance_numbers or (0,) * len(self.frame_numbers), self.frame_numbers,
+                                      multiframe)
+        return images_words(numbers, kind, [int(k) for k in slices])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -251,6 +261,44 @@ class _Frame:
     """A virtual monoenergetic image's energy, where its header gives it."""
     unspecified: bool = False
     """Whether its Rescale Type calls the unit unspecified (US): read as HU, with a caution."""
+
+
+def slice_numbers(instance_numbers: Sequence[int | None], frame_numbers: Sequence[int],
+                  multiframe: bool) -> tuple[tuple[int, ...], str]:
+    """Each slice's number as a reader finds its CT image, and what the numbers are: a slice of a single-frame
+    instance has its InstanceNumber ("instance"), a frame of a multi-frame instance its frame number ("frame").
+    Where they do not tell the slices apart (one missing, under 1, or repeated), every slice has its 1-based
+    index in the volume, feet to head ("index"), so that the numbers stay unique."""
+    found = list(frame_numbers) if multiframe else list(instance_numbers)
+    numbers = [n for n in found if n is not None and n >= 1]
+    if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
+        return tuple(numbers), "frame" if multiframe else "instance"
+    return tuple(range(1, len(found) + 1)), "index"
+
+
+def number_ranges(numbers: Sequence[int]) -> str:
+    """Sorted numbers as ranges: [31, 32, 33, 40] -> "31-33, 40"."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def images_words(numbers: Sequence[int], kind: str, slices: Sequence[int]) -> str:
+    """Where slices ``slices`` are, in words a reader finds them by (``slice_numbers``' numbers and kind): "images
+    102-103", "image 108", "frames 3-5", or "slices 3-5 (counted from the feet end)" where the series' own numbers
+    do not tell its images apart."""
+    chosen = [numbers[k] for k in slices]
+    plural = "" if len(set(chosen)) == 1 else "s"
+    text = number_ranges(chosen)
+    if kind == "instance":
+        return f"image{plural} {text}"
+    if kind == "frame":
+        return f"frame{plural} {text}"
+    return f"slice{plural} {text} (counted from the feet end)"
 
 
 def read_dicom(path: str | Path, *, stop_before_pixels: bool = False,
@@ -916,6 +964,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
         frame_numbers=tuple(f.frame_number for f in frames),
         source_paths=tuple(paths[f.dataset_index] for f in frames),
+        instance_numbers=tuple(f.instance_number for f in frames),
         notes=(*notes, *said_of_energy,
                *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
                   "01): faint and small stones may be lost."]

@@ -68,7 +68,7 @@ from pydicom.valuerep import DA, TM
 
 from inference.postprocess import SIDE_WORDS, Findings, SliceBox
 from inference.preview import WINDOW, render_slice
-from inference.volume import Volume
+from inference.volume import Volume, slice_numbers
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
@@ -274,44 +274,12 @@ def _number(value: object) -> int | None:
 
 
 def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int]) -> tuple[tuple[int, ...], str]:
-    """Each slice's number as a reader finds its CT image, and what the numbers are.
+    """Each slice's number as a reader finds its CT image, and what the numbers are (``slice_numbers``).
 
     ``datasets`` and ``frame_numbers`` are per slice (``Sources.datasets``, ``Volume.frame_numbers``).
-    A slice of a single-frame instance has its InstanceNumber ("instance"), a frame of a multi-frame instance
-    its frame number ("frame"). Where they do not tell the slices apart (one missing, under 1, or repeated),
-    every slice has its 1-based index in the volume, feet to head ("index"), so that the numbers stay unique.
     """
     multiframe = any((_number(ds.get("NumberOfFrames")) or 1) > 1 for ds in datasets)
-    found = (list(frame_numbers) if multiframe else [_number(ds.get("InstanceNumber")) for ds in datasets])
-    numbers = [n for n in found if n is not None and n >= 1]
-    if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
-        return tuple(numbers), "frame" if multiframe else "instance"
-    return tuple(range(1, len(found) + 1)), "index"
-
-
-def number_ranges(numbers: Sequence[int]) -> str:
-    """Sorted numbers as ranges: [31, 32, 33, 40] -> "31-33, 40"."""
-    runs: list[list[int]] = []
-    for n in sorted(set(numbers)):
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
-
-
-def images_words(numbers: Sequence[int], kind: str, slices: Sequence[int]) -> str:
-    """Where slices ``slices`` are, in words a reader finds them by (``image_numbers``' numbers and kind): "images
-    102-103", "image 108", "frames 3-5", or "slices 3-5 (counted from the feet end)" where the series' own numbers
-    do not tell its images apart."""
-    chosen = [numbers[k] for k in slices]
-    plural = "" if len(set(chosen)) == 1 else "s"
-    text = number_ranges(chosen)
-    if kind == "instance":
-        return f"image{plural} {text}"
-    if kind == "frame":
-        return f"frame{plural} {text}"
-    return f"slice{plural} {text} (counted from the feet end)"
+    return slice_numbers([_number(ds.get("InstanceNumber")) for ds in datasets], frame_numbers, multiframe)
 
 
 def sc_uids(sources: Sources, every_slice: bool) -> str:

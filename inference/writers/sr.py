@@ -53,8 +53,8 @@ from pydicom.valuerep import DA, TM, DSfloat
 
 import inference.writers.coding as coding
 from inference.postprocess import SIDE_WORDS, Findings, SliceBox, Stone, max_axial_diameter_mm
-from inference.volume import AXIAL_TOLERANCE_DEG, Volume
-from inference.writers.sc import image_numbers, images_words
+from inference.volume import AXIAL_TOLERANCE_DEG, Volume, images_words
+from inference.writers.sc import image_numbers
 from inference.writers.seg import segment_number, stone_tracking_uid
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,
@@ -227,7 +227,7 @@ def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = Fal
 
     The first size is its length (largest extent in any direction), the last its largest axial diameter;
     the side is 'left', 'right', 'near midline' or 'side not determined' (no laterality: ``SIDE_WORDS``);
-    ``where`` says which CT images it is on (``inference.writers.sc.images_words``), as a reader reading the
+    ``where`` says which CT images it is on (``inference.volume.images_words``), as a reader reading the
     report in a PACS's text view goes to it (probe 18). A stone of ``TINY_VOXELS`` voxels or fewer says that
     the CT hardly resolves it. On a lone image (``lone``), one plane of the stone: 'Stone 1, right: in-plane
     7.1 mm, mean 850 HU' (no volume, no length beyond the plane's). Numbers rounded as ``half_up``."""

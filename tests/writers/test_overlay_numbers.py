@@ -14,9 +14,9 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
 
 from inference.postprocess import measure_stones
-from inference.volume import Volume, load_volume
+from inference.volume import Volume, images_words, load_volume
 from inference.writers import findings_record, save_results, write_results
-from inference.writers.sc import STANDARD_EXTENSION, image_numbers, images_words
+from inference.writers.sc import STANDARD_EXTENSION, image_numbers
 from lab.synth import generate_phantom, write_series
 from tests.factory import pydicom_test_file
 from tests.writers.conftest import (

@@ -79,7 +79,7 @@ def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
 
 
 def _images_cell(numbers: tuple[int, ...], kind: str, slices: tuple[int, ...]) -> str:
-    from inference.writers.sc import number_ranges
+    from inference.volume import number_ranges
 
     text = number_ranges([numbers[k] for k in slices])
     return {"instance": text, "frame": f"frames {text}"}.get(kind, f"slices {text}")
