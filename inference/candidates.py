@@ -213,8 +213,9 @@ mm of slice spacing made no tube of a 10 Fr stent at 0.625 mm)."""
 
 @dataclass(frozen=True)
 class Tube:
-    """A long thin dense structure the candidate rule removed: a ureteral stent, a catheter, a wire, or a calcified
-    vessel. Stones touching it are removed with it (they are one dense structure)."""
+    """A long thin dense structure the candidate rule removed: a ureteral stent, a catheter, a wire, or a vessel. A
+    stone touching it is one dense structure with it: where the rule keeps clear of what it removes, one of about
+    4 mm or more is a candidate of its own (``_tubes_in``), a smaller one goes with it."""
 
     length_mm: float
     """The longest side of its box."""
