@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pydicom.valuerep import DS
 
+from inference.volume import Volume
+
 
 def uid(*parts: object) -> UID:
     """A deterministic 2.25 UID from the parts."""
@@ -158,4 +160,17 @@ def image_slice(
     return ds
 
 
-__all__ = ["CTImageStorage", "SecondaryCaptureImageStorage", "ct_slice", "image_slice", "uid", "write_series"]
+def hu_volume(hu: np.ndarray, pixel_mm: float, step_mm: float, notes: tuple[str, ...] = ()) -> Volume:
+    """``hu`` (slices, rows, columns) as an axial ``Volume`` in memory: slice k at z = k * ``step_mm`` (negative:
+    head first), its pixels ``pixel_mm``, no files behind it."""
+    count = hu.shape[0]
+    return Volume(hu=hu, positions=np.array([[0.0, 0.0, k * step_mm] for k in range(count)]),
+                  row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
+                  pixel_spacing=(pixel_mm, pixel_mm), slice_spacing=abs(step_mm), frame_of_reference_uid="1.2.3",
+                  study_instance_uid="1.2.3.1", series_instance_uid="1.2.3.2", sop_class_uid=CTImageStorage,
+                  sop_instance_uids=tuple(f"1.2.3.4.{k}" for k in range(count)), frame_numbers=(1,) * count,
+                  source_paths=("",) * count, notes=notes)
+
+
+__all__ = ["CTImageStorage", "SecondaryCaptureImageStorage", "ct_slice", "hu_volume", "image_slice", "uid",
+           "write_series"]

@@ -14,6 +14,7 @@ from inference.enhancement import LENGTH_MM, LOW_HU, enhanced_blood
 from inference.pipeline import Pipeline, input_cautions
 from inference.volume import Volume
 from lab.synth import generate_phantom, read_nifti, shared_data_dir
+from tests.factory import hu_volume
 
 PIXEL_MM = 0.75
 SLICE_MM = 1.25
@@ -140,13 +141,7 @@ def test_generated_series_are_left_alone(seed: int) -> None:
 
 
 def _volume(hu: np.ndarray, notes: tuple[str, ...] = ()) -> Volume:
-    count = hu.shape[0]
-    return Volume(hu=hu, positions=np.array([[0.0, 0.0, -k * SLICE_MM] for k in range(count)]),
-                  row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
-                  pixel_spacing=(PIXEL_MM, PIXEL_MM), slice_spacing=SLICE_MM, frame_of_reference_uid="1.2.3",
-                  study_instance_uid="1.2.3.1", series_instance_uid="1.2.3.2", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                  sop_instance_uids=tuple(f"1.2.3.4.{k}" for k in range(count)), frame_numbers=(1,) * count,
-                  source_paths=("",) * count, notes=notes)
+    return hu_volume(hu, PIXEL_MM, -SLICE_MM, notes)
 
 
 def test_the_caution_reaches_the_findings_once() -> None:

@@ -17,6 +17,7 @@ from inference.postprocess import measure_stones
 from inference.runtime import load_model
 from inference.volume import Volume
 from lab.synth import generate_phantom
+from tests.factory import hu_volume
 
 PIXEL_MM = 0.75
 SLICE_MM = 2.0
@@ -25,13 +26,7 @@ RULE = CandidateRule.from_card(load_model(None).card.candidates)
 
 
 def _volume(hu: np.ndarray) -> Volume:
-    slices, rows, columns = hu.shape
-    return Volume(hu=hu, positions=np.array([[0.0, 0.0, k * SLICE_MM] for k in range(slices)]),
-                  row_direction=(1.0, 0.0, 0.0), column_direction=(0.0, 1.0, 0.0),
-                  pixel_spacing=(PIXEL_MM, PIXEL_MM), slice_spacing=SLICE_MM, frame_of_reference_uid="1.2.3",
-                  study_instance_uid="1.2.3.1", series_instance_uid="1.2.3.2", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                  sop_instance_uids=tuple(f"1.2.3.3.{k}" for k in range(slices)), frame_numbers=(1,) * slices,
-                  source_paths=("",) * slices)
+    return hu_volume(hu, PIXEL_MM, SLICE_MM)
 
 
 def abdomen(slices: int = 80, size: int = 160, seed: int = 0) -> np.ndarray:
