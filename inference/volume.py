@@ -883,23 +883,36 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         gaps = np.diff(offsets)
         slice_spacing = float(np.median(gaps))
         missing = np.flatnonzero(gaps > 1.5 * slice_spacing)
+        numbers, kind = slice_numbers([f.instance_number for f in frames], [f.frame_number for f in frames],
+                                      any(f.frame_number > 1 for f in frames))
+
+        def between(k: int) -> str:
+            """The gap after slice index ``k``, in the numbers a reader finds the images by."""
+            low, high = sorted((numbers[k], numbers[k + 1]))
+            return f"{low} and {high}"
         wide = gaps[missing]
         if missing.size >= 3 and missing[-1] - missing[0] + 1 == missing.size and wide.max() <= 1.1 * wide.min():
             # one run of even wider gaps: two reconstructions' spacings in one series, no slice missing
             # (probe 30: 128 slices at 1.25 mm and 444 at 0.625 mm were said to miss slices after slice 1 ...)
-            logger.warning("the slice spacing changes within the series: %d gaps of %.2f mm after slice %d beside "
-                           "%d of %.2f mm", missing.size, float(wide.mean()), int(missing[0]) + 1,
+            # named by the series' own image numbers, as the report names a stone's (counted from the feet end
+            # only where those numbers do not tell the images apart)
+            wider = images_words(numbers, kind, range(int(missing[0]), int(missing[-1]) + 2))
+            logger.warning("the slice spacing changes within the series: %d gaps of %.2f mm between %s beside "
+                           "%d of %.2f mm", missing.size, float(wide.mean()), wider,
                            gaps.size - missing.size, slice_spacing)
             notes.append(f"The slice spacing changes within the series: {missing.size} gaps of {wide.mean():.2f} mm"
-                         f" from slice {int(missing[0]) + 1} beside {gaps.size - missing.size} of {slice_spacing:.2f}"
+                         f" ({wider}) beside {gaps.size - missing.size} of {slice_spacing:.2f}"
                          " mm (two reconstructions in one series?): each stone is measured at its own slices'"
                          " spacing, and the model's findings are less sure where the spacing is not the usual.")
         elif missing.size:
+            word = images_words(numbers, kind, [0, 1]).split(" ")[0]  # "images", "frames" or "slices"
+            shown = "; ".join(between(int(i)) for i in missing[:5]) + ("; ..." if missing.size > 5 else "")
+            feet = " (counted from the feet end)" if kind == "index" else ""
             logger.warning(
                 "%d gap(s) in the slices (the widest %.2f mm where the others are %.2f mm): slices missing "
-                "after slice %s; a stone across a gap is measured from the slices there are",
-                missing.size, gaps.max(), slice_spacing, ", ".join(str(int(i) + 1) for i in missing[:5]))
-            notes.append(f"Slices are missing after slice {', '.join(str(int(i) + 1) for i in missing[:5])} "
+                "between %s %s%s; a stone across a gap is measured from the slices there are",
+                missing.size, gaps.max(), slice_spacing, word, shown, feet)
+            notes.append(f"Slices are missing between {word} {shown}{feet} "
                          f"(a gap of up to {gaps.max():.1f} mm where the others are {slice_spacing:.1f} mm): a stone "
                          "there is missed or measured from the slices there are.")
         elif gaps.max() > 1.1 * gaps.min():

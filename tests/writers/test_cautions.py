@@ -100,7 +100,16 @@ def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_n
     assert note.startswith("1 of the series' 7 images lay at the position of another")
 
     (gap,) = load_volume([p for i, p in enumerate(paths) if i != 3]).notes
-    assert gap.startswith("Slices are missing after slice") and "mm" in gap
+    # named by the series' image numbers (1 at the head here, as many scanners number), not counted from the feet
+    assert gap.startswith("Slices are missing between images 3 and 5 (a gap of up to") and "mm" in gap
+    unnumbered = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.InstanceNumber
+        ds.save_as(tmp_path / "plain" / f"n{path.name}", enforce_file_format=True)
+        unnumbered.append(tmp_path / "plain" / f"n{path.name}")
+    (gap,) = load_volume([p for i, p in enumerate(unnumbered) if i != 1]).notes
+    assert gap.startswith("Slices are missing between slices 4 and 5 (counted from the feet end) (a gap")
 
     # probe 30: two spacings in one series (5 slices 5 mm apart, then 7 more 2.5 mm apart) is no missing slice
     _, _, mixed = write_slices(tmp_path / "mixed", 12, size=32)
@@ -110,7 +119,7 @@ def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_n
                                    5.0 * i if i <= 4 else 20.0 + 2.5 * (i - 4)]
         ds.save_as(path, enforce_file_format=True)
     (changes,) = load_volume(mixed).notes
-    assert changes.startswith("The slice spacing changes within the series: 4 gaps of 5.00 mm from slice ")
+    assert changes.startswith("The slice spacing changes within the series: 4 gaps of 5.00 mm (images 1-5) ")
     assert "beside 7 of 2.50 mm" in changes
 
     lossy = pydicom.dcmread(paths[0])
