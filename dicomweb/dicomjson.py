@@ -31,6 +31,8 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "SeriesDescription": ("0008103E", "LO"),
     "SeriesInstanceUID": ("0020000E", "UI"),
     "SeriesNumber": ("00200011", "IS"),
+    "SeriesDate": ("00080021", "DA"),
+    "SeriesTime": ("00080031", "TM"),
     "NumberOfSeriesRelatedInstances": ("00201209", "IS"),
     "SOPClassUID": ("00080016", "UI"),
     "SOPInstanceUID": ("00080018", "UI"),

@@ -52,6 +52,9 @@ DEFAULT_SERIES = ["SpecificCharacterSet", "Modality", "SeriesDescription", "Seri
 DEFAULT_INSTANCE = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceNumber",
                     "StudyInstanceUID", "SeriesInstanceUID", "InstanceAvailability", "RetrieveURL",
                     "Rows", "Columns", "BitsAllocated", "NumberOfFrames"]
+OPTIONAL_SERIES = ["SeriesDate", "SeriesTime"]
+"""Series attributes the index holds beyond the defaults, returned through ``includefield`` (probe 32: two result
+series of one series number, an earlier and a re-analysis, are told apart by them)."""
 STUDY_COUNTS = {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"}
 """Study attributes counted over the study's series and instances (not columns of the index)."""
 
@@ -201,7 +204,8 @@ def _series(request: Request, store: StoreDep, study: str | None) -> Response:
     if study is not None:
         _check_uid(study, "study")
     query = Query(request, queries.matchable(Level.SERIES, in_study=study is not None))
-    keys = query.wanted(DEFAULT_SERIES + ([] if study is not None else DEFAULT_STUDY), DEFAULT_SERIES + DEFAULT_STUDY)
+    keys = query.wanted(DEFAULT_SERIES + ([] if study is not None else DEFAULT_STUDY),
+                        DEFAULT_SERIES + OPTIONAL_SERIES + DEFAULT_STUDY)
     found, more = _search(query, lambda limit: queries.search_series(
         store.db, query.matches, limit=limit, offset=query.offset, study=study,
         study_counts=not STUDY_COUNTS.isdisjoint(keys),
@@ -230,7 +234,7 @@ def _instances(request: Request, store: StoreDep, study: str | None, series: str
         _check_uid(series, "series")
     query = Query(request, queries.matchable(Level.INSTANCE, in_study=study is not None, in_series=series is not None))
     defaults = [*DEFAULT_INSTANCE, *(DEFAULT_SERIES if series is None else []), *(DEFAULT_STUDY if study is None else [])]
-    keys = query.wanted(defaults, DEFAULT_INSTANCE + DEFAULT_SERIES + DEFAULT_STUDY)
+    keys = query.wanted(defaults, DEFAULT_INSTANCE + DEFAULT_SERIES + OPTIONAL_SERIES + DEFAULT_STUDY)
     found, more = _search(query, lambda limit: queries.search_instances(
         store.db, query.matches, limit=limit, offset=query.offset, study=study, series=series,
         study_counts=not STUDY_COUNTS.isdisjoint(keys), series_counts="NumberOfSeriesRelatedInstances" in keys,

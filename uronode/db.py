@@ -23,7 +23,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS series (
     modality           TEXT,
     series_description TEXT,
     series_number      INTEGER,
+    series_date        TEXT,
+    series_time        TEXT,
     state              TEXT NOT NULL,        -- receiving | complete
     first_received_at  REAL NOT NULL,
     last_received_at   REAL NOT NULL,
@@ -249,6 +251,8 @@ ADDED_COLUMNS = [
     ("series", "modality", "TEXT"),
     ("series", "series_description", "TEXT"),
     ("series", "series_number", "INTEGER"),
+    ("series", "series_date", "TEXT"),
+    ("series", "series_time", "TEXT"),
     ("jobs", "findings", "TEXT"),
     ("jobs", "seconds", "REAL"),
     ("jobs", "dispatched_at", "REAL"),

@@ -61,6 +61,8 @@ SERIES_COLUMNS = {
     "Modality": "se.modality",
     "SeriesDescription": "se.series_description",
     "SeriesNumber": "se.series_number",
+    "SeriesDate": "se.series_date",
+    "SeriesTime": "se.series_time",
 }
 INSTANCE_COLUMNS = {
     "SOPInstanceUID": "i.sop_instance_uid",
@@ -68,8 +70,8 @@ INSTANCE_COLUMNS = {
     "InstanceNumber": "i.instance_number",
 }
 UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
-DATE_KEYWORDS = {"StudyDate", "PatientBirthDate"}
-TIME_KEYWORDS = {"StudyTime"}
+DATE_KEYWORDS = {"StudyDate", "PatientBirthDate", "SeriesDate"}
+TIME_KEYWORDS = {"StudyTime", "SeriesTime"}
 NUMBER_KEYWORDS = {"SeriesNumber", "InstanceNumber"}
 PERSON_NAME_KEYWORDS = {"PatientName", "ReferringPhysicianName"}
 LIST_KEYWORDS = UID_KEYWORDS | {"Modality", "ModalitiesInStudy"}
@@ -318,6 +320,8 @@ def search_series(
             "Modality": row["modality"],
             "SeriesDescription": row["series_description"],
             "SeriesNumber": row["series_number"],
+            "SeriesDate": row["series_date"],
+            "SeriesTime": row["series_time"],
             "NumberOfSeriesRelatedInstances": row["n_instances"],
         })
         found.append(values)
@@ -352,7 +356,7 @@ def search_instances(
     where.clauses[:0] = scope
     sql = (
         "SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, i.instance_number,"
-        " i.rows, i.columns, i.bits_allocated, i.number_of_frames, se.modality AS series_modality, se.series_number, se.series_description, "
+        " i.rows, i.columns, i.bits_allocated, i.number_of_frames, se.modality AS series_modality, se.series_number, se.series_description, se.series_date, se.series_time, "
         + _STUDY_OF_INSTANCE + " FROM instances i"
         " LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid"
         " LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid"
@@ -376,6 +380,8 @@ def search_instances(
             "Modality": row["series_modality"],
             "SeriesNumber": row["series_number"],
             "SeriesDescription": row["series_description"],
+            "SeriesDate": row["series_date"],
+            "SeriesTime": row["series_time"],
         })
         found.append(values)
     if study_counts:

@@ -376,7 +376,8 @@ _INSTANCE_FIELDS = (
     "rows", "columns", "bits_allocated", "number_of_frames", "convolution_kernel", "image_orientation",
     "rescale_type",
 )
-_SERIES_FIELDS = ("series_instance_uid", "study_instance_uid", "modality", "series_description", "series_number")
+_SERIES_FIELDS = ("series_instance_uid", "study_instance_uid", "modality", "series_description", "series_number",
+                  "series_date", "series_time")
 _STUDY_FIELDS = (
     "study_instance_uid", "patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_date",
     "study_time", "accession_number", "referring_physician_name", "study_description", "study_id",
@@ -402,7 +403,8 @@ _PUT_SERIES = (
     " ON CONFLICT(series_instance_uid) DO UPDATE SET last_received_at = excluded.last_received_at,"
     " study_instance_uid = excluded.study_instance_uid,"
     " modality = excluded.modality, series_description = excluded.series_description,"
-    " series_number = excluded.series_number, generation = generation + (state = 'complete'),"
+    " series_number = excluded.series_number, series_date = excluded.series_date,"
+    " series_time = excluded.series_time, generation = generation + (state = 'complete'),"
     " replaced_count = replaced_count + ?,"
     " state = 'receiving', completed_at = NULL, disposition = NULL, reason = NULL"
 )

@@ -39,6 +39,8 @@ class InstanceHeader:
     instance_number: int | None = None
     image_position: tuple[float, float, float] | None = None
     series_number: int | None = None
+    series_date: str = ""
+    series_time: str = ""
     patient_name: str = ""
     patient_id: str = ""
     patient_birth_date: str = ""

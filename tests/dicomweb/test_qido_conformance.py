@@ -53,6 +53,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     ct, seg, other = uid("qido", "smith-ct"), uid("qido", "smith-seg"), uid("qido", "yamada-ct")
     instances = [ct_slice(smith, ct, i, size=16) for i in range(3)]
     instances.append(ct_slice(smith, seg, 0, size=16, modality="SEG"))
+    for ds in instances:  # the SEG made the next morning, as a re-analysis would be
+        ds.SeriesDate, ds.SeriesTime = ("20260102", "081500") if ds.Modality == "SEG" else ("20260101", "120512")
     for ds in instances:
         ds.PatientName, ds.ReferringPhysicianName = "SMITH^JOHN", "Doe^Jane"
     for i in range(2):
@@ -311,3 +313,24 @@ def test_an_instance_search_returns_rows_columns_bits_and_frames(loaded: Loaded)
     (first, *_) = web.search_for_instances(study_instance_uid=loaded.smith, series_instance_uid=loaded.ct)
     ds = Dataset.from_json(first)
     assert (ds.Rows, ds.Columns, ds.BitsAllocated) == (16, 16, 16)
+
+
+def test_series_date_and_time_are_matched_and_returned_through_includefield(loaded: Loaded) -> None:
+    """Probe 32 #8: two result series of one series number (an analysis and a re-analysis) are told apart by their
+    SeriesDate/SeriesTime, which a search returns when asked (``includefield``) and matches as ranges."""
+    plain = loaded.search(f"/studies/{loaded.smith}/series")
+    assert len(plain) == 2 and all("00080021" not in f and "00080031" not in f for f in plain)  # not a default
+    found = {f["00080060"]["Value"][0]: f for f in loaded.search(f"/studies/{loaded.smith}/series",
+                                                                  includefield="SeriesDate,00080031")}
+    assert found["CT"]["00080021"] == {"vr": "DA", "Value": ["20260101"]}
+    assert found["CT"]["00080031"] == {"vr": "TM", "Value": ["120512"]}
+    assert found["SEG"]["00080021"]["Value"] == ["20260102"] and found["SEG"]["00080031"]["Value"] == ["081500"]
+    later = loaded.search("/series", SeriesDate="20260102-")
+    assert [f["00080060"]["Value"][0] for f in later] == ["SEG"] and later[0]["00080021"]["Value"] == ["20260102"]
+    assert [f["00080060"]["Value"][0] for f in loaded.search("/series", SeriesTime="-0900")] == ["SEG"]
+    (everything,) = loaded.search("/series", includefield="all", SeriesInstanceUID=loaded.ct)
+    assert everything["00080021"]["Value"] == ["20260101"]
+    yamada = loaded.search("/series", StudyInstanceUID=loaded.yamada, includefield="SeriesDate")
+    assert "Value" not in yamada[0]["00080021"]  # none in its images: asked for, so present and empty
+    instances = loaded.search(f"/studies/{loaded.smith}/instances", includefield="SeriesDate", Modality="SEG")
+    assert [f["00080021"]["Value"] for f in instances] == [["20260102"]]
