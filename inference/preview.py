@@ -38,13 +38,17 @@ def render_slice(volume: Volume, findings: Findings, k: int, *, window: tuple[fl
 
 
 def write_previews(volume: Volume, findings: Findings, out_dir: Path) -> list[Path]:
-    """One PNG per slice with a stone, named by slice index; returns the paths."""
+    """One PNG per slice with a stone, named by the number a reader finds its CT image by, as the findings' table
+    names it (``Volume.numbers``: ``image0031.png`` for InstanceNumber 31, ``frame0005.png``, or ``slice0012.png``
+    counted from the feet end where the series' numbers do not tell its images apart); returns the paths."""
     import cv2
 
+    numbers, kind = volume.numbers()
+    word = {"instance": "image", "frame": "frame"}.get(kind, "slice")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in findings.slices_with_stones:
-        path = out_dir / f"slice{k + 1:04d}.png"
+        path = out_dir / f"{word}{numbers[k]:04d}.png"
         cv2.imwrite(str(path), render_slice(volume, findings, k)[..., ::-1])
         paths.append(path)
     return paths

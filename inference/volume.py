@@ -170,10 +170,19 @@ class Volume:
     def where(self, slices: Iterable[int]) -> str:
         """Where ``slices`` (indices) are, in words a reader finds them by: the series' image numbers, or frame
         numbers, as the report names a stone's (``slice_numbers``, ``images_words``)."""
+        return images_words(*self.numbers(), [int(k) for k in slices])
+
+    def numbers(self) -> tuple[tuple[int, ...], str]:
+        """Each slice's number as a reader finds its image, and what the numbers are (``slice_numbers``)."""
         multiframe = any(f > 1 for f in self.frame_numbers)
-        numbers, kind = slice_numbers(self.instance_numbers or (0,) * len(self.frame_numbers), self.frame_numbers,
-                                      multiframe)
-        return images_words(numbers, kind, [int(k) for k in slices])
+        return slice_numbers(self.instance_numbers or (0,) * len(self.frame_numbers), self.frame_numbers,
+                             multiframe, from_head=self.index_from_head)
+
+    @property
+    def index_from_head(self) -> bool:
+        """Whether slice index 0 is the head end: the slices run along their normal, which a feet-first image
+        orientation (probe 37: ImageOrientationPatient -1,0,0,0,1,0) points to the feet."""
+        return index_from_head(self.normal)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -263,17 +272,23 @@ class _Frame:
     """Whether its Rescale Type calls the unit unspecified (US): read as HU, with a caution."""
 
 
+def index_from_head(normal: np.ndarray) -> bool:
+    """Whether a stack sorted along ``normal`` starts at the head: the normal points to the feet (LPS: -z)."""
+    return bool(normal[2] < 0)
+
+
 def slice_numbers(instance_numbers: Sequence[int | None], frame_numbers: Sequence[int],
-                  multiframe: bool) -> tuple[tuple[int, ...], str]:
+                  multiframe: bool, *, from_head: bool = False) -> tuple[tuple[int, ...], str]:
     """Each slice's number as a reader finds its CT image, and what the numbers are: a slice of a single-frame
     instance has its InstanceNumber ("instance"), a frame of a multi-frame instance its frame number ("frame").
     Where they do not tell the slices apart (one missing, under 1, or repeated), every slice has its 1-based
-    index in the volume, feet to head ("index"), so that the numbers stay unique."""
+    place counted from the feet end ("index"), so that the numbers stay unique: the volume's index plus 1, or
+    counted back where the volume's index 0 is the head end (``from_head``, ``Volume.index_from_head``)."""
     found = list(frame_numbers) if multiframe else list(instance_numbers)
     numbers = [n for n in found if n is not None and n >= 1]
     if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
         return tuple(numbers), "frame" if multiframe else "instance"
-    return tuple(range(1, len(found) + 1)), "index"
+    return tuple(range(len(found), 0, -1) if from_head else range(1, len(found) + 1)), "index"
 
 
 def number_ranges(numbers: Sequence[int]) -> str:
@@ -883,20 +898,22 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         gaps = np.diff(offsets)
         slice_spacing = float(np.median(gaps))
         missing = np.flatnonzero(gaps > 1.5 * slice_spacing)
-        numbers, kind = slice_numbers([f.instance_number for f in frames], [f.frame_number for f in frames],
-                                      any(f.frame_number > 1 for f in frames))
+        image_numbers, image_kind = slice_numbers(
+            [f.instance_number for f in frames], [f.frame_number for f in frames],
+            any(f.frame_number > 1 for f in frames), from_head=index_from_head(normal))
 
         def between(k: int) -> str:
             """The gap after slice index ``k``, in the numbers a reader finds the images by."""
-            low, high = sorted((numbers[k], numbers[k + 1]))
+            low, high = sorted((image_numbers[k], image_numbers[k + 1]))
             return f"{low} and {high}"
+
         wide = gaps[missing]
         if missing.size >= 3 and missing[-1] - missing[0] + 1 == missing.size and wide.max() <= 1.1 * wide.min():
             # one run of even wider gaps: two reconstructions' spacings in one series, no slice missing
             # (probe 30: 128 slices at 1.25 mm and 444 at 0.625 mm were said to miss slices after slice 1 ...)
             # named by the series' own image numbers, as the report names a stone's (counted from the feet end
             # only where those numbers do not tell the images apart)
-            wider = images_words(numbers, kind, range(int(missing[0]), int(missing[-1]) + 2))
+            wider = images_words(image_numbers, image_kind, range(int(missing[0]), int(missing[-1]) + 2))
             logger.warning("the slice spacing changes within the series: %d gaps of %.2f mm between %s beside "
                            "%d of %.2f mm", missing.size, float(wide.mean()), wider,
                            gaps.size - missing.size, slice_spacing)
@@ -905,9 +922,9 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                          " mm (two reconstructions in one series?): each stone is measured at its own slices'"
                          " spacing, and the model's findings are less sure where the spacing is not the usual.")
         elif missing.size:
-            word = images_words(numbers, kind, [0, 1]).split(" ")[0]  # "images", "frames" or "slices"
+            word = images_words(image_numbers, image_kind, [0, 1]).split(" ")[0]  # "images", "frames" or "slices"
             shown = "; ".join(between(int(i)) for i in missing[:5]) + ("; ..." if missing.size > 5 else "")
-            feet = " (counted from the feet end)" if kind == "index" else ""
+            feet = " (counted from the feet end)" if image_kind == "index" else ""
             logger.warning(
                 "%d gap(s) in the slices (the widest %.2f mm where the others are %.2f mm): slices missing "
                 "between %s %s%s; a stone across a gap is measured from the slices there are",

@@ -72,7 +72,7 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
     )
     kos = build_key_objects(volume, findings, sources, created=created) if findings.stones else None
     sr = build_report(volume, findings, sources, seg, created=created, predecessors=predecessors)
-    numbers, numbering = image_numbers(sources.datasets, volume.frame_numbers)
+    numbers, numbering = image_numbers(sources.datasets, volume.frame_numbers, from_head=volume.index_from_head)
     for ds in (seg, *captures, kos, sr):
         if ds is not None:  # the node's identity in the File Meta Information, as in the files it stores
             ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # (not highdicom's: review 21)

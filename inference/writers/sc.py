@@ -273,13 +273,16 @@ def _number(value: object) -> int | None:
         return None
 
 
-def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int]) -> tuple[tuple[int, ...], str]:
+def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int], *,
+                  from_head: bool = False) -> tuple[tuple[int, ...], str]:
     """Each slice's number as a reader finds its CT image, and what the numbers are (``slice_numbers``).
 
-    ``datasets`` and ``frame_numbers`` are per slice (``Sources.datasets``, ``Volume.frame_numbers``).
+    ``datasets`` and ``frame_numbers`` are per slice (``Sources.datasets``, ``Volume.frame_numbers``);
+    ``from_head``: ``Volume.index_from_head``.
     """
     multiframe = any((_number(ds.get("NumberOfFrames")) or 1) > 1 for ds in datasets)
-    return slice_numbers([_number(ds.get("InstanceNumber")) for ds in datasets], frame_numbers, multiframe)
+    return slice_numbers([_number(ds.get("InstanceNumber")) for ds in datasets], frame_numbers, multiframe,
+                         from_head=from_head)
 
 
 def sc_uids(sources: Sources, every_slice: bool) -> str:
@@ -297,7 +300,7 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
     series_uid = sc_uids(sources, every_slice)
     slices = range(volume.shape[0]) if every_slice else findings.slices_with_stones
     orientation = patient_orientation(volume)
-    numbers, _ = image_numbers(sources.datasets, volume.frame_numbers)
+    numbers, _ = image_numbers(sources.datasets, volume.frame_numbers, from_head=volume.index_from_head)
     created = created or datetime.datetime.now()
     images = []
     for k in slices:

@@ -269,7 +269,7 @@ def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findi
         algorithm_id=_algorithm(sources),
         finding_sites=[_finding_site(stone.side)],
     )
-    numbers, kind = image_numbers(sources.datasets, volume.frame_numbers)
+    numbers, kind = image_numbers(sources.datasets, volume.frame_numbers, from_head=volume.index_from_head)
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=COMMENT, value=stone_label(index, stone, plane_word(volume), lone=volume.shape[0] == 1,
                                         where=images_words(numbers, kind, stone.slice_indices)),

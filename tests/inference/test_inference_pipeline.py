@@ -54,6 +54,9 @@ def test_predict_on_a_folder_and_a_single_file(small_phantom: Phantom, small_ser
                 "side"} <= stone.keys()
     previews = [out / p for p in series["previews"]]
     assert previews and all(p.exists() for p in previews)
+    # named by the CT images' numbers, as the table and findings.json's image_numbers name them (probe 37 #3)
+    numbers = sorted({n for stone in series["stones"] for n in stone["image_numbers"]})
+    assert sorted(p.name for p in previews) == [f"image{n:04d}.png" for n in numbers]
     read = cv2.imread(str(previews[0]))
     assert read is not None, "the preview does not read as an image"
     image = read[..., ::-1]

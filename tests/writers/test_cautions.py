@@ -110,6 +110,20 @@ def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_n
         unnumbered.append(tmp_path / "plain" / f"n{path.name}")
     (gap,) = load_volume([p for i, p in enumerate(unnumbered) if i != 1]).notes
     assert gap.startswith("Slices are missing between slices 4 and 5 (counted from the feet end) (a gap")
+    # probe 37: feet first, the slices' normal points to the feet and the volume starts at the head; counted from
+    # the feet end all the same (it had counted from the head)
+    for path in unnumbered:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0]
+        ds.save_as(path, enforce_file_format=True)
+    feet_first = load_volume([p for i, p in enumerate(unnumbered) if i != 1])
+    (gap,) = feet_first.notes
+    assert gap.startswith("Slices are missing between slices 4 and 5 (counted from the feet end) (a gap")
+    assert feet_first.index_from_head and feet_first.offsets_mm[0] < feet_first.offsets_mm[1]
+    assert feet_first.positions[0][2] > feet_first.positions[-1][2]  # index 0 is the head end
+    assert feet_first.where([0]) == "slice 5 (counted from the feet end)"
+    assert feet_first.where([3, 4]) == "slices 1-2 (counted from the feet end)"
+    assert not load_volume(unnumbered[:0] + paths).index_from_head
 
     # probe 30: two spacings in one series (5 slices 5 mm apart, then 7 more 2.5 mm apart) is no missing slice
     _, _, mixed = write_slices(tmp_path / "mixed", 12, size=32)

@@ -158,6 +158,9 @@ def test_image_numbers_of_single_frame_sources() -> None:
     assert image_numbers([header(33), header(33)], (1, 1)) == ((1, 2), "index")
     assert image_numbers([header(3), header(None)], (1, 1)) == ((1, 2), "index")
     assert image_numbers([header(-4), header(5)], (1, 1)) == ((1, 2), "index")
+    # probe 37: a volume whose index 0 is the head end (feet first) is counted from the feet end all the same
+    assert image_numbers([header(33), header(33), header(33)], (1, 1, 1), from_head=True) == ((3, 2, 1), "index")
+    assert image_numbers([header(33), header(32)], (1, 1), from_head=True) == ((33, 32), "instance")
 
 
 def test_the_overlays_go_beyond_the_sc_iod_only_by_the_declared_extension(stones: Case) -> None:

@@ -53,8 +53,8 @@ def probability(text: str) -> float:
 
 NUMBERS_HEADER = "CT images (InstanceNumber)"
 """The table's column of the images a stone is on: the numbers a viewer shows for the CT images (the frame
-numbers of a multi-frame CT, "frames 5-7"), not the volume's slice indices, which run from the feet and
-differ from the image numbers of a series numbered head first."""
+numbers of a multi-frame CT, "frames 5-7"), not the volume's slice indices, which run along the slices' normal
+(from the feet in a head-first series) and differ from the image numbers of a series numbered head first."""
 
 
 def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
@@ -64,7 +64,7 @@ def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
     from pydicom.dataset import Dataset
     from pydicom.errors import InvalidDicomError
 
-    from inference.volume import read_dicom
+    from inference.volume import read_dicom, slice_numbers
     from inference.writers.sc import image_numbers as numbers_of
 
     headers: dict[str, Dataset] = {}
@@ -74,8 +74,9 @@ def image_numbers(volume: Volume) -> tuple[tuple[int, ...], str]:
                                        specific_tags=["SOPClassUID", "SeriesInstanceUID", "InstanceNumber",
                                                       "NumberOfFrames"])
     except (InvalidDicomError, OSError, EOFError):
-        return tuple(range(1, volume.shape[0] + 1)), "index"
-    return numbers_of([headers[path] for path in volume.source_paths], volume.frame_numbers)
+        return slice_numbers([None] * volume.shape[0], volume.frame_numbers, False, from_head=volume.index_from_head)
+    return numbers_of([headers[path] for path in volume.source_paths], volume.frame_numbers,
+                      from_head=volume.index_from_head)
 
 
 def _images_cell(numbers: tuple[int, ...], kind: str, slices: tuple[int, ...]) -> str:
