@@ -14,7 +14,9 @@ that the series is whole: the sender will likely send the rest again, so such
 a series waits for ``quiet_s``, as if the association were still open.
 
 A late instance, or an instance replaced by different bytes, re-opens the
-series (its generation goes up) and it completes again. A complete series that
+series (its generation goes up) and it completes again. A series left with no
+instance (every image of it sent again in another series) is no longer
+listed, and its results are withdrawn (:func:`uronode.supersede.withdraw`). A complete series that
 the model can read becomes a job; one that it cannot is recorded as skipped
 with the reason. All of it lives in SQLite, so a restart picks up where the
 previous run stopped: associations left open are closed as lost at start-up
@@ -35,7 +37,10 @@ from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
 from uronode.energy import EnergyImage, energy_image
 from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
+from uronode.settings import Destination
 from uronode.store import Store, forget_empty_studies
+from uronode.supersede import Superseded, settle, withdraw
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
@@ -191,8 +196,12 @@ class CompletionMonitor:
     """Closes series that are due and queues (or skips) them. One per node."""
 
     def __init__(self, store: Store, queue: JobQueue, *, grace_s: float, quiet_s: float, model: str,
-                 contrast_series: str = "skip", sharp_kernel_series: str = "skip") -> None:
+                 contrast_series: str = "skip", sharp_kernel_series: str = "skip", outbox: Outbox | None = None,
+                 destinations: Sequence[Destination] = ()) -> None:
         self.store = store
+        self.outbox = outbox
+        """Where a withdrawn series' rejection notes are owed (None: a node without destinations)."""
+        self.destinations = destinations
         self.contrast_series = contrast_series
         self.sharp_kernel_series = sharp_kernel_series
         self.queue = queue
@@ -251,10 +260,17 @@ class CompletionMonitor:
                 " WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
+            withdrawn: dict[str, list[Superseded]] = {}
+            caller = None
             if not instances:  # every instance moved to another series (probe 32: listed as an empty CT series)
                 conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series_uid,))
                 conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series_uid,))
+                withdrawn = withdraw(conn, series_uid)  # its results name a series that is no longer one
+                caller = _caller_of([s for found in withdrawn.values() for s in found], conn)
                 forget_empty_studies(conn, {due["study_instance_uid"]})
+        for model, found in withdrawn.items():  # after the commit: the files, and the notes owed
+            settle(self.store, self.outbox, found, destinations=self.destinations, source_series_uid=series_uid,
+                   model=model, job_id=None, calling_ae=caller)
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
@@ -263,8 +279,9 @@ class CompletionMonitor:
         if job_id is not None:
             log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
         elif not instances:
-            log.info("series %s holds no instance any more (they moved to another series): it is no longer listed; "
-                     "results made of it earlier stay until retention", series_uid)
+            log.info("series %s holds no instance any more (they moved to another series): it is no longer listed%s",
+                     series_uid, f"; its results are withdrawn ({sum(len(f) for f in withdrawn.values())} instance(s))"
+                     if withdrawn else "")
         else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
             log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
                     "series %s complete (%d instances): not for the model: %s", series_uid, len(instances),
@@ -319,3 +336,14 @@ class CompletionMonitor:
             if row is not None and (result := self._complete(row, asked=True)) is not None:
                 done.append(result)
         return done
+
+
+def _caller_of(withdrawn: Sequence[Superseded], conn: sqlite3.Connection) -> str | None:
+    """The AE the withdrawn results were sent to as the sender of their CT (a destination that answers the
+    sender): the rejection note goes the same way."""
+    for item in withdrawn:
+        row = conn.execute("SELECT calling_ae FROM deliveries WHERE sop_instance_uid = ? AND calling_ae IS NOT NULL"
+                           " ORDER BY id LIMIT 1", (item.sop_instance_uid,)).fetchone()
+        if row is not None:
+            return str(row["calling_ae"])
+    return None

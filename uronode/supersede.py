@@ -22,6 +22,15 @@ model on the same series that it did not make again are **superseded**:
 
 Results of another model version are never superseded: they add (a model
 upgrade is compared, not overwritten).
+
+Results are **withdrawn**, every model's, when their source series is no
+longer one: every image of it was sent again in another series (a series
+split or merged at the PACS, a correction; probe 32). Their images are
+analysed there, as that series, and the results of the emptied series would
+sit beside that analysis naming a series that is not there any more. They
+go as superseded results go, with a rejection note that says why
+(:func:`withdraw`, called when the completion monitor finds the series
+empty).
 """
 
 from __future__ import annotations
@@ -41,11 +50,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from uronode.audit import AuditLog
-from uronode.completion import OWN_MANUFACTURER
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store, forget_empty_studies
-from uronode.types import DocumentReference
+from uronode.types import OWN_MANUFACTURER, DocumentReference
 from uronode.uids import derive_uid
 
 log = logging.getLogger(__name__)
@@ -145,35 +153,62 @@ def record_results(
         " model = excluded.model, job_id = excluded.job_id, recorded_at = excluded.recorded_at",
         [(uid, source_series_uid, model, job_id, now) for uid in sop_instance_uids],
     )
-    superseded = []
-    for row in earlier:
-        uid = row["sop_instance_uid"]
-        if uid in current:
-            continue
-        conn.execute("DELETE FROM results WHERE sop_instance_uid = ?", (uid,))
-        if row["path"] is None:  # gone already (retention took its series)
-            continue
-        if row["manufacturer"] != OWN_MANUFACTURER:  # never a received image, whatever was recorded (probe 20)
-            log.warning("series %s: instance %s was recorded as a result but is a received one; it stays",
-                        source_series_uid, uid)
-            continue
-        delivered = [r["destination"] for r in conn.execute(
-            "SELECT destination FROM deliveries WHERE sop_instance_uid = ? AND state = 'delivered' ORDER BY id",
-            (uid,))]
-        conn.execute(
-            "UPDATE deliveries SET state = 'superseded', last_error = ?, updated_at = ?"
-            " WHERE sop_instance_uid = ? AND state IN ('pending', 'dead')",
-            (f"superseded by job {job_id}", now, uid),
-        )
-        conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
-        series = row["series_instance_uid"]
-        if conn.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone() is None:
-            conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
-            conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
-        superseded.append(Superseded(uid, row["sop_class_uid"], series, row["study_instance_uid"], Path(row["path"]),
-                                     tuple(delivered)))
+    superseded = [s for row in earlier if row["sop_instance_uid"] not in current
+                  if (s := _take_out(conn, row, source_series_uid, f"superseded by job {job_id}", now)) is not None]
     forget_empty_studies(conn, {s.study_instance_uid for s in superseded})  # the CT moved to a corrected study
     return superseded
+
+
+def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> dict[str, list[Superseded]]:
+    """Inside the caller's transaction: take every model's results of a source series that is no longer one (its
+    images all moved to another series) out of the index, their owed deliveries marked ``superseded``, as
+    :func:`record_results` takes out what a later run did not make again. Returns them by model; their files are
+    still on disk for the rejection notes (:func:`settle` with ``job_id`` None, after the commit)."""
+    now = time.time()
+    rows = conn.execute(
+        "SELECT r.sop_instance_uid, r.model, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path,"
+        " i.manufacturer"
+        " FROM results r LEFT JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid"
+        " WHERE r.source_series_uid = ? ORDER BY r.model, r.sop_instance_uid",
+        (source_series_uid,),
+    ).fetchall()
+    withdrawn: dict[str, list[Superseded]] = {}
+    for row in rows:
+        taken = _take_out(conn, row, source_series_uid, "withdrawn: the images of its CT series moved to another", now)
+        if taken is not None:
+            withdrawn.setdefault(str(row["model"]), []).append(taken)
+    forget_empty_studies(conn, {s.study_instance_uid for found in withdrawn.values() for s in found})
+    return withdrawn
+
+
+def _take_out(conn: sqlite3.Connection, row: sqlite3.Row, source_series_uid: str, why: str,
+              now: float) -> Superseded | None:
+    """One earlier result out of the results table and the index (its series' row with its last instance), its
+    owed deliveries ``superseded`` with ``why``; None where there is nothing more to do (its file gone already,
+    or it is no result of the node's)."""
+    uid = row["sop_instance_uid"]
+    conn.execute("DELETE FROM results WHERE sop_instance_uid = ?", (uid,))
+    if row["path"] is None:  # gone already (retention took its series)
+        return None
+    if row["manufacturer"] != OWN_MANUFACTURER:  # never a received image, whatever was recorded (probe 20)
+        log.warning("series %s: instance %s was recorded as a result but is a received one; it stays",
+                    source_series_uid, uid)
+        return None
+    delivered = [r["destination"] for r in conn.execute(
+        "SELECT destination FROM deliveries WHERE sop_instance_uid = ? AND state = 'delivered' ORDER BY id",
+        (uid,))]
+    conn.execute(
+        "UPDATE deliveries SET state = 'superseded', last_error = ?, updated_at = ?"
+        " WHERE sop_instance_uid = ? AND state IN ('pending', 'dead')",
+        (why, now, uid),
+    )
+    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
+    series = row["series_instance_uid"]
+    if conn.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone() is None:
+        conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
+        conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
+    return Superseded(uid, row["sop_class_uid"], series, row["study_instance_uid"], Path(row["path"]),
+                      tuple(delivered))
 
 
 def note_series_number(first: Dataset) -> int:
@@ -209,10 +244,11 @@ def note_description(first: Dataset) -> str:
 
 
 def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,
-                   job_id: int) -> Dataset:
+                   job_id: int | None) -> Dataset:
     """The IOCM rejection note (a Key Object Selection Document) listing ``superseded``, in their study.
 
-    ``first``: the header of one of them, whose patient and study attributes the note copies."""
+    ``first``: the header of one of them, whose patient and study attributes the note copies; ``job_id``: the
+    later analysis that superseded them, or None where they are withdrawn (:func:`withdraw`)."""
     uids = sorted(s.sop_instance_uid for s in superseded)
     now = time.localtime()
     ds = Dataset()
@@ -250,10 +286,13 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     description.ConceptNameCodeSequence = DicomSequence([_code("113012", "DCM", "Key Object Description")])
     number = source_series_number(first)
     named = f"CT series {number} ({source_series_uid})" if number is not None else f"CT series {source_series_uid}"
-    description.TextValue = (f"{len(uids)} AI result instance(s) of the analysis of {named} by {model} are"
-                             f" superseded by a later analysis of the same series (job {job_id}), in result series"
-                             " of its own with a later series date and time; read the results of the later"
-                             " one")[:1024]
+    if job_id is None:
+        why = (" withdrawn: every image of that series was sent again in another series, whose own analysis, in"
+               " result series of its own, replaces them")
+    else:
+        why = (f" superseded by a later analysis of the same series (job {job_id}), in result series of its own"
+               " with a later series date and time; read the results of the later one")
+    description.TextValue = f"{len(uids)} AI result instance(s) of the analysis of {named} by {model} are{why}"[:1024]
     items = [description]
     for item in sorted(superseded, key=lambda s: s.sop_instance_uid):
         ref = Dataset()
@@ -275,7 +314,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
 
 
 def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: str, model: str,
-           job_id: int) -> tuple[Path, Dataset] | None:
+           job_id: int | None) -> tuple[Path, Dataset] | None:
     """After the commit of :func:`record_results`: write the rejection note of what destinations hold (None when
     none holds any), then remove the superseded files and the stale metadata of their series. Returns the note's
     file and dataset, for the caller to owe to those destinations."""
@@ -295,12 +334,14 @@ def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: s
     for item in superseded:
         item.path.unlink(missing_ok=True)
         (item.path.parent / METADATA_CACHE).unlink(missing_ok=True)
-    AuditLog(root).record("results_superseded", job_id=job_id, series_instance_uid=source_series_uid, model=model,
+    AuditLog(root).record("results_superseded" if job_id is not None else "results_withdrawn", job_id=job_id,
+                          series_instance_uid=source_series_uid, model=model,
                           instances=[s.sop_instance_uid for s in superseded],
                           rejection_note=str(note[1].SOPInstanceUID) if note else None)
-    log.info("series %s: %d earlier result instance(s) of %s superseded by job %d%s", source_series_uid,
-             len(superseded), model, job_id, "; a rejection note is owed to " + ", ".join(
-                 sorted({d for s in held for d in s.delivered_to})) if note else "")
+    log.info("series %s: %d earlier result instance(s) of %s %s%s", source_series_uid, len(superseded), model,
+             f"superseded by job {job_id}" if job_id is not None else "withdrawn (its images moved to another series)",
+             "; a rejection note is owed to " + ", ".join(sorted({d for s in held for d in s.delivered_to}))
+             if note else "")
     return note
 
 
@@ -345,12 +386,14 @@ def _evidence(superseded: Sequence[Superseded]) -> list[Dataset]:
     return studies
 
 
-def settle(store: Store, outbox: Outbox, superseded: Sequence[Superseded], *, destinations: Sequence[Destination],
-           source_series_uid: str, model: str, job_id: int, calling_ae: str | None) -> None:
-    """After the commit of :func:`record_results`: :func:`retire` what it superseded, and owe the rejection note,
-    as a result of ``job_id``, to each destination that holds some of it and takes key objects."""
+def settle(store: Store, outbox: Outbox | None, superseded: Sequence[Superseded], *,
+           destinations: Sequence[Destination], source_series_uid: str, model: str, job_id: int | None,
+           calling_ae: str | None) -> None:
+    """After the commit of :func:`record_results` (or :func:`withdraw`, ``job_id`` None): :func:`retire` what it
+    superseded, and owe the rejection note, as a result of ``job_id``, to each destination that holds some of it
+    and takes key objects (none without an outbox: a node without destinations)."""
     note = retire(store.root, superseded, source_series_uid=source_series_uid, model=model, job_id=job_id)
-    if note is None:
+    if note is None or outbox is None:
         return
     path, ds = note
     holders = {d for s in superseded for d in s.delivered_to}

@@ -225,3 +225,46 @@ def test_a_series_completed_again_by_late_slices_replaces_its_results_where_they
     named = [ref["00081155"]["Value"][0] for series in predecessor["00081115"]["Value"]
              for ref in series["00081199"]["Value"]]
     assert named == [old_report]
+
+
+def test_a_series_whose_images_all_moved_to_another_has_its_results_withdrawn_at_the_pacs(
+    pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
+) -> None:
+    """Probe 32: the series' images sent again in another series (split or corrected at the PACS, the same SOP
+    Instance UIDs) are analysed as that series; the emptied series' results are withdrawn: out of the node's
+    store, and a rejection note that says why goes to the PACS that holds them."""
+    orthanc, http, dicom, node = pacs_and_node
+    phantom = generate_phantom(12, rows=512, slice_spacing=2.5, slices=20, coverage=(0.72, 0.88), n_stones=2,
+                               stone_sites=("kidney",))
+    files = sorted(write_series(phantom, tmp_path / "ct"))
+    assert storescu(node.dicom_port, files, calling="CTSCANNER").returncode == 0
+    wait_until(lambda: job_states(node) == ["delivered"], 240, "the first job to be delivered")
+    first = set(sop_instance_uids_in_study(http, phantom.study_instance_uid))
+    moved_series = pydicom.uid.generate_uid(entropy_srcs=["uronode-test", "moved", phantom.series_instance_uid])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = moved_series
+        ds.SeriesNumber = 7
+        ds.save_as(moved / path.name, enforce_file_format=True)
+    assert storescu(node.dicom_port, sorted(moved.iterdir()), calling="CTSCANNER").returncode == 0
+    wait_until(lambda: job_states(node) == ["delivered", "delivered"], 240, "the moved series' job to be delivered")
+
+    events = [json.loads(line) for line in (node.data_dir / "audit.log").read_text().splitlines()]
+    runs = [set(e["results"]) for e in events if e["event"] == "job_finished"]
+    (withdrawn,) = [e for e in events if e["event"] == "results_withdrawn"]
+    assert withdrawn["series_instance_uid"] == phantom.series_instance_uid and withdrawn["job_id"] is None
+    assert set(withdrawn["instances"]) == runs[0] and first == runs[0]
+    own = "SELECT sop_instance_uid FROM instances WHERE manufacturer = 'uronode'"
+    assert {r["sop_instance_uid"] for r in query(node.data_dir, own)} == runs[1]  # the node shows the moved series'
+    note_series = [s for s in qido(http, f"studies/{phantom.study_instance_uid}/series")
+                   if s["0008103E"]["Value"][0].endswith("(rejection note)")]
+    assert len(note_series) == 1, note_series
+    (note,) = qido(http, f"studies/{phantom.study_instance_uid}/series/{note_series[0]['0020000E']['Value'][0]}"
+                         "/metadata")
+    rejected = {i["00081199"]["Value"][0]["00081155"]["Value"][0] for i in note["0040A730"]["Value"]
+                if "00081199" in i}
+    assert rejected == runs[0]
+    (text,) = [i["0040A160"]["Value"][0] for i in note["0040A730"]["Value"] if i["0040A040"]["Value"] == ["TEXT"]]
+    assert "withdrawn: every image of that series was sent again in another series" in text

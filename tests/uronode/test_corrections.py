@@ -26,7 +26,7 @@ from uronode.ingest import take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.queries import search_series, search_studies
-from uronode.retention import purge, purge_study
+from uronode.retention import purge_study
 from uronode.store import Store
 from uronode.supersede import Superseded, rejection_note
 from uronode.types import JobState
@@ -234,24 +234,50 @@ def test_purge_study_deletes_one_study_at_once_and_waits_for_what_is_owed(
     assert f"the node holds no study {STUDY_A}" in capsys.readouterr().err
 
 
-def test_results_of_a_series_whose_images_moved_go_by_their_own_age(tmp_path: Path) -> None:
-    """Review 32: once the emptied series' row went, nothing let retention reach the results made of it; they
-    now age out as results whose CT the index no longer holds."""
+@pytest.mark.parametrize("with_destinations", [True, False])
+def test_results_of_a_series_whose_images_all_moved_are_withdrawn(tmp_path: Path, with_destinations: bool) -> None:
+    """Probe 32: the PACS moved a series' images to another series; that series is analysed as itself, and the
+    emptied series' results (review 32: they had stayed until retention, at the node and at the PACS, beside the
+    new analysis of the same images) are withdrawn when it completes empty: out of the node's store, deliveries
+    still owed not sent, and a rejection note that says why owed to each destination that holds them."""
     store = Store(tmp_path / "data", fsync=False)
-    monitor = CompletionMonitor(store, JobQueue(store), grace_s=0.0, quiet_s=0.0, model="default")
+    outbox = Outbox(store)
+    monitor = CompletionMonitor(store, JobQueue(store), grace_s=0.0, quiet_s=0.0, model="default",
+                                outbox=outbox if with_destinations else None,
+                                destinations=(PACS,) if with_destinations else ())
     for index in range(3):
         assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
     monitor.complete_due(now=time.time() + 1)
-    run(store, Outbox(store), 1, [_result(STUDY_A, "first")], destinations=(PACS,))
-    store.conn().execute("UPDATE deliveries SET state = 'delivered'")
-    for index in range(3):  # the same images, in another series
-        assert take_instance(store, [_ct(STUDY_A, index, moved_to=uid("corrections", "moved"))], source="CT").stored
-    monitor.complete_due(now=time.time() + 1)  # the emptied series goes; the result series completes
+    run(store, outbox, 1, [_result(STUDY_A, "first"), _result(STUDY_A, "second")], destinations=(PACS,))
+    store.conn().execute("UPDATE deliveries SET state = 'delivered' WHERE sop_instance_uid = ?",
+                         (uid("corrections", "first"),))  # the PACS holds one; the other is still owed
     seg = store.get_instance(uid("corrections", "first"))
     assert seg is not None and seg.path.exists()
-    assert purge(store, 1, now=time.time() + 10 * 86400).results == 0  # counted as a series of its own
+    for index in range(3):  # the same images, in another series
+        assert take_instance(store, [_ct(STUDY_A, index, moved_to=uid("corrections", "moved"))], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)  # the emptied series goes, and its results with it
     assert store.get_instance(uid("corrections", "first")) is None and not seg.path.exists()
+    assert store.get_instance(uid("corrections", "second")) is None
     assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    states = {r["sop_instance_uid"]: (r["state"], r["last_error"]) for r in store.conn().execute(
+        "SELECT sop_instance_uid, state, last_error FROM deliveries WHERE job_id IS NOT NULL")}
+    assert states[uid("corrections", "second")] == ("superseded", "withdrawn: the images of its CT series moved to "
+                                                                  "another")
+    assert states[uid("corrections", "first")][0] == "delivered"
+    notes = store.conn().execute("SELECT destination, sop_class_uid, path, job_id, calling_ae FROM deliveries"
+                                 " WHERE job_id IS NULL").fetchall()
+    if not with_destinations:  # a node without destinations: withdrawn from its own store, nothing to send
+        assert notes == []
+        return
+    (note,) = notes
+    assert (note["destination"], note["sop_class_uid"], note["calling_ae"]) == ("pacs", "1.2.840.10008.5.1.4.1.1.88.59",
+                                                                               "CT")
+    ds = pydicom.dcmread(note["path"])
+    assert ds.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in ds.ContentSequence[1:]] == [
+        uid("corrections", "first")]  # only what the PACS holds
+    assert "withdrawn: every image of that series was sent again in another series" in ds.ContentSequence[0].TextValue
+    assert "job" not in ds.ContentSequence[0].TextValue
 
 
 def test_purge_study_leaves_the_part_of_a_series_that_lies_in_another_study(tmp_path: Path) -> None:

@@ -550,6 +550,12 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
     receivers = Receivers(settings, store)
     receivers.start()
     loops = Loops()
+    outbox = Outbox(
+        store,
+        max_attempts=settings.delivery.max_attempts,
+        backoff_s=settings.delivery.backoff_s,
+        backoff_max_s=settings.delivery.backoff_max_s,
+    ) if settings.delivery.destinations else None
     monitor = CompletionMonitor(
         store,
         queue,
@@ -558,17 +564,13 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         model=settings.inference.model,
         contrast_series=settings.inference.contrast_series,
         sharp_kernel_series=settings.inference.sharp_kernel_series,
+        outbox=outbox,  # a withdrawn series' rejection notes (its images all moved to another series)
+        destinations=settings.delivery.destinations,
     )
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
     loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
               stale_after_s=SUPERVISOR_STALE_S)
-    if settings.delivery.destinations:
-        outbox = Outbox(
-            store,
-            max_attempts=settings.delivery.max_attempts,
-            backoff_s=settings.delivery.backoff_s,
-            backoff_max_s=settings.delivery.backoff_max_s,
-        )
+    if outbox is not None:
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
     if settings.queue.backend == "dramatiq":
