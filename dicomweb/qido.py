@@ -10,7 +10,9 @@ is answered with a ``Warning`` that it is not done. ``limit``/``offset``
 page; a result cut at the node's own limit says so in a ``Warning``.
 ``includefield`` (keywords, tags or ``all``) adds attributes the index holds.
 A search without the study in its path returns the study's attributes too,
-one without the series the series' (PS3.18 10.6.3.3). Unknown attributes are
+one without the series the series' (PS3.18 10.6.3.3). A search inside a study
+or series matches keys of the levels above it too (``PatientID`` in a study's
+instances: none where the study is another patient's). Unknown attributes are
 ignored with a ``Warning`` header; malformed values (an ``offset`` beyond
 SQLite's integers, a number that is no IS value, a wildcard pattern over 1,024
 characters, more than 100 values to match: see :mod:`uronode.queries`), and
@@ -203,7 +205,7 @@ def _series(request: Request, store: StoreDep, study: str | None) -> Response:
     _check_accept(request)
     if study is not None:
         _check_uid(study, "study")
-    query = Query(request, queries.matchable(Level.SERIES, in_study=study is not None))
+    query = Query(request, queries.matchable(Level.SERIES))
     keys = query.wanted(DEFAULT_SERIES + ([] if study is not None else DEFAULT_STUDY),
                         DEFAULT_SERIES + OPTIONAL_SERIES + DEFAULT_STUDY)
     found, more = _search(query, lambda limit: queries.search_series(
@@ -232,7 +234,7 @@ def _instances(request: Request, store: StoreDep, study: str | None, series: str
         _check_uid(study, "study")
     if series is not None:
         _check_uid(series, "series")
-    query = Query(request, queries.matchable(Level.INSTANCE, in_study=study is not None, in_series=series is not None))
+    query = Query(request, queries.matchable(Level.INSTANCE))
     defaults = [*DEFAULT_INSTANCE, *(DEFAULT_SERIES if series is None else []), *(DEFAULT_STUDY if study is None else [])]
     keys = query.wanted(defaults, DEFAULT_INSTANCE + DEFAULT_SERIES + OPTIONAL_SERIES + DEFAULT_STUDY)
     found, more = _search(query, lambda limit: queries.search_instances(

@@ -93,16 +93,16 @@ Matches = Sequence[tuple[str, str]]
 """(DICOM keyword, raw value) pairs; an empty value matches everything."""
 
 
-def matchable(level: Level, *, in_study: bool = False, in_series: bool = False) -> set[str]:
-    """The keywords a search at ``level`` can match (a search within a study or series matches less).
+def matchable(level: Level) -> set[str]:
+    """The keywords a search at ``level`` can match: its own level's and every level above it, also within a
+    study or series (probe 32 #6: ``/studies/{uid}/instances?PatientID=X`` had answered every instance of the
+    study, the key ignored with a warning; a study that is not X's now answers none).
 
     ``ModalitiesInStudy`` can be matched at every level (the study of a series or an instance has it).
     """
-    if level is Level.STUDY:
-        return {*STUDY_COLUMNS, "ModalitiesInStudy"}
-    keywords = {"ModalitiesInStudy", *(SERIES_COLUMNS if not in_series else ())}
-    if not in_study:
-        keywords |= set(STUDY_COLUMNS)
+    keywords = {*STUDY_COLUMNS, "ModalitiesInStudy"}
+    if level is not Level.STUDY:
+        keywords |= set(SERIES_COLUMNS)
     if level is Level.INSTANCE:
         keywords |= set(INSTANCE_COLUMNS)
     return keywords
@@ -299,7 +299,7 @@ def search_series(
 
     ``study_counts``: also each one's study's modalities and counts of series and instances.
     """
-    where = _Where(matches, {**SERIES_COLUMNS, **(STUDY_COLUMNS if study is None else {})})
+    where = _Where(matches, {**SERIES_COLUMNS, **STUDY_COLUMNS})
     params: list[object] = []
     if study is not None:
         where.clauses.insert(0, "se.study_instance_uid = ?")
@@ -343,9 +343,7 @@ def search_instances(
     ``study_counts``: also each one's study's modalities and counts of series and
     instances; ``series_counts``: its series' count of instances.
     """
-    columns = {**INSTANCE_COLUMNS, **(SERIES_COLUMNS if series is None else {}),
-               **(STUDY_COLUMNS if study is None else {})}
-    where = _Where(matches, columns)
+    where = _Where(matches, {**INSTANCE_COLUMNS, **SERIES_COLUMNS, **STUDY_COLUMNS})
     scope, params = [], []
     if study is not None:
         scope.append("i.study_instance_uid = ?")

@@ -334,3 +334,17 @@ def test_series_date_and_time_are_matched_and_returned_through_includefield(load
     assert "Value" not in yamada[0]["00080021"]  # none in its images: asked for, so present and empty
     instances = loaded.search(f"/studies/{loaded.smith}/instances", includefield="SeriesDate", Modality="SEG")
     assert [f["00080021"]["Value"] for f in instances] == [["20260102"]]
+
+
+def test_a_search_inside_a_study_or_series_matches_the_levels_above_it(loaded: Loaded) -> None:
+    """Probe 32 #6: a key of the study (or series) in a search scoped to it is matched, not ignored with a
+    warning that let every instance of the study answer a search for another patient."""
+    mine = loaded.search(f"/studies/{loaded.smith}/instances", PatientID="SYN0001")
+    assert len(mine) == 4 and all(f["00100020"]["Value"] == ["SYN0001"] for f in mine)  # a matched key is returned
+    assert loaded.search(f"/studies/{loaded.smith}/instances", PatientID="OTHER") == []
+    assert loaded.search(f"/studies/{loaded.smith}/series", PatientName="yamada*") == []
+    assert len(loaded.search(f"/studies/{loaded.smith}/series", PatientName="smith*")) == 2
+    assert loaded.search(f"/studies/{loaded.smith}/series/{loaded.ct}/instances", Modality="SEG") == []
+    assert len(loaded.search(f"/studies/{loaded.smith}/series/{loaded.ct}/instances", Modality="CT",
+                             StudyDate="20260101")) == 3
+    assert loaded.search(f"/studies/{loaded.smith}/series", StudyInstanceUID=loaded.yamada) == []
