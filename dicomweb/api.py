@@ -37,6 +37,7 @@ from uronode import queries
 from uronode.completion import CompletionMonitor
 from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import superseded_by
@@ -58,7 +59,8 @@ def get_settings(request: Request) -> Settings:
 def job_json(job: Job, queue: JobQueue) -> dict[str, Any]:
     """The job as ``GET /api/jobs/{id}`` gives it: its fields, its findings once it has run, and
     ``superseded_by``: the later job whose results replaced its own (the series re-opened by late instances and
-    analysed again), or null."""
+    analysed again), or null; ``withdrawn`` (one of its fields): why its results were withdrawn (every image of
+    its series sent again in another series), or null."""
     data = asdict(job)
     data["state"] = str(job.state)
     findings = queue.findings(job.id)
@@ -164,9 +166,15 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
             if pictures else "")
         raise HTTPException(400, detail={"message": message, "rejected": rejected})
     queue = JobQueue(store)
+    destinations = settings.delivery.destinations
     monitor = CompletionMonitor(
         store, queue, grace_s=settings.scp.completion_grace_s, quiet_s=settings.scp.completion_quiet_s,
         model=settings.inference.model, contrast_series=settings.inference.contrast_series,
+        sharp_kernel_series=settings.inference.sharp_kernel_series,
+        # a series the upload empties (its images in another series) has its results withdrawn: notes owed
+        outbox=Outbox(store, max_attempts=settings.delivery.max_attempts, backoff_s=settings.delivery.backoff_s,
+                      backoff_max_s=settings.delivery.backoff_max_s) if destinations else None,
+        destinations=destinations,
     )
     done = {c.series_instance_uid: c for c in monitor.complete_now(list(series))}
     for uid in series.keys() - done.keys():  # unchanged files of a series skipped when it came unasked

@@ -45,6 +45,9 @@ from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, Series
 
 log = logging.getLogger(__name__)
 
+NO_INSTANCES = "the series has no instances"
+LOCALIZER = "localizer (scout) images"
+
 CT_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
@@ -143,7 +146,7 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     non-contrast CT; a PACS routing a whole study sends its contrast phases too) unless ``contrast_series``
     is ``read``; an agent alone skips nothing (the worker's caution says it)."""
     if not rows:
-        return "the series has no instances"
+        return NO_INSTANCES
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
         return OWN_RESULTS
     modalities = sorted({r["modality"] or "(none)" for r in rows})
@@ -154,7 +157,7 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
         return f"SOP class {rows[0]['sop_class_uid']} is not a CT image storage class"
     image_types = [(r["image_type"] or "").upper().split("\\") for r in ct_rows]
     if all("LOCALIZER" in t for t in image_types):
-        return "localizer (scout) images"
+        return LOCALIZER
     slices = [r for r, t in zip(ct_rows, image_types, strict=True) if "LOCALIZER" not in t]
     # multi-energy images (uronode.energy), each a series of its own: values that are no HU, or HU with a material
     # taken out; a few such images among conventional slices are left out by the loader, or read with its caution
@@ -261,16 +264,20 @@ class CompletionMonitor:
                 (time.time(), disposition.value, reason, series_uid),
             )
             withdrawn: dict[str, list[Superseded]] = {}
+            jobs: list[int] = []
             caller = None
             if not instances:  # every instance moved to another series (probe 32: listed as an empty CT series)
                 conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series_uid,))
                 conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series_uid,))
-                withdrawn = withdraw(conn, series_uid)  # its results name a series that is no longer one
+            if no_slices(reason):  # nothing of it for the model any more: what was made of it goes (review 35)
+                _drop_jobs(conn, series_uid, cast(str, reason))
+                withdrawn, jobs = withdraw(conn, series_uid)
                 caller = _caller_of([s for found in withdrawn.values() for s in found], conn)
+            if not instances:
                 forget_empty_studies(conn, {due["study_instance_uid"]})
         for model, found in withdrawn.items():  # after the commit: the files, and the notes owed
             settle(self.store, self.outbox, found, destinations=self.destinations, source_series_uid=series_uid,
-                   model=model, job_id=None, calling_ae=caller)
+                   model=model, job_id=None, calling_ae=caller, jobs=jobs)
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
@@ -282,6 +289,10 @@ class CompletionMonitor:
             log.info("series %s holds no instance any more (they moved to another series): it is no longer listed%s",
                      series_uid, f"; its results are withdrawn ({sum(len(f) for f in withdrawn.values())} instance(s))"
                      if withdrawn else "")
+        elif withdrawn:
+            log.info("series %s complete (%d instances) holds nothing the model reads any more (%s): its results are "
+                     "withdrawn (%d instance(s))", series_uid, len(instances), without_free_text(reason or ""),
+                     sum(len(f) for f in withdrawn.values()))
         else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
             log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
                     "series %s complete (%d instances): not for the model: %s", series_uid, len(instances),
@@ -347,3 +358,25 @@ def _caller_of(withdrawn: Sequence[Superseded], conn: sqlite3.Connection) -> str
         if row is not None:
             return str(row["calling_ae"])
     return None
+
+
+
+def no_slices(reason: str | None) -> bool:
+    """Whether ``qualify``'s reason says the series holds no CT slice at all (none left, not CT, only localizers):
+    not a reason an upload overrides (a contrast phase, derived images), so results made of it earlier, when it held
+    slices, no longer have a series to stand beside (review 35: a series split at the PACS, its scout left)."""
+    return reason is not None and (reason in (NO_INSTANCES, LOCALIZER) or reason.startswith(("modality ", "SOP class ")))
+
+
+def _drop_jobs(conn: sqlite3.Connection, series_uid: str, reason: str) -> list[int]:
+    """Inside the completion's transaction: fail the series' queued and running jobs (a running one's worker drops
+    it, as a cancelled one: nothing stored or sent) with why; they would fail later on a series that is gone, or
+    record results of it (review 35)."""
+    ids = [int(r["id"]) for r in conn.execute(
+        "SELECT id FROM jobs WHERE series_instance_uid = ? AND state IN ('queued', 'running')", (series_uid,))]
+    conn.execute(
+        "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ?, claim_token = NULL, lease_until = NULL"
+        " WHERE series_instance_uid = ? AND state IN ('queued', 'running')",
+        (f"the series no longer holds CT slices ({reason}): its images were sent again in another series, which is "
+         "analysed as that series", time.time(), series_uid))
+    return ids

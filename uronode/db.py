@@ -142,7 +142,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     publications        INTEGER NOT NULL DEFAULT 0,  -- times published since its last claim
     claimed_by          TEXT,                -- the worker of the last claim: 'local' or a remote worker's name
     claim_token         TEXT,                -- a remote claim's secret, while it holds the job
-    lease_until         REAL                 -- a remote claim's end unless renewed (NULL for a local worker)
+    lease_until         REAL,                -- a remote claim's end unless renewed (NULL for a local worker)
+    withdrawn           TEXT                 -- why its results were withdrawn (uronode.supersede.withdraw)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
@@ -253,6 +254,7 @@ ADDED_COLUMNS = [
     ("series", "series_number", "INTEGER"),
     ("series", "series_date", "TEXT"),
     ("series", "series_time", "TEXT"),
+    ("jobs", "withdrawn", "TEXT"),
     ("jobs", "findings", "TEXT"),
     ("jobs", "seconds", "REAL"),
     ("jobs", "dispatched_at", "REAL"),

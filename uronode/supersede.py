@@ -62,6 +62,9 @@ KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 """The SR storage classes (the key object selection among them, left out by :func:`current_reports`)."""
 REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
+WITHDRAWN = ("every image of its CT series was sent again in another series, which is analysed as that series "
+             "where the model can read it")
+"""Why a series' results are withdrawn (:func:`withdraw`): the jobs that made them say it (``withdrawn``)."""
 NOTE_SERIES_NUMBER = 905
 NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
 """The rejection note's SeriesDescription where the CT series' number is not known (``note_description``)."""
@@ -159,11 +162,12 @@ def record_results(
     return superseded
 
 
-def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> dict[str, list[Superseded]]:
+def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> tuple[dict[str, list[Superseded]], list[int]]:
     """Inside the caller's transaction: take every model's results of a source series that is no longer one (its
-    images all moved to another series) out of the index, their owed deliveries marked ``superseded``, as
-    :func:`record_results` takes out what a later run did not make again. Returns them by model; their files are
-    still on disk for the rejection notes (:func:`settle` with ``job_id`` None, after the commit)."""
+    images all moved to another series, or all but what the model cannot read) out of the index, their owed
+    deliveries marked ``superseded``, as :func:`record_results` takes out what a later run did not make again; the
+    jobs that made them say so (``withdrawn``). Returns them by model, and those jobs; their files are still on
+    disk for the rejection notes (:func:`settle` with ``job_id`` None, after the commit)."""
     now = time.time()
     rows = conn.execute(
         "SELECT r.sop_instance_uid, r.model, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path,"
@@ -172,13 +176,16 @@ def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> dict[str, list
         " WHERE r.source_series_uid = ? ORDER BY r.model, r.sop_instance_uid",
         (source_series_uid,),
     ).fetchall()
+    jobs = sorted({int(r["job_id"]) for r in conn.execute(
+        "SELECT DISTINCT job_id FROM results WHERE source_series_uid = ? AND job_id IS NOT NULL", (source_series_uid,))})
     withdrawn: dict[str, list[Superseded]] = {}
     for row in rows:
-        taken = _take_out(conn, row, source_series_uid, "withdrawn: the images of its CT series moved to another", now)
+        taken = _take_out(conn, row, source_series_uid, f"withdrawn: {WITHDRAWN}", now)
         if taken is not None:
             withdrawn.setdefault(str(row["model"]), []).append(taken)
+    conn.executemany("UPDATE jobs SET withdrawn = ? WHERE id = ?", [(WITHDRAWN, job) for job in jobs])
     forget_empty_studies(conn, {s.study_instance_uid for found in withdrawn.values() for s in found})
-    return withdrawn
+    return withdrawn, jobs
 
 
 def _take_out(conn: sqlite3.Connection, row: sqlite3.Row, source_series_uid: str, why: str,
@@ -287,8 +294,8 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     number = source_series_number(first)
     named = f"CT series {number} ({source_series_uid})" if number is not None else f"CT series {source_series_uid}"
     if job_id is None:
-        why = (" withdrawn: every image of that series was sent again in another series, whose own analysis, in"
-               " result series of its own, replaces them")
+        why = (" withdrawn: every image of that series was sent again in another series, which is analysed as that"
+               " series, in result series of its own, where the model can read it")
     else:
         why = (f" superseded by a later analysis of the same series (job {job_id}), in result series of its own"
                " with a later series date and time; read the results of the later one")
@@ -314,7 +321,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
 
 
 def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: str, model: str,
-           job_id: int | None) -> tuple[Path, Dataset] | None:
+           job_id: int | None, jobs: Sequence[int] = ()) -> tuple[Path, Dataset] | None:
     """After the commit of :func:`record_results`: write the rejection note of what destinations hold (None when
     none holds any), then remove the superseded files and the stale metadata of their series. Returns the note's
     file and dataset, for the caller to owe to those destinations."""
@@ -335,6 +342,7 @@ def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: s
         item.path.unlink(missing_ok=True)
         (item.path.parent / METADATA_CACHE).unlink(missing_ok=True)
     AuditLog(root).record("results_superseded" if job_id is not None else "results_withdrawn", job_id=job_id,
+                          **({"jobs": list(jobs)} if job_id is None else {}),  # whose results they were
                           series_instance_uid=source_series_uid, model=model,
                           instances=[s.sop_instance_uid for s in superseded],
                           rejection_note=str(note[1].SOPInstanceUID) if note else None)
@@ -388,11 +396,11 @@ def _evidence(superseded: Sequence[Superseded]) -> list[Dataset]:
 
 def settle(store: Store, outbox: Outbox | None, superseded: Sequence[Superseded], *,
            destinations: Sequence[Destination], source_series_uid: str, model: str, job_id: int | None,
-           calling_ae: str | None) -> None:
+           calling_ae: str | None, jobs: Sequence[int] = ()) -> None:
     """After the commit of :func:`record_results` (or :func:`withdraw`, ``job_id`` None): :func:`retire` what it
     superseded, and owe the rejection note, as a result of ``job_id``, to each destination that holds some of it
     and takes key objects (none without an outbox: a node without destinations)."""
-    note = retire(store.root, superseded, source_series_uid=source_series_uid, model=model, job_id=job_id)
+    note = retire(store.root, superseded, source_series_uid=source_series_uid, model=model, job_id=job_id, jobs=jobs)
     if note is None or outbox is None:
         return
     path, ds = note

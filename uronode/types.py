@@ -132,6 +132,8 @@ class Job:
     updated_at: float
     claimed_by: str | None = None
     """The worker of the last claim: ``local`` (the node's own) or a remote worker's name."""
+    withdrawn: str | None = None
+    """Why its results were withdrawn (every image of its series sent again in another series), None where not."""
 
 
 @dataclass(frozen=True, slots=True)

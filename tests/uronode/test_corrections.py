@@ -28,7 +28,7 @@ from uronode.outbox import Outbox
 from uronode.queries import search_series, search_studies
 from uronode.retention import purge_study
 from uronode.store import Store
-from uronode.supersede import Superseded, rejection_note
+from uronode.supersede import WITHDRAWN, Superseded, rejection_note
 from uronode.types import JobState
 
 STUDY_A, STUDY_B = uid("corrections", "study-a"), uid("corrections", "study-b")
@@ -261,8 +261,7 @@ def test_results_of_a_series_whose_images_all_moved_are_withdrawn(tmp_path: Path
     assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
     states = {r["sop_instance_uid"]: (r["state"], r["last_error"]) for r in store.conn().execute(
         "SELECT sop_instance_uid, state, last_error FROM deliveries WHERE job_id IS NOT NULL")}
-    assert states[uid("corrections", "second")] == ("superseded", "withdrawn: the images of its CT series moved to "
-                                                                  "another")
+    assert states[uid("corrections", "second")] == ("superseded", f"withdrawn: {WITHDRAWN}")
     assert states[uid("corrections", "first")][0] == "delivered"
     notes = store.conn().execute("SELECT destination, sop_class_uid, path, job_id, calling_ae FROM deliveries"
                                  " WHERE job_id IS NULL").fetchall()
@@ -278,6 +277,46 @@ def test_results_of_a_series_whose_images_all_moved_are_withdrawn(tmp_path: Path
         uid("corrections", "first")]  # only what the PACS holds
     assert "withdrawn: every image of that series was sent again in another series" in ds.ContentSequence[0].TextValue
     assert "job" not in ds.ContentSequence[0].TextValue
+    job = JobQueue(store).get(1)
+    assert job is not None and job.withdrawn is not None and job.withdrawn.startswith("every image of its CT series")
+
+
+def test_a_series_left_with_its_scout_alone_has_its_results_withdrawn_and_its_queued_job_dropped(
+        tmp_path: Path) -> None:
+    """Review 35: the PACS split the axial images off and left the scout; the series completes again as
+    localizers only, and what was made of it when it held slices goes (its queued job would run on the scout)."""
+    store = Store(tmp_path / "data", fsync=False)
+    outbox = Outbox(store)
+    queue = JobQueue(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0.0, quiet_s=0.0, model="default", outbox=outbox,
+                                destinations=(PACS,))
+    scout = ct_slice(STUDY_A, SOURCE, 9, size=16, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    buffer = io.BytesIO()
+    scout.save_as(buffer, enforce_file_format=True)
+    assert take_instance(store, [buffer.getvalue()], source="CT").stored
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    (done,) = monitor.complete_due(now=time.time() + 1)
+    assert done.job_id is not None
+    run(store, outbox, 1, [_result(STUDY_A, "first")], destinations=(PACS,))
+    store.conn().execute("UPDATE deliveries SET state = 'delivered'")
+    assert take_instance(store, [_ct(STUDY_A, 5)], source="CT").stored  # a late slice: a second job queued
+    (again,) = [c for c in monitor.complete_due(now=time.time() + 1) if c.series_instance_uid == SOURCE]
+    assert again.job_id is not None and queue.get(again.job_id).state is JobState.QUEUED  # type: ignore[union-attr]
+    for index in (0, 1, 2, 5):
+        assert take_instance(store, [_ct(STUDY_A, index, moved_to=uid("corrections", "moved"))], source="CT").stored
+    decided = {c.series_instance_uid: c for c in monitor.complete_due(now=time.time() + 1)}
+    assert decided[SOURCE].reason == "localizer (scout) images"
+    assert store.get_instance(uid("corrections", "first")) is None
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    dropped = queue.get(again.job_id)
+    assert dropped is not None and dropped.state is JobState.FAILED and dropped.reason is not None
+    assert dropped.reason.startswith("the series no longer holds CT slices (localizer (scout) images): its images were"
+                                     " sent again in another series"), dropped.reason
+    (note,) = store.conn().execute("SELECT destination FROM deliveries WHERE job_id IS NULL").fetchall()
+    assert note["destination"] == "pacs"
+    listed = {s["SeriesInstanceUID"] for s in search_series(store.db, [], limit=100, offset=0, study=STUDY_A)}
+    assert SOURCE in listed  # its scout is still there
 
 
 def test_purge_study_leaves_the_part_of_a_series_that_lies_in_another_study(tmp_path: Path) -> None:
