@@ -191,3 +191,30 @@ def test_a_picture_is_refused_with_what_to_send_and_a_new_choice_replaces_the_ot
     assert page.locator("#chosen").inner_text() == "1 file(s) chosen."
     assert page.evaluate("document.querySelector('#folder').files.length") == 0
     page.close()
+
+
+def test_a_job_whose_series_moved_to_another_says_so(
+    browser: BrowserContext, start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Review 35: the uploaded series' images are sent again in another series (a split or correction at the PACS)
+    while its job waits; the job is dropped with the reason, which the page shows, not a failure on files gone."""
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom import dcmread
+
+    node = start_node()
+    _, _, files = write_series(tmp_path / "ct", 3, size=32)
+    page = _open(browser, node)
+    _predict(page, files)
+    _until_queued(page)
+    moved = []
+    for path in files:
+        ds = dcmread(path)
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".7"
+        moved.append(ds)
+    DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web").store_instances(moved)
+    alert = page.locator("#result [role=alert]")
+    alert.wait_for(timeout=60_000)  # the emptied series completes after the quiet period
+    assert re.fullmatch(r"Job \d+ failed: the series no longer holds CT slices \(the series has no instances\): its "
+                        r"images were sent again in another series, which is analysed as that series", alert.inner_text()
+                        ), alert.inner_text()
+    page.close()
