@@ -42,7 +42,7 @@ from inference.resample import (
     uncrop,
 )
 from inference.runtime import LoadedModel, load_model
-from inference.volume import ENERGY_CAUTION, Volume, load_volume
+from inference.volume import ENERGY_CAUTION, Volume, load_volume, mirrored
 from uronode.contrast import without_free_text
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,29 @@ def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ..
     # as it has room for; then what hides stones in parts of the series
     return (*contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
 
+
+
+def _table_mirrored(table: ComponentTable, count: int, columns: int) -> ComponentTable:
+    """``table`` of the mirrored copy (``inference.volume.mirrored``) on the series' own grid: each densest voxel and
+    box with its slices counted back and its columns mirrored."""
+    peaks = np.asarray(table.peaks, dtype=np.int64).reshape(-1, 3).copy()
+    peaks[:, 0] = count - 1 - peaks[:, 0]
+    peaks[:, 2] = columns - 1 - peaks[:, 2]
+    boxes: list[tuple[slice, ...] | None] = [
+        None if box is None else (slice(count - box[0].stop, count - box[0].start), box[1],
+                                  slice(columns - box[2].stop, columns - box[2].start)) for box in table.boxes]
+    return dataclasses.replace(table, peaks=peaks, boxes=boxes)
+
+
+def _met_mirrored(met: tuple[tuple[Tube, ...], BudgetCut | None], count: int) -> tuple[tuple[Tube, ...],
+                                                                                         BudgetCut | None]:
+    """What the candidate stage met on the mirrored copy, its slices counted on the series' own order."""
+    def back(slices: tuple[int, int]) -> tuple[int, int]:
+        return count - 1 - slices[1], count - 1 - slices[0]
+
+    tubes, budget = met
+    return (tuple(dataclasses.replace(t, slices=back(t.slices)) for t in tubes),
+            None if budget is None else dataclasses.replace(budget, slices=back(budget.slices)))
 
 class Pipeline:
     """The stone finder with its model loaded.
@@ -307,7 +330,19 @@ class Pipeline:
         components (uint8) and the table of candidate components they were chosen from, all on
         ``volume``'s grid; analysed at the card's ``resample_to_mm`` where the series' pixels are
         further from it than the card's ``resample_tolerance`` (a share of it; default
-        ``inference.resample.RESAMPLE_TOLERANCE``)."""
+        ``inference.resample.RESAMPLE_TOLERANCE``). A feet-first series is analysed as the head-first series of
+        the same patient (``inference.volume.mirrored``), which is what the model learned from, and its outputs
+        mirrored back (probe 37: the same abdomen's stones had been measured up to 0.3 mm and 4 % of their volume
+        apart when it lay feet first)."""
+        if not volume.index_from_head:
+            return self._analyse_on_grid(volume)
+        prob, mask, table = self._analyse_on_grid(mirrored(volume))
+        count, _, columns = volume.shape
+        self.last_met = _met_mirrored(self.last_met, count)
+        return prob[::-1, :, ::-1], mask[::-1, :, ::-1], _table_mirrored(table, count, columns)
+
+    def _analyse_on_grid(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, ComponentTable]:
+        """``analyse`` of a head-first series (or a lone slice in any plane)."""
         grid = resample_grid(volume, self.resample_to_mm, self.resample_tolerance)
         if grid is None:
             return self._analyse(volume)

@@ -65,6 +65,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -270,6 +271,21 @@ class _Frame:
     """A virtual monoenergetic image's energy, where its header gives it."""
     unspecified: bool = False
     """Whether its Rescale Type calls the unit unspecified (US): read as HU, with a caution."""
+
+
+def mirrored(volume: Volume) -> Volume:
+    """The same patient's voxels stored the other way: the slices in reverse order, each image mirrored left-right,
+    the row direction turned. A feet-first series (``Volume.index_from_head``: its images are the head-first ones
+    mirrored, its slices head end first) becomes the head-first series of the same patient, and back (probe 37).
+    Views of ``volume``'s arrays, nothing copied."""
+    columns = volume.shape[2]
+    row = np.asarray(volume.row_direction)
+    return dataclasses.replace(
+        volume, hu=volume.hu[::-1, :, ::-1],
+        positions=volume.positions[::-1] + (columns - 1) * volume.pixel_spacing[1] * row,
+        row_direction=(-float(row[0]), -float(row[1]), -float(row[2])),
+        sop_instance_uids=volume.sop_instance_uids[::-1], frame_numbers=volume.frame_numbers[::-1],
+        source_paths=volume.source_paths[::-1], instance_numbers=volume.instance_numbers[::-1])
 
 
 def index_from_head(normal: np.ndarray) -> bool:

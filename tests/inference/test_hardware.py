@@ -15,7 +15,7 @@ from inference.components import ComponentThresholds, component_table, kept_comp
 from inference.pipeline import Pipeline, analysis_cautions, input_cautions, metal_caution
 from inference.postprocess import measure_stones
 from inference.runtime import load_model
-from inference.volume import Volume
+from inference.volume import Volume, mirrored
 from lab.synth import generate_phantom
 from tests.factory import hu_volume
 
@@ -232,5 +232,7 @@ def test_a_stented_phantom_reports_its_stone_and_not_the_stent() -> None:
     (found,) = findings.stones
     assert found.max_diameter_mm == pytest.approx(stone.diameter_mm, abs=2.0), found.to_json()
     assert any(note.startswith("A long thin dense structure, ") for note in findings.cautions), findings.cautions
+    feet = Pipeline().run(mirrored(volume))  # lying feet first: the tube on the same slices, counted from the feet
+    assert feet.cautions == findings.cautions and len(feet.stones) == 1
     before = Pipeline("cascade-3.8.0").run(volume)
     assert before.stones == ()  # removed with the stent as one structure too long to be a stone
