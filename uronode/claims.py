@@ -44,7 +44,7 @@ from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_rea
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
-from uronode.supersede import findings_model, record_results, settle
+from uronode.supersede import findings_model, owe_note_in, record_results, retire
 from uronode.types import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -367,14 +367,17 @@ class Claims:
             model = findings_model(findings)
             superseded = record_results(conn, job_id=job_id, source_series_uid=row["series_instance_uid"],
                                         model=model, sop_instance_uids=results) if model else []
+            note = owe_note_in(conn, self.store.root, outbox, superseded, destinations=destinations,
+                               source_series_uid=row["series_instance_uid"], model=model, job_id=job_id,
+                               calling_ae=source["calling_ae"] if source else None)
             state = JobState.DELIVERING if owed or any(s.delivered_to for s in superseded) else JobState.DELIVERED
             conn.execute(
                 "UPDATE jobs SET state = ?, reason = NULL, findings = ?, seconds = coalesce(?, seconds),"
                 " claim_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
                 (state.value, findings, seconds, now, job_id),
             )
-        settle(self.store, outbox, superseded, destinations=destinations, source_series_uid=row["series_instance_uid"],
-               model=model, job_id=job_id, calling_ae=source["calling_ae"] if source else None)
+        retire(self.store.root, superseded, note, source_series_uid=row["series_instance_uid"], model=model,
+               job_id=job_id)
         return state
 
     def fail(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:

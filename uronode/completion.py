@@ -31,7 +31,10 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
+
+from pydicom.dataset import Dataset
 
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
@@ -40,7 +43,7 @@ from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store, forget_empty_studies
-from uronode.supersede import Superseded, settle, withdraw
+from uronode.supersede import Superseded, owe_note_in, retire, withdraw
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
@@ -264,6 +267,7 @@ class CompletionMonitor:
                 (time.time(), disposition.value, reason, series_uid),
             )
             withdrawn: dict[str, list[Superseded]] = {}
+            notes: dict[str, tuple[Path, Dataset] | None] = {}
             jobs: list[int] = []
             caller = None
             if not instances:  # every instance moved to another series (probe 32: listed as an empty CT series)
@@ -273,11 +277,14 @@ class CompletionMonitor:
                 _drop_jobs(conn, series_uid, cast(str, reason))
                 withdrawn, jobs = withdraw(conn, series_uid)
                 caller = _caller_of([s for found in withdrawn.values() for s in found], conn)
+                notes = {model: owe_note_in(conn, self.store.root, self.outbox, found, destinations=self.destinations,
+                                            source_series_uid=series_uid, model=model, job_id=None, calling_ae=caller)
+                         for model, found in withdrawn.items()}
             if not instances:
                 forget_empty_studies(conn, {due["study_instance_uid"]})
-        for model, found in withdrawn.items():  # after the commit: the files, and the notes owed
-            settle(self.store, self.outbox, found, destinations=self.destinations, source_series_uid=series_uid,
-                   model=model, job_id=None, calling_ae=caller, jobs=jobs)
+        for model, found in withdrawn.items():  # after the commit: the files
+            retire(self.store.root, found, notes[model], source_series_uid=series_uid, model=model, job_id=None,
+                   jobs=jobs)
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,

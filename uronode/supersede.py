@@ -52,7 +52,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from uronode.audit import AuditLog
 from uronode.outbox import Outbox
 from uronode.settings import Destination
-from uronode.store import METADATA_CACHE, NOTES_FOLDER, Store, forget_empty_studies
+from uronode.store import METADATA_CACHE, NOTES_FOLDER, forget_empty_studies
 from uronode.types import OWN_MANUFACTURER, DocumentReference
 from uronode.uids import derive_uid
 
@@ -140,7 +140,7 @@ def record_results(
     """Inside the caller's transaction (the one that owes the new results to the destinations): record them as
     ``model``'s results of the source series, and take the earlier ones it did not make again out of the index,
     their owed deliveries marked ``superseded``. Returns those; their files are still on disk for the rejection
-    note (:func:`retire`, after the commit)."""
+    note (:func:`owe_note_in`, in the same transaction; :func:`retire` after the commit)."""
     now = time.time()
     current = set(sop_instance_uids)
     earlier = conn.execute(
@@ -167,7 +167,7 @@ def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> tuple[dict[str
     images all moved to another series, or all but what the model cannot read) out of the index, their owed
     deliveries marked ``superseded``, as :func:`record_results` takes out what a later run did not make again; the
     jobs that made them say so (``withdrawn``). Returns them by model, and those jobs; their files are still on
-    disk for the rejection notes (:func:`settle` with ``job_id`` None, after the commit)."""
+    disk for the rejection notes (:func:`owe_note_in` with ``job_id`` None, then :func:`retire` after the commit)."""
     now = time.time()
     rows = conn.execute(
         "SELECT r.sop_instance_uid, r.model, i.sop_class_uid, i.series_instance_uid, i.study_instance_uid, i.path,"
@@ -320,24 +320,40 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     return ds
 
 
-def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: str, model: str,
-           job_id: int | None, jobs: Sequence[int] = ()) -> tuple[Path, Dataset] | None:
-    """After the commit of :func:`record_results`: write the rejection note of what destinations hold (None when
-    none holds any), then remove the superseded files and the stale metadata of their series. Returns the note's
-    file and dataset, for the caller to owe to those destinations."""
-    if not superseded:
-        return None
-    note = None
+def owe_note_in(conn: sqlite3.Connection, root: Path, outbox: Outbox | None, superseded: Sequence[Superseded], *,
+                destinations: Sequence[Destination], source_series_uid: str, model: str, job_id: int | None,
+                calling_ae: str | None) -> tuple[Path, Dataset] | None:
+    """Inside the transaction of :func:`record_results` or :func:`withdraw` (the superseded files are still there to
+    read): write the rejection note of what destinations hold (None when none holds any) and owe it, as a result
+    of ``job_id``, to each destination that holds some of it and takes key objects (none without an outbox: a node
+    without destinations). In the same transaction, so that a stop after the commit loses no note (review 35: it
+    had been written after the commit, and a stop between lost it for good); a stop before the commit leaves a
+    note file nothing owes, which retention removes."""
     held = [s for s in superseded if s.delivered_to]
-    if held:
-        first = _header(held)
-        if first is not None:
-            ds = rejection_note(held, first, source_series_uid=source_series_uid, model=model, job_id=job_id)
-            folder = root / NOTES_FOLDER
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            note = (path, ds)
+    first = _header(held) if held else None
+    if first is None:
+        return None
+    ds = rejection_note(held, first, source_series_uid=source_series_uid, model=model, job_id=job_id)
+    folder = root / NOTES_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    holders = {d for s in held for d in s.delivered_to}
+    if outbox is not None:
+        for destination in destinations:
+            if destination.name in holders and destination.takes(KEY_OBJECT_SELECTION):
+                outbox.enqueue_in(conn, destination=destination.name, sop_instance_uid=str(ds.SOPInstanceUID),
+                                  sop_class_uid=KEY_OBJECT_SELECTION, path=path, job_id=job_id,
+                                  calling_ae=calling_ae)
+    return path, ds
+
+
+def retire(root: Path, superseded: Sequence[Superseded], note: tuple[Path, Dataset] | None, *,
+           source_series_uid: str, model: str, job_id: int | None, jobs: Sequence[int] = ()) -> None:
+    """After the commit of :func:`record_results` or :func:`withdraw` (and :func:`owe_note_in`): remove the
+    superseded files and the stale metadata of their series, and say so in the audit log."""
+    if not superseded:
+        return
     for item in superseded:
         item.path.unlink(missing_ok=True)
         (item.path.parent / METADATA_CACHE).unlink(missing_ok=True)
@@ -348,9 +364,8 @@ def retire(root: Path, superseded: Sequence[Superseded], *, source_series_uid: s
                           rejection_note=str(note[1].SOPInstanceUID) if note else None)
     log.info("series %s: %d earlier result instance(s) of %s %s%s", source_series_uid, len(superseded), model,
              f"superseded by job {job_id}" if job_id is not None else "withdrawn (its images moved to another series)",
-             "; a rejection note is owed to " + ", ".join(sorted({d for s in held for d in s.delivered_to}))
+             "; a rejection note is owed to " + ", ".join(sorted({d for s in superseded for d in s.delivered_to}))
              if note else "")
-    return note
 
 
 def _header(superseded: Sequence[Superseded]) -> Dataset | None:
@@ -392,22 +407,3 @@ def _evidence(superseded: Sequence[Superseded]) -> list[Dataset]:
             study.ReferencedSeriesSequence.append(one)
         studies.append(study)
     return studies
-
-
-def settle(store: Store, outbox: Outbox | None, superseded: Sequence[Superseded], *,
-           destinations: Sequence[Destination], source_series_uid: str, model: str, job_id: int | None,
-           calling_ae: str | None, jobs: Sequence[int] = ()) -> None:
-    """After the commit of :func:`record_results` (or :func:`withdraw`, ``job_id`` None): :func:`retire` what it
-    superseded, and owe the rejection note, as a result of ``job_id``, to each destination that holds some of it
-    and takes key objects (none without an outbox: a node without destinations)."""
-    note = retire(store.root, superseded, source_series_uid=source_series_uid, model=model, job_id=job_id, jobs=jobs)
-    if note is None or outbox is None:
-        return
-    path, ds = note
-    holders = {d for s in superseded for d in s.delivered_to}
-    with store.transaction() as conn:
-        for destination in destinations:
-            if destination.name in holders and destination.takes(KEY_OBJECT_SELECTION):
-                outbox.enqueue_in(conn, destination=destination.name, sop_instance_uid=str(ds.SOPInstanceUID),
-                                  sop_class_uid=KEY_OBJECT_SELECTION, path=path, job_id=job_id,
-                                  calling_ae=calling_ae)

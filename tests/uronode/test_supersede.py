@@ -23,9 +23,10 @@ from uronode.supersede import (
     Superseded,
     current_reports,
     note_series_number,
+    owe_note_in,
     record_results,
     rejection_note,
-    settle,
+    retire,
     superseding_job,
 )
 from uronode.types import DocumentReference
@@ -56,7 +57,8 @@ def put(store: Store, ds: Dataset) -> Path:
 
 def run(store: Store, outbox: Outbox, job_id: int, results: list[Dataset], model: str = "m 1.0",
         destinations: tuple[Destination, ...] = (PACS, ARCHIVE, NO_KO)) -> list[Superseded]:
-    """What a worker does with a run's results: store them, owe them, record them; then settle what they supersede."""
+    """What a worker does with a run's results: store them, owe them, record them and owe the rejection note of what
+    they supersede; then retire that."""
     for ds in results:
         put(store, ds)
     with store.transaction() as conn:
@@ -68,8 +70,9 @@ def run(store: Store, outbox: Outbox, job_id: int, results: list[Dataset], model
                                   sop_class_uid=ds.SOPClassUID, path=found.path, job_id=job_id, calling_ae="CT")
         superseded = record_results(conn, job_id=job_id, source_series_uid=SOURCE, model=model,
                                     sop_instance_uids=[ds.SOPInstanceUID for ds in results])
-    settle(store, outbox, superseded, destinations=destinations, source_series_uid=SOURCE, model=model,
-           job_id=job_id, calling_ae="CT")
+        note = owe_note_in(conn, store.root, outbox, superseded, destinations=destinations, source_series_uid=SOURCE,
+                           model=model, job_id=job_id, calling_ae="CT")
+    retire(store.root, superseded, note, source_series_uid=SOURCE, model=model, job_id=job_id)
     return superseded
 
 
@@ -247,3 +250,29 @@ def test_a_received_instance_recorded_as_a_result_is_never_superseded(tmp_path: 
     superseded = run(store, outbox, 2, [result("r2", ComprehensiveSRStorage, "sr-2")])
     assert superseded == []
     assert store.get_instance(received.SOPInstanceUID) is not None
+
+
+def test_a_stop_after_the_commit_loses_no_rejection_note(tmp_path: Path) -> None:
+    """Review 35: the note was written and owed after the results' commit, so a stop in between left the earlier
+    results rejected nowhere: the PACS kept showing them. Now it is owed in the same transaction; the files the
+    stop left are what the next start removes."""
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store)
+    sr1 = result("sr1", ComprehensiveSRStorage, "sr")
+    run(store, outbox, 1, [sr1], destinations=(PACS,))
+    store.conn().execute("UPDATE deliveries SET state = 'delivered'")
+    sr2 = result("sr2", ComprehensiveSRStorage, "sr")
+    put(store, sr2)
+    with store.transaction() as conn:  # job 2's transaction, then the node stops before retire()
+        superseded = record_results(conn, job_id=2, source_series_uid=SOURCE, model="m 1.0",
+                                    sop_instance_uids=[sr2.SOPInstanceUID])
+        note = owe_note_in(conn, store.root, outbox, superseded, destinations=(PACS,), source_series_uid=SOURCE,
+                           model="m 1.0", job_id=2, calling_ae="CT")
+    assert note is not None
+    del store
+    again = Store(tmp_path / "data")  # the next start
+    owed = again.conn().execute("SELECT destination, sop_instance_uid, path FROM deliveries WHERE state = 'pending'"
+                                " AND sop_class_uid = ?", (KEY_OBJECT_SELECTION,)).fetchall()
+    assert [(r["destination"], r["sop_instance_uid"]) for r in owed] == [("pacs", str(note[1].SOPInstanceUID))]
+    assert Path(owed[0]["path"]).exists()
+    assert again.get_instance(sr1.SOPInstanceUID) is None

@@ -49,7 +49,7 @@ from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
-from uronode.supersede import current_reports, record_results, settle
+from uronode.supersede import current_reports, owe_note_in, record_results, retire
 from uronode.types import DocumentReference, Job, JobState, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,9 @@ class Worker:
             with self.store.transaction() as conn:
                 superseded = record_results(conn, job_id=job.id, source_series_uid=job.series_instance_uid,
                                             model=model, sop_instance_uids=[i.header.sop_instance_uid for i in stored])
+                note = owe_note_in(conn, self.store.root, self.outbox, superseded, destinations=destinations,
+                                   source_series_uid=job.series_instance_uid, model=model, job_id=job.id,
+                                   calling_ae=instances[0].calling_ae)
                 for destination in destinations:
                     for item in stored:
                         if not destination.takes(item.header.sop_class_uid):
@@ -161,8 +164,8 @@ class Worker:
         except JobNotRunning:
             self.store.discard(new)  # cancelled while they were stored: none recorded, none sent
             return self._dropped(job, self.queue.get(job.id))
-        settle(self.store, self.outbox, superseded, destinations=destinations, source_series_uid=job.series_instance_uid,
-               model=model, job_id=job.id, calling_ae=instances[0].calling_ae)
+        retire(self.store.root, superseded, note, source_series_uid=job.series_instance_uid, model=model,
+               job_id=job.id)
         AuditLog(self.store.root).record(
             "job_finished", job_id=job.id, series_instance_uid=job.series_instance_uid, state=state.value,
             stones=len(findings.stones), results=[i.header.sop_instance_uid for i in stored],
