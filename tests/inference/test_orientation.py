@@ -48,9 +48,9 @@ def test_a_feet_first_series_reports_the_stones_of_the_same_series_head_first() 
     np.testing.assert_array_equal(prob_feet[::-1, :, ::-1], prob_head)
     n, _, columns = head.shape
     np.testing.assert_array_equal(table_feet.peaks, [[n - 1 - k, r, columns - 1 - c] for k, r, c in table_head.peaks])
-    for a, b in zip(table_head.boxes, table_feet.boxes, strict=True):
-        assert a is not None and b is not None
-        np.testing.assert_array_equal(np.asarray(mask_head[a]), np.asarray(mask_feet[b])[::-1, :, ::-1])
+    for box_head, box_feet in zip(table_head.boxes, table_feet.boxes, strict=True):
+        assert box_head is not None and box_feet is not None
+        np.testing.assert_array_equal(np.asarray(mask_head[box_head]), np.asarray(mask_feet[box_feet])[::-1, :, ::-1])
     by_head, by_feet = pipeline.run(head), pipeline.run(feet)
     assert len(by_head.stones) == 3 and len(by_feet.stones) == 3
     for a in by_head.stones:
