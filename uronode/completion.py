@@ -16,7 +16,9 @@ a series waits for ``quiet_s``, as if the association were still open.
 A late instance, or an instance replaced by different bytes, re-opens the
 series (its generation goes up) and it completes again. A series left with no
 instance (every image of it sent again in another series) is no longer
-listed, and its results are withdrawn (:func:`uronode.supersede.withdraw`). A complete series that
+listed; its results, and those of a series left with nothing the model reads
+(its scout alone), are withdrawn (:func:`uronode.supersede.withdraw`) and its
+queued or running jobs dropped. A complete series that
 the model can read becomes a job; one that it cannot is recorded as skipped
 with the reason. All of it lives in SQLite, so a restart picks up where the
 previous run stopped: associations left open are closed as lost at start-up
@@ -365,7 +367,6 @@ def _caller_of(withdrawn: Sequence[Superseded], conn: sqlite3.Connection) -> str
         if row is not None:
             return str(row["calling_ae"])
     return None
-
 
 
 def no_slices(reason: str | None) -> bool:
