@@ -30,16 +30,13 @@ from inference.network import InputSpec, KerasModel, cut_inputs, preprocess
 from inference.postprocess import Findings, measure_stones
 from inference.resample import (
     RESAMPLE_TOLERANCE,
-    Grid,
     body_window,
-    crop_volume,
+    copy_part,
     mask_to_original,
     resample_grid,
     resample_volume,
     table_to_original,
-    table_uncropped,
     to_original,
-    uncrop,
 )
 from inference.runtime import LoadedModel, load_model
 from inference.volume import ENERGY_CAUTION, Volume, load_volume, mirrored
@@ -352,26 +349,17 @@ class Pipeline:
         # blocks would sit elsewhere, and white noise's candidates change steeply with the threshold);
         # averaged coarser, on the copy
         finer = grid.scale[0] < 1 and grid.scale[1] < 1
-        # a copy finer on both axes (a series of coarser pixels than the card's: more pixels) is cut to the
-        # body's part (inference.resample.body_window): the air around it is not resampled
+        # a copy finer on both axes (a series of coarser pixels than the card's: more pixels) keeps only the
+        # body's part (inference.resample.body_window, copy_part), cut from each slice's whole copy
         window = body_window(volume) if finer else None
-        if window is not None:
-            cut = Grid(window.r1 - window.r0, window.c1 - window.c0,
-                       max(1, round((window.r1 - window.r0) * grid.new_rows / grid.rows)),
-                       max(1, round((window.c1 - window.c0) * grid.new_columns / grid.columns)))
-            # not where the part would be read beyond its edges otherwise than the whole copy (a tight crop,
-            # mirrored, against air): the network reads them differently
-            if self.spec.outside(cut.new_rows, cut.new_columns) != self.spec.outside(grid.new_rows, grid.new_columns):
-                window = None
-            else:
-                grid = cut
-        part = volume if window is None else crop_volume(volume, window)
-        prob, mask, table = self._analyse(resample_volume(part, grid), noise_of=volume if finer else None)
-        back = (to_original(prob, grid, np.float16), mask_to_original(mask, grid), table_to_original(table, grid))
-        if window is not None:
-            _, rows, columns = volume.shape
-            back = (uncrop(back[0], window, rows, columns), uncrop(back[1], window, rows, columns),
-                    table_uncropped(back[2], window))
+        part = copy_part(window, grid) if window is not None else None
+        # not where the part would be read beyond its edges otherwise than the whole copy (a tight crop,
+        # mirrored, against air): the network reads them differently
+        if part is not None and self.spec.outside(*part.shape) != self.spec.outside(grid.new_rows, grid.new_columns):
+            part = None
+        prob, mask, table = self._analyse(resample_volume(volume, grid, part), noise_of=volume if finer else None)
+        back = (to_original(prob, grid, np.float16, part), mask_to_original(mask, grid, part),
+                table_to_original(table, grid, part))
         self.last_timings["resample_s"] = time.perf_counter() - t0 - sum(
             v for k, v in self.last_timings.items() if k.endswith("_s"))
         return back

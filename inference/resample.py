@@ -17,16 +17,18 @@ and the results reference its own frames. Slices are never resampled along
 the normal (the network sees neighbouring slices, not millimetres of them).
 
 A copy finer on both axes than its series (a series of coarser pixels than the card's: more pixels)
-is made of the body's part only (``body_window``: the rows and columns where any slice is denser than air,
-``AIR_HU``, grown by ``BODY_MARGIN_MM``); beyond it the copy would be air, which the network reads
-beyond an image's edges anyway. A 1.0 mm series of a 512 mm field of view, resampled whole to 0.75 mm,
-is 683 x 683 pixels a slice and took 2.6 GB on the benchmark's 300 slices; its body's part takes a
-fraction of that. What lies outside the part gets no probability and no mask (it is air on every
-slice). The part's copy samples the series at another phase than the whole copy would, so a stone's
-edge voxels can differ between the two; the stones and their sizes do not (tested). A copy of coarser
-pixels is smaller than its series and is made whole, and so is a part that the network would read as
-a tight crop (under the card's ``mirror_below_px`` a side, mirrored beyond its edges) where the whole
-copy would not be.
+keeps only the body's part (``body_window``: the rows and columns where any slice is denser than air,
+``AIR_HU``, grown by ``BODY_MARGIN_MM``; ``copy_part``: those rows and columns of the whole copy);
+beyond it the copy would be air, which the network reads beyond an image's edges anyway. A 1.0 mm
+series of a 512 mm field of view, resampled whole to 0.75 mm, is 683 x 683 pixels a slice and took
+2.6 GB on the benchmark's 300 slices; its body's part takes a fraction of that. What lies outside the
+part gets no probability and no mask (it is air on every slice). The part is cut from each slice's
+whole copy, so it samples the series at the whole copy's points whatever the part's bounds (probe 38:
+a part resampled on its own sampled it at another phase, which a CT table or a speck in a corner moved,
+and a 3.3 mm stone was measured 2.0 or 3.0 mm, a 4.9 mm one 3.7 to 5.1 mm, with nothing else changed).
+A copy of coarser pixels is smaller than its series and is made whole, and so is a part that the
+network would read as a tight crop (under the card's ``mirror_below_px`` a side, mirrored beyond its
+edges) where the whole copy would not be.
 
 A copy interpolated onto finer pixels keeps the noise's peaks but narrows
 its spread, so the candidate rule measures the noise on the series itself
@@ -89,27 +91,6 @@ def body_window(volume: Volume, margin_mm: float = BODY_MARGIN_MM) -> Window | N
     return window
 
 
-def crop_volume(volume: Volume, window: Window) -> Volume:
-    """``volume``'s rows and columns in ``window`` (a view of its voxels), its geometry kept exact."""
-    dr, dc = volume.pixel_spacing
-    shift = window.c0 * dc * np.asarray(volume.row_direction) + window.r0 * dr * np.asarray(volume.column_direction)
-    return dataclasses.replace(volume, hu=volume.hu[:, window.r0:window.r1, window.c0:window.c1],
-                               positions=volume.positions + shift)
-
-
-def uncrop(values: np.ndarray, window: Window, rows: int, columns: int) -> np.ndarray:
-    """A (slices, window rows, window columns) array on the whole series' rows and columns, 0 outside."""
-    out = np.zeros((values.shape[0], rows, columns), dtype=values.dtype)
-    out[:, window.r0:window.r1, window.c0:window.c1] = values
-    return out
-
-
-def table_uncropped(table: ComponentTable, window: Window) -> ComponentTable:
-    """The components' table with each densest voxel on the whole series' rows and columns."""
-    peaks = np.asarray(table.peaks, dtype=np.int64).reshape(-1, 3) + np.array([0, window.r0, window.c0])
-    return dataclasses.replace(table, peaks=peaks)
-
-
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The resampled copy's shape against the series': rows and columns of both."""
@@ -136,29 +117,66 @@ def resample_grid(volume: Volume, to_mm: float | None, tolerance: float = RESAMP
     return Grid(rows, columns, max(1, round(rows * dr / to_mm)), max(1, round(columns * dc / to_mm)))
 
 
-def resample_volume(volume: Volume, grid: Grid) -> Volume:
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """The rows ``j0:j1`` and columns ``i0:i1`` of the whole resampled copy that a copy of the body's part holds."""
+
+    j0: int
+    j1: int
+    i0: int
+    i1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.j1 - self.j0, self.i1 - self.i0
+
+
+def copy_part(window: Window, grid: Grid) -> Part:
+    """The whole copy's rows and columns that cover ``window`` of the series."""
+    sr, sc = grid.scale
+    return Part(max(0, int(np.floor(window.r0 / sr))), min(grid.new_rows, int(np.ceil(window.r1 / sr))),
+                max(0, int(np.floor(window.c0 / sc))), min(grid.new_columns, int(np.ceil(window.c1 / sc))))
+
+
+def resample_volume(volume: Volume, grid: Grid, part: Part | None = None) -> Volume:
     """``volume`` resampled in-plane onto ``grid`` (linear), its geometry kept exact: the pixel spacing is
-    the field of view over the new counts, and every slice's position moves to the new first pixel's centre."""
+    the field of view over the new counts, and every slice's position moves to the new first pixel's centre.
+    With ``part``, only those rows and columns of the whole copy, cut from each slice's whole copy (the same
+    values the whole copy has there)."""
     sr, sc = grid.scale
     # area averaging where the copy is coarser (no aliasing of noise), linear where it is finer
     interpolation = cv2.INTER_AREA if sr > 1 and sc > 1 else cv2.INTER_LINEAR
+    part = part or Part(0, grid.new_rows, 0, grid.new_columns)
     # filled a slice at a time: a stack of a list would hold the copy twice at its peak
-    hu = np.empty((volume.shape[0], grid.new_rows, grid.new_columns), dtype=np.float32)
+    hu = np.empty((volume.shape[0], *part.shape), dtype=np.float32)
     for k, s in enumerate(volume.hu):
-        hu[k] = cv2.resize(np.ascontiguousarray(s, np.float32), (grid.new_columns, grid.new_rows), interpolation=interpolation)
+        whole = cv2.resize(np.ascontiguousarray(s, np.float32), (grid.new_columns, grid.new_rows),
+                           interpolation=interpolation)
+        hu[k] = whole[part.j0:part.j1, part.i0:part.i1]
     dr, dc = volume.pixel_spacing
-    shift = ((sc - 1) / 2 * dc * np.asarray(volume.row_direction)
-             + (sr - 1) / 2 * dr * np.asarray(volume.column_direction))
+    shift = (((sc - 1) / 2 + part.i0 * sc) * dc * np.asarray(volume.row_direction)
+             + ((sr - 1) / 2 + part.j0 * sr) * dr * np.asarray(volume.column_direction))
     return dataclasses.replace(volume, hu=hu, positions=volume.positions + shift, pixel_spacing=(dr * sr, dc * sc))
 
 
-def to_original(values: np.ndarray, grid: Grid, dtype: type = np.float32) -> np.ndarray:
-    """A (slices, new rows, new columns) array of numbers back on the series' grid (linear), as ``dtype``,
-    a slice at a time (no float32 copy of the whole series for a float16 result)."""
+def _whole(values: np.ndarray, grid: Grid, part: Part | None) -> np.ndarray:
+    """A slice of a part's copy (or of the whole copy) on the whole copy's rows and columns, 0 outside the part."""
+    if part is None:
+        return values
+    out = np.zeros((grid.new_rows, grid.new_columns), dtype=values.dtype)
+    out[part.j0:part.j1, part.i0:part.i1] = values
+    return out
+
+
+def to_original(values: np.ndarray, grid: Grid, dtype: type = np.float32, part: Part | None = None) -> np.ndarray:
+    """A (slices, new rows, new columns) array of numbers (of ``part`` of the copy, where given) back on the
+    series' grid (linear), as ``dtype``, a slice at a time (no float32 copy of the whole series for a float16
+    result)."""
     out: np.ndarray = np.zeros((values.shape[0], grid.rows, grid.columns), dtype=dtype)
     for k, s in enumerate(values):
         if s.any():
-            out[k] = cv2.resize(np.asarray(s, np.float32), (grid.columns, grid.rows), interpolation=cv2.INTER_LINEAR)
+            out[k] = cv2.resize(_whole(np.asarray(s, np.float32), grid, part), (grid.columns, grid.rows),
+                                interpolation=cv2.INTER_LINEAR)
     return out
 
 
@@ -172,21 +190,21 @@ def original_index(points: np.ndarray, grid: Grid) -> np.ndarray:
     return out
 
 
-def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
-    """A uint8 mask of the copy on the series' grid: on where it covers at least half a pixel; a
-    component (26-connected) that would vanish keeps the series' voxel under its centre."""
+def mask_to_original(mask: np.ndarray, grid: Grid, part: Part | None = None) -> np.ndarray:
+    """A uint8 mask of the copy (of ``part`` of it, where given) on the series' grid: on where it covers at
+    least half a pixel; a component (26-connected) that would vanish keeps the series' voxel under its centre."""
     # read on the mask as it is, a slice or its box at a time: no bool copy of the whole copy
     back = np.zeros((mask.shape[0], grid.rows, grid.columns), dtype=np.uint8)
     slices = np.nonzero(mask.any(axis=(1, 2)))[0]
     for k in slices:
-        back[k] = cv2.resize((mask[k] > 0).astype(np.float32), (grid.columns, grid.rows),
+        back[k] = cv2.resize(_whole((mask[k] > 0).astype(np.float32), grid, part), (grid.columns, grid.rows),
                              interpolation=cv2.INTER_LINEAR) >= 0.5
     if not slices.size:
         return back
     # the components are labelled inside the box that holds them all: a mask is small, a series is not
     first = tuple(np.nonzero(mask.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in first)
-    offset = np.array([b.start for b in box])
+    offset = np.array([b.start for b in box]) + (np.array([0, part.j0, part.i0]) if part is not None else 0)
     on = mask[box] > 0
     labels, count = ndimage.label(on, structure=np.ones((3, 3, 3), bool))
     centres = np.asarray(ndimage.center_of_mass(on, labels, range(1, count + 1))) + offset
@@ -199,8 +217,11 @@ def mask_to_original(mask: np.ndarray, grid: Grid) -> np.ndarray:
     return back
 
 
-def table_to_original(table: ComponentTable, grid: Grid) -> ComponentTable:
-    """The candidate components' table with each densest voxel on the series' grid (scores, groups, sizes,
-    significance and gas share as measured on the copy, in its millimetres; boxes kept only as a sign of
-    which components exist)."""
-    return dataclasses.replace(table, peaks=original_index(table.peaks, grid))
+def table_to_original(table: ComponentTable, grid: Grid, part: Part | None = None) -> ComponentTable:
+    """The candidate components' table (of ``part`` of the copy, where given) with each densest voxel on the
+    series' grid (scores, groups, sizes, significance and gas share as measured on the copy, in its
+    millimetres; boxes kept only as a sign of which components exist)."""
+    peaks = np.asarray(table.peaks, dtype=np.int64).reshape(-1, 3)
+    if part is not None:
+        peaks = peaks + np.array([0, part.j0, part.i0])
+    return dataclasses.replace(table, peaks=original_index(peaks, grid))
