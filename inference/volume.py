@@ -565,6 +565,10 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
 
 PADDING_HU = -1024.0
 """What pixel padding (outside a scanner's round field of view) is read as: air."""
+IMPOSSIBLE_HU = 32_767.0
+"""More than any CT's HU scale holds (an extended scale ends near 30,700 HU): a pixel beyond it is padding whose
+PixelPaddingValue an export stripped (GE's -2000 stored unsigned, 63536, reads as 62,512 HU), read as air
+(probe 38: every result of such a series had said "Metal" on every image)."""
 
 
 def _padding_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int] | None:
@@ -990,6 +994,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         padding = _padding_range(datasets[frame.dataset_index], raw.dtype)
         if padding is not None:
             hu[k][(raw >= padding[0]) & (raw <= padding[1])] = PADDING_HU
+        hu[k][hu[k] > IMPOSSIBLE_HU] = PADDING_HU
     read = [datasets[i] for i in sorted({f.dataset_index for f in frames})]
     contrast = header_contrast(read)
     said_of_energy = energy_note(frames, contrast)

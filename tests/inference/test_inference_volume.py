@@ -283,13 +283,14 @@ def test_bare_data_sets_without_preamble_are_read_as_what_they_are(small_phantom
 
 
 @pytest.mark.parametrize(("signed", "stored", "vr"), [(False, 63536, "US"), (True, -2000, "SS"),
-                                                    (True, 63536, "US"), (False, None, "US")])
+                                                    (True, 63536, "US"), (False, None, "US"), (False, 63536, "")])
 def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Phantom, small_series: list[Path],
                                                                tmp_path: Path, signed: bool, stored: int | None,
                                                                vr: str) -> None:
     """Found by probing: GE-style padding stored unsigned (63536, -2000 as unsigned) read as 62,512 HU, a body
     as wide as the image, and the midline that sides a stone moved by 19 mm. With PixelPaddingRangeLimit
-    (stored None here) a range of values is padding."""
+    (stored None here) a range of values is padding. Probe 38: an export that stripped PixelPaddingValue (vr ""
+    here) left it read as metal on every image: a value no CT's HU scale holds is padding too."""
     rows = small_phantom.hu.shape[1]
     yy, xx = np.mgrid[:rows, :rows]
     outside = (yy - rows / 2) ** 2 + (xx - rows / 2) ** 2 > (rows / 2) ** 2
@@ -306,7 +307,8 @@ def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Pha
         else:
             # signed pixels with the value written as unsigned (63536 for -2000), as GE writes it
             values[outside] = stored - 65536 if signed and stored > 32767 else stored
-            ds.add_new(0x00280120, vr, stored)
+            if vr:
+                ds.add_new(0x00280120, vr, stored)
         ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
 
     volume = load_volume(_modified(small_series, tmp_path, pad))
