@@ -30,7 +30,7 @@ analysed there, as that series, and the results of the emptied series would
 sit beside that analysis naming a series that is not there any more. They
 go as superseded results go, with a rejection note that says why
 (:func:`withdraw`, called when the completion monitor finds the series
-empty).
+empty, or left with nothing the model reads: its scout alone).
 """
 
 from __future__ import annotations
