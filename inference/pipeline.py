@@ -166,7 +166,6 @@ def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ..
     return (*contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
 
 
-
 def _table_mirrored(table: ComponentTable, count: int, columns: int) -> ComponentTable:
     """``table`` of the mirrored copy (``inference.volume.mirrored``) on the series' own grid: each densest voxel and
     box with its slices counted back and its columns mirrored."""
@@ -188,6 +187,7 @@ def _met_mirrored(met: tuple[tuple[Tube, ...], BudgetCut | None], count: int) ->
     tubes, budget = met
     return (tuple(dataclasses.replace(t, slices=back(t.slices)) for t in tubes),
             None if budget is None else dataclasses.replace(budget, slices=back(budget.slices)))
+
 
 class Pipeline:
     """The stone finder with its model loaded.

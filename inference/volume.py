@@ -942,7 +942,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
                          " mm (two reconstructions in one series?): each stone is measured at its own slices'"
                          " spacing, and the model's findings are less sure where the spacing is not the usual.")
         elif missing.size:
-            word = images_words(image_numbers, image_kind, [0, 1]).split(" ")[0]  # "images", "frames" or "slices"
+            word = {"instance": "images", "frame": "frames"}.get(image_kind, "slices")
             shown = "; ".join(between(int(i)) for i in missing[:5]) + ("; ..." if missing.size > 5 else "")
             feet = " (counted from the feet end)" if image_kind == "index" else ""
             logger.warning(

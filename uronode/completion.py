@@ -376,15 +376,12 @@ def no_slices(reason: str | None) -> bool:
     return reason is not None and (reason in (NO_INSTANCES, LOCALIZER) or reason.startswith(("modality ", "SOP class ")))
 
 
-def _drop_jobs(conn: sqlite3.Connection, series_uid: str, reason: str) -> list[int]:
+def _drop_jobs(conn: sqlite3.Connection, series_uid: str, reason: str) -> None:
     """Inside the completion's transaction: fail the series' queued and running jobs (a running one's worker drops
     it, as a cancelled one: nothing stored or sent) with why; they would fail later on a series that is gone, or
     record results of it (review 35)."""
-    ids = [int(r["id"]) for r in conn.execute(
-        "SELECT id FROM jobs WHERE series_instance_uid = ? AND state IN ('queued', 'running')", (series_uid,))]
     conn.execute(
         "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ?, claim_token = NULL, lease_until = NULL"
         " WHERE series_instance_uid = ? AND state IN ('queued', 'running')",
         (f"the series no longer holds CT slices ({reason}): its images were sent again in another series, which is "
          "analysed as that series", time.time(), series_uid))
-    return ids

@@ -72,7 +72,7 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         claimed_by=row["claimed_by"],
-        withdrawn=row["withdrawn"] if "withdrawn" in row.keys() else None,
+        withdrawn=row["withdrawn"],
     )
 
 
