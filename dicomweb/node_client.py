@@ -55,6 +55,8 @@ class ClaimReply:
     attempts: int
     reports: tuple[tuple[str, DocumentReference], ...] = ()
     """The series' current reports, each with the model ("name version") that made it."""
+    rejected: frozenset[str] = frozenset()
+    """UIDs of the series' earlier results that a rejection note may name: the new results must not take them."""
 
 
 SERIES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -124,6 +126,7 @@ class NodeClient:
             reports=tuple((str(r["model"]), DocumentReference(r["study_instance_uid"], r["series_instance_uid"],
                                                              r["sop_class_uid"], r["sop_instance_uid"]))
                           for r in reply.get("reports", ())),  # a node of before 2026-12-06 sends none
+            rejected=frozenset(str(u) for u in reply.get("rejected", ())),  # nor does one of before 2026-12-07
         )
 
     def heartbeat(self, job_id: int, claim: str) -> float:

@@ -36,7 +36,7 @@ from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, Wor
 from uronode.errors import OutOfResources
 from uronode.outbox import Outbox
 from uronode.settings import Settings
-from uronode.supersede import current_reports
+from uronode.supersede import current_reports, rejected_uids
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: W
     # the series' current reports, by model: the worker's report names those of its own model as the ones it
     # replaces (its Predecessor Documents Sequence), as a local worker's does
     reports = await run_in_threadpool(lambda: current_reports(claims.store.conn(), job.series_instance_uid))
+    # and the UIDs its results must not take (rejected earlier: review 35), as a local worker avoids them
+    rejected = await run_in_threadpool(lambda: rejected_uids(claims.store.conn(), job.series_instance_uid))
     return {
         "claim": claim.token, "lease_s": claim.lease_s, "lease_until": claim.lease_until,
         "job": {"id": job.id, "study_instance_uid": job.study_instance_uid,
@@ -207,6 +209,7 @@ async def claim_job(job_id: int, body: ClaimRequest, request: Request, worker: W
         "reports": [{"model": model, "study_instance_uid": ref.study_instance_uid,
                      "series_instance_uid": ref.series_instance_uid, "sop_class_uid": ref.sop_class_uid,
                      "sop_instance_uid": ref.sop_instance_uid} for model, ref in reports],
+        "rejected": sorted(rejected),
     }
 
 

@@ -356,6 +356,11 @@ class Claims:
                                          (uid,)).fetchone()
                 if elsewhere is not None and elsewhere["source_series_uid"] != row["series_instance_uid"]:
                     raise ResultsMissing(f"result {uid} is a result of another series")
+                if conn.execute("SELECT 1 FROM rejected WHERE sop_instance_uid = ?", (uid,)).fetchone() is not None:
+                    # a worker of before 2026-12-07 does not know the claim's "rejected" (review 35)
+                    raise ResultsMissing(f"result {uid} takes the UID of a result withdrawn or superseded earlier, "
+                                         "which a rejection note may name: upgrade the worker (it gives such results "
+                                         "other UIDs)")
                 for destination in destinations:
                     if not destination.takes(item["sop_class_uid"]):
                         continue

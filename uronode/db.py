@@ -23,7 +23,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -174,6 +174,13 @@ CREATE TABLE IF NOT EXISTS results (
     recorded_at        REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_source ON results(source_series_uid, model);
+
+CREATE TABLE IF NOT EXISTS rejected (
+    sop_instance_uid   TEXT PRIMARY KEY,     -- a result taken out as superseded or withdrawn (uronode.supersede):
+    source_series_uid  TEXT NOT NULL,        -- never given to new content again (review 35)
+    rejected_at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_source ON rejected(source_series_uid);
 
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention), leases_expired,

@@ -128,6 +128,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                 tx.execute("DELETE FROM results WHERE sop_instance_uid IN"
                            " (SELECT sop_instance_uid FROM instances WHERE series_instance_uid = ?)", (series,))
                 tx.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series,))
+                tx.execute("DELETE FROM rejected WHERE source_series_uid = ?", (series,))  # forgotten with it
                 tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
                 results_series = _delete_results_in(tx, results)
@@ -212,6 +213,7 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
                    " WHERE state = 'dead' AND sop_instance_uid IN (SELECT sop_instance_uid FROM instances"
                    " WHERE study_instance_uid = ?)", (time.time(), study_uid))
         tx.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", gone)
+        tx.executemany("DELETE FROM rejected WHERE source_series_uid = ?", [(name,) for name in series])
         results_series = _delete_results_in(tx, results)
         # a series row goes once no instance of it is left: part of a series moved to another study by a
         # correction keeps its row there (review 32: its instances were left without one)

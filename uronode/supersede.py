@@ -134,6 +134,13 @@ def current_reports(conn: sqlite3.Connection, source_series_uid: str) -> list[tu
             if row["sop_class_uid"].startswith(STRUCTURED_REPORT_PREFIX) and row["sop_class_uid"] != KEY_OBJECT_SELECTION]
 
 
+def rejected_uids(conn: sqlite3.Connection, source_series_uid: str) -> frozenset[str]:
+    """The UIDs of every result of the source series that was taken out as superseded or withdrawn (a rejection
+    note may name it): the writers give new results other UIDs than these (``write_results``' ``avoid``)."""
+    return frozenset(r[0] for r in conn.execute("SELECT sop_instance_uid FROM rejected WHERE source_series_uid = ?",
+                                                (source_series_uid,)))
+
+
 def record_results(
     conn: sqlite3.Connection, *, job_id: int, source_series_uid: str, model: str, sop_instance_uids: Sequence[str],
 ) -> list[Superseded]:
@@ -210,6 +217,10 @@ def _take_out(conn: sqlite3.Connection, row: sqlite3.Row, source_series_uid: str
         (why, now, uid),
     )
     conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (uid,))
+    # a note may reject it: the same content made again (images moved away and back, a correction undone) takes
+    # other UIDs (review 35: an archive acting on the note had hidden them)
+    conn.execute("INSERT OR REPLACE INTO rejected (sop_instance_uid, source_series_uid, rejected_at) VALUES (?, ?, ?)",
+                 (uid, source_series_uid, now))
     series = row["series_instance_uid"]
     if conn.execute("SELECT 1 FROM instances WHERE series_instance_uid = ? LIMIT 1", (series,)).fetchone() is None:
         conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,10 +15,11 @@ from pydicom.uid import UID
 
 from inference.postprocess import Findings
 from inference.volume import Volume
+from inference.writers.errors import WriterError
 from inference.writers.kos import build_key_objects
 from inference.writers.sc import build_secondary_captures, image_numbers
 from inference.writers.seg import build_segmentation
-from inference.writers.sources import check_inputs, read_sources
+from inference.writers.sources import Sources, check_inputs, read_sources
 from inference.writers.sr import build_report
 from uronode.dicomfile import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from uronode.types import DocumentReference
@@ -50,8 +51,13 @@ class Results:
         return seg + self.secondary_captures + kos + (self.sr,)
 
 
+MAX_SALT = 100
+"""The most other sets of UIDs :func:`write_results` tries before it gives up (each rejection of the same content
+uses one: a handful in a series' life)."""
+
+
 def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = False,
-                  predecessors: Sequence[DocumentReference] = ()) -> Results:
+                  predecessors: Sequence[DocumentReference] = (), avoid: Collection[str] = ()) -> Results:
     """SEG, Secondary Capture overlays, key object selection and SR of ``findings`` on ``volume``.
 
     Overlays are made for the slices with a stone, or for every slice with
@@ -59,11 +65,31 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
     without stones gets only the SR (in both modes).
     Patient and study attributes come from the source instances named by
     ``volume.source_paths``. ``predecessors``: the reports of an earlier run of the same model on the series,
-    which the SR replaces (its Predecessor Documents Sequence). Raises ``WriterError`` with the reason when the
+    which the SR replaces (its Predecessor Documents Sequence). ``avoid``: SOP Instance UIDs a rejection note
+    named (results of the series withdrawn or superseded earlier): where the results would take one of them (the
+    same content made again: images moved away and back, a correction undone), they take the next other set of
+    UIDs (:attr:`Identity.salt`), the same each time for the same content, so that an archive acting on the note
+    does not hide them (review 35). Raises ``WriterError`` with the reason when the
     findings do not belong to the volume, name no model, or the sources are unreadable.
     """
     identity = check_inputs(volume, findings)
     sources = read_sources(volume, identity)
+    rejected = frozenset(avoid)
+    for salt in range(MAX_SALT + 1):
+        salted = replace(sources, identity=replace(sources.identity, salt=salt)) if salt else sources
+        results = _write(volume, findings, salted, sc_every_slice=sc_every_slice, predecessors=predecessors)
+        taken = [str(ds.SOPInstanceUID) for ds in results.datasets if str(ds.SOPInstanceUID) in rejected]
+        if not taken:
+            if salt:
+                logger.info("series %s: its results take other UIDs (%d): the first ones were rejected earlier",
+                            volume.series_instance_uid, salt)
+            return results
+    raise WriterError(f"the results of series {volume.series_instance_uid} would take UIDs rejected earlier "
+                      f"(first {taken[0]}) whatever other set they took ({MAX_SALT} tried)")
+
+
+def _write(volume: Volume, findings: Findings, sources: Sources, *, sc_every_slice: bool,
+           predecessors: Sequence[DocumentReference]) -> Results:
     created = datetime.datetime.now()  # one time for every result series of this run
     seg = build_segmentation(findings, sources, volume.frame_numbers, created=created) if findings.stones else None
     captures = (

@@ -112,13 +112,20 @@ class Identity:
     source_character_set: tuple[str, ...] = ()
     """The source's SpecificCharacterSet (as the writers' header has it), which the results keep: the bytes of a
     description are counted in it."""
+    salt: int = 0
+    """0, or the how-manieth other set of UIDs the results take because the first ones were withdrawn or
+    superseded earlier (:func:`inference.writers.results.write_results`' ``avoid``): a UID that a rejection note
+    named is never given to new content (review 35)."""
 
     def uid(self, *parts: object) -> str:
         """The UID of a derived instance or item: the same for the same model on the same source instances (a job
         run again, a delivery repeated: nothing duplicated), another when they differ (a series re-opened by late
         instances, an instance replaced by different bytes), so that a receiver never gets changed content under
-        a UID it already holds (PS3.5 9: a UID names one thing); the earlier results are superseded."""
-        return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, self.inputs, *parts)
+        a UID it already holds (PS3.5 9: a UID names one thing); the earlier results are superseded. With a
+        ``salt``, other UIDs for the same content: the first ones were rejected once (the content came back)."""
+        salt = (f"salt {self.salt}",) if self.salt else ()  # 0: the UIDs every earlier version gave
+        return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, self.inputs, *salt,
+                          *parts)
 
     def series_number(self, own: int) -> int:
         """A result series' SeriesNumber: 1000 x the source's SeriesNumber + ``own`` (the result's own number,

@@ -343,3 +343,58 @@ def test_results_refused_for_the_nodes_disk_give_the_job_back_not_fail_it(cluste
         assert back["reason"].startswith("results refused: ") and back["reason"].endswith("the try not counted")
         (disk / "filler").unlink()
         node.stop()
+
+
+def test_a_claim_names_the_uids_its_results_must_not_take_and_a_completion_taking_one_is_refused(
+        cluster: Cluster) -> None:
+    """Review 35 #1: results made again under UIDs a rejection note named are hidden by an archive acting on
+    IOCM. A local worker gives them other UIDs; a remote one learns from its claim which UIDs of the series were
+    taken out (``rejected``), and a completion naming one (a worker of before 2026-12-07) is refused."""
+    w1 = cluster.token("w1").read_text().strip()
+    cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
+    node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
+    cluster.node = node
+    base = f"http://127.0.0.1:{node.http_port}"
+    headers = {"Authorization": f"Bearer {w1}"}
+    client = NodeClient(base, w1)
+    study, _, files = write_series(cluster.tmp / "ct", 4, size=64)
+    findings = {"model": {"name": "uronode-stone-cascade", "version": "9.9.9"}, "stones": []}
+
+    def next_claim(description: str) -> tuple[int, str, frozenset[str]]:
+        changed = pydicom.dcmread(files[0])
+        changed.SeriesDescription = description  # other bytes: the series is analysed again
+        changed.save_as(files[0])
+        assert storescu(node.dicom_port, files).returncode == 0
+        wait_until(lambda: any(r["state"] == "queued" and r["dispatched_at"] is not None
+                               for r in rows(node.data_dir)), 30, "a job to be published")
+        (job,) = [r for r in rows(node.data_dir) if r["state"] == "queued"]
+        reply = client.claim(job["id"], job["series_generation"],
+                             claim_key_of(node.data_dir, job["id"], job["series_generation"]))
+        return job["id"], reply.token, reply.rejected
+
+    def report(name: str) -> str:
+        _, _, (path,) = write_series(cluster.tmp / name, 1, study=study, size=16, manufacturer="uronode",
+                                     modality="SR", sop_class=ComprehensiveSRStorage)
+        body, stow_headers = stow_body([path])
+        stored = httpx.post(f"{base}/dicom-web/studies", content=body, headers={**stow_headers, **headers})
+        assert stored.status_code == 200, stored.text
+        return str(stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0])
+
+    def complete(job_id: int, token: str, uid: str) -> httpx.Response:
+        return httpx.post(f"{base}/api/queue/jobs/{job_id}/complete", headers=headers,
+                          json={"claim": token, "results": [uid], "findings": findings, "seconds": 1.0})
+
+    job_id, token, rejected = next_claim("Abdomen")
+    assert rejected == frozenset()
+    first = report("sr1")
+    assert complete(job_id, token, first).status_code == 200
+    job_id, token, rejected = next_claim("Abdomen, corrected")
+    assert rejected == frozenset()  # the first report is current until the second one replaces it
+    assert complete(job_id, token, report("sr2")).status_code == 200  # the first report superseded: rejected
+    job_id, token, rejected = next_claim("Abdomen")  # the correction undone: the first content again
+    assert rejected == {first}
+    assert report("sr1") == first  # stored again under its old UID, as a worker of before would make it
+    refused = complete(job_id, token, first)
+    assert refused.status_code == 422, refused.text
+    assert "takes the UID of a result withdrawn or superseded earlier" in refused.json()["detail"]
+    assert [r["state"] for r in rows(node.data_dir) if r["id"] == job_id] == ["running"]

@@ -281,6 +281,49 @@ def test_results_of_a_series_whose_images_all_moved_are_withdrawn(tmp_path: Path
     assert job is not None and job.withdrawn is not None and job.withdrawn.startswith("every image of its CT series")
 
 
+def test_images_moved_away_and_back_are_analysed_into_results_of_other_uids(tmp_path: Path) -> None:
+    """Review 35 #1: a split undone (the images sent back to the series they had left) was analysed into the very
+    UIDs the withdrawal note had rejected, which an archive acting on IOCM hides. The results now take other UIDs;
+    and a job run again on the series as it is then keeps those (nothing new to reject)."""
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue = JobQueue(store)
+    outbox = Outbox(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0.0, quiet_s=0.0, model="default", outbox=outbox,
+                                destinations=settings.delivery.destinations)
+
+    def analyse() -> set[str]:
+        job = queue.claim()
+        assert job is not None and job.series_instance_uid == SOURCE
+        assert Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+        store.conn().execute("UPDATE deliveries SET state = 'delivered' WHERE job_id = ?", (job.id,))
+        return {r["sop_instance_uid"] for r in store.conn().execute(
+            "SELECT sop_instance_uid FROM results WHERE job_id = ?", (job.id,))}
+
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)
+    first = analyse()
+    assert first  # the report (16-pixel images: no stone)
+    moved = uid("corrections", "moved")
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index, moved_to=moved)], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)  # the source's results withdrawn, a note owed
+    assert store.conn().execute("SELECT count(*) FROM deliveries WHERE job_id IS NULL").fetchone()[0] == 1
+    for index in range(3):  # and back, the same bytes as at first
+        assert take_instance(store, [_ct(STUDY_A, index)], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)  # "moved" emptied: its queued job dropped; the source queued again
+    back = analyse()
+    assert len(back) == len(first) and not back & first
+    assert all(store.get_instance(u) is not None for u in back)
+    again = store.conn().execute("SELECT job_id FROM results LIMIT 1").fetchone()["job_id"]
+    store.conn().execute("UPDATE jobs SET state = 'delivered' WHERE id = ?", (again,))  # as the sender would
+    queue.requeue(again)  # the same series run again: the same UIDs as just made, none withdrawn
+    assert analyse() == back
+    rejected = {r[0] for r in store.conn().execute("SELECT sop_instance_uid FROM rejected")}
+    assert rejected == first
+
+
 def test_a_series_left_with_its_scout_alone_has_its_results_withdrawn_and_its_queued_job_dropped(
         tmp_path: Path) -> None:
     """Review 35: the PACS split the axial images off and left the scout; the series completes again as

@@ -139,6 +139,31 @@ def test_a_run_on_other_input_writes_series_of_its_own(volume: Volume, tmp_path:
     assert {int(ds.SeriesNumber) for ds in other.datasets} == {int(ds.SeriesNumber) for ds in first.datasets}
 
 
+def test_results_whose_uids_were_rejected_take_other_ones_the_same_each_time(volume: Volume, tmp_path: Path) -> None:
+    """Review 35: the same content made again (images moved away and back, a correction undone) got the UIDs a
+    rejection note had withdrawn, which an archive acting on the note hides. With those UIDs to avoid, every
+    result takes another UID, in series of its own, the same ones each time; UIDs to avoid that the results do not
+    take change nothing (the UIDs every earlier version gave)."""
+    source = _copy(volume, tmp_path / "ct", 3, "Abdomen")
+    findings = make_findings(source, stone_mask(source.shape))
+    first = write_results(source, findings)
+    uids = [(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in first.datasets]
+    assert [(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in write_results(
+        source, findings, avoid={"1.2.3.4", derive_uid("not one of them")}).datasets] == uids
+    rejected = {str(first.sr.SOPInstanceUID)}  # one is enough: the whole set moves, not only that instance
+    again = write_results(source, findings, avoid=rejected)
+    moved = [(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in again.datasets]
+    assert len(moved) == len(uids) and not {u for pair in moved for u in pair} & {u for pair in uids for u in pair}
+    assert [(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in write_results(
+        source, findings, avoid=rejected).datasets] == moved
+    assert again.seg is not None and first.seg is not None
+    assert [int(ds.SeriesNumber) for ds in again.datasets] == [int(ds.SeriesNumber) for ds in first.datasets]
+    twice = write_results(source, findings, avoid=rejected | {str(again.sr.SOPInstanceUID)})  # rejected again
+    assert {str(ds.SOPInstanceUID) for ds in twice.datasets}.isdisjoint(
+        {str(ds.SOPInstanceUID) for ds in (*first.datasets, *again.datasets)})
+    assert again.seg.FrameOfReferenceUID == first.seg.FrameOfReferenceUID  # what every run shares stays
+
+
 def test_a_series_without_a_number_gets_the_fixed_numbers_and_is_named_by_its_description(
     volume: Volume, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class RemoteWorker:
         with Heartbeat(self.client, claim.job_id, claim.token, claim.lease_s):
             try:
                 return self._run(claim.job_id, claim.token, claim.study_instance_uid, claim.series_instance_uid,
-                                 claim.reports)
+                                 claim.reports, claim.rejected)
             except Refused as exc:
                 log.warning("job %d: the node refused the result: %s", claim.job_id, exc.detail)
                 return "refused"
@@ -118,7 +118,7 @@ class RemoteWorker:
         return _fetch_with_retries(self.client, study, series, folder)
 
     def _run(self, job_id: int, claim: str, study: str, series: str,
-             reports: Sequence[tuple[str, DocumentReference]] = ()) -> str:
+             reports: Sequence[tuple[str, DocumentReference]] = (), rejected: Collection[str] = ()) -> str:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"uronode-job-{job_id}-") as tmp:
             try:
@@ -134,7 +134,8 @@ class RemoteWorker:
                 inference_s = time.perf_counter() - started
                 model = f"{findings.model_name} {findings.model_version}"
                 results = write_results(volume, findings,
-                                        predecessors=[ref for made_by, ref in reports if made_by == model])
+                                        predecessors=[ref for made_by, ref in reports if made_by == model],
+                                        avoid=rejected)
             except InferenceError as exc:
                 log.warning("job %d series %s failed: %s", job_id, series, exc)
                 self.client.fail(job_id, claim, str(exc))

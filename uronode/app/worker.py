@@ -49,7 +49,7 @@ from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
-from uronode.supersede import current_reports, owe_note_in, record_results, retire
+from uronode.supersede import current_reports, owe_note_in, record_results, rejected_uids, retire
 from uronode.types import DocumentReference, Job, JobState, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class Worker:
             with self._watching(job):
                 volume, findings = self.pipeline.run_files([str(i.path) for i in instances])
                 inference_s = time.perf_counter() - started
-                results = write_results(volume, findings, predecessors=self._reports_replaced(job, findings))
+                results = write_results(volume, findings, predecessors=self._reports_replaced(job, findings),
+                                        avoid=rejected_uids(self.store.conn(), job.series_instance_uid))
         except InferenceError as exc:
             changed = series_changed(self.store.conn(), job.series_instance_uid, job.series_generation)
             return self._fail(job, f"{changed} ({exc})" if changed else str(exc))
