@@ -12,7 +12,7 @@ RUN npm pack --silent "@ohif/app@${OHIF_VERSION}" \
 # The node's image: Debian 12 with Python 3.11, as on the machines the project is tested on.
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc ca-certificates tini \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc ca-certificates tini tzdata \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/uronode
 COPY pyproject.toml README.md ./

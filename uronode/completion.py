@@ -216,25 +216,50 @@ class CompletionMonitor:
         self.grace_s = grace_s
         self.quiet_s = quiet_s
         self.model = model
+        self._seen: dict[tuple[str, str], tuple[object, float]] = {}
+        """Per series and rule: the stored times it was last seen with, and the steady clock's reading at the
+        moment from which the rule's wait counts (:meth:`_waited`)."""
 
-    def _is_due(self, row: sqlite3.Row, now: float) -> bool:
+    def _waited(self, series_uid: str, rule: str, state: object, since: float, now: float, steady: float) -> float:
+        """How long a series has waited under ``rule`` since ``since`` (a stored wall-clock time): the wall clock's
+        difference when the series is first seen in ``state`` (what was stored before this process looked: the
+        node restarted), the steady clock's from then on. So a step of the host's clock (NTP, a virtual machine
+        resumed, a wrong clock corrected) neither completes a series still arriving (probe 39: a step forward of
+        2 h analysed half a series) nor holds a complete one for the length of a step back (an hour)."""
+        key = (series_uid, rule)
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != state:
+            seen = (state, steady - max(0.0, now - since))
+            self._seen[key] = seen
+        return steady - seen[1]
+
+    def _is_due(self, row: sqlite3.Row, now: float, steady: float) -> bool:
+        series_uid = row["series_instance_uid"]
         last = row["last_received_at"]
-        if now - last >= self.quiet_s:
+        if self._waited(series_uid, "quiet", last, last, now, steady) >= self.quiet_s:
             return True
         if row["open_count"]:
             return False
         if row["last_outcome"] is not None and row["last_outcome"] != NORMAL_END:
             return False  # aborted or lost: the sender will likely send again; the quiet rule decides
         quiet_since = max(last, row["last_ended_at"] or 0.0)
-        return now - quiet_since >= self.grace_s
+        return self._waited(series_uid, "grace", quiet_since, quiet_since, now, steady) >= self.grace_s
 
-    def complete_due(self, now: float | None = None) -> list[CompletedSeries]:
-        """Complete every series that is due now; return what was decided for each."""
-        now = time.time() if now is None else now
+    def complete_due(self, now: float | None = None, steady: float | None = None) -> list[CompletedSeries]:
+        """Complete every series that is due now; return what was decided for each. ``now``: the wall clock (as
+        the index stores times), ``steady``: a clock no step moves (the monotonic one; a caller that gives
+        ``now`` alone, a test, gives a clock that does not step: ``now`` serves as both)."""
+        if now is None:
+            now, steady = time.time(), time.monotonic() if steady is None else steady
+        elif steady is None:
+            steady = now
         rows = self.store.conn().execute(_DUE_QUERY).fetchall()
+        receiving = {row["series_instance_uid"] for row in rows}
+        for key in [k for k in self._seen if k[0] not in receiving]:
+            del self._seen[key]  # completed, or gone
         done = []
         for row in rows:
-            if self._is_due(row, now):
+            if self._is_due(row, now, steady):
                 result = self._complete(row)
                 if result is not None:
                     done.append(result)

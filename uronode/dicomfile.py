@@ -8,6 +8,7 @@ Reading an instance's header is :mod:`uronode.header`.
 
 from __future__ import annotations
 
+import datetime
 import re
 import struct
 
@@ -19,6 +20,32 @@ IMPLEMENTATION_VERSION_NAME = f"URONODE_{__version__}"[:16]
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 PREAMBLE = b"\x00" * 128 + b"DICM"
+_OFFSET = re.compile(r"^([+-])(\d\d)([0-5]\d)$")
+
+
+def timezone_offset(value: object) -> str | None:
+    """A Timezone Offset From UTC (0008,0201) value as the results copy it (``+0100``, ``-0500``), None where it
+    is missing or no offset (PS3.3 C.12.1.1.8: -1200 to +1400)."""
+    found = _OFFSET.match(str(value or "").strip())
+    if found is None:
+        return None
+    minutes = int(found[2]) * 60 + int(found[3])
+    if minutes > (12 * 60 if found[1] == "-" else 14 * 60):
+        return None
+    return f"{found[1]}{found[2]}{found[3]}"
+
+
+def now_at(offset: str | None) -> datetime.datetime:
+    """The time now, naive, as a clock at ``offset`` (a :func:`timezone_offset` value) reads it; the host's local
+    time where ``offset`` is None. A result states its dates and times in its source's offset where the source
+    has one (a DICOM object's dates and times are all in the one offset it names), so that they read in the time
+    of the CT they were made from whatever time zone the node's host is set to (probe 39: a container in UTC
+    dated a Berlin CT's results an hour before the CT)."""
+    if offset is None:
+        return datetime.datetime.now()
+    sign = -1 if offset[0] == "-" else 1
+    zone = datetime.timezone(sign * datetime.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+    return datetime.datetime.now(zone).replace(tzinfo=None)
 
 
 

@@ -12,6 +12,13 @@ destination again only resets its row: the destination never gets two copies
 under different UIDs.
 
 A row's ``created_at`` is when it was last owed afresh (the start of its retry period).
+
+Times are the wall clock's (they outlive the process), so both rules read it
+with the host's clock being stepped in mind (probe 39): a retry time further
+off than any backoff is due at once (the clock was set back), and the time
+owed counts no more than the tries made can have taken (the clock was set
+forward: a virtual machine resumed after a weekend had its next failure given
+up for good after one try).
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uronode.store import Store
+
+CLOCK_SLACK_S = 120.0
+"""How much longer than ``backoff_max_s`` two tries of one delivery can lie apart while the node runs (the delivery
+loop's turn, a connection's timeouts): beyond it the wall clock has been stepped (:meth:`Outbox.due`,
+:meth:`Outbox.mark_failed`)."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -110,8 +122,8 @@ class Outbox:
             "SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.sop_class_uid, d.calling_ae, d.state,"
             " d.attempts, d.next_attempt_at, d.last_error, coalesce(i.path, d.path) AS path FROM deliveries d"
             " LEFT JOIN instances i ON i.sop_instance_uid = d.sop_instance_uid"
-            " WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.id LIMIT ?",
-            (now, limit),
+            " WHERE d.state = 'pending' AND (d.next_attempt_at <= ? OR d.next_attempt_at > ?) ORDER BY d.id LIMIT ?",
+            (now, now + self.backoff_max_s + CLOCK_SLACK_S, limit),  # the latter: set for before a step back
         ).fetchall()
         grouped: dict[str, builtins.list[Delivery]] = defaultdict(builtins.list)
         for row in rows:
@@ -144,7 +156,9 @@ class Outbox:
             if row["state"] != DeliveryState.PENDING:  # superseded while it was being sent, or already settled
                 return DeliveryState(row["state"])
             attempts = row["attempts"] + 1
-            owed_for = now - row["created_at"]
+            # no longer than the tries can have taken, one backoff_max_s and a try's own time apart at most: a
+            # step forward of the host's clock is no time owed (a node stopped meanwhile tries that long again)
+            owed_for = min(now - row["created_at"], attempts * (self.backoff_max_s + CLOCK_SLACK_S))
             if permanent:  # probe 24: a SOP class the destination never accepts was tried for a day
                 state, next_at = DeliveryState.DEAD, now
                 reason = f"{reason} (not tried again: `uronode retry` once the destination or its results change)"

@@ -200,7 +200,7 @@ class _Where:
         # stored times of less precision (HH, HHMM) compare as HHMMSS; legacy HH:MM:SS without colons
         bare = f"replace({column}, ':', '')"
         value = f"(CASE WHEN instr({bare}, '.') > 0 THEN {bare} ELSE substr({bare} || '0000', 1, 6) END)"
-        self._range(column, start.ljust(6, "0"), end + "5959"[: max(0, 6 - len(end))] if end else "", value=value)
+        self._range(column, start.ljust(6, "0"), _time_end(end) if end else "", value=value)
 
     def _range(self, column: str, start: str, end: str, *, value: str | None = None) -> None:
         """``start <= value <= end`` (``value``: the column, or an expression of it), either end open.
@@ -213,6 +213,15 @@ class _Where:
             self.add(f"{value} >= ?", start)
         if end:
             self.add(f"{value} <= ?", end)
+
+
+def _time_end(end: str) -> str:
+    """A range's end time as the last instant it names, to compare as text with stored times: ``2359`` is
+    ``235959.999999``, ``120030.2`` is ``120030.299999`` (probe 39: ``-235959`` missed a time of ``235959.5``,
+    as the node's own results have them)."""
+    whole, _, fraction = end.partition(".")
+    whole = whole + "5959"[: max(0, 6 - len(whole))]
+    return f"{whole}.{fraction.ljust(6, '9')}"
 
 
 def _list(raw: str) -> list[str]:

@@ -50,6 +50,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from uronode.audit import AuditLog
+from uronode.dicomfile import now_at, timezone_offset
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import METADATA_CACHE, NOTES_FOLDER, forget_empty_studies
@@ -74,7 +75,7 @@ PIXEL_CLASSES_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1
 _PATIENT_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
                   "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate", "PatientSex", "PatientAge",
                   "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                  "AccessionNumber", "StudyDescription")
+                  "AccessionNumber", "StudyDescription", "TimezoneOffsetFromUTC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +269,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     ``first``: the header of one of them, whose patient and study attributes the note copies; ``job_id``: the
     later analysis that superseded them, or None where they are withdrawn (:func:`withdraw`)."""
     uids = sorted(s.sop_instance_uid for s in superseded)
-    now = time.localtime()
+    now = now_at(timezone_offset(first.get("TimezoneOffsetFromUTC")))  # the results' zone (probe 39)
     ds = Dataset()
     for keyword in _PATIENT_STUDY:
         if keyword in first:
@@ -286,8 +287,8 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
                                       str(ds.get("PatientName", "")))
     ds.SeriesNumber = note_series_number(first)
     ds.SeriesDescription = note_description(first)
-    ds.SeriesDate = ds.ContentDate = time.strftime("%Y%m%d", now)
-    ds.SeriesTime = ds.ContentTime = time.strftime("%H%M%S", now)
+    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
     ds.Manufacturer = "uronode"
     ds.InstanceNumber = 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -12,6 +11,7 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pydicom.valuerep import DA, TM
 
 from inference.postprocess import Findings
 from inference.volume import Volume
@@ -21,7 +21,12 @@ from inference.writers.sc import build_secondary_captures, image_numbers
 from inference.writers.seg import build_segmentation
 from inference.writers.sources import Sources, check_inputs, read_sources
 from inference.writers.sr import build_report
-from uronode.dicomfile import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from uronode.dicomfile import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    now_at,
+    timezone_offset,
+)
 from uronode.types import DocumentReference
 
 logger = logging.getLogger(__name__)
@@ -90,7 +95,9 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
 
 def _write(volume: Volume, findings: Findings, sources: Sources, *, sc_every_slice: bool,
            predecessors: Sequence[DocumentReference]) -> Results:
-    created = datetime.datetime.now()  # one time for every result series of this run
+    # one time for every result series of this run, in the source's time zone where it names one (probe 39)
+    offset = timezone_offset(sources.unique[0].get("TimezoneOffsetFromUTC"))
+    created = now_at(offset)
     seg = build_segmentation(findings, sources, volume.frame_numbers, created=created) if findings.stones else None
     captures = (
         build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice, created=created)
@@ -103,6 +110,10 @@ def _write(volume: Volume, findings: Findings, sources: Sources, *, sc_every_sli
         if ds is not None:  # the node's identity in the File Meta Information, as in the files it stores
             ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # (not highdicom's: review 21)
             ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+            # highdicom dates an instance's creation by the host's clock; the run's time, in its zone, instead
+            ds.InstanceCreationDate, ds.InstanceCreationTime = DA(created.date()), TM(created.time())
+            if offset is not None:  # every date and time of the result, the study's copied ones too, in it
+                ds.TimezoneOffsetFromUTC = offset
     return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos, image_numbers=numbers,
                    image_numbering=numbering)
 

@@ -58,6 +58,39 @@ def test_an_open_association_completes_after_the_quiet_timeout(store: Store, mon
     assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
 
 
+def test_a_step_of_the_host_clock_neither_completes_a_series_still_arriving_nor_holds_a_complete_one(
+        store: Store, monitor: CompletionMonitor) -> None:
+    """Probe 39: the quiet and grace rules read the wall clock the index stores, so a step forward of 2 h (NTP, a
+    virtual machine resumed) completed a series whose association was still open, half of it analysed, and a step
+    back of an hour held a complete series for that hour. Once a series has been seen, its waits count on the
+    steady clock (``steady``); what happened before the monitor looked (a restart) counts on the wall clock."""
+    arriving, released = uid("clock", "arriving"), uid("clock", "released")
+    open_assoc = Associations(store.db).open("CT1", "127.0.0.1")
+    send(store, arriving, 3, open_assoc)
+    done_assoc = Associations(store.db).open("CT2", "127.0.0.1")
+    send(store, released, 3, done_assoc)
+    Associations(store.db).close(done_assoc, "released")
+    wall, steady = time.time(), 1000.0
+    assert monitor.complete_due(wall, steady) == []  # both seen; neither due yet
+    # 1 s later the host's clock is set back an hour: the released series is due after its grace all the same
+    assert monitor.complete_due(wall - 3600, steady + 1) == []
+    assert [d.series_instance_uid for d in monitor.complete_due(wall - 3600 + 2, steady + GRACE + 0.1)] == [released]
+    # then 2 h forward while the other series' association is open: not quiet, however the wall clock reads
+    assert monitor.complete_due(wall + 7200, steady + 5) == []
+    send(store, arriving, 3, open_assoc, start=3)  # the rest arrives (stored at the stepped wall clock's time)
+    assert monitor.complete_due(time.time(), steady + 6) == []
+    assert monitor.complete_due(time.time() + 10 * QUIET, steady + 6 + QUIET - 1) == []
+    (done,) = monitor.complete_due(time.time() + 10 * QUIET, steady + 6 + QUIET + 0.1)
+    assert done.series_instance_uid == arriving and done.job_id is not None
+    assert len(queries.series_instances(store.db, arriving)) == 6
+
+    restarted = CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=QUIET, model="default")
+    late = uid("clock", "late")
+    send(store, late, 2, Associations(store.db).open("CT3", "127.0.0.1"))
+    # a monitor that first looks long after the last image (the node restarted) trusts the wall clock for that
+    assert [d.series_instance_uid for d in restarted.complete_due(time.time() + QUIET + 1, 5.0)] == [late]
+
+
 def test_a_series_over_two_associations_within_the_grace_period_is_one_job(
     store: Store, monitor: CompletionMonitor
 ) -> None:

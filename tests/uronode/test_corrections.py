@@ -5,6 +5,7 @@ are damaged; a job run again keeps the results a destination may hold."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import time
 from pathlib import Path
@@ -95,6 +96,23 @@ def test_rejection_notes_of_other_patients_or_studies_are_other_series() -> None
     assert note(STUDY_A, "MRN1").SeriesInstanceUID == same
     assert note(STUDY_A, "MRN2").SeriesInstanceUID != same
     assert note(STUDY_B, "MRN1").SeriesInstanceUID != same
+
+
+@pytest.mark.parametrize("offset", ["+1000", None])
+def test_a_rejection_note_is_dated_in_the_zone_of_the_results_it_rejects(offset: str | None) -> None:
+    """Probe 39: the note was dated by the host's local clock; it keeps the results' offset from UTC, as they
+    keep their source's, and states its times in it (the host's local time where they name none)."""
+    first = _result(STUDY_A, "x")
+    if offset is not None:
+        first.TimezoneOffsetFromUTC = offset
+    gone = Superseded(str(first.SOPInstanceUID), SegmentationStorage, str(first.SeriesInstanceUID), STUDY_A,
+                      Path("x.dcm"), ("pacs",))
+    note = rejection_note([gone], first, source_series_uid=SOURCE, model="m 1.0", job_id=2)
+    assert note.get("TimezoneOffsetFromUTC") == offset
+    expected = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=10)).replace(tzinfo=None) if offset \
+        else datetime.datetime.now()
+    stamped = datetime.datetime.strptime(f"{note.ContentDate}{note.ContentTime}", "%Y%m%d%H%M%S")
+    assert abs((stamped - expected).total_seconds()) < 120
 
 
 def test_a_job_whose_series_is_corrected_while_it_is_read_says_so(tmp_path: Path) -> None:

@@ -135,11 +135,32 @@ def test_by_default_a_delivery_is_retried_for_a_day_not_a_count_of_tries(tmp_pat
         assert row.next_attempt_at - now <= 600  # the backoff stays capped at backoff_max_s
         now = row.next_attempt_at
     assert tries > 20 and outbox.counts() == {"pending": 1}
+    while now < start.next_attempt_at + DAY:  # and on, every 10 minutes, until a day after it was owed
+        assert outbox.mark_failed(item.id, "cannot connect to PACS", now) is DeliveryState.PENDING
+        now = outbox.list()[0].next_attempt_at
     # a day after it was owed, the next failure makes it a dead letter that says why
-    assert outbox.mark_failed(item.id, "cannot connect to PACS", start.next_attempt_at + DAY) is DeliveryState.DEAD
+    assert outbox.mark_failed(item.id, "cannot connect to PACS", now) is DeliveryState.DEAD
     (dead,) = outbox.list(DeliveryState.DEAD)
     assert dead.last_error is not None and dead.last_error.startswith("cannot connect to PACS (given up after")
     assert "in 24.0 h: delivery.retry_for_s)" in dead.last_error
+
+
+def test_a_step_of_the_host_clock_neither_holds_a_retry_nor_gives_a_delivery_up(tmp_path: Path) -> None:
+    """Probe 39: retry times are wall-clock times. Set back an hour, the host held a failed delivery for that hour
+    (its backoff is at most 10 minutes); set forward 25 hours (a virtual machine resumed after a weekend), the
+    first failure after it gave the delivery up for good. A retry time further off than any backoff is due at
+    once, and the time owed counts no more than the tries made can have taken."""
+    outbox = Outbox(Store(tmp_path / "data"))
+    owe(outbox, "1.1")
+    (item,) = outbox.due()["pacs"]
+    now = time.time()
+    assert outbox.mark_failed(item.id, "cannot connect to PACS", now) is DeliveryState.PENDING
+    assert outbox.due(now + 1) == {}  # backing off
+    assert [d.id for d in outbox.due(now - 3600)["pacs"]] == [item.id]  # the clock set back an hour: due all the same
+    assert outbox.mark_failed(item.id, "cannot connect to PACS", now + 25 * 3600) is DeliveryState.PENDING
+    (row,) = outbox.list()
+    assert row.attempts == 2 and row.next_attempt_at <= now + 25 * 3600 + 600
+    # a node stopped for a day is no different: the day it was off is not a day of trying
 
 
 def test_retry_and_owing_again_start_a_new_retry_period(tmp_path: Path) -> None:

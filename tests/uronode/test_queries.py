@@ -82,6 +82,11 @@ def test_other_text_still_matches_case_sensitively(database: Database) -> None:
     ("120000", ["1.2.1"]),
     ("0930", ["1.2.2"]),
     ("140000-150000", []),
+    ("-235959", ["1.2.1", "1.2.2", "1.2.4", "1.2.5"]),  # an end to the second spans it (probe 39: 235959.5 missed)
+    ("235959-235959", ["1.2.4"]),
+    ("230000-2359", ["1.2.4"]),
+    ("235959.4-235959.5", ["1.2.4"]),  # .5 spans .5 to .599999
+    ("235959.4-235959.49", []),
 ])
 def test_time_ranges(database: Database, value: str, expected: list[str]) -> None:
     assert studies(database, "StudyTime", value) == expected

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import time
 from pathlib import Path
 
 import highdicom as hd
@@ -28,6 +30,7 @@ from inference.writers import (
     SC_SERIES_NUMBER,
     SEG_SERIES_NUMBER,
     SR_SERIES_NUMBER,
+    save_results,
     write_results,
 )
 from inference.writers.sc import (
@@ -162,6 +165,39 @@ def test_results_whose_uids_were_rejected_take_other_ones_the_same_each_time(vol
     assert {str(ds.SOPInstanceUID) for ds in twice.datasets}.isdisjoint(
         {str(ds.SOPInstanceUID) for ds in (*first.datasets, *again.datasets)})
     assert again.seg.FrameOfReferenceUID == first.seg.FrameOfReferenceUID  # what every run shares stays
+
+
+@pytest.mark.parametrize("offset", ["+0900", "-0330", None])
+def test_results_state_their_times_in_the_zone_of_their_source(volume: Volume, tmp_path: Path, offset: str | None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 39: the results were dated by the host's clock in the host's zone, and named none: a node in a
+    container (UTC) dated a Berlin CT's results an hour before the CT. A source that names its offset from UTC
+    has every result's dates and times in that offset (and the attribute copied, which covers the study's dates
+    copied from it); one that names none gets the host's local time and no offset (the copied study dates are
+    in a zone nobody named)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        source = _copy(volume, tmp_path / "ct", 3, "Abdomen")
+        if offset is not None:
+            for path in source.source_paths:
+                ct = pydicom.dcmread(path)
+                ct.TimezoneOffsetFromUTC = offset
+                ct.save_as(path)
+        results = write_results(source, make_findings(source, stone_mask(source.shape)))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    hours = 0 if offset is None else int(offset[:3]) + (1 if offset[0] == "+" else -1) * int(offset[3:]) / 60
+    expected = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(hours=hours)
+    for ds in results.datasets:
+        assert ds.get("TimezoneOffsetFromUTC") == offset, ds.Modality
+        for date, time_ in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
+                            ("InstanceCreationDate", "InstanceCreationTime")):
+            stamped = datetime.datetime.strptime(f"{ds[date].value}{str(ds[time_].value)[:6]}", "%Y%m%d%H%M%S")
+            assert abs((stamped - expected).total_seconds()) < 120, (ds.Modality, date, stamped, expected)
+    errors, _ = dciodvfy(save_results(results, tmp_path / "out")[0])
+    assert errors == []
 
 
 def test_a_series_without_a_number_gets_the_fixed_numbers_and_is_named_by_its_description(
