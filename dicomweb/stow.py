@@ -206,6 +206,12 @@ def _not_a_result(store: Store, header: InstanceHeader, worker: str, content: by
         return f"is not made by uronode (Manufacturer {header.manufacturer[:64]!r}): a worker stores only results"
     if header.sop_class_uid not in RESULT_SOP_CLASSES and not header.sop_class_uid.startswith(STRUCTURED_REPORT_PREFIX):
         return f"is of SOP class {header.sop_class_uid[:64]}, which is no result's: a worker stores only results"
+    if store.conn().execute("SELECT 1 FROM rejected WHERE sop_instance_uid = ?",
+                            (header.sop_instance_uid,)).fetchone() is not None:
+        # a worker of before 2026-12-07 makes such results again under the UIDs a rejection note named (review 36:
+        # refused only at completion, its results stayed in the node's store and its job failed a lease later)
+        return ("takes the UID of a result withdrawn or superseded earlier, which a rejection note may name: "
+                "upgrade the worker (it gives such results other UIDs)")
     existing = store.get_instance(header.sop_instance_uid)
     if existing is not None and existing.header.manufacturer != OWN_MANUFACTURER:
         return "would replace a received instance: a worker stores only results"

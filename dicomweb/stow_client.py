@@ -97,7 +97,9 @@ def stow(
     except urllib.error.HTTPError as exc:
         status, payload = exc.code, exc.read()
         if status != 409:  # 409: none stored; the body still says why for each
-            return [StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status}", status in (502, 503, 504))
+            why = _detail(payload)
+            return [StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status}{f': {why}' if why else ''}",
+                               status in (502, 503, 504))
                     for _, uid in files]
     except (urllib.error.URLError, OSError) as exc:
         return [StowResult(uid, False, f"STOW-RS to {url} failed: {exc}", True) for _, uid in files]
@@ -125,3 +127,13 @@ def stow(
         else:
             results.append(StowResult(uid, False, f"STOW-RS to {url} answered HTTP {status} without this instance"))
     return results
+
+
+def _detail(payload: bytes) -> str:
+    """The reason an error response gives (a JSON ``detail``, as uronode and FastAPI answer), shortened; "" where
+    it gives none (a worker refused by the node says why in its job's reason: review 36)."""
+    try:
+        detail = json.loads(payload).get("detail")
+    except (ValueError, AttributeError):
+        return ""
+    return str(detail)[:300] if isinstance(detail, str) else ""

@@ -69,6 +69,8 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL) AS open_count,
        (SELECT max(a.ended_at) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid) AS last_ended_at,
+       (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+         WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL) AS ended_count,
        (SELECT a.outcome FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL
          ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome
@@ -243,7 +245,10 @@ class CompletionMonitor:
         if row["last_outcome"] is not None and row["last_outcome"] != NORMAL_END:
             return False  # aborted or lost: the sender will likely send again; the quiet rule decides
         quiet_since = max(last, row["last_ended_at"] or 0.0)
-        return self._waited(series_uid, "grace", quiet_since, quiet_since, now, steady) >= self.grace_s
+        # the count too: an association that ends after the clock was set back ends "before" the one that ended
+        # earlier, and its grace counts from its own end (review 36)
+        state = (quiet_since, row["ended_count"])
+        return self._waited(series_uid, "grace", state, quiet_since, now, steady) >= self.grace_s
 
     def complete_due(self, now: float | None = None, steady: float | None = None) -> list[CompletedSeries]:
         """Complete every series that is due now; return what was decided for each. ``now``: the wall clock (as

@@ -158,6 +158,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     calling_ae          TEXT,                -- who sent the source series (for 'sender' destinations)
     state               TEXT NOT NULL,       -- pending | delivered | dead | superseded
     attempts            INTEGER NOT NULL DEFAULT 0,
+    owed_s              REAL NOT NULL DEFAULT 0,  -- time owed so far, a step of the clock not counted (outbox)
     next_attempt_at     REAL NOT NULL,
     last_error          TEXT,
     created_at          REAL NOT NULL,
@@ -262,6 +263,7 @@ ADDED_COLUMNS = [
     ("series", "series_date", "TEXT"),
     ("series", "series_time", "TEXT"),
     ("jobs", "withdrawn", "TEXT"),
+    ("deliveries", "owed_s", "REAL NOT NULL DEFAULT 0"),
     ("jobs", "findings", "TEXT"),
     ("jobs", "seconds", "REAL"),
     ("jobs", "dispatched_at", "REAL"),

@@ -16,9 +16,10 @@ A row's ``created_at`` is when it was last owed afresh (the start of its retry p
 Times are the wall clock's (they outlive the process), so both rules read it
 with the host's clock being stepped in mind (probe 39): a retry time further
 off than any backoff is due at once (the clock was set back), and the time
-owed counts no more than the tries made can have taken (the clock was set
-forward: a virtual machine resumed after a weekend had its next failure given
-up for good after one try).
+owed (``owed_s``) adds up the gaps between tries, a negative one as none and
+one longer than ``MAX_GAP_S`` as that (the clock was set forward, or the node
+was stopped: a virtual machine resumed after a weekend had its next failure
+given up for good after one try).
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from pathlib import Path
 from uronode.store import Store
 
 CLOCK_SLACK_S = 120.0
-"""How much longer than ``backoff_max_s`` two tries of one delivery can lie apart while the node runs (the delivery
-loop's turn, a connection's timeouts): beyond it the wall clock has been stepped (:meth:`Outbox.due`,
-:meth:`Outbox.mark_failed`)."""
+"""How much further off than ``backoff_max_s`` a retry time may lie before it is taken for one set before the
+clock was stepped back (:meth:`Outbox.due`)."""
+MAX_GAP_S = 3600.0
+"""The longest gap between two tries of a delivery counted whole towards ``retry_for_s`` (:meth:`Outbox.mark_failed`):
+longer than the backoff (at most ``backoff_max_s``, 600 s by default) and a delivery round held up by another
+destination's timeouts, shorter than a step of the clock or a night the node was stopped (counted as this)."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -108,7 +112,7 @@ class Outbox:
             " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
             " ON CONFLICT(destination, sop_instance_uid) DO UPDATE SET job_id = excluded.job_id,"
             " path = excluded.path, sop_class_uid = excluded.sop_class_uid, calling_ae = excluded.calling_ae,"
-            " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
+            " state = 'pending', attempts = 0, owed_s = 0, next_attempt_at = excluded.next_attempt_at, last_error = NULL,"
             " created_at = excluded.created_at, updated_at = excluded.updated_at",
             (job_id, destination, sop_instance_uid, sop_class_uid, str(path), calling_ae, now, now, now),
         )
@@ -149,16 +153,16 @@ class Outbox:
         which."""
         now = time.time() if now is None else now
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT attempts, state, created_at FROM deliveries WHERE id = ?",
+            row = conn.execute("SELECT attempts, state, owed_s, updated_at FROM deliveries WHERE id = ?",
                                (delivery_id,)).fetchone()
             if row is None:
                 raise ValueError(f"no delivery {delivery_id}")
             if row["state"] != DeliveryState.PENDING:  # superseded while it was being sent, or already settled
                 return DeliveryState(row["state"])
             attempts = row["attempts"] + 1
-            # no longer than the tries can have taken, one backoff_max_s and a try's own time apart at most: a
-            # step forward of the host's clock is no time owed (a node stopped meanwhile tries that long again)
-            owed_for = min(now - row["created_at"], attempts * (self.backoff_max_s + CLOCK_SLACK_S))
+            # the gap since it was owed or last tried: none where the clock went back, at most MAX_GAP_S (review 36:
+            # a bound by the count of tries had kept tries stretched by another destination's timeouts for days)
+            owed_for = row["owed_s"] + min(max(now - row["updated_at"], 0.0), max(MAX_GAP_S, self.backoff_max_s))
             if permanent:  # probe 24: a SOP class the destination never accepts was tried for a day
                 state, next_at = DeliveryState.DEAD, now
                 reason = f"{reason} (not tried again: `uronode retry` once the destination or its results change)"
@@ -172,9 +176,9 @@ class Outbox:
                 state = DeliveryState.PENDING
                 next_at = now + min(self.backoff_s * 2 ** min(attempts - 1, 60), self.backoff_max_s)
             conn.execute(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?"
-                " WHERE id = ?",
-                (state.value, attempts, next_at, reason, now, delivery_id),
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, updated_at = ?,"
+                " owed_s = ? WHERE id = ?",
+                (state.value, attempts, next_at, reason, now, owed_for, delivery_id),
             )
         return state
 
@@ -184,7 +188,7 @@ class Outbox:
 
         Their jobs, failed because of them, wait for delivery again."""
         now = time.time()
-        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, created_at = ?,"
+        sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, owed_s = 0, next_attempt_at = ?, created_at = ?,"
                " updated_at = ? WHERE state = 'dead'")
         params: builtins.list[object] = [now, now, now]
         if destination is not None:

@@ -200,7 +200,7 @@ class _Where:
         # stored times of less precision (HH, HHMM) compare as HHMMSS; legacy HH:MM:SS without colons
         bare = f"replace({column}, ':', '')"
         value = f"(CASE WHEN instr({bare}, '.') > 0 THEN {bare} ELSE substr({bare} || '0000', 1, 6) END)"
-        self._range(column, start.ljust(6, "0"), _time_end(end) if end else "", value=value)
+        self._range(column, _time_start(start) if start else "", _time_end(end) if end else "", value=value)
 
     def _range(self, column: str, start: str, end: str, *, value: str | None = None) -> None:
         """``start <= value <= end`` (``value``: the column, or an expression of it), either end open.
@@ -213,6 +213,15 @@ class _Where:
             self.add(f"{value} >= ?", start)
         if end:
             self.add(f"{value} <= ?", end)
+
+
+def _time_start(start: str) -> str:
+    """A range's start time as the first instant it names, to compare as text with stored times: ``12`` is
+    ``120000``, ``120000.50`` is ``120000.5`` (a fraction's trailing zeros would sort it after a stored
+    ``120000.5``: review 36)."""
+    whole, _, fraction = start.partition(".")
+    fraction = fraction.rstrip("0")
+    return whole.ljust(6, "0") + (f".{fraction}" if fraction else "")
 
 
 def _time_end(end: str) -> str:

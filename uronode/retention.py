@@ -128,7 +128,6 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
                 tx.execute("DELETE FROM results WHERE sop_instance_uid IN"
                            " (SELECT sop_instance_uid FROM instances WHERE series_instance_uid = ?)", (series,))
                 tx.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series,))
-                tx.execute("DELETE FROM rejected WHERE source_series_uid = ?", (series,))  # forgotten with it
                 tx.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series,))
                 tx.execute("DELETE FROM series WHERE series_instance_uid = ?", (series,))
                 results_series = _delete_results_in(tx, results)

@@ -112,6 +112,9 @@ def _write(volume: Volume, findings: Findings, sources: Sources, *, sc_every_sli
             ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
             # highdicom dates an instance's creation by the host's clock; the run's time, in its zone, instead
             ds.InstanceCreationDate, ds.InstanceCreationTime = DA(created.date()), TM(created.time())
+            for item in ds.get("ContributingEquipmentSequence", []):  # highdicom's own item: its clock too
+                if item.get("ManufacturerModelName") == "highdicom" and "ContributionDateTime" in item:
+                    item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S.%f")  # review 36
             if offset is not None:  # every date and time of the result, the study's copied ones too, in it
                 ds.TimezoneOffsetFromUTC = offset
     return Results(seg=seg, secondary_captures=captures, sr=sr, kos=kos, image_numbers=numbers,

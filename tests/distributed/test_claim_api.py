@@ -393,8 +393,11 @@ def test_a_claim_names_the_uids_its_results_must_not_take_and_a_completion_takin
     assert complete(job_id, token, report("sr2")).status_code == 200  # the first report superseded: rejected
     job_id, token, rejected = next_claim("Abdomen")  # the correction undone: the first content again
     assert rejected == {first}
-    assert report("sr1") == first  # stored again under its old UID, as a worker of before would make it
-    refused = complete(job_id, token, first)
+    # a worker of before 2026-12-07 makes it again under its old UID: refused as it stores it (review 36: it had
+    # been stored and refused only at completion), with the reason it fails its job with
+    (stored,) = client.store([(cluster.tmp / "sr1" / "0000.dcm", first)])
+    assert not stored.ok and stored.reason is not None and "upgrade the worker" in stored.reason, stored
+    assert not query(node.data_dir, "SELECT 1 FROM instances WHERE sop_instance_uid = ?", first)
+    refused = complete(job_id, token, first)  # and a completion naming it (the node's check as it records)
     assert refused.status_code == 422, refused.text
-    assert "takes the UID of a result withdrawn or superseded earlier" in refused.json()["detail"]
     assert [r["state"] for r in rows(node.data_dir) if r["id"] == job_id] == ["running"]

@@ -6,13 +6,23 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ComprehensiveSRStorage
 
 from tests.uronode.test_store import encoded, put
 from uronode.broker import JobMessage, MalformedMessage
-from uronode.claims import ClaimConflict, Claims, WorkerTokens, hash_token, new_worker_token
+from uronode.claims import (
+    ClaimConflict,
+    Claims,
+    ResultsMissing,
+    WorkerTokens,
+    hash_token,
+    new_worker_token,
+)
 from uronode.completion import CompletionMonitor
+from uronode.header import read_header
 from uronode.jobs import JobQueue
-from uronode.store import Store
+from uronode.outbox import Outbox
+from uronode.store import Store, StoreOutcome
 from uronode.types import Job, JobState
 
 
@@ -54,6 +64,23 @@ def test_an_expired_claim_is_taken_over_and_then_neither_renews_nor_completes(tm
     assert claims.heartbeat(job.id, new.token, "w2") > time.time()
     with pytest.raises(ClaimConflict, match="lease ran out"):
         claims.heartbeat(job.id, new.token, "w2", now=time.time() + 60)
+
+
+def test_a_completion_naming_a_rejected_uid_is_refused(tmp_path: Path) -> None:
+    """Review 35 #1: a worker of before 2026-12-07 makes results again under UIDs a rejection note named (its
+    STOW-RS is refused now too); a completion naming one is refused, the job left as it was."""
+    store, claims, job = one_job(tmp_path)
+    claim = claims.claim(job.id, job.series_generation, "w1")
+    parts = encoded(0, series="1.2.3.4.901", sop_class=ComprehensiveSRStorage, manufacturer="uronode", modality="SR")
+    assert put(store, parts) is StoreOutcome.STORED
+    result = read_header(parts).sop_instance_uid
+    store.conn().execute("INSERT INTO rejected (sop_instance_uid, source_series_uid, rejected_at) VALUES (?, ?, 0)",
+                         (result, job.series_instance_uid))
+    with pytest.raises(ResultsMissing, match="takes the UID of a result withdrawn or superseded earlier"):
+        claims.complete(job.id, claim.token, "w1", results=[result], findings="{}", seconds=1.0, destinations=(),
+                        outbox=Outbox(store))
+    held = JobQueue(store).get(job.id)
+    assert held is not None and held.state is JobState.RUNNING
 
 
 def test_a_queued_job_brought_to_a_new_generation_is_published_again(tmp_path: Path) -> None:

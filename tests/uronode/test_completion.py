@@ -91,6 +91,28 @@ def test_a_step_of_the_host_clock_neither_completes_a_series_still_arriving_nor_
     assert [d.series_instance_uid for d in restarted.complete_due(time.time() + QUIET + 1, 5.0)] == [late]
 
 
+def test_after_a_step_back_a_second_association_of_a_series_gets_its_own_grace(
+        store: Store, monitor: CompletionMonitor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 36: a second association that ends after the clock was set back ends "before" the first one did; its
+    series completed 0.1 s after its release, the wait seeded at the first one's end counting through it."""
+    series = uid("clock", "two")
+    first = Associations(store.db).open("CT1", "127.0.0.1")
+    send(store, series, 2, first)
+    Associations(store.db).close(first, "released")
+    steady = 500.0
+    assert monitor.complete_due(time.time(), steady) == []  # seen just after the first release
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() - 3600)  # the host's clock set back an hour
+    second = Associations(store.db).open("CT1", "127.0.0.1")  # within the first one's grace
+    assert monitor.complete_due(time.time(), steady + 1) == []
+    send(store, series, 2, second, start=2)
+    assert monitor.complete_due(time.time(), steady + 5) == []  # still sending, long after the first one's grace
+    Associations(store.db).close(second, "released")
+    assert monitor.complete_due(time.time(), steady + 5.1) == []  # released: its own grace starts now
+    (done,) = monitor.complete_due(time.time(), steady + 5.1 + GRACE + 0.1)
+    assert done.series_instance_uid == series and len(queries.series_instances(store.db, series)) == 4
+
+
 def test_a_series_over_two_associations_within_the_grace_period_is_one_job(
     store: Store, monitor: CompletionMonitor
 ) -> None:

@@ -163,6 +163,21 @@ def test_a_step_of_the_host_clock_neither_holds_a_retry_nor_gives_a_delivery_up(
     # a node stopped for a day is no different: the day it was off is not a day of trying
 
 
+def test_tries_far_apart_still_give_up_after_the_retry_period(tmp_path: Path) -> None:
+    """Review 36: a bound by the count of tries kept a delivery tried every 30 minutes (its rounds held up by
+    another destination's timeouts) for 59 hours, its dead letter saying 24. The gaps between tries add up."""
+    outbox = Outbox(Store(tmp_path / "data"))
+    owe(outbox, "1.1")
+    (item,) = outbox.due()["pacs"]
+    now, tries = time.time(), 0
+    while (state := outbox.mark_failed(item.id, "cannot connect to PACS", now)) is DeliveryState.PENDING:
+        now += 1800
+        tries += 1
+    assert state is DeliveryState.DEAD and 47 <= tries <= 49  # a day of tries, half an hour apart
+    (dead,) = outbox.list(DeliveryState.DEAD)
+    assert dead.last_error is not None and "in 24.0 h: delivery.retry_for_s)" in dead.last_error
+
+
 def test_retry_and_owing_again_start_a_new_retry_period(tmp_path: Path) -> None:
     outbox = Outbox(Store(tmp_path / "data"), retry_for_s=60)
     owe(outbox, "1.1")

@@ -87,6 +87,9 @@ def test_other_text_still_matches_case_sensitively(database: Database) -> None:
     ("230000-2359", ["1.2.4"]),
     ("235959.4-235959.5", ["1.2.4"]),  # .5 spans .5 to .599999
     ("235959.4-235959.49", []),
+    ("235959.50-", ["1.2.4"]),  # a start's trailing zeros name the same instant (review 36)
+    ("120000.0-120000", ["1.2.1"]),
+    ("120000.000000-1200", ["1.2.1"]),
 ])
 def test_time_ranges(database: Database, value: str, expected: list[str]) -> None:
     assert studies(database, "StudyTime", value) == expected

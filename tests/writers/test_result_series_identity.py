@@ -196,6 +196,10 @@ def test_results_state_their_times_in_the_zone_of_their_source(volume: Volume, t
                             ("InstanceCreationDate", "InstanceCreationTime")):
             stamped = datetime.datetime.strptime(f"{ds[date].value}{str(ds[time_].value)[:6]}", "%Y%m%d%H%M%S")
             assert abs((stamped - expected).total_seconds()) < 120, (ds.Modality, date, stamped, expected)
+        (contributed,) = [str(item.ContributionDateTime) for item in ds.ContributingEquipmentSequence
+                          if item.get("ManufacturerModelName") == "highdicom"]  # review 36: in the host's zone
+        stamped = datetime.datetime.strptime(contributed[:14], "%Y%m%d%H%M%S")
+        assert abs((stamped - expected).total_seconds()) < 120, (ds.Modality, contributed, expected)
     errors, _ = dciodvfy(save_results(results, tmp_path / "out")[0])
     assert errors == []
 
