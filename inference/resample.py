@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.components import ComponentTable
+from inference.errors import VolumeError
 from inference.volume import Volume
 
 RESAMPLE_TOLERANCE = 0.05
@@ -106,6 +107,11 @@ class Grid:
         return self.rows / self.new_rows, self.columns / self.new_columns
 
 
+MAX_FIELD_OF_VIEW_MM = 1000.0
+"""The widest field of view a series to be resampled onto finer pixels may have: a CT's gantry bore is 700-850 mm,
+so wider images carry a PixelSpacing that is not theirs, and their copy would take memory without bound."""
+
+
 def resample_grid(volume: Volume, to_mm: float | None, tolerance: float = RESAMPLE_TOLERANCE) -> Grid | None:
     """The grid to analyse ``volume`` on, or None where it is analysed as it is (no target, or close to it)."""
     if not to_mm or to_mm <= 0:
@@ -114,7 +120,15 @@ def resample_grid(volume: Volume, to_mm: float | None, tolerance: float = RESAMP
     dr, dc = volume.pixel_spacing
     if abs(dr - to_mm) <= tolerance * to_mm and abs(dc - to_mm) <= tolerance * to_mm:
         return None
-    return Grid(rows, columns, max(1, round(rows * dr / to_mm)), max(1, round(columns * dc / to_mm)))
+    grid = Grid(rows, columns, max(1, round(rows * dr / to_mm)), max(1, round(columns * dc / to_mm)))
+    height, width = rows * dr, columns * dc
+    if (grid.new_rows > rows or grid.new_columns > columns) and max(height, width) > MAX_FIELD_OF_VIEW_MM:
+        # probe 40: 128 pixels of 45 mm a side were made 7,680 a side, 5.3 GB for a 650 KB series
+        raise VolumeError(
+            f"the images would be {width:.0f} x {height:.0f} mm ({columns} x {rows} pixels of {dc:g} x {dr:g} mm),"
+            f" wider than any CT's field of view (at most {MAX_FIELD_OF_VIEW_MM:.0f} mm): their PixelSpacing is"
+            " not the images' own")
+    return grid
 
 
 @dataclasses.dataclass(frozen=True)

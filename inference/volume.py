@@ -566,9 +566,15 @@ def _frames_of(ds: Dataset, dataset_index: int, name: str) -> list[_Frame]:
 PADDING_HU = -1024.0
 """What pixel padding (outside a scanner's round field of view) is read as: air."""
 IMPOSSIBLE_HU = 32_767.0
-"""More than any CT's HU scale holds (an extended scale ends near 30,700 HU): a pixel beyond it is padding whose
+"""More than any CT's HU scale holds (an extended scale ends near 30,700 HU): a pixel beyond it (or below -32,768) is padding whose
 PixelPaddingValue an export stripped (GE's -2000 stored unsigned, 63536, reads as 62,512 HU), read as air
 (probe 38: every result of such a series had said "Metal" on every image)."""
+
+
+IMPOSSIBLE_SHARE = 0.5
+"""The largest share of a slice's pixels that may read above ``IMPOSSIBLE_HU`` (padding whose tag an export
+stripped: at most the corners outside a round field of view, a fifth of the square); more, and the slice's
+rescale is wrong."""
 
 
 def _padding_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int] | None:
@@ -990,11 +996,19 @@ def load_volume(sources: Sequence[str | Path | Dataset],
             if pixels.shape[0] > 1:  # keep a multi-frame instance's frames for its other slices
                 decoded[frame.dataset_index] = pixels
         raw = pixels[frame.frame_number - 1]
-        hu[k] = raw * np.float32(frame.slope) + np.float32(frame.intercept)
+        with np.errstate(over="ignore", invalid="ignore"):
+            hu[k] = raw * np.float32(frame.slope) + np.float32(frame.intercept)
         padding = _padding_range(datasets[frame.dataset_index], raw.dtype)
         if padding is not None:
             hu[k][(raw >= padding[0]) & (raw <= padding[1])] = PADDING_HU
-        hu[k][hu[k] > IMPOSSIBLE_HU] = PADDING_HU
+        impossible = ~((hu[k] >= -IMPOSSIBLE_HU - 1) & (hu[k] <= IMPOSSIBLE_HU))  # beyond 16 bits, or NaN
+        if impossible.mean() > IMPOSSIBLE_SHARE:
+            # probe 40: a RescaleSlope of 1e308 read every pixel as padding, and a clean "no stone" report went out
+            raise VolumeError(
+                f"{impossible.mean():.0%} of the pixels of {names[frame.dataset_index]} are beyond any CT value once"
+                f" rescaled (RescaleSlope {frame.slope:g}, RescaleIntercept {frame.intercept:g}): its rescale is"
+                " not the image's")
+        hu[k][impossible] = PADDING_HU
     read = [datasets[i] for i in sorted({f.dataset_index for f in frames})]
     contrast = header_contrast(read)
     said_of_energy = energy_note(frames, contrast)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import struct
 import threading
 import time as _time
@@ -209,12 +210,23 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
     buffer = bytearray(nr_bytes)
     view = memoryview(buffer)
     got = 0
+    timeout = getattr(getattr(self, "_assoc", None), "network_timeout", None)
+    deadline = None if timeout is None else _time.monotonic() + timeout
     while got < nr_bytes:
-        n = sock.recv_into(view[got:], nr_bytes - got)
+        try:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+        except (BlockingIOError, TimeoutError, InterruptedError, ssl.SSLWantReadError):  # SO_RCVTIMEO: nothing came
+            if deadline is not None and _time.monotonic() > deadline:
+                n = 0  # a PDU whose bytes stopped coming (probe 40): given up as if the connection had closed
+            else:
+                continue
         if not n:  # connection closed: return what arrived, as pynetdicom does
             del view
             return buffer[:got]
         got += n
+        if deadline is not None and got < nr_bytes and _time.monotonic() > deadline:
+            del view  # a byte now and then (probe 40: one every 10 s held a slot for minutes): the same
+            return buffer[:got]
     return buffer
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -221,10 +222,29 @@ def handle_conn_close(event: Event, receiver: Receiver) -> None:
     release_slot(assoc, receiver.slots)
 
 
+READ_STALL_S = 5.0
+"""How long one read of an accepted connection waits for bytes before it looks at the time again (SO_RCVTIMEO): a
+PDU whose bytes stop coming is given up after the network timeout (``scp.fastpath``), not waited for forever."""
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 6))
+"""TCP keepalive of accepted connections: a peer gone without a word (a cable pulled, a NAT's entry dropped) is
+found within about 2 minutes of silence, its association's slot freed (probe 40: it was held until a restart)."""
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+
+
 class SharedSocketServer(ThreadedAssociationServer):
-    """A pynetdicom server that accepts on a listening socket it was handed, with Nagle off."""
+    """A pynetdicom server that accepts on a listening socket it was handed, with Nagle off, keepalive on, reads
+    and writes that give up on a silent peer, and at most ``connections_per_host`` connections of one host."""
 
     listening_socket: socket.socket | None = None
+    connections_per_host: int | None = None
+    """Connections one host may hold in this process, counted as they are accepted (before any A-ASSOCIATE-RQ):
+    a host holding that many gets its next one closed at once (probe 40: 140 silent connections of one host
+    filled every process's pynetdicom limit, and the allowed scanners were refused)."""
+    _refusals = 0
+    _refusal_logged_at = 0.0
 
     def server_bind(self) -> None:
         inherited = type(self).listening_socket
@@ -252,7 +272,44 @@ class SharedSocketServer(ThreadedAssociationServer):
         # server does. pynetdicom waits for readiness with select before reading.
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            client.setsockopt(socket.IPPROTO_TCP, option, value)
+        # a blocked read returns after READ_STALL_S (EAGAIN), a blocked write after the network timeout (an
+        # error: pynetdicom ends the association): a peer that stops mid-PDU cannot hold its thread and its slot
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(READ_STALL_S))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.ae.network_timeout or 60.0))
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse (close) a connection of a host that holds its share of this process's connections already."""
+        limit = type(self).connections_per_host
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        if limit is None:
+            return True
+        held = sum(1 for assoc in self.active_associations if _address(assoc) == host)
+        if held < limit:
+            return True
+        cls = type(self)
+        cls._refusals += 1
+        now = time.monotonic()
+        if now - cls._refusal_logged_at >= REFUSAL_LOG_EVERY_S:  # one line a minute, however many come
+            log.warning("connection from %s closed as it came: its host holds %d connections of this receiving "
+                        "process, its share (scp.max_associations_per_host); %d refused so", host, held,
+                        cls._refusals)
+            cls._refusal_logged_at, cls._refusals = now, 0
+        return False
+
+
+REFUSAL_LOG_EVERY_S = 60.0
+
+
+def _address(assoc: Association) -> str | None:
+    """The peer's address of an acceptor thread, None while its handler has not set it yet."""
+    try:
+        return str(assoc.requestor.address)
+    except (AttributeError, TypeError):
+        return None
 
 
 def build_ae(settings: Settings) -> AE:
@@ -306,7 +363,8 @@ def make_server(
         (evt.EVT_ABORTED, handle_aborted, [receiver]),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [receiver]),
     ]
-    server_class = type("BoundServer", (SharedSocketServer,), {"listening_socket": listening})
+    server_class = type("BoundServer", (SharedSocketServer,), {"listening_socket": listening,
+                                                               "connections_per_host": settings.scp.host_share()})
     ae = build_ae(settings)
     server = ae.make_server(
         (settings.host, settings.scp.port),

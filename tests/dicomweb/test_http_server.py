@@ -13,9 +13,11 @@ import httpx
 import pytest
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dicomweb.app import AuditRequests, create_app
 from tests.peers.processes import Node, wait_until
+from uronode.app.httpguard import GuardedHttpTools
 from uronode.app.node import http_config
 from uronode.audit import AuditLog
 from uronode.settings import Settings
@@ -34,9 +36,9 @@ def test_the_node_names_httptools_and_uvloop(tmp_path: Path) -> None:
     """Named, so that uvicorn cannot fall back to h11 and asyncio's loop without a word."""
     settings = Settings(storage={"data_dir": tmp_path}, dicomweb={"auth": "none"})
     config = http_config(create_app(settings), settings)
-    assert (config.http, config.loop) == ("httptools", "uvloop")
+    assert (config.http, config.loop) == (GuardedHttpTools, "uvloop")  # httptools, its request head bounded
     config.load()  # what uvicorn does at start-up: fails when either is missing
-    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)
 
 
 def test_serves_with_httptools_and_uvloop(start_node: Callable[..., Node]) -> None:

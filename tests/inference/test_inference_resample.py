@@ -12,7 +12,7 @@ import pytest
 
 from inference.candidates import CandidateRule, find_candidates
 from inference.components import ComponentTable
-from inference.errors import ModelError
+from inference.errors import ModelError, VolumeError
 from inference.pipeline import Pipeline
 from inference.resample import (
     BODY_MARGIN_MM,
@@ -52,6 +52,16 @@ def test_a_series_near_the_cards_pixel_size_or_a_card_without_one_is_analysed_as
     grid = resample_grid(_volume(0.6), 0.75)
     assert grid == Grid(100, 80, 80, 64)
     assert resample_grid(_volume(0.9), 0.75) == Grid(100, 80, 120, 96)
+
+
+def test_a_pixel_spacing_wider_than_any_ct_fails_the_series_instead_of_taking_memory_without_bound() -> None:
+    """Probe 40: 128 pixels of 45 mm a side (650 KB of images) were resampled to 7,680 a side, 5.3 GB; a copy onto
+    finer pixels of images wider than any CT's field of view (1,000 mm) is refused with the reason. Coarser
+    copies (smaller than the series) and the widest real fields of view (a 700 mm bore at 1.5 mm) still go."""
+    with pytest.raises(VolumeError, match=r"would be 3600 x 4500 mm \(80 x 100 pixels of 45 x 45 mm\), wider than"):
+        resample_grid(_volume(45.0), 0.75)
+    assert resample_grid(_volume(1.5, rows=480, columns=480), 0.75) == Grid(480, 480, 960, 960)  # 720 mm
+    assert resample_grid(_volume(0.5, rows=2400, columns=2400), 0.75) is not None  # 1,200 mm, made coarser
 
 
 def test_the_card_names_how_far_from_its_pixel_size_a_series_is_analysed_as_it_is(tmp_path: Path) -> None:

@@ -314,3 +314,18 @@ def test_pixel_padding_outside_the_field_of_view_reads_as_air(small_phantom: Pha
     volume = load_volume(_modified(small_series, tmp_path, pad))
     assert np.all(volume.hu[:, outside] == -1024.0)
     np.testing.assert_array_equal(volume.hu[:, ~outside], small_phantom.hu[:, ~outside])
+
+
+@pytest.mark.parametrize("slope", ["1e308", "1e30", "-5e4"])
+def test_a_rescale_that_puts_a_slice_beyond_any_ct_value_fails_the_series(small_series: list[Path], tmp_path: Path,
+                                                                          slope: str) -> None:
+    """Probe 40: a RescaleSlope of 1e308 made every pixel infinite, each read as padding (air), and the job was
+    delivered as a clean "no stone" report. More than half a slice beyond any CT value is a wrong rescale."""
+
+    def rescale(k: int, ds: pydicom.Dataset) -> None:
+        if k == 1:
+            ds.RescaleSlope = slope
+
+    with pytest.raises(VolumeError, match=r"of the pixels of .* are beyond any CT value once rescaled \(RescaleSlope"):
+        load_volume(_modified(small_series, tmp_path, rescale))
+

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import traceback
 
-from uronode.logs import FORMAT, OneLineFormatter, escape_controls
+from uronode.logs import FORMAT, FloodFilter, OneLineFormatter, escape_controls
 
 FORGED = "EVIL\n2026-12-05 13:08:29,907 ERROR 1 uronode: forged\r"
 
@@ -62,3 +62,46 @@ def test_the_node_writes_each_record_as_one_line() -> None:
     assert " WARNING " in lines[0] and lines[0].endswith(
         "dicomweb.workers: job 7 failed on gpu1: EVIL\\n2026-12-05 13:08:29,907 ERROR 1 uronode: forged\\r")
     assert " ERROR " in lines[1] and "job 8: Jörg\\nTraceback" in lines[1]
+
+
+def test_library_warnings_quoting_a_patients_name_reach_the_log_only_at_debug_and_on_one_line() -> None:
+    """Probe 40: highdicom's warning about a name without a caret quoted the patient's name on stderr as it was,
+    a line break in it forging a record. Warnings go through logging: nothing at INFO, one escaped line at DEBUG."""
+    script = (
+        "import sys\n"
+        "from highdicom.valuerep import check_person_name\n"
+        "from uronode.logs import setup_logging\n"
+        "setup_logging(sys.argv[1])\n"
+        f"check_person_name({FORGED!r})\n"
+        "print('done', file=sys.stderr)\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script, "INFO"], capture_output=True, text=True, timeout=60,
+                           check=True)
+    assert quiet.stderr.splitlines() == ["done"], quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", script, "DEBUG"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    (line,) = [text for text in loud.stderr.splitlines() if "py.warnings" in text]
+    assert " WARNING " in line and "EVIL\\n2026-12-05 13:08:29,907 ERROR 1 uronode: forged\\r" in line
+    assert not any(text.startswith("2026-12-05 13:08:29,907") for text in loud.stderr.splitlines())
+
+
+def test_a_flood_of_one_warning_from_the_network_side_is_held_back_and_counted() -> None:
+    """Probe 40: 300 malformed associations in 7 s wrote 300 error records with tracebacks. At most 20 of one
+    message a minute from the DICOM side; the next one let through says how many were held back; other loggers'
+    records and other messages pass."""
+    flood = FloodFilter()
+
+    def record(name: str, msg: str, at: float, level: int = logging.ERROR) -> logging.LogRecord:
+        made = logging.LogRecord(name, level, __file__, 1, msg, ("AE",), None)
+        made.created = at
+        return made
+
+    passed = [flood.filter(record("scp.fastpath", "%s from x: association aborted", 1000.0 + i / 10))
+              for i in range(300)]
+    assert sum(passed) == 20 and passed[:20] == [True] * 20
+    assert flood.filter(record("scp.server", "other %s", 1010.0))  # another message
+    assert flood.filter(record("uronode.worker", "%s from x: association aborted", 1010.0))  # not the network side
+    assert flood.filter(record("scp.fastpath", "%s from x: association aborted", 1010.0, logging.INFO))
+    later = record("scp.fastpath", "%s from x: association aborted", 1061.0)
+    assert flood.filter(later)
+    assert later.getMessage() == "AE from x: association aborted (280 more like it held back in the minute before)"

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -38,6 +39,7 @@ from dicomweb.ops import ReadyCheck
 from inference.runtime import model_available
 from scp.server import make_listening_socket, run_receiver
 from uronode.app.delivery import Deliverer
+from uronode.app.httpguard import GuardedHttpTools
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
 from uronode.db import DataDirUnusable
@@ -390,7 +392,8 @@ class HttpServer(uvicorn.Server):
 def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """uvicorn's settings for the node's HTTP side.
 
-    httptools and uvloop (uvicorn's "standard" set) are named, so that a missing one fails at start-up
+    httptools (with the bounds on a request's head of :mod:`uronode.app.httpguard`, probe 40) and uvloop
+    (uvicorn's "standard" set) are named, so that a missing one fails at start-up
     instead of uvicorn falling back without a word to its pure-Python parser and asyncio's own loop,
     slower on every small answer (docs/benchmarks.md, DICOMweb).
     uvicorn's own reading of ``X-Forwarded-*`` (from 127.0.0.1 by default) is off: the node believes them
@@ -398,7 +401,7 @@ def http_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     so that a local process cannot put another address in the audit log.
     """
     return uvicorn.Config(app, host=settings.host, port=settings.dicomweb.port, log_config=None, access_log=False,
-                          http="httptools", loop="uvloop", proxy_headers=False)
+                          http=GuardedHttpTools, loop="uvloop", proxy_headers=False)
 
 def model_missing(settings: Settings) -> str | None:
     """Why the worker cannot run: its model's folder is not there (None: it is)."""
@@ -505,6 +508,22 @@ def hold_data_dir(root: Path) -> int | None:
     return fd
 
 
+def open_files_to_hard_limit() -> int:
+    """Raise this process's limit of open files (inherited by the receiving processes and workers) to the hard
+    limit the system allows; returns it. Every connection holds a descriptor: at the usual soft limit of 1,024,
+    a thousand idle HTTP connections had every request fail and the audit log unwritten (probe 40)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # a container that forbids it: the soft limit stays
+            log.warning("the limit of open files stays at %d (the hard limit %d could not be set: %s)", soft, hard,
+                        exc)
+            return soft
+        return hard
+    return soft
+
+
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM, then stop it cleanly (:class:`StopSignals`): the HTTP server, the
     background loops, the workers (a job they are running goes back to the queue, the try not counted) and the
@@ -512,6 +531,7 @@ def serve(settings: Settings) -> None:
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     os.umask(PRIVATE_UMASK)  # before anything is made: the index, its journal, the metadata cache, every folder
+    open_files_to_hard_limit()
     # The ports first, then the folder's lock, then the index (probe 31): a node of an earlier version, which
     # takes no lock, still listens on them while it runs, and nothing is touched while it does
     port_free(settings.host, settings.scp.port, "DICOM")

@@ -1,0 +1,94 @@
+"""A hostile or broken peer on the network cannot take the listener from the scanners (probe 40): one host's
+silent connections are limited to its share, and a peer that stops in the middle of a PDU (or sends a byte now
+and then) loses its connection after the network timeout instead of holding its thread and slot for ever."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scp.scu import echo
+from scp.server import make_listening_socket, make_server
+from tests.peers.processes import free_port
+from uronode.settings import load_settings
+from uronode.store import Store
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    settings = load_settings(overrides={"host": "127.0.0.1", "storage": {"data_dir": tmp_path / "data"},
+                                        "scp": {"port": port, "network_timeout_s": 2, "acse_timeout_s": 30,
+                                                "max_associations": 4}})
+    server = make_server(settings, Store(settings.storage.data_dir), make_listening_socket("127.0.0.1", port), None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_one_hosts_silent_connections_do_not_lock_the_scanners_out(listener: int) -> None:
+    """70 connections of 127.0.0.2 that never send a byte (pynetdicom's own limit is 64 a process): the host's
+    share is 2 (half of scp.max_associations 4), its further connections are closed as they come, and a scanner
+    on 127.0.0.1 is answered."""
+    silent = []
+    try:
+        for _ in range(70):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", listener))
+            silent.append(sock)
+        time.sleep(0.5)
+        closed = sum(_closed_by_peer(sock, 0.05) for sock in silent)
+        assert closed >= 60, closed  # all but its share (two or so, as the accepting thread counts them)
+        result = echo("127.0.0.1", listener, "URONODE", calling_ae="SCANNER", timeout_s=10)
+        assert result.ok, result.message
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_a_peer_that_stops_mid_pdu_loses_its_connection_after_the_network_timeout(listener: int,
+                                                                                  trickle: bool) -> None:
+    """An A-ASSOCIATE-RQ announcing 100,000 bytes, then silence (a cable pulled mid-send) or a byte every half
+    second (a slow-read attack): the listener blocked in its read for ever (probe 40), never timing out; now the
+    connection is closed within a few seconds of the 2 s network timeout."""
+    sock = socket.create_connection(("127.0.0.1", listener))
+    try:
+        sock.sendall(struct.pack(">BBI", 0x01, 0, 100_000) + b"\x00")
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 20:
+            if trickle:
+                try:
+                    sock.sendall(b"\x00")
+                except OSError:
+                    closed = True
+                    break
+            closed = _closed_by_peer(sock, 0.5)
+        assert closed, "the listener still holds the connection after 20 s"
+        assert time.monotonic() - started < 12
+        assert echo("127.0.0.1", listener, "URONODE", calling_ae="SCANNER", timeout_s=10).ok
+    finally:
+        sock.close()
