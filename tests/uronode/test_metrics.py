@@ -117,3 +117,24 @@ def test_remote_workers_metrics_show_unclaimed_jobs_expired_leases_and_each_work
     claims.refused()
     assert samples(store)[("uronode_completions_refused_total", ())] == 1
     assert lost.job.attempts == 1
+
+
+def test_the_delivery_failure_counter_does_not_go_down_when_tries_are_reset(tmp_path: Path) -> None:
+    """Probe 41: `uronode_delivery_failures_total` fell from 270 to 0 at a `uronode retry` (it was counted from the
+    deliveries' tries, which a retry sets to 0). A counter never goes down: the reset tries are kept."""
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store, max_attempts=3)
+    with store.transaction() as conn:
+        outbox.enqueue_in(conn, destination="pacs", sop_instance_uid="7.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                          path=tmp_path / "a.dcm", job_id=None)
+    (item,) = outbox.due()["pacs"]
+    for _ in range(3):
+        outbox.mark_failed(item.id, "down")
+    assert samples(store)[("uronode_delivery_failures_total", ())] == 3
+    assert outbox.retry() == 1
+    outbox.mark_failed(item.id, "down")
+    assert samples(store)[("uronode_delivery_failures_total", ())] == 4
+    with store.transaction() as conn:  # owed afresh (a job run again)
+        outbox.enqueue_in(conn, destination="pacs", sop_instance_uid="7.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                          path=tmp_path / "a.dcm", job_id=None)
+    assert samples(store)[("uronode_delivery_failures_total", ())] == 4

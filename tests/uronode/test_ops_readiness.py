@@ -26,6 +26,7 @@ from dicomweb import ops
 from tests.conftest import WITH_WORKER
 from tests.peers.processes import Node, wait_until
 from tests.uronode.test_loops import node_settings, readyz, serving
+from uronode.app import node
 from uronode.app.node import WorkerProcess, jobs_unattended
 from uronode.jobs import JobQueue
 from uronode.loops import Loops
@@ -108,6 +109,50 @@ def test_a_frozen_worker_is_named_and_no_longer_once_it_goes_on(settings: Settin
     wait_until(lambda: worker.problem() is None, 30, "the worker to beat again")
 
 
+def test_a_frozen_worker_is_killed_and_replaced(settings: Settings, supervised: list[WorkerProcess]) -> None:
+    """Probe 41: a stopped worker held its job and the queue for good (``uronode cancel`` said a new one would take
+    its place; none did). Past twice the stale time it is killed, said why, and replaced."""
+    worker = WorkerProcess(settings, JobQueue(Store(settings.storage.data_dir)), target=beats, stale_after_s=0.5)
+    supervised.append(worker)
+    worker.start()
+    assert worker.proc is not None and worker.proc.pid is not None
+    frozen = worker.proc.pid
+    started = time.monotonic()
+    wait_until(lambda: worker.heartbeat.value > started, 60, "the worker's first beat")
+    os.kill(frozen, signal.SIGSTOP)
+
+    def replaced() -> bool:
+        worker.check()
+        return worker.proc is not None and worker.proc.pid != frozen and worker.proc.is_alive()
+
+    wait_until(replaced, 30, "the frozen worker to be replaced")
+    assert worker.last_exit is not None and worker.last_exit.startswith("killed by the node: it had not beaten for")
+
+
+def test_a_worker_up_again_after_a_crash_loop_is_no_longer_named(settings: Settings, supervised: list[WorkerProcess],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 41: ``/readyz`` named a crash loop for up to 10 minutes after the cause was mended, while jobs were
+    delivered. A worker up and beating for longer than a quick death's time is trusted again."""
+    monkeypatch.setattr(node, "QUICK_DEATH_S", 1.0)
+    worker = WorkerProcess(settings, JobQueue(Store(settings.storage.data_dir)), target=exits_at_once,
+                           restart_pause_s=0.01)
+    supervised.append(worker)
+    worker.start()
+
+    def named() -> bool:
+        worker.check()
+        return worker.problem() is not None
+
+    wait_until(named, 60, "the crash loop to be named")
+    worker.target = beats  # the cause mended (the model copied again)
+
+    def trusted() -> bool:
+        worker.check()
+        return worker.proc is not None and worker.proc.is_alive() and worker.problem() is None
+
+    wait_until(trusted, 60, "the worker to be trusted again")
+
+
 def test_readyz_names_an_index_locked_by_another_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the index is locked no worker takes a job; the waiting jobs are not named as unattended besides the
     lock (review 28 #7: two reasons, the second wrong)."""
@@ -159,6 +204,22 @@ def test_the_node_is_not_ready_while_its_worker_crash_loops_on_a_damaged_model(
     assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
     assert node.proc is not None and "ModelError" in node.proc.log_text()
 
+
+
+def test_workers_start_once_a_missing_model_folder_is_put_back(start_node: Callable[..., Node],
+                                                               tmp_path: Path) -> None:
+    """Probe 41: a node started without its models folder named it on /readyz, but once the folder was put back
+    no worker ever started, and nothing said a restart was needed. The supervisor starts them when it appears."""
+    models = tmp_path / "models"
+    node = start_node(**WITH_WORKER, URONODE_INFERENCE__MODELS_DIR=str(models))
+    base = f"http://127.0.0.1:{node.http_port}"
+    missing = httpx.get(f"{base}/readyz", timeout=30)
+    assert missing.status_code == 503 and f"not found under {models}" in missing.json()["detail"]
+    shutil.copytree(ROOT / "models" / "default", models / "default")
+    assert node.proc is not None
+    proc = node.proc
+    wait_until(lambda: ": starting the workers" in proc.log_text(), 60, "the workers to be started", 0.5)
+    wait_until(lambda: httpx.get(f"{base}/readyz", timeout=30).status_code == 200, 120, "the node to be ready", 1.0)
 
 
 def test_a_worker_that_ended_holding_its_beat_is_replaced_and_read_again(settings: Settings,

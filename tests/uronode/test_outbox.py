@@ -197,3 +197,38 @@ def test_the_deliverer_gives_up_when_the_delivery_settings_say(tmp_path: Path) -
     outbox = Outbox(Store(tmp_path / "data"))
     Deliverer(outbox, DeliverySettings(retry_for_s=3600), calling_ae="URONODE")
     assert outbox.retry_for_s == 3600 and outbox.max_attempts is None
+
+
+def test_what_the_destinations_no_longer_want_is_dropped_and_owed_again_once_they_do(tmp_path: Path) -> None:
+    """Probe 41: a destination's results narrowed (or the destination removed), `uronode retry` sent its dead
+    letters again, they died again, and the job stayed failed for good though the PACS held what it takes."""
+    from uronode.jobs import JobQueue
+    from uronode.settings import Destination
+
+    store = Store(tmp_path / "data")
+    outbox = Outbox(store, max_attempts=1)
+    with store.transaction() as conn:
+        job = JobQueue(store).enqueue_in(conn, "1.2", "1.2.3", 1, "default")
+        for sop, sop_class in (("9.1", "1.2.840.10008.5.1.4.1.1.66.4"), ("9.2", "1.2.840.10008.5.1.4.1.1.7")):
+            outbox.enqueue_in(conn, destination="pacs", sop_instance_uid=sop, sop_class_uid=sop_class,
+                              path=Path("/x.dcm"), job_id=job)
+        conn.execute("UPDATE jobs SET state = 'delivering' WHERE id = ?", (job,))
+    seg, sc = outbox.due()["pacs"]
+    outbox.mark_delivered([sc.id])
+    assert outbox.mark_failed(seg.id, "the PACS takes no SEG", permanent=True) is DeliveryState.DEAD
+    outbox.settle_jobs()
+    assert JobQueue(store).get(job).state.value == "failed"  # type: ignore[union-attr]
+
+    def pacs(*results: str) -> Destination:
+        return Destination.model_validate({"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "pacs",
+                                           "port": 104, "results": list(results)})
+
+    narrowed = outbox.drop_unwanted([pacs("sc", "sr", "ko")])
+    assert narrowed == {"destination 'pacs' takes no seg results any more (its results setting)": 1}
+    assert JobQueue(store).get(job).state.value == "delivered"  # type: ignore[union-attr]
+    assert outbox.retry() == 0 and outbox.counts() == {"delivered": 1, "superseded": 1}
+    assert outbox.drop_unwanted([pacs("seg", "sc", "sr", "ko")]) == {}  # put right: owed again
+    assert outbox.counts() == {"delivered": 1, "pending": 1}
+    assert JobQueue(store).get(job).state.value == "delivering"  # type: ignore[union-attr]
+    assert outbox.drop_unwanted([]) == {"destination 'pacs' is not configured any more": 1}
+    assert JobQueue(store).get(job).state.value == "delivered"  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from uronode import __version__
 from uronode.app import predict
+from uronode.audit import AuditLog
 from uronode.errors import UronodeError
 from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import setup_logging
@@ -261,8 +262,18 @@ def _superseded(store: Store, job_id: int, series_uid: str) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     outbox = Outbox(_existing_store(settings))
+    # what the destinations as now configured do not want is not sent again (probe 41: a destination's results
+    # narrowed, its dead letters were sent again and died again, their job failed for good)
+    if settings.delivery.destinations:
+        for why, dropped in outbox.drop_unwanted(settings.delivery.destinations).items():
+            print(f"{dropped} result(s) no longer owed: {why}")
+    else:  # most likely run without the node's configuration: nothing is dropped on its word
+        print("this configuration names no destination (run with the node's --config to drop what its destinations"
+              " no longer want)")
     count = outbox.retry(destination=args.destination, job_id=args.job)
     print(f"{count} dead letter(s) queued for delivery again")
+    AuditLog(outbox.store.root).record("deliveries_retried", count=count, destination=args.destination,
+                                                     job_id=args.job)
     return 0
 
 
@@ -349,6 +360,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"uronode: {exc}", file=sys.stderr)
         return 1
+    AuditLog(queue.store.root).record("job_requeued", job_id=args.job)  # probe 41: retry and requeue went unrecorded
     print(f"job {args.job} queued again; a running node's worker takes it")
     return 0
 

@@ -71,6 +71,8 @@ RESTARTS_TOO_MANY = 3
 RESTART_WINDOW_S = 600.0
 """A worker that died this many times within this window is crash-looping (a damaged model, a library that
 does not load): ``/readyz`` names it, with how it ended the last time."""
+FROZEN_KILL_AFTER = 2
+"""A worker whose heartbeat is older than this many times ``WORKER_STALE_S`` is killed and replaced."""
 QUICK_DEATH_S = 60.0
 """A worker that dies sooner than this after its start is restarted after a pause, doubling each time in a
 row (1 s, 2 s, 4 s ...) up to :data:`RESTART_PAUSE_MAX_S`, not at once forever."""
@@ -224,6 +226,8 @@ class WorkerProcess:
         self.last_exit: str | None = None
         self._quick_deaths = 0
         self._restart_at: float | None = None
+        self._kill_cause: str | None = None
+        """Why the node killed the process itself (frozen), for the job's reason and the log."""
 
     def start(self) -> None:
         target = self.target
@@ -247,10 +251,25 @@ class WorkerProcess:
 
     def check(self) -> None:
         """Restart the worker if it has exited, once the job it was running is taken back and its temporary
-        files removed; after a pause when it died soon after its start (:data:`QUICK_DEATH_S`)."""
-        if self.proc is None or self.proc.is_alive():
+        files removed; after a pause when it died soon after its start (:data:`QUICK_DEATH_S`). A worker whose
+        heartbeat is older than :data:`FROZEN_KILL_AFTER` times ``stale_after_s`` (stopped, or stuck beyond
+        Python's reach) is killed first, and so replaced (probe 41: a stopped worker held its job and the queue
+        for good, while ``uronode cancel`` said a new one would take its place)."""
+        if self.proc is None:
             return
         now = time.monotonic()
+        if self.proc.is_alive():
+            age = now - self.heartbeat.value
+            if age > FROZEN_KILL_AFTER * self.stale_after_s:
+                log.error("the worker (pid %s) has not beaten for %.0f s (frozen or stopped): killing it; its job "
+                          "goes back to the queue, the try counted", self.proc.pid, age)
+                self._kill_cause = f"killed by the node: it had not beaten for {age:.0f} s, frozen or stopped"
+                self.proc.kill()
+                self.proc.join(10)
+            elif self._quick_deaths and now - self.started_at >= QUICK_DEATH_S:
+                self._quick_deaths = 0  # it started and stays up: a death now is no longer one "in a row"
+            if self.proc.is_alive():
+                return
         if self._restart_at is None and self.proc.exitcode == DROPPED_JOB_EXIT:
             # it stopped the computation of a job that is no longer its own (cancelled): no death, a new one now
             self._take_back()  # nothing left running in its name, unless it was taken in the last moment
@@ -262,7 +281,8 @@ class WorkerProcess:
         if self._restart_at is None:  # found dead this round
             self._take_back()
             _remove_spares(self.queue.store.tmp_dir, self.proc.pid)
-            self.last_exit = exit_cause(self.proc.exitcode)
+            self.last_exit = self._kill_cause or exit_cause(self.proc.exitcode)
+            self._kill_cause = None
             self.deaths.append(now)
             self._quick_deaths = self._quick_deaths + 1 if now - self.started_at < QUICK_DEATH_S else 0
             pause = 0.0 if self._quick_deaths < 2 else min(self.restart_pause_s * 2 ** (self._quick_deaths - 2),
@@ -282,19 +302,22 @@ class WorkerProcess:
         if self.proc is None:
             return None
         at = time.monotonic() if now is None else now
+        if self.proc.is_alive():  # what it does now first (probe 41: an old crash loop hid a frozen worker)
+            age = at - self.heartbeat.value
+            if age > self.stale_after_s:
+                return (f"the worker (pid {self.proc.pid}) has not beaten for {age:.0f} s: frozen or stopped? It is "
+                        f"killed and replaced after {FROZEN_KILL_AFTER * self.stale_after_s:.0f} s")
+            if at - self.started_at >= QUICK_DEATH_S:
+                return None  # up and beating since: recovered, whatever it did before (probe 41: red for 10 min)
         recent = [t for t in self.deaths if at - t <= RESTART_WINDOW_S]
         if len(recent) >= RESTARTS_TOO_MANY:
             return (f"the worker died {len(recent)} times in {at - recent[0]:.0f} s (last: {self.last_exit});"
                     " see the log for why")
-        if self.proc.is_alive():
-            age = at - self.heartbeat.value
-            if age > self.stale_after_s:
-                return f"the worker (pid {self.proc.pid}) has not beaten for {age:.0f} s: frozen or stopped?"
         return None
 
     def _take_back(self) -> None:
         if self.proc is not None and self.proc.pid is not None:
-            self.queue.take_back(local_worker(self.proc.pid), exit_cause(self.proc.exitcode))
+            self.queue.take_back(local_worker(self.proc.pid), self._kill_cause or exit_cause(self.proc.exitcode))
 
     def stop(self, hurry: threading.Event | None = None) -> None:
         """Stop the process: it finishes the job it is running, for up to :data:`WORKER_STOP_WAIT_S` (no wait
@@ -508,6 +531,16 @@ def hold_data_dir(root: Path) -> int | None:
     return fd
 
 
+def drop_unwanted(outbox: Outbox, settings: Settings) -> dict[str, int]:
+    """:meth:`Outbox.drop_unwanted` for the node's destinations; an index it cannot write now is left for the
+    delivery loop (which says the same per delivery)."""
+    try:
+        return outbox.drop_unwanted(settings.delivery.destinations)
+    except sqlite3.Error as exc:
+        log.warning("deliveries no longer wanted could not be dropped now: %s", exc)
+        return {}
+
+
 def open_files_to_hard_limit() -> int:
     """Raise this process's limit of open files (inherited by the receiving processes and workers) to the hard
     limit the system allows; returns it. Every connection holds a descriptor: at the usual soft limit of 1,024,
@@ -591,6 +624,10 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
     loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
               stale_after_s=SUPERVISOR_STALE_S)
     if outbox is not None:
+        # what the destinations as now configured do not want is no longer owed (probe 41: a destination removed,
+        # or its results narrowed, left deliveries retried for a day and their jobs failed)
+        for why, count in drop_unwanted(outbox, settings).items():
+            log.warning("%d result(s) owed are not sent: %s (delivery.destinations)", count, why)
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
     if settings.queue.backend == "dramatiq":
@@ -613,17 +650,28 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
                     "(set inference.workers, or queue.backend = \"dramatiq\" with remote workers)",
                     settings.queue.backend)
     ready_checks: list[ReadyCheck] = [partial(jobs_unattended, queue, settings)]
+    waiting_for_model = False
     if workers:
         ready_checks.append(whatever_the_store(partial(model_missing, settings)))
         if (missing := model_missing(settings)) is not None:
-            log.error("%s: series are queued but not processed", missing)
-            workers = []
+            log.error("%s: series are queued but not processed; the workers start once it is there", missing)
+            waiting_for_model = True
         ready_checks.append(whatever_the_store(partial(workers_problem, workers)))
-    for worker in workers:
+    for worker in workers if not waiting_for_model else ():
         worker.start()
     if workers:
 
         def check_workers() -> None:
+            nonlocal waiting_for_model
+            if waiting_for_model:  # probe 41: a models folder put back had needed a restart that nothing named
+                if model_missing(settings) is not None:
+                    return
+                log.warning("model %r found under %s: starting the workers", settings.inference.model,
+                            settings.inference.models_dir)
+                waiting_for_model = False
+                for worker in workers:
+                    worker.start()
+                return
             for worker in workers:
                 worker.check()
 
