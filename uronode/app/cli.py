@@ -240,6 +240,51 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """From what a radiologist names (an Accession Number, a Patient ID) or a Study Instance UID to what the node
+    did with each series of the study: received, analysed, skipped and why, its jobs and where their results went
+    (probe 41: `uronode jobs` listed UIDs only, skipped series were in no command)."""
+    settings = _settings_from_args(args)
+    store = _existing_store(settings)
+    conn = store.conn()
+    if args.study:
+        where, value = "study_instance_uid = ?", args.study
+    elif args.accession:
+        where, value = "accession_number = ?", args.accession
+    else:
+        where, value = "patient_id = ?", args.patient_id
+    studies = conn.execute(f"SELECT study_instance_uid, accession_number, study_date FROM studies WHERE {where}"
+                           " ORDER BY study_date DESC, study_instance_uid LIMIT 50", (value,)).fetchall()
+    if not studies:
+        print(f"uronode: the node holds no study with that {where.split(' ')[0]} (received studies only; retention"
+              " may have removed it)", file=sys.stderr)
+        return 1
+    for study in studies:
+        print(f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}"
+              f"  date {study['study_date'] or '-'}")
+        for series in conn.execute(
+                "SELECT s.series_instance_uid, s.series_number, s.series_description, s.modality, s.state,"
+                " s.disposition, s.reason, s.last_received_at, (SELECT count(*) FROM instances i"
+                " WHERE i.series_instance_uid = s.series_instance_uid) AS n FROM series s"
+                " WHERE s.study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r"
+                " ON r.sop_instance_uid = i.sop_instance_uid WHERE i.series_instance_uid = s.series_instance_uid)"
+                " ORDER BY s.series_number, s.series_instance_uid", (study["study_instance_uid"],)):
+            number = series["series_number"] if series["series_number"] is not None else "-"
+            status = (series["state"] if series["state"] != "complete"
+                      else f"{series['disposition'] or 'complete'}"
+                           + (f": {series['reason']}" if series["reason"] else ""))
+            print(f"  series #{number} {series['modality'] or '?'} {series['series_description'] or ''!r}"
+                  f" ({series['n']} instances, last {local_time(series['last_received_at'])}): {status}")
+            for job in conn.execute("SELECT id, state, reason, model, updated_at FROM jobs"
+                                    " WHERE series_instance_uid = ? ORDER BY id", (series["series_instance_uid"],)):
+                sent = ", ".join(f"{r['destination']} {r['state']} {r['n']}" for r in conn.execute(
+                    "SELECT destination, state, count(*) AS n FROM deliveries WHERE job_id = ?"
+                    " GROUP BY destination, state ORDER BY destination, state", (job["id"],)))
+                print(f"    job {job['id']} {job['state']} ({job['model']}, {local_time(job['updated_at'])})"
+                      + (f": {job['reason']}" if job["reason"] else "") + (f"; results: {sent}" if sent else ""))
+    return 0
+
+
 def _ct_label(store: Store, series_uid: str) -> str:
     """"#3 KUB 5.0mm": the series' number and description, cut to the column; "" for a series the index lacks."""
     row = store.conn().execute("SELECT series_number, series_description FROM series WHERE series_instance_uid = ?",
@@ -476,6 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=["queued", "running", "delivering", "delivered", "failed"])
     _add_limit_flag(jobs, "jobs")
     jobs.set_defaults(func=cmd_jobs)
+
+    study = sub.add_parser("study", help="what the node did with each series of a study: from an Accession Number,"
+                                         " a Patient ID or a Study Instance UID to its jobs and deliveries")
+    _add_config_flag(study)
+    study.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    named = study.add_mutually_exclusive_group(required=True)
+    named.add_argument("--accession", help="the study's Accession Number")
+    named.add_argument("--patient-id", help="the patient's ID: each of the patient's studies")
+    named.add_argument("--study", help="the Study Instance UID")
+    study.set_defaults(func=cmd_study)
 
     retry = sub.add_parser("retry", help="send dead-letter deliveries again")
     _add_config_flag(retry)

@@ -1,0 +1,56 @@
+"""`uronode study`: from what a radiologist names (an Accession Number, a Patient ID) to what the node did with
+each series of the study (probe 41: `uronode jobs` listed UIDs only, and skipped series were in no command)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.factory import ct_slice, uid
+from uronode.app.cli import main
+from uronode.completion import CompletionMonitor
+from uronode.ingest import take_instance
+from uronode.jobs import JobQueue
+from uronode.outbox import Outbox
+from uronode.store import Store
+
+STUDY = uid("cli-study", "study")
+
+
+def _send(store: Store, series: str, count: int, **attributes: object) -> None:
+    for index in range(count):
+        ds = ct_slice(STUDY, series, index, size=16)
+        ds.AccessionNumber, ds.PatientID = "ACC1002", "MRN77"
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        assert take_instance(store, [buffer.getvalue()], source="CT").stored
+
+
+def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_deliveries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store(tmp_path / "data", fsync=False)
+    analysed, scout = uid("cli-study", "ct"), uid("cli-study", "scout")
+    _send(store, analysed, 3, SeriesNumber=3, SeriesDescription="KUB 1.25")
+    _send(store, scout, 1, SeriesNumber=1, SeriesDescription="Topogram", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=0, model="default").complete_due(time.time() + 1)
+    (job,) = JobQueue(store).for_series(analysed)
+    with store.transaction() as conn:
+        Outbox(store).enqueue_in(conn, destination="pacs", sop_instance_uid="9.9", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                                 path=tmp_path / "x.dcm", job_id=job.id)
+    data = str(tmp_path / "data")
+    assert main(["study", "--data-dir", data, "--accession", "ACC1002"]) == 0
+    out = capsys.readouterr().out
+    assert f"study {STUDY}  accession ACC1002" in out
+    assert "series #1 CT 'Topogram' (1 instances" in out and "skipped: localizer (scout) images" in out
+    assert "series #3 CT 'KUB 1.25' (3 instances" in out and ": queued" in out
+    assert f"    job {job.id} queued (default, " in out and "results: pacs pending 1" in out
+    assert "MRN77" not in out
+    assert main(["study", "--data-dir", data, "--patient-id", "MRN77"]) == 0
+    assert f"study {STUDY}" in capsys.readouterr().out
+    assert main(["study", "--data-dir", data, "--accession", "NOPE"]) == 1
+    assert "the node holds no study with that accession_number" in capsys.readouterr().err
