@@ -275,4 +275,5 @@ def _send_one(
             log.info("%s stored %s with warning 0x%04X%s", where, item.sop_instance_uid, code, comment)
         return SendResult(item.sop_instance_uid, True, code, None)
     comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
-    return SendResult(item.sop_instance_uid, False, code, f"{where} answered 0x{code:04X}{comment}")
+    meaning = " (out of resources: its disk or memory?)" if code & 0xFF00 == 0xA700 else ""  # probe 41
+    return SendResult(item.sop_instance_uid, False, code, f"{where} answered 0x{code:04X}{meaning}{comment}")

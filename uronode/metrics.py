@@ -81,6 +81,13 @@ class IndexCollector(Collector):
         for delivery_state in DELIVERY_STATES:
             outbox.add_metric([delivery_state], deliveries.get(delivery_state, 0))
         yield outbox
+        # the same by destination (probe 41: with two destinations, which one is down could not be told)
+        by_destination = GaugeMetricFamily("uronode_destination_deliveries", "Result deliveries by destination and "
+                                           "state (destinations that have any).", labels=["destination", "state"])
+        for row in conn.execute("SELECT destination, state, count(*) AS n FROM deliveries GROUP BY destination, state"
+                                " ORDER BY destination, state"):
+            by_destination.add_metric([row["destination"], row["state"]], row["n"])
+        yield by_destination
         # A delivered instance's last try succeeded; every try of one still pending or dead failed.
         (failures,) = conn.execute(
             "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"

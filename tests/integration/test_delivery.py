@@ -66,7 +66,7 @@ def test_a_failure_status_is_a_failure_with_its_reason(start_node: Callable[...,
     finally:
         subprocess.run(["chattr", "-i", str(node.data_dir / "tmp")], check=True)
     assert [r.ok for r in results] == [False, False]
-    assert results[0].status == 0xA700 and "0xA700" in (results[0].reason or "")
+    assert results[0].status == 0xA700 and "0xA700 (out of resources: its disk or memory?)" in (results[0].reason or "")
 
 
 def test_no_peer_means_every_file_failed_with_the_reason(tmp_path: Path) -> None:

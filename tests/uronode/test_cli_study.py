@@ -54,3 +54,18 @@ def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_de
     assert f"study {STUDY}" in capsys.readouterr().out
     assert main(["study", "--data-dir", data, "--accession", "NOPE"]) == 1
     assert "the node holds no study with that accession_number" in capsys.readouterr().err
+
+
+def test_a_delivering_job_says_what_it_waits_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 41: a job stuck in delivering while the PACS was down showed no reason in `uronode jobs`."""
+    store = Store(tmp_path / "data", fsync=False)
+    outbox = Outbox(store)
+    with store.transaction() as conn:
+        job = JobQueue(store).enqueue_in(conn, STUDY, uid("cli-study", "ct"), 1, "default")
+        outbox.enqueue_in(conn, destination="pacs", sop_instance_uid="9.9", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                          path=tmp_path / "x.dcm", job_id=job)
+        conn.execute("UPDATE jobs SET state = 'delivering' WHERE id = ?", (job,))
+    (item,) = outbox.due()["pacs"]
+    outbox.mark_failed(item.id, "cannot connect to PACS at pacs:104")
+    assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
+    assert "waiting for pacs (1, tried 1 times: cannot connect to PACS at pacs:104)" in capsys.readouterr().out

@@ -134,6 +134,10 @@ def test_the_delivery_failure_counter_does_not_go_down_when_tries_are_reset(tmp_
     assert outbox.retry() == 1
     outbox.mark_failed(item.id, "down")
     assert samples(store)[("uronode_delivery_failures_total", ())] == 4
+    found = samples(store)
+    assert found[("uronode_destination_deliveries", (("destination", "pacs"), ("state", "pending")))] == 1
+    assert not any(name == "uronode_destination_deliveries" and dict(labels)["state"] != "pending"
+                   for name, labels in found)  # states a destination has none of are not listed
     with store.transaction() as conn:  # owed afresh (a job run again)
         outbox.enqueue_in(conn, destination="pacs", sop_instance_uid="7.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
                           path=tmp_path / "a.dcm", job_id=None)

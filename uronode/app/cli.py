@@ -234,7 +234,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for job in jobs:
         print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.model:<14}"
               f" {_ct_label(store, job.series_instance_uid):<24} {job.series_instance_uid:<64}"
-              f"  {local_time(job.updated_at):<25}  {job.reason or _superseded(store, job.id, job.series_instance_uid)}")
+              f"  {local_time(job.updated_at):<25}  {job.reason or _superseded(store, job.id, job.series_instance_uid)}"
+              f"{_waiting_on(store, job.id) if job.state is JobState.DELIVERING and not job.reason else ''}")
     if cut:
         _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0
@@ -283,6 +284,18 @@ def cmd_study(args: argparse.Namespace) -> int:
                 print(f"    job {job['id']} {job['state']} ({job['model']}, {local_time(job['updated_at'])})"
                       + (f": {job['reason']}" if job["reason"] else "") + (f"; results: {sent}" if sent else ""))
     return 0
+
+
+def _waiting_on(store: Store, job_id: int) -> str:
+    """What a delivering job waits for: "waiting for pacs (3, tried 4 times: cannot connect ...)" per destination
+    with results still pending (probe 41: its reason was empty while the PACS was down)."""
+    rows = store.conn().execute(
+        "SELECT destination, count(*) AS n, max(attempts) AS tries, (SELECT d2.last_error FROM deliveries d2"
+        " WHERE d2.job_id = d.job_id AND d2.destination = d.destination AND d2.state = 'pending'"
+        " AND d2.last_error IS NOT NULL ORDER BY d2.updated_at DESC LIMIT 1) AS error FROM deliveries d"
+        " WHERE job_id = ? AND state = 'pending' GROUP BY destination ORDER BY destination", (job_id,)).fetchall()
+    return "; ".join(f"waiting for {r['destination']} ({r['n']}" + (f", tried {r['tries']} times: {r['error']}"
+                                                                    if r["error"] else "") + ")" for r in rows)
 
 
 def _ct_label(store: Store, series_uid: str) -> str:
