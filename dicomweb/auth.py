@@ -38,6 +38,7 @@ import math
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -209,8 +210,30 @@ def http_password(settings: Settings) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
-    log.warning("HTTP user %r; its password was made and stored in %s", settings.dicomweb.username, path)
+    if _held_data(path.parent):  # a node that ran before
+        # probe 41: a lost password file was replaced with the first start's words, which said nothing of it
+        log.error("HTTP user %r: the password file %s was missing in a data folder that holds a node's data: a new"
+                  " password was made and stored there; every client, browser and viewer that kept the old one is"
+                  " refused until given it (or set dicomweb.password)", settings.dicomweb.username, path)
+    else:
+        log.warning("HTTP user %r; its password was made and stored in %s", settings.dicomweb.username, path)
     return password
+
+
+def _held_data(folder: Path) -> bool:
+    """Whether the data folder's index already holds instances or jobs (a node ran there before)."""
+    index = folder / "index.sqlite3"
+    if not index.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=5)
+        try:
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM jobs)")
+                        .fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
 
 
 OTHER_ADDRESSES = "other addresses"
