@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 
 def die_with_parent(parent_pid: int | None = None, interval_s: float = 0.2) -> None:
@@ -36,3 +37,29 @@ DROPPED_JOB_EXIT = 86
 """The exit code of a worker process that ended itself because the job it was computing stopped being its own
 (``uronode cancel``): its computation would be thrown away, so it is stopped, not finished. The node's supervisor
 starts a new worker at once and does not count it as a death (``uronode.app.node.WorkerProcess``)."""
+
+
+WHY_SUFFIX = ".why"
+"""A worker process that cannot start leaves why in ``<data_dir>/tmp/<pid>.why``; the node reads it when it finds
+the process dead (:func:`read_why`)."""
+
+
+def say_why(data_dir: Path, reason: str) -> None:
+    """Leave why this process cannot work for the node (best effort: an unwritable folder is said by the log)."""
+    try:
+        (data_dir / "tmp" / f"{os.getpid()}{WHY_SUFFIX}").write_text(reason[:2000])
+    except OSError:
+        pass
+
+
+def read_why(data_dir: Path, pid: int | None) -> str | None:
+    """What a dead worker process left as why it could not work (and the file removed), or None."""
+    if pid is None:
+        return None
+    path = data_dir / "tmp" / f"{pid}{WHY_SUFFIX}"
+    try:
+        reason = path.read_text()
+    except OSError:
+        return None
+    path.unlink(missing_ok=True)
+    return reason or None

@@ -47,7 +47,7 @@ from uronode.files import disk_problem
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
 from uronode.outbox import Outbox
-from uronode.processes import DROPPED_JOB_EXIT
+from uronode.processes import DROPPED_JOB_EXIT, read_why
 from uronode.retention import purge
 from uronode.settings import ConfigError, Settings
 from uronode.store import Store
@@ -227,6 +227,8 @@ class WorkerProcess:
         self._quick_deaths = 0
         self._restart_at: float | None = None
         self._kill_cause: str | None = None
+        self._exit_said = False
+        """Whether :attr:`last_exit` says why (the process said it, or the node killed it), not only how."""
         """Why the node killed the process itself (frozen), for the job's reason and the log."""
 
     def start(self) -> None:
@@ -281,7 +283,9 @@ class WorkerProcess:
         if self._restart_at is None:  # found dead this round
             self._take_back()
             _remove_spares(self.queue.store.tmp_dir, self.proc.pid)
-            self.last_exit = self._kill_cause or exit_cause(self.proc.exitcode)
+            why = read_why(self.queue.store.root, self.proc.pid)  # what it said before it ended (probe 41)
+            self._exit_said = bool(self._kill_cause or why)
+            self.last_exit = self._kill_cause or exit_cause(self.proc.exitcode) + (f": {why}" if why else "")
             self._kill_cause = None
             self.deaths.append(now)
             self._quick_deaths = self._quick_deaths + 1 if now - self.started_at < QUICK_DEATH_S else 0
@@ -311,8 +315,8 @@ class WorkerProcess:
                 return None  # up and beating since: recovered, whatever it did before (probe 41: red for 10 min)
         recent = [t for t in self.deaths if at - t <= RESTART_WINDOW_S]
         if len(recent) >= RESTARTS_TOO_MANY:
-            return (f"the worker died {len(recent)} times in {at - recent[0]:.0f} s (last: {self.last_exit});"
-                    " see the log for why")
+            return (f"the worker died {len(recent)} times in {at - recent[0]:.0f} s (last: {self.last_exit})"
+                    + ("" if self._exit_said else "; see the log for why"))
         return None
 
     def _take_back(self) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +47,7 @@ from uronode.header import read_header
 from uronode.jobs import JobNotRunning, JobQueue, local_worker, series_changed
 from uronode.logs import setup_logging
 from uronode.outbox import Outbox
-from uronode.processes import DROPPED_JOB_EXIT, die_with_parent
+from uronode.processes import DROPPED_JOB_EXIT, die_with_parent, say_why
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import current_reports, owe_note_in, record_results, rejected_uids, retire
@@ -358,7 +359,15 @@ def run_worker(settings_json: str, parent_pid: int | None = None, heartbeat: Syn
     setup_logging(settings.log_level)
     if model is None:
         started = time.perf_counter()
-        pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
+        try:
+            pipeline = Pipeline(resolve_model_dir(settings.inference.model, settings.inference.models_dir))
+        except Exception as exc:  # noqa: BLE001 - said on one line, and to the node for /readyz, then exit 1
+            # probe 41: a damaged model was said only as a multi-line traceback without a time, and /readyz
+            # said "see the log"
+            reason = f"the model {settings.inference.model!r} could not be loaded: {type(exc).__name__}: {exc}"
+            log.error("worker: %s", reason)
+            say_why(Path(settings.storage.data_dir), reason)
+            sys.exit(1)
         log.info("worker: model %s %s loaded in %.1f s", pipeline.name, pipeline.version,
                  time.perf_counter() - started)
         model = pipeline
