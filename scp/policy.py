@@ -43,6 +43,7 @@ from pynetdicom.transport import RequestHandler
 
 from scp import fastpath
 from scp.status import RejectReason, RejectResult, RejectSource, StoreStatus
+from uronode.audit import AuditLog
 from uronode.settings import CallerRule
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,40 @@ class AssociationSlots:
                 self.held[self._own.start + own.index(key)] = 0
 
 
+class RefusalAudit:
+    """Refused associations in the audit log (probe 41: a scanner refused for its AE title was in the text log
+    only): event ``association_refused`` with the calling AE, the host and why, at most one a minute for each
+    (AE, host, why), with how many more there were since (a peer retrying, or a flood, writes no more)."""
+
+    def __init__(self, audit: AuditLog | None, every_s: float = 60.0) -> None:
+        self.audit = audit
+        self.every_s = every_s
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, calling_ae: str, host: str, why: str) -> None:
+        if self.audit is None:
+            return
+        key = (calling_ae[:64], host[:64], why)
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._last.get(key, (-self.every_s, 0))
+            if now - last < self.every_s:
+                self._last[key] = (last, held + 1)
+                return
+            self._last[key] = (now, 0)
+            if len(self._last) > 4096:  # many hosts or titles: forget the oldest
+                for old in sorted(self._last, key=lambda k: self._last[k][0])[:2048]:
+                    del self._last[old]
+        self.audit.record("association_refused", calling_ae=key[0], host=key[1], reason=why, more_since=held)
+
+
 class PolicyACSE(ACSE):
     """ACSE that applies the caller policy and the shared association limit before negotiating."""
 
     policy: CallerPolicy
     slots: AssociationSlots | None
+    refusals: RefusalAudit | None = None
 
     def _negotiate_as_acceptor(self) -> None:
         rq = self.requestor.primitive
@@ -207,16 +237,19 @@ class PolicyACSE(ACSE):
         if self.assoc.ae.require_called_aet and called_ae != ours:
             log.warning("association from %s at %s rejected: called AE title %r is not ours (%s)",
                         calling_ae, host, called_ae, ours)
+            self._audit(calling_ae, host, f"called AE title {called_ae[:16]!r} is not ours")
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLED_AE_NOT_RECOGNISED)
             return
         if not self.policy.allows(calling_ae, host):
             log.warning("association from %s at %s rejected: calling AE title not allowed", calling_ae, host)
+            self._audit(calling_ae, host, "calling AE title not allowed (scp.allowed_callers)")
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
             return
         if self.slots is not None:
             refusal = self.slots.try_take(host)
             if refusal is not None:
                 log.warning("association from %s at %s rejected: %s", calling_ae, host, refusal)
+                self._audit(calling_ae, host, refusal)
                 self._reject(
                     RejectResult.TRANSIENT,
                     RejectSource.SERVICE_PROVIDER_PRESENTATION,
@@ -238,6 +271,10 @@ class PolicyACSE(ACSE):
         if requested:
             self.assoc._uronode_release_requested = True  # type: ignore[attr-defined]  # our mark
         return requested
+
+    def _audit(self, calling_ae: str, host: str, why: str) -> None:
+        if self.refusals is not None:
+            self.refusals.record(calling_ae, host, why)
 
     def _reject(self, result: int, source: int, reason: int) -> None:
         self.requestor.ae_title = str(self.requestor.primitive.calling_ae_title)  # type: ignore[union-attr]
@@ -272,7 +309,7 @@ def prefer_requestor_order(assoc: Association) -> None:
 
 
 def make_request_handler(
-    policy: CallerPolicy, slots: AssociationSlots | None, max_instance_bytes: int
+    policy: CallerPolicy, slots: AssociationSlots | None, max_instance_bytes: int, refusals: RefusalAudit | None = None
 ) -> type[RequestHandler]:
     """A pynetdicom request handler whose associations use :class:`PolicyACSE` and take data sets of at
     most ``max_instance_bytes``."""
@@ -283,6 +320,7 @@ def make_request_handler(
             acse = PolicyACSE(assoc)
             acse.policy = policy
             acse.slots = slots
+            acse.refusals = refusals
             assoc.acse = acse
             fastpath.attach(assoc)
             guard_store_requests(assoc)

@@ -39,12 +39,14 @@ from scp.identity import node_ae
 from scp.policy import (
     AssociationSlots,
     CallerPolicy,
+    RefusalAudit,
     make_request_handler,
     release_slot,
     released_normally,
 )
 from scp.status import StoreStatus
 from uronode.associations import Associations
+from uronode.audit import AuditLog
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import OutOfResources
 from uronode.ingest import Expected, Verdict, take_instance
@@ -372,7 +374,8 @@ def make_server(
         ssl_context=settings.scp.ssl_context(),
         evt_handlers=handlers,
         server_class=server_class,
-        request_handler=make_request_handler(policy, slots, settings.scp.max_instance_bytes),
+        request_handler=make_request_handler(policy, slots, settings.scp.max_instance_bytes,
+                                             RefusalAudit(AuditLog(store.root))),
     )
     ae._servers.append(server)
     return server

@@ -92,3 +92,30 @@ def test_a_peer_that_stops_mid_pdu_loses_its_connection_after_the_network_timeou
         assert echo("127.0.0.1", listener, "URONODE", calling_ae="SCANNER", timeout_s=10).ok
     finally:
         sock.close()
+
+
+def test_refused_associations_are_audited_once_a_minute_for_each_caller_and_reason(tmp_path: Path) -> None:
+    """Probe 41: a scanner refused for its AE title was in the text log only. The audit log has it, one event a
+    minute for each calling AE, host and reason (a peer retrying in a loop writes no more)."""
+    import json
+
+    port = free_port()
+    settings = load_settings(overrides={"host": "127.0.0.1", "storage": {"data_dir": tmp_path / "data"},
+                                        "scp": {"port": port, "restrict_callers": True, "allowed_callers": ["GOOD"]}})
+    store = Store(settings.storage.data_dir)
+    server = make_server(settings, store, make_listening_socket("127.0.0.1", port), None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            assert not echo("127.0.0.1", port, "URONODE", calling_ae="CTSCANNER9", timeout_s=10).ok
+        assert not echo("127.0.0.1", port, "NOTUS", calling_ae="GOOD", timeout_s=10).ok
+        assert echo("127.0.0.1", port, "URONODE", calling_ae="GOOD", timeout_s=10).ok
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    events = [json.loads(line) for line in (store.root / "audit.log").read_text().splitlines()]
+    refused = [(e["calling_ae"], e["host"], e["reason"]) for e in events if e["event"] == "association_refused"]
+    assert refused == [("CTSCANNER9", "127.0.0.1", "calling AE title not allowed (scp.allowed_callers)"),
+                       ("GOOD", "127.0.0.1", "called AE title 'NOTUS' is not ours")]
