@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -227,6 +228,8 @@ def handle_conn_close(event: Event, receiver: Receiver) -> None:
 READ_STALL_S = 5.0
 """How long one read of an accepted connection waits for bytes before it looks at the time again (SO_RCVTIMEO): a
 PDU whose bytes stop coming is given up after the network timeout (``scp.fastpath``), not waited for forever."""
+TLS_HANDSHAKE_S = 10.0
+"""How long a TLS connection's handshake may take (in the connection's own thread)."""
 KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 6))
 """TCP keepalive of accepted connections: a peer gone without a word (a cable pulled, a NAT's entry dropped) is
 found within about 2 minutes of silence, its association's slot freed (probe 40: it was held until a restart)."""
@@ -242,8 +245,9 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     listening_socket: socket.socket | None = None
     connections_per_host: int | None = None
-    """Connections one host may hold in this process, counted as they are accepted (before any A-ASSOCIATE-RQ):
-    a host holding that many gets its next one closed at once (probe 40: 140 silent connections of one host
+    """Connections one host may hold in this process (twice its share of associations), counted as they are
+    accepted (before any A-ASSOCIATE-RQ), associations already ended left out: a host holding that many gets its
+    next one closed at once (probe 40: 140 silent connections of one host
     filled every process's pynetdicom limit, and the allowed scanners were refused)."""
     _refusals = 0
     _refusal_logged_at = 0.0
@@ -268,7 +272,8 @@ class SharedSocketServer(ThreadedAssociationServer):
         busy = len(self.active_associations)
         if busy:
             time.sleep(min(0.002 * busy, 0.02))
-        client, address = super().get_request()
+        listening = cast(socket.socket, self.socket)
+        client, address = listening.accept()
         # Accepted from a non-blocking listening socket, the client socket would be in timeout
         # mode (every read: EAGAIN, poll, read again); make it plain blocking, as pynetdicom's own
         # server does. pynetdicom waits for readiness with select before reading.
@@ -279,9 +284,28 @@ class SharedSocketServer(ThreadedAssociationServer):
             client.setsockopt(socket.IPPROTO_TCP, option, value)
         # a blocked read returns after READ_STALL_S (EAGAIN), a blocked write after the network timeout (an
         # error: pynetdicom ends the association): a peer that stops mid-PDU cannot hold its thread and its slot
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(READ_STALL_S))
+        if fastpath.is_installed():  # pynetdicom's own reads take the EAGAIN for a closed connection (review 37)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(READ_STALL_S))
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.ae.network_timeout or 60.0))
+        if self.ssl_context:
+            # the handshake in the connection's own thread (process_request_thread), not here: pynetdicom's in the
+            # accepting thread let one connection that never sent its ClientHello stop the process's accepts
+            # (review 37: every TLS scanner timed out behind it)
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(TLS_HANDSHAKE_S)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:
+                host = client_address[0] if isinstance(client_address, tuple) else client_address
+                log.warning("TLS handshake with %s failed: %s", host, exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Refuse (close) a connection of a host that holds its share of this process's connections already."""
@@ -289,7 +313,7 @@ class SharedSocketServer(ThreadedAssociationServer):
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         if limit is None:
             return True
-        held = sum(1 for assoc in self.active_associations if _address(assoc) == host)
+        held = sum(1 for assoc in self.active_associations if _address(assoc) == host and _live(assoc))
         if held < limit:
             return True
         cls = type(self)
@@ -304,6 +328,12 @@ class SharedSocketServer(ThreadedAssociationServer):
 
 
 REFUSAL_LOG_EVERY_S = 60.0
+
+
+def _live(assoc: Association) -> bool:
+    """Whether an acceptor thread's association is still on (review 37: threads of associations released or
+    refused a moment ago, not yet ended, were counted, and a PACS's back-to-back parallel sends were closed)."""
+    return not (assoc.is_released or assoc.is_aborted or assoc.is_rejected)
 
 
 def _address(assoc: Association) -> str | None:
@@ -365,8 +395,10 @@ def make_server(
         (evt.EVT_ABORTED, handle_aborted, [receiver]),
         (evt.EVT_CONN_CLOSE, handle_conn_close, [receiver]),
     ]
+    # twice the host's share of associations: connections held by associations the share refuses (with an
+    # A-ASSOCIATE-RJ, as a sender expects) or ending are not cut off; silent ones still are (review 37)
     server_class = type("BoundServer", (SharedSocketServer,), {"listening_socket": listening,
-                                                               "connections_per_host": settings.scp.host_share()})
+                                                               "connections_per_host": 2 * settings.scp.host_share()})
     ae = build_ae(settings)
     server = ae.make_server(
         (settings.host, settings.scp.port),

@@ -224,7 +224,8 @@ class Outbox:
         now = time.time()
         dropped: dict[str, int] = {}
         with self.store.transaction() as conn:
-            rows = conn.execute("SELECT id, job_id, destination, sop_class_uid, state, last_error FROM deliveries"
+            rows = conn.execute("SELECT id, job_id, destination, sop_instance_uid, sop_class_uid, path, state,"
+                                " last_error FROM deliveries"
                                 " WHERE state IN ('pending', 'dead') OR (state = 'superseded' AND last_error LIKE ?)",
                                 (NOT_OWED + "%",)).fetchall()
             jobs = set()
@@ -242,6 +243,8 @@ class Outbox:
                                  " WHERE id = ?", (f"{NOT_OWED}{why}", now, row["id"]))
                     dropped[why] = dropped.get(why, 0) + 1
                 elif why is None and row["state"] == "superseded":  # wanted again
+                    if not _still_there(conn, row):
+                        continue  # its result superseded, withdrawn or purged since (review 37): no more owed
                     _keep_failures(conn, "id = ?", (row["id"],))
                     conn.execute("UPDATE deliveries SET state = 'pending', attempts = 0, owed_s = 0, last_error = NULL,"
                                  " next_attempt_at = ?, created_at = ?, updated_at = ? WHERE id = ?",
@@ -296,6 +299,16 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         rows = self.store.conn().execute("SELECT state, count(*) AS n FROM deliveries GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
+
+
+def _still_there(conn: sqlite3.Connection, row: sqlite3.Row) -> bool:
+    """Whether a delivery's result can be owed again: a job's result still in the store and never rejected (taken
+    out as superseded or withdrawn), a rejection note's file still on disk."""
+    uid = row["sop_instance_uid"]
+    if row["job_id"] is None:
+        return Path(row["path"]).is_file()
+    return (conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone() is not None
+            and conn.execute("SELECT 1 FROM rejected WHERE sop_instance_uid = ?", (uid,)).fetchone() is None)
 
 
 def _keep_failures(conn: sqlite3.Connection, where: str, params: Sequence[object]) -> None:

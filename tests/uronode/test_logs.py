@@ -91,8 +91,8 @@ def test_a_flood_of_one_warning_from_the_network_side_is_held_back_and_counted()
     records and other messages pass."""
     flood = FloodFilter()
 
-    def record(name: str, msg: str, at: float, level: int = logging.ERROR) -> logging.LogRecord:
-        made = logging.LogRecord(name, level, __file__, 1, msg, ("AE",), None)
+    def record(name: str, msg: str, at: float, level: int = logging.ERROR, peer: str = "AE") -> logging.LogRecord:
+        made = logging.LogRecord(name, level, __file__, 1, msg, (peer,), None)
         made.created = at
         return made
 
@@ -100,6 +100,8 @@ def test_a_flood_of_one_warning_from_the_network_side_is_held_back_and_counted()
               for i in range(300)]
     assert sum(passed) == 20 and passed[:20] == [True] * 20
     assert flood.filter(record("scp.server", "other %s", 1010.0))  # another message
+    # another peer's line of the same message (review 37: one peer's flood hid the others')
+    assert flood.filter(record("scp.fastpath", "%s from x: association aborted", 1010.0, peer="CT1"))
     assert flood.filter(record("uronode.worker", "%s from x: association aborted", 1010.0))  # not the network side
     assert flood.filter(record("scp.fastpath", "%s from x: association aborted", 1010.0, logging.INFO))
     later = record("scp.fastpath", "%s from x: association aborted", 1061.0)

@@ -202,14 +202,21 @@ def test_the_deliverer_gives_up_when_the_delivery_settings_say(tmp_path: Path) -
 def test_what_the_destinations_no_longer_want_is_dropped_and_owed_again_once_they_do(tmp_path: Path) -> None:
     """Probe 41: a destination's results narrowed (or the destination removed), `uronode retry` sent its dead
     letters again, they died again, and the job stayed failed for good though the PACS held what it takes."""
+    from tests.uronode.test_store import encoded, put
+    from uronode.header import read_header
     from uronode.jobs import JobQueue
     from uronode.settings import Destination
 
     store = Store(tmp_path / "data")
     outbox = Outbox(store, max_attempts=1)
+    uids = []
+    for index in range(2):  # the results, in the store
+        parts = encoded(index, series="1.2.3.901")
+        put(store, parts)
+        uids.append(read_header(parts).sop_instance_uid)
     with store.transaction() as conn:
         job = JobQueue(store).enqueue_in(conn, "1.2", "1.2.3", 1, "default")
-        for sop, sop_class in (("9.1", "1.2.840.10008.5.1.4.1.1.66.4"), ("9.2", "1.2.840.10008.5.1.4.1.1.7")):
+        for sop, sop_class in zip(uids, ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7"), strict=True):
             outbox.enqueue_in(conn, destination="pacs", sop_instance_uid=sop, sop_class_uid=sop_class,
                               path=Path("/x.dcm"), job_id=job)
         conn.execute("UPDATE jobs SET state = 'delivering' WHERE id = ?", (job,))
@@ -232,3 +239,8 @@ def test_what_the_destinations_no_longer_want_is_dropped_and_owed_again_once_the
     assert JobQueue(store).get(job).state.value == "delivering"  # type: ignore[union-attr]
     assert outbox.drop_unwanted([]) == {"destination 'pacs' is not configured any more": 1}
     assert JobQueue(store).get(job).state.value == "delivered"  # type: ignore[union-attr]
+    # review 37: a result taken out since (superseded by a later run: rejected) is not owed again
+    store.conn().execute("INSERT INTO rejected (sop_instance_uid, source_series_uid, rejected_at) VALUES (?, ?, 0)",
+                         (uids[0], "1.2.3"))
+    assert outbox.drop_unwanted([pacs("seg", "sc", "sr", "ko")]) == {}
+    assert outbox.counts() == {"delivered": 1, "superseded": 1}

@@ -630,8 +630,9 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
     if outbox is not None:
         # what the destinations as now configured do not want is no longer owed (probe 41: a destination removed,
         # or its results narrowed, left deliveries retried for a day and their jobs failed)
-        for why, count in drop_unwanted(outbox, settings).items():
-            log.warning("%d result(s) owed are not sent: %s (delivery.destinations)", count, why)
+        if settings.delivery.destinations:  # a node started without its destinations drops nothing on that word
+            for why, count in drop_unwanted(outbox, settings).items():
+                log.warning("%d result(s) owed are not sent: %s (delivery.destinations)", count, why)
         deliverer = Deliverer(outbox, settings.delivery, calling_ae=settings.scp.ae_title)
         loops.add("delivery", deliverer.run_once, DELIVERY_INTERVAL_S, stale_after_s=DELIVERY_STALE_S)
     if settings.queue.backend == "dramatiq":
