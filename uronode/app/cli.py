@@ -25,7 +25,7 @@ from uronode.app import predict
 from uronode.audit import AuditLog
 from uronode.errors import UronodeError
 from uronode.jobs import LOCAL_WORKER, JobQueue
-from uronode.logs import setup_logging
+from uronode.logs import escape_controls, setup_logging
 from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge, purge_study
 from uronode.settings import ConfigError, Settings, StorageSettings, check_ae_title, load_settings
@@ -255,14 +255,17 @@ def cmd_study(args: argparse.Namespace) -> int:
     else:
         where, value = "patient_id = ?", args.patient_id
     studies = conn.execute(f"SELECT study_instance_uid, accession_number, study_date FROM studies WHERE {where}"
-                           " ORDER BY study_date DESC, study_instance_uid LIMIT 50", (value,)).fetchall()
+                           " ORDER BY study_date DESC, study_instance_uid LIMIT 51", (value,)).fetchall()
+    if len(studies) > 50:
+        studies = studies[:50]
+        print("uronode: more than 50 studies match; the 50 newest are shown (name one by --study)", file=sys.stderr)
     if not studies:
         print(f"uronode: the node holds no study with that {where.split(' ')[0]} (received studies only; retention"
               " may have removed it)", file=sys.stderr)
         return 1
     for study in studies:
-        print(f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}"
-              f"  date {study['study_date'] or '-'}")
+        print(escape_controls(f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}"
+                              f"  date {study['study_date'] or '-'}"))
         for series in conn.execute(
                 "SELECT s.series_instance_uid, s.series_number, s.series_description, s.modality, s.state,"
                 " s.disposition, s.reason, s.last_received_at, (SELECT count(*) FROM instances i"
@@ -274,15 +277,17 @@ def cmd_study(args: argparse.Namespace) -> int:
             status = (series["state"] if series["state"] != "complete"
                       else f"{series['disposition'] or 'complete'}"
                            + (f": {series['reason']}" if series["reason"] else ""))
-            print(f"  series #{number} {series['modality'] or '?'} {series['series_description'] or ''!r}"
-                  f" ({series['n']} instances, last {local_time(series['last_received_at'])}): {status}")
+            print(escape_controls(f"  series #{number} {series['modality'] or '?'} {series['series_description'] or ''!r}"
+                                  f" ({series['n']} instances, last {local_time(series['last_received_at'])}):"
+                                  f" {status}"))
             for job in conn.execute("SELECT id, state, reason, model, updated_at FROM jobs"
                                     " WHERE series_instance_uid = ? ORDER BY id", (series["series_instance_uid"],)):
                 sent = ", ".join(f"{r['destination']} {r['state']} {r['n']}" for r in conn.execute(
                     "SELECT destination, state, count(*) AS n FROM deliveries WHERE job_id = ?"
                     " GROUP BY destination, state ORDER BY destination, state", (job["id"],)))
-                print(f"    job {job['id']} {job['state']} ({job['model']}, {local_time(job['updated_at'])})"
-                      + (f": {job['reason']}" if job["reason"] else "") + (f"; results: {sent}" if sent else ""))
+                print(escape_controls(f"    job {job['id']} {job['state']} ({job['model']}, "
+                                      f"{local_time(job['updated_at'])})" + (f": {job['reason']}" if job["reason"] else "")
+                                      + (f"; results: {sent}" if sent else "")))
     return 0
 
 
