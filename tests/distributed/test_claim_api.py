@@ -150,15 +150,20 @@ def test_claims_need_a_worker_token_and_a_job_is_held_by_one_live_claim_until_do
                       headers=auth(w1)).status_code == 404
 
 
-def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(cluster: Cluster) -> None:
-    """A remote worker's report names the report it replaces (Predecessor Documents Sequence) as a local worker's
-    does: the claim gives the series' current reports with the model of each; a first analysis gets none."""
+def _one_worker_node(cluster: Cluster) -> tuple[Node, str, str, dict[str, str]]:
+    """A node with basic auth and one worker token (w1), a published job waiting for its claim for 10 minutes:
+    the node, the token, its HTTP base and the token's header."""
     w1 = cluster.token("w1").read_text().strip()
     cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
     node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
     cluster.node = node
-    base = f"http://127.0.0.1:{node.http_port}"
-    headers = {"Authorization": f"Bearer {w1}"}
+    return node, w1, f"http://127.0.0.1:{node.http_port}", {"Authorization": f"Bearer {w1}"}
+
+
+def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(cluster: Cluster) -> None:
+    """A remote worker's report names the report it replaces (Predecessor Documents Sequence) as a local worker's
+    does: the claim gives the series' current reports with the model of each; a first analysis gets none."""
+    node, w1, base, headers = _one_worker_node(cluster)
     study, series, files = write_series(cluster.tmp / "ct", 4, size=64)
 
     assert storescu(node.dicom_port, files).returncode == 0
@@ -350,12 +355,7 @@ def test_a_claim_names_the_uids_its_results_must_not_take_and_a_completion_takin
     """Review 35 #1: results made again under UIDs a rejection note named are hidden by an archive acting on
     IOCM. A local worker gives them other UIDs; a remote one learns from its claim which UIDs of the series were
     taken out (``rejected``), and a completion naming one (a worker of before 2026-12-07) is refused."""
-    w1 = cluster.token("w1").read_text().strip()
-    cluster.extra_env = {"URONODE_QUEUE__CLAIM_TIMEOUT_S": "600"}
-    node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic")
-    cluster.node = node
-    base = f"http://127.0.0.1:{node.http_port}"
-    headers = {"Authorization": f"Bearer {w1}"}
+    node, w1, base, headers = _one_worker_node(cluster)
     client = NodeClient(base, w1)
     study, _, files = write_series(cluster.tmp / "ct", 4, size=64)
     findings = {"model": {"name": "uronode-stone-cascade", "version": "9.9.9"}, "stones": []}
