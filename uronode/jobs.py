@@ -298,9 +298,11 @@ class JobQueue:
             ).fetchall()
             for row in rows:
                 if row["attempts"] < MAX_ATTEMPTS:
+                    # why it waits again, until it has run (probe 41: a job queued again showed no reason)
                     conn.execute(
-                        "UPDATE jobs SET state = 'queued', updated_at = ?, dispatched_at = NULL WHERE id = ?",
-                        (now, row["id"]),
+                        "UPDATE jobs SET state = 'queued', reason = ?, updated_at = ?, dispatched_at = NULL WHERE id = ?",
+                        (f"its worker process died while running it ({cause}) on attempt {row['attempts']} of "
+                         f"{MAX_ATTEMPTS}; queued again", now, row["id"]),
                     )
                 else:
                     conn.execute(

@@ -414,6 +414,10 @@ class InferenceSettings(StrictModel):
     """A folder under ``models_dir`` (or a path to a model folder)."""
     workers: int = Field(1, ge=0, le=8)
     """Worker processes running the model (each loads it once); 0 leaves jobs queued for workers elsewhere."""
+    job_timeout_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    """A job the node's own worker has run longer than this is taken from it: the worker is killed and replaced,
+    the job goes back to the queue with that try counted (it fails on its second), its reason saying why (probe
+    41: a job whose computation hung while its heartbeat lived held the worker, and the queue, for good)."""
     contrast_series: str = Field("skip", pattern=r"^(skip|read)$")
     """A series whose description clearly names a contrast phase (``uronode.contrast``) and that arrives unasked
     (C-STORE, STOW-RS): ``skip`` records it as skipped, with the reason; ``read`` reads it, with a caution on

@@ -129,6 +129,32 @@ def test_a_frozen_worker_is_killed_and_replaced(settings: Settings, supervised: 
     assert worker.last_exit is not None and worker.last_exit.startswith("killed by the node: it had not beaten for")
 
 
+def test_a_job_run_longer_than_the_job_timeout_is_taken_from_its_worker(settings: Settings,
+                                                                         supervised: list[WorkerProcess]) -> None:
+    """Probe 41 #13: a job whose computation hung while its heartbeat lived held the worker and the queue for
+    good. Past ``inference.job_timeout_s`` the worker is killed and replaced, the job queued again, try counted."""
+    settings.inference.job_timeout_s = 1.0
+    store = Store(settings.storage.data_dir)
+    worker = WorkerProcess(settings, JobQueue(store), target=beats)
+    supervised.append(worker)
+    worker.start()
+    assert worker.proc is not None and worker.proc.pid is not None
+    hung = worker.proc.pid
+    with store.transaction() as conn:
+        job = JobQueue(store).enqueue_in(conn, "1.2", "1.2.3", 1, "default")
+        conn.execute("UPDATE jobs SET state = 'running', attempts = 1, claimed_by = ?, updated_at = ? WHERE id = ?",
+                     (f"local:{hung}", time.time(), job))
+
+    def replaced() -> bool:
+        worker.check()
+        return worker.proc is not None and worker.proc.pid != hung and worker.proc.is_alive()
+
+    wait_until(replaced, 30, "the worker of the hung job to be replaced")
+    taken = JobQueue(store).get(job)
+    assert taken is not None and taken.state.value == "queued", taken
+    assert taken.reason is not None and "the job ran for more than 1 s (inference.job_timeout_s)" in taken.reason
+
+
 def test_a_worker_up_again_after_a_crash_loop_is_no_longer_named(settings: Settings, supervised: list[WorkerProcess],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Probe 41: ``/readyz`` named a crash loop for up to 10 minutes after the cause was mended, while jobs were

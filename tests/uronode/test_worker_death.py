@@ -84,7 +84,9 @@ def test_a_job_whose_worker_dies_is_queued_again_and_fails_with_the_reason_when_
     # taken back at once and claimed again by the restarted worker: its second try, under a new pid
     wait_until(lambda: bool(running(data, first["id"], attempts=2)), 120, "the job to run again", 0.01)
     (second,) = running(data, first["id"], attempts=2)
-    assert second["reason"] is None and worker_pid(second) != killed
+    assert worker_pid(second) != killed  # and its reason says why it runs again (probe 41: it said nothing)
+    assert second["reason"] == ("its worker process died while running it (exit code -9, killed: out of memory?) on"
+                                " attempt 1 of 2; queued again")
     kill(second)
 
     wait_until(lambda: jobs(data)[0]["state"] == "failed", 60, "the job to fail")

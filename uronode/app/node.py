@@ -228,6 +228,8 @@ class WorkerProcess:
         self._restart_at: float | None = None
         self._kill_cause: str | None = None
         self._exit_said = False
+        self._job_seen: tuple[tuple[int, float], float] | None = None
+        """The running job (id, when claimed) as first seen, and the steady clock's reading its run counts from."""
         """Whether :attr:`last_exit` says why (the process said it, or the node killed it), not only how."""
         """Why the node killed the process itself (frozen), for the job's reason and the log."""
 
@@ -262,7 +264,15 @@ class WorkerProcess:
         now = time.monotonic()
         if self.proc.is_alive():
             age = now - self.heartbeat.value
-            if age > FROZEN_KILL_AFTER * self.stale_after_s:
+            ran = self._job_ran(now)
+            if ran is not None and ran[1] > self.settings.inference.job_timeout_s:
+                log.error("the worker (pid %s) has run job %d for %.0f s, longer than inference.job_timeout_s: "
+                          "killing it; the job goes back to the queue, the try counted", self.proc.pid, ran[0], ran[1])
+                self._kill_cause = (f"killed by the node: the job ran for more than "
+                                    f"{self.settings.inference.job_timeout_s:.0f} s (inference.job_timeout_s)")
+                self.proc.kill()
+                self.proc.join(10)
+            elif age > FROZEN_KILL_AFTER * self.stale_after_s:
                 log.error("the worker (pid %s) has not beaten for %.0f s (frozen or stopped): killing it; its job "
                           "goes back to the queue, the try counted", self.proc.pid, age)
                 self._kill_cause = f"killed by the node: it had not beaten for {age:.0f} s, frozen or stopped"
@@ -298,6 +308,24 @@ class WorkerProcess:
         if now >= self._restart_at:
             self._restart_at = None
             self.start()
+
+    def _job_ran(self, now: float) -> tuple[int, float] | None:
+        """The job this worker process runs and how long it has run (on the steady clock once seen: a step of the
+        host's clock is no time run), or None while it runs none."""
+        if self.proc is None or self.proc.pid is None:
+            return None
+        try:
+            row = self.queue.store.conn().execute(
+                "SELECT id, updated_at FROM jobs WHERE state = 'running' AND claimed_by = ? ORDER BY id LIMIT 1",
+                (local_worker(self.proc.pid),)).fetchone()
+        except sqlite3.Error:
+            return None  # the index busy a moment: looked at again next round
+        if row is None:
+            self._job_seen = None
+            return None
+        if self._job_seen is None or self._job_seen[0] != (row["id"], row["updated_at"]):
+            self._job_seen = ((row["id"], row["updated_at"]), now - max(0.0, time.time() - row["updated_at"]))
+        return int(row["id"]), now - self._job_seen[1]
 
     def problem(self, now: float | None = None) -> str | None:
         """Why this worker cannot be trusted to run jobs (for ``/readyz``), or None: it died
