@@ -308,7 +308,8 @@ class SharedSocketServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse (close) a connection of a host that holds its share of this process's connections already."""
+        """Refuse (close) a connection of a host that holds ``connections_per_host`` live connections of this
+        process already."""
         limit = type(self).connections_per_host
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         if limit is None:
@@ -321,8 +322,8 @@ class SharedSocketServer(ThreadedAssociationServer):
         now = time.monotonic()
         if now - cls._refusal_logged_at >= REFUSAL_LOG_EVERY_S:  # one line a minute, however many come
             log.warning("connection from %s closed as it came: its host holds %d connections of this receiving "
-                        "process, its share (scp.max_associations_per_host); %d refused so", host, held,
-                        cls._refusals)
+                        "process, twice its share of associations (scp.max_associations_per_host); %d refused since"
+                        " the last such line", host, held, cls._refusals)
             cls._refusal_logged_at, cls._refusals = now, 0
         return False
 
