@@ -51,6 +51,7 @@ from uronode.audit import AuditLog
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import OutOfResources
 from uronode.ingest import Expected, Verdict, take_instance
+from uronode.logs import Sometimes
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
@@ -249,8 +250,8 @@ class SharedSocketServer(ThreadedAssociationServer):
     accepted (before any A-ASSOCIATE-RQ), associations already ended left out: a host holding that many gets its
     next one closed at once (probe 40: 140 silent connections of one host
     filled every process's pynetdicom limit, and the allowed scanners were refused)."""
-    _refusals = 0
-    _refusal_logged_at = 0.0
+    _refusals = Sometimes()
+    """Told one line a minute, however many come."""
 
     def server_bind(self) -> None:
         inherited = type(self).listening_socket
@@ -317,18 +318,11 @@ class SharedSocketServer(ThreadedAssociationServer):
         held = sum(1 for assoc in self.active_associations if _address(assoc) == host and _live(assoc))
         if held < limit:
             return True
-        cls = type(self)
-        cls._refusals += 1
-        now = time.monotonic()
-        if now - cls._refusal_logged_at >= REFUSAL_LOG_EVERY_S:  # one line a minute, however many come
+        if (count := self._refusals.happened()) is not None:
             log.warning("connection from %s closed as it came: its host holds %d connections of this receiving "
                         "process, twice its share of associations (scp.max_associations_per_host); %d refused since"
-                        " the last such line", host, held, cls._refusals)
-            cls._refusal_logged_at, cls._refusals = now, 0
+                        " the last such line", host, held, count)
         return False
-
-
-REFUSAL_LOG_EVERY_S = 60.0
 
 
 def _live(assoc: Association) -> bool:

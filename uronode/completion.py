@@ -44,6 +44,7 @@ from uronode.energy import EnergyImage, energy_image
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.settings import Destination
+from uronode.steady import Waits
 from uronode.store import Store, forget_empty_studies
 from uronode.supersede import Superseded, owe_note_in, retire, withdraw
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
@@ -218,27 +219,14 @@ class CompletionMonitor:
         self.grace_s = grace_s
         self.quiet_s = quiet_s
         self.model = model
-        self._seen: dict[tuple[str, str], tuple[object, float]] = {}
-        """Per series and rule: the stored times it was last seen with, and the steady clock's reading at the
-        moment from which the rule's wait counts (:meth:`_waited`)."""
-
-    def _waited(self, series_uid: str, rule: str, state: object, since: float, now: float, steady: float) -> float:
-        """How long a series has waited under ``rule`` since ``since`` (a stored wall-clock time): the wall clock's
-        difference when the series is first seen in ``state`` (what was stored before this process looked: the
-        node restarted), the steady clock's from then on. So a step of the host's clock (NTP, a virtual machine
-        resumed, a wrong clock corrected) neither completes a series still arriving (probe 39: a step forward of
-        2 h analysed half a series) nor holds a complete one for the length of a step back (an hour)."""
-        key = (series_uid, rule)
-        seen = self._seen.get(key)
-        if seen is None or seen[0] != state:
-            seen = (state, steady - max(0.0, now - since))
-            self._seen[key] = seen
-        return steady - seen[1]
+        self._waits = Waits()
+        """Per series and rule (quiet, grace): how long it has waited, a step of the host's clock not counted (probe
+        39: a step forward of 2 h analysed half a series, one back held a complete series for the hour)."""
 
     def _is_due(self, row: sqlite3.Row, now: float, steady: float) -> bool:
         series_uid = row["series_instance_uid"]
         last = row["last_received_at"]
-        if self._waited(series_uid, "quiet", last, last, now, steady) >= self.quiet_s:
+        if self._waits.waited((series_uid, "quiet"), last, last, now, steady) >= self.quiet_s:
             return True
         if row["open_count"]:
             return False
@@ -248,7 +236,7 @@ class CompletionMonitor:
         # the count too: an association that ends after the clock was set back ends "before" the one that ended
         # earlier, and its grace counts from its own end (review 36)
         state = (quiet_since, row["ended_count"])
-        return self._waited(series_uid, "grace", state, quiet_since, now, steady) >= self.grace_s
+        return self._waits.waited((series_uid, "grace"), state, quiet_since, now, steady) >= self.grace_s
 
     def complete_due(self, now: float | None = None, steady: float | None = None) -> list[CompletedSeries]:
         """Complete every series that is due now; return what was decided for each. ``now``: the wall clock (as
@@ -260,8 +248,7 @@ class CompletionMonitor:
             steady = now
         rows = self.store.conn().execute(_DUE_QUERY).fetchall()
         receiving = {row["series_instance_uid"] for row in rows}
-        for key in [k for k in self._seen if k[0] not in receiving]:
-            del self._seen[key]  # completed, or gone
+        self._waits.keep_only(lambda key: isinstance(key, tuple) and key[0] in receiving)  # completed, or gone
         done = []
         for row in rows:
             if self._is_due(row, now, steady):

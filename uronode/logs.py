@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from datetime import datetime
 
 FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
@@ -51,6 +52,28 @@ class OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return escape_controls(super().format(record))
+
+
+class Sometimes:
+    """Counts what happens and says when a line about it may be written: at most once per ``every_s``, with how
+    many happened since the last line (the first one at once). A refusal that any peer can cause at will is told
+    so, one line a minute however many come."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._count = 0
+        self._told_at: float | None = None
+        self._lock = threading.Lock()
+
+    def happened(self) -> int | None:
+        """Count one; how many since the last line when one is due now, else None."""
+        now = time.monotonic()
+        with self._lock:
+            self._count += 1
+            if self._told_at is not None and now - self._told_at < self.every_s:
+                return None
+            count, self._count, self._told_at = self._count, 0, now
+            return count
 
 
 FLOOD_LOGGERS = ("scp", "pynetdicom")

@@ -31,6 +31,11 @@ PRUNED = "pruned:"
 deliveries it pruned counted, so that the counters here never go down: ``pruned:delivery_failures``,
 ``pruned:jobs:<worker>:<outcome>``, ``pruned:inference_ms:<worker>``, ``pruned:inference_le:<bound>``,
 ``pruned:inference_count``, ``pruned:inference_ms_sum``."""
+DELIVERY_FAILURES = f"{PRUNED}delivery_failures"
+"""The ``counters`` row that keeps the failed tries of deliveries pruned, or set to 0 by a retry."""
+FAILED_TRIES = "coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
+"""The failed tries of the deliveries a query selects: a delivered one's last try succeeded, every try of one
+still pending or dead failed."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -88,13 +93,9 @@ class IndexCollector(Collector):
                                 " ORDER BY destination, state"):
             by_destination.add_metric([row["destination"], row["state"]], row["n"])
         yield by_destination
-        # A delivered instance's last try succeeded; every try of one still pending or dead failed.
-        (failures,) = conn.execute(
-            "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
-            " FROM deliveries"
-        ).fetchone()
+        (failures,) = conn.execute(f"SELECT {FAILED_TRIES} FROM deliveries").fetchone()
         yield _counter("uronode_delivery_failures", "Failed delivery tries.",
-                       failures + deleted.get(f"{PRUNED}delivery_failures", 0))
+                       failures + deleted.get(DELIVERY_FAILURES, 0))
 
         # Remote workers (queue.backend dramatiq): what waits on the broker, what the leases did, who did what.
         (unclaimed,) = conn.execute(

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from uronode.metrics import DELIVERY_FAILURES, FAILED_TRIES
 from uronode.settings import Destination, result_kind
 from uronode.store import Store
 
@@ -315,12 +316,10 @@ def _keep_failures(conn: sqlite3.Connection, where: str, params: Sequence[object
     """Before the tries of the deliveries ``where`` selects are set to 0 (owed afresh, queued again): add their
     failed tries to the count retention keeps of pruned ones, so that ``uronode_delivery_failures_total`` never
     goes down (probe 41: it fell from 270 to 0 at a `uronode retry`)."""
-    (failures,) = conn.execute(
-        "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
-        f" FROM deliveries WHERE {where}", tuple(params)).fetchone()
+    (failures,) = conn.execute(f"SELECT {FAILED_TRIES} FROM deliveries WHERE {where}", tuple(params)).fetchone()
     if failures:
-        conn.execute("INSERT INTO counters (name, value) VALUES ('pruned:delivery_failures', ?)"
-                     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (failures,))
+        conn.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
+                     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (DELIVERY_FAILURES, failures))
 
 
 def _duration(seconds: float) -> str:

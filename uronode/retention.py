@@ -43,7 +43,7 @@ import pydicom
 
 from uronode.associations import Associations
 from uronode.audit import AuditLog
-from uronode.metrics import INFERENCE_BUCKETS_S, PRUNED
+from uronode.metrics import DELIVERY_FAILURES, FAILED_TRIES, INFERENCE_BUCKETS_S, PRUNED
 from uronode.store import METADATA_CACHE, Store, forget_empty_studies
 from uronode.supersede import NOTES_FOLDER
 
@@ -299,10 +299,8 @@ def _delete_results_in(tx: sqlite3.Connection, results: list[sqlite3.Row]) -> in
 def _keep_counts_in(tx: sqlite3.Connection, cutoff: float) -> None:
     """Inside the pruning transaction, before the rows go: add what they count to the ``counters`` table."""
     counts: list[tuple[str, int]] = []
-    (failures,) = tx.execute(
-        "SELECT coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
-        f" {_OLD_DELIVERIES}", (cutoff,)).fetchone()
-    counts.append((f"{PRUNED}delivery_failures", int(failures)))
+    (failures,) = tx.execute(f"SELECT {FAILED_TRIES} {_OLD_DELIVERIES}", (cutoff,)).fetchone()
+    counts.append((DELIVERY_FAILURES, int(failures)))
     for row in tx.execute(
         "SELECT CASE WHEN claimed_by GLOB 'local:*' THEN 'local' ELSE claimed_by END AS w, sum(state = 'failed') AS f,"
         f" sum(state != 'failed') AS d, coalesce(sum(seconds), 0) AS s {_OLD_JOBS} AND claimed_by IS NOT NULL"

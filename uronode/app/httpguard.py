@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from uronode.logs import Sometimes
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,13 @@ MAX_HEAD_BYTES = 1024 * 1024
 proxy's many headers under a few hundred)."""
 HEAD_TIMEOUT_S = 30.0
 """How long a request's head may take to arrive whole."""
-LOG_EVERY_S = 60.0
 
 
 class GuardedHttpTools(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with a request head bounded in size and time."""
 
-    _refused = 0
-    _logged_at = 0.0
+    _refusals = Sometimes()
+    """Told one line a minute, however many come."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,10 +90,6 @@ class GuardedHttpTools(HttpToolsProtocol):
             b"connection: close\r\n\r\n", body]))
         self.transport.close()
         self._in_head = False
-        cls = type(self)
-        cls._refused += 1
-        now = time.monotonic()
-        if now - cls._logged_at >= LOG_EVERY_S:  # a line a minute, however many come
+        if (count := self._refusals.happened()) is not None:
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-            log.warning("HTTP connection from %s closed: %s (%d refused so)", client, why, cls._refused)
-            cls._logged_at, cls._refused = now, 0
+            log.warning("HTTP connection from %s closed: %s (%d refused so)", client, why, count)

@@ -50,6 +50,7 @@ from uronode.outbox import Outbox
 from uronode.processes import DROPPED_JOB_EXIT, read_why
 from uronode.retention import purge
 from uronode.settings import ConfigError, Settings
+from uronode.steady import Waits
 from uronode.store import Store
 
 log = logging.getLogger(__name__)
@@ -228,8 +229,8 @@ class WorkerProcess:
         self._restart_at: float | None = None
         self._kill_cause: str | None = None
         self._exit_said = False
-        self._job_seen: tuple[tuple[int, float], float] | None = None
-        """The running job (id, when claimed) as first seen, and the steady clock's reading its run counts from."""
+        self._job_waits = Waits()
+        """How long the job it runs has run (:meth:`_job_ran`)."""
         """Whether :attr:`last_exit` says why (the process said it, or the node killed it), not only how."""
         """Why the node killed the process itself (frozen), for the job's reason and the log."""
 
@@ -321,11 +322,9 @@ class WorkerProcess:
         except sqlite3.Error:
             return None  # the index busy a moment: looked at again next round
         if row is None:
-            self._job_seen = None
             return None
-        if self._job_seen is None or self._job_seen[0] != (row["id"], row["updated_at"]):
-            self._job_seen = ((row["id"], row["updated_at"]), now - max(0.0, time.time() - row["updated_at"]))
-        return int(row["id"]), now - self._job_seen[1]
+        return int(row["id"]), self._job_waits.waited("job", (row["id"], row["updated_at"]), row["updated_at"],
+                                                      time.time(), now)
 
     def problem(self, now: float | None = None) -> str | None:
         """Why this worker cannot be trusted to run jobs (for ``/readyz``), or None: it died
