@@ -26,6 +26,12 @@ no series of received images (probe 20: a worker's token replaced a source
 CT's pixels and added a series of its own). Anything else is a 403 saying
 why, and nothing is stored.
 
+A sender's request is an association of its own for series completion
+(:meth:`uronode.associations.Associations.open`, ``hold_series``), open from
+its start until it is answered (released) or its body is cut off or refused
+(aborted): a series sent in several requests waits for the last one, not for
+a pause while the next one's body uploads.
+
 The body goes to a spool file in the data area as it arrives
 (:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
 (:func:`uronode.ingest.take_instance`: read, checked, fsynced, indexed) in
@@ -50,7 +56,7 @@ from pydicom.multival import MultiValue
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from dicomweb.auth import AUTHENTICATION, Authentication
+from dicomweb.auth import AUTHENTICATION, Authentication, requester, trusted_addresses
 from dicomweb.deps import StoreDep
 from dicomweb.multipart import (
     BodyTooLarge,
@@ -61,12 +67,14 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
+from uronode.associations import Associations
 from uronode.claims import holds
-from uronode.completion import OWN_MANUFACTURER
+from uronode.completion import NORMAL_END, OWN_MANUFACTURER
 from uronode.dicomfile import is_valid_uid
-from uronode.errors import InvalidInstance
+from uronode.errors import InvalidInstance, OutOfResources
 from uronode.header import read_instance, to_file_format
 from uronode.ingest import Expected, Verdict, take_instance
+from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import STRUCTURED_REPORT_PREFIX
 from uronode.types import InstanceHeader
@@ -77,7 +85,9 @@ MAX_BODY_BYTES = 4 * 1024**3
 OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 """What a header value may not hold (control characters, beyond Latin-1): replaced by '?'."""
-"""Python's words for an attribute a data set read by force lacks (bytes that are no DICOM at all)."""
+STOW_RS = "STOW-RS"
+"""What brought an instance (the index's calling AE of it), and the calling AE a request is recorded under as an
+association (with the user who authenticated)."""
 SEND_DICOM = 'send multipart/related; type="application/dicom"'
 
 
@@ -145,6 +155,10 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
         raise HTTPException(400, detail=str(exc)) from exc
     authentication: Authentication | None = request.scope.get(AUTHENTICATION)
     worker = authentication.user if authentication is not None and authentication.kind == "worker" else None
+    # a sender's request, an association of its own from now on: its series wait for it (a remote worker's
+    # results are no received series)
+    association = None if worker is not None else await run_in_threadpool(_open_request, request, store, authentication)
+    outcome = "aborted"  # unless answered: a body cut off or refused, its series wait for the quiet period
     try:
         parts = await spool_request(request, spool, MAX_BODY_BYTES)
         if worker is not None:
@@ -153,13 +167,32 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
             except WorkerRefused as exc:  # audited with its reason, as the middleware's refusals are
                 request.scope[AUTHENTICATION] = Authentication("worker", worker, failure=str(exc))
                 raise HTTPException(403, detail=str(exc)) from exc
-        return await run_in_threadpool(_store_parts, store, spool, parts, study, base)
+        response = await run_in_threadpool(_store_parts, store, spool, parts, study, base, association)
+        outcome = NORMAL_END
+        return response
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     except BodyTooLarge as exc:
         raise HTTPException(413, detail=str(exc)) from exc
     finally:
         await run_in_threadpool(spool.close)
+        if association is not None:
+            await run_in_threadpool(Associations(store.db).close, association, outcome)
+
+
+def _open_request(request: Request, store: Store, authentication: Authentication | None) -> int | None:
+    """The request recorded as an association of ``STOW-RS`` (and who authenticated) from its client's address,
+    holding the series that sender's earlier requests left receiving (:meth:`Associations.open`); None when the
+    index is full (each part then fails as out of resources)."""
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    trusted = trusted_addresses(settings.dicomweb.trusted_proxies) if settings is not None else frozenset()
+    client = requester(request.scope, trusted).client or "unknown"
+    user = authentication.user if authentication is not None and authentication.accepted else None
+    caller = f"{STOW_RS} {user}" if user else STOW_RS
+    try:
+        return Associations(store.db).open(caller, client, hold_series=True)
+    except OutOfResources:
+        return None
 
 
 class WorkerRefused(Exception):
@@ -256,6 +289,7 @@ def _header_of(content: bytes | memoryview) -> InstanceHeader | None:
 
 def _store_parts(
     store: Store, spool: MultipartSpool, parts: list[SpooledPart], study: str | None, base: str,
+    association: int | None = None,
 ) -> JSONResponse:
     """Store each part (in the thread pool: this fsyncs and commits) and answer as PS3.18 says."""
     stored, failed, notes = [], [], []
@@ -271,7 +305,7 @@ def _store_parts(
             notes.append(f"part {number}: {spool.lost}")
             continue
         with spool.content(part) as content:
-            outcome = _store_part(store, content, study, base)
+            outcome = _store_part(store, content, study, base, association)
         if outcome.note is not None:
             notes.append(f"part {number}: {outcome.note}")
         if outcome.study is None:
@@ -311,11 +345,12 @@ _FAILURE_REASONS = {
 }
 
 
-def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str) -> _Outcome:
+def _store_part(store: Store, content: bytes | memoryview, study: str | None, base: str,
+                association: int | None = None) -> _Outcome:
     """One application/dicom part taken in as a C-STORE is (one of the node's results the node holds already, a
     remote worker's job run again among them, keeps the node's copy: ``Store.put``)."""
-    report = take_instance(store, [content], source="STOW-RS", bare_data_sets=True,
-                           expected=Expected(study_instance_uid=study))
+    report = take_instance(store, [content], source=STOW_RS, bare_data_sets=True,
+                           expected=Expected(study_instance_uid=study), association_id=association)
     header = report.header
     sop_class, sop = (header.sop_class_uid, header.sop_instance_uid) if header is not None else (None, None)
     if not report.stored or header is None:

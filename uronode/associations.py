@@ -6,6 +6,11 @@ store links each instance's series to the association that carried it, and
 :mod:`uronode.completion` waits for every association of a series to end.
 Associations still open at start-up died with the previous process and are
 closed as ``lost`` (:meth:`Associations.close_left_open`).
+
+A STOW-RS request is recorded as an association too, from its start, before
+its body arrives (:meth:`Associations.open`, ``hold_series``): a client that sends a
+series in several requests holds it open while the next request's body
+uploads, as a C-STORE sender holds it while its next association sends.
 """
 
 from __future__ import annotations
@@ -21,23 +26,42 @@ from uronode.errors import OutOfResources
 log = logging.getLogger(__name__)
 
 
+_HOLD_SERIES = """
+INSERT OR IGNORE INTO series_associations (series_instance_uid, association_id)
+SELECT DISTINCT sa.series_instance_uid, ? FROM series_associations sa
+  JOIN associations a ON a.id = sa.association_id
+  JOIN series s ON s.series_instance_uid = sa.series_instance_uid
+ WHERE a.calling_ae = ? AND a.peer_host = ? AND s.state = 'receiving'
+"""
+
+
 class Associations:
     """The ``associations`` table."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def open(self, calling_ae: str, peer_host: str) -> int:
-        """Record an association that brings instances; :class:`OutOfResources` when the index is full."""
+    def open(self, calling_ae: str, peer_host: str, *, hold_series: bool = False) -> int:
+        """Record an association that brings instances; :class:`OutOfResources` when the index is full.
+
+        ``hold_series`` (a STOW-RS request, recorded before its body arrives: ``calling_ae`` says so and who sent
+        it): every series still receiving that earlier associations of the same ``calling_ae`` and ``peer_host``
+        brought is linked to this one and waits for it to end. A series sent in several requests completes after
+        the last (its grace counts from there), not in the pause while the next request's body uploads, which had
+        made a job of each request; the quiet rule still bounds the wait, and a request of another series from
+        the same sender holds such a series only until it ends."""
         try:
             with self.database.transaction() as conn:
                 cur = conn.execute(
                     "INSERT INTO associations (calling_ae, peer_host, pid, started_at) VALUES (?, ?, ?, ?)",
                     (calling_ae, peer_host, os.getpid(), time.time()),
                 )
+                association_id = int(cur.lastrowid or 0)
+                if hold_series:
+                    conn.execute(_HOLD_SERIES, (association_id, calling_ae, peer_host))
         except sqlite3.Error as exc:  # a full disk: the index cannot grow
             raise OutOfResources(f"the index could not be updated: {exc}") from exc
-        return int(cur.lastrowid or 0)
+        return association_id
 
     def close(self, association_id: int, outcome: str) -> None:
         """Record its end; if the index cannot be written, its series still complete by the quiet rule."""

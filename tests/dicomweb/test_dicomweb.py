@@ -235,3 +235,36 @@ def test_stow_names_the_study_to_retrieve_and_says_in_words_what_is_wrong(
     assert warning == ('299 uronode "part 1: not a DICOM data set: no SOPClassUID could be read from it", '
                        '299 uronode "part 2: not a DICOM data set: the part is empty (0 bytes)"')
     assert "00081199" not in refused.json() and len(refused.json()["00081198"]["Value"]) == 2
+
+
+def test_a_series_sent_in_two_stow_requests_completes_once_though_the_second_uploads_slowly(
+        loaded: tuple[Node, str, str, list[Path]]) -> None:
+    """The second request's body takes several grace periods (0.5 s) to arrive: the series waits for it and
+    completes once, with every instance (it had completed after the first request and re-opened: two analyses,
+    the first of part of the series)."""
+    import time
+
+    node, _, _, _ = loaded
+    study, series = uid("stow-batches"), uid("stow-batches-series")
+    client(node).store_instances([ct_slice(study, series, i, size=16) for i in range(3)])
+    parts = [encoded(study, series, i)[1] for i in (3, 4)]
+    body = b"".join(b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in parts)
+    body += b"--b0undary--\r\n"
+
+    def slowly() -> Iterator[bytes]:
+        yield body[:100]
+        time.sleep(2.5)  # five grace periods
+        yield body[100:]
+
+    response = httpx.post(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", content=slowly(),
+                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary',
+                                   "Accept": "application/dicom+json"}, timeout=30)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: query(node.data_dir, "SELECT state FROM series WHERE series_instance_uid = ?",
+                             series)[0]["state"] == "complete", 20, "the series to complete")
+    row = query(node.data_dir, "SELECT generation FROM series WHERE series_instance_uid = ?", series)[0]
+    assert row["generation"] == 1  # completed once: never re-opened
+    held = query(node.data_dir, "SELECT a.calling_ae, a.peer_host, a.outcome FROM series_associations sa"
+                 " JOIN associations a ON a.id = sa.association_id WHERE sa.series_instance_uid = ?", series)
+    assert [(r["calling_ae"], r["peer_host"], r["outcome"]) for r in held] == [("STOW-RS", "127.0.0.1", "released")] * 2
+

@@ -131,6 +131,50 @@ def test_a_series_over_two_associations_within_the_grace_period_is_one_job(
     assert len(JobQueue(store).for_series(series)) == 1
 
 
+def test_a_stow_request_holds_the_series_its_sender_s_earlier_requests_left_receiving(
+    store: Store, monitor: CompletionMonitor
+) -> None:
+    """A series sent in two STOW-RS requests: while the second one's body uploads (longer than the grace
+    period) the series waits for it; another sender's request or the same sender's other address holds nothing."""
+    series, other = uid("stow-held"), uid("stow-other")
+    associations = Associations(store.db)
+    first = associations.open("STOW-RS", "10.0.0.5", hold_series=True)
+    send(store, series, 2, first)
+    other_first = associations.open("STOW-RS", "10.0.0.6", hold_series=True)
+    send(store, other, 2, other_first)
+    associations.close(first, "released")
+    associations.close(other_first, "released")
+    second = associations.open("STOW-RS", "10.0.0.5", hold_series=True)  # its body still uploading
+    elsewhere = associations.open("STOW-RS", "10.0.0.7", hold_series=True)
+    done = monitor.complete_due(time.time() + GRACE + 1)
+    assert [d.series_instance_uid for d in done] == [other]  # held by nothing of its own sender
+    send(store, series, 2, second, start=2)
+    associations.close(second, "released")
+    associations.close(elsewhere, "released")
+    assert monitor.complete_due(time.time() + GRACE - 0.5) == []
+    done = monitor.complete_due(time.time() + GRACE + 0.1)
+    assert [d.series_instance_uid for d in done] == [series]
+    assert len(store.series_instances(series)) == 4
+    assert len(JobQueue(store).for_series(series)) == 1
+
+
+def test_a_held_series_still_completes_by_the_quiet_rule_and_an_aborted_request_leaves_it_to_that_rule(
+    store: Store, monitor: CompletionMonitor
+) -> None:
+    series = uid("stow-quiet")
+    associations = Associations(store.db)
+    first = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)
+    send(store, series, 2, first)
+    associations.close(first, "released")
+    cut = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)
+    associations.close(cut, "aborted")  # its body cut off: the sender will likely send it again
+    assert monitor.complete_due(time.time() + GRACE + 1) == []
+    held = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)  # one that never ends
+    assert monitor.complete_due(time.time() + QUIET - 1) == []
+    assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
+    associations.close(held, "released")
+
+
 def test_a_late_instance_reopens_the_series_and_queues_it_again(store: Store, monitor: CompletionMonitor) -> None:
     series = uid("d")
     queue = JobQueue(store)
