@@ -44,6 +44,7 @@ from pynetdicom.transport import RequestHandler
 from scp import fastpath
 from scp.status import RejectReason, RejectResult, RejectSource, StoreStatus
 from uronode.audit import AuditLog
+from uronode.metrics import Tally
 from uronode.settings import CallerRule
 
 log = logging.getLogger(__name__)
@@ -172,15 +173,17 @@ class AssociationSlots:
         with self.held.get_lock():
             self.held[self._own] = [0] * self.limit
 
-    def try_take(self, host: str) -> str | None:
-        """Take a slot for an association from ``host``; None when taken, else why not."""
+    def try_take(self, host: str) -> tuple[str, str] | None:
+        """Take a slot for an association from ``host``; None when taken, else why not: its kind
+        (``uronode.metrics.REFUSAL_REASONS``) and in words."""
         key = self.key(host)
         with self.held.get_lock():
             held = self.held[:]
             if sum(1 for k in held if k) >= self.limit:
-                return f"{self.limit} associations open"
+                return "association_limit", f"{self.limit} associations open"
             if held.count(key) >= self.per_host:
-                return f"its host holds {self.per_host} associations, its share (scp.max_associations_per_host)"
+                return "host_share", (f"its host holds {self.per_host} associations, its share"
+                                      " (scp.max_associations_per_host)")
             own = self._own.start
             self.held[own + held[self._own].index(0)] = key
             return None
@@ -196,15 +199,20 @@ class AssociationSlots:
 class RefusalAudit:
     """Refused associations in the audit log (probe 41: a scanner refused for its AE title was in the text log
     only): event ``association_refused`` with the calling AE, the host and why, at most one a minute for each
-    (AE, host, why), with how many more there were since (a peer retrying, or a flood, writes no more)."""
+    (AE, host, why), with how many more there were since (a peer retrying, or a flood, writes no more). Each
+    refusal is also counted by its kind (``tally``: ``uronode_associations_refused{reason}``)."""
 
-    def __init__(self, audit: AuditLog | None, every_s: float = 60.0) -> None:
+    def __init__(self, audit: AuditLog | None, every_s: float = 60.0, tally: Tally | None = None) -> None:
         self.audit = audit
+        self.tally = tally
         self.every_s = every_s
         self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
 
-    def record(self, calling_ae: str, host: str, why: str) -> None:
+    def record(self, calling_ae: str, host: str, why: str, kind: str) -> None:
+        """One refusal: ``kind``, one of :data:`uronode.metrics.REFUSAL_REASONS`, counts it."""
+        if self.tally is not None:
+            self.tally.add(kind)
         if self.audit is None:
             return
         key = (calling_ae[:64], host[:64], why)
@@ -237,19 +245,20 @@ class PolicyACSE(ACSE):
         if self.assoc.ae.require_called_aet and called_ae != ours:
             log.warning("association from %s at %s rejected: called AE title %r is not ours (%s)",
                         calling_ae, host, called_ae, ours)
-            self._audit(calling_ae, host, f"called AE title {called_ae[:16]!r} is not ours")
+            self._audit(calling_ae, host, f"called AE title {called_ae[:16]!r} is not ours", "called_ae")
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLED_AE_NOT_RECOGNISED)
             return
         if not self.policy.allows(calling_ae, host):
             log.warning("association from %s at %s rejected: calling AE title not allowed", calling_ae, host)
-            self._audit(calling_ae, host, "calling AE title not allowed (scp.allowed_callers)")
+            self._audit(calling_ae, host, "calling AE title not allowed (scp.allowed_callers)", "calling_ae")
             self._reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
             return
         if self.slots is not None:
             refusal = self.slots.try_take(host)
             if refusal is not None:
-                log.warning("association from %s at %s rejected: %s", calling_ae, host, refusal)
-                self._audit(calling_ae, host, refusal)
+                kind, why = refusal
+                log.warning("association from %s at %s rejected: %s", calling_ae, host, why)
+                self._audit(calling_ae, host, why, kind)
                 self._reject(
                     RejectResult.TRANSIENT,
                     RejectSource.SERVICE_PROVIDER_PRESENTATION,
@@ -272,9 +281,9 @@ class PolicyACSE(ACSE):
             self.assoc._uronode_release_requested = True  # type: ignore[attr-defined]  # our mark
         return requested
 
-    def _audit(self, calling_ae: str, host: str, why: str) -> None:
+    def _audit(self, calling_ae: str, host: str, why: str, kind: str) -> None:
         if self.refusals is not None:
-            self.refusals.record(calling_ae, host, why)
+            self.refusals.record(calling_ae, host, why, kind)
 
     def _reject(self, result: int, source: int, reason: int) -> None:
         self.requestor.ae_title = str(self.requestor.primitive.calling_ae_title)  # type: ignore[union-attr]

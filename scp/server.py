@@ -52,6 +52,7 @@ from uronode.dicomfile import encode_file_meta
 from uronode.errors import OutOfResources
 from uronode.ingest import Expected, Verdict, take_instance
 from uronode.logs import Sometimes
+from uronode.metrics import REFUSED, Tally
 from uronode.processes import die_with_parent
 from uronode.settings import Settings
 from uronode.store import Store
@@ -252,6 +253,8 @@ class SharedSocketServer(ThreadedAssociationServer):
     filled every process's pynetdicom limit, and the allowed scanners were refused)."""
     _refusals = Sometimes()
     """Told one line a minute, however many come."""
+    refusal_tally: Tally | None = None
+    """Where such a refusal is counted (``uronode_associations_refused{reason="host_connections"}``)."""
 
     def server_bind(self) -> None:
         inherited = type(self).listening_socket
@@ -318,6 +321,8 @@ class SharedSocketServer(ThreadedAssociationServer):
         held = sum(1 for assoc in self.active_associations if _address(assoc) == host and _live(assoc))
         if held < limit:
             return True
+        if (tally := type(self).refusal_tally) is not None:
+            tally.add("host_connections")
         if (count := self._refusals.happened()) is not None:
             log.warning("connection from %s closed as it came: its host holds %d connections of this receiving "
                         "process, twice its share of associations (scp.max_associations_per_host); %d refused since"
@@ -392,8 +397,10 @@ def make_server(
     ]
     # twice the host's share of associations: connections held by associations the share refuses (with an
     # A-ASSOCIATE-RJ, as a sender expects) or ending are not cut off; silent ones still are (review 37)
+    tally = Tally(store.db, REFUSED)
     server_class = type("BoundServer", (SharedSocketServer,), {"listening_socket": listening,
-                                                               "connections_per_host": 2 * settings.scp.host_share()})
+                                                               "connections_per_host": 2 * settings.scp.host_share(),
+                                                               "refusal_tally": tally})
     ae = build_ae(settings)
     server = ae.make_server(
         (settings.host, settings.scp.port),
@@ -402,7 +409,7 @@ def make_server(
         evt_handlers=handlers,
         server_class=server_class,
         request_handler=make_request_handler(policy, slots, settings.scp.max_instance_bytes,
-                                             RefusalAudit(AuditLog(store.root))),
+                                             RefusalAudit(AuditLog(store.root), tally=tally)),
     )
     ae._servers.append(server)
     return server

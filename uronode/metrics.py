@@ -8,6 +8,10 @@ restarts. :func:`exposition` gives the text format for ``GET /metrics``.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +41,79 @@ FAILED_TRIES = "coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1
 """The failed tries of the deliveries a query selects: a delivered one's last try succeeded, every try of one
 still pending or dead failed."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+REFUSED = "associations_refused:"
+"""Prefix of the ``counters`` rows of refused associations, by why (:data:`REFUSAL_REASONS`)."""
+REFUSAL_REASONS = ("called_ae", "calling_ae", "association_limit", "host_share", "host_connections")
+"""Why an association or connection was refused: the called AE title is not the node's, the calling one is not
+allowed (``scp.allowed_callers``), the node holds ``scp.max_associations``, the caller's host holds its share
+(``scp.max_associations_per_host``), or its host holds twice that share as connections of one receiving process
+(closed as it came, before any association)."""
+SKIP_KINDS = (
+    ("the series has no instances", "empty"),
+    ("modality ", "not_ct"),
+    ("SOP class ", "not_ct"),
+    ("localizer (scout) images", "localizer"),
+    ("derived secondary images", "derived"),
+    ("images without a position", "no_position"),
+    ("not an axial stack", "not_axial"),
+    ("a sharp-kernel reconstruction", "sharp_kernel"),
+    ("contrast-enhanced (", "contrast"),
+)
+"""The reasons a series is skipped (``uronode.completion.qualify``) by how they begin, and the label each gets in
+``uronode_series_skipped``; multi-energy images are ``energy`` (:func:`skip_kind`)."""
+
+log = logging.getLogger(__name__)
+
+
+def skip_kind(reason: str | None) -> str:
+    """The label of a skipped series' reason: one of a few kinds, never the reason's text (a label per text, with
+    kernels and descriptions in it, would grow without bound)."""
+    text = reason or ""
+    for start, kind in SKIP_KINDS:
+        if text.startswith(start):
+            return kind
+    if ": its values are not the conventional Hounsfield units" in text or ": calcium, and with it stones" in text:
+        return "energy"
+    return "other"
+
+
+class Tally:
+    """Counts kept in memory and added to the ``counters`` table at most once a second (a timer writes what is
+    left): for events that can come in floods (refused associations), where a write each would compete with
+    the instances' own. What a process held when it died is lost (at most a second of counts)."""
+
+    def __init__(self, database: Database, prefix: str, every_s: float = 1.0) -> None:
+        self.database = database
+        self.prefix = prefix
+        self.every_s = every_s
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._pending[name] += 1
+            if self._timer is None:
+                self._timer = threading.Timer(self.every_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Add what is pending to the table now."""
+        with self._lock:
+            pending, self._pending, self._timer = self._pending, Counter(), None
+        if not pending:
+            return
+        try:
+            with self.database.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    [(self.prefix + name, n) for name, n in sorted(pending.items())],
+                )
+        except sqlite3.Error as exc:  # a full disk: the counts are lost, the refusals themselves were said
+            log.error("%d count(s) of %s could not be written to the index: %s", sum(pending.values()),
+                      self.prefix.rstrip(":"), exc)
 
 
 class IndexCollector(Collector):
@@ -71,6 +148,24 @@ class IndexCollector(Collector):
         ):
             series.add_metric([row["d"], row["state"]], row["n"])
         yield series
+        skipped = GaugeMetricFamily(
+            "uronode_series_skipped", "Series in the index skipped when they completed (not read by the model), by why.",
+            labels=["reason"],
+        )
+        kinds: Counter[str] = Counter()
+        for row in conn.execute("SELECT reason, count(*) AS n FROM series WHERE state = 'complete' AND disposition ="
+                                " 'skipped' AND reason IS NOT ? GROUP BY reason", (OWN_RESULTS,)):
+            kinds[skip_kind(row["reason"])] += row["n"]
+        for kind in sorted({k for _, k in SKIP_KINDS} | {"energy", "other"}):
+            skipped.add_metric([kind], kinds[kind])
+        yield skipped
+        refused = CounterMetricFamily(
+            "uronode_associations_refused", "DICOM associations refused (A-ASSOCIATE-RJ), and connections closed as"
+            " they came (host_connections), by why.", labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], deleted.get(REFUSED + reason, 0))
+        yield refused
 
         jobs = {r["state"]: r["n"] for r in conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")}
         by_state = GaugeMetricFamily("uronode_jobs", "Jobs by state.", labels=["state"])

@@ -47,7 +47,7 @@ def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
         return True
 
 
-def test_one_hosts_silent_connections_do_not_lock_the_scanners_out(listener: int) -> None:
+def test_one_hosts_silent_connections_do_not_lock_the_scanners_out(listener: int, tmp_path: Path) -> None:
     """70 connections of 127.0.0.2 that never send a byte (pynetdicom's own limit is 64 a process): the host's
     share is 2 (half of scp.max_associations 4), its further connections are closed as they come, and a scanner
     on 127.0.0.1 is answered."""
@@ -63,6 +63,14 @@ def test_one_hosts_silent_connections_do_not_lock_the_scanners_out(listener: int
         assert closed >= 60, closed  # all but its share (two or so, as the accepting thread counts them)
         result = echo("127.0.0.1", listener, "URONODE", calling_ae="SCANNER", timeout_s=10)
         assert result.ok, result.message
+        # each connection closed as it came is counted (probe 41 #7: a flood showed in no metric)
+        from tests.uronode.test_metrics import samples
+
+        store, key = Store(tmp_path / "data"), ("uronode_associations_refused_total", (("reason", "host_connections"),))
+        deadline = time.monotonic() + 10
+        while samples(store)[key] < closed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert samples(store)[key] == closed
     finally:
         for sock in silent:
             sock.close()
@@ -136,3 +144,13 @@ def test_refused_associations_are_audited_once_a_minute_for_each_caller_and_reas
     refused = [(e["calling_ae"], e["host"], e["reason"]) for e in events if e["event"] == "association_refused"]
     assert refused == [("CTSCANNER9", "127.0.0.1", "calling AE title not allowed (scp.allowed_callers)"),
                        ("GOOD", "127.0.0.1", "called AE title 'NOTUS' is not ours")]
+    # and counted, each refusal, by kind (probe 41 #7), within a second
+    from tests.uronode.test_metrics import samples
+
+    def refused_count(reason: str) -> float:
+        return samples(store)[("uronode_associations_refused_total", (("reason", reason),))]
+
+    deadline = time.monotonic() + 10
+    while refused_count("called_ae") < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (refused_count("calling_ae"), refused_count("called_ae"), refused_count("host_share")) == (3, 1, 0)

@@ -280,11 +280,12 @@ def test_association_slots_count_hosts_over_processes_and_a_restarted_process_fr
     first, second = AssociationSlots(held, 0, 4, 2), AssociationSlots(held, 1, 4, 2)
     assert first.try_take("10.1.2.3") is None
     assert second.try_take("::ffff:10.1.2.3") is None  # the same caller on a dual-stack listener
-    assert first.try_take("10.1.2.3") == "its host holds 2 associations, its share (scp.max_associations_per_host)"
+    assert first.try_take("10.1.2.3") == (
+        "host_share", "its host holds 2 associations, its share (scp.max_associations_per_host)")
     assert second.try_take("10.9.9.9") is None and second.try_take("10.9.9.9") is None
-    assert first.try_take("10.7.7.7") == "4 associations open"
+    assert first.try_take("10.7.7.7") == ("association_limit", "4 associations open")
     first.give_back("10.9.9.9")  # not one of its own: nothing is freed
-    assert first.try_take("10.7.7.7") == "4 associations open"
+    assert first.try_take("10.7.7.7") == ("association_limit", "4 associations open")
     AssociationSlots(held, 1, 4, 2).reset()  # process 1 died and was started again
     assert first.try_take("10.1.2.3") is None  # its slot of 10.1.2.3 and both of 10.9.9.9 are free
     assert first.try_take("10.9.9.9") is None and first.try_take("10.9.9.9") is None

@@ -63,6 +63,9 @@ def test_metrics_count_what_the_database_holds(tmp_path: Path) -> None:
     assert found[("uronode_series", (("disposition", "results"), ("state", "complete")))] == 1
     assert found[("uronode_series", (("disposition", "skipped"), ("state", "complete")))] == 1
     assert found[("uronode_series", (("disposition", ""), ("state", "receiving")))] == 1
+    # why series were skipped, by kind (probe 41 #7): the localizer; the node's own results are not among them
+    assert found[("uronode_series_skipped", (("reason", "localizer"),))] == 1
+    assert sum(v for (name, _), v in found.items() if name == "uronode_series_skipped") == 1
     assert found[("uronode_jobs", (("state", "delivering"),))] == 1
     assert found[("uronode_jobs", (("state", "queued"),))] == 0
     assert found[("uronode_queue_depth", ())] == 0
@@ -142,3 +145,53 @@ def test_the_delivery_failure_counter_does_not_go_down_when_tries_are_reset(tmp_
         outbox.enqueue_in(conn, destination="pacs", sop_instance_uid="7.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
                           path=tmp_path / "a.dcm", job_id=None)
     assert samples(store)[("uronode_delivery_failures_total", ())] == 4
+
+
+def test_every_reason_a_series_is_skipped_for_has_a_kind_of_its_own() -> None:
+    """The skipped series' label (probe 41 #7) names a kind, never the reason's text: each reason ``qualify`` gives
+    maps to one, none to ``other``."""
+    from uronode.completion import CT_IMAGE_STORAGE, qualify
+    from uronode.metrics import skip_kind
+
+    axial = "1\\0\\0\\0\\1\\0"
+
+    def rows(count: int = 2, **fields: object) -> list[dict[str, object]]:
+        row = {"modality": "CT", "sop_class_uid": CT_IMAGE_STORAGE, "image_type": "ORIGINAL\\PRIMARY\\AXIAL",
+               "manufacturer": "ACME", "contrast_agent": None, "series_description": "ABDOMEN",
+               "convolution_kernel": "B30f", "image_orientation": axial, "image_position": "0\\0\\0",
+               "number_of_frames": None, "rescale_type": None, **fields}
+        return [dict(row) for _ in range(count)]
+
+    cases = [[], rows(modality="MR"), rows(sop_class_uid="1.2.840.10008.5.1.4.1.1.7"),
+             rows(image_type="ORIGINAL\\PRIMARY\\LOCALIZER"), rows(rescale_type="MG/ML"),
+             rows(image_type="DERIVED\\SECONDARY\\AXIAL\\MAT_REMOVED"),
+             rows(image_type="DERIVED\\SECONDARY\\REFORMATTED"), rows(image_position=None),
+             rows(image_orientation="1\\0\\0\\0\\0\\-1"), rows(convolution_kernel="BONEPLUS"),
+             rows(series_description="ABDOMEN ARTERIAL PHASE", contrast_agent="IOMERON")]
+    reasons = [qualify(case) for case in cases]  # type: ignore[arg-type]  # dicts read as the index's rows are
+    assert None not in reasons and qualify(rows()) is None  # type: ignore[arg-type]
+    kinds = {reason: skip_kind(reason) for reason in reasons}
+    assert "other" not in kinds.values(), kinds
+    assert set(kinds.values()) == {"empty", "not_ct", "localizer", "energy", "derived", "no_position", "not_axial",
+                                   "sharp_kernel", "contrast"}
+    assert skip_kind("something new") == "other"
+
+
+def test_refusals_counted_in_a_burst_reach_the_index_within_a_second(tmp_path: Path) -> None:
+    import time
+
+    from uronode.metrics import REFUSED, Tally
+
+    store = Store(tmp_path / "data")
+    tally = Tally(store.db, REFUSED, every_s=0.2)
+    for _ in range(500):
+        tally.add("host_connections")
+    tally.add("calling_ae")
+    assert samples(store)[("uronode_associations_refused_total", (("reason", "host_connections"),))] == 0
+    deadline = time.monotonic() + 5
+    while samples(store)[("uronode_associations_refused_total", (("reason", "calling_ae"),))] == 0:
+        assert time.monotonic() < deadline, "the tally was never written"
+        time.sleep(0.05)
+    found = samples(store)
+    assert found[("uronode_associations_refused_total", (("reason", "host_connections"),))] == 500
+    assert found[("uronode_associations_refused_total", (("reason", "host_share"),))] == 0  # every kind, at 0
