@@ -185,14 +185,22 @@ class Identity:
         return self.uid(*parts)
 
     def lasting_uid(self, *parts: object) -> str:
-        """The UID of what one model's runs on one series share whatever they read: the algorithm as a device, a
-        frame of reference made for a series without one."""
+        """The UID of what one model's runs on one series share whatever they read: a frame of reference made for
+        a series without one."""
         return derive_uid(self.source_series_instance_uid, self.model_name, self.model_version, *parts)
 
+    @property
+    def device_uid(self) -> str:
+        """The Device Observer UID (TID 1004) of the model as the observing device: its name and version alone, the
+        same on every series and every node that runs it, so that a reader of results can tell which results one
+        algorithm made (probe 42: it was derived from each source series, a new "device" for every series)."""
+        return derive_uid("uronode device observer", self.model_name, self.model_version)
 
-WRITERS_REVISION = 3
+
+WRITERS_REVISION = 4
 """Raised whenever the writers put something else into a result for the same findings (2: the SEG's Image
-Comments, 2026-12-06; 3: a source's study and patient references without their UIDs left out, 2026-12-06): the package's version is not raised for each change, and a result made again under a UID a
+Comments, 2026-12-06; 3: a source's study and patient references without their UIDs left out, 2026-12-06; 4: the
+device observer's UID the model's alone and a coded verdict in every report, 2026-12-07): the package's version is not raised for each change, and a result made again under a UID a
 destination holds is not sent again with other content (the node keeps its first copy), so without it a re-run
 after an upgrade would keep the old content (review 33)."""
 

@@ -25,15 +25,18 @@ rectangle and uses the comment as its label; it loads nothing from a report
 whose planar groups hold a NUM, so the measurements stay in the volumetric
 group.
 
-Every report ends with TID 1500's Qualitative Evaluations container holding a
-TEXT comment that says what the algorithm did and that it is not for primary
+Every report ends with TID 1500's Qualitative Evaluations container holding
+the verdict, coded ("Calculus: Present", SCT 52101004, or "Not detected"
+below), and a TEXT comment that says what the algorithm did and that it is not for primary
 diagnosis (a PACS that renders an SR as text shows it). When nothing is found
-there is no SEG, and the report holds one group (TID 1501) whose qualitative
-evaluation says "Calculus: Not detected" (SCT 260415000), with neither a finding
-nor a finding site, and the comment says that no stone was detected by the AI
-model in the series' N images, that this does not exclude stones and that it is
-not for primary diagnosis (highdicom's ``MeasurementReport`` refuses an empty
-list of groups).
+there is no SEG and no measurement group (no Imaging Measurements container:
+``_without_groups``); the verdict says "Calculus: Not detected" (SCT 260415000),
+with neither a finding nor a finding site, and the comment says that no stone
+was detected by the AI model in the series' N images, that this does not
+exclude stones and that it is not for primary diagnosis.
+
+The observer is the model as a device (TID 1004), its Device Observer UID
+derived from the model's name and version alone (``Identity.device_uid``).
 
 SeriesDate/SeriesTime are the time the report was made (its ContentDate/Time).
 """
@@ -328,15 +331,17 @@ def report_statement(volume: Volume, findings: Findings, identity: Identity) -> 
 
 
 def _qualitative_evaluations(statement: str, not_detected: bool) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations container (after the Imaging Measurements) with the comment, and with
-    no stone first 'Calculus: Not detected': what the algorithm did, without a finding or a finding site, not a
-    claim about the patient's urinary system (the comment gives the scope)."""
+    """TID 1500's Qualitative Evaluations container (after the Imaging Measurements): first the verdict, coded,
+    'Calculus: Present' or with no stone 'Calculus: Not detected' (what the algorithm did, without a finding or a
+    finding site, not a claim about the patient's urinary system: the comment gives the scope), then the comment.
+    A consumer that sorts worklists by AI results reads the verdict of either kind from the one item (probe 42:
+    a report with stones had none, its verdict only implied by its measurement groups)."""
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    verdict = [hd.sr.CodeContentItem(name=coding.CALCULUS, value=coding.NOT_DETECTED,
-                                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)] if not_detected else []
-    container.ContentSequence = hd.sr.ContentSequence([*verdict, hd.sr.TextContentItem(
+    verdict = hd.sr.CodeContentItem(name=coding.CALCULUS, value=coding.NOT_DETECTED if not_detected else coding.PRESENT,
+                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([verdict, hd.sr.TextContentItem(
         name=COMMENT, value=statement, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )])
     return container
@@ -347,7 +352,7 @@ def device_observer(identity: Identity) -> hd.sr.ObserverContext:
     return hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=identity.lasting_uid("device"),
+            uid=identity.device_uid,
             name=identity.model_name,
             manufacturer_name=MANUFACTURER,
             model_name=identity.model_name,

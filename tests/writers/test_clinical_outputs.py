@@ -115,7 +115,8 @@ def test_every_sr_says_it_is_not_for_primary_diagnosis(stones: Case) -> None:
     ds = pydicom.dcmread(sr)
     (container,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
     assert ds.ContentSequence[-1] is container  # after the Imaging Measurements, as TID 1500 orders them
-    (comment,) = container.ContentSequence
+    verdict, comment = container.ContentSequence  # "Calculus: Present" (probe 42), then the comment
+    assert verdict.ValueType == "CODE" and verdict.ConceptCodeSequence[0].CodeMeaning == "Present"
     assert comment.ValueType == "TEXT" and comment.RelationshipType == "CONTAINS"
     assert len(report_of(hd.sr.srread(sr)).get_volumetric_roi_measurement_groups()) == 3  # still read as TID 1500
 

@@ -121,6 +121,32 @@ def test_no_stone_gives_only_an_sr_that_says_not_detected(no_stones: Case) -> No
     assert "Finding" not in str(no_stones.results.sr) and "Finding Site" not in str(no_stones.results.sr)
 
 
+def test_every_report_codes_its_verdict_and_names_the_model_as_one_device(stones: Case, no_stones: Case) -> None:
+    """Probe 42: a report with stones gave its verdict only by its measurement groups, and the Device Observer UID
+    was derived from each source series (a new device for every series)."""
+    root = stones.results.sr.ContentSequence
+    (evaluations,) = [item for item in root if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert [(item.ValueType, item.ConceptNameCodeSequence[0].CodeValue,
+             item.ConceptCodeSequence[0].CodeValue if item.ValueType == "CODE" else None)
+            for item in evaluations.ContentSequence] == [("CODE", "56381008", "52101004"),  # Calculus: Present
+                                                        ("TEXT", "121106", None)]
+
+    def device(case: Case) -> str:
+        (observer,) = [item for item in case.results.sr.ContentSequence
+                       if item.ConceptNameCodeSequence[0].CodeValue == "121012"]  # Device Observer UID
+        return str(observer.UID)
+
+    from dataclasses import replace
+
+    from inference.writers.results import check_inputs
+
+    identity = check_inputs(stones.volume, stones.findings)
+    other_series = replace(identity, source_series_instance_uid="1.2.826.0.1.3680043.8.498.42")
+    assert device(stones) == device(no_stones) == identity.device_uid == other_series.device_uid  # one device...
+    assert identity.lasting_uid("x") != other_series.lasting_uid("x")
+    assert replace(identity, model_version="9.9.9").device_uid != identity.device_uid  # ... for each model version
+
+
 def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> None:
     """A planar group per stone: the same tracking UID as its volumetric group, its box on its widest slice."""
     content = _report(stones)
