@@ -99,10 +99,7 @@ def _write(volume: Volume, findings: Findings, sources: Sources, *, sc_every_sli
     offset = timezone_offset(sources.unique[0].get("TimezoneOffsetFromUTC"))
     created = now_at(offset)
     seg = build_segmentation(findings, sources, volume.frame_numbers, created=created) if findings.stones else None
-    captures = (
-        build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice, created=created)
-        if findings.stones else ()
-    )
+    captures = build_secondary_captures(volume, findings, sources, every_slice=sc_every_slice, created=created)
     kos = build_key_objects(volume, findings, sources, created=created) if findings.stones else None
     sr = build_report(volume, findings, sources, seg, created=created, predecessors=predecessors)
     numbers, numbering = image_numbers(sources.datasets, volume.frame_numbers, from_head=volume.index_from_head)

@@ -1,4 +1,11 @@
-"""The overlay series: RGB Secondary Captures of the slices with stones.
+"""The overlay series: RGB Secondary Captures of the slices with stones; with no stone, one summary image.
+
+**With no stone** the series holds one image, the series' middle slice (a lone
+image itself), with "AI: no urinary stone detected in the N images of this
+series", "A negative result does not exclude stones", the input's cautions and
+the disclaimer burned in (probe 42: a PACS that takes the overlays alone, as
+``results: ["sc"]`` sends them, got nothing for a series without stones, and
+"the AI found none" looked as "the AI never ran").
 
 Each image is the CT slice in the preview window (``inference.preview.WINDOW``:
 centre 150, width 900 HU, so -300 to 600 HU). Why this window: the kidney,
@@ -117,12 +124,21 @@ small matrix (a 3 mm series of 122 x 101 pixels) the wrapped cautions covered th
 kidneys (probe 17); what does not fit says "Caution: see the SR"."""
 
 
-def summary_lines(findings: Findings, k: int) -> list[str]:
+NEGATIVE_LINE = "A negative result does not exclude stones"
+"""The second line of a no-stone summary image, as the SR's comment says it."""
+
+
+def summary_lines(findings: Findings, k: int, images: int | None = None) -> list[str]:
     """The burned-in text of slice k, a line each before wrapping: the count, the largest stone, each of the
-    input's cautions ("Caution: ..."), and the disclaimer last."""
+    input's cautions ("Caution: ..."), and the disclaimer last. With no stone (the summary image): that none was
+    detected in the series' ``images`` images, and that this does not exclude stones, in place of the first two."""
     count = len(findings.stones)
     here = sorted({b.stone_index for b in findings.boxes if b.slice_index == k})
-    lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
+    if count or images is None:
+        lines = [f"AI: {count} urinary stone{'s' if count != 1 else ''}, {len(here)} on this slice"]
+    else:
+        scope = "on this one image" if images == 1 else f"in the {images} images of this series"
+        lines = [f"AI: no urinary stone detected {scope}", NEGATIVE_LINE]
     if count:  # the longest, as the SR's "Diameter, Maximum", named: it may be on another slice (probe 18)
         index, largest = max(enumerate(findings.stones), key=lambda item: item[1].length_mm)
         side = SIDE_WORDS.get(largest.side, largest.side)
@@ -240,7 +256,7 @@ def render_overlay(volume: Volume, findings: Findings, k: int) -> np.ndarray:
     """uint8 RGB (rows, columns, 3) of slice k: CT, red stones, green boxes, burned-in text."""
     image = render_slice(volume, findings, k, window=WINDOW)
     boxes = [b for b in findings.boxes if b.slice_index == k]
-    text, shadow = _text_layer(image.shape[:2], summary_lines(findings, k), boxes)
+    text, shadow = _text_layer(image.shape[:2], summary_lines(findings, k, volume.shape[0]), boxes)
     protected = (findings.mask[k] > 0) | _box_outline(image.shape[:2], boxes)
     image[shadow & ~protected] = SHADOW_COLOUR
     image[text & ~protected] = TEXT_COLOUR
@@ -285,6 +301,11 @@ def image_numbers(datasets: Sequence[Dataset], frame_numbers: Sequence[int], *,
                          from_head=from_head)
 
 
+def summary_slice(volume: Volume) -> int:
+    """The slice of a no-stone series' one summary image: the middle one (the lone image of a lone image)."""
+    return volume.shape[0] // 2
+
+
 def sc_uids(sources: Sources, every_slice: bool) -> str:
     """SeriesInstanceUID of the overlay series (the mode is part of it: a mode change is a new series)."""
     return sources.identity.series_uid("sc", "all" if every_slice else "stones", "series")
@@ -294,11 +315,13 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
                              every_slice: bool = False,
                              created: datetime.datetime | None = None) -> tuple[Dataset, ...]:
     """One RGB Secondary Capture per slice with a stone (or per slice with ``every_slice``), in the order of
-    their InstanceNumbers (the CT's image numbers); ``created`` (default: now) is their series' date and time."""
+    their InstanceNumbers (the CT's image numbers); with no stone, one: the summary image (``summary_slice``).
+    ``created`` (default: now) is their series' date and time."""
     identity = sources.identity
     mode = "all" if every_slice else "stones"
     series_uid = sc_uids(sources, every_slice)
-    slices = range(volume.shape[0]) if every_slice else findings.slices_with_stones
+    slices = (range(volume.shape[0]) if every_slice else findings.slices_with_stones if findings.stones
+              else [summary_slice(volume)])
     orientation = patient_orientation(volume)
     numbers, _ = image_numbers(sources.datasets, volume.frame_numbers, from_head=volume.index_from_head)
     created = created or datetime.datetime.now()
@@ -340,7 +363,9 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.ConversionType = "WSD"
         sc.BurnedInAnnotation = "YES"
-        sc.DerivationDescription = f"CT in window C{WINDOW[0]:g} W{WINDOW[1]:g} with AI stone overlay"
+        sc.DerivationDescription = (f"CT in window C{WINDOW[0]:g} W{WINDOW[1]:g} with AI stone overlay"
+                                    if findings.stones else
+                                    f"CT in window C{WINDOW[0]:g} W{WINDOW[1]:g} with the AI's no-stone result")
         if ref.get("BodyPartExamined"):
             sc.BodyPartExamined = ref.BodyPartExamined
         elif "Laterality" not in sc:

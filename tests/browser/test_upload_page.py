@@ -97,6 +97,8 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     shown = [b.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))") for b in blocks.all()]
     assert block.locator(".slices img").count() > 0
     assert not set(shown[0]) & set(shown[1])  # a block shows the overlays of its own series only
+    # the series without a stone shows its one summary image, which says so (probe 42)
+    assert negative.locator(".slices img").count() == 1 and negative.locator("h4").inner_text() == "Summary image"
     assert all(alt.startswith("AI overlay of image ")
                for alt in page.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.alt)"))
     stone_images = {numbers[sop] for s in stones for sop in s["sop_instance_uids"]}

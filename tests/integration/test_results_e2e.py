@@ -97,7 +97,7 @@ def test_auto_routed_series_gets_seg_sc_sr_and_key_objects_back_in_its_study(
     assert "Synthetic" not in (node.data_dir / "audit.log").read_text()  # no patient names in the audit log
 
 
-def test_modality_push_without_stones_yields_only_an_sr(
+def test_modality_push_without_stones_yields_an_sr_and_one_summary_image(
     pacs_and_node: tuple[Proc, int, int, Node], tmp_path: Path
 ) -> None:
     orthanc, http, dicom, node = pacs_and_node
@@ -105,8 +105,9 @@ def test_modality_push_without_stones_yields_only_an_sr(
     write_series(phantom, tmp_path / "ct")
     assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0  # straight to the node
     wait_until(lambda: job_states(node) == ["delivered"], 240, "the job to be delivered")
-    wait_until(lambda: "SR" in modalities_in_study(http, phantom.study_instance_uid), 30, "the SR in Orthanc")
-    assert modalities_in_study(http, phantom.study_instance_uid) == {"SR": 1}
+    wait_until(lambda: {"SR", "OT"} <= set(modalities_in_study(http, phantom.study_instance_uid)), 30,
+               "the SR and the summary image in Orthanc")
+    assert modalities_in_study(http, phantom.study_instance_uid) == {"SR": 1, "OT": 1}  # no SEG, no key images
 
 
 def test_node_killed_while_orthanc_is_down_still_delivers_each_result_once(
@@ -158,12 +159,14 @@ def test_results_go_back_to_the_scanner_that_sent_the_series(start_node: Callabl
         write_series(phantom, tmp_path / "ct")
         assert storescu(node.dicom_port, tmp_path / "ct", calling="CTSCANNER").returncode == 0
         wait_until(lambda: job_states(node) == ["delivered"], 240, "the results to reach the scanner")
-        (received,) = list((tmp_path / "scanner-inbox").iterdir())  # no stones: the SR alone
         import pydicom
 
-        sr = pydicom.dcmread(received)
-        assert sr.Modality == "SR" and sr.StudyInstanceUID == phantom.study_instance_uid
-        assert sr.Manufacturer == "uronode"
+        # no stones: the SR and the one summary image (probe 42)
+        received = sorted((pydicom.dcmread(p) for p in (tmp_path / "scanner-inbox").iterdir()),
+                          key=lambda ds: str(ds.Modality))
+        assert [ds.Modality for ds in received] == ["OT", "SR"]
+        assert all(ds.StudyInstanceUID == phantom.study_instance_uid and ds.Manufacturer == "uronode"
+                   for ds in received)
     finally:
         scanner.stop()
 

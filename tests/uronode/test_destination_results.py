@@ -92,7 +92,7 @@ def test_a_remote_worker_s_results_are_owed_by_kind_too(tmp_path: Path) -> None:
     claim = claims.claim(job.id, job.series_generation, "w1")
     volume, findings = NoStones().run_files([str(i.path) for i in store.series_instances(job.series_instance_uid)])
     uids = []
-    for ds in write_results(volume, findings).datasets:  # no stone: the SR alone
+    for ds in write_results(volume, findings).datasets:  # no stone: the SR and the summary image
         data = encode(ds)
         store.put(read_header([data]), [data], calling_ae="URONODE")
         uids.append(str(ds.SOPInstanceUID))

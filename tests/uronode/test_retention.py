@@ -237,10 +237,11 @@ def test_the_node_deletes_the_ct_with_its_results(start_node: Callable[..., Node
 
     wait_until(lambda: bool(finished()), 240, "the job to store its result")
     (job,) = finished()
-    assert job["state"] == "delivered" and len(job["results"]) == 1  # type: ignore[arg-type]  # the SR: no stone
+    # no stone: the SR and the summary image
+    assert job["state"] == "delivered" and len(job["results"]) == 2  # type: ignore[arg-type]
     wait_until(lambda: not folder.exists(), 60, "retention to delete the CT's files")
     wait_until(lambda: not query(node.data_dir, "SELECT 1 FROM instances"), 30, "retention to delete the result")
-    assert not query(node.data_dir, "SELECT 1 FROM instances")  # the CT and the SR made of it
+    assert not query(node.data_dir, "SELECT 1 FROM instances")  # the CT and the results made of it
     assert not query(node.data_dir, "SELECT 1 FROM results")
     assert not (node.data_dir / "instances" / phantom.study_instance_uid).exists()
     url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies?StudyInstanceUID={phantom.study_instance_uid}"
@@ -254,7 +255,7 @@ def test_the_node_deletes_the_ct_with_its_results(start_node: Callable[..., Node
 
     counted = metrics()  # the counters keep counting what retention deleted
     assert counted["uronode_instances_stored"] == 0
-    assert counted["uronode_instances_received_total"] == 1 + len(list((tmp_path / "ct").iterdir()))
-    assert counted["uronode_series_completed_total"] >= 1  # the CT; the SR too when it completed before it went
+    assert counted["uronode_instances_received_total"] == 2 + len(list((tmp_path / "ct").iterdir()))
+    assert counted["uronode_series_completed_total"] >= 1  # the CT; the results too when they completed before
     assert counted["uronode_inference_seconds_count"] == 1 and counted["uronode_inference_seconds_sum"] > 0
     assert counted['uronode_inference_seconds_bucket{le="+Inf"}'] == 1

@@ -126,10 +126,11 @@ def test_a_lone_image_sr_claims_no_more_than_its_image(tmp_path: Path) -> None:
     volume = load_volume(write_series(phantom, tmp_path / "ct"))
     findings = measure_stones(volume, np.zeros(volume.shape, np.uint8), model_name=MODEL_NAME,
                               model_version=MODEL_VERSION)
-    (sr,) = save_results(write_results(volume, findings), tmp_path / "out")
+    summary, sr = save_results(write_results(volume, findings), tmp_path / "out")
     text = _sr_text(sr)
     assert "in the one image of this series" in text and "does not exclude" in text
     assert "Urinary system" not in text
+    assert summary.name.startswith("OT_")  # the no-stone summary image: the lone image itself
     _no_dciodvfy_errors([sr])
 
 

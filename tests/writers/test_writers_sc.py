@@ -93,3 +93,24 @@ def test_every_slice_mode_makes_one_capture_per_slice(stones: Case) -> None:
     assert len(results.secondary_captures) == stones.volume.shape[0]
     default_series = stones.results.secondary_captures[0].SeriesInstanceUID
     assert results.secondary_captures[0].SeriesInstanceUID != default_series
+
+
+def test_the_no_stone_summary_image_says_none_was_detected_and_that_this_excludes_nothing(no_stones: Case) -> None:
+    """Probe 42: with no stone the overlay series is one image that says so, burned in (a PACS that takes the
+    overlays alone, results ["sc"], had nothing to show that the AI ran)."""
+    from inference.writers.sc import NEGATIVE_LINE
+    from tests.writers.conftest import dciodvfy
+
+    images = no_stones.volume.shape[0]
+    lines = summary_lines(no_stones.findings, images // 2, images)
+    assert lines == [f"AI: no urinary stone detected in the {images} images of this series", NEGATIVE_LINE,
+                     DISCLAIMER]
+    assert summary_lines(no_stones.findings, 0, 1)[0] == "AI: no urinary stone detected on this one image"
+    (path,) = [p for p in no_stones.paths if p.name.startswith("OT_")]
+    rgb = pydicom.dcmread(path).pixel_array
+    yellow = (rgb[..., 0] == 255) & (rgb[..., 1] == 255) & (rgb[..., 2] == 0)
+    assert yellow[: rgb.shape[0] // 3].any() and yellow[-rgb.shape[0] // 6:].any()  # the verdict, the disclaimer
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
+    assert not red.any()  # no stone painted
+    errors, _ = dciodvfy(path)
+    assert errors == []

@@ -95,16 +95,21 @@ def test_sr_evidence_lists_the_seg_and_the_source_series(stones: Case) -> None:
     assert sr.CompletionFlag == "COMPLETE"
 
 
-def test_no_stone_gives_only_the_sr_in_every_slice_mode_too(no_stones: Case) -> None:
+def test_no_stone_in_every_slice_mode_gives_every_slice_with_the_verdict(no_stones: Case) -> None:
     results = write_results(no_stones.volume, no_stones.findings, sc_every_slice=True)
-    assert results.seg is None and results.secondary_captures == ()
+    assert results.seg is None and results.kos is None
+    assert len(results.secondary_captures) == no_stones.volume.shape[0]
     assert results.sr.SOPInstanceUID == no_stones.results.sr.SOPInstanceUID
 
 
-def test_no_stone_gives_only_an_sr_that_says_not_detected(no_stones: Case) -> None:
-    assert no_stones.results.seg is None
-    assert no_stones.results.secondary_captures == ()
-    assert [p.name for p in no_stones.paths] == ["SR_1903_0001.dcm"]
+def test_no_stone_gives_an_sr_that_says_not_detected_and_one_summary_image(no_stones: Case) -> None:
+    assert no_stones.results.seg is None and no_stones.results.kos is None
+    (summary,) = no_stones.results.secondary_captures  # probe 42: a PACS taking the overlays alone got nothing
+    middle = no_stones.volume.shape[0] // 2
+    assert summary.SourceImageSequence[0].ReferencedSOPInstanceUID == no_stones.volume.sop_instance_uids[middle]
+    assert summary.InstanceNumber == no_stones.results.image_numbers[middle]
+    assert "no-stone result" in summary.DerivationDescription
+    assert [p.name for p in no_stones.paths] == [f"OT_1902_{summary.InstanceNumber:04d}.dcm", "SR_1903_0001.dcm"]
     report = _report(no_stones)
     # no measurement group at all: OHIF 3.13 reads every group's image region, and one without (the verdict's,
     # as it was) blanked the viewer (probe 26); the verdict is a qualitative evaluation of the document
