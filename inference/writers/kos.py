@@ -46,6 +46,7 @@ from inference.writers.sources import (
     KOS_SERIES_NUMBER,
     MANUFACTURER,
     Sources,
+    requested_procedures,
 )
 from inference.writers.sr import device_observer
 
@@ -119,6 +120,7 @@ def build_key_objects(volume: Volume, findings: Findings, sources: Sources, *,
         manufacturer_model_name=identity.model_name,
         software_versions=identity.software_versions,
         device_serial_number=DEVICE_SERIAL_NUMBER,
+        requested_procedures=requested_procedures(sources.unique[0]) or None,
     )
     kos.copy_patient_and_study_information(sources.unique[0])
     created = created or datetime.datetime.now()

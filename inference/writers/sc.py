@@ -82,6 +82,7 @@ from inference.writers.sources import (
     SC_SERIES_DESCRIPTION,
     SC_SERIES_NUMBER,
     Sources,
+    copy_request_attributes,
 )
 from uronode.contrast import without_free_text
 
@@ -360,6 +361,7 @@ def build_secondary_captures(volume: Volume, findings: Findings, sources: Source
         for key, value in _geometry(ref, frame).items():
             setattr(sc, key, value)
         sc.FrameOfReferenceUID = ref.FrameOfReferenceUID  # the source's, or the one derived where it had none
+        copy_request_attributes(sc, sources.unique[0])
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.ConversionType = "WSD"
         sc.BurnedInAnnotation = "YES"

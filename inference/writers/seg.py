@@ -44,6 +44,7 @@ from inference.writers.sources import (
     SEG_SERIES_DESCRIPTION,
     SEG_SERIES_NUMBER,
     Sources,
+    copy_request_attributes,
 )
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ def build_segmentation(findings: Findings, sources: Sources, frame_numbers: tupl
     seg.SeriesDate, seg.SeriesTime = DA(created.date()), TM(created.time())
     if "BodyPartExamined" in first:
         seg.BodyPartExamined = first.BodyPartExamined
+    copy_request_attributes(seg, first)
     if findings.cautions:  # probe 33: the SEG said nothing of a contrast phase the SR and overlays warned of
         seg.ImageComments = "\n".join(f"Caution: {c}" for c in findings.cautions)[:10240]
     logger.info("SEG of series %s: %d frame(s), %d stone(s)", findings.series_instance_uid,

@@ -39,6 +39,7 @@ Every description starts with "AI urinary stones", which the viewer
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -200,8 +201,8 @@ class Identity:
 WRITERS_REVISION = 4
 """Raised whenever the writers put something else into a result for the same findings (2: the SEG's Image
 Comments, 2026-12-06; 3: a source's study and patient references without their UIDs left out, 2026-12-06; 4: the
-device observer's UID the model's alone, a coded verdict in every report and a summary overlay image
-with no stone, 2026-12-07): the package's version is not raised for each change, and a result made again under a UID a
+device observer's UID the model's alone, a coded verdict in every report, a summary overlay image
+with no stone and the source's orders, 2026-12-07): the package's version is not raised for each change, and a result made again under a UID a
 destination holds is not sent again with other content (the node keeps its first copy), so without it a re-run
 after an upgrade would keep the old content (review 33)."""
 
@@ -238,6 +239,42 @@ class Sources:
     @property
     def multiframe(self) -> bool:
         return len(self.unique) < len(self.datasets)
+
+
+def requested_procedures(first: Dataset) -> list[Dataset]:
+    """The orders the source's images were made for, from its Request Attributes Sequence (0040,0275: one item
+    per requested procedure, several where one CT serves several orders), as an SR's or key object document's
+    Referenced Request Sequence (0040,A370) names them: Type 1C there, required where the document satisfies
+    requested procedures (PS3.3 C.17.2). Empty where the source names none (the accession number, copied with the
+    study, is then all there is). Probe 42: a report of a CT that served two orders could not be told apart."""
+    items = []
+    for request in first.get("RequestAttributesSequence") or []:
+        item = Dataset()
+        item.StudyInstanceUID = request.get("StudyInstanceUID") or first.StudyInstanceUID
+        item.ReferencedStudySequence = []
+        own = "AccessionNumber" in request  # the order's own, or the study's
+        item.AccessionNumber = (request.get("AccessionNumber") if own else first.get("AccessionNumber")) or ""
+        issuer = request.get("IssuerOfAccessionNumberSequence") if own else first.get("IssuerOfAccessionNumberSequence")
+        if issuer:
+            item.IssuerOfAccessionNumberSequence = copy.deepcopy(issuer)
+        item.PlacerOrderNumberImagingServiceRequest = ""  # Type 2: the Request Attributes do not carry them
+        item.FillerOrderNumberImagingServiceRequest = ""
+        item.RequestedProcedureID = request.get("RequestedProcedureID") or ""
+        item.RequestedProcedureDescription = request.get("RequestedProcedureDescription") or ""
+        codes = request.get("RequestedProcedureCodeSequence") or []
+        item.RequestedProcedureCodeSequence = [copy.deepcopy(codes[0])] if codes else []  # one item at most
+        for keyword in ("ReasonForTheRequestedProcedure", "ReasonForRequestedProcedureCodeSequence"):
+            if request.get(keyword):
+                setattr(item, keyword, copy.deepcopy(request.get(keyword)))
+        items.append(item)
+    return items
+
+
+def copy_request_attributes(result: Dataset, first: Dataset) -> None:
+    """The source's Request Attributes Sequence (General Series module, Type 3) on a result of the image kind
+    (SEG, overlays), so that a PACS files it under the same orders as its CT."""
+    if first.get("RequestAttributesSequence"):
+        result.RequestAttributesSequence = copy.deepcopy(first.RequestAttributesSequence)
 
 
 PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",

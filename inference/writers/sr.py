@@ -66,6 +66,7 @@ from inference.writers.sources import (
     SR_SERIES_NUMBER,
     Identity,
     Sources,
+    requested_procedures,
 )
 from uronode.types import DocumentReference
 
@@ -417,6 +418,7 @@ def build_report(volume: Volume, findings: Findings, sources: Sources, seg: Data
         series_time=created.time(),
         content_date=created.date(),
         content_time=created.time(),
+        requested_procedures=requested_procedures(first) or None,
     )
     sr.SeriesDate, sr.SeriesTime = DA(created.date()), TM(created.time())
     earlier = [p for p in predecessors if p.sop_instance_uid != sop_uid]  # the same run again is no predecessor
