@@ -81,14 +81,16 @@ FLOOD_LOGGERS = ("scp", "pynetdicom")
 connection that sends nothing), whose repeats :class:`FloodFilter` holds back."""
 FLOOD_LIMIT = 20
 FLOOD_WINDOW_S = 60.0
+HELD_BACK_FROM_HERE = "more like it held back for the rest of the minute; their count comes with the next one"
 
 
 class FloodFilter(logging.Filter):
     """At most ``FLOOD_LIMIT`` warnings and errors of one message with the same arguments (the same peer) of
     :data:`FLOOD_LOGGERS` a minute, and ten times as many of one message whatever its arguments; the first let
     through after a held-back run says how many were held back (probe 40: 300 malformed associations in 7 s
-    wrote 300 records with tracebacks, 369 KB). A run held back at the end of a flood is said by the next line
-    of that message, whenever it comes."""
+    wrote 300 records with tracebacks, 369 KB). The last line let through says that the next ones are held back
+    (review 37: a run held back at the end of a flood was said only by the next line of that message, whenever it
+    came); how many were is said by that next line."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,8 +118,10 @@ class FloodFilter(logging.Filter):
                     for other, other_started, other_shown, other_waiting in counted:
                         self._counts[other] = (other_started, other_shown, other_waiting + (other == key))
                     return False
-            for key, started, shown, waiting in counted:
+            last = False  # the last one let through this minute: it says that the next are held back
+            for (key, started, shown, waiting), (*_, limit) in zip(counted, keys, strict=True):
                 self._counts[key] = (started, shown + 1, 0)
+                last = last or shown + 1 == limit
                 if key[2] is not None:
                     held = waiting
             if len(self._counts) > 1000:  # many different messages: forget the oldest windows
@@ -125,6 +129,8 @@ class FloodFilter(logging.Filter):
                     del self._counts[old]
         if held:
             record.msg = f"{record.msg} ({held} more like it held back in the minute before)"
+        if last:
+            record.msg = f"{record.msg} ({HELD_BACK_FROM_HERE})"
         return True
 
 

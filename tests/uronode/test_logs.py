@@ -11,7 +11,7 @@ import subprocess
 import sys
 import traceback
 
-from uronode.logs import FORMAT, FloodFilter, OneLineFormatter, escape_controls
+from uronode.logs import FORMAT, HELD_BACK_FROM_HERE, FloodFilter, OneLineFormatter, escape_controls
 
 FORGED = "EVIL\n2026-12-05 13:08:29,907 ERROR 1 uronode: forged\r"
 
@@ -96,9 +96,11 @@ def test_a_flood_of_one_warning_from_the_network_side_is_held_back_and_counted()
         made.created = at
         return made
 
-    passed = [flood.filter(record("scp.fastpath", "%s from x: association aborted", 1000.0 + i / 10))
-              for i in range(300)]
+    records = [record("scp.fastpath", "%s from x: association aborted", 1000.0 + i / 10) for i in range(300)]
+    passed = [flood.filter(r) for r in records]
     assert sum(passed) == 20 and passed[:20] == [True] * 20
+    # the last one let through says that the next are held back (review 37: only the next line said so, if any)
+    assert [r.getMessage().endswith(f"({HELD_BACK_FROM_HERE})") for r in records[:20]] == [False] * 19 + [True]
     assert flood.filter(record("scp.server", "other %s", 1010.0))  # another message
     # another peer's line of the same message (review 37: one peer's flood hid the others')
     assert flood.filter(record("scp.fastpath", "%s from x: association aborted", 1010.0, peer="CT1"))
