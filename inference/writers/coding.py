@@ -31,6 +31,8 @@ ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
 
 DIAMETER = codes.SCT.Diameter
+LONG_AXIS = codes.SCT.LongAxis
+"""A stone's largest diameter on the axial image where it is largest (CID 7470, linear measurements)."""
 VOLUME = codes.SCT.Volume
 ATTENUATION_COEFFICIENT = codes.DCM.AttenuationCoefficient
 MEAN = codes.SCT.Mean

@@ -7,10 +7,11 @@ laterality where the stone lies clearly to one side (``Stone.side``; a stone
 near the midline, which may lie in the bladder, and one whose side the image cannot tell, get no
 laterality), the stone's
 own SEG segment ("Stone N", segment N, the same tracking UID) and the source
-slices it spans as the referenced segment, and four measurements: the stone's
+slices it spans as the referenced segment, and five measurements: the stone's
 length (its largest extent in any direction, mm, Diameter with derivation
-Maximum: ``Stone.length_mm``), volume (mm3), mean and maximum attenuation (HU); on a lone image, which
-shows one plane of a stone, no volume, and the length is the in-plane one (the comments say so).
+Maximum: ``Stone.length_mm``), its largest axial diameter (Long Axis: ``Stone.max_diameter_mm``), volume
+(mm3), mean and maximum attenuation (HU); on a lone image, which shows one plane of a stone, no volume and
+no long axis, and the length is the in-plane one (the comments say so).
 Lengths are given to 0.1 mm, volumes to 0.1 mm3 and HU to 1, rounded as a person rounds (``half_up``).
 
 Each stone also has a planar group (TID 1410) with the same tracking
@@ -102,15 +103,21 @@ def _finding_site(side: str) -> hd.sr.FindingSite:
 
 
 def _measurements(stone: Stone, sources: Sources, lone: bool = False) -> list[hd.sr.Measurement]:
-    """Length, volume, mean and maximum HU, each as precise as its voxels make it (lengths to 0.1 mm, volumes
-    to 0.1 mm3, HU to 1: ``half_up``). A lone image (``lone``) shows one plane of a stone: no volume (its
-    area times the image's thickness is no stone's volume), and its length is the in-plane one."""
+    """Length, the largest axial diameter, volume, mean and maximum HU, each as precise as its voxels make it
+    (lengths to 0.1 mm, volumes to 0.1 mm3, HU to 1: ``half_up``). The axial diameter is a Long Axis (SCT
+    103339001), measured on the slice where it is largest, the planar group's (probe 42: it was in the planar
+    group's comment alone, where OHIF 3.13 takes no NUM; the size most reports give). A lone image (``lone``)
+    shows one plane of a stone: no volume (its area times the image's thickness is no stone's volume), and its
+    length is the in-plane one, so no long axis beside it."""
     algorithm = _algorithm(sources)
+    plane = [] if lone else [hd.sr.Measurement(name=coding.LONG_AXIS, value=half_up(stone.max_diameter_mm, 1),
+                                               unit=coding.MILLIMETER, algorithm_id=algorithm)]
     volume = [] if lone else [hd.sr.Measurement(name=coding.VOLUME, value=half_up(stone.volume_mm3, 1),
                                                 unit=coding.CUBIC_MILLIMETER, algorithm_id=algorithm)]
     return [
         hd.sr.Measurement(name=coding.DIAMETER, value=half_up(stone.length_mm, 1),
                           unit=coding.MILLIMETER, derivation=coding.MAXIMUM, algorithm_id=algorithm),
+        *plane,
         *volume,
         # whole HU as integers: "1111", not "1111.0" (a decimal that suggests a precision HU do not have)
         hd.sr.Measurement(name=coding.ATTENUATION_COEFFICIENT, value=int(half_up(stone.mean_hu, 0)),

@@ -39,7 +39,8 @@ def test_a_lone_image_s_report_gives_no_volume_and_says_why(stones: Case, tmp_pa
     for group in groups:
         names = [m.name.value for m in group.get_measurements()]
         assert "118565006" not in names  # Volume
-        assert names.count("81827009") == 1  # the diameter
+        assert names.count("81827009") == 1  # the diameter, in the plane
+        assert "103339001" not in names  # and no long axis beside it: the same one
     label = stone_label(0, findings.stones[0], "axial", lone=True)
     assert "mm3" not in label and label.startswith("Stone 1, ") and " axial " in label
     statement = " ".join(_texts(results.sr))

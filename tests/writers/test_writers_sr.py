@@ -46,9 +46,11 @@ def test_sr_has_one_group_per_stone_with_its_measurements(stones: Case) -> None:
         assert group.tracking_identifier == f"Stone {i + 1}"
         assert group.finding_type is not None and group.finding_type.value == "56381008"
         values = _measurements(group)
-        # the stone's length (largest extent in any direction); its axial diameter is in the planar group's words
-        # as precise as the voxels make them: 0.1 mm, 0.1 mm3, 1 HU, halves rounded up (half_up)
+        # the stone's length (largest extent in any direction), and its largest axial diameter as a Long Axis
+        # (probe 42: in the planar group's words alone); as precise as the voxels make them: 0.1 mm, 0.1 mm3,
+        # 1 HU, halves rounded up (half_up)
         assert values[("81827009", "56851009")] == (half_up(stone.length_mm, 1), "mm")
+        assert values[("103339001", None)] == (half_up(stone.max_diameter_mm, 1), "mm")
         assert values[("118565006", None)] == (half_up(stone.volume_mm3, 1), "mm3")
         assert values[("112031", "373098007")] == (half_up(stone.mean_hu, 0), "[hnsf'U]")
         assert values[("112031", "56851009")] == (half_up(stone.max_hu, 0), "[hnsf'U]")
