@@ -201,8 +201,8 @@ class Identity:
 WRITERS_REVISION = 4
 """Raised whenever the writers put something else into a result for the same findings (2: the SEG's Image
 Comments, 2026-12-06; 3: a source's study and patient references without their UIDs left out, 2026-12-06; 4: the
-device observer's UID the model's alone, a coded verdict in every report, a summary overlay image
-with no stone and the source's orders, 2026-12-07): the package's version is not raised for each change, and a result made again under a UID a
+device observer's UID the model's alone, a coded verdict in every report, each stone's long axis, a
+summary overlay image with no stone and the source's orders, 2026-12-07): the package's version is not raised for each change, and a result made again under a UID a
 destination holds is not sent again with other content (the node keeps its first copy), so without it a re-run
 after an upgrade would keep the old content (review 33)."""
 
