@@ -28,9 +28,10 @@ why, and nothing is stored.
 
 A sender's request is an association of its own for series completion
 (:meth:`uronode.associations.Associations.open`, ``hold_series``), open from
-its start until it is answered (released) or its body is cut off or refused
-(aborted): a series sent in several requests waits for the last one, not for
-a pause while the next one's body uploads.
+its start until it is answered (released, a refusal of its body included) or
+its body is cut off or the node fails it (aborted): a series sent in several
+requests waits for the last one, not for a pause while the next one's body
+uploads.
 
 The body goes to a spool file in the data area as it arrives
 (:mod:`dicomweb.multipart`), and each part is taken in as a C-STORE is
@@ -158,7 +159,9 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     # a sender's request, an association of its own from now on: its series wait for it (a remote worker's
     # results are no received series)
     association = None if worker is not None else await run_in_threadpool(_open_request, request, store, authentication)
-    outcome = "aborted"  # unless answered: a body cut off or refused, its series wait for the quiet period
+    # a body cut off (the client gone) or an error of the node: its series wait for the quiet period; one answered,
+    # refused for what it is (4xx: nothing of it was stored) or not, ends as a release (review 38)
+    outcome = "aborted"
     try:
         parts = await spool_request(request, spool, MAX_BODY_BYTES)
         if worker is not None:
@@ -171,8 +174,10 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
         outcome = NORMAL_END
         return response
     except MalformedMultipart as exc:
+        outcome = NORMAL_END
         raise HTTPException(400, detail=str(exc)) from exc
     except BodyTooLarge as exc:
+        outcome = NORMAL_END
         raise HTTPException(413, detail=str(exc)) from exc
     finally:
         await run_in_threadpool(spool.close)
@@ -189,8 +194,9 @@ def _open_request(request: Request, store: Store, authentication: Authentication
     client = requester(request.scope, trusted).client or "unknown"
     user = authentication.user if authentication is not None and authentication.accepted else None
     caller = f"{STOW_RS} {user}" if user else STOW_RS
+    grace_s = settings.scp.completion_grace_s if settings is not None else 0.0
     try:
-        return Associations(store.db).open(caller, client, hold_series=True)
+        return Associations(store.db).open(caller, client, hold_series=True, grace_s=grace_s)
     except OutOfResources:
         return None
 

@@ -440,3 +440,5 @@ def run_receiver(
     log.info("receiver %d (pid %d) accepting associations", index, os.getpid())
     ready.set()
     server.serve_forever(poll_interval=0.5)
+    if (tally := getattr(type(server), "refusal_tally", None)) is not None:
+        tally.flush()  # a stop (SIGTERM: an upgrade, a restart) keeps the last second's refusals counted

@@ -32,7 +32,10 @@ SELECT DISTINCT sa.series_instance_uid, ? FROM series_associations sa
   JOIN associations a ON a.id = sa.association_id
   JOIN series s ON s.series_instance_uid = sa.series_instance_uid
  WHERE a.calling_ae = ? AND a.peer_host = ? AND s.state = 'receiving'
+   AND s.last_received_at >= a.started_at AND (a.ended_at IS NULL OR a.ended_at >= ?)
 """
+"""The series still receiving that an association of the same sender carried (an instance came after it started:
+not one it only held) and that is open or ended within the grace period; held by the new one."""
 
 
 class Associations:
@@ -41,15 +44,17 @@ class Associations:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def open(self, calling_ae: str, peer_host: str, *, hold_series: bool = False) -> int:
+    def open(self, calling_ae: str, peer_host: str, *, hold_series: bool = False, grace_s: float = 0.0) -> int:
         """Record an association that brings instances; :class:`OutOfResources` when the index is full.
 
         ``hold_series`` (a STOW-RS request, recorded before its body arrives: ``calling_ae`` says so and who sent
-        it): every series still receiving that earlier associations of the same ``calling_ae`` and ``peer_host``
-        brought is linked to this one and waits for it to end. A series sent in several requests completes after
-        the last (its grace counts from there), not in the pause while the next request's body uploads, which had
-        made a job of each request; the quiet rule still bounds the wait, and a request of another series from
-        the same sender holds such a series only until it ends."""
+        it): every series still receiving that an association of the same ``calling_ae`` and ``peer_host``
+        carried, open or ended less than ``grace_s`` ago (the completion grace), is linked to this one and waits
+        for it to end. A series sent in several requests completes after the last (its grace counts from there),
+        not in the pause while the next request's body uploads, which had made a job of each request. A series
+        this request only holds is not held again by the next one (review 38: a router sending a request a
+        second held every series it had sent until the quiet period): a request of another series holds it at
+        most until that request ends; the quiet rule bounds the wait in any case."""
         try:
             with self.database.transaction() as conn:
                 cur = conn.execute(
@@ -58,7 +63,7 @@ class Associations:
                 )
                 association_id = int(cur.lastrowid or 0)
                 if hold_series:
-                    conn.execute(_HOLD_SERIES, (association_id, calling_ae, peer_host))
+                    conn.execute(_HOLD_SERIES, (association_id, calling_ae, peer_host, time.time() - grace_s))
         except sqlite3.Error as exc:  # a full disk: the index cannot grow
             raise OutOfResources(f"the index could not be updated: {exc}") from exc
         return association_id

@@ -13,9 +13,9 @@ object selection 1000 x N + 904; the fixed 901-904 where the source has no numbe
 from 1, or one too large: ``Identity.series_number``), a SeriesDescription naming
 the source series and the model version ("AI urinary stones report: series 3
 (Abdomen) v3.8.0": ``Identity.description``) and UIDs derived from the source
-series UID and the model, so a re-run gives the same UIDs. No stone: no SEG, no
-overlays, no key object selection, and the SR says "Calculus: Not detected" (SCT
-260415000).
+series UID and the model, so a re-run gives the same UIDs. No stone: no SEG and
+no key object selection, one overlay image that says so (the summary), and the
+SR says "Calculus: Not detected" (SCT 260415000).
 """
 
 from inference.writers.errors import WriterError

@@ -67,7 +67,8 @@ def write_results(volume: Volume, findings: Findings, *, sc_every_slice: bool = 
 
     Overlays are made for the slices with a stone, or for every slice with
     ``sc_every_slice``; the key objects flag the CT slices with a stone; a series
-    without stones gets only the SR (in both modes).
+    without stones gets the SR and one summary overlay that says so (every slice, each saying so, with
+    ``sc_every_slice``), no SEG and no key objects.
     Patient and study attributes come from the source instances named by
     ``volume.source_paths``. ``predecessors``: the reports of an earlier run of the same model on the series,
     which the SR replaces (its Predecessor Documents Sequence). ``avoid``: SOP Instance UIDs a rejection note

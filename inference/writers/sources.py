@@ -241,40 +241,82 @@ class Sources:
         return len(self.unique) < len(self.datasets)
 
 
+_REQUEST_TEXT = {"AccessionNumber": 16, "RequestedProcedureID": 16, "ScheduledProcedureStepID": 16,
+                 "RequestedProcedureDescription": 64, "ReasonForTheRequestedProcedure": 64,
+                 "ScheduledProcedureStepDescription": 64}
+"""The text attributes of an order the results carry, with their value representation's most characters (SH 16,
+LO 64)."""
+_REQUEST_CODES = ("RequestedProcedureCodeSequence", "ReasonForRequestedProcedureCodeSequence",
+                  "ScheduledProtocolCodeSequence")
+
+
+def _codes(items: Sequence[Dataset] | None, at_most: int | None = None) -> list[Dataset]:
+    """Copies of the code items that are whole (value, scheme and meaning: Type 1 in a code item), at most
+    ``at_most`` of them: a source's broken or extra item is left out, not carried into every result (review 38)."""
+    whole = [copy.deepcopy(item) for item in (items or []) if isinstance(item, Dataset)
+             and (item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue"))
+             and item.get("CodingSchemeDesignator") and item.get("CodeMeaning")]
+    return whole[:at_most] if at_most is not None else whole
+
+
+def _order_of(request: Dataset) -> Dataset:
+    """One Request Attributes item as the results carry it: its texts cut to their value representation's
+    length, its codes whole, one requested procedure code (the sequence takes one)."""
+    order = Dataset()
+    for keyword, most in _REQUEST_TEXT.items():
+        if request.get(keyword):
+            setattr(order, keyword, str(request.get(keyword))[:most])
+    if request.get("StudyInstanceUID"):
+        order.StudyInstanceUID = request.StudyInstanceUID
+    if request.get("IssuerOfAccessionNumberSequence"):
+        order.IssuerOfAccessionNumberSequence = copy.deepcopy(request.IssuerOfAccessionNumberSequence)
+    for keyword in _REQUEST_CODES:
+        codes = _codes(request.get(keyword), 1 if keyword == "RequestedProcedureCodeSequence" else None)
+        if codes:
+            setattr(order, keyword, codes)
+    return order
+
+
+def _orders(first: Dataset) -> list[Dataset]:
+    return [_order_of(request) for request in first.get("RequestAttributesSequence") or []
+            if isinstance(request, Dataset)]
+
+
 def requested_procedures(first: Dataset) -> list[Dataset]:
     """The orders the source's images were made for, from its Request Attributes Sequence (0040,0275: one item
     per requested procedure, several where one CT serves several orders), as an SR's or key object document's
-    Referenced Request Sequence (0040,A370) names them: Type 1C there, required where the document satisfies
-    requested procedures (PS3.3 C.17.2). Empty where the source names none (the accession number, copied with the
-    study, is then all there is). Probe 42: a report of a CT that served two orders could not be told apart."""
+    Referenced Request Sequence (0040,A370) names them (PS3.3 C.17.2). Empty where the source names none (the
+    accession number, copied with the study, is then all there is). Probe 42: a report of a CT that served two
+    orders could not be told apart."""
     items = []
-    for request in first.get("RequestAttributesSequence") or []:
+    for order in _orders(first):
         item = Dataset()
-        item.StudyInstanceUID = request.get("StudyInstanceUID") or first.StudyInstanceUID
+        item.StudyInstanceUID = order.get("StudyInstanceUID") or first.StudyInstanceUID
         item.ReferencedStudySequence = []
-        own = "AccessionNumber" in request  # the order's own, or the study's
-        item.AccessionNumber = (request.get("AccessionNumber") if own else first.get("AccessionNumber")) or ""
-        issuer = request.get("IssuerOfAccessionNumberSequence") if own else first.get("IssuerOfAccessionNumberSequence")
+        own = "AccessionNumber" in order  # the order's own, or the study's
+        item.AccessionNumber = (order.get("AccessionNumber") if own else first.get("AccessionNumber")) or ""
+        issuer = order.get("IssuerOfAccessionNumberSequence") if own else first.get("IssuerOfAccessionNumberSequence")
         if issuer:
             item.IssuerOfAccessionNumberSequence = copy.deepcopy(issuer)
         item.PlacerOrderNumberImagingServiceRequest = ""  # Type 2: the Request Attributes do not carry them
         item.FillerOrderNumberImagingServiceRequest = ""
-        item.RequestedProcedureID = request.get("RequestedProcedureID") or ""
-        item.RequestedProcedureDescription = request.get("RequestedProcedureDescription") or ""
-        codes = request.get("RequestedProcedureCodeSequence") or []
-        item.RequestedProcedureCodeSequence = [copy.deepcopy(codes[0])] if codes else []  # one item at most
+        item.RequestedProcedureID = order.get("RequestedProcedureID") or ""
+        item.RequestedProcedureDescription = order.get("RequestedProcedureDescription") or ""
+        item.RequestedProcedureCodeSequence = order.get("RequestedProcedureCodeSequence") or []
         for keyword in ("ReasonForTheRequestedProcedure", "ReasonForRequestedProcedureCodeSequence"):
-            if request.get(keyword):
-                setattr(item, keyword, copy.deepcopy(request.get(keyword)))
+            if order.get(keyword):
+                setattr(item, keyword, order.get(keyword))
         items.append(item)
     return items
 
 
 def copy_request_attributes(result: Dataset, first: Dataset) -> None:
     """The source's Request Attributes Sequence (General Series module, Type 3) on a result of the image kind
-    (SEG, overlays), so that a PACS files it under the same orders as its CT."""
-    if first.get("RequestAttributesSequence"):
-        result.RequestAttributesSequence = copy.deepcopy(first.RequestAttributesSequence)
+    (SEG, overlays), so that a PACS files it under the same orders as its CT: each item's texts cut to their
+    length, its codes whole (``_order_of``)."""
+    orders = _orders(first)
+    if orders:
+        result.RequestAttributesSequence = orders
 
 
 PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",

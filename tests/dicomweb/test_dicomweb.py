@@ -268,3 +268,15 @@ def test_a_series_sent_in_two_stow_requests_completes_once_though_the_second_upl
                  " JOIN associations a ON a.id = sa.association_id WHERE sa.series_instance_uid = ?", series)
     assert [(r["calling_ae"], r["peer_host"], r["outcome"]) for r in held] == [("STOW-RS", "127.0.0.1", "released")] * 2
 
+
+
+def test_a_stow_request_refused_for_its_body_ends_as_a_release(loaded: tuple[Node, str, str, list[Path]]) -> None:
+    """Review 38: a body refused as malformed (nothing of it stored) ended as an abort, and the series its sender
+    had sent just before waited for the quiet period instead of the grace period."""
+    node, _, _, _ = loaded
+    broken = httpx.post(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", content=b"--b0undary--\r\n",
+                        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0undary'},
+                        timeout=30)
+    assert broken.status_code == 400
+    (last,) = query(node.data_dir, "SELECT calling_ae, outcome FROM associations ORDER BY id DESC LIMIT 1")
+    assert (last["calling_ae"], last["outcome"]) == ("STOW-RS", "released")

@@ -138,14 +138,14 @@ def test_a_stow_request_holds_the_series_its_sender_s_earlier_requests_left_rece
     period) the series waits for it; another sender's request or the same sender's other address holds nothing."""
     series, other = uid("stow-held"), uid("stow-other")
     associations = Associations(store.db)
-    first = associations.open("STOW-RS", "10.0.0.5", hold_series=True)
+    first = associations.open("STOW-RS", "10.0.0.5", hold_series=True, grace_s=GRACE)
     send(store, series, 2, first)
-    other_first = associations.open("STOW-RS", "10.0.0.6", hold_series=True)
+    other_first = associations.open("STOW-RS", "10.0.0.6", hold_series=True, grace_s=GRACE)
     send(store, other, 2, other_first)
     associations.close(first, "released")
     associations.close(other_first, "released")
-    second = associations.open("STOW-RS", "10.0.0.5", hold_series=True)  # its body still uploading
-    elsewhere = associations.open("STOW-RS", "10.0.0.7", hold_series=True)
+    second = associations.open("STOW-RS", "10.0.0.5", hold_series=True, grace_s=GRACE)  # its body still uploading
+    elsewhere = associations.open("STOW-RS", "10.0.0.7", hold_series=True, grace_s=GRACE)
     done = monitor.complete_due(time.time() + GRACE + 1)
     assert [d.series_instance_uid for d in done] == [other]  # held by nothing of its own sender
     send(store, series, 2, second, start=2)
@@ -158,18 +158,40 @@ def test_a_stow_request_holds_the_series_its_sender_s_earlier_requests_left_rece
     assert len(JobQueue(store).for_series(series)) == 1
 
 
+def test_a_series_a_request_only_held_is_not_held_again_by_the_next(store: Store, monitor: CompletionMonitor) -> None:
+    """Review 38: each request of a router re-linked every series its requests had held, so a router sending a
+    request a second held a finished series until the quiet period."""
+    first_series, second_series = uid("stow-chain-a"), uid("stow-chain-b")
+    associations = Associations(store.db)
+    first = associations.open("STOW-RS", "10.0.0.9", hold_series=True, grace_s=GRACE)
+    send(store, first_series, 2, first)
+    associations.close(first, "released")
+    second = associations.open("STOW-RS", "10.0.0.9", hold_series=True, grace_s=GRACE)  # holds the first series
+    send(store, second_series, 2, second)
+    associations.close(second, "released")
+    with store.transaction() as conn:  # the first request ended longer ago than the grace period
+        conn.execute("UPDATE associations SET ended_at = ended_at - 10 WHERE id = ?", (first,))
+    third = associations.open("STOW-RS", "10.0.0.9", hold_series=True, grace_s=GRACE)
+    held = {row["series_instance_uid"] for row in store.conn().execute(
+        "SELECT series_instance_uid FROM series_associations WHERE association_id = ?", (third,))}
+    assert held == {second_series}  # what the second request carried, not what it only held
+    done = monitor.complete_due(time.time() + GRACE + 1)
+    assert [d.series_instance_uid for d in done] == [first_series]
+    associations.close(third, "released")
+
+
 def test_a_held_series_still_completes_by_the_quiet_rule_and_an_aborted_request_leaves_it_to_that_rule(
     store: Store, monitor: CompletionMonitor
 ) -> None:
     series = uid("stow-quiet")
     associations = Associations(store.db)
-    first = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)
+    first = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True, grace_s=GRACE)
     send(store, series, 2, first)
     associations.close(first, "released")
-    cut = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)
+    cut = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True, grace_s=GRACE)
     associations.close(cut, "aborted")  # its body cut off: the sender will likely send it again
     assert monitor.complete_due(time.time() + GRACE + 1) == []
-    held = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True)  # one that never ends
+    held = associations.open("STOW-RS ris", "10.0.0.5", hold_series=True, grace_s=GRACE)  # one that never ends
     assert monitor.complete_due(time.time() + QUIET - 1) == []
     assert [d.series_instance_uid for d in monitor.complete_due(time.time() + QUIET + 0.1)] == [series]
     associations.close(held, "released")

@@ -30,8 +30,8 @@ def _order(procedure: str, accession: str | None, code: str) -> Dataset:
 def test_a_ct_serving_two_orders_names_both_in_every_result(stones: Case, tmp_path: Path) -> None:
     sources = tmp_path / "ct"
     sources.mkdir()
-    for number, path in enumerate(stones.volume.source_paths):
-        ds = pydicom.dcmread(path)
+    for number, source in enumerate(stones.volume.source_paths):
+        ds = pydicom.dcmread(source)
         ds.AccessionNumber = "ACC-1"
         ds.RequestAttributesSequence = [_order("RP1", None, "KUB1"), _order("RP2", "ACC-2", "KUB2")]
         ds.save_as(sources / f"{number:03d}.dcm")
@@ -56,3 +56,31 @@ def test_a_ct_that_names_no_order_gives_none(stones: Case) -> None:
     assert "ReferencedRequestSequence" not in stones.results.sr
     assert stones.results.kos is not None and "ReferencedRequestSequence" not in stones.results.kos
     assert stones.results.seg is not None and "RequestAttributesSequence" not in stones.results.seg
+
+
+def test_an_order_s_broken_codes_and_long_texts_are_not_carried_into_the_results(stones: Case, tmp_path: Path) -> None:
+    """Review 38: the source's items were copied as they were, and a code item without its meaning, a description
+    longer than its LO, or a second requested procedure code made every result fail dciodvfy."""
+    sources = tmp_path / "ct"
+    sources.mkdir()
+    order = _order("RP1", None, "KUB1")
+    order.RequestedProcedureDescription = "X" * 80
+    broken = Dataset()
+    broken.CodeValue, broken.CodingSchemeDesignator = "NOMEANING", "99LOCAL"
+    order.RequestedProcedureCodeSequence = [broken, *order.RequestedProcedureCodeSequence, _order("RP9", None,
+                                            "EXTRA").RequestedProcedureCodeSequence[0]]
+    for number, source in enumerate(stones.volume.source_paths):
+        ds = pydicom.dcmread(source)
+        ds.RequestAttributesSequence = [order]
+        ds.save_as(sources / f"{number:03d}.dcm")
+    volume = load_volume(sorted(str(p) for p in sources.iterdir()))
+    results = write_results(volume, make_findings(volume, stone_mask(volume.shape)))
+    (item,) = results.sr.ReferencedRequestSequence
+    assert [c.CodeValue for c in item.RequestedProcedureCodeSequence] == ["KUB1"]  # whole, and one
+    assert item.RequestedProcedureDescription == "X" * 64
+    assert results.seg is not None
+    (carried,) = results.seg.RequestAttributesSequence
+    assert [c.CodeValue for c in carried.RequestedProcedureCodeSequence] == ["KUB1"]
+    for written in save_results(results, tmp_path / "out"):
+        errors, _ = dciodvfy(written)
+        assert not errors, (written.name, errors)
