@@ -23,7 +23,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS instances (
     convolution_kernel TEXT,
     image_orientation  TEXT,
     rescale_type       TEXT,
+    indexed_by         INTEGER NOT NULL DEFAULT 0,  -- the index revision that read its header (store.INDEX_REVISION)
     image_position     TEXT,
     calling_ae         TEXT,
     received_at        REAL NOT NULL,
@@ -242,6 +243,8 @@ def _set_up(conn: sqlite3.Connection, durable: bool, path: Path, upgrade: bool =
                 existing = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
                 if existing and column not in existing:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if (fill := FILLED_WHEN_ADDED.get((table, column))) is not None:
+                        conn.execute(fill)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -279,8 +282,16 @@ ADDED_COLUMNS = [
     ("instances", "convolution_kernel", "TEXT"),
     ("instances", "image_orientation", "TEXT"),
     ("instances", "rescale_type", "TEXT"),
+    ("instances", "indexed_by", "INTEGER NOT NULL DEFAULT 0"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
+
+FILLED_WHEN_ADDED = {
+    # the retry period a pending delivery had used under the earlier version, which counted it from its creation
+    # (probe 43: a delivery failing for 23 h got a whole day more at the upgrade)
+    ("deliveries", "owed_s"): "UPDATE deliveries SET owed_s = max(updated_at - created_at, 0) WHERE state = 'pending'",
+}
+"""What an added column is filled with in the rows an earlier version wrote, where its default is not right."""
 
 
 class Database:

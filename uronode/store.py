@@ -46,6 +46,7 @@ from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable
 from uronode.dicomfile import PREAMBLE, file_meta_end, is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
+from uronode.header import read_header
 from uronode.types import (
     OWN_MANUFACTURER,
     InstanceHeader,
@@ -125,7 +126,37 @@ class Store:
             leftover.unlink(missing_ok=True)
         self.relocate()
         self.remove_orphans()
+        self.reindex_receiving()
         return Associations(self.db).close_left_open()
+
+    def reindex_receiving(self) -> int:
+        """Read again, from their files, the headers of the instances of series still arriving that an earlier
+        index revision read (an upgrade between two instances of a series): the columns added since are filled
+        before the series is judged. Probe 43: a bone-kernel and a coronal series received half under the earlier
+        version were judged without their kernel and orientation, after the upgrade, and analysed. Returns how
+        many were read; one whose file cannot be read keeps its row as it is (said once)."""
+        rows = self.conn().execute(
+            "SELECT sop_instance_uid, path FROM instances WHERE indexed_by < ? AND series_instance_uid IN"
+            " (SELECT series_instance_uid FROM series WHERE state = 'receiving')", (INDEX_REVISION,)).fetchall()
+        done, failed = 0, []
+        for row in rows:
+            try:
+                header = read_header([Path(row["path"]).read_bytes()])
+            except (OSError, InvalidInstance) as exc:
+                failed.append(f"{row['sop_instance_uid']}: {exc}")
+                continue
+            with self.db.transaction() as conn:
+                conn.execute(_REINDEX_INSTANCE, (*_fields(header, _INSTANCE_FIELDS[1:]), _position(header),
+                                                 row["sop_instance_uid"]))
+                conn.execute(_REINDEX_SERIES, (*_fields(header, _SERIES_FIELDS[2:]), header.series_instance_uid))
+            done += 1
+        if done:
+            log.info("read again %d instance header(s) of series still arriving that an earlier version indexed",
+                     done)
+        if failed:
+            log.warning("%d instance header(s) of series still arriving could not be read again (first %s): they"
+                        " are judged by what the earlier version indexed", len(failed), failed[0])
+        return done
 
     def relocate(self) -> int:
         """Point the index's rows that name a file in another data folder at the same file in this one;
@@ -301,7 +332,7 @@ class Store:
     ) -> tuple[StoreOutcome, Path | None]:
         """Index the instance (a row for it, its series re-opened, its study's attributes) in one transaction."""
         now = time.time()
-        position = "\\".join(repr(v) for v in header.image_position) if header.image_position else None
+        position = _position(header)
         with self.db.transaction() as conn:
             old = conn.execute(
                 "SELECT path, series_instance_uid, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
@@ -370,6 +401,11 @@ def forget_empty_studies(conn: sqlite3.Connection, studies: Iterable[str]) -> No
                      " AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?)", (study, study, study))
 
 
+INDEX_REVISION = 1
+"""What the index reads of an instance's header (the instance columns ``_INSTANCE_FIELDS``): raised with every
+column added to them. A row an earlier revision wrote (``indexed_by`` lower: 0 for every row from before schema 15)
+lacks what was added since; :meth:`Store.reindex_receiving` reads the series still arriving again at start-up."""
+
 _INSTANCE_FIELDS = (
     "sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid", "transfer_syntax_uid",
     "modality", "series_description", "image_type", "manufacturer", "instance_number", "contrast_agent",
@@ -389,14 +425,23 @@ def _fields(header: InstanceHeader, names: tuple[str, ...]) -> tuple[object, ...
     return tuple(getattr(header, name) for name in names)
 
 
+def _position(header: InstanceHeader) -> str | None:
+    """The index's text of an instance's ImagePositionPatient."""
+    return "\\".join(repr(v) for v in header.image_position) if header.image_position else None
+
+
 def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
 _PUT_INSTANCE = (
     f"INSERT OR REPLACE INTO instances ({', '.join(_INSTANCE_FIELDS)}, image_position, calling_ae, received_at,"
-    f" path, size) VALUES ({_marks(len(_INSTANCE_FIELDS) + 5)})"
+    f" path, size, indexed_by) VALUES ({_marks(len(_INSTANCE_FIELDS) + 5)}, {INDEX_REVISION})"
 )
+_REINDEX_INSTANCE = (f"UPDATE instances SET {', '.join(f'{name} = ?' for name in _INSTANCE_FIELDS[1:])},"
+                     f" image_position = ?, indexed_by = {INDEX_REVISION} WHERE sop_instance_uid = ?")
+_REINDEX_SERIES = (f"UPDATE series SET {', '.join(f'{name} = ?' for name in _SERIES_FIELDS[2:])}"
+                   " WHERE series_instance_uid = ?")
 _PUT_SERIES = (
     f"INSERT INTO series ({', '.join(_SERIES_FIELDS)}, state, first_received_at, last_received_at)"
     f" VALUES ({_marks(len(_SERIES_FIELDS) + 3)})"

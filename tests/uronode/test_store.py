@@ -357,3 +357,48 @@ def test_the_folders_written_into_are_remembered_within_a_bound(tmp_path: Path, 
     shutil.rmtree(tmp_path / "series" / "19")  # retention; a later write there makes the folder again
     durable.write(tmp_path / "series" / "19" / "b.dcm", [b"y"])
     assert (tmp_path / "series" / "19" / "b.dcm").read_bytes() == b"y"
+
+
+def test_a_series_still_arriving_at_an_upgrade_is_judged_by_what_its_files_say(tmp_path: Path) -> None:
+    """Probe 43: the index of an earlier version lacks the columns added since (a kernel, an orientation); a
+    bone-kernel series half received before the upgrade was judged without its kernel after it, and analysed.
+    At start-up the instances of series still arriving that an earlier revision indexed are read again."""
+    from uronode.completion import CompletionMonitor
+    from uronode.jobs import JobQueue
+
+    store = Store(tmp_path / "data")
+    bone, done = "1.2.3.50", "1.2.3.51"
+    for index in range(3):
+        put(store, encoded(index, series=bone, convolution_kernel="BONEPLUS"))
+    put(store, encoded(0, series=done))
+    CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="m").complete_now([done])
+    with store.transaction() as conn:  # as an earlier version left it: the kernel unknown, its revision 0
+        conn.execute("UPDATE instances SET convolution_kernel = NULL, image_orientation = NULL, indexed_by = 0")
+    assert Store(tmp_path / "data").reindex_receiving() == 3  # the series still arriving, not the complete one
+    rows = store.conn().execute("SELECT series_instance_uid, convolution_kernel, indexed_by FROM instances"
+                                " ORDER BY series_instance_uid").fetchall()
+    assert [tuple(r) for r in rows] == [(bone, "BONEPLUS", 1)] * 3 + [(done, None, 0)]
+    import time
+
+    (decided,) = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="m").complete_due(
+        time.time() + 10)  # arrived unasked: a sharp kernel is skipped
+    assert decided.series_instance_uid == bone and decided.job_id is None and decided.reason is not None and "sharp-kernel" in decided.reason
+    assert Store(tmp_path / "data").reindex_receiving() == 0  # once
+
+
+def test_pending_deliveries_keep_the_retry_period_they_used_before_the_upgrade(tmp_path: Path) -> None:
+    """Probe 43: schema 14 added deliveries.owed_s at 0, and a delivery failing for 23 h got a whole day more."""
+    import sqlite3
+
+    root = tmp_path / "data"
+    Store(root)  # today's tables, then as schema 13 had them: no owed_s
+    old = sqlite3.connect(root / "index.sqlite3")
+    old.executescript(
+        "ALTER TABLE deliveries DROP COLUMN owed_s;"
+        "INSERT INTO deliveries (destination, sop_instance_uid, sop_class_uid, path, state, attempts, next_attempt_at,"
+        " created_at, updated_at) VALUES ('pacs', '1.2.9', '1.2', '/x.dcm', 'pending', 40, 0, 1000, 1000 + 82800);"
+        "PRAGMA user_version=13;")
+    old.commit()
+    old.close()
+    (owed,) = Store(root).conn().execute("SELECT owed_s FROM deliveries").fetchone()
+    assert owed == 82800
