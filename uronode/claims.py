@@ -40,7 +40,15 @@ from pathlib import Path
 
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
-from uronode.jobs import LOCAL_WORKER, MAX_ATTEMPTS, JobQueue, lease_expired_reason, series_changed
+from uronode.jobs import (
+    LOCAL_WORKER,
+    MAX_ATTEMPTS,
+    QUEUED_RECENT_FIRST,
+    JobQueue,
+    lease_expired_reason,
+    recent_since,
+    series_changed,
+)
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.store import Store
@@ -133,9 +141,10 @@ class Claims:
     # --- the dispatcher and the sweeper (the node's loops) ---
 
     def to_publish(self, limit: int = 500) -> list[Job]:
-        """Queued jobs not yet published (new ones, and those the sweeper took back), oldest first."""
+        """Queued jobs not yet published (new ones, and those the sweeper took back), in the order the node's
+        own workers take them (recent studies first: ``uronode.jobs.QUEUED_RECENT_FIRST``)."""
         rows = self.store.conn().execute(
-            "SELECT id FROM jobs WHERE state = 'queued' AND dispatched_at IS NULL ORDER BY id LIMIT ?", (limit,)
+            f"{QUEUED_RECENT_FIRST.format(and_also='AND j.dispatched_at IS NULL')} LIMIT ?", (recent_since(), limit)
         ).fetchall()
         return [job for r in rows if (job := self.queue.get(r["id"])) is not None]
 

@@ -24,6 +24,7 @@ try the same way (:func:`lease_expired_reason`).
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import sqlite3
 import time
@@ -76,6 +77,21 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
+QUEUED_RECENT_FIRST = (
+    "SELECT j.id FROM jobs j LEFT JOIN studies s ON s.study_instance_uid = j.study_instance_uid"
+    " WHERE j.state = 'queued' {and_also} ORDER BY (coalesce(s.study_date, '') IN ('', '00000000')"
+    " OR s.study_date >= ?) DESC, j.id"
+)
+"""The queued jobs in the order they are taken (:meth:`JobQueue.claim`), published to remote workers too: the
+studies acquired since the date given (:func:`recent_since`) or without a date first, then the others, each oldest
+first. ``{and_also}``: a further condition, or nothing."""
+
+
+def recent_since(today: datetime.date | None = None) -> str:
+    """The first StudyDate (YYYYMMDD) counted as recent: yesterday, on the host's calendar."""
+    return ((today or datetime.date.today()) - datetime.timedelta(days=1)).strftime("%Y%m%d")
+
+
 class JobQueue:
     """Jobs in the store's database."""
 
@@ -108,15 +124,18 @@ class JobQueue:
         )
         return int(cur.lastrowid or 0)
 
-    def claim(self, worker: str = LOCAL_WORKER) -> Job | None:
-        """Take the oldest queued job and mark it running for ``worker`` (atomically), or return None.
+    def claim(self, worker: str = LOCAL_WORKER, today: datetime.date | None = None) -> Job | None:
+        """Take the next queued job and mark it running for ``worker`` (atomically), or return None.
 
-        A worker process claims as :func:`local_worker` of its pid, so that its death takes back its
-        jobs and no other's."""
+        Jobs of studies acquired today or yesterday (their StudyDate, on the host's calendar: ``today``), or
+        that name no date, go first, the oldest of them first; then the others, oldest first. A patient in the
+        emergency department does not wait behind a backlog of older studies a PACS routes (priors fetched for
+        comparison, an archive sent for a re-analysis): decided 2026-12-07; a queue of today's studies stays
+        first in, first out. A worker process claims as :func:`local_worker` of its pid, so that its death
+        takes back its jobs and no other's."""
         with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
-            ).fetchone()
+            row = conn.execute(f"{QUEUED_RECENT_FIRST.format(and_also='')} LIMIT 1",
+                               (recent_since(today),)).fetchone()
             if row is None:
                 return None
             conn.execute(

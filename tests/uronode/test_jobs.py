@@ -30,6 +30,24 @@ def test_claim_takes_jobs_in_order_and_marks_them_running(queue: JobQueue) -> No
     assert queue.claim() is None
 
 
+def test_studies_of_today_and_yesterday_go_before_a_backlog_of_older_ones(queue: JobQueue) -> None:
+    """Decided 2026-12-07: an emergency CT does not wait behind priors or an archive a PACS routes; among either
+    kind, first in, first out; a study without a date counts as recent."""
+    import datetime
+
+    dates = {"9.1": "20240105", "9.2": "20240106", "9.3": "20261207", "9.4": None, "9.5": "20261206",
+             "9.6": "20261205"}
+    with queue.store.transaction() as conn:
+        for study, date in dates.items():
+            conn.execute("INSERT INTO studies (study_instance_uid, study_date, updated_at) VALUES (?, ?, 0)",
+                         (study, date))
+        ids = {study: queue.enqueue_in(conn, study, f"{study}.1", 1, "default") for study in dates}
+    order = []
+    while (job := queue.claim(today=datetime.date(2026, 12, 7))) is not None:
+        order.append(job.id)
+    assert order == [ids[s] for s in ("9.3", "9.4", "9.5", "9.1", "9.2", "9.6")]
+
+
 def test_finish_records_the_outcome_and_a_failure_needs_a_reason(queue: JobQueue) -> None:
     job_id = enqueue(queue, "1.1")
     queue.claim()
