@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -35,8 +36,8 @@ from uronode.audit import AuditLog
 from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
 from uronode.errors import OutOfResources
 from uronode.outbox import Outbox
-from uronode.settings import Settings
-from uronode.supersede import current_reports, rejected_uids
+from uronode.settings import Settings, default_models_dir
+from uronode.supersede import current_reports, findings_model, rejected_uids
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,27 @@ async def complete(
         stones=len(body.findings.get("stones", [])), seconds=body.seconds,
     )
     log.info("job %d completed by %s: %d result instance(s), %s", job_id, worker, len(body.results), state)
+    ran, ours = findings_model(json.dumps(body.findings)), node_model(settings)
+    if ran and ours and ran != ours:
+        log.warning("job %d: worker %s ran model %s, where this node's %r is %s: a worker left at an earlier (or"
+                    " later) version? Its results are kept and delivered; upgrade the workers with the node"
+                    " (docs/operations.md, \"Upgrading uronode\")", job_id, worker, ran, settings.inference.model, ours)
     return {"state": state.value}
+
+
+def node_model(settings: Settings) -> str:
+    """The node's model as results name it ("name version", from its card), "" where the node cannot read it (a
+    node that runs no model itself may hold none): what a remote worker's completion is compared with (probe 43:
+    a worker left at an earlier version wrote its own model's results under the same model name, unsaid)."""
+    name = settings.inference.model
+    for folder in (Path(name), settings.inference.models_dir / name, default_models_dir() / name):
+        try:
+            card = json.loads((folder / "card.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("name") and card.get("version"):
+            return f"{card['name']} {card['version']}"
+    return ""
 
 
 @router.post("/jobs/{job_id}/fail", summary="Give a claimed job up as failed, with the reason")

@@ -186,6 +186,16 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
     done = httpx.post(f"{base}/api/queue/jobs/{first['id']}/complete", headers=headers,
                       json={"claim": first["claim"], "results": [report_uid], "findings": findings, "seconds": 1.0})
     assert done.status_code == 200, done.text
+    # a worker of another model version than the node's is said (probe 43: an earlier worker went unnoticed)
+    from dicomweb.workers import node_model
+    from uronode.settings import load_settings
+
+    ours = node_model(load_settings())
+    assert ours.startswith("uronode-stone-cascade ") and ours != "uronode-stone-cascade 9.9.9"
+    proc = node.proc
+    assert proc is not None
+    wait_until(lambda: f"ran model uronode-stone-cascade 9.9.9, where this node's 'default' is {ours}"
+               in proc.log_text(), 10, "the warning of a worker at another model version")
 
     changed = pydicom.dcmread(files[0])
     changed.SeriesDescription = "Abdomen non-contrast, corrected"  # other bytes: the series is analysed again
