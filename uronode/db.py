@@ -29,6 +29,7 @@ BUSY_TIMEOUT_S = 30.0
 SIDE_FILES = ("-wal", "-shm", "-journal")
 """SQLite's files beside the index."""
 _RESOURCE_WORDS = ("locked", "busy", "disk", "full", "i/o", "readonly", "unable to open")
+_DAMAGE_WORDS = ("malformed", "not a database")
 
 
 class DataDirUnusable(UronodeError):
@@ -38,8 +39,38 @@ class DataDirUnusable(UronodeError):
 
 def is_resource_error(exc: BaseException) -> bool:
     """Whether a database error is the node's resources (a full disk, a lock held too long, a read-only
-    file system), not a bug or a bad row: the work may succeed later, unchanged."""
-    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in _RESOURCE_WORDS)
+    file system), not a bug or a bad row: the work may succeed later, unchanged. A damaged index is not
+    (probe 44: "database disk image is malformed" read as a full disk)."""
+    return (isinstance(exc, sqlite3.OperationalError) and not is_damage(exc)
+            and any(w in str(exc).lower() for w in _RESOURCE_WORDS))
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a database error says the index file is damaged (SQLite's SQLITE_CORRUPT and SQLITE_NOTADB)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower() for w in _DAMAGE_WORDS)
+
+
+def index_version(path: Path) -> int | None:
+    """The schema version of the index at ``path``, read without writing anything: None where there is none (no
+    file, an empty one), 0 for one that holds no schema (created, never written, or whose writes were all in a
+    ``-wal`` that is gone), -1 where it cannot be read so (left to :class:`Database` to say why)."""
+    try:
+        if path.stat().st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return -1
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error:
+        return -1
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        return -1
+    finally:
+        conn.close()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -207,6 +238,12 @@ def connect(path: Path, *, durable: bool = True, upgrade: bool = True) -> sqlite
     return conn
 
 
+def damage_said(path: Path, problem: object) -> str:
+    """What to tell of a damaged index: what SQLite found, and the way back."""
+    return (f"the index {path} is damaged ({problem}): stop the node, keep a copy of the data folder, and restore"
+            " the index from its last backup (docs/operations.md, \"A damaged or lost index\")")
+
+
 def _written_by_newer(version: int) -> DataDirUnusable:
     return DataDirUnusable(
         f"the index was written by a newer uronode (schema {version}; this one knows up to {SCHEMA_VERSION}): "
@@ -325,13 +362,29 @@ class Database:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
+            # the tables every series and job goes through, read whole: a damaged page shows (probe 44)
+            for table in ("series", "jobs", "deliveries"):
+                conn.execute(f"SELECT count(*) FROM {table} NOT INDEXED").fetchone()
         except sqlite3.Error as exc:
+            if is_damage(exc):
+                return damage_said(self.path, exc)
             if "locked" in str(exc) or "busy" in str(exc):
                 return f"the index is locked: no write possible for {timeout_s:g} s (another process holds it)"
             return f"the index cannot be written: {disk_problem(self.path.parent, exc)}"
         finally:
             conn.close()
         return None
+
+    def check(self) -> None:
+        """SQLite's quick check of the whole index (a few seconds for a large one), at start-up:
+        :class:`DataDirUnusable` where it is damaged (probe 44: a damaged page in a table refused every new
+        series while the node said it was ready)."""
+        try:
+            found = [str(row[0]) for row in self.conn().execute("PRAGMA quick_check(3)")]
+        except sqlite3.Error as exc:
+            raise DataDirUnusable(damage_said(self.path, exc)) from exc
+        if found != ["ok"]:
+            raise DataDirUnusable(damage_said(self.path, "; ".join(found)))
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""

@@ -43,7 +43,7 @@ from pydicom.tag import BaseTag
 
 from uronode import files, queries
 from uronode.associations import Associations
-from uronode.db import Database, DataDirUnusable
+from uronode.db import Database, DataDirUnusable, index_version
 from uronode.dicomfile import PREAMBLE, file_meta_end, is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.header import read_header
@@ -66,6 +66,9 @@ METADATA_CACHE = ".metadata.json"
 ORPHAN_AGE_S = 60.0
 """At start-up, an instance file that nothing indexes is removed once it is older than this (a stop between
 its rename and its index row's commit, a retention pass cut off between its transaction and its files)."""
+ORPHANS_AT_MOST = 100
+"""More files that nothing indexes than this, and than a tenth of the indexed ones, are no crash's leftovers
+(each association leaves one at most): none is removed, and the log says why (probe 44)."""
 NOTES_FOLDER = "notes"
 """Under the data folder: the rejection notes :mod:`uronode.supersede` writes, owed to destinations (not in the
 index: not the study's content); deliveries name them by path. Defined here, the lower module, for both."""
@@ -85,6 +88,8 @@ class Store:
         self.fsync = fsync
         self.max_disk_used_percent = max_disk_used_percent
         missing = [p for p in (self.instances_dir, self.tmp_dir, self.root, *self.root.parents) if not p.exists()]
+        if (lost := self._lost_index()) is not None:
+            raise DataDirUnusable(lost)
         try:
             for folder in (self.root, self.instances_dir, self.tmp_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -101,6 +106,22 @@ class Store:
                                   ) from exc
         self.files = files.DurableFiles(self.tmp_dir, fsync=fsync)
 
+    def _lost_index(self) -> str | None:
+        """Why the folder cannot be opened: its index is gone or holds nothing (no file, an empty one, one whose
+        writes were all in a ``-wal`` that is gone) while ``instances/`` holds instance files; None otherwise.
+        Probe 44: a new index was made beside them, and the start-up took every file for a leftover of a crash
+        and removed it; a node never starts on such a folder, and nothing is made or removed."""
+        if index_version(self.db_path) not in (None, 0) or not self.instances_dir.is_dir():
+            return None
+        first = next(self.instances_dir.rglob("*.dcm"), None)
+        if first is None:
+            return None
+        state = "missing" if not self.db_path.exists() else "empty (its -wal, which held it, may be gone)"
+        return (f"the index {self.db_path} is {state}, but {self.instances_dir} holds instance files ({first.name}"
+                " among them): the node does not start on it, as it would take them all for leftovers of a crash"
+                " and remove them. Restore the index from its backup (docs/operations.md, \"A damaged or lost"
+                " index\"), or move instances/ out of the data folder to start afresh")
+
     def conn(self) -> sqlite3.Connection:
         """This thread's connection to the database."""
         return self.db.conn()
@@ -114,14 +135,17 @@ class Store:
     def recover(self) -> int:
         """Clean up after a crash; call once at start-up before anything receives.
 
+        First SQLite's quick check of the index: a damaged one raises :class:`DataDirUnusable` (probe 44).
         Temporary files were never acknowledged and are removed. Index rows that still name the files of a
         data folder moved or restored from elsewhere are pointed at this one (:meth:`relocate`), first.
         Then instance files that nothing indexes are removed once they are older than :data:`ORPHAN_AGE_S`
-        (:meth:`remove_orphans`). Associations
+        (:meth:`remove_orphans`; unless there are more than a crash leaves), and the instances of series still
+        arriving that an earlier version indexed are read again (:meth:`reindex_receiving`). Associations
         still open in the index died with the previous process: they are
         closed as ``lost`` so that their series can complete. Returns how many
         associations were closed.
         """
+        self.db.check()  # a damaged index stops the start, before anything is judged by it
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
         self.relocate()
@@ -224,7 +248,7 @@ class Store:
         which file it meant cannot be told here, and a file is never removed on its account."""
         cutoff = (time.time() if now is None else now) - older_than_s
         conn = self.conn()
-        removed = 0
+        orphans = []
         for study in _folders(self.instances_dir):
             for series in _folders(study):
                 for path in series.glob("*.dcm"):
@@ -233,12 +257,25 @@ class Store:
                     if row is not None and self._names(row["path"], path):
                         continue
                     try:
-                        if path.stat().st_mtime >= cutoff:
-                            continue
-                        path.unlink()
+                        if path.stat().st_mtime < cutoff:
+                            orphans.append(path)
                     except OSError:
                         continue
-                    removed += 1
+        (indexed,) = conn.execute("SELECT count(*) FROM instances").fetchone()
+        if len(orphans) > max(ORPHANS_AT_MOST, indexed // 10):
+            log.error("%d instance file(s) that nothing indexes, beside %d indexed: more than a stop or a crash"
+                      " leaves (an index restored from an older backup, or damaged?); none removed"
+                      " (docs/operations.md, \"A damaged or lost index\")", len(orphans), indexed)
+            return 0
+        removed = 0
+        for path in orphans:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+        for study in _folders(self.instances_dir):
+            for series in _folders(study):
                 if not any(p.suffix == ".dcm" for p in series.iterdir()):
                     (series / METADATA_CACHE).unlink(missing_ok=True)
                     _remove_empty(series)

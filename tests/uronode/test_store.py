@@ -2,6 +2,7 @@ import math
 import re
 import shutil
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 from typing import Unpack
@@ -15,13 +16,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tests.factory import SliceOptions, ct_slice, uid
 from uronode import files, queries
 from uronode.associations import Associations
-from uronode.db import SCHEMA_VERSION
+from uronode.db import SCHEMA_VERSION, DataDirUnusable, is_resource_error
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.files import check_space
 from uronode.header import read_header
 from uronode.ingest import take_instance
-from uronode.store import Store
+from uronode.store import ORPHANS_AT_MOST, Store
 from uronode.types import StoreOutcome
 
 
@@ -378,8 +379,6 @@ def test_a_series_still_arriving_at_an_upgrade_is_judged_by_what_its_files_say(t
     rows = store.conn().execute("SELECT series_instance_uid, convolution_kernel, indexed_by FROM instances"
                                 " ORDER BY series_instance_uid").fetchall()
     assert [tuple(r) for r in rows] == [(bone, "BONEPLUS", 1)] * 3 + [(done, None, 0)]
-    import time
-
     (decided,) = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="m").complete_due(
         time.time() + 10)  # arrived unasked: a sharp kernel is skipped
     assert decided.series_instance_uid == bone and decided.job_id is None and decided.reason is not None and "sharp-kernel" in decided.reason
@@ -402,3 +401,81 @@ def test_pending_deliveries_keep_the_retry_period_they_used_before_the_upgrade(t
     old.close()
     (owed,) = Store(root).conn().execute("SELECT owed_s FROM deliveries").fetchone()
     assert owed == 82800
+
+
+@pytest.mark.parametrize("loss", ["removed", "emptied", "wal lost"])
+def test_a_lost_index_beside_instance_files_stops_the_start_and_removes_nothing(tmp_path: Path, loss: str) -> None:
+    """Probe 44: with the index gone or empty (a power cut, a full disk, its -wal deleted after a kill), the next
+    start made a new index and took every instance file for a crash's leftover: all removed, the node ready."""
+    import os
+
+    root = tmp_path / "data"
+    store = Store(root)
+    for index in range(3):
+        put(store, encoded(index, series="1.2.3.60"))
+    files = sorted((root / "instances").rglob("*.dcm"))
+    assert len(files) == 3
+    index_file = root / "index.sqlite3"
+    store.db.conn().close()
+    for name in ("index.sqlite3-wal", "index.sqlite3-shm"):
+        (root / name).unlink(missing_ok=True)
+    if loss == "removed":
+        index_file.unlink()
+    elif loss == "emptied":  # a power cut or a full disk left it empty
+        index_file.write_bytes(b"")
+    else:  # a kill -9 before any checkpoint, its -wal then deleted: the main file holds no schema
+        import sqlite3
+
+        sqlite3.connect(index_file.with_name("blank.sqlite3")).execute("PRAGMA journal_mode=WAL").fetchone()
+        index_file.write_bytes(index_file.with_name("blank.sqlite3").read_bytes())
+    old = time.time() - 3600  # long past the orphans' minute
+    for file in files:
+        os.utime(file, (old, old))
+    with pytest.raises(DataDirUnusable, match="holds instance files .* does not start on it"):
+        Store(root)
+    assert sorted((root / "instances").rglob("*.dcm")) == files  # every file kept
+    assert loss != "removed" or not index_file.exists()  # and no new index made beside them
+
+
+def test_more_unindexed_files_than_a_crash_leaves_are_kept(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe 44: an index restored from an older backup, or damaged, names few of the files: none is removed."""
+    import os
+
+    put(store, encoded(0, series="1.2.3.61"))
+    folder = store.instances_dir / "9.9" / "9.9.1"
+    folder.mkdir(parents=True)
+    old = time.time() - 3600
+    for number in range(ORPHANS_AT_MOST + 1):
+        orphan = folder / f"9.9.1.{number}-abc.dcm"
+        orphan.write_bytes(b"DICM")
+        os.utime(orphan, (old, old))
+    assert store.remove_orphans() == 0
+    assert len(list(folder.glob("*.dcm"))) == ORPHANS_AT_MOST + 1
+    assert any("more than a stop or a crash leaves" in r.getMessage() for r in caplog.records)
+    for orphan in list(folder.glob("*.dcm"))[:ORPHANS_AT_MOST // 2 + 1]:  # fewer: a crash's, removed
+        orphan.unlink()
+    assert store.remove_orphans() == ORPHANS_AT_MOST // 2
+
+
+def test_a_damaged_index_stops_the_start_and_makes_the_node_unready(tmp_path: Path) -> None:
+    """Probe 44: a damaged page in the series table refused every new series (as out of resources, read as a
+    full disk) while /readyz said ready; the start went on."""
+    import sqlite3
+
+    root = tmp_path / "data"
+    store = Store(root)
+    for index in range(3):
+        put(store, encoded(index, series="1.2.3.62"))
+    (page,) = store.conn().execute("SELECT rootpage FROM sqlite_master WHERE name = 'series'").fetchone()
+    store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.db.conn().close()
+    index_file = root / "index.sqlite3"
+    data = bytearray(index_file.read_bytes())
+    data[(page - 1) * 4096:page * 4096] = bytes(4096)
+    index_file.write_bytes(bytes(data))
+    damaged = Store(root)
+    problem = damaged.db.probe(5)
+    assert problem is not None and "is damaged" in problem and "A damaged or lost index" in problem
+    with pytest.raises(DataDirUnusable, match="is damaged"):
+        damaged.recover()
+    assert not is_resource_error(sqlite3.DatabaseError("database disk image is malformed"))
