@@ -46,7 +46,7 @@ from uronode.jobs import (
     QUEUED_RECENT_FIRST,
     JobQueue,
     lease_expired_reason,
-    recent_since,
+    recent_dates,
     series_changed,
 )
 from uronode.outbox import Outbox
@@ -142,9 +142,10 @@ class Claims:
 
     def to_publish(self, limit: int = 500) -> list[Job]:
         """Queued jobs not yet published (new ones, and those the sweeper took back), in the order the node's
-        own workers take them (recent studies first: ``uronode.jobs.QUEUED_RECENT_FIRST``)."""
+        own workers take them (recent studies first: ``uronode.jobs.QUEUED_RECENT_FIRST``); those already on the
+        broker keep its order."""
         rows = self.store.conn().execute(
-            f"{QUEUED_RECENT_FIRST.format(and_also='AND j.dispatched_at IS NULL')} LIMIT ?", (recent_since(), limit)
+            f"{QUEUED_RECENT_FIRST.format(and_also='AND j.dispatched_at IS NULL')} LIMIT ?", (*recent_dates(), limit)
         ).fetchall()
         return [job for r in rows if (job := self.queue.get(r["id"])) is not None]
 

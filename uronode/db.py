@@ -349,6 +349,8 @@ class Database:
                 for name in ("", *SIDE_FILES):
                     with suppress(OSError):
                         Path(f"{path}{name}").unlink(missing_ok=True)
+            if is_damage(exc):  # review 39: the way back, as for damage found later
+                raise DataDirUnusable(damage_said(path, exc)) from exc
             raise DataDirUnusable(f"the index {path} cannot be opened: {disk_problem(path.parent, exc)}") from exc
 
     def probe(self, timeout_s: float) -> str | None:

@@ -77,19 +77,23 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
+_STUDY_DATE = "replace(replace(trim(coalesce(s.study_date, '')), '.', ''), '-', '')"
+"""A study's StudyDate as YYYYMMDD (the legacy YYYY.MM.DD form too), '' where it has none."""
 QUEUED_RECENT_FIRST = (
     "SELECT j.id FROM jobs j LEFT JOIN studies s ON s.study_instance_uid = j.study_instance_uid"
-    " WHERE j.state = 'queued' {and_also} ORDER BY (coalesce(s.study_date, '') IN ('', '00000000')"
-    " OR s.study_date >= ?) DESC, j.id"
+    f" WHERE j.state = 'queued' {{and_also}} ORDER BY ({_STUDY_DATE} IN ('', '00000000')"
+    f" OR {_STUDY_DATE} BETWEEN ? AND ?) DESC, j.id"
 )
-"""The queued jobs in the order they are taken (:meth:`JobQueue.claim`), published to remote workers too: the
-studies acquired since the date given (:func:`recent_since`) or without a date first, then the others, each oldest
-first. ``{and_also}``: a further condition, or nothing."""
+"""The queued jobs in the order the node's workers take them (:meth:`JobQueue.claim`; the dispatcher publishes
+in it too): the studies acquired yesterday or today (:func:`recent_dates`) or without a date first, then the
+others (a date in the future, wrong, among them), each oldest first. ``{and_also}``: a further condition, or
+nothing. Jobs already on the broker keep its order: a remote worker takes them as they were published."""
 
 
-def recent_since(today: datetime.date | None = None) -> str:
-    """The first StudyDate (YYYYMMDD) counted as recent: yesterday, on the host's calendar."""
-    return ((today or datetime.date.today()) - datetime.timedelta(days=1)).strftime("%Y%m%d")
+def recent_dates(today: datetime.date | None = None) -> tuple[str, str]:
+    """The StudyDates (YYYYMMDD) counted as recent: yesterday and today, on the host's calendar."""
+    day = today or datetime.date.today()
+    return (day - datetime.timedelta(days=1)).strftime("%Y%m%d"), day.strftime("%Y%m%d")
 
 
 class JobQueue:
@@ -135,7 +139,7 @@ class JobQueue:
         takes back its jobs and no other's."""
         with self.store.transaction() as conn:
             row = conn.execute(f"{QUEUED_RECENT_FIRST.format(and_also='')} LIMIT 1",
-                               (recent_since(today),)).fetchone()
+                               recent_dates(today)).fetchone()
             if row is None:
                 return None
             conn.execute(

@@ -67,8 +67,9 @@ ORPHAN_AGE_S = 60.0
 """At start-up, an instance file that nothing indexes is removed once it is older than this (a stop between
 its rename and its index row's commit, a retention pass cut off between its transaction and its files)."""
 ORPHANS_AT_MOST = 100
-"""More files that nothing indexes than this, and than a tenth of the indexed ones, are no crash's leftovers
-(each association leaves one at most): none is removed, and the log says why (probe 44)."""
+"""More files that nothing indexes than this, and than the index names, are no leftovers of a stop (one an
+association, or a series a retention pass or a purge cut off between its commit and its files): the index has
+lost most of the folder, and none is removed; the log says why (probe 44, review 39)."""
 NOTES_FOLDER = "notes"
 """Under the data folder: the rejection notes :mod:`uronode.supersede` writes, owed to destinations (not in the
 index: not the study's content); deliveries name them by path. Defined here, the lower module, for both."""
@@ -139,7 +140,7 @@ class Store:
         Temporary files were never acknowledged and are removed. Index rows that still name the files of a
         data folder moved or restored from elsewhere are pointed at this one (:meth:`relocate`), first.
         Then instance files that nothing indexes are removed once they are older than :data:`ORPHAN_AGE_S`
-        (:meth:`remove_orphans`; unless there are more than a crash leaves), and the instances of series still
+        (:meth:`remove_orphans`; unless there are more than the index names), and the instances of series still
         arriving that an earlier version indexed are read again (:meth:`reindex_receiving`). Associations
         still open in the index died with the previous process: they are
         closed as ``lost`` so that their series can complete. Returns how many
@@ -262,10 +263,10 @@ class Store:
                     except OSError:
                         continue
         (indexed,) = conn.execute("SELECT count(*) FROM instances").fetchone()
-        if len(orphans) > max(ORPHANS_AT_MOST, indexed // 10):
-            log.error("%d instance file(s) that nothing indexes, beside %d indexed: more than a stop or a crash"
-                      " leaves (an index restored from an older backup, or damaged?); none removed"
-                      " (docs/operations.md, \"A damaged or lost index\")", len(orphans), indexed)
+        if len(orphans) > max(ORPHANS_AT_MOST, indexed):
+            log.error("%d instance file(s) that nothing indexes, more than the %d it indexes: the index has lost"
+                      " most of what the folder holds (restored from a much older backup, or damaged?); none"
+                      " removed (docs/operations.md, \"A damaged or lost index\")", len(orphans), indexed)
             return 0
         removed = 0
         for path in orphans:

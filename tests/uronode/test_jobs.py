@@ -35,8 +35,8 @@ def test_studies_of_today_and_yesterday_go_before_a_backlog_of_older_ones(queue:
     kind, first in, first out; a study without a date counts as recent."""
     import datetime
 
-    dates = {"9.1": "20240105", "9.2": "20240106", "9.3": "20261207", "9.4": None, "9.5": "20261206",
-             "9.6": "20261205"}
+    dates = {"9.1": "20240105", "9.2": "20240106", "9.3": "20261207", "9.4": None, "9.5": "2026.12.06",
+             "9.6": "20261205", "9.7": "29991231"}  # (review 39: the legacy form; a wrong date in the future)
     with queue.store.transaction() as conn:
         for study, date in dates.items():
             conn.execute("INSERT INTO studies (study_instance_uid, study_date, updated_at) VALUES (?, ?, 0)",
@@ -45,7 +45,7 @@ def test_studies_of_today_and_yesterday_go_before_a_backlog_of_older_ones(queue:
     order = []
     while (job := queue.claim(today=datetime.date(2026, 12, 7))) is not None:
         order.append(job.id)
-    assert order == [ids[s] for s in ("9.3", "9.4", "9.5", "9.1", "9.2", "9.6")]
+    assert order == [ids[s] for s in ("9.3", "9.4", "9.5", "9.1", "9.2", "9.6", "9.7")]
 
 
 def test_finish_records_the_outcome_and_a_failure_needs_a_reason(queue: JobQueue) -> None:
