@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -36,7 +35,7 @@ from uronode.audit import AuditLog
 from uronode.claims import ClaimConflict, Claims, NoSuchJob, ResultsMissing, WorkerTokens
 from uronode.errors import OutOfResources
 from uronode.outbox import Outbox
-from uronode.settings import Settings, default_models_dir
+from uronode.settings import Settings, model_folder, model_label
 from uronode.supersede import current_reports, findings_model, rejected_uids
 
 log = logging.getLogger(__name__)
@@ -262,16 +261,9 @@ async def complete(
 def node_model(settings: Settings) -> str:
     """The node's model as results name it ("name version", from its card), "" where the node cannot read it (a
     node that runs no model itself may hold none): what a remote worker's completion is compared with (probe 43:
-    a worker left at an earlier version wrote its own model's results under the same model name, unsaid)."""
-    name = settings.inference.model
-    for folder in (Path(name), settings.inference.models_dir / name, default_models_dir() / name):
-        try:
-            card = json.loads((folder / "card.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(card, dict) and card.get("name") and card.get("version"):
-            return f"{card['name']} {card['version']}"
-    return ""
+    a worker left at an earlier version wrote its own model's results under the same model name, unsaid). It is
+    looked up as the node's own worker loads it."""
+    return model_label(model_folder(settings.inference.model, settings.inference.models_dir))
 
 
 @router.post("/jobs/{job_id}/fail", summary="Give a claimed job up as failed, with the reason")

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.errors import ModelError
-from uronode.settings import default_models_dir
+from uronode.settings import DEFAULT_MODEL, default_models_dir, model_folder
 
 if TYPE_CHECKING:  # the network module (numpy, scipy) only when a model is built or run
     from inference.network import KerasModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "default"
 CARD_NAME = "card.json"
 REQUIRED_CARD_KEYS = ("name", "version", "input", "preprocessing", "threshold", "labels")
 
@@ -114,34 +113,31 @@ def find_model(name: str | os.PathLike[str] | None, config: Path | None = None) 
     from uronode.settings import load_settings
 
     name = str(name or DEFAULT_MODEL)
-    if Path(name).is_dir():
-        return Path(name)
-    if Path(name).is_absolute():
+    if Path(name).is_absolute() and not Path(name).is_dir():
         raise ModelError(f"model folder {name} not found")
+    models_dir = load_settings(config).inference.models_dir
+    folder = model_folder(name, models_dir) or model_folder(name)
+    if folder is not None:
+        return folder
     places: dict[Path, list[str]] = {}
-    places.setdefault(load_settings(config).inference.models_dir / name, []).append("inference.models_dir")
+    places.setdefault(models_dir / name, []).append("inference.models_dir")
     places.setdefault(default_models_dir() / name, []).append("the models uronode ships with")
-    for folder in places:
-        if folder.is_dir():
-            return folder
     looked = ", nor ".join(f"{folder} ({', '.join(what)})" for folder, what in places.items())
     raise ModelError(f"model {name!r} not found: neither a folder {name} here, nor {looked}")
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> Path:
-    """A model folder: an existing path as given, else ``<models_dir>/<name>``.
+    """A model folder: an existing path as given, else ``<models_dir>/<name>``
+    (:func:`uronode.settings.model_folder`, which raises nothing).
 
     ``models_dir`` is the node's ``inference.models_dir``; None: the models the node ships with.
     """
-    name = str(name_or_path or DEFAULT_MODEL)
-    path = Path(name)
-    if path.is_dir():
-        return path
-    root = default_models_dir() if models_dir is None else models_dir
-    candidate = root / name
-    if candidate.is_dir():
-        return candidate
-    raise ModelError(f"model {name!r} not found (neither a folder nor {candidate})")
+    folder = model_folder(name_or_path, models_dir)
+    if folder is None:
+        name = str(name_or_path or DEFAULT_MODEL)
+        candidate = (default_models_dir() if models_dir is None else models_dir) / name
+        raise ModelError(f"model {name!r} not found (neither a folder nor {candidate})")
+    return folder
 
 
 def model_available(name_or_path: str | os.PathLike[str] | None = None, models_dir: Path | None = None) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -331,6 +332,12 @@ FILLED_WHEN_ADDED = {
 """What an added column is filled with in the rows an earlier version wrote, where its default is not right."""
 
 
+SCAN_EVERY_S = 60.0
+"""How often :meth:`Database.probe` reads the series, jobs and deliveries tables whole, at most: they grow with
+the node (the final read of review 39: every ``/readyz`` of a large node read them all), and damage does not
+heal, so once a minute finds it as surely; the write lock is tried at every probe."""
+
+
 class Database:
     """The database file, with a connection per thread (a SQLite connection is not shared between threads)."""
 
@@ -341,6 +348,8 @@ class Database:
         """Whether an earlier version's index is brought up to date (``uronode serve``), or refused (the admin
         commands: an earlier node may still run on it)."""
         self._local = threading.local()
+        self._scanned_at: float | None = None
+        """When :meth:`probe` last read the tables whole and found them sound (``time.monotonic``)."""
         existed = path.exists()
         try:
             self.conn()  # creates or upgrades the schema now, not on the first request
@@ -354,8 +363,9 @@ class Database:
             raise DataDirUnusable(f"the index {path} cannot be opened: {disk_problem(path.parent, exc)}") from exc
 
     def probe(self, timeout_s: float) -> str | None:
-        """None when the index can be written (its write lock taken and given back within ``timeout_s``),
-        else why not. A connection of its own, so that it waits no longer than that."""
+        """None when the index can be written (its write lock taken and given back within ``timeout_s``) and
+        its tables read whole (at most every :data:`SCAN_EVERY_S`) are sound, else why not. A connection of its
+        own, so that it waits no longer than that."""
         try:
             conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s,
                                    isolation_level=None)
@@ -365,8 +375,10 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
             # the tables every series and job goes through, read whole: a damaged page shows (probe 44)
-            for table in ("series", "jobs", "deliveries"):
-                conn.execute(f"SELECT count(*) FROM {table} NOT INDEXED").fetchone()
+            if self._scanned_at is None or time.monotonic() - self._scanned_at >= SCAN_EVERY_S:
+                for table in ("series", "jobs", "deliveries"):
+                    conn.execute(f"SELECT count(*) FROM {table} NOT INDEXED").fetchone()
+                self._scanned_at = time.monotonic()
         except sqlite3.Error as exc:
             if is_damage(exc):
                 return damage_said(self.path, exc)

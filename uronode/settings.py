@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import ssl
@@ -54,6 +55,36 @@ def default_models_dir() -> Path:
     package = Path(__file__).resolve().parent
     shipped = package / "models"
     return shipped if shipped.is_dir() else package.parent / "models"
+
+
+DEFAULT_MODEL = "default"
+"""The model the node runs unless ``inference.model`` names another."""
+
+
+def model_folder(name: str | os.PathLike[str] | None, models_dir: Path | None = None) -> Path | None:
+    """The folder of the model ``name`` (None: :data:`DEFAULT_MODEL`) as the node finds the one it runs: a
+    folder path as given, else ``<models_dir>/<name>`` (``models_dir`` None: the models uronode ships with);
+    None where neither is a folder. The runtime (which loads the model), the worker queue's HTTP side (which
+    compares a remote worker's model with the node's) and the commands all look a model up through it."""
+    name = str(name or DEFAULT_MODEL)
+    if Path(name).is_dir():
+        return Path(name)
+    candidate = (default_models_dir() if models_dir is None else models_dir) / name
+    return candidate if candidate.is_dir() else None
+
+
+def model_label(folder: Path | None) -> str:
+    """A model as results and findings name it, "name version" from the card of its ``folder``; "" where
+    there is no folder or its card does not say both (nothing is loaded)."""
+    if folder is None:
+        return ""
+    try:
+        card = json.loads((folder / "card.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if isinstance(card, dict) and card.get("name") and card.get("version"):
+        return f"{card['name']} {card['version']}"
+    return ""
 
 
 def default_viewer_dir() -> Path:

@@ -154,3 +154,27 @@ def test_train_init_finds_a_model_of_the_nodes_models_dir_by_its_name(tmp_path: 
         _init_model_file(Path("site-model"))
     monkeypatch.setenv("URONODE_INFERENCE__MODELS_DIR", str(models))
     assert _init_model_file(Path("site-model")) == models / "site-model" / "model.keras"
+
+
+def test_the_node_names_the_model_its_worker_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker queue's HTTP side names the node's model (to compare a remote worker's with it) through the
+    lookup the node's worker loads it by, `uronode.settings.model_folder`: the folder in ``inference.models_dir``,
+    never a shipped model of the same name that the worker would not run."""
+    from dicomweb.workers import node_model
+    from inference.errors import ModelError
+    from inference.runtime import resolve_model_dir
+    from uronode.settings import load_settings, model_label
+
+    monkeypatch.setenv("URONODE_INFERENCE__MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    settings = load_settings()
+    assert node_model(settings) == ""  # the worker would find no model here; the shipped one is not named
+    with pytest.raises(ModelError, match="model 'default' not found"):
+        resolve_model_dir(settings.inference.model, settings.inference.models_dir)
+    added = added_model(tmp_path / "models", "default")
+    assert resolve_model_dir(settings.inference.model, settings.inference.models_dir) == added
+    assert node_model(settings) == "uronode-stone-cascade 9.9.9-added"
+    card = json.loads((added / "card.json").read_text())
+    del card["version"]
+    (added / "card.json").write_text(json.dumps(card))
+    assert node_model(settings) == "" and model_label(None) == ""

@@ -199,6 +199,8 @@ def test_jobs_name_the_ct_series_and_a_job_whose_results_were_replaced(
     header, second, first = capsys.readouterr().out.splitlines()
     assert "#2 KUB 5.0mm BONE" in first and "#2 KUB 5.0mm BONE" in second  # the factory's SeriesNumber 2
     assert first.endswith("results superseded by job 2") and not second.rstrip().endswith("job 2")
+    # the version each job ran with (probe 43: `default` alone did not tell two releases' runs apart)
+    assert " default 3.8.0 " in first and " default 3.8.0 " in second
 
 
 def test_jobs_into_a_pipe_closed_early_say_nothing_of_it(tmp_path: Path) -> None:

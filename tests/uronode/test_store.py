@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tests.factory import SliceOptions, ct_slice, uid
 from uronode import files, queries
 from uronode.associations import Associations
-from uronode.db import SCHEMA_VERSION, DataDirUnusable, is_resource_error
+from uronode.db import SCAN_EVERY_S, SCHEMA_VERSION, DataDirUnusable, is_resource_error
 from uronode.dicomfile import encode_file_meta
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.files import check_space
@@ -458,7 +458,8 @@ def test_more_unindexed_files_than_the_index_names_are_kept(store: Store, caplog
     assert store.remove_orphans() == ORPHANS_AT_MOST // 2
 
 
-def test_a_damaged_index_stops_the_start_and_makes_the_node_unready(tmp_path: Path) -> None:
+def test_a_damaged_index_stops_the_start_and_makes_the_node_unready(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Probe 44: a damaged page in the series table refused every new series (as out of resources, read as a
     full disk) while /readyz said ready; the start went on."""
     import sqlite3
@@ -470,13 +471,19 @@ def test_a_damaged_index_stops_the_start_and_makes_the_node_unready(tmp_path: Pa
     (page,) = store.conn().execute("SELECT rootpage FROM sqlite_master WHERE name = 'series'").fetchone()
     store.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.db.conn().close()
+    assert store.db.probe(5) is None
     index_file = root / "index.sqlite3"
     data = bytearray(index_file.read_bytes())
     data[(page - 1) * 4096:page * 4096] = bytes(4096)
     index_file.write_bytes(bytes(data))
-    damaged = Store(root)
-    problem = damaged.db.probe(5)
+    # the tables are read whole once a minute (every /readyz of a large node read them all): the running node
+    # sees the damage at its next scan
+    assert store.db.probe(5) is None
+    now = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: now() + SCAN_EVERY_S)
+    problem = store.db.probe(5)
     assert problem is not None and "is damaged" in problem and "A damaged or lost index" in problem
+    damaged = Store(root)
     with pytest.raises(DataDirUnusable, match="is damaged"):
         damaged.recover()
     assert not is_resource_error(sqlite3.DatabaseError("database disk image is malformed"))

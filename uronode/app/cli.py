@@ -30,6 +30,7 @@ from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge, purge_study
 from uronode.settings import ConfigError, Settings, StorageSettings, check_ae_title, load_settings
 from uronode.store import INDEX_FILE, Store
+from uronode.supersede import findings_model
 from uronode.types import JobState
 
 log = logging.getLogger(__name__)
@@ -229,16 +230,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     # worker: 'local:<pid>' (one of the node's own worker processes; 'local' in older rows) or a remote worker's name
     # ct: the CT series' number and description, as a PACS lists it (probe 22: a UID alone named no series)
     # changed: when the job last changed state (local time, with its offset from UTC)
-    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<14} {'ct':<24} {'series':<64}"
+    # model: the model the job is for, and the version it ran with once it has (probe 43: `default` alone did not
+    # tell the runs of two releases apart)
+    print(f"{'id':>6}  {'state':<10} {'tries':>5}  {'worker':<14} {'model':<16} {'ct':<24} {'series':<64}"
           f"  {'changed':<25}  reason")
     for job in jobs:
-        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14} {job.model:<14}"
+        print(f"{job.id:>6}  {job.state:<10} {job.attempts:>5}  {job.claimed_by or '':<14}"
+              f" {_job_model(job.model, queue.findings(job.id)):<16}"
               f" {_ct_label(store, job.series_instance_uid):<24} {job.series_instance_uid:<64}"
               f"  {local_time(job.updated_at):<25}  {job.reason or _superseded(store, job.id, job.series_instance_uid)}"
               f"{_waiting_on(store, job.id) if job.state is JobState.DELIVERING and not job.reason else ''}")
     if cut:
         _say_cut(len(jobs), f"{args.state or ''} jobs".strip(), None, args.limit)
     return 0
+
+
+def _job_model(model: str, findings: str | None) -> str:
+    """A job's model for `uronode jobs`: its name, and the version its findings name once it has run."""
+    ran = findings_model(findings)
+    return f"{model} {ran.rsplit(' ', 1)[-1]}" if ran else model
 
 
 def cmd_study(args: argparse.Namespace) -> int:
