@@ -16,7 +16,18 @@ from uronode import __version__
 
 IMPLEMENTATION_CLASS_UID = "2.25.163385317616489218133917553546152620637"
 """Our implementation class UID (a UUID-derived 2.25 UID, fixed for the product)."""
-IMPLEMENTATION_VERSION_NAME = f"URONODE_{__version__}"[:16]
+
+
+def implementation_version_name(version: str) -> str:
+    """The Implementation Version Name (SH, at most 16 characters) of a release: ``URONODE_`` and its date as
+    YYYYMMDD (``2026.12.7``: ``URONODE_20261207``); another form of version, cut to 16."""
+    parts = version.split(".")
+    if len(parts) >= 3 and all(part.isdigit() for part in parts[:3]) and len(parts[0]) == 4:
+        return f"URONODE_{parts[0]}{int(parts[1]):02d}{int(parts[2]):02d}"
+    return f"URONODE_{version}"[:16]
+
+
+IMPLEMENTATION_VERSION_NAME = implementation_version_name(__version__)
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 PREAMBLE = b"\x00" * 128 + b"DICM"

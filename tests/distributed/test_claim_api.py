@@ -19,6 +19,7 @@ from tests.conftest import query
 from tests.distributed.conftest import Cluster, claim_key_of
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
+from uronode import __version__
 from uronode.app.remote import Heartbeat
 from uronode.broker import QUEUE_NAME
 from uronode.types import DocumentReference
@@ -213,7 +214,7 @@ def test_a_claim_names_the_series_current_reports_for_the_worker_to_replace(clus
     # not replace another analysis's: another model's report under that UID is refused (review 23).
     def variant(name: str, model: str, version: str) -> Path:
         ds = pydicom.dcmread(report)
-        ds.ManufacturerModelName, ds.SoftwareVersions = model, [version, "uronode 0.1.0"]
+        ds.ManufacturerModelName, ds.SoftwareVersions = model, [version, f"uronode {__version__}"]
         ds.SeriesDescription = f"{name} report"
         ds.save_as(cluster.tmp / f"{name}.dcm")
         return cluster.tmp / f"{name}.dcm"

@@ -20,6 +20,7 @@ from lab.synth import generate_phantom, write_series
 from tests.conftest import WITH_WORKER, query
 from tests.peers.orthanc import modalities_in_study, qido, sop_instance_uids_in_study
 from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
+from uronode.dicomfile import IMPLEMENTATION_VERSION_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +79,7 @@ def test_auto_routed_series_gets_seg_sc_sr_and_key_objects_back_in_its_study(
     stored = query(node.data_dir, "SELECT path FROM instances WHERE manufacturer = 'uronode'")
     assert stored and {(meta.ImplementationClassUID, meta.ImplementationVersionName)
                        for meta in (pydicom.filereader.read_file_meta_info(r["path"]) for r in stored)} == {
-        ("2.25.163385317616489218133917553546152620637", "URONODE_0.1.0")}
+        ("2.25.163385317616489218133917553546152620637", IMPLEMENTATION_VERSION_NAME)}
     # each stone's images as the report numbers them: the CT images' own numbers, as the PACS holds them
     number = {i["00080018"]["Value"][0]: int(i["00200013"]["Value"][0]) for i in ct}
     assert findings["image_numbering"] == "instance"

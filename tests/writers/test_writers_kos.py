@@ -13,6 +13,7 @@ from inference.writers import KOS_SERIES_NUMBER, MANUFACTURER, WriterError, writ
 from inference.writers.kos import build_key_objects
 from inference.writers.sources import Identity, read_sources
 from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, Case, dciodvfy, make_findings
+from uronode import __version__
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_kos_is_in_the_source_study_in_its_own_series(kos: hd.ko.KeyObjectSelect
     assert source.SeriesNumber == 1 and kos.SeriesNumber == 1000 + KOS_SERIES_NUMBER
     assert kos.SeriesDescription == f"AI urinary stones key images: series 1 (uronode synth...) v{MODEL_VERSION}"
     assert kos.Manufacturer == MANUFACTURER
-    assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
+    assert kos.ManufacturerModelName == MODEL_NAME and kos.SoftwareVersions == [MODEL_VERSION, f"uronode {__version__}"]
     others = {ds.SeriesInstanceUID for ds in stones.results.datasets if ds is not stones.results.kos}
     assert kos.SeriesInstanceUID not in others | {stones.volume.series_instance_uid}
     assert stones.results.kos is not None

@@ -11,6 +11,7 @@ import pytest
 
 from inference.writers import Results, WriterError, save_results, write_results
 from tests.writers.conftest import Case, make_findings, stone_mask
+from uronode.dicomfile import IMPLEMENTATION_VERSION_NAME
 
 
 def _uids(results: Results) -> list[tuple[str, str]]:
@@ -88,7 +89,7 @@ def test_save_results_writes_part10_files_and_replaces_them(stones: Case, tmp_pa
         assert saved.SOPInstanceUID == ds.SOPInstanceUID
         # the node's implementation identity, as in the files it stores (docs/conformance.md), not highdicom's
         assert (saved.file_meta.ImplementationClassUID, saved.file_meta.ImplementationVersionName) == (
-            "2.25.163385317616489218133917553546152620637", "URONODE_0.1.0")
+            "2.25.163385317616489218133917553546152620637", IMPLEMENTATION_VERSION_NAME)
 
 
 def test_findings_of_another_series_are_refused(stones: Case) -> None:

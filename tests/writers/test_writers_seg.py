@@ -9,6 +9,7 @@ import pytest
 
 from inference.writers import MANUFACTURER, SEG_SERIES_NUMBER
 from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, Case
+from uronode import __version__
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_seg_carries_the_node_identity_and_source_attributes(seg: hd.seg.Segment
     source = pydicom.dcmread(stones.volume.source_paths[0], stop_before_pixels=True)
     assert seg.Manufacturer == MANUFACTURER
     assert seg.ManufacturerModelName == MODEL_NAME
-    assert seg.SoftwareVersions == [MODEL_VERSION, "uronode 0.1.0"]
+    assert seg.SoftwareVersions == [MODEL_VERSION, f"uronode {__version__}"]
     assert seg.SeriesDescription == f"AI urinary stones mask: series 1 (uronode synthetic a...) v{MODEL_VERSION}"
     assert source.SeriesNumber == 1 and seg.SeriesNumber == 1000 + SEG_SERIES_NUMBER
     assert seg.SeriesDescription

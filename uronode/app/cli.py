@@ -28,7 +28,15 @@ from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import escape_controls, setup_logging
 from uronode.outbox import DeliveryState, Outbox
 from uronode.retention import purge, purge_study
-from uronode.settings import ConfigError, Settings, StorageSettings, check_ae_title, load_settings
+from uronode.settings import (
+    ConfigError,
+    Settings,
+    StorageSettings,
+    check_ae_title,
+    load_settings,
+    model_folder,
+    model_label,
+)
 from uronode.store import INDEX_FILE, Store
 from uronode.supersede import findings_model
 from uronode.types import JobState
@@ -517,7 +525,8 @@ def cmd_worker_token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uronode", description="DICOM AI node for urinary stones in CT")
-    parser.add_argument("--version", action="version", version=f"uronode {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"uronode {__version__} (shipped model: {model_label(model_folder(None)) or 'none'})")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML config file (also URONODE_CONFIG); after the subcommand too")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
