@@ -722,8 +722,8 @@ def _stack_shift_mm(positions: np.ndarray, normal: np.ndarray) -> float:
 def _one_patient(datasets: Sequence[Dataset]) -> None:
     """``VolumeError`` where the instances name more than one patient (Patient ID; with the same ID, two issuers
     where both are given): a correction sent again for part of a series (probe 32) left images of two identities
-    in it, and the results would carry one of them. The reason counts the images of each, never names an ID (it
-    is shown and logged)."""
+    in it, and the results would carry one of them; so do other names, birth dates, sexes or Accession Numbers
+    under one ID (probe 45). The reason counts the images of each, never names a value (it is shown and logged)."""
     found = Counter(str(d.get("PatientID", "") or "").strip() for d in datasets)
     if len(found) == 1:  # one ID: other patients only where two images name other issuers (a PACS may add one)
         found = Counter(issuer for d in datasets if (issuer := str(d.get("IssuerOfPatientID", "") or "").strip()))
@@ -732,6 +732,15 @@ def _one_patient(datasets: Sequence[Dataset]) -> None:
         raise VolumeError(f"the series' images name {len(found)} different patients (Patient IDs on {counts} "
                           "images): part of it was sent again after a correction? Send the whole series again with "
                           "one patient's identity")
+    # one ID, and the rest of the identity or the order corrected on part of it (probe 45: analysed without a word,
+    # the results carrying whichever the first image named)
+    for keyword, words in (("PatientName", "patient names"), ("PatientBirthDate", "birth dates"),
+                           ("PatientSex", "sexes"), ("AccessionNumber", "Accession Numbers")):
+        found = Counter(str(d.get(keyword, "") or "").strip() for d in datasets)
+        if len(found) > 1:
+            counts = " and ".join(str(n) for _, n in found.most_common())
+            raise VolumeError(f"the series' images name {len(found)} different {words} ({counts} images): part of "
+                              "it was sent again after a correction? Send the whole series again with one identity")
 
 
 def _single(values: Iterable[str], what: str) -> str:

@@ -46,7 +46,7 @@ from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.steady import Waits
 from uronode.store import Store, forget_empty_studies
-from uronode.supersede import Superseded, owe_note_in, retire, withdraw
+from uronode.supersede import CORRECTED, MOVED, Superseded, owe_note_in, retire, withdraw
 from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class CompletionMonitor:
         series_uid = due["series_instance_uid"]
         with self.store.transaction() as conn:
             current = conn.execute(
-                "SELECT state, generation, last_received_at FROM series WHERE series_instance_uid = ?",
+                "SELECT state, generation, last_received_at, identity_changed FROM series WHERE series_instance_uid = ?",
                 (series_uid,),
             ).fetchone()
             if (
@@ -281,29 +281,36 @@ class CompletionMonitor:
             else:
                 disposition = SeriesDisposition.SKIPPED
             conn.execute(
-                "UPDATE series SET state = 'complete', completed_at = ?, disposition = ?, reason = ?"
-                " WHERE series_instance_uid = ?",
+                "UPDATE series SET state = 'complete', completed_at = ?, disposition = ?, reason = ?,"
+                " identity_changed = 0 WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
             withdrawn: dict[str, list[Superseded]] = {}
             notes: dict[str, tuple[Path, Dataset] | None] = {}
             jobs: list[int] = []
             caller = None
+            withdrawal = MOVED
             if not instances:  # every instance moved to another series (probe 32: listed as an empty CT series)
                 conn.execute("DELETE FROM series_associations WHERE series_instance_uid = ?", (series_uid,))
                 conn.execute("DELETE FROM series WHERE series_instance_uid = ?", (series_uid,))
-            if no_slices(reason):  # nothing of it for the model any more: what was made of it goes (review 35)
-                _drop_jobs(conn, series_uid, cast(str, reason))
-                withdrawn, jobs = withdraw(conn, series_uid)
+            if no_slices(reason) or current["identity_changed"]:
+                # nothing of it for the model any more: what was made of it goes (review 35); or it names another
+                # patient or order now, whatever its new analysis makes of it (probe 45)
+                if no_slices(reason):
+                    _drop_jobs(conn, series_uid, cast(str, reason))
+                else:
+                    withdrawal = CORRECTED
+                withdrawn, jobs = withdraw(conn, series_uid, withdrawal)
                 caller = _caller_of([s for found in withdrawn.values() for s in found], conn)
                 notes = {model: owe_note_in(conn, self.store.root, self.outbox, found, destinations=self.destinations,
-                                            source_series_uid=series_uid, model=model, job_id=None, calling_ae=caller)
+                                            source_series_uid=series_uid, model=model, job_id=None, calling_ae=caller,
+                                            withdrawal=withdrawal)
                          for model, found in withdrawn.items()}
             if not instances:
                 forget_empty_studies(conn, {due["study_instance_uid"]})
         for model, found in withdrawn.items():  # after the commit: the files
             retire(self.store.root, found, notes[model], source_series_uid=series_uid, model=model, job_id=None,
-                   jobs=jobs)
+                   jobs=jobs, withdrawal=withdrawal)
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
@@ -315,7 +322,7 @@ class CompletionMonitor:
             log.info("series %s holds no instance any more (they moved to another series): it is no longer listed%s",
                      series_uid, f"; its results are withdrawn ({sum(len(f) for f in withdrawn.values())} instance(s))"
                      if withdrawn else "")
-        elif withdrawn:
+        elif withdrawn and withdrawal is MOVED:
             log.info("series %s complete (%d instances) holds nothing the model reads any more (%s): its results are "
                      "withdrawn (%d instance(s))", series_uid, len(instances), without_free_text(reason or ""),
                      sum(len(f) for f in withdrawn.values()))

@@ -24,7 +24,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -133,6 +133,8 @@ CREATE TABLE IF NOT EXISTS series (
     last_received_at   REAL NOT NULL,
     generation         INTEGER NOT NULL DEFAULT 1,  -- +1 each time the series re-opens
     replaced_count     INTEGER NOT NULL DEFAULT 0,  -- instances replaced by different bytes
+    identity_changed   INTEGER NOT NULL DEFAULT 0,  -- 1: an image replaced by one naming another patient or order,
+                                                    -- until the series completes and its results are withdrawn
     completed_at       REAL,
     disposition        TEXT,                 -- queued | skipped (when complete)
     reason             TEXT                  -- why it was skipped
@@ -321,6 +323,7 @@ ADDED_COLUMNS = [
     ("instances", "image_orientation", "TEXT"),
     ("instances", "rescale_type", "TEXT"),
     ("instances", "indexed_by", "INTEGER NOT NULL DEFAULT 0"),
+    ("series", "identity_changed", "INTEGER NOT NULL DEFAULT 0"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

@@ -127,12 +127,16 @@ class Outbox:
         """Pending deliveries whose time has come, by destination."""
         now = time.time() if now is None else now
         # The instance's file as the store has it now: a result stored again with other bytes (a job run
-        # twice, its late worker's STOW-RS) has a new file, and the old one is gone.
+        # twice, its late worker's STOW-RS) has a new file, and the old one is gone. Results of a series an image
+        # of which came again naming another patient or order wait: they are withdrawn when it completes (probe
+        # 45: they went to the PACS after the correction).
         rows = self.store.conn().execute(
             "SELECT d.id, d.job_id, d.destination, d.sop_instance_uid, d.sop_class_uid, d.calling_ae, d.state,"
             " d.attempts, d.next_attempt_at, d.last_error, coalesce(i.path, d.path) AS path FROM deliveries d"
             " LEFT JOIN instances i ON i.sop_instance_uid = d.sop_instance_uid"
-            " WHERE d.state = 'pending' AND (d.next_attempt_at <= ? OR d.next_attempt_at > ?) ORDER BY d.id LIMIT ?",
+            " WHERE d.state = 'pending' AND (d.next_attempt_at <= ? OR d.next_attempt_at > ?)"
+            " AND NOT EXISTS (SELECT 1 FROM results r JOIN series s ON s.series_instance_uid = r.source_series_uid"
+            " WHERE r.sop_instance_uid = d.sop_instance_uid AND s.identity_changed = 1) ORDER BY d.id LIMIT ?",
             (now, now + self.backoff_max_s + CLOCK_SLACK_S, limit),  # the latter: set for before a step back
         ).fetchall()
         grouped: dict[str, builtins.list[Delivery]] = defaultdict(builtins.list)

@@ -347,9 +347,11 @@ class Store:
             log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
                      "copy is kept", header.sop_instance_uid, calling_ae or "a sender")
             return StoreOutcome.DUPLICATE
+        changed = (identity_changes(Path(row["path"]), header)
+                   if row is not None and header.manufacturer != OWN_MANUFACTURER else ())
         self.files.write(final, parts)
         try:
-            outcome, old_path = self._index(header, final, size, calling_ae, association_id)
+            outcome, old_path = self._index(header, final, size, calling_ae, association_id, changed)
         except sqlite3.Error as exc:
             final.unlink(missing_ok=True)
             raise OutOfResources(f"the index could not be updated: {exc}") from exc
@@ -367,10 +369,15 @@ class Store:
         size: int,
         calling_ae: str,
         association_id: int | None,
+        identity_changed: Sequence[str] = (),
     ) -> tuple[StoreOutcome, Path | None]:
-        """Index the instance (a row for it, its series re-opened, its study's attributes) in one transaction."""
+        """Index the instance (a row for it, its series re-opened, its study's attributes) in one transaction.
+        ``identity_changed``: what of the patient's or order's identity the instance it replaces named otherwise
+        (:func:`identity_changes`): its series is marked, and its results are withdrawn when it completes."""
         now = time.time()
         position = _position(header)
+        own = header.manufacturer == OWN_MANUFACTURER
+        marked = other_patient = False
         with self.db.transaction() as conn:
             old = conn.execute(
                 "SELECT path, series_instance_uid, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
@@ -382,7 +389,16 @@ class Store:
             conn.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), position, calling_ae, now, str(path), size))
             conn.execute(_PUT_SERIES, (*_fields(header, _SERIES_FIELDS), SeriesState.RECEIVING.value, now, now,
                                        int(replaced)))
-            conn.execute(_PUT_STUDY, (*_fields(header, _STUDY_FIELDS), now))
+            study = conn.execute("SELECT patient_id FROM studies WHERE study_instance_uid = ?",
+                                 (header.study_instance_uid,)).fetchone()
+            other_patient = (not own and not identity_changed and study is not None
+                             and (study["patient_id"] or "") != header.patient_id)
+            # the node's own results never change the study's attributes (probe 45: results made before a correction,
+            # stored after it, listed the study under the earlier name again)
+            conn.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), now))
+            if identity_changed:
+                marked = conn.execute("UPDATE series SET identity_changed = 1 WHERE series_instance_uid = ?"
+                                      " AND identity_changed = 0", (header.series_instance_uid,)).rowcount > 0
             left = {row["study_instance_uid"] for row in (old, series_was_in) if row is not None}
             forget_empty_studies(conn, left - {header.study_instance_uid})
             if old is not None and old["series_instance_uid"] != header.series_instance_uid:
@@ -393,6 +409,15 @@ class Store:
                     "INSERT OR IGNORE INTO series_associations (series_instance_uid, association_id) VALUES (?, ?)",
                     (header.series_instance_uid, association_id),
                 )
+        if marked:  # once a series: a whole series sent again would say it of every image
+            log.warning("series %s: an image came again naming another %s (a correction at the PACS?): the results "
+                        "made of the series as it was are withdrawn when it is complete, every model's, and it is "
+                        "analysed again as it is now", header.series_instance_uid, " and ".join(identity_changed))
+        if other_patient:  # once a change: the study then names the latest
+            log.warning("study %s: an image of series %s names another Patient ID than the study's earlier images "
+                        "(a study UID given to two patients, or a correction at the PACS): the node lists the study "
+                        "under the latest; check the study at the PACS", header.study_instance_uid,
+                        header.series_instance_uid)
         outcome = StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
         return outcome, Path(old["path"]) if old is not None else None
 
@@ -499,12 +524,34 @@ _PUT_STUDY = (
     " ON CONFLICT(study_instance_uid) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in (*_STUDY_FIELDS[1:], "updated_at"))
 )
-"""The study's attributes as its latest instance has them."""
+"""The study's attributes as its latest received instance has them."""
+_KEEP_STUDY = (
+    f"INSERT INTO studies ({', '.join(_STUDY_FIELDS)}, updated_at) VALUES ({_marks(len(_STUDY_FIELDS) + 1)})"
+    " ON CONFLICT(study_instance_uid) DO NOTHING"
+)
+"""A study's row for one of the node's own results: made where there is none, never changed."""
+IDENTITY = (("patient_id", "Patient ID"), ("patient_name", "patient name"), ("patient_birth_date", "birth date"),
+            ("patient_sex", "sex"), ("accession_number", "Accession Number"))
+"""What names the patient and the order of an image, as the index reads it, with the words that say it."""
 _REOPEN_SERIES = (
     "UPDATE series SET state = 'receiving', last_received_at = ?, replaced_count = replaced_count + 1,"
     " generation = generation + (state = 'complete'), completed_at = NULL, disposition = NULL"
     " WHERE series_instance_uid = ?"
 )
+
+
+def identity_changes(old: Path, header: InstanceHeader) -> tuple[str, ...]:
+    """What of the patient's or order's identity (:data:`IDENTITY`) the stored file ``old`` names otherwise than
+    ``header``, the instance that replaces it (never the values: they are logged); nothing where the file cannot be
+    read (a replacement is then taken as it is)."""
+    try:
+        before = read_header([old.read_bytes()])
+    except (OSError, InvalidInstance) as exc:
+        log.warning("instance %s: the file it replaces cannot be read to compare identities: %s",
+                    header.sop_instance_uid, exc)
+        return ()
+    return tuple(words for field, words in IDENTITY
+                 if str(getattr(before, field) or "").strip() != str(getattr(header, field) or "").strip())
 
 
 def _folders(folder: Path) -> list[Path]:

@@ -30,7 +30,10 @@ analysed there, as that series, and the results of the emptied series would
 sit beside that analysis naming a series that is not there any more. They
 go as superseded results go, with a rejection note that says why
 (:func:`withdraw`, called when the completion monitor finds the series
-empty, or left with nothing the model reads: its scout alone).
+empty, or left with nothing the model reads: its scout alone). So are they
+when an image of the series came again naming another patient or order
+(:data:`CORRECTED`, probe 45): they name an identity their source no longer
+has, whatever its new analysis makes of it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,33 @@ REJECTED_FOR_QUALITY = ("113001", "DCM", "Rejected for Quality Reasons")
 WITHDRAWN = ("every image of its CT series was sent again in another series, which is analysed as that series "
              "where the model can read it")
 """Why a series' results are withdrawn (:func:`withdraw`): the jobs that made them say it (``withdrawn``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """Why a series' results are withdrawn, as each place says it."""
+
+    reason: str
+    """What the jobs that made them (``withdrawn``) and their deliveries still owed (``withdrawn: ...``) say."""
+    note: str
+    """What the rejection note says of them after "are withdrawn: "."""
+    said: str
+    """The log's words after "withdrawn"."""
+
+
+MOVED = Withdrawal(WITHDRAWN, "every image of that series was sent again in another series, which is analysed as"
+                   " that series, in result series of its own, where the model can read it",
+                   "(its images moved to another series)")
+CORRECTED = Withdrawal(
+    "the patient or order identity of its CT series' images was corrected at their source (Patient ID, name, birth"
+    " date, sex or Accession Number): results made of it as it was name the earlier identity. The series is"
+    " analysed again as it is now",
+    "the patient or order identity of that series' images was corrected at their source; these name the earlier"
+    " identity. The series is analysed again as it is now, in result series of its own",
+    "(the patient or order identity of its images was corrected)")
+"""Probe 45: a correction sent again for part of a series failed its new job (two identities), and the results of
+the earlier identity stayed current and were delivered to the PACS after the correction; another model's results
+were never superseded by the corrected series' analysis."""
 NOTE_SERIES_NUMBER = 905
 NOTE_SERIES_DESCRIPTION = "AI urinary stones - superseded results (rejection note)"
 """The rejection note's SeriesDescription where the CT series' number is not known (``note_description``)."""
@@ -170,9 +200,11 @@ def record_results(
     return superseded
 
 
-def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> tuple[dict[str, list[Superseded]], list[int]]:
+def withdraw(conn: sqlite3.Connection, source_series_uid: str,
+             withdrawal: Withdrawal = MOVED) -> tuple[dict[str, list[Superseded]], list[int]]:
     """Inside the caller's transaction: take every model's results of a source series that is no longer one (its
-    images all moved to another series, or all but what the model cannot read) out of the index, their owed
+    images all moved to another series, or all but what the model cannot read: :data:`MOVED`) or no longer the
+    patient's or order's they name (:data:`CORRECTED`) out of the index, their owed
     deliveries marked ``superseded``, as :func:`record_results` takes out what a later run did not make again; the
     jobs that made them say so (``withdrawn``). Returns them by model, and those jobs; their files are still on
     disk for the rejection notes (:func:`owe_note_in` with ``job_id`` None, then :func:`retire` after the commit)."""
@@ -188,10 +220,10 @@ def withdraw(conn: sqlite3.Connection, source_series_uid: str) -> tuple[dict[str
         "SELECT DISTINCT job_id FROM results WHERE source_series_uid = ? AND job_id IS NOT NULL", (source_series_uid,))})
     withdrawn: dict[str, list[Superseded]] = {}
     for row in rows:
-        taken = _take_out(conn, row, source_series_uid, f"withdrawn: {WITHDRAWN}", now)
+        taken = _take_out(conn, row, source_series_uid, f"withdrawn: {withdrawal.reason}", now)
         if taken is not None:
             withdrawn.setdefault(str(row["model"]), []).append(taken)
-    conn.executemany("UPDATE jobs SET withdrawn = ? WHERE id = ?", [(WITHDRAWN, job) for job in jobs])
+    conn.executemany("UPDATE jobs SET withdrawn = ? WHERE id = ?", [(withdrawal.reason, job) for job in jobs])
     forget_empty_studies(conn, {s.study_instance_uid for found in withdrawn.values() for s in found})
     return withdrawn, jobs
 
@@ -263,11 +295,11 @@ def note_description(first: Dataset) -> str:
 
 
 def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_series_uid: str, model: str,
-                   job_id: int | None) -> Dataset:
+                   job_id: int | None, withdrawal: Withdrawal = MOVED) -> Dataset:
     """The IOCM rejection note (a Key Object Selection Document) listing ``superseded``, in their study.
 
     ``first``: the header of one of them, whose patient and study attributes the note copies; ``job_id``: the
-    later analysis that superseded them, or None where they are withdrawn (:func:`withdraw`)."""
+    later analysis that superseded them, or None where they are withdrawn (:func:`withdraw`, for ``withdrawal``)."""
     uids = sorted(s.sop_instance_uid for s in superseded)
     now = now_at(timezone_offset(first.get("TimezoneOffsetFromUTC")))  # the results' zone (probe 39)
     ds = Dataset()
@@ -306,8 +338,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
     number = source_series_number(first)
     named = f"CT series {number} ({source_series_uid})" if number is not None else f"CT series {source_series_uid}"
     if job_id is None:
-        why = (" withdrawn: every image of that series was sent again in another series, which is analysed as that"
-               " series, in result series of its own, where the model can read it")
+        why = f" withdrawn: {withdrawal.note}"
     else:
         why = (f" superseded by a later analysis of the same series (job {job_id}), in result series of its own"
                " with a later series date and time; read the results of the later one")
@@ -334,7 +365,7 @@ def rejection_note(superseded: Sequence[Superseded], first: Dataset, *, source_s
 
 def owe_note_in(conn: sqlite3.Connection, root: Path, outbox: Outbox | None, superseded: Sequence[Superseded], *,
                 destinations: Sequence[Destination], source_series_uid: str, model: str, job_id: int | None,
-                calling_ae: str | None) -> tuple[Path, Dataset] | None:
+                calling_ae: str | None, withdrawal: Withdrawal = MOVED) -> tuple[Path, Dataset] | None:
     """Inside the transaction of :func:`record_results` or :func:`withdraw` (the superseded files are still there to
     read): write the rejection note of what destinations hold (None when none holds any) and owe it, as a result
     of ``job_id``, to each destination that holds some of it and takes key objects (none without an outbox: a node
@@ -345,7 +376,8 @@ def owe_note_in(conn: sqlite3.Connection, root: Path, outbox: Outbox | None, sup
     first = _header(held) if held else None
     if first is None:
         return None
-    ds = rejection_note(held, first, source_series_uid=source_series_uid, model=model, job_id=job_id)
+    ds = rejection_note(held, first, source_series_uid=source_series_uid, model=model, job_id=job_id,
+                        withdrawal=withdrawal)
     folder = root / NOTES_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
@@ -361,7 +393,8 @@ def owe_note_in(conn: sqlite3.Connection, root: Path, outbox: Outbox | None, sup
 
 
 def retire(root: Path, superseded: Sequence[Superseded], note: tuple[Path, Dataset] | None, *,
-           source_series_uid: str, model: str, job_id: int | None, jobs: Sequence[int] = ()) -> None:
+           source_series_uid: str, model: str, job_id: int | None, jobs: Sequence[int] = (),
+           withdrawal: Withdrawal = MOVED) -> None:
     """After the commit of :func:`record_results` or :func:`withdraw` (and :func:`owe_note_in`): remove the
     superseded files and the stale metadata of their series, and say so in the audit log."""
     if not superseded:
@@ -370,12 +403,13 @@ def retire(root: Path, superseded: Sequence[Superseded], note: tuple[Path, Datas
         item.path.unlink(missing_ok=True)
         (item.path.parent / METADATA_CACHE).unlink(missing_ok=True)
     AuditLog(root).record("results_superseded" if job_id is not None else "results_withdrawn", job_id=job_id,
-                          **({"jobs": list(jobs)} if job_id is None else {}),  # whose results they were
+                          **({"jobs": list(jobs), "why": withdrawal.said.strip("()")}  # whose results, why
+                             if job_id is None else {}),
                           series_instance_uid=source_series_uid, model=model,
                           instances=[s.sop_instance_uid for s in superseded],
                           rejection_note=str(note[1].SOPInstanceUID) if note else None)
     log.info("series %s: %d earlier result instance(s) of %s %s%s", source_series_uid, len(superseded), model,
-             f"superseded by job {job_id}" if job_id is not None else "withdrawn (its images moved to another series)",
+             f"superseded by job {job_id}" if job_id is not None else f"withdrawn {withdrawal.said}",
              "; a rejection note is owed to " + ", ".join(sorted({d for s in superseded for d in s.delivered_to}))
              if note else "")
 

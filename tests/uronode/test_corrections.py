@@ -29,7 +29,7 @@ from uronode.outbox import Outbox
 from uronode.queries import search_series, search_studies
 from uronode.retention import purge_study
 from uronode.store import Store
-from uronode.supersede import WITHDRAWN, Superseded, rejection_note
+from uronode.supersede import CORRECTED, WITHDRAWN, Superseded, rejection_note
 from uronode.types import JobState
 
 STUDY_A, STUDY_B = uid("corrections", "study-a"), uid("corrections", "study-b")
@@ -37,11 +37,13 @@ SOURCE = uid("supersede", "ct")  # the source series test_supersede.run records 
 
 
 def _ct(study: str, index: int, patient_id: str = "MRN1", series: str = SOURCE, *, moved_to: str | None = None,
-        description: str | None = None) -> bytes:
+        description: str | None = None, name: str | None = None) -> bytes:
     """Slice ``index`` of ``series``, encoded; ``moved_to``: the same image (its SOP Instance UID) in another
-    series; ``description``: its Series Description."""
+    series; ``description``: its Series Description; ``name``: its Patient's Name."""
     ds = ct_slice(study, series, index, size=16)
     ds.PatientID = patient_id
+    if name is not None:
+        ds.PatientName = name
     if moved_to is not None:
         ds.SeriesInstanceUID = moved_to
     if description is not None:
@@ -215,6 +217,23 @@ def test_a_series_holding_two_patients_is_not_analysed(tmp_path: Path) -> None:
     ds.save_as(paths[1], enforce_file_format=True)
     with pytest.raises(VolumeError, match="^the series' images name 2 different patients"):
         load_volume(paths[:3])
+    # one ID, and a name or an Accession Number corrected on part of the series (probe 45: analysed without a word,
+    # the results carrying whichever the first image named)
+    ds = pydicom.dcmread(paths[0])
+    ds.IssuerOfPatientID = "HOSP_B"
+    ds.save_as(paths[0], enforce_file_format=True)
+    assert load_volume(paths[:3]).hu.shape[0] == 3
+    for keyword, value, words in (("PatientName", "DOE^BERT", "patient names"),
+                                  ("AccessionNumber", "ACC-NEW", "Accession Numbers")):
+        kept = paths[0].read_bytes()
+        ds = pydicom.dcmread(paths[0])
+        setattr(ds, keyword, value)
+        ds.save_as(paths[0], enforce_file_format=True)
+        with pytest.raises(VolumeError) as raised:
+            load_volume(paths[:3])
+        assert str(raised.value).startswith(f"the series' images name 2 different {words} (2 and 1 images)")
+        assert value not in str(raised.value)
+        paths[0].write_bytes(kept)
 
 
 def test_purge_study_deletes_one_study_at_once_and_waits_for_what_is_owed(
@@ -418,3 +437,83 @@ def test_requeue_runs_a_job_on_its_series_as_it_is_now(tmp_path: Path) -> None:
     queue.requeue(first.job_id)
     job = queue.get(first.job_id)
     assert job is not None and job.series_generation == second.generation
+
+
+def test_results_of_a_series_whose_patient_was_corrected_are_withdrawn_and_never_sent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe 45: part of a series sent again with the corrected patient failed its new job (two identities), and
+    the results of the earlier identity stayed current and went to the PACS after the correction; another model's
+    were never superseded. An image that comes again naming another patient or order marks its series: the results
+    made of it wait, and are withdrawn, every model's, when it completes, whatever its new analysis makes of it."""
+    store = Store(tmp_path / "data", fsync=False)
+    outbox = Outbox(store)
+    queue = JobQueue(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0.0, quiet_s=0.0, model="default", outbox=outbox,
+                                destinations=(PACS,))
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index, patient_id="TMP1", name="TRAUMA^UNKNOWN")],
+                             source="CT").stored
+    monitor.complete_due(now=time.time() + 1)
+    made = {name: _result(STUDY_A, name) for name in ("first", "second", "earlier-model")}
+    for ds in made.values():  # as the writers copy them from the CT
+        ds.PatientID, ds.PatientName = "TMP1", "TRAUMA^UNKNOWN"
+    run(store, outbox, 1, [made["first"], made["second"]], destinations=(PACS,))
+    run(store, outbox, 1, [made["earlier-model"]], model="m 0.9", destinations=(PACS,))
+    store.conn().execute("UPDATE deliveries SET state = 'delivered' WHERE sop_instance_uid = ?",
+                         (uid("corrections", "first"),))  # the PACS holds one; the others are still owed
+
+    def owed() -> set[str]:
+        return {d.sop_instance_uid for found in outbox.due(now=time.time() + 1e6).values() for d in found}
+
+    # an image sent again with the same identity (another description): its results stay and go
+    assert take_instance(store, [_ct(STUDY_A, 0, patient_id="TMP1", name="TRAUMA^UNKNOWN", description="KUB")],
+                         source="CT").stored
+    assert owed() == {uid("corrections", "second"), uid("corrections", "earlier-model")}
+    monitor.complete_due(now=time.time() + 1)
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 3
+
+    # the PACS corrects the patient and sends two of the three images again
+    for index in (1, 2):
+        assert take_instance(store, [_ct(STUDY_A, index, patient_id="MRN4732", name="DOE^BERT")],
+                             source="CT").stored
+    warned = [r.getMessage() for r in caplog.records if "came again naming another" in r.getMessage()]
+    assert len(warned) == 1 and "Patient ID and patient name" in warned[0] and "MRN4732" not in warned[0]
+    assert owed() == set()  # nothing of the earlier identity goes while the series arrives
+    monitor.complete_due(now=time.time() + 1)
+    assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    states = {r["sop_instance_uid"]: (r["state"], r["last_error"]) for r in store.conn().execute(
+        "SELECT sop_instance_uid, state, last_error FROM deliveries WHERE job_id IS NOT NULL")}
+    assert states[uid("corrections", "second")] == ("superseded", f"withdrawn: {CORRECTED.reason}")
+    assert states[uid("corrections", "earlier-model")] == ("superseded", f"withdrawn: {CORRECTED.reason}")
+    assert states[uid("corrections", "first")][0] == "delivered"
+    (note,) = store.conn().execute("SELECT path FROM deliveries WHERE job_id IS NULL").fetchall()
+    ds = pydicom.dcmread(note["path"])
+    assert (ds.PatientID, str(ds.PatientName)) == ("TMP1", "TRAUMA^UNKNOWN")  # in the record that holds them
+    assert "identity of that series' images was corrected" in ds.ContentSequence[0].TextValue
+    job = queue.get(1)
+    assert job is not None and job.withdrawn == CORRECTED.reason
+    assert store.conn().execute("SELECT identity_changed FROM series WHERE series_instance_uid = ?",
+                                (SOURCE,)).fetchone()[0] == 0
+    assert [j.state for j in queue.for_series(SOURCE)][-1] is JobState.QUEUED  # analysed again as it is now
+    audit = (tmp_path / "data" / "audit.log").read_text()
+    assert '"why":"the patient or order identity of its images was corrected"' in audit
+
+
+def test_the_nodes_own_results_never_change_the_patient_a_study_is_listed_under(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe 45: results made before a correction and stored after it listed the study under the earlier name
+    again; a study UID whose series name two patients is said."""
+    store = Store(tmp_path / "data", fsync=False)
+    assert take_instance(store, [_ct(STUDY_A, 0, patient_id="MRN4732", name="DOE^BERT")], source="CT").stored
+    result = _result(STUDY_A, "late")
+    result.PatientID, result.PatientName = "TMP1", "TRAUMA^UNKNOWN"
+    buffer = io.BytesIO()
+    result.save_as(buffer, enforce_file_format=True)
+    store.put(read_header([buffer.getvalue()]), [buffer.getvalue()], calling_ae="URONODE")
+    (study,) = search_studies(store.db, [], limit=10, offset=0)
+    assert (study["PatientID"], study["PatientName"]) == ("MRN4732", "DOE^BERT")
+    assert not any("names another Patient ID" in r.getMessage() for r in caplog.records)
+    other = uid("corrections", "other-patient")
+    assert take_instance(store, [_ct(STUDY_A, 0, patient_id="MRN5000", series=other)], source="CT").stored
+    warned = [r.getMessage() for r in caplog.records if "names another Patient ID" in r.getMessage()]
+    assert len(warned) == 1 and other in warned[0] and "MRN5000" not in warned[0]
