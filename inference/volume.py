@@ -84,6 +84,7 @@ from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
 from uronode.contrast import Evidence, contrast_evidence
+from uronode.dicomfile import identity_value
 from uronode.energy import EnergyImage, energy_image, unspecified
 from uronode.header import PARSE_ERRORS
 
@@ -734,9 +735,10 @@ def _one_patient(datasets: Sequence[Dataset]) -> None:
                           "one patient's identity")
     # one ID, and the rest of the identity or the order corrected on part of it (probe 45: analysed without a word,
     # the results carrying whichever the first image named)
+    # (compared as the store compares a replaced image's; an image without the value names no other)
     for keyword, words in (("PatientName", "patient names"), ("PatientBirthDate", "birth dates"),
                            ("PatientSex", "sexes"), ("AccessionNumber", "Accession Numbers")):
-        found = Counter(str(d.get(keyword, "") or "").strip() for d in datasets)
+        found = Counter(value for d in datasets if (value := identity_value(keyword, d.get(keyword, ""))))
         if len(found) > 1:
             counts = " and ".join(str(n) for _, n in found.most_common())
             raise VolumeError(f"the series' images name {len(found)} different {words} ({counts} images): part of "

@@ -298,8 +298,9 @@ class CompletionMonitor:
                 # patient or order now, whatever its new analysis makes of it (probe 45)
                 if no_slices(reason):
                     _drop_jobs(conn, series_uid, cast(str, reason))
-                else:
+                if current["identity_changed"]:
                     withdrawal = CORRECTED
+                    _drop_earlier_runs(conn, series_uid, current["generation"])
                 withdrawn, jobs = withdraw(conn, series_uid, withdrawal)
                 caller = _caller_of([s for found in withdrawn.values() for s in found], conn)
                 notes = {model: owe_note_in(conn, self.store.root, self.outbox, found, destinations=self.destinations,
@@ -398,6 +399,22 @@ def no_slices(reason: str | None) -> bool:
     not a reason an upload overrides (a contrast phase, derived images), so results made of it earlier, when it held
     slices, no longer have a series to stand beside (review 35: a series split at the PACS, its scout left)."""
     return reason is not None and (reason in (NO_INSTANCES, LOCALIZER) or reason.startswith(("modality ", "SOP class ")))
+
+
+IDENTITY_CORRECTED_WHILE_RUNNING = ("the patient or order identity of the series' images was corrected at their source "
+                                    "while the job ran: its results would name the earlier identity; the series is "
+                                    "analysed again as it is now")
+
+
+def _drop_earlier_runs(conn: sqlite3.Connection, series_uid: str, generation: int) -> None:
+    """Inside the completion's transaction: fail the series' jobs still running on a generation before the
+    correction of its identity (a running one's worker, local or remote, then drops its results, as a cancelled
+    one's: nothing recorded or sent). Review 40: a remote worker's job claimed before the correction completed after
+    it, and its results, naming the earlier patient, were recorded and sent."""
+    conn.execute(
+        "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ?, claim_token = NULL, lease_until = NULL"
+        " WHERE series_instance_uid = ? AND state = 'running' AND series_generation < ?",
+        (IDENTITY_CORRECTED_WHILE_RUNNING, time.time(), series_uid, generation))
 
 
 def _drop_jobs(conn: sqlite3.Connection, series_uid: str, reason: str) -> None:

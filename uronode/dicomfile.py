@@ -60,6 +60,19 @@ def now_at(offset: str | None) -> datetime.datetime:
 
 
 
+def identity_value(keyword: str, value: object) -> str:
+    """An identity attribute's value as two copies of an image are compared (``uronode.store.identity_changes``,
+    ``inference.volume``): without surrounding spaces; a name by its first written group (alphabetic, else
+    ideographic, else phonetic), each component trimmed, empty trailing components dropped, in capitals, so that
+    ``Doe^Bert^^^``, ``DOE^BERT`` and ``DOE^BERT=...`` (an ideographic group added) are one name (review 40: a PACS
+    trimming carets was taken for a correction, and the series' results were withdrawn)."""
+    text = str(value or "").strip()
+    if keyword != "PatientName":
+        return text
+    group = next((g for g in text.split("=") if g.strip("^ ")), "")
+    return "^".join(part.strip() for part in group.split("^")).rstrip("^").upper()
+
+
 def is_valid_uid(value: str) -> bool:
     """A DICOM UID: dot-separated numbers without leading zeros, at most 64 characters."""
     return 0 < len(value) <= 64 and UID_PATTERN.match(value) is not None

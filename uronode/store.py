@@ -44,7 +44,7 @@ from pydicom.tag import BaseTag
 from uronode import files, queries
 from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable, index_version
-from uronode.dicomfile import PREAMBLE, file_meta_end, is_valid_uid
+from uronode.dicomfile import PREAMBLE, file_meta_end, identity_value, is_valid_uid
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.header import read_header
 from uronode.types import (
@@ -391,12 +391,17 @@ class Store:
                                        int(replaced)))
             study = conn.execute("SELECT patient_id FROM studies WHERE study_instance_uid = ?",
                                  (header.study_instance_uid,)).fetchone()
-            other_patient = (not own and not identity_changed and study is not None
-                             and (study["patient_id"] or "") != header.patient_id)
+            # said once a series (review 40: two patients' series arriving interleaved flipped the row at each image)
+            joined = series_was_in is None or series_was_in["study_instance_uid"] != header.study_instance_uid
+            other_patient = (not own and joined and study is not None
+                             and identity_value("PatientID", study["patient_id"])
+                             != identity_value("PatientID", header.patient_id))
             # the node's own results never change the study's attributes (probe 45: results made before a correction,
             # stored after it, listed the study under the earlier name again)
             conn.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), now))
-            if identity_changed:
+            # an image moved to another series was compared with its own earlier copy, not with that series: only
+            # the series it stays in is marked (review 40)
+            if identity_changed and old["series_instance_uid"] == header.series_instance_uid:
                 marked = conn.execute("UPDATE series SET identity_changed = 1 WHERE series_instance_uid = ?"
                                       " AND identity_changed = 0", (header.series_instance_uid,)).rowcount > 0
             left = {row["study_instance_uid"] for row in (old, series_was_in) if row is not None}
@@ -413,7 +418,7 @@ class Store:
             log.warning("series %s: an image came again naming another %s (a correction at the PACS?): the results "
                         "made of the series as it was are withdrawn when it is complete, every model's, and it is "
                         "analysed again as it is now", header.series_instance_uid, " and ".join(identity_changed))
-        if other_patient:  # once a change: the study then names the latest
+        if other_patient:
             log.warning("study %s: an image of series %s names another Patient ID than the study's earlier images "
                         "(a study UID given to two patients, or a correction at the PACS): the node lists the study "
                         "under the latest; check the study at the PACS", header.study_instance_uid,
@@ -530,9 +535,11 @@ _KEEP_STUDY = (
     " ON CONFLICT(study_instance_uid) DO NOTHING"
 )
 """A study's row for one of the node's own results: made where there is none, never changed."""
-IDENTITY = (("patient_id", "Patient ID"), ("patient_name", "patient name"), ("patient_birth_date", "birth date"),
-            ("patient_sex", "sex"), ("accession_number", "Accession Number"))
-"""What names the patient and the order of an image, as the index reads it, with the words that say it."""
+IDENTITY = (("PatientID", "patient_id", "Patient ID"), ("PatientName", "patient_name", "patient name"),
+            ("PatientBirthDate", "patient_birth_date", "birth date"), ("PatientSex", "patient_sex", "sex"),
+            ("AccessionNumber", "accession_number", "Accession Number"))
+"""What names the patient and the order of an image (a change of one after analysis is a correction, probe 45):
+its keyword, the header's field that reads it, and the words that say it."""
 _REOPEN_SERIES = (
     "UPDATE series SET state = 'receiving', last_received_at = ?, replaced_count = replaced_count + 1,"
     " generation = generation + (state = 'complete'), completed_at = NULL, disposition = NULL"
@@ -542,16 +549,21 @@ _REOPEN_SERIES = (
 
 def identity_changes(old: Path, header: InstanceHeader) -> tuple[str, ...]:
     """What of the patient's or order's identity (:data:`IDENTITY`) the stored file ``old`` names otherwise than
-    ``header``, the instance that replaces it (never the values: they are logged); nothing where the file cannot be
-    read (a replacement is then taken as it is)."""
+    ``header``, the instance that replaces it (never the values: they are logged), each compared as
+    :func:`uronode.dicomfile.identity_value` has it; a value given where the file had none fills a gap (a PACS
+    adding demographics), no change. Nothing where the file cannot be read (the replacement is taken as it is)."""
     try:
         before = read_header([old.read_bytes()])
     except (OSError, InvalidInstance) as exc:
         log.warning("instance %s: the file it replaces cannot be read to compare identities: %s",
                     header.sop_instance_uid, exc)
         return ()
-    return tuple(words for field, words in IDENTITY
-                 if str(getattr(before, field) or "").strip() != str(getattr(header, field) or "").strip())
+    changed = []
+    for keyword, field, words in IDENTITY:
+        was = identity_value(keyword, getattr(before, field))
+        if was and was != identity_value(keyword, getattr(header, field)):
+            changed.append(words)
+    return tuple(changed)
 
 
 def _folders(folder: Path) -> list[Path]:

@@ -517,3 +517,70 @@ def test_the_nodes_own_results_never_change_the_patient_a_study_is_listed_under(
     assert take_instance(store, [_ct(STUDY_A, 0, patient_id="MRN5000", series=other)], source="CT").stored
     warned = [r.getMessage() for r in caplog.records if "names another Patient ID" in r.getMessage()]
     assert len(warned) == 1 and other in warned[0] and "MRN5000" not in warned[0]
+
+
+def test_a_name_written_otherwise_or_a_value_filled_in_is_no_correction(tmp_path: Path) -> None:
+    """Review 40: a PACS that trims a name's empty components (``DOE^BERT^^^``), writes it in capitals or adds the
+    sex it knows sent an image again, and every result of the series was withdrawn, its new job refused."""
+    from uronode.dicomfile import identity_value
+    from uronode.store import identity_changes
+
+    assert identity_value("PatientName", " Doe^Bert^^^ ") == identity_value("PatientName", "DOE^BERT=ドウ^バート")
+    assert identity_value("PatientName", "=山田^太郎") == "山田^太郎"  # no alphabetic group: the ideographic
+    assert identity_value("PatientName", "DOE^BERTA") != identity_value("PatientName", "DOE^BERT")
+    stored = tmp_path / "stored.dcm"
+    ds = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, 0, name="DOE^BERT^^^")))
+    del ds.PatientSex
+    ds.save_as(stored, enforce_file_format=True)
+    same = read_header([_ct(STUDY_A, 0, name="doe^bert")])
+    assert identity_changes(stored, same) == ()  # the name as written otherwise, the sex filled in
+    assert identity_changes(stored, read_header([_ct(STUDY_A, 0, name="DOE^ANNA")])) == ("patient name",)
+    paths = []
+    for index, name in enumerate(("DOE^BERT^^^", "Doe^Bert", "DOE^BERT")):
+        paths.append(path := tmp_path / f"{index}.dcm")
+        one = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, index, name=name)))
+        if index == 0:
+            del one.PatientSex  # an image without the value names no other
+        one.save_as(path, enforce_file_format=True)
+    assert load_volume(paths).hu.shape[0] == 3
+
+
+def test_an_image_moved_to_another_series_marks_neither(tmp_path: Path) -> None:
+    """Review 40: an image moved to another series, naming that series' patient, was compared with its own earlier
+    copy, and the series it joined was marked: that series' results, of the right patient, would have gone."""
+    store = Store(tmp_path / "data", fsync=False)
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index, patient_id="WRONG")], source="CT").stored
+    other = uid("corrections", "right-series")
+    assert take_instance(store, [_ct(STUDY_A, 0, patient_id="RIGHT", moved_to=other)], source="CT").stored
+    flags = dict(store.conn().execute("SELECT series_instance_uid, identity_changed FROM series").fetchall())
+    assert flags == {SOURCE: 0, other: 0}
+
+
+def test_a_remote_job_running_when_the_patient_is_corrected_records_nothing(tmp_path: Path) -> None:
+    """Review 40: a remote worker's job claimed before the correction completed after the corrected series did, and
+    its results, made of the earlier patient's images, were recorded and sent. The completion fails the jobs still
+    running on the series as it was: the worker's completion is refused (and so is its STOW-RS: no live claim)."""
+    from uronode.claims import ClaimConflict, Claims, holds
+
+    store = Store(tmp_path / "data", fsync=False)
+    queue, outbox = JobQueue(store), Outbox(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0.0, quiet_s=0.0, model="default", outbox=outbox,
+                                destinations=(PACS,))
+    for index in range(3):
+        assert take_instance(store, [_ct(STUDY_A, index, patient_id="TMP1")], source="CT").stored
+    monitor.complete_due(now=time.time() + 1)
+    claims = Claims(store, lease_s=600, claim_timeout_s=20)
+    (job,) = claims.to_publish()
+    claim = claims.claim(job.id, job.series_generation, "w1")
+    for index in (1, 2):
+        assert take_instance(store, [_ct(STUDY_A, index, patient_id="MRN4732")], source="CT").stored
+    (done,) = monitor.complete_due(now=time.time() + 1)
+    assert done.job_id is not None and done.job_id != job.id
+    dropped = queue.get(job.id)
+    assert dropped is not None and dropped.state is JobState.FAILED and dropped.reason is not None
+    assert dropped.reason.startswith("the patient or order identity of the series' images was corrected")
+    assert not holds(store, "w1", STUDY_A)
+    with pytest.raises(ClaimConflict, match="this claim no longer holds it"):
+        claims.complete(job.id, claim.token, "w1", results=[], findings="{}", seconds=1.0, destinations=(PACS,),
+                        outbox=outbox)
