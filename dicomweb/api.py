@@ -171,6 +171,7 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
         store, queue, grace_s=settings.scp.completion_grace_s, quiet_s=settings.scp.completion_quiet_s,
         model=settings.inference.model, contrast_series=settings.inference.contrast_series,
         sharp_kernel_series=settings.inference.sharp_kernel_series,
+        other_region_series=settings.inference.other_region_series,
         # a series the upload empties (its images in another series) has its results withdrawn: notes owed
         outbox=Outbox(store, max_attempts=settings.delivery.max_attempts, backoff_s=settings.delivery.backoff_s,
                       backoff_max_s=settings.delivery.backoff_max_s) if destinations else None,

@@ -39,7 +39,7 @@ from inference.resample import (
     to_original,
 )
 from inference.runtime import LoadedModel, load_model
-from inference.volume import ENERGY_CAUTION, Volume, load_volume, mirrored
+from inference.volume import ENERGY_CAUTION, INTENDED_USE_CAUTIONS, Volume, load_volume, mirrored
 from uronode.contrast import without_free_text
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ phlebolith the 1.25 mm series of the same phantom left out was reported, as two 
 CONTRAST_CAUTION = re.compile(r"(Perhaps c|C)ontrast-enhanced \(")
 """How a caution about contrast begins (``inference.volume.contrast_note``, ``inference.enhancement``)."""
 CLEAR_CONTRAST = "Contrast-enhanced ("
+BODY_EXTENT_MM = 800.0
+"""A series longer than this along the body covers more than an abdomen and pelvis (about 400-650 mm from the
+diaphragm to the pubis, with a chest 600-750 mm): its cautions say that findings outside them are no stones."""
 """A header's clear sign (a phase named): the pixels add nothing to it. After a weaker one (an agent alone, a
 mention of contrast) the pixels' finding is added (probe 33: an agent's "perhaps" hid an aorta of 394 HU)."""
 SPACING_TOLERANCE = 0.05
@@ -135,7 +138,9 @@ def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ..
     slices, lossy compression, contrast the header names) and, where the header names no contrast, enhanced
     blood in the pixels (``inference.enhancement``) and a multi-energy image read all the same
     (``inference.volume.energy_note``); metal (``metal_caution``) and ``found``, what the analysis met
-    (``analysis_cautions``), come after contrast and a multi-energy image, before the rest."""
+    (``analysis_cautions``), come after contrast and a multi-energy image, before the rest. First of all what puts
+    the series outside the model's intended use: another region or a child (``intended_use_notes``), a series
+    longer than ``BODY_EXTENT_MM``."""
     low, high = MEASURED_PIXEL_MM
     size = max(volume.pixel_spacing)
     pixels: tuple[str, ...] = ()
@@ -159,11 +164,17 @@ def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ..
         blood = enhanced_blood(volume.hu, volume.pixel_spacing, volume.offsets_mm)
         contrast += (blood.caution(),) if blood is not None else ()
     energy = tuple(note for note in volume.notes if ENERGY_CAUTION in note)
-    rest = (note for note in volume.notes if not CONTRAST_CAUTION.match(note) and ENERGY_CAUTION not in note)
+    intended = tuple(note for note in volume.notes if note.startswith(INTENDED_USE_CAUTIONS))
+    rest = (note for note in volume.notes
+            if not CONTRAST_CAUTION.match(note) and ENERGY_CAUTION not in note and note not in intended)
+    extent = (volume.hu.shape[0] - 1) * volume.slice_spacing
+    if extent > BODY_EXTENT_MM:  # probe 46: a whole-body trauma CT's pineal gland reported beside its stones
+        intended += (f"The series covers {extent:.0f} mm along the body, more than an abdomen and pelvis: what the "
+                     "model marks above the kidneys or below the bladder is no urinary stone.",)
     metal = metal_caution(volume)
-    # contrast and a multi-energy image first: they question every finding, and an overlay shows as many cautions
-    # as it has room for; then what hides stones in parts of the series
-    return (*contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
+    # outside the intended use, contrast and a multi-energy image first: they question every finding, and an
+    # overlay shows as many cautions as it has room for; then what hides stones in parts of the series
+    return (*intended, *contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
 
 
 def _table_mirrored(table: ComponentTable, count: int, columns: int) -> ComponentTable:

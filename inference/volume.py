@@ -83,6 +83,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
+from uronode.anatomy import CHILD_YEARS, age_years, series_region
 from uronode.contrast import Evidence, contrast_evidence
 from uronode.dicomfile import identity_value
 from uronode.energy import EnergyImage, energy_image, unspecified
@@ -637,6 +638,9 @@ def _energy_of(ds: Dataset, frame_index: int | None) -> dict[str, Any]:
             "kev": number if number is not None and 0 < number < 1000 else None}
 
 
+INTENDED_USE_CAUTIONS = ("The header names ", "A patient of ")
+"""How the cautions of a series outside the model's intended use begin (:func:`intended_use_notes`): another region
+than the abdomen, or a child. They question every finding and come first (``inference.pipeline.input_cautions``)."""
 ENERGY_CAUTION = " of a multi-energy CT"
 """What a caution about a multi-energy image holds (:func:`energy_note`): it comes after contrast's, before the rest."""
 NEAR_CONVENTIONAL_KEV = (65.0, 75.0)
@@ -789,6 +793,29 @@ def header_contrast(datasets: Iterable[Dataset]) -> Evidence | None:
     headers = {(contrast_agent(ds), str(ds.get("SeriesDescription", "") or ""))
                for ds in datasets}  # a series' slices mostly say the same: each saying read once
     return next((e for agent, description in sorted(headers) if (e := contrast_evidence(agent, description))), None)
+
+
+def intended_use_notes(datasets: Sequence[Dataset]) -> list[str]:
+    """Cautions where the header says the series is outside the model's intended use (non-contrast CT of an
+    adult's abdomen): it names another region or a phantom and the abdomen nowhere (``uronode.anatomy``; such a
+    series is read when it is uploaded, or with ``inference.other_region_series = "read"``), or the patient is
+    a child (Patient's Age, else the Study Date less the Birth Date). Probe 46: a head CT and a five-year-old's
+    abdomen were reported as an adult's abdomen, without a word."""
+    notes = []
+    region = series_region((str(ds.get("BodyPartExamined", "") or ""), str(ds.get("ProtocolName", "") or ""),
+                            str(ds.get("SeriesDescription", "") or ""), str(ds.get("StudyDescription", "") or ""))
+                           for ds in datasets)
+    if region is not None:
+        notes.append(f"The header names {region.kind} ({region.word}), not the abdomen: the model was made for "
+                     "abdominal CT; what it marks outside the kidneys, ureters and bladder is no urinary stone.")
+    first = datasets[0]
+    age = age_years(str(first.get("PatientAge", "") or ""), str(first.get("PatientBirthDate", "") or ""),
+                    str(first.get("StudyDate", "") or ""))
+    if age is not None and age < CHILD_YEARS:
+        shown = f"{age:.0f} years" if age >= 2 else f"{age * 12:.0f} months"
+        notes.append(f"A patient of {shown}: the model was never measured on children; what it finds and misses, "
+                     "and its sizes, are unknown there.")
+    return notes
 
 
 def contrast_note(evidence: Evidence | None) -> list[str]:
@@ -1025,7 +1052,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     said_of_energy = energy_note(frames, contrast)
     if any(f.energy is not None and f.energy.hounsfield and not f.energy.monoenergetic for f in frames):
         contrast = None  # a material-removed image's iodine was taken out: its caution says what is left
-    said_of_energy = [*contrast_note(contrast), *said_of_energy]
+    said_of_energy = [*intended_use_notes(read), *contrast_note(contrast), *said_of_energy]
     return Volume(
         hu=hu,
         positions=positions,

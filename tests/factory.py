@@ -54,6 +54,8 @@ class SliceOptions(TypedDict, total=False):
     convolution_kernel: str | None
     orientation: Sequence[float]
     position: bool
+    body_part: str | None
+    birth_date: str
 
 
 def ct_slice(
@@ -74,6 +76,8 @@ def ct_slice(
     convolution_kernel: str | None = None,
     orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
     position: bool = True,
+    body_part: str | None = None,
+    birth_date: str = "19700101",
 ) -> Dataset:
     """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
     pixels = _pixels(size, seed, index % 16)
@@ -89,7 +93,7 @@ def ct_slice(
     ds.FrameOfReferenceUID = uid(study, "for")
     ds.PatientName = "Synthetic^Patient"
     ds.PatientID = "SYN0001"
-    ds.PatientBirthDate = "19700101"
+    ds.PatientBirthDate = birth_date
     ds.PatientSex = "O"
     ds.StudyDate = "20260101"
     ds.StudyTime = "120000"
@@ -101,6 +105,8 @@ def ct_slice(
     ds.SeriesDescription = series_description
     if contrast_agent is not None:
         ds.ContrastBolusAgent = contrast_agent
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
     ds.SeriesNumber = 2
     ds.InstanceNumber = index + 1
     ds.ImageType = list(image_type)

@@ -38,6 +38,7 @@ from typing import cast
 
 from pydicom.dataset import Dataset
 
+from uronode.anatomy import series_region
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
 from uronode.energy import EnergyImage, energy_image
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 NO_INSTANCES = "the series has no instances"
 LOCALIZER = "localizer (scout) images"
+NOT_ABDOMEN = "not an abdominal CT"
+"""How the reason of a series whose header names another region or a phantom begins (probe 46)."""
 
 CT_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
@@ -80,8 +83,9 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
 
 
 _QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description,"
-                  " convolution_kernel, image_orientation, image_position, number_of_frames, rescale_type FROM instances"
-                  " WHERE series_instance_uid = ?")
+                  " convolution_kernel, image_orientation, image_position, number_of_frames, rescale_type, body_part,"
+                  " protocol_name, (SELECT study_description FROM studies s WHERE s.study_instance_uid ="
+                  " i.study_instance_uid) AS study_description FROM instances i WHERE series_instance_uid = ?")
 """What ``qualify`` reads of a series' instances."""
 
 
@@ -143,7 +147,7 @@ def not_axial(orientations: Sequence[str]) -> float | None:
 
 
 def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: str = "skip",
-            sharp_kernel_series: str = "skip") -> str | None:
+            sharp_kernel_series: str = "skip", other_region_series: str = "skip") -> str | None:
     """Return why the model cannot take this series, or None when it can.
 
     Derived secondary CT images (reformats, slabs, exported key images) are skipped when they
@@ -152,7 +156,9 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     coronal slice exported from a viewer is DERIVED\\SECONDARY and the one image there is). So are
     series whose description clearly names a contrast phase (``uronode.contrast``: the model reads
     non-contrast CT; a PACS routing a whole study sends its contrast phases too) unless ``contrast_series``
-    is ``read``; an agent alone skips nothing (the worker's caution says it)."""
+    is ``read``; an agent alone skips nothing (the worker's caution says it). So are series whose header names
+    another region than the abdomen or a phantom, and the abdomen nowhere (``uronode.anatomy``), unless
+    ``other_region_series`` is ``read``."""
     if not rows:
         return NO_INSTANCES
     if any(r["manufacturer"] == OWN_MANUFACTURER for r in rows):
@@ -187,6 +193,13 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not asked and angle is not None:
         return (f"not an axial stack (its slices' normal is {angle:.0f} degrees from the head-feet axis): a coronal or "
                 "sagittal reformat; the model reads axial series (and a lone image in any plane, uploaded)")
+    if not asked and other_region_series == "skip":
+        region = series_region((r["body_part"] or "", r["protocol_name"] or "", r["series_description"] or "",
+                                r["study_description"] or "") for r in slices)
+        if region is not None:
+            return (f"{NOT_ABDOMEN} ({region.kind}: {region.word}): the model reads "
+                    "abdominal CT of adults (upload the series to /api/predict, or set inference.other_region_series"
+                    " = \"read\", to read it with a caution)")
     if not asked and sharp_kernel_series == "skip":
         sharp = next((k for r in slices if (k := sharp_kernel(r["convolution_kernel"] or "",
                                                                r["series_description"] or ""))), None)
@@ -207,14 +220,15 @@ class CompletionMonitor:
     """Closes series that are due and queues (or skips) them. One per node."""
 
     def __init__(self, store: Store, queue: JobQueue, *, grace_s: float, quiet_s: float, model: str,
-                 contrast_series: str = "skip", sharp_kernel_series: str = "skip", outbox: Outbox | None = None,
-                 destinations: Sequence[Destination] = ()) -> None:
+                 contrast_series: str = "skip", sharp_kernel_series: str = "skip", other_region_series: str = "skip",
+                 outbox: Outbox | None = None, destinations: Sequence[Destination] = ()) -> None:
         self.store = store
         self.outbox = outbox
         """Where a withdrawn series' rejection notes are owed (None: a node without destinations)."""
         self.destinations = destinations
         self.contrast_series = contrast_series
         self.sharp_kernel_series = sharp_kernel_series
+        self.other_region_series = other_region_series
         self.queue = queue
         self.grace_s = grace_s
         self.quiet_s = quiet_s
@@ -271,7 +285,7 @@ class CompletionMonitor:
             ):
                 return None  # something arrived meanwhile; look again next round
             instances = conn.execute(_QUALIFY_QUERY, (series_uid,)).fetchall()
-            reason = qualify(instances, asked, self.contrast_series, self.sharp_kernel_series)
+            reason = qualify(instances, asked, self.contrast_series, self.sharp_kernel_series, self.other_region_series)
             job_id = None
             if reason is None:
                 job_id = self.queue.enqueue_in(

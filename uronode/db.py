@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS instances (
     convolution_kernel TEXT,
     image_orientation  TEXT,
     rescale_type       TEXT,
+    body_part          TEXT,
+    protocol_name      TEXT,
     indexed_by         INTEGER NOT NULL DEFAULT 0,  -- the index revision that read its header (store.INDEX_REVISION)
     image_position     TEXT,
     calling_ae         TEXT,
@@ -324,6 +326,8 @@ ADDED_COLUMNS = [
     ("instances", "rescale_type", "TEXT"),
     ("instances", "indexed_by", "INTEGER NOT NULL DEFAULT 0"),
     ("series", "identity_changed", "INTEGER NOT NULL DEFAULT 0"),
+    ("instances", "body_part", "TEXT"),
+    ("instances", "protocol_name", "TEXT"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 

@@ -58,6 +58,8 @@ SKIP_KINDS = (
     ("not an axial stack", "not_axial"),
     ("a sharp-kernel reconstruction", "sharp_kernel"),
     ("contrast-enhanced (", "contrast"),
+    ("not an abdominal CT (a phantom", "phantom"),
+    ("not an abdominal CT (", "not_abdomen"),
 )
 """The reasons a series is skipped (``uronode.completion.qualify``) by how they begin, and the label each gets in
 ``uronode_series_skipped``; multi-energy images are ``energy`` (:func:`skip_kind`)."""

@@ -457,6 +457,11 @@ class InferenceSettings(StrictModel):
     sharp_kernel_series: str = Field("skip", pattern=r"^(skip|read)$")
     """A sharp-kernel (bone, lung) reconstruction arriving unasked (``uronode.completion.sharp_kernel``): ``skip``
     records it as skipped, with the reason; ``read`` reads it. An upload is read either way."""
+    other_region_series: str = Field("skip", pattern=r"^(skip|read)$")
+    """A series whose header clearly names another region than the abdomen (head, chest, heart, a limb) or a
+    phantom, and the abdomen nowhere (``uronode.anatomy``), arriving unasked: ``skip`` records it as skipped, with
+    the reason; ``read`` reads it, with a caution on every result. An upload is read either way, with the caution
+    (probe 46: a head CT's pineal gland came back coded as a urinary stone)."""
 
 
 class QueueSettings(StrictModel):

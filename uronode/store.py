@@ -469,7 +469,7 @@ def forget_empty_studies(conn: sqlite3.Connection, studies: Iterable[str]) -> No
                      " AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?)", (study, study, study))
 
 
-INDEX_REVISION = 1
+INDEX_REVISION = 2
 """What the index reads of an instance's header (the instance columns ``_INSTANCE_FIELDS``): raised with every
 column added to them. A row an earlier revision wrote (``indexed_by`` lower: 0 for every row from before schema 15)
 lacks what was added since; :meth:`Store.reindex_receiving` reads the series still arriving again at start-up."""
@@ -478,7 +478,7 @@ _INSTANCE_FIELDS = (
     "sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid", "transfer_syntax_uid",
     "modality", "series_description", "image_type", "manufacturer", "instance_number", "contrast_agent",
     "rows", "columns", "bits_allocated", "number_of_frames", "convolution_kernel", "image_orientation",
-    "rescale_type",
+    "rescale_type", "body_part", "protocol_name",
 )
 _SERIES_FIELDS = ("series_instance_uid", "study_instance_uid", "modality", "series_description", "series_number",
                   "series_date", "series_time")

@@ -33,6 +33,10 @@ class InstanceHeader:
     convolution_kernel: str = ""
     """Convolution Kernel (0018,1210), values joined by a backslash: a sharp (bone, lung) reconstruction is skipped
     when routed (``uronode.completion.sharp_kernel``)."""
+    body_part: str = ""
+    """Body Part Examined (0018,0015) and Protocol Name (0018,1030): with the descriptions, what says a series
+    shows another region than the abdomen, or a phantom (``uronode.anatomy``)."""
+    protocol_name: str = ""
     image_orientation: str = ""
     """ImageOrientationPatient (0020,0037) as in the file (six numbers joined by backslashes), or empty: a stack
     that is not axial is skipped when routed (``uronode.completion.not_axial``)."""

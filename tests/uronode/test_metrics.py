@@ -159,7 +159,8 @@ def test_every_reason_a_series_is_skipped_for_has_a_kind_of_its_own() -> None:
         row = {"modality": "CT", "sop_class_uid": CT_IMAGE_STORAGE, "image_type": "ORIGINAL\\PRIMARY\\AXIAL",
                "manufacturer": "ACME", "contrast_agent": None, "series_description": "ABDOMEN",
                "convolution_kernel": "B30f", "image_orientation": axial, "image_position": "0\\0\\0",
-               "number_of_frames": None, "rescale_type": None, **fields}
+               "number_of_frames": None, "rescale_type": None, "body_part": None, "protocol_name": None,
+               "study_description": None, **fields}
         return [dict(row) for _ in range(count)]
 
     cases = [[], rows(modality="MR"), rows(sop_class_uid="1.2.840.10008.5.1.4.1.1.7"),
@@ -167,13 +168,14 @@ def test_every_reason_a_series_is_skipped_for_has_a_kind_of_its_own() -> None:
              rows(image_type="DERIVED\\SECONDARY\\AXIAL\\MAT_REMOVED"),
              rows(image_type="DERIVED\\SECONDARY\\REFORMATTED"), rows(image_position=None),
              rows(image_orientation="1\\0\\0\\0\\0\\-1"), rows(convolution_kernel="BONEPLUS"),
-             rows(series_description="ABDOMEN ARTERIAL PHASE", contrast_agent="IOMERON")]
+             rows(series_description="ABDOMEN ARTERIAL PHASE", contrast_agent="IOMERON"),
+             rows(series_description="Head 2.5", body_part="HEAD"), rows(series_description="QA DAILY")]
     reasons = [qualify(case) for case in cases]  # type: ignore[arg-type]  # dicts read as the index's rows are
     assert None not in reasons and qualify(rows()) is None  # type: ignore[arg-type]
     kinds = {reason: skip_kind(reason) for reason in reasons}
     assert "other" not in kinds.values(), kinds
     assert set(kinds.values()) == {"empty", "not_ct", "localizer", "energy", "derived", "no_position", "not_axial",
-                                   "sharp_kernel", "contrast"}
+                                   "sharp_kernel", "contrast", "not_abdomen", "phantom"}
     assert skip_kind("something new") == "other"
 
 

@@ -22,7 +22,7 @@ from uronode.errors import InvalidInstance, OutOfResources
 from uronode.files import check_space
 from uronode.header import read_header
 from uronode.ingest import take_instance
-from uronode.store import ORPHANS_AT_MOST, Store
+from uronode.store import INDEX_REVISION, ORPHANS_AT_MOST, Store
 from uronode.types import StoreOutcome
 
 
@@ -378,7 +378,7 @@ def test_a_series_still_arriving_at_an_upgrade_is_judged_by_what_its_files_say(t
     assert Store(tmp_path / "data").reindex_receiving() == 3  # the series still arriving, not the complete one
     rows = store.conn().execute("SELECT series_instance_uid, convolution_kernel, indexed_by FROM instances"
                                 " ORDER BY series_instance_uid").fetchall()
-    assert [tuple(r) for r in rows] == [(bone, "BONEPLUS", 1)] * 3 + [(done, None, 0)]
+    assert [tuple(r) for r in rows] == [(bone, "BONEPLUS", INDEX_REVISION)] * 3 + [(done, None, 0)]
     (decided,) = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="m").complete_due(
         time.time() + 10)  # arrived unasked: a sharp kernel is skipped
     assert decided.series_instance_uid == bone and decided.job_id is None and decided.reason is not None and "sharp-kernel" in decided.reason

@@ -648,6 +648,7 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         model=settings.inference.model,
         contrast_series=settings.inference.contrast_series,
         sharp_kernel_series=settings.inference.sharp_kernel_series,
+        other_region_series=settings.inference.other_region_series,
         outbox=outbox,  # a withdrawn series' rejection notes (its images all moved to another series)
         destinations=settings.delivery.destinations,
     )

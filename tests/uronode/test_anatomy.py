@@ -1,0 +1,129 @@
+"""CT of another region than the abdomen, or a phantom, told from the header: skipped when routed unasked, read
+with a caution otherwise; a child's series and one longer than an abdomen cautioned (probe 46: a head CT's pineal
+gland came back coded as a urinary stone, a calcium phantom's inserts as eight)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.factory import uid, write_series
+from tests.uronode.test_store import encoded, put
+from uronode.anatomy import age_years, other_region
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.metrics import skip_kind
+from uronode.store import Store
+from uronode.types import SeriesDisposition
+
+
+@pytest.mark.parametrize(("body_part", "protocol", "series", "study", "kind", "word"), [
+    ("HEAD", "Routine Head", "Head 2.5 Hr38", "CT HEAD WO CONTRAST", "a head or neck CT", "Body Part Examined HEAD"),
+    ("", "", "Schädel nativ 5.0", "", "a head or neck CT", "SCHADEL in the Series Description"),
+    ("PHANTOM", "QA_Phantom_Daily", "QA DAILY", "", "a phantom or quality-control scan",
+     "Body Part Examined PHANTOM"),
+    ("HEAD", "", "QA head phantom", "", "a phantom or quality-control scan", "PHANTOM in the Series Description"),
+    ("", "", "CaSc 3.0", "Cardiac Calcium Score", "a cardiac CT", "CALCIUMSCORE in the Study Description"),
+    ("CHEST", "", "Lunge 1.0 Bl57", "CT Thorax nativ", "a chest CT", "Body Part Examined CHEST"),
+    ("KNEE", "", "Knee 0.6", "", "a CT of a limb", "Body Part Examined KNEE"),
+])
+def test_another_region_is_named_by_the_word_found(body_part: str, protocol: str, series: str, study: str,
+                                                    kind: str, word: str) -> None:
+    region = other_region(body_part, protocol, series, study)
+    assert region is not None and (region.kind, region.word) == (kind, word)
+
+
+@pytest.mark.parametrize(("body_part", "protocol", "series", "study"), [
+    ("CHEST", "", "Thorax 1.0 Br40", "CT CHEST ABDOMEN PELVIS"),  # a chest-abdomen-pelvis: the kidneys show
+    ("HEAD", "", "Abdomen 5.0 B30f", ""),  # a body part left at the protocol's default, an abdomen said
+    ("WHOLEBODY", "Polytrauma", "Body 1.5", ""),
+    ("", "", "KUB arms up", ""),  # "arms" names no region
+    ("HIP", "", "Hip 1.0", ""),  # the bladder shows
+    ("", "", "Routine 5mm", ""),  # nothing said: read
+    ("NECK", "", "Bladder neck 3mm", ""),
+])
+def test_the_abdomen_named_anywhere_or_nothing_named_is_read(body_part: str, protocol: str, series: str,
+                                                             study: str) -> None:
+    assert other_region(body_part, protocol, series, study) is None
+
+
+def test_the_age_is_read_from_the_age_or_the_dates() -> None:
+    assert age_years("005Y") == 5 and age_years("006M") == 0.5 and age_years("045Y", "20210101", "20260101") == 45
+    assert age_years("", "20210115", "20260301") == pytest.approx(5.12, abs=0.01)
+    assert age_years("", "", "20260301") is None and age_years("5 years") is None
+    assert age_years("", "20300101", "20260101") is None  # born after the study: a wrong date says nothing
+
+
+GRACE = 2.0
+
+
+def _monitor(store: Store, other_region_series: str = "skip") -> CompletionMonitor:
+    return CompletionMonitor(store, JobQueue(store), grace_s=GRACE, quiet_s=30.0, model="default",
+                             other_region_series=other_region_series)
+
+
+def test_a_routed_head_ct_or_phantom_is_skipped_with_the_reason_and_read_when_asked(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data")
+    head, phantom, abdomen = uid("anatomy", "head"), uid("anatomy", "phantom"), uid("anatomy", "abdomen")
+    for index in range(3):
+        put(store, encoded(index, series=head, series_description="Head 2.5 Hr38", body_part="HEAD"))
+        put(store, encoded(index, series=phantom, series_description="QA DAILY", body_part="PHANTOM"))
+        put(store, encoded(index, series=abdomen, series_description="KUB 3.0", body_part="CHEST"))
+    done = {d.series_instance_uid: d for d in _monitor(store).complete_due(time.time() + GRACE + 0.1)}
+    assert done[abdomen].disposition is SeriesDisposition.QUEUED
+    reason = done[head].reason
+    assert done[head].disposition is SeriesDisposition.SKIPPED and reason is not None
+    assert reason.startswith("not an abdominal CT (a head or neck CT: Body Part Examined HEAD): the model reads "
+                             "abdominal CT of adults")
+    assert "/api/predict" in reason and "inference.other_region_series" in reason and "Hr38" not in reason
+    assert (skip_kind(reason), skip_kind(done[phantom].reason)) == ("not_abdomen", "phantom")
+    taken = _monitor(store).take_asked(head)  # uploaded: someone asked
+    assert taken is not None and taken.disposition is SeriesDisposition.QUEUED
+    read = uid("anatomy", "read")
+    put(store, encoded(0, series=read, series_description="Knee 0.6", body_part="KNEE"))
+    (queued,) = _monitor(store, "read").complete_due(time.time() + GRACE + 0.1)
+    assert queued.series_instance_uid == read and queued.disposition is SeriesDisposition.QUEUED
+
+
+def test_a_series_outside_the_intended_use_is_cautioned_first(tmp_path: Path) -> None:
+    from inference.pipeline import input_cautions
+    from inference.volume import load_volume
+
+    _, _, head = write_series(tmp_path / "head", 3, series_description="Head 2.5", body_part="HEAD",
+                              birth_date="20210115")  # StudyDate 20260101: five years old
+    volume = load_volume(head)
+    said = input_cautions(volume)
+    assert said[0].startswith("The header names a head or neck CT (Body Part Examined HEAD), not the abdomen")
+    assert said[1].startswith("A patient of 5 years: the model was never measured on children")
+    _, _, adult = write_series(tmp_path / "adult", 3)
+    plain = load_volume(adult)
+    assert not any(s.startswith(("The header names", "A patient of", "The series covers")) for s in
+                   input_cautions(plain))
+    # a whole-body series: longer than an abdomen and pelvis
+    long = dataclasses.replace(plain, hu=np.full((91, 64, 64), -1000, dtype=np.float32), slice_spacing=10.0)
+    assert input_cautions(long)[0].startswith("The series covers 900 mm along the body, more than an abdomen")
+
+
+def test_body_part_and_protocol_are_read_through_both_paths() -> None:
+    """The fast scanner and pydicom read Body Part Examined and Protocol Name alike (the index keeps both)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.factory import ct_slice
+    from uronode.dicomfile import encode_file_meta
+    from uronode.header import read_header
+
+    ds = ct_slice(uid("st"), uid("se"), 0, size=8, body_part="HEAD")
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ProtocolName = "Schädel Routine"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    parts = [encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "T"), fp.getvalue()]
+    fast, slow = read_header(parts, ExplicitVRLittleEndian), read_header(parts)
+    assert fast == slow and (fast.body_part, fast.protocol_name) == ("HEAD", "Schädel Routine")
