@@ -47,7 +47,7 @@ def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_de
     out = capsys.readouterr().out
     assert f"study {STUDY}  accession ACC1002" in out
     assert "series #1 CT 'Topogram' (1 instances" in out and "skipped: localizer (scout) images" in out
-    assert "series #3 CT 'KUB 1.25' (3 instances" in out and ": queued" in out
+    assert "series #3 CT 'KUB 1.25' (3 instances" in out and ": for the model\n    job " in out
     assert f"    job {job.id} queued (default, " in out and "results: pacs pending 1" in out
     assert "MRN77" not in out
     assert main(["study", "--data-dir", data, "--patient-id", "MRN77"]) == 0

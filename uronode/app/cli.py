@@ -292,9 +292,11 @@ def cmd_study(args: argparse.Namespace) -> int:
                 " ON r.sop_instance_uid = i.sop_instance_uid WHERE i.series_instance_uid = s.series_instance_uid)"
                 " ORDER BY s.series_number, s.series_instance_uid", (study["study_instance_uid"],)):
             number = series["series_number"] if series["series_number"] is not None else "-"
+            # a series for the model says so, its jobs below say how far they are (probe 46: "queued" beside a
+            # delivered job read as still waiting)
+            disposition = "for the model" if series["disposition"] == "queued" else series["disposition"]
             status = (series["state"] if series["state"] != "complete"
-                      else f"{series['disposition'] or 'complete'}"
-                           + (f": {series['reason']}" if series["reason"] else ""))
+                      else f"{disposition or 'complete'}" + (f": {series['reason']}" if series["reason"] else ""))
             print(escape_controls(f"  series #{number} {series['modality'] or '?'} {series['series_description'] or ''!r}"
                                   f" ({series['n']} instances, last {local_time(series['last_received_at'])}):"
                                   f" {status}"))
