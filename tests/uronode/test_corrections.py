@@ -440,7 +440,7 @@ def test_requeue_runs_a_job_on_its_series_as_it_is_now(tmp_path: Path) -> None:
 
 
 def test_results_of_a_series_whose_patient_was_corrected_are_withdrawn_and_never_sent(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
     """Probe 45: part of a series sent again with the corrected patient failed its new job (two identities), and
     the results of the earlier identity stayed current and went to the PACS after the correction; another model's
     were never superseded. An image that comes again naming another patient or order marks its series: the results
@@ -479,6 +479,12 @@ def test_results_of_a_series_whose_patient_was_corrected_are_withdrawn_and_never
     warned = [r.getMessage() for r in caplog.records if "came again naming another" in r.getMessage()]
     assert len(warned) == 1 and "Patient ID and patient name" in warned[0] and "MRN4732" not in warned[0]
     assert owed() == set()  # nothing of the earlier identity goes while the series arrives
+    store.conn().execute("UPDATE jobs SET state = 'delivering' WHERE id = 1")
+    capsys.readouterr()
+    assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if row.split()[0] == "1"]
+    assert line.endswith("held: an image of the series came again naming another patient or order, its results are"
+                         " withdrawn when the series is complete")
     monitor.complete_due(now=time.time() + 1)
     assert store.conn().execute("SELECT count(*) FROM results").fetchone()[0] == 0
     states = {r["sop_instance_uid"]: (r["state"], r["last_error"]) for r in store.conn().execute(

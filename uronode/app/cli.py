@@ -319,8 +319,14 @@ def _waiting_on(store: Store, job_id: int) -> str:
         " WHERE d2.job_id = d.job_id AND d2.destination = d.destination AND d2.state = 'pending'"
         " AND d2.last_error IS NOT NULL ORDER BY d2.updated_at DESC LIMIT 1) AS error FROM deliveries d"
         " WHERE job_id = ? AND state = 'pending' GROUP BY destination ORDER BY destination", (job_id,)).fetchall()
-    return "; ".join(f"waiting for {r['destination']} ({r['n']}" + (f", tried {r['tries']} times: {r['error']}"
+    said = "; ".join(f"waiting for {r['destination']} ({r['n']}" + (f", tried {r['tries']} times: {r['error']}"
                                                                     if r["error"] else "") + ")" for r in rows)
+    held = rows and store.conn().execute(
+        "SELECT 1 FROM jobs j JOIN series s ON s.series_instance_uid = j.series_instance_uid"
+        " WHERE j.id = ? AND s.identity_changed = 1", (job_id,)).fetchone()
+    # review 40: results held back for a correction read as waiting for the PACS
+    return said + ("; held: an image of the series came again naming another patient or order, its results are"
+                   " withdrawn when the series is complete" if held else "")
 
 
 def _ct_label(store: Store, series_uid: str) -> str:
