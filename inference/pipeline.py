@@ -72,11 +72,11 @@ phlebolith the 1.25 mm series of the same phantom left out was reported, as two 
 CONTRAST_CAUTION = re.compile(r"(Perhaps c|C)ontrast-enhanced \(")
 """How a caution about contrast begins (``inference.volume.contrast_note``, ``inference.enhancement``)."""
 CLEAR_CONTRAST = "Contrast-enhanced ("
-BODY_EXTENT_MM = 800.0
-"""A series longer than this along the body covers more than an abdomen and pelvis (about 400-650 mm from the
-diaphragm to the pubis, with a chest 600-750 mm): its cautions say that findings outside them are no stones."""
 """A header's clear sign (a phase named): the pixels add nothing to it. After a weaker one (an agent alone, a
 mention of contrast) the pixels' finding is added (probe 33: an agent's "perhaps" hid an aorta of 394 HU)."""
+BODY_EXTENT_MM = 800.0
+"""A series longer than this along the body covers more than an abdomen and pelvis (a chest-abdomen-pelvis scan
+runs to about 750 mm): its cautions say that findings outside them are no stones (a whole-body trauma CT)."""
 SPACING_TOLERANCE = 0.05
 """How far outside ``MEASURED_SLICE_MM`` a spacing may lie without a caution (a spacing of 0.999 mm is 1 mm)."""
 METAL_HU = 3000.0
@@ -167,14 +167,17 @@ def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ..
     intended = tuple(note for note in volume.notes if note.startswith(INTENDED_USE_CAUTIONS))
     rest = (note for note in volume.notes
             if not CONTRAST_CAUTION.match(note) and ENERGY_CAUTION not in note and note not in intended)
-    extent = (volume.hu.shape[0] - 1) * volume.slice_spacing
-    if extent > BODY_EXTENT_MM:  # probe 46: a whole-body trauma CT's pineal gland reported beside its stones
-        intended += (f"The series covers {extent:.0f} mm along the body, more than an abdomen and pelvis: what the "
-                     "model marks above the kidneys or below the bladder is no urinary stone.",)
+    offsets = volume.offsets_mm
+    extent = float(offsets.max() - offsets.min()) if offsets.size else 0.0
+    # probe 46: a whole-body trauma CT's pineal gland reported beside its stones; after contrast (review 41: a
+    # trauma CT is mostly enhanced, and that caution questions the urinary tract itself)
+    longer = ((f"The series covers {extent:.0f} mm along the body, more than an abdomen and pelvis: what the model"
+               " marks above the kidneys or below the bladder is no urinary stone.",) if extent > BODY_EXTENT_MM
+              else ())
     metal = metal_caution(volume)
-    # outside the intended use, contrast and a multi-energy image first: they question every finding, and an
-    # overlay shows as many cautions as it has room for; then what hides stones in parts of the series
-    return (*intended, *contrast, *energy, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
+    # outside the intended use (another region, a child), contrast and a multi-energy image first: they question
+    # every finding, and an overlay shows as many cautions as it has room for; then what hides stones in parts
+    return (*intended, *contrast, *energy, *longer, *((metal,) if metal else ()), *found, *pixels, *slices, *rest)
 
 
 def _table_mirrored(table: ComponentTable, count: int, columns: int) -> ComponentTable:

@@ -83,9 +83,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from inference.errors import VolumeError
-from uronode.anatomy import CHILD_YEARS, age_years, series_region
+from uronode.anatomy import CHILD_YEARS, age_years, caution_region
 from uronode.contrast import Evidence, contrast_evidence
-from uronode.dicomfile import identity_value
+from uronode.dicomfile import identity_value, same_identity
 from uronode.energy import EnergyImage, energy_image, unspecified
 from uronode.header import PARSE_ERRORS
 
@@ -739,13 +739,17 @@ def _one_patient(datasets: Sequence[Dataset]) -> None:
                           "one patient's identity")
     # one ID, and the rest of the identity or the order corrected on part of it (probe 45: analysed without a word,
     # the results carrying whichever the first image named)
-    # (compared as the store compares a replaced image's; an image without the value names no other)
+    # (compared as the store compares a replaced image's: an image without the value names no other)
     for keyword, words in (("PatientName", "patient names"), ("PatientBirthDate", "birth dates"),
                            ("PatientSex", "sexes"), ("AccessionNumber", "Accession Numbers")):
-        found = Counter(value for d in datasets if (value := identity_value(keyword, d.get(keyword, ""))))
-        if len(found) > 1:
-            counts = " and ".join(str(n) for _, n in found.most_common())
-            raise VolumeError(f"the series' images name {len(found)} different {words} ({counts} images): part of "
+        named: Counter[str] = Counter()
+        for ds in datasets:
+            value = str(ds.get(keyword, "") or "")
+            if identity_value(keyword, value):
+                named[next((seen for seen in named if same_identity(keyword, seen, value)), value)] += 1
+        if len(named) > 1:
+            counts = " and ".join(str(n) for _, n in named.most_common())
+            raise VolumeError(f"the series' images name {len(named)} different {words} ({counts} images): part of "
                               "it was sent again after a correction? Send the whole series again with one identity")
 
 
@@ -802,17 +806,18 @@ def intended_use_notes(datasets: Sequence[Dataset]) -> list[str]:
     a child (Patient's Age, else the Study Date less the Birth Date). Probe 46: a head CT and a five-year-old's
     abdomen were reported as an adult's abdomen, without a word."""
     notes = []
-    region = series_region((str(ds.get("BodyPartExamined", "") or ""), str(ds.get("ProtocolName", "") or ""),
-                            str(ds.get("SeriesDescription", "") or ""), str(ds.get("StudyDescription", "") or ""))
-                           for ds in datasets)
+    region = caution_region((str(ds.get("BodyPartExamined", "") or ""), str(ds.get("ProtocolName", "") or ""),
+                             str(ds.get("SeriesDescription", "") or ""), str(ds.get("StudyDescription", "") or ""))
+                            for ds in datasets)
     if region is not None:
         notes.append(f"The header names {region.kind} ({region.word}), not the abdomen: the model was made for "
                      "abdominal CT; what it marks outside the kidneys, ureters and bladder is no urinary stone.")
     first = datasets[0]
-    age = age_years(str(first.get("PatientAge", "") or ""), str(first.get("PatientBirthDate", "") or ""),
-                    str(first.get("StudyDate", "") or ""))
+    age = age_years(*(str(first.get(keyword, "") or "") for keyword in (
+        "PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")))
     if age is not None and age < CHILD_YEARS:
-        shown = f"{age:.0f} years" if age >= 2 else f"{age * 12:.0f} months"
+        shown = (f"{int(age)} years" if age >= 2 else f"{int(age * 12)} months" if age * 12 >= 1
+                 else "under a month")
         notes.append(f"A patient of {shown}: the model was never measured on children; what it finds and misses, "
                      "and its sizes, are unknown there.")
     return notes

@@ -61,16 +61,29 @@ def now_at(offset: str | None) -> datetime.datetime:
 
 
 def identity_value(keyword: str, value: object) -> str:
-    """An identity attribute's value as two copies of an image are compared (``uronode.store.identity_changes``,
-    ``inference.volume``): without surrounding spaces; a name by its first written group (alphabetic, else
-    ideographic, else phonetic), each component trimmed, empty trailing components dropped, in capitals, so that
-    ``Doe^Bert^^^``, ``DOE^BERT`` and ``DOE^BERT=...`` (an ideographic group added) are one name (review 40: a PACS
-    trimming carets was taken for a correction, and the series' results were withdrawn)."""
+    """An identity attribute's value as two copies of an image compare it (:func:`same_identity`): without
+    surrounding spaces; a name's groups (alphabetic, ideographic, phonetic) each with its components trimmed,
+    empty trailing components dropped, in capitals, joined by ``=`` (``Doe^Bert^^^`` is ``DOE^BERT``)."""
     text = str(value or "").strip()
     if keyword != "PatientName":
         return text
-    group = next((g for g in text.split("=") if g.strip("^ ")), "")
-    return "^".join(part.strip() for part in group.split("^")).rstrip("^").upper()
+    groups = ["^".join(part.strip() for part in group.split("^")).rstrip("^").upper() for group in text.split("=")]
+    return "=".join(groups).rstrip("=")
+
+
+def same_identity(keyword: str, first: object, second: object) -> bool:
+    """Whether two copies of an image name the same patient or order by ``keyword``
+    (``uronode.store.identity_changes``, ``inference.volume``): a value missing on either side says nothing (a PACS
+    filling in or leaving out demographics); names are the same where every group both give is the same and they
+    share one (an ideographic group added to an alphabetic one is the same name). Review 40: a PACS trimming a
+    name's carets was taken for a correction, and the series' results were withdrawn."""
+    one, other = identity_value(keyword, first), identity_value(keyword, second)
+    if not one or not other:
+        return True
+    if keyword != "PatientName":
+        return one == other
+    shared = [(a, b) for a, b in zip(one.split("="), other.split("="), strict=False) if a and b]
+    return bool(shared) and all(a == b for a, b in shared)
 
 
 def is_valid_uid(value: str) -> bool:

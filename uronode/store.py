@@ -44,7 +44,7 @@ from pydicom.tag import BaseTag
 from uronode import files, queries
 from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable, index_version
-from uronode.dicomfile import PREAMBLE, file_meta_end, identity_value, is_valid_uid
+from uronode.dicomfile import PREAMBLE, file_meta_end, identity_value, is_valid_uid, same_identity
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.header import read_header
 from uronode.types import (
@@ -549,21 +549,17 @@ _REOPEN_SERIES = (
 
 def identity_changes(old: Path, header: InstanceHeader) -> tuple[str, ...]:
     """What of the patient's or order's identity (:data:`IDENTITY`) the stored file ``old`` names otherwise than
-    ``header``, the instance that replaces it (never the values: they are logged), each compared as
-    :func:`uronode.dicomfile.identity_value` has it; a value given where the file had none fills a gap (a PACS
-    adding demographics), no change. Nothing where the file cannot be read (the replacement is taken as it is)."""
+    ``header``, the instance that replaces it (never the values: they are logged), each compared by
+    :func:`uronode.dicomfile.same_identity` (a value given or left out on one side is no change). Nothing where the
+    file cannot be read (the replacement is taken as it is)."""
     try:
         before = read_header([old.read_bytes()])
     except (OSError, InvalidInstance) as exc:
         log.warning("instance %s: the file it replaces cannot be read to compare identities: %s",
                     header.sop_instance_uid, exc)
         return ()
-    changed = []
-    for keyword, field, words in IDENTITY:
-        was = identity_value(keyword, getattr(before, field))
-        if was and was != identity_value(keyword, getattr(header, field)):
-            changed.append(words)
-    return tuple(changed)
+    return tuple(words for keyword, field, words in IDENTITY
+                 if not same_identity(keyword, getattr(before, field), getattr(header, field)))
 
 
 def _folders(folder: Path) -> list[Path]:

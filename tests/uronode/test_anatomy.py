@@ -22,14 +22,22 @@ from uronode.types import SeriesDisposition
 
 
 @pytest.mark.parametrize(("body_part", "protocol", "series", "study", "kind", "word"), [
-    ("HEAD", "Routine Head", "Head 2.5 Hr38", "CT HEAD WO CONTRAST", "a head or neck CT", "Body Part Examined HEAD"),
+    ("HEAD", "Routine Head", "Head 2.5 Hr38", "CT HEAD WO CONTRAST", "a head or neck CT", "HEAD in the Protocol Name"),
     ("", "", "Schädel nativ 5.0", "", "a head or neck CT", "SCHADEL in the Series Description"),
+    ("", "", "Schaedel 5mm", "Polytrauma", "a head or neck CT", "SCHAEDEL in the Series Description"),
+    ("", "", "HeadRoutine", "", "a head or neck CT", "HEAD in the Series Description"),  # review 41: joined words
+    ("", "", "HEAD5mm", "", "a head or neck CT", "HEAD in the Series Description"),
+    ("", "", "Head trauma", "", "a head or neck CT", "HEAD in the Series Description"),
+    ("HEAD", "Routine Head", "Head 5mm", "CT HEAD WO, CT ABD PELVIS W", "a head or neck CT",
+     "HEAD in the Protocol Name"),  # the series' own words first: the study's abdomen is another series
     ("PHANTOM", "QA_Phantom_Daily", "QA DAILY", "", "a phantom or quality-control scan",
      "Body Part Examined PHANTOM"),
-    ("HEAD", "", "QA head phantom", "", "a phantom or quality-control scan", "PHANTOM in the Series Description"),
+    ("", "", "QA Abdomen phantom", "", "a phantom or quality-control scan", "PHANTOM in the Series Description"),
+    ("", "", "DailyQA", "", "a phantom or quality-control scan", "DAILYQA in the Series Description"),
     ("", "", "CaSc 3.0", "Cardiac Calcium Score", "a cardiac CT", "CALCIUMSCORE in the Study Description"),
-    ("CHEST", "", "Lunge 1.0 Bl57", "CT Thorax nativ", "a chest CT", "Body Part Examined CHEST"),
-    ("KNEE", "", "Knee 0.6", "", "a CT of a limb", "Body Part Examined KNEE"),
+    ("", "", "Ca-Scoring 3.0", "", "a cardiac CT", "CASCORING in the Series Description"),
+    ("CHEST", "", "Thorax 1.0 Bl57", "CT Thorax nativ", "a chest CT", "THORAX in the Series Description"),
+    ("KNEE", "", "Knee 0.6", "", "a CT of a limb", "KNEE in the Series Description"),
 ])
 def test_another_region_is_named_by_the_word_found(body_part: str, protocol: str, series: str, study: str,
                                                     kind: str, word: str) -> None:
@@ -38,8 +46,15 @@ def test_another_region_is_named_by_the_word_found(body_part: str, protocol: str
 
 
 @pytest.mark.parametrize(("body_part", "protocol", "series", "study"), [
-    ("CHEST", "", "Thorax 1.0 Br40", "CT CHEST ABDOMEN PELVIS"),  # a chest-abdomen-pelvis: the kidneys show
     ("HEAD", "", "Abdomen 5.0 B30f", ""),  # a body part left at the protocol's default, an abdomen said
+    ("CHEST", "", "Axial 5mm", "Staging"),  # review 41: a body part alone never skips
+    ("CHEST", "", "Axial 5mm", "CT A/P WO"),
+    ("CHEST", "5.3 CTU", "1.25mm STND", "CT IVP"),
+    ("CHEST", "ThoraxAbdomenRoutine", "ThorAbd 5.0 Br40", "Staging"),
+    ("THORAX", "", "Nativ 5.0 B30f", "CT Steinsuche"),
+    ("CHEST", "", "Nierenstein nativ", ""), ("CHEST", "", "Uroscanner sans injection", ""),
+    ("CHEST", "", "Colique nephretique", ""), ("CHEST", "", "AbdPel 5.0", ""), ("CHEST", "", "Abdomen5mm", ""),
+    ("", "", "", "CT THORAX und Oberbauch"), ("", "", "Buik Bekken blanco", ""), ("", "", "Hematuria", ""),
     ("WHOLEBODY", "Polytrauma", "Body 1.5", ""),
     ("", "", "KUB arms up", ""),  # "arms" names no region
     ("HIP", "", "Hip 1.0", ""),  # the bladder shows
@@ -51,11 +66,13 @@ def test_the_abdomen_named_anywhere_or_nothing_named_is_read(body_part: str, pro
     assert other_region(body_part, protocol, series, study) is None
 
 
-def test_the_age_is_read_from_the_age_or_the_dates() -> None:
-    assert age_years("005Y") == 5 and age_years("006M") == 0.5 and age_years("045Y", "20210101", "20260101") == 45
-    assert age_years("", "20210115", "20260301") == pytest.approx(5.12, abs=0.01)
-    assert age_years("", "", "20260301") is None and age_years("5 years") is None
+def test_the_age_is_read_from_the_dates_as_a_birthday_counts_or_from_the_age() -> None:
+    assert age_years("005Y") == 5 and age_years("006M") == 0.5 and age_years("017Y", "19700101", "20260101") == 56
+    assert age_years("", "20080301", "20260301") == 18 and age_years("", "20080302", "20260301") == 17  # review 41
+    assert age_years("", "20250101", "", "20260301") == pytest.approx(14 / 12)  # no Study Date: the Series Date
+    assert age_years("", "", "20260301") is None and age_years("5 years") is None and age_years("000Y") is None
     assert age_years("", "20300101", "20260101") is None  # born after the study: a wrong date says nothing
+    assert age_years("", "20260301", "20260301") is None  # an unknown patient registered that day
 
 
 GRACE = 2.0
@@ -77,8 +94,8 @@ def test_a_routed_head_ct_or_phantom_is_skipped_with_the_reason_and_read_when_as
     assert done[abdomen].disposition is SeriesDisposition.QUEUED
     reason = done[head].reason
     assert done[head].disposition is SeriesDisposition.SKIPPED and reason is not None
-    assert reason.startswith("not an abdominal CT (a head or neck CT: Body Part Examined HEAD): the model reads "
-                             "abdominal CT of adults")
+    assert reason.startswith("not an abdominal CT (a head or neck CT: HEAD in the Series Description): the model "
+                             "reads abdominal CT of adults")
     assert "/api/predict" in reason and "inference.other_region_series" in reason and "Hr38" not in reason
     assert (skip_kind(reason), skip_kind(done[phantom].reason)) == ("not_abdomen", "phantom")
     taken = _monitor(store).take_asked(head)  # uploaded: someone asked
@@ -87,6 +104,13 @@ def test_a_routed_head_ct_or_phantom_is_skipped_with_the_reason_and_read_when_as
     put(store, encoded(0, series=read, series_description="Knee 0.6", body_part="KNEE"))
     (queued,) = _monitor(store, "read").complete_due(time.time() + GRACE + 0.1)
     assert queued.series_instance_uid == read and queued.disposition is SeriesDisposition.QUEUED
+    # a series named by the chest that reaches the kidneys (a chest-abdomen-pelvis scan named by its first region)
+    chest, cap = uid("anatomy", "chest"), uid("anatomy", "cap")
+    for index in range(2):
+        put(store, encoded(index, series=chest, series_description="Thorax 1.0", thickness=300.0))
+        put(store, encoded(index, series=cap, series_description="Thorax 1.0", thickness=600.0))
+    done = {d.series_instance_uid: d for d in _monitor(store).complete_due(time.time() + GRACE + 0.1)}
+    assert (done[chest].disposition, done[cap].disposition) == (SeriesDisposition.SKIPPED, SeriesDisposition.QUEUED)
 
 
 def test_a_series_outside_the_intended_use_is_cautioned_first(tmp_path: Path) -> None:
@@ -97,15 +121,22 @@ def test_a_series_outside_the_intended_use_is_cautioned_first(tmp_path: Path) ->
                               birth_date="20210115")  # StudyDate 20260101: five years old
     volume = load_volume(head)
     said = input_cautions(volume)
-    assert said[0].startswith("The header names a head or neck CT (Body Part Examined HEAD), not the abdomen")
-    assert said[1].startswith("A patient of 5 years: the model was never measured on children")
+    assert said[0].startswith("The header names a head or neck CT (HEAD in the Series Description), not the abdomen")
+    assert said[1].startswith("A patient of 4 years: the model was never measured on children")  # 4 years 11 months
+    _, _, chest = write_series(tmp_path / "chest", 3, series_description="Axial 5mm", body_part="CHEST")
+    assert input_cautions(load_volume(chest))[0].startswith(
+        "The header names a chest CT (Body Part Examined CHEST)")  # read (a body part alone), cautioned
     _, _, adult = write_series(tmp_path / "adult", 3)
     plain = load_volume(adult)
     assert not any(s.startswith(("The header names", "A patient of", "The series covers")) for s in
                    input_cautions(plain))
-    # a whole-body series: longer than an abdomen and pelvis
-    long = dataclasses.replace(plain, hu=np.full((91, 64, 64), -1000, dtype=np.float32), slice_spacing=10.0)
-    assert input_cautions(long)[0].startswith("The series covers 900 mm along the body, more than an abdomen")
+    # a whole-body series: longer than an abdomen and pelvis, measured from end to end (review 41: not the median
+    # gap times the slices), after a contrast caution (a trauma CT is mostly enhanced)
+    steps = np.array([0.0, 100.0, 900.0])
+    long = dataclasses.replace(plain, positions=plain.positions[0] + np.outer(steps, plain.normal),
+                               notes=("Contrast-enhanced (Series Description 'Trauma PV'): ...",))
+    said = input_cautions(long)
+    assert said[0].startswith("Contrast-enhanced") and said[1].startswith("The series covers 900 mm along the body")
 
 
 def test_body_part_and_protocol_are_read_through_both_paths() -> None:

@@ -528,12 +528,14 @@ def test_the_nodes_own_results_never_change_the_patient_a_study_is_listed_under(
 def test_a_name_written_otherwise_or_a_value_filled_in_is_no_correction(tmp_path: Path) -> None:
     """Review 40: a PACS that trims a name's empty components (``DOE^BERT^^^``), writes it in capitals or adds the
     sex it knows sent an image again, and every result of the series was withdrawn, its new job refused."""
-    from uronode.dicomfile import identity_value
+    from uronode.dicomfile import same_identity
     from uronode.store import identity_changes
 
-    assert identity_value("PatientName", " Doe^Bert^^^ ") == identity_value("PatientName", "DOE^BERT=ドウ^バート")
-    assert identity_value("PatientName", "=山田^太郎") == "山田^太郎"  # no alphabetic group: the ideographic
-    assert identity_value("PatientName", "DOE^BERTA") != identity_value("PatientName", "DOE^BERT")
+    assert same_identity("PatientName", " Doe^Bert^^^ ", "DOE^BERT=ドウ^バート")  # a group added: the same
+    assert same_identity("PatientName", "=山田^太郎", "YAMADA^TARO=山田^太郎")  # review 41
+    assert not same_identity("PatientName", "DOE^BERTA", "DOE^BERT")
+    assert not same_identity("PatientName", "DOE^JOHN", "=山田^太郎")  # nothing to compare: not the same
+    assert same_identity("PatientBirthDate", "19700101", "") and not same_identity("PatientSex", "M", "F")
     stored = tmp_path / "stored.dcm"
     ds = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, 0, name="DOE^BERT^^^")))
     del ds.PatientSex
