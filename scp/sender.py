@@ -86,6 +86,9 @@ class SendResult:
     permanent: bool = False
     """Trying again cannot help until the destination is changed: it supports no presentation context of the
     SOP class (result 3, abstract syntax not supported)."""
+    withheld: bool = False
+    """Not sent: no longer wanted when its turn came (``store_files``' ``still_wanted``); neither a success nor a
+    failed try."""
 
 
 @dataclass
@@ -147,10 +150,13 @@ def store_files(
     calling_ae: str = "URONODE",
     timeouts: Timeouts = Timeouts(),
     on_stored: Callable[[int, SendResult], None] | None = None,
+    still_wanted: Callable[[int], bool] | None = None,
 ) -> list[SendResult]:
     """Send the files in one association; one result per file, in order. Never raises for peer trouble.
     ``on_stored`` is told of each file the peer stored (its index in ``files``) as soon as it answers, so that
-    a stop or a crash later in the association does not send it again (probe 24)."""
+    a stop or a crash later in the association does not send it again (probe 24). ``still_wanted`` is asked of
+    each file right before it is sent: one it says no to is not sent (``withheld``; review 40: a result withdrawn
+    after a patient's correction went out in a round that had begun before it)."""
     if not files:
         return []
     syntaxes: dict[str, list[str]] = {}
@@ -195,6 +201,9 @@ def store_files(
     results: list[SendResult] = []
     try:
         for number, item in enumerate(files):
+            if still_wanted is not None and not still_wanted(number):
+                results.append(SendResult(item.sop_instance_uid, False, None, "no longer owed", withheld=True))
+                continue
             results.append(_send_one(assoc, item, file_syntax.get(item.path, ""), accepted, refused, where,
                                      message_id=number % 0xFFFF + 1, timeouts=timeouts, watch=watch))
             if on_stored is not None and results[-1].ok:

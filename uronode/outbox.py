@@ -87,6 +87,12 @@ def _delivery(row: sqlite3.Row) -> Delivery:
     )
 
 
+NOT_HELD = ("NOT EXISTS (SELECT 1 FROM results r JOIN series s ON s.series_instance_uid = r.source_series_uid"
+            " WHERE r.sop_instance_uid = d.sop_instance_uid AND s.identity_changed = 1)")
+"""A delivery ``d`` not held: it is no result of a series an image of which came again naming another patient or
+order (those are withdrawn when the series completes; probe 45)."""
+
+
 class Outbox:
     def __init__(self, store: Store, *, max_attempts: int | None = None, backoff_s: float = 5.0,
                  backoff_max_s: float = 600.0, retry_for_s: float | None = 86400.0) -> None:
@@ -135,14 +141,20 @@ class Outbox:
             " d.attempts, d.next_attempt_at, d.last_error, coalesce(i.path, d.path) AS path FROM deliveries d"
             " LEFT JOIN instances i ON i.sop_instance_uid = d.sop_instance_uid"
             " WHERE d.state = 'pending' AND (d.next_attempt_at <= ? OR d.next_attempt_at > ?)"
-            " AND NOT EXISTS (SELECT 1 FROM results r JOIN series s ON s.series_instance_uid = r.source_series_uid"
-            " WHERE r.sop_instance_uid = d.sop_instance_uid AND s.identity_changed = 1) ORDER BY d.id LIMIT ?",
+            f" AND {NOT_HELD} ORDER BY d.id LIMIT ?",
             (now, now + self.backoff_max_s + CLOCK_SLACK_S, limit),  # the latter: set for before a step back
         ).fetchall()
         grouped: dict[str, builtins.list[Delivery]] = defaultdict(builtins.list)
         for row in rows:
             grouped[row["destination"]].append(_delivery(row))
         return dict(grouped)
+
+    def still_owed(self, delivery_id: int) -> bool:
+        """Whether a delivery of a round under way is still to be sent, right before it is: pending, and not held
+        (a result of a series whose patient or order identity changed since the round began: review 40)."""
+        return self.store.conn().execute(
+            f"SELECT 1 FROM deliveries d WHERE d.id = ? AND d.state = 'pending' AND {NOT_HELD}",
+            (delivery_id,)).fetchone() is not None
 
     def mark_delivered(self, ids: builtins.list[int]) -> None:
         if not ids:

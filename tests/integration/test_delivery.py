@@ -396,6 +396,21 @@ def test_each_c_store_of_an_association_has_its_own_message_id(tmp_path: Path) -
     assert [f"MsgID {n}," in log for n in (1, 2, 3)] == [True] * 3, log
 
 
+def test_a_file_no_longer_wanted_when_its_turn_comes_is_not_sent(tmp_path: Path) -> None:
+    """Review 40: a result withdrawn after a patient's correction went out in a delivery round that had begun
+    before it. Each file is asked for right before its C-STORE; one no longer wanted is withheld, not failed."""
+    port = free_port()
+    scp = start_dest(tmp_path / "received", port)
+    try:
+        _, _, files = write_series(tmp_path / "ct", 3, size=32)
+        results = store_files(outgoing(files), host="127.0.0.1", port=port, called_ae="DEST",
+                              still_wanted=lambda index: index != 1)
+    finally:
+        scp.stop()
+    assert [(r.ok, r.withheld) for r in results] == [(True, False), (False, True), (True, False)]
+    assert len(list((tmp_path / "received").rglob("*"))) == 2
+
+
 def test_a_pacs_that_accepts_implicit_vr_alone_gets_each_result_re_encoded(tmp_path: Path) -> None:
     """Found by probing: the file's syntax was renamed Implicit VR without re-encoding, pynetdicom raised, and
     the raise ended every delivery round before any destination settled (no try counted, a traceback a second)."""

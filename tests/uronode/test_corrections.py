@@ -479,6 +479,9 @@ def test_results_of_a_series_whose_patient_was_corrected_are_withdrawn_and_never
     warned = [r.getMessage() for r in caplog.records if "came again naming another" in r.getMessage()]
     assert len(warned) == 1 and "Patient ID and patient name" in warned[0] and "MRN4732" not in warned[0]
     assert owed() == set()  # nothing of the earlier identity goes while the series arrives
+    pending = store.conn().execute("SELECT id FROM deliveries WHERE sop_instance_uid = ?",
+                                   (uid("corrections", "second"),)).fetchone()["id"]
+    assert not outbox.still_owed(pending)  # nor in a round that began before the correction (review 40)
     store.conn().execute("UPDATE jobs SET state = 'delivering' WHERE id = 1")
     capsys.readouterr()
     assert main(["jobs", "--data-dir", str(tmp_path / "data")]) == 0

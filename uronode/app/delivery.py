@@ -108,6 +108,7 @@ class Deliverer:
                 calling_ae=self.calling_ae,
                 timeouts=self.timeouts,
                 on_stored=partial(self._stored, group, recorded),
+                still_wanted=partial(self._still_owed, group),
             )
             done = self._apply(group, results, recorded)
             delivered += done
@@ -155,6 +156,9 @@ class Deliverer:
                                                 sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         recorded.add(item.id)
 
+    def _still_owed(self, group: list[Delivery], index: int) -> bool:
+        return self.outbox.still_owed(group[index].id)
+
     def _apply(self, group: list[Delivery], results: Sequence[SendResult | StowResult],
                recorded: set[int] | None = None) -> int:
         """Record a group's results (those in ``recorded`` were as they came: :meth:`_stored`); how many were
@@ -168,7 +172,7 @@ class Deliverer:
                 audit.record("delivery", destination=item.destination, job_id=item.job_id,
                              sop_instance_uid=item.sop_instance_uid, outcome="delivered")
         for item, result in zip(group, results, strict=True):
-            if not result.ok:
+            if not result.ok and not getattr(result, "withheld", False):
                 self._failed(item, result.reason or "failed", permanent=getattr(result, "permanent", False))
         return sum(1 for result in results if result.ok)
 
