@@ -739,15 +739,14 @@ def _one_patient(datasets: Sequence[Dataset]) -> None:
                           "one patient's identity")
     # one ID, and the rest of the identity or the order corrected on part of it (probe 45: analysed without a word,
     # the results carrying whichever the first image named)
-    # (compared as the store compares a replaced image's: an image without the value names no other)
+    # (compared as the store compares a replaced image's: an image without a name, birth date or sex names no other;
+    # one without an Accession Number does)
     for keyword, words in (("PatientName", "patient names"), ("PatientBirthDate", "birth dates"),
                            ("PatientSex", "sexes"), ("AccessionNumber", "Accession Numbers")):
-        named: Counter[str] = Counter()
-        for ds in datasets:
-            value = str(ds.get(keyword, "") or "")
-            if identity_value(keyword, value):
-                named[next((seen for seen in named if same_identity(keyword, seen, value)), value)] += 1
-        if len(named) > 1:
+        named: Counter[str] = Counter(str(ds.get(keyword, "") or "") for ds in datasets
+                                      if identity_value(keyword, ds.get(keyword, "")) or keyword == "AccessionNumber")
+        # every two values compared (review 42: grouped by the first seen, the outcome hung on the images' order)
+        if any(not same_identity(keyword, a, b) for a in named for b in named):
             counts = " and ".join(str(n) for _, n in named.most_common())
             raise VolumeError(f"the series' images name {len(named)} different {words} ({counts} images): part of "
                               "it was sent again after a correction? Send the whole series again with one identity")
@@ -816,8 +815,9 @@ def intended_use_notes(datasets: Sequence[Dataset]) -> list[str]:
     age = age_years(*(str(first.get(keyword, "") or "") for keyword in (
         "PatientAge", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")))
     if age is not None and age < CHILD_YEARS:
-        shown = (f"{int(age)} years" if age >= 2 else f"{int(age * 12)} months" if age * 12 >= 1
-                 else "under a month")
+        months = int(round(age * 12, 6))
+        shown = (f"{int(age)} years" if age >= 2 else f"{months} months" if months > 1
+                 else "1 month" if months == 1 else "under a month")
         notes.append(f"A patient of {shown}: the model was never measured on children; what it finds and misses, "
                      "and its sizes, are unknown there.")
     return notes

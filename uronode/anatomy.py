@@ -42,12 +42,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 PHANTOM_KIND = "a phantom or quality-control scan"
-CHEST_KIND = "a chest CT"
 PHANTOM = frozenset({
-    "PHANTOM", "PHANTOME", "FANTOOM", "FANTOCCIO", "FANTOMA", "QA", "QC", "CATPHAN", "CALIBRATION", "DAILYQA",
-    "QUALITYCONTROL", "QUALITYASSURANCE", "CONSTANCY", "KONSTANZPRUFUNG", "KONSTANZPRUEFUNG",
+    "QA", "QC", "CATPHAN", "CALIBRATION", "DAILYQA", "QUALITYCONTROL", "QUALITYASSURANCE", "CONSTANCY",
+    "KONSTANZPRUFUNG", "KONSTANZPRUEFUNG",
 })
-"""Words that name a phantom or a quality-control scan: never a patient, whatever region they name."""
+PHANTOM_ROOTS = ("PHANTOM", "FANTOOM", "FANTOCCIO", "FANTOMA")
+"""Words, and roots inside longer words ("WASSERPHANTOM"), that name a phantom or a quality-control scan: never a
+patient, whatever region they name."""
 REGIONS: dict[str, frozenset[str]] = {
     "a head or neck CT": frozenset({
         "HEAD", "BRAIN", "SKULL", "CRANIUM", "CRANIAL", "CEREBRAL", "CCT", "SINUS", "SINUSES", "ORBIT", "ORBITS",
@@ -61,7 +62,7 @@ REGIONS: dict[str, frozenset[str]] = {
         "CACS", "AGATSTON", "KALKSCORE", "HERZ", "KORONAR", "KORONARIEN", "CARDIO", "COEUR", "CUORE", "CORAZON",
         "HART", "TAVI", "TAVR",
     }),
-    CHEST_KIND: frozenset({
+    "a chest CT": frozenset({
         "CHEST", "THORAX", "THORACIC", "LUNG", "LUNGS", "PULMONARY", "CTPA", "THORAKS", "LUNGE", "POUMON",
         "POUMONS", "TORACE", "TORAX", "POLMONE", "POLMONI", "PULMON", "TSPINE", "BWS",
     }),
@@ -75,28 +76,39 @@ REGIONS: dict[str, frozenset[str]] = {
 """Words that name a region the model is not for, by what the reason calls it: defined terms of Body Part
 Examined (PS3.16 Annex L) and the words sites use in protocols and descriptions, in the languages the contrast
 words (``uronode.contrast``) are read in."""
+AT_MOST_MM = {"a head or neck CT": 300.0, "a cardiac CT": 300.0, "a chest CT": 450.0, "a CT of a limb": 450.0}
+"""The longest a series of each region runs along the body: a longer one named by it reaches the kidneys (a
+chest-abdomen-pelvis scan, a head-to-toe trauma scan, a leg run-off from the aorta, named by their first region)
+and is read (``uronode.completion.qualify``); so is one whose length is not known."""
 ABDOMEN = frozenset({
     "ABD", "ABDO", "AP", "PEL", "KUB", "URO", "CTU", "IVP", "CAP", "TAP", "HIP", "HIPS", "LSPINE", "TLSPINE", "LWS",
     "SACRUM", "WHOLEBODY", "POLYTRAUMA", "GANZKORPER", "RENI", "RENE", "REIN", "REINS", "PELVI", "BUIK", "FLANK",
-    "COLON", "LIVER", "LEBER", "PANCREAS", "SPLEEN", "APPENDIX", "FEMORAL", "STONE", "STONES",
+    "COLON", "LIVER", "LEBER", "SPLEEN", "APPENDIX", "FEMORAL", "NIER", "RINON", "RINONE", "BATIN", "KARIN",
+    "BOBREK", "MESANE", "ILIAC", "ILIACA", "BASSIN", "BACINO",
 })
 """Whole words that say the series shows the abdomen, the pelvis or the urinary tract (in part); "A/P" reads as
 AP. A series read wrongly costs little, so they keep it."""
 ABDOMEN_ROOTS = (
-    "ABDOM", "ADDOM", "PELV", "KIDNEY", "RENAL", "URETER", "URETHR", "BLADDER", "URINAR", "UROLOG", "UROGRAPH",
-    "UROSCAN", "UROLITH", "NEPHROLITH", "LITHIAS", "CALCUL", "CALCOL", "COLIC", "COLIQU", "KOLIK", "NIERE",
-    "NIERST", "STEINS", "BAUCH", "BECKEN", "HARNLEIT", "BLASE", "VESSIE", "VESCIC", "VEJIG", "BLAAS", "BEKKEN",
-    "HEMATUR", "HAEMATUR", "RETROPERIT", "PROSTAT", "ADRENAL",
+    "ABDOM", "ADDOM", "PELV", "KIDNEY", "RENAL", "URETER", "URETHR", "BLADDER", "URINAR", "URINAI", "URINER",
+    "UROLOG", "UROGRA", "UROTAC", "UROTC", "UROSCAN", "UROLITH", "UROGENIT", "NEPHR", "NEFR", "COLIC", "COLIQU",
+    "KOLIK", "NIERE", "NIERST", "BAUCH", "BECKEN", "HARN", "BLASE", "VESSIE", "VESCIC", "VESICA", "VEJIG", "BLAAS",
+    "BEKKEN", "BUIK", "HEMATUR", "HAEMATUR", "RETROPERIT", "PROSTAT", "ADRENAL", "PANCREA", "HEPAT", "CYSTO",
+    "PYELO", "LUMBA", "LOMBA", "GASTR", "COLONOGRA", "EPIGAST",
 )
 """Roots of abdomen words, found inside longer words ("OBERBAUCH", "NIERENSTEIN", "ABDOMINOPELVIC")."""
-CHEST_AT_MOST_MM = 450.0
-"""A series named a chest CT but longer than this along the body reaches the abdomen (a chest-abdomen-pelvis scan
-labelled by its first region): it is read (``uronode.completion.qualify``)."""
+STONE = frozenset({"STONE", "STONES", "STEIN", "STEINE", "STEEN", "STENEN", "LITHIASIS", "LITIASIS", "LITIASI"})
+STONE_ROOTS = ("CALCULU", "CALCULI", "CALCULO", "CALCULS", "CALCOL", "LITHIAS", "LITIAS", "KONKREMENT", "STEINS",
+               "STEINP")
+"""Words of a stone, of no organ: they keep a series that names no other region ("Low dose stone 5mm"), never one
+that does ("Neck salivary stone": a neck CT, review 42); "CALCULATION" is none."""
 CHILD_YEARS = 18
 """Below this age (years) the model's findings are cautioned: it was never measured on children."""
 
 _WORD = re.compile(r"[A-Z]+|[0-9]+")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_NOT_A_REGION = re.compile(r"\b(?:FEET|HEAD)[\s_-]*FIRST\b|\bPANCREA\w*\s+HEAD\b|\b[FH]F[SP]\b")
+"""A patient's position on the table ("feet first", "head first", FFS, HFP) or the head of the pancreas: no
+region (review 42: a stone protocol "Feet first" read as a CT of a limb)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +128,23 @@ class Region:
 def _words(text: str) -> set[str]:
     """The words of ``text`` (see the module), each alone and each joined with the next."""
     folded = unicodedata.normalize("NFKD", _CAMEL.sub(" ", text).upper().replace("ß", "SS"))
-    plain = "".join(c for c in folded if not unicodedata.combining(c))
+    plain = _NOT_A_REGION.sub(" ", "".join(c for c in folded if not unicodedata.combining(c)))
     words = _WORD.findall(plain)
     return set(words) | {a + b for a, b in zip(words, words[1:], strict=False)}
 
 
 def _abdomen(words: set[str]) -> bool:
+    """Whether ``words`` name the abdomen, the pelvis or the urinary tract (an organ, not a stone alone)."""
     return bool(words & ABDOMEN) or any(root in word for word in words for root in ABDOMEN_ROOTS)
+
+
+def _stone(words: set[str]) -> bool:
+    return bool(words & STONE) or any(root in word for word in words for root in STONE_ROOTS)
+
+
+def _phantom(words: set[str]) -> list[str]:
+    found = (words & PHANTOM) | {word for word in words if any(root in word for root in PHANTOM_ROOTS)}
+    return sorted(found, key=lambda word: (len(word), word))  # the word itself before the pair it is in
 
 
 def _said(where: str, word: str) -> str:
@@ -134,35 +156,35 @@ def other_region(body_part: str = "", protocol: str = "", series_description: st
     """The region or phantom other than the abdomen that the header clearly names (see the module), or None."""
     own = {where: _words(text) for where, text in (("Body Part Examined", body_part), ("Protocol Name", protocol),
                                                     ("Series Description", series_description)) if text}
-    for where, words in own.items():
-        if hits := sorted(words & PHANTOM):
+    study = _words(study_description) if study_description else set()
+    for where, words in (*own.items(), ("Study Description", study)):
+        if hits := _phantom(words):
             return Region(PHANTOM_KIND, _said(where, hits[0]))
     if any(_abdomen(words) for words in own.values()):
         return None
     texts = {where: words for where, words in own.items() if where != "Body Part Examined"}
-    named = [(where, kind, hits) for where, words in texts.items() for kind, names in REGIONS.items()
-             if (hits := sorted(words & names))]
-    if not named and study_description:  # the series' own texts name nothing: the study's may
-        words = _words(study_description)
-        if _abdomen(words):
+    named = _named(texts)
+    if not named and not any(_stone(words) for words in texts.values()):  # they name nothing: the study may
+        if _abdomen(study):
             return None
-        named = [("Study Description", kind, hits) for kind, names in REGIONS.items()
-                 if (hits := sorted(words & names))]
-    if not named:
-        return None
-    where, kind, hits = named[0]
-    return Region(kind, _said(where, hits[0]))
+        named = _named({"Study Description": study})
+    return named[0] if named else None
+
+
+def _named(texts: dict[str, set[str]]) -> list[Region]:
+    return [Region(kind, _said(where, hits[0])) for where, words in texts.items()
+            for kind, names in REGIONS.items() if (hits := sorted(words & names))]
 
 
 def body_part_region(body_part: str) -> Region | None:
     """The region a Body Part Examined alone names (never a reason to skip: a caution's words), or None."""
     words = _words(body_part)
+    if hits := _phantom(words):
+        return Region(PHANTOM_KIND, _said("Body Part Examined", hits[0]))
     if _abdomen(words):
         return None
-    for kind, names in (("", PHANTOM), *REGIONS.items()):
-        if hits := sorted(words & names):
-            return Region(kind or PHANTOM_KIND, _said("Body Part Examined", hits[0]))
-    return None
+    named = _named({"Body Part Examined": words})
+    return named[0] if named else None
 
 
 _ORDER = (PHANTOM_KIND, *REGIONS)
@@ -193,7 +215,7 @@ def caution_region(rows: Iterable[tuple[str, str, str, str]]) -> Region | None:
     return min(regions, key=lambda r: (_ORDER.index(r.kind), r.word)) if regions else None
 
 
-_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE = re.compile(r"^(\d{1,3})\s*([DWMY])$")
 
 
 def age_years(patient_age: str = "", birth_date: str = "", *dates: str) -> float | None:
@@ -201,12 +223,10 @@ def age_years(patient_age: str = "", birth_date: str = "", *dates: str) -> float
     that is a date (the Study, Series, Acquisition or Content Date), in whole years as a birthday counts them
     (months below 2 years); else from the Patient's Age (AS: "045Y", "006M"). None where neither says it: a
     placeholder age ("000Y", "000D") or a birth date on the examination's day or after it (an unknown patient
-    registered that day) says nothing."""
+    registered that day, a wrong date: the Patient's Age is read then) says nothing."""
     born = _date(birth_date)
     seen = next((d for text in dates if (d := _date(text)) is not None), None)
-    if born is not None and seen is not None:
-        if seen <= born:
-            return None
+    if born is not None and seen is not None and seen > born:
         months = (seen.year - born.year) * 12 + seen.month - born.month - (seen.day < born.day)
         return months // 12 if months >= 24 else months / 12
     found = _AGE.match(patient_age.strip().upper())
@@ -216,7 +236,11 @@ def age_years(patient_age: str = "", birth_date: str = "", *dates: str) -> float
 
 
 def _date(text: str) -> datetime.date | None:
+    """A DA value (YYYYMMDD exactly: strptime alone takes "201011" for 2010-01-01), None otherwise."""
+    digits = text.strip()
+    if not re.fullmatch(r"\d{8}", digits):
+        return None
     try:
-        return datetime.datetime.strptime(text.strip()[:8], "%Y%m%d").date()
+        return datetime.datetime.strptime(digits, "%Y%m%d").date()
     except ValueError:
         return None

@@ -38,7 +38,7 @@ from typing import cast
 
 from pydicom.dataset import Dataset
 
-from uronode.anatomy import CHEST_AT_MOST_MM, CHEST_KIND, series_region
+from uronode.anatomy import AT_MOST_MM, series_region
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
 from uronode.energy import EnergyImage, energy_image
@@ -147,13 +147,21 @@ def not_axial(orientations: Sequence[str]) -> float | None:
 
 
 def _extent_mm(rows: Sequence[sqlite3.Row]) -> float:
-    """How far a series' images lie apart along the body (their positions' head-feet coordinate), 0 without two."""
+    """How far a series' images lie apart along the body (their positions' head-feet coordinate): 0 for one image;
+    NaN where it is not known (a multi-frame image gives its frames' positions in its functional groups, which the
+    index does not keep; images without a finite position)."""
+    if any((row["number_of_frames"] or 1) > 1 for row in rows):
+        return math.nan
     heights = []
     for row in rows:
         try:
-            heights.append(float(str(row["image_position"] or "").split("\\")[2]))
+            height = float(str(row["image_position"] or "").split("\\")[2])
         except (ValueError, IndexError):
             continue
+        if math.isfinite(height):
+            heights.append(height)
+    if len(rows) > 1 and len(heights) < 2:
+        return math.nan
     return max(heights) - min(heights) if len(heights) > 1 else 0.0
 
 
@@ -207,8 +215,8 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
     if not asked and other_region_series == "skip":
         region = series_region((r["body_part"] or "", r["protocol_name"] or "", r["series_description"] or "",
                                 r["study_description"] or "") for r in slices)
-        if region is not None and region.kind == CHEST_KIND and _extent_mm(slices) > CHEST_AT_MOST_MM:
-            region = None  # a chest-abdomen-pelvis scan named by its first region reaches the kidneys
+        if region is not None and not region.phantom and not _extent_mm(slices) <= AT_MOST_MM[region.kind]:
+            region = None  # longer than the region, or of unknown length: it may reach the kidneys (review 42)
         if region is not None:
             return (f"{NOT_ABDOMEN} ({region.kind}: {region.word}): the model reads "
                     "abdominal CT of adults (upload the series to /api/predict, or set inference.other_region_series"

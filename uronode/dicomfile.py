@@ -73,13 +73,15 @@ def identity_value(keyword: str, value: object) -> str:
 
 def same_identity(keyword: str, first: object, second: object) -> bool:
     """Whether two copies of an image name the same patient or order by ``keyword``
-    (``uronode.store.identity_changes``, ``inference.volume``): a value missing on either side says nothing (a PACS
-    filling in or leaving out demographics); names are the same where every group both give is the same and they
-    share one (an ideographic group added to an alphabetic one is the same name). Review 40: a PACS trimming a
-    name's carets was taken for a correction, and the series' results were withdrawn."""
+    (``uronode.store.identity_changes``, ``inference.volume``): a name, birth date or sex missing on either side
+    says nothing (a PACS filling in or leaving out demographics), a Patient ID or an Accession Number given or
+    taken away does (an image linked to an order, or unlinked from a wrong one: review 42); names are the same
+    where every group both give is the same and they share one (an ideographic group added to an alphabetic one
+    is the same name). Review 40: a PACS trimming a name's carets was taken for a correction, and the series'
+    results were withdrawn."""
     one, other = identity_value(keyword, first), identity_value(keyword, second)
     if not one or not other:
-        return True
+        return one == other or keyword not in ("PatientID", "AccessionNumber")
     if keyword != "PatientName":
         return one == other
     shared = [(a, b) for a, b in zip(one.split("="), other.split("="), strict=False) if a and b]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.factory import uid, write_series
+from tests.factory import ct_slice, uid, write_series
 from tests.uronode.test_store import encoded, put
 from uronode.anatomy import age_years, other_region
 from uronode.completion import CompletionMonitor
@@ -32,12 +32,16 @@ from uronode.types import SeriesDisposition
      "HEAD in the Protocol Name"),  # the series' own words first: the study's abdomen is another series
     ("PHANTOM", "QA_Phantom_Daily", "QA DAILY", "", "a phantom or quality-control scan",
      "Body Part Examined PHANTOM"),
-    ("", "", "QA Abdomen phantom", "", "a phantom or quality-control scan", "PHANTOM in the Series Description"),
-    ("", "", "DailyQA", "", "a phantom or quality-control scan", "DAILYQA in the Series Description"),
+    ("", "", "QA Abdomen phantom", "", "a phantom or quality-control scan", "QA in the Series Description"),
+    ("", "", "DailyQA", "", "a phantom or quality-control scan", "QA in the Series Description"),
     ("", "", "CaSc 3.0", "Cardiac Calcium Score", "a cardiac CT", "CALCIUMSCORE in the Study Description"),
     ("", "", "Ca-Scoring 3.0", "", "a cardiac CT", "CASCORING in the Series Description"),
     ("CHEST", "", "Thorax 1.0 Bl57", "CT Thorax nativ", "a chest CT", "THORAX in the Series Description"),
     ("KNEE", "", "Knee 0.6", "", "a CT of a limb", "KNEE in the Series Description"),
+    ("", "", "Wasserphantom 5mm", "", "a phantom or quality-control scan", "WASSERPHANTOM in the Series Description"),
+    ("", "", "Body 5mm", "Phantom", "a phantom or quality-control scan", "PHANTOM in the Study Description"),
+    ("", "CT NECK", "Salivary stone 2mm", "", "a head or neck CT", "NECK in the Protocol Name"),  # review 42: a stone
+    ("", "Cardiac", "CaScore calculation 3.0", "", "a cardiac CT", "CARDIAC in the Protocol Name"),  # of no organ
 ])
 def test_another_region_is_named_by_the_word_found(body_part: str, protocol: str, series: str, study: str,
                                                     kind: str, word: str) -> None:
@@ -60,10 +64,41 @@ def test_another_region_is_named_by_the_word_found(body_part: str, protocol: str
     ("HIP", "", "Hip 1.0", ""),  # the bladder shows
     ("", "", "Routine 5mm", ""),  # nothing said: read
     ("NECK", "", "Bladder neck 3mm", ""),
+    ("", "CT UROGRAM", "NON CON 5mm", "CT CHEST W, CT UROGRAM"),  # review 42
+    ("", "", "Thorax/Lumbar Spine", ""), ("", "", "Chest Colonography", ""), ("", "", "Thoracic and Lumbar Spine", ""),
+    ("", "", "Steinprotokoll feet first", ""), ("", "LD Stein FF", "Feet first 5mm", ""),  # a position, no limb
+    ("", "", "Pancreatic head", ""), ("", "", "Cuello vesical", ""), ("", "", "CT Thorax bovenbuik", ""),
+    ("", "", "Thorax Urografia", ""), ("", "", "Thorax Harnstein", ""), ("", "", "Low dose stone 5mm", ""),
 ])
 def test_the_abdomen_named_anywhere_or_nothing_named_is_read(body_part: str, protocol: str, series: str,
                                                              study: str) -> None:
     assert other_region(body_part, protocol, series, study) is None
+
+
+# every word the first rule kept a series by, but TRAUMA and BODY (review 41: they kept head CTs): review 42 found
+# ten of them dropped by the second
+FIRST_ABDOMEN_WORDS = (
+    "ABDOMEN", "ABDOMINAL", "ABD", "ABDO", "PELVIS", "PELVIC", "PELV", "KUB", "URO", "UROGRAM", "UROGRAPHY",
+    "STONE", "STONES", "CALCULUS", "LITHIASIS", "RENAL", "KIDNEY", "KIDNEYS", "URETER", "URETERS", "BLADDER",
+    "UROLITHIASIS", "NEPHROLITHIASIS", "COLIC", "FLANK", "ABDOMENPELVIS", "ABDPELVIS", "CHESTABDOMEN",
+    "CHESTABDPELVIS", "NECKCHESTABDOMEN", "CAP", "TAP", "WHOLEBODY", "POLYTRAUMA", "HIP", "HIPS", "LSPINE",
+    "LUMBAR", "SACRUM", "NIERE", "NIEREN", "BAUCH", "BECKEN", "ABDOMINALE", "ADDOME", "REIN", "REINS", "RENE",
+    "RINONE", "RINON", "ABDOMINO", "NIER", "STEEN", "STEIN", "CALCOLI", "CALCULS", "FEMORAL", "LITIASI", "LITIASIS",
+    "LITHIASE", "COLON", "COLONOGRAPHY", "LIVER", "PANCREAS", "SPLEEN", "APPENDIX",
+)
+
+
+STONE_ONLY = ("STONE", "STONES", "STEEN", "STEIN", "CALCULUS", "CALCULS", "CALCOLI", "LITHIASIS", "LITIASI",
+              "LITIASIS", "LITHIASE")
+"""Words of a stone of no organ: they keep a series that names no other region, not one named by the chest (a
+salivary stone's neck CT, review 42); a chest-named series that reaches the kidneys is kept by its length."""
+
+
+@pytest.mark.parametrize("word", FIRST_ABDOMEN_WORDS)
+def test_every_word_that_kept_a_series_still_does(word: str) -> None:
+    beside_the_chest = other_region("", "", f"Thorax {word.lower()} 5mm", "")
+    assert (beside_the_chest is None) is (word not in STONE_ONLY)
+    assert other_region("CHEST", "", f"{word} 5mm", "") is None
 
 
 def test_the_age_is_read_from_the_dates_as_a_birthday_counts_or_from_the_age() -> None:
@@ -72,10 +107,28 @@ def test_the_age_is_read_from_the_dates_as_a_birthday_counts_or_from_the_age() -
     assert age_years("", "20250101", "", "20260301") == pytest.approx(14 / 12)  # no Study Date: the Series Date
     assert age_years("", "", "20260301") is None and age_years("5 years") is None and age_years("000Y") is None
     assert age_years("", "20300101", "20260101") is None  # born after the study: a wrong date says nothing
+    assert age_years("005Y", "20300101", "20260101") == 5  # ... and the Patient's Age is read (review 42)
+    assert age_years("5Y") == 5 and age_years("", "201011", "20260101") is None  # not DA: no date
     assert age_years("", "20260301", "20260301") is None  # an unknown patient registered that day
 
 
 GRACE = 2.0
+
+
+def encode(ds: object) -> list[bytes]:
+    """A data set as the listener holds it (``tests.uronode.test_store.encoded`` of one made here)."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from uronode.dicomfile import encode_file_meta
+
+    assert isinstance(ds, Dataset)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return [encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "T"), fp.getvalue()]
 
 
 def _monitor(store: Store, other_region_series: str = "skip") -> CompletionMonitor:
@@ -111,6 +164,20 @@ def test_a_routed_head_ct_or_phantom_is_skipped_with_the_reason_and_read_when_as
         put(store, encoded(index, series=cap, series_description="Thorax 1.0", thickness=600.0))
     done = {d.series_instance_uid: d for d in _monitor(store).complete_due(time.time() + GRACE + 0.1)}
     assert (done[chest].disposition, done[cap].disposition) == (SeriesDisposition.SKIPPED, SeriesDisposition.QUEUED)
+    # review 42: the same for every region (a head-to-toe trauma scan named by the head), and a length not known
+    # (a multi-frame image: its positions are in its functional groups) skips nothing
+    head, trauma, frames = uid("anatomy", "head2"), uid("anatomy", "trauma"), uid("anatomy", "frames")
+    for index in range(2):
+        put(store, encoded(index, series=head, series_description="Head 5mm", thickness=200.0))
+        put(store, encoded(index, series=trauma, series_description="Trauma head to toe", thickness=1500.0))
+    ds = ct_slice(uid("st"), frames, 0, size=8, series_description="Thorax 1.0")
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    put(store, encode(ds))
+    put(store, encode(ct_slice(uid("st"), frames, 1, size=8, series_description="Thorax 1.0")))
+    completed = _monitor(store).complete_due(time.time() + GRACE + 0.1)
+    assert {d.series_instance_uid: d.disposition for d in completed} == {
+        head: SeriesDisposition.SKIPPED, trauma: SeriesDisposition.QUEUED, frames: SeriesDisposition.QUEUED}
 
 
 def test_a_series_outside_the_intended_use_is_cautioned_first(tmp_path: Path) -> None:

@@ -539,6 +539,7 @@ def test_a_name_written_otherwise_or_a_value_filled_in_is_no_correction(tmp_path
     assert not same_identity("PatientName", "DOE^BERTA", "DOE^BERT")
     assert not same_identity("PatientName", "DOE^JOHN", "=山田^太郎")  # nothing to compare: not the same
     assert same_identity("PatientBirthDate", "19700101", "") and not same_identity("PatientSex", "M", "F")
+    assert not same_identity("AccessionNumber", "A1", "") and not same_identity("PatientID", "", "MRN1")  # review 42
     stored = tmp_path / "stored.dcm"
     ds = pydicom.dcmread(io.BytesIO(_ct(STUDY_A, 0, name="DOE^BERT^^^")))
     del ds.PatientSex
