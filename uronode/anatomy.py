@@ -12,25 +12,33 @@ where it reads one all the same (``inference.volume``).
 A series skipped wrongly gets no result at all, and one read wrongly gets a
 result a radiologist can dismiss; so only clear evidence skips (review 41):
 
-- a **phantom** or quality-control scan (:data:`PHANTOM`) named in the series'
-  Body Part Examined (0018,0015), Protocol Name (0018,1030) or Series
-  Description, whatever else they say ("QA Abdomen phantom");
+- a **phantom** or quality-control scan (:data:`PHANTOM`, :data:`PHANTOM_ROOTS`)
+  named in the series' Body Part Examined (0018,0015), Protocol Name
+  (0018,1030), Series or Study Description, whatever else they say ("QA
+  Abdomen phantom", "Wasserphantom");
 - else a word of **another region** (:data:`REGIONS`) in the series' Protocol
   Name or Series Description, and no word of the abdomen, the pelvis or the
-  urinary tract (:data:`ABDOMEN`) in them or in its Body Part Examined. Where
-  the Protocol Name and the Series Description name neither, the Study
-  Description is read the same way. Body Part Examined alone never skips: it
-  is often left at a protocol's default ("CHEST" on an abdomen), so it only
-  says "abdomen" (to keep a series) or, for the caution, the region.
+  urinary tract (:data:`ABDOMEN`, :data:`ABDOMEN_ROOTS`) in them or in its
+  Body Part Examined. A stone of no organ (:data:`STONE`: "stone", "Stein",
+  "calculus") keeps a series that names no region, not one that does (a neck
+  CT for a salivary stone, review 42). Where the Protocol Name and the Series
+  Description name neither, the Study Description is read the same way. Body
+  Part Examined alone never skips: it is often left at a protocol's default
+  ("CHEST" on an abdomen), so it only says "abdomen" (to keep a series) or,
+  for the caution, the region;
+- and the series is no longer than that region runs (:data:`AT_MOST_MM`,
+  ``uronode.completion.qualify``): a chest-abdomen-pelvis or a head-to-toe
+  trauma scan named by its first region reaches the kidneys.
 
 Words are read in capitals without accents ("Schädel" and "Schaedel" alike),
 split at every sign and where a word's letters meet digits or a capital
 follows a small letter ("HeadRoutine", "Abdomen5mm"), each alone and each
-joined with the next ("CALCIUM SCORE"). Abdomen words are also found inside
-longer words by their roots (:data:`ABDOMEN_ROOTS`: "Oberbauch",
-"Nierenstein", "ABDOMINOPELVIC", "Steinsuche"): a series kept wrongly costs
-little. The reason names the word found, never the free text it was in (a
-description may hold a name).
+joined with the next ("CALCIUM SCORE"); a position on the table ("feet
+first") and the head of the pancreas name no region. Abdomen words are also
+found inside longer words by their roots ("Oberbauch", "Nierenstein",
+"ABDOMINOPELVIC", "Urografia"): a series kept wrongly costs little. The
+reason names the word found, never the free text it was in (a description
+may hold a name).
 """
 
 from __future__ import annotations
