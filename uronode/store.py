@@ -550,8 +550,8 @@ _REOPEN_SERIES = (
 def identity_changes(old: Path, header: InstanceHeader) -> tuple[str, ...]:
     """What of the patient's or order's identity (:data:`IDENTITY`) the stored file ``old`` names otherwise than
     ``header``, the instance that replaces it (never the values: they are logged), each compared by
-    :func:`uronode.dicomfile.same_identity` (a value given or left out on one side is no change). Nothing where the
-    file cannot be read (the replacement is taken as it is)."""
+    :func:`uronode.dicomfile.same_identity` (a name, birth date or sex given or left out on one side is no change, a
+    Patient ID or Accession Number is). Nothing where the file cannot be read (the replacement is taken as it is)."""
     try:
         before = read_header([old.read_bytes()])
     except (OSError, InvalidInstance) as exc:
