@@ -790,12 +790,19 @@ def contrast_agent(ds: Dataset) -> str:
     return ", ".join(n for n in named if n)
 
 
+CONTRAST_TEXTS = ("SeriesDescription", "StudyDescription", "ProtocolName")
+"""What :func:`header_contrast` reads besides the agent: the series' own description, then what the examination
+is called (``uronode.contrast.contrast_evidence``'s context)."""
+
+
 def header_contrast(datasets: Iterable[Dataset]) -> Evidence | None:
     """What in the header of any of ``datasets`` says the series was acquired with contrast (``uronode.contrast``;
     the agent as :func:`contrast_agent` reads it), or None."""
-    headers = {(contrast_agent(ds), str(ds.get("SeriesDescription", "") or ""))
+    headers = {(contrast_agent(ds), *(str(ds.get(keyword, "") or "") for keyword in CONTRAST_TEXTS))
                for ds in datasets}  # a series' slices mostly say the same: each saying read once
-    return next((e for agent, description in sorted(headers) if (e := contrast_evidence(agent, description))), None)
+    return next((e for agent, description, study, protocol in sorted(headers)
+                 if (e := contrast_evidence(agent, description, (("Study Description", study),
+                                                                 ("Protocol Name", protocol))))), None)
 
 
 def intended_use_notes(datasets: Sequence[Dataset]) -> list[str]:

@@ -56,6 +56,8 @@ class SliceOptions(TypedDict, total=False):
     position: bool
     body_part: str | None
     birth_date: str
+    study_description: str | None
+    protocol_name: str | None
 
 
 def ct_slice(
@@ -78,6 +80,8 @@ def ct_slice(
     position: bool = True,
     body_part: str | None = None,
     birth_date: str = "19700101",
+    study_description: str | None = None,
+    protocol_name: str | None = None,
 ) -> Dataset:
     """One axial CT slice at z = -index * thickness, pixel values in raw units (HU + 1024)."""
     pixels = _pixels(size, seed, index % 16)
@@ -107,6 +111,10 @@ def ct_slice(
         ds.ContrastBolusAgent = contrast_agent
     if body_part is not None:
         ds.BodyPartExamined = body_part
+    if study_description is not None:
+        ds.StudyDescription = study_description
+    if protocol_name is not None:
+        ds.ProtocolName = protocol_name
     ds.SeriesNumber = 2
     ds.InstanceNumber = index + 1
     ds.ImageType = list(image_type)

@@ -228,9 +228,12 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
             return (f"a sharp-kernel reconstruction ({sharp}): the model reads soft-tissue reconstructions (upload "
                     "the series to /api/predict, or set inference.sharp_kernel_series = \"read\", to read it)")
     if not asked and contrast_series == "skip":
-        headers = {(r["contrast_agent"] or "", r["series_description"] or "") for r in ct_rows}
-        evidence = next((e for agent, description in sorted(headers)
-                         if (e := contrast_evidence(agent, description)) and e.clear), None)
+        headers = {(r["contrast_agent"] or "", r["series_description"] or "", r["study_description"] or "",
+                    r["protocol_name"] or "") for r in ct_rows}
+        evidence = next((e for agent, description, study, protocol in sorted(headers)
+                         if (e := contrast_evidence(agent, description, (("Study Description", study),
+                                                                         ("Protocol Name", protocol)))) and e.clear),
+                        None)
         if evidence is not None:
             return (f"contrast-enhanced ({evidence.text}): the model reads non-contrast CT only (upload the series "
                     "to /api/predict, or set inference.contrast_series = \"read\", to read it with a caution)")

@@ -52,15 +52,26 @@ Enhanced CT image has it, is not in the index: it cautions the results
 in other scripts, the words of ``OTHER_SCRIPTS`` (Japanese, Chinese,
 Korean, Russian: contrast, plain, the phases) are read as their Latin
 words, and the rest as saying nothing. Words that may or may not name a phase are not taken for one:
-"DELAYED" or "LATE" alone, an examination's name ("CT UROGRAM", "CTU",
-"TRIPLE PHASE"), "ART", "NEPHRO", "IV" alone (a Roman four as often as
-intravenous).
+"DELAYED" or "LATE" alone (a post-void or prone look as often), "TRIPLE
+PHASE", "ART", "NEPHRO", "IV" alone (a Roman four as often as intravenous);
+a urography's name alone ("CT UROGRAM", "CTU", "IVP") cautions. A late
+phase is clear where two kinds of its words meet (``_late``: a urography, a
+delay, minutes, "PHASE": "DELAYED UROGRAM", "Uro 8min", "10 min delay",
+"Urogram Phase"), unless the description is of a void or a prone look.
+
+Where the series' own description and agent say nothing either way, what
+the examination is called (the Study Description, the Protocol Name) is
+read: one that names contrast or a urography and denies it nowhere cautions
+the series, and makes a late-phase word of the series' own ("Delayed
+1.25mm") clear (probe 47: a CT urography's excretory series were read as
+non-contrast and reported "no stone" beside its unenhanced series' stone).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PHASES = frozenset({
@@ -107,6 +118,22 @@ DENY_AFTER = frozenset({"NONE", "NEIN", "YOK", "NOT", "FREI", "SIZ", "ALLERGY", 
 ROUTE = frozenset({"ORAL", "IV", "OR", "AND", "UND", "ET", "E", "Y", "EN", "RECTAL"})
 FILLER = frozenset({"DE", "DEL", "DI", "DU", "D", "DES", "DER", "DEN", "DAS", "THE", "OF", "LA", "EL", "IL", "LE",
                     "VAN", "HET", "DO", "DA"})
+UROGRAPHY = frozenset({
+    "UROGRAM", "UROGRAMS", "UROGRAPHY", "UROGRAMM", "UROGRAPHIE", "UROGRAFIE", "UROGRAFIA", "UROGRAFI", "CTU",
+    "UROCT", "IVP", "IVU", "PYELOGRAM", "PYELOGRAPHY", "UROSCANNER",
+})
+"""An examination of the urinary tract with contrast: alone a caution (an examination's name copied into each of
+its series, the unenhanced one too, unless it denies contrast), with a late-phase word a clear phase."""
+DELAY = frozenset({
+    "DELAYED", "DELAY", "LATE", "SPAT", "SPAET", "SPATAUFNAHME", "SPAETAUFNAHME", "TARDIVE", "TARDIF", "TARDIVA",
+    "TARDIVO", "TARDIA", "TARDIO", "RITARDATA", "RITARDATO", "VERTRAAGD", "GECIKMIS",
+})
+"""Words of a late acquisition: alone no phase (a "delayed" series may be a post-void one); with a second word of a
+late phase (``_late``: a urography, minutes, "PHASE") a clear one."""
+NOT_LATE = frozenset({"VOID", "VOIDING", "POSTVOID", "MICTION", "MIKTION", "PRONE", "BAUCHLAGE", "DECUBITUS"})
+"""Words of a late acquisition without contrast: after voiding, prone (a stone at the bladder's mouth or in it)."""
+PHASE = frozenset({"PHASE", "FASE", "PHASEN", "FAZ", "FAZI", "FAZA"})
+_MINUTES = re.compile(r"^([0-9]+)?(?:MIN|MINS|MINUTE|MINUTES|MINUTEN|MINUTI|MINUTOS|DK|DAK|DAKIKA)$")
 CONTRAST_WORDS = MENTIONS | {"C", "PRODUIT", "MEZZO", "MIDDEL", "CONTRASTMIDDEL", "INJ"}
 """What "NO", "WITHOUT", "VOR" ... deny when it follows them (the bare "C" of "W/O C" too)."""
 NO_AGENT = frozenset({
@@ -185,9 +212,9 @@ def _latin(text: str) -> str:
     return _OTHER.sub(lambda found: f" {_meaning(found)} ", text)
 
 
-_FREE_TEXT = re.compile(r"(Series Description )(['\"])(?:\\.|(?!\2).)*\2", re.DOTALL)
-"""A Series Description as every reason and caution quotes it: a Python string literal (``!r``: a quote inside
-escaped, no raw line break)."""
+_FREE_TEXT = re.compile(r"((?:Series|Study) Description |Protocol Name )(['\"])(?:\\.|(?!\2).)*\2", re.DOTALL)
+"""A Series or Study Description or a Protocol Name as every reason and caution quotes it: a Python string literal
+(``!r``: a quote inside escaped, no raw line break)."""
 
 
 def without_free_text(text: str) -> str:
@@ -335,9 +362,35 @@ def _shown(value: str) -> str:
     return kept.encode("ascii", "replace").decode()
 
 
-def contrast_evidence(agent: str, description: str) -> Evidence | None:
+def _late(words: list[str]) -> set[str]:
+    """Which kinds of word of a late phase ``words`` hold: ``"urography"`` (``UROGRAPHY``, "URO" too), ``"delay"``
+    (``DELAY``), ``"minutes"`` ("8MIN", "10 MIN") and ``"phase"`` (``PHASE``, not before a number: "PHASE 1" is
+    no more than a series' place)."""
+    kinds: set[str] = set()
+    if any(word in NOT_LATE for word in words):
+        return kinds  # "PRONE DELAYED 10 MIN": a stone protocol's look at a stone at the bladder's mouth
+    for i, word in enumerate(words):
+        after = words[i + 1] if i + 1 < len(words) else ""
+        if word in UROGRAPHY or word == "URO":
+            kinds.add("urography")
+        elif word in DELAY:
+            kinds.add("delay")
+        elif (found := _MINUTES.match(word)) and (found.group(1) or (i and words[i - 1].isdigit())):
+            kinds.add("minutes")
+        elif word in PHASE and not after.isdigit() and after not in ("I", "II", "III", "IV", "V"):
+            kinds.add("phase")
+    return kinds
+
+
+def contrast_evidence(agent: str, description: str,
+                      context: Sequence[tuple[str, str]] = ()) -> Evidence | None:
     """What in the header says the series was acquired with contrast (the module's text); None where nothing
-    does, or the description denies it and names nothing else."""
+    does, or the description denies it and names nothing else. ``context``: what the examination is called
+    (``(what, text)`` pairs: the Study Description, the Protocol Name), read only where the series' own
+    description and agent say nothing either way: a late-phase word of the series' own ("DELAYED", "10 MIN") in
+    an examination that names contrast or a urography ("CT UROGRAM") is clear; an examination that names them
+    and denies contrast nowhere cautions a series that says nothing (probe 47: a CT urography's "Delayed 1.25mm"
+    was read as non-contrast, its ureter full of contrast taken for a stent)."""
     words = _words(description)
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
@@ -347,10 +400,16 @@ def contrast_evidence(agent: str, description: str) -> Evidence | None:
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
             return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
-    if any(w in PHASES for w in loose):
+    late = _late(loose)
+    if any(w in PHASES for w in loose) or len(late) > 1:  # "DELAYED UROGRAM", "Uro 8min", "10 min delay"
         return Evidence(shown, clear=True)
-    if any(w in MENTIONS for w in loose):
+    if any(w in MENTIONS or w in UROGRAPHY for w in loose):
         return Evidence(shown, clear=False)
     if _names_agent(agent):
         return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
+    for what, text in context:
+        if text.strip() and contrast_evidence("", text) is not None:
+            own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
+            said = f"{_quoted(what, text)}, and {own}"
+            return Evidence(said, clear=bool(late & {"delay", "minutes"}))
     return None

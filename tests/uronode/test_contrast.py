@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from tests.factory import ct_slice, uid, write_series
 from tests.uronode.test_store import encoded, put
 from uronode.completion import CompletionMonitor
-from uronode.contrast import contrast_evidence
+from uronode.contrast import contrast_evidence, without_free_text
 from uronode.dicomfile import encode_file_meta
 from uronode.header import read_header
 from uronode.jobs import JobQueue
@@ -43,9 +43,18 @@ from uronode.types import SeriesDisposition
         ("Nephrographic phase", "NONE"),  # a default agent; the phase is named
         ("CTA w/o bone", ""),  # "without" what is not contrast
         ("Arterial Recon No. 2", ""),
+        ("DELAYED UROGRAM 5mm", ""),
+        ("CTU Delayed 1.25", ""),
+        ("Uro 8min", ""),
+        ("10 min delay", ""),
+        ("Urogram Phase", ""),
+        ("Delayed phase", ""),
+        ("Spätaufnahme 10 Min", ""),
+        ("Delayed 5 min", ""),  # minutes after the injection (probe 47; before, read as non-contrast)
     ],
 )
 def test_a_named_contrast_phase_is_clear(description: str, agent: str) -> None:
+    """Probe 47's late phases too: a word of a late acquisition with a second one (a urography, minutes, "phase")."""
     found = contrast_evidence(agent, description)
     assert found is not None and found.clear and found.text.startswith("Series Description"), found
 
@@ -71,10 +80,18 @@ def test_a_named_contrast_phase_is_clear(description: str, agent: str) -> None:
         "Abdomen nativ + KM venös",
         "CT abdomen blanco en met contrast",
         "PV Iodine removed",  # a virtual unenhanced image of the portal phase
+        "CT UROGRAM",  # an examination's name alone: any of its phases (probe 47: its excretory ones were read)
+        "CTU Phase 1",  # a phase's place, not which: the unenhanced one as often as not
+        "DELAYED",  # alone: a post-void or prone look as often as a phase
     ],
 )
 def test_a_mention_of_contrast_or_both_phases_cautions_but_is_not_clear(description: str) -> None:
     found = contrast_evidence("OMNIPAQUE 350", description)
+    if description == "DELAYED":
+        assert contrast_evidence("", description) is None  # the agent's caution, no more
+        found = contrast_evidence("", description, (("Study Description", "CT ABD"),))
+        assert found is None
+        return
     assert found is not None and not found.clear and found.text.startswith("Series Description"), found
 
 
@@ -125,8 +142,7 @@ def test_an_agent_alone_is_evidence_but_not_clear(agent: str) -> None:
         ("", "TUM BATIN KONTRASTSIZ"),
         ("", "Liver VNC 1.5"),
         ("", "CTU native"),  # the urography's non-contrast phase
-        ("", "CT UROGRAM"),  # an examination's name: any of its phases
-        ("", "Delayed 5 min"),  # a delayed scan is not named contrast by itself
+        ("", "Prone delayed 10 min"),  # a stone protocol's look at a stone at the bladder's mouth
         ("", "ABDOMEN IV"),  # a Roman four as often as intravenous
         ("", "Nephro 1.0"),
         ("", "Arteriosclerosis follow-up"),  # a word that starts like a phase is not one
@@ -223,6 +239,38 @@ def test_a_routed_series_whose_description_names_a_phase_is_skipped_with_the_rea
     queued = monitor(store).complete_due(time.time() + GRACE + 0.1)
     assert {(d.series_instance_uid, d.disposition) for d in queued} == {
         (agent_only, SeriesDisposition.QUEUED), (plain, SeriesDisposition.QUEUED)}
+
+
+def test_the_late_phases_of_a_urography_are_skipped_and_its_unenhanced_one_read(tmp_path: Path) -> None:
+    """Probe 47: a CT urography's excretory series, "DELAYED UROGRAM 5mm" and "Delayed 1.25mm", were read as
+    non-contrast and reported "no stone" beside the unenhanced series' 17 mm stone."""
+    store = Store(tmp_path / "data")
+    named = {"DELAYED UROGRAM 5mm": uid("urogram"), "Delayed 1.25mm": uid("delayed"),
+             "Non contrast 5mm": uid("unenhanced"), "Abdomen 5.0 Br40": uid("silent")}
+    for description, series in named.items():
+        put(store, encoded(0, series=series, series_description=description, study_description="CT UROGRAM",
+                           protocol_name="CT Urography"))
+    done = {d.series_instance_uid: d for d in monitor(store).complete_due(time.time() + GRACE + 0.1)}
+    assert done[named["DELAYED UROGRAM 5mm"]].disposition is SeriesDisposition.SKIPPED
+    late = done[named["Delayed 1.25mm"]]
+    assert late.disposition is SeriesDisposition.SKIPPED
+    assert (late.reason or "").startswith("contrast-enhanced (Study Description 'CT UROGRAM', and its Series "
+                                          "Description 'Delayed 1.25mm')"), late.reason
+    assert done[named["Non contrast 5mm"]].disposition is SeriesDisposition.QUEUED
+    assert done[named["Abdomen 5.0 Br40"]].disposition is SeriesDisposition.QUEUED  # read, with the caution
+
+
+def test_a_series_that_says_nothing_in_a_urography_carries_the_caution(tmp_path: Path) -> None:
+    from inference.volume import load_volume
+
+    _, _, paths = write_series(tmp_path / "ctu", 3, series_description="Abdomen 5.0 Br40",
+                               study_description="CT UROGRAM")
+    notes = load_volume(paths).notes
+    assert any(n.startswith("Perhaps contrast-enhanced (Study Description 'CT UROGRAM', and its Series Description"
+                            " 'Abdomen 5.0 Br40')") for n in notes), notes
+    _, _, plain = write_series(tmp_path / "nect", 3, series_description="Non contrast 5mm",
+                               study_description="CT UROGRAM")
+    assert not any("ontrast-enhanced" in n for n in load_volume(plain).notes)
 
 
 @pytest.mark.parametrize("how", ["asked", "read"])
@@ -391,3 +439,37 @@ def test_a_word_of_another_script_inside_another_word_is_not_read() -> None:
     found = contrast_evidence("OMNIPAQUE 350", "КТ ПОЧЕК БЕЗ ПОДГОТОВКИ")  # without preparation: the agent speaks
     assert found is not None and found.text == "Contrast/Bolus Agent 'OMNIPAQUE 350'"
     assert contrast_evidence("OMNIPAQUE 350", "КТ без в/в контрастирования") is None  # without IV contrast
+
+
+EXAMINATION = (("Study Description", "CT UROGRAM"), ("Protocol Name", "CT Urography"))
+
+
+@pytest.mark.parametrize(
+    ("description", "clear"),
+    [("Delayed 1.25mm", True), ("Delay 3mm", True), ("10 min", True), ("Abdomen 5.0 Br40", False), ("", False),
+     ("Prone delayed 10 min", False)],  # prone in a urography: to fill the ureters, as often as not
+)
+def test_a_series_that_says_nothing_is_read_by_its_examination(description: str, clear: bool) -> None:
+    """Probe 47: in a CT urography, "Delayed 1.25mm" was read as non-contrast (its ureter full of contrast taken for
+    a stent) and "Abdomen 5.0 Br40" without a word: a late-phase word of its own in an examination that names a
+    urography is a clear phase; a series that says nothing of itself there is cautioned."""
+    assert contrast_evidence("", description) is None
+    found = contrast_evidence("", description, EXAMINATION)
+    assert found is not None and found.clear is clear and found.text.startswith("Study Description 'CT UROGRAM'"), found
+    assert without_free_text(f"contrast-enhanced ({found.text})") == (
+        "contrast-enhanced (Study Description '...', and " + ("its Series Description '...')" if description
+                                                              else "no Series Description)"))
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["Non contrast 5mm", "CTU NON CON", "Native 5mm", "STONE POST VOID", "KUB"],
+)
+def test_a_series_that_denies_contrast_is_not_questioned_by_its_examination(description: str) -> None:
+    """The unenhanced phase of a urography says so: its examination's name questions it no more."""
+    assert contrast_evidence("", description, EXAMINATION) is None
+
+
+@pytest.mark.parametrize("study", ["CT KUB", "CT ABDOMEN PELVIS", "Low dose stone", "CT ABD/PEL WO"])
+def test_an_examination_that_names_no_contrast_questions_nothing(study: str) -> None:
+    assert contrast_evidence("", "Delayed 1.25mm", (("Study Description", study),)) is None
