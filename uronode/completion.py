@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from uronode.anatomy import AT_MOST_MM, series_region
 from uronode.audit import AuditLog
@@ -165,6 +166,13 @@ def _extent_mm(rows: Sequence[sqlite3.Row]) -> float:
     return max(heights) - min(heights) if len(heights) > 1 else 0.0
 
 
+def _sop_class(uid: str) -> str:
+    """A SOP Class UID with its name where the standard gives one (probe 47: a dose screen's reason named
+    1.2.840.10008.5.1.4.1.1.7 alone)."""
+    name = UID(uid).name if uid else ""
+    return f"{uid} ({name})" if name and name != uid else uid or "(none)"
+
+
 def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: str = "skip",
             sharp_kernel_series: str = "skip", other_region_series: str = "skip") -> str | None:
     """Return why the model cannot take this series, or None when it can.
@@ -187,7 +195,7 @@ def qualify(rows: Sequence[sqlite3.Row], asked: bool = False, contrast_series: s
         return f"modality {'/'.join(modalities)}, not CT"
     ct_rows = [r for r in rows if r["sop_class_uid"] in CT_SOP_CLASSES]
     if not ct_rows:
-        return f"SOP class {rows[0]['sop_class_uid']} is not a CT image storage class"
+        return f"SOP class {_sop_class(rows[0]['sop_class_uid'] or '')} is not a CT image storage class"
     image_types = [(r["image_type"] or "").upper().split("\\") for r in ct_rows]
     if all("LOCALIZER" in t for t in image_types):
         return LOCALIZER
@@ -299,7 +307,8 @@ class CompletionMonitor:
         series_uid = due["series_instance_uid"]
         with self.store.transaction() as conn:
             current = conn.execute(
-                "SELECT state, generation, last_received_at, identity_changed FROM series WHERE series_instance_uid = ?",
+                "SELECT state, generation, last_received_at, identity_changed, series_number FROM series"
+                " WHERE series_instance_uid = ?",
                 (series_uid,),
             ).fetchone()
             if (
@@ -355,19 +364,21 @@ class CompletionMonitor:
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
             reason=without_free_text(reason) if reason else reason, job_id=job_id,
         )
+        number = f" (number {current['series_number']})" if current["series_number"] not in (None, "") else ""
         if job_id is not None:
-            log.info("series %s complete (%d instances): job %d queued", series_uid, len(instances), job_id)
+            log.info("series %s%s complete (%d instances): job %d queued", series_uid, number, len(instances), job_id)
         elif not instances:
-            log.info("series %s holds no instance any more (they moved to another series): it is no longer listed%s",
-                     series_uid, f"; its results are withdrawn ({sum(len(f) for f in withdrawn.values())} instance(s))"
+            log.info("series %s%s holds no instance any more (they moved to another series): it is no longer"
+                     " listed%s", series_uid, number,
+                     f"; its results are withdrawn ({sum(len(f) for f in withdrawn.values())} instance(s))"
                      if withdrawn else "")
         elif withdrawn and withdrawal is MOVED:
-            log.info("series %s complete (%d instances) holds nothing the model reads any more (%s): its results are "
-                     "withdrawn (%d instance(s))", series_uid, len(instances), without_free_text(reason or ""),
+            log.info("series %s%s complete (%d instances) holds nothing the model reads any more (%s): its results are "
+                     "withdrawn (%d instance(s))", series_uid, number, len(instances), without_free_text(reason or ""),
                      sum(len(f) for f in withdrawn.values()))
         else:  # the node's own results complete too, four a job: not news (probe 22: 49 such lines in one run)
             log.log(logging.DEBUG if reason == OWN_RESULTS else logging.INFO,
-                    "series %s complete (%d instances): not for the model: %s", series_uid, len(instances),
+                    "series %s%s complete (%d instances): not for the model: %s", series_uid, number, len(instances),
                     without_free_text(reason or ""))
         return CompletedSeries(
             series_instance_uid=series_uid,

@@ -7,8 +7,9 @@ transaction. A caller answers success only after :meth:`Store.put` returns,
 so an instance that was acknowledged survives a crash or a power cut.
 
 Same SOP Instance UID again:
-- identical bytes (compared with the stored file): nothing is written and nothing changes
-  (the series is not re-opened);
+- identical bytes (compared with the stored file), the same data set in another file, or the same images
+  (:func:`same_images`: pixels the same once decoded, nothing else the node reads changed): nothing is written
+  and nothing changes (the series is not re-opened);
 - different bytes: the new file replaces the old one, and the series is
   marked changed and re-opened so that its results are recomputed.
 
@@ -34,12 +35,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePath
 
+import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
 from uronode import files, queries
 from uronode.associations import Associations
@@ -329,38 +332,69 @@ class Store:
         size = sum(len(p) for p in parts)
         self.check_space(size)
         final = self.instance_path(header)
-        conn = self.conn()
-        row = conn.execute(
-            "SELECT size, path, manufacturer, transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?",
-            (header.sop_instance_uid,),
-        ).fetchone()
-        if row is not None and row["size"] == size and _same_bytes(Path(row["path"]), parts):
-            return StoreOutcome.DUPLICATE
-        if row is not None and _same_data_set(Path(row["path"]), parts, row["transfer_syntax_uid"],
-                                              header.transfer_syntax_uid):
-            # the same data set in another file's wrapping: received by C-STORE (the node's File Meta, naming the
-            # caller) and then uploaded as the sender's file (probe 26: the upload re-ran a delivered job)
-            log.info("instance %s: the same data set came again from %s in another file; kept as it was",
-                     header.sop_instance_uid, calling_ae or "a sender")
-            return StoreOutcome.DUPLICATE
-        if row is not None and row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
-            log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
-                     "copy is kept", header.sop_instance_uid, calling_ae or "a sender")
-            return StoreOutcome.DUPLICATE
-        changed = (identity_changes(Path(row["path"]), header)
-                   if row is not None and header.manufacturer != OWN_MANUFACTURER else ())
-        self.files.write(final, parts)
-        try:
-            outcome, old_path = self._index(header, final, size, calling_ae, association_id, changed)
-        except sqlite3.Error as exc:
-            final.unlink(missing_ok=True)
-            raise OutOfResources(f"the index could not be updated: {exc}") from exc
+        written = False
+        while True:
+            row = self.conn().execute(
+                "SELECT size, path, manufacturer, transfer_syntax_uid, series_instance_uid FROM instances"
+                " WHERE sop_instance_uid = ?", (header.sop_instance_uid,),
+            ).fetchone()
+            kept = self._kept(row, header, parts, size, calling_ae)
+            if kept:
+                if written:  # another copy of it was indexed while this one was written (probe 47)
+                    final.unlink(missing_ok=True)
+                return StoreOutcome.DUPLICATE
+            changed = (identity_changes(Path(row["path"]), header)
+                       if row is not None and header.manufacturer != OWN_MANUFACTURER else ())
+            if not written:
+                self.files.write(final, parts)
+                written = True
+            try:
+                indexed = self._index(header, final, size, calling_ae, association_id, changed,
+                                      compared=row["path"] if row is not None else None)
+            except sqlite3.Error as exc:
+                final.unlink(missing_ok=True)
+                raise OutOfResources(f"the index could not be updated: {exc}") from exc
+            if indexed is not None:
+                break
+            # another copy of this SOP Instance UID was indexed between the comparison and the write (probe 47: two
+            # senders at once made identical bytes a replacement, its series counted as changed): compare again
+        outcome, old_path = indexed
         if old_path is not None and old_path != final:
             try:
                 old_path.unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("replaced instance file %s could not be removed: %s", old_path, exc)
         return outcome
+
+    def _kept(self, row: sqlite3.Row | None, header: InstanceHeader, parts: Sequence[Buffer], size: int,
+              calling_ae: str) -> bool:
+        """Whether the instance stored as ``row`` stays as it is, the incoming copy ``parts`` not taken: the same
+        bytes, the same data set in another file, one of the node's own results, or the same images with nothing
+        else the node reads changed (:func:`same_images`)."""
+        if row is None:
+            return False
+        stored = Path(row["path"])
+        sender = calling_ae or "a sender"
+        if row["size"] == size and _same_bytes(stored, parts):
+            return True
+        if _same_data_set(stored, parts, row["transfer_syntax_uid"], header.transfer_syntax_uid):
+            # the same data set in another file's wrapping: received by C-STORE (the node's File Meta, naming the
+            # caller) and then uploaded as the sender's file (probe 26: the upload re-ran a delivered job)
+            log.info("instance %s: the same data set came again from %s in another file; kept as it was",
+                     header.sop_instance_uid, sender)
+            return True
+        if row["manufacturer"] == OWN_MANUFACTURER == header.manufacturer:
+            log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
+                     "copy is kept", header.sop_instance_uid, sender)
+            return True
+        if (header.manufacturer != OWN_MANUFACTURER and row["series_instance_uid"] == header.series_instance_uid
+                and same_images(stored, parts)):
+            # probe 47: a VNA's lossless re-send (RLE) and a PACS adding the Issuer of Patient ID each re-ran the
+            # series' job and sent its results again, with a rejection note for the earlier ones
+            log.info("instance %s: the same images came again from %s in another encoding or with only values the "
+                     "node does not read changed (%s); kept as it was", header.sop_instance_uid, sender, NOT_READ_SAID)
+            return True
+        return False
 
     def _index(
         self,
@@ -370,10 +404,15 @@ class Store:
         calling_ae: str,
         association_id: int | None,
         identity_changed: Sequence[str] = (),
-    ) -> tuple[StoreOutcome, Path | None]:
+        *,
+        compared: str | None = None,
+    ) -> tuple[StoreOutcome, Path | None] | None:
         """Index the instance (a row for it, its series re-opened, its study's attributes) in one transaction.
         ``identity_changed``: what of the patient's or order's identity the instance it replaces named otherwise
-        (:func:`identity_changes`): its series is marked, and its results are withdrawn when it completes."""
+        (:func:`identity_changes`): its series is marked, and its results are withdrawn when it completes.
+        ``compared``: the path of the stored copy the caller compared the instance with (None: none was stored);
+        where another is indexed now (a copy of the same instance stored meanwhile), nothing is written and None
+        is returned, for the caller to compare again."""
         now = time.time()
         position = _position(header)
         own = header.manufacturer == OWN_MANUFACTURER
@@ -383,6 +422,8 @@ class Store:
                 "SELECT path, series_instance_uid, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             ).fetchone()
+            if (old["path"] if old is not None else None) != compared:
+                return None
             series_was_in = conn.execute("SELECT study_instance_uid FROM series WHERE series_instance_uid = ?",
                                          (header.series_instance_uid,)).fetchone()
             replaced = old is not None  # identical bytes never get this far
@@ -634,17 +675,21 @@ def _same_elements(path: Path, parts: Sequence[Buffer]) -> bool:
         return False
 
 
-def _same_values(a: Dataset, b: Dataset) -> bool:
-    """The same tags (group lengths aside) with the same value bytes; a sequence's items compared alike."""
-    tags = [tag for tag in a.keys() if tag.element != 0]
-    if tags != [tag for tag in b.keys() if tag.element != 0]:
+def _same_values(a: Dataset, b: Dataset, ignore: frozenset[BaseTag] | None = None) -> bool:
+    """The same tags (group lengths aside) with the same value bytes; a sequence's items compared alike. With
+    ``ignore``, those tags and private ones are left out, at any depth."""
+    def kept(tag: BaseTag) -> bool:
+        return tag.element != 0 and (ignore is None or (tag not in ignore and not tag.is_private))
+
+    tags = [tag for tag in a.keys() if kept(tag)]
+    if tags != [tag for tag in b.keys() if kept(tag)]:
         return False
     for tag in tags:
         x, y = a.get_item(tag), b.get_item(tag)
         if "SQ" in (x.VR, y.VR, _known_vr(tag)):
             first, second = a[tag].value, b[tag].value
             if not (isinstance(first, DicomSequence) and isinstance(second, DicomSequence) and len(first) == len(second)
-                    and all(_same_values(i, j) for i, j in zip(first, second, strict=True))):
+                    and all(_same_values(i, j, ignore) for i, j in zip(first, second, strict=True))):
                 return False
         elif isinstance(x, RawDataElement) and isinstance(y, RawDataElement):
             if x.value != y.value:
@@ -652,6 +697,55 @@ def _same_values(a: Dataset, b: Dataset) -> bool:
         elif a[tag].value != b[tag].value:  # one already decoded by pydicom (the character set)
             return False
     return True
+
+
+NOT_READ = frozenset(Tag(t) for t in (
+    0x00080051,  # Issuer of Accession Number Sequence
+    0x00080054,  # Retrieve AE Title
+    0x00080056,  # Instance Availability
+    0x00081190,  # Retrieve URL
+    0x00100021,  # Issuer of Patient ID
+    0x00100024,  # Issuer of Patient ID Qualifiers Sequence
+    0x00101000,  # Other Patient IDs
+    0x00101001,  # Other Patient Names
+    0x00101002,  # Other Patient IDs Sequence
+    0x00282110,  # Lossy Image Compression (the pixels are compared decoded)
+    0x00282112,  # Lossy Image Compression Ratio
+    0x00282114,  # Lossy Image Compression Method
+    0x00880130,  # Storage Media File-set ID
+    0x00880140,  # Storage Media File-set UID
+    0x04000561,  # Original Attributes Sequence (what a PACS coerced, kept by it)
+    0x7FE00010,  # Pixel Data (compared decoded)
+    0xFFFCFFFC,  # Data Set Trailing Padding
+))
+"""What a PACS or an archive adds or coerces when it sends an image again, which the node neither reads nor writes
+into its results (private elements too): an image that differs from the stored one only there, its pixels the same
+once decoded, is the same image (:func:`same_images`). The Patient ID, name, birth date, sex and Accession Number
+are read (``IDENTITY``)."""
+NOT_READ_SAID = "the issuer or other IDs of the patient, where to retrieve it, private elements"
+
+
+def same_images(path: Path, parts: Sequence[Buffer]) -> bool:
+    """Whether the stored file and the incoming Part 10 file hold the same image for the model and its results:
+    every element but :data:`NOT_READ` and private ones the same (value bytes, sequences item by item), and the
+    pixels the same once decoded, whatever the transfer syntax (a lossless re-encoding: RLE, JPEG-LS, JPEG 2000
+    lossless). Anything that cannot be read or decoded makes them differ."""
+    try:
+        if path.stat().st_size > _DECODED_AT_MOST or sum(len(memoryview(p)) for p in parts) > _DECODED_AT_MOST:
+            return False
+        stored = pydicom.dcmread(path)
+        incoming = pydicom.dcmread(io.BytesIO(b"".join(parts)))
+        if not _same_values(stored, incoming, ignore=NOT_READ):
+            return False
+        if "PixelData" not in stored or "PixelData" not in incoming:
+            return "PixelData" not in stored and "PixelData" not in incoming
+        if (not stored.file_meta.TransferSyntaxUID.is_compressed
+                and not incoming.file_meta.TransferSyntaxUID.is_compressed):
+            return bool(stored.PixelData == incoming.PixelData)
+        first, second = pixel_array(stored), pixel_array(incoming)
+        return first.shape == second.shape and bool(np.array_equal(first, second))
+    except Exception:  # noqa: BLE001 - images that cannot be compared are not shown to be the same
+        return False
 
 
 def _known_vr(tag: BaseTag) -> str | None:

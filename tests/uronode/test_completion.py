@@ -251,7 +251,9 @@ def test_a_single_slice_series_is_valid(store: Store, monitor: CompletionMonitor
         ({"modality": "MR"}, "modality MR, not CT"),
         ({"image_type": ("ORIGINAL", "PRIMARY", "LOCALIZER")}, "localizer"),
         ({"manufacturer": "uronode"}, "derived by this node"),
-        ({"sop_class": "1.2.840.10008.5.1.4.1.1.7"}, "not a CT image storage class"),
+        # probe 47: the dose screen's reason named the UID alone
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.7"},
+         "SOP class 1.2.840.10008.5.1.4.1.1.7 (Secondary Capture Image Storage) is not a CT image storage class"),
         ({"image_type": ("DERIVED", "SECONDARY")}, "derived secondary"),
         # probe 22: a console MPR (DERIVED\PRIMARY), a screen stored as CT, a bone reconstruction of the scan
         ({"image_type": ("DERIVED", "PRIMARY", "MPR"), "orientation": (0, 1, 0, 0, 0, -1)},
@@ -405,3 +407,4 @@ def test_the_node_s_own_results_complete_without_an_info_line(
     assert sorted(d.reason or "" for d in done) == ["derived by this node", "modality MR, not CT"]
     said = [r.getMessage() for r in caplog.records if "not for the model" in r.getMessage()]
     assert len(said) == 1 and said[0].endswith("not for the model: modality MR, not CT")
+    assert " (number 2) complete (1 instances)" in said[0]  # probe 47: which series, as a PACS lists it

@@ -1,0 +1,131 @@
+"""An image sent again: what changes its series and what does not (probe 47).
+
+A VNA re-sending a series losslessly compressed, or a PACS adding the Issuer of Patient ID, had every image
+re-open its series: the job ran again and its results went out again with a rejection note for the earlier ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from tests.factory import ct_slice
+from tests.uronode.test_store import encoded, put
+from uronode import queries
+from uronode.dicomfile import encode_file_meta
+from uronode.header import read_header
+from uronode.store import Store
+from uronode.types import StoreOutcome
+
+STUDY, SERIES = "1.2.3", "1.2.3.4"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data")
+
+
+def _sent(change: Callable[[Dataset], None] = lambda ds: None, *, syntax: str = ExplicitVRLittleEndian,
+          seed: int = 1) -> list[bytes]:
+    """The first image of the series, changed by ``change``, in ``syntax``, as the listener holds it."""
+    ds = ct_slice(STUDY, SERIES, 0, seed=seed)
+    change(ds)
+    if syntax == RLELossless:
+        ds.compress(RLELossless, generate_instance_uid=False)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return [encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax, "PACS"), fp.getvalue()]
+
+
+def _issuer(ds: Dataset) -> None:
+    ds.IssuerOfPatientID = "HOSPITAL-A"
+
+
+def _private(ds: Dataset) -> None:
+    block = ds.private_block(0x0029, "ACME PACS 1.0", create=True)
+    block.add_new(0x01, "LO", "archived 2026-12-07")
+
+
+def _retrieve(ds: Dataset) -> None:
+    ds.RetrieveAETitle = "VNA"
+    ds.InstanceAvailability = "ONLINE"
+
+
+def _description(ds: Dataset) -> None:
+    ds.SeriesDescription = "Abdomen 1.0 B30f corrected"
+
+
+def _series_row(store: Store) -> tuple[int, int]:
+    row = queries.series_row(store.db, SERIES)
+    assert row is not None
+    return row["replaced_count"], row["generation"]
+
+
+@pytest.mark.parametrize(("name", "again"), [
+    ("losslessly compressed (RLE)", lambda: _sent(syntax=RLELossless)),
+    ("with the Issuer of Patient ID", lambda: _sent(_issuer)),
+    ("with a private element of the PACS", lambda: _sent(_private)),
+    ("with where to retrieve it", lambda: _sent(_retrieve)),
+    ("compressed with the Issuer of Patient ID", lambda: _sent(_issuer, syntax=RLELossless)),
+])
+def test_the_same_image_sent_again_changes_nothing(store: Store, name: str,
+                                                   again: Callable[[], list[bytes]]) -> None:
+    first = _sent()
+    assert put(store, first) is StoreOutcome.STORED
+    stored = store.get_instance(read_header(first).sop_instance_uid)
+    assert stored is not None
+    before = _series_row(store)
+    parts = again()
+    assert b"".join(parts) != b"".join(first)
+    assert put(store, parts) is StoreOutcome.DUPLICATE, name
+    assert _series_row(store) == before  # not re-opened: no new job, no results sent again
+    kept = store.get_instance(read_header(first).sop_instance_uid)
+    assert kept is not None and kept.path == stored.path and kept.path.read_bytes() == b"".join(first)
+    assert len(list(kept.path.parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize(("name", "again"), [
+    ("other pixels", lambda: _sent(seed=2)),
+    ("other pixels, compressed", lambda: _sent(syntax=RLELossless, seed=2)),
+    ("another Series Description", lambda: _sent(_description)),
+    ("another Series Description, compressed", lambda: _sent(_description, syntax=RLELossless)),
+])
+def test_an_image_that_changed_replaces_and_re_opens_its_series(store: Store, name: str,
+                                                                again: Callable[[], list[bytes]]) -> None:
+    first = _sent()
+    put(store, first)
+    replaced, generation = _series_row(store)
+    parts = again()
+    assert put(store, parts) is StoreOutcome.REPLACED, name
+    assert _series_row(store) == (replaced + 1, generation)  # re-opened (still receiving: the same generation)
+    now = store.get_instance(read_header(parts).sop_instance_uid)
+    assert now is not None and now.path.read_bytes() == b"".join(parts)
+
+
+def test_two_identical_copies_at_once_are_one_image(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 47: two senders storing the same image at the same moment made the second copy a replacement (its
+    series counted as changed): the copy indexed between the comparison and the write is compared again."""
+    parts = encoded(0, seed=1)
+    compare = Store._kept
+    landed: list[StoreOutcome] = []
+
+    def racing(self: Store, *args: object, **kwargs: object) -> bool:
+        kept = compare(self, *args, **kwargs)  # type: ignore[arg-type]
+        if not landed:  # the other sender's copy is indexed right after this one was compared with nothing
+            landed.append(StoreOutcome.STORED)
+            landed.append(put(store, list(parts)))
+        return kept
+
+    monkeypatch.setattr(Store, "_kept", racing)
+    assert put(store, parts) is StoreOutcome.DUPLICATE
+    assert landed == [StoreOutcome.STORED, StoreOutcome.STORED]
+    assert _series_row(store)[0] == 0
+    (instance,) = queries.series_instances(store.db, SERIES)
+    assert len(list(instance.path.parent.iterdir())) == 1  # the second copy's file taken out again
