@@ -126,14 +126,22 @@ UROGRAPHY = frozenset({
 its series, the unenhanced one too, unless it denies contrast), with a late-phase word a clear phase."""
 DELAY = frozenset({
     "DELAYED", "DELAY", "LATE", "SPAT", "SPAET", "SPATAUFNAHME", "SPAETAUFNAHME", "TARDIVE", "TARDIF", "TARDIVA",
-    "TARDIVO", "TARDIA", "TARDIO", "RITARDATA", "RITARDATO", "VERTRAAGD", "GECIKMIS",
+    "TARDIVO", "TARDIA", "TARDIO", "RITARDATA", "RITARDATO", "VERTRAAGD", "GECIKMIS", "DLY",
 })
 """Words of a late acquisition: alone no phase (a "delayed" series may be a post-void one); with a second word of a
 late phase (``_late``: a urography, minutes, "PHASE") a clear one."""
-NOT_LATE = frozenset({"VOID", "VOIDING", "POSTVOID", "MICTION", "MIKTION", "PRONE", "BAUCHLAGE", "DECUBITUS"})
-"""Words of a late acquisition without contrast: after voiding, prone (a stone at the bladder's mouth or in it)."""
+NOT_LATE = frozenset({
+    "VOID", "VOIDING", "POSTVOID", "MICTION", "MIKTION", "MICTURITION", "MICT", "POSTMICT", "POSTMICTION",
+    "POSTMICTIONNEL", "POSTMICTIONNELLE", "MINZIONE", "POSTMINZIONALE", "MICCION", "POSTMICCIONAL", "MIKTIE",
+    "EMPTY", "EMPTIED", "LEER", "VUOTA", "VIDE", "VACIA", "PRONE", "PRONO", "PRONA", "PRONATION", "PROCUBITUS",
+    "BAUCHLAGE", "BUIKLIGGING", "DECUBITUS", "DECUBITO", "VENTRAL", "PRON",
+})
+"""Words of a late look without contrast: after voiding or with the bladder emptied, prone (a stone at the
+bladder's mouth or in it, seen again), in the languages of the contrast words."""
+NOT_WHEN = frozenset({"SINGLE", "ONE", "MONO", "EINE", "EIN", "UNA", "UNE", "UN", "UNICA", "TEK", "EEN"})
+"""Words beside "PHASE" that say how many phases, not when ("single phase", "one phase")."""
 PHASE = frozenset({"PHASE", "FASE", "PHASEN", "FAZ", "FAZI", "FAZA"})
-_MINUTES = re.compile(r"^([0-9]+)?(?:MIN|MINS|MINUTE|MINUTES|MINUTEN|MINUTI|MINUTOS|DK|DAK|DAKIKA)$")
+_MINUTES = re.compile(r"^([0-9]+)?(?:MIN|MINS|MN|MINUTE|MINUTES|MINUTEN|MINUTI|MINUTOS|DK|DAK|DAKIKA)$")
 CONTRAST_WORDS = MENTIONS | {"C", "PRODUIT", "MEZZO", "MIDDEL", "CONTRASTMIDDEL", "INJ"}
 """What "NO", "WITHOUT", "VOR" ... deny when it follows them (the bare "C" of "W/O C" too)."""
 NO_AGENT = frozenset({
@@ -260,7 +268,7 @@ def _words(text: str) -> list[str]:
         joined = core.replace("-", "")
         if sign and core in SIGNED:
             out.append(core + sign)
-        elif "-" in core and (joined in DENY_ALONE or joined in PHASES or joined in MENTIONS):
+        elif "-" in core and (joined in DENY_ALONE or joined in PHASES or joined in MENTIONS or joined in UROGRAPHY):
             out.append(joined)
         else:
             out.extend(part for part in core.split("-") if part)
@@ -362,35 +370,59 @@ def _shown(value: str) -> str:
     return kept.encode("ascii", "replace").decode()
 
 
-def _late(words: list[str]) -> set[str]:
-    """Which kinds of word of a late phase ``words`` hold: ``"urography"`` (``UROGRAPHY``, "URO" too), ``"delay"``
-    (``DELAY``), ``"minutes"`` ("8MIN", "10 MIN") and ``"phase"`` (``PHASE``, not before a number: "PHASE 1" is
-    no more than a series' place)."""
+def _late_kinds(words: list[str]) -> set[str]:
+    """Which kinds of a late phase's words ``words`` hold: ``"urography"`` (``UROGRAPHY``), ``"uro"`` ("URO",
+    which may be a department), ``"delay"`` (``DELAY``), ``"minutes"`` ("8MIN", "10 MIN"; not 0) and
+    ``"phase"`` ("PHASE" where no number or "single" is beside it: "PHASE 1", "1 PHASE", "single phase" say
+    which or how many, not when). None where a word names a void or a prone look (``NOT_LATE``: a stone at the
+    bladder's mouth, seen again without contrast)."""
     kinds: set[str] = set()
     if any(word in NOT_LATE for word in words):
-        return kinds  # "PRONE DELAYED 10 MIN": a stone protocol's look at a stone at the bladder's mouth
+        return kinds
     for i, word in enumerate(words):
+        before = words[i - 1] if i else ""
         after = words[i + 1] if i + 1 < len(words) else ""
-        if word in UROGRAPHY or word == "URO":
+        if word in UROGRAPHY:
             kinds.add("urography")
+        elif word == "URO":
+            kinds.add("uro")
         elif word in DELAY:
             kinds.add("delay")
-        elif (found := _MINUTES.match(word)) and (found.group(1) or (i and words[i - 1].isdigit())):
-            kinds.add("minutes")
-        elif word in PHASE and not after.isdigit() and after not in ("I", "II", "III", "IV", "V"):
+        elif (found := _MINUTES.match(word)) and (number := found.group(1) or (before if before.isdigit() else "")):
+            if int(number) > 0:
+                kinds.add("minutes")
+        elif word in PHASE and not any(w.isdigit() or w in NOT_WHEN for w in (before, after)):
             kinds.add("phase")
     return kinds
+
+
+def _late(words: list[str]) -> bool:
+    """Whether ``words`` name a late phase: a delay with minutes, a urography or "PHASE"; minutes with a
+    urography ("URO" too) or "PHASE"; a urography with "PHASE" ("Urogram Phase"). "URO" is a department's
+    word as often, so it counts only beside minutes ("Uro 8min", not "Uro Late 3.0" nor "URO PHASE")."""
+    kinds = _late_kinds(words)
+    if "delay" in kinds:
+        return bool(kinds & {"minutes", "urography", "phase"})
+    if "minutes" in kinds:
+        return bool(kinds & {"urography", "uro", "phase"})
+    return {"urography", "phase"} <= kinds
+
+
+def _denies(text: str) -> bool:
+    """Whether ``text`` denies contrast anywhere (``_reading``)."""
+    return _reading(_words(text))[0]
 
 
 def contrast_evidence(agent: str, description: str,
                       context: Sequence[tuple[str, str]] = ()) -> Evidence | None:
     """What in the header says the series was acquired with contrast (the module's text); None where nothing
     does, or the description denies it and names nothing else. ``context``: what the examination is called
-    (``(what, text)`` pairs: the Study Description, the Protocol Name), read only where the series' own
-    description and agent say nothing either way: a late-phase word of the series' own ("DELAYED", "10 MIN") in
-    an examination that names contrast or a urography ("CT UROGRAM") is clear; an examination that names them
-    and denies contrast nowhere cautions a series that says nothing (probe 47: a CT urography's "Delayed 1.25mm"
-    was read as non-contrast, its ureter full of contrast taken for a stent)."""
+    (``(what, text)`` pairs: the Study Description, the Protocol Name). Where any of it denies contrast ("CT ABD
+    PELVIS WO CONTRAST"), the series' own late-phase words (``_late``) name no phase; where none of it does, and
+    the series' own description and agent say nothing either way, an examination that names contrast or a
+    urography makes a delay or minutes of the series' own ("Delayed 1.25mm") a named phase and cautions a series
+    that says nothing (probe 47: a CT urography's excretory series were read as non-contrast, its ureter full of
+    contrast taken for a stent; review 43: an order "WITHOUT CONTRAST" had made "Delayed" a phase)."""
     words = _words(description)
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
@@ -400,6 +432,21 @@ def contrast_evidence(agent: str, description: str,
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
             return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
+    named = [(what, text) for what, text in context if text.strip()]
+    plain_examination = any(_denies(text) for _, text in named)
+    if any(w in PHASES for w in loose) or (_late(loose) and not plain_examination):
+        return Evidence(shown, clear=True)  # "EXCRETORY", "DELAYED UROGRAM", "Uro 8min", "10 min delay"
+    if any(w in MENTIONS or w in UROGRAPHY for w in loose):
+        return Evidence(shown, clear=False)
+    if _names_agent(agent):
+        return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
+    if plain_examination:
+        return None
+    for what, text in named:
+        if contrast_evidence("", text) is not None:
+            own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
+            return Evidence(f"{_quoted(what, text)}, and {own}", clear=bool(_late_kinds(loose) & {"delay", "minutes"}))
+    return None
     late = _late(loose)
     if any(w in PHASES for w in loose) or len(late) > 1:  # "DELAYED UROGRAM", "Uro 8min", "10 min delay"
         return Evidence(shown, clear=True)

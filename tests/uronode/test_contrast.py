@@ -473,3 +473,36 @@ def test_a_series_that_denies_contrast_is_not_questioned_by_its_examination(desc
 @pytest.mark.parametrize("study", ["CT KUB", "CT ABDOMEN PELVIS", "Low dose stone", "CT ABD/PEL WO"])
 def test_an_examination_that_names_no_contrast_questions_nothing(study: str) -> None:
     assert contrast_evidence("", "Delayed 1.25mm", (("Study Description", study),)) is None
+
+
+@pytest.mark.parametrize("description", [
+    "Tardiva prono 10 min", "Tardia decubito prono 10 min", "Late 10 min procubitus", "Delayed 10 min post micturition",
+    "Delayed 10 min post-mict", "Delayed 10 min buikligging", "Delay 20 min empty bladder", "IVP 0 MIN",
+    "Uro single phase", "URO 1 PHASE", "Uro one phase", "URO PHASE", "Uro Late 3.0", "Uro delay kidneys",
+])
+def test_a_late_look_without_contrast_is_no_phase(description: str) -> None:
+    """Review 43: prone and post-void looks in other languages, a scan at 0 minutes, "single phase" and a
+    department's "Uro" beside a delay had been skipped as late phases."""
+    found = contrast_evidence("", description)
+    assert found is None or not found.clear, found
+
+
+@pytest.mark.parametrize("study", [
+    "CT ABDOMEN + PELVIS WITHOUT CONTRAST", "CT ABD + PELVIS W/O CONTRAST",
+    "CT ABD/PEL WITHOUT IV CONTRAST (PT REFUSED CONTRAST)", "TC ADDOME SENZA MDC", "CT ABD PELVIS WO CONTRAST",
+])
+@pytest.mark.parametrize("description", ["Delayed", "Late 5mm", "Delayed 10 min", "Abdomen 5.0 Br40", ""])
+def test_an_examination_that_denies_contrast_makes_no_phase_of_its_series(study: str, description: str) -> None:
+    """Review 43: an order "WITHOUT CONTRAST" whose "+" reads as "with" made "Delayed" a phase and cautioned its
+    silent series; a Protocol Name naming a urography beside it does not either."""
+    for context in ((("Study Description", study),),
+                    (("Study Description", study), ("Protocol Name", "CT Urogram"))):
+        assert contrast_evidence("", description, context) is None, context
+
+
+@pytest.mark.parametrize("study", ["CT ABDOMEN", ""])
+def test_a_protocol_name_that_names_a_urography_is_read_as_the_examination(study: str) -> None:
+    found = contrast_evidence("", "Delayed 1.25mm", (("Study Description", study), ("Protocol Name", "Uro-CT")))
+    assert found is not None and found.clear and found.text.startswith("Protocol Name 'Uro-CT'"), found
+    found = contrast_evidence("", "Axial 5mm", (("Study Description", study), ("Protocol Name", "CT Urography")))
+    assert found is not None and not found.clear, found

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -48,6 +49,23 @@ def _issuer(ds: Dataset) -> None:
     ds.IssuerOfPatientID = "HOSPITAL-A"
 
 
+def _lossy(ds: Dataset) -> None:
+    ds.LossyImageCompression, ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = "01", 10, "ISO_10918_1"
+
+
+def _order_issuer(ds: Dataset) -> None:
+    item = Dataset()
+    item.LocalNamespaceEntityID = "RIS-B"
+    ds.IssuerOfAccessionNumberSequence = [item]
+
+
+def _coerced(ds: Dataset) -> None:
+    item = Dataset()
+    item.AttributeModificationDateTime, item.ModifyingSystem = "20261207120000", "PACS"
+    item.ReasonForTheAttributeModification = "COERCE"
+    ds.OriginalAttributesSequence = [item]
+
+
 def _private(ds: Dataset) -> None:
     block = ds.private_block(0x0029, "ACME PACS 1.0", create=True)
     block.add_new(0x01, "LO", "archived 2026-12-07")
@@ -70,10 +88,10 @@ def _series_row(store: Store) -> tuple[int, int]:
 
 @pytest.mark.parametrize(("name", "again"), [
     ("losslessly compressed (RLE)", lambda: _sent(syntax=RLELossless)),
-    ("with the Issuer of Patient ID", lambda: _sent(_issuer)),
     ("with a private element of the PACS", lambda: _sent(_private)),
     ("with where to retrieve it", lambda: _sent(_retrieve)),
-    ("compressed with the Issuer of Patient ID", lambda: _sent(_issuer, syntax=RLELossless)),
+    ("with what the PACS coerced", lambda: _sent(_coerced)),
+    ("compressed, with where to retrieve it", lambda: _sent(_retrieve, syntax=RLELossless)),
 ])
 def test_the_same_image_sent_again_changes_nothing(store: Store, name: str,
                                                    again: Callable[[], list[bytes]]) -> None:
@@ -96,6 +114,11 @@ def test_the_same_image_sent_again_changes_nothing(store: Store, name: str,
     ("other pixels, compressed", lambda: _sent(syntax=RLELossless, seed=2)),
     ("another Series Description", lambda: _sent(_description)),
     ("another Series Description, compressed", lambda: _sent(_description, syntax=RLELossless)),
+    # review 43: what the loader reads (two issuers are two patients; the lossy caution) or the results copy
+    ("with the Issuer of Patient ID", lambda: _sent(_issuer)),
+    ("compressed with the Issuer of Patient ID", lambda: _sent(_issuer, syntax=RLELossless)),
+    ("flagged lossy", lambda: _sent(_lossy)),
+    ("with the issuer of the Accession Number", lambda: _sent(_order_issuer)),
 ])
 def test_an_image_that_changed_replaces_and_re_opens_its_series(store: Store, name: str,
                                                                 again: Callable[[], list[bytes]]) -> None:
@@ -129,3 +152,22 @@ def test_two_identical_copies_at_once_are_one_image(store: Store, monkeypatch: p
     assert _series_row(store)[0] == 0
     (instance,) = queries.series_instances(store.db, SERIES)
     assert len(list(instance.path.parent.iterdir())) == 1  # the second copy's file taken out again
+
+
+def _frames(last: int) -> Callable[[Dataset], None]:
+    """Three frames, the last one's first pixel ``last``: a multi-frame image compared a frame at a time."""
+    def change(ds: Dataset) -> None:
+        pixels = ds.pixel_array
+        stack = np.stack([pixels, pixels, pixels]).astype(pixels.dtype)
+        stack[2, 0, 0] = last
+        ds.NumberOfFrames = 3
+        ds.PixelData = stack.tobytes()
+    return change
+
+
+def test_a_multi_frame_image_is_compared_frame_by_frame(store: Store) -> None:
+    assert put(store, _sent(_frames(7))) is StoreOutcome.STORED
+    before = _series_row(store)
+    assert put(store, _sent(_frames(7), syntax=RLELossless)) is StoreOutcome.DUPLICATE
+    assert _series_row(store) == before
+    assert put(store, _sent(_frames(8), syntax=RLELossless)) is StoreOutcome.REPLACED  # one pixel of the third
