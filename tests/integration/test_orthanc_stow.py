@@ -9,19 +9,24 @@ with DCMTK storescu, as from a scanner.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import query
 from tests.factory import write_series
-from tests.peers.processes import Node, free_port, start_orthanc, storescu, wait_until
+from tests.peers.processes import Node, Proc, free_port, start_orthanc, storescu, wait_until
 
 
-def _post(http: int, path: str, body: object) -> object:
+def _post(http: int, path: str, body: object, orthanc: Proc, node: Node) -> object:
     request = urllib.request.Request(f"http://127.0.0.1:{http}{path}", data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:  # say why (a CI run under load once saw Orthanc's 500 and nothing more)
+        raise AssertionError(f"{path}: {exc.code} {exc.read()[:2000]!r}\nOrthanc:\n{orthanc.log_text()[-3000:]}"
+                             f"\nnode:\n{node.proc.log_text()[-3000:] if node.proc else ''}") from exc
 
 
 def test_a_series_orthanc_sends_over_stow_rs_is_stored_whole_and_becomes_one_job(
@@ -42,7 +47,8 @@ def test_a_series_orthanc_sends_over_stow_rs_is_stored_whole_and_becomes_one_job
         with urllib.request.urlopen(lookup, timeout=10) as response:
             orthanc_id = json.load(response)[0]["ID"]
 
-        answer = _post(http, "/dicom-web/servers/uronode/stow", {"Resources": [orthanc_id], "Synchronous": True})
+        answer = _post(http, "/dicom-web/servers/uronode/stow", {"Resources": [orthanc_id], "Synchronous": True},
+                       orthanc, node)
         assert isinstance(answer, dict) and int(answer["InstancesCount"]) == 30, answer
 
         def complete() -> bool:
