@@ -235,3 +235,22 @@ def get_job(job_id: int, store: StoreDep) -> dict[str, Any]:
     if job is None:
         raise HTTPException(404, detail=f"no job {job_id}")
     return job_json(job, queue)
+
+
+@router.get("/studies", summary="What the node did with each series of a study: received, analysed or skipped and why")
+def list_studies(store: StoreDep, study: str | None = None, accession: str | None = None,
+                 patient_id: str | None = None) -> dict[str, Any]:
+    """The studies named by a Study Instance UID (``study``), an Accession Number (``accession``) or a Patient ID
+    (``patient_id``), the first given, newest first: each series the node received with its state, what became
+    of it (``disposition``: ``queued`` for the model or ``skipped``, with the ``reason``), its jobs and where their
+    results went (``results``: destination, state, instances). What ``uronode study`` prints (probe 47: a
+    skipped series was in no answer over HTTP, so an administrator without a shell on the node could not see why
+    a scout, a reformat or a contrast phase got no result). ``more``: more studies matched than are given."""
+    named = {key: value for key, value in (("study", study), ("accession", accession), ("patient_id", patient_id))
+             if value}
+    if not named:
+        raise HTTPException(400, detail="name a study: ?study=<Study Instance UID>, ?accession=<Accession Number> or "
+                                        "?patient_id=<Patient ID>")
+    key, value = next(iter(named.items()))
+    studies, more = queries.study_overview(store.db, **{key: value})
+    return {"studies": studies, "more": more}

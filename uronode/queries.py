@@ -549,3 +549,45 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
         calling_ae=row["calling_ae"] or "",
         received_at=row["received_at"],
     )
+
+
+STUDIES_AT_MOST = 50
+"""How many studies :func:`study_overview` gives at most (the newest)."""
+
+
+def study_overview(database: Database, *, study: str | None = None, accession: str | None = None,
+                   patient_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """What the node did with each series of the studies a person names (a Study Instance UID, an Accession
+    Number or a Patient ID, the first given): each study's series that it received (not its own results), with
+    their state, what became of them (``disposition``, ``reason``: skipped and why), their jobs and where each
+    job's results went; the newest :data:`STUDIES_AT_MOST` studies, and whether more matched. For ``uronode
+    study`` and ``GET /api/studies`` (probe 41: skipped series were in no command; probe 47: nor over HTTP)."""
+    if study is not None:
+        where, value = "study_instance_uid = ?", study
+    elif accession is not None:
+        where, value = "accession_number = ?", accession
+    elif patient_id is not None:
+        where, value = "patient_id = ?", patient_id
+    else:
+        raise ValueError("name a study, an accession number or a patient ID")
+    conn = database.conn()
+    rows = conn.execute(f"SELECT study_instance_uid, accession_number, study_date FROM studies WHERE {where}"
+                        " ORDER BY study_date DESC, study_instance_uid LIMIT ?", (value, STUDIES_AT_MOST + 1)).fetchall()
+    studies = []
+    for row in rows[:STUDIES_AT_MOST]:
+        series = []
+        for s in conn.execute(
+                "SELECT s.series_instance_uid, s.series_number, s.series_description, s.modality, s.state,"
+                " s.disposition, s.reason, s.last_received_at, (SELECT count(*) FROM instances i"
+                " WHERE i.series_instance_uid = s.series_instance_uid) AS instances FROM series s"
+                " WHERE s.study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r"
+                " ON r.sop_instance_uid = i.sop_instance_uid WHERE i.series_instance_uid = s.series_instance_uid)"
+                " ORDER BY s.series_number, s.series_instance_uid", (row["study_instance_uid"],)):
+            jobs = [{**dict(job), "results": [dict(r) for r in conn.execute(
+                "SELECT destination, state, count(*) AS instances FROM deliveries WHERE job_id = ?"
+                " GROUP BY destination, state ORDER BY destination, state", (job["id"],))]}
+                for job in conn.execute("SELECT id, state, reason, model, updated_at FROM jobs"
+                                        " WHERE series_instance_uid = ? ORDER BY id", (s["series_instance_uid"],))]
+            series.append({**dict(s), "jobs": jobs})
+        studies.append({**dict(row), "series": series})
+    return studies, len(rows) > STUDIES_AT_MOST

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from uronode import __version__
+from uronode import __version__, queries
 from uronode.app import predict
 from uronode.audit import AuditLog
 from uronode.errors import UronodeError
@@ -265,32 +265,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     (probe 41: `uronode jobs` listed UIDs only, skipped series were in no command)."""
     settings = _settings_from_args(args)
     store = _existing_store(settings)
-    conn = store.conn()
-    if args.study:
-        where, value = "study_instance_uid = ?", args.study
-    elif args.accession:
-        where, value = "accession_number = ?", args.accession
-    else:
-        where, value = "patient_id = ?", args.patient_id
-    studies = conn.execute(f"SELECT study_instance_uid, accession_number, study_date FROM studies WHERE {where}"
-                           " ORDER BY study_date DESC, study_instance_uid LIMIT 51", (value,)).fetchall()
-    if len(studies) > 50:
-        studies = studies[:50]
-        print("uronode: more than 50 studies match; the 50 newest are shown (name one by --study)", file=sys.stderr)
+    named = ({"study": args.study} if args.study else {"accession": args.accession} if args.accession
+             else {"patient_id": args.patient_id})
+    studies, more = queries.study_overview(store.db, **named)
+    if more:
+        print(f"uronode: more than {queries.STUDIES_AT_MOST} studies match; the {queries.STUDIES_AT_MOST} newest are"
+              " shown (name one by --study)", file=sys.stderr)
     if not studies:
-        print(f"uronode: the node holds no study with that {where.split(' ')[0]} (received studies only; retention"
+        what = {"study": "study_instance_uid", "accession": "accession_number", "patient_id": "patient_id"}
+        print(f"uronode: the node holds no study with that {what[next(iter(named))]} (received studies only; retention"
               " may have removed it)", file=sys.stderr)
         return 1
     for study in studies:
         print(escape_controls(f"study {study['study_instance_uid']}  accession {study['accession_number'] or '-'}"
                               f"  date {study['study_date'] or '-'}"))
-        for series in conn.execute(
-                "SELECT s.series_instance_uid, s.series_number, s.series_description, s.modality, s.state,"
-                " s.disposition, s.reason, s.last_received_at, (SELECT count(*) FROM instances i"
-                " WHERE i.series_instance_uid = s.series_instance_uid) AS n FROM series s"
-                " WHERE s.study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i JOIN results r"
-                " ON r.sop_instance_uid = i.sop_instance_uid WHERE i.series_instance_uid = s.series_instance_uid)"
-                " ORDER BY s.series_number, s.series_instance_uid", (study["study_instance_uid"],)):
+        for series in study["series"]:
             number = series["series_number"] if series["series_number"] is not None else "-"
             # a series for the model says so, its jobs below say how far they are (probe 46: "queued" beside a
             # delivered job read as still waiting)
@@ -298,13 +287,10 @@ def cmd_study(args: argparse.Namespace) -> int:
             status = (series["state"] if series["state"] != "complete"
                       else f"{disposition or 'complete'}" + (f": {series['reason']}" if series["reason"] else ""))
             print(escape_controls(f"  series #{number} {series['modality'] or '?'} {series['series_description'] or ''!r}"
-                                  f" ({series['n']} instances, last {local_time(series['last_received_at'])}):"
+                                  f" ({series['instances']} instances, last {local_time(series['last_received_at'])}):"
                                   f" {status}"))
-            for job in conn.execute("SELECT id, state, reason, model, updated_at FROM jobs"
-                                    " WHERE series_instance_uid = ? ORDER BY id", (series["series_instance_uid"],)):
-                sent = ", ".join(f"{r['destination']} {r['state']} {r['n']}" for r in conn.execute(
-                    "SELECT destination, state, count(*) AS n FROM deliveries WHERE job_id = ?"
-                    " GROUP BY destination, state ORDER BY destination, state", (job["id"],)))
+            for job in series["jobs"]:
+                sent = ", ".join(f"{r['destination']} {r['state']} {r['instances']}" for r in job["results"])
                 print(escape_controls(f"    job {job['id']} {job['state']} ({job['model']}, "
                                       f"{local_time(job['updated_at'])})" + (f": {job['reason']}" if job["reason"] else "")
                                       + (f"; results: {sent}" if sent else "")))
