@@ -13,7 +13,7 @@ from tests.factory import ct_slice, uid
 from uronode.app.cli import main
 from uronode.completion import CompletionMonitor
 from uronode.ingest import take_instance
-from uronode.jobs import JobQueue
+from uronode.jobs import Job, JobQueue
 from uronode.outbox import Outbox
 from uronode.store import Store
 
@@ -31,8 +31,9 @@ def _send(store: Store, series: str, count: int, **attributes: object) -> None:
         assert take_instance(store, [buffer.getvalue()], source="CT").stored
 
 
-def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_deliveries(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def a_study(tmp_path: Path) -> Job:
+    """A study in ``tmp_path / "data"``: a scout (skipped) and a series for the model (3), whose job owes a PACS one
+    result; the job."""
     store = Store(tmp_path / "data", fsync=False)
     analysed, scout = uid("cli-study", "ct"), uid("cli-study", "scout")
     _send(store, analysed, 3, SeriesNumber=3, SeriesDescription="KUB 1.25")
@@ -42,6 +43,12 @@ def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_de
     with store.transaction() as conn:
         Outbox(store).enqueue_in(conn, destination="pacs", sop_instance_uid="9.9", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
                                  path=tmp_path / "x.dcm", job_id=job.id)
+    return job
+
+
+def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_deliveries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = a_study(tmp_path)
     data = str(tmp_path / "data")
     assert main(["study", "--data-dir", data, "--accession", "ACC1002"]) == 0
     out = capsys.readouterr().out
