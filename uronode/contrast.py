@@ -109,7 +109,8 @@ DENY_ALONE = frozenset({
 """Words that deny contrast, or name the non-contrast (stone) protocol, wherever they stand."""
 DENY_BEFORE = frozenset({
     "NO", "NON", "NOT", "WITHOUT", "WO", "SIN", "SANS", "OHNE", "SENZA", "SEM", "ZONDER", "GEEN", "PAS", "KEIN",
-    "KEINE", "VOR", "PRA", "AVANT", "PRIMA", "ANTES", "VOOR", "BEFORE", "PRE", "SUPPRESSED", "S",
+    "KEINE", "VOR", "PRA", "AVANT", "PRIMA", "ANTES", "VOOR", "BEFORE", "PRE", "SUPPRESSED", "S", "REFUSED",
+    "REFUSES", "DECLINED", "DECLINES",
 })
 """Words that deny the contrast word after them (past route words and articles: ``ROUTE``, ``FILLER``)."""
 DENY_AFTER = frozenset({"NONE", "NEIN", "YOK", "NOT", "FREI", "SIZ", "ALLERGY", "ALLERGIE", "ONCESI",
@@ -138,6 +139,8 @@ NOT_LATE = frozenset({
 })
 """Words of a late look without contrast: after voiding or with the bladder emptied, prone (a stone at the
 bladder's mouth or in it, seen again), in the languages of the contrast words."""
+ROMAN = frozenset({"I", "II", "III", "IV", "V", "VI"})
+"""A phase's number in Roman figures ("phase II" is its place, as "phase 2"; review 44)."""
 NOT_WHEN = frozenset({"SINGLE", "ONE", "MONO", "EINE", "EIN", "UNA", "UNE", "UN", "UNICA", "TEK", "EEN"})
 """Words beside "PHASE" that say how many phases, not when ("single phase", "one phase")."""
 PHASE = frozenset({"PHASE", "FASE", "PHASEN", "FAZ", "FAZI", "FAZA"})
@@ -391,7 +394,7 @@ def _late_kinds(words: list[str]) -> set[str]:
         elif (found := _MINUTES.match(word)) and (number := found.group(1) or (before if before.isdigit() else "")):
             if int(number) > 0:
                 kinds.add("minutes")
-        elif word in PHASE and not any(w.isdigit() or w in NOT_WHEN for w in (before, after)):
+        elif word in PHASE and not any(w.isdigit() or w in NOT_WHEN or w in ROMAN for w in (before, after)):
             kinds.add("phase")
     return kinds
 
@@ -408,9 +411,25 @@ def _late(words: list[str]) -> bool:
     return {"urography", "phase"} <= kinds
 
 
-def _denies(text: str) -> bool:
-    """Whether ``text`` denies contrast anywhere (``_reading``)."""
-    return _reading(_words(text))[0]
+def _examination(text: str) -> str | None:
+    """What an examination's name (a Study Description, a Protocol Name) says of its series: ``"plain"`` where it
+    denies contrast and names nothing else ("CT KUB", "CT ABD + PELVIS W/O CONTRAST": a "+" there joins regions),
+    ``"contrast"`` where it names contrast, a phase, a urography or both phases ("CT UROGRAM", "CT ABD PELVIS W WO
+    CONTRAST", "CT UROGRAM PRE/POST", "WITH IV CONTRAST NO ORAL"), None where it names neither, oral contrast
+    alone, or a urography beside a denial ("CT UROGRAM NONCON ONLY", "CT UROGRAM - CONTRAST ALLERGY": which of its phases the series is,
+    it cannot say; review 44: "W WO" had read as plain and hidden an excretory series)."""
+    words = [w for w in _words(text) if w != "+"]
+    denied, covered = _reading(words)
+    loose = [w for i, w in enumerate(words) if i not in covered]
+    oral = any(w == "ORAL" and i not in covered for i, w in enumerate(words))
+    if oral and (any(w == "IV" and i in covered for i, w in enumerate(words)) or ("ONLY" in words and "IV" not in words)):
+        return None  # oral contrast alone ("WO IV CONTRAST W ORAL", "WITH ORAL CONTRAST ONLY"): none in the urinary tract
+    contrast = any(w in PHASES or w in MENTIONS for w in loose) or any(
+        i not in covered and _with_contrast(words, i) for i in range(len(words)))
+    urography = any(w in UROGRAPHY for w in loose)
+    if contrast or (urography and not denied):
+        return "contrast"
+    return "plain" if denied and not urography else None
 
 
 def contrast_evidence(agent: str, description: str,
@@ -432,31 +451,18 @@ def contrast_evidence(agent: str, description: str,
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
             return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
-    named = [(what, text) for what, text in context if text.strip()]
-    plain_examination = any(_denies(text) for _, text in named)
-    if any(w in PHASES for w in loose) or (_late(loose) and not plain_examination):
+    named = [(what, text, _examination(text)) for what, text in context if text.strip()]
+    said = {kind for _, _, kind in named}
+    if any(w in PHASES for w in loose) or (_late(loose) and "plain" not in said):
         return Evidence(shown, clear=True)  # "EXCRETORY", "DELAYED UROGRAM", "Uro 8min", "10 min delay"
     if any(w in MENTIONS or w in UROGRAPHY for w in loose):
         return Evidence(shown, clear=False)
     if _names_agent(agent):
         return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
-    if plain_examination:
-        return None
-    for what, text in named:
-        if contrast_evidence("", text) is not None:
+    for what, text, kind in named:
+        if kind == "contrast":  # a delay of the series' own is clear unless another text calls it plain: then a
+            # caution (an order "WO CONTRAST" beside a protocol "CT Urogram": which is right, the header cannot say)
             own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
-            return Evidence(f"{_quoted(what, text)}, and {own}", clear=bool(_late_kinds(loose) & {"delay", "minutes"}))
-    return None
-    late = _late(loose)
-    if any(w in PHASES for w in loose) or len(late) > 1:  # "DELAYED UROGRAM", "Uro 8min", "10 min delay"
-        return Evidence(shown, clear=True)
-    if any(w in MENTIONS or w in UROGRAPHY for w in loose):
-        return Evidence(shown, clear=False)
-    if _names_agent(agent):
-        return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
-    for what, text in context:
-        if text.strip() and contrast_evidence("", text) is not None:
-            own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
-            said = f"{_quoted(what, text)}, and {own}"
-            return Evidence(said, clear=bool(late & {"delay", "minutes"}))
+            late = bool(_late_kinds(loose) & {"delay", "minutes"}) and "plain" not in said
+            return Evidence(f"{_quoted(what, text)}, and {own}", clear=late)
     return None

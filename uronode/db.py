@@ -24,7 +24,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -120,6 +120,7 @@ CREATE TABLE IF NOT EXISTS studies (
     updated_at         REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession_number);
 CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
 
 CREATE TABLE IF NOT EXISTS series (
@@ -203,6 +204,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
 
 CREATE TABLE IF NOT EXISTS results (
     sop_instance_uid   TEXT PRIMARY KEY,     -- a result instance the node made (uronode.supersede)

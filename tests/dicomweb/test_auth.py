@@ -19,12 +19,15 @@ def test_basic_and_token_authentication(start_node: Callable[..., Node], browser
     password = password_file.read_text().strip()
     assert len(password) >= 20
     assert httpx.get(f"{base}/healthz").status_code == 200  # health stays open for orchestrators
-    for path in ("/dicom-web/studies", "/api/jobs", "/upload", "/", "/viewer", "/metrics", "/docs"):
+    for path in ("/dicom-web/studies", "/api/jobs", "/api/studies?accession=A1", "/upload", "/", "/viewer", "/metrics",
+                 "/docs"):
         refused = httpx.get(f"{base}{path}")
         assert refused.status_code == 401, path
         assert refused.headers["www-authenticate"].startswith("Basic")
     assert httpx.get(f"{base}/dicom-web/studies", auth=("uronode", "wrong")).status_code == 401
     assert httpx.get(f"{base}/dicom-web/studies", auth=("uronode", password)).status_code == 200
+    assert httpx.get(f"{base}/api/studies?accession=A1", auth=("uronode", password)).json() == {"studies": [],
+                                                                                              "more": False}
     assert httpx.get(f"{base}/api/jobs", headers={"Authorization": "Bearer worker-token-123"}).status_code == 200
     assert httpx.get(f"{base}/api/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert "Synthetic" not in password  # a random password, not a default one

@@ -61,6 +61,8 @@ def test_a_study_named_by_its_accession_number_shows_each_series_its_jobs_and_de
     assert f"study {STUDY}" in capsys.readouterr().out
     assert main(["study", "--data-dir", data, "--accession", "NOPE"]) == 1
     assert "the node holds no study with that accession_number" in capsys.readouterr().err
+    assert main(["study", "--data-dir", data, "--study", ""]) == 1  # review 44: a traceback
+    assert "the node holds no study with that study_instance_uid" in capsys.readouterr().err
 
 
 def test_a_delivering_job_says_what_it_waits_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -494,10 +494,11 @@ def test_a_late_look_without_contrast_is_no_phase(description: str) -> None:
 @pytest.mark.parametrize("description", ["Delayed", "Late 5mm", "Delayed 10 min", "Abdomen 5.0 Br40", ""])
 def test_an_examination_that_denies_contrast_makes_no_phase_of_its_series(study: str, description: str) -> None:
     """Review 43: an order "WITHOUT CONTRAST" whose "+" reads as "with" made "Delayed" a phase and cautioned its
-    silent series; a Protocol Name naming a urography beside it does not either."""
-    for context in ((("Study Description", study),),
-                    (("Study Description", study), ("Protocol Name", "CT Urogram"))):
-        assert contrast_evidence("", description, context) is None, context
+    silent series. Beside a Protocol Name naming a urography, which of the two is right the header cannot say:
+    a caution, never a skip."""
+    assert contrast_evidence("", description, (("Study Description", study),)) is None
+    found = contrast_evidence("", description, (("Study Description", study), ("Protocol Name", "CT Urogram")))
+    assert found is not None and not found.clear and found.text.startswith("Protocol Name 'CT Urogram'"), found
 
 
 @pytest.mark.parametrize("study", ["CT ABDOMEN", ""])
@@ -506,3 +507,36 @@ def test_a_protocol_name_that_names_a_urography_is_read_as_the_examination(study
     assert found is not None and found.clear and found.text.startswith("Protocol Name 'Uro-CT'"), found
     found = contrast_evidence("", "Axial 5mm", (("Study Description", study), ("Protocol Name", "CT Urography")))
     assert found is not None and not found.clear, found
+
+
+@pytest.mark.parametrize("study", [
+    "CT ABD PELVIS W WO CONTRAST", "CT UROGRAM WITH AND WITHOUT CONTRAST", "CT UROGRAM PRE/POST",
+    "CT ABDOMEN WITH IV CONTRAST NO ORAL CONTRAST", "TC UROGRAFIA SENZA E CON MDC", "CT Urographie nativ und KM",
+])
+def test_an_examination_of_both_phases_names_its_late_one(study: str) -> None:
+    """Review 44: an examination's name of both phases ("W WO") read as plain, and its excretory series was read
+    as non-contrast without a caution."""
+    for description in ("Delayed 1.25mm", "Delayed 10 min", "Spaet 10 min", "Tardiva 10 min"):
+        found = contrast_evidence("", description, (("Study Description", study),))
+        assert found is not None and found.clear, (description, found)
+    found = contrast_evidence("", "Axial 5mm", (("Study Description", study),))
+    assert found is not None and not found.clear, found
+
+
+@pytest.mark.parametrize("description", ["Delayed phase II", "Late phase III 5mm", "Phase II late", "Spaet Phase II",
+                                         "Delayed phase 2", "Late phase 3 5mm"])
+def test_a_phase_s_number_is_its_place(description: str) -> None:
+    """Review 44: "phase II" is a phase's place as "phase 2" is, not a late phase."""
+    assert contrast_evidence("", description) is None
+
+
+@pytest.mark.parametrize("study", ["CT UROGRAM - CONTRAST ALLERGY PREMEDICATED", "CT UROGRAM NONCON ONLY",
+                                   "CT Urogram (stone protocol only)", "CT ABD PEL WO IV CONTRAST W ORAL",
+                                   "CT ABDOMEN PELVIS WITH ORAL CONTRAST ONLY", "CT ABD PELVIS W ORAL WO IV"])
+def test_a_urography_beside_a_denial_says_nothing_of_its_series(study: str) -> None:
+    """Which of its phases a series is, such a name cannot say, nor does oral contrast alone put any in the urinary
+    tract: the series' own words decide."""
+    assert contrast_evidence("", "Delayed 1.25mm", (("Study Description", study),)) is None
+    assert contrast_evidence("", "Axial 5mm", (("Study Description", study),)) is None
+    found = contrast_evidence("", "Delayed 10 min", (("Study Description", study),))
+    assert found is not None and found.clear

@@ -165,7 +165,7 @@ def _frames(last: int) -> Callable[[Dataset], None]:
     return change
 
 
-def test_a_multi_frame_image_is_compared_frame_by_frame(store: Store) -> None:
+def test_every_frame_of_a_multi_frame_image_is_compared(store: Store) -> None:
     assert put(store, _sent(_frames(7))) is StoreOutcome.STORED
     before = _series_row(store)
     assert put(store, _sent(_frames(7), syntax=RLELossless)) is StoreOutcome.DUPLICATE

@@ -265,8 +265,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     (probe 41: `uronode jobs` listed UIDs only, skipped series were in no command)."""
     settings = _settings_from_args(args)
     store = _existing_store(settings)
-    named = ({"study": args.study} if args.study else {"accession": args.accession} if args.accession
-             else {"patient_id": args.patient_id})
+    named = ({"study": args.study} if args.study is not None else {"accession": args.accession}
+             if args.accession is not None else {"patient_id": args.patient_id})
     studies, more = queries.study_overview(store.db, **named)
     if more:
         print(f"uronode: more than {queries.STUDIES_AT_MOST} studies match; the {queries.STUDIES_AT_MOST} newest are"
