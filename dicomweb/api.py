@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from dicomweb.auth import AUTHENTICATION
 from dicomweb.deps import StoreDep
 from dicomweb.multipart import (
     NO_PARTS,
@@ -33,8 +34,10 @@ from dicomweb.multipart import (
     open_spool,
     spool_request,
 )
+from dicomweb.stow import open_request
 from uronode import queries
-from uronode.completion import CompletionMonitor
+from uronode.associations import Associations
+from uronode.completion import NORMAL_END, CompletionMonitor
 from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
@@ -119,9 +122,16 @@ async def predict(
         spool = await run_in_threadpool(open_spool, store, boundary, size)
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc)) from exc
+    association = None
+    outcome = "aborted"  # stored files of an upload cut short complete by the quiet rule
     try:
         parts = await spool_request(request, spool, MAX_UPLOAD_BYTES)
-        return await run_in_threadpool(_take_upload, store, settings, spool, parts)
+        # the upload, an association of its own while its files are stored: its series wait for it (probe 48)
+        association = await run_in_threadpool(open_request, request, store, request.scope.get(AUTHENTICATION),
+                                              caller=UPLOAD, hold_series=False)
+        answer = await run_in_threadpool(_take_upload, store, settings, spool, parts, association)
+        outcome = NORMAL_END
+        return answer
     except MalformedMultipart as exc:
         if str(exc) == NO_PARTS:
             raise _no_files() from exc
@@ -130,10 +140,19 @@ async def predict(
         raise HTTPException(413, detail=TOO_LARGE) from exc
     finally:
         await run_in_threadpool(spool.close)
+        if association is not None:
+            await run_in_threadpool(Associations(store.db).close, association, outcome)
 
 
-def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts: list[SpooledPart]) -> dict[str, Any]:
-    """Store the uploaded files, complete their series, say what became of each (in the thread pool)."""
+UPLOAD = "UPLOAD"
+"""How an upload to ``/api/predict`` is recorded: its files' source, and its association's calling AE title."""
+
+
+def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts: list[SpooledPart],
+                 association: int | None = None) -> dict[str, Any]:
+    """Store the uploaded files, complete their series, say what became of each (in the thread pool). The
+    files are stored as ``association``'s, which holds their series until the upload ends: they are completed
+    here, once every file is in, never by the completion loop half-way."""
     files: list[tuple[str, SpooledPart]] = []
     for part in parts:
         _, params = part.disposition()
@@ -150,7 +169,7 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
     rejected, warnings = [], []
     for name, part in files:
         with spool.content(part) as content:
-            report = take_instance(store, [content], source="UPLOAD")
+            report = take_instance(store, [content], source=UPLOAD, association_id=association)
         if report.verdict is Verdict.OUT_OF_RESOURCES:
             raise HTTPException(507, detail=report.reason)
         if not report.stored or report.header is None:
@@ -186,19 +205,41 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
          **_series_labels(store, study, uid), **_outcome(store, queue, uid, done.get(uid))}
         for uid, study in series.items()
     ]
-    return {"series": result, "rejected": rejected, "warnings": warnings}
+    # a patient's CD holds several studies, sometimes of another patient too: each patient's together, the newest
+    # study first, its series in their numbers' order (probe 48: three blocks titled alike, a prior first)
+    result.sort(key=_upload_order)
+    patients = len({(r["patient_id"] or "", r["patient_name"] or "") for r in result})
+    return {"series": result, "rejected": rejected, "warnings": warnings, "patients": patients}
+
+
+def _upload_order(series: dict[str, Any]) -> tuple[str, str, int, str, int]:
+    """Where a series of an upload's answer stands: by patient, the newest study first, by its number."""
+    date = series["study_date"] or ""
+    number = series["series_number"]
+    return (series["patient_id"] or "", series["patient_name"] or "", -int(date) if date.isdigit() else 0,
+            series["study_instance_uid"], number if isinstance(number, int) else 1 << 31)
 
 
 def _series_labels(store: Store, study: str, uid: str) -> dict[str, Any]:
-    """What a person knows the series by: modality, description, number and its count of images."""
+    """What a person knows the series by: modality, description, number and its count of images; and its study
+    and patient as the index has them (name, ID, birth date, study date, accession number, description): an
+    upload of a patient's CD holds priors and sometimes another patient (probe 48: the page named none of them)."""
     row = queries.series_row(store.db, uid)
     version = queries.series_version(store.db, study, uid)
+    of_study = store.conn().execute(
+        "SELECT patient_name, patient_id, patient_birth_date, study_date, accession_number, study_description"
+        " FROM studies WHERE study_instance_uid = ?", (study,)).fetchone()
     return {
         "modality": row["modality"] if row is not None else None,
         "series_description": row["series_description"] if row is not None else None,
         "series_number": row["series_number"] if row is not None else None,
         "instances": version[0] if version is not None else 0,
+        **{key: (of_study[key] if of_study is not None else None) for key in _STUDY_LABELS},
     }
+
+
+_STUDY_LABELS = ("patient_name", "patient_id", "patient_birth_date", "study_date", "accession_number",
+                 "study_description")
 
 
 def _outcome(store: Store, queue: JobQueue, uid: str, completed: CompletedSeries | None) -> dict[str, Any]:

@@ -158,7 +158,7 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
     worker = authentication.user if authentication is not None and authentication.kind == "worker" else None
     # a sender's request, an association of its own from now on: its series wait for it (a remote worker's
     # results are no received series)
-    association = None if worker is not None else await run_in_threadpool(_open_request, request, store, authentication)
+    association = None if worker is not None else await run_in_threadpool(open_request, request, store, authentication)
     # a body cut off (the client gone) or an error of the node: its series wait for the quiet period; one answered,
     # refused for what it is (4xx: nothing of it was stored) or not, ends as a release (review 38)
     outcome = "aborted"
@@ -185,18 +185,22 @@ async def _store(request: Request, store: StoreDep, study: str | None) -> JSONRe
             await run_in_threadpool(Associations(store.db).close, association, outcome)
 
 
-def _open_request(request: Request, store: Store, authentication: Authentication | None) -> int | None:
-    """The request recorded as an association of ``STOW-RS`` (and who authenticated) from its client's address,
-    holding the series that sender's earlier requests left receiving (:meth:`Associations.open`); None when the
-    index is full (each part then fails as out of resources)."""
+def open_request(request: Request, store: Store, authentication: Authentication | None, *, caller: str = STOW_RS,
+                 hold_series: bool = True) -> int | None:
+    """The request recorded as an association of ``caller`` (and who authenticated) from its client's address
+    (:meth:`Associations.open`): the series it stores wait for it to end. A STOW-RS request also holds the series
+    that sender's earlier requests left receiving (``hold_series``); an upload to ``/api/predict`` completes its
+    own series when it ends (probe 48: a series whose files lay far apart in a CD's upload was completed, analysed
+    and delivered half-received while the rest was still being stored). None when the index is full (each part
+    then fails as out of resources)."""
     settings: Settings | None = getattr(request.app.state, "settings", None)
     trusted = trusted_addresses(settings.dicomweb.trusted_proxies) if settings is not None else frozenset()
     client = requester(request.scope, trusted).client or "unknown"
     user = authentication.user if authentication is not None and authentication.accepted else None
-    caller = f"{STOW_RS} {user}" if user else STOW_RS
     grace_s = settings.scp.completion_grace_s if settings is not None else 0.0
     try:
-        return Associations(store.db).open(caller, client, hold_series=True, grace_s=grace_s)
+        return Associations(store.db).open(f"{caller} {user}" if user else caller, client, hold_series=hold_series,
+                                           grace_s=grace_s)
     except OutOfResources:
         return None
 

@@ -67,6 +67,12 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     assert len(ids) == len(set(ids))
     block = page.locator(f"section.series[data-series-instance-uid='{phantom.series_instance_uid}']")
     assert block.locator(".series-title").inner_text().endswith("(25 images)")
+    # whose images they are (probe 48: a CD's blocks named no patient nor study)
+    study_date = pydicom.dcmread(files[1]).StudyDate
+    assert block.locator(".identity").inner_text().startswith(
+        f"Patient {pydicom.dcmread(files[1]).PatientName.family_name}")
+    assert f"study of {study_date[:4]}-{study_date[4:6]}-{study_date[6:]}" in block.locator(".identity").inner_text()
+    assert page.locator("#upload-report [role=alert]").count() == 0  # one patient: no warning
     rows = block.locator(".stones tr")
     assert rows.count() >= 2  # a header and at least one stone
     text = block.locator(".stones").inner_text()

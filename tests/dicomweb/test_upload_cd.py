@@ -1,0 +1,72 @@
+"""An upload of a patient's CD (probe 48): its series complete when the upload ends, never half-way, and the
+answer names each series' patient and study, each patient's together, the newest study first."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+
+import dicomweb.api
+from dicomweb.app import create_app
+from tests.factory import ct_slice, uid
+from uronode.completion import CompletionMonitor
+from uronode.jobs import JobQueue
+from uronode.settings import Settings
+from uronode.store import Store
+
+
+def _file(study: str, series: str, index: int, **attributes: object) -> bytes:
+    ds: Dataset = ct_slice(study, series, index, size=16)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_cd_s_series_complete_when_the_upload_ends_and_each_names_its_patient(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    today, prior, other = uid("cd", "today"), uid("cd", "prior"), uid("cd", "other")
+    split, prior_ct, other_ct = uid("cd", "split"), uid("cd", "prior-ct"), uid("cd", "other-ct")
+    anna = {"PatientName": "DOE^ANNA", "PatientID": "MRN1"}
+    files = [  # as a CD lists them: today's thin series split by another study's files between its halves
+        _file(today, split, 0, StudyDate="20261207", AccessionNumber="A7", SeriesNumber=3, **anna),
+        _file(today, split, 1, StudyDate="20261207", AccessionNumber="A7", SeriesNumber=3, **anna),
+        _file(prior, prior_ct, 0, StudyDate="20250301", AccessionNumber="A3", SeriesNumber=3, **anna),
+        _file(other, other_ct, 0, PatientName="ROE^BOB", PatientID="MRN2", StudyDate="20261201", SeriesNumber=2),
+        _file(today, split, 2, StudyDate="20261207", AccessionNumber="A7", SeriesNumber=3, **anna),
+    ]
+    data = tmp_path / "data"
+    loop = CompletionMonitor(Store(data, fsync=False), JobQueue(Store(data, fsync=False)), grace_s=0, quiet_s=3600,
+                             model="default")
+    completed_half_way: list[str] = []
+    take = dicomweb.api.take_instance
+
+    def taken_then_the_loop_runs(*args: object, **kwargs: object) -> object:
+        report = take(*args, **kwargs)  # type: ignore[arg-type]
+        # the node's completion loop, its grace long past: before, it took the first two images as the series
+        completed_half_way.extend(d.series_instance_uid for d in loop.complete_due(time.time() + 10))
+        return report
+
+    monkeypatch.setattr(dicomweb.api, "take_instance", taken_then_the_loop_runs)
+    settings = Settings(storage={"data_dir": data, "fsync": False}, dicomweb={"auth": "none"})
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/api/predict", files=[("files", (f"IM{i:06d}", f, "application/dicom"))
+                                                     for i, f in enumerate(files)])
+    assert answer.status_code == 200, answer.text
+    assert completed_half_way == []
+    body = answer.json()
+    assert body["patients"] == 2
+    listed = [(s["patient_id"], s["study_date"], s["series_instance_uid"]) for s in body["series"]]
+    assert listed == [("MRN1", "20261207", split), ("MRN1", "20250301", prior_ct), ("MRN2", "20261201", other_ct)]
+    first = body["series"][0]
+    assert first["instances"] == 3 and first["job_id"] is not None and first["reused"] is False
+    assert (first["patient_name"], first["accession_number"]) == ("DOE^ANNA", "A7")
+    assert all(s["reused"] is False for s in body["series"])  # probe 48: "analysed before", within this upload
+    (job,) = JobQueue(Store(data, fsync=False)).for_series(split)
+    assert job.id == first["job_id"]
