@@ -15,6 +15,7 @@ the memory nor holds up other requests.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -44,9 +45,10 @@ from uronode.outbox import Outbox
 from uronode.settings import Settings
 from uronode.store import Store
 from uronode.supersede import superseded_by
-from uronode.types import CompletedSeries, Job, JobState, SeriesDisposition
+from uronode.types import CompletedSeries, Job, JobState, SeriesDisposition, StoreOutcome
 
 router = APIRouter(prefix="/api", tags=["API"])
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 2 * 1024**3
 """The largest upload ``/api/predict`` takes; the upload page is served with it (``dicomweb.upload``)."""
@@ -175,6 +177,9 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
         if not report.stored or report.header is None:
             rejected.append({"file": name, "reason": report.reason})
             continue
+        if report.outcome is StoreOutcome.REPLACED:  # probe 48: said of C-STORE alone
+            log.info("instance %s from an upload: other bytes under a SOP Instance UID already stored; replaced, "
+                     "series %s re-opened", report.header.sop_instance_uid, report.header.series_instance_uid)
         if report.verdict is Verdict.STORED_WITH_WARNING:
             warnings.append({"file": name, "warning": report.reason})
         series[report.header.series_instance_uid] = report.header.study_instance_uid

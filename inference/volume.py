@@ -85,7 +85,7 @@ from pydicom.pixels import pixel_array
 from inference.errors import VolumeError
 from uronode.anatomy import CHILD_YEARS, age_years, caution_region
 from uronode.contrast import Evidence, contrast_evidence
-from uronode.dicomfile import identity_value, same_identity
+from uronode.dicomfile import identity_value, lossy, same_identity
 from uronode.energy import EnergyImage, energy_image, unspecified
 from uronode.header import PARSE_ERRORS
 
@@ -759,19 +759,6 @@ def _single(values: Iterable[str], what: str) -> str:
     return found[0] if found else ""
 
 
-LOSSY_TRANSFER_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
-    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",  # JPEG-LS near-lossless, JPEG 2000 (lossy allowed)
-    "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
-})
-"""Transfer syntaxes whose pixels may have lost detail (their lossless variants are not here)."""
-
-
-def _lossy(ds: Dataset) -> bool:
-    """Whether an instance's pixels have been through lossy compression (now, or ever: LossyImageCompression
-    01 stays with an image decompressed since)."""
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    return str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in LOSSY_TRANSFER_SYNTAXES
 
 
 def contrast_agent(ds: Dataset) -> str:
@@ -1082,8 +1069,9 @@ def load_volume(sources: Sequence[str | Path | Dataset],
         instance_numbers=tuple(f.instance_number for f in frames),
         notes=(*notes, *said_of_energy,
                *(["The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
-                  "01): faint and small stones may be lost."]
-                 if any(_lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),
+                  "01): faint and small stones may be lost, and HU, by which a stone's make-up is judged, are "
+                  "altered."]
+                 if any(lossy(datasets[i]) for i in {f.dataset_index for f in frames}) else [])),
     )
 
 

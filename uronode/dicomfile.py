@@ -12,6 +12,8 @@ import datetime
 import re
 import struct
 
+from pydicom.dataset import Dataset
+
 from uronode import __version__
 
 IMPLEMENTATION_CLASS_UID = "2.25.163385317616489218133917553546152620637"
@@ -140,3 +142,16 @@ def file_meta_end(data: bytes | memoryview, pos: int = len(PREAMBLE)) -> int:
     return pos
 
 
+LOSSY_TRANSFER_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
+    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",  # JPEG-LS near-lossless, JPEG 2000 (lossy allowed)
+    "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
+})
+"""Transfer syntaxes whose pixels may have lost detail (their lossless variants are not here)."""
+
+
+def lossy(ds: Dataset) -> bool:
+    """Whether an instance's pixels have been through lossy compression (now, or ever: LossyImageCompression
+    01 stays with an image decompressed since)."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    return str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in LOSSY_TRANSFER_SYNTAXES

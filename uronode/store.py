@@ -8,8 +8,8 @@ so an instance that was acknowledged survives a crash or a power cut.
 
 Same SOP Instance UID again:
 - identical bytes (compared with the stored file), the same data set in another file, or the same images
-  (:func:`same_images`: pixels the same once decoded, nothing else the node reads changed): nothing is written
-  and nothing changes (the series is not re-opened);
+  (:func:`compare_images`: pixels the same once decoded, nothing else the node reads changed), or a lossy copy of
+  an image held losslessly: nothing is written and nothing changes (the series is not re-opened);
 - different bytes: the new file replaces the old one, and the series is
   marked changed and re-opened so that its results are recomputed.
 
@@ -47,7 +47,14 @@ from pydicom.tag import BaseTag, Tag
 from uronode import files, queries
 from uronode.associations import Associations
 from uronode.db import Database, DataDirUnusable, index_version
-from uronode.dicomfile import PREAMBLE, file_meta_end, identity_value, is_valid_uid, same_identity
+from uronode.dicomfile import (
+    PREAMBLE,
+    file_meta_end,
+    identity_value,
+    is_valid_uid,
+    lossy,
+    same_identity,
+)
 from uronode.errors import InvalidInstance, OutOfResources
 from uronode.header import read_header
 from uronode.types import (
@@ -369,8 +376,8 @@ class Store:
     def _kept(self, row: sqlite3.Row | None, header: InstanceHeader, parts: Sequence[Buffer], size: int,
               calling_ae: str) -> bool:
         """Whether the instance stored as ``row`` stays as it is, the incoming copy ``parts`` not taken: the same
-        bytes, the same data set in another file, one of the node's own results, or the same images with nothing
-        else the node reads changed (:func:`same_images`)."""
+        bytes, the same data set in another file, one of the node's own results, the same images with nothing
+        else the node reads changed, or a lossy copy of an image held losslessly (:func:`compare_images`)."""
         if row is None:
             return False
         stored = Path(row["path"])
@@ -387,14 +394,20 @@ class Store:
             log.info("instance %s: one of the node's own results came again from %s with other bytes; the node's "
                      "copy is kept", header.sop_instance_uid, sender)
             return True
-        if (header.manufacturer != OWN_MANUFACTURER and row["series_instance_uid"] == header.series_instance_uid
-                and same_images(stored, parts)):
-            # probe 47: a VNA's lossless re-send (RLE) and a PACS adding the Issuer of Patient ID each re-ran the
-            # series' job and sent its results again, with a rejection note for the earlier ones
+        if header.manufacturer == OWN_MANUFACTURER or row["series_instance_uid"] != header.series_instance_uid:
+            return False
+        verdict = compare_images(stored, parts)
+        if verdict is SAME_IMAGE:
+            # probe 47: a VNA's lossless re-send (RLE) re-ran the series' job and sent its results again, with a
+            # rejection note for the earlier ones
             log.info("instance %s: the same images came again from %s in another encoding or with only values the "
                      "node does not read changed (%s); kept as it was", header.sop_instance_uid, sender, NOT_READ_SAID)
-            return True
-        return False
+        elif verdict is LOSSY_COPY:
+            # probe 48: a patient's CD, lossy-compressed under the original UIDs, uploaded after the series came
+            # from the PACS, replaced the originals and re-ran the analysis on the lossy copy
+            log.info("instance %s: a lossy-compressed copy of an image the node holds losslessly came from %s, "
+                     "nothing else changed; the original is kept", header.sop_instance_uid, sender)
+        return verdict is not None
 
     def _index(
         self,
@@ -711,40 +724,50 @@ NOT_READ = frozenset(Tag(t) for t in (
 ))
 """What an archive adds when it sends an image again (where it is kept, what it coerced) and the node neither reads
 nor writes into its results (private elements too): an image that differs from the stored one only there, its
-pixels the same once decoded, is the same image (:func:`same_images`). Not the issuers and other IDs of the
+pixels the same once decoded, is the same image (:func:`compare_images`). Not the issuers and other IDs of the
 patient, nor the issuer of the Accession Number (review 43: the loader tells two patients apart by the issuer, and
 the results copy the Patient and General Study modules), nor the lossy-compression flags (the loader's caution)."""
 NOT_READ_SAID = "where an archive keeps it, what it coerced, private elements"
 
 
-def same_images(path: Path, parts: Sequence[Buffer]) -> bool:
-    """Whether the stored file and the incoming Part 10 file hold the same image for the model and its results:
-    every element but :data:`NOT_READ` and private ones the same (value bytes, sequences item by item), and the
-    pixels the same, byte for byte where both are uncompressed, else once decoded, a frame at a time, whatever the
-    transfer syntax (a lossless re-encoding: RLE, JPEG-LS, JPEG 2000 lossless). Anything that cannot be read or
-    decoded makes them differ. Costs a read of both files, and a decoding where either is compressed (review 43:
-    about 3 ms an image uncompressed, 30 ms in JPEG 2000, on 2 cores), once an image comes again with other bytes;
-    the header is compared first, so a corrected image is told apart without decoding."""
+SAME_IMAGE = "the same image"
+LOSSY_COPY = "a lossy copy"
+LOSSY_FLAGS = frozenset(Tag(t) for t in (0x00282110, 0x00282112, 0x00282114))
+"""Lossy Image Compression, its ratio and method: what a lossy copy adds to the original's elements."""
+
+
+def compare_images(path: Path, parts: Sequence[Buffer]) -> str | None:
+    """What the incoming Part 10 file is to the stored one, for the model and its results: :data:`SAME_IMAGE`
+    where every element but :data:`NOT_READ` and private ones is the same (value bytes, sequences item by item)
+    and the pixels are the same, byte for byte where both are uncompressed, else once decoded, a frame at a time,
+    whatever the transfer syntax (a lossless re-encoding: RLE, JPEG-LS, JPEG 2000 lossless); :data:`LOSSY_COPY`
+    where the incoming one is lossy-compressed (``uronode.dicomfile.lossy``), the stored one is not, and nothing
+    else differs but the lossy-compression flags; else None (anything that cannot be read or decoded too). Costs
+    a read of both files, and a decoding where either is compressed (review 43: about 3 ms an image uncompressed,
+    30 ms in JPEG 2000, on 2 cores), once an image comes again with other bytes; the header is compared first,
+    so a corrected image is told apart without decoding."""
     try:
         if path.stat().st_size > _DECODED_AT_MOST or sum(len(memoryview(p)) for p in parts) > _DECODED_AT_MOST:
-            return False
+            return None
         stored = pydicom.dcmread(path)
         incoming = pydicom.dcmread(io.BytesIO(b"".join(parts)))
+        if lossy(incoming) and not lossy(stored):
+            return LOSSY_COPY if _same_values(stored, incoming, ignore=NOT_READ | LOSSY_FLAGS) else None
         if not _same_values(stored, incoming, ignore=NOT_READ):
-            return False
+            return None
         if "PixelData" not in stored or "PixelData" not in incoming:
-            return "PixelData" not in stored and "PixelData" not in incoming
+            return SAME_IMAGE if "PixelData" not in stored and "PixelData" not in incoming else None
         if (not stored.file_meta.TransferSyntaxUID.is_compressed
                 and not incoming.file_meta.TransferSyntaxUID.is_compressed):
-            return bool(stored.PixelData == incoming.PixelData)
+            return SAME_IMAGE if stored.PixelData == incoming.PixelData else None
         frames = int(stored.get("NumberOfFrames") or 1)
         for index in range(frames):
             first, second = pixel_array(stored, index=index), pixel_array(incoming, index=index)
             if first.shape != second.shape or not np.array_equal(first, second):
-                return False
-        return True
+                return None
+        return SAME_IMAGE
     except Exception:  # noqa: BLE001 - images that cannot be compared are not shown to be the same
-        return False
+        return None
 
 
 def _known_vr(tag: BaseTag) -> str | None:

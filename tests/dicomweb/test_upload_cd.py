@@ -70,3 +70,16 @@ def test_a_cd_s_series_complete_when_the_upload_ends_and_each_names_its_patient(
     assert all(s["reused"] is False for s in body["series"])  # probe 48: "analysed before", within this upload
     (job,) = JobQueue(Store(data, fsync=False)).for_series(split)
     assert job.id == first["job_id"]
+
+
+def test_an_upload_that_replaces_an_image_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Probe 48: only C-STORE logged a replacement; an upload replacing the PACS's images said nothing."""
+    study, series = uid("cd-replace", "study"), uid("cd-replace", "series")
+    settings = Settings(storage={"data_dir": tmp_path / "data", "fsync": False}, dicomweb={"auth": "none"})
+    with TestClient(create_app(settings)) as client, caplog.at_level("INFO", logger="dicomweb.api"):
+        for description in ("Abdomen 1.0", "Abdomen 1.0 corrected"):
+            answer = client.post("/api/predict", files=[("files", ("IM1", _file(study, series, 0,
+                                                                              SeriesDescription=description)))])
+            assert answer.status_code == 200, answer.text
+    said = [r.getMessage() for r in caplog.records if "from an upload: other bytes" in r.getMessage()]
+    assert len(said) == 1 and f"series {series} re-opened" in said[0]

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSNearLossless, RLELossless
 
 from tests.factory import ct_slice
 from tests.uronode.test_store import encoded, put
@@ -39,6 +39,8 @@ def _sent(change: Callable[[Dataset], None] = lambda ds: None, *, syntax: str = 
     change(ds)
     if syntax == RLELossless:
         ds.compress(RLELossless, generate_instance_uid=False)
+    elif syntax == JPEGLSNearLossless:  # a lossy copy: pixels off by up to 3
+        ds.compress(JPEGLSNearLossless, jls_error=3, generate_instance_uid=False)
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
     write_dataset(fp, ds)
@@ -92,6 +94,11 @@ def _series_row(store: Store) -> tuple[int, int]:
     ("with where to retrieve it", lambda: _sent(_retrieve)),
     ("with what the PACS coerced", lambda: _sent(_coerced)),
     ("compressed, with where to retrieve it", lambda: _sent(_retrieve, syntax=RLELossless)),
+    # probe 48: a patient's CD, lossy-compressed under the original UIDs, had replaced the originals and re-run
+    # the analysis on the copy; the original is kept (review 43's flag alone: the original needs no lossy caution)
+    ("a lossy copy (JPEG-LS near-lossless)", lambda: _sent(syntax=JPEGLSNearLossless)),
+    ("a lossy copy, flagged", lambda: _sent(_lossy, syntax=JPEGLSNearLossless)),
+    ("flagged lossy", lambda: _sent(_lossy)),
 ])
 def test_the_same_image_sent_again_changes_nothing(store: Store, name: str,
                                                    again: Callable[[], list[bytes]]) -> None:
@@ -117,8 +124,8 @@ def test_the_same_image_sent_again_changes_nothing(store: Store, name: str,
     # review 43: what the loader reads (two issuers are two patients; the lossy caution) or the results copy
     ("with the Issuer of Patient ID", lambda: _sent(_issuer)),
     ("compressed with the Issuer of Patient ID", lambda: _sent(_issuer, syntax=RLELossless)),
-    ("flagged lossy", lambda: _sent(_lossy)),
     ("with the issuer of the Accession Number", lambda: _sent(_order_issuer)),
+    ("a lossy copy with another Series Description", lambda: _sent(_description, syntax=JPEGLSNearLossless)),
 ])
 def test_an_image_that_changed_replaces_and_re_opens_its_series(store: Store, name: str,
                                                                 again: Callable[[], list[bytes]]) -> None:
@@ -171,3 +178,9 @@ def test_every_frame_of_a_multi_frame_image_is_compared(store: Store) -> None:
     assert put(store, _sent(_frames(7), syntax=RLELossless)) is StoreOutcome.DUPLICATE
     assert _series_row(store) == before
     assert put(store, _sent(_frames(8), syntax=RLELossless)) is StoreOutcome.REPLACED  # one pixel of the third
+
+
+def test_a_lossless_image_replaces_a_lossy_one(store: Store) -> None:
+    """The original after its lossy copy (a CD's images first, the PACS's later): the better image is kept."""
+    assert put(store, _sent(syntax=JPEGLSNearLossless)) is StoreOutcome.STORED
+    assert put(store, _sent()) is StoreOutcome.REPLACED

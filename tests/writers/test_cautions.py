@@ -141,5 +141,6 @@ def test_loading_notes_duplicates_gaps_and_lossy_images_and_an_ordinary_series_n
     lossy.save_as(paths[0], enforce_file_format=True)
     volume = load_volume(paths)
     assert volume.notes == ("The images were lossy-compressed (JPEG or JPEG 2000 with loss, or LossyImageCompression "
-                            "01): faint and small stones may be lost.",)
+                            "01): faint and small stones may be lost, and HU, by which a stone's make-up is judged, "
+                            "are altered.",)
     assert input_cautions(volume) == volume.notes  # passed on to the findings' cautions
