@@ -38,7 +38,8 @@ from dicomweb.multipart import (
 from dicomweb.stow import open_request
 from uronode import queries
 from uronode.associations import Associations
-from uronode.completion import NORMAL_END, CompletionMonitor
+from uronode.completion import NORMAL_END, UPLOAD, CompletionMonitor
+from uronode.dicomfile import identity_value
 from uronode.ingest import PICTURE_REFUSAL_PREFIX, Verdict, take_instance
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
@@ -146,10 +147,6 @@ async def predict(
             await run_in_threadpool(Associations(store.db).close, association, outcome)
 
 
-UPLOAD = "UPLOAD"
-"""How an upload to ``/api/predict`` is recorded: its files' source, and its association's calling AE title."""
-
-
 def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts: list[SpooledPart],
                  association: int | None = None) -> dict[str, Any]:
     """Store the uploaded files, complete their series, say what became of each (in the thread pool). The
@@ -213,7 +210,10 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
     # a patient's CD holds several studies, sometimes of another patient too: each patient's together, the newest
     # study first, its series in their numbers' order (probe 48: three blocks titled alike, a prior first)
     result.sort(key=_upload_order)
-    patients = len({(r["patient_id"] or "", r["patient_name"] or "") for r in result})
+    # the same person as the index compares them (review 45: "DOE^ANNA" and "DOE^ANNA^^^" made two)
+    patients = len({(identity_value("PatientID", r["patient_id"] or ""), identity_value("PatientName",
+                                                                                       r["patient_name"] or ""))
+                    for r in result})
     return {"series": result, "rejected": rejected, "warnings": warnings, "patients": patients}
 
 
@@ -221,7 +221,8 @@ def _upload_order(series: dict[str, Any]) -> tuple[str, str, int, str, int]:
     """Where a series of an upload's answer stands: by patient, the newest study first, by its number."""
     date = series["study_date"] or ""
     number = series["series_number"]
-    return (series["patient_id"] or "", series["patient_name"] or "", -int(date) if date.isdigit() else 0,
+    return (identity_value("PatientID", series["patient_id"] or ""),
+            identity_value("PatientName", series["patient_name"] or ""), -int(date) if date.isdigit() else 0,
             series["study_instance_uid"], number if isinstance(number, int) else 1 << 31)
 
 

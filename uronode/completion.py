@@ -78,9 +78,16 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL) AS ended_count,
        (SELECT a.outcome FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL
-         ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome
+         ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome,
+       (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+         WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL
+         AND (a.calling_ae = 'UPLOAD' OR a.calling_ae LIKE 'UPLOAD %')) AS uploading
   FROM series s WHERE s.state = 'receiving'
 """
+UPLOAD = "UPLOAD"
+"""The calling AE title of an upload to ``/api/predict`` while its files are stored (``dicomweb.api``; with the user
+who authenticated after a space): its series complete when it ends, never by this module's rules, the quiet one
+included (review 45: halves of a series 30 s apart in a large upload); ``_DUE_QUERY`` names it as such."""
 
 
 _QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description,"
@@ -272,6 +279,8 @@ class CompletionMonitor:
     def _is_due(self, row: sqlite3.Row, now: float, steady: float) -> bool:
         series_uid = row["series_instance_uid"]
         last = row["last_received_at"]
+        if row["uploading"]:  # the upload completes it when its last file is in (a node's start ends one left open)
+            return False
         if self._waits.waited((series_uid, "quiet"), last, last, now, steady) >= self.quiet_s:
             return True
         if row["open_count"]:

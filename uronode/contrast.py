@@ -411,21 +411,47 @@ def _late(words: list[str]) -> bool:
     return {"urography", "phase"} <= kinds
 
 
+AMBIGUOUS = frozenset({"CON", "COM", "CE", "CM", "CIV"})
+"""Words of ``MENTIONS`` that name something else as often in an examination's name: "con" and "com" are "with"
+("SIN CONTRASTE CON PROTOCOLO LITIASIS"), "CM" centimetres ("Abdomen 50 cm")."""
+
+
+def _both_phases(words: list[str], covered: set[int]) -> bool:
+    """Whether an examination's name says both phases: a "with" before a contrast word, an IV route or a denial
+    ("W WO CONTRAST", "WITH AND WITHOUT", "CON E SENZA MDC", "W IV"), or "PRE/POST". Not "POST" alone (after a
+    treatment: "POST ESWL"), a "with" of something else ("SENZA MDC CON MPR", "W ORAL"), nor one before a contrast
+    word a denial covers ("NATIV MIT KM-ALLERGIE")."""
+    for i, word in enumerate(words):
+        if word == "PRE" and i + 1 < len(words) and words[i + 1] == "POST":
+            return True
+        if word not in WITH or word == "POST":
+            continue
+        j, routes = i + 1, []
+        while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
+            routes.append(words[j])
+            j += 1
+        target = words[j] if j < len(words) else ""
+        if "IV" in routes or target in DENY_BEFORE or (target in CONTRAST_WORDS and j not in covered):
+            return True
+    return False
+
+
 def _examination(text: str) -> str | None:
     """What an examination's name (a Study Description, a Protocol Name) says of its series: ``"plain"`` where it
     denies contrast and names nothing else ("CT KUB", "CT ABD + PELVIS W/O CONTRAST": a "+" there joins regions),
-    ``"contrast"`` where it names contrast, a phase, a urography or both phases ("CT UROGRAM", "CT ABD PELVIS W WO
-    CONTRAST", "CT UROGRAM PRE/POST", "WITH IV CONTRAST NO ORAL"), None where it names neither, oral contrast
-    alone, or a urography beside a denial ("CT UROGRAM NONCON ONLY", "CT UROGRAM - CONTRAST ALLERGY": which of its phases the series is,
-    it cannot say; review 44: "W WO" had read as plain and hidden an excretory series)."""
+    ``"contrast"`` where it names contrast, a phase, a urography or both phases (``_both_phases``: "CT UROGRAM",
+    "CT ABD PELVIS W WO CONTRAST", "CT UROGRAM PRE/POST", "WITH IV CONTRAST NO ORAL"), None where it names neither,
+    oral contrast alone, or a urography beside a denial ("CT UROGRAM NONCON ONLY", "CT UROGRAM - CONTRAST
+    ALLERGY": which of its phases the series is, it cannot say; review 44: "W WO" had read as plain and hidden an
+    excretory series; review 45: "POST ESWL", "CON PROTOCOLO" and "W ORAL" had read as contrast)."""
     words = [w for w in _words(text) if w != "+"]
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
     oral = any(w == "ORAL" and i not in covered for i, w in enumerate(words))
-    if oral and (any(w == "IV" and i in covered for i, w in enumerate(words)) or ("ONLY" in words and "IV" not in words)):
-        return None  # oral contrast alone ("WO IV CONTRAST W ORAL", "WITH ORAL CONTRAST ONLY"): none in the urinary tract
-    contrast = any(w in PHASES or w in MENTIONS for w in loose) or any(
-        i not in covered and _with_contrast(words, i) for i in range(len(words)))
+    if oral and (any(w == "IV" and i in covered for i, w in enumerate(words)) or "IV" not in words):
+        return None  # oral contrast alone ("WO IV CONTRAST W ORAL", "W ORAL"): none in the urinary tract
+    contrast = any(w in PHASES or (w in MENTIONS and w not in AMBIGUOUS) for w in loose) or _both_phases(words,
+                                                                                                        covered)
     urography = any(w in UROGRAPHY for w in loose)
     if contrast or (urography and not denied):
         return "contrast"

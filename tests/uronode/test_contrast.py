@@ -540,3 +540,15 @@ def test_a_urography_beside_a_denial_says_nothing_of_its_series(study: str) -> N
     assert contrast_evidence("", "Axial 5mm", (("Study Description", study),)) is None
     found = contrast_evidence("", "Delayed 10 min", (("Study Description", study),))
     assert found is not None and found.clear
+
+
+@pytest.mark.parametrize("study", [
+    "CT KUB POST ESWL", "CT RENAL STONE POST OP", "CT ABD PELVIS WO CONTRAST POST ESWL", "CT KUB POST URETEROSCOPY",
+    "TC ABDOMEN SIN CONTRASTE CON PROTOCOLO LITIASIS", "TC URO-TC SENZA MDC CON MPR",
+    "TC ABDOME SEM CONTRASTE COM RECONSTRUCOES", "CT ABD PEL W ORAL", "NIERE NATIV MIT KM-ALLERGIE", "Abdomen 50 cm",
+])
+def test_a_stone_follow_up_or_a_with_of_something_else_names_no_contrast(study: str) -> None:
+    """Review 45: "POST" after a treatment, "con"/"com" before a reconstruction or a protocol, oral contrast alone
+    and "cm" had read as an examination with contrast: its delayed series skipped, the others cautioned."""
+    for description in ("Delayed 3mm", "Late 5mm", "Axial 3mm", "Delayed prone"):
+        assert contrast_evidence("", description, (("Study Description", study),)) is None, description
