@@ -168,7 +168,7 @@ def _take_upload(store: Store, settings: Settings, spool: MultipartSpool, parts:
     rejected, warnings = [], []
     for name, part in files:
         with spool.content(part) as content:
-            report = take_instance(store, [content], source=UPLOAD, association_id=association)
+            report = take_instance(store, [content], source="UPLOAD", association_id=association)
         if report.verdict is Verdict.OUT_OF_RESOURCES:
             raise HTTPException(507, detail=report.reason)
         if not report.stored or report.header is None:

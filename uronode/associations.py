@@ -69,7 +69,8 @@ class Associations:
         return association_id
 
     def close(self, association_id: int, outcome: str) -> None:
-        """Record its end; if the index cannot be written, its series still complete by the quiet rule."""
+        """Record its end; if the index cannot be written, its series still complete by the quiet rule (an
+        upload's after ``uronode.completion.UPLOAD_HOLD_S``)."""
         try:
             with self.database.transaction() as conn:
                 conn.execute(

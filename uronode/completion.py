@@ -68,7 +68,15 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 NORMAL_END = "released"
 """The association outcome (:mod:`uronode.associations`) that lets a series complete after the grace period."""
 
-_DUE_QUERY = """
+UPLOAD = "UPLOAD /api/predict"
+"""How an upload to ``/api/predict`` is recorded as an association while its files are stored (``dicomweb.api``;
+with the user who authenticated after a space; longer than an AE title's 16 characters, so no DICOM peer's: review
+46): its series complete when it ends, never by this module's rules, the quiet one included (review 45: halves of
+a series 30 s apart in a large upload), for at most ``UPLOAD_HOLD_S`` (one whose end could not be recorded would
+hold them until the node's next start, review 46); ``_DUE_QUERY`` names both."""
+UPLOAD_HOLD_S = 3600.0
+
+_DUE_QUERY = f"""
 SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_received_at,
        (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL) AS open_count,
@@ -81,13 +89,10 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
          ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome,
        (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL
-         AND (a.calling_ae = 'UPLOAD' OR a.calling_ae LIKE 'UPLOAD %')) AS uploading
+         AND (a.calling_ae = '{UPLOAD}' OR a.calling_ae LIKE '{UPLOAD} %')
+         AND a.started_at > CAST(strftime('%s', 'now') AS REAL) - {UPLOAD_HOLD_S}) AS uploading
   FROM series s WHERE s.state = 'receiving'
 """
-UPLOAD = "UPLOAD"
-"""The calling AE title of an upload to ``/api/predict`` while its files are stored (``dicomweb.api``; with the user
-who authenticated after a space): its series complete when it ends, never by this module's rules, the quiet one
-included (review 45: halves of a series 30 s apart in a large upload); ``_DUE_QUERY`` names it as such."""
 
 
 _QUALIFY_QUERY = ("SELECT modality, sop_class_uid, image_type, manufacturer, contrast_agent, series_description,"

@@ -59,12 +59,12 @@ phase is clear where two kinds of its words meet (``_late``: a urography, a
 delay, minutes, "PHASE": "DELAYED UROGRAM", "Uro 8min", "10 min delay",
 "Urogram Phase"), unless the description is of a void or a prone look.
 
-Where the series' own description and agent say nothing either way, what
-the examination is called (the Study Description, the Protocol Name) is
-read: one that names contrast or a urography and denies it nowhere cautions
-the series, and makes a late-phase word of the series' own ("Delayed
-1.25mm") clear (probe 47: a CT urography's excretory series were read as
-non-contrast and reported "no stone" beside its unenhanced series' stone).
+What the examination is called (the Study Description, the Protocol Name)
+is read too, and never skips (reviews 43-46: its names are free text): where
+it denies contrast anywhere, a late phase the series' own words name is a
+caution; where the series' own description and agent say nothing either way,
+one that names contrast, a urography or both phases cautions (probe 47: a CT
+urography's excretory series were read as non-contrast without a word).
 """
 
 from __future__ import annotations
@@ -113,10 +113,12 @@ DENY_BEFORE = frozenset({
     "REFUSES", "DECLINED", "DECLINES",
 })
 """Words that deny the contrast word after them (past route words and articles: ``ROUTE``, ``FILLER``)."""
-DENY_AFTER = frozenset({"NONE", "NEIN", "YOK", "NOT", "FREI", "SIZ", "ALLERGY", "ALLERGIE", "ONCESI",
+DENY_AFTER = frozenset({"NONE", "NEIN", "YOK", "NOT", "FREI", "SIZ", "ALLERGY", "ALLERGIE", "ONCESI", "VERILMEDEN",
                         "NEGATIVE", "NEG", "REMOVED", "SUPPRESSED", "SUBTRACTED"})
 """Words that deny the contrast word before them ("CONTRAST: NONE", "KONTRAST YOK", "KM'SIZ")."""
-ROUTE = frozenset({"ORAL", "IV", "OR", "AND", "UND", "ET", "E", "Y", "EN", "RECTAL"})
+ROUTE = frozenset({"ORAL", "IV", "OR", "AND", "UND", "ET", "E", "Y", "EN", "RECTAL", "INTRAVENOUS", "INTRAVENOSO",
+                   "INTRAVENOSA", "INTRAVENOSE", "INTRAVENOSES", "INTRAVENEUS", "ENDOVENOSO", "ENDOVENOSA", "EV",
+                   "PO"})
 FILLER = frozenset({"DE", "DEL", "DI", "DU", "D", "DES", "DER", "DEN", "DAS", "THE", "OF", "LA", "EL", "IL", "LE",
                     "VAN", "HET", "DO", "DA"})
 UROGRAPHY = frozenset({
@@ -145,7 +147,10 @@ NOT_WHEN = frozenset({"SINGLE", "ONE", "MONO", "EINE", "EIN", "UNA", "UNE", "UN"
 """Words beside "PHASE" that say how many phases, not when ("single phase", "one phase")."""
 PHASE = frozenset({"PHASE", "FASE", "PHASEN", "FAZ", "FAZI", "FAZA"})
 _MINUTES = re.compile(r"^([0-9]+)?(?:MIN|MINS|MN|MINUTE|MINUTES|MINUTEN|MINUTI|MINUTOS|DK|DAK|DAKIKA)$")
-CONTRAST_WORDS = MENTIONS | {"C", "PRODUIT", "MEZZO", "MIDDEL", "CONTRASTMIDDEL", "INJ"}
+MEDIUM = frozenset({"PRODUIT", "MEZZO", "MEDIO", "MEIO", "PRODOTTO", "MIDDEL", "AGENT", "MEDIUM", "MADDE"})
+"""Words for a medium, which a language puts before "of contrast" ("SENZA MEZZO DI CONTRASTO"): a denial of one
+covers the contrast word after it (review 46)."""
+CONTRAST_WORDS = MENTIONS | MEDIUM | {"C", "CONTRASTMIDDEL", "INJ"}
 """What "NO", "WITHOUT", "VOR" ... deny when it follows them (the bare "C" of "W/O C" too)."""
 NO_AGENT = frozenset({
     "NONE", "NO", "NON", "NOT", "N", "NA", "NIL", "NULL", "UNKNOWN", "UNK", "NOCONTRAST", "NONCONTRAST",
@@ -251,6 +256,7 @@ def _plain(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text)
     plain = "".join(c for c in folded if not unicodedata.combining(c))
     plain = re.sub(r"\bW\s*[/-]\s*(?:OUT|O)\b", " WITHOUT ", plain)
+    plain = re.sub(r"\bI\s*\.\s*V\b\.?", " IV ", plain)  # "ohne i.v. KM" (review 46)
     plain = _SIGN_AFTER.sub(r" \1\2 ", plain)
     plain = _SIGN_BEFORE.sub(r" \2\1 ", plain)
     return plain.replace("_", " ").replace("/", " ").replace("'", " ").replace("+", "+ ")
@@ -292,6 +298,8 @@ def _reading(words: list[str]) -> tuple[bool, set[int]]:
                 continue  # "no contrast allergy": given, no allergy
             denied = True
             covered.update((i - 1, i))
+            if words[i - 1] in MEDIUM and i > 1 and words[i - 2] in CONTRAST_WORDS:
+                covered.add(i - 2)  # "KONTRAST MADDE VERILMEDEN"
         elif word in DENY_BEFORE:
             j, routes = i + 1, []
             while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
@@ -301,6 +309,11 @@ def _reading(words: list[str]) -> tuple[bool, set[int]]:
             if target in CONTRAST_WORDS or target in PHASES:
                 denied = True
                 covered.update(range(i, j + 1))
+                if target in MEDIUM:  # "SANS PRODUIT DE CONTRASTE", "SIN MEDIO DE CONTRASTE"
+                    k = j + 1
+                    while k < len(words) and (words[k] in FILLER or words[k] in CONTRAST_WORDS):
+                        covered.add(k)
+                        k += 1
             elif "IV" in routes or (word in ("WITHOUT", "WO", "NON", "PRE") and not target and not routes):
                 denied = True  # "WO IV", "ABD PEL WO", "HEMATURIA PRE": without contrast, said short
                 covered.update(range(i, j))
@@ -411,6 +424,9 @@ def _late(words: list[str]) -> bool:
     return {"urography", "phase"} <= kinds
 
 
+BOTH_DENIALS = frozenset({"WO", "WITHOUT", "SENZA", "SIN", "SANS", "OHNE", "SEM", "ZONDER"})
+"""Denials that, right after a "with", say both phases ("W WO", "WITH AND WITHOUT", "CON E SENZA"); not "NO" ("WITH
+NO CONTRAST" says none: review 46)."""
 AMBIGUOUS = frozenset({"CON", "COM", "CE", "CM", "CIV"})
 """Words of ``MENTIONS`` that name something else as often in an examination's name: "con" and "com" are "with"
 ("SIN CONTRASTE CON PROTOCOLO LITIASIS"), "CM" centimetres ("Abdomen 50 cm")."""
@@ -422,16 +438,18 @@ def _both_phases(words: list[str], covered: set[int]) -> bool:
     treatment: "POST ESWL"), a "with" of something else ("SENZA MDC CON MPR", "W ORAL"), nor one before a contrast
     word a denial covers ("NATIV MIT KM-ALLERGIE")."""
     for i, word in enumerate(words):
-        if word == "PRE" and i + 1 < len(words) and words[i + 1] == "POST":
-            return True
-        if word not in WITH or word == "POST":
+        if word == "PRE" and words[i + 1:i + 2] == ["POST"]:
+            after = words[i + 2] if i + 2 < len(words) else ""
+            if not after or after in CONTRAST_WORDS:  # "PRE/POST", "PRE/POST CONTRAST"; not "PRE/POST ESWL"
+                return True
+        if word not in WITH or word == "POST" or i in covered:  # "WO CON PRE-OP": its "con" is the one denied
             continue
         j, routes = i + 1, []
         while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
             routes.append(words[j])
             j += 1
         target = words[j] if j < len(words) else ""
-        if "IV" in routes or target in DENY_BEFORE or (target in CONTRAST_WORDS and j not in covered):
+        if "IV" in routes or target in BOTH_DENIALS or (target in CONTRAST_WORDS and j not in covered):
             return True
     return False
 
@@ -462,12 +480,12 @@ def contrast_evidence(agent: str, description: str,
                       context: Sequence[tuple[str, str]] = ()) -> Evidence | None:
     """What in the header says the series was acquired with contrast (the module's text); None where nothing
     does, or the description denies it and names nothing else. ``context``: what the examination is called
-    (``(what, text)`` pairs: the Study Description, the Protocol Name). Where any of it denies contrast ("CT ABD
-    PELVIS WO CONTRAST"), the series' own late-phase words (``_late``) name no phase; where none of it does, and
-    the series' own description and agent say nothing either way, an examination that names contrast or a
-    urography makes a delay or minutes of the series' own ("Delayed 1.25mm") a named phase and cautions a series
-    that says nothing (probe 47: a CT urography's excretory series were read as non-contrast, its ureter full of
-    contrast taken for a stent; review 43: an order "WITHOUT CONTRAST" had made "Delayed" a phase)."""
+    (``(what, text)`` pairs: the Study Description, the Protocol Name). It never makes a skip: a late phase the
+    series' own words name (``_late``) is clear unless the examination denies contrast anywhere (then a caution);
+    where the series' own description and agent say nothing either way, an examination that names contrast, a
+    urography or both phases (``_examination``) cautions (probe 47: a CT urography's excretory series were read
+    as non-contrast without a word; reviews 43-46: examination names are free text, and every rule that let them
+    skip a series skipped plain stone CTs named in words it did not know)."""
     words = _words(description)
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
@@ -477,18 +495,19 @@ def contrast_evidence(agent: str, description: str,
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
             return Evidence(shown, clear=False)  # both phases named: an examination's name
         return None
-    named = [(what, text, _examination(text)) for what, text in context if text.strip()]
-    said = {kind for _, _, kind in named}
-    if any(w in PHASES for w in loose) or (_late(loose) and "plain" not in said):
-        return Evidence(shown, clear=True)  # "EXCRETORY", "DELAYED UROGRAM", "Uro 8min", "10 min delay"
+    named = [(what, text) for what, text in context if text.strip()]
+    if any(w in PHASES for w in loose):
+        return Evidence(shown, clear=True)  # "EXCRETORY", "ABD PORTAL VENOUS"
+    if _late(loose):  # "DELAYED UROGRAM", "Uro 8min", "10 min delay": a caution where the examination denies
+        # contrast anywhere ("CT ABD PELVIS WITHOUT CONTRAST NO ORAL": review 46, its names are free text)
+        return Evidence(shown, clear=not any(_reading(_words(text))[0] for _, text in named))
     if any(w in MENTIONS or w in UROGRAPHY for w in loose):
         return Evidence(shown, clear=False)
     if _names_agent(agent):
         return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
-    for what, text, kind in named:
-        if kind == "contrast":  # a delay of the series' own is clear unless another text calls it plain: then a
-            # caution (an order "WO CONTRAST" beside a protocol "CT Urogram": which is right, the header cannot say)
+    for what, text in named:
+        if _examination(text) == "contrast":  # a caution, never a skip (reviews 43-46: an examination's name
+            # read as contrast skipped stone follow-ups and plain orders in other words)
             own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
-            late = bool(_late_kinds(loose) & {"delay", "minutes"}) and "plain" not in said
-            return Evidence(f"{_quoted(what, text)}, and {own}", clear=late)
+            return Evidence(f"{_quoted(what, text)}, and {own}", clear=False)
     return None

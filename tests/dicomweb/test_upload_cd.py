@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 import dicomweb.api
 from dicomweb.app import create_app
 from tests.factory import ct_slice, uid
-from uronode.completion import CompletionMonitor
+from uronode.completion import UPLOAD, CompletionMonitor
 from uronode.ingest import take_instance
 from uronode.jobs import JobQueue
 from uronode.settings import Settings
@@ -94,11 +94,16 @@ def test_an_upload_s_series_are_held_only_while_it_stores_them(tmp_path: Path) -
     from uronode.associations import Associations
 
     store = Store(tmp_path / "data", fsync=False)
-    association = Associations(store.db).open("UPLOAD", "127.0.0.1")
+    association = Associations(store.db).open(UPLOAD, "127.0.0.1")
     series = uid("upload-held", "series")
     assert take_instance(store, [_file(uid("upload-held", "study"), series, 0)], source="UPLOAD",
                          association_id=association).stored
     loop = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="default")
     assert loop.complete_due(time.time() + 10) == []
+    scanner = Associations(store.db).open("UPLOAD", "10.0.0.9")  # a DICOM peer of that AE title holds nothing
+    other = uid("upload-held", "scanner-series")
+    assert take_instance(store, [_file(uid("upload-held", "study"), other, 0)], source="UPLOAD",
+                         association_id=scanner).stored
+    assert [d.series_instance_uid for d in loop.complete_due(time.time() + 10)] == [other]  # by the quiet rule
     Associations(store.db).close(association, "aborted")
     assert [d.series_instance_uid for d in loop.complete_due(time.time() + 10)] == [series]
