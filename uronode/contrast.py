@@ -147,7 +147,7 @@ NOT_WHEN = frozenset({"SINGLE", "ONE", "MONO", "EINE", "EIN", "UNA", "UNE", "UN"
 """Words beside "PHASE" that say how many phases, not when ("single phase", "one phase")."""
 PHASE = frozenset({"PHASE", "FASE", "PHASEN", "FAZ", "FAZI", "FAZA"})
 _MINUTES = re.compile(r"^([0-9]+)?(?:MIN|MINS|MN|MINUTE|MINUTES|MINUTEN|MINUTI|MINUTOS|DK|DAK|DAKIKA)$")
-MEDIUM = frozenset({"PRODUIT", "MEZZO", "MEDIO", "MEIO", "PRODOTTO", "MIDDEL", "AGENT", "MEDIUM", "MADDE"})
+MEDIUM = frozenset({"PRODUIT", "MEZZO", "MEDIO", "MEIO", "PRODOTTO", "MIDDEL", "MADDE"})
 """Words for a medium, which a language puts before "of contrast" ("SENZA MEZZO DI CONTRASTO"): a denial of one
 covers the contrast word after it (review 46)."""
 CONTRAST_WORDS = MENTIONS | MEDIUM | {"C", "CONTRASTMIDDEL", "INJ"}
@@ -309,11 +309,12 @@ def _reading(words: list[str]) -> tuple[bool, set[int]]:
             if target in CONTRAST_WORDS or target in PHASES:
                 denied = True
                 covered.update(range(i, j + 1))
-                if target in MEDIUM:  # "SANS PRODUIT DE CONTRASTE", "SIN MEDIO DE CONTRASTE"
-                    k = j + 1
-                    while k < len(words) and (words[k] in FILLER or words[k] in CONTRAST_WORDS):
-                        covered.add(k)
+                if target in MEDIUM:  # "SANS PRODUIT DE CONTRASTE", "SIN MEDIO DE CONTRASTE": up to its noun, not
+                    k = j + 1  # a "with" after it ("SIN MEDIO DE CONTRASTE CON MEDIO ...": both, review 47)
+                    while k < len(words) and words[k] in FILLER:
                         k += 1
+                    if k < len(words) and words[k] in CONTRAST_WORDS and words[k] not in WITH | MEDIUM:
+                        covered.update(range(j + 1, k + 1))
             elif "IV" in routes or (word in ("WITHOUT", "WO", "NON", "PRE") and not target and not routes):
                 denied = True  # "WO IV", "ABD PEL WO", "HEMATURIA PRE": without contrast, said short
                 covered.update(range(i, j))
@@ -491,9 +492,11 @@ def contrast_evidence(agent: str, description: str,
     loose = [w for i, w in enumerate(words) if i not in covered]
     shown = _quoted("Series Description", description)
     if denied:
-        if any(w in PHASES or w in MENTIONS for w in loose) or any(
+        if any(w in PHASES or w in MENTIONS for w in loose) or _late(loose) or any(
                 i not in covered and _with_contrast(words, i) for i in range(len(words))):
-            return Evidence(shown, clear=False)  # both phases named: an examination's name
+            # both phases named (an examination's name), or a late phase beside a denial of something else
+            # ("CTU DELAYED NO ORAL CONTRAST": review 47)
+            return Evidence(shown, clear=False)
         return None
     named = [(what, text) for what, text in context if text.strip()]
     if any(w in PHASES for w in loose):

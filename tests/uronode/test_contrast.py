@@ -572,3 +572,17 @@ def test_a_plain_order_in_other_words_skips_nothing_and_cautions_no_plain_series
         assert contrast_evidence("", description, context) is None, description
     found = contrast_evidence("", "Delayed 10 min", context)
     assert found is not None and not found.clear, found
+
+
+@pytest.mark.parametrize(("description", "clear"), [
+    ("CTU DELAYED NO ORAL AGENT", True), ("Uro 10 min no oral agent", True), ("CTU DELAYED NO ORAL CONTRAST", False),
+    ("SIN MEDIO DE CONTRASTE / CON MEDIO DE CONTRASTE", False), ("SENZA MEZZO DI CONTRASTO CON MEZZO DI CONTRASTO", False),
+])
+def test_a_denial_of_something_else_leaves_a_late_phase_or_a_second_phase_said(description: str, clear: bool) -> None:
+    """Review 47: "no oral agent" had read as no contrast, and a denial of a medium covered the "with contrast"
+    after it: late and both-phase series were read as plain without a word."""
+    found = contrast_evidence("", description)
+    assert found is not None and found.clear is clear, found
+    study = (("Study Description", "TC ADDOME SENZA MEZZO DI CONTRASTO CON MDC EV"),)
+    found = contrast_evidence("", "Axial 1.25", study)
+    assert found is not None and not found.clear, found
