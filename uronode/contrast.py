@@ -455,26 +455,20 @@ def _both_phases(words: list[str], covered: set[int]) -> bool:
     return False
 
 
-def _examination(text: str) -> str | None:
-    """What an examination's name (a Study Description, a Protocol Name) says of its series: ``"plain"`` where it
-    denies contrast and names nothing else ("CT KUB", "CT ABD + PELVIS W/O CONTRAST": a "+" there joins regions),
-    ``"contrast"`` where it names contrast, a phase, a urography or both phases (``_both_phases``: "CT UROGRAM",
-    "CT ABD PELVIS W WO CONTRAST", "CT UROGRAM PRE/POST", "WITH IV CONTRAST NO ORAL"), None where it names neither,
-    oral contrast alone, or a urography beside a denial ("CT UROGRAM NONCON ONLY", "CT UROGRAM - CONTRAST
-    ALLERGY": which of its phases the series is, it cannot say; review 44: "W WO" had read as plain and hidden an
-    excretory series; review 45: "POST ESWL", "CON PROTOCOLO" and "W ORAL" had read as contrast)."""
-    words = [w for w in _words(text) if w != "+"]
+def _names_contrast(examination: str) -> bool:
+    """Whether an examination's name (a Study Description, a Protocol Name) names contrast, a phase, a urography or
+    both phases (``_both_phases``: "CT UROGRAM", "CT ABD PELVIS W WO CONTRAST", "CT UROGRAM PRE/POST", "WITH IV
+    CONTRAST NO ORAL"); not where it names oral contrast alone, or a urography beside a denial ("CT UROGRAM NONCON
+    ONLY", "CT UROGRAM - CONTRAST ALLERGY": which of its phases the series is, it cannot say). Review 44: "W WO"
+    had read as plain; review 45: "POST ESWL", "CON PROTOCOLO", "W ORAL" as contrast. A "+" there joins regions."""
+    words = [w for w in _words(examination) if w != "+"]
     denied, covered = _reading(words)
     loose = [w for i, w in enumerate(words) if i not in covered]
     oral = any(w == "ORAL" and i not in covered for i, w in enumerate(words))
     if oral and (any(w == "IV" and i in covered for i, w in enumerate(words)) or "IV" not in words):
-        return None  # oral contrast alone ("WO IV CONTRAST W ORAL", "W ORAL"): none in the urinary tract
-    contrast = any(w in PHASES or (w in MENTIONS and w not in AMBIGUOUS) for w in loose) or _both_phases(words,
-                                                                                                        covered)
-    urography = any(w in UROGRAPHY for w in loose)
-    if contrast or (urography and not denied):
-        return "contrast"
-    return "plain" if denied and not urography else None
+        return False  # oral contrast alone ("WO IV CONTRAST W ORAL", "W ORAL"): none in the urinary tract
+    return (any(w in PHASES or (w in MENTIONS and w not in AMBIGUOUS) for w in loose) or _both_phases(words, covered)
+            or (not denied and any(w in UROGRAPHY for w in loose)))
 
 
 def contrast_evidence(agent: str, description: str,
@@ -484,7 +478,7 @@ def contrast_evidence(agent: str, description: str,
     (``(what, text)`` pairs: the Study Description, the Protocol Name). It never makes a skip: a late phase the
     series' own words name (``_late``) is clear unless the examination denies contrast anywhere (then a caution);
     where the series' own description and agent say nothing either way, an examination that names contrast, a
-    urography or both phases (``_examination``) cautions (probe 47: a CT urography's excretory series were read
+    urography or both phases (``_names_contrast``) cautions (probe 47: a CT urography's excretory series were read
     as non-contrast without a word; reviews 43-46: examination names are free text, and every rule that let them
     skip a series skipped plain stone CTs named in words it did not know)."""
     words = _words(description)
@@ -509,7 +503,7 @@ def contrast_evidence(agent: str, description: str,
     if _names_agent(agent):
         return Evidence(_quoted("Contrast/Bolus Agent", agent), clear=False)
     for what, text in named:
-        if _examination(text) == "contrast":  # a caution, never a skip (reviews 43-46: an examination's name
+        if _names_contrast(text):  # a caution, never a skip (reviews 43-46: an examination's name
             # read as contrast skipped stone follow-ups and plain orders in other words)
             own = f"its Series Description {_shown(description)!r}" if description.strip() else "no Series Description"
             return Evidence(f"{_quoted(what, text)}, and {own}", clear=False)
