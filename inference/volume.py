@@ -594,6 +594,22 @@ def _padding_range(ds: Dataset, dtype: np.dtype) -> tuple[int, int] | None:
     return min(values), max(values)
 
 
+def _instance_name(index: int, ds: Dataset, path: str) -> str:
+    """How the messages name an instance: its place among those given, and its file where the file's name is the
+    sender's; a file named by its own SOP Instance UID (the node's store, many archives) is named by the Instance
+    Number and UID a viewer shows, not by a file name nobody else sees (probe 48: a failed job's reason named
+    the store's ``<uid>-<suffix>.dcm``)."""
+    name = f"instance {index + 1}"
+    file = Path(path).name if path else ""
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not file:
+        return name
+    if not uid or uid not in file:
+        return f"{name} ({file})"
+    number = str(ds.get("InstanceNumber", "") or "").strip()
+    return f"{name} (" + (f"Instance Number {number}, " if number else "") + f"SOP Instance UID {uid})"
+
+
 def _not_a_slice(ds: Dataset, name: str) -> str | None:
     """Why an instance is no slice of the CT volume (another modality or SOP class, a localizer, no pixel
     data), or None. Scanners and PACS put such objects into a series beside its slices (a scout, a dose
@@ -609,6 +625,10 @@ def _not_a_slice(ds: Dataset, name: str) -> str | None:
         return f"{name} is a localizer, not an axial image"
     if "PixelData" not in ds:
         return f"{name} has no pixel data"
+    if ("SECONDARY" in image_type and "ImagePositionPatient" not in ds
+            and "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds):
+        return (f"{name} is a secondary image without a position (Image Type {_values(image_type)}): a screen "
+                "capture such as a dose screen, not a CT slice")
     return None
 
 
@@ -865,7 +885,7 @@ def load_volume(sources: Sequence[str | Path | Dataset],
     left_out: list[str] = []
     for index, source in enumerate(sources):
         ds, path = _read(source)
-        name = f"instance {index + 1}" + (f" ({Path(path).name})" if path else "")
+        name = _instance_name(index, ds, path)
         if progress is not None:
             progress(1)
         reason = _not_a_slice(ds, name)

@@ -127,9 +127,12 @@ def test_reload_follows_the_jobs_in_the_hash(
     _predict(page, files)
     _until_queued(page)
     hash_ = page.evaluate("location.hash")
+    who = page.locator(".identity").inner_text()
+    assert who.startswith("Patient Synthetic, Patient (ID SYN0001)") and "study of 2026-01-01 · accession ACC0001" in who
     page.reload()
     _until_queued(page)
     assert page.evaluate("location.hash") == hash_
+    assert page.locator(".identity").inner_text() == who  # whose images, after a reload too (probe 48)
     assert page.locator(".series").get_attribute("data-series-instance-uid") == series
     assert "(3 images)" in page.locator(".series-title").inner_text()
     page.close()

@@ -258,6 +258,52 @@ def test_mixed_orientations_and_pixel_spacings_name_the_files(small_series: list
     assert f"instance 3 ({paths[2].name}) [{value[0]:g}, {value[1]:g}" in info.value.reason
 
 
+def test_a_file_named_by_its_uid_is_named_by_instance_number_and_uid(small_series: list[Path],
+                                                                    tmp_path: Path) -> None:
+    """Probe 48: a failed job's reason named the store's own file ("1.2.826...-45553ffcafde.dcm"), which no
+    one who reads it can find; the Instance Number and SOP Instance UID are what a viewer shows."""
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    paths = []
+    for k, path in enumerate(small_series[:SLICES]):
+        ds = pydicom.dcmread(path)
+        if k == 2:
+            del ds.ImagePositionPatient
+        target = folder / f"{ds.SOPInstanceUID}-45553ffcafde.dcm"
+        ds.save_as(target)
+        paths.append(target)
+    third = pydicom.dcmread(paths[2])
+    with pytest.raises(VolumeError) as info:
+        load_volume(paths)
+    assert info.value.reason == (f"instance 3 (Instance Number {third.InstanceNumber}, SOP Instance UID "
+                                 f"{third.SOPInstanceUID}) has no ImagePositionPatient")
+    assert "45553ffcafde" not in info.value.reason
+
+
+def test_a_dose_screen_beside_the_slices_is_left_out(small_series: list[Path], tmp_path: Path) -> None:
+    """Probe 48: a dose screen stored as a CT image (DERIVED\\SECONDARY, no position) failed its series with
+    "has no ImagePositionPatient"; it is no slice, left out as a localizer is, and alone it says what it is."""
+    def dose_screen(k: int, ds: Dataset) -> None:
+        if k == SLICES - 1:
+            ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+            for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation"):
+                delattr(ds, keyword)
+
+    paths = _modified(small_series[:SLICES], tmp_path, dose_screen)
+    volume = load_volume(paths)
+    assert volume.hu.shape[0] == SLICES - 1
+    with pytest.raises(VolumeError) as info:
+        load_volume(paths[-1:])
+    assert info.value.reason == (f"instance 1 ({paths[-1].name}) is a secondary image without a position (Image Type "
+                                 "DERIVED\\SECONDARY\\OTHER): a screen capture such as a dose screen, not a CT slice")
+    # an original slice without its position is still a broken slice, and refuses the series
+    broken = pydicom.dcmread(small_series[1])
+    del broken.ImagePositionPatient
+    broken.save_as(paths[1])
+    with pytest.raises(VolumeError, match="has no ImagePositionPatient"):
+        load_volume(paths[1:])
+
+
 # --- a Part 10 file without its transfer syntax -----------------------------------------------------------
 
 
