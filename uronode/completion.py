@@ -87,10 +87,9 @@ SELECT s.series_instance_uid, s.study_instance_uid, s.generation, s.last_receive
        (SELECT a.outcome FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NOT NULL
          ORDER BY a.ended_at DESC, a.id DESC LIMIT 1) AS last_outcome,
-       (SELECT count(*) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
+       (SELECT max(a.started_at) FROM series_associations sa JOIN associations a ON a.id = sa.association_id
          WHERE sa.series_instance_uid = s.series_instance_uid AND a.ended_at IS NULL
-         AND (a.calling_ae = '{UPLOAD}' OR a.calling_ae LIKE '{UPLOAD} %')
-         AND a.started_at > CAST(strftime('%s', 'now') AS REAL) - {UPLOAD_HOLD_S}) AS uploading
+         AND (a.calling_ae = '{UPLOAD}' OR a.calling_ae LIKE '{UPLOAD} %')) AS upload_started_at
   FROM series s WHERE s.state = 'receiving'
 """
 
@@ -284,7 +283,10 @@ class CompletionMonitor:
     def _is_due(self, row: sqlite3.Row, now: float, steady: float) -> bool:
         series_uid = row["series_instance_uid"]
         last = row["last_received_at"]
-        if row["uploading"]:  # the upload completes it when its last file is in (a node's start ends one left open)
+        # the upload completes it when its last file is in (a node's start ends one left open); its hour counted as
+        # the other waits are, a step of the host's clock not counted (review 47: on the database's wall clock)
+        upload = row["upload_started_at"]
+        if upload is not None and self._waits.waited((series_uid, "upload"), upload, upload, now, steady) < UPLOAD_HOLD_S:
             return False
         if self._waits.waited((series_uid, "quiet"), last, last, now, steady) >= self.quiet_s:
             return True

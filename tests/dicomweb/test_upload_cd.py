@@ -107,3 +107,26 @@ def test_an_upload_s_series_are_held_only_while_it_stores_them(tmp_path: Path) -
     assert [d.series_instance_uid for d in loop.complete_due(time.time() + 10)] == [other]  # by the quiet rule
     Associations(store.db).close(association, "aborted")
     assert [d.series_instance_uid for d in loop.complete_due(time.time() + 10)] == [series]
+
+
+def test_an_upload_s_hold_ends_after_its_hour_whatever_the_wall_clock_does(tmp_path: Path) -> None:
+    """Review 47 #5: the hour was on the database's wall clock; a step of the host's clock (NTP after a start,
+    a virtual machine resumed) ended it early or late. Counted as the quiet and grace waits are."""
+    from uronode.associations import Associations
+    from uronode.completion import UPLOAD_HOLD_S
+
+    store = Store(tmp_path / "data", fsync=False)
+    association = Associations(store.db).open(UPLOAD, "127.0.0.1")
+    series = uid("upload-hour", "series")
+    assert take_instance(store, [_file(uid("upload-hour", "study"), series, 0)], source="UPLOAD",
+                         association_id=association).stored
+    loop = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="default")
+    wall, steady = time.time(), 1000.0
+    assert loop.complete_due(wall + 10, steady + 10) == []
+    assert loop.complete_due(wall + 2 * UPLOAD_HOLD_S, steady + 20) == []  # the clock stepped 2 h forward
+    assert loop.complete_due(wall - UPLOAD_HOLD_S, steady + UPLOAD_HOLD_S - 30) == []  # ... then 1 h back
+    # an hour on the steady clock: the upload that never ended holds it no longer, and the quiet rule decides
+    assert loop.complete_due(wall - UPLOAD_HOLD_S, steady + UPLOAD_HOLD_S + 30) == []
+    assert [d.series_instance_uid for d in loop.complete_due(wall - UPLOAD_HOLD_S, steady + UPLOAD_HOLD_S + 32)] == [
+        series]
+
