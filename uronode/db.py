@@ -38,6 +38,11 @@ class DataDirUnusable(UronodeError):
     locked); the message names the file or folder and the cause."""
 
 
+class IndexDamaged(DataDirUnusable):
+    """The index file is damaged (a page SQLite cannot read): restored from a backup, or rebuilt from the
+    instance files by ``uronode reindex``."""
+
+
 def is_resource_error(exc: BaseException) -> bool:
     """Whether a database error is the node's resources (a full disk, a lock held too long, a read-only
     file system), not a bug or a bad row: the work may succeed later, unchanged. A damaged index is not
@@ -248,7 +253,8 @@ def connect(path: Path, *, durable: bool = True, upgrade: bool = True) -> sqlite
 def damage_said(path: Path, problem: object) -> str:
     """What to tell of a damaged index: what SQLite found, and the way back."""
     return (f"the index {path} is damaged ({problem}): stop the node, keep a copy of the data folder, and restore"
-            " the index from its last backup (docs/operations.md, \"A damaged or lost index\")")
+            " the index from its last backup, or rebuild it from the instance files with `uronode reindex`"
+            " (docs/operations.md, \"A damaged or lost index\")")
 
 
 def _written_by_newer(version: int) -> DataDirUnusable:
@@ -368,7 +374,7 @@ class Database:
                     with suppress(OSError):
                         Path(f"{path}{name}").unlink(missing_ok=True)
             if is_damage(exc):  # review 39: the way back, as for damage found later
-                raise DataDirUnusable(damage_said(path, exc)) from exc
+                raise IndexDamaged(damage_said(path, exc)) from exc
             raise DataDirUnusable(f"the index {path} cannot be opened: {disk_problem(path.parent, exc)}") from exc
 
     def probe(self, timeout_s: float) -> str | None:
@@ -405,9 +411,9 @@ class Database:
         try:
             found = [str(row[0]) for row in self.conn().execute("PRAGMA quick_check(3)")]
         except sqlite3.Error as exc:
-            raise DataDirUnusable(damage_said(self.path, exc)) from exc
+            raise IndexDamaged(damage_said(self.path, exc)) from exc
         if found != ["ok"]:
-            raise DataDirUnusable(damage_said(self.path, "; ".join(found)))
+            raise IndexDamaged(damage_said(self.path, "; ".join(found)))
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""

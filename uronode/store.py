@@ -32,7 +32,8 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -91,7 +92,7 @@ class Store:
     """Instance files and their index. Safe to use from several threads and processes."""
 
     def __init__(self, data_dir: Path, *, fsync: bool = True, max_disk_used_percent: float = 95.0,
-                 upgrade: bool = True) -> None:
+                 upgrade: bool = True, rebuilding: bool = False) -> None:
         self.root = Path(data_dir).resolve()
         self.instances_dir = self.root / "instances"
         self.tmp_dir = self.root / "tmp"
@@ -99,7 +100,7 @@ class Store:
         self.fsync = fsync
         self.max_disk_used_percent = max_disk_used_percent
         missing = [p for p in (self.instances_dir, self.tmp_dir, self.root, *self.root.parents) if not p.exists()]
-        if (lost := self._lost_index()) is not None:
+        if not rebuilding and (lost := self._lost_index()) is not None:  # uronode reindex makes one beside them
             raise DataDirUnusable(lost)
         try:
             for folder in (self.root, self.instances_dir, self.tmp_dir):
@@ -130,8 +131,9 @@ class Store:
         state = "missing" if not self.db_path.exists() else "empty (its -wal, which held it, may be gone)"
         return (f"the index {self.db_path} is {state}, but {self.instances_dir} holds instance files ({first.name}"
                 " among them): the node does not start on it, as it would take them all for leftovers of a crash"
-                " and remove them. Restore the index from its backup (docs/operations.md, \"A damaged or lost"
-                " index\"), or move instances/ out of the data folder to start afresh")
+                " and remove them. Restore the index from its backup, or rebuild it from the files with `uronode"
+                " reindex` (docs/operations.md, \"A damaged or lost index\"), or move instances/ out of the data"
+                " folder to start afresh")
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection to the database."""
@@ -294,6 +296,69 @@ class Store:
         if removed:
             log.warning("removed %d instance file(s) that nothing indexes (left by a stop or a crash)", removed)
         return removed
+
+    def adopt_files(self, aside: Path) -> Adopted:
+        """Index the instance files under ``instances/`` that the index does not name (``uronode reindex``: an
+        index rebuilt after it was lost or damaged, or restored from a backup older than the files), from their
+        own headers, the oldest file first, so that a study's row has its latest image's values as when they
+        arrived. Their series are indexed as complete and not analysed (:data:`REINDEXED`): what was analysed
+        is not known, and analysing a whole archive again would send every result to the destinations again; a
+        series already in the index keeps its state. A file that cannot be read, or an older copy of an instance
+        whose newer file is indexed, is moved under ``aside`` (never left for the start-up's orphan removal to
+        delete). Only with no node serving on the folder (the caller holds its lock)."""
+        found: list[tuple[float, Path]] = []
+        for study in _folders(self.instances_dir):
+            for series in _folders(study):
+                for path in series.glob("*.dcm"):
+                    with suppress(OSError):
+                        found.append((path.stat().st_mtime, path))
+        found.sort()
+        done = Adopted()
+        conn = self.conn()
+        taken: dict[str, Path] = {}
+        touched: set[Path] = set()
+        for mtime, path in found:
+            sop = path.name.rsplit("-", 1)[0]
+            row = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop,)).fetchone()
+            if row is not None and self._names(row["path"], path):
+                continue  # indexed already
+            try:
+                data = path.read_bytes()
+                header = read_header([data])
+            except (OSError, InvalidInstance) as exc:
+                done.unreadable.append(f"{path.relative_to(self.instances_dir)}: {exc}")
+                _move_aside(path, aside / "unreadable" / path.relative_to(self.instances_dir))
+                continue
+            older = taken.get(header.sop_instance_uid)
+            held = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?",
+                                (header.sop_instance_uid,)).fetchone()
+            if held is not None and older is None and Path(held["path"]).is_file():
+                # the index names another file of it, which it had before this run: that one stays
+                done.older_copies += 1
+                _move_aside(path, aside / "older-copies" / path.relative_to(self.instances_dir))
+                continue
+            own = header.manufacturer == OWN_MANUFACTURER
+            with self.db.transaction() as tx:
+                tx.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), _position(header), "", mtime,
+                                           str(path), len(data)))
+                made = tx.execute(_ADOPT_SERIES, (*_fields(header, _SERIES_FIELDS), mtime, mtime, time.time(),
+                                                  REINDEXED_OWN if own else REINDEXED)).rowcount
+                tx.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), mtime))
+            done.series += made
+            done.instances += 1
+            touched.add(path.parent)
+            if older is not None:  # a newer file of an instance this run indexed: the older one is a leftover
+                done.instances -= 1
+                done.older_copies += 1
+                _move_aside(older, aside / "older-copies" / older.relative_to(self.instances_dir))
+            taken[header.sop_instance_uid] = path
+        with self.db.transaction() as tx:  # each series made here received until its latest file
+            tx.execute("UPDATE series SET last_received_at = (SELECT max(received_at) FROM instances i WHERE"
+                       " i.series_instance_uid = series.series_instance_uid) WHERE reason IN (?, ?)",
+                       (REINDEXED, REINDEXED_OWN))
+        for folder in touched:
+            (folder / METADATA_CACHE).unlink(missing_ok=True)
+        return done
 
     def _names(self, stored: str, path: Path) -> bool:
         """Whether an index row's ``stored`` path stands for ``path`` (a file in this folder's ``instances/``):
@@ -513,6 +578,27 @@ class Store:
         return queries.get_instance(self.db, sop_instance_uid)
 
 
+REINDEXED = ("indexed again from its files by `uronode reindex`: not analysed since (what was analysed before was in"
+             " the index that was lost; send or upload the series again to have it analysed)")
+"""Why a series ``uronode reindex`` found in the files is complete without a job."""
+REINDEXED_OWN = "the node's own results, indexed again from their files by `uronode reindex`"
+
+
+@dataclass
+class Adopted:
+    """What :meth:`Store.adopt_files` did: instances and series it indexed, files it moved aside."""
+
+    instances: int = 0
+    series: int = 0
+    older_copies: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _move_aside(path: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+
+
 def forget_empty_studies(conn: sqlite3.Connection, studies: Iterable[str]) -> None:
     """Take the rows of ``studies`` that hold no instance and no series any more out of the index (in the caller's
     transaction): a study whose every instance was moved to another study, superseded or discarded is not listed
@@ -584,6 +670,12 @@ _PUT_STUDY = (
     + ", ".join(f"{name} = excluded.{name}" for name in (*_STUDY_FIELDS[1:], "updated_at"))
 )
 """The study's attributes as its latest received instance has them."""
+_ADOPT_SERIES = (
+    f"INSERT INTO series ({', '.join(_SERIES_FIELDS)}, first_received_at, last_received_at, state, completed_at,"
+    f" disposition, reason) VALUES ({_marks(len(_SERIES_FIELDS) + 2)}, 'complete', ?, 'skipped', ?)"
+    " ON CONFLICT(series_instance_uid) DO NOTHING"
+)
+"""A series :meth:`Store.adopt_files` found in the files: complete, not analysed (one the index has stays as it is)."""
 _KEEP_STUDY = (
     f"INSERT INTO studies ({', '.join(_STUDY_FIELDS)}, updated_at) VALUES ({_marks(len(_STUDY_FIELDS) + 1)})"
     " ON CONFLICT(study_instance_uid) DO NOTHING"

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from uronode import __version__, queries
 from uronode.app import predict
 from uronode.audit import AuditLog
+from uronode.db import SIDE_FILES, Database, IndexDamaged, index_version
 from uronode.errors import UronodeError
 from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import escape_controls, setup_logging
@@ -413,6 +414,61 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Rebuild the index from the instance files (docs/operations.md, "A damaged or lost index")."""
+    # the serve side's lock: a running node's folder is refused
+    from uronode.app.node import hold_data_dir
+
+    settings = _settings_from_args(args)
+    root = settings.storage.data_dir.resolve()
+    instances = root / "instances"
+    if not instances.is_dir():
+        raise NoNodeData(f"no node data in {root} (no instances/ folder); give --data-dir or --config")
+    held = hold_data_dir(root)
+    try:
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        index = root / INDEX_FILE
+        why = _index_unusable(root, settings)
+        if why is not None:  # lost, empty or damaged: set aside whole, never deleted, and a new one made
+            kept = []
+            for side in ("", *SIDE_FILES):
+                if (old := Path(f"{index}{side}")).exists():
+                    os.replace(old, kept_as := Path(f"{index}.before-reindex-{stamp}{side}"))
+                    kept.append(kept_as.name)
+            print(f"the index was {why}" + (f"; kept as {', '.join(kept)}" if kept else "") + "; a new one is made")
+        store = Store(root, fsync=settings.storage.fsync, rebuilding=True)  # an earlier schema brought up to date
+        aside = root / f"unindexed-{stamp}"
+        done = store.adopt_files(aside)
+        AuditLog(root).record("index_rebuilt", replaced=why, instances=done.instances, series=done.series,
+                              older_copies=done.older_copies, unreadable=len(done.unreadable))
+    finally:
+        if held is not None:
+            os.close(held)
+    print(f"indexed {done.instances} instance file(s) the index did not name, in {done.series} new series"
+          " (complete, not analysed: send or upload a series again to have it analysed)")
+    if done.older_copies or done.unreadable:
+        print(f"moved to {aside}: {done.older_copies} older copies of instances whose newer file is indexed,"
+              f" {len(done.unreadable)} file(s) that could not be read as DICOM")
+        for line in done.unreadable[:20]:
+            print(f"  {line}")
+    return 0
+
+
+def _index_unusable(root: Path, settings: Settings) -> str | None:
+    """Why the index of ``root`` cannot be kept (missing, empty, damaged), or None where it opens and SQLite's
+    quick check finds it sound (the files it does not name are then added to it)."""
+    version = index_version(root / INDEX_FILE)
+    if version is None:
+        return "missing"
+    if version == 0:
+        return "empty (its -wal, which held it, may be gone)"
+    try:
+        Database(root / INDEX_FILE, durable=settings.storage.fsync).check()
+    except IndexDamaged as exc:
+        return f"damaged ({exc})"
+    return None
+
+
 def _purge_study(store: Store, study: str, *, dry_run: bool) -> int:
     try:
         done = purge_study(store, study, dry_run=dry_run)
@@ -577,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_flag(deliveries, "deliveries")
     deliveries.set_defaults(func=cmd_deliveries)
 
+    reindex = sub.add_parser("reindex", help="rebuild the index from the instance files (a lost or damaged index,"
+                                           " or one restored from a backup older than the files); the node stopped")
+    _add_config_flag(reindex)
+    reindex.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    reindex.set_defaults(func=cmd_reindex)
     purge = sub.add_parser("purge", help="delete received series past their retention, with the results made of them,"
                                        " and the history (jobs, deliveries, associations) that ended before then")
     _add_config_flag(purge)

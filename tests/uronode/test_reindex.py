@@ -1,0 +1,148 @@
+"""`uronode reindex`: the index rebuilt from the instance files, when it was lost, damaged, or restored from a
+backup older than the files (probe 44 #6: no command did it; the way back was a backup, or nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.uronode.test_store import encoded, put
+from uronode import queries
+from uronode.app.cli import main
+from uronode.app.node import hold_data_dir
+from uronode.db import SIDE_FILES, DataDirUnusable
+from uronode.store import REINDEXED, REINDEXED_OWN, Store
+
+STUDY, SERIES, OTHER, RESULTS = "1.2.3.70", "1.2.3.70.1", "1.2.3.70.2", "1.2.3.70.9"
+
+
+def _node_folder(root: Path) -> Store:
+    """Three CT images of one series, two of another, and a result instance of the node's own."""
+    store = Store(root, fsync=False)
+    for index in range(3):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    for index in range(2):
+        put(store, encoded(10 + index, series=OTHER, study=STUDY))
+    put(store, encoded(20, series=RESULTS, study=STUDY, manufacturer="uronode"))
+    return store
+
+
+def _drop_index(root: Path) -> None:
+    for side in ("", *SIDE_FILES):
+        Path(f"{root / 'index.sqlite3'}{side}").unlink(missing_ok=True)
+
+
+def _files(root: Path) -> set[str]:
+    return {p.name for p in (root / "instances").rglob("*.dcm")}
+
+
+def test_a_lost_index_is_rebuilt_from_the_files_and_nothing_is_deleted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "data"
+    store = _node_folder(root)
+    study_row = dict(store.conn().execute("SELECT patient_name, patient_id, study_date FROM studies").fetchone())
+    store.db.conn().close()
+    before = _files(root)
+    # a file the disk damaged, and an older copy of an instance whose newer file is the one to keep
+    series_folder = next(p.parent for p in (root / "instances").rglob("*.dcm") if p.parent.name == SERIES)
+    newest = sorted(series_folder.glob("*.dcm"))[0]
+    (series_folder / "1.2.3.70.1.99-000000000000.dcm").write_bytes(b"\x00" * 200)
+    older = series_folder / f"{newest.name.rsplit('-', 1)[0]}-aaaaaaaaaaaa.dcm"
+    shutil.copyfile(newest, older)
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    _drop_index(root)
+    with pytest.raises(DataDirUnusable, match="uronode reindex"):  # the start refuses, and names the way back
+        Store(root, fsync=False)
+
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    said = capsys.readouterr().out
+    assert "the index was missing; a new one is made" in said
+    assert "indexed 6 instance file(s) the index did not name, in 3 new series" in said
+    assert "1 older copies of instances whose newer file is indexed, 1 file(s) that could not be read" in said
+
+    rebuilt = Store(root, fsync=False)
+    assert rebuilt.recover() == 0
+    assert _files(root) == before  # every instance file where it was; the two others moved aside, not deleted
+    (aside,) = root.glob("unindexed-*")
+    assert {p.name for p in aside.rglob("*.dcm")} == {older.name, "1.2.3.70.1.99-000000000000.dcm"}
+    rows = {r["series_instance_uid"]: r for r in rebuilt.conn().execute("SELECT * FROM series")}
+    assert set(rows) == {SERIES, OTHER, RESULTS}
+    assert all(r["state"] == "complete" and r["disposition"] == "skipped" for r in rows.values())
+    assert rows[SERIES]["reason"] == REINDEXED and rows[RESULTS]["reason"] == REINDEXED_OWN
+    assert rows[SERIES]["first_received_at"] <= rows[SERIES]["last_received_at"]
+    assert [i.path.name for i in rebuilt.series_instances(SERIES)].count(newest.name) == 1
+    assert len(rebuilt.series_instances(SERIES)) == 3 and len(rebuilt.series_instances(OTHER)) == 2
+    assert dict(rebuilt.conn().execute("SELECT patient_name, patient_id, study_date FROM studies").fetchone()
+                ) == study_row
+    # nothing queued: the archive is not analysed again, nor its results sent again
+    assert rebuilt.conn().execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    row = queries.series_row(rebuilt.db, SERIES)
+    assert row is not None and "uronode reindex" in row["reason"]
+    (event,) = [json.loads(line) for line in (root / "audit.log").read_text().splitlines()
+                if '"index_rebuilt"' in line]
+    assert event["instances"] == 6 and event["replaced"] == "missing"
+
+
+def test_a_damaged_index_is_kept_aside_and_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "data"
+    store = _node_folder(root)
+    store.db.conn().close()
+    (root / "index.sqlite3").write_bytes(b"\x00garbage" * 1024)
+    for side in SIDE_FILES:
+        Path(f"{root / 'index.sqlite3'}{side}").unlink(missing_ok=True)
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    assert "the index was damaged (" in capsys.readouterr().out
+    (kept,) = root.glob("index.sqlite3.before-reindex-*")
+    assert kept.read_bytes() == b"\x00garbage" * 1024  # the damaged one is kept, for whoever looks into it
+    rebuilt = Store(root, fsync=False)
+    rebuilt.recover()
+    assert rebuilt.conn().execute("SELECT count(*) FROM instances").fetchone()[0] == 6
+
+
+def test_an_index_restored_from_an_older_backup_gets_the_files_it_lacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The files that came after the backup were removed at the next start as leftovers of a crash (when few):
+    reindexed first, they are kept, and what the backup knew (its jobs, its series' states) stays."""
+    root = tmp_path / "data"
+    store = Store(root, fsync=False)
+    for index in range(3):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    store.conn().execute("UPDATE series SET state = 'complete', disposition = 'queued'")
+    backup = tmp_path / "backup.sqlite3"
+    store.conn().backup(sqlite3.connect(backup))
+    for index in range(2):  # after the backup
+        put(store, encoded(10 + index, series=OTHER, study=STUDY))
+    store.db.conn().close()
+    _drop_index(root)
+    shutil.copyfile(backup, root / "index.sqlite3")
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    said = capsys.readouterr().out
+    assert "the index was" not in said and "indexed 2 instance file(s) the index did not name, in 1 new series" in said
+    assert not list(root.glob("index.sqlite3.before-reindex-*"))
+    restored = Store(root, fsync=False)
+    restored.recover()
+    states = dict(restored.conn().execute("SELECT series_instance_uid, disposition FROM series").fetchall())
+    assert states == {SERIES: "queued", OTHER: "skipped"}
+    assert len(restored.series_instances(OTHER)) == 2
+    assert main(["reindex", "--data-dir", str(root)]) == 0  # again: nothing more to do
+    assert "indexed 0 instance file(s)" in capsys.readouterr().out
+
+
+def test_refused_while_a_node_serves_on_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "data"
+    _node_folder(root).db.conn().close()
+    held = hold_data_dir(root)  # what `uronode serve` holds while it runs
+    try:
+        assert main(["reindex", "--data-dir", str(root)]) == 2
+        assert "in use by another uronode serve" in capsys.readouterr().err
+    finally:
+        assert held is not None
+        os.close(held)
+    assert main(["reindex", "--data-dir", str(tmp_path / "nothing")]) == 2
+    assert "no node data in" in capsys.readouterr().err
