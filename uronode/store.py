@@ -843,8 +843,24 @@ def _lossy_copy(stored: Dataset, incoming: Dataset) -> bool:
     losslessly is never replaced by a lossy one of the same header."""
     if not _same_values(stored, incoming, ignore=NOT_READ | LOSSY_CHANGES):
         return False
+    # a rescale changes with the stored values' range (a copy into 12 or 8 bits, or unsigned), never alone: one
+    # that changes alone is a correction of the HU (review 47: it was taken for a copy and dropped)
+    if (any(_differs(stored, incoming, k) for k in ("RescaleIntercept", "RescaleSlope", "RescaleType"))
+            and not any(_differs(stored, incoming, k)
+                        for k in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"))):
+        return False
     types = [list(ds.get("ImageType") or []) for ds in (stored, incoming)]
     return [t[1:] for t in types] == [types[0][1:]] * 2 and types[0][:1] in (types[1][:1], ["ORIGINAL"])
+
+
+def _differs(a: Dataset, b: Dataset, keyword: str) -> bool:
+    """Whether two data sets give ``keyword`` different values (numbers compared as numbers: "-1024" and
+    "-1024.0" are one intercept)."""
+    values = [ds.get(keyword) for ds in (a, b)]
+    try:
+        return float(values[0]) != float(values[1])
+    except (TypeError, ValueError):
+        return str(values[0] or "") != str(values[1] or "")
 
 
 def compare_images(path: Path, parts: Sequence[Buffer]) -> str | None:

@@ -222,3 +222,24 @@ def test_a_lossy_copy_keeps_the_original(store: Store, tmp_path: Path, how: str)
     corrected.SeriesDescription = "Abdomen 1.0 corrected"
     corrected.save_as(buffer := io.BytesIO(), enforce_file_format=True)
     assert put(store, [buffer.getvalue()]) is StoreOutcome.REPLACED
+
+
+def test_a_lossy_image_that_corrects_only_the_rescale_replaces(store: Store, tmp_path: Path) -> None:
+    """Review 47 #4: a rescale changes in a lossy copy with the stored values' range (into 12 or 8 bits, or
+    unsigned); one that changes alone is a correction of the HU, and was dropped as a copy."""
+    from lab.synth import generate_phantom, write_series
+
+    original = write_series(generate_phantom(5, rows=128, slices=1), tmp_path / "ct")[0]
+    assert put(store, [original.read_bytes()]) is StoreOutcome.STORED
+    corrected = pydicom.dcmread(original)
+    corrected.RescaleIntercept = float(corrected.RescaleIntercept) + 24
+    corrected.compress(JPEGLSNearLossless, jls_error=3, generate_instance_uid=False)
+    corrected.save_as(buffer := io.BytesIO(), enforce_file_format=True)
+    assert put(store, [buffer.getvalue()]) is StoreOutcome.REPLACED
+    same = pydicom.dcmread(original)  # the same rescale written otherwise is no correction
+    same.RescaleIntercept = f"{float(same.RescaleIntercept):.1f}"
+    same.compress(JPEGLSNearLossless, jls_error=3, generate_instance_uid=False)
+    store2 = Store(tmp_path / "other", fsync=False)
+    assert put(store2, [original.read_bytes()]) is StoreOutcome.STORED
+    same.save_as(buffer := io.BytesIO(), enforce_file_format=True)
+    assert put(store2, [buffer.getvalue()]) is StoreOutcome.DUPLICATE
