@@ -625,11 +625,26 @@ def _not_a_slice(ds: Dataset, name: str) -> str | None:
         return f"{name} is a localizer, not an axial image"
     if "PixelData" not in ds:
         return f"{name} has no pixel data"
-    if ("SECONDARY" in image_type and "ImagePositionPatient" not in ds
-            and "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds):
+    if _screen_capture(ds, image_type):
         return (f"{name} is a secondary image without a position (Image Type {_values(image_type)}): a screen "
                 "capture such as a dose screen, not a CT slice")
     return None
+
+
+SCREEN_WORDS = frozenset({"OTHER", "SCREEN", "DOSE", "DOSE_INFO", "DOSE REPORT", "SCREEN SAVE", "CAPTURE"})
+"""Image Type values after DERIVED\\SECONDARY that name no slice (a dose screen is DERIVED\\SECONDARY\\OTHER)."""
+
+
+def _screen_capture(ds: Dataset, image_type: list[str]) -> bool:
+    """Whether a CT image is a screen capture stored as CT (a dose screen): secondary, without a position (absent
+    or empty), and said so by its Image Type or by lacking an orientation or a pixel spacing too. A secondary
+    slice that has them but its position stays a broken slice, which refuses the series (review 48: a
+    DERIVED\\SECONDARY\\AXIAL slice without a position would otherwise go quietly)."""
+    if "SECONDARY" not in image_type or ds.get("ImagePositionPatient") or "PerFrameFunctionalGroupsSequence" in ds \
+            or "SharedFunctionalGroupsSequence" in ds:
+        return False
+    return bool(SCREEN_WORDS & set(image_type[2:])) or not ds.get("ImageOrientationPatient") \
+        or not ds.get("PixelSpacing")
 
 
 def _values(value: object) -> str:

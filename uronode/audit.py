@@ -26,6 +26,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -39,6 +40,8 @@ ROTATE_BYTES = 64 * 1024 * 1024
 SETTLED_S = 60.0
 """A renamed file is compressed once this long has passed since it was last written: a process that opened the
 file just before the rename has written its line into it by then (each event is one open, write, close)."""
+
+_JOB_ID = re.compile(r'"job_id":(\d+)')
 
 
 class AuditLog:
@@ -61,6 +64,22 @@ class AuditLog:
             return
         if full:
             self.rotate()
+
+    def highest_job_id(self) -> int:
+        """The highest job number any event of the trail names (``audit.log`` and its earlier parts, compressed
+        or not), 0 where none does: ``uronode reindex`` numbers the new index's jobs above it, so that a job
+        number is never given to two series (review 48)."""
+        highest = 0
+        for path in [self.path, *self.path.parent.glob("audit-*.log"), *self.path.parent.glob("audit-*.log.gz")]:
+            try:
+                with (gzip.open(path, "rt", errors="replace") if path.suffix == ".gz"
+                      else open(path, errors="replace")) as lines:
+                    for line in lines:
+                        for found in _JOB_ID.finditer(line):
+                            highest = max(highest, int(found[1]))
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                log.warning("the audit log %s could not be read for its job numbers: %s", path, exc)
+        return highest
 
     def rotate(self) -> Path | None:
         """Rename a full ``audit.log`` (one process does, under a lock; the others find it renamed) and compress

@@ -40,7 +40,11 @@ class DataDirUnusable(UronodeError):
 
 class IndexDamaged(DataDirUnusable):
     """The index file is damaged (a page SQLite cannot read): restored from a backup, or rebuilt from the
-    instance files by ``uronode reindex``."""
+    instance files by ``uronode reindex``. ``problem``: what SQLite found."""
+
+    def __init__(self, path: Path, problem: object) -> None:
+        super().__init__(damage_said(path, problem))
+        self.problem = str(problem)
 
 
 def is_resource_error(exc: BaseException) -> bool:
@@ -374,7 +378,7 @@ class Database:
                     with suppress(OSError):
                         Path(f"{path}{name}").unlink(missing_ok=True)
             if is_damage(exc):  # review 39: the way back, as for damage found later
-                raise IndexDamaged(damage_said(path, exc)) from exc
+                raise IndexDamaged(path, exc) from exc
             raise DataDirUnusable(f"the index {path} cannot be opened: {disk_problem(path.parent, exc)}") from exc
 
     def probe(self, timeout_s: float) -> str | None:
@@ -411,9 +415,9 @@ class Database:
         try:
             found = [str(row[0]) for row in self.conn().execute("PRAGMA quick_check(3)")]
         except sqlite3.Error as exc:
-            raise IndexDamaged(damage_said(self.path, exc)) from exc
+            raise IndexDamaged(self.path, exc) from exc
         if found != ["ok"]:
-            raise IndexDamaged(damage_said(self.path, "; ".join(found)))
+            raise IndexDamaged(self.path, "; ".join(found))
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection."""

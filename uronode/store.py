@@ -81,6 +81,9 @@ ORPHANS_AT_MOST = 100
 """More files that nothing indexes than this, and than the index names, are no leftovers of a stop (one an
 association, or a series a retention pass or a purge cut off between its commit and its files): the index has
 lost most of the folder, and none is removed; the log says why (probe 44, review 39)."""
+REINDEX_UNFINISHED = "reindex-unfinished"
+"""In the data folder while ``uronode reindex`` works (review 48: a run cut off, then a start, took the files it
+had not indexed yet for leftovers of a crash and removed them): no store opens the folder but the next run's."""
 NOTES_FOLDER = "notes"
 """Under the data folder: the rejection notes :mod:`uronode.supersede` writes, owed to destinations (not in the
 index: not the study's content); deliveries name them by path. Defined here, the lower module, for both."""
@@ -100,6 +103,9 @@ class Store:
         self.fsync = fsync
         self.max_disk_used_percent = max_disk_used_percent
         missing = [p for p in (self.instances_dir, self.tmp_dir, self.root, *self.root.parents) if not p.exists()]
+        if not rebuilding and (self.root / REINDEX_UNFINISHED).exists():
+            raise DataDirUnusable(f"a `uronode reindex` of {self.root} did not finish: run it again (the index is"
+                                  " half-made, and a start would remove the files it does not name yet)")
         if not rebuilding and (lost := self._lost_index()) is not None:  # uronode reindex makes one beside them
             raise DataDirUnusable(lost)
         try:
@@ -303,9 +309,11 @@ class Store:
         own headers, the oldest file first, so that a study's row has its latest image's values as when they
         arrived. Their series are indexed as complete and not analysed (:data:`REINDEXED`): what was analysed
         is not known, and analysing a whole archive again would send every result to the destinations again; a
-        series already in the index keeps its state. A file that cannot be read, or an older copy of an instance
-        whose newer file is indexed, is moved under ``aside`` (never left for the start-up's orphan removal to
-        delete). Only with no node serving on the folder (the caller holds its lock)."""
+        series already in the index keeps its state. Of two files of one instance the newer is indexed (by
+        their times; a run cut off and run again decides as one run would). A file in no place or name the
+        store gives it (copied in by hand) is moved to where the store keeps it, named by its header; one that
+        cannot be read, and the older of two copies, are moved under ``aside``: none is left for the start-up's
+        orphan removal to delete. Only with no node serving on the folder (the caller holds its lock)."""
         found: list[tuple[float, Path]] = []
         for study in _folders(self.instances_dir):
             for series in _folders(study):
@@ -315,7 +323,6 @@ class Store:
         found.sort()
         done = Adopted()
         conn = self.conn()
-        taken: dict[str, Path] = {}
         touched: set[Path] = set()
         for mtime, path in found:
             sop = path.name.rsplit("-", 1)[0]
@@ -325,33 +332,45 @@ class Store:
             try:
                 data = path.read_bytes()
                 header = read_header([data])
+                place = path if self._in_place(path, header) else self.instance_path(header)
             except (OSError, InvalidInstance) as exc:
                 done.unreadable.append(f"{path.relative_to(self.instances_dir)}: {exc}")
                 _move_aside(path, aside / "unreadable" / path.relative_to(self.instances_dir))
                 continue
-            older = taken.get(header.sop_instance_uid)
             held = conn.execute("SELECT path FROM instances WHERE sop_instance_uid = ?",
                                 (header.sop_instance_uid,)).fetchone()
-            if held is not None and older is None and Path(held["path"]).is_file():
-                # the index names another file of it, which it had before this run: that one stays
-                done.older_copies += 1
-                _move_aside(path, aside / "older-copies" / path.relative_to(self.instances_dir))
-                continue
+            other = Path(held["path"]) if held is not None and Path(held["path"]) != path else None
+            if other is not None and not other.is_relative_to(self.instances_dir):
+                continue  # the index names a file of it outside this folder (moved here, not yet relocated)
+            if other is not None and other.is_file():
+                try:
+                    newer = other.stat().st_mtime > mtime
+                except OSError:
+                    newer = False
+                if newer:  # the index names a newer file of it: this one is the leftover of a replacement
+                    done.older_copies += 1
+                    _move_aside(path, aside / "older-copies" / path.relative_to(self.instances_dir))
+                    continue
+            else:
+                other = None
+            if place != path:
+                place.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, place)
+                done.moved += 1
             own = header.manufacturer == OWN_MANUFACTURER
             with self.db.transaction() as tx:
                 tx.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), _position(header), "", mtime,
-                                           str(path), len(data)))
+                                           str(place), len(data)))
                 made = tx.execute(_ADOPT_SERIES, (*_fields(header, _SERIES_FIELDS), mtime, mtime, time.time(),
                                                   REINDEXED_OWN if own else REINDEXED)).rowcount
                 tx.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), mtime))
             done.series += made
-            done.instances += 1
-            touched.add(path.parent)
-            if older is not None:  # a newer file of an instance this run indexed: the older one is a leftover
-                done.instances -= 1
+            done.instances += other is None  # a newer file of an instance indexed is no new instance
+            touched.add(place.parent)
+            if other is not None:  # the older file this one replaces
                 done.older_copies += 1
-                _move_aside(older, aside / "older-copies" / older.relative_to(self.instances_dir))
-            taken[header.sop_instance_uid] = path
+                with suppress(ValueError):
+                    _move_aside(other, aside / "older-copies" / other.relative_to(self.instances_dir))
         with self.db.transaction() as tx:  # each series made here received until its latest file
             tx.execute("UPDATE series SET last_received_at = (SELECT max(received_at) FROM instances i WHERE"
                        " i.series_instance_uid = series.series_instance_uid) WHERE reason IN (?, ?)",
@@ -359,6 +378,12 @@ class Store:
         for folder in touched:
             (folder / METADATA_CACHE).unlink(missing_ok=True)
         return done
+
+    def _in_place(self, path: Path, header: InstanceHeader) -> bool:
+        """Whether ``path`` is where and as the store keeps the instance ``header`` describes
+        (``instances/<study>/<series>/<sop>-<suffix>.dcm``)."""
+        return (path.parent == self.instances_dir / header.study_instance_uid / header.series_instance_uid
+                and path.name.rsplit("-", 1)[0] == header.sop_instance_uid and _file_name(path.name))
 
     def _names(self, stored: str, path: Path) -> bool:
         """Whether an index row's ``stored`` path stands for ``path`` (a file in this folder's ``instances/``):
@@ -579,7 +604,8 @@ class Store:
 
 
 REINDEXED = ("indexed again from its files by `uronode reindex`: not analysed since (what was analysed before was in"
-             " the index that was lost; send or upload the series again to have it analysed)")
+             " the index that was lost; upload the series, or have one of its images changed, to have it analysed:"
+             " the same images sent again are duplicates)")
 """Why a series ``uronode reindex`` found in the files is complete without a job."""
 REINDEXED_OWN = "the node's own results, indexed again from their files by `uronode reindex`"
 
@@ -591,6 +617,8 @@ class Adopted:
     instances: int = 0
     series: int = 0
     older_copies: int = 0
+    moved: int = 0
+    """Files indexed under another name or folder (their header's), where the store keeps them."""
     unreadable: list[str] = field(default_factory=list)
 
 

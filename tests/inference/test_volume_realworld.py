@@ -296,12 +296,20 @@ def test_a_dose_screen_beside_the_slices_is_left_out(small_series: list[Path], t
         load_volume(paths[-1:])
     assert info.value.reason == (f"instance 1 ({paths[-1].name}) is a secondary image without a position (Image Type "
                                  "DERIVED\\SECONDARY\\OTHER): a screen capture such as a dose screen, not a CT slice")
-    # an original slice without its position is still a broken slice, and refuses the series
-    broken = pydicom.dcmread(small_series[1])
-    del broken.ImagePositionPatient
-    broken.save_as(paths[1])
-    with pytest.raises(VolumeError, match="has no ImagePositionPatient"):
-        load_volume(paths[1:])
+    # an empty position is none (review 48: "is not 3 numbers" refused the series)
+    empty = pydicom.dcmread(paths[-1])
+    empty.ImagePositionPatient = None
+    empty.save_as(paths[-1])
+    assert load_volume(paths).hu.shape[0] == SLICES - 1
+    # a slice without its position is still a broken slice, and refuses the series: an original one, and a
+    # secondary one that has its orientation and spacing and says it is axial (review 48)
+    for image_type in (["ORIGINAL", "PRIMARY", "AXIAL"], ["DERIVED", "SECONDARY", "AXIAL"]):
+        broken = pydicom.dcmread(small_series[1])
+        broken.ImageType = image_type
+        del broken.ImagePositionPatient
+        broken.save_as(paths[1])
+        with pytest.raises(VolumeError, match="has no ImagePositionPatient"):
+            load_volume(paths[1:])
 
 
 # --- a Part 10 file without its transfer syntax -----------------------------------------------------------

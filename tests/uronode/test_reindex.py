@@ -134,6 +134,90 @@ def test_an_index_restored_from_an_older_backup_gets_the_files_it_lacks(
     assert "indexed 0 instance file(s)" in capsys.readouterr().out
 
 
+def test_a_run_cut_off_is_finished_by_the_next_and_no_start_comes_between(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 48 #1: a run cut off half-way left a half-made index that a start took for the whole: the files
+    not yet indexed were removed as leftovers of a crash. Run again, it finishes as one run would have, the newer
+    of two copies of an instance indexed whichever it met first."""
+    import uronode.store
+
+    root = tmp_path / "data"
+    store = _node_folder(root)
+    store.db.conn().close()
+    before = _files(root)
+    folder = next(p.parent for p in (root / "instances").rglob("*.dcm") if p.parent.name == SERIES)
+    newest = sorted(folder.glob("*.dcm"))[0]
+    older = folder / f"{newest.name.rsplit('-', 1)[0]}-aaaaaaaaaaaa.dcm"
+    shutil.copyfile(newest, older)
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    _drop_index(root)
+    read, calls = uronode.store.read_header, []
+
+    def cut_off(parts: list[bytes]) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # the older copy is indexed, then the run stops
+            raise KeyboardInterrupt
+        return read(parts)
+
+    monkeypatch.setattr(uronode.store, "read_header", cut_off)
+    assert main(["reindex", "--data-dir", str(root)]) == 130
+    monkeypatch.setattr(uronode.store, "read_header", read)
+    with pytest.raises(DataDirUnusable, match="did not finish: run it again"):
+        Store(root, fsync=False)  # the start, and every command, refuses
+    capsys.readouterr()
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    assert "indexed 5 instance file(s)" in capsys.readouterr().out  # the sixth the first run took
+    rebuilt = Store(root, fsync=False)
+    assert rebuilt.recover() == 0 and _files(root) == before
+    (kept,) = [i.path for i in rebuilt.series_instances(SERIES) if i.path.name.startswith(older.name[:-17])]
+    assert kept.name == newest.name  # the newer copy, though the cut-off run had indexed the older
+
+
+def test_a_file_copied_in_under_another_name_is_put_where_the_node_keeps_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 48 #2: a file named otherwise than by its UID (copied back by hand) was indexed where it lay, and the
+    next start, which finds a file's row by the UID its name carries, removed it: a row without its file."""
+    root = tmp_path / "data"
+    store = _node_folder(root)
+    other_before = {i.header.sop_instance_uid for i in store.series_instances(OTHER)}
+    store.db.conn().close()
+    stray = root / "instances" / STUDY / SERIES / "IM000050.dcm"
+    stray.write_bytes(b"".join(encoded(50, series=OTHER, study=STUDY)))  # of the other series, too
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    assert "1 of them moved to where the node keeps them" in capsys.readouterr().out
+    store = Store(root, fsync=False)
+    assert store.recover() == 0
+    assert not stray.exists()
+    (moved,) = [i for i in store.series_instances(OTHER) if i.header.sop_instance_uid not in other_before]
+    assert moved.path.is_file() and moved.path.parent.name == OTHER
+    assert main(["reindex", "--data-dir", str(root)]) == 0  # again: nothing moves, nothing is set aside
+    assert "indexed 0 instance file(s)" in (said := capsys.readouterr().out) and "moved to" not in said
+
+
+def test_a_rebuilt_index_numbers_its_jobs_above_every_earlier_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 48 #4: job numbers began at 1 again; another patient's series got job 1, and an upload page that
+    followed #jobs=1 showed that patient."""
+    import gzip
+
+    root = tmp_path / "data"
+    _node_folder(root).db.conn().close()
+    (root / "audit.log").write_text('{"time":1,"event":"series_complete","job_id":41}\n')
+    with gzip.open(root / "audit-20260101T000000Z.log.gz", "wt") as earlier:
+        earlier.write('{"time":0,"event":"job_finished","job_id":77,"state":"failed"}\n')
+    _drop_index(root)
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    assert "the next job is number 1078" in capsys.readouterr().out
+    store = Store(root, fsync=False)
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO jobs (study_instance_uid, series_instance_uid, series_generation, model, state,"
+                   " created_at, updated_at) VALUES (?, ?, 1, 'default', 'queued', 0, 0)", (STUDY, SERIES))
+    assert store.conn().execute("SELECT max(id) FROM jobs").fetchone()[0] == 1078
+    store.db.conn().close()
+    assert main(["reindex", "--data-dir", str(root)]) == 0  # past the others already: left as it is
+    assert "the next job is" not in capsys.readouterr().out
+
+
 def test_refused_while_a_node_serves_on_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "data"
     _node_folder(root).db.conn().close()

@@ -38,7 +38,7 @@ from uronode.settings import (
     model_folder,
     model_label,
 )
-from uronode.store import INDEX_FILE, Store
+from uronode.store import INDEX_FILE, REINDEX_UNFINISHED, Store
 from uronode.supersede import findings_model
 from uronode.types import JobState
 
@@ -426,32 +426,77 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         raise NoNodeData(f"no node data in {root} (no instances/ folder); give --data-dir or --config")
     held = hold_data_dir(root)
     try:
+        marker = root / REINDEX_UNFINISHED  # until the end: a start refuses a half-made index (review 48)
+        marker.write_text(f"uronode reindex started {datetime.now().isoformat(timespec='seconds')}\n")
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         index = root / INDEX_FILE
         why = _index_unusable(root, settings)
+        kept: list[Path] = []
         if why is not None:  # lost, empty or damaged: set aside whole, never deleted, and a new one made
-            kept = []
             for side in ("", *SIDE_FILES):
                 if (old := Path(f"{index}{side}")).exists():
                     os.replace(old, kept_as := Path(f"{index}.before-reindex-{stamp}{side}"))
-                    kept.append(kept_as.name)
-            print(f"the index was {why}" + (f"; kept as {', '.join(kept)}" if kept else "") + "; a new one is made")
+                    kept.append(kept_as)
+            print(f"the index was {why}" + (f"; kept as {', '.join(k.name for k in kept)}" if kept else "")
+                  + "; a new one is made")
         store = Store(root, fsync=settings.storage.fsync, rebuilding=True)  # an earlier schema brought up to date
         aside = root / f"unindexed-{stamp}"
         done = store.adopt_files(aside)
+        first_job = _number_jobs_above(store, max([AuditLog(root).highest_job_id(),
+                                                   *(_highest_job_id(k) for k in kept[:1])]))
         AuditLog(root).record("index_rebuilt", replaced=why, instances=done.instances, series=done.series,
-                              older_copies=done.older_copies, unreadable=len(done.unreadable))
+                              moved=done.moved, older_copies=done.older_copies, unreadable=len(done.unreadable),
+                              first_job=first_job)
+        marker.unlink()
     finally:
         if held is not None:
             os.close(held)
     print(f"indexed {done.instances} instance file(s) the index did not name, in {done.series} new series"
-          " (complete, not analysed: send or upload a series again to have it analysed)")
+          " (complete, not analysed: upload a series to have it analysed; the same images sent again are"
+          " duplicates)" + (f"; {done.moved} of them moved to where the node keeps them" if done.moved else ""))
+    if first_job is not None:
+        print(f"the next job is number {first_job}: above every job number the audit log or the earlier index"
+              " names, so that none is given twice")
     if done.older_copies or done.unreadable:
         print(f"moved to {aside}: {done.older_copies} older copies of instances whose newer file is indexed,"
               f" {len(done.unreadable)} file(s) that could not be read as DICOM")
         for line in done.unreadable[:20]:
             print(f"  {line}")
     return 0
+
+
+JOB_NUMBER_MARGIN = 1000
+"""How far above the highest job number the audit trail or an earlier index names a rebuilt index's jobs begin:
+a job made just before the loss may have left no trace in either."""
+
+
+def _highest_job_id(index: Path) -> int:
+    """The highest job number an earlier (perhaps damaged) index names, read only; 0 where it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'jobs'"
+                                ).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def _number_jobs_above(store: Store, highest: int) -> int | None:
+    """Make the index's next job number greater than ``highest`` (by :data:`JOB_NUMBER_MARGIN`) where it is not;
+    the next number, or None where the index's own was higher already (review 48: a rebuilt index gave job 1 to
+    another patient's series, and an upload page that followed #jobs=1 showed that patient)."""
+    with store.transaction() as tx:
+        (own,) = tx.execute("SELECT max(coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0),"
+                            " coalesce((SELECT max(id) FROM jobs), 0))").fetchone()
+        if highest <= own:  # the index's own numbers are past the others' (or none names any)
+            return None
+        tx.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'")
+        tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (highest + JOB_NUMBER_MARGIN,))
+    return highest + JOB_NUMBER_MARGIN + 1
 
 
 def _index_unusable(root: Path, settings: Settings) -> str | None:
@@ -465,7 +510,7 @@ def _index_unusable(root: Path, settings: Settings) -> str | None:
     try:
         Database(root / INDEX_FILE, durable=settings.storage.fsync).check()
     except IndexDamaged as exc:
-        return f"damaged ({exc})"
+        return f"damaged ({exc.problem})"
     return None
 
 
