@@ -7,12 +7,14 @@ survive restarts.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from dicomweb.deps import StoreDep
+from uronode.db import damage_said, is_damage
 from uronode.errors import OutOfResources
 from uronode.loops import Loops
 from uronode.metrics import CONTENT_TYPE, exposition
@@ -57,7 +59,13 @@ def readyz(request: Request, store: StoreDep) -> dict[str, object]:
         problems.append(locked)
     checks: tuple[ReadyCheck, ...] = request.app.state.ready_checks
     store_takes_work = not problems
-    problems.extend(problem for check in checks if (problem := check(store_takes_work)) is not None)
+    for check in checks:
+        try:
+            problem = check(store_takes_work)
+        except sqlite3.Error as exc:  # probe 49: a damaged page answered 500 until the minute's scan found it
+            problem = damage_said(store.db.path, exc) if is_damage(exc) else f"the index cannot be read: {exc}"
+        if problem is not None:
+            problems.append(problem)
     loops: Loops | None = request.app.state.loops
     if loops is not None:
         problems.extend(loops.problems())

@@ -81,6 +81,13 @@ ORPHANS_AT_MOST = 100
 """More files that nothing indexes than this, and than the index names, are no leftovers of a stop (one an
 association, or a series a retention pass or a purge cut off between its commit and its files): the index has
 lost most of the folder, and none is removed; the log says why (probe 44, review 39)."""
+SEEN_FILE = "index.seen"
+"""In the data folder: how many instances the node has seen its index take (written by the running node every
+few seconds and at its stop, from the index's ``instances_taken`` counter). An index that has taken fewer is older
+than the folder (its ``-wal`` lost, or a backup restored over it): probe 49, the start had removed the images it
+did not name as a crash's leftovers and analysed a series it held part of."""
+TAKEN = "instances_taken"
+"""The ``counters`` row the index counts every instance it takes in (stored, replaced or indexed again)."""
 REINDEX_UNFINISHED = "reindex-unfinished"
 """In the data folder while ``uronode reindex`` works (review 48: a run cut off, then a start, took the files it
 had not indexed yet for leftovers of a crash and removed them): no store opens the folder but the next run's."""
@@ -165,12 +172,59 @@ class Store:
         associations were closed.
         """
         self.db.check()  # a damaged index stops the start, before anything is judged by it
+        if (behind := self.behind()) is not None:  # nor does one older than the folder (probe 49)
+            raise DataDirUnusable(
+                f"the index {self.db_path} is older than its data folder: it has taken {behind[0]} instance(s), and"
+                f" the node saw it take {behind[1]} ({SEEN_FILE}): its -wal was lost or deleted, or a backup older"
+                " than the files was restored over it. The node does not start on it: it would take the files it"
+                " does not name for leftovers of a crash and remove them, and analyse series it holds only part of."
+                " Run `uronode reindex` (docs/operations.md, \"A damaged or lost index\")")
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
         self.relocate()
         self.remove_orphans()
         self.reindex_receiving()
         return Associations(self.db).close_left_open()
+
+    def taken(self) -> int:
+        """How many instances the index has taken in (its ``instances_taken`` counter)."""
+        row = self.conn().execute("SELECT value FROM counters WHERE name = ?", (TAKEN,)).fetchone()
+        return int(row["value"]) if row is not None else 0
+
+    def seen(self) -> int | None:
+        """What :data:`SEEN_FILE` says the index had taken, or None where it is missing or unreadable."""
+        try:
+            return int((self.root / SEEN_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def note_seen(self, at_least: int = 0) -> int:
+        """Write :data:`SEEN_FILE` with what the index has taken (the running node, every few seconds and at its
+        stop; ``uronode reindex`` once it has finished, ``at_least`` what the folder had seen before); returns it.
+        A temporary file renamed over it, so that it is never half-written; not fsynced: one a power cut loses
+        is older than the index, which is no alarm."""
+        taken = max(self.taken(), at_least)
+        if self.seen() != taken:
+            temporary = self.root / f".{SEEN_FILE}.tmp"
+            temporary.write_text(f"{taken}\n")
+            os.replace(temporary, self.root / SEEN_FILE)
+        return taken
+
+    def settle_seen(self) -> int:
+        """After ``uronode reindex``: the index counts at least what the folder had seen it take, and
+        :data:`SEEN_FILE` says what it has now; returns it."""
+        seen = self.seen() or 0
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET"
+                       " value = max(value, excluded.value)", (TAKEN, seen))
+        return self.note_seen()
+
+    def behind(self) -> tuple[int, int] | None:
+        """Where the index is older than its data folder (it has taken fewer instances than the node saw it take:
+        its ``-wal`` lost or deleted, or a backup restored over it): what it has taken, and what was seen; else
+        None."""
+        seen, taken = self.seen(), self.taken()
+        return (taken, seen) if seen is not None and taken < seen else None
 
     def reindex_receiving(self) -> int:
         """Read again, from their files, the headers of the instances of series still arriving that an earlier
@@ -361,6 +415,7 @@ class Store:
             with self.db.transaction() as tx:
                 tx.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), _position(header), "", mtime,
                                            str(place), len(data)))
+                tx.execute(_COUNT_TAKEN)
                 made = tx.execute(_ADOPT_SERIES, (*_fields(header, _SERIES_FIELDS), mtime, mtime, time.time(),
                                                   REINDEXED_OWN if own else REINDEXED)).rowcount
                 tx.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), mtime))
@@ -531,6 +586,7 @@ class Store:
                                          (header.series_instance_uid,)).fetchone()
             replaced = old is not None  # identical bytes never get this far
             conn.execute(_PUT_INSTANCE, (*_fields(header, _INSTANCE_FIELDS), position, calling_ae, now, str(path), size))
+            conn.execute(_COUNT_TAKEN)
             conn.execute(_PUT_SERIES, (*_fields(header, _SERIES_FIELDS), SeriesState.RECEIVING.value, now, now,
                                        int(replaced)))
             study = conn.execute("SELECT patient_id FROM studies WHERE study_instance_uid = ?",
@@ -698,6 +754,8 @@ _PUT_STUDY = (
     + ", ".join(f"{name} = excluded.{name}" for name in (*_STUDY_FIELDS[1:], "updated_at"))
 )
 """The study's attributes as its latest received instance has them."""
+_COUNT_TAKEN = (f"INSERT INTO counters (name, value) VALUES ('{TAKEN}', 1)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + 1")
 _ADOPT_SERIES = (
     f"INSERT INTO series ({', '.join(_SERIES_FIELDS)}, first_received_at, last_received_at, state, completed_at,"
     f" disposition, reason) VALUES ({_marks(len(_SERIES_FIELDS) + 2)}, 'complete', ?, 'skipped', ?)"

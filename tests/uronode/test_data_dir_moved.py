@@ -93,6 +93,8 @@ def test_a_moved_or_restored_data_folder_keeps_and_serves_every_instance(
     assert node.proc is not None and node.proc.stop(signal.SIGINT) == 0
     received = instance_files(first)
     assert len(received) == 5
+    # what the index had taken, written by the node for its next start (probe 49: an older index told apart)
+    assert (first / "index.seen").read_text() == "5\n"
     jobs = [dict(r) for r in query(first, "SELECT id, state, series_instance_uid FROM jobs")]
     assert [j["state"] for j in jobs] == ["queued"]
 

@@ -211,6 +211,20 @@ def test_readyz_names_an_index_locked_by_another_process(settings: Settings, mon
         assert readyz(base)[0] == 503  # the job still waits, and now it is the reason
 
 
+def test_a_check_that_meets_a_damaged_index_makes_the_node_unready_not_an_error(settings: Settings) -> None:
+    """Probe 49: a damaged page under the jobs table answered /readyz 500 (the unattended-jobs check raised) until
+    the minute's scan of the tables found it; it is the 503 that names the damage and the way back."""
+    Store(settings.storage.data_dir)
+
+    def reads_a_damaged_page(store_takes_work: bool) -> str | None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    with serving(settings, Loops(), [reads_a_damaged_page]) as base:
+        status, answer = readyz(base)
+    detail = str(answer["detail"])
+    assert status == 503 and "is damaged (database disk image is malformed)" in detail and "uronode reindex" in detail
+
+
 def test_the_node_is_not_ready_while_its_worker_crash_loops_on_a_damaged_model(
     start_node: Callable[..., Node], tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from tests.uronode.test_store import encoded, put
 from uronode import queries
 from uronode.app.cli import main
 from uronode.app.node import hold_data_dir
-from uronode.db import SIDE_FILES, DataDirUnusable
+from uronode.db import SCHEMA_VERSION, SIDE_FILES, DataDirUnusable
 from uronode.store import REINDEXED, REINDEXED_OWN, Store
 
 STUDY, SERIES, OTHER, RESULTS = "1.2.3.70", "1.2.3.70.1", "1.2.3.70.2", "1.2.3.70.9"
@@ -230,3 +230,81 @@ def test_refused_while_a_node_serves_on_the_folder(tmp_path: Path, capsys: pytes
         os.close(held)
     assert main(["reindex", "--data-dir", str(tmp_path / "nothing")]) == 2
     assert "no node data in" in capsys.readouterr().err
+
+
+def test_an_index_older_than_its_folder_stops_the_start_until_reindexed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 49: with its -wal deleted the index was a valid older one; the node started on it, analysed a series
+    it held part of, and its next start removed the images it did not name. The folder's record of what the
+    index had taken (index.seen, written by the running node) tells such an index from a current one."""
+    root = tmp_path / "data"
+    store = Store(root, fsync=False)
+    for index in range(3):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    earlier = tmp_path / "earlier.sqlite3"
+    store.conn().backup(sqlite3.connect(earlier))  # what the main file held when the -wal was lost
+    for index in range(3, 6):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    assert store.note_seen() == 6 and (root / "index.seen").read_text() == "6\n"
+    assert store.recover() == 0  # a current index starts
+    store.db.conn().close()
+    _drop_index(root)
+    shutil.copyfile(earlier, root / "index.sqlite3")
+    with pytest.raises(DataDirUnusable, match=r"older than its data folder: it has taken 3 instance\(s\), and the"
+                                              r" node saw it take 6 .*uronode reindex"):
+        Store(root, fsync=False).recover()
+    assert len(_files(root)) == 6  # nothing removed
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    said = capsys.readouterr().out
+    assert "the index is older than its data folder (it has taken 3 instance(s), the node saw it take 6" in said
+    assert "indexed 3 instance file(s)" in said
+    again = Store(root, fsync=False)
+    assert again.recover() == 0 and len(_files(root)) == 6
+    assert len(again.series_instances(SERIES)) == 6
+
+
+def test_a_copy_restored_elsewhere_from_an_older_backup_keeps_an_image_replaced_after_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 49 D4: the backup's row of an image replaced after it named the old place; reindex took the row
+    for the image's, skipped the new file, and the start after it removed the file."""
+    site = tmp_path / "site"
+    store = Store(site, fsync=False)
+    for index in range(3):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    backup = tmp_path / "backup.sqlite3"
+    store.conn().backup(sqlite3.connect(backup))
+    assert put(store, encoded(1, series=SERIES, study=STUDY, seed=9)).value == "replaced"  # after the backup
+    store.db.conn().close()
+    copy = tmp_path / "copy"  # restored on another host, the backup as its index
+    shutil.copytree(site, copy)
+    _drop_index(copy)
+    shutil.copyfile(backup, copy / "index.sqlite3")
+    (copy / "index.seen").unlink(missing_ok=True)
+    assert main(["reindex", "--data-dir", str(copy)]) == 0
+    capsys.readouterr()
+    restored = Store(copy, fsync=False)
+    assert restored.recover() == 0
+    paths = [i.path for i in restored.series_instances(SERIES)]
+    assert all(p.is_file() and p.is_relative_to(copy) for p in paths) and len(paths) == 3
+    assert {p.name for p in paths} == _files(copy)  # the replacement indexed; the replaced file gone before
+
+
+def test_refused_on_an_earlier_version_s_index_while_its_ports_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 49 D6: an earlier version takes no lock on its folder; reindex brought its index up to date under
+    it, and it refused every image after."""
+    import socket
+
+    root = tmp_path / "data"
+    store = _node_folder(root)
+    store.conn().execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    store.db.conn().close()
+    with socket.socket() as running:
+        running.bind(("127.0.0.1", 0))
+        running.listen(1)
+        monkeypatch.setenv("URONODE_HOST", "127.0.0.1")
+        monkeypatch.setenv("URONODE_SCP__PORT", str(running.getsockname()[1]))
+        assert main(["reindex", "--data-dir", str(root)]) == 2
+        assert f"an earlier uronode's (schema {SCHEMA_VERSION - 1}), and the node's DICOM port answers" in \
+            capsys.readouterr().err
+    assert main(["reindex", "--data-dir", str(root)]) == 0  # stopped: brought up to date and indexed

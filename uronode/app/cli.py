@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 from uronode import __version__, queries
 from uronode.app import predict
 from uronode.audit import AuditLog
-from uronode.db import SIDE_FILES, Database, IndexDamaged, index_version
+from uronode.db import (
+    SCHEMA_VERSION,
+    SIDE_FILES,
+    Database,
+    DataDirUnusable,
+    IndexDamaged,
+    index_version,
+)
 from uronode.errors import UronodeError
 from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import escape_controls, setup_logging
@@ -417,13 +424,24 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the index from the instance files (docs/operations.md, "A damaged or lost index")."""
     # the serve side's lock: a running node's folder is refused
-    from uronode.app.node import hold_data_dir
+    from uronode.app.node import hold_data_dir, port_free
 
     settings = _settings_from_args(args)
     root = settings.storage.data_dir.resolve()
     instances = root / "instances"
     if not instances.is_dir():
         raise NoNodeData(f"no node data in {root} (no instances/ folder); give --data-dir or --config")
+    version = index_version(root / INDEX_FILE)
+    if version is not None and 0 < version < SCHEMA_VERSION:
+        # an earlier version takes no lock on its folder: its ports say whether it runs (probe 49: its index was
+        # brought up to date under it, and it refused every image after)
+        for port, what in ((settings.scp.port, "DICOM"), (settings.dicomweb.port, "HTTP")):
+            try:
+                port_free(settings.host, port, what)
+            except OSError as exc:
+                raise DataDirUnusable(f"the index of {root} is an earlier uronode's (schema {version}), and the"
+                                      f" node's {what} port answers ({exc.strerror or exc}): stop that node first"
+                                      ) from exc
     held = hold_data_dir(root)
     try:
         marker = root / REINDEX_UNFINISHED  # until the end: a start refuses a half-made index (review 48)
@@ -440,8 +458,15 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             print(f"the index was {why}" + (f"; kept as {', '.join(k.name for k in kept)}" if kept else "")
                   + "; a new one is made")
         store = Store(root, fsync=settings.storage.fsync, rebuilding=True)  # an earlier schema brought up to date
+        if why is None and (behind := store.behind()) is not None:
+            print(f"the index is older than its data folder (it has taken {behind[0]} instance(s), the node saw it"
+                  f" take {behind[1]}: its -wal lost, or a backup restored); the files it does not name are added")
+        # rows that name the files of the place a copy was restored from are pointed here first, so that each is
+        # judged by its file here (probe 49: an image replaced after the backup was skipped, and later removed)
+        store.relocate()
         aside = root / f"unindexed-{stamp}"
         done = store.adopt_files(aside)
+        store.settle_seen()
         first_job = _number_jobs_above(store, max([AuditLog(root).highest_job_id(),
                                                    *(_highest_job_id(k) for k in kept[:1])]))
         AuditLog(root).record("index_rebuilt", replaced=why, instances=done.instances, series=done.series,

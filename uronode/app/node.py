@@ -51,11 +51,13 @@ from uronode.processes import DROPPED_JOB_EXIT, read_why
 from uronode.retention import purge
 from uronode.settings import ConfigError, Settings
 from uronode.steady import Waits
-from uronode.store import Store
+from uronode.store import SEEN_FILE, Store
 
 log = logging.getLogger(__name__)
 
 COMPLETION_INTERVAL_S = 0.2
+SEEN_INTERVAL_S = 5.0
+"""How often the node writes what its index has taken (``uronode.store.SEEN_FILE``)."""
 SUPERVISOR_INTERVAL_S = 1.0
 SUPERVISOR_STALE_S = 300.0
 """A supervisor's round may restart a receiving process, which waits up to 120 s for it."""
@@ -653,6 +655,8 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         destinations=settings.delivery.destinations,
     )
     loops.add("completion", monitor.complete_due, COMPLETION_INTERVAL_S)
+    store.note_seen()
+    loops.add("seen", store.note_seen, SEEN_INTERVAL_S)  # what the index has taken, for the next start (probe 49)
     loops.add("receivers", signals.unless_stopping(receivers.check), SUPERVISOR_INTERVAL_S,
               stale_after_s=SUPERVISOR_STALE_S)
     if outbox is not None:
@@ -734,4 +738,8 @@ def _run(settings: Settings, store: Store, queue: JobQueue, signals: StopSignals
         for worker in workers:
             worker.stop(signals.hurry)
         receivers.stop(signals.hurry)
+        try:
+            store.note_seen()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("%s could not be written at the stop: %s", SEEN_FILE, exc)
         log.info("uronode stopped")
