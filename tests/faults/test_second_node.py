@@ -58,8 +58,9 @@ def test_a_second_node_on_the_folder_of_a_running_one_stops_and_the_first_goes_o
     second = serve(first.data_dir, free_port(), free_port())
     assert second.returncode == 2, second.stderr[-3000:]
     assert second.stderr.strip() == (f"uronode: the data folder {first.data_dir.resolve()} is in use by another"
-                                     " uronode serve: stop that one first (docs/operations.md, \"Upgrading"
-                                     " uronode\"), or give this one a data folder of its own (storage.data_dir)")
+                                     " uronode serve (or a uronode reindex): stop that one first"
+                                     " (docs/operations.md, \"Upgrading uronode\"), or give this one a data folder"
+                                     " of its own (storage.data_dir)")
     assert "queued again" not in second.stderr
     assert echoscu(first.dicom_port).returncode == 0
     write_series(tmp_path / "ct", 3, size=64)

@@ -553,9 +553,9 @@ def hold_data_dir(root: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise DataDirUnusable(f"the data folder {root} is in use by another uronode serve: stop that one first"
-                              " (docs/operations.md, \"Upgrading uronode\"), or give this one a data folder of"
-                              " its own (storage.data_dir)") from None
+        raise DataDirUnusable(f"the data folder {root} is in use by another uronode serve (or a uronode reindex):"
+                              " stop that one first (docs/operations.md, \"Upgrading uronode\"), or give this one"
+                              " a data folder of its own (storage.data_dir)") from None
     except OSError as exc:
         os.close(fd)
         log.warning("the data folder %s could not be locked (%s): a second node started on it would not be"
