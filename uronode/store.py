@@ -224,7 +224,11 @@ class Store:
         its ``-wal`` lost or deleted, or a backup restored over it): what it has taken, and what was seen; else
         None."""
         seen, taken = self.seen(), self.taken()
-        return (taken, seen) if seen is not None and taken < seen else None
+        if seen is None or taken >= seen:
+            return None
+        if next(self.instances_dir.rglob("*.dcm"), None) is None:
+            return None  # no file to lose: a folder started afresh (its instances/ moved away) with its record left
+        return taken, seen
 
     def reindex_receiving(self) -> int:
         """Read again, from their files, the headers of the instances of series still arriving that an earlier

@@ -261,6 +261,11 @@ def test_an_index_older_than_its_folder_stops_the_start_until_reindexed(
     again = Store(root, fsync=False)
     assert again.recover() == 0 and len(_files(root)) == 6
     assert len(again.series_instances(SERIES)) == 6
+    again.db.conn().close()
+    # a folder started afresh, its instances/ and index moved away, its record left: nothing to lose, it starts
+    shutil.move(root / "instances", tmp_path / "kept-instances")
+    _drop_index(root)
+    assert Store(root, fsync=False).recover() == 0
 
 
 def test_a_copy_restored_elsewhere_from_an_older_backup_keeps_an_image_replaced_after_it(
