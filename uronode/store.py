@@ -186,10 +186,11 @@ class Store:
         self.reindex_receiving()
         return Associations(self.db).close_left_open()
 
-    def taken(self) -> int:
-        """How many instances the index has taken in (its ``instances_taken`` counter)."""
+    def taken(self) -> int | None:
+        """How many instances the index has taken in (its ``instances_taken`` counter); None for an index that
+        never counted (an earlier version's, or one restored from before it counted)."""
         row = self.conn().execute("SELECT value FROM counters WHERE name = ?", (TAKEN,)).fetchone()
-        return int(row["value"]) if row is not None else 0
+        return int(row["value"]) if row is not None else None
 
     def seen(self) -> int | None:
         """What :data:`SEEN_FILE` says the index had taken, or None where it is missing or unreadable."""
@@ -198,15 +199,21 @@ class Store:
         except (OSError, ValueError, IndexError):
             return None
 
-    def note_seen(self, at_least: int = 0) -> int:
+    def note_seen(self) -> int:
         """Write :data:`SEEN_FILE` with what the index has taken (the running node, every few seconds and at its
-        stop; ``uronode reindex`` once it has finished, ``at_least`` what the folder had seen before); returns it.
-        A temporary file renamed over it, so that it is never half-written; not fsynced: one a power cut loses
-        is older than the index, which is no alarm."""
-        taken = max(self.taken(), at_least)
+        stop; ``uronode reindex`` once it has finished); returns it. Only what is committed is read, so with
+        ``storage.fsync`` on it is never more than the index holds durably; with it off a power cut can lose the
+        index's last commits and keep this file, and the next start refuses as for a lost ``-wal`` (fsync off is
+        for throwaway folders). A temporary file, fsynced where the store fsyncs, renamed over it: never
+        half-written."""
+        taken = self.taken() or 0
         if self.seen() != taken:
             temporary = self.root / f".{SEEN_FILE}.tmp"
-            temporary.write_text(f"{taken}\n")
+            with open(temporary, "w") as out:
+                out.write(f"{taken}\n")
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
             os.replace(temporary, self.root / SEEN_FILE)
         return taken
 
@@ -224,8 +231,8 @@ class Store:
         its ``-wal`` lost or deleted, or a backup restored over it): what it has taken, and what was seen; else
         None."""
         seen, taken = self.seen(), self.taken()
-        if seen is None or taken >= seen:
-            return None
+        if seen is None or taken is None or taken >= seen:
+            return None  # not recorded, or an index that never counted (review 49: one restored by a roll-back)
         if next(self.instances_dir.rglob("*.dcm"), None) is None:
             return None  # no file to lose: a folder started afresh (its instances/ moved away) with its record left
         return taken, seen
@@ -269,8 +276,9 @@ class Store:
         is moved when its path has the shape the store gives its files (``instances/<study>/<series>/<file>``,
         or a rejection note in ``notes/``), whatever lies above; one in no such shape is left as it is
         (:meth:`remove_orphans` never deletes a file on its account). One transaction, so a stop in
-        the middle changes nothing. Only the node's start-up calls it: a command run while a node is
-        running must not rewrite the paths that node reads (the same folder may be seen under other paths,
+        the middle changes nothing. Only the node's start-up calls it, and ``uronode reindex``, which holds the
+        folder's lock as a node does: a command run while a node is running must not rewrite the paths that node
+        reads (the same folder may be seen under other paths,
         a container's volume from its host)."""
         prefix = f"{self.root}{os.sep}"
         if not any(self.conn().execute(f"SELECT 1 FROM {table} WHERE substr(path, 1, ?) != ? LIMIT 1",

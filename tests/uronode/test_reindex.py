@@ -310,6 +310,27 @@ def test_refused_on_an_earlier_version_s_index_while_its_ports_answer(
         monkeypatch.setenv("URONODE_HOST", "127.0.0.1")
         monkeypatch.setenv("URONODE_SCP__PORT", str(running.getsockname()[1]))
         assert main(["reindex", "--data-dir", str(root)]) == 2
-        assert f"an earlier uronode's (schema {SCHEMA_VERSION - 1}), and the node's DICOM port answers" in \
-            capsys.readouterr().err
+        assert f"an earlier uronode's (schema {SCHEMA_VERSION - 1}), which takes no lock on its folder, and the" \
+            " node's DICOM port" in capsys.readouterr().err
     assert main(["reindex", "--data-dir", str(root)]) == 0  # stopped: brought up to date and indexed
+    # one of a newer version is refused before any change: no half-made mark is left (review 49)
+    store = Store(root, fsync=False)
+    store.conn().execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.db.conn().close()
+    assert main(["reindex", "--data-dir", str(root)]) == 2
+    assert "written by a newer uronode" in capsys.readouterr().err
+    assert not (root / "reindex-unfinished").exists()
+
+
+def test_an_index_that_never_counted_is_not_taken_for_an_older_one(tmp_path: Path) -> None:
+    """Review 49: a roll-back to a version from before index.seen, its backup restored beside this version's
+    index.seen, then an upgrade again: the index had never counted, and the start was refused."""
+    root = tmp_path / "data"
+    store = Store(root, fsync=False)
+    for index in range(3):
+        put(store, encoded(index, series=SERIES, study=STUDY))
+    store.note_seen()
+    store.conn().execute("DELETE FROM counters WHERE name = 'instances_taken'")  # the earlier version's index
+    assert store.taken() is None and store.behind() is None
+    assert store.recover() == 0
+

@@ -439,18 +439,21 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             try:
                 port_free(settings.host, port, what)
             except OSError as exc:
-                raise DataDirUnusable(f"the index of {root} is an earlier uronode's (schema {version}), and the"
-                                      f" node's {what} port answers ({exc.strerror or exc}): stop that node first"
-                                      ) from exc
+                raise DataDirUnusable(f"the index of {root} is an earlier uronode's (schema {version}), which takes"
+                                      f" no lock on its folder, and the node's {what} port {port} answers"
+                                      f" ({exc.strerror or exc}): stop that node first (or, where another service"
+                                      " holds the port, give --config with this folder's node settings)") from exc
     held = hold_data_dir(root)
     try:
-        marker = root / REINDEX_UNFINISHED  # until the end: a start refuses a half-made index (review 48)
-        marker.write_text(f"uronode reindex started {datetime.now().isoformat(timespec='seconds')}\n")
+        # from the first change to the end: a start refuses a half-made index (review 48); a refusal before any
+        # change (review 49: an index of a newer version) leaves none
+        marker = root / REINDEX_UNFINISHED
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         index = root / INDEX_FILE
         why = _index_unusable(root, settings)
         kept: list[Path] = []
         if why is not None:  # lost, empty or damaged: set aside whole, never deleted, and a new one made
+            _mark_unfinished(marker)
             for side in ("", *SIDE_FILES):
                 if (old := Path(f"{index}{side}")).exists():
                     os.replace(old, kept_as := Path(f"{index}.before-reindex-{stamp}{side}"))
@@ -458,6 +461,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             print(f"the index was {why}" + (f"; kept as {', '.join(k.name for k in kept)}" if kept else "")
                   + "; a new one is made")
         store = Store(root, fsync=settings.storage.fsync, rebuilding=True)  # an earlier schema brought up to date
+        _mark_unfinished(marker)
         if why is None and (behind := store.behind()) is not None:
             print(f"the index is older than its data folder (it has taken {behind[0]} instance(s), the node saw it"
                   f" take {behind[1]}: its -wal lost, or a backup restored); the files it does not name are added")
@@ -488,6 +492,11 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         for line in done.unreadable[:20]:
             print(f"  {line}")
     return 0
+
+
+def _mark_unfinished(marker: Path) -> None:
+    if not marker.exists():
+        marker.write_text(f"uronode reindex started {datetime.now().isoformat(timespec='seconds')}\n")
 
 
 JOB_NUMBER_MARGIN = 1000
