@@ -430,6 +430,8 @@ class Pipeline:
             model_name=self.name, model_version=self.version, max_hu=self.thresholds.max_peak_hu,
         )
         cautions = input_cautions(volume, analysis_cautions(*self.last_met, self.rule, volume))
+        if volume.hu.shape[0] == 1:  # last: what the input itself says comes first on an overlay
+            cautions = (*cautions, self.lone_caution())
         if cautions:
             findings = dataclasses.replace(findings, cautions=cautions)
             logger.warning("series %s: %s", volume.series_instance_uid, without_free_text(" ".join(cautions)))
@@ -441,6 +443,18 @@ class Pipeline:
             f"; {over} weaker candidate(s) over the budget not looked at (docs/model.md, \"Candidates\")" if over else "",
         )
         return findings
+
+    def lone_caution(self) -> str:
+        """What a finding on one image read alone is worth, in the model card's own figure where it has one (its
+        real stone-free CT read slice by slice): issue 10's lone-slice target is unmet, and a radiologist uploading
+        one file was told nothing of it (the card and docs/model.md said it)."""
+        lone = self.model.card.raw.get("metrics", {}).get("image_results", {}).get("lone_slices", {})
+        share = lone.get("share_with_a_false_stone") if isinstance(lone, dict) else None
+        measured = (f": on a real stone-free CT read slice by slice, this model showed a false stone on {share:.0%}"
+                    f" of the slices ({lone.get('slices_with_a_false_stone')} of {lone.get('slices')})"
+                    if isinstance(share, float) else "")
+        return (f"Read as one image, without the neighbouring slices a series gives{measured}; a whole series has"
+                " far fewer false stones. Send the whole series where you can.")
 
     def run_files(self, paths: Sequence[str | Path]) -> tuple[Volume, Findings]:
         """Load one series' files and run; raises ``VolumeError`` for series it cannot read."""

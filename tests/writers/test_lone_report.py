@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,17 @@ def test_predict_says_in_plane_and_gives_no_volume_for_a_lone_image(stones: Case
         cells = line.split()
         if len(cells) > 5 and cells[0] == "#1" and cells[1].isdigit():
             assert "-" in cells[4:7], line  # no volume
+    # what a finding on one image is worth, in the card's own figure (issue 10's lone-slice target is unmet)
+    card = json.loads((Path(__file__).resolve().parents[2] / "models" / "default" / "card.json").read_text())
+    lone = card["metrics"]["image_results"]["lone_slices"]
+    (said,) = [line for line in done.stdout.splitlines() if "Read as one image" in line]
+    assert said.startswith("#1: caution: Read as one image, without the neighbouring slices a series gives: on a"
+                           " real stone-free CT read slice by slice, this model showed a false stone on"
+                           f" {lone['share_with_a_false_stone']:.0%} of the slices"
+                           f" ({lone['slices_with_a_false_stone']} of {lone['slices']})")
+    assert said.endswith("Send the whole series where you can.")
+    series = subprocess.run([sys.executable, "-m", "uronode", "predict", *map(str, stones.volume.source_paths),
+                             "--out", str(tmp_path / "series"), "--no-dicom", "--no-previews"],
+                            capture_output=True, text=True, timeout=600)
+    assert series.returncode == 0 and "Read as one image" not in series.stdout  # a series is not told it
+
