@@ -160,7 +160,7 @@ def test_the_node_runs_its_background_work_as_watched_loops(start_node: Callable
     )
     response = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=30)
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "loops": ["completion", "receivers", "delivery", "retention"]}
+    assert response.json() == {"status": "ready", "loops": ["completion", "seen", "receivers", "delivery", "retention"]}
     # no model worker here and no remote ones: said at start (probe 20: jobs waited for ever, nothing said why)
     assert node.proc is not None
     assert "inference.workers is 0 and queue.backend is 'sqlite': series are queued and no job will run here" \
