@@ -24,7 +24,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -214,6 +214,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
+CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(sop_instance_uid);
 
 CREATE TABLE IF NOT EXISTS results (
     sop_instance_uid   TEXT PRIMARY KEY,     -- a result instance the node made (uronode.supersede)

@@ -469,7 +469,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         # judged by its file here (probe 49: an image replaced after the backup was skipped, and later removed)
         store.relocate()
         aside = root / f"unindexed-{stamp}"
-        done = store.adopt_files(aside)
+        done = store.adopt_files(aside, progress=lambda n, of: print(f"  {n} of {of} file(s) gone through",
+                                                                    flush=True))
         store.settle_seen()
         first_job = _number_jobs_above(store, max([AuditLog(root).highest_job_id(),
                                                    *(_highest_job_id(k) for k in kept[:1])]))
