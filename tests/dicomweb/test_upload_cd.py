@@ -89,16 +89,24 @@ def test_an_upload_that_replaces_an_image_says_so(tmp_path: Path, caplog: pytest
     assert len(said) == 1 and f"series {series} re-opened" in said[0]
 
 
-def test_an_upload_s_series_are_held_only_while_it_stores_them(tmp_path: Path) -> None:
-    """The upload's association ends with it, so a series it left receiving (cut short) completes by the rules."""
+def _uploading(tmp_path: Path, name: str) -> tuple[Store, int, str, CompletionMonitor]:
+    """A store with one image of a series an upload (an open association of its own) is storing, and the
+    completion loop (quiet 1 s, no grace)."""
     from uronode.associations import Associations
 
     store = Store(tmp_path / "data", fsync=False)
     association = Associations(store.db).open(UPLOAD, "127.0.0.1")
-    series = uid("upload-held", "series")
-    assert take_instance(store, [_file(uid("upload-held", "study"), series, 0)], source="UPLOAD",
+    series = uid(name, "series")
+    assert take_instance(store, [_file(uid(name, "study"), series, 0)], source="UPLOAD",
                          association_id=association).stored
-    loop = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="default")
+    return store, association, series, CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="default")
+
+
+def test_an_upload_s_series_are_held_only_while_it_stores_them(tmp_path: Path) -> None:
+    """The upload's association ends with it, so a series it left receiving (cut short) completes by the rules."""
+    from uronode.associations import Associations
+
+    store, association, series, loop = _uploading(tmp_path, "upload-held")
     assert loop.complete_due(time.time() + 10) == []
     scanner = Associations(store.db).open("UPLOAD", "10.0.0.9")  # a DICOM peer of that AE title holds nothing
     other = uid("upload-held", "scanner-series")
@@ -112,15 +120,9 @@ def test_an_upload_s_series_are_held_only_while_it_stores_them(tmp_path: Path) -
 def test_an_upload_s_hold_ends_after_its_hour_whatever_the_wall_clock_does(tmp_path: Path) -> None:
     """Review 47 #5: the hour was on the database's wall clock; a step of the host's clock (NTP after a start,
     a virtual machine resumed) ended it early or late. Counted as the quiet and grace waits are."""
-    from uronode.associations import Associations
     from uronode.completion import UPLOAD_HOLD_S
 
-    store = Store(tmp_path / "data", fsync=False)
-    association = Associations(store.db).open(UPLOAD, "127.0.0.1")
-    series = uid("upload-hour", "series")
-    assert take_instance(store, [_file(uid("upload-hour", "study"), series, 0)], source="UPLOAD",
-                         association_id=association).stored
-    loop = CompletionMonitor(store, JobQueue(store), grace_s=0, quiet_s=1, model="default")
+    _, _, series, loop = _uploading(tmp_path, "upload-hour")
     wall, steady = time.time(), 1000.0
     assert loop.complete_due(wall + 10, steady + 10) == []
     assert loop.complete_due(wall + 2 * UPLOAD_HOLD_S, steady + 20) == []  # the clock stepped 2 h forward
