@@ -425,17 +425,13 @@ class Store:
             other = Path(held["path"]) if held is not None and Path(held["path"]) != path else None
             if other is not None and not other.is_relative_to(self.instances_dir):
                 continue  # the index names a file of it outside this folder (moved here, not yet relocated)
-            if other is not None and other.is_file():
-                try:
-                    newer = other.stat().st_mtime > mtime
-                except OSError:
-                    newer = False
-                if newer:  # the index names a newer file of it: this one is the leftover of a replacement
-                    done.older_copies += 1
-                    _move_aside(path, aside / "older-copies" / path.relative_to(self.instances_dir))
-                    continue
-            else:
-                other = None
+            if other is not None and not other.is_file():
+                other = None  # the index names a file that is gone: this one takes its place
+            if other is not None and _mtime(other) > mtime:
+                # the index names a newer file of it: this one is the leftover of a replacement
+                done.older_copies += 1
+                _move_aside(path, aside / "older-copies" / path.relative_to(self.instances_dir))
+                continue
             if place != path:
                 place.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, place)
@@ -453,8 +449,7 @@ class Store:
             touched.add(place.parent)
             if other is not None:  # the older file this one replaces
                 done.older_copies += 1
-                with suppress(ValueError):
-                    _move_aside(other, aside / "older-copies" / other.relative_to(self.instances_dir))
+                _move_aside(other, aside / "older-copies" / other.relative_to(self.instances_dir))
         with self.db.transaction() as tx:  # each series made here received until its latest file
             tx.execute("UPDATE series SET last_received_at = (SELECT max(received_at) FROM instances i WHERE"
                        " i.series_instance_uid = series.series_instance_uid) WHERE reason IN (?, ?)",
