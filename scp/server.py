@@ -439,6 +439,7 @@ def run_receiver(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("receiver %d (pid %d) accepting associations", index, os.getpid())
     ready.set()
-    server.serve_forever(poll_interval=0.5)
+    # the loop looks for a stop this often: a node's stop (a restart, an upgrade) waits for it
+    server.serve_forever(poll_interval=0.1)
     if (tally := getattr(type(server), "refusal_tally", None)) is not None:
         tally.flush()  # a stop (SIGTERM: an upgrade, a restart) keeps the last second's refusals counted

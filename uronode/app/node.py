@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from functools import partial
 from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.synchronize import Event as EventFlag
 from pathlib import Path
 from types import FrameType
 
@@ -124,7 +125,8 @@ class Receivers:
         self.procs: list[SpawnProcess | None] = [None] * settings.scp.processes
         self._stopping = False
 
-    def _start(self, index: int) -> None:
+    def _spawn(self, index: int) -> EventFlag:
+        """Start receiving process ``index``; the event it sets once it accepts associations."""
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=run_receiver,
@@ -133,13 +135,23 @@ class Receivers:
             daemon=True,
         )
         proc.start()
+        self.procs[index] = proc
+        return ready
+
+    @staticmethod
+    def _await(index: int, ready: EventFlag) -> None:
         if not ready.wait(120):
             raise RuntimeError(f"receiving process {index} did not start")
-        self.procs[index] = proc
+
+    def _start(self, index: int) -> None:
+        self._await(index, self._spawn(index))
 
     def start(self) -> None:
-        for index in range(len(self.procs)):
-            self._start(index)
+        """Start every receiving process at once (each takes about half a second to import and open its index),
+        then wait until each accepts associations."""
+        started = [self._spawn(index) for index in range(len(self.procs))]
+        for index, ready in enumerate(started):
+            self._await(index, ready)
 
     def check(self) -> None:
         """Restart every receiving process that has exited (one round of the supervisor loop)."""
