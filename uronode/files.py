@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +38,23 @@ def out_folder(text: str) -> Path:
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return path
+
+
+PRIVATE_UMASK = 0o027
+"""What the node makes is its user's and its group's alone. Probe 27: the instances were 0640, but the index (patient
+names and IDs) and the DICOMweb metadata cache (every header) were made 0644 under the usual umask, in folders any
+local account could enter. Every command sets it (probe 51: ``uronode reindex`` made the index 0644)."""
+
+
+def keep_private(root: Path) -> None:
+    """Close the data folder to other accounts (files made by an earlier version keep their modes inside it)."""
+    try:
+        mode = stat.S_IMODE(root.stat().st_mode)  # setgid kept: a backup group may own the folder (review 29)
+        if mode & 0o007:
+            root.chmod(mode & ~0o007)
+            log.info("the data folder %s was open to every local account (mode %o); now %o", root, mode, mode & ~0o007)
+    except OSError as exc:  # not its owner: said, not fatal
+        log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
 
 
 def check_space(folder: Path, max_used_percent: float, incoming_bytes: int = 0) -> None:

@@ -30,8 +30,8 @@ from dicomweb.auth import GuessLimit
 from dicomweb.workers import MAX_BODY_BYTES
 from tests.factory import write_series
 from tests.peers.processes import Node, storescu, wait_until
-from uronode.app.node import keep_private
 from uronode.claims import new_worker_token
+from uronode.files import keep_private
 
 PASSWORD = "probe27-password"
 TOKEN = "probe27-script-token-\u00e9t\u00e9"

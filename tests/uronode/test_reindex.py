@@ -89,6 +89,25 @@ def test_a_lost_index_is_rebuilt_from_the_files_and_nothing_is_deleted(
     assert event["instances"] == 6 and event["replaced"] == "missing"
 
 
+def test_what_reindex_makes_is_closed_to_other_accounts(tmp_path: Path) -> None:
+    """Probe 51: a folder restored with ``cp -r`` (0755) and reindexed under the usual umask had its new index, which
+    holds patient names, readable by every local account."""
+    root = tmp_path / "data"
+    _node_folder(root).db.conn().close()
+    (next((root / "instances").rglob("*.dcm")).parent / "1.2.3.70.1.98-000000000000.dcm").write_bytes(b"\x00" * 64)
+    _drop_index(root)
+    root.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        assert main(["reindex", "--data-dir", str(root)]) == 0
+        assert os.umask(0o022) == 0o022  # main leaves its caller's umask as it was
+    finally:
+        os.umask(old)
+    (aside,) = root.glob("unindexed-*")
+    for made in (root, root / "index.sqlite3", aside, *(p for p in aside.rglob("*") if p.is_dir())):
+        assert made.stat().st_mode & 0o007 == 0, made
+
+
 def test_a_damaged_index_is_kept_aside_and_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "data"
     store = _node_folder(root)

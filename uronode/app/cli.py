@@ -32,6 +32,7 @@ from uronode.db import (
     index_version,
 )
 from uronode.errors import UronodeError
+from uronode.files import PRIVATE_UMASK, keep_private
 from uronode.jobs import LOCAL_WORKER, JobQueue
 from uronode.logs import escape_controls, setup_logging
 from uronode.outbox import DeliveryState, Outbox
@@ -444,6 +445,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                                       f" ({exc.strerror or exc}): stop that node first (or, where another service"
                                       " holds the port, give --config with this folder's node settings)") from exc
     held = hold_data_dir(root)
+    keep_private(root)  # a folder restored open to every account (probe 51: cp -r, 0755)
     try:
         # from the first change to the end: a start refuses a half-made index (review 48); a refusal before any
         # change (review 49: an index of a newer version) leaves none
@@ -781,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "data_dir", None) is not None and not _takes_data_dir(parser, args.command):
         parser.error(f"--data-dir does not apply to {args.command}")  # not silently ignored
+    # what any command makes (an index, folders, results, a report) is its user's and group's alone (probe 51)
+    umask = os.umask(PRIVATE_UMASK)
     try:
         return int(args.func(args))
     except (ConfigError, UronodeError) as exc:  # each carries a sentence for a person, no traceback needed
@@ -797,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(umask)  # called inside another program (a test, a script), it leaves that program's umask as it was
 
 
 if __name__ == "__main__":

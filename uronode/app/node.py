@@ -19,7 +19,6 @@ import resource
 import signal
 import socket
 import sqlite3
-import stat
 import threading
 import time
 from collections import deque
@@ -44,7 +43,7 @@ from uronode.app.httpguard import GuardedHttpTools
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
 from uronode.db import DataDirUnusable
-from uronode.files import disk_problem
+from uronode.files import PRIVATE_UMASK, disk_problem, keep_private
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
 from uronode.outbox import Outbox
@@ -502,23 +501,6 @@ def workers_problem(workers: list[WorkerProcess]) -> str | None:
         if (problem := worker.problem()) is not None:
             return problem if len(workers) == 1 else f"worker {number}: {problem}"
     return None
-
-
-PRIVATE_UMASK = 0o027
-"""What the node makes is its user's and its group's alone. Probe 27: the instances were 0640, but the index (patient
-names and IDs) and the DICOMweb metadata cache (every header) were made 0644 under the usual umask, in folders any
-local account could enter."""
-
-
-def keep_private(root: Path) -> None:
-    """Close the data folder to other accounts (files made by an earlier version keep their modes inside it)."""
-    try:
-        mode = stat.S_IMODE(root.stat().st_mode)  # setgid kept: a backup group may own the folder (review 29)
-        if mode & 0o007:
-            root.chmod(mode & ~0o007)
-            log.info("the data folder %s was open to every local account (mode %o); now %o", root, mode, mode & ~0o007)
-    except OSError as exc:  # not its owner: said, not fatal
-        log.warning("the data folder %s could not be closed to other accounts: %s", root, exc)
 
 
 def port_free(host: str, port: int, what: str) -> None:
