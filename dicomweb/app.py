@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -72,10 +73,16 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detai
 SECURITY_HEADERS = [(b"x-frame-options", b"SAMEORIGIN"), (b"x-content-type-options", b"nosniff")]
 """On every answer: no page of another site frames the viewer or the upload page (clickjacking), and no browser
 takes a JSON or DICOM answer for a script or a page (probe 27)."""
+PATIENT_DATA_HEADERS = [(b"cache-control", b"no-store")]
+"""On every DICOMweb and API answer (images, headers, findings, names): kept by no browser's or proxy's cache, as
+on a shared reading-room workstation they would outlive the session (probe 51). The viewer's own files, which hold
+no patient data, are cached as before."""
+_PATIENT_DATA_PATHS = ("/dicom-web/", "/api/")
 
 
 class SecurityHeaders:
-    """ASGI middleware: :data:`SECURITY_HEADERS` on every response."""
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every response, and :data:`PATIENT_DATA_HEADERS` on those of
+    the DICOMweb and API paths, where the application set none of its own."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -85,10 +92,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        wanted = [*SECURITY_HEADERS, *(PATIENT_DATA_HEADERS if scope["path"].startswith(_PATIENT_DATA_PATHS) else ())]
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                extra = [(name, value) for name, value in wanted if name not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
@@ -281,6 +290,8 @@ class AuditRequests:
                 user = authentication.user
             fields: dict[str, object] = {"method": method, "path": path[:300], "status": status,
                                          "client": party.client, "user": user}
+            if query := audited_query(scope.get("query_string", b"")):
+                fields["query"] = query
             if authentication is not None:
                 fields["auth"] = authentication.kind
                 if authentication.failure:  # who it was is known when a worker asks outside its jobs: refused
@@ -326,6 +337,23 @@ class AuditRequests:
             if not recorded:
                 record(500)  # what the server answers when the application raises before it starts a response
             raise
+
+
+QUERY_AT_MOST = 500
+"""The most characters of a request's query an ``http`` audit event keeps."""
+_SECRET_NAME = re.compile(r"token|password|secret|key", re.IGNORECASE)
+
+
+def audited_query(raw: bytes) -> str:
+    """A request's query as its ``http`` audit event keeps it: a search's criteria, which can name a patient
+    (``PatientName=...``), so that the trail says who looked up whom (probe 51: it said only that a search was
+    made); the value of a parameter whose name sounds like a credential is left out (the node reads none there,
+    but a client may send one)."""
+    if not raw:
+        return ""
+    pairs = [(name, "..." if _SECRET_NAME.search(name) else value)
+             for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+    return "&".join(f"{name}={value}" for name, value in pairs)[:QUERY_AT_MOST]
 
 
 CORS_HEADERS = ("Authorization", "Accept", "Content-Type")

@@ -6,8 +6,12 @@ file is renamed ``audit-<UTC time>.log`` and a new one begins; a renamed
 file is compressed (``.log.gz``) at a later rotation, once no process can be
 writing into it. Nothing is deleted: how long an audit trail is kept is the
 hospital's decision (``docs/operations.md``). Events name UIDs, AE titles,
-addresses and outcomes, never patient names or IDs:
-``series_complete``, ``job_finished``, ``delivery``, ``http``.
+addresses and outcomes, never patient names or IDs, except where a person named
+one: a search's criteria (an ``http`` event's ``query``, a ``study_looked_up``)
+and an operator's typed reason: ``series_complete`` (with its ``senders``),
+``job_finished``, ``delivery``, ``http``. An event written by an administrator's
+command has ``operator`` (the account that ran it, and through ``sudo`` the one
+that asked) and ``host`` (:func:`operator_named`).
 
 An ``http`` event has ``method``, ``path``, ``status``, ``client`` and ``user``
 (who authenticated, or the user a trusted reverse proxy names; None when
@@ -26,10 +30,14 @@ import gzip
 import json
 import logging
 import os
+import pwd
 import re
 import shutil
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,27 @@ file just before the rename has written its line into it by then (each event is 
 _JOB_ID = re.compile(r'"job_id":(\d+)')
 
 
+_operator: dict[str, str] = {}
+
+
+@contextmanager
+def operator_named() -> Iterator[None]:
+    """Within it, every event this process writes names who ran it: ``operator`` (the account; ``alice as root``
+    through ``sudo``) and ``host``. An administrator's command runs in it (probe 51: a purge, a cancel, a rebuilt
+    index named nobody); the node's own processes do not, their events being the node's."""
+    try:
+        account = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a container's user with no passwd entry
+        account = str(os.geteuid())
+    asked = os.environ.get("SUDO_USER")
+    _operator.update(operator=f"{asked} as {account}" if asked and asked != account else account,
+                     host=socket.gethostname())
+    try:
+        yield
+    finally:
+        _operator.clear()
+
+
 class AuditLog:
     def __init__(self, data_dir: Path, rotate_bytes: int = ROTATE_BYTES) -> None:
         self.path = Path(data_dir) / "audit.log"
@@ -51,7 +80,8 @@ class AuditLog:
 
     def record(self, event: str, **fields: object) -> None:
         """Append one event; a failure to write is logged, never raised into the caller's work."""
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields}, separators=(",", ":")) + "\n"
+        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields, **_operator},
+                          separators=(",", ":")) + "\n"
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:

@@ -334,6 +334,7 @@ class CompletionMonitor:
             ):
                 return None  # something arrived meanwhile; look again next round
             instances = conn.execute(_QUALIFY_QUERY, (series_uid,)).fetchall()
+            senders = _senders(conn, series_uid)
             reason = qualify(instances, asked, self.contrast_series, self.sharp_kernel_series, self.other_region_series)
             job_id = None
             if reason is None:
@@ -378,7 +379,7 @@ class CompletionMonitor:
         AuditLog(self.store.root).record(
             "series_complete", series_instance_uid=series_uid, study_instance_uid=due["study_instance_uid"],
             instances=len(instances), generation=current["generation"], disposition=disposition.value,
-            reason=without_free_text(reason) if reason else reason, job_id=job_id,
+            reason=without_free_text(reason) if reason else reason, job_id=job_id, senders=senders,
         )
         number = f" (number {current['series_number']})" if current["series_number"] not in (None, "") else ""
         if job_id is not None:
@@ -446,6 +447,20 @@ class CompletionMonitor:
             if row is not None and (result := self._complete(row, asked=True)) is not None:
                 done.append(result)
         return done
+
+
+SENDERS_AT_MOST = 20
+"""The most senders a ``series_complete`` audit event names (a series re-sent by many is rare; the line stays short)."""
+
+
+def _senders(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, str]]:
+    """Who brought the series' images: each association's calling AE title (``STOW-RS``, ``UPLOAD``, with the user
+    who authenticated, for a request) and host, for its ``series_complete`` audit event (probe 51: the trail named
+    no sender, and retention deletes the associations that did)."""
+    rows = conn.execute("SELECT DISTINCT a.calling_ae, a.peer_host FROM series_associations sa JOIN associations a"
+                        " ON a.id = sa.association_id WHERE sa.series_instance_uid = ?"
+                        " ORDER BY a.calling_ae, a.peer_host LIMIT ?", (series_uid, SENDERS_AT_MOST)).fetchall()
+    return [{"calling_ae": row["calling_ae"], "host": row["peer_host"]} for row in rows]
 
 
 def _caller_of(withdrawn: Sequence[Superseded], conn: sqlite3.Connection) -> str | None:

@@ -59,14 +59,18 @@ def test_each_audited_request_is_one_event_with_its_status(start_node: Callable[
         assert http.get("/dicom-web/studies", headers={"X-Forwarded-User": "dr.who"}).status_code == 200
         assert http.get("/dicom-web/studies/1.2.3").status_code == 404  # no such study to retrieve
         assert http.get("/dicom-web/studies", params={"limit": "x"}).status_code == 400
+        # probe 51: a search is audited with what it looked for; a credential-like parameter's value is not kept
+        assert http.get("/dicom-web/studies", params={"PatientName": "Doe^J*", "api_key": "s3cret"}).status_code == 200
         assert http.post("/nowhere", content=b"").status_code in (404, 405)  # any method but GET is audited
     events = _events(node)
     assert [(e["method"], e["path"], e["status"]) for e in events] == [
         ("GET", "/dicom-web/studies", 200),
         ("GET", "/dicom-web/studies/1.2.3", 404),
         ("GET", "/dicom-web/studies", 400),
+        ("GET", "/dicom-web/studies", 200),
         ("POST", "/nowhere", events[-1]["status"]),
     ]
+    assert [e.get("query") for e in events] == [None, None, "limit=x", "PatientName=Doe^J*&api_key=...", None]
     # a user named by a client that is no trusted proxy is what it claims, not who it is
     assert events[0]["user"] is None and events[0]["claimed_user"] == "dr.who" and events[1]["user"] is None
     assert all(e["client"] == "127.0.0.1" for e in events)

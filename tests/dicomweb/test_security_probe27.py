@@ -188,6 +188,10 @@ def test_answers_forbid_framing_and_sniffing(node: Node) -> None:
         answer = httpx.get(f"{base}{path}", auth=("uronode", PASSWORD), timeout=30)
         assert answer.headers.get("x-frame-options") == "SAMEORIGIN", path
         assert answer.headers.get("x-content-type-options") == "nosniff", path
+        # probe 51: answers with patient data are kept by no browser cache; the viewer's own files are
+        assert (answer.headers.get("cache-control") == "no-store") == path.startswith("/dicom-web/"), path
+    jobs = httpx.get(f"{base}/api/jobs", auth=("uronode", PASSWORD), timeout=30)
+    assert jobs.status_code == 200 and jobs.headers.get("cache-control") == "no-store"
     refused = httpx.get(f"{base}/upload", timeout=30)
     assert refused.status_code == 401 and refused.headers.get("x-frame-options") == "SAMEORIGIN"
 

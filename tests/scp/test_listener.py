@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,14 @@ def test_one_series_from_storescu_is_stored_as_received_and_queued(start_node: S
     state = wait_complete(node, series)
     assert state["disposition"] == "queued"
     assert [j["state"] for j in jobs_for(node, series)] == ["queued"]
+
+    def completed() -> list[dict[str, object]]:
+        lines = (node.data_dir / "audit.log").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["event"] == "series_complete" and e["series_instance_uid"] == series]
+
+    wait_until(lambda: bool(completed()), 10, "the series' audit event")
+    # the audit trail names who sent it, which the index forgets at retention (probe 51)
+    assert completed()[0]["senders"] == [{"calling_ae": "STORESCU", "host": "127.0.0.1"}]
     assert node.proc is not None
     log = node.proc.log_text()
     assert series in log  # the node does log what it did ...

@@ -16,13 +16,14 @@ import re
 import secrets
 import sqlite3
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from uronode import __version__, queries
 from uronode.app import predict
-from uronode.audit import AuditLog
+from uronode.audit import AuditLog, operator_named
 from uronode.db import (
     SCHEMA_VERSION,
     SIDE_FILES,
@@ -277,6 +278,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     named = ({"study": args.study} if args.study is not None else {"accession": args.accession}
              if args.accession is not None else {"patient_id": args.patient_id})
     studies, more = queries.study_overview(store.db, **named)
+    # who looked up whom (probe 51): a Patient ID or Accession Number named here is in the trail, as in a search's
+    AuditLog(store.root).record("study_looked_up", **named, studies=len(studies))
     if more:
         print(f"uronode: more than {queries.STUDIES_AT_MOST} studies match; the {queries.STUDIES_AT_MOST} newest are"
               " shown (name one by --study)", file=sys.stderr)
@@ -778,6 +781,11 @@ def _takes_data_dir(parser: argparse.ArgumentParser, command: str) -> bool:
     return "--data-dir" in subcommands.choices[command]._option_string_actions
 
 
+NODE_COMMANDS = ("serve", "worker")
+"""The commands that run the node or a worker: their audit events are the node's, where every other command's name
+the operator who ran it."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -786,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     # what any command makes (an index, folders, results, a report) is its user's and group's alone (probe 51)
     umask = os.umask(PRIVATE_UMASK)
     try:
-        return int(args.func(args))
+        with operator_named() if args.command not in NODE_COMMANDS else nullcontext():
+            return int(args.func(args))
     except (ConfigError, UronodeError) as exc:  # each carries a sentence for a person, no traceback needed
         print(f"uronode: {exc}", file=sys.stderr)
         return 2
