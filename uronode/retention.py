@@ -34,15 +34,19 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
 
 from uronode.associations import Associations
 from uronode.audit import AuditLog
+from uronode.db import SIDE_FILES
 from uronode.metrics import DELIVERY_FAILURES, FAILED_TRIES, INFERENCE_BUCKETS_S, PRUNED
 from uronode.store import METADATA_CACHE, Store, forget_empty_studies
 from uronode.supersede import NOTES_FOLDER
@@ -96,6 +100,49 @@ class Purged:
     deliveries: int = 0
     associations: int = 0
     """History rows that ended before the cutoff."""
+    set_aside: int = 0
+    """Files ``uronode reindex`` set aside (``unindexed-<time>/``, ``index.sqlite3.before-reindex-<time>``) that
+    were deleted: a retention pass's that were set aside before the cutoff, ``purge_study``'s of the study."""
+    earlier_indexes: list[str] = field(default_factory=list)
+    """``purge_study``: the indexes ``uronode reindex`` kept aside, which may name the study's patient and which
+    no purge edits (a damaged index cannot be)."""
+
+
+SET_ASIDE = re.compile(r"^(?:unindexed-|index\.sqlite3\.before-reindex-)(\d{8}T\d{6})")
+"""What ``uronode reindex`` sets aside in the data folder, named by the (local) time it did."""
+
+
+def _set_aside(root: Path) -> list[tuple[Path, float]]:
+    """What ``uronode reindex`` set aside in ``root``, each with when."""
+    found = []
+    for entry in root.iterdir():
+        if match := SET_ASIDE.match(entry.name):
+            found.append((entry, datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").timestamp()))
+    return found
+
+
+def _file_count(path: Path) -> int:
+    return sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else 1
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _prune_set_aside(root: Path, cutoff: float, done: Purged, *, dry_run: bool) -> None:
+    """Delete what ``uronode reindex`` set aside before ``cutoff``: older copies of instances and unreadable
+    files, and the earlier index (probe 51: kept for ever, they outlived every image the node deleted by age,
+    with the patients' names). The retention period counts from the reindex, not from the files' own times, so
+    that whoever looks into a damaged index has that long."""
+    for path, made in _set_aside(root):
+        if made < cutoff:
+            done.set_aside += _file_count(path)
+            if not dry_run:
+                _delete(path)
+                AuditLog(root).record("retention", set_aside=path.name)
 
 
 def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: float | None = None) -> Purged:
@@ -151,6 +198,7 @@ def purge(store: Store, older_than_days: float, *, dry_run: bool = False, now: f
             _remove_if_unused(folder)
         audit.record("retention", series_instance_uid=series, instances=len(files), results=len(results))
     _prune_history(store, cutoff, done, dry_run=dry_run)
+    _prune_set_aside(store.root, cutoff, done, dry_run=dry_run)
     if (done.series or done.jobs or done.deliveries or done.associations) and not dry_run:
         log.info("retention: deleted %d series (%d instances, %.1f MB) received before %s, %d result instance(s)"
                  " (%.1f MB) made of them, and %d job(s), %d deliveries and %d association(s) that ended before then",
@@ -203,6 +251,12 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
         results = list({row["sop_instance_uid"]: row for row in results}.values())
         done = Purged(series=series, instances=len(files), bytes=sum(f["size"] for f in files),
                       results=len(results), results_bytes=sum(r["size"] for r in results), notes=len(notes))
+        # what uronode reindex set aside of the study (folders named by it), and the earlier indexes it kept
+        aside = [kind / study_uid for path, _ in _set_aside(store.root) if path.is_dir()
+                 for kind in path.iterdir() if (kind / study_uid).is_dir()]
+        done.set_aside = sum(map(_file_count, aside))
+        done.earlier_indexes = sorted(path.name for path, _ in _set_aside(store.root)
+                                      if path.name.startswith("index.") and not path.name.endswith(SIDE_FILES))
         if dry_run:
             return done
         tx.executemany("UPDATE deliveries SET state = 'superseded', last_error = 'the study was purged', updated_at = ?"
@@ -236,8 +290,10 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
     for folder in {path.parent for path in paths}:
         _remove_if_unused(folder)
     _remove_empty_folders(store.instances_dir / study_uid)  # probe 34: folders named by the study stayed
+    for folder in aside:  # probe 51: an erasure had left the copies a reindex set aside
+        _delete(folder)
     AuditLog(store.root).record("study_purged", study_instance_uid=study_uid, series=series, instances=len(files),
-                                results=len(results), notes=len(notes))
+                                results=len(results), notes=len(notes), set_aside=done.set_aside)
     log.info("deleted study %s by hand: %d series, %d instance(s) (%.1f MB), %d result instance(s) made of it, %d"
              " rejection note(s)", study_uid, len(series), len(files), done.bytes / 1e6, len(results), len(notes))
     try:  # the write-ahead log keeps old copies of the pages the purge overwrote until it is truncated

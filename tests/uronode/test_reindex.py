@@ -17,6 +17,7 @@ from uronode import queries
 from uronode.app.cli import main
 from uronode.app.node import hold_data_dir
 from uronode.db import SCHEMA_VERSION, SIDE_FILES, DataDirUnusable
+from uronode.retention import purge as retention_purge
 from uronode.store import ORPHANS_AT_MOST, REINDEXED, REINDEXED_OWN, Store
 
 STUDY, SERIES, OTHER, RESULTS = "1.2.3.70", "1.2.3.70.1", "1.2.3.70.2", "1.2.3.70.9"
@@ -106,6 +107,37 @@ def test_what_reindex_makes_is_closed_to_other_accounts(tmp_path: Path) -> None:
     (aside,) = root.glob("unindexed-*")
     for made in (root, root / "index.sqlite3", aside, *(p for p in aside.rglob("*") if p.is_dir())):
         assert made.stat().st_mode & 0o007 == 0, made
+
+
+def test_an_erasure_and_retention_reach_what_reindex_set_aside(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 51: after a reindex, ``purge --study`` left an older copy of a CT image under ``unindexed-*`` and the
+    earlier index (patient names) beside the new one, and no retention pass ever removed either."""
+    root = tmp_path / "data"
+    _node_folder(root).db.conn().close()
+    newest = next(p for p in (root / "instances").rglob("*.dcm") if p.parent.name == SERIES)
+    older = newest.parent / f"{newest.name.rsplit('-', 1)[0]}-aaaaaaaaaaaa.dcm"
+    shutil.copyfile(newest, older)
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    (root / "index.sqlite3").write_bytes(b"\x00garbage" * 1024)  # damaged: kept aside whole
+    assert main(["reindex", "--data-dir", str(root)]) == 0
+    (aside,) = root.glob("unindexed-*")
+    (earlier,) = root.glob("index.sqlite3.before-reindex-*")
+    assert [p.name for p in aside.rglob("*.dcm")] == [older.name]
+    capsys.readouterr()
+
+    assert main(["purge", "--study", STUDY, "--data-dir", str(root)]) == 0
+    said = capsys.readouterr().out
+    assert "; and 1 file(s) of it that uronode reindex set aside" in said
+    assert f"the earlier index(es) uronode reindex kept ({earlier.name}, in {root}) may still name" in said
+    assert not list(aside.rglob("*.dcm")) and earlier.exists()  # the copy gone; the earlier index is said, kept
+    # a retention pass deletes what was set aside once it is older than the retention, counted from the reindex
+    assert main(["purge", "--older-than-days", "1", "--data-dir", str(root)]) == 0
+    assert earlier.exists() and aside.exists()
+    assert retention_purge(Store(root, fsync=False), 1, now=time.time() + 2 * 86400).set_aside == 1
+    assert not earlier.exists() and not aside.exists()
+    events = [json.loads(line) for line in (root / "audit.log").read_text().splitlines()]
+    assert {e.get("set_aside") for e in events if e["event"] == "retention"} == {earlier.name, aside.name}
 
 
 def test_a_damaged_index_is_kept_aside_and_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -419,7 +419,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
           f" received more than {days:g} days ago, with the {done.results} result instance(s)"
           f" ({done.results_bytes / 1e6:.1f} MB) the node made of them")
     print(f"{verb} the history that ended before then: {done.jobs} job(s), {done.deliveries} deliveries,"
-          f" {done.associations} association(s)")
+          f" {done.associations} association(s)"
+          + (f", and {done.set_aside} file(s) uronode reindex set aside before then" if done.set_aside else ""))
     for series in done.series:
         print(f"  {series}")
     return 0
@@ -562,9 +563,14 @@ def _purge_study(store: Store, study: str, *, dry_run: bool) -> int:
         return 1
     print(f"{'would delete' if dry_run else 'deleted'} study {study}: {len(done.series)} series, {done.instances}"
           f" instances, {done.bytes / 1e6:.1f} MB, with the {done.results} result instance(s)"
-          f" ({done.results_bytes / 1e6:.1f} MB) the node made of it and {done.notes} rejection note(s)")
+          f" ({done.results_bytes / 1e6:.1f} MB) the node made of it and {done.notes} rejection note(s)"
+          + (f"; and {done.set_aside} file(s) of it that uronode reindex set aside" if done.set_aside else ""))
     for series in done.series:
         print(f"  {series}")
+    if done.earlier_indexes:
+        print(f"the earlier index(es) uronode reindex kept ({', '.join(done.earlier_indexes)}, in {store.root}) may"
+              " still name this study's patient, and no purge edits them: delete them (with their -wal and -shm)"
+              " once the rebuilt index serves, or keep them only as long as the erasure allows")
     return 0
 
 
