@@ -182,30 +182,38 @@ class JobQueue:
             raise JobNotRunning(f"job {job_id} is not running: {now}")
 
     def cancel(self, job_id: int, why: str = "") -> Job:
-        """Cancel a queued or running job (``uronode cancel``): it fails with the reason
+        """Cancel a queued, running or delivering job (``uronode cancel``): it fails with the reason
         :data:`CANCELLED` (and ``why``), so ``uronode requeue`` runs it again. A running job's worker drops it:
         nothing is stored or sent (:meth:`finish_in` refuses it); the node's own worker process stops its
-        computation and is replaced (``uronode.app.worker.Worker``), a remote worker's claim no longer holds. ValueError for no such job (``no job 7``) or one in another state:
-        a delivering job has stored its results already."""
+        computation and is replaced (``uronode.app.worker.Worker``), a remote worker's claim no longer holds. A
+        delivering job's results stay stored and what is still owed of them (pending deliveries, dead letters)
+        is not sent (probe 51: a wrongly routed patient's results, and so the study's erasure, waited for a
+        destination's day of retries). ValueError for no such job (``no job 7``) or one that has ended."""
         reason = CANCELLED + (f": {why.strip()}" if why.strip() else "")
         with self.store.transaction() as conn:
+            before = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             cur = conn.execute(
                 "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ?, claim_token = NULL, lease_until = NULL"
-                " WHERE id = ? AND state IN ('queued', 'running')",
+                " WHERE id = ? AND state IN ('queued', 'running', 'delivering')",
                 (reason, time.time(), job_id),
             )
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if cur.rowcount != 1:
                 if row is None:
                     raise ValueError(f"no job {job_id}")
-                raise ValueError(f"job {job_id} is {row['state']}; only a queued or running job can be cancelled"
-                                 + (" (its results are stored and being sent: `uronode deliveries`)"
-                                    if row["state"] == JobState.DELIVERING.value else ""))
+                raise ValueError(f"job {job_id} is {row['state']}; only a queued, running or delivering job can be"
+                                 " cancelled")
+            unsent = conn.execute(
+                "UPDATE deliveries SET state = 'superseded', last_error = ?, updated_at = ? WHERE job_id = ?"
+                " AND state IN ('pending', 'dead')", (f"not sent: {reason}", time.time(), job_id),
+            ).rowcount if before["state"] == JobState.DELIVERING.value else 0
         job = _job(row)
+        if unsent:
+            log.warning("job %d: %d result deliveries still owed are not sent", job.id, unsent)
         log.warning("job %d series %s cancelled by the operator", job.id, job.series_instance_uid)
         AuditLog(self.store.root).record(
             "job_cancelled", job_id=job.id, series_instance_uid=job.series_instance_uid, reason=reason,
-            worker=job.claimed_by,
+            worker=job.claimed_by, deliveries_not_sent=unsent,
         )
         return job
 

@@ -235,8 +235,9 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
             " OR series_instance_uid IN (SELECT series_instance_uid FROM series WHERE study_instance_uid = ?)))",
             (study_uid, study_uid, study_uid)) if n]
         if busy:
-            raise StudyBusy(f"study {study_uid} is still in use: {', '.join(busy)}; wait, or cancel its queued and"
-                            " running jobs (uronode cancel JOB), and purge it once its results are delivered")
+            raise StudyBusy(f"study {study_uid} is still in use: {', '.join(busy)}; wait, or cancel its queued, running"
+                            " and delivering jobs (uronode cancel JOB: what is still owed is then not sent),"
+                            " and purge it once its results are delivered")
         series = [r["series_instance_uid"] for r in tx.execute(  # received (the results' own series go with them)
             "SELECT s.series_instance_uid FROM series s WHERE s.study_instance_uid = ? AND NOT EXISTS (SELECT 1"
             " FROM instances i JOIN results r ON r.sop_instance_uid = i.sop_instance_uid"

@@ -94,7 +94,7 @@ def test_a_queued_job_cancelled_is_not_run_and_requeue_runs_it_again(tmp_path: P
     assert cancelled.state is JobState.FAILED
     assert cancelled.reason == f"{CANCELLED}: wrong series, sent again later"
     assert queue.claim() is None
-    with pytest.raises(ValueError, match=f"^job {job_id} is failed; only a queued or running job can be cancelled$"):
+    with pytest.raises(ValueError, match=f"^job {job_id} is failed; only a queued, running or delivering job can be cancelled$"):
         queue.cancel(job_id)
     with pytest.raises(ValueError, match="^no job 999$"):
         queue.cancel(999)
@@ -103,7 +103,10 @@ def test_a_queued_job_cancelled_is_not_run_and_requeue_runs_it_again(tmp_path: P
     assert again is not None and again.id == job_id
 
 
-def test_a_job_whose_results_are_stored_cannot_be_cancelled(tmp_path: Path) -> None:
+def test_a_delivering_job_cancelled_sends_nothing_more_and_its_study_can_be_erased(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Probe 51: a wrongly routed patient's results, owed to a destination that was down, could be neither
+    cancelled nor purged until the destination's day of retries had passed."""
     settings = _settings(tmp_path)
     store = Store(settings.storage.data_dir, fsync=False)
     queue = JobQueue(store)
@@ -111,7 +114,24 @@ def test_a_job_whose_results_are_stored_cannot_be_cancelled(tmp_path: Path) -> N
     job = queue.claim()
     assert job is not None
     assert Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
-    with pytest.raises(ValueError, match=rf"^job {job_id} is delivering; .*results are stored and being sent"):
+    outbox = Outbox(store)
+    owed = [d for found in outbox.due().values() for d in found]
+    first = owed[0]
+    outbox.mark_failed(first.id, "connection refused", permanent=True)  # a dead letter too
+    with store.transaction() as tx:  # received whole, as the node's completion loop finds them
+        tx.execute("UPDATE series SET state = 'complete'")
+    assert main(["purge", "--study", job.study_instance_uid, "--data-dir", str(store.root)]) == 1
+    assert "deliveries still owed" in capsys.readouterr().err
+
+    cancelled = queue.cancel(job_id, "sent to the wrong node")
+    assert cancelled.state is JobState.FAILED and cancelled.reason == f"{CANCELLED}: sent to the wrong node"
+    rows = store.conn().execute("SELECT state, last_error FROM deliveries WHERE job_id = ?", (job_id,)).fetchall()
+    assert len(rows) == len(owed) and {(r["state"], r["last_error"]) for r in rows} == {
+        ("superseded", f"not sent: {CANCELLED}: sent to the wrong node")}
+    assert outbox.due() == {} and outbox.settle_jobs() == 0
+    assert (after := queue.get(job_id)) is not None and after.state is JobState.FAILED
+    assert main(["purge", "--study", job.study_instance_uid, "--data-dir", str(store.root)]) == 0
+    with pytest.raises(ValueError, match=rf"^job {job_id} is failed; only a queued, running or delivering job"):
         queue.cancel(job_id)
 
 
@@ -196,8 +216,8 @@ def test_the_cancel_command_says_what_it_did(tmp_path: Path, capsys: pytest.Capt
     assert capsys.readouterr().out == (f"job {job_id} cancelled ({CANCELLED}: sent to the wrong node);"
                                        f" `uronode requeue {job_id}` runs it again\n")
     assert main(["cancel", str(job_id), *data]) == 1
-    assert capsys.readouterr().err == (f"uronode: job {job_id} is failed; only a queued or running job can be"
-                                       " cancelled\n")
+    assert capsys.readouterr().err == (f"uronode: job {job_id} is failed; only a queued, running or delivering job"
+                                       " can be cancelled\n")
     JobQueue(store).requeue(job_id)
     assert JobQueue(store).claim("local:4242") is not None
     assert main(["cancel", str(job_id), *data]) == 0

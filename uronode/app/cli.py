@@ -600,8 +600,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     worker = before.claimed_by if before is not None and before.claimed_by else ""
     what = ("stops its computation within about a second (a new worker process takes its place)"
             if worker.startswith(f"{LOCAL_WORKER}:") else "drops what it makes of it")
+    delivering = before is not None and before.state is JobState.DELIVERING
     print(f"job {args.job} cancelled ({job.reason})"
           + (f"; its worker ({worker}) {what}" if running else "")
+          + ("; what was still owed of its results is not sent (`uronode deliveries`)" if delivering else "")
           + f"; `uronode requeue {args.job}` runs it again")
     return 0
 
@@ -749,8 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     requeue.set_defaults(func=cmd_requeue)
 
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job: it fails, nothing of it is stored or"
-                                           " sent (a running one's worker drops its outcome)")
+    cancel = sub.add_parser("cancel", help="cancel a queued, running or delivering job: it fails, nothing more of it"
+                                           " is stored or sent (a running one's worker drops its outcome)")
     cancel.add_argument("job", type=int)
     cancel.add_argument("--reason", help="the operator's words, kept with the job's reason")
     _add_config_flag(cancel)
