@@ -38,6 +38,8 @@ def test_compose_file_is_valid() -> None:
     for name, target in (("uronode", "/var/lib/uronode"), ("orthanc", "/var/lib/orthanc/db")):
         volumes = config["services"][name]["volumes"]
         assert any(str(v).split(":")[:2] == [f"{name}-data", target] for v in volumes), f"{name} keeps no state"
+    for name, service in config["services"].items():  # probe 51: Docker's json-file logs grew for ever
+        assert service["logging"]["options"]["max-size"] and service["logging"]["options"]["max-file"], name
 
 
 def test_orthanc_config_registers_the_node_with_its_defaults() -> None:
