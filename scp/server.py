@@ -12,6 +12,7 @@ index needs and makes file and index durable; only then is success sent.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -241,6 +242,10 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
 
 
+COLLECT_EVERY_S = 30.0
+"""How often a receiving process collects its garbage (pynetdicom's cadence at its own 0.5 s poll)."""
+
+
 class SharedSocketServer(ThreadedAssociationServer):
     """A pynetdicom server that accepts on a listening socket it was handed, with Nagle off, keepalive on, reads
     and writes that give up on a silent peer, and at most ``connections_per_host`` connections of one host."""
@@ -255,6 +260,18 @@ class SharedSocketServer(ThreadedAssociationServer):
     """Told one line a minute, however many come."""
     refusal_tally: Tally | None = None
     """Where such a refusal is counted (``uronode_associations_refused{reason="host_connections"}``)."""
+
+    _collected_at = 0.0
+
+    def service_actions(self) -> None:
+        """pynetdicom's: a full garbage collection every 60 turns of the accept loop (its threads of ended
+        associations are not collected otherwise), made a collection every :data:`COLLECT_EVERY_S`: the loop turns
+        every 0.1 s (a node's stop waits for a turn), and a collection holds the process's associations up for
+        tens of milliseconds (review 50)."""
+        now = time.monotonic()
+        if now - self._collected_at >= COLLECT_EVERY_S:
+            self._collected_at = now
+            gc.collect()
 
     def server_bind(self) -> None:
         inherited = type(self).listening_socket

@@ -4,6 +4,7 @@ mid-series for "nothing received for 60 s". Its timers now run on the monotonic 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from scp.server import make_listening_socket, make_server
+from scp.server import COLLECT_EVERY_S, make_listening_socket, make_server
 from tests.peers.processes import free_port
 from uronode.settings import load_settings
 from uronode.store import Store
@@ -42,3 +43,24 @@ def test_an_open_association_outlives_a_step_of_the_host_clock(tmp_path: Path, m
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_receiving_process_collects_its_garbage_by_time_not_by_turns_of_its_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 50: the accept loop turns every 0.1 s for a quick stop, and pynetdicom collected every 60 turns."""
+    settings = load_settings(overrides={"host": "127.0.0.1", "storage": {"data_dir": tmp_path / "data"},
+                                        "scp": {"port": free_port()}})
+    server = make_server(settings, Store(settings.storage.data_dir),
+                         make_listening_socket("127.0.0.1", settings.scp.port), None)
+    collected: list[float] = []
+    monkeypatch.setattr(gc, "collect", lambda *_: collected.append(time.monotonic()) or 0)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    for _ in range(int(COLLECT_EVERY_S / 0.1)):  # turns over 30 s, less one
+        server.service_actions()
+        clock[0] += 0.1
+    assert collected == [1000.0]  # the first turn's (pynetdicom's count: 5)
+    clock[0] = 1000.0 + COLLECT_EVERY_S
+    server.service_actions()
+    assert len(collected) == 2
+    server.server_close()
