@@ -53,7 +53,12 @@ def test_a_receiving_process_collects_its_garbage_by_time_not_by_turns_of_its_lo
     server = make_server(settings, Store(settings.storage.data_dir),
                          make_listening_socket("127.0.0.1", settings.scp.port), None)
     collected: list[float] = []
-    monkeypatch.setattr(gc, "collect", lambda *_: collected.append(time.monotonic()) or 0)
+
+    def collect(*_: object) -> int:
+        collected.append(time.monotonic())
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     for _ in range(int(COLLECT_EVERY_S / 0.1)):  # turns over 30 s, less one
