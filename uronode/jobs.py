@@ -31,7 +31,7 @@ import time
 
 from uronode.audit import AuditLog
 from uronode.store import Store
-from uronode.types import Job, JobState
+from uronode.types import NOT_OWED, NOT_SENT, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,14 @@ class JobQueue:
                     raise ValueError(f"no job {job_id}")
                 raise ValueError(f"job {job_id} is {row['state']}; only a queued, running or delivering job can be"
                                  " cancelled")
+            # its own results only: a rejection note it owes withdraws an earlier job's results, which a
+            # destination holds (review 50: the note was cancelled with them, and the PACS kept both runs'); those
+            # a destination no longer wanted too, so that configuring it again sends nothing of a cancelled job
             unsent = conn.execute(
                 "UPDATE deliveries SET state = 'superseded', last_error = ?, updated_at = ? WHERE job_id = ?"
-                " AND state IN ('pending', 'dead')", (f"not sent: {reason}", time.time(), job_id),
+                " AND sop_instance_uid IN (SELECT sop_instance_uid FROM results WHERE job_id = ?)"
+                " AND (state IN ('pending', 'dead') OR (state = 'superseded' AND last_error LIKE ?))",
+                (f"{NOT_SENT}{reason}", time.time(), job_id, job_id, NOT_OWED + "%"),
             ).rowcount if before["state"] == JobState.DELIVERING.value else 0
         job = _job(row)
         if unsent:

@@ -36,12 +36,11 @@ from pathlib import Path
 from uronode.metrics import DELIVERY_FAILURES, FAILED_TRIES
 from uronode.settings import Destination, result_kind
 from uronode.store import Store
+from uronode.types import NOT_OWED, NOT_SENT
 
 CLOCK_SLACK_S = 120.0
 """How much further off than ``backoff_max_s`` a retry time may lie before it is taken for one set before the
 clock was stepped back (:meth:`Outbox.due`)."""
-NOT_OWED = "not owed any more: "
-"""How the reason of a delivery the configured destinations no longer want begins (:meth:`Outbox.drop_unwanted`)."""
 MAX_GAP_S = 3600.0
 """The longest gap between two tries of a delivery counted whole towards ``retry_for_s`` (:meth:`Outbox.mark_failed`):
 longer than the backoff (at most ``backoff_max_s``, 600 s by default) and a delivery round held up by another
@@ -161,10 +160,10 @@ class Outbox:
             return
         now = time.time()
         with self.store.transaction() as conn:
-            conn.executemany(
+            conn.executemany(  # review 50: one sent as its job was cancelled reached the destination all the same
                 "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_error = NULL,"
-                " updated_at = ? WHERE id = ? AND state = 'pending'",
-                [(now, i) for i in ids],
+                " updated_at = ? WHERE id = ? AND (state = 'pending' OR (state = 'superseded' AND last_error LIKE ?))",
+                [(now, i, NOT_SENT + "%") for i in ids],
             )
 
     def mark_failed(self, delivery_id: int, reason: str, now: float | None = None,

@@ -13,6 +13,12 @@ OWN_RESULTS = "derived by this node"
 """The reason a series of the node's own results is not for the model (``uronode.completion``): logged at DEBUG
 (every job makes four) and counted apart in the ``uronode_series`` metric."""
 
+NOT_OWED = "not owed any more: "
+"""How the reason of a delivery the configured destinations no longer want begins (:meth:`uronode.outbox.Outbox.drop_unwanted`)."""
+NOT_SENT = "not sent: "
+"""How the reason of a delivery begins that was owed when its job was cancelled (:meth:`uronode.jobs.JobQueue.cancel`);
+one the destination took meanwhile (being sent at that moment) is recorded delivered all the same."""
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceHeader:

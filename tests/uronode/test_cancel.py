@@ -308,3 +308,70 @@ def test_a_worker_process_whose_job_is_cancelled_ends_and_is_replaced(tmp_path: 
     assert not second.is_alive()
     again = queue.get(job_id)
     assert again is not None and again.state is JobState.QUEUED
+
+
+class OtherStones(Stones):
+    """Another stone than :class:`Stones`': a second run of the series makes other results."""
+
+    def run_files(self, paths: Sequence[str | Path]) -> tuple[Volume, Findings]:
+        volume = load_volume(paths)
+        mask = np.zeros(volume.shape, np.uint8)
+        mask[1:3, 40:44, 40:44] = 1
+        return volume, measure_stones(volume, mask, model_name="test-stones", model_version="1.0.0")
+
+
+def test_a_cancel_leaves_the_rejection_note_of_earlier_results_owed(tmp_path: Path) -> None:
+    """Review 50: a cancelled run's note withdrawing the results of the run before it, which the PACS held, was not
+    sent either, and nothing owed it again: the PACS kept both runs' results."""
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue, outbox = JobQueue(store), Outbox(store)
+    first = _queued(store, tmp_path)
+    job = queue.claim()
+    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    outbox.mark_delivered([d.id for found in outbox.due().values() for d in found])  # the PACS took them
+    with store.transaction() as conn:
+        second = queue.enqueue_in(conn, job.study_instance_uid, job.series_instance_uid, 1, "default")
+    again = queue.claim()
+    assert again is not None and again.id == second and first != second
+    assert Worker(store, settings, OtherStones()).run_job(again) is JobState.DELIVERING
+    queue.cancel(second, "sent to the wrong node")
+    rows = store.conn().execute("SELECT d.state, r.job_id FROM deliveries d LEFT JOIN results r"
+                                " ON r.sop_instance_uid = d.sop_instance_uid WHERE d.job_id = ?", (second,)).fetchall()
+    assert {r["state"] for r in rows if r["job_id"] == second} == {"superseded"}  # its own results: not sent
+    notes = [r["state"] for r in rows if r["job_id"] is None]
+    assert notes == ["pending"]  # the note withdrawing the first run's results: still owed
+
+
+def test_a_cancelled_job_stays_cancelled_when_a_destination_is_configured_again(tmp_path: Path) -> None:
+    """Review 50: deliveries a destination no longer wanted were owed again when it came back, and the cancelled job
+    became delivering, its reason cleared."""
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data"), "fsync": False},
+                                        "delivery": {"destinations": [{"name": "pacs", "kind": "sender"},
+                                                                      {"name": "archive", "kind": "sender"}]}})
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue, outbox = JobQueue(store), Outbox(store)
+    job_id = _queued(store, tmp_path)
+    job = queue.claim()
+    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    both = settings.delivery.destinations
+    assert outbox.drop_unwanted([d for d in both if d.name == "pacs"])  # the archive left out for a while
+    queue.cancel(job_id, "sent to the wrong node")
+    assert outbox.drop_unwanted(both) == {} and outbox.due() == {}  # the archive back: nothing of it is owed
+    assert (after := queue.get(job_id)) is not None and after.state is JobState.FAILED
+    assert after.reason == f"{CANCELLED}: sent to the wrong node"
+
+
+def test_a_delivery_the_destination_took_as_its_job_was_cancelled_is_recorded_delivered(tmp_path: Path) -> None:
+    """Review 50: one being sent when the cancel landed stayed 'not sent' while the destination held it."""
+    settings = _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue, outbox = JobQueue(store), Outbox(store)
+    job_id = _queued(store, tmp_path)
+    job = queue.claim()
+    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    (first, *rest) = [d for found in outbox.due().values() for d in found]  # the deliverer's round took them
+    queue.cancel(job_id)
+    outbox.mark_delivered([first.id])  # the destination stored the one being sent
+    states = dict(store.conn().execute("SELECT id, state FROM deliveries WHERE job_id = ?", (job_id,)).fetchall())
+    assert states[first.id] == "delivered" and {states[d.id] for d in rest} == {"superseded"}
