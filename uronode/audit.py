@@ -11,7 +11,7 @@ one: a search's criteria (an ``http`` event's ``query``, a ``study_looked_up``)
 and an operator's typed reason: ``series_complete`` (with its ``senders``),
 ``job_finished``, ``delivery``, ``http``. An event written by an administrator's
 command has ``operator`` (the account that ran it, and through ``sudo`` the one
-that asked) and ``host`` (:func:`operator_named`).
+that asked) and ``operator_host`` (:func:`operator_named`).
 
 An ``http`` event has ``method``, ``path``, ``status``, ``client`` and ``user``
 (who authenticated, or the user a trusted reverse proxy names; None when
@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,25 +53,25 @@ file just before the rename has written its line into it by then (each event is 
 _JOB_ID = re.compile(r'"job_id":(\d+)')
 
 
-_operator: dict[str, str] = {}
+_operator: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("operator", default=())
 
 
 @contextmanager
 def operator_named() -> Iterator[None]:
-    """Within it, every event this process writes names who ran it: ``operator`` (the account; ``alice as root``
-    through ``sudo``) and ``host``. An administrator's command runs in it (probe 51: a purge, a cancel, a rebuilt
-    index named nobody); the node's own processes do not, their events being the node's."""
+    """Within it, every event this thread writes names who ran it: ``operator`` (the account; ``alice as root``
+    through ``sudo``) and ``operator_host``. An administrator's command runs in it (probe 51: a purge, a cancel,
+    a rebuilt index named nobody); the node's own processes do not, their events being the node's."""
     try:
         account = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:  # a container's user with no passwd entry
         account = str(os.geteuid())
     asked = os.environ.get("SUDO_USER")
-    _operator.update(operator=f"{asked} as {account}" if asked and asked != account else account,
-                     host=socket.gethostname())
+    token = _operator.set((("operator", f"{asked} as {account}" if asked and asked != account else account),
+                           ("operator_host", socket.gethostname())))
     try:
         yield
     finally:
-        _operator.clear()
+        _operator.reset(token)
 
 
 class AuditLog:
@@ -80,7 +81,7 @@ class AuditLog:
 
     def record(self, event: str, **fields: object) -> None:
         """Append one event; a failure to write is logged, never raised into the caller's work."""
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields, **_operator},
+        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields, **dict(_operator.get())},
                           separators=(",", ":")) + "\n"
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

@@ -108,16 +108,21 @@ class Purged:
     no purge edits (a damaged index cannot be)."""
 
 
-SET_ASIDE = re.compile(r"^(?:unindexed-|index\.sqlite3\.before-reindex-)(\d{8}T\d{6})")
-"""What ``uronode reindex`` sets aside in the data folder, named by the (local) time it did."""
+SET_ASIDE = re.compile(r"^(?:unindexed-(\d{8}T\d{6})|index\.sqlite3\.before-reindex-(\d{8}T\d{6})(?:-wal|-shm|-journal)?)$")
+"""What ``uronode reindex`` sets aside in the data folder, named by the (local) time it did, and nothing else (an
+administrator's ``...before-reindex-<time>.bak`` is theirs: review 50)."""
 
 
 def _set_aside(root: Path) -> list[tuple[Path, float]]:
-    """What ``uronode reindex`` set aside in ``root``, each with when."""
+    """What ``uronode reindex`` set aside in ``root``, each with when; a name whose time is no date is left alone
+    (review 50: one stopped every retention pass and purge)."""
     found = []
     for entry in root.iterdir():
         if match := SET_ASIDE.match(entry.name):
-            found.append((entry, datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").timestamp()))
+            try:
+                found.append((entry, datetime.strptime(match.group(1) or match.group(2), "%Y%m%dT%H%M%S").timestamp()))
+            except ValueError:
+                continue
     return found
 
 

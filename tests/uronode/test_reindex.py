@@ -134,8 +134,13 @@ def test_an_erasure_and_retention_reach_what_reindex_set_aside(
     # a retention pass deletes what was set aside once it is older than the retention, counted from the reindex
     assert main(["purge", "--older-than-days", "1", "--data-dir", str(root)]) == 0
     assert earlier.exists() and aside.exists()
+    # what only looks like it is left alone (review 50: a name whose time is no date stopped every pass)
+    (root / "unindexed-20260229T120000").mkdir()
+    (root / "index.sqlite3.before-reindex-20200101T000000.bak").write_bytes(b"an administrator's copy")
     assert retention_purge(Store(root, fsync=False), 1, now=time.time() + 2 * 86400).set_aside == 1
     assert not earlier.exists() and not aside.exists()
+    assert (root / "unindexed-20260229T120000").exists()
+    assert (root / "index.sqlite3.before-reindex-20200101T000000.bak").exists()
     events = [json.loads(line) for line in (root / "audit.log").read_text().splitlines()]
     assert {e.get("set_aside") for e in events if e["event"] == "retention"} == {earlier.name, aside.name}
 

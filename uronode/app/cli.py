@@ -789,6 +789,8 @@ def _takes_data_dir(parser: argparse.ArgumentParser, command: str) -> bool:
     return "--data-dir" in subcommands.choices[command]._option_string_actions
 
 
+LAB_COMMANDS = frozenset({"synth", "train", "evaluate", "compare", "choose", "fetch-stone-free", "soup", "experiment"})
+"""The model's tools: what they write (models, figures, generated series, public data) holds no patient data."""
 NODE_COMMANDS = ("serve", "worker")
 """The commands that run the node or a worker: their audit events are the node's, where every other command's name
 the operator who ran it."""
@@ -799,8 +801,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "data_dir", None) is not None and not _takes_data_dir(parser, args.command):
         parser.error(f"--data-dir does not apply to {args.command}")  # not silently ignored
-    # what any command makes (an index, folders, results, a report) is its user's and group's alone (probe 51)
-    umask = os.umask(PRIVATE_UMASK)
+    # what a command makes of patient data (an index, folders, results) is its user's and group's alone (probe 51);
+    # a model, a figure or a generated series keeps the caller's umask, so that a node under another account can
+    # load a model trained here (review 50)
+    umask = os.umask(PRIVATE_UMASK) if args.command not in LAB_COMMANDS else None
     try:
         with operator_named() if args.command not in NODE_COMMANDS else nullcontext():
             return int(args.func(args))
@@ -819,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        os.umask(umask)  # called inside another program (a test, a script), it leaves that program's umask as it was
+        if umask is not None:
+            os.umask(umask)  # called inside another program (a test, a script), it leaves that program's umask as it was
 
 
 if __name__ == "__main__":
