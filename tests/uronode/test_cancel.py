@@ -107,14 +107,8 @@ def test_a_delivering_job_cancelled_sends_nothing_more_and_its_study_can_be_eras
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Probe 51: a wrongly routed patient's results, owed to a destination that was down, could be neither
     cancelled nor purged until the destination's day of retries had passed."""
-    settings = _settings(tmp_path)
-    store = Store(settings.storage.data_dir, fsync=False)
-    queue = JobQueue(store)
-    job_id = _queued(store, tmp_path)
-    job = queue.claim()
-    assert job is not None
-    assert Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
-    outbox = Outbox(store)
+    _, store, queue, outbox, job = _delivering(tmp_path)
+    job_id = job.id
     owed = [d for found in outbox.due().values() for d in found]
     first = owed[0]
     outbox.mark_failed(first.id, "connection refused", permanent=True)  # a dead letter too
@@ -310,6 +304,17 @@ def test_a_worker_process_whose_job_is_cancelled_ends_and_is_replaced(tmp_path: 
     assert again is not None and again.state is JobState.QUEUED
 
 
+def _delivering(tmp_path: Path, settings: Settings | None = None) -> tuple[Settings, Store, JobQueue, Outbox, Job]:
+    """A node's store with one job run by a worker, its results stored and owed to the destinations."""
+    settings = settings or _settings(tmp_path)
+    store = Store(settings.storage.data_dir, fsync=False)
+    queue = JobQueue(store)
+    _queued(store, tmp_path)
+    job = queue.claim()
+    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    return settings, store, queue, Outbox(store), job
+
+
 class OtherStones(Stones):
     """Another stone than :class:`Stones`': a second run of the series makes other results."""
 
@@ -323,17 +328,12 @@ class OtherStones(Stones):
 def test_a_cancel_leaves_the_rejection_note_of_earlier_results_owed(tmp_path: Path) -> None:
     """Review 50: a cancelled run's note withdrawing the results of the run before it, which the PACS held, was not
     sent either, and nothing owed it again: the PACS kept both runs' results."""
-    settings = _settings(tmp_path)
-    store = Store(settings.storage.data_dir, fsync=False)
-    queue, outbox = JobQueue(store), Outbox(store)
-    first = _queued(store, tmp_path)
-    job = queue.claim()
-    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    settings, store, queue, outbox, job = _delivering(tmp_path)
     outbox.mark_delivered([d.id for found in outbox.due().values() for d in found])  # the PACS took them
     with store.transaction() as conn:
         second = queue.enqueue_in(conn, job.study_instance_uid, job.series_instance_uid, 1, "default")
     again = queue.claim()
-    assert again is not None and again.id == second and first != second
+    assert again is not None and again.id == second and job.id != second
     assert Worker(store, settings, OtherStones()).run_job(again) is JobState.DELIVERING
     queue.cancel(second, "sent to the wrong node")
     rows = store.conn().execute("SELECT d.state, r.job_id FROM deliveries d LEFT JOIN results r"
@@ -349,11 +349,8 @@ def test_a_cancelled_job_stays_cancelled_when_a_destination_is_configured_again(
     settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data"), "fsync": False},
                                         "delivery": {"destinations": [{"name": "pacs", "kind": "sender"},
                                                                       {"name": "archive", "kind": "sender"}]}})
-    store = Store(settings.storage.data_dir, fsync=False)
-    queue, outbox = JobQueue(store), Outbox(store)
-    job_id = _queued(store, tmp_path)
-    job = queue.claim()
-    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    _, store, queue, outbox, job = _delivering(tmp_path, settings)
+    job_id = job.id
     both = settings.delivery.destinations
     assert outbox.drop_unwanted([d for d in both if d.name == "pacs"])  # the archive left out for a while
     queue.cancel(job_id, "sent to the wrong node")
@@ -364,12 +361,8 @@ def test_a_cancelled_job_stays_cancelled_when_a_destination_is_configured_again(
 
 def test_a_delivery_the_destination_took_as_its_job_was_cancelled_is_recorded_delivered(tmp_path: Path) -> None:
     """Review 50: one being sent when the cancel landed stayed 'not sent' while the destination held it."""
-    settings = _settings(tmp_path)
-    store = Store(settings.storage.data_dir, fsync=False)
-    queue, outbox = JobQueue(store), Outbox(store)
-    job_id = _queued(store, tmp_path)
-    job = queue.claim()
-    assert job is not None and Worker(store, settings, Stones()).run_job(job) is JobState.DELIVERING
+    _, store, queue, outbox, job = _delivering(tmp_path)
+    job_id = job.id
     (first, *rest) = [d for found in outbox.due().values() for d in found]  # the deliverer's round took them
     queue.cancel(job_id)
     outbox.mark_delivered([first.id])  # the destination stored the one being sent
