@@ -50,6 +50,20 @@ def test_the_whole_body_gives_the_side(x_mm: float, side: str) -> None:
     assert stone.side == side
 
 
+@pytest.mark.parametrize("x_mm, side", [(30.0, "left"), (-30.0, "right"), (-15.0, "midline")])
+def test_an_arm_beside_the_body_does_not_move_the_midline(x_mm: float, side: str) -> None:
+    """Probe 52: an arm beside the body, inside the field of view, moved the body's centre its way (15-20 mm in the
+    probe's phantoms): stones 30-40 mm off the true midline on its side were 'near midline', and one 15 mm off it
+    on the other side got that side."""
+    volume = _axial((0, 560), rows=560)  # 420 mm across: the body and an arm beside it
+    rows = volume.shape[1]
+    r, c = np.mgrid[0:rows, 0:rows]
+    arm = ((c - rows / 2) * PIXEL - 200.0) ** 2 + ((r - rows / 2) * PIXEL) ** 2 <= 40.0 ** 2
+    volume.hu[:, arm] = 40.0
+    (stone,) = measure_stones(volume, _stone_at(volume, x_mm)).stones
+    assert stone.side == side
+
+
 def test_a_right_kidney_s_targeted_reconstruction_is_never_called_left() -> None:
     """Probe 14 C1: columns of patient x -150 to -37 mm, all body: the body's centre is the image's (-94 mm),
     and a right kidney's stone at -61 mm lay 33 mm 'left' of it. x = 0 is not in the image: no side."""
