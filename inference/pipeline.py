@@ -131,6 +131,22 @@ def analysis_cautions(tubes: Sequence[Tube], budget: BudgetCut | None, rule: Can
     return tuple(said)
 
 
+def scan_end_cautions(findings: Findings, volume: Volume) -> tuple[str, ...]:
+    """A stone that reaches the first or last image of a series may go on beyond the scanned range: its size,
+    length and volume are of the part scanned (probe 52: a 12 mm stone cut at its centre by the scan's end was
+    reported as 12.2 mm and 532 mm3 of its 905, and nothing said so). Stones are named as the report names them."""
+    last = volume.hu.shape[0] - 1
+    if last < 1:
+        return ()  # a lone image: its own caution says what it cannot show
+    said = []
+    for number, stone in enumerate(findings.stones, 1):
+        ends = [k for k in (0, last) if k in stone.slice_indices]
+        if ends:
+            said.append(f"Stone {number} reaches the end of the scan ({volume.where(ends)}): it may go on beyond "
+                        "it, and its size and volume are of the part scanned.")
+    return tuple(said)
+
+
 def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ...]:
     """What about ``volume`` makes its findings less sure than the model's figures say, a sentence each (empty
     for an ordinary series): pixels outside ``MEASURED_PIXEL_MM``, a series' slice spacing outside
@@ -429,7 +445,8 @@ class Pipeline:
             volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version, max_hu=self.thresholds.max_peak_hu,
         )
-        cautions = input_cautions(volume, analysis_cautions(*self.last_met, self.rule, volume))
+        cautions = input_cautions(volume, (*analysis_cautions(*self.last_met, self.rule, volume),
+                                           *scan_end_cautions(findings, volume)))
         if volume.hu.shape[0] == 1:  # last: what the input itself says comes first on an overlay
             cautions = (*cautions, self.lone_caution())
         if cautions:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference.pipeline import scan_end_cautions
 from inference.postprocess import SIDE_WORDS, max_axial_diameter_mm, measure_stones
 from inference.volume import Volume
 
@@ -156,3 +157,22 @@ def test_one_pixel_measures_its_own_width_and_a_disc_its_diameter() -> None:
     rr, cc = np.mgrid[0:81, 0:81]
     rows, columns = np.nonzero((rr - 40) ** 2 + (cc - 40) ** 2 <= 40**2)  # 80 pixels across (area) at 0.25 mm
     assert max_axial_diameter_mm(rows, columns, (0.25, 0.25)) == pytest.approx(20.0, abs=0.2)
+
+
+def test_a_stone_at_the_end_of_the_scan_is_said_to_be_measured_as_far_as_scanned() -> None:
+    """Probe 52: a stone cut at its centre by the scan's last image was reported whole (12.2 mm, 532 of its 905
+    mm3), and nothing said so."""
+    volume = _axial((0, 400), slices=6)
+    at_the_end = _stone_at(volume, 70.0)
+    at_the_end[:] = np.roll(at_the_end, 2, axis=0)  # on the last three images (3-5 of 0-5)
+    inside = _stone_at(volume, -70.0)
+    findings = measure_stones(volume, at_the_end | inside)
+    by_side = {stone.side: number for number, stone in enumerate(findings.stones, 1)}
+    (said,) = scan_end_cautions(findings, volume)
+    assert said.startswith(f"Stone {by_side['left']} reaches the end of the scan (")
+    assert said.endswith("it may go on beyond it, and its size and volume are of the part scanned.")
+    assert volume.where([5]) in said
+    lone = _axial((0, 400), slices=1)  # a lone image has its own caution: the stone on it is all it shows
+    mask = np.zeros(lone.shape, np.uint8)
+    mask[0, 198:203, 290:295] = 1
+    assert len(measure_stones(lone, mask).stones) == 1 and scan_end_cautions(measure_stones(lone, mask), lone) == ()
