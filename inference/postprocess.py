@@ -27,6 +27,7 @@ as a bladder stone there would.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -367,6 +368,19 @@ def _side(volume: Volume, centroid_x: float, slices: np.ndarray) -> str:
     if abs(offset) <= SIDE_TOLERANCE_MM:
         return "midline"
     return "left" if offset > 0 else "right"  # LPS: +x is the patient's left
+
+
+def half_up(value: float, digits: int) -> float:
+    """``value`` rounded to ``digits`` decimals, halves away from zero (202.5 -> 203), as a person rounds: Python's
+    round() and format() take halves to the even neighbour (202). Every output rounds a stone's figures so (probe
+    52: the SR said 101.3 mm3 where the table, the overlay and the SEG said 101.2)."""
+    scaled = abs(value) * 10**digits
+    return math.copysign(math.floor(scaled + 0.5 + 1e-9) / 10**digits, value)
+
+
+def shown(value: float, digits: int) -> str:
+    """``value`` as text, :func:`half_up` to ``digits`` decimals."""
+    return f"{half_up(value, digits):.{digits}f}"
 
 
 def measure_stones(

@@ -73,7 +73,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
-from inference.postprocess import SIDE_WORDS, Findings, SliceBox
+from inference.postprocess import SIDE_WORDS, Findings, SliceBox, shown
 from inference.preview import WINDOW, render_slice
 from inference.volume import Volume, slice_numbers
 from inference.writers.sources import (
@@ -143,7 +143,7 @@ def summary_lines(findings: Findings, k: int, images: int | None = None) -> list
     if count:  # the longest, as the SR's "Diameter, Maximum", named: it may be on another slice (probe 18)
         index, largest = max(enumerate(findings.stones), key=lambda item: item[1].length_mm)
         side = SIDE_WORDS.get(largest.side, largest.side)
-        lines.append(f"Largest: {largest.length_mm:.1f} mm (stone {index + 1}, {side})")
+        lines.append(f"Largest: {shown(largest.length_mm, 1)} mm (stone {index + 1}, {side})")
     lines.extend(f"Caution: {without_free_text(c)}" for c in findings.cautions)  # no header free text in pixels
     lines.append(DISCLAIMER)
     return lines

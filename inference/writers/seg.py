@@ -36,7 +36,7 @@ from pydicom.valuerep import DA, TM
 from scipy import ndimage
 
 import inference.writers.coding as coding
-from inference.postprocess import SIDE_WORDS, Findings, Stone
+from inference.postprocess import SIDE_WORDS, Findings, Stone, shown
 from inference.writers.errors import WriterError
 from inference.writers.sources import (
     DEVICE_SERIAL_NUMBER,
@@ -95,7 +95,7 @@ def segment_description(sources: Sources, index: int, stone: Stone | None = None
     )
     if stone is not None:
         side = SIDE_WORDS.get(stone.side, stone.side)
-        segment.SegmentDescription = (f"{side}, {stone.length_mm:.1f} mm, mean {stone.mean_hu:.0f} HU")[:64]
+        segment.SegmentDescription = (f"{side}, {shown(stone.length_mm, 1)} mm, mean {shown(stone.mean_hu, 0)} HU")[:64]
         if stone.side in coding.LATERALITY:
             code = coding.LATERALITY[stone.side]
             region = copy.deepcopy(segment.AnatomicRegionSequence[0])  # not the shared constant's item

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -56,7 +55,15 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, TM, DSfloat
 
 import inference.writers.coding as coding
-from inference.postprocess import SIDE_WORDS, Findings, SliceBox, Stone, max_axial_diameter_mm
+from inference.postprocess import (
+    SIDE_WORDS,
+    Findings,
+    SliceBox,
+    Stone,
+    half_up,
+    max_axial_diameter_mm,
+    shown,
+)
 from inference.volume import AXIAL_TOLERANCE_DEG, Volume, images_words
 from inference.writers.sc import image_numbers
 from inference.writers.seg import segment_number, stone_tracking_uid
@@ -127,16 +134,6 @@ def _measurements(stone: Stone, sources: Sources, lone: bool = False) -> list[hd
     ]
 
 
-def half_up(value: float, digits: int) -> float:
-    """``value`` rounded to ``digits`` decimals, halves away from zero (202.5 -> 203), as a person rounds and
-    as the comments show it: Python's round() and format() take halves to the even neighbour (202)."""
-    scaled = abs(value) * 10**digits
-    return math.copysign(math.floor(scaled + 0.5 + 1e-9) / 10**digits, value)
-
-
-def _shown(value: float, digits: int) -> str:
-    """``value`` in a comment: ``half_up`` to ``digits`` decimals."""
-    return f"{half_up(value, digits):.{digits}f}"
 
 
 def _stone_group(index: int, stone: Stone, volume: Volume, sources: Sources,
@@ -247,10 +244,10 @@ def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = Fal
         f"; {stone.voxel_count} voxel{'s' if stone.voxel_count != 1 else ''}, at the limit of what the CT resolves:"
         " its size and HU are understated" if 0 < stone.voxel_count <= TINY_VOXELS else "")
     if lone:
-        return (f"Stone {index + 1}, {side}: {plane} {_shown(stone.max_diameter_mm, 1)} mm, "
-                f"mean {_shown(stone.mean_hu, 0)} HU{tail}")
-    return (f"Stone {index + 1}, {side}: {_shown(stone.length_mm, 1)} mm, {_shown(stone.volume_mm3, 0)} mm3, "
-            f"mean {_shown(stone.mean_hu, 0)} HU, {plane} {_shown(stone.max_diameter_mm, 1)} mm{tail}")
+        return (f"Stone {index + 1}, {side}: {plane} {shown(stone.max_diameter_mm, 1)} mm, "
+                f"mean {shown(stone.mean_hu, 0)} HU{tail}")
+    return (f"Stone {index + 1}, {side}: {shown(stone.length_mm, 1)} mm, {shown(stone.volume_mm3, 0)} mm3, "
+            f"mean {shown(stone.mean_hu, 0)} HU, {plane} {shown(stone.max_diameter_mm, 1)} mm{tail}")
 
 
 def _region_group(index: int, stone: Stone, box: SliceBox, volume: Volume, findings: Findings, sources: Sources,

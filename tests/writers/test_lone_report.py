@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import highdicom as hd
 import pytest
 from pydicom import Dataset
 
+from inference.postprocess import half_up
 from inference.volume import load_volume
 from inference.writers import write_results
-from inference.writers.sr import half_up, stone_label
+from inference.writers.sc import summary_lines
+from inference.writers.sr import stone_label
 from tests.writers.conftest import make_findings, report_of
 
 from .conftest import Case
@@ -89,3 +92,16 @@ def test_predict_says_in_plane_and_gives_no_volume_for_a_lone_image(stones: Case
     assert said.endswith("Send the whole series where you can.")
     # a series is not told it: test_cautions' coarse series has its one caution only
 
+
+
+def test_every_output_rounds_a_stone_s_figures_alike(stones: Case) -> None:
+    """Probe 52: the SR said 101.3 mm3 and 11.3 mm where the table, the overlay and the SEG said 101.2 and 11.2
+    (Python's format takes halves to the even neighbour)."""
+    ties = tuple(dataclasses.replace(stone, length_mm=11.25, mean_hu=562.5, volume_mm3=101.25)
+                 for stone in stones.findings.stones)
+    findings = dataclasses.replace(stones.findings, stones=ties)
+    assert "11.3 mm, 101 mm3, mean 563 HU" in stone_label(0, ties[0])
+    assert summary_lines(findings, ties[0].slice_indices[0])[1].startswith("Largest: 11.3 mm (stone ")
+    results = write_results(stones.volume, findings)
+    assert results.seg is not None
+    assert results.seg.SegmentSequence[0].SegmentDescription.endswith(", 11.3 mm, mean 563 HU")

@@ -139,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from inference.errors import VolumeError
     from inference.pipeline import Pipeline
-    from inference.postprocess import SIDE_WORDS
+    from inference.postprocess import SIDE_WORDS, shown
     from inference.preview import write_previews
     from inference.runtime import find_model
     from inference.volume import group_series, load_volume
@@ -199,9 +199,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for i, s in enumerate(findings.stones, start=1):
                 side = SIDE_WORDS.get(s.side, s.side)
                 lone = volume.shape[0] == 1  # one plane of a stone: no volume (the SR gives none either)
-                rows.append([f"#{number}", str(i), side, f"{s.length_mm:.1f}", f"{s.max_diameter_mm:.1f}",
-                             "-" if lone else f"{s.volume_mm3:.1f}",
-                             f"{s.mean_hu:.0f}", f"{s.max_hu:.0f}", _images_cell(numbers, kind, s.slice_indices)])
+                rows.append([f"#{number}", str(i), side, shown(s.length_mm, 1), shown(s.max_diameter_mm, 1),
+                             "-" if lone else shown(s.volume_mm3, 1),
+                             shown(s.mean_hu, 0), shown(s.max_hu, 0), _images_cell(numbers, kind, s.slice_indices)])
     (args.out / "findings.json").write_text(json.dumps(report, indent=2))
     print(_table(rows))
     for number in unnumbered:
