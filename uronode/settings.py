@@ -21,7 +21,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -130,11 +130,34 @@ def check_host(value: str, what: str) -> str:
     return str(mapped or address)
 
 
+MAX_DURATION_S = 366 * 86400.0
+"""The longest duration (a setting ending in ``_s``) taken: probe 53: 1e10 s stopped the retention loop and every
+association with an OverflowError, and nothing the node waits for is longer than a year."""
+
+
+class _Encrypted(Exception):
+    """A TLS key asked for its passphrase."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
+
+
 class StrictModel(BaseModel):
     """A settings model that refuses names it does not have: a misspelled setting stops start-up instead
-    of being ignored (``[scp] restrict_caller = true`` would leave the node open)."""
+    of being ignored (``[scp] restrict_caller = true`` would leave the node open). No number may be infinite or
+    NaN (probe 53: ``inf`` passed, went to the receiving processes as JSON null, and they died on it), and no
+    duration longer than :data:`MAX_DURATION_S`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _durations(self) -> Self:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.endswith("_s") and isinstance(value, int | float) and value > MAX_DURATION_S:
+                raise ValueError(f"{name} {value:g} s is more than a year: a duration is given in seconds")
+        return self
 
 
 class CallerRule(StrictModel):
@@ -226,9 +249,20 @@ class ScpSettings(StrictModel):
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        try:
+            # never a prompt: a passphrase-protected key asked for one on the node's stdin, from every receiving
+            # process (probe 53)
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file, password=_no_passphrase)
+            if self.tls_ca_file is not None:
+                context.load_verify_locations(self.tls_ca_file)
+        except (ssl.SSLError, OSError, _Encrypted) as exc:
+            what = ("the key is protected by a passphrase, which the node cannot be given: give it the key without"
+                    " one (openssl pkey -in KEY -out KEY.plain), readable by the node's account only"
+                    if isinstance(exc, _Encrypted) else str(exc))
+            raise ConfigError(f"scp TLS: {self.tls_cert_file}, {self.tls_key_file}"
+                              + (f" and {self.tls_ca_file}" if self.tls_ca_file else "")
+                              + f" could not be loaded as a PEM certificate, key and CA: {what}") from exc
         if self.tls_ca_file is not None:
-            context.load_verify_locations(self.tls_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED if self.tls_require_client_cert else ssl.CERT_OPTIONAL
         return context
 
@@ -279,6 +313,14 @@ class DicomwebSettings(StrictModel):
     """None: a random one is made at first start and kept in ``<data_dir>/http-password`` (mode 600)."""
     tokens: list[str] = Field(default_factory=list)
     """Bearer tokens accepted as well (for scripts and remote workers)."""
+
+    @field_validator("tokens")
+    @classmethod
+    def _no_empty_token(cls, value: list[str]) -> list[str]:
+        if any(not token.strip() for token in value):  # probe 53: '["${API_TOKEN}"]' with the variable unset
+            raise ValueError("dicomweb.tokens holds an empty token (a variable left unset?): 'Authorization: Bearer'"
+                             " with nothing after it would open the node")
+        return value
     trusted_proxies: list[str] = Field(default_factory=list)
     """Reverse proxies, each an IP address or a network (``172.18.0.0/16``, e.g. a container network),
     whose ``X-Forwarded-User``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the node believes (the audit
@@ -515,6 +557,13 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
     delivery: DeliverySettings = Field(default_factory=lambda: DeliverySettings())
     queue: QueueSettings = Field(default_factory=lambda: QueueSettings())
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> Settings:
+        if self.scp.port == self.dicomweb.port:  # probe 53: uvicorn's "address already in use" named no setting
+            raise ValueError(f"scp.port and dicomweb.port are both {self.scp.port}: the DICOM listener and the HTTP"
+                             " server each need a port of their own")
+        return self
 
     @field_validator("log_level")
     @classmethod

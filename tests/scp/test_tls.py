@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from tests.conftest import query
 from tests.factory import write_series
-from tests.peers.processes import DCMTK_ENV, Node, require
+from tests.peers.processes import DCMTK_ENV, Node, free_port, require
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -79,3 +81,24 @@ def test_tls_settings_are_checked_at_start_up(tmp_path: Path) -> None:
         load_settings(overrides={"scp": {"tls_cert_file": str(tmp_path / "x.crt")}})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(overrides={"scp": {"tls_cert_file": str(tmp_path / "x.crt"), "tls_key_file": str(tmp_path / "x.key")}})
+
+
+@pytest.mark.parametrize("key", ["junk", "passphrase"])
+def test_a_key_the_node_cannot_load_stops_the_start_in_one_sentence(pki: Path, tmp_path: Path, key: str) -> None:
+    """Probe 53: a key that is no PEM, or one protected by a passphrase (which asked for it on the node's stdin),
+    passed the settings' checks; each receiving process died with a traceback, and the node after 2 minutes."""
+    if key == "junk":
+        (tmp_path / "server.key").write_text("not a key\n")
+    else:
+        openssl("pkey", "-in", str(pki / "server.key"), "-aes256", "-passout", "pass:secret", "-out",
+                str(tmp_path / "server.key"), cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "uronode", "serve", "--host", "127.0.0.1", "--data-dir", str(tmp_path / "data"),
+         "--dicom-port", str(free_port()), "--http-port", str(free_port())],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "URONODE_SCP__TLS_CERT_FILE": str(pki / "server.crt"),
+             "URONODE_SCP__TLS_KEY_FILE": str(tmp_path / "server.key"), "URONODE_INFERENCE__WORKERS": "0"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    (said,) = done.stderr.strip().splitlines()
+    assert said.startswith(f"uronode: scp TLS: {pki / 'server.crt'}, {tmp_path / 'server.key'} could not be loaded")
+    assert ("protected by a passphrase" in said) == (key == "passphrase")

@@ -178,3 +178,19 @@ def test_trusted_proxies_take_networks_as_well_as_addresses() -> None:
 ])
 def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(entry: str, message: str) -> None:
     assert message in refusal(overrides={"dicomweb": {"trusted_proxies": [entry]}})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"scp": {"dimse_timeout_s": "inf"}}, r"scp\.dimse_timeout_s: Input should be a finite number"),
+    ({"delivery": {"retry_for_s": "inf"}}, r"delivery\.retry_for_s: Input should be a finite number"),
+    ({"storage": {"retention_interval_s": 1e10}}, r"storage: .*retention_interval_s 1e\+10 s is more than a year"),
+    ({"scp": {"network_timeout_s": 1e10}}, r"scp: .*network_timeout_s 1e\+10 s is more than a year"),
+    ({"dicomweb": {"tokens": ["a-real-token-1234", " "]}}, r"dicomweb\.tokens holds an empty token"),
+    ({"scp": {"port": 8080}, "dicomweb": {"port": 8080}}, r"scp\.port and dicomweb\.port are both 8080"),
+])
+def test_values_that_pass_for_settings_and_break_the_node_are_refused(overrides: dict[str, Any], message: str) -> None:
+    """Probe 53: an infinite duration went to the receiving processes as JSON null and they died on it; 1e10 s
+    stopped the retention loop and every association (OverflowError); an empty token let 'Authorization: Bearer'
+    in; one port for both servers ended in uvicorn's 'address already in use'."""
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides=overrides)

@@ -591,6 +591,7 @@ def serve(settings: Settings) -> None:
     if settings.queue.backend == "dramatiq" and importlib.util.find_spec("dramatiq") is None:
         raise ConfigError("queue.backend dramatiq needs Dramatiq: pip install 'uronode[distributed]'")
     os.umask(PRIVATE_UMASK)  # before anything is made: the index, its journal, the metadata cache, every folder
+    settings.scp.ssl_context()  # here, one sentence: in each receiving process it was a traceback and a 2-minute wait
     open_files_to_hard_limit()
     # The ports first, then the folder's lock, then the index (probe 31): a node of an earlier version, which
     # takes no lock, still listens on them while it runs, and nothing is touched while it does
@@ -617,10 +618,12 @@ def serve(settings: Settings) -> None:
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
     if not settings.scp.restrict_callers:  # probe 27: one host held every association slot; nothing said so
+        # probe 53: with the list given and the switch left off, the advice was to give the list
+        todo = ("turn scp.restrict_callers on: scp.allowed_callers is listed but not applied" if settings.scp.allowed_callers
+                else "list the scanners and the PACS in scp.allowed_callers (AE@host) and turn scp.restrict_callers on")
         log.warning("scp.restrict_callers is off: any host may store series here and hold %d of its %d association"
-                    " slots; list the scanners and the PACS in scp.allowed_callers (AE@host) before the node goes"
-                    " on a hospital network (docs/operations.md, \"Before it goes on a hospital network\")",
-                    settings.scp.host_share(), settings.scp.max_associations)
+                    " slots; %s before the node goes on a hospital network (docs/operations.md, \"Before it goes on"
+                    " a hospital network\")", settings.scp.host_share(), settings.scp.max_associations, todo)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
         _run(settings, store, queue, signals)
 
