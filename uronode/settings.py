@@ -472,10 +472,28 @@ class DeliverySettings(StrictModel):
             raise ValueError("delivery.destinations: names must be unique")
         for ae in self.known_aes:
             check_ae_title(ae, "delivery.known_aes key")
+        folded = [_fold_ae(ae) for ae in self.known_aes]
+        if len(folded) != len(set(folded)):
+            raise ValueError("delivery.known_aes: two keys name one AE title (case and spaces aside)")
         if self.backoff_max_s < self.backoff_s:
             raise ValueError(f"delivery.backoff_max_s ({self.backoff_max_s:g}) must not be shorter than "
                              f"delivery.backoff_s ({self.backoff_s:g})")
         return self
+
+
+    def known_ae(self, calling_ae: str) -> KnownAE | None:
+        """Where results for a series sent by ``calling_ae`` go back to (a ``sender`` destination): its
+        ``known_aes`` entry, matched without regard to case and surrounding spaces (probe 53: given as variables,
+        ``URONODE_DELIVERY__KNOWN_AES__CT1__HOST``, the key came out as ``ct1``, and a scanner calling as ``CT1``
+        was not found; a key ``"CT1 "`` kept its space)."""
+        if (exact := self.known_aes.get(calling_ae)) is not None:
+            return exact
+        wanted = _fold_ae(calling_ae)
+        return next((known for ae, known in self.known_aes.items() if _fold_ae(ae) == wanted), None)
+
+
+def _fold_ae(ae: str) -> str:
+    return ae.strip().upper()
 
 
 class InferenceSettings(StrictModel):

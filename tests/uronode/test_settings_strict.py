@@ -109,7 +109,17 @@ def test_every_unknown_variable_is_named_and_the_project_s_other_variables_are_n
 
 def test_a_known_ae_given_as_its_own_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"host": "ct1", "port": 104}')
-    assert load_settings().delivery.known_aes["ct1"].port == 104
+    delivery = load_settings().delivery
+    assert delivery.known_aes["ct1"].port == 104  # the environment's names come lower-cased
+    # ... and a scanner calling as CT1 is found (probe 53: it was not, and its results never went back)
+    assert (known := delivery.known_ae("CT1")) is not None and known.host == "ct1" and delivery.known_ae("CT2") is None
+    monkeypatch.delenv("URONODE_DELIVERY__KNOWN_AES__CT1")
+    with_space = load_settings(overrides={"delivery": {"known_aes": {"CT1 ": {"host": "ct1", "port": 104}}}})
+    assert with_space.delivery.known_ae("CT1") is not None
+    with pytest.raises(ConfigError, match="two keys name one AE title"):
+        load_settings(overrides={"delivery": {"known_aes": {"CT1": {"host": "a", "port": 104},
+                                                            "ct1": {"host": "b", "port": 104}}}})
+    monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"host": "ct1", "port": 104}')
     monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"hostname": "ct1", "port": 104}')
     assert "delivery.known_aes.ct1.hostname: unknown setting; did you mean delivery.known_aes.ct1.host?" in refusal()
 

@@ -124,7 +124,7 @@ class Deliverer:
             if destination.kind == "dicom":
                 groups[(destination.host, destination.port, str(destination.ae_title))].append(item)
             elif destination.kind == "sender":
-                known = self.settings.known_aes.get(item.calling_ae or "")
+                known = self.settings.known_ae(item.calling_ae or "")
                 if known is None:
                     groups[(None, None, f"the sender's AE {item.calling_ae!r} is not in delivery.known_aes")].append(item)
                 else:
