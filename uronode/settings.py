@@ -379,6 +379,12 @@ class KnownAE(StrictModel):
     host: str
     port: int = Field(ge=1, le=65535)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        check_host(value, "delivery.known_aes host")  # probe 53: 'ct1..bad' passed
+        return value
+
 
 RESULT_KINDS = ("seg", "sc", "sr", "ko")
 """The kinds of results the node makes: the SEG, the Secondary Capture overlays, the SR, the key object."""
@@ -437,6 +443,16 @@ class Destination(StrictModel):
             raise ValueError(f"destination {self.name}: a dicomweb destination needs url")
         if self.ae_title is not None:
             check_ae_title(self.ae_title, f"destination {self.name} ae_title")
+        # probe 53: 'pacs.example/dicom-web' (no scheme), 'ftp://...', a host with its port or a doubled dot
+        # passed, and each delivery failed with a traceback for a day before it was a dead letter
+        if self.host is not None:
+            check_host(self.host, f"destination {self.name} host")
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"destination {self.name} url {self.url!r} is no http:// or https:// address with"
+                                 " a host (e.g. https://pacs.example/dicom-web)")
+            check_host(parts.hostname, f"destination {self.name} url's host")
         return self
 
 

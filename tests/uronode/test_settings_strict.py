@@ -197,6 +197,12 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
     ({"scp": {"network_timeout_s": 1e10}}, r"scp: .*network_timeout_s 1e\+10 s is more than a year"),
     ({"dicomweb": {"tokens": ["a-real-token-1234", " "]}}, r"dicomweb\.tokens holds an empty token"),
     ({"scp": {"port": 8080}, "dicomweb": {"port": 8080}}, r"scp\.port and dicomweb\.port are both 8080"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "pacs.example/dicom-web"}]}},
+     r"destination w url 'pacs\.example/dicom-web' is no http:// or https:// address"),
+    ({"delivery": {"destinations": [{**PACS, "host": "10.0.0.1:104"}]}},
+     r"destination pacs host '10\.0\.0\.1:104' is neither an IP address nor a host name"),
+    ({"delivery": {"known_aes": {"CT1": {"host": "ct1..bad", "port": 104}}}},
+     r"delivery\.known_aes host 'ct1\.\.bad' is neither"),
 ])
 def test_values_that_pass_for_settings_and_break_the_node_are_refused(overrides: dict[str, Any], message: str) -> None:
     """Probe 53: an infinite duration went to the receiving processes as JSON null and they died on it; 1e10 s
