@@ -441,6 +441,8 @@ class Destination(StrictModel):
             raise ValueError(f"destination {self.name}: a dicom destination needs ae_title, host and port")
         if self.kind == "dicomweb" and not self.url:
             raise ValueError(f"destination {self.name}: a dicomweb destination needs url")
+        if (self.password is None) != (self.username is None):  # probe 53: a password alone sent no credentials
+            raise ValueError(f"destination {self.name}: username and password go together")
         if self.ae_title is not None:
             check_ae_title(self.ae_title, f"destination {self.name} ae_title")
         # probe 53: 'pacs.example/dicom-web' (no scheme), 'ftp://...', a host with its port or a doubled dot

@@ -201,6 +201,8 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
      r"destination w url 'pacs\.example/dicom-web' is no http:// or https:// address"),
     ({"delivery": {"destinations": [{**PACS, "host": "10.0.0.1:104"}]}},
      r"destination pacs host '10\.0\.0\.1:104' is neither an IP address nor a host name"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://pacs/dicom-web",
+                                     "password": "secret"}]}}, r"destination w: username and password go together"),
     ({"delivery": {"known_aes": {"CT1": {"host": "ct1..bad", "port": 104}}}},
      r"delivery\.known_aes host 'ct1\.\.bad' is neither"),
 ])
