@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Self, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -143,6 +143,11 @@ def _no_passphrase() -> str:
     raise _Encrypted
 
 
+def _is_path_field(model: type[BaseModel], name: str) -> bool:
+    annotation = model.model_fields[name].annotation
+    return annotation is Path or Path in get_args(annotation)
+
+
 class StrictModel(BaseModel):
     """A settings model that refuses names it does not have: a misspelled setting stops start-up instead
     of being ignored (``[scp] restrict_caller = true`` would leave the node open). No number may be infinite or
@@ -150,6 +155,18 @@ class StrictModel(BaseModel):
     duration longer than :data:`MAX_DURATION_S`."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _paths(cls, value: Any, info: ValidationInfo) -> Any:
+        """A file or folder setting: ``~`` is the home folder (probe 53: ``data_dir = "~/uronode-data"`` made a
+        folder named ``~`` in the working folder), and an empty value is none (an unset variable in
+        ``URONODE_SCP__TLS_CERT_FILE=$CERT`` had been the current folder, "does not exist")."""
+        if info.field_name is None or not _is_path_field(cls, info.field_name):
+            return value
+        if isinstance(value, str) and not value.strip():
+            return None
+        return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
 
     @model_validator(mode="after")
     def _durations(self) -> Self:
@@ -510,6 +527,19 @@ class DeliverySettings(StrictModel):
         return next((known for ae, known in self.known_aes.items() if _fold_ae(ae) == wanted), None)
 
 
+def _is_this_host(host: str | None, bound: str) -> bool:
+    """Whether ``host`` (a destination's) names the machine the node listens on at ``bound``: a loopback
+    address, ``localhost``, or the address it binds."""
+    if host is None:
+        return False
+    if host in ("localhost", bound):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _fold_ae(ae: str) -> str:
     return ae.strip().upper()
 
@@ -595,11 +625,23 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=lambda: QueueSettings())
 
     @model_validator(mode="after")
-    def _ports_apart(self) -> Settings:
+    def _not_itself(self) -> Settings:
         if self.scp.port == self.dicomweb.port:  # probe 53: uvicorn's "address already in use" named no setting
             raise ValueError(f"scp.port and dicomweb.port are both {self.scp.port}: the DICOM listener and the HTTP"
                              " server each need a port of their own")
+        for destination in self.delivery.destinations:  # probe 53: results 'delivered' to the node itself
+            if (destination.kind == "dicom" and destination.port == self.scp.port
+                    and destination.ae_title == self.scp.ae_title and _is_this_host(destination.host, self.host)):
+                raise ValueError(f"destination {destination.name} is this node itself ({destination.ae_title} at"
+                                 f" {destination.host}:{destination.port}): results go to the PACS")
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _bind_host(cls, value: str) -> str:
+        if not value.strip():  # probe 53: '' bound every address, IPv6 too, and config showed ""
+            raise ValueError("host is empty: give 0.0.0.0 for every IPv4 address, :: for every address, or one")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -203,6 +203,9 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
      r"destination pacs host '10\.0\.0\.1:104' is neither an IP address nor a host name"),
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://pacs/dicom-web",
                                      "password": "secret"}]}}, r"destination w: username and password go together"),
+    ({"host": " "}, r"host is empty: give 0\.0\.0\.0 for every IPv4 address"),
+    ({"delivery": {"destinations": [{**PACS, "ae_title": "URONODE", "host": "localhost", "port": 11112}]}},
+     r"destination pacs is this node itself \(URONODE at localhost:11112\)"),
     ({"delivery": {"known_aes": {"CT1": {"host": "ct1..bad", "port": 104}}}},
      r"delivery\.known_aes host 'ct1\.\.bad' is neither"),
 ])
@@ -212,3 +215,13 @@ def test_values_that_pass_for_settings_and_break_the_node_are_refused(overrides:
     in; one port for both servers ended in uvicorn's 'address already in use'."""
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=overrides)
+
+
+def test_a_path_setting_reads_the_home_folder_and_an_empty_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 53: ``~/uronode-data`` made a folder named ``~`` in the working folder; an empty TLS variable (one
+    left unset in ``=$CERT``) was the working folder, which 'does not exist' as a file."""
+    monkeypatch.setenv("URONODE_SCP__TLS_CERT_FILE", "")
+    monkeypatch.setenv("URONODE_SCP__TLS_KEY_FILE", "")
+    settings = load_settings(overrides={"storage": {"data_dir": "~/uronode-data"}})
+    assert settings.storage.data_dir == Path.home() / "uronode-data"
+    assert settings.scp.tls_cert_file is None and settings.scp.ssl_context() is None
