@@ -138,13 +138,18 @@ def scan_end_cautions(findings: Findings, volume: Volume) -> tuple[str, ...]:
     last = volume.hu.shape[0] - 1
     if last < 1:
         return ()  # a lone image: its own caution says what it cannot show
-    said = []
-    for number, stone in enumerate(findings.stones, 1):
-        ends = [k for k in (0, last) if k in stone.slice_indices]
-        if ends:
-            said.append(f"Stone {number} reaches the end of the scan ({volume.where(ends)}): it may go on beyond "
-                        "it, and its size and volume are of the part scanned.")
-    return tuple(said)
+    cut = [(number, [k for k in (0, last) if k in stone.slice_indices])
+           for number, stone in enumerate(findings.stones, 1)]
+    cut = [(number, ends) for number, ends in cut if ends]
+    if not cut:
+        return ()
+    # one sentence for them all (review 51: one a stone had crowded the series' own cautions off the overlays)
+    named = [f"{number} ({volume.where(ends)})" for number, ends in cut]
+    if len(named) == 1:
+        return (f"Stone {named[0]} reaches the end of the scan: it may go on beyond it, and its size and volume are"
+                " of the part scanned.",)
+    return (f"Stones {', '.join(named[:-1])} and {named[-1]} reach the end of the scan: they may go on beyond it,"
+            " and their sizes and volumes are of the part scanned.",)
 
 
 def input_cautions(volume: Volume, found: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -445,8 +450,9 @@ class Pipeline:
             volume, mask, probability=prob, min_voxels=self.min_voxels, box_margin_mm=self.box_margin_mm,
             model_name=self.name, model_version=self.version, max_hu=self.thresholds.max_peak_hu,
         )
-        cautions = input_cautions(volume, (*analysis_cautions(*self.last_met, self.rule, volume),
-                                           *scan_end_cautions(findings, volume)))
+        # the series' own cautions first, the stones cut by the scan's ends after (an overlay shows what fits)
+        cautions = (*input_cautions(volume, analysis_cautions(*self.last_met, self.rule, volume)),
+                    *scan_end_cautions(findings, volume))
         if volume.hu.shape[0] == 1:  # last: what the input itself says comes first on an overlay
             cautions = (*cautions, self.lone_caution())
         if cautions:

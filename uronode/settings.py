@@ -160,12 +160,14 @@ class StrictModel(BaseModel):
     @classmethod
     def _paths(cls, value: Any, info: ValidationInfo) -> Any:
         """A file or folder setting: ``~`` is the home folder (probe 53: ``data_dir = "~/uronode-data"`` made a
-        folder named ``~`` in the working folder), and an empty value is none (an unset variable in
+        folder named ``~`` in the working folder), and an empty value is none where none is allowed (an unset variable in
         ``URONODE_SCP__TLS_CERT_FILE=$CERT`` had been the current folder, "does not exist")."""
         if info.field_name is None or not _is_path_field(cls, info.field_name):
             return value
         if isinstance(value, str) and not value.strip():
-            return None
+            if type(None) in get_args(cls.model_fields[info.field_name].annotation):
+                return None
+            raise ValueError("is empty: give a file or folder")  # review 51: 'Input is not a valid path'
         return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
 
     @model_validator(mode="after")
@@ -399,8 +401,8 @@ class KnownAE(StrictModel):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        check_host(value, "delivery.known_aes host")  # probe 53: 'ct1..bad' passed
-        return value
+        return check_host(value, "delivery.known_aes host")  # probe 53: 'ct1..bad' passed; review 51: '[fd00::5]'
+
 
 
 RESULT_KINDS = ("seg", "sc", "sr", "ko")
@@ -452,20 +454,24 @@ class Destination(StrictModel):
         """Whether results of this SOP class go to this destination (``results``)."""
         return result_kind(sop_class_uid) in self.results
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # as the SCU connects to it (review 51: '[fd00::5]' and ' pacs ' passed, and getaddrinfo refused them)
+        return None if value is None else check_host(value, f"destination {info.data.get('name', '?')} host")
+
     @model_validator(mode="after")
     def _complete(self) -> Destination:
         if self.kind == "dicom" and not (self.ae_title and self.host and self.port):
             raise ValueError(f"destination {self.name}: a dicom destination needs ae_title, host and port")
         if self.kind == "dicomweb" and not self.url:
             raise ValueError(f"destination {self.name}: a dicomweb destination needs url")
-        if (self.password is None) != (self.username is None):  # probe 53: a password alone sent no credentials
-            raise ValueError(f"destination {self.name}: username and password go together")
+        if self.password is not None and self.username is None:  # probe 53: a password alone sent no credentials
+            raise ValueError(f"destination {self.name}: a password needs its username")
         if self.ae_title is not None:
             check_ae_title(self.ae_title, f"destination {self.name} ae_title")
         # probe 53: 'pacs.example/dicom-web' (no scheme), 'ftp://...', a host with its port or a doubled dot
         # passed, and each delivery failed with a traceback for a day before it was a dead letter
-        if self.host is not None:
-            check_host(self.host, f"destination {self.name} host")
         if self.url is not None:
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:

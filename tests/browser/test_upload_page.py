@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 from playwright.sync_api import BrowserContext
 
+from inference.postprocess import shown
 from lab.synth import generate_phantom, write_series
 from tests.browser.conftest import SCREENSHOTS
 from tests.conftest import WITH_WORKER
@@ -90,8 +91,8 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
         images = row.locator("td.images").inner_text()
         assert IMAGES.fullmatch(images)
         assert images == _ranges(numbers[sop] for sop in stone["sop_instance_uids"])  # the CT's own numbers
-        assert row.locator("td.largest").inner_text() == f"{stone['length_mm']:.1f}"  # as the overlays say it
-        assert row.locator("td.in-plane").inner_text() == f"{stone['max_diameter_mm']:.1f}"
+        assert row.locator("td.largest").inner_text() == shown(stone["length_mm"], 1)  # as the overlays say it
+        assert row.locator("td.in-plane").inner_text() == shown(stone["max_diameter_mm"], 1)
     assert any(s["length_mm"] > s["max_diameter_mm"] for s in stones)  # the two columns differ somewhere
     negative = page.locator(f"section.series[data-series-instance-uid='{other.series_instance_uid}']")
     assert negative.locator(".findings").inner_text() == "0 stone(s) found"
@@ -100,9 +101,9 @@ def test_upload_predict_findings_and_viewer(browser: BrowserContext, start_node:
     page.wait_for_function("document.querySelectorAll('.slices img').length > 0", timeout=30_000)
     page.wait_for_function("[...document.querySelectorAll('.slices img')].every(i => i.complete && i.naturalWidth > 0)",
                            timeout=30_000)
-    shown = [b.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))") for b in blocks.all()]
+    pictures = [b.locator(".slices img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))") for b in blocks.all()]
     assert block.locator(".slices img").count() > 0
-    assert not set(shown[0]) & set(shown[1])  # a block shows the overlays of its own series only
+    assert not set(pictures[0]) & set(pictures[1])  # a block shows the overlays of its own series only
     # the series without a stone shows its one summary image, which says so (probe 42)
     assert negative.locator(".slices img").count() == 1 and negative.locator("h4").inner_text() == "Summary image"
     assert all(alt.startswith("AI overlay of image ")

@@ -51,16 +51,18 @@ def test_the_whole_body_gives_the_side(x_mm: float, side: str) -> None:
     assert stone.side == side
 
 
-@pytest.mark.parametrize("x_mm, side", [(30.0, "left"), (-30.0, "right"), (-15.0, "midline")])
-def test_an_arm_beside_the_body_does_not_move_the_midline(x_mm: float, side: str) -> None:
+@pytest.mark.parametrize("arms", [(200.0,), (-185.0, 200.0)], ids=["one-arm-apart", "one-touching-one-apart"])
+@pytest.mark.parametrize("x_mm, side", [(30.0, "left"), (-30.0, "right"), (-15.0, "midline"), (15.0, "midline")])
+def test_arms_beside_the_body_do_not_move_the_midline(arms: tuple[float, ...], x_mm: float, side: str) -> None:
     """Probe 52: an arm beside the body, inside the field of view, moved the body's centre its way (15-20 mm in the
     probe's phantoms): stones 30-40 mm off the true midline on its side were 'near midline', and one 15 mm off it
-    on the other side got that side."""
-    volume = _axial((0, 560), rows=560)  # 420 mm across: the body and an arm beside it
+    on the other side got that side. Review 51: with one arm lying against the flank and the other apart, leaving
+    out only the parts apart moved it towards the touching one."""
+    volume = _axial((0, 620), rows=620)  # 465 mm across: the body and the arms beside it
     rows = volume.shape[1]
     r, c = np.mgrid[0:rows, 0:rows]
-    arm = ((c - rows / 2) * PIXEL - 200.0) ** 2 + ((r - rows / 2) * PIXEL) ** 2 <= 40.0 ** 2
-    volume.hu[:, arm] = 40.0
+    for arm_x in arms:  # the body spans x -150 to 150 mm: an arm at -185 touches it, one at 200 does not
+        volume.hu[:, ((c - rows / 2) * PIXEL - arm_x) ** 2 + ((r - rows / 2) * PIXEL) ** 2 <= 40.0 ** 2] = 40.0
     (stone,) = measure_stones(volume, _stone_at(volume, x_mm)).stones
     assert stone.side == side
 
@@ -169,9 +171,12 @@ def test_a_stone_at_the_end_of_the_scan_is_said_to_be_measured_as_far_as_scanned
     findings = measure_stones(volume, at_the_end | inside)
     by_side = {stone.side: number for number, stone in enumerate(findings.stones, 1)}
     (said,) = scan_end_cautions(findings, volume)
-    assert said.startswith(f"Stone {by_side['left']} reaches the end of the scan (")
-    assert said.endswith("it may go on beyond it, and its size and volume are of the part scanned.")
-    assert volume.where([5]) in said
+    assert said == (f"Stone {by_side['left']} ({volume.where([5])}) reaches the end of the scan: it may go on beyond"
+                    " it, and its size and volume are of the part scanned.")
+    both = measure_stones(volume, at_the_end | np.roll(inside, -1, axis=0))  # the other on the first image
+    (said,) = scan_end_cautions(both, volume)
+    assert said.startswith("Stones 1 (") and said.endswith(") reach the end of the scan: they may go on beyond it,"
+                                                          " and their sizes and volumes are of the part scanned.")
     lone = _axial((0, 400), slices=1)  # a lone image has its own caution: the stone on it is all it shows
     mask = np.zeros(lone.shape, np.uint8)
     mask[0, 198:203, 290:295] = 1

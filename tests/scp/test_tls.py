@@ -92,13 +92,16 @@ def test_a_key_the_node_cannot_load_stops_the_start_in_one_sentence(pki: Path, t
     else:
         openssl("pkey", "-in", str(pki / "server.key"), "-aes256", "-passout", "pass:secret", "-out",
                 str(tmp_path / "server.key"), cwd=tmp_path)
+    env = {**os.environ, "URONODE_SCP__TLS_CERT_FILE": str(pki / "server.crt"),
+           "URONODE_SCP__TLS_KEY_FILE": str(tmp_path / "server.key"), "URONODE_INFERENCE__WORKERS": "0"}
     done = subprocess.run(
         [sys.executable, "-m", "uronode", "serve", "--host", "127.0.0.1", "--data-dir", str(tmp_path / "data"),
          "--dicom-port", str(free_port()), "--http-port", str(free_port())],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        env={**os.environ, "URONODE_SCP__TLS_CERT_FILE": str(pki / "server.crt"),
-             "URONODE_SCP__TLS_KEY_FILE": str(tmp_path / "server.key"), "URONODE_INFERENCE__WORKERS": "0"})
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     (said,) = done.stderr.strip().splitlines()
+    checked = subprocess.run([sys.executable, "-m", "uronode", "config"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, env=env)
+    assert checked.returncode == 2 and checked.stderr.strip() == said  # config says what serve would
     assert said.startswith(f"uronode: scp TLS: {pki / 'server.crt'}, {tmp_path / 'server.key'} could not be loaded")
     assert ("protected by a passphrase" in said) == (key == "passphrase")

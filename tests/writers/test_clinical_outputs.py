@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference.postprocess import SIDE_TOLERANCE_MM, Findings, measure_stones
+from inference.postprocess import SIDE_TOLERANCE_MM, Findings, measure_stones, shown
 from inference.volume import Volume, load_volume
 from inference.writers import Results, save_results, write_results
 from lab.synth import generate_phantom, write_series
@@ -157,10 +157,10 @@ def test_an_elongated_stone_is_reported_by_its_length(fine: Volume, tmp_path: Pa
     box = next(b for b in findings.boxes if b.sop_instance_uid == on)
     assert box.diameter_mm == pytest.approx(stone.max_diameter_mm)  # the region is where the axial one was measured
     (comment,) = [i for i in planar[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
-    assert comment.TextValue.startswith(f"Stone 1, left: {stone.length_mm:.1f} mm, ")
+    assert comment.TextValue.startswith(f"Stone 1, left: {shown(stone.length_mm, 1)} mm, ")
     numbers = sorted(int(pydicom.dcmread(fine.source_paths[k], stop_before_pixels=True).InstanceNumber)
                      for k in stone.slice_indices)
-    assert comment.TextValue.endswith(f", axial {stone.max_diameter_mm:.1f} mm, images {numbers[0]}-{numbers[-1]}")
+    assert comment.TextValue.endswith(f", axial {shown(stone.max_diameter_mm, 1)} mm, images {numbers[0]}-{numbers[-1]}")
     _no_dciodvfy_errors(paths)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from inference.postprocess import shown
 from inference.writers import MANUFACTURER, SEG_SERIES_NUMBER
 from tests.writers.conftest import MODEL_NAME, MODEL_VERSION, Case
 from uronode import __version__
@@ -92,8 +93,8 @@ def test_each_segment_says_its_stone_s_side_and_size(seg: hd.seg.Segmentation, s
     laterality = {"left": "7771000", "right": "24028007"}
     for number, stone in zip(seg.get_segment_numbers(), stones.findings.stones, strict=True):
         segment = seg.get_segment_description(number)
-        assert segment.SegmentDescription == (f"{words[stone.side]}, {stone.length_mm:.1f} mm, "
-                                              f"mean {stone.mean_hu:.0f} HU")
+        assert segment.SegmentDescription == (f"{words[stone.side]}, {shown(stone.length_mm, 1)} mm, "
+                                              f"mean {shown(stone.mean_hu, 0)} HU")
         modifiers = segment.AnatomicRegionSequence[0].get("AnatomicRegionModifierSequence", [])
         assert [m.CodeValue for m in modifiers] == ([laterality[stone.side]] if stone.side in laterality else [])
 

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ComprehensiveSRStorage
 
+from inference.postprocess import shown
 from inference.volume import Volume
 from inference.writers import MANUFACTURER, SR_SERIES_NUMBER, save_results, write_results
 from inference.writers.sr import half_up, stone_label
@@ -187,7 +188,7 @@ def test_sr_has_a_region_per_stone_that_viewers_draw_and_list(stones: Case) -> N
         assert on_images == list(range(on_images[0], on_images[-1] + 1))
         assert comment.TextValue == stone_label(i, stone, where=words)
         assert f", {words}" in comment.TextValue  # where a PACS's text view sends the reader (probe 18)
-        assert f"{stone.length_mm:.1f} mm" in comment.TextValue and f"axial {stone.max_diameter_mm:.1f} mm" in comment.TextValue
+        assert f"{shown(stone.length_mm, 1)} mm" in comment.TextValue and f"axial {shown(stone.max_diameter_mm, 1)} mm" in comment.TextValue
     # One stone spans slices 4 and 5 with as many voxels on each: its region is on the first.
     (k,) = [i for i, s in enumerate(stones.findings.stones) if s.slice_indices == (4, 5)]
     region = planar[k].roi

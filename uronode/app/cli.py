@@ -214,6 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
+    settings.scp.ssl_context()  # what serve refuses, config does (review 51: a key with a passphrase passed here)
     shown = settings.model_dump(mode="json")
     print(json.dumps(shown if args.show_secrets else without_secrets(shown), indent=2))
     return 0
