@@ -160,8 +160,8 @@ class StrictModel(BaseModel):
     @classmethod
     def _paths(cls, value: Any, info: ValidationInfo) -> Any:
         """A file or folder setting: ``~`` is the home folder (probe 53: ``data_dir = "~/uronode-data"`` made a
-        folder named ``~`` in the working folder), and an empty value is none where none is allowed (an unset variable in
-        ``URONODE_SCP__TLS_CERT_FILE=$CERT`` had been the current folder, "does not exist")."""
+        folder named ``~`` in the working folder), and an empty value is none where none is allowed (an unset
+        variable in ``URONODE_SCP__TLS_CERT_FILE=$CERT`` had been the current folder, "does not exist")."""
         if info.field_name is None or not _is_path_field(cls, info.field_name):
             return value
         if isinstance(value, str) and not value.strip():
@@ -332,14 +332,6 @@ class DicomwebSettings(StrictModel):
     """None: a random one is made at first start and kept in ``<data_dir>/http-password`` (mode 600)."""
     tokens: list[str] = Field(default_factory=list)
     """Bearer tokens accepted as well (for scripts and remote workers)."""
-
-    @field_validator("tokens")
-    @classmethod
-    def _no_empty_token(cls, value: list[str]) -> list[str]:
-        if any(not token.strip() for token in value):  # probe 53: '["${API_TOKEN}"]' with the variable unset
-            raise ValueError("dicomweb.tokens holds an empty token (a variable left unset?): 'Authorization: Bearer'"
-                             " with nothing after it would open the node")
-        return value
     trusted_proxies: list[str] = Field(default_factory=list)
     """Reverse proxies, each an IP address or a network (``172.18.0.0/16``, e.g. a container network),
     whose ``X-Forwarded-User``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the node believes (the audit
@@ -373,6 +365,14 @@ class DicomwebSettings(StrictModel):
                              f" {self.auth!r}: any page could use a user's credentials; name the viewer's origin")
         return self
 
+    @field_validator("tokens")
+    @classmethod
+    def _no_empty_token(cls, value: list[str]) -> list[str]:
+        if any(not token.strip() for token in value):  # probe 53: '["${API_TOKEN}"]' with the variable unset
+            raise ValueError("dicomweb.tokens holds an empty token (a variable left unset?): 'Authorization: Bearer'"
+                             " with nothing after it would open the node")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: list[str]) -> list[str]:
@@ -402,7 +402,6 @@ class KnownAE(StrictModel):
     @classmethod
     def _host(cls, value: str) -> str:
         return check_host(value, "delivery.known_aes host")  # probe 53: 'ct1..bad' passed; review 51: '[fd00::5]'
-
 
 
 RESULT_KINDS = ("seg", "sc", "sr", "ko")
@@ -520,7 +519,6 @@ class DeliverySettings(StrictModel):
             raise ValueError(f"delivery.backoff_max_s ({self.backoff_max_s:g}) must not be shorter than "
                              f"delivery.backoff_s ({self.backoff_s:g})")
         return self
-
 
     def known_ae(self, calling_ae: str) -> KnownAE | None:
         """Where results for a series sent by ``calling_ae`` go back to (a ``sender`` destination): its
