@@ -258,10 +258,11 @@ def purge_study(store: Store, study_uid: str, *, dry_run: bool = False) -> Purge
         done = Purged(series=series, instances=len(files), bytes=sum(f["size"] for f in files),
                       results=len(results), results_bytes=sum(r["size"] for r in results), notes=len(notes))
         # what uronode reindex set aside of the study (folders named by it), and the earlier indexes it kept
-        aside = [kind / study_uid for path, _ in _set_aside(store.root) if path.is_dir()
+        set_aside = [path for path, _ in _set_aside(store.root)]
+        aside = [kind / study_uid for path in set_aside if path.is_dir()
                  for kind in path.iterdir() if (kind / study_uid).is_dir()]
         done.set_aside = sum(map(_file_count, aside))
-        done.earlier_indexes = sorted(path.name for path, _ in _set_aside(store.root)
+        done.earlier_indexes = sorted(path.name for path in set_aside
                                       if path.name.startswith("index.") and not path.name.endswith(SIDE_FILES))
         if dry_run:
             return done
