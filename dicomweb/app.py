@@ -33,7 +33,7 @@ from uronode import __version__
 from uronode.audit import AuditLog
 from uronode.claims import WorkerTokens
 from uronode.loops import Loops
-from uronode.settings import Settings
+from uronode.settings import SECRET_NAME, Settings
 from uronode.store import Store
 
 AUDITED_PREFIXES = ("/dicom-web", "/api", "/upload")
@@ -341,7 +341,6 @@ class AuditRequests:
 
 QUERY_AT_MOST = 500
 """The most characters of a request's query an ``http`` audit event keeps."""
-_SECRET_NAME = re.compile(r"token|password|secret|key", re.IGNORECASE)
 
 
 def audited_query(raw: bytes) -> str:
@@ -351,7 +350,7 @@ def audited_query(raw: bytes) -> str:
     but a client may send one)."""
     if not raw:
         return ""
-    pairs = [(name, "..." if _SECRET_NAME.search(name) else value)
+    pairs = [(name, "..." if SECRET_NAME.search(name) else value)
              for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
     return "&".join(f"{name}={value}" for name, value in pairs)[:QUERY_AT_MOST]
 

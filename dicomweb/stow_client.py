@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from uronode.settings import url_for_people
+
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
@@ -91,6 +93,7 @@ def stow(
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     request = urllib.request.Request(url.rstrip("/") + ("" if url.rstrip("/").endswith("/studies") else "/studies"),
                                      data=body, headers=headers, method="POST")
+    url = url_for_people(url)  # as the reasons below name it: a token in its query left out
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, payload = response.status, response.read()

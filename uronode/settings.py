@@ -130,6 +130,18 @@ def check_host(value: str, what: str) -> str:
     return str(mapped or address)
 
 
+SECRET_NAME = re.compile(r"token|password|secret|key", re.IGNORECASE)
+"""A name that sounds like a credential: its value is left out wherever it is shown (an audited query, a URL)."""
+_SECRET_QUERY = re.compile(rf"(?P<name>[?&][^=&#]*(?:{SECRET_NAME.pattern})[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
+def url_for_people(url: str, mask: str = "...") -> str:
+    """``url`` as a message or ``uronode config`` shows it: the values of query parameters whose names sound like
+    credentials (``?access_token=...``) replaced by ``mask``, so that a job's reason or a pasted config names
+    the destination without its secret."""
+    return _SECRET_QUERY.sub(lambda m: m["name"] + mask, url) if "://" in url else url
+
+
 MAX_DURATION_S = 366 * 86400.0
 """The longest duration (a setting ending in ``_s``) taken: probe 53: 1e10 s stopped the retention loop and every
 association with an OverflowError, and nothing the node waits for is longer than a year."""
@@ -477,6 +489,10 @@ class Destination(StrictModel):
                 raise ValueError(f"destination {self.name} url {self.url!r} is no http:// or https:// address with"
                                  " a host (e.g. https://pacs.example/dicom-web)")
             check_host(parts.hostname, f"destination {self.name} url's host")
+            # review 51: urllib takes 'user:pw@host' whole for the host name, and each delivery failed for a day
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(f"destination {self.name} url holds a user name or password: give them as its"
+                                 " username and password (sent as basic authentication), not in the url")
         return self
 
 

@@ -77,6 +77,19 @@ def test_no_peer_means_every_file_failed_with_the_reason(tmp_path: Path) -> None
     assert (results[0].reason or "").startswith("cannot connect to NOBODY at 127.0.0.1:")
 
 
+def test_a_stow_rs_reason_names_the_destination_without_a_token_in_its_query(tmp_path: Path) -> None:
+    """Review 52: a destination reached with ``?access_token=`` wrote the token into each delivery's reason,
+    which ``uronode jobs`` and the log show."""
+    from dicomweb.stow_client import stow
+
+    _, _, files = write_series(tmp_path / "ct", 1, size=32)
+    url = f"http://127.0.0.1:{free_port()}/dicom-web?access_token=tok-123&region=eu"
+    (result,) = stow(url, [(files[0], "1.2.3")], timeout_s=5)
+    assert not result.ok and result.unreachable
+    assert (result.reason or "").startswith(
+        f"STOW-RS to {url.replace('tok-123', '...')} failed:"), result.reason
+
+
 def orthanc_instances(http: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics", timeout=10) as response:
         return int(json.load(response)["CountInstances"])

@@ -100,7 +100,7 @@ SECRETS = {
     "URONODE_DICOMWEB__TOKENS": '["bearer-one", "bearer-two"]',
     "URONODE_QUEUE__BROKER_URL": "redis://:redis-pw@redis:6379/0",
     "URONODE_DELIVERY__DESTINATIONS": json.dumps([
-        {"name": "pacs", "kind": "dicomweb", "url": "https://stow:url-pw@pacs.example/dicom-web",
+        {"name": "pacs", "kind": "dicomweb", "url": "https://pacs.example/dicom-web?access_token=url-pw&x=1",
          "username": "stow", "password": "dest-pw"},
         {"name": "cloud", "kind": "dicomweb", "url": "https://cloud.example/dicom-web", "token": "dest-token"},
     ]),
@@ -120,7 +120,7 @@ def test_config_masks_every_secret_and_keeps_whether_it_is_set(
     assert shown["dicomweb"]["password"] == MASK and shown["dicomweb"]["tokens"] == [MASK, MASK]
     assert shown["queue"]["broker_url"] == f"redis://:{MASK}@redis:6379/0"
     pacs, cloud = shown["delivery"]["destinations"]
-    assert pacs["url"] == f"https://stow:{MASK}@pacs.example/dicom-web" and pacs["username"] == "stow"
+    assert pacs["url"] == f"https://pacs.example/dicom-web?access_token={MASK}&x=1" and pacs["username"] == "stow"
     assert pacs["password"] == MASK and pacs["token"] is None
     assert cloud["token"] == MASK and cloud["password"] is None and cloud["url"] == "https://cloud.example/dicom-web"
 
@@ -143,6 +143,7 @@ def test_config_without_secrets_shows_them_unset(capsys: pytest.CaptureFixture[s
     ("https://a-token@h/x", f"https://{MASK}@h/x"),
     ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock?db=0"),
     ("https://h/path@not-userinfo", "https://h/path@not-userinfo"),
+    ("https://h/x?apiKey=k1&study=1&Secret=&token=t#f", f"https://h/x?apiKey={MASK}&study=1&Secret={MASK}&token={MASK}#f"),
     ("uronode-data", "uronode-data"),
 ])
 def test_a_url_keeps_all_but_its_password(url: str, masked: str) -> None:

@@ -203,6 +203,8 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
      r"destination pacs host '10\.0\.0\.1:104' is neither an IP address nor a host name"),
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://pacs/dicom-web",
                                      "password": "secret"}]}}, r"destination w: a password needs its username"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://stow:pw@pacs/dicom-web"}]}},
+     r"destination w url holds a user name or password: give them as its username and password"),
     ({"host": " "}, r"host is empty: give 0\.0\.0\.0 for every IPv4 address"),
     ({"delivery": {"destinations": [{**PACS, "ae_title": "URONODE", "host": "localhost", "port": 11112}]}},
      r"destination pacs is this node itself \(URONODE at localhost:11112\)"),

@@ -46,6 +46,7 @@ from uronode.settings import (
     load_settings,
     model_folder,
     model_label,
+    url_for_people,
 )
 from uronode.store import INDEX_FILE, REINDEX_UNFINISHED, Store
 from uronode.supersede import findings_model
@@ -106,7 +107,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>
 
 def without_secrets(value: Any, key: str = "") -> Any:
     """The settings as JSON (``model_dump(mode="json")``) with every secret masked: passwords, tokens and the
-    password in a URL (the Redis broker's, a destination's). A secret that is set reads :data:`MASK` (one
+    password in a URL (the Redis broker's) and a credential in a URL's query (a destination's ``?access_token=``). A secret that is set reads :data:`MASK` (one
     per token), so the output still says whether it is set; one that is not keeps its ``null`` or ``[]``.
     ``uronode config`` is pasted into tickets and chats, where a password must not go."""
     if isinstance(value, dict):
@@ -116,7 +117,7 @@ def without_secrets(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [without_secrets(item) for item in value]
     if isinstance(value, str):
-        return _URL_USERINFO.sub(_masked_userinfo, value, count=1)
+        return url_for_people(_URL_USERINFO.sub(_masked_userinfo, value, count=1), MASK)
     return value
 
 
