@@ -322,6 +322,13 @@ class StorageSettings(StrictModel):
     """Refuse new instances (out of resources) when the disk is fuller than this."""
     fsync: bool = True
     """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
+    @field_validator("max_disk_used_percent")
+    @classmethod
+    def _percent(cls, value: float) -> float:
+        if value < 1:  # probe 53: 0.95 (a fraction) refused every instance on any disk more than 0.95 % full
+            raise ValueError(f"storage.max_disk_used_percent {value:g} is a percentage of the disk: 95 means 95 %")
+        return value
+
     retention_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Delete a received series this many days after its last instance arrived, with the results the node
     derived from it (SEG, SC, SR, KOS), and the jobs (with their findings), deliveries and associations that
@@ -655,6 +662,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"destination {destination.name} is this node itself ({destination.ae_title} at"
                                  f" {destination.host}:{destination.port}): results go to the PACS")
         return self
+
+    def cautions(self) -> list[str]:
+        """Settings that are valid but most likely not what was meant, one sentence each: ``serve`` logs them as
+        warnings at start and ``config`` prints them (probe 53: each was taken without a word)."""
+        said: list[str] = []
+        senders = [d.name for d in self.delivery.destinations if d.kind == "sender"]
+        if senders and not self.delivery.known_aes:
+            said.append(f"destination {senders[0]} sends results back to the AE that sent the series, but"
+                        " delivery.known_aes is empty: each such delivery fails as an unknown sender until the"
+                        " senders' AE titles are listed there with their host and port")
+        if self.delivery.known_aes and not senders:
+            said.append(f"delivery.known_aes lists {len(self.delivery.known_aes)} AE title(s) but no destination is"
+                        " of kind sender: they are not used")
+        web = self.dicomweb
+        if web.auth == "none" and (web.password is not None or web.tokens):
+            said.append(f"dicomweb.auth is none: the {'password' if web.password is not None else 'tokens'} set"
+                        " in dicomweb is never asked for, and anyone who reaches the HTTP port may read every study")
+        if (share := self.scp.max_associations_per_host) and share > self.scp.max_associations:
+            said.append(f"scp.max_associations_per_host {share} is more than scp.max_associations"
+                        f" {self.scp.max_associations}: one host may hold {self.scp.max_associations}")
+        return said
 
     @field_validator("host")
     @classmethod

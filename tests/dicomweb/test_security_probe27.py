@@ -60,7 +60,8 @@ def audit(node: Node) -> list[dict[str, object]]:
 def node(start_node: Callable[..., Node]) -> Node:
     return start_node(URONODE_DICOMWEB__AUTH="basic", URONODE_DICOMWEB__PASSWORD=PASSWORD,
                       URONODE_DICOMWEB__TOKENS=json.dumps([TOKEN]),
-                      URONODE_DICOMWEB__CORS_ORIGINS='["http://viewer.example:9000"]')
+                      URONODE_DICOMWEB__CORS_ORIGINS='["http://viewer.example:9000"]',
+                      URONODE_DELIVERY__KNOWN_AES='{"CT1": {"host": "127.0.0.1", "port": 104}}')  # unused: a caution
 
 
 def test_the_claim_api_refuses_a_request_without_a_worker_token_before_reading_its_body(node: Node) -> None:
@@ -211,6 +212,7 @@ def test_the_node_keeps_patient_data_from_other_local_accounts(node: Node, tmp_p
     assert opened == {}
     log = node.proc.log_text() if node.proc else ""
     assert "scp.restrict_callers is off: any host may store series here and hold 8 of its 16 association slots" in log
+    assert "delivery.known_aes lists 1 AE title(s) but no destination is of kind sender: they are not used" in log
 
 
 def test_refused_requests_fill_the_audit_log_at_most_60_a_minute_from_an_address(node: Node) -> None:

@@ -15,6 +15,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
+from uronode.app.cli import main
 from uronode.settings import OTHER_VARIABLES, CallerRule, ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +207,7 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://stow:pw@pacs/dicom-web"}]}},
      r"destination w url holds a user name or password: give them as its username and password"),
     ({"host": " "}, r"host is empty: give 0\.0\.0\.0 for every IPv4 address"),
+    ({"storage": {"max_disk_used_percent": 0.95}}, r"storage\.max_disk_used_percent 0\.95 is a percentage of the disk:"),
     ({"delivery": {"destinations": [{**PACS, "ae_title": "URONODE", "host": "localhost", "port": 11112}]}},
      r"destination pacs is this node itself \(URONODE at localhost:11112\)"),
     ({"delivery": {"known_aes": {"CT1": {"host": "ct1..bad", "port": 104}}}},
@@ -217,6 +219,36 @@ def test_values_that_pass_for_settings_and_break_the_node_are_refused(overrides:
     in; one port for both servers ended in uvicorn's 'address already in use'."""
     with pytest.raises(ConfigError, match=message):
         load_settings(overrides=overrides)
+
+
+@pytest.mark.parametrize("overrides, caution", [
+    ({"delivery": {"destinations": [{"name": "back", "kind": "sender"}]}},
+     "destination back sends results back to the AE that sent the series, but delivery.known_aes is empty"),
+    ({"delivery": {"known_aes": {"CT1": {"host": "ct1", "port": 104}}}},
+     "delivery.known_aes lists 1 AE title(s) but no destination is of kind sender: they are not used"),
+    ({"dicomweb": {"auth": "none", "password": "pw"}}, "dicomweb.auth is none: the password set in dicomweb is never"),
+    ({"dicomweb": {"auth": "none", "tokens": ["a-token-1234"]}}, "dicomweb.auth is none: the tokens set in dicomweb"),
+    ({"scp": {"max_associations": 4, "max_associations_per_host": 10}},
+     "scp.max_associations_per_host 10 is more than scp.max_associations 4: one host may hold 4"),
+])
+def test_settings_taken_but_most_likely_not_meant_are_named(
+    overrides: dict[str, Any], caution: str
+) -> None:
+    """Probe 53: each of these was taken without a word; ``config`` names it (and ``serve`` logs it)."""
+    (said,) = load_settings(overrides=overrides).cautions()
+    assert said.startswith(caution), said
+
+
+def test_the_default_settings_and_their_sender_setup_have_no_caution(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert load_settings().cautions() == []
+    sender = {"destinations": [{"name": "back", "kind": "sender"}], "known_aes": {"CT1": {"host": "ct1", "port": 104}}}
+    assert load_settings(overrides={"delivery": sender, "scp": {"max_associations_per_host": 16}}).cautions() == []
+    monkeypatch.setenv("URONODE_DICOMWEB__AUTH", "none")
+    monkeypatch.setenv("URONODE_DICOMWEB__PASSWORD", "pw")
+    assert main(["config"]) == 0
+    assert "caution: dicomweb.auth is none: the password set in dicomweb is never asked for" in capsys.readouterr().err
 
 
 def test_a_path_setting_reads_the_home_folder_and_an_empty_one_is_none(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,6 +218,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings.scp.ssl_context()  # what serve refuses, config does (review 51: a key with a passphrase passed here)
     shown = settings.model_dump(mode="json")
     print(json.dumps(shown if args.show_secrets else without_secrets(shown), indent=2))
+    for caution in settings.cautions():
+        print(f"caution: {caution}", file=sys.stderr)
     return 0
 
 

@@ -624,6 +624,8 @@ def serve(settings: Settings) -> None:
         log.warning("scp.restrict_callers is off: any host may store series here and hold %d of its %d association"
                     " slots; %s before the node goes on a hospital network (docs/operations.md, \"Before it goes on"
                     " a hospital network\")", settings.scp.host_share(), settings.scp.max_associations, todo)
+    for caution in settings.cautions():
+        log.warning("%s", caution)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
         _run(settings, store, queue, signals)
 
