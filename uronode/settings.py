@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -739,6 +740,34 @@ def _reading(config_file: Path | None) -> type[Settings]:
     return SettingsWithFile
 
 
+def _source(loc: tuple[str | int, ...], config_file: Path | None, overrides: dict[str, Any] | None) -> str:
+    """Where the value at ``loc`` came from, as a refusal names it (`` (URONODE_SCP__PORT)``, `` (node.toml)``,
+    `` (the command line)``), in the order they win; empty for a default or a check across settings (probe 53:
+    a bad variable was named like a setting in the file, and the admin looked in the file)."""
+    names = [str(part) for part in itertools.takewhile(lambda part: isinstance(part, str), loc)]
+
+    def holds(tree: Any) -> bool:
+        for name in names:
+            if not isinstance(tree, dict) or name not in tree:
+                return False
+            tree = tree[name]
+        return bool(names)
+
+    if holds(overrides):
+        return " (the command line)"
+    variables = {name.upper() for name in os.environ}
+    for depth in range(len(names), 0, -1):  # the setting's own variable, else its group's JSON
+        if (variable := ENV_PREFIX + "__".join(names[:depth]).upper()) in variables:
+            return f" ({variable})"
+    if config_file is not None:
+        try:
+            if holds(tomllib.loads(config_file.read_text(encoding="utf-8"))):
+                return f" ({config_file})"
+        except (OSError, ValueError):
+            pass
+    return ""
+
+
 def _config_file_problem(config_file: Path) -> str | None:
     """Why ``config_file`` cannot be the config file, or None."""
     if config_file.is_dir():
@@ -895,7 +924,7 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
                 lines.append(_unknown_setting(err["loc"]))
                 continue
             where = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(f"{where}: {err['msg']}")
+            lines.append(f"{where}{_source(err['loc'], config_file, overrides)}: {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
     except tomllib.TOMLDecodeError as exc:  # read by cls(): only a config file is TOML
         raise ConfigError(f"config file {config_file}{named} is not valid TOML: {exc}") from None

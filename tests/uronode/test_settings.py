@@ -90,7 +90,7 @@ def test_ae_title_over_16_characters_is_refused() -> None:
         ({"queue": {"lease_s": 0}}, "queue.lease_s"),
         ({"nonsense": 1}, "nonsense"),
         ({"storage": {"retention_days": 0}}, "storage.retention_days"),
-        ({"storage": {"retention_days": float("inf")}}, "storage.retention_days: Input should be a finite number"),
+        ({"storage": {"retention_days": float("inf")}}, r"storage.retention_days \(the command line\): Input should be a finite number"),
     ],
 )
 def test_invalid_values_are_named(overrides: dict[str, Any], message: str) -> None:

@@ -108,6 +108,25 @@ def test_every_unknown_variable_is_named_and_the_project_s_other_variables_are_n
     ]
 
 
+def test_a_refusal_names_where_the_value_came_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Probe 53: a bad variable was named like a setting of the file (``scp.port: ...``), and the admin looked
+    in the file. The flag, the variable (its own, or its group's JSON) or the file is named, in the order they
+    win; a default or a check across settings names none."""
+    config = tmp_path / "node.toml"
+    config.write_text('log_level = "LOUD"\n[scp]\nport = "x"\n[storage]\nmax_disk_used_percent = 0.5\n')
+    monkeypatch.setenv("URONODE_SCP__PORT", "abc")
+    monkeypatch.setenv("URONODE_DELIVERY", '{"retry_for_s": -1}')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, overrides={"scp": {"ae_title": "A\\B"}})
+    assert [line.split(": ")[0].strip() for line in str(refused.value).splitlines()[1:]] == [
+        "log_level (" + str(config) + ")", "scp.port (URONODE_SCP__PORT)",  # the flag's value is checked next
+        "storage.max_disk_used_percent (" + str(config) + ")", "delivery.retry_for_s (URONODE_DELIVERY)"]
+    monkeypatch.delenv("URONODE_SCP__PORT")
+    monkeypatch.delenv("URONODE_DELIVERY")
+    with pytest.raises(ConfigError, match=r"^invalid settings:\n  settings: Value error, scp\.port and dicomweb\.port are both"):
+        load_settings(overrides={"scp": {"port": 8080}})
+
+
 def test_a_known_ae_given_as_its_own_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("URONODE_DELIVERY__KNOWN_AES__CT1", '{"host": "ct1", "port": 104}')
     delivery = load_settings().delivery
@@ -192,10 +211,10 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"scp": {"dimse_timeout_s": "inf"}}, r"scp\.dimse_timeout_s: Input should be a finite number"),
-    ({"delivery": {"retry_for_s": "inf"}}, r"delivery\.retry_for_s: Input should be a finite number"),
-    ({"storage": {"retention_interval_s": 1e10}}, r"storage: .*retention_interval_s 1e\+10 s is more than a year"),
-    ({"scp": {"network_timeout_s": 1e10}}, r"scp: .*network_timeout_s 1e\+10 s is more than a year"),
+    ({"scp": {"dimse_timeout_s": "inf"}}, r"scp\.dimse_timeout_s \(the command line\): Input should be a finite number"),
+    ({"delivery": {"retry_for_s": "inf"}}, r"delivery\.retry_for_s \(the command line\): Input should be a finite number"),
+    ({"storage": {"retention_interval_s": 1e10}}, r"storage \(the command line\): .*retention_interval_s 1e\+10 s is more than a year"),
+    ({"scp": {"network_timeout_s": 1e10}}, r"scp \(the command line\): .*network_timeout_s 1e\+10 s is more than a year"),
     ({"dicomweb": {"tokens": ["a-real-token-1234", " "]}}, r"dicomweb\.tokens holds an empty token"),
     ({"scp": {"port": 8080}, "dicomweb": {"port": 8080}}, r"scp\.port and dicomweb\.port are both 8080"),
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "pacs.example/dicom-web"}]}},
