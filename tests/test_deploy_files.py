@@ -8,6 +8,8 @@ they exec replaced by a recorder, so that what the node, Redis and the workers g
 
 import copy
 import json
+import os
+import re
 import secrets as secrets_module
 import shlex
 import subprocess
@@ -17,21 +19,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
 from tests.peers.processes import free_port, require, wait_until
 from tests.test_readme import leaves
-from uronode.settings import ConfigError, Settings, load_settings
+from uronode.settings import CallerRule, ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+COMPOSE_ENV = {"ORTHANC_ADMIN_PASSWORD": "from-the-env-file"}
+"""What an administrator's ``.env`` beside the compose file gives it."""
+
+
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {name: value for name, value in os.environ.items() if name not in COMPOSE_ENV}
+    return subprocess.run([require("docker-compose"), *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env=environ | (COMPOSE_ENV if env is None else env))
+
+
 def test_compose_file_is_valid() -> None:
-    done = subprocess.run(
-        [require("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )
+    done = compose("-f", str(ROOT / "docker-compose.yml"), "config")
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert set(config["services"]) == {"uronode", "orthanc", "nginx"}
@@ -40,6 +50,55 @@ def test_compose_file_is_valid() -> None:
         assert any(str(v).split(":")[:2] == [f"{name}-data", target] for v in volumes), f"{name} keeps no state"
     for name, service in config["services"].items():  # probe 51: Docker's json-file logs grew for ever
         assert service["logging"]["options"]["max-size"] and service["logging"]["options"]["max-file"], name
+
+
+def test_orthanc_s_password_is_the_administrator_s_and_its_api_stays_on_the_host() -> None:
+    """Probe 55: a committed "change-me" opened Orthanc's REST API (which deletes) on every interface."""
+    orthanc = yaml.safe_load(compose("-f", str(ROOT / "docker-compose.yml"), "config").stdout)["services"]["orthanc"]
+    assert orthanc["environment"]["ORTHANC_ADMIN_PASSWORD"] == "from-the-env-file"
+    # compose writes a port with an address as its short form, one without as target and published
+    published = [port if isinstance(port, str) else f"{port['published']}:{port['target']}" for port in orthanc["ports"]]
+    assert [port for port in published if "8042" in port] == ["127.0.0.1:8042:8042/tcp"], published
+    unset = compose("-f", str(ROOT / "docker-compose.yml"), "config", env={})
+    assert unset.returncode != 0 and "set ORTHANC_ADMIN_PASSWORD, Orthanc's admin password" in unset.stderr
+
+
+def test_the_shipped_orthanc_config_takes_its_admin_password_from_the_variable(tmp_path: Path) -> None:
+    """orthanc/orthanc.json in the real Orthanc (its paths moved into the test's folder): the variable's password
+    lets the admin in, the old committed one and none do not."""
+    config = json.loads((ROOT / "orthanc" / "orthanc.json").read_text())
+    http, dicom = free_port(), free_port()
+    config.update(StorageDirectory=str(tmp_path / "db"), IndexDirectory=str(tmp_path / "db"), HttpPort=http,
+                  DicomPort=dicom, LuaScripts=[])
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    orthanc = subprocess.Popen([require("Orthanc"), f"--logfile={tmp_path / 'orthanc.log'}", str(tmp_path / "orthanc.json")],
+                               env={**os.environ, "ORTHANC_ADMIN_PASSWORD": "s3cret-from-env"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def status(password: str) -> int:
+            try:
+                return httpx.get(f"http://127.0.0.1:{http}/system", auth=("admin", password), timeout=5).status_code
+            except httpx.TransportError:
+                return 0
+
+        wait_until(lambda: status("") != 0, 30, "Orthanc's HTTP server")
+        assert [status(p) for p in ("s3cret-from-env", "change-me", "")] == [200, 401, 401]
+    finally:
+        orthanc.terminate()
+        orthanc.wait(30)
+
+
+def test_nginx_takes_its_config_and_finds_the_node_by_name_at_each_request(tmp_path: Path) -> None:
+    """deploy/nginx.conf in the real nginx (``nginx -t``, its server block included as the image does); the node's
+    address is looked up by Docker's DNS as requests come (probe 55: looked up once, a node made anew was 502)."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=\d+s", site, re.M)
+    assert re.search(r"^\s*proxy_pass \$\w+;", site, re.M) and "proxy_pass http://uronode" not in site
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"pid {tmp_path / 'nginx.pid'};\nerror_log stderr;\nevents {{}}\n"
+                    f"http {{ access_log off; include {ROOT / 'deploy' / 'nginx.conf'}; }}\n")
+    done = subprocess.run([require("nginx"), "-t", "-c", str(main)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr
 
 
 def test_orthanc_config_registers_the_node_with_its_defaults() -> None:
@@ -55,13 +114,14 @@ def test_compose_lets_orthanc_call_the_node() -> None:
     env = compose["services"]["uronode"]["environment"]
     orthanc = json.loads((ROOT / "orthanc" / "orthanc.json").read_text())
     allowed = json.loads(env["URONODE_SCP__ALLOWED_CALLERS"])
-    assert orthanc["DicomAet"] in allowed
+    # Orthanc's AE title, from Orthanc's service alone (probe 54: any caller naming itself ORTHANC was let in)
+    assert CallerRule.parse(allowed[0]) == CallerRule(ae_title=orthanc["DicomAet"], host="orthanc")
+    assert "orthanc" in compose["services"]
     settings = load_settings(overrides={"scp": {"restrict_callers": True, "allowed_callers": allowed}})
     assert settings.scp.restrict_callers
 
 
 def test_image_sets_its_paths_and_fetches_the_viewer_the_node_expects() -> None:
-    import re
 
     from uronode.settings import OHIF_VERSION
 
@@ -82,6 +142,9 @@ def test_image_sets_its_paths_and_fetches_the_viewer_the_node_expects() -> None:
     import tomllib
 
     assert "distributed" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # probe 55: without it `build .` sent the daemon the virtual environment and a default data folder (patients)
+    ignored = {line for line in (ROOT / ".dockerignore").read_text().splitlines() if not line.startswith("#")}
+    assert {".git", ".venv", ".ohif", "uronode-data", "deploy/secrets", ".env"} <= ignored
 
 
 # The distributed override: Redis, the node handing its jobs to it, workers that --scale multiplies.
@@ -91,10 +154,7 @@ SETTING_NAMES = {"URONODE_" + name.upper().replace(".", "__") for name in leaves
 
 
 def compose_config(*files: Path) -> dict[str, Any]:
-    args = [arg for f in files for arg in ("-f", str(f))]
-    done = subprocess.run(
-        [require("docker-compose"), *args, "config"], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
+    done = compose(*(arg for f in files for arg in ("-f", str(f))), "config")
     assert done.returncode == 0, done.stderr
     config: dict[str, Any] = yaml.safe_load(done.stdout)
     return config
@@ -242,6 +302,10 @@ def test_compose_distributed_override_is_wired_as_the_node_reads_it(
     assert {"uronode", "orthanc", "nginx"} <= set(config["services"])
     assert config["services"]["uronode"]["volumes"] == compose_config(ROOT / "docker-compose.yml")["services"][
         "uronode"]["volumes"]
+    for name, service in config["services"].items():  # probe 55: Redis's and the workers' logs were unbounded
+        assert service["logging"]["options"]["max-size"] and service["logging"]["options"]["max-file"], name
+    # probe 55: the workers write the results and dated them in UTC; they get the node's zone
+    assert config["services"]["worker"]["environment"]["TZ"] == config["services"]["uronode"]["environment"]["TZ"]
 
 
 def test_no_compose_secret_is_in_the_repository() -> None:

@@ -289,6 +289,12 @@ def node_problems(docs: list[Doc], environ: pytest.MonkeyPatch, tmp_path: Path) 
     (worker_container,) = containers(worker)
     (redis_container,) = containers(redis)
     worker_env = container_env(worker_container, secrets)
+    # probe 55: the workers write the results, and in UTC they dated them apart from the node's zone
+    if not env.get("TZ") or worker_env.get("TZ") != env["TZ"]:
+        problems.append(f"the node (TZ {env.get('TZ')}) and the workers (TZ {worker_env.get('TZ')}) must date"
+                        " results in one time zone")
+    if not settings.delivery.destinations:  # probe 55: jobs 'delivered' and the PACS got nothing
+        problems.append("the node sends its results nowhere: its settings name no delivery destination")
     broker = str(queue.get("broker_url"))
     if worker_env.get("URONODE_QUEUE__BROKER_URL") != broker:
         problems.append("the workers' broker URL is not the node's")

@@ -668,6 +668,9 @@ class Settings(BaseSettings):
         """Settings that are valid but most likely not what was meant, one sentence each: ``serve`` logs them as
         warnings at start and ``config`` prints them (probe 53: each was taken without a word)."""
         said: list[str] = []
+        if not self.delivery.destinations:  # probe 55: a deployment without one showed every job 'delivered'
+            said.append("delivery.destinations is empty: results stay in the node (its DICOMweb and viewer) and no"
+                        " PACS gets them; name the PACS there (README.md, delivery.destinations)")
         senders = [d.name for d in self.delivery.destinations if d.kind == "sender"]
         if senders and not self.delivery.known_aes:
             said.append(f"destination {senders[0]} sends results back to the AE that sent the series, but"

@@ -217,6 +217,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     settings.scp.ssl_context()  # what serve refuses, config does (review 51: a key with a passphrase passed here)
     shown = settings.model_dump(mode="json")
+    # the values in effect where a setting left empty is derived from others (probe 54: null read as "none")
+    shown["scp"]["max_associations_per_host"] = settings.scp.host_share()
+    shown["queue"]["worker_tokens_file"] = str(settings.queue.tokens_file(settings.storage.data_dir))
     print(json.dumps(shown if args.show_secrets else without_secrets(shown), indent=2))
     for caution in settings.cautions():
         print(f"caution: {caution}", file=sys.stderr)
@@ -744,8 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a number greater than 0 (default: storage.retention_days)")
     which.add_argument("--study", metavar="UID",
                        help="delete this one study now, whatever its age, with the results made of it (a study the"
-                            " PACS deleted or merged, an erasure request); refused while it is received, analysed or"
-                            " delivered")
+                            " PACS deleted or merged, an erasure request); refused while it is being received, a job of"
+                            " it is queued, running or delivering, or results of it are still owed to a destination"
+                            " (`uronode cancel` first)")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     purge.set_defaults(func=cmd_purge)
 
