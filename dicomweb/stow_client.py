@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from uronode.settings import url_for_people
 
@@ -91,8 +92,10 @@ def stow(
     elif username is not None:
         pair = f"{username}:{password or ''}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-    request = urllib.request.Request(url.rstrip("/") + ("" if url.rstrip("/").endswith("/studies") else "/studies"),
-                                     data=body, headers=headers, method="POST")
+    parts = urlsplit(url)  # the studies endpoint: /studies after the path, a query kept after it (review 52)
+    path = parts.path.rstrip("/")
+    endpoint = urlunsplit(parts._replace(path=path if path.endswith("/studies") else f"{path}/studies", fragment=""))
+    request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
     url = url_for_people(url)  # as the reasons below name it: a token in its query left out
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -23,7 +23,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
@@ -131,16 +131,27 @@ def check_host(value: str, what: str) -> str:
     return str(mapped or address)
 
 
-SECRET_NAME = re.compile(r"token|password|secret|key", re.IGNORECASE)
-"""A name that sounds like a credential: its value is left out wherever it is shown (an audited query, a URL)."""
-_SECRET_QUERY = re.compile(rf"(?P<name>[?&][^=&#]*(?:{SECRET_NAME.pattern})[^=&#]*=)[^&#]*", re.IGNORECASE)
+SECRET_NAME = re.compile(r"token|passw|secret|key|signature|credential|auth|^sig$", re.IGNORECASE)
+"""A name that sounds like a credential: its value is left out wherever it is shown (an audited query, a URL).
+Generous: a harmless parameter masked costs nothing, a credential shown is a leak."""
+_PARAMETER = re.compile(r"(?P<name>[^=&;]*)=(?P<value>[^&;]*)")
 
 
 def url_for_people(url: str, mask: str = "...") -> str:
-    """``url`` as a message or ``uronode config`` shows it: the values of query parameters whose names sound like
-    credentials (``?access_token=...``) replaced by ``mask``, so that a job's reason or a pasted config names
-    the destination without its secret."""
-    return _SECRET_QUERY.sub(lambda m: m["name"] + mask, url) if "://" in url else url
+    """``url`` as a message or ``uronode config`` shows it: the values of query (and fragment) parameters whose
+    names sound like credentials (``?access_token=...``, ``X-Amz-Signature``, an encoded name too) replaced by
+    ``mask``, so that a job's reason or a pasted config names the destination without its secret; the path is
+    left as it is."""
+    if "?" not in url and "#" not in url:
+        return url
+
+    def masked(text: str) -> str:
+        return _PARAMETER.sub(lambda m: f"{m['name']}={mask}" if SECRET_NAME.search(unquote(m["name"])) else m[0],
+                              text)
+
+    rest, hash_mark, fragment = url.partition("#")
+    head, question_mark, query = rest.partition("?")
+    return head + question_mark + masked(query) + hash_mark + masked(fragment)
 
 
 MAX_DURATION_S = 366 * 86400.0
@@ -493,14 +504,18 @@ class Destination(StrictModel):
         # passed, and each delivery failed with a traceback for a day before it was a dead letter
         if self.url is not None:
             parts = urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"destination {self.name} url {self.url!r} is no http:// or https:// address with"
-                                 " a host (e.g. https://pacs.example/dicom-web)")
-            check_host(parts.hostname, f"destination {self.name} url's host")
-            # review 51: urllib takes 'user:pw@host' whole for the host name, and each delivery failed for a day
+            # review 51: urllib takes 'user:pw@host' whole for the host name, and each delivery failed for a day;
+            # review 52: checked first, so that no message repeats the password
             if parts.username is not None or parts.password is not None:
                 raise ValueError(f"destination {self.name} url holds a user name or password: give them as its"
                                  " username and password (sent as basic authentication), not in the url")
+            if any(c.isspace() or not c.isprintable() for c in self.url):  # review 52: urllib refused it each try
+                raise ValueError(f"destination {self.name} url holds a space or a control character: encode it"
+                                 " (%20)")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"destination {self.name} url {url_for_people(self.url)!r} is no http:// or https://"
+                                 " address with a host (e.g. https://pacs.example/dicom-web)")
+            check_host(parts.hostname, f"destination {self.name} url's host")
         return self
 
 
@@ -668,6 +683,15 @@ class Settings(BaseSettings):
         """Settings that are valid but most likely not what was meant, one sentence each: ``serve`` logs them as
         warnings at start and ``config`` prints them (probe 53: each was taken without a word)."""
         said: list[str] = []
+        if not self.scp.restrict_callers:  # probe 27: one host held every association slot; nothing said so
+            # probe 53: with the list given and the switch left off, the advice was to give the list
+            todo = ("turn scp.restrict_callers on: scp.allowed_callers is listed but not applied"
+                    if self.scp.allowed_callers else "list the scanners and the PACS in scp.allowed_callers"
+                    " (AE@host) and turn scp.restrict_callers on")
+            said.append(f"scp.restrict_callers is off: any host may store series here and hold"
+                        f" {self.scp.host_share()} of its {self.scp.max_associations} association slots; {todo}"
+                        " before the node goes on a hospital network (docs/operations.md, \"Before it goes on a"
+                        " hospital network\")")
         if not self.delivery.destinations:  # probe 55: a deployment without one showed every job 'delivered'
             said.append("delivery.destinations is empty: results stay in the node (its DICOMweb and viewer) and no"
                         " PACS gets them; name the PACS there (README.md, delivery.destinations)")
@@ -745,26 +769,36 @@ def _reading(config_file: Path | None) -> type[Settings]:
 
 def _source(loc: tuple[str | int, ...], config_file: Path | None, overrides: dict[str, Any] | None) -> str:
     """Where the value at ``loc`` came from, as a refusal names it (`` (URONODE_SCP__PORT)``, `` (node.toml)``,
-    `` (the command line)``), in the order they win; empty for a default or a check across settings (probe 53:
-    a bad variable was named like a setting in the file, and the admin looked in the file)."""
+    `` (the command line)``), looked for in the order they win and only where it is given (a group's JSON
+    variable or the file's table must hold it); empty for a default, and for a check of a whole group or across
+    settings, whose values may come from several (probe 53: a bad variable was named like a setting in the file,
+    and the admin looked in the file)."""
     names = [str(part) for part in itertools.takewhile(lambda part: isinstance(part, str), loc)]
+    if not names or (len(names) == len(loc) and _fields_at(loc)):
+        return ""
 
-    def holds(tree: Any) -> bool:
-        for name in names:
+    def holds(tree: Any, path: list[str]) -> bool:
+        for name in path:
             if not isinstance(tree, dict) or name not in tree:
                 return False
             tree = tree[name]
-        return bool(names)
+        return True
 
-    if holds(overrides):
+    if holds(overrides, names):
         return " (the command line)"
-    variables = {name.upper() for name in os.environ}
-    for depth in range(len(names), 0, -1):  # the setting's own variable, else its group's JSON
-        if (variable := ENV_PREFIX + "__".join(names[:depth]).upper()) in variables:
-            return f" ({variable})"
+    variables = {name.upper(): value for name, value in os.environ.items()}
+    for depth in range(len(names), 0, -1):  # the setting's own variable, else its group's JSON holding it
+        variable = ENV_PREFIX + "__".join(names[:depth]).upper()
+        if variable in variables:
+            try:
+                given = depth == len(names) or holds(json.loads(variables[variable]), names[depth:])
+            except ValueError:
+                given = False
+            if given:
+                return f" ({variable})"
     if config_file is not None:
         try:
-            if holds(tomllib.loads(config_file.read_text(encoding="utf-8"))):
+            if holds(tomllib.loads(config_file.read_text(encoding="utf-8")), names):
                 return f" ({config_file})"
         except (OSError, ValueError):
             pass

@@ -303,26 +303,29 @@ def test_a_worker_that_cannot_work_says_why_at_start_and_exits(cluster: Cluster)
 def test_no_job_is_handed_out_while_the_nodes_disk_is_over_its_watermark(cluster: Cluster) -> None:
     """Probe 24: on a full disk a worker ran the model and could not store its results, again and again (a remote
     worker's job then failed for good). A claim is refused, the job left queued and no try counted."""
+    from tests.faults.checks import tmpfs
     from uronode.jobs import JobQueue
     from uronode.store import Store
 
     w1 = cluster.token("w1").read_text().strip()
-    store = Store(cluster.tmp / "node")
-    with store.transaction() as conn:
-        job_id = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
-        conn.execute("UPDATE jobs SET publications = 5")  # refused often before: a long back-off
-    node = cluster.start_node(cluster.tmp / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic",
-                              URONODE_STORAGE__MAX_DISK_USED_PERCENT="0.001")  # any disk is over it
-    wait_until(lambda: rows(node.data_dir)[0]["dispatched_at"] is not None, 30, "the job to be published")
-    refused = httpx.post(f"http://127.0.0.1:{node.http_port}/api/queue/jobs/{job_id}/claim",
-                         headers={"Authorization": f"Bearer {w1}"},
-                         json={"generation": 1, "key": claim_key_of(node.data_dir, job_id, 1)})
-    assert refused.status_code == 409, refused.text
-    detail = refused.json()["detail"]
-    assert detail.startswith(f"job {job_id} is not handed out while the node's disk ") and "watermark" in detail
-    (row,) = rows(node.data_dir)
-    assert (row["state"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
-    assert row["publications"] == 1  # published again after claim_timeout_s, not after a growing back-off
+    with tmpfs(cluster.tmp / "disk", "64m") as disk:
+        store = Store(disk / "node")
+        with store.transaction() as conn:
+            job_id = JobQueue(store).enqueue_in(conn, "1.2.3", "1.2.3.4", 1, "default")
+            conn.execute("UPDATE jobs SET publications = 5")  # refused often before: a long back-off
+        (disk / "filler").write_bytes(bytes(8 << 20))  # an eighth of the disk: over a 1 % watermark
+        node = cluster.start_node(disk / "node", **cluster.env(), URONODE_DICOMWEB__AUTH="basic",
+                                  URONODE_STORAGE__MAX_DISK_USED_PERCENT="1")
+        wait_until(lambda: rows(node.data_dir)[0]["dispatched_at"] is not None, 30, "the job to be published")
+        refused = httpx.post(f"http://127.0.0.1:{node.http_port}/api/queue/jobs/{job_id}/claim",
+                             headers={"Authorization": f"Bearer {w1}"},
+                             json={"generation": 1, "key": claim_key_of(node.data_dir, job_id, 1)})
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert detail.startswith(f"job {job_id} is not handed out while the node's disk ") and "watermark" in detail
+        (row,) = rows(node.data_dir)
+        assert (row["state"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+        assert row["publications"] == 1  # published again after claim_timeout_s, not after a growing back-off
 
 
 def test_results_refused_for_the_nodes_disk_give_the_job_back_not_fail_it(cluster: Cluster) -> None:

@@ -77,17 +77,41 @@ def test_no_peer_means_every_file_failed_with_the_reason(tmp_path: Path) -> None
     assert (results[0].reason or "").startswith("cannot connect to NOBODY at 127.0.0.1:")
 
 
-def test_a_stow_rs_reason_names_the_destination_without_a_token_in_its_query(tmp_path: Path) -> None:
-    """Review 52: a destination reached with ``?access_token=`` wrote the token into each delivery's reason,
-    which ``uronode jobs`` and the log show."""
+def test_a_stow_rs_destination_with_a_query_gets_it_after_studies_and_reasons_leave_its_token_out(
+    tmp_path: Path,
+) -> None:
+    """Review 52: ``/studies`` was added after the whole URL, so ``...?access_token=t`` posted to
+    ``/dicom-web?access_token=t/studies``; and the token went into each delivery's reason, which ``uronode jobs``
+    and the log show."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     from dicomweb.stow_client import stow
 
-    _, _, files = write_series(tmp_path / "ct", 1, size=32)
-    url = f"http://127.0.0.1:{free_port()}/dicom-web?access_token=tok-123&region=eu"
-    (result,) = stow(url, [(files[0], "1.2.3")], timeout_s=5)
-    assert not result.ok and result.unreachable
-    assert (result.reason or "").startswith(
-        f"STOW-RS to {url.replace('tok-123', '...')} failed:"), result.reason
+    asked: list[str] = []
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, _, files = write_series(tmp_path / "ct", 1, size=32)
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web/?access_token=tok-123&region=eu#part"
+        (result,) = stow(url, [(files[0], "1.2.3")], timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/dicom-web/studies?access_token=tok-123&region=eu"]
+    assert not result.ok and result.reason == (
+        f"STOW-RS to {url.replace('tok-123', '...')} answered HTTP 400"), result.reason
 
 
 def orthanc_instances(http: int) -> int:

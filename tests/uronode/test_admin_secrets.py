@@ -144,6 +144,11 @@ def test_config_without_secrets_shows_them_unset(capsys: pytest.CaptureFixture[s
     ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock?db=0"),
     ("https://h/path@not-userinfo", "https://h/path@not-userinfo"),
     ("https://h/x?apiKey=k1&study=1&Secret=&token=t#f", f"https://h/x?apiKey={MASK}&study=1&Secret={MASK}&token={MASK}#f"),
+    # review 52: signed URLs, an encoded name, ';' between parameters, a fragment's token; a path left alone
+    ("https://s3/b?X-Amz-Credential=c&X-Amz-Signature=s&sig=1&api%4Bey=k;auth=a&region=eu#access_token=t",
+     f"https://s3/b?X-Amz-Credential={MASK}&X-Amz-Signature={MASK}&sig={MASK}&api%4Bey={MASK};auth={MASK}&region=eu"
+     f"#access_token={MASK}"),
+    ("https://h/a&token=path/x", "https://h/a&token=path/x"),
     ("uronode-data", "uronode-data"),
 ])
 def test_a_url_keeps_all_but_its_password(url: str, masked: str) -> None:

@@ -122,8 +122,17 @@ def test_a_refusal_names_where_the_value_came_from(monkeypatch: pytest.MonkeyPat
     assert [line.split(": ")[0].strip() for line in str(refused.value).splitlines()[1:]] == [
         "log_level (" + str(config) + ")", "scp.port (URONODE_SCP__PORT)",  # the flag's value is checked next
         "storage.max_disk_used_percent (" + str(config) + ")", "delivery.retry_for_s (URONODE_DELIVERY)"]
-    monkeypatch.delenv("URONODE_SCP__PORT")
-    monkeypatch.delenv("URONODE_DELIVERY")
+    # review 52: a source is named only where it holds the value; a whole group's check names none
+    monkeypatch.setenv("URONODE_SCP__PORT", "1104")
+    monkeypatch.setenv("URONODE_DELIVERY", '{"backoff_s": 1}')
+    monkeypatch.setenv("URONODE_STORAGE__RETENTION_INTERVAL_S", "1e10")
+    config.write_text('[scp]\nae_title = "A\\\\B"\n[storage]\nfsync = true\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, overrides={"storage": {"data_dir": str(tmp_path)}})
+    assert [line.split(": ")[0].strip() for line in str(refused.value).splitlines()[1:]] == [
+        f"scp.ae_title ({config})", "storage"]
+    for name in ("URONODE_SCP__PORT", "URONODE_DELIVERY", "URONODE_STORAGE__RETENTION_INTERVAL_S"):
+        monkeypatch.delenv(name)
     with pytest.raises(ConfigError, match=r"^invalid settings:\n  settings: Value error, scp\.port and dicomweb\.port are both"):
         load_settings(overrides={"scp": {"port": 8080}})
 
@@ -214,8 +223,8 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
 @pytest.mark.parametrize("overrides, message", [
     ({"scp": {"dimse_timeout_s": "inf"}}, r"scp\.dimse_timeout_s \(the command line\): Input should be a finite number"),
     ({"delivery": {"retry_for_s": "inf"}}, r"delivery\.retry_for_s \(the command line\): Input should be a finite number"),
-    ({"storage": {"retention_interval_s": 1e10}}, r"storage \(the command line\): .*retention_interval_s 1e\+10 s is more than a year"),
-    ({"scp": {"network_timeout_s": 1e10}}, r"scp \(the command line\): .*network_timeout_s 1e\+10 s is more than a year"),
+    ({"storage": {"retention_interval_s": 1e10}}, r"storage: .*retention_interval_s 1e\+10 s is more than a year"),
+    ({"scp": {"network_timeout_s": 1e10}}, r"scp: .*network_timeout_s 1e\+10 s is more than a year"),
     ({"dicomweb": {"tokens": ["a-real-token-1234", " "]}}, r"dicomweb\.tokens holds an empty token"),
     ({"scp": {"port": 8080}, "dicomweb": {"port": 8080}}, r"scp\.port and dicomweb\.port are both 8080"),
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "pacs.example/dicom-web"}]}},
@@ -226,6 +235,12 @@ def test_a_trusted_proxy_that_is_neither_an_address_nor_a_network_is_refused(ent
                                      "password": "secret"}]}}, r"destination w: a password needs its username"),
     ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://stow:pw@pacs/dicom-web"}]}},
      r"destination w url holds a user name or password: give them as its username and password"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://u:SECRET@/x"}]}},
+     r"(?s)^(?!.*SECRET).*destination w url holds a user name or password"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "https://pacs/x?access_token=t&a=b c"}]}},
+     r"destination w url holds a space or a control character: encode it"),
+    ({"delivery": {"destinations": [{"name": "w", "kind": "dicomweb", "url": "pacs/x?token=SECRET"}]}},
+     r"(?s)^(?!.*SECRET).*destination w url 'pacs/x\?token=\.\.\.' is no http"),
     ({"host": " "}, r"host is empty: give 0\.0\.0\.0 for every IPv4 address"),
     ({"storage": {"max_disk_used_percent": 0.95}}, r"storage\.max_disk_used_percent 0\.95 is a percentage of the disk:"),
     ({"delivery": {"destinations": [{**PACS, "ae_title": "URONODE", "host": "localhost", "port": 11112}]}},
@@ -263,10 +278,16 @@ def test_a_sender_set_up_whole_has_no_caution_and_no_destination_has_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert load_settings().cautions() == [
+        "scp.restrict_callers is off: any host may store series here and hold 8 of its 16 association slots; list"
+        " the scanners and the PACS in scp.allowed_callers (AE@host) and turn scp.restrict_callers on before the"
+        ' node goes on a hospital network (docs/operations.md, "Before it goes on a hospital network")',
         "delivery.destinations is empty: results stay in the node (its DICOMweb and viewer) and no PACS gets them;"
         " name the PACS there (README.md, delivery.destinations)"]
     sender = {"destinations": [{"name": "back", "kind": "sender"}], "known_aes": {"CT1": {"host": "ct1", "port": 104}}}
-    assert load_settings(overrides={"delivery": sender, "scp": {"max_associations_per_host": 16}}).cautions() == []
+    scp = {"max_associations_per_host": 16, "restrict_callers": True, "allowed_callers": ["CT1@ct1"]}
+    assert load_settings(overrides={"delivery": sender, "scp": scp}).cautions() == []
+    listed = load_settings(overrides={"delivery": sender, "scp": {"allowed_callers": ["CT1@ct1"]}}).cautions()
+    assert [c for c in listed if "turn scp.restrict_callers on: scp.allowed_callers is listed but not applied" in c]
     monkeypatch.setenv("URONODE_DICOMWEB__AUTH", "none")
     monkeypatch.setenv("URONODE_DICOMWEB__PASSWORD", "pw")
     monkeypatch.setenv("URONODE_STORAGE__DATA_DIR", "/srv/uronode")

@@ -617,13 +617,6 @@ def serve(settings: Settings) -> None:
                               f" the index: {disk_problem(store.root, exc)}") from exc
     if requeued:
         log.warning("%d job(s) left running by a previous run are queued again", requeued)
-    if not settings.scp.restrict_callers:  # probe 27: one host held every association slot; nothing said so
-        # probe 53: with the list given and the switch left off, the advice was to give the list
-        todo = ("turn scp.restrict_callers on: scp.allowed_callers is listed but not applied" if settings.scp.allowed_callers
-                else "list the scanners and the PACS in scp.allowed_callers (AE@host) and turn scp.restrict_callers on")
-        log.warning("scp.restrict_callers is off: any host may store series here and hold %d of its %d association"
-                    " slots; %s before the node goes on a hospital network (docs/operations.md, \"Before it goes on"
-                    " a hospital network\")", settings.scp.host_share(), settings.scp.max_associations, todo)
     for caution in settings.cautions():
         log.warning("%s", caution)
     with StopSignals().installed() as signals:  # from here on, a stop signal stops the node cleanly
