@@ -158,3 +158,18 @@ def test_echo_calls_as_the_configured_ae_title(
     assert main(called) == 1  # no config: the default title, which the peer does not know
     assert "rejected" in capsys.readouterr().out
     assert main([*called, "--calling-ae", "AI_NODE"]) == 0
+
+
+def test_config_given_as_a_flag_and_as_a_variable_says_which_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Probe 53: ``--config`` beat ``URONODE_CONFIG`` without a word."""
+    flagged, named = tmp_path / "flag.toml", tmp_path / "variable.toml"
+    flagged.write_text("[scp]\nport = 1104\n")
+    named.write_text("[scp]\nport = 2104\n")
+    monkeypatch.setenv("URONODE_CONFIG", str(named))
+    assert main(["config", "--config", str(flagged)]) == 0
+    out, err = capsys.readouterr()
+    assert '"port": 1104' in out and f"uronode: reading --config {flagged}, not URONODE_CONFIG={named}" in err
+    assert main(["config", "--config", str(named)]) == 0  # the same file: nothing to say
+    assert "not URONODE_CONFIG" not in capsys.readouterr().err

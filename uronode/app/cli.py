@@ -75,6 +75,10 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["dicomweb"] = {"port": args.http_port}
     if getattr(args, "data_dir", None) is not None:
         overrides["storage"] = {"data_dir": args.data_dir}
+    named = os.environ.get("URONODE_CONFIG")
+    if args.config is not None and named and Path(named).resolve() != Path(args.config).resolve():
+        # probe 53: the flag won without a word, and the file the variable names looked ignored for no reason
+        print(f"uronode: reading --config {args.config}, not URONODE_CONFIG={named}", file=sys.stderr)
     return load_settings(args.config, overrides)
 
 
