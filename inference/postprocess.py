@@ -53,6 +53,12 @@ LENGTH_HULL_POINTS = 64
 """Above this many surface voxels the length is measured between the vertices of their convex hull."""
 
 
+TINY_VOXELS = 2
+"""A stone of this many voxels or fewer is at the limit of what the CT resolves: every output says that its size and
+HU are understated (probe 18: a 1.9 mm, 270 HU stone read as one voxel, 0.8 mm and 97 HU, reported as exactly as
+a 17 mm one)."""
+
+
 @dataclass(frozen=True)
 class SliceBox:
     """A box around one stone on one slice, pixel indices inclusive, margin included."""
@@ -107,13 +113,30 @@ class Stone:
     """(slice, row, column) of its first voxel in index order: which component of ``Findings.mask`` it is
     (the SEG's segment of this stone is that component)."""
 
-    def to_json(self) -> dict[str, object]:
+    @property
+    def resolution_note(self) -> str | None:
+        """What the report says of a stone of ``TINY_VOXELS`` voxels or fewer, None for a larger one."""
+        if not 0 < self.voxel_count <= TINY_VOXELS:
+            return None
+        return (f"{self.voxel_count} voxel{'s' if self.voxel_count != 1 else ''}, at the limit of what the CT"
+                " resolves: its size and HU are understated")
+
+    def to_json(self, lone: bool = False) -> dict[str, object]:
+        """The stone as the findings' JSON gives it; ``lone``: found on one image, which shows one plane of it
+        (no volume, no length beyond the plane's: as the SR gives none)."""
         return {
+            # the figures as every output shows them (half_up from the measured values: probe 56, the upload page
+            # rounded these two-decimal figures again, 3.95 to 4.0, where the report said 3.9)
+            "reported": {"length_mm": None if lone else shown(self.length_mm, 1),
+                         "max_diameter_mm": shown(self.max_diameter_mm, 1),
+                         "volume_mm3": None if lone else shown(self.volume_mm3, 1), "mean_hu": shown(self.mean_hu, 0),
+                         "max_hu": shown(self.max_hu, 0)},
+            "resolution_note": self.resolution_note,
             "sop_instance_uids": list(self.sop_instance_uids),
             "centroid_mm": [round(v, 2) for v in self.centroid_mm],
             "max_diameter_mm": round(self.max_diameter_mm, 2),
             "length_mm": round(self.length_mm, 2),
-            "volume_mm3": round(self.volume_mm3, 2),
+            "volume_mm3": None if lone else round(self.volume_mm3, 2),
             "mean_hu": round(self.mean_hu, 1),
             "max_hu": round(self.max_hu, 1),
             "side": self.side,
@@ -141,16 +164,18 @@ class Findings:
     ``inference.pipeline.input_cautions``): shown wherever the findings are, so a reader weighs them."""
 
     @property
+    def lone(self) -> bool:
+        """Found on one image, which shows one plane of a stone: its area times the image's thickness is no stone's
+        volume (the SR, the CLI and the upload page give none; a program reading the JSON could not tell: probe
+        18)."""
+        return self.mask.ndim == 3 and self.mask.shape[0] == 1
+
+    @property
     def slices_with_stones(self) -> tuple[int, ...]:
         return tuple(sorted({b.slice_index for b in self.boxes}))
 
     def to_json(self) -> dict[str, object]:
-        stones = [s.to_json() for s in self.stones]
-        if self.mask.ndim == 3 and self.mask.shape[0] == 1:
-            # one image shows one plane of a stone: its area times the image's thickness is no stone's volume (the
-            # SR, the CLI and the upload page give none; a program reading this JSON could not tell: probe 18)
-            for stone in stones:
-                stone["volume_mm3"] = None
+        stones = [s.to_json(lone=self.lone) for s in self.stones]
         return {
             "study_instance_uid": self.study_instance_uid,
             "series_instance_uid": self.series_instance_uid,

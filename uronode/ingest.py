@@ -130,6 +130,8 @@ def _whole_file(content: Buffer, bare_data_sets: bool, max_instance_bytes: int) 
         if picture is not None:
             raise InvalidInstance(f"{PICTURE_REFUSAL_PREFIX} ({picture}), not a DICOM file: the node reads DICOM "
                                   "images; export the image as DICOM from the PACS or the viewer") from None
+        if bytes(content[:4]) in (b"PK\x03\x04", b"PK\x05\x06"):  # probe 56: a ZIP got "no DICM prefix" alone
+            raise InvalidInstance("a ZIP archive, not a DICOM file: unzip it and choose the folder it holds") from None
         raise InvalidInstance("not a DICOM file (no DICM prefix)") from None
 
 

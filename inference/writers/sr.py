@@ -223,12 +223,6 @@ def plane_word(volume: Volume) -> str:
     return "axial" if volume.tilt_deg <= AXIAL_TOLERANCE_DEG else "in-plane"
 
 
-TINY_VOXELS = 2
-"""A stone of this many voxels or fewer is at the limit of what the CT resolves: its label says that its size and
-HU are understated (probe 18: a 1.9 mm, 270 HU stone read as one voxel, 0.8 mm and 97 HU, reported as exactly as
-a 17 mm one)."""
-
-
 def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = False, where: str = "") -> str:
     """The stone in words, as viewers show it: 'Stone 1, left: 12.0 mm, 105 mm3, mean 850 HU, axial 4.4 mm,
     images 31-33'.
@@ -240,9 +234,7 @@ def stone_label(index: int, stone: Stone, plane: str = "axial", lone: bool = Fal
     the CT hardly resolves it. On a lone image (``lone``), one plane of the stone: 'Stone 1, right: in-plane
     7.1 mm, mean 850 HU' (no volume, no length beyond the plane's). Numbers rounded as ``half_up``."""
     side = SIDE_WORDS.get(stone.side, stone.side)
-    tail = (f", {where}" if where else "") + (
-        f"; {stone.voxel_count} voxel{'s' if stone.voxel_count != 1 else ''}, at the limit of what the CT resolves:"
-        " its size and HU are understated" if 0 < stone.voxel_count <= TINY_VOXELS else "")
+    tail = (f", {where}" if where else "") + (f"; {stone.resolution_note}" if stone.resolution_note else "")
     if lone:
         return (f"Stone {index + 1}, {side}: {plane} {shown(stone.max_diameter_mm, 1)} mm, "
                 f"mean {shown(stone.mean_hu, 0)} HU{tail}")

@@ -217,7 +217,8 @@ def test_a_job_whose_series_moved_to_another_says_so(
     DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web").store_instances(moved)
     alert = page.locator("#result [role=alert]")
     alert.wait_for(timeout=60_000)  # the emptied series completes after the quiet period
-    assert re.fullmatch(r"Job \d+ failed: the series no longer holds CT slices \(the series has no instances\): its "
+    assert re.fullmatch(r"The analysis could not be made, so there is no result \(this does not mean no stone\)\. "
+                        r"Job \d+ failed: the series no longer holds CT slices \(the series has no instances\): its "
                         r"images were sent again in another series, which is analysed as that series", alert.inner_text()
                         ), alert.inner_text()
     page.close()

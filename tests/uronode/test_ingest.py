@@ -66,6 +66,10 @@ def test_damaged_or_foreign_content_cannot_be_understood(store: Store) -> None:
         reason = take_instance(store, [content], source="UPLOAD").reason
         assert reason == (f"a picture ({kind}), not a DICOM file: the node reads DICOM images; export the image as"
                           " DICOM from the PACS or the viewer"), reason
+    # probe 56: a zipped folder got "no DICM prefix" alone
+    for head in (b"PK\x03\x04", b"PK\x05\x06"):
+        assert take_instance(store, [head + bytes(100)], source="UPLOAD").reason == (
+            "a ZIP archive, not a DICOM file: unzip it and choose the folder it holds")
     bare = take_instance(store, [b"hello"], source="STOW-RS", bare_data_sets=True)
     assert bare.verdict is Verdict.CANNOT_UNDERSTAND and bare.reason is not None
     assert bare.reason.startswith("not a DICOM data set")

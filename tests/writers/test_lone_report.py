@@ -55,6 +55,9 @@ def test_a_lone_image_s_report_gives_no_volume_and_says_why(stones: Case, tmp_pa
     lone_json, series_json = findings.to_json()["stones"], stones.findings.to_json()["stones"]
     assert isinstance(lone_json, list) and isinstance(series_json, list)
     assert [s["volume_mm3"] for s in lone_json] == [None] * len(findings.stones)
+    # nor a length beyond the plane's, as the report gives the figures (probe 56: the page showed one)
+    assert [(s["reported"]["length_mm"], s["reported"]["volume_mm3"]) for s in lone_json] == [(None, None)] * len(
+        findings.stones)
     assert all(isinstance(s["volume_mm3"], float) for s in series_json)
 
 
@@ -105,3 +108,22 @@ def test_every_output_rounds_a_stone_s_figures_alike(stones: Case) -> None:
     results = write_results(stones.volume, findings)
     assert results.seg is not None
     assert results.seg.SegmentSequence[0].SegmentDescription.endswith(", 11.3 mm, mean 563 HU")
+
+
+def test_the_findings_json_gives_each_figure_as_the_report_does(stones: Case) -> None:
+    """Probe 56: the upload page rounded the JSON's two-decimal figures again (3.949 -> 3.95 -> 4.0) where the SR
+    rounded the measured 3.949 to 3.9; a stone of two voxels was listed on the page as plainly as a large one,
+    while the SR said that its size and HU are understated. The JSON now carries both as the report gives them."""
+    larger = next(s for s in stones.findings.stones if s.voxel_count > 2)
+    near = dataclasses.replace(larger, length_mm=3.949, max_diameter_mm=3.949, volume_mm3=20.049,
+                               mean_hu=612.49, max_hu=801.5, voxel_count=2)
+    stones_json = dataclasses.replace(stones.findings, stones=(near,)).to_json()["stones"]
+    assert isinstance(stones_json, list)
+    (stone,) = stones_json
+    assert stone["length_mm"] == 3.95 and stone["reported"] == {
+        "length_mm": "3.9", "max_diameter_mm": "3.9", "volume_mm3": "20.0", "mean_hu": "612", "max_hu": "802"}
+    label = stone_label(0, near)
+    assert "3.9 mm, 20 mm3, mean 612 HU, axial 3.9 mm" in label
+    assert stone["resolution_note"] == "2 voxels, at the limit of what the CT resolves: its size and HU are understated"
+    assert label.endswith(f"; {stone['resolution_note']}")
+    assert larger.to_json()["resolution_note"] is None

@@ -179,7 +179,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             entry["slices"] = volume.shape[0]
             numbers, kind = image_numbers(volume)
             entry["image_numbering"] = kind  # "instance", "frame" or "index" (image_numbers)
-            entry["stones"] = [s.to_json() | {"image_numbers": [numbers[k] for k in s.slice_indices]}
+            # the findings' own stones (a lone image's without volume), each with its images' numbers
+            entry["stones"] = [s.to_json(lone=findings.lone) | {"image_numbers": [numbers[k] for k in s.slice_indices]}
                                for s in findings.stones]
             if findings.stones and kind == "index":
                 unnumbered.append(number)
@@ -198,9 +199,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 rows.append([f"#{number}", "none"])
             for i, s in enumerate(findings.stones, start=1):
                 side = SIDE_WORDS.get(s.side, s.side)
-                lone = volume.shape[0] == 1  # one plane of a stone: no volume (the SR gives none either)
-                rows.append([f"#{number}", str(i), side, shown(s.length_mm, 1), shown(s.max_diameter_mm, 1),
-                             "-" if lone else shown(s.volume_mm3, 1),
+                lone = findings.lone  # one plane of a stone: no length beyond it, no volume (the SR gives neither)
+                rows.append([f"#{number}", str(i), side, "-" if lone else shown(s.length_mm, 1),
+                             shown(s.max_diameter_mm, 1), "-" if lone else shown(s.volume_mm3, 1),
                              shown(s.mean_hu, 0), shown(s.max_hu, 0), _images_cell(numbers, kind, s.slice_indices)])
     (args.out / "findings.json").write_text(json.dumps(report, indent=2))
     print(_table(rows))
