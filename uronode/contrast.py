@@ -336,11 +336,14 @@ WITH_OTHER = frozenset({
     "REKONSTRUKTIONEN", "RECONSTRUCTIE", "RECONSTRUCCION", "RICOSTRUZIONE", "MPR", "MPRS", "MIP", "MIPS", "3D", "VR",
     "VRT", "MINIP", "BONE", "BONES", "KNOCHEN", "WINDOW", "WINDOWS", "FENSTER", "LUNG", "LUNGS", "SOFT", "TISSUE",
     "VOID", "VOIDING", "MICTION", "PRONE", "SUPINE", "BAUCHLAGE", "THIN", "THICK", "SLICES", "DUAL", "ENERGY",
-    "ITERATIVE", "KERNEL", "FILTER", "SCOUT", "TOPOGRAM", "LOCALIZER",
+    "ITERATIVE", "KERNEL", "FILTER", "SCOUT", "TOPOGRAM", "LOCALIZER", "STONE", "STONES", "CALCULI", "CALCULUS",
+    "INSERTED",
 })
 """What a "with" beside a denial names where it is no second phase: planes, reconstructions, windows, a void,
 positions ("KUB WITH CORONAL REFORMATS", "STONE POST VOID", "nativ mit Rekonstruktion": probe 17 found them
-cautioned as perhaps contrast-enhanced)."""
+cautioned as perhaps contrast-enhanced; probe 56: "STONE PROTOCOL, WITH 3 MM RECON", "CT WITH INSERTED STONES")."""
+_SIZE = re.compile(r"^\d+([.,]\d+)?(MM|CM)?$|^(MM|CM)$")
+"""A thickness or size after a "with" ("WITH 3 MM RECON", "WITH 1MM"): passed over to the word it qualifies."""
 
 
 def _with_contrast(words: list[str], i: int) -> bool:
@@ -351,9 +354,13 @@ def _with_contrast(words: list[str], i: int) -> bool:
     if words[i] not in WITH:
         return False
     j = i + 1
-    while j < len(words) and (words[j] in ROUTE or words[j] in FILLER):
+    sized = False
+    while j < len(words) and (words[j] in ROUTE or words[j] in FILLER or _SIZE.match(words[j])):
+        sized = sized or bool(_SIZE.match(words[j]))
         j += 1
-    return j == len(words) or words[j] not in WITH_OTHER
+    if j == len(words):
+        return not sized  # "KUB WITH 1MM" names a thickness; a "with" that ends the text ("NONCON W") cautions
+    return words[j] not in WITH_OTHER
 
 
 def _names_agent(agent: str) -> bool:

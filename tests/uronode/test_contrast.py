@@ -187,6 +187,9 @@ def test_an_agent_alone_is_evidence_but_not_clear(agent: str) -> None:
         ("", "KUB 2.0 with bone window"),
         ("", "Abdomen nativ mit Rekonstruktion"),
         ("", "KUB WITH SAGITTAL MPR"),
+        ("", "Stone protocol, with 3 mm recon"),  # probe 56: a size between the "with" and what it names
+        ("", "KUB with 1mm"),
+        ("", "CT with inserted stones"),
     ],
 )
 def test_a_header_that_denies_or_says_nothing_of_contrast_is_not_contrast(agent: str, description: str) -> None:
