@@ -9,6 +9,7 @@ is held by another SQLite connection.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -91,6 +92,16 @@ def test_a_worker_that_keeps_dying_is_named_with_how_it_died(settings: Settings,
     wait_until(named, 60, "the crash loop to be named")
     problem = worker.problem()
     assert problem is not None and problem.startswith("the worker died 3 times in ") and "(last: exit code 3)" in problem
+    # probe 57: every death in the window counts, over the deaths' own span (not up to now)
+    def five() -> bool:
+        worker.check()
+        return len(worker.deaths) >= 5
+
+    wait_until(five, 60, "two more deaths")
+    time.sleep(1.2)
+    said = re.match(r"the worker died (\d+) times in (\d+) s ", worker.problem() or "")
+    assert said is not None and int(said[1]) == len(worker.deaths) >= 5
+    assert int(said[2]) == round(worker.deaths[-1] - worker.deaths[0])
 
 
 def test_a_frozen_worker_is_named_and_no_longer_once_it_goes_on(settings: Settings,

@@ -236,7 +236,7 @@ class WorkerProcess:
         self.heartbeat: Synchronized[float] = self.ctx.Value("d", 0.0)
         """``time.monotonic()`` of the process's last heartbeat (0: none yet)."""
         self.started_at = 0.0
-        self.deaths: deque[float] = deque(maxlen=RESTARTS_TOO_MANY)
+        self.deaths: deque[float] = deque(maxlen=64)  # more than die in RESTART_WINDOW_S past the restart pauses
         self.last_exit: str | None = None
         self._quick_deaths = 0
         self._restart_at: float | None = None
@@ -355,7 +355,8 @@ class WorkerProcess:
                 return None  # up and beating since: recovered, whatever it did before (probe 41: red for 10 min)
         recent = [t for t in self.deaths if at - t <= RESTART_WINDOW_S]
         if len(recent) >= RESTARTS_TOO_MANY:
-            return (f"the worker died {len(recent)} times in {at - recent[0]:.0f} s (last: {self.last_exit})"
+            # the deaths' own span (probe 57: the count stopped at 3 and the span ran on to now)
+            return (f"the worker died {len(recent)} times in {recent[-1] - recent[0]:.0f} s (last: {self.last_exit})"
                     + ("" if self._exit_said else "; see the log for why"))
         return None
 
