@@ -334,19 +334,19 @@ class StorageSettings(StrictModel):
     """Refuse new instances (out of resources) when the disk is fuller than this."""
     fsync: bool = True
     """fsync every instance and the index before answering success. Turn off only for throwaway tests."""
-    @field_validator("max_disk_used_percent")
-    @classmethod
-    def _percent(cls, value: float) -> float:
-        if value < 1:  # probe 53: 0.95 (a fraction) refused every instance on any disk more than 0.95 % full
-            raise ValueError(f"storage.max_disk_used_percent {value:g} is a percentage of the disk: 95 means 95 %")
-        return value
-
     retention_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Delete a received series this many days after its last instance arrived, with the results the node
     derived from it (SEG, SC, SR, KOS), and the jobs (with their findings), deliveries and associations that
     ended that long ago (:mod:`uronode.retention`). None (the default): keep everything."""
     retention_interval_s: float = Field(3600.0, gt=0)
     """How often the node looks for series past their retention."""
+
+    @field_validator("max_disk_used_percent")
+    @classmethod
+    def _percent(cls, value: float) -> float:
+        if value < 1:  # probe 53: 0.95 (a fraction) refused every instance on any disk more than 0.95 % full
+            raise ValueError(f"storage.max_disk_used_percent {value:g} is a percentage of the disk: 95 means 95 %")
+        return value
 
 
 class DicomwebSettings(StrictModel):

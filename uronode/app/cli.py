@@ -110,9 +110,10 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>
 
 
 def without_secrets(value: Any, key: str = "") -> Any:
-    """The settings as JSON (``model_dump(mode="json")``) with every secret masked: passwords, tokens and the
-    password in a URL (the Redis broker's) and a credential in a URL's query (a destination's ``?access_token=``). A secret that is set reads :data:`MASK` (one
-    per token), so the output still says whether it is set; one that is not keeps its ``null`` or ``[]``.
+    """The settings as JSON (``model_dump(mode="json")``) with every secret masked: passwords, tokens, the
+    password in a URL (the Redis broker's) and a credential in a URL's query (a destination's
+    ``?access_token=``). A secret that is set reads :data:`MASK` (one per token), so the output still says
+    whether it is set; one that is not keeps its ``null`` or ``[]``.
     ``uronode config`` is pasted into tickets and chats, where a password must not go."""
     if isinstance(value, dict):
         return {name: without_secrets(item, name) for name, item in value.items()}
