@@ -45,6 +45,7 @@ from uronode.jobs import (
     MAX_ATTEMPTS,
     QUEUED_RECENT_FIRST,
     JobQueue,
+    count_outcome,
     lease_expired_reason,
     recent_dates,
     series_changed,
@@ -238,6 +239,7 @@ class Claims:
             " WHERE id = ?",
             (lease_expired_reason(conn, row), now, row["id"]),
         )
+        count_outcome(conn, row["id"], "failed")
         return True
 
     def _report_failed(self, job_ids: list[int]) -> None:
@@ -391,6 +393,7 @@ class Claims:
                 " claim_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
                 (state.value, findings, seconds, now, job_id),
             )
+            count_outcome(conn, job_id, "done")
         retire(self.store.root, superseded, note, source_series_uid=row["series_instance_uid"], model=model,
                job_id=job_id)
         return state
@@ -410,6 +413,7 @@ class Claims:
                 " WHERE id = ?",
                 (f"{changed} ({reason})" if changed else reason, now, job_id),
             )
+            count_outcome(conn, job_id, "failed")
 
     def give_back(self, job_id: int, token: str, worker: str, reason: str, now: float | None = None) -> None:
         """The claim's worker could not finish for want of the node's resources (its results refused for a full

@@ -49,7 +49,13 @@ from uronode.settings import Destination
 from uronode.steady import Waits
 from uronode.store import Store, forget_empty_studies
 from uronode.supersede import CORRECTED, MOVED, Superseded, owe_note_in, retire, withdraw
-from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
+from uronode.types import (
+    OWN_MANUFACTURER,
+    OWN_RESULTS,
+    SERIES_COMPLETIONS,
+    CompletedSeries,
+    SeriesDisposition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +355,8 @@ class CompletionMonitor:
                 " identity_changed = 0 WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
+            conn.execute(f"INSERT INTO counters (name, value) VALUES ('{SERIES_COMPLETIONS}', 1)"
+                         " ON CONFLICT(name) DO UPDATE SET value = value + 1")  # an event (probe 57: derived, it dipped)
             withdrawn: dict[str, list[Superseded]] = {}
             notes: dict[str, tuple[Path, Dataset] | None] = {}
             jobs: list[int] = []

@@ -24,7 +24,7 @@ from uronode.files import disk_problem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's write lock before ``database is locked``."""
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -303,6 +303,9 @@ def _set_up(conn: sqlite3.Connection, durable: bool, path: Path, upgrade: bool =
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for since, statement in SEEDED_COUNTERS:
+                if 0 < version < since:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -343,6 +346,22 @@ ADDED_COLUMNS = [
     ("instances", "protocol_name", "TEXT"),
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
+
+SEEDED_COUNTERS = [
+    # schema 20: counted as they happen from now on, each from what the earlier version computed (probe 57), so that
+    # the metrics go on from where they were
+    (20, "INSERT OR IGNORE INTO counters (name, value) SELECT 'series_completions', (SELECT count(*) FROM series"
+         " WHERE state = 'complete') + coalesce((SELECT value FROM counters WHERE name = 'series_deleted'), 0)"),
+    (20, "INSERT OR IGNORE INTO counters (name, value) SELECT 'worker_jobs:' || w || ':' || outcome, sum(n) FROM ("
+         " SELECT CASE WHEN claimed_by GLOB 'local:*' THEN 'local' ELSE claimed_by END AS w,"
+         " CASE WHEN state = 'failed' THEN 'failed' ELSE 'done' END AS outcome, count(*) AS n FROM jobs"
+         " WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY 1, 2"
+         " UNION ALL SELECT substr(name, 13, length(name) - 12 - length(outcome) - 1) AS w, outcome, value FROM ("
+         " SELECT name, value, CASE WHEN name GLOB '*:done' THEN 'done' ELSE 'failed' END AS outcome FROM counters"
+         " WHERE name GLOB 'pruned:jobs:*:done' OR name GLOB 'pruned:jobs:*:failed')) GROUP BY 1"),
+]
+"""``(schema, statement)``: a counter that the index of an earlier schema than ``schema`` had computed from its rows,
+seeded with that value when the index is brought up to date (never in a new index)."""
 
 FILLED_WHEN_ADDED = {
     # the retry period a pending delivery had used under the earlier version, which counted it from its creation

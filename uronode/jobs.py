@@ -60,6 +60,23 @@ def local_worker(pid: int) -> str:
     return f"{LOCAL_WORKER}:{pid}"
 
 
+WORKER_JOBS = "worker_jobs:"
+"""Prefix of the ``counters`` rows ``worker_jobs:<worker>:done`` and ``...:failed``: the jobs each worker ended, counted
+as they end (probe 57: computed from the jobs' states now, the count went down when a job's deliveries died or it
+was requeued, and a PACS outage read as the worker's failures)."""
+
+
+def count_outcome(conn: sqlite3.Connection, job_id: int, outcome: str) -> None:
+    """Count that the worker holding job ``job_id`` ended it, ``done`` (results stored) or ``failed`` (it could not
+    run it, or died on its last try), in the caller's transaction; the node's own workers together as ``local``."""
+    row = conn.execute("SELECT claimed_by FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or row["claimed_by"] is None:
+        return
+    worker = LOCAL_WORKER if row["claimed_by"].startswith(f"{LOCAL_WORKER}:") else row["claimed_by"]
+    conn.execute("INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                 (f"{WORKER_JOBS}{worker}:{outcome}",))
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -180,6 +197,7 @@ class JobQueue:
             row = conn.execute("SELECT state, reason FROM jobs WHERE id = ?", (job_id,)).fetchone()
             now = "gone" if row is None else row["state"] + (f" ({row['reason']})" if row["reason"] else "")
             raise JobNotRunning(f"job {job_id} is not running: {now}")
+        count_outcome(conn, job_id, "failed" if state is JobState.FAILED else "done")
 
     def cancel(self, job_id: int, why: str = "") -> Job:
         """Cancel a queued, running or delivering job (``uronode cancel``): it fails with the reason
@@ -345,6 +363,7 @@ class JobQueue:
                         "UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
                         (_died_reason(conn, row, cause), now, row["id"]),
                     )
+                    count_outcome(conn, row["id"], "failed")
             taken = [_job(conn.execute("SELECT * FROM jobs WHERE id = ?", (r["id"],)).fetchone()) for r in rows]
         for job in taken:
             if job.state is JobState.QUEUED:

@@ -24,8 +24,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from uronode.db import Database
-from uronode.jobs import LOCAL_WORKER
-from uronode.types import OWN_RESULTS, JobState
+from uronode.jobs import LOCAL_WORKER, WORKER_JOBS
+from uronode.types import OWN_RESULTS, SERIES_COMPLETIONS, JobState
 
 INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)
 """Bucket bounds of ``uronode_inference_seconds``: a series takes seconds to a few minutes."""
@@ -128,18 +128,14 @@ class IndexCollector(Collector):
         conn = self.database.conn()
         stored = conn.execute("SELECT count(*) FROM instances").fetchone()[0]
         deleted = {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM counters")}
-        completed = conn.execute("SELECT count(*) FROM series WHERE state = 'complete'").fetchone()[0]
         yield _gauge("uronode_instances_stored", "Instances in the store.", stored)
         yield _counter(
             "uronode_instances_received",
             "Instances received (C-STORE, STOW-RS, upload) and results stored, retention's deletions included.",
             stored + deleted.get("instances_deleted", 0),
         )
-        yield _counter(
-            "uronode_series_completed",
-            "Series that completed, retention's deletions included.",
-            completed + deleted.get("series_deleted", 0),
-        )
+        yield _counter("uronode_series_completed", "Series completions (a series completed again after a late image"
+                       " counts again), counted as they happen.", deleted.get(SERIES_COMPLETIONS, 0))
         series = GaugeMetricFamily(
             "uronode_series", "Series by state and what was decided when they completed (results: the node's own).",
             labels=["disposition", "state"],
@@ -218,19 +214,18 @@ class IndexCollector(Collector):
         # The node's worker processes claim as 'local:<pid>': counted together as 'local' (a label per pid
         # would grow with every restart of a worker).
         # with what retention pruned (uronode.retention keeps their counts as 'pruned:*' counters)
+        # the jobs each ended, counted as they end (uronode.jobs.count_outcome); the seconds from the jobs
         jobs_by: dict[str, dict[str, float]] = {}
         for row in conn.execute(
-            "SELECT CASE WHEN claimed_by GLOB ? || ':*' THEN ? ELSE claimed_by END AS w,"
-            " sum(state = 'failed') AS failed, sum(state != 'failed') AS done, coalesce(sum(seconds), 0) AS s"
+            "SELECT CASE WHEN claimed_by GLOB ? || ':*' THEN ? ELSE claimed_by END AS w, coalesce(sum(seconds), 0) AS s"
             " FROM jobs WHERE claimed_by IS NOT NULL AND state IN ('delivering', 'delivered', 'failed') GROUP BY w",
             (LOCAL_WORKER, LOCAL_WORKER),
         ):
-            jobs_by[row["w"]] = {"done": row["done"], "failed": row["failed"], "s": row["s"]}
+            jobs_by[row["w"]] = {"done": 0, "failed": 0, "s": row["s"]}
         for name, value in deleted.items():
-            parts = name.split(":")
-            if name.startswith(f"{PRUNED}jobs:") and len(parts) >= 4:
-                worker = ":".join(parts[2:-1])
-                jobs_by.setdefault(worker, {"done": 0, "failed": 0, "s": 0.0})[parts[-1]] += value
+            if name.startswith(WORKER_JOBS) and name.endswith((":done", ":failed")):
+                worker, _, outcome = name[len(WORKER_JOBS):].rpartition(":")
+                jobs_by.setdefault(worker, {"done": 0, "failed": 0, "s": 0.0})[outcome] += value
             elif name.startswith(f"{PRUNED}inference_ms:"):
                 jobs_by.setdefault(name[len(f"{PRUNED}inference_ms:"):], {"done": 0, "failed": 0, "s": 0.0})["s"] += \
                     value / 1000

@@ -13,6 +13,11 @@ OWN_RESULTS = "derived by this node"
 """The reason a series of the node's own results is not for the model (``uronode.completion``): logged at DEBUG
 (every job makes four) and counted apart in the ``uronode_series`` metric."""
 
+SERIES_COMPLETIONS = "series_completions"
+"""The ``counters`` row counting series completions as they happen (a series completed again after a late image
+counts again): ``uronode_series_completed_total`` (probe 57: computed from the series the index holds, it dipped
+when one went back to receiving and its earlier results were replaced)."""
+
 NOT_OWED = "not owed any more: "
 """How the reason of a delivery the configured destinations no longer want begins (:meth:`uronode.outbox.Outbox.drop_unwanted`)."""
 NOT_SENT = "not sent: "

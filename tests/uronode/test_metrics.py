@@ -57,7 +57,7 @@ def test_metrics_count_what_the_database_holds(tmp_path: Path) -> None:
     found = samples(store)
     assert found[("uronode_instances_stored", ())] == 6
     assert found[("uronode_instances_received_total", ())] == 16
-    assert found[("uronode_series_completed_total", ())] == 5
+    assert found[("uronode_series_completed_total", ())] == 3  # counted as they complete; none deleted since
     assert found[("uronode_series", (("disposition", "queued"), ("state", "complete")))] == 1
     # the node's own result series are counted apart, not among the series the model skipped (probe 22)
     assert found[("uronode_series", (("disposition", "results"), ("state", "complete")))] == 1
@@ -197,3 +197,68 @@ def test_refusals_counted_in_a_burst_reach_the_index_within_a_second(tmp_path: P
     found = samples(store)
     assert found[("uronode_associations_refused_total", (("reason", "host_connections"),))] == 500
     assert found[("uronode_associations_refused_total", (("reason", "host_share"),))] == 0  # every kind, at 0
+
+
+def test_completions_and_workers_jobs_are_counted_as_they_happen_and_never_go_down(tmp_path: Path) -> None:
+    """Probe 57: computed from the index's rows, the series completed went 5 -> 4 -> 5 when a series took a late
+    image, a worker's 'done' went down when its job's deliveries died (the PACS's fault, counted on the worker) and
+    when it was requeued; Prometheus reads each dip as a reset."""
+    store = Store(tmp_path / "data")
+    queue = JobQueue(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0, quiet_s=0, model="m")
+    put(store, encoded(0, series="1.2.3.4"))
+    assert len(monitor.complete_now(["1.2.3.4"])) == 1
+    job = queue.claim()
+    assert job is not None
+    queue.finish(job.id, JobState.DELIVERED)
+    seen = [samples(store)]
+    put(store, encoded(1, series="1.2.3.4"))  # a late image: the series receives again ...
+    seen.append(samples(store))
+    assert len(monitor.complete_now(["1.2.3.4"])) == 1  # ... and completes again: a second completion
+    seen.append(samples(store))
+    with store.transaction() as conn:  # its deliveries died: the job failed, its worker had done its part
+        conn.execute("UPDATE jobs SET state = 'failed', reason = 'delivery failed: pacs' WHERE id = ?", (job.id,))
+    seen.append(samples(store))
+    queue.requeue(job.id)
+    seen.append(samples(store))
+    completed = [s[("uronode_series_completed_total", ())] for s in seen]
+    done = [s.get(("uronode_worker_jobs_total", (("outcome", "done"), ("worker", "local"))), 0) for s in seen]
+    failed = [s.get(("uronode_worker_jobs_total", (("outcome", "failed"), ("worker", "local"))), 0) for s in seen]
+    assert (completed, done, failed) == ([1, 1, 2, 2, 2], [1] * 5, [0] * 5)
+    again = queue.claim()
+    assert again is not None and again.id == job.id
+    queue.finish(again.id, JobState.FAILED, "the model could not read it")
+    found = samples(store)
+    assert found[("uronode_worker_jobs_total", (("outcome", "done"), ("worker", "local")))] == 1
+    assert found[("uronode_worker_jobs_total", (("outcome", "failed"), ("worker", "local")))] == 1
+
+
+def test_an_earlier_index_s_counts_go_on_from_what_its_rows_gave(tmp_path: Path) -> None:
+    """Schema 20 counts completions and workers' jobs as they happen; an index of before is seeded with what the
+    earlier version computed from its rows (and the pruned jobs retention had kept), so no metric drops at the
+    upgrade."""
+    import sqlite3
+
+    store = Store(tmp_path / "data")
+    with store.transaction() as conn:
+        for uid in ("1.1", "1.2", "1.3"):
+            conn.execute("INSERT INTO series (series_instance_uid, study_instance_uid, state, first_received_at,"
+                         " last_received_at) VALUES (?, '1', 'complete', 1, 1)", (uid,))
+        conn.execute("INSERT INTO series (series_instance_uid, study_instance_uid, state, first_received_at,"
+                     " last_received_at) VALUES ('1.4', '1', 'receiving', 1, 1)")
+        for state, worker in (("delivered", "local:7"), ("failed", "local:8"), ("delivering", "w1"), ("queued", None)):
+            conn.execute("INSERT INTO jobs (study_instance_uid, series_instance_uid, series_generation, state,"
+                         " created_at, updated_at, claimed_by, model) VALUES ('1', '1.1', 1, ?, 1, 1, ?, 'm')", (state, worker))
+        conn.execute("DELETE FROM counters")
+        conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?)",
+                         [("series_deleted", 2), ("pruned:jobs:w1:done", 4), ("pruned:jobs:a:b:failed", 1)])
+    old = sqlite3.connect(tmp_path / "data" / "index.sqlite3")
+    old.execute("PRAGMA user_version = 19")
+    old.commit()
+    old.close()
+    found = samples(Store(tmp_path / "data"))
+    assert found[("uronode_series_completed_total", ())] == 5
+    assert {labels: value for (name, labels), value in found.items() if name == "uronode_worker_jobs_total"} == {
+        (("outcome", "done"), ("worker", "local")): 1, (("outcome", "failed"), ("worker", "local")): 1,
+        (("outcome", "done"), ("worker", "w1")): 5, (("outcome", "failed"), ("worker", "w1")): 0,
+        (("outcome", "done"), ("worker", "a:b")): 0, (("outcome", "failed"), ("worker", "a:b")): 1}
