@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from uronode.db import Database
 from uronode.jobs import LOCAL_WORKER, WORKER_JOBS
-from uronode.types import OWN_RESULTS, SERIES_COMPLETIONS, JobState
+from uronode.types import OWN_RESULTS, SERIES_COMPLETIONS, WORKER_DEATHS, JobState
 
 INFERENCE_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300)
 """Bucket bounds of ``uronode_inference_seconds``: a series takes seconds to a few minutes."""
@@ -198,6 +198,8 @@ class IndexCollector(Collector):
                      unclaimed)
         (held,) = conn.execute("SELECT count(*) FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL").fetchone()
         yield _gauge("uronode_claims_held", "Jobs a remote worker holds under a lease.", held)
+        yield _counter("uronode_worker_deaths", "The node's own worker processes found dead (killed, crashed) and"
+                       " restarted.", deleted.get(WORKER_DEATHS, 0))
         yield _counter("uronode_leases_expired", "Remote workers' claims whose lease ran out (the job ran again, or failed on its last try).",
                        deleted.get("leases_expired", 0))
         yield _counter("uronode_jobs_republished", "Jobs published on the broker again (unclaimed in time, or lease expired).",

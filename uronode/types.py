@@ -18,6 +18,9 @@ SERIES_COMPLETIONS = "series_completions"
 counts again): ``uronode_series_completed_total`` (probe 57: computed from the series the index holds, it dipped
 when one went back to receiving and its earlier results were replaced)."""
 
+WORKER_DEATHS = "worker_deaths"
+"""The ``counters`` row counting the node's own worker processes found dead: ``uronode_worker_deaths_total``."""
+
 NOT_OWED = "not owed any more: "
 """How the reason of a delivery the configured destinations no longer want begins (:meth:`uronode.outbox.Outbox.drop_unwanted`)."""
 NOT_SENT = "not sent: "

@@ -88,6 +88,7 @@ def test_an_empty_database_gives_every_metric_at_zero(tmp_path: Path) -> None:
         (("state", s.value),) for s in JobState
     }
     assert found[("uronode_inference_seconds_count", ())] == 0
+    assert found[("uronode_worker_deaths_total", ())] == 0
 
 
 def test_remote_workers_metrics_show_unclaimed_jobs_expired_leases_and_each_worker_s_jobs(tmp_path: Path) -> None:

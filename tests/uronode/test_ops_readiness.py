@@ -102,6 +102,9 @@ def test_a_worker_that_keeps_dying_is_named_with_how_it_died(settings: Settings,
     said = re.match(r"the worker died (\d+) times in (\d+) s ", worker.problem() or "")
     assert said is not None and int(said[1]) == len(worker.deaths) >= 5
     assert int(said[2]) == round(worker.deaths[-1] - worker.deaths[0])
+    # and each death is counted for the metrics (probe 57: a worker killed now and then showed nowhere but the log)
+    (counted,) = worker.queue.store.conn().execute("SELECT value FROM counters WHERE name = 'worker_deaths'").fetchone()
+    assert counted == len(worker.deaths)
 
 
 def test_a_frozen_worker_is_named_and_no_longer_once_it_goes_on(settings: Settings,

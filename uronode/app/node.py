@@ -52,6 +52,7 @@ from uronode.retention import purge
 from uronode.settings import ConfigError, Settings
 from uronode.steady import Waits
 from uronode.store import SEEN_FILE, Store
+from uronode.types import WORKER_DEATHS
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,7 @@ class WorkerProcess:
             self.last_exit = self._kill_cause or exit_cause(self.proc.exitcode) + (f": {why}" if why else "")
             self._kill_cause = None
             self.deaths.append(now)
+            self._count_death()
             self._quick_deaths = self._quick_deaths + 1 if now - self.started_at < QUICK_DEATH_S else 0
             pause = 0.0 if self._quick_deaths < 2 else min(self.restart_pause_s * 2 ** (self._quick_deaths - 2),
                                                             RESTART_PAUSE_MAX_S)
@@ -322,6 +324,16 @@ class WorkerProcess:
         if now >= self._restart_at:
             self._restart_at = None
             self.start()
+
+    def _count_death(self) -> None:
+        """``uronode_worker_deaths_total``: a worker killed by the kernel every few minutes, each time after more than
+        a minute up, never made /readyz fail, and only the log said it (probe 57)."""
+        try:
+            with self.queue.store.transaction() as conn:
+                conn.execute(f"INSERT INTO counters (name, value) VALUES ('{WORKER_DEATHS}', 1)"
+                             " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+        except sqlite3.Error as exc:  # a full disk: the death itself is logged
+            log.error("the worker's death could not be counted in the index: %s", exc)
 
     def _job_ran(self, now: float) -> tuple[int, float] | None:
         """The job this worker process runs and how long it has run (on the steady clock once seen: a step of the
