@@ -47,12 +47,11 @@ from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.steady import Waits
-from uronode.store import Store, forget_empty_studies
+from uronode.store import COUNT_COMPLETION, Store, forget_empty_studies
 from uronode.supersede import CORRECTED, MOVED, Superseded, owe_note_in, retire, withdraw
 from uronode.types import (
     OWN_MANUFACTURER,
     OWN_RESULTS,
-    SERIES_COMPLETIONS,
     CompletedSeries,
     SeriesDisposition,
 )
@@ -355,8 +354,8 @@ class CompletionMonitor:
                 " identity_changed = 0 WHERE series_instance_uid = ?",
                 (time.time(), disposition.value, reason, series_uid),
             )
-            conn.execute(f"INSERT INTO counters (name, value) VALUES ('{SERIES_COMPLETIONS}', 1)"
-                         " ON CONFLICT(name) DO UPDATE SET value = value + 1")  # an event (probe 57: derived, it dipped)
+            if instances:  # an event (probe 57: derived, it dipped); a series emptied by a move is no more listed
+                conn.execute(COUNT_COMPLETION)
             withdrawn: dict[str, list[Superseded]] = {}
             notes: dict[str, tuple[Path, Dataset] | None] = {}
             jobs: list[int] = []

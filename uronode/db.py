@@ -234,7 +234,8 @@ CREATE INDEX IF NOT EXISTS rejected_source ON rejected(source_series_uid);
 
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,                  -- instances_deleted, series_deleted (retention), leases_expired,
-                                             -- jobs_republished, completions_refused (remote workers)
+                                             -- jobs_republished, completions_refused (remote workers),
+                                             -- series_completions, worker_jobs:*, worker_deaths (events)
     value INTEGER NOT NULL
 );
 """

@@ -169,13 +169,14 @@ class JobQueue:
 
     def finish(
         self, job_id: int, state: JobState, reason: str | None = None, findings: str | None = None,
-        seconds: float | None = None,
+        seconds: float | None = None, worker: str | None = None,
     ) -> None:
-        """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason).
+        """Mark a running job delivering (results stored), delivered or failed (a failure needs its reason); with
+        ``worker``, only while that worker holds it.
 
         :class:`JobNotRunning` (a ValueError) when it is not running: cancelled meanwhile (:meth:`cancel`)."""
         with self.store.transaction() as conn:
-            self.finish_in(conn, job_id, state, reason, findings, seconds)
+            self.finish_in(conn, job_id, state, reason, findings, seconds, worker)
 
     def finish_in(
         self, conn: sqlite3.Connection, job_id: int, state: JobState, reason: str | None = None,

@@ -33,8 +33,9 @@ DELIVERY_STATES = ("pending", "delivered", "dead", "superseded")
 PRUNED = "pruned:"
 """Prefix of the ``counters`` rows in which retention (:mod:`uronode.retention`) keeps what the jobs and
 deliveries it pruned counted, so that the counters here never go down: ``pruned:delivery_failures``,
-``pruned:jobs:<worker>:<outcome>``, ``pruned:inference_ms:<worker>``, ``pruned:inference_le:<bound>``,
-``pruned:inference_count``, ``pruned:inference_ms_sum``."""
+``pruned:inference_ms:<worker>``, ``pruned:inference_le:<bound>``, ``pruned:inference_count``,
+``pruned:inference_ms_sum`` (``pruned:jobs:<worker>:<outcome>`` of before schema 20 are no longer read: the jobs
+are counted as they end, ``uronode.jobs.WORKER_JOBS``)."""
 DELIVERY_FAILURES = f"{PRUNED}delivery_failures"
 """The ``counters`` row that keeps the failed tries of deliveries pruned, or set to 0 by a retry."""
 FAILED_TRIES = "coalesce(sum(CASE WHEN state = 'delivered' THEN max(attempts - 1, 0) ELSE attempts END), 0)"
@@ -215,7 +216,7 @@ class IndexCollector(Collector):
         )
         # The node's worker processes claim as 'local:<pid>': counted together as 'local' (a label per pid
         # would grow with every restart of a worker).
-        # with what retention pruned (uronode.retention keeps their counts as 'pruned:*' counters)
+        # the seconds with what retention pruned (uronode.retention keeps them as 'pruned:inference_ms:*' counters)
         # the jobs each ended, counted as they end (uronode.jobs.count_outcome); the seconds from the jobs
         jobs_by: dict[str, dict[str, float]] = {}
         for row in conn.execute(

@@ -263,3 +263,34 @@ def test_an_earlier_index_s_counts_go_on_from_what_its_rows_gave(tmp_path: Path)
         (("outcome", "done"), ("worker", "local")): 1, (("outcome", "failed"), ("worker", "local")): 1,
         (("outcome", "done"), ("worker", "w1")): 5, (("outcome", "failed"), ("worker", "w1")): 0,
         (("outcome", "done"), ("worker", "a:b")): 0, (("outcome", "failed"), ("worker", "a:b")): 1}
+
+
+def test_no_completion_for_a_series_emptied_by_a_move_and_no_outcome_for_a_job_another_worker_holds(
+    tmp_path: Path,
+) -> None:
+    """Review 53: a series whose images all moved to another was counted as completed; a job failed by the node's
+    worker after it had been cancelled and claimed by another was failed and counted against that other."""
+    from uronode.jobs import JobNotRunning
+
+    store = Store(tmp_path / "data")
+    queue = JobQueue(store)
+    monitor = CompletionMonitor(store, queue, grace_s=0, quiet_s=0, model="m")
+    put(store, encoded(0, series="1.2.3.4"))
+    moved = encoded(0, series="1.2.3.4")
+    moved[1] = moved[1].replace(b"1.2.3.4\x00", b"1.2.3.9\x00", 1)  # its Series Instance UID (SOP UIDs differ)
+    assert moved[1] != encoded(0, series="1.2.3.4")[1]
+    put(store, moved)  # the same image, now in another series: 1.2.3.4 is empty
+    monitor.complete_now(["1.2.3.4"])
+    assert samples(store)[("uronode_series_completed_total", ())] == 0
+    assert len(monitor.complete_now(["1.2.3.9"])) == 1
+    job = queue.claim(worker="local:1")
+    assert job is not None and samples(store)[("uronode_series_completed_total", ())] == 1
+    with store.transaction() as conn:  # cancelled and requeued, then claimed by a remote worker
+        conn.execute("UPDATE jobs SET claimed_by = 'w9' WHERE id = ?", (job.id,))
+    try:
+        queue.finish(job.id, JobState.FAILED, "the model could not read it", worker=job.claimed_by)
+    except JobNotRunning:
+        pass
+    else:
+        raise AssertionError("the job of another worker was failed")
+    assert not [name for name, _ in samples(store) if name == "uronode_worker_jobs_total"]

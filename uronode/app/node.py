@@ -326,8 +326,8 @@ class WorkerProcess:
             self.start()
 
     def _count_death(self) -> None:
-        """``uronode_worker_deaths_total``: a worker killed by the kernel every few minutes, each time after more than
-        a minute up, never made /readyz fail, and only the log said it (probe 57)."""
+        """``uronode_worker_deaths_total``: a worker killed by the kernel now and then, each time after more than a
+        minute up, made /readyz fail for a minute at most, and only the log said it (probe 57)."""
         try:
             with self.queue.store.transaction() as conn:
                 conn.execute(f"INSERT INTO counters (name, value) VALUES ('{WORKER_DEATHS}', 1)"

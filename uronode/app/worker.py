@@ -233,7 +233,9 @@ class Worker:
     def _fail(self, job: Job, reason: str) -> JobState:
         log.warning("job %d series %s failed: %s", job.id, job.series_instance_uid, reason)
         try:
-            self.queue.finish(job.id, JobState.FAILED, reason)
+            # only while it is this worker's (review 53: a job cancelled and claimed by another meanwhile was
+            # failed, and counted against that worker)
+            self.queue.finish(job.id, JobState.FAILED, reason, worker=job.claimed_by)
         except JobNotRunning:
             return self._dropped(job, self.queue.get(job.id))
         AuditLog(self.store.root).record(
@@ -302,7 +304,8 @@ class Worker:
     def _fail_internal(self, job: Job, exc: Exception, stop: threading.Event) -> None:
         log.exception("job %d failed unexpectedly", job.id)
         try:
-            self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            self.queue.finish(job.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}",
+                              worker=job.claimed_by)
         except JobNotRunning:
             self._dropped(job, self.queue.get(job.id))
         except sqlite3.Error as again:  # the index cannot take the failure either: the job waits, not counted
