@@ -49,12 +49,7 @@ from uronode.settings import Destination
 from uronode.steady import Waits
 from uronode.store import COUNT_COMPLETION, Store, forget_empty_studies
 from uronode.supersede import CORRECTED, MOVED, Superseded, owe_note_in, retire, withdraw
-from uronode.types import (
-    OWN_MANUFACTURER,
-    OWN_RESULTS,
-    CompletedSeries,
-    SeriesDisposition,
-)
+from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
 
 log = logging.getLogger(__name__)
 

@@ -216,8 +216,8 @@ class IndexCollector(Collector):
         )
         # The node's worker processes claim as 'local:<pid>': counted together as 'local' (a label per pid
         # would grow with every restart of a worker).
-        # the seconds with what retention pruned (uronode.retention keeps them as 'pruned:inference_ms:*' counters)
-        # the jobs each ended, counted as they end (uronode.jobs.count_outcome); the seconds from the jobs
+        # The jobs each ended, counted as they end (uronode.jobs.count_outcome); the seconds from the jobs, with
+        # what retention pruned (kept as 'pruned:inference_ms:*' counters).
         jobs_by: dict[str, dict[str, float]] = {}
         for row in conn.execute(
             "SELECT CASE WHEN claimed_by GLOB ? || ':*' THEN ? ELSE claimed_by END AS w, coalesce(sum(seconds), 0) AS s"
