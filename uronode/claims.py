@@ -40,6 +40,7 @@ from pathlib import Path
 
 from uronode.audit import AuditLog
 from uronode.completion import OWN_MANUFACTURER
+from uronode.db import bump_counter
 from uronode.jobs import (
     LOCAL_WORKER,
     MAX_ATTEMPTS,
@@ -79,14 +80,6 @@ class Claim:
     token: str
     lease_until: float
     lease_s: float
-
-
-def _bump(conn: sqlite3.Connection, name: str, by: int) -> None:
-    if by:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-            (name, by, by),
-        )
 
 
 CLAIM_SECRET_FILE = "claim-secret"
@@ -184,7 +177,7 @@ class Claims:
             count = conn.execute(
                 "UPDATE jobs SET dispatched_at = NULL, publications = 0 WHERE state = 'queued' AND dispatched_at IS NOT NULL"
             ).rowcount
-            _bump(conn, "jobs_republished", count)
+            bump_counter(conn, "jobs_republished", count)
         return count
 
     def sweep(self, now: float | None = None) -> tuple[int, int]:
@@ -214,8 +207,8 @@ class Claims:
             overdue = [(r["id"],) for r in waiting if r["dispatched_at"] < now - self.unclaimed_for(r["publications"])]
             conn.executemany("UPDATE jobs SET dispatched_at = NULL WHERE id = ?", overdue)
             unclaimed = len(overdue)
-            _bump(conn, "leases_expired", len(rows))
-            _bump(conn, "jobs_republished", expired + unclaimed)
+            bump_counter(conn, "leases_expired", len(rows))
+            bump_counter(conn, "jobs_republished", expired + unclaimed)
         self._report_failed(failed)
         return expired, unclaimed
 
@@ -293,7 +286,7 @@ class Claims:
                 raise ClaimConflict(f"job {job_id} is held by the node's own worker")
             if row["lease_until"] >= now:
                 raise ClaimConflict(f"job {job_id} is held by {row['claimed_by']} until its lease ends")
-            _bump(conn, "leases_expired", 1)  # the sweeper had not come round yet: taken over here
+            bump_counter(conn, "leases_expired", 1)  # the sweeper had not come round yet: taken over here
             if self._expire(conn, row, now):
                 return True
         conn.execute(
@@ -433,7 +426,7 @@ class Claims:
     def refused(self) -> None:
         """Count a completion refused because its claim no longer held the job (a metric)."""
         with self.store.transaction() as conn:
-            _bump(conn, "completions_refused", 1)
+            bump_counter(conn, "completions_refused", 1)
 
 
 def holds(store: Store, worker: str, study: str | None = None, series: str | None = None,

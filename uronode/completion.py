@@ -42,14 +42,21 @@ from pydicom.uid import UID
 from uronode.anatomy import AT_MOST_MM, series_region
 from uronode.audit import AuditLog
 from uronode.contrast import contrast_evidence, without_free_text
+from uronode.db import bump_counter
 from uronode.energy import EnergyImage, energy_image
 from uronode.jobs import JobQueue
 from uronode.outbox import Outbox
 from uronode.settings import Destination
 from uronode.steady import Waits
-from uronode.store import COUNT_COMPLETION, Store, forget_empty_studies
+from uronode.store import Store, forget_empty_studies
 from uronode.supersede import CORRECTED, MOVED, Superseded, owe_note_in, retire, withdraw
-from uronode.types import OWN_MANUFACTURER, OWN_RESULTS, CompletedSeries, SeriesDisposition
+from uronode.types import (
+    OWN_MANUFACTURER,
+    OWN_RESULTS,
+    SERIES_COMPLETIONS,
+    CompletedSeries,
+    SeriesDisposition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +357,7 @@ class CompletionMonitor:
                 (time.time(), disposition.value, reason, series_uid),
             )
             if instances:  # an event (probe 57: derived, it dipped); a series emptied by a move is no more listed
-                conn.execute(COUNT_COMPLETION)
+                bump_counter(conn, SERIES_COMPLETIONS)
             withdrawn: dict[str, list[Superseded]] = {}
             notes: dict[str, tuple[Path, Dataset] | None] = {}
             jobs: list[int] = []

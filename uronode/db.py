@@ -348,6 +348,13 @@ ADDED_COLUMNS = [
 ]
 """Columns added since the first version: added to an existing table when it lacks them."""
 
+def bump_counter(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    """Add ``by`` to the ``counters`` row ``name`` (made at 0 where there is none), in the caller's transaction."""
+    if by:
+        conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                     (name, by, by))
+
+
 SEEDED_COUNTERS = [
     # schema 20: counted as they happen from now on, each from what the earlier version computed (probe 57), so that
     # the metrics go on from where they were

@@ -30,6 +30,7 @@ import sqlite3
 import time
 
 from uronode.audit import AuditLog
+from uronode.db import bump_counter
 from uronode.store import Store
 from uronode.types import NOT_OWED, NOT_SENT, Job, JobState
 
@@ -73,8 +74,7 @@ def count_outcome(conn: sqlite3.Connection, job_id: int, outcome: str) -> None:
     if row is None or row["claimed_by"] is None:
         return
     worker = LOCAL_WORKER if row["claimed_by"].startswith(f"{LOCAL_WORKER}:") else row["claimed_by"]
-    conn.execute("INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
-                 (f"{WORKER_JOBS}{worker}:{outcome}",))
+    bump_counter(conn, f"{WORKER_JOBS}{worker}:{outcome}")
 
 
 def _job(row: sqlite3.Row) -> Job:

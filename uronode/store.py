@@ -47,7 +47,7 @@ from pydicom.tag import BaseTag, Tag
 
 from uronode import files, queries
 from uronode.associations import Associations
-from uronode.db import Database, DataDirUnusable, index_version
+from uronode.db import Database, DataDirUnusable, bump_counter, index_version
 from uronode.dicomfile import (
     PREAMBLE,
     file_meta_end,
@@ -445,7 +445,7 @@ class Store:
                 made = tx.execute(_ADOPT_SERIES, (*_fields(header, _SERIES_FIELDS), mtime, mtime, time.time(),
                                                   REINDEXED_OWN if own else REINDEXED)).rowcount
                 if made:  # complete as it is taken in: a completion, as the metric counts them (review 53)
-                    tx.execute(COUNT_COMPLETION)
+                    bump_counter(tx, SERIES_COMPLETIONS)
                 tx.execute(_KEEP_STUDY if own else _PUT_STUDY, (*_fields(header, _STUDY_FIELDS), mtime))
             done.series += made
             done.instances += other is None  # a newer file of an instance indexed is no new instance
@@ -794,9 +794,6 @@ _PUT_STUDY = (
     + ", ".join(f"{name} = excluded.{name}" for name in (*_STUDY_FIELDS[1:], "updated_at"))
 )
 """The study's attributes as its latest received instance has them."""
-COUNT_COMPLETION = (f"INSERT INTO counters (name, value) VALUES ('{SERIES_COMPLETIONS}', 1)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + 1")
-"""A series completed (``uronode_series_completed_total``), counted as it happens (probe 57)."""
 _COUNT_TAKEN = (f"INSERT INTO counters (name, value) VALUES ('{TAKEN}', 1)"
                 " ON CONFLICT(name) DO UPDATE SET value = value + 1")
 _ADOPT_SERIES = (

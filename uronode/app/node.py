@@ -42,7 +42,7 @@ from uronode.app.delivery import Deliverer
 from uronode.app.httpguard import GuardedHttpTools
 from uronode.associations import Associations
 from uronode.completion import CompletionMonitor
-from uronode.db import DataDirUnusable
+from uronode.db import DataDirUnusable, bump_counter
 from uronode.files import PRIVATE_UMASK, disk_problem, keep_private
 from uronode.jobs import JobQueue, local_worker
 from uronode.loops import Loops
@@ -330,8 +330,7 @@ class WorkerProcess:
         minute up, made /readyz fail for a minute at most, and only the log said it (probe 57)."""
         try:
             with self.queue.store.transaction() as conn:
-                conn.execute(f"INSERT INTO counters (name, value) VALUES ('{WORKER_DEATHS}', 1)"
-                             " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+                bump_counter(conn, WORKER_DEATHS)
         except sqlite3.Error as exc:  # a full disk: the death itself is logged
             log.error("the worker's death could not be counted in the index: %s", exc)
 
